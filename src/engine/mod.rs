@@ -1,0 +1,370 @@
+//! The engine behind every multi-future combinator: a set of pinned children,
+//! a waker per child, and a ready set that the wakers write into.
+//!
+//! `gather`, `try_gather`, `as_completed`, `wait_any` and `wait` are thin
+//! layers over [`Engine`]; `gather!`/`try_gather!` use the same ready set
+//! over a boxed tuple ([`tuple`]).
+//!
+//! The rules it enforces (SPEC §1.3–§1.4):
+//!
+//! * a child is polled only after its own waker fired (or for its first
+//!   poll), so total child polls = wakes + N;
+//! * one pass (one poll of the combinator) polls each child at most once:
+//!   a child that wakes itself during the pass is polled in the next pass,
+//!   and its wake has already woken the parent, so a sibling task runs in
+//!   between;
+//! * children never move once pushed (each chunk is a fixed boxed slice);
+//! * a slot is reused only when no cloned waker of its previous occupant is
+//!   alive ([`ReadySet::is_idle`]), so a stale waker never polls a newcomer.
+
+mod ready;
+pub(crate) mod tuple;
+
+pub(crate) use ready::ReadySet;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+const BITS: usize = 64;
+/// First chunk of a set that starts empty and grows by `push`.
+const FIRST_GROWTH: usize = 32;
+
+/// Where a child lives: chunk and index within it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SlotId {
+    chunk: u32,
+    index: u32,
+}
+
+const NO_SLOT: SlotId = SlotId { chunk: u32::MAX, index: u32::MAX };
+
+pub(crate) enum Slot<F: Future> {
+    /// A child still running, with its key (input index).
+    Running(F, usize),
+    /// A finished child's output, kept in place (gather).
+    Done(F::Output),
+    /// Free; linked into the free or the cooling list.
+    Vacant(SlotId),
+}
+
+/// A child that finished during a pass.
+pub(crate) struct Completed<T> {
+    pub(crate) slot: SlotId,
+    pub(crate) key: usize,
+    pub(crate) output: T,
+}
+
+/// Owner-side position in the ready set: snapshots of the words taken but
+/// not yet fully processed.
+#[derive(Debug, Default)]
+struct Cursor {
+    /// Chunks of the root word not yet visited.
+    chunks: u64,
+    /// Chunk currently being walked, if any.
+    current: Option<usize>,
+    /// Per level of the current chunk: (word index, bits not yet visited).
+    stack: [(usize, u64); 6],
+}
+
+impl Cursor {
+    fn has_leftover(&self) -> bool {
+        self.chunks != 0 || self.current.is_some()
+    }
+
+    /// Next child (chunk, index) whose bit was taken, descending the tree and
+    /// swapping words as it goes.
+    fn next(&mut self, ready: &ReadySet) -> Option<(usize, usize)> {
+        loop {
+            if let Some(chunk) = self.current {
+                let levels = ready.levels(chunk);
+                if let Some(level) = (0..levels).find(|&l| self.stack[l].1 != 0) {
+                    let (word, bits) = &mut self.stack[level];
+                    let bit = bits.trailing_zeros() as usize;
+                    *bits &= *bits - 1;
+                    let below = *word * BITS + bit;
+                    if level == 0 {
+                        return Some((chunk, below));
+                    }
+                    self.stack[level - 1] = (below, ready.take_word(chunk, level - 1, below));
+                    continue;
+                }
+                self.current = None;
+            }
+            if self.chunks == 0 {
+                return None;
+            }
+            let chunk = self.chunks.trailing_zeros() as usize;
+            self.chunks &= self.chunks - 1;
+            let top = ready.levels(chunk) - 1;
+            self.stack[top] = (0, ready.take_word(chunk, top, 0));
+            self.current = Some(chunk);
+        }
+    }
+
+    /// Forgets a not-yet-visited bit of the current level-0 word (used when a
+    /// slot is reused: the next occupant gets a fresh bit of its own).
+    fn forget(&mut self, chunk: usize, index: usize) {
+        if self.current == Some(chunk) && self.stack[0].0 == index / BITS {
+            self.stack[0].1 &= !(1 << (index % BITS));
+        }
+    }
+}
+
+/// A set of pinned children with per-child wakers.
+pub(crate) struct Engine<F: Future> {
+    ready: ReadySet,
+    /// One boxed slice per chunk; never reallocated, so children never move.
+    slots: Vec<Box<[Slot<F>]>>,
+    cursor: Cursor,
+    /// Vacant slots whose wakers are all gone.
+    free: SlotId,
+    /// Vacant slots that still had a cloned waker alive when they emptied.
+    cooling: SlotId,
+    /// Slots never used yet, at the end of the last chunk.
+    fresh: usize,
+    running: usize,
+}
+
+impl<F: Future> fmt::Debug for Engine<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine").field("running", &self.running).finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Default for Engine<F> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<F: Future> Engine<F> {
+    /// An empty set; the first `push` allocates.
+    pub(crate) const fn new() -> Self {
+        Self {
+            ready: ReadySet::new(),
+            slots: Vec::new(),
+            cursor: Cursor { chunks: 0, current: None, stack: [(0, 0); 6] },
+            free: NO_SLOT,
+            cooling: NO_SLOT,
+            fresh: 0,
+            running: 0,
+        }
+    }
+
+    /// A set holding `futures`, keyed by their position; one chunk of
+    /// exactly the right size, every child ready for its first poll.
+    pub(crate) fn from_iter<I>(futures: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: IntoFuture<IntoFuture = F>,
+    {
+        let slots: Box<[Slot<F>]> = futures
+            .into_iter()
+            .enumerate()
+            .map(|(key, f)| Slot::Running(f.into_future(), key))
+            .collect();
+        let mut engine = Self::new();
+        let n = slots.len();
+        if n > 0 {
+            engine.ready.add_chunk(n, n);
+            engine.slots.push(slots);
+            engine.running = n;
+        }
+        engine
+    }
+
+    /// Number of children still running.
+    pub(crate) fn running(&self) -> usize {
+        self.running
+    }
+
+    /// Adds a child with `key`; it is polled in the next pass.
+    pub(crate) fn push(&mut self, future: F, key: usize) -> SlotId {
+        let id = self.vacant_slot();
+        let (chunk, index) = (id.chunk as usize, id.index as usize);
+        self.slots[chunk][index] = Slot::Running(future, key);
+        self.running += 1;
+        // A stale bit of the previous occupant merges with this first-poll
+        // bit; a stale bit already taken into the cursor is dropped.
+        self.cursor.forget(chunk, index);
+        self.ready.mark_ready(chunk, index);
+        id
+    }
+
+    fn vacant_slot(&mut self) -> SlotId {
+        if self.free == NO_SLOT && self.fresh == 0 {
+            self.recheck_cooling();
+        }
+        if self.free != NO_SLOT {
+            let id = self.free;
+            let Slot::Vacant(next) = self.slots[id.chunk as usize][id.index as usize] else {
+                unreachable!("free list points at an occupied slot")
+            };
+            self.free = next;
+            return id;
+        }
+        if self.fresh == 0 {
+            let cap = match self.slots.last() {
+                None => FIRST_GROWTH,
+                Some(last) => last.len() * 2,
+            };
+            self.ready.add_chunk(cap, 0);
+            self.slots.push((0..cap).map(|_| Slot::Vacant(NO_SLOT)).collect());
+            self.fresh = cap;
+        }
+        let chunk = self.slots.len() - 1;
+        let index = self.slots[chunk].len() - self.fresh;
+        self.fresh -= 1;
+        SlotId { chunk: chunk as u32, index: index as u32 }
+    }
+
+    /// Moves cooling slots whose wakers are gone to the free list. Called only
+    /// when nothing else is free, and followed by a doubling growth when it
+    /// frees nothing, so its cost is amortised.
+    fn recheck_cooling(&mut self) {
+        let mut id = std::mem::replace(&mut self.cooling, NO_SLOT);
+        while id != NO_SLOT {
+            let Slot::Vacant(next) = self.slots[id.chunk as usize][id.index as usize] else {
+                unreachable!("cooling list points at an occupied slot")
+            };
+            self.release_slot(id);
+            id = next;
+        }
+    }
+
+    /// Returns a vacant slot to the free list, or to the cooling list while a
+    /// cloned waker of its last occupant is alive.
+    pub(crate) fn release_slot(&mut self, id: SlotId) {
+        let (chunk, index) = (id.chunk as usize, id.index as usize);
+        // A stale bit left by the last occupant merges with the next
+        // occupant's first-poll bit (see `push`).
+        let list = if self.ready.is_idle(chunk, index) {
+            &mut self.free
+        } else {
+            &mut self.cooling
+        };
+        self.slots[chunk][index] = Slot::Vacant(*list);
+        *list = id;
+    }
+
+    /// Stores a finished child's output in its slot (gather keeps outputs in
+    /// place until all are done).
+    pub(crate) fn store(&mut self, id: SlotId, output: F::Output) {
+        self.slots[id.chunk as usize][id.index as usize] = Slot::Done(output);
+    }
+
+    /// Takes every stored output in slot order (input order for sets built by
+    /// [`Engine::from_iter`]).
+    pub(crate) fn take_outputs(&mut self) -> Vec<F::Output> {
+        let slots = std::mem::take(&mut self.slots);
+        let mut out = Vec::with_capacity(slots.iter().map(|s| s.len()).sum());
+        for chunk in slots {
+            for slot in chunk {
+                if let Slot::Done(output) = slot {
+                    out.push(output);
+                }
+            }
+        }
+        out
+    }
+
+    /// Drops every child and output now (fail-fast, cancellation). The
+    /// ready set stays, so the engine stays usable (and empty).
+    pub(crate) fn clear(&mut self) {
+        self.slots = Vec::new();
+        self.ready = ReadySet::new();
+        self.cursor = Cursor::default();
+        self.free = NO_SLOT;
+        self.cooling = NO_SLOT;
+        self.fresh = 0;
+        self.running = 0;
+    }
+
+    /// Takes the running children out, in slot order, with their keys.
+    pub(crate) fn drain_running(&mut self) -> impl Iterator<Item = (usize, F)> + use<F> {
+        let slots = std::mem::take(&mut self.slots);
+        self.clear();
+        slots.into_iter().flat_map(|chunk| {
+            chunk.into_iter().filter_map(|slot| match slot {
+                Slot::Running(f, key) => Some((key, f)),
+                _ => None,
+            })
+        })
+    }
+
+    /// Starts a pass: registers `cx`'s waker and, unless a previous pass
+    /// stopped early, takes a fresh snapshot of the woken children.
+    pub(crate) fn pass<'a, 'b>(&'a mut self, cx: &'a mut Context<'b>) -> Pass<'a, 'b, F> {
+        let refreshed = if self.cursor.has_leftover() {
+            false
+        } else {
+            if self.running > 0 {
+                self.ready.register(cx.waker());
+            }
+            self.cursor.chunks = self.ready.take_chunks();
+            true
+        };
+        Pass { engine: self, cx, refreshed }
+    }
+}
+
+/// One poll's worth of work: yields children that complete, polling each
+/// woken child at most once.
+pub(crate) struct Pass<'a, 'b, F: Future> {
+    engine: &'a mut Engine<F>,
+    cx: &'a mut Context<'b>,
+    refreshed: bool,
+}
+
+impl<F: Future> Pass<'_, '_, F> {
+    /// Polls woken children until one completes; `None` when every woken
+    /// child was polled. After `None` the parent is sure to be woken when a
+    /// child is.
+    pub(crate) fn next(&mut self) -> Option<Completed<F::Output>> {
+        self.next_with(|fut, cx| fut.poll(cx))
+    }
+
+    /// [`Pass::next`] with a custom way to poll a child (the settled variant
+    /// catches panics here).
+    pub(crate) fn next_with<T>(
+        &mut self,
+        mut poll: impl FnMut(Pin<&mut F>, &mut Context<'_>) -> Poll<T>,
+    ) -> Option<Completed<T>> {
+        let engine = &mut *self.engine;
+        while let Some((chunk, index)) = engine.cursor.next(&engine.ready) {
+            let slot = &mut engine.slots[chunk][index];
+            let Slot::Running(fut, key) = slot else {
+                // A stale bit of a slot that has finished.
+                continue;
+            };
+            let key = *key;
+            let waker = engine.ready.waker(chunk, index);
+            let mut cx = Context::from_waker(&waker);
+            // SAFETY: the child lives in a boxed slice that is never
+            // reallocated, and is only ever dropped in place (by assignment
+            // to its slot or by dropping the slice): it never moves.
+            let fut = unsafe { Pin::new_unchecked(fut) };
+            if let Poll::Ready(output) = poll(fut, &mut cx) {
+                // Dropping the child in place, before anything else.
+                *slot = Slot::Vacant(NO_SLOT);
+                engine.running -= 1;
+                let slot = SlotId { chunk: chunk as u32, index: index as u32 };
+                return Some(Completed { slot, key, output });
+            }
+        }
+        if !self.refreshed && engine.running > 0 {
+            // This pass only finished an earlier snapshot; the parent waker
+            // was not registered against the shared words, so ask to be
+            // polled again to take a fresh one.
+            self.cx.waker().wake_by_ref();
+        }
+        None
+    }
+
+    /// The engine, for bookkeeping between completions.
+    pub(crate) fn engine(&mut self) -> &mut Engine<F> {
+        self.engine
+    }
+}

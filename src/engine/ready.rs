@@ -1,0 +1,427 @@
+//! The shared, thread-safe half of the engine: per-child wakers and the ready
+//! set they write into.
+//!
+//! # Layout
+//!
+//! Children live in *chunks*. Each chunk is one heap allocation:
+//!
+//! ```text
+//! [ Header | Entry × cap | AtomicU64 × words ]
+//! ```
+//!
+//! * An [`Entry`] is what a child's waker points at: the child's index in the
+//!   chunk and a count of the *cloned* wakers that point at it.
+//! * The words form a 64-ary bit tree over the chunk's children: level 0 has
+//!   one bit per child ("woken since it was last polled"), level `k + 1` has
+//!   one bit per word of level `k` ("that word may be non-zero"), and the top
+//!   level is a single word.
+//! * The first chunk is the *root*. Its header also holds the parent task's
+//!   waker and one more word, `chunks`, with one bit per chunk whose top word
+//!   may be non-zero.
+//!
+//! # The wake protocol
+//!
+//! A wake sets the child's bit with `fetch_or`. Only the waker that turns a
+//! word from zero to non-zero goes on to set the bit one level up, and only
+//! the waker that turns the root word from zero to non-zero wakes the parent.
+//! The owner consumes bits top-down with `swap(0)`: it swaps the root word
+//! (after registering its waker), and then each word below whose bit it took.
+//! Every bit set by a waker is therefore either already covered by a bit
+//! somebody still has to propagate (and then wake for), or taken by the
+//! owner's next swap of that word. A wake is O(1) amortised: one `fetch_or`,
+//! plus one per level in the rare case the word above was empty.
+//!
+//! # Lifetimes
+//!
+//! A chunk's `refs` counts the owner, every entry whose clone count is
+//! non-zero, and (for the root) every other chunk. The waker the owner hands
+//! to a child while polling it is *borrowed*: it owns no count. Cloning it
+//! moves the entry's count from zero to one and takes a chunk reference; the
+//! last clone dropped gives it back. An entry whose count is zero has no
+//! waker anywhere outside a poll, which is what lets the owner reuse the
+//! child's slot without a stale waker ever reaching the new child.
+
+use crate::sync::AtomicWaker;
+use crate::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
+use std::fmt;
+use std::mem::{ManuallyDrop, size_of};
+use std::ptr::{self, NonNull};
+use std::task::{RawWaker, RawWakerVTable, Waker};
+
+const BITS: usize = 64;
+/// 64⁶ children per chunk is far beyond `u32::MAX`.
+const MAX_LEVELS: usize = 6;
+/// A chunk is addressed by its bit in the root's `chunks` word.
+pub(crate) const MAX_CHUNKS: usize = 64;
+/// Clone counts beyond this abort, like `Arc` does on overflow.
+const MAX_CLONES: u32 = u32::MAX / 2;
+
+/// What a child's waker points at.
+#[repr(C)]
+struct Entry {
+    /// The child's index within its chunk; lets a waker find its header.
+    index: u32,
+    /// Number of cloned (owned) wakers pointing at this entry.
+    clones: AtomicU32,
+}
+
+#[repr(C)]
+struct Header {
+    refs: AtomicUsize,
+    /// The root chunk; points at itself in the root.
+    root: NonNull<Header>,
+    /// This chunk's bit in `root.chunks`.
+    chunk: u32,
+    cap: u32,
+    levels: u32,
+    /// Offset (in words) of each level's first word.
+    level_start: [u32; MAX_LEVELS],
+    words: NonNull<AtomicU64>,
+    layout: Layout,
+    /// Root only: the parent task's waker.
+    parent: AtomicWaker,
+    /// Root only: one bit per chunk whose top word may be non-zero.
+    chunks: AtomicU64,
+}
+
+impl Header {
+    fn entry(&self, index: usize) -> &Entry {
+        debug_assert!(index < self.cap as usize);
+        // SAFETY: entries start right after the header (the header's size is a
+        // multiple of the entry alignment) and `index < cap` entries were
+        // initialised by `Chunk::alloc`.
+        unsafe { &*ptr::from_ref(self).add(1).cast::<Entry>().add(index) }
+    }
+
+    fn word(&self, level: usize, word: usize) -> &AtomicU64 {
+        debug_assert!(level < self.levels as usize);
+        // SAFETY: `level_start[level] + word` is within the words array
+        // initialised by `Chunk::alloc` (callers derive `word` from an index
+        // below `cap`, shifted once per level).
+        unsafe { &*self.words.as_ptr().add(self.level_start[level] as usize + word) }
+    }
+
+    fn root(&self) -> &Header {
+        // SAFETY: every chunk holds a reference on the root (the root on
+        // itself through the owner), so the root outlives `self`.
+        unsafe { self.root.as_ref() }
+    }
+
+    /// Marks child `index` as woken; wakes the parent if `wake_parent` and
+    /// this call made the root word non-zero.
+    fn set_ready(&self, index: usize, wake_parent: bool) {
+        let mut word = index / BITS;
+        let mut bit = index % BITS;
+        for level in 0..self.levels as usize {
+            let prev = self.word(level, word).fetch_or(1 << bit, Ordering::AcqRel);
+            if prev != 0 {
+                // Somebody else turned this word non-zero and propagates it.
+                return;
+            }
+            bit = word % BITS;
+            word /= BITS;
+        }
+        let root = self.root();
+        let prev = root.chunks.fetch_or(1 << self.chunk, Ordering::AcqRel);
+        if prev == 0 && wake_parent {
+            root.parent.wake();
+        }
+    }
+}
+
+/// Drops one reference on a chunk, freeing it (and its root reference) when
+/// it was the last.
+///
+/// # Safety
+///
+/// The caller owns one reference on `header`.
+unsafe fn release(header: NonNull<Header>) {
+    // SAFETY: the caller's reference keeps the header alive until the
+    // `fetch_sub` below.
+    let h = unsafe { header.as_ref() };
+    if h.refs.fetch_sub(1, Ordering::Release) != 1 {
+        return;
+    }
+    fence(Ordering::Acquire);
+    let root = h.root;
+    let is_root = root == header;
+    // SAFETY: that was the last reference: nobody else can reach the chunk.
+    unsafe { Chunk::destroy(header) };
+    if !is_root {
+        // SAFETY: this chunk owned one reference on its root.
+        unsafe { release(root) };
+    }
+}
+
+/// The entry behind a waker's data pointer, and its chunk header.
+///
+/// # Safety
+///
+/// `data` came from [`ReadySet::waker`] or a clone of such a waker, and the
+/// waker keeps the chunk alive.
+unsafe fn resolve<'a>(data: *const ()) -> (&'a Header, &'a Entry) {
+    let entry = data.cast::<Entry>();
+    // SAFETY: `data` points at a live entry (caller contract).
+    let index = unsafe { (*entry).index } as usize;
+    // SAFETY: entries are laid out contiguously right after the header in the
+    // same allocation, so stepping back `index` entries and one header stays
+    // within it.
+    let header = unsafe { entry.sub(index).cast::<Header>().sub(1) };
+    // SAFETY: see above; both are alive for as long as the waker is.
+    unsafe { (&*header, &*entry) }
+}
+
+static VTABLE: RawWakerVTable =
+    RawWakerVTable::new(waker_clone, waker_wake, waker_wake_by_ref, waker_drop);
+
+unsafe fn waker_clone(data: *const ()) -> RawWaker {
+    // SAFETY: the waker being cloned keeps the chunk alive.
+    let (header, entry) = unsafe { resolve(data) };
+    let prev = entry.clones.fetch_add(1, Ordering::Relaxed);
+    if prev == 0 {
+        // The first owned waker of this entry takes a chunk reference. The
+        // waker being cloned is either owned (then `prev > 0`) or the
+        // borrowed one of a running poll, whose owner holds a reference, so
+        // the count cannot be zero here.
+        header.refs.fetch_add(1, Ordering::Relaxed);
+    } else if prev > MAX_CLONES {
+        std::process::abort();
+    }
+    RawWaker::new(data, &VTABLE)
+}
+
+unsafe fn waker_wake(data: *const ()) {
+    // SAFETY: forwarded caller contract; the owned waker is dropped after.
+    unsafe {
+        waker_wake_by_ref(data);
+        waker_drop(data);
+    }
+}
+
+unsafe fn waker_wake_by_ref(data: *const ()) {
+    // SAFETY: the waker keeps the chunk alive.
+    let (header, entry) = unsafe { resolve(data) };
+    header.set_ready(entry.index as usize, true);
+}
+
+unsafe fn waker_drop(data: *const ()) {
+    // SAFETY: this owned waker keeps the chunk alive until it is released.
+    let (header, entry) = unsafe { resolve(data) };
+    if entry.clones.fetch_sub(1, Ordering::Release) == 1 {
+        // The last owned waker of this entry gives back its chunk reference.
+        // SAFETY: that reference was taken when the count left zero.
+        unsafe { release(NonNull::from(header)) };
+    }
+}
+
+/// Owner-side operations on one chunk.
+struct Chunk;
+
+impl Chunk {
+    /// Allocates a chunk for `cap` children with the first `ready` of them
+    /// marked ready. `root` is `None` for the root chunk itself.
+    fn alloc(cap: usize, chunk: u32, root: Option<NonNull<Header>>, ready: usize) -> NonNull<Header> {
+        assert!(cap > 0 && cap <= u32::MAX as usize, "awaitkit: too many futures in one set");
+        // Words per level, bottom-up, until one word covers the level below.
+        let mut level_start = [0u32; MAX_LEVELS];
+        let mut levels = 0;
+        let mut total = 0usize;
+        let mut n = cap.div_ceil(BITS);
+        loop {
+            level_start[levels] = total as u32;
+            total += n;
+            levels += 1;
+            if n == 1 {
+                break;
+            }
+            n = n.div_ceil(BITS);
+        }
+        let (layout, entries_at) = Layout::new::<Header>()
+            .extend(Layout::array::<Entry>(cap).expect("capacity overflow"))
+            .expect("capacity overflow");
+        debug_assert_eq!(entries_at, size_of::<Header>());
+        let (layout, words_at) = layout
+            .extend(Layout::array::<AtomicU64>(total).expect("capacity overflow"))
+            .expect("capacity overflow");
+        let layout = layout.pad_to_align();
+        // SAFETY: the layout has a non-zero size (it contains a header).
+        let base = unsafe { alloc(layout) };
+        let Some(base) = NonNull::new(base) else { handle_alloc_error(layout) };
+        let header = base.cast::<Header>();
+        // SAFETY: `words_at` is within the allocation and suitably aligned.
+        let words = unsafe { base.add(words_at).cast::<AtomicU64>() };
+        // SAFETY: all writes below initialise fields of the fresh allocation
+        // at the offsets the layout computed.
+        unsafe {
+            header.write(Header {
+                refs: AtomicUsize::new(1),
+                root: root.unwrap_or(header),
+                chunk,
+                cap: cap as u32,
+                levels: levels as u32,
+                level_start,
+                words,
+                layout,
+                parent: AtomicWaker::new(),
+                chunks: AtomicU64::new(0),
+            });
+            let entries = base.add(entries_at).cast::<Entry>();
+            for index in 0..cap {
+                entries.add(index).write(Entry { index: index as u32, clones: AtomicU32::new(0) });
+            }
+            for w in 0..total {
+                words.add(w).write(AtomicU64::new(0));
+            }
+        }
+        // Mark the first `ready` children, level by level (nobody else can
+        // see the chunk yet, but the atomics keep it simple).
+        // SAFETY: just initialised.
+        let h = unsafe { header.as_ref() };
+        let mut count = ready.min(cap);
+        for level in 0..levels {
+            let full = count / BITS;
+            for w in 0..full {
+                h.word(level, w).store(u64::MAX, Ordering::Relaxed);
+            }
+            if count % BITS != 0 {
+                h.word(level, full).store((1u64 << (count % BITS)) - 1, Ordering::Relaxed);
+            }
+            count = count.div_ceil(BITS);
+        }
+        header
+    }
+
+    /// Drops the chunk's contents and frees it.
+    ///
+    /// # Safety
+    ///
+    /// No reference to the chunk remains.
+    unsafe fn destroy(header: NonNull<Header>) {
+        // SAFETY: caller contract: we are the only ones left; every field,
+        // entry and word was initialised by `alloc`.
+        unsafe {
+            let h = header.as_ref();
+            let layout = h.layout;
+            let cap = h.cap as usize;
+            let total = h.level_start[h.levels as usize - 1] as usize + 1;
+            let entries = header.as_ptr().add(1).cast::<Entry>();
+            ptr::drop_in_place(ptr::slice_from_raw_parts_mut(entries, cap));
+            ptr::drop_in_place(ptr::slice_from_raw_parts_mut(h.words.as_ptr(), total));
+            ptr::drop_in_place(header.as_ptr());
+            dealloc(header.as_ptr().cast(), layout);
+        }
+    }
+}
+
+/// The owner's handle on the ready set: the chunks, the parent waker, and the
+/// bit tree. Not `Clone`; dropping it releases the owner's references.
+pub(crate) struct ReadySet {
+    chunks: Vec<NonNull<Header>>,
+}
+
+// SAFETY: the shared state is atomics and an `AtomicWaker`; the owner-only
+// operations take `&mut self` or only touch atomics.
+unsafe impl Send for ReadySet {}
+// SAFETY: as above; `&ReadySet` only reads immutable header fields and atomics.
+unsafe impl Sync for ReadySet {}
+
+impl fmt::Debug for ReadySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadySet").field("chunks", &self.chunks.len()).finish()
+    }
+}
+
+impl ReadySet {
+    /// A ready set with no chunks yet.
+    pub(crate) const fn new() -> Self {
+        Self { chunks: Vec::new() }
+    }
+
+    /// Adds a chunk of `cap` children, the first `ready` of them ready (and
+    /// flagged in the root word, without waking anybody). Returns its id.
+    pub(crate) fn add_chunk(&mut self, cap: usize, ready: usize) -> usize {
+        let id = self.chunks.len();
+        assert!(id < MAX_CHUNKS, "awaitkit: too many futures in one set");
+        let chunk = match self.chunks.first() {
+            None => Chunk::alloc(cap, 0, None, ready),
+            Some(&root) => {
+                // SAFETY: the owner holds a reference on the root.
+                unsafe { root.as_ref() }.refs.fetch_add(1, Ordering::Relaxed);
+                Chunk::alloc(cap, id as u32, Some(root), ready)
+            }
+        };
+        self.chunks.push(chunk);
+        if ready > 0 {
+            self.root().chunks.fetch_or(1 << id, Ordering::AcqRel);
+        }
+        id
+    }
+
+    fn header(&self, chunk: usize) -> &Header {
+        // SAFETY: the owner holds a reference on each of its chunks.
+        unsafe { self.chunks[chunk].as_ref() }
+    }
+
+    fn root(&self) -> &Header {
+        self.header(0)
+    }
+
+    /// Levels of a chunk's bit tree.
+    pub(crate) fn levels(&self, chunk: usize) -> usize {
+        self.header(chunk).levels as usize
+    }
+
+    /// Registers the waker to wake when any child is woken.
+    pub(crate) fn register(&self, waker: &Waker) {
+        self.root().parent.register(waker);
+    }
+
+    /// Takes the root word: the chunks with possibly woken children.
+    pub(crate) fn take_chunks(&self) -> u64 {
+        match self.chunks.first() {
+            None => 0,
+            Some(_) => self.root().chunks.swap(0, Ordering::AcqRel),
+        }
+    }
+
+    /// Takes one word of a chunk's bit tree.
+    pub(crate) fn take_word(&self, chunk: usize, level: usize, word: usize) -> u64 {
+        self.header(chunk).word(level, word).swap(0, Ordering::AcqRel)
+    }
+
+    /// Marks a child ready from the owner side, without waking the parent:
+    /// the owner is about to poll anyway.
+    pub(crate) fn mark_ready(&self, chunk: usize, index: usize) {
+        self.header(chunk).set_ready(index, false);
+    }
+
+    /// Whether no waker of this child exists outside a poll, so its slot can
+    /// be reused without a stale wake reaching the next child.
+    pub(crate) fn is_idle(&self, chunk: usize, index: usize) -> bool {
+        self.header(chunk).entry(index).clones.load(Ordering::Acquire) == 0
+    }
+
+    /// The waker to poll a child with. It is borrowed from the owner's
+    /// reference: it must not outlive `self` (clones may).
+    pub(crate) fn waker(&self, chunk: usize, index: usize) -> ManuallyDrop<Waker> {
+        let entry = ptr::from_ref(self.header(chunk).entry(index)).cast::<()>();
+        // SAFETY: the vtable functions uphold the `RawWaker` contract: `data`
+        // points at an entry kept alive by the owner (this borrowed waker is
+        // never dropped, hence `ManuallyDrop`) or by the clone's own
+        // reference.
+        ManuallyDrop::new(unsafe { Waker::from_raw(RawWaker::new(entry, &VTABLE)) })
+    }
+}
+
+impl Drop for ReadySet {
+    fn drop(&mut self) {
+        // Release the other chunks before the root: each holds a root ref,
+        // but releasing in this order frees everything in one pass when no
+        // waker is alive.
+        for &chunk in self.chunks.iter().rev() {
+            // SAFETY: the owner holds one reference on each chunk.
+            unsafe { release(chunk) };
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! Heterogeneous children for `gather!` and `try_gather!`: a boxed tuple of
+//! slots polled through the same [`ReadySet`] as the engine, one waker per
+//! tuple element.
+
+use super::ReadySet;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// One element of a gathered tuple.
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum TupleSlot<F: Future> {
+    /// Still running.
+    Running(F),
+    /// Finished; output kept until every element is done.
+    Done(F::Output),
+    /// Output taken (or the error handed out).
+    Gone,
+}
+
+impl<F: Future> TupleSlot<F> {
+    /// Polls the element if it is running; `Ready` exactly once, when it
+    /// finishes.
+    ///
+    /// # Safety
+    ///
+    /// `self` is never moved after the first call (it lives in a box owned
+    /// by the gathering future).
+    unsafe fn poll_slot(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let TupleSlot::Running(fut) = self else {
+            return Poll::Pending;
+        };
+        // SAFETY: caller contract: the slot does not move; the child is only
+        // dropped in place, by the assignment below or the box's drop.
+        let fut = unsafe { Pin::new_unchecked(fut) };
+        match fut.poll(cx) {
+            Poll::Ready(output) => {
+                *self = TupleSlot::Done(output);
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn take(&mut self) -> F::Output {
+        match std::mem::replace(self, TupleSlot::Gone) {
+            TupleSlot::Done(output) => output,
+            _ => unreachable!("awaitkit: tuple element taken before it finished"),
+        }
+    }
+}
+
+impl<T, E, F: Future<Output = Result<T, E>>> TupleSlot<F> {
+    fn take_err(&mut self) -> Result<(), E> {
+        if let TupleSlot::Done(Err(_)) = self {
+            if let TupleSlot::Done(Err(e)) = std::mem::replace(self, TupleSlot::Gone) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn take_ok(&mut self) -> T {
+        match self.take() {
+            Ok(v) => v,
+            Err(_) => unreachable!("awaitkit: error left in a tuple slot"),
+        }
+    }
+}
+
+/// A tuple of futures that `gather!` can run.
+#[doc(hidden)]
+pub trait TupleFutures {
+    /// The boxed state: a tuple of [`TupleSlot`]s.
+    type Slots;
+    /// A tuple of the outputs.
+    type Output;
+    /// Number of elements.
+    const LEN: usize;
+    /// Wraps each future in a slot.
+    fn into_slots(self) -> Self::Slots;
+    /// Polls element `i`; `Ready` once, when it finishes.
+    ///
+    /// # Safety
+    ///
+    /// `slots` never moves after the first call.
+    unsafe fn poll_child(slots: &mut Self::Slots, i: usize, cx: &mut Context<'_>) -> Poll<()>;
+    /// Takes every output; all must be finished.
+    fn take_outputs(slots: &mut Self::Slots) -> Self::Output;
+}
+
+/// A tuple of fallible futures sharing one error type, for `try_gather!`.
+#[doc(hidden)]
+pub trait TryTupleFutures: TupleFutures {
+    /// The common error type.
+    type Error;
+    /// The tuple of success values.
+    type Ok;
+    /// Takes the error out of element `i` if it finished with one.
+    fn take_err(slots: &mut Self::Slots, i: usize) -> Result<(), Self::Error>;
+    /// Takes every success value; all must be finished with `Ok`.
+    fn take_oks(slots: &mut Self::Slots) -> Self::Ok;
+}
+
+impl TupleFutures for () {
+    type Slots = ();
+    type Output = ();
+    const LEN: usize = 0;
+    fn into_slots(self) {}
+    unsafe fn poll_child(_: &mut (), _: usize, _: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending
+    }
+    fn take_outputs(_: &mut ()) {}
+}
+
+impl TryTupleFutures for () {
+    type Error = std::convert::Infallible;
+    type Ok = ();
+    fn take_err(_: &mut (), _: usize) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    fn take_oks(_: &mut ()) {}
+}
+
+macro_rules! impl_tuple {
+    ($len:expr; $($F:ident $T:ident $idx:tt),+) => {
+        impl<$($F: Future),+> TupleFutures for ($($F,)+) {
+            type Slots = ($(TupleSlot<$F>,)+);
+            type Output = ($($F::Output,)+);
+            const LEN: usize = $len;
+            fn into_slots(self) -> Self::Slots {
+                ($(TupleSlot::Running(self.$idx),)+)
+            }
+            unsafe fn poll_child(slots: &mut Self::Slots, i: usize, cx: &mut Context<'_>) -> Poll<()> {
+                match i {
+                    // SAFETY: forwarded caller contract (a field of a pinned
+                    // tuple is pinned too).
+                    $($idx => unsafe { slots.$idx.poll_slot(cx) },)+
+                    _ => Poll::Pending,
+                }
+            }
+            fn take_outputs(slots: &mut Self::Slots) -> Self::Output {
+                ($(slots.$idx.take(),)+)
+            }
+        }
+
+        impl<Err, $($T, $F: Future<Output = Result<$T, Err>>),+> TryTupleFutures for ($($F,)+) {
+            type Error = Err;
+            type Ok = ($($T,)+);
+            fn take_err(slots: &mut Self::Slots, i: usize) -> Result<(), Err> {
+                match i {
+                    $($idx => slots.$idx.take_err(),)+
+                    _ => Ok(()),
+                }
+            }
+            fn take_oks(slots: &mut Self::Slots) -> Self::Ok {
+                ($(slots.$idx.take_ok(),)+)
+            }
+        }
+    };
+}
+
+impl_tuple!(1; A0 T0 0);
+impl_tuple!(2; A0 T0 0, A1 T1 1);
+impl_tuple!(3; A0 T0 0, A1 T1 1, A2 T2 2);
+impl_tuple!(4; A0 T0 0, A1 T1 1, A2 T2 2, A3 T3 3);
+impl_tuple!(5; A0 T0 0, A1 T1 1, A2 T2 2, A3 T3 3, A4 T4 4);
+impl_tuple!(6; A0 T0 0, A1 T1 1, A2 T2 2, A3 T3 3, A4 T4 4, A5 T5 5);
+impl_tuple!(7; A0 T0 0, A1 T1 1, A2 T2 2, A3 T3 3, A4 T4 4, A5 T5 5, A6 T6 6);
+impl_tuple!(8; A0 T0 0, A1 T1 1, A2 T2 2, A3 T3 3, A4 T4 4, A5 T5 5, A6 T6 6, A7 T7 7);
+impl_tuple!(9; A0 T0 0, A1 T1 1, A2 T2 2, A3 T3 3, A4 T4 4, A5 T5 5, A6 T6 6, A7 T7 7, A8 T8 8);
+impl_tuple!(10; A0 T0 0, A1 T1 1, A2 T2 2, A3 T3 3, A4 T4 4, A5 T5 5, A6 T6 6, A7 T7 7, A8 T8 8,
+    A9 T9 9);
+impl_tuple!(11; A0 T0 0, A1 T1 1, A2 T2 2, A3 T3 3, A4 T4 4, A5 T5 5, A6 T6 6, A7 T7 7, A8 T8 8,
+    A9 T9 9, A10 T10 10);
+impl_tuple!(12; A0 T0 0, A1 T1 1, A2 T2 2, A3 T3 3, A4 T4 4, A5 T5 5, A6 T6 6, A7 T7 7, A8 T8 8,
+    A9 T9 9, A10 T10 10, A11 T11 11);
+impl_tuple!(13; A0 T0 0, A1 T1 1, A2 T2 2, A3 T3 3, A4 T4 4, A5 T5 5, A6 T6 6, A7 T7 7, A8 T8 8,
+    A9 T9 9, A10 T10 10, A11 T11 11, A12 T12 12);
+impl_tuple!(14; A0 T0 0, A1 T1 1, A2 T2 2, A3 T3 3, A4 T4 4, A5 T5 5, A6 T6 6, A7 T7 7, A8 T8 8,
+    A9 T9 9, A10 T10 10, A11 T11 11, A12 T12 12, A13 T13 13);
+impl_tuple!(15; A0 T0 0, A1 T1 1, A2 T2 2, A3 T3 3, A4 T4 4, A5 T5 5, A6 T6 6, A7 T7 7, A8 T8 8,
+    A9 T9 9, A10 T10 10, A11 T11 11, A12 T12 12, A13 T13 13, A14 T14 14);
+impl_tuple!(16; A0 T0 0, A1 T1 1, A2 T2 2, A3 T3 3, A4 T4 4, A5 T5 5, A6 T6 6, A7 T7 7, A8 T8 8,
+    A9 T9 9, A10 T10 10, A11 T11 11, A12 T12 12, A13 T13 13, A14 T14 14, A15 T15 15);
+
+/// The state shared by the two tuple futures: boxed slots plus a ready set.
+struct TupleCore<T: TupleFutures> {
+    /// `None` once the output was handed out (or the error returned).
+    slots: Option<Box<T::Slots>>,
+    ready: ReadySet,
+    remaining: usize,
+}
+
+impl<T: TupleFutures> TupleCore<T> {
+    fn new(futures: T) -> Self {
+        let mut ready = ReadySet::new();
+        if T::LEN > 0 {
+            ready.add_chunk(T::LEN, T::LEN);
+        }
+        Self { slots: Some(Box::new(futures.into_slots())), ready, remaining: T::LEN }
+    }
+
+    /// Polls the woken elements once each; calls `done(slots, i)` for each
+    /// one that finished; stops early if it returns `Err`.
+    fn poll<E>(
+        &mut self,
+        cx: &mut Context<'_>,
+        what: &str,
+        mut done: impl FnMut(&mut T::Slots, usize) -> Result<(), E>,
+    ) -> Poll<Result<(), E>> {
+        let Some(slots) = self.slots.as_mut() else {
+            panic!("`{what}` polled after completion");
+        };
+        if self.remaining > 0 {
+            self.ready.register(cx.waker());
+            let mut bits = if self.ready.take_chunks() != 0 { self.ready.take_word(0, 0, 0) } else { 0 };
+            while bits != 0 {
+                let i = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let waker = self.ready.waker(0, i);
+                let mut child_cx = Context::from_waker(&waker);
+                // SAFETY: the slots are boxed and the box is never moved out
+                // of until every element has finished or is dropped.
+                if unsafe { T::poll_child(slots, i, &mut child_cx) }.is_ready() {
+                    self.remaining -= 1;
+                    done(slots, i)?;
+                }
+            }
+        }
+        if self.remaining == 0 { Poll::Ready(Ok(())) } else { Poll::Pending }
+    }
+}
+
+/// Future for the [`gather!`](crate::gather!) macro.
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct GatherTuple<T: TupleFutures> {
+    core: TupleCore<T>,
+}
+
+/// Future for the [`try_gather!`](crate::try_gather!) macro.
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct TryGatherTuple<T: TryTupleFutures> {
+    core: TupleCore<T>,
+}
+
+impl<T: TupleFutures> GatherTuple<T> {
+    #[doc(hidden)]
+    pub fn new(futures: T) -> Self {
+        Self { core: TupleCore::new(futures) }
+    }
+}
+
+impl<T: TryTupleFutures> TryGatherTuple<T> {
+    #[doc(hidden)]
+    pub fn new(futures: T) -> Self {
+        Self { core: TupleCore::new(futures) }
+    }
+}
+
+impl<T: TupleFutures> Future for GatherTuple<T> {
+    type Output = T::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T::Output> {
+        let core = &mut self.get_mut().core;
+        match core.poll(cx, "gather!", |_, _| Ok::<(), ()>(())) {
+            Poll::Ready(_) => {
+                let mut slots = core.slots.take().expect("checked by `TupleCore::poll`");
+                Poll::Ready(T::take_outputs(&mut slots))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: TryTupleFutures> Future for TryGatherTuple<T> {
+    type Output = Result<T::Ok, T::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let core = &mut self.get_mut().core;
+        match core.poll(cx, "try_gather!", T::take_err) {
+            Poll::Ready(Ok(())) => {
+                let mut slots = core.slots.take().expect("checked by `TupleCore::poll`");
+                Poll::Ready(Ok(T::take_oks(&mut slots)))
+            }
+            Poll::Ready(Err(e)) => {
+                // Fail fast: every other element is dropped before the error
+                // is returned.
+                core.slots = None;
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: TupleFutures> fmt::Debug for GatherTuple<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatherTuple").field("remaining", &self.core.remaining).finish_non_exhaustive()
+    }
+}
+
+impl<T: TryTupleFutures> fmt::Debug for TryGatherTuple<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TryGatherTuple").field("remaining", &self.core.remaining).finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,323 @@
+//! `gather`, `try_gather` and `gather_settled`: run many futures at once and
+//! collect their outputs in input order.
+
+use crate::engine::Engine;
+use std::any::Any;
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// Runs every future concurrently and resolves to their outputs in **input
+/// order** — Python's `asyncio.gather(*aws)`.
+///
+/// The children run inside the returned future (nothing is spawned), each
+/// with its own waker: a child is polled only when it woke, so the cost per
+/// wake does not grow with the number of children.
+///
+/// An empty input resolves to an empty `Vec` on the first poll.
+///
+/// # Cancel safety
+///
+/// Dropping the [`Gather`] drops every unfinished child and every output
+/// collected so far, synchronously.
+///
+/// # Panics
+///
+/// A panic in a child propagates out of [`Gather`]'s `poll`; the other
+/// children are dropped when the `Gather` is. Use [`gather_settled`] to
+/// capture panics as values instead. Polling the `Gather` again after it
+/// completed panics.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// let sizes = awaitkit::gather((1..=3).map(|n| async move { n * 10 })).await;
+/// assert_eq!(sizes, [10, 20, 30]);
+/// # });
+/// ```
+pub fn gather<I>(futures: I) -> Gather<<I::Item as IntoFuture>::IntoFuture>
+where
+    I: IntoIterator,
+    I::Item: IntoFuture,
+{
+    Gather { engine: Engine::from_iter(futures), finished: false }
+}
+
+/// Future for the [`gather`] function.
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct Gather<F: Future> {
+    engine: Engine<F>,
+    finished: bool,
+}
+
+impl<F: Future> Future for Gather<F> {
+    type Output = Vec<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        assert!(!this.finished, "`Gather` polled after completion");
+        let mut pass = this.engine.pass(cx);
+        while let Some(done) = pass.next() {
+            pass.engine().store(done.slot, done.output);
+        }
+        if this.engine.running() > 0 {
+            return Poll::Pending;
+        }
+        this.finished = true;
+        Poll::Ready(this.engine.take_outputs())
+    }
+}
+
+impl<F: Future> fmt::Debug for Gather<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gather").field("running", &self.engine.running()).finish_non_exhaustive()
+    }
+}
+
+/// Runs fallible futures concurrently and resolves to all their `Ok` values
+/// in input order, or to the **first** `Err` — `asyncio.gather` without
+/// `return_exceptions`, but cancelling the rest as a `TaskGroup` would.
+///
+/// Fail-fast at any size: the first error is returned from the very poll in
+/// which a child produced it, after every other unfinished child (and every
+/// value collected so far) has been dropped.
+///
+/// # Cancel safety
+///
+/// Dropping the [`TryGather`] drops every unfinished child synchronously.
+///
+/// # Errors
+///
+/// Resolves to the first `Err` produced by a child, in completion order.
+///
+/// # Panics
+///
+/// A panic in a child propagates out of `poll`; polling after completion
+/// panics.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// let parse = |s: &'static str| async move { s.parse::<u32>() };
+/// let ok = awaitkit::try_gather([parse("1"), parse("2")]).await;
+/// assert_eq!(ok, Ok(vec![1, 2]));
+///
+/// let err = awaitkit::try_gather([parse("1"), parse("x")]).await;
+/// assert!(err.is_err());
+/// # });
+/// ```
+pub fn try_gather<I, T, E>(futures: I) -> TryGather<<I::Item as IntoFuture>::IntoFuture>
+where
+    I: IntoIterator,
+    I::Item: IntoFuture<Output = Result<T, E>>,
+{
+    TryGather { engine: Engine::from_iter(futures), finished: false }
+}
+
+/// Future for the [`try_gather`] function.
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct TryGather<F: Future> {
+    engine: Engine<F>,
+    finished: bool,
+}
+
+impl<F, T, E> Future for TryGather<F>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    type Output = Result<Vec<T>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        assert!(!this.finished, "`TryGather` polled after completion");
+        let mut pass = this.engine.pass(cx);
+        while let Some(done) = pass.next() {
+            if let Err(e) = done.output {
+                // Fail fast: drop everything else before handing out the error.
+                pass.engine().clear();
+                this.finished = true;
+                return Poll::Ready(Err(e));
+            }
+            pass.engine().store(done.slot, done.output);
+        }
+        if this.engine.running() > 0 {
+            return Poll::Pending;
+        }
+        this.finished = true;
+        let values = this.engine.take_outputs().into_iter();
+        Poll::Ready(Ok(values.map(|r| r.unwrap_or_else(|_| unreachable!())).collect()))
+    }
+}
+
+impl<F: Future> fmt::Debug for TryGather<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TryGather").field("running", &self.engine.running()).finish_non_exhaustive()
+    }
+}
+
+/// A child's panic, captured as a value by [`gather_settled`].
+///
+/// Python's `gather(..., return_exceptions=True)` hands exceptions back as
+/// values; in Rust errors already are values, and a panic is the exception.
+pub struct Panicked {
+    payload: Box<dyn Any + Send>,
+}
+
+impl Panicked {
+    /// The panic message, when the payload is a string (as it is for
+    /// `panic!("...")`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let out = awaitkit::gather_settled([async { panic!("boom") }]).await;
+    /// assert_eq!(out[0].as_ref().unwrap_err().message(), Some("boom"));
+    /// # });
+    /// ```
+    pub fn message(&self) -> Option<&str> {
+        if let Some(s) = self.payload.downcast_ref::<&'static str>() {
+            Some(s)
+        } else {
+            self.payload.downcast_ref::<String>().map(String::as_str)
+        }
+    }
+
+    /// The raw payload, as `std::panic::catch_unwind` would return it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let mut out = awaitkit::gather_settled([async { std::panic::panic_any(7u8) }]).await;
+    /// let payload = out.pop().unwrap().unwrap_err().into_payload();
+    /// assert_eq!(payload.downcast_ref::<u8>(), Some(&7));
+    /// # });
+    /// ```
+    pub fn into_payload(self) -> Box<dyn Any + Send> {
+        self.payload
+    }
+
+    /// Resumes unwinding with the original payload.
+    ///
+    /// # Panics
+    ///
+    /// Always: that is what it is for.
+    ///
+    /// # Examples
+    ///
+    /// ```should_panic
+    /// # futures::executor::block_on(async {
+    /// let mut out = awaitkit::gather_settled([async { panic!("boom") }]).await;
+    /// out.pop().unwrap().unwrap_err().resume();
+    /// # });
+    /// ```
+    pub fn resume(self) -> ! {
+        std::panic::resume_unwind(self.payload)
+    }
+}
+
+impl fmt::Debug for Panicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Panicked").field(&self.message().unwrap_or("<non-string payload>")).finish()
+    }
+}
+
+impl fmt::Display for Panicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.message() {
+            Some(m) => write!(f, "future panicked: {m}"),
+            None => f.write_str("future panicked"),
+        }
+    }
+}
+
+impl std::error::Error for Panicked {}
+
+/// Runs every future to the end and collects each outcome in input order,
+/// capturing panics as [`Panicked`] values — Python's
+/// `gather(..., return_exceptions=True)`, without spawning anything.
+///
+/// It never short-circuits: a panicking child is dropped and recorded, and
+/// the others keep running.
+///
+/// # Cancel safety
+///
+/// Dropping the [`GatherSettled`] drops every unfinished child synchronously.
+///
+/// # Panics
+///
+/// Panics while polling children are captured. A panic raised while
+/// *dropping* a panicked child propagates. Polling after completion panics.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// let out = awaitkit::gather_settled([
+///     Box::pin(async { 1 }) as std::pin::Pin<Box<dyn std::future::Future<Output = i32> + Send>>,
+///     Box::pin(async { panic!("boom") }),
+/// ])
+/// .await;
+/// assert_eq!(*out[0].as_ref().unwrap(), 1);
+/// assert_eq!(out[1].as_ref().unwrap_err().message(), Some("boom"));
+/// # });
+/// ```
+pub fn gather_settled<I>(futures: I) -> GatherSettled<<I::Item as IntoFuture>::IntoFuture>
+where
+    I: IntoIterator,
+    I::Item: IntoFuture,
+{
+    GatherSettled { engine: Engine::from_iter(futures), outputs: Vec::new(), finished: false }
+}
+
+/// Future for the [`gather_settled`] function.
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct GatherSettled<F: Future> {
+    engine: Engine<F>,
+    /// Outcomes by input index; filled as children finish.
+    outputs: Vec<Option<Result<F::Output, Panicked>>>,
+    finished: bool,
+}
+
+// Outputs are never pinned; children are pinned inside the engine.
+impl<F: Future> Unpin for GatherSettled<F> {}
+
+impl<F: Future> Future for GatherSettled<F> {
+    type Output = Vec<Result<F::Output, Panicked>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        assert!(!this.finished, "`GatherSettled` polled after completion");
+        if this.outputs.is_empty() {
+            this.outputs.resize_with(this.engine.running(), || None);
+        }
+        let mut pass = this.engine.pass(cx);
+        let settle = |fut: Pin<&mut F>, cx: &mut Context<'_>| {
+            match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+                Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+                Ok(Poll::Pending) => Poll::Pending,
+                Err(payload) => Poll::Ready(Err(Panicked { payload })),
+            }
+        };
+        while let Some(done) = pass.next_with(settle) {
+            this.outputs[done.key] = Some(done.output);
+        }
+        if this.engine.running() > 0 {
+            return Poll::Pending;
+        }
+        this.finished = true;
+        let outputs = std::mem::take(&mut this.outputs);
+        Poll::Ready(outputs.into_iter().map(|o| o.expect("every child settled")).collect())
+    }
+}
+
+impl<F: Future> fmt::Debug for GatherSettled<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatherSettled").field("running", &self.engine.running()).finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,158 @@
+//! asyncio's concurrency patterns as hand-written futures that run on **any
+//! executor**.
+//!
+//! awaitkit gives Rust the tools Python developers reach for in `asyncio` —
+//! `gather`, `as_completed`, `wait` — as named, `Unpin` futures and streams
+//! that you can `.await`, store in a struct, or poll from your own `poll`
+//! function. Nothing is spawned: children run inside the combinator, each
+//! with its own waker, so a wake costs O(1) however many children there are.
+//!
+//! # Which combinator when
+//!
+//! | you want… | Python | awaitkit |
+//! |---|---|---|
+//! | all outputs, in input order | `asyncio.gather(*aws)` | [`gather`], [`gather!`] |
+//! | all `Ok` values, or the first `Err` (rest cancelled) | `TaskGroup` | [`try_gather`], [`try_gather!`] |
+//! | every outcome, panics captured as values | `gather(..., return_exceptions=True)` | [`gather_settled`] |
+//! | outputs as they finish | `asyncio.as_completed(aws)` | [`as_completed`] ([`AsCompleted::indexed`] for input indices) |
+//! | a dynamic set of futures | `asyncio.create_task` + a set | [`AsCompleted::new`] + [`AsCompleted::push`] |
+//! | the first to finish, keep the rest | `asyncio.wait(..., FIRST_COMPLETED)` | [`wait_any`] |
+//! | done + pending on a condition | `asyncio.wait(aws, return_when=...)` | [`wait`], [`try_wait`] with [`ReturnWhen`] |
+//!
+//! ```
+//! # futures::executor::block_on(async {
+//! async fn fetch_user(id: u32) -> String { format!("user {id}") }
+//! async fn fetch_posts(id: u32) -> Vec<String> { vec![format!("post by {id}")] }
+//!
+//! // Different types: the macro form.
+//! let (user, posts) = awaitkit::gather!(fetch_user(1), fetch_posts(1)).await;
+//! assert_eq!(user, "user 1");
+//! assert_eq!(posts.len(), 1);
+//!
+//! // Many of one type: the function form, outputs in input order.
+//! let users = awaitkit::gather((1..=3).map(fetch_user)).await;
+//! assert_eq!(users, ["user 1", "user 2", "user 3"]);
+//! # });
+//! ```
+//!
+//! # Guarantees
+//!
+//! Every combinator follows the same rules:
+//!
+//! * **Only woken children are polled.** A child is polled for its first
+//!   poll and then only after its own waker fired: total child polls are
+//!   wakes + N, at any N.
+//! * **Cooperative.** One poll of a combinator polls each child at most once;
+//!   a child that keeps waking itself makes the combinator return `Pending`
+//!   (after waking its task), so sibling tasks still run.
+//! * **Cancellation is drop.** Dropping a combinator drops every unfinished
+//!   child synchronously.
+//! * **Empty input** completes on the first poll with the empty result.
+//! * **Polling after completion** panics with a clear message for futures;
+//!   streams are fused and keep returning `None`.
+//! * **Panics** in children propagate out of `poll` (except in
+//!   [`gather_settled`], which captures them).
+//! * **Auto traits follow the children**: a combinator is `Send`/`Sync` when
+//!   its children and outputs are, works with `!Send` children, and is always
+//!   `Unpin`.
+//!
+//! # Runtime compatibility
+//!
+//! awaitkit depends on no executor: `cargo tree -e normal` lists only
+//! `futures-core` and `futures-util`. Its tests run every case under tokio
+//! (current-thread and multi-thread), smol, and `futures::executor`.
+//!
+//! # Feature flags
+//!
+//! None yet: the default build is the whole crate. Runtime integrations
+//! (timers, progress bars) will be optional, additive features.
+
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod as_completed;
+mod engine;
+mod gather;
+mod sync;
+mod wait;
+
+pub use as_completed::{AsCompleted, AsCompletedIndexed, as_completed};
+pub use engine::tuple::{GatherTuple, TryGatherTuple};
+pub use gather::{Gather, GatherSettled, Panicked, TryGather, gather, gather_settled, try_gather};
+pub use wait::{ReturnWhen, Wait, WaitAny, WaitOutcome, try_wait, wait, wait_any};
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::engine::tuple::{TryTupleFutures, TupleFutures, TupleSlot};
+    pub use std::future::IntoFuture;
+}
+
+/// Runs futures of different types concurrently and resolves to a tuple of
+/// their outputs — `asyncio.gather(a, b, c)` for heterogeneous awaitables.
+///
+/// Takes 0 to 16 expressions implementing [`IntoFuture`](std::future::IntoFuture).
+/// Like [`gather()`], each child gets its own waker and is polled only when it
+/// woke; nothing is spawned. With no arguments it resolves to `()` on the
+/// first poll.
+///
+/// # Cancel safety
+///
+/// Dropping the future drops every unfinished child synchronously.
+///
+/// # Panics
+///
+/// A panic in a child propagates out of `poll`; polling after completion
+/// panics.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// let (n, s, v) = awaitkit::gather!(async { 1 }, async { "two" }, async { vec![3] }).await;
+/// assert_eq!((n, s, v), (1, "two", vec![3]));
+/// # });
+/// ```
+#[macro_export]
+macro_rules! gather {
+    ($($future:expr),* $(,)?) => {
+        $crate::GatherTuple::new(($($crate::__private::IntoFuture::into_future($future),)*))
+    };
+}
+
+/// Runs fallible futures of different types concurrently and resolves to a
+/// tuple of their `Ok` values, or to the **first** `Err`.
+///
+/// Every child's output is `Result<Tᵢ, E>` with the same `E`. Fail-fast: the
+/// first error is returned from the poll in which it appeared, after every
+/// other unfinished child has been dropped.
+///
+/// # Cancel safety
+///
+/// Dropping the future drops every unfinished child synchronously.
+///
+/// # Errors
+///
+/// The first `Err` any child produced.
+///
+/// # Panics
+///
+/// A panic in a child propagates out of `poll`; polling after completion
+/// panics.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// let ok = awaitkit::try_gather!(async { Ok::<_, String>(1) }, async { Ok("two") }).await;
+/// assert_eq!(ok, Ok((1, "two")));
+///
+/// let err = awaitkit::try_gather!(async { Ok::<u8, _>(1) }, async { Err::<(), _>("bad") }).await;
+/// assert_eq!(err, Err("bad"));
+/// # });
+/// ```
+#[macro_export]
+macro_rules! try_gather {
+    ($($future:expr),* $(,)?) => {
+        $crate::TryGatherTuple::new(($($crate::__private::IntoFuture::into_future($future),)*))
+    };
+}

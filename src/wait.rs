@@ -1,0 +1,286 @@
+//! `wait_any` and `wait`: Python's `asyncio.wait`, handing back what is done
+//! and what is still pending.
+
+use crate::as_completed::{AsCompleted, as_completed};
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// Waits for the **first** future to finish and returns its input index, its
+/// output, and the rest — still running, with their progress, as an
+/// [`AsCompleted`] you can keep polling or drop to cancel.
+///
+/// Resolves to `None` for an empty input, on the first poll.
+///
+/// # Cancel safety
+///
+/// Dropping the [`WaitAny`] drops every child synchronously.
+///
+/// # Panics
+///
+/// A panic in a child propagates out of `poll`; polling after completion
+/// panics.
+///
+/// # Examples
+///
+/// ```
+/// use futures::channel::oneshot;
+/// # futures::executor::block_on(async {
+/// let (tx_a, rx_a) = oneshot::channel::<&str>();
+/// let (tx_b, rx_b) = oneshot::channel();
+/// tx_b.send("fast").unwrap();
+/// let (index, output, rest) = awaitkit::wait_any([rx_a, rx_b]).await.unwrap();
+/// assert_eq!((index, output), (1, Ok("fast")));
+/// assert_eq!(rest.len(), 1);
+/// drop(rest); // cancels the slow one
+/// assert!(tx_a.is_canceled());
+/// # });
+/// ```
+pub fn wait_any<I>(futures: I) -> WaitAny<<I::Item as IntoFuture>::IntoFuture>
+where
+    I: IntoIterator,
+    I::Item: IntoFuture,
+{
+    WaitAny { set: Some(as_completed(futures)) }
+}
+
+/// Future for the [`wait_any`] function.
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct WaitAny<F: Future> {
+    set: Option<AsCompleted<F>>,
+}
+
+impl<F: Future> Future for WaitAny<F> {
+    type Output = Option<(usize, F::Output, AsCompleted<F>)>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let set = this.set.as_mut().expect("`WaitAny` polled after completion");
+        match set.poll_next_indexed(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                this.set = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some((index, output))) => {
+                let rest = this.set.take().expect("checked above");
+                Poll::Ready(Some((index, output, rest)))
+            }
+        }
+    }
+}
+
+impl<F: Future> fmt::Debug for WaitAny<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WaitAny").field("set", &self.set).finish()
+    }
+}
+
+/// When [`wait`] returns — Python's `FIRST_COMPLETED`, `FIRST_EXCEPTION`,
+/// `ALL_COMPLETED`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReturnWhen {
+    /// As soon as at least one future finished. Every future that finished
+    /// in the same poll is returned too.
+    FirstCompleted,
+    /// As soon as one future finished with an `Err` (only [`try_wait`] can
+    /// tell errors apart); like `AllCompleted` if none does.
+    FirstError,
+    /// When every future finished.
+    AllCompleted,
+}
+
+/// What [`wait`] resolves to: the finished outputs with their input indices
+/// (in completion order) and the futures still pending.
+pub struct WaitOutcome<F: Future> {
+    /// `(input index, output)` of every future that finished, in completion
+    /// order.
+    pub done: Vec<(usize, F::Output)>,
+    /// The futures still running, with their progress and input indices:
+    /// poll them as a stream, [`wait`](AsCompleted::wait) on them again, or
+    /// drop them to cancel.
+    pub pending: AsCompleted<F>,
+}
+
+impl<F: Future> fmt::Debug for WaitOutcome<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WaitOutcome")
+            .field("done", &self.done.len())
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
+/// Runs the futures until `when` is met, then returns the finished ones (with
+/// their input indices) and the pending ones — Python's `asyncio.wait`.
+///
+/// Nothing is cancelled: pending futures are handed back in
+/// [`WaitOutcome::pending`], still holding their progress. An empty input
+/// resolves at once with nothing done and nothing pending.
+///
+/// # Panics
+///
+/// `ReturnWhen::FirstError` needs outputs that can be errors: it panics here,
+/// at construction, pointing to [`try_wait`]. A panic in a child propagates
+/// out of `poll`; polling after completion panics.
+///
+/// # Cancel safety
+///
+/// Dropping the [`Wait`] drops every child synchronously.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::ReturnWhen;
+/// use futures::channel::oneshot;
+/// # futures::executor::block_on(async {
+/// let (tx, rx) = oneshot::channel::<u8>();
+/// let quick = async { Ok(1) };
+/// let slow = async { rx.await };
+/// let futures: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = _>>>> =
+///     vec![Box::pin(slow), Box::pin(quick)];
+/// let outcome = awaitkit::wait(futures, ReturnWhen::FirstCompleted).await;
+/// assert_eq!(outcome.done, [(1, Ok(1))]);
+/// assert_eq!(outcome.pending.len(), 1);
+/// tx.send(2).unwrap();
+/// let rest = outcome.pending.wait(ReturnWhen::AllCompleted).await;
+/// assert_eq!(rest.done, [(0, Ok(2))]);
+/// # });
+/// ```
+#[track_caller]
+pub fn wait<I>(futures: I, when: ReturnWhen) -> Wait<<I::Item as IntoFuture>::IntoFuture>
+where
+    I: IntoIterator,
+    I::Item: IntoFuture,
+{
+    as_completed(futures).wait(when)
+}
+
+/// [`wait`] for futures with `Result` outputs, where
+/// [`ReturnWhen::FirstError`] returns as soon as one of them fails.
+///
+/// # Cancel safety
+///
+/// Dropping the [`Wait`] drops every child synchronously.
+///
+/// # Panics
+///
+/// A panic in a child propagates out of `poll`; polling after completion
+/// panics.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::ReturnWhen;
+/// # futures::executor::block_on(async {
+/// let calls = [Ok(1), Err("boom"), Ok(3)].map(|r| async move { r });
+/// let outcome = awaitkit::try_wait(calls, ReturnWhen::FirstError).await;
+/// assert!(outcome.done.iter().any(|(i, r)| *i == 1 && r.is_err()));
+/// # });
+/// ```
+pub fn try_wait<I, T, E>(futures: I, when: ReturnWhen) -> Wait<<I::Item as IntoFuture>::IntoFuture>
+where
+    I: IntoIterator,
+    I::Item: IntoFuture<Output = Result<T, E>>,
+{
+    as_completed(futures).try_wait(when)
+}
+
+impl<F: Future> AsCompleted<F> {
+    /// [`wait`] on the futures of this set (for example the `pending` half of
+    /// an earlier [`WaitOutcome`]).
+    ///
+    /// # Panics
+    ///
+    /// With `ReturnWhen::FirstError`, see [`wait`]; use
+    /// [`try_wait`](AsCompleted::try_wait) for `Result` outputs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::ReturnWhen;
+    /// # futures::executor::block_on(async {
+    /// let set = awaitkit::as_completed([async { 'a' }, async { 'b' }]);
+    /// let outcome = set.wait(ReturnWhen::AllCompleted).await;
+    /// assert_eq!(outcome.done.len(), 2);
+    /// assert!(outcome.pending.is_empty());
+    /// # });
+    /// ```
+    #[track_caller]
+    pub fn wait(self, when: ReturnWhen) -> Wait<F> {
+        assert!(
+            when != ReturnWhen::FirstError,
+            "`ReturnWhen::FirstError` needs `Result` outputs: use `awaitkit::try_wait`"
+        );
+        Wait { set: Some(self), when, is_error: |_| false, done: Vec::new() }
+    }
+
+    /// [`try_wait`] on the futures of this set.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::ReturnWhen;
+    /// # futures::executor::block_on(async {
+    /// let set = awaitkit::as_completed([async { Err::<u8, _>("no") }]);
+    /// let outcome = set.try_wait(ReturnWhen::FirstError).await;
+    /// assert_eq!(outcome.done, [(0, Err("no"))]);
+    /// # });
+    /// ```
+    pub fn try_wait<T, E>(self, when: ReturnWhen) -> Wait<F>
+    where
+        F: Future<Output = Result<T, E>>,
+    {
+        Wait { set: Some(self), when, is_error: Result::is_err, done: Vec::new() }
+    }
+}
+
+/// Future for the [`wait`] and [`try_wait`] functions.
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct Wait<F: Future> {
+    set: Option<AsCompleted<F>>,
+    when: ReturnWhen,
+    is_error: fn(&F::Output) -> bool,
+    done: Vec<(usize, F::Output)>,
+}
+
+// Outputs are never pinned; children are pinned inside the engine.
+impl<F: Future> Unpin for Wait<F> {}
+
+impl<F: Future> Future for Wait<F> {
+    type Output = WaitOutcome<F>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<WaitOutcome<F>> {
+        let this = self.get_mut();
+        let set = this.set.as_mut().expect("`Wait` polled after completion");
+        let mut failed = false;
+        let mut pass = set.engine.pass(cx);
+        while let Some(done) = pass.next() {
+            pass.engine().release_slot(done.slot);
+            failed = this.when == ReturnWhen::FirstError && (this.is_error)(&done.output);
+            this.done.push((done.key, done.output));
+            if failed {
+                break;
+            }
+        }
+        let ready = set.is_empty()
+            || failed
+            || (this.when == ReturnWhen::FirstCompleted && !this.done.is_empty());
+        if !ready {
+            return Poll::Pending;
+        }
+        let pending = this.set.take().expect("checked above");
+        Poll::Ready(WaitOutcome { done: std::mem::take(&mut this.done), pending })
+    }
+}
+
+impl<F: Future> fmt::Debug for Wait<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wait")
+            .field("when", &self.when)
+            .field("done", &self.done.len())
+            .field("set", &self.set)
+            .finish()
+    }
+}
