@@ -17,6 +17,8 @@
 //! * a slot is reused only when no cloned waker of its previous occupant is
 //!   alive ([`ReadySet::is_idle`]), so a stale waker never polls a newcomer.
 
+#[cfg(all(test, awaitkit_loom))]
+mod loom_models;
 mod ready;
 pub(crate) mod tuple;
 
@@ -366,5 +368,118 @@ impl<F: Future> Pass<'_, '_, F> {
     /// The engine, for bookkeeping between completions.
     pub(crate) fn engine(&mut self) -> &mut Engine<F> {
         self.engine
+    }
+}
+
+#[cfg(all(test, not(awaitkit_loom)))]
+mod tests {
+    use super::Engine;
+    use std::cell::RefCell;
+    use std::future::{Future, poll_fn};
+    use std::rc::Rc;
+    use std::task::{Context, Poll, Waker};
+
+    type Parked = Rc<RefCell<Vec<Waker>>>;
+
+    /// A child that parks a clone of its waker and finishes when `done` is set.
+    fn parked(store: &Parked, done: &Rc<RefCell<bool>>, polls: &Rc<RefCell<usize>>) -> impl Future<Output = ()> + use<> {
+        let (store, done, polls) = (store.clone(), done.clone(), polls.clone());
+        poll_fn(move |cx| {
+            *polls.borrow_mut() += 1;
+            store.borrow_mut().push(cx.waker().clone());
+            if *done.borrow() { Poll::Ready(()) } else { Poll::Pending }
+        })
+    }
+
+    fn drain<F: Future>(engine: &mut Engine<F>, cx: &mut Context<'_>) -> Vec<usize> {
+        let mut keys = Vec::new();
+        let mut pass = engine.pass(cx);
+        while let Some(done) = pass.next() {
+            pass.engine().release_slot(done.slot);
+            keys.push(done.key);
+        }
+        keys
+    }
+
+    #[test]
+    fn growth_keeps_every_child_reachable() {
+        let mut engine = Engine::new();
+        for key in 0..1000 {
+            engine.push(std::future::ready(key), key);
+        }
+        assert_eq!(engine.slots.len(), 6, "32 + 64 + 128 + 256 + 512 + 1024 slots");
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut keys = drain(&mut engine, &mut cx);
+        keys.sort_unstable();
+        assert_eq!(keys, (0..1000).collect::<Vec<_>>());
+        assert_eq!(engine.running(), 0);
+    }
+
+    #[test]
+    fn slots_with_live_clones_cool_down_and_are_reused_later() {
+        let store: Parked = Rc::default();
+        let polls = Rc::new(RefCell::new(0));
+        let done = Rc::new(RefCell::new(true));
+        let mut engine = Engine::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        engine.push(parked(&store, &done, &polls), 0);
+        assert_eq!(drain(&mut engine, &mut cx), [0]);
+        // The finished child's waker clone is alive: its slot must cool.
+        assert_ne!(engine.cooling, super::NO_SLOT);
+        let (new_store, new_polls): (Parked, _) = (Rc::default(), Rc::new(RefCell::new(0)));
+        let never = Rc::new(RefCell::new(false));
+        let first = engine.push(parked(&new_store, &never, &new_polls), 1);
+        assert_ne!(first, super::SlotId { chunk: 0, index: 0 });
+        assert!(drain(&mut engine, &mut cx).is_empty());
+        // The stale waker fires: nothing is polled.
+        store.borrow()[0].wake_by_ref();
+        assert!(drain(&mut engine, &mut cx).is_empty());
+        assert_eq!((*polls.borrow(), *new_polls.borrow()), (1, 1));
+        // Once the clone is gone, the cooled slot becomes reusable.
+        store.borrow_mut().clear();
+        engine.recheck_cooling();
+        assert_eq!(engine.cooling, super::NO_SLOT);
+    }
+
+    #[test]
+    fn wakers_outliving_the_engine_keep_their_chunk_alive() {
+        let store: Parked = Rc::default();
+        let polls = Rc::new(RefCell::new(0));
+        let done = Rc::new(RefCell::new(false));
+        let mut engine = Engine::from_iter((0..70).map(|_| parked(&store, &done, &polls)));
+        for key in 70..200 {
+            engine.push(parked(&store, &done, &polls), key);
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(drain(&mut engine, &mut cx).is_empty());
+        assert_eq!(*polls.borrow(), 200);
+        drop(engine);
+        // Every clone still points at a live chunk (ASan checks this).
+        for waker in store.borrow().iter() {
+            waker.wake_by_ref();
+        }
+        let clone = store.borrow()[150].clone();
+        store.borrow_mut().clear();
+        clone.wake();
+    }
+
+    #[test]
+    fn each_child_is_polled_once_per_pass_even_when_it_rewakes() {
+        let mut engine = Engine::from_iter((0..100).map(|i| {
+            let mut left = 3;
+            poll_fn(move |cx: &mut Context<'_>| {
+                if left == 0 {
+                    return Poll::Ready(i);
+                }
+                left -= 1;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            })
+        }));
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..3 {
+            assert!(drain(&mut engine, &mut cx).is_empty());
+        }
+        assert_eq!(drain(&mut engine, &mut cx).len(), 100);
     }
 }

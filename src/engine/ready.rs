@@ -57,6 +57,11 @@ pub(crate) const MAX_CHUNKS: usize = 64;
 /// Clone counts beyond this abort, like `Arc` does on overflow.
 const MAX_CLONES: u32 = u32::MAX / 2;
 
+/// Chunks allocated and not yet freed; lets the loom models check that the
+/// last waker or owner frees everything (run them with one test thread).
+#[cfg(all(test, awaitkit_loom))]
+pub(crate) static LIVE_CHUNKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// What a child's waker points at.
 #[repr(C)]
 struct Entry {
@@ -249,6 +254,8 @@ impl Chunk {
         let base = unsafe { alloc(layout) };
         let Some(base) = NonNull::new(base) else { handle_alloc_error(layout) };
         let header = base.cast::<Header>();
+        #[cfg(all(test, awaitkit_loom))]
+        LIVE_CHUNKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // SAFETY: `words_at` is within the allocation and suitably aligned.
         let words = unsafe { base.add(words_at).cast::<AtomicU64>() };
         // SAFETY: all writes below initialise fields of the fresh allocation
@@ -311,6 +318,8 @@ impl Chunk {
             ptr::drop_in_place(header.as_ptr());
             dealloc(header.as_ptr().cast(), layout);
         }
+        #[cfg(all(test, awaitkit_loom))]
+        LIVE_CHUNKS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

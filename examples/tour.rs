@@ -1,0 +1,140 @@
+//! A guided, timed tour of awaitkit's patterns.
+//!
+//! Run it with `cargo run --release --example tour`. It follows the asyncio
+//! guide the crate is modelled on, section by section, and prints what each
+//! pattern does and how long it took. It runs on `futures::executor` — the
+//! same code runs unchanged on tokio or smol.
+
+use futures::StreamExt;
+use futures_timer::Delay;
+use std::time::{Duration, Instant};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn section(title: &str) {
+    println!("\n== {title}");
+}
+
+async fn fetch_user(id: u32) -> String {
+    Delay::new(ms(500)).await;
+    format!("user-{id}")
+}
+
+async fn fetch_posts(id: u32) -> Vec<String> {
+    Delay::new(ms(300)).await;
+    (1..=3).map(|n| format!("post {n} of user-{id}")).collect()
+}
+
+/// A download that takes `delay` and says so when it is cancelled.
+struct Download {
+    name: &'static str,
+    finished: bool,
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        if !self.finished {
+            println!("   {} cancelled (dropped before finishing)", self.name);
+        }
+    }
+}
+
+async fn download(name: &'static str, delay: u64) -> &'static str {
+    let mut guard = Download { name, finished: false };
+    Delay::new(ms(delay)).await;
+    guard.finished = true;
+    name
+}
+
+async fn call_api(n: u32) -> Result<u32, String> {
+    Delay::new(ms(50 * u64::from(n))).await;
+    if n == 3 { Err(format!("call {n} failed")) } else { Ok(n * 10) }
+}
+
+fn main() {
+    let tour = Instant::now();
+    futures::executor::block_on(async {
+        section("1. Sequential vs gather!: fetch a user (0.5 s) and their posts (0.3 s)");
+        let start = Instant::now();
+        let user = fetch_user(1).await;
+        let posts = fetch_posts(1).await;
+        let sequential = start.elapsed();
+        println!("   sequential: {user} with {} posts in {sequential:.2?}", posts.len());
+
+        let start = Instant::now();
+        let (user, posts) = awaitkit::gather!(fetch_user(1), fetch_posts(1)).await;
+        let concurrent = start.elapsed();
+        println!("   gather!:    {user} with {} posts in {concurrent:.2?}", posts.len());
+        println!(
+            "   speedup: {:.1}x (the slower call sets the pace)",
+            sequential.as_secs_f64() / concurrent.as_secs_f64()
+        );
+
+        section("2. gather over many: 1 000 calls of 200 ms each, outputs in input order");
+        let start = Instant::now();
+        let results = awaitkit::gather((0..1000u64).map(|i| async move {
+            Delay::new(ms(200)).await;
+            i * i
+        }))
+        .await;
+        println!(
+            "   {} results in {:.2?}; results[7] = {} (input order kept)",
+            results.len(),
+            start.elapsed(),
+            results[7]
+        );
+
+        section("3. as_completed: handle each result as soon as it is ready");
+        let start = Instant::now();
+        let mut done = awaitkit::as_completed([
+            download("big.iso", 600),
+            download("small.txt", 100),
+            download("medium.zip", 300),
+        ])
+        .indexed();
+        while let Some((index, name)) = done.next().await {
+            println!("   {:>6.2?}  #{index} {name}", start.elapsed());
+        }
+
+        section("4. wait_any: ask three mirrors, keep the first answer, cancel the rest");
+        let start = Instant::now();
+        let mirrors = [download("mirror-eu", 400), download("mirror-us", 150), download("mirror-asia", 700)];
+        let (index, name, rest) = awaitkit::wait_any(mirrors).await.expect("three mirrors");
+        println!("   {:.2?}: #{index} {name} answered first; {} still running", start.elapsed(), rest.len());
+        drop(rest);
+
+        section("5. wait(FirstCompleted): take what is done, keep the rest running");
+        let start = Instant::now();
+        let jobs = [download("job-a", 200), download("job-b", 500), download("job-c", 250)];
+        let outcome = awaitkit::wait(jobs, awaitkit::ReturnWhen::FirstCompleted).await;
+        println!("   {:.2?}: done {:?}, {} pending", start.elapsed(), outcome.done, outcome.pending.len());
+        let rest = outcome.pending.wait(awaitkit::ReturnWhen::AllCompleted).await;
+        println!("   {:.2?}: the rest finished too: {:?}", start.elapsed(), rest.done);
+
+        section("6. try_gather: fail fast, cancel the others");
+        let start = Instant::now();
+        let result = awaitkit::try_gather((1..=5).map(call_api)).await;
+        println!("   {:.2?}: {result:?} (calls 4 and 5 were dropped, not awaited)", start.elapsed());
+
+        section("7. gather_settled: panics become values (return_exceptions=True)");
+        // Keep the default hook from printing the captured panic.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let outcomes = awaitkit::gather_settled((0..3).map(|i| async move {
+            Delay::new(ms(20)).await;
+            assert!(i != 1, "task {i} blew up");
+            i
+        }))
+        .await;
+        std::panic::set_hook(hook);
+        for (i, outcome) in outcomes.iter().enumerate() {
+            match outcome {
+                Ok(v) => println!("   task {i}: ok {v}"),
+                Err(panic) => println!("   task {i}: {panic}"),
+            }
+        }
+    });
+    println!("\nTour finished in {:.2?}.", tour.elapsed());
+}

@@ -1,0 +1,157 @@
+//! Loom models of the engine's wake protocol and chunk lifetimes.
+//!
+//! Run with:
+//! `RUSTFLAGS="--cfg awaitkit_loom" cargo test --release --lib engine::loom_models -- --test-threads=1`
+//!
+//! `loom::future::block_on` parks until woken, so a lost wake-up shows up as
+//! a deadlock that loom reports.
+
+use super::ready::LIVE_CHUNKS;
+use crate::{AsCompleted, gather};
+use futures_core::Stream;
+use loom::sync::atomic::{AtomicUsize, Ordering};
+use loom::sync::{Arc, Mutex};
+use loom::thread;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+/// A child that finishes once it has been fired `need` times; it keeps a
+/// clone of its latest waker for the firing threads.
+#[derive(Default)]
+struct Gate {
+    fired: AtomicUsize,
+    polls: AtomicUsize,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Gate {
+    /// Fires through a clone of the stored waker (so several threads can
+    /// wake the same child at once).
+    fn fire(&self) {
+        self.fired.fetch_add(1, Ordering::Release);
+        let waker = self.waker.lock().unwrap().clone();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+struct WaitGate {
+    gate: Arc<Gate>,
+    need: usize,
+}
+
+impl Future for WaitGate {
+    type Output = usize;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+        self.gate.polls.fetch_add(1, Ordering::Relaxed);
+        *self.gate.waker.lock().unwrap() = Some(cx.waker().clone());
+        let fired = self.gate.fired.load(Ordering::Acquire);
+        if fired >= self.need { Poll::Ready(fired) } else { Poll::Pending }
+    }
+}
+
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(3);
+    }
+    builder.check(move || {
+        f();
+        assert_eq!(LIVE_CHUNKS.load(std::sync::atomic::Ordering::Relaxed), 0, "a chunk leaked");
+    });
+}
+
+/// Two children woken from two other threads while the owner polls: no wake
+/// is lost, and every child is polled at most wakes + 1 times.
+#[test]
+fn wake_during_poll_from_other_threads() {
+    model(|| {
+        let gates: Vec<Arc<Gate>> = (0..2).map(|_| Arc::new(Gate::default())).collect();
+        let threads: Vec<_> = gates
+            .iter()
+            .map(|g| {
+                let g = g.clone();
+                thread::spawn(move || g.fire())
+            })
+            .collect();
+        let children = gates.iter().map(|g| WaitGate { gate: g.clone(), need: 1 });
+        let out = loom::future::block_on(gather(children));
+        assert_eq!(out, [1, 1]);
+        for t in threads {
+            t.join().unwrap();
+        }
+        for g in &gates {
+            assert!(g.polls.load(Ordering::Relaxed) <= 2);
+        }
+    });
+}
+
+/// Two threads wake the same child concurrently through separate clones.
+#[test]
+fn concurrent_wakes_of_one_child() {
+    model(|| {
+        let gate = Arc::new(Gate::default());
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let g = gate.clone();
+                thread::spawn(move || g.fire())
+            })
+            .collect();
+        let out = loom::future::block_on(gather([WaitGate { gate: gate.clone(), need: 2 }]));
+        assert_eq!(out, [2]);
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(gate.polls.load(Ordering::Relaxed) <= 3);
+    });
+}
+
+/// The owner drops the set while another thread still holds (and uses) a
+/// child's waker: the chunk is freed exactly once, by whoever is last.
+#[test]
+fn drop_while_wakers_alive() {
+    model(|| {
+        let gate = Arc::new(Gate::default());
+        let mut set = AsCompleted::new();
+        set.push(WaitGate { gate: gate.clone(), need: 1 });
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut set).poll_next(&mut cx).is_pending());
+        let g = gate.clone();
+        let t = thread::spawn(move || g.fire());
+        drop(set);
+        t.join().unwrap();
+        // The clone the child stored may still be alive here; drop it last.
+        drop(gate.waker.lock().unwrap().take());
+    });
+}
+
+/// A slot is reused while another thread may still wake through a clone of
+/// the previous occupant's waker: the newcomer is never polled because of it.
+#[test]
+fn stale_waker_never_polls_new_child() {
+    model(|| {
+        let old = Arc::new(Gate::default());
+        old.fired.store(1, Ordering::Relaxed);
+        let mut set = AsCompleted::new();
+        set.push(WaitGate { gate: old.clone(), need: 1 });
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(Pin::new(&mut set).poll_next(&mut cx), Poll::Ready(Some(1)));
+        // The old child's waker is still stored: fire it from another thread
+        // while a new child takes a slot.
+        let g = old.clone();
+        let t = thread::spawn(move || g.fire());
+        let new = Arc::new(Gate::default());
+        set.push(WaitGate { gate: new.clone(), need: 1 });
+        assert!(Pin::new(&mut set).poll_next(&mut cx).is_pending());
+        t.join().unwrap();
+        assert!(Pin::new(&mut set).poll_next(&mut cx).is_pending());
+        assert_eq!(new.polls.load(Ordering::Relaxed), 1, "a stale wake polled the new child");
+        drop(set);
+        drop(old.waker.lock().unwrap().take());
+    });
+}
