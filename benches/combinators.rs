@@ -1,1 +1,611 @@
-fn main(){}
+//! Combinator benchmarks: awaitkit against its peers, side by side, as
+//! `/work/shared/BENCH.md` describes them.
+//!
+//! Groups (one criterion group each, one function per crate, parameter = N):
+//!
+//! * `gather_yield`, `gather_shuffled`: outputs collected in input order.
+//! * `as_completed_yield`, `as_completed_shuffled`: the same children consumed
+//!   as a stream in completion order.
+//! * `wait_any`: N pending children, the last one fires, winner + rest are
+//!   returned and the rest dropped.
+//!
+//! Children:
+//!
+//! * *yield*: the first poll wakes its own waker and returns `Pending`, the
+//!   second returns `Ready(index)`.
+//! * *parked*: the child parks a clone of its waker in its own slot of a shared
+//!   table; the driver fires the slots one at a time in a fixed order (a
+//!   seeded shuffle computed outside the timed region) and polls the
+//!   combinator after each fire. A child polled after its slot was fired
+//!   returns `Ready(index)`; a child polled without being fired re-parks (it
+//!   clones the waker only when it changed, like a well-behaved leaf future);
+//!   a dropped child clears its slot (drops the parked waker).
+//!
+//! Driver: single-threaded `block_on` whose top-level waker's `wake` is one
+//! relaxed store to an `AtomicBool`; the future is polled again only when the
+//! flag was set. When it was not, the driver fires the next slot of the order
+//! (shuffled / wait_any groups) — then polls only if that set the flag.
+//! Building the N children, building the combinator, driving it, and dropping
+//! the output (and, for `wait_any`, the rest) are all inside the timed region,
+//! for every crate alike.
+//!
+//! Child polls: before the timed runs of each (group, crate, N), one untimed
+//! run with counting children (a thread-local counter, compiled out of the
+//! timed children) also checks the results (order, winner) and records
+//! polls / N in `<criterion dir>/polls.csv` (and on stderr).
+//!
+//! Modes:
+//!
+//! * full (default): sample size 30, warm-up 1 s, measurement 3 s.
+//! * quick: `AWAITKIT_BENCH_QUICK=1`: sample size 10, warm-up 200 ms,
+//!   measurement 1 s, and N = 100 000 only in `gather_shuffled` (where the
+//!   flatness bar needs it).
+//!
+//! futures-concurrency's `Vec::join` and `FutureGroup` scan every child on
+//! each wake, so the shuffled groups are quadratic for them: they are capped at
+//! N = 10 000 there (one iteration at 10 000 already takes ~0.5 s), and every
+//! N >= 10 000 uses flat sampling with 10 samples.
+//!
+//! Regenerate the report:
+//! `AWAITKIT_BENCH_QUICK=1 cargo bench --bench combinators && python3 scripts/bench_table.py > docs/benchmarks.md`
+
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use futures::StreamExt;
+use futures::stream::Stream;
+use futures_concurrency::prelude::*;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use std::cell::Cell;
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+// ---------------------------------------------------------------------------
+// Driver
+// ---------------------------------------------------------------------------
+
+/// The top-level wake flag: `wake` is one relaxed store.
+struct Flag(AtomicBool);
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Relaxed);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.store(true, Relaxed);
+    }
+}
+
+/// One parked child's slot: its parked waker and whether the driver fired it.
+#[derive(Default)]
+struct Slot {
+    fired: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+/// Everything an iteration needs, built outside the timed region.
+struct Ctx {
+    n: usize,
+    /// One slot per child (parked children only).
+    slots: Vec<Slot>,
+    /// Fire order: a seeded shuffle of `0..n` (shuffled groups) or `[n - 1]`
+    /// (`wait_any`); empty for yield children.
+    order: Vec<usize>,
+    flag: Arc<Flag>,
+    waker: Waker,
+}
+
+impl Ctx {
+    fn new(n: usize, slots: bool, order: Vec<usize>) -> Self {
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(flag.clone());
+        let slots = if slots { (0..n).map(|_| Slot::default()).collect() } else { Vec::new() };
+        Ctx { n, slots, order, flag, waker }
+    }
+
+    fn yielding(n: usize) -> Self {
+        Self::new(n, false, Vec::new())
+    }
+
+    fn shuffled(n: usize) -> Self {
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut SmallRng::seed_from_u64(0x5eed_0000 ^ n as u64));
+        Self::new(n, true, order)
+    }
+
+    fn fire_last(n: usize) -> Self {
+        Self::new(n, true, vec![n - 1])
+    }
+
+    fn fire(&self, index: usize) {
+        let slot = &self.slots[index];
+        slot.fired.set(true);
+        if let Some(waker) = slot.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Polls `fut` to completion; polls again only after the flag was set,
+    /// firing the next slot of `order` while it is not.
+    fn block_on<F: Future>(&self, fut: F) -> F::Output {
+        let mut fut = pin!(fut);
+        let mut cx = Context::from_waker(&self.waker);
+        let mut next = 0;
+        loop {
+            if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+                return out;
+            }
+            while !self.flag.0.load(Relaxed) {
+                let index = *self
+                    .order
+                    .get(next)
+                    .expect("deadlock: the future is pending, its waker was not woken and nothing is left to fire");
+                next += 1;
+                self.fire(index);
+            }
+            self.flag.0.store(false, Relaxed);
+        }
+    }
+
+    /// Every slot is back to its initial state (checked after counting runs).
+    fn assert_clean(&self) {
+        for (i, slot) in self.slots.iter().enumerate() {
+            assert!(!slot.fired.get(), "slot {i} still fired");
+            let waker = slot.waker.take();
+            assert!(waker.is_none(), "slot {i} still holds a waker");
+        }
+        assert!(!self.flag.0.load(Relaxed), "flag left set");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Children
+// ---------------------------------------------------------------------------
+
+thread_local! {
+    static POLLS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count_poll<const C: bool>() {
+    if C {
+        POLLS.with(|p| p.set(p.get() + 1));
+    }
+}
+
+/// Wakes itself and returns `Pending` once, then `Ready(index)`.
+struct YieldChild<const C: bool> {
+    index: usize,
+    yielded: bool,
+}
+
+impl<const C: bool> Future for YieldChild<C> {
+    type Output = usize;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+        count_poll::<C>();
+        if self.yielded {
+            return Poll::Ready(self.index);
+        }
+        self.yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Parks its waker in its slot until the driver fires it.
+struct ParkedChild<'a, const C: bool> {
+    slot: &'a Slot,
+    index: usize,
+}
+
+impl<const C: bool> Future for ParkedChild<'_, C> {
+    type Output = usize;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+        count_poll::<C>();
+        let slot = self.slot;
+        if slot.fired.get() {
+            slot.fired.set(false);
+            return Poll::Ready(self.index);
+        }
+        let waker = match slot.waker.take() {
+            Some(w) if w.will_wake(cx.waker()) => w,
+            _ => cx.waker().clone(),
+        };
+        slot.waker.set(Some(waker));
+        Poll::Pending
+    }
+}
+
+impl<const C: bool> Drop for ParkedChild<'_, C> {
+    fn drop(&mut self) {
+        drop(self.slot.waker.take());
+    }
+}
+
+/// A kind of child, with or without poll counting (`COUNT`).
+trait Kind {
+    const COUNT: bool;
+    const PARKED: bool;
+    type Child<'a>: Future<Output = usize> + Unpin + 'a;
+    fn child(ctx: &Ctx, index: usize) -> Self::Child<'_>;
+}
+
+struct Yield<const C: bool>;
+struct Parked<const C: bool>;
+
+impl<const C: bool> Kind for Yield<C> {
+    const COUNT: bool = C;
+    const PARKED: bool = false;
+    type Child<'a> = YieldChild<C>;
+    fn child(_: &Ctx, index: usize) -> YieldChild<C> {
+        YieldChild { index, yielded: false }
+    }
+}
+
+impl<const C: bool> Kind for Parked<C> {
+    const COUNT: bool = C;
+    const PARKED: bool = true;
+    type Child<'a> = ParkedChild<'a, C>;
+    fn child(ctx: &Ctx, index: usize) -> ParkedChild<'_, C> {
+        ParkedChild { slot: &ctx.slots[index], index }
+    }
+}
+
+/// The N children, built lazily (inside the timed region).
+fn kids<K: Kind>(ctx: &Ctx) -> impl ExactSizeIterator<Item = K::Child<'_>> {
+    (0..ctx.n).map(move |i| K::child(ctx, i))
+}
+
+// ---------------------------------------------------------------------------
+// gather_* : outputs in input order
+// ---------------------------------------------------------------------------
+
+fn check_gathered<K: Kind>(ctx: &Ctx, out: &[usize]) -> usize {
+    if K::COUNT {
+        assert!(out.iter().copied().eq(0..ctx.n), "gather output not in input order");
+    }
+    out.len()
+}
+
+fn gather_awaitkit<K: Kind>(ctx: &Ctx) -> usize {
+    let out = ctx.block_on(awaitkit::gather(kids::<K>(ctx)));
+    check_gathered::<K>(ctx, &out)
+}
+
+fn gather_futures_join_all<K: Kind>(ctx: &Ctx) -> usize {
+    let out = ctx.block_on(futures::future::join_all(kids::<K>(ctx)));
+    check_gathered::<K>(ctx, &out)
+}
+
+fn gather_futures_ordered<K: Kind>(ctx: &Ctx) -> usize {
+    let set: futures::stream::FuturesOrdered<_> = kids::<K>(ctx).collect();
+    let out: Vec<usize> = ctx.block_on(set.collect());
+    check_gathered::<K>(ctx, &out)
+}
+
+fn gather_fc_vec_join<K: Kind>(ctx: &Ctx) -> usize {
+    let children: Vec<_> = kids::<K>(ctx).collect();
+    let out = ctx.block_on(children.join());
+    check_gathered::<K>(ctx, &out)
+}
+
+fn gather_fb_join_all<K: Kind>(ctx: &Ctx) -> usize {
+    let out = ctx.block_on(futures_buffered::join_all(kids::<K>(ctx)));
+    check_gathered::<K>(ctx, &out)
+}
+
+fn gather_fb_ordered<K: Kind>(ctx: &Ctx) -> usize {
+    let set: futures_buffered::FuturesOrdered<_> = kids::<K>(ctx).collect();
+    let out: Vec<usize> = ctx.block_on(set.collect());
+    check_gathered::<K>(ctx, &out)
+}
+
+// ---------------------------------------------------------------------------
+// as_completed_* : consumed as a stream in completion order
+// ---------------------------------------------------------------------------
+
+/// Consumes the stream; counting runs also check the completion order
+/// (the fire order for parked children, a permutation of `0..n` otherwise).
+async fn drain<K: Kind, S: Stream<Item = usize>>(ctx: &Ctx, stream: S) -> usize {
+    let mut stream = pin!(stream);
+    let mut count = 0;
+    let mut seen = Vec::new();
+    while let Some(index) = stream.next().await {
+        count += 1;
+        if K::COUNT {
+            seen.push(index);
+        }
+    }
+    if K::COUNT {
+        if K::PARKED {
+            assert_eq!(seen, ctx.order, "completion order differs from fire order");
+        } else {
+            seen.sort_unstable();
+            assert!(seen.iter().copied().eq(0..ctx.n), "not every child completed once");
+        }
+    }
+    count
+}
+
+fn as_completed_awaitkit<K: Kind>(ctx: &Ctx) -> usize {
+    ctx.block_on(drain::<K, _>(ctx, awaitkit::as_completed(kids::<K>(ctx))))
+}
+
+fn as_completed_futures_unordered<K: Kind>(ctx: &Ctx) -> usize {
+    let set: futures::stream::FuturesUnordered<_> = kids::<K>(ctx).collect();
+    ctx.block_on(drain::<K, _>(ctx, set))
+}
+
+fn as_completed_fc_future_group<K: Kind>(ctx: &Ctx) -> usize {
+    let set: futures_concurrency::future::FutureGroup<_> = kids::<K>(ctx).collect();
+    ctx.block_on(drain::<K, _>(ctx, set))
+}
+
+fn as_completed_fb_unordered<K: Kind>(ctx: &Ctx) -> usize {
+    let set: futures_buffered::FuturesUnordered<_> = kids::<K>(ctx).collect();
+    ctx.block_on(drain::<K, _>(ctx, set))
+}
+
+fn as_completed_fb_unordered_bounded<K: Kind>(ctx: &Ctx) -> usize {
+    let set: futures_buffered::FuturesUnorderedBounded<_> = kids::<K>(ctx).collect();
+    ctx.block_on(drain::<K, _>(ctx, set))
+}
+
+// ---------------------------------------------------------------------------
+// wait_any : first of N pending children (the last one fires), drop the rest
+// ---------------------------------------------------------------------------
+
+fn check_winner<K: Kind>(ctx: &Ctx, winner: usize) -> usize {
+    if K::COUNT {
+        assert_eq!(winner, ctx.n - 1, "wrong winner");
+    }
+    winner
+}
+
+fn wait_any_awaitkit<K: Kind>(ctx: &Ctx) -> usize {
+    let (index, winner, rest) = ctx.block_on(awaitkit::wait_any(kids::<K>(ctx))).expect("non-empty");
+    if K::COUNT {
+        assert_eq!(index, winner);
+        assert_eq!(rest.len(), ctx.n - 1);
+    }
+    drop(rest);
+    check_winner::<K>(ctx, winner)
+}
+
+fn wait_any_futures_select_all<K: Kind>(ctx: &Ctx) -> usize {
+    let (winner, index, rest) = ctx.block_on(futures::future::select_all(kids::<K>(ctx)));
+    if K::COUNT {
+        assert_eq!(index, winner);
+        assert_eq!(rest.len(), ctx.n - 1);
+    }
+    drop(rest);
+    check_winner::<K>(ctx, winner)
+}
+
+fn wait_any_futures_unordered_next<K: Kind>(ctx: &Ctx) -> usize {
+    let mut rest: futures::stream::FuturesUnordered<_> = kids::<K>(ctx).collect();
+    let winner = ctx.block_on(rest.next()).expect("non-empty");
+    drop(rest);
+    check_winner::<K>(ctx, winner)
+}
+
+fn wait_any_fc_race<K: Kind>(ctx: &Ctx) -> usize {
+    let children: Vec<_> = kids::<K>(ctx).collect();
+    let winner = ctx.block_on(children.race());
+    check_winner::<K>(ctx, winner)
+}
+
+fn wait_any_fb_unordered_next<K: Kind>(ctx: &Ctx) -> usize {
+    let mut rest: futures_buffered::FuturesUnordered<_> = kids::<K>(ctx).collect();
+    let winner = ctx.block_on(rest.next()).expect("non-empty");
+    drop(rest);
+    check_winner::<K>(ctx, winner)
+}
+
+fn wait_any_fb_unordered_bounded_next<K: Kind>(ctx: &Ctx) -> usize {
+    let mut rest: futures_buffered::FuturesUnorderedBounded<_> = kids::<K>(ctx).collect();
+    let winner = ctx.block_on(rest.next()).expect("non-empty");
+    drop(rest);
+    check_winner::<K>(ctx, winner)
+}
+
+// ---------------------------------------------------------------------------
+// Registration
+// ---------------------------------------------------------------------------
+
+type Run = fn(&Ctx) -> usize;
+
+/// One bench function: criterion id, timed run, counting run, largest N it
+/// runs at (quadratic peers are capped).
+struct Entry {
+    name: &'static str,
+    timed: Run,
+    counted: Run,
+    max_n: usize,
+}
+
+macro_rules! entry {
+    ($name:literal, $f:ident, $kind:ident) => {
+        entry!($name, $f, $kind, usize::MAX)
+    };
+    ($name:literal, $f:ident, $kind:ident, $max_n:expr) => {
+        Entry { name: $name, timed: $f::<$kind<false>>, counted: $f::<$kind<true>>, max_n: $max_n }
+    };
+}
+
+/// futures-concurrency is quadratic when children wake one at a time.
+const QUADRATIC_CAP: usize = 10_000;
+
+struct Settings {
+    quick: bool,
+    out_dir: PathBuf,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let quick = std::env::var("AWAITKIT_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let out_dir = if let Some(home) = std::env::var_os("CRITERION_HOME") {
+            PathBuf::from(home)
+        } else if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+            PathBuf::from(target).join("criterion")
+        } else {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("criterion")
+        };
+        Settings { quick, out_dir }
+    }
+
+    fn criterion(&self) -> Criterion {
+        let c = Criterion::default().output_directory(&self.out_dir);
+        if self.quick {
+            c.sample_size(10)
+                .warm_up_time(Duration::from_millis(200))
+                .measurement_time(Duration::from_secs(1))
+        } else {
+            c.sample_size(30).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3))
+        }
+    }
+
+    /// Quick mode keeps N = 100 000 in `gather_shuffled` only.
+    fn sizes(&self, group: &str, sizes: &[usize]) -> Vec<usize> {
+        sizes.iter().copied().filter(|&n| !self.quick || n < 100_000 || group == "gather_shuffled").collect()
+    }
+
+    /// Records polls / N in `polls.csv` (replacing an older row for the same
+    /// bench) and on stderr.
+    fn record_polls(&self, group: &str, name: &str, n: usize, polls_per_child: f64) {
+        eprintln!("polls/N {group}/{name}/{n}: {polls_per_child:.2}");
+        std::fs::create_dir_all(&self.out_dir).expect("create criterion dir");
+        let path = self.out_dir.join("polls.csv");
+        let key = format!("{group},{name},{n},");
+        let mut lines: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with("group,") && !l.starts_with(&key))
+            .map(str::to_owned)
+            .collect();
+        lines.push(format!("{key}{polls_per_child:.4}"));
+        let mut file = std::fs::File::create(&path).expect("write polls.csv");
+        writeln!(file, "group,function,n,polls_per_n").expect("write polls.csv");
+        for line in lines {
+            writeln!(file, "{line}").expect("write polls.csv");
+        }
+    }
+
+    /// Marks the start of a run: the report generator ignores results older
+    /// than this file (left over from an earlier run with other sizes).
+    fn write_run_marker(&self) {
+        std::fs::create_dir_all(&self.out_dir).expect("create criterion dir");
+        let mode = if self.quick {
+            "quick (AWAITKIT_BENCH_QUICK=1): sample size 10, warm-up 200 ms, measurement 1 s"
+        } else {
+            "full: sample size 30, warm-up 1 s, measurement 3 s"
+        };
+        std::fs::write(self.out_dir.join("awaitkit-bench-run.txt"), format!("{mode}\n"))
+            .expect("write run marker");
+    }
+}
+
+fn bench_group(
+    c: &mut Criterion,
+    settings: &Settings,
+    group_name: &str,
+    sizes: &[usize],
+    make_ctx: fn(usize) -> Ctx,
+    entries: &[Entry],
+) {
+    let sizes = settings.sizes(group_name, sizes);
+    let mut group = c.benchmark_group(group_name);
+    let default_samples = if settings.quick { 10 } else { 30 };
+    for &n in &sizes {
+        let ctx = make_ctx(n);
+        group.throughput(Throughput::Elements(n as u64));
+        for entry in entries.iter().filter(|e| n <= e.max_n) {
+            let mut counted = false;
+            if n >= 10_000 {
+                group.sampling_mode(SamplingMode::Flat).sample_size(10);
+            } else {
+                group.sampling_mode(SamplingMode::Auto).sample_size(default_samples);
+            }
+            group.bench_with_input(BenchmarkId::new(entry.name, n), &ctx, |b, ctx| {
+                if !counted {
+                    counted = true;
+                    POLLS.with(|p| p.set(0));
+                    let done = (entry.counted)(ctx);
+                    let polls = POLLS.with(Cell::get);
+                    ctx.assert_clean();
+                    if group_name.starts_with("wait_any") {
+                        assert_eq!(done, n - 1);
+                    } else {
+                        assert_eq!(done, n);
+                    }
+                    settings.record_polls(group_name, entry.name, n, polls as f64 / n as f64);
+                }
+                b.iter(|| (entry.timed)(ctx));
+            });
+        }
+    }
+    group.finish();
+}
+
+fn main() {
+    let settings = Settings::from_env();
+    let mut c = settings.criterion().configure_from_args();
+    settings.write_run_marker();
+
+    let gather_yield = [
+        entry!("awaitkit", gather_awaitkit, Yield),
+        entry!("futures_join_all", gather_futures_join_all, Yield),
+        entry!("futures_FuturesOrdered", gather_futures_ordered, Yield),
+        entry!("fc_Vec_join", gather_fc_vec_join, Yield),
+        entry!("fb_join_all", gather_fb_join_all, Yield),
+        entry!("fb_FuturesOrdered", gather_fb_ordered, Yield),
+    ];
+    let gather_shuffled = [
+        entry!("awaitkit", gather_awaitkit, Parked),
+        entry!("futures_join_all", gather_futures_join_all, Parked),
+        entry!("futures_FuturesOrdered", gather_futures_ordered, Parked),
+        entry!("fc_Vec_join", gather_fc_vec_join, Parked, QUADRATIC_CAP),
+        entry!("fb_join_all", gather_fb_join_all, Parked),
+        entry!("fb_FuturesOrdered", gather_fb_ordered, Parked),
+    ];
+    let as_completed_yield = [
+        entry!("awaitkit", as_completed_awaitkit, Yield),
+        entry!("futures_FuturesUnordered", as_completed_futures_unordered, Yield),
+        entry!("fc_FutureGroup", as_completed_fc_future_group, Yield),
+        entry!("fb_FuturesUnordered", as_completed_fb_unordered, Yield),
+        entry!("fb_FuturesUnorderedBounded", as_completed_fb_unordered_bounded, Yield),
+    ];
+    let as_completed_shuffled = [
+        entry!("awaitkit", as_completed_awaitkit, Parked),
+        entry!("futures_FuturesUnordered", as_completed_futures_unordered, Parked),
+        entry!("fc_FutureGroup", as_completed_fc_future_group, Parked, QUADRATIC_CAP),
+        entry!("fb_FuturesUnordered", as_completed_fb_unordered, Parked),
+        entry!("fb_FuturesUnorderedBounded", as_completed_fb_unordered_bounded, Parked),
+    ];
+    let wait_any = [
+        entry!("awaitkit", wait_any_awaitkit, Parked),
+        entry!("futures_select_all", wait_any_futures_select_all, Parked),
+        entry!("futures_FuturesUnordered_next", wait_any_futures_unordered_next, Parked),
+        entry!("fc_race", wait_any_fc_race, Parked),
+        entry!("fb_FuturesUnordered_next", wait_any_fb_unordered_next, Parked),
+        entry!("fb_FuturesUnorderedBounded_next", wait_any_fb_unordered_bounded_next, Parked),
+    ];
+
+    let yield_sizes = [10, 100, 1_000, 100_000];
+    let shuffled_sizes = [10, 1_000, 10_000, 100_000];
+    bench_group(&mut c, &settings, "gather_yield", &yield_sizes, Ctx::yielding, &gather_yield);
+    bench_group(&mut c, &settings, "gather_shuffled", &shuffled_sizes, Ctx::shuffled, &gather_shuffled);
+    bench_group(&mut c, &settings, "as_completed_yield", &yield_sizes, Ctx::yielding, &as_completed_yield);
+    bench_group(&mut c, &settings, "as_completed_shuffled", &shuffled_sizes, Ctx::shuffled, &as_completed_shuffled);
+    bench_group(&mut c, &settings, "wait_any", &[10, 1_000, 100_000], Ctx::fire_last, &wait_any);
+
+    c.final_summary();
+}

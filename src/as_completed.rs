@@ -1,6 +1,8 @@
 //! `as_completed` / [`AsCompleted`]: outputs in completion order, and the
 //! dynamic set of futures behind `wait_any` and `wait`.
 
+#![forbid(unsafe_code)]
+
 use crate::engine::Engine;
 use futures_core::Stream;
 use futures_core::stream::FusedStream;
@@ -116,7 +118,7 @@ impl<F: Future> AsCompleted<F> {
     /// # Examples
     ///
     /// ```
-    /// let set = awaitkit::as_completed([async { 1 }, async { 2 }]);
+    /// let set = awaitkit::as_completed([1, 2].map(std::future::ready));
     /// assert_eq!(set.len(), 2);
     /// ```
     pub fn len(&self) -> usize {

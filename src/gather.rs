@@ -1,6 +1,8 @@
 //! `gather`, `try_gather` and `gather_settled`: run many futures at once and
 //! collect their outputs in input order.
 
+#![forbid(unsafe_code)]
+
 use crate::engine::Engine;
 use std::any::Any;
 use std::fmt;
@@ -46,7 +48,7 @@ where
     Gather { engine: Engine::from_iter(futures), finished: false }
 }
 
-/// Future for the [`gather`] function.
+/// Future for the [`gather()`] function.
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct Gather<F: Future> {
     engine: Engine<F>,
@@ -118,7 +120,7 @@ where
     TryGather { engine: Engine::from_iter(futures), finished: false }
 }
 
-/// Future for the [`try_gather`] function.
+/// Future for the [`try_gather()`] function.
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct TryGather<F: Future> {
     engine: Engine<F>,

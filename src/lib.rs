@@ -11,8 +11,8 @@
 //!
 //! | you want… | Python | awaitkit |
 //! |---|---|---|
-//! | all outputs, in input order | `asyncio.gather(*aws)` | [`gather`], [`gather!`] |
-//! | all `Ok` values, or the first `Err` (rest cancelled) | `TaskGroup` | [`try_gather`], [`try_gather!`] |
+//! | all outputs, in input order | `asyncio.gather(*aws)` | [`gather()`], [`gather!`] |
+//! | all `Ok` values, or the first `Err` (rest cancelled) | `TaskGroup` | [`try_gather()`], [`try_gather!`] |
 //! | every outcome, panics captured as values | `gather(..., return_exceptions=True)` | [`gather_settled`] |
 //! | outputs as they finish | `asyncio.as_completed(aws)` | [`as_completed`] ([`AsCompleted::indexed`] for input indices) |
 //! | a dynamic set of futures | `asyncio.create_task` + a set | [`AsCompleted::new`] + [`AsCompleted::push`] |
@@ -68,6 +68,7 @@
 //! (timers, progress bars) will be optional, additive features.
 
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod as_completed;
@@ -80,6 +81,11 @@ pub use as_completed::{AsCompleted, AsCompletedIndexed, as_completed};
 pub use engine::tuple::{GatherTuple, TryGatherTuple};
 pub use gather::{Gather, GatherSettled, Panicked, TryGather, gather, gather_settled, try_gather};
 pub use wait::{ReturnWhen, Wait, WaitAny, WaitOutcome, try_wait, wait, wait_any};
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctest;
 
 #[doc(hidden)]
 pub mod __private {

@@ -1,6 +1,8 @@
 //! `wait_any` and `wait`: Python's `asyncio.wait`, handing back what is done
 //! and what is still pending.
 
+#![forbid(unsafe_code)]
+
 use crate::as_completed::{AsCompleted, as_completed};
 use std::fmt;
 use std::future::{Future, IntoFuture};
@@ -201,7 +203,7 @@ impl<F: Future> AsCompleted<F> {
     /// ```
     /// use awaitkit::ReturnWhen;
     /// # futures::executor::block_on(async {
-    /// let set = awaitkit::as_completed([async { 'a' }, async { 'b' }]);
+    /// let set = awaitkit::as_completed(['a', 'b'].map(std::future::ready));
     /// let outcome = set.wait(ReturnWhen::AllCompleted).await;
     /// assert_eq!(outcome.done.len(), 2);
     /// assert!(outcome.pending.is_empty());
