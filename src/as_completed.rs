@@ -184,6 +184,9 @@ impl<F: Future> AsCompleted<F> {
     /// Takes the unfinished futures out, in index order, with their indices.
     /// Their progress is kept: they can be awaited elsewhere.
     ///
+    /// Only for `Unpin` futures, since it moves them (box `!Unpin` futures
+    /// with `Box::pin` to use it, or keep polling the set instead).
+    ///
     /// # Examples
     ///
     /// ```
@@ -191,8 +194,11 @@ impl<F: Future> AsCompleted<F> {
     /// let rest: Vec<usize> = set.into_pending().into_iter().map(|(i, _)| i).collect();
     /// assert_eq!(rest, [0, 1]);
     /// ```
-    pub fn into_pending(mut self) -> Vec<(usize, F)> {
-        let mut rest: Vec<(usize, F)> = self.engine.drain_running().collect();
+    pub fn into_pending(mut self) -> Vec<(usize, F)>
+    where
+        F: Unpin,
+    {
+        let mut rest = self.engine.drain_running();
         rest.sort_by_key(|(i, _)| *i);
         rest
     }

@@ -47,6 +47,10 @@ mod loom_waker {
             }
         }
 
+        pub(crate) fn take(&self) -> Option<Waker> {
+            self.waker.lock().unwrap().take()
+        }
+
         pub(crate) fn wake(&self) {
             let waker = self.waker.lock().unwrap().take();
             if let Some(waker) = waker {

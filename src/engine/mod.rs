@@ -24,9 +24,12 @@ pub(crate) mod tuple;
 
 pub(crate) use ready::ReadySet;
 
+use std::alloc::Layout;
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
+use std::ptr;
 use std::task::{Context, Poll};
 
 const BITS: usize = 64;
@@ -66,6 +69,8 @@ struct Cursor {
     chunks: u64,
     /// Chunk currently being walked, if any.
     current: Option<usize>,
+    /// Levels of the current chunk.
+    levels: usize,
     /// Per level of the current chunk: (word index, bits not yet visited).
     stack: [(usize, u64); 6],
 }
@@ -77,11 +82,23 @@ impl Cursor {
 
     /// Next child (chunk, index) whose bit was taken, descending the tree and
     /// swapping words as it goes.
+    #[inline]
     fn next(&mut self, ready: &ReadySet) -> Option<(usize, usize)> {
+        // Fast path: the current level-0 word still has bits.
+        if let (Some(chunk), (word, bits)) = (self.current, &mut self.stack[0]) {
+            if *bits != 0 {
+                let bit = bits.trailing_zeros() as usize;
+                *bits &= *bits - 1;
+                return Some((chunk, *word * BITS + bit));
+            }
+        }
+        self.next_slow(ready)
+    }
+
+    fn next_slow(&mut self, ready: &ReadySet) -> Option<(usize, usize)> {
         loop {
             if let Some(chunk) = self.current {
-                let levels = ready.levels(chunk);
-                if let Some(level) = (0..levels).find(|&l| self.stack[l].1 != 0) {
+                if let Some(level) = (0..self.levels).find(|&l| self.stack[l].1 != 0) {
                     let (word, bits) = &mut self.stack[level];
                     let bit = bits.trailing_zeros() as usize;
                     *bits &= *bits - 1;
@@ -99,7 +116,8 @@ impl Cursor {
             }
             let chunk = self.chunks.trailing_zeros() as usize;
             self.chunks &= self.chunks - 1;
-            let top = ready.levels(chunk) - 1;
+            self.levels = ready.levels(chunk);
+            let top = self.levels - 1;
             self.stack[top] = (0, ready.take_word(chunk, top, 0));
             self.current = Some(chunk);
         }
@@ -115,10 +133,12 @@ impl Cursor {
 }
 
 /// A set of pinned children with per-child wakers.
+///
+/// The children live in the chunks' owner regions (see [`ready`]): one
+/// allocation per chunk holds children and wakers alike, and a chunk never
+/// moves or grows, so children never move.
 pub(crate) struct Engine<F: Future> {
     ready: ReadySet,
-    /// One boxed slice per chunk; never reallocated, so children never move.
-    slots: Vec<Box<[Slot<F>]>>,
     cursor: Cursor,
     /// Vacant slots whose wakers are all gone.
     free: SlotId,
@@ -127,7 +147,13 @@ pub(crate) struct Engine<F: Future> {
     /// Slots never used yet, at the end of the last chunk.
     fresh: usize,
     running: usize,
+    _children: PhantomData<Slot<F>>,
 }
+
+// The children live in heap chunks that the engine only points to: moving
+// the engine never moves them. (`PhantomData<Slot<F>>` is there for
+// `Send`/`Sync` and drop-check, not for `Unpin`.)
+impl<F: Future> Unpin for Engine<F> {}
 
 impl<F: Future> fmt::Debug for Engine<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -141,40 +167,106 @@ impl<F: Future> Default for Engine<F> {
     }
 }
 
+impl<F: Future> Drop for Engine<F> {
+    fn drop(&mut self) {
+        // Take the chunks out first: if a child's destructor panics, the
+        // slices' drop glue still drops the other children, the chunks are
+        // released while unwinding, and nothing is dropped twice.
+        let ready = std::mem::replace(&mut self.ready, ReadySet::new());
+        drop_slots::<F>(&ready);
+    }
+}
+
+/// Drops every slot of every chunk in place.
+fn drop_slots<F: Future>(ready: &ReadySet) {
+    for chunk in 0..ready.chunk_count() {
+        let slots = ready.region(chunk).cast::<Slot<F>>();
+        let slots = ptr::slice_from_raw_parts_mut(slots.as_ptr(), ready.capacity(chunk));
+        // SAFETY: every slot of a chunk is initialised when the chunk is added
+        // and stays initialised; the chunk is dropped only here (by a
+        // `ReadySet` that was taken out of its engine), once.
+        unsafe { ptr::drop_in_place(slots) };
+    }
+}
+
 impl<F: Future> Engine<F> {
     /// An empty set; the first `push` allocates.
     pub(crate) const fn new() -> Self {
         Self {
             ready: ReadySet::new(),
-            slots: Vec::new(),
-            cursor: Cursor { chunks: 0, current: None, stack: [(0, 0); 6] },
+            cursor: Cursor { chunks: 0, current: None, levels: 0, stack: [(0, 0); 6] },
             free: NO_SLOT,
             cooling: NO_SLOT,
             fresh: 0,
             running: 0,
+            _children: PhantomData,
         }
     }
 
-    /// A set holding `futures`, keyed by their position; one chunk of
-    /// exactly the right size, every child ready for its first poll.
+    /// A set holding `futures`, keyed by their position, every child ready
+    /// for its first poll. With an exact size hint the set is one chunk of
+    /// exactly that size, written in place (one allocation).
     pub(crate) fn from_iter<I>(futures: I) -> Self
     where
         I: IntoIterator,
         I::Item: IntoFuture<IntoFuture = F>,
     {
-        let slots: Box<[Slot<F>]> = futures
-            .into_iter()
-            .enumerate()
-            .map(|(key, f)| Slot::Running(f.into_future(), key))
-            .collect();
         let mut engine = Self::new();
-        let n = slots.len();
-        if n > 0 {
-            engine.ready.add_chunk(n, n);
-            engine.slots.push(slots);
-            engine.running = n;
+        let mut futures = futures.into_iter().map(IntoFuture::into_future);
+        let n = match futures.size_hint() {
+            (lower, Some(upper)) if lower == upper => lower,
+            _ => {
+                let all: Vec<F> = futures.collect();
+                engine.fill(all.len(), all.into_iter());
+                return engine;
+            }
+        };
+        engine.fill(n, &mut futures);
+        // An iterator that lied about its size: the rest go in by `push`.
+        for f in futures {
+            let key = engine.running;
+            engine.push(f, key);
         }
         engine
+    }
+
+    /// Adds the first chunk with room for `n` and moves up to `n` futures in.
+    fn fill(&mut self, n: usize, futures: impl Iterator<Item = F>) {
+        if n == 0 {
+            return;
+        }
+        self.add_chunk(n);
+        let slots = self.ready.region(0).cast::<Slot<F>>();
+        let mut count = 0;
+        for f in futures.take(n) {
+            // SAFETY: `count < n` = the chunk's capacity; the slot holds a
+            // `Vacant` that needs no drop.
+            unsafe { slots.add(count).write(Slot::Running(f, count)) };
+            count += 1;
+        }
+        self.running = count;
+        self.fresh = n - count;
+        self.ready.mark_first(0, count);
+    }
+
+    /// Allocates a chunk with `cap` vacant slots.
+    fn add_chunk(&mut self, cap: usize) -> usize {
+        let layout = Layout::array::<Slot<F>>(cap).expect("awaitkit: capacity overflow");
+        let chunk = self.ready.add_chunk(cap, layout);
+        let slots = self.ready.region(chunk).cast::<Slot<F>>();
+        for index in 0..cap {
+            // SAFETY: the region has room for `cap` slots, suitably aligned.
+            unsafe { slots.add(index).write(Slot::Vacant(NO_SLOT)) };
+        }
+        chunk
+    }
+
+    #[inline]
+    fn slot(&mut self, chunk: usize, index: usize) -> &mut Slot<F> {
+        assert!(index < self.ready.capacity(chunk));
+        // SAFETY: in bounds (checked), initialised (see `add_chunk`), and
+        // borrowed through `&mut self`, so not aliased.
+        unsafe { &mut *self.ready.region(chunk).cast::<Slot<F>>().as_ptr().add(index) }
     }
 
     /// Number of children still running.
@@ -186,7 +278,7 @@ impl<F: Future> Engine<F> {
     pub(crate) fn push(&mut self, future: F, key: usize) -> SlotId {
         let id = self.vacant_slot();
         let (chunk, index) = (id.chunk as usize, id.index as usize);
-        self.slots[chunk][index] = Slot::Running(future, key);
+        *self.slot(chunk, index) = Slot::Running(future, key);
         self.running += 1;
         // A stale bit of the previous occupant merges with this first-poll
         // bit; a stale bit already taken into the cursor is dropped.
@@ -201,23 +293,23 @@ impl<F: Future> Engine<F> {
         }
         if self.free != NO_SLOT {
             let id = self.free;
-            let Slot::Vacant(next) = self.slots[id.chunk as usize][id.index as usize] else {
+            let Slot::Vacant(next) = *self.slot(id.chunk as usize, id.index as usize) else {
                 unreachable!("free list points at an occupied slot")
             };
             self.free = next;
             return id;
         }
+        let chunks = self.ready.chunk_count();
         if self.fresh == 0 {
-            let cap = match self.slots.last() {
-                None => FIRST_GROWTH,
-                Some(last) => last.len() * 2,
+            let cap = match chunks {
+                0 => FIRST_GROWTH,
+                _ => self.ready.capacity(chunks - 1) * 2,
             };
-            self.ready.add_chunk(cap, 0);
-            self.slots.push((0..cap).map(|_| Slot::Vacant(NO_SLOT)).collect());
+            self.add_chunk(cap);
             self.fresh = cap;
         }
-        let chunk = self.slots.len() - 1;
-        let index = self.slots[chunk].len() - self.fresh;
+        let chunk = self.ready.chunk_count() - 1;
+        let index = self.ready.capacity(chunk) - self.fresh;
         self.fresh -= 1;
         SlotId { chunk: chunk as u32, index: index as u32 }
     }
@@ -228,7 +320,7 @@ impl<F: Future> Engine<F> {
     fn recheck_cooling(&mut self) {
         let mut id = std::mem::replace(&mut self.cooling, NO_SLOT);
         while id != NO_SLOT {
-            let Slot::Vacant(next) = self.slots[id.chunk as usize][id.index as usize] else {
+            let Slot::Vacant(next) = *self.slot(id.chunk as usize, id.index as usize) else {
                 unreachable!("cooling list points at an occupied slot")
             };
             self.release_slot(id);
@@ -242,29 +334,30 @@ impl<F: Future> Engine<F> {
         let (chunk, index) = (id.chunk as usize, id.index as usize);
         // A stale bit left by the last occupant merges with the next
         // occupant's first-poll bit (see `push`).
-        let list = if self.ready.is_idle(chunk, index) {
-            &mut self.free
+        let list = if self.ready.is_idle(chunk, index) { self.free } else { self.cooling };
+        *self.slot(chunk, index) = Slot::Vacant(list);
+        if self.ready.is_idle(chunk, index) {
+            self.free = id;
         } else {
-            &mut self.cooling
-        };
-        self.slots[chunk][index] = Slot::Vacant(*list);
-        *list = id;
+            self.cooling = id;
+        }
     }
 
     /// Stores a finished child's output in its slot (gather keeps outputs in
     /// place until all are done).
     pub(crate) fn store(&mut self, id: SlotId, output: F::Output) {
-        self.slots[id.chunk as usize][id.index as usize] = Slot::Done(output);
+        *self.slot(id.chunk as usize, id.index as usize) = Slot::Done(output);
     }
 
     /// Takes every stored output in slot order (input order for sets built by
     /// [`Engine::from_iter`]).
     pub(crate) fn take_outputs(&mut self) -> Vec<F::Output> {
-        let slots = std::mem::take(&mut self.slots);
-        let mut out = Vec::with_capacity(slots.iter().map(|s| s.len()).sum());
-        for chunk in slots {
-            for slot in chunk {
-                if let Slot::Done(output) = slot {
+        let chunks = self.ready.chunk_count();
+        let total = (0..chunks).map(|c| self.ready.capacity(c)).sum();
+        let mut out = Vec::with_capacity(total);
+        for chunk in 0..chunks {
+            for index in 0..self.ready.capacity(chunk) {
+                if let Slot::Done(output) = std::mem::replace(self.slot(chunk, index), Slot::Vacant(NO_SLOT)) {
                     out.push(output);
                 }
             }
@@ -272,28 +365,33 @@ impl<F: Future> Engine<F> {
         out
     }
 
-    /// Drops every child and output now (fail-fast, cancellation). The
-    /// ready set stays, so the engine stays usable (and empty).
+    /// Drops every child and output now (fail-fast, cancellation), and frees
+    /// the chunks unless a waker clone is alive. The engine stays usable, empty.
     pub(crate) fn clear(&mut self) {
-        self.slots = Vec::new();
-        self.ready = ReadySet::new();
-        self.cursor = Cursor::default();
-        self.free = NO_SLOT;
-        self.cooling = NO_SLOT;
-        self.fresh = 0;
-        self.running = 0;
+        let ready = std::mem::replace(&mut self.ready, ReadySet::new());
+        *self = Self::new();
+        drop_slots::<F>(&ready);
     }
 
     /// Takes the running children out, in slot order, with their keys.
-    pub(crate) fn drain_running(&mut self) -> impl Iterator<Item = (usize, F)> + use<F> {
-        let slots = std::mem::take(&mut self.slots);
+    /// Moving them is fine: they are `Unpin`.
+    pub(crate) fn drain_running(&mut self) -> Vec<(usize, F)>
+    where
+        F: Unpin,
+    {
+        let mut out = Vec::with_capacity(self.running);
+        for chunk in 0..self.ready.chunk_count() {
+            for index in 0..self.ready.capacity(chunk) {
+                let slot = self.slot(chunk, index);
+                if let Slot::Running(..) = slot {
+                    if let Slot::Running(f, key) = std::mem::replace(slot, Slot::Vacant(NO_SLOT)) {
+                        out.push((key, f));
+                    }
+                }
+            }
+        }
         self.clear();
-        slots.into_iter().flat_map(|chunk| {
-            chunk.into_iter().filter_map(|slot| match slot {
-                Slot::Running(f, key) => Some((key, f)),
-                _ => None,
-            })
-        })
+        out
     }
 
     /// Starts a pass: registers `cx`'s waker and, unless a previous pass
@@ -324,29 +422,31 @@ impl<F: Future> Pass<'_, '_, F> {
     /// Polls woken children until one completes; `None` when every woken
     /// child was polled. After `None` the parent is sure to be woken when a
     /// child is.
+    #[inline]
     pub(crate) fn next(&mut self) -> Option<Completed<F::Output>> {
         self.next_with(|fut, cx| fut.poll(cx))
     }
 
     /// [`Pass::next`] with a custom way to poll a child (the settled variant
     /// catches panics here).
+    #[inline]
     pub(crate) fn next_with<T>(
         &mut self,
         mut poll: impl FnMut(Pin<&mut F>, &mut Context<'_>) -> Poll<T>,
     ) -> Option<Completed<T>> {
         let engine = &mut *self.engine;
         while let Some((chunk, index)) = engine.cursor.next(&engine.ready) {
-            let slot = &mut engine.slots[chunk][index];
+            let waker = engine.ready.waker(chunk, index);
+            let slot = engine.slot(chunk, index);
             let Slot::Running(fut, key) = slot else {
                 // A stale bit of a slot that has finished.
                 continue;
             };
             let key = *key;
-            let waker = engine.ready.waker(chunk, index);
             let mut cx = Context::from_waker(&waker);
-            // SAFETY: the child lives in a boxed slice that is never
-            // reallocated, and is only ever dropped in place (by assignment
-            // to its slot or by dropping the slice): it never moves.
+            // SAFETY: the child lives in a chunk that never moves or grows,
+            // and is only ever dropped in place (by assignment to its slot or
+            // by `drop_slots`): it never moves while `Running`.
             let fut = unsafe { Pin::new_unchecked(fut) };
             if let Poll::Ready(output) = poll(fut, &mut cx) {
                 // Dropping the child in place, before anything else.
@@ -407,7 +507,7 @@ mod tests {
         for key in 0..1000 {
             engine.push(std::future::ready(key), key);
         }
-        assert_eq!(engine.slots.len(), 6, "32 + 64 + 128 + 256 + 512 + 1024 slots");
+        assert_eq!(engine.ready.chunk_count(), 6, "32 + 64 + 128 + 256 + 512 + 1024 slots");
         let mut cx = Context::from_waker(Waker::noop());
         let mut keys = drain(&mut engine, &mut cx);
         keys.sort_unstable();

@@ -6,7 +6,7 @@
 //! Children live in *chunks*. Each chunk is one heap allocation:
 //!
 //! ```text
-//! [ Header | Entry × cap | AtomicU64 × words ]
+//! [ Header | Entry × cap | AtomicU64 × words | owner's region ]
 //! ```
 //!
 //! * An [`Entry`] is what a child's waker points at: the child's index in the
@@ -15,6 +15,10 @@
 //!   one bit per child ("woken since it was last polled"), level `k + 1` has
 //!   one bit per word of level `k` ("that word may be non-zero"), and the top
 //!   level is a single word.
+//! * The owner's region holds the children themselves (the engine's slots):
+//!   one allocation per chunk for children and wakers alike. This module
+//!   never touches it; the owner drops its contents before releasing its
+//!   reference, and the memory is freed with the chunk.
 //! * The first chunk is the *root*. Its header also holds the parent task's
 //!   waker and one more word, `chunks`, with one bit per chunk whose top word
 //!   may be non-zero.
@@ -83,6 +87,8 @@ struct Header {
     /// Offset (in words) of each level's first word.
     level_start: [u32; MAX_LEVELS],
     words: NonNull<AtomicU64>,
+    /// The owner's region (its slots).
+    extra: NonNull<u8>,
     layout: Layout,
     /// Root only: the parent task's waker.
     parent: AtomicWaker,
@@ -115,10 +121,21 @@ impl Header {
 
     /// Marks child `index` as woken; wakes the parent if `wake_parent` and
     /// this call made the root word non-zero.
+    #[inline]
     fn set_ready(&self, index: usize, wake_parent: bool) {
-        let mut word = index / BITS;
-        let mut bit = index % BITS;
-        for level in 0..self.levels as usize {
+        let prev = self.word(0, index / BITS).fetch_or(1 << (index % BITS), Ordering::AcqRel);
+        if prev == 0 {
+            self.propagate(index / BITS, wake_parent);
+        }
+    }
+
+    /// The rest of `set_ready`, for the waker that made a level-0 word
+    /// non-zero.
+    #[cold]
+    fn propagate(&self, mut word: usize, wake_parent: bool) {
+        let mut bit = word % BITS;
+        word /= BITS;
+        for level in 1..self.levels as usize {
             let prev = self.word(level, word).fetch_or(1 << bit, Ordering::AcqRel);
             if prev != 0 {
                 // Somebody else turned this word non-zero and propagates it.
@@ -224,9 +241,10 @@ unsafe fn waker_drop(data: *const ()) {
 struct Chunk;
 
 impl Chunk {
-    /// Allocates a chunk for `cap` children with the first `ready` of them
-    /// marked ready. `root` is `None` for the root chunk itself.
-    fn alloc(cap: usize, chunk: u32, root: Option<NonNull<Header>>, ready: usize) -> NonNull<Header> {
+    /// Allocates a chunk for `cap` children, with an owner's region laid out
+    /// as `extra`. `root` is `None` for the root chunk itself. No child is
+    /// marked ready.
+    fn alloc(cap: usize, chunk: u32, root: Option<NonNull<Header>>, extra: Layout) -> NonNull<Header> {
         assert!(cap > 0 && cap <= u32::MAX as usize, "awaitkit: too many futures in one set");
         // Words per level, bottom-up, until one word covers the level below.
         let mut level_start = [0u32; MAX_LEVELS];
@@ -242,13 +260,12 @@ impl Chunk {
             }
             n = n.div_ceil(BITS);
         }
-        let (layout, entries_at) = Layout::new::<Header>()
-            .extend(Layout::array::<Entry>(cap).expect("capacity overflow"))
-            .expect("capacity overflow");
+        let overflow = "awaitkit: capacity overflow";
+        let (layout, entries_at) =
+            Layout::new::<Header>().extend(Layout::array::<Entry>(cap).expect(overflow)).expect(overflow);
         debug_assert_eq!(entries_at, size_of::<Header>());
-        let (layout, words_at) = layout
-            .extend(Layout::array::<AtomicU64>(total).expect("capacity overflow"))
-            .expect("capacity overflow");
+        let (layout, words_at) = layout.extend(Layout::array::<AtomicU64>(total).expect(overflow)).expect(overflow);
+        let (layout, extra_at) = layout.extend(extra).expect(overflow);
         let layout = layout.pad_to_align();
         // SAFETY: the layout has a non-zero size (it contains a header).
         let base = unsafe { alloc(layout) };
@@ -256,11 +273,10 @@ impl Chunk {
         let header = base.cast::<Header>();
         #[cfg(all(test, awaitkit_loom))]
         LIVE_CHUNKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // SAFETY: `words_at` is within the allocation and suitably aligned.
-        let words = unsafe { base.add(words_at).cast::<AtomicU64>() };
-        // SAFETY: all writes below initialise fields of the fresh allocation
-        // at the offsets the layout computed.
+        // SAFETY: all writes below initialise parts of the fresh allocation at
+        // the offsets (and with the alignment) the layout computed.
         unsafe {
+            let words = base.add(words_at).cast::<AtomicU64>();
             header.write(Header {
                 refs: AtomicUsize::new(1),
                 root: root.unwrap_or(header),
@@ -269,6 +285,7 @@ impl Chunk {
                 levels: levels as u32,
                 level_start,
                 words,
+                extra: base.add(extra_at),
                 layout,
                 parent: AtomicWaker::new(),
                 chunks: AtomicU64::new(0),
@@ -280,21 +297,6 @@ impl Chunk {
             for w in 0..total {
                 words.add(w).write(AtomicU64::new(0));
             }
-        }
-        // Mark the first `ready` children, level by level (nobody else can
-        // see the chunk yet, but the atomics keep it simple).
-        // SAFETY: just initialised.
-        let h = unsafe { header.as_ref() };
-        let mut count = ready.min(cap);
-        for level in 0..levels {
-            let full = count / BITS;
-            for w in 0..full {
-                h.word(level, w).store(u64::MAX, Ordering::Relaxed);
-            }
-            if count % BITS != 0 {
-                h.word(level, full).store((1u64 << (count % BITS)) - 1, Ordering::Relaxed);
-            }
-            count = count.div_ceil(BITS);
         }
         header
     }
@@ -324,9 +326,13 @@ impl Chunk {
 }
 
 /// The owner's handle on the ready set: the chunks, the parent waker, and the
-/// bit tree. Not `Clone`; dropping it releases the owner's references.
+/// bit tree. Not `Clone`; dropping it releases the owner's references (the
+/// owner drops what it put in the chunks' regions first).
 pub(crate) struct ReadySet {
-    chunks: Vec<NonNull<Header>>,
+    /// The root chunk, kept inline so a single-chunk set allocates once.
+    root: Option<NonNull<Header>>,
+    /// Chunks 1.. of a set that grew.
+    more: Vec<NonNull<Header>>,
 }
 
 // SAFETY: the shared state is atomics and an `AtomicWaker`; the owner-only
@@ -337,64 +343,99 @@ unsafe impl Sync for ReadySet {}
 
 impl fmt::Debug for ReadySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReadySet").field("chunks", &self.chunks.len()).finish()
+        f.debug_struct("ReadySet").field("chunks", &self.chunk_count()).finish()
     }
 }
 
 impl ReadySet {
     /// A ready set with no chunks yet.
     pub(crate) const fn new() -> Self {
-        Self { chunks: Vec::new() }
+        Self { root: None, more: Vec::new() }
     }
 
-    /// Adds a chunk of `cap` children, the first `ready` of them ready (and
-    /// flagged in the root word, without waking anybody). Returns its id.
-    pub(crate) fn add_chunk(&mut self, cap: usize, ready: usize) -> usize {
-        let id = self.chunks.len();
-        assert!(id < MAX_CHUNKS, "awaitkit: too many futures in one set");
-        let chunk = match self.chunks.first() {
-            None => Chunk::alloc(cap, 0, None, ready),
-            Some(&root) => {
-                // SAFETY: the owner holds a reference on the root.
-                unsafe { root.as_ref() }.refs.fetch_add(1, Ordering::Relaxed);
-                Chunk::alloc(cap, id as u32, Some(root), ready)
-            }
+    /// Adds a chunk of `cap` children, none of them ready, with an owner's
+    /// region laid out as `extra`. Returns its id.
+    pub(crate) fn add_chunk(&mut self, cap: usize, extra: Layout) -> usize {
+        let Some(root) = self.root else {
+            self.root = Some(Chunk::alloc(cap, 0, None, extra));
+            return 0;
         };
-        self.chunks.push(chunk);
-        if ready > 0 {
-            self.root().chunks.fetch_or(1 << id, Ordering::AcqRel);
-        }
+        let id = self.chunk_count();
+        assert!(id < MAX_CHUNKS, "awaitkit: too many futures in one set");
+        // SAFETY: the owner holds a reference on the root.
+        unsafe { root.as_ref() }.refs.fetch_add(1, Ordering::Relaxed);
+        self.more.push(Chunk::alloc(cap, id as u32, Some(root), extra));
         id
     }
 
+    #[inline]
     fn header(&self, chunk: usize) -> &Header {
+        let ptr = if chunk == 0 { self.root.expect("no chunk yet") } else { self.more[chunk - 1] };
         // SAFETY: the owner holds a reference on each of its chunks.
-        unsafe { self.chunks[chunk].as_ref() }
+        unsafe { ptr.as_ref() }
     }
 
-    fn root(&self) -> &Header {
-        self.header(0)
+    /// Number of chunks.
+    pub(crate) fn chunk_count(&self) -> usize {
+        self.root.map_or(0, |_| 1 + self.more.len())
+    }
+
+    /// Capacity of a chunk.
+    #[inline]
+    pub(crate) fn capacity(&self, chunk: usize) -> usize {
+        self.header(chunk).cap as usize
     }
 
     /// Levels of a chunk's bit tree.
+    #[inline]
     pub(crate) fn levels(&self, chunk: usize) -> usize {
         self.header(chunk).levels as usize
     }
 
+    /// The owner's region of a chunk.
+    #[inline]
+    pub(crate) fn region(&self, chunk: usize) -> NonNull<u8> {
+        self.header(chunk).extra
+    }
+
+    /// Marks the first `count` children of a chunk nobody else can reach yet
+    /// as ready, without waking anybody.
+    pub(crate) fn mark_first(&self, chunk: usize, count: usize) {
+        let h = self.header(chunk);
+        let mut count = count.min(h.cap as usize);
+        if count == 0 {
+            return;
+        }
+        for level in 0..h.levels as usize {
+            let full = count / BITS;
+            for w in 0..full {
+                h.word(level, w).store(u64::MAX, Ordering::Relaxed);
+            }
+            if count % BITS != 0 {
+                h.word(level, full).store((1u64 << (count % BITS)) - 1, Ordering::Relaxed);
+            }
+            count = count.div_ceil(BITS);
+        }
+        h.root().chunks.fetch_or(1 << h.chunk, Ordering::AcqRel);
+    }
+
     /// Registers the waker to wake when any child is woken.
     pub(crate) fn register(&self, waker: &Waker) {
-        self.root().parent.register(waker);
+        if self.root.is_some() {
+            self.header(0).parent.register(waker);
+        }
     }
 
     /// Takes the root word: the chunks with possibly woken children.
     pub(crate) fn take_chunks(&self) -> u64 {
-        match self.chunks.first() {
+        match self.root {
             None => 0,
-            Some(_) => self.root().chunks.swap(0, Ordering::AcqRel),
+            Some(_) => self.header(0).chunks.swap(0, Ordering::AcqRel),
         }
     }
 
     /// Takes one word of a chunk's bit tree.
+    #[inline]
     pub(crate) fn take_word(&self, chunk: usize, level: usize, word: usize) -> u64 {
         self.header(chunk).word(level, word).swap(0, Ordering::AcqRel)
     }
@@ -413,6 +454,7 @@ impl ReadySet {
 
     /// The waker to poll a child with. It is borrowed from the owner's
     /// reference: it must not outlive `self` (clones may).
+    #[inline]
     pub(crate) fn waker(&self, chunk: usize, index: usize) -> ManuallyDrop<Waker> {
         let entry = ptr::from_ref(self.header(chunk).entry(index)).cast::<()>();
         // SAFETY: the vtable functions uphold the `RawWaker` contract: `data`
@@ -425,10 +467,16 @@ impl ReadySet {
 
 impl Drop for ReadySet {
     fn drop(&mut self) {
-        // Release the other chunks before the root: each holds a root ref,
-        // but releasing in this order frees everything in one pass when no
-        // waker is alive.
-        for &chunk in self.chunks.iter().rev() {
+        let Some(root) = self.root else { return };
+        // The parent task's waker is not needed once the owner is gone, even
+        // if a child's waker clone lives on somewhere (when the owner holds
+        // the only reference, the root is freed right below anyway).
+        // SAFETY: the owner still holds its reference on the root.
+        let root_header = unsafe { root.as_ref() };
+        if root_header.refs.load(Ordering::Relaxed) > 1 {
+            drop(root_header.parent.take());
+        }
+        for &chunk in self.more.iter().chain([&root]) {
             // SAFETY: the owner holds one reference on each chunk.
             unsafe { release(chunk) };
         }

@@ -3,7 +3,11 @@
 //! tuple element.
 
 use super::ReadySet;
+use std::alloc::Layout;
+use std::convert::Infallible;
 use std::fmt;
+use std::marker::PhantomData;
+use std::ptr;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -89,6 +93,10 @@ pub trait TupleFutures {
     unsafe fn poll_child(slots: &mut Self::Slots, i: usize, cx: &mut Context<'_>) -> Poll<()>;
     /// Takes every output; all must be finished.
     fn take_outputs(slots: &mut Self::Slots) -> Self::Output;
+    /// The slots of the empty tuple; panics for any other.
+    fn empty() -> Self::Slots {
+        unreachable!("awaitkit: only the empty tuple has no chunk")
+    }
 }
 
 /// A tuple of fallible futures sharing one error type, for `try_gather!`.
@@ -113,6 +121,7 @@ impl TupleFutures for () {
         Poll::Pending
     }
     fn take_outputs(_: &mut ()) {}
+    fn empty() {}
 }
 
 impl TryTupleFutures for () {
@@ -186,34 +195,60 @@ impl_tuple!(15; A0 T0 0, A1 T1 1, A2 T2 2, A3 T3 3, A4 T4 4, A5 T5 5, A6 T6 6, A
 impl_tuple!(16; A0 T0 0, A1 T1 1, A2 T2 2, A3 T3 3, A4 T4 4, A5 T5 5, A6 T6 6, A7 T7 7, A8 T8 8,
     A9 T9 9, A10 T10 10, A11 T11 11, A12 T12 12, A13 T13 13, A14 T14 14, A15 T15 15);
 
-/// The state shared by the two tuple futures: boxed slots plus a ready set.
+/// The state shared by the two tuple futures: a ready set whose one chunk
+/// also holds the tuple of slots (one allocation).
 struct TupleCore<T: TupleFutures> {
-    /// `None` once the output was handed out (or the error returned).
-    slots: Option<Box<T::Slots>>,
     ready: ReadySet,
+    /// Whether the chunk region holds live slots (false once the output was
+    /// handed out, the error returned, or for the empty tuple).
+    live: bool,
+    /// Whether the output was handed out.
+    finished: bool,
     remaining: usize,
+    _slots: PhantomData<T::Slots>,
 }
 
 impl<T: TupleFutures> TupleCore<T> {
     fn new(futures: T) -> Self {
         let mut ready = ReadySet::new();
-        if T::LEN > 0 {
-            ready.add_chunk(T::LEN, T::LEN);
+        let live = T::LEN > 0;
+        if live {
+            ready.add_chunk(T::LEN, Layout::new::<T::Slots>());
+            // SAFETY: the region is laid out for one `T::Slots`.
+            unsafe { ready.region(0).cast::<T::Slots>().write(futures.into_slots()) };
+            ready.mark_first(0, T::LEN);
         }
-        Self { slots: Some(Box::new(futures.into_slots())), ready, remaining: T::LEN }
+        Self { ready, live, finished: false, remaining: T::LEN, _slots: PhantomData }
+    }
+
+    fn slots(&mut self) -> &mut T::Slots {
+        assert!(self.live);
+        // SAFETY: live slots are initialised; `&mut self` makes the borrow
+        // unique.
+        unsafe { &mut *self.ready.region(0).cast::<T::Slots>().as_ptr() }
+    }
+
+    /// Drops the slots in place (once).
+    fn drop_slots(&mut self) {
+        if std::mem::replace(&mut self.live, false) {
+            // SAFETY: the slots were live and are dropped exactly once
+            // (`live` is cleared first, so a panicking destructor does not
+            // lead to a second drop).
+            unsafe { ptr::drop_in_place(self.ready.region(0).cast::<T::Slots>().as_ptr()) };
+        }
     }
 
     /// Polls the woken elements once each; calls `done(slots, i)` for each
-    /// one that finished; stops early if it returns `Err`.
-    fn poll<E>(
+    /// one that finished; stops early if it returns `Err`. On `Ready(Ok)`,
+    /// `finish` produces the output from the slots, which are then dropped.
+    fn poll<E, O>(
         &mut self,
         cx: &mut Context<'_>,
         what: &str,
         mut done: impl FnMut(&mut T::Slots, usize) -> Result<(), E>,
-    ) -> Poll<Result<(), E>> {
-        let Some(slots) = self.slots.as_mut() else {
-            panic!("`{what}` polled after completion");
-        };
+        finish: impl FnOnce(&mut T::Slots) -> O,
+    ) -> Poll<Result<O, E>> {
+        assert!(!self.finished, "`{what}` polled after completion");
         if self.remaining > 0 {
             self.ready.register(cx.waker());
             let mut bits = if self.ready.take_chunks() != 0 { self.ready.take_word(0, 0, 0) } else { 0 };
@@ -222,15 +257,39 @@ impl<T: TupleFutures> TupleCore<T> {
                 bits &= bits - 1;
                 let waker = self.ready.waker(0, i);
                 let mut child_cx = Context::from_waker(&waker);
-                // SAFETY: the slots are boxed and the box is never moved out
-                // of until every element has finished or is dropped.
-                if unsafe { T::poll_child(slots, i, &mut child_cx) }.is_ready() {
+                // SAFETY: the slots live in the chunk region, which never
+                // moves; they are only dropped in place.
+                if unsafe { T::poll_child(self.slots(), i, &mut child_cx) }.is_ready() {
                     self.remaining -= 1;
-                    done(slots, i)?;
+                    if let Err(e) = done(self.slots(), i) {
+                        // Fail fast: every other element is dropped before
+                        // the error is handed out.
+                        self.finished = true;
+                        self.drop_slots();
+                        return Poll::Ready(Err(e));
+                    }
                 }
             }
         }
-        if self.remaining == 0 { Poll::Ready(Ok(())) } else { Poll::Pending }
+        if self.remaining > 0 {
+            return Poll::Pending;
+        }
+        self.finished = true;
+        let output = if self.live { finish(self.slots()) } else { finish(&mut empty_slots::<T>()) };
+        self.drop_slots();
+        Poll::Ready(Ok(output))
+    }
+}
+
+/// The slots of the empty tuple (`T::LEN == 0`, so `T::Slots` is `()`).
+fn empty_slots<T: TupleFutures>() -> T::Slots {
+    assert_eq!(T::LEN, 0);
+    T::empty()
+}
+
+impl<T: TupleFutures> Drop for TupleCore<T> {
+    fn drop(&mut self) {
+        self.drop_slots();
     }
 }
 
@@ -245,6 +304,10 @@ pub struct GatherTuple<T: TupleFutures> {
 pub struct TryGatherTuple<T: TryTupleFutures> {
     core: TupleCore<T>,
 }
+
+// The children live in the heap chunk; moving the future never moves them.
+impl<T: TupleFutures> Unpin for GatherTuple<T> {}
+impl<T: TryTupleFutures> Unpin for TryGatherTuple<T> {}
 
 impl<T: TupleFutures> GatherTuple<T> {
     #[doc(hidden)]
@@ -265,13 +328,9 @@ impl<T: TupleFutures> Future for GatherTuple<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T::Output> {
         let core = &mut self.get_mut().core;
-        match core.poll(cx, "gather!", |_, _| Ok::<(), ()>(())) {
-            Poll::Ready(_) => {
-                let mut slots = core.slots.take().expect("checked by `TupleCore::poll`");
-                Poll::Ready(T::take_outputs(&mut slots))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        core.poll(cx, "gather!", |_, _| Ok::<(), Infallible>(()), T::take_outputs).map(|r| match r {
+            Ok(output) => output,
+        })
     }
 }
 
@@ -279,20 +338,7 @@ impl<T: TryTupleFutures> Future for TryGatherTuple<T> {
     type Output = Result<T::Ok, T::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let core = &mut self.get_mut().core;
-        match core.poll(cx, "try_gather!", T::take_err) {
-            Poll::Ready(Ok(())) => {
-                let mut slots = core.slots.take().expect("checked by `TupleCore::poll`");
-                Poll::Ready(Ok(T::take_oks(&mut slots)))
-            }
-            Poll::Ready(Err(e)) => {
-                // Fail fast: every other element is dropped before the error
-                // is returned.
-                core.slots = None;
-                Poll::Ready(Err(e))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        self.get_mut().core.poll(cx, "try_gather!", T::take_err, T::take_oks)
     }
 }
 
