@@ -42,7 +42,10 @@ impl Drop for Download {
 }
 
 async fn download(name: &'static str, delay: u64) -> &'static str {
-    let mut guard = Download { name, finished: false };
+    let mut guard = Download {
+        name,
+        finished: false,
+    };
     Delay::new(ms(delay)).await;
     guard.finished = true;
     name
@@ -50,7 +53,11 @@ async fn download(name: &'static str, delay: u64) -> &'static str {
 
 async fn call_api(n: u32) -> Result<u32, String> {
     Delay::new(ms(50 * u64::from(n))).await;
-    if n == 3 { Err(format!("call {n} failed")) } else { Ok(n * 10) }
+    if n == 3 {
+        Err(format!("call {n} failed"))
+    } else {
+        Ok(n * 10)
+    }
 }
 
 fn main() {
@@ -61,12 +68,18 @@ fn main() {
         let user = fetch_user(1).await;
         let posts = fetch_posts(1).await;
         let sequential = start.elapsed();
-        println!("   sequential: {user} with {} posts in {sequential:.2?}", posts.len());
+        println!(
+            "   sequential: {user} with {} posts in {sequential:.2?}",
+            posts.len()
+        );
 
         let start = Instant::now();
         let (user, posts) = awaitkit::gather!(fetch_user(1), fetch_posts(1)).await;
         let concurrent = start.elapsed();
-        println!("   gather!:    {user} with {} posts in {concurrent:.2?}", posts.len());
+        println!(
+            "   gather!:    {user} with {} posts in {concurrent:.2?}",
+            posts.len()
+        );
         println!(
             "   speedup: {:.1}x (the slower call sets the pace)",
             sequential.as_secs_f64() / concurrent.as_secs_f64()
@@ -100,23 +113,50 @@ fn main() {
 
         section("4. wait_any: ask three mirrors, keep the first answer, cancel the rest");
         let start = Instant::now();
-        let mirrors = [download("mirror-eu", 400), download("mirror-us", 150), download("mirror-asia", 700)];
+        let mirrors = [
+            download("mirror-eu", 400),
+            download("mirror-us", 150),
+            download("mirror-asia", 700),
+        ];
         let (index, name, rest) = awaitkit::wait_any(mirrors).await.expect("three mirrors");
-        println!("   {:.2?}: #{index} {name} answered first; {} still running", start.elapsed(), rest.len());
+        println!(
+            "   {:.2?}: #{index} {name} answered first; {} still running",
+            start.elapsed(),
+            rest.len()
+        );
         drop(rest);
 
         section("5. wait(FirstCompleted): take what is done, keep the rest running");
         let start = Instant::now();
-        let jobs = [download("job-a", 200), download("job-b", 500), download("job-c", 250)];
+        let jobs = [
+            download("job-a", 200),
+            download("job-b", 500),
+            download("job-c", 250),
+        ];
         let outcome = awaitkit::wait(jobs, awaitkit::ReturnWhen::FirstCompleted).await;
-        println!("   {:.2?}: done {:?}, {} pending", start.elapsed(), outcome.done, outcome.pending.len());
-        let rest = outcome.pending.wait(awaitkit::ReturnWhen::AllCompleted).await;
-        println!("   {:.2?}: the rest finished too: {:?}", start.elapsed(), rest.done);
+        println!(
+            "   {:.2?}: done {:?}, {} pending",
+            start.elapsed(),
+            outcome.done,
+            outcome.pending.len()
+        );
+        let rest = outcome
+            .pending
+            .wait(awaitkit::ReturnWhen::AllCompleted)
+            .await;
+        println!(
+            "   {:.2?}: the rest finished too: {:?}",
+            start.elapsed(),
+            rest.done
+        );
 
         section("6. try_gather: fail fast, cancel the others");
         let start = Instant::now();
         let result = awaitkit::try_gather((1..=5).map(call_api)).await;
-        println!("   {:.2?}: {result:?} (calls 4 and 5 were dropped, not awaited)", start.elapsed());
+        println!(
+            "   {:.2?}: {result:?} (calls 4 and 5 were dropped, not awaited)",
+            start.elapsed()
+        );
 
         section("7. gather_settled: panics become values (return_exceptions=True)");
         // Keep the default hook from printing the captured panic.

@@ -51,9 +51,13 @@ where
     I: IntoIterator,
     I::Item: IntoFuture,
 {
-    let engine = Engine::from_iter(futures);
+    let engine = Engine::from_iter(futures, true);
     let next_index = engine.running();
-    AsCompleted { engine, next_index, terminated: false }
+    AsCompleted {
+        engine,
+        next_index,
+        terminated: false,
+    }
 }
 
 /// Stream for the [`as_completed`] function; also a dynamic set of futures
@@ -85,7 +89,11 @@ impl<F: Future> AsCompleted<F> {
     /// assert!(set.is_empty());
     /// ```
     pub const fn new() -> Self {
-        Self { engine: Engine::new(), next_index: 0, terminated: false }
+        Self {
+            engine: Engine::new(),
+            next_index: 0,
+            terminated: false,
+        }
     }
 
     /// Adds a future; it is first polled on the next poll of the set. Returns
@@ -214,7 +222,9 @@ impl<F: Future> Stream for AsCompleted<F> {
     type Item = F::Output;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
-        self.get_mut().poll_next_indexed(cx).map(|o| o.map(|(_, v)| v))
+        self.get_mut()
+            .poll_next_indexed(cx)
+            .map(|o| o.map(|(_, v)| v))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -244,7 +254,9 @@ impl<F: Future> Extend<F> for AsCompleted<F> {
 
 impl<F: Future> fmt::Debug for AsCompleted<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AsCompleted").field("len", &self.len()).finish_non_exhaustive()
+        f.debug_struct("AsCompleted")
+            .field("len", &self.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -301,6 +313,8 @@ impl<F: Future> FusedStream for AsCompletedIndexed<F> {
 
 impl<F: Future> fmt::Debug for AsCompletedIndexed<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("AsCompletedIndexed").field(&self.set).finish()
+        f.debug_tuple("AsCompletedIndexed")
+            .field(&self.set)
+            .finish()
     }
 }

@@ -45,7 +45,10 @@ where
     I: IntoIterator,
     I::Item: IntoFuture,
 {
-    Gather { engine: Engine::from_iter(futures), finished: false }
+    Gather {
+        engine: Engine::from_iter(futures, false),
+        finished: false,
+    }
 }
 
 /// Future for the [`gather()`] function.
@@ -75,7 +78,9 @@ impl<F: Future> Future for Gather<F> {
 
 impl<F: Future> fmt::Debug for Gather<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Gather").field("running", &self.engine.running()).finish_non_exhaustive()
+        f.debug_struct("Gather")
+            .field("running", &self.engine.running())
+            .finish_non_exhaustive()
     }
 }
 
@@ -117,7 +122,10 @@ where
     I: IntoIterator,
     I::Item: IntoFuture<Output = Result<T, E>>,
 {
-    TryGather { engine: Engine::from_iter(futures), finished: false }
+    TryGather {
+        engine: Engine::from_iter(futures, false),
+        finished: false,
+    }
 }
 
 /// Future for the [`try_gather()`] function.
@@ -151,13 +159,17 @@ where
         }
         this.finished = true;
         let values = this.engine.take_outputs().into_iter();
-        Poll::Ready(Ok(values.map(|r| r.unwrap_or_else(|_| unreachable!())).collect()))
+        Poll::Ready(Ok(values
+            .map(|r| r.unwrap_or_else(|_| unreachable!()))
+            .collect()))
     }
 }
 
 impl<F: Future> fmt::Debug for TryGather<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TryGather").field("running", &self.engine.running()).finish_non_exhaustive()
+        f.debug_struct("TryGather")
+            .field("running", &self.engine.running())
+            .finish_non_exhaustive()
     }
 }
 
@@ -225,7 +237,9 @@ impl Panicked {
 
 impl fmt::Debug for Panicked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Panicked").field(&self.message().unwrap_or("<non-string payload>")).finish()
+        f.debug_tuple("Panicked")
+            .field(&self.message().unwrap_or("<non-string payload>"))
+            .finish()
     }
 }
 
@@ -274,7 +288,11 @@ where
     I: IntoIterator,
     I::Item: IntoFuture,
 {
-    GatherSettled { engine: Engine::from_iter(futures), outputs: Vec::new(), finished: false }
+    GatherSettled {
+        engine: Engine::from_iter(futures, false),
+        outputs: Vec::new(),
+        finished: false,
+    }
 }
 
 /// Future for the [`gather_settled`] function.
@@ -299,13 +317,14 @@ impl<F: Future> Future for GatherSettled<F> {
             this.outputs.resize_with(this.engine.running(), || None);
         }
         let mut pass = this.engine.pass(cx);
-        let settle = |fut: Pin<&mut F>, cx: &mut Context<'_>| {
-            match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+        let settle =
+            |fut: Pin<&mut F>, cx: &mut Context<'_>| match catch_unwind(AssertUnwindSafe(|| {
+                fut.poll(cx)
+            })) {
                 Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
                 Ok(Poll::Pending) => Poll::Pending,
                 Err(payload) => Poll::Ready(Err(Panicked { payload })),
-            }
-        };
+            };
         while let Some(done) = pass.next_with(settle) {
             this.outputs[done.key] = Some(done.output);
         }
@@ -314,12 +333,19 @@ impl<F: Future> Future for GatherSettled<F> {
         }
         this.finished = true;
         let outputs = std::mem::take(&mut this.outputs);
-        Poll::Ready(outputs.into_iter().map(|o| o.expect("every child settled")).collect())
+        Poll::Ready(
+            outputs
+                .into_iter()
+                .map(|o| o.expect("every child settled"))
+                .collect(),
+        )
     }
 }
 
 impl<F: Future> fmt::Debug for GatherSettled<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GatherSettled").field("running", &self.engine.running()).finish_non_exhaustive()
+        f.debug_struct("GatherSettled")
+            .field("running", &self.engine.running())
+            .finish_non_exhaustive()
     }
 }

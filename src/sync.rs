@@ -1,5 +1,5 @@
-//! A tiny shim so the engine's atomics can be swapped for loom's in the
-//! model-checking build (`RUSTFLAGS="--cfg awaitkit_loom"`).
+//! A tiny shim so the engine's atomics and cells can be swapped for loom's in
+//! the model-checking build (`RUSTFLAGS="--cfg awaitkit_loom"`).
 //!
 //! The cfg name is crate-specific on purpose: a global `--cfg loom` would also
 //! change event-listener (and so smol and async-lock) in the dev-dependency
@@ -16,46 +16,39 @@ pub(crate) mod atomic {
 }
 
 #[cfg(not(awaitkit_loom))]
-pub(crate) use futures_util::task::AtomicWaker;
+pub(crate) mod cell {
+    /// `std::cell::UnsafeCell` with loom's closure-based access API.
+    #[derive(Debug)]
+    pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
 
-#[cfg(awaitkit_loom)]
-pub(crate) use loom_waker::AtomicWaker;
-
-#[cfg(awaitkit_loom)]
-mod loom_waker {
-    use loom::sync::Mutex;
-    use std::task::Waker;
-
-    /// A lock-based stand-in for `futures::task::AtomicWaker` that loom can
-    /// see. It has the same contract: `wake` wakes the last registered waker,
-    /// and a wake that races with `register` is never lost.
-    #[derive(Debug, Default)]
-    pub(crate) struct AtomicWaker {
-        waker: Mutex<Option<Waker>>,
-    }
-
-    impl AtomicWaker {
-        pub(crate) fn new() -> Self {
-            Self::default()
+    impl<T> UnsafeCell<T> {
+        pub(crate) const fn new(value: T) -> Self {
+            Self(std::cell::UnsafeCell::new(value))
         }
 
-        pub(crate) fn register(&self, waker: &Waker) {
-            let mut slot = self.waker.lock().unwrap();
-            match &*slot {
-                Some(old) if old.will_wake(waker) => {}
-                _ => *slot = Some(waker.clone()),
-            }
+        #[inline]
+        pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+            f(self.0.get())
         }
 
-        pub(crate) fn take(&self) -> Option<Waker> {
-            self.waker.lock().unwrap().take()
-        }
-
-        pub(crate) fn wake(&self) {
-            let waker = self.waker.lock().unwrap().take();
-            if let Some(waker) = waker {
-                waker.wake();
-            }
+        #[inline]
+        pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0.get())
         }
     }
+}
+
+#[cfg(awaitkit_loom)]
+pub(crate) mod cell {
+    pub(crate) use loom::cell::UnsafeCell;
+}
+
+/// A spin-wait hint: lets the thread that holds a contended slot finish
+/// (under loom, a yield, so models explore that thread's progress).
+#[inline]
+pub(crate) fn spin_loop() {
+    #[cfg(not(awaitkit_loom))]
+    std::hint::spin_loop();
+    #[cfg(awaitkit_loom)]
+    loom::thread::yield_now();
 }

@@ -44,7 +44,9 @@ where
     I: IntoIterator,
     I::Item: IntoFuture,
 {
-    WaitAny { set: Some(as_completed(futures)) }
+    WaitAny {
+        set: Some(as_completed(futures)),
+    }
 }
 
 /// Future for the [`wait_any`] function.
@@ -58,7 +60,10 @@ impl<F: Future> Future for WaitAny<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let set = this.set.as_mut().expect("`WaitAny` polled after completion");
+        let set = this
+            .set
+            .as_mut()
+            .expect("`WaitAny` polled after completion");
         match set.poll_next_indexed(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
@@ -215,7 +220,12 @@ impl<F: Future> AsCompleted<F> {
             when != ReturnWhen::FirstError,
             "`ReturnWhen::FirstError` needs `Result` outputs: use `awaitkit::try_wait`"
         );
-        Wait { set: Some(self), when, is_error: |_| false, done: Vec::new() }
+        Wait {
+            set: Some(self),
+            when,
+            is_error: |_| false,
+            done: Vec::new(),
+        }
     }
 
     /// [`try_wait`] on the futures of this set.
@@ -234,7 +244,12 @@ impl<F: Future> AsCompleted<F> {
     where
         F: Future<Output = Result<T, E>>,
     {
-        Wait { set: Some(self), when, is_error: Result::is_err, done: Vec::new() }
+        Wait {
+            set: Some(self),
+            when,
+            is_error: Result::is_err,
+            done: Vec::new(),
+        }
     }
 }
 
@@ -273,7 +288,10 @@ impl<F: Future> Future for Wait<F> {
             return Poll::Pending;
         }
         let pending = this.set.take().expect("checked above");
-        Poll::Ready(WaitOutcome { done: std::mem::take(&mut this.done), pending })
+        Poll::Ready(WaitOutcome {
+            done: std::mem::take(&mut this.done),
+            pending,
+        })
     }
 }
 

@@ -49,7 +49,36 @@ impl Future for WaitGate {
         self.gate.polls.fetch_add(1, Ordering::Relaxed);
         *self.gate.waker.lock().unwrap() = Some(cx.waker().clone());
         let fired = self.gate.fired.load(Ordering::Acquire);
-        if fired >= self.need { Poll::Ready(fired) } else { Poll::Pending }
+        if fired >= self.need {
+            Poll::Ready(fired)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// Drives a future to completion, parking on a notification that has no
+/// spurious wake-ups (unlike `loom::future::block_on`), so a lost wake is a
+/// deadlock loom reports.
+fn block_on<F: Future>(f: F) -> F::Output {
+    struct Unpark(loom::sync::Notify);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.notify();
+        }
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.notify();
+        }
+    }
+    let unpark = std::sync::Arc::new(Unpark(loom::sync::Notify::new()));
+    let waker = Waker::from(unpark.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+            return out;
+        }
+        unpark.0.wait();
     }
 }
 
@@ -60,7 +89,11 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
     }
     builder.check(move || {
         f();
-        assert_eq!(LIVE_CHUNKS.load(std::sync::atomic::Ordering::Relaxed), 0, "a chunk leaked");
+        assert_eq!(
+            LIVE_CHUNKS.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "a chunk leaked"
+        );
     });
 }
 
@@ -77,8 +110,11 @@ fn wake_during_poll_from_other_threads() {
                 thread::spawn(move || g.fire())
             })
             .collect();
-        let children = gates.iter().map(|g| WaitGate { gate: g.clone(), need: 1 });
-        let out = loom::future::block_on(gather(children));
+        let children = gates.iter().map(|g| WaitGate {
+            gate: g.clone(),
+            need: 1,
+        });
+        let out = block_on(gather(children));
         assert_eq!(out, [1, 1]);
         for t in threads {
             t.join().unwrap();
@@ -100,7 +136,10 @@ fn concurrent_wakes_of_one_child() {
                 thread::spawn(move || g.fire())
             })
             .collect();
-        let out = loom::future::block_on(gather([WaitGate { gate: gate.clone(), need: 2 }]));
+        let out = block_on(gather([WaitGate {
+            gate: gate.clone(),
+            need: 2,
+        }]));
         assert_eq!(out, [2]);
         for t in threads {
             t.join().unwrap();
@@ -116,7 +155,10 @@ fn drop_while_wakers_alive() {
     model(|| {
         let gate = Arc::new(Gate::default());
         let mut set = AsCompleted::new();
-        set.push(WaitGate { gate: gate.clone(), need: 1 });
+        set.push(WaitGate {
+            gate: gate.clone(),
+            need: 1,
+        });
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         assert!(Pin::new(&mut set).poll_next(&mut cx).is_pending());
@@ -137,7 +179,10 @@ fn stale_waker_never_polls_new_child() {
         let old = Arc::new(Gate::default());
         old.fired.store(1, Ordering::Relaxed);
         let mut set = AsCompleted::new();
-        set.push(WaitGate { gate: old.clone(), need: 1 });
+        set.push(WaitGate {
+            gate: old.clone(),
+            need: 1,
+        });
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         assert_eq!(Pin::new(&mut set).poll_next(&mut cx), Poll::Ready(Some(1)));
@@ -146,12 +191,53 @@ fn stale_waker_never_polls_new_child() {
         let g = old.clone();
         let t = thread::spawn(move || g.fire());
         let new = Arc::new(Gate::default());
-        set.push(WaitGate { gate: new.clone(), need: 1 });
+        set.push(WaitGate {
+            gate: new.clone(),
+            need: 1,
+        });
         assert!(Pin::new(&mut set).poll_next(&mut cx).is_pending());
         t.join().unwrap();
         assert!(Pin::new(&mut set).poll_next(&mut cx).is_pending());
-        assert_eq!(new.polls.load(Ordering::Relaxed), 1, "a stale wake polled the new child");
+        assert_eq!(
+            new.polls.load(Ordering::Relaxed),
+            1,
+            "a stale wake polled the new child"
+        );
         drop(set);
         drop(old.waker.lock().unwrap().take());
+    });
+}
+
+/// The parent-waker protocol alone: two threads raise a flag and wake while
+/// the owner registers (first a throwaway waker, then `block_on`'s, so the
+/// replacement path races with the wakes). A lost wake deadlocks.
+#[test]
+fn parent_waker_never_loses_a_wake() {
+    use super::parent::ParentWaker;
+    model(|| {
+        let parent = Arc::new(ParentWaker::new());
+        let raised = Arc::new(AtomicUsize::new(0));
+        parent.register(&futures_util::task::noop_waker());
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (parent, raised) = (parent.clone(), raised.clone());
+                thread::spawn(move || {
+                    raised.fetch_add(1, Ordering::Release);
+                    parent.wake();
+                })
+            })
+            .collect();
+        block_on(std::future::poll_fn(|cx| {
+            parent.register(cx.waker());
+            if raised.load(Ordering::Acquire) == 2 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }));
+        for t in threads {
+            t.join().unwrap();
+        }
+        drop(parent.take());
     });
 }

@@ -19,6 +19,7 @@
 
 #[cfg(all(test, awaitkit_loom))]
 mod loom_models;
+mod parent;
 mod ready;
 pub(crate) mod tuple;
 
@@ -43,7 +44,10 @@ pub(crate) struct SlotId {
     index: u32,
 }
 
-const NO_SLOT: SlotId = SlotId { chunk: u32::MAX, index: u32::MAX };
+const NO_SLOT: SlotId = SlotId {
+    chunk: u32::MAX,
+    index: u32::MAX,
+};
 
 pub(crate) enum Slot<F: Future> {
     /// A child still running, with its key (input index).
@@ -147,6 +151,9 @@ pub(crate) struct Engine<F: Future> {
     /// Slots never used yet, at the end of the last chunk.
     fresh: usize,
     running: usize,
+    /// Whether finished slots are reused (dynamic sets); fixed sets skip the
+    /// per-child clone counting that reuse needs.
+    reuse: bool,
     _children: PhantomData<Slot<F>>,
 }
 
@@ -157,7 +164,9 @@ impl<F: Future> Unpin for Engine<F> {}
 
 impl<F: Future> fmt::Debug for Engine<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Engine").field("running", &self.running).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("running", &self.running)
+            .finish_non_exhaustive()
     }
 }
 
@@ -190,28 +199,39 @@ fn drop_slots<F: Future>(ready: &ReadySet) {
 }
 
 impl<F: Future> Engine<F> {
-    /// An empty set; the first `push` allocates.
+    /// An empty set that reuses finished slots; the first `push` allocates.
     pub(crate) const fn new() -> Self {
+        Self::with_reuse(true)
+    }
+
+    const fn with_reuse(reuse: bool) -> Self {
         Self {
             ready: ReadySet::new(),
-            cursor: Cursor { chunks: 0, current: None, levels: 0, stack: [(0, 0); 6] },
+            cursor: Cursor {
+                chunks: 0,
+                current: None,
+                levels: 0,
+                stack: [(0, 0); 6],
+            },
             free: NO_SLOT,
             cooling: NO_SLOT,
             fresh: 0,
             running: 0,
+            reuse,
             _children: PhantomData,
         }
     }
 
     /// A set holding `futures`, keyed by their position, every child ready
     /// for its first poll. With an exact size hint the set is one chunk of
-    /// exactly that size, written in place (one allocation).
-    pub(crate) fn from_iter<I>(futures: I) -> Self
+    /// exactly that size, written in place (one allocation). `reuse`: whether
+    /// finished slots may be reused by `push` (see [`Engine::release_slot`]).
+    pub(crate) fn from_iter<I>(futures: I, reuse: bool) -> Self
     where
         I: IntoIterator,
         I::Item: IntoFuture<IntoFuture = F>,
     {
-        let mut engine = Self::new();
+        let mut engine = Self::with_reuse(reuse);
         let mut futures = futures.into_iter().map(IntoFuture::into_future);
         let n = match futures.size_hint() {
             (lower, Some(upper)) if lower == upper => lower,
@@ -252,7 +272,7 @@ impl<F: Future> Engine<F> {
     /// Allocates a chunk with `cap` vacant slots.
     fn add_chunk(&mut self, cap: usize) -> usize {
         let layout = Layout::array::<Slot<F>>(cap).expect("awaitkit: capacity overflow");
-        let chunk = self.ready.add_chunk(cap, layout);
+        let chunk = self.ready.add_chunk(cap, self.reuse, layout);
         let slots = self.ready.region(chunk).cast::<Slot<F>>();
         for index in 0..cap {
             // SAFETY: the region has room for `cap` slots, suitably aligned.
@@ -266,7 +286,14 @@ impl<F: Future> Engine<F> {
         assert!(index < self.ready.capacity(chunk));
         // SAFETY: in bounds (checked), initialised (see `add_chunk`), and
         // borrowed through `&mut self`, so not aliased.
-        unsafe { &mut *self.ready.region(chunk).cast::<Slot<F>>().as_ptr().add(index) }
+        unsafe {
+            &mut *self
+                .ready
+                .region(chunk)
+                .cast::<Slot<F>>()
+                .as_ptr()
+                .add(index)
+        }
     }
 
     /// Number of children still running.
@@ -311,7 +338,10 @@ impl<F: Future> Engine<F> {
         let chunk = self.ready.chunk_count() - 1;
         let index = self.ready.capacity(chunk) - self.fresh;
         self.fresh -= 1;
-        SlotId { chunk: chunk as u32, index: index as u32 }
+        SlotId {
+            chunk: chunk as u32,
+            index: index as u32,
+        }
     }
 
     /// Moves cooling slots whose wakers are gone to the free list. Called only
@@ -329,12 +359,20 @@ impl<F: Future> Engine<F> {
     }
 
     /// Returns a vacant slot to the free list, or to the cooling list while a
-    /// cloned waker of its last occupant is alive.
+    /// cloned waker of its last occupant is alive. Sets that do not reuse
+    /// slots leave it vacant.
     pub(crate) fn release_slot(&mut self, id: SlotId) {
+        if !self.reuse {
+            return;
+        }
         let (chunk, index) = (id.chunk as usize, id.index as usize);
         // A stale bit left by the last occupant merges with the next
         // occupant's first-poll bit (see `push`).
-        let list = if self.ready.is_idle(chunk, index) { self.free } else { self.cooling };
+        let list = if self.ready.is_idle(chunk, index) {
+            self.free
+        } else {
+            self.cooling
+        };
         *self.slot(chunk, index) = Slot::Vacant(list);
         if self.ready.is_idle(chunk, index) {
             self.free = id;
@@ -357,7 +395,9 @@ impl<F: Future> Engine<F> {
         let mut out = Vec::with_capacity(total);
         for chunk in 0..chunks {
             for index in 0..self.ready.capacity(chunk) {
-                if let Slot::Done(output) = std::mem::replace(self.slot(chunk, index), Slot::Vacant(NO_SLOT)) {
+                if let Slot::Done(output) =
+                    std::mem::replace(self.slot(chunk, index), Slot::Vacant(NO_SLOT))
+                {
                     out.push(output);
                 }
             }
@@ -369,7 +409,7 @@ impl<F: Future> Engine<F> {
     /// the chunks unless a waker clone is alive. The engine stays usable, empty.
     pub(crate) fn clear(&mut self) {
         let ready = std::mem::replace(&mut self.ready, ReadySet::new());
-        *self = Self::new();
+        *self = Self::with_reuse(self.reuse);
         drop_slots::<F>(&ready);
     }
 
@@ -406,7 +446,11 @@ impl<F: Future> Engine<F> {
             self.cursor.chunks = self.ready.take_chunks();
             true
         };
-        Pass { engine: self, cx, refreshed }
+        Pass {
+            engine: self,
+            cx,
+            refreshed,
+        }
     }
 }
 
@@ -452,7 +496,10 @@ impl<F: Future> Pass<'_, '_, F> {
                 // Dropping the child in place, before anything else.
                 *slot = Slot::Vacant(NO_SLOT);
                 engine.running -= 1;
-                let slot = SlotId { chunk: chunk as u32, index: index as u32 };
+                let slot = SlotId {
+                    chunk: chunk as u32,
+                    index: index as u32,
+                };
                 return Some(Completed { slot, key, output });
             }
         }
@@ -482,12 +529,20 @@ mod tests {
     type Parked = Rc<RefCell<Vec<Waker>>>;
 
     /// A child that parks a clone of its waker and finishes when `done` is set.
-    fn parked(store: &Parked, done: &Rc<RefCell<bool>>, polls: &Rc<RefCell<usize>>) -> impl Future<Output = ()> + use<> {
+    fn parked(
+        store: &Parked,
+        done: &Rc<RefCell<bool>>,
+        polls: &Rc<RefCell<usize>>,
+    ) -> impl Future<Output = ()> + use<> {
         let (store, done, polls) = (store.clone(), done.clone(), polls.clone());
         poll_fn(move |cx| {
             *polls.borrow_mut() += 1;
             store.borrow_mut().push(cx.waker().clone());
-            if *done.borrow() { Poll::Ready(()) } else { Poll::Pending }
+            if *done.borrow() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
         })
     }
 
@@ -507,7 +562,11 @@ mod tests {
         for key in 0..1000 {
             engine.push(std::future::ready(key), key);
         }
-        assert_eq!(engine.ready.chunk_count(), 6, "32 + 64 + 128 + 256 + 512 + 1024 slots");
+        assert_eq!(
+            engine.ready.chunk_count(),
+            6,
+            "32 + 64 + 128 + 256 + 512 + 1024 slots"
+        );
         let mut cx = Context::from_waker(Waker::noop());
         let mut keys = drain(&mut engine, &mut cx);
         keys.sort_unstable();
@@ -546,7 +605,7 @@ mod tests {
         let store: Parked = Rc::default();
         let polls = Rc::new(RefCell::new(0));
         let done = Rc::new(RefCell::new(false));
-        let mut engine = Engine::from_iter((0..70).map(|_| parked(&store, &done, &polls)));
+        let mut engine = Engine::from_iter((0..70).map(|_| parked(&store, &done, &polls)), true);
         for key in 70..200 {
             engine.push(parked(&store, &done, &polls), key);
         }
@@ -565,17 +624,20 @@ mod tests {
 
     #[test]
     fn each_child_is_polled_once_per_pass_even_when_it_rewakes() {
-        let mut engine = Engine::from_iter((0..100).map(|i| {
-            let mut left = 3;
-            poll_fn(move |cx: &mut Context<'_>| {
-                if left == 0 {
-                    return Poll::Ready(i);
-                }
-                left -= 1;
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            })
-        }));
+        let mut engine = Engine::from_iter(
+            (0..100).map(|i| {
+                let mut left = 3;
+                poll_fn(move |cx: &mut Context<'_>| {
+                    if left == 0 {
+                        return Poll::Ready(i);
+                    }
+                    left -= 1;
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                })
+            }),
+            false,
+        );
         let mut cx = Context::from_waker(Waker::noop());
         for _ in 0..3 {
             assert!(drain(&mut engine, &mut cx).is_empty());

@@ -38,14 +38,16 @@
 //! # Lifetimes
 //!
 //! A chunk's `refs` counts the owner, every entry whose clone count is
-//! non-zero, and (for the root) every other chunk. The waker the owner hands
+//! non-zero (or, in a chunk that does not count clones per entry — a fixed
+//! set that never reuses slots — every clone), and (for the root) every
+//! other chunk. The waker the owner hands
 //! to a child while polling it is *borrowed*: it owns no count. Cloning it
 //! moves the entry's count from zero to one and takes a chunk reference; the
 //! last clone dropped gives it back. An entry whose count is zero has no
 //! waker anywhere outside a poll, which is what lets the owner reuse the
 //! child's slot without a stale waker ever reaching the new child.
 
-use crate::sync::AtomicWaker;
+use super::parent::ParentWaker;
 use crate::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
 use std::fmt;
@@ -64,7 +66,8 @@ const MAX_CLONES: u32 = u32::MAX / 2;
 /// Chunks allocated and not yet freed; lets the loom models check that the
 /// last waker or owner frees everything (run them with one test thread).
 #[cfg(all(test, awaitkit_loom))]
-pub(crate) static LIVE_CHUNKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+pub(crate) static LIVE_CHUNKS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
 
 /// What a child's waker points at.
 #[repr(C)]
@@ -84,6 +87,9 @@ struct Header {
     chunk: u32,
     cap: u32,
     levels: u32,
+    /// Whether entries count their clones (only sets that reuse slots need
+    /// it); otherwise a clone holds a chunk reference directly.
+    count_clones: bool,
     /// Offset (in words) of each level's first word.
     level_start: [u32; MAX_LEVELS],
     words: NonNull<AtomicU64>,
@@ -91,7 +97,7 @@ struct Header {
     extra: NonNull<u8>,
     layout: Layout,
     /// Root only: the parent task's waker.
-    parent: AtomicWaker,
+    parent: ParentWaker,
     /// Root only: one bit per chunk whose top word may be non-zero.
     chunks: AtomicU64,
 }
@@ -110,7 +116,12 @@ impl Header {
         // SAFETY: `level_start[level] + word` is within the words array
         // initialised by `Chunk::alloc` (callers derive `word` from an index
         // below `cap`, shifted once per level).
-        unsafe { &*self.words.as_ptr().add(self.level_start[level] as usize + word) }
+        unsafe {
+            &*self
+                .words
+                .as_ptr()
+                .add(self.level_start[level] as usize + word)
+        }
     }
 
     fn root(&self) -> &Header {
@@ -123,7 +134,9 @@ impl Header {
     /// this call made the root word non-zero.
     #[inline]
     fn set_ready(&self, index: usize, wake_parent: bool) {
-        let prev = self.word(0, index / BITS).fetch_or(1 << (index % BITS), Ordering::AcqRel);
+        let prev = self
+            .word(0, index / BITS)
+            .fetch_or(1 << (index % BITS), Ordering::AcqRel);
         if prev == 0 {
             self.propagate(index / BITS, wake_parent);
         }
@@ -200,6 +213,12 @@ static VTABLE: RawWakerVTable =
 unsafe fn waker_clone(data: *const ()) -> RawWaker {
     // SAFETY: the waker being cloned keeps the chunk alive.
     let (header, entry) = unsafe { resolve(data) };
+    if !header.count_clones {
+        if header.refs.fetch_add(1, Ordering::Relaxed) > isize::MAX as usize {
+            std::process::abort();
+        }
+        return RawWaker::new(data, &VTABLE);
+    }
     let prev = entry.clones.fetch_add(1, Ordering::Relaxed);
     if prev == 0 {
         // The first owned waker of this entry takes a chunk reference. The
@@ -230,7 +249,10 @@ unsafe fn waker_wake_by_ref(data: *const ()) {
 unsafe fn waker_drop(data: *const ()) {
     // SAFETY: this owned waker keeps the chunk alive until it is released.
     let (header, entry) = unsafe { resolve(data) };
-    if entry.clones.fetch_sub(1, Ordering::Release) == 1 {
+    if !header.count_clones {
+        // SAFETY: this clone holds a chunk reference.
+        unsafe { release(NonNull::from(header)) };
+    } else if entry.clones.fetch_sub(1, Ordering::Release) == 1 {
         // The last owned waker of this entry gives back its chunk reference.
         // SAFETY: that reference was taken when the count left zero.
         unsafe { release(NonNull::from(header)) };
@@ -244,8 +266,17 @@ impl Chunk {
     /// Allocates a chunk for `cap` children, with an owner's region laid out
     /// as `extra`. `root` is `None` for the root chunk itself. No child is
     /// marked ready.
-    fn alloc(cap: usize, chunk: u32, root: Option<NonNull<Header>>, extra: Layout) -> NonNull<Header> {
-        assert!(cap > 0 && cap <= u32::MAX as usize, "awaitkit: too many futures in one set");
+    fn alloc(
+        cap: usize,
+        chunk: u32,
+        root: Option<NonNull<Header>>,
+        count_clones: bool,
+        extra: Layout,
+    ) -> NonNull<Header> {
+        assert!(
+            cap > 0 && cap <= u32::MAX as usize,
+            "awaitkit: too many futures in one set"
+        );
         // Words per level, bottom-up, until one word covers the level below.
         let mut level_start = [0u32; MAX_LEVELS];
         let mut levels = 0;
@@ -261,15 +292,20 @@ impl Chunk {
             n = n.div_ceil(BITS);
         }
         let overflow = "awaitkit: capacity overflow";
-        let (layout, entries_at) =
-            Layout::new::<Header>().extend(Layout::array::<Entry>(cap).expect(overflow)).expect(overflow);
+        let (layout, entries_at) = Layout::new::<Header>()
+            .extend(Layout::array::<Entry>(cap).expect(overflow))
+            .expect(overflow);
         debug_assert_eq!(entries_at, size_of::<Header>());
-        let (layout, words_at) = layout.extend(Layout::array::<AtomicU64>(total).expect(overflow)).expect(overflow);
+        let (layout, words_at) = layout
+            .extend(Layout::array::<AtomicU64>(total).expect(overflow))
+            .expect(overflow);
         let (layout, extra_at) = layout.extend(extra).expect(overflow);
         let layout = layout.pad_to_align();
         // SAFETY: the layout has a non-zero size (it contains a header).
         let base = unsafe { alloc(layout) };
-        let Some(base) = NonNull::new(base) else { handle_alloc_error(layout) };
+        let Some(base) = NonNull::new(base) else {
+            handle_alloc_error(layout)
+        };
         let header = base.cast::<Header>();
         #[cfg(all(test, awaitkit_loom))]
         LIVE_CHUNKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -282,17 +318,21 @@ impl Chunk {
                 root: root.unwrap_or(header),
                 chunk,
                 cap: cap as u32,
+                count_clones,
                 levels: levels as u32,
                 level_start,
                 words,
                 extra: base.add(extra_at),
                 layout,
-                parent: AtomicWaker::new(),
+                parent: ParentWaker::new(),
                 chunks: AtomicU64::new(0),
             });
             let entries = base.add(entries_at).cast::<Entry>();
             for index in 0..cap {
-                entries.add(index).write(Entry { index: index as u32, clones: AtomicU32::new(0) });
+                entries.add(index).write(Entry {
+                    index: index as u32,
+                    clones: AtomicU32::new(0),
+                });
             }
             for w in 0..total {
                 words.add(w).write(AtomicU64::new(0));
@@ -343,34 +383,52 @@ unsafe impl Sync for ReadySet {}
 
 impl fmt::Debug for ReadySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReadySet").field("chunks", &self.chunk_count()).finish()
+        f.debug_struct("ReadySet")
+            .field("chunks", &self.chunk_count())
+            .finish()
     }
 }
 
 impl ReadySet {
     /// A ready set with no chunks yet.
     pub(crate) const fn new() -> Self {
-        Self { root: None, more: Vec::new() }
+        Self {
+            root: None,
+            more: Vec::new(),
+        }
     }
 
     /// Adds a chunk of `cap` children, none of them ready, with an owner's
-    /// region laid out as `extra`. Returns its id.
-    pub(crate) fn add_chunk(&mut self, cap: usize, extra: Layout) -> usize {
+    /// region laid out as `extra`. Returns its id. Only chunks that count
+    /// clones can answer [`ReadySet::is_idle`].
+    pub(crate) fn add_chunk(&mut self, cap: usize, count_clones: bool, extra: Layout) -> usize {
         let Some(root) = self.root else {
-            self.root = Some(Chunk::alloc(cap, 0, None, extra));
+            self.root = Some(Chunk::alloc(cap, 0, None, count_clones, extra));
             return 0;
         };
         let id = self.chunk_count();
         assert!(id < MAX_CHUNKS, "awaitkit: too many futures in one set");
         // SAFETY: the owner holds a reference on the root.
-        unsafe { root.as_ref() }.refs.fetch_add(1, Ordering::Relaxed);
-        self.more.push(Chunk::alloc(cap, id as u32, Some(root), extra));
+        unsafe { root.as_ref() }
+            .refs
+            .fetch_add(1, Ordering::Relaxed);
+        self.more.push(Chunk::alloc(
+            cap,
+            id as u32,
+            Some(root),
+            count_clones,
+            extra,
+        ));
         id
     }
 
     #[inline]
     fn header(&self, chunk: usize) -> &Header {
-        let ptr = if chunk == 0 { self.root.expect("no chunk yet") } else { self.more[chunk - 1] };
+        let ptr = if chunk == 0 {
+            self.root.expect("no chunk yet")
+        } else {
+            self.more[chunk - 1]
+        };
         // SAFETY: the owner holds a reference on each of its chunks.
         unsafe { ptr.as_ref() }
     }
@@ -412,7 +470,8 @@ impl ReadySet {
                 h.word(level, w).store(u64::MAX, Ordering::Relaxed);
             }
             if count % BITS != 0 {
-                h.word(level, full).store((1u64 << (count % BITS)) - 1, Ordering::Relaxed);
+                h.word(level, full)
+                    .store((1u64 << (count % BITS)) - 1, Ordering::Relaxed);
             }
             count = count.div_ceil(BITS);
         }
@@ -426,18 +485,28 @@ impl ReadySet {
         }
     }
 
-    /// Takes the root word: the chunks with possibly woken children.
+    /// Takes the root word: the chunks with possibly woken children. Call
+    /// it after [`ReadySet::register`].
+    ///
+    /// A zero read needs no swap: a waker that set a bit before our
+    /// registration published it through the parent waker's state (which the
+    /// registration and the wake both modify), so the load sees it; a waker
+    /// that sets one later wakes the registered waker.
     pub(crate) fn take_chunks(&self) -> u64 {
-        match self.root {
-            None => 0,
-            Some(_) => self.header(0).chunks.swap(0, Ordering::AcqRel),
+        let Some(_) = self.root else { return 0 };
+        let chunks = &self.header(0).chunks;
+        if chunks.load(Ordering::Acquire) == 0 {
+            return 0;
         }
+        chunks.swap(0, Ordering::AcqRel)
     }
 
     /// Takes one word of a chunk's bit tree.
     #[inline]
     pub(crate) fn take_word(&self, chunk: usize, level: usize, word: usize) -> u64 {
-        self.header(chunk).word(level, word).swap(0, Ordering::AcqRel)
+        self.header(chunk)
+            .word(level, word)
+            .swap(0, Ordering::AcqRel)
     }
 
     /// Marks a child ready from the owner side, without waking the parent:
@@ -449,7 +518,12 @@ impl ReadySet {
     /// Whether no waker of this child exists outside a poll, so its slot can
     /// be reused without a stale wake reaching the next child.
     pub(crate) fn is_idle(&self, chunk: usize, index: usize) -> bool {
-        self.header(chunk).entry(index).clones.load(Ordering::Acquire) == 0
+        let h = self.header(chunk);
+        assert!(
+            h.count_clones,
+            "awaitkit: slot reuse in a set that does not count clones"
+        );
+        h.entry(index).clones.load(Ordering::Acquire) == 0
     }
 
     /// The waker to poll a child with. It is borrowed from the owner's

@@ -6,10 +6,10 @@ use super::ReadySet;
 use std::alloc::Layout;
 use std::convert::Infallible;
 use std::fmt;
-use std::marker::PhantomData;
-use std::ptr;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
+use std::ptr;
 use std::task::{Context, Poll};
 
 /// One element of a gathered tuple.
@@ -213,12 +213,23 @@ impl<T: TupleFutures> TupleCore<T> {
         let mut ready = ReadySet::new();
         let live = T::LEN > 0;
         if live {
-            ready.add_chunk(T::LEN, Layout::new::<T::Slots>());
+            ready.add_chunk(T::LEN, false, Layout::new::<T::Slots>());
             // SAFETY: the region is laid out for one `T::Slots`.
-            unsafe { ready.region(0).cast::<T::Slots>().write(futures.into_slots()) };
+            unsafe {
+                ready
+                    .region(0)
+                    .cast::<T::Slots>()
+                    .write(futures.into_slots())
+            };
             ready.mark_first(0, T::LEN);
         }
-        Self { ready, live, finished: false, remaining: T::LEN, _slots: PhantomData }
+        Self {
+            ready,
+            live,
+            finished: false,
+            remaining: T::LEN,
+            _slots: PhantomData,
+        }
     }
 
     fn slots(&mut self) -> &mut T::Slots {
@@ -251,7 +262,11 @@ impl<T: TupleFutures> TupleCore<T> {
         assert!(!self.finished, "`{what}` polled after completion");
         if self.remaining > 0 {
             self.ready.register(cx.waker());
-            let mut bits = if self.ready.take_chunks() != 0 { self.ready.take_word(0, 0, 0) } else { 0 };
+            let mut bits = if self.ready.take_chunks() != 0 {
+                self.ready.take_word(0, 0, 0)
+            } else {
+                0
+            };
             while bits != 0 {
                 let i = bits.trailing_zeros() as usize;
                 bits &= bits - 1;
@@ -275,7 +290,11 @@ impl<T: TupleFutures> TupleCore<T> {
             return Poll::Pending;
         }
         self.finished = true;
-        let output = if self.live { finish(self.slots()) } else { finish(&mut empty_slots::<T>()) };
+        let output = if self.live {
+            finish(self.slots())
+        } else {
+            finish(&mut empty_slots::<T>())
+        };
         self.drop_slots();
         Poll::Ready(Ok(output))
     }
@@ -312,14 +331,18 @@ impl<T: TryTupleFutures> Unpin for TryGatherTuple<T> {}
 impl<T: TupleFutures> GatherTuple<T> {
     #[doc(hidden)]
     pub fn new(futures: T) -> Self {
-        Self { core: TupleCore::new(futures) }
+        Self {
+            core: TupleCore::new(futures),
+        }
     }
 }
 
 impl<T: TryTupleFutures> TryGatherTuple<T> {
     #[doc(hidden)]
     pub fn new(futures: T) -> Self {
-        Self { core: TupleCore::new(futures) }
+        Self {
+            core: TupleCore::new(futures),
+        }
     }
 }
 
@@ -328,7 +351,13 @@ impl<T: TupleFutures> Future for GatherTuple<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T::Output> {
         let core = &mut self.get_mut().core;
-        core.poll(cx, "gather!", |_, _| Ok::<(), Infallible>(()), T::take_outputs).map(|r| match r {
+        core.poll(
+            cx,
+            "gather!",
+            |_, _| Ok::<(), Infallible>(()),
+            T::take_outputs,
+        )
+        .map(|r| match r {
             Ok(output) => output,
         })
     }
@@ -338,18 +367,24 @@ impl<T: TryTupleFutures> Future for TryGatherTuple<T> {
     type Output = Result<T::Ok, T::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.get_mut().core.poll(cx, "try_gather!", T::take_err, T::take_oks)
+        self.get_mut()
+            .core
+            .poll(cx, "try_gather!", T::take_err, T::take_oks)
     }
 }
 
 impl<T: TupleFutures> fmt::Debug for GatherTuple<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GatherTuple").field("remaining", &self.core.remaining).finish_non_exhaustive()
+        f.debug_struct("GatherTuple")
+            .field("remaining", &self.core.remaining)
+            .finish_non_exhaustive()
     }
 }
 
 impl<T: TryTupleFutures> fmt::Debug for TryGatherTuple<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TryGatherTuple").field("remaining", &self.core.remaining).finish_non_exhaustive()
+        f.debug_struct("TryGatherTuple")
+            .field("remaining", &self.core.remaining)
+            .finish_non_exhaustive()
     }
 }
