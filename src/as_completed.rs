@@ -51,7 +51,7 @@ where
     I: IntoIterator,
     I::Item: IntoFuture,
 {
-    let engine = Engine::from_iter(futures, true);
+    let engine = Engine::from_iter(futures);
     let next_index = engine.running();
     AsCompleted {
         engine,

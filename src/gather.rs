@@ -46,7 +46,7 @@ where
     I::Item: IntoFuture,
 {
     Gather {
-        engine: Engine::from_iter(futures, false),
+        engine: Engine::from_iter(futures),
         finished: false,
     }
 }
@@ -123,7 +123,7 @@ where
     I::Item: IntoFuture<Output = Result<T, E>>,
 {
     TryGather {
-        engine: Engine::from_iter(futures, false),
+        engine: Engine::from_iter(futures),
         finished: false,
     }
 }
@@ -289,7 +289,7 @@ where
     I::Item: IntoFuture,
 {
     GatherSettled {
-        engine: Engine::from_iter(futures, false),
+        engine: Engine::from_iter(futures),
         outputs: Vec::new(),
         finished: false,
     }

@@ -151,9 +151,8 @@ pub(crate) struct Engine<F: Future> {
     /// Slots never used yet, at the end of the last chunk.
     fresh: usize,
     running: usize,
-    /// Whether finished slots are reused (dynamic sets); fixed sets skip the
-    /// per-child clone counting that reuse needs.
-    reuse: bool,
+    /// Capacity of the next chunk `push` adds (doubles each time).
+    growth: usize,
     _children: PhantomData<Slot<F>>,
 }
 
@@ -188,23 +187,61 @@ impl<F: Future> Drop for Engine<F> {
 
 /// Drops every slot of every chunk in place.
 fn drop_slots<F: Future>(ready: &ReadySet) {
-    for chunk in 0..ready.chunk_count() {
-        let slots = ready.region(chunk).cast::<Slot<F>>();
-        let slots = ptr::slice_from_raw_parts_mut(slots.as_ptr(), ready.capacity(chunk));
-        // SAFETY: every slot of a chunk is initialised when the chunk is added
-        // and stays initialised; the chunk is dropped only here (by a
-        // `ReadySet` that was taken out of its engine), once.
-        unsafe { ptr::drop_in_place(slots) };
+    /// Drops the slots from `chunk`/`index` on, even if a destructor panics
+    /// (the guard's own drop carries on during unwinding).
+    struct Rest<'a, F: Future> {
+        ready: &'a ReadySet,
+        chunk: usize,
+        index: usize,
+        _slots: PhantomData<Slot<F>>,
     }
+    impl<F: Future> Drop for Rest<'_, F> {
+        fn drop(&mut self) {
+            while self.chunk < self.ready.chunk_count() {
+                while self.index < self.ready.capacity(self.chunk) {
+                    let element = self.ready.element(self.chunk, self.index);
+                    self.index += 1;
+                    // SAFETY: every slot of a chunk is initialised when the
+                    // chunk is added and stays so; the chunks are dropped only
+                    // here (by a `ReadySet` taken out of its engine), and each
+                    // slot once, since `index` moves past it first.
+                    unsafe {
+                        let slot = element.add(Engine::<F>::ELEMENT.1).cast::<Slot<F>>();
+                        ptr::drop_in_place(slot.as_ptr());
+                    }
+                }
+                self.chunk += 1;
+                self.index = 0;
+            }
+        }
+    }
+    drop(Rest::<F> {
+        ready,
+        chunk: 0,
+        index: 0,
+        _slots: PhantomData,
+    });
 }
 
 impl<F: Future> Engine<F> {
-    /// An empty set that reuses finished slots; the first `push` allocates.
-    pub(crate) const fn new() -> Self {
-        Self::with_reuse(true)
-    }
+    /// A child's element: its wake entry, then its slot; and the slot's offset.
+    const ELEMENT: (Layout, usize) = {
+        let entry = Layout::new::<ready::Entry>();
+        let slot = Layout::new::<Slot<F>>();
+        let align = if slot.align() > entry.align() {
+            slot.align()
+        } else {
+            entry.align()
+        };
+        let slot_at = entry.size().next_multiple_of(slot.align());
+        match Layout::from_size_align(slot_at + slot.size(), align) {
+            Ok(layout) => (layout, slot_at),
+            Err(_) => panic!("awaitkit: future too large"),
+        }
+    };
 
-    const fn with_reuse(reuse: bool) -> Self {
+    /// An empty set; the first `push` allocates.
+    pub(crate) const fn new() -> Self {
         Self {
             ready: ReadySet::new(),
             cursor: Cursor {
@@ -217,21 +254,25 @@ impl<F: Future> Engine<F> {
             cooling: NO_SLOT,
             fresh: 0,
             running: 0,
-            reuse,
+            growth: FIRST_GROWTH,
             _children: PhantomData,
         }
     }
 
     /// A set holding `futures`, keyed by their position, every child ready
     /// for its first poll. With an exact size hint the set is one chunk of
-    /// exactly that size, written in place (one allocation). `reuse`: whether
-    /// finished slots may be reused by `push` (see [`Engine::release_slot`]).
-    pub(crate) fn from_iter<I>(futures: I, reuse: bool) -> Self
+    /// exactly that size, written in place (one allocation).
+    ///
+    /// That first chunk never reuses its slots, so its wakers skip the
+    /// per-child clone counting that reuse needs: its memory (the size of the
+    /// initial batch) is held until the set is dropped. Chunks added later
+    /// by `push` reuse their slots.
+    pub(crate) fn from_iter<I>(futures: I) -> Self
     where
         I: IntoIterator,
         I::Item: IntoFuture<IntoFuture = F>,
     {
-        let mut engine = Self::with_reuse(reuse);
+        let mut engine = Self::new();
         let mut futures = futures.into_iter().map(IntoFuture::into_future);
         let n = match futures.size_hint() {
             (lower, Some(upper)) if lower == upper => lower,
@@ -255,13 +296,12 @@ impl<F: Future> Engine<F> {
         if n == 0 {
             return;
         }
-        self.add_chunk(n);
-        let slots = self.ready.region(0).cast::<Slot<F>>();
+        self.add_chunk(n, false);
         let mut count = 0;
         for f in futures.take(n) {
             // SAFETY: `count < n` = the chunk's capacity; the slot holds a
             // `Vacant` that needs no drop.
-            unsafe { slots.add(count).write(Slot::Running(f, count)) };
+            unsafe { self.slot_ptr(0, count).write(Slot::Running(f, count)) };
             count += 1;
         }
         self.running = count;
@@ -269,31 +309,33 @@ impl<F: Future> Engine<F> {
         self.ready.mark_first(0, count);
     }
 
-    /// Allocates a chunk with `cap` vacant slots.
-    fn add_chunk(&mut self, cap: usize) -> usize {
-        let layout = Layout::array::<Slot<F>>(cap).expect("awaitkit: capacity overflow");
-        let chunk = self.ready.add_chunk(cap, self.reuse, layout);
-        let slots = self.ready.region(chunk).cast::<Slot<F>>();
+    /// Allocates a chunk with `cap` vacant slots; `reuse`: whether its slots
+    /// are reused (and so its wakers count clones per child).
+    fn add_chunk(&mut self, cap: usize, reuse: bool) -> usize {
+        let chunk = self
+            .ready
+            .add_chunk(cap, reuse, Self::ELEMENT.0, Layout::new::<()>());
         for index in 0..cap {
-            // SAFETY: the region has room for `cap` slots, suitably aligned.
-            unsafe { slots.add(index).write(Slot::Vacant(NO_SLOT)) };
+            // SAFETY: the element has room for a slot at `ELEMENT.1`, aligned.
+            unsafe { self.slot_ptr(chunk, index).write(Slot::Vacant(NO_SLOT)) };
         }
         chunk
     }
 
+    /// Where a child's slot lives: in its element, after its wake entry.
+    #[inline]
+    fn slot_ptr(&self, chunk: usize, index: usize) -> *mut Slot<F> {
+        assert!(index < self.ready.capacity(chunk));
+        let element = self.ready.element(chunk, index);
+        // SAFETY: the element of an in-bounds child has a slot at `ELEMENT.1`.
+        unsafe { element.add(Self::ELEMENT.1).cast::<Slot<F>>().as_ptr() }
+    }
+
     #[inline]
     fn slot(&mut self, chunk: usize, index: usize) -> &mut Slot<F> {
-        assert!(index < self.ready.capacity(chunk));
-        // SAFETY: in bounds (checked), initialised (see `add_chunk`), and
-        // borrowed through `&mut self`, so not aliased.
-        unsafe {
-            &mut *self
-                .ready
-                .region(chunk)
-                .cast::<Slot<F>>()
-                .as_ptr()
-                .add(index)
-        }
+        // SAFETY: in bounds (checked by `slot_ptr`), initialised (see
+        // `add_chunk`), and borrowed through `&mut self`, so not aliased.
+        unsafe { &mut *self.slot_ptr(chunk, index) }
     }
 
     /// Number of children still running.
@@ -326,13 +368,10 @@ impl<F: Future> Engine<F> {
             self.free = next;
             return id;
         }
-        let chunks = self.ready.chunk_count();
         if self.fresh == 0 {
-            let cap = match chunks {
-                0 => FIRST_GROWTH,
-                _ => self.ready.capacity(chunks - 1) * 2,
-            };
-            self.add_chunk(cap);
+            let cap = self.growth;
+            self.growth = cap.saturating_mul(2);
+            self.add_chunk(cap, true);
             self.fresh = cap;
         }
         let chunk = self.ready.chunk_count() - 1;
@@ -362,10 +401,10 @@ impl<F: Future> Engine<F> {
     /// cloned waker of its last occupant is alive. Sets that do not reuse
     /// slots leave it vacant.
     pub(crate) fn release_slot(&mut self, id: SlotId) {
-        if !self.reuse {
+        let (chunk, index) = (id.chunk as usize, id.index as usize);
+        if !self.ready.reuses(chunk) {
             return;
         }
-        let (chunk, index) = (id.chunk as usize, id.index as usize);
         // A stale bit left by the last occupant merges with the next
         // occupant's first-poll bit (see `push`).
         let list = if self.ready.is_idle(chunk, index) {
@@ -409,7 +448,7 @@ impl<F: Future> Engine<F> {
     /// the chunks unless a waker clone is alive. The engine stays usable, empty.
     pub(crate) fn clear(&mut self) {
         let ready = std::mem::replace(&mut self.ready, ReadySet::new());
-        *self = Self::with_reuse(self.reuse);
+        *self = Self::new();
         drop_slots::<F>(&ready);
     }
 
@@ -605,7 +644,7 @@ mod tests {
         let store: Parked = Rc::default();
         let polls = Rc::new(RefCell::new(0));
         let done = Rc::new(RefCell::new(false));
-        let mut engine = Engine::from_iter((0..70).map(|_| parked(&store, &done, &polls)), true);
+        let mut engine = Engine::from_iter((0..70).map(|_| parked(&store, &done, &polls)));
         for key in 70..200 {
             engine.push(parked(&store, &done, &polls), key);
         }
@@ -624,20 +663,17 @@ mod tests {
 
     #[test]
     fn each_child_is_polled_once_per_pass_even_when_it_rewakes() {
-        let mut engine = Engine::from_iter(
-            (0..100).map(|i| {
-                let mut left = 3;
-                poll_fn(move |cx: &mut Context<'_>| {
-                    if left == 0 {
-                        return Poll::Ready(i);
-                    }
-                    left -= 1;
-                    cx.waker().wake_by_ref();
-                    Poll::Pending
-                })
-            }),
-            false,
-        );
+        let mut engine = Engine::from_iter((0..100).map(|i| {
+            let mut left = 3;
+            poll_fn(move |cx: &mut Context<'_>| {
+                if left == 0 {
+                    return Poll::Ready(i);
+                }
+                left -= 1;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            })
+        }));
         let mut cx = Context::from_waker(Waker::noop());
         for _ in 0..3 {
             assert!(drain(&mut engine, &mut cx).is_empty());

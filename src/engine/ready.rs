@@ -6,11 +6,14 @@
 //! Children live in *chunks*. Each chunk is one heap allocation:
 //!
 //! ```text
-//! [ Header | Entry × cap | AtomicU64 × words | owner's region ]
+//! [ Header | AtomicU64 × words | (Entry, owner's slot) × cap | owner's region ]
 //! ```
 //!
-//! * An [`Entry`] is what a child's waker points at: the child's index in the
-//!   chunk and a count of the *cloned* wakers that point at it.
+//! * An [`Entry`] is what a child's waker points at: its distance back to the
+//!   header, the child's index in the chunk and a count of the *cloned*
+//!   wakers that point at it. Each entry sits right before the owner's slot
+//!   for the same child (the owner chooses the element layout), so a wake
+//!   and the poll that follows touch the same cache line.
 //! * The words form a 64-ary bit tree over the chunk's children: level 0 has
 //!   one bit per child ("woken since it was last polled"), level `k + 1` has
 //!   one bit per word of level `k` ("that word may be non-zero"), and the top
@@ -51,7 +54,7 @@ use super::parent::ParentWaker;
 use crate::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
 use std::fmt;
-use std::mem::{ManuallyDrop, size_of};
+use std::mem::{ManuallyDrop, align_of, size_of};
 use std::ptr::{self, NonNull};
 use std::task::{RawWaker, RawWakerVTable, Waker};
 
@@ -69,10 +72,13 @@ const MAX_CLONES: u32 = u32::MAX / 2;
 pub(crate) static LIVE_CHUNKS: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
 
-/// What a child's waker points at.
+/// What a child's waker points at; the first field of every element.
 #[repr(C)]
-struct Entry {
-    /// The child's index within its chunk; lets a waker find its header.
+pub(crate) struct Entry {
+    /// Bytes from the chunk header to this entry: lets a waker find its
+    /// header without reading anything else.
+    back: usize,
+    /// The child's index within its chunk.
     index: u32,
     /// Number of cloned (owned) wakers pointing at this entry.
     clones: AtomicU32,
@@ -93,7 +99,10 @@ struct Header {
     /// Offset (in words) of each level's first word.
     level_start: [u32; MAX_LEVELS],
     words: NonNull<AtomicU64>,
-    /// The owner's region (its slots).
+    /// The first element; elements are `stride` bytes apart.
+    elements: NonNull<u8>,
+    stride: usize,
+    /// The owner's region.
     extra: NonNull<u8>,
     layout: Layout,
     /// Root only: the parent task's waker.
@@ -103,12 +112,16 @@ struct Header {
 }
 
 impl Header {
-    fn entry(&self, index: usize) -> &Entry {
+    fn element(&self, index: usize) -> NonNull<u8> {
         debug_assert!(index < self.cap as usize);
-        // SAFETY: entries start right after the header (the header's size is a
-        // multiple of the entry alignment) and `index < cap` entries were
-        // initialised by `Chunk::alloc`.
-        unsafe { &*ptr::from_ref(self).add(1).cast::<Entry>().add(index) }
+        // SAFETY: `index < cap` elements were laid out by `Chunk::alloc`.
+        unsafe { self.elements.add(index * self.stride) }
+    }
+
+    fn entry(&self, index: usize) -> &Entry {
+        // SAFETY: every element starts with an entry initialised by
+        // `Chunk::alloc`.
+        unsafe { self.element(index).cast::<Entry>().as_ref() }
     }
 
     fn word(&self, level: usize, word: usize) -> &AtomicU64 {
@@ -197,12 +210,9 @@ unsafe fn release(header: NonNull<Header>) {
 /// waker keeps the chunk alive.
 unsafe fn resolve<'a>(data: *const ()) -> (&'a Header, &'a Entry) {
     let entry = data.cast::<Entry>();
-    // SAFETY: `data` points at a live entry (caller contract).
-    let index = unsafe { (*entry).index } as usize;
-    // SAFETY: entries are laid out contiguously right after the header in the
-    // same allocation, so stepping back `index` entries and one header stays
-    // within it.
-    let header = unsafe { entry.sub(index).cast::<Header>().sub(1) };
+    // SAFETY: `data` points at a live entry (caller contract), `back` bytes
+    // after its chunk's header in the same allocation.
+    let header = unsafe { entry.byte_sub((*entry).back).cast::<Header>() };
     // SAFETY: see above; both are alive for as long as the waker is.
     unsafe { (&*header, &*entry) }
 }
@@ -263,14 +273,16 @@ unsafe fn waker_drop(data: *const ()) {
 struct Chunk;
 
 impl Chunk {
-    /// Allocates a chunk for `cap` children, with an owner's region laid out
-    /// as `extra`. `root` is `None` for the root chunk itself. No child is
-    /// marked ready.
+    /// Allocates a chunk for `cap` children, one `element` each (an [`Entry`]
+    /// first, then whatever the owner keeps per child), and an owner's region
+    /// laid out as `extra`. `root` is `None` for the root chunk itself. No
+    /// child is marked ready.
     fn alloc(
         cap: usize,
         chunk: u32,
         root: Option<NonNull<Header>>,
         count_clones: bool,
+        element: Layout,
         extra: Layout,
     ) -> NonNull<Header> {
         assert!(
@@ -292,13 +304,16 @@ impl Chunk {
             n = n.div_ceil(BITS);
         }
         let overflow = "awaitkit: capacity overflow";
-        let (layout, entries_at) = Layout::new::<Header>()
-            .extend(Layout::array::<Entry>(cap).expect(overflow))
-            .expect(overflow);
-        debug_assert_eq!(entries_at, size_of::<Header>());
-        let (layout, words_at) = layout
+        assert!(element.size() >= size_of::<Entry>() && element.align() >= align_of::<Entry>());
+        let element = element.pad_to_align();
+        let stride = element.size();
+        let elements =
+            Layout::from_size_align(stride.checked_mul(cap).expect(overflow), element.align())
+                .expect(overflow);
+        let (layout, words_at) = Layout::new::<Header>()
             .extend(Layout::array::<AtomicU64>(total).expect(overflow))
             .expect(overflow);
+        let (layout, elements_at) = layout.extend(elements).expect(overflow);
         let (layout, extra_at) = layout.extend(extra).expect(overflow);
         let layout = layout.pad_to_align();
         // SAFETY: the layout has a non-zero size (it contains a header).
@@ -322,14 +337,17 @@ impl Chunk {
                 levels: levels as u32,
                 level_start,
                 words,
+                elements: base.add(elements_at),
+                stride,
                 extra: base.add(extra_at),
                 layout,
                 parent: ParentWaker::new(),
                 chunks: AtomicU64::new(0),
             });
-            let entries = base.add(entries_at).cast::<Entry>();
             for index in 0..cap {
-                entries.add(index).write(Entry {
+                let at = elements_at + index * stride;
+                base.add(at).cast::<Entry>().write(Entry {
+                    back: at,
                     index: index as u32,
                     clones: AtomicU32::new(0),
                 });
@@ -354,8 +372,9 @@ impl Chunk {
             let layout = h.layout;
             let cap = h.cap as usize;
             let total = h.level_start[h.levels as usize - 1] as usize + 1;
-            let entries = header.as_ptr().add(1).cast::<Entry>();
-            ptr::drop_in_place(ptr::slice_from_raw_parts_mut(entries, cap));
+            for index in 0..cap {
+                ptr::drop_in_place(h.element(index).cast::<Entry>().as_ptr());
+            }
             ptr::drop_in_place(ptr::slice_from_raw_parts_mut(h.words.as_ptr(), total));
             ptr::drop_in_place(header.as_ptr());
             dealloc(header.as_ptr().cast(), layout);
@@ -398,12 +417,19 @@ impl ReadySet {
         }
     }
 
-    /// Adds a chunk of `cap` children, none of them ready, with an owner's
+    /// Adds a chunk of `cap` children, none of them ready, one `element` per
+    /// child (an [`Entry`] first: see [`ReadySet::element`]), and an owner's
     /// region laid out as `extra`. Returns its id. Only chunks that count
     /// clones can answer [`ReadySet::is_idle`].
-    pub(crate) fn add_chunk(&mut self, cap: usize, count_clones: bool, extra: Layout) -> usize {
+    pub(crate) fn add_chunk(
+        &mut self,
+        cap: usize,
+        count_clones: bool,
+        element: Layout,
+        extra: Layout,
+    ) -> usize {
         let Some(root) = self.root else {
-            self.root = Some(Chunk::alloc(cap, 0, None, count_clones, extra));
+            self.root = Some(Chunk::alloc(cap, 0, None, count_clones, element, extra));
             return 0;
         };
         let id = self.chunk_count();
@@ -417,6 +443,7 @@ impl ReadySet {
             id as u32,
             Some(root),
             count_clones,
+            element,
             extra,
         ));
         id
@@ -448,6 +475,13 @@ impl ReadySet {
     #[inline]
     pub(crate) fn levels(&self, chunk: usize) -> usize {
         self.header(chunk).levels as usize
+    }
+
+    /// A child's element: its [`Entry`], then (at an offset the owner chose
+    /// in its element layout) whatever the owner keeps for that child.
+    #[inline]
+    pub(crate) fn element(&self, chunk: usize, index: usize) -> NonNull<u8> {
+        self.header(chunk).element(index)
     }
 
     /// The owner's region of a chunk.
@@ -513,6 +547,11 @@ impl ReadySet {
     /// the owner is about to poll anyway.
     pub(crate) fn mark_ready(&self, chunk: usize, index: usize) {
         self.header(chunk).set_ready(index, false);
+    }
+
+    /// Whether a chunk counts clones per child, so its slots can be reused.
+    pub(crate) fn reuses(&self, chunk: usize) -> bool {
+        self.header(chunk).count_clones
     }
 
     /// Whether no waker of this child exists outside a poll, so its slot can

@@ -3,6 +3,7 @@
 //! tuple element.
 
 use super::ReadySet;
+use super::ready::Entry;
 use std::alloc::Layout;
 use std::convert::Infallible;
 use std::fmt;
@@ -213,7 +214,12 @@ impl<T: TupleFutures> TupleCore<T> {
         let mut ready = ReadySet::new();
         let live = T::LEN > 0;
         if live {
-            ready.add_chunk(T::LEN, false, Layout::new::<T::Slots>());
+            ready.add_chunk(
+                T::LEN,
+                false,
+                Layout::new::<Entry>(),
+                Layout::new::<T::Slots>(),
+            );
             // SAFETY: the region is laid out for one `T::Slots`.
             unsafe {
                 ready
