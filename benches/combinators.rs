@@ -106,8 +106,18 @@ impl Ctx {
     fn new(n: usize, slots: bool, order: Vec<usize>) -> Self {
         let flag = Arc::new(Flag(AtomicBool::new(false)));
         let waker = Waker::from(flag.clone());
-        let slots = if slots { (0..n).map(|_| Slot::default()).collect() } else { Vec::new() };
-        Ctx { n, slots, order, flag, waker }
+        let slots = if slots {
+            (0..n).map(|_| Slot::default()).collect()
+        } else {
+            Vec::new()
+        };
+        Ctx {
+            n,
+            slots,
+            order,
+            flag,
+            waker,
+        }
     }
 
     fn yielding(n: usize) -> Self {
@@ -138,6 +148,9 @@ impl Ctx {
         let mut fut = pin!(fut);
         let mut cx = Context::from_waker(&self.waker);
         let mut next = 0;
+        // A combinator may wake its task in the poll that completes it: a
+        // stale flag from the previous iteration must not count.
+        self.flag.0.store(false, Relaxed);
         loop {
             if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
                 return out;
@@ -161,7 +174,6 @@ impl Ctx {
             let waker = slot.waker.take();
             assert!(waker.is_none(), "slot {i} still holds a waker");
         }
-        assert!(!self.flag.0.load(Relaxed), "flag left set");
     }
 }
 
@@ -246,7 +258,10 @@ impl<const C: bool> Kind for Yield<C> {
     const PARKED: bool = false;
     type Child<'a> = YieldChild<C>;
     fn child(_: &Ctx, index: usize) -> YieldChild<C> {
-        YieldChild { index, yielded: false }
+        YieldChild {
+            index,
+            yielded: false,
+        }
     }
 }
 
@@ -255,7 +270,10 @@ impl<const C: bool> Kind for Parked<C> {
     const PARKED: bool = true;
     type Child<'a> = ParkedChild<'a, C>;
     fn child(ctx: &Ctx, index: usize) -> ParkedChild<'_, C> {
-        ParkedChild { slot: &ctx.slots[index], index }
+        ParkedChild {
+            slot: &ctx.slots[index],
+            index,
+        }
     }
 }
 
@@ -270,7 +288,10 @@ fn kids<K: Kind>(ctx: &Ctx) -> impl ExactSizeIterator<Item = K::Child<'_>> {
 
 fn check_gathered<K: Kind>(ctx: &Ctx, out: &[usize]) -> usize {
     if K::COUNT {
-        assert!(out.iter().copied().eq(0..ctx.n), "gather output not in input order");
+        assert!(
+            out.iter().copied().eq(0..ctx.n),
+            "gather output not in input order"
+        );
     }
     out.len()
 }
@@ -329,7 +350,10 @@ async fn drain<K: Kind, S: Stream<Item = usize>>(ctx: &Ctx, stream: S) -> usize 
             assert_eq!(seen, ctx.order, "completion order differs from fire order");
         } else {
             seen.sort_unstable();
-            assert!(seen.iter().copied().eq(0..ctx.n), "not every child completed once");
+            assert!(
+                seen.iter().copied().eq(0..ctx.n),
+                "not every child completed once"
+            );
         }
     }
     count
@@ -371,7 +395,9 @@ fn check_winner<K: Kind>(ctx: &Ctx, winner: usize) -> usize {
 }
 
 fn wait_any_awaitkit<K: Kind>(ctx: &Ctx) -> usize {
-    let (index, winner, rest) = ctx.block_on(awaitkit::wait_any(kids::<K>(ctx))).expect("non-empty");
+    let (index, winner, rest) = ctx
+        .block_on(awaitkit::wait_any(kids::<K>(ctx)))
+        .expect("non-empty");
     if K::COUNT {
         assert_eq!(index, winner);
         assert_eq!(rest.len(), ctx.n - 1);
@@ -437,7 +463,12 @@ macro_rules! entry {
         entry!($name, $f, $kind, usize::MAX)
     };
     ($name:literal, $f:ident, $kind:ident, $max_n:expr) => {
-        Entry { name: $name, timed: $f::<$kind<false>>, counted: $f::<$kind<true>>, max_n: $max_n }
+        Entry {
+            name: $name,
+            timed: $f::<$kind<false>>,
+            counted: $f::<$kind<true>>,
+            max_n: $max_n,
+        }
     };
 }
 
@@ -457,7 +488,9 @@ impl Settings {
         } else if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
             PathBuf::from(target).join("criterion")
         } else {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("criterion")
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target")
+                .join("criterion")
         };
         Settings { quick, out_dir }
     }
@@ -469,13 +502,19 @@ impl Settings {
                 .warm_up_time(Duration::from_millis(200))
                 .measurement_time(Duration::from_secs(1))
         } else {
-            c.sample_size(30).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3))
+            c.sample_size(30)
+                .warm_up_time(Duration::from_secs(1))
+                .measurement_time(Duration::from_secs(3))
         }
     }
 
     /// Quick mode keeps N = 100 000 in `gather_shuffled` only.
     fn sizes(&self, group: &str, sizes: &[usize]) -> Vec<usize> {
-        sizes.iter().copied().filter(|&n| !self.quick || n < 100_000 || group == "gather_shuffled").collect()
+        sizes
+            .iter()
+            .copied()
+            .filter(|&n| !self.quick || n < 100_000 || group == "gather_shuffled")
+            .collect()
     }
 
     /// Records polls / N in `polls.csv` (replacing an older row for the same
@@ -508,8 +547,11 @@ impl Settings {
         } else {
             "full: sample size 30, warm-up 1 s, measurement 3 s"
         };
-        std::fs::write(self.out_dir.join("awaitkit-bench-run.txt"), format!("{mode}\n"))
-            .expect("write run marker");
+        std::fs::write(
+            self.out_dir.join("awaitkit-bench-run.txt"),
+            format!("{mode}\n"),
+        )
+        .expect("write run marker");
     }
 }
 
@@ -532,7 +574,9 @@ fn bench_group(
             if n >= 10_000 {
                 group.sampling_mode(SamplingMode::Flat).sample_size(10);
             } else {
-                group.sampling_mode(SamplingMode::Auto).sample_size(default_samples);
+                group
+                    .sampling_mode(SamplingMode::Auto)
+                    .sample_size(default_samples);
             }
             group.bench_with_input(BenchmarkId::new(entry.name, n), &ctx, |b, ctx| {
                 if !counted {
@@ -578,34 +622,102 @@ fn main() {
     ];
     let as_completed_yield = [
         entry!("awaitkit", as_completed_awaitkit, Yield),
-        entry!("futures_FuturesUnordered", as_completed_futures_unordered, Yield),
+        entry!(
+            "futures_FuturesUnordered",
+            as_completed_futures_unordered,
+            Yield
+        ),
         entry!("fc_FutureGroup", as_completed_fc_future_group, Yield),
         entry!("fb_FuturesUnordered", as_completed_fb_unordered, Yield),
-        entry!("fb_FuturesUnorderedBounded", as_completed_fb_unordered_bounded, Yield),
+        entry!(
+            "fb_FuturesUnorderedBounded",
+            as_completed_fb_unordered_bounded,
+            Yield
+        ),
     ];
     let as_completed_shuffled = [
         entry!("awaitkit", as_completed_awaitkit, Parked),
-        entry!("futures_FuturesUnordered", as_completed_futures_unordered, Parked),
-        entry!("fc_FutureGroup", as_completed_fc_future_group, Parked, QUADRATIC_CAP),
+        entry!(
+            "futures_FuturesUnordered",
+            as_completed_futures_unordered,
+            Parked
+        ),
+        entry!(
+            "fc_FutureGroup",
+            as_completed_fc_future_group,
+            Parked,
+            QUADRATIC_CAP
+        ),
         entry!("fb_FuturesUnordered", as_completed_fb_unordered, Parked),
-        entry!("fb_FuturesUnorderedBounded", as_completed_fb_unordered_bounded, Parked),
+        entry!(
+            "fb_FuturesUnorderedBounded",
+            as_completed_fb_unordered_bounded,
+            Parked
+        ),
     ];
     let wait_any = [
         entry!("awaitkit", wait_any_awaitkit, Parked),
         entry!("futures_select_all", wait_any_futures_select_all, Parked),
-        entry!("futures_FuturesUnordered_next", wait_any_futures_unordered_next, Parked),
+        entry!(
+            "futures_FuturesUnordered_next",
+            wait_any_futures_unordered_next,
+            Parked
+        ),
         entry!("fc_race", wait_any_fc_race, Parked),
-        entry!("fb_FuturesUnordered_next", wait_any_fb_unordered_next, Parked),
-        entry!("fb_FuturesUnorderedBounded_next", wait_any_fb_unordered_bounded_next, Parked),
+        entry!(
+            "fb_FuturesUnordered_next",
+            wait_any_fb_unordered_next,
+            Parked
+        ),
+        entry!(
+            "fb_FuturesUnorderedBounded_next",
+            wait_any_fb_unordered_bounded_next,
+            Parked
+        ),
     ];
 
     let yield_sizes = [10, 100, 1_000, 100_000];
     let shuffled_sizes = [10, 1_000, 10_000, 100_000];
-    bench_group(&mut c, &settings, "gather_yield", &yield_sizes, Ctx::yielding, &gather_yield);
-    bench_group(&mut c, &settings, "gather_shuffled", &shuffled_sizes, Ctx::shuffled, &gather_shuffled);
-    bench_group(&mut c, &settings, "as_completed_yield", &yield_sizes, Ctx::yielding, &as_completed_yield);
-    bench_group(&mut c, &settings, "as_completed_shuffled", &shuffled_sizes, Ctx::shuffled, &as_completed_shuffled);
-    bench_group(&mut c, &settings, "wait_any", &[10, 1_000, 100_000], Ctx::fire_last, &wait_any);
+    bench_group(
+        &mut c,
+        &settings,
+        "gather_yield",
+        &yield_sizes,
+        Ctx::yielding,
+        &gather_yield,
+    );
+    bench_group(
+        &mut c,
+        &settings,
+        "gather_shuffled",
+        &shuffled_sizes,
+        Ctx::shuffled,
+        &gather_shuffled,
+    );
+    bench_group(
+        &mut c,
+        &settings,
+        "as_completed_yield",
+        &yield_sizes,
+        Ctx::yielding,
+        &as_completed_yield,
+    );
+    bench_group(
+        &mut c,
+        &settings,
+        "as_completed_shuffled",
+        &shuffled_sizes,
+        Ctx::shuffled,
+        &as_completed_shuffled,
+    );
+    bench_group(
+        &mut c,
+        &settings,
+        "wait_any",
+        &[10, 1_000, 100_000],
+        Ctx::fire_last,
+        &wait_any,
+    );
 
     c.final_summary();
 }

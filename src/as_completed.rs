@@ -72,6 +72,25 @@ where
 /// `AsCompleted` is [`Unpin`] whatever the futures are (they are pinned
 /// inside), [`Send`]/[`Sync`] when they are, and a [`FusedStream`]: after
 /// yielding `None` it keeps yielding `None` until a future is pushed.
+///
+/// Slots of finished futures are reused by later pushes, except those of the
+/// initial batch given to [`as_completed`]: that batch is one allocation,
+/// freed with the set.
+///
+/// # Examples
+///
+/// A dynamic set, fed while it runs:
+///
+/// ```
+/// use futures::StreamExt;
+/// # futures::executor::block_on(async {
+/// let mut tasks = awaitkit::AsCompleted::new();
+/// tasks.push(std::future::ready(1));
+/// let first = tasks.next().await;
+/// tasks.push(std::future::ready(2));
+/// assert_eq!((first, tasks.next().await, tasks.next().await), (Some(1), Some(2), None));
+/// # });
+/// ```
 #[must_use = "streams do nothing unless polled"]
 pub struct AsCompleted<F: Future> {
     pub(crate) engine: Engine<F>,
@@ -262,6 +281,18 @@ impl<F: Future> fmt::Debug for AsCompleted<F> {
 
 /// Stream for [`AsCompleted::indexed`]: `(index, output)` in completion
 /// order.
+///
+/// # Examples
+///
+/// ```
+/// use futures::StreamExt;
+/// # futures::executor::block_on(async {
+/// let done: awaitkit::AsCompletedIndexed<_> = awaitkit::as_completed(['a', 'b'].map(std::future::ready)).indexed();
+/// let mut got: Vec<(usize, char)> = done.collect().await;
+/// got.sort();
+/// assert_eq!(got, [(0, 'a'), (1, 'b')]);
+/// # });
+/// ```
 #[must_use = "streams do nothing unless polled"]
 pub struct AsCompletedIndexed<F: Future> {
     set: AsCompleted<F>,

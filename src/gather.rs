@@ -52,6 +52,23 @@ where
 }
 
 /// Future for the [`gather()`] function.
+///
+/// `Unpin` whatever the children are (they are pinned inside), `Send`/`Sync`
+/// when they and their outputs are. Polling it after it completed panics.
+///
+/// # Examples
+///
+/// Store it, name it, poll it from your own code:
+///
+/// ```
+/// use std::future::Ready;
+/// use std::task::{Context, Poll, Waker};
+///
+/// let mut all: awaitkit::Gather<Ready<u8>> = awaitkit::gather([1, 2].map(std::future::ready));
+/// let mut cx = Context::from_waker(Waker::noop());
+/// assert_eq!(std::pin::Pin::new(&mut all).poll(&mut cx), Poll::Ready(vec![1, 2]));
+/// # use std::future::Future;
+/// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct Gather<F: Future> {
     engine: Engine<F>,
@@ -129,6 +146,19 @@ where
 }
 
 /// Future for the [`try_gather()`] function.
+///
+/// `Unpin` whatever the children are, `Send`/`Sync` when they and their
+/// outputs are. Polling it after it completed panics.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// let calls: awaitkit::TryGather<_> =
+///     awaitkit::try_gather([Ok::<u8, String>(1), Ok(2)].map(std::future::ready));
+/// assert_eq!(calls.await, Ok(vec![1, 2]));
+/// # });
+/// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct TryGather<F: Future> {
     engine: Engine<F>,
@@ -177,6 +207,16 @@ impl<F: Future> fmt::Debug for TryGather<F> {
 ///
 /// Python's `gather(..., return_exceptions=True)` hands exceptions back as
 /// values; in Rust errors already are values, and a panic is the exception.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// let out = awaitkit::gather_settled([async { panic!("lost connection") }]).await;
+/// let panicked: &awaitkit::Panicked = out[0].as_ref().unwrap_err();
+/// assert_eq!(panicked.to_string(), "future panicked: lost connection");
+/// # });
+/// ```
 pub struct Panicked {
     payload: Box<dyn Any + Send>,
 }
@@ -296,6 +336,19 @@ where
 }
 
 /// Future for the [`gather_settled`] function.
+///
+/// `Unpin` whatever the children are, `Send` when they and their outputs are
+/// (never `Sync`: a captured panic payload is not). Polling it after it
+/// completed panics.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// let settled: awaitkit::GatherSettled<_> = awaitkit::gather_settled([std::future::ready(1)]);
+/// assert_eq!(settled.await.into_iter().map(Result::unwrap).collect::<Vec<_>>(), [1]);
+/// # });
+/// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct GatherSettled<F: Future> {
     engine: Engine<F>,

@@ -50,6 +50,19 @@ where
 }
 
 /// Future for the [`wait_any`] function.
+///
+/// `Unpin` whatever the children are, `Send`/`Sync` when they and their
+/// outputs are. Polling it after it completed panics.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// let first: awaitkit::WaitAny<_> = awaitkit::wait_any([std::future::ready(7)]);
+/// let (index, value, rest) = first.await.unwrap();
+/// assert_eq!((index, value, rest.len()), (0, 7, 0));
+/// # });
+/// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct WaitAny<F: Future> {
     set: Option<AsCompleted<F>>,
@@ -86,6 +99,16 @@ impl<F: Future> fmt::Debug for WaitAny<F> {
 
 /// When [`wait`] returns — Python's `FIRST_COMPLETED`, `FIRST_EXCEPTION`,
 /// `ALL_COMPLETED`.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::ReturnWhen;
+/// # futures::executor::block_on(async {
+/// let outcome = awaitkit::wait([1, 2].map(std::future::ready), ReturnWhen::AllCompleted).await;
+/// assert_eq!(outcome.done.len(), 2);
+/// # });
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReturnWhen {
     /// As soon as at least one future finished. Every future that finished
@@ -100,6 +123,17 @@ pub enum ReturnWhen {
 
 /// What [`wait`] resolves to: the finished outputs with their input indices
 /// (in completion order) and the futures still pending.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::{ReturnWhen, WaitOutcome};
+/// # futures::executor::block_on(async {
+/// let WaitOutcome { done, pending } =
+///     awaitkit::wait([std::future::ready('a')], ReturnWhen::FirstCompleted).await;
+/// assert_eq!((done, pending.len()), (vec![(0, 'a')], 0));
+/// # });
+/// ```
 pub struct WaitOutcome<F: Future> {
     /// `(input index, output)` of every future that finished, in completion
     /// order.
@@ -254,6 +288,19 @@ impl<F: Future> AsCompleted<F> {
 }
 
 /// Future for the [`wait`] and [`try_wait`] functions.
+///
+/// `Unpin` whatever the children are, `Send`/`Sync` when they and their
+/// outputs are. Polling it after it completed panics.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::ReturnWhen;
+/// # futures::executor::block_on(async {
+/// let waiting: awaitkit::Wait<_> = awaitkit::wait([std::future::ready(())], ReturnWhen::AllCompleted);
+/// assert!(waiting.await.pending.is_empty());
+/// # });
+/// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct Wait<F: Future> {
     set: Option<AsCompleted<F>>,

@@ -80,8 +80,11 @@ struct Cursor {
 }
 
 impl Cursor {
+    /// Whether bits taken by an earlier pass are still to be visited.
     fn has_leftover(&self) -> bool {
-        self.chunks != 0 || self.current.is_some()
+        self.chunks != 0
+            || (self.current.is_some()
+                && self.stack[..self.levels].iter().any(|&(_, bits)| bits != 0))
     }
 
     /// Next child (chunk, index) whose bit was taken, descending the tree and
@@ -407,17 +410,16 @@ impl<F: Future> Engine<F> {
         }
         // A stale bit left by the last occupant merges with the next
         // occupant's first-poll bit (see `push`).
-        let list = if self.ready.is_idle(chunk, index) {
-            self.free
+        // Read once: the last clone may be dropped on another thread at any
+        // moment, and both lists must agree on which one the slot joined.
+        let idle = self.ready.is_idle(chunk, index);
+        let list = if idle {
+            &mut self.free
         } else {
-            self.cooling
+            &mut self.cooling
         };
-        *self.slot(chunk, index) = Slot::Vacant(list);
-        if self.ready.is_idle(chunk, index) {
-            self.free = id;
-        } else {
-            self.cooling = id;
-        }
+        let next = std::mem::replace(list, id);
+        *self.slot(chunk, index) = Slot::Vacant(next);
     }
 
     /// Stores a finished child's output in its slot (gather keeps outputs in

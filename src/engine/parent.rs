@@ -60,11 +60,11 @@ impl ParentWaker {
     /// Makes `new` the waker to wake. Owner only: never called concurrently
     /// with itself or [`ParentWaker::take`].
     pub(crate) fn register(&self, new: &Waker) {
-        // SAFETY: only the owner writes the slot, and the owner is here, so
-        // this read cannot race with a write.
-        let same = self
-            .waker
-            .with(|slot| unsafe { &*slot }.as_ref().is_some_and(|w| w.will_wake(new)));
+        let same = self.waker.with(|slot| {
+            // SAFETY: only the owner writes the slot, and the owner is here,
+            // so this read cannot race with a write.
+            unsafe { &*slot }.as_ref().is_some_and(|w| w.will_wake(new))
+        });
         if same {
             return;
         }
@@ -73,10 +73,10 @@ impl ParentWaker {
             .compare_exchange(0, REGISTERING, Ordering::Acquire, Ordering::Acquire)
         {
             Ok(_) => {
-                // SAFETY: `REGISTERING` keeps wakers out of the slot.
-                let old = self
-                    .waker
-                    .with_mut(|slot| unsafe { &mut *slot }.replace(new.clone()));
+                let old = self.waker.with_mut(|slot| {
+                    // SAFETY: `REGISTERING` keeps wakers out of the slot.
+                    unsafe { &mut *slot }.replace(new.clone())
+                });
                 let prev = self.state.swap(0, Ordering::AcqRel);
                 if prev != REGISTERING {
                     // Wakes were asked for while we held the slot.
@@ -122,8 +122,8 @@ impl ParentWaker {
             }
         }
         loop {
-            // SAFETY: `WAKING` keeps the owner from writing the slot.
             self.waker.with(|slot| {
+                // SAFETY: `WAKING` keeps the owner from writing the slot.
                 if let Some(waker) = unsafe { &*slot } {
                     waker.wake_by_ref();
                 }
@@ -162,8 +162,10 @@ impl ParentWaker {
         {
             return None;
         }
-        // SAFETY: `REGISTERING` keeps wakers out of the slot.
-        let old = self.waker.with_mut(|slot| unsafe { &mut *slot }.take());
+        let old = self.waker.with_mut(|slot| {
+            // SAFETY: `REGISTERING` keeps wakers out of the slot.
+            unsafe { &mut *slot }.take()
+        });
         if self.state.swap(0, Ordering::AcqRel) != REGISTERING {
             // Requests came in; there is nobody left to wake but the old
             // waker.

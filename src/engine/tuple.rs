@@ -319,12 +319,37 @@ impl<T: TupleFutures> Drop for TupleCore<T> {
 }
 
 /// Future for the [`gather!`](crate::gather!) macro.
+///
+/// `Unpin` whatever the children are (they are pinned inside), `Send`/`Sync`
+/// when they and their outputs are. Polling it after it completed panics.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// let both: awaitkit::GatherTuple<(_, _)> = awaitkit::gather!(async { 1 }, async { 'x' });
+/// assert_eq!(both.await, (1, 'x'));
+/// # });
+/// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct GatherTuple<T: TupleFutures> {
     core: TupleCore<T>,
 }
 
 /// Future for the [`try_gather!`](crate::try_gather!) macro.
+///
+/// `Unpin` whatever the children are, `Send`/`Sync` when they and their
+/// outputs are. Polling it after it completed panics.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// let both: awaitkit::TryGatherTuple<(_, _)> =
+///     awaitkit::try_gather!(async { Ok::<_, ()>(1) }, async { Ok('x') });
+/// assert_eq!(both.await, Ok((1, 'x')));
+/// # });
+/// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct TryGatherTuple<T: TryTupleFutures> {
     core: TupleCore<T>,

@@ -1,0 +1,282 @@
+//! Auto traits follow the children (SPEC §1.10): every combinator is `Send`
+//! / `Sync` when its children (and outputs) are, not when they are not, and
+//! always `Unpin`.
+//!
+//! Positive cases are also checked at compile time by generic functions;
+//! negative cases use autoref specialization (a method found on `Probe<T>`
+//! when `T: Trait`, and on `&Probe<T>` otherwise), which is decided at
+//! compile time for concrete types and read at run time.
+
+#[macro_use]
+mod common;
+
+use awaitkit::{
+    AsCompleted, AsCompletedIndexed, Gather, GatherSettled, GatherTuple, Panicked, ReturnWhen,
+    TryGather, TryGatherTuple, Wait, WaitAny, WaitOutcome, as_completed, gather, gather_settled,
+    try_gather, try_wait, wait, wait_any,
+};
+use common::{Counter, NoMove, YieldN};
+use std::cell::Cell;
+use std::fmt::Debug;
+use std::future::{Ready, ready};
+use std::marker::PhantomData;
+use std::rc::Rc;
+
+struct Probe<T>(PhantomData<T>);
+
+fn probe<T>(_: &T) -> Probe<T> {
+    Probe(PhantomData)
+}
+
+trait IsSend {
+    fn is_send(&self) -> bool {
+        true
+    }
+}
+impl<T: Send> IsSend for Probe<T> {}
+trait NotSend {
+    fn is_send(&self) -> bool {
+        false
+    }
+}
+impl<T> NotSend for &Probe<T> {}
+
+trait IsSync {
+    fn is_sync(&self) -> bool {
+        true
+    }
+}
+impl<T: Sync> IsSync for Probe<T> {}
+trait NotSync {
+    fn is_sync(&self) -> bool {
+        false
+    }
+}
+impl<T> NotSync for &Probe<T> {}
+
+trait IsUnpin {
+    fn is_unpin(&self) -> bool {
+        true
+    }
+}
+impl<T: Unpin> IsUnpin for Probe<T> {}
+trait NotUnpin {
+    fn is_unpin(&self) -> bool {
+        false
+    }
+}
+impl<T> NotUnpin for &Probe<T> {}
+
+/// `(send, sync, unpin)` of the value's type.
+macro_rules! traits {
+    ($value:expr) => {{
+        let value = $value;
+        let p = probe(&value);
+        ((&p).is_send(), (&p).is_sync(), (&p).is_unpin())
+    }};
+}
+
+fn send_sync_unpin<T: Send + Sync + Unpin + Debug>(value: T) -> T {
+    let _ = format!("{value:?}");
+    value
+}
+
+fn send_unpin<T: Send + Unpin + Debug>(value: T) -> T {
+    let _ = format!("{value:?}");
+    value
+}
+
+fn unpin<T: Unpin + Debug>(value: T) -> T {
+    let _ = format!("{value:?}");
+    value
+}
+
+const ALL: (bool, bool, bool) = (true, true, true);
+const SEND_ONLY: (bool, bool, bool) = (true, false, true);
+const NEITHER: (bool, bool, bool) = (false, false, true);
+
+/// A `Send + Sync` but `!Unpin` child.
+fn pinned_child() -> NoMove<YieldN<u8>> {
+    NoMove::new(YieldN::new(1, 1, &Counter::new()))
+}
+
+type SendSync = Ready<u8>;
+type SendNotSync = Ready<Cell<u8>>;
+type NotSendNotSync = Ready<Rc<u8>>;
+
+#[test]
+fn probe_sanity() {
+    assert_eq!(traits!(1u8), ALL);
+    assert_eq!(traits!(Cell::new(1u8)), SEND_ONLY);
+    assert_eq!(traits!(Rc::new(1u8)), NEITHER);
+    assert!(!traits!(std::marker::PhantomPinned).2);
+}
+
+#[test]
+fn gather_follows_children() {
+    let g: Gather<SendSync> = send_sync_unpin(gather([ready(1u8)]));
+    assert_eq!(traits!(g), ALL);
+    assert_eq!(
+        traits!(send_unpin(gather([ready(Cell::new(1u8))]))),
+        SEND_ONLY
+    );
+    assert_eq!(traits!(unpin(gather([ready(Rc::new(1u8))]))), NEITHER);
+    // `!Unpin` children: still `Unpin`, `Send` and `Sync`.
+    assert_eq!(traits!(send_sync_unpin(gather([pinned_child()]))), ALL);
+    assert!(traits!(gather([async { 1 }])).0);
+    assert!(traits!(gather([async { 1 }])).2);
+    // A `Send` child with a `!Send` output: the outputs are stored.
+    assert!(!traits!(gather([async { Rc::new(1) }])).0);
+}
+
+#[test]
+fn try_gather_follows_children() {
+    let g: TryGather<Ready<Result<u8, ()>>> = send_sync_unpin(try_gather([ready(Ok::<u8, ()>(1))]));
+    assert_eq!(traits!(g), ALL);
+    assert_eq!(
+        traits!(try_gather([ready(Ok::<_, ()>(Cell::new(1)))])),
+        SEND_ONLY
+    );
+    assert_eq!(
+        traits!(try_gather([ready(Ok::<_, ()>(Rc::new(1)))])),
+        NEITHER
+    );
+    assert!(traits!(try_gather([async { Ok::<u8, ()>(1) }])).2);
+}
+
+#[test]
+fn gather_settled_follows_children() {
+    let g: GatherSettled<SendSync> = send_unpin(gather_settled([ready(1u8)]));
+    // `Panicked` (a `Box<dyn Any + Send>`) is not `Sync`, so neither is the
+    // vector of settled outcomes it holds.
+    assert_eq!(traits!(g), SEND_ONLY);
+    assert_eq!(traits!(gather_settled([ready(Cell::new(1u8))])), SEND_ONLY);
+    assert_eq!(traits!(gather_settled([ready(Rc::new(1u8))])), NEITHER);
+    assert!(traits!(gather_settled([pinned_child()])).2);
+}
+
+#[test]
+fn panicked_is_send_and_unpin() {
+    let p: Panicked = futures::executor::block_on(gather_settled([async { panic!("x") }]))
+        .pop()
+        .unwrap()
+        .unwrap_err();
+    let p = send_unpin(p);
+    assert_eq!(traits!(p), SEND_ONLY);
+}
+
+#[test]
+fn return_when_is_plain_data() {
+    let w = send_sync_unpin(ReturnWhen::FirstCompleted);
+    let copy = w;
+    assert_eq!(w, copy);
+}
+
+#[test]
+fn gather_tuple_follows_children() {
+    let g: GatherTuple<(Ready<u8>, Ready<char>)> =
+        send_sync_unpin(awaitkit::gather!(ready(1u8), ready('a')));
+    assert_eq!(traits!(g), ALL);
+    assert_eq!(
+        traits!(awaitkit::gather!(ready(1u8), ready(Cell::new(1u8)))),
+        SEND_ONLY
+    );
+    assert_eq!(
+        traits!(awaitkit::gather!(ready(1u8), ready(Rc::new(1u8)))),
+        NEITHER
+    );
+    assert_eq!(
+        traits!(send_sync_unpin(awaitkit::gather!(
+            pinned_child(),
+            pinned_child()
+        ))),
+        ALL
+    );
+    assert_eq!(traits!(awaitkit::gather!()), ALL);
+    assert!(traits!(awaitkit::gather!(async { 1 }, async { 'a' })).2);
+}
+
+#[test]
+fn try_gather_tuple_follows_children() {
+    let g: TryGatherTuple<(Ready<Result<u8, ()>>,)> =
+        send_sync_unpin(awaitkit::try_gather!(ready(Ok::<u8, ()>(1))));
+    assert_eq!(traits!(g), ALL);
+    assert_eq!(
+        traits!(awaitkit::try_gather!(ready(Ok::<_, ()>(Cell::new(1))))),
+        SEND_ONLY
+    );
+    assert_eq!(
+        traits!(awaitkit::try_gather!(ready(Ok::<_, ()>(Rc::new(1))))),
+        NEITHER
+    );
+    assert!(traits!(awaitkit::try_gather!(async { Ok::<u8, ()>(1) })).2);
+}
+
+#[test]
+fn as_completed_follows_children() {
+    let s: AsCompleted<SendSync> = send_sync_unpin(as_completed([ready(1u8)]));
+    assert_eq!(traits!(s), ALL);
+    let s: AsCompletedIndexed<SendSync> = send_sync_unpin(as_completed([ready(1u8)]).indexed());
+    assert_eq!(traits!(s), ALL);
+    assert_eq!(traits!(AsCompleted::<SendNotSync>::new()), SEND_ONLY);
+    assert_eq!(
+        traits!(AsCompleted::<SendNotSync>::new().indexed()),
+        SEND_ONLY
+    );
+    assert_eq!(traits!(AsCompleted::<NotSendNotSync>::new()), NEITHER);
+    assert_eq!(
+        traits!(AsCompleted::<NotSendNotSync>::new().indexed()),
+        NEITHER
+    );
+    assert_eq!(
+        traits!(send_sync_unpin(as_completed([pinned_child()]))),
+        ALL
+    );
+    assert_eq!(
+        traits!(send_sync_unpin(as_completed([pinned_child()]).indexed())),
+        ALL
+    );
+}
+
+#[test]
+fn wait_any_follows_children() {
+    let f: WaitAny<SendSync> = send_sync_unpin(wait_any([ready(1u8)]));
+    assert_eq!(traits!(f), ALL);
+    assert_eq!(traits!(wait_any([ready(Cell::new(1u8))])), SEND_ONLY);
+    assert_eq!(traits!(wait_any([ready(Rc::new(1u8))])), NEITHER);
+    assert_eq!(traits!(send_sync_unpin(wait_any([pinned_child()]))), ALL);
+}
+
+#[test]
+fn wait_and_outcome_follow_children() {
+    let f: Wait<SendSync> = send_sync_unpin(wait([ready(1u8)], ReturnWhen::AllCompleted));
+    assert_eq!(traits!(f), ALL);
+    let f = send_sync_unpin(try_wait([ready(Ok::<u8, ()>(1))], ReturnWhen::FirstError));
+    assert_eq!(traits!(f), ALL);
+    assert_eq!(
+        traits!(wait([ready(Cell::new(1u8))], ReturnWhen::AllCompleted)),
+        SEND_ONLY
+    );
+    assert_eq!(
+        traits!(wait([ready(Rc::new(1u8))], ReturnWhen::AllCompleted)),
+        NEITHER
+    );
+    assert_eq!(
+        traits!(send_sync_unpin(wait(
+            [pinned_child()],
+            ReturnWhen::AllCompleted
+        ))),
+        ALL
+    );
+
+    let out: WaitOutcome<SendSync> =
+        futures::executor::block_on(wait([ready(1u8)], ReturnWhen::AllCompleted));
+    let out = send_sync_unpin(out);
+    assert_eq!(traits!(out), ALL);
+    let out = futures::executor::block_on(wait([ready(Cell::new(1u8))], ReturnWhen::AllCompleted));
+    assert_eq!(traits!(out), SEND_ONLY);
+    let out = futures::executor::block_on(wait([ready(Rc::new(1u8))], ReturnWhen::AllCompleted));
+    assert_eq!(traits!(out), NEITHER);
+    let out = futures::executor::block_on(wait([pinned_child()], ReturnWhen::AllCompleted));
+    assert_eq!(traits!(send_sync_unpin(out)), ALL);
+}

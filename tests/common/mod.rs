@@ -1,0 +1,953 @@
+//! Shared helpers for the integration tests.
+//!
+//! * [`matrix!`] / [`matrix_local!`]: one async test body, one `#[test]` per
+//!   executor, each under a watchdog so a hang fails instead of blocking CI.
+//! * [`watchdog`]: the same guard for plain (manual-poll) tests.
+//! * Counters: [`Tracker`] (live instances), [`Counter`] (polls),
+//!   [`CountingWaker`] (wakes, clones, drops), [`net_alloc`] (bytes still
+//!   allocated by this thread: leak checks).
+//! * Children: [`parked`] (waker parked in a slot the test fires in any
+//!   order), [`YieldN`] (self-waking), [`Spinner`] (self-waking until a flag
+//!   is set), [`NoMove`] (asserts it never moves), [`RemoteYield`] (woken from
+//!   another thread), [`Stasher`] (keeps a waker clone alive after finishing),
+//!   [`yield_now`], [`panic_after`], [`gated`] (oneshot).
+
+#![allow(dead_code, unused_macros)]
+
+use futures::channel::oneshot;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::future::Future;
+use std::marker::PhantomPinned;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
+use std::time::Duration;
+
+// ---------------------------------------------------------------------------
+// Watchdog and executor matrix
+// ---------------------------------------------------------------------------
+
+/// How long one test may run before the watchdog fails it
+/// (`AWAITKIT_TEST_WATCHDOG_SECS` overrides).
+pub(crate) fn watchdog_limit() -> Duration {
+    let secs = std::env::var("AWAITKIT_TEST_WATCHDOG_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    Duration::from_secs(secs)
+}
+
+/// Runs `f` on its own thread and fails with a clear message if it does not
+/// finish within [`watchdog_limit`]. A panic in `f` is re-raised with its
+/// original payload (so `#[should_panic(expected = ...)]` still works).
+#[track_caller]
+pub(crate) fn watchdog<R: Send + 'static>(name: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name(name.to_owned())
+        .stack_size(16 << 20)
+        .spawn(move || {
+            let r = f();
+            let _ = tx.send(());
+            r
+        })
+        .expect("spawn test thread");
+    let limit = watchdog_limit();
+    match rx.recv_timeout(limit) {
+        Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
+            Ok(r) => r,
+            Err(payload) => std::panic::resume_unwind(payload),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+            "watchdog: `{name}` did not finish within {limit:?} \
+             (a hang: lost wakeup, starvation or an endless loop)"
+        ),
+    }
+}
+
+/// Re-raises a task's panic with its original payload.
+fn join_tokio<T>(r: Result<T, tokio::task::JoinError>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("task failed: {e}"),
+    }
+}
+
+pub(crate) fn run_tokio_current<Fut>(name: &str, body: impl FnOnce() -> Fut + Send + 'static)
+where
+    Fut: Future<Output = ()> + 'static,
+{
+    watchdog(name, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("tokio current-thread runtime");
+        rt.block_on(body());
+    })
+}
+
+pub(crate) fn run_tokio_multi<Fut>(name: &str, body: impl FnOnce() -> Fut + Send + 'static)
+where
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    watchdog(name, move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .expect("tokio multi-thread runtime");
+        // The body runs on a worker, not inside `block_on`.
+        rt.block_on(async move { join_tokio(tokio::spawn(body()).await) });
+    })
+}
+
+pub(crate) fn run_smol<Fut>(name: &str, body: impl FnOnce() -> Fut + Send + 'static)
+where
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    watchdog(name, move || {
+        let ex = smol::Executor::new();
+        let task = ex.spawn(body());
+        smol::block_on(ex.run(task));
+    })
+}
+
+pub(crate) fn run_futures<Fut>(name: &str, body: impl FnOnce() -> Fut + Send + 'static)
+where
+    Fut: Future<Output = ()> + 'static,
+{
+    watchdog(name, move || futures::executor::block_on(body()))
+}
+
+pub(crate) fn run_tokio_local<Fut>(name: &str, body: impl FnOnce() -> Fut + Send + 'static)
+where
+    Fut: Future<Output = ()> + 'static,
+{
+    watchdog(name, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("tokio current-thread runtime");
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async move {
+            join_tokio(tokio::task::spawn_local(body()).await)
+        });
+    })
+}
+
+pub(crate) fn run_smol_local<Fut>(name: &str, body: impl FnOnce() -> Fut + Send + 'static)
+where
+    Fut: Future<Output = ()> + 'static,
+{
+    watchdog(name, move || {
+        let ex = smol::LocalExecutor::new();
+        let task = ex.spawn(body());
+        smol::block_on(ex.run(task));
+    })
+}
+
+/// One async body, one `#[test]` per executor:
+///
+/// ```ignore
+/// matrix! {
+///     /// docs and attributes (e.g. `#[should_panic]`) apply to every variant
+///     async fn gather_empty() { assert!(gather(Vec::<Ready<()>>::new()).await.is_empty()); }
+/// }
+/// ```
+///
+/// generates module `gather_empty` with `tokio_current`, `tokio_multi` (the
+/// body spawned on a 2-worker runtime, so it must be `Send`), `smol` (an
+/// `async_executor::Executor` task) and `futures` (`futures::executor`).
+macro_rules! matrix {
+    ($($(#[$meta:meta])* async fn $name:ident() $body:block)*) => {$(
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body() $body
+
+            #[test]
+            $(#[$meta])*
+            fn tokio_current() {
+                crate::common::run_tokio_current(concat!(module_path!(), "::tokio_current"), body)
+            }
+
+            #[test]
+            $(#[$meta])*
+            fn tokio_multi() {
+                crate::common::run_tokio_multi(concat!(module_path!(), "::tokio_multi"), body)
+            }
+
+            #[test]
+            $(#[$meta])*
+            fn smol() {
+                crate::common::run_smol(concat!(module_path!(), "::smol"), body)
+            }
+
+            #[test]
+            $(#[$meta])*
+            fn futures() {
+                crate::common::run_futures(concat!(module_path!(), "::futures"), body)
+            }
+        }
+    )*};
+}
+
+/// [`matrix!`] for `!Send` bodies: tokio current-thread with a `LocalSet`
+/// (`spawn_local`), smol's `LocalExecutor`, and `futures::executor`.
+macro_rules! matrix_local {
+    ($($(#[$meta:meta])* async fn $name:ident() $body:block)*) => {$(
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body() $body
+
+            #[test]
+            $(#[$meta])*
+            fn tokio_local() {
+                crate::common::run_tokio_local(concat!(module_path!(), "::tokio_local"), body)
+            }
+
+            #[test]
+            $(#[$meta])*
+            fn smol_local() {
+                crate::common::run_smol_local(concat!(module_path!(), "::smol_local"), body)
+            }
+
+            #[test]
+            $(#[$meta])*
+            fn futures() {
+                crate::common::run_futures(concat!(module_path!(), "::futures"), body)
+            }
+        }
+    )*};
+}
+
+/// A plain `#[test]` under the watchdog (for manual-poll tests).
+macro_rules! guarded {
+    ($($(#[$meta:meta])* fn $name:ident() $body:block)*) => {$(
+        #[test]
+        $(#[$meta])*
+        fn $name() {
+            crate::common::watchdog(concat!(module_path!(), "::", stringify!($name)), || $body)
+        }
+    )*};
+}
+
+// ---------------------------------------------------------------------------
+// Counters
+// ---------------------------------------------------------------------------
+
+/// A shared counter (polls, events).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Counter(Arc<AtomicUsize>);
+
+impl Counter {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+    pub(crate) fn inc(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+    pub(crate) fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts live instances of [`Token`]: a child holding a token is alive until
+/// it is dropped.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Tracker(Arc<TrackerInner>);
+
+#[derive(Debug, Default)]
+struct TrackerInner {
+    live: AtomicIsize,
+    created: AtomicUsize,
+}
+
+impl Tracker {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+    pub(crate) fn token(&self) -> Token {
+        self.0.live.fetch_add(1, Ordering::SeqCst);
+        self.0.created.fetch_add(1, Ordering::SeqCst);
+        Token(self.clone())
+    }
+    /// Tokens alive now.
+    pub(crate) fn live(&self) -> usize {
+        let live = self.0.live.load(Ordering::SeqCst);
+        assert!(live >= 0, "a token was dropped twice");
+        live as usize
+    }
+    pub(crate) fn created(&self) -> usize {
+        self.0.created.load(Ordering::SeqCst)
+    }
+}
+
+/// Decrements its [`Tracker`] when dropped.
+#[derive(Debug)]
+pub(crate) struct Token(Tracker);
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        (self.0).0.live.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A waker that counts wakes, clones and drops (of its clones).
+#[derive(Debug)]
+pub(crate) struct CountingWaker {
+    counts: Arc<WakeCounts>,
+    waker: Waker,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct WakeCounts {
+    wakes: AtomicUsize,
+    clones: AtomicUsize,
+    drops: AtomicUsize,
+}
+
+static COUNTING_VTABLE: RawWakerVTable =
+    RawWakerVTable::new(cw_clone, cw_wake, cw_wake_by_ref, cw_drop);
+
+unsafe fn cw_clone(data: *const ()) -> RawWaker {
+    // SAFETY: `data` came from `Arc::into_raw` and the waker being cloned
+    // holds one strong count.
+    unsafe { Arc::increment_strong_count(data.cast::<WakeCounts>()) };
+    // SAFETY: as above: the count is alive.
+    unsafe { &*data.cast::<WakeCounts>() }
+        .clones
+        .fetch_add(1, Ordering::SeqCst);
+    RawWaker::new(data, &COUNTING_VTABLE)
+}
+
+unsafe fn cw_wake(data: *const ()) {
+    // SAFETY: forwarded: `data` is a live waker's.
+    unsafe {
+        cw_wake_by_ref(data);
+        cw_drop(data);
+    }
+}
+
+unsafe fn cw_wake_by_ref(data: *const ()) {
+    // SAFETY: the waker keeps its strong count.
+    unsafe { &*data.cast::<WakeCounts>() }
+        .wakes
+        .fetch_add(1, Ordering::SeqCst);
+}
+
+unsafe fn cw_drop(data: *const ()) {
+    // SAFETY: the waker owns one strong count, given back here.
+    let counts = unsafe { Arc::from_raw(data.cast::<WakeCounts>()) };
+    counts.drops.fetch_add(1, Ordering::SeqCst);
+}
+
+impl CountingWaker {
+    pub(crate) fn new() -> Self {
+        let counts = Arc::new(WakeCounts::default());
+        let data = Arc::into_raw(counts.clone()).cast::<()>();
+        // SAFETY: the vtable functions follow the `RawWaker` contract over an
+        // `Arc<WakeCounts>` strong count.
+        let waker = unsafe { Waker::from_raw(RawWaker::new(data, &COUNTING_VTABLE)) };
+        Self { counts, waker }
+    }
+    pub(crate) fn waker(&self) -> &Waker {
+        &self.waker
+    }
+    pub(crate) fn context(&self) -> Context<'_> {
+        Context::from_waker(&self.waker)
+    }
+    pub(crate) fn wakes(&self) -> usize {
+        self.counts.wakes.load(Ordering::SeqCst)
+    }
+    pub(crate) fn clones(&self) -> usize {
+        self.counts.clones.load(Ordering::SeqCst)
+    }
+    /// Clones not yet dropped (the original waker is not counted).
+    pub(crate) fn live_clones(&self) -> usize {
+        self.clones() - self.counts.drops.load(Ordering::SeqCst)
+    }
+}
+
+/// Polls an `Unpin` future once with `waker`.
+pub(crate) fn poll_once<F: Future + Unpin>(f: &mut F, waker: &CountingWaker) -> Poll<F::Output> {
+    Pin::new(f).poll(&mut waker.context())
+}
+
+/// Polls an `Unpin` stream once with `waker`.
+pub(crate) fn poll_next_once<S>(s: &mut S, waker: &CountingWaker) -> Poll<Option<S::Item>>
+where
+    S: futures::Stream + Unpin,
+{
+    Pin::new(s).poll_next(&mut waker.context())
+}
+
+// ---------------------------------------------------------------------------
+// Allocation accounting (leak checks)
+// ---------------------------------------------------------------------------
+
+/// Counts bytes allocated minus bytes freed, per thread.
+struct CountingAlloc;
+
+thread_local! {
+    static NET_BYTES: Cell<isize> = const { Cell::new(0) };
+}
+
+fn account(delta: isize) {
+    let _ = NET_BYTES.try_with(|n| n.set(n.get() + delta));
+}
+
+// SAFETY: forwards to `System` and only adds thread-local bookkeeping that
+// never allocates.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded caller contract.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            account(layout.size() as isize);
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded caller contract.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            account(layout.size() as isize);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded caller contract.
+        unsafe { System.dealloc(ptr, layout) };
+        account(-(layout.size() as isize));
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded caller contract.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            account(new_size as isize - layout.size() as isize);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+/// Bytes that `f` allocated on this thread and did not free. Run it once
+/// before measuring if `f` may initialise lazy globals.
+pub(crate) fn net_alloc(f: impl FnOnce()) -> isize {
+    let before = NET_BYTES.with(Cell::get);
+    f();
+    NET_BYTES.with(Cell::get) - before
+}
+
+/// Asserts that `f` (run twice; the first run warms lazy statics up) frees
+/// everything it allocates on this thread.
+#[track_caller]
+pub(crate) fn assert_no_leak(what: &str, f: impl Fn()) {
+    f();
+    let leaked = net_alloc(&f);
+    assert_eq!(leaked, 0, "{what}: {leaked} bytes still allocated");
+}
+
+// ---------------------------------------------------------------------------
+// Children
+// ---------------------------------------------------------------------------
+
+/// Shared slot of a [`Parked`] child.
+#[derive(Debug, Default)]
+pub(crate) struct ParkSlot {
+    waker: Mutex<Option<Waker>>,
+    complete: AtomicBool,
+}
+
+/// The test's side of a [`Parked`] child.
+#[derive(Clone, Debug)]
+pub(crate) struct ParkHandle(Arc<ParkSlot>);
+
+impl ParkHandle {
+    /// Lets the child finish and wakes it. Returns whether a waker was
+    /// parked (it always is once the child was polled and not finished).
+    pub(crate) fn complete(&self) -> bool {
+        self.0.complete.store(true, Ordering::SeqCst);
+        self.wake()
+    }
+    /// Wakes the child without letting it finish (a spurious wake).
+    pub(crate) fn wake(&self) -> bool {
+        let waker = self.0.waker.lock().unwrap().take();
+        match waker {
+            Some(w) => {
+                w.wake();
+                true
+            }
+            None => false,
+        }
+    }
+    /// A clone of the parked waker, if any.
+    pub(crate) fn waker(&self) -> Option<Waker> {
+        self.0.waker.lock().unwrap().clone()
+    }
+    pub(crate) fn has_waker(&self) -> bool {
+        self.0.waker.lock().unwrap().is_some()
+    }
+}
+
+/// A child that parks its waker in a shared slot and finishes with `value`
+/// once [`ParkHandle::complete`] was called. Counts its polls; holds a
+/// [`Token`]; clears the slot when dropped (like a well-behaved receiver).
+#[derive(Debug)]
+pub(crate) struct Parked<T> {
+    slot: Arc<ParkSlot>,
+    value: Option<T>,
+    polls: Counter,
+    _token: Token,
+}
+
+impl<T> Unpin for Parked<T> {}
+
+pub(crate) fn parked<T>(value: T, polls: &Counter, tracker: &Tracker) -> (ParkHandle, Parked<T>) {
+    let slot = Arc::new(ParkSlot::default());
+    let child = Parked {
+        slot: slot.clone(),
+        value: Some(value),
+        polls: polls.clone(),
+        _token: tracker.token(),
+    };
+    (ParkHandle(slot), child)
+}
+
+impl<T> Future for Parked<T> {
+    type Output = T;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        self.polls.inc();
+        if self.slot.complete.load(Ordering::SeqCst) {
+            let v = self
+                .value
+                .take()
+                .expect("Parked child polled after it returned Ready");
+            return Poll::Ready(v);
+        }
+        *self.slot.waker.lock().unwrap() = Some(cx.waker().clone());
+        // A completion racing with the store above must not be lost.
+        if self.slot.complete.load(Ordering::SeqCst) {
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+}
+
+impl<T> Drop for Parked<T> {
+    fn drop(&mut self) {
+        let waker = self.slot.waker.lock().map(|mut w| w.take()).unwrap_or(None);
+        drop(waker);
+    }
+}
+
+/// `n` parked children with values `0..n`, one poll counter each.
+pub(crate) fn parked_set(
+    n: usize,
+    tracker: &Tracker,
+) -> (Vec<ParkHandle>, Vec<Counter>, Vec<Parked<usize>>) {
+    let mut handles = Vec::with_capacity(n);
+    let mut counters = Vec::with_capacity(n);
+    let mut children = Vec::with_capacity(n);
+    for i in 0..n {
+        let polls = Counter::new();
+        let (h, c) = parked(i, &polls, tracker);
+        handles.push(h);
+        counters.push(polls);
+        children.push(c);
+    }
+    (handles, counters, children)
+}
+
+/// Sum of the counters.
+pub(crate) fn total(counters: &[Counter]) -> usize {
+    counters.iter().map(Counter::get).sum()
+}
+
+/// A child that wakes itself and returns `Pending` `left` times, then
+/// returns `value`.
+#[derive(Debug)]
+pub(crate) struct YieldN<T> {
+    left: usize,
+    value: Option<T>,
+    polls: Counter,
+    _token: Option<Token>,
+}
+
+impl<T> Unpin for YieldN<T> {}
+
+impl<T> YieldN<T> {
+    pub(crate) fn new(left: usize, value: T, polls: &Counter) -> Self {
+        Self {
+            left,
+            value: Some(value),
+            polls: polls.clone(),
+            _token: None,
+        }
+    }
+    pub(crate) fn tracked(left: usize, value: T, polls: &Counter, tracker: &Tracker) -> Self {
+        Self {
+            left,
+            value: Some(value),
+            polls: polls.clone(),
+            _token: Some(tracker.token()),
+        }
+    }
+}
+
+impl<T> Future for YieldN<T> {
+    type Output = T;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        self.polls.inc();
+        if self.left == 0 {
+            return Poll::Ready(
+                self.value
+                    .take()
+                    .expect("YieldN polled after it returned Ready"),
+            );
+        }
+        self.left -= 1;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Wakes itself and returns `Pending` once.
+pub(crate) fn yield_now() -> YieldN<()> {
+    YieldN {
+        left: 1,
+        value: Some(()),
+        polls: Counter::new(),
+        _token: None,
+    }
+}
+
+/// A child that wakes itself and returns `Pending` until `stop` is set.
+#[derive(Debug)]
+pub(crate) struct Spinner {
+    stop: Arc<AtomicBool>,
+    polls: Counter,
+}
+
+impl Spinner {
+    pub(crate) fn new(stop: &Arc<AtomicBool>, polls: &Counter) -> Self {
+        Self {
+            stop: stop.clone(),
+            polls: polls.clone(),
+        }
+    }
+}
+
+impl Future for Spinner {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.polls.inc();
+        if self.stop.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Wraps a child and asserts, on every poll, that it is still at the
+/// address of its first poll (it is `!Unpin`, so the `Pin` contract promises
+/// exactly that). Panics with "pinned child moved" otherwise.
+#[derive(Debug)]
+pub(crate) struct NoMove<F> {
+    inner: F,
+    first: usize,
+    polls: usize,
+    _pin: PhantomPinned,
+}
+
+impl<F> NoMove<F> {
+    pub(crate) fn new(inner: F) -> Self {
+        Self {
+            inner,
+            first: 0,
+            polls: 0,
+            _pin: PhantomPinned,
+        }
+    }
+}
+
+impl<F: Future + Unpin> Future for NoMove<F> {
+    type Output = (F::Output, usize);
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: nothing is moved out; `inner` is `Unpin`.
+        let this = unsafe { self.get_unchecked_mut() };
+        let here = std::ptr::from_mut(this) as usize;
+        if this.first == 0 {
+            this.first = here;
+        }
+        assert_eq!(
+            this.first, here,
+            "pinned child moved: first polled at {:#x}, now at {here:#x} (poll {})",
+            this.first, this.polls
+        );
+        this.polls += 1;
+        match Pin::new(&mut this.inner).poll(cx) {
+            Poll::Ready(v) => Poll::Ready((v, this.polls)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Hands wakers to a background thread that wakes them at once, racing with
+/// the combinator's poll.
+#[derive(Clone, Debug)]
+pub(crate) struct WakerThread {
+    tx: mpsc::Sender<Waker>,
+}
+
+impl WakerThread {
+    pub(crate) fn spawn() -> Self {
+        let (tx, rx) = mpsc::channel::<Waker>();
+        std::thread::spawn(move || {
+            for (i, w) in rx.into_iter().enumerate() {
+                if i % 3 == 0 {
+                    w.wake_by_ref();
+                }
+                w.wake();
+            }
+        });
+        Self { tx }
+    }
+}
+
+/// Returns `Pending` `left` times, each time handing a clone of its waker to
+/// a [`WakerThread`] (so the wake comes from another thread, often while the
+/// combinator is still polling), then returns `value`.
+#[derive(Debug)]
+pub(crate) struct RemoteYield<T> {
+    left: usize,
+    value: Option<T>,
+    thread: WakerThread,
+    polls: Counter,
+}
+
+impl<T> Unpin for RemoteYield<T> {}
+
+impl<T> RemoteYield<T> {
+    pub(crate) fn new(left: usize, value: T, thread: &WakerThread, polls: &Counter) -> Self {
+        Self {
+            left,
+            value: Some(value),
+            thread: thread.clone(),
+            polls: polls.clone(),
+        }
+    }
+}
+
+impl<T> Future for RemoteYield<T> {
+    type Output = T;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        self.polls.inc();
+        if self.left == 0 {
+            return Poll::Ready(self.value.take().expect("RemoteYield polled after Ready"));
+        }
+        self.left -= 1;
+        self.thread
+            .tx
+            .send(cx.waker().clone())
+            .expect("waker thread alive");
+        Poll::Pending
+    }
+}
+
+/// Keeps clones of children's wakers alive after they finished.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct WakerStash(Arc<Mutex<Vec<Waker>>>);
+
+impl WakerStash {
+    pub(crate) fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+    pub(crate) fn wake_all_by_ref(&self) {
+        for w in self.0.lock().unwrap().iter() {
+            w.wake_by_ref();
+        }
+    }
+    pub(crate) fn clear(&self) {
+        let wakers = std::mem::take(&mut *self.0.lock().unwrap());
+        drop(wakers);
+    }
+}
+
+/// Stashes a clone of its waker and finishes on its first poll.
+#[derive(Debug)]
+pub(crate) struct Stasher<T> {
+    stash: WakerStash,
+    value: Option<T>,
+}
+
+impl<T> Unpin for Stasher<T> {}
+
+impl<T> Stasher<T> {
+    pub(crate) fn new(stash: &WakerStash, value: T) -> Self {
+        Self {
+            stash: stash.clone(),
+            value: Some(value),
+        }
+    }
+}
+
+impl<T> Future for Stasher<T> {
+    type Output = T;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        self.stash.0.lock().unwrap().push(cx.waker().clone());
+        Poll::Ready(self.value.take().expect("Stasher polled after Ready"))
+    }
+}
+
+/// Yields (self-waking) `n` times, then panics with `msg`. Holds a token.
+pub(crate) async fn panic_after(n: usize, msg: &'static str, token: Token) -> usize {
+    YieldN::new(n, (), &Counter::new()).await;
+    let _token = token;
+    panic!("{msg}");
+}
+
+/// A child gated by a oneshot: finishes with what is sent (or `None` when
+/// the sender is dropped). Holds a token; counts polls.
+pub(crate) fn gated<T>(
+    tracker: &Tracker,
+    polls: &Counter,
+) -> (
+    oneshot::Sender<T>,
+    impl Future<Output = Option<T>> + Unpin + use<T>,
+) {
+    let (tx, rx) = oneshot::channel();
+    let token = tracker.token();
+    let polls = polls.clone();
+    let mut rx = Some(rx);
+    let fut = futures::future::poll_fn(move |cx| {
+        let _keep = &token;
+        polls.inc();
+        let r = rx.as_mut().expect("gated child polled after Ready");
+        match Pin::new(r).poll(cx) {
+            Poll::Ready(v) => {
+                rx = None;
+                Poll::Ready(v.ok())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    });
+    (tx, fut)
+}
+
+/// The message of a caught panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "<non-string payload>".to_owned()
+    }
+}
+
+/// A seeded shuffle (the seed is part of the assertion messages).
+pub(crate) fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(seed));
+    order
+}
+
+/// The sizes every rule is checked at: empty, one, either side of a word and
+/// of the first growth chunk, several words, several levels of the bit tree.
+pub(crate) const SIZES: [usize; 8] = [0, 1, 31, 33, 64, 65, 1000, 4097];
+
+/// A background thread that drops each waker clone handed to it as soon as
+/// it sees it, racing with whatever the owner of the waker's child is doing.
+#[derive(Debug)]
+pub(crate) struct WakerDropper {
+    cell: Arc<std::sync::atomic::AtomicPtr<Waker>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn take_boxed_waker(cell: &std::sync::atomic::AtomicPtr<Waker>) -> Option<Waker> {
+    let p = cell.swap(std::ptr::null_mut(), Ordering::AcqRel);
+    // SAFETY: every non-null pointer in the cell came from `Box::into_raw`
+    // and is taken out exactly once by this swap.
+    (!p.is_null()).then(|| *unsafe { Box::from_raw(p) })
+}
+
+impl WakerDropper {
+    /// `wake`: wake each clone before dropping it.
+    pub(crate) fn spawn(wake: bool) -> Self {
+        let cell = Arc::new(std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (cell, stop) = (cell.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(w) = take_boxed_waker(&cell) {
+                        if wake {
+                            w.wake();
+                        }
+                    }
+                }
+            })
+        };
+        Self {
+            cell,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// A child that hands a clone of its waker to this thread and finishes
+    /// (after spinning `spin` times, to vary the timing).
+    pub(crate) fn hand_off(&self, spin: u32) -> HandOff {
+        HandOff {
+            cell: self.cell.clone(),
+            spin,
+        }
+    }
+}
+
+impl Drop for WakerDropper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        drop(take_boxed_waker(&self.cell));
+    }
+}
+
+/// See [`WakerDropper::hand_off`].
+#[derive(Debug)]
+pub(crate) struct HandOff {
+    cell: Arc<std::sync::atomic::AtomicPtr<Waker>>,
+    spin: u32,
+}
+
+impl Future for HandOff {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let fresh = Box::into_raw(Box::new(cx.waker().clone()));
+        let old = self.cell.swap(fresh, Ordering::AcqRel);
+        if !old.is_null() {
+            // SAFETY: from `Box::into_raw`, taken out once by the swap.
+            drop(unsafe { Box::from_raw(old) });
+        }
+        for _ in 0..self.spin {
+            std::hint::spin_loop();
+        }
+        Poll::Ready(())
+    }
+}

@@ -1,0 +1,485 @@
+//! `gather!` and `try_gather!`: heterogeneous children, 0 to 16 of them, with
+//! the same rules as the functions (SPEC §1, §2).
+
+#[macro_use]
+mod common;
+
+use awaitkit::{gather, try_gather};
+use common::*;
+use futures::FutureExt;
+use futures::channel::oneshot;
+use futures::future::{BoxFuture, join};
+use std::future::{IntoFuture, Ready, ready};
+use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+
+/// The fields of a tuple as an array (tuples above 12 have no `PartialEq`).
+macro_rules! fields {
+    ($t:expr; $($i:tt)*) => {{
+        let t = $t;
+        [$(t.$i),*]
+    }};
+}
+
+/// Sixteen parked children with values `0..16`.
+fn sixteen(tracker: &Tracker) -> (Vec<ParkHandle>, Vec<Counter>, [Parked<usize>; 16]) {
+    let (h, c, children) = parked_set(16, tracker);
+    (h, c, children.try_into().unwrap_or_else(|_| unreachable!()))
+}
+
+matrix! {
+    async fn zero_children() {
+        let () = gather!().await;
+        let r: Result<(), std::convert::Infallible> = try_gather!().await;
+        assert_eq!(r, Ok(()));
+    }
+
+    async fn one_child() {
+        assert_eq!(gather!(async { 7 }).await, (7,));
+        assert_eq!(gather!(ready('x'),).await, ('x',));
+        assert_eq!(try_gather!(async { Ok::<_, ()>(7) }).await, Ok((7,)));
+        assert_eq!(try_gather!(async { Err::<u8, _>("no") }).await, Err("no"));
+    }
+
+    async fn two_heterogeneous_children() {
+        let polls = Counter::new();
+        let (n, s) = gather!(YieldN::new(3, 1u64, &polls), async { yield_now().await; String::from("two") }).await;
+        assert_eq!((n, s.as_str()), (1, "two"));
+        assert_eq!(polls.get(), 4);
+        let r = try_gather!(async { Ok::<_, String>(1u8) }, async { Ok(vec!['a']) }).await;
+        assert_eq!(r, Ok((1, vec!['a'])));
+    }
+
+    async fn every_arity_from_0_to_16() {
+        let () = gather!().await;
+        assert_eq!(gather!(ready(0)).await, (0,));
+        assert_eq!(gather!(ready(0), ready(1)).await, (0, 1));
+        assert_eq!(gather!(ready(0), ready(1), ready(2)).await, (0, 1, 2));
+        assert_eq!(gather!(ready(0), ready(1), ready(2), ready(3)).await, (0, 1, 2, 3));
+        assert_eq!(gather!(ready(0), ready(1), ready(2), ready(3), ready(4)).await, (0, 1, 2, 3, 4));
+        assert_eq!(gather!(ready(0), ready(1), ready(2), ready(3), ready(4), ready(5)).await, (0, 1, 2, 3, 4, 5));
+        assert_eq!(
+            gather!(ready(0), ready(1), ready(2), ready(3), ready(4), ready(5), ready(6)).await,
+            (0, 1, 2, 3, 4, 5, 6)
+        );
+        assert_eq!(
+            gather!(ready(0), ready(1), ready(2), ready(3), ready(4), ready(5), ready(6), ready(7)).await,
+            (0, 1, 2, 3, 4, 5, 6, 7)
+        );
+        assert_eq!(
+            gather!(ready(0), ready(1), ready(2), ready(3), ready(4), ready(5), ready(6), ready(7), ready(8)).await,
+            (0, 1, 2, 3, 4, 5, 6, 7, 8)
+        );
+        assert_eq!(
+            gather!(ready(0), ready(1), ready(2), ready(3), ready(4), ready(5), ready(6), ready(7), ready(8), ready(9))
+                .await,
+            (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)
+        );
+        assert_eq!(
+            gather!(
+                ready(0), ready(1), ready(2), ready(3), ready(4), ready(5), ready(6), ready(7), ready(8), ready(9),
+                ready(10)
+            )
+            .await,
+            (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+        );
+        assert_eq!(
+            gather!(
+                ready(0), ready(1), ready(2), ready(3), ready(4), ready(5), ready(6), ready(7), ready(8), ready(9),
+                ready(10), ready(11)
+            )
+            .await,
+            (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
+        );
+        assert_eq!(
+            fields!(
+                gather!(
+                ready(0), ready(1), ready(2), ready(3), ready(4), ready(5), ready(6), ready(7), ready(8), ready(9),
+                ready(10), ready(11), ready(12)
+            )
+            .await; 0 1 2 3 4 5 6 7 8 9 10 11 12),
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+        );
+        assert_eq!(
+            fields!(
+                gather!(
+                ready(0), ready(1), ready(2), ready(3), ready(4), ready(5), ready(6), ready(7), ready(8), ready(9),
+                ready(10), ready(11), ready(12), ready(13)
+            )
+            .await; 0 1 2 3 4 5 6 7 8 9 10 11 12 13),
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+        );
+        assert_eq!(
+            fields!(
+                gather!(
+                ready(0), ready(1), ready(2), ready(3), ready(4), ready(5), ready(6), ready(7), ready(8), ready(9),
+                ready(10), ready(11), ready(12), ready(13), ready(14)
+            )
+            .await; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+        );
+        assert_eq!(
+            fields!(
+                gather!(
+                ready(0), ready(1), ready(2), ready(3), ready(4), ready(5), ready(6), ready(7), ready(8), ready(9),
+                ready(10), ready(11), ready(12), ready(13), ready(14), ready(15),
+            )
+            .await; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15),
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+        );
+    }
+
+    async fn sixteen_heterogeneous_children() {
+        let polls = Counter::new();
+        let thread = WakerThread::spawn();
+        let (tx, rx) = oneshot::channel::<i64>();
+        let out = gather!(
+            ready(1u8),
+            async { "two" },
+            YieldN::new(3, String::from("three"), &polls),
+            NoMove::new(YieldN::new(5, 4u16, &polls)),
+            // Child 4 wakes child 5 through a channel.
+            async move {
+                yield_now().await;
+                tx.send(-5).unwrap();
+                '4'
+            },
+            rx,
+            async { vec![6u8; 6] },
+            RemoteYield::new(7, Some(7u32), &thread, &polls),
+            async { true },
+            async {},
+            async { 10.5f64 },
+            async { yield_now().await; (11u8, 'b') },
+            ready(Box::<str>::from("twelve")),
+            async { [13u8; 2] },
+            YieldN::new(1, Ok::<u8, ()>(14), &polls),
+            async { 15i128 },
+        )
+        .await;
+        assert_eq!(out.0, 1);
+        assert_eq!(out.1, "two");
+        assert_eq!(out.2, "three");
+        assert_eq!(out.3, (4, 6));
+        assert_eq!(out.4, '4');
+        assert_eq!(out.5, Ok(-5));
+        assert_eq!(out.6, vec![6; 6]);
+        assert_eq!(out.7, Some(7));
+        assert!(out.8);
+        assert_eq!(out.9, ());
+        assert_eq!(out.10, 10.5);
+        assert_eq!(out.11, (11, 'b'));
+        assert_eq!(&*out.12, "twelve");
+        assert_eq!(out.13, [13, 13]);
+        assert_eq!(out.14, Ok(14));
+        assert_eq!(out.15, 15);
+        // 4 + 6 + 8 + 2 polls: each yield is one wake.
+        assert_eq!(polls.get(), 20);
+    }
+
+    async fn sixteen_heterogeneous_try_children_all_ok() {
+        let polls = Counter::new();
+        let r = try_gather!(
+            async { Ok::<_, String>(0u8) },
+            async { Ok("1") },
+            YieldN::new(2, Ok(2u16), &polls),
+            async { yield_now().await; Ok(3u32) },
+            async { Ok(4u64) },
+            async { Ok('5') },
+            async { Ok(vec![6]) },
+            async { Ok(Some(7)) },
+            async { Ok(()) },
+            async { Ok(9i8) },
+            async { Ok(true) },
+            async { Ok((11, 11)) },
+            async { Ok(12usize) },
+            NoMove::new(YieldN::new(4, Ok::<_, String>(13u8), &polls)).map(|(v, _)| v),
+            async { Ok(String::from("14")) },
+            async { Ok(15i16) },
+        )
+        .await;
+        let v = r.unwrap();
+        assert_eq!((v.0, v.1, v.2, v.3, v.4, v.5), (0, "1", 2, 3, 4, '5'));
+        assert_eq!((v.6, v.7, v.8, v.9, v.10, v.11), (vec![6], Some(7), (), 9, true, (11, 11)));
+        assert_eq!((v.12, v.13, v.14.as_str(), v.15), (12, 13, "14", 15));
+        assert_eq!(polls.get(), 8);
+    }
+
+    async fn try_gather_fail_fast_does_not_wait_for_pending_children() {
+        let tracker = Tracker::new();
+        let polls = Counter::new();
+        let (h1, p1) = parked(Ok::<u8, String>(1), &polls, &tracker);
+        let (h2, p2) = parked(Ok::<&str, String>("2"), &polls, &tracker);
+        let (h3, p3) = parked(Ok::<char, String>('3'), &polls, &tracker);
+        let token = tracker.token();
+        let r = try_gather!(
+            p1,
+            async move {
+                yield_now().await;
+                drop(token);
+                Err::<(), _>("bad".to_owned())
+            },
+            p2,
+            p3,
+            YieldN::tracked(1000, Ok(5u64), &polls, &tracker),
+        )
+        .await;
+        assert_eq!(r, Err("bad".to_owned()));
+        assert_eq!(tracker.live(), 0, "fail-fast drops every other child");
+        assert!(!h1.has_waker() && !h2.has_waker() && !h3.has_waker());
+    }
+
+    async fn child_panic_propagates_and_rest_is_dropped() {
+        let tracker = Tracker::new();
+        let polls = Counter::new();
+        let (h, p) = parked(1u8, &polls, &tracker);
+        let mut g = gather!(p, panic_after(2, "macro child panicked", tracker.token()), YieldN::tracked(9, 'c', &polls, &tracker));
+        let err = AssertUnwindSafe(&mut g).catch_unwind().await.expect_err("panic propagates");
+        assert_eq!(panic_message(&*err), "macro child panicked");
+        drop(g);
+        assert_eq!(tracker.live(), 0);
+        assert!(!h.has_waker());
+    }
+
+    async fn into_future_arguments() {
+        struct Deferred(u8);
+        impl IntoFuture for Deferred {
+            type Output = u8;
+            type IntoFuture = Ready<u8>;
+            fn into_future(self) -> Ready<u8> {
+                ready(self.0 * 2)
+            }
+        }
+        assert_eq!(gather!(Deferred(1), async { 'z' }, Deferred(3)).await, (2, 'z', 6));
+    }
+
+    async fn wakes_from_other_threads_are_never_lost() {
+        let thread = WakerThread::spawn();
+        let polls = Counter::new();
+        let y = |n: usize| RemoteYield::new(n, n, &thread, &polls);
+        for _ in 0..10 {
+            let out = gather!(y(30), y(31), y(32), y(33), y(34), y(35), y(36), y(37), y(38), y(39), y(40), y(41)).await;
+            assert_eq!(out, (30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41));
+        }
+    }
+
+    async fn sibling_in_same_task_runs_while_children_spin() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let polls = Counter::new();
+        let s = || Spinner::new(&stop, &polls);
+        let (out, ()) = join(gather!(s(), s(), s(), s(), s(), s(), s(), s(), s(), s(), s(), s(), s()), async {
+            stop.store(true, Ordering::SeqCst);
+        })
+        .await;
+        assert_eq!(out.12, ());
+        assert_eq!(polls.get(), 26);
+    }
+
+    #[should_panic(expected = "`gather!` polled after completion")]
+    async fn gather_polled_after_completion_panics() {
+        let mut g = gather!(ready(1), async { 2 });
+        assert_eq!((&mut g).await, (1, 2));
+        let _ = (&mut g).await;
+    }
+
+    #[should_panic(expected = "`gather!` polled after completion")]
+    async fn empty_gather_polled_after_completion_panics() {
+        let mut g = gather!();
+        (&mut g).await;
+        (&mut g).await;
+    }
+
+    #[should_panic(expected = "`try_gather!` polled after completion")]
+    async fn try_gather_polled_after_ok_panics() {
+        let mut g = try_gather!(async { Ok::<_, ()>(1) }, async { Ok(2) });
+        assert_eq!((&mut g).await, Ok((1, 2)));
+        let _ = (&mut g).await;
+    }
+
+    #[should_panic(expected = "`try_gather!` polled after completion")]
+    async fn try_gather_polled_after_err_panics() {
+        let mut g = try_gather!(std::future::pending::<Result<u8, u8>>(), async { Err::<u16, _>(2) });
+        assert_eq!((&mut g).await, Err(2));
+        let _ = (&mut g).await;
+    }
+}
+
+matrix_local! {
+    async fn not_send_children() {
+        let rc = Rc::new(3);
+        let (a, b, c) = gather!(
+            async { let r = Rc::clone(&rc); yield_now().await; *r },
+            async { Rc::new('b') },
+            ready(Rc::clone(&rc)),
+        )
+        .await;
+        assert_eq!((a, *b, *c), (3, 'b', 3));
+        let r = try_gather!(async { Ok::<_, Rc<u8>>(Rc::new(1)) }, async { yield_now().await; Err::<(), _>(Rc::new(2)) }).await;
+        assert_eq!(*r.unwrap_err(), 2);
+    }
+}
+
+guarded! {
+    fn empty_is_ready_on_first_poll() {
+        let w = CountingWaker::new();
+        assert_eq!(poll_once(&mut gather!(), &w), Poll::Ready(()));
+        assert_eq!(poll_once(&mut try_gather!(), &w), Poll::Ready(Ok(())));
+        assert_eq!(w.wakes(), 0);
+    }
+
+    fn exact_polls_in_reverse_and_random_order() {
+        for (name, order) in [("reverse", (0..16).rev().collect::<Vec<_>>()), ("random", shuffled(16, 3)), ("random2", shuffled(16, 4))] {
+            let tracker = Tracker::new();
+            let w = CountingWaker::new();
+            let (handles, counters, [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15]) = sixteen(&tracker);
+            let mut g = gather!(c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15);
+            assert!(poll_once(&mut g, &w).is_pending());
+            assert_eq!(total(&counters), 16);
+            for (k, &i) in order.iter().enumerate() {
+                let wakes = w.wakes();
+                assert!(handles[i].complete());
+                assert!(w.wakes() > wakes, "{name}: the child's wake must wake the parent");
+                let r = poll_once(&mut g, &w);
+                assert_eq!(counters[i].get(), 2, "{name}: child {i}");
+                assert_eq!(total(&counters), 17 + k, "{name}: only the woken child is polled");
+                if k < 15 {
+                    assert!(r.is_pending());
+                } else {
+                    let Poll::Ready(out) = r else { panic!("{name}: not ready after the last wake") };
+                    assert_eq!(fields!(out; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
+                }
+            }
+            assert_eq!(tracker.live(), 0);
+            drop(g);
+            assert_eq!(w.live_clones(), 0, "parent waker leaked");
+        }
+    }
+
+    fn try_gather_fail_fast_error_returned_in_same_poll_with_everything_dropped() {
+        for fail in [0, 7, 15] {
+            let tracker = Tracker::new();
+            let w = CountingWaker::new();
+            let polls = Counter::new();
+            let mk = |i: usize| parked(if i == fail { Err(i) } else { Ok(tracker.token()) }, &polls, &tracker);
+            let (handles, [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15]): (Vec<_>, [_; 16]) = {
+                let (h, c): (Vec<_>, Vec<_>) = (0..16).map(mk).unzip();
+                (h, c.try_into().unwrap_or_else(|_| unreachable!()))
+            };
+            let mut g = try_gather!(c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15);
+            assert!(poll_once(&mut g, &w).is_pending());
+            for i in [3, 9, 12].into_iter().filter(|&i| i != fail) {
+                handles[i].complete();
+                assert!(poll_once(&mut g, &w).is_pending());
+            }
+            handles[fail].complete();
+            let r = poll_once(&mut g, &w);
+            let live = tracker.live();
+            assert!(matches!(r, Poll::Ready(Err(i)) if i == fail), "fail = {fail}");
+            assert_eq!(live, 0, "fail = {fail}: children or `Ok` outputs alive when the Err was returned");
+            assert!(handles.iter().all(|h| !h.has_waker()));
+        }
+    }
+
+    fn one_poll_polls_each_self_waking_child_at_most_once() {
+        let w = CountingWaker::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters: Vec<Counter> = (0..12).map(|_| Counter::new()).collect();
+        let s = |i: usize| Spinner::new(&stop, &counters[i]);
+        let mut g = gather!(s(0), s(1), s(2), s(3), s(4), s(5), s(6), s(7), s(8), s(9), s(10), s(11));
+        for round in 1..=4 {
+            let wakes = w.wakes();
+            assert!(poll_once(&mut g, &w).is_pending());
+            assert!(counters.iter().all(|c| c.get() == round), "round {round}");
+            assert!(w.wakes() > wakes, "Pending without waking itself");
+        }
+        stop.store(true, Ordering::SeqCst);
+        assert!(poll_once(&mut g, &w).is_ready());
+    }
+
+    fn stale_waker_of_finished_child_polls_nobody() {
+        let tracker = Tracker::new();
+        let w = CountingWaker::new();
+        let stash = WakerStash::default();
+        let polls = Counter::new();
+        let (h1, p1) = parked('a', &polls, &tracker);
+        let (h2, p2) = parked('b', &polls, &tracker);
+        let mut g = gather!(p1, Stasher::new(&stash, 0u8), p2);
+        assert!(poll_once(&mut g, &w).is_pending());
+        assert_eq!(polls.get(), 2);
+        stash.wake_all_by_ref();
+        assert!(poll_once(&mut g, &w).is_pending());
+        assert_eq!(polls.get(), 2, "a stale waker polled a child");
+        h1.complete();
+        h2.complete();
+        assert_eq!(poll_once(&mut g, &w), Poll::Ready(('a', 0, 'b')));
+        assert_eq!(polls.get(), 4);
+    }
+
+    fn cancel_after_every_poll_drops_every_child() {
+        for k in 0..=7 {
+            let tracker = Tracker::new();
+            let w = CountingWaker::new();
+            let polls = Counter::new();
+            let (h, p) = parked(0u8, &polls, &tracker);
+            let y = |n: usize| YieldN::tracked(n, n, &polls, &tracker);
+            let mut g = gather!(p, y(0), y(1), y(2), y(3), y(4), y(5), y(6), async { 'x' });
+            for i in 0..k {
+                if i == 3 {
+                    h.complete();
+                }
+                if poll_once(&mut g, &w).is_ready() {
+                    break;
+                }
+            }
+            drop(g);
+            assert_eq!(tracker.live(), 0, "k = {k}");
+            assert_eq!(w.live_clones(), 0, "k = {k}: parent waker leaked");
+        }
+        for k in 0..=3 {
+            let tracker = Tracker::new();
+            let w = CountingWaker::new();
+            let polls = Counter::new();
+            let y = |n: usize| YieldN::tracked(n, Ok::<_, ()>(n), &polls, &tracker);
+            let mut g = try_gather!(y(0), y(1), y(2), async { Ok('x') });
+            for _ in 0..k {
+                let _ = poll_once(&mut g, &w);
+            }
+            drop(g);
+            assert_eq!(tracker.live(), 0, "try k = {k}");
+        }
+    }
+
+    fn panic_propagates_out_of_poll_manual() {
+        let tracker = Tracker::new();
+        let w = CountingWaker::new();
+        let polls = Counter::new();
+        let boom: BoxFuture<'static, usize> = panic_after(0, "first poll boom", tracker.token()).boxed();
+        let mut g = try_gather!(YieldN::tracked(2, Ok::<_, ()>(1), &polls, &tracker), boom.map(Ok));
+        let err = std::panic::catch_unwind(AssertUnwindSafe(|| poll_once(&mut g, &w))).expect_err("panic propagates");
+        assert_eq!(panic_message(&*err), "first poll boom");
+        drop(g);
+        assert_eq!(tracker.live(), 0);
+    }
+
+    fn pinned_children_never_move() {
+        let w = CountingWaker::new();
+        let polls = Counter::new();
+        let mut g = gather!(
+            NoMove::new(YieldN::new(20, 'a', &polls)),
+            NoMove::new(YieldN::new(3, 1u8, &polls)),
+            NoMove::new(YieldN::new(50, "c", &polls)),
+        );
+        let mut n = 0;
+        let out = loop {
+            n += 1;
+            if let Poll::Ready(out) = poll_once(&mut g, &w) {
+                break out;
+            }
+        };
+        assert_eq!(out, (('a', 21), (1, 4), ("c", 51)));
+        assert_eq!(n, 51);
+    }
+}
