@@ -241,3 +241,50 @@ fn parent_waker_never_loses_a_wake() {
         drop(parent.take());
     });
 }
+
+/// Children spread over two chunks (the root chunk, whose top word is a root
+/// word, and a second one flagged in `chunks`), woken from two threads.
+#[test]
+fn wakes_across_chunks() {
+    model(|| {
+        let gates: Vec<Arc<Gate>> = (0..3).map(|_| Arc::new(Gate::default())).collect();
+        let mut set = AsCompleted::new();
+        for g in &gates {
+            set.push(WaitGate {
+                gate: g.clone(),
+                need: 1,
+            });
+        }
+        assert_eq!(set.engine.ready_chunks(), 2);
+        // Child 2 (second chunk) fires before the first poll; 0 and 1 race
+        // with the polls from two threads.
+        gates[2].fired.store(1, Ordering::Release);
+        let threads: Vec<_> = gates[..2]
+            .iter()
+            .map(|g| {
+                let g = g.clone();
+                thread::spawn(move || g.fire())
+            })
+            .collect();
+        let mut got = Vec::new();
+        block_on(std::future::poll_fn(|cx| {
+            while let Poll::Ready(Some(v)) = Pin::new(&mut set).poll_next(cx) {
+                got.push(v);
+            }
+            if set.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }));
+        got.sort_unstable();
+        assert_eq!(got, [1, 1, 1]);
+        for t in threads {
+            t.join().unwrap();
+        }
+        drop(set);
+        for g in &gates {
+            drop(g.waker.lock().unwrap().take());
+        }
+    });
+}

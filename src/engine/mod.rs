@@ -34,8 +34,9 @@ use std::ptr;
 use std::task::{Context, Poll};
 
 const BITS: usize = 64;
-/// First chunk of a set that starts empty and grows by `push`.
-const FIRST_GROWTH: usize = 32;
+/// First chunk of a set that starts empty and grows by `push` (tiny under
+/// loom, so small models span several chunks).
+const FIRST_GROWTH: usize = if cfg!(awaitkit_loom) { 2 } else { 32 };
 
 /// Where a child lives: chunk and index within it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -339,6 +340,12 @@ impl<F: Future> Engine<F> {
         // SAFETY: in bounds (checked by `slot_ptr`), initialised (see
         // `add_chunk`), and borrowed through `&mut self`, so not aliased.
         unsafe { &mut *self.slot_ptr(chunk, index) }
+    }
+
+    /// Number of chunks (for the loom models).
+    #[cfg(all(test, awaitkit_loom))]
+    pub(crate) fn ready_chunks(&self) -> usize {
+        self.ready.chunk_count()
     }
 
     /// Number of children still running.

@@ -23,14 +23,16 @@
 //!   never touches it; the owner drops its contents before releasing its
 //!   reference, and the memory is freed with the chunk.
 //! * The first chunk is the *root*. Its header also holds the parent task's
-//!   waker and one more word, `chunks`, with one bit per chunk whose top word
-//!   may be non-zero.
+//!   waker and one more word, `chunks`, with one bit per *other* chunk whose
+//!   top word may be non-zero (the root chunk's own top word is a root word
+//!   in itself, so a set of one chunk has no extra level).
 //!
 //! # The wake protocol
 //!
 //! A wake sets the child's bit with `fetch_or`. Only the waker that turns a
 //! word from zero to non-zero goes on to set the bit one level up, and only
-//! the waker that turns the root word from zero to non-zero wakes the parent.
+//! the waker that turns a root word (the root chunk's top word, or `chunks`)
+//! from zero to non-zero wakes the parent.
 //! The owner consumes bits top-down with `swap(0)`: it swaps the root word
 //! (after registering its waker), and then each word below whose bit it took.
 //! Every bit set by a waker is therefore either already covered by a bit
@@ -170,8 +172,14 @@ impl Header {
             bit = word % BITS;
             word /= BITS;
         }
+        // The root chunk's top word is itself a root word; the other chunks
+        // flag themselves in `chunks`.
         let root = self.root();
-        let prev = root.chunks.fetch_or(1 << self.chunk, Ordering::AcqRel);
+        let prev = if self.chunk == 0 {
+            0
+        } else {
+            root.chunks.fetch_or(1 << self.chunk, Ordering::AcqRel)
+        };
         if prev == 0 && wake_parent {
             root.parent.wake();
         }
@@ -509,7 +517,9 @@ impl ReadySet {
             }
             count = count.div_ceil(BITS);
         }
-        h.root().chunks.fetch_or(1 << h.chunk, Ordering::AcqRel);
+        if h.chunk != 0 {
+            h.root().chunks.fetch_or(1 << h.chunk, Ordering::AcqRel);
+        }
     }
 
     /// Registers the waker to wake when any child is woken.
@@ -528,11 +538,15 @@ impl ReadySet {
     /// that sets one later wakes the registered waker.
     pub(crate) fn take_chunks(&self) -> u64 {
         let Some(_) = self.root else { return 0 };
-        let chunks = &self.header(0).chunks;
+        let root = self.header(0);
+        // Chunk 0 has no bit in `chunks`: its top word plays that part.
+        let top = root.word(root.levels as usize - 1, 0);
+        let first = u64::from(top.load(Ordering::Acquire) != 0);
+        let chunks = &root.chunks;
         if chunks.load(Ordering::Acquire) == 0 {
-            return 0;
+            return first;
         }
-        chunks.swap(0, Ordering::AcqRel)
+        chunks.swap(0, Ordering::AcqRel) | first
     }
 
     /// Takes one word of a chunk's bit tree.
