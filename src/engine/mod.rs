@@ -103,18 +103,36 @@ impl Cursor {
         self.next_slow(ready)
     }
 
+    #[inline(never)]
     fn next_slow(&mut self, ready: &ReadySet) -> Option<(usize, usize)> {
         loop {
             if let Some(chunk) = self.current {
-                if let Some(level) = (0..self.levels).find(|&l| self.stack[l].1 != 0) {
-                    let (word, bits) = &mut self.stack[level];
-                    let bit = bits.trailing_zeros() as usize;
-                    *bits &= *bits - 1;
-                    let below = *word * BITS + bit;
-                    if level == 0 {
-                        return Some((chunk, below));
+                // Level 0 is empty here: find the lowest level with bits left,
+                // then descend from it, taking one word per level.
+                let mut level = 1;
+                while level < self.levels && self.stack[level].1 == 0 {
+                    level += 1;
+                }
+                if level < self.levels {
+                    let tree = ready.tree(chunk);
+                    while level > 0 {
+                        let (word, bits) = &mut self.stack[level];
+                        if *bits == 0 {
+                            // A stale summary bit: its word was empty.
+                            break;
+                        }
+                        let bit = bits.trailing_zeros() as usize;
+                        *bits &= *bits - 1;
+                        let below = *word * BITS + bit;
+                        level -= 1;
+                        self.stack[level] = (below, tree.take(level, below));
                     }
-                    self.stack[level - 1] = (below, ready.take_word(chunk, level - 1, below));
+                    let (word, bits) = &mut self.stack[0];
+                    if level == 0 && *bits != 0 {
+                        let bit = bits.trailing_zeros() as usize;
+                        *bits &= *bits - 1;
+                        return Some((chunk, *word * BITS + bit));
+                    }
                     continue;
                 }
                 self.current = None;
@@ -124,10 +142,20 @@ impl Cursor {
             }
             let chunk = self.chunks.trailing_zeros() as usize;
             self.chunks &= self.chunks - 1;
-            self.levels = ready.levels(chunk);
+            let tree = ready.tree(chunk);
+            self.levels = tree.levels;
             let top = self.levels - 1;
-            self.stack[top] = (0, ready.take_word(chunk, top, 0));
+            self.stack[top] = (0, tree.take(top, 0));
             self.current = Some(chunk);
+            if top == 0 {
+                // A one-word chunk: its bits are the children.
+                let (word, bits) = &mut self.stack[0];
+                if *bits != 0 {
+                    let bit = bits.trailing_zeros() as usize;
+                    *bits &= *bits - 1;
+                    return Some((chunk, *word * BITS + bit));
+                }
+            }
         }
     }
 

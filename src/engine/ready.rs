@@ -479,12 +479,6 @@ impl ReadySet {
         self.header(chunk).cap as usize
     }
 
-    /// Levels of a chunk's bit tree.
-    #[inline]
-    pub(crate) fn levels(&self, chunk: usize) -> usize {
-        self.header(chunk).levels as usize
-    }
-
     /// A child's element: its [`Entry`], then (at an offset the owner chose
     /// in its element layout) whatever the owner keeps for that child.
     #[inline]
@@ -552,9 +546,23 @@ impl ReadySet {
     /// Takes one word of a chunk's bit tree.
     #[inline]
     pub(crate) fn take_word(&self, chunk: usize, level: usize, word: usize) -> u64 {
-        self.header(chunk)
-            .word(level, word)
-            .swap(0, Ordering::AcqRel)
+        self.tree(chunk).take(level, word)
+    }
+
+    /// A chunk's bit tree, resolved once for a walk over it.
+    #[inline]
+    pub(crate) fn tree(&self, chunk: usize) -> Tree<'_> {
+        let h = self.header(chunk);
+        let levels = h.levels as usize;
+        let total = h.level_start[levels - 1] as usize + 1;
+        // SAFETY: `Chunk::alloc` initialised `total` words at `words`; they
+        // live as long as the owner's reference on the chunk.
+        let words = unsafe { std::slice::from_raw_parts(h.words.as_ptr(), total) };
+        Tree {
+            words,
+            level_start: &h.level_start,
+            levels,
+        }
     }
 
     /// Marks a child ready from the owner side, without waking the parent:
@@ -589,6 +597,22 @@ impl ReadySet {
         // never dropped, hence `ManuallyDrop`) or by the clone's own
         // reference.
         ManuallyDrop::new(unsafe { Waker::from_raw(RawWaker::new(entry, &VTABLE)) })
+    }
+}
+
+/// One chunk's bit tree (see [`ReadySet::tree`]).
+pub(crate) struct Tree<'a> {
+    words: &'a [AtomicU64],
+    level_start: &'a [u32; MAX_LEVELS],
+    /// Number of levels; the top one is a single word.
+    pub(crate) levels: usize,
+}
+
+impl Tree<'_> {
+    /// Takes (swaps to zero) one word.
+    #[inline]
+    pub(crate) fn take(&self, level: usize, word: usize) -> u64 {
+        self.words[self.level_start[level] as usize + word].swap(0, Ordering::AcqRel)
     }
 }
 
