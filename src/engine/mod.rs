@@ -230,17 +230,15 @@ fn drop_slots<F: Future>(ready: &ReadySet) {
     impl<F: Future> Drop for Rest<'_, F> {
         fn drop(&mut self) {
             while self.chunk < self.ready.chunk_count() {
-                while self.index < self.ready.capacity(self.chunk) {
-                    let element = self.ready.element(self.chunk, self.index);
+                let elements = self.ready.elements(self.chunk);
+                while self.index < elements.cap() {
+                    let element = elements.get(self.index);
                     self.index += 1;
                     // SAFETY: every slot of a chunk is initialised when the
                     // chunk is added and stays so; the chunks are dropped only
                     // here (by a `ReadySet` taken out of its engine), and each
                     // slot once, since `index` moves past it first.
-                    unsafe {
-                        let slot = element.add(Engine::<F>::ELEMENT.1).cast::<Slot<F>>();
-                        ptr::drop_in_place(slot.as_ptr());
-                    }
+                    unsafe { ptr::drop_in_place(Engine::<F>::slot_of(element)) };
                 }
                 self.chunk += 1;
                 self.index = 0;
@@ -328,17 +326,49 @@ impl<F: Future> Engine<F> {
         if n == 0 {
             return;
         }
-        self.add_chunk(n, false);
-        let mut count = 0;
-        for f in futures.take(n) {
-            // SAFETY: `count < n` = the chunk's capacity; the slot holds a
-            // `Vacant` that needs no drop.
-            unsafe { self.slot_ptr(0, count).write(Slot::Running(f, count)) };
-            count += 1;
+        let chunk = self
+            .ready
+            .add_chunk(n, false, Self::ELEMENT.0, Layout::new::<()>());
+        let elements = self.ready.elements(chunk);
+        /// Writes `Vacant` into the slots not filled (all of them if the
+        /// iterator panics), so every slot is initialised either way.
+        struct Rest<F: Future> {
+            elements: ready::Elements,
+            next: usize,
+            _slots: PhantomData<Slot<F>>,
         }
+        impl<F: Future> Drop for Rest<F> {
+            fn drop(&mut self) {
+                for index in self.next..self.elements.cap() {
+                    let slot = self
+                        .elements
+                        .get(index)
+                        .part(Engine::<F>::ELEMENT.1)
+                        .cast::<Slot<F>>();
+                    // SAFETY: an uninitialised slot of a fresh chunk.
+                    unsafe { slot.write(Slot::Vacant(NO_SLOT)) };
+                }
+            }
+        }
+        let mut rest = Rest::<F> {
+            elements,
+            next: 0,
+            _slots: PhantomData,
+        };
+        for f in futures.take(n) {
+            let slot = elements
+                .get(rest.next)
+                .part(Self::ELEMENT.1)
+                .cast::<Slot<F>>();
+            // SAFETY: an uninitialised slot of the fresh chunk (`next < n`).
+            unsafe { slot.write(Slot::Running(f, rest.next)) };
+            rest.next += 1;
+        }
+        let count = rest.next;
+        drop(rest);
         self.running = count;
         self.fresh = n - count;
-        self.ready.mark_first(0, count);
+        self.ready.mark_first(chunk, count);
     }
 
     /// Allocates a chunk with `cap` vacant slots; `reuse`: whether its slots
@@ -357,10 +387,12 @@ impl<F: Future> Engine<F> {
     /// Where a child's slot lives: in its element, after its wake entry.
     #[inline]
     fn slot_ptr(&self, chunk: usize, index: usize) -> *mut Slot<F> {
-        assert!(index < self.ready.capacity(chunk));
-        let element = self.ready.element(chunk, index);
-        // SAFETY: the element of an in-bounds child has a slot at `ELEMENT.1`.
-        unsafe { element.add(Self::ELEMENT.1).cast::<Slot<F>>().as_ptr() }
+        Self::slot_of(self.ready.elements(chunk).get(index))
+    }
+
+    #[inline]
+    fn slot_of(element: ready::Element) -> *mut Slot<F> {
+        element.part(Self::ELEMENT.1).cast::<Slot<F>>().as_ptr()
     }
 
     #[inline]
@@ -470,10 +502,12 @@ impl<F: Future> Engine<F> {
         let total = (0..chunks).map(|c| self.ready.capacity(c)).sum();
         let mut out = Vec::with_capacity(total);
         for chunk in 0..chunks {
-            for index in 0..self.ready.capacity(chunk) {
-                if let Slot::Done(output) =
-                    std::mem::replace(self.slot(chunk, index), Slot::Vacant(NO_SLOT))
-                {
+            let elements = self.ready.elements(chunk);
+            for index in 0..elements.cap() {
+                // SAFETY: initialised (see `add_chunk`), and `&mut self` makes
+                // the access unique.
+                let slot = unsafe { &mut *Self::slot_of(elements.get(index)) };
+                if let Slot::Done(output) = std::mem::replace(slot, Slot::Vacant(NO_SLOT)) {
                     out.push(output);
                 }
             }
@@ -556,8 +590,11 @@ impl<F: Future> Pass<'_, '_, F> {
     ) -> Option<Completed<T>> {
         let engine = &mut *self.engine;
         while let Some((chunk, index)) = engine.cursor.next(&engine.ready) {
-            let waker = engine.ready.waker(chunk, index);
-            let slot = engine.slot(chunk, index);
+            let element = engine.ready.elements(chunk).get(index);
+            let waker = element.waker();
+            // SAFETY: initialised (see `add_chunk`); the pass holds the engine
+            // mutably, so the access is unique.
+            let slot = unsafe { &mut *Engine::<F>::slot_of(element) };
             let Slot::Running(fut, key) = slot else {
                 // A stale bit of a slot that has finished.
                 continue;

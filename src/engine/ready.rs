@@ -479,11 +479,17 @@ impl ReadySet {
         self.header(chunk).cap as usize
     }
 
-    /// A child's element: its [`Entry`], then (at an offset the owner chose
-    /// in its element layout) whatever the owner keeps for that child.
+    /// A chunk's elements (each an [`Entry`], then, at an offset the owner
+    /// chose in its element layout, whatever the owner keeps for that
+    /// child), resolved once for repeated access.
     #[inline]
-    pub(crate) fn element(&self, chunk: usize, index: usize) -> NonNull<u8> {
-        self.header(chunk).element(index)
+    pub(crate) fn elements(&self, chunk: usize) -> Elements {
+        let h = self.header(chunk);
+        Elements {
+            base: h.elements,
+            stride: h.stride,
+            cap: h.cap as usize,
+        }
     }
 
     /// The owner's region of a chunk.
@@ -587,16 +593,66 @@ impl ReadySet {
         h.entry(index).clones.load(Ordering::Acquire) == 0
     }
 
-    /// The waker to poll a child with. It is borrowed from the owner's
-    /// reference: it must not outlive `self` (clones may).
+    /// The waker to poll a child with (see [`Element::waker`]).
     #[inline]
     pub(crate) fn waker(&self, chunk: usize, index: usize) -> ManuallyDrop<Waker> {
-        let entry = ptr::from_ref(self.header(chunk).entry(index)).cast::<()>();
+        self.elements(chunk).get(index).waker()
+    }
+}
+
+/// One chunk's element array (see [`ReadySet::elements`]). Only valid while
+/// the owner holds the chunk.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Elements {
+    base: NonNull<u8>,
+    stride: usize,
+    cap: usize,
+}
+
+impl Elements {
+    /// Number of elements.
+    #[inline]
+    pub(crate) fn cap(self) -> usize {
+        self.cap
+    }
+
+    /// Element `index`.
+    ///
+    /// # Panics
+    ///
+    /// If `index` is out of bounds.
+    #[inline]
+    pub(crate) fn get(self, index: usize) -> Element {
+        assert!(index < self.cap, "awaitkit: slot index out of bounds");
+        // SAFETY: in bounds: `Chunk::alloc` laid out `cap` elements.
+        Element(unsafe { self.base.add(index * self.stride) })
+    }
+}
+
+/// One child's element: its [`Entry`] at offset 0, then the owner's part.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Element(NonNull<u8>);
+
+impl Element {
+    /// The owner's part of the element, `offset` bytes in (the offset the
+    /// owner computed for its element layout).
+    #[inline]
+    pub(crate) fn part(self, offset: usize) -> NonNull<u8> {
+        // SAFETY: the owner's element layout has its part at `offset`.
+        unsafe { self.0.add(offset) }
+    }
+
+    /// The waker to poll this child with. It is borrowed from the owner's
+    /// reference on the chunk: it must not outlive that (clones may).
+    #[inline]
+    pub(crate) fn waker(self) -> ManuallyDrop<Waker> {
         // SAFETY: the vtable functions uphold the `RawWaker` contract: `data`
-        // points at an entry kept alive by the owner (this borrowed waker is
-        // never dropped, hence `ManuallyDrop`) or by the clone's own
-        // reference.
-        ManuallyDrop::new(unsafe { Waker::from_raw(RawWaker::new(entry, &VTABLE)) })
+        // points at the element's entry, kept alive by the owner (this
+        // borrowed waker is never dropped, hence `ManuallyDrop`) or by a
+        // clone's own reference.
+        ManuallyDrop::new(unsafe {
+            Waker::from_raw(RawWaker::new(self.0.as_ptr().cast(), &VTABLE))
+        })
     }
 }
 
