@@ -670,6 +670,31 @@ mod tests {
     }
 
     #[test]
+    fn an_iterator_that_panics_mid_fill_leaks_and_double_drops_nothing() {
+        struct Counted(Rc<RefCell<usize>>);
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                *self.0.borrow_mut() += 1;
+            }
+        }
+        impl Future for Counted {
+            type Output = ();
+            fn poll(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+                Poll::Pending
+            }
+        }
+        let dropped = Rc::new(RefCell::new(0));
+        let made = (0..10).map(|i| {
+            assert!(i < 3, "iterator fails");
+            Counted(dropped.clone())
+        });
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Engine::from_iter(made)));
+        assert!(result.is_err());
+        assert_eq!(*dropped.borrow(), 3, "each future moved in is dropped once");
+    }
+
+    #[test]
     fn growth_keeps_every_child_reachable() {
         let mut engine = Engine::new();
         for key in 0..1000 {
