@@ -13,7 +13,8 @@
 //!   a child that wakes itself during the pass is polled in the next pass,
 //!   and its wake has already woken the parent, so a sibling task runs in
 //!   between;
-//! * children never move once pushed (each chunk is a fixed boxed slice);
+//! * children never move once pushed: each chunk is one fixed allocation
+//!   holding the children and their wake entries side by side ([`ready`]);
 //! * a slot is reused only when no cloned waker of its previous occupant is
 //!   alive ([`ReadySet::is_idle`]), so a stale waker never polls a newcomer.
 
@@ -426,9 +427,15 @@ impl<F: Future> Engine<F> {
         id
     }
 
-    fn vacant_slot(&mut self) -> SlotId {
+        fn vacant_slot(&mut self) -> SlotId {
         if self.free == NO_SLOT && self.fresh == 0 {
-            self.recheck_cooling();
+            let (visited, freed) = self.recheck_cooling();
+            // Each walk of the cooling list either frees at least half of it
+            // or is followed by a growth at least half its size (chunks
+            // double): either way the walk is paid for by as many pushes.
+            if freed * 2 < visited || freed == 0 {
+                self.grow();
+            }
         }
         if self.free != NO_SLOT {
             let id = self.free;
@@ -438,13 +445,7 @@ impl<F: Future> Engine<F> {
             self.free = next;
             return id;
         }
-        if self.fresh == 0 {
-            let cap = self.growth;
-            self.growth = cap.saturating_mul(2);
-            self.add_chunk(cap, true);
-            self.fresh = cap;
-        }
-        let chunk = self.ready.chunk_count() - 1;
+                let chunk = self.ready.chunk_count() - 1;
         let index = self.ready.capacity(chunk) - self.fresh;
         self.fresh -= 1;
         SlotId {
@@ -453,18 +454,29 @@ impl<F: Future> Engine<F> {
         }
     }
 
-    /// Moves cooling slots whose wakers are gone to the free list. Called only
-    /// when nothing else is free, and followed by a doubling growth when it
-    /// frees nothing, so its cost is amortised.
-    fn recheck_cooling(&mut self) {
+        /// Adds a chunk of fresh slots, each twice the size of the last.
+    fn grow(&mut self) {
+        let cap = self.growth;
+        self.growth = cap.saturating_mul(2);
+        self.add_chunk(cap, true);
+        self.fresh = cap;
+    }
+
+    /// Moves cooling slots whose wakers are gone to the free list; returns
+    /// how many it visited and how many it freed.
+    fn recheck_cooling(&mut self) -> (usize, usize) {
         let mut id = std::mem::replace(&mut self.cooling, NO_SLOT);
+        let (mut visited, mut freed) = (0, 0);
         while id != NO_SLOT {
             let Slot::Vacant(next) = *self.slot(id.chunk as usize, id.index as usize) else {
                 unreachable!("cooling list points at an occupied slot")
             };
             self.release_slot(id);
+            visited += 1;
+            freed += usize::from(self.free == id);
             id = next;
         }
+        (visited, freed)
     }
 
     /// Returns a vacant slot to the free list, or to the cooling list while a
