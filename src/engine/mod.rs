@@ -30,6 +30,7 @@ use std::alloc::Layout;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::mem::{align_of, size_of};
 use std::pin::Pin;
 use std::ptr;
 use std::task::{Context, Poll};
@@ -52,8 +53,10 @@ const NO_SLOT: SlotId = SlotId {
 };
 
 pub(crate) enum Slot<F: Future> {
-    /// A child still running, with its key (input index).
-    Running(F, usize),
+    /// A child still running. Its key (input index) is its index in the
+    /// initial batch's chunk, and stored beside the slot in chunks that
+    /// `push` fills.
+    Running(F),
     /// A finished child's output, kept in place (gather).
     Done(F::Output),
     /// Free; linked into the free or the cooling list.
@@ -255,21 +258,29 @@ fn drop_slots<F: Future>(ready: &ReadySet) {
 }
 
 impl<F: Future> Engine<F> {
-    /// A child's element: its wake entry, then its slot; and the slot's offset.
-    const ELEMENT: (Layout, usize) = {
-        let entry = Layout::new::<ready::Entry>();
-        let slot = Layout::new::<Slot<F>>();
-        let align = if slot.align() > entry.align() {
-            slot.align()
-        } else {
-            entry.align()
-        };
-        let slot_at = entry.size().next_multiple_of(slot.align());
-        match Layout::from_size_align(slot_at + slot.size(), align) {
-            Ok(layout) => (layout, slot_at),
+    /// Offset of a child's slot in its element (after its wake entry).
+    const SLOT_AT: usize = size_of::<ready::Entry>().next_multiple_of(align_of::<Slot<F>>());
+    /// Offset of a child's key in the elements of chunks that `push` fills.
+    const KEY_AT: usize =
+        (Self::SLOT_AT + size_of::<Slot<F>>()).next_multiple_of(align_of::<usize>());
+    /// An element of the initial batch's chunk: entry, slot.
+    const FIXED: Layout = Self::element_layout(Self::SLOT_AT + size_of::<Slot<F>>());
+    /// An element of a chunk that `push` fills: entry, slot, key.
+    const GROWN: Layout = Self::element_layout(Self::KEY_AT + size_of::<usize>());
+
+    const fn element_layout(size: usize) -> Layout {
+        let mut align = align_of::<ready::Entry>();
+        if align_of::<Slot<F>>() > align {
+            align = align_of::<Slot<F>>();
+        }
+        if align_of::<usize>() > align {
+            align = align_of::<usize>();
+        }
+        match Layout::from_size_align(size, align) {
+            Ok(layout) => layout,
             Err(_) => panic!("awaitkit: future too large"),
         }
-    };
+    }
 
     /// An empty set; the first `push` allocates.
     pub(crate) const fn new() -> Self {
@@ -329,7 +340,7 @@ impl<F: Future> Engine<F> {
         }
         let chunk = self
             .ready
-            .add_chunk(n, false, Self::ELEMENT.0, Layout::new::<()>());
+            .add_chunk(n, false, Self::FIXED, Layout::new::<()>());
         let elements = self.ready.elements(chunk);
         /// Writes `Vacant` into the slots not filled (all of them if the
         /// iterator panics), so every slot is initialised either way.
@@ -341,11 +352,7 @@ impl<F: Future> Engine<F> {
         impl<F: Future> Drop for Rest<F> {
             fn drop(&mut self) {
                 for index in self.next..self.elements.cap() {
-                    let slot = self
-                        .elements
-                        .get(index)
-                        .part(Engine::<F>::ELEMENT.1)
-                        .cast::<Slot<F>>();
+                    let slot = Engine::<F>::slot_of(self.elements.get(index));
                     // SAFETY: an uninitialised slot of a fresh chunk.
                     unsafe { slot.write(Slot::Vacant(NO_SLOT)) };
                 }
@@ -357,29 +364,29 @@ impl<F: Future> Engine<F> {
             _slots: PhantomData,
         };
         for f in futures.take(n) {
-            let slot = elements
-                .get(rest.next)
-                .part(Self::ELEMENT.1)
-                .cast::<Slot<F>>();
+            let slot = Self::slot_of(elements.get(rest.next));
             // SAFETY: an uninitialised slot of the fresh chunk (`next < n`).
-            unsafe { slot.write(Slot::Running(f, rest.next)) };
+            unsafe { slot.write(Slot::Running(f)) };
             rest.next += 1;
         }
         let count = rest.next;
         drop(rest);
         self.running = count;
-        self.fresh = n - count;
+        // The initial batch's chunk takes no pushes (its keys are its
+        // indices), even if the iterator fell short of its size hint.
+        self.fresh = 0;
         self.ready.mark_first(chunk, count);
     }
 
     /// Allocates a chunk with `cap` vacant slots; `reuse`: whether its slots
     /// are reused (and so its wakers count clones per child).
     fn add_chunk(&mut self, cap: usize, reuse: bool) -> usize {
+        let element = if reuse { Self::GROWN } else { Self::FIXED };
         let chunk = self
             .ready
-            .add_chunk(cap, reuse, Self::ELEMENT.0, Layout::new::<()>());
+            .add_chunk(cap, reuse, element, Layout::new::<()>());
         for index in 0..cap {
-            // SAFETY: the element has room for a slot at `ELEMENT.1`, aligned.
+            // SAFETY: the element has room for a slot at `SLOT_AT`, aligned.
             unsafe { self.slot_ptr(chunk, index).write(Slot::Vacant(NO_SLOT)) };
         }
         chunk
@@ -393,7 +400,20 @@ impl<F: Future> Engine<F> {
 
     #[inline]
     fn slot_of(element: ready::Element) -> *mut Slot<F> {
-        element.part(Self::ELEMENT.1).cast::<Slot<F>>().as_ptr()
+        element.part(Self::SLOT_AT).cast::<Slot<F>>().as_ptr()
+    }
+
+    /// A child's key: its index in the initial batch's chunk, stored beside
+    /// its slot in chunks that `push` fills.
+    #[inline]
+    fn key_of(elements: ready::Elements, index: usize) -> usize {
+        if !elements.reuse() {
+            return index;
+        }
+        let key = elements.get(index).part(Self::KEY_AT).cast::<usize>();
+        // SAFETY: elements of reusing chunks have a key at `KEY_AT`, written
+        // by `push` before the slot is `Running` (the only time it is read).
+        unsafe { key.read() }
     }
 
     #[inline]
@@ -418,7 +438,12 @@ impl<F: Future> Engine<F> {
     pub(crate) fn push(&mut self, future: F, key: usize) -> SlotId {
         let id = self.vacant_slot();
         let (chunk, index) = (id.chunk as usize, id.index as usize);
-        *self.slot(chunk, index) = Slot::Running(future, key);
+        let element = self.ready.elements(chunk).get(index);
+        // SAFETY: `push` only fills chunks of reusing kind (the initial
+        // batch's chunk has no fresh or free slots), whose elements have a key
+        // at `KEY_AT`.
+        unsafe { element.part(Self::KEY_AT).cast::<usize>().write(key) };
+        *self.slot(chunk, index) = Slot::Running(future);
         self.running += 1;
         // A stale bit of the previous occupant merges with this first-poll
         // bit; a stale bit already taken into the cursor is dropped.
@@ -427,7 +452,7 @@ impl<F: Future> Engine<F> {
         id
     }
 
-        fn vacant_slot(&mut self) -> SlotId {
+    fn vacant_slot(&mut self) -> SlotId {
         if self.free == NO_SLOT && self.fresh == 0 {
             let (visited, freed) = self.recheck_cooling();
             // Each walk of the cooling list either frees at least half of it
@@ -445,7 +470,7 @@ impl<F: Future> Engine<F> {
             self.free = next;
             return id;
         }
-                let chunk = self.ready.chunk_count() - 1;
+        let chunk = self.ready.chunk_count() - 1;
         let index = self.ready.capacity(chunk) - self.fresh;
         self.fresh -= 1;
         SlotId {
@@ -454,7 +479,7 @@ impl<F: Future> Engine<F> {
         }
     }
 
-        /// Adds a chunk of fresh slots, each twice the size of the last.
+    /// Adds a chunk of fresh slots, each twice the size of the last.
     fn grow(&mut self) {
         let cap = self.growth;
         self.growth = cap.saturating_mul(2);
@@ -546,8 +571,9 @@ impl<F: Future> Engine<F> {
             for index in 0..self.ready.capacity(chunk) {
                 let slot = self.slot(chunk, index);
                 if let Slot::Running(..) = slot {
-                    if let Slot::Running(f, key) = std::mem::replace(slot, Slot::Vacant(NO_SLOT)) {
-                        out.push((key, f));
+                    if let Slot::Running(f) = std::mem::replace(slot, Slot::Vacant(NO_SLOT)) {
+                        // Read only for a running child: its key was written.
+                        out.push((Self::key_of(self.ready.elements(chunk), index), f));
                     }
                 }
             }
@@ -602,16 +628,16 @@ impl<F: Future> Pass<'_, '_, F> {
     ) -> Option<Completed<T>> {
         let engine = &mut *self.engine;
         while let Some((chunk, index)) = engine.cursor.next(&engine.ready) {
-            let element = engine.ready.elements(chunk).get(index);
+            let elements = engine.ready.elements(chunk);
+            let element = elements.get(index);
             let waker = element.waker();
             // SAFETY: initialised (see `add_chunk`); the pass holds the engine
             // mutably, so the access is unique.
             let slot = unsafe { &mut *Engine::<F>::slot_of(element) };
-            let Slot::Running(fut, key) = slot else {
+            let Slot::Running(fut) = slot else {
                 // A stale bit of a slot that has finished.
                 continue;
             };
-            let key = *key;
             let mut cx = Context::from_waker(&waker);
             // SAFETY: the child lives in a chunk that never moves or grows,
             // and is only ever dropped in place (by assignment to its slot or
@@ -621,6 +647,7 @@ impl<F: Future> Pass<'_, '_, F> {
                 // Dropping the child in place, before anything else.
                 *slot = Slot::Vacant(NO_SLOT);
                 engine.running -= 1;
+                let key = Engine::<F>::key_of(elements, index);
                 let slot = SlotId {
                     chunk: chunk as u32,
                     index: index as u32,

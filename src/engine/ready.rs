@@ -9,9 +9,8 @@
 //! [ Header | AtomicU64 × words | (Entry, owner's slot) × cap | owner's region ]
 //! ```
 //!
-//! * An [`Entry`] is what a child's waker points at: its distance back to the
-//!   header, the child's index in the chunk and a count of the *cloned*
-//!   wakers that point at it. Each entry sits right before the owner's slot
+//! * An [`Entry`] (8 bytes) is what a child's waker points at: its distance
+//!   back to the header and the child's index in the chunk. Each entry sits right before the owner's slot
 //!   for the same child (the owner chooses the element layout), so a wake
 //!   and the poll that follows touch the same cache line.
 //! * The words form a 64-ary bit tree over the chunk's children: level 0 has
@@ -75,15 +74,13 @@ pub(crate) static LIVE_CHUNKS: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
 
 /// What a child's waker points at; the first field of every element.
-#[repr(C)]
+#[repr(C, align(8))]
 pub(crate) struct Entry {
-    /// Bytes from the chunk header to this entry: lets a waker find its
-    /// header without reading anything else.
-    back: usize,
+    /// Distance from the chunk header to this entry, in units of 8 bytes:
+    /// lets a waker find its header without reading anything else.
+    back: u32,
     /// The child's index within its chunk.
     index: u32,
-    /// Number of cloned (owned) wakers pointing at this entry.
-    clones: AtomicU32,
 }
 
 #[repr(C)]
@@ -95,9 +92,13 @@ struct Header {
     chunk: u32,
     cap: u32,
     levels: u32,
-    /// Whether entries count their clones (only sets that reuse slots need
-    /// it); otherwise a clone holds a chunk reference directly.
+    /// Whether the chunk counts clones per child (only sets that reuse slots
+    /// need it), in `clones`; otherwise a clone holds a chunk reference
+    /// directly.
     count_clones: bool,
+    /// Per child: the number of cloned (owned) wakers pointing at it (`cap`
+    /// counters if `count_clones`, none otherwise).
+    clones: NonNull<AtomicU32>,
     /// Offset (in words) of each level's first word.
     level_start: [u32; MAX_LEVELS],
     words: NonNull<AtomicU64>,
@@ -114,16 +115,11 @@ struct Header {
 }
 
 impl Header {
-    fn element(&self, index: usize) -> NonNull<u8> {
-        debug_assert!(index < self.cap as usize);
-        // SAFETY: `index < cap` elements were laid out by `Chunk::alloc`.
-        unsafe { self.elements.add(index * self.stride) }
-    }
-
-    fn entry(&self, index: usize) -> &Entry {
-        // SAFETY: every element starts with an entry initialised by
+    fn clones(&self, index: usize) -> &AtomicU32 {
+        assert!(self.count_clones && index < self.cap as usize);
+        // SAFETY: a counting chunk has `cap` counters initialised by
         // `Chunk::alloc`.
-        unsafe { self.element(index).cast::<Entry>().as_ref() }
+        unsafe { self.clones.add(index).as_ref() }
     }
 
     fn word(&self, level: usize, word: usize) -> &AtomicU64 {
@@ -218,9 +214,9 @@ unsafe fn release(header: NonNull<Header>) {
 /// waker keeps the chunk alive.
 unsafe fn resolve<'a>(data: *const ()) -> (&'a Header, &'a Entry) {
     let entry = data.cast::<Entry>();
-    // SAFETY: `data` points at a live entry (caller contract), `back` bytes
-    // after its chunk's header in the same allocation.
-    let header = unsafe { entry.byte_sub((*entry).back).cast::<Header>() };
+    // SAFETY: `data` points at a live entry (caller contract), `8 × back`
+    // bytes after its chunk's header in the same allocation.
+    let header = unsafe { entry.byte_sub((*entry).back as usize * 8).cast::<Header>() };
     // SAFETY: see above; both are alive for as long as the waker is.
     unsafe { (&*header, &*entry) }
 }
@@ -237,7 +233,9 @@ unsafe fn waker_clone(data: *const ()) -> RawWaker {
         }
         return RawWaker::new(data, &VTABLE);
     }
-    let prev = entry.clones.fetch_add(1, Ordering::Relaxed);
+    let prev = header
+        .clones(entry.index as usize)
+        .fetch_add(1, Ordering::Relaxed);
     if prev == 0 {
         // The first owned waker of this entry takes a chunk reference. The
         // waker being cloned is either owned (then `prev > 0`) or the
@@ -270,7 +268,11 @@ unsafe fn waker_drop(data: *const ()) {
     if !header.count_clones {
         // SAFETY: this clone holds a chunk reference.
         unsafe { release(NonNull::from(header)) };
-    } else if entry.clones.fetch_sub(1, Ordering::Release) == 1 {
+    } else if header
+        .clones(entry.index as usize)
+        .fetch_sub(1, Ordering::Release)
+        == 1
+    {
         // The last owned waker of this entry gives back its chunk reference.
         // SAFETY: that reference was taken when the count left zero.
         unsafe { release(NonNull::from(header)) };
@@ -321,9 +323,17 @@ impl Chunk {
         let (layout, words_at) = Layout::new::<Header>()
             .extend(Layout::array::<AtomicU64>(total).expect(overflow))
             .expect(overflow);
+        let counters =
+            Layout::array::<AtomicU32>(if count_clones { cap } else { 0 }).expect(overflow);
+        let (layout, clones_at) = layout.extend(counters).expect(overflow);
         let (layout, elements_at) = layout.extend(elements).expect(overflow);
         let (layout, extra_at) = layout.extend(extra).expect(overflow);
         let layout = layout.pad_to_align();
+        // Entries find their header through a `u32` count of 8-byte units.
+        assert!(
+            layout.size() / 8 <= u32::MAX as usize,
+            "awaitkit: too many futures in one set"
+        );
         // SAFETY: the layout has a non-zero size (it contains a header).
         let base = unsafe { alloc(layout) };
         let Some(base) = NonNull::new(base) else {
@@ -342,6 +352,7 @@ impl Chunk {
                 chunk,
                 cap: cap as u32,
                 count_clones,
+                clones: base.add(clones_at).cast::<AtomicU32>(),
                 levels: levels as u32,
                 level_start,
                 words,
@@ -355,10 +366,15 @@ impl Chunk {
             for index in 0..cap {
                 let at = elements_at + index * stride;
                 base.add(at).cast::<Entry>().write(Entry {
-                    back: at,
+                    back: (at / 8) as u32,
                     index: index as u32,
-                    clones: AtomicU32::new(0),
                 });
+                if count_clones {
+                    base.add(clones_at)
+                        .cast::<AtomicU32>()
+                        .add(index)
+                        .write(AtomicU32::new(0));
+                }
             }
             for w in 0..total {
                 words.add(w).write(AtomicU64::new(0));
@@ -380,8 +396,8 @@ impl Chunk {
             let layout = h.layout;
             let cap = h.cap as usize;
             let total = h.level_start[h.levels as usize - 1] as usize + 1;
-            for index in 0..cap {
-                ptr::drop_in_place(h.element(index).cast::<Entry>().as_ptr());
+            if h.count_clones {
+                ptr::drop_in_place(ptr::slice_from_raw_parts_mut(h.clones.as_ptr(), cap));
             }
             ptr::drop_in_place(ptr::slice_from_raw_parts_mut(h.words.as_ptr(), total));
             ptr::drop_in_place(header.as_ptr());
@@ -489,6 +505,7 @@ impl ReadySet {
             base: h.elements,
             stride: h.stride,
             cap: h.cap as usize,
+            reuse: h.count_clones,
         }
     }
 
@@ -590,7 +607,7 @@ impl ReadySet {
             h.count_clones,
             "awaitkit: slot reuse in a set that does not count clones"
         );
-        h.entry(index).clones.load(Ordering::Acquire) == 0
+        h.clones(index).load(Ordering::Acquire) == 0
     }
 
     /// The waker to poll a child with (see [`Element::waker`]).
@@ -607,6 +624,7 @@ pub(crate) struct Elements {
     base: NonNull<u8>,
     stride: usize,
     cap: usize,
+    reuse: bool,
 }
 
 impl Elements {
@@ -614,6 +632,12 @@ impl Elements {
     #[inline]
     pub(crate) fn cap(self) -> usize {
         self.cap
+    }
+
+    /// Whether the chunk reuses slots (counts clones per child).
+    #[inline]
+    pub(crate) fn reuse(self) -> bool {
+        self.reuse
     }
 
     /// Element `index`.
