@@ -71,15 +71,15 @@ pub(crate) struct Completed<T> {
 }
 
 /// Owner-side position in the ready set: snapshots of the words taken but
-/// not yet fully processed.
+/// not yet fully visited.
 #[derive(Debug, Default)]
 struct Cursor {
     /// Chunks of the root word not yet visited.
     chunks: u64,
-    /// Chunk currently being walked, if any.
-    current: Option<usize>,
-    /// Levels of the current chunk.
-    levels: usize,
+    /// Chunk being walked (meaningful while `nonempty != 0`).
+    current: usize,
+    /// Bit `l` set iff `stack[l]` still has bits.
+    nonempty: u32,
     /// Per level of the current chunk: (word index, bits not yet visited).
     stack: [(usize, u64); 6],
 }
@@ -87,22 +87,31 @@ struct Cursor {
 impl Cursor {
     /// Whether bits taken by an earlier pass are still to be visited.
     fn has_leftover(&self) -> bool {
-        self.chunks != 0
-            || (self.current.is_some()
-                && self.stack[..self.levels].iter().any(|&(_, bits)| bits != 0))
+        self.chunks != 0 || self.nonempty != 0
+    }
+
+    /// Pops the lowest bit of level `level`; returns the index it stands for
+    /// one level down (the child's index at level 0).
+    #[inline]
+    fn pop(&mut self, level: usize) -> usize {
+        let (word, bits) = &mut self.stack[level];
+        let bit = bits.trailing_zeros() as usize;
+        *bits &= *bits - 1;
+        if *bits == 0 {
+            self.nonempty &= !(1 << level);
+        }
+        *word * BITS + bit
     }
 
     /// Next child (chunk, index) whose bit was taken, descending the tree and
-    /// swapping words as it goes.
+    /// taking words as it goes.
     #[inline]
     fn next(&mut self, ready: &ReadySet) -> Option<(usize, usize)> {
-        // Fast path: the current level-0 word still has bits.
-        if let (Some(chunk), (word, bits)) = (self.current, &mut self.stack[0]) {
-            if *bits != 0 {
-                let bit = bits.trailing_zeros() as usize;
-                *bits &= *bits - 1;
-                return Some((chunk, *word * BITS + bit));
-            }
+        if self.nonempty & 1 != 0 {
+            return Some((self.current, self.pop(0)));
+        }
+        if self.nonempty == 0 && self.chunks == 0 {
+            return None;
         }
         self.next_slow(ready)
     }
@@ -110,36 +119,26 @@ impl Cursor {
     #[inline(never)]
     fn next_slow(&mut self, ready: &ReadySet) -> Option<(usize, usize)> {
         loop {
-            if let Some(chunk) = self.current {
-                // Level 0 is empty here: find the lowest level with bits left,
-                // then descend from it, taking one word per level.
-                let mut level = 1;
-                while level < self.levels && self.stack[level].1 == 0 {
-                    level += 1;
-                }
-                if level < self.levels {
-                    let tree = ready.tree(chunk);
-                    while level > 0 {
-                        let (word, bits) = &mut self.stack[level];
-                        if *bits == 0 {
-                            // A stale summary bit: its word was empty.
-                            break;
-                        }
-                        let bit = bits.trailing_zeros() as usize;
-                        *bits &= *bits - 1;
-                        let below = *word * BITS + bit;
-                        level -= 1;
-                        self.stack[level] = (below, tree.take(level, below));
+            if self.nonempty != 0 {
+                // Level 0 is empty: descend from the lowest level with bits,
+                // taking one word per level.
+                let tree = ready.tree(self.current);
+                let mut level = self.nonempty.trailing_zeros() as usize;
+                while level > 0 {
+                    let below = self.pop(level);
+                    level -= 1;
+                    let bits = tree.take(level, below);
+                    if bits == 0 {
+                        // A stale summary bit: its word was empty.
+                        break;
                     }
-                    let (word, bits) = &mut self.stack[0];
-                    if level == 0 && *bits != 0 {
-                        let bit = bits.trailing_zeros() as usize;
-                        *bits &= *bits - 1;
-                        return Some((chunk, *word * BITS + bit));
-                    }
-                    continue;
+                    self.stack[level] = (below, bits);
+                    self.nonempty |= 1 << level;
                 }
-                self.current = None;
+                if self.nonempty & 1 != 0 {
+                    return Some((self.current, self.pop(0)));
+                }
+                continue;
             }
             if self.chunks == 0 {
                 return None;
@@ -147,18 +146,12 @@ impl Cursor {
             let chunk = self.chunks.trailing_zeros() as usize;
             self.chunks &= self.chunks - 1;
             let tree = ready.tree(chunk);
-            self.levels = tree.levels;
-            let top = self.levels - 1;
-            self.stack[top] = (0, tree.take(top, 0));
-            self.current = Some(chunk);
-            if top == 0 {
-                // A one-word chunk: its bits are the children.
-                let (word, bits) = &mut self.stack[0];
-                if *bits != 0 {
-                    let bit = bits.trailing_zeros() as usize;
-                    *bits &= *bits - 1;
-                    return Some((chunk, *word * BITS + bit));
-                }
+            let top = tree.levels - 1;
+            let bits = tree.take(top, 0);
+            self.current = chunk;
+            if bits != 0 {
+                self.stack[top] = (0, bits);
+                self.nonempty |= 1 << top;
             }
         }
     }
@@ -166,8 +159,11 @@ impl Cursor {
     /// Forgets a not-yet-visited bit of the current level-0 word (used when a
     /// slot is reused: the next occupant gets a fresh bit of its own).
     fn forget(&mut self, chunk: usize, index: usize) {
-        if self.current == Some(chunk) && self.stack[0].0 == index / BITS {
+        if self.nonempty & 1 != 0 && self.current == chunk && self.stack[0].0 == index / BITS {
             self.stack[0].1 &= !(1 << (index % BITS));
+            if self.stack[0].1 == 0 {
+                self.nonempty &= !1;
+            }
         }
     }
 }
@@ -288,8 +284,8 @@ impl<F: Future> Engine<F> {
             ready: ReadySet::new(),
             cursor: Cursor {
                 chunks: 0,
-                current: None,
-                levels: 0,
+                current: 0,
+                nonempty: 0,
                 stack: [(0, 0); 6],
             },
             free: NO_SLOT,
