@@ -6,21 +6,23 @@
 //! Children live in *chunks*. Each chunk is one heap allocation:
 //!
 //! ```text
-//! [ Header | AtomicU64 × words | (Entry, owner's slot) × cap | owner's region ]
+//! [ Header | AtomicU64 × words | AtomicU32 × cap (only if it counts clones)
+//!          | (Entry, owner's part) × cap | owner's region ]
 //! ```
 //!
 //! * An [`Entry`] (8 bytes) is what a child's waker points at: its distance
-//!   back to the header and the child's index in the chunk. Each entry sits right before the owner's slot
-//!   for the same child (the owner chooses the element layout), so a wake
-//!   and the poll that follows touch the same cache line.
+//!   back to the header and the child's index in the chunk. Each entry sits
+//!   right before the owner's part for the same child (its slot; the owner
+//!   chooses the element layout), so a wake and the poll that follows touch
+//!   the same cache line.
 //! * The words form a 64-ary bit tree over the chunk's children: level 0 has
 //!   one bit per child ("woken since it was last polled"), level `k + 1` has
 //!   one bit per word of level `k` ("that word may be non-zero"), and the top
 //!   level is a single word.
-//! * The owner's region holds the children themselves (the engine's slots):
-//!   one allocation per chunk for children and wakers alike. This module
-//!   never touches it; the owner drops its contents before releasing its
-//!   reference, and the memory is freed with the chunk.
+//! * The owner's parts (and region, used by the tuple futures) hold the
+//!   children themselves: one allocation per chunk for children and wakers
+//!   alike. This module never touches them; the owner drops their contents
+//!   before releasing its reference, and the memory is freed with the chunk.
 //! * The first chunk is the *root*. Its header also holds the parent task's
 //!   waker and one more word, `chunks`, with one bit per *other* chunk whose
 //!   top word may be non-zero (the root chunk's own top word is a root word
@@ -36,20 +38,20 @@
 //! (after registering its waker), and then each word below whose bit it took.
 //! Every bit set by a waker is therefore either already covered by a bit
 //! somebody still has to propagate (and then wake for), or taken by the
-//! owner's next swap of that word. A wake is O(1) amortised: one `fetch_or`,
-//! plus one per level in the rare case the word above was empty.
+//! owner's next swap of that word. A wake is one `fetch_or`, plus one per
+//! level (at most ⌈log₆₄ cap⌉) when the word above was empty.
 //!
 //! # Lifetimes
 //!
-//! A chunk's `refs` counts the owner, every entry whose clone count is
-//! non-zero (or, in a chunk that does not count clones per entry — a fixed
-//! set that never reuses slots — every clone), and (for the root) every
-//! other chunk. The waker the owner hands
-//! to a child while polling it is *borrowed*: it owns no count. Cloning it
-//! moves the entry's count from zero to one and takes a chunk reference; the
-//! last clone dropped gives it back. An entry whose count is zero has no
-//! waker anywhere outside a poll, which is what lets the owner reuse the
-//! child's slot without a stale waker ever reaching the new child.
+//! A chunk's `refs` counts the owner, (for the root) every other chunk, and
+//! the cloned wakers: each clone, in a chunk that does not count clones per
+//! child (a fixed batch that never reuses slots); otherwise each child whose
+//! clone counter is non-zero. The waker the owner hands to a child while
+//! polling it is *borrowed*: it owns nothing. In a counting chunk, cloning
+//! it moves the child's counter from zero to one and takes a chunk
+//! reference; the last clone dropped gives it back. A child whose counter is
+//! zero has no waker anywhere outside a poll, which is what lets the owner
+//! reuse its slot without a stale waker ever reaching the next child.
 
 use super::parent::ParentWaker;
 use crate::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
