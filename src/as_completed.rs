@@ -28,7 +28,10 @@ use std::task::{Context, Poll};
 ///
 /// # Panics
 ///
-/// A panic in a child propagates out of `poll_next`.
+/// A panic in a child (or in a child's destructor) propagates out of
+/// `poll_next`. The set stays usable: a child that panicked while polled
+/// stays in it (polled again only if it wakes), one that panicked while
+/// dropped is gone.
 ///
 /// # Examples
 ///

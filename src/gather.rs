@@ -27,10 +27,11 @@ use std::task::{Context, Poll};
 ///
 /// # Panics
 ///
-/// A panic in a child propagates out of [`Gather`]'s `poll`; the other
-/// children are dropped when the `Gather` is. Use [`gather_settled`] to
-/// capture panics as values instead. Polling the `Gather` again after it
-/// completed panics.
+/// A panic in a child (or in a child's destructor) propagates out of
+/// [`Gather`]'s `poll`; the other children are dropped when the `Gather` is,
+/// and polling it again panics, as for an `async fn` that panicked. Use
+/// [`gather_settled`] to capture panics as values instead. Polling the
+/// `Gather` again after it completed panics.
 ///
 /// # Examples
 ///
@@ -48,6 +49,7 @@ where
     Gather {
         engine: Engine::from_iter(futures),
         finished: false,
+        poisoned: false,
     }
 }
 
@@ -73,6 +75,7 @@ where
 pub struct Gather<F: Future> {
     engine: Engine<F>,
     finished: bool,
+    poisoned: bool,
 }
 
 impl<F: Future> Future for Gather<F> {
@@ -81,15 +84,17 @@ impl<F: Future> Future for Gather<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         assert!(!this.finished, "`Gather` polled after completion");
-        let mut pass = this.engine.pass(cx);
-        while let Some(done) = pass.next() {
-            pass.engine().store(done.slot, done.output);
-        }
-        if this.engine.running() > 0 {
-            return Poll::Pending;
-        }
-        this.finished = true;
-        Poll::Ready(this.engine.take_outputs())
+        crate::poison::guarded(&mut this.poisoned, "Gather", || {
+            let mut pass = this.engine.pass(cx);
+            while let Some(done) = pass.next() {
+                pass.engine().store(done.slot, done.output);
+            }
+            if this.engine.running() > 0 {
+                return Poll::Pending;
+            }
+            this.finished = true;
+            Poll::Ready(this.engine.take_outputs())
+        })
     }
 }
 
@@ -119,8 +124,9 @@ impl<F: Future> fmt::Debug for Gather<F> {
 ///
 /// # Panics
 ///
-/// A panic in a child propagates out of `poll`; polling after completion
-/// panics.
+/// A panic in a child (or in a child's destructor) propagates out of
+/// `poll`; polling again after that panics, as for an `async fn` that
+/// panicked. Polling after completion panics.
 ///
 /// # Examples
 ///
@@ -142,6 +148,7 @@ where
     TryGather {
         engine: Engine::from_iter(futures),
         finished: false,
+        poisoned: false,
     }
 }
 
@@ -163,6 +170,7 @@ where
 pub struct TryGather<F: Future> {
     engine: Engine<F>,
     finished: bool,
+    poisoned: bool,
 }
 
 impl<F, T, E> Future for TryGather<F>
@@ -174,24 +182,27 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         assert!(!this.finished, "`TryGather` polled after completion");
-        let mut pass = this.engine.pass(cx);
-        while let Some(done) = pass.next() {
-            if let Err(e) = done.output {
-                // Fail fast: drop everything else before handing out the error.
-                pass.engine().clear();
-                this.finished = true;
-                return Poll::Ready(Err(e));
+        crate::poison::guarded(&mut this.poisoned, "TryGather", || {
+            let mut pass = this.engine.pass(cx);
+            while let Some(done) = pass.next() {
+                if let Err(e) = done.output {
+                    // Fail fast: drop everything else before handing out the
+                    // error (finished first: a destructor may panic).
+                    this.finished = true;
+                    pass.engine().clear();
+                    return Poll::Ready(Err(e));
+                }
+                pass.engine().store(done.slot, done.output);
             }
-            pass.engine().store(done.slot, done.output);
-        }
-        if this.engine.running() > 0 {
-            return Poll::Pending;
-        }
-        this.finished = true;
-        let values = this.engine.take_outputs().into_iter();
-        Poll::Ready(Ok(values
-            .map(|r| r.unwrap_or_else(|_| unreachable!()))
-            .collect()))
+            if this.engine.running() > 0 {
+                return Poll::Pending;
+            }
+            this.finished = true;
+            let values = this.engine.take_outputs().into_iter();
+            Poll::Ready(Ok(values
+                .map(|r| r.unwrap_or_else(|_| unreachable!()))
+                .collect()))
+        })
     }
 }
 
@@ -332,6 +343,7 @@ where
         engine: Engine::from_iter(futures),
         outputs: Vec::new(),
         finished: false,
+        poisoned: false,
     }
 }
 
@@ -355,6 +367,7 @@ pub struct GatherSettled<F: Future> {
     /// Outcomes by input index; filled as children finish.
     outputs: Vec<Option<Result<F::Output, Panicked>>>,
     finished: bool,
+    poisoned: bool,
 }
 
 // Outputs are never pinned; children are pinned inside the engine.
@@ -366,32 +379,33 @@ impl<F: Future> Future for GatherSettled<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         assert!(!this.finished, "`GatherSettled` polled after completion");
-        if this.outputs.is_empty() {
-            this.outputs.resize_with(this.engine.running(), || None);
-        }
-        let mut pass = this.engine.pass(cx);
-        let settle =
-            |fut: Pin<&mut F>, cx: &mut Context<'_>| match catch_unwind(AssertUnwindSafe(|| {
-                fut.poll(cx)
-            })) {
+        crate::poison::guarded(&mut this.poisoned, "GatherSettled", || {
+            if this.outputs.is_empty() {
+                this.outputs.resize_with(this.engine.running(), || None);
+            }
+            let mut pass = this.engine.pass(cx);
+            let settle = |fut: Pin<&mut F>, cx: &mut Context<'_>| match catch_unwind(
+                AssertUnwindSafe(|| fut.poll(cx)),
+            ) {
                 Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
                 Ok(Poll::Pending) => Poll::Pending,
                 Err(payload) => Poll::Ready(Err(Panicked { payload })),
             };
-        while let Some(done) = pass.next_with(settle) {
-            this.outputs[done.key] = Some(done.output);
-        }
-        if this.engine.running() > 0 {
-            return Poll::Pending;
-        }
-        this.finished = true;
-        let outputs = std::mem::take(&mut this.outputs);
-        Poll::Ready(
-            outputs
-                .into_iter()
-                .map(|o| o.expect("every child settled"))
-                .collect(),
-        )
+            while let Some(done) = pass.next_with(settle) {
+                this.outputs[done.key] = Some(done.output);
+            }
+            if this.engine.running() > 0 {
+                return Poll::Pending;
+            }
+            this.finished = true;
+            let outputs = std::mem::take(&mut this.outputs);
+            Poll::Ready(
+                outputs
+                    .into_iter()
+                    .map(|o| o.expect("every child settled"))
+                    .collect(),
+            )
+        })
     }
 }
 

@@ -51,7 +51,9 @@
 //! * **Polling after completion** panics with a clear message for futures;
 //!   streams are fused and keep returning `None`.
 //! * **Panics** in children propagate out of `poll` (except in
-//!   [`gather_settled`], which captures them).
+//!   [`gather_settled`], which captures them). A future that a panic unwound
+//!   through refuses further polls (it panics, like an `async fn` that
+//!   panicked) rather than make up a result; [`AsCompleted`] stays usable.
 //! * **Auto traits follow the children**: a combinator is `Send`/`Sync` when
 //!   its children and outputs are, works with `!Send` children, and is always
 //!   `Unpin`.
@@ -79,6 +81,7 @@
 mod as_completed;
 mod engine;
 mod gather;
+mod poison;
 mod sync;
 mod wait;
 
@@ -112,8 +115,9 @@ pub mod __private {
 ///
 /// # Panics
 ///
-/// A panic in a child propagates out of `poll`; polling after completion
-/// panics.
+/// A panic in a child (or in a child's destructor) propagates out of
+/// `poll`; polling again after that panics, as for an `async fn` that
+/// panicked. Polling after completion panics.
 ///
 /// # Examples
 ///
@@ -147,8 +151,9 @@ macro_rules! gather {
 ///
 /// # Panics
 ///
-/// A panic in a child propagates out of `poll`; polling after completion
-/// panics.
+/// A panic in a child (or in a child's destructor) propagates out of
+/// `poll`; polling again after that panics, as for an `async fn` that
+/// panicked. Polling after completion panics.
 ///
 /// # Examples
 ///

@@ -21,8 +21,9 @@ use std::task::{Context, Poll};
 ///
 /// # Panics
 ///
-/// A panic in a child propagates out of `poll`; polling after completion
-/// panics.
+/// A panic in a child (or in a child's destructor) propagates out of
+/// `poll`; polling again after that panics, as for an `async fn` that
+/// panicked. Polling after completion panics.
 ///
 /// # Examples
 ///
@@ -46,6 +47,7 @@ where
 {
     WaitAny {
         set: Some(as_completed(futures)),
+        poisoned: false,
     }
 }
 
@@ -66,6 +68,7 @@ where
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct WaitAny<F: Future> {
     set: Option<AsCompleted<F>>,
+    poisoned: bool,
 }
 
 impl<F: Future> Future for WaitAny<F> {
@@ -73,21 +76,23 @@ impl<F: Future> Future for WaitAny<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let set = this
-            .set
-            .as_mut()
-            .expect("`WaitAny` polled after completion");
-        match set.poll_next_indexed(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => {
-                this.set = None;
-                Poll::Ready(None)
+        crate::poison::guarded(&mut this.poisoned, "WaitAny", || {
+            let set = this
+                .set
+                .as_mut()
+                .expect("`WaitAny` polled after completion");
+            match set.poll_next_indexed(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(None) => {
+                    this.set = None;
+                    Poll::Ready(None)
+                }
+                Poll::Ready(Some((index, output))) => {
+                    let rest = this.set.take().expect("checked above");
+                    Poll::Ready(Some((index, output, rest)))
+                }
             }
-            Poll::Ready(Some((index, output))) => {
-                let rest = this.set.take().expect("checked above");
-                Poll::Ready(Some((index, output, rest)))
-            }
-        }
+        })
     }
 }
 
@@ -207,8 +212,9 @@ where
 ///
 /// # Panics
 ///
-/// A panic in a child propagates out of `poll`; polling after completion
-/// panics.
+/// A panic in a child (or in a child's destructor) propagates out of
+/// `poll`; polling again after that panics, as for an `async fn` that
+/// panicked. Polling after completion panics.
 ///
 /// # Examples
 ///
@@ -259,6 +265,7 @@ impl<F: Future> AsCompleted<F> {
             when,
             is_error: |_| false,
             done: Vec::new(),
+            poisoned: false,
         }
     }
 
@@ -283,6 +290,7 @@ impl<F: Future> AsCompleted<F> {
             when,
             is_error: Result::is_err,
             done: Vec::new(),
+            poisoned: false,
         }
     }
 }
@@ -307,6 +315,7 @@ pub struct Wait<F: Future> {
     when: ReturnWhen,
     is_error: fn(&F::Output) -> bool,
     done: Vec<(usize, F::Output)>,
+    poisoned: bool,
 }
 
 // Outputs are never pinned; children are pinned inside the engine.
@@ -317,27 +326,29 @@ impl<F: Future> Future for Wait<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<WaitOutcome<F>> {
         let this = self.get_mut();
-        let set = this.set.as_mut().expect("`Wait` polled after completion");
-        let mut failed = false;
-        let mut pass = set.engine.pass(cx);
-        while let Some(done) = pass.next() {
-            pass.engine().release_slot(done.slot);
-            failed = this.when == ReturnWhen::FirstError && (this.is_error)(&done.output);
-            this.done.push((done.key, done.output));
-            if failed {
-                break;
+        crate::poison::guarded(&mut this.poisoned, "Wait", || {
+            let set = this.set.as_mut().expect("`Wait` polled after completion");
+            let mut failed = false;
+            let mut pass = set.engine.pass(cx);
+            while let Some(done) = pass.next() {
+                pass.engine().release_slot(done.slot);
+                failed = this.when == ReturnWhen::FirstError && (this.is_error)(&done.output);
+                this.done.push((done.key, done.output));
+                if failed {
+                    break;
+                }
             }
-        }
-        let ready = set.is_empty()
-            || failed
-            || (this.when == ReturnWhen::FirstCompleted && !this.done.is_empty());
-        if !ready {
-            return Poll::Pending;
-        }
-        let pending = this.set.take().expect("checked above");
-        Poll::Ready(WaitOutcome {
-            done: std::mem::take(&mut this.done),
-            pending,
+            let ready = set.is_empty()
+                || failed
+                || (this.when == ReturnWhen::FirstCompleted && !this.done.is_empty());
+            if !ready {
+                return Poll::Pending;
+            }
+            let pending = this.set.take().expect("checked above");
+            Poll::Ready(WaitOutcome {
+                done: std::mem::take(&mut this.done),
+                pending,
+            })
         })
     }
 }

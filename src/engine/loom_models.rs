@@ -217,7 +217,8 @@ fn parent_waker_never_loses_a_wake() {
     model(|| {
         let parent = Arc::new(ParentWaker::new());
         let raised = Arc::new(AtomicUsize::new(0));
-        parent.register(&futures_util::task::noop_waker());
+        // SAFETY: only this thread registers or takes.
+        unsafe { parent.register(&futures_util::task::noop_waker()) };
         let threads: Vec<_> = (0..2)
             .map(|_| {
                 let (parent, raised) = (parent.clone(), raised.clone());
@@ -228,7 +229,8 @@ fn parent_waker_never_loses_a_wake() {
             })
             .collect();
         block_on(std::future::poll_fn(|cx| {
-            parent.register(cx.waker());
+            // SAFETY: only this thread registers or takes.
+            unsafe { parent.register(cx.waker()) };
             if raised.load(Ordering::Acquire) == 2 {
                 Poll::Ready(())
             } else {
@@ -238,7 +240,8 @@ fn parent_waker_never_loses_a_wake() {
         for t in threads {
             t.join().unwrap();
         }
-        drop(parent.take());
+        // SAFETY: only this thread registers or takes.
+        drop(unsafe { parent.take() });
     });
 }
 

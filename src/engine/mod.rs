@@ -640,10 +640,11 @@ impl<F: Future> Pass<'_, '_, F> {
             // by `drop_slots`): it never moves while `Running`.
             let fut = unsafe { Pin::new_unchecked(fut) };
             if let Poll::Ready(output) = poll(fut, &mut cx) {
-                // Dropping the child in place, before anything else.
-                *slot = Slot::Vacant(NO_SLOT);
+                // Count it out first: dropping the child (in place, before
+                // anything else) runs its destructor, which may panic.
                 engine.running -= 1;
                 let key = Engine::<F>::key_of(elements, index);
+                *slot = Slot::Vacant(NO_SLOT);
                 let slot = SlotId {
                     chunk: chunk as u32,
                     index: index as u32,

@@ -38,7 +38,8 @@ pub(crate) struct ParentWaker {
 
 // SAFETY: the slot is written only by the owner while holding `REGISTERING`
 // and read by wakers only while holding `WAKING` (or by the owner, who is the
-// only writer); `Waker` is `Send + Sync`.
+// only writer: `register` and `take` are `unsafe` with that contract);
+// `Waker` is `Send + Sync`.
 unsafe impl Send for ParentWaker {}
 // SAFETY: as above.
 unsafe impl Sync for ParentWaker {}
@@ -57,9 +58,13 @@ impl ParentWaker {
         }
     }
 
-    /// Makes `new` the waker to wake. Owner only: never called concurrently
-    /// with itself or [`ParentWaker::take`].
-    pub(crate) fn register(&self, new: &Waker) {
+    /// Makes `new` the waker to wake.
+    ///
+    /// # Safety
+    ///
+    /// Owner only: never called concurrently with itself or
+    /// [`ParentWaker::take`] (it reads the slot without synchronisation).
+    pub(crate) unsafe fn register(&self, new: &Waker) {
         let same = self.waker.with(|slot| {
             // SAFETY: only the owner writes the slot, and the owner is here,
             // so this read cannot race with a write.
@@ -153,8 +158,12 @@ impl ParentWaker {
         }
     }
 
-    /// Drops the registered waker early if the slot is free (owner only).
-    pub(crate) fn take(&self) -> Option<Waker> {
+    /// Takes the registered waker out if the slot is free.
+    ///
+    /// # Safety
+    ///
+    /// As for [`ParentWaker::register`].
+    pub(crate) unsafe fn take(&self) -> Option<Waker> {
         if self
             .state
             .compare_exchange(0, REGISTERING, Ordering::Acquire, Ordering::Acquire)

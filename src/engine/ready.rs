@@ -214,13 +214,15 @@ unsafe fn release(header: NonNull<Header>) {
 ///
 /// `data` came from [`ReadySet::waker`] or a clone of such a waker, and the
 /// waker keeps the chunk alive.
-unsafe fn resolve<'a>(data: *const ()) -> (&'a Header, &'a Entry) {
+unsafe fn resolve<'a>(data: *const ()) -> (NonNull<Header>, &'a Header, &'a Entry) {
     let entry = data.cast::<Entry>();
     // SAFETY: `data` points at a live entry (caller contract), `8 × back`
     // bytes after its chunk's header in the same allocation.
     let header = unsafe { entry.byte_sub((*entry).back as usize * 8).cast::<Header>() };
-    // SAFETY: see above; both are alive for as long as the waker is.
-    unsafe { (&*header, &*entry) }
+    // SAFETY: see above; both are alive for as long as the waker is. The raw
+    // header pointer keeps the provenance of the whole chunk (it is derived
+    // from the waker's data pointer), for freeing it.
+    unsafe { (NonNull::new_unchecked(header.cast_mut()), &*header, &*entry) }
 }
 
 static VTABLE: RawWakerVTable =
@@ -228,7 +230,7 @@ static VTABLE: RawWakerVTable =
 
 unsafe fn waker_clone(data: *const ()) -> RawWaker {
     // SAFETY: the waker being cloned keeps the chunk alive.
-    let (header, entry) = unsafe { resolve(data) };
+    let (_, header, entry) = unsafe { resolve(data) };
     if !header.count_clones {
         if header.refs.fetch_add(1, Ordering::Relaxed) > isize::MAX as usize {
             std::process::abort();
@@ -260,16 +262,16 @@ unsafe fn waker_wake(data: *const ()) {
 
 unsafe fn waker_wake_by_ref(data: *const ()) {
     // SAFETY: the waker keeps the chunk alive.
-    let (header, entry) = unsafe { resolve(data) };
+    let (_, header, entry) = unsafe { resolve(data) };
     header.set_ready(entry.index as usize, true);
 }
 
 unsafe fn waker_drop(data: *const ()) {
     // SAFETY: this owned waker keeps the chunk alive until it is released.
-    let (header, entry) = unsafe { resolve(data) };
+    let (chunk, header, entry) = unsafe { resolve(data) };
     if !header.count_clones {
         // SAFETY: this clone holds a chunk reference.
-        unsafe { release(NonNull::from(header)) };
+        unsafe { release(chunk) };
     } else if header
         .clones(entry.index as usize)
         .fetch_sub(1, Ordering::Release)
@@ -277,7 +279,7 @@ unsafe fn waker_drop(data: *const ()) {
     {
         // The last owned waker of this entry gives back its chunk reference.
         // SAFETY: that reference was taken when the count left zero.
-        unsafe { release(NonNull::from(header)) };
+        unsafe { release(chunk) };
     }
 }
 
@@ -420,10 +422,12 @@ pub(crate) struct ReadySet {
     more: Vec<NonNull<Header>>,
 }
 
-// SAFETY: the shared state is atomics and an `AtomicWaker`; the owner-only
-// operations take `&mut self` or only touch atomics.
+// SAFETY: the chunks are shared with wakers on any thread through atomics
+// and the parent waker's protocol; the handle itself can move freely.
 unsafe impl Send for ReadySet {}
-// SAFETY: as above; `&ReadySet` only reads immutable header fields and atomics.
+// SAFETY: `&ReadySet` methods only read immutable header fields or touch
+// atomics; the parent waker's owner-only operations (`register`, `take`)
+// need `&mut ReadySet`.
 unsafe impl Sync for ReadySet {}
 
 impl fmt::Debug for ReadySet {
@@ -460,18 +464,13 @@ impl ReadySet {
         };
         let id = self.chunk_count();
         assert!(id < MAX_CHUNKS, "awaitkit: too many futures in one set");
+        let chunk = Chunk::alloc(cap, id as u32, Some(root), count_clones, element, extra);
+        // The new chunk's reference on the root, taken once it exists.
         // SAFETY: the owner holds a reference on the root.
         unsafe { root.as_ref() }
             .refs
             .fetch_add(1, Ordering::Relaxed);
-        self.more.push(Chunk::alloc(
-            cap,
-            id as u32,
-            Some(root),
-            count_clones,
-            element,
-            extra,
-        ));
+        self.more.push(chunk);
         id
     }
 
@@ -541,10 +540,13 @@ impl ReadySet {
         }
     }
 
-    /// Registers the waker to wake when any child is woken.
-    pub(crate) fn register(&self, waker: &Waker) {
+    /// Registers the waker to wake when any child is woken (`&mut`: the
+    /// owner only, never concurrently with itself).
+    pub(crate) fn register(&mut self, waker: &Waker) {
         if self.root.is_some() {
-            self.header(0).parent.register(waker);
+            // SAFETY: `&mut self` makes this the only registration or take
+            // in progress on this parent waker.
+            unsafe { self.header(0).parent.register(waker) };
         }
     }
 
@@ -707,7 +709,9 @@ impl Drop for ReadySet {
         // SAFETY: the owner still holds its reference on the root.
         let root_header = unsafe { root.as_ref() };
         if root_header.refs.load(Ordering::Relaxed) > 1 {
-            drop(root_header.parent.take());
+            // SAFETY: the owner is dropping its handle (`&mut self`): no
+            // registration can run concurrently.
+            drop(unsafe { root_header.parent.take() });
         }
         for &chunk in self.more.iter().chain([&root]) {
             // SAFETY: the owner holds one reference on each chunk.

@@ -206,6 +206,8 @@ struct TupleCore<T: TupleFutures> {
     /// Whether the output was handed out.
     finished: bool,
     remaining: usize,
+    /// Set while a poll runs: a panic that unwinds out of it leaves it set.
+    poisoned: bool,
     _slots: PhantomData<T::Slots>,
 }
 
@@ -233,6 +235,7 @@ impl<T: TupleFutures> TupleCore<T> {
             ready,
             live,
             finished: false,
+            poisoned: false,
             remaining: T::LEN,
             _slots: PhantomData,
         }
@@ -262,10 +265,27 @@ impl<T: TupleFutures> TupleCore<T> {
         &mut self,
         cx: &mut Context<'_>,
         what: &str,
-        mut done: impl FnMut(&mut T::Slots, usize) -> Result<(), E>,
+        done: impl FnMut(&mut T::Slots, usize) -> Result<(), E>,
         finish: impl FnOnce(&mut T::Slots) -> O,
     ) -> Poll<Result<O, E>> {
         assert!(!self.finished, "`{what}` polled after completion");
+        // Like `crate::poison::guarded`, around a method call.
+        assert!(
+            !self.poisoned,
+            "`{what}` polled after a panic in one of its futures"
+        );
+        self.poisoned = true;
+        let out = self.poll_inner(cx, done, finish);
+        self.poisoned = false;
+        out
+    }
+
+    fn poll_inner<E, O>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut done: impl FnMut(&mut T::Slots, usize) -> Result<(), E>,
+        finish: impl FnOnce(&mut T::Slots) -> O,
+    ) -> Poll<Result<O, E>> {
         if self.remaining > 0 {
             self.ready.register(cx.waker());
             let mut bits = if self.ready.take_chunks() != 0 {
