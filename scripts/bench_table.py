@@ -25,64 +25,55 @@ import subprocess
 import sys
 from pathlib import Path
 
+# Columns shared by the two groups of each family (same peers, same children).
+GATHER_COLUMNS = [
+    ("awaitkit", "awaitkit `gather`"),
+    ("futures_join_all", "futures `join_all`"),
+    ("futures_FuturesOrdered", "futures `FuturesOrdered`+collect"),
+    ("fc_Vec_join", "futures-concurrency `Vec::join`"),
+    ("fb_join_all", "futures-buffered `join_all`"),
+    ("fb_FuturesOrdered", "futures-buffered `FuturesOrdered`+collect"),
+]
+AS_COMPLETED_COLUMNS = [
+    ("awaitkit", "awaitkit `as_completed`"),
+    ("futures_FuturesUnordered", "futures `FuturesUnordered`"),
+    ("fc_FutureGroup", "futures-concurrency `FutureGroup`"),
+    ("fb_FuturesUnordered", "futures-buffered `FuturesUnordered`"),
+    ("fb_FuturesUnorderedBounded", "futures-buffered `FuturesUnorderedBounded`"),
+]
+
 # (group, title, bar description, [(criterion function id, column label)], bar kind)
 GROUPS = [
     (
         "gather_yield",
         "children wake themselves once, outputs in input order",
-        [
-            ("awaitkit", "awaitkit `gather`"),
-            ("futures_join_all", "futures `join_all`"),
-            ("futures_FuturesOrdered", "futures `FuturesOrdered`+collect"),
-            ("fc_Vec_join", "futures-concurrency `Vec::join`"),
-            ("fb_join_all", "futures-buffered `join_all`"),
-            ("fb_FuturesOrdered", "futures-buffered `FuturesOrdered`+collect"),
-        ],
+        GATHER_COLUMNS,
     ),
     (
         "gather_shuffled",
         "children park their waker, fired one at a time in a shuffled order, outputs in input order",
-        [
-            ("awaitkit", "awaitkit `gather`"),
-            ("futures_join_all", "futures `join_all`"),
-            ("futures_FuturesOrdered", "futures `FuturesOrdered`+collect"),
-            ("fc_Vec_join", "futures-concurrency `Vec::join`"),
-            ("fb_join_all", "futures-buffered `join_all`"),
-            ("fb_FuturesOrdered", "futures-buffered `FuturesOrdered`+collect"),
-        ],
+        GATHER_COLUMNS,
     ),
     (
         "as_completed_yield",
         "children wake themselves once, consumed as a stream in completion order",
-        [
-            ("awaitkit", "awaitkit `as_completed`"),
-            ("futures_FuturesUnordered", "futures `FuturesUnordered`"),
-            ("fc_FutureGroup", "futures-concurrency `FutureGroup`"),
-            ("fb_FuturesUnordered", "futures-buffered `FuturesUnordered`"),
-            ("fb_FuturesUnorderedBounded", "futures-buffered `FuturesUnorderedBounded`"),
-        ],
+        AS_COMPLETED_COLUMNS,
     ),
     (
         "as_completed_shuffled",
         "children fired one at a time in a shuffled order, consumed as a stream",
-        [
-            ("awaitkit", "awaitkit `as_completed`"),
-            ("futures_FuturesUnordered", "futures `FuturesUnordered`"),
-            ("fc_FutureGroup", "futures-concurrency `FutureGroup`"),
-            ("fb_FuturesUnordered", "futures-buffered `FuturesUnordered`"),
-            ("fb_FuturesUnorderedBounded", "futures-buffered `FuturesUnorderedBounded`"),
-        ],
+        AS_COMPLETED_COLUMNS,
     ),
     (
         "wait_any",
         "N pending children, the last one fires; winner + rest, rest dropped",
         [
-            ("awaitkit", "awaitkit `wait_any`"),
-            ("futures_select_all", "futures `select_all`"),
-            ("futures_FuturesUnordered_next", "futures `FuturesUnordered::next`"),
-            ("fc_race", "futures-concurrency `race`"),
-            ("fb_FuturesUnordered_next", "futures-buffered `FuturesUnordered::next`"),
-            ("fb_FuturesUnorderedBounded_next", "futures-buffered `FuturesUnorderedBounded::next`"),
+    ("awaitkit", "awaitkit `wait_any`"),
+    ("futures_select_all", "futures `select_all`"),
+    ("futures_FuturesUnordered_next", "futures `FuturesUnordered::next`"),
+    ("fc_race", "futures-concurrency `race`"),
+    ("fb_FuturesUnordered_next", "futures-buffered `FuturesUnordered::next`"),
+    ("fb_FuturesUnorderedBounded_next", "futures-buffered `FuturesUnorderedBounded::next`"),
         ],
     ),
 ]
