@@ -4,12 +4,14 @@
 #![forbid(unsafe_code)]
 
 use crate::engine::Engine;
+use crate::time::{BoxedDeadline, DefaultTimer, Timer, When};
 use futures_core::Stream;
 use futures_core::stream::FusedStream;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 /// Runs every future concurrently and yields their outputs **in completion
 /// order** — Python's `asyncio.as_completed(aws)`.
@@ -352,3 +354,309 @@ impl<F: Future> fmt::Debug for AsCompletedIndexed<F> {
             .finish()
     }
 }
+
+// ---------------------------------------------------------------------------
+// An overall deadline: Python's `as_completed(timeout=)`
+// ---------------------------------------------------------------------------
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// The sets an [`AsCompletedUntil`] can wrap: [`AsCompleted`] and
+/// [`AsCompletedIndexed`]. Sealed.
+pub trait CompletionSet: Stream + FusedStream + Unpin + Default + sealed::Sealed {
+    /// How many futures are still unfinished.
+    fn unfinished(&self) -> usize;
+}
+
+impl<F: Future> sealed::Sealed for AsCompleted<F> {}
+impl<F: Future> CompletionSet for AsCompleted<F> {
+    fn unfinished(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<F: Future> sealed::Sealed for AsCompletedIndexed<F> {}
+impl<F: Future> CompletionSet for AsCompletedIndexed<F> {
+    fn unfinished(&self) -> usize {
+        self.set.len()
+    }
+}
+
+impl<F: Future> Default for AsCompletedIndexed<F> {
+    fn default() -> Self {
+        AsCompleted::new().indexed()
+    }
+}
+
+impl<F: Future> AsCompleted<F> {
+    /// Ends the stream after `duration` — Python's `as_completed(timeout=)`.
+    /// Items become `Ok(output)`; if the time runs out with futures still
+    /// unfinished, the stream yields one `Err(`[`TimedOut`]`)` holding them
+    /// (with their progress and indices), then ends. Nothing is dropped
+    /// silently.
+    ///
+    /// The duration counts from the first poll that waits; children are
+    /// always polled before the deadline is checked.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let calls = [Duration::from_millis(1), Duration::from_secs(60)].map(futures_timer::Delay::new);
+    /// let mut done = awaitkit::as_completed(calls).with_timeout(Duration::from_millis(50));
+    /// assert!(matches!(done.next().await, Some(Ok(()))));
+    /// let Some(Err(timed_out)) = done.next().await else { panic!("expected the deadline") };
+    /// assert_eq!(timed_out.pending.len(), 1); // the slow call, still running
+    /// assert!(done.next().await.is_none());
+    /// # });
+    /// ```
+    pub fn with_timeout(self, duration: Duration) -> AsCompletedUntil<Self> {
+        AsCompletedUntil::new(self, When::After(duration))
+    }
+
+    /// Ends the stream at `deadline`; see
+    /// [`with_timeout`](AsCompleted::with_timeout).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// # futures::executor::block_on(async {
+    /// let mut done = awaitkit::as_completed([futures::future::pending::<()>()])
+    ///     .with_deadline(std::time::Instant::now());
+    /// assert!(matches!(done.next().await, Some(Err(_))));
+    /// # });
+    /// ```
+    pub fn with_deadline(self, deadline: Instant) -> AsCompletedUntil<Self> {
+        AsCompletedUntil::new(self, When::At(deadline))
+    }
+}
+
+impl<F: Future> AsCompletedIndexed<F> {
+    /// [`AsCompleted::with_timeout`] for the indexed stream: items are
+    /// `Ok((index, output))`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let mut done = awaitkit::as_completed([async { 'a' }]).indexed().with_timeout(Duration::from_secs(1));
+    /// assert_eq!(done.next().await.map(Result::ok), Some(Some((0, 'a'))));
+    /// assert!(done.next().await.is_none());
+    /// # });
+    /// ```
+    pub fn with_timeout(self, duration: Duration) -> AsCompletedUntil<Self> {
+        AsCompletedUntil::new(self, When::After(duration))
+    }
+
+    /// [`AsCompleted::with_deadline`] for the indexed stream.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// # futures::executor::block_on(async {
+    /// let mut done = awaitkit::as_completed([futures::future::pending::<()>()])
+    ///     .indexed()
+    ///     .with_deadline(std::time::Instant::now());
+    /// let Some(Err(rest)) = done.next().await else { panic!() };
+    /// assert_eq!(rest.pending.into_inner().len(), 1);
+    /// # });
+    /// ```
+    pub fn with_deadline(self, deadline: Instant) -> AsCompletedUntil<Self> {
+        AsCompletedUntil::new(self, When::At(deadline))
+    }
+}
+
+/// Stream for [`AsCompleted::with_timeout`] and friends: the set's items as
+/// `Ok`, then — if the deadline passes first — one `Err(`[`TimedOut`]`)`
+/// handing back the unfinished futures, then `None`.
+///
+/// `Unpin`; fused. Dropping it drops every unfinished child.
+///
+/// # Examples
+///
+/// ```
+/// use futures::StreamExt;
+/// use std::time::Duration;
+/// # futures::executor::block_on(async {
+/// let done: awaitkit::AsCompletedUntil<awaitkit::AsCompleted<_>> =
+///     awaitkit::as_completed([async { 1 }, async { 2 }]).with_timeout(Duration::from_secs(1));
+/// let all: Vec<_> = done.collect().await;
+/// assert_eq!(all.len(), 2);
+/// # });
+/// ```
+#[must_use = "streams do nothing unless polled"]
+pub struct AsCompletedUntil<S, T: Timer = DefaultTimer> {
+    set: Option<S>,
+    deadline: BoxedDeadline<T>,
+}
+
+impl<S: CompletionSet> AsCompletedUntil<S> {
+    fn new(set: S, when: When) -> Self {
+        AsCompletedUntil {
+            set: Some(set),
+            deadline: BoxedDeadline::new(DefaultTimer::default(), Some(when)),
+        }
+    }
+}
+
+impl<S: CompletionSet, T: Timer> AsCompletedUntil<S, T> {
+    /// Measures the deadline with another [`Timer`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::time::FuturesTimer;
+    /// use std::time::Duration;
+    /// let done = awaitkit::as_completed([async { 1 }])
+    ///     .with_timeout(Duration::from_secs(1))
+    ///     .with_timer(FuturesTimer);
+    /// # drop(done);
+    /// ```
+    pub fn with_timer<U: Timer>(self, timer: U) -> AsCompletedUntil<S, U> {
+        AsCompletedUntil {
+            set: self.set,
+            deadline: self.deadline.with_timer(timer),
+        }
+    }
+
+    /// The deadline, once known (a duration starts counting at the first
+    /// poll that waits).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let at = std::time::Instant::now();
+    /// let done = awaitkit::as_completed([async { 1 }]).with_deadline(at);
+    /// assert_eq!(done.deadline(), Some(at));
+    /// ```
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline.deadline()
+    }
+
+    /// The wrapped set, e.g. to push more futures. `None` once the stream
+    /// has handed it back in [`TimedOut`] or finished.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let mut done = awaitkit::AsCompleted::new().with_timeout(Duration::from_secs(1));
+    /// done.get_mut().unwrap().push(std::future::ready(1));
+    /// ```
+    pub fn get_mut(&mut self) -> Option<&mut S> {
+        self.set.as_mut()
+    }
+
+    /// Takes the set back, deadline or not (`None` once handed back in
+    /// [`TimedOut`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let done = awaitkit::as_completed([async { 1 }]).with_timeout(Duration::from_secs(1));
+    /// assert_eq!(done.into_inner().unwrap().len(), 1);
+    /// ```
+    pub fn into_inner(self) -> Option<S> {
+        self.set
+    }
+}
+
+impl<S: CompletionSet, T: Timer> Stream for AsCompletedUntil<S, T> {
+    type Item = Result<S::Item, TimedOut<S>>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(set) = this.set.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(&mut *set).poll_next(cx) {
+            Poll::Ready(Some(item)) => return Poll::Ready(Some(Ok(item))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+        // Children first: one finishing at the deadline is yielded as done.
+        match this.deadline.poll(cx) {
+            Poll::Ready(()) => {
+                let pending = this.set.take().expect("checked above");
+                Poll::Ready(Some(Err(TimedOut { pending })))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match &self.set {
+            // Every unfinished future, plus perhaps the deadline marker.
+            Some(set) if !set.is_terminated() => (0, Some(set.unfinished() + 1)),
+            _ => (0, Some(0)),
+        }
+    }
+}
+
+impl<S: CompletionSet, T: Timer> FusedStream for AsCompletedUntil<S, T> {
+    fn is_terminated(&self) -> bool {
+        self.set.as_ref().is_none_or(FusedStream::is_terminated)
+    }
+}
+
+// The timer is never pinned; the set is `Unpin` and the sleep is boxed.
+impl<S: Unpin, T: Timer> Unpin for AsCompletedUntil<S, T> {}
+
+impl<S: fmt::Debug, T: Timer> fmt::Debug for AsCompletedUntil<S, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsCompletedUntil")
+            .field("set", &self.set)
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+/// The last item of an [`AsCompletedUntil`] whose deadline passed: the
+/// futures that had not finished, still running and with their indices.
+/// Await them elsewhere, wait on them again, or drop them to cancel.
+///
+/// # Examples
+///
+/// ```
+/// use futures::StreamExt;
+/// # futures::executor::block_on(async {
+/// let mut done = awaitkit::as_completed([futures::future::pending::<u8>()])
+///     .with_deadline(std::time::Instant::now());
+/// let Some(Err(timed_out)) = done.next().await else { panic!() };
+/// assert_eq!(timed_out.to_string(), "deadline has elapsed with 1 future(s) unfinished");
+/// drop(timed_out.pending); // cancels them
+/// # });
+/// ```
+pub struct TimedOut<S> {
+    /// The unfinished futures.
+    pub pending: S,
+}
+
+impl<S: CompletionSet> fmt::Display for TimedOut<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "deadline has elapsed with {} future(s) unfinished",
+            self.pending.unfinished()
+        )
+    }
+}
+
+impl<S: CompletionSet + fmt::Debug> fmt::Debug for TimedOut<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TimedOut")
+            .field("pending", &self.pending)
+            .finish()
+    }
+}
+
+impl<S: CompletionSet + fmt::Debug> std::error::Error for TimedOut<S> {}

@@ -82,12 +82,25 @@ mod as_completed;
 mod engine;
 mod gather;
 mod poison;
+mod retry;
 mod sync;
+pub mod time;
+mod timeout;
 mod wait;
 
-pub use as_completed::{AsCompleted, AsCompletedIndexed, as_completed};
+pub use as_completed::{
+    AsCompleted, AsCompletedIndexed, AsCompletedUntil, CompletionSet, TimedOut, as_completed,
+};
 pub use engine::tuple::{GatherTuple, TryGatherTuple};
 pub use gather::{Gather, GatherSettled, Panicked, TryGather, gather, gather_settled, try_gather};
+pub use retry::{
+    AttemptError, Backoff, GaveUp, Retry, RetryConfigError, RetryError, RetryEvent, RetryOutput,
+    RetryPolicy,
+};
+pub use time::Timer;
+pub use timeout::{
+    Elapsed, Timeout, TimeoutExt, timeout, timeout_at, timeout_at_with, timeout_with,
+};
 pub use wait::{ReturnWhen, Wait, WaitAny, WaitOutcome, try_wait, wait, wait_any};
 
 /// The README's example, compiled and run as a doctest.

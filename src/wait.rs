@@ -4,10 +4,12 @@
 #![forbid(unsafe_code)]
 
 use crate::as_completed::{AsCompleted, as_completed};
+use crate::time::{BoxedDeadline, DefaultTimer, Timer, When};
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 /// Waits for the **first** future to finish and returns its input index, its
 /// output, and the rest — still running, with their progress, as an
@@ -127,16 +129,17 @@ pub enum ReturnWhen {
 }
 
 /// What [`wait`] resolves to: the finished outputs with their input indices
-/// (in completion order) and the futures still pending.
+/// (in completion order), the futures still pending, and whether the
+/// deadline (if any) cut the wait short.
 ///
 /// # Examples
 ///
 /// ```
 /// use awaitkit::{ReturnWhen, WaitOutcome};
 /// # futures::executor::block_on(async {
-/// let WaitOutcome { done, pending } =
+/// let WaitOutcome { done, pending, timed_out } =
 ///     awaitkit::wait([std::future::ready('a')], ReturnWhen::FirstCompleted).await;
-/// assert_eq!((done, pending.len()), (vec![(0, 'a')], 0));
+/// assert_eq!((done, pending.len(), timed_out), (vec![(0, 'a')], 0, false));
 /// # });
 /// ```
 pub struct WaitOutcome<F: Future> {
@@ -147,6 +150,10 @@ pub struct WaitOutcome<F: Future> {
     /// poll them as a stream, [`wait`](AsCompleted::wait) on them again, or
     /// drop them to cancel.
     pub pending: AsCompleted<F>,
+    /// `true` when the wait ended because its deadline
+    /// ([`Wait::with_timeout`], [`Wait::with_deadline`]) passed before the
+    /// [`ReturnWhen`] condition was met.
+    pub timed_out: bool,
 }
 
 impl<F: Future> fmt::Debug for WaitOutcome<F> {
@@ -154,6 +161,7 @@ impl<F: Future> fmt::Debug for WaitOutcome<F> {
         f.debug_struct("WaitOutcome")
             .field("done", &self.done.len())
             .field("pending", &self.pending.len())
+            .field("timed_out", &self.timed_out)
             .finish()
     }
 }
@@ -164,6 +172,11 @@ impl<F: Future> fmt::Debug for WaitOutcome<F> {
 /// Nothing is cancelled: pending futures are handed back in
 /// [`WaitOutcome::pending`], still holding their progress. An empty input
 /// resolves at once with nothing done and nothing pending.
+///
+/// Add a time limit with [`Wait::with_timeout`] or [`Wait::with_deadline`]
+/// (Python's `asyncio.wait(timeout=)`): when it passes, the wait resolves
+/// with what is done so far, the rest pending, and
+/// [`timed_out`](WaitOutcome::timed_out) set.
 ///
 /// # Panics
 ///
@@ -265,6 +278,7 @@ impl<F: Future> AsCompleted<F> {
             when,
             is_error: |_| false,
             done: Vec::new(),
+            deadline: BoxedDeadline::new(DefaultTimer::default(), None),
             poisoned: false,
         }
     }
@@ -290,6 +304,7 @@ impl<F: Future> AsCompleted<F> {
             when,
             is_error: Result::is_err,
             done: Vec::new(),
+            deadline: BoxedDeadline::new(DefaultTimer::default(), None),
             poisoned: false,
         }
     }
@@ -297,8 +312,8 @@ impl<F: Future> AsCompleted<F> {
 
 /// Future for the [`wait`] and [`try_wait`] functions.
 ///
-/// `Unpin` whatever the children are, `Send`/`Sync` when they and their
-/// outputs are. Polling it after it completed panics.
+/// `Unpin` whatever the children are, `Send`/`Sync` when they, their outputs
+/// and the timer are. Polling it after it completed panics.
 ///
 /// # Examples
 ///
@@ -310,18 +325,115 @@ impl<F: Future> AsCompleted<F> {
 /// # });
 /// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
-pub struct Wait<F: Future> {
+pub struct Wait<F: Future, T: Timer = DefaultTimer> {
     set: Option<AsCompleted<F>>,
     when: ReturnWhen,
     is_error: fn(&F::Output) -> bool,
     done: Vec<(usize, F::Output)>,
+    deadline: BoxedDeadline<T>,
     poisoned: bool,
 }
 
-// Outputs are never pinned; children are pinned inside the engine.
-impl<F: Future> Unpin for Wait<F> {}
+// Outputs and the timer are never pinned; children are pinned inside the
+// engine and the timer's sleep on the heap.
+impl<F: Future, T: Timer> Unpin for Wait<F, T> {}
 
-impl<F: Future> Future for Wait<F> {
+impl<F: Future, T: Timer> Wait<F, T> {
+    /// Gives up waiting after `duration` — Python's `asyncio.wait(timeout=)`.
+    /// The outcome then holds what finished so far, the rest in
+    /// [`pending`](WaitOutcome::pending), and
+    /// [`timed_out`](WaitOutcome::timed_out) set. Nothing is cancelled.
+    ///
+    /// The duration counts from the first poll that waits; children are
+    /// always polled before the deadline is checked, so a child that
+    /// finishes at the deadline counts as done. `Duration::MAX` means no
+    /// limit; `Duration::ZERO` returns what finishes in one poll.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::ReturnWhen;
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let calls = [Duration::from_millis(1), Duration::from_secs(60)].map(futures_timer::Delay::new);
+    /// let outcome = awaitkit::wait(calls, ReturnWhen::AllCompleted)
+    ///     .with_timeout(Duration::from_millis(50))
+    ///     .await;
+    /// assert!(outcome.timed_out);
+    /// assert_eq!(outcome.done.len(), 1);
+    /// assert_eq!(outcome.pending.len(), 1); // still running: await it, or drop it to cancel
+    /// # });
+    /// ```
+    pub fn with_timeout(mut self, duration: Duration) -> Self {
+        self.deadline.restart(Some(When::After(duration)));
+        self
+    }
+
+    /// Gives up waiting at `deadline` (on the timer's clock); see
+    /// [`with_timeout`](Wait::with_timeout).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::ReturnWhen;
+    /// use std::time::Instant;
+    /// # futures::executor::block_on(async {
+    /// let outcome = awaitkit::wait([futures::future::pending::<()>()], ReturnWhen::FirstCompleted)
+    ///     .with_deadline(Instant::now())
+    ///     .await;
+    /// assert!(outcome.timed_out && outcome.done.is_empty());
+    /// # });
+    /// ```
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline.restart(Some(When::At(deadline)));
+        self
+    }
+
+    /// Measures the deadline with another [`Timer`] (tokio's, async-io's, a
+    /// `ManualClock` in tests).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::{ReturnWhen, time::FuturesTimer};
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let outcome = awaitkit::wait([async { 1 }], ReturnWhen::AllCompleted)
+    ///     .with_timeout(Duration::from_secs(1))
+    ///     .with_timer(FuturesTimer)
+    ///     .await;
+    /// assert_eq!(outcome.done, [(0, 1)]);
+    /// # });
+    /// ```
+    pub fn with_timer<U: Timer>(self, timer: U) -> Wait<F, U> {
+        Wait {
+            set: self.set,
+            when: self.when,
+            is_error: self.is_error,
+            done: self.done,
+            deadline: self.deadline.with_timer(timer),
+            poisoned: self.poisoned,
+        }
+    }
+
+    /// The deadline, once known (a [`with_timeout`](Wait::with_timeout)
+    /// duration starts counting at the first poll that waits).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::ReturnWhen;
+    /// use std::time::Instant;
+    /// let at = Instant::now();
+    /// let waiting = awaitkit::wait([async {}], ReturnWhen::AllCompleted).with_deadline(at);
+    /// assert_eq!(waiting.deadline(), Some(at));
+    /// ```
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline.deadline()
+    }
+}
+
+impl<F: Future, T: Timer> Future for Wait<F, T> {
     type Output = WaitOutcome<F>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<WaitOutcome<F>> {
@@ -341,24 +453,28 @@ impl<F: Future> Future for Wait<F> {
             let ready = set.is_empty()
                 || failed
                 || (this.when == ReturnWhen::FirstCompleted && !this.done.is_empty());
-            if !ready {
+            // Children first: one finishing at the deadline counts as done.
+            let timed_out = !ready && this.deadline.poll(cx).is_ready();
+            if !ready && !timed_out {
                 return Poll::Pending;
             }
             let pending = this.set.take().expect("checked above");
             Poll::Ready(WaitOutcome {
                 done: std::mem::take(&mut this.done),
                 pending,
+                timed_out,
             })
         })
     }
 }
 
-impl<F: Future> fmt::Debug for Wait<F> {
+impl<F: Future, T: Timer> fmt::Debug for Wait<F, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Wait")
             .field("when", &self.when)
             .field("done", &self.done.len())
             .field("set", &self.set)
+            .field("deadline", &self.deadline)
             .finish()
     }
 }

@@ -176,7 +176,7 @@ matrix! {
         })
         .await;
         assert_eq!(tracker.live(), 39);
-        let WaitOutcome { done, pending } = out;
+        let WaitOutcome { done, pending, .. } = out;
         assert_eq!(done, [(0, 0)]);
         drop(pending);
         assert_eq!(tracker.live(), 0);

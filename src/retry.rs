@@ -1,0 +1,1066 @@
+//! Retry with exponential backoff, full jitter, per-attempt and total time
+//! limits — every wait on the [`Timer`] seam.
+
+#![forbid(unsafe_code)]
+
+use crate::time::{BoxedDeadline, DefaultTimer, Timer, When};
+use crate::timeout::Elapsed;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// How long to wait between attempts.
+///
+/// * [`exponential`](Backoff::exponential)`(initial, max)`: `initial`,
+///   `2 × initial`, `4 × initial`, … capped at `max`, with **full jitter** by
+///   default (each delay drawn uniformly from zero to that value, which
+///   spreads out clients that failed together).
+/// * [`constant`](Backoff::constant)`(delay)`: the same delay every time
+///   (no jitter unless asked for).
+/// * [`none`](Backoff::none): retry at once.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::Backoff;
+/// use std::time::Duration;
+/// let backoff = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5)).without_jitter();
+/// assert_eq!(backoff.max_delay_before(1), Duration::from_millis(100));
+/// assert_eq!(backoff.max_delay_before(3), Duration::from_millis(400));
+/// assert_eq!(backoff.max_delay_before(20), Duration::from_secs(5)); // capped
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    exponential: bool,
+    jitter: bool,
+}
+
+impl Backoff {
+    /// Exponential backoff from `initial`, doubling after each failure,
+    /// capped at `max`, with full jitter.
+    ///
+    /// # Panics
+    ///
+    /// If `initial > max` (use [`try_exponential`](Backoff::try_exponential)
+    /// to get an error instead).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::Backoff;
+    /// use std::time::Duration;
+    /// let b = Backoff::exponential(Duration::from_millis(50), Duration::from_secs(2));
+    /// assert!(b.max_delay_before(2) <= Duration::from_millis(100));
+    /// ```
+    #[track_caller]
+    pub fn exponential(initial: Duration, max: Duration) -> Backoff {
+        match Backoff::try_exponential(initial, max) {
+            Ok(backoff) => backoff,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`exponential`](Backoff::exponential), returning an error for
+    /// `initial > max`.
+    ///
+    /// # Errors
+    ///
+    /// [`RetryConfigError::InvertedBounds`] when `initial > max`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::{Backoff, RetryConfigError};
+    /// use std::time::Duration;
+    /// let bad = Backoff::try_exponential(Duration::from_secs(10), Duration::from_secs(1));
+    /// assert!(matches!(bad, Err(RetryConfigError::InvertedBounds { .. })));
+    /// ```
+    pub fn try_exponential(initial: Duration, max: Duration) -> Result<Backoff, RetryConfigError> {
+        if initial > max {
+            return Err(RetryConfigError::InvertedBounds { initial, max });
+        }
+        Ok(Backoff {
+            initial,
+            max,
+            exponential: true,
+            jitter: true,
+        })
+    }
+
+    /// The same `delay` before every retry, without jitter.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::Backoff;
+    /// use std::time::Duration;
+    /// let b = Backoff::constant(Duration::from_millis(20));
+    /// assert_eq!(b.max_delay_before(7), Duration::from_millis(20));
+    /// ```
+    pub const fn constant(delay: Duration) -> Backoff {
+        Backoff {
+            initial: delay,
+            max: delay,
+            exponential: false,
+            jitter: false,
+        }
+    }
+
+    /// No delay: retry at once (the retry still yields to the executor
+    /// between attempts).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(awaitkit::Backoff::none().max_delay_before(3), std::time::Duration::ZERO);
+    /// ```
+    pub const fn none() -> Backoff {
+        Backoff::constant(Duration::ZERO)
+    }
+
+    /// Full jitter: each delay is drawn uniformly from zero to the nominal
+    /// delay (the default for [`exponential`](Backoff::exponential)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::Backoff;
+    /// use std::time::Duration;
+    /// let b = Backoff::constant(Duration::from_secs(1)).with_jitter();
+    /// assert!(b.has_jitter());
+    /// ```
+    pub const fn with_jitter(mut self) -> Backoff {
+        self.jitter = true;
+        self
+    }
+
+    /// No jitter: every delay is exactly the nominal one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::Backoff;
+    /// use std::time::Duration;
+    /// let b = Backoff::exponential(Duration::from_millis(1), Duration::from_millis(8)).without_jitter();
+    /// assert!(!b.has_jitter());
+    /// ```
+    pub const fn without_jitter(mut self) -> Backoff {
+        self.jitter = false;
+        self
+    }
+
+    /// Whether delays are jittered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::Backoff;
+    /// assert!(!Backoff::none().has_jitter());
+    /// ```
+    pub const fn has_jitter(&self) -> bool {
+        self.jitter
+    }
+
+    /// The nominal delay before retry number `retry` (1 = the delay after the
+    /// first failed attempt): the upper bound of the jittered delay.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::Backoff;
+    /// use std::time::Duration;
+    /// let b = Backoff::exponential(Duration::from_secs(1), Duration::from_secs(60));
+    /// assert_eq!(b.max_delay_before(1), Duration::from_secs(1));
+    /// assert_eq!(b.max_delay_before(2), Duration::from_secs(2));
+    /// assert_eq!(b.max_delay_before(u32::MAX), Duration::from_secs(60)); // no overflow
+    /// ```
+    pub fn max_delay_before(&self, retry: u32) -> Duration {
+        if !self.exponential {
+            return self.initial;
+        }
+        let mut delay = self.initial;
+        for _ in 1..retry {
+            if delay >= self.max || delay.is_zero() {
+                break;
+            }
+            delay = delay.checked_mul(2).unwrap_or(self.max);
+        }
+        delay.min(self.max)
+    }
+
+    /// The delay actually slept before retry number `retry`, given a random
+    /// `u64` for the jitter.
+    fn delay_before(&self, retry: u32, random: u64) -> Duration {
+        let nominal = self.max_delay_before(retry);
+        if !self.jitter || nominal.is_zero() {
+            return nominal;
+        }
+        // Uniform in [0, nominal], at nanosecond resolution.
+        let nanos = nominal.as_nanos().min(u64::MAX as u128) as u64;
+        let picked = ((random as u128 * (nanos as u128 + 1)) >> 64) as u64;
+        Duration::from_nanos(picked)
+    }
+}
+
+impl Default for Backoff {
+    /// Exponential from 100 ms to 10 s with full jitter.
+    fn default() -> Self {
+        Backoff::exponential(Duration::from_millis(100), Duration::from_secs(10))
+    }
+}
+
+/// Bad retry configuration, rejected at construction.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::{RetryConfigError, RetryPolicy};
+/// assert_eq!(RetryPolicy::try_new(0).unwrap_err(), RetryConfigError::ZeroAttempts);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryConfigError {
+    /// `max_attempts` was zero: the operation would never run.
+    ZeroAttempts,
+    /// The first backoff delay is longer than the cap.
+    InvertedBounds {
+        /// The first delay asked for.
+        initial: Duration,
+        /// The cap asked for.
+        max: Duration,
+    },
+}
+
+impl fmt::Display for RetryConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RetryConfigError::ZeroAttempts => {
+                f.write_str("retry: `max_attempts` must be at least 1")
+            }
+            RetryConfigError::InvertedBounds { initial, max } => write!(
+                f,
+                "retry: the initial backoff ({initial:?}) is longer than the maximum ({max:?})"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RetryConfigError {}
+
+/// A reusable retry configuration: how many attempts, the [`Backoff`]
+/// between them, and optional time limits per attempt and overall. Apply it
+/// to an operation with [`retry`](RetryPolicy::retry).
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::{Backoff, RetryPolicy};
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::time::Duration;
+/// # futures::executor::block_on(async {
+/// let policy = RetryPolicy::new(5)
+///     .backoff(Backoff::exponential(Duration::from_millis(1), Duration::from_millis(10)))
+///     .attempt_timeout(Duration::from_secs(2))
+///     .total_timeout(Duration::from_secs(10));
+///
+/// let calls = AtomicU32::new(0);
+/// let flaky = || async {
+///     let n = calls.fetch_add(1, Ordering::Relaxed) + 1;
+///     if n < 3 { Err(format!("try {n} failed")) } else { Ok(n) }
+/// };
+/// assert_eq!(policy.retry(flaky).await, Ok(3));
+/// # });
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    max_attempts: u32,
+    backoff: Backoff,
+    attempt_timeout: Option<Duration>,
+    total_timeout: Option<Duration>,
+}
+
+impl RetryPolicy {
+    /// At most `max_attempts` attempts (the first one included), with the
+    /// default [`Backoff`] (exponential, 100 ms to 10 s, full jitter) and no
+    /// time limits.
+    ///
+    /// # Panics
+    ///
+    /// If `max_attempts` is zero (use [`try_new`](RetryPolicy::try_new) to
+    /// get an error instead).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let policy = awaitkit::RetryPolicy::new(3);
+    /// assert_eq!(policy.max_attempts(), 3);
+    /// ```
+    #[track_caller]
+    pub fn new(max_attempts: u32) -> RetryPolicy {
+        match RetryPolicy::try_new(max_attempts) {
+            Ok(policy) => policy,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`new`](RetryPolicy::new), returning an error for zero attempts.
+    ///
+    /// # Errors
+    ///
+    /// [`RetryConfigError::ZeroAttempts`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(awaitkit::RetryPolicy::try_new(1).is_ok());
+    /// assert!(awaitkit::RetryPolicy::try_new(0).is_err());
+    /// ```
+    pub fn try_new(max_attempts: u32) -> Result<RetryPolicy, RetryConfigError> {
+        if max_attempts == 0 {
+            return Err(RetryConfigError::ZeroAttempts);
+        }
+        Ok(RetryPolicy {
+            max_attempts,
+            backoff: Backoff::default(),
+            attempt_timeout: None,
+            total_timeout: None,
+        })
+    }
+
+    /// The delays between attempts.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::{Backoff, RetryPolicy};
+    /// let policy = RetryPolicy::new(3).backoff(Backoff::none());
+    /// assert_eq!(policy.get_backoff(), Backoff::none());
+    /// ```
+    pub fn backoff(mut self, backoff: Backoff) -> RetryPolicy {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Gives each attempt at most `limit`; an attempt that runs out is
+    /// dropped (cancelled) and counts as a failure
+    /// ([`AttemptError::TimedOut`]), which is always retryable.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let policy = awaitkit::RetryPolicy::new(3).attempt_timeout(Duration::from_secs(1));
+    /// # drop(policy);
+    /// ```
+    pub fn attempt_timeout(mut self, limit: Duration) -> RetryPolicy {
+        self.attempt_timeout = Some(limit);
+        self
+    }
+
+    /// Gives the whole retry at most `limit`, counted from its first poll:
+    /// a running attempt is cut off at the deadline, and no retry is started
+    /// (nor slept for) if it would begin after it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let policy = awaitkit::RetryPolicy::new(10).total_timeout(Duration::from_secs(30));
+    /// # drop(policy);
+    /// ```
+    pub fn total_timeout(mut self, limit: Duration) -> RetryPolicy {
+        self.total_timeout = Some(limit);
+        self
+    }
+
+    /// The most attempts this policy makes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(awaitkit::RetryPolicy::new(4).max_attempts(), 4);
+    /// ```
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// The backoff this policy uses.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(awaitkit::RetryPolicy::new(4).get_backoff().has_jitter());
+    /// ```
+    pub fn get_backoff(&self) -> Backoff {
+        self.backoff
+    }
+
+    /// Runs `operation()` until it returns `Ok`, an error the predicate
+    /// says is final ([`Retry::retry_if`]), the attempts run out, or the
+    /// total time limit passes. Each attempt is a fresh future from
+    /// `operation`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let out = awaitkit::RetryPolicy::new(2).retry(|| async { Ok::<_, ()>(1) }).await;
+    /// assert_eq!(out, Ok(1));
+    /// # });
+    /// ```
+    pub fn retry<Op, Fut, T, E>(&self, operation: Op) -> Retry<Op, Fut>
+    where
+        Op: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        Retry {
+            operation,
+            policy: *self,
+            retry_if: always_retry::<E> as fn(&E) -> bool,
+            on_retry: ignore_event::<E> as for<'a> fn(&RetryEvent<'a, E>),
+            deadline: BoxedDeadline::new(DefaultTimer::default(), None),
+            attempt: Box::pin(None),
+            attempts: 0,
+            total_deadline: None,
+            state: State::Start,
+            rng: Rng::from_entropy(),
+        }
+    }
+}
+
+fn always_retry<E>(_: &E) -> bool {
+    true
+}
+
+fn ignore_event<E>(_: &RetryEvent<'_, E>) {}
+
+/// Why an attempt failed.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::AttemptError;
+/// let e: AttemptError<&str> = AttemptError::Failed("refused");
+/// assert_eq!(e.to_string(), "refused");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttemptError<E> {
+    /// The operation returned this error.
+    Failed(E),
+    /// The attempt ran out of time (the per-attempt or the total limit) and
+    /// was dropped.
+    TimedOut(Elapsed),
+}
+
+impl<E: fmt::Display> fmt::Display for AttemptError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttemptError::Failed(e) => e.fmt(f),
+            AttemptError::TimedOut(e) => write!(f, "attempt timed out: {e}"),
+        }
+    }
+}
+
+/// Why a [`Retry`] gave up.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(awaitkit::GaveUp::AttemptsExhausted.to_string(), "attempts exhausted");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GaveUp {
+    /// The predicate of [`Retry::retry_if`] said the error is final.
+    NotRetryable,
+    /// `max_attempts` attempts all failed.
+    AttemptsExhausted,
+    /// The total time limit passed (or the next retry would have started
+    /// after it).
+    DeadlineReached,
+}
+
+impl fmt::Display for GaveUp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GaveUp::NotRetryable => "error is not retryable",
+            GaveUp::AttemptsExhausted => "attempts exhausted",
+            GaveUp::DeadlineReached => "total deadline reached",
+        })
+    }
+}
+
+/// The error of a [`Retry`] that gave up: the last attempt's error, how many
+/// attempts ran, and why it stopped.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::{Backoff, GaveUp, RetryPolicy};
+/// # futures::executor::block_on(async {
+/// let err = RetryPolicy::new(2)
+///     .backoff(Backoff::none())
+///     .retry(|| async { Err::<(), _>("down") })
+///     .await
+///     .unwrap_err();
+/// assert_eq!(err.attempts(), 2);
+/// assert_eq!(err.reason(), GaveUp::AttemptsExhausted);
+/// assert_eq!(err.last_error(), Some(&"down"));
+/// assert_eq!(err.to_string(), "gave up after 2 attempt(s) (attempts exhausted): down");
+/// # });
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryError<E> {
+    attempts: u32,
+    last: AttemptError<E>,
+    reason: GaveUp,
+}
+
+impl<E> RetryError<E> {
+    /// How many attempts ran (the last one included).
+    ///
+    /// # Examples
+    ///
+    /// See [`RetryError`].
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Why the retry stopped.
+    ///
+    /// # Examples
+    ///
+    /// See [`RetryError`].
+    pub fn reason(&self) -> GaveUp {
+        self.reason
+    }
+
+    /// How the last attempt failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::{AttemptError, RetryPolicy};
+    /// # futures::executor::block_on(async {
+    /// let err = RetryPolicy::new(1).retry(|| async { Err::<(), _>(7) }).await.unwrap_err();
+    /// assert_eq!(err.last(), &AttemptError::Failed(7));
+    /// # });
+    /// ```
+    pub fn last(&self) -> &AttemptError<E> {
+        &self.last
+    }
+
+    /// The last attempt's error, unless it timed out.
+    ///
+    /// # Examples
+    ///
+    /// See [`RetryError`].
+    pub fn last_error(&self) -> Option<&E> {
+        match &self.last {
+            AttemptError::Failed(e) => Some(e),
+            AttemptError::TimedOut(_) => None,
+        }
+    }
+
+    /// Consumes the error, giving back how the last attempt failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::{AttemptError, RetryPolicy};
+    /// # futures::executor::block_on(async {
+    /// let err = RetryPolicy::new(1).retry(|| async { Err::<(), _>("no") }).await.unwrap_err();
+    /// assert_eq!(err.into_last(), AttemptError::Failed("no"));
+    /// # });
+    /// ```
+    pub fn into_last(self) -> AttemptError<E> {
+        self.last
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for RetryError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "gave up after {} attempt(s) ({}): {}",
+            self.attempts, self.reason, self.last
+        )
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for RetryError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.last {
+            AttemptError::Failed(e) => Some(e),
+            AttemptError::TimedOut(e) => Some(e),
+        }
+    }
+}
+
+/// What the [`on_retry`](Retry::on_retry) hook sees: the attempt that just
+/// failed, how, and how long the retry will wait before the next one.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::{Backoff, RetryPolicy};
+/// use std::time::Duration;
+/// # futures::executor::block_on(async {
+/// let mut log = Vec::new();
+/// let _ = RetryPolicy::new(3)
+///     .backoff(Backoff::constant(Duration::from_millis(1)))
+///     .retry(|| async { Err::<(), _>("busy") })
+///     .on_retry(|event| log.push((event.attempt, event.delay)))
+///     .await;
+/// assert_eq!(log, [(1, Duration::from_millis(1)), (2, Duration::from_millis(1))]);
+/// # });
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RetryEvent<'a, E> {
+    /// The attempt that failed (1 for the first).
+    pub attempt: u32,
+    /// How it failed.
+    pub error: &'a AttemptError<E>,
+    /// How long the retry waits before the next attempt.
+    pub delay: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Before the first attempt (the total deadline is fixed here).
+    Start,
+    /// Start the next attempt.
+    Next,
+    /// An attempt is running.
+    Attempt,
+    /// Waiting out the backoff.
+    Backoff,
+    /// The output was returned.
+    Done,
+}
+
+/// Future for [`RetryPolicy::retry`]: `Result<T, RetryError<E>>`.
+///
+/// Configure it further before the first poll: [`retry_if`](Retry::retry_if)
+/// (which errors are worth retrying), [`on_retry`](Retry::on_retry) (a hook
+/// called before each wait), [`with_timer`](Retry::with_timer) (the clock
+/// and sleeps; a `ManualClock` makes retries testable without sleeping) and
+/// [`jitter_seed`](Retry::jitter_seed).
+///
+/// `Unpin` (the running attempt is kept on the heap, one allocation reused
+/// for every attempt); `Send` when the operation, its future, the hooks and
+/// the timer are.
+///
+/// # Cancel safety
+///
+/// Dropping the `Retry` drops the running attempt (or the backoff sleep).
+///
+/// # Panics
+///
+/// Polling after completion panics. A panic in the operation, an attempt
+/// or a hook propagates; polling again after that panics.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::{Backoff, GaveUp, RetryPolicy};
+/// use std::time::Duration;
+/// # futures::executor::block_on(async {
+/// #[derive(Debug, PartialEq)]
+/// enum ApiError { Unavailable, NotFound }
+///
+/// let err = RetryPolicy::new(5)
+///     .backoff(Backoff::constant(Duration::from_millis(1)))
+///     .retry(|| async { Err::<(), _>(ApiError::NotFound) })
+///     .retry_if(|e| *e == ApiError::Unavailable)
+///     .await
+///     .unwrap_err();
+/// assert_eq!((err.attempts(), err.reason()), (1, GaveUp::NotRetryable));
+/// # });
+/// ```
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct Retry<
+    Op,
+    Fut: Future,
+    P = fn(&<Fut as RetryOutput>::Error) -> bool,
+    H = for<'a> fn(&RetryEvent<'a, <Fut as RetryOutput>::Error>),
+    T: Timer = DefaultTimer,
+> where
+    Fut: RetryOutput,
+{
+    operation: Op,
+    policy: RetryPolicy,
+    retry_if: P,
+    on_retry: H,
+    deadline: BoxedDeadline<T>,
+    attempt: Pin<Box<Option<Fut>>>,
+    attempts: u32,
+    total_deadline: Option<When>,
+    state: State,
+    rng: Rng,
+}
+
+/// The `Result` output of an operation [`Retry`] runs: names its `Ok` and
+/// `Err` types. Implemented for every future with a `Result` output.
+pub trait RetryOutput: Future<Output = Result<Self::Ok, Self::Error>> {
+    /// The success type.
+    type Ok;
+    /// The error type.
+    type Error;
+}
+
+impl<F, T, E> RetryOutput for F
+where
+    F: Future<Output = Result<T, E>>,
+{
+    type Ok = T;
+    type Error = E;
+}
+
+// The operation, hooks and timer are never pinned; the attempt is on the heap.
+impl<Op, Fut: RetryOutput, P, H, T: Timer> Unpin for Retry<Op, Fut, P, H, T> {}
+
+impl<Op, Fut: RetryOutput, P, H, T: Timer> Retry<Op, Fut, P, H, T> {
+    /// Retries only errors for which `retryable` returns `true`; any other
+    /// error ends the retry at once ([`GaveUp::NotRetryable`]). Timed-out
+    /// attempts are always retried. By default every error is retried.
+    ///
+    /// # Examples
+    ///
+    /// See [`Retry`].
+    pub fn retry_if<P2>(self, retryable: P2) -> Retry<Op, Fut, P2, H, T>
+    where
+        P2: FnMut(&Fut::Error) -> bool,
+    {
+        Retry {
+            operation: self.operation,
+            policy: self.policy,
+            retry_if: retryable,
+            on_retry: self.on_retry,
+            deadline: self.deadline,
+            attempt: self.attempt,
+            attempts: self.attempts,
+            total_deadline: self.total_deadline,
+            state: self.state,
+            rng: self.rng,
+        }
+    }
+
+    /// Calls `hook` after each failed attempt that will be retried, before
+    /// waiting — for logging and metrics.
+    ///
+    /// # Examples
+    ///
+    /// See [`RetryEvent`].
+    pub fn on_retry<H2>(self, hook: H2) -> Retry<Op, Fut, P, H2, T>
+    where
+        H2: FnMut(&RetryEvent<'_, Fut::Error>),
+    {
+        Retry {
+            operation: self.operation,
+            policy: self.policy,
+            retry_if: self.retry_if,
+            on_retry: hook,
+            deadline: self.deadline,
+            attempt: self.attempt,
+            attempts: self.attempts,
+            total_deadline: self.total_deadline,
+            state: self.state,
+            rng: self.rng,
+        }
+    }
+
+    /// Waits (backoff, time limits) on another [`Timer`].
+    ///
+    /// # Panics
+    ///
+    /// If the retry has already been polled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::{RetryPolicy, time::FuturesTimer};
+    /// # futures::executor::block_on(async {
+    /// let out = RetryPolicy::new(1).retry(|| async { Ok::<_, ()>(()) }).with_timer(FuturesTimer).await;
+    /// assert!(out.is_ok());
+    /// # });
+    /// ```
+    #[track_caller]
+    pub fn with_timer<U: Timer>(self, timer: U) -> Retry<Op, Fut, P, H, U> {
+        assert!(
+            self.state == State::Start,
+            "`Retry::with_timer` after the retry started"
+        );
+        Retry {
+            operation: self.operation,
+            policy: self.policy,
+            retry_if: self.retry_if,
+            on_retry: self.on_retry,
+            deadline: self.deadline.with_timer(timer),
+            attempt: self.attempt,
+            attempts: self.attempts,
+            total_deadline: self.total_deadline,
+            state: self.state,
+            rng: self.rng,
+        }
+    }
+
+    /// Seeds the jitter's random numbers, making the delays reproducible
+    /// (by default each `Retry` is seeded from the OS's hash randomness).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::RetryPolicy;
+    /// let retry = RetryPolicy::new(3).retry(|| async { Ok::<_, ()>(()) }).jitter_seed(42);
+    /// # drop(retry);
+    /// ```
+    pub fn jitter_seed(mut self, seed: u64) -> Self {
+        self.rng = Rng::new(seed);
+        self
+    }
+
+    /// How many attempts have started so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let retry = awaitkit::RetryPolicy::new(3).retry(|| async { Ok::<_, ()>(()) });
+    /// assert_eq!(retry.attempts(), 0);
+    /// ```
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+}
+
+impl<Op, Fut, P, H, T> Future for Retry<Op, Fut, P, H, T>
+where
+    Op: FnMut() -> Fut,
+    Fut: RetryOutput,
+    P: FnMut(&Fut::Error) -> bool,
+    H: FnMut(&RetryEvent<'_, Fut::Error>),
+    T: Timer,
+{
+    type Output = Result<Fut::Ok, RetryError<Fut::Error>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        assert!(this.state != State::Done, "`Retry` polled after completion");
+        loop {
+            match this.state {
+                State::Start => {
+                    if let Some(total) = this.policy.total_timeout {
+                        let now = this.deadline.timer.now();
+                        this.total_deadline =
+                            Some(now.checked_add(total).map_or(When::Never, When::At));
+                    }
+                    this.state = State::Next;
+                }
+                State::Next => {
+                    this.attempts += 1;
+                    this.attempt.set(Some((this.operation)()));
+                    this.deadline.restart(this.attempt_deadline());
+                    this.state = State::Attempt;
+                }
+                State::Attempt => {
+                    let attempt = this.attempt.as_mut().as_pin_mut().expect("attempt running");
+                    let failure = match attempt.poll(cx) {
+                        Poll::Ready(Ok(value)) => {
+                            this.attempt.set(None);
+                            this.state = State::Done;
+                            return Poll::Ready(Ok(value));
+                        }
+                        Poll::Ready(Err(e)) => AttemptError::Failed(e),
+                        Poll::Pending => match this.deadline.poll(cx) {
+                            Poll::Ready(()) => AttemptError::TimedOut(Elapsed::new()),
+                            Poll::Pending => return Poll::Pending,
+                        },
+                    };
+                    // Cancel a timed-out attempt before anything else runs.
+                    this.attempt.set(None);
+                    if let Some(gave_up) = this.after_failure(failure) {
+                        this.state = State::Done;
+                        return Poll::Ready(Err(gave_up));
+                    }
+                    if this.state == State::Next {
+                        // No delay: still let the executor run others.
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                }
+                State::Backoff => match this.deadline.poll(cx) {
+                    Poll::Ready(()) => this.state = State::Next,
+                    Poll::Pending => return Poll::Pending,
+                },
+                State::Done => unreachable!("checked above"),
+            }
+        }
+    }
+}
+
+impl<Op, Fut, P, H, T> Retry<Op, Fut, P, H, T>
+where
+    Fut: RetryOutput,
+    P: FnMut(&Fut::Error) -> bool,
+    H: FnMut(&RetryEvent<'_, Fut::Error>),
+    T: Timer,
+{
+    /// The deadline of the attempt about to start: the per-attempt limit,
+    /// capped by the total one.
+    fn attempt_deadline(&self) -> Option<When> {
+        let per_attempt = self.policy.attempt_timeout.map(|limit| {
+            let now = self.deadline.timer.now();
+            now.checked_add(limit).map_or(When::Never, When::At)
+        });
+        match (per_attempt, self.total_deadline) {
+            (Some(When::At(a)), Some(When::At(b))) => Some(When::At(a.min(b))),
+            (Some(When::At(a)), _) => Some(When::At(a)),
+            (_, Some(When::At(b))) => Some(When::At(b)),
+            (Some(w), _) | (None, Some(w)) => Some(w),
+            (None, None) => None,
+        }
+    }
+
+    /// Decides what follows a failed attempt: give up (the error), retry
+    /// at once (`State::Next`) or after a backoff (`State::Backoff`).
+    fn after_failure(
+        &mut self,
+        failure: AttemptError<Fut::Error>,
+    ) -> Option<RetryError<Fut::Error>> {
+        let give_up = |last, reason| {
+            Some(RetryError {
+                attempts: self.attempts,
+                last,
+                reason,
+            })
+        };
+        if let AttemptError::Failed(e) = &failure {
+            if !(self.retry_if)(e) {
+                return give_up(failure, GaveUp::NotRetryable);
+            }
+        }
+        let total = self.total_deadline.and_then(When::deadline);
+        let now = total.map(|_| self.deadline.timer.now());
+        if let (Some(total), Some(now)) = (total, now) {
+            if now >= total {
+                return give_up(failure, GaveUp::DeadlineReached);
+            }
+        }
+        if self.attempts >= self.policy.max_attempts {
+            return give_up(failure, GaveUp::AttemptsExhausted);
+        }
+        let delay = self
+            .policy
+            .backoff
+            .delay_before(self.attempts, self.rng.next());
+        if let (Some(total), Some(now)) = (total, now) {
+            if now.checked_add(delay).is_none_or(|start| start >= total) {
+                return give_up(failure, GaveUp::DeadlineReached);
+            }
+        }
+        (self.on_retry)(&RetryEvent {
+            attempt: self.attempts,
+            error: &failure,
+            delay,
+        });
+        if delay.is_zero() {
+            self.state = State::Next;
+        } else {
+            self.deadline.restart(Some(When::After(delay)));
+            self.state = State::Backoff;
+        }
+        None
+    }
+}
+
+impl<Op, Fut: RetryOutput, P, H, T: Timer> fmt::Debug for Retry<Op, Fut, P, H, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("policy", &self.policy)
+            .field("attempts", &self.attempts)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A small, fast generator for jitter (SplitMix64): statistical quality is
+/// ample for spreading out delays; it is not for cryptography.
+#[derive(Clone, Copy, Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// Seeded from std's per-process random hash keys, so two processes (and
+    /// two retries) jitter differently without a `rand` dependency.
+    fn from_entropy() -> Rng {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_usize(&hasher as *const _ as usize);
+        Rng(hasher.finish())
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exponential_doubles_and_caps_without_overflow() {
+        let b =
+            Backoff::exponential(Duration::from_millis(3), Duration::from_secs(1)).without_jitter();
+        let delays: Vec<_> = (1..=10)
+            .map(|n| b.max_delay_before(n).as_millis())
+            .collect();
+        assert_eq!(delays, [3, 6, 12, 24, 48, 96, 192, 384, 768, 1000]);
+        let huge = Backoff::exponential(Duration::from_secs(1), Duration::MAX).without_jitter();
+        assert_eq!(huge.max_delay_before(33), Duration::from_secs(1 << 32));
+        assert_eq!(huge.max_delay_before(u32::MAX), Duration::MAX);
+        assert_eq!(huge.max_delay_before(0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn full_jitter_stays_within_bounds_and_spreads() {
+        let b = Backoff::exponential(Duration::from_millis(100), Duration::from_millis(100));
+        let mut rng = Rng::new(7);
+        let delays: Vec<_> = (0..1000).map(|_| b.delay_before(1, rng.next())).collect();
+        assert!(delays.iter().all(|d| *d <= Duration::from_millis(100)));
+        let below_half = delays
+            .iter()
+            .filter(|d| **d < Duration::from_millis(50))
+            .count();
+        assert!(
+            (350..650).contains(&below_half),
+            "{below_half} of 1000 below half"
+        );
+        // The extremes of the random range map to the bounds.
+        assert_eq!(b.delay_before(1, 0), Duration::ZERO);
+        assert_eq!(b.delay_before(1, u64::MAX), Duration::from_millis(100));
+    }
+
+    #[test]
+    #[should_panic(expected = "initial backoff (10s) is longer than the maximum (1s)")]
+    fn inverted_bounds_panic() {
+        let _ = Backoff::exponential(Duration::from_secs(10), Duration::from_secs(1));
+    }
+
+    #[test]
+    #[should_panic(expected = "`max_attempts` must be at least 1")]
+    fn zero_attempts_panic() {
+        let _ = RetryPolicy::new(0);
+    }
+}

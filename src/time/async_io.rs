@@ -1,0 +1,69 @@
+//! `AsyncIoTimer`: the async-io reactor's timer (feature `async-io`).
+
+use super::Timer;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// A [`Timer`] on async-io's reactor, the one smol uses (feature
+/// `async-io`). Works on any executor: async-io drives its reactor from a
+/// helper thread when nobody else does.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::time::AsyncIoTimer;
+/// use std::time::Duration;
+/// # futures::executor::block_on(async {
+/// let slow = futures::future::pending::<()>();
+/// let out = awaitkit::timeout_with(AsyncIoTimer, Duration::from_millis(1), slow).await;
+/// assert!(out.is_err());
+/// # });
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AsyncIoTimer;
+
+impl Timer for AsyncIoTimer {
+    type Sleep = AsyncIoSleep;
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> AsyncIoSleep {
+        AsyncIoSleep(async_io::Timer::at(deadline))
+    }
+
+    fn reset(&self, mut sleep: Pin<&mut AsyncIoSleep>, deadline: Instant) {
+        sleep.0.set_at(deadline);
+    }
+}
+
+/// The sleep future of [`AsyncIoTimer`] (an `async_io::Timer`).
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::time::{AsyncIoTimer, Timer};
+/// # futures::executor::block_on(async {
+/// let sleep: awaitkit::time::AsyncIoSleep = AsyncIoTimer.sleep_until(std::time::Instant::now());
+/// sleep.await;
+/// # });
+/// ```
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct AsyncIoSleep(async_io::Timer);
+
+impl Future for AsyncIoSleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(drop)
+    }
+}
+
+impl fmt::Debug for AsyncIoSleep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("AsyncIoSleep").field(&self.0).finish()
+    }
+}

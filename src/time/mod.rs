@@ -1,0 +1,383 @@
+//! Time: the timer seam every timed operation in awaitkit goes through.
+//!
+//! awaitkit never assumes a runtime, so it never reaches for a global clock.
+//! Everything that waits for time — [`timeout`](crate::timeout), the
+//! deadlines of [`wait`](crate::Wait::with_timeout) and
+//! [`as_completed`](crate::AsCompleted::with_timeout), [retry
+//! backoff](crate::RetryPolicy) — asks a [`Timer`] for the current time and
+//! for a future that completes at a deadline.
+//!
+//! | timer | feature | use it when |
+//! |---|---|---|
+//! | [`FuturesTimer`] (= [`DefaultTimer`]) | always | any executor; a helper thread keeps the time |
+//! | `TokioTimer` | `tokio` | inside a tokio runtime; honours `tokio::time::pause`, so paused-time tests work |
+//! | `AsyncIoTimer` | `async-io` | on smol / async-io's reactor |
+//! | `ManualClock` | `test-util` | tests: time moves only when the test calls `advance` |
+//!
+//! Choosing a timer is always explicit: the `*_with` functions and the
+//! `with_timer` builders take one as a value. Enabling a feature never
+//! changes which timer the plain functions use.
+//!
+//! # Examples
+//!
+//! ```
+//! use awaitkit::time::{DefaultTimer, Timer};
+//! use std::time::Duration;
+//! # futures::executor::block_on(async {
+//! let timer = DefaultTimer::default();
+//! let start = timer.now();
+//! timer.sleep_until(start + Duration::from_millis(5)).await;
+//! assert!(timer.now() >= start + Duration::from_millis(5));
+//! # });
+//! ```
+
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "async-io")]
+mod async_io;
+#[cfg(feature = "test-util")]
+mod manual;
+#[cfg(feature = "tokio")]
+mod tokio;
+
+#[cfg(feature = "async-io")]
+pub use async_io::{AsyncIoSleep, AsyncIoTimer};
+#[cfg(feature = "test-util")]
+pub use manual::{ManualClock, ManualSleep};
+#[cfg(feature = "tokio")]
+pub use tokio::TokioTimer;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// A source of time: the current instant, and futures that complete at a
+/// deadline.
+///
+/// This is the seam every timed operation in awaitkit uses. Implement it to
+/// plug in another runtime's timer; awaitkit ships [`FuturesTimer`] (the
+/// default), `TokioTimer`, `AsyncIoTimer` and the test clock `ManualClock`.
+///
+/// # Contract
+///
+/// * [`now`](Timer::now) never goes backwards.
+/// * The future from [`sleep_until`](Timer::sleep_until) completes once
+///   `now() >= deadline`, waking the waker of its latest poll. A deadline that
+///   has already passed may complete at once or on the timer's next tick.
+///   awaitkit re-checks `now()` when a sleep completes and sleeps again if it
+///   fired early, so backends that cap very long sleeps stay correct.
+/// * [`reset`](Timer::reset) moves a sleep's deadline **keeping the waker it
+///   was last polled with**, so the task is woken at the new deadline without
+///   polling the sleep again (as tokio's `Sleep::reset` does).
+///
+/// # Examples
+///
+/// A timer that delegates to the default one (a real implementation would
+/// wrap another runtime's timer):
+///
+/// ```
+/// use awaitkit::time::{FuturesTimer, Timer};
+/// use std::pin::Pin;
+/// use std::time::Instant;
+///
+/// #[derive(Clone, Copy, Debug, Default)]
+/// struct MyTimer(FuturesTimer);
+///
+/// impl Timer for MyTimer {
+///     type Sleep = <FuturesTimer as Timer>::Sleep;
+///     fn now(&self) -> Instant {
+///         self.0.now()
+///     }
+///     fn sleep_until(&self, deadline: Instant) -> Self::Sleep {
+///         self.0.sleep_until(deadline)
+///     }
+///     fn reset(&self, sleep: Pin<&mut Self::Sleep>, deadline: Instant) {
+///         self.0.reset(sleep, deadline)
+///     }
+/// }
+///
+/// # futures::executor::block_on(async {
+/// let out = awaitkit::timeout_with(MyTimer::default(), std::time::Duration::from_secs(1), async { 7 }).await;
+/// assert_eq!(out, Ok(7));
+/// # });
+/// ```
+pub trait Timer {
+    /// The future returned by [`sleep_until`](Timer::sleep_until).
+    type Sleep: Future<Output = ()>;
+
+    /// The current time on this timer's clock.
+    fn now(&self) -> Instant;
+
+    /// A future that completes once [`now`](Timer::now) has reached
+    /// `deadline`. Creating it must be cheap; the timer may register it
+    /// lazily, on its first poll.
+    fn sleep_until(&self, deadline: Instant) -> Self::Sleep;
+
+    /// Moves `sleep` to a new deadline, keeping the waker it was last polled
+    /// with (see the [contract](Timer#contract)).
+    fn reset(&self, sleep: Pin<&mut Self::Sleep>, deadline: Instant);
+}
+
+impl<T: Timer + ?Sized> Timer for &T {
+    type Sleep = T::Sleep;
+    fn now(&self) -> Instant {
+        (**self).now()
+    }
+    fn sleep_until(&self, deadline: Instant) -> T::Sleep {
+        (**self).sleep_until(deadline)
+    }
+    fn reset(&self, sleep: Pin<&mut T::Sleep>, deadline: Instant) {
+        (**self).reset(sleep, deadline)
+    }
+}
+
+impl<T: Timer + ?Sized> Timer for Arc<T> {
+    type Sleep = T::Sleep;
+    fn now(&self) -> Instant {
+        (**self).now()
+    }
+    fn sleep_until(&self, deadline: Instant) -> T::Sleep {
+        (**self).sleep_until(deadline)
+    }
+    fn reset(&self, sleep: Pin<&mut T::Sleep>, deadline: Instant) {
+        (**self).reset(sleep, deadline)
+    }
+}
+
+/// The timer the plain functions ([`timeout`](crate::timeout),
+/// [`timeout_at`](crate::timeout_at), …) use: [`FuturesTimer`].
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::time::{DefaultTimer, Timer};
+/// let now = DefaultTimer::default().now();
+/// assert!(now <= std::time::Instant::now());
+/// ```
+pub type DefaultTimer = FuturesTimer;
+
+/// The default timer, built on the `futures-timer` crate: works on every
+/// executor, keeping time on one helper thread shared by the whole process.
+///
+/// Its clock is [`std::time::Instant`]. Sleeps longer than 30 years are capped
+/// there (awaitkit re-arms them), so [`Duration::MAX`] never overflows.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::time::FuturesTimer;
+/// use std::time::Duration;
+/// # futures::executor::block_on(async {
+/// let slow = futures::future::pending::<()>();
+/// let out = awaitkit::timeout_with(FuturesTimer, Duration::from_millis(1), slow).await;
+/// assert!(out.is_err());
+/// # });
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FuturesTimer;
+
+/// The longest single sleep handed to a backend: 30 years (futures-timer and
+/// tokio cap theirs there too). Longer deadlines are re-armed when it fires.
+pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(30 * 365 * 86_400);
+
+impl Timer for FuturesTimer {
+    type Sleep = FuturesSleep;
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> FuturesSleep {
+        let delay = deadline.saturating_duration_since(Instant::now());
+        FuturesSleep(futures_timer::Delay::new(delay.min(MAX_SLEEP)))
+    }
+
+    fn reset(&self, mut sleep: Pin<&mut FuturesSleep>, deadline: Instant) {
+        let delay = deadline.saturating_duration_since(Instant::now());
+        sleep.0.reset(delay.min(MAX_SLEEP));
+    }
+}
+
+/// The sleep future of [`FuturesTimer`].
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::time::{FuturesTimer, Timer};
+/// # futures::executor::block_on(async {
+/// let sleep: awaitkit::time::FuturesSleep = FuturesTimer.sleep_until(std::time::Instant::now());
+/// sleep.await;
+/// # });
+/// ```
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct FuturesSleep(futures_timer::Delay);
+
+impl Future for FuturesSleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl fmt::Debug for FuturesSleep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FuturesSleep").finish_non_exhaustive()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Deadlines: the one place that turns "a duration or an instant" into a sleep
+// ---------------------------------------------------------------------------
+
+/// A deadline not yet resolved against a clock: a duration starts counting
+/// when the deadline is first needed (awaitkit reads the clock only on the
+/// path that waits, never on the ready path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum When {
+    /// `duration` after the clock is first read.
+    After(Duration),
+    /// At this instant.
+    At(Instant),
+    /// Never (`Duration::MAX`, or an instant past what `Instant` can hold).
+    Never,
+}
+
+impl When {
+    /// The deadline, once resolved; `None` before the first wait and for
+    /// [`When::Never`].
+    pub(crate) fn deadline(self) -> Option<Instant> {
+        match self {
+            When::At(at) => Some(at),
+            When::After(_) | When::Never => None,
+        }
+    }
+
+    /// Fixes the deadline against `now` (a duration starts counting here).
+    fn resolve(&mut self, now: Instant) {
+        if let When::After(d) = *self {
+            *self = now.checked_add(d).map_or(When::Never, When::At);
+        }
+    }
+
+    /// What the backend sleeps until: the deadline, capped at [`MAX_SLEEP`]
+    /// from `now`.
+    fn sleep_target(self, now: Instant) -> Instant {
+        let cap = now + MAX_SLEEP;
+        match self {
+            When::At(at) => at.min(cap),
+            When::After(_) | When::Never => cap,
+        }
+    }
+}
+
+/// Polls a deadline whose sleep lives in `sleep` (created here on the first
+/// call, so a deadline costs nothing until something actually waits).
+///
+/// Ready when the deadline has passed: at once for zero and past deadlines,
+/// without any wake-up. A sleep that completes early is re-armed.
+pub(crate) fn poll_deadline<T: Timer + ?Sized>(
+    timer: &T,
+    when: &mut When,
+    mut sleep: Pin<&mut Option<T::Sleep>>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    if sleep.is_none() {
+        let now = timer.now();
+        when.resolve(now);
+        if matches!(*when, When::At(at) if now >= at) {
+            return Poll::Ready(());
+        }
+        sleep.set(Some(timer.sleep_until(when.sleep_target(now))));
+    }
+    // A sleep that fires early (a capped long sleep, a coarse backend) is
+    // re-armed; twice in one poll and we yield instead of spinning.
+    for _ in 0..2 {
+        let pinned = sleep.as_mut().as_pin_mut().expect("created above");
+        if pinned.poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let now = timer.now();
+        if matches!(*when, When::At(at) if now >= at) {
+            return Poll::Ready(());
+        }
+        sleep.set(Some(timer.sleep_until(when.sleep_target(now))));
+    }
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
+/// Moves a deadline. A sleep already registered is moved with
+/// [`Timer::reset`], so the waker it holds fires at the new deadline.
+pub(crate) fn reset_deadline<T: Timer + ?Sized>(
+    timer: &T,
+    when: &mut When,
+    sleep: Pin<&mut Option<T::Sleep>>,
+    deadline: When,
+) {
+    *when = deadline;
+    if let Some(sleep) = sleep.as_pin_mut() {
+        let now = timer.now();
+        when.resolve(now);
+        timer.reset(sleep, when.sleep_target(now));
+    }
+}
+
+/// An optional deadline with its sleep on the heap, for the combinators that
+/// must stay `Unpin` whatever the timer's sleep is ([`Wait`](crate::Wait),
+/// [`AsCompletedUntil`](crate::AsCompletedUntil), [retry](crate::Retry)).
+/// The box is allocated on the first poll that waits.
+pub(crate) struct BoxedDeadline<T: Timer> {
+    pub(crate) timer: T,
+    when: Option<When>,
+    sleep: Option<Pin<Box<Option<T::Sleep>>>>,
+}
+
+impl<T: Timer> BoxedDeadline<T> {
+    pub(crate) fn new(timer: T, when: Option<When>) -> Self {
+        BoxedDeadline {
+            timer,
+            when,
+            sleep: None,
+        }
+    }
+
+    /// The resolved deadline, if any.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.when.and_then(When::deadline)
+    }
+
+    /// Ready once the deadline has passed (see [`poll_deadline`]); pending
+    /// forever, without a timer, when no deadline is set.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(when) = self.when.as_mut() else {
+            return Poll::Pending;
+        };
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(None));
+        poll_deadline(&self.timer, when, sleep.as_mut(), cx)
+    }
+
+    /// Starts over with a new deadline, dropping the current sleep (the next
+    /// [`poll`](Self::poll) creates one; the allocation is reused).
+    pub(crate) fn restart(&mut self, when: Option<When>) {
+        self.when = when;
+        if let Some(sleep) = self.sleep.as_mut() {
+            sleep.set(None);
+        }
+    }
+
+    /// The same deadline on another timer (before any wait started).
+    pub(crate) fn with_timer<U: Timer>(self, timer: U) -> BoxedDeadline<U> {
+        BoxedDeadline::new(timer, self.when)
+    }
+}
+
+impl<T: Timer> fmt::Debug for BoxedDeadline<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Deadline")
+            .field("when", &self.when)
+            .finish_non_exhaustive()
+    }
+}

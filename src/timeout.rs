@@ -1,0 +1,378 @@
+//! `timeout` and `timeout_at`: Python's `asyncio.timeout` / `wait_for`, on
+//! any executor and any [`Timer`].
+
+#![forbid(unsafe_code)]
+
+use crate::time::{self, DefaultTimer, Timer, When};
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// Runs `future` with a time limit: its output, or [`Elapsed`] if `duration`
+/// passes first — Python's `asyncio.wait_for` / `asyncio.timeout`.
+///
+/// * The inner future is polled **first** on every poll: a future that is
+///   ready wins at any deadline, zero included, and a future that becomes
+///   ready exactly at the deadline wins the tie.
+/// * No timer exists until the inner future first returns `Pending`: a ready
+///   future costs one extra branch, and the clock is read only on the path
+///   that waits. The `duration` counts from that first `Pending` poll.
+/// * `Duration::MAX` (and anything past what [`Instant`] can hold) means "no
+///   limit" — it never overflows or panics. A zero duration times out at the
+///   first `Pending`, without waiting for any timer.
+/// * The deadline can be moved while running: [`Timeout::reset`].
+///
+/// Uses the [`DefaultTimer`]; [`timeout_with`] takes any [`Timer`].
+///
+/// # Cancel safety
+///
+/// Dropping the [`Timeout`] drops the inner future and the timer. On
+/// [`Elapsed`] the inner future is dropped before the output is returned.
+///
+/// # Panics
+///
+/// Polling after completion panics. A panic in the inner future propagates.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// # futures::executor::block_on(async {
+/// let fast = awaitkit::timeout(Duration::from_secs(1), async { "done" }).await;
+/// assert_eq!(fast, Ok("done"));
+///
+/// let slow = awaitkit::timeout(Duration::from_millis(10), futures::future::pending::<()>()).await;
+/// assert_eq!(slow, Err(awaitkit::Elapsed::new()));
+/// # });
+/// ```
+pub fn timeout<F: IntoFuture>(duration: Duration, future: F) -> Timeout<F::IntoFuture> {
+    timeout_with(DefaultTimer::default(), duration, future)
+}
+
+/// Like [`timeout`], with an absolute deadline. A deadline in the past times
+/// out at the first `Pending` poll; the inner future is still polled first.
+///
+/// # Cancel safety
+///
+/// As [`timeout`].
+///
+/// # Panics
+///
+/// Polling after completion panics.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// # futures::executor::block_on(async {
+/// let deadline = Instant::now() + Duration::from_millis(5);
+/// let out = awaitkit::timeout_at(deadline, futures::future::pending::<()>()).await;
+/// assert!(out.is_err());
+/// assert!(Instant::now() >= deadline); // never early
+/// # });
+/// ```
+pub fn timeout_at<F: IntoFuture>(deadline: Instant, future: F) -> Timeout<F::IntoFuture> {
+    timeout_at_with(DefaultTimer::default(), deadline, future)
+}
+
+/// [`timeout`] on an explicit [`Timer`] (tokio's, async-io's, a
+/// `ManualClock` in tests, or your own).
+///
+/// # Cancel safety
+///
+/// As [`timeout`].
+///
+/// # Panics
+///
+/// Polling after completion panics.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::time::FuturesTimer;
+/// use std::time::Duration;
+/// # futures::executor::block_on(async {
+/// let out = awaitkit::timeout_with(FuturesTimer, Duration::ZERO, async { 1 }).await;
+/// assert_eq!(out, Ok(1)); // a ready future wins even a zero timeout
+/// # });
+/// ```
+pub fn timeout_with<T: Timer, F: IntoFuture>(
+    timer: T,
+    duration: Duration,
+    future: F,
+) -> Timeout<F::IntoFuture, T> {
+    Timeout::new(timer, When::After(duration), future.into_future())
+}
+
+/// [`timeout_at`] on an explicit [`Timer`]. `deadline` is read on that
+/// timer's clock.
+///
+/// # Cancel safety
+///
+/// As [`timeout`].
+///
+/// # Panics
+///
+/// Polling after completion panics.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::time::{FuturesTimer, Timer};
+/// # futures::executor::block_on(async {
+/// let past = FuturesTimer.now();
+/// let out = awaitkit::timeout_at_with(FuturesTimer, past, futures::future::pending::<()>()).await;
+/// assert!(out.is_err()); // at once: the deadline has passed
+/// # });
+/// ```
+pub fn timeout_at_with<T: Timer, F: IntoFuture>(
+    timer: T,
+    deadline: Instant,
+    future: F,
+) -> Timeout<F::IntoFuture, T> {
+    Timeout::new(timer, When::At(deadline), future.into_future())
+}
+
+pin_project_lite::pin_project! {
+    /// Future for [`timeout`], [`timeout_at`] and their `_with` variants,
+    /// resolving to `Result<F::Output, Elapsed>`.
+    ///
+    /// Holds the inner future and, once it has returned `Pending`, one sleep
+    /// of the timer `T`. `Unpin` when the inner future and the timer's sleep
+    /// are (the default timer's sleep is; tokio's is not, so pin it with
+    /// `std::pin::pin!` to poll it by hand).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let call: awaitkit::Timeout<_> = awaitkit::timeout(Duration::from_secs(1), async { 5 });
+    /// assert_eq!(call.deadline(), None); // not started yet
+    /// assert_eq!(call.await, Ok(5));
+    /// # });
+    /// ```
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct Timeout<F, T: Timer = DefaultTimer> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: Option<T::Sleep>,
+        timer: T,
+        when: When,
+        finished: bool,
+    }
+}
+
+impl<F, T: Timer> Timeout<F, T> {
+    fn new(timer: T, when: When, inner: F) -> Self {
+        Timeout {
+            inner,
+            sleep: None,
+            timer,
+            when,
+            finished: false,
+        }
+    }
+
+    /// The deadline, once known: `None` before the first `Pending` poll of a
+    /// [`timeout`] (the duration starts counting then) and for a limit too
+    /// far away to represent (`Duration::MAX`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// let at = Instant::now() + Duration::from_secs(3);
+    /// assert_eq!(awaitkit::timeout_at(at, async {}).deadline(), Some(at));
+    /// ```
+    pub fn deadline(&self) -> Option<Instant> {
+        self.when.deadline()
+    }
+
+    /// Moves the deadline — Python's `Timeout.reschedule`. Earlier or later,
+    /// past or future: a deadline that has passed times out at the next
+    /// poll (the inner future is still polled first). A running timer is
+    /// moved with [`Timer::reset`], so the task is woken at the new deadline
+    /// even if it does not poll this future again before then.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::pin::pin;
+    /// use std::time::{Duration, Instant};
+    /// # futures::executor::block_on(async {
+    /// let mut call = pin!(awaitkit::timeout(Duration::from_secs(3600), futures::future::pending::<()>()));
+    /// assert!(futures::poll!(call.as_mut()).is_pending());
+    /// call.as_mut().reset(Instant::now() + Duration::from_millis(5)); // much sooner
+    /// assert!(call.await.is_err());
+    /// # });
+    /// ```
+    pub fn reset(self: Pin<&mut Self>, deadline: Instant) {
+        let this = self.project();
+        time::reset_deadline(&*this.timer, this.when, this.sleep, When::At(deadline));
+    }
+
+    /// The inner future.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let call = awaitkit::timeout(std::time::Duration::from_secs(1), std::future::ready(3));
+    /// assert_eq!(call.get_ref().clone().into_inner(), 3);
+    /// ```
+    pub fn get_ref(&self) -> &F {
+        &self.inner
+    }
+
+    /// The inner future, mutably.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut call = awaitkit::timeout(std::time::Duration::from_secs(1), std::future::ready(3));
+    /// let _inner: &mut std::future::Ready<i32> = call.get_mut();
+    /// ```
+    pub fn get_mut(&mut self) -> &mut F {
+        &mut self.inner
+    }
+
+    /// Gives the inner future back, dropping the timer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let call = awaitkit::timeout(std::time::Duration::from_secs(1), std::future::ready(3));
+    /// assert_eq!(call.into_inner().into_inner(), 3);
+    /// ```
+    pub fn into_inner(self) -> F {
+        self.inner
+    }
+}
+
+impl<F: Future, T: Timer> Future for Timeout<F, T> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        assert!(!*this.finished, "`Timeout` polled after completion");
+        // Inner first: a ready future always wins, at any deadline.
+        if let Poll::Ready(output) = this.inner.poll(cx) {
+            *this.finished = true;
+            return Poll::Ready(Ok(output));
+        }
+        match time::poll_deadline(&*this.timer, this.when, this.sleep, cx) {
+            Poll::Ready(()) => {
+                *this.finished = true;
+                Poll::Ready(Err(Elapsed(())))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<F, T: Timer> fmt::Debug for Timeout<F, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Timeout")
+            .field("deadline", &self.when.deadline())
+            .field("timer_started", &self.sleep.is_some())
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The error of a [`timeout`]: the deadline passed before the future
+/// finished.
+///
+/// Converts into [`std::io::Error`] of kind `TimedOut`.
+///
+/// # Examples
+///
+/// ```
+/// let e = awaitkit::Elapsed::new();
+/// assert_eq!(e.to_string(), "deadline has elapsed");
+/// let io: std::io::Error = e.into();
+/// assert_eq!(io.kind(), std::io::ErrorKind::TimedOut);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Elapsed(());
+
+impl Elapsed {
+    /// An `Elapsed` error (for tests and for code that produces its own
+    /// timeouts).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(awaitkit::Elapsed::new(), awaitkit::Elapsed::default());
+    /// ```
+    pub const fn new() -> Self {
+        Elapsed(())
+    }
+}
+
+impl fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("deadline has elapsed")
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+impl From<Elapsed> for std::io::Error {
+    fn from(e: Elapsed) -> Self {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, e)
+    }
+}
+
+/// `.timeout(d)` and `.timeout_at(t)` on any future.
+///
+/// Named `TimeoutExt` so it never clashes with `futures::FutureExt` or
+/// tokio's and smol's extension traits in the same scope.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::TimeoutExt;
+/// use std::time::Duration;
+/// # futures::executor::block_on(async {
+/// assert_eq!(async { 1 }.timeout(Duration::from_secs(1)).await, Ok(1));
+/// # });
+/// ```
+pub trait TimeoutExt: Future + Sized {
+    /// [`timeout`]`(duration, self)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::TimeoutExt;
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let out = futures::future::pending::<()>().timeout(Duration::from_millis(1)).await;
+    /// assert!(out.is_err());
+    /// # });
+    /// ```
+    fn timeout(self, duration: Duration) -> Timeout<Self> {
+        timeout(duration, self)
+    }
+
+    /// [`timeout_at`]`(deadline, self)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::TimeoutExt;
+    /// use std::time::{Duration, Instant};
+    /// # futures::executor::block_on(async {
+    /// let out = async { 2 }.timeout_at(Instant::now() + Duration::from_secs(1)).await;
+    /// assert_eq!(out, Ok(2));
+    /// # });
+    /// ```
+    fn timeout_at(self, deadline: Instant) -> Timeout<Self> {
+        timeout_at(deadline, self)
+    }
+}
+
+impl<F: Future> TimeoutExt for F {}
