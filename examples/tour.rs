@@ -175,6 +175,90 @@ fn main() {
                 Err(panic) => println!("   task {i}: {panic}"),
             }
         }
+
+        section("8. timeout: cut off a slow call, let a fast one through (asyncio.wait_for)");
+        let start = Instant::now();
+        let fast = awaitkit::timeout(ms(300), download("fast call", 100)).await;
+        println!(
+            "   {:.2?}: fast call with a 300 ms limit -> {fast:?}",
+            start.elapsed()
+        );
+        let start = Instant::now();
+        let slow = awaitkit::timeout(ms(300), download("slow call", 2_000))
+            .await
+            .map_err(|elapsed| elapsed.to_string());
+        println!(
+            "   {:.2?}: slow call with a 300 ms limit -> {slow:?}",
+            start.elapsed()
+        );
+
+        section("9. wait with a timeout, as_completed with a deadline: hand back the unfinished");
+        let start = Instant::now();
+        let jobs = [
+            download("job-x", 100),
+            download("job-y", 150),
+            download("job-z", 5_000),
+        ];
+        let outcome = awaitkit::wait(jobs, awaitkit::ReturnWhen::AllCompleted)
+            .with_timeout(ms(250))
+            .await;
+        println!(
+            "   {:.2?}: timed out = {}, done {:?}, {} still running (dropping them now)",
+            start.elapsed(),
+            outcome.timed_out,
+            outcome.done,
+            outcome.pending.len()
+        );
+        drop(outcome.pending);
+        let start = Instant::now();
+        let mut stream = awaitkit::as_completed([download("q1", 50), download("q2", 4_000)])
+            .indexed()
+            .with_timeout(ms(200));
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok((i, name)) => println!("   {:.2?}: #{i} {name} done", start.elapsed()),
+                Err(timed_out) => {
+                    println!("   {:.2?}: {timed_out}", start.elapsed());
+                    drop(timed_out.pending);
+                }
+            }
+        }
+
+        section("10. retry: exponential backoff with full jitter, printing each attempt");
+        let start = Instant::now();
+        let attempts = std::cell::Cell::new(0);
+        let flaky = || {
+            attempts.set(attempts.get() + 1);
+            let n = attempts.get();
+            async move {
+                Delay::new(ms(20)).await;
+                if n < 4 {
+                    Err(format!("503 Service Unavailable (attempt {n})"))
+                } else {
+                    Ok("200 OK")
+                }
+            }
+        };
+        let policy = awaitkit::RetryPolicy::new(5)
+            .backoff(awaitkit::Backoff::exponential(ms(100), ms(1_000)))
+            .attempt_timeout(ms(500));
+        let result = policy
+            .retry(flaky)
+            .on_retry(|event| {
+                println!(
+                    "   {:.2?}: attempt {} failed: {}; retrying in {:.0?}",
+                    start.elapsed(),
+                    event.attempt,
+                    event.error,
+                    event.delay
+                )
+            })
+            .await;
+        println!(
+            "   {:.2?}: {result:?} after {} attempts",
+            start.elapsed(),
+            attempts.get()
+        );
     });
     println!("\nTour finished in {:.2?}.", tour.elapsed());
 }

@@ -487,7 +487,7 @@ impl<F: Future> AsCompletedIndexed<F> {
 /// use std::time::Duration;
 /// # futures::executor::block_on(async {
 /// let done: awaitkit::AsCompletedUntil<awaitkit::AsCompleted<_>> =
-///     awaitkit::as_completed([async { 1 }, async { 2 }]).with_timeout(Duration::from_secs(1));
+///     awaitkit::as_completed([1, 2].map(std::future::ready)).with_timeout(Duration::from_secs(1));
 /// let all: Vec<_> = done.collect().await;
 /// assert_eq!(all.len(), 2);
 /// # });

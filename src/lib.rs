@@ -2,7 +2,7 @@
 //! executor**.
 //!
 //! awaitkit gives Rust the tools Python developers reach for in `asyncio` —
-//! `gather`, `as_completed`, `wait` — as named, `Unpin` futures and streams
+//! `gather`, `as_completed`, `wait`, timeouts, retries — as named, `Unpin` futures and streams
 //! that you can `.await`, store in a struct, or poll from your own `poll`
 //! function. Nothing is spawned: children run inside the combinator, each
 //! with its own waker, so a wake costs O(1) however many children there are.
@@ -18,6 +18,10 @@
 //! | a dynamic set of futures | `asyncio.create_task` + a set | [`AsCompleted::new`] + [`AsCompleted::push`] |
 //! | the first to finish, keep the rest | `asyncio.wait(..., FIRST_COMPLETED)` | [`wait_any`] |
 //! | done + pending on a condition | `asyncio.wait(aws, return_when=...)` | [`wait`], [`try_wait`] with [`ReturnWhen`] |
+//! | …giving up after a while, keeping the pending | `asyncio.wait(aws, timeout=)` | [`Wait::with_timeout`] |
+//! | outputs as they finish, until a deadline | `asyncio.as_completed(aws, timeout=)` | [`AsCompleted::with_timeout`] |
+//! | a time limit on one future | `asyncio.wait_for`, `asyncio.timeout` | [`timeout()`], [`timeout_at`], [`TimeoutExt`] |
+//! | retries with backoff | tenacity, `backoff` | [`RetryPolicy`], [`Backoff`] |
 //!
 //! ```
 //! # futures::executor::block_on(async {
@@ -58,16 +62,50 @@
 //!   its children and outputs are, works with `!Send` children, and is always
 //!   `Unpin`.
 //!
+//! # Time
+//!
+//! Everything that waits for time goes through the [`Timer`] trait (see the
+//! [`time`] module): the plain functions use [`time::DefaultTimer`]
+//! (futures-timer, any executor); the `*_with` functions and `with_timer`
+//! builders take any timer, including tokio's, async-io's, and the
+//! `ManualClock` that makes timeouts, deadlines and retries testable without
+//! sleeping.
+//!
+//! ```
+//! use awaitkit::{Backoff, RetryPolicy, TimeoutExt};
+//! use std::time::Duration;
+//! # futures::executor::block_on(async {
+//! async fn fetch() -> Result<&'static str, std::io::Error> { Ok("page") }
+//!
+//! // asyncio.wait_for(fetch(), 2)
+//! let page = fetch().timeout(Duration::from_secs(2)).await;
+//! assert_eq!(page.unwrap().unwrap(), "page");
+//!
+//! // Up to 3 attempts, 100 ms → 1 s exponential backoff with full jitter.
+//! let policy = RetryPolicy::new(3).backoff(Backoff::exponential(
+//!     Duration::from_millis(100),
+//!     Duration::from_secs(1),
+//! ));
+//! assert_eq!(policy.retry(fetch).await.unwrap(), "page");
+//! # });
+//! ```
+//!
 //! # Runtime compatibility
 //!
-//! awaitkit depends on no executor: `cargo tree -e normal` lists only
-//! `futures-core` and `futures-util`. Its tests run every case under tokio
-//! (current-thread and multi-thread), smol, and `futures::executor`.
+//! awaitkit depends on no executor: with default features
+//! `cargo tree -e normal` lists only `futures-core`, `futures-util`,
+//! `futures-timer` and `pin-project-lite`. Its tests run every case under
+//! tokio (current-thread and multi-thread), smol, and `futures::executor`.
 //!
 //! # Feature flags
 //!
-//! None yet: the default build is the whole crate. Runtime integrations
-//! (timers, progress bars) will be optional, additive features.
+//! All optional and additive; none changes a default.
+//!
+//! | feature | adds |
+//! |---|---|
+//! | `tokio` | `time::TokioTimer`: tokio's timer, honouring `tokio::time::pause` |
+//! | `async-io` | `time::AsyncIoTimer`: the async-io (smol) reactor's timer |
+//! | `test-util` | `time::ManualClock`: a clock that moves only when a test advances it |
 
 #![warn(
     missing_docs,
