@@ -736,18 +736,7 @@ impl<Op, Fut: RetryOutput, P, H, T: Timer> Retry<Op, Fut, P, H, T> {
     where
         P2: FnMut(&Fut::Error) -> bool,
     {
-        Retry {
-            operation: self.operation,
-            policy: self.policy,
-            retry_if: retryable,
-            on_retry: self.on_retry,
-            deadline: self.deadline,
-            attempt: self.attempt,
-            attempts: self.attempts,
-            total_deadline: self.total_deadline,
-            state: self.state,
-            rng: self.rng,
-        }
+        self.map_parts(|_, on_retry, deadline| (retryable, on_retry, deadline))
     }
 
     /// Calls `hook` after each failed attempt that will be retried, before
@@ -760,18 +749,7 @@ impl<Op, Fut: RetryOutput, P, H, T: Timer> Retry<Op, Fut, P, H, T> {
     where
         H2: FnMut(&RetryEvent<'_, Fut::Error>),
     {
-        Retry {
-            operation: self.operation,
-            policy: self.policy,
-            retry_if: self.retry_if,
-            on_retry: hook,
-            deadline: self.deadline,
-            attempt: self.attempt,
-            attempts: self.attempts,
-            total_deadline: self.total_deadline,
-            state: self.state,
-            rng: self.rng,
-        }
+        self.map_parts(|retry_if, _, deadline| (retry_if, hook, deadline))
     }
 
     /// Waits (backoff, time limits) on another [`Timer`].
@@ -795,12 +773,23 @@ impl<Op, Fut: RetryOutput, P, H, T: Timer> Retry<Op, Fut, P, H, T> {
             self.state == State::Start,
             "`Retry::with_timer` after the retry started"
         );
+        self.map_parts(|retry_if, on_retry, deadline| {
+            (retry_if, on_retry, deadline.with_timer(timer))
+        })
+    }
+
+    /// Rebuilds the future with other hooks or another timer.
+    fn map_parts<P2, H2, U: Timer>(
+        self,
+        f: impl FnOnce(P, H, BoxedDeadline<T>) -> (P2, H2, BoxedDeadline<U>),
+    ) -> Retry<Op, Fut, P2, H2, U> {
+        let (retry_if, on_retry, deadline) = f(self.retry_if, self.on_retry, self.deadline);
         Retry {
             operation: self.operation,
             policy: self.policy,
-            retry_if: self.retry_if,
-            on_retry: self.on_retry,
-            deadline: self.deadline.with_timer(timer),
+            retry_if,
+            on_retry,
+            deadline,
             attempt: self.attempt,
             attempts: self.attempts,
             total_deadline: self.total_deadline,

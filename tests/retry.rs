@@ -10,6 +10,7 @@ mod common;
 use awaitkit::time::{ManualClock, Timer};
 use awaitkit::{AttemptError, Backoff, GaveUp, RetryConfigError, RetryPolicy};
 use common::*;
+use futures::future::BoxFuture;
 use std::future::{Future, pending};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,19 @@ impl Starts {
     }
     fn get(&self) -> Vec<Duration> {
         self.0.lock().unwrap().clone()
+    }
+}
+
+/// An operation whose attempts never finish, each holding a token of
+/// `tracker` (so tests can count live attempts).
+fn hanging(tracker: &Tracker) -> impl FnMut() -> BoxFuture<'static, Result<(), ()>> + use<> {
+    let tracker = tracker.clone();
+    move || {
+        let token = tracker.token();
+        Box::pin(async move {
+            let _token = token;
+            pending::<Result<(), ()>>().await
+        })
     }
 }
 
@@ -212,17 +226,10 @@ fn the_total_timeout_skips_a_retry_that_would_start_too_late() {
 fn the_total_timeout_cuts_a_running_attempt() {
     let clock = ManualClock::new();
     let tracker = Tracker::new();
-    let t = tracker.clone();
     let mut retry = RetryPolicy::new(3)
         .attempt_timeout(Duration::from_secs(10))
         .total_timeout(Duration::from_secs(1))
-        .retry(move || {
-            let token = t.token();
-            async move {
-                let _token = token;
-                pending::<Result<(), ()>>().await
-            }
-        })
+        .retry(hanging(&tracker))
         .with_timer(clock.clone());
     let waker = CountingWaker::new();
     assert!(poll(&mut retry, &waker).is_pending());
@@ -293,15 +300,8 @@ fn a_zero_backoff_yields_between_attempts() {
 fn dropping_the_retry_cancels_the_attempt_or_the_backoff() {
     let clock = ManualClock::new();
     let tracker = Tracker::new();
-    let t = tracker.clone();
     let mut retry = RetryPolicy::new(3)
-        .retry(move || {
-            let token = t.token();
-            async move {
-                let _token = token;
-                pending::<Result<(), ()>>().await
-            }
-        })
+        .retry(hanging(&tracker))
         .with_timer(clock.clone());
     let waker = CountingWaker::new();
     assert!(poll(&mut retry, &waker).is_pending());

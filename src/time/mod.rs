@@ -45,7 +45,7 @@ pub use async_io::{AsyncIoSleep, AsyncIoTimer};
 #[cfg(feature = "test-util")]
 pub use manual::{ManualClock, ManualSleep};
 #[cfg(feature = "tokio")]
-pub use tokio::TokioTimer;
+pub use tokio::{TokioSleep, TokioTimer};
 
 use std::fmt;
 use std::future::Future;

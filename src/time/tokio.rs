@@ -1,14 +1,19 @@
 //! `TokioTimer`: tokio's own timer (feature `tokio`).
 
 use super::Timer;
+use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 /// A [`Timer`] on tokio's timer wheel (feature `tokio`).
 ///
 /// Its clock is `tokio::time::Instant`, so `tokio::time::pause` and
 /// `advance` in your tokio tests move awaitkit's timeouts too. Sleeps are
-/// tokio's `Sleep` (millisecond resolution, rounded up: never early).
+/// tokio's `Sleep` (millisecond resolution, rounded up: never early), polled
+/// outside tokio's cooperative budget, so a timeout still fires when the
+/// future it guards has used up its task's budget.
 ///
 /// # Panics
 ///
@@ -30,17 +35,58 @@ use std::time::Instant;
 pub struct TokioTimer;
 
 impl Timer for TokioTimer {
-    type Sleep = tokio::time::Sleep;
+    type Sleep = TokioSleep;
 
     fn now(&self) -> Instant {
         tokio::time::Instant::now().into_std()
     }
 
-    fn sleep_until(&self, deadline: Instant) -> tokio::time::Sleep {
-        tokio::time::sleep_until(deadline.into())
+    fn sleep_until(&self, deadline: Instant) -> TokioSleep {
+        TokioSleep {
+            sleep: tokio::time::sleep_until(deadline.into()),
+        }
     }
 
-    fn reset(&self, sleep: Pin<&mut tokio::time::Sleep>, deadline: Instant) {
-        sleep.reset(deadline.into());
+    fn reset(&self, sleep: Pin<&mut TokioSleep>, deadline: Instant) {
+        sleep.project().sleep.reset(deadline.into());
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The sleep future of [`TokioTimer`]: a `tokio::time::Sleep` polled
+    /// outside tokio's cooperative budget.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::time::{TokioTimer, Timer};
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// let sleep: awaitkit::time::TokioSleep = TokioTimer.sleep_until(TokioTimer.now());
+    /// sleep.await;
+    /// # });
+    /// ```
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct TokioSleep {
+        #[pin]
+        sleep: tokio::time::Sleep,
+    }
+}
+
+impl Future for TokioSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Like `tokio::time::timeout`: the deadline must be seen even when
+        // the guarded future spent the whole budget.
+        let sleep = self.project().sleep;
+        Pin::new(&mut tokio::task::coop::unconstrained(sleep)).poll(cx)
+    }
+}
+
+impl fmt::Debug for TokioSleep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokioSleep")
+            .field("deadline", &self.sleep.deadline())
+            .finish()
     }
 }
