@@ -1,18 +1,24 @@
 #!/usr/bin/env python3
-"""Generate docs/benchmarks.md from the output of `cargo bench --bench combinators`.
+"""Generate docs/benchmarks.md from the output of `cargo bench --bench combinators`
+and `cargo bench --bench time --features tokio,async-io`.
 
 Reads criterion's `<criterion dir>/<group>/<function>/<N>/new/estimates.json`
 (median point estimate, ns per iteration) and the `polls.csv` written by the
-bench, and prints Markdown to stdout.
+combinators bench; for the timer groups (no N) `<group>/<function>/new/
+estimates.json` and the `time_rss.csv` written by the time bench. Prints
+Markdown to stdout.
 
 Usage:
     python3 scripts/bench_table.py [--target-dir DIR] [--include-stale] > docs/benchmarks.md
 
 The criterion directory is, in order: $CRITERION_HOME, <--target-dir>/criterion,
-$CARGO_TARGET_DIR/criterion, ./target/criterion. Results older than the last
-run's marker (`awaitkit-bench-run.txt`, written when the bench starts) are
-left out unless --include-stale is given, so a quick run that skips some sizes
-does not mix with an older full run.
+$CARGO_TARGET_DIR/criterion, ./target/criterion. Each bench writes its own run
+marker when it starts (`awaitkit-bench-run.txt` for combinators,
+`awaitkit-bench-run-time.txt` for time); results older than their bench's
+marker are left out unless --include-stale is given, so a quick run that skips
+some sizes does not mix with an older full run, and running one bench does not
+hide the other's results. The timer section is left out when the time bench
+has not been run.
 """
 
 import argparse
@@ -79,6 +85,36 @@ GROUPS = [
 ]
 
 BAR = 1.05
+
+# Timer groups (benches/time.rs): one function per crate, no N.
+TIME_MARKER = "awaitkit-bench-run-time.txt"
+TIMEOUT_READY_COLUMNS = [
+    ("awaitkit", "awaitkit `timeout` (default timer)"),
+    ("awaitkit_tokio", "awaitkit `timeout_with(TokioTimer)`"),
+    ("awaitkit_async_io", "awaitkit `timeout_with(AsyncIoTimer)`"),
+    ("tokio", "tokio `time::timeout`"),
+    ("futures_timer", "futures-timer `Delay` + `select`"),
+    ("async_io", "async-io `Timer` + `select`"),
+    ("bare", "bare inner future"),
+]
+TIMEOUT_READY_PEERS = ["tokio", "futures_timer", "async_io"]
+TIMEOUT_READY_BAR = 0.5  # × the fastest peer
+TIMEOUT_READY_GOAL = 1.2  # × bare
+# (backend, awaitkit function, native function)
+REGISTER_PAIRS = [
+    ("futures-timer (`FuturesTimer`, the default)", "awaitkit", "futures_timer"),
+    ("tokio (`TokioTimer`)", "awaitkit_tokio", "tokio"),
+    ("async-io (`AsyncIoTimer`)", "awaitkit_async_io", "async_io"),
+]
+REGISTER_LABELS = {
+    "awaitkit": "awaitkit `timeout` (default, futures-timer)",
+    "awaitkit_tokio": "awaitkit `timeout_with(TokioTimer)`",
+    "awaitkit_async_io": "awaitkit `timeout_with(AsyncIoTimer)`",
+    "tokio": "tokio `time::timeout`",
+    "futures_timer": "futures-timer `Delay` + `select`",
+    "async_io": "async-io `Timer` + `select`",
+}
+REGISTER_BAR = 1.1  # × the backend's native timer
 
 
 def criterion_dir(args):
@@ -157,6 +193,205 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor() or "?"
+
+
+def load_flat_medians(cdir, group, fids, not_before):
+    """{function: ns per iteration} for a group without a parameter."""
+    out = {}
+    for fid in fids:
+        est = cdir / group / fid / "new" / "estimates.json"
+        if not est.is_file():
+            continue
+        if not_before is not None and est.stat().st_mtime < not_before:
+            continue
+        with open(est) as f:
+            out[fid] = json.load(f)["median"]["point_estimate"]
+    return out
+
+
+def load_rss(cdir):
+    """{(group, function): row of time_rss.csv}"""
+    rss = {}
+    path = cdir / "time_rss.csv"
+    if path.is_file():
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                rss[(row["group"], row["function"])] = row
+    return rss
+
+
+def kib_delta(row, a, b):
+    try:
+        return int(row[b]) - int(row[a])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def fmt_kib(v):
+    if v is None:
+        return "?"
+    return f"{v:+,} KiB".replace(",", " ")
+
+
+def fmt_ns_fine(v):
+    """fmt_ns with two decimals below 10 ns (a ready timeout costs about 1 ns)."""
+    if v is not None and v < 10:
+        return f"{v:.2f}"
+    return fmt_ns(v)
+
+
+def ratio_cell(r, limit, bold=True):
+    if r is None:
+        return "—"
+    v = f"**{r:.2f}**" if bold else f"{r:.2f}"
+    return f"{v} {mark(r <= limit)}"
+
+
+def time_section(cdir, include_stale):
+    """Markdown lines for the timer groups; empty if the time bench has not run."""
+    marker = cdir / TIME_MARKER
+    if not marker.is_file():
+        return []
+    mode = marker.read_text().strip()
+    run_time = marker.stat().st_mtime
+    not_before = None if include_stale else run_time - 1
+    ready = load_flat_medians(cdir, "timeout_ready", [f for f, _ in TIMEOUT_READY_COLUMNS], not_before)
+    register = load_flat_medians(cdir, "timer_register_drop", list(REGISTER_LABELS), not_before)
+    if not ready and not register:
+        return []
+    rss = load_rss(cdir)
+
+    lines = []
+    w = lines.append
+    w("")
+    w("# Timers")
+    w("")
+    w("`timeout` against the runtimes' own timers (`benches/time.rs`; workloads and bars:")
+    w("`BENCH.md`). Every future is pinned on the stack and polled with a no-op waker; a tokio")
+    w("current-thread runtime (time enabled, never driven) is entered for the whole run.")
+    w("Building the timeout, polling it, consuming the output and dropping it (timers")
+    w("included) are timed. Criterion picks the iteration counts.")
+    w("")
+    w("```sh")
+    w("AWAITKIT_BENCH_QUICK=1 cargo bench --bench time --features tokio,async-io && python3 scripts/bench_table.py > docs/benchmarks.md")
+    w("```")
+    w("")
+    w(f"- run: {datetime.datetime.fromtimestamp(run_time):%Y-%m-%d %H:%M}, mode {mode}")
+    w("")
+    w("Times are criterion medians in ns per timeout.")
+    w("")
+
+    if ready:
+        w("## `timeout_ready`")
+        w("")
+        w("An immediately ready future (`std::future::ready`) in a 1 h timeout, polled to completion.")
+        w("")
+        header = [label for _, label in TIMEOUT_READY_COLUMNS]
+        w("| " + " | ".join(header) + " |")
+        w("|" + "---|" * len(header))
+        w("| " + " | ".join(fmt_ns_fine(ready.get(fid)) for fid, _ in TIMEOUT_READY_COLUMNS) + " |")
+        w("")
+        peers = {fid: ready[fid] for fid in TIMEOUT_READY_PEERS if fid in ready}
+        fastest = min(peers, key=peers.get) if peers else None
+        bare = ready.get("bare")
+        label = dict(TIMEOUT_READY_COLUMNS)
+        header = [
+            "awaitkit",
+            "ns per timeout",
+            f"/ fastest peer (bar ≤ {TIMEOUT_READY_BAR})",
+            "fastest peer",
+            f"/ bare (goal ≤ {TIMEOUT_READY_GOAL})",
+        ]
+        w("| " + " | ".join(header) + " |")
+        w("|" + "---|" * len(header))
+        for fid in ("awaitkit", "awaitkit_tokio", "awaitkit_async_io"):
+            ak = ready.get(fid)
+            if ak is None:
+                continue
+            r_peer = ak / peers[fastest] if fastest else None
+            r_bare = ak / bare if bare else None
+            main = fid == "awaitkit"
+            w("| " + " | ".join([
+                label[fid],
+                fmt_ns_fine(ak),
+                ratio_cell(r_peer, TIMEOUT_READY_BAR, main),
+                label[fastest] if fastest else "—",
+                ratio_cell(r_bare, TIMEOUT_READY_GOAL, main),
+            ]) + " |")
+        w("")
+
+    if register:
+        w("## `timer_register_drop`")
+        w("")
+        w("A 1 h timeout around a pending future, polled once (the timer is registered) and dropped.")
+        w("")
+        fids = list(REGISTER_LABELS)
+        w("| " + " | ".join(REGISTER_LABELS[f] for f in fids) + " |")
+        w("|" + "---|" * len(fids))
+        w("| " + " | ".join(fmt_ns_fine(register.get(f)) for f in fids) + " |")
+        w("")
+        header = [
+            "backend",
+            "awaitkit",
+            "native",
+            f"awaitkit / native (bar ≤ {REGISTER_BAR})",
+            "RSS Δ, 2nd 10⁵ (awaitkit / native)",
+        ]
+        w("| " + " | ".join(header) + " |")
+        w("|" + "---|" * len(header))
+        for backend, ak_fid, native_fid in REGISTER_PAIRS:
+            ak, native = register.get(ak_fid), register.get(native_fid)
+            if ak is None and native is None:
+                continue
+            r = ak / native if ak and native else None
+            mem = " / ".join(
+                fmt_kib(kib_delta(rss[("timer_register_drop", f)], "rss_round1_kib", "rss_round2_kib"))
+                if ("timer_register_drop", f) in rss else "?"
+                for f in (ak_fid, native_fid)
+            )
+            w("| " + " | ".join([backend, fmt_ns_fine(ak), fmt_ns_fine(native), ratio_cell(r, REGISTER_BAR), mem]) + " |")
+        w("")
+        ak, tok = register.get("awaitkit"), register.get("tokio")
+        if ak and tok:
+            w(f"Goal: default backend / tokio `time::timeout` = {ratio_cell(ak / tok, 1.0)} (goal ≤ 1.0).")
+            w("")
+        rows = [(f, rss[("timer_register_drop", f)]) for f in fids if ("timer_register_drop", f) in rss]
+        if rows:
+            w("<details><summary>memory: process RSS around each function (KiB)</summary>")
+            w("")
+            w("Before the timed runs, an untimed check registers and drops 10⁵ timers twice;")
+            w("dropped registrations must not accumulate (flat RSS in the second round).")
+            w("")
+            ph = ["function", "start", "after 1st 10⁵", "after 2nd 10⁵", "after the timed runs", "untimed ns/iter (2nd 10⁵)"]
+            w("| " + " | ".join(ph) + " |")
+            w("|" + "---|" * len(ph))
+            for f, row in rows:
+                w("| " + " | ".join([
+                    REGISTER_LABELS[f],
+                    row.get("rss_start_kib", "?"),
+                    row.get("rss_round1_kib", "?"),
+                    row.get("rss_round2_kib", "?"),
+                    row.get("rss_after_bench_kib", "?"),
+                    row.get("check_ns_per_iter", "?"),
+                ]) + " |")
+            w("")
+            w("</details>")
+            w("")
+
+    w("Timer notes:")
+    w("")
+    w("- futures-timer registers in `Delay::new` and wakes its global helper thread on every")
+    w("  registration and every drop; async-io queues timer operations for its reactor thread")
+    w("  and notifies it on insert; tokio inserts into the runtime's wheel under a lock and")
+    w("  removes the entry on drop. On this 2-core machine the helper threads compete with the")
+    w("  bench thread, so the futures-timer and async-io rows are the noisiest and bimodal from")
+    w("  run to run: when the futures-timer helper lags behind (e.g. it shares the bench thread's")
+    w("  core), it handles registrations in batches and a `Delay` created and dropped before it")
+    w("  looks is never put in its heap, so a faster producer gets a cheaper timer. Rerun before")
+    w("  trusting a ratio near the 1.1 bar.")
+    w("- A ready inner future never creates a timer in awaitkit; the peers build one first")
+    w("  (tokio: a `Sleep`, futures-timer: a registered `Delay`, async-io: a clock read).")
+    return lines
 
 
 def main():
@@ -286,6 +521,7 @@ def main():
     w("- `wait_any` child polls are N first polls + 1 for the fired child (1.00–1.10 / N);")
     w("  `select_all` and `race` poll every child again after the wake (2.00 / N).")
     w("- futures-concurrency `race` returns only the winner (its rest is dropped inside).")
+    lines += time_section(cdir, args.include_stale)
     print("\n".join(lines))
 
 

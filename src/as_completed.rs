@@ -580,7 +580,11 @@ impl<S: CompletionSet, T: Timer> Stream for AsCompletedUntil<S, T> {
         };
         match Pin::new(&mut *set).poll_next(cx) {
             Poll::Ready(Some(item)) => return Poll::Ready(Some(Ok(item))),
-            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(None) => {
+                // Everything finished in time: release the timer now.
+                this.deadline.restart(None);
+                return Poll::Ready(None);
+            }
             Poll::Pending => {}
         }
         // Children first: one finishing at the deadline is yielded as done.

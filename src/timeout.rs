@@ -156,24 +156,24 @@ pin_project_lite::pin_project! {
     /// ```
     #[must_use = "futures do nothing unless you `.await` or poll them"]
     pub struct Timeout<F, T: Timer = DefaultTimer> {
+        // `None` once finished: the inner future is dropped as soon as the
+        // timeout resolves, either way.
         #[pin]
-        inner: F,
+        inner: Option<F>,
         #[pin]
         sleep: Option<T::Sleep>,
         timer: T,
         when: When,
-        finished: bool,
     }
 }
 
 impl<F, T: Timer> Timeout<F, T> {
     fn new(timer: T, when: When, inner: F) -> Self {
         Timeout {
-            inner,
+            inner: Some(inner),
             sleep: None,
             timer,
             when,
-            finished: false,
         }
     }
 
@@ -215,39 +215,42 @@ impl<F, T: Timer> Timeout<F, T> {
         time::reset_deadline(&*this.timer, this.when, this.sleep, When::At(deadline));
     }
 
-    /// The inner future.
+    /// The inner future; `None` once the timeout has resolved (the inner
+    /// future is dropped then, whichever way it ended).
     ///
     /// # Examples
     ///
     /// ```
     /// let call = awaitkit::timeout(std::time::Duration::from_secs(1), std::future::ready(3));
-    /// assert_eq!(call.get_ref().clone().into_inner(), 3);
+    /// assert!(call.get_ref().is_some());
     /// ```
-    pub fn get_ref(&self) -> &F {
-        &self.inner
+    pub fn get_ref(&self) -> Option<&F> {
+        self.inner.as_ref()
     }
 
-    /// The inner future, mutably.
+    /// The inner future, mutably (before it is pinned); `None` once the
+    /// timeout has resolved.
     ///
     /// # Examples
     ///
     /// ```
     /// let mut call = awaitkit::timeout(std::time::Duration::from_secs(1), std::future::ready(3));
-    /// let _inner: &mut std::future::Ready<i32> = call.get_mut();
+    /// let _inner: Option<&mut std::future::Ready<i32>> = call.get_mut();
     /// ```
-    pub fn get_mut(&mut self) -> &mut F {
-        &mut self.inner
+    pub fn get_mut(&mut self) -> Option<&mut F> {
+        self.inner.as_mut()
     }
 
-    /// Gives the inner future back, dropping the timer.
+    /// Gives the inner future back, dropping the timer; `None` if the
+    /// timeout has already resolved.
     ///
     /// # Examples
     ///
     /// ```
     /// let call = awaitkit::timeout(std::time::Duration::from_secs(1), std::future::ready(3));
-    /// assert_eq!(call.into_inner().into_inner(), 3);
+    /// assert_eq!(call.into_inner().unwrap().into_inner(), 3);
     /// ```
-    pub fn into_inner(self) -> F {
+    pub fn into_inner(self) -> Option<F> {
         self.inner
     }
 }
@@ -256,16 +259,23 @@ impl<F: Future, T: Timer> Future for Timeout<F, T> {
     type Output = Result<F::Output, Elapsed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        assert!(!*this.finished, "`Timeout` polled after completion");
+        let mut this = self.project();
+        let inner = this
+            .inner
+            .as_mut()
+            .as_pin_mut()
+            .expect("`Timeout` polled after completion");
         // Inner first: a ready future always wins, at any deadline.
-        if let Poll::Ready(output) = this.inner.poll(cx) {
-            *this.finished = true;
+        if let Poll::Ready(output) = inner.poll(cx) {
+            this.inner.set(None);
             return Poll::Ready(Ok(output));
         }
-        match time::poll_deadline(&*this.timer, this.when, this.sleep, cx) {
+        match time::poll_deadline(&*this.timer, this.when, this.sleep.as_mut(), cx) {
             Poll::Ready(()) => {
-                *this.finished = true;
+                // Cancel the inner future and release the timer now, not
+                // when the `Timeout` is dropped.
+                this.inner.set(None);
+                this.sleep.set(None);
                 Poll::Ready(Err(Elapsed(())))
             }
             Poll::Pending => Poll::Pending,
@@ -278,7 +288,7 @@ impl<F, T: Timer> fmt::Debug for Timeout<F, T> {
         f.debug_struct("Timeout")
             .field("deadline", &self.when.deadline())
             .field("timer_started", &self.sleep.is_some())
-            .field("finished", &self.finished)
+            .field("finished", &self.inner.is_none())
             .finish_non_exhaustive()
     }
 }

@@ -459,6 +459,7 @@ impl<F: Future, T: Timer> Future for Wait<F, T> {
                 return Poll::Pending;
             }
             let pending = this.set.take().expect("checked above");
+            this.deadline.restart(None); // release the timer now
             Poll::Ready(WaitOutcome {
                 done: std::mem::take(&mut this.done),
                 pending,

@@ -280,3 +280,276 @@ fn wait_and_outcome_follow_children() {
     let out = futures::executor::block_on(wait([pinned_child()], ReturnWhen::AllCompleted));
     assert_eq!(traits!(send_sync_unpin(out)), ALL);
 }
+
+// ---------------------------------------------------------------------------
+// Time: `Timeout`, `Elapsed`, deadlines, timers
+// ---------------------------------------------------------------------------
+
+mod time {
+    use super::*;
+    use awaitkit::time::{DefaultTimer, FuturesSleep, FuturesTimer};
+    use awaitkit::{AsCompletedUntil, Elapsed, TimedOut, Timeout, Timer, timeout, timeout_with};
+    use std::pin::Pin;
+    use std::time::{Duration, Instant};
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    /// A timer that is neither `Send` nor `Sync` (its sleep is).
+    #[derive(Clone, Debug, Default)]
+    struct LocalTimer(PhantomData<Rc<()>>);
+
+    impl Timer for LocalTimer {
+        type Sleep = FuturesSleep;
+        fn now(&self) -> Instant {
+            FuturesTimer.now()
+        }
+        fn sleep_until(&self, deadline: Instant) -> FuturesSleep {
+            FuturesTimer.sleep_until(deadline)
+        }
+        fn reset(&self, sleep: Pin<&mut FuturesSleep>, deadline: Instant) {
+            FuturesTimer.reset(sleep, deadline)
+        }
+    }
+
+    /// A `Send + Sync` timer whose sleep is neither.
+    #[derive(Clone, Copy, Debug, Default)]
+    struct LocalSleepTimer;
+
+    struct LocalSleep(FuturesSleep, PhantomData<Rc<()>>);
+
+    impl std::future::Future for LocalSleep {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+            Pin::new(&mut self.0).poll(cx)
+        }
+    }
+
+    impl Timer for LocalSleepTimer {
+        type Sleep = LocalSleep;
+        fn now(&self) -> Instant {
+            FuturesTimer.now()
+        }
+        fn sleep_until(&self, deadline: Instant) -> LocalSleep {
+            LocalSleep(FuturesTimer.sleep_until(deadline), PhantomData)
+        }
+        fn reset(&self, mut sleep: Pin<&mut LocalSleep>, deadline: Instant) {
+            FuturesTimer.reset(Pin::new(&mut sleep.0), deadline)
+        }
+    }
+
+    fn error_traits<E: std::error::Error + Clone + PartialEq + Send + Sync + Unpin + 'static>(
+        e: E,
+    ) -> E {
+        e
+    }
+
+    #[test]
+    fn timeout_follows_inner_timer_and_sleep() {
+        let t: Timeout<SendSync> = send_sync_unpin(timeout(SEC, ready(1u8)));
+        assert_eq!(traits!(t), ALL);
+        let t: Timeout<SendSync, DefaultTimer> =
+            send_sync_unpin(timeout_with(FuturesTimer, SEC, ready(1u8)));
+        assert_eq!(traits!(t), ALL);
+        assert_eq!(traits!(timeout(SEC, ready(Cell::new(1u8)))), SEND_ONLY);
+        assert_eq!(traits!(timeout(SEC, ready(Rc::new(1u8)))), NEITHER);
+        // `Unpin` only with an `Unpin` inner future (it is pinned in place).
+        assert_eq!(traits!(timeout(SEC, pinned_child())), (true, true, false));
+        assert_eq!(traits!(timeout(SEC, async { 1 })), (true, true, false));
+        // The timer and its sleep count too.
+        assert_eq!(
+            traits!(timeout_with(LocalTimer::default(), SEC, ready(1u8))),
+            NEITHER
+        );
+        assert_eq!(
+            traits!(timeout_with(LocalSleepTimer, SEC, ready(1u8))),
+            NEITHER
+        );
+    }
+
+    #[test]
+    fn elapsed_is_a_plain_error() {
+        let e = send_sync_unpin(error_traits(Elapsed::new()));
+        assert_eq!(traits!(e), ALL);
+        let copy = e;
+        assert_eq!(copy, e);
+    }
+
+    #[test]
+    fn timers_are_plain_handles() {
+        assert_eq!(traits!(send_sync_unpin(FuturesTimer)), ALL);
+        assert_eq!(traits!(FuturesTimer.sleep_until(Instant::now())), ALL);
+    }
+
+    #[test]
+    fn timed_wait_is_always_unpin_and_follows_children() {
+        let w: Wait<SendSync> =
+            send_sync_unpin(wait([ready(1u8)], ReturnWhen::AllCompleted).with_timeout(SEC));
+        assert_eq!(traits!(w), ALL);
+        assert_eq!(
+            traits!(send_sync_unpin(
+                wait([pinned_child()], ReturnWhen::AllCompleted).with_timeout(SEC)
+            )),
+            ALL
+        );
+        assert_eq!(
+            traits!(wait([ready(Cell::new(1u8))], ReturnWhen::AllCompleted).with_timeout(SEC)),
+            SEND_ONLY
+        );
+        // A `!Send` timer or sleep: still `Unpin` (the sleep is boxed).
+        assert_eq!(
+            traits!(unpin(
+                wait([ready(1u8)], ReturnWhen::AllCompleted).with_timer(LocalTimer::default())
+            )),
+            NEITHER
+        );
+        assert_eq!(
+            traits!(unpin(
+                wait([pinned_child()], ReturnWhen::AllCompleted).with_timer(LocalSleepTimer)
+            )),
+            NEITHER
+        );
+    }
+
+    #[test]
+    fn as_completed_until_is_always_unpin_and_follows_children() {
+        let s: AsCompletedUntil<AsCompleted<SendSync>> =
+            send_sync_unpin(as_completed([ready(1u8)]).with_timeout(SEC));
+        assert_eq!(traits!(s), ALL);
+        assert_eq!(
+            traits!(send_sync_unpin(
+                as_completed([pinned_child()]).indexed().with_timeout(SEC)
+            )),
+            ALL
+        );
+        assert_eq!(
+            traits!(AsCompleted::<SendNotSync>::new().with_timeout(SEC)),
+            SEND_ONLY
+        );
+        assert_eq!(
+            traits!(AsCompleted::<NotSendNotSync>::new().with_timeout(SEC)),
+            NEITHER
+        );
+        assert_eq!(
+            traits!(unpin(
+                as_completed([pinned_child()])
+                    .with_timeout(SEC)
+                    .with_timer(LocalSleepTimer)
+            )),
+            NEITHER
+        );
+        let marker: TimedOut<AsCompleted<SendSync>> = TimedOut {
+            pending: as_completed([ready(1u8)]),
+        };
+        assert_eq!(traits!(send_sync_unpin(marker)), ALL);
+        let marker = TimedOut {
+            pending: AsCompleted::<NotSendNotSync>::new(),
+        };
+        assert_eq!(traits!(marker), NEITHER);
+    }
+
+    #[cfg(feature = "test-util")]
+    #[test]
+    fn manual_clock_is_a_shared_handle() {
+        use awaitkit::time::ManualClock;
+        let clock = send_sync_unpin(ManualClock::new());
+        let other = clock.clone();
+        assert_eq!(traits!(other), ALL);
+        assert_eq!(
+            traits!(send_sync_unpin(clock.sleep_until(clock.now()))),
+            ALL
+        );
+        assert_eq!(
+            traits!(send_sync_unpin(timeout_with(
+                clock.clone(),
+                SEC,
+                ready(1u8)
+            ))),
+            ALL
+        );
+        assert_eq!(
+            traits!(send_sync_unpin(
+                wait([pinned_child()], ReturnWhen::AllCompleted).with_timer(clock.clone())
+            )),
+            ALL
+        );
+        assert_eq!(
+            traits!(send_sync_unpin(
+                as_completed([ready(1u8)])
+                    .with_timeout(SEC)
+                    .with_timer(clock)
+            )),
+            ALL
+        );
+    }
+
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn tokio_timer_sleep_is_pinned_but_deadlines_stay_unpin() {
+        use awaitkit::time::TokioTimer;
+        assert_eq!(traits!(send_sync_unpin(TokioTimer)), ALL);
+        // tokio's `Sleep` is `!Unpin`, so a `Timeout` on it is too...
+        assert_eq!(
+            traits!(timeout_with(TokioTimer, SEC, ready(1u8))),
+            (true, true, false)
+        );
+        // ...but the deadline combinators box their sleep.
+        assert_eq!(
+            traits!(send_sync_unpin(
+                wait([ready(1u8)], ReturnWhen::AllCompleted).with_timer(TokioTimer)
+            )),
+            ALL
+        );
+        assert_eq!(
+            traits!(send_sync_unpin(
+                as_completed([pinned_child()])
+                    .with_timeout(SEC)
+                    .with_timer(TokioTimer)
+            )),
+            ALL
+        );
+    }
+
+    #[cfg(feature = "async-io")]
+    #[test]
+    fn async_io_timer_is_send_sync_unpin() {
+        use awaitkit::time::AsyncIoTimer;
+        assert_eq!(traits!(send_sync_unpin(AsyncIoTimer)), ALL);
+        assert_eq!(
+            traits!(send_sync_unpin(timeout_with(AsyncIoTimer, SEC, ready(1u8)))),
+            ALL
+        );
+    }
+}
+
+mod retry {
+    use super::*;
+    use awaitkit::{AttemptError, Backoff, RetryConfigError, RetryError, RetryPolicy};
+
+    #[test]
+    fn retry_is_always_unpin_and_send_sync_follow_its_parts() {
+        let policy = RetryPolicy::new(2).backoff(Backoff::none());
+        let r = send_sync_unpin(policy.retry(|| ready(Ok::<u8, ()>(1))));
+        assert_eq!(traits!(r), ALL);
+        // `!Unpin` attempts are kept on the heap: the retry stays `Unpin`.
+        assert_eq!(traits!(policy.retry(|| async { Ok::<u8, ()>(1) })), ALL);
+        // `!Send` attempts make a `!Send` retry (it keeps one alive).
+        let r = policy.retry(|| ready(Ok::<_, ()>(Rc::new(1u8))));
+        assert_eq!(traits!(r), NEITHER);
+        let r = policy
+            .retry(|| ready(Err::<u8, u8>(1)))
+            .retry_if(|_| true)
+            .on_retry(|_| {});
+        assert_eq!(traits!(send_sync_unpin(r)), ALL);
+    }
+
+    #[test]
+    fn retry_values_are_send_sync_unpin() {
+        send_sync_unpin(RetryPolicy::new(1));
+        send_sync_unpin(Backoff::default());
+        send_sync_unpin(RetryConfigError::ZeroAttempts);
+        send_sync_unpin(AttemptError::Failed(1u8));
+        fn error<E: std::error::Error + Send + Sync + Unpin + 'static>() {}
+        error::<RetryError<std::io::Error>>();
+        error::<RetryConfigError>();
+    }
+}

@@ -109,15 +109,67 @@ pub trait Timer {
     type Sleep: Future<Output = ()>;
 
     /// The current time on this timer's clock.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::time::{FuturesTimer, Timer};
+    /// let (a, b) = (FuturesTimer.now(), FuturesTimer.now());
+    /// assert!(b >= a);
+    /// ```
     fn now(&self) -> Instant;
 
     /// A future that completes once [`now`](Timer::now) has reached
     /// `deadline`. Creating it must be cheap; the timer may register it
     /// lazily, on its first poll.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::time::{FuturesTimer, Timer};
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let deadline = FuturesTimer.now() + Duration::from_millis(2);
+    /// FuturesTimer.sleep_until(deadline).await;
+    /// assert!(FuturesTimer.now() >= deadline);
+    /// # });
+    /// ```
     fn sleep_until(&self, deadline: Instant) -> Self::Sleep;
+
+    /// [`sleep_until`](Timer::sleep_until), given the `now` the caller has
+    /// just read from [`now`](Timer::now). Backends whose sleeps take a
+    /// duration override it to skip a second clock read; the default ignores
+    /// `now`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::time::{FuturesTimer, Timer};
+    /// # futures::executor::block_on(async {
+    /// let now = FuturesTimer.now();
+    /// FuturesTimer.sleep_until_from(now, now).await; // already due
+    /// # });
+    /// ```
+    fn sleep_until_from(&self, now: Instant, deadline: Instant) -> Self::Sleep {
+        let _ = now;
+        self.sleep_until(deadline)
+    }
 
     /// Moves `sleep` to a new deadline, keeping the waker it was last polled
     /// with (see the [contract](Timer#contract)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::time::{FuturesTimer, Timer};
+    /// use std::pin::pin;
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let mut sleep = pin!(FuturesTimer.sleep_until(FuturesTimer.now() + Duration::from_secs(3600)));
+    /// FuturesTimer.reset(sleep.as_mut(), FuturesTimer.now() + Duration::from_millis(1));
+    /// sleep.await; // an hour became a millisecond
+    /// # });
+    /// ```
     fn reset(&self, sleep: Pin<&mut Self::Sleep>, deadline: Instant);
 }
 
@@ -128,6 +180,9 @@ impl<T: Timer + ?Sized> Timer for &T {
     }
     fn sleep_until(&self, deadline: Instant) -> T::Sleep {
         (**self).sleep_until(deadline)
+    }
+    fn sleep_until_from(&self, now: Instant, deadline: Instant) -> T::Sleep {
+        (**self).sleep_until_from(now, deadline)
     }
     fn reset(&self, sleep: Pin<&mut T::Sleep>, deadline: Instant) {
         (**self).reset(sleep, deadline)
@@ -141,6 +196,9 @@ impl<T: Timer + ?Sized> Timer for Arc<T> {
     }
     fn sleep_until(&self, deadline: Instant) -> T::Sleep {
         (**self).sleep_until(deadline)
+    }
+    fn sleep_until_from(&self, now: Instant, deadline: Instant) -> T::Sleep {
+        (**self).sleep_until_from(now, deadline)
     }
     fn reset(&self, sleep: Pin<&mut T::Sleep>, deadline: Instant) {
         (**self).reset(sleep, deadline)
@@ -191,7 +249,12 @@ impl Timer for FuturesTimer {
     }
 
     fn sleep_until(&self, deadline: Instant) -> FuturesSleep {
-        let delay = deadline.saturating_duration_since(Instant::now());
+        self.sleep_until_from(Instant::now(), deadline)
+    }
+
+    fn sleep_until_from(&self, now: Instant, deadline: Instant) -> FuturesSleep {
+        // futures-timer takes a duration (and reads the clock once more).
+        let delay = deadline.saturating_duration_since(now);
         FuturesSleep(futures_timer::Delay::new(delay.min(MAX_SLEEP)))
     }
 
@@ -265,10 +328,9 @@ impl When {
     /// What the backend sleeps until: the deadline, capped at [`MAX_SLEEP`]
     /// from `now`.
     fn sleep_target(self, now: Instant) -> Instant {
-        let cap = now + MAX_SLEEP;
         match self {
-            When::At(at) => at.min(cap),
-            When::After(_) | When::Never => cap,
+            When::At(at) if at.saturating_duration_since(now) <= MAX_SLEEP => at,
+            When::At(_) | When::After(_) | When::Never => now + MAX_SLEEP,
         }
     }
 }
@@ -290,7 +352,7 @@ pub(crate) fn poll_deadline<T: Timer + ?Sized>(
         if matches!(*when, When::At(at) if now >= at) {
             return Poll::Ready(());
         }
-        sleep.set(Some(timer.sleep_until(when.sleep_target(now))));
+        sleep.set(Some(timer.sleep_until_from(now, when.sleep_target(now))));
     }
     // A sleep that fires early (a capped long sleep, a coarse backend) is
     // re-armed; twice in one poll and we yield instead of spinning.
@@ -303,7 +365,7 @@ pub(crate) fn poll_deadline<T: Timer + ?Sized>(
         if matches!(*when, When::At(at) if now >= at) {
             return Poll::Ready(());
         }
-        sleep.set(Some(timer.sleep_until(when.sleep_target(now))));
+        sleep.set(Some(timer.sleep_until_from(now, when.sleep_target(now))));
     }
     cx.waker().wake_by_ref();
     Poll::Pending

@@ -79,7 +79,11 @@ impl Future for TokioSleep {
         // Like `tokio::time::timeout`: the deadline must be seen even when
         // the guarded future spent the whole budget.
         let sleep = self.project().sleep;
-        Pin::new(&mut tokio::task::coop::unconstrained(sleep)).poll(cx)
+        if tokio::task::coop::has_budget_remaining() {
+            sleep.poll(cx)
+        } else {
+            Pin::new(&mut tokio::task::coop::unconstrained(sleep)).poll(cx)
+        }
     }
 }
 

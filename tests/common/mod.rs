@@ -951,3 +951,142 @@ impl Future for HandOff {
         Poll::Ready(())
     }
 }
+
+// ---------------------------------------------------------------------------
+// Time (timeouts, deadlines, the manual clock)
+// ---------------------------------------------------------------------------
+
+/// [`watchdog`] with an explicit limit, for tests whose failure mode is a
+/// spin (a timeout that never fires) and should fail fast.
+#[track_caller]
+pub(crate) fn watchdog_for<R: Send + 'static>(
+    name: &str,
+    limit: Duration,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> R {
+    let (tx, rx) = mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let r = f();
+            let _ = tx.send(());
+            r
+        })
+        .expect("spawn test thread");
+    match rx.recv_timeout(limit) {
+        Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
+            Ok(r) => r,
+            Err(payload) => std::panic::resume_unwind(payload),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("watchdog: `{name}` did not finish within {limit:?} (the timeout never fired)")
+        }
+    }
+}
+
+/// Shared log of the ids of [`RecordingWaker`]s, in wake order.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct WakeLog(Arc<Mutex<Vec<usize>>>);
+
+impl WakeLog {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+    /// A waker that appends `id` to this log each time it is woken.
+    pub(crate) fn waker(&self, id: usize) -> Waker {
+        Waker::from(Arc::new(RecordingWaker {
+            id,
+            log: self.clone(),
+            on_wake: None,
+            on_drop: None,
+        }))
+    }
+    /// A waker that runs `on_wake` (after logging `id`) each time it is woken
+    /// and `on_drop` when its last clone is dropped.
+    pub(crate) fn waker_with(
+        &self,
+        id: usize,
+        on_wake: Option<Box<dyn Fn() + Send + Sync>>,
+        on_drop: Option<Box<dyn Fn() + Send + Sync>>,
+    ) -> Waker {
+        Waker::from(Arc::new(RecordingWaker {
+            id,
+            log: self.clone(),
+            on_wake,
+            on_drop,
+        }))
+    }
+    pub(crate) fn take(&self) -> Vec<usize> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+    pub(crate) fn get(&self) -> Vec<usize> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// See [`WakeLog::waker`].
+pub(crate) struct RecordingWaker {
+    id: usize,
+    log: WakeLog,
+    on_wake: Option<Box<dyn Fn() + Send + Sync>>,
+    on_drop: Option<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl std::task::Wake for RecordingWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.log.0.lock().unwrap().push(self.id);
+        if let Some(f) = &self.on_wake {
+            f();
+        }
+    }
+}
+
+impl Drop for RecordingWaker {
+    fn drop(&mut self) {
+        if let Some(f) = &self.on_drop {
+            f();
+        }
+    }
+}
+
+/// Yields (self-waking) until `clock` has at least `n` registered sleepers:
+/// the code under test, running in another branch or task, has reached its
+/// sleep. Panics after a generous number of turns.
+#[cfg(feature = "test-util")]
+pub(crate) async fn sleepers_reach(clock: &awaitkit::time::ManualClock, n: usize) {
+    for _ in 0..1_000_000 {
+        if clock.sleepers() >= n {
+            return;
+        }
+        yield_now().await;
+    }
+    panic!(
+        "the clock never reached {n} sleeper(s) (has {})",
+        clock.sleepers()
+    );
+}
+
+/// A plain thread that waits until `clock` has at least `n` sleepers, then
+/// advances it by `by`: the wakes arrive from another thread.
+#[cfg(feature = "test-util")]
+pub(crate) fn advance_from_thread(
+    clock: &awaitkit::time::ManualClock,
+    n: usize,
+    by: Duration,
+) -> std::thread::JoinHandle<()> {
+    let clock = clock.clone();
+    std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        while clock.sleepers() < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the clock never reached {n} sleeper(s)"
+            );
+            std::thread::yield_now();
+        }
+        clock.advance(by);
+    })
+}

@@ -1,0 +1,635 @@
+//! `timeout` / `timeout_at` / `Timeout` / `Elapsed` on the manual clock
+//! (SPEC §5): never early; zero, past and unrepresentable deadlines; the
+//! inner future polled first; no timer until the inner future waits; `reset`;
+//! polling after completion; nothing leaks.
+
+#![cfg(feature = "test-util")]
+
+#[macro_use]
+mod common;
+
+use awaitkit::time::{ManualClock, ManualSleep};
+use awaitkit::{Elapsed, Timeout, TimeoutExt, Timer, timeout_at_with, timeout_with};
+use common::*;
+use futures::future::join;
+use std::future::{Future, Pending, pending, ready};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+const SEC: Duration = Duration::from_secs(1);
+const YEAR: Duration = Duration::from_secs(365 * 86_400);
+
+/// A manual clock that counts how often it is asked for the time, for a
+/// sleep, and to move a sleep.
+#[derive(Clone, Debug, Default)]
+struct CountingTimer {
+    clock: ManualClock,
+    now: Counter,
+    sleeps: Counter,
+    resets: Counter,
+}
+
+impl Timer for CountingTimer {
+    type Sleep = ManualSleep;
+    fn now(&self) -> Instant {
+        self.now.inc();
+        self.clock.now()
+    }
+    fn sleep_until(&self, deadline: Instant) -> ManualSleep {
+        self.sleeps.inc();
+        self.clock.sleep_until(deadline)
+    }
+    fn reset(&self, sleep: Pin<&mut ManualSleep>, deadline: Instant) {
+        self.resets.inc();
+        self.clock.reset(sleep, deadline);
+    }
+}
+
+/// A pending inner future that counts its polls and holds a token.
+fn counted_pending(polls: &Counter, tracker: &Tracker) -> impl Future<Output = ()> + Unpin + use<> {
+    let (polls, token) = (polls.clone(), tracker.token());
+    futures::future::poll_fn(move |_| {
+        let _keep = &token;
+        polls.inc();
+        Poll::Pending
+    })
+}
+
+fn manual_timeout(clock: &ManualClock, d: Duration) -> Timeout<Pending<()>, ManualClock> {
+    timeout_with(clock.clone(), d, pending())
+}
+
+guarded! {
+    fn never_early_with_a_duration() {
+        let clock = ManualClock::new();
+        let w = CountingWaker::new();
+        let mut call = manual_timeout(&clock, 5 * SEC);
+        assert!(poll_once(&mut call, &w).is_pending());
+        clock.advance(Duration::from_millis(4999));
+        assert_eq!(w.wakes(), 0, "woken before the deadline");
+        assert!(poll_once(&mut call, &w).is_pending(), "elapsed after 4.999 s of 5 s");
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(w.wakes(), 1, "not woken at the deadline");
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+    }
+
+    fn never_early_with_an_instant() {
+        let clock = ManualClock::new();
+        let w = CountingWaker::new();
+        let at = clock.now() + 5 * SEC;
+        let mut call = timeout_at_with(clock.clone(), at, pending::<()>());
+        assert_eq!(call.deadline(), Some(at));
+        assert!(poll_once(&mut call, &w).is_pending());
+        clock.advance_to(at - Duration::from_nanos(1));
+        assert_eq!(w.wakes(), 0);
+        assert!(poll_once(&mut call, &w).is_pending());
+        clock.advance_to(at);
+        assert_eq!(w.wakes(), 1);
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+        assert_eq!(clock.sleepers(), 0);
+    }
+
+    fn the_duration_counts_from_the_first_pending_poll() {
+        let clock = ManualClock::new();
+        let t0 = clock.now();
+        let w = CountingWaker::new();
+        let mut call = manual_timeout(&clock, 5 * SEC);
+        assert_eq!(call.deadline(), None, "no deadline before the first poll");
+        clock.advance(3 * SEC);
+        assert!(poll_once(&mut call, &w).is_pending());
+        assert_eq!(call.deadline(), Some(t0 + 8 * SEC));
+        clock.advance(5 * SEC - Duration::from_nanos(1));
+        assert!(poll_once(&mut call, &w).is_pending());
+        clock.advance(Duration::from_nanos(1));
+        assert!(poll_once(&mut call, &w).is_ready());
+    }
+
+    fn zero_duration_elapses_in_the_first_pending_poll_without_a_wake() {
+        let timer = CountingTimer::default();
+        let w = CountingWaker::new();
+        let mut call = timeout_with(timer.clone(), Duration::ZERO, pending::<()>());
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+        assert_eq!(w.wakes(), 0, "no wake-up was needed");
+        assert_eq!(w.live_clones(), 0, "no waker was stored");
+        assert_eq!(timer.sleeps.get(), 0, "no sleep was created");
+        assert_eq!(timer.clock.sleepers(), 0);
+    }
+
+    fn a_past_instant_elapses_in_the_first_pending_poll() {
+        let timer = CountingTimer::default();
+        let w = CountingWaker::new();
+        let now = timer.clock.now();
+        for at in [Some(now), now.checked_sub(SEC), now.checked_sub(1000 * YEAR)].into_iter().flatten() {
+            let mut call = timeout_at_with(timer.clone(), at, pending::<()>());
+            assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+        }
+        assert_eq!((w.wakes(), w.live_clones(), timer.sleeps.get()), (0, 0, 0));
+    }
+
+    fn a_ready_future_wins_a_zero_or_past_deadline() {
+        let clock = ManualClock::new();
+        let w = CountingWaker::new();
+        let mut call = timeout_with(clock.clone(), Duration::ZERO, ready(1));
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok(1)));
+        let mut call = timeout_at_with(clock.clone(), clock.now() - SEC, ready(2));
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok(2)));
+        let mut call = Box::pin(timeout_at_with(clock.clone(), clock.now(), async { 3 }));
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok(3)));
+        assert_eq!((w.wakes(), clock.sleepers()), (0, 0));
+    }
+
+    fn duration_max_never_elapses() {
+        let clock = ManualClock::new();
+        let w = CountingWaker::new();
+        for d in [Duration::MAX, Duration::from_secs(u64::MAX), Duration::new(u64::MAX, 999_999_999)] {
+            let mut call = manual_timeout(&clock, d);
+            assert!(poll_once(&mut call, &w).is_pending());
+            assert_eq!(call.deadline(), None, "{d:?}: no representable deadline");
+            for _ in 0..3 {
+                clock.advance(100 * YEAR);
+                assert!(poll_once(&mut call, &w).is_pending(), "{d:?} elapsed");
+            }
+            assert_eq!(clock.sleepers(), 1, "still waiting, on one sleep");
+            drop(call);
+            assert_eq!(clock.sleepers(), 0);
+        }
+    }
+
+    fn duration_max_still_lets_the_inner_future_finish() {
+        let clock = ManualClock::new();
+        let (tracker, polls) = (Tracker::new(), Counter::new());
+        let (handle, child) = parked(7, &polls, &tracker);
+        let w = CountingWaker::new();
+        let mut call = timeout_with(clock.clone(), Duration::MAX, child);
+        assert!(poll_once(&mut call, &w).is_pending());
+        clock.advance(300 * YEAR);
+        handle.complete();
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok(7)));
+    }
+
+    fn a_far_instant_neither_overflows_nor_fires_early() {
+        let clock = ManualClock::new();
+        let w = CountingWaker::new();
+        let Some(far) = clock.now().checked_add(1000 * YEAR) else {
+            return; // not representable on this platform: nothing to check
+        };
+        let mut call = timeout_at_with(clock.clone(), far, pending::<()>());
+        assert!(poll_once(&mut call, &w).is_pending());
+        assert_eq!(call.deadline(), Some(far));
+        clock.advance(100 * YEAR);
+        assert!(poll_once(&mut call, &w).is_pending());
+        // The backend sleep is capped; it is re-armed up to the real deadline.
+        clock.advance_to(far - Duration::from_nanos(1));
+        assert!(poll_once(&mut call, &w).is_pending(), "elapsed before a far deadline");
+        assert_eq!(clock.next_deadline(), Some(far));
+        let wakes = w.wakes();
+        clock.advance_to(far);
+        assert_eq!(w.wakes(), wakes + 1);
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+
+        // A long duration that fits is an ordinary deadline.
+        let mut call = manual_timeout(&clock, 1000 * YEAR);
+        assert!(poll_once(&mut call, &w).is_pending());
+        assert_eq!(call.deadline(), clock.now().checked_add(1000 * YEAR));
+    }
+
+    fn inner_that_becomes_ready_at_the_deadline_wins() {
+        // The inner future is the same sleep as the deadline.
+        let clock = ManualClock::new();
+        let w = CountingWaker::new();
+        let at = clock.now() + SEC;
+        let mut call = timeout_at_with(clock.clone(), at, clock.sleep_until(at));
+        assert!(poll_once(&mut call, &w).is_pending());
+        clock.advance(SEC);
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok(())));
+
+        // The inner future only looks at the clock; the timeout's own sleep
+        // is what wakes the task.
+        let at = clock.now() + SEC;
+        let looker = {
+            let clock = clock.clone();
+            futures::future::poll_fn(move |_| if clock.now() >= at { Poll::Ready("inner") } else { Poll::Pending })
+        };
+        let mut call = timeout_with(clock.clone(), SEC, looker);
+        assert!(poll_once(&mut call, &w).is_pending());
+        clock.advance(SEC);
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok("inner")));
+
+        // Completed by the same step that passes the deadline.
+        let (tracker, polls) = (Tracker::new(), Counter::new());
+        let (handle, child) = parked('x', &polls, &tracker);
+        let mut call = timeout_with(clock.clone(), SEC, child);
+        assert!(poll_once(&mut call, &w).is_pending());
+        clock.advance(2 * SEC);
+        handle.complete();
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok('x')));
+        drop(call);
+        assert_eq!((tracker.live(), clock.sleepers()), (0, 0));
+    }
+
+    fn inner_is_polled_first_on_every_poll() {
+        let clock = ManualClock::new();
+        let w = CountingWaker::new();
+        let (tracker, polls) = (Tracker::new(), Counter::new());
+        let mut call = timeout_with(clock.clone(), SEC, counted_pending(&polls, &tracker));
+        assert!(poll_once(&mut call, &w).is_pending());
+        assert_eq!(polls.get(), 1);
+        assert!(poll_once(&mut call, &w).is_pending());
+        assert_eq!(polls.get(), 2);
+        clock.advance(SEC);
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+        assert_eq!(polls.get(), 3, "the inner future is polled on the poll that times out too");
+        drop(call);
+        assert_eq!(tracker.live(), 0);
+    }
+
+    fn no_timer_and_no_clock_read_while_the_inner_future_is_ready() {
+        let timer = CountingTimer::default();
+        let w = CountingWaker::new();
+        let mut call = timeout_with(timer.clone(), SEC, ready(5));
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok(5)));
+        assert_eq!(timer.now.get(), 0, "the clock was read on the ready path");
+        assert_eq!(timer.sleeps.get(), 0, "a sleep was created for a ready future");
+        assert_eq!(call.deadline(), None);
+        let mut call = timeout_at_with(timer.clone(), timer.clock.now() + SEC, ready(6));
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok(6)));
+        assert_eq!((timer.now.get(), timer.sleeps.get(), timer.clock.sleepers()), (0, 0, 0));
+    }
+
+    fn the_timer_starts_at_the_first_pending_poll_and_is_created_once() {
+        let timer = CountingTimer::default();
+        let w = CountingWaker::new();
+        let (tracker, polls) = (Tracker::new(), Counter::new());
+        let (handle, child) = parked(9, &polls, &tracker);
+        let mut call = timeout_with(timer.clone(), 5 * SEC, child);
+        assert_eq!(call.deadline(), None);
+        assert_eq!(timer.clock.sleepers(), 0);
+        assert!(poll_once(&mut call, &w).is_pending());
+        assert_eq!(call.deadline(), Some(timer.clock.now() + 5 * SEC));
+        assert_eq!(timer.clock.sleepers(), 1);
+        for _ in 0..10 {
+            handle.wake();
+            assert!(poll_once(&mut call, &w).is_pending());
+        }
+        assert_eq!(timer.sleeps.get(), 1, "one sleep for the whole wait");
+        assert_eq!(timer.clock.sleepers(), 1);
+        handle.complete();
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok(9)));
+        drop(call);
+        assert_eq!(timer.clock.sleepers(), 0);
+        assert_eq!(w.live_clones(), 0);
+    }
+
+    fn dropping_a_pending_timeout_unregisters_and_drops_the_inner_future() {
+        let clock = ManualClock::new();
+        let w = CountingWaker::new();
+        let (tracker, polls) = (Tracker::new(), Counter::new());
+        let mut call = timeout_with(clock.clone(), SEC, counted_pending(&polls, &tracker));
+        assert!(poll_once(&mut call, &w).is_pending());
+        assert_eq!((clock.sleepers(), tracker.live()), (1, 1));
+        drop(call);
+        assert_eq!((clock.sleepers(), tracker.live(), w.live_clones()), (0, 0, 0));
+        clock.advance(SEC);
+        assert_eq!(w.wakes(), 0);
+    }
+
+    fn into_inner_keeps_the_progress_and_releases_the_timer() {
+        let clock = ManualClock::new();
+        let w = CountingWaker::new();
+        let (tracker, polls) = (Tracker::new(), Counter::new());
+        let (handle, child) = parked(4, &polls, &tracker);
+        let mut call = timeout_with(clock.clone(), SEC, child);
+        assert!(poll_once(&mut call, &w).is_pending());
+        let inner_ref: &Parked<i32> = call.get_ref().expect("still running");
+        assert!(format!("{inner_ref:?}").contains("Parked"));
+        let inner_mut: &mut Parked<i32> = call.get_mut().expect("still running");
+        assert!(format!("{inner_mut:?}").contains("Parked"));
+        let mut inner = call.into_inner().expect("still running");
+        assert_eq!(clock.sleepers(), 0, "the timer went with the Timeout");
+        clock.advance(2 * SEC);
+        handle.complete();
+        assert_eq!(poll_once(&mut inner, &w), Poll::Ready(4));
+        assert_eq!(polls.get(), 2);
+    }
+
+    fn reset_earlier_wakes_the_task_without_a_re_poll() {
+        let clock = ManualClock::new();
+        let w = CountingWaker::new();
+        let mut call = manual_timeout(&clock, 10 * SEC);
+        assert!(poll_once(&mut call, &w).is_pending());
+        let at = clock.now() + SEC;
+        Pin::new(&mut call).reset(at);
+        assert_eq!(call.deadline(), Some(at));
+        assert_eq!(w.wakes(), 0, "moving the deadline later than now needs no wake yet");
+        clock.advance(SEC);
+        assert_eq!(w.wakes(), 1, "not woken at the new, earlier deadline");
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+        assert_eq!(clock.sleepers(), 0);
+    }
+
+    fn reset_later_does_not_fire_at_the_old_deadline() {
+        let clock = ManualClock::new();
+        let t0 = clock.now();
+        let w = CountingWaker::new();
+        let mut call = manual_timeout(&clock, 10 * SEC);
+        assert!(poll_once(&mut call, &w).is_pending());
+        Pin::new(&mut call).reset(t0 + 20 * SEC);
+        assert_eq!(call.deadline(), Some(t0 + 20 * SEC));
+        clock.advance(10 * SEC);
+        assert_eq!(w.wakes(), 0, "woken at the old deadline");
+        assert!(poll_once(&mut call, &w).is_pending(), "elapsed at the old deadline");
+        clock.advance(10 * SEC - Duration::from_nanos(1));
+        assert!(poll_once(&mut call, &w).is_pending());
+        clock.advance(Duration::from_nanos(1));
+        assert_eq!(w.wakes(), 1);
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+    }
+
+    fn reset_into_the_past_elapses_at_the_next_poll() {
+        let clock = ManualClock::new();
+        let w = CountingWaker::new();
+        let mut call = manual_timeout(&clock, 10 * SEC);
+        assert!(poll_once(&mut call, &w).is_pending());
+        Pin::new(&mut call).reset(clock.now() - SEC);
+        assert_eq!(w.wakes(), 1, "the task must come back to see the deadline passed");
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+
+        // The inner future is still polled first.
+        let mut call = timeout_with(clock.clone(), 10 * SEC, YieldN::new(1, 'r', &Counter::new()));
+        assert!(poll_once(&mut call, &w).is_pending());
+        Pin::new(&mut call).reset(clock.now());
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok('r')));
+    }
+
+    fn reset_before_the_first_poll() {
+        let clock = ManualClock::new();
+        let w = CountingWaker::new();
+        let mut call = manual_timeout(&clock, 10 * SEC);
+        let at = clock.now() + SEC;
+        Pin::new(&mut call).reset(at);
+        assert_eq!(call.deadline(), Some(at));
+        assert_eq!(clock.sleepers(), 0);
+        assert!(poll_once(&mut call, &w).is_pending());
+        assert_eq!(clock.next_deadline(), Some(at));
+        clock.advance(SEC);
+        assert_eq!(w.wakes(), 1);
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+
+        let mut call = manual_timeout(&clock, 10 * SEC);
+        Pin::new(&mut call).reset(clock.now() - SEC);
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+        assert_eq!((w.wakes(), clock.sleepers()), (1, 0));
+    }
+
+    fn reset_a_timeout_without_a_limit() {
+        let clock = ManualClock::new();
+        let w = CountingWaker::new();
+        let mut call = manual_timeout(&clock, Duration::MAX);
+        assert!(poll_once(&mut call, &w).is_pending());
+        let at = clock.now() + SEC;
+        Pin::new(&mut call).reset(at);
+        assert_eq!(call.deadline(), Some(at));
+        clock.advance(SEC);
+        assert_eq!(w.wakes(), 1);
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+    }
+
+    fn reset_many_times_uses_one_sleep() {
+        let timer = CountingTimer::default();
+        let w = CountingWaker::new();
+        let t0 = timer.clock.now();
+        let mut call = timeout_with(timer.clone(), SEC, pending::<()>());
+        assert!(poll_once(&mut call, &w).is_pending());
+        for i in 1..=100u32 {
+            Pin::new(&mut call).reset(t0 + i * SEC);
+        }
+        assert_eq!((timer.sleeps.get(), timer.resets.get(), timer.clock.sleepers()), (1, 100, 1));
+        timer.clock.advance(99 * SEC);
+        assert_eq!(w.wakes(), 0);
+        timer.clock.advance(SEC);
+        assert_eq!(w.wakes(), 1);
+        assert!(poll_once(&mut call, &w).is_ready());
+    }
+
+    fn a_panicking_inner_future_propagates() {
+        let clock = ManualClock::new();
+        let tracker = Tracker::new();
+        let w = CountingWaker::new();
+        let mut call = Box::pin(timeout_with(clock.clone(), SEC, panic_after(1, "inner boom", tracker.token())));
+        assert!(poll_once(&mut call, &w).is_pending());
+        let caught = std::panic::catch_unwind(AssertUnwindSafe(|| poll_once(&mut call, &w)));
+        assert_eq!(panic_message(&*caught.unwrap_err()), "inner boom");
+        drop(call);
+        assert_eq!((tracker.live(), clock.sleepers()), (0, 0));
+    }
+
+    fn elapsed_is_a_small_clonable_error() {
+        let e = Elapsed::new();
+        assert_eq!(e, Elapsed::default());
+        assert_eq!(e.clone(), e);
+        assert_eq!(e.to_string(), "deadline has elapsed");
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(e);
+        assert!(boxed.source().is_none());
+        let io: std::io::Error = e.into();
+        assert_eq!(io.kind(), std::io::ErrorKind::TimedOut);
+        assert!(format!("{e:?}").contains("Elapsed"));
+    }
+
+    fn debug_shows_the_state() {
+        let clock = ManualClock::new();
+        let w = CountingWaker::new();
+        let mut call = manual_timeout(&clock, SEC);
+        assert!(format!("{call:?}").contains("Timeout"));
+        assert!(poll_once(&mut call, &w).is_pending());
+        let text = format!("{call:?}");
+        assert!(text.contains("deadline: Some"), "{text}");
+    }
+
+    fn timeout_ext_uses_the_default_timer() {
+        let w = CountingWaker::new();
+        let mut call = ready(1).timeout(SEC);
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok(1)));
+        let mut call = ready(2).timeout_at(Instant::now() - SEC);
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok(2)));
+        let mut call = pending::<()>().timeout_at(Instant::now() - SEC);
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+    }
+
+    /// The memory of 100 000 pending-then-dropped timeouts comes back, and
+    /// so do the clock's registrations.
+    fn many_dropped_timeouts_leak_nothing() {
+        let clock = ManualClock::new();
+        let w = CountingWaker::new();
+        let run = || {
+            let mut calls: Vec<_> = (0..100_000u32)
+                .map(|i| manual_timeout(&clock, SEC + i * Duration::from_nanos(1)))
+                .collect();
+            for call in &mut calls {
+                assert!(poll_once(call, &w).is_pending());
+            }
+            assert_eq!(clock.sleepers(), 100_000);
+            drop(calls);
+            assert_eq!(clock.sleepers(), 0);
+        };
+        assert_no_leak("100 000 pending timeouts dropped", run);
+        assert_eq!(w.live_clones(), 0);
+        clock.advance(2 * SEC);
+        assert_eq!(w.wakes(), 0);
+    }
+
+    /// The same, one at a time.
+    fn many_timeouts_dropped_one_by_one_leak_nothing() {
+        let clock = ManualClock::new();
+        let w = CountingWaker::new();
+        assert_no_leak("100 000 timeouts created, polled, dropped", || {
+            for _ in 0..100_000 {
+                let mut call = manual_timeout(&clock, SEC);
+                assert!(poll_once(&mut call, &w).is_pending());
+            }
+        });
+        assert_eq!((clock.sleepers(), w.live_clones()), (0, 0));
+    }
+}
+
+/// `Timeout` docs: "On `Elapsed` the inner future is dropped before the
+/// output is returned."
+#[test]
+fn inner_future_is_dropped_when_it_times_out() {
+    let clock = ManualClock::new();
+    let w = CountingWaker::new();
+    let (tracker, polls) = (Tracker::new(), Counter::new());
+    let mut call = timeout_with(clock.clone(), SEC, counted_pending(&polls, &tracker));
+    assert!(poll_once(&mut call, &w).is_pending());
+    clock.advance(SEC);
+    assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+    assert_eq!(tracker.live(), 0, "the inner future outlived its `Elapsed`");
+    assert_eq!(clock.sleepers(), 0, "the timer outlived its `Elapsed`");
+    assert!(call.get_ref().is_none() && call.into_inner().is_none());
+}
+
+#[test]
+#[should_panic(expected = "polled after completion")]
+fn polling_after_ok_panics() {
+    let w = CountingWaker::new();
+    let mut call = timeout_with(ManualClock::new(), SEC, ready(1));
+    assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok(1)));
+    let _ = poll_once(&mut call, &w);
+}
+
+#[test]
+#[should_panic(expected = "polled after completion")]
+fn polling_after_elapsed_panics() {
+    let clock = ManualClock::new();
+    let w = CountingWaker::new();
+    let mut call = manual_timeout(&clock, Duration::ZERO);
+    assert!(poll_once(&mut call, &w).is_ready());
+    let _ = poll_once(&mut call, &w);
+}
+
+#[test]
+#[should_panic(expected = "polled after completion")]
+fn polling_after_a_timer_elapsed_panics() {
+    let clock = ManualClock::new();
+    let w = CountingWaker::new();
+    let mut call = manual_timeout(&clock, SEC);
+    assert!(poll_once(&mut call, &w).is_pending());
+    clock.advance(SEC);
+    assert!(poll_once(&mut call, &w).is_ready());
+    let _ = poll_once(&mut call, &w);
+}
+
+matrix! {
+    /// The task awaiting the timeout is woken by an advance made on another
+    /// thread once the timeout has registered.
+    async fn elapses_when_another_thread_advances_the_clock() {
+        let clock = ManualClock::new();
+        let t0 = clock.now();
+        let tracker = Tracker::new();
+        let handle = advance_from_thread(&clock, 1, 5 * SEC);
+        let out = timeout_with(clock.clone(), 5 * SEC, counted_pending(&Counter::new(), &tracker)).await;
+        assert_eq!(out, Err(Elapsed::new()));
+        assert!(clock.now() >= t0 + 5 * SEC);
+        handle.join().unwrap();
+        assert_eq!((clock.sleepers(), tracker.live()), (0, 0));
+    }
+
+    /// Advancing in a sibling branch of the same task, step by step: pending
+    /// right up to the deadline.
+    async fn elapses_exactly_at_the_deadline_when_advanced_from_a_sibling() {
+        let clock = ManualClock::new();
+        let t0 = clock.now();
+        let waiter = async {
+            let out = timeout_with(clock.clone(), 5 * SEC, pending::<()>()).await;
+            (out, clock.now())
+        };
+        let driver = async {
+            sleepers_reach(&clock, 1).await;
+            for _ in 0..10 {
+                clock.advance(SEC / 2);
+                yield_now().await;
+                yield_now().await;
+            }
+        };
+        let ((out, at), ()) = join(waiter, driver).await;
+        assert_eq!(out, Err(Elapsed::new()));
+        assert_eq!(at, t0 + 5 * SEC, "elapsed at the wrong step");
+    }
+
+    /// An inner future finished from another thread before the deadline wins;
+    /// the timer is released.
+    async fn inner_finished_from_another_thread_wins() {
+        let clock = ManualClock::new();
+        let (tracker, polls) = (Tracker::new(), Counter::new());
+        let (handle, child) = parked(3, &polls, &tracker);
+        let thread = {
+            let (clock, handle) = (clock.clone(), handle.clone());
+            std::thread::spawn(move || {
+                while clock.sleepers() == 0 || !handle.has_waker() {
+                    std::thread::yield_now();
+                }
+                clock.advance(SEC);
+                handle.complete();
+            })
+        };
+        let out = timeout_with(clock.clone(), 2 * SEC, child).await;
+        assert_eq!(out, Ok(3));
+        thread.join().unwrap();
+        assert_eq!((clock.sleepers(), tracker.live()), (0, 0));
+    }
+
+    /// `reset` from a sibling branch while the timeout is awaited (it is not
+    /// polled between the reset and the advance).
+    async fn reset_while_awaited_from_a_sibling() {
+        let clock = ManualClock::new();
+        let t0 = clock.now();
+        let call = std::sync::Mutex::new(Box::pin(timeout_with(clock.clone(), 3600 * SEC, pending::<()>())));
+        let waiter = futures::future::poll_fn(|cx| call.lock().unwrap().as_mut().poll(cx));
+        let driver = async {
+            sleepers_reach(&clock, 1).await;
+            call.lock().unwrap().as_mut().reset(t0 + SEC);
+            clock.advance(SEC);
+        };
+        let (out, ()) = join(waiter, driver).await;
+        assert_eq!(out, Err(Elapsed::new()));
+        assert_eq!(clock.now(), t0 + SEC);
+    }
+}
+
+/// `Timeout` is `Unpin` here, so it polls without pinning; a `!Unpin` inner
+/// future needs a pin (compile-time check).
+#[test]
+fn timeout_over_a_pinned_inner_future() {
+    let clock = ManualClock::new();
+    let w = CountingWaker::new();
+    let mut call = std::pin::pin!(timeout_with(clock.clone(), SEC, async {
+        std::future::pending::<()>().await;
+    }));
+    assert!(call.as_mut().poll(&mut w.context()).is_pending());
+    clock.advance(SEC);
+    assert_eq!(
+        call.as_mut().poll(&mut Context::from_waker(w.waker())),
+        Poll::Ready(Err(Elapsed::new()))
+    );
+}

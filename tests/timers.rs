@@ -1,0 +1,420 @@
+//! Real-clock smoke tests of every timer backend (SPEC §5): the default
+//! `FuturesTimer` on every executor, `TokioTimer` (feature `tokio`, including
+//! paused time and tokio's cooperative budget) and `AsyncIoTimer` (feature
+//! `async-io`). Each real sleep is short; correctness of the deadline logic
+//! itself is covered on the manual clock in `tests/timeout.rs`.
+
+#[macro_use]
+mod common;
+
+use awaitkit::time::{DefaultTimer, FuturesTimer};
+use awaitkit::{Elapsed, Timeout, Timer, timeout, timeout_at, timeout_at_with, timeout_with};
+use common::*;
+use std::future::{pending, ready};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+const MS: Duration = Duration::from_millis(1);
+const SHORT: Duration = Duration::from_millis(20);
+/// Generous: a short timeout must fire well within this, even on a loaded
+/// CI machine.
+const LATE: Duration = Duration::from_secs(2);
+const YEAR: Duration = Duration::from_secs(365 * 86_400);
+
+/// Awaits a pending timeout of `SHORT` on `timer` and checks it elapsed at
+/// or after its deadline (read after the first poll), and not absurdly late.
+async fn elapses_never_early<T: Timer>(timer: T) {
+    let start = Instant::now();
+    let mut call = pin!(timeout_with(timer, SHORT, pending::<()>()));
+    assert!(futures::poll!(call.as_mut()).is_pending());
+    let deadline = call.deadline().expect("known after the first pending poll");
+    assert!(deadline >= start + SHORT);
+    assert_eq!(call.await, Err(Elapsed::new()));
+    let now = Instant::now();
+    assert!(now >= deadline, "elapsed {:?} early", deadline - now);
+    assert!(now - start < LATE, "elapsed {:?} after start", now - start);
+}
+
+/// The same with an absolute deadline.
+async fn elapses_never_early_at<T: Timer>(timer: T) {
+    let deadline = Instant::now() + SHORT;
+    let out = timeout_at_with(timer, deadline, pending::<()>()).await;
+    assert_eq!(out, Err(Elapsed::new()));
+    assert!(Instant::now() >= deadline, "elapsed before its deadline");
+}
+
+/// An inner future that finishes first wins, on a real clock.
+async fn inner_wins<T: Timer + Clone>(timer: T) {
+    let soon = timer.sleep_until(timer.now() + 2 * MS);
+    assert_eq!(
+        timeout_with(timer.clone(), Duration::from_secs(10), soon).await,
+        Ok(())
+    );
+    assert_eq!(timeout_with(timer, Duration::ZERO, ready(1)).await, Ok(1));
+}
+
+/// Zero and past deadlines elapse in the first poll, without a wake; an
+/// unrepresentable or far deadline neither panics nor fires.
+fn edge_deadlines<T: Timer + Clone>(timer: T)
+where
+    T::Sleep: Unpin,
+{
+    let w = CountingWaker::new();
+    let mut call = timeout_with(timer.clone(), Duration::ZERO, pending::<()>());
+    assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+    let mut call = timeout_at_with(timer.clone(), timer.now() - MS, pending::<()>());
+    assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+    assert_eq!(
+        (w.wakes(), w.live_clones()),
+        (0, 0),
+        "zero and past deadlines need no wake"
+    );
+
+    let mut call = timeout_with(timer.clone(), Duration::MAX, pending::<()>());
+    assert!(poll_once(&mut call, &w).is_pending());
+    assert_eq!(call.deadline(), None);
+    drop(call);
+    if let Some(far) = timer.now().checked_add(1000 * YEAR) {
+        let mut call = timeout_at_with(timer.clone(), far, pending::<()>());
+        assert!(poll_once(&mut call, &w).is_pending());
+        assert_eq!(call.deadline(), Some(far));
+    }
+    let mut call = timeout_with(timer, 1000 * YEAR, pending::<()>());
+    assert!(poll_once(&mut call, &w).is_pending());
+    drop(call);
+    assert_eq!(w.wakes(), 0, "a far deadline fired");
+}
+
+/// Waits (really) until `w` has been woken, at most `LATE`.
+fn wait_for_wake(w: &CountingWaker) -> Duration {
+    let start = Instant::now();
+    while w.wakes() == 0 {
+        assert!(start.elapsed() < LATE, "never woken");
+        std::thread::sleep(MS);
+    }
+    start.elapsed()
+}
+
+/// Polls once, moves the deadline from an hour to a few ms away, and checks
+/// the task is woken without polling again (the timer keeps its waker).
+fn reset_wakes_without_a_re_poll<T: Timer>(timer: T)
+where
+    T::Sleep: Unpin,
+{
+    let w = CountingWaker::new();
+    let mut call = timeout_with(timer, Duration::from_secs(3600), pending::<()>());
+    assert!(poll_once(&mut call, &w).is_pending());
+    let at = Instant::now() + 5 * MS;
+    Pin::new(&mut call).reset(at);
+    wait_for_wake(&w);
+    assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+    assert!(Instant::now() >= at);
+}
+
+// ---------------------------------------------------------------------------
+// FuturesTimer (the default)
+// ---------------------------------------------------------------------------
+
+matrix! {
+    async fn default_timer_never_early() {
+        elapses_never_early(DefaultTimer::default()).await;
+        elapses_never_early_at(FuturesTimer).await;
+        // The plain functions use it.
+        let start = Instant::now();
+        assert_eq!(timeout(SHORT, pending::<()>()).await, Err(Elapsed::new()));
+        assert!(start.elapsed() >= SHORT);
+        let at = Instant::now() + SHORT;
+        assert_eq!(timeout_at(at, pending::<()>()).await, Err(Elapsed::new()));
+        assert!(Instant::now() >= at);
+    }
+
+    async fn default_timer_inner_wins() {
+        inner_wins(FuturesTimer).await;
+    }
+
+    /// An inner future that keeps waking itself still times out.
+    async fn default_timer_times_out_a_self_waking_future() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let polls = Counter::new();
+        let start = Instant::now();
+        let out = timeout(SHORT, Spinner::new(&stop, &polls)).await;
+        assert_eq!(out, Err(Elapsed::new()));
+        assert!(start.elapsed() >= SHORT);
+        assert!(polls.get() > 1);
+    }
+}
+
+guarded! {
+    fn default_timer_edge_deadlines() {
+        edge_deadlines(FuturesTimer);
+    }
+
+    fn default_timer_reset_wakes_without_a_re_poll() {
+        reset_wakes_without_a_re_poll(FuturesTimer);
+    }
+
+    /// 100 000 timeouts created, polled once and dropped do not clog the
+    /// timer thread: a short timeout afterwards still fires on time.
+    fn default_timer_after_many_dropped_timeouts() {
+        let w = CountingWaker::new();
+        for _ in 0..100_000 {
+            let mut call = timeout(Duration::from_secs(3600), pending::<()>());
+            assert!(poll_once(&mut call, &w).is_pending());
+        }
+        let mut held: Vec<Timeout<std::future::Pending<()>>> =
+            (0..1000).map(|_| timeout(Duration::from_secs(3600), pending())).collect();
+        for call in &mut held {
+            assert!(poll_once(call, &w).is_pending());
+        }
+        drop(held);
+        let start = Instant::now();
+        let out = futures::executor::block_on(timeout(SHORT, pending::<()>()));
+        assert_eq!(out, Err(Elapsed::new()));
+        let took = start.elapsed();
+        assert!(took >= SHORT && took < LATE, "took {took:?}");
+        assert_eq!(w.wakes(), 0, "a dropped timeout woke its task");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// TokioTimer
+// ---------------------------------------------------------------------------
+
+#[cfg(feature = "tokio")]
+mod tokio_timer {
+    use super::*;
+    use awaitkit::time::TokioTimer;
+
+    fn current() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    fn paused() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    }
+
+    fn multi() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    /// An inner future that spends tokio's whole cooperative budget on every
+    /// poll (as a busy channel receiver does) and never finishes.
+    async fn budget_hog(polls: Counter) {
+        loop {
+            polls.inc();
+            tokio::task::coop::consume_budget().await;
+        }
+    }
+
+    guarded! {
+        fn never_early_on_both_runtimes() {
+            current().block_on(async {
+                elapses_never_early(TokioTimer).await;
+                elapses_never_early_at(TokioTimer).await;
+                inner_wins(TokioTimer).await;
+            });
+            multi().block_on(async {
+                tokio::spawn(async {
+                    elapses_never_early(TokioTimer).await;
+                    elapses_never_early_at(TokioTimer).await;
+                })
+                .await
+                .unwrap();
+            });
+        }
+
+        fn edge_deadlines_need_no_wake() {
+            // `tokio::time::Sleep` is `!Unpin`: box the timeouts.
+            current().block_on(async {
+                let w = CountingWaker::new();
+                let mut call = Box::pin(timeout_with(TokioTimer, Duration::ZERO, pending::<()>()));
+                assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+                let mut call = Box::pin(timeout_at_with(TokioTimer, TokioTimer.now() - MS, pending::<()>()));
+                assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+                assert_eq!(w.wakes(), 0);
+                let mut call = Box::pin(timeout_with(TokioTimer, Duration::MAX, pending::<()>()));
+                assert!(poll_once(&mut call, &w).is_pending());
+                assert_eq!(call.deadline(), None);
+                if let Some(far) = TokioTimer.now().checked_add(1000 * YEAR) {
+                    let mut call = Box::pin(timeout_at_with(TokioTimer, far, pending::<()>()));
+                    assert!(poll_once(&mut call, &w).is_pending());
+                }
+                let mut call = Box::pin(timeout_with(TokioTimer, 1000 * YEAR, pending::<()>()));
+                assert!(poll_once(&mut call, &w).is_pending());
+                tokio::time::sleep(2 * MS).await;
+                assert_eq!(w.wakes(), 0);
+            });
+        }
+
+        /// `tokio::time::pause` moves awaitkit's timeouts: an hour passes
+        /// with no real waiting.
+        fn paused_time_auto_advances() {
+            let real = Instant::now();
+            paused().block_on(async {
+                let start = tokio::time::Instant::now();
+                let out = timeout_with(TokioTimer, Duration::from_secs(3600), pending::<()>()).await;
+                assert_eq!(out, Err(Elapsed::new()));
+                assert!(start.elapsed() >= Duration::from_secs(3600));
+            });
+            assert!(real.elapsed() < Duration::from_secs(1));
+        }
+
+        fn paused_time_advance_is_never_early() {
+            paused().block_on(async {
+                let hour = Duration::from_secs(3600);
+                let mut call = pin!(timeout_with(TokioTimer, hour, pending::<()>()));
+                assert!(futures::poll!(call.as_mut()).is_pending());
+                let deadline = call.deadline().unwrap();
+                assert_eq!(deadline, TokioTimer.now() + hour);
+                tokio::time::advance(hour - MS).await;
+                assert!(futures::poll!(call.as_mut()).is_pending(), "elapsed before the hour");
+                tokio::time::advance(MS).await;
+                assert_eq!(futures::poll!(call.as_mut()), Poll::Ready(Err(Elapsed::new())));
+                assert!(TokioTimer.now() >= deadline);
+            });
+        }
+
+        /// A reset deadline wakes the task that last polled, without a re-poll.
+        fn paused_time_reset_wakes_without_a_re_poll() {
+            paused().block_on(async {
+                let w = CountingWaker::new();
+                let mut call = Box::pin(timeout_with(TokioTimer, Duration::from_secs(3600), pending::<()>()));
+                assert!(poll_once(&mut call, &w).is_pending());
+                let at = TokioTimer.now() + Duration::from_secs(1);
+                call.as_mut().reset(at);
+                assert_eq!(call.deadline(), Some(at));
+                tokio::time::advance(Duration::from_millis(999)).await;
+                assert_eq!(w.wakes(), 0, "woken before the new deadline");
+                tokio::time::advance(MS).await;
+                assert_eq!(w.wakes(), 1, "not woken at the new deadline");
+                assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+
+                // Later: not at the old deadline.
+                let mut call = Box::pin(timeout_with(TokioTimer, Duration::from_secs(10), pending::<()>()));
+                assert!(poll_once(&mut call, &w).is_pending());
+                call.as_mut().reset(TokioTimer.now() + Duration::from_secs(20));
+                tokio::time::advance(Duration::from_secs(10)).await;
+                assert_eq!(w.wakes(), 1, "woken at the old deadline");
+                assert!(poll_once(&mut call, &w).is_pending());
+                tokio::time::advance(Duration::from_secs(10)).await;
+                assert_eq!(w.wakes(), 2);
+                assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+            });
+        }
+
+        fn a_self_waking_inner_future_times_out() {
+            current().block_on(async {
+                let stop = Arc::new(AtomicBool::new(false));
+                let out = timeout_with(TokioTimer, SHORT, Spinner::new(&stop, &Counter::new())).await;
+                assert_eq!(out, Err(Elapsed::new()));
+            });
+        }
+
+        /// The default timer is not subject to tokio's budget: a hog times out.
+        fn a_budget_exhausting_inner_future_times_out_on_the_default_timer() {
+            let polls = Counter::new();
+            let out = watchdog_for("default timer vs budget hog", Duration::from_secs(5), {
+                let polls = polls.clone();
+                move || current().block_on(timeout(SHORT, budget_hog(polls)))
+            });
+            assert_eq!(out, Err(Elapsed::new()));
+            assert!(polls.get() > 128, "the hog never exhausted the budget");
+        }
+    }
+
+    /// tokio's own `tokio::time::timeout` polls its sleep outside the budget
+    /// when the inner future spent it; a `TokioTimer` timeout must time out
+    /// too, or an always-busy inner future is never cancelled.
+    #[test]
+    fn a_budget_exhausting_inner_future_times_out_on_the_tokio_timer() {
+        let polls = Counter::new();
+        let out = watchdog_for(
+            "TokioTimer vs budget hog (current-thread)",
+            Duration::from_secs(5),
+            {
+                let polls = polls.clone();
+                move || current().block_on(timeout_with(TokioTimer, SHORT, budget_hog(polls)))
+            },
+        );
+        assert_eq!(out, Err(Elapsed::new()));
+        eprintln!("hog polls: {}", polls.get());
+        assert!(polls.get() > 128, "the hog never exhausted the budget");
+        let out = watchdog_for(
+            "TokioTimer vs budget hog (multi-thread)",
+            Duration::from_secs(5),
+            || {
+                multi().block_on(async {
+                    tokio::spawn(timeout_with(TokioTimer, SHORT, budget_hog(Counter::new())))
+                        .await
+                        .unwrap()
+                })
+            },
+        );
+        assert_eq!(out, Err(Elapsed::new()));
+    }
+
+    /// Reference: tokio's own timeout handles the hog (so the hog is a fair
+    /// test, not an impossible one).
+    #[test]
+    fn tokio_own_timeout_handles_the_budget_hog() {
+        let out = watchdog_for(
+            "tokio::time::timeout vs budget hog",
+            Duration::from_secs(5),
+            || {
+                current().block_on(async {
+                    tokio::time::timeout(SHORT, budget_hog(Counter::new())).await
+                })
+            },
+        );
+        assert!(out.is_err());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// AsyncIoTimer
+// ---------------------------------------------------------------------------
+
+#[cfg(feature = "async-io")]
+mod async_io_timer {
+    use super::*;
+    use awaitkit::time::AsyncIoTimer;
+
+    matrix! {
+        /// async-io drives its own reactor, so the timer works everywhere.
+        async fn never_early_on_every_executor() {
+            elapses_never_early(AsyncIoTimer).await;
+            elapses_never_early_at(AsyncIoTimer).await;
+            inner_wins(AsyncIoTimer).await;
+        }
+    }
+
+    guarded! {
+        fn edge_deadlines_need_no_wake() {
+            edge_deadlines(AsyncIoTimer);
+        }
+
+        fn reset_wakes_without_a_re_poll_async_io() {
+            reset_wakes_without_a_re_poll(AsyncIoTimer);
+        }
+
+        fn a_self_waking_inner_future_times_out() {
+            let stop = Arc::new(AtomicBool::new(false));
+            let out = smol::block_on(timeout_with(AsyncIoTimer, SHORT, Spinner::new(&stop, &Counter::new())));
+            assert_eq!(out, Err(Elapsed::new()));
+        }
+    }
+}
