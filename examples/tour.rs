@@ -259,6 +259,24 @@ fn main() {
             start.elapsed(),
             attempts.get()
         );
+
+        section("11. Semaphore: ten calls, at most three at a time (async with semaphore:)");
+        let start = Instant::now();
+        let sem = awaitkit::Semaphore::new(3);
+        let calls = (1..=10).map(|i| {
+            sem.limit(async move {
+                println!("   {:>7.2?}: call {i:>2} starts", start.elapsed());
+                Delay::new(ms(100)).await;
+                println!("   {:>7.2?}: call {i:>2} ends", start.elapsed());
+                i
+            })
+        });
+        let done = awaitkit::gather(calls).await;
+        println!(
+            "   {:.2?}: {} calls done in 4 waves of at most 3 (sequential would take 1 s)",
+            start.elapsed(),
+            done.len()
+        );
     });
     println!("\nTour finished in {:.2?}.", tour.elapsed());
 }

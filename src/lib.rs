@@ -2,7 +2,7 @@
 //! executor**.
 //!
 //! awaitkit gives Rust the tools Python developers reach for in `asyncio` —
-//! `gather`, `as_completed`, `wait`, timeouts, retries — as named, `Unpin` futures and streams
+//! `gather`, `as_completed`, `wait`, timeouts, retries, semaphores — as named, `Unpin` futures and streams
 //! that you can `.await`, store in a struct, or poll from your own `poll`
 //! function. Nothing is spawned: children run inside the combinator, each
 //! with its own waker, so a wake costs O(1) however many children there are.
@@ -22,6 +22,7 @@
 //! | outputs as they finish, until a deadline | `asyncio.as_completed(aws, timeout=)` | [`AsCompleted::with_timeout`] |
 //! | a time limit on one future | `asyncio.wait_for`, `asyncio.timeout` | [`timeout()`], [`timeout_at`], [`TimeoutExt`] |
 //! | retries with backoff | tenacity, `backoff` | [`RetryPolicy`], [`Backoff`] |
+//! | at most N at a time | `asyncio.Semaphore`, `async with sem:` | [`Semaphore`], [`Semaphore::limit`] |
 //!
 //! ```
 //! # futures::executor::block_on(async {
@@ -121,6 +122,9 @@ mod engine;
 mod gather;
 mod poison;
 mod retry;
+mod semaphore;
+#[cfg(all(test, awaitkit_loom))]
+mod semaphore_loom;
 mod sync;
 pub mod time;
 mod timeout;
@@ -134,6 +138,10 @@ pub use gather::{Gather, GatherSettled, Panicked, TryGather, gather, gather_sett
 pub use retry::{
     AttemptError, Backoff, GaveUp, Retry, RetryConfigError, RetryError, RetryEvent, RetryOutput,
     RetryPolicy,
+};
+pub use semaphore::{
+    Acquire, AcquireError, AcquireOwned, Limit, OwnedSemaphorePermit, PollSemaphore, Semaphore,
+    SemaphorePermit, SemaphoreStats, TryAcquireError,
 };
 pub use time::Timer;
 pub use timeout::{

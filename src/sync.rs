@@ -52,3 +52,9 @@ pub(crate) fn spin_loop() {
     #[cfg(awaitkit_loom)]
     loom::thread::yield_now();
 }
+
+#[cfg(not(awaitkit_loom))]
+pub(crate) use std::sync::{Mutex, MutexGuard};
+
+#[cfg(awaitkit_loom)]
+pub(crate) use loom::sync::{Mutex, MutexGuard};

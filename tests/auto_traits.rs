@@ -553,3 +553,33 @@ mod retry {
         error::<RetryConfigError>();
     }
 }
+
+mod semaphore {
+    use super::*;
+    use awaitkit::{AcquireError, PollSemaphore, Semaphore, TryAcquireError};
+    use std::sync::Arc;
+
+    #[test]
+    fn semaphore_types_are_send_sync_unpin() {
+        let sem = send_sync_unpin(Semaphore::new(2));
+        send_sync_unpin(sem.acquire());
+        send_sync_unpin(sem.try_acquire().unwrap());
+        let sem = Arc::new(Semaphore::new(2));
+        send_sync_unpin(sem.clone().acquire_owned());
+        send_sync_unpin(sem.clone().try_acquire_owned().unwrap());
+        send_sync_unpin(PollSemaphore::new(sem.clone()));
+        send_sync_unpin(sem.stats());
+        fn error<E: std::error::Error + Clone + PartialEq + Send + Sync + Unpin + 'static>() {}
+        error::<AcquireError>();
+        error::<TryAcquireError>();
+    }
+
+    #[test]
+    fn limit_follows_its_future() {
+        let sem = Semaphore::new(1);
+        assert_eq!(traits!(send_sync_unpin(sem.limit(ready(1u8)))), ALL);
+        assert_eq!(traits!(sem.limit(ready(Cell::new(1u8)))), SEND_ONLY);
+        assert_eq!(traits!(sem.limit(ready(Rc::new(1u8)))), NEITHER);
+        assert_eq!(traits!(sem.limit(pinned_child())), (true, true, false));
+    }
+}

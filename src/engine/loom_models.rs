@@ -60,7 +60,7 @@ impl Future for WaitGate {
 /// Drives a future to completion, parking on a notification that has no
 /// spurious wake-ups (unlike `loom::future::block_on`), so a lost wake is a
 /// deadlock loom reports.
-fn block_on<F: Future>(f: F) -> F::Output {
+pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
     struct Unpark(loom::sync::Notify);
     impl std::task::Wake for Unpark {
         fn wake(self: std::sync::Arc<Self>) {

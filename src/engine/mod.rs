@@ -19,7 +19,7 @@
 //!   alive ([`ReadySet::is_idle`]), so a stale waker never polls a newcomer.
 
 #[cfg(all(test, awaitkit_loom))]
-mod loom_models;
+pub(crate) mod loom_models;
 mod parent;
 mod ready;
 pub(crate) mod tuple;
