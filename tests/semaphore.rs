@@ -225,6 +225,68 @@ fn a_waker_that_calls_back_from_wake_cannot_deadlock() {
     });
 }
 
+/// A waker whose last clone, when dropped, calls back into the semaphore.
+struct DropHook {
+    sem: Arc<Semaphore>,
+    drops: Arc<AtomicUsize>,
+}
+
+impl Wake for DropHook {
+    fn wake(self: Arc<Self>) {}
+}
+
+impl Drop for DropHook {
+    fn drop(&mut self) {
+        let _ = self.sem.stats();
+        let _ = self.sem.try_acquire();
+        self.drops.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_waker_that_calls_back_from_drop_cannot_deadlock() {
+    watchdog("reentrant drop", || {
+        let sem = Arc::new(Semaphore::new(1));
+        let drops = Arc::new(AtomicUsize::new(0));
+        let hooked = || {
+            Waker::from(Arc::new(DropHook {
+                sem: sem.clone(),
+                drops: drops.clone(),
+            }))
+        };
+        let held = sem.clone().try_acquire_owned().unwrap();
+        // Replaced by a newer waker: the old one is dropped by the semaphore.
+        let mut a = sem.clone().acquire_owned();
+        assert!(
+            Pin::new(&mut a)
+                .poll(&mut Context::from_waker(&hooked()))
+                .is_pending()
+        );
+        assert!(
+            Pin::new(&mut a)
+                .poll(&mut Context::from_waker(&hooked()))
+                .is_pending()
+        );
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        // Cancelled: its waker is dropped by the semaphore.
+        drop(a);
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+        // Granted: the waker is woken (consumed) and dropped.
+        let mut b = sem.clone().acquire_owned();
+        assert!(
+            Pin::new(&mut b)
+                .poll(&mut Context::from_waker(&hooked()))
+                .is_pending()
+        );
+        drop(held);
+        assert_eq!(drops.load(Ordering::SeqCst), 3);
+        assert!(matches!(
+            Pin::new(&mut b).poll(&mut Context::from_waker(Waker::noop())),
+            Poll::Ready(Ok(_))
+        ));
+    });
+}
+
 #[test]
 fn close_fails_every_waiter_and_later_releases_still_count() {
     let sem = Semaphore::new(2);
