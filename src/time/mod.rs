@@ -348,11 +348,26 @@ pub(crate) fn poll_deadline<T: Timer + ?Sized>(
 ) -> Poll<()> {
     if sleep.is_none() {
         let now = timer.now();
-        when.resolve(now);
-        if matches!(*when, When::At(at) if now >= at) {
-            return Poll::Ready(());
-        }
-        sleep.set(Some(timer.sleep_until_from(now, when.sleep_target(now))));
+        // The first wait: fix the deadline and pick what the backend sleeps
+        // until (a duration needs no instant arithmetic beyond one add).
+        let target = match *when {
+            When::After(d) => match now.checked_add(d) {
+                Some(at) => {
+                    *when = When::At(at);
+                    if d.is_zero() {
+                        return Poll::Ready(());
+                    }
+                    if d <= MAX_SLEEP { at } else { now + MAX_SLEEP }
+                }
+                None => {
+                    *when = When::Never;
+                    now + MAX_SLEEP
+                }
+            },
+            When::At(at) if now >= at => return Poll::Ready(()),
+            other => other.sleep_target(now),
+        };
+        sleep.set(Some(timer.sleep_until_from(now, target)));
     }
     // A sleep that fires early (a capped long sleep, a coarse backend) is
     // re-armed; twice in one poll and we yield instead of spinning.
