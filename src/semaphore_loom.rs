@@ -9,10 +9,12 @@
 
 use crate::Semaphore;
 use crate::engine::loom_models::block_on;
-use loom::sync::Arc;
 use loom::thread;
+// The semaphore is shared through std's `Arc` (owned permits need it); the
+// threads are joined in every model, so loom need not track it.
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
@@ -64,11 +66,9 @@ fn basic_acquire_release() {
 fn release_during_acquire() {
     model(|| {
         let sem = Arc::new(Semaphore::new(1));
-        // A held permit, released on another thread (`forget` + `add_permits`
-        // is a release that needs no borrow across threads).
-        sem.try_acquire().unwrap().forget();
-        let s = sem.clone();
-        let releaser = thread::spawn(move || s.add_permits(1));
+        // A held permit, released on another thread.
+        let held = sem.clone().try_acquire_owned().unwrap();
+        let releaser = thread::spawn(move || drop(held));
         let permit = block_on(sem.acquire()).unwrap();
         assert_eq!(permit.num_permits(), 1);
         drop(permit);
@@ -82,11 +82,10 @@ fn release_during_acquire() {
 fn batch_acquire_under_preemption() {
     model(|| {
         let sem = Arc::new(Semaphore::new(2));
-        sem.try_acquire_many(2).unwrap().forget();
         let threads: Vec<_> = (0..2)
             .map(|_| {
-                let s = sem.clone();
-                thread::spawn(move || s.add_permits(1))
+                let held = sem.clone().try_acquire_owned().unwrap();
+                thread::spawn(move || drop(held))
             })
             .collect();
         let permit = block_on(sem.acquire_many(2)).unwrap();
@@ -105,9 +104,8 @@ fn batch_acquire_under_preemption() {
 fn cancel_after_one_poll() {
     model(|| {
         let sem = Arc::new(Semaphore::new(1));
-        sem.try_acquire().unwrap().forget();
-        let s = sem.clone();
-        let releaser = thread::spawn(move || s.add_permits(1));
+        let held = sem.clone().try_acquire_owned().unwrap();
+        let releaser = thread::spawn(move || drop(held));
         {
             let mut acquire = sem.acquire();
             let mut cx = Context::from_waker(Waker::noop());
@@ -141,15 +139,16 @@ fn close_wakes_a_waiter() {
 fn concurrent_close() {
     model(|| {
         let sem = Arc::new(Semaphore::new(1));
-        sem.try_acquire().unwrap().forget();
+        let mut held = Some(sem.clone().try_acquire_owned().unwrap());
         let threads: Vec<_> = (0..2)
             .map(|i| {
                 let s = sem.clone();
+                let held = held.take();
                 thread::spawn(move || {
                     if i == 0 {
                         s.close();
                     } else {
-                        s.add_permits(1);
+                        drop(held);
                     }
                 })
             })
@@ -200,9 +199,8 @@ fn concurrent_permit_updates() {
 fn grant_while_re_polling() {
     model(|| {
         let sem = Arc::new(Semaphore::new(1));
-        sem.try_acquire().unwrap().forget();
-        let s = sem.clone();
-        let releaser = thread::spawn(move || s.add_permits(1));
+        let held = sem.clone().try_acquire_owned().unwrap();
+        let releaser = thread::spawn(move || drop(held));
         let mut acquire = sem.acquire();
         let mut cx = Context::from_waker(Waker::noop());
         if let Poll::Ready(p) = Pin::new(&mut acquire).poll(&mut cx) {
