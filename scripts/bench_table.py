@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Generate docs/benchmarks.md from the output of `cargo bench --bench combinators`
-and `cargo bench --bench time --features tokio,async-io`.
+"""Generate docs/benchmarks.md from the output of `cargo bench --bench combinators`,
+`cargo bench --bench time --features tokio,async-io` and `cargo bench --bench semaphore`.
 
 Reads criterion's `<criterion dir>/<group>/<function>/<N>/new/estimates.json`
 (median point estimate, ns per iteration) and the `polls.csv` written by the
 combinators bench; for the timer groups (no N) `<group>/<function>/new/
-estimates.json` and the `time_rss.csv` written by the time bench. Prints
-Markdown to stdout.
+estimates.json` and the `time_rss.csv` written by the time bench; for the
+semaphore groups (no N) the same estimates and the `semaphore_checks.csv`
+written by the semaphore bench. Prints Markdown to stdout.
 
 Usage:
     python3 scripts/bench_table.py [--target-dir DIR] [--include-stale] > docs/benchmarks.md
@@ -14,11 +15,12 @@ Usage:
 The criterion directory is, in order: $CRITERION_HOME, <--target-dir>/criterion,
 $CARGO_TARGET_DIR/criterion, ./target/criterion. Each bench writes its own run
 marker when it starts (`awaitkit-bench-run.txt` for combinators,
-`awaitkit-bench-run-time.txt` for time); results older than their bench's
-marker are left out unless --include-stale is given, so a quick run that skips
-some sizes does not mix with an older full run, and running one bench does not
-hide the other's results. The timer section is left out when the time bench
-has not been run.
+`awaitkit-bench-run-time.txt` for time, `awaitkit-bench-run-semaphore.txt` for
+semaphore); results older than their bench's marker are left out unless
+--include-stale is given, so a quick run that skips some sizes does not mix
+with an older full run, and running one bench does not hide the other's
+results. The timer and semaphore sections are left out when their bench has
+not been run.
 """
 
 import argparse
@@ -115,6 +117,54 @@ REGISTER_LABELS = {
     "async_io": "async-io `Timer` + `select`",
 }
 REGISTER_BAR = 1.1  # × the backend's native timer
+
+# Semaphore groups (benches/semaphore.rs): one function per crate, no N.
+SEMAPHORE_MARKER = "awaitkit-bench-run-semaphore.txt"
+SEMAPHORE_COLUMNS = [
+    ("awaitkit", "awaitkit `Semaphore` (FIFO)"),
+    ("tokio", "tokio `sync::Semaphore` (FIFO)"),
+    ("async_lock", "async-lock `Semaphore` (unfair)"),
+    ("futures_intrusive_fair", "futures-intrusive `Semaphore`, fair"),
+    ("futures_intrusive_unfair", "futures-intrusive `Semaphore`, unfair (extra)"),
+]
+# The peers BENCH.md names; the unfair futures-intrusive is an extra column,
+# shown but not part of "fastest peer".
+SEMAPHORE_PEERS = ["tokio", "async_lock", "futures_intrusive_fair"]
+# (group, description, acquisitions per criterion iteration, reference, bar, goal);
+# reference None = the fastest of SEMAPHORE_PEERS.
+SEMAPHORE_GROUPS = [
+    (
+        "semaphore_uncontended",
+        "One task, permits = 1, acquire + release in a loop (no acquire ever waits); driven by a "
+        "minimal single-threaded driver (wake = one relaxed store). One criterion iteration is one "
+        "acquire + release (`iter_custom`: the task runs as many as criterion asks for; the "
+        "untimed check runs 10⁶)",
+        1,
+        None,
+        1.0,
+        0.6,
+    ),
+    (
+        "semaphore_contended_local",
+        "`futures::executor::LocalPool`, permits = 10, 1 000 tasks, each 100 × (acquire, yield "
+        "once holding the permit, release): 10⁵ acquisitions per iteration, pool run and spawning "
+        "timed",
+        100_000,
+        "async_lock",
+        1.0,
+        0.7,
+    ),
+    (
+        "semaphore_multithread",
+        "tokio multi-thread runtime, 2 workers, permits = 8, 64 tasks sharing an `Arc` of the "
+        "semaphore, each 3 125 × (acquire, yield once holding the permit, release): 200 000 "
+        "acquisitions per iteration, spawning and joining timed",
+        200_000,
+        None,
+        1.0,
+        0.8,
+    ),
+]
 
 
 def criterion_dir(args):
@@ -394,6 +444,142 @@ def time_section(cdir, include_stale):
     return lines
 
 
+def load_semaphore_checks(cdir):
+    """{(group, function): row of semaphore_checks.csv}"""
+    checks = {}
+    path = cdir / "semaphore_checks.csv"
+    if path.is_file():
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                checks[(row["group"], row["function"])] = row
+    return checks
+
+
+def waited_cell(row):
+    try:
+        waited, total = int(row["waited"]), int(row["acquisitions"])
+    except (KeyError, TypeError, ValueError):
+        return "?"
+    return f"{100 * waited / total:.1f} %" if total else "?"
+
+
+def semaphore_section(cdir, include_stale):
+    """Markdown lines for the semaphore groups; empty if the semaphore bench has not run."""
+    marker = cdir / SEMAPHORE_MARKER
+    if not marker.is_file():
+        return []
+    mode = marker.read_text().strip()
+    run_time = marker.stat().st_mtime
+    not_before = None if include_stale else run_time - 1
+    fids = [f for f, _ in SEMAPHORE_COLUMNS]
+    per_acq = {}
+    for group, _, acquisitions, _, _, _ in SEMAPHORE_GROUPS:
+        medians = load_flat_medians(cdir, group, fids, not_before)
+        if medians:
+            per_acq[group] = {f: v / acquisitions for f, v in medians.items()}
+    if not per_acq:
+        return []
+    checks = load_semaphore_checks(cdir)
+    label = dict(SEMAPHORE_COLUMNS)
+
+    lines = []
+    w = lines.append
+    w("")
+    w("# Semaphore")
+    w("")
+    w("`Semaphore` against its peers (`benches/semaphore.rs`; workloads and bars: `BENCH.md`).")
+    w("Every crate is used the same way: its awaited `acquire` future (borrowed permits), released")
+    w("by dropping the permit; the yield while holding a permit is one self-wake + `Pending`.")
+    w("")
+    w("```sh")
+    w("AWAITKIT_BENCH_QUICK=1 cargo bench --bench semaphore && python3 scripts/bench_table.py > docs/benchmarks.md")
+    w("```")
+    w("")
+    w(f"- run: {datetime.datetime.fromtimestamp(run_time):%Y-%m-%d %H:%M}, mode {mode}")
+    w("")
+    w("Times are criterion medians in ns per acquisition (acquire + release), i.e. ns per")
+    w("iteration / acquisitions per iteration. Before the timed runs an untimed check runs each")
+    w("function once: at most `permits` holders at any time, every task finished, and for")
+    w("awaitkit strict FIFO in `semaphore_contended_local`. *waited* = share of acquires whose")
+    w("first poll returned `Pending`; *out of order* = waiters granted while an older waiter was")
+    w("still waiting (single-threaded group only). A FIFO semaphore makes a releasing task queue")
+    w("behind the waiters; an unfair one lets it take its permit straight back.")
+    w("")
+
+    verdicts = []
+    for group, desc, _, reference, bar, goal in SEMAPHORE_GROUPS:
+        values = per_acq.get(group)
+        if not values:
+            continue
+        w(f"## `{group}`")
+        w("")
+        w(desc + ".")
+        w("")
+        ak = values.get("awaitkit")
+        header = ["crate", "ns per acquisition", "/ awaitkit", "waited", "out of order", "most holders", "untimed check, ns"]
+        w("| " + " | ".join(header) + " |")
+        w("|" + "---|" * len(header))
+        for fid, name in SEMAPHORE_COLUMNS:
+            v = values.get(fid)
+            if v is None:
+                continue
+            row = checks.get((group, fid), {})
+            ooo = row.get("out_of_order", "")
+            w("| " + " | ".join([
+                name,
+                fmt_ns(v),
+                f"{v / ak:.2f}" if ak else "—",
+                waited_cell(row) if row else "?",
+                ooo if ooo != "" else ("n/a" if row else "?"),
+                row.get("max_holders", "?"),
+                row.get("check_ns_per_acquisition", "?"),
+            ]) + " |")
+        w("")
+        if reference is None:
+            peers = {f: values[f] for f in SEMAPHORE_PEERS if f in values}
+            ref = min(peers, key=peers.get) if peers else None
+            ref_desc = "fastest peer"
+        else:
+            ref = reference if reference in values else None
+            ref_desc = label[reference]
+        r = ak / values[ref] if ak and ref else None
+        everyone = {f: v for f, v in values.items() if f != "awaitkit"}
+        fastest_all = min(everyone, key=everyone.get) if everyone else None
+        verdicts.append((group, ak, ref_desc, ref, values.get(ref) if ref else None, r, bar, goal,
+                         fastest_all, ak / everyone[fastest_all] if ak and fastest_all else None))
+
+    if verdicts:
+        w("## Verdict")
+        w("")
+        header = ["group", "awaitkit, ns", "reference", "reference, ns", "awaitkit / reference", "bar", "goal",
+                  "awaitkit / fastest incl. unfair futures-intrusive"]
+        w("| " + " | ".join(header) + " |")
+        w("|" + "---|" * len(header))
+        for group, ak, ref_desc, ref, ref_v, r, bar, goal, fastest_all, r_all in verdicts:
+            ref_cell = ref_desc if ref is None or ref_desc != "fastest peer" else f"fastest peer: {label[ref]}"
+            w("| " + " | ".join([
+                f"`{group}`",
+                fmt_ns(ak),
+                ref_cell,
+                fmt_ns(ref_v),
+                f"**{r:.2f}**" if r is not None else "—",
+                f"≤ {bar} {mark(r <= bar)}" if r is not None else f"≤ {bar}",
+                f"≤ {goal} {mark(r <= goal)}" if r is not None else f"≤ {goal}",
+                f"{r_all:.2f} ({label[fastest_all]})" if r_all is not None else "—",
+            ]) + " |")
+        w("")
+    w("Semaphore notes:")
+    w("")
+    w("- The contended_local bar compares FIFO awaitkit with unfair async-lock: there a releasing")
+    w("  task re-acquires its permit at once (about 1 % of acquisitions wait), while with a FIFO")
+    w("  semaphore every acquisition after the first `permits` waits: a queue entry, a wake-up")
+    w("  and a re-poll per acquisition.")
+    w("- `semaphore_multithread` is the noisiest group (3 threads on 2 cores: the two workers and")
+    w("  the thread in `block_on`; every acquisition moves the semaphore's cache lines between the")
+    w("  cores). Each sample runs on a fresh runtime; compare ratios within one run.")
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -522,6 +708,7 @@ def main():
     w("  `select_all` and `race` poll every child again after the wake (2.00 / N).")
     w("- futures-concurrency `race` returns only the winner (its rest is dropped inside).")
     lines += time_section(cdir, args.include_stale)
+    lines += semaphore_section(cdir, args.include_stale)
     print("\n".join(lines))
 
 

@@ -562,11 +562,11 @@ mod semaphore {
     #[test]
     fn semaphore_types_are_send_sync_unpin() {
         let sem = send_sync_unpin(Semaphore::new(2));
-        send_sync_unpin(sem.acquire());
-        send_sync_unpin(sem.try_acquire().unwrap());
+        drop(send_sync_unpin(sem.acquire()));
+        let _ = send_sync_unpin(sem.try_acquire().unwrap());
         let sem = Arc::new(Semaphore::new(2));
-        send_sync_unpin(sem.clone().acquire_owned());
-        send_sync_unpin(sem.clone().try_acquire_owned().unwrap());
+        drop(send_sync_unpin(sem.clone().acquire_owned()));
+        let _ = send_sync_unpin(sem.clone().try_acquire_owned().unwrap());
         send_sync_unpin(PollSemaphore::new(sem.clone()));
         send_sync_unpin(sem.stats());
         fn error<E: std::error::Error + Clone + PartialEq + Send + Sync + Unpin + 'static>() {}
