@@ -656,11 +656,11 @@ impl Semaphore {
                 Self::MAX_PERMITS
             );
             q.capacity += n;
-            let mut wake = Vec::new();
+            let mut wake = WakeList::default();
             self.release_locked(&mut q, n, &mut wake);
             wake
         };
-        wake_all(wake);
+        wake.wake_all();
     }
 
     /// Changes the capacity. Growing adds permits at once; shrinking takes
@@ -693,7 +693,7 @@ impl Semaphore {
         );
         let wake = {
             let mut q = self.lock();
-            let mut wake = Vec::new();
+            let mut wake = WakeList::default();
             if capacity >= q.capacity {
                 let grow = capacity - q.capacity;
                 q.capacity = capacity;
@@ -704,12 +704,12 @@ impl Semaphore {
             }
             wake
         };
-        wake_all(wake);
+        wake.wake_all();
     }
 
     /// The capacity drops by `k`: free permits go at once, the rest become
     /// debt paid by the next releases; waiters that no longer fit fail.
-    fn shrink_locked(&self, q: &mut Queue, k: usize, wake: &mut Vec<Waker>) {
+    fn shrink_locked(&self, q: &mut Queue, k: usize, wake: &mut WakeList) {
         q.capacity -= k;
         let mut taken = 0;
         let _ = self
@@ -747,7 +747,7 @@ impl Semaphore {
         let wake = {
             let mut q = self.lock();
             self.state.fetch_or(CLOSED, Ordering::AcqRel);
-            let mut wake = Vec::new();
+            let mut wake = WakeList::default();
             let mut returned = 0;
             while let Some(i) = q.head {
                 returned += q.nodes[i].assigned;
@@ -755,12 +755,12 @@ impl Semaphore {
                 let node = &mut q.nodes[i];
                 node.assigned = 0;
                 node.state = NodeState::Closed;
-                wake.extend(node.waker.take());
+                wake.push(node.waker.take());
             }
             self.release_locked(&mut q, returned, &mut wake);
             wake
         };
-        wake_all(wake);
+        wake.wake_all();
     }
 
     /// Gives `n` permits back.
@@ -782,17 +782,17 @@ impl Semaphore {
         }
         let wake = {
             let mut q = self.lock();
-            let mut wake = Vec::new();
+            let mut wake = WakeList::default();
             self.release_locked(&mut q, n, &mut wake);
             wake
         };
-        wake_all(wake);
+        wake.wake_all();
     }
 
     /// Hands `n` permits out under the lock: the shrink debt first, then the
     /// queue's head in order, then the free count (clearing `SLOW` once
     /// nobody waits and nothing is owed).
-    fn release_locked(&self, q: &mut Queue, mut n: usize, wake: &mut Vec<Waker>) {
+    fn release_locked(&self, q: &mut Queue, mut n: usize, wake: &mut WakeList) {
         let paid = n.min(q.debt);
         q.debt -= paid;
         n -= paid;
@@ -804,11 +804,14 @@ impl Semaphore {
             n -= give;
             if node.assigned == node.needed {
                 node.state = NodeState::Granted;
-                wake.extend(node.waker.take());
+                wake.push(node.waker.take());
                 q.unlink(i);
             }
         }
         let idle = q.head.is_none() && q.debt == 0;
+        if n == 0 && (self.state.load(Ordering::Acquire) & SLOW == 0) == idle {
+            return; // nothing to add, the flag is already right
+        }
         let _ = self
             .state
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
@@ -826,7 +829,7 @@ impl Semaphore {
             let mut q = self.lock();
             // They were held, so no free permit is taken: only the capacity
             // drops, and waiters that no longer fit fail.
-            let mut wake = Vec::new();
+            let mut wake = WakeList::default();
             // A forgotten permit first settles what a shrink still owes.
             let paid = n.min(q.debt);
             q.debt -= paid;
@@ -835,13 +838,36 @@ impl Semaphore {
             self.release_locked(&mut q, returned, &mut wake);
             wake
         };
-        wake_all(wake);
+        wake.wake_all();
     }
 }
 
-fn wake_all(wakers: Vec<Waker>) {
-    for waker in wakers {
-        waker.wake();
+/// Wakers collected under the lock, woken after it is released. The first
+/// one is kept inline: a release usually wakes one waiter, without
+/// allocating.
+#[derive(Default)]
+struct WakeList {
+    first: Option<Waker>,
+    rest: Vec<Waker>,
+}
+
+impl WakeList {
+    fn push(&mut self, waker: Option<Waker>) {
+        let Some(waker) = waker else { return };
+        if self.first.is_none() {
+            self.first = Some(waker);
+        } else {
+            self.rest.push(waker);
+        }
+    }
+
+    fn wake_all(self) {
+        if let Some(first) = self.first {
+            first.wake();
+        }
+        for waker in self.rest {
+            waker.wake();
+        }
     }
 }
 
@@ -886,7 +912,7 @@ impl Queue {
 
     /// After the capacity dropped: waiters that can never be granted fail.
     /// Returns the permits they had been assigned.
-    fn fail_too_large(&mut self, wake: &mut Vec<Waker>) -> usize {
+    fn fail_too_large(&mut self, wake: &mut WakeList) -> usize {
         let mut returned = 0;
         let mut cursor = self.head;
         while let Some(i) = cursor {
@@ -898,7 +924,7 @@ impl Queue {
                 let node = &mut self.nodes[i];
                 node.assigned = 0;
                 node.state = NodeState::TooLarge { capacity };
-                wake.extend(node.waker.take());
+                wake.push(node.waker.take());
             }
         }
         returned
@@ -998,29 +1024,39 @@ impl Waiter {
         if n > q.capacity {
             return Poll::Ready(Err(AcquireError::too_large(n, q.capacity)));
         }
-        // Under the lock: take what is free only if nobody is ahead (FIFO).
-        let mut assigned = 0;
-        let mut result = None;
-        let _ = sem
-            .state
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
-                if s & CLOSED != 0 {
-                    result = Some(Err(AcquireError::CLOSED));
-                    return None;
-                }
-                let free = s >> SHIFT;
-                if q.head.is_none() && s & SLOW == 0 && free >= n {
-                    result = Some(Ok(()));
-                    return Some(s - (n << SHIFT));
-                }
-                result = None;
-                // Queue up; everything free goes to us if we are first.
-                assigned = if q.head.is_none() { free } else { 0 };
-                Some((s - (assigned << SHIFT)) | SLOW)
-            });
-        if let Some(result) = result {
-            return Poll::Ready(result);
-        }
+        let assigned = if q.head.is_some() {
+            // Someone is ahead (so `SLOW` is set and nothing is free): queue
+            // up behind them; only `close` can still change the outcome.
+            if sem.is_closed() {
+                return Poll::Ready(Err(AcquireError::CLOSED));
+            }
+            0
+        } else {
+            // Nobody is ahead: take what is free under the lock.
+            let mut assigned = 0;
+            let mut result = None;
+            let _ = sem
+                .state
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                    if s & CLOSED != 0 {
+                        result = Some(Err(AcquireError::CLOSED));
+                        return None;
+                    }
+                    let free = s >> SHIFT;
+                    if s & SLOW == 0 && free >= n {
+                        result = Some(Ok(()));
+                        return Some(s - (n << SHIFT));
+                    }
+                    result = None;
+                    // Queue up first in line: everything free goes to us.
+                    assigned = free;
+                    Some((s - (assigned << SHIFT)) | SLOW)
+                });
+            if let Some(result) = result {
+                return Poll::Ready(result);
+            }
+            assigned
+        };
         let i = q.push(Node {
             prev: None,
             next: None,
@@ -1050,14 +1086,14 @@ impl Waiter {
             };
             let waker = q.nodes[i].waker.take();
             q.free(i);
-            let mut wake = Vec::new();
+            let mut wake = WakeList::default();
             // Also clears `SLOW` when this was the last waiter.
             sem.release_locked(&mut q, giving_back, &mut wake);
             drop(q);
             drop(waker);
             wake
         };
-        wake_all(wake);
+        wake.wake_all();
     }
 }
 
