@@ -12,17 +12,22 @@
 //!   no barging — and the available count in the word stays zero.
 //!
 //! Without `SLOW`, acquire and release are one compare-and-swap each. The
-//! queue is a slab of waiter nodes linked in FIFO order (indices, no unsafe).
-//! A node belongs to its acquire future until that future takes it back: a
-//! grant, a close or a capacity failure only marks it, so a node index is
-//! never reused while its owner can still look at it. Permits are assigned
-//! to the head as they come back (partially for a large `acquire_many`), and
-//! a waiter that is dropped returns what it was assigned. Wakers are always
-//! woken after the lock is released.
+//! queue is a slab of waiter nodes linked in FIFO order (indices, no unsafe),
+//! each with a ticket in arrival order. Permits are assigned to the head as
+//! they come back (partially for a large `acquire_many`); a waiter that is
+//! dropped returns what it was assigned.
+//!
+//! Grants happen in ticket order, so one atomic, `granted_below`, tells
+//! every waiter whether it was granted: a granted waiter completes without
+//! taking the lock, and its node is freed at the grant (a reused slot carries
+//! a newer ticket, so an owner never mistakes it for its own). A close or a
+//! capacity failure only marks the node, which its owner frees; while such
+//! failed nodes exist (`failed_live`), waiters take the lock to look. Wakers
+//! are always woken after the lock is released.
 
 #![forbid(unsafe_code)]
 
-use crate::sync::atomic::{AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{Mutex, MutexGuard};
 use crate::time::{DefaultTimer, Timer};
 use crate::timeout::{Timeout, timeout_with};
@@ -73,6 +78,13 @@ const SHIFT: u32 = 2;
 /// ```
 pub struct Semaphore {
     state: AtomicUsize,
+    /// Every waiter with a ticket below this was granted (its node already
+    /// freed), unless it failed: a granted waiter sees its permits without
+    /// taking the lock. Written under the lock.
+    granted_below: AtomicU64,
+    /// Failed waiters (closed, too large) whose owner has not looked yet:
+    /// while any exist, `granted_below` alone cannot tell success.
+    failed_live: AtomicUsize,
     queue: Mutex<Queue>,
 }
 
@@ -83,6 +95,8 @@ struct Queue {
     head: Option<usize>,
     tail: Option<usize>,
     waiting: usize,
+    /// The ticket of the next waiter (tickets grow in arrival order).
+    next_ticket: u64,
     /// Permits in existence: available + held + assigned to waiters.
     capacity: usize,
     /// Permits still to retire after a shrink (taken from releases first).
@@ -91,6 +105,7 @@ struct Queue {
 
 #[derive(Debug)]
 struct Node {
+    ticket: u64,
     prev: Option<usize>,
     next: Option<usize>,
     needed: usize,
@@ -102,7 +117,6 @@ struct Node {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum NodeState {
     Queued,
-    Granted,
     Closed,
     TooLarge { capacity: usize },
     Vacant,
@@ -265,12 +279,15 @@ impl Semaphore {
         );
         Semaphore {
             state: AtomicUsize::new(permits << SHIFT),
+            granted_below: AtomicU64::new(0),
+            failed_live: AtomicUsize::new(0),
             queue: Mutex::new(Queue {
                 nodes: Vec::new(),
                 free: Vec::new(),
                 head: None,
                 tail: None,
                 waiting: 0,
+                next_ticket: 0,
                 capacity: permits,
                 debt: 0,
             }),
@@ -723,7 +740,7 @@ impl Semaphore {
                 Some(next)
             });
         q.debt += k - taken;
-        let returned = q.fail_too_large(wake);
+        let returned = q.fail_too_large(wake, &self.failed_live);
         self.release_locked(q, returned, wake);
     }
 
@@ -756,6 +773,7 @@ impl Semaphore {
                 node.assigned = 0;
                 node.state = NodeState::Closed;
                 wake.push(node.waker.take());
+                self.failed_live.fetch_add(1, Ordering::AcqRel);
             }
             self.release_locked(&mut q, returned, &mut wake);
             wake
@@ -803,10 +821,16 @@ impl Semaphore {
             node.assigned += give;
             n -= give;
             if node.assigned == node.needed {
-                node.state = NodeState::Granted;
+                // Granted: its owner learns it from `granted_below`; the node
+                // is freed now.
                 wake.push(node.waker.take());
                 q.unlink(i);
+                q.free(i);
             }
+        }
+        let below = q.head.map_or(q.next_ticket, |h| q.nodes[h].ticket);
+        if self.granted_below.load(Ordering::Relaxed) != below {
+            self.granted_below.store(below, Ordering::Release);
         }
         let idle = q.head.is_none() && q.debt == 0;
         if n == 0 && (self.state.load(Ordering::Acquire) & SLOW == 0) == idle {
@@ -834,7 +858,7 @@ impl Semaphore {
             let paid = n.min(q.debt);
             q.debt -= paid;
             q.capacity -= n - paid;
-            let returned = q.fail_too_large(&mut wake);
+            let returned = q.fail_too_large(&mut wake, &self.failed_live);
             self.release_locked(&mut q, returned, &mut wake);
             wake
         };
@@ -872,7 +896,9 @@ impl WakeList {
 }
 
 impl Queue {
-    fn push(&mut self, node: Node) -> usize {
+    fn push(&mut self, mut node: Node) -> usize {
+        node.ticket = self.next_ticket;
+        self.next_ticket += 1;
         let i = match self.free.pop() {
             Some(i) => {
                 self.nodes[i] = node;
@@ -912,7 +938,7 @@ impl Queue {
 
     /// After the capacity dropped: waiters that can never be granted fail.
     /// Returns the permits they had been assigned.
-    fn fail_too_large(&mut self, wake: &mut WakeList) -> usize {
+    fn fail_too_large(&mut self, wake: &mut WakeList, failed_live: &AtomicUsize) -> usize {
         let mut returned = 0;
         let mut cursor = self.head;
         while let Some(i) = cursor {
@@ -925,12 +951,21 @@ impl Queue {
                 node.assigned = 0;
                 node.state = NodeState::TooLarge { capacity };
                 wake.push(node.waker.take());
+                failed_live.fetch_add(1, Ordering::AcqRel);
             }
         }
         returned
     }
 
-    /// Frees a node its owner is done with.
+    /// The state of a waiter's node, or `None` if it was granted (granted
+    /// nodes are freed at once, so the slot is vacant or holds a newer
+    /// ticket).
+    fn owned_state(&self, i: usize, ticket: u64) -> Option<NodeState> {
+        let node = &self.nodes[i];
+        (node.ticket == ticket && node.state != NodeState::Vacant).then_some(node.state)
+    }
+
+    /// Frees a node (granted, or its owner is done with it).
     fn free(&mut self, i: usize) {
         self.nodes[i].state = NodeState::Vacant;
         self.nodes[i].waker = None;
@@ -957,6 +992,7 @@ impl fmt::Debug for Semaphore {
 struct Waiter {
     needed: usize,
     node: Option<usize>,
+    ticket: u64,
     done: bool,
 }
 
@@ -965,6 +1001,7 @@ impl Waiter {
         Waiter {
             needed,
             node: None,
+            ticket: 0,
             done: false,
         }
     }
@@ -975,28 +1012,40 @@ impl Waiter {
         let out = match self.node {
             None => self.first_poll(sem, cx),
             Some(i) => {
-                let mut q = sem.lock();
-                let node = &mut q.nodes[i];
-                let out = match node.state {
-                    NodeState::Queued => {
-                        let replaced = match &node.waker {
-                            Some(w) if w.will_wake(cx.waker()) => None,
-                            _ => node.waker.replace(cx.waker().clone()),
-                        };
-                        drop(q);
-                        drop(replaced); // outside the lock: a waker's drop may call back
-                        return Poll::Pending;
-                    }
-                    NodeState::Granted => Ok(()),
-                    NodeState::Closed => Err(AcquireError::CLOSED),
-                    NodeState::TooLarge { capacity } => {
-                        Err(AcquireError::too_large(self.needed, capacity))
-                    }
-                    NodeState::Vacant => unreachable!("a waiter's node is freed only by its owner"),
-                };
-                q.free(i);
-                self.node = None;
-                Poll::Ready(out)
+                // The usual end of a wait, seen without the lock: granted.
+                if self.ticket < sem.granted_below.load(Ordering::Acquire)
+                    && sem.failed_live.load(Ordering::Acquire) == 0
+                {
+                    self.node = None;
+                    Poll::Ready(Ok(()))
+                } else {
+                    let mut q = sem.lock();
+                    let out = match q.owned_state(i, self.ticket) {
+                        None => Ok(()), // granted; its node is gone
+                        Some(NodeState::Queued) => {
+                            let node = &mut q.nodes[i];
+                            let replaced = match &node.waker {
+                                Some(w) if w.will_wake(cx.waker()) => None,
+                                _ => node.waker.replace(cx.waker().clone()),
+                            };
+                            drop(q);
+                            drop(replaced); // outside the lock: a waker's drop may call back
+                            return Poll::Pending;
+                        }
+                        Some(failed) => {
+                            q.free(i);
+                            sem.failed_live.fetch_sub(1, Ordering::AcqRel);
+                            Err(match failed {
+                                NodeState::TooLarge { capacity } => {
+                                    AcquireError::too_large(self.needed, capacity)
+                                }
+                                _ => AcquireError::CLOSED,
+                            })
+                        }
+                    };
+                    self.node = None;
+                    Poll::Ready(out)
+                }
             }
         };
         if out.is_ready() {
@@ -1058,6 +1107,7 @@ impl Waiter {
             assigned
         };
         let i = q.push(Node {
+            ticket: 0, // set by `push`
             prev: None,
             next: None,
             needed: n,
@@ -1066,6 +1116,7 @@ impl Waiter {
             state: NodeState::Queued,
         });
         self.node = Some(i);
+        self.ticket = q.nodes[i].ticket;
         Poll::Pending
     }
 
@@ -1075,17 +1126,22 @@ impl Waiter {
         let Some(i) = self.node.take() else { return };
         let wake = {
             let mut q = sem.lock();
-            let giving_back = match q.nodes[i].state {
-                NodeState::Queued => {
-                    q.unlink(i);
-                    q.nodes[i].assigned
+            let mut waker = None;
+            let giving_back = match q.owned_state(i, self.ticket) {
+                None => self.needed, // granted but never taken
+                Some(state) => {
+                    waker = q.nodes[i].waker.take();
+                    let back = if state == NodeState::Queued {
+                        q.unlink(i);
+                        q.nodes[i].assigned
+                    } else {
+                        sem.failed_live.fetch_sub(1, Ordering::AcqRel);
+                        0
+                    };
+                    q.free(i);
+                    back
                 }
-                NodeState::Granted => q.nodes[i].needed,
-                NodeState::Closed | NodeState::TooLarge { .. } => 0,
-                NodeState::Vacant => unreachable!("a waiter's node is freed only by its owner"),
             };
-            let waker = q.nodes[i].waker.take();
-            q.free(i);
             let mut wake = WakeList::default();
             // Also clears `SLOW` when this was the last waiter.
             sem.release_locked(&mut q, giving_back, &mut wake);

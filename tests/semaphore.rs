@@ -640,3 +640,31 @@ fn waiters_woken_from_many_threads_all_get_through() {
         assert_eq!(sem.available_permits(), 2);
     });
 }
+
+/// Granted waiters learn of their grant without the lock (from the grant
+/// position); a waiter that failed before the position moved past it must
+/// still see its failure.
+#[test]
+fn a_failed_waiter_is_never_mistaken_for_a_granted_one() {
+    let sem = Semaphore::new(4);
+    let w = CountingWaker::new();
+    let held = granted(&mut sem.acquire_many(4), &w);
+    let mut first = sem.acquire();
+    let mut too_big = sem.acquire_many(4);
+    let mut last = sem.acquire();
+    pending(&mut first, &w);
+    pending(&mut too_big, &w);
+    pending(&mut last, &w);
+    sem.set_capacity(3); // `too_big` can never be granted now
+    drop(held); // grants `first` and `last`, past `too_big`
+    let _a = granted(&mut first, &w);
+    let _b = granted(&mut last, &w);
+    assert!(matches!(poll(&mut too_big, &w), Poll::Ready(Err(e)) if e.exceeds_capacity()));
+    // Afterwards grants are seen without the lock again.
+    drop((_a, _b));
+    let held = granted(&mut sem.acquire_many(3), &w);
+    let mut next = sem.acquire();
+    pending(&mut next, &w);
+    drop(held);
+    let _c = granted(&mut next, &w);
+}
