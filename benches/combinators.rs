@@ -49,6 +49,9 @@
 //! Regenerate the report:
 //! `AWAITKIT_BENCH_QUICK=1 cargo bench --bench combinators && python3 scripts/bench_table.py > docs/benchmarks.md`
 
+mod common;
+
+use common::Settings;
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use futures::StreamExt;
 use futures::stream::Stream;
@@ -59,12 +62,10 @@ use rand::seq::SliceRandom;
 use std::cell::Cell;
 use std::future::Future;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
 
 // ---------------------------------------------------------------------------
 // Driver
@@ -475,39 +476,7 @@ macro_rules! entry {
 /// futures-concurrency is quadratic when children wake one at a time.
 const QUADRATIC_CAP: usize = 10_000;
 
-struct Settings {
-    quick: bool,
-    out_dir: PathBuf,
-}
-
 impl Settings {
-    fn from_env() -> Self {
-        let quick = std::env::var("AWAITKIT_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-        let out_dir = if let Some(home) = std::env::var_os("CRITERION_HOME") {
-            PathBuf::from(home)
-        } else if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
-            PathBuf::from(target).join("criterion")
-        } else {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("target")
-                .join("criterion")
-        };
-        Settings { quick, out_dir }
-    }
-
-    fn criterion(&self) -> Criterion {
-        let c = Criterion::default().output_directory(&self.out_dir);
-        if self.quick {
-            c.sample_size(10)
-                .warm_up_time(Duration::from_millis(200))
-                .measurement_time(Duration::from_secs(1))
-        } else {
-            c.sample_size(30)
-                .warm_up_time(Duration::from_secs(1))
-                .measurement_time(Duration::from_secs(3))
-        }
-    }
-
     /// Quick mode keeps N = 100 000 in `gather_shuffled` only.
     fn sizes(&self, group: &str, sizes: &[usize]) -> Vec<usize> {
         sizes
@@ -536,22 +505,6 @@ impl Settings {
         for line in lines {
             writeln!(file, "{line}").expect("write polls.csv");
         }
-    }
-
-    /// Marks the start of a run: the report generator ignores results older
-    /// than this file (left over from an earlier run with other sizes).
-    fn write_run_marker(&self) {
-        std::fs::create_dir_all(&self.out_dir).expect("create criterion dir");
-        let mode = if self.quick {
-            "quick (AWAITKIT_BENCH_QUICK=1): sample size 10, warm-up 200 ms, measurement 1 s"
-        } else {
-            "full: sample size 30, warm-up 1 s, measurement 3 s"
-        };
-        std::fs::write(
-            self.out_dir.join("awaitkit-bench-run.txt"),
-            format!("{mode}\n"),
-        )
-        .expect("write run marker");
     }
 }
 
@@ -602,7 +555,7 @@ fn bench_group(
 fn main() {
     let settings = Settings::from_env();
     let mut c = settings.criterion().configure_from_args();
-    settings.write_run_marker();
+    settings.write_run_marker("awaitkit-bench-run.txt");
 
     let gather_yield = [
         entry!("awaitkit", gather_awaitkit, Yield),

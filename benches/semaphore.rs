@@ -85,14 +85,16 @@
 //! Regenerate the report:
 //! `AWAITKIT_BENCH_QUICK=1 cargo bench --bench semaphore && python3 scripts/bench_table.py > docs/benchmarks.md`
 
-use criterion::{Criterion, SamplingMode, Throughput};
+mod common;
+
+use common::Settings;
+use criterion::{SamplingMode, Throughput};
 use futures::executor::LocalPool;
 use futures::task::LocalSpawnExt;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -578,39 +580,7 @@ struct Check {
     ns_per_acquisition: f64,
 }
 
-struct Settings {
-    quick: bool,
-    out_dir: PathBuf,
-}
-
 impl Settings {
-    fn from_env() -> Self {
-        let quick = std::env::var("AWAITKIT_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-        let out_dir = if let Some(home) = std::env::var_os("CRITERION_HOME") {
-            PathBuf::from(home)
-        } else if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
-            PathBuf::from(target).join("criterion")
-        } else {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("target")
-                .join("criterion")
-        };
-        Settings { quick, out_dir }
-    }
-
-    fn criterion(&self) -> Criterion {
-        let c = Criterion::default().output_directory(&self.out_dir);
-        if self.quick {
-            c.sample_size(10)
-                .warm_up_time(Duration::from_millis(200))
-                .measurement_time(Duration::from_secs(1))
-        } else {
-            c.sample_size(30)
-                .warm_up_time(Duration::from_secs(1))
-                .measurement_time(Duration::from_secs(3))
-        }
-    }
-
     /// One multithread iteration takes 70–250 ms: room for every sample.
     fn multithread_measurement(&self) -> Duration {
         if self.quick {
@@ -618,22 +588,6 @@ impl Settings {
         } else {
             Duration::from_secs(8)
         }
-    }
-
-    /// Marks the start of a run of this bench: the report generator ignores
-    /// semaphore results older than this file.
-    fn write_run_marker(&self) {
-        std::fs::create_dir_all(&self.out_dir).expect("create criterion dir");
-        let mode = if self.quick {
-            "quick (AWAITKIT_BENCH_QUICK=1): sample size 10, warm-up 200 ms, measurement 1 s"
-        } else {
-            "full: sample size 30, warm-up 1 s, measurement 3 s"
-        };
-        std::fs::write(
-            self.out_dir.join("awaitkit-bench-run-semaphore.txt"),
-            format!("{mode}\n"),
-        )
-        .expect("write run marker");
     }
 
     /// Records a sanity check in `semaphore_checks.csv` (replacing an older
@@ -744,7 +698,7 @@ fn mt_timed<P: Peer>(rt: &Runtime) {
 fn main() {
     let settings = Settings::from_env();
     let mut c = settings.criterion().configure_from_args();
-    settings.write_run_marker();
+    settings.write_run_marker("awaitkit-bench-run-semaphore.txt");
 
     // semaphore_uncontended: one criterion iteration = one acquire + release.
     let group_name = "semaphore_uncontended";

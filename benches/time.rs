@@ -70,12 +70,14 @@
 //! `AWAITKIT_BENCH_QUICK=1 cargo bench --bench time --features tokio,async-io && python3 scripts/bench_table.py > docs/benchmarks.md`
 
 use awaitkit::time::{AsyncIoTimer, TokioTimer};
-use criterion::{Criterion, Throughput};
+mod common;
+
+use common::Settings;
+use criterion::Throughput;
 use futures::future::{Either, select};
 use std::future::{Future, pending, ready};
 use std::hint::black_box;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -236,55 +238,7 @@ fn register_async_io() {
 /// One bench function: criterion id and the timed iteration.
 type Entry<T> = (&'static str, fn() -> T);
 
-struct Settings {
-    quick: bool,
-    out_dir: PathBuf,
-}
-
 impl Settings {
-    fn from_env() -> Self {
-        let quick = std::env::var("AWAITKIT_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-        let out_dir = if let Some(home) = std::env::var_os("CRITERION_HOME") {
-            PathBuf::from(home)
-        } else if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
-            PathBuf::from(target).join("criterion")
-        } else {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("target")
-                .join("criterion")
-        };
-        Settings { quick, out_dir }
-    }
-
-    fn criterion(&self) -> Criterion {
-        let c = Criterion::default().output_directory(&self.out_dir);
-        if self.quick {
-            c.sample_size(10)
-                .warm_up_time(Duration::from_millis(200))
-                .measurement_time(Duration::from_secs(1))
-        } else {
-            c.sample_size(30)
-                .warm_up_time(Duration::from_secs(1))
-                .measurement_time(Duration::from_secs(3))
-        }
-    }
-
-    /// Marks the start of a run of this bench: the report generator ignores
-    /// time results older than this file.
-    fn write_run_marker(&self) {
-        std::fs::create_dir_all(&self.out_dir).expect("create criterion dir");
-        let mode = if self.quick {
-            "quick (AWAITKIT_BENCH_QUICK=1): sample size 10, warm-up 200 ms, measurement 1 s"
-        } else {
-            "full: sample size 30, warm-up 1 s, measurement 3 s"
-        };
-        std::fs::write(
-            self.out_dir.join("awaitkit-bench-run-time.txt"),
-            format!("{mode}\n"),
-        )
-        .expect("write run marker");
-    }
-
     /// Records a memory check in `time_rss.csv` (replacing an older row for
     /// the same function) and on stderr.
     fn record_rss(&self, group: &str, name: &str, check: &MemCheck) {
@@ -372,7 +326,7 @@ impl MemCheck {
 fn main() {
     let settings = Settings::from_env();
     let mut c = settings.criterion().configure_from_args();
-    settings.write_run_marker();
+    settings.write_run_marker("awaitkit-bench-run-time.txt");
 
     // tokio's timers (the peer and `TokioTimer`) need a runtime with time
     // enabled in context; it is never driven.

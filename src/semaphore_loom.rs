@@ -39,6 +39,19 @@ fn assert_idle(sem: &Semaphore, capacity: usize) {
     );
 }
 
+/// A model where the semaphore's one permit is held, released on another
+/// thread while `waiter` runs on this one; every permit must be back after.
+fn race_a_release(waiter: impl Fn(&Semaphore) + Sync + Send + 'static) {
+    model(move || {
+        let sem = Arc::new(Semaphore::new(1));
+        let held = sem.clone().try_acquire_owned().unwrap();
+        let releaser = thread::spawn(move || drop(held));
+        waiter(&sem);
+        releaser.join().unwrap();
+        assert_idle(&sem, 1);
+    });
+}
+
 /// Two threads and the main thread contend for one permit.
 #[test]
 fn basic_acquire_release() {
@@ -64,16 +77,9 @@ fn basic_acquire_release() {
 /// A release on another thread races the waiter's enqueue.
 #[test]
 fn release_during_acquire() {
-    model(|| {
-        let sem = Arc::new(Semaphore::new(1));
-        // A held permit, released on another thread.
-        let held = sem.clone().try_acquire_owned().unwrap();
-        let releaser = thread::spawn(move || drop(held));
+    race_a_release(|sem| {
         let permit = block_on(sem.acquire()).unwrap();
         assert_eq!(permit.num_permits(), 1);
-        drop(permit);
-        releaser.join().unwrap();
-        assert_idle(&sem, 1);
     });
 }
 
@@ -102,18 +108,11 @@ fn batch_acquire_under_preemption() {
 /// never lost, whichever got there first.
 #[test]
 fn cancel_after_one_poll() {
-    model(|| {
-        let sem = Arc::new(Semaphore::new(1));
-        let held = sem.clone().try_acquire_owned().unwrap();
-        let releaser = thread::spawn(move || drop(held));
-        {
-            let mut acquire = sem.acquire();
-            let mut cx = Context::from_waker(Waker::noop());
-            let _ = Pin::new(&mut acquire).poll(&mut cx);
-            // Dropped here: granted or queued, the permit goes back.
-        }
-        releaser.join().unwrap();
-        assert_idle(&sem, 1);
+    race_a_release(|sem| {
+        let mut acquire = sem.acquire();
+        let mut cx = Context::from_waker(Waker::noop());
+        let _ = Pin::new(&mut acquire).poll(&mut cx);
+        // Dropped here: granted or queued, the permit goes back.
     });
 }
 
@@ -197,10 +196,7 @@ fn concurrent_permit_updates() {
 /// owner is never left without a wake-up (the most recent waker wins).
 #[test]
 fn grant_while_re_polling() {
-    model(|| {
-        let sem = Arc::new(Semaphore::new(1));
-        let held = sem.clone().try_acquire_owned().unwrap();
-        let releaser = thread::spawn(move || drop(held));
+    race_a_release(|sem| {
         let mut acquire = sem.acquire();
         let mut cx = Context::from_waker(Waker::noop());
         if let Poll::Ready(p) = Pin::new(&mut acquire).poll(&mut cx) {
@@ -209,7 +205,5 @@ fn grant_while_re_polling() {
             // Re-poll through the real driver, whose waker replaces the no-op.
             drop(block_on(acquire).unwrap());
         }
-        releaser.join().unwrap();
-        assert_idle(&sem, 1);
     });
 }
