@@ -1069,6 +1069,9 @@ impl Waiter {
             Err(TryAcquireError::Closed) => return Poll::Ready(Err(AcquireError::CLOSED)),
             Err(TryAcquireError::NoPermits) => {}
         }
+        // Cloned before locking, to keep the critical section short (and
+        // declared before the guard, so an early return drops it unlocked).
+        let waker = cx.waker().clone();
         let mut q = sem.lock();
         if n > q.capacity {
             return Poll::Ready(Err(AcquireError::too_large(n, q.capacity)));
@@ -1112,7 +1115,7 @@ impl Waiter {
             next: None,
             needed: n,
             assigned,
-            waker: Some(cx.waker().clone()),
+            waker: Some(waker),
             state: NodeState::Queued,
         });
         self.node = Some(i);
