@@ -51,7 +51,7 @@
 
 mod common;
 
-use common::Settings;
+use common::{Flag, Settings};
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use futures::StreamExt;
 use futures::stream::Stream;
@@ -61,28 +61,14 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use std::cell::Cell;
 use std::future::Future;
-use std::io::Write;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 
 // ---------------------------------------------------------------------------
 // Driver
 // ---------------------------------------------------------------------------
-
-/// The top-level wake flag: `wake` is one relaxed store.
-struct Flag(AtomicBool);
-
-impl Wake for Flag {
-    fn wake(self: Arc<Self>) {
-        self.0.store(true, Relaxed);
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.store(true, Relaxed);
-    }
-}
 
 /// One parked child's slot: its parked waker and whether the driver fired it.
 #[derive(Default)]
@@ -490,21 +476,12 @@ impl Settings {
     /// bench) and on stderr.
     fn record_polls(&self, group: &str, name: &str, n: usize, polls_per_child: f64) {
         eprintln!("polls/N {group}/{name}/{n}: {polls_per_child:.2}");
-        std::fs::create_dir_all(&self.out_dir).expect("create criterion dir");
-        let path = self.out_dir.join("polls.csv");
-        let key = format!("{group},{name},{n},");
-        let mut lines: Vec<String> = std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.is_empty() && !l.starts_with("group,") && !l.starts_with(&key))
-            .map(str::to_owned)
-            .collect();
-        lines.push(format!("{key}{polls_per_child:.4}"));
-        let mut file = std::fs::File::create(&path).expect("write polls.csv");
-        writeln!(file, "group,function,n,polls_per_n").expect("write polls.csv");
-        for line in lines {
-            writeln!(file, "{line}").expect("write polls.csv");
-        }
+        self.upsert_csv(
+            "polls.csv",
+            "group,function,n,polls_per_n",
+            &format!("{group},{name},{n},"),
+            &format!("{polls_per_child:.4}"),
+        );
     }
 }
 

@@ -87,19 +87,18 @@
 
 mod common;
 
-use common::Settings;
+use common::{Flag, Settings};
 use criterion::{SamplingMode, Throughput};
 use futures::executor::LocalPool;
 use futures::task::LocalSpawnExt;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::io::Write;
 use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 
@@ -249,19 +248,6 @@ fn yield_now() -> YieldNow {
 // ---------------------------------------------------------------------------
 // semaphore_uncontended
 // ---------------------------------------------------------------------------
-
-/// The top-level wake flag: `wake` is one relaxed store.
-struct Flag(AtomicBool);
-
-impl Wake for Flag {
-    fn wake(self: Arc<Self>) {
-        self.0.store(true, Relaxed);
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.store(true, Relaxed);
-    }
-}
 
 /// Polls `fut` to completion, again only after its waker set the flag.
 /// Returns the output and the number of polls.
@@ -605,17 +591,8 @@ impl Settings {
             100.0 * check.waited as f64 / check.acquisitions as f64,
             check.ns_per_acquisition,
         );
-        std::fs::create_dir_all(&self.out_dir).expect("create criterion dir");
-        let path = self.out_dir.join("semaphore_checks.csv");
-        let key = format!("{group},{name},");
-        let mut lines: Vec<String> = std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.is_empty() && !l.starts_with("group,") && !l.starts_with(&key))
-            .map(str::to_owned)
-            .collect();
-        lines.push(format!(
-            "{key}{},{},{},{},{:.1}",
+        let row = format!(
+            "{},{},{},{},{:.1}",
             check.acquisitions,
             check.max_holders,
             check.waited,
@@ -623,16 +600,13 @@ impl Settings {
                 .out_of_order
                 .map_or_else(String::new, |v| v.to_string()),
             check.ns_per_acquisition,
-        ));
-        let mut file = std::fs::File::create(&path).expect("write semaphore_checks.csv");
-        writeln!(
-            file,
-            "group,function,acquisitions,max_holders,waited,out_of_order,check_ns_per_acquisition"
-        )
-        .expect("write semaphore_checks.csv");
-        for line in lines {
-            writeln!(file, "{line}").expect("write semaphore_checks.csv");
-        }
+        );
+        self.upsert_csv(
+            "semaphore_checks.csv",
+            "group,function,acquisitions,max_holders,waited,out_of_order,check_ns_per_acquisition",
+            &format!("{group},{name},"),
+            &row,
+        );
     }
 }
 

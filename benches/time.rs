@@ -77,7 +77,6 @@ use criterion::Throughput;
 use futures::future::{Either, select};
 use std::future::{Future, pending, ready};
 use std::hint::black_box;
-use std::io::Write;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -261,25 +260,12 @@ impl Settings {
             kib(check.after_bench),
             check.ns_per_iter,
         );
-        std::fs::create_dir_all(&self.out_dir).expect("create criterion dir");
-        let path = self.out_dir.join("time_rss.csv");
-        let key = format!("{group},{name},");
-        let mut lines: Vec<String> = std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.is_empty() && !l.starts_with("group,") && !l.starts_with(&key))
-            .map(str::to_owned)
-            .collect();
-        lines.push(format!("{key}{row}"));
-        let mut file = std::fs::File::create(&path).expect("write time_rss.csv");
-        writeln!(
-            file,
-            "group,function,rss_start_kib,rss_round1_kib,rss_round2_kib,rss_after_bench_kib,check_iters,check_ns_per_iter"
-        )
-        .expect("write time_rss.csv");
-        for line in lines {
-            writeln!(file, "{line}").expect("write time_rss.csv");
-        }
+        self.upsert_csv(
+            "time_rss.csv",
+            "group,function,rss_start_kib,rss_round1_kib,rss_round2_kib,rss_after_bench_kib,check_iters,check_ns_per_iter",
+            &format!("{group},{name},"),
+            &row,
+        );
     }
 }
 

@@ -5,6 +5,9 @@
 
 use criterion::Criterion;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Wake;
 use std::time::Duration;
 
 /// Mode and output directory of a bench run.
@@ -56,5 +59,41 @@ impl Settings {
             "full: sample size 30, warm-up 1 s, measurement 3 s"
         };
         std::fs::write(self.out_dir.join(file), format!("{mode}\n")).expect("write run marker");
+    }
+}
+
+impl Settings {
+    /// Writes `row` under `key` (`group,function,` …) in the CSV `file` of
+    /// the criterion directory, replacing an older row with the same key.
+    pub fn upsert_csv(&self, file: &str, header: &str, key: &str, row: &str) {
+        std::fs::create_dir_all(&self.out_dir).expect("create criterion dir");
+        let path = self.out_dir.join(file);
+        let mut lines: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with("group,") && !l.starts_with(key))
+            .map(str::to_owned)
+            .collect();
+        lines.push(format!("{key}{row}"));
+        let mut out = format!("{header}\n");
+        for line in lines {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        std::fs::write(&path, out).unwrap_or_else(|e| panic!("write {file}: {e}"));
+    }
+}
+
+/// The benches' top-level wake flag: `wake` is one relaxed store (BENCH.md's
+/// minimal driver).
+pub struct Flag(pub AtomicBool);
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
