@@ -121,6 +121,7 @@ mod as_completed;
 mod engine;
 mod gather;
 mod poison;
+pub mod rate_limiter;
 mod retry;
 mod semaphore;
 #[cfg(all(test, awaitkit_loom))]
@@ -129,12 +130,17 @@ mod sync;
 pub mod time;
 mod timeout;
 mod wait;
+mod wake_list;
 
 pub use as_completed::{
     AsCompleted, AsCompletedIndexed, AsCompletedUntil, CompletionSet, TimedOut, as_completed,
 };
 pub use engine::tuple::{GatherTuple, TryGatherTuple};
 pub use gather::{Gather, GatherSettled, Panicked, TryGather, gather, gather_settled, try_gather};
+pub use rate_limiter::{
+    KeyedAcquire, KeyedAcquireN, KeyedRateLimiter, RateAcquire, RateAcquireN, RateLimit,
+    RateLimiter,
+};
 pub use retry::{
     AttemptError, Backoff, GaveUp, Retry, RetryConfigError, RetryError, RetryEvent, RetryOutput,
     RetryPolicy,

@@ -1,0 +1,457 @@
+//! `KeyedRateLimiter`: one quota per key (per host, per user), with idle
+//! keys evicted so memory follows the keys in use.
+
+use super::shared::{Acquisition, Shared};
+use super::{Quota, QuotaError, RateLimitError};
+use crate::time::{DefaultTimer, Timer};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+/// Below this many keys the map is never swept.
+const MIN_SWEEP: usize = 64;
+
+/// A [`RateLimiter`](crate::RateLimiter) per key: every key gets the same
+/// [`Quota`], counted separately — "5 requests per second *per host*".
+///
+/// Each key behaves exactly like its own `RateLimiter` (strict or GCRA,
+/// FIFO, cancel-safe). Keys are created on first use and **evicted when
+/// idle** — nobody waits, no acquire future holds the key, and no grant is
+/// still inside its window, so a fresh limiter would behave the same and
+/// eviction never lets anything extra through. The map is swept whenever it
+/// has doubled since the last sweep (amortised O(1) per new key), so memory
+/// stays within about twice the keys in recent use;
+/// [`evict_idle`](KeyedRateLimiter::evict_idle) sweeps on demand.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::KeyedRateLimiter;
+/// use std::time::Duration;
+/// # futures::executor::block_on(async {
+/// let per_host = KeyedRateLimiter::new(1, Duration::from_secs(60));
+/// per_host.acquire("a.example").await;
+/// per_host.acquire("b.example").await; // another key: its own quota
+/// assert!(per_host.try_acquire("a.example").is_err());
+/// assert_eq!(per_host.len(), 2);
+/// # });
+/// ```
+pub struct KeyedRateLimiter<K, T: Timer = DefaultTimer> {
+    timer: T,
+    inner: Mutex<Keys<K, T>>,
+}
+
+struct Keys<K, T: Timer> {
+    quota: Quota,
+    map: HashMap<K, Arc<Shared<T>>>,
+    sweep_at: usize,
+}
+
+impl<K: Eq + Hash> KeyedRateLimiter<K, DefaultTimer> {
+    /// A strict sliding window per key: at most `max_calls` grants per key
+    /// in every window of length `period`.
+    ///
+    /// # Panics
+    ///
+    /// If `max_calls` or `period` is zero (build a [`Quota`] and use
+    /// [`with_quota`](KeyedRateLimiter::with_quota) to handle the error).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use std::time::Duration;
+    /// let limiter = KeyedRateLimiter::new(2, Duration::from_secs(1));
+    /// assert!(limiter.try_acquire(7_u32).is_ok());
+    /// ```
+    #[track_caller]
+    pub fn new(max_calls: usize, period: std::time::Duration) -> Self {
+        let quota = Quota::window(max_calls, period)
+            .unwrap_or_else(|e| panic!("KeyedRateLimiter::new: {e}"));
+        Self::with_quota(quota)
+    }
+
+    /// A limiter per key for `quota` on the default timer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use awaitkit::rate_limiter::Quota;
+    /// use std::time::Duration;
+    /// let quota = Quota::gcra(10, Duration::from_secs(1), 2).unwrap();
+    /// let limiter = KeyedRateLimiter::with_quota(quota);
+    /// assert!(limiter.try_acquire_n("k", 2).is_ok());
+    /// ```
+    pub fn with_quota(quota: Quota) -> Self {
+        Self::with_timer(quota, DefaultTimer::default())
+    }
+}
+
+impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
+    /// A limiter per key for `quota`, on `timer` (cloned for every key).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use awaitkit::rate_limiter::Quota;
+    /// use awaitkit::time::FuturesTimer;
+    /// use std::time::Duration;
+    /// let quota = Quota::window(1, Duration::from_secs(1)).unwrap();
+    /// let limiter = KeyedRateLimiter::with_timer(quota, FuturesTimer);
+    /// assert!(limiter.try_acquire('x').is_ok());
+    /// ```
+    pub fn with_timer(quota: Quota, timer: T) -> Self
+    where
+        T: Clone + Send + Sync + 'static,
+        T::Sleep: Send + 'static,
+    {
+        KeyedRateLimiter {
+            timer,
+            inner: Mutex::new(Keys {
+                quota,
+                map: HashMap::new(),
+                sweep_at: MIN_SWEEP,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Keys<K, T>> {
+        // Map updates are single inserts and removes: poisoning is ignored.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The limiter of `key`, created on first use (sweeping idle keys when
+    /// the map has doubled).
+    fn limiter(&self, key: K) -> Arc<Shared<T>>
+    where
+        T: Clone + Send + Sync + 'static,
+        T::Sleep: Send + 'static,
+    {
+        let mut keys = self.lock();
+        if let Some(shared) = keys.map.get(&key) {
+            return Arc::clone(shared);
+        }
+        if keys.map.len() >= keys.sweep_at {
+            Self::sweep(&mut keys);
+        }
+        let shared = Shared::new(keys.quota, self.timer.clone());
+        keys.map.insert(key, Arc::clone(&shared));
+        shared
+    }
+
+    fn sweep(keys: &mut Keys<K, T>) -> usize {
+        let before = keys.map.len();
+        keys.map
+            .retain(|_, shared| Arc::strong_count(shared) > 1 || !shared.is_idle());
+        keys.sweep_at = (keys.map.len() * 2).max(MIN_SWEEP);
+        before - keys.map.len()
+    }
+
+    /// Waits for one call's grant for `key`, in FIFO order among that key's
+    /// waiters.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`RateLimiter::acquire`](crate::RateLimiter::acquire).
+    ///
+    /// # Panics
+    ///
+    /// Polling after completion panics.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let limiter = KeyedRateLimiter::new(5, Duration::from_secs(1));
+    /// limiter.acquire("api.example").await;
+    /// # });
+    /// ```
+    pub fn acquire(&self, key: K) -> KeyedAcquire<T>
+    where
+        T: Clone + Send + Sync + 'static,
+        T::Sleep: Send + 'static,
+    {
+        KeyedAcquire {
+            inner: Acquisition::new(self.limiter(key), 1),
+        }
+    }
+
+    /// Waits for `n` calls' grants at once for `key`.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimitError::ExceedsQuota`] if `n` is more than
+    /// [`Quota::max_at_once`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`RateLimiter::acquire`](crate::RateLimiter::acquire).
+    ///
+    /// # Panics
+    ///
+    /// Polling after completion panics.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let limiter = KeyedRateLimiter::new(5, Duration::from_secs(1));
+    /// assert_eq!(limiter.acquire_n("k", 5).await, Ok(()));
+    /// # });
+    /// ```
+    pub fn acquire_n(&self, key: K, n: usize) -> KeyedAcquireN<T>
+    where
+        T: Clone + Send + Sync + 'static,
+        T::Sleep: Send + 'static,
+    {
+        KeyedAcquireN {
+            inner: Acquisition::new(self.limiter(key), n),
+        }
+    }
+
+    /// Takes one call's grant for `key` if its quota allows it now and
+    /// nobody waits on that key.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimitError::RateLimited`] with how long to wait.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use std::time::Duration;
+    /// let limiter = KeyedRateLimiter::new(1, Duration::from_secs(1));
+    /// assert!(limiter.try_acquire(1).is_ok());
+    /// assert!(limiter.try_acquire(1).is_err());
+    /// assert!(limiter.try_acquire(2).is_ok());
+    /// ```
+    pub fn try_acquire(&self, key: K) -> Result<(), RateLimitError>
+    where
+        T: Clone + Send + Sync + 'static,
+        T::Sleep: Send + 'static,
+    {
+        self.limiter(key).try_acquire(1)
+    }
+
+    /// Takes `n` calls' grants for `key` if its quota allows it now and
+    /// nobody waits on that key.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimitError::RateLimited`] or [`RateLimitError::ExceedsQuota`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use std::time::Duration;
+    /// let limiter = KeyedRateLimiter::new(3, Duration::from_secs(1));
+    /// assert!(limiter.try_acquire_n("k", 4).is_err());
+    /// ```
+    pub fn try_acquire_n(&self, key: K, n: usize) -> Result<(), RateLimitError>
+    where
+        T: Clone + Send + Sync + 'static,
+        T::Sleep: Send + 'static,
+    {
+        self.limiter(key).try_acquire(n as u64)
+    }
+
+    /// Keys currently tracked (idle ones included until the next sweep).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use std::time::Duration;
+    /// let limiter = KeyedRateLimiter::new(3, Duration::from_secs(1));
+    /// limiter.try_acquire("a").unwrap();
+    /// assert_eq!(limiter.len(), 1);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    /// No key is tracked.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use std::time::Duration;
+    /// assert!(KeyedRateLimiter::<&str>::new(3, Duration::from_secs(1)).is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.lock().map.is_empty()
+    }
+
+    /// Drops every idle key now (see the [type docs](KeyedRateLimiter)) and
+    /// returns how many went.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use std::time::Duration;
+    /// let limiter = KeyedRateLimiter::new(3, Duration::from_nanos(1));
+    /// limiter.try_acquire("a").unwrap();
+    /// std::thread::sleep(Duration::from_millis(1)); // the grant leaves its window
+    /// assert_eq!(limiter.evict_idle(), 1);
+    /// assert!(limiter.is_empty());
+    /// ```
+    pub fn evict_idle(&self) -> usize {
+        Self::sweep(&mut self.lock())
+    }
+
+    /// The quota every key gets.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use std::time::Duration;
+    /// let limiter = KeyedRateLimiter::<u64>::new(3, Duration::from_secs(1));
+    /// assert_eq!(limiter.quota().max_calls(), 3);
+    /// ```
+    pub fn quota(&self) -> Quota {
+        self.lock().quota
+    }
+
+    /// Changes the quota of every key, present and future (see
+    /// [`RateLimiter::set_quota`](crate::RateLimiter::set_quota)).
+    ///
+    /// # Errors
+    ///
+    /// [`QuotaError::ModeChange`] when `quota` uses the other algorithm.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use awaitkit::rate_limiter::Quota;
+    /// use std::time::Duration;
+    /// let limiter = KeyedRateLimiter::new(1, Duration::from_secs(60));
+    /// limiter.try_acquire("a").unwrap();
+    /// limiter.set_quota(Quota::window(2, Duration::from_secs(60)).unwrap()).unwrap();
+    /// assert!(limiter.try_acquire("a").is_ok());
+    /// ```
+    pub fn set_quota(&self, quota: Quota) -> Result<(), QuotaError> {
+        let mut keys = self.lock();
+        if quota.burst().is_some() != keys.quota.burst().is_some() {
+            return Err(QuotaError::ModeChange);
+        }
+        keys.quota = quota;
+        for shared in keys.map.values() {
+            shared.set_quota(quota)?;
+        }
+        Ok(())
+    }
+}
+
+impl<K, T: Timer> fmt::Debug for KeyedRateLimiter<K, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f.debug_struct("KeyedRateLimiter")
+            .field("quota", &keys.quota)
+            .field("keys", &keys.map.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The future of [`KeyedRateLimiter::acquire`]: one call's grant for a key.
+/// It owns a handle to the key's limiter (no borrow of the map).
+///
+/// # Cancel safety
+///
+/// As for [`RateAcquire`](crate::RateAcquire).
+///
+/// # Panics
+///
+/// Polling after completion panics.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::{KeyedAcquire, KeyedRateLimiter};
+/// use std::time::Duration;
+/// # futures::executor::block_on(async {
+/// let limiter = KeyedRateLimiter::new(1, Duration::from_secs(1));
+/// let acquire: KeyedAcquire = limiter.acquire("k");
+/// acquire.await;
+/// # });
+/// ```
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct KeyedAcquire<T: Timer = DefaultTimer> {
+    inner: Acquisition<T, Arc<Shared<T>>>,
+}
+
+impl<T: Timer> Future for KeyedAcquire<T> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // One call always fits a quota.
+        self.inner.poll(cx).map(|_| ())
+    }
+}
+
+impl<T: Timer> fmt::Debug for KeyedAcquire<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("KeyedAcquire").field(&self.inner).finish()
+    }
+}
+
+/// The future of [`KeyedRateLimiter::acquire_n`]: `n` calls' grants for a
+/// key.
+///
+/// # Errors
+///
+/// [`RateLimitError::ExceedsQuota`] if `n` is more than the quota grants at
+/// once.
+///
+/// # Cancel safety
+///
+/// As for [`RateAcquire`](crate::RateAcquire).
+///
+/// # Panics
+///
+/// Polling after completion panics.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::{KeyedAcquireN, KeyedRateLimiter};
+/// use std::time::Duration;
+/// # futures::executor::block_on(async {
+/// let limiter = KeyedRateLimiter::new(2, Duration::from_secs(1));
+/// let acquire: KeyedAcquireN = limiter.acquire_n("k", 2);
+/// assert_eq!(acquire.await, Ok(()));
+/// # });
+/// ```
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct KeyedAcquireN<T: Timer = DefaultTimer> {
+    inner: Acquisition<T, Arc<Shared<T>>>,
+}
+
+impl<T: Timer> Future for KeyedAcquireN<T> {
+    type Output = Result<(), RateLimitError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.poll(cx)
+    }
+}
+
+impl<T: Timer> fmt::Debug for KeyedAcquireN<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("KeyedAcquireN").field(&self.inner).finish()
+    }
+}

@@ -1,0 +1,856 @@
+//! `RateLimiter`: at most N calls per period — strict, fair and cancel-safe,
+//! on any executor.
+//!
+//! Two algorithms, chosen by the [`Quota`]:
+//!
+//! * **Strict sliding window** ([`RateLimiter::new`], [`Quota::window`]):
+//!   in *every* window of length `period` — not just calendar seconds — at
+//!   most `max_calls` acquisitions are granted. This is what "5 calls per
+//!   second" promises to the API on the other side.
+//! * **GCRA** ([`RateLimiter::gcra`], [`Quota::gcra`]): `max_calls` per
+//!   `period`, evenly spaced, with bursts of up to `burst` after an idle
+//!   spell — governor's quotas. Its checks are lock-free.
+//!
+//! Waiters are served in FIFO order by one timer per limiter (see
+//! [`RateLimiter`] for the details).
+
+#![forbid(unsafe_code)]
+
+mod keyed;
+mod shared;
+mod window;
+
+pub use keyed::{KeyedAcquire, KeyedAcquireN, KeyedRateLimiter};
+
+use crate::time::{DefaultTimer, Timer};
+use pin_project_lite::pin_project;
+use shared::{Acquisition, Shared};
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+// ---------------------------------------------------------------------------
+// Quota and errors
+// ---------------------------------------------------------------------------
+
+/// How much a [`RateLimiter`] lets through: `max_calls` per `period`, either
+/// as a strict sliding window or smoothed by GCRA.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::rate_limiter::Quota;
+/// use std::time::Duration;
+///
+/// let strict = Quota::window(5, Duration::from_secs(1)).unwrap();
+/// assert_eq!((strict.max_calls(), strict.burst()), (5, None));
+///
+/// let smooth = Quota::gcra(100, Duration::from_secs(1), 10).unwrap();
+/// assert_eq!(smooth.burst(), Some(10)); // one call every 10 ms, 10 at once after a pause
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Quota {
+    max_calls: usize,
+    period: Duration,
+    mode: Mode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Mode {
+    Window,
+    Gcra { burst: usize },
+}
+
+impl Quota {
+    /// A strict sliding window: in every window of length `period`, at most
+    /// `max_calls` grants.
+    ///
+    /// Up to 1 024 calls per period every grant time is kept exactly. Above
+    /// that, grants closer together than `period / 1024` are stamped with
+    /// the latest of their times, so memory stays bounded at about 1 024
+    /// entries and a grant may come up to `period / 1024` later than the
+    /// window alone would allow — never earlier.
+    ///
+    /// # Errors
+    ///
+    /// [`QuotaError::ZeroCalls`] or [`QuotaError::ZeroPeriod`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::rate_limiter::{Quota, QuotaError};
+    /// use std::time::Duration;
+    /// assert!(Quota::window(10, Duration::from_millis(250)).is_ok());
+    /// assert_eq!(Quota::window(0, Duration::from_secs(1)), Err(QuotaError::ZeroCalls));
+    /// ```
+    pub fn window(max_calls: usize, period: Duration) -> Result<Quota, QuotaError> {
+        Self::check(max_calls, period)?;
+        Ok(Quota {
+            max_calls,
+            period,
+            mode: Mode::Window,
+        })
+    }
+
+    /// GCRA: one call every `period / max_calls` on average, with up to
+    /// `burst` at once after an idle spell (governor's `Quota` with
+    /// `allow_burst`). The spacing is rounded up to whole nanoseconds.
+    ///
+    /// Over any window of one period GCRA can grant up to
+    /// `burst + max_calls - 1` calls (a full burst, then the steady rate):
+    /// use [`Quota::window`] when the other side counts strictly.
+    ///
+    /// # Errors
+    ///
+    /// [`QuotaError::ZeroCalls`], [`QuotaError::ZeroPeriod`] or
+    /// [`QuotaError::ZeroBurst`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::rate_limiter::{Quota, QuotaError};
+    /// use std::time::Duration;
+    /// let q = Quota::gcra(50, Duration::from_secs(1), 5).unwrap(); // 50/s, bursts of 5
+    /// assert_eq!(q.max_at_once(), 5);
+    /// assert_eq!(Quota::gcra(50, Duration::from_secs(1), 0), Err(QuotaError::ZeroBurst));
+    /// ```
+    pub fn gcra(max_calls: usize, period: Duration, burst: usize) -> Result<Quota, QuotaError> {
+        Self::check(max_calls, period)?;
+        if burst == 0 {
+            return Err(QuotaError::ZeroBurst);
+        }
+        Ok(Quota {
+            max_calls,
+            period,
+            mode: Mode::Gcra { burst },
+        })
+    }
+
+    fn check(max_calls: usize, period: Duration) -> Result<(), QuotaError> {
+        if max_calls == 0 {
+            return Err(QuotaError::ZeroCalls);
+        }
+        if period.is_zero() {
+            return Err(QuotaError::ZeroPeriod);
+        }
+        Ok(())
+    }
+
+    /// Calls per period.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use awaitkit::rate_limiter::Quota;
+    /// # use std::time::Duration;
+    /// assert_eq!(Quota::window(7, Duration::from_secs(1)).unwrap().max_calls(), 7);
+    /// ```
+    pub fn max_calls(&self) -> usize {
+        self.max_calls
+    }
+
+    /// The period.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use awaitkit::rate_limiter::Quota;
+    /// # use std::time::Duration;
+    /// let q = Quota::window(7, Duration::from_secs(60)).unwrap();
+    /// assert_eq!(q.period(), Duration::from_secs(60));
+    /// ```
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// The GCRA burst, or `None` for a strict window.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use awaitkit::rate_limiter::Quota;
+    /// # use std::time::Duration;
+    /// assert_eq!(Quota::gcra(7, Duration::from_secs(1), 3).unwrap().burst(), Some(3));
+    /// ```
+    pub fn burst(&self) -> Option<usize> {
+        match self.mode {
+            Mode::Window => None,
+            Mode::Gcra { burst } => Some(burst),
+        }
+    }
+
+    /// The most calls one acquisition can ask for: `max_calls` for a
+    /// window, `burst` for GCRA. Asking for more is an immediate
+    /// [`RateLimitError::ExceedsQuota`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use awaitkit::rate_limiter::Quota;
+    /// # use std::time::Duration;
+    /// assert_eq!(Quota::window(7, Duration::from_secs(1)).unwrap().max_at_once(), 7);
+    /// ```
+    pub fn max_at_once(&self) -> usize {
+        match self.mode {
+            Mode::Window => self.max_calls,
+            Mode::Gcra { burst } => burst,
+        }
+    }
+}
+
+/// Why a [`Quota`] could not be built or applied.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::RateLimiter;
+/// use awaitkit::rate_limiter::QuotaError;
+/// use std::time::Duration;
+/// let err = RateLimiter::try_new(5, Duration::ZERO).unwrap_err();
+/// assert_eq!(err, QuotaError::ZeroPeriod);
+/// assert_eq!(err.to_string(), "a rate limit's period must be longer than zero");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum QuotaError {
+    /// `max_calls` was zero: nothing could ever be granted.
+    ZeroCalls,
+    /// `period` was zero.
+    ZeroPeriod,
+    /// A GCRA `burst` of zero: nothing could ever be granted.
+    ZeroBurst,
+    /// [`RateLimiter::set_quota`] with the other algorithm than the
+    /// limiter's (a window and GCRA keep different state).
+    ModeChange,
+}
+
+impl fmt::Display for QuotaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            QuotaError::ZeroCalls => "a rate limit must allow at least one call per period",
+            QuotaError::ZeroPeriod => "a rate limit's period must be longer than zero",
+            QuotaError::ZeroBurst => "a GCRA rate limit must allow a burst of at least one call",
+            QuotaError::ModeChange => {
+                "a rate limiter's quota cannot change between a strict window and GCRA"
+            }
+        })
+    }
+}
+
+impl std::error::Error for QuotaError {}
+
+/// Why an acquisition was refused.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::RateLimiter;
+/// use awaitkit::rate_limiter::RateLimitError;
+/// use std::time::Duration;
+///
+/// let limiter = RateLimiter::new(1, Duration::from_secs(60));
+/// limiter.try_acquire().unwrap();
+/// let err = limiter.try_acquire().unwrap_err();
+/// assert!(err.wait().unwrap() > Duration::from_secs(59)); // retry after this
+/// assert!(matches!(limiter.try_acquire_n(2), Err(RateLimitError::ExceedsQuota { requested: 2, max: 1 })));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RateLimitError {
+    /// Not now. If nobody else asks first, the same request is granted
+    /// after `wait` ([`Duration::MAX`]: never, under the current quota).
+    RateLimited {
+        /// How long until the request would be granted.
+        wait: Duration,
+    },
+    /// More calls at once than the quota ever allows
+    /// ([`Quota::max_at_once`]).
+    ExceedsQuota {
+        /// The calls asked for.
+        requested: usize,
+        /// The most the quota grants at once.
+        max: usize,
+    },
+}
+
+impl RateLimitError {
+    /// How long to wait before the request would be granted; `None` when it
+    /// never will be ([`RateLimitError::ExceedsQuota`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use awaitkit::rate_limiter::RateLimitError;
+    /// # use std::time::Duration;
+    /// let err = RateLimitError::RateLimited { wait: Duration::from_millis(40) };
+    /// assert_eq!(err.wait(), Some(Duration::from_millis(40)));
+    /// ```
+    pub fn wait(&self) -> Option<Duration> {
+        match self {
+            RateLimitError::RateLimited { wait } => Some(*wait),
+            RateLimitError::ExceedsQuota { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for RateLimitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RateLimitError::RateLimited { wait } => {
+                write!(f, "rate limit reached; retry after {wait:?}")
+            }
+            RateLimitError::ExceedsQuota { requested, max } => write!(
+                f,
+                "{requested} calls at once exceed the rate limit's maximum of {max}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RateLimitError {}
+
+// ---------------------------------------------------------------------------
+// RateLimiter
+// ---------------------------------------------------------------------------
+
+/// At most `max_calls` per `period` — Python's `RateLimiter(max_calls,
+/// period)` done strictly: FIFO, cancel-safe and runtime-agnostic.
+///
+/// * **Strict** (the default, [`new`](RateLimiter::new)): in *every* window
+///   of length `period`, at most `max_calls` acquisitions are granted. A
+///   smoothed GCRA mode is [`gcra`](RateLimiter::gcra).
+/// * **FIFO**: waiters are granted in arrival order, and
+///   [`try_acquire`](RateLimiter::try_acquire) fails while anyone waits.
+/// * **Cancel-safe**: dropping a waiting acquire hands its place to the next
+///   waiter at once; dropping one that was granted but not yet polled gives
+///   the grant back. An acquire that is `mem::forget`-ten never wedges the
+///   limiter: its turn is granted (and wasted) like any other.
+/// * **One timer per limiter**, armed for the first waiter only; waiting
+///   futures hold no timer, and no thread or task is spawned. The timer is
+///   [`DefaultTimer`] unless you pass another ([`with_timer`]:
+///   `TokioTimer`, `AsyncIoTimer`, `ManualClock` for tests).
+///
+/// A grant happens when the limiter hands it out; the task sees it at its
+/// next poll.
+///
+/// [`with_timer`]: RateLimiter::with_timer
+///
+/// # Rate and concurrency together
+///
+/// The seed's "at most R per period *and* at most C at a time": take the
+/// [`Semaphore`](crate::Semaphore) permit first, then the rate grant, so the
+/// call starts right after its grant.
+///
+/// ```
+/// use awaitkit::{RateLimiter, Semaphore};
+/// use std::time::Duration;
+/// # futures::executor::block_on(async {
+/// let (rate, concurrency) = (RateLimiter::new(50, Duration::from_secs(1)), Semaphore::new(3));
+/// let calls = (0..6).map(|i| {
+///     let (rate, concurrency) = (&rate, &concurrency);
+///     concurrency.limit(rate.limit(async move { i * 10 }))
+/// });
+/// let out = awaitkit::gather(calls).await;
+/// assert_eq!(out[5], Ok(50));
+/// # });
+/// ```
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::RateLimiter;
+/// use std::time::{Duration, Instant};
+/// # futures::executor::block_on(async {
+/// let limiter = RateLimiter::new(2, Duration::from_millis(50));
+/// let start = Instant::now();
+/// for _ in 0..4 {
+///     limiter.acquire().await; // 2 at once, then 2 more 50 ms later
+/// }
+/// assert!(start.elapsed() >= Duration::from_millis(50));
+/// # });
+/// ```
+pub struct RateLimiter<T: Timer = DefaultTimer> {
+    shared: Arc<Shared<T>>,
+}
+
+impl RateLimiter<DefaultTimer> {
+    /// A strict sliding window: at most `max_calls` grants in every window
+    /// of length `period` ([`Quota::window`]).
+    ///
+    /// # Panics
+    ///
+    /// If `max_calls` or `period` is zero ([`try_new`](RateLimiter::try_new)
+    /// returns the error instead).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::RateLimiter;
+    /// use std::time::Duration;
+    /// let limiter = RateLimiter::new(5, Duration::from_secs(1)); // 5 calls per second
+    /// assert!(limiter.try_acquire().is_ok());
+    /// ```
+    #[track_caller]
+    pub fn new(max_calls: usize, period: Duration) -> Self {
+        Self::try_new(max_calls, period).unwrap_or_else(|e| panic!("RateLimiter::new: {e}"))
+    }
+
+    /// [`new`](RateLimiter::new), returning an error for a zero
+    /// `max_calls` or `period`.
+    ///
+    /// # Errors
+    ///
+    /// [`QuotaError::ZeroCalls`] or [`QuotaError::ZeroPeriod`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::RateLimiter;
+    /// use std::time::Duration;
+    /// assert!(RateLimiter::try_new(0, Duration::from_secs(1)).is_err());
+    /// assert!(RateLimiter::try_new(1, Duration::from_nanos(1)).is_ok());
+    /// ```
+    pub fn try_new(max_calls: usize, period: Duration) -> Result<Self, QuotaError> {
+        Ok(Self::with_quota(Quota::window(max_calls, period)?))
+    }
+
+    /// GCRA: `max_calls` per `period` evenly spaced, bursts of up to `burst`
+    /// ([`Quota::gcra`]).
+    ///
+    /// # Panics
+    ///
+    /// If `max_calls`, `period` or `burst` is zero
+    /// ([`try_gcra`](RateLimiter::try_gcra) returns the error instead).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::RateLimiter;
+    /// use std::time::Duration;
+    /// let limiter = RateLimiter::gcra(10, Duration::from_secs(1), 2);
+    /// assert!(limiter.try_acquire().is_ok());
+    /// assert!(limiter.try_acquire().is_ok());
+    /// assert!(limiter.try_acquire().is_err()); // the burst is spent: one per 100 ms now
+    /// ```
+    #[track_caller]
+    pub fn gcra(max_calls: usize, period: Duration, burst: usize) -> Self {
+        Self::try_gcra(max_calls, period, burst)
+            .unwrap_or_else(|e| panic!("RateLimiter::gcra: {e}"))
+    }
+
+    /// [`gcra`](RateLimiter::gcra), returning an error for a zero argument.
+    ///
+    /// # Errors
+    ///
+    /// [`QuotaError::ZeroCalls`], [`QuotaError::ZeroPeriod`] or
+    /// [`QuotaError::ZeroBurst`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::RateLimiter;
+    /// use std::time::Duration;
+    /// assert!(RateLimiter::try_gcra(10, Duration::from_secs(1), 0).is_err());
+    /// ```
+    pub fn try_gcra(max_calls: usize, period: Duration, burst: usize) -> Result<Self, QuotaError> {
+        Ok(Self::with_quota(Quota::gcra(max_calls, period, burst)?))
+    }
+
+    /// A limiter for `quota` on the default timer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::RateLimiter;
+    /// use awaitkit::rate_limiter::Quota;
+    /// use std::time::Duration;
+    /// let limiter = RateLimiter::with_quota(Quota::window(3, Duration::from_secs(1)).unwrap());
+    /// assert_eq!(limiter.quota().max_calls(), 3);
+    /// ```
+    pub fn with_quota(quota: Quota) -> Self {
+        Self::with_timer(quota, DefaultTimer::default())
+    }
+}
+
+impl<T: Timer> RateLimiter<T> {
+    /// A limiter for `quota` whose clock and timer is `timer` (see
+    /// [`time`](crate::time)). Its one timer may fire on any thread, hence
+    /// the bounds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::RateLimiter;
+    /// use awaitkit::rate_limiter::Quota;
+    /// use awaitkit::time::FuturesTimer;
+    /// use std::time::Duration;
+    /// let quota = Quota::window(3, Duration::from_secs(1)).unwrap();
+    /// let limiter = RateLimiter::with_timer(quota, FuturesTimer);
+    /// assert!(limiter.try_acquire_n(3).is_ok());
+    /// ```
+    pub fn with_timer(quota: Quota, timer: T) -> Self
+    where
+        T: Send + Sync + 'static,
+        T::Sleep: Send + 'static,
+    {
+        RateLimiter {
+            shared: Shared::new(quota, timer),
+        }
+    }
+
+    /// Waits for one call's grant, in FIFO order — `async with limiter:`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future while it waits hands its place to the next
+    /// waiter at once; dropping it after a grant it has not yet returned
+    /// gives the grant back. Nothing is lost either way.
+    ///
+    /// # Panics
+    ///
+    /// Polling after completion panics.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::RateLimiter;
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let limiter = RateLimiter::new(10, Duration::from_secs(1));
+    /// limiter.acquire().await;
+    /// # });
+    /// ```
+    pub fn acquire(&self) -> RateAcquire<'_, T> {
+        RateAcquire {
+            inner: Acquisition::new(&self.shared, 1),
+        }
+    }
+
+    /// Waits for `n` calls' grants at once (a weighted request), in FIFO
+    /// order: a waiting large request is not overtaken by smaller ones.
+    /// `n == 0` is granted at once.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimitError::ExceedsQuota`], at once, if `n` is more than
+    /// [`Quota::max_at_once`] — also when a [`set_quota`] shrinks the quota
+    /// under a waiting request.
+    ///
+    /// [`set_quota`]: RateLimiter::set_quota
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](RateLimiter::acquire).
+    ///
+    /// # Panics
+    ///
+    /// Polling after completion panics.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::RateLimiter;
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let limiter = RateLimiter::new(10, Duration::from_secs(1));
+    /// limiter.acquire_n(4).await.unwrap();
+    /// assert!(limiter.acquire_n(11).await.is_err());
+    /// # });
+    /// ```
+    pub fn acquire_n(&self, n: usize) -> RateAcquireN<'_, T> {
+        RateAcquireN {
+            inner: Acquisition::new(&self.shared, n),
+        }
+    }
+
+    /// Takes one call's grant if the quota allows it right now and nobody
+    /// waits.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimitError::RateLimited`] with how long to wait.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::RateLimiter;
+    /// use std::time::Duration;
+    /// let limiter = RateLimiter::new(1, Duration::from_secs(1));
+    /// assert!(limiter.try_acquire().is_ok());
+    /// let wait = limiter.try_acquire().unwrap_err().wait().unwrap();
+    /// assert!(wait <= Duration::from_secs(1));
+    /// ```
+    pub fn try_acquire(&self) -> Result<(), RateLimitError> {
+        self.shared.try_acquire(1)
+    }
+
+    /// Takes `n` calls' grants at once if the quota allows it right now and
+    /// nobody waits.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimitError::RateLimited`] with how long to wait (counting the
+    /// waiters ahead), or [`RateLimitError::ExceedsQuota`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::RateLimiter;
+    /// use std::time::Duration;
+    /// let limiter = RateLimiter::new(5, Duration::from_secs(1));
+    /// assert!(limiter.try_acquire_n(3).is_ok());
+    /// assert!(limiter.try_acquire_n(3).is_err()); // only 2 left in this window
+    /// ```
+    pub fn try_acquire_n(&self, n: usize) -> Result<(), RateLimitError> {
+        self.shared.try_acquire(n as u64)
+    }
+
+    /// Waits for one grant, then runs `future`: `limiter.limit(call())`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](RateLimiter::acquire) while waiting; once the
+    /// grant is taken, dropping drops `future`.
+    ///
+    /// # Panics
+    ///
+    /// Polling after completion panics; a panic of `future` propagates.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::RateLimiter;
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let limiter = RateLimiter::new(2, Duration::from_secs(1));
+    /// let out = awaitkit::gather((0..2).map(|i| limiter.limit(async move { i + 1 }))).await;
+    /// assert_eq!(out, [1, 2]);
+    /// # });
+    /// ```
+    pub fn limit<F: IntoFuture>(&self, future: F) -> RateLimit<'_, F::IntoFuture, T> {
+        RateLimit {
+            acquire: Some(self.acquire()),
+            future: future.into_future(),
+        }
+    }
+
+    /// The current quota.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::RateLimiter;
+    /// use std::time::Duration;
+    /// let limiter = RateLimiter::new(5, Duration::from_secs(1));
+    /// assert_eq!(limiter.quota().period(), Duration::from_secs(1));
+    /// ```
+    pub fn quota(&self) -> Quota {
+        self.shared.quota()
+    }
+
+    /// Changes the quota from now on; waiters are re-checked at once. The
+    /// grants already made still count: a strict window keeps its log, GCRA
+    /// its schedule. A waiter asking for more than the new quota allows at
+    /// once fails with [`RateLimitError::ExceedsQuota`].
+    ///
+    /// # Errors
+    ///
+    /// [`QuotaError::ModeChange`] when `quota` uses the other algorithm.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::RateLimiter;
+    /// use awaitkit::rate_limiter::Quota;
+    /// use std::time::Duration;
+    /// let limiter = RateLimiter::new(1, Duration::from_secs(60));
+    /// limiter.try_acquire().unwrap();
+    /// limiter.set_quota(Quota::window(2, Duration::from_secs(60)).unwrap()).unwrap();
+    /// assert!(limiter.try_acquire().is_ok()); // the raised quota applies at once
+    /// ```
+    pub fn set_quota(&self, quota: Quota) -> Result<(), QuotaError> {
+        self.shared.set_quota(quota)
+    }
+
+    /// How many acquisitions are waiting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::RateLimiter;
+    /// use std::time::Duration;
+    /// let limiter = RateLimiter::new(1, Duration::from_secs(1));
+    /// assert_eq!(limiter.waiting(), 0);
+    /// ```
+    pub fn waiting(&self) -> usize {
+        self.shared.waiting()
+    }
+
+    /// The limiter's timer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::RateLimiter;
+    /// use awaitkit::time::Timer;
+    /// use std::time::Duration;
+    /// let limiter = RateLimiter::new(1, Duration::from_secs(1));
+    /// let _now = limiter.timer().now();
+    /// ```
+    pub fn timer(&self) -> &T {
+        self.shared.timer()
+    }
+}
+
+impl<T: Timer> fmt::Debug for RateLimiter<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.shared.fmt(f)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The futures
+// ---------------------------------------------------------------------------
+
+/// The future of [`RateLimiter::acquire`]: one call's grant, in FIFO order.
+///
+/// # Cancel safety
+///
+/// Dropping it while it waits hands its place to the next waiter; dropping
+/// it after an unseen grant gives the grant back.
+///
+/// # Panics
+///
+/// Polling after completion panics.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::{RateLimiter, RateAcquire};
+/// use std::time::Duration;
+/// # futures::executor::block_on(async {
+/// let limiter = RateLimiter::new(1, Duration::from_secs(1));
+/// let acquire: RateAcquire<'_> = limiter.acquire();
+/// acquire.await;
+/// # });
+/// ```
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct RateAcquire<'a, T: Timer = DefaultTimer> {
+    inner: Acquisition<T, &'a Shared<T>>,
+}
+
+impl<T: Timer> Future for RateAcquire<'_, T> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // One call always fits a quota (every quota allows at least one).
+        self.inner.poll(cx).map(|_| ())
+    }
+}
+
+impl<T: Timer> fmt::Debug for RateAcquire<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RateAcquire").field(&self.inner).finish()
+    }
+}
+
+/// The future of [`RateLimiter::acquire_n`]: `n` calls' grants at once.
+///
+/// # Errors
+///
+/// [`RateLimitError::ExceedsQuota`] if `n` is more than the quota grants at
+/// once.
+///
+/// # Cancel safety
+///
+/// As for [`RateAcquire`].
+///
+/// # Panics
+///
+/// Polling after completion panics.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::{RateLimiter, RateAcquireN};
+/// use std::time::Duration;
+/// # futures::executor::block_on(async {
+/// let limiter = RateLimiter::new(3, Duration::from_secs(1));
+/// let acquire: RateAcquireN<'_> = limiter.acquire_n(3);
+/// assert_eq!(acquire.await, Ok(()));
+/// # });
+/// ```
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct RateAcquireN<'a, T: Timer = DefaultTimer> {
+    inner: Acquisition<T, &'a Shared<T>>,
+}
+
+impl<T: Timer> Future for RateAcquireN<'_, T> {
+    type Output = Result<(), RateLimitError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.poll(cx)
+    }
+}
+
+impl<T: Timer> fmt::Debug for RateAcquireN<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RateAcquireN").field(&self.inner).finish()
+    }
+}
+
+pin_project! {
+    /// The future of [`RateLimiter::limit`]: waits for one grant, then runs
+    /// the inner future.
+    ///
+    /// # Cancel safety
+    ///
+    /// Before the grant, as for [`RateAcquire`]; after it, dropping drops
+    /// the inner future.
+    ///
+    /// # Panics
+    ///
+    /// Polling after completion panics if the inner future does.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::{RateLimiter, RateLimit};
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let limiter = RateLimiter::new(1, Duration::from_secs(1));
+    /// let call: RateLimit<'_, _> = limiter.limit(async { "response" });
+    /// assert_eq!(call.await, "response");
+    /// # });
+    /// ```
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct RateLimit<'a, F, T: Timer = DefaultTimer> {
+        acquire: Option<RateAcquire<'a, T>>,
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future, T: Timer> Future for RateLimit<'_, F, T> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if let Some(acquire) = this.acquire.as_mut() {
+            ready!(Pin::new(acquire).poll(cx));
+            *this.acquire = None;
+        }
+        this.future.poll(cx)
+    }
+}
+
+impl<F, T: Timer> fmt::Debug for RateLimit<'_, F, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("granted", &self.acquire.is_none())
+            .finish_non_exhaustive()
+    }
+}

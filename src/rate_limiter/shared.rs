@@ -1,0 +1,807 @@
+//! One rate limiter's shared state: the quota's algorithm, the FIFO queue of
+//! waiters, and the driver that grants them when their time comes.
+//!
+//! # Design
+//!
+//! * **Strict window**: a [`Log`] of the last period's grants under the
+//!   mutex. **GCRA**: one atomic word (theoretical arrival time plus flags),
+//!   so a check with nobody waiting is a clock read and a compare-and-swap.
+//! * **Waiters** queue in a slab FIFO under the mutex. Only the head can be
+//!   next, so only the head's time matters.
+//! * **The driver** owns the limiter's one timer, armed for the head's time.
+//!   When it fires, the driver's waker grants every waiter that is due, in
+//!   order, on their behalf, wakes them, and re-arms for the new head. The
+//!   waiting futures own no timer, so a future that is dropped costs nothing
+//!   to the others, and one that is `mem::forget`-ten is granted (and its
+//!   grant wasted) like any other: the queue never wedges. Whoever wants to
+//!   drive while another thread drives leaves a note (`NOTIFIED`), and the
+//!   driver makes one more pass.
+//! * Wakers run after every lock is released.
+
+use super::window::{self, Log};
+use super::{Mode, Quota, QuotaError, RateLimitError};
+use crate::time::{Timer, When, poll_deadline, reset_deadline};
+use crate::wake_list::WakeList;
+use std::fmt;
+use std::ops::Deref;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+/// Someone waits: checks go through the lock (FIFO, no barging).
+const QUEUED: u64 = 1 << 63;
+/// A GCRA quota change is in progress: checks go through the lock.
+const BUSY: u64 = 1 << 62;
+/// Strict-window mode: checks go through the lock.
+const WINDOW: u64 = 1 << 61;
+/// The GCRA theoretical arrival time, in nanoseconds since the epoch
+/// (73 years; later is "never").
+const TAT: u64 = WINDOW - 1;
+
+const IDLE: u8 = 0;
+const RUNNING: u8 = 1;
+const NOTIFIED: u8 = 2;
+
+/// Nanoseconds in `d`, saturating.
+pub(super) fn nanos(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
+}
+
+pub(crate) struct Shared<T: Timer> {
+    timer: T,
+    epoch: Instant,
+    /// GCRA's arrival time and the `QUEUED`/`BUSY`/`WINDOW` flags.
+    word: AtomicU64,
+    /// GCRA: nanoseconds per call.
+    interval: AtomicU64,
+    /// GCRA: `burst * interval`.
+    tolerance: AtomicU64,
+    state: Mutex<State>,
+    driver: Driver<T::Sleep>,
+}
+
+struct State {
+    quota: Quota,
+    /// Window mode, in nanoseconds and calls.
+    period: u64,
+    max_calls: u64,
+    quantum: u64,
+    /// The latest time read (a clock that goes backwards is held here).
+    last: u64,
+    log: Log,
+    queue: Queue,
+}
+
+impl<T: Timer> Shared<T> {
+    /// A limiter for `quota` on `timer`. The bounds are those of the
+    /// driver's waker, which may run on any thread.
+    pub(crate) fn new(quota: Quota, timer: T) -> Arc<Self>
+    where
+        T: Send + Sync + 'static,
+        T::Sleep: Send + 'static,
+    {
+        let epoch = timer.now();
+        Arc::new_cyclic(|weak: &Weak<Self>| {
+            let waker = Waker::from(Arc::new(DriverWaker(weak.clone())));
+            let shared = Shared {
+                timer,
+                epoch,
+                word: AtomicU64::new(0),
+                interval: AtomicU64::new(0),
+                tolerance: AtomicU64::new(0),
+                state: Mutex::new(State {
+                    quota,
+                    period: 0,
+                    max_calls: 0,
+                    quantum: 0,
+                    last: 0,
+                    log: Log::default(),
+                    queue: Queue::default(),
+                }),
+                driver: Driver {
+                    flag: AtomicU8::new(IDLE),
+                    armed: Mutex::new(Armed {
+                        when: None,
+                        sleep: Box::pin(None),
+                    }),
+                    waker,
+                },
+            };
+            let mut state = shared.lock();
+            shared.apply(&mut state, quota);
+            drop(state);
+            shared
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update under the lock leaves the state consistent before
+        // anything that can panic (allocation, a user's clock), so poisoning
+        // is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The clock, in nanoseconds since the epoch.
+    fn now_raw(&self) -> u64 {
+        nanos(self.timer.now().saturating_duration_since(self.epoch))
+    }
+
+    /// The clock, never behind a time already used.
+    fn now_locked(&self, state: &mut State) -> u64 {
+        let now = self.now_raw().max(state.last);
+        state.last = now;
+        now
+    }
+
+    pub(crate) fn timer(&self) -> &T {
+        &self.timer
+    }
+
+    /// Sets the quota's parameters (under the lock).
+    fn apply(&self, state: &mut State, quota: Quota) {
+        state.quota = quota;
+        match quota.mode {
+            Mode::Window => {
+                state.period = nanos(quota.period);
+                state.max_calls = quota.max_calls as u64;
+                state.quantum = window::quantum(state.max_calls, state.period);
+                self.word.fetch_or(WINDOW, Ordering::AcqRel);
+            }
+            Mode::Gcra { burst } => {
+                // Checks that read the parameters while they change fail
+                // their compare-and-swap: BUSY is set first, and the arrival
+                // time moves on by a nanosecond when it is cleared.
+                self.word.fetch_or(BUSY, Ordering::AcqRel);
+                let interval = nanos(quota.period).div_ceil(quota.max_calls as u64).max(1);
+                self.interval.store(interval, Ordering::Release);
+                self.tolerance
+                    .store(interval.saturating_mul(burst as u64), Ordering::Release);
+                let mut current = self.word.load(Ordering::Acquire);
+                loop {
+                    let tat = ((current & TAT) + 1).min(TAT);
+                    let next = (current & !(BUSY | TAT)) | tat;
+                    match self.word.compare_exchange_weak(
+                        current,
+                        next,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => break,
+                        Err(actual) => current = actual,
+                    }
+                }
+            }
+        }
+    }
+
+    /// The lock-free GCRA check, when nobody waits: `None` means "take the
+    /// lock" (window mode, waiters, a quota change).
+    fn gcra_fast(&self, n: u64) -> Option<Result<(), RateLimitError>> {
+        let mut current = self.word.load(Ordering::Acquire);
+        if current & (QUEUED | BUSY | WINDOW) != 0 {
+            return None;
+        }
+        let now = self.now_raw();
+        loop {
+            let interval = self.interval.load(Ordering::Acquire);
+            let tolerance = self.tolerance.load(Ordering::Acquire);
+            if n.saturating_mul(interval) > tolerance {
+                return None; // the locked path reports it with the quota
+            }
+            match window::gcra(current & TAT, now, n, interval, tolerance) {
+                Ok(tat) if tat <= TAT => {
+                    match self.word.compare_exchange_weak(
+                        current,
+                        tat,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => return Some(Ok(())),
+                        Err(actual) => current = actual,
+                    }
+                }
+                Ok(_) => return Some(Err(limited(now, u64::MAX))),
+                Err(at) => return Some(Err(limited(now, at))),
+            }
+            if current & (QUEUED | BUSY | WINDOW) != 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Grants `n` at `now` if the quota allows (under the lock; `n` fits
+    /// the quota), or says when it would.
+    fn grant(&self, state: &mut State, now: u64, n: u64) -> Result<Grant, u64> {
+        match state.quota.mode {
+            Mode::Window => {
+                state.log.expire(now, state.period);
+                let at = state.log.earliest(now, n, state.max_calls, state.period);
+                if at > now {
+                    return Err(at);
+                }
+                Ok(Grant::Window(state.log.record(now, n, state.quantum)))
+            }
+            Mode::Gcra { .. } => {
+                let interval = self.interval.load(Ordering::Acquire);
+                let tolerance = self.tolerance.load(Ordering::Acquire);
+                let mut current = self.word.load(Ordering::Acquire);
+                loop {
+                    let before = current & TAT;
+                    match window::gcra(before, now, n, interval, tolerance) {
+                        Ok(after) if after <= TAT => {
+                            match self.word.compare_exchange_weak(
+                                current,
+                                (current & !TAT) | after,
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                            ) {
+                                Ok(_) => return Ok(Grant::Gcra { before, after }),
+                                Err(actual) => current = actual,
+                            }
+                        }
+                        Ok(_) => return Err(u64::MAX),
+                        Err(at) => return Err(at),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes back a grant nobody observed (its acquire was dropped between
+    /// the grant and its next poll). A window grant leaves the log; a GCRA
+    /// grant only if nothing was granted after it.
+    fn unrecord(&self, state: &mut State, grant: Grant, n: u64) {
+        match grant {
+            Grant::Window(index) => state.log.unrecord(index, n),
+            Grant::Gcra { before, after } => {
+                let mut current = self.word.load(Ordering::Acquire);
+                while current & TAT == after {
+                    match self.word.compare_exchange_weak(
+                        current,
+                        (current & !TAT) | before,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => break,
+                        Err(actual) => current = actual,
+                    }
+                }
+            }
+        }
+    }
+
+    /// When `n` more would be granted, after everyone already waiting.
+    fn estimate(&self, state: &State, now: u64, n: u64) -> u64 {
+        let max = state.quota.max_at_once() as u64;
+        let waiting = state.queue.iter().filter(|&m| m <= max);
+        match state.quota.mode {
+            Mode::Window => {
+                let (period, max_calls) = (state.period, state.max_calls);
+                let mut log = state.log.clone();
+                let mut t = now;
+                for m in waiting.chain([n]) {
+                    log.expire(t, period);
+                    t = log.earliest(t, m, max_calls, period);
+                    if t == u64::MAX {
+                        break;
+                    }
+                    log.expire(t, period);
+                    log.record(t, m, state.quantum);
+                }
+                t
+            }
+            Mode::Gcra { .. } => {
+                let interval = self.interval.load(Ordering::Acquire);
+                let tolerance = self.tolerance.load(Ordering::Acquire);
+                let mut tat = self.word.load(Ordering::Acquire) & TAT;
+                let mut t = now;
+                for m in waiting.chain([n]) {
+                    if let Err(at) = window::gcra(tat, t, m, interval, tolerance) {
+                        t = at;
+                    }
+                    match window::gcra(tat, t, m, interval, tolerance) {
+                        Ok(next) => tat = next,
+                        Err(_) => return u64::MAX,
+                    }
+                }
+                t
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------
+    // The public operations
+    // -----------------------------------------------------------------------
+
+    pub(crate) fn try_acquire(&self, n: u64) -> Result<(), RateLimitError> {
+        if n == 0 {
+            return Ok(());
+        }
+        if let Some(result) = self.gcra_fast(n) {
+            return result;
+        }
+        let mut state = self.lock();
+        let now = self.now_locked(&mut state);
+        check_fits(&state.quota, n)?;
+        if !state.queue.is_empty() {
+            return Err(limited(now, self.estimate(&state, now, n)));
+        }
+        match self.grant(&mut state, now, n) {
+            Ok(_) => Ok(()),
+            Err(at) => Err(limited(now, at)),
+        }
+    }
+
+    /// Polls an acquisition of `waiter.n` calls (see [`Waiter`]).
+    fn poll_acquire(
+        &self,
+        waiter: &mut Waiter,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), RateLimitError>> {
+        assert!(
+            !waiter.done,
+            "a rate limiter acquire was polled after it completed"
+        );
+        if let Some((i, ticket)) = waiter.slot {
+            let mut state = self.lock();
+            let outcome = match state.queue.owned_state(i, ticket) {
+                NodeState::Queued => {
+                    let node = &mut state.queue.nodes[i];
+                    match &node.waker {
+                        Some(w) if w.will_wake(cx.waker()) => {}
+                        _ => node.waker = Some(cx.waker().clone()),
+                    }
+                    return Poll::Pending;
+                }
+                NodeState::Granted(_) => Ok(()),
+                NodeState::Failed(error) => Err(error),
+                NodeState::Vacant => unreachable!("a waiter's node is freed only by its owner"),
+            };
+            state.queue.free(i);
+            waiter.slot = None;
+            waiter.done = true;
+            return Poll::Ready(outcome);
+        }
+        let n = waiter.n;
+        if n == 0 {
+            waiter.done = true;
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(Ok(())) = self.gcra_fast(n) {
+            waiter.done = true;
+            return Poll::Ready(Ok(()));
+        }
+        let waker = cx.waker().clone();
+        let mut state = self.lock();
+        let now = self.now_locked(&mut state);
+        if let Err(error) = check_fits(&state.quota, n) {
+            waiter.done = true;
+            return Poll::Ready(Err(error));
+        }
+        let first = state.queue.is_empty();
+        if first && self.grant(&mut state, now, n).is_ok() {
+            waiter.done = true;
+            return Poll::Ready(Ok(()));
+        }
+        waiter.slot = Some(state.queue.push(n, waker));
+        if first {
+            self.word.fetch_or(QUEUED, Ordering::AcqRel);
+        }
+        drop(state);
+        if first {
+            // The new head: arm the timer for it.
+            self.drive();
+        }
+        Poll::Pending
+    }
+
+    /// A waiter's drop: leaves the queue (the next waiter moves up at once),
+    /// or gives back a grant it never saw.
+    fn cancel(&self, waiter: &mut Waiter) {
+        let Some((i, ticket)) = waiter.slot.take() else {
+            return;
+        };
+        let mut state = self.lock();
+        let redrive = match state.queue.owned_state(i, ticket) {
+            NodeState::Vacant => return,
+            NodeState::Queued => {
+                let was_head = state.queue.head == Some(i);
+                state.queue.unlink(i);
+                if state.queue.is_empty() {
+                    self.word.fetch_and(!QUEUED, Ordering::AcqRel);
+                }
+                was_head
+            }
+            NodeState::Granted(grant) => {
+                let n = state.queue.nodes[i].n;
+                self.unrecord(&mut state, grant, n);
+                !state.queue.is_empty()
+            }
+            NodeState::Failed(_) => false,
+        };
+        state.queue.free(i);
+        drop(state);
+        if redrive {
+            self.drive();
+        }
+    }
+
+    pub(crate) fn quota(&self) -> Quota {
+        self.lock().quota
+    }
+
+    pub(crate) fn set_quota(&self, quota: Quota) -> Result<(), QuotaError> {
+        let mut state = self.lock();
+        if std::mem::discriminant(&quota.mode) != std::mem::discriminant(&state.quota.mode) {
+            return Err(QuotaError::ModeChange);
+        }
+        self.apply(&mut state, quota);
+        let waiting = !state.queue.is_empty();
+        drop(state);
+        if waiting {
+            self.drive();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn waiting(&self) -> usize {
+        self.lock().queue.len
+    }
+
+    /// Nobody waits and no grant is still in a window: a fresh limiter
+    /// would behave the same (the keyed limiter evicts such keys).
+    pub(crate) fn is_idle(&self) -> bool {
+        let mut state = self.lock();
+        if !state.queue.is_empty() {
+            return false;
+        }
+        let now = self.now_locked(&mut state);
+        match state.quota.mode {
+            Mode::Window => {
+                let period = state.period;
+                state.log.expire(now, period);
+                state.log.total() == 0
+            }
+            Mode::Gcra { .. } => self.word.load(Ordering::Acquire) & TAT <= now,
+        }
+    }
+
+    // -----------------------------------------------------------------------
+    // The driver
+    // -----------------------------------------------------------------------
+
+    /// Grants every waiter that is due, then arms the timer for the head.
+    /// Runs on one thread at a time; a call while it runs makes it pass once
+    /// more.
+    fn drive(&self) {
+        let flag = &self.driver.flag;
+        let mut current = flag.load(Ordering::Acquire);
+        loop {
+            let (from, to) = match current {
+                IDLE => (IDLE, RUNNING),
+                RUNNING => (RUNNING, NOTIFIED),
+                _ => return,
+            };
+            match flag.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) if from == IDLE => break,
+                Ok(_) => return, // the running driver passes again
+                Err(actual) => current = actual,
+            }
+        }
+        loop {
+            flag.store(RUNNING, Ordering::Release);
+            let (wake, next) = {
+                let mut state = self.lock();
+                let now = self.now_locked(&mut state);
+                self.process(&mut state, now)
+            };
+            wake.wake_all();
+            if self.arm(next) {
+                continue; // already due
+            }
+            if flag
+                .compare_exchange(RUNNING, IDLE, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Grants the waiters that are due at `now`, in order. Returns their
+    /// wakers and the head's time, if anyone is left.
+    fn process(&self, state: &mut State, now: u64) -> (WakeList, Option<u64>) {
+        let mut wake = WakeList::default();
+        let max = state.quota.max_at_once() as u64;
+        while let Some(i) = state.queue.head {
+            let n = state.queue.nodes[i].n;
+            let settled = if n > max {
+                NodeState::Failed(exceeds(&state.quota, n))
+            } else {
+                match self.grant(state, now, n) {
+                    Ok(grant) => NodeState::Granted(grant),
+                    Err(at) => return (wake, Some(at)),
+                }
+            };
+            state.queue.unlink(i);
+            let node = &mut state.queue.nodes[i];
+            node.state = settled;
+            wake.push(node.waker.take());
+        }
+        self.word.fetch_and(!QUEUED, Ordering::AcqRel);
+        (wake, None)
+    }
+
+    /// Arms the timer for `next` (drops it when nobody waits). `true` when
+    /// that time has already come.
+    fn arm(&self, next: Option<u64>) -> bool {
+        let mut armed = self.driver.armed.lock().unwrap_or_else(|p| p.into_inner());
+        let Armed { when, sleep } = &mut *armed;
+        let Some(at) = next else {
+            *when = None;
+            sleep.set(None);
+            return false;
+        };
+        let target = match self.epoch.checked_add(Duration::from_nanos(at)) {
+            Some(instant) if at != u64::MAX => When::At(instant),
+            _ => When::Never,
+        };
+        match when {
+            Some(current) if *current == target => {}
+            Some(current) => reset_deadline(&self.timer, current, sleep.as_mut(), target),
+            None => *when = Some(target),
+        }
+        let current = when.as_mut().expect("set above");
+        let mut cx = Context::from_waker(&self.driver.waker);
+        if poll_deadline(&self.timer, current, sleep.as_mut(), &mut cx).is_ready() {
+            *when = None;
+            sleep.set(None);
+            return true;
+        }
+        false
+    }
+}
+
+fn limited(now: u64, at: u64) -> RateLimitError {
+    RateLimitError::RateLimited {
+        wait: match at {
+            u64::MAX => Duration::MAX,
+            at => Duration::from_nanos(at.saturating_sub(now)),
+        },
+    }
+}
+
+fn exceeds(quota: &Quota, n: u64) -> RateLimitError {
+    RateLimitError::ExceedsQuota {
+        requested: usize::try_from(n).unwrap_or(usize::MAX),
+        max: quota.max_at_once(),
+    }
+}
+
+fn check_fits(quota: &Quota, n: u64) -> Result<(), RateLimitError> {
+    if n > quota.max_at_once() as u64 {
+        return Err(exceeds(quota, n));
+    }
+    Ok(())
+}
+
+impl<T: Timer> fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.lock();
+        f.debug_struct("RateLimiter")
+            .field("quota", &state.quota)
+            .field("waiting", &state.queue.len)
+            .finish_non_exhaustive()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The driver's timer and waker
+// ---------------------------------------------------------------------------
+
+struct Driver<S> {
+    flag: AtomicU8,
+    /// Touched only by the running driver (the mutex is never contended).
+    armed: Mutex<Armed<S>>,
+    /// Runs the driver; holds the limiter weakly, so an armed timer never
+    /// keeps a dropped limiter alive.
+    waker: Waker,
+}
+
+struct Armed<S> {
+    when: Option<When>,
+    sleep: Pin<Box<Option<S>>>,
+}
+
+struct DriverWaker<T: Timer>(Weak<Shared<T>>);
+
+impl<T> Wake for DriverWaker<T>
+where
+    T: Timer + Send + Sync + 'static,
+    T::Sleep: Send + 'static,
+{
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.drive();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Waiters and their queue
+// ---------------------------------------------------------------------------
+
+/// One acquisition and the limiter it waits on (`&Shared` or
+/// `Arc<Shared>`): the body of every acquire future. Dropping it cancels.
+pub(crate) struct Acquisition<T: Timer, S: Deref<Target = Shared<T>>> {
+    shared: S,
+    waiter: Waiter,
+}
+
+impl<T: Timer, S: Deref<Target = Shared<T>>> Acquisition<T, S> {
+    pub(crate) fn new(shared: S, n: usize) -> Self {
+        Acquisition {
+            shared,
+            waiter: Waiter::new(n),
+        }
+    }
+
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RateLimitError>> {
+        self.shared.poll_acquire(&mut self.waiter, cx)
+    }
+}
+
+impl<T: Timer, S: Deref<Target = Shared<T>>> Drop for Acquisition<T, S> {
+    fn drop(&mut self) {
+        self.shared.cancel(&mut self.waiter);
+    }
+}
+
+impl<T: Timer, S: Deref<Target = Shared<T>>> fmt::Debug for Acquisition<T, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acquisition")
+            .field("calls", &self.waiter.n)
+            .field("queued", &self.waiter.slot.is_some())
+            .field("done", &self.waiter.done)
+            .finish()
+    }
+}
+
+/// One acquisition's progress.
+#[derive(Debug)]
+struct Waiter {
+    n: u64,
+    slot: Option<(usize, u64)>,
+    done: bool,
+}
+
+impl Waiter {
+    fn new(n: usize) -> Waiter {
+        Waiter {
+            n: n as u64,
+            slot: None,
+            done: false,
+        }
+    }
+}
+
+/// What a grant recorded, to take it back if nobody sees it.
+#[derive(Clone, Copy, Debug)]
+enum Grant {
+    Window(u64),
+    Gcra { before: u64, after: u64 },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum NodeState {
+    Queued,
+    Granted(Grant),
+    Failed(RateLimitError),
+    Vacant,
+}
+
+#[derive(Debug)]
+struct Node {
+    ticket: u64,
+    prev: Option<usize>,
+    next: Option<usize>,
+    n: u64,
+    waker: Option<Waker>,
+    state: NodeState,
+}
+
+/// The waiters in arrival order: a slab of nodes linked by index. A settled
+/// node leaves the list but keeps its slot until its owner has seen it.
+#[derive(Debug, Default)]
+struct Queue {
+    nodes: Vec<Node>,
+    free: Vec<usize>,
+    head: Option<usize>,
+    tail: Option<usize>,
+    len: usize,
+    next_ticket: u64,
+}
+
+impl Queue {
+    fn is_empty(&self) -> bool {
+        self.head.is_none()
+    }
+
+    fn push(&mut self, n: u64, waker: Waker) -> (usize, u64) {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let node = Node {
+            ticket,
+            prev: self.tail,
+            next: None,
+            n,
+            waker: Some(waker),
+            state: NodeState::Queued,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.nodes[i] = node;
+                i
+            }
+            None => {
+                self.nodes.push(node);
+                self.nodes.len() - 1
+            }
+        };
+        match self.tail {
+            Some(t) => self.nodes[t].next = Some(i),
+            None => self.head = Some(i),
+        }
+        self.tail = Some(i);
+        self.len += 1;
+        (i, ticket)
+    }
+
+    fn unlink(&mut self, i: usize) {
+        let (prev, next) = (self.nodes[i].prev, self.nodes[i].next);
+        match prev {
+            Some(p) => self.nodes[p].next = next,
+            None => self.head = next,
+        }
+        match next {
+            Some(n) => self.nodes[n].prev = prev,
+            None => self.tail = prev,
+        }
+        self.nodes[i].prev = None;
+        self.nodes[i].next = None;
+        self.len -= 1;
+    }
+
+    fn owned_state(&self, i: usize, ticket: u64) -> NodeState {
+        let node = &self.nodes[i];
+        if node.ticket == ticket {
+            node.state
+        } else {
+            NodeState::Vacant
+        }
+    }
+
+    fn free(&mut self, i: usize) {
+        self.nodes[i].state = NodeState::Vacant;
+        self.nodes[i].waker = None;
+        self.free.push(i);
+    }
+
+    /// The queued requests, head first.
+    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        let mut cursor = self.head;
+        std::iter::from_fn(move || {
+            let i = cursor?;
+            cursor = self.nodes[i].next;
+            Some(self.nodes[i].n)
+        })
+    }
+}

@@ -1,0 +1,201 @@
+//! The two rate algorithms, as plain data: the strict sliding window's log of
+//! recent grants, and GCRA's one-number state. No locks, no clocks — times
+//! are nanoseconds since the limiter's epoch, passed in by the caller.
+
+use std::collections::VecDeque;
+
+/// Up to this many entries the log keeps every grant time exactly. A quota
+/// of more calls than this per period stamps grants closer together than
+/// `period / EXACT_ENTRIES` with the latest of their times (later, so the
+/// window stays strict), which bounds the log at about this many entries.
+pub(super) const EXACT_ENTRIES: u64 = 1024;
+
+/// The strict sliding window: every grant of the last period, oldest first,
+/// with equal (or merged) times sharing one entry.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Log {
+    entries: VecDeque<Entry>,
+    /// The absolute index of `entries[0]` (entries popped so far).
+    base: u64,
+    /// The sum of the entries' counts.
+    total: u64,
+    /// The earliest grant merged into the last entry.
+    tail_first: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    at: u64,
+    count: u64,
+}
+
+impl Log {
+    /// Forgets the grants that no window containing `now` can see: those
+    /// at or before `now - period`.
+    pub(super) fn expire(&mut self, now: u64, period: u64) {
+        while let Some(front) = self.entries.front() {
+            if front.at.saturating_add(period) > now {
+                break;
+            }
+            self.total -= front.count;
+            self.entries.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// The earliest time, not before `now`, at which `n` more grants keep
+    /// every window of `period` at or under `max_calls` (call
+    /// [`expire`](Log::expire) with `now` first). `u64::MAX` when `n` alone
+    /// exceeds `max_calls`.
+    pub(super) fn earliest(&self, now: u64, n: u64, max_calls: u64, period: u64) -> u64 {
+        let over = self.total.saturating_add(n).saturating_sub(max_calls);
+        if over == 0 {
+            return now;
+        }
+        // The grant that must leave the window first: the `over`-th oldest.
+        let mut seen = 0;
+        for entry in &self.entries {
+            seen += entry.count;
+            if seen >= over {
+                return entry.at.saturating_add(period).max(now);
+            }
+        }
+        u64::MAX
+    }
+
+    /// Records `n` grants at `at` (not before any earlier record) and
+    /// returns the index to [`unrecord`](Log::unrecord) them with. With a
+    /// non-zero `quantum`, a grant within `quantum` of the last entry's first
+    /// grant joins it, moving its time to `at`.
+    pub(super) fn record(&mut self, at: u64, n: u64, quantum: u64) -> u64 {
+        self.total += n;
+        if let Some(tail) = self.entries.back_mut() {
+            if at == tail.at || at < self.tail_first.saturating_add(quantum) {
+                tail.at = tail.at.max(at);
+                tail.count += n;
+                return self.base + self.entries.len() as u64 - 1;
+            }
+        }
+        self.entries.push_back(Entry { at, count: n });
+        self.tail_first = at;
+        self.base + self.entries.len() as u64 - 1
+    }
+
+    /// Takes back `n` grants recorded at `index`, if they are still in the
+    /// log. Removing grants never breaks the window's promise.
+    pub(super) fn unrecord(&mut self, index: u64, n: u64) {
+        let Some(offset) = index.checked_sub(self.base) else {
+            return;
+        };
+        if let Some(entry) = self.entries.get_mut(offset as usize) {
+            let n = n.min(entry.count);
+            entry.count -= n;
+            self.total -= n;
+        }
+    }
+
+    /// Grants still in the window (after the last `expire`).
+    pub(super) fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Entries held (for the memory bound).
+    #[cfg(test)]
+    pub(super) fn entries(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// The quantum [`Log::record`] merges with: zero (exact) for quotas of at
+/// most [`EXACT_ENTRIES`] calls.
+pub(super) fn quantum(max_calls: u64, period: u64) -> u64 {
+    if max_calls <= EXACT_ENTRIES {
+        0
+    } else {
+        period / EXACT_ENTRIES
+    }
+}
+
+/// GCRA (the generic cell rate algorithm, a virtual-scheduling token
+/// bucket): with theoretical arrival time `tat`, `n` cells at `now` are
+/// allowed when the new arrival time stays within `tolerance` of `now`.
+/// `Ok(new tat)`, or `Err(the earliest time they would be allowed)`; the
+/// caller checks `n * interval <= tolerance` first (more never fits).
+pub(super) fn gcra(tat: u64, now: u64, n: u64, interval: u64, tolerance: u64) -> Result<u64, u64> {
+    let new = tat.max(now).saturating_add(n.saturating_mul(interval));
+    let allowed_at = new.saturating_sub(tolerance);
+    if allowed_at <= now {
+        Ok(new)
+    } else {
+        Err(allowed_at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_admits_max_calls_then_waits_for_the_oldest() {
+        let mut log = Log::default();
+        for t in [0, 10, 20] {
+            log.expire(t, 100);
+            assert_eq!(log.earliest(t, 1, 3, 100), t);
+            log.record(t, 1, 0);
+        }
+        assert_eq!(log.earliest(30, 1, 3, 100), 100);
+        assert_eq!(log.earliest(30, 2, 3, 100), 110);
+        assert_eq!(log.earliest(30, 4, 3, 100), u64::MAX);
+        log.expire(100, 100);
+        assert_eq!(log.total(), 2);
+        assert_eq!(log.earliest(100, 1, 3, 100), 100);
+    }
+
+    #[test]
+    fn equal_times_share_an_entry_and_unrecord_frees_them() {
+        let mut log = Log::default();
+        let a = log.record(5, 2, 0);
+        let b = log.record(5, 1, 0);
+        assert_eq!(a, b);
+        assert_eq!(log.entries(), 1);
+        log.unrecord(a, 1);
+        assert_eq!(log.total(), 2);
+        log.expire(105, 100);
+        log.unrecord(a, 5); // expired: nothing to take back
+        assert_eq!(log.total(), 0);
+    }
+
+    #[test]
+    fn quantum_bounds_the_log_and_stamps_late() {
+        let period = 1_000_000;
+        let q = quantum(1 << 20, period);
+        assert_eq!(q, period / EXACT_ENTRIES);
+        let mut log = Log::default();
+        for t in 0..period {
+            log.record(t, 1, q);
+        }
+        assert!(
+            log.entries() <= EXACT_ENTRIES as usize + 1,
+            "{}",
+            log.entries()
+        );
+        // The first entry was stamped at the latest of its grants.
+        log.expire(period + q - 2, period);
+        assert_eq!(log.total(), period);
+    }
+
+    #[test]
+    fn gcra_allows_a_burst_then_one_per_interval() {
+        let (interval, burst) = (10, 3);
+        let tolerance = interval * burst;
+        let mut tat = 0;
+        for _ in 0..3 {
+            tat = gcra(tat, 100, 1, interval, tolerance).unwrap();
+        }
+        assert_eq!(gcra(tat, 100, 1, interval, tolerance), Err(110));
+        tat = gcra(tat, 110, 1, interval, tolerance).unwrap();
+        assert_eq!(gcra(tat, 110, 1, interval, tolerance), Err(120));
+        // A full burst at once after an idle spell.
+        assert_eq!(gcra(0, 500, 3, interval, tolerance), Ok(530));
+    }
+}
