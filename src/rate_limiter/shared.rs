@@ -4,8 +4,10 @@
 //! # Design
 //!
 //! * **Strict window**: a [`Log`] of the last period's grants under the
-//!   mutex. **GCRA**: one atomic word (theoretical arrival time plus flags),
-//!   so a check with nobody waiting is a clock read and a compare-and-swap.
+//!   mutex. **GCRA**: one atomic theoretical arrival time, so a check with
+//!   nobody waiting is a clock read and a compare-and-swap. Its parameters
+//!   sit behind a sequence counter, so a check never mixes an old interval
+//!   with a new burst.
 //! * **Waiters** queue in a slab FIFO under the mutex. Only the head can be
 //!   next, so only the head's time matters.
 //! * **The driver** owns the limiter's one timer, armed for the head's time.
@@ -25,20 +27,10 @@ use crate::wake_list::WakeList;
 use std::fmt;
 use std::ops::Deref;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
-
-/// Someone waits: checks go through the lock (FIFO, no barging).
-const QUEUED: u64 = 1 << 63;
-/// A GCRA quota change is in progress: checks go through the lock.
-const BUSY: u64 = 1 << 62;
-/// Strict-window mode: checks go through the lock.
-const WINDOW: u64 = 1 << 61;
-/// The GCRA theoretical arrival time, in nanoseconds since the epoch
-/// (73 years; later is "never").
-const TAT: u64 = WINDOW - 1;
 
 const IDLE: u8 = 0;
 const RUNNING: u8 = 1;
@@ -54,12 +46,18 @@ pub(super) fn nanos(d: Duration) -> u64 {
 pub(crate) struct Shared<T: Timer> {
     timer: T,
     epoch: Instant,
-    /// GCRA's arrival time and the `QUEUED`/`BUSY`/`WINDOW` flags.
-    word: AtomicU64,
-    /// GCRA: nanoseconds per call.
+    /// Strict-window mode: every check takes the lock.
+    window: bool,
+    /// Someone waits: checks take the lock (FIFO, no barging).
+    queued: AtomicBool,
+    /// GCRA's theoretical arrival time, in nanoseconds since the epoch
+    /// (`u64::MAX`: never again).
+    tat: AtomicU64,
+    /// GCRA's nanoseconds per call and burst, written under the lock
+    /// between two increments of `params_seq` (odd while writing).
     interval: AtomicU64,
-    /// GCRA: `burst * interval`.
-    tolerance: AtomicU64,
+    burst: AtomicU64,
+    params_seq: AtomicU64,
     state: Mutex<State>,
     driver: Driver<T::Sleep>,
 }
@@ -90,9 +88,12 @@ impl<T: Timer> Shared<T> {
             let shared = Shared {
                 timer,
                 epoch,
-                word: AtomicU64::new(0),
+                window: quota.burst().is_none(),
+                queued: AtomicBool::new(false),
+                tat: AtomicU64::new(0),
                 interval: AtomicU64::new(0),
-                tolerance: AtomicU64::new(0),
+                burst: AtomicU64::new(0),
+                params_seq: AtomicU64::new(0),
                 state: Mutex::new(State {
                     quota,
                     period: 0,
@@ -149,66 +150,60 @@ impl<T: Timer> Shared<T> {
                 state.period = nanos(quota.period);
                 state.max_calls = quota.max_calls as u64;
                 state.quantum = window::quantum(state.max_calls, state.period);
-                self.word.fetch_or(WINDOW, Ordering::AcqRel);
             }
             Mode::Gcra { burst } => {
-                // Checks that read the parameters while they change fail
-                // their compare-and-swap: BUSY is set first, and the arrival
-                // time moves on by a nanosecond when it is cleared.
-                self.word.fetch_or(BUSY, Ordering::AcqRel);
-                let interval = nanos(quota.period).div_ceil(quota.max_calls as u64).max(1);
-                self.interval.store(interval, Ordering::Release);
-                self.tolerance
-                    .store(interval.saturating_mul(burst as u64), Ordering::Release);
-                let mut current = self.word.load(Ordering::Acquire);
-                loop {
-                    let tat = ((current & TAT) + 1).min(TAT);
-                    let next = (current & !(BUSY | TAT)) | tat;
-                    match self.word.compare_exchange_weak(
-                        current,
-                        next,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => break,
-                        Err(actual) => current = actual,
-                    }
-                }
+                let interval = gcra_interval(&quota).unwrap_or(1);
+                // A seqlock write (the lock makes this the only writer).
+                let seq = self.params_seq.load(Ordering::Relaxed);
+                self.params_seq.store(seq + 1, Ordering::Relaxed);
+                fence(Ordering::Release);
+                self.interval.store(interval, Ordering::Relaxed);
+                self.burst.store(burst as u64, Ordering::Relaxed);
+                self.params_seq.store(seq + 2, Ordering::Release);
             }
         }
     }
 
+    /// GCRA's interval and burst, read as one consistent pair.
+    fn gcra_params(&self) -> (u64, u64) {
+        loop {
+            let seq = self.params_seq.load(Ordering::Acquire);
+            if seq % 2 == 0 {
+                let interval = self.interval.load(Ordering::Relaxed);
+                let burst = self.burst.load(Ordering::Relaxed);
+                fence(Ordering::Acquire);
+                if self.params_seq.load(Ordering::Relaxed) == seq {
+                    return (interval, burst);
+                }
+            }
+            std::hint::spin_loop();
+        }
+    }
+
     /// The lock-free GCRA check, when nobody waits: `None` means "take the
-    /// lock" (window mode, waiters, a quota change).
+    /// lock" (window mode, waiters, more than the burst).
     fn gcra_fast(&self, n: u64) -> Option<Result<(), RateLimitError>> {
-        let mut current = self.word.load(Ordering::Acquire);
-        if current & (QUEUED | BUSY | WINDOW) != 0 {
+        if self.window || self.queued.load(Ordering::Acquire) {
             return None;
         }
+        let (interval, burst) = self.gcra_params();
+        if n > burst {
+            return None; // the locked path reports it with the quota
+        }
         let now = self.now_raw();
+        let mut current = self.tat.load(Ordering::Acquire);
         loop {
-            let interval = self.interval.load(Ordering::Acquire);
-            let tolerance = self.tolerance.load(Ordering::Acquire);
-            if n.saturating_mul(interval) > tolerance {
-                return None; // the locked path reports it with the quota
-            }
-            match window::gcra(current & TAT, now, n, interval, tolerance) {
-                Ok(tat) if tat <= TAT => {
-                    match self.word.compare_exchange_weak(
-                        current,
-                        tat,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => return Some(Ok(())),
-                        Err(actual) => current = actual,
-                    }
-                }
-                Ok(_) => return Some(Err(limited(now, u64::MAX))),
+            match window::gcra(current, now, n, interval, burst) {
+                Ok(tat) => match self.tat.compare_exchange_weak(
+                    current,
+                    tat,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return Some(Ok(())),
+                    Err(actual) => current = actual,
+                },
                 Err(at) => return Some(Err(limited(now, at))),
-            }
-            if current & (QUEUED | BUSY | WINDOW) != 0 {
-                return None;
             }
         }
     }
@@ -226,25 +221,18 @@ impl<T: Timer> Shared<T> {
                 Ok(Grant::Window(state.log.record(now, n, state.quantum)))
             }
             Mode::Gcra { .. } => {
-                let interval = self.interval.load(Ordering::Acquire);
-                let tolerance = self.tolerance.load(Ordering::Acquire);
-                let mut current = self.word.load(Ordering::Acquire);
+                let (interval, burst) = self.gcra_params();
+                let mut before = self.tat.load(Ordering::Acquire);
                 loop {
-                    let before = current & TAT;
-                    match window::gcra(before, now, n, interval, tolerance) {
-                        Ok(after) if after <= TAT => {
-                            match self.word.compare_exchange_weak(
-                                current,
-                                (current & !TAT) | after,
-                                Ordering::AcqRel,
-                                Ordering::Acquire,
-                            ) {
-                                Ok(_) => return Ok(Grant::Gcra { before, after }),
-                                Err(actual) => current = actual,
-                            }
-                        }
-                        Ok(_) => return Err(u64::MAX),
-                        Err(at) => return Err(at),
+                    let after = window::gcra(before, now, n, interval, burst)?;
+                    match self.tat.compare_exchange_weak(
+                        before,
+                        after,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => return Ok(Grant::Gcra { before, after }),
+                        Err(actual) => before = actual,
                     }
                 }
             }
@@ -258,18 +246,9 @@ impl<T: Timer> Shared<T> {
         match grant {
             Grant::Window(index) => state.log.unrecord(index, n),
             Grant::Gcra { before, after } => {
-                let mut current = self.word.load(Ordering::Acquire);
-                while current & TAT == after {
-                    match self.word.compare_exchange_weak(
-                        current,
-                        (current & !TAT) | before,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => break,
-                        Err(actual) => current = actual,
-                    }
-                }
+                let _taken_back =
+                    self.tat
+                        .compare_exchange(after, before, Ordering::AcqRel, Ordering::Acquire);
             }
         }
     }
@@ -295,15 +274,14 @@ impl<T: Timer> Shared<T> {
                 t
             }
             Mode::Gcra { .. } => {
-                let interval = self.interval.load(Ordering::Acquire);
-                let tolerance = self.tolerance.load(Ordering::Acquire);
-                let mut tat = self.word.load(Ordering::Acquire) & TAT;
+                let (interval, burst) = self.gcra_params();
+                let mut tat = self.tat.load(Ordering::Acquire);
                 let mut t = now;
                 for m in waiting.chain([n]) {
-                    if let Err(at) = window::gcra(tat, t, m, interval, tolerance) {
+                    if let Err(at) = window::gcra(tat, t, m, interval, burst) {
                         t = at;
                     }
-                    match window::gcra(tat, t, m, interval, tolerance) {
+                    match window::gcra(tat, t, m, interval, burst) {
                         Ok(next) => tat = next,
                         Err(_) => return u64::MAX,
                     }
@@ -389,7 +367,7 @@ impl<T: Timer> Shared<T> {
         }
         waiter.slot = Some(state.queue.push(n, waker));
         if first {
-            self.word.fetch_or(QUEUED, Ordering::AcqRel);
+            self.queued.store(true, Ordering::Release);
         }
         drop(state);
         if first {
@@ -412,7 +390,7 @@ impl<T: Timer> Shared<T> {
                 let was_head = state.queue.head == Some(i);
                 state.queue.unlink(i);
                 if state.queue.is_empty() {
-                    self.word.fetch_and(!QUEUED, Ordering::AcqRel);
+                    self.queued.store(false, Ordering::Release);
                 }
                 was_head
             }
@@ -439,7 +417,20 @@ impl<T: Timer> Shared<T> {
         if std::mem::discriminant(&quota.mode) != std::mem::discriminant(&state.quota.mode) {
             return Err(QuotaError::ModeChange);
         }
+        let old = state.quota;
         self.apply(&mut state, quota);
+        if let (Mode::Gcra { .. }, Some(old_interval)) = (quota.mode, gcra_interval(&old)) {
+            // The calls still owed are owed at the new rate.
+            let now = self.now_locked(&mut state);
+            let (interval, _) = self.gcra_params();
+            let _rescaled = self
+                .tat
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+                    let owed = u128::from(tat.checked_sub(now)?);
+                    let owed = (owed * u128::from(interval)).div_ceil(u128::from(old_interval));
+                    Some(u64::try_from(u128::from(now) + owed).unwrap_or(u64::MAX))
+                });
+        }
         let waiting = !state.queue.is_empty();
         drop(state);
         if waiting {
@@ -466,7 +457,7 @@ impl<T: Timer> Shared<T> {
                 state.log.expire(now, period);
                 state.log.total() == 0
             }
-            Mode::Gcra { .. } => self.word.load(Ordering::Acquire) & TAT <= now,
+            Mode::Gcra { .. } => self.tat.load(Ordering::Acquire) <= now,
         }
     }
 
@@ -532,7 +523,7 @@ impl<T: Timer> Shared<T> {
             node.state = settled;
             wake.push(node.waker.take());
         }
-        self.word.fetch_and(!QUEUED, Ordering::AcqRel);
+        self.queued.store(false, Ordering::Release);
         (wake, None)
     }
 
@@ -563,6 +554,14 @@ impl<T: Timer> Shared<T> {
             return true;
         }
         false
+    }
+}
+
+/// GCRA's nanoseconds per call for `quota` (`None` for a window).
+fn gcra_interval(quota: &Quota) -> Option<u64> {
+    match quota.mode {
+        Mode::Window => None,
+        Mode::Gcra { .. } => Some(nanos(quota.period).div_ceil(quota.max_calls as u64).max(1)),
     }
 }
 

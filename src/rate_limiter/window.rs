@@ -48,10 +48,14 @@ impl Log {
     /// [`expire`](Log::expire) with `now` first). `u64::MAX` when `n` alone
     /// exceeds `max_calls`.
     pub(super) fn earliest(&self, now: u64, n: u64, max_calls: u64, period: u64) -> u64 {
-        let over = self.total.saturating_add(n).saturating_sub(max_calls);
+        let over = (u128::from(self.total) + u128::from(n)).saturating_sub(u128::from(max_calls));
         if over == 0 {
             return now;
         }
+        if over > u128::from(self.total) {
+            return u64::MAX;
+        }
+        let over = over as u64;
         // The grant that must leave the window first: the `over`-th oldest.
         let mut seen = 0;
         for entry in &self.entries {
@@ -118,16 +122,23 @@ pub(super) fn quantum(max_calls: u64, period: u64) -> u64 {
 
 /// GCRA (the generic cell rate algorithm, a virtual-scheduling token
 /// bucket): with theoretical arrival time `tat`, `n` cells at `now` are
-/// allowed when the new arrival time stays within `tolerance` of `now`.
-/// `Ok(new tat)`, or `Err(the earliest time they would be allowed)`; the
-/// caller checks `n * interval <= tolerance` first (more never fits).
-pub(super) fn gcra(tat: u64, now: u64, n: u64, interval: u64, tolerance: u64) -> Result<u64, u64> {
-    let new = tat.max(now).saturating_add(n.saturating_mul(interval));
-    let allowed_at = new.saturating_sub(tolerance);
+/// allowed when the new arrival time stays within `burst` intervals of
+/// `now`. `Ok(new tat)`, or `Err(the earliest time they would be allowed)`;
+/// the caller checks `n <= burst` first (more never fits).
+///
+/// The arithmetic is exact (128 bits); a `tat` of `u64::MAX` means "never
+/// again" (an arrival time past 584 years).
+pub(super) fn gcra(tat: u64, now: u64, n: u64, interval: u64, burst: u64) -> Result<u64, u64> {
+    if tat == u64::MAX {
+        return Err(u64::MAX);
+    }
+    let (interval, now) = (u128::from(interval), u128::from(now));
+    let new = u128::from(tat).max(now) + u128::from(n) * interval;
+    let allowed_at = new.saturating_sub(u128::from(burst) * interval);
     if allowed_at <= now {
-        Ok(new)
+        Ok(u64::try_from(new).unwrap_or(u64::MAX))
     } else {
-        Err(allowed_at)
+        Err(u64::try_from(allowed_at).unwrap_or(u64::MAX))
     }
 }
 
@@ -146,6 +157,7 @@ mod tests {
         assert_eq!(log.earliest(30, 1, 3, 100), 100);
         assert_eq!(log.earliest(30, 2, 3, 100), 110);
         assert_eq!(log.earliest(30, 4, 3, 100), u64::MAX);
+        assert_eq!(log.earliest(30, u64::MAX, u64::MAX, 100), 100); // no overflow
         log.expire(100, 100);
         assert_eq!(log.total(), 2);
         assert_eq!(log.earliest(100, 1, 3, 100), 100);
@@ -187,15 +199,18 @@ mod tests {
     #[test]
     fn gcra_allows_a_burst_then_one_per_interval() {
         let (interval, burst) = (10, 3);
-        let tolerance = interval * burst;
         let mut tat = 0;
         for _ in 0..3 {
-            tat = gcra(tat, 100, 1, interval, tolerance).unwrap();
+            tat = gcra(tat, 100, 1, interval, burst).unwrap();
         }
-        assert_eq!(gcra(tat, 100, 1, interval, tolerance), Err(110));
-        tat = gcra(tat, 110, 1, interval, tolerance).unwrap();
-        assert_eq!(gcra(tat, 110, 1, interval, tolerance), Err(120));
+        assert_eq!(gcra(tat, 100, 1, interval, burst), Err(110));
+        tat = gcra(tat, 110, 1, interval, burst).unwrap();
+        assert_eq!(gcra(tat, 110, 1, interval, burst), Err(120));
         // A full burst at once after an idle spell.
-        assert_eq!(gcra(0, 500, 3, interval, tolerance), Ok(530));
+        assert_eq!(gcra(0, 500, 3, interval, burst), Ok(530));
+        // Huge intervals: a burst, then never.
+        let tat = gcra(0, 0, 2, u64::MAX, 2).unwrap();
+        assert_eq!(tat, u64::MAX);
+        assert_eq!(gcra(tat, u64::MAX - 1, 1, u64::MAX, 2), Err(u64::MAX));
     }
 }
