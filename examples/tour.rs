@@ -277,6 +277,46 @@ fn main() {
             start.elapsed(),
             done.len()
         );
+
+        section("12. RateLimiter: 20 calls at 5 per second (a strict sliding window)");
+        let start = Instant::now();
+        let limiter = awaitkit::RateLimiter::new(5, Duration::from_secs(1));
+        let calls = (1..=20).map(|i| {
+            limiter.limit(async move {
+                let t = start.elapsed();
+                if i % 5 == 1 {
+                    print!("   {t:>7.2?}: calls");
+                }
+                print!(" {i}");
+                if i % 5 == 0 {
+                    println!();
+                }
+            })
+        });
+        awaitkit::gather(calls).await;
+        println!(
+            "   {:.2?}: 20 calls, 5 per window of 1 s: in every second, never a sixth",
+            start.elapsed()
+        );
+        let composed = awaitkit::RateLimiter::new(50, Duration::from_secs(1));
+        let sem = awaitkit::Semaphore::new(2);
+        let running = std::cell::Cell::new(0);
+        let most = std::cell::Cell::new(0);
+        let start = Instant::now();
+        let calls = (1..=10).map(|_| {
+            sem.limit(composed.limit(async {
+                running.set(running.get() + 1);
+                most.set(most.get().max(running.get()));
+                Delay::new(ms(20)).await;
+                running.set(running.get() - 1);
+            }))
+        });
+        awaitkit::gather(calls).await;
+        println!(
+            "   {:.2?}: rate and concurrency together (50/s, 2 at a time): 10 calls, at most {} at once",
+            start.elapsed(),
+            most.get()
+        );
     });
     println!("\nTour finished in {:.2?}.", tour.elapsed());
 }

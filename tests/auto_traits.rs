@@ -583,3 +583,33 @@ mod semaphore {
         assert_eq!(traits!(sem.limit(pinned_child())), (true, true, false));
     }
 }
+
+mod rate_limiter {
+    use super::*;
+    use awaitkit::rate_limiter::{Quota, QuotaError, RateLimitError};
+    use awaitkit::{KeyedRateLimiter, RateLimiter};
+    use std::time::Duration;
+
+    #[test]
+    fn rate_limiter_types_are_send_sync_unpin() {
+        let limiter = send_sync_unpin(RateLimiter::new(2, Duration::from_secs(1)));
+        drop(send_sync_unpin(limiter.acquire()));
+        drop(send_sync_unpin(limiter.acquire_n(2)));
+        let keyed = send_sync_unpin(KeyedRateLimiter::new(2, Duration::from_secs(1)));
+        drop(send_sync_unpin(keyed.acquire("k")));
+        drop(send_sync_unpin(keyed.acquire_n("k", 2)));
+        send_sync_unpin(Quota::window(1, Duration::from_secs(1)).unwrap());
+        fn error<E: std::error::Error + Copy + PartialEq + Send + Sync + Unpin + 'static>() {}
+        error::<QuotaError>();
+        error::<RateLimitError>();
+    }
+
+    #[test]
+    fn rate_limit_follows_its_future() {
+        let limiter = RateLimiter::new(1, Duration::from_secs(1));
+        assert_eq!(traits!(send_sync_unpin(limiter.limit(ready(1u8)))), ALL);
+        assert_eq!(traits!(limiter.limit(ready(Cell::new(1u8)))), SEND_ONLY);
+        assert_eq!(traits!(limiter.limit(ready(Rc::new(1u8)))), NEITHER);
+        assert_eq!(traits!(limiter.limit(pinned_child())), (true, true, false));
+    }
+}
