@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """Generate docs/benchmarks.md from the output of `cargo bench --bench combinators`,
-`cargo bench --bench time --features tokio,async-io` and `cargo bench --bench semaphore`.
+`cargo bench --bench time --features tokio,async-io`, `cargo bench --bench semaphore`
+and `cargo bench --bench rate_limiter`.
 
 Reads criterion's `<criterion dir>/<group>/<function>/<N>/new/estimates.json`
 (median point estimate, ns per iteration) and the `polls.csv` written by the
 combinators bench; for the timer groups (no N) `<group>/<function>/new/
 estimates.json` and the `time_rss.csv` written by the time bench; for the
 semaphore groups (no N) the same estimates and the `semaphore_checks.csv`
-written by the semaphore bench. Prints Markdown to stdout.
+written by the semaphore bench; for the rate limiter, the `rate_limiter_check`
+estimates, the `rate_limiter_checks.csv` and the `rate_limiter_accuracy.csv`
+(one row per run, not criterion) written by the rate limiter bench. Prints
+Markdown to stdout.
 
 Usage:
     python3 scripts/bench_table.py [--target-dir DIR] [--include-stale] > docs/benchmarks.md
@@ -16,11 +20,12 @@ The criterion directory is, in order: $CRITERION_HOME, <--target-dir>/criterion,
 $CARGO_TARGET_DIR/criterion, ./target/criterion. Each bench writes its own run
 marker when it starts (`awaitkit-bench-run.txt` for combinators,
 `awaitkit-bench-run-time.txt` for time, `awaitkit-bench-run-semaphore.txt` for
-semaphore); results older than their bench's marker are left out unless
---include-stale is given, so a quick run that skips some sizes does not mix
-with an older full run, and running one bench does not hide the other's
-results. The timer and semaphore sections are left out when their bench has
-not been run.
+semaphore, `awaitkit-bench-run-rate-limiter.txt` for rate_limiter); results
+older than their bench's marker (for the accuracy CSV: rows whose unix_time is
+older) are left out unless --include-stale is given, so a quick run that skips
+some sizes does not mix with an older full run, and running one bench does not
+hide the other's results. The timer, semaphore and rate limiter sections are
+left out when their bench has not been run.
 """
 
 import argparse
@@ -165,6 +170,38 @@ SEMAPHORE_GROUPS = [
         0.8,
     ),
 ]
+
+# Rate limiter groups (benches/rate_limiter.rs): one function per limiter, no N.
+RATE_LIMITER_MARKER = "awaitkit-bench-run-rate-limiter.txt"
+RATE_CHECK_COLUMNS = [
+    ("awaitkit_strict", "awaitkit strict window (`RateLimiter::new`)"),
+    ("awaitkit_gcra", "awaitkit GCRA (`RateLimiter::gcra`)"),
+    ("governor", "governor `check()`"),
+    ("leaky_bucket_fair", "leaky-bucket `try_acquire(1)`, fair"),
+    ("leaky_bucket_unfair", "leaky-bucket `try_acquire(1)`, unfair"),
+]
+# (awaitkit function, reference function, bar, what)
+RATE_CHECK_BARS = [
+    ("awaitkit_strict", "governor", 1.5, "bar"),
+    ("awaitkit_gcra", "governor", 1.0, "bar"),
+    ("awaitkit_strict", "leaky_bucket_unfair", 1.0, "goal"),
+    ("awaitkit_gcra", "leaky_bucket_unfair", 1.0, "goal"),
+]
+RATE_ACCURACY_COLUMNS = [
+    ("awaitkit_strict", "awaitkit strict window (`RateLimiter::new(1000, 1 s)`)"),
+    ("awaitkit_gcra", "awaitkit GCRA (`RateLimiter::gcra(1000, 1 s, 1000)`)"),
+    ("awaitkit_strict_tokio", "awaitkit strict window on `TokioTimer` (extra)"),
+    ("awaitkit_gcra_tokio", "awaitkit GCRA on `TokioTimer` (extra)"),
+    ("governor", "governor `until_ready()` (`per_second(1000)`)"),
+    ("leaky_bucket", "leaky-bucket `acquire_one()` (fair, 1 per 1 ms, max 1000)"),
+]
+# Functions held to the strict "at most N in any window" bar.
+RATE_STRICT = {"awaitkit_strict", "awaitkit_strict_tokio"}
+RATE_AWAITKIT = {"awaitkit_strict", "awaitkit_gcra", "awaitkit_strict_tokio", "awaitkit_gcra_tokio"}
+RATE_WALL_BAR = 0.03  # |wall / ideal - 1|
+RATE_WALL_GOAL = 0.01
+# The strict window's log: about 1 024 entries of 16 B in a VecDeque (32 KiB at most).
+RATE_HEAP_LIMIT = 64 * 1024
 
 
 def criterion_dir(args):
@@ -580,6 +617,245 @@ def semaphore_section(cdir, include_stale):
     return lines
 
 
+def load_rate_checks(cdir):
+    """{function: row of rate_limiter_checks.csv}"""
+    checks = {}
+    path = cdir / "rate_limiter_checks.csv"
+    if path.is_file():
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                if row["group"] == "rate_limiter_check":
+                    checks[row["function"]] = row
+    return checks
+
+
+def load_rate_accuracy(cdir, not_before):
+    """{function: [row of rate_limiter_accuracy.csv, one per run, in run order]}"""
+    runs = {}
+    path = cdir / "rate_limiter_accuracy.csv"
+    if not path.is_file():
+        return runs
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            if row["group"] != "rate_limiter_accuracy":
+                continue
+            try:
+                if not_before is not None and int(row["unix_time"]) < not_before:
+                    continue
+                run = {
+                    "run": int(row["run"]),
+                    "wall_ms": float(row["wall_ms"]),
+                    "ideal_ms": float(row["ideal_ms"]),
+                    "ratio": float(row["wall_over_ideal"]),
+                    "max_in_window": int(row["max_in_window"]),
+                    "n": int(row["n"]),
+                    "acquisitions": int(row["acquisitions"]),
+                }
+            except (KeyError, TypeError, ValueError):
+                continue
+            runs.setdefault(row["function"], []).append(run)
+    for rows in runs.values():
+        rows.sort(key=lambda r: r["run"])
+    return runs
+
+
+def fmt_bytes(v):
+    try:
+        v = int(v)
+    except (TypeError, ValueError):
+        return "?"
+    if v >= 1 << 20:
+        return f"{v / (1 << 20):.1f} MiB"
+    if v >= 1 << 10:
+        return f"{v / (1 << 10):.1f} KiB"
+    return f"{v} B"
+
+
+def rate_limiter_section(cdir, include_stale):
+    """Markdown lines for the rate limiter groups; empty if the rate limiter bench has not run."""
+    marker = cdir / RATE_LIMITER_MARKER
+    if not marker.is_file():
+        return []
+    mode = marker.read_text().strip()
+    run_time = marker.stat().st_mtime
+    not_before = None if include_stale else run_time - 1
+    check = load_flat_medians(cdir, "rate_limiter_check", [f for f, _ in RATE_CHECK_COLUMNS], not_before)
+    accuracy = load_rate_accuracy(cdir, not_before)
+    if not check and not accuracy:
+        return []
+    checks = load_rate_checks(cdir)
+    check_label = dict(RATE_CHECK_COLUMNS)
+    accuracy_label = dict(RATE_ACCURACY_COLUMNS)
+
+    lines = []
+    w = lines.append
+    w("")
+    w("# Rate limiter")
+    w("")
+    w("`RateLimiter` against governor and leaky-bucket (`benches/rate_limiter.rs`; workloads and")
+    w("bars: `BENCH.md`): the cost of a non-waiting check, and how closely awaited acquisitions")
+    w("keep to the quota.")
+    w("")
+    w("```sh")
+    w("AWAITKIT_BENCH_QUICK=1 cargo bench --bench rate_limiter && python3 scripts/bench_table.py > docs/benchmarks.md")
+    w("```")
+    w("")
+    w("(`--features tokio` adds the awaitkit limiters on `TokioTimer` to the accuracy group.)")
+    w("")
+    w(f"- run: {datetime.datetime.fromtimestamp(run_time):%Y-%m-%d %H:%M}, mode {mode}")
+    w("")
+
+    verdicts = []
+    if check:
+        w("## `rate_limiter_check`")
+        w("")
+        w("Non-waiting checks on a limiter whose quota never runs out (awaitkit strict:")
+        w("`new(usize::MAX / 2, 1 s)`; awaitkit GCRA: `gcra(usize::MAX / 2, 1 s, usize::MAX / 2)`;")
+        w("governor: `Quota::per_second(NonZeroU32::MAX)`; leaky-bucket: initial = max = `usize::MAX`).")
+        w("One criterion iteration is one check (`iter_custom`, a tight loop, every result checked);")
+        w("the limiter is built once per function and reused by every sample, so the strict")
+        w("window's log is in its steady state (about 1 024 merged entries, one expiring per")
+        w("~1 ms). Times are criterion medians in ns per check. Before the timed runs an untimed")
+        w("check makes exactly 10⁶ checks (all must be granted). *heap growth*: a counting global")
+        w("allocator's live bytes after each timed sample, largest minus after the first sample,")
+        w("over more than one period of back-to-back checks (the *span* column): a log with one")
+        w("entry per check would grow by megabytes; the strict window's merged log settles at")
+        w("about 1 024 entries of 16 B (its `VecDeque` at most 32 KiB); the others must show 0.")
+        w("")
+        gov, unfair = check.get("governor"), check.get("leaky_bucket_unfair")
+        header = ["limiter", "ns per check", "/ governor", "/ leaky-bucket unfair", "untimed check, ns",
+                  "heap growth", "span of the timed checks"]
+        w("| " + " | ".join(header) + " |")
+        w("|" + "---|" * len(header))
+        for fid, name in RATE_CHECK_COLUMNS:
+            v = check.get(fid)
+            if v is None:
+                continue
+            row = checks.get(fid, {})
+            w("| " + " | ".join([
+                name,
+                fmt_ns(v),
+                f"{v / gov:.2f}" if gov else "—",
+                f"{v / unfair:.2f}" if unfair else "—",
+                row.get("check_ns_per_check", "?"),
+                fmt_bytes(row.get("heap_growth_bytes")),
+                f"{row['timed_span_s']} s" if row.get("timed_span_s") else "?",
+            ]) + " |")
+        w("")
+        for ak, ref, limit, kind in RATE_CHECK_BARS:
+            a, r = check.get(ak), check.get(ref)
+            ratio = a / r if a and r else None
+            verdicts.append((
+                f"`rate_limiter_check`: {check_label[ak]} / {check_label[ref]}",
+                f"{fmt_ns(a)} / {fmt_ns(r)} ns",
+                f"**{ratio:.2f}**" if ratio is not None else "—",
+                f"{kind} ≤ {limit}",
+                mark(ratio <= limit) if ratio is not None else "—",
+            ))
+        row = checks.get("awaitkit_strict", {})
+        try:
+            growth, span = int(row["heap_growth_bytes"]), float(row["timed_span_s"])
+        except (KeyError, TypeError, ValueError):
+            growth = span = None
+        if growth is not None and "awaitkit_strict" in check:
+            verdicts.append((
+                f"`rate_limiter_check`: {check_label['awaitkit_strict']}, heap growth over {span:.2f} s of checks",
+                f"{fmt_bytes(growth)} (steady state: ~1 024 entries)",
+                f"**{fmt_bytes(growth)}**",
+                f"check (not a BENCH.md bar): ≤ {fmt_bytes(RATE_HEAP_LIMIT)} over > 1 period",
+                mark(growth <= RATE_HEAP_LIMIT and span > 1.0),
+            ))
+
+    if accuracy:
+        any_run = next(iter(accuracy.values()))[0]
+        n, acq, ideal = any_run["n"], any_run["acquisitions"], any_run["ideal_ms"]
+        w("## `rate_limiter_accuracy`")
+        w("")
+        w(f"{fmt_n(n)} calls per second, {fmt_n(acq)} awaited acquisitions in one task on a tokio")
+        w("current-thread runtime (time enabled), a timestamp right after each await; each run on a")
+        w("fresh runtime and limiter, runs interleaved across limiters. Not a speed benchmark.")
+        w(f"*wall* = last timestamp − first (ideal {ideal:.0f} ms for every limiter: the")
+        w(f"{fmt_n(acq)}th grant is due one period after the first, with a window / burst of")
+        w(f"{fmt_n(n)}); *most in one period* = the most timestamps in any half-open window")
+        w("`[t, t + 1 s)`. GCRA, governor and a token bucket legitimately reach up to 2N − 1 (a")
+        w("full burst, then the steady rate); the strict window must never exceed N. Bars")
+        w(f"(awaitkit only): wall within {RATE_WALL_BAR * 100:.0f} % of ideal (goal {RATE_WALL_GOAL * 100:.0f} %), strict: at most")
+        w("N in any window; the `TokioTimer` rows are extras, not in the verdict.")
+        w("")
+        header = ["limiter", "wall, ms (each run)", "wall / ideal (worst run)", "most in one period (worst run)",
+                  "N", "bar"]
+        w("| " + " | ".join(header) + " |")
+        w("|" + "---|" * len(header))
+        for fid, name in RATE_ACCURACY_COLUMNS:
+            runs = accuracy.get(fid)
+            if not runs:
+                continue
+            worst = max(runs, key=lambda r: abs(r["ratio"] - 1))
+            most = max(r["max_in_window"] for r in runs)
+            rn = runs[0]["n"]
+            dev = abs(worst["ratio"] - 1)
+            if fid in RATE_AWAITKIT:
+                ok_wall = dev <= RATE_WALL_BAR
+                ok_window = most <= rn if fid in RATE_STRICT else True
+                goal = "" if dev <= RATE_WALL_GOAL else " (goal ❌)"
+                bar = mark(ok_wall and ok_window) + goal
+                main_row = fid in ("awaitkit_strict", "awaitkit_gcra")
+                if main_row:
+                    verdicts.append((
+                        f"`rate_limiter_accuracy`: {accuracy_label[fid]}, wall / ideal",
+                        f"{worst['wall_ms']:.1f} / {worst['ideal_ms']:.0f} ms (worst of {len(runs)})",
+                        f"**{worst['ratio']:.4f}**",
+                        f"bar ± {RATE_WALL_BAR * 100:.0f} %, goal ± {RATE_WALL_GOAL * 100:.0f} %",
+                        mark(ok_wall) + ("" if dev <= RATE_WALL_GOAL else " (goal ❌)"),
+                    ))
+                if main_row and fid in RATE_STRICT:
+                    verdicts.append((
+                        f"`rate_limiter_accuracy`: {accuracy_label[fid]}, most in one period",
+                        f"{most} (worst of {len(runs)})",
+                        f"**{most}**",
+                        f"bar ≤ N = {rn}",
+                        mark(ok_window),
+                    ))
+            else:
+                bar = "— (peer)"
+            w("| " + " | ".join([
+                name,
+                ", ".join(f"{r['wall_ms']:.1f}" for r in runs),
+                f"{worst['ratio']:.4f}",
+                f"{most}",
+                f"{rn}",
+                bar,
+            ]) + " |")
+        w("")
+
+    if verdicts:
+        w("## Verdict")
+        w("")
+        header = ["bar", "measured", "value", "limit", "holds"]
+        w("| " + " | ".join(header) + " |")
+        w("|" + "---|" * len(header))
+        for row in verdicts:
+            w("| " + " | ".join(row) + " |")
+        w("")
+
+    w("Rate limiter notes:")
+    w("")
+    w("- Every check reads a clock: awaitkit its timer's (`Instant::now()`, `clock_gettime` in")
+    w("  the vDSO), governor quanta's TSC clock; an unfair leaky-bucket's `try_acquire` is one")
+    w("  compare-and-swap on its token balance and reads no clock while tokens are left, a fair")
+    w("  one always takes its lock and reads the clock. The awaitkit GCRA check is a clock read")
+    w("  and a compare-and-swap; the strict window takes its mutex, expires and appends to its log.")
+    w("- leaky-bucket's refill counts whole milliseconds since its deadline and starts the next")
+    w("  interval from the wake-up, so the lateness of every wake-up (tokio's timer rounds sleeps")
+    w("  up to its 1 ms tick) is lost: at 1 refill per 1 ms its acquisitions run at about half")
+    w("  the configured rate. awaitkit (both modes) and governor schedule grants from the quota")
+    w("  alone, so a late timer delays one grant without shifting the later ones.")
+    w("- The timestamps are taken after the await: a thread preempted between a grant and its")
+    w("  timestamp moves that timestamp later, which can only make a window look fuller than it")
+    w("  was when granted.")
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -709,6 +985,7 @@ def main():
     w("- futures-concurrency `race` returns only the winner (its rest is dropped inside).")
     lines += time_section(cdir, args.include_stale)
     lines += semaphore_section(cdir, args.include_stale)
+    lines += rate_limiter_section(cdir, args.include_stale)
     print("\n".join(lines))
 
 

@@ -49,6 +49,30 @@ fn acquire_and_release_move_the_counts() {
 }
 
 #[test]
+fn a_granted_waiter_that_is_never_polled_does_not_hold_back_the_next() {
+    // Two permits, two waiters. The first waiter is granted (and woken) but
+    // its task never polls it; when the second permit comes back, the second
+    // waiter must be woken and granted all the same. (A semaphore that keeps
+    // one wake in flight and hands the next on only when the woken waiter
+    // runs leaves B asleep here with a permit free.)
+    let sem = Semaphore::new(2);
+    let w = CountingWaker::new();
+    let h1 = granted(&mut sem.acquire(), &w);
+    let h2 = granted(&mut sem.acquire(), &w);
+    let (wa, wb) = (CountingWaker::new(), CountingWaker::new());
+    let mut a = sem.acquire();
+    let mut b = sem.acquire();
+    pending(&mut a, &wa);
+    pending(&mut b, &wb);
+    drop(h1);
+    assert_eq!((wa.wakes(), wb.wakes()), (1, 0));
+    drop(h2);
+    assert_eq!(wb.wakes(), 1, "B was not woken although a permit came back for it");
+    let _b = granted(&mut b, &wb);
+    let _a = granted(&mut a, &wa);
+}
+
+#[test]
 fn zero_permits_are_ready_at_once_even_when_none_are_free() {
     let sem = Semaphore::new(0);
     let w = CountingWaker::new();

@@ -97,3 +97,27 @@ impl Wake for Flag {
         self.0.store(true, Ordering::Relaxed);
     }
 }
+
+impl Settings {
+    /// Replaces every row under `key` (`group,function,` …) in the CSV
+    /// `file` of the criterion directory with `rows` (each without the key):
+    /// for results of several rows per function (e.g. one per run), so a
+    /// run with fewer rows leaves none of an older run's behind.
+    pub fn replace_csv_rows(&self, file: &str, header: &str, key: &str, rows: &[String]) {
+        std::fs::create_dir_all(&self.out_dir).expect("create criterion dir");
+        let path = self.out_dir.join(file);
+        let mut lines: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with("group,") && !l.starts_with(key))
+            .map(str::to_owned)
+            .collect();
+        lines.extend(rows.iter().map(|row| format!("{key}{row}")));
+        let mut out = format!("{header}\n");
+        for line in lines {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        std::fs::write(&path, out).unwrap_or_else(|e| panic!("write {file}: {e}"));
+    }
+}
