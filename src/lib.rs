@@ -2,7 +2,8 @@
 //! executor**.
 //!
 //! awaitkit gives Rust the tools Python developers reach for in `asyncio` —
-//! `gather`, `as_completed`, `wait`, timeouts, retries, semaphores — as named, `Unpin` futures and streams
+//! `gather`, `as_completed`, `wait`, timeouts, retries, semaphores, rate
+//! limiters — as named, `Unpin` futures and streams
 //! that you can `.await`, store in a struct, or poll from your own `poll`
 //! function. Nothing is spawned: children run inside the combinator, each
 //! with its own waker, so a wake costs O(1) however many children there are.
@@ -23,6 +24,7 @@
 //! | a time limit on one future | `asyncio.wait_for`, `asyncio.timeout` | [`timeout()`], [`timeout_at`], [`TimeoutExt`] |
 //! | retries with backoff | tenacity, `backoff` | [`RetryPolicy`], [`Backoff`] |
 //! | at most N at a time | `asyncio.Semaphore`, `async with sem:` | [`Semaphore`], [`Semaphore::limit`] |
+//! | at most N per period | `RateLimiter(max_calls, period)` | [`RateLimiter`], [`RateLimiter::limit`], [`KeyedRateLimiter`] |
 //!
 //! ```
 //! # futures::executor::block_on(async {
