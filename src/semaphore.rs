@@ -31,6 +31,7 @@ use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{Mutex, MutexGuard};
 use crate::time::{DefaultTimer, Timer};
 use crate::timeout::{Timeout, timeout_with};
+use crate::wake_list::WakeList;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -863,35 +864,6 @@ impl Semaphore {
             wake
         };
         wake.wake_all();
-    }
-}
-
-/// Wakers collected under the lock, woken after it is released. The first
-/// one is kept inline: a release usually wakes one waiter, without
-/// allocating.
-#[derive(Default)]
-struct WakeList {
-    first: Option<Waker>,
-    rest: Vec<Waker>,
-}
-
-impl WakeList {
-    fn push(&mut self, waker: Option<Waker>) {
-        let Some(waker) = waker else { return };
-        if self.first.is_none() {
-            self.first = Some(waker);
-        } else {
-            self.rest.push(waker);
-        }
-    }
-
-    fn wake_all(self) {
-        if let Some(first) = self.first {
-            first.wake();
-        }
-        for waker in self.rest {
-            waker.wake();
-        }
     }
 }
 
