@@ -232,6 +232,31 @@ impl Checker for AwaitkitGcra {
     }
 }
 
+/// The awaitkit limiters on `QuantaTimer` (feature `quanta`): the same
+/// clock as governor's default (quanta's time-stamp counter).
+#[cfg(feature = "quanta")]
+struct AwaitkitQuanta<const GCRA: bool>;
+
+#[cfg(feature = "quanta")]
+impl<const GCRA: bool> Checker for AwaitkitQuanta<GCRA> {
+    type Limiter = awaitkit::RateLimiter<awaitkit::time::QuantaTimer>;
+
+    fn build() -> Self::Limiter {
+        let (max, period) = (usize::MAX / 2, Duration::from_secs(1));
+        let quota = if GCRA {
+            awaitkit::rate_limiter::Quota::gcra(max, period, max)
+        } else {
+            awaitkit::rate_limiter::Quota::window(max, period)
+        };
+        awaitkit::RateLimiter::with_timer(quota.unwrap(), awaitkit::time::QuantaTimer::new())
+    }
+
+    #[inline(always)]
+    fn check(limiter: &Self::Limiter) -> bool {
+        limiter.try_acquire().is_ok()
+    }
+}
+
 impl Checker for Governor {
     type Limiter = governor::DefaultDirectRateLimiter;
 
@@ -714,6 +739,13 @@ fn main() {
     let g = &mut group;
     bench_check::<AwaitkitStrict>(&settings, &cli, g, group_name, "awaitkit_strict");
     bench_check::<AwaitkitGcra>(&settings, &cli, g, group_name, "awaitkit_gcra");
+    #[cfg(feature = "quanta")]
+    {
+        let name = "awaitkit_strict_quanta";
+        bench_check::<AwaitkitQuanta<false>>(&settings, &cli, g, group_name, name);
+        let name = "awaitkit_gcra_quanta";
+        bench_check::<AwaitkitQuanta<true>>(&settings, &cli, g, group_name, name);
+    }
     bench_check::<Governor>(&settings, &cli, g, group_name, "governor");
     bench_check::<LeakyBucket<true>>(&settings, &cli, g, group_name, "leaky_bucket_fair");
     bench_check::<LeakyBucket<false>>(&settings, &cli, g, group_name, "leaky_bucket_unfair");

@@ -109,6 +109,7 @@
 //! | `tokio` | `time::TokioTimer`: tokio's timer, honouring `tokio::time::pause` |
 //! | `async-io` | `time::AsyncIoTimer`: the async-io (smol) reactor's timer |
 //! | `test-util` | `time::ManualClock`: a clock that moves only when a test advances it |
+//! | `quanta` | `time::QuantaTimer`: the CPU's time-stamp counter as the clock (the cheapest [`RateLimiter`] checks) |
 
 #![warn(
     missing_docs,

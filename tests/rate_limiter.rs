@@ -689,3 +689,28 @@ matrix! {
         assert_eq!(limiter.waiting(), 0);
     }
 }
+
+#[cfg(feature = "quanta")]
+matrix! {
+    async fn quanta_timer_drives_waiters_on_its_own_clock() {
+        use awaitkit::time::QuantaTimer;
+        let timer = QuantaTimer::new();
+        assert!(timer.counter_nanos().is_some());
+        let (t0, c0) = (timer.now(), timer.counter_nanos().unwrap());
+        for quota in [window(2, MS * 20), Quota::gcra(2, MS * 20, 2).unwrap()] {
+            let limiter = RateLimiter::with_timer(quota, timer.clone());
+            let (start, real) = (timer.now(), Instant::now());
+            for _ in 0..6 {
+                limiter.acquire().await;
+            }
+            // Never early on the timer's clock, and close to the real one.
+            assert!(timer.now() - start >= MS * 40, "{quota:?}: {:?}", timer.now() - start);
+            assert!(real.elapsed() >= MS * 39, "{:?}", real.elapsed());
+        }
+        // The counter and `now` advance together.
+        let (t1, c1) = (timer.now(), timer.counter_nanos().unwrap());
+        let by_now = (t1 - t0).as_nanos() as i128;
+        let by_counter = i128::from(c1 - c0);
+        assert!((by_now - by_counter).abs() < 1_000_000, "{by_now} vs {by_counter}");
+    }
+}

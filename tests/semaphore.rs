@@ -67,7 +67,11 @@ fn a_granted_waiter_that_is_never_polled_does_not_hold_back_the_next() {
     drop(h1);
     assert_eq!((wa.wakes(), wb.wakes()), (1, 0));
     drop(h2);
-    assert_eq!(wb.wakes(), 1, "B was not woken although a permit came back for it");
+    assert_eq!(
+        wb.wakes(),
+        1,
+        "B was not woken although a permit came back for it"
+    );
     let _b = granted(&mut b, &wb);
     let _a = granted(&mut a, &wa);
 }

@@ -27,16 +27,25 @@ use crate::wake_list::WakeList;
 use std::fmt;
 use std::ops::Deref;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
+
+/// `ctl`: strict-window mode (every check takes the lock).
+const WINDOW: u64 = 1;
+/// `ctl`: someone waits (checks take the lock: FIFO, no barging).
+const QUEUED: u64 = 2;
+/// `ctl`: the low bit of the parameters' sequence number, set while they
+/// are written.
+const WRITING: u64 = 4;
 
 const IDLE: u8 = 0;
 const RUNNING: u8 = 1;
 const NOTIFIED: u8 = 2;
 
 /// Nanoseconds in `d`, saturating.
+#[inline]
 pub(super) fn nanos(d: Duration) -> u64 {
     d.as_secs()
         .saturating_mul(1_000_000_000)
@@ -46,18 +55,21 @@ pub(super) fn nanos(d: Duration) -> u64 {
 pub(crate) struct Shared<T: Timer> {
     timer: T,
     epoch: Instant,
-    /// Strict-window mode: every check takes the lock.
-    window: bool,
-    /// Someone waits: checks take the lock (FIFO, no barging).
-    queued: AtomicBool,
+    /// The timer's counter at the epoch ([`Timer::counter_nanos`]; 0 when
+    /// it has none).
+    counter_origin: u64,
+    /// `WINDOW` and `QUEUED` flags and the sequence number of GCRA's
+    /// parameters (odd — `WRITING` set — while they change), so the
+    /// lock-free check reads one word to know it may go ahead.
+    ctl: AtomicU64,
     /// GCRA's theoretical arrival time, in nanoseconds since the epoch
     /// (`u64::MAX`: never again).
     tat: AtomicU64,
-    /// GCRA's nanoseconds per call and burst, written under the lock
-    /// between two increments of `params_seq` (odd while writing).
+    /// GCRA's parameters, written under the lock between two increments of
+    /// the sequence number in `ctl`.
     interval: AtomicU64,
     burst: AtomicU64,
-    params_seq: AtomicU64,
+    tolerance: AtomicU64,
     state: Mutex<State>,
     driver: Driver<T::Sleep>,
 }
@@ -82,18 +94,21 @@ impl<T: Timer> Shared<T> {
         T: Send + Sync + 'static,
         T::Sleep: Send + 'static,
     {
+        // The counter first: an epoch read after it never maps a deadline
+        // early.
+        let counter_origin = timer.counter_nanos().unwrap_or(0);
         let epoch = timer.now();
         Arc::new_cyclic(|weak: &Weak<Self>| {
             let waker = Waker::from(Arc::new(DriverWaker(weak.clone())));
             let shared = Shared {
                 timer,
                 epoch,
-                window: quota.burst().is_none(),
-                queued: AtomicBool::new(false),
+                counter_origin,
+                ctl: AtomicU64::new(if quota.burst().is_none() { WINDOW } else { 0 }),
                 tat: AtomicU64::new(0),
                 interval: AtomicU64::new(0),
                 burst: AtomicU64::new(0),
-                params_seq: AtomicU64::new(0),
+                tolerance: AtomicU64::new(0),
                 state: Mutex::new(State {
                     quota,
                     period: 0,
@@ -127,13 +142,23 @@ impl<T: Timer> Shared<T> {
     }
 
     /// The clock, in nanoseconds since the epoch.
+    #[inline]
     fn now_raw(&self) -> u64 {
-        nanos(self.timer.now().saturating_duration_since(self.epoch))
+        match self.timer.counter_nanos() {
+            Some(counter) => counter.saturating_sub(self.counter_origin),
+            None => nanos(self.timer.now().saturating_duration_since(self.epoch)),
+        }
     }
 
     /// The clock, never behind a time already used.
     fn now_locked(&self, state: &mut State) -> u64 {
-        let now = self.now_raw().max(state.last);
+        Self::held(state, self.now_raw())
+    }
+
+    /// `raw`, read before taking the lock, never behind a time already used.
+    #[inline]
+    fn held(state: &mut State, raw: u64) -> u64 {
+        let now = raw.max(state.last);
         state.last = now;
         now
     }
@@ -154,26 +179,36 @@ impl<T: Timer> Shared<T> {
             Mode::Gcra { burst } => {
                 let interval = gcra_interval(&quota).unwrap_or(1);
                 // A seqlock write (the lock makes this the only writer).
-                let seq = self.params_seq.load(Ordering::Relaxed);
-                self.params_seq.store(seq + 1, Ordering::Relaxed);
+                self.ctl.fetch_add(WRITING, Ordering::Relaxed);
                 fence(Ordering::Release);
                 self.interval.store(interval, Ordering::Relaxed);
                 self.burst.store(burst as u64, Ordering::Relaxed);
-                self.params_seq.store(seq + 2, Ordering::Release);
+                let tolerance = interval.saturating_mul(burst as u64);
+                self.tolerance.store(tolerance, Ordering::Relaxed);
+                self.ctl.fetch_add(WRITING, Ordering::Release);
             }
         }
     }
 
-    /// GCRA's interval and burst, read as one consistent pair.
-    fn gcra_params(&self) -> (u64, u64) {
+    /// GCRA's parameters as one consistent set (under the lock, or when
+    /// `ctl` was seen without `WRITING` before and unchanged after).
+    fn gcra_params_relaxed(&self) -> window::Gcra {
+        window::Gcra {
+            interval: self.interval.load(Ordering::Relaxed),
+            burst: self.burst.load(Ordering::Relaxed),
+            tolerance: self.tolerance.load(Ordering::Relaxed),
+        }
+    }
+
+    /// GCRA's parameters, read as one consistent set from any thread.
+    fn gcra_params(&self) -> window::Gcra {
         loop {
-            let seq = self.params_seq.load(Ordering::Acquire);
-            if seq % 2 == 0 {
-                let interval = self.interval.load(Ordering::Relaxed);
-                let burst = self.burst.load(Ordering::Relaxed);
+            let ctl = self.ctl.load(Ordering::Acquire);
+            if ctl & WRITING == 0 {
+                let params = self.gcra_params_relaxed();
                 fence(Ordering::Acquire);
-                if self.params_seq.load(Ordering::Relaxed) == seq {
-                    return (interval, burst);
+                if self.ctl.load(Ordering::Relaxed) & !QUEUED == ctl & !QUEUED {
+                    return params;
                 }
             }
             std::hint::spin_loop();
@@ -181,19 +216,22 @@ impl<T: Timer> Shared<T> {
     }
 
     /// The lock-free GCRA check, when nobody waits: `None` means "take the
-    /// lock" (window mode, waiters, more than the burst).
+    /// lock" (window mode, waiters, a quota change, more than the burst).
+    #[inline]
     fn gcra_fast(&self, n: u64) -> Option<Result<(), RateLimitError>> {
-        if self.window || self.queued.load(Ordering::Acquire) {
+        let ctl = self.ctl.load(Ordering::Acquire);
+        if ctl & (WINDOW | QUEUED | WRITING) != 0 {
             return None;
         }
-        let (interval, burst) = self.gcra_params();
-        if n > burst {
-            return None; // the locked path reports it with the quota
+        let params = self.gcra_params_relaxed();
+        fence(Ordering::Acquire);
+        if self.ctl.load(Ordering::Relaxed) != ctl || n > params.burst {
+            return None;
         }
         let now = self.now_raw();
         let mut current = self.tat.load(Ordering::Acquire);
         loop {
-            match window::gcra(current, now, n, interval, burst) {
+            match params.check(current, now, n) {
                 Ok(tat) => match self.tat.compare_exchange_weak(
                     current,
                     tat,
@@ -221,10 +259,10 @@ impl<T: Timer> Shared<T> {
                 Ok(Grant::Window(state.log.record(now, n, state.quantum)))
             }
             Mode::Gcra { .. } => {
-                let (interval, burst) = self.gcra_params();
+                let params = self.gcra_params();
                 let mut before = self.tat.load(Ordering::Acquire);
                 loop {
-                    let after = window::gcra(before, now, n, interval, burst)?;
+                    let after = params.check(before, now, n)?;
                     match self.tat.compare_exchange_weak(
                         before,
                         after,
@@ -274,14 +312,14 @@ impl<T: Timer> Shared<T> {
                 t
             }
             Mode::Gcra { .. } => {
-                let (interval, burst) = self.gcra_params();
+                let params = self.gcra_params();
                 let mut tat = self.tat.load(Ordering::Acquire);
                 let mut t = now;
                 for m in waiting.chain([n]) {
-                    if let Err(at) = window::gcra(tat, t, m, interval, burst) {
+                    if let Err(at) = params.check(tat, t, m) {
                         t = at;
                     }
-                    match window::gcra(tat, t, m, interval, burst) {
+                    match params.check(tat, t, m) {
                         Ok(next) => tat = next,
                         Err(_) => return u64::MAX,
                     }
@@ -302,8 +340,14 @@ impl<T: Timer> Shared<T> {
         if let Some(result) = self.gcra_fast(n) {
             return result;
         }
+        self.try_acquire_locked(n)
+    }
+
+    /// The check under the lock (the clock is read before taking it).
+    fn try_acquire_locked(&self, n: u64) -> Result<(), RateLimitError> {
+        let raw = self.now_raw();
         let mut state = self.lock();
-        let now = self.now_locked(&mut state);
+        let now = Self::held(&mut state, raw);
         check_fits(&state.quota, n)?;
         if !state.queue.is_empty() {
             return Err(limited(now, self.estimate(&state, now, n)));
@@ -367,7 +411,7 @@ impl<T: Timer> Shared<T> {
         }
         waiter.slot = Some(state.queue.push(n, waker));
         if first {
-            self.queued.store(true, Ordering::Release);
+            self.ctl.fetch_or(QUEUED, Ordering::AcqRel);
         }
         drop(state);
         if first {
@@ -390,7 +434,7 @@ impl<T: Timer> Shared<T> {
                 let was_head = state.queue.head == Some(i);
                 state.queue.unlink(i);
                 if state.queue.is_empty() {
-                    self.queued.store(false, Ordering::Release);
+                    self.ctl.fetch_and(!QUEUED, Ordering::AcqRel);
                 }
                 was_head
             }
@@ -422,7 +466,7 @@ impl<T: Timer> Shared<T> {
         if let (Mode::Gcra { .. }, Some(old_interval)) = (quota.mode, gcra_interval(&old)) {
             // The calls still owed are owed at the new rate.
             let now = self.now_locked(&mut state);
-            let (interval, _) = self.gcra_params();
+            let interval = self.gcra_params().interval;
             let _rescaled = self
                 .tat
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
@@ -523,7 +567,7 @@ impl<T: Timer> Shared<T> {
             node.state = settled;
             wake.push(node.waker.take());
         }
-        self.queued.store(false, Ordering::Release);
+        self.ctl.fetch_and(!QUEUED, Ordering::AcqRel);
         (wake, None)
     }
 
@@ -565,6 +609,7 @@ fn gcra_interval(quota: &Quota) -> Option<u64> {
     }
 }
 
+#[cold]
 fn limited(now: u64, at: u64) -> RateLimitError {
     RateLimitError::RateLimited {
         wait: match at {

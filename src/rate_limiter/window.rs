@@ -32,6 +32,7 @@ struct Entry {
 impl Log {
     /// Forgets the grants that no window containing `now` can see: those
     /// at or before `now - period`.
+    #[inline]
     pub(super) fn expire(&mut self, now: u64, period: u64) {
         while let Some(front) = self.entries.front() {
             if front.at.saturating_add(period) > now {
@@ -47,6 +48,7 @@ impl Log {
     /// every window of `period` at or under `max_calls` (call
     /// [`expire`](Log::expire) with `now` first). `u64::MAX` when `n` alone
     /// exceeds `max_calls`.
+    #[inline]
     pub(super) fn earliest(&self, now: u64, n: u64, max_calls: u64, period: u64) -> u64 {
         let over = (u128::from(self.total) + u128::from(n)).saturating_sub(u128::from(max_calls));
         if over == 0 {
@@ -71,6 +73,7 @@ impl Log {
     /// returns the index to [`unrecord`](Log::unrecord) them with. With a
     /// non-zero `quantum`, a grant within `quantum` of the last entry's first
     /// grant joins it, moving its time to `at`.
+    #[inline]
     pub(super) fn record(&mut self, at: u64, n: u64, quantum: u64) -> u64 {
         self.total += n;
         if let Some(tail) = self.entries.back_mut() {
@@ -121,24 +124,50 @@ pub(super) fn quantum(max_calls: u64, period: u64) -> u64 {
 }
 
 /// GCRA (the generic cell rate algorithm, a virtual-scheduling token
-/// bucket): with theoretical arrival time `tat`, `n` cells at `now` are
-/// allowed when the new arrival time stays within `burst` intervals of
-/// `now`. `Ok(new tat)`, or `Err(the earliest time they would be allowed)`;
-/// the caller checks `n <= burst` first (more never fits).
-///
-/// The arithmetic is exact (128 bits); a `tat` of `u64::MAX` means "never
-/// again" (an arrival time past 584 years).
-pub(super) fn gcra(tat: u64, now: u64, n: u64, interval: u64, burst: u64) -> Result<u64, u64> {
-    if tat == u64::MAX {
-        return Err(u64::MAX);
+/// bucket): `burst` calls at once after an idle spell, then one per
+/// `interval`. `tolerance` is `burst * interval`, or `u64::MAX` when that
+/// overflows (then the arithmetic is done in 128 bits).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Gcra {
+    pub(super) interval: u64,
+    pub(super) burst: u64,
+    pub(super) tolerance: u64,
+}
+
+impl Gcra {
+    /// With theoretical arrival time `tat`, are `n` more calls allowed at
+    /// `now`? `Ok(the new tat)`, or `Err(the earliest time they would be)`.
+    /// The caller checks `n <= burst` first (more never fits). A `tat` of
+    /// `u64::MAX` means "never again" (past 584 years).
+    #[inline]
+    pub(super) fn check(&self, tat: u64, now: u64, n: u64) -> Result<u64, u64> {
+        if self.tolerance == u64::MAX || tat == u64::MAX {
+            return self.check_wide(tat, now, n);
+        }
+        // n <= burst, so the cost fits where the tolerance does.
+        let cost = n * self.interval;
+        let start = tat.max(now);
+        let new = start.saturating_add(cost);
+        if start - now <= self.tolerance - cost {
+            Ok(new)
+        } else {
+            Err(new - self.tolerance)
+        }
     }
-    let (interval, now) = (u128::from(interval), u128::from(now));
-    let new = u128::from(tat).max(now) + u128::from(n) * interval;
-    let allowed_at = new.saturating_sub(u128::from(burst) * interval);
-    if allowed_at <= now {
-        Ok(u64::try_from(new).unwrap_or(u64::MAX))
-    } else {
-        Err(u64::try_from(allowed_at).unwrap_or(u64::MAX))
+
+    #[cold]
+    fn check_wide(&self, tat: u64, now: u64, n: u64) -> Result<u64, u64> {
+        if tat == u64::MAX {
+            return Err(u64::MAX);
+        }
+        let (interval, now) = (u128::from(self.interval), u128::from(now));
+        let new = u128::from(tat).max(now) + u128::from(n) * interval;
+        let allowed_at = new.saturating_sub(u128::from(self.burst) * interval);
+        if allowed_at <= now {
+            Ok(u64::try_from(new).unwrap_or(u64::MAX))
+        } else {
+            Err(u64::try_from(allowed_at).unwrap_or(u64::MAX))
+        }
     }
 }
 
@@ -157,7 +186,7 @@ mod tests {
         assert_eq!(log.earliest(30, 1, 3, 100), 100);
         assert_eq!(log.earliest(30, 2, 3, 100), 110);
         assert_eq!(log.earliest(30, 4, 3, 100), u64::MAX);
-        assert_eq!(log.earliest(30, u64::MAX, u64::MAX, 100), 100); // no overflow
+        assert_eq!(log.earliest(30, u64::MAX, u64::MAX, 100), 120); // no overflow
         log.expire(100, 100);
         assert_eq!(log.total(), 2);
         assert_eq!(log.earliest(100, 1, 3, 100), 100);
@@ -198,19 +227,32 @@ mod tests {
 
     #[test]
     fn gcra_allows_a_burst_then_one_per_interval() {
-        let (interval, burst) = (10, 3);
+        let gcra = |interval: u64, burst: u64| Gcra {
+            interval,
+            burst,
+            tolerance: interval.saturating_mul(burst),
+        };
+        let g = gcra(10, 3);
         let mut tat = 0;
         for _ in 0..3 {
-            tat = gcra(tat, 100, 1, interval, burst).unwrap();
+            tat = g.check(tat, 100, 1).unwrap();
         }
-        assert_eq!(gcra(tat, 100, 1, interval, burst), Err(110));
-        tat = gcra(tat, 110, 1, interval, burst).unwrap();
-        assert_eq!(gcra(tat, 110, 1, interval, burst), Err(120));
+        assert_eq!(g.check(tat, 100, 1), Err(110));
+        tat = g.check(tat, 110, 1).unwrap();
+        assert_eq!(g.check(tat, 110, 1), Err(120));
         // A full burst at once after an idle spell.
-        assert_eq!(gcra(0, 500, 3, interval, burst), Ok(530));
+        assert_eq!(g.check(0, 500, 3), Ok(530));
         // Huge intervals: a burst, then never.
-        let tat = gcra(0, 0, 2, u64::MAX, 2).unwrap();
+        let g = gcra(u64::MAX, 2);
+        let tat = g.check(0, 0, 2).unwrap();
         assert_eq!(tat, u64::MAX);
-        assert_eq!(gcra(tat, u64::MAX - 1, 1, u64::MAX, 2), Err(u64::MAX));
+        assert_eq!(g.check(tat, u64::MAX - 1, 1), Err(u64::MAX));
+        // An arrival time that reaches 584 years is "never", even where the
+        // exact arithmetic would still allow the rest of a burst.
+        let tat = g.check(0, 0, 1).unwrap();
+        assert_eq!(g.check(tat, 0, 1), Err(u64::MAX));
+        // Saturating near the end of time: never again.
+        let g = gcra(1 << 62, 3);
+        assert_eq!(g.check(u64::MAX - 5, u64::MAX - 5, 1), Ok(u64::MAX));
     }
 }

@@ -12,6 +12,7 @@
 //! | [`FuturesTimer`] (= [`DefaultTimer`]) | always | any executor; a helper thread keeps the time |
 //! | `TokioTimer` | `tokio` | inside a tokio runtime; honours `tokio::time::pause`, so paused-time tests work |
 //! | `AsyncIoTimer` | `async-io` | on smol / async-io's reactor |
+//! | `QuantaTimer` | `quanta` | any executor, with the CPU's time-stamp counter as the clock: the fastest clock reads (rate limiters check it on every call) |
 //! | `ManualClock` | `test-util` | tests: time moves only when the test calls `advance` |
 //!
 //! Choosing a timer is always explicit: the `*_with` functions and the
@@ -37,6 +38,8 @@
 mod async_io;
 #[cfg(feature = "test-util")]
 mod manual;
+#[cfg(feature = "quanta")]
+mod quanta;
 #[cfg(feature = "tokio")]
 mod tokio;
 
@@ -44,6 +47,8 @@ mod tokio;
 pub use async_io::{AsyncIoSleep, AsyncIoTimer};
 #[cfg(feature = "test-util")]
 pub use manual::{ManualClock, ManualSleep};
+#[cfg(feature = "quanta")]
+pub use quanta::QuantaTimer;
 #[cfg(feature = "tokio")]
 pub use tokio::{TokioSleep, TokioTimer};
 
@@ -171,6 +176,23 @@ pub trait Timer {
     /// # });
     /// ```
     fn reset(&self, sleep: Pin<&mut Self::Sleep>, deadline: Instant);
+
+    /// A cheap nanosecond counter on the same clock as [`now`](Timer::now),
+    /// if the backend has one: between two readings it advances exactly as
+    /// `now()` does, from an origin of the backend's choosing. A
+    /// [`RateLimiter`](crate::RateLimiter) reads the clock on every check
+    /// and uses this counter when it is there. A timer returns `Some` always
+    /// or never. The default is `None`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::time::{FuturesTimer, Timer};
+    /// assert_eq!(FuturesTimer.counter_nanos(), None); // it reads `Instant::now()`
+    /// ```
+    fn counter_nanos(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl<T: Timer + ?Sized> Timer for &T {
@@ -187,6 +209,9 @@ impl<T: Timer + ?Sized> Timer for &T {
     fn reset(&self, sleep: Pin<&mut T::Sleep>, deadline: Instant) {
         (**self).reset(sleep, deadline)
     }
+    fn counter_nanos(&self) -> Option<u64> {
+        (**self).counter_nanos()
+    }
 }
 
 impl<T: Timer + ?Sized> Timer for Arc<T> {
@@ -202,6 +227,9 @@ impl<T: Timer + ?Sized> Timer for Arc<T> {
     }
     fn reset(&self, sleep: Pin<&mut T::Sleep>, deadline: Instant) {
         (**self).reset(sleep, deadline)
+    }
+    fn counter_nanos(&self) -> Option<u64> {
+        (**self).counter_nanos()
     }
 }
 
