@@ -531,12 +531,26 @@ guarded! {
 
 guarded! {
     fn sixteen_threads_get_exactly_the_quota_per_period() {
+        sixteen_threads(window(7, SEC));
+    }
+
+    fn sixteen_threads_on_gcra() {
+        // 8 per second: a whole number of nanoseconds per call (GCRA rounds
+        // the spacing up, so 7 per second would grant 6 at each step).
+        sixteen_threads(Quota::gcra(8, SEC, 8).unwrap());
+    }
+}
+
+/// 16 threads, each acquiring 10 times; the clock moves a period at a time
+/// once exactly the quota's calls of that period have completed.
+fn sixteen_threads(quota: Quota) {
+    {
         const THREADS: usize = 16;
         const EACH: usize = 10;
-        const N: usize = 7;
+        let n = quota.max_calls();
         let clock = ManualClock::new();
         let t0 = clock.now();
-        let limiter = Arc::new(RateLimiter::with_timer(window(N, SEC), clock.clone()));
+        let limiter = Arc::new(RateLimiter::with_timer(quota, clock.clone()));
         let times = Arc::new(Mutex::new(Vec::new()));
         let done = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..THREADS)
@@ -552,10 +566,10 @@ guarded! {
                 })
             })
             .collect();
-        // Every second exactly N more complete (demand always exceeds N).
+        // Every second exactly n more complete (demand always exceeds n).
         let total = THREADS * EACH;
         for period in 0.. {
-            let expect = (N * (period + 1)).min(total);
+            let expect = (n * (period + 1)).min(total);
             while done.load(Ordering::SeqCst) < expect {
                 std::thread::yield_now();
             }
@@ -572,11 +586,13 @@ guarded! {
         let mut times = times.lock().unwrap().clone();
         times.sort();
         for (i, t) in times.iter().enumerate() {
-            assert_eq!(*t, SEC * (i / N) as u32);
+            assert_eq!(*t, SEC * (i / n) as u32);
         }
         assert_eq!(limiter.waiting(), 0);
     }
+}
 
+guarded! {
     fn rate_and_concurrency_together() {
         // The seed: at most 5 calls per second and at most 2 at a time, each
         // call taking 300 ms.

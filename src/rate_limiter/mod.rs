@@ -97,7 +97,9 @@ impl Quota {
 
     /// GCRA: one call every `period / max_calls` on average, with up to
     /// `burst` at once after an idle spell (governor's `Quota` with
-    /// `allow_burst`). The spacing is rounded up to whole nanoseconds.
+    /// `allow_burst`). The spacing is rounded up to whole nanoseconds, so
+    /// when `period / max_calls` is not whole the rate is a hair (under a
+    /// nanosecond per call) slower than asked — never faster.
     ///
     /// Over any window of one period GCRA can grant up to
     /// `burst + max_calls - 1` calls (a full burst, then the steady rate):
