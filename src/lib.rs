@@ -121,15 +121,18 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod as_completed;
+mod batch;
 mod engine;
 mod gather;
 mod poison;
+pub mod pool;
 pub mod rate_limiter;
 mod retry;
 mod semaphore;
 #[cfg(all(test, awaitkit_loom))]
 mod semaphore_loom;
 mod sync;
+mod task_group;
 pub mod time;
 mod timeout;
 mod wait;
@@ -140,6 +143,7 @@ pub use as_completed::{
 };
 pub use engine::tuple::{GatherTuple, TryGatherTuple};
 pub use gather::{Gather, GatherSettled, Panicked, TryGather, gather, gather_settled, try_gather};
+pub use pool::{Pool, Pooled};
 pub use rate_limiter::{
     KeyedAcquire, KeyedAcquireN, KeyedRateLimiter, RateAcquire, RateAcquireN, RateLimit,
     RateLimiter,
@@ -152,6 +156,10 @@ pub use semaphore::{
     Acquire, AcquireError, AcquireOwned, Limit, OwnedSemaphorePermit, PollSemaphore, Semaphore,
     SemaphorePermit, SemaphoreStats, TryAcquireError,
 };
+#[allow(unused_imports)] // TEMPORARY while the modules are built: explicit lists replace these globs.
+pub use batch::*;
+#[allow(unused_imports)]
+pub use task_group::*;
 pub use time::Timer;
 pub use timeout::{
     Elapsed, Timeout, TimeoutExt, timeout, timeout_at, timeout_at_with, timeout_with,

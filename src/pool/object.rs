@@ -1,0 +1,142 @@
+//! `Pooled`: the guard of an object taken from a pool.
+
+use super::{Entry, Manager, Pool};
+use crate::semaphore::OwnedSemaphorePermit;
+use crate::time::{DefaultTimer, Timer};
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+
+/// An object taken from a [`Pool`]: derefs to it, and gives it back when
+/// dropped (the next waiter is woken).
+///
+/// The object is dropped instead of given back when the guard is dropped
+/// while its thread panics (it may be left half-used), when the pool was
+/// closed, or when the pool was shrunk below its size.
+/// [`detach`](Pooled::detach) takes it out of the pool for good.
+///
+/// # Examples
+///
+/// ```
+/// # use awaitkit::pool::{Manager, Pool};
+/// # struct M;
+/// # impl Manager for M { type Object = String; type Error = (); async fn create(&self) -> Result<String, ()> { Ok("conn".into()) } }
+/// # futures::executor::block_on(async {
+/// let pool = Pool::new(M, 1);
+/// let conn = pool.get().await.unwrap();
+/// assert_eq!(conn.len(), 4); // Deref to the object
+/// # });
+/// ```
+pub struct Pooled<M: Manager, T: Timer = DefaultTimer> {
+    entry: Option<Entry<M::Object>>,
+    pool: Pool<M, T>,
+    /// Released after the object is back on the idle list (fields drop
+    /// after `Drop::drop`).
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<M: Manager, T: Timer> Pooled<M, T> {
+    pub(super) fn new(
+        pool: Pool<M, T>,
+        entry: Entry<M::Object>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        Pooled {
+            entry: Some(entry),
+            pool,
+            _permit: permit,
+        }
+    }
+
+    /// Takes the object out of the pool for good: its slot is freed, so the
+    /// pool may create another.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use awaitkit::pool::{Manager, Pool};
+    /// # struct M;
+    /// # impl Manager for M { type Object = String; type Error = (); async fn create(&self) -> Result<String, ()> { Ok("conn".into()) } }
+    /// use awaitkit::pool::Pooled;
+    /// # futures::executor::block_on(async {
+    /// let pool = Pool::new(M, 1);
+    /// let conn: String = Pooled::detach(pool.get().await.unwrap());
+    /// assert_eq!(conn, "conn");
+    /// assert_eq!(pool.status().size, 0);
+    /// # });
+    /// ```
+    pub fn detach(mut this: Self) -> M::Object {
+        let entry = this
+            .entry
+            .take()
+            .expect("a guard holds its object until dropped");
+        this.pool
+            .inner
+            .size
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        entry.object
+    }
+
+    /// The pool the object belongs to.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use awaitkit::pool::{Manager, Pool};
+    /// # struct M;
+    /// # impl Manager for M { type Object = (); type Error = (); async fn create(&self) -> Result<(), ()> { Ok(()) } }
+    /// use awaitkit::pool::Pooled;
+    /// # futures::executor::block_on(async {
+    /// let pool = Pool::new(M, 1);
+    /// let conn = pool.get().await.unwrap();
+    /// assert_eq!(Pooled::pool(&conn).status().in_use, 1);
+    /// # });
+    /// ```
+    pub fn pool(this: &Self) -> &Pool<M, T> {
+        &this.pool
+    }
+
+    fn entry(&self) -> &Entry<M::Object> {
+        self.entry
+            .as_ref()
+            .expect("a guard holds its object until dropped")
+    }
+}
+
+impl<M: Manager, T: Timer> Deref for Pooled<M, T> {
+    type Target = M::Object;
+
+    fn deref(&self) -> &M::Object {
+        &self.entry().object
+    }
+}
+
+impl<M: Manager, T: Timer> DerefMut for Pooled<M, T> {
+    fn deref_mut(&mut self) -> &mut M::Object {
+        &mut self
+            .entry
+            .as_mut()
+            .expect("a guard holds its object until dropped")
+            .object
+    }
+}
+
+impl<M: Manager, T: Timer> Drop for Pooled<M, T> {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            if std::thread::panicking() {
+                self.pool.discard(entry);
+            } else {
+                self.pool.put_back(entry);
+            }
+        }
+    }
+}
+
+impl<M: Manager, T: Timer> fmt::Debug for Pooled<M, T>
+where
+    M::Object: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Pooled").field(&self.entry().object).finish()
+    }
+}
