@@ -5,6 +5,9 @@
 //! pattern does and how long it took. It runs on `futures::executor` — the
 //! same code runs unchanged on tokio or smol.
 
+#[path = "common/sqlite.rs"]
+mod sqlite;
+
 use futures::StreamExt;
 use futures_timer::Delay;
 use std::time::{Duration, Instant};
@@ -317,6 +320,33 @@ fn main() {
             start.elapsed(),
             most.get()
         );
+
+        section("13. Pool: SQLite connections, three queries at once through a pool of three");
+        let path = sqlite::temp_db("tour");
+        let pool = awaitkit::Pool::new(sqlite::Sqlite { path: path.clone() }, 3);
+        sqlite::create_schema(&pool).await.expect("the schema");
+        let start = Instant::now();
+        let users = awaitkit::gather((1..=3).map(|id| sqlite::fetch_user(&pool, id))).await;
+        for (id, name) in &users {
+            println!("   user {id}: {name}");
+        }
+        let status = pool.status();
+        println!(
+            "   {:.2?}: 3 queries (blocking SQLite calls on the `blocking` thread pool); pool size {}, idle {}",
+            start.elapsed(),
+            status.size,
+            status.idle
+        );
+        let start = Instant::now();
+        let many = awaitkit::gather((0..30).map(|i| sqlite::fetch_user(&pool, i % 3 + 1))).await;
+        println!(
+            "   {:.2?}: {} more queries reusing the same {} connections (recycled with `SELECT 1`)",
+            start.elapsed(),
+            many.len(),
+            pool.status().size
+        );
+        drop(pool);
+        let _ = std::fs::remove_file(path);
     });
     println!("\nTour finished in {:.2?}.", tour.elapsed());
 }
