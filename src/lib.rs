@@ -25,6 +25,8 @@
 //! | retries with backoff | tenacity, `backoff` | [`RetryPolicy`], [`Backoff`] |
 //! | at most N at a time | `asyncio.Semaphore`, `async with sem:` | [`Semaphore`], [`Semaphore::limit`] |
 //! | at most N per period | `RateLimiter(max_calls, period)` | [`RateLimiter`], [`RateLimiter::limit`], [`KeyedRateLimiter`] |
+//! | a pool of connections | `AsyncDatabasePool`, `async with pool.acquire()` | [`Pool`], [`pool::Manager`] |
+//! | tasks added while running, first error cancels the rest; background work | `asyncio.TaskGroup`, `create_task` | [`task_group`], [`task_group_local`] |
 //!
 //! ```
 //! # futures::executor::block_on(async {
@@ -141,6 +143,9 @@ mod wake_list;
 pub use as_completed::{
     AsCompleted, AsCompletedIndexed, AsCompletedUntil, CompletionSet, TimedOut, as_completed,
 };
+#[allow(unused_imports)]
+// TEMPORARY while the modules are built: explicit lists replace these globs.
+pub use batch::*;
 pub use engine::tuple::{GatherTuple, TryGatherTuple};
 pub use gather::{Gather, GatherSettled, Panicked, TryGather, gather, gather_settled, try_gather};
 pub use pool::{Pool, Pooled};
@@ -156,10 +161,9 @@ pub use semaphore::{
     Acquire, AcquireError, AcquireOwned, Limit, OwnedSemaphorePermit, PollSemaphore, Semaphore,
     SemaphorePermit, SemaphoreStats, TryAcquireError,
 };
-#[allow(unused_imports)] // TEMPORARY while the modules are built: explicit lists replace these globs.
-pub use batch::*;
-#[allow(unused_imports)]
-pub use task_group::*;
+pub use task_group::{
+    LocalTaskGroup, LocalTaskScope, TaskGroup, TaskHandle, TaskScope, task_group, task_group_local,
+};
 pub use time::Timer;
 pub use timeout::{
     Elapsed, Timeout, TimeoutExt, timeout, timeout_at, timeout_at_with, timeout_with,

@@ -613,3 +613,71 @@ mod rate_limiter {
         assert_eq!(traits!(limiter.limit(pinned_child())), (true, true, false));
     }
 }
+
+mod task_group {
+    use super::*;
+    use awaitkit::{
+        LocalTaskGroup, LocalTaskScope, TaskGroup, TaskHandle, TaskScope, task_group,
+        task_group_local,
+    };
+
+    /// A group's body holding an `Rc` across an await.
+    async fn rc_body() -> Result<u8, ()> {
+        let rc = Rc::new(1);
+        ready(()).await;
+        Ok(*rc)
+    }
+
+    #[test]
+    fn task_group_is_send_and_unpin_when_its_body_is_never_sync() {
+        let g = send_unpin(task_group(|tg| async move {
+            tg.spawn(async { Ok::<_, ()>(1u8) }).await
+        }));
+        // The tasks are type-erased as `Send` only, so the group is not `Sync`.
+        assert_eq!(traits!(g), SEND_ONLY);
+        let g: TaskGroup<'_, _, ()> = unpin(task_group(|_| rc_body()));
+        assert_eq!(traits!(g), NEITHER);
+        // A `!Unpin` body (any `async` block): the group is still `Unpin`.
+        assert!(traits!(task_group(|_| async { Ok::<_, ()>(()) })).2);
+    }
+
+    #[test]
+    fn local_task_group_is_unpin_only() {
+        let g: LocalTaskGroup<'_, _, ()> = unpin(task_group_local(|tg| async move {
+            tg.spawn(async { Ok(Rc::new(1u8)) }).await
+        }));
+        assert_eq!(traits!(g), NEITHER);
+        assert_eq!(
+            traits!(task_group_local(|_| async { Ok::<_, ()>(()) })),
+            NEITHER
+        );
+    }
+
+    #[test]
+    fn scopes_and_handles() {
+        let mut scope: Option<TaskScope<'static, ()>> = None;
+        let mut local: Option<LocalTaskScope<'static, ()>> = None;
+        let mut handles = None;
+        drop(task_group(|tg| {
+            let h: TaskHandle<u8, ()> = tg.spawn(async { Ok(1u8) });
+            let c: TaskHandle<Cell<u8>, ()> = tg.spawn(async { Ok(Cell::new(1u8)) });
+            handles = Some((h, c));
+            scope = Some(tg);
+            async { Ok::<_, ()>(()) }
+        }));
+        let mut rc_handle = None;
+        drop(task_group_local(|tg| {
+            let h: TaskHandle<Rc<u8>, ()> = tg.spawn(async { Ok(Rc::new(1u8)) });
+            rc_handle = Some(h);
+            local = Some(tg);
+            async { Ok::<_, ()>(()) }
+        }));
+        assert_eq!(traits!(send_sync_unpin(scope.unwrap())), ALL);
+        assert_eq!(traits!(unpin(local.unwrap())), NEITHER);
+        let (h, c) = handles.unwrap();
+        assert_eq!(traits!(send_sync_unpin(h)), ALL);
+        // The output sits behind a mutex: `Send` is enough for `Sync`.
+        assert_eq!(traits!(send_sync_unpin(c)), ALL);
+        assert_eq!(traits!(unpin(rc_handle.unwrap())), NEITHER);
+    }
+}

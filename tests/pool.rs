@@ -466,15 +466,11 @@ guarded! {
                         let i = rng.gen_range(0..gets.len());
                         match poll_once(&mut gets[i].0, &w) {
                             Poll::Ready(Ok(obj)) => {
-                                gets.swap_remove(i);
+                                drop(gets.swap_remove(i));
                                 held.push(obj);
                             }
-                            Poll::Ready(Err(_)) => {
-                                gets.swap_remove(i);
-                            }
-                            Poll::Pending if gets[i].1 == 0 => {
-                                gets.swap_remove(i);
-                            }
+                            Poll::Ready(Err(_)) => drop(gets.swap_remove(i)),
+                            Poll::Pending if gets[i].1 == 0 => drop(gets.swap_remove(i)),
                             Poll::Pending => gets[i].1 -= 1,
                         }
                     }

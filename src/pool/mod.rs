@@ -4,7 +4,7 @@
 //! A [`Manager`] says how to create an object and how to check one before
 //! it is handed out again; the pool keeps at most `max_size` of them, hands
 //! them out through [`Pool::get`] in FIFO order (a
-//! [`Semaphore`](crate::Semaphore) of `max_size` permits), and takes them
+//! [`Semaphore`] of `max_size` permits), and takes them
 //! back when the [`Pooled`] guard drops.
 //!
 //! # Design
