@@ -26,6 +26,7 @@
 //! | at most N at a time | `asyncio.Semaphore`, `async with sem:` | [`Semaphore`], [`Semaphore::limit`] |
 //! | at most N per period | `RateLimiter(max_calls, period)` | [`RateLimiter`], [`RateLimiter::limit`], [`KeyedRateLimiter`] |
 //! | a pool of connections | `AsyncDatabasePool`, `async with pool.acquire()` | [`Pool`], [`pool::Manager`] |
+//! | many items, at most N at a time, results in order, with progress | the seed's `process_batch` (Semaphore + gather), `tqdm.asyncio` | [`process_batch`] |
 //! | tasks added while running, first error cancels the rest; background work | `asyncio.TaskGroup`, `create_task` | [`task_group`], [`task_group_local`] |
 //!
 //! ```
@@ -111,6 +112,7 @@
 //! | `tokio` | `time::TokioTimer`: tokio's timer, honouring `tokio::time::pause` |
 //! | `async-io` | `time::AsyncIoTimer`: the async-io (smol) reactor's timer |
 //! | `test-util` | `time::ManualClock`: a clock that moves only when a test advances it |
+//! | `indicatif` | `Batch::progress_bar`: batch progress drawn as a tqdm-style bar |
 //! | `quanta` | `time::QuantaTimer`: the CPU's time-stamp counter as the clock (the cheapest [`RateLimiter`] checks) |
 
 #![warn(
@@ -138,14 +140,13 @@ mod task_group;
 pub mod time;
 mod timeout;
 mod wait;
+mod wait_queue;
 mod wake_list;
 
 pub use as_completed::{
     AsCompleted, AsCompletedIndexed, AsCompletedUntil, CompletionSet, TimedOut, as_completed,
 };
-#[allow(unused_imports)]
-// TEMPORARY while the modules are built: explicit lists replace these globs.
-pub use batch::*;
+pub use batch::{Batch, BatchConfigError, Progress, TryBatch, process_batch};
 pub use engine::tuple::{GatherTuple, TryGatherTuple};
 pub use gather::{Gather, GatherSettled, Panicked, TryGather, gather, gather_settled, try_gather};
 pub use pool::{Pool, Pooled};

@@ -31,6 +31,7 @@ use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{Mutex, MutexGuard};
 use crate::time::{DefaultTimer, Timer};
 use crate::timeout::{Timeout, timeout_with};
+use crate::wait_queue::WaitQueue;
 use crate::wake_list::WakeList;
 use std::fmt;
 use std::future::Future;
@@ -91,13 +92,8 @@ pub struct Semaphore {
 
 /// The waiter queue and the counts that only change under its lock.
 struct Queue {
-    nodes: Vec<Node>,
-    free: Vec<usize>,
-    head: Option<usize>,
-    tail: Option<usize>,
-    waiting: usize,
-    /// The ticket of the next waiter (tickets grow in arrival order).
-    next_ticket: u64,
+    /// The waiters, in arrival (ticket) order.
+    waiters: WaitQueue<Node>,
     /// Permits in existence: available + held + assigned to waiters.
     capacity: usize,
     /// Permits still to retire after a shrink (taken from releases first).
@@ -106,9 +102,6 @@ struct Queue {
 
 #[derive(Debug)]
 struct Node {
-    ticket: u64,
-    prev: Option<usize>,
-    next: Option<usize>,
     needed: usize,
     assigned: usize,
     waker: Option<Waker>,
@@ -283,12 +276,7 @@ impl Semaphore {
             granted_below: AtomicU64::new(0),
             failed_live: AtomicUsize::new(0),
             queue: Mutex::new(Queue {
-                nodes: Vec::new(),
-                free: Vec::new(),
-                head: None,
-                tail: None,
-                waiting: 0,
-                next_ticket: 0,
+                waiters: WaitQueue::new(),
                 capacity: permits,
                 debt: 0,
             }),
@@ -341,7 +329,7 @@ impl Semaphore {
             capacity: q.capacity,
             available,
             in_use: q.capacity + q.debt - available,
-            waiters: q.waiting,
+            waiters: q.waiters.len(),
         }
     }
 
@@ -767,10 +755,10 @@ impl Semaphore {
             self.state.fetch_or(CLOSED, Ordering::AcqRel);
             let mut wake = WakeList::default();
             let mut returned = 0;
-            while let Some(i) = q.head {
-                returned += q.nodes[i].assigned;
-                q.unlink(i);
-                let node = &mut q.nodes[i];
+            while let Some(i) = q.waiters.head() {
+                returned += q.waiters[i].assigned;
+                q.waiters.unlink(i);
+                let node = &mut q.waiters[i];
                 node.assigned = 0;
                 node.state = NodeState::Closed;
                 wake.push(node.waker.take());
@@ -816,8 +804,8 @@ impl Semaphore {
         q.debt -= paid;
         n -= paid;
         while n > 0 {
-            let Some(i) = q.head else { break };
-            let node = &mut q.nodes[i];
+            let Some(i) = q.waiters.head() else { break };
+            let node = &mut q.waiters[i];
             let give = n.min(node.needed - node.assigned);
             node.assigned += give;
             n -= give;
@@ -825,15 +813,18 @@ impl Semaphore {
                 // Granted: its owner learns it from `granted_below`; the node
                 // is freed now.
                 wake.push(node.waker.take());
-                q.unlink(i);
+                q.waiters.unlink(i);
                 q.free(i);
             }
         }
-        let below = q.head.map_or(q.next_ticket, |h| q.nodes[h].ticket);
+        let below = q
+            .waiters
+            .head()
+            .map_or(q.waiters.next_ticket(), |h| q.waiters.ticket(h));
         if self.granted_below.load(Ordering::Relaxed) != below {
             self.granted_below.store(below, Ordering::Release);
         }
-        let idle = q.head.is_none() && q.debt == 0;
+        let idle = q.waiters.is_empty() && q.debt == 0;
         if n == 0 && (self.state.load(Ordering::Acquire) & SLOW == 0) == idle {
             return; // nothing to add, the flag is already right
         }
@@ -868,63 +859,24 @@ impl Semaphore {
 }
 
 impl Queue {
-    fn push(&mut self, mut node: Node) -> usize {
-        node.ticket = self.next_ticket;
-        self.next_ticket += 1;
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.nodes[i] = node;
-                i
-            }
-            None => {
-                self.nodes.push(node);
-                self.nodes.len() - 1
-            }
-        };
-        self.nodes[i].prev = self.tail;
-        self.nodes[i].next = None;
-        match self.tail {
-            Some(t) => self.nodes[t].next = Some(i),
-            None => self.head = Some(i),
-        }
-        self.tail = Some(i);
-        self.waiting += 1;
-        i
-    }
-
-    /// Takes a queued node out of the FIFO list (it stays allocated).
-    fn unlink(&mut self, i: usize) {
-        let (prev, next) = (self.nodes[i].prev, self.nodes[i].next);
-        match prev {
-            Some(p) => self.nodes[p].next = next,
-            None => self.head = next,
-        }
-        match next {
-            Some(n) => self.nodes[n].prev = prev,
-            None => self.tail = prev,
-        }
-        self.nodes[i].prev = None;
-        self.nodes[i].next = None;
-        self.waiting -= 1;
-    }
-
     /// After the capacity dropped: waiters that can never be granted fail.
     /// Returns the permits they had been assigned.
     fn fail_too_large(&mut self, wake: &mut WakeList, failed_live: &AtomicUsize) -> usize {
+        let capacity = self.capacity;
+        let too_large: Vec<usize> = self
+            .waiters
+            .iter()
+            .filter(|&i| self.waiters[i].needed > capacity)
+            .collect();
         let mut returned = 0;
-        let mut cursor = self.head;
-        while let Some(i) = cursor {
-            cursor = self.nodes[i].next;
-            if self.nodes[i].needed > self.capacity {
-                returned += self.nodes[i].assigned;
-                self.unlink(i);
-                let capacity = self.capacity;
-                let node = &mut self.nodes[i];
-                node.assigned = 0;
-                node.state = NodeState::TooLarge { capacity };
-                wake.push(node.waker.take());
-                failed_live.fetch_add(1, Ordering::AcqRel);
-            }
+        for i in too_large {
+            self.waiters.unlink(i);
+            let node = &mut self.waiters[i];
+            returned += node.assigned;
+            node.assigned = 0;
+            node.state = NodeState::TooLarge { capacity };
+            wake.push(node.waker.take());
+            failed_live.fetch_add(1, Ordering::AcqRel);
         }
         returned
     }
@@ -933,15 +885,15 @@ impl Queue {
     /// nodes are freed at once, so the slot is vacant or holds a newer
     /// ticket).
     fn owned_state(&self, i: usize, ticket: u64) -> Option<NodeState> {
-        let node = &self.nodes[i];
-        (node.ticket == ticket && node.state != NodeState::Vacant).then_some(node.state)
+        let state = self.waiters[i].state;
+        (self.waiters.ticket(i) == ticket && state != NodeState::Vacant).then_some(state)
     }
 
     /// Frees a node (granted, or its owner is done with it).
     fn free(&mut self, i: usize) {
-        self.nodes[i].state = NodeState::Vacant;
-        self.nodes[i].waker = None;
-        self.free.push(i);
+        self.waiters[i].state = NodeState::Vacant;
+        self.waiters[i].waker = None;
+        self.waiters.free(i);
     }
 }
 
@@ -995,7 +947,7 @@ impl Waiter {
                     let out = match q.owned_state(i, self.ticket) {
                         None => Ok(()), // granted; its node is gone
                         Some(NodeState::Queued) => {
-                            let node = &mut q.nodes[i];
+                            let node = &mut q.waiters[i];
                             let replaced = match &node.waker {
                                 Some(w) if w.will_wake(cx.waker()) => None,
                                 _ => node.waker.replace(cx.waker().clone()),
@@ -1048,7 +1000,7 @@ impl Waiter {
         if n > q.capacity {
             return Poll::Ready(Err(AcquireError::too_large(n, q.capacity)));
         }
-        let assigned = if q.head.is_some() {
+        let assigned = if !q.waiters.is_empty() {
             // Someone is ahead (so `SLOW` is set and nothing is free): queue
             // up behind them; only `close` can still change the outcome.
             if sem.is_closed() {
@@ -1081,17 +1033,14 @@ impl Waiter {
             }
             assigned
         };
-        let i = q.push(Node {
-            ticket: 0, // set by `push`
-            prev: None,
-            next: None,
+        let (i, ticket) = q.waiters.push(Node {
             needed: n,
             assigned,
             waker: Some(waker),
             state: NodeState::Queued,
         });
         self.node = Some(i);
-        self.ticket = q.nodes[i].ticket;
+        self.ticket = ticket;
         Poll::Pending
     }
 
@@ -1105,10 +1054,10 @@ impl Waiter {
             let giving_back = match q.owned_state(i, self.ticket) {
                 None => self.needed, // granted but never taken
                 Some(state) => {
-                    waker = q.nodes[i].waker.take();
+                    waker = q.waiters[i].waker.take();
                     let back = if state == NodeState::Queued {
-                        q.unlink(i);
-                        q.nodes[i].assigned
+                        q.waiters.unlink(i);
+                        q.waiters[i].assigned
                     } else {
                         sem.failed_live.fetch_sub(1, Ordering::AcqRel);
                         0

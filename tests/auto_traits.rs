@@ -681,3 +681,48 @@ mod task_group {
         assert_eq!(traits!(unpin(rc_handle.unwrap())), NEITHER);
     }
 }
+
+mod batch {
+    use super::*;
+    use awaitkit::{Batch, BatchConfigError, Progress, RateLimiter, TryBatch, process_batch};
+    use std::time::Duration;
+
+    #[test]
+    fn batch_follows_its_calls() {
+        let b: Batch<'_, _, _, SendSync> = process_batch(0..3u8, 2, ready);
+        assert_eq!(traits!(send_sync_unpin(b)), ALL);
+        let b = process_batch(0..3u8, 2, |i| ready(Cell::new(i)));
+        assert_eq!(traits!(send_unpin(b)), SEND_ONLY);
+        let b = process_batch(0..3u8, 2, |i| ready(Rc::new(i)));
+        assert_eq!(traits!(unpin(b)), NEITHER);
+        // `!Unpin` calls: still `Unpin`, `Send` and `Sync`.
+        let b = process_batch(0..3u8, 2, |_| pinned_child());
+        assert_eq!(traits!(send_sync_unpin(b)), ALL);
+        assert!(traits!(process_batch(0..3u8, 2, |i| async move { i })).2);
+        // `!Send` items make it `!Send`.
+        assert!(!traits!(process_batch([Rc::new(1u8)], 1, |i| ready(*i))).0);
+    }
+
+    #[test]
+    fn every_option_keeps_the_auto_traits() {
+        let limiter = RateLimiter::new(2, Duration::from_secs(1));
+        let b: TryBatch<'_, _, _, _, _> = process_batch(0..3u8, 2, |i| ready(Ok::<u8, String>(i)))
+            .fixed_batches()
+            .pause_between(Duration::from_millis(1))
+            .rate_limit(&limiter)
+            .on_progress(|_: &Progress| {})
+            .with_timer(awaitkit::time::FuturesTimer)
+            .fail_fast();
+        assert_eq!(traits!(send_sync_unpin(b)), ALL);
+        let b = process_batch(0..3u8, 2, |i| ready(Cell::new(i))).on_progress(|_: &Progress| {});
+        assert_eq!(traits!(send_unpin(b)), SEND_ONLY);
+    }
+
+    #[test]
+    fn batch_values_are_send_sync_unpin() {
+        fn error<E: std::error::Error + Copy + PartialEq + Send + Sync + Unpin + 'static>() {}
+        error::<BatchConfigError>();
+        fn value<T: Copy + PartialEq + Debug + Send + Sync + Unpin + 'static>() {}
+        value::<Progress>();
+    }
+}

@@ -23,6 +23,7 @@
 use super::window::{self, Log};
 use super::{Mode, Quota, QuotaError, RateLimitError};
 use crate::time::{Timer, When, poll_deadline, reset_deadline};
+use crate::wait_queue::WaitQueue;
 use crate::wake_list::WakeList;
 use std::fmt;
 use std::ops::Deref;
@@ -116,7 +117,7 @@ impl<T: Timer> Shared<T> {
                     quantum: 0,
                     last: 0,
                     log: Log::default(),
-                    queue: Queue::default(),
+                    queue: WaitQueue::new(),
                 }),
                 driver: Driver {
                     flag: AtomicU8::new(IDLE),
@@ -294,7 +295,8 @@ impl<T: Timer> Shared<T> {
     /// When `n` more would be granted, after everyone already waiting.
     fn estimate(&self, state: &State, now: u64, n: u64) -> u64 {
         let max = state.quota.max_at_once() as u64;
-        let waiting = state.queue.iter().filter(|&m| m <= max);
+        let queue = &state.queue;
+        let waiting = queue.iter().map(|i| queue[i].n).filter(|&m| m <= max);
         match state.quota.mode {
             Mode::Window => {
                 let (period, max_calls) = (state.period, state.max_calls);
@@ -372,7 +374,7 @@ impl<T: Timer> Shared<T> {
             let mut state = self.lock();
             let outcome = match state.queue.owned_state(i, ticket) {
                 NodeState::Queued => {
-                    let node = &mut state.queue.nodes[i];
+                    let node = &mut state.queue[i];
                     match &node.waker {
                         Some(w) if w.will_wake(cx.waker()) => {}
                         _ => node.waker = Some(cx.waker().clone()),
@@ -383,7 +385,7 @@ impl<T: Timer> Shared<T> {
                 NodeState::Failed(error) => Err(error),
                 NodeState::Vacant => unreachable!("a waiter's node is freed only by its owner"),
             };
-            state.queue.free(i);
+            state.queue.vacate(i);
             waiter.slot = None;
             waiter.done = true;
             return Poll::Ready(outcome);
@@ -409,7 +411,11 @@ impl<T: Timer> Shared<T> {
             waiter.done = true;
             return Poll::Ready(Ok(()));
         }
-        waiter.slot = Some(state.queue.push(n, waker));
+        waiter.slot = Some(state.queue.push(Node {
+            n,
+            waker: Some(waker),
+            state: NodeState::Queued,
+        }));
         if first {
             self.ctl.fetch_or(QUEUED, Ordering::AcqRel);
         }
@@ -431,7 +437,7 @@ impl<T: Timer> Shared<T> {
         let redrive = match state.queue.owned_state(i, ticket) {
             NodeState::Vacant => return,
             NodeState::Queued => {
-                let was_head = state.queue.head == Some(i);
+                let was_head = state.queue.head() == Some(i);
                 state.queue.unlink(i);
                 if state.queue.is_empty() {
                     self.ctl.fetch_and(!QUEUED, Ordering::AcqRel);
@@ -439,13 +445,13 @@ impl<T: Timer> Shared<T> {
                 was_head
             }
             NodeState::Granted(grant) => {
-                let n = state.queue.nodes[i].n;
+                let n = state.queue[i].n;
                 self.unrecord(&mut state, grant, n);
                 !state.queue.is_empty()
             }
             NodeState::Failed(_) => false,
         };
-        state.queue.free(i);
+        state.queue.vacate(i);
         drop(state);
         if redrive {
             self.drive();
@@ -484,7 +490,7 @@ impl<T: Timer> Shared<T> {
     }
 
     pub(crate) fn waiting(&self) -> usize {
-        self.lock().queue.len
+        self.lock().queue.len()
     }
 
     /// Nobody waits and no grant is still in a window: a fresh limiter
@@ -552,8 +558,8 @@ impl<T: Timer> Shared<T> {
     fn process(&self, state: &mut State, now: u64) -> (WakeList, Option<u64>) {
         let mut wake = WakeList::default();
         let max = state.quota.max_at_once() as u64;
-        while let Some(i) = state.queue.head {
-            let n = state.queue.nodes[i].n;
+        while let Some(i) = state.queue.head() {
+            let n = state.queue[i].n;
             let settled = if n > max {
                 NodeState::Failed(exceeds(&state.quota, n))
             } else {
@@ -563,7 +569,7 @@ impl<T: Timer> Shared<T> {
                 }
             };
             state.queue.unlink(i);
-            let node = &mut state.queue.nodes[i];
+            let node = &mut state.queue[i];
             node.state = settled;
             wake.push(node.waker.take());
         }
@@ -638,7 +644,7 @@ impl<T: Timer> fmt::Debug for Shared<T> {
         let state = self.lock();
         f.debug_struct("RateLimiter")
             .field("quota", &state.quota)
-            .field("waiting", &state.queue.len)
+            .field("waiting", &state.queue.len())
             .finish_non_exhaustive()
     }
 }
@@ -754,98 +760,34 @@ enum NodeState {
 
 #[derive(Debug)]
 struct Node {
-    ticket: u64,
-    prev: Option<usize>,
-    next: Option<usize>,
     n: u64,
     waker: Option<Waker>,
     state: NodeState,
 }
 
-/// The waiters in arrival order: a slab of nodes linked by index. A settled
-/// node leaves the list but keeps its slot until its owner has seen it.
-#[derive(Debug, Default)]
-struct Queue {
-    nodes: Vec<Node>,
-    free: Vec<usize>,
-    head: Option<usize>,
-    tail: Option<usize>,
-    len: usize,
-    next_ticket: u64,
+/// The waiters in arrival order. A settled node leaves the line but keeps
+/// its slot until its owner has seen it.
+type Queue = WaitQueue<Node>;
+
+trait QueueExt {
+    fn owned_state(&self, i: usize, ticket: u64) -> NodeState;
+    fn vacate(&mut self, i: usize);
 }
 
-impl Queue {
-    fn is_empty(&self) -> bool {
-        self.head.is_none()
-    }
-
-    fn push(&mut self, n: u64, waker: Waker) -> (usize, u64) {
-        let ticket = self.next_ticket;
-        self.next_ticket += 1;
-        let node = Node {
-            ticket,
-            prev: self.tail,
-            next: None,
-            n,
-            waker: Some(waker),
-            state: NodeState::Queued,
-        };
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.nodes[i] = node;
-                i
-            }
-            None => {
-                self.nodes.push(node);
-                self.nodes.len() - 1
-            }
-        };
-        match self.tail {
-            Some(t) => self.nodes[t].next = Some(i),
-            None => self.head = Some(i),
-        }
-        self.tail = Some(i);
-        self.len += 1;
-        (i, ticket)
-    }
-
-    fn unlink(&mut self, i: usize) {
-        let (prev, next) = (self.nodes[i].prev, self.nodes[i].next);
-        match prev {
-            Some(p) => self.nodes[p].next = next,
-            None => self.head = next,
-        }
-        match next {
-            Some(n) => self.nodes[n].prev = prev,
-            None => self.tail = prev,
-        }
-        self.nodes[i].prev = None;
-        self.nodes[i].next = None;
-        self.len -= 1;
-    }
-
+impl QueueExt for Queue {
+    /// The state of an owner's node (`Vacant` if the slot is not its own).
     fn owned_state(&self, i: usize, ticket: u64) -> NodeState {
-        let node = &self.nodes[i];
-        if node.ticket == ticket {
-            node.state
+        if self.ticket(i) == ticket {
+            self[i].state
         } else {
             NodeState::Vacant
         }
     }
 
-    fn free(&mut self, i: usize) {
-        self.nodes[i].state = NodeState::Vacant;
-        self.nodes[i].waker = None;
-        self.free.push(i);
-    }
-
-    /// The queued requests, head first.
-    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
-        let mut cursor = self.head;
-        std::iter::from_fn(move || {
-            let i = cursor?;
-            cursor = self.nodes[i].next;
-            Some(self.nodes[i].n)
-        })
+    /// Frees an unlinked node's slot.
+    fn vacate(&mut self, i: usize) {
+        self[i].state = NodeState::Vacant;
+        self[i].waker = None;
+        self.free(i);
     }
 }
