@@ -726,3 +726,47 @@ mod batch {
         value::<Progress>();
     }
 }
+
+mod pool {
+    use super::*;
+    use awaitkit::pool::{BuildError, Manager, PoolError};
+    use awaitkit::{Pool, Pooled};
+
+    struct M;
+    impl Manager for M {
+        type Object = Vec<u8>;
+        type Error = std::io::Error;
+        async fn create(&self) -> Result<Vec<u8>, std::io::Error> {
+            Ok(Vec::new())
+        }
+    }
+
+    struct LocalObjects;
+    impl Manager for LocalObjects {
+        type Object = Cell<u8>; // Send, not Sync
+        type Error = ();
+        async fn create(&self) -> Result<Cell<u8>, ()> {
+            Ok(Cell::new(0))
+        }
+    }
+
+    #[test]
+    fn pool_types_are_send_sync_unpin() {
+        let pool = send_sync_unpin(Pool::new(M, 2));
+        let get = send_unpin(pool.get());
+        let obj: Pooled<M> = send_sync_unpin(futures::executor::block_on(get).unwrap());
+        drop(obj);
+        send_sync_unpin(pool.status());
+        fn error<E: std::error::Error + Send + Sync + Unpin + 'static>() {}
+        error::<PoolError<std::io::Error>>();
+        error::<BuildError>();
+    }
+
+    #[test]
+    fn a_guard_is_sync_only_when_its_object_is() {
+        let pool = Pool::new(LocalObjects, 1);
+        let obj = futures::executor::block_on(pool.get()).unwrap();
+        assert_eq!(traits!(obj), SEND_ONLY);
+        assert_eq!(traits!(pool), ALL);
+    }
+}
