@@ -4,7 +4,9 @@
 //! Layout: [`task_group`] / [`TaskGroup`] / [`TaskScope`] for `Send` tasks,
 //! [`task_group_local`] / [`LocalTaskGroup`] / [`LocalTaskScope`] for any
 //! tasks, and [`TaskHandle`] for both. The two families share one core
-//! (`Core`, `Shared`), generic over the boxed task type.
+//! (`Core`, `Shared`), generic over the boxed task type (`SendTask` or
+//! `LocalTask`); their public types are thin wrappers whose methods call the
+//! core and whose trait impls come from one macro, `delegate_to_core!`.
 //!
 //! How the parts talk:
 //!
@@ -381,7 +383,11 @@ struct Core<Fut: Future, E, C: Future<Output = Result<(), E>>> {
 }
 
 impl<Fut: Future, E, C: Future<Output = Result<(), E>>> Core<Fut, E, C> {
-    fn new(shared: Arc<Shared<C>>, body: Fut) -> Self {
+    /// Starts a group: `body` receives the state its scope wraps and returns
+    /// the body's future.
+    fn new(body: impl FnOnce(Arc<Shared<C>>) -> Fut) -> Self {
+        let shared = Arc::new(Shared::new());
+        let body = body(shared.clone());
         Self {
             body: Some(Box::pin(body)),
             output: None,
@@ -411,6 +417,11 @@ impl<Fut: Future, E, C: Future<Output = Result<(), E>>> Core<Fut, E, C> {
         drop(self.body.take());
         self.tasks.clear();
         drop(queued);
+    }
+
+    /// See [`TaskGroup::keep_going`].
+    fn keep_going(&self) {
+        self.shared.signal.keep_going.store(true, Ordering::Relaxed);
     }
 
     fn running(&self) -> usize {
@@ -517,6 +528,53 @@ impl<Fut: Future, E, C: Future<Output = Result<(), E>>> fmt::Debug for Core<Fut,
 }
 
 // ---------------------------------------------------------------------------
+// Trait impls of the public wrappers, written once for both families
+// ---------------------------------------------------------------------------
+
+/// Implements the traits of a family's group and scope types, which only
+/// delegate to `Core` and `Shared`: `Future`, `Unpin` and `Debug` for the
+/// group, `Clone` and `Debug` for the scope. (The inherent methods carry
+/// each family's own docs, so they are written out.)
+macro_rules! delegate_to_core {
+    ($group:ident, $scope:ident) => {
+        impl<Fut, R, E> Future for $group<'_, Fut, E>
+        where
+            Fut: Future<Output = Result<R, E>>,
+        {
+            type Output = Result<R, E>;
+
+            fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R, E>> {
+                self.get_mut().core.poll(cx, stringify!($group))
+            }
+        }
+
+        // The body is boxed and the tasks live in the engine's chunks;
+        // outputs are never pinned.
+        impl<Fut: Future, E> Unpin for $group<'_, Fut, E> {}
+
+        impl<Fut: Future, E> fmt::Debug for $group<'_, Fut, E> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.core.fmt(f)
+            }
+        }
+
+        impl<E> Clone for $scope<'_, E> {
+            fn clone(&self) -> Self {
+                Self {
+                    shared: self.shared.clone(),
+                }
+            }
+        }
+
+        impl<E> fmt::Debug for $scope<'_, E> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($scope)).finish_non_exhaustive()
+            }
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------
 // `Send` family
 // ---------------------------------------------------------------------------
 
@@ -611,12 +669,8 @@ where
     B: FnOnce(TaskScope<'a, E>) -> Fut,
     Fut: Future<Output = Result<R, E>>,
 {
-    let shared = Arc::new(Shared::new());
-    let body = body(TaskScope {
-        shared: shared.clone(),
-    });
     TaskGroup {
-        core: Core::new(shared, body),
+        core: Core::new(|shared| body(TaskScope { shared })),
     }
 }
 
@@ -686,11 +740,7 @@ impl<Fut: Future, E> TaskGroup<'_, Fut, E> {
     /// # });
     /// ```
     pub fn keep_going(self) -> Self {
-        self.core
-            .shared
-            .signal
-            .keep_going
-            .store(true, Ordering::Relaxed);
+        self.core.keep_going();
         self
     }
 
@@ -720,27 +770,6 @@ impl<Fut: Future, E> TaskGroup<'_, Fut, E> {
     /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-impl<Fut, R, E> Future for TaskGroup<'_, Fut, E>
-where
-    Fut: Future<Output = Result<R, E>>,
-{
-    type Output = Result<R, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R, E>> {
-        self.get_mut().core.poll(cx, "TaskGroup")
-    }
-}
-
-// The body is boxed and the tasks live in the engine's chunks; outputs are
-// never pinned.
-impl<Fut: Future, E> Unpin for TaskGroup<'_, Fut, E> {}
-
-impl<Fut: Future, E> fmt::Debug for TaskGroup<'_, Fut, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.core.fmt(f)
     }
 }
 
@@ -812,19 +841,7 @@ impl<'a, E: 'a> TaskScope<'a, E> {
     }
 }
 
-impl<E> Clone for TaskScope<'_, E> {
-    fn clone(&self) -> Self {
-        Self {
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-impl<E> fmt::Debug for TaskScope<'_, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TaskScope").finish_non_exhaustive()
-    }
-}
+delegate_to_core!(TaskGroup, TaskScope);
 
 // ---------------------------------------------------------------------------
 // Local family
@@ -876,12 +893,8 @@ where
     B: FnOnce(LocalTaskScope<'a, E>) -> Fut,
     Fut: Future<Output = Result<R, E>>,
 {
-    let shared = Arc::new(Shared::new());
-    let body = body(LocalTaskScope {
-        shared: shared.clone(),
-    });
     LocalTaskGroup {
-        core: Core::new(shared, body),
+        core: Core::new(|shared| body(LocalTaskScope { shared })),
     }
 }
 
@@ -923,11 +936,7 @@ impl<Fut: Future, E> LocalTaskGroup<'_, Fut, E> {
     /// # });
     /// ```
     pub fn keep_going(self) -> Self {
-        self.core
-            .shared
-            .signal
-            .keep_going
-            .store(true, Ordering::Relaxed);
+        self.core.keep_going();
         self
     }
 
@@ -954,25 +963,6 @@ impl<Fut: Future, E> LocalTaskGroup<'_, Fut, E> {
     /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-impl<Fut, R, E> Future for LocalTaskGroup<'_, Fut, E>
-where
-    Fut: Future<Output = Result<R, E>>,
-{
-    type Output = Result<R, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R, E>> {
-        self.get_mut().core.poll(cx, "LocalTaskGroup")
-    }
-}
-
-impl<Fut: Future, E> Unpin for LocalTaskGroup<'_, Fut, E> {}
-
-impl<Fut: Future, E> fmt::Debug for LocalTaskGroup<'_, Fut, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.core.fmt(f)
     }
 }
 
@@ -1027,16 +1017,4 @@ impl<'a, E: 'a> LocalTaskScope<'a, E> {
     }
 }
 
-impl<E> Clone for LocalTaskScope<'_, E> {
-    fn clone(&self) -> Self {
-        Self {
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-impl<E> fmt::Debug for LocalTaskScope<'_, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LocalTaskScope").finish_non_exhaustive()
-    }
-}
+delegate_to_core!(LocalTaskGroup, LocalTaskScope);
