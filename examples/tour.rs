@@ -348,7 +348,9 @@ fn main() {
         drop(pool);
         let _ = std::fs::remove_file(path);
 
-        section("14. process_batch: update 1 000 users, at most 10 at a time, with a live progress line");
+        section(
+            "14. process_batch: update 1 000 users, at most 10 at a time, with a live progress line",
+        );
         use std::io::Write as _;
         let most = std::cell::Cell::new(0);
         let updated = awaitkit::process_batch(1..=1000u32, 10, |id| async move {
@@ -379,25 +381,42 @@ fn main() {
             most.get()
         );
 
-        section("15. task_group: background work next to other work (asyncio.create_task / TaskGroup)");
+        section(
+            "15. task_group: background work next to other work (asyncio.create_task / TaskGroup)",
+        );
         let start = Instant::now();
         let out = awaitkit::task_group(|tg| async move {
-            let task1 = tg.spawn(async { Delay::new(ms(300)).await; Ok::<_, String>("task 1") });
-            let task2 = tg.spawn(async { Delay::new(ms(300)).await; Ok("task 2") });
+            let task1 = tg.spawn(async {
+                Delay::new(ms(300)).await;
+                Ok::<_, String>("task 1")
+            });
+            let task2 = tg.spawn(async {
+                Delay::new(ms(300)).await;
+                Ok("task 2")
+            });
             Delay::new(ms(300)).await; // other work meanwhile
             println!("   {:>7.2?}: other work done", start.elapsed());
             Ok((task1.await?, task2.await?))
         })
         .await;
-        println!("   {:>7.2?}: {out:?} (300 ms, not 900: nothing was spawned on the executor)", start.elapsed());
+        println!(
+            "   {:>7.2?}: {out:?} (300 ms, not 900: nothing was spawned on the executor)",
+            start.elapsed()
+        );
         let start = Instant::now();
         let failed = awaitkit::task_group(|tg| async move {
             tg.spawn(async { Ok(download("slow download", 1_000).await) });
-            let bad = tg.spawn(async { Delay::new(ms(50)).await; Err::<&str, _>("the API said no") });
+            let bad = tg.spawn(async {
+                Delay::new(ms(50)).await;
+                Err::<&str, _>("the API said no")
+            });
             bad.await
         })
         .await;
-        println!("   {:>7.2?}: {failed:?} — the first error cancelled the rest", start.elapsed());
+        println!(
+            "   {:>7.2?}: {failed:?} — the first error cancelled the rest",
+            start.elapsed()
+        );
     });
     println!("\nTour finished in {:.2?}.", tour.elapsed());
 }

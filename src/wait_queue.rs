@@ -159,7 +159,8 @@ mod tests {
         q.unlink(a);
         q.unlink(c);
         q.unlink(d);
-        assert!(q.is_empty() && q.len() == 0 && q.head().is_none());
+        assert!(q.is_empty() && q.head().is_none());
+        assert_eq!(q.len(), 0);
         assert_eq!(q.next_ticket(), 4);
     }
 }
