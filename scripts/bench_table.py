@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate docs/benchmarks.md from the output of `cargo bench --bench combinators`,
-`cargo bench --bench time --features tokio,async-io`, `cargo bench --bench semaphore`
-and `cargo bench --bench rate_limiter`.
+`cargo bench --bench time --features tokio,async-io`, `cargo bench --bench semaphore`,
+`cargo bench --bench rate_limiter` and `cargo bench --bench pool`.
 
 Reads criterion's `<criterion dir>/<group>/<function>/<N>/new/estimates.json`
 (median point estimate, ns per iteration) and the `polls.csv` written by the
@@ -10,8 +10,9 @@ estimates.json` and the `time_rss.csv` written by the time bench; for the
 semaphore groups (no N) the same estimates and the `semaphore_checks.csv`
 written by the semaphore bench; for the rate limiter, the `rate_limiter_check`
 estimates, the `rate_limiter_checks.csv` and the `rate_limiter_accuracy.csv`
-(one row per run, not criterion) written by the rate limiter bench. Prints
-Markdown to stdout.
+(one row per run, not criterion) written by the rate limiter bench; for the
+pool groups (no N) the estimates and the `pool_checks.csv` written by the pool
+bench. Prints Markdown to stdout.
 
 Usage:
     python3 scripts/bench_table.py [--target-dir DIR] [--include-stale] > docs/benchmarks.md
@@ -20,12 +21,16 @@ The criterion directory is, in order: $CRITERION_HOME, <--target-dir>/criterion,
 $CARGO_TARGET_DIR/criterion, ./target/criterion. Each bench writes its own run
 marker when it starts (`awaitkit-bench-run.txt` for combinators,
 `awaitkit-bench-run-time.txt` for time, `awaitkit-bench-run-semaphore.txt` for
-semaphore, `awaitkit-bench-run-rate-limiter.txt` for rate_limiter); results
+semaphore, `awaitkit-bench-run-rate-limiter.txt` for rate_limiter,
+`awaitkit-bench-run-pool.txt` for pool); results
 older than their bench's marker (for the accuracy CSV: rows whose unix_time is
 older) are left out unless --include-stale is given, so a quick run that skips
 some sizes does not mix with an older full run, and running one bench does not
-hide the other's results. The timer, semaphore and rate limiter sections are
-left out when their bench has not been run.
+hide the other's results. The timer, semaphore, rate limiter and pool sections
+are left out when their bench has not been run.
+
+The batch section (`cargo bench --bench batch`: the `batch` estimates and the
+`batch_checks.csv` it writes; marker `awaitkit-bench-run-batch.txt`) likewise.
 """
 
 import argparse
@@ -206,6 +211,42 @@ RATE_WALL_BAR = 0.03  # |wall / ideal - 1|
 RATE_WALL_GOAL = 0.01
 # The strict window's log: about 1 024 entries of 16 B in a VecDeque (32 KiB at most).
 RATE_HEAP_LIMIT = 64 * 1024
+
+
+# Pool groups (benches/pool.rs): one function per crate, no N.
+POOL_MARKER = "awaitkit-bench-run-pool.txt"
+POOL_COLUMNS = [
+    ("awaitkit", "awaitkit `Pool` (trivial manager, default recycle step)"),
+    ("awaitkit_no_recycle", "awaitkit `Pool` (`Manager::RECYCLE = false`: no recycle step)"),
+    ("deadpool_managed", "deadpool `managed::Pool` (trivial manager)"),
+    ("deadpool_unmanaged", "deadpool `unmanaged::Pool` (16 objects up front)"),
+]
+POOL_PEERS = ["deadpool_managed", "deadpool_unmanaged"]
+# Like for like: (awaitkit function, deadpool function, what they share)
+POOL_PAIRS = [
+    ("awaitkit", "deadpool_managed", "both recycle every object"),
+    ("awaitkit_no_recycle", "deadpool_unmanaged", "neither recycles"),
+]
+POOL_GETS = 64 * 10_000  # gets per criterion iteration
+POOL_SIZE = 16
+POOL_BAR = 1.0  # × the faster deadpool variant
+POOL_GOAL = 0.7
+# (group, description, counts in the verdict)
+POOL_GROUPS = [
+    (
+        "pool_get_return",
+        "tokio current-thread runtime; a pool of 16 shared by 64 tasks (`tokio::spawn`), each "
+        "10 000 × (get, touch the object, yield once holding it, drop the guard): 640 000 gets "
+        "per iteration; building the pool, spawning, joining and dropping it are timed",
+        True,
+    ),
+    (
+        "pool_get_return_multithread",
+        "**extra** (not a BENCH.md group): the same workload on a tokio multi-thread runtime "
+        "with 2 workers (3 threads on 2 cores: noisy)",
+        False,
+    ),
+]
 
 
 def criterion_dir(args):
@@ -876,6 +917,282 @@ def rate_limiter_section(cdir, include_stale):
     return lines
 
 
+def load_pool_checks(cdir):
+    """{(group, function): row of pool_checks.csv}"""
+    checks = {}
+    path = cdir / "pool_checks.csv"
+    if path.is_file():
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                checks[(row["group"], row["function"])] = row
+    return checks
+
+
+def pool_section(cdir, include_stale):
+    """Markdown lines for the pool groups; empty if the pool bench has not run."""
+    marker = cdir / POOL_MARKER
+    if not marker.is_file():
+        return []
+    mode = marker.read_text().strip()
+    run_time = marker.stat().st_mtime
+    not_before = None if include_stale else run_time - 1
+    fids = [f for f, _ in POOL_COLUMNS]
+    per_get = {}
+    for group, _, _ in POOL_GROUPS:
+        medians = load_flat_medians(cdir, group, fids, not_before)
+        if medians:
+            per_get[group] = {f: v / POOL_GETS for f, v in medians.items()}
+    if not per_get:
+        return []
+    checks = load_pool_checks(cdir)
+    label = dict(POOL_COLUMNS)
+
+    lines = []
+    w = lines.append
+    w("")
+    w("# Pool")
+    w("")
+    w("`pool::Pool` against deadpool (`benches/pool.rs`; workloads and bars: `BENCH.md`). Every")
+    w("crate is used the same way: its awaited `get`, the object touched and held across one")
+    w("yield (a self-wake + `Pending`: the realistic use holds a connection across an await, and")
+    w("it is what makes tasks queue — without it no get would ever wait on one thread), then")
+    w("returned by dropping the guard. Both managers are trivial (`create` returns a small struct,")
+    w("`recycle` is `Ok(())`); the unmanaged pool is built from 16 ready objects. All three wait")
+    w("in FIFO order (awaitkit's `Semaphore`, tokio's semaphore inside deadpool).")
+    w("")
+    w("```sh")
+    w("AWAITKIT_BENCH_QUICK=1 cargo bench --bench pool && python3 scripts/bench_table.py > docs/benchmarks.md")
+    w("```")
+    w("")
+    w(f"- run: {datetime.datetime.fromtimestamp(run_time):%Y-%m-%d %H:%M}, mode {mode}")
+    w("- the pool groups sample flat and measure longer than that (one iteration takes 0.1–0.5 s):")
+    w("  2.5 s current-thread / 6 s multithread in quick mode, 8 s / 20 s in full mode")
+    w("")
+    w("Times are criterion medians in ns per get (get + hold across one yield + return, task")
+    w("switches included), i.e. ns per iteration / 640 000. Each sample runs on a fresh runtime.")
+    w("Before the timed runs an untimed check runs each function once: every task finished,")
+    w(f"640 000 gets, at most {POOL_SIZE} objects held at any time and none handed out twice at")
+    w(f"once, at most {POOL_SIZE} objects created. *waited* = share of gets whose first poll")
+    w("returned `Pending` (FIFO waiting: on one thread every get past the first 16 waits).")
+    w("")
+
+    verdicts = []
+    for group, desc, main_group in POOL_GROUPS:
+        values = per_get.get(group)
+        if not values:
+            continue
+        w(f"## `{group}`")
+        w("")
+        w(desc + ".")
+        w("")
+        ak = values.get("awaitkit")
+        header = ["crate", "ns per get", "/ awaitkit", "waited", "most held", "objects created",
+                  "untimed check, ns"]
+        w("| " + " | ".join(header) + " |")
+        w("|" + "---|" * len(header))
+        for fid, name in POOL_COLUMNS:
+            v = values.get(fid)
+            if v is None:
+                continue
+            row = checks.get((group, fid), {})
+            try:
+                waited = f"{100 * int(row['waited']) / int(row['gets']):.1f} %"
+            except (KeyError, TypeError, ValueError, ZeroDivisionError):
+                waited = "?"
+            w("| " + " | ".join([
+                name,
+                fmt_ns(v),
+                f"{v / ak:.2f}" if ak else "—",
+                waited,
+                row.get("max_held", "?"),
+                row.get("created", "?"),
+                row.get("check_ns_per_get", "?"),
+            ]) + " |")
+        w("")
+        peers = {f: values[f] for f in POOL_PEERS if f in values}
+        fastest = min(peers, key=peers.get) if peers else None
+        verdicts.append((group, main_group, ak, values, fastest))
+
+    if verdicts:
+        w("## Verdict")
+        w("")
+        w(f"Bar ≤ {POOL_BAR}, goal ≤ {POOL_GOAL}, each awaitkit configuration against the deadpool")
+        w("variant that does the same work (with a recycle step: deadpool managed; without one:")
+        w("deadpool unmanaged), and awaitkit's faster configuration against the faster deadpool")
+        w("variant of the same run. Only `pool_get_return` is a BENCH.md bar; the multithread rows")
+        w("are extra, for information.")
+        w("")
+        header = ["group", "awaitkit", "ns", "deadpool", "ns", "ratio", f"bar ≤ {POOL_BAR}", f"goal ≤ {POOL_GOAL}"]
+        w("| " + " | ".join(header) + " |")
+        w("|" + "---|" * len(header))
+        for group, main_group, ak, values, fastest in verdicts:
+            extra = "" if main_group else " (extra)"
+            pairs = [(a, d) for a, d, _ in POOL_PAIRS]
+            aks = {f: values[f] for f in ("awaitkit", "awaitkit_no_recycle") if f in values}
+            if aks and fastest:
+                best = min(aks, key=aks.get)
+                pairs.append((best, fastest))
+            for a, d in pairs:
+                va, vd = values.get(a), values.get(d)
+                if not va or not vd:
+                    continue
+                r = va / vd
+                ok = lambda limit: mark(r <= limit) if main_group else f"({mark(r <= limit)})"
+                w("| " + " | ".join([
+                    f"`{group}`{extra}", label[a], fmt_ns(va), label[d], fmt_ns(vd),
+                    f"**{r:.2f}**", ok(POOL_BAR), ok(POOL_GOAL),
+                ]) + " |")
+        w("")
+    w("Pool notes:")
+    w("")
+    w("- Most of each get is the runtime, not the pool: two task switches per get (the yield,")
+    w("  and the wake-up of the waiter the return lets through). Differences between the pools")
+    w("  are a fraction of the absolute time, so compare ratios within one run and rerun before")
+    w("  trusting a ratio near the bar.")
+    w("- deadpool managed reads the clock on each recycle (its `Metrics`); the unmanaged pool")
+    w("  has no manager at all (no recycle step), the floor for a pool on tokio's semaphore.")
+    return lines
+
+
+# Batch group (benches/batch.rs): one function per crate, N = 10 000 items, limit 64.
+BATCH_MARKER = "awaitkit-bench-run-batch.txt"
+BATCH_GROUP = "batch"
+BATCH_N = 10_000
+BATCH_LIMIT = 64
+# (criterion function id, label, ordered output?)
+BATCH_COLUMNS = [
+    ("awaitkit", "awaitkit `process_batch(items, 64, f)`", True),
+    ("futures_buffered", "futures `buffered(64)` + collect", True),
+    ("fb_buffered_ordered", "futures-buffered `buffered_ordered(64)` + collect", True),
+    ("futures_buffer_unordered", "futures `buffer_unordered(64)` + collect (unordered, reference)", False),
+    ("fb_buffered_unordered", "futures-buffered `buffered_unordered(64)` + collect (unordered, extra reference)", False),
+]
+# The bar and the goal compare against the fastest of these (ordered peers only).
+BATCH_ORDERED_PEERS = ["futures_buffered", "fb_buffered_ordered"]
+BATCH_BAR = 1.05
+BATCH_GOAL = 0.8
+
+
+def load_batch_checks(cdir):
+    """{(group, function): row of batch_checks.csv}"""
+    checks = {}
+    path = cdir / "batch_checks.csv"
+    if path.is_file():
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                checks[(row["group"], row["function"])] = row
+    return checks
+
+
+def batch_section(cdir, include_stale):
+    """Markdown lines for the batch group; empty if the batch bench has not run."""
+    marker = cdir / BATCH_MARKER
+    if not marker.is_file():
+        return []
+    mode = marker.read_text().strip()
+    run_time = marker.stat().st_mtime
+    not_before = None if include_stale else run_time - 1
+    medians = load_medians(cdir, BATCH_GROUP, [(f, l) for f, l, _ in BATCH_COLUMNS], not_before)
+    per_item = {f: per[BATCH_N] / BATCH_N for f, per in medians.items() if BATCH_N in per}
+    if not per_item:
+        return []
+    checks = load_batch_checks(cdir)
+    label = {f: l for f, l, _ in BATCH_COLUMNS}
+    peers = {f: per_item[f] for f in BATCH_ORDERED_PEERS if f in per_item}
+    fastest = min(peers, key=peers.get) if peers else None
+    ref = peers.get(fastest)
+    ak = per_item.get("awaitkit")
+
+    lines = []
+    w = lines.append
+    w("")
+    w("# Batch")
+    w("")
+    w("`process_batch` against the stream adaptors that run a function over many items with a")
+    w("concurrency limit (`benches/batch.rs`; workload and bar: `BENCH.md`). Every crate gets the")
+    w(f"items `0..{fmt_n(BATCH_N)}`, limit {BATCH_LIMIT}, and the same function: `f(i)` is a child that wakes its own")
+    w("waker and returns `Pending` once, then `Ready(i)`. Same minimal single-threaded driver as the")
+    w("combinator groups (top-level wake = one relaxed store; the future is re-polled only when that")
+    w("flag was set). Building the children (as each crate pulls its items), driving the batch and")
+    w("dropping the output `Vec` are all timed.")
+    w("")
+    w("```sh")
+    w("AWAITKIT_BENCH_QUICK=1 cargo bench --bench batch && python3 scripts/bench_table.py > docs/benchmarks.md")
+    w("```")
+    w("")
+    w(f"- run: {datetime.datetime.fromtimestamp(run_time):%Y-%m-%d %H:%M}, mode {mode}")
+    w("")
+    w(f"Times are criterion medians in ns per item (ns per iteration / {fmt_n(BATCH_N)}). **ratio** = time /")
+    w("fastest **ordered** peer (`buffered`, `buffered_ordered`); the unordered adaptors are shown for")
+    w("reference only. Before the timed runs an untimed check runs each function once with")
+    w("instrumented children: outputs exactly `0..N` in input order (ordered crates) or as a set")
+    w(f"(unordered ones), at most {BATCH_LIMIT} children alive at once (a gauge: +1 when a child is built, −1")
+    w("when it is dropped; *most alive* is its maximum), every child dropped, and child polls / N.")
+    w("")
+    w(f"## `{BATCH_GROUP}`")
+    w("")
+    header = ["crate", "ns per item", f"ratio (bar ≤ {BATCH_BAR})", "polls/N", "most alive", "output check"]
+    w("| " + " | ".join(header) + " |")
+    w("|" + "---|" * len(header))
+    for fid, name, ordered in BATCH_COLUMNS:
+        v = per_item.get(fid)
+        if v is None:
+            continue
+        row = checks.get((BATCH_GROUP, fid), {})
+        r = v / ref if ref else None
+        if fid == "awaitkit":
+            ratio = ratio_cell(r, BATCH_BAR)
+        elif r is None:
+            ratio = "—"
+        else:
+            ratio = f"{r:.2f}" + (" (fastest ordered peer)" if fid == fastest else "")
+        try:
+            polls = f"{float(row['polls_per_n']):.2f}"
+        except (KeyError, TypeError, ValueError):
+            polls = "?"
+        order = row.get("order")
+        w("| " + " | ".join([
+            name,
+            fmt_ns(v),
+            ratio,
+            polls,
+            row.get("max_alive", "?"),
+            {"input": "input order ✅", "set": "set of `0..N` ✅ (unordered)"}.get(order, "?"),
+        ]) + " |")
+    w("")
+
+    w("## Verdict")
+    w("")
+    header = ["bar", "measured", "value", "limit", "holds"]
+    w("| " + " | ".join(header) + " |")
+    w("|" + "---|" * len(header))
+    r = ak / ref if ak and ref else None
+    against = f"awaitkit / {label[fastest]} ({fmt_ns(ref)} ns)" if fastest else "awaitkit / fastest ordered peer"
+    rcell = f"**{r:.2f}**" if r is not None else "—"
+    w(f"| `batch` bar | {against} | {rcell} | ≤ {BATCH_BAR} | {mark(r <= BATCH_BAR) if r is not None else '—'} |")
+    w(f"| `batch` goal | {against} | {rcell} | ≤ {BATCH_GOAL} | {mark(r <= BATCH_GOAL) if r is not None else '—'} |")
+    ak_row = checks.get((BATCH_GROUP, "awaitkit"), {})
+    try:
+        p = float(ak_row["polls_per_n"])
+        w(f"| child polls | awaitkit polls / N | {p:.2f} | = 2.00 | {mark(round(p, 2) == 2.0)} |")
+    except (KeyError, TypeError, ValueError):
+        w("| child polls | awaitkit polls / N | ? | = 2.00 | — |")
+    try:
+        m = int(ak_row["max_alive"])
+        w(f"| concurrency limit | awaitkit most children alive | {m} | ≤ {BATCH_LIMIT} | {mark(m <= BATCH_LIMIT)} |")
+    except (KeyError, TypeError, ValueError):
+        w(f"| concurrency limit | awaitkit most children alive | ? | ≤ {BATCH_LIMIT} | — |")
+    w("")
+    w("Batch notes:")
+    w("")
+    w("- futures' `buffered` / `buffer_unordered` run on `FuturesOrdered` / `FuturesUnordered`: one")
+    w("  heap-allocated task (an `Arc`) per child. futures-buffered's adaptors use a bounded slab of")
+    w(f"  {BATCH_LIMIT} slots allocated once.")
+    w("- futures' `collect` starts from an empty `Vec` and grows it by pushing (it ignores the")
+    w("  stream's size hint); awaitkit reserves its output up front from the items' exact size hint.")
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1006,6 +1323,8 @@ def main():
     lines += time_section(cdir, args.include_stale)
     lines += semaphore_section(cdir, args.include_stale)
     lines += rate_limiter_section(cdir, args.include_stale)
+    lines += pool_section(cdir, args.include_stale)
+    lines += batch_section(cdir, args.include_stale)
     print("\n".join(lines))
 
 

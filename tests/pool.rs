@@ -562,3 +562,37 @@ matrix! {
         assert!(pool.get().await.is_ok());
     }
 }
+
+/// `Manager::RECYCLE = false`: idle objects are handed out directly.
+struct NoRecycle(Arc<AtomicUsize>);
+
+impl Manager for NoRecycle {
+    type Object = usize;
+    type Error = ();
+    const RECYCLE: bool = false;
+
+    async fn create(&self) -> Result<usize, ()> {
+        Ok(self.0.fetch_add(1, Ordering::SeqCst))
+    }
+
+    async fn recycle(&self, _: &mut usize) -> Result<(), ()> {
+        panic!("RECYCLE is false: recycle must not be called");
+    }
+}
+
+guarded! {
+    fn a_manager_without_recycling_gets_idle_objects_directly() {
+        let created = Arc::new(AtomicUsize::new(0));
+        let pool = Pool::new(NoRecycle(created.clone()), 2);
+        let w = CountingWaker::new();
+        for _ in 0..5 {
+            let obj = match poll_once(&mut pool.get(), &w) {
+                Poll::Ready(Ok(obj)) => obj,
+                _ => panic!("ready at once"),
+            };
+            assert_eq!(*obj, 0);
+        }
+        assert_eq!(created.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.status().idle, 1);
+    }
+}

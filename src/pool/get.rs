@@ -48,7 +48,8 @@ type Recycled<M> = (
 /// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct Get<M: Manager, T: Timer = DefaultTimer> {
-    pool: Pool<M, T>,
+    /// Moved into the guard on success (`None` once done).
+    pool: Option<Pool<M, T>>,
     step: Step<M>,
     deadline: Option<BoxedDeadline<T>>,
 }
@@ -56,6 +57,8 @@ pub struct Get<M: Manager, T: Timer = DefaultTimer> {
 enum Step<M: Manager> {
     Start,
     Wait(AcquireOwned),
+    /// An idle object for a manager that does not recycle.
+    Ready(Entry<M::Object>, OwnedSemaphorePermit),
     Recycle(Option<OwnedSemaphorePermit>, BoxFuture<Recycled<M>>),
     Create(
         Option<OwnedSemaphorePermit>,
@@ -75,19 +78,28 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
             BoxedDeadline::new(pool.inner.timer.clone(), Some(when))
         });
         Get {
-            pool,
+            pool: Some(pool),
             step: Step::Start,
             deadline,
         }
     }
 
-    /// With a permit: the next idle object to recycle, or a new one.
-    fn next_step(&self, permit: OwnedSemaphorePermit) -> Result<Step<M>, PoolError<M::Error>> {
-        if self.pool.is_closed() {
+    fn pool(&self) -> &Pool<M, T> {
+        self.pool.as_ref().expect("a get holds its pool until it completes")
+    }
+
+    /// With a permit: the next idle object to recycle (or, for a manager
+    /// that does not recycle, to hand out), or a new one.
+    fn next_step(&mut self, permit: OwnedSemaphorePermit) -> Result<Step<M>, PoolError<M::Error>> {
+        let pool = self.pool();
+        if pool.is_closed() {
             return Err(PoolError::Closed);
         }
-        let inner = Arc::clone(&self.pool.inner);
-        if let Some(mut entry) = self.pool.pop_idle() {
+        if let Some(mut entry) = pool.pop_idle() {
+            if !M::RECYCLE {
+                return Ok(Step::Ready(entry, permit));
+            }
+            let inner = Arc::clone(&pool.inner);
             return Ok(Step::Recycle(
                 Some(permit),
                 Box::pin(async move {
@@ -97,12 +109,20 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
             ));
         }
         // A new object: its slot counts from now (dropping the create frees
-        // it, see `Drop`).
+        // it, see `finish`).
+        let inner = Arc::clone(&pool.inner);
         inner.size.fetch_add(1, Ordering::AcqRel);
         Ok(Step::Create(
             Some(permit),
             Box::pin(async move { inner.manager.create().await }),
         ))
+    }
+
+    /// Success: the guard takes the pool handle.
+    fn hand_out(&mut self, entry: Entry<M::Object>, permit: OwnedSemaphorePermit) -> Pooled<M, T> {
+        self.step = Step::Done;
+        let pool = self.pool.take().expect("a get holds its pool until it completes");
+        Pooled::new(pool, entry, permit)
     }
 }
 
@@ -124,12 +144,11 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
         loop {
             let next = match &mut this.step {
                 Step::Start => {
-                    if this.pool.is_closed() {
+                    let pool = this.pool();
+                    if pool.is_closed() {
                         Err(PoolError::Closed)
                     } else {
-                        Ok(Step::Wait(
-                            Arc::clone(&this.pool.inner.semaphore).acquire_owned(),
-                        ))
+                        Ok(Step::Wait(Arc::clone(&pool.inner.semaphore).acquire_owned()))
                     }
                 }
                 Step::Wait(acquire) => match Pin::new(acquire).poll(cx) {
@@ -137,17 +156,23 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
                     Poll::Ready(Err(_closed)) => Err(PoolError::Closed),
                     Poll::Pending => break,
                 },
+                Step::Ready(..) => {
+                    let Step::Ready(entry, permit) = std::mem::replace(&mut this.step, Step::Done)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    return Poll::Ready(Ok(this.hand_out(entry, permit)));
+                }
                 Step::Recycle(permit, recycle) => match recycle.as_mut().poll(cx) {
                     Poll::Ready((entry, Ok(()))) => {
                         let permit = permit.take().expect("held until the step ends");
-                        this.step = Step::Done;
-                        return Poll::Ready(Ok(Pooled::new(this.pool.clone(), entry, permit)));
+                        return Poll::Ready(Ok(this.hand_out(entry, permit)));
                     }
                     Poll::Ready((entry, Err(_))) => {
                         // A failed check: drop the object, try the next.
-                        this.pool.discard(entry);
                         let permit = permit.take().expect("held until the step ends");
                         this.step = Step::Done;
+                        this.pool().discard(entry);
                         this.next_step(permit)
                     }
                     Poll::Pending => break,
@@ -155,17 +180,16 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
                 Step::Create(permit, create) => match create.as_mut().poll(cx) {
                     Poll::Ready(Ok(object)) => {
                         let permit = permit.take().expect("held until the step ends");
-                        this.step = Step::Done;
-                        let now = this.pool.inner.timer.now();
+                        let pool = this.pool();
                         let entry = Entry {
                             object,
-                            created: now,
-                            returned: now,
+                            created: pool.stamp(pool.inner.max_lifetime),
+                            returned: None,
                         };
-                        return Poll::Ready(Ok(Pooled::new(this.pool.clone(), entry, permit)));
+                        return Poll::Ready(Ok(this.hand_out(entry, permit)));
                     }
                     Poll::Ready(Err(e)) => {
-                        this.pool.inner.size.fetch_sub(1, Ordering::AcqRel);
+                        this.pool().inner.size.fetch_sub(1, Ordering::AcqRel);
                         this.step = Step::Done;
                         Err(PoolError::Create(e))
                     }
@@ -197,14 +221,23 @@ impl<M: Manager, T: Timer> Get<M, T> {
     /// freed (before the permit goes, so the next waiter sees the count).
     fn finish(&mut self) {
         let step = std::mem::replace(&mut self.step, Step::Done);
-        if let Step::Recycle(permit, recycle) = step {
-            self.pool.inner.size.fetch_sub(1, Ordering::AcqRel);
-            drop(recycle);
-            drop(permit);
-        } else if let Step::Create(permit, create) = step {
-            self.pool.inner.size.fetch_sub(1, Ordering::AcqRel);
-            drop(create);
-            drop(permit);
+        let Some(pool) = &self.pool else { return };
+        match step {
+            Step::Recycle(permit, recycle) => {
+                pool.inner.size.fetch_sub(1, Ordering::AcqRel);
+                drop(recycle);
+                drop(permit);
+            }
+            Step::Create(permit, create) => {
+                pool.inner.size.fetch_sub(1, Ordering::AcqRel);
+                drop(create);
+                drop(permit);
+            }
+            Step::Ready(entry, permit) => {
+                pool.put_back(entry);
+                drop(permit);
+            }
+            Step::Start | Step::Wait(_) | Step::Done => {}
         }
     }
 }
@@ -223,7 +256,7 @@ impl<M: Manager, T: Timer> fmt::Debug for Get<M, T> {
         let step = match self.step {
             Step::Start => "start",
             Step::Wait(_) => "waiting",
-            Step::Recycle(..) => "recycling",
+            Step::Ready(..) | Step::Recycle(..) => "recycling",
             Step::Create(..) => "creating",
             Step::Done => "done",
         };
