@@ -1031,7 +1031,8 @@ def pool_section(cdir, include_stale):
             aks = {f: values[f] for f in ("awaitkit", "awaitkit_no_recycle") if f in values}
             if aks and fastest:
                 best = min(aks, key=aks.get)
-                pairs.append((best, fastest))
+                if (best, fastest) not in pairs:
+                    pairs.append((best, fastest))
             for a, d in pairs:
                 va, vd = values.get(a), values.get(d)
                 if not va or not vd:
