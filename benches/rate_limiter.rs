@@ -257,6 +257,29 @@ impl<const GCRA: bool> Checker for AwaitkitQuanta<GCRA> {
     }
 }
 
+/// governor on `std::time::Instant` (its `MonotonicClock`): the clock
+/// awaitkit's default timer reads.
+struct GovernorStd;
+
+impl Checker for GovernorStd {
+    type Limiter = governor::RateLimiter<
+        governor::state::NotKeyed,
+        governor::state::InMemoryState,
+        governor::clock::MonotonicClock,
+        governor::middleware::NoOpMiddleware<std::time::Instant>,
+    >;
+
+    fn build() -> Self::Limiter {
+        let quota = governor::Quota::per_second(NonZeroU32::MAX);
+        governor::RateLimiter::direct_with_clock(quota, governor::clock::MonotonicClock)
+    }
+
+    #[inline(always)]
+    fn check(limiter: &Self::Limiter) -> bool {
+        limiter.check().is_ok()
+    }
+}
+
 impl Checker for Governor {
     type Limiter = governor::DefaultDirectRateLimiter;
 
@@ -747,6 +770,7 @@ fn main() {
         bench_check::<AwaitkitQuanta<true>>(&settings, &cli, g, group_name, name);
     }
     bench_check::<Governor>(&settings, &cli, g, group_name, "governor");
+    bench_check::<GovernorStd>(&settings, &cli, g, group_name, "governor_std");
     bench_check::<LeakyBucket<true>>(&settings, &cli, g, group_name, "leaky_bucket_fair");
     bench_check::<LeakyBucket<false>>(&settings, &cli, g, group_name, "leaky_bucket_unfair");
     group.finish();

@@ -184,6 +184,7 @@ RATE_CHECK_COLUMNS = [
     ("awaitkit_strict_quanta", "awaitkit strict window on `QuantaTimer` (governor's clock)"),
     ("awaitkit_gcra_quanta", "awaitkit GCRA on `QuantaTimer` (governor's clock)"),
     ("governor", "governor `check()`"),
+    ("governor_std", "governor `check()` on `MonotonicClock` (`Instant::now()`, the default timer's clock)"),
     ("leaky_bucket_fair", "leaky-bucket `try_acquire(1)`, fair"),
     ("leaky_bucket_unfair", "leaky-bucket `try_acquire(1)`, unfair"),
 ]
@@ -193,6 +194,8 @@ RATE_CHECK_BARS = [
     ("awaitkit_gcra", "governor", 1.0, "bar"),
     ("awaitkit_strict_quanta", "governor", 1.5, "bar, same clock"),
     ("awaitkit_gcra_quanta", "governor", 1.0, "bar, same clock"),
+    ("awaitkit_strict", "governor_std", 1.5, "bar, same clock"),
+    ("awaitkit_gcra", "governor_std", 1.0, "bar, same clock"),
     ("awaitkit_strict", "leaky_bucket_unfair", 1.0, "goal"),
     ("awaitkit_gcra", "leaky_bucket_unfair", 1.0, "goal"),
 ]

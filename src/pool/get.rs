@@ -85,7 +85,9 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
     }
 
     fn pool(&self) -> &Pool<M, T> {
-        self.pool.as_ref().expect("a get holds its pool until it completes")
+        self.pool
+            .as_ref()
+            .expect("a get holds its pool until it completes")
     }
 
     /// With a permit: the next idle object to recycle (or, for a manager
@@ -121,7 +123,10 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
     /// Success: the guard takes the pool handle.
     fn hand_out(&mut self, entry: Entry<M::Object>, permit: OwnedSemaphorePermit) -> Pooled<M, T> {
         self.step = Step::Done;
-        let pool = self.pool.take().expect("a get holds its pool until it completes");
+        let pool = self
+            .pool
+            .take()
+            .expect("a get holds its pool until it completes");
         Pooled::new(pool, entry, permit)
     }
 }
@@ -148,7 +153,9 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
                     if pool.is_closed() {
                         Err(PoolError::Closed)
                     } else {
-                        Ok(Step::Wait(Arc::clone(&pool.inner.semaphore).acquire_owned()))
+                        Ok(Step::Wait(
+                            Arc::clone(&pool.inner.semaphore).acquire_owned(),
+                        ))
                     }
                 }
                 Step::Wait(acquire) => match Pin::new(acquire).poll(cx) {

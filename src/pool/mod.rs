@@ -560,7 +560,8 @@ impl<M: Manager, T: Timer> Pool<M, T> {
             (Some(since), Some(limit)) => now.saturating_duration_since(since) >= limit,
             _ => false,
         };
-        over(entry.created, self.inner.max_lifetime) || over(entry.returned, self.inner.idle_timeout)
+        over(entry.created, self.inner.max_lifetime)
+            || over(entry.returned, self.inner.idle_timeout)
     }
 
     /// The time for an entry's timestamp, read only if `limit` is set.

@@ -143,7 +143,7 @@ impl<T: Timer> Shared<T> {
     }
 
     /// The clock, in nanoseconds since the epoch.
-    #[inline]
+    #[inline(always)]
     fn now_raw(&self) -> u64 {
         match self.timer.counter_nanos() {
             Some(counter) => counter.saturating_sub(self.counter_origin),
@@ -218,7 +218,7 @@ impl<T: Timer> Shared<T> {
 
     /// The lock-free GCRA check, when nobody waits: `None` means "take the
     /// lock" (window mode, waiters, a quota change, more than the burst).
-    #[inline]
+    #[inline(always)]
     fn gcra_fast(&self, n: u64) -> Option<Result<(), RateLimitError>> {
         let ctl = self.ctl.load(Ordering::Acquire);
         if ctl & (WINDOW | QUEUED | WRITING) != 0 {
@@ -335,6 +335,7 @@ impl<T: Timer> Shared<T> {
     // The public operations
     // -----------------------------------------------------------------------
 
+    #[inline]
     pub(crate) fn try_acquire(&self, n: u64) -> Result<(), RateLimitError> {
         if n == 0 {
             return Ok(());
