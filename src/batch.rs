@@ -267,6 +267,18 @@ pub struct Batch<
     T: Timer,
     L: Timer,
 {
+    /// Everything that does not name `P`, `T`, `L` or `FAIL_FAST`.
+    core: Core<I, F, Fut>,
+    /// The pause between fixed batches, and the batch's clock (`.timer`).
+    pause: BoxedDeadline<T>,
+    rate: Option<Rate<'r, L>>,
+    on_progress: Option<P>,
+}
+
+/// The state of a [`Batch`] that does not name its progress callback, timer,
+/// rate limiter or fail-fast mode: the builder methods that change those
+/// move it over in one piece.
+struct Core<I: Iterator, F, Fut: Future> {
     /// The calls in flight, keyed by input index.
     engine: Engine<Fut>,
     /// The items not yet pulled; `None` once the iterator ran out.
@@ -283,12 +295,8 @@ pub struct Batch<
     batch_left: usize,
     /// Fixed batches: how many batches have started.
     batches: usize,
-    /// The pause between fixed batches, and the batch's clock (`.timer`).
-    pause: BoxedDeadline<T>,
+    /// Waiting for the pause between fixed batches.
     pausing: bool,
-    rate: Option<&'r RateLimiter<L>>,
-    grant: Option<RateAcquire<'r, L>>,
-    on_progress: Option<P>,
     #[cfg(feature = "indicatif")]
     bar: Option<bar::Bar>,
     /// When the batch was first polled (read only if progress is reported).
@@ -297,6 +305,12 @@ pub struct Batch<
     total: Option<usize>,
     finished: bool,
     poisoned: bool,
+}
+
+/// A [`Batch`]'s rate limit: the limiter, and the grant being waited for.
+struct Rate<'r, L: Timer> {
+    limiter: &'r RateLimiter<L>,
+    grant: Option<RateAcquire<'r, L>>,
 }
 
 /// [`Batch`] after [`fail_fast`](Batch::fail_fast): resolves to
@@ -365,27 +379,28 @@ where
         // iterator (`0..`) hints `usize::MAX` and is only partly consumed.
         let budget = (1 << 20) / size_of::<Option<Fut::Output>>().max(1);
         Ok(Batch {
-            engine: Engine::new(),
-            items: Some(items),
-            next_item: None,
-            f,
-            results: Vec::with_capacity(lower.min(budget)),
-            limit,
-            mode: Mode::Sliding,
-            batch_left: 0,
-            batches: 0,
+            core: Core {
+                engine: Engine::new(),
+                items: Some(items),
+                next_item: None,
+                f,
+                results: Vec::with_capacity(lower.min(budget)),
+                limit,
+                mode: Mode::Sliding,
+                batch_left: 0,
+                batches: 0,
+                pausing: false,
+                #[cfg(feature = "indicatif")]
+                bar: None,
+                started: None,
+                done: 0,
+                total,
+                finished: false,
+                poisoned: false,
+            },
             pause: BoxedDeadline::new(DefaultTimer::default(), None),
-            pausing: false,
             rate: None,
-            grant: None,
             on_progress: None,
-            #[cfg(feature = "indicatif")]
-            bar: None,
-            started: None,
-            done: 0,
-            total,
-            finished: false,
-            poisoned: false,
         })
     }
 }
@@ -424,8 +439,8 @@ where
     /// # });
     /// ```
     pub fn fixed_batches(mut self) -> Self {
-        if self.mode == Mode::Sliding {
-            self.mode = Mode::Fixed { pause: None };
+        if self.core.mode == Mode::Sliding {
+            self.core.mode = Mode::Fixed { pause: None };
         }
         self
     }
@@ -450,7 +465,7 @@ where
     /// # });
     /// ```
     pub fn pause_between(mut self, pause: Duration) -> Self {
-        self.mode = Mode::Fixed { pause: Some(pause) };
+        self.core.mode = Mode::Fixed { pause: Some(pause) };
         self
     }
 
@@ -484,28 +499,14 @@ where
         limiter: &'a RateLimiter<M>,
     ) -> Batch<'a, I, F, Fut, P, T, M, FF> {
         Batch {
-            engine: self.engine,
-            items: self.items,
-            next_item: self.next_item,
-            f: self.f,
-            results: self.results,
-            limit: self.limit,
-            mode: self.mode,
-            batch_left: self.batch_left,
-            batches: self.batches,
+            core: self.core,
             pause: self.pause,
-            pausing: self.pausing,
-            rate: Some(limiter),
             // A grant being waited for (if polled already) goes back.
-            grant: None,
+            rate: Some(Rate {
+                limiter,
+                grant: None,
+            }),
             on_progress: self.on_progress,
-            #[cfg(feature = "indicatif")]
-            bar: self.bar,
-            started: self.started,
-            done: self.done,
-            total: self.total,
-            finished: self.finished,
-            poisoned: self.poisoned,
         }
     }
 
@@ -531,27 +532,10 @@ where
         callback: Q,
     ) -> Batch<'r, I, F, Fut, Q, T, L, FF> {
         Batch {
-            engine: self.engine,
-            items: self.items,
-            next_item: self.next_item,
-            f: self.f,
-            results: self.results,
-            limit: self.limit,
-            mode: self.mode,
-            batch_left: self.batch_left,
-            batches: self.batches,
+            core: self.core,
             pause: self.pause,
-            pausing: self.pausing,
             rate: self.rate,
-            grant: self.grant,
             on_progress: Some(callback),
-            #[cfg(feature = "indicatif")]
-            bar: self.bar,
-            started: self.started,
-            done: self.done,
-            total: self.total,
-            finished: self.finished,
-            poisoned: self.poisoned,
         }
     }
 
@@ -572,31 +556,16 @@ where
     /// assert_eq!(out, [1, 2]);
     /// # });
     /// ```
-    pub fn with_timer<U: Timer>(self, timer: U) -> Batch<'r, I, F, Fut, P, U, L, FF> {
+    pub fn with_timer<U: Timer>(mut self, timer: U) -> Batch<'r, I, F, Fut, P, U, L, FF> {
+        // A pause under way, and the elapsed time, start over on the new
+        // clock.
+        self.core.pausing = false;
+        self.core.started = None;
         Batch {
-            engine: self.engine,
-            items: self.items,
-            next_item: self.next_item,
-            f: self.f,
-            results: self.results,
-            limit: self.limit,
-            mode: self.mode,
-            batch_left: self.batch_left,
-            batches: self.batches,
-            // A pause under way starts over on the new clock.
+            core: self.core,
             pause: BoxedDeadline::new(timer, None),
-            pausing: false,
             rate: self.rate,
-            grant: self.grant,
             on_progress: self.on_progress,
-            #[cfg(feature = "indicatif")]
-            bar: self.bar,
-            // The elapsed time starts over on the new clock.
-            started: None,
-            done: self.done,
-            total: self.total,
-            finished: self.finished,
-            poisoned: self.poisoned,
         }
     }
 
@@ -620,7 +589,7 @@ where
     /// ```
     #[cfg(feature = "indicatif")]
     pub fn progress_bar(mut self) -> Self {
-        self.bar = Some(bar::Bar::styled(indicatif::ProgressBar::no_length()));
+        self.core.bar = Some(bar::Bar::styled(indicatif::ProgressBar::no_length()));
         self
     }
 
@@ -647,7 +616,7 @@ where
     /// ```
     #[cfg(feature = "indicatif")]
     pub fn with_progress_bar(mut self, bar: indicatif::ProgressBar) -> Self {
-        self.bar = Some(bar::Bar::custom(bar));
+        self.core.bar = Some(bar::Bar::custom(bar));
         self
     }
 
@@ -660,7 +629,7 @@ where
     /// assert_eq!(batch.limit(), 2);
     /// ```
     pub fn limit(&self) -> usize {
-        self.limit
+        self.core.limit
     }
 
     /// How many calls are in flight.
@@ -675,7 +644,7 @@ where
     /// assert_eq!(batch.in_flight(), 2);
     /// ```
     pub fn in_flight(&self) -> usize {
-        self.engine.running()
+        self.core.engine.running()
     }
 
     /// How many items have finished.
@@ -691,7 +660,7 @@ where
     /// assert_eq!(batch.completed(), 1);
     /// ```
     pub fn completed(&self) -> usize {
-        self.done
+        self.core.done
     }
 }
 
@@ -729,28 +698,29 @@ where
     /// ```
     pub fn fail_fast(self) -> TryBatch<'r, I, F, Fut, P, T, L> {
         Batch {
-            engine: self.engine,
-            items: self.items,
-            next_item: self.next_item,
-            f: self.f,
-            results: self.results,
-            limit: self.limit,
-            mode: self.mode,
-            batch_left: self.batch_left,
-            batches: self.batches,
+            core: self.core,
             pause: self.pause,
-            pausing: self.pausing,
             rate: self.rate,
-            grant: self.grant,
             on_progress: self.on_progress,
-            #[cfg(feature = "indicatif")]
-            bar: self.bar,
-            started: self.started,
-            done: self.done,
-            total: self.total,
-            finished: self.finished,
-            poisoned: self.poisoned,
         }
+    }
+}
+
+impl<I: Iterator, F, Fut: Future> Core<I, F, Fut> {
+    /// Makes sure the next item is in `next_item`; `false` once the
+    /// iterator has run out.
+    fn peek(&mut self) -> bool {
+        peek(
+            &mut self.items,
+            &mut self.next_item,
+            &mut self.total,
+            self.results.len(),
+        )
+    }
+
+    /// The outputs, in input order.
+    fn take_results(&mut self) -> std::vec::IntoIter<Option<Fut::Output>> {
+        std::mem::take(&mut self.results).into_iter()
     }
 }
 
@@ -766,74 +736,70 @@ where
     /// Whether anything reports progress (and so needs the clock).
     fn reports(&self) -> bool {
         #[cfg(feature = "indicatif")]
-        if self.bar.is_some() {
+        if self.core.bar.is_some() {
             return true;
         }
         self.on_progress.is_some()
-    }
-
-    /// Makes sure the next item is in `next_item`; `false` once the
-    /// iterator has run out.
-    fn peek(&mut self) -> bool {
-        peek(
-            &mut self.items,
-            &mut self.next_item,
-            &mut self.total,
-            self.results.len(),
-        )
     }
 
     /// Starts calls while the mode allows, a grant is at hand and items
     /// remain. Returns how many started. When it stops for a grant or a
     /// pause, `cx` is registered to be woken.
     fn start(&mut self, cx: &mut Context<'_>) -> usize {
+        let Batch {
+            core,
+            pause: deadline,
+            rate,
+            ..
+        } = self;
         let mut started = 0;
         loop {
-            match self.mode {
+            match core.mode {
                 Mode::Sliding => {
-                    if self.engine.running() >= self.limit {
+                    if core.engine.running() >= core.limit {
                         break;
                     }
                 }
                 Mode::Fixed { pause } => {
-                    if self.batch_left == 0 {
+                    if core.batch_left == 0 {
                         // The next batch starts when the whole previous one
                         // has finished, an item exists, and the pause is over.
-                        if self.engine.running() > 0 || !self.peek() {
+                        if core.engine.running() > 0 || !core.peek() {
                             break;
                         }
-                        if let (Some(pause), true) = (pause, self.batches > 0) {
-                            if !self.pausing {
-                                self.pause.restart(Some(When::After(pause)));
-                                self.pausing = true;
+                        if let (Some(pause), true) = (pause, core.batches > 0) {
+                            if !core.pausing {
+                                deadline.restart(Some(When::After(pause)));
+                                core.pausing = true;
                             }
-                            if self.pause.poll(cx).is_pending() {
+                            if deadline.poll(cx).is_pending() {
                                 break;
                             }
-                            self.pausing = false;
+                            core.pausing = false;
                         }
-                        self.batches += 1;
-                        self.batch_left = self.limit;
+                        core.batches += 1;
+                        core.batch_left = core.limit;
                     }
                 }
             }
-            if !self.peek() {
+            if !core.peek() {
                 break;
             }
-            if let Some(limiter) = self.rate {
-                let grant = self.grant.get_or_insert_with(|| limiter.acquire());
+            if let Some(rate) = rate.as_mut() {
+                let limiter = rate.limiter;
+                let grant = rate.grant.get_or_insert_with(|| limiter.acquire());
                 if Pin::new(grant).poll(cx).is_pending() {
                     break;
                 }
-                self.grant = None;
+                rate.grant = None;
             }
-            let item = self.next_item.take().expect("peeked above");
-            let call = (self.f)(item);
-            let key = self.results.len();
-            self.results.push(None);
-            self.engine.push(call, key);
-            if let Mode::Fixed { .. } = self.mode {
-                self.batch_left -= 1;
+            let item = core.next_item.take().expect("peeked above");
+            let call = (core.f)(item);
+            let key = core.results.len();
+            core.results.push(None);
+            core.engine.push(call, key);
+            if let Mode::Fixed { .. } = core.mode {
+                core.batch_left -= 1;
             }
             started += 1;
         }
@@ -849,60 +815,68 @@ where
         cx: &mut Context<'_>,
         failed: fn(&Fut::Output) -> bool,
     ) -> Poll<Option<Fut::Output>> {
-        if self.started.is_none() && self.reports() {
-            self.started = Some(self.pause.timer.now());
+        if self.core.started.is_none() && self.reports() {
+            self.core.started = Some(self.pause.timer.now());
             #[cfg(feature = "indicatif")]
-            if let Some(bar) = self.bar.as_mut() {
-                bar.begin(self.total);
+            if let Some(bar) = self.core.bar.as_mut() {
+                bar.begin(self.core.total);
             }
         }
         self.start(cx);
         let reports = self.reports();
+        let Batch {
+            core,
+            pause,
+            rate,
+            on_progress,
+        } = self;
         let mut finished_any = false;
-        let mut pass = self.engine.pass(cx);
+        let mut pass = core.engine.pass(cx);
         while let Some(done) = pass.next() {
             pass.engine().release_slot(done.slot);
             if failed(&done.output) {
                 // Fail fast: drop everything else first (finished first: a
                 // destructor may panic).
-                self.finished = true;
+                core.finished = true;
                 pass.engine().clear();
-                self.grant = None;
-                self.items = None;
-                self.next_item = None;
-                self.results = Vec::new();
+                if let Some(rate) = rate.as_mut() {
+                    rate.grant = None;
+                }
+                core.items = None;
+                core.next_item = None;
+                core.results = Vec::new();
                 #[cfg(feature = "indicatif")]
-                if let Some(bar) = self.bar.as_ref() {
+                if let Some(bar) = core.bar.as_ref() {
                     bar.abandon();
                 }
                 return Poll::Ready(Some(done.output));
             }
-            self.results[done.key] = Some(done.output);
-            self.done += 1;
+            core.results[done.key] = Some(done.output);
+            core.done += 1;
             finished_any = true;
             if reports {
                 // A slot is free: learn whether items remain, so that the
                 // last reports know the total of an iterator without an
                 // exact size.
                 let in_flight = pass.engine().running();
-                if self.total.is_none() && (self.mode == Mode::Sliding || in_flight == 0) {
+                if core.total.is_none() && (core.mode == Mode::Sliding || in_flight == 0) {
                     peek(
-                        &mut self.items,
-                        &mut self.next_item,
-                        &mut self.total,
-                        self.results.len(),
+                        &mut core.items,
+                        &mut core.next_item,
+                        &mut core.total,
+                        core.results.len(),
                     );
                 }
-                let elapsed = match self.started {
-                    Some(start) => self.pause.timer.now().saturating_duration_since(start),
+                let elapsed = match core.started {
+                    Some(start) => pause.timer.now().saturating_duration_since(start),
                     None => Duration::ZERO,
                 };
-                let progress = Progress::new(self.done, self.total, in_flight, elapsed);
+                let progress = Progress::new(core.done, core.total, in_flight, elapsed);
                 #[cfg(feature = "indicatif")]
-                if let Some(bar) = self.bar.as_mut() {
+                if let Some(bar) = core.bar.as_mut() {
                     bar.update(&progress);
                 }
-                if let Some(callback) = self.on_progress.as_mut() {
+                if let Some(callback) = on_progress.as_mut() {
                     callback(&progress);
                 }
             }
@@ -913,10 +887,11 @@ where
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        if self.engine.running() == 0 && self.next_item.is_none() && self.items.is_none() {
-            self.finished = true;
+        let core = &mut self.core;
+        if core.engine.running() == 0 && core.next_item.is_none() && core.items.is_none() {
+            core.finished = true;
             #[cfg(feature = "indicatif")]
-            if let Some(bar) = self.bar.as_ref() {
+            if let Some(bar) = core.bar.as_ref() {
                 bar.finish();
             }
             return Poll::Ready(None);
@@ -931,20 +906,15 @@ where
         cx: &mut Context<'_>,
         failed: fn(&Fut::Output) -> bool,
     ) -> Poll<Option<Fut::Output>> {
-        assert!(!self.finished, "`Batch` polled after completion");
+        assert!(!self.core.finished, "`Batch` polled after completion");
         assert!(
-            !self.poisoned,
+            !self.core.poisoned,
             "`Batch` polled after a panic in one of its futures or callbacks"
         );
-        self.poisoned = true;
+        self.core.poisoned = true;
         let out = self.poll_batch(cx, failed);
-        self.poisoned = false;
+        self.core.poisoned = false;
         out
-    }
-
-    /// The outputs, in input order.
-    fn take_results(&mut self) -> std::vec::IntoIter<Option<Fut::Output>> {
-        std::mem::take(&mut self.results).into_iter()
     }
 }
 
@@ -963,7 +933,8 @@ where
         let this = self.get_mut();
         match this.poll_guarded(cx, |_| false) {
             Poll::Ready(_) => Poll::Ready(
-                this.take_results()
+                this.core
+                    .take_results()
                     .map(|o| o.expect("every item finished"))
                     .collect(),
             ),
@@ -988,6 +959,7 @@ where
         match this.poll_guarded(cx, Result::is_err) {
             Poll::Ready(Some(Err(e))) => Poll::Ready(Err(e)),
             Poll::Ready(_) => Poll::Ready(Ok(this
+                .core
                 .take_results()
                 .map(|o| match o {
                     Some(Ok(v)) => v,
@@ -1008,11 +980,14 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct(if FF { "TryBatch" } else { "Batch" })
-            .field("limit", &self.limit)
-            .field("in_flight", &self.engine.running())
-            .field("done", &self.done)
-            .field("total", &self.total)
-            .field("fixed_batches", &matches!(self.mode, Mode::Fixed { .. }))
+            .field("limit", &self.core.limit)
+            .field("in_flight", &self.core.engine.running())
+            .field("done", &self.core.done)
+            .field("total", &self.core.total)
+            .field(
+                "fixed_batches",
+                &matches!(self.core.mode, Mode::Fixed { .. }),
+            )
             .field("rate_limited", &self.rate.is_some())
             .finish_non_exhaustive()
     }

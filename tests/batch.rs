@@ -539,39 +539,78 @@ mod manual_clock {
     use awaitkit::RateLimiter;
     use awaitkit::rate_limiter::Quota;
     use awaitkit::time::{ManualClock, Timer};
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     const SEC: Duration = Duration::from_secs(1);
+
+    /// When calls start, on a manual clock, counted from the log's creation.
+    #[derive(Clone)]
+    struct Starts {
+        clock: ManualClock,
+        t0: Instant,
+        log: Arc<Mutex<Vec<Duration>>>,
+    }
+
+    impl Starts {
+        fn new(clock: &ManualClock) -> Self {
+            Starts {
+                clock: clock.clone(),
+                t0: clock.now(),
+                log: Arc::default(),
+            }
+        }
+        /// Records a start now.
+        fn record(&self) {
+            self.log.lock().unwrap().push(self.clock.now() - self.t0);
+        }
+        fn get(&self) -> Vec<Duration> {
+            self.log.lock().unwrap().clone()
+        }
+    }
+
+    /// Polls `batch` to completion, moving `clock` to its next deadline
+    /// between polls.
+    fn run_on_clock<B: Future + Unpin>(batch: &mut B, clock: &ManualClock) -> B::Output {
+        let waker = CountingWaker::new();
+        loop {
+            if let Poll::Ready(out) = poll_once(batch, &waker) {
+                return out;
+            }
+            // No deadline: a refill woke the batch; just poll again.
+            if let Some(at) = clock.next_deadline() {
+                clock.advance_to(at);
+            }
+        }
+    }
 
     guarded! {
         /// The pause runs from the end of one batch to the start of the
         /// next, on the batch's clock, never early.
         fn the_pause_is_honoured_exactly() {
             let clock = ManualClock::new();
-            let t0 = clock.now();
-            let starts = Arc::new(Mutex::new(Vec::new()));
-            let (c, s) = (clock.clone(), starts.clone());
+            let starts = Starts::new(&clock);
+            let s = starts.clone();
             let mut batch = process_batch(0..5, 2, move |i| {
-                s.lock().unwrap().push(c.now() - t0);
+                s.record();
                 async move { i }
             })
             .pause_between(10 * SEC)
             .with_timer(clock.clone());
             let waker = CountingWaker::new();
             assert!(poll_once(&mut batch, &waker).is_pending());
-            assert_eq!(starts.lock().unwrap().len(), 2);
+            assert_eq!(starts.get().len(), 2);
             assert_eq!(clock.sleepers(), 1, "pausing");
             clock.advance(9 * SEC);
             assert!(poll_once(&mut batch, &waker).is_pending());
-            assert_eq!(starts.lock().unwrap().len(), 2, "never early");
+            assert_eq!(starts.get().len(), 2, "never early");
             let wakes = waker.wakes();
             clock.advance(SEC);
             assert!(waker.wakes() > wakes, "the pause's end wakes the batch");
             assert!(poll_once(&mut batch, &waker).is_pending());
-            assert_eq!(starts.lock().unwrap().len(), 4);
+            assert_eq!(starts.get().len(), 4);
             clock.advance(10 * SEC);
             assert_eq!(poll_once(&mut batch, &waker), Poll::Ready(vec![0, 1, 2, 3, 4]));
-            assert_eq!(*starts.lock().unwrap(), [Duration::ZERO, Duration::ZERO, 10 * SEC, 10 * SEC, 20 * SEC]);
+            assert_eq!(starts.get(), [Duration::ZERO, Duration::ZERO, 10 * SEC, 10 * SEC, 20 * SEC]);
             assert_eq!(clock.sleepers(), 0, "no pause after the last batch");
         }
 
@@ -624,31 +663,19 @@ mod manual_clock {
         /// each grant is taken only when its call can start.
         fn rate_limited_starts_respect_the_quota() {
             let clock = ManualClock::new();
-            let t0 = clock.now();
             let limiter = RateLimiter::with_timer(Quota::window(2, SEC).unwrap(), clock.clone());
-            let starts = Arc::new(Mutex::new(Vec::<Duration>::new()));
-            let (c, s) = (clock.clone(), starts.clone());
+            let starts = Starts::new(&clock);
+            let s = starts.clone();
             let mut batch = process_batch(0..7, 10, move |i| {
-                let (c, s) = (c.clone(), s.clone());
+                let s = s.clone();
                 async move {
-                    s.lock().unwrap().push(c.now() - t0); // the call's first poll
+                    s.record(); // the call's first poll
                     i
                 }
             })
             .rate_limit(&limiter);
-            let waker = CountingWaker::new();
-            let out = loop {
-                if let Poll::Ready(out) = poll_once(&mut batch, &waker) {
-                    break out;
-                }
-                // No deadline: a refill woke the batch; just poll again.
-                if let Some(at) = clock.next_deadline() {
-                    clock.advance_to(at);
-                }
-            };
-            assert_eq!(out, (0..7).collect::<Vec<_>>());
-            let starts = starts.lock().unwrap();
-            assert_eq!(*starts, [Duration::ZERO, Duration::ZERO, SEC, SEC, 2 * SEC, 2 * SEC, 3 * SEC]);
+            assert_eq!(run_on_clock(&mut batch, &clock), (0..7).collect::<Vec<_>>());
+            assert_eq!(starts.get(), [Duration::ZERO, Duration::ZERO, SEC, SEC, 2 * SEC, 2 * SEC, 3 * SEC]);
         }
 
         /// With limit 1, a grant is taken only when the slot is free: the
@@ -676,33 +703,22 @@ mod manual_clock {
         /// Fixed batches, a pause and a rate limit together, on one clock.
         fn fixed_batches_with_pause_and_rate_limit() {
             let clock = ManualClock::new();
-            let t0 = clock.now();
             let limiter = RateLimiter::with_timer(Quota::window(3, SEC).unwrap(), clock.clone());
-            let starts = Arc::new(Mutex::new(Vec::<Duration>::new()));
-            let (c, s) = (clock.clone(), starts.clone());
+            let starts = Starts::new(&clock);
+            let s = starts.clone();
             let mut batch = process_batch(0..6, 2, move |i| {
-                s.lock().unwrap().push(c.now() - t0);
+                s.record();
                 async move { i }
             })
             .pause_between(SEC / 2)
             .with_timer(clock.clone())
             .rate_limit(&limiter);
-            let waker = CountingWaker::new();
-            let out = loop {
-                if let Poll::Ready(out) = poll_once(&mut batch, &waker) {
-                    break out;
-                }
-                if let Some(at) = clock.next_deadline() {
-                    clock.advance_to(at);
-                }
-            };
-            assert_eq!(out, (0..6).collect::<Vec<_>>());
+            assert_eq!(run_on_clock(&mut batch, &clock), (0..6).collect::<Vec<_>>());
             // Batch 1 at 0 s. Pause to 0.5 s: one grant left in the window,
             // the next when the 0 s grants expire, at 1 s. Pause to 1.5 s:
             // the 0.5 s grant has expired, only the 1 s one counts.
-            let starts = starts.lock().unwrap();
             assert_eq!(
-                *starts,
+                starts.get(),
                 [Duration::ZERO, Duration::ZERO, SEC / 2, SEC, SEC * 3 / 2, SEC * 3 / 2]
             );
         }

@@ -32,6 +32,30 @@ fn manual(quota: Quota) -> (ManualClock, RateLimiter<ManualClock>) {
     (clock, limiter)
 }
 
+/// Starts `n` acquires at once and moves the clock from one armed deadline
+/// to the next; returns when each was granted (clock time since the start).
+fn grant_times(clock: &ManualClock, limiter: &RateLimiter<ManualClock>, n: usize) -> Vec<Duration> {
+    let t0 = clock.now();
+    let w = CountingWaker::new();
+    let mut acquires: Vec<_> = (0..n).map(|_| limiter.acquire()).collect();
+    let mut granted = vec![None; n];
+    loop {
+        for (i, a) in acquires.iter_mut().enumerate() {
+            if granted[i].is_none() && poll_once(a, &w).is_ready() {
+                granted[i] = Some(clock.now() - t0);
+            }
+        }
+        match clock.next_deadline() {
+            Some(next) => clock.advance_to(next),
+            None => break,
+        }
+    }
+    granted
+        .into_iter()
+        .map(|t| t.expect("every acquire granted"))
+        .collect()
+}
+
 fn limited(wait: Duration) -> Result<(), RateLimitError> {
     Err(RateLimitError::RateLimited { wait })
 }
@@ -129,22 +153,8 @@ guarded! {
     fn strict_window_grant_times_are_exact() {
         // The seed's "5 per second" over 12 calls: 5 at 0 s, 5 at 1 s, 2 at 2 s.
         let (clock, limiter) = manual(window(5, SEC));
-        let t0 = clock.now();
-        let w = CountingWaker::new();
-        let mut acquires: Vec<_> = (0..12).map(|_| limiter.acquire()).collect();
-        let mut granted = vec![None; 12];
-        loop {
-            for (i, a) in acquires.iter_mut().enumerate() {
-                if granted[i].is_none() && poll_once(a, &w).is_ready() {
-                    granted[i] = Some(clock.now() - t0);
-                }
-            }
-            match clock.next_deadline() {
-                Some(next) => clock.advance_to(next),
-                None => break,
-            }
-        }
-        let expect: Vec<_> = (0..12).map(|i| Some(SEC * (i / 5))).collect();
+        let granted = grant_times(&clock, &limiter, 12);
+        let expect: Vec<_> = (0..12).map(|i| SEC * (i / 5)).collect();
         assert_eq!(granted, expect);
     }
 
@@ -228,22 +238,8 @@ guarded! {
 
     fn gcra_spaces_grants_after_the_burst() {
         let (clock, limiter) = manual(Quota::gcra(10, SEC, 3).unwrap());
-        let t0 = clock.now();
-        let w = CountingWaker::new();
-        let mut acquires: Vec<_> = (0..6).map(|_| limiter.acquire()).collect();
-        let mut granted = vec![None; 6];
-        loop {
-            for (i, a) in acquires.iter_mut().enumerate() {
-                if granted[i].is_none() && poll_once(a, &w).is_ready() {
-                    granted[i] = Some(clock.now() - t0);
-                }
-            }
-            match clock.next_deadline() {
-                Some(next) => clock.advance_to(next),
-                None => break,
-            }
-        }
-        let ms = |m| Some(MS * m);
+        let granted = grant_times(&clock, &limiter, 6);
+        let ms = |m| MS * m;
         assert_eq!(granted, [ms(0), ms(0), ms(0), ms(100), ms(200), ms(300)]);
         // Idle for a second: the burst is back, and no more.
         clock.advance(SEC);
