@@ -55,59 +55,20 @@
 
 mod common;
 
-use common::{Flag, Settings};
+use common::{Driver, Settings, bench_checked_id};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use futures::StreamExt;
 use futures_buffered::BufferedStreamExt;
 use std::cell::Cell;
 use std::future::Future;
-use std::pin::{Pin, pin};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::task::{Context, Poll, Waker};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 /// Items per iteration.
 const N: usize = 10_000;
 /// Concurrency limit.
 const LIMIT: usize = 64;
 const GROUP: &str = "batch";
-
-// ---------------------------------------------------------------------------
-// Driver
-// ---------------------------------------------------------------------------
-
-/// The top-level waker (wake = one relaxed store), built outside the timed
-/// region.
-struct Driver {
-    flag: Arc<Flag>,
-    waker: Waker,
-}
-
-impl Driver {
-    fn new() -> Self {
-        let flag = Arc::new(Flag(AtomicBool::new(false)));
-        let waker = Waker::from(flag.clone());
-        Driver { flag, waker }
-    }
-
-    /// Polls `fut` to completion, polling again only after the flag was set.
-    fn block_on<F: Future>(&self, fut: F) -> F::Output {
-        let mut fut = pin!(fut);
-        let mut cx = Context::from_waker(&self.waker);
-        // A stale flag from the previous iteration must not count.
-        self.flag.0.store(false, Relaxed);
-        loop {
-            if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-                return out;
-            }
-            assert!(
-                self.flag.0.load(Relaxed),
-                "deadlock: the future is pending and its waker was not woken"
-            );
-            self.flag.0.store(false, Relaxed);
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Children
@@ -230,45 +191,26 @@ fn awaitkit<K: Kind>(d: &Driver) -> usize {
     finish::<K>(out, true)
 }
 
-fn futures_buffered<K: Kind>(d: &Driver) -> usize {
-    let out: Vec<usize> = d.block_on(
-        futures::stream::iter(0..N)
-            .map(K::child)
-            .buffered(LIMIT)
-            .collect(),
-    );
-    finish::<K>(out, true)
+/// `$name`: the items as a stream of children through the adaptor
+/// `$adaptor(LIMIT)`, collected into a `Vec`.
+macro_rules! stream_adaptor {
+    ($name:ident, $adaptor:ident, ordered: $ordered:expr) => {
+        fn $name<K: Kind>(d: &Driver) -> usize {
+            let out: Vec<usize> = d.block_on(
+                futures::stream::iter(0..N)
+                    .map(K::child)
+                    .$adaptor(LIMIT)
+                    .collect(),
+            );
+            finish::<K>(out, $ordered)
+        }
+    };
 }
 
-fn fb_buffered_ordered<K: Kind>(d: &Driver) -> usize {
-    let out: Vec<usize> = d.block_on(
-        futures::stream::iter(0..N)
-            .map(K::child)
-            .buffered_ordered(LIMIT)
-            .collect(),
-    );
-    finish::<K>(out, true)
-}
-
-fn futures_buffer_unordered<K: Kind>(d: &Driver) -> usize {
-    let out: Vec<usize> = d.block_on(
-        futures::stream::iter(0..N)
-            .map(K::child)
-            .buffer_unordered(LIMIT)
-            .collect(),
-    );
-    finish::<K>(out, false)
-}
-
-fn fb_buffered_unordered<K: Kind>(d: &Driver) -> usize {
-    let out: Vec<usize> = d.block_on(
-        futures::stream::iter(0..N)
-            .map(K::child)
-            .buffered_unordered(LIMIT)
-            .collect(),
-    );
-    finish::<K>(out, false)
-}
+stream_adaptor!(futures_buffered, buffered, ordered: true);
+stream_adaptor!(fb_buffered_ordered, buffered_ordered, ordered: true);
+stream_adaptor!(futures_buffer_unordered, buffer_unordered, ordered: false);
+stream_adaptor!(fb_buffered_unordered, buffered_unordered, ordered: false);
 
 // ---------------------------------------------------------------------------
 // Registration
@@ -342,14 +284,12 @@ fn main() {
     let mut group = c.benchmark_group(GROUP);
     group.throughput(Throughput::Elements(N as u64));
     for entry in &entries {
-        let mut checked = false;
-        group.bench_with_input(BenchmarkId::new(entry.name, N), &driver, |b, d| {
-            if !checked {
-                checked = true;
-                check(&settings, d, entry);
-            }
-            b.iter(|| (entry.timed)(d));
-        });
+        bench_checked_id(
+            &mut group,
+            BenchmarkId::new(entry.name, N),
+            || check(&settings, &driver, entry),
+            |b| b.iter(|| (entry.timed)(&driver)),
+        );
     }
     group.finish();
     c.final_summary();

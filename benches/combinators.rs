@@ -51,7 +51,7 @@
 
 mod common;
 
-use common::{Flag, Settings};
+use common::{Driver, Settings, bench_checked_id};
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use futures::StreamExt;
 use futures::stream::Stream;
@@ -62,8 +62,6 @@ use rand::seq::SliceRandom;
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::{Pin, pin};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::task::{Context, Poll, Waker};
 
 // ---------------------------------------------------------------------------
@@ -85,14 +83,11 @@ struct Ctx {
     /// Fire order: a seeded shuffle of `0..n` (shuffled groups) or `[n - 1]`
     /// (`wait_any`); empty for yield children.
     order: Vec<usize>,
-    flag: Arc<Flag>,
-    waker: Waker,
+    driver: Driver,
 }
 
 impl Ctx {
     fn new(n: usize, slots: bool, order: Vec<usize>) -> Self {
-        let flag = Arc::new(Flag(AtomicBool::new(false)));
-        let waker = Waker::from(flag.clone());
         let slots = if slots {
             (0..n).map(|_| Slot::default()).collect()
         } else {
@@ -102,8 +97,7 @@ impl Ctx {
             n,
             slots,
             order,
-            flag,
-            waker,
+            driver: Driver::new(),
         }
     }
 
@@ -132,26 +126,16 @@ impl Ctx {
     /// Polls `fut` to completion; polls again only after the flag was set,
     /// firing the next slot of `order` while it is not.
     fn block_on<F: Future>(&self, fut: F) -> F::Output {
-        let mut fut = pin!(fut);
-        let mut cx = Context::from_waker(&self.waker);
         let mut next = 0;
-        // A combinator may wake its task in the poll that completes it: a
-        // stale flag from the previous iteration must not count.
-        self.flag.0.store(false, Relaxed);
-        loop {
-            if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-                return out;
-            }
-            while !self.flag.0.load(Relaxed) {
-                let index = *self
-                    .order
-                    .get(next)
-                    .expect("deadlock: the future is pending, its waker was not woken and nothing is left to fire");
-                next += 1;
-                self.fire(index);
-            }
-            self.flag.0.store(false, Relaxed);
-        }
+        let fire_next = || {
+            let index = *self
+                .order
+                .get(next)
+                .expect("deadlock: the future is pending, its waker was not woken and nothing is left to fire");
+            next += 1;
+            self.fire(index);
+        };
+        self.driver.block_on_with(fut, fire_next).0
     }
 
     /// Every slot is back to its initial state (checked after counting runs).
@@ -500,7 +484,6 @@ fn bench_group(
         let ctx = make_ctx(n);
         group.throughput(Throughput::Elements(n as u64));
         for entry in entries.iter().filter(|e| n <= e.max_n) {
-            let mut counted = false;
             if n >= 10_000 {
                 group.sampling_mode(SamplingMode::Flat).sample_size(10);
             } else {
@@ -508,21 +491,20 @@ fn bench_group(
                     .sampling_mode(SamplingMode::Auto)
                     .sample_size(default_samples);
             }
-            group.bench_with_input(BenchmarkId::new(entry.name, n), &ctx, |b, ctx| {
-                if !counted {
-                    counted = true;
-                    POLLS.with(|p| p.set(0));
-                    let done = (entry.counted)(ctx);
-                    let polls = POLLS.with(Cell::get);
-                    ctx.assert_clean();
-                    if group_name.starts_with("wait_any") {
-                        assert_eq!(done, n - 1);
-                    } else {
-                        assert_eq!(done, n);
-                    }
-                    settings.record_polls(group_name, entry.name, n, polls as f64 / n as f64);
+            let count = || {
+                POLLS.with(|p| p.set(0));
+                let done = (entry.counted)(&ctx);
+                let polls = POLLS.with(Cell::get);
+                ctx.assert_clean();
+                if group_name.starts_with("wait_any") {
+                    assert_eq!(done, n - 1);
+                } else {
+                    assert_eq!(done, n);
                 }
-                b.iter(|| (entry.timed)(ctx));
+                settings.record_polls(group_name, entry.name, n, polls as f64 / n as f64);
+            };
+            bench_checked_id(&mut group, BenchmarkId::new(entry.name, n), count, |b| {
+                b.iter(|| (entry.timed)(&ctx))
             });
         }
     }

@@ -85,14 +85,16 @@
 
 mod common;
 
-use common::Settings;
+use common::{
+    Settings, Tracker, bench_checked, current_thread_runtime, expect_ok, multi_thread_runtime,
+    time_on_fresh_runtime, unexpected, yield_now,
+};
 use criterion::{SamplingMode, Throughput};
 use std::future::Future;
 use std::ops::DerefMut;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 
@@ -106,12 +108,6 @@ const ROUNDS: u64 = 10_000;
 const GETS: u64 = TASKS as u64 * ROUNDS;
 /// Workers of `pool_get_return_multithread`.
 const MT_WORKERS: usize = 2;
-
-#[cold]
-#[inline(never)]
-fn unexpected(what: &str) -> ! {
-    panic!("unexpected: {what}")
-}
 
 // ---------------------------------------------------------------------------
 // The pooled object and the managers
@@ -214,10 +210,7 @@ impl<M: awaitkit::pool::Manager<Object = Conn> + Default> Peer for Awaitkit<M> {
     }
 
     async fn get(pool: &Self::Pool) -> Self::Guard {
-        match pool.get().await {
-            Ok(guard) => guard,
-            Err(_) => unexpected("awaitkit get failed"),
-        }
+        expect_ok(pool.get().await, "awaitkit get failed")
     }
 }
 
@@ -226,20 +219,16 @@ impl Peer for DeadpoolManaged {
     type Guard = deadpool::managed::Object<DeadpoolManager>;
 
     fn new() -> Self::Pool {
-        match deadpool::managed::Pool::builder(DeadpoolManager)
-            .max_size(POOL_SIZE)
-            .build()
-        {
-            Ok(pool) => pool,
-            Err(_) => unexpected("deadpool managed build failed"),
-        }
+        expect_ok(
+            deadpool::managed::Pool::builder(DeadpoolManager)
+                .max_size(POOL_SIZE)
+                .build(),
+            "deadpool managed build failed",
+        )
     }
 
     async fn get(pool: &Self::Pool) -> Self::Guard {
-        match pool.get().await {
-            Ok(guard) => guard,
-            Err(_) => unexpected("deadpool managed get failed"),
-        }
+        expect_ok(pool.get().await, "deadpool managed get failed")
     }
 }
 
@@ -252,72 +241,20 @@ impl Peer for DeadpoolUnmanaged {
     }
 
     async fn get(pool: &Self::Pool) -> Self::Guard {
-        match pool.get().await {
-            Ok(guard) => guard,
-            Err(_) => unexpected("deadpool unmanaged get failed"),
-        }
+        expect_ok(pool.get().await, "deadpool unmanaged get failed")
     }
-}
-
-/// Wakes its own waker and returns `Pending` once, then `Ready(())`.
-struct YieldNow(bool);
-
-impl Future for YieldNow {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-fn yield_now() -> YieldNow {
-    YieldNow(false)
 }
 
 // ---------------------------------------------------------------------------
 // The workload
 // ---------------------------------------------------------------------------
 
-/// What the instrumented tasks observe (atomics: shared by both groups).
-static HELD: AtomicUsize = AtomicUsize::new(0);
-static MAX_HELD: AtomicUsize = AtomicUsize::new(0);
+/// What the instrumented tasks observe (atomics: shared by both groups):
+/// objects held, gets, gets that waited, tasks finished.
+static TRACK: Tracker = Tracker::new();
 /// One bit per object id while it is held.
 static HELD_IDS: AtomicU64 = AtomicU64::new(0);
 static DOUBLE_HANDOUTS: AtomicU64 = AtomicU64::new(0);
-static GOT: AtomicU64 = AtomicU64::new(0);
-static WAITED: AtomicU64 = AtomicU64::new(0);
-static TASKS_DONE: AtomicUsize = AtomicUsize::new(0);
-
-/// A get future that records whether it waited.
-struct Tracked<F> {
-    fut: F,
-    waited: bool,
-}
-
-impl<F: Future + Unpin> Future for Tracked<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let out = Pin::new(&mut self.fut).poll(cx);
-        match out {
-            Poll::Pending => self.waited = true,
-            Poll::Ready(_) => {
-                if self.waited {
-                    WAITED.fetch_add(1, Relaxed);
-                }
-                GOT.fetch_add(1, Relaxed);
-                let held = HELD.fetch_add(1, Relaxed) + 1;
-                MAX_HELD.fetch_max(held, Relaxed);
-            }
-        }
-        out
-    }
-}
 
 fn object_bit(conn: &Conn) -> u64 {
     if conn.id >= 64 {
@@ -329,8 +266,7 @@ fn object_bit(conn: &Conn) -> u64 {
 async fn task<P: Peer, const C: bool>(pool: Arc<P::Pool>) {
     for _ in 0..ROUNDS {
         let mut conn = if C {
-            let fut = pin!(P::get(&pool));
-            let conn = Tracked { fut, waited: false }.await;
+            let conn = TRACK.track(pin!(P::get(&pool))).await;
             let bit = object_bit(&conn);
             if HELD_IDS.fetch_or(bit, Relaxed) & bit != 0 {
                 DOUBLE_HANDOUTS.fetch_add(1, Relaxed);
@@ -343,12 +279,12 @@ async fn task<P: Peer, const C: bool>(pool: Arc<P::Pool>) {
         yield_now().await;
         if C {
             HELD_IDS.fetch_and(!object_bit(&conn), Relaxed);
-            HELD.fetch_sub(1, Relaxed);
+            TRACK.release();
         }
         drop(conn);
     }
     if C {
-        TASKS_DONE.fetch_add(1, Relaxed);
+        TRACK.task_done();
     }
 }
 
@@ -368,17 +304,8 @@ fn run<P: Peer, const C: bool>(rt: &Runtime) {
     });
 }
 
-fn current_thread_runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("tokio runtime")
-}
-
 fn multithread_runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(MT_WORKERS)
-        .build()
-        .expect("tokio runtime")
+    multi_thread_runtime(MT_WORKERS)
 }
 
 // ---------------------------------------------------------------------------
@@ -396,25 +323,28 @@ struct Check {
 }
 
 fn check<P: Peer>(rt: &Runtime) -> Check {
-    for counter in [&HELD, &MAX_HELD, &TASKS_DONE, &CREATED] {
-        counter.store(0, Relaxed);
-    }
-    for counter in [&HELD_IDS, &DOUBLE_HANDOUTS, &GOT, &WAITED] {
+    TRACK.reset();
+    CREATED.store(0, Relaxed);
+    for counter in [&HELD_IDS, &DOUBLE_HANDOUTS] {
         counter.store(0, Relaxed);
     }
     let start = Instant::now();
     run::<P, true>(rt);
     let elapsed = start.elapsed();
-    assert_eq!(TASKS_DONE.load(Relaxed), TASKS, "not every task finished");
-    assert_eq!(GOT.load(Relaxed), GETS, "wrong number of gets");
-    assert_eq!(HELD.load(Relaxed), 0);
+    assert_eq!(
+        TRACK.tasks_done.load(Relaxed),
+        TASKS,
+        "not every task finished"
+    );
+    assert_eq!(TRACK.got.load(Relaxed), GETS, "wrong number of gets");
+    assert_eq!(TRACK.held.load(Relaxed), 0);
     assert_eq!(HELD_IDS.load(Relaxed), 0);
     assert_eq!(
         DOUBLE_HANDOUTS.load(Relaxed),
         0,
         "an object was handed out twice at once"
     );
-    let max_held = MAX_HELD.load(Relaxed);
+    let max_held = TRACK.max_held.load(Relaxed);
     assert!(
         max_held <= POOL_SIZE,
         "{max_held} objects held at once in a pool of {POOL_SIZE}"
@@ -428,7 +358,7 @@ fn check<P: Peer>(rt: &Runtime) -> Check {
         gets: GETS,
         max_held,
         created,
-        waited: WAITED.load(Relaxed),
+        waited: TRACK.waited.load(Relaxed),
         ns_per_get: elapsed.as_nanos() as f64 / GETS as f64,
     }
 }
@@ -525,22 +455,12 @@ fn main() {
             .sampling_mode(SamplingMode::Flat)
             .measurement_time(settings.pool_measurement(multithread));
         for entry in entries().iter().filter(|e| selected(e.name)) {
-            let mut check = None;
-            group.bench_function(entry.name, |b| {
-                if check.is_none() {
-                    check = Some((entry.check)(&runtime()));
-                }
-                b.iter_custom(|iters| {
-                    let rt = runtime();
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        (entry.timed)(&rt);
-                    }
-                    let elapsed = start.elapsed();
-                    drop(rt);
-                    elapsed
-                });
-            });
+            let check = bench_checked(
+                &mut group,
+                entry.name,
+                || (entry.check)(&runtime()),
+                |b| b.iter_custom(|iters| time_on_fresh_runtime(iters, runtime, entry.timed)),
+            );
             if let Some(check) = check {
                 settings.record_check(group_name, entry.name, &check);
             }

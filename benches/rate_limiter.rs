@@ -103,7 +103,7 @@
 
 mod common;
 
-use common::Settings;
+use common::{Settings, current_thread_runtime_with_time, unexpected};
 use criterion::{BenchmarkGroup, Throughput, measurement::WallTime};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -179,12 +179,6 @@ fn live_bytes() -> usize {
     LIVE_BYTES.load(Relaxed)
 }
 
-#[cold]
-#[inline(never)]
-fn unexpected(what: &str) -> ! {
-    panic!("unexpected: {what}")
-}
-
 // ---------------------------------------------------------------------------
 // rate_limiter_check
 // ---------------------------------------------------------------------------
@@ -200,30 +194,31 @@ trait Checker {
     fn check(limiter: &Self::Limiter) -> bool;
 }
 
-struct AwaitkitStrict;
-struct AwaitkitGcra;
+/// awaitkit's `RateLimiter` on its default timer: the strict window
+/// (`RateLimiter::new`) or GCRA (`RateLimiter::gcra`).
+struct Awaitkit<const GCRA: bool>;
+type AwaitkitStrict = Awaitkit<false>;
+type AwaitkitGcra = Awaitkit<true>;
 struct Governor;
 /// `leaky_bucket::RateLimiter` with `fair(FAIR)`.
 struct LeakyBucket<const FAIR: bool>;
 
-impl Checker for AwaitkitStrict {
-    type Limiter = awaitkit::RateLimiter;
-
-    fn build() -> Self::Limiter {
-        awaitkit::RateLimiter::new(usize::MAX / 2, Duration::from_secs(1))
-    }
-
-    #[inline(always)]
-    fn check(limiter: &Self::Limiter) -> bool {
-        limiter.try_acquire().is_ok()
+impl<const GCRA: bool> Awaitkit<GCRA> {
+    /// `max` calls per `period` (GCRA: with a burst of `max`).
+    fn limiter(max: usize, period: Duration) -> awaitkit::RateLimiter {
+        if GCRA {
+            awaitkit::RateLimiter::gcra(max, period, max)
+        } else {
+            awaitkit::RateLimiter::new(max, period)
+        }
     }
 }
 
-impl Checker for AwaitkitGcra {
+impl<const GCRA: bool> Checker for Awaitkit<GCRA> {
     type Limiter = awaitkit::RateLimiter;
 
     fn build() -> Self::Limiter {
-        awaitkit::RateLimiter::gcra(usize::MAX / 2, Duration::from_secs(1), usize::MAX / 2)
+        Self::limiter(usize::MAX / 2, Duration::from_secs(1))
     }
 
     #[inline(always)]
@@ -442,23 +437,11 @@ trait Awaited {
     fn acquire(limiter: &Self::Limiter) -> impl Future<Output = ()>;
 }
 
-impl Awaited for AwaitkitStrict {
+impl<const GCRA: bool> Awaited for Awaitkit<GCRA> {
     type Limiter = awaitkit::RateLimiter;
 
     fn build() -> Self::Limiter {
-        awaitkit::RateLimiter::new(RATE, PERIOD)
-    }
-
-    fn acquire(limiter: &Self::Limiter) -> impl Future<Output = ()> {
-        limiter.acquire()
-    }
-}
-
-impl Awaited for AwaitkitGcra {
-    type Limiter = awaitkit::RateLimiter;
-
-    fn build() -> Self::Limiter {
-        awaitkit::RateLimiter::gcra(RATE, PERIOD, RATE)
+        Self::limiter(RATE, PERIOD)
     }
 
     fn acquire(limiter: &Self::Limiter) -> impl Future<Output = ()> {
@@ -524,10 +507,7 @@ impl<const FAIR: bool> Awaited for LeakyBucket<FAIR> {
 /// `ACQUISITIONS` awaited acquisitions, on a fresh current-thread runtime
 /// with time enabled and a fresh limiter.
 fn accuracy_run<A: Awaited>() -> Vec<Instant> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("tokio runtime");
+    let rt = current_thread_runtime_with_time();
     rt.block_on(async {
         let limiter = A::build();
         let mut stamps = Vec::with_capacity(ACQUISITIONS);

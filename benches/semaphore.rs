@@ -87,7 +87,10 @@
 
 mod common;
 
-use common::{Flag, Settings};
+use common::{
+    Driver, Settings, Tracker, bench_checked, expect_ok, multi_thread_runtime,
+    time_on_fresh_runtime, unexpected, yield_now,
+};
 use criterion::{SamplingMode, Throughput};
 use futures::executor::LocalPool;
 use futures::task::LocalSpawnExt;
@@ -97,8 +100,8 @@ use std::future::Future;
 use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::task::{Context, Poll, Waker};
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 
@@ -118,12 +121,6 @@ const MT_TASKS: usize = 64;
 const MT_ACQUISITIONS: u64 = 200_000;
 const MT_ROUNDS: u64 = MT_ACQUISITIONS / MT_TASKS as u64;
 const _: () = assert!(MT_ROUNDS * MT_TASKS as u64 == MT_ACQUISITIONS);
-
-#[cold]
-#[inline(never)]
-fn unexpected(what: &str) -> ! {
-    panic!("unexpected: {what}")
-}
 
 // ---------------------------------------------------------------------------
 // The crates
@@ -160,10 +157,7 @@ impl Peer for Awaitkit {
     }
 
     async fn acquire(sem: &Self::Sem) -> Self::Permit<'_> {
-        match sem.acquire().await {
-            Ok(permit) => permit,
-            Err(_) => unexpected("awaitkit acquire failed"),
-        }
+        expect_ok(sem.acquire().await, "awaitkit acquire failed")
     }
 
     fn try_acquire(sem: &Self::Sem) -> Option<Self::Permit<'_>> {
@@ -180,10 +174,7 @@ impl Peer for Tokio {
     }
 
     async fn acquire(sem: &Self::Sem) -> Self::Permit<'_> {
-        match sem.acquire().await {
-            Ok(permit) => permit,
-            Err(_) => unexpected("tokio acquire failed"),
-        }
+        expect_ok(sem.acquire().await, "tokio acquire failed")
     }
 
     fn try_acquire(sem: &Self::Sem) -> Option<Self::Permit<'_>> {
@@ -225,47 +216,14 @@ impl<const FAIR: bool> Peer for FuturesIntrusive<FAIR> {
     }
 }
 
-/// Wakes its own waker and returns `Pending` once, then `Ready(())`.
-struct YieldNow(bool);
-
-impl Future for YieldNow {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-fn yield_now() -> YieldNow {
-    YieldNow(false)
-}
-
 // ---------------------------------------------------------------------------
 // semaphore_uncontended
 // ---------------------------------------------------------------------------
 
-/// Polls `fut` to completion, again only after its waker set the flag.
-/// Returns the output and the number of polls.
-fn block_on<F: Future>(flag: &Arc<Flag>, waker: &Waker, fut: F) -> (F::Output, u32) {
-    let mut fut = pin!(fut);
-    let mut cx = Context::from_waker(waker);
-    let mut polls = 0;
-    flag.0.store(false, Relaxed);
-    loop {
-        polls += 1;
-        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return (out, polls);
-        }
-        if !flag.0.load(Relaxed) {
-            unexpected("deadlock: pending and not woken");
-        }
-        flag.0.store(false, Relaxed);
-    }
+/// Polls `fut` to completion on `driver`, again only after its waker set
+/// the flag. Returns the output and the number of polls.
+fn block_on<F: Future>(driver: &Driver, fut: F) -> (F::Output, u32) {
+    driver.block_on_with(fut, || unexpected("deadlock: pending and not woken"))
 }
 
 /// One task: `iters` × (acquire, release) on a semaphore with one permit.
@@ -280,22 +238,19 @@ async fn uncontended_task<P: Peer, const C: bool>(sem: &P::Sem, iters: u64) {
 }
 
 fn uncontended_timed<P: Peer>(iters: u64) -> Duration {
-    let flag = Arc::new(Flag(AtomicBool::new(false)));
-    let waker = Waker::from(flag.clone());
+    let driver = Driver::new();
     let sem = P::new(1);
     let start = Instant::now();
-    block_on(&flag, &waker, uncontended_task::<P, false>(&sem, iters));
+    block_on(&driver, uncontended_task::<P, false>(&sem, iters));
     start.elapsed()
 }
 
 fn uncontended_check<P: Peer>() -> Check {
-    let flag = Arc::new(Flag(AtomicBool::new(false)));
-    let waker = Waker::from(flag.clone());
+    let driver = Driver::new();
     let sem = P::new(1);
     let start = Instant::now();
     let ((), polls) = block_on(
-        &flag,
-        &waker,
+        &driver,
         uncontended_task::<P, true>(&sem, UNCONTENDED_CHECK),
     );
     let elapsed = start.elapsed();
@@ -445,64 +400,31 @@ fn local_check<P: Peer>() -> Check {
 // semaphore_multithread
 // ---------------------------------------------------------------------------
 
-static MT_HOLDERS: AtomicUsize = AtomicUsize::new(0);
-static MT_MAX_HOLDERS: AtomicUsize = AtomicUsize::new(0);
-static MT_ACQUIRED: AtomicU64 = AtomicU64::new(0);
-static MT_WAITED: AtomicU64 = AtomicU64::new(0);
-static MT_TASKS_DONE: AtomicUsize = AtomicUsize::new(0);
-
-/// An acquire future that records whether it waited.
-struct MtTracked<F> {
-    fut: F,
-    waited: bool,
-}
-
-impl<F: Future + Unpin> Future for MtTracked<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let out = Pin::new(&mut self.fut).poll(cx);
-        match out {
-            Poll::Pending => self.waited = true,
-            Poll::Ready(_) => {
-                if self.waited {
-                    MT_WAITED.fetch_add(1, Relaxed);
-                }
-                MT_ACQUIRED.fetch_add(1, Relaxed);
-                let holders = MT_HOLDERS.fetch_add(1, Relaxed) + 1;
-                MT_MAX_HOLDERS.fetch_max(holders, Relaxed);
-            }
-        }
-        out
-    }
-}
+/// What the instrumented multithread tasks observe (atomics).
+static MT: Tracker = Tracker::new();
 
 async fn mt_task<P: Peer, const C: bool>(sem: Arc<P::Sem>) {
     for _ in 0..MT_ROUNDS {
         let permit = if C {
-            let fut = pin!(P::acquire(&sem));
-            MtTracked { fut, waited: false }.await
+            MT.track(pin!(P::acquire(&sem))).await
         } else {
             P::acquire(&sem).await
         };
         yield_now().await;
         if C {
-            MT_HOLDERS.fetch_sub(1, Relaxed);
+            MT.release();
         }
         drop(permit);
     }
     if C {
-        MT_TASKS_DONE.fetch_add(1, Relaxed);
+        MT.task_done();
     }
 }
 
 /// The runtime of `semaphore_multithread`: built (and dropped) outside the
 /// timed region, one per sample.
 fn mt_runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(MT_WORKERS)
-        .build()
-        .expect("tokio runtime")
+    multi_thread_runtime(MT_WORKERS)
 }
 
 fn mt_run<P: Peer, const C: bool>(rt: &Runtime) {
@@ -520,22 +442,18 @@ fn mt_run<P: Peer, const C: bool>(rt: &Runtime) {
 }
 
 fn mt_check<P: Peer>(rt: &Runtime) -> Check {
-    for counter in [&MT_HOLDERS, &MT_MAX_HOLDERS, &MT_TASKS_DONE] {
-        counter.store(0, Relaxed);
-    }
-    MT_ACQUIRED.store(0, Relaxed);
-    MT_WAITED.store(0, Relaxed);
+    MT.reset();
     let start = Instant::now();
     mt_run::<P, true>(rt);
     let elapsed = start.elapsed();
     assert_eq!(
-        MT_TASKS_DONE.load(Relaxed),
+        MT.tasks_done.load(Relaxed),
         MT_TASKS,
         "not every task finished"
     );
-    assert_eq!(MT_ACQUIRED.load(Relaxed), MT_ACQUISITIONS);
-    assert_eq!(MT_HOLDERS.load(Relaxed), 0);
-    let max_holders = MT_MAX_HOLDERS.load(Relaxed);
+    assert_eq!(MT.got.load(Relaxed), MT_ACQUISITIONS);
+    assert_eq!(MT.held.load(Relaxed), 0);
+    let max_holders = MT.max_held.load(Relaxed);
     assert!(
         max_holders <= MT_PERMITS,
         "{max_holders} holders at once with {MT_PERMITS} permits"
@@ -543,7 +461,7 @@ fn mt_check<P: Peer>(rt: &Runtime) -> Check {
     Check {
         acquisitions: MT_ACQUISITIONS,
         max_holders,
-        waited: MT_WAITED.load(Relaxed),
+        waited: MT.waited.load(Relaxed),
         // Grant order is not observable across threads.
         out_of_order: None,
         ns_per_acquisition: elapsed.as_nanos() as f64 / MT_ACQUISITIONS as f64,
@@ -681,12 +599,8 @@ fn main() {
     let uncontended: [Entry<UncontendedFn, CheckFn>; 5] =
         entries!(uncontended_timed, uncontended_check);
     for entry in &uncontended {
-        let mut check = None;
-        group.bench_function(entry.name, |b| {
-            if check.is_none() {
-                check = Some((entry.check)());
-            }
-            b.iter_custom(entry.timed);
+        let check = bench_checked(&mut group, entry.name, entry.check, |b| {
+            b.iter_custom(entry.timed)
         });
         if let Some(check) = check {
             settings.record_check(group_name, entry.name, &check);
@@ -702,28 +616,25 @@ fn main() {
         .sampling_mode(SamplingMode::Flat);
     let local: [Entry<fn(), CheckFn>; 5] = entries!(local_timed, local_check);
     for entry in &local {
-        let mut check = None;
-        group.bench_function(entry.name, |b| {
-            if check.is_none() {
-                let result = (entry.check)();
-                if entry.fifo {
-                    assert_eq!(
-                        result.out_of_order,
-                        Some(0),
-                        "{}: grants not in FIFO order",
-                        entry.name
-                    );
-                    assert_eq!(
-                        result.waited,
-                        LOCAL_ACQUISITIONS - LOCAL_PERMITS as u64,
-                        "{}: an acquire barged past the queue",
-                        entry.name
-                    );
-                }
-                check = Some(result);
+        let fifo_check = || {
+            let result = (entry.check)();
+            if entry.fifo {
+                assert_eq!(
+                    result.out_of_order,
+                    Some(0),
+                    "{}: grants not in FIFO order",
+                    entry.name
+                );
+                assert_eq!(
+                    result.waited,
+                    LOCAL_ACQUISITIONS - LOCAL_PERMITS as u64,
+                    "{}: an acquire barged past the queue",
+                    entry.name
+                );
             }
-            b.iter(entry.timed);
-        });
+            result
+        };
+        let check = bench_checked(&mut group, entry.name, fifo_check, |b| b.iter(entry.timed));
         if let Some(check) = check {
             settings.record_check(group_name, entry.name, &check);
         }
@@ -740,22 +651,12 @@ fn main() {
         .measurement_time(settings.multithread_measurement());
     let mt: [Entry<MtFn, MtCheckFn>; 5] = entries!(mt_timed, mt_check);
     for entry in &mt {
-        let mut check = None;
-        group.bench_function(entry.name, |b| {
-            if check.is_none() {
-                check = Some((entry.check)(&mt_runtime()));
-            }
-            b.iter_custom(|iters| {
-                let rt = mt_runtime();
-                let start = Instant::now();
-                for _ in 0..iters {
-                    (entry.timed)(&rt);
-                }
-                let elapsed = start.elapsed();
-                drop(rt);
-                elapsed
-            });
-        });
+        let check = bench_checked(
+            &mut group,
+            entry.name,
+            || (entry.check)(&mt_runtime()),
+            |b| b.iter_custom(|iters| time_on_fresh_runtime(iters, mt_runtime, entry.timed)),
+        );
         if let Some(check) = check {
             settings.record_check(group_name, entry.name, &check);
         }

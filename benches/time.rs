@@ -72,7 +72,7 @@
 use awaitkit::time::{AsyncIoTimer, TokioTimer};
 mod common;
 
-use common::Settings;
+use common::{Settings, current_thread_runtime_with_time};
 use criterion::Throughput;
 use futures::future::{Either, select};
 use std::future::{Future, pending, ready};
@@ -316,10 +316,7 @@ fn main() {
 
     // tokio's timers (the peer and `TokioTimer`) need a runtime with time
     // enabled in context; it is never driven.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("tokio runtime");
+    let rt = current_thread_runtime_with_time();
     let _guard = rt.enter();
 
     let timeout_ready: [Entry<u64>; 7] = [

@@ -97,6 +97,7 @@ GROUPS = [
 ]
 
 BAR = 1.05
+COMBINATORS_MARKER = "awaitkit-bench-run.txt"
 
 # Timer groups (benches/time.rs): one function per crate, no N.
 TIME_MARKER = "awaitkit-bench-run-time.txt"
@@ -262,36 +263,67 @@ def criterion_dir(args):
     return Path("target") / "criterion"
 
 
-def load_medians(cdir, group, functions, not_before):
+def read_median(est, not_before):
+    """The median point estimate (ns per iteration) of criterion's `estimates.json`
+    `est`, or None when it is missing or older than `not_before`."""
+    if not est.is_file():
+        return None
+    if not_before is not None and est.stat().st_mtime < not_before:
+        return None
+    with open(est) as f:
+        return json.load(f)["median"]["point_estimate"]
+
+
+def load_medians(cdir, group, fids, not_before):
     """{function: {n: ns per iteration}}"""
     out = {}
     gdir = cdir / group
-    for fid, _ in functions:
+    for fid in fids:
         fdir = gdir / fid
         if not fdir.is_dir():
             continue
         for ndir in fdir.iterdir():
             if not ndir.name.isdigit():
                 continue
-            est = ndir / "new" / "estimates.json"
-            if not est.is_file():
-                continue
-            if not_before is not None and est.stat().st_mtime < not_before:
-                continue
-            with open(est) as f:
-                median = json.load(f)["median"]["point_estimate"]
-            out.setdefault(fid, {})[int(ndir.name)] = median
+            median = read_median(ndir / "new" / "estimates.json", not_before)
+            if median is not None:
+                out.setdefault(fid, {})[int(ndir.name)] = median
     return out
 
 
+def csv_rows(cdir, name):
+    """The rows (dicts) of the CSV `name` in the criterion directory; none if it is missing."""
+    path = cdir / name
+    if not path.is_file():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def load_checks(cdir, name, group=None):
+    """{(group, function): row} of a CSV a bench writes (`group,function,…`);
+    with `group`, {function: row} of that group's rows only."""
+    if group is None:
+        return {(row["group"], row["function"]): row for row in csv_rows(cdir, name)}
+    return {row["function"]: row for row in csv_rows(cdir, name) if row["group"] == group}
+
+
+def read_marker(cdir, name, include_stale):
+    """(mode, run time, not_before) of a bench's run marker `name`, or None when
+    that bench has not run. Results older than `not_before` are stale (None:
+    keep everything)."""
+    marker = cdir / name
+    if not marker.is_file():
+        return None
+    run_time = marker.stat().st_mtime
+    return marker.read_text().strip(), run_time, None if include_stale else run_time - 1
+
+
 def load_polls(cdir):
-    polls = {}
-    path = cdir / "polls.csv"
-    if path.is_file():
-        with open(path) as f:
-            for row in csv.DictReader(f):
-                polls[(row["group"], row["function"], int(row["n"]))] = float(row["polls_per_n"])
-    return polls
+    return {
+        (row["group"], row["function"], int(row["n"])): float(row["polls_per_n"])
+        for row in csv_rows(cdir, "polls.csv")
+    }
 
 
 def fmt_ns(v):
@@ -334,25 +366,22 @@ def load_flat_medians(cdir, group, fids, not_before):
     """{function: ns per iteration} for a group without a parameter."""
     out = {}
     for fid in fids:
-        est = cdir / group / fid / "new" / "estimates.json"
-        if not est.is_file():
-            continue
-        if not_before is not None and est.stat().st_mtime < not_before:
-            continue
-        with open(est) as f:
-            out[fid] = json.load(f)["median"]["point_estimate"]
+        median = read_median(cdir / group / fid / "new" / "estimates.json", not_before)
+        if median is not None:
+            out[fid] = median
     return out
 
 
-def load_rss(cdir):
-    """{(group, function): row of time_rss.csv}"""
-    rss = {}
-    path = cdir / "time_rss.csv"
-    if path.is_file():
-        with open(path) as f:
-            for row in csv.DictReader(f):
-                rss[(row["group"], row["function"])] = row
-    return rss
+def load_per_unit(cdir, groups, fids, not_before):
+    """{group: {function: ns per unit}} for groups without a parameter;
+    `groups` is [(group, units per criterion iteration)]. Groups without
+    results are left out."""
+    out = {}
+    for group, units in groups:
+        medians = load_flat_medians(cdir, group, fids, not_before)
+        if medians:
+            out[group] = {f: v / units for f, v in medians.items()}
+    return out
 
 
 def kib_delta(row, a, b):
@@ -382,36 +411,114 @@ def ratio_cell(r, limit, bold=True):
     return f"{v} {mark(r <= limit)}"
 
 
+def ratio(a, b):
+    """a / b, or None when either is missing (or zero)."""
+    return a / b if a and b else None
+
+
+def bold_ratio(r):
+    return f"**{r:.2f}**" if r is not None else "—"
+
+
+def holds(r, limit):
+    """Whether ratio `r` is within `limit` (— when it was not measured)."""
+    return mark(r <= limit) if r is not None else "—"
+
+
+def fastest_of(values, fids):
+    """The function of `fids` with the smallest value, or None if none was measured."""
+    present = {f: values[f] for f in fids if f in values}
+    return min(present, key=present.get) if present else None
+
+
+def md_row(cells):
+    return "| " + " | ".join(cells) + " |"
+
+
+def table(w, header, rows=()):
+    """A Markdown table: `header`, its rule, then `rows` (lists of cells)."""
+    w(md_row(header))
+    w("|" + "---|" * len(header))
+    for row in rows:
+        w(md_row(row))
+
+
+VERDICT_HEADER = ["bar", "measured", "value", "limit", "holds"]
+
+
+def verdict_section(w, rows, header=VERDICT_HEADER, intro=()):
+    """The `## Verdict` table of a section (`intro`: lines before it)."""
+    w("## Verdict")
+    w("")
+    if intro:
+        for line in intro:
+            w(line)
+        w("")
+    table(w, header, rows)
+    w("")
+
+
+def crate_table(w, values, columns, unit, check_header, check_cells):
+    """A group's table, one row per measured crate: its label, ns per `unit`,
+    / awaitkit, then `check_cells(fid)` (the untimed check's columns)."""
+    ak = values.get("awaitkit")
+    rows = [
+        [name, fmt_ns(values[fid]), f"{values[fid] / ak:.2f}" if ak else "—"] + check_cells(fid)
+        for fid, name in columns if values.get(fid) is not None
+    ]
+    table(w, ["crate", f"ns per {unit}", "/ awaitkit"] + check_header, rows)
+    w("")
+
+
+def section_header(w, title, intro, bench, run, extra=()):
+    """A bench section's title, `intro` lines, regenerate command (`cargo bench
+    --bench <bench>`), `extra` lines and the run line (`run`: read_marker's)."""
+    mode, run_time, _ = run
+    w("")
+    w(f"# {title}")
+    w("")
+    for line in intro:
+        w(line)
+    w("")
+    w("```sh")
+    w(f"AWAITKIT_BENCH_QUICK=1 cargo bench --bench {bench} && python3 scripts/bench_table.py > docs/benchmarks.md")
+    w("```")
+    w("")
+    if extra:
+        for line in extra:
+            w(line)
+        w("")
+    w(f"- run: {datetime.datetime.fromtimestamp(run_time):%Y-%m-%d %H:%M}, mode {mode}")
+
+
+def group_heading(w, group, desc):
+    w(f"## `{group}`")
+    w("")
+    w(desc + ".")
+    w("")
+
+
 def time_section(cdir, include_stale):
     """Markdown lines for the timer groups; empty if the time bench has not run."""
-    marker = cdir / TIME_MARKER
-    if not marker.is_file():
+    run = read_marker(cdir, TIME_MARKER, include_stale)
+    if run is None:
         return []
-    mode = marker.read_text().strip()
-    run_time = marker.stat().st_mtime
-    not_before = None if include_stale else run_time - 1
+    not_before = run[2]
     ready = load_flat_medians(cdir, "timeout_ready", [f for f, _ in TIMEOUT_READY_COLUMNS], not_before)
     register = load_flat_medians(cdir, "timer_register_drop", list(REGISTER_LABELS), not_before)
     if not ready and not register:
         return []
-    rss = load_rss(cdir)
+    rss = load_checks(cdir, "time_rss.csv")
 
     lines = []
     w = lines.append
-    w("")
-    w("# Timers")
-    w("")
-    w("`timeout` against the runtimes' own timers (`benches/time.rs`; workloads and bars:")
-    w("`BENCH.md`). Every future is pinned on the stack and polled with a no-op waker; a tokio")
-    w("current-thread runtime (time enabled, never driven) is entered for the whole run.")
-    w("Building the timeout, polling it, consuming the output and dropping it (timers")
-    w("included) are timed. Criterion picks the iteration counts.")
-    w("")
-    w("```sh")
-    w("AWAITKIT_BENCH_QUICK=1 cargo bench --bench time --features tokio,async-io && python3 scripts/bench_table.py > docs/benchmarks.md")
-    w("```")
-    w("")
-    w(f"- run: {datetime.datetime.fromtimestamp(run_time):%Y-%m-%d %H:%M}, mode {mode}")
+    section_header(w, "Timers", [
+        "`timeout` against the runtimes' own timers (`benches/time.rs`; workloads and bars:",
+        "`BENCH.md`). Every future is pinned on the stack and polled with a no-op waker; a tokio",
+        "current-thread runtime (time enabled, never driven) is entered for the whole run.",
+        "Building the timeout, polling it, consuming the output and dropping it (timers",
+        "included) are timed. Criterion picks the iteration counts.",
+    ], "time --features tokio,async-io", run)
     w("")
     w("Times are criterion medians in ns per timeout.")
     w("")
@@ -421,13 +528,10 @@ def time_section(cdir, include_stale):
         w("")
         w("An immediately ready future (`std::future::ready`) in a 1 h timeout, polled to completion.")
         w("")
-        header = [label for _, label in TIMEOUT_READY_COLUMNS]
-        w("| " + " | ".join(header) + " |")
-        w("|" + "---|" * len(header))
-        w("| " + " | ".join(fmt_ns_fine(ready.get(fid)) for fid, _ in TIMEOUT_READY_COLUMNS) + " |")
+        table(w, [label for _, label in TIMEOUT_READY_COLUMNS],
+              [[fmt_ns_fine(ready.get(fid)) for fid, _ in TIMEOUT_READY_COLUMNS]])
         w("")
-        peers = {fid: ready[fid] for fid in TIMEOUT_READY_PEERS if fid in ready}
-        fastest = min(peers, key=peers.get) if peers else None
+        fastest = fastest_of(ready, TIMEOUT_READY_PEERS)
         bare = ready.get("bare")
         label = dict(TIMEOUT_READY_COLUMNS)
         header = [
@@ -437,22 +541,22 @@ def time_section(cdir, include_stale):
             "fastest peer",
             f"/ bare (goal ≤ {TIMEOUT_READY_GOAL})",
         ]
-        w("| " + " | ".join(header) + " |")
-        w("|" + "---|" * len(header))
+        rows = []
         for fid in ("awaitkit", "awaitkit_tokio", "awaitkit_async_io"):
             ak = ready.get(fid)
             if ak is None:
                 continue
-            r_peer = ak / peers[fastest] if fastest else None
+            r_peer = ak / ready[fastest] if fastest else None
             r_bare = ak / bare if bare else None
             main = fid == "awaitkit"
-            w("| " + " | ".join([
+            rows.append([
                 label[fid],
                 fmt_ns_fine(ak),
                 ratio_cell(r_peer, TIMEOUT_READY_BAR, main),
                 label[fastest] if fastest else "—",
                 ratio_cell(r_bare, TIMEOUT_READY_GOAL, main),
-            ]) + " |")
+            ])
+        table(w, header, rows)
         w("")
 
     if register:
@@ -461,9 +565,7 @@ def time_section(cdir, include_stale):
         w("A 1 h timeout around a pending future, polled once (the timer is registered) and dropped.")
         w("")
         fids = list(REGISTER_LABELS)
-        w("| " + " | ".join(REGISTER_LABELS[f] for f in fids) + " |")
-        w("|" + "---|" * len(fids))
-        w("| " + " | ".join(fmt_ns_fine(register.get(f)) for f in fids) + " |")
+        table(w, [REGISTER_LABELS[f] for f in fids], [[fmt_ns_fine(register.get(f)) for f in fids]])
         w("")
         header = [
             "backend",
@@ -472,19 +574,19 @@ def time_section(cdir, include_stale):
             f"awaitkit / native (bar ≤ {REGISTER_BAR})",
             "RSS Δ, 2nd 10⁵ (awaitkit / native)",
         ]
-        w("| " + " | ".join(header) + " |")
-        w("|" + "---|" * len(header))
+        rows = []
         for backend, ak_fid, native_fid in REGISTER_PAIRS:
             ak, native = register.get(ak_fid), register.get(native_fid)
             if ak is None and native is None:
                 continue
-            r = ak / native if ak and native else None
             mem = " / ".join(
                 fmt_kib(kib_delta(rss[("timer_register_drop", f)], "rss_round1_kib", "rss_round2_kib"))
                 if ("timer_register_drop", f) in rss else "?"
                 for f in (ak_fid, native_fid)
             )
-            w("| " + " | ".join([backend, fmt_ns_fine(ak), fmt_ns_fine(native), ratio_cell(r, REGISTER_BAR), mem]) + " |")
+            rows.append([backend, fmt_ns_fine(ak), fmt_ns_fine(native),
+                         ratio_cell(ratio(ak, native), REGISTER_BAR), mem])
+        table(w, header, rows)
         w("")
         ak, tok = register.get("awaitkit"), register.get("tokio")
         if ak and tok:
@@ -497,18 +599,13 @@ def time_section(cdir, include_stale):
             w("Before the timed runs, an untimed check registers and drops 10⁵ timers twice;")
             w("dropped registrations must not accumulate (flat RSS in the second round).")
             w("")
-            ph = ["function", "start", "after 1st 10⁵", "after 2nd 10⁵", "after the timed runs", "untimed ns/iter (2nd 10⁵)"]
-            w("| " + " | ".join(ph) + " |")
-            w("|" + "---|" * len(ph))
-            for f, row in rows:
-                w("| " + " | ".join([
-                    REGISTER_LABELS[f],
-                    row.get("rss_start_kib", "?"),
-                    row.get("rss_round1_kib", "?"),
-                    row.get("rss_round2_kib", "?"),
-                    row.get("rss_after_bench_kib", "?"),
-                    row.get("check_ns_per_iter", "?"),
-                ]) + " |")
+            table(w, ["function", "start", "after 1st 10⁵", "after 2nd 10⁵", "after the timed runs",
+                      "untimed ns/iter (2nd 10⁵)"], [
+                [REGISTER_LABELS[f]] + [row.get(col, "?") for col in (
+                    "rss_start_kib", "rss_round1_kib", "rss_round2_kib", "rss_after_bench_kib",
+                    "check_ns_per_iter")]
+                for f, row in rows
+            ])
             w("")
             w("</details>")
             w("")
@@ -529,20 +626,10 @@ def time_section(cdir, include_stale):
     return lines
 
 
-def load_semaphore_checks(cdir):
-    """{(group, function): row of semaphore_checks.csv}"""
-    checks = {}
-    path = cdir / "semaphore_checks.csv"
-    if path.is_file():
-        with open(path) as f:
-            for row in csv.DictReader(f):
-                checks[(row["group"], row["function"])] = row
-    return checks
-
-
-def waited_cell(row):
+def waited_cell(row, total_column):
+    """The share of `row`'s `waited` in its `total_column`, as a percentage."""
     try:
-        waited, total = int(row["waited"]), int(row["acquisitions"])
+        waited, total = int(row["waited"]), int(row[total_column])
     except (KeyError, TypeError, ValueError):
         return "?"
     return f"{100 * waited / total:.1f} %" if total else "?"
@@ -550,37 +637,23 @@ def waited_cell(row):
 
 def semaphore_section(cdir, include_stale):
     """Markdown lines for the semaphore groups; empty if the semaphore bench has not run."""
-    marker = cdir / SEMAPHORE_MARKER
-    if not marker.is_file():
+    run = read_marker(cdir, SEMAPHORE_MARKER, include_stale)
+    if run is None:
         return []
-    mode = marker.read_text().strip()
-    run_time = marker.stat().st_mtime
-    not_before = None if include_stale else run_time - 1
-    fids = [f for f, _ in SEMAPHORE_COLUMNS]
-    per_acq = {}
-    for group, _, acquisitions, _, _, _ in SEMAPHORE_GROUPS:
-        medians = load_flat_medians(cdir, group, fids, not_before)
-        if medians:
-            per_acq[group] = {f: v / acquisitions for f, v in medians.items()}
+    per_acq = load_per_unit(cdir, [(g[0], g[2]) for g in SEMAPHORE_GROUPS],
+                            [f for f, _ in SEMAPHORE_COLUMNS], run[2])
     if not per_acq:
         return []
-    checks = load_semaphore_checks(cdir)
+    checks = load_checks(cdir, "semaphore_checks.csv")
     label = dict(SEMAPHORE_COLUMNS)
 
     lines = []
     w = lines.append
-    w("")
-    w("# Semaphore")
-    w("")
-    w("`Semaphore` against its peers (`benches/semaphore.rs`; workloads and bars: `BENCH.md`).")
-    w("Every crate is used the same way: its awaited `acquire` future (borrowed permits), released")
-    w("by dropping the permit; the yield while holding a permit is one self-wake + `Pending`.")
-    w("")
-    w("```sh")
-    w("AWAITKIT_BENCH_QUICK=1 cargo bench --bench semaphore && python3 scripts/bench_table.py > docs/benchmarks.md")
-    w("```")
-    w("")
-    w(f"- run: {datetime.datetime.fromtimestamp(run_time):%Y-%m-%d %H:%M}, mode {mode}")
+    section_header(w, "Semaphore", [
+        "`Semaphore` against its peers (`benches/semaphore.rs`; workloads and bars: `BENCH.md`).",
+        "Every crate is used the same way: its awaited `acquire` future (borrowed permits), released",
+        "by dropping the permit; the yield while holding a permit is one self-wake + `Pending`.",
+    ], "semaphore", run)
     w("")
     w("Times are criterion medians in ns per acquisition (acquire + release), i.e. ns per")
     w("iteration / acquisitions per iteration. Before the timed runs an untimed check runs each")
@@ -596,63 +669,45 @@ def semaphore_section(cdir, include_stale):
         values = per_acq.get(group)
         if not values:
             continue
-        w(f"## `{group}`")
-        w("")
-        w(desc + ".")
-        w("")
+        group_heading(w, group, desc)
         ak = values.get("awaitkit")
-        header = ["crate", "ns per acquisition", "/ awaitkit", "waited", "out of order", "most holders", "untimed check, ns"]
-        w("| " + " | ".join(header) + " |")
-        w("|" + "---|" * len(header))
-        for fid, name in SEMAPHORE_COLUMNS:
-            v = values.get(fid)
-            if v is None:
-                continue
+
+        def check_cells(fid):
             row = checks.get((group, fid), {})
             ooo = row.get("out_of_order", "")
-            w("| " + " | ".join([
-                name,
-                fmt_ns(v),
-                f"{v / ak:.2f}" if ak else "—",
-                waited_cell(row) if row else "?",
+            return [
+                waited_cell(row, "acquisitions"),
                 ooo if ooo != "" else ("n/a" if row else "?"),
                 row.get("max_holders", "?"),
                 row.get("check_ns_per_acquisition", "?"),
-            ]) + " |")
-        w("")
+            ]
+
+        crate_table(w, values, SEMAPHORE_COLUMNS, "acquisition",
+                    ["waited", "out of order", "most holders", "untimed check, ns"], check_cells)
         if reference is None:
-            peers = {f: values[f] for f in SEMAPHORE_PEERS if f in values}
-            ref = min(peers, key=peers.get) if peers else None
-            ref_desc = "fastest peer"
+            ref = fastest_of(values, SEMAPHORE_PEERS)
+            ref_cell = f"fastest peer: {label[ref]}" if ref else "fastest peer"
         else:
             ref = reference if reference in values else None
-            ref_desc = label[reference]
-        r = ak / values[ref] if ak and ref else None
-        everyone = {f: v for f, v in values.items() if f != "awaitkit"}
-        fastest_all = min(everyone, key=everyone.get) if everyone else None
-        verdicts.append((group, ak, ref_desc, ref, values.get(ref) if ref else None, r, bar, goal,
-                         fastest_all, ak / everyone[fastest_all] if ak and fastest_all else None))
+            ref_cell = label[reference]
+        r = ratio(ak, values[ref]) if ref else None
+        fastest_all = fastest_of(values, [f for f in values if f != "awaitkit"])
+        r_all = ratio(ak, values[fastest_all]) if fastest_all else None
+        verdicts.append([
+            f"`{group}`",
+            fmt_ns(ak),
+            ref_cell,
+            fmt_ns(values.get(ref) if ref else None),
+            bold_ratio(r),
+            f"≤ {bar} {mark(r <= bar)}" if r is not None else f"≤ {bar}",
+            f"≤ {goal} {mark(r <= goal)}" if r is not None else f"≤ {goal}",
+            f"{r_all:.2f} ({label[fastest_all]})" if r_all is not None else "—",
+        ])
 
     if verdicts:
-        w("## Verdict")
-        w("")
-        header = ["group", "awaitkit, ns", "reference", "reference, ns", "awaitkit / reference", "bar", "goal",
-                  "awaitkit / fastest incl. unfair futures-intrusive"]
-        w("| " + " | ".join(header) + " |")
-        w("|" + "---|" * len(header))
-        for group, ak, ref_desc, ref, ref_v, r, bar, goal, fastest_all, r_all in verdicts:
-            ref_cell = ref_desc if ref is None or ref_desc != "fastest peer" else f"fastest peer: {label[ref]}"
-            w("| " + " | ".join([
-                f"`{group}`",
-                fmt_ns(ak),
-                ref_cell,
-                fmt_ns(ref_v),
-                f"**{r:.2f}**" if r is not None else "—",
-                f"≤ {bar} {mark(r <= bar)}" if r is not None else f"≤ {bar}",
-                f"≤ {goal} {mark(r <= goal)}" if r is not None else f"≤ {goal}",
-                f"{r_all:.2f} ({label[fastest_all]})" if r_all is not None else "—",
-            ]) + " |")
-        w("")
+        verdict_section(w, verdicts, header=[
+            "group", "awaitkit, ns", "reference", "reference, ns", "awaitkit / reference", "bar", "goal",
+            "awaitkit / fastest incl. unfair futures-intrusive"])
     w("Semaphore notes:")
     w("")
     w("- The contended_local bar compares FIFO awaitkit with unfair async-lock: there a releasing")
@@ -678,43 +733,27 @@ def semaphore_section(cdir, include_stale):
     return lines
 
 
-def load_rate_checks(cdir):
-    """{function: row of rate_limiter_checks.csv}"""
-    checks = {}
-    path = cdir / "rate_limiter_checks.csv"
-    if path.is_file():
-        with open(path) as f:
-            for row in csv.DictReader(f):
-                if row["group"] == "rate_limiter_check":
-                    checks[row["function"]] = row
-    return checks
-
-
 def load_rate_accuracy(cdir, not_before):
     """{function: [row of rate_limiter_accuracy.csv, one per run, in run order]}"""
     runs = {}
-    path = cdir / "rate_limiter_accuracy.csv"
-    if not path.is_file():
-        return runs
-    with open(path) as f:
-        for row in csv.DictReader(f):
-            if row["group"] != "rate_limiter_accuracy":
+    for row in csv_rows(cdir, "rate_limiter_accuracy.csv"):
+        if row["group"] != "rate_limiter_accuracy":
+            continue
+        try:
+            if not_before is not None and int(row["unix_time"]) < not_before:
                 continue
-            try:
-                if not_before is not None and int(row["unix_time"]) < not_before:
-                    continue
-                run = {
-                    "run": int(row["run"]),
-                    "wall_ms": float(row["wall_ms"]),
-                    "ideal_ms": float(row["ideal_ms"]),
-                    "ratio": float(row["wall_over_ideal"]),
-                    "max_in_window": int(row["max_in_window"]),
-                    "n": int(row["n"]),
-                    "acquisitions": int(row["acquisitions"]),
-                }
-            except (KeyError, TypeError, ValueError):
-                continue
-            runs.setdefault(row["function"], []).append(run)
+            run = {
+                "run": int(row["run"]),
+                "wall_ms": float(row["wall_ms"]),
+                "ideal_ms": float(row["ideal_ms"]),
+                "ratio": float(row["wall_over_ideal"]),
+                "max_in_window": int(row["max_in_window"]),
+                "n": int(row["n"]),
+                "acquisitions": int(row["acquisitions"]),
+            }
+        except (KeyError, TypeError, ValueError):
+            continue
+        runs.setdefault(row["function"], []).append(run)
     for rows in runs.values():
         rows.sort(key=lambda r: r["run"])
     return runs
@@ -734,37 +773,28 @@ def fmt_bytes(v):
 
 def rate_limiter_section(cdir, include_stale):
     """Markdown lines for the rate limiter groups; empty if the rate limiter bench has not run."""
-    marker = cdir / RATE_LIMITER_MARKER
-    if not marker.is_file():
+    run = read_marker(cdir, RATE_LIMITER_MARKER, include_stale)
+    if run is None:
         return []
-    mode = marker.read_text().strip()
-    run_time = marker.stat().st_mtime
-    not_before = None if include_stale else run_time - 1
+    not_before = run[2]
     check = load_flat_medians(cdir, "rate_limiter_check", [f for f, _ in RATE_CHECK_COLUMNS], not_before)
     accuracy = load_rate_accuracy(cdir, not_before)
     if not check and not accuracy:
         return []
-    checks = load_rate_checks(cdir)
+    checks = load_checks(cdir, "rate_limiter_checks.csv", group="rate_limiter_check")
     check_label = dict(RATE_CHECK_COLUMNS)
     accuracy_label = dict(RATE_ACCURACY_COLUMNS)
 
     lines = []
     w = lines.append
-    w("")
-    w("# Rate limiter")
-    w("")
-    w("`RateLimiter` against governor and leaky-bucket (`benches/rate_limiter.rs`; workloads and")
-    w("bars: `BENCH.md`): the cost of a non-waiting check, and how closely awaited acquisitions")
-    w("keep to the quota.")
-    w("")
-    w("```sh")
-    w("AWAITKIT_BENCH_QUICK=1 cargo bench --bench rate_limiter && python3 scripts/bench_table.py > docs/benchmarks.md")
-    w("```")
-    w("")
-    w("(`--features tokio` adds the awaitkit limiters on `TokioTimer` to the accuracy group;")
-    w("`--features quanta` adds them on `QuantaTimer` — the clock governor reads — to the check group.)")
-    w("")
-    w(f"- run: {datetime.datetime.fromtimestamp(run_time):%Y-%m-%d %H:%M}, mode {mode}")
+    section_header(w, "Rate limiter", [
+        "`RateLimiter` against governor and leaky-bucket (`benches/rate_limiter.rs`; workloads and",
+        "bars: `BENCH.md`): the cost of a non-waiting check, and how closely awaited acquisitions",
+        "keep to the quota.",
+    ], "rate_limiter", run, extra=[
+        "(`--features tokio` adds the awaitkit limiters on `TokioTimer` to the accuracy group;",
+        "`--features quanta` adds them on `QuantaTimer` — the clock governor reads — to the check group.)",
+    ])
     w("")
 
     verdicts = []
@@ -785,16 +815,13 @@ def rate_limiter_section(cdir, include_stale):
         w("about 1 024 entries of 16 B (its `VecDeque` at most 32 KiB); the others must show 0.")
         w("")
         gov, unfair = check.get("governor"), check.get("leaky_bucket_unfair")
-        header = ["limiter", "ns per check", "/ governor", "/ leaky-bucket unfair", "untimed check, ns",
-                  "heap growth", "span of the timed checks"]
-        w("| " + " | ".join(header) + " |")
-        w("|" + "---|" * len(header))
+        rows = []
         for fid, name in RATE_CHECK_COLUMNS:
             v = check.get(fid)
             if v is None:
                 continue
             row = checks.get(fid, {})
-            w("| " + " | ".join([
+            rows.append([
                 name,
                 fmt_ns(v),
                 f"{v / gov:.2f}" if gov else "—",
@@ -802,18 +829,20 @@ def rate_limiter_section(cdir, include_stale):
                 row.get("check_ns_per_check", "?"),
                 fmt_bytes(row.get("heap_growth_bytes")),
                 f"{row['timed_span_s']} s" if row.get("timed_span_s") else "?",
-            ]) + " |")
+            ])
+        table(w, ["limiter", "ns per check", "/ governor", "/ leaky-bucket unfair", "untimed check, ns",
+                  "heap growth", "span of the timed checks"], rows)
         w("")
         for ak, ref, limit, kind in RATE_CHECK_BARS:
             a, r = check.get(ak), check.get(ref)
-            ratio = a / r if a and r else None
-            verdicts.append((
+            q = ratio(a, r)
+            verdicts.append([
                 f"`rate_limiter_check`: {check_label[ak]} / {check_label[ref]}",
                 f"{fmt_ns(a)} / {fmt_ns(r)} ns",
-                f"**{ratio:.2f}**" if ratio is not None else "—",
+                bold_ratio(q),
                 f"{kind} ≤ {limit}",
-                mark(ratio <= limit) if ratio is not None else "—",
-            ))
+                holds(q, limit),
+            ])
         row = checks.get("awaitkit_strict", {})
         try:
             growth, span = int(row["heap_growth_bytes"]), float(row["timed_span_s"])
@@ -844,10 +873,7 @@ def rate_limiter_section(cdir, include_stale):
         w(f"(awaitkit only): wall within {RATE_WALL_BAR * 100:.0f} % of ideal (goal {RATE_WALL_GOAL * 100:.0f} %), strict: at most")
         w("N in any window; the `TokioTimer` rows are extras, not in the verdict.")
         w("")
-        header = ["limiter", "wall, ms (each run)", "wall / ideal (worst run)", "most in one period (worst run)",
-                  "N", "bar"]
-        w("| " + " | ".join(header) + " |")
-        w("|" + "---|" * len(header))
+        rows = []
         for fid, name in RATE_ACCURACY_COLUMNS:
             runs = accuracy.get(fid)
             if not runs:
@@ -868,7 +894,7 @@ def rate_limiter_section(cdir, include_stale):
                         f"{worst['wall_ms']:.1f} / {worst['ideal_ms']:.0f} ms (worst of {len(runs)})",
                         f"**{worst['ratio']:.4f}**",
                         f"bar ± {RATE_WALL_BAR * 100:.0f} %, goal ± {RATE_WALL_GOAL * 100:.0f} %",
-                        mark(ok_wall) + ("" if dev <= RATE_WALL_GOAL else " (goal ❌)"),
+                        mark(ok_wall) + goal,
                     ))
                 if main_row and fid in RATE_STRICT:
                     verdicts.append((
@@ -880,25 +906,20 @@ def rate_limiter_section(cdir, include_stale):
                     ))
             else:
                 bar = "— (peer)"
-            w("| " + " | ".join([
+            rows.append([
                 name,
                 ", ".join(f"{r['wall_ms']:.1f}" for r in runs),
                 f"{worst['ratio']:.4f}",
                 f"{most}",
                 f"{rn}",
                 bar,
-            ]) + " |")
+            ])
+        table(w, ["limiter", "wall, ms (each run)", "wall / ideal (worst run)", "most in one period (worst run)",
+                  "N", "bar"], rows)
         w("")
 
     if verdicts:
-        w("## Verdict")
-        w("")
-        header = ["bar", "measured", "value", "limit", "holds"]
-        w("| " + " | ".join(header) + " |")
-        w("|" + "---|" * len(header))
-        for row in verdicts:
-            w("| " + " | ".join(row) + " |")
-        w("")
+        verdict_section(w, verdicts)
 
     w("Rate limiter notes:")
     w("")
@@ -920,54 +941,28 @@ def rate_limiter_section(cdir, include_stale):
     return lines
 
 
-def load_pool_checks(cdir):
-    """{(group, function): row of pool_checks.csv}"""
-    checks = {}
-    path = cdir / "pool_checks.csv"
-    if path.is_file():
-        with open(path) as f:
-            for row in csv.DictReader(f):
-                checks[(row["group"], row["function"])] = row
-    return checks
-
-
 def pool_section(cdir, include_stale):
     """Markdown lines for the pool groups; empty if the pool bench has not run."""
-    marker = cdir / POOL_MARKER
-    if not marker.is_file():
+    run = read_marker(cdir, POOL_MARKER, include_stale)
+    if run is None:
         return []
-    mode = marker.read_text().strip()
-    run_time = marker.stat().st_mtime
-    not_before = None if include_stale else run_time - 1
-    fids = [f for f, _ in POOL_COLUMNS]
-    per_get = {}
-    for group, _, _ in POOL_GROUPS:
-        medians = load_flat_medians(cdir, group, fids, not_before)
-        if medians:
-            per_get[group] = {f: v / POOL_GETS for f, v in medians.items()}
+    per_get = load_per_unit(cdir, [(g[0], POOL_GETS) for g in POOL_GROUPS], [f for f, _ in POOL_COLUMNS], run[2])
     if not per_get:
         return []
-    checks = load_pool_checks(cdir)
+    checks = load_checks(cdir, "pool_checks.csv")
     label = dict(POOL_COLUMNS)
 
     lines = []
     w = lines.append
-    w("")
-    w("# Pool")
-    w("")
-    w("`pool::Pool` against deadpool (`benches/pool.rs`; workloads and bars: `BENCH.md`). Every")
-    w("crate is used the same way: its awaited `get`, the object touched and held across one")
-    w("yield (a self-wake + `Pending`: the realistic use holds a connection across an await, and")
-    w("it is what makes tasks queue — without it no get would ever wait on one thread), then")
-    w("returned by dropping the guard. Both managers are trivial (`create` returns a small struct,")
-    w("`recycle` is `Ok(())`); the unmanaged pool is built from 16 ready objects. All three wait")
-    w("in FIFO order (awaitkit's `Semaphore`, tokio's semaphore inside deadpool).")
-    w("")
-    w("```sh")
-    w("AWAITKIT_BENCH_QUICK=1 cargo bench --bench pool && python3 scripts/bench_table.py > docs/benchmarks.md")
-    w("```")
-    w("")
-    w(f"- run: {datetime.datetime.fromtimestamp(run_time):%Y-%m-%d %H:%M}, mode {mode}")
+    section_header(w, "Pool", [
+        "`pool::Pool` against deadpool (`benches/pool.rs`; workloads and bars: `BENCH.md`). Every",
+        "crate is used the same way: its awaited `get`, the object touched and held across one",
+        "yield (a self-wake + `Pending`: the realistic use holds a connection across an await, and",
+        "it is what makes tasks queue — without it no get would ever wait on one thread), then",
+        "returned by dropping the guard. Both managers are trivial (`create` returns a small struct,",
+        "`recycle` is `Ok(())`); the unmanaged pool is built from 16 ready objects. All three wait",
+        "in FIFO order (awaitkit's `Semaphore`, tokio's semaphore inside deadpool).",
+    ], "pool", run)
     w("- the pool groups sample flat and measure longer than that (one iteration takes 0.1–0.5 s):")
     w("  2.5 s current-thread / 6 s multithread in quick mode, 8 s / 20 s in full mode")
     w("")
@@ -984,69 +979,46 @@ def pool_section(cdir, include_stale):
         values = per_get.get(group)
         if not values:
             continue
-        w(f"## `{group}`")
-        w("")
-        w(desc + ".")
-        w("")
-        ak = values.get("awaitkit")
-        header = ["crate", "ns per get", "/ awaitkit", "waited", "most held", "objects created",
-                  "untimed check, ns"]
-        w("| " + " | ".join(header) + " |")
-        w("|" + "---|" * len(header))
-        for fid, name in POOL_COLUMNS:
-            v = values.get(fid)
-            if v is None:
-                continue
+        group_heading(w, group, desc)
+
+        def check_cells(fid):
             row = checks.get((group, fid), {})
-            try:
-                waited = f"{100 * int(row['waited']) / int(row['gets']):.1f} %"
-            except (KeyError, TypeError, ValueError, ZeroDivisionError):
-                waited = "?"
-            w("| " + " | ".join([
-                name,
-                fmt_ns(v),
-                f"{v / ak:.2f}" if ak else "—",
-                waited,
+            return [
+                waited_cell(row, "gets"),
                 row.get("max_held", "?"),
                 row.get("created", "?"),
                 row.get("check_ns_per_get", "?"),
-            ]) + " |")
-        w("")
-        peers = {f: values[f] for f in POOL_PEERS if f in values}
-        fastest = min(peers, key=peers.get) if peers else None
-        verdicts.append((group, main_group, ak, values, fastest))
+            ]
 
-    if verdicts:
-        w("## Verdict")
-        w("")
-        w(f"Bar ≤ {POOL_BAR}, goal ≤ {POOL_GOAL}, each awaitkit configuration against the deadpool")
-        w("variant that does the same work (with a recycle step: deadpool managed; without one:")
-        w("deadpool unmanaged), and awaitkit's faster configuration against the faster deadpool")
-        w("variant of the same run. Only `pool_get_return` is a BENCH.md bar; the multithread rows")
-        w("are extra, for information.")
-        w("")
-        header = ["group", "awaitkit", "ns", "deadpool", "ns", "ratio", f"bar ≤ {POOL_BAR}", f"goal ≤ {POOL_GOAL}"]
-        w("| " + " | ".join(header) + " |")
-        w("|" + "---|" * len(header))
-        for group, main_group, ak, values, fastest in verdicts:
-            extra = "" if main_group else " (extra)"
-            pairs = [(a, d) for a, d, _ in POOL_PAIRS]
-            aks = {f: values[f] for f in ("awaitkit", "awaitkit_no_recycle") if f in values}
-            if aks and fastest:
-                best = min(aks, key=aks.get)
-                if (best, fastest) not in pairs:
-                    pairs.append((best, fastest))
-            for a, d in pairs:
-                va, vd = values.get(a), values.get(d)
-                if not va or not vd:
-                    continue
-                r = va / vd
-                ok = lambda limit: mark(r <= limit) if main_group else f"({mark(r <= limit)})"
-                w("| " + " | ".join([
-                    f"`{group}`{extra}", label[a], fmt_ns(va), label[d], fmt_ns(vd),
-                    f"**{r:.2f}**", ok(POOL_BAR), ok(POOL_GOAL),
-                ]) + " |")
-        w("")
+        crate_table(w, values, POOL_COLUMNS, "get", ["waited", "most held", "objects created", "untimed check, ns"],
+                    check_cells)
+        extra = "" if main_group else " (extra)"
+        pairs = [(a, d) for a, d, _ in POOL_PAIRS]
+        best = fastest_of(values, ["awaitkit", "awaitkit_no_recycle"])
+        fastest = fastest_of(values, POOL_PEERS)
+        if best and fastest and (best, fastest) not in pairs:
+            pairs.append((best, fastest))
+        for a, d in pairs:
+            va, vd = values.get(a), values.get(d)
+            if not va or not vd:
+                continue
+            r = va / vd
+            ok = lambda limit: mark(r <= limit) if main_group else f"({mark(r <= limit)})"
+            verdicts.append([
+                f"`{group}`{extra}", label[a], fmt_ns(va), label[d], fmt_ns(vd),
+                f"**{r:.2f}**", ok(POOL_BAR), ok(POOL_GOAL),
+            ])
+
+    # Every measured group is in the verdict (even with no pair measured).
+    verdict_section(w, verdicts, header=[
+        "group", "awaitkit", "ns", "deadpool", "ns", "ratio", f"bar ≤ {POOL_BAR}", f"goal ≤ {POOL_GOAL}",
+    ], intro=[
+        f"Bar ≤ {POOL_BAR}, goal ≤ {POOL_GOAL}, each awaitkit configuration against the deadpool",
+        "variant that does the same work (with a recycle step: deadpool managed; without one:",
+        "deadpool unmanaged), and awaitkit's faster configuration against the faster deadpool",
+        "variant of the same run. Only `pool_get_return` is a BENCH.md bar; the multithread rows",
+        "are extra, for information.",
+    ])
     w("Pool notes:")
     w("")
     w("- Most of each get is the runtime, not the pool: two task switches per get (the yield,")
@@ -1077,54 +1049,32 @@ BATCH_BAR = 1.05
 BATCH_GOAL = 0.8
 
 
-def load_batch_checks(cdir):
-    """{(group, function): row of batch_checks.csv}"""
-    checks = {}
-    path = cdir / "batch_checks.csv"
-    if path.is_file():
-        with open(path) as f:
-            for row in csv.DictReader(f):
-                checks[(row["group"], row["function"])] = row
-    return checks
-
-
 def batch_section(cdir, include_stale):
     """Markdown lines for the batch group; empty if the batch bench has not run."""
-    marker = cdir / BATCH_MARKER
-    if not marker.is_file():
+    run = read_marker(cdir, BATCH_MARKER, include_stale)
+    if run is None:
         return []
-    mode = marker.read_text().strip()
-    run_time = marker.stat().st_mtime
-    not_before = None if include_stale else run_time - 1
-    medians = load_medians(cdir, BATCH_GROUP, [(f, l) for f, l, _ in BATCH_COLUMNS], not_before)
+    medians = load_medians(cdir, BATCH_GROUP, [f for f, _, _ in BATCH_COLUMNS], run[2])
     per_item = {f: per[BATCH_N] / BATCH_N for f, per in medians.items() if BATCH_N in per}
     if not per_item:
         return []
-    checks = load_batch_checks(cdir)
+    checks = load_checks(cdir, "batch_checks.csv", group=BATCH_GROUP)
     label = {f: l for f, l, _ in BATCH_COLUMNS}
-    peers = {f: per_item[f] for f in BATCH_ORDERED_PEERS if f in per_item}
-    fastest = min(peers, key=peers.get) if peers else None
-    ref = peers.get(fastest)
+    fastest = fastest_of(per_item, BATCH_ORDERED_PEERS)
+    ref = per_item.get(fastest)
     ak = per_item.get("awaitkit")
 
     lines = []
     w = lines.append
-    w("")
-    w("# Batch")
-    w("")
-    w("`process_batch` against the stream adaptors that run a function over many items with a")
-    w("concurrency limit (`benches/batch.rs`; workload and bar: `BENCH.md`). Every crate gets the")
-    w(f"items `0..{fmt_n(BATCH_N)}`, limit {BATCH_LIMIT}, and the same function: `f(i)` is a child that wakes its own")
-    w("waker and returns `Pending` once, then `Ready(i)`. Same minimal single-threaded driver as the")
-    w("combinator groups (top-level wake = one relaxed store; the future is re-polled only when that")
-    w("flag was set). Building the children (as each crate pulls its items), driving the batch and")
-    w("dropping the output `Vec` are all timed.")
-    w("")
-    w("```sh")
-    w("AWAITKIT_BENCH_QUICK=1 cargo bench --bench batch && python3 scripts/bench_table.py > docs/benchmarks.md")
-    w("```")
-    w("")
-    w(f"- run: {datetime.datetime.fromtimestamp(run_time):%Y-%m-%d %H:%M}, mode {mode}")
+    section_header(w, "Batch", [
+        "`process_batch` against the stream adaptors that run a function over many items with a",
+        "concurrency limit (`benches/batch.rs`; workload and bar: `BENCH.md`). Every crate gets the",
+        f"items `0..{fmt_n(BATCH_N)}`, limit {BATCH_LIMIT}, and the same function: `f(i)` is a child that wakes its own",
+        "waker and returns `Pending` once, then `Ready(i)`. Same minimal single-threaded driver as the",
+        "combinator groups (top-level wake = one relaxed store; the future is re-polled only when that",
+        "flag was set). Building the children (as each crate pulls its items), driving the batch and",
+        "dropping the output `Vec` are all timed.",
+    ], "batch", run)
     w("")
     w(f"Times are criterion medians in ns per item (ns per iteration / {fmt_n(BATCH_N)}). **ratio** = time /")
     w("fastest **ordered** peer (`buffered`, `buffered_ordered`); the unordered adaptors are shown for")
@@ -1135,58 +1085,54 @@ def batch_section(cdir, include_stale):
     w("")
     w(f"## `{BATCH_GROUP}`")
     w("")
-    header = ["crate", "ns per item", f"ratio (bar ≤ {BATCH_BAR})", "polls/N", "most alive", "output check"]
-    w("| " + " | ".join(header) + " |")
-    w("|" + "---|" * len(header))
+    rows = []
     for fid, name, ordered in BATCH_COLUMNS:
         v = per_item.get(fid)
         if v is None:
             continue
-        row = checks.get((BATCH_GROUP, fid), {})
+        row = checks.get(fid, {})
         r = v / ref if ref else None
         if fid == "awaitkit":
-            ratio = ratio_cell(r, BATCH_BAR)
+            cell = ratio_cell(r, BATCH_BAR)
         elif r is None:
-            ratio = "—"
+            cell = "—"
         else:
-            ratio = f"{r:.2f}" + (" (fastest ordered peer)" if fid == fastest else "")
+            cell = f"{r:.2f}" + (" (fastest ordered peer)" if fid == fastest else "")
         try:
             polls = f"{float(row['polls_per_n']):.2f}"
         except (KeyError, TypeError, ValueError):
             polls = "?"
         order = row.get("order")
-        w("| " + " | ".join([
+        rows.append([
             name,
             fmt_ns(v),
-            ratio,
+            cell,
             polls,
             row.get("max_alive", "?"),
             {"input": "input order ✅", "set": "set of `0..N` ✅ (unordered)"}.get(order, "?"),
-        ]) + " |")
+        ])
+    table(w, ["crate", "ns per item", f"ratio (bar ≤ {BATCH_BAR})", "polls/N", "most alive", "output check"], rows)
     w("")
 
-    w("## Verdict")
-    w("")
-    header = ["bar", "measured", "value", "limit", "holds"]
-    w("| " + " | ".join(header) + " |")
-    w("|" + "---|" * len(header))
-    r = ak / ref if ak and ref else None
+    r = ratio(ak, ref)
     against = f"awaitkit / {label[fastest]} ({fmt_ns(ref)} ns)" if fastest else "awaitkit / fastest ordered peer"
-    rcell = f"**{r:.2f}**" if r is not None else "—"
-    w(f"| `batch` bar | {against} | {rcell} | ≤ {BATCH_BAR} | {mark(r <= BATCH_BAR) if r is not None else '—'} |")
-    w(f"| `batch` goal | {against} | {rcell} | ≤ {BATCH_GOAL} | {mark(r <= BATCH_GOAL) if r is not None else '—'} |")
-    ak_row = checks.get((BATCH_GROUP, "awaitkit"), {})
+    verdicts = [
+        ["`batch` bar", against, bold_ratio(r), f"≤ {BATCH_BAR}", holds(r, BATCH_BAR)],
+        ["`batch` goal", against, bold_ratio(r), f"≤ {BATCH_GOAL}", holds(r, BATCH_GOAL)],
+    ]
+    ak_row = checks.get("awaitkit", {})
     try:
         p = float(ak_row["polls_per_n"])
-        w(f"| child polls | awaitkit polls / N | {p:.2f} | = 2.00 | {mark(round(p, 2) == 2.0)} |")
+        verdicts.append(["child polls", "awaitkit polls / N", f"{p:.2f}", "= 2.00", mark(round(p, 2) == 2.0)])
     except (KeyError, TypeError, ValueError):
-        w("| child polls | awaitkit polls / N | ? | = 2.00 | — |")
+        verdicts.append(["child polls", "awaitkit polls / N", "?", "= 2.00", "—"])
     try:
         m = int(ak_row["max_alive"])
-        w(f"| concurrency limit | awaitkit most children alive | {m} | ≤ {BATCH_LIMIT} | {mark(m <= BATCH_LIMIT)} |")
+        verdicts.append(["concurrency limit", "awaitkit most children alive", f"{m}", f"≤ {BATCH_LIMIT}",
+                         mark(m <= BATCH_LIMIT)])
     except (KeyError, TypeError, ValueError):
-        w(f"| concurrency limit | awaitkit most children alive | ? | ≤ {BATCH_LIMIT} | — |")
-    w("")
+        verdicts.append(["concurrency limit", "awaitkit most children alive", "?", f"≤ {BATCH_LIMIT}", "—"])
+    verdict_section(w, verdicts)
     w("Batch notes:")
     w("")
     w("- futures' `buffered` / `buffer_unordered` run on `FuturesOrdered` / `FuturesUnordered`: one")
@@ -1209,10 +1155,7 @@ def main():
     cdir = criterion_dir(args)
     if not cdir.is_dir():
         sys.exit(f"no criterion output in {cdir}: run `cargo bench --bench combinators` first")
-    marker = cdir / "awaitkit-bench-run.txt"
-    mode = marker.read_text().strip() if marker.is_file() else "unknown"
-    run_time = marker.stat().st_mtime if marker.is_file() else None
-    not_before = None if args.include_stale or run_time is None else run_time - 1
+    mode, run_time, not_before = read_marker(cdir, COMBINATORS_MARKER, args.include_stale) or ("unknown", None, None)
     polls = load_polls(cdir)
 
     date = datetime.datetime.fromtimestamp(run_time) if run_time else datetime.datetime.now()
@@ -1250,45 +1193,39 @@ def main():
     w("")
 
     for group, desc, functions in GROUPS:
-        medians = load_medians(cdir, group, functions, not_before)
+        medians = load_medians(cdir, group, [fid for fid, _ in functions], not_before)
         sizes = sorted({n for per in medians.values() for n in per})
         if not sizes:
             continue
-        w(f"## `{group}`")
-        w("")
-        w(desc + ".")
-        w("")
+        group_heading(w, group, desc)
         header = ["N"] + [label for _, label in functions]
         if group == "wait_any":
             header += ["awaitkit / FuturesUnorderedBounded::next (bar ≤ 1.05)", "awaitkit / select_all (bar ≤ 2)", "fastest peer"]
         else:
             header += ["ratio (bar ≤ 1.05)", "fastest peer"]
         header += ["awaitkit polls/N"]
-        w("| " + " | ".join(header) + " |")
-        w("|" + "---|" * len(header))
+        label = dict(functions)
+        rows = []
         per_child_by_n = {}
         for n in sizes:
             per_child = {fid: medians[fid][n] / n for fid, _ in functions if n in medians.get(fid, {})}
             per_child_by_n[n] = per_child
             row = [fmt_n(n)] + [fmt_ns(per_child.get(fid)) for fid, _ in functions]
             ak = per_child.get("awaitkit")
-            peers = {fid: v for fid, v in per_child.items() if fid != "awaitkit"}
-            fastest = min(peers, key=peers.get) if peers else None
-            label = dict(functions)
+            fastest = fastest_of(per_child, [fid for fid in per_child if fid != "awaitkit"])
             if group == "wait_any":
-                bounded = per_child.get("fb_FuturesUnorderedBounded_next")
-                sel = per_child.get("futures_select_all")
-                r1 = ak / bounded if ak and bounded else None
-                r2 = ak / sel if ak and sel else None
+                r1 = ratio(ak, per_child.get("fb_FuturesUnorderedBounded_next"))
+                r2 = ratio(ak, per_child.get("futures_select_all"))
                 row.append(f"{r1:.2f} {mark(r1 <= BAR)}" if r1 else "—")
                 row.append(f"{r2:.2f} {mark(r2 <= 2.0)}" if r2 else "—")
             else:
-                r = ak / peers[fastest] if ak and fastest else None
+                r = ak / per_child[fastest] if ak and fastest else None
                 row.append(f"**{r:.2f}** {mark(r <= BAR)}" if r else "—")
             row.append(label[fastest] if fastest else "—")
             p = polls.get((group, "awaitkit", n))
             row.append(f"{p:.2f}" if p is not None else "?")
-            w("| " + " | ".join(row) + " |")
+            rows.append(row)
+        table(w, header, rows)
         w("")
         if group == "gather_shuffled":
             ak = {n: v["awaitkit"] for n, v in per_child_by_n.items() if "awaitkit" in v}
@@ -1303,15 +1240,14 @@ def main():
         # polls/N of every crate
         w("<details><summary>child polls / N, every crate</summary>")
         w("")
-        ph = ["N"] + [label for _, label in functions]
-        w("| " + " | ".join(ph) + " |")
-        w("|" + "---|" * len(ph))
+        rows = []
         for n in sizes:
             cells = [fmt_n(n)]
             for fid, _ in functions:
                 p = polls.get((group, fid, n))
                 cells.append(f"{p:.2f}" if p is not None and n in medians.get(fid, {}) else "—")
-            w("| " + " | ".join(cells) + " |")
+            rows.append(cells)
+        table(w, ["N"] + [label for _, label in functions], rows)
         w("")
         w("</details>")
         w("")
