@@ -8,6 +8,9 @@
 //! function. Nothing is spawned: children run inside the combinator, each
 //! with its own waker, so a wake costs O(1) however many children there are.
 //!
+//! New here? The [`guide`] follows asyncio's patterns section by section,
+//! every example a doctest.
+//!
 //! # Which combinator when
 //!
 //! | you want… | Python | awaitkit |
@@ -170,6 +173,9 @@ pub use timeout::{
     Elapsed, Timeout, TimeoutExt, timeout, timeout_at, timeout_at_with, timeout_with,
 };
 pub use wait::{ReturnWhen, Wait, WaitAny, WaitOutcome, try_wait, wait, wait_any};
+
+#[doc = include_str!("../docs/guide.md")]
+pub mod guide {}
 
 /// The README's example, compiled and run as a doctest.
 #[cfg(doctest)]
