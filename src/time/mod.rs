@@ -195,43 +195,31 @@ pub trait Timer {
     }
 }
 
-impl<T: Timer + ?Sized> Timer for &T {
-    type Sleep = T::Sleep;
-    fn now(&self) -> Instant {
-        (**self).now()
-    }
-    fn sleep_until(&self, deadline: Instant) -> T::Sleep {
-        (**self).sleep_until(deadline)
-    }
-    fn sleep_until_from(&self, now: Instant, deadline: Instant) -> T::Sleep {
-        (**self).sleep_until_from(now, deadline)
-    }
-    fn reset(&self, sleep: Pin<&mut T::Sleep>, deadline: Instant) {
-        (**self).reset(sleep, deadline)
-    }
-    fn counter_nanos(&self) -> Option<u64> {
-        (**self).counter_nanos()
-    }
+/// A timer behind a pointer is the timer it points to.
+macro_rules! forward_timer {
+    ($($pointer:ty),*) => {$(
+        impl<T: Timer + ?Sized> Timer for $pointer {
+            type Sleep = T::Sleep;
+            fn now(&self) -> Instant {
+                (**self).now()
+            }
+            fn sleep_until(&self, deadline: Instant) -> T::Sleep {
+                (**self).sleep_until(deadline)
+            }
+            fn sleep_until_from(&self, now: Instant, deadline: Instant) -> T::Sleep {
+                (**self).sleep_until_from(now, deadline)
+            }
+            fn reset(&self, sleep: Pin<&mut T::Sleep>, deadline: Instant) {
+                (**self).reset(sleep, deadline)
+            }
+            fn counter_nanos(&self) -> Option<u64> {
+                (**self).counter_nanos()
+            }
+        }
+    )*};
 }
 
-impl<T: Timer + ?Sized> Timer for Arc<T> {
-    type Sleep = T::Sleep;
-    fn now(&self) -> Instant {
-        (**self).now()
-    }
-    fn sleep_until(&self, deadline: Instant) -> T::Sleep {
-        (**self).sleep_until(deadline)
-    }
-    fn sleep_until_from(&self, now: Instant, deadline: Instant) -> T::Sleep {
-        (**self).sleep_until_from(now, deadline)
-    }
-    fn reset(&self, sleep: Pin<&mut T::Sleep>, deadline: Instant) {
-        (**self).reset(sleep, deadline)
-    }
-    fn counter_nanos(&self) -> Option<u64> {
-        (**self).counter_nanos()
-    }
-}
+forward_timer!(&T, Arc<T>);
 
 /// The timer the plain functions ([`timeout`](crate::timeout),
 /// [`timeout_at`](crate::timeout_at), …) use: [`FuturesTimer`].
