@@ -145,6 +145,7 @@ mod timeout;
 mod wait;
 mod wait_queue;
 mod wake_list;
+pub mod watch;
 
 pub use as_completed::{
     AsCompleted, AsCompletedIndexed, AsCompletedUntil, CompletionSet, TimedOut, as_completed,
@@ -173,6 +174,7 @@ pub use timeout::{
     Elapsed, Timeout, TimeoutExt, timeout, timeout_at, timeout_at_with, timeout_with,
 };
 pub use wait::{ReturnWhen, Wait, WaitAny, WaitOutcome, try_wait, wait, wait_any};
+pub use watch::{Watch, WatchExt, watch};
 
 #[doc = include_str!("../docs/guide.md")]
 pub mod guide {}

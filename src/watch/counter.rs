@@ -1,0 +1,204 @@
+//! The clock a [`Watch`](super::Watch) reads twice per poll.
+//!
+//! On x86-64 CPUs with an invariant time-stamp counter (constant rate,
+//! running in every power state: every x86-64 CPU of the last fifteen
+//! years) it is `rdtsc`, about 7 ns a read against `Instant::now`'s 15–20.
+//! Everywhere else it is nanoseconds since a process-wide [`Instant`].
+//!
+//! Ticks are converted to time only when somebody looks (a report, a slow
+//! poll), against a calibration that spans everything since the first
+//! reading: a span of `d` measured after that first reading is off by at
+//! most the clock-read jitter times `d / span` ≤ the jitter (tens of ns),
+//! however early it is converted.
+//!
+//! The only `unsafe` of the watch lives here: two CPU intrinsics.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The first reading: the counter and `Instant` taken together.
+struct Base {
+    tsc: bool,
+    ticks: u64,
+    at: Instant,
+}
+
+static BASE: OnceLock<Base> = OnceLock::new();
+
+#[inline]
+fn base() -> &'static Base {
+    BASE.get_or_init(|| {
+        let tsc = invariant_tsc();
+        let ticks = if tsc { rdtsc() } else { 0 };
+        Base {
+            tsc,
+            ticks,
+            at: Instant::now(),
+        }
+    })
+}
+
+/// The counter now, in ticks (never decreasing on one thread; differences
+/// between readings are taken with `saturating_sub`).
+#[inline]
+pub(crate) fn now() -> u64 {
+    let base = base();
+    if base.tsc {
+        rdtsc()
+    } else {
+        duration_nanos(base.at.elapsed())
+    }
+}
+
+/// Whether the counter is the CPU's time-stamp counter.
+pub(crate) fn is_tsc() -> bool {
+    base().tsc
+}
+
+/// The conversion from ticks to time as of now: one `Scale` converts a
+/// set of readings consistently (more ticks never give less time).
+#[derive(Clone, Copy)]
+pub(crate) struct Scale {
+    /// Ticks counted over `span` (0 for the `Instant` fallback, where a
+    /// tick is a nanosecond).
+    ticks: u64,
+    span: Duration,
+}
+
+/// The current [`Scale`].
+pub(crate) fn scale() -> Scale {
+    let base = base();
+    if !base.tsc {
+        return Scale {
+            ticks: 0,
+            span: Duration::ZERO,
+        };
+    }
+    let (ticks, span) = calibration(base);
+    Scale { ticks, span }
+}
+
+impl Scale {
+    /// `ticks` as time.
+    pub(crate) fn to_duration(self, ticks: u64) -> Duration {
+        if self.ticks == 0 {
+            return if self.span.is_zero() {
+                Duration::from_nanos(ticks)
+            } else {
+                Duration::ZERO
+            };
+        }
+        let nanos = u128::from(ticks) * self.span.as_nanos() / u128::from(self.ticks);
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+}
+
+/// `ticks` as time (one conversion; use a [`Scale`] for several).
+pub(crate) fn to_duration(ticks: u64) -> Duration {
+    scale().to_duration(ticks)
+}
+
+/// A tick count that only spans shorter than `d` stay under: a poll of
+/// fewer ticks is certainly shorter than `d` (the caller confirms the
+/// others with [`to_duration`]).
+pub(crate) fn lower_bound(d: Duration) -> u64 {
+    let nanos = duration_nanos(d);
+    let base = base();
+    if !base.tsc {
+        return nanos;
+    }
+    let (span_ticks, span) = calibration(base);
+    if span >= Duration::from_millis(1) {
+        // Half the measured rate: the rate over a millisecond or more is
+        // good to far better than a factor of two.
+        let ticks = u128::from(nanos) * u128::from(span_ticks) / span.as_nanos() / 2;
+        u64::try_from(ticks).unwrap_or(u64::MAX)
+    } else {
+        // Not calibrated yet: assume no less than 125 MHz (invariant
+        // counters tick at the CPU's nominal rate, over 1 GHz).
+        nanos / 8
+    }
+}
+
+fn calibration(base: &Base) -> (u64, Duration) {
+    let ticks = rdtsc().saturating_sub(base.ticks);
+    (ticks, base.at.elapsed())
+}
+
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(all(target_arch = "x86_64", not(target_env = "sgx")))]
+#[inline]
+fn rdtsc() -> u64 {
+    // SAFETY: `rdtsc` exists on every x86-64 CPU, reads a register and has
+    // no other effect. (The intrinsic is safe from Rust 1.87; our MSRV
+    // still needs the block.)
+    #[allow(unused_unsafe)]
+    unsafe {
+        core::arch::x86_64::_rdtsc()
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", not(target_env = "sgx"))))]
+fn rdtsc() -> u64 {
+    0
+}
+
+#[cfg(all(target_arch = "x86_64", not(target_env = "sgx")))]
+fn invariant_tsc() -> bool {
+    use core::arch::x86_64::__cpuid;
+    // SAFETY: `cpuid` exists on every x86-64 CPU (outside SGX enclaves,
+    // excluded above) and only reads identification registers.
+    #[allow(unused_unsafe)]
+    let max_extended = unsafe { __cpuid(0x8000_0000) }.eax;
+    if max_extended < 0x8000_0007 {
+        return false;
+    }
+    // SAFETY: as above; leaf 0x8000_0007 exists (checked just before).
+    #[allow(unused_unsafe)]
+    let power = unsafe { __cpuid(0x8000_0007) };
+    // EDX bit 8: "invariant TSC".
+    power.edx & (1 << 8) != 0
+}
+
+#[cfg(not(all(target_arch = "x86_64", not(target_env = "sgx"))))]
+fn invariant_tsc() -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_convert_to_the_time_that_passed() {
+        let start = now();
+        let wall = Instant::now();
+        std::thread::sleep(Duration::from_millis(20));
+        let measured = to_duration(now().saturating_sub(start));
+        let real = wall.elapsed();
+        let diff = measured.abs_diff(real);
+        assert!(diff < Duration::from_millis(2), "measured {measured:?}, real {real:?}");
+    }
+
+    #[test]
+    fn the_lower_bound_is_never_above_the_span() {
+        for ms in [0, 1, 10, 100, 10_000] {
+            let d = Duration::from_millis(ms);
+            assert!(to_duration(lower_bound(d)) <= d, "{d:?}");
+        }
+        assert!(lower_bound(Duration::MAX) > 0);
+    }
+
+    #[test]
+    fn readings_never_go_backwards_on_one_thread() {
+        let mut last = now();
+        for _ in 0..10_000 {
+            let t = now();
+            assert!(t >= last);
+            last = t;
+        }
+    }
+}

@@ -1,0 +1,579 @@
+//! asyncio's debug mode for any executor: find the futures that hold the
+//! executor too long.
+//!
+//! A future that blocks inside `poll` — a synchronous file read, a CPU-heavy
+//! loop, a `std::thread::sleep` — stalls every other task on its thread.
+//! Python reports such callbacks in debug mode (`slow_callback_duration`);
+//! on tokio you would reach for tokio-console. Here the tool is a wrapper
+//! that works on every executor:
+//!
+//! * [`watch`] / [`WatchExt::watch`] wraps one future. [`Watch`] measures
+//!   every poll, reports the ones longer than a threshold (10 ms unless set)
+//!   through a callback, the process-wide [`set_slow_poll_hook`], and — with
+//!   the `tracing` feature — as a `tracing` warning with the future's name.
+//!   It also keeps [`WatchStats`]: polls, busy time, wall time and the
+//!   longest poll.
+//! * [`Report`] watches the children of any combinator — [`gather`](crate::gather),
+//!   [`as_completed`](crate::as_completed), [`wait`](crate::wait),
+//!   [`process_batch`](crate::process_batch), a [task group](crate::task_group)
+//!   — and lists, per child, its wall time, busy time, polls and longest
+//!   poll: which of 1 000 requests was slow, and which one blocked the
+//!   executor.
+//!
+//! # Cost
+//!
+//! Nothing unless used. A watched future pays two clock reads and a few
+//! additions per poll: the clock is the CPU's time-stamp counter where it is
+//! invariant (every x86-64 CPU of the last fifteen years), `Instant`
+//! elsewhere. See `docs/benchmarks.md` for the measured overhead per poll;
+//! it is meant to be left on in production.
+//!
+//! # What "busy" means
+//!
+//! Busy time is the time spent inside the future's `poll`: the time it held
+//! the thread. Wall time runs from the start of the first poll to the end of
+//! the last one (completion, for a finished future). A future that waits on
+//! a timer for a second and polls twice for 10 µs is *slow* (wall 1 s) but
+//! harmless; one that polls once for 30 ms *blocked the executor*.
+//!
+//! # Examples
+//!
+//! ```
+//! use awaitkit::watch::Report;
+//! use std::time::Duration;
+//! # futures::executor::block_on(async {
+//! let report = Report::new().threshold(Duration::from_millis(20));
+//! let children = (0..10).map(|i| async move {
+//!     if i == 7 {
+//!         // A blocking call on the executor: the bug to find.
+//!         std::thread::sleep(Duration::from_millis(30));
+//!     }
+//!     i
+//! });
+//! let out = awaitkit::gather(report.watch_each(children)).await;
+//! assert_eq!(out, (0..10).collect::<Vec<_>>());
+//!
+//! let blocking = report.blocking();
+//! assert_eq!(blocking.len(), 1);
+//! assert_eq!(blocking[0].index, 7);
+//! assert!(blocking[0].stats.longest_poll >= Duration::from_millis(30));
+//! println!("{report}");
+//! # });
+//! ```
+
+mod counter;
+mod report;
+
+pub use report::{ChildReport, Outcome, Report, WatchEach};
+
+use pin_project_lite::pin_project;
+use std::borrow::Cow;
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// The threshold above which a poll is reported, unless set otherwise:
+/// 10 ms (asyncio's debug mode uses 100 ms).
+pub const DEFAULT_THRESHOLD: Duration = Duration::from_millis(10);
+
+/// A callback for slow polls (see [`Watch::on_slow_poll`]).
+type Hook = Arc<dyn Fn(&SlowPoll<'_>) + Send + Sync>;
+
+/// Wraps `future` so that every poll is measured; see the [module
+/// docs](self).
+///
+/// The output, the wakes and the cancellation behaviour are the inner
+/// future's: dropping the [`Watch`] drops the inner future.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::watch::watch;
+/// use std::time::Duration;
+/// # futures::executor::block_on(async {
+/// let mut fut = std::pin::pin!(watch(async { 1 + 1 }).name("sum"));
+/// assert_eq!((&mut fut).await, 2);
+/// let stats = fut.stats();
+/// assert_eq!(stats.polls, 1);
+/// assert!(stats.completed);
+/// assert!(stats.busy <= stats.wall);
+/// # });
+/// ```
+pub fn watch<F: IntoFuture>(future: F) -> Watch<F::IntoFuture> {
+    Watch::new(future.into_future(), Meta::new(None, DEFAULT_THRESHOLD, None))
+}
+
+/// The [`watch`] wrapper as a method on every future.
+pub trait WatchExt: Future + Sized {
+    /// Wraps the future in a [`Watch`] named `name`: slow polls are reported
+    /// with that name. Same as `watch(self).name(name)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::WatchExt;
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = seen.clone();
+    /// let out = async {
+    ///     std::thread::sleep(Duration::from_millis(15)); // blocks the executor
+    ///     "done"
+    /// }
+    /// .watch("load config")
+    /// .on_slow_poll(move |slow| sink.lock().unwrap().push(slow.to_string()))
+    /// .await;
+    /// assert_eq!(out, "done");
+    /// let seen = seen.lock().unwrap();
+    /// assert_eq!(seen.len(), 1);
+    /// assert!(seen[0].contains("load config"), "{}", seen[0]);
+    /// # });
+    /// ```
+    fn watch(self, name: impl Into<Cow<'static, str>>) -> Watch<Self> {
+        Watch::new(self, Meta::new(Some(name.into()), DEFAULT_THRESHOLD, None))
+    }
+}
+
+impl<F: Future> WatchExt for F {}
+
+pin_project! {
+    /// Future for the [`watch`] function and [`WatchExt::watch`]: the inner
+    /// future, with every poll measured.
+    ///
+    /// # Cancel safety
+    ///
+    /// As cancel-safe as the inner future: dropping the `Watch` drops it
+    /// (after recording the outcome in its [`Report`], if any).
+    ///
+    /// # Panics
+    ///
+    /// Never on its own. A panic in the inner future propagates (its poll is
+    /// not counted; a [`Report`] records the child as
+    /// [`Outcome::Panicked`]); polling after completion polls the inner
+    /// future again, with whatever that does.
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct Watch<F> {
+        #[pin]
+        future: F,
+        stats: Ticks,
+        meta: Meta,
+    }
+
+    impl<F> PinnedDrop for Watch<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(slot) = this.meta.report.take() {
+                let outcome = if this.stats.in_poll {
+                    Outcome::Panicked
+                } else {
+                    Outcome::Cancelled
+                };
+                slot.deliver(this.stats.to_stats(), outcome);
+            }
+        }
+    }
+}
+
+/// What a [`Watch`] counts, in clock ticks.
+#[derive(Clone, Copy, Default)]
+struct Ticks {
+    polls: u64,
+    busy: u64,
+    longest: u64,
+    first: u64,
+    last: u64,
+    slow: u64,
+    completed: bool,
+    in_poll: bool,
+}
+
+impl Ticks {
+    fn to_stats(self) -> WatchStats {
+        // One scale for all three, so that longest ≤ busy ≤ wall holds in
+        // time as it does in ticks.
+        let scale = counter::scale();
+        WatchStats {
+            polls: self.polls,
+            busy: scale.to_duration(self.busy),
+            longest_poll: scale.to_duration(self.longest),
+            wall: scale.to_duration(self.last.saturating_sub(self.first)),
+            slow_polls: self.slow,
+            completed: self.completed,
+        }
+    }
+}
+
+/// The settings of a [`Watch`] (kept apart from the inner future so the
+/// slow path is not generic).
+struct Meta {
+    name: Option<Cow<'static, str>>,
+    threshold: Duration,
+    /// Polls of fewer ticks are certainly shorter than `threshold`.
+    cutoff: u64,
+    on_slow: Option<Hook>,
+    report: Option<report::Slot>,
+}
+
+impl Meta {
+    fn new(name: Option<Cow<'static, str>>, threshold: Duration, on_slow: Option<Hook>) -> Self {
+        Meta {
+            name,
+            threshold,
+            cutoff: counter::lower_bound(threshold),
+            on_slow,
+            report: None,
+        }
+    }
+
+    /// A poll of `ticks` reached the cutoff: report it if it really is
+    /// slow.
+    #[cold]
+    #[inline(never)]
+    fn maybe_slow(&mut self, stats: &mut Ticks, ticks: u64) {
+        let duration = counter::to_duration(ticks);
+        if duration < self.threshold {
+            return;
+        }
+        stats.slow += 1;
+        let slow = SlowPoll {
+            name: self.name.as_deref(),
+            index: self.report.as_ref().map(|slot| slot.index),
+            duration,
+            threshold: self.threshold,
+            poll: stats.polls,
+        };
+        if let Some(slot) = &self.report {
+            slot.update(stats.to_stats());
+        }
+        match &self.on_slow {
+            Some(hook) => hook(&slow),
+            None => {
+                let global = HOOK.read().unwrap_or_else(|e| e.into_inner()).clone();
+                if let Some(hook) = global {
+                    hook(&slow);
+                }
+            }
+        }
+        #[cfg(feature = "tracing")]
+        tracing::warn!(
+            target: "awaitkit::watch",
+            future = slow.name.unwrap_or("<unnamed>"),
+            index = slow.index,
+            duration_us = u64::try_from(slow.duration.as_micros()).unwrap_or(u64::MAX),
+            threshold_us = u64::try_from(slow.threshold.as_micros()).unwrap_or(u64::MAX),
+            poll = slow.poll,
+            "{slow}"
+        );
+    }
+}
+
+impl<F> Watch<F> {
+    fn new(future: F, meta: Meta) -> Self {
+        Watch {
+            future,
+            stats: Ticks::default(),
+            meta,
+        }
+    }
+
+    /// Names the future: slow-poll reports and the `tracing` warning carry
+    /// the name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let fut = awaitkit::watch::watch(async {}).name(format!("request {}", 42));
+    /// assert_eq!(fut.get_name(), Some("request 42"));
+    /// ```
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.meta.name = Some(name.into());
+        self
+    }
+
+    /// The name given by [`name`](Self::name), [`WatchExt::watch`] or
+    /// [`Report::watch`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::WatchExt;
+    /// assert_eq!(async {}.watch("x").get_name(), Some("x"));
+    /// assert_eq!(awaitkit::watch::watch(async {}).get_name(), None);
+    /// ```
+    pub fn get_name(&self) -> Option<&str> {
+        self.meta.name.as_deref()
+    }
+
+    /// Reports polls that take `threshold` or longer (default
+    /// [`DEFAULT_THRESHOLD`], 10 ms). `Duration::ZERO` reports every poll;
+    /// `Duration::MAX` none.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::watch::watch;
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let mut fut = std::pin::pin!(watch(async {}).threshold(Duration::ZERO));
+    /// (&mut fut).await;
+    /// assert_eq!(fut.stats().slow_polls, 1); // every poll is "slow"
+    /// # });
+    /// ```
+    pub fn threshold(mut self, threshold: Duration) -> Self {
+        self.meta.threshold = threshold;
+        self.meta.cutoff = counter::lower_bound(threshold);
+        self
+    }
+
+    /// Calls `hook` for every poll that takes the threshold or longer,
+    /// right after that poll, on the thread that polled. Without a hook,
+    /// the process-wide [`set_slow_poll_hook`] is called, if set.
+    ///
+    /// The hook runs inside the executor's poll: keep it short (log, count,
+    /// send to a channel).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::watch::watch;
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let slow = Arc::new(AtomicU32::new(0));
+    /// let count = slow.clone();
+    /// watch(async { std::thread::sleep(Duration::from_millis(2)) })
+    ///     .threshold(Duration::from_millis(1))
+    ///     .on_slow_poll(move |_| {
+    ///         count.fetch_add(1, Ordering::Relaxed);
+    ///     })
+    ///     .await;
+    /// assert_eq!(slow.load(Ordering::Relaxed), 1);
+    /// # });
+    /// ```
+    pub fn on_slow_poll(mut self, hook: impl Fn(&SlowPoll<'_>) + Send + Sync + 'static) -> Self {
+        self.meta.on_slow = Some(Arc::new(hook));
+        self
+    }
+
+    /// What was measured so far (readable at any time, and after
+    /// completion if the `Watch` is kept: poll it through `&mut` or
+    /// `Pin<&mut>`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::watch::watch;
+    /// # futures::executor::block_on(async {
+    /// let mut fut = std::pin::pin!(watch(futures::future::ready(3)));
+    /// assert_eq!(fut.stats().polls, 0);
+    /// assert_eq!((&mut fut).await, 3);
+    /// assert_eq!(fut.stats().polls, 1);
+    /// # });
+    /// ```
+    pub fn stats(&self) -> WatchStats {
+        self.stats.to_stats()
+    }
+
+    /// A shared reference to the inner future.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let fut = awaitkit::watch::watch(futures::future::ready(1));
+    /// assert!(matches!(fut.get_ref(), futures::future::Ready { .. }));
+    /// ```
+    pub fn get_ref(&self) -> &F {
+        &self.future
+    }
+
+    pub(crate) fn attach(mut self, slot: report::Slot) -> Self {
+        self.meta.report = Some(slot);
+        self
+    }
+}
+
+impl<F: Future> Future for Watch<F> {
+    type Output = F::Output;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let stats = this.stats;
+        stats.in_poll = true;
+        let start = counter::now();
+        let out = this.future.poll(cx);
+        let end = counter::now();
+        stats.in_poll = false;
+        let ticks = end.saturating_sub(start);
+        if stats.polls == 0 {
+            stats.first = start;
+        }
+        stats.polls += 1;
+        stats.busy = stats.busy.saturating_add(ticks);
+        stats.longest = stats.longest.max(ticks);
+        stats.last = end;
+        if ticks >= this.meta.cutoff {
+            this.meta.maybe_slow(stats, ticks);
+        }
+        if out.is_ready() {
+            stats.completed = true;
+            if let Some(slot) = this.meta.report.take() {
+                slot.deliver(stats.to_stats(), Outcome::Completed);
+            }
+        }
+        out
+    }
+}
+
+impl<F: futures_core::FusedFuture> futures_core::FusedFuture for Watch<F> {
+    fn is_terminated(&self) -> bool {
+        self.future.is_terminated()
+    }
+}
+
+impl<F> fmt::Debug for Watch<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watch")
+            .field("name", &self.meta.name)
+            .field("threshold", &self.meta.threshold)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a [`Watch`] measured: read with [`Watch::stats`], or per child in a
+/// [`Report`].
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::watch::watch;
+/// # futures::executor::block_on(async {
+/// let mut fut = std::pin::pin!(watch(async {}));
+/// (&mut fut).await;
+/// let s = fut.stats();
+/// assert_eq!((s.polls, s.slow_polls, s.completed), (1, 0, true));
+/// assert!(s.longest_poll <= s.busy && s.busy <= s.wall);
+/// # });
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WatchStats {
+    /// Polls that returned (a poll that panicked is not counted).
+    pub polls: u64,
+    /// Time spent inside `poll`: the time the future held its thread.
+    pub busy: Duration,
+    /// From the start of the first poll to the end of the last (to
+    /// completion, once completed). Zero before the first poll.
+    pub wall: Duration,
+    /// The longest single poll.
+    pub longest_poll: Duration,
+    /// Polls that took the threshold or longer.
+    pub slow_polls: u64,
+    /// Whether the future has completed.
+    pub completed: bool,
+}
+
+/// One poll that took the threshold or longer: what a slow-poll hook
+/// receives. Its `Display` is a one-line warning.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::WatchExt;
+/// use std::time::Duration;
+/// # futures::executor::block_on(async {
+/// async { std::thread::sleep(Duration::from_millis(12)) }
+///     .watch("resize image")
+///     .on_slow_poll(|slow| {
+///         assert_eq!(slow.name, Some("resize image"));
+///         assert_eq!(slow.poll, 1);
+///         assert!(slow.duration >= Duration::from_millis(12));
+///         assert!(slow.to_string().starts_with("slow poll: `resize image` held the executor for"));
+///     })
+///     .await;
+/// # });
+/// ```
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct SlowPoll<'a> {
+    /// The future's name, if it has one.
+    pub name: Option<&'a str>,
+    /// The child's index in its [`Report`], for a child watched by one.
+    pub index: Option<usize>,
+    /// How long the poll took.
+    pub duration: Duration,
+    /// The threshold it reached.
+    pub threshold: Duration,
+    /// Which poll it was (1 for the first).
+    pub poll: u64,
+}
+
+impl fmt::Display for SlowPoll<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("slow poll: ")?;
+        match (self.name, self.index) {
+            (Some(name), _) => write!(f, "`{name}`")?,
+            (None, Some(index)) => write!(f, "child #{index}")?,
+            (None, None) => f.write_str("a future")?,
+        }
+        write!(
+            f,
+            " held the executor for {:.1?} in poll {} (threshold {:?})",
+            self.duration, self.poll, self.threshold
+        )
+    }
+}
+
+static HOOK: RwLock<Option<Hook>> = RwLock::new(None);
+
+/// Sets the process-wide slow-poll hook: called for every slow poll of a
+/// [`Watch`] (or [`Report`]) that has no hook of its own. This is the
+/// "debug mode" switch: set it once at start-up (to a log line, a metric),
+/// then wrap the futures to watch. It replaces any earlier hook.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::WatchExt;
+/// use std::time::Duration;
+/// awaitkit::watch::set_slow_poll_hook(|slow| eprintln!("warning: {slow}"));
+/// # futures::executor::block_on(async {
+/// // Prints "warning: slow poll: `startup` held the executor for 11.0ms in poll 1 (threshold 10ms)".
+/// async { std::thread::sleep(Duration::from_millis(11)) }.watch("startup").await;
+/// # });
+/// awaitkit::watch::clear_slow_poll_hook();
+/// ```
+pub fn set_slow_poll_hook(hook: impl Fn(&SlowPoll<'_>) + Send + Sync + 'static) {
+    *HOOK.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(hook));
+}
+
+/// Removes the process-wide slow-poll hook set by [`set_slow_poll_hook`].
+///
+/// # Examples
+///
+/// ```
+/// awaitkit::watch::set_slow_poll_hook(|_| {});
+/// awaitkit::watch::clear_slow_poll_hook();
+/// ```
+pub fn clear_slow_poll_hook() {
+    *HOOK.write().unwrap_or_else(|e| e.into_inner()) = None;
+}
+
+/// Whether the watch's clock is the CPU's time-stamp counter (`false`: it
+/// is [`Instant`](std::time::Instant)).
+///
+/// # Examples
+///
+/// ```
+/// let fast = awaitkit::watch::uses_cpu_counter();
+/// # let _ = fast;
+/// ```
+pub fn uses_cpu_counter() -> bool {
+    counter::is_tsc()
+}
