@@ -335,7 +335,7 @@ impl Report {
             .into_iter()
             .filter(|c| c.stats.slow_polls > 0)
             .collect();
-        children.sort_by(|a, b| b.stats.longest_poll.cmp(&a.stats.longest_poll));
+        children.sort_by_key(|c| std::cmp::Reverse(c.stats.longest_poll));
         children
     }
 
@@ -356,7 +356,7 @@ impl Report {
     /// ```
     pub fn slowest(&self, n: usize) -> Vec<ChildReport> {
         let mut children = self.children();
-        children.sort_by(|a, b| b.stats.wall.cmp(&a.stats.wall));
+        children.sort_by_key(|c| std::cmp::Reverse(c.stats.wall));
         children.truncate(n);
         children
     }
