@@ -172,7 +172,7 @@ pin_project! {
                 } else {
                     Outcome::Cancelled
                 };
-                slot.deliver(this.stats.to_stats(), outcome);
+                slot.deliver(*this.stats, outcome);
             }
         }
     }
@@ -193,9 +193,12 @@ struct Ticks {
 
 impl Ticks {
     fn to_stats(self) -> WatchStats {
-        // One scale for all three, so that longest ≤ busy ≤ wall holds in
-        // time as it does in ticks.
-        let scale = counter::scale();
+        self.to_stats_with(counter::scale())
+    }
+
+    /// One scale for all three durations, so that longest ≤ busy ≤ wall
+    /// holds in time as it does in ticks.
+    fn to_stats_with(self, scale: counter::Scale) -> WatchStats {
         WatchStats {
             polls: self.polls,
             busy: scale.to_duration(self.busy),
@@ -220,10 +223,19 @@ struct Meta {
 
 impl Meta {
     fn new(name: Option<Cow<'static, str>>, threshold: Duration, on_slow: Option<Hook>) -> Self {
+        Self::with_cutoff(name, threshold, counter::lower_bound(threshold), on_slow)
+    }
+
+    fn with_cutoff(
+        name: Option<Cow<'static, str>>,
+        threshold: Duration,
+        cutoff: u64,
+        on_slow: Option<Hook>,
+    ) -> Self {
         Meta {
             name,
             threshold,
-            cutoff: counter::lower_bound(threshold),
+            cutoff,
             on_slow,
             report: None,
         }
@@ -247,7 +259,7 @@ impl Meta {
             poll: stats.polls,
         };
         if let Some(slot) = &self.report {
-            slot.update(stats.to_stats());
+            slot.update(*stats);
         }
         match &self.on_slow {
             Some(hook) => hook(&slow),
@@ -423,7 +435,7 @@ impl<F: Future> Future for Watch<F> {
         if out.is_ready() {
             stats.completed = true;
             if let Some(slot) = this.meta.report.take() {
-                slot.deliver(stats.to_stats(), Outcome::Completed);
+                slot.deliver(*stats, Outcome::Completed);
             }
         }
         out

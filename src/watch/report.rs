@@ -1,6 +1,6 @@
 //! `Report`: per-child timings for any combinator.
 
-use super::{DEFAULT_THRESHOLD, Hook, Meta, SlowPoll, Watch, WatchStats};
+use super::{DEFAULT_THRESHOLD, Hook, Meta, SlowPoll, Ticks, Watch, WatchStats, counter};
 use std::borrow::Cow;
 use std::fmt;
 use std::future::IntoFuture;
@@ -58,13 +58,16 @@ pub struct Report {
 
 struct Inner {
     threshold: Duration,
+    /// `counter::lower_bound(threshold)`, computed once for all children.
+    cutoff: u64,
     on_slow: Option<Hook>,
     children: Vec<Entry>,
 }
 
 struct Entry {
     name: Option<Cow<'static, str>>,
-    stats: WatchStats,
+    /// Raw ticks: converted when read, so a child costs no clock read.
+    ticks: Ticks,
     outcome: Outcome,
 }
 
@@ -179,6 +182,7 @@ impl Report {
         Report {
             shared: Arc::new(Mutex::new(Inner {
                 threshold: DEFAULT_THRESHOLD,
+                cutoff: counter::lower_bound(DEFAULT_THRESHOLD),
                 on_slow: None,
                 children: Vec::new(),
             })),
@@ -195,7 +199,11 @@ impl Report {
     /// # let _ = report;
     /// ```
     pub fn threshold(self, threshold: Duration) -> Self {
-        self.lock().threshold = threshold;
+        let cutoff = counter::lower_bound(threshold);
+        let mut inner = self.lock();
+        inner.threshold = threshold;
+        inner.cutoff = cutoff;
+        drop(inner);
         self
     }
 
@@ -276,16 +284,18 @@ impl Report {
         name: Option<Cow<'static, str>>,
         future: F,
     ) -> Watch<F::IntoFuture> {
-        let (threshold, on_slow, index) = {
+        let (threshold, cutoff, on_slow, index) = {
             let mut inner = self.lock();
             inner.children.push(Entry {
                 name: name.clone(),
-                stats: WatchStats::default(),
+                ticks: Ticks::default(),
                 outcome: Outcome::Running,
             });
-            (inner.threshold, inner.on_slow.clone(), inner.children.len() - 1)
+            let index = inner.children.len() - 1;
+            (inner.threshold, inner.cutoff, inner.on_slow.clone(), index)
         };
-        Watch::new(future.into_future(), Meta::new(name, threshold, on_slow)).attach(Slot {
+        let meta = Meta::with_cutoff(name, threshold, cutoff, on_slow);
+        Watch::new(future.into_future(), meta).attach(Slot {
             report: self.shared.clone(),
             index,
         })
@@ -302,6 +312,7 @@ impl Report {
     /// ```
     pub fn children(&self) -> Vec<ChildReport> {
         let inner = self.lock();
+        let scale = counter::scale();
         inner
             .children
             .iter()
@@ -309,7 +320,7 @@ impl Report {
             .map(|(index, e)| ChildReport {
                 index,
                 name: e.name.clone(),
-                stats: e.stats,
+                stats: e.ticks.to_stats_with(scale),
                 outcome: e.outcome,
             })
             .collect()
@@ -500,15 +511,15 @@ pub(crate) struct Slot {
 
 impl Slot {
     /// Records what a running child has measured so far.
-    pub(crate) fn update(&self, stats: WatchStats) {
-        lock(&self.report).children[self.index].stats = stats;
+    pub(super) fn update(&self, ticks: Ticks) {
+        lock(&self.report).children[self.index].ticks = ticks;
     }
 
     /// Records how the child ended.
-    pub(crate) fn deliver(self, stats: WatchStats, outcome: Outcome) {
+    pub(super) fn deliver(self, ticks: Ticks, outcome: Outcome) {
         let mut inner = lock(&self.report);
         let entry = &mut inner.children[self.index];
-        entry.stats = stats;
+        entry.ticks = ticks;
         entry.outcome = outcome;
     }
 }
