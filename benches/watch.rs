@@ -128,7 +128,15 @@ impl Future for YieldOnce {
     }
 }
 
-fn record(settings: &Settings, group: &str, function: &str, n: u64, polls: u64, slow: u64, outcome: &str) {
+fn record(
+    settings: &Settings,
+    group: &str,
+    function: &str,
+    n: u64,
+    polls: u64,
+    slow: u64,
+    outcome: &str,
+) {
     let key = format!("{group},{function},");
     let row = format!("{n},{polls},{slow},{outcome}");
     eprintln!("check {key}{row}");
@@ -139,7 +147,14 @@ fn main() {
     let settings = Settings::from_env();
     let mut c: Criterion = settings.criterion().configure_from_args();
     settings.write_run_marker("awaitkit-bench-run-watch.txt");
-    eprintln!("watch clock: {}", if awaitkit::watch::uses_cpu_counter() { "CPU time-stamp counter" } else { "Instant" });
+    eprintln!(
+        "watch clock: {}",
+        if awaitkit::watch::uses_cpu_counter() {
+            "CPU time-stamp counter"
+        } else {
+            "Instant"
+        }
+    );
 
     let mut group = c.benchmark_group("watch_per_poll");
     group.throughput(Throughput::Elements(P));
@@ -162,7 +177,15 @@ fn main() {
             let stats = fut.stats();
             assert_eq!((out, polls, stats.polls), (0, P, P));
             assert!(stats.completed && stats.busy <= stats.wall);
-            record(&settings, "watch_per_poll", "watch", P, stats.polls, stats.slow_polls, "ok");
+            record(
+                &settings,
+                "watch_per_poll",
+                "watch",
+                P,
+                stats.polls,
+                stats.slow_polls,
+                "ok",
+            );
         },
         |b| b.iter(|| spin(watch(countdown()))),
     );
@@ -173,8 +196,19 @@ fn main() {
             let report = Report::new();
             let (out, _) = spin(report.watch("child", countdown()));
             let child = &report.children()[0];
-            assert_eq!((out, child.stats.polls, child.outcome), (0, P, Outcome::Completed));
-            record(&settings, "watch_per_poll", "report_child", P, child.stats.polls, child.stats.slow_polls, "completed");
+            assert_eq!(
+                (out, child.stats.polls, child.outcome),
+                (0, P, Outcome::Completed)
+            );
+            record(
+                &settings,
+                "watch_per_poll",
+                "report_child",
+                P,
+                child.stats.polls,
+                child.stats.slow_polls,
+                "completed",
+            );
         },
         |b| {
             b.iter(|| {
@@ -187,14 +221,32 @@ fn main() {
         &mut group,
         BenchmarkId::new("naive_instant", P),
         || {
-            let mut fut = NaiveInstant { inner: countdown(), polls: 0, busy: Duration::ZERO, longest: Duration::ZERO };
+            let mut fut = NaiveInstant {
+                inner: countdown(),
+                polls: 0,
+                busy: Duration::ZERO,
+                longest: Duration::ZERO,
+            };
             let (out, polls) = spin(&mut fut);
             assert_eq!((out, polls, fut.polls), (0, P, P));
-            record(&settings, "watch_per_poll", "naive_instant", P, fut.polls, 0, "ok");
+            record(
+                &settings,
+                "watch_per_poll",
+                "naive_instant",
+                P,
+                fut.polls,
+                0,
+                "ok",
+            );
         },
         |b| {
             b.iter(|| {
-                spin(NaiveInstant { inner: countdown(), polls: 0, busy: Duration::ZERO, longest: Duration::ZERO })
+                spin(NaiveInstant {
+                    inner: countdown(),
+                    polls: 0,
+                    busy: Duration::ZERO,
+                    longest: Duration::ZERO,
+                })
             })
         },
     );
@@ -209,7 +261,15 @@ fn main() {
         || {
             let out = driver.block_on(awaitkit::gather((0..N).map(|_| YieldOnce(false))));
             assert_eq!(out.len(), N);
-            record(&settings, "watch_gather", "gather_bare", N as u64, 2 * N as u64, 0, "ok");
+            record(
+                &settings,
+                "watch_gather",
+                "gather_bare",
+                N as u64,
+                2 * N as u64,
+                0,
+                "ok",
+            );
         },
         |b| b.iter(|| driver.block_on(awaitkit::gather((0..N).map(|_| YieldOnce(false))))),
     );
@@ -218,19 +278,35 @@ fn main() {
         BenchmarkId::new("gather_report", N),
         || {
             let report = Report::new();
-            let out = driver.block_on(awaitkit::gather(report.watch_each((0..N).map(|_| YieldOnce(false)))));
+            let out = driver.block_on(awaitkit::gather(
+                report.watch_each((0..N).map(|_| YieldOnce(false))),
+            ));
             assert_eq!(out.len(), N);
             let children = report.children();
             assert_eq!(children.len(), N);
-            assert!(children.iter().all(|c| c.outcome == Outcome::Completed && c.stats.polls == 2));
+            assert!(
+                children
+                    .iter()
+                    .all(|c| c.outcome == Outcome::Completed && c.stats.polls == 2)
+            );
             let polls: u64 = children.iter().map(|c| c.stats.polls).sum();
             let slow: u64 = children.iter().map(|c| c.stats.slow_polls).sum();
-            record(&settings, "watch_gather", "gather_report", N as u64, polls, slow, "completed");
+            record(
+                &settings,
+                "watch_gather",
+                "gather_report",
+                N as u64,
+                polls,
+                slow,
+                "completed",
+            );
         },
         |b| {
             b.iter(|| {
                 let report = Report::new();
-                driver.block_on(awaitkit::gather(report.watch_each((0..N).map(|_| YieldOnce(false)))))
+                driver.block_on(awaitkit::gather(
+                    report.watch_each((0..N).map(|_| YieldOnce(false))),
+                ))
             })
         },
     );

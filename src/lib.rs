@@ -31,6 +31,7 @@
 //! | a pool of connections | `AsyncDatabasePool`, `async with pool.acquire()` | [`Pool`], [`pool::Manager`] |
 //! | many items, at most N at a time, results in order, with progress | the seed's `process_batch` (Semaphore + gather), `tqdm.asyncio` | [`process_batch`] |
 //! | tasks added while running, first error cancels the rest; background work | `asyncio.TaskGroup`, `create_task` | [`task_group`], [`task_group_local`] |
+//! | find the future that blocks the executor; per-child timings | asyncio debug mode (`slow_callback_duration`) | [`watch()`], [`WatchExt::watch`], [`watch::Report`] |
 //!
 //! ```
 //! # futures::executor::block_on(async {
@@ -117,6 +118,7 @@
 //! | `test-util` | `time::ManualClock`: a clock that moves only when a test advances it |
 //! | `indicatif` | `Batch::progress_bar`: batch progress drawn as a tqdm-style bar |
 //! | `quanta` | `time::QuantaTimer`: the CPU's time-stamp counter as the clock (the cheapest [`RateLimiter`] checks) |
+//! | `tracing` | slow polls seen by [`watch`](mod@watch) are also emitted as `tracing` warnings |
 
 #![warn(
     missing_docs,

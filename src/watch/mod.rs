@@ -13,7 +13,7 @@
 //!   the `tracing` feature — as a `tracing` warning with the future's name.
 //!   It also keeps [`WatchStats`]: polls, busy time, wall time and the
 //!   longest poll.
-//! * [`Report`] watches the children of any combinator — [`gather`](crate::gather),
+//! * [`Report`] watches the children of any combinator — [`gather`](crate::gather()),
 //!   [`as_completed`](crate::as_completed), [`wait`](crate::wait),
 //!   [`process_batch`](crate::process_batch), a [task group](crate::task_group)
 //!   — and lists, per child, its wall time, busy time, polls and longest
@@ -103,7 +103,10 @@ type Hook = Arc<dyn Fn(&SlowPoll<'_>) + Send + Sync>;
 /// # });
 /// ```
 pub fn watch<F: IntoFuture>(future: F) -> Watch<F::IntoFuture> {
-    Watch::new(future.into_future(), Meta::new(None, DEFAULT_THRESHOLD, None))
+    Watch::new(
+        future.into_future(),
+        Meta::new(None, DEFAULT_THRESHOLD, None),
+    )
 }
 
 /// The [`watch`] wrapper as a method on every future.

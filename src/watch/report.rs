@@ -13,7 +13,7 @@ use std::time::Duration;
 /// which one blocked the executor (a poll at or over the threshold).
 ///
 /// It works with every combinator, because it wraps the children, not the
-/// combinator: [`gather`](crate::gather), [`as_completed`](crate::as_completed),
+/// combinator: [`gather`](crate::gather()), [`as_completed`](crate::as_completed),
 /// [`wait`](crate::wait), [`process_batch`](crate::process_batch),
 /// [task groups](crate::task_group), and other crates' too. A `Report` is
 /// a cheap handle (`Clone` shares it), `Send` and `Sync`.
@@ -445,7 +445,10 @@ impl fmt::Display for Report {
         if blocking.is_empty() {
             write!(f, "\nno poll reached {threshold:?}")?;
         } else {
-            write!(f, "\nblocked the executor (a poll of {threshold:?} or more):")?;
+            write!(
+                f,
+                "\nblocked the executor (a poll of {threshold:?} or more):"
+            )?;
             for child in &blocking {
                 write!(f, "\n  {child}")?;
             }
