@@ -180,7 +180,10 @@ mod tests {
         let measured = to_duration(now().saturating_sub(start));
         let real = wall.elapsed();
         let diff = measured.abs_diff(real);
-        assert!(diff < Duration::from_millis(2), "measured {measured:?}, real {real:?}");
+        assert!(
+            diff < Duration::from_millis(2),
+            "measured {measured:?}, real {real:?}"
+        );
     }
 
     #[test]
