@@ -77,6 +77,13 @@ use std::time::Duration;
 
 /// The threshold above which a poll is reported, unless set otherwise:
 /// 10 ms (asyncio's debug mode uses 100 ms).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(awaitkit::watch::DEFAULT_THRESHOLD, Duration::from_millis(10));
+/// ```
 pub const DEFAULT_THRESHOLD: Duration = Duration::from_millis(10);
 
 /// A callback for slow polls (see [`Watch::on_slow_poll`]).
@@ -158,6 +165,22 @@ pin_project! {
     /// not counted; a [`Report`] records the child as
     /// [`Outcome::Panicked`]); polling after completion polls the inner
     /// future again, with whatever that does.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::{Watch, WatchExt};
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let timer = async { futures_timer::Delay::new(Duration::from_millis(5)).await };
+    /// let mut fut: std::pin::Pin<&mut Watch<_>> = std::pin::pin!(timer.watch("timer"));
+    /// (&mut fut).await;
+    /// let stats = fut.stats();
+    /// // Waiting is not blocking: 5 ms of wall time, microseconds busy.
+    /// assert!(stats.wall >= Duration::from_millis(5));
+    /// assert!(stats.busy < stats.wall);
+    /// # });
+    /// ```
     #[must_use = "futures do nothing unless you `.await` or poll them"]
     pub struct Watch<F> {
         #[pin]
