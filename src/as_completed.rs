@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 /// of the future that produced it. An empty input yields `None` on the first
 /// poll.
 ///
+/// To see which child was slow, or which one blocked the executor, watch the
+/// children with a [`watch::Report`](crate::watch::Report).
+///
 /// # Cancel safety
 ///
 /// Dropping the stream drops every unfinished child synchronously. Outputs

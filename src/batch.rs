@@ -42,6 +42,9 @@ use std::time::{Duration, Instant};
 /// [`Batch::try_new`] returns an error instead of panicking for a zero
 /// `limit`; `usize::MAX` means "no limit".
 ///
+/// To see which child was slow, or which one blocked the executor, watch the
+/// children with a [`watch::Report`](crate::watch::Report).
+///
 /// # Cancel safety
 ///
 /// Dropping the [`Batch`] drops every call in flight, the outputs collected

@@ -20,6 +20,9 @@ use std::task::{Context, Poll};
 ///
 /// An empty input resolves to an empty `Vec` on the first poll.
 ///
+/// To see which child was slow, or which one blocked the executor, watch the
+/// children with a [`watch::Report`](crate::watch::Report).
+///
 /// # Cancel safety
 ///
 /// Dropping the [`Gather`] drops every unfinished child and every output

@@ -605,6 +605,9 @@ macro_rules! delegate_to_core {
 /// however many tasks run. One poll of the group polls the body and each
 /// task at most once.
 ///
+/// To see which child was slow, or which one blocked the executor, watch the
+/// children with a [`watch::Report`](crate::watch::Report).
+///
 /// # Cancel safety
 ///
 /// Dropping the [`TaskGroup`] drops the body and every unfinished task

@@ -178,6 +178,9 @@ impl<F: Future> fmt::Debug for WaitOutcome<F> {
 /// with what is done so far, the rest pending, and
 /// [`timed_out`](WaitOutcome::timed_out) set.
 ///
+/// To see which child was slow, or which one blocked the executor, watch the
+/// children with a [`watch::Report`](crate::watch::Report).
+///
 /// # Panics
 ///
 /// `ReturnWhen::FirstError` needs outputs that can be errors: it panics here,
