@@ -770,3 +770,77 @@ mod pool {
         assert_eq!(traits!(pool), ALL);
     }
 }
+
+mod watch {
+    use super::*;
+    use awaitkit::watch::{
+        ChildReport, Outcome, Report, SlowPoll, Watch, WatchEach, WatchStats, watch,
+    };
+    use awaitkit::{WatchExt, gather};
+    use std::fmt::Display;
+    use std::hash::Hash;
+
+    #[test]
+    fn watch_follows_its_future() {
+        let w: Watch<SendSync> = send_sync_unpin(watch(ready(1u8)));
+        assert_eq!(traits!(w), ALL);
+        // A name, a threshold and a hook change nothing.
+        let w = ready(1u8)
+            .watch("named")
+            .threshold(std::time::Duration::ZERO)
+            .on_slow_poll(|_| {});
+        assert_eq!(traits!(send_sync_unpin(w)), ALL);
+        assert_eq!(traits!(send_unpin(watch(ready(Cell::new(1u8))))), SEND_ONLY);
+        assert_eq!(traits!(unpin(watch(ready(Rc::new(1u8))))), NEITHER);
+        // `Unpin` exactly when the inner future is (it is pinned in place).
+        assert_eq!(traits!(watch(pinned_child())), (true, true, false));
+        assert_eq!(traits!(watch(async { 1 })), (true, true, false));
+    }
+
+    #[test]
+    fn report_children_follow_their_futures() {
+        let report = Report::new();
+        let w: Watch<SendSync> = send_sync_unpin(report.watch("a", ready(1u8)));
+        assert_eq!(traits!(w), ALL);
+        assert_eq!(traits!(report.watch("b", ready(Cell::new(1u8)))), SEND_ONLY);
+        assert_eq!(traits!(report.watch("c", ready(Rc::new(1u8)))), NEITHER);
+        assert_eq!(
+            traits!(report.watch("d", pinned_child())),
+            (true, true, false)
+        );
+        // A combinator over watched children keeps its own rules.
+        assert_eq!(
+            traits!(send_sync_unpin(gather(report.watch_each([pinned_child()])))),
+            ALL
+        );
+        // `watch_each` follows its iterator.
+        let each: WatchEach<std::vec::IntoIter<SendSync>> =
+            send_sync_unpin(report.watch_each(vec![ready(1u8)]));
+        assert_eq!(traits!(each), ALL);
+        assert_eq!(
+            traits!(report.watch_each(vec![ready(Rc::new(1u8))])),
+            NEITHER
+        );
+    }
+
+    #[test]
+    fn report_is_a_shared_handle() {
+        fn handle<T: Clone + Default + Send + Sync + Unpin + Debug + Display + 'static>(t: T) -> T {
+            t
+        }
+        let report = handle(Report::new());
+        assert_eq!(traits!(report.clone()), ALL);
+    }
+
+    #[test]
+    fn watch_values_are_plain_data() {
+        fn stats<T: Copy + Default + Eq + Debug + Send + Sync + Unpin + 'static>() {}
+        stats::<WatchStats>();
+        fn outcome<T: Copy + Eq + Hash + Debug + Send + Sync + Unpin + 'static>() {}
+        outcome::<Outcome>();
+        fn child<T: Clone + Eq + Debug + Display + Send + Sync + Unpin + 'static>() {}
+        child::<ChildReport>();
+        fn slow<'a, T: Copy + Debug + Display + Send + Sync + Unpin + 'a>() {}
+        slow::<SlowPoll<'_>>();
+    }
+}

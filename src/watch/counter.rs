@@ -7,9 +7,13 @@
 //!
 //! Ticks are converted to time only when somebody looks (a report, a slow
 //! poll), against a calibration that spans everything since the first
-//! reading: a span of `d` measured after that first reading is off by at
-//! most the clock-read jitter times `d / span` ≤ the jitter (tens of ns),
-//! however early it is converted.
+//! reading: each end of it pairs a counter reading with an `Instant`
+//! (bracketed by two counter reads, retried if a preemption split them),
+//! so a span of `d` measured after the first reading is off by about the
+//! pairing error (tens of ns) times `d / span` ≤ the pairing error, however
+//! early it is converted. Once the calibration spans 100 ms (relative error
+//! under 10⁻⁶) it is frozen: from then on a conversion gives the same time
+//! for the same ticks, every time.
 //!
 //! The only `unsafe` of the watch lives here: two CPU intrinsics.
 
@@ -25,17 +29,50 @@ struct Base {
 
 static BASE: OnceLock<Base> = OnceLock::new();
 
+/// The calibration, once it spans [`FREEZE_AFTER`].
+static FROZEN: OnceLock<Scale> = OnceLock::new();
+const FREEZE_AFTER: Duration = Duration::from_millis(100);
+
 #[inline]
 fn base() -> &'static Base {
     BASE.get_or_init(|| {
-        let tsc = invariant_tsc();
-        let ticks = if tsc { rdtsc() } else { 0 };
-        Base {
-            tsc,
-            ticks,
-            at: Instant::now(),
+        if invariant_tsc() {
+            let (ticks, at) = paired_reading();
+            Base {
+                tsc: true,
+                ticks,
+                at,
+            }
+        } else {
+            Base {
+                tsc: false,
+                ticks: 0,
+                at: Instant::now(),
+            }
         }
     })
+}
+
+/// A counter reading and an `Instant` taken together: the `Instant` is
+/// bracketed by two counter reads and paired with their midpoint. A pair
+/// whose reads are more than 2 000 ticks apart (well under a microsecond:
+/// the thread was preempted between them) is taken again, a few times.
+fn paired_reading() -> (u64, Instant) {
+    let mut best = None;
+    for _ in 0..8 {
+        let before = rdtsc();
+        let at = Instant::now();
+        let after = rdtsc();
+        let gap = after.saturating_sub(before);
+        let pair = (before + gap / 2, at);
+        if gap <= 2_000 {
+            return pair;
+        }
+        if best.is_none_or(|(g, _)| gap < g) {
+            best = Some((gap, pair));
+        }
+    }
+    best.map_or_else(|| (rdtsc(), Instant::now()), |(_, pair)| pair)
 }
 
 /// The counter now, in ticks (never decreasing on one thread; differences
@@ -65,8 +102,12 @@ pub(crate) struct Scale {
     span: Duration,
 }
 
-/// The current [`Scale`].
+/// The current [`Scale`] (the frozen one once the calibration spans
+/// [`FREEZE_AFTER`]).
 pub(crate) fn scale() -> Scale {
+    if let Some(frozen) = FROZEN.get() {
+        return *frozen;
+    }
     let base = base();
     if !base.tsc {
         return Scale {
@@ -75,7 +116,11 @@ pub(crate) fn scale() -> Scale {
         };
     }
     let (ticks, span) = calibration(base);
-    Scale { ticks, span }
+    let scale = Scale { ticks, span };
+    if span >= FREEZE_AFTER {
+        return *FROZEN.get_or_init(|| scale);
+    }
+    scale
 }
 
 impl Scale {
@@ -107,7 +152,10 @@ pub(crate) fn lower_bound(d: Duration) -> u64 {
     if !base.tsc {
         return nanos;
     }
-    let (span_ticks, span) = calibration(base);
+    let Scale {
+        ticks: span_ticks,
+        span,
+    } = scale();
     if span >= Duration::from_millis(1) {
         // Half the measured rate: the rate over a millisecond or more is
         // good to far better than a factor of two.
@@ -121,8 +169,11 @@ pub(crate) fn lower_bound(d: Duration) -> u64 {
 }
 
 fn calibration(base: &Base) -> (u64, Duration) {
-    let ticks = rdtsc().saturating_sub(base.ticks);
-    (ticks, base.at.elapsed())
+    let (ticks, at) = paired_reading();
+    (
+        ticks.saturating_sub(base.ticks),
+        at.saturating_duration_since(base.at),
+    )
 }
 
 fn duration_nanos(d: Duration) -> u64 {

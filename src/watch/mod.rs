@@ -446,7 +446,6 @@ impl<F: Future> Future for Watch<F> {
         let start = counter::now();
         let out = this.future.poll(cx);
         let end = counter::now();
-        stats.in_poll = false;
         let ticks = end.saturating_sub(start);
         if stats.polls == 0 {
             stats.first = start;
@@ -458,6 +457,9 @@ impl<F: Future> Future for Watch<F> {
         if ticks >= this.meta.cutoff {
             this.meta.maybe_slow(stats, ticks);
         }
+        // Cleared only now: a panicking slow-poll hook counts as a panic in
+        // this poll, too.
+        stats.in_poll = false;
         if out.is_ready() {
             stats.completed = true;
             if let Some(slot) = this.meta.report.take() {

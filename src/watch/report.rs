@@ -21,7 +21,8 @@ use std::time::Duration;
 /// Each child's entry is written when it completes, when it is dropped
 /// unfinished ([`Outcome::Cancelled`]), when it panics
 /// ([`Outcome::Panicked`]), and at each slow poll; a child still running
-/// shows what it had at its last slow poll.
+/// shows what it had at its last slow poll (zero polls if none was slow):
+/// fast polls cost no lock.
 ///
 /// # Examples
 ///
@@ -210,6 +211,10 @@ impl Report {
     /// Calls `hook` for each slow poll of a child watched from now on
     /// (instead of the process-wide [`set_slow_poll_hook`](super::set_slow_poll_hook)).
     /// [`SlowPoll::index`] is the child's index in this report.
+    ///
+    /// The hook may read the report, but a hook that owns a clone of it
+    /// keeps the report alive for as long as the report holds the hook (a
+    /// reference cycle): send what it needs to a channel instead.
     ///
     /// # Examples
     ///
