@@ -833,6 +833,14 @@ mod watch {
     }
 
     #[test]
+    fn watch_is_as_unwind_safe_as_its_future() {
+        use std::panic::{RefUnwindSafe, UnwindSafe};
+        fn unwind_safe<T: UnwindSafe + RefUnwindSafe>(_: &T) {}
+        unwind_safe(&watch(ready(1u8)));
+        unwind_safe(&Report::new().watch("a", ready(1u8)));
+    }
+
+    #[test]
     fn watch_values_are_plain_data() {
         fn stats<T: Copy + Default + Eq + Debug + Send + Sync + Unpin + 'static>() {}
         stats::<WatchStats>();

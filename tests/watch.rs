@@ -909,3 +909,75 @@ fn names_and_inner_future_are_reachable() {
     assert!(format!("{renamed:?}").contains("late"));
     let _: &Ready<u8> = fut.get_ref();
 }
+
+// ---------------------------------------------------------------------------
+// 9. Unfinished children: wall time to the drop, or so far
+// ---------------------------------------------------------------------------
+
+matrix! {
+    /// A request cut off by a timeout shows the whole timeout as wall
+    /// time (its clock runs to the drop), so `slowest` ranks it first.
+    async fn a_cancelled_childs_wall_time_runs_to_its_drop() {
+        const LIMIT: Duration = Duration::from_millis(40);
+        let report = Report::new();
+        let hung = report.watch("hung", futures::future::pending::<()>());
+        let quick = report.watch("quick", timer(Duration::from_millis(1), &Counter::new()));
+        let out = awaitkit::timeout(LIMIT, gather!(hung, quick)).await;
+        assert!(out.is_err(), "the hung child times the pair out");
+        let children = report.children();
+        let hung = &children[0];
+        assert_eq!(hung.outcome, Outcome::Cancelled, "{hung}");
+        assert!(hung.stats.wall >= LIMIT, "{hung}");
+        assert_eq!(hung.stats.polls, 1, "{hung}");
+        consistent(&hung.stats);
+        assert_eq!(report.slowest(1)[0].label(), "hung");
+    }
+}
+
+/// A running child shows its wall time so far, and its first poll, without
+/// any slow poll.
+#[test]
+fn a_running_child_shows_its_wall_time_so_far() {
+    let report = Report::new();
+    let mut fut = Box::pin(report.watch("stuck", futures::future::pending::<()>()));
+    assert_eq!(
+        report.children()[0].stats,
+        WatchStats::default(),
+        "not polled yet"
+    );
+    assert!(poll_noop(fut.as_mut()).is_pending());
+    std::thread::sleep(Duration::from_millis(20));
+    let child = &report.children()[0];
+    assert_eq!(child.outcome, Outcome::Running);
+    assert_eq!(child.stats.polls, 1, "{child}");
+    assert!(child.stats.wall >= Duration::from_millis(20), "{child}");
+    assert!(child.stats.busy < Duration::from_millis(20), "{child}");
+    assert!(child.to_string().ends_with(", running"), "{child}");
+    drop(fut);
+    assert_eq!(report.children()[0].outcome, Outcome::Cancelled);
+}
+
+/// `Watch::name` on a report's child renames its entry too.
+#[test]
+fn naming_a_report_child_renames_its_entry() {
+    let report = Report::new();
+    let children: Vec<_> = report
+        .watch_each([ready(1), ready(2)])
+        .enumerate()
+        .map(|(i, w)| w.name(format!("job {i}")))
+        .collect();
+    assert_eq!(report.children()[1].label(), "job 1");
+    drop(children);
+    assert_eq!(report.children()[0].label(), "job 0");
+}
+
+/// A watched future stays usable with `catch_unwind` when the inner one is
+/// (the wrapper is as unwind-safe as what it wraps).
+#[test]
+fn a_watched_future_can_still_catch_unwind() {
+    let out = futures::executor::block_on(watch::watch(ready(1)).catch_unwind());
+    assert_eq!(out.ok(), Some(1));
+    let panicked =
+        futures::executor::block_on(watch::watch(async { panic!("inner") }).catch_unwind());
+    assert!(panicked.is_err());
+}

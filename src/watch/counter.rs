@@ -1,23 +1,33 @@
 //! The clock a [`Watch`](super::Watch) reads twice per poll.
 //!
-//! On x86-64 CPUs with an invariant time-stamp counter (constant rate,
-//! running in every power state: every x86-64 CPU of the last fifteen
-//! years) it is `rdtsc`, about 7 ns a read against `Instant::now`'s 15–20.
-//! Everywhere else it is nanoseconds since a process-wide [`Instant`].
+//! On x86-64 CPUs whose time-stamp counter is invariant (constant rate,
+//! running in every power state; `cpuid` says so on modern CPUs, and in
+//! virtual machines whose hypervisor passes the bit through) it is
+//! `rdtsc`, about 7 ns a read against `Instant::now`'s 15–20. Everywhere
+//! else — and when the environment variable `AWAITKIT_WATCH_CLOCK=instant`
+//! is set at the first reading — it is nanoseconds since a process-wide
+//! [`Instant`].
 //!
 //! Ticks are converted to time only when somebody looks (a report, a slow
-//! poll), against a calibration that spans everything since the first
-//! reading: each end of it pairs a counter reading with an `Instant`
-//! (bracketed by two counter reads, retried if a preemption split them),
-//! so a span of `d` measured after the first reading is off by about the
-//! pairing error (tens of ns) times `d / span` ≤ the pairing error, however
-//! early it is converted. Once the calibration spans 100 ms (relative error
-//! under 10⁻⁶) it is frozen: from then on a conversion gives the same time
-//! for the same ticks, every time.
+//! poll), against a calibration from the first reading to now: each end
+//! pairs a counter reading with an `Instant` (bracketed by two counter
+//! reads, retried if a preemption split them), so a span of `d` measured
+//! after the first reading is off by about the pairing error (tens of ns)
+//! times `d / span` ≤ the pairing error, however early it is converted.
+//! The first calibration that spans between 100 ms and 1 s is frozen
+//! (typically within 10⁻⁶): from then on a conversion gives the same time
+//! for the same ticks, every time. One that spans longer, or whose rate is
+//! not a plausible counter rate (a suspend that stopped `Instant` but not
+//! the counter, a counter reset), is not trusted for freezing: calibration
+//! starts again from that reading.
+//!
+//! The counters of different cores are assumed to agree (the kernel's own
+//! clock relies on it wherever it uses the counter); a difference of two
+//! readings on different cores is taken with `saturating_sub`.
 //!
 //! The only `unsafe` of the watch lives here: two CPU intrinsics.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The first reading: the counter and `Instant` taken together.
@@ -29,14 +39,22 @@ struct Base {
 
 static BASE: OnceLock<Base> = OnceLock::new();
 
-/// The calibration, once it spans [`FREEZE_AFTER`].
+/// The calibration, once one spans [`FREEZE_AFTER`] (and at most
+/// [`REBASE_AFTER`]) at a plausible rate.
 static FROZEN: OnceLock<Scale> = OnceLock::new();
+/// Where calibration starts again after an untrusted one (`None`: at the
+/// first reading).
+static RESTART: Mutex<Option<(u64, Instant)>> = Mutex::new(None);
 const FREEZE_AFTER: Duration = Duration::from_millis(100);
+const REBASE_AFTER: Duration = Duration::from_secs(1);
+/// Plausible counter rates, ticks per µs: 200 MHz to 10 GHz.
+const RATE_PER_US: std::ops::RangeInclusive<u128> = 200..=10_000;
 
 #[inline]
 fn base() -> &'static Base {
     BASE.get_or_init(|| {
-        if invariant_tsc() {
+        let forced = std::env::var_os("AWAITKIT_WATCH_CLOCK").is_some_and(|v| v == "instant");
+        if !forced && invariant_tsc() {
             let (ticks, at) = paired_reading();
             Base {
                 tsc: true,
@@ -55,8 +73,9 @@ fn base() -> &'static Base {
 
 /// A counter reading and an `Instant` taken together: the `Instant` is
 /// bracketed by two counter reads and paired with their midpoint. A pair
-/// whose reads are more than 2 000 ticks apart (well under a microsecond:
-/// the thread was preempted between them) is taken again, a few times.
+/// whose reads are more than 2 000 ticks apart (under a microsecond at any
+/// plausible rate; the thread was preempted between them) is taken again,
+/// a few times.
 fn paired_reading() -> (u64, Instant) {
     let mut best = None;
     for _ in 0..8 {
@@ -102,8 +121,7 @@ pub(crate) struct Scale {
     span: Duration,
 }
 
-/// The current [`Scale`] (the frozen one once the calibration spans
-/// [`FREEZE_AFTER`]).
+/// The current [`Scale`] (the frozen one, once there is one).
 pub(crate) fn scale() -> Scale {
     if let Some(frozen) = FROZEN.get() {
         return *frozen;
@@ -115,12 +133,30 @@ pub(crate) fn scale() -> Scale {
             span: Duration::ZERO,
         };
     }
-    let (ticks, span) = calibration(base);
-    let scale = Scale { ticks, span };
-    if span >= FREEZE_AFTER {
-        return *FROZEN.get_or_init(|| scale);
+    let mut restart = RESTART.lock().unwrap_or_else(|e| e.into_inner());
+    let (start_ticks, start) = restart.unwrap_or((base.ticks, base.at));
+    let (ticks, at) = paired_reading();
+    let scale = Scale {
+        ticks: ticks.saturating_sub(start_ticks),
+        span: at.saturating_duration_since(start),
+    };
+    if scale.span >= FREEZE_AFTER {
+        if scale.span <= REBASE_AFTER && scale.plausible() {
+            drop(restart);
+            return *FROZEN.get_or_init(|| scale);
+        }
+        // Too long to trust (it may hide a suspend), or implausible: use
+        // it this once, and calibrate again from here.
+        *restart = Some((ticks, at));
     }
     scale
+}
+
+impl Scale {
+    fn plausible(self) -> bool {
+        let micros = self.span.as_micros();
+        micros > 0 && RATE_PER_US.contains(&(u128::from(self.ticks) / micros))
+    }
 }
 
 impl Scale {
@@ -152,11 +188,12 @@ pub(crate) fn lower_bound(d: Duration) -> u64 {
     if !base.tsc {
         return nanos;
     }
+    let scale = scale();
     let Scale {
         ticks: span_ticks,
         span,
-    } = scale();
-    if span >= Duration::from_millis(1) {
+    } = scale;
+    if span >= Duration::from_millis(1) && scale.plausible() {
         // Half the measured rate: the rate over a millisecond or more is
         // good to far better than a factor of two.
         let ticks = u128::from(nanos) * u128::from(span_ticks) / span.as_nanos() / 2;
@@ -166,14 +203,6 @@ pub(crate) fn lower_bound(d: Duration) -> u64 {
         // counters tick at the CPU's nominal rate, over 1 GHz).
         nanos / 8
     }
-}
-
-fn calibration(base: &Base) -> (u64, Duration) {
-    let (ticks, at) = paired_reading();
-    (
-        ticks.saturating_sub(base.ticks),
-        at.saturating_duration_since(base.at),
-    )
 }
 
 fn duration_nanos(d: Duration) -> u64 {
@@ -225,16 +254,46 @@ mod tests {
 
     #[test]
     fn ticks_convert_to_the_time_that_passed() {
+        // Each counter reading is bracketed by two `Instant`s, so the test
+        // holds however the thread is preempted between the reads.
+        let before_start = Instant::now();
         let start = now();
-        let wall = Instant::now();
+        let after_start = Instant::now();
         std::thread::sleep(Duration::from_millis(20));
-        let measured = to_duration(now().saturating_sub(start));
-        let real = wall.elapsed();
-        let diff = measured.abs_diff(real);
+        let before_end = Instant::now();
+        let end = now();
+        let after_end = Instant::now();
+        let measured = to_duration(end.saturating_sub(start));
+        let shortest = before_end - after_start;
+        let longest = after_end - before_start;
+        let slack = Duration::from_micros(50);
         assert!(
-            diff < Duration::from_millis(2),
-            "measured {measured:?}, real {real:?}"
+            measured + slack >= shortest && measured <= longest + slack,
+            "measured {measured:?}, real between {shortest:?} and {longest:?}"
         );
+    }
+
+    #[test]
+    fn the_calibration_freezes_at_a_plausible_rate() {
+        let _ = now();
+        // Twice: if the first calibration spans over a second (this
+        // process started long ago), calibration restarts there and the
+        // second one freezes.
+        for _ in 0..2 {
+            std::thread::sleep(FREEZE_AFTER + Duration::from_millis(10));
+            let _ = scale();
+        }
+        let a = scale();
+        let b = scale();
+        assert_eq!(
+            (a.ticks, a.span),
+            (b.ticks, b.span),
+            "frozen: the same scale every time"
+        );
+        if is_tsc() {
+            assert!(a.plausible());
+        }
+        assert_eq!(a.to_duration(1_000_000), b.to_duration(1_000_000));
     }
 
     #[test]

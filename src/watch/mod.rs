@@ -23,16 +23,19 @@
 //! # Cost
 //!
 //! Nothing unless used. A watched future pays two clock reads and a few
-//! additions per poll: the clock is the CPU's time-stamp counter where it is
-//! invariant (every x86-64 CPU of the last fifteen years), `Instant`
-//! elsewhere. See `docs/benchmarks.md` for the measured overhead per poll;
-//! it is meant to be left on in production.
+//! additions per poll. The clock is the CPU's time-stamp counter where it
+//! is invariant (x86-64 CPUs of the last decade and more, and virtual
+//! machines that expose the bit): about 16 ns per poll on the benchmark
+//! machine (`docs/benchmarks.md`, section Watch). Elsewhere it is
+//! `Instant`, about 36 ns ([`uses_cpu_counter`] tells which). Either is
+//! meant to be left on in production.
 //!
 //! # What "busy" means
 //!
 //! Busy time is the time spent inside the future's `poll`: the time it held
 //! the thread. Wall time runs from the start of the first poll to the end of
-//! the last one (completion, for a finished future). A future that waits on
+//! the last one: to completion for a finished future, to the drop for a
+//! cancelled child of a [`Report`], to now for a running one. A future that waits on
 //! a timer for a second and polls twice for 10 µs is *slow* (wall 1 s) but
 //! harmless; one that polls once for 30 ms *blocked the executor*.
 //!
@@ -198,6 +201,11 @@ pin_project! {
                 } else {
                     Outcome::Cancelled
                 };
+                // An unfinished future's wall time runs until it is dropped:
+                // a request cancelled by a timeout took the whole timeout.
+                if this.stats.polls > 0 {
+                    this.stats.last = counter::now();
+                }
                 slot.deliver(*this.stats, outcome);
             }
         }
@@ -319,7 +327,8 @@ impl<F> Watch<F> {
     }
 
     /// Names the future: slow-poll reports and the `tracing` warning carry
-    /// the name.
+    /// the name (and so does its entry in a [`Report`], for a child of
+    /// one).
     ///
     /// # Examples
     ///
@@ -328,7 +337,11 @@ impl<F> Watch<F> {
     /// assert_eq!(fut.get_name(), Some("request 42"));
     /// ```
     pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-        self.meta.name = Some(name.into());
+        let name = name.into();
+        if let Some(slot) = &self.meta.report {
+            slot.rename(name.clone());
+        }
+        self.meta.name = Some(name);
         self
     }
 
@@ -372,7 +385,12 @@ impl<F> Watch<F> {
     /// the process-wide [`set_slow_poll_hook`] is called, if set.
     ///
     /// The hook runs inside the executor's poll: keep it short (log, count,
-    /// send to a channel).
+    /// send to a channel). Its own time is not counted in the poll.
+    ///
+    /// # Panics
+    ///
+    /// A panic in the hook propagates out of this poll, as a panic of the
+    /// inner future would (a [`Report`] records [`Outcome::Panicked`]).
     ///
     /// # Examples
     ///
@@ -400,7 +418,11 @@ impl<F> Watch<F> {
 
     /// What was measured so far (readable at any time, and after
     /// completion if the `Watch` is kept: poll it through `&mut` or
-    /// `Pin<&mut>`).
+    /// `Pin<&mut>`). Wall time runs to the end of the last poll.
+    ///
+    /// A `Watch` that is moved away — awaited by value, spawned — takes its
+    /// stats with it: watch it through a [`Report`] (one child is fine) to
+    /// read them afterwards.
     ///
     /// # Examples
     ///
@@ -457,6 +479,13 @@ impl<F: Future> Future for Watch<F> {
         if ticks >= this.meta.cutoff {
             this.meta.maybe_slow(stats, ticks);
         }
+        if stats.polls == 1 && out.is_pending() {
+            // A report learns when its child started, so a child still
+            // running shows its wall time so far.
+            if let Some(slot) = &this.meta.report {
+                slot.update(*stats);
+            }
+        }
         // Cleared only now: a panicking slow-poll hook counts as a panic in
         // this poll, too.
         stats.in_poll = false;
@@ -469,6 +498,12 @@ impl<F: Future> Future for Watch<F> {
         out
     }
 }
+
+// The hook (an `Arc<dyn Fn>`) is what would make a `Watch` `!UnwindSafe`;
+// it is only called, never left half-updated by a panic, and the counts are
+// plain data: the wrapper is as unwind-safe as the future it wraps.
+impl<F: std::panic::UnwindSafe> std::panic::UnwindSafe for Watch<F> {}
+impl<F: std::panic::RefUnwindSafe> std::panic::RefUnwindSafe for Watch<F> {}
 
 impl<F: futures_core::FusedFuture> futures_core::FusedFuture for Watch<F> {
     fn is_terminated(&self) -> bool {
@@ -572,10 +607,24 @@ impl fmt::Display for SlowPoll<'_> {
 
 static HOOK: RwLock<Option<Hook>> = RwLock::new(None);
 
+/// Replaces the process-wide hook; the old one is dropped after the lock
+/// is released (its captures' destructors may do anything).
+fn replace_hook(hook: Option<Hook>) {
+    let old = std::mem::replace(&mut *HOOK.write().unwrap_or_else(|e| e.into_inner()), hook);
+    drop(old);
+}
+
 /// Sets the process-wide slow-poll hook: called for every slow poll of a
 /// [`Watch`] (or [`Report`]) that has no hook of its own. This is the
 /// "debug mode" switch: set it once at start-up (to a log line, a metric),
 /// then wrap the futures to watch. It replaces any earlier hook.
+///
+/// The hook runs inside the executor's poll, on the thread that polled;
+/// keep it short.
+///
+/// # Panics
+///
+/// A panic in the hook propagates out of the watched future's poll.
 ///
 /// # Examples
 ///
@@ -590,7 +639,7 @@ static HOOK: RwLock<Option<Hook>> = RwLock::new(None);
 /// awaitkit::watch::clear_slow_poll_hook();
 /// ```
 pub fn set_slow_poll_hook(hook: impl Fn(&SlowPoll<'_>) + Send + Sync + 'static) {
-    *HOOK.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(hook));
+    replace_hook(Some(Arc::new(hook)));
 }
 
 /// Removes the process-wide slow-poll hook set by [`set_slow_poll_hook`].
@@ -602,17 +651,21 @@ pub fn set_slow_poll_hook(hook: impl Fn(&SlowPoll<'_>) + Send + Sync + 'static) 
 /// awaitkit::watch::clear_slow_poll_hook();
 /// ```
 pub fn clear_slow_poll_hook() {
-    *HOOK.write().unwrap_or_else(|e| e.into_inner()) = None;
+    replace_hook(None);
 }
 
-/// Whether the watch's clock is the CPU's time-stamp counter (`false`: it
-/// is [`Instant`](std::time::Instant)).
+/// Whether the watch's clock is the CPU's invariant time-stamp counter
+/// (about 16 ns per watched poll on the benchmark machine); `false`: it is
+/// [`Instant`](std::time::Instant) (about 36 ns). Setting the environment
+/// variable `AWAITKIT_WATCH_CLOCK=instant` before the first watched poll
+/// forces `Instant`.
 ///
 /// # Examples
 ///
 /// ```
-/// let fast = awaitkit::watch::uses_cpu_counter();
-/// # let _ = fast;
+/// if !awaitkit::watch::uses_cpu_counter() {
+///     eprintln!("watch: no invariant time-stamp counter; timing polls with Instant");
+/// }
 /// ```
 pub fn uses_cpu_counter() -> bool {
     counter::is_tsc()

@@ -18,11 +18,18 @@ use std::time::Duration;
 /// [task groups](crate::task_group), and other crates' too. A `Report` is
 /// a cheap handle (`Clone` shares it), `Send` and `Sync`.
 ///
-/// Each child's entry is written when it completes, when it is dropped
-/// unfinished ([`Outcome::Cancelled`]), when it panics
-/// ([`Outcome::Panicked`]), and at each slow poll; a child still running
-/// shows what it had at its last slow poll (zero polls if none was slow):
-/// fast polls cost no lock.
+/// A report is meant for one operation (a batch, a fan-out, a request's
+/// children): it keeps an entry per child watched, for as long as it
+/// lives. For a process-wide watch, use the slow-poll hook
+/// ([`set_slow_poll_hook`](super::set_slow_poll_hook)) instead.
+///
+/// Each child's entry is written when it is first polled, when it
+/// completes, when it is dropped unfinished ([`Outcome::Cancelled`]: its
+/// wall time runs to the drop, so a request cut off by a timeout shows the
+/// whole timeout), when it panics
+/// ([`Outcome::Panicked`]), and at each slow poll. A child still running
+/// shows its wall time so far, and its polls and busy time as of its first
+/// or last slow poll: fast polls after the first take no lock.
 ///
 /// # Examples
 ///
@@ -34,11 +41,11 @@ use std::time::Duration;
 /// use futures::StreamExt;
 /// use std::time::Duration;
 /// # futures::executor::block_on(async {
-/// let report = Report::new();
+/// let report = Report::new().threshold(Duration::from_millis(20));
 /// let requests = (0..100).map(|id| {
 ///     report.watch(format!("request {id}"), async move {
 ///         if id == 42 {
-///             std::thread::sleep(Duration::from_millis(15)); // blocking I/O
+///             std::thread::sleep(Duration::from_millis(30)); // blocking I/O
 ///         }
 ///         id
 ///     })
@@ -114,8 +121,9 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ChildReport {
-    /// The order in which the child was watched by this report (for
-    /// [`watch_each`](Report::watch_each) over one input: its input index).
+    /// The order in which the child was watched by this report: for
+    /// [`watch_each`](Report::watch_each) over one input on a fresh report
+    /// (and nothing else watched meanwhile), its input index.
     pub index: usize,
     /// The name given to [`Report::watch`]; `None` from
     /// [`watch_each`](Report::watch_each).
@@ -190,14 +198,21 @@ impl Report {
         }
     }
 
-    /// Sets the slow-poll threshold for children watched from now on.
+    /// Sets the slow-poll threshold (default [`DEFAULT_THRESHOLD`], 10 ms)
+    /// for children watched from now on. It is a setting of the shared
+    /// report (every clone sees it): set it before watching children. A
+    /// child's own [`Watch::threshold`] overrides it for that child.
     ///
     /// # Examples
     ///
     /// ```
+    /// use awaitkit::watch::Report;
     /// use std::time::Duration;
-    /// let report = awaitkit::watch::Report::new().threshold(Duration::from_millis(50));
-    /// # let _ = report;
+    /// # futures::executor::block_on(async {
+    /// let report = Report::new().threshold(Duration::from_millis(1));
+    /// report.watch("2 ms", async { std::thread::sleep(Duration::from_millis(2)) }).await;
+    /// assert_eq!(report.blocking().len(), 1); // 2 ms is over this report's 1 ms
+    /// # });
     /// ```
     pub fn threshold(self, threshold: Duration) -> Self {
         let cutoff = counter::lower_bound(threshold);
@@ -208,9 +223,28 @@ impl Report {
         self
     }
 
+    /// The slow-poll threshold children get when they are watched.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::watch::{DEFAULT_THRESHOLD, Report};
+    /// use std::time::Duration;
+    /// assert_eq!(Report::new().get_threshold(), DEFAULT_THRESHOLD);
+    /// let report = Report::new().threshold(Duration::from_millis(50));
+    /// assert_eq!(report.get_threshold(), Duration::from_millis(50));
+    /// ```
+    pub fn get_threshold(&self) -> Duration {
+        self.lock().threshold
+    }
+
     /// Calls `hook` for each slow poll of a child watched from now on
     /// (instead of the process-wide [`set_slow_poll_hook`](super::set_slow_poll_hook)).
     /// [`SlowPoll::index`] is the child's index in this report.
+    ///
+    /// It is a setting of the shared report (every clone sees it). The hook
+    /// runs inside the executor's poll; a panic in it propagates out of the
+    /// child's poll (the child is then [`Outcome::Panicked`]).
     ///
     /// The hook may read the report, but a hook that owns a clone of it
     /// keeps the report alive for as long as the report holds the hook (a
@@ -222,15 +256,18 @@ impl Report {
     /// use awaitkit::watch::Report;
     /// use std::time::Duration;
     /// # futures::executor::block_on(async {
-    /// let report = Report::new().on_slow_poll(|slow| assert_eq!(slow.index, Some(1)));
-    /// let children = [Duration::ZERO, Duration::from_millis(11)].map(|d| async move {
+    /// let report = Report::new()
+    ///     .threshold(Duration::from_millis(20))
+    ///     .on_slow_poll(|slow| assert_eq!(slow.index, Some(1)));
+    /// let children = [Duration::ZERO, Duration::from_millis(30)].map(|d| async move {
     ///     std::thread::sleep(d);
     /// });
     /// awaitkit::gather(report.watch_each(children)).await;
     /// # });
     /// ```
     pub fn on_slow_poll(self, hook: impl Fn(&SlowPoll<'_>) + Send + Sync + 'static) -> Self {
-        self.lock().on_slow = Some(Arc::new(hook));
+        let old = self.lock().on_slow.replace(Arc::new(hook));
+        drop(old); // after the lock: its captures' destructors may do anything
         self
     }
 
@@ -289,6 +326,9 @@ impl Report {
         name: Option<Cow<'static, str>>,
         future: F,
     ) -> Watch<F::IntoFuture> {
+        // Until the clock's calibration is frozen, this moves it along (then
+        // it is one atomic load).
+        let _ = counter::scale();
         let (threshold, cutoff, on_slow, index) = {
             let mut inner = self.lock();
             inner.children.push(Entry {
@@ -318,15 +358,23 @@ impl Report {
     pub fn children(&self) -> Vec<ChildReport> {
         let inner = self.lock();
         let scale = counter::scale();
+        let now = counter::now();
         inner
             .children
             .iter()
             .enumerate()
-            .map(|(index, e)| ChildReport {
-                index,
-                name: e.name.clone(),
-                stats: e.ticks.to_stats_with(scale),
-                outcome: e.outcome,
+            .map(|(index, e)| {
+                let mut ticks = e.ticks;
+                if e.outcome == Outcome::Running && ticks.polls > 0 {
+                    // Still running: wall time so far.
+                    ticks.last = ticks.last.max(now);
+                }
+                ChildReport {
+                    index,
+                    name: e.name.clone(),
+                    stats: ticks.to_stats_with(scale),
+                    outcome: e.outcome,
+                }
             })
             .collect()
     }
@@ -452,7 +500,7 @@ impl fmt::Display for Report {
         } else {
             write!(
                 f,
-                "\nblocked the executor (a poll of {threshold:?} or more):"
+                "\nblocked the executor (a poll over the threshold: {threshold:?} unless set per child):"
             )?;
             for child in &blocking {
                 write!(f, "\n  {child}")?;
@@ -521,6 +569,11 @@ impl Slot {
     /// Records what a running child has measured so far.
     pub(super) fn update(&self, ticks: Ticks) {
         lock(&self.report).children[self.index].ticks = ticks;
+    }
+
+    /// Renames the child.
+    pub(super) fn rename(&self, name: Cow<'static, str>) {
+        lock(&self.report).children[self.index].name = Some(name);
     }
 
     /// Records how the child ended.
