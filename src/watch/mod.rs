@@ -27,7 +27,7 @@
 //! is invariant (x86-64 CPUs of the last decade and more, and virtual
 //! machines that expose the bit): about 16 ns per poll on the benchmark
 //! machine (`docs/benchmarks.md`, section Watch). Elsewhere it is
-//! `Instant`, about 36 ns ([`uses_cpu_counter`] tells which). Either is
+//! `Instant`, about 45 ns ([`uses_cpu_counter`] tells which). Either is
 //! meant to be left on in production.
 //!
 //! # What "busy" means
@@ -656,7 +656,7 @@ pub fn clear_slow_poll_hook() {
 
 /// Whether the watch's clock is the CPU's invariant time-stamp counter
 /// (about 16 ns per watched poll on the benchmark machine); `false`: it is
-/// [`Instant`](std::time::Instant) (about 36 ns). Setting the environment
+/// [`Instant`](std::time::Instant) (about 45 ns). Setting the environment
 /// variable `AWAITKIT_WATCH_CLOCK=instant` before the first watched poll
 /// forces `Instant`.
 ///
