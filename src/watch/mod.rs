@@ -10,7 +10,8 @@
 //! * [`watch`] / [`WatchExt::watch`] wraps one future. [`Watch`] measures
 //!   every poll, reports the ones longer than a threshold (10 ms unless set)
 //!   through a callback, the process-wide [`set_slow_poll_hook`], and — with
-//!   the `tracing` feature — as a `tracing` warning with the future's name.
+//!   the `tracing` feature, whatever the hooks — as a `tracing` warning with
+//!   the future's name (target `awaitkit::watch`, to filter on).
 //!   It also keeps [`WatchStats`]: polls, busy time, wall time and the
 //!   longest poll.
 //! * [`Report`] watches the children of any combinator — [`gather`](crate::gather()),
@@ -449,6 +450,31 @@ impl<F> Watch<F> {
     /// ```
     pub fn get_ref(&self) -> &F {
         &self.future
+    }
+
+    /// A mutable reference to the inner future.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut fut = awaitkit::watch::watch(futures::future::ready(1));
+    /// let _: &mut futures::future::Ready<i32> = fut.get_mut();
+    /// ```
+    pub fn get_mut(&mut self) -> &mut F {
+        &mut self.future
+    }
+
+    /// A pinned mutable reference to the inner future.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::pin::pin;
+    /// let mut fut = pin!(awaitkit::watch::watch(async { 1 }));
+    /// let _inner = fut.as_mut().get_pin_mut();
+    /// ```
+    pub fn get_pin_mut(self: Pin<&mut Self>) -> Pin<&mut F> {
+        self.project().future
     }
 
     pub(crate) fn attach(mut self, slot: report::Slot) -> Self {
