@@ -394,13 +394,7 @@ impl Report {
     /// # });
     /// ```
     pub fn blocking(&self) -> Vec<ChildReport> {
-        let mut children: Vec<_> = self
-            .children()
-            .into_iter()
-            .filter(|c| c.stats.slow_polls > 0)
-            .collect();
-        children.sort_by_key(|c| std::cmp::Reverse(c.stats.longest_poll));
-        children
+        blocking_of(self.children())
     }
 
     /// The `n` children with the longest wall time, longest first.
@@ -419,10 +413,7 @@ impl Report {
     /// # });
     /// ```
     pub fn slowest(&self, n: usize) -> Vec<ChildReport> {
-        let mut children = self.children();
-        children.sort_by_key(|c| std::cmp::Reverse(c.stats.wall));
-        children.truncate(n);
-        children
+        slowest_of(self.children(), n)
     }
 
     /// How many children have been watched.
@@ -452,6 +443,23 @@ impl Report {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         lock(&self.shared)
     }
+}
+
+/// The children with a slow poll, longest poll first.
+fn blocking_of(children: Vec<ChildReport>) -> Vec<ChildReport> {
+    let mut children: Vec<_> = children
+        .into_iter()
+        .filter(|c| c.stats.slow_polls > 0)
+        .collect();
+    children.sort_by_key(|c| std::cmp::Reverse(c.stats.longest_poll));
+    children
+}
+
+/// The `n` children with the longest wall time, longest first.
+fn slowest_of(mut children: Vec<ChildReport>, n: usize) -> Vec<ChildReport> {
+    children.sort_by_key(|c| std::cmp::Reverse(c.stats.wall));
+    children.truncate(n);
+    children
 }
 
 fn lock(shared: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
@@ -494,7 +502,8 @@ impl fmt::Display for Report {
             count(Outcome::Panicked),
             busy,
         )?;
-        let blocking = self.blocking();
+        // One snapshot for the whole summary, so its parts agree.
+        let blocking = blocking_of(children.clone());
         if blocking.is_empty() {
             write!(f, "\nno poll reached {threshold:?}")?;
         } else {
@@ -508,7 +517,7 @@ impl fmt::Display for Report {
         }
         if !children.is_empty() {
             f.write_str("\nslowest:")?;
-            for child in self.slowest(5) {
+            for child in slowest_of(children, 5) {
                 write!(f, "\n  {child}")?;
             }
         }
