@@ -321,8 +321,12 @@ impl std::error::Error for Panicked {}
 ///
 /// # Panics
 ///
-/// Panics while polling children are captured. A panic raised while
-/// *dropping* a panicked child propagates. Polling after completion panics.
+/// Panics while polling children are captured, and so are panics raised
+/// while dropping a finished child (right after it completed or panicked):
+/// that child's outcome is then a [`Panicked`] (the first of its panics),
+/// and every other outcome is kept. Only dropping the [`GatherSettled`]
+/// itself before it completes lets a destructor's panic propagate (after
+/// every unfinished child was dropped). Polling after completion panics.
 ///
 /// # Examples
 ///
@@ -394,7 +398,7 @@ impl<F: Future> Future for GatherSettled<F> {
                 Ok(Poll::Pending) => Poll::Pending,
                 Err(payload) => Poll::Ready(Err(Panicked { payload })),
             };
-            while let Some(done) = pass.next_with(settle) {
+            while let Some(done) = pass.next_with(settle, Some(settle_drop::<F::Output>)) {
                 this.outputs[done.key] = Some(done.output);
             }
             if this.engine.running() > 0 {
@@ -409,6 +413,26 @@ impl<F: Future> Future for GatherSettled<F> {
                     .collect(),
             )
         })
+    }
+}
+
+/// The outcome of a settled child whose destructor panicked after it
+/// finished: the first panic wins (a panic in `poll` stays; otherwise the
+/// destructor's replaces the output, which is dropped, its own panic
+/// discarded).
+fn settle_drop<T>(
+    outcome: Result<T, Panicked>,
+    payload: Box<dyn std::any::Any + Send>,
+) -> Result<T, Panicked> {
+    match outcome {
+        Ok(output) => {
+            crate::unwind::contain(|| drop(output));
+            Err(Panicked { payload })
+        }
+        Err(first) => {
+            crate::unwind::discard(payload);
+            Err(first)
+        }
     }
 }
 

@@ -144,6 +144,7 @@ mod sync;
 mod task_group;
 pub mod time;
 mod timeout;
+mod unwind;
 mod wait;
 mod wait_queue;
 mod wake_list;

@@ -28,8 +28,8 @@
 
 #![forbid(unsafe_code)]
 
-use crate::engine::Engine;
-use futures_util::task::AtomicWaker;
+use crate::engine::{Engine, ParentOwner, ParentWaker};
+use crate::unwind::Panics;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
@@ -55,8 +55,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// What wakes the group task: a spawn, or the body's waker.
 #[derive(Debug)]
 struct Signal {
-    /// The task polling the group.
-    parent: AtomicWaker,
+    /// The task polling the group (registered by the group's poll only; a
+    /// panicking waker never wedges it, unlike `futures`' `AtomicWaker`,
+    /// which clones under its busy state).
+    parent: Arc<ParentWaker>,
     /// The body's waker fired since the body was last polled.
     body_woken: AtomicBool,
     /// The error policy (see [`TaskGroup::keep_going`]).
@@ -89,10 +91,10 @@ struct Queue<C> {
 }
 
 impl<C> Shared<C> {
-    fn new() -> Self {
+    fn new(parent: Arc<ParentWaker>) -> Self {
         Self {
             signal: Arc::new(Signal {
-                parent: AtomicWaker::new(),
+                parent,
                 body_woken: AtomicBool::new(true),
                 keep_going: AtomicBool::new(false),
             }),
@@ -319,9 +321,25 @@ impl<T, E> Future for TaskHandle<T, E> {
             Outcome::Done(output) => Poll::Ready(output),
             Outcome::Running => {
                 state.outcome = Outcome::Running;
-                match &mut state.waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    w => *w = Some(cx.waker().clone()),
+                if state
+                    .waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    return Poll::Pending;
+                }
+                // Waker clone and drop are user code: never under the lock.
+                drop(state);
+                let new = cx.waker().clone();
+                let mut state = lock(&self.slot);
+                let old = state.waker.replace(new);
+                let running = matches!(state.outcome, Outcome::Running);
+                drop(state);
+                drop(old);
+                if !running {
+                    // It finished (or was cancelled) while the lock was free
+                    // and woke the waker it found: look again.
+                    cx.waker().wake_by_ref();
                 }
                 Poll::Pending
             }
@@ -374,6 +392,8 @@ struct Core<Fut: Future, E, C: Future<Output = Result<(), E>>> {
     output: Option<Fut::Output>,
     tasks: Engine<C>,
     shared: Arc<Shared<C>>,
+    /// Registers the task polling the group (`shared.signal.parent`).
+    parent: ParentOwner,
     body_waker: Waker,
     /// Keep-going mode: the first error nobody took.
     first_error: Option<E>,
@@ -386,7 +406,8 @@ impl<Fut: Future, E, C: Future<Output = Result<(), E>>> Core<Fut, E, C> {
     /// Starts a group: `body` receives the state its scope wraps and returns
     /// the body's future.
     fn new(body: impl FnOnce(Arc<Shared<C>>) -> Fut) -> Self {
-        let shared = Arc::new(Shared::new());
+        let parent = ParentOwner::new();
+        let shared = Arc::new(Shared::new(parent.shared()));
         let body = body(shared.clone());
         Self {
             body: Some(Box::pin(body)),
@@ -394,6 +415,7 @@ impl<Fut: Future, E, C: Future<Output = Result<(), E>>> Core<Fut, E, C> {
             tasks: Engine::new(),
             body_waker: Waker::from(shared.signal.clone()),
             shared,
+            parent,
             first_error: None,
             next_key: 0,
             finished: false,
@@ -410,13 +432,19 @@ impl<Fut: Future, E, C: Future<Output = Result<(), E>>> Core<Fut, E, C> {
         }
     }
 
-    /// Fail-fast: drops the body and every task now.
+    /// Fail-fast: drops the body and every task now (all of them, even if
+    /// destructors panic; the first panic propagates afterwards).
     fn cancel(&mut self) {
         self.finished = true;
         let queued = self.shared.close();
-        drop(self.body.take());
-        self.tasks.clear();
-        drop(queued);
+        let mut panics = Panics::default();
+        let body = self.body.take();
+        panics.catch(|| drop(body));
+        panics.catch(|| self.tasks.clear());
+        for task in queued {
+            panics.catch(|| drop(task));
+        }
+        panics.resume();
     }
 
     /// See [`TaskGroup::keep_going`].
@@ -449,7 +477,7 @@ where
 
     fn poll_once(&mut self, cx: &mut Context<'_>) -> Poll<Result<R, E>> {
         // Registered first: a spawn or a body wake from now on re-polls us.
-        self.shared.signal.parent.register(cx.waker());
+        self.parent.register(cx.waker());
 
         // The body, if its waker fired.
         if self.body.is_some() && self.shared.signal.body_woken.swap(false, Ordering::AcqRel) {
@@ -510,7 +538,11 @@ impl<Fut: Future, E, C: Future<Output = Result<(), E>>> Drop for Core<Fut, E, C>
     fn drop(&mut self) {
         // The queue lives in `Shared`, which scopes (held by escaped tasks or
         // bodies) may keep alive: drop its tasks now, with the rest.
-        drop(self.shared.close());
+        let mut panics = Panics::default();
+        for task in self.shared.close() {
+            panics.catch(|| drop(task));
+        }
+        panics.resume();
     }
 }
 

@@ -291,3 +291,143 @@ fn wakes_across_chunks() {
         }
     });
 }
+
+/// A waker that records, at each wake, which flags it saw raised: the last
+/// wake must have seen every flag raised before its `wake` call, or a wake
+/// request was lost.
+struct Snapshot {
+    flags: Arc<AtomicUsize>,
+    seen: AtomicUsize,
+}
+
+impl std::task::Wake for Snapshot {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        let flags = self.flags.load(Ordering::Acquire);
+        self.seen.fetch_or(flags, Ordering::Relaxed);
+    }
+}
+
+/// Three wakers at once: while one holds the parent waker, two more ask for
+/// a wake, so two requests are counted during one hold (the holder used to
+/// let go after taking only the first of them).
+#[test]
+fn two_wake_requests_during_one_hold() {
+    use super::parent::ParentWaker;
+    model(|| {
+        let parent = Arc::new(ParentWaker::new());
+        let flags = Arc::new(AtomicUsize::new(0));
+        let snapshot = std::sync::Arc::new(Snapshot {
+            flags: flags.clone(),
+            seen: AtomicUsize::new(0),
+        });
+        // SAFETY: only this thread registers or takes.
+        unsafe { parent.register(&Waker::from(snapshot.clone())) };
+        let threads: Vec<_> = (0..3)
+            .map(|i| {
+                let (parent, flags) = (parent.clone(), flags.clone());
+                thread::spawn(move || {
+                    flags.fetch_or(1 << i, Ordering::Release);
+                    parent.wake();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(
+            snapshot.seen.load(Ordering::Relaxed),
+            0b111,
+            "a wake request was lost"
+        );
+        // SAFETY: only this thread registers or takes.
+        drop(unsafe { parent.take() });
+    });
+}
+
+/// The same race through a whole set: three children of an `AsCompleted`
+/// fired from three threads while the owner polls.
+#[test]
+fn three_children_fired_at_once_through_as_completed() {
+    model(|| {
+        let gates: Vec<Arc<Gate>> = (0..3).map(|_| Arc::new(Gate::default())).collect();
+        let mut set = AsCompleted::new();
+        for g in &gates {
+            set.push(WaitGate {
+                gate: g.clone(),
+                need: 1,
+            });
+        }
+        let waker = futures_util::task::noop_waker();
+        // Every child has parked its waker before the threads fire.
+        assert!(
+            Pin::new(&mut set)
+                .poll_next(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        let threads: Vec<_> = gates
+            .iter()
+            .map(|g| {
+                let g = g.clone();
+                thread::spawn(move || g.fire())
+            })
+            .collect();
+        let mut got = 0;
+        block_on(std::future::poll_fn(|cx| {
+            while let Poll::Ready(Some(_)) = Pin::new(&mut set).poll_next(cx) {
+                got += 1;
+            }
+            if set.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }));
+        assert_eq!(got, 3);
+        for t in threads {
+            t.join().unwrap();
+        }
+        drop(set);
+        for g in &gates {
+            drop(g.waker.lock().unwrap().take());
+        }
+    });
+}
+
+/// The last two clones of one child's waker are dropped on two threads while
+/// the owner drops the set on a third: whoever frees the chunk does so after
+/// every other party's last access (the canary in the chunk header turns an
+/// unordered access into a causality violation).
+#[test]
+fn last_clone_drops_race_the_owner_drop() {
+    model(|| {
+        let clones = Arc::new(Mutex::new(Vec::new()));
+        let mut set = AsCompleted::new();
+        let keep = clones.clone();
+        set.push(std::future::poll_fn(move |cx: &mut Context<'_>| {
+            let mut keep = keep.lock().unwrap();
+            keep.push(cx.waker().clone());
+            keep.push(cx.waker().clone());
+            Poll::<()>::Pending
+        }));
+        let waker = futures_util::task::noop_waker();
+        assert!(
+            Pin::new(&mut set)
+                .poll_next(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        let mut taken = std::mem::take(&mut *clones.lock().unwrap());
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let w = taken.pop().unwrap();
+                thread::spawn(move || drop(w))
+            })
+            .collect();
+        drop(set);
+        for t in threads {
+            t.join().unwrap();
+        }
+    });
+}

@@ -24,13 +24,18 @@ mod parent;
 mod ready;
 pub(crate) mod tuple;
 
+pub(crate) use parent::{ParentOwner, ParentWaker};
 pub(crate) use ready::ReadySet;
 
+use crate::unwind::Panics;
+
 use std::alloc::Layout;
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::ptr;
 use std::task::{Context, Poll};
@@ -209,48 +214,39 @@ impl<F: Future> Default for Engine<F> {
 
 impl<F: Future> Drop for Engine<F> {
     fn drop(&mut self) {
-        // Take the chunks out first: if a child's destructor panics, the
-        // slices' drop glue still drops the other children, the chunks are
-        // released while unwinding, and nothing is dropped twice.
+        // Take the chunks out first, so nothing can reach a child twice;
+        // they are freed when `ready` goes, after every slot was dropped
+        // (also when a destructor panicked: `drop_slots` keeps going).
         let ready = std::mem::replace(&mut self.ready, ReadySet::new());
         drop_slots::<F>(&ready);
     }
 }
 
-/// Drops every slot of every chunk in place.
+/// Drops every slot of every chunk in place. A destructor that panics does
+/// not stop the others (pinned children must be dropped before their memory
+/// is freed, SPEC §1.13): every slot is dropped, then the first panic
+/// propagates.
 fn drop_slots<F: Future>(ready: &ReadySet) {
-    /// Drops the slots from `chunk`/`index` on, even if a destructor panics
-    /// (the guard's own drop carries on during unwinding).
-    struct Rest<'a, F: Future> {
-        ready: &'a ReadySet,
-        chunk: usize,
-        index: usize,
-        _slots: PhantomData<Slot<F>>,
+    if !std::mem::needs_drop::<Slot<F>>() {
+        return;
     }
-    impl<F: Future> Drop for Rest<'_, F> {
-        fn drop(&mut self) {
-            while self.chunk < self.ready.chunk_count() {
-                let elements = self.ready.elements(self.chunk);
-                while self.index < elements.cap() {
-                    let element = elements.get(self.index);
-                    self.index += 1;
-                    // SAFETY: every slot of a chunk is initialised when the
-                    // chunk is added and stays so; the chunks are dropped only
-                    // here (by a `ReadySet` taken out of its engine), and each
-                    // slot once, since `index` moves past it first.
-                    unsafe { ptr::drop_in_place(Engine::<F>::slot_of(element)) };
-                }
-                self.chunk += 1;
-                self.index = 0;
+    let mut panics = Panics::default();
+    for chunk in 0..ready.chunk_count() {
+        let elements = ready.elements(chunk);
+        for index in 0..elements.cap() {
+            let slot = Engine::<F>::slot_of(elements.get(index));
+            // SAFETY: every slot of a chunk is initialised when the chunk is
+            // added and stays so; the caller took `ready` out of its engine,
+            // so nothing else reaches it, and each slot is visited once.
+            if let Slot::Vacant(_) = unsafe { &*slot } {
+                continue;
             }
+            // SAFETY: as above; the slot is dropped exactly once, here, and
+            // never read again (its chunk is freed after this function).
+            panics.catch(|| unsafe { ptr::drop_in_place(slot) });
         }
     }
-    drop(Rest::<F> {
-        ready,
-        chunk: 0,
-        index: 0,
-        _slots: PhantomData,
-    });
+    panics.resume();
 }
 
 impl<F: Future> Engine<F> {
@@ -340,12 +336,12 @@ impl<F: Future> Engine<F> {
         let elements = self.ready.elements(chunk);
         /// Writes `Vacant` into the slots not filled (all of them if the
         /// iterator panics), so every slot is initialised either way.
-        struct Rest<F: Future> {
-            elements: ready::Elements,
+        struct Rest<'a, F: Future> {
+            elements: ready::Elements<'a>,
             next: usize,
             _slots: PhantomData<Slot<F>>,
         }
-        impl<F: Future> Drop for Rest<F> {
+        impl<F: Future> Drop for Rest<'_, F> {
             fn drop(&mut self) {
                 for index in self.next..self.elements.cap() {
                     let slot = Engine::<F>::slot_of(self.elements.get(index));
@@ -395,14 +391,14 @@ impl<F: Future> Engine<F> {
     }
 
     #[inline]
-    fn slot_of(element: ready::Element) -> *mut Slot<F> {
+    fn slot_of(element: ready::Element<'_>) -> *mut Slot<F> {
         element.part(Self::SLOT_AT).cast::<Slot<F>>().as_ptr()
     }
 
     /// A child's key: its index in the initial batch's chunk, stored beside
     /// its slot in chunks that `push` fills.
     #[inline]
-    fn key_of(elements: ready::Elements, index: usize) -> usize {
+    fn key_of(elements: ready::Elements<'_>, index: usize) -> usize {
         if !elements.reuse() {
             return index;
         }
@@ -598,6 +594,18 @@ impl<F: Future> Engine<F> {
     }
 }
 
+/// Releases a finished child's slot if dropping the child unwinds.
+struct ReleaseOnUnwind<'a, F: Future> {
+    engine: &'a mut Engine<F>,
+    id: SlotId,
+}
+
+impl<F: Future> Drop for ReleaseOnUnwind<'_, F> {
+    fn drop(&mut self) {
+        self.engine.release_slot(self.id);
+    }
+}
+
 /// One poll's worth of work: yields children that complete, polling each
 /// woken child at most once.
 pub(crate) struct Pass<'a, 'b, F: Future> {
@@ -612,15 +620,18 @@ impl<F: Future> Pass<'_, '_, F> {
     /// child is.
     #[inline]
     pub(crate) fn next(&mut self) -> Option<Completed<F::Output>> {
-        self.next_with(|fut, cx| fut.poll(cx))
+        self.next_with(|fut, cx| fut.poll(cx), None)
     }
 
     /// [`Pass::next`] with a custom way to poll a child (the settled variant
-    /// catches panics here).
+    /// catches panics here) and, with `catch_drop`, a way to settle a
+    /// finished child whose destructor panics: `catch_drop(output, payload)`
+    /// becomes its output instead of the panic propagating.
     #[inline]
     pub(crate) fn next_with<T>(
         &mut self,
         mut poll: impl FnMut(Pin<&mut F>, &mut Context<'_>) -> Poll<T>,
+        catch_drop: Option<fn(T, Box<dyn Any + Send>) -> T>,
     ) -> Option<Completed<T>> {
         let engine = &mut *self.engine;
         while let Some((chunk, index)) = engine.cursor.next(&engine.ready) {
@@ -644,12 +655,33 @@ impl<F: Future> Pass<'_, '_, F> {
                 // anything else) runs its destructor, which may panic.
                 engine.running -= 1;
                 let key = Engine::<F>::key_of(elements, index);
-                *slot = Slot::Vacant(NO_SLOT);
-                let slot = SlotId {
+                let id = SlotId {
                     chunk: chunk as u32,
                     index: index as u32,
                 };
-                return Some(Completed { slot, key, output });
+                // If the destructor panics, the slot is still left vacant
+                // (an assignment writes even when dropping the old value
+                // unwinds), and goes back to a free list here: the caller
+                // that would have released it never sees the output.
+                let release = ReleaseOnUnwind { engine, id };
+                let output = match catch_drop {
+                    None => {
+                        *slot = Slot::Vacant(NO_SLOT);
+                        output
+                    }
+                    Some(settle) => {
+                        match catch_unwind(AssertUnwindSafe(|| *slot = Slot::Vacant(NO_SLOT))) {
+                            Ok(()) => output,
+                            Err(payload) => settle(output, payload),
+                        }
+                    }
+                };
+                std::mem::forget(release);
+                return Some(Completed {
+                    slot: id,
+                    key,
+                    output,
+                });
             }
         }
         if !self.refreshed && engine.running > 0 {

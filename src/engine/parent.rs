@@ -20,10 +20,31 @@
 //! becomes the holder. So no wake asked for after a child's bits were set is
 //! ever dropped. Only the owner writes the slot, so the owner may read it
 //! without taking it.
+//!
+//! The holder of `WAKING` services requests by *swapping* the state back to
+//! `WAKING` (taking every request counted so far at once) and waking again;
+//! it lets go only with a compare-exchange from exactly `WAKING` to zero, so
+//! a request counted at any moment of the hold is either taken by a swap
+//! (and serviced) or makes that compare-exchange fail.
+//!
+//! # User code
+//!
+//! The parent's waker is user code (`clone`, `wake_by_ref`, `drop`), and any
+//! of it may panic or call back into the set. The owner clones the new waker
+//! before it takes `REGISTERING` and drops the old one after letting go. The
+//! one call made while a bit is held is the parent's `wake_by_ref` under
+//! `WAKING` (waking by reference needs the slot held); nothing ever waits for
+//! that bit (a registration that finds it set wakes its new waker instead),
+//! and a guard lets go of it if the wake unwinds. The requests counted during
+//! that hold are dropped with it: they asked for the very wake that panicked,
+//! and calling it again while unwinding would abort the process. The next
+//! poll re-registers and takes every woken child as usual.
 
 use crate::sync::atomic::{AtomicUsize, Ordering};
 use crate::sync::cell::UnsafeCell;
+use crate::unwind::Panics;
 use std::fmt;
+use std::sync::Arc;
 use std::task::Waker;
 
 const WAKING: usize = 0b01;
@@ -73,6 +94,9 @@ impl ParentWaker {
         if same {
             return;
         }
+        // User code (the clone, and below the old waker's drop and the new
+        // one's wake) runs with no bit held.
+        let clone = new.clone();
         match self
             .state
             .compare_exchange(0, REGISTERING, Ordering::Acquire, Ordering::Acquire)
@@ -80,19 +104,23 @@ impl ParentWaker {
             Ok(_) => {
                 let old = self.waker.with_mut(|slot| {
                     // SAFETY: `REGISTERING` keeps wakers out of the slot.
-                    unsafe { &mut *slot }.replace(new.clone())
+                    unsafe { &mut *slot }.replace(clone)
                 });
                 let prev = self.state.swap(0, Ordering::AcqRel);
+                // Both run even if the other panics.
+                let mut panics = Panics::default();
                 if prev != REGISTERING {
                     // Wakes were asked for while we held the slot.
-                    new.wake_by_ref();
+                    panics.catch(|| new.wake_by_ref());
                 }
-                drop(old);
+                panics.catch(|| drop(old));
+                panics.resume();
             }
             Err(_) => {
                 // A waker holds the slot (it wakes the old waker). The new one
                 // could not be installed: wake it, so the task polls again
                 // and registers then, once the holder is done.
+                drop(clone);
                 crate::sync::spin_loop();
                 new.wake_by_ref();
             }
@@ -126,6 +154,15 @@ impl ParentWaker {
                 }
             }
         }
+        // We hold `WAKING`. If the parent's wake panics, let go (see the
+        // module docs) so the set is not wedged.
+        struct LetGo<'a>(&'a AtomicUsize);
+        impl Drop for LetGo<'_> {
+            fn drop(&mut self) {
+                self.0.store(0, Ordering::Release);
+            }
+        }
+        let guard = LetGo(&self.state);
         loop {
             self.waker.with(|slot| {
                 // SAFETY: `WAKING` keeps the owner from writing the slot.
@@ -133,28 +170,20 @@ impl ParentWaker {
                     waker.wake_by_ref();
                 }
             });
-            let mut cur = WAKING;
-            loop {
-                match self
-                    .state
-                    .compare_exchange(cur, 0, Ordering::AcqRel, Ordering::Acquire)
-                {
-                    Ok(_) => return,
-                    Err(actual) => {
-                        // Requests came in while we were waking: take them and
-                        // wake once more.
-                        match self.state.compare_exchange(
-                            actual,
-                            WAKING,
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                        ) {
-                            Ok(_) => break,
-                            Err(again) => cur = again,
-                        }
-                    }
-                }
+            if self
+                .state
+                .compare_exchange(WAKING, 0, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                std::mem::forget(guard);
+                return;
             }
+            // Requests came in while we were waking. Only requests can have
+            // changed the state while we hold `WAKING` (nobody else clears a
+            // busy bit, and the owner only takes the slot from zero): take
+            // them all at once and wake again. Requests counted after this
+            // swap make the next compare-exchange fail.
+            self.state.swap(WAKING, Ordering::AcqRel);
         }
     }
 
@@ -183,5 +212,30 @@ impl ParentWaker {
             }
         }
         old
+    }
+}
+
+/// The registering side of a [`ParentWaker`] shared through an `Arc` (the
+/// task group's): one per waker, not `Clone`, registering through
+/// `&mut self`, so registrations never run concurrently and nothing ever
+/// calls [`ParentWaker::take`] on it.
+#[derive(Debug)]
+pub(crate) struct ParentOwner(Arc<ParentWaker>);
+
+impl ParentOwner {
+    pub(crate) fn new() -> Self {
+        Self(Arc::new(ParentWaker::new()))
+    }
+
+    /// The waking side, for any number of wakers.
+    pub(crate) fn shared(&self) -> Arc<ParentWaker> {
+        self.0.clone()
+    }
+
+    /// Makes `waker` the waker to wake.
+    pub(crate) fn register(&mut self, waker: &Waker) {
+        // SAFETY: `&mut self` on the only owner makes this the only
+        // registration in progress, and owners never take.
+        unsafe { self.0.register(waker) }
     }
 }

@@ -57,6 +57,7 @@ use super::parent::ParentWaker;
 use crate::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
 use std::fmt;
+use std::marker::PhantomData;
 use std::mem::{ManuallyDrop, align_of, size_of};
 use std::ptr::{self, NonNull};
 use std::task::{RawWaker, RawWakerVTable, Waker};
@@ -114,6 +115,11 @@ struct Header {
     parent: ParentWaker,
     /// Root only: one bit per chunk whose top word may be non-zero.
     chunks: AtomicU64,
+    /// Loom models only: every waker reads it and the free writes it, so a
+    /// waker access not ordered before the free is a causality violation
+    /// loom reports (it stands for the header fields a waker reads).
+    #[cfg(awaitkit_loom)]
+    canary: crate::sync::cell::UnsafeCell<()>,
 }
 
 impl Header {
@@ -222,7 +228,10 @@ unsafe fn resolve<'a>(data: *const ()) -> (NonNull<Header>, &'a Header, &'a Entr
     // SAFETY: see above; both are alive for as long as the waker is. The raw
     // header pointer keeps the provenance of the whole chunk (it is derived
     // from the waker's data pointer), for freeing it.
-    unsafe { (NonNull::new_unchecked(header.cast_mut()), &*header, &*entry) }
+    let resolved = unsafe { (NonNull::new_unchecked(header.cast_mut()), &*header, &*entry) };
+    #[cfg(awaitkit_loom)]
+    resolved.1.canary.with(|_| ());
+    resolved
 }
 
 static VTABLE: RawWakerVTable =
@@ -274,11 +283,16 @@ unsafe fn waker_drop(data: *const ()) {
         unsafe { release(chunk) };
     } else if header
         .clones(entry.index as usize)
-        .fetch_sub(1, Ordering::Release)
+        .fetch_sub(1, Ordering::AcqRel)
         == 1
     {
         // The last owned waker of this entry gives back its chunk reference.
-        // SAFETY: that reference was taken when the count left zero.
+        // SAFETY: that reference was taken when the count left zero. The
+        // `AcqRel` above (as `Arc` orders its last decrement) makes every
+        // earlier clone's accesses happen before this release, so whoever
+        // frees the chunk after the reference count's own acquire fence
+        // frees it after those accesses too; with `Release` alone a
+        // next-to-last clone's reads would be unordered with the free.
         unsafe { release(chunk) };
     }
 }
@@ -366,6 +380,8 @@ impl Chunk {
                 layout,
                 parent: ParentWaker::new(),
                 chunks: AtomicU64::new(0),
+                #[cfg(awaitkit_loom)]
+                canary: crate::sync::cell::UnsafeCell::new(()),
             });
             for index in 0..cap {
                 let at = elements_at + index * stride;
@@ -397,6 +413,8 @@ impl Chunk {
         // entry and word was initialised by `alloc`.
         unsafe {
             let h = header.as_ref();
+            #[cfg(awaitkit_loom)]
+            h.canary.with_mut(|_| ());
             let layout = h.layout;
             let cap = h.cap as usize;
             let total = h.level_start[h.levels as usize - 1] as usize + 1;
@@ -500,13 +518,14 @@ impl ReadySet {
     /// chose in its element layout, whatever the owner keeps for that
     /// child), resolved once for repeated access.
     #[inline]
-    pub(crate) fn elements(&self, chunk: usize) -> Elements {
+    pub(crate) fn elements(&self, chunk: usize) -> Elements<'_> {
         let h = self.header(chunk);
         Elements {
             base: h.elements,
             stride: h.stride,
             cap: h.cap as usize,
             reuse: h.count_clones,
+            _set: PhantomData,
         }
     }
 
@@ -616,22 +635,23 @@ impl ReadySet {
 
     /// The waker to poll a child with (see [`Element::waker`]).
     #[inline]
-    pub(crate) fn waker(&self, chunk: usize, index: usize) -> ManuallyDrop<Waker> {
+    pub(crate) fn waker(&self, chunk: usize, index: usize) -> BorrowedWaker<'_> {
         self.elements(chunk).get(index).waker()
     }
 }
 
-/// One chunk's element array (see [`ReadySet::elements`]). Only valid while
-/// the owner holds the chunk.
+/// One chunk's element array (see [`ReadySet::elements`]), borrowed from the
+/// owner's handle: it cannot outlive the owner's reference on the chunk.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Elements {
+pub(crate) struct Elements<'a> {
     base: NonNull<u8>,
     stride: usize,
     cap: usize,
     reuse: bool,
+    _set: PhantomData<&'a ReadySet>,
 }
 
-impl Elements {
+impl<'a> Elements<'a> {
     /// Number of elements.
     #[inline]
     pub(crate) fn cap(self) -> usize {
@@ -650,18 +670,19 @@ impl Elements {
     ///
     /// If `index` is out of bounds.
     #[inline]
-    pub(crate) fn get(self, index: usize) -> Element {
+    pub(crate) fn get(self, index: usize) -> Element<'a> {
         assert!(index < self.cap, "awaitkit: slot index out of bounds");
         // SAFETY: in bounds: `Chunk::alloc` laid out `cap` elements.
-        Element(unsafe { self.base.add(index * self.stride) })
+        Element(unsafe { self.base.add(index * self.stride) }, PhantomData)
     }
 }
 
-/// One child's element: its [`Entry`] at offset 0, then the owner's part.
+/// One child's element: its [`Entry`] at offset 0, then the owner's part;
+/// borrowed from the owner's handle like [`Elements`].
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Element(NonNull<u8>);
+pub(crate) struct Element<'a>(NonNull<u8>, PhantomData<&'a ReadySet>);
 
-impl Element {
+impl<'a> Element<'a> {
     /// The owner's part of the element, `offset` bytes in (the offset the
     /// owner computed for its element layout).
     #[inline]
@@ -670,17 +691,31 @@ impl Element {
         unsafe { self.0.add(offset) }
     }
 
-    /// The waker to poll this child with. It is borrowed from the owner's
-    /// reference on the chunk: it must not outlive that (clones may).
+    /// The waker to poll this child with, borrowed from the owner's
+    /// reference on the chunk (the borrow of the owner's handle ties it to
+    /// that reference; clones own a reference of their own).
     #[inline]
-    pub(crate) fn waker(self) -> ManuallyDrop<Waker> {
+    pub(crate) fn waker(self) -> BorrowedWaker<'a> {
         // SAFETY: the vtable functions uphold the `RawWaker` contract: `data`
-        // points at the element's entry, kept alive by the owner (this
-        // borrowed waker is never dropped, hence `ManuallyDrop`) or by a
-        // clone's own reference.
-        ManuallyDrop::new(unsafe {
-            Waker::from_raw(RawWaker::new(self.0.as_ptr().cast(), &VTABLE))
-        })
+        // points at the element's entry, kept alive by the owner for `'a`
+        // (this borrowed waker is never dropped: `BorrowedWaker` only lends
+        // it out by reference) or by a clone's own reference.
+        let waker = unsafe { Waker::from_raw(RawWaker::new(self.0.as_ptr().cast(), &VTABLE)) };
+        BorrowedWaker(ManuallyDrop::new(waker), PhantomData)
+    }
+}
+
+/// A child's waker that owns no reference: it lends itself out only by
+/// reference, for as long as the owner's handle is borrowed, and is never
+/// dropped (cloning it through the reference takes a reference properly).
+pub(crate) struct BorrowedWaker<'a>(ManuallyDrop<Waker>, PhantomData<&'a ReadySet>);
+
+impl std::ops::Deref for BorrowedWaker<'_> {
+    type Target = Waker;
+
+    #[inline]
+    fn deref(&self) -> &Waker {
+        &self.0
     }
 }
 

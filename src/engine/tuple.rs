@@ -4,6 +4,7 @@
 
 use super::ReadySet;
 use super::ready::Entry;
+use crate::unwind::Panics;
 use std::alloc::Layout;
 use std::convert::Infallible;
 use std::fmt;
@@ -75,9 +76,16 @@ impl<T, E, F: Future<Output = Result<T, E>>> TupleSlot<F> {
     }
 }
 
-/// A tuple of futures that `gather!` can run.
+/// Keeps [`TupleFutures`] implemented only here: `gather!` relies on its
+/// `LEN` fitting one bit-tree word, and on `drop_slots` dropping each slot.
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A tuple of futures that `gather!` can run (sealed: implemented for tuples
+/// of 1 to 16 futures and `()` only).
 #[doc(hidden)]
-pub trait TupleFutures {
+pub trait TupleFutures: sealed::Sealed {
     /// The boxed state: a tuple of [`TupleSlot`]s.
     type Slots;
     /// A tuple of the outputs.
@@ -94,6 +102,13 @@ pub trait TupleFutures {
     unsafe fn poll_child(slots: &mut Self::Slots, i: usize, cx: &mut Context<'_>) -> Poll<()>;
     /// Takes every output; all must be finished.
     fn take_outputs(slots: &mut Self::Slots) -> Self::Output;
+    /// Drops every slot in place; if destructors panic, the others are
+    /// still dropped and the first panic propagates afterwards.
+    ///
+    /// # Safety
+    ///
+    /// `slots` points at live slots, dropped here once and never used again.
+    unsafe fn drop_slots(slots: *mut Self::Slots);
     /// The slots of the empty tuple; panics for any other.
     fn empty() -> Self::Slots {
         unreachable!("awaitkit: only the empty tuple has no chunk")
@@ -113,6 +128,8 @@ pub trait TryTupleFutures: TupleFutures {
     fn take_oks(slots: &mut Self::Slots) -> Self::Ok;
 }
 
+impl sealed::Sealed for () {}
+
 impl TupleFutures for () {
     type Slots = ();
     type Output = ();
@@ -122,6 +139,7 @@ impl TupleFutures for () {
         Poll::Pending
     }
     fn take_outputs(_: &mut ()) {}
+    unsafe fn drop_slots(_: *mut ()) {}
     fn empty() {}
 }
 
@@ -136,6 +154,8 @@ impl TryTupleFutures for () {
 
 macro_rules! impl_tuple {
     ($len:expr; $($F:ident $T:ident $idx:tt),+) => {
+        impl<$($F: Future),+> sealed::Sealed for ($($F,)+) {}
+
         impl<$($F: Future),+> TupleFutures for ($($F,)+) {
             type Slots = ($(TupleSlot<$F>,)+);
             type Output = ($($F::Output,)+);
@@ -153,6 +173,12 @@ macro_rules! impl_tuple {
             }
             fn take_outputs(slots: &mut Self::Slots) -> Self::Output {
                 ($(slots.$idx.take(),)+)
+            }
+            unsafe fn drop_slots(slots: *mut Self::Slots) {
+                let mut panics = Panics::default();
+                // SAFETY: caller contract; each field is dropped once.
+                $(panics.catch(|| unsafe { ptr::drop_in_place(&raw mut (*slots).$idx) });)+
+                panics.resume();
             }
         }
 
@@ -253,8 +279,10 @@ impl<T: TupleFutures> TupleCore<T> {
         if std::mem::replace(&mut self.live, false) {
             // SAFETY: the slots were live and are dropped exactly once
             // (`live` is cleared first, so a panicking destructor does not
-            // lead to a second drop).
-            unsafe { ptr::drop_in_place(self.ready.region(0).cast::<T::Slots>().as_ptr()) };
+            // lead to a second drop); `drop_slots` drops every slot even if
+            // some destructors panic, so the chunk (freed with `ready`)
+            // holds no undropped child.
+            unsafe { T::drop_slots(self.ready.region(0).cast::<T::Slots>().as_ptr()) };
         }
     }
 
@@ -293,14 +321,16 @@ impl<T: TupleFutures> TupleCore<T> {
             } else {
                 0
             };
+            let slots = self.ready.region(0).cast::<T::Slots>().as_ptr();
             while bits != 0 {
                 let i = bits.trailing_zeros() as usize;
                 bits &= bits - 1;
                 let waker = self.ready.waker(0, i);
                 let mut child_cx = Context::from_waker(&waker);
-                // SAFETY: the slots live in the chunk region, which never
-                // moves; they are only dropped in place.
-                if unsafe { T::poll_child(self.slots(), i, &mut child_cx) }.is_ready() {
+                // SAFETY: the slots are live (`remaining > 0`) in the chunk
+                // region, which never moves; they are only dropped in place,
+                // and nothing else borrows them during the poll.
+                if unsafe { T::poll_child(&mut *slots, i, &mut child_cx) }.is_ready() {
                     self.remaining -= 1;
                     if let Err(e) = done(self.slots(), i) {
                         // Fail fast: every other element is dropped before

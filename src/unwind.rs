@@ -1,0 +1,112 @@
+//! Running several pieces of user code (destructors, wakers) when any of them
+//! may panic: every piece runs, and the first panic propagates afterwards.
+//!
+//! This is what a `Vec`'s drop glue does for one panic; `Panics` also keeps
+//! going past a second one (instead of aborting), which matters for
+//! destructors of children and for wake lists, where one bad piece of user
+//! code must not leave the others undropped or un-woken.
+
+#![forbid(unsafe_code)]
+
+use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+
+/// The first panic caught so far.
+#[derive(Default)]
+pub(crate) struct Panics(Option<Box<dyn Any + Send>>);
+
+impl std::fmt::Debug for Panics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Panics").field(&self.0.is_some()).finish()
+    }
+}
+
+impl Panics {
+    /// Runs `f`; if it panics, keeps the payload when it is the first one.
+    #[inline]
+    pub(crate) fn catch(&mut self, f: impl FnOnce()) {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
+            self.keep(payload);
+        }
+    }
+
+    #[cold]
+    fn keep(&mut self, payload: Box<dyn Any + Send>) {
+        if self.0.is_none() {
+            self.0 = Some(payload);
+        } else {
+            discard(payload);
+        }
+    }
+
+    /// Propagates the first panic caught, if any. While the thread is
+    /// already unwinding (the pieces ran in a destructor called during
+    /// another panic), a second panic would abort the process: the payload
+    /// is discarded instead and the panic under way goes on.
+    #[inline]
+    pub(crate) fn resume(self) {
+        if let Some(payload) = self.0 {
+            if std::thread::panicking() {
+                discard(payload);
+            } else {
+                resume_unwind(payload);
+            }
+        }
+    }
+}
+
+/// Runs `f`; a panic in it is discarded (for user code whose panic nobody
+/// could receive, such as dropping an output that was replaced by a panic).
+pub(crate) fn contain(f: impl FnOnce()) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
+        discard(payload);
+    }
+}
+
+/// Drops a panic payload nobody will see; a payload whose own destructor
+/// panics is leaked instead (that second panic must not abort the process).
+#[cold]
+pub(crate) fn discard(payload: Box<dyn Any + Send>) {
+    if let Err(again) = catch_unwind(AssertUnwindSafe(|| drop(payload))) {
+        std::mem::forget(again);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Panics;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    #[test]
+    fn every_piece_runs_and_the_first_panic_propagates() {
+        let mut ran = Vec::new();
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let mut panics = Panics::default();
+            for i in 0..4 {
+                panics.catch(|| {
+                    ran.push(i);
+                    assert!(i % 2 == 0, "piece {i}");
+                });
+            }
+            panics.resume();
+        }));
+        assert_eq!(ran, [0, 1, 2, 3]);
+        let payload = result.expect_err("the first panic propagates");
+        assert_eq!(payload.downcast_ref::<String>().unwrap(), "piece 1");
+    }
+
+    #[test]
+    fn a_payload_that_panics_when_dropped_is_leaked_not_fatal() {
+        struct Bomb;
+        impl Drop for Bomb {
+            fn drop(&mut self) {
+                panic!("payload drop");
+            }
+        }
+        let mut panics = Panics::default();
+        panics.catch(|| panic!("first"));
+        panics.catch(|| std::panic::panic_any(Bomb));
+        let payload = catch_unwind(AssertUnwindSafe(|| panics.resume())).unwrap_err();
+        assert_eq!(*payload.downcast_ref::<&str>().unwrap(), "first");
+    }
+}
