@@ -22,8 +22,15 @@
 //! taking the lock, and its node is freed at the grant (a reused slot carries
 //! a newer ticket, so an owner never mistakes it for its own). A close or a
 //! capacity failure only marks the node, which its owner frees; while such
-//! failed nodes exist (`failed_live`), waiters take the lock to look. Wakers
-//! are always woken after the lock is released.
+//! failed nodes exist (`failed_live`), waiters take the lock to look.
+//!
+//! Wakers are user code (their `clone`, `wake` and `drop` may panic or call
+//! back into this semaphore), so none of them runs under the lock: a waiter
+//! clones its new waker before taking the lock (and only when the stored one
+//! would not wake its task, `Waker::will_wake`); every grant or failure is
+//! settled under the lock and the wakers it collected are woken, and replaced
+//! wakers dropped, after the lock is released, by a `WakeList` that wakes
+//! them all even when one panics.
 
 #![forbid(unsafe_code)]
 
@@ -60,6 +67,31 @@ const SHIFT: u32 = 2;
 /// * **Resizable** at run time ([`set_capacity`](Semaphore::set_capacity)),
 ///   closable ([`close`](Semaphore::close)), observable
 ///   ([`stats`](Semaphore::stats)).
+///
+/// # Wakers that panic
+///
+/// Wakers are user code, and the semaphore never runs them while its lock is
+/// held: a waker that calls back into the same semaphore from `clone`,
+/// `wake` or `drop` works. If a waker panics:
+///
+/// * The semaphore stays usable and every permit stays accounted for: the
+///   grants (or failures) are all settled before any waker runs.
+/// * Every waiter granted or failed by the same call is still woken, in
+///   order; a waker that panicked is not woken again, but its waiter holds
+///   its permits and completes on its next poll (or returns them when
+///   dropped).
+/// * The first panic propagates from the call that woke: the drop of a
+///   permit, [`add_permits`](Semaphore::add_permits),
+///   [`set_capacity`](Semaphore::set_capacity), [`close`](Semaphore::close),
+///   [`forget`](SemaphorePermit::forget), or the drop of a waiting acquire
+///   that handed its permits on (later panics of that call are discarded).
+///   If that call already runs during an unwind (a permit dropped by a
+///   panicking task), the waker's panic is discarded instead of aborting.
+/// * A panic while an acquire is polled — cloning the new waker, or
+///   dropping the one it replaces — comes out of that `poll`; the acquire
+///   keeps its place in the queue (with the old waker if the clone failed,
+///   with the new one if the drop did), or is not queued yet on a first
+///   poll.
 ///
 /// # Examples
 ///
@@ -642,7 +674,9 @@ impl Semaphore {
     /// # Panics
     ///
     /// If the capacity would exceed [`MAX_PERMITS`](Semaphore::MAX_PERMITS);
-    /// nothing changes then.
+    /// nothing changes then. A waiter's waker that panics when woken: the
+    /// permits were added and every waiter woken first (see
+    /// [wakers that panic](Semaphore#wakers-that-panic)).
     ///
     /// # Examples
     ///
@@ -653,7 +687,9 @@ impl Semaphore {
     /// ```
     #[track_caller]
     pub fn add_permits(&self, n: usize) {
-        let wake = {
+        // Declared before the guard: on any unwind it wakes after unlocking.
+        let mut wake = WakeList::default();
+        {
             let mut q = self.lock();
             assert!(
                 n <= Self::MAX_PERMITS - q.capacity,
@@ -662,10 +698,8 @@ impl Semaphore {
                 Self::MAX_PERMITS
             );
             q.capacity += n;
-            let mut wake = WakeList::default();
             self.release_locked(&mut q, n, &mut wake);
-            wake
-        };
+        }
         wake.wake_all();
     }
 
@@ -677,7 +711,9 @@ impl Semaphore {
     /// # Panics
     ///
     /// If `capacity` exceeds [`MAX_PERMITS`](Semaphore::MAX_PERMITS);
-    /// nothing changes then.
+    /// nothing changes then. A waiter's waker that panics when woken: the
+    /// capacity was changed and every waiter woken first (see
+    /// [wakers that panic](Semaphore#wakers-that-panic)).
     ///
     /// # Examples
     ///
@@ -697,9 +733,9 @@ impl Semaphore {
             "a semaphore holds at most {} permits, not {capacity}",
             Self::MAX_PERMITS
         );
-        let wake = {
+        let mut wake = WakeList::default();
+        {
             let mut q = self.lock();
-            let mut wake = WakeList::default();
             if capacity >= q.capacity {
                 let grow = capacity - q.capacity;
                 q.capacity = capacity;
@@ -708,8 +744,7 @@ impl Semaphore {
                 let k = q.capacity - capacity;
                 self.shrink_locked(&mut q, k, &mut wake);
             }
-            wake
-        };
+        }
         wake.wake_all();
     }
 
@@ -737,6 +772,12 @@ impl Semaphore {
     /// later acquires fail at once. Held permits stay valid; releasing them
     /// still counts.
     ///
+    /// # Panics
+    ///
+    /// When a waiter's waker panics as it is woken, after the semaphore was
+    /// closed and every waiter woken (see
+    /// [wakers that panic](Semaphore#wakers-that-panic)).
+    ///
     /// # Examples
     ///
     /// ```
@@ -750,10 +791,10 @@ impl Semaphore {
     /// # });
     /// ```
     pub fn close(&self) {
-        let wake = {
+        let mut wake = WakeList::default();
+        {
             let mut q = self.lock();
             self.state.fetch_or(CLOSED, Ordering::AcqRel);
-            let mut wake = WakeList::default();
             let mut returned = 0;
             while let Some(i) = q.waiters.head() {
                 returned += q.waiters[i].assigned;
@@ -765,8 +806,7 @@ impl Semaphore {
                 self.failed_live.fetch_add(1, Ordering::AcqRel);
             }
             self.release_locked(&mut q, returned, &mut wake);
-            wake
-        };
+        }
         wake.wake_all();
     }
 
@@ -787,12 +827,11 @@ impl Semaphore {
                 Err(actual) => s = actual,
             }
         }
-        let wake = {
+        let mut wake = WakeList::default();
+        {
             let mut q = self.lock();
-            let mut wake = WakeList::default();
             self.release_locked(&mut q, n, &mut wake);
-            wake
-        };
+        }
         wake.wake_all();
     }
 
@@ -812,9 +851,8 @@ impl Semaphore {
             if node.assigned == node.needed {
                 // Granted: its owner learns it from `granted_below`; the node
                 // is freed now.
-                wake.push(node.waker.take());
                 q.waiters.unlink(i);
-                q.free(i);
+                wake.push(q.free(i));
             }
         }
         let below = q
@@ -841,19 +879,18 @@ impl Semaphore {
         if n == 0 {
             return;
         }
-        let wake = {
+        let mut wake = WakeList::default();
+        {
             let mut q = self.lock();
             // They were held, so no free permit is taken: only the capacity
             // drops, and waiters that no longer fit fail.
-            let mut wake = WakeList::default();
             // A forgotten permit first settles what a shrink still owes.
             let paid = n.min(q.debt);
             q.debt -= paid;
             q.capacity -= n - paid;
             let returned = q.fail_too_large(&mut wake, &self.failed_live);
             self.release_locked(&mut q, returned, &mut wake);
-            wake
-        };
+        }
         wake.wake_all();
     }
 }
@@ -889,11 +926,15 @@ impl Queue {
         (self.waiters.ticket(i) == ticket && state != NodeState::Vacant).then_some(state)
     }
 
-    /// Frees a node (granted, or its owner is done with it).
-    fn free(&mut self, i: usize) {
-        self.waiters[i].state = NodeState::Vacant;
-        self.waiters[i].waker = None;
+    /// Frees a node (granted, or its owner is done with it). Returns its
+    /// waker, to be woken or dropped after the lock is released.
+    #[must_use = "a waker is woken or dropped only after the lock is released"]
+    fn free(&mut self, i: usize) -> Option<Waker> {
+        let node = &mut self.waiters[i];
+        node.state = NodeState::Vacant;
+        let waker = node.waker.take();
         self.waiters.free(i);
+        waker
     }
 }
 
@@ -935,47 +976,67 @@ impl Waiter {
         assert!(!self.done, "semaphore acquire polled after completion");
         let out = match self.node {
             None => self.first_poll(sem, cx),
-            Some(i) => {
-                // The usual end of a wait, seen without the lock: granted.
-                if self.ticket < sem.granted_below.load(Ordering::Acquire)
-                    && sem.failed_live.load(Ordering::Acquire) == 0
-                {
-                    self.node = None;
-                    Poll::Ready(Ok(()))
-                } else {
-                    let mut q = sem.lock();
-                    let out = match q.owned_state(i, self.ticket) {
-                        None => Ok(()), // granted; its node is gone
-                        Some(NodeState::Queued) => {
-                            let node = &mut q.waiters[i];
-                            let replaced = match &node.waker {
-                                Some(w) if w.will_wake(cx.waker()) => None,
-                                _ => node.waker.replace(cx.waker().clone()),
-                            };
-                            drop(q);
-                            drop(replaced); // outside the lock: a waker's drop may call back
-                            return Poll::Pending;
-                        }
-                        Some(failed) => {
-                            q.free(i);
-                            sem.failed_live.fetch_sub(1, Ordering::AcqRel);
-                            Err(match failed {
-                                NodeState::TooLarge { capacity } => {
-                                    AcquireError::too_large(self.needed, capacity)
-                                }
-                                _ => AcquireError::CLOSED,
-                            })
-                        }
-                    };
-                    self.node = None;
-                    Poll::Ready(out)
-                }
-            }
+            Some(i) => self.poll_queued(sem, i, cx),
         };
         if out.is_ready() {
+            self.node = None;
             self.done = true;
         }
         out
+    }
+
+    /// A later poll of a queued waiter: granted, failed, or still waiting
+    /// (then the stored waker is replaced if it would not wake this task).
+    fn poll_queued(
+        &mut self,
+        sem: &Semaphore,
+        i: usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), AcquireError>> {
+        // The usual end of a wait, seen without the lock: granted.
+        if self.ticket < sem.granted_below.load(Ordering::Acquire)
+            && sem.failed_live.load(Ordering::Acquire) == 0
+        {
+            return Poll::Ready(Ok(()));
+        }
+        // A clone of the new waker, made only when the stored one would not
+        // wake this task, and outside the lock (a clone is user code: it may
+        // panic or call back into this semaphore). Declared before the guard,
+        // so every return drops it after unlocking.
+        let mut fresh: Option<Waker> = None;
+        loop {
+            let mut q = sem.lock();
+            match q.owned_state(i, self.ticket) {
+                None => return Poll::Ready(Ok(())), // granted; its node is gone
+                Some(NodeState::Queued) => {
+                    let slot = &mut q.waiters[i].waker;
+                    if slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        return Poll::Pending;
+                    }
+                    let Some(waker) = fresh.take() else {
+                        drop(q);
+                        fresh = Some(cx.waker().clone());
+                        continue; // look again: it may have been granted meanwhile
+                    };
+                    let replaced = slot.replace(waker);
+                    drop(q);
+                    drop(replaced); // outside the lock: a waker's drop may call back
+                    return Poll::Pending;
+                }
+                Some(failed) => {
+                    let stale = q.free(i); // `None`: taken when it failed
+                    sem.failed_live.fetch_sub(1, Ordering::AcqRel);
+                    drop(q);
+                    drop(stale);
+                    return Poll::Ready(Err(match failed {
+                        NodeState::TooLarge { capacity } => {
+                            AcquireError::too_large(self.needed, capacity)
+                        }
+                        _ => AcquireError::CLOSED,
+                    }));
+                }
+            }
+        }
     }
 
     fn first_poll(
@@ -1048,13 +1109,15 @@ impl Waiter {
     /// goes to the next waiters.
     fn cancel(&mut self, sem: &Semaphore) {
         let Some(i) = self.node.take() else { return };
-        let wake = {
+        // Declared before the guard: wakes (and drops this waiter's own
+        // waker) only after unlocking, and still wakes the next waiters if
+        // that drop panics.
+        let mut wake = WakeList::default();
+        {
             let mut q = sem.lock();
-            let mut waker = None;
             let giving_back = match q.owned_state(i, self.ticket) {
                 None => self.needed, // granted but never taken
                 Some(state) => {
-                    waker = q.waiters[i].waker.take();
                     let back = if state == NodeState::Queued {
                         q.waiters.unlink(i);
                         q.waiters[i].assigned
@@ -1062,17 +1125,13 @@ impl Waiter {
                         sem.failed_live.fetch_sub(1, Ordering::AcqRel);
                         0
                     };
-                    q.free(i);
+                    wake.discard(q.free(i));
                     back
                 }
             };
-            let mut wake = WakeList::default();
             // Also clears `SLOW` when this was the last waiter.
             sem.release_locked(&mut q, giving_back, &mut wake);
-            drop(q);
-            drop(waker);
-            wake
-        };
+        }
         wake.wake_all();
     }
 }
@@ -1179,6 +1238,10 @@ impl Drop for AcquireOwned {
 
 /// Permits borrowed from a [`Semaphore`]; released when dropped.
 ///
+/// Dropping it wakes the waiters the permits go to; if one of their wakers
+/// panics, the panic comes out of the drop (see
+/// [wakers that panic](Semaphore#wakers-that-panic)).
+///
 /// # Examples
 ///
 /// ```
@@ -1209,6 +1272,11 @@ impl<'a> SemaphorePermit<'a> {
 
     /// Drops the permits without releasing them: the semaphore's capacity
     /// shrinks by that many.
+    ///
+    /// # Panics
+    ///
+    /// When the waker of a waiter that no longer fits panics as it is woken
+    /// (see [wakers that panic](Semaphore#wakers-that-panic)).
     ///
     /// # Examples
     ///
@@ -1275,6 +1343,10 @@ impl fmt::Debug for SemaphorePermit<'_> {
 
 /// Permits of an `Arc<Semaphore>`, `'static`; released when dropped.
 ///
+/// Dropping it wakes the waiters the permits go to; if one of their wakers
+/// panics, the panic comes out of the drop (see
+/// [wakers that panic](Semaphore#wakers-that-panic)).
+///
 /// # Examples
 ///
 /// ```
@@ -1313,6 +1385,10 @@ impl OwnedSemaphorePermit {
     }
 
     /// Drops the permits without releasing them: the capacity shrinks.
+    ///
+    /// # Panics
+    ///
+    /// As [`SemaphorePermit::forget`].
     ///
     /// # Examples
     ///
@@ -1471,7 +1547,8 @@ impl PollSemaphore {
 
     /// One permit, or `Pending` with this task registered in FIFO order
     /// (see the wake contract above); `Ready(None)` once the semaphore is
-    /// closed.
+    /// closed. The waker is cloned only when it would not wake the one
+    /// registered before (and never under the semaphore's lock).
     ///
     /// # Examples
     ///
