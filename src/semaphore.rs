@@ -498,7 +498,8 @@ impl Semaphore {
     }
 
     /// Waits for `n` permits at once, in FIFO order: while it collects them,
-    /// later (smaller) requests wait behind it. `n = 0` is ready at once.
+    /// later (smaller) requests wait behind it. `n = 0` is ready at once
+    /// (even while others wait), unless the semaphore is closed.
     ///
     /// # Cancel safety
     ///
@@ -1045,10 +1046,8 @@ impl Waiter {
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), AcquireError>> {
         let n = self.needed;
-        if n == 0 {
-            return Poll::Ready(Ok(()));
-        }
-        // Fast path: nobody waits and enough is free.
+        // Fast path: nobody waits and enough is free (or `n` is 0). A
+        // closed semaphore fails every acquire, of 0 permits too.
         match sem.try_take(n) {
             Ok(()) => return Poll::Ready(Ok(())),
             Err(TryAcquireError::Closed) => return Poll::Ready(Err(AcquireError::CLOSED)),
@@ -1559,7 +1558,8 @@ impl PollSemaphore {
 
     /// `n` permits, like [`poll_acquire`](PollSemaphore::poll_acquire).
     /// A pending request keeps its `n` until it completes or is cancelled.
-    /// `Ready(None)` also when `n` exceeds the capacity.
+    /// `Ready(None)` once the semaphore is closed (for `n = 0` too), and
+    /// when `n` exceeds the capacity.
     ///
     /// # Examples
     ///

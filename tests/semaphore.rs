@@ -85,6 +85,48 @@ fn zero_permits_are_ready_at_once_even_when_none_are_free() {
     assert_eq!(sem.try_acquire_many(0).unwrap().num_permits(), 0);
 }
 
+/// Issue 14, item 8: a closed semaphore fails every acquire, zero permits
+/// included (they used to succeed with a 0-permit permit, while
+/// `try_acquire_many(0)` failed).
+#[test]
+fn a_closed_semaphore_fails_zero_permit_acquires_too() {
+    let sem = Arc::new(Semaphore::new(1));
+    sem.close();
+    let w = CountingWaker::new();
+    assert!(matches!(poll(&mut sem.acquire_many(0), &w), Poll::Ready(Err(e)) if e.is_closed()));
+    assert!(matches!(
+        poll(&mut sem.clone().acquire_many_owned(0), &w),
+        Poll::Ready(Err(e)) if e.is_closed()
+    ));
+    assert_eq!(
+        sem.try_acquire_many(0).unwrap_err(),
+        TryAcquireError::Closed
+    );
+    assert_eq!(
+        sem.clone().try_acquire_many_owned(0).unwrap_err(),
+        TryAcquireError::Closed
+    );
+    let mut handle = PollSemaphore::new(sem.clone());
+    assert!(matches!(
+        handle.poll_acquire_many(&mut w.context(), 0),
+        Poll::Ready(None)
+    ));
+    assert!(matches!(
+        poll(&mut sem.limit(std::future::ready(())), &w),
+        Poll::Ready(Err(_))
+    ));
+    // Closed while waiters are queued: the same.
+    let sem = Semaphore::new(1);
+    let held = granted(&mut sem.acquire(), &w);
+    let mut queued = sem.acquire();
+    pending(&mut queued, &w);
+    sem.close();
+    assert!(matches!(poll(&mut sem.acquire_many(0), &w), Poll::Ready(Err(e)) if e.is_closed()));
+    assert!(matches!(poll(&mut queued, &w), Poll::Ready(Err(e)) if e.is_closed()));
+    drop(held);
+    assert_eq!(w.live_clones(), 0);
+}
+
 #[test]
 fn asking_for_more_than_the_capacity_fails_at_once() {
     let sem = Semaphore::new(2);
@@ -569,6 +611,19 @@ matrix! {
         assert_eq!(out, (0..10).map(Ok).collect::<Vec<_>>());
         assert_eq!(peak.load(Ordering::SeqCst), 3, "the limit was reached, never passed");
         assert_eq!(sem.available_permits(), 3);
+    }
+
+    /// Issue 14, item 8, awaited on every executor.
+    async fn a_closed_semaphore_fails_awaited_zero_permit_acquires() {
+        let sem = Arc::new(Semaphore::new(0));
+        assert_eq!(sem.acquire_many(0).await.unwrap().num_permits(), 0);
+        sem.close();
+        assert!(sem.acquire_many(0).await.unwrap_err().is_closed());
+        assert!(sem.clone().acquire_many_owned(0).await.unwrap_err().is_closed());
+        let mut handle = PollSemaphore::new(sem.clone());
+        let out = futures::future::poll_fn(|cx| handle.poll_acquire_many(cx, 0)).await;
+        assert!(out.is_none(), "Ready(None) once closed");
+        assert!(sem.acquire_timeout(Duration::from_secs(5)).await.unwrap().is_err());
     }
 
     async fn acquire_timeout_leaves_the_queue() {
