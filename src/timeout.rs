@@ -164,6 +164,11 @@ pin_project_lite::pin_project! {
         sleep: Option<T::Sleep>,
         timer: T,
         when: When,
+        // Set by `reset`: the next pending poll compares the deadline with
+        // the timer's clock itself, since a sleep moved into the past may
+        // only complete at the backend's next tick (futures-timer's helper
+        // thread, a timer wheel).
+        moved: bool,
     }
 }
 
@@ -174,6 +179,7 @@ impl<F, T: Timer> Timeout<F, T> {
             sleep: None,
             timer,
             when,
+            moved: false,
         }
     }
 
@@ -193,10 +199,13 @@ impl<F, T: Timer> Timeout<F, T> {
     }
 
     /// Moves the deadline — Python's `Timeout.reschedule`. Earlier or later,
-    /// past or future: a deadline that has passed times out at the next
-    /// poll (the inner future is still polled first). A running timer is
-    /// moved with [`Timer::reset`], so the task is woken at the new deadline
-    /// even if it does not poll this future again before then.
+    /// past or future: a deadline that has passed by the next poll times out
+    /// in that poll (the inner future is still polled first), on every
+    /// [`Timer`] — the poll compares the new deadline with the timer's
+    /// [`now`](Timer::now) rather than wait for the backend to fire. A
+    /// running timer is moved with [`Timer::reset`], so the task is woken at
+    /// the new deadline even if it does not poll this future again before
+    /// then.
     ///
     /// # Examples
     ///
@@ -212,6 +221,7 @@ impl<F, T: Timer> Timeout<F, T> {
     /// ```
     pub fn reset(self: Pin<&mut Self>, deadline: Instant) {
         let this = self.project();
+        *this.moved = this.sleep.is_some(); // before that, the first wait reads the clock
         time::reset_deadline(&*this.timer, this.when, this.sleep, When::At(deadline));
     }
 
@@ -270,16 +280,22 @@ impl<F: Future, T: Timer> Future for Timeout<F, T> {
             this.inner.set(None);
             return Poll::Ready(Ok(output));
         }
-        match time::poll_deadline(&*this.timer, this.when, this.sleep.as_mut(), cx) {
-            Poll::Ready(()) => {
-                // Cancel the inner future and release the timer now, not
-                // when the `Timeout` is dropped.
-                this.inner.set(None);
-                this.sleep.set(None);
-                Poll::Ready(Err(Elapsed(())))
-            }
-            Poll::Pending => Poll::Pending,
+        // The first poll after `reset`: the moved sleep may not have seen
+        // a deadline that has already passed (one clock read, only here).
+        let passed = *this.moved && {
+            *this.moved = false;
+            matches!(*this.when, When::At(at) if this.timer.now() >= at)
+        };
+        if passed
+            || time::poll_deadline(&*this.timer, this.when, this.sleep.as_mut(), cx).is_ready()
+        {
+            // Cancel the inner future and release the timer now, not when
+            // the `Timeout` is dropped.
+            this.inner.set(None);
+            this.sleep.set(None);
+            return Poll::Ready(Err(Elapsed(())));
         }
+        Poll::Pending
     }
 }
 

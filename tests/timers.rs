@@ -114,6 +114,82 @@ where
     assert!(Instant::now() >= at);
 }
 
+/// Issue 14, item 9: a deadline moved into the past (or to now) elapses at
+/// the very next poll, as `Timeout::reset` documents, without waiting for
+/// the backend to fire the moved sleep (futures-timer's helper thread, a
+/// timer wheel's next tick). So does a deadline moved ahead that has passed
+/// by the next poll (`pass` moves `timer`'s clock forward by at least the
+/// given duration). Each case is repeated: a helper thread that happens to
+/// fire in time must not hide a miss.
+fn reset_into_the_past_elapses_at_the_next_poll<T: Timer + Clone>(
+    timer: T,
+    pass: impl Fn(Duration),
+) {
+    for round in 0..20 {
+        let w = CountingWaker::new();
+        let mut call = pin!(timeout_with(timer.clone(), YEAR, pending::<()>()));
+        assert!(poll_once_pinned(call.as_mut(), &w).is_pending());
+        call.as_mut().reset(timer.now() - MS);
+        assert_eq!(
+            poll_once_pinned(call.as_mut(), &w),
+            Poll::Ready(Err(Elapsed::new())),
+            "round {round}: a past deadline did not elapse at the next poll"
+        );
+
+        let mut call = pin!(timeout_with(timer.clone(), YEAR, pending::<()>()));
+        assert!(poll_once_pinned(call.as_mut(), &w).is_pending());
+        call.as_mut().reset(timer.now());
+        assert_eq!(
+            poll_once_pinned(call.as_mut(), &w),
+            Poll::Ready(Err(Elapsed::new())),
+            "round {round}: a deadline moved to now did not elapse at the next poll"
+        );
+
+        // Moved ahead a little; by the next poll it has passed.
+        let mut call = pin!(timeout_with(timer.clone(), YEAR, pending::<()>()));
+        assert!(poll_once_pinned(call.as_mut(), &w).is_pending());
+        let at = timer.now() + MS;
+        call.as_mut().reset(at);
+        pass(2 * MS);
+        assert!(timer.now() >= at);
+        assert_eq!(
+            poll_once_pinned(call.as_mut(), &w),
+            Poll::Ready(Err(Elapsed::new())),
+            "round {round}: a moved deadline that has passed did not elapse at the next poll"
+        );
+
+        // The inner future is still polled first.
+        let mut call = pin!(timeout_with(
+            timer.clone(),
+            YEAR,
+            YieldN::new(1, 'r', &Counter::new())
+        ));
+        assert!(poll_once_pinned(call.as_mut(), &w).is_pending());
+        call.as_mut().reset(timer.now() - MS);
+        assert_eq!(poll_once_pinned(call.as_mut(), &w), Poll::Ready(Ok('r')));
+
+        // A deadline moved ahead that has not passed: still pending.
+        let mut call = pin!(timeout_with(timer.clone(), MS, pending::<()>()));
+        assert!(poll_once_pinned(call.as_mut(), &w).is_pending());
+        call.as_mut().reset(timer.now() + YEAR);
+        pass(2 * MS);
+        assert!(poll_once_pinned(call.as_mut(), &w).is_pending());
+    }
+}
+
+/// Polls a pinned future once with `waker`.
+fn poll_once_pinned<F: std::future::Future>(
+    f: Pin<&mut F>,
+    waker: &CountingWaker,
+) -> Poll<F::Output> {
+    f.poll(&mut waker.context())
+}
+
+/// Moves a real clock forward: sleeps.
+fn real_sleep(d: Duration) {
+    std::thread::sleep(d);
+}
+
 // ---------------------------------------------------------------------------
 // FuturesTimer (the default)
 // ---------------------------------------------------------------------------
@@ -154,6 +230,11 @@ guarded! {
 
     fn default_timer_reset_wakes_without_a_re_poll() {
         reset_wakes_without_a_re_poll(FuturesTimer);
+    }
+
+    fn default_timer_reset_into_the_past_elapses_at_the_next_poll() {
+        reset_into_the_past_elapses_at_the_next_poll(FuturesTimer, real_sleep);
+        reset_into_the_past_elapses_at_the_next_poll(DefaultTimer::default(), real_sleep);
     }
 
     /// 100 000 timeouts created, polled once and dropped do not clog the
@@ -316,6 +397,23 @@ mod tokio_timer {
             });
         }
 
+        fn reset_into_the_past_elapses_at_the_next_poll_on_tokio() {
+            // Real time, the runtime entered but not driving: only the
+            // deadline check of the poll can see the deadline has passed.
+            let rt = current();
+            let _entered = rt.enter();
+            reset_into_the_past_elapses_at_the_next_poll(TokioTimer, real_sleep);
+            drop(_entered);
+            // Paused time, moved by `advance` (from a helper runtime: the
+            // check runs outside `block_on`).
+            let rt = paused();
+            let _entered = rt.enter();
+            let pass = |d: Duration| {
+                futures::executor::block_on(tokio::time::advance(d));
+            };
+            reset_into_the_past_elapses_at_the_next_poll(TokioTimer, pass);
+        }
+
         fn a_self_waking_inner_future_times_out() {
             current().block_on(async {
                 let stop = Arc::new(AtomicBool::new(false));
@@ -411,10 +509,63 @@ mod async_io_timer {
             reset_wakes_without_a_re_poll(AsyncIoTimer);
         }
 
+        fn reset_into_the_past_elapses_at_the_next_poll_async_io() {
+            reset_into_the_past_elapses_at_the_next_poll(AsyncIoTimer, real_sleep);
+        }
+
         fn a_self_waking_inner_future_times_out() {
             let stop = Arc::new(AtomicBool::new(false));
             let out = smol::block_on(timeout_with(AsyncIoTimer, SHORT, Spinner::new(&stop, &Counter::new())));
             assert_eq!(out, Err(Elapsed::new()));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// QuantaTimer
+// ---------------------------------------------------------------------------
+
+#[cfg(feature = "quanta")]
+mod quanta_timer {
+    use super::*;
+    use awaitkit::time::QuantaTimer;
+
+    matrix! {
+        async fn never_early_on_every_executor() {
+            elapses_never_early(QuantaTimer::new()).await;
+            inner_wins(QuantaTimer::new()).await;
+        }
+    }
+
+    guarded! {
+        fn edge_deadlines_need_no_wake() {
+            edge_deadlines(QuantaTimer::new());
+        }
+
+        fn reset_wakes_without_a_re_poll_quanta() {
+            reset_wakes_without_a_re_poll(QuantaTimer::new());
+        }
+
+        fn reset_into_the_past_elapses_at_the_next_poll_quanta() {
+            reset_into_the_past_elapses_at_the_next_poll(QuantaTimer::new(), real_sleep);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// ManualClock
+// ---------------------------------------------------------------------------
+
+#[cfg(feature = "test-util")]
+mod manual_clock {
+    use super::*;
+    use awaitkit::time::ManualClock;
+
+    guarded! {
+        fn reset_into_the_past_elapses_at_the_next_poll_manual() {
+            let clock = ManualClock::new();
+            let c = clock.clone();
+            reset_into_the_past_elapses_at_the_next_poll(clock, move |d| c.advance(d));
         }
     }
 }
