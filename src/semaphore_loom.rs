@@ -1,5 +1,7 @@
 //! Loom models of the semaphore: the lock-free fast path against the queue's
-//! lock, grants, cancellation and close.
+//! lock, grants, cancellation and close — with two or more parties acting
+//! while the owner polls or cancels (grant vs cancel vs close on three
+//! threads; two releases vs one re-polling waiter).
 //!
 //! Run with:
 //! `RUSTFLAGS="--cfg awaitkit_loom" cargo test --release --lib semaphore_loom -- --test-threads=1`
@@ -205,5 +207,145 @@ fn grant_while_re_polling() {
             // Re-poll through the real driver, whose waker replaces the no-op.
             drop(block_on(acquire).unwrap());
         }
+    });
+}
+
+/// A waker that records that it was woken (a loom atomic, so a wake that
+/// is not ordered before the check is a failure loom finds).
+struct Flag(loom::sync::atomic::AtomicBool);
+
+impl std::task::Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.store(true, loom::sync::atomic::Ordering::Release);
+    }
+}
+
+fn flag() -> (Arc<Flag>, Waker) {
+    let flag = Arc::new(Flag(loom::sync::atomic::AtomicBool::new(false)));
+    let waker = Waker::from(flag.clone());
+    (flag, waker)
+}
+
+fn woken(flag: &Flag) -> bool {
+    flag.0.load(loom::sync::atomic::Ordering::Acquire)
+}
+
+/// Three parties at once: a release (a grant) on one thread, a close on
+/// another, and the owner cancelling a queued acquire that holds part of its
+/// permits. A second waiter queued behind it must end granted or failed and
+/// woken either way, and every permit must come back.
+#[test]
+fn grant_cancel_and_close_on_three_threads() {
+    model(|| {
+        let sem = Arc::new(Semaphore::new(2));
+        let held = sem.clone().try_acquire_owned().unwrap();
+        let mut big = sem.clone().acquire_many_owned(2);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(Pin::new(&mut big).poll(&mut cx).is_pending()); // assigned 1
+        let (next_flag, next_waker) = flag();
+        let mut next = sem.clone().acquire_owned();
+        assert!(
+            Pin::new(&mut next)
+                .poll(&mut Context::from_waker(&next_waker))
+                .is_pending()
+        );
+        let releaser = thread::spawn(move || drop(held));
+        let s = sem.clone();
+        let closer = thread::spawn(move || s.close());
+        drop(big); // the cancel, racing both
+        releaser.join().unwrap();
+        closer.join().unwrap();
+        // `next` was granted (before the close) or failed (by it): it was
+        // woken either way, and it completes now.
+        assert!(woken(&next_flag), "the next waiter was never woken");
+        match Pin::new(&mut next).poll(&mut Context::from_waker(&next_waker)) {
+            Poll::Ready(Ok(permit)) => drop(permit),
+            Poll::Ready(Err(e)) => assert!(e.is_closed()),
+            Poll::Pending => panic!("woken but still pending"),
+        }
+        drop(next);
+        let stats = sem.stats();
+        assert_eq!((stats.available, stats.in_use, stats.waiters), (2, 0, 0));
+    });
+}
+
+/// Two releases on two threads race one waiter that re-polls with a new
+/// waker meanwhile (the clone is made outside the lock, and the waiter looks
+/// again after it): whichever waker is registered last is woken, and the
+/// second released permit is free afterwards.
+#[test]
+fn two_releases_race_one_re_polling_waiter() {
+    model(|| {
+        let sem = Arc::new(Semaphore::new(2));
+        let first = sem.clone().try_acquire_owned().unwrap();
+        let second = sem.clone().try_acquire_owned().unwrap();
+        let (old_flag, old_waker) = flag();
+        let mut acquire = sem.clone().acquire_owned();
+        let pending = Pin::new(&mut acquire)
+            .poll(&mut Context::from_waker(&old_waker))
+            .is_pending();
+        assert!(pending);
+        let releasers: Vec<_> = [first, second]
+            .into_iter()
+            .map(|p| thread::spawn(move || drop(p)))
+            .collect();
+        let (new_flag, new_waker) = flag();
+        let repoll = Pin::new(&mut acquire).poll(&mut Context::from_waker(&new_waker));
+        for t in releasers {
+            t.join().unwrap();
+        }
+        let permit = match repoll {
+            Poll::Ready(out) => out.unwrap(),
+            Poll::Pending => {
+                // Granted after the re-poll registered its waker: that one
+                // is woken (the old one may be too, if the grant came first).
+                assert!(woken(&new_flag), "the registered waker was never woken");
+                let Poll::Ready(out) =
+                    Pin::new(&mut acquire).poll(&mut Context::from_waker(&new_waker))
+                else {
+                    panic!("woken but still pending")
+                };
+                out.unwrap()
+            }
+        };
+        let _ = woken(&old_flag);
+        assert_eq!(sem.available_permits(), 1);
+        drop(permit);
+        drop(acquire);
+        assert_idle(&sem, 2);
+    });
+}
+
+/// The same three parties on three threads of their own while the owner
+/// waits for a permit through the parking driver (a lost wake is a
+/// deadlock): it gets the permit or fails with `Closed`, never hangs.
+#[test]
+fn owner_waits_while_grant_cancel_and_close_race() {
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(2); // four threads: keep it quick
+    }
+    builder.check(|| {
+        let sem = Arc::new(Semaphore::new(2));
+        let held = sem.clone().try_acquire_owned().unwrap();
+        let mut big = sem.clone().acquire_many_owned(2);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(Pin::new(&mut big).poll(&mut cx).is_pending()); // assigned 1
+        let releaser = thread::spawn(move || drop(held));
+        let canceller = thread::spawn(move || drop(big));
+        let s = sem.clone();
+        let closer = thread::spawn(move || s.close());
+        match block_on(sem.clone().acquire_owned()) {
+            Ok(permit) => drop(permit),
+            Err(e) => assert!(e.is_closed()),
+        }
+        for t in [releaser, canceller, closer] {
+            t.join().unwrap();
+        }
+        let stats = sem.stats();
+        assert_eq!((stats.available, stats.in_use, stats.waiters), (2, 0, 0));
     });
 }
