@@ -130,11 +130,13 @@ impl Model {
 
     /// First poll of `acquire_many(n)`: Some(result) if it completes.
     fn acquire(&mut self, id: usize, n: usize) -> Expect {
-        if n == 0 {
-            return Expect::Granted;
-        }
+        // Closed first: a closed semaphore fails 0-permit acquires too
+        // (issue 14, item 8).
         if self.closed {
             return Expect::Closed;
+        }
+        if n == 0 {
+            return Expect::Granted;
         }
         if self.queue.is_empty() && self.debt == 0 && self.free >= n {
             self.free -= n;
