@@ -523,6 +523,44 @@ guarded! {
 }
 
 matrix! {
+    /// Issue 14, item 6 inside a task: a queued acquire whose waker calls
+    /// back into the semaphore from `clone` (on a re-poll) and from `wake`
+    /// (at its grant), next to an awaited acquire queued behind it. It used
+    /// to deadlock the executor's thread on the semaphore's lock.
+    async fn a_reentrant_waker_inside_a_task_cannot_deadlock() {
+        let sem = Arc::new(Semaphore::new(1));
+        let held = sem.clone().try_acquire_owned().unwrap();
+        let s = sem.clone();
+        let hooked = Hooked::new(move |event, _| {
+            let _ = s.stats();
+            drop(s.try_acquire());
+            if event == Event::Wake {
+                s.add_permits(0);
+            }
+        });
+        let mut hostile = sem.clone().acquire_owned();
+        assert!(poll_with(&mut hostile, Waker::noop()).is_pending());
+        assert!(poll_with(&mut hostile, &hooked.waker()).is_pending()); // a clone
+        assert_eq!(hooked.count(Event::Clone), 1);
+        let awaited = sem.clone().acquire_owned();
+        let h = hooked.clone();
+        let driver = async move {
+            yield_now().await; // `awaited` is queued behind `hostile`
+            drop(held); // grants `hostile`: its wake calls back
+            assert_eq!(h.count(Event::Wake), 1);
+            yield_now().await;
+            let Poll::Ready(Ok(p)) = poll_with(&mut hostile, &h.waker()) else {
+                panic!("granted")
+            };
+            drop(p); // grants `awaited`
+        };
+        let (awaited, ()) = awaitkit::gather!(awaited, driver).await;
+        drop(awaited.expect("granted"));
+        hooked.disarm();
+        assert_eq!(hooked.live(), 0);
+        assert_idle(&sem, 1);
+    }
+
     /// The same through an executor: B is an awaited acquire that only
     /// `gather!` polls, and only when its waker fires; A, queued first with
     /// a panicking waker, is granted in the same release.
