@@ -239,3 +239,97 @@ impl ParentOwner {
         unsafe { self.0.register(waker) }
     }
 }
+
+#[cfg(all(test, not(awaitkit_loom)))]
+mod tests {
+    use super::ParentWaker;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Barrier};
+    use std::task::{Wake, Waker};
+    use std::time::{Duration, Instant};
+
+    /// Records, at each wake, which flags were raised.
+    struct Snapshot {
+        flags: Arc<AtomicUsize>,
+        seen: AtomicUsize,
+    }
+
+    impl Wake for Snapshot {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            let flags = self.flags.load(Ordering::Acquire);
+            self.seen.fetch_or(flags, Ordering::AcqRel);
+            // Hold the slot a little, so requests pile up during holds and
+            // the holder services them in several turns.
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    /// Real threads: in each round three threads each raise flags and wake,
+    /// eight times, all at once; the last wake must have seen every flag (a
+    /// lost request leaves one unseen). Bounded by `AWAITKIT_STRESS_SECS`
+    /// (default 2 s).
+    #[test]
+    fn stress_concurrent_wakes_are_never_lost() {
+        const THREADS: usize = 3;
+        const WAKES: usize = 8;
+        let secs: f64 = std::env::var("AWAITKIT_STRESS_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2.0);
+        let parent = Arc::new(ParentWaker::new());
+        let flags = Arc::new(AtomicUsize::new(0));
+        let snapshot = Arc::new(Snapshot {
+            flags: flags.clone(),
+            seen: AtomicUsize::new(0),
+        });
+        // SAFETY: only this thread registers or takes.
+        unsafe { parent.register(&Waker::from(snapshot.clone())) };
+        let start = Arc::new(Barrier::new(THREADS + 1));
+        let end = Arc::new(Barrier::new(THREADS + 1));
+        let stop = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..THREADS)
+            .map(|i| {
+                let (parent, flags) = (parent.clone(), flags.clone());
+                let (start, end, stop) = (start.clone(), end.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    loop {
+                        start.wait();
+                        if stop.load(Ordering::Acquire) != 0 {
+                            return;
+                        }
+                        for k in 0..WAKES {
+                            flags.fetch_or(1 << (i * WAKES + k), Ordering::Release);
+                            parent.wake();
+                        }
+                        end.wait();
+                    }
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs_f64(secs / 2.0);
+        let (mut rounds, mut lost) = (0u64, 0u64);
+        while Instant::now() < deadline {
+            flags.store(0, Ordering::Release);
+            snapshot.seen.store(0, Ordering::Release);
+            start.wait();
+            end.wait();
+            if snapshot.seen.load(Ordering::Acquire) != (1 << (THREADS * WAKES)) - 1 {
+                lost += 1;
+            }
+            rounds += 1;
+        }
+        stop.store(1, Ordering::Release);
+        start.wait();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(lost, 0, "{lost} lost wake requests in {rounds} rounds");
+        // SAFETY: only this thread registers or takes.
+        drop(unsafe { parent.take() });
+    }
+}
