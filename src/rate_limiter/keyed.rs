@@ -2,6 +2,7 @@
 //! keys evicted so memory follows the keys in use.
 
 use super::shared::{Acquisition, Shared};
+use super::unwind::Panics;
 use super::{Quota, QuotaError, RateLimitError};
 use crate::time::{DefaultTimer, Timer};
 use std::collections::HashMap;
@@ -27,6 +28,16 @@ const MIN_SWEEP: usize = 64;
 /// stays within about twice the keys in recent use;
 /// [`evict_idle`](KeyedRateLimiter::evict_idle) sweeps on demand.
 ///
+/// The key map's lock is held only to look a key up or insert it: wakers,
+/// the timer, new limiters and evicted keys are built, woken and dropped
+/// with it released. The key type's `Hash` and `Eq` do run under it, so
+/// they must not call back into the same `KeyedRateLimiter`.
+///
+/// # Panics
+///
+/// A waiter's waker that panics never wedges a key's limiter, nor the
+/// others (see [`RateLimiter`](crate::RateLimiter#panics)).
+///
 /// # Examples
 ///
 /// ```
@@ -47,6 +58,10 @@ pub struct KeyedRateLimiter<K, T: Timer = DefaultTimer> {
 
 struct Keys<K, T: Timer> {
     quota: Quota,
+    /// Bumped by every `set_quota`, which applies the quota to the keys
+    /// with this lock released: a key's limiter ignores an older change
+    /// arriving after a newer one.
+    generation: u64,
     map: HashMap<K, Arc<Shared<T>>>,
     sweep_at: usize,
 }
@@ -115,6 +130,7 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
             timer,
             inner: Mutex::new(Keys {
                 quota,
+                generation: 0,
                 map: HashMap::new(),
                 sweep_at: MIN_SWEEP,
             }),
@@ -127,28 +143,56 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     }
 
     /// The limiter of `key`, created on first use (sweeping idle keys when
-    /// the map has doubled).
+    /// the map has doubled). A new limiter is built, and evicted keys are
+    /// dropped, with the map's lock released (the timer's `clone` and the
+    /// keys' and limiters' drops are user code).
     fn limiter(&self, key: K) -> Arc<Shared<T>>
     where
         T: Clone + Send + Sync + 'static,
         T::Sleep: Send + 'static,
     {
+        let (quota, generation) = {
+            let keys = self.lock();
+            if let Some(shared) = keys.map.get(&key) {
+                return Arc::clone(shared);
+            }
+            (keys.quota, keys.generation)
+        };
+        let fresh = Shared::with_generation(quota, self.timer.clone(), generation);
         let mut keys = self.lock();
         if let Some(shared) = keys.map.get(&key) {
-            return Arc::clone(shared);
+            // Another thread created it meanwhile.
+            let shared = Arc::clone(shared);
+            drop(keys);
+            drop((key, fresh));
+            return shared;
         }
+        let mut evicted = Vec::new();
         if keys.map.len() >= keys.sweep_at {
-            Self::sweep(&mut keys);
+            Self::sweep(&mut keys, &mut evicted);
         }
-        let shared = Shared::new(keys.quota, self.timer.clone());
-        keys.map.insert(key, Arc::clone(&shared));
-        shared
+        // A quota change meanwhile: nobody has seen `fresh` yet, so this
+        // wakes nobody.
+        let _same_mode = fresh.set_quota_at(keys.quota, Some(keys.generation));
+        keys.map.insert(key, Arc::clone(&fresh));
+        drop(keys);
+        drop(evicted);
+        fresh
     }
 
-    fn sweep(keys: &mut Keys<K, T>) -> usize {
+    /// Takes the idle keys out of the map, into `evicted` (to drop once the
+    /// lock is released).
+    fn sweep(keys: &mut Keys<K, T>, evicted: &mut Vec<(K, Arc<Shared<T>>)>) -> usize {
         let before = keys.map.len();
-        keys.map
-            .retain(|_, shared| Arc::strong_count(shared) > 1 || !shared.is_idle());
+        let old = std::mem::take(&mut keys.map);
+        keys.map.reserve(old.len());
+        for (key, shared) in old {
+            if Arc::strong_count(&shared) > 1 || !shared.is_idle() {
+                keys.map.insert(key, shared);
+            } else {
+                evicted.push((key, shared));
+            }
+        }
         keys.sweep_at = (keys.map.len() * 2).max(MIN_SWEEP);
         before - keys.map.len()
     }
@@ -162,7 +206,8 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     ///
     /// # Panics
     ///
-    /// Polling after completion panics.
+    /// Polling after completion panics; other panics as for
+    /// [`RateLimiter::acquire`](crate::RateLimiter::acquire).
     ///
     /// # Examples
     ///
@@ -197,7 +242,8 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     ///
     /// # Panics
     ///
-    /// Polling after completion panics.
+    /// Polling after completion panics; other panics as for
+    /// [`RateLimiter::acquire`](crate::RateLimiter::acquire).
     ///
     /// # Examples
     ///
@@ -310,7 +356,10 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     /// assert!(limiter.is_empty());
     /// ```
     pub fn evict_idle(&self) -> usize {
-        Self::sweep(&mut self.lock())
+        let mut evicted = Vec::new();
+        let gone = Self::sweep(&mut self.lock(), &mut evicted);
+        drop(evicted); // the lock is released
+        gone
     }
 
     /// The quota every key gets.
@@ -330,9 +379,19 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     /// Changes the quota of every key, present and future (see
     /// [`RateLimiter::set_quota`](crate::RateLimiter::set_quota)).
     ///
+    /// The waiters it lets through are woken with the key map's lock
+    /// released, so their wakers may use this limiter. Concurrent changes
+    /// end with the last one everywhere.
+    ///
     /// # Errors
     ///
     /// [`QuotaError::ModeChange`] when `quota` uses the other algorithm.
+    ///
+    /// # Panics
+    ///
+    /// If a waker of a waiter it lets through panics, every key still gets
+    /// the new quota and every other waiter is woken; then the first such
+    /// panic propagates.
     ///
     /// # Examples
     ///
@@ -346,24 +405,39 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     /// assert!(limiter.try_acquire("a").is_ok());
     /// ```
     pub fn set_quota(&self, quota: Quota) -> Result<(), QuotaError> {
-        let mut keys = self.lock();
-        if quota.burst().is_some() != keys.quota.burst().is_some() {
-            return Err(QuotaError::ModeChange);
+        let (generation, limiters) = {
+            let mut keys = self.lock();
+            if quota.burst().is_some() != keys.quota.burst().is_some() {
+                return Err(QuotaError::ModeChange);
+            }
+            keys.quota = quota;
+            keys.generation += 1;
+            let limiters: Vec<Arc<Shared<T>>> = keys.map.values().cloned().collect();
+            (keys.generation, limiters)
+        };
+        // With the lock released: a key's waiters may be woken.
+        let mut panics = Panics::default();
+        for shared in &limiters {
+            panics.catch(|| {
+                let _same_mode = shared.set_quota_at(quota, Some(generation));
+            });
         }
-        keys.quota = quota;
-        for shared in keys.map.values() {
-            shared.set_quota(quota)?;
-        }
+        panics.catch(|| drop(limiters));
+        panics.resume();
         Ok(())
     }
 }
 
 impl<K, T: Timer> fmt::Debug for KeyedRateLimiter<K, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let keys = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        // Read, then write with the lock released (the writer is user code).
+        let (quota, len) = {
+            let keys = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            (keys.quota, keys.map.len())
+        };
         f.debug_struct("KeyedRateLimiter")
-            .field("quota", &keys.quota)
-            .field("keys", &keys.map.len())
+            .field("quota", &quota)
+            .field("keys", &len)
             .finish_non_exhaustive()
     }
 }
@@ -377,7 +451,8 @@ impl<K, T: Timer> fmt::Debug for KeyedRateLimiter<K, T> {
 ///
 /// # Panics
 ///
-/// Polling after completion panics.
+/// Polling after completion panics; other panics as for
+/// [`RateAcquire`](crate::RateAcquire).
 ///
 /// # Examples
 ///
@@ -424,7 +499,8 @@ impl<T: Timer> fmt::Debug for KeyedAcquire<T> {
 ///
 /// # Panics
 ///
-/// Polling after completion panics.
+/// Polling after completion panics; other panics as for
+/// [`RateAcquire`](crate::RateAcquire).
 ///
 /// # Examples
 ///

@@ -16,8 +16,12 @@
 
 #![forbid(unsafe_code)]
 
+mod driver;
+#[cfg(all(test, awaitkit_loom))]
+mod driver_loom;
 mod keyed;
 mod shared;
+mod unwind;
 mod window;
 
 pub use keyed::{KeyedAcquire, KeyedAcquireN, KeyedRateLimiter};
@@ -340,6 +344,36 @@ impl std::error::Error for RateLimitError {}
 ///
 /// [`with_timer`]: RateLimiter::with_timer
 ///
+/// # Panics
+///
+/// The limiter runs user code: the wakers of its waiters (`clone`, `wake`,
+/// `drop`) and its timer. It runs none of it while holding its own lock or
+/// busy state, so a waker may call back into the limiter from any of those
+/// (acquire, `try_acquire`, `set_quota`, drop an acquire), and **a panic
+/// never wedges the limiter**: every other waiter is still woken and served
+/// in order, and `try_acquire` recovers.
+///
+/// * When the limiter's timer fires (on the timer's thread —
+///   futures-timer's global helper thread with the default timer, tokio's
+///   or async-io's driver, or the caller of `ManualClock::advance`), the
+///   waiters that are due are granted and woken there. A waker that panics
+///   there is caught and its panic discarded (after the panic hook has
+///   printed it): the thread survives — the default timer's helper thread
+///   serves every timeout in the process — and the other waiters are woken.
+/// * A call of yours that lets waiters through — an acquire's poll or drop,
+///   [`set_quota`](RateLimiter::set_quota) — wakes them itself; if one of
+///   their wakers panics, the others are woken anyway, the limiter settles,
+///   and then the first panic propagates from your call (a drop that runs
+///   while the thread already unwinds discards it instead of aborting).
+/// * A timer that panics (`TokioTimer` polled outside a tokio runtime)
+///   propagates from the call that armed it; the limiter then wakes every
+///   waiter, and the first to be polled again re-arms the timer from its
+///   own context.
+///
+/// A waiter whose waker panicked in `wake` is not woken again for that
+/// grant: its task sees the grant whenever it is next polled, and dropping
+/// the acquire unseen gives the grant back, as for any waiter.
+///
 /// # Rate and concurrency together
 ///
 /// The seed's "at most R per period *and* at most C at a time": take the
@@ -482,6 +516,12 @@ impl<T: Timer> RateLimiter<T> {
     /// [`time`](crate::time)). Its one timer may fire on any thread, hence
     /// the bounds.
     ///
+    /// # Panics
+    ///
+    /// Never here. A `timer` that panics later, when the limiter arms it,
+    /// panics out of the acquire that armed it without wedging the limiter
+    /// (see [Panics](RateLimiter#panics)).
+    ///
     /// # Examples
     ///
     /// ```
@@ -513,7 +553,10 @@ impl<T: Timer> RateLimiter<T> {
     ///
     /// # Panics
     ///
-    /// Polling after completion panics.
+    /// Polling after completion panics. A poll or a drop that lets other
+    /// waiters through propagates the first panic of their wakers (or of
+    /// the timer), after waking all of them; the limiter stays usable (see
+    /// [Panics](RateLimiter#panics)).
     ///
     /// # Examples
     ///
@@ -549,7 +592,7 @@ impl<T: Timer> RateLimiter<T> {
     ///
     /// # Panics
     ///
-    /// Polling after completion panics.
+    /// As for [`acquire`](RateLimiter::acquire).
     ///
     /// # Examples
     ///
@@ -619,7 +662,9 @@ impl<T: Timer> RateLimiter<T> {
     ///
     /// # Panics
     ///
-    /// Polling after completion panics; a panic of `future` propagates.
+    /// Polling after completion panics; a panic of `future` propagates, and
+    /// so does one of the user code the grant's wait runs (as for
+    /// [`acquire`](RateLimiter::acquire)).
     ///
     /// # Examples
     ///
@@ -661,6 +706,13 @@ impl<T: Timer> RateLimiter<T> {
     /// # Errors
     ///
     /// [`QuotaError::ModeChange`] when `quota` uses the other algorithm.
+    ///
+    /// # Panics
+    ///
+    /// If a waker of a waiter it lets through panics (or the timer does),
+    /// after the new quota is in place and every such waiter woken: the
+    /// first panic propagates, and the limiter stays usable (see
+    /// [Panics](RateLimiter#panics)).
     ///
     /// # Examples
     ///
@@ -726,7 +778,9 @@ impl<T: Timer> fmt::Debug for RateLimiter<T> {
 ///
 /// # Panics
 ///
-/// Polling after completion panics.
+/// Polling after completion panics. A poll or drop that lets other waiters
+/// through propagates the first panic of their wakers after waking them all
+/// (see [Panics](RateLimiter#panics)).
 ///
 /// # Examples
 ///
@@ -772,7 +826,7 @@ impl<T: Timer> fmt::Debug for RateAcquire<'_, T> {
 ///
 /// # Panics
 ///
-/// Polling after completion panics.
+/// As for [`RateAcquire`].
 ///
 /// # Examples
 ///

@@ -12,23 +12,48 @@
 //!   next, so only the head's time matters.
 //! * **The driver** owns the limiter's one timer, armed for the head's time.
 //!   When it fires, the driver's waker grants every waiter that is due, in
-//!   order, on their behalf, wakes them, and re-arms for the new head. The
+//!   order, on their behalf, re-arms for the new head, and wakes them. The
 //!   waiting futures own no timer, so a future that is dropped costs nothing
 //!   to the others, and one that is `mem::forget`-ten is granted (and its
 //!   grant wasted) like any other: the queue never wedges. Whoever wants to
-//!   drive while another thread drives leaves a note (`NOTIFIED`), and the
-//!   driver makes one more pass.
-//! * Wakers run after every lock is released.
+//!   drive while another thread drives leaves a note, and the driver makes
+//!   one more pass (the protocol is in `driver.rs`, with its loom models).
+//!
+//! # User code
+//!
+//! Wakers (`clone`, `wake`, `drop`) are user code: they may panic or call
+//! back into this limiter. None of them runs under the state lock or while
+//! the driver's flag is busy: a waker is cloned before locking, a replaced
+//! or released waker is taken out under the lock and dropped after it, and
+//! the driver collects the granted waiters' wakers, settles its flag, and
+//! only then wakes them all — every one of them, even when one panics.
+//!
+//! A panic in that user code propagates, once the limiter's state is
+//! settled, to the user's own call that ran it (a poll, a drop, a
+//! `set_quota`), or is discarded while the thread already unwinds. On the
+//! timer's path (the driver's waker, run by the timer: futures-timer's
+//! global helper thread by default, tokio's or async-io's driver, a
+//! `ManualClock::advance`) every panic is caught and discarded after the
+//! panic hook has reported it: there is no task of ours to hand the wake-up
+//! to, and one bad waker must neither kill a thread the whole process shares
+//! nor keep the other waiters from being woken.
+//!
+//! The timer itself is user code too (`TokioTimer` panics outside a tokio
+//! runtime). A driver pass that panics leaves the driver *stalled*: nothing
+//! armed, every waiter woken, and the next waiter to poll (or be dropped, or
+//! `set_quota`) drives again from its own context.
 
+use super::driver::{self, Pass, Ran};
+use super::unwind::{self, Panics, Payload, Wakers};
 use super::window::{self, Log};
 use super::{Mode, Quota, QuotaError, RateLimitError};
 use crate::time::{Timer, When, poll_deadline, reset_deadline};
 use crate::wait_queue::WaitQueue;
-use crate::wake_list::WakeList;
 use std::fmt;
 use std::ops::Deref;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -40,10 +65,6 @@ const QUEUED: u64 = 2;
 /// `ctl`: the low bit of the parameters' sequence number, set while they
 /// are written.
 const WRITING: u64 = 4;
-
-const IDLE: u8 = 0;
-const RUNNING: u8 = 1;
-const NOTIFIED: u8 = 2;
 
 /// Nanoseconds in `d`, saturating.
 #[inline]
@@ -85,12 +106,27 @@ struct State {
     last: u64,
     log: Log,
     queue: Queue,
+    /// The generation of `quota` (a [`KeyedRateLimiter`]'s quota changes
+    /// are numbered, so an older one never overwrites a newer one).
+    ///
+    /// [`KeyedRateLimiter`]: crate::KeyedRateLimiter
+    generation: u64,
 }
 
 impl<T: Timer> Shared<T> {
     /// A limiter for `quota` on `timer`. The bounds are those of the
     /// driver's waker, which may run on any thread.
     pub(crate) fn new(quota: Quota, timer: T) -> Arc<Self>
+    where
+        T: Send + Sync + 'static,
+        T::Sleep: Send + 'static,
+    {
+        Self::with_generation(quota, timer, 0)
+    }
+
+    /// [`new`](Shared::new), with the quota's generation (see
+    /// [`set_quota_at`](Shared::set_quota_at)).
+    pub(crate) fn with_generation(quota: Quota, timer: T, generation: u64) -> Arc<Self>
     where
         T: Send + Sync + 'static,
         T::Sleep: Send + 'static,
@@ -118,9 +154,10 @@ impl<T: Timer> Shared<T> {
                     last: 0,
                     log: Log::default(),
                     queue: WaitQueue::new(),
+                    generation,
                 }),
                 driver: Driver {
-                    flag: AtomicU8::new(IDLE),
+                    flag: driver::Flag::new(),
                     armed: Mutex::new(Armed {
                         when: None,
                         sleep: Box::pin(None),
@@ -372,24 +409,7 @@ impl<T: Timer> Shared<T> {
             "a rate limiter acquire was polled after it completed"
         );
         if let Some((i, ticket)) = waiter.slot {
-            let mut state = self.lock();
-            let outcome = match state.queue.owned_state(i, ticket) {
-                NodeState::Queued => {
-                    let node = &mut state.queue[i];
-                    match &node.waker {
-                        Some(w) if w.will_wake(cx.waker()) => {}
-                        _ => node.waker = Some(cx.waker().clone()),
-                    }
-                    return Poll::Pending;
-                }
-                NodeState::Granted(_) => Ok(()),
-                NodeState::Failed(error) => Err(error),
-                NodeState::Vacant => unreachable!("a waiter's node is freed only by its owner"),
-            };
-            state.queue.vacate(i);
-            waiter.slot = None;
-            waiter.done = true;
-            return Poll::Ready(outcome);
+            return self.poll_queued(waiter, i, ticket, cx);
         }
         let n = waiter.n;
         if n == 0 {
@@ -400,17 +420,22 @@ impl<T: Timer> Shared<T> {
             waiter.done = true;
             return Poll::Ready(Ok(()));
         }
+        // Cloned before locking: no user code runs under the lock.
         let waker = cx.waker().clone();
         let mut state = self.lock();
         let now = self.now_locked(&mut state);
-        if let Err(error) = check_fits(&state.quota, n) {
-            waiter.done = true;
-            return Poll::Ready(Err(error));
-        }
         let first = state.queue.is_empty();
-        if first && self.grant(&mut state, now, n).is_ok() {
+        let settled = match check_fits(&state.quota, n) {
+            Err(error) => Some(Err(error)),
+            Ok(()) if first && self.grant(&mut state, now, n).is_ok() => Some(Ok(())),
+            Ok(()) => None,
+        };
+        if let Some(outcome) = settled {
+            drop(state);
+            // The outcome is this future's even if the waker's drop panics.
             waiter.done = true;
-            return Poll::Ready(Ok(()));
+            drop(waker);
+            return Poll::Ready(outcome);
         }
         waiter.slot = Some(state.queue.push(Node {
             n,
@@ -421,15 +446,66 @@ impl<T: Timer> Shared<T> {
             self.ctl.fetch_or(QUEUED, Ordering::AcqRel);
         }
         drop(state);
-        if first {
-            // The new head: arm the timer for it.
-            self.drive();
+        if first || self.driver.flag.is_stalled() {
+            // The new head: arm the timer for it (or recover a stalled
+            // driver).
+            unwind::resume(self.drive());
         }
         Poll::Pending
     }
 
+    /// Polls a waiter that is in the queue, or was settled there.
+    fn poll_queued(
+        &self,
+        waiter: &mut Waiter,
+        i: usize,
+        ticket: u64,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), RateLimitError>> {
+        // A new waker is cloned with the lock released, then the lock is
+        // taken again (the waiter may have been granted meanwhile).
+        let mut fresh: Option<Waker> = None;
+        loop {
+            let mut state = self.lock();
+            let outcome = match state.queue.owned_state(i, ticket) {
+                NodeState::Queued => {
+                    let node = &mut state.queue[i];
+                    if node.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        drop(state);
+                    } else if let Some(new) = fresh.take() {
+                        let old = node.waker.replace(new);
+                        drop(state);
+                        drop(old); // user code: after unlocking
+                    } else {
+                        drop(state);
+                        fresh = Some(cx.waker().clone());
+                        continue;
+                    }
+                    if self.driver.flag.is_stalled() {
+                        unwind::resume(self.drive());
+                    }
+                    return Poll::Pending;
+                }
+                NodeState::Granted(_) => Ok(()),
+                NodeState::Failed(error) => Err(error),
+                NodeState::Vacant => unreachable!("a waiter's node is freed only by its owner"),
+            };
+            let stale = state.queue.vacate(i);
+            drop(state);
+            waiter.slot = None;
+            waiter.done = true;
+            drop(stale);
+            drop(fresh);
+            return Poll::Ready(outcome);
+        }
+    }
+
     /// A waiter's drop: leaves the queue (the next waiter moves up at once),
     /// or gives back a grant it never saw.
+    ///
+    /// A panic of the user code this runs (its own waker's drop, the wakers
+    /// of the waiters it lets through) propagates after everything is
+    /// settled — or is discarded if the thread is already unwinding.
     fn cancel(&self, waiter: &mut Waiter) {
         let Some((i, ticket)) = waiter.slot.take() else {
             return;
@@ -452,11 +528,14 @@ impl<T: Timer> Shared<T> {
             }
             NodeState::Failed(_) => false,
         };
-        state.queue.vacate(i);
+        let waker = state.queue.vacate(i);
         drop(state);
-        if redrive {
-            self.drive();
+        let mut panics = Panics::default();
+        if redrive || self.driver.flag.is_stalled() {
+            panics.keep(self.drive());
         }
+        panics.catch(|| drop(waker));
+        panics.resume();
     }
 
     pub(crate) fn quota(&self) -> Quota {
@@ -464,9 +543,26 @@ impl<T: Timer> Shared<T> {
     }
 
     pub(crate) fn set_quota(&self, quota: Quota) -> Result<(), QuotaError> {
+        self.set_quota_at(quota, None)
+    }
+
+    /// Sets the quota, unless `generation` is given and not newer than the
+    /// quota's: a keyed limiter numbers its changes, and applies them with
+    /// no lock of its own held, so two changes may arrive out of order.
+    pub(crate) fn set_quota_at(
+        &self,
+        quota: Quota,
+        generation: Option<u64>,
+    ) -> Result<(), QuotaError> {
         let mut state = self.lock();
         if std::mem::discriminant(&quota.mode) != std::mem::discriminant(&state.quota.mode) {
             return Err(QuotaError::ModeChange);
+        }
+        if let Some(generation) = generation {
+            if generation <= state.generation {
+                return Ok(());
+            }
+            state.generation = generation;
         }
         let old = state.quota;
         self.apply(&mut state, quota);
@@ -484,8 +580,8 @@ impl<T: Timer> Shared<T> {
         }
         let waiting = !state.queue.is_empty();
         drop(state);
-        if waiting {
-            self.drive();
+        if waiting || self.driver.flag.is_stalled() {
+            unwind::resume(self.drive());
         }
         Ok(())
     }
@@ -516,48 +612,60 @@ impl<T: Timer> Shared<T> {
     // The driver
     // -----------------------------------------------------------------------
 
-    /// Grants every waiter that is due, then arms the timer for the head.
-    /// Runs on one thread at a time; a call while it runs makes it pass once
-    /// more.
-    fn drive(&self) {
-        let flag = &self.driver.flag;
-        let mut current = flag.load(Ordering::Acquire);
-        loop {
-            let (from, to) = match current {
-                IDLE => (IDLE, RUNNING),
-                RUNNING => (RUNNING, NOTIFIED),
-                _ => return,
-            };
-            match flag.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) if from == IDLE => break,
-                Ok(_) => return, // the running driver passes again
-                Err(actual) => current = actual,
+    /// Grants every waiter that is due and arms the timer for the new head;
+    /// then, with the flag settled and no lock held, wakes the granted
+    /// waiters. Runs on one thread at a time; a call while it runs makes it
+    /// pass once more.
+    ///
+    /// Never unwinds: the first panic of the user code it ran (a waker, the
+    /// timer) is returned, for the caller to propagate or discard. A pass
+    /// that panics stalls the driver and wakes every waiter (see the module
+    /// docs).
+    #[must_use = "the caller propagates or discards the panic"]
+    fn drive(&self) -> Option<Payload> {
+        let mut wakers = Wakers::default();
+        let mut panics = Panics::default();
+        let ran = self.driver.flag.run(|| {
+            match catch_unwind(AssertUnwindSafe(|| self.pass(&mut wakers))) {
+                Ok(true) => Pass::Again,
+                Ok(false) => Pass::Done,
+                Err(payload) => {
+                    panics.keep(Some(payload));
+                    // Still the driver: drop whatever was half armed, so the
+                    // next driver starts from a clean timer.
+                    panics.catch(|| self.disarm());
+                    Pass::Failed
+                }
+            }
+        });
+        if ran == Ran::Stalled {
+            // Nothing is armed: every waiter polls again, and the first to
+            // do so drives from its own task.
+            let mut state = self.lock();
+            let waiting: Vec<usize> = state.queue.iter().collect();
+            for i in waiting {
+                wakers.push(state.queue[i].waker.take());
             }
         }
-        loop {
-            flag.store(RUNNING, Ordering::Release);
-            let (wake, next) = {
-                let mut state = self.lock();
-                let now = self.now_locked(&mut state);
-                self.process(&mut state, now)
-            };
-            wake.wake_all();
-            if self.arm(next) {
-                continue; // already due
-            }
-            if flag
-                .compare_exchange(RUNNING, IDLE, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                return;
-            }
-        }
+        wakers.wake_all(&mut panics);
+        panics.take()
     }
 
-    /// Grants the waiters that are due at `now`, in order. Returns their
-    /// wakers and the head's time, if anyone is left.
-    fn process(&self, state: &mut State, now: u64) -> (WakeList, Option<u64>) {
-        let mut wake = WakeList::default();
+    /// One pass of the driver: grants the waiters that are due (collecting
+    /// their wakers) and arms the timer. `true` when the timer is already
+    /// due (pass again).
+    fn pass(&self, wakers: &mut Wakers) -> bool {
+        let next = {
+            let mut state = self.lock();
+            let now = self.now_locked(&mut state);
+            self.process(&mut state, now, wakers)
+        };
+        self.arm(next)
+    }
+
+    /// Grants the waiters that are due at `now`, in order, moving their
+    /// wakers to `wakers`. Returns the head's time, if anyone is left.
+    fn process(&self, state: &mut State, now: u64, wakers: &mut Wakers) -> Option<u64> {
         let max = state.quota.max_at_once() as u64;
         while let Some(i) = state.queue.head() {
             let n = state.queue[i].n;
@@ -566,16 +674,23 @@ impl<T: Timer> Shared<T> {
             } else {
                 match self.grant(state, now, n) {
                     Ok(grant) => NodeState::Granted(grant),
-                    Err(at) => return (wake, Some(at)),
+                    Err(at) => return Some(at),
                 }
             };
             state.queue.unlink(i);
             let node = &mut state.queue[i];
             node.state = settled;
-            wake.push(node.waker.take());
+            wakers.push(node.waker.take());
         }
         self.ctl.fetch_and(!QUEUED, Ordering::AcqRel);
-        (wake, None)
+        None
+    }
+
+    /// Forgets the armed timer (after a failed pass).
+    fn disarm(&self) {
+        let mut armed = self.driver.armed.lock().unwrap_or_else(|p| p.into_inner());
+        armed.when = None;
+        armed.sleep.set(None);
     }
 
     /// Arms the timer for `next` (drops it when nobody waits). `true` when
@@ -642,10 +757,15 @@ fn check_fits(quota: &Quota, n: u64) -> Result<(), RateLimitError> {
 
 impl<T: Timer> fmt::Debug for Shared<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.lock();
+        // Read, then write with the lock released: the formatter's writer
+        // is user code.
+        let (quota, waiting) = {
+            let state = self.lock();
+            (state.quota, state.queue.len())
+        };
         f.debug_struct("RateLimiter")
-            .field("quota", &state.quota)
-            .field("waiting", &state.queue.len())
+            .field("quota", &quota)
+            .field("waiting", &waiting)
             .finish_non_exhaustive()
     }
 }
@@ -655,8 +775,10 @@ impl<T: Timer> fmt::Debug for Shared<T> {
 // ---------------------------------------------------------------------------
 
 struct Driver<S> {
-    flag: AtomicU8,
-    /// Touched only by the running driver (the mutex is never contended).
+    flag: driver::Flag,
+    /// Touched only by the running driver: the mutex is never contended,
+    /// and timer code run under it that calls back into the limiter finds
+    /// the flag busy and only leaves a note, so it never waits for it.
     armed: Mutex<Armed<S>>,
     /// Runs the driver; holds the limiter weakly, so an armed timer never
     /// keeps a dropped limiter alive.
@@ -679,9 +801,20 @@ where
         self.wake_by_ref();
     }
 
+    /// Run by the timer, on the timer's thread: every panic is caught and
+    /// discarded here (see the module docs), so the thread survives and the
+    /// limiter keeps serving.
     fn wake_by_ref(self: &Arc<Self>) {
-        if let Some(shared) = self.0.upgrade() {
-            shared.drive();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            // The last handle may go here, with whatever its queue holds.
+            if let Some(shared) = self.0.upgrade() {
+                if let Some(payload) = shared.drive() {
+                    unwind::discard(payload);
+                }
+            }
+        }));
+        if let Err(payload) = outcome {
+            unwind::discard(payload);
         }
     }
 }
@@ -772,7 +905,7 @@ type Queue = WaitQueue<Node>;
 
 trait QueueExt {
     fn owned_state(&self, i: usize, ticket: u64) -> NodeState;
-    fn vacate(&mut self, i: usize);
+    fn vacate(&mut self, i: usize) -> Option<Waker>;
 }
 
 impl QueueExt for Queue {
@@ -785,10 +918,11 @@ impl QueueExt for Queue {
         }
     }
 
-    /// Frees an unlinked node's slot.
-    fn vacate(&mut self, i: usize) {
+    /// Frees an unlinked node's slot. Returns its waker, for the caller to
+    /// drop once the lock is released.
+    fn vacate(&mut self, i: usize) -> Option<Waker> {
         self[i].state = NodeState::Vacant;
-        self[i].waker = None;
         self.free(i);
+        self[i].waker.take()
     }
 }
