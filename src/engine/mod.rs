@@ -762,6 +762,36 @@ mod tests {
         assert_eq!(*dropped.borrow(), 3, "each future moved in is dropped once");
     }
 
+    /// A finished child whose destructor panics still gives its slot back
+    /// (it used to leak one slot per occurrence).
+    #[test]
+    fn a_finished_childs_panicking_destructor_releases_its_slot() {
+        struct ReadyThenPanic;
+        impl Future for ReadyThenPanic {
+            type Output = ();
+            fn poll(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+                Poll::Ready(())
+            }
+        }
+        impl Drop for ReadyThenPanic {
+            fn drop(&mut self) {
+                panic!("destructor");
+            }
+        }
+        let mut engine = Engine::new();
+        let first = engine.push(ReadyThenPanic, 0);
+        let mut cx = Context::from_waker(Waker::noop());
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            drain(&mut engine, &mut cx)
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(engine.running(), 0);
+        assert_eq!(engine.free, first, "the slot is on the free list");
+        // And it is the next one taken.
+        assert_eq!(engine.push(ReadyThenPanic, 1), first);
+        std::mem::forget(engine);
+    }
+
     #[test]
     fn growth_keeps_every_child_reachable() {
         let mut engine = Engine::new();

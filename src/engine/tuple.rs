@@ -84,6 +84,21 @@ mod sealed {
 
 /// A tuple of futures that `gather!` can run (sealed: implemented for tuples
 /// of 1 to 16 futures and `()` only).
+///
+/// ```compile_fail,E0277
+/// struct Mine;
+/// impl awaitkit::__private::TupleFutures for Mine {
+///     type Slots = ();
+///     type Output = ();
+///     const LEN: usize = 65;
+///     fn into_slots(self) {}
+///     unsafe fn poll_child(_: &mut (), _: usize, _: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+///         std::task::Poll::Pending
+///     }
+///     fn take_outputs(_: &mut ()) {}
+///     unsafe fn drop_slots(_: *mut ()) {}
+/// }
+/// ```
 #[doc(hidden)]
 pub trait TupleFutures: sealed::Sealed {
     /// The boxed state: a tuple of [`TupleSlot`]s.
