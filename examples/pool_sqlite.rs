@@ -1,4 +1,4 @@
-//! The seed's `use_db_pool` on a real database: a pool of three SQLite
+//! A connection pool on a real database: a pool of three SQLite
 //! connections, three queries at once.
 //!
 //! Run it with `cargo run --example pool_sqlite`. SQLite calls block, so

@@ -14,8 +14,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// Runs `f` over every item with at most `limit` calls in flight, and
-/// resolves to their outputs **in input order** — the seed's
-/// `process_batch`: `asyncio.gather` of every item, each under
+/// resolves to their outputs **in input order** — a batch
+/// processor: `asyncio.gather` of every item, each under
 /// `async with semaphore:`.
 ///
 /// * **Sliding window** (the default): a new item starts as soon as one

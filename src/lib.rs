@@ -29,7 +29,7 @@
 //! | at most N at a time | `asyncio.Semaphore`, `async with sem:` | [`Semaphore`], [`Semaphore::limit`] |
 //! | at most N per period | `RateLimiter(max_calls, period)` | [`RateLimiter`], [`RateLimiter::limit`], [`KeyedRateLimiter`] |
 //! | a pool of connections | `AsyncDatabasePool`, `async with pool.acquire()` | [`Pool`], [`pool::Manager`] |
-//! | many items, at most N at a time, results in order, with progress | the seed's `process_batch` (Semaphore + gather), `tqdm.asyncio` | [`process_batch`] |
+//! | many items, at most N at a time, results in order, with progress | a semaphore-bounded `gather` over the items, `tqdm.asyncio` | [`process_batch`] |
 //! | tasks added while running, first error cancels the rest; background work | `asyncio.TaskGroup`, `create_task` | [`task_group`], [`task_group_local`] |
 //! | find the future that blocks the executor; per-child timings | asyncio debug mode (`slow_callback_duration`) | [`watch()`], [`WatchExt::watch`], [`watch::Report`] |
 //!

@@ -660,7 +660,7 @@ macro_rules! delegate_to_core {
 ///
 /// # Examples
 ///
-/// The seed's background work: two long tasks run while the body does
+/// Background work: two long tasks run while the body does
 /// other work, so the whole takes about as long as the longest, not the sum.
 ///
 /// ```

@@ -48,7 +48,7 @@ pub async fn with_conn<R: Send + 'static>(
     blocking::unblock(move || f(&conn.lock().unwrap_or_else(|p| p.into_inner()))).await
 }
 
-/// The seed's schema: a users table with three rows.
+/// The example schema: a users table with three rows.
 pub async fn create_schema(pool: &awaitkit::Pool<Sqlite>) -> rusqlite::Result<()> {
     let conn = pool.get().await.map_err(|e| match e {
         awaitkit::pool::PoolError::Create(e) => e,
@@ -64,7 +64,7 @@ pub async fn create_schema(pool: &awaitkit::Pool<Sqlite>) -> rusqlite::Result<()
     .await
 }
 
-/// The seed's `use_db_pool` query for one user: (id, name).
+/// The query for one user: (id, name).
 pub async fn fetch_user(pool: &awaitkit::Pool<Sqlite>, id: i64) -> (i64, String) {
     let conn = pool.get().await.expect("a pooled connection");
     with_conn(&conn, move |c| {

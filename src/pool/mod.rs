@@ -1,5 +1,5 @@
 //! `Pool`: an async pool of reusable objects (database connections, clients)
-//! for any executor — the seed's `AsyncDatabasePool`.
+//! for any executor — an async database connection pool.
 //!
 //! A [`Manager`] says how to create an object and how to check one before
 //! it is handed out again; the pool keeps at most `max_size` of them, hands
@@ -211,7 +211,7 @@ pub struct PoolStatus {
 ///
 /// # Examples
 ///
-/// The seed's `use_db_pool`: three queries at once through a pool of three.
+/// A database pool in use: three queries at once through a pool of three.
 ///
 /// ```
 /// use awaitkit::pool::{Manager, Pool};
