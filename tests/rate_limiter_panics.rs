@@ -1029,3 +1029,30 @@ guarded! {
         smol::block_on(hostile_waiter_on(AsyncIoTimer));
     }
 }
+
+guarded! {
+    /// The timer panics while arming for a waiter that is then
+    /// `mem::forget`-ten: nobody will poll it again, so `try_acquire` must
+    /// recover the stalled driver itself (the forgotten grant is wasted, as
+    /// for any forgotten acquire).
+    fn try_acquire_recovers_a_stalled_driver_with_a_forgotten_waiter() {
+        for quota in [window(1, SEC), gcra(1, SEC)] {
+            let (clock, broken, limiter) = flaky(quota);
+            limiter.try_acquire().unwrap();
+            let mut a = limiter.acquire();
+            broken.store(true, Ordering::SeqCst);
+            let polled = panic_of(|| {
+                let _ = poll_once(&mut a, &CountingWaker::new());
+            });
+            assert_eq!(polled.as_deref(), Some("flaky timer"));
+            std::mem::forget(a);
+            broken.store(false, Ordering::SeqCst);
+            assert!(limiter.try_acquire().is_err(), "{quota:?}: the forgotten waiter is first");
+            assert!(clock.next_deadline().is_some(), "{quota:?}: try_acquire re-armed the driver");
+            clock.advance(SEC); // the forgotten waiter's turn (wasted)
+            assert_eq!(limiter.waiting(), 0, "{quota:?}");
+            clock.advance(SEC);
+            assert_eq!(limiter.try_acquire(), Ok(()), "{quota:?}");
+        }
+    }
+}

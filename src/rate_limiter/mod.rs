@@ -367,8 +367,9 @@ impl std::error::Error for RateLimitError {}
 ///   while the thread already unwinds discards it instead of aborting).
 /// * A timer that panics (`TokioTimer` polled outside a tokio runtime)
 ///   propagates from the call that armed it; the limiter then wakes every
-///   waiter, and the first to be polled again re-arms the timer from its
-///   own context.
+///   waiter, and the first to be polled again (or the next acquire,
+///   `try_acquire` that finds waiters, or `set_quota`) re-arms the timer
+///   from its own context.
 ///
 /// A waiter whose waker panicked in `wake` is not woken again for that
 /// grant: its task sees the grant whenever it is next polled, and dropping
@@ -618,6 +619,13 @@ impl<T: Timer> RateLimiter<T> {
     ///
     /// [`RateLimitError::RateLimited`] with how long to wait.
     ///
+    /// # Panics
+    ///
+    /// Only when calls wait and a timer panic has left the limiter's timer
+    /// unarmed: this call then re-arms it, and a panic of the timer or of a
+    /// waker it wakes propagates (see [Panics](RateLimiter#panics)). With
+    /// nobody waiting it runs no user code but the clock.
+    ///
     /// # Examples
     ///
     /// ```
@@ -639,6 +647,10 @@ impl<T: Timer> RateLimiter<T> {
     ///
     /// [`RateLimitError::RateLimited`] with how long to wait (counting the
     /// waiters ahead), or [`RateLimitError::ExceedsQuota`].
+    ///
+    /// # Panics
+    ///
+    /// As for [`try_acquire`](RateLimiter::try_acquire).
     ///
     /// # Examples
     ///

@@ -390,7 +390,14 @@ impl<T: Timer> Shared<T> {
         let now = Self::held(&mut state, raw);
         check_fits(&state.quota, n)?;
         if !state.queue.is_empty() {
-            return Err(limited(now, self.estimate(&state, now, n)));
+            let error = limited(now, self.estimate(&state, now, n));
+            drop(state);
+            if self.driver.flag.is_stalled() {
+                // A timer panic stalled the driver and the waiters may never
+                // poll again (a forgotten acquire): recover here.
+                unwind::resume(self.drive());
+            }
+            return Err(error);
         }
         match self.grant(&mut state, now, n) {
             Ok(_) => Ok(()),
