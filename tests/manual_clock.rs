@@ -10,16 +10,74 @@ use awaitkit::Timer;
 use awaitkit::time::{ManualClock, ManualSleep};
 use common::*;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 use std::time::Duration;
 
 const SEC: Duration = Duration::from_secs(1);
 
 fn poll_with(sleep: &mut ManualSleep, waker: &Waker) -> Poll<()> {
     Pin::new(sleep).poll(&mut Context::from_waker(waker))
+}
+
+/// The hooks of a [`hooked`] waker.
+struct Hooks {
+    on_clone: Box<dyn Fn() + Send + Sync>,
+    on_wake: Box<dyn Fn() + Send + Sync>,
+    wakes: AtomicUsize,
+}
+
+static HOOKED_VTABLE: RawWakerVTable =
+    RawWakerVTable::new(hk_clone, hk_wake, hk_wake_by_ref, hk_drop);
+
+unsafe fn hk_clone(data: *const ()) -> RawWaker {
+    // SAFETY: `data` is a live waker's `Arc<Hooks>`.
+    (unsafe { &*data.cast::<Hooks>() }.on_clone)();
+    // SAFETY: as above; the clone owns the new count (taken after the
+    // hook, so a panicking hook leaks nothing).
+    unsafe { Arc::increment_strong_count(data.cast::<Hooks>()) };
+    RawWaker::new(data, &HOOKED_VTABLE)
+}
+
+unsafe fn hk_wake(data: *const ()) {
+    // SAFETY: the consumed waker's count, given back when `hooks` drops
+    // (also if the hook panics).
+    let hooks = unsafe { Arc::from_raw(data.cast::<Hooks>()) };
+    hooks.wakes.fetch_add(1, Ordering::SeqCst);
+    (hooks.on_wake)();
+}
+
+unsafe fn hk_wake_by_ref(data: *const ()) {
+    // SAFETY: the waker keeps its count.
+    let hooks = unsafe { &*data.cast::<Hooks>() };
+    hooks.wakes.fetch_add(1, Ordering::SeqCst);
+    (hooks.on_wake)();
+}
+
+unsafe fn hk_drop(data: *const ()) {
+    // SAFETY: the waker's own count.
+    drop(unsafe { Arc::from_raw(data.cast::<Hooks>()) });
+}
+
+/// A waker running `on_clone` before every clone and `on_wake` at every
+/// wake (either may panic or use the clock); the `Arc` counts its wakes.
+fn hooked(
+    on_clone: impl Fn() + Send + Sync + 'static,
+    on_wake: impl Fn() + Send + Sync + 'static,
+) -> (Arc<Hooks>, Waker) {
+    let hooks = Arc::new(Hooks {
+        on_clone: Box::new(on_clone),
+        on_wake: Box::new(on_wake),
+        wakes: AtomicUsize::new(0),
+    });
+    let data = Arc::into_raw(hooks.clone()).cast::<()>();
+    // SAFETY: the vtable follows the `RawWaker` contract over one
+    // `Arc<Hooks>` count per waker.
+    let waker = unsafe { Waker::from_raw(RawWaker::new(data, &HOOKED_VTABLE)) };
+    (hooks, waker)
 }
 
 guarded! {
@@ -245,6 +303,93 @@ guarded! {
         assert_eq!(log.take(), [5]);
         assert_eq!(seen.load(Ordering::SeqCst), 2 + 2 + 1 + 1 + 1);
         assert_eq!(clock.sleepers(), 0);
+    }
+
+    /// Issue 14, item 6 (the manual clock's part): re-polling a sleep with
+    /// another waker clones it, which used to happen under the clock's lock;
+    /// a clone that uses the clock deadlocked.
+    fn a_waker_whose_clone_uses_the_clock_cannot_deadlock() {
+        let clock = ManualClock::new();
+        let t0 = clock.now();
+        let old = CountingWaker::new();
+        let mut sleep = clock.sleep_until(t0 + SEC);
+        assert!(poll_once(&mut sleep, &old).is_pending());
+        let c = clock.clone();
+        let (hooks, waker) = hooked(
+            move || {
+                let _ = c.now();
+                let _ = c.sleepers();
+                let _ = c.next_deadline();
+                c.advance(Duration::ZERO);
+            },
+            || {},
+        );
+        assert!(poll_with(&mut sleep, &waker).is_pending());
+        assert_eq!(old.live_clones(), 0, "the replaced waker was dropped");
+        clock.advance(SEC);
+        assert_eq!((hooks.wakes.load(Ordering::SeqCst), old.wakes()), (1, 0));
+        assert!(poll_with(&mut sleep, &waker).is_ready());
+
+        // A clone that moves the clock past the deadline: the same poll
+        // sees the sleep done.
+        let mut sleep = clock.sleep_until(clock.now() + SEC);
+        assert!(poll_once(&mut sleep, &old).is_pending());
+        let c = clock.clone();
+        let (_hooks, waker) = hooked(move || c.advance(SEC), || {});
+        assert!(poll_with(&mut sleep, &waker).is_ready());
+        assert_eq!(old.wakes(), 1, "woken by the advance inside the clone");
+        assert_eq!(clock.sleepers(), 0);
+        assert_eq!(old.live_clones(), 0);
+    }
+
+    /// A clone that panics leaves the registration as it was.
+    fn a_panicking_clone_keeps_the_old_registration() {
+        let clock = ManualClock::new();
+        let old = CountingWaker::new();
+        let mut sleep = clock.sleep_until(clock.now() + SEC);
+        assert!(poll_once(&mut sleep, &old).is_pending());
+        let (_hooks, bad) = hooked(|| panic!("clone panics"), || {});
+        let out = catch_unwind(AssertUnwindSafe(|| poll_with(&mut sleep, &bad)));
+        assert!(out.is_err());
+        assert_eq!(clock.sleepers(), 1);
+        clock.advance(SEC);
+        assert_eq!(old.wakes(), 1);
+        assert!(poll_once(&mut sleep, &old).is_ready());
+        // On a first poll: nothing registered.
+        let mut sleep = clock.sleep_until(clock.now() + SEC);
+        assert!(catch_unwind(AssertUnwindSafe(|| poll_with(&mut sleep, &bad))).is_err());
+        assert_eq!(clock.sleepers(), 0);
+        assert!(poll_once(&mut sleep, &old).is_pending());
+        assert_eq!(clock.sleepers(), 1);
+    }
+
+    /// Issue 14, item 7 (the manual clock's part): a waker that panics when
+    /// `advance` wakes it no longer keeps the other due sleepers asleep.
+    fn a_panicking_waker_does_not_keep_other_due_sleepers_asleep() {
+        let clock = ManualClock::new();
+        let t0 = clock.now();
+        let (bad_hooks, bad) = hooked(|| {}, || panic!("wake panics"));
+        let (w1, w2) = (CountingWaker::new(), CountingWaker::new());
+        let mut a = clock.sleep_until(t0 + SEC);
+        let mut b = clock.sleep_until(t0 + SEC);
+        let mut c = clock.sleep_until(t0 + 2 * SEC);
+        let mut later = clock.sleep_until(t0 + 3 * SEC);
+        assert!(poll_with(&mut a, &bad).is_pending()); // woken first
+        assert!(poll_once(&mut b, &w1).is_pending());
+        assert!(poll_once(&mut c, &w2).is_pending());
+        assert!(poll_once(&mut later, &w2).is_pending());
+        let out = catch_unwind(AssertUnwindSafe(|| clock.advance(2 * SEC)));
+        assert_eq!(panic_message(&*out.unwrap_err()), "wake panics");
+        assert_eq!(bad_hooks.wakes.load(Ordering::SeqCst), 1);
+        assert_eq!((w1.wakes(), w2.wakes()), (1, 1), "a due sleeper was left asleep");
+        assert_eq!(clock.elapsed(), 2 * SEC);
+        assert_eq!(clock.sleepers(), 1);
+        assert!(poll_with(&mut a, &bad).is_ready());
+        assert!(poll_once(&mut b, &w1).is_ready());
+        assert!(poll_once(&mut c, &w2).is_ready());
+        assert!(poll_once(&mut later, &w2).is_pending());
+        clock.advance(SEC);
+        assert!(poll_once(&mut later, &w2).is_ready());
     }
 
     fn a_waker_may_register_a_new_sleep_while_being_woken() {

@@ -1,6 +1,7 @@
 //! `ManualClock`: a timer whose time moves only when a test says so.
 
 use super::Timer;
+use crate::wake_list::WakeList;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
@@ -92,7 +93,9 @@ impl ManualClock {
     /// # Panics
     ///
     /// If the new time cannot be represented by [`Instant`] (for example
-    /// `advance(Duration::MAX)`).
+    /// `advance(Duration::MAX)`); the clock is unchanged then. If a due
+    /// sleeper's waker panics, the time has moved and every other due
+    /// sleeper is still woken; then the first such panic propagates.
     ///
     /// # Examples
     ///
@@ -120,6 +123,10 @@ impl ManualClock {
     /// Moves time forward to `instant` (no change if it is not later than
     /// [`now`](Timer::now)) and wakes the sleepers now due, earliest first.
     ///
+    /// # Panics
+    ///
+    /// If a due sleeper's waker panics, as [`advance`](ManualClock::advance).
+    ///
     /// # Examples
     ///
     /// ```
@@ -141,9 +148,13 @@ impl ManualClock {
             let later = state.sleepers.split_off(&(now, u64::MAX));
             std::mem::replace(&mut state.sleepers, later)
         };
+        // Every due sleeper is woken even if one waker panics (the first
+        // panic propagates afterwards).
+        let mut wake = WakeList::default();
         for waker in due.into_values() {
-            waker.wake();
+            wake.push(Some(waker));
         }
+        wake.wake_all();
     }
 
     /// How far this clock has been advanced since it was created.
@@ -288,24 +299,40 @@ impl Future for ManualSleep {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
-        let mut state = this.clock.lock();
         let key = (this.deadline, this.id);
-        if state.now >= this.deadline {
-            if this.registered {
-                state.sleepers.remove(&key);
-                this.registered = false;
+        // A clone of the task's waker, made outside the lock and only when
+        // the registered one would not wake the task (a clone is user code:
+        // it may use this clock). Declared before the guard, so every return
+        // drops it after unlocking.
+        let mut fresh: Option<Waker> = None;
+        loop {
+            let mut state = this.clock.lock();
+            if state.now >= this.deadline {
+                let stale = if this.registered {
+                    this.registered = false;
+                    state.sleepers.remove(&key)
+                } else {
+                    None
+                };
+                drop(state);
+                drop(stale); // outside the lock
+                return Poll::Ready(());
             }
-            return Poll::Ready(());
+            let current = state.sleepers.get(&key);
+            if current.is_some_and(|w| w.will_wake(cx.waker())) {
+                return Poll::Pending;
+            }
+            let Some(waker) = fresh.take() else {
+                drop(state);
+                fresh = Some(cx.waker().clone());
+                continue; // look again: time may have moved meanwhile
+            };
+            let replaced = state.sleepers.insert(key, waker);
+            this.registered = true;
+            drop(state);
+            drop(replaced); // outside the lock: a waker's drop may use the clock
+            return Poll::Pending;
         }
-        let replaced = match state.sleepers.get_mut(&key) {
-            Some(waker) if waker.will_wake(cx.waker()) => None,
-            Some(waker) => Some(std::mem::replace(waker, cx.waker().clone())),
-            None => state.sleepers.insert(key, cx.waker().clone()),
-        };
-        this.registered = true;
-        drop(state);
-        drop(replaced); // outside the lock: a waker's drop may use the clock
-        Poll::Pending
     }
 }
 
