@@ -1546,8 +1546,8 @@ impl PollSemaphore {
 
     /// One permit, or `Pending` with this task registered in FIFO order
     /// (see the wake contract above); `Ready(None)` once the semaphore is
-    /// closed. The waker is cloned only when it would not wake the one
-    /// registered before (and never under the semaphore's lock).
+    /// closed. The waker is cloned (never under the semaphore's lock) only
+    /// when this handle has no registered waker that wakes the same task.
     ///
     /// # Examples
     ///
