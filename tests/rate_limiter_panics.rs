@@ -834,11 +834,13 @@ guarded! {
                             1 => evil.clone_panics_at = rng.gen_range(1..3),
                             _ => evil.drop_panics_at = rng.gen_range(1..3),
                         }
-                        let evil = evil.into_arc();
+                        // Alternating with a benign twin, so re-polls swap
+                        // wakers (clone the new, drop the old).
+                        let pair = [evil.into_arc(), Evil::default().into_arc()];
                         let polls = rng.gen_range(0..4);
                         let mut a = limiter.acquire();
-                        for _ in 0..polls {
-                            let waker = evil_waker(&evil);
+                        for p in 0..polls {
+                            let waker = evil_waker(&pair[p % 2]);
                             let _ = panic_of(|| {
                                 let _ = poll_with(&mut a, &waker);
                             });
@@ -900,10 +902,10 @@ guarded! {
                             1 => evil.clone_panics_at = rng.gen_range(1..3),
                             _ => evil.drop_panics_at = rng.gen_range(1..3),
                         }
-                        let evil = evil.into_arc();
+                        let pair = [evil.into_arc(), Evil::default().into_arc()];
                         let mut a = keyed.acquire(key);
-                        for _ in 0..rng.gen_range(0..4) {
-                            let waker = evil_waker(&evil);
+                        for p in 0..rng.gen_range(0..4) {
+                            let waker = evil_waker(&pair[p % 2]);
                             let _ = panic_of(|| {
                                 let _ = poll_with(&mut a, &waker);
                             });
@@ -1053,6 +1055,130 @@ guarded! {
             assert_eq!(limiter.waiting(), 0, "{quota:?}");
             clock.advance(SEC);
             assert_eq!(limiter.try_acquire(), Ok(()), "{quota:?}");
+        }
+    }
+}
+
+/// Where [`Fragile`] panics (once armed with [`Fragile::arm`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    SleepUntil = 1,
+    Reset,
+    Poll,
+    Drop,
+}
+
+/// A timer on a `ManualClock` that panics once at the chosen place.
+#[derive(Clone)]
+struct Fragile {
+    clock: ManualClock,
+    fault: Arc<AtomicUsize>,
+}
+
+impl Fragile {
+    fn arm(&self, fault: Fault) {
+        self.fault.store(fault as usize, Ordering::SeqCst);
+    }
+    fn trip(&self, at: Fault) {
+        let armed = self
+            .fault
+            .compare_exchange(at as usize, 0, Ordering::SeqCst, Ordering::SeqCst);
+        assert!(armed.is_err(), "fragile timer: {at:?}");
+    }
+}
+
+struct FragileSleep {
+    inner: ManualSleep,
+    timer: Fragile,
+}
+
+impl Future for FragileSleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.timer.trip(Fault::Poll);
+        Pin::new(&mut self.inner).poll(cx)
+    }
+}
+
+impl Drop for FragileSleep {
+    fn drop(&mut self) {
+        self.timer.trip(Fault::Drop);
+    }
+}
+
+impl Timer for Fragile {
+    type Sleep = FragileSleep;
+    fn now(&self) -> Instant {
+        self.clock.now()
+    }
+    fn sleep_until(&self, deadline: Instant) -> FragileSleep {
+        self.trip(Fault::SleepUntil);
+        FragileSleep {
+            inner: self.clock.sleep_until(deadline),
+            timer: self.clone(),
+        }
+    }
+    fn reset(&self, mut sleep: Pin<&mut FragileSleep>, deadline: Instant) {
+        self.trip(Fault::Reset);
+        self.clock.reset(Pin::new(&mut sleep.inner), deadline)
+    }
+}
+
+guarded! {
+    /// The timer panics once — creating, moving, polling or dropping the
+    /// driver's sleep — while a quota change re-arms it for a waiting head
+    /// (and, for the drop, while the last waiter leaves): the panic
+    /// propagates from that call, the waiters are woken, and all are served
+    /// in order afterwards.
+    fn timer_panicking_anywhere_never_wedges_the_limiter() {
+        for fault in [Fault::SleepUntil, Fault::Reset, Fault::Poll, Fault::Drop] {
+            for quota in [window(1, SEC), gcra(1, SEC)] {
+                let clock = ManualClock::new();
+                let timer = Fragile { clock: clock.clone(), fault: Arc::new(AtomicUsize::new(0)) };
+                let limiter = RateLimiter::with_timer(quota, timer.clone());
+                let what = format!("{fault:?} {quota:?}");
+                limiter.try_acquire().unwrap();
+                let (aw, bw) = (CountingWaker::new(), CountingWaker::new());
+                let (mut a, mut b) = (limiter.acquire(), limiter.acquire());
+                if fault == Fault::SleepUntil {
+                    // The only sleep is created when a's poll first arms.
+                    timer.arm(fault);
+                    let polled = panic_of(|| assert!(poll_once(&mut a, &aw).is_pending()));
+                    assert_eq!(polled.as_deref(), Some("fragile timer: SleepUntil"));
+                } else {
+                    assert!(poll_once(&mut a, &aw).is_pending());
+                }
+                assert!(poll_once(&mut b, &bw).is_pending());
+                // A slower quota moves a's time: the driver re-arms. The
+                // fault trips once, wherever the timer is next used that way
+                // (here, or on the timer's path, or in a poll).
+                timer.arm(fault);
+                if fault == Fault::SleepUntil {
+                    timer.fault.store(0, Ordering::SeqCst);
+                }
+                let changed = panic_of(|| {
+                    let slower = match quota.burst() {
+                        None => window(1, SEC * 2),
+                        Some(_) => gcra(1, SEC * 2),
+                    };
+                    limiter.set_quota(slower).unwrap();
+                });
+                if changed.is_some() {
+                    assert!(aw.wakes() >= 1 && bw.wakes() >= 1, "{what}: the stalled driver woke the waiters");
+                }
+                // Both are served, in order, whoever drives next (here the
+                // waiters, re-polled as their wake-ups ask).
+                let (mut a_done, mut b_done) = (false, false);
+                advance_until(&clock, 20, || {
+                    let _ = panic_of(|| b_done = b_done || poll_once(&mut b, &bw).is_ready());
+                    let _ = panic_of(|| a_done = a_done || poll_once(&mut a, &aw).is_ready());
+                    assert!(a_done || !b_done, "{what}: FIFO");
+                    a_done && b_done
+                });
+                assert_eq!(limiter.waiting(), 0, "{what}");
+                assert_eq!(timer.fault.load(Ordering::SeqCst), 0, "{what}: the fault tripped");
+                advance_until(&clock, 10, || limiter.try_acquire().is_ok());
+            }
         }
     }
 }
