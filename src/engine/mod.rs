@@ -594,6 +594,10 @@ impl<F: Future> Engine<F> {
     }
 }
 
+/// How a settled pass turns a finished child's destructor panic (its
+/// payload) into that child's output.
+pub(crate) type SettleDrop<T> = fn(T, Box<dyn Any + Send>) -> T;
+
 /// Releases a finished child's slot if dropping the child unwinds.
 struct ReleaseOnUnwind<'a, F: Future> {
     engine: &'a mut Engine<F>,
@@ -631,7 +635,7 @@ impl<F: Future> Pass<'_, '_, F> {
     pub(crate) fn next_with<T>(
         &mut self,
         mut poll: impl FnMut(Pin<&mut F>, &mut Context<'_>) -> Poll<T>,
-        catch_drop: Option<fn(T, Box<dyn Any + Send>) -> T>,
+        catch_drop: Option<SettleDrop<T>>,
     ) -> Option<Completed<T>> {
         let engine = &mut *self.engine;
         while let Some((chunk, index)) = engine.cursor.next(&engine.ready) {
