@@ -1182,3 +1182,51 @@ guarded! {
         }
     }
 }
+
+guarded! {
+    /// The waiter is granted while the limiter clones its new waker (the
+    /// clone raises the quota), then the now unneeded clone's drop panics:
+    /// the poll propagates that panic, and the next poll returns the grant
+    /// (not "polled after it completed"); dropping instead gives it back.
+    /// Both on a first poll (behind another waiter) and on a re-poll.
+    fn granted_waiter_whose_waker_drop_panics_still_completes() {
+        for (repoll, then_drop) in [(false, false), (false, true), (true, false), (true, true)] {
+            let what = format!("repoll={repoll} then_drop={then_drop}");
+            let (_clock, limiter) = manual(window(1, SEC));
+            limiter.try_acquire().unwrap();
+            let head_w = CountingWaker::new();
+            let mut head = limiter.acquire();
+            assert!(poll_once(&mut head, &head_w).is_pending());
+            let raise = {
+                let limiter = limiter.clone();
+                move || limiter.set_quota(window(3, SEC)).unwrap()
+            };
+            let evil = Evil {
+                on_clone: Some(Box::new(raise)),
+                drop_panics_at: 1,
+                ..Evil::default()
+            }
+            .into_arc();
+            let mut a = limiter.acquire();
+            if repoll {
+                assert!(poll_once(&mut a, &CountingWaker::new()).is_pending());
+            }
+            let waker = evil_waker(&evil);
+            let polled = panic_of(|| {
+                let _ = poll_with(&mut a, &waker);
+            });
+            assert_eq!(polled.as_deref(), Some("assertion `left != right` failed: evil drop #1\n  left: 1\n right: 1"), "{what}");
+            assert_eq!(head_w.wakes(), 1, "{what}");
+            assert!(poll_once(&mut head, &head_w).is_ready(), "{what}");
+            if then_drop {
+                drop(a);
+                // a's grant came back: 3 calls in this window, 2 taken.
+                assert_eq!(limiter.try_acquire(), Ok(()), "{what}");
+            } else {
+                assert_eq!(poll_with(&mut a, &waker), Poll::Ready(()), "{what}");
+            }
+            assert!(limiter.try_acquire().is_err(), "{what}");
+            assert_eq!(limiter.waiting(), 0, "{what}");
+        }
+    }
+}

@@ -415,6 +415,9 @@ impl<T: Timer> Shared<T> {
             !waiter.done,
             "a rate limiter acquire was polled after it completed"
         );
+        if waiter.unseen.is_some() {
+            return waiter.finish();
+        }
         if let Some((i, ticket)) = waiter.slot {
             return self.poll_queued(waiter, i, ticket, cx);
         }
@@ -427,32 +430,41 @@ impl<T: Timer> Shared<T> {
             waiter.done = true;
             return Poll::Ready(Ok(()));
         }
-        // Cloned before locking: no user code runs under the lock.
-        let waker = cx.waker().clone();
-        let mut state = self.lock();
-        let now = self.now_locked(&mut state);
-        let first = state.queue.is_empty();
-        let settled = match check_fits(&state.quota, n) {
-            Err(error) => Some(Err(error)),
-            Ok(()) if first && self.grant(&mut state, now, n).is_ok() => Some(Ok(())),
-            Ok(()) => None,
+        // A waker is cloned only to wait, with the lock released; then the
+        // lock is taken again and everything is looked at afresh.
+        let mut fresh: Option<Waker> = None;
+        let first = loop {
+            let mut state = self.lock();
+            let now = self.now_locked(&mut state);
+            let first = state.queue.is_empty();
+            let settled = match check_fits(&state.quota, n) {
+                Err(error) => Some(NodeState::Failed(error)),
+                Ok(()) if first => self.grant(&mut state, now, n).ok().map(NodeState::Granted),
+                Ok(()) => None,
+            };
+            if let Some(settled) = settled {
+                drop(state);
+                waiter.unseen = Some(settled);
+                // User code: if it panics, the next poll still returns the
+                // outcome, and a drop gives the grant back.
+                drop(fresh);
+                return waiter.finish();
+            }
+            let Some(waker) = fresh.take() else {
+                drop(state);
+                fresh = Some(cx.waker().clone());
+                continue;
+            };
+            waiter.slot = Some(state.queue.push(Node {
+                n,
+                waker: Some(waker),
+                state: NodeState::Queued,
+            }));
+            if first {
+                self.ctl.fetch_or(QUEUED, Ordering::AcqRel);
+            }
+            break first;
         };
-        if let Some(outcome) = settled {
-            drop(state);
-            // The outcome is this future's even if the waker's drop panics.
-            waiter.done = true;
-            drop(waker);
-            return Poll::Ready(outcome);
-        }
-        waiter.slot = Some(state.queue.push(Node {
-            n,
-            waker: Some(waker),
-            state: NodeState::Queued,
-        }));
-        if first {
-            self.ctl.fetch_or(QUEUED, Ordering::AcqRel);
-        }
-        drop(state);
         if first || self.driver.flag.is_stalled() {
             // The new head: arm the timer for it (or recover a stalled
             // driver).
@@ -474,7 +486,7 @@ impl<T: Timer> Shared<T> {
         let mut fresh: Option<Waker> = None;
         loop {
             let mut state = self.lock();
-            let outcome = match state.queue.owned_state(i, ticket) {
+            let settled = match state.queue.owned_state(i, ticket) {
                 NodeState::Queued => {
                     let node = &mut state.queue[i];
                     if node.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -493,17 +505,17 @@ impl<T: Timer> Shared<T> {
                     }
                     return Poll::Pending;
                 }
-                NodeState::Granted(_) => Ok(()),
-                NodeState::Failed(error) => Err(error),
                 NodeState::Vacant => unreachable!("a waiter's node is freed only by its owner"),
+                settled => settled,
             };
             let stale = state.queue.vacate(i);
             drop(state);
             waiter.slot = None;
-            waiter.done = true;
-            drop(stale);
-            drop(fresh);
-            return Poll::Ready(outcome);
+            waiter.unseen = Some(settled);
+            // User code: if it panics, the next poll still returns the
+            // outcome, and a drop gives the grant back.
+            drop((stale, fresh));
+            return waiter.finish();
         }
     }
 
@@ -514,6 +526,17 @@ impl<T: Timer> Shared<T> {
     /// of the waiters it lets through) propagates after everything is
     /// settled — or is discarded if the thread is already unwinding.
     fn cancel(&self, waiter: &mut Waiter) {
+        if let Some(NodeState::Granted(grant)) = waiter.unseen.take() {
+            // Settled out of the queue, never returned: give it back.
+            let mut state = self.lock();
+            self.unrecord(&mut state, grant, waiter.n);
+            let redrive = !state.queue.is_empty();
+            drop(state);
+            if redrive || self.driver.flag.is_stalled() {
+                unwind::resume(self.drive());
+            }
+            return;
+        }
         let Some((i, ticket)) = waiter.slot.take() else {
             return;
         };
@@ -871,6 +894,10 @@ impl<T: Timer, S: Deref<Target = Shared<T>>> fmt::Debug for Acquisition<T, S> {
 struct Waiter {
     n: u64,
     slot: Option<(usize, u64)>,
+    /// Settled, but not yet returned: the poll that settled it still had a
+    /// waker to drop, and that drop panicked. The next poll returns it; a
+    /// drop gives the grant back.
+    unseen: Option<NodeState>,
     done: bool,
 }
 
@@ -879,8 +906,20 @@ impl Waiter {
         Waiter {
             n: n as u64,
             slot: None,
+            unseen: None,
             done: false,
         }
+    }
+
+    /// Returns the settled outcome kept in `unseen`.
+    fn finish(&mut self) -> Poll<Result<(), RateLimitError>> {
+        let outcome = match self.unseen.take() {
+            Some(NodeState::Granted(_)) => Ok(()),
+            Some(NodeState::Failed(error)) => Err(error),
+            _ => unreachable!("finish follows a settled outcome"),
+        };
+        self.done = true;
+        Poll::Ready(outcome)
     }
 }
 
