@@ -28,10 +28,10 @@ const MIN_SWEEP: usize = 64;
 /// stays within about twice the keys in recent use;
 /// [`evict_idle`](KeyedRateLimiter::evict_idle) sweeps on demand.
 ///
-/// The key map's lock is held only to look a key up or insert it: wakers,
-/// the timer, new limiters and evicted keys are built, woken and dropped
-/// with it released. The key type's `Hash` and `Eq` do run under it, so
-/// they must not call back into the same `KeyedRateLimiter`.
+/// The key map's lock is held only to look keys up, insert and remove them:
+/// wakers, the timer, and the keys' limiters are built, woken and dropped
+/// with it released. The key type's `Hash`, `Eq` and `Drop` do run under
+/// it, so they must not call back into the same `KeyedRateLimiter`.
 ///
 /// # Panics
 ///
@@ -143,9 +143,9 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     }
 
     /// The limiter of `key`, created on first use (sweeping idle keys when
-    /// the map has doubled). A new limiter is built, and evicted keys are
-    /// dropped, with the map's lock released (the timer's `clone` and the
-    /// keys' and limiters' drops are user code).
+    /// the map has doubled). A new limiter is built, and evicted ones are
+    /// dropped, with the map's lock released (the timer's `clone`, a
+    /// limiter's drop and a spare key's drop are user code).
     fn limiter(&self, key: K) -> Arc<Shared<T>>
     where
         T: Clone + Send + Sync + 'static,
@@ -180,19 +180,18 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
         fresh
     }
 
-    /// Takes the idle keys out of the map, into `evicted` (to drop once the
-    /// lock is released).
-    fn sweep(keys: &mut Keys<K, T>, evicted: &mut Vec<(K, Arc<Shared<T>>)>) -> usize {
+    /// Drops the idle keys from the map; their limiters go to `evicted`,
+    /// to drop once the lock is released. (`retain`, not a rebuild: no
+    /// key is hashed again.)
+    fn sweep(keys: &mut Keys<K, T>, evicted: &mut Vec<Arc<Shared<T>>>) -> usize {
         let before = keys.map.len();
-        let old = std::mem::take(&mut keys.map);
-        keys.map.reserve(old.len());
-        for (key, shared) in old {
-            if Arc::strong_count(&shared) > 1 || !shared.is_idle() {
-                keys.map.insert(key, shared);
-            } else {
-                evicted.push((key, shared));
+        keys.map.retain(|_, shared| {
+            let keep = Arc::strong_count(shared) > 1 || !shared.is_idle();
+            if !keep {
+                evicted.push(Arc::clone(shared));
             }
-        }
+            keep
+        });
         keys.sweep_at = (keys.map.len() * 2).max(MIN_SWEEP);
         before - keys.map.len()
     }
