@@ -11,9 +11,12 @@
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 
+/// A caught panic's payload.
+pub(crate) type Payload = Box<dyn Any + Send>;
+
 /// The first panic caught so far.
 #[derive(Default)]
-pub(crate) struct Panics(Option<Box<dyn Any + Send>>);
+pub(crate) struct Panics(Option<Payload>);
 
 impl std::fmt::Debug for Panics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -26,12 +29,15 @@ impl Panics {
     #[inline]
     pub(crate) fn catch(&mut self, f: impl FnOnce()) {
         if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
-            self.keep(payload);
+            self.keep(Some(payload));
         }
     }
 
+    /// Keeps `payload` (a panic caught elsewhere) if it is the first one;
+    /// discards it otherwise.
     #[cold]
-    fn keep(&mut self, payload: Box<dyn Any + Send>) {
+    pub(crate) fn keep(&mut self, payload: Option<Payload>) {
+        let Some(payload) = payload else { return };
         if self.0.is_none() {
             self.0 = Some(payload);
         } else {
@@ -39,18 +45,29 @@ impl Panics {
         }
     }
 
-    /// Propagates the first panic caught, if any. While the thread is
-    /// already unwinding (the pieces ran in a destructor called during
-    /// another panic), a second panic would abort the process: the payload
-    /// is discarded instead and the panic under way goes on.
+    /// The first panic, for the caller to propagate or discard later.
+    pub(crate) fn take(self) -> Option<Payload> {
+        self.0
+    }
+
+    /// Propagates the first panic caught, if any (see [`resume`]).
     #[inline]
     pub(crate) fn resume(self) {
-        if let Some(payload) = self.0 {
-            if std::thread::panicking() {
-                discard(payload);
-            } else {
-                resume_unwind(payload);
-            }
+        resume(self.0);
+    }
+}
+
+/// Propagates `payload`, if any. While the thread is already unwinding (the
+/// user code ran in a destructor called during another panic), a second
+/// panic would abort the process: the payload is discarded instead and the
+/// panic under way goes on.
+#[inline]
+pub(crate) fn resume(payload: Option<Payload>) {
+    if let Some(payload) = payload {
+        if std::thread::panicking() {
+            discard(payload);
+        } else {
+            resume_unwind(payload);
         }
     }
 }
@@ -66,7 +83,7 @@ pub(crate) fn contain(f: impl FnOnce()) {
 /// Drops a panic payload nobody will see; a payload whose own destructor
 /// panics is leaked instead (that second panic must not abort the process).
 #[cold]
-pub(crate) fn discard(payload: Box<dyn Any + Send>) {
+pub(crate) fn discard(payload: Payload) {
     if let Err(again) = catch_unwind(AssertUnwindSafe(|| drop(payload))) {
         std::mem::forget(again);
     }

@@ -13,11 +13,8 @@
 //! be handed over too ([`discard`](WakeList::discard)): they are dropped
 //! after the wakes, under the same containment.
 
-use std::any::Any;
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use crate::unwind::Panics;
 use std::task::Waker;
-
-type Payload = Box<dyn Any + Send + 'static>;
 
 #[derive(Debug, Default)]
 pub(crate) struct WakeList {
@@ -54,30 +51,29 @@ impl WakeList {
     /// unless this thread is already unwinding, in which case it is dropped
     /// (a second panic would abort).
     pub(crate) fn wake_all(mut self) {
-        self.run();
+        let mut panics = Panics::default();
+        self.run(&mut panics);
+        panics.resume();
     }
 
-    fn run(&mut self) {
-        let mut first_panic: Option<Payload> = None;
+    /// [`WakeList::wake_all`], keeping the first panic in `panics` for the
+    /// caller to propagate or discard (the rate limiter's timer path
+    /// discards it: that thread must survive).
+    pub(crate) fn wake_all_into(mut self, panics: &mut Panics) {
+        self.run(panics);
+    }
+
+    fn run(&mut self, panics: &mut Panics) {
+        // A waker that panics in `wake` is not dropped again: `wake`
+        // consumed it.
         if let Some(waker) = self.first.take() {
-            contain(&mut first_panic, move || waker.wake());
+            panics.catch(move || waker.wake());
         }
-        if !self.rest.is_empty() {
-            for waker in std::mem::take(&mut self.rest) {
-                contain(&mut first_panic, move || waker.wake());
-            }
+        for waker in std::mem::take(&mut self.rest) {
+            panics.catch(move || waker.wake());
         }
-        if !self.discarded.is_empty() {
-            for waker in std::mem::take(&mut self.discarded) {
-                contain(&mut first_panic, move || drop(waker));
-            }
-        }
-        if let Some(payload) = first_panic {
-            if std::thread::panicking() {
-                drop_payload(payload);
-            } else {
-                resume_unwind(payload);
-            }
+        for waker in std::mem::take(&mut self.discarded) {
+            panics.catch(move || drop(waker));
         }
     }
 }
@@ -89,28 +85,10 @@ impl Drop for WakeList {
     /// the guard is released.
     fn drop(&mut self) {
         if self.first.is_some() || !self.rest.is_empty() || !self.discarded.is_empty() {
-            self.run();
+            let mut panics = Panics::default();
+            self.run(&mut panics);
+            panics.resume();
         }
-    }
-}
-
-/// Runs `f`, keeping its panic as the first one, or dropping it (contained)
-/// if there already is one.
-fn contain(first_panic: &mut Option<Payload>, f: impl FnOnce()) {
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
-        if first_panic.is_none() {
-            *first_panic = Some(payload);
-        } else {
-            drop_payload(payload);
-        }
-    }
-}
-
-/// Drops a panic payload whose own `Drop` may panic: that second payload is
-/// leaked rather than dropped (it could panic again, forever).
-fn drop_payload(payload: Payload) {
-    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
-        std::mem::forget(again);
     }
 }
 
@@ -177,7 +155,7 @@ mod tests {
         })
     }
 
-    fn message(payload: &Payload) -> &str {
+    fn message(payload: &crate::unwind::Payload) -> &str {
         payload
             .downcast_ref::<String>()
             .map(String::as_str)

@@ -2,7 +2,7 @@
 //! keys evicted so memory follows the keys in use.
 
 use super::shared::{Acquisition, Shared};
-use super::unwind::Panics;
+use crate::unwind::Panics;
 use super::{Quota, QuotaError, RateLimitError};
 use crate::time::{DefaultTimer, Timer};
 use std::collections::HashMap;

@@ -21,7 +21,6 @@ mod driver;
 mod driver_loom;
 mod keyed;
 mod shared;
-mod unwind;
 mod window;
 
 pub use keyed::{KeyedAcquire, KeyedAcquireN, KeyedRateLimiter};

@@ -44,7 +44,8 @@
 //! `set_quota`) drives again from its own context.
 
 use super::driver::{self, Pass, Ran};
-use super::unwind::{self, Panics, Payload, Wakers};
+use crate::unwind::{self, Panics, Payload};
+use crate::wake_list::WakeList as Wakers;
 use super::window::{self, Log};
 use super::{Mode, Quota, QuotaError, RateLimitError};
 use crate::time::{Timer, When, poll_deadline, reset_deadline};
@@ -677,7 +678,7 @@ impl<T: Timer> Shared<T> {
                 wakers.push(state.queue[i].waker.take());
             }
         }
-        wakers.wake_all(&mut panics);
+        wakers.wake_all_into(&mut panics);
         panics.take()
     }
 
