@@ -376,7 +376,7 @@ impl std::error::Error for RateLimitError {}
 ///
 /// # Rate and concurrency together
 ///
-/// The seed's "at most R per period *and* at most C at a time": take the
+/// "At most R per period *and* at most C at a time": take the
 /// [`Semaphore`](crate::Semaphore) permit first, then the rate grant, so the
 /// call starts right after its grant.
 ///
