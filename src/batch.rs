@@ -909,11 +909,13 @@ where
         cx: &mut Context<'_>,
         failed: fn(&Fut::Output) -> bool,
     ) -> Poll<Option<Fut::Output>> {
-        assert!(!self.core.finished, "`Batch` polled after completion");
+        // The panic check first: a destructor run after completion was
+        // recorded (fail-fast) may be what unwound.
         assert!(
             !self.core.poisoned,
             "`Batch` polled after a panic in one of its futures or callbacks"
         );
+        assert!(!self.core.finished, "`Batch` polled after completion");
         self.core.poisoned = true;
         let out = self.poll_batch(cx, failed);
         self.core.poisoned = false;

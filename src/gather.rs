@@ -86,7 +86,7 @@ impl<F: Future> Future for Gather<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        assert!(!this.finished, "`Gather` polled after completion");
+        crate::poison::assert_live(this.poisoned, this.finished, "Gather");
         crate::poison::guarded(&mut this.poisoned, "Gather", || {
             let mut pass = this.engine.pass(cx);
             while let Some(done) = pass.next() {
@@ -184,7 +184,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        assert!(!this.finished, "`TryGather` polled after completion");
+        crate::poison::assert_live(this.poisoned, this.finished, "TryGather");
         crate::poison::guarded(&mut this.poisoned, "TryGather", || {
             let mut pass = this.engine.pass(cx);
             while let Some(done) = pass.next() {
@@ -385,7 +385,7 @@ impl<F: Future> Future for GatherSettled<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        assert!(!this.finished, "`GatherSettled` polled after completion");
+        crate::poison::assert_live(this.poisoned, this.finished, "GatherSettled");
         crate::poison::guarded(&mut this.poisoned, "GatherSettled", || {
             if this.outputs.is_empty() {
                 this.outputs.resize_with(this.engine.running(), || None);

@@ -18,3 +18,17 @@ pub(crate) fn guarded<T>(poisoned: &mut bool, what: &str, poll: impl FnOnce() ->
     *poisoned = false;
     out
 }
+
+/// Refuses a poll of a future that completed — or, first, of one that a
+/// panic unwound through: such a panic may have come after completion was
+/// recorded (a destructor run on the way out), so "after a panic" is the
+/// true story then.
+#[inline]
+#[track_caller]
+pub(crate) fn assert_live(poisoned: bool, finished: bool, what: &str) {
+    assert!(
+        !poisoned,
+        "`{what}` polled after a panic in one of its futures"
+    );
+    assert!(!finished, "`{what}` polled after completion");
+}

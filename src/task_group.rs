@@ -463,12 +463,8 @@ where
     C: Future<Output = Result<(), E>>,
 {
     fn poll(&mut self, cx: &mut Context<'_>, what: &str) -> Poll<Result<R, E>> {
-        assert!(!self.finished, "`{what}` polled after completion");
         // `crate::poison::guarded`, inlined to borrow the rest of `self`.
-        assert!(
-            !self.poisoned,
-            "`{what}` polled after a panic in one of its futures"
-        );
+        crate::poison::assert_live(self.poisoned, self.finished, what);
         self.poisoned = true;
         let out = self.poll_once(cx);
         self.poisoned = false;

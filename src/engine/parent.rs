@@ -187,6 +187,15 @@ impl ParentWaker {
         }
     }
 
+    /// Takes the registered waker out, with exclusive access (the chunk
+    /// holding it is being freed: no waker or owner can reach it).
+    pub(crate) fn take_exclusive(&mut self) -> Option<Waker> {
+        self.waker.with_mut(|slot| {
+            // SAFETY: `&mut self`: nobody else can access the slot.
+            unsafe { &mut *slot }.take()
+        })
+    }
+
     /// Takes the registered waker out if the slot is free.
     ///
     /// # Safety

@@ -262,10 +262,27 @@ unsafe fn waker_clone(data: *const ()) -> RawWaker {
 }
 
 unsafe fn waker_wake(data: *const ()) {
-    // SAFETY: forwarded caller contract; the owned waker is dropped after.
-    unsafe {
-        waker_wake_by_ref(data);
-        waker_drop(data);
+    /// Gives the owned waker's reference back even if the wake unwinds (a
+    /// parent waker that panics), so the chunk is not leaked.
+    struct Owned(*const ());
+    impl Drop for Owned {
+        fn drop(&mut self) {
+            // SAFETY: the waker being consumed owned this reference.
+            unsafe { waker_drop(self.0) }
+        }
+    }
+    let owned = Owned(data);
+    // SAFETY: forwarded caller contract; `owned` keeps the chunk alive.
+    unsafe { waker_wake_by_ref(owned.0) };
+}
+
+/// Drops a waker taken out of a parent slot once nothing is held; during an
+/// unwind already under way its panic is discarded instead of aborting.
+fn drop_user_waker(waker: Option<Waker>) {
+    if waker.is_some() {
+        let mut panics = crate::unwind::Panics::default();
+        panics.catch(|| drop(waker));
+        panics.resume();
     }
 }
 
@@ -422,11 +439,15 @@ impl Chunk {
                 ptr::drop_in_place(ptr::slice_from_raw_parts_mut(h.clones.as_ptr(), cap));
             }
             ptr::drop_in_place(ptr::slice_from_raw_parts_mut(h.words.as_ptr(), total));
+            // The parent's waker is user code: take it out, free the chunk,
+            // then drop it, so a panicking drop cannot leak the chunk.
+            let parent = (*header.as_ptr()).parent.take_exclusive();
             ptr::drop_in_place(header.as_ptr());
             dealloc(header.as_ptr().cast(), layout);
+            #[cfg(all(test, awaitkit_loom))]
+            LIVE_CHUNKS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            drop_user_waker(parent);
         }
-        #[cfg(all(test, awaitkit_loom))]
-        LIVE_CHUNKS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -743,14 +764,19 @@ impl Drop for ReadySet {
         // the only reference, the root is freed right below anyway).
         // SAFETY: the owner still holds its reference on the root.
         let root_header = unsafe { root.as_ref() };
-        if root_header.refs.load(Ordering::Relaxed) > 1 {
+        let parent = if root_header.refs.load(Ordering::Relaxed) > 1 {
             // SAFETY: the owner is dropping its handle (`&mut self`): no
             // registration can run concurrently.
-            drop(unsafe { root_header.parent.take() });
-        }
+            unsafe { root_header.parent.take() }
+        } else {
+            None
+        };
         for &chunk in self.more.iter().chain([&root]) {
             // SAFETY: the owner holds one reference on each chunk.
             unsafe { release(chunk) };
         }
+        // Dropped last: user code, which may panic, runs once every
+        // reference is released.
+        drop_user_waker(parent);
     }
 }

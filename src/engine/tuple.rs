@@ -311,12 +311,8 @@ impl<T: TupleFutures> TupleCore<T> {
         done: impl FnMut(&mut T::Slots, usize) -> Result<(), E>,
         finish: impl FnOnce(&mut T::Slots) -> O,
     ) -> Poll<Result<O, E>> {
-        assert!(!self.finished, "`{what}` polled after completion");
         // Like `crate::poison::guarded`, around a method call.
-        assert!(
-            !self.poisoned,
-            "`{what}` polled after a panic in one of its futures"
-        );
+        crate::poison::assert_live(self.poisoned, self.finished, what);
         self.poisoned = true;
         let out = self.poll_inner(cx, done, finish);
         self.poisoned = false;
