@@ -14,6 +14,8 @@
 
 #![allow(dead_code, unused_macros)]
 
+pub(crate) mod faults;
+
 use futures::channel::oneshot;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
