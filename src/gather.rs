@@ -416,6 +416,17 @@ impl<F: Future> Future for GatherSettled<F> {
     }
 }
 
+impl<F: Future> Drop for GatherSettled<F> {
+    fn drop(&mut self) {
+        // Children and collected outcomes are all user code to drop: each
+        // on its own (a second panic while the first unwinds would abort).
+        let mut panics = crate::unwind::Panics::default();
+        panics.catch(|| self.engine.clear());
+        panics.drop_all(std::mem::take(&mut self.outputs));
+        panics.resume();
+    }
+}
+
 /// The outcome of a settled child whose destructor panicked after it
 /// finished: the first panic wins (a panic in `poll` stays; otherwise the
 /// destructor's replaces the output, which is dropped, its own panic

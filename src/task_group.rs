@@ -441,9 +441,7 @@ impl<Fut: Future, E, C: Future<Output = Result<(), E>>> Core<Fut, E, C> {
         let body = self.body.take();
         panics.catch(|| drop(body));
         panics.catch(|| self.tasks.clear());
-        for task in queued {
-            panics.catch(|| drop(task));
-        }
+        panics.drop_all(queued);
         panics.resume();
     }
 
@@ -534,10 +532,18 @@ impl<Fut: Future, E, C: Future<Output = Result<(), E>>> Drop for Core<Fut, E, C>
     fn drop(&mut self) {
         // The queue lives in `Shared`, which scopes (held by escaped tasks or
         // bodies) may keep alive: drop its tasks now, with the rest.
+        // Everything the group holds is user code to drop: each goes on its
+        // own, so one panicking destructor leaves none of the others (a
+        // second panic while the first unwinds would abort).
         let mut panics = Panics::default();
-        for task in self.shared.close() {
-            panics.catch(|| drop(task));
-        }
+        panics.drop_all(self.shared.close());
+        let body = self.body.take();
+        panics.catch(move || drop(body));
+        panics.catch(|| self.tasks.clear());
+        let output = self.output.take();
+        panics.catch(move || drop(output));
+        let error = self.first_error.take();
+        panics.catch(move || drop(error));
         panics.resume();
     }
 }

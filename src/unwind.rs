@@ -33,6 +33,14 @@ impl Panics {
         }
     }
 
+    /// Drops every item, each under [`Panics::catch`] (a `Vec`'s own drop
+    /// aborts the process on a second panic).
+    pub(crate) fn drop_all<T>(&mut self, items: impl IntoIterator<Item = T>) {
+        for item in items {
+            self.catch(move || drop(item));
+        }
+    }
+
     /// Keeps `payload` (a panic caught elsewhere) if it is the first one;
     /// discards it otherwise.
     #[cold]
@@ -68,6 +76,29 @@ pub(crate) fn resume(payload: Option<Payload>) {
             discard(payload);
         } else {
             resume_unwind(payload);
+        }
+    }
+}
+
+/// A `Vec` of user values whose drop drops each on its own: every element
+/// is dropped even if several destructors panic, then the first panic
+/// propagates (or is discarded while another one unwinds). A plain `Vec`
+/// aborts the process on a second panic.
+#[derive(Debug)]
+pub(crate) struct DropEach<T>(pub(crate) Vec<T>);
+
+impl<T> Default for DropEach<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<T> Drop for DropEach<T> {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            let mut panics = Panics::default();
+            panics.drop_all(std::mem::take(&mut self.0));
+            panics.resume();
         }
     }
 }

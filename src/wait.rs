@@ -5,6 +5,7 @@
 
 use crate::as_completed::{AsCompleted, as_completed};
 use crate::time::{BoxedDeadline, DefaultTimer, Timer, When};
+use crate::unwind::DropEach;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
@@ -280,7 +281,7 @@ impl<F: Future> AsCompleted<F> {
             set: Some(self),
             when,
             is_error: |_| false,
-            done: Vec::new(),
+            done: DropEach::default(),
             deadline: BoxedDeadline::new(DefaultTimer::default(), None),
             poisoned: false,
         }
@@ -306,7 +307,7 @@ impl<F: Future> AsCompleted<F> {
             set: Some(self),
             when,
             is_error: Result::is_err,
-            done: Vec::new(),
+            done: DropEach::default(),
             deadline: BoxedDeadline::new(DefaultTimer::default(), None),
             poisoned: false,
         }
@@ -332,7 +333,8 @@ pub struct Wait<F: Future, T: Timer = DefaultTimer> {
     set: Option<AsCompleted<F>>,
     when: ReturnWhen,
     is_error: fn(&F::Output) -> bool,
-    done: Vec<(usize, F::Output)>,
+    /// Dropped one by one: see [`DropEach`].
+    done: DropEach<(usize, F::Output)>,
     deadline: BoxedDeadline<T>,
     poisoned: bool,
 }
@@ -448,14 +450,14 @@ impl<F: Future, T: Timer> Future for Wait<F, T> {
             while let Some(done) = pass.next() {
                 pass.engine().release_slot(done.slot);
                 failed = this.when == ReturnWhen::FirstError && (this.is_error)(&done.output);
-                this.done.push((done.key, done.output));
+                this.done.0.push((done.key, done.output));
                 if failed {
                     break;
                 }
             }
             let ready = set.is_empty()
                 || failed
-                || (this.when == ReturnWhen::FirstCompleted && !this.done.is_empty());
+                || (this.when == ReturnWhen::FirstCompleted && !this.done.0.is_empty());
             // Children first: one finishing at the deadline counts as done.
             let timed_out = !ready && this.deadline.poll(cx).is_ready();
             if !ready && !timed_out {
@@ -464,7 +466,7 @@ impl<F: Future, T: Timer> Future for Wait<F, T> {
             let pending = this.set.take().expect("checked above");
             this.deadline.restart(None); // release the timer now
             Poll::Ready(WaitOutcome {
-                done: std::mem::take(&mut this.done),
+                done: std::mem::take(&mut this.done.0),
                 pending,
                 timed_out,
             })
@@ -476,7 +478,7 @@ impl<F: Future, T: Timer> fmt::Debug for Wait<F, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Wait")
             .field("when", &self.when)
-            .field("done", &self.done.len())
+            .field("done", &self.done.0.len())
             .field("set", &self.set)
             .field("deadline", &self.deadline)
             .finish()

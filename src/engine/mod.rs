@@ -598,6 +598,18 @@ impl<F: Future> Engine<F> {
 /// payload) into that child's output.
 pub(crate) type SettleDrop<T> = fn(T, Box<dyn Any + Send>) -> T;
 
+/// Holds a finished child's output while the child is dropped; drops it,
+/// with its panic contained, if that unwinds.
+struct OutputOnUnwind<T>(Option<T>);
+
+impl<T> Drop for OutputOnUnwind<T> {
+    fn drop(&mut self) {
+        if let Some(output) = self.0.take() {
+            crate::unwind::contain(move || drop(output));
+        }
+    }
+}
+
 /// Releases a finished child's slot if dropping the child unwinds.
 struct ReleaseOnUnwind<'a, F: Future> {
     engine: &'a mut Engine<F>,
@@ -670,8 +682,12 @@ impl<F: Future> Pass<'_, '_, F> {
                 let release = ReleaseOnUnwind { engine, id };
                 let output = match catch_drop {
                     None => {
+                        // If the child's destructor panics, the output is
+                        // dropped while unwinding: contained, since a second
+                        // panic then would abort.
+                        let mut output = OutputOnUnwind(Some(output));
                         *slot = Slot::Vacant(NO_SLOT);
-                        output
+                        output.0.take().expect("set above")
                     }
                     Some(settle) => {
                         match catch_unwind(AssertUnwindSafe(|| *slot = Slot::Vacant(NO_SLOT))) {
@@ -785,9 +801,8 @@ mod tests {
         let mut engine = Engine::new();
         let first = engine.push(ReadyThenPanic, 0);
         let mut cx = Context::from_waker(Waker::noop());
-        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            drain(&mut engine, &mut cx)
-        }));
+        let unwound =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drain(&mut engine, &mut cx)));
         assert!(unwound.is_err());
         assert_eq!(engine.running(), 0);
         assert_eq!(engine.free, first, "the slot is on the free list");

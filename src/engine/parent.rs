@@ -35,10 +35,10 @@
 //! one call made while a bit is held is the parent's `wake_by_ref` under
 //! `WAKING` (waking by reference needs the slot held); nothing ever waits for
 //! that bit (a registration that finds it set wakes its new waker instead),
-//! and a guard lets go of it if the wake unwinds. The requests counted during
-//! that hold are dropped with it: they asked for the very wake that panicked,
-//! and calling it again while unwinding would abort the process. The next
-//! poll re-registers and takes every woken child as usual.
+//! and if the wake unwinds, a guard services the requests counted during the
+//! hold (waking again, each wake's panic contained: a second panic while
+//! unwinding would abort the process) and then lets go. So a child woken
+//! while the parent's wake was panicking still reaches the parent.
 
 use crate::sync::atomic::{AtomicUsize, Ordering};
 use crate::sync::cell::UnsafeCell;
@@ -154,20 +154,38 @@ impl ParentWaker {
                 }
             }
         }
-        // We hold `WAKING`. If the parent's wake panics, let go (see the
-        // module docs) so the set is not wedged.
-        struct LetGo<'a>(&'a AtomicUsize);
+        // We hold `WAKING`. If the parent's wake panics, the guard services
+        // the requests counted meanwhile (their wakes contained: a second
+        // panic while unwinding would abort) and lets go, so the set is
+        // neither wedged nor deaf to those wakes.
+        struct LetGo<'a>(&'a ParentWaker);
         impl Drop for LetGo<'_> {
             fn drop(&mut self) {
-                self.0.store(0, Ordering::Release);
+                let state = &self.0.state;
+                if state
+                    .compare_exchange(WAKING, 0, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    // Requests came in during the wake that panicked.
+                    state.swap(WAKING, Ordering::AcqRel);
+                    self.0
+                        .serve(|waker| crate::unwind::contain(|| waker.wake_by_ref()));
+                }
             }
         }
-        let guard = LetGo(&self.state);
+        let guard = LetGo(self);
+        self.serve(Waker::wake_by_ref);
+        std::mem::forget(guard);
+    }
+
+    /// Wakes the registered waker with `wake`, then again for every request
+    /// counted meanwhile, and lets go of `WAKING` (held by the caller).
+    fn serve(&self, wake: impl Fn(&Waker)) {
         loop {
             self.waker.with(|slot| {
                 // SAFETY: `WAKING` keeps the owner from writing the slot.
                 if let Some(waker) = unsafe { &*slot } {
-                    waker.wake_by_ref();
+                    wake(waker);
                 }
             });
             if self
@@ -175,7 +193,6 @@ impl ParentWaker {
                 .compare_exchange(WAKING, 0, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                std::mem::forget(guard);
                 return;
             }
             // Requests came in while we were waking. Only requests can have
