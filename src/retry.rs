@@ -427,6 +427,7 @@ impl RetryPolicy {
             attempts: 0,
             total_deadline: None,
             state: State::Start,
+            poisoned: false,
             rng: Rng::from_entropy(),
         }
     }
@@ -662,7 +663,13 @@ enum State {
 /// # Panics
 ///
 /// Polling after completion panics. A panic in the operation, an attempt
-/// or a hook propagates; polling again after that panics.
+/// (its `poll` or its destructor), a hook or the timer propagates, and
+/// polling again after that panics with a message saying so (the retry's
+/// state may be incomplete: it never makes up a result, even when the
+/// panicking destructor was that of an attempt that had succeeded — its
+/// output is dropped). The running attempt and the timer's sleep are
+/// dropped with the `Retry`. An operation that panics starts no attempt:
+/// [`attempts`](Retry::attempts) counts only the futures it returned.
 ///
 /// # Examples
 ///
@@ -701,6 +708,9 @@ pub struct Retry<
     attempts: u32,
     total_deadline: Option<When>,
     state: State,
+    /// Set while a poll runs: a panic that unwinds out of it leaves it set,
+    /// and the next poll refuses (see `# Panics`).
+    poisoned: bool,
     rng: Rng,
 }
 
@@ -794,6 +804,7 @@ impl<Op, Fut: RetryOutput, P, H, T: Timer> Retry<Op, Fut, P, H, T> {
             attempts: self.attempts,
             total_deadline: self.total_deadline,
             state: self.state,
+            poisoned: self.poisoned,
             rng: self.rng,
         }
     }
@@ -813,7 +824,8 @@ impl<Op, Fut: RetryOutput, P, H, T: Timer> Retry<Op, Fut, P, H, T> {
         self
     }
 
-    /// How many attempts have started so far.
+    /// How many attempts have started so far: futures the operation
+    /// returned (a call of the operation that panicked is not counted).
     ///
     /// # Examples
     ///
@@ -838,7 +850,33 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        assert!(this.state != State::Done, "`Retry` polled after completion");
+        // A panic may have left the state half-updated (an attempt dropped
+        // or not, a deadline restarted or not): refuse, as an `async fn`
+        // does. Checked first, since the panic may have come after the
+        // output was decided (the destructor of a successful attempt).
+        crate::poison::assert_live(this.poisoned, this.state == State::Done, "Retry");
+        this.poisoned = true;
+        let out = this.poll_attempts(cx);
+        this.poisoned = false;
+        out
+    }
+}
+
+impl<Op, Fut, P, H, T> Retry<Op, Fut, P, H, T>
+where
+    Op: FnMut() -> Fut,
+    Fut: RetryOutput,
+    P: FnMut(&Fut::Error) -> bool,
+    H: FnMut(&RetryEvent<'_, Fut::Error>),
+    T: Timer,
+{
+    /// The state machine of [`Retry::poll`] (which refuses polls after a
+    /// panic and after completion).
+    fn poll_attempts(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Fut::Ok, RetryError<Fut::Error>>> {
+        let this = self;
         loop {
             match this.state {
                 State::Start => {
@@ -850,10 +888,13 @@ where
                     this.state = State::Next;
                 }
                 State::Next => {
+                    // Counted once the operation has returned its future:
+                    // an operation that panics starts no attempt.
+                    let attempt = (this.operation)();
+                    this.attempt.set(Some(attempt));
                     this.attempts += 1;
-                    this.attempt.set(Some((this.operation)()));
-                    this.deadline.restart(this.attempt_deadline());
                     this.state = State::Attempt;
+                    this.deadline.restart(this.attempt_deadline());
                 }
                 State::Attempt => {
                     let attempt = this.attempt.as_mut().as_pin_mut().expect("attempt running");
@@ -885,7 +926,7 @@ where
                     Poll::Ready(()) => this.state = State::Next,
                     Poll::Pending => return Poll::Pending,
                 },
-                State::Done => unreachable!("checked above"),
+                State::Done => unreachable!("checked in `poll`"),
             }
         }
     }

@@ -411,3 +411,92 @@ matrix! {
         assert_eq!(clock.elapsed(), Duration::from_secs(120));
     }
 }
+
+// ---------------------------------------------------------------------------
+// Panics in the operation, an attempt's destructor, the predicate, the hook
+// (regressions of the panic-injection harness, `retry_after_an_error` and
+// `retry_after_an_attempt_timeout`: re-polling after such a panic returned
+// `Pending` or `Ready`, or panicked with "attempt running")
+// ---------------------------------------------------------------------------
+
+/// An attempt that returns `out` at once and panics when dropped.
+struct PanicsOnDrop(Option<Result<u32, u32>>);
+
+impl Future for PanicsOnDrop {
+    type Output = Result<u32, u32>;
+    fn poll(mut self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(self.0.take().expect("polled after completion"))
+    }
+}
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("attempt drop");
+        }
+    }
+}
+
+/// Awaits `retry`, which must panic with `expected`; then polling it again
+/// must panic, saying a panic happened.
+async fn panics_then_refuses<F: Future + Unpin>(retry: &mut F, expected: &str) {
+    use futures::FutureExt;
+    use std::panic::AssertUnwindSafe;
+    let Err(payload) = AssertUnwindSafe(&mut *retry).catch_unwind().await else {
+        panic!("the retry completed; expected the panic {expected:?}");
+    };
+    assert_eq!(panic_message(&*payload), expected);
+    let again = AssertUnwindSafe(async { futures::poll!(&mut *retry).map(|_| ()) })
+        .catch_unwind()
+        .await;
+    match again {
+        Err(payload) => {
+            let msg = panic_message(&*payload);
+            assert!(
+                msg.contains("`Retry` polled after a panic"),
+                "unclear: {msg}"
+            );
+        }
+        Ok(poll) => panic!("polled after a panic, the retry returned {poll:?}"),
+    }
+}
+
+matrix! {
+    async fn an_operation_that_panicked_starts_no_attempt_and_poisons_the_retry() {
+        let calls = Counter::new();
+        let c = calls.clone();
+        let mut retry = RetryPolicy::new(3).backoff(Backoff::none()).retry(move || {
+            c.inc();
+            assert!(c.get() > 1, "operation panicked");
+            async { Ok::<u32, ()>(1) }
+        });
+        panics_then_refuses(&mut retry, "operation panicked").await;
+        assert_eq!(calls.get(), 1, "never called again");
+        assert_eq!(retry.attempts(), 0, "a call that panicked starts no attempt");
+    }
+
+    async fn an_attempt_that_panics_on_drop_poisons_the_retry() {
+        // After a success (whose output is dropped) and after a failure.
+        for out in [Ok(1), Err(2)] {
+            let mut retry = RetryPolicy::new(3)
+                .backoff(Backoff::none())
+                .retry(move || PanicsOnDrop(Some(out)));
+            panics_then_refuses(&mut retry, "attempt drop").await;
+            assert_eq!(retry.attempts(), 1);
+        }
+    }
+
+    async fn a_predicate_or_hook_that_panics_poisons_the_retry() {
+        let mut retry = RetryPolicy::new(3)
+            .backoff(Backoff::none())
+            .retry(|| async { Err::<(), u32>(1) })
+            .retry_if(|_| panic!("predicate"));
+        panics_then_refuses(&mut retry, "predicate").await;
+        let mut retry = RetryPolicy::new(3)
+            .backoff(Backoff::none())
+            .retry(|| async { Err::<(), u32>(1) })
+            .on_retry(|_| panic!("hook"));
+        panics_then_refuses(&mut retry, "hook").await;
+        assert_eq!(retry.attempts(), 1);
+    }
+}
