@@ -981,3 +981,56 @@ fn a_watched_future_can_still_catch_unwind() {
         futures::executor::block_on(watch::watch(async { panic!("inner") }).catch_unwind());
     assert!(panicked.is_err());
 }
+
+matrix! {
+    /// Regression (panic-injection harness, `watch_with_a_slow_poll_hook`
+    /// k=11): the hook panicked in the poll that completed the inner future;
+    /// the output was lost and the next poll polled the finished inner
+    /// future again.
+    async fn a_hook_panic_as_the_future_completes_never_polls_it_again() {
+        let polls = Counter::new();
+        let p = polls.clone();
+        let inner = futures::future::poll_fn(move |_| {
+            p.inc();
+            assert_eq!(p.get(), 1, "the inner future was polled after it completed");
+            Poll::Ready(7)
+        });
+        let mut fut = watch::watch(inner)
+            .threshold(Duration::ZERO)
+            .on_slow_poll(|_| panic!("hook"));
+        let payload = AssertUnwindSafe(&mut fut).catch_unwind().await.unwrap_err();
+        assert_eq!(panic_message(&*payload), "hook");
+        let again = AssertUnwindSafe(async { futures::poll!(&mut fut) })
+            .catch_unwind()
+            .await;
+        match again {
+            Err(payload) => {
+                let msg = panic_message(&*payload);
+                assert!(msg.contains("polled after a panic in its slow-poll hook"), "{msg}");
+            }
+            Ok(poll) => panic!("polled after the hook's panic, it returned {poll:?}"),
+        }
+        assert_eq!(polls.get(), 1);
+        let stats = fut.stats();
+        assert!(stats.completed);
+        assert_eq!((stats.polls, stats.slow_polls), (1, 1));
+    }
+
+    /// A hook that panics in a poll that did not complete the future leaves
+    /// the `Watch` working: the next poll polls the inner future.
+    async fn a_hook_panic_in_a_pending_poll_leaves_the_watch_working() {
+        let polls = Counter::new();
+        let calls = Counter::new();
+        let c = calls.clone();
+        let mut fut = watch::watch(YieldN::new(1, 'x', &polls))
+            .threshold(Duration::ZERO)
+            .on_slow_poll(move |_| {
+                c.inc();
+                assert!(c.get() > 1, "hook");
+            });
+        let payload = AssertUnwindSafe(&mut fut).catch_unwind().await.unwrap_err();
+        assert_eq!(panic_message(&*payload), "hook");
+        assert_eq!((&mut fut).await, 'x');
+        assert_eq!((polls.get(), fut.stats().polls, calls.get()), (2, 2, 2));
+    }
+}

@@ -167,8 +167,16 @@ pin_project! {
     ///
     /// Never on its own. A panic in the inner future propagates (its poll is
     /// not counted; a [`Report`] records the child as
-    /// [`Outcome::Panicked`]); polling after completion polls the inner
+    /// [`Outcome::Panicked`]), and so does a panic in the slow-poll hook
+    /// (the poll is counted). Polling after completion polls the inner
     /// future again, with whatever that does.
+    ///
+    /// One exception: if the hook panics in the poll in which the inner
+    /// future completed, that output is dropped as the panic unwinds, and
+    /// polling the `Watch` again panics ("polled after a panic in its
+    /// slow-poll hook") instead of polling the finished inner future: the
+    /// caller never saw it complete. [`stats`](Watch::stats) then says
+    /// `completed`, and a [`Report`] records [`Outcome::Panicked`].
     ///
     /// # Examples
     ///
@@ -224,6 +232,9 @@ struct Ticks {
     slow: u64,
     completed: bool,
     in_poll: bool,
+    /// A slow-poll hook panicked in the poll that completed the inner
+    /// future (its output was dropped).
+    output_lost: bool,
 }
 
 impl Ticks {
@@ -280,12 +291,19 @@ impl Meta {
     /// slow.
     #[cold]
     #[inline(never)]
-    fn maybe_slow(&mut self, stats: &mut Ticks, ticks: u64) {
+    fn maybe_slow(&mut self, stats: &mut Ticks, ticks: u64, completing: bool) {
         let duration = counter::to_duration(ticks);
         if duration < self.threshold {
             return;
         }
         stats.slow += 1;
+        // The hooks (and a `tracing` subscriber) are user code. If one
+        // panics in the poll that completed the inner future, the output is
+        // dropped as the panic unwinds: the flag, cleared only after they
+        // return, makes the next poll refuse instead of polling the finished
+        // inner future.
+        stats.completed |= completing;
+        stats.output_lost = completing;
         let slow = SlowPoll {
             name: self.name.as_deref(),
             index: self.report.as_ref().map(|slot| slot.index),
@@ -315,6 +333,7 @@ impl Meta {
             poll = slow.poll,
             "{slow}"
         );
+        stats.output_lost = false;
     }
 }
 
@@ -391,7 +410,9 @@ impl<F> Watch<F> {
     /// # Panics
     ///
     /// A panic in the hook propagates out of this poll, as a panic of the
-    /// inner future would (a [`Report`] records [`Outcome::Panicked`]).
+    /// inner future would (a [`Report`] records [`Outcome::Panicked`]). If
+    /// the inner future completed in that poll, its output is dropped and
+    /// the `Watch` refuses further polls (see [`Watch`]'s `# Panics`).
     ///
     /// # Examples
     ///
@@ -490,6 +511,12 @@ impl<F: Future> Future for Watch<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let stats = this.stats;
+        if stats.output_lost {
+            // The inner future completed, then the slow-poll hook panicked:
+            // the output was dropped on the way out, and the inner future
+            // must not be polled again.
+            refuse_after_hook_panic();
+        }
         stats.in_poll = true;
         let start = counter::now();
         let out = this.future.poll(cx);
@@ -503,7 +530,7 @@ impl<F: Future> Future for Watch<F> {
         stats.longest = stats.longest.max(ticks);
         stats.last = end;
         if ticks >= this.meta.cutoff {
-            this.meta.maybe_slow(stats, ticks);
+            this.meta.maybe_slow(stats, ticks, out.is_ready());
         }
         if stats.polls == 1 && out.is_pending() {
             // A report learns when its child started, so a child still
@@ -523,6 +550,18 @@ impl<F: Future> Future for Watch<F> {
         }
         out
     }
+}
+
+/// The refusal of a poll after the slow-poll hook panicked in the poll that
+/// completed the inner future.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn refuse_after_hook_panic() -> ! {
+    panic!(
+        "`Watch` polled after a panic in its slow-poll hook: the inner future had completed \
+         in that poll (its output was dropped), and is not polled again"
+    )
 }
 
 // The hook (an `Arc<dyn Fn>`) is what would make a `Watch` `!UnwindSafe`;
