@@ -3,19 +3,52 @@
 use super::{Entry, Manager, Pool, PoolError, Pooled};
 use crate::semaphore::{AcquireOwned, OwnedSemaphorePermit};
 use crate::time::{BoxedDeadline, DefaultTimer, Timer, When};
+use crate::unwind::Panics;
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 type BoxFuture<O> = Pin<Box<dyn Future<Output = O> + Send>>;
+/// What a create future gives back: the manager's result, and a panic of
+/// the manager's future's destructor (see [`settle`]).
+type Created<M> = (
+    Result<<M as Manager>::Object, <M as Manager>::Error>,
+    Panics,
+);
+/// What a recycle future gives back: the object, the check's result, and a
+/// panic of the manager's future's destructor.
 type Recycled<M> = (
     Entry<<M as Manager>::Object>,
     Result<(), <M as Manager>::Error>,
+    Panics,
 );
+
+/// Awaits `future`, then drops it *before* returning its output, catching a
+/// panic of its destructor for the caller to propagate.
+///
+/// Dropping it at the end of the `async` block instead would lose the
+/// output when the destructor panics: Rust does not drop a value being
+/// returned when a destructor in the same scope panics
+/// (rust-lang/rust#47949), so a freshly created object would be leaked, its
+/// slot counted forever.
+async fn settle<F: Future>(future: F) -> (F::Output, Panics) {
+    let mut future = pin!(Some(future));
+    let out = std::future::poll_fn(|cx| {
+        future
+            .as_mut()
+            .as_pin_mut()
+            .expect("polled until it completes")
+            .poll(cx)
+    })
+    .await;
+    let mut panics = Panics::default();
+    panics.catch(|| future.set(None));
+    (out, panics)
+}
 
 /// The future of [`Pool::get`]: an object from the pool, in FIFO order.
 ///
@@ -31,7 +64,20 @@ type Recycled<M> = (
 ///
 /// # Panics
 ///
-/// Polling after completion panics.
+/// Polling after completion panics. A panic in the manager (`create`,
+/// `recycle`, their futures), the timer, an object's destructor or a waker
+/// propagates out of `poll`; nothing leaks: an object or slot the `Get`
+/// held, and its permit, go back when it is dropped (or as the panic
+/// unwinds). Then:
+///
+/// * If the panic came after the result was decided — the destructor of
+///   the manager's finished future, the timer's sleep or a waker dropped
+///   as the `Get` finishes, or the waker of *another* waiter woken as a
+///   failed `Get` hands its permit on (see the semaphore's
+///   [wakers that panic](crate::Semaphore#wakers-that-panic)) — the result
+///   is kept: the next poll returns it (and dropping the `Get` instead puts
+///   the object back in the pool).
+/// * Otherwise polling again panics ("polled after a panic"); drop it.
 ///
 /// # Examples
 ///
@@ -52,19 +98,32 @@ pub struct Get<M: Manager, T: Timer = DefaultTimer> {
     pool: Option<Pool<M, T>>,
     step: Step<M>,
     deadline: Option<BoxedDeadline<T>>,
+    /// Set while a poll runs: a panic that unwinds out of it leaves it set,
+    /// and the next poll refuses unless the result was already decided.
+    poisoned: bool,
 }
 
 enum Step<M: Manager> {
     Start,
     Wait(AcquireOwned),
-    /// An idle object for a manager that does not recycle.
+    /// The result, an object: handed out by the next `poll_steps` (an idle
+    /// object of a manager that does not recycle, or one created or
+    /// recycled, kept here while what came before is dropped).
     Ready(Entry<M::Object>, OwnedSemaphorePermit),
-    Recycle(Option<OwnedSemaphorePermit>, BoxFuture<Recycled<M>>),
-    Create(
-        Option<OwnedSemaphorePermit>,
-        BoxFuture<Result<M::Object, M::Error>>,
-    ),
+    /// Checking an idle object; the object's slot stays counted.
+    Recycle(OwnedSemaphorePermit, BoxFuture<Recycled<M>>),
+    /// Creating an object; its slot counts from the start (see `next_step`).
+    Create(OwnedSemaphorePermit, BoxFuture<Created<M>>),
+    /// The result, an error (the permit is already gone).
+    Failed(PoolError<M::Error>),
     Done,
+}
+
+impl<M: Manager> Step<M> {
+    /// Whether the result is decided (and held here).
+    fn is_settled(&self) -> bool {
+        matches!(self, Step::Ready(..) | Step::Failed(_))
+    }
 }
 
 impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
@@ -81,6 +140,7 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
             pool: Some(pool),
             step: Step::Start,
             deadline,
+            poisoned: false,
         }
     }
 
@@ -91,132 +151,205 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
     }
 
     /// With a permit: the next idle object to recycle (or, for a manager
-    /// that does not recycle, to hand out), or a new one.
-    fn next_step(&mut self, permit: OwnedSemaphorePermit) -> Result<Step<M>, PoolError<M::Error>> {
+    /// that does not recycle, to hand out), or a new one. `Err` gives the
+    /// permit back when the pool is closed.
+    fn next_step(&self, permit: OwnedSemaphorePermit) -> Result<Step<M>, OwnedSemaphorePermit> {
         let pool = self.pool();
         if pool.is_closed() {
-            return Err(PoolError::Closed);
+            return Err(permit);
         }
+        // (Dropping timed-out idle objects is user code: if it panics, the
+        // permit goes back as the panic unwinds.)
         if let Some(mut entry) = pool.pop_idle() {
             if !M::RECYCLE {
                 return Ok(Step::Ready(entry, permit));
             }
             let inner = Arc::clone(&pool.inner);
             return Ok(Step::Recycle(
-                Some(permit),
+                permit,
                 Box::pin(async move {
-                    let result = inner.manager.recycle(&mut entry.object).await;
-                    (entry, result)
+                    let (result, panics) = settle(inner.manager.recycle(&mut entry.object)).await;
+                    (entry, result, panics)
                 }),
             ));
         }
         // A new object: its slot counts from now (dropping the create frees
-        // it, see `finish`).
+        // it, see `release`).
         let inner = Arc::clone(&pool.inner);
         inner.size.fetch_add(1, Ordering::AcqRel);
         Ok(Step::Create(
-            Some(permit),
-            Box::pin(async move { inner.manager.create().await }),
+            permit,
+            Box::pin(async move { settle(inner.manager.create()).await }),
         ))
     }
 
-    /// Success: the guard takes the pool handle.
-    fn hand_out(&mut self, entry: Entry<M::Object>, permit: OwnedSemaphorePermit) -> Pooled<M, T> {
-        self.step = Step::Done;
-        let pool = self
-            .pool
-            .take()
-            .expect("a get holds its pool until it completes");
-        Pooled::new(pool, entry, permit)
+    /// Moves on to `step`, then drops the step it replaces (a finished
+    /// acquire: dropping it may drop a waker, user code). If that panics,
+    /// the new step is already in place.
+    fn advance(&mut self, step: Step<M>) {
+        let old = std::mem::replace(&mut self.step, step);
+        drop(old);
+    }
+
+    /// Ends the get with `error`: the error is kept first, then the step it
+    /// replaces is released and `permit` (if any) goes back — user code (a
+    /// destructor; the next waiter's waker) that may panic, after which the
+    /// next poll still returns the error.
+    fn fail(&mut self, error: PoolError<M::Error>, permit: Option<OwnedSemaphorePermit>) {
+        let old = std::mem::replace(&mut self.step, Step::Failed(error));
+        self.release(old);
+        drop(permit);
+    }
+
+    /// The decided result: the guard takes the pool handle.
+    fn take_result(&mut self) -> Result<Pooled<M, T>, PoolError<M::Error>> {
+        match std::mem::replace(&mut self.step, Step::Done) {
+            Step::Ready(entry, permit) => {
+                let pool = self
+                    .pool
+                    .take()
+                    .expect("a get holds its pool until it completes");
+                Ok(Pooled::new(pool, entry, permit))
+            }
+            Step::Failed(error) => Err(error),
+            _ => unreachable!("called with a settled step"),
+        }
     }
 }
 
 impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Future for Get<M, T> {
     type Output = Result<Pooled<M, T>, PoolError<M::Error>>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let out = self.poll_steps(cx);
-        if out.is_ready() {
-            self.deadline = None; // its timer goes at once
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        // After a panic: a decided result is returned; anything else may be
+        // half-done, so refuse (as an `async fn` does).
+        crate::poison::assert_live(
+            this.poisoned && !this.step.is_settled(),
+            matches!(this.step, Step::Done),
+            "Get",
+        );
+        this.poisoned = true;
+        if this.poll_steps(cx).is_pending() {
+            this.poisoned = false;
+            return Poll::Pending;
         }
-        out
+        // Settled. The deadline's sleep goes now (its timer goes at once);
+        // dropping it is user code: if that panics, the result stays for
+        // the next poll.
+        drop(this.deadline.take());
+        this.poisoned = false;
+        Poll::Ready(this.take_result())
     }
 }
 
 impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
-    fn poll_steps(&mut self, cx: &mut Context<'_>) -> Poll<<Self as Future>::Output> {
+    /// Runs the steps until the result is decided (`Ready`: held in
+    /// `self.step`) or something has to wait.
+    fn poll_steps(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let this = self;
         loop {
-            let next = match &mut this.step {
+            match &mut this.step {
                 Step::Start => {
                     let pool = this.pool();
                     if pool.is_closed() {
-                        Err(PoolError::Closed)
-                    } else {
-                        Ok(Step::Wait(
-                            Arc::clone(&pool.inner.semaphore).acquire_owned(),
-                        ))
+                        this.fail(PoolError::Closed, None);
+                        return Poll::Ready(());
                     }
+                    let acquire = Arc::clone(&pool.inner.semaphore).acquire_owned();
+                    this.step = Step::Wait(acquire);
                 }
                 Step::Wait(acquire) => match Pin::new(acquire).poll(cx) {
-                    Poll::Ready(Ok(permit)) => this.next_step(permit),
-                    Poll::Ready(Err(_closed)) => Err(PoolError::Closed),
+                    Poll::Ready(Ok(permit)) => match this.next_step(permit) {
+                        Ok(step) => this.advance(step),
+                        Err(permit) => {
+                            this.fail(PoolError::Closed, Some(permit));
+                            return Poll::Ready(());
+                        }
+                    },
+                    Poll::Ready(Err(_closed)) => {
+                        this.fail(PoolError::Closed, None);
+                        return Poll::Ready(());
+                    }
                     Poll::Pending => break,
                 },
-                Step::Ready(..) => {
-                    let Step::Ready(entry, permit) = std::mem::replace(&mut this.step, Step::Done)
+                Step::Ready(..) | Step::Failed(_) => return Poll::Ready(()),
+                Step::Recycle(_, recycle) => {
+                    let Poll::Ready((entry, result, panics)) = recycle.as_mut().poll(cx) else {
+                        break;
+                    };
+                    // The finished future goes (nothing left in it to run).
+                    let Step::Recycle(permit, _) = std::mem::replace(&mut this.step, Step::Done)
                     else {
                         unreachable!("matched above")
                     };
-                    return Poll::Ready(Ok(this.hand_out(entry, permit)));
+                    if result.is_ok() {
+                        // Kept before the panic of the manager's future's
+                        // destructor (if any) propagates: the next poll
+                        // returns it.
+                        this.step = Step::Ready(entry, permit);
+                        panics.resume();
+                        return Poll::Ready(());
+                    }
+                    // A failed check: drop the object (freeing its slot) and
+                    // try the next. If its destructor panics, or the
+                    // future's did, the permit goes back as the panic
+                    // unwinds.
+                    this.pool().discard(entry);
+                    panics.resume();
+                    match this.next_step(permit) {
+                        Ok(step) => this.step = step,
+                        Err(permit) => {
+                            this.fail(PoolError::Closed, Some(permit));
+                            return Poll::Ready(());
+                        }
+                    }
                 }
-                Step::Recycle(permit, recycle) => match recycle.as_mut().poll(cx) {
-                    Poll::Ready((entry, Ok(()))) => {
-                        let permit = permit.take().expect("held until the step ends");
-                        return Poll::Ready(Ok(this.hand_out(entry, permit)));
+                Step::Create(_, create) => {
+                    let Poll::Ready((result, mut panics)) = create.as_mut().poll(cx) else {
+                        break;
+                    };
+                    match result {
+                        Ok(object) => {
+                            // (The timer is user code: if it panics, the
+                            // object is dropped and the `Create` step frees
+                            // its slot.)
+                            let pool = this.pool();
+                            let created = pool.stamp(pool.inner.max_lifetime);
+                            let entry = Entry {
+                                object,
+                                created,
+                                returned: None,
+                            };
+                            let Step::Create(permit, _) =
+                                std::mem::replace(&mut this.step, Step::Done)
+                            else {
+                                unreachable!("matched above")
+                            };
+                            this.step = Step::Ready(entry, permit);
+                        }
+                        Err(e) => {
+                            this.pool().inner.size.fetch_sub(1, Ordering::AcqRel);
+                            let failed = Step::Failed(PoolError::Create(e));
+                            let Step::Create(permit, _) = std::mem::replace(&mut this.step, failed)
+                            else {
+                                unreachable!("matched above")
+                            };
+                            panics.catch(|| drop(permit));
+                        }
                     }
-                    Poll::Ready((entry, Err(_))) => {
-                        // A failed check: drop the object, try the next.
-                        let permit = permit.take().expect("held until the step ends");
-                        this.step = Step::Done;
-                        this.pool().discard(entry);
-                        this.next_step(permit)
-                    }
-                    Poll::Pending => break,
-                },
-                Step::Create(permit, create) => match create.as_mut().poll(cx) {
-                    Poll::Ready(Ok(object)) => {
-                        let permit = permit.take().expect("held until the step ends");
-                        let pool = this.pool();
-                        let entry = Entry {
-                            object,
-                            created: pool.stamp(pool.inner.max_lifetime),
-                            returned: None,
-                        };
-                        return Poll::Ready(Ok(this.hand_out(entry, permit)));
-                    }
-                    Poll::Ready(Err(e)) => {
-                        this.pool().inner.size.fetch_sub(1, Ordering::AcqRel);
-                        this.step = Step::Done;
-                        Err(PoolError::Create(e))
-                    }
-                    Poll::Pending => break,
-                },
-                Step::Done => panic!("`Get` polled after completion"),
-            };
-            match next {
-                Ok(step) => this.step = step,
-                Err(error) => {
-                    this.finish();
-                    return Poll::Ready(Err(error));
+                    // The result is kept: the next poll returns it.
+                    panics.resume();
+                    return Poll::Ready(());
                 }
+                Step::Done => unreachable!("checked in `poll`"),
             }
         }
         // Waiting: give up at the deadline.
         if let Some(deadline) = &mut this.deadline {
             if deadline.poll(cx).is_ready() {
-                this.finish();
-                return Poll::Ready(Err(PoolError::Timeout));
+                this.fail(PoolError::Timeout, None);
+                return Poll::Ready(());
             }
         }
         Poll::Pending
@@ -224,10 +357,13 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
 }
 
 impl<M: Manager, T: Timer> Get<M, T> {
-    /// Ends the get: a create or recycle in progress is dropped and its slot
-    /// freed (before the permit goes, so the next waiter sees the count).
-    fn finish(&mut self) {
-        let step = std::mem::replace(&mut self.step, Step::Done);
+    /// Releases what `step` holds: a create or recycle in progress is
+    /// dropped and its slot freed (before the permit goes, so the next
+    /// waiter sees the count); an object not handed out goes back.
+    ///
+    /// Each piece of user code (destructors, the next waiter's waker) may
+    /// panic: the ones after it still run as the panic unwinds.
+    fn release(&self, step: Step<M>) {
         let Some(pool) = &self.pool else { return };
         match step {
             Step::Recycle(permit, recycle) => {
@@ -244,7 +380,7 @@ impl<M: Manager, T: Timer> Get<M, T> {
                 pool.put_back(entry);
                 drop(permit);
             }
-            Step::Start | Step::Wait(_) | Step::Done => {}
+            Step::Start | Step::Wait(_) | Step::Failed(_) | Step::Done => {}
         }
     }
 }
@@ -254,7 +390,8 @@ impl<M: Manager, T: Timer> Unpin for Get<M, T> {}
 
 impl<M: Manager, T: Timer> Drop for Get<M, T> {
     fn drop(&mut self) {
-        self.finish();
+        let step = std::mem::replace(&mut self.step, Step::Done);
+        self.release(step);
     }
 }
 
@@ -263,12 +400,15 @@ impl<M: Manager, T: Timer> fmt::Debug for Get<M, T> {
         let step = match self.step {
             Step::Start => "start",
             Step::Wait(_) => "waiting",
-            Step::Ready(..) | Step::Recycle(..) => "recycling",
+            Step::Recycle(..) => "recycling",
             Step::Create(..) => "creating",
+            Step::Ready(..) => "ready",
+            Step::Failed(_) => "failed",
             Step::Done => "done",
         };
         f.debug_struct("Get")
             .field("step", &step)
+            .field("poisoned", &self.poisoned)
             .finish_non_exhaustive()
     }
 }

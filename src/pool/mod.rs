@@ -35,6 +35,7 @@ pub use object::Pooled;
 
 use crate::semaphore::Semaphore;
 use crate::time::{DefaultTimer, Timer};
+use crate::unwind::Panics;
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
@@ -342,8 +343,10 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Pool<M, T> {
     ///
     /// # Panics
     ///
-    /// Polling after completion panics; a panic in the manager propagates
-    /// (its slot is freed).
+    /// Polling after completion panics. A panic in the manager, the timer,
+    /// an object's destructor or a waker propagates, and nothing leaks (see
+    /// [`Get`]'s `# Panics`: a result decided before the panic is returned
+    /// by the next poll; otherwise polling again panics).
     ///
     /// # Examples
     ///
@@ -550,8 +553,20 @@ impl<M: Manager, T: Timer> Pool<M, T> {
         };
         if !expired.is_empty() {
             inner.size.fetch_sub(expired.len(), Ordering::AcqRel);
+            // Outside the lock. The destructors are user code: if one
+            // panics, the rest are still dropped (a `Vec`'s drop), and the
+            // object found goes back to the idle list rather than being
+            // dropped with its slot still counted.
+            let mut panics = Panics::default();
+            panics.catch(|| drop(expired));
+            if let Some(payload) = panics.take() {
+                if let Some(entry) = found {
+                    self.restore(entry);
+                }
+                crate::unwind::resume(Some(payload));
+                return None;
+            }
         }
-        drop(expired); // outside the lock
         found
     }
 
@@ -573,13 +588,28 @@ impl<M: Manager, T: Timer> Pool<M, T> {
     /// over its size). Called before the holder's permit is released.
     fn put_back(&self, mut entry: Entry<M::Object>) {
         let inner = &self.inner;
-        if !self.is_closed()
-            && inner.size.load(Ordering::Acquire) <= inner.max_size.load(Ordering::Acquire)
+        if self.is_closed()
+            || inner.size.load(Ordering::Acquire) > inner.max_size.load(Ordering::Acquire)
         {
+            return self.discard(entry);
+        }
+        if inner.idle_timeout.is_some() {
+            // The timer is user code: if it panics, the object is dropped as
+            // the panic unwinds, and its slot must go with it.
+            let slot = FreeSlotOnUnwind(&inner.size);
             entry.returned = self.stamp(inner.idle_timeout);
+            std::mem::forget(slot);
+        }
+        self.restore(entry);
+    }
+
+    /// Puts an idle object on the idle list as it is (or drops it when the
+    /// pool is closed).
+    fn restore(&self, entry: Entry<M::Object>) {
+        {
             let mut idle = self.lock_idle();
-            // `close` may have emptied the list meanwhile: check again under
-            // the lock it takes.
+            // `close` may have emptied the list meanwhile: check under the
+            // lock it takes.
             if !self.is_closed() {
                 idle.push_back(entry);
                 return;
@@ -592,6 +622,16 @@ impl<M: Manager, T: Timer> Pool<M, T> {
     fn discard(&self, entry: Entry<M::Object>) {
         self.inner.size.fetch_sub(1, Ordering::AcqRel);
         drop(entry);
+    }
+}
+
+/// Frees one slot when dropped: a guard for an object that a panic would
+/// drop on its way out (defused with `mem::forget`).
+struct FreeSlotOnUnwind<'a>(&'a AtomicUsize);
+
+impl Drop for FreeSlotOnUnwind<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -14,6 +14,14 @@ use std::ops::{Deref, DerefMut};
 /// closed, or when the pool was shrunk below its size.
 /// [`detach`](Pooled::detach) takes it out of the pool for good.
 ///
+/// # Panics
+///
+/// Dropping it runs user code: the timer (stamping the object's return,
+/// when the pool has an idle timeout), the object's destructor if it is
+/// dropped, and the next waiter's waker as the permit goes back. A panic
+/// there propagates out of the drop; the object is back in the pool or
+/// dropped with its slot freed, and the permit is returned, either way.
+///
 /// # Examples
 ///
 /// ```
