@@ -72,6 +72,45 @@
 //!   its children and outputs are, works with `!Send` children, and is always
 //!   `Unpin`.
 //!
+//! ## Panic safety
+//!
+//! User code runs in many places: children's `poll` and `Drop`, the wakers
+//! you poll with (`clone`, `wake`, `wake_by_ref`, `drop`), pool managers,
+//! progress callbacks, watch hooks, retry predicates, timers. Any of it may
+//! panic, and none of it can break the crate:
+//!
+//! * **No undefined behaviour, no pinned child freed undropped.** When
+//!   destructors panic, every other child is still dropped (all of them,
+//!   even if several panic, as a `Vec`'s elements are), and then the first
+//!   panic propagates. (During an unwind already under way a second panic
+//!   would abort the process, so there the later panics are discarded.)
+//! * **No user code under a lock.** Wakers are cloned, woken and dropped,
+//!   and children polled and dropped, only after every internal lock is
+//!   released, so a waker whose `drop` or `wake` calls back into the same
+//!   semaphore, limiter or set cannot deadlock it.
+//! * **Nothing wedges, no wake-up is lost.** A panicking waker leaves every
+//!   primitive usable: the other waiters a release grants are all woken and
+//!   the first panic propagates from the call that woke them; a combinator
+//!   whose task's waker panicked on a wake re-arms at its next poll.
+//! * **Shared threads never run user code that can kill them** (such as
+//!   futures-timer's helper thread).
+//!
+//! What the panic does to the thing it came from:
+//!
+//! | type | a child panics in `poll` | a destructor panics | the task's waker panics |
+//! |---|---|---|---|
+//! | [`gather()`], [`try_gather()`], [`gather!`], [`try_gather!`], [`wait`], [`wait_any`] | propagates; the future then refuses polls | every child is dropped, then the panic propagates (from the drop, or from the fail-fast poll that dropped them) | from a wake on another thread: the next poll re-arms; from a child's own poll: as a child panic |
+//! | [`gather_settled`] | captured as [`Panicked`] | a finished child's: captured as its outcome; dropping unfinished children: as above | as above |
+//! | [`AsCompleted`] | propagates; the stream stays usable | as above; the slot is reused | as above |
+//! | [`task_group`], [`task_group_local`] | propagates; the group refuses polls | every task and the body are dropped, then it propagates | as above |
+//! | [`process_batch`] | propagates; the batch refuses polls | as above | as above |
+//! | [`Semaphore`], [`RateLimiter`], [`KeyedRateLimiter`], [`Pool`] | — | a permit, grant or object is returned exactly once | every granted waiter is woken; the first panic propagates from the call that woke them; the primitive stays usable |
+//!
+//! Callbacks (a pool [`Manager`](pool::Manager), a progress callback, a
+//! [`watch`](mod@watch) hook, a retry predicate) are documented on their
+//! types; their panics propagate to the caller of the operation that ran
+//! them, after the state they touched is restored.
+//!
 //! # Time
 //!
 //! Everything that waits for time goes through the [`Timer`] trait (see the
