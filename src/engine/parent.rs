@@ -119,10 +119,13 @@ impl ParentWaker {
             Err(_) => {
                 // A waker holds the slot (it wakes the old waker). The new one
                 // could not be installed: wake it, so the task polls again
-                // and registers then, once the holder is done.
-                drop(clone);
+                // and registers then, once the holder is done (even if
+                // dropping the clone panics).
+                let mut panics = Panics::default();
+                panics.catch(|| drop(clone));
                 crate::sync::spin_loop();
-                new.wake_by_ref();
+                panics.catch(|| new.wake_by_ref());
+                panics.resume();
             }
         }
     }
@@ -238,6 +241,20 @@ impl ParentWaker {
             }
         }
         old
+    }
+}
+
+impl Drop for ParentWaker {
+    fn drop(&mut self) {
+        // The waker is user code: its drop's panic propagates, or is
+        // discarded while another panic unwinds (a second panic then would
+        // abort the process).
+        let waker = self.take_exclusive();
+        if waker.is_some() {
+            let mut panics = Panics::default();
+            panics.catch(|| drop(waker));
+            panics.resume();
+        }
     }
 }
 
