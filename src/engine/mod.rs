@@ -808,7 +808,8 @@ mod tests {
         assert_eq!(engine.free, first, "the slot is on the free list");
         // And it is the next one taken.
         assert_eq!(engine.push(ReadyThenPanic, 1), first);
-        std::mem::forget(engine);
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(engine)));
+        assert!(dropped.is_err(), "the second child's destructor panics too");
     }
 
     #[test]
