@@ -4,8 +4,10 @@
 #![forbid(unsafe_code)]
 
 use crate::time::{self, DefaultTimer, Timer, When};
+use crate::unwind::{self, Panics, Payload};
 use std::fmt;
 use std::future::{Future, IntoFuture};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -33,7 +35,16 @@ use std::time::{Duration, Instant};
 ///
 /// # Panics
 ///
-/// Polling after completion panics. A panic in the inner future propagates.
+/// Polling after completion panics. A panic in the inner future's `poll`
+/// propagates and leaves the timeout usable (whether the inner future can
+/// be polled again is up to it). As it resolves, the timeout drops the inner
+/// future (and on [`Elapsed`] the sleep, even if the inner future's
+/// destructor panicked): a panic in those destructors, or in the wakers they
+/// hold, propagates and the result is lost with it — the next poll panics,
+/// saying the timeout was polled after a panic (never "after completion").
+/// Panics of the timer propagate too; a waker's panic on the default
+/// timer's helper thread is caught there (see
+/// [`time`](crate::time#wakers-on-the-timers-threads)).
 ///
 /// # Examples
 ///
@@ -60,7 +71,7 @@ pub fn timeout<F: IntoFuture>(duration: Duration, future: F) -> Timeout<F::IntoF
 ///
 /// # Panics
 ///
-/// Polling after completion panics.
+/// As [`timeout`].
 ///
 /// # Examples
 ///
@@ -86,7 +97,7 @@ pub fn timeout_at<F: IntoFuture>(deadline: Instant, future: F) -> Timeout<F::Int
 ///
 /// # Panics
 ///
-/// Polling after completion panics.
+/// As [`timeout`].
 ///
 /// # Examples
 ///
@@ -115,7 +126,7 @@ pub fn timeout_with<T: Timer, F: IntoFuture>(
 ///
 /// # Panics
 ///
-/// Polling after completion panics.
+/// As [`timeout`].
 ///
 /// # Examples
 ///
@@ -157,7 +168,9 @@ pin_project_lite::pin_project! {
     #[must_use = "futures do nothing unless you `.await` or poll them"]
     pub struct Timeout<F, T: Timer = DefaultTimer> {
         // `None` once finished: the inner future is dropped as soon as the
-        // timeout resolves, either way.
+        // timeout resolves, either way (and `done` is set then), or when a
+        // destructor panicked while it resolved (`done` stays clear: the
+        // next poll refuses, saying so).
         #[pin]
         inner: Option<F>,
         #[pin]
@@ -169,6 +182,7 @@ pin_project_lite::pin_project! {
         // only complete at the backend's next tick (futures-timer's helper
         // thread, a timer wheel).
         moved: bool,
+        done: bool,
     }
 }
 
@@ -180,6 +194,7 @@ impl<F, T: Timer> Timeout<F, T> {
             timer,
             when,
             moved: false,
+            done: false,
         }
     }
 
@@ -270,14 +285,15 @@ impl<F: Future, T: Timer> Future for Timeout<F, T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let inner = this
-            .inner
-            .as_mut()
-            .as_pin_mut()
-            .expect("`Timeout` polled after completion");
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            refuse(*this.done)
+        };
         // Inner first: a ready future always wins, at any deadline.
-        if let Poll::Ready(output) = inner.poll(cx) {
-            this.inner.set(None);
+        if let Poll::Ready(mut output) = inner.poll(cx) {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| this.inner.set(None))) {
+                output = output_lost(payload, output);
+            }
+            *this.done = true;
             return Poll::Ready(Ok(output));
         }
         // The first poll after `reset`: the moved sleep may not have seen
@@ -290,13 +306,43 @@ impl<F: Future, T: Timer> Future for Timeout<F, T> {
             || time::poll_deadline(&*this.timer, this.when, this.sleep.as_mut(), cx).is_ready()
         {
             // Cancel the inner future and release the timer now, not when
-            // the `Timeout` is dropped.
-            this.inner.set(None);
-            this.sleep.set(None);
+            // the `Timeout` is dropped: both, even if one destructor panics
+            // (the first panic propagates, and the next poll refuses).
+            let mut panics = Panics::default();
+            panics.catch(|| this.inner.set(None));
+            panics.catch(|| this.sleep.set(None));
+            panics.resume();
+            *this.done = true;
             return Poll::Ready(Err(Elapsed(())));
         }
         Poll::Pending
     }
+}
+
+/// A poll after the timeout resolved, or after a destructor panicked while
+/// it resolved (the result was lost with that panic).
+#[cold]
+#[track_caller]
+fn refuse(done: bool) -> ! {
+    if done {
+        panic!("`Timeout` polled after completion")
+    }
+    panic!("`Timeout` polled after a panic in one of its futures")
+}
+
+/// The inner future was ready but its destructor panicked: the output is
+/// dropped (a panic there is discarded) and the panic propagates, so the
+/// poll that lost the output does not return. While the thread is already
+/// unwinding (a poll from a destructor) a second panic would abort: then
+/// the panic is discarded and the output delivered, the inner future gone.
+#[cold]
+fn output_lost<O>(payload: Payload, output: O) -> O {
+    if std::thread::panicking() {
+        unwind::discard(payload);
+        return output;
+    }
+    unwind::contain(|| drop(output));
+    resume_unwind(payload)
 }
 
 impl<F, T: Timer> fmt::Debug for Timeout<F, T> {

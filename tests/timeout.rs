@@ -15,6 +15,9 @@ use futures::future::join;
 use std::future::{Future, Pending, pending, ready};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::SeqCst;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -632,4 +635,174 @@ fn timeout_over_a_pinned_inner_future() {
         call.as_mut().poll(&mut Context::from_waker(w.waker())),
         Poll::Ready(Err(Elapsed::new()))
     );
+}
+
+// ---------------------------------------------------------------------------
+// Panics in the timer and in destructors (SPEC §1.13)
+// ---------------------------------------------------------------------------
+
+/// A manual clock whose `now`, `reset` and sleeps' `drop` panic while the
+/// matching flag is set.
+#[derive(Clone, Debug, Default)]
+struct FlakyTimer {
+    clock: ManualClock,
+    now_panics: Arc<AtomicBool>,
+    reset_panics: Arc<AtomicBool>,
+    sleep_drop_panics: Arc<AtomicBool>,
+}
+
+/// The sleep of a [`FlakyTimer`].
+struct FlakySleep {
+    sleep: ManualSleep,
+    drop_panics: Arc<AtomicBool>,
+}
+
+impl Future for FlakySleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.sleep).poll(cx)
+    }
+}
+
+impl Drop for FlakySleep {
+    fn drop(&mut self) {
+        assert!(!self.drop_panics.load(SeqCst), "sleep drop boom");
+    }
+}
+
+impl Timer for FlakyTimer {
+    type Sleep = FlakySleep;
+    fn now(&self) -> Instant {
+        assert!(!self.now_panics.load(SeqCst), "timer now boom");
+        self.clock.now()
+    }
+    fn sleep_until(&self, deadline: Instant) -> FlakySleep {
+        FlakySleep {
+            sleep: self.clock.sleep_until(deadline),
+            drop_panics: self.sleep_drop_panics.clone(),
+        }
+    }
+    fn reset(&self, mut sleep: Pin<&mut FlakySleep>, deadline: Instant) {
+        assert!(!self.reset_panics.load(SeqCst), "timer reset boom");
+        self.clock.reset(Pin::new(&mut sleep.sleep), deadline);
+    }
+}
+
+/// A future whose `drop` panics (once its `armed` flag is set), holding a
+/// token; ready with a token of its own when `ready`.
+struct DropPanics {
+    ready: bool,
+    tracker: Tracker,
+    _token: Token,
+    armed: Arc<AtomicBool>,
+}
+
+impl DropPanics {
+    fn new(ready: bool, tracker: &Tracker) -> (Self, Arc<AtomicBool>) {
+        let armed = Arc::new(AtomicBool::new(true));
+        let fut = DropPanics {
+            ready,
+            tracker: tracker.clone(),
+            _token: tracker.token(),
+            armed: armed.clone(),
+        };
+        (fut, armed)
+    }
+}
+
+impl Future for DropPanics {
+    type Output = Token;
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Token> {
+        if self.ready {
+            Poll::Ready(self.tracker.token())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for DropPanics {
+    fn drop(&mut self) {
+        assert!(!self.armed.swap(false, SeqCst), "inner drop boom");
+    }
+}
+
+/// Polls once, expecting a panic; returns its message.
+fn poll_panics<F: Future + Unpin>(call: &mut F, w: &CountingWaker) -> String {
+    let payload = std::panic::catch_unwind(AssertUnwindSafe(|| poll_once(call, w).map(drop)))
+        .expect_err("the poll should have panicked");
+    panic_message(&*payload)
+}
+
+guarded! {
+    /// Regression: the inner future was ready but its destructor panicked:
+    /// the output was lost and the next poll said "polled after
+    /// completion" although the timeout never completed.
+    fn a_panicking_inner_drop_after_ready_refuses_the_next_poll_clearly() {
+        let clock = ManualClock::new();
+        let tracker = Tracker::new();
+        let w = CountingWaker::new();
+        let (inner, _armed) = DropPanics::new(true, &tracker);
+        let mut call = timeout_with(clock.clone(), SEC, inner);
+        assert_eq!(poll_panics(&mut call, &w), "inner drop boom");
+        assert_eq!(tracker.live(), 0, "the inner future and the lost output are dropped");
+        let refusal = poll_panics(&mut call, &w);
+        assert!(refusal.contains("polled after a panic"), "{refusal}");
+        assert!(call.get_ref().is_none());
+    }
+
+    /// Regression: the same when the deadline passed and the inner future's
+    /// destructor panicked; the sleep is still dropped.
+    fn a_panicking_inner_drop_at_the_deadline_refuses_the_next_poll_clearly() {
+        let clock = ManualClock::new();
+        let tracker = Tracker::new();
+        let w = CountingWaker::new();
+        let (inner, _armed) = DropPanics::new(false, &tracker);
+        let mut call = timeout_with(clock.clone(), SEC, inner);
+        assert!(poll_once(&mut call, &w).is_pending());
+        clock.advance(SEC);
+        assert_eq!(poll_panics(&mut call, &w), "inner drop boom");
+        assert_eq!((tracker.live(), clock.sleepers()), (0, 0), "the inner future or the sleep was kept");
+        let refusal = poll_panics(&mut call, &w);
+        assert!(refusal.contains("polled after a panic"), "{refusal}");
+    }
+
+    /// Regression: the same when the timer's sleep panics as it is dropped
+    /// at the deadline; the inner future is dropped all the same, and with
+    /// both destructors panicking the first panic propagates.
+    fn a_panicking_sleep_drop_at_the_deadline_refuses_the_next_poll_clearly() {
+        for inner_panics in [false, true] {
+            let timer = FlakyTimer::default();
+            let tracker = Tracker::new();
+            let w = CountingWaker::new();
+            let (inner, armed) = DropPanics::new(false, &tracker);
+            armed.store(inner_panics, SeqCst);
+            let mut call = timeout_with(timer.clone(), SEC, inner);
+            assert!(poll_once(&mut call, &w).is_pending());
+            timer.clock.advance(SEC);
+            timer.sleep_drop_panics.store(true, SeqCst);
+            let first = if inner_panics { "inner drop boom" } else { "sleep drop boom" };
+            assert_eq!(poll_panics(&mut call, &w), first);
+            timer.sleep_drop_panics.store(false, SeqCst);
+            assert_eq!((tracker.live(), timer.clock.sleepers()), (0, 0));
+            let refusal = poll_panics(&mut call, &w);
+            assert!(refusal.contains("polled after a panic"), "{refusal}");
+        }
+    }
+}
+
+matrix! {
+    /// The refusal after a destructor's panic, awaited on every executor.
+    async fn a_panicking_destructor_while_resolving_is_refused_when_awaited_again() {
+        use futures::FutureExt;
+        let tracker = Tracker::new();
+        let (inner, _armed) = DropPanics::new(false, &tracker);
+        let mut call = timeout_with(ManualClock::new(), Duration::ZERO, inner);
+        let first = AssertUnwindSafe(&mut call).catch_unwind().await.map(drop).expect_err("the destructor's panic");
+        assert_eq!(panic_message(&*first), "inner drop boom");
+        let again = AssertUnwindSafe(&mut call).catch_unwind().await.map(drop).expect_err("a refusal");
+        let again = panic_message(&*again);
+        assert!(again.contains("`Timeout` polled after a panic"), "{again}");
+        assert_eq!(tracker.live(), 0);
+    }
 }
