@@ -222,6 +222,13 @@ impl<F, T: Timer> Timeout<F, T> {
     /// the new deadline even if it does not poll this future again before
     /// then.
     ///
+    /// # Panics
+    ///
+    /// If the timer panics in [`now`](Timer::now) or
+    /// [`reset`](Timer::reset); the deadline is unchanged then (as
+    /// [`deadline`](Self::deadline) reports it), and the sleep still wakes
+    /// the task at it.
+    ///
     /// # Examples
     ///
     /// ```

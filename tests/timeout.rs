@@ -735,6 +735,38 @@ fn poll_panics<F: Future + Unpin>(call: &mut F, w: &CountingWaker) -> String {
 }
 
 guarded! {
+    /// Regression: `reset` stored the new deadline before asking the timer,
+    /// so a panic in `Timer::now` or `Timer::reset` left `deadline()`
+    /// reporting a deadline the sleep never got (no wake-up at it).
+    fn a_timer_panic_in_reset_keeps_the_old_deadline() {
+        for which in ["now", "reset"] {
+            let timer = FlakyTimer::default();
+            let t0 = timer.clock.now();
+            let w = CountingWaker::new();
+            let mut call = timeout_with(timer.clone(), 10 * SEC, pending::<()>());
+            assert!(poll_once(&mut call, &w).is_pending());
+            let flag = if which == "now" { &timer.now_panics } else { &timer.reset_panics };
+            flag.store(true, SeqCst);
+            let reset = std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut call).reset(t0 + SEC)));
+            flag.store(false, SeqCst);
+            assert!(reset.is_err(), "{which}: the timer's panic propagates");
+            assert_eq!(call.deadline(), Some(t0 + 10 * SEC), "{which}: the deadline moved without the sleep");
+            timer.clock.advance(SEC);
+            assert_eq!(w.wakes(), 0, "{which}: woken at the deadline that was not set");
+            assert!(poll_once(&mut call, &w).is_pending());
+            timer.clock.advance(9 * SEC);
+            assert_eq!(w.wakes(), 1, "{which}: not woken at the deadline it reports");
+            assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+            // A later reset works.
+            let mut call = timeout_with(timer.clone(), 10 * SEC, pending::<()>());
+            assert!(poll_once(&mut call, &w).is_pending());
+            Pin::new(&mut call).reset(timer.clock.now() + SEC);
+            timer.clock.advance(SEC);
+            assert_eq!(w.wakes(), 2);
+            assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+        }
+    }
+
     /// Regression: the inner future was ready but its destructor panicked:
     /// the output was lost and the next poll said "polled after
     /// completion" although the timeout never completed.

@@ -77,6 +77,9 @@ use std::time::{Duration, Instant};
 /// * [`reset`](Timer::reset) moves a sleep's deadline **keeping the waker it
 ///   was last polled with**, so the task is woken at the new deadline without
 ///   polling the sleep again (as tokio's `Sleep::reset` does).
+/// * Any method may panic (a buggy or instrumented timer): awaitkit keeps
+///   its own state consistent — a deadline is only taken once `reset`
+///   returned — and lets the panic propagate.
 ///
 /// # Examples
 ///
@@ -404,18 +407,22 @@ pub(crate) fn poll_deadline<T: Timer + ?Sized>(
 
 /// Moves a deadline. A sleep already registered is moved with
 /// [`Timer::reset`], so the waker it holds fires at the new deadline.
+///
+/// `when` takes the new deadline only once the timer has moved the sleep:
+/// if [`Timer::now`] or [`Timer::reset`] panics, the deadline and the sleep
+/// both stay as they were.
 pub(crate) fn reset_deadline<T: Timer + ?Sized>(
     timer: &T,
     when: &mut When,
     sleep: Pin<&mut Option<T::Sleep>>,
-    deadline: When,
+    mut deadline: When,
 ) {
-    *when = deadline;
     if let Some(sleep) = sleep.as_pin_mut() {
         let now = timer.now();
-        when.resolve(now);
-        timer.reset(sleep, when.sleep_target(now));
+        deadline.resolve(now);
+        timer.reset(sleep, deadline.sleep_target(now));
     }
+    *when = deadline;
 }
 
 /// An optional deadline with its sleep on the heap, for the combinators that
