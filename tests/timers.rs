@@ -10,11 +10,11 @@ mod common;
 use awaitkit::time::{DefaultTimer, FuturesTimer};
 use awaitkit::{Elapsed, Timeout, Timer, timeout, timeout_at, timeout_at_with, timeout_with};
 use common::*;
-use std::future::{pending, ready};
+use std::future::{Future, pending, ready};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 const MS: Duration = Duration::from_millis(1);
@@ -258,6 +258,125 @@ guarded! {
         assert!(took >= SHORT && took < LATE, "took {took:?}");
         assert_eq!(w.wakes(), 0, "a dropped timeout woke its task");
     }
+}
+
+// ---------------------------------------------------------------------------
+// A user's waker never kills the default timer's thread (SPEC §1.13)
+// ---------------------------------------------------------------------------
+
+/// A user's waker that panics when woken, or (`wake: false`) when its last
+/// handle is dropped.
+struct Bomb {
+    wake: bool,
+}
+
+impl std::task::Wake for Bomb {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        assert!(!self.wake, "a user's waker panicked in wake");
+    }
+}
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        assert!(self.wake, "a user's waker panicked in drop");
+    }
+}
+
+/// Polls two timeouts of `timer` with wakers that panic: one woken when its
+/// 1 ms deadline passes, on the backend's thread; one dropped (its last
+/// handle) when its timeout is dropped, which futures-timer's helper thread
+/// did when it held the waker. Then gives the backend time to do both.
+fn plant_panicking_wakers<T: Timer>(timer: &T) {
+    let fires = Waker::from(Arc::new(Bomb { wake: true }));
+    let mut fired = Box::pin(timeout_with(timer, MS, pending::<()>()));
+    assert!(
+        fired
+            .as_mut()
+            .poll(&mut Context::from_waker(&fires))
+            .is_pending()
+    );
+    let drops = Waker::from(Arc::new(Bomb { wake: false }));
+    let mut dropped = Box::pin(timeout_with(
+        timer,
+        Duration::from_secs(3600),
+        pending::<()>(),
+    ));
+    assert!(
+        dropped
+            .as_mut()
+            .poll(&mut Context::from_waker(&drops))
+            .is_pending()
+    );
+    drop(drops); // the backend holds the last handle
+    real_sleep(50 * MS);
+    drop(dropped);
+    real_sleep(50 * MS);
+    drop(fired);
+}
+
+/// Runs the test at `path` (`module_path!()` and its name) again in a child
+/// process, where it runs `check`: a backend thread killed by a user's waker
+/// would break every later timer of the process running the other tests.
+/// Fails with the child's output if the child fails.
+fn in_child_process(path: &str, check: impl FnOnce()) {
+    const CHILD: &str = "AWAITKIT_TIMERS_CHILD";
+    let name = path.split_once("::").map_or(path, |(_, test)| test);
+    if std::env::var(CHILD).is_ok_and(|test| test == name) {
+        check();
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(CHILD, name)
+        .env("AWAITKIT_TEST_WATCHDOG_SECS", "10")
+        .output()
+        .expect("run the test binary as a child process");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "`{name}` failed in its child process ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+    );
+}
+
+/// Later timeouts on `timer`, on every executor of the matrix.
+fn still_fires_on_every_executor<T: Timer + Clone + Send + 'static>(timer: &T)
+where
+    T::Sleep: Send,
+{
+    let t = timer.clone();
+    run_tokio_current("after: tokio current-thread", move || {
+        elapses_never_early(t)
+    });
+    let t = timer.clone();
+    run_tokio_multi("after: tokio multi-thread", move || elapses_never_early(t));
+    let t = timer.clone();
+    run_smol("after: smol", move || elapses_never_early(t));
+    let t = timer.clone();
+    run_futures("after: futures", move || elapses_never_early(t));
+}
+
+/// Regression: futures-timer's helper thread called the user's waker
+/// directly; one panicking waker killed it, and every later timeout in the
+/// process panicked with "timer has gone away".
+#[test]
+fn default_timer_thread_survives_panicking_wakers() {
+    in_child_process(
+        concat!(
+            module_path!(),
+            "::default_timer_thread_survives_panicking_wakers"
+        ),
+        || {
+            plant_panicking_wakers(&FuturesTimer);
+            #[cfg(feature = "quanta")]
+            plant_panicking_wakers(&awaitkit::time::QuantaTimer::new());
+            still_fires_on_every_executor(&FuturesTimer);
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -11,6 +11,15 @@ use std::time::Instant;
 /// `async-io`). Works on any executor: async-io drives its reactor from a
 /// helper thread when nobody else does.
 ///
+/// # Panics in wakers
+///
+/// async-io catches a panic in the `wake` of the waker a sleep was polled
+/// with, but drops the waker of a cancelled sleep under its timer lock, on
+/// the reactor's thread: a panic in that `drop` kills the thread and poisons
+/// the lock, as it would for `async_io::Timer` itself. awaitkit does not put
+/// a waker of its own in between (that would cost every sleep an
+/// allocation, freed on the reactor's thread).
+///
 /// # Examples
 ///
 /// ```

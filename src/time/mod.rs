@@ -19,6 +19,24 @@
 //! `with_timer` builders take one as a value. Enabling a feature never
 //! changes which timer the plain functions use.
 //!
+//! # Wakers on the timer's threads
+//!
+//! [`FuturesTimer`] (the default, whose sleeps `QuantaTimer` uses too)
+//! keeps time on futures-timer's helper thread, which wakes — and drops —
+//! the wakers of every sleep in the process. A waker that panicked there
+//! would kill the thread, and every later sleep in the process would panic
+//! with "timer has gone away". So that thread never gets your waker: each
+//! sleep registers a waker of its own (one small allocation at its first
+//! poll, reused by the next sleep on the same thread) that wakes the waker
+//! the sleep was last polled with, and a panic in your waker's `wake` or
+//! `drop` there is **caught and discarded** (the panic hook still reports
+//! it).
+//!
+//! `TokioTimer` and `AsyncIoTimer` hand your waker to the runtime's driver,
+//! as the runtime's own sleeps and I/O do, and a waker's panic there does
+//! what it does to those (see their docs); `ManualClock` wakes sleepers on
+//! the thread that calls `advance`, where the panic propagates.
+//!
 //! # Examples
 //!
 //! ```
@@ -40,6 +58,7 @@ mod async_io;
 mod manual;
 #[cfg(feature = "quanta")]
 mod quanta;
+mod relay;
 #[cfg(feature = "tokio")]
 mod tokio;
 
@@ -52,11 +71,13 @@ pub use quanta::QuantaTimer;
 #[cfg(feature = "tokio")]
 pub use tokio::{TokioSleep, TokioTimer};
 
+use relay::Relay;
 use std::fmt;
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// A source of time: the current instant, and futures that complete at a
@@ -80,6 +101,11 @@ use std::time::{Duration, Instant};
 /// * Any method may panic (a buggy or instrumented timer): awaitkit keeps
 ///   its own state consistent — a deadline is only taken once `reset`
 ///   returned — and lets the panic propagate.
+/// * A backend that wakes or drops wakers on a helper thread shared by the
+///   whole process should not hand it the waker it was polled with: a panic
+///   in it there would take the thread down. [`FuturesTimer`] registers a
+///   waker of its own and catches such panics (see the [module
+///   docs](self#wakers-on-the-timers-threads)).
 ///
 /// # Examples
 ///
@@ -227,6 +253,9 @@ forward_timer!(&T, Arc<T>);
 /// The timer the plain functions ([`timeout`](crate::timeout),
 /// [`timeout_at`](crate::timeout_at), …) use: [`FuturesTimer`].
 ///
+/// Its helper thread never calls your waker directly: a panic in a waker's
+/// `wake` or `drop` there is caught and discarded (see [`FuturesTimer`]).
+///
 /// # Examples
 ///
 /// ```
@@ -241,6 +270,15 @@ pub type DefaultTimer = FuturesTimer;
 ///
 /// Its clock is [`std::time::Instant`]. Sleeps longer than 30 years are capped
 /// there (awaitkit re-arms them), so [`Duration::MAX`] never overflows.
+///
+/// # Panics in wakers
+///
+/// The helper thread wakes sleepers, and drops their wakers, for every
+/// timer in the process; a panic there would kill it, and every later sleep
+/// would panic with "timer has gone away". So each sleep registers a waker
+/// of its own with the thread instead, which wakes the waker the sleep was
+/// last polled with: a panic in that waker's `wake` or `drop` on the helper
+/// thread is **caught and discarded** there, and the thread goes on.
 ///
 /// # Examples
 ///
@@ -273,13 +311,11 @@ impl Timer for FuturesTimer {
 
     fn sleep_until_from(&self, now: Instant, deadline: Instant) -> FuturesSleep {
         // futures-timer takes a duration (and reads the clock once more).
-        let delay = deadline.saturating_duration_since(now);
-        FuturesSleep(futures_timer::Delay::new(delay.min(MAX_SLEEP)))
+        FuturesSleep::after(deadline.saturating_duration_since(now))
     }
 
     fn reset(&self, mut sleep: Pin<&mut FuturesSleep>, deadline: Instant) {
-        let delay = deadline.saturating_duration_since(Instant::now());
-        sleep.0.reset(delay.min(MAX_SLEEP));
+        sleep.reset_after(deadline.saturating_duration_since(Instant::now()));
     }
 }
 
@@ -295,13 +331,57 @@ impl Timer for FuturesTimer {
 /// # });
 /// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
-pub struct FuturesSleep(futures_timer::Delay);
+pub struct FuturesSleep {
+    // futures-timer wakes its wakers on its helper thread: it gets this
+    // relay's, never the user's (see `relay`). Released in `drop`.
+    relay: ManuallyDrop<Relay>,
+    delay: futures_timer::Delay,
+}
+
+impl FuturesSleep {
+    fn after(delay: Duration) -> Self {
+        FuturesSleep {
+            relay: ManuallyDrop::default(),
+            delay: futures_timer::Delay::new(delay.min(MAX_SLEEP)),
+        }
+    }
+
+    /// Moves the sleep to `delay` from now, keeping its waker.
+    fn reset_after(&mut self, delay: Duration) {
+        self.delay.reset(delay.min(MAX_SLEEP));
+    }
+}
 
 impl Future for FuturesSleep {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.0).poll(cx)
+        let FuturesSleep { relay, delay } = &mut *self;
+        relay.poll(cx, |cx| Pin::new(delay).poll(cx))
     }
+}
+
+impl Drop for FuturesSleep {
+    #[inline]
+    fn drop(&mut self) {
+        release_relay(self);
+    }
+}
+
+/// Lets a sleep's relay go, taking its waker back from the delay first (see
+/// [`Relay::release`]). Out of line and `extern "C"`: LLVM knows it cannot
+/// unwind (nothing in it does), so the sleep's drop glue is this call and
+/// the delay's, small enough to inline — a `Timeout` whose inner future was
+/// ready, and never made a sleep, costs nothing to drop.
+#[inline(never)]
+#[allow(improper_ctypes_definitions)] // called from Rust only
+extern "C" fn release_relay(sleep: &mut FuturesSleep) {
+    let relay = ManuallyDrop::into_inner(std::mem::take(&mut sleep.relay));
+    let delay = &mut sleep.delay;
+    relay.release(|| {
+        // Re-registers the delay with a no-op waker, dropping the relay's
+        // (unless it has fired: then futures-timer has dropped it already).
+        let _ = Pin::new(delay).poll(&mut Context::from_waker(Waker::noop()));
+    });
 }
 
 impl fmt::Debug for FuturesSleep {

@@ -1,14 +1,16 @@
 //! `QuantaTimer`: the default timer's sleeps on the `quanta` crate's clock
 //! (feature `quanta`).
 
-use super::{FuturesSleep, FuturesTimer, MAX_SLEEP, Timer};
+use super::{FuturesSleep, FuturesTimer, Timer};
 use std::fmt;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 /// A [`Timer`] whose clock is the CPU's time-stamp counter, read through the
 /// [`quanta`](https://docs.rs/quanta) crate (feature `quanta`); sleeps are
-/// [`FuturesTimer`]'s, so it works on every executor.
+/// [`FuturesTimer`]'s, so it works on every executor (and a panic in a
+/// waker on futures-timer's helper thread is caught and discarded there, as
+/// for [`FuturesTimer`]).
 ///
 /// Reading the counter costs about half of [`Instant::now`]. That matters
 /// where the clock is read on every operation — a
@@ -102,8 +104,7 @@ impl Timer for QuantaTimer {
     }
 
     fn reset(&self, mut sleep: Pin<&mut FuturesSleep>, deadline: Instant) {
-        let delay = deadline.saturating_duration_since(self.now());
-        sleep.0.reset(delay.min(MAX_SLEEP));
+        sleep.reset_after(deadline.saturating_duration_since(self.now()));
     }
 
     fn counter_nanos(&self) -> Option<u64> {

@@ -20,6 +20,16 @@ use std::time::Instant;
 /// Polling a sleep outside a tokio runtime with time enabled panics, as
 /// `tokio::time::sleep` does.
 ///
+/// The time driver wakes the waker a sleep was polled with on the thread
+/// that drives it, as it does for `tokio::time::sleep`: a panic in that
+/// waker's `wake` unwinds out of the runtime's park there (in a
+/// current-thread runtime, out of `block_on`, and the runtime is left
+/// without its driver). Unlike [`FuturesTimer`](super::FuturesTimer), whose
+/// helper thread is shared by the whole process, this is the runtime's own
+/// behaviour for all of its resources; awaitkit does not put a waker of its
+/// own in between (that would cost every sleep an allocation, and slow down
+/// the timeouts whose future is ready at once).
+///
 /// # Examples
 ///
 /// ```
