@@ -838,3 +838,60 @@ matrix! {
         assert_eq!(tracker.live(), 0);
     }
 }
+
+/// Runs the test at `path` (`module_path!()` and its name) again in a child
+/// process, where it runs `check`: an abort (a panic while unwinding) would
+/// take down the process running the other tests. Fails with the child's
+/// output if the child fails.
+fn in_child_process(path: &str, check: impl FnOnce()) {
+    const CHILD: &str = "AWAITKIT_TIMEOUT_CHILD";
+    let name = path.split_once("::").map_or(path, |(_, test)| test);
+    if std::env::var(CHILD).is_ok_and(|test| test == name) {
+        check();
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(CHILD, name)
+        .output()
+        .expect("run the test binary as a child process");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "`{name}` failed in its child process ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+    );
+}
+
+/// Regression: dropping a pending `wait` with a deadline (any combinator
+/// holding one) whose child and deadline sleep both panic as they are
+/// dropped aborted the process: the set is dropped first, and the sleep's
+/// panic came during that unwind. The sleep's is discarded, the child's
+/// propagates.
+#[test]
+fn dropping_a_wait_whose_child_and_deadline_sleep_both_panic() {
+    in_child_process(
+        concat!(
+            module_path!(),
+            "::dropping_a_wait_whose_child_and_deadline_sleep_both_panic"
+        ),
+        || {
+            let timer = FlakyTimer::default();
+            let tracker = Tracker::new();
+            let w = CountingWaker::new();
+            let (child, _armed) = DropPanics::new(false, &tracker);
+            let mut call = awaitkit::wait([child], awaitkit::ReturnWhen::AllCompleted)
+                .with_timeout(SEC)
+                .with_timer(timer.clone());
+            assert!(poll_once(&mut call, &w).is_pending());
+            assert_eq!(timer.clock.sleepers(), 1);
+            timer.sleep_drop_panics.store(true, SeqCst);
+            let dropped = std::panic::catch_unwind(AssertUnwindSafe(|| drop(call)));
+            timer.sleep_drop_panics.store(false, SeqCst);
+            let payload = dropped.expect_err("the child's panic propagates");
+            assert_eq!(panic_message(&*payload), "inner drop boom");
+            assert_eq!((tracker.live(), timer.clock.sleepers()), (0, 0));
+        },
+    );
+}

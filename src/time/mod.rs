@@ -554,6 +554,20 @@ impl<T: Timer> BoxedDeadline<T> {
     }
 }
 
+impl<T: Timer> Drop for BoxedDeadline<T> {
+    fn drop(&mut self) {
+        // Dropped during an unwind (a child of the combinator that owns it
+        // panicked as it was dropped), the sleep's destructor must not panic
+        // as well: a second panic would abort the process. Its panic is
+        // discarded then.
+        if std::thread::panicking() {
+            if let Some(sleep) = self.sleep.take() {
+                crate::unwind::contain(|| drop(sleep));
+            }
+        }
+    }
+}
+
 impl<T: Timer> fmt::Debug for BoxedDeadline<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Deadline")
