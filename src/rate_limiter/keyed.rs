@@ -1,14 +1,15 @@
 //! `KeyedRateLimiter`: one quota per key (per host, per user), with idle
 //! keys evicted so memory follows the keys in use.
 
-use super::shared::{Acquisition, Shared};
-use crate::unwind::Panics;
+use super::shared::{Acquisition, Reading, Shared};
 use super::{Quota, QuotaError, RateLimitError};
 use crate::time::{DefaultTimer, Timer};
+use crate::unwind::{self, Panics};
 use std::collections::HashMap;
+use std::collections::hash_map::{Entry, RandomState};
 use std::fmt;
 use std::future::Future;
-use std::hash::Hash;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -29,14 +30,25 @@ const MIN_SWEEP: usize = 64;
 /// [`evict_idle`](KeyedRateLimiter::evict_idle) sweeps on demand.
 ///
 /// The key map's lock is held only to look keys up, insert and remove them:
-/// wakers, the timer, and the keys' limiters are built, woken and dropped
-/// with it released. The key type's `Hash`, `Eq` and `Drop` do run under
-/// it, so they must not call back into the same `KeyedRateLimiter`.
+/// wakers, the timer, the keys' limiters, and the keys' `Hash` and `Drop`
+/// run with it released (a key is hashed once, before locking; the map
+/// keeps that hash, so growing it never hashes a key again). Only the key
+/// type's `Eq` runs under it, so it must not call back into the same
+/// `KeyedRateLimiter`.
 ///
 /// # Panics
 ///
 /// A waiter's waker that panics never wedges a key's limiter, nor the
 /// others (see [`RateLimiter`](crate::RateLimiter#panics)).
+///
+/// A key's `Hash` or `Eq` that panics propagates out of the call that was
+/// given that key, and leaves the map and every other key as they were. A
+/// key's `Drop` that panics propagates out of the call that was given the
+/// key (after everything is settled; the key's limiter is neither lost nor
+/// leaked), or out of [`evict_idle`](KeyedRateLimiter::evict_idle) when it
+/// evicts the key (after every evicted key is dropped); when an automatic
+/// sweep evicts the key, the panic is reported by the panic hook and
+/// discarded, so it never reaches an unrelated caller.
 ///
 /// # Examples
 ///
@@ -53,6 +65,8 @@ const MIN_SWEEP: usize = 64;
 /// ```
 pub struct KeyedRateLimiter<K, T: Timer = DefaultTimer> {
     timer: T,
+    /// Hashes the keys, with the map's lock released.
+    hasher: RandomState,
     inner: Mutex<Keys<K, T>>,
 }
 
@@ -62,8 +76,123 @@ struct Keys<K, T: Timer> {
     /// with this lock released: a key's limiter ignores an older change
     /// arriving after a newer one.
     generation: u64,
-    map: HashMap<K, Arc<Shared<T>>>,
+    /// The keys by their hash (computed with the lock released): the map
+    /// itself never runs the keys' `Hash`, so a key whose `Hash` panics can
+    /// never abort a rehash half way (std's table drops the entries it has
+    /// not moved yet) nor keep the map from growing.
+    map: HashMap<u64, Bucket<K, Arc<Shared<T>>>, BuildHasherDefault<PassThrough>>,
+    /// Keys in the map.
+    len: usize,
     sweep_at: usize,
+}
+
+impl<K: Eq, T: Timer> Keys<K, T> {
+    /// The limiter of `key`, whose hash is `hash` (runs the key's `Eq`).
+    fn get(&self, hash: u64, key: &K) -> Option<&Arc<Shared<T>>> {
+        self.map.get(&hash)?.get(key)
+    }
+
+    /// Adds a key that is not in the map (runs no user code).
+    fn insert(&mut self, hash: u64, key: K, shared: Arc<Shared<T>>) {
+        match self.map.entry(hash) {
+            Entry::Occupied(mut bucket) => bucket.get_mut().push(key, shared),
+            Entry::Vacant(slot) => {
+                slot.insert(Bucket::One(key, shared));
+            }
+        }
+        self.len += 1;
+    }
+
+    /// Every key's limiter.
+    fn limiters(&self) -> impl Iterator<Item = &Arc<Shared<T>>> {
+        self.map.values().flat_map(Bucket::values)
+    }
+}
+
+/// The keys sharing one hash: almost always one.
+enum Bucket<K, V> {
+    One(K, V),
+    Many(Vec<(K, V)>),
+}
+
+impl<K: Eq, V> Bucket<K, V> {
+    fn get(&self, key: &K) -> Option<&V> {
+        match self {
+            Bucket::One(k, v) => (k == key).then_some(v),
+            Bucket::Many(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+        }
+    }
+
+    fn push(&mut self, key: K, value: V) {
+        match self {
+            Bucket::Many(entries) => entries.push((key, value)),
+            Bucket::One(..) => {
+                let Bucket::One(k, v) = std::mem::replace(self, Bucket::Many(Vec::new())) else {
+                    unreachable!("matched above")
+                };
+                *self = Bucket::Many(vec![(k, v), (key, value)]);
+            }
+        }
+    }
+
+    fn values(&self) -> impl Iterator<Item = &V> {
+        let (one, many) = match self {
+            Bucket::One(_, v) => (Some(v), &[][..]),
+            Bucket::Many(entries) => (None, &entries[..]),
+        };
+        one.into_iter().chain(many.iter().map(|(_, v)| v))
+    }
+
+    /// Moves the entries `evict` picks to `evicted` (no key is dropped:
+    /// the caller drops them with the lock released). `false` when the
+    /// bucket is left empty.
+    fn evict(&mut self, mut evict: impl FnMut(&V) -> bool, evicted: &mut Vec<(K, V)>) -> bool {
+        match self {
+            Bucket::One(_, v) => {
+                if !evict(v) {
+                    return true;
+                }
+                let Bucket::One(k, v) = std::mem::replace(self, Bucket::Many(Vec::new())) else {
+                    unreachable!("matched above")
+                };
+                evicted.push((k, v));
+                false
+            }
+            Bucket::Many(entries) => {
+                let mut i = 0;
+                while i < entries.len() {
+                    if evict(&entries[i].1) {
+                        evicted.push(entries.swap_remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+                !entries.is_empty()
+            }
+        }
+    }
+}
+
+/// The map's hasher: a key's hash is computed once, with the limiter's
+/// [`RandomState`], and the map hashes that `u64` as itself.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; anything else still hashes.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
 }
 
 impl<K: Eq + Hash> KeyedRateLimiter<K, DefaultTimer> {
@@ -128,10 +257,12 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     {
         KeyedRateLimiter {
             timer,
+            hasher: RandomState::new(),
             inner: Mutex::new(Keys {
                 quota,
                 generation: 0,
-                map: HashMap::new(),
+                map: HashMap::default(),
+                len: 0,
                 sweep_at: MIN_SWEEP,
             }),
         }
@@ -143,24 +274,37 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     }
 
     /// The limiter of `key`, created on first use (sweeping idle keys when
-    /// the map has doubled). A new limiter is built, and evicted ones are
-    /// dropped, with the map's lock released (the timer's `clone`, a
-    /// limiter's drop and a spare key's drop are user code).
+    /// the map has doubled). The key is hashed, a new limiter is built, and
+    /// evicted keys and limiters are dropped, with the map's lock released
+    /// (the key's `Hash` and `Drop`, the timer's `clone` and a limiter's
+    /// drop are user code).
+    ///
+    /// The key is dropped explicitly before returning, never as the
+    /// function's argument: a panic in an argument's destructor leaks the
+    /// return value (rust-lang/rust#47949), and here that would be a handle
+    /// to the key's limiter, which would never be evicted.
     fn limiter(&self, key: K) -> Arc<Shared<T>>
     where
         T: Clone + Send + Sync + 'static,
         T::Sleep: Send + 'static,
     {
-        let (quota, generation) = {
+        let hash = self.hasher.hash_one(&key);
+        let (quota, generation, sweep) = {
             let keys = self.lock();
-            if let Some(shared) = keys.map.get(&key) {
-                return Arc::clone(shared);
+            if let Some(shared) = keys.get(hash, &key) {
+                let shared = Arc::clone(shared);
+                drop(keys);
+                // If it panics, `shared` is dropped as a local.
+                drop(key);
+                return shared;
             }
-            (keys.quota, keys.generation)
+            (keys.quota, keys.generation, keys.len >= keys.sweep_at)
         };
         let fresh = Shared::with_generation(quota, self.timer.clone(), generation);
+        // A sweep needs the time: the clock (user code) is read unlocked.
+        let reading = sweep.then(|| Reading::of(&self.timer));
         let mut keys = self.lock();
-        if let Some(shared) = keys.map.get(&key) {
+        if let Some(shared) = keys.get(hash, &key) {
             // Another thread created it meanwhile.
             let shared = Arc::clone(shared);
             drop(keys);
@@ -168,32 +312,48 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
             return shared;
         }
         let mut evicted = Vec::new();
-        if keys.map.len() >= keys.sweep_at {
-            Self::sweep(&mut keys, &mut evicted);
+        if let Some(reading) = reading.filter(|_| keys.len >= keys.sweep_at) {
+            Self::sweep(&mut keys, reading, &mut evicted);
         }
-        // A quota change meanwhile: nobody has seen `fresh` yet, so this
-        // wakes nobody.
-        let _same_mode = fresh.set_quota_at(keys.quota, Some(keys.generation));
-        keys.map.insert(key, Arc::clone(&fresh));
+        let latest = (keys.quota, keys.generation);
+        keys.insert(hash, key, Arc::clone(&fresh));
         drop(keys);
-        drop(evicted);
+        // An unrelated caller: a panic of an evicted key's or limiter's
+        // destructor is the panic hook's to report, not this call's.
+        for entry in evicted {
+            unwind::contain(move || drop(entry));
+        }
+        if latest.1 != generation {
+            // A quota change meanwhile missed `fresh`: apply the latest
+            // (later ones reach it through the map). A waiter queued on it
+            // since has its own task: a panic of its waker is not ours.
+            unwind::contain(|| {
+                let _same_mode = fresh.set_quota_at(latest.0, Some(latest.1));
+            });
+        }
         fresh
     }
 
-    /// Drops the idle keys from the map; their limiters go to `evicted`,
-    /// to drop once the lock is released. (`retain`, not a rebuild: no
-    /// key is hashed again.)
-    fn sweep(keys: &mut Keys<K, T>, evicted: &mut Vec<Arc<Shared<T>>>) -> usize {
-        let before = keys.map.len();
-        keys.map.retain(|_, shared| {
-            let keep = Arc::strong_count(shared) > 1 || !shared.is_idle();
-            if !keep {
-                evicted.push(Arc::clone(shared));
-            }
-            keep
+    /// Takes the idle keys out of the map, with their limiters, into
+    /// `evicted` (to drop once the lock is released). Runs no user code:
+    /// idleness is judged at `reading`, taken before locking, and no key is
+    /// hashed or dropped.
+    fn sweep(
+        keys: &mut Keys<K, T>,
+        reading: Reading,
+        evicted: &mut Vec<(K, Arc<Shared<T>>)>,
+    ) -> usize {
+        let before = evicted.len();
+        keys.map.retain(|_, bucket| {
+            bucket.evict(
+                |shared| Arc::strong_count(shared) == 1 && shared.is_idle_at(reading),
+                evicted,
+            )
         });
-        keys.sweep_at = (keys.map.len() * 2).max(MIN_SWEEP);
-        before - keys.map.len()
+        let gone = evicted.len() - before;
+        keys.len -= gone;
+        keys.sweep_at = (keys.len * 2).max(MIN_SWEEP);
+        gone
     }
 
     /// Waits for one call's grant for `key`, in FIFO order among that key's
@@ -324,7 +484,7 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     /// assert_eq!(limiter.len(), 1);
     /// ```
     pub fn len(&self) -> usize {
-        self.lock().map.len()
+        self.lock().len
     }
 
     /// No key is tracked.
@@ -337,11 +497,18 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     /// assert!(KeyedRateLimiter::<&str>::new(3, Duration::from_secs(1)).is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
-        self.lock().map.is_empty()
+        self.lock().len == 0
     }
 
     /// Drops every idle key now (see the [type docs](KeyedRateLimiter)) and
     /// returns how many went.
+    ///
+    /// # Panics
+    ///
+    /// If an evicted key's destructor panics (or its limiter's: its
+    /// timer's sleep), once every evicted key is dropped and the map's lock
+    /// released; the first such panic propagates. The keys are evicted all
+    /// the same.
     ///
     /// # Examples
     ///
@@ -355,9 +522,13 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     /// assert!(limiter.is_empty());
     /// ```
     pub fn evict_idle(&self) -> usize {
+        let reading = Reading::of(&self.timer); // user code: unlocked
         let mut evicted = Vec::new();
-        let gone = Self::sweep(&mut self.lock(), &mut evicted);
-        drop(evicted); // the lock is released
+        let gone = Self::sweep(&mut self.lock(), reading, &mut evicted);
+        // The lock is released: each key is dropped, even if one panics.
+        let mut panics = Panics::default();
+        panics.drop_all(evicted);
+        panics.resume();
         gone
     }
 
@@ -411,7 +582,7 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
             }
             keys.quota = quota;
             keys.generation += 1;
-            let limiters: Vec<Arc<Shared<T>>> = keys.map.values().cloned().collect();
+            let limiters: Vec<Arc<Shared<T>>> = keys.limiters().cloned().collect();
             (keys.generation, limiters)
         };
         // With the lock released: a key's waiters may be woken.
@@ -432,7 +603,7 @@ impl<K, T: Timer> fmt::Debug for KeyedRateLimiter<K, T> {
         // Read, then write with the lock released (the writer is user code).
         let (quota, len) = {
             let keys = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            (keys.quota, keys.map.len())
+            (keys.quota, keys.len)
         };
         f.debug_struct("KeyedRateLimiter")
             .field("quota", &quota)

@@ -370,6 +370,17 @@ impl std::error::Error for RateLimitError {}
 ///   `try_acquire` that finds waiters, or `set_quota`) re-arms the timer
 ///   from its own context.
 ///
+/// The timer's clock ([`Timer::now`], [`Timer::counter_nanos`]) is read
+/// before the limiter locks its state, so it may call back into the limiter
+/// too. Its sleeps are created, moved, polled and dropped by the driver: a
+/// call back into the limiter from there finds the driver busy and leaves it
+/// a note for one more pass (it never waits). A sleep that completes before
+/// its deadline (a coarse backend; the [`Timer`] contract allows it) is
+/// replaced by one a little later, the slack doubling from a microsecond at
+/// each early completion: the limiter never busy-waits for its deadline. A
+/// timer whose sleeps keep completing early (40 times in a row, however
+/// late) is treated like one that panics, without the panic.
+///
 /// A waiter whose waker panicked in `wake` is not woken again for that
 /// grant: its task sees the grant whenever it is next polled, and dropping
 /// the acquire unseen gives the grant back, as for any waiter.

@@ -44,13 +44,14 @@
 //! `set_quota`) drives again from its own context.
 
 use super::driver::{self, Pass, Ran};
-use crate::unwind::{self, Panics, Payload};
-use crate::wake_list::WakeList as Wakers;
 use super::window::{self, Log};
 use super::{Mode, Quota, QuotaError, RateLimitError};
-use crate::time::{Timer, When, poll_deadline, reset_deadline};
+use crate::time::{MAX_SLEEP, Timer};
+use crate::unwind::{self, Panics, Payload};
 use crate::wait_queue::WaitQueue;
+use crate::wake_list::WakeList as Wakers;
 use std::fmt;
+use std::future::Future;
 use std::ops::Deref;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
@@ -112,6 +113,11 @@ struct State {
     ///
     /// [`KeyedRateLimiter`]: crate::KeyedRateLimiter
     generation: u64,
+    /// Bumped by every quota change: a GCRA grant records it, and is given
+    /// back only if the quota has not changed since (a change rescales the
+    /// arrival time, so an equal value no longer means "nothing granted
+    /// after it").
+    quota_changes: u64,
 }
 
 impl<T: Timer> Shared<T> {
@@ -156,11 +162,13 @@ impl<T: Timer> Shared<T> {
                     log: Log::default(),
                     queue: WaitQueue::new(),
                     generation,
+                    quota_changes: 0,
                 }),
                 driver: Driver {
                     flag: driver::Flag::new(),
                     armed: Mutex::new(Armed {
-                        when: None,
+                        at: None,
+                        slack: 0,
                         sleep: Box::pin(None),
                     }),
                     waker,
@@ -189,9 +197,13 @@ impl<T: Timer> Shared<T> {
         }
     }
 
-    /// The clock, never behind a time already used.
-    fn now_locked(&self, state: &mut State) -> u64 {
-        Self::held(state, self.now_raw())
+    /// `reading` (taken before locking, on a clone of this limiter's
+    /// timer), in nanoseconds since the epoch.
+    fn nanos_at(&self, reading: Reading) -> u64 {
+        match reading {
+            Reading::Counter(counter) => counter.saturating_sub(self.counter_origin),
+            Reading::Instant(now) => nanos(now.saturating_duration_since(self.epoch)),
+        }
     }
 
     /// `raw`, read before taking the lock, never behind a time already used.
@@ -308,7 +320,13 @@ impl<T: Timer> Shared<T> {
                         Ordering::AcqRel,
                         Ordering::Acquire,
                     ) {
-                        Ok(_) => return Ok(Grant::Gcra { before, after }),
+                        Ok(_) => {
+                            return Ok(Grant::Gcra {
+                                before,
+                                after,
+                                quota_changes: state.quota_changes,
+                            });
+                        }
                         Err(actual) => before = actual,
                     }
                 }
@@ -318,14 +336,25 @@ impl<T: Timer> Shared<T> {
 
     /// Takes back a grant nobody observed (its acquire was dropped between
     /// the grant and its next poll). A window grant leaves the log; a GCRA
-    /// grant only if nothing was granted after it.
+    /// grant only if nothing was granted after it and the quota has not
+    /// changed since (a change rescales the arrival time: a later grant may
+    /// then end at the very value this one wrote).
     fn unrecord(&self, state: &mut State, grant: Grant, n: u64) {
         match grant {
             Grant::Window(index) => state.log.unrecord(index, n),
-            Grant::Gcra { before, after } => {
-                let _taken_back =
-                    self.tat
-                        .compare_exchange(after, before, Ordering::AcqRel, Ordering::Acquire);
+            Grant::Gcra {
+                before,
+                after,
+                quota_changes,
+            } => {
+                if quota_changes == state.quota_changes {
+                    let _taken_back = self.tat.compare_exchange(
+                        after,
+                        before,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                }
             }
         }
     }
@@ -435,8 +464,10 @@ impl<T: Timer> Shared<T> {
         // lock is taken again and everything is looked at afresh.
         let mut fresh: Option<Waker> = None;
         let first = loop {
+            // The clock (user code) is read before locking.
+            let raw = self.now_raw();
             let mut state = self.lock();
-            let now = self.now_locked(&mut state);
+            let now = Self::held(&mut state, raw);
             let first = state.queue.is_empty();
             let settled = match check_fits(&state.quota, n) {
                 Err(error) => Some(NodeState::Failed(error)),
@@ -585,6 +616,12 @@ impl<T: Timer> Shared<T> {
         quota: Quota,
         generation: Option<u64>,
     ) -> Result<(), QuotaError> {
+        // GCRA rescales at the current time: the clock (user code) is read
+        // before locking.
+        let raw = match self.ctl.load(Ordering::Relaxed) & WINDOW {
+            0 => self.now_raw(),
+            _ => 0,
+        };
         let mut state = self.lock();
         if std::mem::discriminant(&quota.mode) != std::mem::discriminant(&state.quota.mode) {
             return Err(QuotaError::ModeChange);
@@ -597,9 +634,10 @@ impl<T: Timer> Shared<T> {
         }
         let old = state.quota;
         self.apply(&mut state, quota);
+        state.quota_changes = state.quota_changes.wrapping_add(1);
         if let (Mode::Gcra { .. }, Some(old_interval)) = (quota.mode, gcra_interval(&old)) {
             // The calls still owed are owed at the new rate.
-            let now = self.now_locked(&mut state);
+            let now = Self::held(&mut state, raw);
             let interval = self.gcra_params().interval;
             let _rescaled = self
                 .tat
@@ -621,14 +659,17 @@ impl<T: Timer> Shared<T> {
         self.lock().queue.len()
     }
 
-    /// Nobody waits and no grant is still in a window: a fresh limiter
-    /// would behave the same (the keyed limiter evicts such keys).
-    pub(crate) fn is_idle(&self) -> bool {
+    /// Nobody waits and no grant is still in a window at `reading` (taken
+    /// before any lock, on a clone of this limiter's timer): a fresh
+    /// limiter would behave the same (the keyed limiter evicts such keys).
+    /// Runs no user code.
+    pub(crate) fn is_idle_at(&self, reading: Reading) -> bool {
+        let raw = self.nanos_at(reading);
         let mut state = self.lock();
         if !state.queue.is_empty() {
             return false;
         }
-        let now = self.now_locked(&mut state);
+        let now = Self::held(&mut state, raw);
         match state.quota.mode {
             Mode::Window => {
                 let period = state.period;
@@ -657,17 +698,19 @@ impl<T: Timer> Shared<T> {
         let mut wakers = Wakers::default();
         let mut panics = Panics::default();
         let ran = self.driver.flag.run(|| {
-            match catch_unwind(AssertUnwindSafe(|| self.pass(&mut wakers))) {
-                Ok(true) => Pass::Again,
-                Ok(false) => Pass::Done,
+            let outcome = match catch_unwind(AssertUnwindSafe(|| self.pass(&mut wakers))) {
+                Ok(outcome) => outcome,
                 Err(payload) => {
                     panics.keep(Some(payload));
-                    // Still the driver: drop whatever was half armed, so the
-                    // next driver starts from a clean timer.
-                    panics.catch(|| self.disarm());
                     Pass::Failed
                 }
+            };
+            if outcome == Pass::Failed {
+                // Still the driver: drop whatever was half armed, so the
+                // next driver starts from a clean timer.
+                panics.catch(|| self.disarm());
             }
+            outcome
         });
         if ran == Ran::Stalled {
             // Nothing is armed: every waiter polls again, and the first to
@@ -683,12 +726,13 @@ impl<T: Timer> Shared<T> {
     }
 
     /// One pass of the driver: grants the waiters that are due (collecting
-    /// their wakers) and arms the timer. `true` when the timer is already
-    /// due (pass again).
-    fn pass(&self, wakers: &mut Wakers) -> bool {
+    /// their wakers) and arms the timer (see [`arm`](Shared::arm)).
+    fn pass(&self, wakers: &mut Wakers) -> Pass {
+        // The clock (user code) is read before locking.
+        let raw = self.now_raw();
         let next = {
             let mut state = self.lock();
-            let now = self.now_locked(&mut state);
+            let now = Self::held(&mut state, raw);
             self.process(&mut state, now, wakers)
         };
         self.arm(next)
@@ -720,37 +764,98 @@ impl<T: Timer> Shared<T> {
     /// Forgets the armed timer (after a failed pass).
     fn disarm(&self) {
         let mut armed = self.driver.armed.lock().unwrap_or_else(|p| p.into_inner());
-        armed.when = None;
+        armed.at = None;
+        armed.slack = 0;
         armed.sleep.set(None);
     }
 
-    /// Arms the timer for `next` (drops it when nobody waits). `true` when
-    /// that time has already come.
-    fn arm(&self, next: Option<u64>) -> bool {
+    /// Arms the timer for the head's time `next` (drops it when nobody
+    /// waits, or when the head can never be granted: only a quota change,
+    /// which drives, can change that).
+    ///
+    /// `Again` when that time has already come. A sleep that completes
+    /// before it (a coarse timer rounding deadlines down; the [`Timer`]
+    /// contract allows it) is replaced by one a little later — `slack`
+    /// doubles from a microsecond with every early completion — and polled
+    /// at once, in this pass: the driver never wakes itself to "yield"
+    /// (nothing would poll it later but itself: a busy loop until the
+    /// deadline). A timer whose sleeps keep completing early however late
+    /// they are set is given up on: `Failed` stalls the driver without a
+    /// panic, and the waiters drive from their own tasks.
+    fn arm(&self, next: Option<u64>) -> Pass {
+        /// Early completions in one pass before giving up on the timer
+        /// (the slack is then about 12 days).
+        const MAX_EARLY: u32 = 40;
         let mut armed = self.driver.armed.lock().unwrap_or_else(|p| p.into_inner());
-        let Armed { when, sleep } = &mut *armed;
-        let Some(at) = next else {
-            *when = None;
+        let Armed {
+            at: armed_at,
+            slack,
+            sleep,
+        } = &mut *armed;
+        let deadline = next.and_then(|at| {
+            let instant = self.epoch.checked_add(Duration::from_nanos(at))?;
+            (at != u64::MAX).then_some((at, instant))
+        });
+        let Some((at, deadline)) = deadline else {
+            *armed_at = None;
+            *slack = 0;
             sleep.set(None);
-            return false;
+            return Pass::Done;
         };
-        let target = match self.epoch.checked_add(Duration::from_nanos(at)) {
-            Some(instant) if at != u64::MAX => When::At(instant),
-            _ => When::Never,
-        };
-        match when {
-            Some(current) if *current == target => {}
-            Some(current) => reset_deadline(&self.timer, current, sleep.as_mut(), target),
-            None => *when = Some(target),
-        }
-        let current = when.as_mut().expect("set above");
         let mut cx = Context::from_waker(&self.driver.waker);
-        if poll_deadline(&self.timer, current, sleep.as_mut(), &mut cx).is_ready() {
-            *when = None;
+        for _ in 0..MAX_EARLY {
+            let now = self.now_raw();
+            if now >= at {
+                *armed_at = None;
+                *slack = 0;
+                sleep.set(None);
+                return Pass::Again;
+            }
+            if *armed_at != Some(at) {
+                // A new time: the timer's earliness is learned afresh (the
+                // slack delays the grant), and the sleep, if any, moves (the
+                // new time is taken only once `reset` returned).
+                *slack = 0;
+                if let Some(pending) = sleep.as_mut().as_pin_mut() {
+                    *armed_at = None;
+                    self.timer
+                        .reset(pending, self.sleep_target(deadline, 0, now));
+                }
+                *armed_at = Some(at);
+            }
+            if sleep.is_none() {
+                let target = self.sleep_target(deadline, *slack, now);
+                sleep.set(Some(self.timer.sleep_until(target)));
+            }
+            let pending = sleep.as_mut().as_pin_mut().expect("set above");
+            if pending.poll(&mut cx).is_pending() {
+                return Pass::Done;
+            }
+            // Completed: never polled again. Early if the time has not come.
             sleep.set(None);
-            return true;
+            *slack = (*slack).saturating_mul(2).max(1_000);
         }
-        false
+        *armed_at = None;
+        *slack = 0;
+        Pass::Failed
+    }
+
+    /// What the driver's sleep for `deadline` sleeps until: `slack`
+    /// nanoseconds later, capped at [`MAX_SLEEP`] from `now` (a backend
+    /// may not take a longer sleep; a capped one completes early and is
+    /// replaced).
+    fn sleep_target(&self, deadline: Instant, slack: u64, now: u64) -> Instant {
+        let target = deadline
+            .checked_add(Duration::from_nanos(slack))
+            .unwrap_or(deadline);
+        let cap = self
+            .epoch
+            .checked_add(Duration::from_nanos(now))
+            .and_then(|now| now.checked_add(MAX_SLEEP));
+        match cap {
+            Some(cap) if cap < target => cap,
+            _ => target,
+        }
     }
 }
 
@@ -759,6 +864,26 @@ fn gcra_interval(quota: &Quota) -> Option<u64> {
     match quota.mode {
         Mode::Window => None,
         Mode::Gcra { .. } => Some(nanos(quota.period).div_ceil(quota.max_calls as u64).max(1)),
+    }
+}
+
+/// One reading of a timer's clock, taken with no lock held, for limiters
+/// on clones of that timer (a keyed limiter's sweep).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Reading {
+    /// [`Timer::counter_nanos`].
+    Counter(u64),
+    /// [`Timer::now`], for a timer without a counter.
+    Instant(Instant),
+}
+
+impl Reading {
+    /// Reads `timer`'s clock (user code).
+    pub(crate) fn of<T: Timer>(timer: &T) -> Reading {
+        match timer.counter_nanos() {
+            Some(counter) => Reading::Counter(counter),
+            None => Reading::Instant(timer.now()),
+        }
     }
 }
 
@@ -817,7 +942,11 @@ struct Driver<S> {
 }
 
 struct Armed<S> {
-    when: Option<When>,
+    /// The head's time the sleep is for.
+    at: Option<u64>,
+    /// How much later than `at` the sleep is set: the timer completed
+    /// sleeps early for this `at` (see [`Shared::arm`]).
+    slack: u64,
     sleep: Pin<Box<Option<S>>>,
 }
 
@@ -928,7 +1057,12 @@ impl Waiter {
 #[derive(Clone, Copy, Debug)]
 enum Grant {
     Window(u64),
-    Gcra { before: u64, after: u64 },
+    Gcra {
+        before: u64,
+        after: u64,
+        /// The limiter's quota changes when it was granted.
+        quota_changes: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
