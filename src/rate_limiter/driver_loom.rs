@@ -141,3 +141,182 @@ fn two_notifiers_race_failing_passes() {
         assert_eq!(world.seen.load(Ordering::Relaxed), 3);
     });
 }
+
+// ---------------------------------------------------------------------------
+// The stall path (`Shared::drive`) and recovery from it
+// ---------------------------------------------------------------------------
+
+/// One waiter's waker slot (the queue node, under the state lock) and what
+/// the driver did about it.
+#[derive(Debug)]
+struct Slot {
+    /// The waker version the waiter registered last.
+    latest: u32,
+    /// The registered waker, until a stalled driver takes it to wake it.
+    waker: Option<u32>,
+    /// The version a stalled driver woke.
+    woken: Option<u32>,
+}
+
+/// The flag, one queued waiter, and whether a pass ran after the failure.
+struct Stall {
+    flag: Flag,
+    slot: loom::sync::Mutex<Slot>,
+    running: AtomicUsize,
+    /// A pass has failed.
+    failed: loom::sync::atomic::AtomicBool,
+    /// A pass succeeded after one failed: it armed the timer for the queue
+    /// (or granted it), so the waiter is served whatever waker it holds.
+    recovered: loom::sync::atomic::AtomicBool,
+}
+
+impl Stall {
+    fn new() -> Arc<Stall> {
+        Arc::new(Stall {
+            flag: Flag::new(),
+            slot: loom::sync::Mutex::new(Slot {
+                latest: 1,
+                waker: Some(1),
+                woken: None,
+            }),
+            running: AtomicUsize::new(0),
+            failed: loom::sync::atomic::AtomicBool::new(false),
+            recovered: loom::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    fn pass(&self, fail: bool) -> Pass {
+        assert_eq!(
+            self.running.fetch_add(1, Ordering::SeqCst),
+            0,
+            "two passes at once"
+        );
+        let outcome = if fail {
+            self.failed.store(true, Ordering::Relaxed);
+            Pass::Failed
+        } else {
+            if self.failed.load(Ordering::Relaxed) {
+                self.recovered.store(true, Ordering::Relaxed);
+            }
+            Pass::Done
+        };
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        outcome
+    }
+
+    /// `Shared::drive`: run the flag; once it says `Stalled` (the flag is
+    /// already `STALLED`), take every queued waker under the state lock,
+    /// and wake it.
+    fn drive(&self, fail: bool) -> Ran {
+        let ran = self.flag.run(|| self.pass(fail));
+        if ran == Ran::Stalled {
+            let mut slot = self.slot.lock().unwrap();
+            if let Some(version) = slot.waker.take() {
+                slot.woken = Some(version);
+            }
+        }
+        ran
+    }
+
+    /// `Shared::poll_queued`: replace the waker under the lock, then drive
+    /// if the driver is stalled.
+    fn repoll(&self) {
+        {
+            let mut slot = self.slot.lock().unwrap();
+            slot.latest = 2;
+            slot.waker = Some(2);
+        }
+        if self.flag.is_stalled() {
+            self.drive(false);
+        }
+    }
+
+    /// Nobody is left without a wake-up: no pass failed (the driver's
+    /// request was a note, and the notifier's passes served the queue), or
+    /// the waiter's latest waker was woken, or a pass after the failure
+    /// served the queue.
+    fn check(&self) {
+        assert_eq!(self.flag.at_rest(), Ok(()), "the flag is left busy");
+        let slot = self.slot.lock().unwrap();
+        assert!(
+            !self.failed.load(Ordering::Relaxed)
+                || slot.woken == Some(slot.latest)
+                || self.recovered.load(Ordering::Relaxed),
+            "a lost wake-up: {slot:?}, stalled: {}",
+            self.flag.is_stalled()
+        );
+    }
+}
+
+/// The driver's pass fails (its timer panicked) while a queued waiter
+/// re-registers its waker and then checks `is_stalled`, and a notifier
+/// (the timer firing, a cancel) leaves a note. The stalled driver must set
+/// `STALLED` before it collects the wakers: the other way round, a waker
+/// registered in between is neither woken nor sees the stall.
+#[test]
+fn a_stall_races_a_waiter_reregistering_and_a_notifier() {
+    model(|| {
+        let world = Stall::new();
+        let waiter = {
+            let world = world.clone();
+            thread::spawn(move || world.repoll())
+        };
+        let notifier = {
+            let world = world.clone();
+            thread::spawn(move || world.drive(false))
+        };
+        world.drive(true);
+        waiter.join().unwrap();
+        notifier.join().unwrap();
+        world.check();
+    });
+}
+
+/// From a stalled flag (whose failed pass missed a request: the queue), a
+/// waiter recovering (it saw `is_stalled`; its waker is re-registered under
+/// the state lock, which every pass takes, so it is no request of its own)
+/// races a notifier's new request: one of them drives, a pass sees both
+/// requests, and the flag ends idle — or stalled again if the recovering
+/// pass failed too, and then the next call recovers.
+fn recovery_race(first_recovery_fails: bool) {
+    model(move || {
+        let world = World::new();
+        world.requests.fetch_add(1, Ordering::Release);
+        assert_eq!(world.flag.run(|| Pass::Failed), Ran::Stalled);
+        let script: fn(usize) -> Pass = if first_recovery_fails {
+            |k| if k == 0 { Pass::Failed } else { Pass::Done }
+        } else {
+            |_| Pass::Done
+        };
+        let recovering = {
+            let world = world.clone();
+            thread::spawn(move || {
+                if world.flag.is_stalled() {
+                    world.flag.run(|| world.pass(script));
+                }
+            })
+        };
+        let notifier = {
+            let world = world.clone();
+            thread::spawn(move || world.request(script))
+        };
+        recovering.join().unwrap();
+        notifier.join().unwrap();
+        assert_eq!(world.flag.at_rest(), Ok(()), "the flag is left busy");
+        if world.flag.is_stalled() {
+            assert!(first_recovery_fails, "stalled, though no pass failed");
+            assert_eq!(world.flag.run(|| world.pass(|_| Pass::Done)), Ran::Settled);
+        }
+        assert_eq!(world.seen.load(Ordering::Relaxed), 2, "a request was lost");
+    });
+}
+
+#[test]
+fn recovery_from_a_stall_races_a_new_note() {
+    recovery_race(false);
+}
+
+#[test]
+fn a_failing_recovery_from_a_stall_races_a_new_note() {
+    recovery_race(true);
+}
