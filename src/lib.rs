@@ -92,8 +92,16 @@
 //!   primitive usable: the other waiters a release grants are all woken and
 //!   the first panic propagates from the call that woke them; a combinator
 //!   whose task's waker panicked on a wake re-arms at its next poll.
-//! * **Shared threads never run user code that can kill them** (such as
-//!   futures-timer's helper thread).
+//! * **Shared threads never run user code that can kill them**: the default
+//!   timer's helper thread (futures-timer's) only ever holds awaitkit's own
+//!   waker, which wakes yours and discards its panic, and the rate limiter's
+//!   driver discards waker panics on the timer's path. tokio's and async-io's
+//!   drivers treat awaitkit's sleeps as their own (see
+//!   `time::TokioTimer` and `time::AsyncIoTimer`).
+//! * **One known limit**: a pending [`Timeout`] whose inner future *and*
+//!   whose timer's sleep both panic when dropped aborts the process, as a
+//!   struct's drop glue does (containing it would cost every ready timeout
+//!   its inlined drop).
 //!
 //! What the panic does to the thing it came from:
 //!
@@ -104,6 +112,7 @@
 //! | [`AsCompleted`] | propagates; the stream stays usable | as above; the slot is reused | as above |
 //! | [`task_group`], [`task_group_local`] | propagates; the group refuses polls | every task and the body are dropped, then it propagates | as above |
 //! | [`process_batch`] | propagates; the batch refuses polls | as above | as above |
+//! | [`timeout()`], [`Timeout`] | propagates; the timeout stays usable | the inner future (and on `Elapsed` the sleep) is dropped, the first panic propagates, and the next poll refuses ("polled after a panic") | propagates from the inner future's poll |
 //! | [`Semaphore`], [`RateLimiter`], [`KeyedRateLimiter`], [`Pool`] | — | a permit, grant or object is returned exactly once | every granted waiter is woken; the first panic propagates from the call that woke them; the primitive stays usable |
 //!
 //! Callbacks (a pool [`Manager`](pool::Manager), a progress callback, a
