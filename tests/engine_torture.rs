@@ -124,9 +124,11 @@ struct Hostile {
 static HOSTILE: RawWakerVTable = RawWakerVTable::new(h_clone, h_wake, h_wake_by_ref, h_drop);
 
 unsafe fn h(data: *const ()) -> &'static Hostile {
+    // SAFETY: every waker of this vtable points at a leaked `Hostile`.
     unsafe { &*(data as *const Hostile) }
 }
 unsafe fn h_clone(data: *const ()) -> RawWaker {
+    // SAFETY: see `h`.
     let s = unsafe { h(data) };
     let n = s.clones.fetch_add(1, Ordering::SeqCst) + 1;
     if s.clone_panic_every != 0 && n % s.clone_panic_every == 0 {
@@ -136,12 +138,14 @@ unsafe fn h_clone(data: *const ()) -> RawWaker {
     RawWaker::new(data, &HOSTILE)
 }
 unsafe fn h_wake(data: *const ()) {
+    // SAFETY: forwarded waker contract.
     unsafe {
         h_wake_by_ref(data);
         h_drop(data);
     }
 }
 unsafe fn h_wake_by_ref(data: *const ()) {
+    // SAFETY: see `h`.
     let s = unsafe { h(data) };
     let n = s.wakes.fetch_add(1, Ordering::SeqCst) + 1;
     // Set first: a wake that panics was still attempted (its caller saw
@@ -152,6 +156,7 @@ unsafe fn h_wake_by_ref(data: *const ()) {
     }
 }
 unsafe fn h_drop(data: *const ()) {
+    // SAFETY: see `h`.
     let s = unsafe { h(data) };
     s.refs.fetch_sub(1, Ordering::SeqCst);
 }
@@ -334,7 +339,7 @@ fn as_completed_round(seed: u64, helper: bool) {
         // still hold wakers it took: give it time).
         let waited = Instant::now();
         while !hs.woken.swap(false, Ordering::SeqCst) {
-            if reg.pool.lock().unwrap().len() > 0 {
+            if !reg.pool.lock().unwrap().is_empty() {
                 break;
             }
             if waited.elapsed() > Duration::from_secs(3) {
@@ -413,7 +418,7 @@ fn combinators_torture_with_helper_thread() {
     quiet();
     let done = watchdog(Duration::from_secs(120));
     for seed in 1..150u64 {
-        let mut rng = Rng(seed * 104729 | 1);
+        let mut rng = Rng((seed * 104729) | 1);
         let reg = Arc::new(Registry::default());
         let stop = Arc::new(AtomicBool::new(false));
         let helper = {

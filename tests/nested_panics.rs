@@ -303,10 +303,11 @@ fn task_group_drop_queued_task_and_body_both_panic_does_not_abort() {
         || {
             let group = awaitkit::task_group(|scope: awaitkit::TaskScope<'_, ()>| {
                 let bomb = Bomb("queued task");
-                let _ = scope.spawn(async move {
+                // The handle is dropped: the task is detached.
+                drop(scope.spawn(async move {
                     let _keep = &bomb;
                     Ok::<(), ()>(())
-                });
+                }));
                 let body_bomb = Bomb("body");
                 async move {
                     let _keep = &body_bomb;
@@ -486,7 +487,7 @@ fn task_group_drop_with_a_panicking_task_waker_drop_does_not_abort() {
                 unsafe { Waker::from_raw(std::task::RawWaker::new(std::ptr::null(), &DROP_VT)) };
             let never = Parked::default();
             let mut group = awaitkit::task_group(move |scope: awaitkit::TaskScope<'static, ()>| {
-                let _ = scope.spawn(never.future().map_ok());
+                drop(scope.spawn(never.future().map_ok()));
                 std::future::pending::<Result<(), ()>>()
             });
             assert!(

@@ -16,10 +16,12 @@ static LIVE: AtomicIsize = AtomicIsize::new(0);
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         LIVE.fetch_add(l.size() as isize, Ordering::SeqCst);
+        // SAFETY: the caller's contract for `alloc`, forwarded.
         unsafe { System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         LIVE.fetch_sub(l.size() as isize, Ordering::SeqCst);
+        // SAFETY: `p` came from `alloc` above with layout `l`.
         unsafe { System.dealloc(p, l) }
     }
 }
