@@ -162,7 +162,7 @@ unsafe fn h_drop(data: *const ()) {
 }
 
 fn hostile(rng: &mut Rng) -> (&'static Hostile, Waker) {
-    let s: &'static Hostile = Box::leak(Box::new(Hostile {
+    let s: &'static Hostile = keep_alive(Box::new(Hostile {
         refs: AtomicUsize::new(1),
         clones: AtomicUsize::new(0),
         wakes: AtomicUsize::new(0),
@@ -482,4 +482,16 @@ fn combinators_torture_with_helper_thread() {
         assert!(reg.live.lock().unwrap().is_empty(), "seed {seed}");
     }
     done.store(true, Ordering::SeqCst);
+}
+
+/// Leaks `value` on purpose (it must outlive every waker and thread of the
+/// test) but keeps its address in a static, so LeakSanitizer (the ASan run
+/// in CI) sees it as reachable rather than as a leak.
+fn keep_alive<T>(value: Box<T>) -> &'static mut T {
+    static KEPT: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+    let value = Box::leak(value);
+    KEPT.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(value as *mut T as usize);
+    value
 }

@@ -222,7 +222,7 @@ fn gather_child_and_its_output_both_panic_on_drop_does_not_abort() {
                 let _ = Pin::new(&mut g).poll(&mut Context::from_waker(Waker::noop()));
             }));
             assert!(r.is_err());
-            std::mem::forget(g);
+            drop(g);
         },
     );
 }

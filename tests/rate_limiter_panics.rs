@@ -1504,7 +1504,7 @@ mod review_regressions {
                 hook: Arc::new(OnceLock::new()),
                 armed: Arc::new(AtomicBool::new(false)),
             };
-            let limiter: &'static RateLimiter<Hooked> = Box::leak(Box::new(
+            let limiter: &'static RateLimiter<Hooked> = crate::keep_alive(Box::new(
                 RateLimiter::with_timer(Quota::window(1, SEC).unwrap(), timer.clone()),
             ));
             let _ = timer.hook.set(Box::new(move || {
@@ -1536,7 +1536,7 @@ mod review_regressions {
                     armed: Arc::new(AtomicBool::new(false)),
                 };
                 let limiter: &'static RateLimiter<Hooked> =
-                    Box::leak(Box::new(RateLimiter::with_timer(quota, timer.clone())));
+                    crate::keep_alive(Box::new(RateLimiter::with_timer(quota, timer.clone())));
                 let armed = timer.armed.clone();
                 let _ = timer.hook.set(Box::new(move || {
                     armed.store(true, Ordering::SeqCst); // every call
@@ -1568,7 +1568,7 @@ mod review_regressions {
                 hook: Arc::new(OnceLock::new()),
                 armed: Arc::new(AtomicBool::new(false)),
             };
-            let keyed: &'static KeyedRateLimiter<u32, Hooked> = Box::leak(Box::new(
+            let keyed: &'static KeyedRateLimiter<u32, Hooked> = crate::keep_alive(Box::new(
                 KeyedRateLimiter::with_timer(Quota::window(1, SEC).unwrap(), timer.clone()),
             ));
             let armed = timer.armed.clone();
@@ -2358,7 +2358,7 @@ mod review_stress {
         let timer = Chaos::new(&clock);
         timer.flaky.store(flaky, Ordering::SeqCst);
         let limiter: &'static RateLimiter<Chaos> =
-            Box::leak(Box::new(RateLimiter::with_timer(quotas[1], timer.clone())));
+            crate::keep_alive(Box::new(RateLimiter::with_timer(quotas[1], timer.clone())));
         let pool: Arc<Mutex<Vec<Acq>>> = Arc::default();
         let log: Log = Arc::default();
         let mut live: Vec<Tracked> = Vec::new();
@@ -2638,7 +2638,7 @@ mod review_stress {
         let timer = Chaos::new(&clock);
         timer.flaky.store(flaky, Ordering::SeqCst);
         let limiter: &'static RateLimiter<Chaos> =
-            Box::leak(Box::new(RateLimiter::with_timer(quotas[1], timer.clone())));
+            crate::keep_alive(Box::new(RateLimiter::with_timer(quotas[1], timer.clone())));
         let log: Log = Arc::default();
         const WORKERS: usize = 3;
         const ROUNDS: usize = 80;
@@ -3117,4 +3117,16 @@ mod review_stress {
             assert_eq!(limiter.try_acquire(), Ok(()));
         });
     }
+}
+
+/// Leaks `value` on purpose (it must outlive every waker and thread of the
+/// test) but keeps its address in a static, so LeakSanitizer (the ASan run
+/// in CI) sees it as reachable rather than as a leak.
+fn keep_alive<T>(value: Box<T>) -> &'static mut T {
+    static KEPT: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+    let value = Box::leak(value);
+    KEPT.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(value as *mut T as usize);
+    value
 }
