@@ -828,6 +828,13 @@ impl Semaphore {
                 Err(actual) => s = actual,
             }
         }
+        self.release_slow(n);
+    }
+
+    /// [`Semaphore::release`] while waiters (or a shrink) are pending: under
+    /// the lock. Out of line, so the fast path above stays small.
+    #[inline(never)]
+    fn release_slow(&self, n: usize) {
         let mut wake = WakeList::default();
         {
             let mut q = self.lock();
@@ -988,6 +995,7 @@ impl Waiter {
 
     /// A later poll of a queued waiter: granted, failed, or still waiting
     /// (then the stored waker is replaced if it would not wake this task).
+    #[inline(never)]
     fn poll_queued(
         &mut self,
         sem: &Semaphore,
@@ -1053,6 +1061,15 @@ impl Waiter {
             Err(TryAcquireError::Closed) => return Poll::Ready(Err(AcquireError::CLOSED)),
             Err(TryAcquireError::NoPermits) => {}
         }
+        self.enqueue(sem, cx)
+    }
+
+    /// The first poll of a waiter that found too few free permits (or
+    /// others waiting): takes what it can under the lock and queues up. Out
+    /// of line, so the fast path above stays small.
+    #[inline(never)]
+    fn enqueue(&mut self, sem: &Semaphore, cx: &mut Context<'_>) -> Poll<Result<(), AcquireError>> {
+        let n = self.needed;
         // Cloned before locking, to keep the critical section short (and
         // declared before the guard, so an early return drops it unlocked).
         let waker = cx.waker().clone();

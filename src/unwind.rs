@@ -103,6 +103,20 @@ impl<T> Drop for DropEach<T> {
     }
 }
 
+/// Drops `value`, user code whose destructor may panic: the panic
+/// propagates, unless this thread is already unwinding (a second panic
+/// escaping a destructor then would abort the process): then it is
+/// discarded. The same as [`Panics::catch`] then [`Panics::resume`] for one
+/// value, without a `catch_unwind` on the usual path.
+#[inline]
+pub(crate) fn drop_user<T>(value: T) {
+    if std::thread::panicking() {
+        contain(move || drop(value));
+    } else {
+        drop(value);
+    }
+}
+
 /// Runs `f`; a panic in it is discarded (for user code whose panic nobody
 /// could receive, such as dropping an output that was replaced by a panic).
 pub(crate) fn contain(f: impl FnOnce()) {

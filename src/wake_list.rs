@@ -50,9 +50,11 @@ impl WakeList {
     /// are still woken (dropped), and then the first panic is resumed —
     /// unless this thread is already unwinding, in which case it is dropped
     /// (a second panic would abort).
+    #[inline]
     pub(crate) fn wake_all(mut self) {
         let mut panics = Panics::default();
         self.run(&mut panics);
+        self.forget_emptied();
         panics.resume();
     }
 
@@ -61,14 +63,34 @@ impl WakeList {
     /// discards it: that thread must survive).
     pub(crate) fn wake_all_into(mut self, panics: &mut Panics) {
         self.run(panics);
+        self.forget_emptied();
     }
 
+    /// Skips the drop glue of a list [`run`](WakeList::run) emptied: its
+    /// vectors were taken (or never pushed to), so none holds an
+    /// allocation, and there is nothing left to wake.
+    #[inline]
+    fn forget_emptied(self) {
+        debug_assert!(self.first.is_none());
+        debug_assert!(self.rest.capacity() == 0 && self.discarded.capacity() == 0);
+        std::mem::forget(self);
+    }
+
+    #[inline]
     fn run(&mut self, panics: &mut Panics) {
         // A waker that panics in `wake` is not dropped again: `wake`
         // consumed it.
         if let Some(waker) = self.first.take() {
             panics.catch(move || waker.wake());
         }
+        // Most lists hold one waker: the rest is out of line.
+        if !self.rest.is_empty() || !self.discarded.is_empty() {
+            self.run_rest(panics);
+        }
+    }
+
+    #[inline(never)]
+    fn run_rest(&mut self, panics: &mut Panics) {
         for waker in std::mem::take(&mut self.rest) {
             panics.catch(move || waker.wake());
         }
@@ -83,6 +105,7 @@ impl Drop for WakeList {
     /// `wake_all` unwound) still wakes its wakers: they were granted.
     /// Callers declare the list before their lock guard, so this runs after
     /// the guard is released.
+    #[inline]
     fn drop(&mut self) {
         if self.first.is_some() || !self.rest.is_empty() || !self.discarded.is_empty() {
             let mut panics = Panics::default();

@@ -27,8 +27,6 @@ pub(crate) mod tuple;
 pub(crate) use parent::{ParentOwner, ParentWaker};
 pub(crate) use ready::ReadySet;
 
-use crate::unwind::Panics;
-
 use std::alloc::Layout;
 use std::any::Any;
 use std::fmt;
@@ -225,28 +223,69 @@ impl<F: Future> Drop for Engine<F> {
 /// Drops every slot of every chunk in place. A destructor that panics does
 /// not stop the others (pinned children must be dropped before their memory
 /// is freed, SPEC §1.13): every slot is dropped, then the first panic
-/// propagates.
+/// propagates, as a `Vec`'s drop glue does — and a second one is discarded
+/// instead of aborting the process.
 fn drop_slots<F: Future>(ready: &ReadySet) {
     if !std::mem::needs_drop::<Slot<F>>() {
         return;
     }
-    let mut panics = Panics::default();
-    for chunk in 0..ready.chunk_count() {
-        let elements = ready.elements(chunk);
-        for index in 0..elements.cap() {
-            let slot = Engine::<F>::slot_of(elements.get(index));
-            // SAFETY: every slot of a chunk is initialised when the chunk is
-            // added and stays so; the caller took `ready` out of its engine,
-            // so nothing else reaches it, and each slot is visited once.
-            if let Slot::Vacant(_) = unsafe { &*slot } {
-                continue;
+    let mut rest = Rest::<F> {
+        ready,
+        chunk: 0,
+        index: 0,
+        _slots: PhantomData,
+    };
+    if std::thread::panicking() {
+        // Already unwinding (a destructor's panic escaping now would abort
+        // the process): `rest` drops every slot, discarding their panics.
+        drop(rest);
+    } else {
+        // The usual case: plain drops, no `catch_unwind` per child. If one
+        // panics, `rest` drops the others as that panic unwinds.
+        // SAFETY: see `Rest::each`.
+        rest.each(|slot| unsafe { ptr::drop_in_place(slot) });
+        std::mem::forget(rest); // nothing left
+    }
+}
+
+/// The slots of a ready set from `chunk`/`index` on, each visited once.
+/// Dropping it drops them all, with their panics contained: it runs only
+/// while a panic unwinds, or when nothing is left.
+struct Rest<'a, F: Future> {
+    ready: &'a ReadySet,
+    chunk: usize,
+    index: usize,
+    _slots: PhantomData<Slot<F>>,
+}
+
+impl<F: Future> Rest<'_, F> {
+    /// Calls `f` on each slot left, moving past a slot before `f` sees it,
+    /// so no slot is visited twice (even if `f` unwinds).
+    ///
+    /// Every slot of a chunk is initialised when the chunk is added and stays
+    /// so, and the caller took the ready set out of its engine, so nothing
+    /// else reaches it: each slot may be dropped in place once, and is never
+    /// read again (its chunk is freed after `drop_slots`).
+    #[inline]
+    fn each(&mut self, mut f: impl FnMut(*mut Slot<F>)) {
+        while self.chunk < self.ready.chunk_count() {
+            let elements = self.ready.elements(self.chunk);
+            while self.index < elements.cap() {
+                let slot = Engine::<F>::slot_of(elements.get(self.index));
+                self.index += 1;
+                f(slot);
             }
-            // SAFETY: as above; the slot is dropped exactly once, here, and
-            // never read again (its chunk is freed after this function).
-            panics.catch(|| unsafe { ptr::drop_in_place(slot) });
+            self.chunk += 1;
+            self.index = 0;
         }
     }
-    panics.resume();
+}
+
+impl<F: Future> Drop for Rest<'_, F> {
+    fn drop(&mut self) {
+        // SAFETY: see `Rest::each`.
+        self.each(|slot| crate::unwind::contain(|| unsafe { ptr::drop_in_place(slot) }));
+    }
 }
 
 impl<F: Future> Engine<F> {
@@ -780,6 +819,55 @@ mod tests {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Engine::from_iter(made)));
         assert!(result.is_err());
         assert_eq!(*dropped.borrow(), 3, "each future moved in is dropped once");
+    }
+
+    /// Pending children whose destructors panic, dropped both normally and
+    /// while another panic unwinds: each is dropped exactly once, the first
+    /// panic propagates in the first case, and nothing aborts in the second.
+    #[test]
+    fn every_pending_child_is_dropped_once_when_several_destructors_panic() {
+        struct PanicOnDrop(Rc<RefCell<usize>>);
+        impl Future for PanicOnDrop {
+            type Output = ();
+            fn poll(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+                Poll::Pending
+            }
+        }
+        impl Drop for PanicOnDrop {
+            fn drop(&mut self) {
+                *self.0.borrow_mut() += 1;
+                panic!("destructor");
+            }
+        }
+        let make = |dropped: &Rc<RefCell<usize>>| {
+            // More than one chunk: the first batch, then pushed children.
+            let mut engine = Engine::from_iter((0..3).map(|_| PanicOnDrop(dropped.clone())));
+            for key in 3..80 {
+                engine.push(PanicOnDrop(dropped.clone()), key);
+            }
+            engine
+        };
+        let dropped = Rc::new(RefCell::new(0));
+        let engine = make(&dropped);
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(engine)));
+        assert!(unwound.is_err(), "the first panic propagates");
+        assert_eq!(*dropped.borrow(), 80, "every child dropped once");
+
+        struct DropDuringUnwind<F: Future>(Option<Engine<F>>);
+        impl<F: Future> Drop for DropDuringUnwind<F> {
+            fn drop(&mut self) {
+                drop(self.0.take());
+            }
+        }
+        let dropped = Rc::new(RefCell::new(0));
+        let engine = make(&dropped);
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _guard = DropDuringUnwind(Some(engine));
+            panic!("the panic under way");
+        }));
+        let payload = unwound.expect_err("the outer panic");
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"the panic under way"));
+        assert_eq!(*dropped.borrow(), 80, "every child dropped once");
     }
 
     /// A finished child whose destructor panics still gives its slot back

@@ -85,15 +85,28 @@ impl ParentWaker {
     ///
     /// Owner only: never called concurrently with itself or
     /// [`ParentWaker::take`] (it reads the slot without synchronisation).
+    #[inline]
     pub(crate) unsafe fn register(&self, new: &Waker) {
         let same = self.waker.with(|slot| {
             // SAFETY: only the owner writes the slot, and the owner is here,
             // so this read cannot race with a write.
             unsafe { &*slot }.as_ref().is_some_and(|w| w.will_wake(new))
         });
-        if same {
-            return;
+        if !same {
+            // SAFETY: forwarded caller contract.
+            unsafe { self.register_new(new) }
         }
+    }
+
+    /// [`ParentWaker::register`] of a waker that would not wake the
+    /// registered one's task: out of line, so the usual re-registration of
+    /// the same waker stays a small inlined check.
+    ///
+    /// # Safety
+    ///
+    /// As [`ParentWaker::register`].
+    #[inline(never)]
+    unsafe fn register_new(&self, new: &Waker) {
         // User code (the clone, and below the old waker's drop and the new
         // one's wake) runs with no bit held.
         let clone = new.clone();
@@ -164,21 +177,28 @@ impl ParentWaker {
         struct LetGo<'a>(&'a ParentWaker);
         impl Drop for LetGo<'_> {
             fn drop(&mut self) {
-                let state = &self.0.state;
-                if state
-                    .compare_exchange(WAKING, 0, Ordering::AcqRel, Ordering::Acquire)
-                    .is_err()
-                {
-                    // Requests came in during the wake that panicked.
-                    state.swap(WAKING, Ordering::AcqRel);
-                    self.0
-                        .serve(|waker| crate::unwind::contain(|| waker.wake_by_ref()));
-                }
+                self.0.let_go_after_panic();
             }
         }
         let guard = LetGo(self);
         self.serve(Waker::wake_by_ref);
         std::mem::forget(guard);
+    }
+
+    /// The end of a hold whose wake unwound (out of line: never on the
+    /// usual path).
+    #[cold]
+    #[inline(never)]
+    fn let_go_after_panic(&self) {
+        if self
+            .state
+            .compare_exchange(WAKING, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // Requests came in during the wake that panicked.
+            self.state.swap(WAKING, Ordering::AcqRel);
+            self.serve(|waker| crate::unwind::contain(|| waker.wake_by_ref()));
+        }
     }
 
     /// Wakes the registered waker with `wake`, then again for every request
@@ -245,15 +265,13 @@ impl ParentWaker {
 }
 
 impl Drop for ParentWaker {
+    #[inline]
     fn drop(&mut self) {
         // The waker is user code: its drop's panic propagates, or is
         // discarded while another panic unwinds (a second panic then would
         // abort the process).
-        let waker = self.take_exclusive();
-        if waker.is_some() {
-            let mut panics = Panics::default();
-            panics.catch(|| drop(waker));
-            panics.resume();
+        if let Some(waker) = self.take_exclusive() {
+            crate::unwind::drop_user(waker);
         }
     }
 }

@@ -196,6 +196,7 @@ impl Header {
 /// # Safety
 ///
 /// The caller owns one reference on `header`.
+#[inline]
 unsafe fn release(header: NonNull<Header>) {
     // SAFETY: the caller's reference keeps the header alive until the
     // `fetch_sub` below.
@@ -278,11 +279,10 @@ unsafe fn waker_wake(data: *const ()) {
 
 /// Drops a waker taken out of a parent slot once nothing is held; during an
 /// unwind already under way its panic is discarded instead of aborting.
+#[inline]
 fn drop_user_waker(waker: Option<Waker>) {
-    if waker.is_some() {
-        let mut panics = crate::unwind::Panics::default();
-        panics.catch(|| drop(waker));
-        panics.resume();
+    if let Some(waker) = waker {
+        crate::unwind::drop_user(waker);
     }
 }
 
@@ -425,6 +425,7 @@ impl Chunk {
     /// # Safety
     ///
     /// No reference to the chunk remains.
+    #[inline(never)]
     unsafe fn destroy(header: NonNull<Header>) {
         // SAFETY: caller contract: we are the only ones left; every field,
         // entry and word was initialised by `alloc`.

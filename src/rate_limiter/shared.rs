@@ -299,6 +299,7 @@ impl<T: Timer> Shared<T> {
 
     /// Grants `n` at `now` if the quota allows (under the lock; `n` fits
     /// the quota), or says when it would.
+    #[inline(always)]
     fn grant(&self, state: &mut State, now: u64, n: u64) -> Result<Grant, u64> {
         match state.quota.mode {
             Mode::Window => {
