@@ -27,6 +27,8 @@ pub(crate) mod tuple;
 pub(crate) use parent::{ParentOwner, ParentWaker};
 pub(crate) use ready::ReadySet;
 
+use crate::unwind::Panics;
+
 use std::alloc::Layout;
 use std::any::Any;
 use std::fmt;
@@ -223,8 +225,8 @@ impl<F: Future> Drop for Engine<F> {
 /// Drops every slot of every chunk in place. A destructor that panics does
 /// not stop the others (pinned children must be dropped before their memory
 /// is freed, SPEC §1.13): every slot is dropped, then the first panic
-/// propagates, as a `Vec`'s drop glue does — and a second one is discarded
-/// instead of aborting the process.
+/// propagates — or is discarded while another one unwinds, where it would
+/// abort the process.
 fn drop_slots<F: Future>(ready: &ReadySet) {
     if !std::mem::needs_drop::<Slot<F>>() {
         return;
@@ -235,22 +237,24 @@ fn drop_slots<F: Future>(ready: &ReadySet) {
         index: 0,
         _slots: PhantomData,
     };
-    if std::thread::panicking() {
-        // Already unwinding (a destructor's panic escaping now would abort
-        // the process): `rest` drops every slot, discarding their panics.
-        drop(rest);
-    } else {
-        // The usual case: plain drops, no `catch_unwind` per child. If one
-        // panics, `rest` drops the others as that panic unwinds.
-        // SAFETY: see `Rest::each`.
-        rest.each(|slot| unsafe { ptr::drop_in_place(slot) });
-        std::mem::forget(rest); // nothing left
+    let mut panics = Panics::default();
+    // One `catch_unwind` around the loop, not one per child. After a panic
+    // the loop starts again past the slot that panicked, so the children
+    // after it are dropped outside any unwind too (a sibling's guard that
+    // checks `thread::panicking()`, a `Pooled` or a mutex guard, behaves as
+    // if nothing had panicked).
+    while let Err(payload) = catch_unwind(AssertUnwindSafe(|| {
+        rest.each(|slot| {
+            // SAFETY: see `Rest::each`.
+            unsafe { ptr::drop_in_place(slot) }
+        })
+    })) {
+        panics.keep(Some(payload));
     }
+    panics.resume();
 }
 
 /// The slots of a ready set from `chunk`/`index` on, each visited once.
-/// Dropping it drops them all, with their panics contained: it runs only
-/// while a panic unwinds, or when nothing is left.
 struct Rest<'a, F: Future> {
     ready: &'a ReadySet,
     chunk: usize,
@@ -278,13 +282,6 @@ impl<F: Future> Rest<'_, F> {
             self.chunk += 1;
             self.index = 0;
         }
-    }
-}
-
-impl<F: Future> Drop for Rest<'_, F> {
-    fn drop(&mut self) {
-        // SAFETY: see `Rest::each`.
-        self.each(|slot| crate::unwind::contain(|| unsafe { ptr::drop_in_place(slot) }));
     }
 }
 
@@ -826,7 +823,8 @@ mod tests {
     /// panic propagates in the first case, and nothing aborts in the second.
     #[test]
     fn every_pending_child_is_dropped_once_when_several_destructors_panic() {
-        struct PanicOnDrop(Rc<RefCell<usize>>);
+        /// Counts its drops, and the drops that ran during an unwind.
+        struct PanicOnDrop(Rc<RefCell<(usize, usize)>>);
         impl Future for PanicOnDrop {
             type Output = ();
             fn poll(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
@@ -835,11 +833,14 @@ mod tests {
         }
         impl Drop for PanicOnDrop {
             fn drop(&mut self) {
-                *self.0.borrow_mut() += 1;
+                let mut counts = self.0.borrow_mut();
+                counts.0 += 1;
+                counts.1 += usize::from(std::thread::panicking());
+                drop(counts);
                 panic!("destructor");
             }
         }
-        let make = |dropped: &Rc<RefCell<usize>>| {
+        let make = |dropped: &Rc<RefCell<(usize, usize)>>| {
             // More than one chunk: the first batch, then pushed children.
             let mut engine = Engine::from_iter((0..3).map(|_| PanicOnDrop(dropped.clone())));
             for key in 3..80 {
@@ -847,11 +848,13 @@ mod tests {
             }
             engine
         };
-        let dropped = Rc::new(RefCell::new(0));
+        let dropped = Rc::new(RefCell::new((0, 0)));
         let engine = make(&dropped);
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(engine)));
         assert!(unwound.is_err(), "the first panic propagates");
-        assert_eq!(*dropped.borrow(), 80, "every child dropped once");
+        // Children after a panicking sibling are not dropped during its
+        // unwind: a `Pooled` or a mutex guard among them acts normally.
+        assert_eq!(*dropped.borrow(), (80, 0), "every child dropped once");
 
         struct DropDuringUnwind<F: Future>(Option<Engine<F>>);
         impl<F: Future> Drop for DropDuringUnwind<F> {
@@ -859,7 +862,7 @@ mod tests {
                 drop(self.0.take());
             }
         }
-        let dropped = Rc::new(RefCell::new(0));
+        let dropped = Rc::new(RefCell::new((0, 0)));
         let engine = make(&dropped);
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _guard = DropDuringUnwind(Some(engine));
@@ -867,7 +870,7 @@ mod tests {
         }));
         let payload = unwound.expect_err("the outer panic");
         assert_eq!(payload.downcast_ref::<&str>(), Some(&"the panic under way"));
-        assert_eq!(*dropped.borrow(), 80, "every child dropped once");
+        assert_eq!(*dropped.borrow(), (80, 80), "every child dropped once");
     }
 
     /// A finished child whose destructor panics still gives its slot back
