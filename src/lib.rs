@@ -82,8 +82,11 @@
 //! * **No undefined behaviour, no pinned child freed undropped.** When
 //!   destructors panic, every other child is still dropped (all of them,
 //!   even if several panic, as a `Vec`'s elements are), and then the first
-//!   panic propagates. (During an unwind already under way a second panic
-//!   would abort the process, so there the later panics are discarded.)
+//!   panic propagates. The others are not dropped during that panic's
+//!   unwind: to them `std::thread::panicking()` is `false`, so a pooled
+//!   object or a mutex guard among them is returned or unlocked as usual.
+//!   (During an unwind already under way a second panic would abort the
+//!   process, so there the later panics are discarded.)
 //! * **No user code under a lock.** Wakers are cloned, woken and dropped,
 //!   and children polled and dropped, only after every internal lock is
 //!   released, so a waker whose `drop` or `wake` calls back into the same
