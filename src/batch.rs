@@ -591,6 +591,7 @@ where
     /// # });
     /// ```
     #[cfg(feature = "indicatif")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "indicatif")))]
     pub fn progress_bar(mut self) -> Self {
         self.core.bar = Some(bar::Bar::styled(indicatif::ProgressBar::no_length()));
         self
@@ -618,6 +619,7 @@ where
     /// # });
     /// ```
     #[cfg(feature = "indicatif")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "indicatif")))]
     pub fn with_progress_bar(mut self, bar: indicatif::ProgressBar) -> Self {
         self.core.bar = Some(bar::Bar::custom(bar));
         self

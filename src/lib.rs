@@ -178,6 +178,8 @@
     unreachable_pub
 )]
 #![warn(clippy::undocumented_unsafe_blocks)]
+// docs.rs (`--cfg docsrs`) labels feature-gated items with their feature.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod as_completed;

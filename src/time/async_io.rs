@@ -31,6 +31,7 @@ use std::time::Instant;
 /// assert!(out.is_err());
 /// # });
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "async-io")))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AsyncIoTimer;
 
@@ -61,6 +62,7 @@ impl Timer for AsyncIoTimer {
 /// sleep.await;
 /// # });
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "async-io")))]
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct AsyncIoSleep(async_io::Timer);
 

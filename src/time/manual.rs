@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 /// assert!(call.await.is_err()); // 5 s have passed on this clock
 /// # });
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 #[derive(Clone)]
 pub struct ManualClock {
     shared: Arc<Shared>,
@@ -286,6 +287,7 @@ impl Timer for ManualClock {
 /// sleep.await; // already due
 /// # });
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct ManualSleep {
     clock: ManualClock,

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 /// let limiter = RateLimiter::with_timer(quota, QuantaTimer::new());
 /// assert!(limiter.try_acquire().is_ok());
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "quanta")))]
 #[derive(Clone)]
 pub struct QuantaTimer {
     clock: quanta::Clock,

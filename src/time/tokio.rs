@@ -41,6 +41,7 @@ use std::time::Instant;
 /// assert!(out.is_err());
 /// # });
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TokioTimer;
 
@@ -75,6 +76,7 @@ pin_project_lite::pin_project! {
     /// sleep.await;
     /// # });
     /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     #[must_use = "futures do nothing unless you `.await` or poll them"]
     pub struct TokioSleep {
         #[pin]
