@@ -209,10 +209,12 @@ pub use as_completed::{
 pub use batch::{Batch, BatchConfigError, Progress, TryBatch, process_batch};
 pub use engine::tuple::{GatherTuple, TryGatherTuple};
 pub use gather::{Gather, GatherSettled, Panicked, TryGather, gather, gather_settled, try_gather};
-pub use pool::{Pool, Pooled};
+#[doc(inline)]
+pub use pool::{Pool, PoolError, Pooled};
+#[doc(inline)]
 pub use rate_limiter::{
-    KeyedAcquire, KeyedAcquireN, KeyedRateLimiter, RateAcquire, RateAcquireN, RateLimit,
-    RateLimiter,
+    KeyedAcquire, KeyedAcquireN, KeyedRateLimiter, Quota, QuotaError, RateAcquire, RateAcquireN,
+    RateLimit, RateLimitError, RateLimiter,
 };
 pub use retry::{
     AttemptError, Backoff, GaveUp, Retry, RetryConfigError, RetryError, RetryEvent, RetryOutput,
@@ -225,11 +227,13 @@ pub use semaphore::{
 pub use task_group::{
     LocalTaskGroup, LocalTaskScope, TaskGroup, TaskHandle, TaskScope, task_group, task_group_local,
 };
+#[doc(inline)]
 pub use time::Timer;
 pub use timeout::{
     Elapsed, Timeout, TimeoutExt, timeout, timeout_at, timeout_at_with, timeout_with,
 };
 pub use wait::{ReturnWhen, Wait, WaitAny, WaitOutcome, try_wait, wait, wait_any};
+#[doc(inline)]
 pub use watch::{Watch, WatchExt, watch};
 
 #[doc = include_str!("../docs/guide.md")]
