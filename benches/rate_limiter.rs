@@ -243,7 +243,8 @@ impl<const GCRA: bool> Checker for AwaitkitQuanta<GCRA> {
         } else {
             awaitkit::rate_limiter::Quota::window(max, period)
         };
-        awaitkit::RateLimiter::with_timer(quota.unwrap(), awaitkit::time::QuantaTimer::new())
+        awaitkit::RateLimiter::with_quota(quota.unwrap())
+            .with_timer(awaitkit::time::QuantaTimer::new())
     }
 
     #[inline(always)]
@@ -464,7 +465,7 @@ impl<const GCRA: bool> Awaited for AwaitkitTokio<GCRA> {
             awaitkit::rate_limiter::Quota::window(RATE, PERIOD)
         };
         let quota = quota.unwrap_or_else(|e| unexpected(&e.to_string()));
-        awaitkit::RateLimiter::with_timer(quota, awaitkit::time::TokioTimer)
+        awaitkit::RateLimiter::with_quota(quota).with_timer(awaitkit::time::TokioTimer)
     }
 
     fn acquire(limiter: &Self::Limiter) -> impl Future<Output = ()> {

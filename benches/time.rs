@@ -142,22 +142,14 @@ fn ready_awaitkit() -> u64 {
 }
 
 fn ready_awaitkit_tokio() -> u64 {
-    match ready_now(awaitkit::timeout_with(
-        TokioTimer,
-        black_box(HOUR),
-        inner_ready(),
-    )) {
+    match ready_now(awaitkit::timeout(black_box(HOUR), inner_ready()).with_timer(TokioTimer)) {
         Ok(v) => v,
         Err(_) => unexpected("elapsed"),
     }
 }
 
 fn ready_awaitkit_async_io() -> u64 {
-    match ready_now(awaitkit::timeout_with(
-        AsyncIoTimer,
-        black_box(HOUR),
-        inner_ready(),
-    )) {
+    match ready_now(awaitkit::timeout(black_box(HOUR), inner_ready()).with_timer(AsyncIoTimer)) {
         Ok(v) => v,
         Err(_) => unexpected("elapsed"),
     }
@@ -201,19 +193,11 @@ fn register_awaitkit() {
 }
 
 fn register_awaitkit_tokio() {
-    register_drop(awaitkit::timeout_with(
-        TokioTimer,
-        black_box(HOUR),
-        pending::<()>(),
-    ));
+    register_drop(awaitkit::timeout(black_box(HOUR), pending::<()>()).with_timer(TokioTimer));
 }
 
 fn register_awaitkit_async_io() {
-    register_drop(awaitkit::timeout_with(
-        AsyncIoTimer,
-        black_box(HOUR),
-        pending::<()>(),
-    ));
+    register_drop(awaitkit::timeout(black_box(HOUR), pending::<()>()).with_timer(AsyncIoTimer));
 }
 
 fn register_tokio() {

@@ -505,7 +505,7 @@ impl<S: CompletionSet> AsCompletedUntil<S> {
     fn new(set: S, when: When) -> Self {
         AsCompletedUntil {
             set: Some(set),
-            deadline: BoxedDeadline::new(DefaultTimer::default(), Some(when)),
+            deadline: BoxedDeadline::new(DefaultTimer, Some(when)),
         }
     }
 }

@@ -401,7 +401,7 @@ where
                 finished: false,
                 poisoned: false,
             },
-            pause: BoxedDeadline::new(DefaultTimer::default(), None),
+            pause: BoxedDeadline::new(DefaultTimer, None),
             rate: None,
             on_progress: None,
         })

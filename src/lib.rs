@@ -126,9 +126,12 @@
 //! # Time
 //!
 //! Everything that waits for time goes through the [`Timer`] trait (see the
-//! [`time`] module): the plain functions use [`time::DefaultTimer`]
-//! (futures-timer, any executor); the `*_with` functions and `with_timer`
-//! builders take any timer, including tokio's, async-io's, and the
+//! [`time`] module). Unless told otherwise it is [`time::DefaultTimer`]:
+//! futures-timer on any executor and, with the `tokio` feature, tokio's own
+//! timer wherever the wait runs inside a tokio runtime with time enabled (so
+//! tokio's paused time and `advance` move awaitkit's timeouts, limiters and
+//! backoffs too). Every type that waits for time takes another timer the
+//! same way, with `with_timer(timer)` — tokio's, async-io's, or the
 //! `ManualClock` that makes timeouts, deadlines and retries testable without
 //! sleeping.
 //!
@@ -229,9 +232,7 @@ pub use task_group::{
 };
 #[doc(inline)]
 pub use time::Timer;
-pub use timeout::{
-    Elapsed, Timeout, TimeoutExt, timeout, timeout_at, timeout_at_with, timeout_with,
-};
+pub use timeout::{Elapsed, Timeout, TimeoutExt, timeout, timeout_at};
 pub use wait::{ReturnWhen, Wait, WaitAny, WaitOutcome, try_wait, wait, wait_any};
 #[doc(inline)]
 pub use watch::{Watch, WatchExt, watch};

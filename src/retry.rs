@@ -422,7 +422,7 @@ impl RetryPolicy {
             policy: *self,
             retry_if: always_retry::<E> as fn(&E) -> bool,
             on_retry: ignore_event::<E> as for<'a> fn(&RetryEvent<'a, E>),
-            deadline: BoxedDeadline::new(DefaultTimer::default(), None),
+            deadline: BoxedDeadline::new(DefaultTimer, None),
             attempt: Box::pin(None),
             attempts: 0,
             total_deadline: None,

@@ -36,8 +36,7 @@
 
 use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{Mutex, MutexGuard};
-use crate::time::{DefaultTimer, Timer};
-use crate::timeout::{Timeout, timeout_with};
+use crate::timeout::{Timeout, timeout};
 use crate::wait_queue::WaitQueue;
 use crate::wake_list::WakeList;
 use std::fmt;
@@ -603,40 +602,14 @@ impl Semaphore {
     /// let late = sem.acquire_timeout(Duration::from_millis(5)).await;
     /// assert!(late.is_err());
     /// assert_eq!(sem.stats().waiters, 0); // the timed-out waiter left the queue
+    ///
+    /// // On another timer, as everywhere: `with_timer`.
+    /// let late = sem.acquire_timeout(Duration::from_millis(5)).with_timer(awaitkit::time::FuturesTimer);
+    /// assert!(late.await.is_err());
     /// # });
     /// ```
     pub fn acquire_timeout(&self, limit: Duration) -> Timeout<Acquire<'_>> {
-        self.acquire_timeout_with(DefaultTimer::default(), limit)
-    }
-
-    /// [`acquire_timeout`](Semaphore::acquire_timeout) on an explicit
-    /// [`Timer`].
-    ///
-    /// # Cancel safety
-    ///
-    /// As [`acquire`](Semaphore::acquire).
-    ///
-    /// # Errors
-    ///
-    /// As [`acquire_timeout`](Semaphore::acquire_timeout).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use awaitkit::time::FuturesTimer;
-    /// use std::time::Duration;
-    /// # futures::executor::block_on(async {
-    /// let sem = awaitkit::Semaphore::new(1);
-    /// let permit = sem.acquire_timeout_with(FuturesTimer, Duration::from_secs(1)).await;
-    /// assert!(permit.unwrap().is_ok());
-    /// # });
-    /// ```
-    pub fn acquire_timeout_with<T: Timer>(
-        &self,
-        timer: T,
-        limit: Duration,
-    ) -> Timeout<Acquire<'_>, T> {
-        timeout_with(timer, limit, self.acquire())
+        timeout(limit, self.acquire())
     }
 
     /// Runs `future` while holding one permit — Python's

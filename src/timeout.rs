@@ -26,7 +26,13 @@ use std::time::{Duration, Instant};
 ///   first `Pending`, without waiting for any timer.
 /// * The deadline can be moved while running: [`Timeout::reset`].
 ///
-/// Uses the [`DefaultTimer`]; [`timeout_with`] takes any [`Timer`].
+/// # Which timer
+///
+/// The [`DefaultTimer`]: with the `tokio` feature, tokio's timer when the
+/// timeout first waits inside a tokio runtime with time enabled (so paused
+/// time and `advance` apply), futures-timer anywhere else; without the
+/// feature, futures-timer everywhere. [`Timeout::with_timer`] puts it on
+/// any other [`Timer`] (a `ManualClock` in tests, async-io's, your own).
 ///
 /// # Cancel safety
 ///
@@ -59,7 +65,7 @@ use std::time::{Duration, Instant};
 /// # });
 /// ```
 pub fn timeout<F: IntoFuture>(duration: Duration, future: F) -> Timeout<F::IntoFuture> {
-    timeout_with(DefaultTimer::default(), duration, future)
+    Timeout::new(DefaultTimer, When::After(duration), future.into_future())
 }
 
 /// Like [`timeout`], with an absolute deadline. A deadline in the past times
@@ -85,69 +91,11 @@ pub fn timeout<F: IntoFuture>(duration: Duration, future: F) -> Timeout<F::IntoF
 /// # });
 /// ```
 pub fn timeout_at<F: IntoFuture>(deadline: Instant, future: F) -> Timeout<F::IntoFuture> {
-    timeout_at_with(DefaultTimer::default(), deadline, future)
-}
-
-/// [`timeout`] on an explicit [`Timer`] (tokio's, async-io's, a
-/// `ManualClock` in tests, or your own).
-///
-/// # Cancel safety
-///
-/// As [`timeout`].
-///
-/// # Panics
-///
-/// As [`timeout`].
-///
-/// # Examples
-///
-/// ```
-/// use awaitkit::time::FuturesTimer;
-/// use std::time::Duration;
-/// # futures::executor::block_on(async {
-/// let out = awaitkit::timeout_with(FuturesTimer, Duration::ZERO, async { 1 }).await;
-/// assert_eq!(out, Ok(1)); // a ready future wins even a zero timeout
-/// # });
-/// ```
-pub fn timeout_with<T: Timer, F: IntoFuture>(
-    timer: T,
-    duration: Duration,
-    future: F,
-) -> Timeout<F::IntoFuture, T> {
-    Timeout::new(timer, When::After(duration), future.into_future())
-}
-
-/// [`timeout_at`] on an explicit [`Timer`]. `deadline` is read on that
-/// timer's clock.
-///
-/// # Cancel safety
-///
-/// As [`timeout`].
-///
-/// # Panics
-///
-/// As [`timeout`].
-///
-/// # Examples
-///
-/// ```
-/// use awaitkit::time::{FuturesTimer, Timer};
-/// # futures::executor::block_on(async {
-/// let past = FuturesTimer.now();
-/// let out = awaitkit::timeout_at_with(FuturesTimer, past, futures::future::pending::<()>()).await;
-/// assert!(out.is_err()); // at once: the deadline has passed
-/// # });
-/// ```
-pub fn timeout_at_with<T: Timer, F: IntoFuture>(
-    timer: T,
-    deadline: Instant,
-    future: F,
-) -> Timeout<F::IntoFuture, T> {
-    Timeout::new(timer, When::At(deadline), future.into_future())
+    Timeout::new(DefaultTimer, When::At(deadline), future.into_future())
 }
 
 pin_project_lite::pin_project! {
-    /// Future for [`timeout`], [`timeout_at`] and their `_with` variants,
+    /// Future for [`timeout`], [`timeout_at`] and [`TimeoutExt`],
     /// resolving to `Result<F::Output, Elapsed>`.
     ///
     /// Holds the inner future and, once it has returned `Pending`, one sleep
@@ -195,6 +143,37 @@ impl<F, T: Timer> Timeout<F, T> {
             when,
             moved: false,
             done: false,
+        }
+    }
+
+    /// The same timeout on another [`Timer`]: the one way, as on every type
+    /// in awaitkit that waits for time, to choose the timer (a `ManualClock`
+    /// in tests, `TokioTimer`, `AsyncIoTimer`, your own). Call it before the
+    /// first poll: a deadline already fixed (by [`timeout_at`], or by a
+    /// `Pending` poll) is kept as an instant, and the new timer's clock reads
+    /// it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::TimeoutExt;
+    /// use awaitkit::time::FuturesTimer;
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let out = awaitkit::timeout(Duration::ZERO, async { 1 }).with_timer(FuturesTimer).await;
+    /// assert_eq!(out, Ok(1)); // a ready future wins even a zero timeout
+    /// let slow = futures::future::pending::<()>();
+    /// assert!(slow.timeout(Duration::from_millis(1)).with_timer(FuturesTimer).await.is_err());
+    /// # });
+    /// ```
+    pub fn with_timer<U: Timer>(self, timer: U) -> Timeout<F, U> {
+        Timeout {
+            inner: self.inner,
+            sleep: None,
+            timer,
+            when: self.when,
+            moved: self.moved,
+            done: self.done,
         }
     }
 
@@ -418,6 +397,19 @@ impl From<Elapsed> for std::io::Error {
 /// use std::time::Duration;
 /// # futures::executor::block_on(async {
 /// assert_eq!(async { 1 }.timeout(Duration::from_secs(1)).await, Ok(1));
+/// # });
+/// ```
+///
+/// On a timer of your choice, `.timeout(d).with_timer(timer)`
+/// ([`Timeout::with_timer`], the way every awaitkit type takes a timer):
+///
+/// ```
+/// use awaitkit::TimeoutExt;
+/// use awaitkit::time::FuturesTimer;
+/// use std::time::Duration;
+/// # futures::executor::block_on(async {
+/// let slow = futures::future::pending::<()>();
+/// assert!(slow.timeout(Duration::from_millis(1)).with_timer(FuturesTimer).await.is_err());
 /// # });
 /// ```
 pub trait TimeoutExt: Future + Sized {

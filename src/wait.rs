@@ -282,7 +282,7 @@ impl<F: Future> AsCompleted<F> {
             when,
             is_error: |_| false,
             done: DropEach::default(),
-            deadline: BoxedDeadline::new(DefaultTimer::default(), None),
+            deadline: BoxedDeadline::new(DefaultTimer, None),
             poisoned: false,
         }
     }
@@ -308,7 +308,7 @@ impl<F: Future> AsCompleted<F> {
             when,
             is_error: Result::is_err,
             done: DropEach::default(),
-            deadline: BoxedDeadline::new(DefaultTimer::default(), None),
+            deadline: BoxedDeadline::new(DefaultTimer, None),
             poisoned: false,
         }
     }

@@ -287,8 +287,8 @@ fn wait_and_outcome_follow_children() {
 
 mod time {
     use super::*;
-    use awaitkit::time::{DefaultTimer, FuturesSleep, FuturesTimer};
-    use awaitkit::{AsCompletedUntil, Elapsed, TimedOut, Timeout, Timer, timeout, timeout_with};
+    use awaitkit::time::{FuturesSleep, FuturesTimer};
+    use awaitkit::{AsCompletedUntil, Elapsed, TimedOut, Timeout, Timer, timeout};
     use std::pin::Pin;
     use std::time::{Duration, Instant};
 
@@ -347,8 +347,8 @@ mod time {
     fn timeout_follows_inner_timer_and_sleep() {
         let t: Timeout<SendSync> = send_sync_unpin(timeout(SEC, ready(1u8)));
         assert_eq!(traits!(t), ALL);
-        let t: Timeout<SendSync, DefaultTimer> =
-            send_sync_unpin(timeout_with(FuturesTimer, SEC, ready(1u8)));
+        let t: Timeout<SendSync, FuturesTimer> =
+            send_sync_unpin(timeout(SEC, ready(1u8)).with_timer(FuturesTimer));
         assert_eq!(traits!(t), ALL);
         assert_eq!(traits!(timeout(SEC, ready(Cell::new(1u8)))), SEND_ONLY);
         assert_eq!(traits!(timeout(SEC, ready(Rc::new(1u8)))), NEITHER);
@@ -357,11 +357,11 @@ mod time {
         assert_eq!(traits!(timeout(SEC, async { 1 })), (true, true, false));
         // The timer and its sleep count too.
         assert_eq!(
-            traits!(timeout_with(LocalTimer::default(), SEC, ready(1u8))),
+            traits!(timeout(SEC, ready(1u8)).with_timer(LocalTimer::default())),
             NEITHER
         );
         assert_eq!(
-            traits!(timeout_with(LocalSleepTimer, SEC, ready(1u8))),
+            traits!(timeout(SEC, ready(1u8)).with_timer(LocalSleepTimer)),
             NEITHER
         );
     }
@@ -459,11 +459,9 @@ mod time {
             ALL
         );
         assert_eq!(
-            traits!(send_sync_unpin(timeout_with(
-                clock.clone(),
-                SEC,
-                ready(1u8)
-            ))),
+            traits!(send_sync_unpin(
+                timeout(SEC, ready(1u8)).with_timer(clock.clone())
+            )),
             ALL
         );
         assert_eq!(
@@ -489,7 +487,7 @@ mod time {
         assert_eq!(traits!(send_sync_unpin(TokioTimer)), ALL);
         // tokio's `Sleep` is `!Unpin`, so a `Timeout` on it is too...
         assert_eq!(
-            traits!(timeout_with(TokioTimer, SEC, ready(1u8))),
+            traits!(timeout(SEC, ready(1u8)).with_timer(TokioTimer)),
             (true, true, false)
         );
         // ...but the deadline combinators box their sleep.
@@ -515,7 +513,9 @@ mod time {
         use awaitkit::time::AsyncIoTimer;
         assert_eq!(traits!(send_sync_unpin(AsyncIoTimer)), ALL);
         assert_eq!(
-            traits!(send_sync_unpin(timeout_with(AsyncIoTimer, SEC, ready(1u8)))),
+            traits!(send_sync_unpin(
+                timeout(SEC, ready(1u8)).with_timer(AsyncIoTimer)
+            )),
             ALL
         );
     }
@@ -706,13 +706,14 @@ mod batch {
     #[test]
     fn every_option_keeps_the_auto_traits() {
         let limiter = RateLimiter::new(2, Duration::from_secs(1));
-        let b: TryBatch<'_, _, _, _, _> = process_batch(0..3u8, 2, |i| ready(Ok::<u8, String>(i)))
-            .fixed_batches()
-            .pause_between(Duration::from_millis(1))
-            .rate_limit(&limiter)
-            .on_progress(|_: &Progress| {})
-            .with_timer(awaitkit::time::FuturesTimer)
-            .fail_fast();
+        let b: TryBatch<'_, _, _, _, _, awaitkit::time::FuturesTimer> =
+            process_batch(0..3u8, 2, |i| ready(Ok::<u8, String>(i)))
+                .fixed_batches()
+                .pause_between(Duration::from_millis(1))
+                .rate_limit(&limiter)
+                .on_progress(|_: &Progress| {})
+                .with_timer(awaitkit::time::FuturesTimer)
+                .fail_fast();
         assert_eq!(traits!(send_sync_unpin(b)), ALL);
         let b = process_batch(0..3u8, 2, |i| ready(Cell::new(i))).on_progress(|_: &Progress| {});
         assert_eq!(traits!(send_unpin(b)), SEND_ONLY);

@@ -663,7 +663,7 @@ mod manual_clock {
         /// each grant is taken only when its call can start.
         fn rate_limited_starts_respect_the_quota() {
             let clock = ManualClock::new();
-            let limiter = RateLimiter::with_timer(Quota::window(2, SEC).unwrap(), clock.clone());
+            let limiter = RateLimiter::with_quota(Quota::window(2, SEC).unwrap()).with_timer(clock.clone());
             let starts = Starts::new(&clock);
             let s = starts.clone();
             let mut batch = process_batch(0..7, 10, move |i| {
@@ -682,7 +682,7 @@ mod manual_clock {
         /// limiter sees exactly one grant while the first call runs.
         fn a_grant_is_taken_only_when_a_call_can_start() {
             let clock = ManualClock::new();
-            let limiter = RateLimiter::with_timer(Quota::window(3, SEC).unwrap(), clock.clone());
+            let limiter = RateLimiter::with_quota(Quota::window(3, SEC).unwrap()).with_timer(clock.clone());
             let (handles, polls, tracker) = (Handles::default(), Counter::new(), Tracker::new());
             let mut batch = process_batch(0..3, 1, parked_children(&handles, &polls, &tracker)).rate_limit(&limiter);
             let waker = CountingWaker::new();
@@ -703,7 +703,7 @@ mod manual_clock {
         /// Fixed batches, a pause and a rate limit together, on one clock.
         fn fixed_batches_with_pause_and_rate_limit() {
             let clock = ManualClock::new();
-            let limiter = RateLimiter::with_timer(Quota::window(3, SEC).unwrap(), clock.clone());
+            let limiter = RateLimiter::with_quota(Quota::window(3, SEC).unwrap()).with_timer(clock.clone());
             let starts = Starts::new(&clock);
             let s = starts.clone();
             let mut batch = process_batch(0..6, 2, move |i| {

@@ -1033,7 +1033,7 @@ mod timed {
     use awaitkit::pool::{Manager, PoolError};
     use awaitkit::rate_limiter::Quota;
     use awaitkit::time::Timer;
-    use awaitkit::{Backoff, KeyedRateLimiter, Pool, RateLimiter, RetryPolicy, timeout_with};
+    use awaitkit::{Backoff, KeyedRateLimiter, Pool, RateLimiter, RetryPolicy, timeout};
     use std::collections::VecDeque;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -1063,7 +1063,7 @@ mod timed {
     fn timeout_inner_wins() {
         explore("timeout_inner_wins", |ctx| {
             let (child, trigger) = ctx.parked("child 0", 3_usize);
-            let fut = Box::pin(timeout_with(ctx.timer(), 1000 * MS, child));
+            let fut = Box::pin(timeout(1000 * MS, child).with_timer(ctx.timer()));
             let mut run =
                 Run::new(ctx, "timeout", OnPanic::Continues, fut).with_triggers(vec![trigger]);
             run.play("P A500 P F0 P");
@@ -1078,7 +1078,7 @@ mod timed {
         explore("timeout_elapses_and_drops_the_inner_future", |ctx| {
             let (child, trigger) = ctx.parked("child 0", 3_usize);
             let id = child.id();
-            let fut = Box::pin(timeout_with(ctx.timer(), 1000 * MS, child));
+            let fut = Box::pin(timeout(1000 * MS, child).with_timer(ctx.timer()));
             let mut run =
                 Run::new(ctx, "timeout", OnPanic::Continues, fut).with_triggers(vec![trigger]);
             run.play("P A500 P A500 E P");
@@ -1100,7 +1100,7 @@ mod timed {
         explore("timeout_reset", |ctx| {
             let (child, trigger) = ctx.parked("child 0", 3_usize);
             let clock = ctx.timer().clock;
-            let fut = Box::pin(timeout_with(ctx.timer(), 1000 * MS, child));
+            let fut = Box::pin(timeout(1000 * MS, child).with_timer(ctx.timer()));
             let mut run =
                 Run::new(ctx, "timeout", OnPanic::Continues, fut).with_triggers(vec![trigger]);
             run.play("P");
@@ -1208,7 +1208,7 @@ mod timed {
             let mut a = Waiter::new(
                 ctx,
                 "waiter A (acquire_timeout)",
-                sem.acquire_timeout_with(ctx.timer(), 1000 * MS),
+                sem.acquire_timeout(1000 * MS).with_timer(ctx.timer()),
             );
             let mut b = Waiter::new(ctx, "waiter B (acquire)", sem.acquire());
             a.poll();
@@ -1238,7 +1238,7 @@ mod timed {
             let mut sleepers: Vec<_> = (0..3)
                 .map(|i| {
                     let sleep =
-                        timeout_with(timer.clone(), 1000 * MS, std::future::pending::<()>());
+                        timeout(1000 * MS, std::future::pending::<()>()).with_timer(timer.clone());
                     Waiter::new(ctx, format!("sleeper {i}"), sleep)
                 })
                 .collect();
@@ -1285,7 +1285,7 @@ mod timed {
         let timer = ctx.timer();
         let Some(limiter) = ctx
             .step("RateLimiter::with_timer", || {
-                RateLimiter::with_timer(quota, timer)
+                RateLimiter::with_quota(quota).with_timer(timer)
             })
             .done()
         else {
@@ -1343,7 +1343,7 @@ mod timed {
             let quota = Quota::window(1, 1000 * MS).expect("a valid quota");
             let Some(limiter) = ctx
                 .step("RateLimiter::with_timer", || {
-                    Arc::new(RateLimiter::with_timer(quota, timer))
+                    Arc::new(RateLimiter::with_quota(quota).with_timer(timer))
                 })
                 .done()
             else {
@@ -1377,10 +1377,9 @@ mod timed {
     #[test]
     fn keyed_rate_limiter() {
         explore("keyed_rate_limiter", |ctx| {
-            let limiter = KeyedRateLimiter::with_timer(
-                Quota::window(1, 1000 * MS).expect("a valid quota"),
-                ctx.timer(),
-            );
+            let limiter =
+                KeyedRateLimiter::with_quota(Quota::window(1, 1000 * MS).expect("a valid quota"))
+                    .with_timer(ctx.timer());
             let _ = ctx.step("try_acquire(a)", || limiter.try_acquire("a"));
             let mut a = Waiter::make(ctx, "waiter on key a", || limiter.acquire("a"));
             let mut a2 = Waiter::make(ctx, "second waiter on key a", || limiter.acquire("a"));
@@ -1417,10 +1416,12 @@ mod timed {
         explore(
             "keyed_rate_limiter_set_quota_with_wakers_that_call_back_in",
             |ctx| {
-                let limiter = Arc::new(KeyedRateLimiter::with_timer(
-                    Quota::window(1, 1000 * MS).expect("a valid quota"),
-                    ctx.timer(),
-                ));
+                let limiter = Arc::new(
+                    KeyedRateLimiter::with_quota(
+                        Quota::window(1, 1000 * MS).expect("a valid quota"),
+                    )
+                    .with_timer(ctx.timer()),
+                );
                 let _ = ctx.step("try_acquire(a)", || limiter.try_acquire("a"));
                 let mut waiters: Vec<_> = (0..3)
                     .map(|i| {
@@ -1592,7 +1593,7 @@ mod timed {
         let (manager, live) = manager(ctx, fail_create, fail_recycle);
         let pool = Pool::builder(manager)
             .max_size(1)
-            .timer(ctx.timer())
+            .with_timer(ctx.timer())
             .build()
             .expect("a valid pool");
         let mut g1 = Waiter::new(ctx, "get 1", pool.get());
@@ -1639,7 +1640,7 @@ mod timed {
             let pool = Pool::builder(manager)
                 .max_size(1)
                 .wait_timeout(1000 * MS)
-                .timer(ctx.timer())
+                .with_timer(ctx.timer())
                 .build()
                 .expect("a valid pool");
             let mut g1 = Waiter::new(ctx, "get 1", pool.get());
@@ -1672,7 +1673,7 @@ mod timed {
             let quota = Quota::window(3, 1000 * MS).expect("a valid quota");
             let Some(limiter) = ctx
                 .step("RateLimiter::with_timer", || {
-                    RateLimiter::with_timer(quota, timer)
+                    RateLimiter::with_quota(quota).with_timer(timer)
                 })
                 .done()
             else {

@@ -365,7 +365,7 @@ guarded! {
             .max_size(2)
             .max_lifetime(Duration::from_secs(100))
             .idle_timeout(Duration::from_secs(10))
-            .timer(clock.clone())
+            .with_timer(clock.clone())
             .build()
             .unwrap();
         let w = CountingWaker::new();
@@ -395,7 +395,7 @@ guarded! {
     fn the_coldest_idle_object_is_dropped_once_timed_out() {
         let clock = ManualClock::new();
         let (m, counts, _) = manager();
-        let pool = Pool::builder(m).max_size(3).idle_timeout(Duration::from_secs(10)).timer(clock.clone()).build().unwrap();
+        let pool = Pool::builder(m).max_size(3).idle_timeout(Duration::from_secs(10)).with_timer(clock.clone()).build().unwrap();
         let w = CountingWaker::new();
         let (a, b) = (ready(poll_once(&mut pool.get(), &w)), ready(poll_once(&mut pool.get(), &w)));
         drop(a);
@@ -409,7 +409,7 @@ guarded! {
     fn a_wait_timeout_gives_up_and_leaves_the_queue() {
         let clock = ManualClock::new();
         let (m, _, _) = manager();
-        let pool = Pool::builder(m).max_size(1).wait_timeout(Duration::from_secs(5)).timer(clock.clone()).build().unwrap();
+        let pool = Pool::builder(m).max_size(1).wait_timeout(Duration::from_secs(5)).with_timer(clock.clone()).build().unwrap();
         let w = CountingWaker::new();
         let held = ready(poll_once(&mut pool.get(), &w));
         let mut waiting = pool.get();

@@ -368,7 +368,7 @@ guarded! {
         let pool = Pool::builder(PlannedManager(plan.clone()))
             .max_size(1)
             .wait_timeout(1000 * MS)
-            .timer(timer.clone())
+            .with_timer(timer.clone())
             .build()
             .unwrap();
         let held = ready(poll_caught(&mut pool.get()).unwrap());
@@ -391,7 +391,7 @@ guarded! {
         let pool = Pool::builder(PlannedManager(plan.clone()))
             .max_size(2)
             .idle_timeout(10 * MS)
-            .timer(clock.clone())
+            .with_timer(clock.clone())
             .build()
             .unwrap();
         let a = ready(poll_caught(&mut pool.get()).unwrap());
@@ -418,7 +418,7 @@ guarded! {
         let pool = Pool::builder(PlannedManager(plan.clone()))
             .max_size(1)
             .idle_timeout(10 * MS)
-            .timer(timer.clone())
+            .with_timer(timer.clone())
             .build()
             .unwrap();
         let obj = ready(poll_caught(&mut pool.get()).unwrap());

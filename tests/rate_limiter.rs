@@ -28,7 +28,7 @@ fn window(max_calls: usize, period: Duration) -> Quota {
 
 fn manual(quota: Quota) -> (ManualClock, RateLimiter<ManualClock>) {
     let clock = ManualClock::new();
-    let limiter = RateLimiter::with_timer(quota, clock.clone());
+    let limiter = RateLimiter::with_quota(quota).with_timer(clock.clone());
     (clock, limiter)
 }
 
@@ -351,7 +351,7 @@ guarded! {
 
     fn dropping_the_limiter_with_its_timer_armed_frees_everything() {
         let clock = ManualClock::new();
-        let keyed = KeyedRateLimiter::with_timer(window(1, SEC), clock.clone());
+        let keyed = KeyedRateLimiter::with_quota(window(1, SEC)).with_timer(clock.clone());
         keyed.try_acquire("k").unwrap();
         let w = CountingWaker::new();
         let mut acquire = keyed.acquire("k");
@@ -433,7 +433,7 @@ guarded! {
             clock.advance(SEC * 10);
             let back = Arc::new(AtomicU64::new(0));
             let timer = Wobbly { clock: clock.clone(), back: back.clone() };
-            let limiter = RateLimiter::with_timer(quota, timer);
+            let limiter = RateLimiter::with_quota(quota).with_timer(timer);
             limiter.try_acquire_n(2).unwrap();
             // Half a second on, the clock jumps back 5 s: nothing more.
             clock.advance(MS * 500);
@@ -461,7 +461,7 @@ guarded! {
 guarded! {
     fn keys_are_limited_independently() {
         let clock = ManualClock::new();
-        let limiter = KeyedRateLimiter::with_timer(window(2, SEC), clock.clone());
+        let limiter = KeyedRateLimiter::with_quota(window(2, SEC)).with_timer(clock.clone());
         assert!(limiter.is_empty());
         limiter.try_acquire_n("a", 2).unwrap();
         assert_eq!(limiter.try_acquire("a"), limited(SEC));
@@ -478,7 +478,7 @@ guarded! {
 
     fn idle_keys_are_evicted_and_memory_stays_bounded() {
         let clock = ManualClock::new();
-        let limiter = KeyedRateLimiter::with_timer(window(1, MS * 10), clock.clone());
+        let limiter = KeyedRateLimiter::with_quota(window(1, MS * 10)).with_timer(clock.clone());
         let mut most = 0;
         for round in 0..100u64 {
             for k in 0..100u64 {
@@ -495,7 +495,7 @@ guarded! {
 
     fn eviction_never_lets_anything_extra_through() {
         let clock = ManualClock::new();
-        let limiter = KeyedRateLimiter::with_timer(window(1, SEC), clock.clone());
+        let limiter = KeyedRateLimiter::with_quota(window(1, SEC)).with_timer(clock.clone());
         limiter.try_acquire("busy").unwrap();
         let w = CountingWaker::new();
         let mut held = limiter.acquire("waiting");
@@ -546,7 +546,7 @@ fn sixteen_threads(quota: Quota) {
         let n = quota.max_calls();
         let clock = ManualClock::new();
         let t0 = clock.now();
-        let limiter = Arc::new(RateLimiter::with_timer(quota, clock.clone()));
+        let limiter = Arc::new(RateLimiter::with_quota(quota).with_timer(clock.clone()));
         let times = Arc::new(Mutex::new(Vec::new()));
         let done = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..THREADS)
@@ -595,7 +595,7 @@ guarded! {
         use futures::task::LocalSpawnExt;
         let clock = ManualClock::new();
         let t0 = clock.now();
-        let rate = Rc::new(RateLimiter::with_timer(window(5, SEC), clock.clone()));
+        let rate = Rc::new(RateLimiter::with_quota(window(5, SEC)).with_timer(clock.clone()));
         let concurrency = Rc::new(Semaphore::new(2));
         let log = Rc::new(RefCell::new(Vec::new()));
         let running = Rc::new(Cell::new(0usize));
@@ -710,7 +710,7 @@ matrix! {
         assert!(timer.counter_nanos().is_some());
         let (t0, c0) = (timer.now(), timer.counter_nanos().unwrap());
         for quota in [window(2, MS * 20), Quota::gcra(2, MS * 20, 2).unwrap()] {
-            let limiter = RateLimiter::with_timer(quota, timer.clone());
+            let limiter = RateLimiter::with_quota(quota).with_timer(timer.clone());
             let (start, real) = (timer.now(), Instant::now());
             for _ in 0..6 {
                 limiter.acquire().await;

@@ -576,7 +576,7 @@ impl<'a> Harness<'a> {
 fn run(spec: Spec, reqs: Vec<Req>) -> Result<(), TestCaseError> {
     let clock = ManualClock::new();
     let t0 = clock.now();
-    let limiter = RateLimiter::with_timer(spec.quota(), clock.clone());
+    let limiter = RateLimiter::with_quota(spec.quota()).with_timer(clock.clone());
 
     // The schedule: arrivals, then cancels and forgets after them.
     let mut actions = Vec::new();
@@ -742,7 +742,7 @@ guarded! {
         ] {
             let clock = ManualClock::new();
             let t0 = clock.now();
-            let limiter = RateLimiter::with_timer(quota, clock.clone());
+            let limiter = RateLimiter::with_quota(quota).with_timer(clock.clone());
             let at = |ns: u64| t0 + Duration::from_nanos(ns);
             let waker = CountingWaker::new();
             clock.advance_to(at(1_000));
@@ -796,7 +796,7 @@ guarded! {
     fn a_fresh_gcra_limiter_grants_a_full_burst_at_its_first_instant() {
         let clock = ManualClock::new();
         let quota = Quota::gcra(1, Duration::from_secs(1), 2).unwrap();
-        let limiter = RateLimiter::with_timer(quota, clock.clone());
+        let limiter = RateLimiter::with_quota(quota).with_timer(clock.clone());
         assert_eq!(limiter.try_acquire_n(2), Ok(()));
     }
 }

@@ -38,7 +38,7 @@ fn gcra(max_calls: usize, period: Duration) -> Quota {
 
 fn manual(quota: Quota) -> (ManualClock, Arc<RateLimiter<ManualClock>>) {
     let clock = ManualClock::new();
-    let limiter = Arc::new(RateLimiter::with_timer(quota, clock.clone()));
+    let limiter = Arc::new(RateLimiter::with_quota(quota).with_timer(clock.clone()));
     (clock, limiter)
 }
 
@@ -348,7 +348,11 @@ fn flaky(quota: Quota) -> (ManualClock, Arc<AtomicBool>, RateLimiter<Flaky>) {
         clock: clock.clone(),
         broken: broken.clone(),
     };
-    (clock, broken, RateLimiter::with_timer(quota, timer))
+    (
+        clock,
+        broken,
+        RateLimiter::with_quota(quota).with_timer(timer),
+    )
 }
 
 guarded! {
@@ -426,7 +430,7 @@ guarded! {
     #[cfg(feature = "tokio")]
     fn tokio_timer_used_outside_a_runtime_then_inside() {
         use awaitkit::time::TokioTimer;
-        let limiter = Arc::new(RateLimiter::with_timer(window(1, MS * 20), TokioTimer));
+        let limiter = Arc::new(RateLimiter::with_quota(window(1, MS * 20)).with_timer(TokioTimer));
         limiter.try_acquire().unwrap();
         let outside = panic_of(|| {
             let mut a = limiter.acquire();
@@ -636,7 +640,7 @@ guarded! {
     /// the key map's lock released: their wakers may use the keyed limiter.
     fn keyed_set_quota_wakes_with_no_lock_held() {
         let clock = ManualClock::new();
-        let keyed = Arc::new(KeyedRateLimiter::with_timer(window(1, SEC), clock.clone()));
+        let keyed = Arc::new(KeyedRateLimiter::with_quota(window(1, SEC)).with_timer(clock.clone()));
         keyed.try_acquire("a").unwrap();
         let reenter = {
             let keyed = keyed.clone();
@@ -660,7 +664,7 @@ guarded! {
     /// A keyed waiter's waker whose drop calls back into the same key.
     fn keyed_waker_drop_that_reenters() {
         let clock = ManualClock::new();
-        let keyed = Arc::new(KeyedRateLimiter::with_timer(window(1, SEC), clock.clone()));
+        let keyed = Arc::new(KeyedRateLimiter::with_quota(window(1, SEC)).with_timer(clock.clone()));
         keyed.try_acquire("a").unwrap();
         let reenter = {
             let keyed = keyed.clone();
@@ -686,7 +690,7 @@ guarded! {
     /// serving, and so do the other keys.
     fn keyed_panicking_waker_does_not_wedge_its_key() {
         let clock = ManualClock::new();
-        let keyed = KeyedRateLimiter::with_timer(window(1, SEC), clock.clone());
+        let keyed = KeyedRateLimiter::with_quota(window(1, SEC)).with_timer(clock.clone());
         keyed.try_acquire("a").unwrap();
         keyed.try_acquire("b").unwrap();
         let evil = panics_on_wake();
@@ -940,7 +944,7 @@ guarded! {
     fn keyed_concurrent_quota_changes_end_with_the_last_everywhere() {
         for round in 0..20 {
             let clock = ManualClock::new();
-            let keyed = Arc::new(KeyedRateLimiter::with_timer(window(1, SEC), clock));
+            let keyed = Arc::new(KeyedRateLimiter::with_quota(window(1, SEC)).with_timer(clock));
             let go = Arc::new(AtomicBool::new(false));
             let setters: Vec<_> = (0..2usize)
                 .map(|s| {
@@ -988,7 +992,7 @@ where
     T: Timer + Clone + Send + Sync + 'static,
     T::Sleep: Send + 'static,
 {
-    let limiter = RateLimiter::with_timer(window(1, MS * 10), timer.clone());
+    let limiter = RateLimiter::with_quota(window(1, MS * 10)).with_timer(timer.clone());
     limiter.try_acquire().unwrap();
     let evil = panics_on_wake();
     let mut hostile = Hostile {
@@ -1000,7 +1004,9 @@ where
     assert_eq!(evil.wakes(), 1);
     hostile.await;
     limiter.acquire().await;
-    let elapsed = awaitkit::timeout_with(timer, MS * 2, futures::future::pending::<()>()).await;
+    let elapsed = awaitkit::timeout(MS * 2, futures::future::pending::<()>())
+        .with_timer(timer)
+        .await;
     assert!(elapsed.is_err(), "the timer still fires");
 }
 
@@ -1135,7 +1141,7 @@ guarded! {
             for quota in [window(1, SEC), gcra(1, SEC)] {
                 let clock = ManualClock::new();
                 let timer = Fragile { clock: clock.clone(), fault: Arc::new(AtomicUsize::new(0)) };
-                let limiter = RateLimiter::with_timer(quota, timer.clone());
+                let limiter = RateLimiter::with_quota(quota).with_timer(timer.clone());
                 let what = format!("{fault:?} {quota:?}");
                 limiter.try_acquire().unwrap();
                 let (aw, bw) = (CountingWaker::new(), CountingWaker::new());
@@ -1364,8 +1370,8 @@ mod review_regressions {
                 let mut rehash_panics = 0;
                 for map in 0..60 {
                     let clock = ManualClock::new();
-                    let keyed =
-                        KeyedRateLimiter::with_timer(Quota::window(1, P).unwrap(), clock.clone());
+                    let keyed = KeyedRateLimiter::with_quota(Quota::window(1, P).unwrap())
+                        .with_timer(clock.clone());
                     let armed = Arc::new(AtomicBool::new(false));
                     let hostile = HKey {
                         id: u32::MAX,
@@ -1436,8 +1442,8 @@ mod review_regressions {
     fn gcra_give_back_after_a_rate_raise_never_erases_a_later_grant() {
         within(10, "gcra_aba", || {
             let clock = ManualClock::new();
-            let limiter =
-                RateLimiter::with_timer(Quota::gcra(1, SEC * 2, 1).unwrap(), clock.clone());
+            let limiter = RateLimiter::with_quota(Quota::gcra(1, SEC * 2, 1).unwrap())
+                .with_timer(clock.clone());
             limiter.try_acquire().unwrap(); // t = 0
             let mut w1 = limiter.acquire();
             assert!(poll(&mut w1).is_pending());
@@ -1505,7 +1511,7 @@ mod review_regressions {
                 armed: Arc::new(AtomicBool::new(false)),
             };
             let limiter: &'static RateLimiter<Hooked> = crate::keep_alive(Box::new(
-                RateLimiter::with_timer(Quota::window(1, SEC).unwrap(), timer.clone()),
+                RateLimiter::with_quota(Quota::window(1, SEC).unwrap()).with_timer(timer.clone()),
             ));
             let _ = timer.hook.set(Box::new(move || {
                 let _ = limiter.waiting();
@@ -1535,8 +1541,9 @@ mod review_regressions {
                     hook: Arc::new(OnceLock::new()),
                     armed: Arc::new(AtomicBool::new(false)),
                 };
-                let limiter: &'static RateLimiter<Hooked> =
-                    crate::keep_alive(Box::new(RateLimiter::with_timer(quota, timer.clone())));
+                let limiter: &'static RateLimiter<Hooked> = crate::keep_alive(Box::new(
+                    RateLimiter::with_quota(quota).with_timer(timer.clone()),
+                ));
                 let armed = timer.armed.clone();
                 let _ = timer.hook.set(Box::new(move || {
                     armed.store(true, Ordering::SeqCst); // every call
@@ -1569,7 +1576,8 @@ mod review_regressions {
                 armed: Arc::new(AtomicBool::new(false)),
             };
             let keyed: &'static KeyedRateLimiter<u32, Hooked> = crate::keep_alive(Box::new(
-                KeyedRateLimiter::with_timer(Quota::window(1, SEC).unwrap(), timer.clone()),
+                KeyedRateLimiter::with_quota(Quota::window(1, SEC).unwrap())
+                    .with_timer(timer.clone()),
             ));
             let armed = timer.armed.clone();
             let _ = timer.hook.set(Box::new(move || {
@@ -1647,7 +1655,8 @@ mod review_regressions {
             fixed: Arc::new(AtomicBool::new(false)),
             sleeps: Arc::default(),
         };
-        let limiter = RateLimiter::with_timer(Quota::window(1, SEC).unwrap(), timer.clone());
+        let limiter =
+            RateLimiter::with_quota(Quota::window(1, SEC).unwrap()).with_timer(timer.clone());
         let (tx, rx) = mpsc::channel();
         let t = std::thread::Builder::new()
             .name(name.into())
@@ -1739,8 +1748,8 @@ mod review_regressions {
         within(10, "keyed_key_drop_leak", || {
             quietly(|| {
                 let clock = ManualClock::new();
-                let keyed =
-                    KeyedRateLimiter::with_timer(Quota::window(1, SEC).unwrap(), clock.clone());
+                let keyed = KeyedRateLimiter::with_quota(Quota::window(1, SEC).unwrap())
+                    .with_timer(clock.clone());
                 let armed = Arc::new(AtomicBool::new(false));
                 let key = |id| DKey {
                     id,
@@ -1780,8 +1789,8 @@ mod review_regressions {
         within(10, "keyed_drop_in_sweep", || {
             quietly(|| {
                 let clock = ManualClock::new();
-                let keyed =
-                    KeyedRateLimiter::with_timer(Quota::window(1, SEC).unwrap(), clock.clone());
+                let keyed = KeyedRateLimiter::with_quota(Quota::window(1, SEC).unwrap())
+                    .with_timer(clock.clone());
                 let armed = Arc::new(AtomicBool::new(false));
                 let bad = Arc::new(AtomicBool::new(false));
                 keyed
@@ -1825,8 +1834,8 @@ mod review_regressions {
         within(10, "keyed_hash_blocks_new_keys", || {
             quietly(|| {
                 let clock = ManualClock::new();
-                let keyed =
-                    KeyedRateLimiter::with_timer(Quota::window(1, SEC).unwrap(), clock.clone());
+                let keyed = KeyedRateLimiter::with_quota(Quota::window(1, SEC).unwrap())
+                    .with_timer(clock.clone());
                 let armed = Arc::new(AtomicBool::new(false));
                 #[derive(Debug)]
                 struct PKey(u32, Option<Arc<AtomicBool>>);
@@ -2357,8 +2366,9 @@ mod review_stress {
         let clock = ManualClock::new();
         let timer = Chaos::new(&clock);
         timer.flaky.store(flaky, Ordering::SeqCst);
-        let limiter: &'static RateLimiter<Chaos> =
-            crate::keep_alive(Box::new(RateLimiter::with_timer(quotas[1], timer.clone())));
+        let limiter: &'static RateLimiter<Chaos> = crate::keep_alive(Box::new(
+            RateLimiter::with_quota(quotas[1]).with_timer(timer.clone()),
+        ));
         let pool: Arc<Mutex<Vec<Acq>>> = Arc::default();
         let log: Log = Arc::default();
         let mut live: Vec<Tracked> = Vec::new();
@@ -2637,8 +2647,9 @@ mod review_stress {
         let clock = ManualClock::new();
         let timer = Chaos::new(&clock);
         timer.flaky.store(flaky, Ordering::SeqCst);
-        let limiter: &'static RateLimiter<Chaos> =
-            crate::keep_alive(Box::new(RateLimiter::with_timer(quotas[1], timer.clone())));
+        let limiter: &'static RateLimiter<Chaos> = crate::keep_alive(Box::new(
+            RateLimiter::with_quota(quotas[1]).with_timer(timer.clone()),
+        ));
         let log: Log = Arc::default();
         const WORKERS: usize = 3;
         const ROUNDS: usize = 80;
@@ -2838,7 +2849,8 @@ mod review_stress {
             quiet();
             let p = MS * 100;
             let clock = ManualClock::new();
-            let limiter = RateLimiter::with_timer(Quota::window(2, p).unwrap(), clock.clone());
+            let limiter =
+                RateLimiter::with_quota(Quota::window(2, p).unwrap()).with_timer(clock.clone());
             let t0 = clock.now();
             limiter.try_acquire_n(2).unwrap(); // 2 at 0
             let noop = Waker::noop().clone();
@@ -2893,7 +2905,8 @@ mod review_stress {
         within(20, "unseen_given_back", || {
             let p = MS * 100;
             let clock = ManualClock::new();
-            let limiter = RateLimiter::with_timer(Quota::window(1, p).unwrap(), clock.clone());
+            let limiter =
+                RateLimiter::with_quota(Quota::window(1, p).unwrap()).with_timer(clock.clone());
             limiter.try_acquire().unwrap();
             let noop = Waker::noop().clone();
             let mut a = limiter.acquire();
@@ -2967,7 +2980,8 @@ mod review_stress {
             quiet();
             let p = MS * 100;
             let clock = ManualClock::new();
-            let keyed = KeyedRateLimiter::with_timer(Quota::window(2, p).unwrap(), clock.clone());
+            let keyed = KeyedRateLimiter::with_quota(Quota::window(2, p).unwrap())
+                .with_timer(clock.clone());
             let armed = Arc::new(AtomicBool::new(false));
             let key = |id: u32| BadKey {
                 id,
@@ -3060,7 +3074,7 @@ mod review_stress {
                 Quota::gcra(1, MS * 10, 1).unwrap(),
             ] {
                 let clock = ManualClock::new();
-                let limiter = RateLimiter::with_timer(q, clock.clone());
+                let limiter = RateLimiter::with_quota(q).with_timer(clock.clone());
                 let noop = Waker::noop().clone();
                 limiter.try_acquire().unwrap();
                 std::mem::forget(limiter.acquire()); // never polled: nothing
@@ -3096,8 +3110,8 @@ mod review_stress {
     fn try_acquire_never_barges() {
         within(20, "try_acquire_never_barges", || {
             let clock = ManualClock::new();
-            let limiter =
-                RateLimiter::with_timer(Quota::window(2, MS * 100).unwrap(), clock.clone());
+            let limiter = RateLimiter::with_quota(Quota::window(2, MS * 100).unwrap())
+                .with_timer(clock.clone());
             let noop = Waker::noop().clone();
             limiter.try_acquire_n(2).unwrap();
             let mut a = limiter.acquire_n(2);

@@ -9,7 +9,7 @@
 mod common;
 
 use awaitkit::time::{ManualClock, ManualSleep};
-use awaitkit::{Elapsed, Timeout, TimeoutExt, Timer, timeout_at_with, timeout_with};
+use awaitkit::{Elapsed, Timeout, TimeoutExt, Timer, timeout, timeout_at};
 use common::*;
 use futures::future::join;
 use std::future::{Future, Pending, pending, ready};
@@ -61,7 +61,7 @@ fn counted_pending(polls: &Counter, tracker: &Tracker) -> impl Future<Output = (
 }
 
 fn manual_timeout(clock: &ManualClock, d: Duration) -> Timeout<Pending<()>, ManualClock> {
-    timeout_with(clock.clone(), d, pending())
+    timeout(d, pending()).with_timer(clock.clone())
 }
 
 guarded! {
@@ -82,7 +82,7 @@ guarded! {
         let clock = ManualClock::new();
         let w = CountingWaker::new();
         let at = clock.now() + 5 * SEC;
-        let mut call = timeout_at_with(clock.clone(), at, pending::<()>());
+        let mut call = timeout_at(at, pending::<()>()).with_timer(clock.clone());
         assert_eq!(call.deadline(), Some(at));
         assert!(poll_once(&mut call, &w).is_pending());
         clock.advance_to(at - Duration::from_nanos(1));
@@ -112,7 +112,7 @@ guarded! {
     fn zero_duration_elapses_in_the_first_pending_poll_without_a_wake() {
         let timer = CountingTimer::default();
         let w = CountingWaker::new();
-        let mut call = timeout_with(timer.clone(), Duration::ZERO, pending::<()>());
+        let mut call = timeout(Duration::ZERO, pending::<()>()).with_timer(timer.clone());
         assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
         assert_eq!(w.wakes(), 0, "no wake-up was needed");
         assert_eq!(w.live_clones(), 0, "no waker was stored");
@@ -125,7 +125,7 @@ guarded! {
         let w = CountingWaker::new();
         let now = timer.clock.now();
         for at in [Some(now), now.checked_sub(SEC), now.checked_sub(1000 * YEAR)].into_iter().flatten() {
-            let mut call = timeout_at_with(timer.clone(), at, pending::<()>());
+            let mut call = timeout_at(at, pending::<()>()).with_timer(timer.clone());
             assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
         }
         assert_eq!((w.wakes(), w.live_clones(), timer.sleeps.get()), (0, 0, 0));
@@ -134,11 +134,11 @@ guarded! {
     fn a_ready_future_wins_a_zero_or_past_deadline() {
         let clock = ManualClock::new();
         let w = CountingWaker::new();
-        let mut call = timeout_with(clock.clone(), Duration::ZERO, ready(1));
+        let mut call = timeout(Duration::ZERO, ready(1)).with_timer(clock.clone());
         assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok(1)));
-        let mut call = timeout_at_with(clock.clone(), clock.now() - SEC, ready(2));
+        let mut call = timeout_at(clock.now() - SEC, ready(2)).with_timer(clock.clone());
         assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok(2)));
-        let mut call = Box::pin(timeout_at_with(clock.clone(), clock.now(), async { 3 }));
+        let mut call = Box::pin(timeout_at(clock.now(), async { 3 }).with_timer(clock.clone()));
         assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok(3)));
         assert_eq!((w.wakes(), clock.sleepers()), (0, 0));
     }
@@ -165,7 +165,7 @@ guarded! {
         let (tracker, polls) = (Tracker::new(), Counter::new());
         let (handle, child) = parked(7, &polls, &tracker);
         let w = CountingWaker::new();
-        let mut call = timeout_with(clock.clone(), Duration::MAX, child);
+        let mut call = timeout(Duration::MAX, child).with_timer(clock.clone());
         assert!(poll_once(&mut call, &w).is_pending());
         clock.advance(300 * YEAR);
         handle.complete();
@@ -178,7 +178,7 @@ guarded! {
         let Some(far) = clock.now().checked_add(1000 * YEAR) else {
             return; // not representable on this platform: nothing to check
         };
-        let mut call = timeout_at_with(clock.clone(), far, pending::<()>());
+        let mut call = timeout_at(far, pending::<()>()).with_timer(clock.clone());
         assert!(poll_once(&mut call, &w).is_pending());
         assert_eq!(call.deadline(), Some(far));
         clock.advance(100 * YEAR);
@@ -203,7 +203,7 @@ guarded! {
         let clock = ManualClock::new();
         let w = CountingWaker::new();
         let at = clock.now() + SEC;
-        let mut call = timeout_at_with(clock.clone(), at, clock.sleep_until(at));
+        let mut call = timeout_at(at, clock.sleep_until(at)).with_timer(clock.clone());
         assert!(poll_once(&mut call, &w).is_pending());
         clock.advance(SEC);
         assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok(())));
@@ -215,7 +215,7 @@ guarded! {
             let clock = clock.clone();
             futures::future::poll_fn(move |_| if clock.now() >= at { Poll::Ready("inner") } else { Poll::Pending })
         };
-        let mut call = timeout_with(clock.clone(), SEC, looker);
+        let mut call = timeout(SEC, looker).with_timer(clock.clone());
         assert!(poll_once(&mut call, &w).is_pending());
         clock.advance(SEC);
         assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok("inner")));
@@ -223,7 +223,7 @@ guarded! {
         // Completed by the same step that passes the deadline.
         let (tracker, polls) = (Tracker::new(), Counter::new());
         let (handle, child) = parked('x', &polls, &tracker);
-        let mut call = timeout_with(clock.clone(), SEC, child);
+        let mut call = timeout(SEC, child).with_timer(clock.clone());
         assert!(poll_once(&mut call, &w).is_pending());
         clock.advance(2 * SEC);
         handle.complete();
@@ -236,7 +236,7 @@ guarded! {
         let clock = ManualClock::new();
         let w = CountingWaker::new();
         let (tracker, polls) = (Tracker::new(), Counter::new());
-        let mut call = timeout_with(clock.clone(), SEC, counted_pending(&polls, &tracker));
+        let mut call = timeout(SEC, counted_pending(&polls, &tracker)).with_timer(clock.clone());
         assert!(poll_once(&mut call, &w).is_pending());
         assert_eq!(polls.get(), 1);
         assert!(poll_once(&mut call, &w).is_pending());
@@ -251,12 +251,12 @@ guarded! {
     fn no_timer_and_no_clock_read_while_the_inner_future_is_ready() {
         let timer = CountingTimer::default();
         let w = CountingWaker::new();
-        let mut call = timeout_with(timer.clone(), SEC, ready(5));
+        let mut call = timeout(SEC, ready(5)).with_timer(timer.clone());
         assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok(5)));
         assert_eq!(timer.now.get(), 0, "the clock was read on the ready path");
         assert_eq!(timer.sleeps.get(), 0, "a sleep was created for a ready future");
         assert_eq!(call.deadline(), None);
-        let mut call = timeout_at_with(timer.clone(), timer.clock.now() + SEC, ready(6));
+        let mut call = timeout_at(timer.clock.now() + SEC, ready(6)).with_timer(timer.clone());
         assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok(6)));
         assert_eq!((timer.now.get(), timer.sleeps.get(), timer.clock.sleepers()), (0, 0, 0));
     }
@@ -266,7 +266,7 @@ guarded! {
         let w = CountingWaker::new();
         let (tracker, polls) = (Tracker::new(), Counter::new());
         let (handle, child) = parked(9, &polls, &tracker);
-        let mut call = timeout_with(timer.clone(), 5 * SEC, child);
+        let mut call = timeout(5 * SEC, child).with_timer(timer.clone());
         assert_eq!(call.deadline(), None);
         assert_eq!(timer.clock.sleepers(), 0);
         assert!(poll_once(&mut call, &w).is_pending());
@@ -289,7 +289,7 @@ guarded! {
         let clock = ManualClock::new();
         let w = CountingWaker::new();
         let (tracker, polls) = (Tracker::new(), Counter::new());
-        let mut call = timeout_with(clock.clone(), SEC, counted_pending(&polls, &tracker));
+        let mut call = timeout(SEC, counted_pending(&polls, &tracker)).with_timer(clock.clone());
         assert!(poll_once(&mut call, &w).is_pending());
         assert_eq!((clock.sleepers(), tracker.live()), (1, 1));
         drop(call);
@@ -303,7 +303,7 @@ guarded! {
         let w = CountingWaker::new();
         let (tracker, polls) = (Tracker::new(), Counter::new());
         let (handle, child) = parked(4, &polls, &tracker);
-        let mut call = timeout_with(clock.clone(), SEC, child);
+        let mut call = timeout(SEC, child).with_timer(clock.clone());
         assert!(poll_once(&mut call, &w).is_pending());
         let inner_ref: &Parked<i32> = call.get_ref().expect("still running");
         assert!(format!("{inner_ref:?}").contains("Parked"));
@@ -360,7 +360,7 @@ guarded! {
         assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
 
         // The inner future is still polled first.
-        let mut call = timeout_with(clock.clone(), 10 * SEC, YieldN::new(1, 'r', &Counter::new()));
+        let mut call = timeout(10 * SEC, YieldN::new(1, 'r', &Counter::new())).with_timer(clock.clone());
         assert!(poll_once(&mut call, &w).is_pending());
         Pin::new(&mut call).reset(clock.now());
         assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok('r')));
@@ -403,7 +403,7 @@ guarded! {
         let timer = CountingTimer::default();
         let w = CountingWaker::new();
         let t0 = timer.clock.now();
-        let mut call = timeout_with(timer.clone(), SEC, pending::<()>());
+        let mut call = timeout(SEC, pending::<()>()).with_timer(timer.clone());
         assert!(poll_once(&mut call, &w).is_pending());
         for i in 1..=100u32 {
             Pin::new(&mut call).reset(t0 + i * SEC);
@@ -420,7 +420,7 @@ guarded! {
         let clock = ManualClock::new();
         let tracker = Tracker::new();
         let w = CountingWaker::new();
-        let mut call = Box::pin(timeout_with(clock.clone(), SEC, panic_after(1, "inner boom", tracker.token())));
+        let mut call = Box::pin(timeout(SEC, panic_after(1, "inner boom", tracker.token())).with_timer(clock.clone()));
         assert!(poll_once(&mut call, &w).is_pending());
         let caught = std::panic::catch_unwind(AssertUnwindSafe(|| poll_once(&mut call, &w)));
         assert_eq!(panic_message(&*caught.unwrap_err()), "inner boom");
@@ -503,7 +503,7 @@ fn inner_future_is_dropped_when_it_times_out() {
     let clock = ManualClock::new();
     let w = CountingWaker::new();
     let (tracker, polls) = (Tracker::new(), Counter::new());
-    let mut call = timeout_with(clock.clone(), SEC, counted_pending(&polls, &tracker));
+    let mut call = timeout(SEC, counted_pending(&polls, &tracker)).with_timer(clock.clone());
     assert!(poll_once(&mut call, &w).is_pending());
     clock.advance(SEC);
     assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
@@ -516,7 +516,7 @@ fn inner_future_is_dropped_when_it_times_out() {
 #[should_panic(expected = "polled after completion")]
 fn polling_after_ok_panics() {
     let w = CountingWaker::new();
-    let mut call = timeout_with(ManualClock::new(), SEC, ready(1));
+    let mut call = timeout(SEC, ready(1)).with_timer(ManualClock::new());
     assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok(1)));
     let _ = poll_once(&mut call, &w);
 }
@@ -551,7 +551,7 @@ matrix! {
         let t0 = clock.now();
         let tracker = Tracker::new();
         let handle = advance_from_thread(&clock, 1, 5 * SEC);
-        let out = timeout_with(clock.clone(), 5 * SEC, counted_pending(&Counter::new(), &tracker)).await;
+        let out = timeout(5 * SEC, counted_pending(&Counter::new(), &tracker)).with_timer(clock.clone()).await;
         assert_eq!(out, Err(Elapsed::new()));
         assert!(clock.now() >= t0 + 5 * SEC);
         handle.join().unwrap();
@@ -564,7 +564,7 @@ matrix! {
         let clock = ManualClock::new();
         let t0 = clock.now();
         let waiter = async {
-            let out = timeout_with(clock.clone(), 5 * SEC, pending::<()>()).await;
+            let out = timeout(5 * SEC, pending::<()>()).with_timer(clock.clone()).await;
             (out, clock.now())
         };
         let driver = async {
@@ -596,7 +596,7 @@ matrix! {
                 handle.complete();
             })
         };
-        let out = timeout_with(clock.clone(), 2 * SEC, child).await;
+        let out = timeout(2 * SEC, child).with_timer(clock.clone()).await;
         assert_eq!(out, Ok(3));
         thread.join().unwrap();
         assert_eq!((clock.sleepers(), tracker.live()), (0, 0));
@@ -607,7 +607,7 @@ matrix! {
     async fn reset_while_awaited_from_a_sibling() {
         let clock = ManualClock::new();
         let t0 = clock.now();
-        let call = std::sync::Mutex::new(Box::pin(timeout_with(clock.clone(), 3600 * SEC, pending::<()>())));
+        let call = std::sync::Mutex::new(Box::pin(timeout(3600 * SEC, pending::<()>()).with_timer(clock.clone())));
         let waiter = futures::future::poll_fn(|cx| call.lock().unwrap().as_mut().poll(cx));
         let driver = async {
             sleepers_reach(&clock, 1).await;
@@ -626,9 +626,12 @@ matrix! {
 fn timeout_over_a_pinned_inner_future() {
     let clock = ManualClock::new();
     let w = CountingWaker::new();
-    let mut call = std::pin::pin!(timeout_with(clock.clone(), SEC, async {
-        std::future::pending::<()>().await;
-    }));
+    let mut call = std::pin::pin!(
+        timeout(SEC, async {
+            std::future::pending::<()>().await;
+        })
+        .with_timer(clock.clone())
+    );
     assert!(call.as_mut().poll(&mut w.context()).is_pending());
     clock.advance(SEC);
     assert_eq!(
@@ -743,7 +746,7 @@ guarded! {
             let timer = FlakyTimer::default();
             let t0 = timer.clock.now();
             let w = CountingWaker::new();
-            let mut call = timeout_with(timer.clone(), 10 * SEC, pending::<()>());
+            let mut call = timeout(10 * SEC, pending::<()>()).with_timer(timer.clone());
             assert!(poll_once(&mut call, &w).is_pending());
             let flag = if which == "now" { &timer.now_panics } else { &timer.reset_panics };
             flag.store(true, SeqCst);
@@ -758,7 +761,7 @@ guarded! {
             assert_eq!(w.wakes(), 1, "{which}: not woken at the deadline it reports");
             assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
             // A later reset works.
-            let mut call = timeout_with(timer.clone(), 10 * SEC, pending::<()>());
+            let mut call = timeout(10 * SEC, pending::<()>()).with_timer(timer.clone());
             assert!(poll_once(&mut call, &w).is_pending());
             Pin::new(&mut call).reset(timer.clock.now() + SEC);
             timer.clock.advance(SEC);
@@ -775,7 +778,7 @@ guarded! {
         let tracker = Tracker::new();
         let w = CountingWaker::new();
         let (inner, _armed) = DropPanics::new(true, &tracker);
-        let mut call = timeout_with(clock.clone(), SEC, inner);
+        let mut call = timeout(SEC, inner).with_timer(clock.clone());
         assert_eq!(poll_panics(&mut call, &w), "inner drop boom");
         assert_eq!(tracker.live(), 0, "the inner future and the lost output are dropped");
         let refusal = poll_panics(&mut call, &w);
@@ -790,7 +793,7 @@ guarded! {
         let tracker = Tracker::new();
         let w = CountingWaker::new();
         let (inner, _armed) = DropPanics::new(false, &tracker);
-        let mut call = timeout_with(clock.clone(), SEC, inner);
+        let mut call = timeout(SEC, inner).with_timer(clock.clone());
         assert!(poll_once(&mut call, &w).is_pending());
         clock.advance(SEC);
         assert_eq!(poll_panics(&mut call, &w), "inner drop boom");
@@ -809,7 +812,7 @@ guarded! {
             let w = CountingWaker::new();
             let (inner, armed) = DropPanics::new(false, &tracker);
             armed.store(inner_panics, SeqCst);
-            let mut call = timeout_with(timer.clone(), SEC, inner);
+            let mut call = timeout(SEC, inner).with_timer(timer.clone());
             assert!(poll_once(&mut call, &w).is_pending());
             timer.clock.advance(SEC);
             timer.sleep_drop_panics.store(true, SeqCst);
@@ -829,7 +832,7 @@ matrix! {
         use futures::FutureExt;
         let tracker = Tracker::new();
         let (inner, _armed) = DropPanics::new(false, &tracker);
-        let mut call = timeout_with(ManualClock::new(), Duration::ZERO, inner);
+        let mut call = timeout(Duration::ZERO, inner).with_timer(ManualClock::new());
         let first = AssertUnwindSafe(&mut call).catch_unwind().await.map(drop).expect_err("the destructor's panic");
         assert_eq!(panic_message(&*first), "inner drop boom");
         let again = AssertUnwindSafe(&mut call).catch_unwind().await.map(drop).expect_err("a refusal");

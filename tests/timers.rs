@@ -8,7 +8,7 @@
 mod common;
 
 use awaitkit::time::{DefaultTimer, FuturesTimer};
-use awaitkit::{Elapsed, Timeout, Timer, timeout, timeout_at, timeout_at_with, timeout_with};
+use awaitkit::{Elapsed, Timeout, Timer, timeout, timeout_at};
 use common::*;
 use std::future::{Future, pending, ready};
 use std::pin::{Pin, pin};
@@ -28,7 +28,7 @@ const YEAR: Duration = Duration::from_secs(365 * 86_400);
 /// or after its deadline (read after the first poll), and not absurdly late.
 async fn elapses_never_early<T: Timer>(timer: T) {
     let start = Instant::now();
-    let mut call = pin!(timeout_with(timer, SHORT, pending::<()>()));
+    let mut call = pin!(timeout(SHORT, pending::<()>()).with_timer(timer));
     assert!(futures::poll!(call.as_mut()).is_pending());
     let deadline = call.deadline().expect("known after the first pending poll");
     assert!(deadline >= start + SHORT);
@@ -41,7 +41,9 @@ async fn elapses_never_early<T: Timer>(timer: T) {
 /// The same with an absolute deadline.
 async fn elapses_never_early_at<T: Timer>(timer: T) {
     let deadline = Instant::now() + SHORT;
-    let out = timeout_at_with(timer, deadline, pending::<()>()).await;
+    let out = timeout_at(deadline, pending::<()>())
+        .with_timer(timer)
+        .await;
     assert_eq!(out, Err(Elapsed::new()));
     assert!(Instant::now() >= deadline, "elapsed before its deadline");
 }
@@ -50,10 +52,15 @@ async fn elapses_never_early_at<T: Timer>(timer: T) {
 async fn inner_wins<T: Timer + Clone>(timer: T) {
     let soon = timer.sleep_until(timer.now() + 2 * MS);
     assert_eq!(
-        timeout_with(timer.clone(), Duration::from_secs(10), soon).await,
+        timeout(Duration::from_secs(10), soon)
+            .with_timer(timer.clone())
+            .await,
         Ok(())
     );
-    assert_eq!(timeout_with(timer, Duration::ZERO, ready(1)).await, Ok(1));
+    assert_eq!(
+        timeout(Duration::ZERO, ready(1)).with_timer(timer).await,
+        Ok(1)
+    );
 }
 
 /// Zero and past deadlines elapse in the first poll, without a wake; an
@@ -63,9 +70,9 @@ where
     T::Sleep: Unpin,
 {
     let w = CountingWaker::new();
-    let mut call = timeout_with(timer.clone(), Duration::ZERO, pending::<()>());
+    let mut call = timeout(Duration::ZERO, pending::<()>()).with_timer(timer.clone());
     assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
-    let mut call = timeout_at_with(timer.clone(), timer.now() - MS, pending::<()>());
+    let mut call = timeout_at(timer.now() - MS, pending::<()>()).with_timer(timer.clone());
     assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
     assert_eq!(
         (w.wakes(), w.live_clones()),
@@ -73,16 +80,16 @@ where
         "zero and past deadlines need no wake"
     );
 
-    let mut call = timeout_with(timer.clone(), Duration::MAX, pending::<()>());
+    let mut call = timeout(Duration::MAX, pending::<()>()).with_timer(timer.clone());
     assert!(poll_once(&mut call, &w).is_pending());
     assert_eq!(call.deadline(), None);
     drop(call);
     if let Some(far) = timer.now().checked_add(1000 * YEAR) {
-        let mut call = timeout_at_with(timer.clone(), far, pending::<()>());
+        let mut call = timeout_at(far, pending::<()>()).with_timer(timer.clone());
         assert!(poll_once(&mut call, &w).is_pending());
         assert_eq!(call.deadline(), Some(far));
     }
-    let mut call = timeout_with(timer, 1000 * YEAR, pending::<()>());
+    let mut call = timeout(1000 * YEAR, pending::<()>()).with_timer(timer);
     assert!(poll_once(&mut call, &w).is_pending());
     drop(call);
     assert_eq!(w.wakes(), 0, "a far deadline fired");
@@ -105,7 +112,7 @@ where
     T::Sleep: Unpin,
 {
     let w = CountingWaker::new();
-    let mut call = timeout_with(timer, Duration::from_secs(3600), pending::<()>());
+    let mut call = timeout(Duration::from_secs(3600), pending::<()>()).with_timer(timer);
     assert!(poll_once(&mut call, &w).is_pending());
     let at = Instant::now() + 5 * MS;
     Pin::new(&mut call).reset(at);
@@ -127,7 +134,7 @@ fn reset_into_the_past_elapses_at_the_next_poll<T: Timer + Clone>(
 ) {
     for round in 0..20 {
         let w = CountingWaker::new();
-        let mut call = pin!(timeout_with(timer.clone(), YEAR, pending::<()>()));
+        let mut call = pin!(timeout(YEAR, pending::<()>()).with_timer(timer.clone()));
         assert!(poll_once_pinned(call.as_mut(), &w).is_pending());
         call.as_mut().reset(timer.now() - MS);
         assert_eq!(
@@ -136,7 +143,7 @@ fn reset_into_the_past_elapses_at_the_next_poll<T: Timer + Clone>(
             "round {round}: a past deadline did not elapse at the next poll"
         );
 
-        let mut call = pin!(timeout_with(timer.clone(), YEAR, pending::<()>()));
+        let mut call = pin!(timeout(YEAR, pending::<()>()).with_timer(timer.clone()));
         assert!(poll_once_pinned(call.as_mut(), &w).is_pending());
         call.as_mut().reset(timer.now());
         assert_eq!(
@@ -146,7 +153,7 @@ fn reset_into_the_past_elapses_at_the_next_poll<T: Timer + Clone>(
         );
 
         // Moved ahead a little; by the next poll it has passed.
-        let mut call = pin!(timeout_with(timer.clone(), YEAR, pending::<()>()));
+        let mut call = pin!(timeout(YEAR, pending::<()>()).with_timer(timer.clone()));
         assert!(poll_once_pinned(call.as_mut(), &w).is_pending());
         let at = timer.now() + MS;
         call.as_mut().reset(at);
@@ -159,17 +166,14 @@ fn reset_into_the_past_elapses_at_the_next_poll<T: Timer + Clone>(
         );
 
         // The inner future is still polled first.
-        let mut call = pin!(timeout_with(
-            timer.clone(),
-            YEAR,
-            YieldN::new(1, 'r', &Counter::new())
-        ));
+        let mut call =
+            pin!(timeout(YEAR, YieldN::new(1, 'r', &Counter::new())).with_timer(timer.clone()));
         assert!(poll_once_pinned(call.as_mut(), &w).is_pending());
         call.as_mut().reset(timer.now() - MS);
         assert_eq!(poll_once_pinned(call.as_mut(), &w), Poll::Ready(Ok('r')));
 
         // A deadline moved ahead that has not passed: still pending.
-        let mut call = pin!(timeout_with(timer.clone(), MS, pending::<()>()));
+        let mut call = pin!(timeout(MS, pending::<()>()).with_timer(timer.clone()));
         assert!(poll_once_pinned(call.as_mut(), &w).is_pending());
         call.as_mut().reset(timer.now() + YEAR);
         pass(2 * MS);
@@ -196,7 +200,7 @@ fn real_sleep(d: Duration) {
 
 matrix! {
     async fn default_timer_never_early() {
-        elapses_never_early(DefaultTimer::default()).await;
+        elapses_never_early(DefaultTimer).await;
         elapses_never_early_at(FuturesTimer).await;
         // The plain functions use it.
         let start = Instant::now();
@@ -234,7 +238,7 @@ guarded! {
 
     fn default_timer_reset_into_the_past_elapses_at_the_next_poll() {
         reset_into_the_past_elapses_at_the_next_poll(FuturesTimer, real_sleep);
-        reset_into_the_past_elapses_at_the_next_poll(DefaultTimer::default(), real_sleep);
+        reset_into_the_past_elapses_at_the_next_poll(DefaultTimer, real_sleep);
     }
 
     /// 100 000 timeouts created, polled once and dropped do not clog the
@@ -291,7 +295,7 @@ impl Drop for Bomb {
 /// did when it held the waker. Then gives the backend time to do both.
 fn plant_panicking_wakers<T: Timer>(timer: &T) {
     let fires = Waker::from(Arc::new(Bomb { wake: true }));
-    let mut fired = Box::pin(timeout_with(timer, MS, pending::<()>()));
+    let mut fired = Box::pin(timeout(MS, pending::<()>()).with_timer(timer));
     assert!(
         fired
             .as_mut()
@@ -299,11 +303,8 @@ fn plant_panicking_wakers<T: Timer>(timer: &T) {
             .is_pending()
     );
     let drops = Waker::from(Arc::new(Bomb { wake: false }));
-    let mut dropped = Box::pin(timeout_with(
-        timer,
-        Duration::from_secs(3600),
-        pending::<()>(),
-    ));
+    let mut dropped =
+        Box::pin(timeout(Duration::from_secs(3600), pending::<()>()).with_timer(timer));
     assert!(
         dropped
             .as_mut()
@@ -441,19 +442,19 @@ mod tokio_timer {
             // `tokio::time::Sleep` is `!Unpin`: box the timeouts.
             current().block_on(async {
                 let w = CountingWaker::new();
-                let mut call = Box::pin(timeout_with(TokioTimer, Duration::ZERO, pending::<()>()));
+                let mut call = Box::pin(timeout(Duration::ZERO, pending::<()>()).with_timer(TokioTimer));
                 assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
-                let mut call = Box::pin(timeout_at_with(TokioTimer, TokioTimer.now() - MS, pending::<()>()));
+                let mut call = Box::pin(timeout_at(TokioTimer.now() - MS, pending::<()>()).with_timer(TokioTimer));
                 assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
                 assert_eq!(w.wakes(), 0);
-                let mut call = Box::pin(timeout_with(TokioTimer, Duration::MAX, pending::<()>()));
+                let mut call = Box::pin(timeout(Duration::MAX, pending::<()>()).with_timer(TokioTimer));
                 assert!(poll_once(&mut call, &w).is_pending());
                 assert_eq!(call.deadline(), None);
                 if let Some(far) = TokioTimer.now().checked_add(1000 * YEAR) {
-                    let mut call = Box::pin(timeout_at_with(TokioTimer, far, pending::<()>()));
+                    let mut call = Box::pin(timeout_at(far, pending::<()>()).with_timer(TokioTimer));
                     assert!(poll_once(&mut call, &w).is_pending());
                 }
-                let mut call = Box::pin(timeout_with(TokioTimer, 1000 * YEAR, pending::<()>()));
+                let mut call = Box::pin(timeout(1000 * YEAR, pending::<()>()).with_timer(TokioTimer));
                 assert!(poll_once(&mut call, &w).is_pending());
                 tokio::time::sleep(2 * MS).await;
                 assert_eq!(w.wakes(), 0);
@@ -466,7 +467,7 @@ mod tokio_timer {
             let real = Instant::now();
             paused().block_on(async {
                 let start = tokio::time::Instant::now();
-                let out = timeout_with(TokioTimer, Duration::from_secs(3600), pending::<()>()).await;
+                let out = timeout(Duration::from_secs(3600), pending::<()>()).with_timer(TokioTimer).await;
                 assert_eq!(out, Err(Elapsed::new()));
                 assert!(start.elapsed() >= Duration::from_secs(3600));
             });
@@ -476,7 +477,7 @@ mod tokio_timer {
         fn paused_time_advance_is_never_early() {
             paused().block_on(async {
                 let hour = Duration::from_secs(3600);
-                let mut call = pin!(timeout_with(TokioTimer, hour, pending::<()>()));
+                let mut call = pin!(timeout(hour, pending::<()>()).with_timer(TokioTimer));
                 assert!(futures::poll!(call.as_mut()).is_pending());
                 let deadline = call.deadline().unwrap();
                 assert_eq!(deadline, TokioTimer.now() + hour);
@@ -492,7 +493,7 @@ mod tokio_timer {
         fn paused_time_reset_wakes_without_a_re_poll() {
             paused().block_on(async {
                 let w = CountingWaker::new();
-                let mut call = Box::pin(timeout_with(TokioTimer, Duration::from_secs(3600), pending::<()>()));
+                let mut call = Box::pin(timeout(Duration::from_secs(3600), pending::<()>()).with_timer(TokioTimer));
                 assert!(poll_once(&mut call, &w).is_pending());
                 let at = TokioTimer.now() + Duration::from_secs(1);
                 call.as_mut().reset(at);
@@ -504,7 +505,7 @@ mod tokio_timer {
                 assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
 
                 // Later: not at the old deadline.
-                let mut call = Box::pin(timeout_with(TokioTimer, Duration::from_secs(10), pending::<()>()));
+                let mut call = Box::pin(timeout(Duration::from_secs(10), pending::<()>()).with_timer(TokioTimer));
                 assert!(poll_once(&mut call, &w).is_pending());
                 call.as_mut().reset(TokioTimer.now() + Duration::from_secs(20));
                 tokio::time::advance(Duration::from_secs(10)).await;
@@ -536,7 +537,7 @@ mod tokio_timer {
         fn a_self_waking_inner_future_times_out() {
             current().block_on(async {
                 let stop = Arc::new(AtomicBool::new(false));
-                let out = timeout_with(TokioTimer, SHORT, Spinner::new(&stop, &Counter::new())).await;
+                let out = timeout(SHORT, Spinner::new(&stop, &Counter::new())).with_timer(TokioTimer).await;
                 assert_eq!(out, Err(Elapsed::new()));
             });
         }
@@ -564,7 +565,7 @@ mod tokio_timer {
             Duration::from_secs(5),
             {
                 let polls = polls.clone();
-                move || current().block_on(timeout_with(TokioTimer, SHORT, budget_hog(polls)))
+                move || current().block_on(timeout(SHORT, budget_hog(polls)).with_timer(TokioTimer))
             },
         );
         assert_eq!(out, Err(Elapsed::new()));
@@ -575,7 +576,7 @@ mod tokio_timer {
             Duration::from_secs(5),
             || {
                 multi().block_on(async {
-                    tokio::spawn(timeout_with(TokioTimer, SHORT, budget_hog(Counter::new())))
+                    tokio::spawn(timeout(SHORT, budget_hog(Counter::new())).with_timer(TokioTimer))
                         .await
                         .unwrap()
                 })
@@ -634,7 +635,7 @@ mod async_io_timer {
 
         fn a_self_waking_inner_future_times_out() {
             let stop = Arc::new(AtomicBool::new(false));
-            let out = smol::block_on(timeout_with(AsyncIoTimer, SHORT, Spinner::new(&stop, &Counter::new())));
+            let out = smol::block_on(timeout(SHORT, Spinner::new(&stop, &Counter::new())).with_timer(AsyncIoTimer));
             assert_eq!(out, Err(Elapsed::new()));
         }
     }

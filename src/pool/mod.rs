@@ -317,7 +317,7 @@ impl<M: Manager> Pool<M> {
         let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
         PoolBuilder {
             manager,
-            timer: DefaultTimer::default(),
+            timer: DefaultTimer,
             max_size: (parallelism * 2).max(4),
             max_lifetime: None,
             idle_timeout: None,
@@ -749,10 +749,13 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> PoolBuilder<M, T> {
     /// # struct M;
     /// # impl Manager for M { type Object = (); type Error = (); async fn create(&self) -> Result<(), ()> { Ok(()) } }
     /// use awaitkit::time::FuturesTimer;
-    /// let pool = Pool::builder(M).timer(FuturesTimer).build();
+    /// let pool = Pool::builder(M).with_timer(FuturesTimer).build();
     /// assert!(pool.is_ok());
     /// ```
-    pub fn timer<U: Timer + Clone + Send + Sync + 'static>(self, timer: U) -> PoolBuilder<M, U> {
+    pub fn with_timer<U: Timer + Clone + Send + Sync + 'static>(
+        self,
+        timer: U,
+    ) -> PoolBuilder<M, U> {
         PoolBuilder {
             manager: self.manager,
             timer,

@@ -232,25 +232,34 @@ impl<K: Eq + Hash> KeyedRateLimiter<K, DefaultTimer> {
     /// assert!(limiter.try_acquire_n("k", 2).is_ok());
     /// ```
     pub fn with_quota(quota: Quota) -> Self {
-        Self::with_timer(quota, DefaultTimer::default())
+        Self::build(quota, DefaultTimer)
     }
 }
 
 impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
-    /// A limiter per key for `quota`, on `timer` (cloned for every key).
+    /// The same limiter (its quota) on another timer, cloned for every key
+    /// — the one way, as on every awaitkit type that waits for time, to
+    /// choose the timer (see [`time`](crate::time)). Call it as you build the
+    /// limiter: the keys granted through `self` are not carried over.
     ///
     /// # Examples
     ///
     /// ```
     /// use awaitkit::KeyedRateLimiter;
-    /// use awaitkit::rate_limiter::Quota;
     /// use awaitkit::time::FuturesTimer;
     /// use std::time::Duration;
-    /// let quota = Quota::window(1, Duration::from_secs(1)).unwrap();
-    /// let limiter = KeyedRateLimiter::with_timer(quota, FuturesTimer);
+    /// let limiter = KeyedRateLimiter::new(1, Duration::from_secs(1)).with_timer(FuturesTimer);
     /// assert!(limiter.try_acquire('x').is_ok());
     /// ```
-    pub fn with_timer(quota: Quota, timer: T) -> Self
+    pub fn with_timer<U>(self, timer: U) -> KeyedRateLimiter<K, U>
+    where
+        U: Timer + Clone + Send + Sync + 'static,
+        U::Sleep: Send + 'static,
+    {
+        KeyedRateLimiter::build(self.quota(), timer)
+    }
+
+    fn build(quota: Quota, timer: T) -> Self
     where
         T: Clone + Send + Sync + 'static,
         T::Sleep: Send + 'static,

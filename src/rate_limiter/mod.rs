@@ -518,14 +518,16 @@ impl RateLimiter<DefaultTimer> {
     /// assert_eq!(limiter.quota().max_calls(), 3);
     /// ```
     pub fn with_quota(quota: Quota) -> Self {
-        Self::with_timer(quota, DefaultTimer::default())
+        Self::build(quota, DefaultTimer)
     }
 }
 
 impl<T: Timer> RateLimiter<T> {
-    /// A limiter for `quota` whose clock and timer is `timer` (see
-    /// [`time`](crate::time)). Its one timer may fire on any thread, hence
-    /// the bounds.
+    /// The same limiter (its quota) whose clock and timer is `timer` — the
+    /// one way, as on every awaitkit type that waits for time, to choose the
+    /// timer (see [`time`](crate::time)). Call it as you build the limiter:
+    /// the grants made through `self` are not carried over. Its one timer
+    /// may fire on any thread, hence the bounds.
     ///
     /// # Panics
     ///
@@ -537,14 +539,20 @@ impl<T: Timer> RateLimiter<T> {
     ///
     /// ```
     /// use awaitkit::RateLimiter;
-    /// use awaitkit::rate_limiter::Quota;
     /// use awaitkit::time::FuturesTimer;
     /// use std::time::Duration;
-    /// let quota = Quota::window(3, Duration::from_secs(1)).unwrap();
-    /// let limiter = RateLimiter::with_timer(quota, FuturesTimer);
+    /// let limiter = RateLimiter::new(3, Duration::from_secs(1)).with_timer(FuturesTimer);
     /// assert!(limiter.try_acquire_n(3).is_ok());
     /// ```
-    pub fn with_timer(quota: Quota, timer: T) -> Self
+    pub fn with_timer<U>(self, timer: U) -> RateLimiter<U>
+    where
+        U: Timer + Send + Sync + 'static,
+        U::Sleep: Send + 'static,
+    {
+        RateLimiter::build(self.quota(), timer)
+    }
+
+    fn build(quota: Quota, timer: T) -> Self
     where
         T: Send + Sync + 'static,
         T::Sleep: Send + 'static,

@@ -27,7 +27,7 @@ use std::time::Instant;
 /// use std::time::Duration;
 /// # futures::executor::block_on(async {
 /// let slow = futures::future::pending::<()>();
-/// let out = awaitkit::timeout_with(AsyncIoTimer, Duration::from_millis(1), slow).await;
+/// let out = awaitkit::timeout(Duration::from_millis(1), slow).with_timer(AsyncIoTimer).await;
 /// assert!(out.is_err());
 /// # });
 /// ```

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 /// use std::time::Duration;
 /// # futures::executor::block_on(async {
 /// let clock = ManualClock::new();
-/// let mut call = awaitkit::timeout_with(clock.clone(), Duration::from_secs(5), futures::future::pending::<()>());
+/// let mut call = awaitkit::timeout(Duration::from_secs(5), futures::future::pending::<()>()).with_timer(clock.clone());
 ///
 /// assert!(futures::poll!(&mut call).is_pending());
 /// clock.advance(Duration::from_secs(4));

@@ -1,28 +1,53 @@
 //! Time: the timer seam every timed operation in awaitkit goes through.
 //!
-//! awaitkit never assumes a runtime, so it never reaches for a global clock.
-//! Everything that waits for time — [`timeout`](crate::timeout), the
+//! Everything that waits for time — [`timeout`](crate::timeout), semaphore
+//! [acquire timeouts](crate::Semaphore::acquire_timeout), the
+//! [rate limiters](crate::RateLimiter), [retry backoff](crate::RetryPolicy),
+//! [pool](crate::Pool) waits, [batch](crate::process_batch) pauses, the
 //! deadlines of [`wait`](crate::Wait::with_timeout) and
-//! [`as_completed`](crate::AsCompleted::with_timeout), [retry
-//! backoff](crate::RetryPolicy) — asks a [`Timer`] for the current time and
-//! for a future that completes at a deadline.
+//! [`as_completed`](crate::AsCompleted::with_timeout) — asks a [`Timer`] for
+//! the current time and for a future that completes at a deadline.
+//!
+//! # Which timer is used where
+//!
+//! Unless you pass one, it is the [`DefaultTimer`]:
+//!
+//! | where the wait runs | without the `tokio` feature | with the `tokio` feature |
+//! |---|---|---|
+//! | inside a tokio runtime with time enabled (`#[tokio::main]`, `#[tokio::test]`, `enable_time`/`enable_all`) | futures-timer | **tokio's timer**: `pause`, `advance`, `start_paused` and auto-advance apply |
+//! | a tokio runtime built without time | futures-timer | futures-timer |
+//! | smol, async-std, `futures::executor`, any other executor, no runtime | futures-timer | futures-timer |
+//!
+//! The choice is made each time a sleep is **armed** (when something first
+//! waits), not when the limiter, pool or policy that owns it was created, so
+//! a value built in `main` or a `static` follows the runtime that uses it;
+//! a sleep polled somewhere else later is armed again there. See
+//! [`DefaultTimer`] for the details (how a runtime without time is found).
+//!
+//! An explicit timer always wins. Every type that waits for time takes one
+//! the same way, with a `with_timer(timer)` method: [`Timeout::with_timer`](crate::Timeout::with_timer)
+//! (also after `.timeout(d)` from [`TimeoutExt`](crate::TimeoutExt)),
+//! [`RateLimiter::with_timer`](crate::RateLimiter::with_timer),
+//! [`KeyedRateLimiter::with_timer`](crate::KeyedRateLimiter::with_timer),
+//! [`PoolBuilder::with_timer`](crate::pool::PoolBuilder::with_timer),
+//! [`Retry::with_timer`](crate::Retry::with_timer),
+//! [`Batch::with_timer`](crate::Batch::with_timer),
+//! [`Wait::with_timer`](crate::Wait::with_timer),
+//! [`AsCompletedUntil::with_timer`](crate::AsCompletedUntil::with_timer).
 //!
 //! | timer | feature | use it when |
 //! |---|---|---|
-//! | [`FuturesTimer`] (= [`DefaultTimer`]) | always | any executor; a helper thread keeps the time |
-//! | `TokioTimer` | `tokio` | inside a tokio runtime; honours `tokio::time::pause`, so paused-time tests work |
+//! | [`DefaultTimer`] | always | the default: the runtime's timer where there is one (see above) |
+//! | [`FuturesTimer`] | always | any executor; a helper thread keeps the time, and tokio's paused time never applies |
+//! | `TokioTimer` | `tokio` | always tokio's timer (panics outside a tokio runtime with time) |
 //! | `AsyncIoTimer` | `async-io` | on smol / async-io's reactor |
 //! | `QuantaTimer` | `quanta` | any executor, with the CPU's time-stamp counter as the clock: the fastest clock reads (rate limiters check it on every call) |
-//! | `ManualClock` | `test-util` | tests: time moves only when the test calls `advance` |
-//!
-//! Choosing a timer is always explicit: the `*_with` functions and the
-//! `with_timer` builders take one as a value. Enabling a feature never
-//! changes which timer the plain functions use.
+//! | `ManualClock` | `test-util` | tests: time moves only when the test calls `advance`, on any executor |
 //!
 //! # Wakers on the timer's threads
 //!
-//! [`FuturesTimer`] (the default, whose sleeps `QuantaTimer` uses too)
-//! keeps time on futures-timer's helper thread, which wakes — and drops —
+//! [`FuturesTimer`] (the [`DefaultTimer`] outside tokio runtimes with time;
+//! `QuantaTimer` uses its sleeps too) keeps time on futures-timer's helper thread, which wakes — and drops —
 //! the wakers of every sleep in the process. A waker that panicked there
 //! would kill the thread, and every later sleep in the process would panic
 //! with "timer has gone away". So that thread never gets your waker: each
@@ -32,7 +57,8 @@
 //! `drop` there is **caught and discarded** (the panic hook still reports
 //! it).
 //!
-//! `TokioTimer` and `AsyncIoTimer` hand your waker to the runtime's driver,
+//! `TokioTimer`, the [`DefaultTimer`] inside a tokio runtime with time, and
+//! `AsyncIoTimer` hand your waker to the runtime's driver,
 //! as the runtime's own sleeps and I/O do, and a waker's panic there does
 //! what it does to those (see their docs); `ManualClock` wakes sleepers on
 //! the thread that calls `advance`, where the panic propagates.
@@ -43,7 +69,7 @@
 //! use awaitkit::time::{DefaultTimer, Timer};
 //! use std::time::Duration;
 //! # futures::executor::block_on(async {
-//! let timer = DefaultTimer::default();
+//! let timer = DefaultTimer;
 //! let start = timer.now();
 //! timer.sleep_until(start + Duration::from_millis(5)).await;
 //! assert!(timer.now() >= start + Duration::from_millis(5));
@@ -54,6 +80,7 @@
 
 #[cfg(feature = "async-io")]
 mod async_io;
+mod default;
 #[cfg(feature = "test-util")]
 mod manual;
 #[cfg(feature = "quanta")]
@@ -64,6 +91,7 @@ mod tokio;
 
 #[cfg(feature = "async-io")]
 pub use async_io::{AsyncIoSleep, AsyncIoTimer};
+pub use default::{DefaultSleep, DefaultTimer};
 #[cfg(feature = "test-util")]
 pub use manual::{ManualClock, ManualSleep};
 #[cfg(feature = "quanta")]
@@ -84,8 +112,10 @@ use std::time::{Duration, Instant};
 /// deadline.
 ///
 /// This is the seam every timed operation in awaitkit uses. Implement it to
-/// plug in another runtime's timer; awaitkit ships [`FuturesTimer`] (the
-/// default), `TokioTimer`, `AsyncIoTimer` and the test clock `ManualClock`.
+/// plug in another runtime's timer; awaitkit ships [`DefaultTimer`] (the
+/// runtime's timer where there is one, futures-timer elsewhere),
+/// [`FuturesTimer`], `TokioTimer`, `AsyncIoTimer`, `QuantaTimer` and the
+/// test clock `ManualClock`.
 ///
 /// # Contract
 ///
@@ -134,7 +164,7 @@ use std::time::{Duration, Instant};
 /// }
 ///
 /// # futures::executor::block_on(async {
-/// let out = awaitkit::timeout_with(MyTimer::default(), std::time::Duration::from_secs(1), async { 7 }).await;
+/// let out = awaitkit::timeout(std::time::Duration::from_secs(1), async { 7 }).with_timer(MyTimer::default()).await;
 /// assert_eq!(out, Ok(7));
 /// # });
 /// ```
@@ -250,21 +280,6 @@ macro_rules! forward_timer {
 
 forward_timer!(&T, Arc<T>);
 
-/// The timer the plain functions ([`timeout`](crate::timeout),
-/// [`timeout_at`](crate::timeout_at), …) use: [`FuturesTimer`].
-///
-/// Its helper thread never calls your waker directly: a panic in a waker's
-/// `wake` or `drop` there is caught and discarded (see [`FuturesTimer`]).
-///
-/// # Examples
-///
-/// ```
-/// use awaitkit::time::{DefaultTimer, Timer};
-/// let now = DefaultTimer::default().now();
-/// assert!(now <= std::time::Instant::now());
-/// ```
-pub type DefaultTimer = FuturesTimer;
-
 /// The default timer, built on the `futures-timer` crate: works on every
 /// executor, keeping time on one helper thread shared by the whole process.
 ///
@@ -287,7 +302,7 @@ pub type DefaultTimer = FuturesTimer;
 /// use std::time::Duration;
 /// # futures::executor::block_on(async {
 /// let slow = futures::future::pending::<()>();
-/// let out = awaitkit::timeout_with(FuturesTimer, Duration::from_millis(1), slow).await;
+/// let out = awaitkit::timeout(Duration::from_millis(1), slow).with_timer(FuturesTimer).await;
 /// assert!(out.is_err());
 /// # });
 /// ```

@@ -1,4 +1,4 @@
-//! `QuantaTimer`: the default timer's sleeps on the `quanta` crate's clock
+//! `QuantaTimer`: futures-timer's sleeps on the `quanta` crate's clock
 //! (feature `quanta`).
 
 use super::{FuturesSleep, FuturesTimer, Timer};
@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 /// use awaitkit::time::QuantaTimer;
 /// use std::time::Duration;
 /// let quota = Quota::gcra(1_000, Duration::from_secs(1), 10).unwrap();
-/// let limiter = RateLimiter::with_timer(quota, QuantaTimer::new());
+/// let limiter = RateLimiter::with_quota(quota).with_timer(QuantaTimer::new());
 /// assert!(limiter.try_acquire().is_ok());
 /// ```
 #[cfg_attr(docsrs, doc(cfg(feature = "quanta")))]

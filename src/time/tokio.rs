@@ -37,7 +37,7 @@ use std::time::Instant;
 /// use std::time::Duration;
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 /// let slow = tokio::time::sleep(Duration::from_secs(60));
-/// let out = awaitkit::timeout_with(TokioTimer, Duration::from_millis(1), slow).await;
+/// let out = awaitkit::timeout(Duration::from_millis(1), slow).with_timer(TokioTimer).await;
 /// assert!(out.is_err());
 /// # });
 /// ```
@@ -99,10 +99,120 @@ impl Future for TokioSleep {
     }
 }
 
+impl TokioSleep {
+    /// Whether tokio's timer has fired this sleep (its deadline passed, or
+    /// its runtime shut down).
+    pub(crate) fn is_elapsed(&self) -> bool {
+        self.sleep.is_elapsed()
+    }
+}
+
 impl fmt::Debug for TokioSleep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokioSleep")
             .field("deadline", &self.sleep.deadline())
             .finish()
     }
+}
+
+// ---------------------------------------------------------------------------
+// Where a default sleep is armed (see `DefaultTimer`)
+// ---------------------------------------------------------------------------
+
+/// Where the calling thread is, for [`DefaultTimer`](super::DefaultTimer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Here {
+    /// Inside a tokio runtime with time enabled.
+    Timed(tokio::runtime::Id),
+    /// Inside a tokio runtime built without time.
+    Untimed(tokio::runtime::Id),
+    /// Outside any tokio runtime.
+    Outside,
+}
+
+thread_local! {
+    /// The runtime this thread asked about last, and whether it has time.
+    static LAST: std::cell::Cell<Option<(tokio::runtime::Id, bool)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Where the calling thread is: a tokio runtime (with or without time) or
+/// outside one.
+#[inline]
+pub(crate) fn here() -> Here {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return Here::Outside;
+    };
+    let id = handle.id();
+    drop(handle);
+    let timed = match LAST.try_with(std::cell::Cell::get) {
+        Ok(Some((last, timed))) if last == id => timed,
+        _ => {
+            let timed = has_time(id);
+            let _ = LAST.try_with(|last| last.set(Some((id, timed))));
+            timed
+        }
+    };
+    if timed {
+        Here::Timed(id)
+    } else {
+        Here::Untimed(id)
+    }
+}
+
+/// Remembers that runtime `id` has no usable timer any more: it is shutting
+/// down (its timer fired a sleep before the deadline), and polling its
+/// sleeps would panic.
+#[cold]
+#[inline(never)]
+pub(crate) fn timer_shut_down(id: tokio::runtime::Id) {
+    remember_untimed(id);
+    let _ = LAST.try_with(|last| last.set(Some((id, false))));
+}
+
+/// The latest runtimes found without time, or with their timer shut down
+/// (bounded: a long-running process that keeps building such runtimes only
+/// probes again).
+static UNTIMED: std::sync::Mutex<Vec<tokio::runtime::Id>> = std::sync::Mutex::new(Vec::new());
+
+fn untimed() -> std::sync::MutexGuard<'static, Vec<tokio::runtime::Id>> {
+    UNTIMED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn remember_untimed(id: tokio::runtime::Id) {
+    const KEEP: usize = 64;
+    let mut untimed = untimed();
+    if !untimed.contains(&id) {
+        if untimed.len() == KEEP {
+            untimed.remove(0);
+        }
+        untimed.push(id);
+    }
+}
+
+/// Whether the current runtime (`id`) has its time driver. tokio has no
+/// query for it (tokio-rs/tokio#8361): a sleep is created inside
+/// `catch_unwind`, and the runtimes where that panicked are remembered for
+/// the whole process, so each prints tokio's panic message once.
+#[cold]
+#[inline(never)]
+fn has_time(id: tokio::runtime::Id) -> bool {
+    if untimed().contains(&id) {
+        return false;
+    }
+    #[cfg(panic = "unwind")]
+    let timed = std::panic::catch_unwind(|| {
+        drop(tokio::time::sleep(std::time::Duration::ZERO));
+    })
+    .is_ok();
+    // Nothing to catch a panic with: take the runtime to have time, as
+    // `#[tokio::main]` does (one without aborts as `tokio::time::sleep`).
+    #[cfg(not(panic = "unwind"))]
+    let timed = true;
+    if !timed {
+        remember_untimed(id);
+    }
+    timed
 }
