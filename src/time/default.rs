@@ -227,7 +227,7 @@ thread_local! {
 /// timer it is on); the box goes back to the thread's spare when the sleep
 /// is dropped.
 #[cfg(feature = "tokio")]
-struct TokioBox(TokioSlot);
+struct TokioBox(Option<TokioSlot>);
 
 #[cfg(feature = "tokio")]
 impl TokioBox {
@@ -236,18 +236,16 @@ impl TokioBox {
         match SPARE.try_with(std::cell::Cell::take) {
             Ok(Some(mut slot)) => {
                 slot.set(Some(sleep));
-                TokioBox(slot)
+                TokioBox(Some(slot))
             }
-            _ => TokioBox(Box::pin(Some(sleep))),
+            _ => TokioBox(Some(Box::pin(Some(sleep)))),
         }
     }
 
     #[inline]
     fn sleep(&mut self) -> Pin<&mut TokioSleep> {
-        self.0
-            .as_mut()
-            .as_pin_mut()
-            .expect("a tokio box holds its sleep until dropped")
+        let slot = self.0.as_mut().expect("a tokio box holds its slot until dropped");
+        slot.as_mut().as_pin_mut().expect("a tokio box holds its sleep until dropped")
     }
 }
 
@@ -257,9 +255,10 @@ impl Drop for TokioBox {
     fn drop(&mut self) {
         // Drops the sleep in place (deregistering it; its waker's drop may
         // panic, and then the box is simply freed), then keeps the box.
-        self.0.set(None);
-        let slot = std::mem::replace(&mut self.0, Box::pin(None));
-        let _ = SPARE.try_with(|spare| spare.set(Some(slot)));
+        if let Some(mut slot) = self.0.take() {
+            slot.set(None);
+            let _ = SPARE.try_with(|spare| spare.set(Some(slot)));
+        }
     }
 }
 
