@@ -603,12 +603,14 @@ where
     /// end (abandons it on a fail-fast error). Its style is left alone, so
     /// its `{eta}` and `{per_sec}` use indicatif's own clock.
     ///
-    /// Available with the `indicatif` feature.
+    /// Available with the `indicatif` feature. Name the bar's type through
+    /// [`awaitkit::indicatif`](crate::indicatif), the version this crate
+    /// uses, so a different `indicatif` in your own `Cargo.toml` cannot clash.
     ///
     /// # Examples
     ///
     /// ```
-    /// use indicatif::ProgressBar;
+    /// use awaitkit::indicatif::ProgressBar;
     /// # futures::executor::block_on(async {
     /// let bar = ProgressBar::hidden();
     /// awaitkit::process_batch(0..20, 4, |i| async move { i })

@@ -167,7 +167,7 @@
 //! | `tokio` | `time::TokioTimer`: tokio's timer, honouring `tokio::time::pause` |
 //! | `async-io` | `time::AsyncIoTimer`: the async-io (smol) reactor's timer |
 //! | `test-util` | `time::ManualClock`: a clock that moves only when a test advances it |
-//! | `indicatif` | `Batch::progress_bar`: batch progress drawn as a tqdm-style bar |
+//! | `indicatif` | `Batch::progress_bar`: batch progress drawn as a tqdm-style bar; `awaitkit::indicatif`, the `indicatif` crate (0.18) re-exported |
 //! | `quanta` | `time::QuantaTimer`: the CPU's time-stamp counter as the clock (the cheapest [`RateLimiter`] checks) |
 //! | `tracing` | slow polls seen by [`watch`](mod@watch) are also emitted as `tracing` warnings |
 
@@ -235,6 +235,26 @@ pub use timeout::{
 pub use wait::{ReturnWhen, Wait, WaitAny, WaitOutcome, try_wait, wait, wait_any};
 #[doc(inline)]
 pub use watch::{Watch, WatchExt, watch};
+
+/// The `indicatif` crate, re-exported: the version [`Batch::with_progress_bar`]
+/// takes its bars from, so `awaitkit::indicatif::ProgressBar` always matches
+/// (no "multiple versions of crate `indicatif`" when yours differs).
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::indicatif::ProgressBar;
+/// # futures::executor::block_on(async {
+/// let bar = ProgressBar::hidden();
+/// awaitkit::process_batch(0..3, 2, |i| async move { i })
+///     .with_progress_bar(bar.clone())
+///     .await;
+/// assert_eq!(bar.position(), 3);
+/// # });
+/// ```
+#[cfg(feature = "indicatif")]
+#[cfg_attr(docsrs, doc(cfg(feature = "indicatif")))]
+pub use indicatif;
 
 #[doc = include_str!("../docs/guide.md")]
 pub mod guide {}
