@@ -980,6 +980,36 @@ where
     }
 }
 
+/// Terminated once it has returned its output (polling it again panics).
+impl<I, F, Fut, P, T, L> futures_core::FusedFuture for Batch<'_, I, F, Fut, P, T, L, false>
+where
+    I: Iterator,
+    F: FnMut(I::Item) -> Fut,
+    Fut: Future,
+    P: FnMut(&Progress),
+    T: Timer,
+    L: Timer,
+{
+    fn is_terminated(&self) -> bool {
+        self.core.finished && !self.core.poisoned
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<I, F, Fut, P, T, L, V, E> futures_core::FusedFuture for Batch<'_, I, F, Fut, P, T, L, true>
+where
+    I: Iterator,
+    F: FnMut(I::Item) -> Fut,
+    Fut: Future<Output = Result<V, E>>,
+    P: FnMut(&Progress),
+    T: Timer,
+    L: Timer,
+{
+    fn is_terminated(&self) -> bool {
+        self.core.finished && !self.core.poisoned
+    }
+}
+
 impl<I, F, Fut, P, T, L, const FF: bool> fmt::Debug for Batch<'_, I, F, Fut, P, T, L, FF>
 where
     I: Iterator,

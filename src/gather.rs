@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 use crate::engine::Engine;
+use futures_core::FusedFuture;
 use std::any::Any;
 use std::fmt;
 use std::future::{Future, IntoFuture};
@@ -99,6 +100,13 @@ impl<F: Future> Future for Gather<F> {
             this.finished = true;
             Poll::Ready(this.engine.take_outputs())
         })
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<F: Future> FusedFuture for Gather<F> {
+    fn is_terminated(&self) -> bool {
+        self.finished && !self.poisoned
     }
 }
 
@@ -207,6 +215,16 @@ where
                 .map(|r| r.unwrap_or_else(|_| unreachable!()))
                 .collect()))
         })
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<F, T, E> FusedFuture for TryGather<F>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    fn is_terminated(&self) -> bool {
+        self.finished && !self.poisoned
     }
 }
 
@@ -472,6 +490,13 @@ fn settle_drop<T>(
             crate::unwind::discard(payload);
             Err(first)
         }
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<F: Future> FusedFuture for GatherSettled<F> {
+    fn is_terminated(&self) -> bool {
+        self.finished && !self.poisoned
     }
 }
 

@@ -64,6 +64,14 @@
 //! * **Empty input** completes on the first poll with the empty result.
 //! * **Polling after completion** panics with a clear message for futures;
 //!   streams are fused and keep returning `None`.
+//! * **Fused.** Every named future is a
+//!   [`FusedFuture`](futures_core::FusedFuture) (`is_terminated` turns true
+//!   once it has returned its output, never before) and every stream a
+//!   [`FusedStream`](futures_core::stream::FusedStream), so
+//!   `futures::select!` takes them without `.fuse()`. [`Watch`] is fused
+//!   when the future it watches is. The timers' sleeps are not: like
+//!   tokio's `Sleep`, a sleep may be polled again after it fired (it stays
+//!   ready) and [`Timer::reset`] re-arms it.
 //! * **Panics** in children propagate out of `poll` (except in
 //!   [`gather_settled`], which captures them). A future that a panic unwound
 //!   through refuses further polls (it panics, like an `async fn` that

@@ -628,9 +628,7 @@ impl<E> fmt::Display for RetryError<E> {
             GaveUp::DeadlineReached if n == 1 => {
                 f.write_str("the total time limit passed after 1 attempt")?
             }
-            GaveUp::DeadlineReached => {
-                write!(f, "the total time limit passed after {n} attempts")?
-            }
+            GaveUp::DeadlineReached => write!(f, "the total time limit passed after {n} attempts")?,
         }
         if matches!(self.last, AttemptError::TimedOut(_)) {
             f.write_str(" (the last one timed out)")?;
@@ -908,6 +906,20 @@ where
         let out = this.poll_attempts(cx);
         this.poisoned = false;
         out
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<Op, Fut, P, H, T> futures_core::FusedFuture for Retry<Op, Fut, P, H, T>
+where
+    Op: FnMut() -> Fut,
+    Fut: RetryOutput,
+    P: FnMut(&Fut::Error) -> bool,
+    H: FnMut(&RetryEvent<'_, Fut::Error>),
+    T: Timer,
+{
+    fn is_terminated(&self) -> bool {
+        self.state == State::Done && !self.poisoned
     }
 }
 

@@ -40,6 +40,7 @@ use crate::time::{DefaultTimer, Timer};
 use crate::timeout::{Timeout, timeout_with};
 use crate::wait_queue::WaitQueue;
 use crate::wake_list::WakeList;
+use futures_core::FusedFuture;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -1194,6 +1195,13 @@ impl<'a> Future for Acquire<'a> {
     }
 }
 
+/// Terminated once it has returned its output (polling it again panics).
+impl FusedFuture for Acquire<'_> {
+    fn is_terminated(&self) -> bool {
+        self.waiter.done
+    }
+}
+
 impl Drop for Acquire<'_> {
     fn drop(&mut self) {
         self.waiter.cancel(self.sem);
@@ -1241,6 +1249,13 @@ impl Future for AcquireOwned {
             sem,
             permits: this.waiter.needed,
         }))
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl FusedFuture for AcquireOwned {
+    fn is_terminated(&self) -> bool {
+        self.waiter.done
     }
 }
 
@@ -1507,6 +1522,13 @@ impl<F: Future> Future for Limit<'_, F> {
         let output = ready!(this.future.poll(cx));
         *this.permit = None; // release before returning
         Poll::Ready(Ok(output))
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<F: Future> FusedFuture for Limit<'_, F> {
+    fn is_terminated(&self) -> bool {
+        self.acquire.is_none() && self.permit.is_none()
     }
 }
 

@@ -26,6 +26,7 @@ mod window;
 pub use keyed::{KeyedAcquire, KeyedAcquireN, KeyedRateLimiter};
 
 use crate::time::{DefaultTimer, Timer};
+use futures_core::FusedFuture;
 use pin_project_lite::pin_project;
 use shared::{Acquisition, Shared};
 use std::fmt;
@@ -702,6 +703,7 @@ impl<T: Timer> RateLimiter<T> {
     pub fn limit<F: IntoFuture>(&self, future: F) -> RateLimit<'_, F::IntoFuture, T> {
         RateLimit {
             acquire: Some(self.acquire()),
+            done: false,
             future: future.into_future(),
         }
     }
@@ -891,7 +893,9 @@ pin_project! {
     ///
     /// # Panics
     ///
-    /// Polling after completion panics if the inner future does.
+    /// Polling after completion panics; a panic of the inner future
+    /// propagates, and so does one of the user code the grant's wait runs
+    /// (as for [`RateAcquire`]).
     ///
     /// # Examples
     ///
@@ -907,6 +911,7 @@ pin_project! {
     #[must_use = "futures do nothing unless you `.await` or poll them"]
     pub struct RateLimit<'a, F, T: Timer = DefaultTimer> {
         acquire: Option<RateAcquire<'a, T>>,
+        done: bool,
         #[pin]
         future: F,
     }
@@ -917,11 +922,35 @@ impl<F: Future, T: Timer> Future for RateLimit<'_, F, T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
+        assert!(!*this.done, "`RateLimit` polled after completion");
         if let Some(acquire) = this.acquire.as_mut() {
             ready!(Pin::new(acquire).poll(cx));
             *this.acquire = None;
         }
-        this.future.poll(cx)
+        let output = ready!(this.future.poll(cx));
+        *this.done = true;
+        Poll::Ready(output)
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<F: Future, T: Timer> FusedFuture for RateLimit<'_, F, T> {
+    fn is_terminated(&self) -> bool {
+        self.done
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<T: Timer> FusedFuture for RateAcquire<'_, T> {
+    fn is_terminated(&self) -> bool {
+        self.inner.is_terminated()
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<T: Timer> FusedFuture for RateAcquireN<'_, T> {
+    fn is_terminated(&self) -> bool {
+        self.inner.is_terminated()
     }
 }
 
