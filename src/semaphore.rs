@@ -42,7 +42,7 @@ use crate::wait_queue::WaitQueue;
 use crate::wake_list::WakeList;
 use futures_core::FusedFuture;
 use std::fmt;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
@@ -644,6 +644,12 @@ impl Semaphore {
     /// `async with sem: await future`. The permit is released when the
     /// future finishes or is dropped.
     ///
+    /// It resolves to `Result<F::Output, AcquireError>` because a semaphore
+    /// can be [closed](Semaphore::close), and then no permit ever comes.
+    /// [`RateLimiter::limit`](crate::RateLimiter::limit), its rate-limiting
+    /// twin, resolves to the future's output itself: a rate limiter cannot
+    /// be closed, and one call always fits its quota.
+    ///
     /// # Cancel safety
     ///
     /// Dropping the [`Limit`] drops the future and releases (or stops
@@ -654,6 +660,11 @@ impl Semaphore {
     /// `Err(AcquireError)` (without running `future`) when the semaphore is
     /// closed.
     ///
+    /// # Panics
+    ///
+    /// Polling after completion panics; a panic of `future` propagates (the
+    /// permit is released when the [`Limit`] is dropped).
+    ///
     /// # Examples
     ///
     /// ```
@@ -662,11 +673,11 @@ impl Semaphore {
     /// assert_eq!(sem.limit(async { 7 }).await, Ok(7));
     /// # });
     /// ```
-    pub fn limit<F: Future>(&self, future: F) -> Limit<'_, F> {
+    pub fn limit<F: IntoFuture>(&self, future: F) -> Limit<'_, F::IntoFuture> {
         Limit {
             acquire: Some(self.acquire()),
             permit: None,
-            future,
+            future: future.into_future(),
         }
     }
 

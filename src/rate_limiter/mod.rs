@@ -678,6 +678,12 @@ impl<T: Timer> RateLimiter<T> {
 
     /// Waits for one grant, then runs `future`: `limiter.limit(call())`.
     ///
+    /// It resolves to the future's output itself, because waiting for one
+    /// grant cannot fail: a rate limiter cannot be closed, and every quota
+    /// allows at least one call. [`Semaphore::limit`](crate::Semaphore::limit),
+    /// its concurrency-limiting twin, resolves to a `Result` because a
+    /// semaphore can be closed.
+    ///
     /// # Cancel safety
     ///
     /// As for [`acquire`](RateLimiter::acquire) while waiting; once the
