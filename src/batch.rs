@@ -603,12 +603,14 @@ where
     /// end (abandons it on a fail-fast error). Its style is left alone, so
     /// its `{eta}` and `{per_sec}` use indicatif's own clock.
     ///
-    /// Available with the `indicatif` feature.
+    /// Available with the `indicatif` feature. Name the bar's type through
+    /// [`awaitkit::indicatif`](crate::indicatif), the version this crate
+    /// uses, so a different `indicatif` in your own `Cargo.toml` cannot clash.
     ///
     /// # Examples
     ///
     /// ```
-    /// use indicatif::ProgressBar;
+    /// use awaitkit::indicatif::ProgressBar;
     /// # futures::executor::block_on(async {
     /// let bar = ProgressBar::hidden();
     /// awaitkit::process_batch(0..20, 4, |i| async move { i })
@@ -975,6 +977,36 @@ where
                 .collect())),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<I, F, Fut, P, T, L> futures_core::FusedFuture for Batch<'_, I, F, Fut, P, T, L, false>
+where
+    I: Iterator,
+    F: FnMut(I::Item) -> Fut,
+    Fut: Future,
+    P: FnMut(&Progress),
+    T: Timer,
+    L: Timer,
+{
+    fn is_terminated(&self) -> bool {
+        self.core.finished && !self.core.poisoned
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<I, F, Fut, P, T, L, V, E> futures_core::FusedFuture for Batch<'_, I, F, Fut, P, T, L, true>
+where
+    I: Iterator,
+    F: FnMut(I::Item) -> Fut,
+    Fut: Future<Output = Result<V, E>>,
+    P: FnMut(&Progress),
+    T: Timer,
+    L: Timer,
+{
+    fn is_terminated(&self) -> bool {
+        self.core.finished && !self.core.poisoned
     }
 }
 

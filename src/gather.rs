@@ -4,11 +4,13 @@
 #![forbid(unsafe_code)]
 
 use crate::engine::Engine;
+use futures_core::FusedFuture;
 use std::any::Any;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 /// Runs every future concurrently and resolves to their outputs in **input
@@ -98,6 +100,13 @@ impl<F: Future> Future for Gather<F> {
             this.finished = true;
             Poll::Ready(this.engine.take_outputs())
         })
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<F: Future> FusedFuture for Gather<F> {
+    fn is_terminated(&self) -> bool {
+        self.finished && !self.poisoned
     }
 }
 
@@ -209,6 +218,16 @@ where
     }
 }
 
+/// Terminated once it has returned its output (polling it again panics).
+impl<F, T, E> FusedFuture for TryGather<F>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    fn is_terminated(&self) -> bool {
+        self.finished && !self.poisoned
+    }
+}
+
 impl<F: Future> fmt::Debug for TryGather<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TryGather")
@@ -231,11 +250,34 @@ impl<F: Future> fmt::Debug for TryGather<F> {
 /// assert_eq!(panicked.to_string(), "future panicked: lost connection");
 /// # });
 /// ```
+///
+/// `Send + Sync + 'static` and an [`Error`](std::error::Error), so it goes
+/// into `anyhow::Error` or `Box<dyn Error + Send + Sync>` with `?`.
 pub struct Panicked {
-    payload: Box<dyn Any + Send>,
+    payload: Payload,
+}
+
+/// A panic payload, kept so that `Panicked` is `Sync`: the string payloads
+/// of `panic!` (the ones [`Panicked::message`] reads) as themselves, any
+/// other behind a mutex (only ever taken out by value).
+enum Payload {
+    Static(&'static str),
+    String(String),
+    Other(Mutex<Box<dyn Any + Send>>),
 }
 
 impl Panicked {
+    pub(crate) fn new(payload: Box<dyn Any + Send>) -> Panicked {
+        let payload = match payload.downcast::<&'static str>() {
+            Ok(s) => Payload::Static(*s),
+            Err(payload) => match payload.downcast::<String>() {
+                Ok(s) => Payload::String(*s),
+                Err(payload) => Payload::Other(Mutex::new(payload)),
+            },
+        };
+        Panicked { payload }
+    }
+
     /// The panic message, when the payload is a string (as it is for
     /// `panic!("...")`).
     ///
@@ -248,10 +290,10 @@ impl Panicked {
     /// # });
     /// ```
     pub fn message(&self) -> Option<&str> {
-        if let Some(s) = self.payload.downcast_ref::<&'static str>() {
-            Some(s)
-        } else {
-            self.payload.downcast_ref::<String>().map(String::as_str)
+        match &self.payload {
+            Payload::Static(s) => Some(s),
+            Payload::String(s) => Some(s),
+            Payload::Other(_) => None,
         }
     }
 
@@ -267,7 +309,12 @@ impl Panicked {
     /// # });
     /// ```
     pub fn into_payload(self) -> Box<dyn Any + Send> {
-        self.payload
+        match self.payload {
+            Payload::Static(s) => Box::new(s),
+            Payload::String(s) => Box::new(s),
+            // Never poisoned: nothing runs while it is locked.
+            Payload::Other(payload) => payload.into_inner().unwrap_or_else(|p| p.into_inner()),
+        }
     }
 
     /// Resumes unwinding with the original payload.
@@ -285,7 +332,7 @@ impl Panicked {
     /// # });
     /// ```
     pub fn resume(self) -> ! {
-        std::panic::resume_unwind(self.payload)
+        std::panic::resume_unwind(self.into_payload())
     }
 }
 
@@ -356,9 +403,8 @@ where
 
 /// Future for the [`gather_settled`] function.
 ///
-/// `Unpin` whatever the children are, `Send` when they and their outputs are
-/// (never `Sync`: a captured panic payload is not). Polling it after it
-/// completed panics.
+/// `Unpin` whatever the children are, `Send`/`Sync` when they and their
+/// outputs are. Polling it after it completed panics.
 ///
 /// # Examples
 ///
@@ -396,7 +442,7 @@ impl<F: Future> Future for GatherSettled<F> {
             ) {
                 Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
                 Ok(Poll::Pending) => Poll::Pending,
-                Err(payload) => Poll::Ready(Err(Panicked { payload })),
+                Err(payload) => Poll::Ready(Err(Panicked::new(payload))),
             };
             while let Some(done) = pass.next_with(settle, Some(settle_drop::<F::Output>)) {
                 this.outputs[done.key] = Some(done.output);
@@ -438,12 +484,19 @@ fn settle_drop<T>(
     match outcome {
         Ok(output) => {
             crate::unwind::contain(|| drop(output));
-            Err(Panicked { payload })
+            Err(Panicked::new(payload))
         }
         Err(first) => {
             crate::unwind::discard(payload);
             Err(first)
         }
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<F: Future> FusedFuture for GatherSettled<F> {
+    fn is_terminated(&self) -> bool {
+        self.finished && !self.poisoned
     }
 }
 

@@ -64,6 +64,14 @@
 //! * **Empty input** completes on the first poll with the empty result.
 //! * **Polling after completion** panics with a clear message for futures;
 //!   streams are fused and keep returning `None`.
+//! * **Fused.** Every named future is a
+//!   [`FusedFuture`](futures_core::FusedFuture) (`is_terminated` turns true
+//!   once it has returned its output, never before) and every stream a
+//!   [`FusedStream`](futures_core::stream::FusedStream), so
+//!   `futures::select!` takes them without `.fuse()`. [`Watch`] is fused
+//!   when the future it watches is. The timers' sleeps are not: like
+//!   tokio's `Sleep`, a sleep may be polled again after it fired (it stays
+//!   ready) and [`Timer::reset`] re-arms it.
 //! * **Panics** in children propagate out of `poll` (except in
 //!   [`gather_settled`], which captures them). A future that a panic unwound
 //!   through refuses further polls (it panics, like an `async fn` that
@@ -170,7 +178,7 @@
 //! | `tokio` | `time::TokioTimer`: tokio's timer, honouring `tokio::time::pause` |
 //! | `async-io` | `time::AsyncIoTimer`: the async-io (smol) reactor's timer |
 //! | `test-util` | `time::ManualClock`: a clock that moves only when a test advances it |
-//! | `indicatif` | `Batch::progress_bar`: batch progress drawn as a tqdm-style bar |
+//! | `indicatif` | `Batch::progress_bar`: batch progress drawn as a tqdm-style bar; `awaitkit::indicatif`, the `indicatif` crate (0.18) re-exported |
 //! | `quanta` | `time::QuantaTimer`: the CPU's time-stamp counter as the clock (the cheapest [`RateLimiter`] checks) |
 //! | `tracing` | slow polls seen by [`watch`](mod@watch) are also emitted as `tracing` warnings |
 
@@ -236,6 +244,26 @@ pub use timeout::{Elapsed, Timeout, TimeoutExt, timeout, timeout_at};
 pub use wait::{ReturnWhen, Wait, WaitAny, WaitOutcome, try_wait, wait, wait_any};
 #[doc(inline)]
 pub use watch::{Watch, WatchExt, watch};
+
+/// The `indicatif` crate, re-exported: the version [`Batch::with_progress_bar`]
+/// takes its bars from, so `awaitkit::indicatif::ProgressBar` always matches
+/// (no "multiple versions of crate `indicatif`" when yours differs).
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::indicatif::ProgressBar;
+/// # futures::executor::block_on(async {
+/// let bar = ProgressBar::hidden();
+/// awaitkit::process_batch(0..3, 2, |i| async move { i })
+///     .with_progress_bar(bar.clone())
+///     .await;
+/// assert_eq!(bar.position(), 3);
+/// # });
+/// ```
+#[cfg(feature = "indicatif")]
+#[cfg_attr(docsrs, doc(cfg(feature = "indicatif")))]
+pub use indicatif;
 
 #[doc = include_str!("../docs/guide.md")]
 pub mod guide {}

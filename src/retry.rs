@@ -441,12 +441,25 @@ fn ignore_event<E>(_: &RetryEvent<'_, E>) {}
 
 /// Why an attempt failed.
 ///
+/// As an error it is transparent for the operation's own error:
+/// [`Failed`](AttemptError::Failed) displays as that error and hands on its
+/// [`source`](std::error::Error::source), so nothing is printed twice in an
+/// error chain. [`TimedOut`](AttemptError::TimedOut) displays "the attempt
+/// timed out", with the [`Elapsed`] as its source.
+///
+/// It is an [`Error`](std::error::Error) (and `Send + Sync + 'static`)
+/// whenever the operation's error is.
+///
 /// # Examples
 ///
 /// ```
-/// use awaitkit::AttemptError;
-/// let e: AttemptError<&str> = AttemptError::Failed("refused");
+/// use awaitkit::{AttemptError, Elapsed};
+/// use std::error::Error;
+/// let e: AttemptError<std::io::Error> = AttemptError::Failed(std::io::Error::other("refused"));
 /// assert_eq!(e.to_string(), "refused");
+/// let t: AttemptError<std::io::Error> = AttemptError::TimedOut(Elapsed::new());
+/// assert_eq!(t.to_string(), "the attempt timed out");
+/// assert_eq!(t.source().unwrap().to_string(), "deadline has elapsed");
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AttemptError<E> {
@@ -461,7 +474,17 @@ impl<E: fmt::Display> fmt::Display for AttemptError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AttemptError::Failed(e) => e.fmt(f),
-            AttemptError::TimedOut(e) => write!(f, "attempt timed out: {e}"),
+            AttemptError::TimedOut(_) => f.write_str("the attempt timed out"),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for AttemptError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            // Transparent: `Display` already shows `e` itself.
+            AttemptError::Failed(e) => e.source(),
+            AttemptError::TimedOut(elapsed) => Some(elapsed),
         }
     }
 }
@@ -497,20 +520,32 @@ impl fmt::Display for GaveUp {
 /// The error of a [`Retry`] that gave up: the last attempt's error, how many
 /// attempts ran, and why it stopped.
 ///
+/// It wraps the last attempt's error: its `Display` says only what the retry
+/// did ("all 3 attempts failed"), and [`source`](std::error::Error::source)
+/// returns the operation's error itself (or the [`Elapsed`] of an attempt
+/// that timed out), so an error chain — `anyhow`'s `{:#}`, `eyre`'s report —
+/// prints each message once. Read the inner error with
+/// [`last_error`](RetryError::last_error) or [`last`](RetryError::last).
+///
+/// It is an [`Error`](std::error::Error) (and `Send + Sync + 'static`)
+/// whenever the operation's error is.
+///
 /// # Examples
 ///
 /// ```
 /// use awaitkit::{Backoff, GaveUp, RetryPolicy};
+/// use std::error::Error;
 /// # futures::executor::block_on(async {
 /// let err = RetryPolicy::new(2)
 ///     .backoff(Backoff::none())
-///     .retry(|| async { Err::<(), _>("down") })
+///     .retry(|| async { Err::<(), _>(std::io::Error::other("down")) })
 ///     .await
 ///     .unwrap_err();
 /// assert_eq!(err.attempts(), 2);
 /// assert_eq!(err.reason(), GaveUp::AttemptsExhausted);
-/// assert_eq!(err.last_error(), Some(&"down"));
-/// assert_eq!(err.to_string(), "gave up after 2 attempt(s) (attempts exhausted): down");
+/// assert_eq!(err.last_error().unwrap().to_string(), "down");
+/// assert_eq!(err.to_string(), "all 2 attempts failed");
+/// assert_eq!(err.source().unwrap().to_string(), "down");
 /// # });
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -582,18 +617,30 @@ impl<E> RetryError<E> {
     }
 }
 
-impl<E: fmt::Display> fmt::Display for RetryError<E> {
+impl<E> fmt::Display for RetryError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "gave up after {} attempt(s) ({}): {}",
-            self.attempts, self.reason, self.last
-        )
+        // This layer only: the last error is the `source`.
+        let n = self.attempts;
+        match self.reason {
+            GaveUp::AttemptsExhausted if n == 1 => f.write_str("the only attempt failed")?,
+            GaveUp::AttemptsExhausted => write!(f, "all {n} attempts failed")?,
+            GaveUp::NotRetryable => write!(f, "attempt {n} failed with a non-retryable error")?,
+            GaveUp::DeadlineReached if n == 1 => {
+                f.write_str("the total time limit passed after 1 attempt")?
+            }
+            GaveUp::DeadlineReached => write!(f, "the total time limit passed after {n} attempts")?,
+        }
+        if matches!(self.last, AttemptError::TimedOut(_)) {
+            f.write_str(" (the last one timed out)")?;
+        }
+        Ok(())
     }
 }
 
 impl<E: std::error::Error + 'static> std::error::Error for RetryError<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // The operation's own error (not the `AttemptError` around it, so
+        // that `downcast_ref::<E>` on the chain finds it).
         match &self.last {
             AttemptError::Failed(e) => Some(e),
             AttemptError::TimedOut(e) => Some(e),
@@ -859,6 +906,20 @@ where
         let out = this.poll_attempts(cx);
         this.poisoned = false;
         out
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<Op, Fut, P, H, T> futures_core::FusedFuture for Retry<Op, Fut, P, H, T>
+where
+    Op: FnMut() -> Fut,
+    Fut: RetryOutput,
+    P: FnMut(&Fut::Error) -> bool,
+    H: FnMut(&RetryEvent<'_, Fut::Error>),
+    T: Timer,
+{
+    fn is_terminated(&self) -> bool {
+        self.state == State::Done && !self.poisoned
     }
 }
 

@@ -39,8 +39,9 @@ use crate::sync::{Mutex, MutexGuard};
 use crate::timeout::{Timeout, timeout};
 use crate::wait_queue::WaitQueue;
 use crate::wake_list::WakeList;
+use futures_core::FusedFuture;
 use std::fmt;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
@@ -616,6 +617,12 @@ impl Semaphore {
     /// `async with sem: await future`. The permit is released when the
     /// future finishes or is dropped.
     ///
+    /// It resolves to `Result<F::Output, AcquireError>` because a semaphore
+    /// can be [closed](Semaphore::close), and then no permit ever comes.
+    /// [`RateLimiter::limit`](crate::RateLimiter::limit), its rate-limiting
+    /// twin, resolves to the future's output itself: a rate limiter cannot
+    /// be closed, and one call always fits its quota.
+    ///
     /// # Cancel safety
     ///
     /// Dropping the [`Limit`] drops the future and releases (or stops
@@ -626,6 +633,11 @@ impl Semaphore {
     /// `Err(AcquireError)` (without running `future`) when the semaphore is
     /// closed.
     ///
+    /// # Panics
+    ///
+    /// Polling after completion panics; a panic of `future` propagates (the
+    /// permit is released when the [`Limit`] is dropped).
+    ///
     /// # Examples
     ///
     /// ```
@@ -634,11 +646,11 @@ impl Semaphore {
     /// assert_eq!(sem.limit(async { 7 }).await, Ok(7));
     /// # });
     /// ```
-    pub fn limit<F: Future>(&self, future: F) -> Limit<'_, F> {
+    pub fn limit<F: IntoFuture>(&self, future: F) -> Limit<'_, F::IntoFuture> {
         Limit {
             acquire: Some(self.acquire()),
             permit: None,
-            future,
+            future: future.into_future(),
         }
     }
 
@@ -1167,6 +1179,13 @@ impl<'a> Future for Acquire<'a> {
     }
 }
 
+/// Terminated once it has returned its output (polling it again panics).
+impl FusedFuture for Acquire<'_> {
+    fn is_terminated(&self) -> bool {
+        self.waiter.done
+    }
+}
+
 impl Drop for Acquire<'_> {
     fn drop(&mut self) {
         self.waiter.cancel(self.sem);
@@ -1214,6 +1233,13 @@ impl Future for AcquireOwned {
             sem,
             permits: this.waiter.needed,
         }))
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl FusedFuture for AcquireOwned {
+    fn is_terminated(&self) -> bool {
+        self.waiter.done
     }
 }
 
@@ -1480,6 +1506,13 @@ impl<F: Future> Future for Limit<'_, F> {
         let output = ready!(this.future.poll(cx));
         *this.permit = None; // release before returning
         Poll::Ready(Ok(output))
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<F: Future> FusedFuture for Limit<'_, F> {
+    fn is_terminated(&self) -> bool {
+        self.acquire.is_none() && self.permit.is_none()
     }
 }
 

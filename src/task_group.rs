@@ -30,6 +30,7 @@
 
 use crate::engine::{Engine, ParentOwner, ParentWaker};
 use crate::unwind::Panics;
+use futures_core::FusedFuture;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
@@ -240,7 +241,9 @@ where
 ///
 /// Dropping the handle **detaches** the task: it keeps running in its group,
 /// and its value is dropped when it finishes. (Its error still counts: see
-/// [`TaskGroup::keep_going`].)
+/// [`TaskGroup::keep_going`].) So the handle is deliberately not
+/// `#[must_use]`: `scope.spawn(work);` without keeping the handle is
+/// Python's fire-and-forget `create_task`, and loses nothing but the value.
 ///
 /// `Unpin`; `Send`/`Sync` when `T` and `E` are `Send`.
 ///
@@ -309,6 +312,15 @@ impl<T, E> TaskHandle<T, E> {
     /// ```
     pub fn is_finished(&self) -> bool {
         matches!(lock(&self.slot).outcome, Outcome::Done(_))
+    }
+}
+
+/// Terminated once it has returned the task's result (polling it again
+/// panics). A handle whose task was cancelled is not terminated — it never
+/// returned — but polling it panics too (see [`TaskHandle`]).
+impl<T, E> FusedFuture for TaskHandle<T, E> {
+    fn is_terminated(&self) -> bool {
+        matches!(lock(&self.slot).outcome, Outcome::Taken)
     }
 }
 
@@ -579,6 +591,17 @@ macro_rules! delegate_to_core {
 
             fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R, E>> {
                 self.get_mut().core.poll(cx, stringify!($group))
+            }
+        }
+
+        /// Terminated once it has returned its output (polling it again
+        /// panics).
+        impl<Fut, R, E> FusedFuture for $group<'_, Fut, E>
+        where
+            Fut: Future<Output = Result<R, E>>,
+        {
+            fn is_terminated(&self) -> bool {
+                self.core.finished && !self.core.poisoned
             }
         }
 

@@ -331,6 +331,13 @@ fn output_lost<O>(payload: Payload, output: O) -> O {
     resume_unwind(payload)
 }
 
+/// Terminated once it has returned its output (polling it again panics).
+impl<F: Future, T: Timer> futures_core::FusedFuture for Timeout<F, T> {
+    fn is_terminated(&self) -> bool {
+        self.done
+    }
+}
+
 impl<F, T: Timer> fmt::Debug for Timeout<F, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Timeout")

@@ -6,6 +6,7 @@
 use crate::as_completed::{AsCompleted, as_completed};
 use crate::time::{BoxedDeadline, DefaultTimer, Timer, When};
 use crate::unwind::DropEach;
+use futures_core::FusedFuture;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
@@ -96,6 +97,13 @@ impl<F: Future> Future for WaitAny<F> {
                 }
             }
         })
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<F: Future> FusedFuture for WaitAny<F> {
+    fn is_terminated(&self) -> bool {
+        self.set.is_none() && !self.poisoned
     }
 }
 
@@ -471,6 +479,13 @@ impl<F: Future, T: Timer> Future for Wait<F, T> {
                 timed_out,
             })
         })
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<F: Future, T: Timer> FusedFuture for Wait<F, T> {
+    fn is_terminated(&self) -> bool {
+        self.set.is_none() && !self.poisoned
     }
 }
 

@@ -146,23 +146,23 @@ fn try_gather_follows_children() {
 
 #[test]
 fn gather_settled_follows_children() {
-    let g: GatherSettled<SendSync> = send_unpin(gather_settled([ready(1u8)]));
-    // `Panicked` (a `Box<dyn Any + Send>`) is not `Sync`, so neither is the
-    // vector of settled outcomes it holds.
-    assert_eq!(traits!(g), SEND_ONLY);
+    let g: GatherSettled<SendSync> = send_sync_unpin(gather_settled([ready(1u8)]));
+    // `Panicked` is `Sync` (its payload is never shared), so the vector of
+    // settled outcomes is too.
+    assert_eq!(traits!(g), ALL);
     assert_eq!(traits!(gather_settled([ready(Cell::new(1u8))])), SEND_ONLY);
     assert_eq!(traits!(gather_settled([ready(Rc::new(1u8))])), NEITHER);
     assert!(traits!(gather_settled([pinned_child()])).2);
 }
 
 #[test]
-fn panicked_is_send_and_unpin() {
+fn panicked_is_send_sync_and_unpin() {
     let p: Panicked = futures::executor::block_on(gather_settled([async { panic!("x") }]))
         .pop()
         .unwrap()
         .unwrap_err();
-    let p = send_unpin(p);
-    assert_eq!(traits!(p), SEND_ONLY);
+    let p = send_sync_unpin(p);
+    assert_eq!(traits!(p), ALL);
 }
 
 #[test]
@@ -852,4 +852,37 @@ mod watch {
         fn slow<'a, T: Copy + Debug + Display + Send + Sync + Unpin + 'a>() {}
         slow::<SlowPoll<'_>>();
     }
+}
+
+// ---------------------------------------------------------------------------
+// Errors: `std::error::Error + Send + Sync + 'static` (checked at compile
+// time), the generic ones whenever their inner error is
+// ---------------------------------------------------------------------------
+
+fn is_error<E: std::error::Error + Send + Sync + 'static>() {}
+
+#[test]
+fn every_error_is_error_send_sync_static() {
+    use awaitkit::pool::{BuildError, PoolError};
+    use awaitkit::{
+        AcquireError, AttemptError, BatchConfigError, Elapsed, QuotaError, RateLimitError,
+        RetryConfigError, RetryError, TimedOut, TryAcquireError,
+    };
+    is_error::<Elapsed>();
+    is_error::<AcquireError>();
+    is_error::<TryAcquireError>();
+    is_error::<Panicked>();
+    is_error::<QuotaError>();
+    is_error::<RateLimitError>();
+    is_error::<RetryConfigError>();
+    is_error::<BatchConfigError>();
+    is_error::<BuildError>();
+    // The unfinished futures handed back with a deadline's error.
+    is_error::<TimedOut<AsCompleted<Ready<u8>>>>();
+    is_error::<TimedOut<AsCompletedIndexed<Ready<u8>>>>();
+    // Generic over the inner error: an error whenever it is.
+    is_error::<AttemptError<std::io::Error>>();
+    is_error::<RetryError<std::io::Error>>();
+    is_error::<PoolError<std::io::Error>>();
+    is_error::<RetryError<AcquireError>>();
 }

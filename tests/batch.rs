@@ -732,7 +732,8 @@ mod manual_clock {
 #[cfg(feature = "indicatif")]
 mod progress_bar {
     use super::*;
-    use indicatif::ProgressBar;
+    // Through the re-export: always the version the batch takes.
+    use awaitkit::indicatif::ProgressBar;
 
     guarded! {
         fn the_bar_follows_the_batch_and_finishes() {

@@ -239,7 +239,7 @@ guarded! {
         assert_eq!(counts.live.load(Ordering::SeqCst), 1);
         drop(b);
         let err = PoolError::Create("x");
-        assert!(err.to_string().contains("creating a pooled object failed"));
+        assert_eq!(err.to_string(), "the manager failed to create an object");
     }
 
     fn a_cancelled_create_frees_its_slot() {

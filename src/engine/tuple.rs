@@ -5,6 +5,7 @@
 use super::ReadySet;
 use super::ready::Entry;
 use crate::unwind::Panics;
+use futures_core::FusedFuture;
 use std::alloc::Layout;
 use std::convert::Infallible;
 use std::fmt;
@@ -253,6 +254,11 @@ struct TupleCore<T: TupleFutures> {
 }
 
 impl<T: TupleFutures> TupleCore<T> {
+    /// Whether the output was handed out (and no panic came after).
+    fn is_terminated(&self) -> bool {
+        self.finished && !self.poisoned
+    }
+
     fn new(futures: T) -> Self {
         let mut ready = ReadySet::new();
         let live = T::LEN > 0;
@@ -462,6 +468,20 @@ impl<T: TryTupleFutures> Future for TryGatherTuple<T> {
         self.get_mut()
             .core
             .poll(cx, "try_gather!", T::take_err, T::take_oks)
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<T: TupleFutures> FusedFuture for GatherTuple<T> {
+    fn is_terminated(&self) -> bool {
+        self.core.is_terminated()
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<T: TryTupleFutures> FusedFuture for TryGatherTuple<T> {
+    fn is_terminated(&self) -> bool {
+        self.core.is_terminated()
     }
 }
 

@@ -243,6 +243,14 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Future for Get<M, T> 
     }
 }
 
+/// Terminated once it has returned its output (polling it again panics).
+impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> futures_core::FusedFuture for Get<M, T> {
+    fn is_terminated(&self) -> bool {
+        // `Done` mid-poll (a step being replaced) has `poisoned` set.
+        matches!(self.step, Step::Done) && !self.poisoned
+    }
+}
+
 impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
     /// Runs the steps until the result is decided (`Ready`: held in
     /// `self.step`) or something has to wait.

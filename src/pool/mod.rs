@@ -103,12 +103,24 @@ pub trait Manager: Send + Sync + 'static {
 
 /// Why [`Pool::get`] failed.
 ///
+/// [`Create`](PoolError::Create) wraps the manager's error: its `Display`
+/// says only "the manager failed to create an object", and
+/// [`source`](std::error::Error::source) returns the manager's error, so an
+/// error chain (`anyhow`'s `{:#}`, `eyre`'s report) prints each message
+/// once. It is an [`Error`](std::error::Error) (and `Send + Sync + 'static`)
+/// whenever the manager's error is.
+///
 /// # Examples
 ///
 /// ```
 /// use awaitkit::pool::PoolError;
+/// use std::error::Error;
 /// let err: PoolError<std::io::Error> = PoolError::Timeout;
 /// assert_eq!(err.to_string(), "timed out waiting for a pooled object");
+///
+/// let err = PoolError::Create(std::io::Error::other("connection refused"));
+/// assert_eq!(err.to_string(), "the manager failed to create an object");
+/// assert_eq!(err.source().unwrap().to_string(), "connection refused");
 /// ```
 #[derive(Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -121,13 +133,14 @@ pub enum PoolError<E> {
     Create(E),
 }
 
-impl<E: fmt::Display> fmt::Display for PoolError<E> {
+impl<E> fmt::Display for PoolError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PoolError::Timeout => f.write_str("timed out waiting for a pooled object"),
-            PoolError::Closed => f.write_str("the pool is closed"),
-            PoolError::Create(e) => write!(f, "creating a pooled object failed: {e}"),
-        }
+        f.write_str(match self {
+            PoolError::Timeout => "timed out waiting for a pooled object",
+            PoolError::Closed => "the pool is closed",
+            // This layer only: the manager's error is the `source`.
+            PoolError::Create(_) => "the manager failed to create an object",
+        })
     }
 }
 

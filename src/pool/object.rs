@@ -34,6 +34,7 @@ use std::ops::{Deref, DerefMut};
 /// assert_eq!(conn.len(), 4); // Deref to the object
 /// # });
 /// ```
+#[must_use = "dropping the guard gives the object back to the pool at once"]
 pub struct Pooled<M: Manager, T: Timer = DefaultTimer> {
     entry: Option<Entry<M::Object>>,
     pool: Pool<M, T>,

@@ -658,6 +658,13 @@ impl<T: Timer> Future for KeyedAcquire<T> {
     }
 }
 
+/// Terminated once it has returned its output (polling it again panics).
+impl<T: Timer> futures_core::FusedFuture for KeyedAcquire<T> {
+    fn is_terminated(&self) -> bool {
+        self.inner.is_terminated()
+    }
+}
+
 impl<T: Timer> fmt::Debug for KeyedAcquire<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("KeyedAcquire").field(&self.inner).finish()
@@ -702,6 +709,13 @@ impl<T: Timer> Future for KeyedAcquireN<T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.inner.poll(cx)
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<T: Timer> futures_core::FusedFuture for KeyedAcquireN<T> {
+    fn is_terminated(&self) -> bool {
+        self.inner.is_terminated()
     }
 }
 

@@ -26,6 +26,7 @@ mod window;
 pub use keyed::{KeyedAcquire, KeyedAcquireN, KeyedRateLimiter};
 
 use crate::time::{DefaultTimer, Timer};
+use futures_core::FusedFuture;
 use pin_project_lite::pin_project;
 use shared::{Acquisition, Shared};
 use std::fmt;
@@ -685,6 +686,12 @@ impl<T: Timer> RateLimiter<T> {
 
     /// Waits for one grant, then runs `future`: `limiter.limit(call())`.
     ///
+    /// It resolves to the future's output itself, because waiting for one
+    /// grant cannot fail: a rate limiter cannot be closed, and every quota
+    /// allows at least one call. [`Semaphore::limit`](crate::Semaphore::limit),
+    /// its concurrency-limiting twin, resolves to a `Result` because a
+    /// semaphore can be closed.
+    ///
     /// # Cancel safety
     ///
     /// As for [`acquire`](RateLimiter::acquire) while waiting; once the
@@ -710,6 +717,7 @@ impl<T: Timer> RateLimiter<T> {
     pub fn limit<F: IntoFuture>(&self, future: F) -> RateLimit<'_, F::IntoFuture, T> {
         RateLimit {
             acquire: Some(self.acquire()),
+            done: false,
             future: future.into_future(),
         }
     }
@@ -899,7 +907,9 @@ pin_project! {
     ///
     /// # Panics
     ///
-    /// Polling after completion panics if the inner future does.
+    /// Polling after completion panics; a panic of the inner future
+    /// propagates, and so does one of the user code the grant's wait runs
+    /// (as for [`RateAcquire`]).
     ///
     /// # Examples
     ///
@@ -915,6 +925,7 @@ pin_project! {
     #[must_use = "futures do nothing unless you `.await` or poll them"]
     pub struct RateLimit<'a, F, T: Timer = DefaultTimer> {
         acquire: Option<RateAcquire<'a, T>>,
+        done: bool,
         #[pin]
         future: F,
     }
@@ -925,11 +936,35 @@ impl<F: Future, T: Timer> Future for RateLimit<'_, F, T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
+        assert!(!*this.done, "`RateLimit` polled after completion");
         if let Some(acquire) = this.acquire.as_mut() {
             ready!(Pin::new(acquire).poll(cx));
             *this.acquire = None;
         }
-        this.future.poll(cx)
+        let output = ready!(this.future.poll(cx));
+        *this.done = true;
+        Poll::Ready(output)
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<F: Future, T: Timer> FusedFuture for RateLimit<'_, F, T> {
+    fn is_terminated(&self) -> bool {
+        self.done
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<T: Timer> FusedFuture for RateAcquire<'_, T> {
+    fn is_terminated(&self) -> bool {
+        self.inner.is_terminated()
+    }
+}
+
+/// Terminated once it has returned its output (polling it again panics).
+impl<T: Timer> FusedFuture for RateAcquireN<'_, T> {
+    fn is_terminated(&self) -> bool {
+        self.inner.is_terminated()
     }
 }
 

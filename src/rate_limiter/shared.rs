@@ -1002,6 +1002,11 @@ impl<T: Timer, S: Deref<Target = Shared<T>>> Acquisition<T, S> {
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RateLimitError>> {
         self.shared.poll_acquire(&mut self.waiter, cx)
     }
+
+    /// Whether the outcome was returned (polling again panics).
+    pub(crate) fn is_terminated(&self) -> bool {
+        self.waiter.done
+    }
 }
 
 impl<T: Timer, S: Deref<Target = Shared<T>>> Drop for Acquisition<T, S> {
