@@ -244,8 +244,13 @@ impl TokioBox {
 
     #[inline]
     fn sleep(&mut self) -> Pin<&mut TokioSleep> {
-        let slot = self.0.as_mut().expect("a tokio box holds its slot until dropped");
-        slot.as_mut().as_pin_mut().expect("a tokio box holds its sleep until dropped")
+        let slot = self
+            .0
+            .as_mut()
+            .expect("a tokio box holds its slot until dropped");
+        slot.as_mut()
+            .as_pin_mut()
+            .expect("a tokio box holds its sleep until dropped")
     }
 }
 
@@ -327,28 +332,41 @@ impl DefaultSleep {
 }
 
 #[cfg(feature = "tokio")]
-impl Future for DefaultSleep {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
-        if !std::mem::take(&mut this.fresh) && !this.armed.is_here() {
-            // Moved since it was armed: arm it here, for the same deadline
-            // (this poll registers the waker with the new sleep).
+impl DefaultSleep {
+    /// Arms the sleep again, for the same deadline, if it has moved since
+    /// it was armed, or if its tokio runtime has shut down.
+    #[inline(never)]
+    fn follow(&mut self) {
+        if !self.armed.is_here() {
+            // Moved: arm it here (the poll that follows registers the waker
+            // with the new sleep).
             let now = DefaultTimer.now();
-            this.armed = Armed::new(now, this.deadline);
+            self.armed = Armed::new(now, self.deadline);
         }
-        if let Armed::Tokio { sleep, runtime, .. } = &mut this.armed {
+        if let Armed::Tokio { sleep, runtime, .. } = &mut self.armed {
             // tokio fires every sleep of a runtime that shuts down, early,
             // and panics if one is polled then: that runtime's timer is
             // forgotten, and the sleep armed again where the thread is.
             if sleep.sleep().is_elapsed() {
                 let now = DefaultTimer.now();
-                if now < this.deadline {
+                if now < self.deadline {
                     timer_shut_down(*runtime);
-                    this.armed = Armed::new(now, this.deadline);
+                    self.armed = Armed::new(now, self.deadline);
                 }
             }
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Future for DefaultSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        // A sleep armed since its last poll is polled where it was armed.
+        if !std::mem::take(&mut this.fresh) {
+            this.follow();
         }
         match &mut this.armed {
             Armed::Tokio { sleep, .. } => sleep.sleep().poll(cx),
