@@ -826,7 +826,7 @@ impl<T: Timer> Shared<T> {
             }
             if sleep.is_none() {
                 let target = self.sleep_target(deadline, *slack, now);
-                sleep.set(Some(self.timer.sleep_until(target)));
+                sleep.set(Some(self.timer.sleep_until_shared(target)));
             }
             let pending = sleep.as_mut().as_pin_mut().expect("set above");
             if pending.poll(&mut cx).is_pending() {

@@ -37,29 +37,46 @@ use std::time::Instant;
 ///   `Instant::now()`, which is the system's monotonic clock except inside a
 ///   runtime whose time is paused.
 ///
-/// The choice is made **when a sleep is armed**, not when the value that
-/// owns it was created: a [`RateLimiter`](crate::RateLimiter) made in `main`
-/// before the runtime, or in a `static`, honours the paused time of the
-/// runtime that uses it. A sleep that is later polled somewhere else
-/// (another runtime, or outside any) is armed again there for the same
-/// deadline. Deadlines are instants of the clock where they were read: a
-/// deadline read under paused time means little to a task on another
-/// runtime.
+/// The choice is made **when a sleep is armed**, at its first poll — not
+/// when the value that owns it was created: a
+/// [`RateLimiter`](crate::RateLimiter) made in `main` before the runtime, or
+/// in a `static`, honours the paused time of the runtime that uses it. A
+/// sleep that is later polled somewhere else (another runtime, or outside
+/// any) is armed again there for the same deadline, and a tokio sleep whose
+/// runtime has shut down is never polled again (tokio would panic): it is
+/// armed again on futures-timer.
 ///
-/// A tokio runtime's time driver can only be detected by trying it (tokio
-/// has no query for it): the first wait in each runtime creates a tokio
-/// sleep inside `catch_unwind`. In a runtime **without** time enabled that
-/// panics once, inside awaitkit, and tokio's panic message is printed by the
-/// panic hook (once per runtime); the runtime then uses futures-timer. Under
-/// `panic = "abort"` there is no probe: a tokio runtime is taken to have
-/// time enabled (as `#[tokio::main]` and `#[tokio::test]` do), and one
-/// without aborts like `tokio::time::sleep` would. Pass
-/// [`FuturesTimer`] with `with_timer` to stay off tokio's timer.
+/// One exception keeps shared wake-ups safe: a rate limiter's timer
+/// ([`Timer::sleep_until_shared`]) wakes tasks that may run on other
+/// threads and runtimes, so it goes on tokio's timer only in a multi-thread
+/// runtime (its workers always drive the timer) or a current-thread runtime
+/// whose clock is paused (a test); in a current-thread runtime on real time,
+/// whose timer stops when its `block_on` returns, it stays on futures-timer.
 ///
-/// Where tokio's timer is used, tokio's time driver wakes the waker a sleep
-/// was polled with, as it does for its own sleeps (see `TokioTimer`); on
-/// futures-timer a panicking waker is contained (see [`FuturesTimer`]).
+/// Wakers are never handed to tokio's driver: as on futures-timer, each
+/// sleep registers a waker of its own that wakes yours, and a panic in your
+/// waker there is caught and discarded instead of unwinding out of the
+/// runtime's driver (see [`FuturesTimer`]).
 ///
+/// Limits:
+///
+/// * A tokio runtime's time driver can only be detected by trying it (tokio
+///   has no query for it): the first wait in each runtime creates a tokio
+///   sleep inside `catch_unwind`. In a runtime **without** time enabled
+///   that panics once, inside awaitkit: your panic hook sees it (tokio's
+///   message is printed once per such runtime; a hook that exits the
+///   process would exit it), and the runtime then uses futures-timer.
+///   Under `panic = "abort"` there is no probe: a tokio runtime is taken to
+///   have time enabled (as `#[tokio::main]` and `#[tokio::test]` do), and
+///   one without aborts as `tokio::time::sleep` would. Inside a panic hook
+///   there is no probe either. Pass [`FuturesTimer`] with `with_timer` to
+///   stay off tokio's timer.
+/// * [`now`](Timer::now) reads the clock of the runtime the caller is in:
+///   one value used by two runtimes with paused clocks sees two clocks.
+///   Keep one limiter per paused test runtime.
+/// * A sleep first armed on a thread that is still inside the context of a
+///   runtime that was shut down (a blocking task after
+///   `shutdown_background`) panics as tokio's own sleeps do there.
 /// # Examples
 ///
 /// ```
@@ -111,6 +128,17 @@ impl Timer for DefaultTimer {
     #[inline]
     fn sleep_until_from(&self, now: Instant, deadline: Instant) -> DefaultSleep {
         DefaultSleep::arm(now, deadline)
+    }
+
+    fn sleep_until_shared(&self, deadline: Instant) -> DefaultSleep {
+        #[cfg(feature = "tokio")]
+        {
+            DefaultSleep::shared(deadline)
+        }
+        #[cfg(not(feature = "tokio"))]
+        {
+            self.sleep_until(deadline)
+        }
     }
 
     #[inline]
@@ -172,7 +200,9 @@ impl Future for DefaultSleep {
 // ---------------------------------------------------------------------------
 
 #[cfg(feature = "tokio")]
-use super::tokio::{Here, TokioSleep, TokioTimer, here, timer_shut_down};
+use super::relay::Relay;
+#[cfg(feature = "tokio")]
+use super::tokio::{Here, TokioSleep, TokioTimer, here, keeps_running, timer_shut_down};
 
 #[cfg(feature = "tokio")]
 /// The sleep future of [`DefaultTimer`]: tokio's, armed inside a tokio
@@ -191,17 +221,18 @@ use super::tokio::{Here, TokioSleep, TokioTimer, here, timer_shut_down};
 /// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct DefaultSleep {
-    armed: Armed,
-    // Kept to arm the sleep again when it moves (see `poll`).
+    // `None` until the first poll: a sleep is armed where it is polled.
+    armed: Option<Armed>,
     deadline: Instant,
-    // Armed since the last poll, where it is polled now: no need to check.
-    fresh: bool,
+    // Woken for tasks that may run elsewhere (a rate limiter's driver): kept
+    // off a tokio timer that stops when its runtime's `block_on` returns.
+    shared: bool,
 }
 
 #[cfg(feature = "tokio")]
 enum Armed {
-    // futures-timer, armed outside any tokio runtime (`runtime: None`) or in
-    // a runtime without time.
+    // futures-timer, armed outside any tokio runtime (`runtime: None`), in
+    // a runtime without time, or (shared) in one that may stop driving it.
     Futures {
         sleep: FuturesSleep,
         runtime: Option<tokio::runtime::Id>,
@@ -209,7 +240,7 @@ enum Armed {
     // tokio's timer of `runtime`, armed by `task` (if in a task).
     Tokio {
         sleep: TokioBox,
-        runtime: tokio::runtime::Id,
+        runtime: tokio::runtime::Handle,
         task: Option<tokio::task::Id>,
     },
 }
@@ -224,44 +255,81 @@ thread_local! {
 }
 
 /// A tokio sleep in a box (so that [`DefaultSleep`] is `Unpin` whichever
-/// timer it is on); the box goes back to the thread's spare when the sleep
-/// is dropped.
+/// timer it is on; the box goes back to the thread's spare when the sleep
+/// is dropped), registered with the waker of a [`Relay`]: tokio's driver
+/// never holds the user's waker, so a panic in it is contained there as on
+/// futures-timer's thread (SPEC §1.13), instead of unwinding out of the
+/// runtime's driver.
 #[cfg(feature = "tokio")]
-struct TokioBox(Option<TokioSlot>);
+struct TokioBox {
+    slot: Option<TokioSlot>,
+    relay: Relay,
+}
 
 #[cfg(feature = "tokio")]
 impl TokioBox {
     #[inline]
     fn new(sleep: TokioSleep) -> TokioBox {
-        match SPARE.try_with(std::cell::Cell::take) {
+        let slot = match SPARE.try_with(std::cell::Cell::take) {
             Ok(Some(mut slot)) => {
                 slot.set(Some(sleep));
-                TokioBox(Some(slot))
+                slot
             }
-            _ => TokioBox(Some(Box::pin(Some(sleep)))),
+            _ => Box::pin(Some(sleep)),
+        };
+        TokioBox {
+            slot: Some(slot),
+            relay: Relay::default(),
         }
     }
 
     #[inline]
     fn sleep(&mut self) -> Pin<&mut TokioSleep> {
         let slot = self
-            .0
+            .slot
             .as_mut()
             .expect("a tokio box holds its slot until dropped");
         slot.as_mut()
             .as_pin_mut()
             .expect("a tokio box holds its sleep until dropped")
     }
+
+    #[inline]
+    fn is_elapsed(&self) -> bool {
+        match &self.slot {
+            Some(slot) => Option::as_ref(slot).is_some_and(TokioSleep::is_elapsed),
+            None => false,
+        }
+    }
+
+    #[inline]
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let TokioBox { slot, relay } = self;
+        let slot = slot
+            .as_mut()
+            .expect("a tokio box holds its slot until dropped");
+        let sleep = slot
+            .as_mut()
+            .as_pin_mut()
+            .expect("a tokio box holds its sleep until dropped");
+        relay.poll(cx, |cx| sleep.poll(cx))
+    }
 }
 
 #[cfg(feature = "tokio")]
 impl Drop for TokioBox {
-    #[inline]
     fn drop(&mut self) {
-        // Drops the sleep in place (deregistering it; its waker's drop may
-        // panic, and then the box is simply freed), then keeps the box.
-        if let Some(mut slot) = self.0.take() {
+        // tokio's sleep first, in place (deregistering drops its clone of
+        // the relay's waker: no user code), then the relay, normally the
+        // last handle now, which drops the user's waker with its panic
+        // contained; then the box goes back to the spare.
+        let slot = self.slot.take();
+        let slot = slot.map(|mut slot| {
             slot.set(None);
+            slot
+        });
+        std::mem::take(&mut self.relay).release(|| {});
+        if let Some(slot) = slot {
             let _ = SPARE.try_with(|spare| spare.set(Some(slot)));
         }
     }
@@ -270,20 +338,16 @@ impl Drop for TokioBox {
 #[cfg(feature = "tokio")]
 impl Armed {
     /// A sleep until `deadline` for where this thread is now.
-    fn new(now: Instant, deadline: Instant) -> Armed {
+    fn new(now: Instant, deadline: Instant, shared: bool) -> Armed {
         match here() {
-            Here::Timed(runtime) => Armed::Tokio {
+            Here::Timed(runtime) if !shared || keeps_running(&runtime) => Armed::Tokio {
                 sleep: TokioBox::new(TokioTimer.sleep_until(deadline)),
                 runtime,
                 task: tokio::task::try_id(),
             },
-            Here::Untimed(runtime) => Armed::Futures {
+            here => Armed::Futures {
                 sleep: FuturesTimer.sleep_until_from(now, deadline),
-                runtime: Some(runtime),
-            },
-            Here::Outside => Armed::Futures {
-                sleep: FuturesTimer.sleep_until_from(now, deadline),
-                runtime: None,
+                runtime: here.runtime(),
             },
         }
     }
@@ -295,7 +359,8 @@ impl Armed {
         match self {
             Armed::Tokio { runtime, task, .. } => {
                 (task.is_some() && *task == tokio::task::try_id())
-                    || matches!(here(), Here::Timed(now) if now == *runtime)
+                    || tokio::runtime::Handle::try_current()
+                        .is_ok_and(|now| now.id() == runtime.id())
             }
             Armed::Futures { runtime, .. } => match tokio::runtime::Handle::try_current() {
                 Err(_) => runtime.is_none(),
@@ -309,10 +374,21 @@ impl Armed {
 impl DefaultSleep {
     #[inline]
     fn arm(now: Instant, deadline: Instant) -> DefaultSleep {
+        let _ = now;
         DefaultSleep {
-            armed: Armed::new(now, deadline),
+            armed: None,
             deadline,
-            fresh: true,
+            shared: false,
+        }
+    }
+
+    /// A sleep whose wake-up other tasks may wait for (see
+    /// [`Timer::sleep_until_shared`]).
+    pub(crate) fn shared(deadline: Instant) -> DefaultSleep {
+        DefaultSleep {
+            armed: None,
+            deadline,
+            shared: true,
         }
     }
 
@@ -323,38 +399,43 @@ impl DefaultSleep {
         // runtime that has shut down fires, waking it: its next poll arms it
         // again where it is).
         match &mut this.armed {
-            Armed::Tokio { sleep, .. } => TokioTimer.reset(sleep.sleep(), deadline),
-            Armed::Futures { sleep, .. } => {
+            None => {}
+            Some(Armed::Tokio { sleep, .. }) => TokioTimer.reset(sleep.sleep(), deadline),
+            Some(Armed::Futures { sleep, .. }) => {
                 sleep.reset_after(deadline.saturating_duration_since(DefaultTimer.now()));
             }
         }
     }
-}
 
-#[cfg(feature = "tokio")]
-impl DefaultSleep {
-    /// Arms the sleep again, for the same deadline, if it has moved since
-    /// it was armed, or if its tokio runtime has shut down.
+    /// Checks a sleep armed at an earlier poll: armed again here if it has
+    /// moved (another runtime, or none), or if its tokio runtime's timer
+    /// shut down; `Ready` if tokio fired it at its deadline (a fired tokio
+    /// sleep is never polled again: its runtime may be gone).
     #[inline(never)]
-    fn follow(&mut self) {
-        if !self.armed.is_here() {
+    fn follow(&mut self) -> Option<Poll<()>> {
+        let armed = self.armed.as_mut()?;
+        if !armed.is_here() {
             // Moved: arm it here (the poll that follows registers the waker
             // with the new sleep).
-            let now = DefaultTimer.now();
-            self.armed = Armed::new(now, self.deadline);
+            self.armed = Some(Armed::new(DefaultTimer.now(), self.deadline, self.shared));
+            return None;
         }
-        if let Armed::Tokio { sleep, runtime, .. } = &mut self.armed {
-            // tokio fires every sleep of a runtime that shuts down, early,
-            // and panics if one is polled then: that runtime's timer is
-            // forgotten, and the sleep armed again where the thread is.
-            if sleep.sleep().is_elapsed() {
-                let now = DefaultTimer.now();
-                if now < self.deadline {
-                    timer_shut_down(*runtime);
-                    self.armed = Armed::new(now, self.deadline);
+        if let Armed::Tokio { sleep, runtime, .. } = armed {
+            if sleep.is_elapsed() {
+                // Read on the runtime's own clock (paused or not): tokio
+                // fires a sleep early only when its timer shuts down.
+                let now = {
+                    let _inside = runtime.enter();
+                    DefaultTimer.now()
+                };
+                if now >= self.deadline {
+                    return Some(Poll::Ready(()));
                 }
+                timer_shut_down(runtime.id());
+                self.armed = Some(Armed::new(DefaultTimer.now(), self.deadline, self.shared));
             }
         }
+        None
     }
 }
 
@@ -364,12 +445,14 @@ impl Future for DefaultSleep {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        // A sleep armed since its last poll is polled where it was armed.
-        if !std::mem::take(&mut this.fresh) {
-            this.follow();
+        if this.armed.is_none() {
+            // The first poll arms it, here.
+            this.armed = Some(Armed::new(DefaultTimer.now(), this.deadline, this.shared));
+        } else if let Some(ready) = this.follow() {
+            return ready;
         }
-        match &mut this.armed {
-            Armed::Tokio { sleep, .. } => sleep.sleep().poll(cx),
+        match this.armed.as_mut().expect("armed above") {
+            Armed::Tokio { sleep, .. } => sleep.poll(cx),
             Armed::Futures { sleep, .. } => Pin::new(sleep).poll(cx),
         }
     }
@@ -381,8 +464,9 @@ impl fmt::Debug for DefaultSleep {
         #[cfg(feature = "tokio")]
         {
             let on = match self.armed {
-                Armed::Tokio { .. } => "tokio",
-                Armed::Futures { .. } => "futures-timer",
+                None => "not armed yet",
+                Some(Armed::Tokio { .. }) => "tokio",
+                Some(Armed::Futures { .. }) => "futures-timer",
             };
             d.field("deadline", &self.deadline).field("timer", &on);
         }

@@ -219,6 +219,29 @@ pub trait Timer {
         self.sleep_until(deadline)
     }
 
+    /// [`sleep_until`](Timer::sleep_until) for a sleep whose wake-up other
+    /// tasks wait for, tasks that may run on other runtimes or threads than
+    /// the one that arms it: a [`RateLimiter`](crate::RateLimiter)'s one
+    /// timer, armed by whichever caller runs its queue. A backend whose timer
+    /// only runs while one thread drives it should keep such sleeps on a timer
+    /// that always runs: [`DefaultTimer`] puts them on tokio's timer only in
+    /// a multi-thread runtime or one whose clock is paused, and on
+    /// futures-timer otherwise (a current-thread runtime's timer stops when
+    /// its `block_on` returns, and a waiter on another thread would never be
+    /// woken). The default is `sleep_until`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::time::{FuturesTimer, Timer};
+    /// # futures::executor::block_on(async {
+    /// FuturesTimer.sleep_until_shared(FuturesTimer.now()).await; // already due
+    /// # });
+    /// ```
+    fn sleep_until_shared(&self, deadline: Instant) -> Self::Sleep {
+        self.sleep_until(deadline)
+    }
+
     /// Moves `sleep` to a new deadline, keeping the waker it was last polled
     /// with (see the [contract](Timer#contract)).
     ///
@@ -267,6 +290,9 @@ macro_rules! forward_timer {
             }
             fn sleep_until_from(&self, now: Instant, deadline: Instant) -> T::Sleep {
                 (**self).sleep_until_from(now, deadline)
+            }
+            fn sleep_until_shared(&self, deadline: Instant) -> T::Sleep {
+                (**self).sleep_until_shared(deadline)
             }
             fn reset(&self, sleep: Pin<&mut T::Sleep>, deadline: Instant) {
                 (**self).reset(sleep, deadline)

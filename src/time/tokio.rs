@@ -120,14 +120,25 @@ impl fmt::Debug for TokioSleep {
 // ---------------------------------------------------------------------------
 
 /// Where the calling thread is, for [`DefaultTimer`](super::DefaultTimer).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub(crate) enum Here {
     /// Inside a tokio runtime with time enabled.
-    Timed(tokio::runtime::Id),
-    /// Inside a tokio runtime built without time.
+    Timed(tokio::runtime::Handle),
+    /// Inside a tokio runtime built without time (or whose timer shut down).
     Untimed(tokio::runtime::Id),
     /// Outside any tokio runtime.
     Outside,
+}
+
+impl Here {
+    /// The runtime, if inside one.
+    pub(crate) fn runtime(&self) -> Option<tokio::runtime::Id> {
+        match self {
+            Here::Timed(handle) => Some(handle.id()),
+            Here::Untimed(id) => Some(*id),
+            Here::Outside => None,
+        }
+    }
 }
 
 thread_local! {
@@ -144,19 +155,38 @@ pub(crate) fn here() -> Here {
         return Here::Outside;
     };
     let id = handle.id();
-    drop(handle);
     let timed = match LAST.try_with(std::cell::Cell::get) {
         Ok(Some((last, timed))) if last == id => timed,
         _ => {
             let timed = has_time(id);
-            let _ = LAST.try_with(|last| last.set(Some((id, timed))));
+            if !std::thread::panicking() {
+                let _ = LAST.try_with(|last| last.set(Some((id, timed))));
+            }
             timed
         }
     };
     if timed {
-        Here::Timed(id)
+        Here::Timed(handle)
     } else {
         Here::Untimed(id)
+    }
+}
+
+/// Whether tokio's timer of the current runtime (`handle`) keeps running
+/// while no task of this thread polls: always in a multi-thread runtime
+/// (its workers drive it), and in a current-thread runtime only inside its
+/// `block_on`. A current-thread runtime whose clock is paused (tests) is
+/// taken to be driven: paused time needs tokio's timer, and a test runs in
+/// `block_on`.
+pub(crate) fn keeps_running(handle: &tokio::runtime::Handle) -> bool {
+    match handle.runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => {
+            // tokio's clock stands still while paused (it only moves by
+            // `advance` and auto-advance): two readings in a row are equal.
+            let _inside = handle.enter();
+            tokio::time::Instant::now() == tokio::time::Instant::now()
+        }
+        _ => true,
     }
 }
 
@@ -200,6 +230,11 @@ fn remember_untimed(id: tokio::runtime::Id) {
 #[inline(never)]
 fn has_time(id: tokio::runtime::Id) -> bool {
     if untimed().contains(&id) {
+        return false;
+    }
+    // Inside a panic hook, or while unwinding, a probe that panicked would
+    // abort the process: no probe, and futures-timer this time.
+    if std::thread::panicking() {
         return false;
     }
     #[cfg(panic = "unwind")]
