@@ -9,7 +9,6 @@
 //! runtime without time, on the real clock, with a unit of 30 ms.
 
 #![cfg(feature = "tokio")]
-
 // The tests hand futures out of `block_on` on purpose (to poll them elsewhere).
 #![allow(clippy::async_yields_async)]
 
