@@ -209,7 +209,10 @@ pub mod watch;
 pub use as_completed::{
     AsCompleted, AsCompletedIndexed, AsCompletedUntil, CompletionSet, TimedOut, as_completed,
 };
-pub use batch::{Batch, BatchConfigError, Progress, TryBatch, process_batch};
+pub use batch::{
+    Batch, BatchConfigError, BatchOrdered, BatchSource, BatchUnordered, Progress, StreamItems,
+    TryBatch, process_batch, process_batch_stream,
+};
 pub use engine::tuple::{GatherTuple, TryGatherTuple};
 pub use gather::{Gather, GatherSettled, Panicked, TryGather, gather, gather_settled, try_gather};
 #[doc(inline)]
