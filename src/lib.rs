@@ -223,8 +223,8 @@ pub use rate_limiter::{
     RateLimit, RateLimitError, RateLimiter,
 };
 pub use retry::{
-    AttemptError, Backoff, GaveUp, Retry, RetryConfigError, RetryError, RetryEvent, RetryOutput,
-    RetryPolicy,
+    AttemptError, AttemptGate, Backoff, GaveUp, Retry, RetryConfigError, RetryError, RetryEvent,
+    RetryOutput, RetryPolicy,
 };
 pub use semaphore::{
     Acquire, AcquireError, AcquireOwned, Limit, OwnedSemaphorePermit, PollSemaphore, Semaphore,
