@@ -1332,8 +1332,19 @@ where
                 // A slot is free: learn whether items remain, so that the
                 // last reports know the total of a source without an exact
                 // size.
+                // Only when an item could start now: a slot the window
+                // counts must be free (in input order, an output waiting
+                // for an earlier item still holds its slot).
                 let in_flight = pass.engine().running();
-                if core.total.is_none() && (core.mode == Mode::Sliding || in_flight == 0) {
+                let occupied = match core.out {
+                    Out::Ordered => core.results.len(),
+                    Out::Collect | Out::Unordered => in_flight,
+                };
+                let free = match core.mode {
+                    Mode::Sliding => occupied < core.limit,
+                    Mode::Fixed { .. } => occupied == 0,
+                };
+                if core.total.is_none() && free {
                     let _ = poll_peek(
                         &mut core.items,
                         &mut core.next_item,

@@ -369,26 +369,40 @@ matrix! {
     /// `ordered` counts outputs waiting for an earlier item against the
     /// window (like `buffered`): with the head item stuck, exactly `limit`
     /// items are started, however many of the others finished.
+    /// Progress reports (which pull ahead to learn an unknown total) do not
+    /// pull an item the window has no room for.
     async fn ordered_holds_at_most_limit_outputs() {
-        let (handles, polls, tracker, pulls) = (Handles::default(), Counter::new(), Tracker::new(), Counter::new());
-        let mut s = process_batch_stream(counted(100, &pulls), 4, parked_children(&handles, &polls, &tracker)).ordered();
-        let waker = CountingWaker::new();
-        assert!(poll_next_once(&mut s, &waker).is_pending());
-        for i in 1..4 {
-            handles.get(i).complete();
+        for progress in [false, true] {
+            let (handles, polls, tracker, pulls) = (Handles::default(), Counter::new(), Tracker::new(), Counter::new());
+            let reports = Counter::new();
+            let r = reports.clone();
+            // No exact size: the total is unknown, so reports try to learn it.
+            let items = counted(100, &pulls).filter(|_| std::future::ready(true));
+            let batch = process_batch_stream(items, 4, parked_children(&handles, &polls, &tracker));
+            let mut s: Box<dyn Stream<Item = usize> + Send + Unpin> = if progress {
+                Box::new(batch.on_progress(move |_| r.inc()).ordered())
+            } else {
+                Box::new(batch.ordered())
+            };
+            let waker = CountingWaker::new();
+            assert!(poll_next_once(&mut s, &waker).is_pending());
+            for i in 1..4 {
+                handles.get(i).complete();
+            }
+            assert!(poll_next_once(&mut s, &waker).is_pending());
+            assert!(poll_next_once(&mut s, &waker).is_pending());
+            assert_eq!((handles.len(), pulls.get(), tracker.live()), (4, 4, 1), "progress {progress}");
+            // The head finishes: it and the three waiting behind it come out,
+            // one per `next`, and four new items start.
+            handles.get(0).complete();
+            for i in 0..4 {
+                assert_eq!(poll_next_once(&mut s, &waker), Poll::Ready(Some(i)));
+            }
+            assert_eq!((handles.len(), pulls.get()), (8, 8));
+            drop(s);
+            assert_eq!(tracker.live(), 0);
+            assert_eq!(reports.get(), if progress { 4 } else { 0 });
         }
-        assert!(poll_next_once(&mut s, &waker).is_pending());
-        assert!(poll_next_once(&mut s, &waker).is_pending());
-        assert_eq!((handles.len(), pulls.get(), s.in_flight(), s.completed()), (4, 4, 1, 3));
-        // The head finishes: it and the three waiting behind it come out,
-        // one per `next`, and four new items start.
-        handles.get(0).complete();
-        for i in 0..4 {
-            assert_eq!(poll_next_once(&mut s, &waker), Poll::Ready(Some(i)));
-        }
-        assert_eq!((handles.len(), pulls.get()), (8, 8));
-        drop(s);
-        assert_eq!(tracker.live(), 0);
     }
 
     /// Unordered: children completed one at a time in a shuffled order are

@@ -637,13 +637,21 @@ mod rate_limited_attempts {
             .with_timer(clock.clone());
         let waker = CountingWaker::new();
         assert!(poll(&mut retry, &waker).is_pending());
-        assert_eq!((retry.attempts(), limiter.waiting()), (0, 1), "waiting for the grant");
+        assert_eq!(
+            (retry.attempts(), limiter.waiting()),
+            (0, 1),
+            "waiting for the grant"
+        );
         clock.advance(999 * MS);
         assert!(poll(&mut retry, &waker).is_pending());
         assert_eq!(retry.attempts(), 0);
         clock.advance(MS);
         assert!(poll(&mut retry, &waker).is_pending());
-        assert_eq!((retry.attempts(), tracker.live()), (1, 1), "the attempt started at 1 s");
+        assert_eq!(
+            (retry.attempts(), tracker.live()),
+            (1, 1),
+            "the attempt started at 1 s"
+        );
         clock.advance(499 * MS);
         assert!(poll(&mut retry, &waker).is_pending());
         assert_eq!(tracker.live(), 1, "not timed out before its own 500 ms");
@@ -682,9 +690,17 @@ mod rate_limited_attempts {
             other => panic!("{other:?}"),
         };
         assert_eq!((err.attempts(), err.reason()), (2, GaveUp::DeadlineReached));
-        assert_eq!(err.last_error(), Some(&"down"), "the last attempt's failure");
+        assert_eq!(
+            err.last_error(),
+            Some(&"down"),
+            "the last attempt's failure"
+        );
         assert_eq!(clock.elapsed(), 1500 * MS);
-        assert_eq!(limiter.waiting(), 0, "the place in the queue was given back");
+        assert_eq!(
+            limiter.waiting(),
+            0,
+            "the place in the queue was given back"
+        );
         drop(waker);
 
         // Out of time before any attempt: a timeout, zero attempts.
