@@ -993,5 +993,9 @@ fn ordered_after_a_poll_panics() {
 #[test]
 #[should_panic(expected = "process_batch_stream: the concurrency limit must be at least 1")]
 fn a_zero_limit_panics() {
-    let _ = process_batch_stream(futures::stream::iter(0..3), 0, |i| async move { i });
+    drop(process_batch_stream(
+        futures::stream::iter(0..3),
+        0,
+        |i| async move { i },
+    ));
 }

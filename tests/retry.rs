@@ -740,8 +740,8 @@ mod rate_limited_attempts {
     #[should_panic(expected = "`Retry::rate_limit` after the retry started")]
     fn rate_limit_after_the_first_poll_panics() {
         let limiter = RateLimiter::new(1, SEC);
-        let mut retry = RetryPolicy::new(2).retry(|| pending::<Result<(), ()>>());
+        let mut retry = RetryPolicy::new(2).retry(pending::<Result<(), ()>>);
         let _ = poll(&mut retry, &CountingWaker::new());
-        let _ = retry.rate_limit(&limiter);
+        drop(retry.rate_limit(&limiter));
     }
 }
