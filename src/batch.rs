@@ -38,6 +38,11 @@ use std::time::{Duration, Instant};
 ///   with the `indicatif` feature, `progress_bar` draws it like
 ///   `tqdm.asyncio`.
 ///
+/// * **Streams**: [`process_batch_stream`] takes the items from a
+///   [`Stream`] instead; [`ordered`](Batch::ordered) and
+///   [`unordered`](Batch::unordered) hand the outputs out as a stream, as
+///   they become available, instead of one `Vec` at the end.
+///
 /// Nothing is spawned: the calls run inside the returned [`Batch`], each
 /// with its own waker, polled only when it woke. An empty input resolves to
 /// an empty `Vec` on the first poll.
@@ -191,11 +196,13 @@ impl std::error::Error for BatchConfigError {}
 pub struct Progress {
     /// Items finished so far.
     pub done: usize,
-    /// How many items there are, when known: from the iterator's size hint
-    /// when it is exact (`Vec`, arrays, ranges, most adapters of those),
-    /// otherwise once the iterator has run out. A batch that reports
-    /// progress pulls the next item as soon as a slot frees, so the reports
-    /// after the last item was pulled know the total.
+    /// How many items there are, when known: from the iterator's (or the
+    /// stream's) size hint when it is exact (`Vec`, arrays, ranges, most
+    /// adapters of those, `stream::iter` over them), otherwise — a filtered
+    /// iterator, a channel — `None` until the source has run out, then the
+    /// count. A batch that reports progress pulls the next item as soon as
+    /// a slot its window counts frees, so the reports after the last item
+    /// was pulled know the total.
     pub total: Option<usize>,
     /// Calls in flight right now.
     pub in_flight: usize,
