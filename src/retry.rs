@@ -731,7 +731,7 @@ pub struct Retry<
     grant: Option<G::Wait>,
     /// With a gate: the last failure, reported if the total time limit
     /// passes while the next attempt waits for its grant.
-    last: Option<AttemptError<Fut::Error>>,
+    last: Option<G::Kept<Fut::Error>>,
     /// Set while a poll runs: a panic that unwinds out of it leaves it set,
     /// and the next poll refuses (see `# Panics`).
     poisoned: bool,
@@ -772,9 +772,19 @@ pub trait AttemptGate: gate::Sealed {
     #[doc(hidden)]
     type Wait: Future<Output = ()> + Unpin;
 
-    /// Whether there is anything to wait for.
+    /// How the last failure is kept while the next attempt waits for its
+    /// grant (nothing without a gate, so the retry's auto traits do not
+    /// depend on the error type then).
     #[doc(hidden)]
-    const GATED: bool;
+    type Kept<E>;
+
+    /// Keeps `failure` (or not, without a gate).
+    #[doc(hidden)]
+    fn keep<E>(failure: AttemptError<E>) -> Option<Self::Kept<E>>;
+
+    /// The failure kept by [`keep`](AttemptGate::keep).
+    #[doc(hidden)]
+    fn kept<E>(kept: Self::Kept<E>) -> AttemptError<E>;
 
     /// A wait for the next attempt's grant; `None` when there is nothing
     /// to wait for.
@@ -790,7 +800,15 @@ mod gate {
 
 impl AttemptGate for () {
     type Wait = std::future::Ready<()>;
-    const GATED: bool = false;
+    type Kept<E> = std::convert::Infallible;
+
+    fn keep<E>(_: AttemptError<E>) -> Option<Self::Kept<E>> {
+        None
+    }
+
+    fn kept<E>(kept: Self::Kept<E>) -> AttemptError<E> {
+        match kept {}
+    }
 
     fn wait(&self) -> Option<Self::Wait> {
         None
@@ -799,7 +817,15 @@ impl AttemptGate for () {
 
 impl<'a, M: Timer> AttemptGate for &'a RateLimiter<M> {
     type Wait = RateAcquire<'a, M>;
-    const GATED: bool = true;
+    type Kept<E> = AttemptError<E>;
+
+    fn keep<E>(failure: AttemptError<E>) -> Option<AttemptError<E>> {
+        Some(failure)
+    }
+
+    fn kept<E>(kept: AttemptError<E>) -> AttemptError<E> {
+        kept
+    }
 
     fn wait(&self) -> Option<RateAcquire<'a, M>> {
         Some(RateLimiter::acquire(self))
@@ -1078,10 +1104,10 @@ where
                                 // the place in the limiter's queue goes back.
                                 this.grant = None;
                                 this.state = State::Done;
-                                let last = this
-                                    .last
-                                    .take()
-                                    .unwrap_or(AttemptError::TimedOut(Elapsed::new()));
+                                let last = match this.last.take() {
+                                    Some(kept) => G::kept(kept),
+                                    None => AttemptError::TimedOut(Elapsed::new()),
+                                };
                                 return Poll::Ready(Err(RetryError {
                                     attempts: this.attempts,
                                     last,
@@ -1204,9 +1230,7 @@ where
             error: &failure,
             delay,
         });
-        if G::GATED {
-            self.last = Some(failure);
-        }
+        self.last = G::keep(failure);
         if delay.is_zero() {
             self.state = State::Next;
         } else {
