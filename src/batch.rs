@@ -7,6 +7,9 @@ use crate::RateLimiter;
 use crate::engine::Engine;
 use crate::rate_limiter::RateAcquire;
 use crate::time::{BoxedDeadline, DefaultTimer, Timer, When};
+use futures_core::Stream;
+use futures_core::stream::FusedStream;
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -34,6 +37,11 @@ use std::time::{Duration, Instant};
 ///   [`Progress`] (done, total, elapsed, rate, ETA) after each completion;
 ///   with the `indicatif` feature, `progress_bar` draws it like
 ///   `tqdm.asyncio`.
+///
+/// * **Streams**: [`process_batch_stream`] takes the items from a
+///   [`Stream`] instead; [`ordered`](Batch::ordered) and
+///   [`unordered`](Batch::unordered) hand the outputs out as a stream, as
+///   they become available, instead of one `Vec` at the end.
 ///
 /// Nothing is spawned: the calls run inside the returned [`Batch`], each
 /// with its own waker, polled only when it woke. An empty input resolves to
@@ -78,6 +86,67 @@ where
     Fut: Future,
 {
     Batch::try_new(items, limit, f).unwrap_or_else(|e| panic!("process_batch: {e}"))
+}
+
+/// [`process_batch`] over the items of a [`Stream`]: runs `f` over every
+/// item with at most `limit` calls in flight, pulling items **lazily** —
+/// the stream is polled only when a call may start (a free slot, and the
+/// rate-limit grant if there is a limiter), so no more items are pulled than
+/// can start. Everything else is [`Batch`]'s: the builder methods
+/// ([`fail_fast`](Batch::fail_fast), [`rate_limit`](Batch::rate_limit),
+/// [`on_progress`](Batch::on_progress), [`fixed_batches`](Batch::fixed_batches),
+/// …), and `.await` for a `Vec` in input order, or [`ordered`](Batch::ordered)
+/// / [`unordered`](Batch::unordered) for a stream of the outputs.
+///
+/// The stream is polled with the batch's waker: a stream that has no item
+/// yet (`Pending`) wakes the batch when it has one, and meanwhile the calls
+/// in flight keep running and finished ones are reported. Once the stream
+/// returned `None` it is never polled again. [`Progress::total`] is the
+/// stream's size hint when it is exact, and otherwise unknown until the
+/// stream ends.
+///
+/// [`Batch::try_from_stream`] returns an error instead of panicking for a
+/// zero `limit`.
+///
+/// # Cancel safety
+///
+/// Dropping the batch drops the stream (with any item pulled and not yet
+/// started), every call in flight and every output not handed out, each
+/// once, and gives back a rate-limit grant it was waiting for.
+///
+/// # Panics
+///
+/// If `limit` is zero. A panic in the stream's `poll_next`, in `f`, in a
+/// call or in the progress callback propagates out of `poll`; polling again
+/// after that panics. Polling the `Batch` future after completion panics.
+///
+/// # Examples
+///
+/// ```
+/// use futures::StreamExt;
+/// # futures::executor::block_on(async {
+/// // Ids arriving over time (a channel, a paginated API, a file's lines...).
+/// let ids = futures::stream::iter(1..=20u32);
+/// let names = awaitkit::process_batch_stream(ids, 4, |id| async move { format!("user {id}") })
+///     .ordered() // outputs as they become available, in input order
+///     .collect::<Vec<_>>()
+///     .await;
+/// assert_eq!(names.len(), 20);
+/// assert_eq!(names[0], "user 1");
+/// # });
+/// ```
+#[track_caller]
+pub fn process_batch_stream<S, F, Fut>(
+    stream: S,
+    limit: usize,
+    f: F,
+) -> Batch<'static, StreamItems<S>, F, Fut>
+where
+    S: Stream,
+    F: FnMut(S::Item) -> Fut,
+    Fut: Future,
+{
+    Batch::try_from_stream(stream, limit, f).unwrap_or_else(|e| panic!("process_batch_stream: {e}"))
 }
 
 /// A batch configuration that can never run, rejected at construction.
@@ -127,11 +196,13 @@ impl std::error::Error for BatchConfigError {}
 pub struct Progress {
     /// Items finished so far.
     pub done: usize,
-    /// How many items there are, when known: from the iterator's size hint
-    /// when it is exact (`Vec`, arrays, ranges, most adapters of those),
-    /// otherwise once the iterator has run out. A batch that reports
-    /// progress pulls the next item as soon as a slot frees, so the reports
-    /// after the last item was pulled know the total.
+    /// How many items there are, when known: from the iterator's (or the
+    /// stream's) size hint when it is exact (`Vec`, arrays, ranges, most
+    /// adapters of those, `stream::iter` over them), otherwise — a filtered
+    /// iterator, a channel — `None` until the source has run out, then the
+    /// count. A batch that reports progress pulls the next item as soon as
+    /// a slot its window counts frees, so the reports after the last item
+    /// was pulled know the total.
     pub total: Option<usize>,
     /// Calls in flight right now.
     pub in_flight: usize,
@@ -180,31 +251,158 @@ fn nanos(n: u128) -> Duration {
     }
 }
 
-/// Makes sure the next item is in `next`, pulling it from `items`; `false`
-/// (and the total known: `started`) once the iterator has run out.
-fn peek<I: Iterator>(
+/// Where a [`Batch`] pulls its items from: any [`Iterator`] (what
+/// [`process_batch`] takes), or a [`Stream`] wrapped in [`StreamItems`]
+/// (what [`process_batch_stream`] takes). Sealed: implemented for exactly
+/// those two.
+///
+/// # Examples
+///
+/// ```
+/// fn is_source<S: awaitkit::BatchSource>(_: &S) {}
+/// is_source(&(0..3));
+/// is_source(&awaitkit::StreamItems::new(futures::stream::iter(0..3)));
+/// ```
+pub trait BatchSource: sealed::Sealed {
+    /// The items handed to the batch's function.
+    type Item;
+
+    /// The next item: `Ready(None)` once there are no more, `Pending` (with
+    /// `cx` registered) when a stream has none yet.
+    #[doc(hidden)]
+    fn poll_next_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Self::Item>>;
+
+    /// Bounds on the number of items left, as [`Iterator::size_hint`].
+    #[doc(hidden)]
+    fn items_hint(&self) -> (usize, Option<usize>);
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl<I: Iterator> Sealed for I {}
+    impl<S: futures_core::Stream> Sealed for super::StreamItems<S> {}
+}
+
+impl<I: Iterator> BatchSource for I {
+    type Item = I::Item;
+
+    fn poll_next_item(&mut self, _: &mut Context<'_>) -> Poll<Option<I::Item>> {
+        Poll::Ready(self.next())
+    }
+
+    fn items_hint(&self) -> (usize, Option<usize>) {
+        self.size_hint()
+    }
+}
+
+/// The items of a [`Stream`], as the input of a [`Batch`] (see
+/// [`process_batch_stream`]). The stream is kept on the heap (one
+/// allocation), so it need not be `Unpin`; it is polled only from the
+/// batch's `poll`, with the batch's waker, and never again once it returned
+/// `None`.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::{Batch, StreamItems};
+/// # futures::executor::block_on(async {
+/// let items = StreamItems::new(futures::stream::iter(["a", "b"]));
+/// let batch: Batch<'_, StreamItems<_>, _, _> =
+///     Batch::try_from_stream(items.into_inner(), 2, |s| async move { s.len() }).unwrap();
+/// assert_eq!(batch.await, [1, 1]);
+/// # });
+/// ```
+pub struct StreamItems<S> {
+    stream: Pin<Box<S>>,
+}
+
+impl<S: Stream> StreamItems<S> {
+    /// Wraps `stream` (boxing it).
+    ///
+    /// # Examples
+    ///
+    /// See [`StreamItems`].
+    pub fn new(stream: S) -> Self {
+        StreamItems {
+            stream: Box::pin(stream),
+        }
+    }
+
+    /// The stream back (still boxed, since it may have been polled).
+    ///
+    /// # Examples
+    ///
+    /// See [`StreamItems`].
+    pub fn into_inner(self) -> Pin<Box<S>> {
+        self.stream
+    }
+}
+
+impl<S: Stream> BatchSource for StreamItems<S> {
+    type Item = S::Item;
+
+    fn poll_next_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        self.stream.as_mut().poll_next(cx)
+    }
+
+    fn items_hint(&self) -> (usize, Option<usize>) {
+        self.stream.size_hint()
+    }
+}
+
+impl<S> fmt::Debug for StreamItems<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamItems").finish_non_exhaustive()
+    }
+}
+
+/// Makes sure the next item is in `next`, pulling it from `items`:
+/// `Ready(false)` (and the total known: `started`) once the source has run
+/// out, `Pending` while a stream has no item yet (`cx` is registered).
+fn poll_peek<I: BatchSource>(
     items: &mut Option<I>,
     next: &mut Option<I::Item>,
     total: &mut Option<usize>,
     started: usize,
-) -> bool {
+    cx: &mut Context<'_>,
+) -> Poll<bool> {
     if next.is_some() {
-        return true;
+        return Poll::Ready(true);
     }
-    let Some(iter) = items.as_mut() else {
-        return false;
+    let Some(source) = items.as_mut() else {
+        return Poll::Ready(false);
     };
-    match iter.next() {
-        Some(item) => {
+    match source.poll_next_item(cx) {
+        Poll::Ready(Some(item)) => {
             *next = Some(item);
-            true
+            Poll::Ready(true)
         }
-        None => {
+        Poll::Ready(None) => {
+            // Never polled again: a stream that would yield after `None`
+            // is not asked.
             *items = None;
             *total = Some(started);
-            false
+            Poll::Ready(false)
         }
+        Poll::Pending => Poll::Pending,
     }
+}
+
+/// What a [`Batch`] does with the outputs: collects them (the future),
+/// or hands them out in input order or in completion order (the streams).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Out {
+    Collect,
+    Ordered,
+    Unordered,
+}
+
+/// What one poll of a batch produced.
+enum Event<O> {
+    /// An output for a stream: its input index and value.
+    Item(usize, O),
+    /// The output that `failed` picked (fail-fast), everything else dropped.
+    Failed(usize, O),
 }
 
 /// Fixed batches (with their pause) or a sliding window.
@@ -265,7 +463,7 @@ pub struct Batch<
     L = DefaultTimer,
     const FAIL_FAST: bool = false,
 > where
-    I: Iterator,
+    I: BatchSource,
     Fut: Future,
     T: Timer,
     L: Timer,
@@ -281,17 +479,24 @@ pub struct Batch<
 /// The state of a [`Batch`] that does not name its progress callback, timer,
 /// rate limiter or fail-fast mode: the builder methods that change those
 /// move it over in one piece.
-struct Core<I: Iterator, F, Fut: Future> {
+struct Core<I: BatchSource, F, Fut: Future> {
     /// The calls in flight, keyed by input index.
     engine: Engine<Fut>,
-    /// The items not yet pulled; `None` once the iterator ran out.
+    /// The items not yet pulled; `None` once the source ran out.
     items: Option<I>,
     /// An item pulled but not started yet (waiting for its rate grant, or
     /// pulled to learn whether another fixed batch follows).
     next_item: Option<I::Item>,
     f: F,
-    /// One slot per item pulled and started, filled as calls finish.
-    results: Vec<Option<Fut::Output>>,
+    /// What happens to the outputs.
+    out: Out,
+    /// One slot per item started and not yet handed out (from input index
+    /// `base` on), filled as calls finish. Unused in completion order.
+    results: VecDeque<Option<Fut::Output>>,
+    /// The input index of `results[0]`.
+    base: usize,
+    /// How many items have started (the next input index).
+    next_key: usize,
     limit: usize,
     mode: Mode,
     /// Fixed batches: how many items the current batch may still start.
@@ -337,7 +542,7 @@ pub type TryBatch<'r, I, F, Fut, P = fn(&Progress), T = DefaultTimer, L = Defaul
 // `Unpin`, and the rest is plain data.
 impl<I, F, Fut, P, T, L, const FF: bool> Unpin for Batch<'_, I, F, Fut, P, T, L, FF>
 where
-    I: Iterator,
+    I: BatchSource,
     Fut: Future,
     T: Timer,
     L: Timer,
@@ -375,19 +580,64 @@ where
         if limit == 0 {
             return Err(BatchConfigError::ZeroLimit);
         }
-        let items = items.into_iter();
-        let (lower, upper) = items.size_hint();
+        Ok(Batch::from_source(items.into_iter(), limit, f))
+    }
+}
+
+impl<S, F, Fut> Batch<'static, StreamItems<S>, F, Fut>
+where
+    S: Stream,
+    F: FnMut(S::Item) -> Fut,
+    Fut: Future,
+{
+    /// [`process_batch_stream`], returning an error instead of panicking
+    /// for a zero `limit`.
+    ///
+    /// # Errors
+    ///
+    /// [`BatchConfigError::ZeroLimit`] if `limit` is zero.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::Batch;
+    /// # futures::executor::block_on(async {
+    /// let items = || futures::stream::iter(0..3u32);
+    /// let double = |i: u32| async move { i * 2 };
+    /// assert!(Batch::try_from_stream(items(), 0, double).is_err());
+    /// assert_eq!(Batch::try_from_stream(items(), 2, double).unwrap().await, [0, 2, 4]);
+    /// # });
+    /// ```
+    pub fn try_from_stream(stream: S, limit: usize, f: F) -> Result<Self, BatchConfigError> {
+        if limit == 0 {
+            return Err(BatchConfigError::ZeroLimit);
+        }
+        Ok(Batch::from_source(StreamItems::new(stream), limit, f))
+    }
+}
+
+impl<I, F, Fut> Batch<'static, I, F, Fut>
+where
+    I: BatchSource,
+    Fut: Future,
+{
+    /// A batch over `items` (`limit` already checked).
+    fn from_source(items: I, limit: usize, f: F) -> Self {
+        let (lower, upper) = items.items_hint();
         let total = (upper == Some(lower)).then_some(lower);
         // Room for every output up front, capped at 1 MiB: an endless
-        // iterator (`0..`) hints `usize::MAX` and is only partly consumed.
+        // source (`0..`) hints `usize::MAX` and is only partly consumed.
         let budget = (1 << 20) / size_of::<Option<Fut::Output>>().max(1);
-        Ok(Batch {
+        Batch {
             core: Core {
                 engine: Engine::new(),
                 items: Some(items),
                 next_item: None,
                 f,
-                results: Vec::with_capacity(lower.min(budget)),
+                out: Out::Collect,
+                results: VecDeque::with_capacity(lower.min(budget)),
+                base: 0,
+                next_key: 0,
                 limit,
                 mode: Mode::Sliding,
                 batch_left: 0,
@@ -404,13 +654,13 @@ where
             pause: BoxedDeadline::new(DefaultTimer, None),
             rate: None,
             on_progress: None,
-        })
+        }
     }
 }
 
 impl<'r, I, F, Fut, P, T, L, const FF: bool> Batch<'r, I, F, Fut, P, T, L, FF>
 where
-    I: Iterator,
+    I: BatchSource,
     Fut: Future,
     T: Timer,
     L: Timer,
@@ -475,7 +725,31 @@ where
     /// Takes one grant of `limiter` right before each call starts: at most
     /// `limiter`'s quota of calls start per period, and at most `limit` run
     /// at a time. The item is pulled first, so no grant is taken for an
-    /// item that does not exist.
+    /// item that does not exist (with a stream input, that one item waits
+    /// for its grant pulled).
+    ///
+    /// This limits item **starts**, not the retries a call makes. To
+    /// rate-limit every attempt, not only item starts, give the limiter to
+    /// the retry inside `f` with [`Retry::rate_limit`](crate::Retry::rate_limit):
+    /// each attempt then takes its own grant, and its
+    /// [attempt timeout](crate::RetryPolicy::attempt_timeout) starts only
+    /// once the grant came, so no attempt times out from queueing:
+    ///
+    /// ```
+    /// use awaitkit::{Backoff, RateLimiter, RetryPolicy};
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let limiter = RateLimiter::new(50, Duration::from_secs(1));
+    /// let policy = RetryPolicy::new(3)
+    ///     .backoff(Backoff::none())
+    ///     .attempt_timeout(Duration::from_millis(500));
+    /// let out = awaitkit::process_batch(0..10u32, 4, |i| {
+    ///     policy.retry(move || async move { Ok::<_, ()>(i) }).rate_limit(&limiter)
+    /// })
+    /// .await;
+    /// assert_eq!(out.len(), 10);
+    /// # });
+    /// ```
     ///
     /// # Cancel safety
     ///
@@ -669,11 +943,123 @@ where
     pub fn completed(&self) -> usize {
         self.core.done
     }
+
+    /// Hands the outputs out as a [`Stream`], **in input order**, each as
+    /// soon as it and every earlier one have finished — `buffered(limit)`
+    /// over the calls, with the batch's limit, rate limit, progress and
+    /// fail-fast.
+    ///
+    /// The window counts the outputs waiting for an earlier item too: at
+    /// most `limit` items are between the oldest not yet handed out and the
+    /// newest started (as `futures::StreamExt::buffered` bounds them), so
+    /// memory stays `O(limit)` for any number of items and a slow consumer
+    /// slows the batch down. With [`fixed_batches`](Batch::fixed_batches),
+    /// the next group starts once the previous one was handed out.
+    ///
+    /// After [`fail_fast`](Batch::fail_fast) (the order of the two calls
+    /// does not matter), the first `Err` — in completion order — ends the
+    /// stream: every call in flight and every output waiting for an earlier
+    /// item is dropped, the `Err` is yielded, and then `None`.
+    ///
+    /// Call it last, after the other builder methods.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the stream drops every call in flight, every output not
+    /// handed out and the items not yet started, and gives back a
+    /// rate-limit grant it was waiting for. An output is handed out exactly
+    /// once: none is lost by dropping the stream between two `next`s.
+    ///
+    /// # Panics
+    ///
+    /// If the batch has already been polled. The stream's own polls panic
+    /// as the batch's do (see [`BatchOrdered`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let slow_first = |i: u64| async move {
+    ///     futures_timer::Delay::new(Duration::from_millis(if i == 0 { 20 } else { 1 })).await;
+    ///     i * 10
+    /// };
+    /// let out: Vec<u64> = awaitkit::process_batch(0..5, 3, slow_first).ordered().collect().await;
+    /// assert_eq!(out, [0, 10, 20, 30, 40]); // input order, although 0 finished last
+    /// # });
+    /// ```
+    #[track_caller]
+    pub fn ordered(self) -> BatchOrdered<'r, I, F, Fut, P, T, L, FF> {
+        BatchOrdered {
+            batch: self.into_stream(Out::Ordered, "ordered"),
+        }
+    }
+
+    /// Hands the outputs out as a [`Stream`] of `(input index, output)`,
+    /// **in completion order**, each as soon as it finished — aiometer's
+    /// `amap`, or `buffer_unordered(limit)` with indices, with the batch's
+    /// limit, rate limit, progress and fail-fast. A new item starts as soon
+    /// as a call finishes.
+    ///
+    /// After [`fail_fast`](Batch::fail_fast), the first `(index, Err(e))`
+    /// ends the stream: every call in flight is dropped, the error is
+    /// yielded with its index, and then `None`.
+    ///
+    /// Call it last, after the other builder methods.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the stream drops every call in flight and the items not yet
+    /// started, and gives back a rate-limit grant it was waiting for. Each
+    /// output is handed out exactly once, by the `next` that saw its call
+    /// finish.
+    ///
+    /// # Panics
+    ///
+    /// If the batch has already been polled. The stream's own polls panic
+    /// as the batch's do (see [`BatchUnordered`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// # futures::executor::block_on(async {
+    /// let mut done: Vec<(usize, char)> = awaitkit::process_batch("abc".chars(), 2, |c| async move {
+    ///     c.to_ascii_uppercase()
+    /// })
+    /// .unordered()
+    /// .collect()
+    /// .await;
+    /// done.sort();
+    /// assert_eq!(done, [(0, 'A'), (1, 'B'), (2, 'C')]);
+    /// # });
+    /// ```
+    #[track_caller]
+    pub fn unordered(self) -> BatchUnordered<'r, I, F, Fut, P, T, L, FF> {
+        BatchUnordered {
+            batch: self.into_stream(Out::Unordered, "unordered"),
+        }
+    }
+
+    /// Switches an unpolled batch to a stream output.
+    #[track_caller]
+    fn into_stream(mut self, out: Out, method: &str) -> Self {
+        let core = &mut self.core;
+        assert!(
+            core.next_key == 0 && !core.finished && !core.poisoned,
+            "`Batch::{method}` after the batch was polled"
+        );
+        core.out = out;
+        // The stream forms hold at most `limit` outputs.
+        core.results = VecDeque::new();
+        self
+    }
 }
 
 impl<'r, I, F, Fut, P, T, L, V, E> Batch<'r, I, F, Fut, P, T, L, false>
 where
-    I: Iterator,
+    I: BatchSource,
     Fut: Future<Output = Result<V, E>>,
     T: Timer,
     L: Timer,
@@ -713,27 +1099,79 @@ where
     }
 }
 
-impl<I: Iterator, F, Fut: Future> Core<I, F, Fut> {
-    /// Makes sure the next item is in `next_item`; `false` once the
-    /// iterator has run out.
-    fn peek(&mut self) -> bool {
-        peek(
+impl<I: BatchSource, F, Fut: Future> Core<I, F, Fut> {
+    /// Makes sure the next item is in `next_item`: `Ready(false)` once the
+    /// source has run out, `Pending` while a stream has none yet.
+    fn poll_peek(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        poll_peek(
             &mut self.items,
             &mut self.next_item,
             &mut self.total,
-            self.results.len(),
+            self.next_key,
+            cx,
         )
     }
 
+    /// The slots the window counts: calls in flight, plus (in input order)
+    /// outputs waiting for an earlier item to be handed out.
+    fn occupied(&self) -> usize {
+        match self.out {
+            Out::Ordered => self.results.len(),
+            Out::Collect | Out::Unordered => self.engine.running(),
+        }
+    }
+
+    /// In input order: the next output, if it has finished.
+    fn pop_head(&mut self) -> Option<(usize, Fut::Output)> {
+        if self.out != Out::Ordered || !matches!(self.results.front(), Some(Some(_))) {
+            return None;
+        }
+        let output = self.results.pop_front().flatten()?;
+        let key = self.base;
+        self.base += 1;
+        Some((key, output))
+    }
+
+    /// Whether nothing is left: no call in flight, no item pulled or to
+    /// pull, no output to hand out.
+    fn exhausted(&self) -> bool {
+        self.engine.running() == 0
+            && self.next_item.is_none()
+            && self.items.is_none()
+            && (self.out == Out::Collect || self.results.is_empty())
+    }
+
     /// The outputs, in input order.
-    fn take_results(&mut self) -> std::vec::IntoIter<Option<Fut::Output>> {
+    fn take_results(&mut self) -> std::collections::vec_deque::IntoIter<Option<Fut::Output>> {
         std::mem::take(&mut self.results).into_iter()
+    }
+
+    /// Items left to hand out by a stream: bounds, as
+    /// [`Stream::size_hint`]; `fail_fast` streams may stop early.
+    fn remaining_hint(&self, fail_fast: bool) -> (usize, Option<usize>) {
+        if self.finished {
+            return (0, Some(0));
+        }
+        let started = match self.out {
+            Out::Ordered => self.results.len(),
+            Out::Collect | Out::Unordered => self.engine.running(),
+        };
+        let known = started + usize::from(self.next_item.is_some());
+        let (lower, upper) = match self.items.as_ref() {
+            Some(items) => items.items_hint(),
+            None => (0, Some(0)),
+        };
+        let upper = upper.and_then(|u| u.checked_add(known));
+        if fail_fast {
+            return (0, upper);
+        }
+        (lower.saturating_add(known), upper)
     }
 }
 
 impl<I, F, Fut, P, T, L, const FF: bool> Batch<'_, I, F, Fut, P, T, L, FF>
 where
-    I: Iterator,
+    I: BatchSource,
     F: FnMut(I::Item) -> Fut,
     Fut: Future,
     P: FnMut(&Progress),
@@ -750,8 +1188,8 @@ where
     }
 
     /// Starts calls while the mode allows, a grant is at hand and items
-    /// remain. Returns how many started. When it stops for a grant or a
-    /// pause, `cx` is registered to be woken.
+    /// remain. Returns how many started. When it stops for an item (a
+    /// stream's), a grant or a pause, `cx` is registered to be woken.
     fn start(&mut self, cx: &mut Context<'_>) -> usize {
         let Batch {
             core,
@@ -760,10 +1198,13 @@ where
             ..
         } = self;
         let mut started = 0;
+        if core.finished {
+            return 0;
+        }
         loop {
             match core.mode {
                 Mode::Sliding => {
-                    if core.engine.running() >= core.limit {
+                    if core.occupied() >= core.limit {
                         break;
                     }
                 }
@@ -771,7 +1212,7 @@ where
                     if core.batch_left == 0 {
                         // The next batch starts when the whole previous one
                         // has finished, an item exists, and the pause is over.
-                        if core.engine.running() > 0 || !core.peek() {
+                        if core.occupied() > 0 || core.poll_peek(cx) != Poll::Ready(true) {
                             break;
                         }
                         if let (Some(pause), true) = (pause, core.batches > 0) {
@@ -789,7 +1230,7 @@ where
                     }
                 }
             }
-            if !core.peek() {
+            if core.poll_peek(cx) != Poll::Ready(true) {
                 break;
             }
             if let Some(rate) = rate.as_mut() {
@@ -802,8 +1243,11 @@ where
             }
             let item = core.next_item.take().expect("peeked above");
             let call = (core.f)(item);
-            let key = core.results.len();
-            core.results.push(None);
+            let key = core.next_key;
+            core.next_key += 1;
+            if core.out != Out::Unordered {
+                core.results.push_back(None);
+            }
             core.engine.push(call, key);
             if let Mode::Fixed { .. } = core.mode {
                 core.batch_left -= 1;
@@ -813,15 +1257,39 @@ where
         started
     }
 
+    /// Drops everything still running or waiting (fail-fast): the calls
+    /// first (a destructor may panic), then the items, outputs and grant.
+    fn abort(&mut self) {
+        let core = &mut self.core;
+        core.finished = true;
+        core.engine.clear();
+        if let Some(rate) = self.rate.as_mut() {
+            rate.grant = None;
+        }
+        core.items = None;
+        core.next_item = None;
+        core.results = VecDeque::new();
+        #[cfg(feature = "indicatif")]
+        if let Some(bar) = core.bar.as_ref() {
+            bar.abandon();
+        }
+    }
+
     /// One poll: start what may start, poll the woken calls once each,
-    /// start more in the freed slots. `Ready(None)` when every item is done;
-    /// `Ready(Some(output))` for an output `failed` picked (fail-fast), after
-    /// everything else was dropped.
+    /// start more in the freed slots.
+    ///
+    /// * `Ready(None)`: every item is done (and, for the streams, handed
+    ///   out).
+    /// * `Ready(Some(Event::Failed(..)))`: an output `failed` picked
+    ///   (fail-fast), after everything else was dropped.
+    /// * `Ready(Some(Event::Item(..)))` (streams only): the next output in
+    ///   the stream's order. The pass stops there; the woken calls it did
+    ///   not reach are polled in the next poll.
     fn poll_batch(
         &mut self,
         cx: &mut Context<'_>,
         failed: fn(&Fut::Output) -> bool,
-    ) -> Poll<Option<Fut::Output>> {
+    ) -> Poll<Option<Event<Fut::Output>>> {
         if self.core.started.is_none() && self.reports() {
             self.core.started = Some(self.pause.timer.now());
             #[cfg(feature = "indicatif")]
@@ -829,49 +1297,69 @@ where
                 bar.begin(self.core.total);
             }
         }
+        // In input order, an output may be waiting from an earlier pass:
+        // hand it out without polling anything (its slot frees for a start).
+        if let Some((key, output)) = self.core.pop_head() {
+            self.start(cx);
+            return Poll::Ready(Some(Event::Item(key, output)));
+        }
         self.start(cx);
         let reports = self.reports();
         let Batch {
             core,
             pause,
-            rate,
             on_progress,
+            ..
         } = self;
         let mut finished_any = false;
+        let mut item = None;
+        let mut failure = None;
         let mut pass = core.engine.pass(cx);
         while let Some(done) = pass.next() {
             pass.engine().release_slot(done.slot);
             if failed(&done.output) {
-                // Fail fast: drop everything else first (finished first: a
-                // destructor may panic).
-                core.finished = true;
-                pass.engine().clear();
-                if let Some(rate) = rate.as_mut() {
-                    rate.grant = None;
-                }
-                core.items = None;
-                core.next_item = None;
-                core.results = Vec::new();
-                #[cfg(feature = "indicatif")]
-                if let Some(bar) = core.bar.as_ref() {
-                    bar.abandon();
-                }
-                return Poll::Ready(Some(done.output));
+                failure = Some((done.key, done.output));
+                break;
             }
-            core.results[done.key] = Some(done.output);
             core.done += 1;
             finished_any = true;
+            let stop = match core.out {
+                Out::Collect => {
+                    core.results[done.key - core.base] = Some(done.output);
+                    false
+                }
+                Out::Ordered => {
+                    core.results[done.key - core.base] = Some(done.output);
+                    done.key == core.base
+                }
+                Out::Unordered => {
+                    item = Some((done.key, done.output));
+                    true
+                }
+            };
             if reports {
                 // A slot is free: learn whether items remain, so that the
-                // last reports know the total of an iterator without an
-                // exact size.
+                // last reports know the total of a source without an exact
+                // size.
+                // Only when an item could start now: a slot the window
+                // counts must be free (in input order, an output waiting
+                // for an earlier item still holds its slot).
                 let in_flight = pass.engine().running();
-                if core.total.is_none() && (core.mode == Mode::Sliding || in_flight == 0) {
-                    peek(
+                let occupied = match core.out {
+                    Out::Ordered => core.results.len(),
+                    Out::Collect | Out::Unordered => in_flight,
+                };
+                let free = match core.mode {
+                    Mode::Sliding => occupied < core.limit,
+                    Mode::Fixed { .. } => occupied == 0,
+                };
+                if core.total.is_none() && free {
+                    let _ = poll_peek(
                         &mut core.items,
                         &mut core.next_item,
                         &mut core.total,
-                        core.results.len(),
+                        core.next_key,
+                        pass.cx(),
                     );
                 }
                 let elapsed = match core.started {
@@ -887,15 +1375,31 @@ where
                     callback(&progress);
                 }
             }
+            if stop {
+                break;
+            }
         }
-        // (The pass ends here.) Calls started now are first polled on the
-        // next poll, this one has polled its share: ask for it.
+        // (The pass ends here.)
+        if let Some((key, output)) = failure {
+            // Fail fast: drop everything else first.
+            self.abort();
+            return Poll::Ready(Some(Event::Failed(key, output)));
+        }
+        let out = item.or_else(|| self.core.pop_head());
+        if let Some((key, output)) = out {
+            // Calls started now are first polled on the next poll, which
+            // the stream's consumer makes.
+            self.start(cx);
+            return Poll::Ready(Some(Event::Item(key, output)));
+        }
+        // Calls started now are first polled on the next poll, this one has
+        // polled its share: ask for it.
         if finished_any && self.start(cx) > 0 {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
         let core = &mut self.core;
-        if core.engine.running() == 0 && core.next_item.is_none() && core.items.is_none() {
+        if core.exhausted() {
             core.finished = true;
             #[cfg(feature = "indicatif")]
             if let Some(bar) = core.bar.as_ref() {
@@ -907,19 +1411,30 @@ where
     }
 
     /// Runs [`poll_batch`](Self::poll_batch) under the completion and
-    /// poison checks.
+    /// poison checks (a finished stream keeps returning `None`).
     fn poll_guarded(
         &mut self,
         cx: &mut Context<'_>,
         failed: fn(&Fut::Output) -> bool,
-    ) -> Poll<Option<Fut::Output>> {
+    ) -> Poll<Option<Event<Fut::Output>>> {
         // The panic check first: a destructor run after completion was
         // recorded (fail-fast) may be what unwound.
+        let what = match self.core.out {
+            Out::Collect => "Batch",
+            Out::Ordered => "BatchOrdered",
+            Out::Unordered => "BatchUnordered",
+        };
         assert!(
             !self.core.poisoned,
-            "`Batch` polled after a panic in one of its futures or callbacks"
+            "`{what}` polled after a panic in one of its futures or callbacks"
         );
-        assert!(!self.core.finished, "`Batch` polled after completion");
+        if self.core.finished {
+            assert!(
+                self.core.out != Out::Collect,
+                "`Batch` polled after completion"
+            );
+            return Poll::Ready(None);
+        }
         self.core.poisoned = true;
         let out = self.poll_batch(cx, failed);
         self.core.poisoned = false;
@@ -929,7 +1444,7 @@ where
 
 impl<I, F, Fut, P, T, L> Future for Batch<'_, I, F, Fut, P, T, L, false>
 where
-    I: Iterator,
+    I: BatchSource,
     F: FnMut(I::Item) -> Fut,
     Fut: Future,
     P: FnMut(&Progress),
@@ -954,7 +1469,7 @@ where
 
 impl<I, F, Fut, P, T, L, V, E> Future for Batch<'_, I, F, Fut, P, T, L, true>
 where
-    I: Iterator,
+    I: BatchSource,
     F: FnMut(I::Item) -> Fut,
     Fut: Future<Output = Result<V, E>>,
     P: FnMut(&Progress),
@@ -966,7 +1481,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         match this.poll_guarded(cx, Result::is_err) {
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Err(e)),
+            Poll::Ready(Some(Event::Failed(_, Err(e)))) => Poll::Ready(Err(e)),
             Poll::Ready(_) => Poll::Ready(Ok(this
                 .core
                 .take_results()
@@ -983,7 +1498,7 @@ where
 /// Terminated once it has returned its output (polling it again panics).
 impl<I, F, Fut, P, T, L> futures_core::FusedFuture for Batch<'_, I, F, Fut, P, T, L, false>
 where
-    I: Iterator,
+    I: BatchSource,
     F: FnMut(I::Item) -> Fut,
     Fut: Future,
     P: FnMut(&Progress),
@@ -998,7 +1513,7 @@ where
 /// Terminated once it has returned its output (polling it again panics).
 impl<I, F, Fut, P, T, L, V, E> futures_core::FusedFuture for Batch<'_, I, F, Fut, P, T, L, true>
 where
-    I: Iterator,
+    I: BatchSource,
     F: FnMut(I::Item) -> Fut,
     Fut: Future<Output = Result<V, E>>,
     P: FnMut(&Progress),
@@ -1010,9 +1525,272 @@ where
     }
 }
 
+impl<O> Event<O> {
+    fn into_parts(self) -> (usize, O) {
+        match self {
+            Event::Item(key, output) | Event::Failed(key, output) => (key, output),
+        }
+    }
+}
+
+/// Defines a batch stream type: the struct, its accessors, `Stream` (settled
+/// and fail-fast), `FusedStream` and `Debug`.
+macro_rules! batch_stream {
+    (
+        $(#[$doc:meta])*
+        $name:ident, $method:literal, $item:ty, |$key:ident, $output:ident| $map:expr
+    ) => {
+        $(#[$doc])*
+        #[must_use = "streams do nothing unless polled"]
+        pub struct $name<
+            'r,
+            I,
+            F,
+            Fut,
+            P = fn(&Progress),
+            T = DefaultTimer,
+            L = DefaultTimer,
+            const FAIL_FAST: bool = false,
+        > where
+            I: BatchSource,
+            Fut: Future,
+            T: Timer,
+            L: Timer,
+        {
+            batch: Batch<'r, I, F, Fut, P, T, L, FAIL_FAST>,
+        }
+
+        impl<I, F, Fut, P, T, L, const FF: bool> $name<'_, I, F, Fut, P, T, L, FF>
+        where
+            I: BatchSource,
+            Fut: Future,
+            T: Timer,
+            L: Timer,
+        {
+            /// The concurrency limit.
+            ///
+            /// # Examples
+            ///
+            /// ```
+            #[doc = concat!("let s = awaitkit::process_batch(0..3, 2, |i| async move { i }).", $method, "();")]
+            /// assert_eq!(s.limit(), 2);
+            /// ```
+            pub fn limit(&self) -> usize {
+                self.batch.limit()
+            }
+
+            /// How many calls are in flight.
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// use futures::StreamExt;
+            #[doc = concat!("let mut s = awaitkit::process_batch(0..5, 2, |_| futures::future::pending::<()>()).", $method, "();")]
+            /// assert!(s.next().now_or_never().is_none());
+            /// assert_eq!(s.in_flight(), 2);
+            /// # use futures::FutureExt;
+            /// ```
+            pub fn in_flight(&self) -> usize {
+                self.batch.in_flight()
+            }
+
+            /// How many calls have finished (handed out or not).
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// use futures::StreamExt;
+            /// # futures::executor::block_on(async {
+            #[doc = concat!("let mut s = awaitkit::process_batch(0..5, 2, |i| async move { i }).", $method, "();")]
+            /// s.next().await;
+            /// assert!(s.completed() >= 1);
+            /// # });
+            /// ```
+            pub fn completed(&self) -> usize {
+                self.batch.completed()
+            }
+        }
+
+        impl<I, F, Fut, P, T, L> Stream for $name<'_, I, F, Fut, P, T, L, false>
+        where
+            I: BatchSource,
+            F: FnMut(I::Item) -> Fut,
+            Fut: Future,
+            P: FnMut(&Progress),
+            T: Timer,
+            L: Timer,
+        {
+            type Item = $item;
+
+            fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+                self.get_mut()
+                    .batch
+                    .poll_guarded(cx, |_| false)
+                    .map(|event| {
+                        event.map(|event| {
+                            let ($key, $output) = event.into_parts();
+                            $map
+                        })
+                    })
+            }
+
+            fn size_hint(&self) -> (usize, Option<usize>) {
+                self.batch.core.remaining_hint(false)
+            }
+        }
+
+        impl<I, F, Fut, P, T, L, V, E> Stream for $name<'_, I, F, Fut, P, T, L, true>
+        where
+            I: BatchSource,
+            F: FnMut(I::Item) -> Fut,
+            Fut: Future<Output = Result<V, E>>,
+            P: FnMut(&Progress),
+            T: Timer,
+            L: Timer,
+        {
+            type Item = $item;
+
+            fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+                self.get_mut()
+                    .batch
+                    .poll_guarded(cx, Result::is_err)
+                    .map(|event| {
+                        event.map(|event| {
+                            let ($key, $output) = event.into_parts();
+                            $map
+                        })
+                    })
+            }
+
+            fn size_hint(&self) -> (usize, Option<usize>) {
+                self.batch.core.remaining_hint(true)
+            }
+        }
+
+        impl<I, F, Fut, P, T, L, const FF: bool> FusedStream for $name<'_, I, F, Fut, P, T, L, FF>
+        where
+            Self: Stream,
+            I: BatchSource,
+            Fut: Future,
+            T: Timer,
+            L: Timer,
+        {
+            fn is_terminated(&self) -> bool {
+                self.batch.core.finished
+            }
+        }
+
+        impl<I, F, Fut, P, T, L, const FF: bool> fmt::Debug for $name<'_, I, F, Fut, P, T, L, FF>
+        where
+            I: BatchSource,
+            Fut: Future,
+            T: Timer,
+            L: Timer,
+        {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_tuple(stringify!($name)).field(&self.batch).finish()
+            }
+        }
+    };
+}
+
+batch_stream! {
+    /// Stream for [`Batch::ordered`]: the outputs in input order, each as
+    /// soon as it and every earlier one have finished.
+    ///
+    /// `Unpin`, a [`FusedStream`] (`None` forever once done), `Send`/`Sync`
+    /// when the source, items, closures, calls and outputs are. The type
+    /// parameters are [`Batch`]'s; `FAIL_FAST` is set by
+    /// [`fail_fast`](Batch::fail_fast): the first `Err` (in completion
+    /// order) is yielded, after every other call and every buffered output
+    /// was dropped, and ends the stream.
+    ///
+    /// Like the [`Batch`] future, it polls a call only after that call's
+    /// waker fired (or for its first poll) and each woken call at most once
+    /// per poll. A `next` that finds the next output already finished hands
+    /// it out without polling anything; otherwise it polls the woken calls
+    /// until the next output in order finishes (those it did not reach are
+    /// polled by the following `next`).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it drops every call in flight (each exactly once), every
+    /// output not yet handed out and the items not yet started, and gives
+    /// back a rate-limit grant it was waiting for.
+    ///
+    /// # Panics
+    ///
+    /// A panic in the source (an iterator's `next`, a stream's
+    /// `poll_next`), in `f`, in a call or in the progress callback
+    /// propagates out of `poll_next`; polling again after that panics.
+    /// Dropping it then drops what is left, each once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::BatchOrdered;
+    /// use futures::StreamExt;
+    /// # futures::executor::block_on(async {
+    /// let parse = |s: &'static str| async move { s.parse::<u8>() };
+    /// let mut stream: BatchOrdered<'_, _, _, _, _, _, _, true> =
+    ///     awaitkit::process_batch(["1", "2", "x", "4"], 1, parse).fail_fast().ordered();
+    /// assert_eq!(stream.next().await, Some(Ok(1)));
+    /// assert_eq!(stream.next().await, Some(Ok(2)));
+    /// assert!(matches!(stream.next().await, Some(Err(_))));
+    /// assert_eq!(stream.next().await, None); // "4" never started
+    /// # });
+    /// ```
+    BatchOrdered, "ordered", Fut::Output, |_key, output| output
+}
+
+batch_stream! {
+    /// Stream for [`Batch::unordered`]: `(input index, output)` in
+    /// completion order, each as soon as its call finished.
+    ///
+    /// `Unpin`, a [`FusedStream`] (`None` forever once done), `Send`/`Sync`
+    /// when the source, items, closures, calls and outputs are. The type
+    /// parameters are [`Batch`]'s; `FAIL_FAST` is set by
+    /// [`fail_fast`](Batch::fail_fast): the first `(index, Err(e))` is
+    /// yielded, after every other call was dropped, and ends the stream.
+    ///
+    /// Like the [`Batch`] future, it polls a call only after that call's
+    /// waker fired (or for its first poll) and each woken call at most once
+    /// per poll; a `next` stops at the first call that finishes, and the
+    /// woken calls it did not reach are polled by the following `next`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it drops every call in flight (each exactly once) and the
+    /// items not yet started, and gives back a rate-limit grant it was
+    /// waiting for.
+    ///
+    /// # Panics
+    ///
+    /// A panic in the source (an iterator's `next`, a stream's
+    /// `poll_next`), in `f`, in a call or in the progress callback
+    /// propagates out of `poll_next`; polling again after that panics.
+    /// Dropping it then drops what is left, each once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::BatchUnordered;
+    /// use futures::StreamExt;
+    /// # futures::executor::block_on(async {
+    /// let items = futures::stream::iter(vec![3u64, 1, 2]);
+    /// let stream: BatchUnordered<'_, _, _, _> =
+    ///     awaitkit::process_batch_stream(items, 3, |n| async move { n * n }).unordered();
+    /// let mut got: Vec<(usize, u64)> = stream.collect().await;
+    /// got.sort();
+    /// assert_eq!(got, [(0, 9), (1, 1), (2, 4)]);
+    /// # });
+    /// ```
+    BatchUnordered, "unordered", (usize, Fut::Output), |key, output| (key, output)
+}
+
 impl<I, F, Fut, P, T, L, const FF: bool> fmt::Debug for Batch<'_, I, F, Fut, P, T, L, FF>
 where
-    I: Iterator,
+    I: BatchSource,
     Fut: Future,
     T: Timer,
     L: Timer,

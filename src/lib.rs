@@ -30,6 +30,7 @@
 //! | at most N per period | `RateLimiter(max_calls, period)` | [`RateLimiter`], [`RateLimiter::limit`], [`KeyedRateLimiter`] |
 //! | a pool of connections | `AsyncDatabasePool`, `async with pool.acquire()` | [`Pool`], [`pool::Manager`] |
 //! | many items, at most N at a time, results in order, with progress | a semaphore-bounded `gather` over the items, `tqdm.asyncio` | [`process_batch`] |
+//! | …items from a stream, results as they finish (in order, or with their index) | `async for` over a queue, aiometer's `amap` | [`process_batch_stream`], [`Batch::ordered`], [`Batch::unordered`] |
 //! | tasks added while running, first error cancels the rest; background work | `asyncio.TaskGroup`, `create_task` | [`task_group`], [`task_group_local`] |
 //! | find the future that blocks the executor; per-child timings | asyncio debug mode (`slow_callback_duration`) | [`watch()`], [`WatchExt::watch`], [`watch::Report`] |
 //!
@@ -217,7 +218,10 @@ pub mod watch;
 pub use as_completed::{
     AsCompleted, AsCompletedIndexed, AsCompletedUntil, CompletionSet, TimedOut, as_completed,
 };
-pub use batch::{Batch, BatchConfigError, Progress, TryBatch, process_batch};
+pub use batch::{
+    Batch, BatchConfigError, BatchOrdered, BatchSource, BatchUnordered, Progress, StreamItems,
+    TryBatch, process_batch, process_batch_stream,
+};
 pub use engine::tuple::{GatherTuple, TryGatherTuple};
 pub use gather::{Gather, GatherSettled, Panicked, TryGather, gather, gather_settled, try_gather};
 #[doc(inline)]
@@ -228,8 +232,8 @@ pub use rate_limiter::{
     RateLimit, RateLimitError, RateLimiter,
 };
 pub use retry::{
-    AttemptError, Backoff, GaveUp, Retry, RetryConfigError, RetryError, RetryEvent, RetryOutput,
-    RetryPolicy,
+    AttemptError, AttemptGate, Backoff, GaveUp, Retry, RetryConfigError, RetryError, RetryEvent,
+    RetryOutput, RetryPolicy,
 };
 pub use semaphore::{
     Acquire, AcquireError, AcquireOwned, Limit, OwnedSemaphorePermit, PollSemaphore, Semaphore,

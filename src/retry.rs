@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+use crate::rate_limiter::{RateAcquire, RateLimiter};
 use crate::time::{BoxedDeadline, DefaultTimer, Timer, When};
 use crate::timeout::Elapsed;
 use std::fmt;
@@ -349,6 +350,13 @@ impl RetryPolicy {
     /// dropped (cancelled) and counts as a failure
     /// ([`AttemptError::TimedOut`]), which is always retryable.
     ///
+    /// The limit runs from the attempt's start: with
+    /// [`Retry::rate_limit`], from the moment its rate-limit grant came, so
+    /// queueing for the limiter never times an attempt out. A grant waited
+    /// for *inside* the operation's future (say
+    /// [`RateLimiter::limit`](crate::RateLimiter::limit)) is part of the
+    /// attempt and counts.
+    ///
     /// # Examples
     ///
     /// ```
@@ -427,6 +435,9 @@ impl RetryPolicy {
             attempts: 0,
             total_deadline: None,
             state: State::Start,
+            gate: (),
+            grant: None,
+            last: None,
             poisoned: false,
             rng: Rng::from_entropy(),
         }
@@ -681,8 +692,12 @@ pub struct RetryEvent<'a, E> {
 enum State {
     /// Before the first attempt (the total deadline is fixed here).
     Start,
-    /// Start the next attempt.
+    /// Start the next attempt (after the rate-limit grant, if any).
     Next,
+    /// Waiting for the rate-limit grant of the next attempt.
+    Gate,
+    /// Start the next attempt now.
+    Launch,
     /// An attempt is running.
     Attempt,
     /// Waiting out the backoff.
@@ -743,6 +758,7 @@ pub struct Retry<
     P = fn(&<Fut as RetryOutput>::Error) -> bool,
     H = for<'a> fn(&RetryEvent<'a, <Fut as RetryOutput>::Error>),
     T: Timer = DefaultTimer,
+    G: AttemptGate = (),
 > where
     Fut: RetryOutput,
 {
@@ -755,6 +771,14 @@ pub struct Retry<
     attempts: u32,
     total_deadline: Option<When>,
     state: State,
+    /// What each attempt waits for first: nothing (`()`), or a rate-limit
+    /// grant ([`Retry::rate_limit`]).
+    gate: G,
+    /// The grant being waited for.
+    grant: Option<G::Wait>,
+    /// With a gate: the last failure, reported if the total time limit
+    /// passes while the next attempt waits for its grant.
+    last: Option<G::Kept<Fut::Error>>,
     /// Set while a poll runs: a panic that unwinds out of it leaves it set,
     /// and the next poll refuses (see `# Panics`).
     poisoned: bool,
@@ -778,10 +802,175 @@ where
     type Error = E;
 }
 
-// The operation, hooks and timer are never pinned; the attempt is on the heap.
-impl<Op, Fut: RetryOutput, P, H, T: Timer> Unpin for Retry<Op, Fut, P, H, T> {}
+/// What a [`Retry`] waits for before each attempt: nothing (`()`, the
+/// default), or one grant of a [`RateLimiter`] (`&RateLimiter`, set by
+/// [`Retry::rate_limit`]). Sealed.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::{AttemptGate, RateLimiter};
+/// fn gated<G: AttemptGate>(_: &G) {}
+/// gated(&());
+/// gated(&&RateLimiter::new(5, std::time::Duration::from_secs(1)));
+/// ```
+pub trait AttemptGate: gate::Sealed {
+    /// The wait for one grant.
+    #[doc(hidden)]
+    type Wait: Future<Output = ()> + Unpin;
 
-impl<Op, Fut: RetryOutput, P, H, T: Timer> Retry<Op, Fut, P, H, T> {
+    /// How the last failure is kept while the next attempt waits for its
+    /// grant (nothing without a gate, so the retry's auto traits do not
+    /// depend on the error type then).
+    #[doc(hidden)]
+    type Kept<E>;
+
+    /// Keeps `failure` (or not, without a gate).
+    #[doc(hidden)]
+    fn keep<E>(failure: AttemptError<E>) -> Option<Self::Kept<E>>;
+
+    /// The failure kept by [`keep`](AttemptGate::keep).
+    #[doc(hidden)]
+    fn kept<E>(kept: Self::Kept<E>) -> AttemptError<E>;
+
+    /// A wait for the next attempt's grant; `None` when there is nothing
+    /// to wait for.
+    #[doc(hidden)]
+    fn wait(&self) -> Option<Self::Wait>;
+}
+
+mod gate {
+    pub trait Sealed {}
+    impl Sealed for () {}
+    impl<M: crate::Timer> Sealed for &crate::RateLimiter<M> {}
+}
+
+impl AttemptGate for () {
+    type Wait = std::future::Ready<()>;
+    type Kept<E> = std::convert::Infallible;
+
+    fn keep<E>(_: AttemptError<E>) -> Option<Self::Kept<E>> {
+        None
+    }
+
+    fn kept<E>(kept: Self::Kept<E>) -> AttemptError<E> {
+        match kept {}
+    }
+
+    fn wait(&self) -> Option<Self::Wait> {
+        None
+    }
+}
+
+impl<'a, M: Timer> AttemptGate for &'a RateLimiter<M> {
+    type Wait = RateAcquire<'a, M>;
+    type Kept<E> = AttemptError<E>;
+
+    fn keep<E>(failure: AttemptError<E>) -> Option<AttemptError<E>> {
+        Some(failure)
+    }
+
+    fn kept<E>(kept: AttemptError<E>) -> AttemptError<E> {
+        kept
+    }
+
+    fn wait(&self) -> Option<RateAcquire<'a, M>> {
+        Some(RateLimiter::acquire(self))
+    }
+}
+
+// The operation, hooks and timer are never pinned; the attempt is on the
+// heap, and the grant's wait is `Unpin`.
+impl<Op, Fut: RetryOutput, P, H, T: Timer, G: AttemptGate> Unpin for Retry<Op, Fut, P, H, T, G> {}
+
+impl<Op, Fut: RetryOutput, P, H, T: Timer> Retry<Op, Fut, P, H, T, ()> {
+    /// Takes one grant of `limiter` before **every** attempt — the first
+    /// and each retry, after its backoff — so that the attempts themselves,
+    /// not only the first calls, keep to the limiter's quota.
+    ///
+    /// The wait for the grant is **not** part of the attempt: the
+    /// [per-attempt timeout](RetryPolicy::attempt_timeout) starts once the
+    /// grant came, so an attempt is never cut off (and retried, or lost)
+    /// because it queued behind others for the limiter. The
+    /// [total timeout](RetryPolicy::total_timeout) does count the wait: if
+    /// it passes while an attempt waits for its grant, the retry gives up
+    /// ([`GaveUp::DeadlineReached`], with the last attempt's failure, or
+    /// [`AttemptError::TimedOut`] if none ran yet).
+    ///
+    /// Compare wrapping the operation's future in
+    /// [`RateLimiter::limit`]: there the grant is waited for *inside* the
+    /// attempt, and the attempt timeout counts the queueing too.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the retry while it waits for a grant gives its place back
+    /// to the limiter's next waiter.
+    ///
+    /// # Panics
+    ///
+    /// If the retry has already been polled.
+    ///
+    /// # Examples
+    ///
+    /// Five items in a batch, each retried, with every attempt (not only
+    /// each item's first) under one limiter of 20 per second:
+    ///
+    /// ```
+    /// use awaitkit::{Backoff, RateLimiter, RetryPolicy};
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let limiter = RateLimiter::new(20, Duration::from_secs(1));
+    /// let policy = RetryPolicy::new(3)
+    ///     .backoff(Backoff::none())
+    ///     .attempt_timeout(Duration::from_millis(500)); // the call's own time only
+    /// let calls = AtomicU32::new(0);
+    /// let fetch = |item: u32| {
+    ///     let calls = &calls;
+    ///     let mut tries = 0;
+    ///     policy
+    ///         .retry(move || {
+    ///             calls.fetch_add(1, Ordering::Relaxed);
+    ///             tries += 1;
+    ///             let ok = tries > 1; // every item fails once
+    ///             async move { if ok { Ok(item) } else { Err("busy") } }
+    ///         })
+    ///         .rate_limit(&limiter)
+    /// };
+    /// let out = awaitkit::process_batch(0..5, 5, fetch).await;
+    /// assert!(out.iter().all(Result::is_ok));
+    /// assert_eq!(calls.load(Ordering::Relaxed), 10); // each attempt took a grant
+    /// # });
+    /// ```
+    #[track_caller]
+    pub fn rate_limit<M: Timer>(
+        self,
+        limiter: &RateLimiter<M>,
+    ) -> Retry<Op, Fut, P, H, T, &RateLimiter<M>> {
+        assert!(
+            self.state == State::Start,
+            "`Retry::rate_limit` after the retry started"
+        );
+        Retry {
+            operation: self.operation,
+            policy: self.policy,
+            retry_if: self.retry_if,
+            on_retry: self.on_retry,
+            deadline: self.deadline,
+            attempt: self.attempt,
+            attempts: self.attempts,
+            total_deadline: self.total_deadline,
+            state: self.state,
+            gate: limiter,
+            grant: None,
+            last: None,
+            poisoned: self.poisoned,
+            rng: self.rng,
+        }
+    }
+}
+
+impl<Op, Fut: RetryOutput, P, H, T: Timer, G: AttemptGate> Retry<Op, Fut, P, H, T, G> {
     /// Retries only errors for which `retryable` returns `true`; any other
     /// error ends the retry at once ([`GaveUp::NotRetryable`]). Timed-out
     /// attempts are always retried. By default every error is retried.
@@ -789,7 +978,7 @@ impl<Op, Fut: RetryOutput, P, H, T: Timer> Retry<Op, Fut, P, H, T> {
     /// # Examples
     ///
     /// See [`Retry`].
-    pub fn retry_if<P2>(self, retryable: P2) -> Retry<Op, Fut, P2, H, T>
+    pub fn retry_if<P2>(self, retryable: P2) -> Retry<Op, Fut, P2, H, T, G>
     where
         P2: FnMut(&Fut::Error) -> bool,
     {
@@ -802,7 +991,7 @@ impl<Op, Fut: RetryOutput, P, H, T: Timer> Retry<Op, Fut, P, H, T> {
     /// # Examples
     ///
     /// See [`RetryEvent`].
-    pub fn on_retry<H2>(self, hook: H2) -> Retry<Op, Fut, P, H2, T>
+    pub fn on_retry<H2>(self, hook: H2) -> Retry<Op, Fut, P, H2, T, G>
     where
         H2: FnMut(&RetryEvent<'_, Fut::Error>),
     {
@@ -825,7 +1014,7 @@ impl<Op, Fut: RetryOutput, P, H, T: Timer> Retry<Op, Fut, P, H, T> {
     /// # });
     /// ```
     #[track_caller]
-    pub fn with_timer<U: Timer>(self, timer: U) -> Retry<Op, Fut, P, H, U> {
+    pub fn with_timer<U: Timer>(self, timer: U) -> Retry<Op, Fut, P, H, U, G> {
         assert!(
             self.state == State::Start,
             "`Retry::with_timer` after the retry started"
@@ -839,7 +1028,7 @@ impl<Op, Fut: RetryOutput, P, H, T: Timer> Retry<Op, Fut, P, H, T> {
     fn map_parts<P2, H2, U: Timer>(
         self,
         f: impl FnOnce(P, H, BoxedDeadline<T>) -> (P2, H2, BoxedDeadline<U>),
-    ) -> Retry<Op, Fut, P2, H2, U> {
+    ) -> Retry<Op, Fut, P2, H2, U, G> {
         let (retry_if, on_retry, deadline) = f(self.retry_if, self.on_retry, self.deadline);
         Retry {
             operation: self.operation,
@@ -851,6 +1040,9 @@ impl<Op, Fut: RetryOutput, P, H, T: Timer> Retry<Op, Fut, P, H, T> {
             attempts: self.attempts,
             total_deadline: self.total_deadline,
             state: self.state,
+            gate: self.gate,
+            grant: self.grant,
+            last: self.last,
             poisoned: self.poisoned,
             rng: self.rng,
         }
@@ -885,13 +1077,14 @@ impl<Op, Fut: RetryOutput, P, H, T: Timer> Retry<Op, Fut, P, H, T> {
     }
 }
 
-impl<Op, Fut, P, H, T> Future for Retry<Op, Fut, P, H, T>
+impl<Op, Fut, P, H, T, G> Future for Retry<Op, Fut, P, H, T, G>
 where
     Op: FnMut() -> Fut,
     Fut: RetryOutput,
     P: FnMut(&Fut::Error) -> bool,
     H: FnMut(&RetryEvent<'_, Fut::Error>),
     T: Timer,
+    G: AttemptGate,
 {
     type Output = Result<Fut::Ok, RetryError<Fut::Error>>;
 
@@ -910,26 +1103,28 @@ where
 }
 
 /// Terminated once it has returned its output (polling it again panics).
-impl<Op, Fut, P, H, T> futures_core::FusedFuture for Retry<Op, Fut, P, H, T>
+impl<Op, Fut, P, H, T, G> futures_core::FusedFuture for Retry<Op, Fut, P, H, T, G>
 where
     Op: FnMut() -> Fut,
     Fut: RetryOutput,
     P: FnMut(&Fut::Error) -> bool,
     H: FnMut(&RetryEvent<'_, Fut::Error>),
     T: Timer,
+    G: AttemptGate,
 {
     fn is_terminated(&self) -> bool {
         self.state == State::Done && !self.poisoned
     }
 }
 
-impl<Op, Fut, P, H, T> Retry<Op, Fut, P, H, T>
+impl<Op, Fut, P, H, T, G> Retry<Op, Fut, P, H, T, G>
 where
     Op: FnMut() -> Fut,
     Fut: RetryOutput,
     P: FnMut(&Fut::Error) -> bool,
     H: FnMut(&RetryEvent<'_, Fut::Error>),
     T: Timer,
+    G: AttemptGate,
 {
     /// The state machine of [`Retry::poll`] (which refuses polls after a
     /// panic and after completion).
@@ -949,6 +1144,44 @@ where
                     this.state = State::Next;
                 }
                 State::Next => {
+                    this.state = State::Launch;
+                    if let Some(wait) = this.gate.wait() {
+                        // The grant wait counts against the total limit
+                        // only, never against the attempt's.
+                        this.grant = Some(wait);
+                        this.state = State::Gate;
+                        this.deadline.restart(this.total_deadline);
+                    }
+                }
+                State::Gate => {
+                    let grant = this.grant.as_mut().expect("waiting for a grant");
+                    match Pin::new(grant).poll(cx) {
+                        Poll::Ready(()) => {
+                            this.grant = None;
+                            this.state = State::Launch;
+                        }
+                        Poll::Pending => match this.deadline.poll(cx) {
+                            Poll::Ready(()) => {
+                                // Out of time before the attempt could start:
+                                // the place in the limiter's queue goes back.
+                                this.grant = None;
+                                this.state = State::Done;
+                                let last = match this.last.take() {
+                                    Some(kept) => G::kept(kept),
+                                    None => AttemptError::TimedOut(Elapsed::new()),
+                                };
+                                return Poll::Ready(Err(RetryError {
+                                    attempts: this.attempts,
+                                    last,
+                                    reason: GaveUp::DeadlineReached,
+                                }));
+                            }
+                            Poll::Pending => return Poll::Pending,
+                        },
+                    }
+                }
+                State::Launch => {
+                    this.last = None;
                     // Counted once the operation has returned its future:
                     // an operation that panics starts no attempt.
                     let attempt = (this.operation)();
@@ -993,12 +1226,13 @@ where
     }
 }
 
-impl<Op, Fut, P, H, T> Retry<Op, Fut, P, H, T>
+impl<Op, Fut, P, H, T, G> Retry<Op, Fut, P, H, T, G>
 where
     Fut: RetryOutput,
     P: FnMut(&Fut::Error) -> bool,
     H: FnMut(&RetryEvent<'_, Fut::Error>),
     T: Timer,
+    G: AttemptGate,
 {
     /// The deadline of the attempt about to start: the per-attempt limit,
     /// capped by the total one.
@@ -1058,6 +1292,7 @@ where
             error: &failure,
             delay,
         });
+        self.last = G::keep(failure);
         if delay.is_zero() {
             self.state = State::Next;
         } else {
@@ -1068,7 +1303,9 @@ where
     }
 }
 
-impl<Op, Fut: RetryOutput, P, H, T: Timer> fmt::Debug for Retry<Op, Fut, P, H, T> {
+impl<Op, Fut: RetryOutput, P, H, T: Timer, G: AttemptGate> fmt::Debug
+    for Retry<Op, Fut, P, H, T, G>
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Retry")
             .field("policy", &self.policy)

@@ -535,6 +535,13 @@ mod retry {
         // `!Send` attempts make a `!Send` retry (it keeps one alive).
         let r = policy.retry(|| ready(Ok::<_, ()>(Rc::new(1u8))));
         assert_eq!(traits!(r), NEITHER);
+        // A `!Send` error that the attempt does not hold: the retry keeps
+        // no error between attempts unless it is rate-limited.
+        let r = policy.retry(|| async { Err::<u8, _>(Rc::new(1u8)) });
+        assert_eq!(traits!(r), ALL);
+        let limiter = awaitkit::RateLimiter::new(1, std::time::Duration::from_secs(1));
+        let r = policy.retry(|| ready(Ok::<u8, ()>(1))).rate_limit(&limiter);
+        assert_eq!(traits!(send_sync_unpin(r)), ALL);
         let r = policy
             .retry(|| ready(Err::<u8, u8>(1)))
             .retry_if(|_| true)

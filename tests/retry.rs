@@ -500,3 +500,248 @@ matrix! {
         assert_eq!(retry.attempts(), 1);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Rate-limited attempts (`Retry::rate_limit`)
+// ---------------------------------------------------------------------------
+
+mod rate_limited_attempts {
+    use super::*;
+    use awaitkit::RateLimiter;
+    use awaitkit::rate_limiter::Quota;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    /// Polls `f` to completion, moving `clock` to its next deadline
+    /// whenever it is pending.
+    fn run_on_clock<F: Future + Unpin>(f: &mut F, clock: &ManualClock) -> F::Output {
+        let waker = CountingWaker::new();
+        loop {
+            if let Poll::Ready(out) = poll(f, &waker) {
+                return out;
+            }
+            if let Some(at) = clock.next_deadline() {
+                clock.advance_to(at);
+            }
+        }
+    }
+
+    /// Five items in a batch, each needing two attempts, one limiter of 1
+    /// per second and an attempt timeout of 500 ms: with
+    /// `Retry::rate_limit`, every item succeeds (queueing for a grant never
+    /// times an attempt out) and attempts start at least 1 s apart. The
+    /// same setup with the grant waited for inside the attempt
+    /// (`RateLimiter::limit`) loses attempts to the timeout: the bug this
+    /// fixes.
+    #[test]
+    fn queueing_for_a_grant_never_times_an_attempt_out() {
+        for gated in [true, false] {
+            let clock = ManualClock::new();
+            let limiter =
+                RateLimiter::with_quota(Quota::window(1, SEC).unwrap()).with_timer(clock.clone());
+            let policy = RetryPolicy::new(2)
+                .backoff(Backoff::none())
+                .attempt_timeout(500 * MS);
+            let starts = Starts::default();
+            let timed_out = Counter::new();
+            let (limiter, c, s, t) = (&limiter, &clock, &starts, &timed_out);
+            let mut batch = awaitkit::process_batch(0..5u32, 5, move |item| {
+                let mut tries = 0;
+                let retry = policy
+                    .retry(move || {
+                        tries += 1;
+                        let ok = tries == 2;
+                        let attempt = async move {
+                            s.record(c);
+                            if ok { Ok(item) } else { Err("busy") }
+                        };
+                        if gated {
+                            futures::future::Either::Left(attempt)
+                        } else {
+                            futures::future::Either::Right(limiter.limit(attempt))
+                        }
+                    })
+                    .on_retry(move |ev| {
+                        if matches!(ev.error, AttemptError::TimedOut(_)) {
+                            t.inc();
+                        }
+                    })
+                    .with_timer(c.clone());
+                if gated {
+                    futures::future::Either::Left(retry.rate_limit(limiter))
+                } else {
+                    futures::future::Either::Right(retry)
+                }
+            });
+            let out = run_on_clock(&mut batch, &clock);
+            if !gated {
+                assert!(
+                    timed_out.get() > 0 && out.iter().any(Result::is_err),
+                    "without the gate, queueing times attempts out"
+                );
+                continue;
+            }
+            assert_eq!(out, (0..5).map(Ok).collect::<Vec<_>>());
+            assert_eq!(timed_out.get(), 0, "no attempt timed out");
+            let starts = starts.get();
+            assert_eq!(starts.len(), 10, "two attempts per item");
+            assert!(
+                starts.windows(2).all(|w| w[1] - w[0] >= SEC),
+                "attempts at least 1 s apart: {starts:?}"
+            );
+            assert_eq!(starts, (0..10).map(|s| s * SEC).collect::<Vec<_>>());
+            assert_eq!(limiter.waiting(), 0);
+        }
+    }
+
+    /// The attempt timeout still applies to the attempt's own time: an
+    /// attempt that hangs is cut off 500 ms after its grant came, not 500
+    /// ms after it began to wait for it.
+    #[test]
+    fn a_hanging_attempt_still_times_out_after_its_own_time() {
+        let clock = ManualClock::new();
+        let limiter =
+            RateLimiter::with_quota(Quota::window(1, SEC).unwrap()).with_timer(clock.clone());
+        limiter.try_acquire().unwrap(); // the next grant comes at 1 s
+        let tracker = Tracker::new();
+        let starts = Starts::default();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let (t, c, s, e, c2) = (
+            tracker.clone(),
+            clock.clone(),
+            starts.clone(),
+            events.clone(),
+            clock.clone(),
+        );
+        let mut tries = 0;
+        let mut retry = RetryPolicy::new(3)
+            .backoff(Backoff::none())
+            .attempt_timeout(500 * MS)
+            .retry(move || {
+                tries += 1;
+                s.record(&c);
+                let (token, hang) = (t.token(), tries == 1);
+                async move {
+                    let _token = token;
+                    if hang {
+                        pending::<()>().await;
+                    }
+                    Ok::<_, ()>(tries)
+                }
+            })
+            .on_retry(move |ev| {
+                let timed_out = matches!(ev.error, AttemptError::TimedOut(_));
+                e.lock().unwrap().push((c2.elapsed(), timed_out));
+            })
+            .rate_limit(&limiter)
+            .with_timer(clock.clone());
+        let waker = CountingWaker::new();
+        assert!(poll(&mut retry, &waker).is_pending());
+        assert_eq!(
+            (retry.attempts(), limiter.waiting()),
+            (0, 1),
+            "waiting for the grant"
+        );
+        clock.advance(999 * MS);
+        assert!(poll(&mut retry, &waker).is_pending());
+        assert_eq!(retry.attempts(), 0);
+        clock.advance(MS);
+        assert!(poll(&mut retry, &waker).is_pending());
+        assert_eq!(
+            (retry.attempts(), tracker.live()),
+            (1, 1),
+            "the attempt started at 1 s"
+        );
+        clock.advance(499 * MS);
+        assert!(poll(&mut retry, &waker).is_pending());
+        assert_eq!(tracker.live(), 1, "not timed out before its own 500 ms");
+        clock.advance(MS);
+        assert!(poll(&mut retry, &waker).is_pending());
+        assert_eq!(tracker.live(), 0, "timed out at 1.5 s and dropped");
+        assert_eq!(*events.lock().unwrap(), [(1500 * MS, true)]);
+        // The retry waits for the next grant, at 2 s.
+        clock.advance(499 * MS);
+        assert!(poll(&mut retry, &waker).is_pending());
+        assert_eq!(retry.attempts(), 1);
+        clock.advance(MS);
+        assert_eq!(poll(&mut retry, &waker), Poll::Ready(Ok(2)));
+        assert_eq!(starts.get(), [1000 * MS, 2000 * MS]);
+    }
+
+    /// The total timeout counts the wait for a grant: out of time while
+    /// waiting, the retry gives up with the last failure and gives its
+    /// place in the limiter's queue back.
+    #[test]
+    fn the_total_timeout_counts_the_grant_wait() {
+        let clock = ManualClock::new();
+        let limiter =
+            RateLimiter::with_quota(Quota::window(1, SEC).unwrap()).with_timer(clock.clone());
+        let mut retry = RetryPolicy::new(5)
+            .backoff(Backoff::none())
+            .total_timeout(1500 * MS)
+            .retry(|| async { Err::<(), _>("down") })
+            .rate_limit(&limiter)
+            .with_timer(clock.clone());
+        let waker = CountingWaker::new();
+        // Attempt 1 at 0 s fails; attempt 2 at 1 s fails; attempt 3 would
+        // get its grant at 2 s, past the 1.5 s limit.
+        let err = match run_on_clock(&mut retry, &clock) {
+            Err(err) => err,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((err.attempts(), err.reason()), (2, GaveUp::DeadlineReached));
+        assert_eq!(
+            err.last_error(),
+            Some(&"down"),
+            "the last attempt's failure"
+        );
+        assert_eq!(clock.elapsed(), 1500 * MS);
+        assert_eq!(
+            limiter.waiting(),
+            0,
+            "the place in the queue was given back"
+        );
+        drop(waker);
+
+        // Out of time before any attempt: a timeout, zero attempts.
+        let clock = ManualClock::new();
+        let limiter =
+            RateLimiter::with_quota(Quota::window(1, SEC).unwrap()).with_timer(clock.clone());
+        limiter.try_acquire().unwrap();
+        let mut retry = RetryPolicy::new(5)
+            .total_timeout(300 * MS)
+            .retry(|| async { Ok::<_, ()>(()) })
+            .rate_limit(&limiter)
+            .with_timer(clock.clone());
+        let err = run_on_clock(&mut retry, &clock).unwrap_err();
+        assert_eq!((err.attempts(), err.reason()), (0, GaveUp::DeadlineReached));
+        assert!(matches!(err.last(), AttemptError::TimedOut(_)));
+        assert_eq!(limiter.waiting(), 0);
+    }
+
+    /// Dropping a retry that waits for its grant hands the place on.
+    #[test]
+    fn dropping_a_waiting_retry_gives_the_place_back() {
+        let clock = ManualClock::new();
+        let limiter =
+            RateLimiter::with_quota(Quota::window(1, SEC).unwrap()).with_timer(clock.clone());
+        limiter.try_acquire().unwrap();
+        let mut retry = RetryPolicy::new(2)
+            .retry(|| async { Ok::<_, ()>(()) })
+            .rate_limit(&limiter)
+            .with_timer(clock.clone());
+        assert!(poll(&mut retry, &CountingWaker::new()).is_pending());
+        assert_eq!(limiter.waiting(), 1);
+        drop(retry);
+        assert_eq!(limiter.waiting(), 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "`Retry::rate_limit` after the retry started")]
+    fn rate_limit_after_the_first_poll_panics() {
+        let limiter = RateLimiter::new(1, SEC);
+        let mut retry = RetryPolicy::new(2).retry(pending::<Result<(), ()>>);
+        let _ = poll(&mut retry, &CountingWaker::new());
+        drop(retry.rate_limit(&limiter));
+    }
+}

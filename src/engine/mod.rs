@@ -666,7 +666,7 @@ pub(crate) struct Pass<'a, 'b, F: Future> {
     refreshed: bool,
 }
 
-impl<F: Future> Pass<'_, '_, F> {
+impl<'b, F: Future> Pass<'_, 'b, F> {
     /// Polls woken children until one completes; `None` when every woken
     /// child was polled. After `None` the parent is sure to be woken when a
     /// child is.
@@ -752,6 +752,12 @@ impl<F: Future> Pass<'_, '_, F> {
     /// The engine, for bookkeeping between completions.
     pub(crate) fn engine(&mut self) -> &mut Engine<F> {
         self.engine
+    }
+
+    /// The parent's context, for polling something else of the parent's
+    /// between completions (a batch's item stream).
+    pub(crate) fn cx(&mut self) -> &mut Context<'b> {
+        self.cx
     }
 }
 
