@@ -337,8 +337,9 @@ impl Drop for TokioBox {
 
 #[cfg(feature = "tokio")]
 impl Armed {
-    /// A sleep until `deadline` for where this thread is now.
-    fn new(now: Instant, deadline: Instant, shared: bool) -> Armed {
+    /// A sleep until `deadline` for where this thread is now (the clock is
+    /// read only for futures-timer, which takes a duration).
+    fn new(deadline: Instant, shared: bool) -> Armed {
         match here() {
             Here::Timed(runtime) if !shared || keeps_running(&runtime) => Armed::Tokio {
                 sleep: TokioBox::new(TokioTimer.sleep_until(deadline)),
@@ -346,7 +347,7 @@ impl Armed {
                 task: tokio::task::try_id(),
             },
             here => Armed::Futures {
-                sleep: FuturesTimer.sleep_until_from(now, deadline),
+                sleep: FuturesTimer.sleep_until_from(DefaultTimer.now(), deadline),
                 runtime: here.runtime(),
             },
         }
@@ -417,7 +418,7 @@ impl DefaultSleep {
         if !armed.is_here() {
             // Moved: arm it here (the poll that follows registers the waker
             // with the new sleep).
-            self.armed = Some(Armed::new(DefaultTimer.now(), self.deadline, self.shared));
+            self.armed = Some(Armed::new(self.deadline, self.shared));
             return None;
         }
         if let Armed::Tokio { sleep, runtime, .. } = armed {
@@ -432,7 +433,7 @@ impl DefaultSleep {
                     return Some(Poll::Ready(()));
                 }
                 timer_shut_down(runtime.id());
-                self.armed = Some(Armed::new(DefaultTimer.now(), self.deadline, self.shared));
+                self.armed = Some(Armed::new(self.deadline, self.shared));
             }
         }
         None
@@ -447,7 +448,7 @@ impl Future for DefaultSleep {
         let this = self.get_mut();
         if this.armed.is_none() {
             // The first poll arms it, here.
-            this.armed = Some(Armed::new(DefaultTimer.now(), this.deadline, this.shared));
+            this.armed = Some(Armed::new(this.deadline, this.shared));
         } else if let Some(ready) = this.follow() {
             return ready;
         }
