@@ -74,6 +74,11 @@ use std::time::Instant;
 /// * [`now`](Timer::now) reads the clock of the runtime the caller is in:
 ///   one value used by two runtimes with paused clocks sees two clocks.
 ///   Keep one limiter per paused test runtime.
+/// * A rate limiter's timer armed in a current-thread runtime on real time
+///   stays on futures-timer if the test pauses the clock afterwards
+///   (`tokio::time::pause()` while a waiter is queued): pause before the
+///   limiter first waits, or build the runtime with `start_paused(true)`
+///   (what `#[tokio::test(start_paused = true)]` does).
 /// * A sleep first armed on a thread that is still inside the context of a
 ///   runtime that was shut down (a blocking task after
 ///   `shutdown_background`) panics as tokio's own sleeps do there.
