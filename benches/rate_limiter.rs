@@ -667,7 +667,10 @@ fn accuracy_entries() -> Vec<(&'static str, AccuracyFn)> {
         ("awaitkit_gcra", accuracy_run::<AwaitkitGcra>),
         ("governor", accuracy_run::<Governor>),
         ("leaky_bucket", accuracy_run::<LeakyBucket<true>>),
-        ("awaitkit_strict_tokio", accuracy_run::<AwaitkitTokio<false>>),
+        (
+            "awaitkit_strict_tokio",
+            accuracy_run::<AwaitkitTokio<false>>,
+        ),
         ("awaitkit_gcra_tokio", accuracy_run::<AwaitkitTokio<true>>),
     ]
 }
@@ -729,7 +732,7 @@ fn main() {
     let g = &mut group;
     bench_check::<AwaitkitStrict>(&settings, &cli, g, group_name, "awaitkit_strict");
     bench_check::<AwaitkitGcra>(&settings, &cli, g, group_name, "awaitkit_gcra");
-        let name = "awaitkit_strict_quanta";
+    let name = "awaitkit_strict_quanta";
     bench_check::<AwaitkitQuanta<false>>(&settings, &cli, g, group_name, name);
     let name = "awaitkit_gcra_quanta";
     bench_check::<AwaitkitQuanta<true>>(&settings, &cli, g, group_name, name);
