@@ -1,8 +1,8 @@
 //! A guided, timed tour of awaitkit's patterns.
 //!
-//! Run it with `cargo run --all-features --example tour`. It walks
-//! through asyncio's concurrency patterns one section at a time and prints
-//! what each pattern does and how long it took. It runs on `futures::executor` — the
+//! Run it with `cargo run --all-features --example tour`. It walks through
+//! asyncio's concurrency patterns one section at a time and prints what each
+//! pattern does and how long it took. It runs on `futures::executor` — the
 //! same code runs unchanged on tokio or smol.
 
 #[path = "common/sqlite.rs"]
