@@ -396,13 +396,14 @@ fn main() {
             most.set(most.get().max(p.in_flight + 1));
             let total = p.total.unwrap_or(0);
             let finished = p.done == total;
+            // No ETA once everything is done.
             let eta = if finished {
-                "done".to_owned()
+                String::new()
             } else {
-                format!("ETA {:.2?}", p.eta.unwrap_or_default())
+                format!(", ETA {:.2?}", p.eta.unwrap_or_default())
             };
             let line = format!(
-                "{:>4}/{total} done, {:>4.0}/s, {eta}, {:.2?} elapsed",
+                "{:>4}/{total} done, {:>4.0}/s{eta}, {:.2?} elapsed",
                 p.done,
                 p.rate.unwrap_or(0.0),
                 p.elapsed
