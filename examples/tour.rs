@@ -345,7 +345,7 @@ fn main() {
         let pool = awaitkit::Pool::new(sqlite::Sqlite { path: path.clone() }, 3);
         sqlite::create_schema(&pool).await.expect("the schema");
         let start = Instant::now();
-        // Three connections held at once (the gather resolves only when all
+        // Three connections held at once (`try_gather` resolves only when all
         // three gets have one), so the pool opens three even on a cold start.
         let conns = awaitkit::try_gather((0..3).map(|_| pool.get()))
             .await
@@ -396,6 +396,14 @@ fn main() {
             most.set(most.get().max(p.in_flight + 1));
             let total = p.total.unwrap_or(0);
             let finished = p.done == total;
+            let due = if live {
+                p.done % 50 == 0 || finished
+            } else {
+                p.done * 4 % total.max(1) == 0
+            };
+            if !due {
+                return;
+            }
             // No ETA once everything is done.
             let eta = if finished {
                 String::new()
@@ -409,11 +417,9 @@ fn main() {
                 p.elapsed
             );
             if live {
-                if p.done % 50 == 0 || finished {
-                    print!("\r   {line:<60}");
-                    let _ = std::io::stdout().flush();
-                }
-            } else if p.done * 4 % total.max(1) == 0 {
+                print!("\r   {line:<60}");
+                let _ = std::io::stdout().flush();
+            } else {
                 println!("   {line}");
             }
         })
