@@ -51,7 +51,7 @@
 //! The run writes its own marker, `<criterion dir>/awaitkit-bench-run-batch.txt`.
 //!
 //! Regenerate the report:
-//! `AWAITKIT_BENCH_QUICK=1 cargo bench --bench batch && python3 scripts/bench_table.py > docs/benchmarks.md`
+//! `AWAITKIT_BENCH_QUICK=1 cargo bench -p awaitkit-benches --bench batch && python3 scripts/bench_table.py > docs/benchmarks.md`
 
 mod common;
 

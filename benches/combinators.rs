@@ -47,7 +47,7 @@
 //! N >= 10 000 uses flat sampling with 10 samples.
 //!
 //! Regenerate the report:
-//! `AWAITKIT_BENCH_QUICK=1 cargo bench --bench combinators && python3 scripts/bench_table.py > docs/benchmarks.md`
+//! `AWAITKIT_BENCH_QUICK=1 cargo bench -p awaitkit-benches --bench combinators && python3 scripts/bench_table.py > docs/benchmarks.md`
 
 mod common;
 

@@ -81,7 +81,7 @@
 //! vice versa).
 //!
 //! Regenerate the report:
-//! `AWAITKIT_BENCH_QUICK=1 cargo bench --bench pool && python3 scripts/bench_table.py > docs/benchmarks.md`
+//! `AWAITKIT_BENCH_QUICK=1 cargo bench -p awaitkit-benches --bench pool && python3 scripts/bench_table.py > docs/benchmarks.md`
 
 mod common;
 

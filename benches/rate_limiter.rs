@@ -61,9 +61,8 @@
 //!   - `governor`: `Quota::per_second(1000)` (burst 1 000), `until_ready()`;
 //!   - `leaky_bucket`: `initial(1000).max(1000).refill(1).interval(1 ms)`,
 //!     fair (the default), `acquire_one()`;
-//!   - with `--features tokio`, also `awaitkit_strict_tokio` and
-//!     `awaitkit_gcra_tokio`: the same quotas on `TokioTimer`
-//!     (`RateLimiter::with_timer`).
+//!   - `awaitkit_strict_tokio` and `awaitkit_gcra_tokio`: the same quotas
+//!     on `TokioTimer` (`RateLimiter::with_timer`).
 //!
 //!   Each run records the wall time from the first grant to the last (ideal:
 //!   1 000 ms for every limiter — the 2 000th grant is due one period after
@@ -91,15 +90,15 @@
 //! * quick: `AWAITKIT_BENCH_QUICK=1`: sample size 10, warm-up 200 ms,
 //!   measurement 1 s; 1 accuracy run per limiter.
 //!
-//! A quick pass takes about 15 s, a full one under a minute (43 s with
-//! `--features tokio`), plus the build.
+//! A quick pass takes under half a minute, a full one under a minute (43 s with the
+//! `TokioTimer` rows), plus the build.
 //!
 //! The run writes its own marker,
 //! `<criterion dir>/awaitkit-bench-run-rate-limiter.txt`, so running this
 //! bench does not mark the other benches' results stale (and vice versa).
 //!
 //! Regenerate the report:
-//! `AWAITKIT_BENCH_QUICK=1 cargo bench --bench rate_limiter && python3 scripts/bench_table.py > docs/benchmarks.md`
+//! `AWAITKIT_BENCH_QUICK=1 cargo bench -p awaitkit-benches --bench rate_limiter && python3 scripts/bench_table.py > docs/benchmarks.md`
 
 mod common;
 
@@ -227,12 +226,10 @@ impl<const GCRA: bool> Checker for Awaitkit<GCRA> {
     }
 }
 
-/// The awaitkit limiters on `QuantaTimer` (feature `quanta`): the same
+/// The awaitkit limiters on `QuantaTimer` (awaitkit's feature `quanta`): the same
 /// clock as governor's default (quanta's time-stamp counter).
-#[cfg(feature = "quanta")]
 struct AwaitkitQuanta<const GCRA: bool>;
 
-#[cfg(feature = "quanta")]
 impl<const GCRA: bool> Checker for AwaitkitQuanta<GCRA> {
     type Limiter = awaitkit::RateLimiter<awaitkit::time::QuantaTimer>;
 
@@ -451,10 +448,8 @@ impl<const GCRA: bool> Awaited for Awaitkit<GCRA> {
 }
 
 /// awaitkit on `TokioTimer` (`RateLimiter::with_timer`), window or GCRA.
-#[cfg(feature = "tokio")]
 struct AwaitkitTokio<const GCRA: bool>;
 
-#[cfg(feature = "tokio")]
 impl<const GCRA: bool> Awaited for AwaitkitTokio<GCRA> {
     type Limiter = awaitkit::RateLimiter<awaitkit::time::TokioTimer>;
 
@@ -668,22 +663,17 @@ type AccuracyFn = fn() -> Vec<Instant>;
 
 /// The accuracy group's functions: criterion-style id and one run.
 fn accuracy_entries() -> Vec<(&'static str, AccuracyFn)> {
-    #[allow(unused_mut)]
-    let mut entries: Vec<(&'static str, AccuracyFn)> = vec![
+    vec![
         ("awaitkit_strict", accuracy_run::<AwaitkitStrict>),
         ("awaitkit_gcra", accuracy_run::<AwaitkitGcra>),
         ("governor", accuracy_run::<Governor>),
         ("leaky_bucket", accuracy_run::<LeakyBucket<true>>),
-    ];
-    #[cfg(feature = "tokio")]
-    entries.extend([
         (
             "awaitkit_strict_tokio",
-            accuracy_run::<AwaitkitTokio<false>> as AccuracyFn,
+            accuracy_run::<AwaitkitTokio<false>>,
         ),
         ("awaitkit_gcra_tokio", accuracy_run::<AwaitkitTokio<true>>),
-    ]);
-    entries
+    ]
 }
 
 fn accuracy_group(settings: &Settings, cli: &Cli) {
@@ -743,13 +733,10 @@ fn main() {
     let g = &mut group;
     bench_check::<AwaitkitStrict>(&settings, &cli, g, group_name, "awaitkit_strict");
     bench_check::<AwaitkitGcra>(&settings, &cli, g, group_name, "awaitkit_gcra");
-    #[cfg(feature = "quanta")]
-    {
-        let name = "awaitkit_strict_quanta";
-        bench_check::<AwaitkitQuanta<false>>(&settings, &cli, g, group_name, name);
-        let name = "awaitkit_gcra_quanta";
-        bench_check::<AwaitkitQuanta<true>>(&settings, &cli, g, group_name, name);
-    }
+    let name = "awaitkit_strict_quanta";
+    bench_check::<AwaitkitQuanta<false>>(&settings, &cli, g, group_name, name);
+    let name = "awaitkit_gcra_quanta";
+    bench_check::<AwaitkitQuanta<true>>(&settings, &cli, g, group_name, name);
     bench_check::<Governor>(&settings, &cli, g, group_name, "governor");
     bench_check::<GovernorStd>(&settings, &cli, g, group_name, "governor_std");
     bench_check::<LeakyBucket<true>>(&settings, &cli, g, group_name, "leaky_bucket_fair");

@@ -83,7 +83,7 @@
 //! does not mark the other benches' results stale (and vice versa).
 //!
 //! Regenerate the report:
-//! `AWAITKIT_BENCH_QUICK=1 cargo bench --bench semaphore && python3 scripts/bench_table.py > docs/benchmarks.md`
+//! `AWAITKIT_BENCH_QUICK=1 cargo bench -p awaitkit-benches --bench semaphore && python3 scripts/bench_table.py > docs/benchmarks.md`
 
 mod common;
 

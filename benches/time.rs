@@ -67,7 +67,7 @@
 //! bench does not mark the other's results stale.
 //!
 //! Regenerate the report:
-//! `AWAITKIT_BENCH_QUICK=1 cargo bench --bench time --features tokio,async-io && python3 scripts/bench_table.py > docs/benchmarks.md`
+//! `AWAITKIT_BENCH_QUICK=1 cargo bench -p awaitkit-benches --bench time && python3 scripts/bench_table.py > docs/benchmarks.md`
 
 use awaitkit::time::{AsyncIoTimer, TokioTimer};
 mod common;

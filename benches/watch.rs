@@ -28,7 +28,7 @@
 //! marker `<criterion dir>/awaitkit-bench-run-watch.txt`.
 //!
 //! Regenerate the report section:
-//! `cargo bench --bench watch && python3 scripts/bench_table.py > docs/benchmarks.md`
+//! `cargo bench -p awaitkit-benches --bench watch && python3 scripts/bench_table.py > docs/benchmarks.md`
 
 mod common;
 

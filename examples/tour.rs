@@ -1,7 +1,7 @@
 //! A guided, timed tour of awaitkit's patterns.
 //!
-//! Run it with `cargo run --release --example tour`. It follows the asyncio
-//! guide the crate is modelled on, section by section, and prints what each
+//! Run it with `cargo run --all-features --example tour`. It walks through
+//! asyncio's concurrency patterns one section at a time and prints what each
 //! pattern does and how long it took. It runs on `futures::executor` — the
 //! same code runs unchanged on tokio or smol.
 
@@ -255,7 +255,7 @@ fn main() {
             async move {
                 Delay::new(ms(20)).await;
                 if n < 4 {
-                    Err(format!("503 Service Unavailable (attempt {n})"))
+                    Err("503 Service Unavailable")
                 } else {
                     Ok("200 OK")
                 }
@@ -345,13 +345,26 @@ fn main() {
         let pool = awaitkit::Pool::new(sqlite::Sqlite { path: path.clone() }, 3);
         sqlite::create_schema(&pool).await.expect("the schema");
         let start = Instant::now();
-        let users = awaitkit::gather((1..=3).map(|id| sqlite::fetch_user(&pool, id))).await;
+        // Three connections held at once (`try_gather` resolves only when all
+        // three gets have one), so the pool opens three even on a cold start.
+        let conns = awaitkit::try_gather((0..3).map(|_| pool.get()))
+            .await
+            .expect("three pooled connections");
+        let queries = conns.iter().zip(1..=3i64).map(|(conn, id)| {
+            sqlite::with_conn(conn, move |c| {
+                c.query_row("SELECT id, name FROM users WHERE id = ?1", [id], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                })
+            })
+        });
+        let users = awaitkit::try_gather(queries).await.expect("the queries");
+        drop(conns);
         for (id, name) in &users {
             println!("   user {id}: {name}");
         }
         let status = pool.status();
         println!(
-            "   {:.2?}: 3 queries (blocking SQLite calls on the `blocking` thread pool); pool size {}, idle {}",
+            "   {:.2?}: 3 queries at once (blocking SQLite calls on the `blocking` thread pool); pool size {}, idle {}",
             start.elapsed(),
             status.size,
             status.idle
@@ -370,7 +383,10 @@ fn main() {
         section(
             "14. process_batch: update 1 000 users, at most 10 at a time, with a live progress line",
         );
-        use std::io::Write as _;
+        use std::io::{IsTerminal as _, Write as _};
+        // On a terminal one line is redrawn (`\r`); piped to a file, a plain
+        // line at every quarter.
+        let live = std::io::stdout().is_terminal();
         let most = std::cell::Cell::new(0);
         let updated = awaitkit::process_batch(1..=1000u32, 10, |id| async move {
             Delay::new(ms(5)).await; // an API call
@@ -378,20 +394,39 @@ fn main() {
         })
         .on_progress(|p: &awaitkit::Progress| {
             most.set(most.get().max(p.in_flight + 1));
-            if p.done % 50 == 0 || Some(p.done) == p.total {
-                print!(
-                    "\r   {:>4}/{} done, {:>4.0}/s, ETA {:>6.2?}, {:.2?} elapsed ",
-                    p.done,
-                    p.total.unwrap_or(0),
-                    p.rate.unwrap_or(0.0),
-                    p.eta.unwrap_or_default(),
-                    p.elapsed
-                );
+            let total = p.total.unwrap_or(0);
+            let finished = p.done == total;
+            let due = if live {
+                p.done % 50 == 0 || finished
+            } else {
+                p.done * 4 % total.max(1) == 0
+            };
+            if !due {
+                return;
+            }
+            // No ETA once everything is done.
+            let eta = if finished {
+                String::new()
+            } else {
+                format!(", ETA {:.2?}", p.eta.unwrap_or_default())
+            };
+            let line = format!(
+                "{:>4}/{total} done, {:>4.0}/s{eta}, {:.2?} elapsed",
+                p.done,
+                p.rate.unwrap_or(0.0),
+                p.elapsed
+            );
+            if live {
+                print!("\r   {line:<60}");
                 let _ = std::io::stdout().flush();
+            } else {
+                println!("   {line}");
             }
         })
         .await;
-        println!();
+        if live {
+            println!();
+        }
         println!(
             "   {} users updated in input order (first {}, last {}); at most {} calls at once (sequential: 5 s)",
             updated.len(),

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Generate docs/benchmarks.md from the output of `cargo bench --bench combinators`,
-`cargo bench --bench time --features tokio,async-io`, `cargo bench --bench semaphore`,
-`cargo bench --bench rate_limiter` and `cargo bench --bench pool`.
+"""Generate docs/benchmarks.md from the output of the benches of the
+`awaitkit-benches` crate (`benches/`): `cargo bench -p awaitkit-benches
+--bench combinators`, `--bench time`, `--bench semaphore`, `--bench
+rate_limiter` and `--bench pool`.
 
 Reads criterion's `<criterion dir>/<group>/<function>/<N>/new/estimates.json`
 (median point estimate, ns per iteration) and the `polls.csv` written by the
@@ -29,8 +30,8 @@ some sizes does not mix with an older full run, and running one bench does not
 hide the other's results. The timer, semaphore, rate limiter and pool sections
 are left out when their bench has not been run.
 
-The batch section (`cargo bench --bench batch`: the `batch` estimates and the
-`batch_checks.csv` it writes; marker `awaitkit-bench-run-batch.txt`) likewise.
+The batch section (`cargo bench -p awaitkit-benches --bench batch`: the `batch`
+estimates and the `batch_checks.csv` it writes; marker `awaitkit-bench-run-batch.txt`) likewise.
 """
 
 import argparse
@@ -472,7 +473,7 @@ def crate_table(w, values, columns, unit, check_header, check_cells):
 
 def section_header(w, title, intro, bench, run, extra=()):
     """A bench section's title, `intro` lines, regenerate command (`cargo bench
-    --bench <bench>`), `extra` lines and the run line (`run`: read_marker's)."""
+    -p awaitkit-benches --bench <bench>`), `extra` lines and the run line (`run`: read_marker's)."""
     mode, run_time, _ = run
     w("")
     w(f"# {title}")
@@ -481,7 +482,7 @@ def section_header(w, title, intro, bench, run, extra=()):
         w(line)
     w("")
     w("```sh")
-    w(f"AWAITKIT_BENCH_QUICK=1 cargo bench --bench {bench} && python3 scripts/bench_table.py > docs/benchmarks.md")
+    w(f"AWAITKIT_BENCH_QUICK=1 cargo bench -p awaitkit-benches --bench {bench} && python3 scripts/bench_table.py > docs/benchmarks.md")
     w("```")
     w("")
     if extra:
@@ -518,7 +519,7 @@ def time_section(cdir, include_stale):
         "current-thread runtime (time enabled, never driven) is entered for the whole run.",
         "Building the timeout, polling it, consuming the output and dropping it (timers",
         "included) are timed. Criterion picks the iteration counts.",
-    ], "time --features tokio,async-io", run)
+    ], "time", run)
     w("")
     w("Times are criterion medians in ns per timeout.")
     w("")
@@ -792,8 +793,9 @@ def rate_limiter_section(cdir, include_stale):
         "bars: `BENCH.md`): the cost of a non-waiting check, and how closely awaited acquisitions",
         "keep to the quota.",
     ], "rate_limiter", run, extra=[
-        "(`--features tokio` adds the awaitkit limiters on `TokioTimer` to the accuracy group;",
-        "`--features quanta` adds them on `QuantaTimer` — the clock governor reads — to the check group.)",
+        "(The awaitkit limiters also run on `TokioTimer` in the accuracy group and on `QuantaTimer`",
+        "— the clock governor reads — in the check group: the bench crate enables awaitkit's",
+        "`tokio` and `quanta` features.)",
     ])
     w("")
 
@@ -1232,7 +1234,7 @@ def watch_section(cdir, include_stale):
     w("- The default clock is the CPU's invariant time-stamp counter (`rdtsc`, about 7 ns a read")
     w("  here), read twice per poll; ticks become time only when a report or a slow poll is read.")
     w("  Where there is no invariant counter the clock is `Instant`: a little over the")
-    w("  `naive_instant` row (`AWAITKIT_WATCH_CLOCK=instant cargo bench --bench watch` measures it;")
+    w("  `naive_instant` row (`AWAITKIT_WATCH_CLOCK=instant cargo bench -p awaitkit-benches --bench watch` measures it;")
     w("  about 45 ns per poll on this machine).")
     w("- The bare loop is the floor: a poll is a decrement through `black_box` and a compare.")
     w("- A `Report` child also pays a lock to register, one at its first poll (so a running child")
@@ -1252,7 +1254,7 @@ def main():
 
     cdir = criterion_dir(args)
     if not cdir.is_dir():
-        sys.exit(f"no criterion output in {cdir}: run `cargo bench --bench combinators` first")
+        sys.exit(f"no criterion output in {cdir}: run `cargo bench -p awaitkit-benches --bench combinators` first")
     mode, run_time, not_before = read_marker(cdir, COMBINATORS_MARKER, args.include_stale) or ("unknown", None, None)
     polls = load_polls(cdir)
 
@@ -1274,7 +1276,7 @@ def main():
     w("Regenerate:")
     w("")
     w("```sh")
-    w("AWAITKIT_BENCH_QUICK=1 cargo bench --bench combinators && python3 scripts/bench_table.py > docs/benchmarks.md")
+    w("AWAITKIT_BENCH_QUICK=1 cargo bench -p awaitkit-benches --bench combinators && python3 scripts/bench_table.py > docs/benchmarks.md")
     w("python3 scripts/bench_chart.py  # docs/benchmarks.svg from docs/benchmarks.md")
     w("```")
     w("")

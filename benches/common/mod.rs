@@ -26,7 +26,8 @@ pub struct Settings {
 
 impl Settings {
     /// Reads the mode and where criterion writes (`$CRITERION_HOME`, else
-    /// `$CARGO_TARGET_DIR/criterion`, else `target/criterion`).
+    /// `$CARGO_TARGET_DIR/criterion`, else the workspace's
+    /// `target/criterion`).
     pub fn from_env() -> Self {
         let quick = std::env::var("AWAITKIT_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
         let out_dir = if let Some(home) = std::env::var_os("CRITERION_HOME") {
@@ -34,7 +35,9 @@ impl Settings {
         } else if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
             PathBuf::from(target).join("criterion")
         } else {
+            // This crate is `benches/` in the awaitkit workspace.
             Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
                 .join("target")
                 .join("criterion")
         };
