@@ -8,18 +8,21 @@
 //!   (`std::future::ready(black_box(42u64))`, the same for every function) in
 //!   a 1 h timeout, polls it to completion and consumes the output. Functions:
 //!   `awaitkit` (`awaitkit::timeout`, default timer), `awaitkit_tokio`
-//!   (`timeout_with(TokioTimer, ..)`), `awaitkit_async_io`
-//!   (`timeout_with(AsyncIoTimer, ..)`), `tokio` (`tokio::time::timeout`),
+//!   (`timeout(..).with_timer(TokioTimer)`), `awaitkit_async_io`
+//!   (`.with_timer(AsyncIoTimer)`), `tokio` (`tokio::time::timeout`),
 //!   `futures_timer` (`select(ready, Delay::new(1 h))`), `async_io`
 //!   (`select(ready, Timer::after(1 h))`) and `bare` (the inner future alone,
 //!   no timeout: the reference of the ≤ 1.2 × goal).
 //! * `timer_register_drop`: one iteration wraps `std::future::pending::<()>()`
 //!   in a 1 h timeout, polls it once (so the timer is registered with its
 //!   backend) and drops it (so it is deregistered). Each awaitkit backend
-//!   runs next to that backend's native timer used directly: `awaitkit`
-//!   (`FuturesTimer`) / `futures_timer` (`select(pending, Delay::new(1 h))`),
-//!   `awaitkit_tokio` / `tokio` (`tokio::time::timeout`), `awaitkit_async_io`
-//!   / `async_io` (`select(pending, Timer::after(1 h))`).
+//!   runs next to that backend's native timer used directly:
+//!   `awaitkit_futures_timer` (`.with_timer(FuturesTimer)`) / `futures_timer`
+//!   (`select(pending, Delay::new(1 h))`), `awaitkit` (the plain `timeout`:
+//!   inside the entered tokio runtime the default timer is tokio's) and
+//!   `awaitkit_tokio` (`.with_timer(TokioTimer)`) / `tokio`
+//!   (`tokio::time::timeout`), `awaitkit_async_io` / `async_io`
+//!   (`select(pending, Timer::after(1 h))`).
 //!
 //! BENCH.md says 10⁶ (ready) and 10⁵ (register/drop) iterations; criterion
 //! picks the iteration counts here (`Bencher::iter`), which is the same
@@ -69,7 +72,7 @@
 //! Regenerate the report:
 //! `AWAITKIT_BENCH_QUICK=1 cargo bench -p awaitkit-benches --bench time && python3 scripts/bench_table.py > docs/benchmarks.md`
 
-use awaitkit::time::{AsyncIoTimer, TokioTimer};
+use awaitkit::time::{AsyncIoTimer, FuturesTimer, TokioTimer};
 mod common;
 
 use common::{Settings, current_thread_runtime_with_time};
@@ -190,6 +193,10 @@ fn ready_async_io() -> u64 {
 
 fn register_awaitkit() {
     register_drop(awaitkit::timeout(black_box(HOUR), pending::<()>()));
+}
+
+fn register_awaitkit_futures_timer() {
+    register_drop(awaitkit::timeout(black_box(HOUR), pending::<()>()).with_timer(FuturesTimer));
 }
 
 fn register_awaitkit_tokio() {
@@ -323,9 +330,10 @@ fn main() {
     group.finish();
 
     // Each awaitkit backend right next to its native timer.
-    let timer_register_drop: [Entry<()>; 6] = [
-        ("awaitkit", register_awaitkit),
+    let timer_register_drop: [Entry<()>; 7] = [
+        ("awaitkit_futures_timer", register_awaitkit_futures_timer),
         ("futures_timer", register_futures_timer),
+        ("awaitkit", register_awaitkit),
         ("awaitkit_tokio", register_awaitkit_tokio),
         ("tokio", register_tokio),
         ("awaitkit_async_io", register_awaitkit_async_io),

@@ -104,8 +104,8 @@ COMBINATORS_MARKER = "awaitkit-bench-run.txt"
 TIME_MARKER = "awaitkit-bench-run-time.txt"
 TIMEOUT_READY_COLUMNS = [
     ("awaitkit", "awaitkit `timeout` (default timer)"),
-    ("awaitkit_tokio", "awaitkit `timeout_with(TokioTimer)`"),
-    ("awaitkit_async_io", "awaitkit `timeout_with(AsyncIoTimer)`"),
+    ("awaitkit_tokio", "awaitkit `timeout(..).with_timer(TokioTimer)`"),
+    ("awaitkit_async_io", "awaitkit `timeout(..).with_timer(AsyncIoTimer)`"),
     ("tokio", "tokio `time::timeout`"),
     ("futures_timer", "futures-timer `Delay` + `select`"),
     ("async_io", "async-io `Timer` + `select`"),
@@ -116,14 +116,16 @@ TIMEOUT_READY_BAR = 0.5  # × the fastest peer
 TIMEOUT_READY_GOAL = 1.2  # × bare
 # (backend, awaitkit function, native function)
 REGISTER_PAIRS = [
-    ("futures-timer (`FuturesTimer`, the default)", "awaitkit", "futures_timer"),
+    ("futures-timer (`FuturesTimer`)", "awaitkit_futures_timer", "futures_timer"),
+    ("tokio, the default timer inside a tokio runtime (plain `timeout`)", "awaitkit", "tokio"),
     ("tokio (`TokioTimer`)", "awaitkit_tokio", "tokio"),
     ("async-io (`AsyncIoTimer`)", "awaitkit_async_io", "async_io"),
 ]
 REGISTER_LABELS = {
-    "awaitkit": "awaitkit `timeout` (default, futures-timer)",
-    "awaitkit_tokio": "awaitkit `timeout_with(TokioTimer)`",
-    "awaitkit_async_io": "awaitkit `timeout_with(AsyncIoTimer)`",
+    "awaitkit_futures_timer": "awaitkit `timeout(..).with_timer(FuturesTimer)`",
+    "awaitkit": "awaitkit `timeout` (default timer: tokio's inside the runtime)",
+    "awaitkit_tokio": "awaitkit `timeout(..).with_timer(TokioTimer)`",
+    "awaitkit_async_io": "awaitkit `timeout(..).with_timer(AsyncIoTimer)`",
     "tokio": "tokio `time::timeout`",
     "futures_timer": "futures-timer `Delay` + `select`",
     "async_io": "async-io `Timer` + `select`",

@@ -702,7 +702,10 @@ where
     /// and waits `pause` between the end of one batch and the start of the
     /// next (`await asyncio.sleep(delay)` between chunks), on the batch's
     /// [`Timer`]. There is no pause before the first batch or after the
-    /// last.
+    /// last. With a [stream](process_batch_stream) as the source, the pause
+    /// starts once the batch has ended and the stream has handed over the
+    /// next batch's first item: a stream that was idle meanwhile adds its
+    /// wait to the pause.
     ///
     /// # Examples
     ///
