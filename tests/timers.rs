@@ -295,7 +295,10 @@ impl Drop for Bomb {
 /// did when it held the waker. Then gives the backend time to do both.
 fn plant_panicking_wakers<T: Timer>(timer: &T) {
     let fires = Waker::from(Arc::new(Bomb { wake: true }));
-    let mut fired = Box::pin(timeout(MS, pending::<()>()).with_timer(timer));
+    // 20 ms: long enough that a descheduled thread does not see it expired
+    // at its first poll (1 ms did, once, under load), short enough to fire
+    // during the 100 ms below.
+    let mut fired = Box::pin(timeout(20 * MS, pending::<()>()).with_timer(timer));
     assert!(
         fired
             .as_mut()
