@@ -1679,7 +1679,8 @@ macro_rules! batch_stream {
             L: Timer,
         {
             fn is_terminated(&self) -> bool {
-                self.batch.core.finished
+                // As the batch future: not after a panic (polling panics).
+                self.batch.core.finished && !self.batch.core.poisoned
             }
         }
 
@@ -1725,8 +1726,10 @@ batch_stream! {
     ///
     /// A panic in the source (an iterator's `next`, a stream's
     /// `poll_next`), in `f`, in a call or in the progress callback
-    /// propagates out of `poll_next`; polling again after that panics.
-    /// Dropping it then drops what is left, each once.
+    /// propagates out of `poll_next`; polling again after that panics, and
+    /// `is_terminated` stays `false`. An output that finished in the poll
+    /// that panicked is dropped with the panic, not handed out. Dropping it
+    /// then drops what is left, each once.
     ///
     /// # Examples
     ///
@@ -1771,8 +1774,10 @@ batch_stream! {
     ///
     /// A panic in the source (an iterator's `next`, a stream's
     /// `poll_next`), in `f`, in a call or in the progress callback
-    /// propagates out of `poll_next`; polling again after that panics.
-    /// Dropping it then drops what is left, each once.
+    /// propagates out of `poll_next`; polling again after that panics, and
+    /// `is_terminated` stays `false`. An output that finished in the poll
+    /// that panicked is dropped with the panic, not handed out. Dropping it
+    /// then drops what is left, each once.
     ///
     /// # Examples
     ///

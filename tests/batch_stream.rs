@@ -696,6 +696,8 @@ matrix! {
         assert_eq!(handles.len(), 3);
         let again = catch_unwind(AssertUnwindSafe(|| poll_next_once(&mut s, &waker))).unwrap_err();
         assert!(common::panic_message(&*again).contains("polled after a panic"), "{}", common::panic_message(&*again));
+        // Not terminated, as the batch future after a panic: polling panics.
+        assert!(!futures::stream::FusedStream::is_terminated(&s));
         drop(s);
         assert_eq!(tracker.live(), 0);
     }
