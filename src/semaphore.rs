@@ -689,6 +689,50 @@ impl Semaphore {
         wake.wake_all();
     }
 
+    /// Takes up to `n` of the permits available now out of circulation for
+    /// good — tokio's `forget_permits`: the capacity shrinks by what was
+    /// taken, and the count taken is returned. Held permits are never
+    /// touched (to retire those as they come back, use
+    /// [`set_capacity`](Semaphore::set_capacity)). Waiters that ask for more
+    /// than the new capacity fail with [`AcquireError`]. Works on a closed
+    /// semaphore too.
+    ///
+    /// # Panics
+    ///
+    /// A waiter's waker that panics when woken: the permits were taken and
+    /// every waiter woken first (see
+    /// [wakers that panic](Semaphore#wakers-that-panic)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let sem = awaitkit::Semaphore::new(5);
+    /// let held = sem.try_acquire_many(2).unwrap();
+    /// assert_eq!(sem.forget_permits(4), 3); // only 3 were free
+    /// assert_eq!(sem.available_permits(), 0);
+    /// drop(held); // held permits come back as usual
+    /// assert_eq!(sem.available_permits(), 2);
+    /// assert_eq!(sem.stats().capacity, 2);
+    /// ```
+    pub fn forget_permits(&self, n: usize) -> usize {
+        let mut wake = WakeList::default();
+        let mut taken = 0;
+        {
+            let mut q = self.lock();
+            let _ = self
+                .state
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                    taken = (s >> SHIFT).min(n);
+                    Some(s - (taken << SHIFT))
+                });
+            q.capacity -= taken;
+            let returned = q.fail_too_large(&mut wake, &self.failed_live);
+            self.release_locked(&mut q, returned, &mut wake);
+        }
+        wake.wake_all();
+        taken
+    }
+
     /// Changes the capacity. Growing adds permits at once; shrinking takes
     /// free permits at once and retires the rest as held permits come back —
     /// permits already held are never revoked. Waiters that ask for more

@@ -131,6 +131,8 @@ pin_project_lite::pin_project! {
         // thread, a timer wheel).
         moved: bool,
         done: bool,
+        // Resolved with `Elapsed`.
+        expired: bool,
     }
 }
 
@@ -143,6 +145,7 @@ impl<F, T: Timer> Timeout<F, T> {
             when,
             moved: false,
             done: false,
+            expired: false,
         }
     }
 
@@ -174,6 +177,7 @@ impl<F, T: Timer> Timeout<F, T> {
             when: self.when,
             moved: self.moved,
             done: self.done,
+            expired: self.expired,
         }
     }
 
@@ -224,6 +228,63 @@ impl<F, T: Timer> Timeout<F, T> {
         let this = self.project();
         *this.moved = this.sleep.is_some(); // before that, the first wait reads the clock
         time::reset_deadline(&*this.timer, this.when, this.sleep, When::At(deadline));
+    }
+
+    /// Removes the deadline: the timeout waits for the inner future however
+    /// long it takes — asyncio's `Timeout.reschedule(None)`. A later
+    /// [`reset`](Self::reset) sets a deadline again. A running timer is
+    /// moved out of the way (armed for the far future), so nothing fires.
+    ///
+    /// # Panics
+    ///
+    /// As [`reset`](Self::reset).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::pin::pin;
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let slow = futures_timer::Delay::new(Duration::from_millis(20));
+    /// let mut call = pin!(awaitkit::timeout(Duration::from_millis(1), slow));
+    /// assert!(futures::poll!(call.as_mut()).is_pending());
+    /// call.as_mut().clear_deadline();
+    /// assert_eq!(call.deadline(), None);
+    /// assert_eq!(call.await, Ok(())); // 20 ms, well past the old 1 ms
+    /// # });
+    /// ```
+    pub fn clear_deadline(self: Pin<&mut Self>) {
+        let this = self.project();
+        *this.moved = this.sleep.is_some();
+        time::reset_deadline(&*this.timer, this.when, this.sleep, When::Never);
+    }
+
+    /// Whether the deadline has passed — asyncio's `Timeout.expired()`:
+    /// `true` once the timeout resolved with [`Elapsed`], and for a timeout
+    /// still running whose deadline has passed on its timer's clock (its
+    /// next poll times out, unless the inner future is ready first: a ready
+    /// future always wins). `false` before the deadline is fixed, without a
+    /// deadline, and once the inner future won. Reads the timer's clock only
+    /// for a running timeout with a deadline.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::pin::pin;
+    /// use std::time::{Duration, Instant};
+    /// # futures::executor::block_on(async {
+    /// let mut call = pin!(awaitkit::timeout_at(Instant::now(), futures::future::pending::<()>()));
+    /// assert!(call.expired()); // the deadline has passed; the next poll says so
+    /// assert!(call.as_mut().await.is_err());
+    /// assert!(call.expired());
+    ///
+    /// let fast = awaitkit::timeout(Duration::from_secs(1), async { 1 });
+    /// assert!(!fast.expired());
+    /// # });
+    /// ```
+    pub fn expired(&self) -> bool {
+        self.expired
+            || (self.inner.is_some() && matches!(self.when, When::At(at) if self.timer.now() >= at))
     }
 
     /// The inner future; `None` once the timeout has resolved (the inner
@@ -299,6 +360,7 @@ impl<F: Future, T: Timer> Future for Timeout<F, T> {
             panics.catch(|| this.sleep.set(None));
             panics.resume();
             *this.done = true;
+            *this.expired = true;
             return Poll::Ready(Err(Elapsed(())));
         }
         Poll::Pending

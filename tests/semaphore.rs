@@ -208,6 +208,49 @@ fn a_dropped_waiter_returns_its_partial_permits_and_wakes_the_next() {
 }
 
 #[test]
+fn forget_permits_takes_only_free_permits_and_shrinks_the_capacity() {
+    let sem = Semaphore::new(5);
+    assert_eq!(sem.forget_permits(0), 0);
+    let held = sem.try_acquire_many(2).unwrap();
+    assert_eq!(sem.forget_permits(1), 1);
+    assert_eq!((sem.available_permits(), sem.stats().capacity), (2, 4));
+    assert_eq!(sem.forget_permits(usize::MAX), 2, "only the free ones");
+    assert_eq!((sem.available_permits(), sem.stats().capacity), (0, 2));
+    assert_eq!(sem.forget_permits(1), 0, "held permits are never taken");
+    drop(held);
+    assert_eq!((sem.available_permits(), sem.stats().capacity), (2, 2));
+    // Gone for good: adding permits later grows from the new capacity.
+    sem.add_permits(1);
+    assert_eq!((sem.available_permits(), sem.stats().capacity), (3, 3));
+}
+
+#[test]
+fn forget_permits_leaves_permits_reserved_for_a_waiter_alone() {
+    // The FIFO head collects free permits as they come: they are no longer
+    // available, so forgetting takes none of them and the waiter still gets
+    // its permits.
+    let sem = Semaphore::new(3);
+    let w = CountingWaker::new();
+    let held = granted(&mut sem.acquire_many(2), &w);
+    let mut big = sem.acquire_many(3);
+    pending(&mut big, &w);
+    assert_eq!(sem.forget_permits(3), 0);
+    drop(held);
+    let p = granted(&mut big, &w);
+    assert_eq!(p.num_permits(), 3);
+    drop(p);
+    assert_eq!(sem.available_permits(), 3);
+}
+
+#[test]
+fn forget_permits_works_on_a_closed_semaphore() {
+    let sem = Semaphore::new(2);
+    sem.close();
+    assert_eq!(sem.forget_permits(5), 2);
+    assert_eq!((sem.available_permits(), sem.stats().capacity), (0, 0));
+}
+
+#[test]
 fn a_granted_but_untaken_acquire_gives_its_permits_back_when_dropped() {
     let sem = Semaphore::new(1);
     let w = CountingWaker::new();
@@ -594,6 +637,27 @@ fn limit_holds_a_permit_while_the_future_runs() {
 }
 
 matrix! {
+    /// Forgetting permits while calls run: the limit shrinks for good, and
+    /// nobody is stranded (every call still runs).
+    async fn forget_permits_shrinks_the_limit_of_running_calls() {
+        let sem = Semaphore::new(4);
+        let running = AtomicUsize::new(0);
+        let peak = AtomicUsize::new(0);
+        let (running, peak, sem) = (&running, &peak, &sem);
+        assert_eq!(sem.forget_permits(2), 2); // at most 2 at a time now
+        let calls = (0..8).map(|i| sem.limit(async move {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            yield_now().await;
+            running.fetch_sub(1, Ordering::SeqCst);
+            i
+        }));
+        let out = awaitkit::gather(calls).await;
+        assert_eq!(out, (0..8).map(Ok).collect::<Vec<_>>());
+        assert_eq!(peak.load(Ordering::SeqCst), 2);
+        assert_eq!((sem.available_permits(), sem.stats().capacity), (2, 2));
+    }
+
     async fn ten_calls_at_most_three_at_a_time() {
         let sem = Semaphore::new(3);
         let running = AtomicUsize::new(0);

@@ -65,6 +65,54 @@ fn manual_timeout(clock: &ManualClock, d: Duration) -> Timeout<Pending<()>, Manu
 }
 
 guarded! {
+    /// asyncio's `reschedule(None)`: a cleared deadline never fires, whatever
+    /// the clock does, until `reset` sets one again; `expired` follows.
+    fn clear_deadline_removes_the_limit_and_reset_sets_one_again() {
+        let clock = ManualClock::new();
+        let w = CountingWaker::new();
+        let mut call = manual_timeout(&clock, 5 * SEC);
+        assert!(!call.expired(), "no deadline before the first wait");
+        assert!(poll_once(&mut call, &w).is_pending());
+        clock.advance(4 * SEC);
+        Pin::new(&mut call).clear_deadline();
+        assert_eq!(call.deadline(), None);
+        clock.advance(3600 * SEC);
+        assert_eq!(w.wakes(), 0, "a cleared deadline woke the task");
+        assert!(!call.expired());
+        assert!(poll_once(&mut call, &w).is_pending());
+        let at = clock.now() + SEC;
+        Pin::new(&mut call).reset(at);
+        assert!(!call.expired());
+        clock.advance(SEC);
+        assert_eq!(w.wakes(), 1, "the new deadline woke the task");
+        assert!(call.expired(), "the deadline has passed; the next poll times out");
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
+        assert!(call.expired());
+    }
+
+    /// Clearing before the first poll: the timeout never starts a timer.
+    fn clear_deadline_before_the_first_poll() {
+        let clock = ManualClock::new();
+        let w = CountingWaker::new();
+        let mut call = manual_timeout(&clock, Duration::ZERO);
+        Pin::new(&mut call).clear_deadline();
+        assert!(poll_once(&mut call, &w).is_pending(), "a zero timeout without its deadline waits");
+        clock.advance(3600 * SEC);
+        assert!(poll_once(&mut call, &w).is_pending());
+        assert!(!call.expired());
+    }
+
+    /// A ready inner future wins at the deadline: `expired` stays false.
+    fn expired_is_false_when_the_inner_future_won() {
+        let clock = ManualClock::new();
+        let w = CountingWaker::new();
+        let at = clock.now();
+        let mut call = timeout_at(at, std::future::ready(1)).with_timer(clock.clone());
+        assert!(call.expired(), "the deadline has passed (the next poll decides)");
+        assert_eq!(poll_once(&mut call, &w), Poll::Ready(Ok(1)));
+        assert!(!call.expired(), "the inner future won");
+    }
+
     fn never_early_with_a_duration() {
         let clock = ManualClock::new();
         let w = CountingWaker::new();

@@ -121,6 +121,49 @@ where
     assert!(Instant::now() >= at);
 }
 
+/// `clear_deadline` on a real timer: the running sleep is moved out of the
+/// way, and the inner future, slower than the old limit, wins.
+fn clear_deadline_lets_a_slow_future_finish<T: Timer>(timer: T)
+where
+    T::Sleep: Unpin,
+{
+    let w = CountingWaker::new();
+    let slow = futures_timer::Delay::new(40 * MS);
+    let mut call = timeout(5 * MS, slow).with_timer(timer);
+    assert!(poll_once(&mut call, &w).is_pending());
+    Pin::new(&mut call).clear_deadline();
+    let start = Instant::now();
+    loop {
+        match poll_once(&mut call, &w) {
+            Poll::Ready(out) => {
+                assert_eq!(out, Ok(()));
+                break;
+            }
+            Poll::Pending => {
+                assert!(start.elapsed() < Duration::from_secs(10), "never finished");
+                std::thread::sleep(MS);
+            }
+        }
+    }
+    assert!(!call.expired());
+}
+
+/// [`clear_deadline_lets_a_slow_future_finish`] for timers whose sleep is
+/// not `Unpin` (tokio's).
+fn clear_deadline_lets_a_slow_future_finish_boxed<T: Timer>(timer: T) {
+    let w = CountingWaker::new();
+    let slow = futures_timer::Delay::new(40 * MS);
+    let mut call = Box::pin(timeout(5 * MS, slow).with_timer(timer));
+    assert!(poll_once(&mut call, &w).is_pending());
+    call.as_mut().clear_deadline();
+    let start = Instant::now();
+    while poll_once(&mut call, &w).is_pending() {
+        assert!(start.elapsed() < Duration::from_secs(10), "never finished");
+        std::thread::sleep(MS);
+    }
+    assert!(!call.expired());
+}
+
 /// Issue 14, item 9: a deadline moved into the past (or to now) elapses at
 /// the very next poll, as `Timeout::reset` documents, without waiting for
 /// the backend to fire the moved sleep (futures-timer's helper thread, a
@@ -234,6 +277,11 @@ guarded! {
 
     fn default_timer_reset_wakes_without_a_re_poll() {
         reset_wakes_without_a_re_poll(FuturesTimer);
+    }
+
+    fn clear_deadline_on_futures_timer_and_the_default_timer() {
+        clear_deadline_lets_a_slow_future_finish(FuturesTimer);
+        clear_deadline_lets_a_slow_future_finish(DefaultTimer);
     }
 
     fn default_timer_reset_into_the_past_elapses_at_the_next_poll() {
@@ -493,6 +541,15 @@ mod tokio_timer {
         }
 
         /// A reset deadline wakes the task that last polled, without a re-poll.
+        fn clear_deadline_tokio() {
+            // A multi-thread runtime's workers drive its timer while this
+            // thread polls: the old 5 ms deadline would fire if it were
+            // still armed.
+            let rt = multi();
+            let _inside = rt.enter();
+            super::clear_deadline_lets_a_slow_future_finish_boxed(TokioTimer);
+        }
+
         fn paused_time_reset_wakes_without_a_re_poll() {
             paused().block_on(async {
                 let w = CountingWaker::new();
@@ -632,6 +689,10 @@ mod async_io_timer {
             reset_wakes_without_a_re_poll(AsyncIoTimer);
         }
 
+        fn clear_deadline_async_io() {
+            clear_deadline_lets_a_slow_future_finish(AsyncIoTimer);
+        }
+
         fn reset_into_the_past_elapses_at_the_next_poll_async_io() {
             reset_into_the_past_elapses_at_the_next_poll(AsyncIoTimer, real_sleep);
         }
@@ -667,6 +728,10 @@ mod quanta_timer {
 
         fn reset_wakes_without_a_re_poll_quanta() {
             reset_wakes_without_a_re_poll(QuantaTimer::new());
+        }
+
+        fn clear_deadline_quanta() {
+            clear_deadline_lets_a_slow_future_finish(QuantaTimer::new());
         }
 
         fn reset_into_the_past_elapses_at_the_next_poll_quanta() {
