@@ -203,8 +203,6 @@ pub mod pool;
 pub mod rate_limiter;
 mod retry;
 mod semaphore;
-#[cfg(all(test, awaitkit_loom))]
-mod semaphore_loom;
 mod sync;
 mod task_group;
 pub mod time;

@@ -150,6 +150,7 @@ where
 
 /// [`clear_deadline_lets_a_slow_future_finish`] for timers whose sleep is
 /// not `Unpin` (tokio's).
+#[cfg(feature = "tokio")]
 fn clear_deadline_lets_a_slow_future_finish_boxed<T: Timer>(timer: T) {
     let w = CountingWaker::new();
     let slow = futures_timer::Delay::new(40 * MS);

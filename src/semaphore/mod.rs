@@ -34,6 +34,9 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(all(test, awaitkit_loom))]
+mod loom_models;
+
 use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{Mutex, MutexGuard};
 use crate::timeout::{Timeout, timeout};

@@ -4,7 +4,7 @@
 //! threads; two releases vs one re-polling waiter).
 //!
 //! Run with:
-//! `RUSTFLAGS="--cfg awaitkit_loom" cargo test --release --lib semaphore_loom -- --test-threads=1`
+//! `RUSTFLAGS="--cfg awaitkit_loom" cargo test --release --lib semaphore::loom_models -- --test-threads=1`
 //!
 //! The driver parks without spurious wake-ups, so a lost wake-up is a
 //! deadlock loom reports.
