@@ -172,6 +172,29 @@ impl<F: Future> AsCompleted<F> {
         self.len() == 0
     }
 
+    /// Drops every future in the set, now, and the outputs not yet handed
+    /// out — futures' `FuturesUnordered::clear`. The set stays usable: later
+    /// [`push`](Self::push)es go on numbering from where it was, so an index
+    /// is never given twice.
+    ///
+    /// # Panics
+    ///
+    /// If a future's destructor panics: every other future is still dropped
+    /// first (as a `Vec` drops its elements), the set is left empty and
+    /// usable, and the first panic propagates.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut set = awaitkit::as_completed([futures::future::pending::<u8>(), futures::future::pending()]);
+    /// set.clear(); // both are cancelled
+    /// assert!(set.is_empty());
+    /// assert_eq!(set.push(futures::future::pending()), 2);
+    /// ```
+    pub fn clear(&mut self) {
+        self.engine.clear();
+    }
+
     /// Polls for the next output together with the index of the future that
     /// produced it. `Ready(None)` when the set is empty.
     ///

@@ -62,6 +62,32 @@ impl Future for WakeThenReady {
 }
 
 matrix! {
+    /// `clear` cancels every future at once (each dropped exactly once,
+    /// none polled again), and the set goes on with new ones.
+    async fn clear_cancels_everything_and_the_set_goes_on() {
+        let tracker = Tracker::new();
+        let polls = Counter::new();
+        let mut set = AsCompleted::new();
+        let mut handles = Vec::new();
+        for i in 0..4 {
+            let (handle, child) = parked(i, &polls, &tracker);
+            handles.push(handle);
+            set.push(child);
+        }
+        assert!(futures::poll!(set.next()).is_pending());
+        assert_eq!((tracker.live(), polls.get()), (4, 4));
+        set.clear();
+        assert_eq!(tracker.live(), 0, "every future dropped");
+        assert!(set.is_empty());
+        assert!(set.next().await.is_none());
+        assert_eq!(polls.get(), 4, "nothing polled after the clear");
+        let (handle, child) = parked(7, &polls, &tracker);
+        assert_eq!(set.push(child), 4, "indices go on");
+        handle.complete();
+        assert_eq!(set.next().await, Some(7));
+        assert_eq!(tracker.live(), 0);
+    }
+
     async fn empty_input_yields_none_forever() {
         let mut set = as_completed(Vec::<Ready<u8>>::new());
         assert!(set.is_empty());

@@ -165,6 +165,23 @@ matrix! {
         registry.assert_all_dropped(5, "AsCompleted::push");
     }
 
+    /// `AsCompleted::clear` with destructors that panic: every child is
+    /// dropped once, the first panic propagates, and the set is empty and
+    /// usable (indices go on from where they were).
+    async fn clearing_as_completed_drops_every_child_when_destructors_panic() {
+        let registry = Registry::default();
+        let mut set = as_completed(five(&registry));
+        assert!(set.poll_next_unpin(&mut noop_cx()).is_pending());
+        let cleared = catch_unwind(AssertUnwindSafe(|| set.clear()));
+        assert_eq!(panic_message(&*cleared.unwrap_err()), "child destructor panics");
+        registry.assert_all_dropped(5, "AsCompleted::clear");
+        assert!(set.is_empty());
+        assert_eq!(set.push(registry.ready_child(false)), 5);
+        assert!(matches!(set.next().await, Some(Ok(1))));
+        assert!(set.next().await.is_none());
+        registry.assert_all_dropped(6, "AsCompleted after clear");
+    }
+
     /// Fail-fast clears the set from inside a poll: a destructor panic there
     /// still drops every other child before it propagates.
     async fn try_gather_fail_fast_drops_every_child_when_destructors_panic() {
