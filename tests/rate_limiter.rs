@@ -65,6 +65,48 @@ fn limited(wait: Duration) -> Result<(), RateLimitError> {
 // ---------------------------------------------------------------------------
 
 guarded! {
+    /// The snapshot takes nothing and tells exactly what a window allows:
+    /// the calls left now, and when the next one is due.
+    fn snapshot_of_a_window_on_the_manual_clock() {
+        let (clock, limiter) = manual(window(3, 10 * SEC));
+        let s = limiter.snapshot();
+        assert_eq!((s.remaining, s.next_in, s.waiting), (3, Some(Duration::ZERO), 0));
+        limiter.try_acquire().unwrap();
+        clock.advance(2 * SEC);
+        limiter.try_acquire_n(2).unwrap();
+        for _ in 0..3 {
+            let s = limiter.snapshot(); // taking nothing: the same each time
+            assert_eq!((s.remaining, s.next_in), (0, Some(8 * SEC)), "the first grant leaves at 10 s");
+        }
+        // A waiter queues: it comes first, so one more is due only after it.
+        let w = CountingWaker::new();
+        let mut waiter = limiter.acquire();
+        assert!(poll_once(&mut waiter, &w).is_pending());
+        let s = limiter.snapshot();
+        assert_eq!((s.remaining, s.next_in, s.waiting), (0, Some(10 * SEC), 1));
+        clock.advance(8 * SEC);
+        assert_eq!(poll_once(&mut waiter, &w), Poll::Ready(()));
+        let s = limiter.snapshot();
+        assert_eq!((s.remaining, s.next_in, s.waiting), (0, Some(2 * SEC), 0));
+        clock.advance(2 * SEC);
+        assert_eq!(limiter.snapshot().remaining, 2);
+        assert!(limiter.try_acquire_n(2).is_ok(), "the snapshot's count is what fits");
+    }
+
+    /// GCRA: the burst at first, then one per interval.
+    fn snapshot_of_gcra_on_the_manual_clock() {
+        let (clock, limiter) = manual(Quota::gcra(10, SEC, 3).unwrap()); // one per 100 ms
+        assert_eq!(limiter.snapshot().remaining, 3);
+        limiter.try_acquire_n(3).unwrap();
+        let s = limiter.snapshot();
+        assert_eq!((s.remaining, s.next_in), (0, Some(100 * MS)));
+        clock.advance(250 * MS);
+        let s = limiter.snapshot();
+        assert_eq!((s.remaining, s.next_in), (2, Some(Duration::ZERO)));
+        assert!(limiter.try_acquire_n(2).is_ok());
+        assert!(limiter.try_acquire().is_err());
+    }
+
     fn zero_quotas_are_rejected() {
         assert_eq!(RateLimiter::try_new(0, SEC).unwrap_err(), QuotaError::ZeroCalls);
         assert_eq!(RateLimiter::try_new(1, Duration::ZERO).unwrap_err(), QuotaError::ZeroPeriod);

@@ -767,6 +767,34 @@ impl<T: Timer> RateLimiter<T> {
         self.shared.set_quota(quota)
     }
 
+    /// A read-only look at the limiter now, taking nothing — governor's
+    /// state snapshot, for headers such as `X-RateLimit-Remaining` and
+    /// `Retry-After`: how many calls would be granted at once, and how long
+    /// until one more would be (after everyone already waiting).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::RateLimiter;
+    /// use std::time::Duration;
+    /// let limiter = RateLimiter::new(3, Duration::from_secs(60));
+    /// limiter.try_acquire_n(2).unwrap();
+    /// let now = limiter.snapshot();
+    /// assert_eq!((now.remaining, now.next_in), (1, Some(Duration::ZERO)));
+    /// limiter.try_acquire().unwrap();
+    /// let spent = limiter.snapshot();
+    /// assert_eq!(spent.remaining, 0);
+    /// assert!(spent.next_in.unwrap() > Duration::from_secs(59)); // the window's end
+    /// ```
+    pub fn snapshot(&self) -> RateSnapshot {
+        let (remaining, next, waiting) = self.shared.snapshot();
+        RateSnapshot {
+            remaining: usize::try_from(remaining).unwrap_or(usize::MAX),
+            next_in: (next != u64::MAX).then(|| Duration::from_nanos(next)),
+            waiting,
+        }
+    }
+
     /// How many acquisitions are waiting.
     ///
     /// # Examples
@@ -974,4 +1002,30 @@ impl<F, T: Timer> fmt::Debug for RateLimit<'_, F, T> {
             .field("granted", &self.acquire.is_none())
             .finish_non_exhaustive()
     }
+}
+
+/// What [`RateLimiter::snapshot`] saw: the limiter's state at one moment,
+/// with nothing taken.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::RateLimiter;
+/// use std::time::Duration;
+/// let limiter = RateLimiter::gcra(10, Duration::from_secs(1), 2);
+/// let s = limiter.snapshot();
+/// assert_eq!((s.remaining, s.waiting), (2, 0)); // the burst
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateSnapshot {
+    /// Calls that would be granted at once now (`try_acquire_n(remaining)`
+    /// would succeed); 0 while anyone waits, since waiters come first.
+    pub remaining: usize,
+    /// How long until one more call would be granted, after everyone
+    /// already waiting: zero when `remaining > 0`; `None` for never (a
+    /// quota that cannot come round again within what the clock can hold).
+    pub next_in: Option<Duration>,
+    /// Acquisitions waiting in the queue.
+    pub waiting: usize,
 }

@@ -660,6 +660,50 @@ impl<T: Timer> Shared<T> {
         self.lock().queue.len()
     }
 
+    /// `(calls that would be granted now, when one more would be granted in
+    /// nanoseconds from now — `u64::MAX` for never —, waiters)`, taking
+    /// nothing. The clock is read before locking; no user code runs under
+    /// the lock.
+    pub(crate) fn snapshot(&self) -> (u64, u64, usize) {
+        let raw = self.now_raw();
+        let mut state = self.lock();
+        let now = Self::held(&mut state, raw);
+        let waiting = state.queue.len();
+        let remaining = if waiting > 0 {
+            0 // the waiters come first
+        } else {
+            match state.quota.mode {
+                Mode::Window => {
+                    let mut log = state.log.clone();
+                    log.expire(now, state.period);
+                    state.max_calls.saturating_sub(log.total())
+                }
+                Mode::Gcra { .. } => {
+                    let params = self.gcra_params();
+                    let tat = self.tat.load(Ordering::Acquire);
+                    if tat == u64::MAX {
+                        0
+                    } else {
+                        let ahead = u128::from(tat.saturating_sub(now));
+                        let room = (u128::from(params.burst) * u128::from(params.interval))
+                            .saturating_sub(ahead);
+                        let calls = room / u128::from(params.interval.max(1));
+                        u64::try_from(calls).unwrap_or(u64::MAX).min(params.burst)
+                    }
+                }
+            }
+        };
+        let next = if remaining > 0 {
+            0
+        } else {
+            match self.estimate(&state, now, 1) {
+                u64::MAX => u64::MAX,
+                at => at.saturating_sub(now),
+            }
+        };
+        (remaining, next, waiting)
+    }
+
     /// Nobody waits and no grant is still in a window at `reading` (taken
     /// before any lock, on a clone of this limiter's timer): a fresh
     /// limiter would behave the same (the keyed limiter evicts such keys).
