@@ -21,6 +21,7 @@
 //! | outputs as they finish | `asyncio.as_completed(aws)` | [`as_completed`] ([`AsCompleted::indexed`] for input indices) |
 //! | a dynamic set of futures | `asyncio.create_task` + a set | [`AsCompleted::new`] + [`AsCompleted::push`] |
 //! | the first to finish, keep the rest | `asyncio.wait(..., FIRST_COMPLETED)` | [`wait_any`] |
+//! | the first success, the others cancelled (every error if all fail) | futures' `select_ok` | [`first_ok`] |
 //! | done + pending on a condition | `asyncio.wait(aws, return_when=...)` | [`wait`], [`try_wait`] with [`ReturnWhen`] |
 //! | …giving up after a while, keeping the pending | `asyncio.wait(aws, timeout=)` | [`Wait::with_timeout`] |
 //! | outputs as they finish, until a deadline | `asyncio.as_completed(aws, timeout=)` | [`AsCompleted::with_timeout`] |
@@ -119,7 +120,7 @@
 //!
 //! | type | a child panics in `poll` | a destructor panics | the task's waker panics |
 //! |---|---|---|---|
-//! | [`gather()`], [`try_gather()`], [`gather!`], [`try_gather!`], [`wait`], [`wait_any`] | propagates; the future then refuses polls | every child is dropped, then the panic propagates (from the drop, or from the fail-fast poll that dropped them) | from a wake on another thread: the next poll re-arms; from a child's own poll: as a child panic |
+//! | [`gather()`], [`try_gather()`], [`gather!`], [`try_gather!`], [`wait`], [`wait_any`], [`first_ok`] | propagates; the future then refuses polls | every child is dropped, then the panic propagates (from the drop, or from the fail-fast poll that dropped them) | from a wake on another thread: the next poll re-arms; from a child's own poll: as a child panic |
 //! | [`gather_settled`] | captured as [`Panicked`] | a finished child's: captured as its outcome; dropping unfinished children: as above | as above |
 //! | [`AsCompleted`] | propagates; the stream stays usable | as above; the slot is reused | as above |
 //! | [`task_group`], [`task_group_local`] | propagates; the group refuses polls | every task and the body are dropped, then it propagates | as above |
@@ -197,6 +198,7 @@
 mod as_completed;
 mod batch;
 mod engine;
+mod first_ok;
 mod gather;
 mod poison;
 pub mod pool;
@@ -221,6 +223,7 @@ pub use batch::{
     TryBatch, process_batch, process_batch_stream,
 };
 pub use engine::tuple::{GatherTuple, TryGatherTuple};
+pub use first_ok::{FirstOk, first_ok};
 pub use gather::{Gather, GatherSettled, Panicked, TryGather, gather, gather_settled, try_gather};
 #[doc(inline)]
 pub use pool::{Pool, PoolError, Pooled};
