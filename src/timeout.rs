@@ -131,8 +131,11 @@ pin_project_lite::pin_project! {
         // thread, a timer wheel).
         moved: bool,
         done: bool,
-        // Resolved with `Elapsed`.
+        // Resolved with `Elapsed` (set as the timeout path starts).
         expired: bool,
+        // Without a deadline no sleep holds the task's waker: the waker of
+        // the latest pending poll, for `reset` to wake.
+        idle: Option<std::task::Waker>,
     }
 }
 
@@ -146,6 +149,7 @@ impl<F, T: Timer> Timeout<F, T> {
             moved: false,
             done: false,
             expired: false,
+            idle: None,
         }
     }
 
@@ -178,6 +182,7 @@ impl<F, T: Timer> Timeout<F, T> {
             moved: self.moved,
             done: self.done,
             expired: self.expired,
+            idle: self.idle,
         }
     }
 
@@ -212,6 +217,9 @@ impl<F, T: Timer> Timeout<F, T> {
     /// [`deadline`](Self::deadline) reports it), and the sleep still wakes
     /// the task at it.
     ///
+    /// If the task's waker panics when a timeout that waited without a
+    /// deadline wakes it here: the new deadline is set first.
+    ///
     /// # Examples
     ///
     /// ```
@@ -228,12 +236,21 @@ impl<F, T: Timer> Timeout<F, T> {
         let this = self.project();
         *this.moved = this.sleep.is_some(); // before that, the first wait reads the clock
         time::reset_deadline(&*this.timer, this.when, this.sleep, When::At(deadline));
+        // A timeout that waited without a deadline has no sleep to move: its
+        // task is woken so that its next poll arms one.
+        if let Some(waker) = this.idle.take() {
+            *this.moved = true;
+            waker.wake();
+        }
     }
 
     /// Removes the deadline: the timeout waits for the inner future however
     /// long it takes — asyncio's `Timeout.reschedule(None)`. A later
-    /// [`reset`](Self::reset) sets a deadline again. A running timer is
-    /// moved out of the way (armed for the far future), so nothing fires.
+    /// [`reset`](Self::reset) sets a deadline again. Without a deadline no
+    /// timer is armed, so nothing fires — not even under tokio's paused
+    /// time, whose auto-advance would jump to a far-future timer: a running
+    /// timer is moved to now, waking the task once, and its next poll drops
+    /// it (keeping the task's waker, so that a later `reset` wakes it).
     ///
     /// # Panics
     ///
@@ -255,7 +272,7 @@ impl<F, T: Timer> Timeout<F, T> {
     /// ```
     pub fn clear_deadline(self: Pin<&mut Self>) {
         let this = self.project();
-        *this.moved = this.sleep.is_some();
+        *this.moved = false;
         time::reset_deadline(&*this.timer, this.when, this.sleep, When::Never);
     }
 
@@ -352,6 +369,7 @@ impl<F: Future, T: Timer> Future for Timeout<F, T> {
         if passed
             || time::poll_deadline(&*this.timer, this.when, this.sleep.as_mut(), cx).is_ready()
         {
+            *this.expired = true;
             // Cancel the inner future and release the timer now, not when
             // the `Timeout` is dropped: both, even if one destructor panics
             // (the first panic propagates, and the next poll refuses).
@@ -360,8 +378,14 @@ impl<F: Future, T: Timer> Future for Timeout<F, T> {
             panics.catch(|| this.sleep.set(None));
             panics.resume();
             *this.done = true;
-            *this.expired = true;
             return Poll::Ready(Err(Elapsed(())));
+        }
+        if *this.when == When::Never {
+            // No deadline: no sleep holds the waker; keep it for `reset`.
+            if !this.idle.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                let old = this.idle.replace(cx.waker().clone());
+                drop(old);
+            }
         }
         Poll::Pending
     }

@@ -76,15 +76,21 @@ guarded! {
         clock.advance(4 * SEC);
         Pin::new(&mut call).clear_deadline();
         assert_eq!(call.deadline(), None);
+        // The running sleep was moved to now: one wake, whose poll drops it.
+        assert_eq!(w.wakes(), 1);
+        assert!(poll_once(&mut call, &w).is_pending());
+        assert_eq!(clock.sleepers(), 0, "no timer without a deadline");
         clock.advance(3600 * SEC);
-        assert_eq!(w.wakes(), 0, "a cleared deadline woke the task");
+        assert_eq!(w.wakes(), 1, "a cleared deadline woke the task");
         assert!(!call.expired());
         assert!(poll_once(&mut call, &w).is_pending());
         let at = clock.now() + SEC;
         Pin::new(&mut call).reset(at);
+        assert_eq!(w.wakes(), 2, "reset wakes a timeout that had no timer");
+        assert!(poll_once(&mut call, &w).is_pending(), "which arms one");
         assert!(!call.expired());
         clock.advance(SEC);
-        assert_eq!(w.wakes(), 1, "the new deadline woke the task");
+        assert_eq!(w.wakes(), 3, "the new deadline woke the task");
         assert!(call.expired(), "the deadline has passed; the next poll times out");
         assert_eq!(poll_once(&mut call, &w), Poll::Ready(Err(Elapsed::new())));
         assert!(call.expired());
@@ -202,9 +208,10 @@ guarded! {
                 clock.advance(100 * YEAR);
                 assert!(poll_once(&mut call, &w).is_pending(), "{d:?} elapsed");
             }
-            assert_eq!(clock.sleepers(), 1, "still waiting, on one sleep");
+            // No deadline, no sleep: nothing for paused time to jump to.
+            assert_eq!(clock.sleepers(), 0, "no timer is armed without a deadline");
+            assert_eq!(w.wakes(), 0);
             drop(call);
-            assert_eq!(clock.sleepers(), 0);
         }
     }
 

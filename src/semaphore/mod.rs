@@ -696,9 +696,10 @@ impl Semaphore {
     /// good — tokio's `forget_permits`: the capacity shrinks by what was
     /// taken, and the count taken is returned. Held permits are never
     /// touched (to retire those as they come back, use
-    /// [`set_capacity`](Semaphore::set_capacity)). Waiters that ask for more
-    /// than the new capacity fail with [`AcquireError`]. Works on a closed
-    /// semaphore too.
+    /// [`set_capacity`](Semaphore::set_capacity)), and neither are permits
+    /// a waiter has already collected: free permits go to the first waiter
+    /// as they come, so while anyone waits none are available and none are
+    /// taken. Works on a closed semaphore too.
     ///
     /// # Panics
     ///

@@ -479,13 +479,22 @@ impl When {
 /// call, so a deadline costs nothing until something actually waits).
 ///
 /// Ready when the deadline has passed: at once for zero and past deadlines,
-/// without any wake-up. A sleep that completes early is re-armed.
+/// without any wake-up. A sleep that completes early is re-armed. No
+/// deadline ([`When::Never`]: `Duration::MAX`, a cleared deadline) arms no
+/// sleep at all: `Pending`, and nothing will wake it (a far-future sleep
+/// would be fired by tokio's auto-advance under paused time, over and over).
 pub(crate) fn poll_deadline<T: Timer + ?Sized>(
     timer: &T,
     when: &mut When,
     mut sleep: Pin<&mut Option<T::Sleep>>,
     cx: &mut Context<'_>,
 ) -> Poll<()> {
+    if *when == When::Never {
+        // A sleep left from a deadline since cleared (see `reset_deadline`)
+        // has done its job: it woke this poll.
+        sleep.set(None);
+        return Poll::Pending;
+    }
     if sleep.is_none() {
         let now = timer.now();
         // The first wait: fix the deadline and pick what the backend sleeps
@@ -501,7 +510,7 @@ pub(crate) fn poll_deadline<T: Timer + ?Sized>(
                 }
                 None => {
                     *when = When::Never;
-                    now + MAX_SLEEP
+                    return Poll::Pending;
                 }
             },
             When::At(at) if now >= at => return Poll::Ready(()),
@@ -538,6 +547,18 @@ pub(crate) fn reset_deadline<T: Timer + ?Sized>(
     sleep: Pin<&mut Option<T::Sleep>>,
     mut deadline: When,
 ) {
+    if deadline == When::Never {
+        // No deadline, no sleep (see `poll_deadline`). A running sleep holds
+        // the task's waker: it is moved to now, so the task polls once more,
+        // and that poll drops it and keeps the waker for a later deadline
+        // (the deadline changes only once the timer has moved the sleep).
+        if let Some(sleep) = sleep.as_pin_mut() {
+            let now = timer.now();
+            timer.reset(sleep, now);
+        }
+        *when = deadline;
+        return;
+    }
     if let Some(sleep) = sleep.as_pin_mut() {
         let now = timer.now();
         deadline.resolve(now);
