@@ -1,7 +1,12 @@
 //! Adversarial cases for `Semaphore::forget_permits`, `Timeout::clear_deadline`
 //! and `Timeout::expired`, and `AsCompleted::clear` (a review that tried to
 //! break them; the paused-time and `expired` cases failed on their first version).
-#![cfg(all(feature = "tokio", feature = "async-io", feature = "quanta", feature = "test-util"))]
+#![cfg(all(
+    feature = "tokio",
+    feature = "async-io",
+    feature = "quanta",
+    feature = "test-util"
+))]
 #![allow(clippy::all)]
 
 use awaitkit::time::{FuturesTimer, ManualClock, Timer};
