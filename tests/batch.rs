@@ -8,75 +8,15 @@ mod common;
 
 use awaitkit::{Batch, BatchConfigError, Progress, process_batch};
 use common::{
-    Counter, CountingWaker, ParkHandle, RemoteYield, Tracker, WakerThread, YieldN, parked,
-    poll_once, shuffled,
+    Counter, CountingWaker, Gauge, Handles, ParkHandle, RemoteYield, Tracker, WakerThread, YieldN,
+    parked, parked_children, poll_once, shuffled,
 };
 use futures::FutureExt;
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-
-/// Counts children alive right now (created by `f`, not yet dropped) and the
-/// most ever alive at once.
-#[derive(Clone, Debug, Default)]
-struct Gauge(Arc<(AtomicUsize, AtomicUsize)>);
-
-impl Gauge {
-    fn enter(&self) -> Alive {
-        let now = self.0.0.fetch_add(1, Ordering::SeqCst) + 1;
-        self.0.1.fetch_max(now, Ordering::SeqCst);
-        Alive(self.clone())
-    }
-    fn now(&self) -> usize {
-        self.0.0.load(Ordering::SeqCst)
-    }
-    fn max(&self) -> usize {
-        self.0.1.load(Ordering::SeqCst)
-    }
-}
-
-/// One live child of a [`Gauge`].
-#[derive(Debug)]
-struct Alive(Gauge);
-
-impl Drop for Alive {
-    fn drop(&mut self) {
-        self.0.0.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Children parked until the test completes them, by item; the handles
-/// are recorded as `f` creates the children.
-#[derive(Clone, Debug, Default)]
-struct Handles(Arc<Mutex<Vec<ParkHandle>>>);
-
-impl Handles {
-    fn get(&self, i: usize) -> ParkHandle {
-        self.0.lock().unwrap()[i].clone()
-    }
-    fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-}
-
-/// `f` for parked children: item `i` is parked child `i` with value `i`.
-fn parked_children(
-    handles: &Handles,
-    polls: &Counter,
-    tracker: &Tracker,
-) -> impl FnMut(usize) -> common::Parked<usize> + use<> {
-    let (handles, polls, tracker) = (handles.clone(), polls.clone(), tracker.clone());
-    move |i| {
-        let (handle, child) = parked(i, &polls, &tracker);
-        let mut all = handles.0.lock().unwrap();
-        assert_eq!(all.len(), i, "items start in input order");
-        all.push(handle);
-        child
-    }
-}
 
 /// A counting iterator over `0..n` (its size hint stays exact).
 fn counted(n: usize, pulls: &Counter) -> impl Iterator<Item = usize> + use<> {

@@ -9,14 +9,13 @@ mod common;
 
 use awaitkit::{BatchOrdered, BatchUnordered, Progress, process_batch, process_batch_stream};
 use common::{
-    Counter, CountingWaker, ParkHandle, RemoteYield, Token, Tracker, WakerThread, YieldN, parked,
-    poll_next_once, poll_once, shuffled,
+    Counter, CountingWaker, Gauge, Handles, RemoteYield, Token, Tracker, WakerThread, YieldN,
+    parked_children, poll_next_once, poll_once, shuffled,
 };
 use futures::{Stream, StreamExt};
 use std::collections::{BTreeSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -24,63 +23,6 @@ use std::time::Duration;
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// Counts children alive right now (created by `f`, not yet dropped) and the
-/// most ever alive at once.
-#[derive(Clone, Debug, Default)]
-struct Gauge(Arc<(AtomicUsize, AtomicUsize)>);
-
-impl Gauge {
-    fn enter(&self) -> Alive {
-        let now = self.0.0.fetch_add(1, Ordering::SeqCst) + 1;
-        self.0.1.fetch_max(now, Ordering::SeqCst);
-        Alive(self.clone())
-    }
-    fn now(&self) -> usize {
-        self.0.0.load(Ordering::SeqCst)
-    }
-    fn max(&self) -> usize {
-        self.0.1.load(Ordering::SeqCst)
-    }
-}
-
-#[derive(Debug)]
-struct Alive(Gauge);
-
-impl Drop for Alive {
-    fn drop(&mut self) {
-        self.0.0.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Parked children by item, recorded as `f` creates them.
-#[derive(Clone, Debug, Default)]
-struct Handles(Arc<Mutex<Vec<ParkHandle>>>);
-
-impl Handles {
-    fn get(&self, i: usize) -> ParkHandle {
-        self.0.lock().unwrap()[i].clone()
-    }
-    fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-}
-
-/// `f` for parked children: item `i` is parked child `i` with value `i`.
-fn parked_children(
-    handles: &Handles,
-    polls: &Counter,
-    tracker: &Tracker,
-) -> impl FnMut(usize) -> common::Parked<usize> + Send + use<> {
-    let (handles, polls, tracker) = (handles.clone(), polls.clone(), tracker.clone());
-    move |i| {
-        let (handle, child) = parked(i, &polls, &tracker);
-        let mut all = handles.0.lock().unwrap();
-        assert_eq!(all.len(), i, "items start in input order");
-        all.push(handle);
-        child
-    }
-}
 
 /// A stream the test feeds by hand (or from another thread): `Pending`
 /// while empty and open. Counts the items it handed out and the polls it

@@ -1092,3 +1092,65 @@ pub(crate) fn advance_from_thread(
         clock.advance(by);
     })
 }
+
+// ---------------------------------------------------------------------------
+// Batch helpers (tests/batch.rs, tests/batch_stream.rs)
+// ---------------------------------------------------------------------------
+
+/// Counts children alive right now (created by `f`, not yet dropped) and the
+/// most ever alive at once.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Gauge(Arc<(AtomicUsize, AtomicUsize)>);
+
+impl Gauge {
+    pub(crate) fn enter(&self) -> Alive {
+        let now = self.0.0.fetch_add(1, Ordering::SeqCst) + 1;
+        self.0.1.fetch_max(now, Ordering::SeqCst);
+        Alive(self.clone())
+    }
+    pub(crate) fn now(&self) -> usize {
+        self.0.0.load(Ordering::SeqCst)
+    }
+    pub(crate) fn max(&self) -> usize {
+        self.0.1.load(Ordering::SeqCst)
+    }
+}
+
+/// One live child of a [`Gauge`].
+#[derive(Debug)]
+pub(crate) struct Alive(Gauge);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.0.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Parked children by item, recorded as `f` creates them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Handles(Arc<Mutex<Vec<ParkHandle>>>);
+
+impl Handles {
+    pub(crate) fn get(&self, i: usize) -> ParkHandle {
+        self.0.lock().unwrap()[i].clone()
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+/// `f` for parked children: item `i` is parked child `i` with value `i`.
+pub(crate) fn parked_children(
+    handles: &Handles,
+    polls: &Counter,
+    tracker: &Tracker,
+) -> impl FnMut(usize) -> Parked<usize> + Send + use<> {
+    let (handles, polls, tracker) = (handles.clone(), polls.clone(), tracker.clone());
+    move |i| {
+        let (handle, child) = parked(i, &polls, &tracker);
+        let mut all = handles.0.lock().unwrap();
+        assert_eq!(all.len(), i, "items start in input order");
+        all.push(handle);
+        child
+    }
+}
