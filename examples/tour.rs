@@ -450,7 +450,7 @@ fn main() {
             });
             Delay::new(ms(300)).await; // other work meanwhile
             println!("   {:>7.2?}: other work done", start.elapsed());
-            Ok((task1.await?, task2.await?))
+            Ok((task1.await??, task2.await??))
         })
         .await;
         println!(
@@ -464,7 +464,7 @@ fn main() {
                 Delay::new(ms(50)).await;
                 Err::<&str, _>("the API said no")
             });
-            bad.await
+            bad.await.expect("nothing aborts it")
         })
         .await;
         println!(

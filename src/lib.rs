@@ -241,7 +241,8 @@ pub use semaphore::{
     SemaphorePermit, SemaphoreStats, TryAcquireError,
 };
 pub use task_group::{
-    LocalTaskGroup, LocalTaskScope, TaskGroup, TaskHandle, TaskScope, task_group, task_group_local,
+    LocalTaskGroup, LocalTaskScope, TaskCancelled, TaskGroup, TaskHandle, TaskScope, task_group,
+    task_group_local,
 };
 #[doc(inline)]
 pub use time::Timer;

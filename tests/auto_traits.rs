@@ -638,7 +638,7 @@ mod task_group {
     #[test]
     fn task_group_is_send_and_unpin_when_its_body_is_never_sync() {
         let g = send_unpin(task_group(|tg| async move {
-            tg.spawn(async { Ok::<_, ()>(1u8) }).await
+            tg.spawn(async { Ok::<_, ()>(1u8) }).await.unwrap()
         }));
         // The tasks are type-erased as `Send` only, so the group is not `Sync`.
         assert_eq!(traits!(g), SEND_ONLY);
@@ -651,7 +651,7 @@ mod task_group {
     #[test]
     fn local_task_group_is_unpin_only() {
         let g: LocalTaskGroup<'_, _, ()> = unpin(task_group_local(|tg| async move {
-            tg.spawn(async { Ok(Rc::new(1u8)) }).await
+            tg.spawn(async { Ok(Rc::new(1u8)) }).await.unwrap()
         }));
         assert_eq!(traits!(g), NEITHER);
         assert_eq!(

@@ -214,7 +214,7 @@ matrix! {
         let out = run_fused(task_group(|tg| async move {
             let handle = tg.spawn(later_boxed(Ok::<_, ()>(2)));
             // A handle in `select!`, inside the group.
-            let two = run_fused(handle).await?;
+            let two = run_fused(handle).await.expect("not cancelled")?;
             Ok(two + 1)
         }))
         .await;
@@ -273,7 +273,7 @@ matrix_local! {
     async fn local_task_group_is_fused() {
         let out = run_fused(task_group_local(|tg| async move {
             let handle = tg.spawn(later(Ok::<_, ()>(std::rc::Rc::new(4))));
-            Ok(*run_fused(handle).await?)
+            Ok(*run_fused(handle).await.expect("not cancelled")?)
         }))
         .await;
         assert_eq!(out, Ok(4));

@@ -227,7 +227,7 @@ matrix! {
                 .collect();
             let mut out = Vec::new();
             for h in handles {
-                out.push(h.await?);
+                out.push(h.await.unwrap()?);
             }
             Ok(out)
         })

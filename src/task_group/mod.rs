@@ -22,26 +22,41 @@
 //!   and wakes whoever awaits the handle (the body, another task, anyone).
 //!   Dropping the wrapper unfinished marks the slot cancelled.
 //!
+//! * Each task's future sits in a cell shared with its handle
+//!   ([`cell`]), so [`TaskHandle::abort`] can drop it while the group owns
+//!   it; the engine's child is a small [`Task`](cell::Task) pointing at the
+//!   cell.
+//!
 //! No lock is ever held while user code runs (polls or destructors), so
 //! spawning from the body, from a task, or from a task's destructor cannot
 //! deadlock.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // but in `cell` (one `unsafe impl`)
+
+mod cell;
+#[cfg(all(test, awaitkit_loom))]
+mod loom_models;
 
 use crate::engine::{Engine, ParentOwner, ParentWaker};
+use crate::sync::{Mutex, MutexGuard};
 use crate::unwind::Panics;
+use cell::{Abort, LocalCell, Task, TaskCell};
 use futures_core::FusedFuture;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
 /// A task of a [`TaskGroup`], type-erased.
 type SendTask<'a, E> = Pin<Box<dyn Future<Output = Result<(), E>> + Send + 'a>>;
 /// A task of a [`LocalTaskGroup`], type-erased.
 type LocalTask<'a, E> = Pin<Box<dyn Future<Output = Result<(), E>> + 'a>>;
+/// The engine's child in a [`TaskGroup`].
+type SendChild<'a, E> = Task<TaskCell<SendTask<'a, E>>>;
+/// The engine's child in a [`LocalTaskGroup`].
+type LocalChild<'a, E> = Task<LocalCell<LocalTask<'a, E>>>;
 
 /// Locks, ignoring poisoning: no lock here is held while user code runs, so
 /// a poisoned lock only means a panic elsewhere, never a broken invariant.
@@ -148,6 +163,8 @@ struct TaskState<T, E> {
     waker: Option<Waker>,
     /// The handle was dropped.
     detached: bool,
+    /// [`TaskHandle::abort`] was called while the task ran.
+    aborted: bool,
 }
 
 enum Outcome<T, E> {
@@ -208,7 +225,7 @@ fn task<F, T, E>(
     signal: &Arc<Signal>,
 ) -> (
     impl Future<Output = Result<(), E>> + use<F, T, E>,
-    TaskHandle<T, E>,
+    Slot<T, E>,
 )
 where
     F: Future<Output = Result<T, E>>,
@@ -217,6 +234,7 @@ where
         outcome: Outcome::Running,
         waker: None,
         detached: false,
+        aborted: false,
     }));
     let completer = Completer {
         slot: slot.clone(),
@@ -226,18 +244,28 @@ where
         let output = future.await;
         completer.finish(output)
     };
-    (wrapped, TaskHandle { slot })
+    (wrapped, slot)
 }
 
 /// A handle to a task of a task group: a future resolving to the task's
-/// output — Python's `await task`.
+/// output — Python's `await task` — and the way to cancel that one task
+/// ([`abort`](TaskHandle::abort), Python's `task.cancel()`).
 ///
 /// Returned by [`TaskScope::spawn`] and [`LocalTaskScope::spawn`]. Await it
 /// anywhere: in the group's body, in another task of the group, or outside
-/// the group. Handles of one output type can go into
+/// the group. It resolves to `Ok(output)` with the task's own `Result`, or
+/// to `Err(`[`TaskCancelled`]`)` if the task was dropped before it finished:
+/// aborted, or cancelled with its group (tokio's `JoinHandle` and futures'
+/// `Abortable` have the same shape). So `handle.await??` gives the task's
+/// value where the error type converts from [`TaskCancelled`] (`io::Error`,
+/// `String`, `Box<dyn Error + Send + Sync>`, `anyhow::Error`, or your own
+/// error with a `From` impl); elsewhere match it, or `.expect()` it where
+/// nothing aborts the task.
+///
+/// Handles of one output type can go into
 /// [`as_completed`](crate::as_completed) (results in completion order, with
 /// [`indexed`](crate::AsCompleted::indexed) for which task it was) or
-/// [`try_gather`](crate::try_gather()) (all results, in spawn order).
+/// [`gather`](crate::gather()) (all results, in spawn order).
 ///
 /// Dropping the handle **detaches** the task: it keeps running in its group,
 /// and its value is dropped when it finishes. (Its error still counts: see
@@ -245,7 +273,9 @@ where
 /// `#[must_use]`: `scope.spawn(work);` without keeping the handle is
 /// Python's fire-and-forget `create_task`, and loses nothing but the value.
 ///
-/// `Unpin`; `Send`/`Sync` when `T` and `E` are `Send`.
+/// The lifetime `'a` is the group's: the handle can leave the group, but not
+/// outlive what its task borrows. `Unpin`; `Send`/`Sync` when `T` and `E`
+/// are `Send`.
 ///
 /// # Cancel safety
 ///
@@ -255,19 +285,17 @@ where
 ///
 /// # Panics
 ///
-/// Polling the handle after it returned the output panics. Polling it after
-/// its task was **cancelled** panics too — which can only be observed from
-/// outside the group (the group was dropped, or failed because of another
-/// task's error), since cancelling a group also drops its body and every
-/// task. [`is_finished`](TaskHandle::is_finished) tells whether the output
-/// is there.
+/// Polling the handle after it returned (the output or
+/// [`TaskCancelled`]) panics.
 ///
 /// # Errors
 ///
-/// Resolves to the task's own `Err`: in the default fail-fast mode a task's
-/// error fails the whole group before anyone in it can see it, so inside the
-/// group `handle.await?` only ever sees errors in
-/// [`keep_going`](TaskGroup::keep_going) mode.
+/// [`TaskCancelled`] if the task was aborted, or dropped because its group
+/// failed or was dropped (only seen from outside the group: a failing group
+/// drops its body too). Otherwise the task's own `Result` comes back inside
+/// `Ok`: in the default fail-fast mode a task's error fails the whole group
+/// before anyone in it can see it, so inside the group it is always `Ok`
+/// but in [`keep_going`](TaskGroup::keep_going) mode.
 ///
 /// # Examples
 ///
@@ -280,7 +308,7 @@ where
 ///     let mut done = awaitkit::as_completed(handles).indexed();
 ///     let mut lengths = [0; 3];
 ///     while let Some((i, len)) = done.next().await {
-///         lengths[i] = len?;
+///         lengths[i] = len.expect("nothing aborts these")?;
 ///     }
 ///     Ok(lengths)
 /// })
@@ -288,13 +316,15 @@ where
 /// assert_eq!(lengths, Ok([1, 3, 2]));
 /// # });
 /// ```
-pub struct TaskHandle<T, E> {
+pub struct TaskHandle<'a, T, E> {
     slot: Slot<T, E>,
+    cell: Arc<dyn Abort + Send + Sync + 'a>,
 }
 
-impl<T, E> TaskHandle<T, E> {
-    /// Whether the task finished and its output waits in the handle (the
-    /// next poll returns it).
+impl<T, E> TaskHandle<'_, T, E> {
+    /// Whether the task is over: it finished and its output waits in the
+    /// handle, or it was cancelled — either way the next poll returns at
+    /// once.
     ///
     /// # Examples
     ///
@@ -303,7 +333,7 @@ impl<T, E> TaskHandle<T, E> {
     /// awaitkit::task_group(|scope| async move {
     ///     let handle = scope.spawn(async { Ok::<_, ()>(7) });
     ///     assert!(!handle.is_finished()); // not even started
-    ///     assert_eq!(handle.await, Ok(7));
+    ///     assert_eq!(handle.await, Ok(Ok(7)));
     ///     Ok(())
     /// })
     /// .await
@@ -311,26 +341,78 @@ impl<T, E> TaskHandle<T, E> {
     /// # });
     /// ```
     pub fn is_finished(&self) -> bool {
-        matches!(lock(&self.slot).outcome, Outcome::Done(_))
+        matches!(
+            lock(&self.slot).outcome,
+            Outcome::Done(_) | Outcome::Cancelled
+        )
+    }
+
+    /// Cancels this task — Python's `task.cancel()`, tokio's
+    /// `JoinHandle::abort`: its future is dropped, and awaiting the handle
+    /// returns `Err(TaskCancelled)` (with
+    /// [`is_aborted`](TaskCancelled::is_aborted)). The rest of the group goes
+    /// on: an aborted task is not an error of the group.
+    ///
+    /// The future is dropped **at once**: right here, on this thread, unless
+    /// the group is polling that very task at this moment (the task aborts
+    /// itself, or the group runs on another thread) — then the group drops it
+    /// as soon as that poll of the task returns, before the group's own poll
+    /// returns. (For a [`LocalTaskGroup`], an abort from a thread other than
+    /// the group's also leaves the drop to the group's next poll: its tasks
+    /// are not `Send`.)
+    ///
+    /// Does nothing if the task already finished (its output stays in the
+    /// handle) or was already cancelled.
+    ///
+    /// # Panics
+    ///
+    /// If the task's destructor panics, the panic propagates out of `abort`
+    /// (the task is dropped all the same, and its group goes on).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let out = awaitkit::task_group(|tg| async move {
+    ///     let stuck = tg.spawn(futures::future::pending::<Result<(), ()>>());
+    ///     let quick = tg.spawn(async { Ok(2) });
+    ///     stuck.abort(); // dropped here
+    ///     let cancelled = stuck.await.unwrap_err();
+    ///     assert!(cancelled.is_aborted());
+    ///     quick.await.unwrap() // the group went on
+    /// })
+    /// .await;
+    /// assert_eq!(out, Ok(2));
+    /// # });
+    /// ```
+    pub fn abort(&self) {
+        let mut state = lock(&self.slot);
+        if !matches!(state.outcome, Outcome::Running) {
+            return;
+        }
+        state.aborted = true;
+        drop(state);
+        self.cell.abort();
     }
 }
 
-/// Terminated once it has returned the task's result (polling it again
-/// panics). A handle whose task was cancelled is not terminated — it never
-/// returned — but polling it panics too (see [`TaskHandle`]).
-impl<T, E> FusedFuture for TaskHandle<T, E> {
+/// Terminated once it has returned (polling it again panics).
+impl<T, E> FusedFuture for TaskHandle<'_, T, E> {
     fn is_terminated(&self) -> bool {
         matches!(lock(&self.slot).outcome, Outcome::Taken)
     }
 }
 
-impl<T, E> Future for TaskHandle<T, E> {
-    type Output = Result<T, E>;
+impl<T, E> Future for TaskHandle<'_, T, E> {
+    type Output = Result<Result<T, E>, TaskCancelled>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, E>> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = lock(&self.slot);
         match std::mem::replace(&mut state.outcome, Outcome::Taken) {
-            Outcome::Done(output) => Poll::Ready(output),
+            Outcome::Done(output) => Poll::Ready(Ok(output)),
+            Outcome::Cancelled => Poll::Ready(Err(TaskCancelled {
+                aborted: state.aborted,
+            })),
             Outcome::Running => {
                 state.outcome = Outcome::Running;
                 if state
@@ -359,19 +441,11 @@ impl<T, E> Future for TaskHandle<T, E> {
                 drop(state);
                 panic!("`TaskHandle` polled after completion")
             }
-            Outcome::Cancelled => {
-                state.outcome = Outcome::Cancelled;
-                drop(state);
-                panic!(
-                    "`TaskHandle` polled after its task was cancelled \
-                     (its task group was dropped or failed)"
-                )
-            }
         }
     }
 }
 
-impl<T, E> Drop for TaskHandle<T, E> {
+impl<T, E> Drop for TaskHandle<'_, T, E> {
     fn drop(&mut self) {
         let mut state = lock(&self.slot);
         state.detached = true;
@@ -381,15 +455,97 @@ impl<T, E> Drop for TaskHandle<T, E> {
     }
 }
 
-impl<T, E> fmt::Debug for TaskHandle<T, E> {
+impl<T, E> fmt::Debug for TaskHandle<'_, T, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match lock(&self.slot).outcome {
+        let state = lock(&self.slot);
+        let state = match state.outcome {
+            Outcome::Running if state.aborted => "aborting",
             Outcome::Running => "running",
             Outcome::Done(_) => "finished",
             Outcome::Taken => "taken",
+            Outcome::Cancelled if state.aborted => "aborted",
             Outcome::Cancelled => "cancelled",
         };
         f.debug_struct("TaskHandle").field("state", &state).finish()
+    }
+}
+
+/// The error of awaiting a [`TaskHandle`] whose task was dropped before it
+/// finished: it was [aborted](TaskHandle::abort), or its group failed or
+/// was dropped — Python's `CancelledError` from `await task`.
+///
+/// An `std::error::Error`; converts into `std::io::Error` (kind `Other`) and
+/// into `String` (its message), so `handle.await??` works in a group whose
+/// error type is `io::Error`, `String`, `Box<dyn Error + Send + Sync>` or
+/// `anyhow::Error`.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// let out = awaitkit::task_group(|tg| async move {
+///     let task = tg.spawn(futures::future::pending::<std::io::Result<()>>());
+///     task.abort();
+///     let err: awaitkit::TaskCancelled = task.await.unwrap_err();
+///     assert!(err.is_aborted());
+///     assert_eq!(err.to_string(), "task was aborted");
+///     let io: std::io::Error = err.into();
+///     Err::<(), _>(io)
+/// })
+/// .await;
+/// assert_eq!(out.unwrap_err().to_string(), "task was aborted");
+/// # });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskCancelled {
+    aborted: bool,
+}
+
+impl TaskCancelled {
+    /// `true` when [`TaskHandle::abort`] cancelled the task; `false` when
+    /// its group failed or was dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let mut outside = None;
+    /// let group = awaitkit::task_group(|tg| {
+    ///     outside = Some(tg.spawn(futures::future::pending::<Result<(), ()>>()));
+    ///     futures::future::pending::<Result<(), ()>>()
+    /// });
+    /// drop(group); // cancels every task
+    /// let err = outside.unwrap().await.unwrap_err();
+    /// assert!(!err.is_aborted());
+    /// # });
+    /// ```
+    pub fn is_aborted(&self) -> bool {
+        self.aborted
+    }
+}
+
+impl fmt::Display for TaskCancelled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.aborted {
+            "task was aborted"
+        } else {
+            "task was cancelled: its task group failed or was dropped"
+        })
+    }
+}
+
+impl std::error::Error for TaskCancelled {}
+
+impl From<TaskCancelled> for std::io::Error {
+    fn from(cancelled: TaskCancelled) -> Self {
+        std::io::Error::other(cancelled)
+    }
+}
+
+/// The message, for tasks whose errors are `String`s.
+impl From<TaskCancelled> for String {
+    fn from(cancelled: TaskCancelled) -> Self {
+        cancelled.to_string()
     }
 }
 
@@ -702,7 +858,7 @@ macro_rules! delegate_to_core {
 ///     let task1 = tg.spawn(long_running_task(1)); // asyncio.create_task(...)
 ///     let task2 = tg.spawn(long_running_task(2));
 ///     Delay::new(Duration::from_millis(50)).await; // do other work
-///     Ok((task1.await?, task2.await?))
+///     Ok((task1.await??, task2.await??))
 /// })
 /// .await?;
 /// assert_eq!((r1, r2), (10, 20));
@@ -750,7 +906,7 @@ where
 ///
 /// let mut group = awaitkit::task_group(|tg| async move {
 ///     let task = tg.spawn(async { Ok::<_, ()>(2) });
-///     Ok(task.await? * 21)
+///     Ok(task.await.unwrap()? * 21)
 /// });
 /// let mut cx = Context::from_waker(Waker::noop());
 /// let out = loop {
@@ -762,7 +918,7 @@ where
 /// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct TaskGroup<'a, Fut: Future, E> {
-    core: Core<Fut, E, SendTask<'a, E>>,
+    core: Core<Fut, E, SendChild<'a, E>>,
 }
 
 impl<Fut: Future, E> TaskGroup<'_, Fut, E> {
@@ -783,7 +939,8 @@ impl<Fut: Future, E> TaskGroup<'_, Fut, E> {
     ///     let bad = tg.spawn(async { Err::<u8, _>("bad input") });
     ///     let good = tg.spawn(async { Ok(2) });
     ///     // The failure is a value here; `good` was not cancelled.
-    ///     Ok((bad.await.unwrap_or(0), good.await?))
+    ///     let bad = bad.await.expect("not aborted"); // the task's own result
+    ///     Ok((bad.unwrap_or(0), good.await.expect("not aborted")?))
     /// })
     /// .keep_going()
     /// .await;
@@ -850,16 +1007,16 @@ impl<Fut: Future, E> TaskGroup<'_, Fut, E> {
 ///     let outer = tg.spawn(async move {
 ///         let a = inner.spawn(async { Ok::<_, ()>(1) });
 ///         let b = inner.spawn(async { Ok(2) });
-///         Ok(a.await? + b.await?)
+///         Ok(a.await.unwrap()? + b.await.unwrap()?)
 ///     });
-///     outer.await
+///     outer.await.unwrap()
 /// })
 /// .await;
 /// assert_eq!(total, Ok(3));
 /// # });
 /// ```
 pub struct TaskScope<'a, E> {
-    shared: Arc<Shared<SendTask<'a, E>>>,
+    shared: Arc<Shared<SendChild<'a, E>>>,
 }
 
 impl<'a, E: 'a> TaskScope<'a, E> {
@@ -881,23 +1038,24 @@ impl<'a, E: 'a> TaskScope<'a, E> {
     /// let greeting = &greeting; // tasks may borrow from outside the group
     /// let out = awaitkit::task_group(|tg| async move {
     ///     let len = tg.spawn(async move { Ok::<_, ()>(greeting.len()) });
-    ///     len.await
+    ///     len.await.unwrap()
     /// })
     /// .await;
     /// assert_eq!(out, Ok(5));
     /// # });
     /// ```
     #[track_caller]
-    pub fn spawn<F, T>(&self, future: F) -> TaskHandle<T, E>
+    pub fn spawn<F, T>(&self, future: F) -> TaskHandle<'a, T, E>
     where
         F: IntoFuture<Output = Result<T, E>>,
         F::IntoFuture: Send + 'a,
         T: Send + 'a,
         E: Send,
     {
-        let (task, handle) = task(future.into_future(), &self.shared.signal);
-        self.shared.push(Box::pin(task));
-        handle
+        let (task, slot) = task(future.into_future(), &self.shared.signal);
+        let cell = Arc::new(TaskCell::new(Box::pin(task) as SendTask<'a, E>));
+        self.shared.push(Task::new(cell.clone()));
+        TaskHandle { slot, cell }
     }
 }
 
@@ -968,14 +1126,14 @@ where
 /// # futures::executor::block_on(async {
 /// let group: awaitkit::LocalTaskGroup<_, ()> = awaitkit::task_group_local(|tg| async move {
 ///     let rc = std::rc::Rc::new(5);
-///     tg.spawn(async move { Ok(*rc) }).await
+///     tg.spawn(async move { Ok(*rc) }).await.unwrap()
 /// });
 /// assert_eq!(group.await, Ok(5));
 /// # });
 /// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct LocalTaskGroup<'a, Fut: Future, E> {
-    core: Core<Fut, E, LocalTask<'a, E>>,
+    core: Core<Fut, E, LocalChild<'a, E>>,
 }
 
 impl<Fut: Future, E> LocalTaskGroup<'_, Fut, E> {
@@ -988,7 +1146,7 @@ impl<Fut: Future, E> LocalTaskGroup<'_, Fut, E> {
     /// # futures::executor::block_on(async {
     /// let out = awaitkit::task_group_local(|tg| async move {
     ///     let bad = tg.spawn(async { Err::<u8, _>("bad") });
-    ///     Ok(bad.await.is_err())
+    ///     Ok(bad.await.unwrap().is_err())
     /// })
     /// .keep_going()
     /// .await;
@@ -1035,14 +1193,14 @@ impl<Fut: Future, E> LocalTaskGroup<'_, Fut, E> {
 /// # futures::executor::block_on(async {
 /// let out = awaitkit::task_group_local(|tg| async move {
 ///     let scope: awaitkit::LocalTaskScope<'_, ()> = tg.clone();
-///     scope.spawn(async { Ok(std::rc::Rc::new(1)) }).await
+///     scope.spawn(async { Ok(std::rc::Rc::new(1)) }).await.unwrap()
 /// })
 /// .await;
 /// assert_eq!(out.map(|rc| *rc), Ok(1));
 /// # });
 /// ```
 pub struct LocalTaskScope<'a, E> {
-    shared: Arc<Shared<LocalTask<'a, E>>>,
+    shared: Arc<Shared<LocalChild<'a, E>>>,
 }
 
 impl<'a, E: 'a> LocalTaskScope<'a, E> {
@@ -1058,22 +1216,23 @@ impl<'a, E: 'a> LocalTaskScope<'a, E> {
     /// # futures::executor::block_on(async {
     /// let out = awaitkit::task_group_local(|tg| async move {
     ///     let rc = std::rc::Rc::new(2);
-    ///     tg.spawn(async move { Ok::<_, ()>(*rc * 2) }).await
+    ///     tg.spawn(async move { Ok::<_, ()>(*rc * 2) }).await.unwrap()
     /// })
     /// .await;
     /// assert_eq!(out, Ok(4));
     /// # });
     /// ```
     #[track_caller]
-    pub fn spawn<F, T>(&self, future: F) -> TaskHandle<T, E>
+    pub fn spawn<F, T>(&self, future: F) -> TaskHandle<'a, T, E>
     where
         F: IntoFuture<Output = Result<T, E>>,
         F::IntoFuture: 'a,
         T: 'a,
     {
-        let (task, handle) = task(future.into_future(), &self.shared.signal);
-        self.shared.push(Box::pin(task));
-        handle
+        let (task, slot) = task(future.into_future(), &self.shared.signal);
+        let cell = Arc::new(LocalCell::new(Box::pin(task) as LocalTask<'a, E>));
+        self.shared.push(Task::new(cell.clone()));
+        TaskHandle { slot, cell }
     }
 }
 
