@@ -230,7 +230,7 @@ pub use pool::{Pool, PoolError, Pooled};
 #[doc(inline)]
 pub use rate_limiter::{
     KeyedAcquire, KeyedAcquireN, KeyedRateLimiter, Quota, QuotaError, RateAcquire, RateAcquireN,
-    RateLimit, RateLimitError, RateLimiter, RateSnapshot,
+    RateLimit, RateLimitError, RateLimitedStream, RateLimiter, RateSnapshot,
 };
 pub use retry::{
     AttemptError, AttemptGate, Backoff, GaveUp, Retry, RetryConfigError, RetryError, RetryEvent,
