@@ -473,7 +473,9 @@ mod manual {
             if acquired.is_some() {
                 break;
             }
-            let next = clock.next_deadline().expect("the acquire waits for a timer");
+            let next = clock
+                .next_deadline()
+                .expect("the acquire waits for a timer");
             clock.advance_to(next);
         }
         assert_eq!(limiter.waiting(), 0);
