@@ -747,3 +747,166 @@ mod manual {
         }
     }
 }
+
+/// Panic injection: every call into user code — the inner streams' polls,
+/// the items' destructors, every waker's `clone`/`wake`/`drop`, the timer's
+/// `now`/`sleep_until`/`reset` and its sleeps — panics in turn (one run per
+/// call), while two streams and a plain acquire share one limiter. After
+/// each run: every item made is dropped exactly once, nothing waits, no
+/// wake-up was lost, every waker handle is released, and the limiter is
+/// whole (exactly its quota passes after an idle period).
+#[cfg(feature = "test-util")]
+mod injected {
+    use super::*;
+    use awaitkit::rate_limiter::Quota;
+    use common::faults::{Ctx, NextOf, Plan, Step, Waiter, explore};
+    use futures::Stream;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Drop counts of every item made, by item.
+    type Drops = Arc<Mutex<Vec<usize>>>;
+
+    struct Item {
+        id: usize,
+        drops: Drops,
+        plan: Plan,
+        label: String,
+    }
+
+    impl Drop for Item {
+        fn drop(&mut self) {
+            self.drops.lock().unwrap()[self.id] += 1;
+            self.plan.hit(|| format!("{} drop", self.label));
+        }
+    }
+
+    /// A ready stream of `left` items whose every poll is a call of the plan.
+    struct Source {
+        label: &'static str,
+        left: usize,
+        drops: Drops,
+        plan: Plan,
+    }
+
+    impl Stream for Source {
+        type Item = Item;
+        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Item>> {
+            self.plan.hit(|| format!("{} poll", self.label));
+            if self.left == 0 {
+                return Poll::Ready(None);
+            }
+            self.left -= 1;
+            let mut drops = self.drops.lock().unwrap();
+            drops.push(0);
+            let id = drops.len() - 1;
+            Poll::Ready(Some(Item {
+                id,
+                drops: self.drops.clone(),
+                plan: self.plan.clone(),
+                label: format!("{} item {id}", self.label),
+            }))
+        }
+    }
+
+    type Next<'l> =
+        Waiter<'l, NextOf<awaitkit::RateLimitedStream<'l, Source, common::faults::FaultTimer>>>;
+
+    /// Polls a stream's waiter; on an item, drops it and starts a waiter
+    /// for the next one at once (so its request queues now).
+    fn pump<'l>(ctx: &'l Ctx, w: &mut Next<'l>, name: &str) {
+        for _ in 0..4 {
+            if w.poll() != Some(true) {
+                return;
+            }
+            match w.take() {
+                Some(Some(item)) => {
+                    let _ = ctx.drop_step(&format!("drop an item of {name}"), item);
+                }
+                Some(None) | None => return, // the end: keep the waiter done
+            }
+            let Some(fut) = w.fut.take() else { return };
+            *w = Waiter::new(ctx, name.to_owned(), fut);
+        }
+    }
+
+    fn scenario(ctx: &Ctx, quota: Quota) {
+        let timer = ctx.timer();
+        let Some(limiter) = ctx
+            .step("RateLimiter::with_timer", || {
+                RateLimiter::with_quota(quota).with_timer(timer)
+            })
+            .done()
+        else {
+            return;
+        };
+        let drops = Drops::default();
+        let source = |label, left| Source {
+            label,
+            left,
+            drops: drops.clone(),
+            plan: ctx.plan.clone(),
+        };
+        let _ = ctx.step("try_acquire", || limiter.try_acquire());
+        let mut a: Next<'_> = Waiter::new(
+            ctx,
+            "stream A",
+            NextOf(limiter.limit_stream(source("stream A", 3))),
+        );
+        let mut x = Waiter::new(ctx, "acquire X", limiter.acquire());
+        let mut b: Next<'_> = Waiter::new(
+            ctx,
+            "stream B",
+            NextOf(limiter.limit_stream(source("stream B", 3))),
+        );
+        pump(ctx, &mut a, "stream A");
+        x.poll();
+        pump(ctx, &mut b, "stream B");
+        for round in 0..10 {
+            let _ = ctx.advance(1000 * MS);
+            pump(ctx, &mut a, "stream A");
+            if x.is_pending() {
+                x.poll();
+            }
+            pump(ctx, &mut b, "stream B");
+            if round == 2 {
+                // Cancel B mid-way (an item waiting, or granted unseen).
+                b.drop_all();
+            }
+        }
+        drop((a, x, b));
+        ctx.check_eq("waiting at the end", limiter.waiting(), 0);
+        for (id, n) in drops.lock().unwrap().iter().enumerate() {
+            ctx.check(*n == 1, || format!("item {id} dropped {n} times"));
+        }
+        let _ = ctx.advance(10_000 * MS);
+        match ctx.step("try_acquire after an idle period", || limiter.try_acquire()) {
+            Step::Done(Ok(())) => {
+                if let Step::Done(Ok(())) =
+                    ctx.step("try_acquire past the quota", || limiter.try_acquire())
+                {
+                    ctx.fail("more calls than the quota passed");
+                }
+            }
+            Step::Done(Err(e)) => ctx.fail(format!("a fresh quota was refused: {e}")),
+            Step::Injected | Step::Failed(_) => {}
+        }
+    }
+
+    #[test]
+    fn rate_limited_stream_window() {
+        explore("rate_limited_stream_window", |ctx| {
+            scenario(ctx, Quota::window(1, 1000 * MS).unwrap());
+        });
+    }
+
+    #[test]
+    fn rate_limited_stream_gcra() {
+        explore("rate_limited_stream_gcra", |ctx| {
+            scenario(ctx, Quota::gcra(1, 1000 * MS, 1).unwrap());
+        });
+    }
+}
