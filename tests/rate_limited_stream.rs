@@ -614,6 +614,32 @@ mod manual {
             assert!(limiter.try_acquire().is_ok(), "the limiter is whole");
         }
 
+        /// The held item's destructor panics as the stream is dropped: its
+        /// place in the queue was handed on first, so the next waiter moves
+        /// up at once, and the panic propagates.
+        fn a_held_item_whose_drop_panics() {
+            struct Grenade;
+            impl Drop for Grenade {
+                fn drop(&mut self) {
+                    panic!("an item's destructor panicked");
+                }
+            }
+            let (clock, limiter) = manual(window(1, SEC));
+            let w = CountingWaker::new();
+            let mut s = limiter.limit_stream(stream::iter([0, 1]).map(|i| (i, Grenade)));
+            let first = poll_next_once(&mut s, &w);
+            std::mem::forget(first); // item 0, yielded
+            assert!(poll_next_once(&mut s, &w).is_pending());
+            let mut next = limiter.acquire();
+            assert!(poll_once(&mut next, &w).is_pending());
+            assert_eq!(limiter.waiting(), 2);
+            let msg = panic_of(|| drop(s));
+            assert_eq!(msg.as_deref(), Some("an item's destructor panicked"));
+            assert_eq!(limiter.waiting(), 1, "the held item's place was given up");
+            clock.advance(SEC);
+            assert_eq!(poll_once(&mut next, &w), Poll::Ready(()), "the next waiter has its time");
+        }
+
         /// A waker whose `clone` panics, as the held item joins the queue:
         /// the panic propagates, the item stays held and unqueued, and the
         /// next poll queues it.
