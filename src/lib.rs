@@ -28,7 +28,7 @@
 //! | a time limit on one future | `asyncio.wait_for`, `asyncio.timeout` | [`timeout()`], [`timeout_at`], [`TimeoutExt`] |
 //! | retries with backoff | tenacity, `backoff` | [`RetryPolicy`], [`Backoff`] |
 //! | at most N at a time | `asyncio.Semaphore`, `async with sem:` | [`Semaphore`], [`Semaphore::limit`] |
-//! | at most N per period | `RateLimiter(max_calls, period)` | [`RateLimiter`], [`RateLimiter::limit`], [`KeyedRateLimiter`] |
+//! | at most N per period | `RateLimiter(max_calls, period)` | [`RateLimiter`], [`RateLimiter::limit`], [`RateLimiter::limit_stream`], [`KeyedRateLimiter`] |
 //! | a pool of connections | `AsyncDatabasePool`, `async with pool.acquire()` | [`Pool`], [`pool::Manager`] |
 //! | many items, at most N at a time, results in order, with progress | a semaphore-bounded `gather` over the items, `tqdm.asyncio` | [`process_batch`] |
 //! | …items from a stream, results as they finish (in order, or with their index) | `async for` over a queue, aiometer's `amap` | [`process_batch_stream`], [`Batch::ordered`], [`Batch::unordered`] |
@@ -127,6 +127,7 @@
 //! | [`process_batch`] | propagates; the batch refuses polls | as above | as above |
 //! | [`timeout()`], [`Timeout`] | propagates; the timeout stays usable | the inner future (and on `Elapsed` the sleep) is dropped, the first panic propagates, and the next poll refuses ("polled after a panic") | propagates from the inner future's poll |
 //! | [`Semaphore`], [`RateLimiter`], [`KeyedRateLimiter`], [`Pool`] | — | a permit, grant or object is returned exactly once | every granted waiter is woken; the first panic propagates from the call that woke them; the primitive stays usable |
+//! | [`RateLimitedStream`] | the inner stream's panic propagates, nothing held; the stream stays usable | the held item is dropped and its place or grant given back (the next waiter woken), then the first panic propagates | a grant's wake: contained on the timer's path, else as for [`RateLimiter`]; the item is yielded at the next poll |
 //!
 //! Callbacks (a pool [`Manager`](pool::Manager), a progress callback, a
 //! [`watch`](mod@watch) hook, a retry predicate) are documented on their
@@ -230,7 +231,7 @@ pub use pool::{Pool, PoolError, Pooled};
 #[doc(inline)]
 pub use rate_limiter::{
     KeyedAcquire, KeyedAcquireN, KeyedRateLimiter, Quota, QuotaError, RateAcquire, RateAcquireN,
-    RateLimit, RateLimitError, RateLimiter, RateSnapshot,
+    RateLimit, RateLimitError, RateLimitedStream, RateLimiter, RateSnapshot,
 };
 pub use retry::{
     AttemptError, AttemptGate, Backoff, GaveUp, Retry, RetryConfigError, RetryError, RetryEvent,

@@ -619,6 +619,21 @@ mod rate_limiter {
         assert_eq!(traits!(limiter.limit(ready(Rc::new(1u8)))), NEITHER);
         assert_eq!(traits!(limiter.limit(pinned_child())), (true, true, false));
     }
+
+    #[test]
+    fn rate_limited_stream_follows_its_stream() {
+        use futures::stream;
+        let limiter = RateLimiter::new(1, Duration::from_secs(1));
+        let s = send_sync_unpin(limiter.limit_stream(stream::iter([1u8])));
+        assert_eq!(traits!(s), ALL);
+        let s = send_unpin(limiter.limit_stream(stream::iter([Cell::new(1u8)])));
+        assert_eq!(traits!(s), SEND_ONLY);
+        let s = unpin(limiter.limit_stream(stream::iter([Rc::new(1u8)])));
+        assert_eq!(traits!(s), NEITHER);
+        // `Unpin` follows the stream: a `!Unpin` one is pinned in place.
+        let s = limiter.limit_stream(stream::once(pinned_child()));
+        assert_eq!(traits!(s), (true, true, false));
+    }
 }
 
 mod task_group {

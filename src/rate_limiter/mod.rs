@@ -21,12 +21,14 @@ mod driver;
 mod driver_loom;
 mod keyed;
 mod shared;
+mod stream;
 mod window;
 
 pub use keyed::{KeyedAcquire, KeyedAcquireN, KeyedRateLimiter};
+pub use stream::RateLimitedStream;
 
 use crate::time::{DefaultTimer, Timer};
-use futures_core::FusedFuture;
+use futures_core::{FusedFuture, Stream};
 use pin_project_lite::pin_project;
 use shared::{Acquisition, Shared};
 use std::fmt;
@@ -720,6 +722,47 @@ impl<T: Timer> RateLimiter<T> {
             done: false,
             future: future.into_future(),
         }
+    }
+
+    /// Rate-limits a stream: each item, once the stream has produced it,
+    /// waits for one grant, then is yielded — `limit` for every item of a
+    /// stream.
+    ///
+    /// The item's grant request joins this limiter's FIFO queue like any
+    /// [`acquire`](RateLimiter::acquire), so several streams and plain
+    /// acquires sharing the limiter are served in the order their requests
+    /// arrived. The inner stream is polled only while no item waits (at
+    /// most one item is held), so no grant is spent on an item that is not
+    /// there yet; the end of the stream takes no grant.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the stream while an item waits drops the item and hands its
+    /// place to the next waiter at once (or gives back a grant it has not
+    /// yet seen): nothing is lost. See [`RateLimitedStream`].
+    ///
+    /// # Panics
+    ///
+    /// Never here. Polling it propagates a panic of the inner stream, and of
+    /// the user code the grant's wait runs (as for
+    /// [`acquire`](RateLimiter::acquire)); the stream stays usable.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::RateLimiter;
+    /// use futures::{StreamExt, stream};
+    /// use std::time::{Duration, Instant};
+    /// # futures::executor::block_on(async {
+    /// let limiter = RateLimiter::new(2, Duration::from_millis(50));
+    /// let start = Instant::now();
+    /// let ids: Vec<u32> = limiter.limit_stream(stream::iter(1..=4)).collect().await;
+    /// assert_eq!(ids, [1, 2, 3, 4]);
+    /// assert!(start.elapsed() >= Duration::from_millis(50)); // 2 at once, 2 more 50 ms later
+    /// # });
+    /// ```
+    pub fn limit_stream<S: Stream>(&self, stream: S) -> RateLimitedStream<'_, S, T> {
+        RateLimitedStream::new(self, stream)
     }
 
     /// The current quota.
