@@ -195,6 +195,60 @@ impl<F: Future> AsCompleted<F> {
         self.engine.clear();
     }
 
+    /// The unfinished futures with their indices, in no particular order —
+    /// futures' `FuturesUnordered::iter`. To look at them (their progress,
+    /// which request each one is) without polling anything.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// # futures::executor::block_on(async {
+    /// let mut set = awaitkit::as_completed([
+    ///     futures::future::Either::Left(std::future::ready(1)),
+    ///     futures::future::Either::Right(std::future::pending()),
+    /// ]);
+    /// assert_eq!(set.iter().len(), 2);
+    /// assert_eq!(set.next().await, Some(1));
+    /// let waiting: Vec<usize> = set.iter().map(|(index, _)| index).collect();
+    /// assert_eq!(waiting, [1]);
+    /// # });
+    /// ```
+    pub fn iter(&self) -> AsCompletedIter<'_, F> {
+        AsCompletedIter {
+            inner: self.engine.iter(),
+        }
+    }
+
+    /// The unfinished futures with their indices, **pinned**, in no
+    /// particular order — futures' `FuturesUnordered::iter_pin_mut`. The
+    /// futures stay in the set (they never move): change their state through
+    /// their own methods, e.g. a request's priority or a stream's buffer.
+    /// Polling one directly is allowed but bypasses the set's wake-up
+    /// bookkeeping: the set still polls it when its waker fires.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::pin::Pin;
+    /// # futures::executor::block_on(async {
+    /// // Cancel-by-flag: tell every unfinished attempt to give up early.
+    /// let mut set = awaitkit::as_completed((0..3).map(|_| futures::future::pending::<()>()));
+    /// let mut seen = 0;
+    /// for (index, fut) in set.iter_mut() {
+    ///     let _: Pin<&mut futures::future::Pending<()>> = fut;
+    ///     assert!(index < 3);
+    ///     seen += 1;
+    /// }
+    /// assert_eq!(seen, 3);
+    /// # });
+    /// ```
+    pub fn iter_mut(&mut self) -> AsCompletedIterMut<'_, F> {
+        AsCompletedIterMut {
+            inner: self.engine.iter_mut(),
+        }
+    }
+
     /// Polls for the next output together with the index of the future that
     /// produced it. `Ready(None)` when the set is empty.
     ///
@@ -259,6 +313,80 @@ impl<F: Future> AsCompleted<F> {
         let mut rest = self.engine.drain_running();
         rest.sort_by_key(|(i, _)| *i);
         rest
+    }
+}
+
+/// The unfinished futures of an [`AsCompleted`] with their indices
+/// ([`AsCompleted::iter`]); exact size.
+///
+/// # Examples
+///
+/// ```
+/// let set = awaitkit::as_completed([std::future::pending::<()>()]);
+/// let iter: awaitkit::AsCompletedIter<'_, _> = set.iter();
+/// assert_eq!(iter.map(|(i, _)| i).collect::<Vec<_>>(), [0]);
+/// ```
+pub struct AsCompletedIter<'a, F: Future> {
+    inner: crate::engine::Children<'a, F>,
+}
+
+impl<'a, F: Future> Iterator for AsCompletedIter<'a, F> {
+    type Item = (usize, &'a F);
+
+    fn next(&mut self) -> Option<(usize, &'a F)> {
+        self.inner.next()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
+impl<F: Future> ExactSizeIterator for AsCompletedIter<'_, F> {}
+impl<F: Future> std::iter::FusedIterator for AsCompletedIter<'_, F> {}
+
+impl<F: Future> fmt::Debug for AsCompletedIter<'_, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsCompletedIter")
+            .field("left", &self.inner.len())
+            .finish()
+    }
+}
+
+/// The unfinished futures of an [`AsCompleted`] with their indices, pinned
+/// ([`AsCompleted::iter_mut`]); exact size.
+///
+/// # Examples
+///
+/// ```
+/// let mut set = awaitkit::as_completed([std::future::pending::<()>()]);
+/// let iter: awaitkit::AsCompletedIterMut<'_, _> = set.iter_mut();
+/// assert_eq!(iter.len(), 1);
+/// ```
+pub struct AsCompletedIterMut<'a, F: Future> {
+    inner: crate::engine::ChildrenMut<'a, F>,
+}
+
+impl<'a, F: Future> Iterator for AsCompletedIterMut<'a, F> {
+    type Item = (usize, Pin<&'a mut F>);
+
+    fn next(&mut self) -> Option<(usize, Pin<&'a mut F>)> {
+        self.inner.next()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
+impl<F: Future> ExactSizeIterator for AsCompletedIterMut<'_, F> {}
+impl<F: Future> std::iter::FusedIterator for AsCompletedIterMut<'_, F> {}
+
+impl<F: Future> fmt::Debug for AsCompletedIterMut<'_, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsCompletedIterMut")
+            .field("left", &self.inner.len())
+            .finish()
     }
 }
 

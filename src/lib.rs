@@ -217,7 +217,8 @@ mod wake_list;
 pub mod watch;
 
 pub use as_completed::{
-    AsCompleted, AsCompletedIndexed, AsCompletedUntil, CompletionSet, TimedOut, as_completed,
+    AsCompleted, AsCompletedIndexed, AsCompletedIter, AsCompletedIterMut, AsCompletedUntil,
+    CompletionSet, TimedOut, as_completed,
 };
 pub use batch::{
     Batch, BatchConfigError, BatchOrdered, BatchSource, BatchUnordered, Progress, StreamItems,

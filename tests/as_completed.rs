@@ -798,3 +798,154 @@ guarded! {
         assert_eq!(w.wakes(), wakes, "no self-wake needed");
     }
 }
+
+// ---------------------------------------------------------------------------
+// iter / iter_mut: access to the unfinished futures
+// ---------------------------------------------------------------------------
+
+/// A `!Unpin` future with a knob changed through `Pin<&mut Self>`; it
+/// records its address at every poll and every knob change, and finishes
+/// once the knob was turned and it was woken.
+struct Knob {
+    turned: bool,
+    addresses: Arc<std::sync::Mutex<Vec<usize>>>,
+    _pin: std::marker::PhantomPinned,
+}
+
+impl Knob {
+    fn new(addresses: &Arc<std::sync::Mutex<Vec<usize>>>) -> Self {
+        Self {
+            turned: false,
+            addresses: addresses.clone(),
+            _pin: std::marker::PhantomPinned,
+        }
+    }
+
+    fn turn(self: Pin<&mut Self>) {
+        // SAFETY: nothing is moved out.
+        let this = unsafe { self.get_unchecked_mut() };
+        let here = std::ptr::from_mut(this) as usize;
+        this.addresses.lock().unwrap().push(here);
+        this.turned = true;
+    }
+}
+
+impl Future for Knob {
+    type Output = bool;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        // SAFETY: nothing is moved out.
+        let this = unsafe { self.get_unchecked_mut() };
+        let here = std::ptr::from_mut(this) as usize;
+        this.addresses.lock().unwrap().push(here);
+        if this.turned {
+            Poll::Ready(true)
+        } else {
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+}
+
+matrix! {
+    /// `iter` lists exactly the unfinished futures with their indices, as
+    /// the set finishes some, reuses slots for `push`es, and is cleared.
+    async fn iter_lists_the_unfinished_futures() {
+        let tracker = Tracker::new();
+        let (parks, _counters, children) = parked_set(5, &tracker);
+        let mut set: AsCompleted<_> = children.into_iter().collect();
+        let indices = |set: &AsCompleted<Parked<usize>>| {
+            let mut v: Vec<usize> = set.iter().map(|(i, _)| i).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(set.iter().len(), 5);
+        assert_eq!(indices(&set), [0, 1, 2, 3, 4]);
+        assert!(poll_next_once(&mut set, &CountingWaker::new()).is_pending());
+        parks[1].complete();
+        parks[3].complete();
+        assert_eq!(set.next().await.map(|v| v % 2), Some(1));
+        assert_eq!(set.next().await.map(|v| v % 2), Some(1));
+        assert_eq!(indices(&set), [0, 2, 4]);
+        // Pushed futures (in reused or new slots) appear with their index.
+        let (more_parks, _c, more) = parked_set(3, &tracker);
+        for child in more {
+            set.push(child);
+        }
+        assert_eq!(indices(&set), [0, 2, 4, 5, 6, 7]);
+        assert_eq!(set.iter().len(), set.len());
+        more_parks[1].complete();
+        assert_eq!(set.next().await, Some(1));
+        assert_eq!(indices(&set), [0, 2, 4, 5, 7]);
+        // `iter_mut` sees the same ones.
+        let mut mutable: Vec<usize> = set.iter_mut().map(|(i, _)| i).collect();
+        mutable.sort();
+        assert_eq!(mutable, [0, 2, 4, 5, 7]);
+        set.clear();
+        assert_eq!(set.iter().len(), 0);
+        assert_eq!(set.iter_mut().count(), 0);
+        assert_eq!(tracker.live(), 0);
+        drop((parks, more_parks));
+    }
+
+    /// Empty sets, and a set whose futures all finished.
+    async fn iter_on_empty_and_finished_sets() {
+        let mut empty = AsCompleted::<Ready<u8>>::new();
+        assert_eq!(empty.iter().count(), 0);
+        assert_eq!(empty.iter_mut().len(), 0);
+        let mut done = as_completed([ready(1), ready(2)]);
+        assert_eq!(done.by_ref().count().await, 2);
+        assert_eq!(done.iter().count(), 0);
+        assert!(done.iter().next().is_none());
+    }
+
+    /// `iter_mut` hands out pinned futures at the address they are polled
+    /// at; changing them through the pin is seen by their next poll.
+    async fn iter_mut_gives_pinned_access_in_place() {
+        let addresses = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut set = as_completed((0..3).map(|_| Knob::new(&addresses)));
+        assert!(poll_next_once(&mut set, &CountingWaker::new()).is_pending());
+        let first_polls: Vec<usize> = std::mem::take(&mut *addresses.lock().unwrap());
+        assert_eq!(first_polls.len(), 3);
+        let mut turned = Vec::new();
+        for (index, knob) in set.iter_mut() {
+            if index != 1 {
+                knob.turn();
+                turned.push(index);
+            }
+        }
+        let turns: Vec<usize> = std::mem::take(&mut *addresses.lock().unwrap());
+        for at in &turns {
+            assert!(first_polls.contains(at), "a future moved");
+        }
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            got.push(set.next().await);
+        }
+        assert_eq!(got, [Some(true), Some(true)]);
+        let left: Vec<usize> = set.iter().map(|(i, _)| i).collect();
+        assert_eq!(left, [1]);
+        for at in addresses.lock().unwrap().iter() {
+            assert!(first_polls.contains(at), "a future moved");
+        }
+    }
+}
+
+guarded! {
+    /// After a child's poll panicked, the set can still be inspected and
+    /// cleared; the panicking child is still listed (it never finished).
+    fn iter_after_a_child_panicked() {
+        let mut set: AsCompleted<BoxFuture<'static, u8>> = AsCompleted::new();
+        set.push(futures::future::pending().boxed());
+        set.push(async { panic!("child panics") }.boxed());
+        let caught = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            poll_next_once(&mut set, &CountingWaker::new())
+        }));
+        assert!(caught.is_err());
+        let mut listed: Vec<usize> = set.iter().map(|(i, _)| i).collect();
+        listed.sort();
+        assert_eq!(listed, [0, 1]);
+        assert_eq!(set.iter_mut().len(), 2);
+        set.clear();
+        assert_eq!(set.iter().len(), 0);
+    }
+}

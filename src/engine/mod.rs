@@ -173,6 +173,91 @@ impl Cursor {
     }
 }
 
+/// The running children of an [`Engine`] and their keys ([`Engine::iter`]).
+pub(crate) struct Children<'a, F: Future> {
+    ready: &'a ReadySet,
+    chunk: usize,
+    index: usize,
+    /// Running children not visited yet: the walk stops at the last one.
+    left: usize,
+    _children: PhantomData<&'a Slot<F>>,
+}
+
+impl<F: Future> Children<'_, F> {
+    /// The next running child's slot and key.
+    fn next_slot(&mut self) -> Option<(usize, *mut Slot<F>)> {
+        while self.left > 0 && self.chunk < self.ready.chunk_count() {
+            let elements = self.ready.elements(self.chunk);
+            while self.index < elements.cap() {
+                let index = self.index;
+                self.index += 1;
+                let slot = Engine::<F>::slot_of(elements.get(index));
+                // SAFETY: initialised (see `add_chunk`); the engine is
+                // borrowed for the iterator's life, so nothing writes it.
+                if let Slot::Running(_) = unsafe { &*slot } {
+                    self.left -= 1;
+                    return Some((Engine::<F>::key_of(elements, index), slot));
+                }
+            }
+            self.chunk += 1;
+            self.index = 0;
+        }
+        None
+    }
+}
+
+impl<'a, F: Future> Iterator for Children<'a, F> {
+    type Item = (usize, &'a F);
+
+    fn next(&mut self) -> Option<(usize, &'a F)> {
+        let (key, slot) = self.next_slot()?;
+        // SAFETY: a running slot (checked by `next_slot`) of an engine
+        // borrowed shared for `'a`: no one writes it meanwhile (wakers touch
+        // only the wake entry beside it).
+        match unsafe { &*slot } {
+            Slot::Running(f) => Some((key, f)),
+            _ => unreachable!("`next_slot` returns running slots"),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl<F: Future> ExactSizeIterator for Children<'_, F> {}
+impl<F: Future> std::iter::FusedIterator for Children<'_, F> {}
+
+/// The running children of an [`Engine`], pinned ([`Engine::iter_mut`]).
+pub(crate) struct ChildrenMut<'a, F: Future> {
+    all: Children<'a, F>,
+    _unique: PhantomData<&'a mut Slot<F>>,
+}
+
+impl<'a, F: Future> Iterator for ChildrenMut<'a, F> {
+    type Item = (usize, Pin<&'a mut F>);
+
+    fn next(&mut self) -> Option<(usize, Pin<&'a mut F>)> {
+        let (key, slot) = self.all.next_slot()?;
+        // SAFETY: the engine is borrowed uniquely for `'a` and each slot is
+        // visited once, so the references handed out never alias (wakers
+        // touch only the wake entry beside a slot). Children never move
+        // until dropped in place (a chunk is never moved or reallocated), so
+        // pinning them is sound; the caller cannot move out of a `Pin`.
+        match unsafe { &mut *slot } {
+            Slot::Running(f) => Some((key, unsafe { Pin::new_unchecked(f) })),
+            _ => unreachable!("`next_slot` returns running slots"),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.all.size_hint()
+    }
+}
+
+impl<F: Future> ExactSizeIterator for ChildrenMut<'_, F> {}
+impl<F: Future> std::iter::FusedIterator for ChildrenMut<'_, F> {}
+
 /// A set of pinned children with per-child wakers.
 ///
 /// The children live in the chunks' owner regions (see [`ready`]): one
@@ -608,6 +693,31 @@ impl<F: Future> Engine<F> {
         }
         self.clear();
         out
+    }
+
+    /// The running children with their keys, in slot order.
+    pub(crate) fn iter(&self) -> Children<'_, F> {
+        Children {
+            ready: &self.ready,
+            chunk: 0,
+            index: 0,
+            left: self.running,
+            _children: PhantomData,
+        }
+    }
+
+    /// The running children with their keys, in slot order, pinned.
+    pub(crate) fn iter_mut(&mut self) -> ChildrenMut<'_, F> {
+        ChildrenMut {
+            all: Children {
+                ready: &self.ready,
+                chunk: 0,
+                index: 0,
+                left: self.running,
+                _children: PhantomData,
+            },
+            _unique: PhantomData,
+        }
     }
 
     /// Starts a pass: registers `cx`'s waker and, unless a previous pass
