@@ -205,6 +205,7 @@ pub mod pool;
 pub mod rate_limiter;
 mod retry;
 mod semaphore;
+mod staggered_race;
 mod sync;
 mod task_group;
 pub mod time;
@@ -240,6 +241,7 @@ pub use semaphore::{
     Acquire, AcquireError, AcquireOwned, Limit, OwnedSemaphorePermit, PollSemaphore, Semaphore,
     SemaphorePermit, SemaphoreStats, TryAcquireError,
 };
+pub use staggered_race::{StaggeredRace, staggered_race};
 pub use task_group::{
     LocalTaskGroup, LocalTaskScope, TaskGroup, TaskHandle, TaskScope, task_group, task_group_local,
 };
