@@ -54,22 +54,25 @@ use std::time::Duration;
 /// * A result and an expired delay seen in the same poll: the result counts
 ///   first (a success wins without starting anything; a failure of the
 ///   latest attempt starts exactly one next attempt).
-/// * `Duration::ZERO` starts every attempt without waiting for any timer,
-///   one per poll of the race: N attempts run after N polls.
-///   `Duration::MAX` (or any delay past what [`Instant`](std::time::Instant)
-///   can hold) never overflows and arms no timer: the next attempt starts
-///   only when the latest one fails — a sequential fallback.
+/// * `Duration::ZERO` starts every attempt without waiting for any timer:
+///   attempt 0 and attempt 1 in the first poll, then one more in each
+///   poll (the race wakes itself in between). `Duration::MAX` (or any
+///   delay past what [`Instant`](std::time::Instant) can hold) never
+///   overflows and arms no timer: the next attempt starts only when the
+///   latest one fails — a sequential fallback.
 /// * Attempt 0 is first polled in the poll that starts it; a later attempt
 ///   is first polled on the race's next poll (the race wakes its task at
-///   once), so that one poll never polls a child twice. Children are polled
-///   only when woken (child polls = wakes + attempts started).
+///   once), so that one poll never polls an attempt twice. Attempts are
+///   polled only when woken (attempt polls = wakes + attempts started).
 /// * The delay is measured on the race's [`Timer`]:
 ///   [`DefaultTimer`] unless [`StaggeredRace::with_timer`] gives another.
-///   The clock is read once per attempt started, and a timer is armed
-///   only while a next attempt can start: not after the iterator is
-///   exhausted (when its `size_hint` says it has nothing left, as a
-///   slice's, a `Vec`'s or a range's does, the race checks right after
-///   the last start).
+///   The clock is read when an attempt starts, when its sleep is armed
+///   and when the sleep fires — not on polls where only attempts woke.
+///   A sleep exists only while
+///   a next attempt can start: none after the iterator is exhausted (when
+///   its `size_hint` says it has nothing left, as a slice's, a `Vec`'s or a
+///   range's does, the race checks right after the last start, so no
+///   sleep is armed after it).
 ///
 /// # Cancel safety
 ///
