@@ -303,14 +303,15 @@ where
         }
         // One pass over the woken attempts (each polled at most once).
         let mut start = false;
+        let mut won = None;
         {
             let mut pass = self.set.engine.pass(cx);
             while let Some(done) = pass.next() {
                 pass.engine().release_slot(done.slot);
                 match done.output {
                     Ok(value) => {
-                        drop(pass);
-                        return Poll::Ready(Ok(self.win(done.key, value)));
+                        won = Some((done.key, value));
+                        break;
                     }
                     Err(error) => {
                         self.errors.push((done.key, error));
@@ -322,6 +323,9 @@ where
                     }
                 }
             }
+        }
+        if let Some((index, value)) = won {
+            return Poll::Ready(Ok(self.win(index, value)));
         }
         if !start && self.leader.is_some() && self.deadline.poll(cx).is_ready() {
             // `delay` has passed since the leader started (and it has not

@@ -24,6 +24,8 @@ use std::time::Duration;
 type Outcome = Result<u32, String>;
 type Attempt = Parked<Outcome>;
 type Factory = Box<dyn FnOnce() -> Attempt + Send>;
+type ReadyFactory = fn() -> Ready<Result<u8, u8>>;
+type Replica = Box<dyn FnOnce() -> BoxFuture<'static, Result<&'static str, ()>> + Send>;
 
 /// What the factories did: when each attempt started (by the clock it is
 /// given), the handle that finishes it, polls of the attempts, attempts and
@@ -134,13 +136,13 @@ impl<F> Drop for PanicOnDrop<F> {
 matrix! {
     /// No factories: `Err(vec![])` at the first poll.
     async fn empty_input_fails_at_once_with_no_errors() {
-        let none: Vec<fn() -> Ready<Result<u8, u8>>> = Vec::new();
+        let none: Vec<ReadyFactory> = Vec::new();
         let w = CountingWaker::new();
         let mut race = staggered_race(none, Duration::from_secs(1));
         assert_eq!(poll_once(&mut race, &w), Poll::Ready(Err(vec![])));
         assert!(race.is_terminated());
         assert_eq!(w.wakes(), 0);
-        let none: Vec<fn() -> Ready<Result<u8, u8>>> = Vec::new();
+        let none: Vec<ReadyFactory> = Vec::new();
         assert_eq!(staggered_race(none, Duration::ZERO).await, Err(vec![]));
     }
 
@@ -363,7 +365,7 @@ matrix! {
     /// A real executor, the default timer and a short delay: the hedge wins.
     async fn a_hedged_request_on_the_default_timer() {
         let started = std::time::Instant::now();
-        let replicas: Vec<Box<dyn FnOnce() -> BoxFuture<'static, Result<&'static str, ()>> + Send>> = vec![
+        let replicas: Vec<Replica> = vec![
             Box::new(|| Box::pin(std::future::pending())),
             Box::new(|| Box::pin(async { Ok("replica 1") })),
         ];
@@ -554,7 +556,7 @@ fn with_timer_after_the_first_poll_panics() {
         Duration::ZERO,
     );
     assert!(poll_once(&mut race, &w).is_pending());
-    let _ = race.with_timer(awaitkit::time::FuturesTimer);
+    drop(race.with_timer(awaitkit::time::FuturesTimer));
 }
 
 #[test]
