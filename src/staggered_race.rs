@@ -27,7 +27,9 @@ use std::time::Duration;
 /// (`FnOnce() -> impl IntoFuture<Output = Result<T, E>>`). The iterator is
 /// consumed **lazily**: the next factory is taken, and called, only when its
 /// attempt starts, so it may be long, expensive or endless, and the
-/// factories left when the race is decided are never called.
+/// factories left when the race is decided are never called. (An endless
+/// iterator whose attempts never succeed starts attempts without end, one
+/// per `delay`, as in asyncio.)
 ///
 /// # The schedule
 ///
@@ -85,10 +87,15 @@ use std::time::Duration;
 ///
 /// A panic in the iterator, in a factory, in an attempt's `poll` or in the
 /// timer propagates out of `poll`. So does a panic in the destructor of an
-/// attempt dropped on success (every other attempt is still dropped first;
-/// the success is lost with the panic). Every attempt that was started is
-/// dropped exactly once: the remaining ones when the race is dropped.
-/// Polling again after a panic panics, as does polling after completion.
+/// attempt dropped on success, or of a factory never called (every other
+/// attempt is still dropped first; the success is lost with the panic).
+/// Every attempt that was started is dropped exactly once: the remaining
+/// ones when the race is dropped. Polling again after any of these panics
+/// panics, as does polling after completion.
+///
+/// The one exception: a waker that panics when the race wakes its task to
+/// poll an attempt it just started. The race's state is settled by then:
+/// the panic propagates and the next poll goes on (polling that attempt).
 ///
 /// # Examples
 ///
@@ -282,8 +289,26 @@ where
         this.poisoned = true;
         let out = this.poll_race(cx);
         this.poisoned = false;
-        out
+        match out {
+            Step::Done(output) => Poll::Ready(output),
+            Step::Waiting => Poll::Pending,
+            Step::Started => {
+                // An attempt was started in this poll and is first polled in
+                // the next one: ask for it now. The state is settled, so a
+                // waker that panics here leaves the race usable.
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
     }
+}
+
+/// What one poll of the race came to.
+enum Step<O> {
+    Done(O),
+    Waiting,
+    /// An attempt started, to be polled on the next poll.
+    Started,
 }
 
 impl<I, F, T, Fut> StaggeredRace<I, F, T>
@@ -295,7 +320,7 @@ where
     T: Timer,
 {
     /// One poll (refusals are checked by [`StaggeredRace::poll`]).
-    fn poll_race(&mut self, cx: &mut Context<'_>) -> Poll<<Self as Future>::Output> {
+    fn poll_race(&mut self, cx: &mut Context<'_>) -> Step<<Self as Future>::Output> {
         if !self.begun {
             self.begun = true;
             // Attempt 0: polled in the pass below.
@@ -325,7 +350,7 @@ where
             }
         }
         if let Some((index, value)) = won {
-            return Poll::Ready(Ok(self.win(index, value)));
+            return Step::Done(Ok(self.win(index, value)));
         }
         if !start && self.leader.is_some() && self.deadline.poll(cx).is_ready() {
             // `delay` has passed since the leader started (and it has not
@@ -335,17 +360,16 @@ where
         if start && self.start_next() {
             // Its first poll is on the next poll of the race: a second pass
             // now could poll a child that woke itself during the first.
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
+            return Step::Started;
         }
         if self.set.is_empty() && self.leader.is_none() {
             // Nothing runs and nothing can start: every attempt failed.
             self.done = true;
             let mut errors = std::mem::take(&mut self.errors);
             errors.sort_by_key(|&(index, _)| index);
-            return Poll::Ready(Err(errors.into_iter().map(|(_, e)| e).collect()));
+            return Step::Done(Err(errors.into_iter().map(|(_, e)| e).collect()));
         }
-        Poll::Pending
+        Step::Waiting
     }
 
     /// Starts the next attempt, making it the leader with a deadline

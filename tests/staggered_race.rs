@@ -888,3 +888,162 @@ mod clock {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Attacks: wakers that panic, wakes from other threads, stale wakers, paused
+// tokio time
+// ---------------------------------------------------------------------------
+
+/// A waker whose `wake` panics.
+struct PanickyWake;
+
+impl std::task::Wake for PanickyWake {
+    fn wake(self: Arc<Self>) {
+        panic!("wake panics");
+    }
+}
+
+guarded! {
+    /// The task's waker panics when the race wakes itself after starting an
+    /// attempt: the panic propagates, but the race's state was settled, so
+    /// the next poll goes on and polls the new attempt.
+    fn a_waker_panicking_on_the_self_wake_leaves_the_race_usable() {
+        let log = Log::new();
+        let mut race = staggered_race(log.factories(3, no_clock, |i| Ok(i as u32)), Duration::ZERO);
+        let bad = std::task::Waker::from(Arc::new(PanickyWake));
+        let err = catch_unwind(AssertUnwindSafe(|| {
+            Pin::new(&mut race).poll(&mut Context::from_waker(&bad)).is_ready()
+        }))
+        .unwrap_err();
+        assert_eq!(panic_message(&*err), "wake panics");
+        assert_eq!((log.started(), log.polls.get()), (2, 1));
+        assert!(!race.is_terminated());
+        let w = CountingWaker::new();
+        assert!(drive(&mut race, &w).is_pending(), "not refused");
+        assert_eq!((log.started(), log.polls.get()), (3, 3), "attempt 1 was polled, then 2");
+        log.handle(1).complete();
+        assert_eq!(drive(&mut race, &w), Poll::Ready(Ok((1, 1))));
+        assert_eq!(log.attempts.live(), 0);
+    }
+
+    /// A finished attempt's waker, kept and woken later, polls nothing: the
+    /// next attempt (which may have taken its slot) is not polled by it.
+    fn a_stale_waker_of_a_failed_attempt_polls_no_newcomer() {
+        let stash = WakerStash::default();
+        let log = Log::new();
+        let s = stash.clone();
+        let mut later = log.factories(1, no_clock, |_| Ok(1)).into_iter();
+        let parked_one = later.next().unwrap();
+        let factories: Vec<BoxedFactory> = vec![
+            Box::new(move || Box::pin(Stasher::new(&s, Err::<u32, String>("e0".into()))) as Boxed),
+            Box::new(move || Box::pin(parked_one()) as Boxed),
+        ];
+        let w = CountingWaker::new();
+        let mut race = staggered_race(factories, Duration::MAX);
+        assert!(drive(&mut race, &w).is_pending());
+        assert_eq!((stash.len(), log.started(), log.polls.get()), (1, 1, 1));
+        for _ in 0..5 {
+            stash.wake_all_by_ref();
+            assert!(drive(&mut race, &w).is_pending());
+        }
+        assert_eq!(log.polls.get(), 1, "stale wakes polled nobody");
+        log.handle(0).complete();
+        assert_eq!(drive(&mut race, &w), Poll::Ready(Ok((1, 1))));
+    }
+}
+
+matrix! {
+    /// Attempts woken from another thread, often while the race polls.
+    async fn attempts_woken_from_another_thread() {
+        let thread = WakerThread::spawn();
+        let polls = Counter::new();
+        for round in 0..20 {
+            let (t, p) = (thread.clone(), polls.clone());
+            let factories = (0..4).map(move |i| {
+                let (t, p) = (t.clone(), p.clone());
+                move || RemoteYield::new(3 - i % 3, if i == 2 { Ok(i) } else { Err(i) }, &t, &p)
+            });
+            let before = polls.get();
+            let out = staggered_race(factories, Duration::ZERO).await;
+            assert_eq!(out, Ok((2, 2)), "round {round}");
+            // Each poll but the last hands out a waker and counts one down:
+            // attempt i is polled at most `3 - i % 3 + 1` times.
+            assert!(polls.get() - before <= 4 + 3 + 2 + 4, "round {round}");
+        }
+    }
+}
+
+#[cfg(feature = "test-util")]
+guarded! {
+    /// `Duration::ZERO` on the manual clock: no sleep is ever registered.
+    fn zero_delay_registers_no_sleep() {
+        let clock = awaitkit::time::ManualClock::new();
+        let log = Log::new();
+        let w = CountingWaker::new();
+        let mut race = staggered_race(log.factories(5, no_clock, |i| Ok(i as u32)), Duration::ZERO)
+            .with_timer(clock.clone());
+        for _ in 0..6 {
+            assert!(poll_once(&mut race, &w).is_pending());
+            assert_eq!(clock.sleepers(), 0);
+        }
+        assert_eq!(log.started(), 5);
+    }
+}
+
+/// With the `tokio` feature the default timer is tokio's inside a runtime:
+/// under paused time the schedule is exact, and `Duration::MAX` arms no
+/// timer for auto-advance to jump to.
+#[cfg(feature = "tokio")]
+#[test]
+fn paused_tokio_time_gives_the_exact_schedule() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let t0 = tokio::time::Instant::now();
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let factories = (0..4u64).map(|i| {
+            let starts = starts.clone();
+            move || {
+                starts.lock().unwrap().push(t0.elapsed());
+                async move {
+                    // Attempt 0 hangs; 1 (at 1 s) fails 300 ms later, which
+                    // starts 2 at once; 3 starts a delay after 2 (2.3 s);
+                    // 2 wins at 3.3 s, cancelling 0 and 3.
+                    match i {
+                        0 => std::future::pending().await,
+                        1 => {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            Err(i)
+                        }
+                        _ => {
+                            tokio::time::sleep(Duration::from_millis(2000)).await;
+                            Ok(i)
+                        }
+                    }
+                }
+            }
+        });
+        let out = staggered_race(factories, Duration::from_secs(1)).await;
+        assert_eq!(out, Ok((2, 2)));
+        let ms = |m| Duration::from_millis(m);
+        assert_eq!(
+            *starts.lock().unwrap(),
+            [ms(0), ms(1000), ms(1300), ms(2300)]
+        );
+        assert_eq!(t0.elapsed(), ms(3300));
+
+        // Only failures start the next attempt, however far time jumps.
+        let t1 = tokio::time::Instant::now();
+        let sequential = (0..3u64).map(|i| {
+            move || async move {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                if i == 2 { Ok(i) } else { Err(i) }
+            }
+        });
+        assert_eq!(staggered_race(sequential, Duration::MAX).await, Ok((2, 2)));
+        assert_eq!(t1.elapsed(), Duration::from_secs(3 * 3600));
+    });
+}
