@@ -7,6 +7,7 @@
 use crate::as_completed::AsCompleted;
 use crate::retry::RetryOutput;
 use crate::time::{BoxedDeadline, DefaultTimer, Timer, When};
+use crate::unwind::Panics;
 use futures_core::FusedFuture;
 use std::fmt;
 use std::future::{Future, IntoFuture};
@@ -90,8 +91,11 @@ use std::time::Duration;
 /// attempt dropped on success, or of a factory never called (every other
 /// attempt is still dropped first; the success is lost with the panic).
 /// Every attempt that was started is dropped exactly once: the remaining
-/// ones when the race is dropped. Polling again after any of these panics
-/// panics, as does polling after completion.
+/// ones when the race is dropped. When several destructors panic (attempts,
+/// factories, kept errors, the winning value), all of them still run and
+/// the first panic propagates, as a `Vec`'s elements are dropped. Polling
+/// again after any of these panics panics, as does polling after
+/// completion.
 ///
 /// The one exception: a waker that panics when the race wakes its task to
 /// poll an attempt it just started. The race's state is settled by then:
@@ -217,22 +221,23 @@ impl<I: Iterator, F: RetryOutput, T: Timer> StaggeredRace<I, F, T> {
     /// # });
     /// ```
     #[track_caller]
-    pub fn with_timer<U: Timer>(self, timer: U) -> StaggeredRace<I, F, U> {
+    pub fn with_timer<U: Timer>(mut self, timer: U) -> StaggeredRace<I, F, U> {
         assert!(
             !self.begun,
             "`StaggeredRace::with_timer` after the race started"
         );
+        // Before the first poll nothing runs and no deadline is set.
         StaggeredRace {
-            factories: self.factories,
-            set: self.set,
-            errors: self.errors,
-            started: self.started,
-            leader: self.leader,
+            factories: self.factories.take(),
+            set: AsCompleted::new(),
+            errors: Vec::new(),
+            started: 0,
+            leader: None,
             delay: self.delay,
-            deadline: self.deadline.with_timer(timer),
-            begun: self.begun,
-            done: self.done,
-            poisoned: self.poisoned,
+            deadline: BoxedDeadline::new(timer, None),
+            begun: false,
+            done: false,
+            poisoned: false,
         }
     }
 
@@ -255,6 +260,19 @@ impl<I: Iterator, F: RetryOutput, T: Timer> StaggeredRace<I, F, T> {
     /// ```
     pub fn started(&self) -> usize {
         self.started
+    }
+
+    /// Drops the attempts, the factories left, the errors kept and the
+    /// sleep: each even if another's destructor panics; returns the first
+    /// panic.
+    fn release(&mut self) -> Panics {
+        self.leader = None;
+        let mut panics = Panics::default();
+        panics.catch(|| self.set.clear());
+        panics.catch(|| self.factories = None);
+        panics.drop_all(std::mem::take(&mut self.errors));
+        panics.catch(|| self.deadline.restart(None));
+        panics
     }
 
     /// The delay between two starts, as given.
@@ -406,14 +424,29 @@ where
     }
 
     /// Attempt `index` succeeded: everything else is dropped, now, before
-    /// the output is returned (a destructor's panic propagates from here).
+    /// the output is returned — every part even if a destructor panics;
+    /// then the first panic propagates (the value is dropped with it, never
+    /// while unwinding, where a second panic would abort).
     fn win(&mut self, index: usize, value: F::Ok) -> (usize, F::Ok) {
-        self.leader = None;
-        self.set.clear();
-        self.exhausted();
-        self.errors = Vec::new();
-        self.done = true;
-        (index, value)
+        let Some(first) = self.release().take() else {
+            self.done = true;
+            return (index, value);
+        };
+        let mut panics = Panics::default();
+        panics.keep(Some(first));
+        panics.catch(move || drop(value));
+        panics.resume();
+        unreachable!("a panic was caught")
+    }
+}
+
+/// Drops every part even if a destructor panics (the attempts, the
+/// factories not yet called, the errors kept, the sleep), then propagates
+/// the first panic — or discards it while a panic is already unwinding,
+/// where a second one would abort the process.
+impl<I: Iterator, F: RetryOutput, T: Timer> Drop for StaggeredRace<I, F, T> {
+    fn drop(&mut self) {
+        self.release().resume();
     }
 }
 

@@ -1047,3 +1047,94 @@ fn paused_tokio_time_gives_the_exact_schedule() {
         assert_eq!(t1.elapsed(), Duration::from_secs(3 * 3600));
     });
 }
+
+/// A value whose destructor panics with its message (after its token is
+/// released, as fields drop during the unwind).
+struct Bomb(&'static str, #[allow(dead_code)] Token);
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        panic!("{}", self.0);
+    }
+}
+
+guarded! {
+    /// At the win, an attempt, a factory never called, a stored error and
+    /// the winning value itself all panic when dropped: each is dropped
+    /// once (no second panic while unwinding, which would abort), and the
+    /// first panic propagates.
+    fn every_destructor_at_the_win_may_panic() {
+        let tracker = Tracker::new();
+        let log = Log::new();
+        type BombFactory = Box<dyn FnOnce() -> BoxFuture<'static, Result<Bomb, Bomb>> + Send>;
+        let (t0, t2, t3) = (tracker.clone(), tracker.clone(), tracker.token());
+        let l = log.clone();
+        let factories: Vec<BombFactory> = vec![
+            Box::new(move || Box::pin(async move { Err(Bomb("error drop panics", t0.token())) })),
+            Box::new(move || {
+                let (handle, child) = parked((), &l.polls, &l.attempts);
+                l.handles.lock().unwrap().push(handle);
+                Box::pin(PanicOnDrop {
+                    inner: Box::pin(async move {
+                        child.await;
+                        Err(Bomb("unreachable", Tracker::new().token()))
+                    }),
+                    msg: "attempt drop panics",
+                })
+            }),
+            Box::new(move || Box::pin(async move { Ok(Bomb("value drop panics", t2.token())) })),
+            {
+                let bomb = Bomb("factory drop panics", t3);
+                Box::new(move || {
+                    drop(bomb);
+                    unreachable!("never called")
+                })
+            },
+        ];
+        let w = CountingWaker::new();
+        let mut race = staggered_race(factories, Duration::ZERO);
+        assert!(poll_once(&mut race, &w).is_pending()); // 0 fails: 1 starts
+        assert!(poll_once(&mut race, &w).is_pending()); // 1 runs; 2 starts
+        assert_eq!(tracker.live(), 2, "the stored error, the factory's bomb");
+        let err = catch_unwind(AssertUnwindSafe(|| poll_once(&mut race, &w).is_ready())).unwrap_err();
+        assert_eq!(panic_message(&*err), "attempt drop panics");
+        assert_eq!(tracker.live(), 0, "error, factory and value all dropped");
+        assert_eq!(log.attempts.live(), 0);
+        assert_refuses(&mut race, &w);
+    }
+}
+
+guarded! {
+    /// Dropping the race while an attempt, a factory never called and a
+    /// stored error all panic when dropped: each is dropped once, no abort,
+    /// the first panic (the attempt's) propagates from the drop.
+    fn every_destructor_at_cancel_may_panic() {
+        let tracker = Tracker::new();
+        let log = Log::new();
+        type BombFactory = Box<dyn FnOnce() -> BoxFuture<'static, Result<u8, Bomb>> + Send>;
+        let t0 = tracker.clone();
+        let l = log.clone();
+        let factories: Vec<BombFactory> = vec![
+            Box::new(move || Box::pin(async move { Err(Bomb("error drop panics", t0.token())) })),
+            Box::new(move || {
+                let (handle, child) = parked(Ok(1), &l.polls, &l.attempts);
+                l.handles.lock().unwrap().push(handle);
+                Box::pin(PanicOnDrop { inner: child, msg: "attempt drop panics" })
+            }),
+            {
+                let bomb = Bomb("factory drop panics", tracker.token());
+                Box::new(move || {
+                    drop(bomb);
+                    unreachable!("never called")
+                })
+            },
+        ];
+        let w = CountingWaker::new();
+        let mut race = staggered_race(factories, Duration::MAX);
+        assert!(drive(&mut race, &w).is_pending());
+        assert_eq!((log.attempts.live(), tracker.live()), (1, 2));
+        let err = catch_unwind(AssertUnwindSafe(move || drop(race))).unwrap_err();
+        assert_eq!(panic_message(&*err), "attempt drop panics");
+        assert_eq!((log.attempts.live(), tracker.live()), (0, 0));
+    }
+}
