@@ -22,6 +22,7 @@
 //! | a dynamic set of futures | `asyncio.create_task` + a set | [`AsCompleted::new`] + [`AsCompleted::push`] |
 //! | the first to finish, keep the rest | `asyncio.wait(..., FIRST_COMPLETED)` | [`wait_any`] |
 //! | the first success, the others cancelled (every error if all fail) | futures' `select_ok` | [`first_ok`] |
+//! | the first success, attempts started a delay apart or when the latest fails (Happy Eyeballs, hedged requests) | asyncio's `staggered_race` | [`staggered_race`] |
 //! | done + pending on a condition | `asyncio.wait(aws, return_when=...)` | [`wait`], [`try_wait`] with [`ReturnWhen`] |
 //! | …giving up after a while, keeping the pending | `asyncio.wait(aws, timeout=)` | [`Wait::with_timeout`] |
 //! | outputs as they finish, until a deadline | `asyncio.as_completed(aws, timeout=)` | [`AsCompleted::with_timeout`] |
@@ -120,7 +121,7 @@
 //!
 //! | type | a child panics in `poll` | a destructor panics | the task's waker panics |
 //! |---|---|---|---|
-//! | [`gather()`], [`try_gather()`], [`gather!`], [`try_gather!`], [`wait`], [`wait_any`], [`first_ok`] | propagates; the future then refuses polls | every child is dropped, then the panic propagates (from the drop, or from the fail-fast poll that dropped them) | from a wake on another thread: the next poll re-arms; from a child's own poll: as a child panic |
+//! | [`gather()`], [`try_gather()`], [`gather!`], [`try_gather!`], [`wait`], [`wait_any`], [`first_ok`], [`staggered_race`] | propagates; the future then refuses polls | every child is dropped, then the panic propagates (from the drop, or from the fail-fast poll that dropped them) | from a wake on another thread: the next poll re-arms; from a child's own poll: as a child panic |
 //! | [`gather_settled`] | captured as [`Panicked`] | a finished child's: captured as its outcome; dropping unfinished children: as above | as above |
 //! | [`AsCompleted`] | propagates; the stream stays usable | as above; the slot is reused | as above |
 //! | [`task_group`], [`task_group_local`] | propagates; the group refuses polls | every task and the body are dropped, then it propagates | as above |
@@ -206,6 +207,7 @@ pub mod pool;
 pub mod rate_limiter;
 mod retry;
 mod semaphore;
+mod staggered_race;
 mod sync;
 mod task_group;
 pub mod time;
@@ -242,6 +244,7 @@ pub use semaphore::{
     Acquire, AcquireError, AcquireOwned, Limit, OwnedSemaphorePermit, PollSemaphore, Semaphore,
     SemaphorePermit, SemaphoreStats, TryAcquireError,
 };
+pub use staggered_race::{StaggeredRace, staggered_race};
 pub use task_group::{
     LocalTaskGroup, LocalTaskScope, TaskCancelled, TaskGroup, TaskHandle, TaskScope, task_group,
     task_group_local,

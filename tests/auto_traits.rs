@@ -561,6 +561,68 @@ mod retry {
     }
 }
 
+mod staggered_race {
+    use super::*;
+    use awaitkit::{StaggeredRace, staggered_race};
+    use std::time::Duration;
+
+    const D: Duration = Duration::from_millis(1);
+
+    /// A `!Send` factory (defined out of line: a closure's captures are
+    /// only known once its function is checked).
+    fn rc_factory() -> impl FnOnce() -> Ready<Result<u8, ()>> {
+        let rc = Rc::new(1u8);
+        move || ready(Ok(*rc))
+    }
+
+    #[test]
+    fn staggered_race_is_always_unpin_and_send_sync_follow_its_parts() {
+        let r: StaggeredRace<_, Ready<Result<u8, ()>>> =
+            send_sync_unpin(staggered_race([|| ready(Ok::<u8, ()>(1))], D));
+        assert_eq!(traits!(r), ALL);
+        // `!Unpin` attempts are pinned inside: still `Unpin`.
+        assert_eq!(
+            traits!(send_sync_unpin(staggered_race(
+                [|| async { Ok::<u8, ()>(1) }],
+                D
+            ))),
+            ALL
+        );
+        assert_eq!(
+            traits!(send_sync_unpin(staggered_race(
+                [|| async { Ok::<u8, ()>(pinned_child().await.0) }],
+                D
+            ))),
+            ALL
+        );
+        // The errors are kept: a `Send`, `!Sync` error makes it `!Sync`.
+        assert_eq!(
+            traits!(send_unpin(staggered_race(
+                [|| ready(Err::<u8, _>(Cell::new(1u8)))],
+                D
+            ))),
+            SEND_ONLY
+        );
+        // `!Send` attempts, or `!Send` factories: `!Send`, still `Unpin`.
+        assert_eq!(
+            traits!(unpin(staggered_race(
+                [|| ready(Ok::<_, ()>(Rc::new(1u8)))],
+                D
+            ))),
+            NEITHER
+        );
+        assert_eq!(traits!(unpin(staggered_race([rc_factory()], D))), NEITHER);
+    }
+
+    #[cfg(feature = "test-util")]
+    #[test]
+    fn staggered_race_on_the_manual_clock() {
+        let clock = awaitkit::time::ManualClock::new();
+        let r = staggered_race([|| async { Ok::<u8, ()>(1) }], D).with_timer(clock);
+        assert_eq!(traits!(send_sync_unpin(r)), ALL);
+    }
+}
+
 mod semaphore {
     use super::*;
     use awaitkit::{AcquireError, PollSemaphore, Semaphore, TryAcquireError};

@@ -245,6 +245,8 @@ impl<'a, F: Future> Iterator for ChildrenMut<'a, F> {
         // until dropped in place (a chunk is never moved or reallocated), so
         // pinning them is sound; the caller cannot move out of a `Pin`.
         match unsafe { &mut *slot } {
+            // SAFETY: see above: the child stays where it is until it is
+            // dropped in place.
             Slot::Running(f) => Some((key, unsafe { Pin::new_unchecked(f) })),
             _ => unreachable!("`next_slot` returns running slots"),
         }

@@ -3,6 +3,7 @@
 //! Everything that waits for time — [`timeout`](crate::timeout), semaphore
 //! [acquire timeouts](crate::Semaphore::acquire_timeout), the
 //! [rate limiters](crate::RateLimiter), [retry backoff](crate::RetryPolicy),
+//! the delays of [`staggered_race`](crate::staggered_race),
 //! [pool](crate::Pool) waits, [batch](crate::process_batch) pauses, the
 //! deadlines of [`wait`](crate::Wait::with_timeout) and
 //! [`as_completed`](crate::AsCompleted::with_timeout) — asks a [`Timer`] for
@@ -31,6 +32,7 @@
 //! [`KeyedRateLimiter::with_timer`](crate::KeyedRateLimiter::with_timer),
 //! [`PoolBuilder::with_timer`](crate::pool::PoolBuilder::with_timer),
 //! [`Retry::with_timer`](crate::Retry::with_timer),
+//! [`StaggeredRace::with_timer`](crate::StaggeredRace::with_timer),
 //! [`Batch::with_timer`](crate::Batch::with_timer),
 //! [`Wait::with_timer`](crate::Wait::with_timer),
 //! [`AsCompletedUntil::with_timer`](crate::AsCompletedUntil::with_timer).
