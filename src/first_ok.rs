@@ -5,6 +5,7 @@
 
 use crate::as_completed::{AsCompleted, as_completed};
 use crate::retry::RetryOutput;
+use crate::unwind::Panics;
 use futures_core::FusedFuture;
 use std::fmt;
 use std::future::{Future, IntoFuture};
@@ -91,34 +92,64 @@ impl<F: RetryOutput> Future for FirstOk<F> {
     type Output = Result<(usize, F::Ok), Vec<F::Error>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        crate::poison::guarded(&mut this.poisoned, "FirstOk", || {
-            let set = this
-                .set
-                .as_mut()
-                .expect("`FirstOk` polled after completion");
-            loop {
-                match set.poll_next_indexed(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Some((index, output))) => match output {
-                        Ok(value) => {
-                            // The others go now, before the output is handed
-                            // out (a destructor's panic propagates from here).
-                            this.set = None;
-                            this.errors = Vec::new();
-                            return Poll::Ready(Ok((index, value)));
-                        }
-                        Err(error) => this.errors.push((index, error)),
-                    },
-                    Poll::Ready(None) => {
-                        this.set = None;
-                        let mut errors = std::mem::take(&mut this.errors);
-                        errors.sort_by_key(|&(index, _)| index);
-                        return Poll::Ready(Err(errors.into_iter().map(|(_, e)| e).collect()));
-                    }
+        let FirstOk {
+            set: slot,
+            errors,
+            poisoned,
+        } = self.get_mut();
+        crate::poison::guarded(poisoned, "FirstOk", || {
+            let set = slot.as_mut().expect("`FirstOk` polled after completion");
+            // One pass over the woken children: each is polled at most once
+            // per poll of `FirstOk`, even when errors keep coming.
+            let mut pass = set.engine.pass(cx);
+            while let Some(done) = pass.next() {
+                pass.engine().release_slot(done.slot);
+                match done.output {
+                    Ok(value) => return Poll::Ready(Ok(win(slot, errors, done.key, value))),
+                    Err(error) => errors.push((done.key, error)),
                 }
             }
+            if set.engine.running() > 0 {
+                return Poll::Pending;
+            }
+            *slot = None;
+            let mut errors = std::mem::take(errors);
+            errors.sort_by_key(|&(index, _)| index);
+            Poll::Ready(Err(errors.into_iter().map(|(_, e)| e).collect()))
         })
+    }
+}
+
+/// Drops every other child and the errors kept, before the winner is handed
+/// out. Each goes on its own: if a destructor panics, the rest (the winning
+/// value included) are still dropped, outside the unwind, and the first panic
+/// propagates (discarded if this thread is already unwinding: the value is
+/// returned then).
+fn win<F: RetryOutput>(
+    set: &mut Option<AsCompleted<F>>,
+    errors: &mut Vec<(usize, F::Error)>,
+    index: usize,
+    value: F::Ok,
+) -> (usize, F::Ok) {
+    let mut panics = Panics::default();
+    let set = set.take();
+    panics.catch(move || drop(set));
+    panics.drop_all(std::mem::take(errors));
+    match panics.take() {
+        Some(payload) if !std::thread::panicking() => {
+            let mut panics = Panics::default();
+            panics.catch(move || drop(value));
+            // The first panic is the one that propagates.
+            if let Some(later) = panics.take() {
+                crate::unwind::discard(later);
+            }
+            std::panic::resume_unwind(payload)
+        }
+        Some(payload) => {
+            crate::unwind::discard(payload);
+            (index, value)
+        }
+        None => (index, value),
     }
 }
 

@@ -141,3 +141,96 @@ fn auto_traits() {
     fn unpin<T: Unpin>(_: &T) {}
     unpin(&pinned);
 }
+
+/// A child that fails after waking itself `left` times; counts its polls.
+struct FailAfter {
+    left: usize,
+    polls: Counter,
+}
+
+impl std::future::Future for FailAfter {
+    type Output = Result<u32, String>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<u32, String>> {
+        self.polls.inc();
+        if self.left == 0 {
+            return Poll::Ready(Err("failed".into()));
+        }
+        self.left -= 1;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Errors keep coming while other children wake themselves: one poll of
+/// `first_ok` still polls each child at most once (SPEC §1.4), and in total
+/// polls = wakes + N.
+#[test]
+fn one_poll_polls_each_child_at_most_once_while_errors_come() {
+    let counters: Vec<Counter> = (0..6).map(|_| Counter::new()).collect();
+    let kids: Vec<FailAfter> = counters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| FailAfter {
+            left: i,
+            polls: c.clone(),
+        })
+        .collect();
+    let mut first = first_ok(kids);
+    let w = CountingWaker::new();
+    for round in 1..=6 {
+        let out = poll_once(&mut first, &w);
+        let total: usize = counters.iter().map(Counter::get).sum();
+        // Round r polls every child still running once: 6 + 5 + ... .
+        let want: usize = (0..round).map(|r| 6 - r).sum();
+        assert_eq!(total, want, "round {round}");
+        if round < 6 {
+            assert!(out.is_pending(), "round {round}");
+        } else {
+            assert_eq!(out, Poll::Ready(Err(vec!["failed".to_owned(); 6])));
+        }
+    }
+    // wakes = 0 + 1 + ... + 5 = 15, N = 6.
+    assert_eq!(counters.iter().map(Counter::get).sum::<usize>(), 15 + 6);
+}
+
+/// Several destructors panic as the winner is chosen — a loser's and the
+/// winning value's: no abort, every one is dropped once, the first panic
+/// (a loser's) propagates.
+#[test]
+fn panicking_destructors_at_the_win_do_not_abort() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    #[derive(Debug)]
+    struct Bomb(&'static str, Arc<AtomicUsize>);
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            panic!("{}", self.0);
+        }
+    }
+    let drops = Arc::new(AtomicUsize::new(0));
+    let (d1, d2, d3) = (drops.clone(), drops.clone(), drops.clone());
+    let kids: Vec<futures::future::BoxFuture<'static, Result<Bomb, Bomb>>> = vec![
+        Box::pin(async move {
+            let _loser = Bomb("loser", d1);
+            futures::future::pending::<()>().await;
+            unreachable!()
+        }),
+        Box::pin(async move { Err(Bomb("error", d2)) }),
+        Box::pin(async move { Ok(Bomb("winner", d3)) }),
+    ];
+    let w = CountingWaker::new();
+    let mut first = first_ok(kids);
+    let err = catch_unwind(AssertUnwindSafe(|| poll_once(&mut first, &w))).unwrap_err();
+    assert_eq!(panic_message(&*err), "loser");
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        3,
+        "loser, kept error, winning value"
+    );
+    drop(first);
+    assert_eq!(drops.load(Ordering::SeqCst), 3);
+}
