@@ -133,7 +133,9 @@ fn main() {
             println!("   {:>6.2?}  #{index} {name}", start.elapsed());
         }
 
-        section("4. wait_any: ask three mirrors, keep the first answer, cancel the rest");
+        section(
+            "4. wait_any, first_ok, staggered_race: the first answer, the first success, a hedged request",
+        );
         let start = Instant::now();
         let mirrors = [
             download("mirror-eu", 400),
@@ -147,6 +149,42 @@ fn main() {
             rest.len()
         );
         drop(rest);
+        // A mirror that fails fast should not win: the first *success* wins.
+        let start = Instant::now();
+        let mirrors = [
+            ("mirror-eu", 400, true),
+            ("mirror-us", 50, false),
+            ("mirror-asia", 200, true),
+        ]
+        .map(|(name, delay, up)| async move {
+            let name = download(name, delay).await;
+            if up {
+                Ok(name)
+            } else {
+                Err(format!("{name}: 503"))
+            }
+        });
+        let (index, name) = awaitkit::first_ok(mirrors)
+            .await
+            .expect("two mirrors are up");
+        println!(
+            "   {:.2?}: first_ok: #{index} {name} is the first success (mirror-us failed at 50 ms)",
+            start.elapsed()
+        );
+        // A hedged request: ask the next replica only when the last one is slow
+        // (100 ms) or fails, instead of all at once.
+        let start = Instant::now();
+        let replicas =
+            [("replica-a", 600), ("replica-b", 150), ("replica-c", 150)].map(|(name, delay)| {
+                move || async move { Ok::<_, String>(download(name, delay).await) }
+            });
+        let (index, name) = awaitkit::staggered_race(replicas, ms(100))
+            .await
+            .expect("a replica answers");
+        println!(
+            "   {:.2?}: staggered_race: #{index} {name} won; replica-b started at 100 ms, replica-c at 200 ms",
+            start.elapsed()
+        );
 
         section("5. wait(FirstCompleted): take what is done, keep the rest running");
         let start = Instant::now();
@@ -471,6 +509,19 @@ fn main() {
             "   {:>7.2?}: {failed:?} — the first error cancelled the rest",
             start.elapsed()
         );
+        // One task cancelled, the group goes on (asyncio's task.cancel()).
+        let start = Instant::now();
+        let out = awaitkit::task_group(|tg| async move {
+            let stuck =
+                tg.spawn(async { Ok::<_, String>(download("stuck download", 60_000).await) });
+            let quick = tg.spawn(async { Ok::<_, String>(download("quick download", 100).await) });
+            let quick = quick.await??;
+            stuck.abort(); // dropped here
+            let stuck = stuck.await.unwrap_err(); // TaskCancelled
+            Ok::<_, String>(format!("{quick} done; stuck download: {stuck}"))
+        })
+        .await;
+        println!("   {:>7.2?}: {out:?}", start.elapsed());
 
         section("16. Debug mode: find the request that blocks the executor, then fix it");
         for off_executor in [false, true] {

@@ -33,7 +33,7 @@
 //! | a pool of connections | `AsyncDatabasePool`, `async with pool.acquire()` | [`Pool`], [`pool::Manager`] |
 //! | many items, at most N at a time, results in order, with progress | a semaphore-bounded `gather` over the items, `tqdm.asyncio` | [`process_batch`] |
 //! | …items from a stream, results as they finish (in order, or with their index) | `async for` over a queue, aiometer's `amap` | [`process_batch_stream`], [`Batch::ordered`], [`Batch::unordered`] |
-//! | tasks added while running, first error cancels the rest; background work | `asyncio.TaskGroup`, `create_task` | [`task_group`], [`task_group_local`] |
+//! | tasks added while running, first error cancels the rest; background work | `asyncio.TaskGroup`, `create_task` | [`task_group`], [`task_group_local`]; one task cancelled with [`TaskHandle::abort`] |
 //! | find the future that blocks the executor; per-child timings | asyncio debug mode (`slow_callback_duration`) | [`watch()`], [`WatchExt::watch`], [`watch::Report`] |
 //!
 //! ```
@@ -124,7 +124,7 @@
 //! | [`gather()`], [`try_gather()`], [`gather!`], [`try_gather!`], [`wait`], [`wait_any`], [`first_ok`], [`staggered_race`] | propagates; the future then refuses polls | every child is dropped, then the panic propagates (from the drop, or from the fail-fast poll that dropped them) | from a wake on another thread: the next poll re-arms; from a child's own poll: as a child panic |
 //! | [`gather_settled`] | captured as [`Panicked`] | a finished child's: captured as its outcome; dropping unfinished children: as above | as above |
 //! | [`AsCompleted`] | propagates; the stream stays usable | as above; the slot is reused | as above |
-//! | [`task_group`], [`task_group_local`] | propagates; the group refuses polls | every task and the body are dropped, then it propagates | as above |
+//! | [`task_group`], [`task_group_local`] | propagates; the group refuses polls | every task and the body are dropped, then it propagates; an aborted task's: propagates from [`TaskHandle::abort`], the group goes on | as above |
 //! | [`process_batch`] | propagates; the batch refuses polls | as above | as above |
 //! | [`timeout()`], [`Timeout`] | propagates; the timeout stays usable | the inner future (and on `Elapsed` the sleep) is dropped, the first panic propagates, and the next poll refuses ("polled after a panic") | propagates from the inner future's poll |
 //! | [`Semaphore`], [`RateLimiter`], [`KeyedRateLimiter`], [`Pool`] | — | a permit, grant or object is returned exactly once | every granted waiter is woken; the first panic propagates from the call that woke them; the primitive stays usable |
