@@ -190,6 +190,19 @@ impl<T, E> Completer<T, E> {
     fn finish(self, output: Result<T, E>) -> Result<(), E> {
         let keep_going = self.signal.keep_going.load(Ordering::Relaxed);
         let mut state = lock(&self.slot);
+        if state.aborted {
+            // `abort` came first (while the group was polling the task, it
+            // could only leave a request): the handle reports the abort, and
+            // the output — an error too — is dropped, never the group's.
+            state.outcome = Outcome::Cancelled;
+            let waker = state.waker.take();
+            drop(state);
+            drop(output);
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+            return Ok(());
+        }
         if state.detached || (output.is_err() && !keep_going) {
             drop(state);
             // An `Ok` value nobody can take is dropped here, outside the lock.
@@ -220,13 +233,7 @@ impl<T, E> Drop for Completer<T, E> {
 }
 
 /// Wraps a task so it reports to its handle.
-fn task<F, T, E>(
-    future: F,
-    signal: &Arc<Signal>,
-) -> (
-    impl Future<Output = Result<(), E>> + use<F, T, E>,
-    Slot<T, E>,
-)
+fn task<F, T, E>(future: F, signal: &Arc<Signal>) -> (Reporting<F, T, E>, Slot<T, E>)
 where
     F: Future<Output = Result<T, E>>,
 {
@@ -240,11 +247,43 @@ where
         slot: slot.clone(),
         signal: signal.clone(),
     };
-    let wrapped = async move {
-        let output = future.await;
-        completer.finish(output)
+    let wrapped = Reporting {
+        future,
+        completer: Some(completer),
     };
     (wrapped, slot)
+}
+
+pin_project_lite::pin_project! {
+    /// A task and its side of the handle's slot. Written by hand, not as an
+    /// `async` block: when the task's poll panics, nothing is dropped during
+    /// the unwind (an `async` block drops its locals there, and a second
+    /// panic from the task's destructor would abort the process); the task
+    /// stays in its cell, to be dropped with the group.
+    struct Reporting<F, T, E> {
+        // Dropped before the completer: the handle hears of the
+        // cancellation once the future is gone.
+        #[pin]
+        future: F,
+        completer: Option<Completer<T, E>>,
+    }
+}
+
+impl<F, T, E> Future for Reporting<F, T, E>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    type Output = Result<(), E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
+        let this = self.project();
+        let output = std::task::ready!(this.future.poll(cx));
+        let completer = this
+            .completer
+            .take()
+            .expect("a task is not polled after it finished");
+        Poll::Ready(completer.finish(output))
+    }
 }
 
 /// A handle to a task of a task group: a future resolving to the task's
@@ -361,13 +400,27 @@ impl<T, E> TaskHandle<'_, T, E> {
     /// the group's also leaves the drop to the group's next poll: its tasks
     /// are not `Send`.)
     ///
-    /// Does nothing if the task already finished (its output stays in the
-    /// handle) or was already cancelled.
+    /// Once `abort` was called on a running task, its handle reports the
+    /// abort even if the task's last poll finished it (its output, an error
+    /// too, is dropped: an aborted task never fails its group). Does nothing
+    /// if the task already finished (its output stays in the handle) or was
+    /// already cancelled.
+    ///
+    /// Two limits, both when another thread is involved: if a second `abort`
+    /// of the same task comes while a first one is still running the task's
+    /// destructor on another thread, the second returns at once; and if the
+    /// group fails or is dropped meanwhile, it does not wait for that
+    /// destructor (it runs to its end inside the first `abort`, whose handle
+    /// borrows everything the task borrows). A group that *finishes* always
+    /// waits for it.
     ///
     /// # Panics
     ///
-    /// If the task's destructor panics, the panic propagates out of `abort`
-    /// (the task is dropped all the same, and its group goes on).
+    /// If the task's destructor panics when `abort` drops it, the panic
+    /// propagates out of `abort` (the task is dropped all the same, and its
+    /// group goes on). When the group drops it instead (it was polling the
+    /// task), the panic comes out of the group's poll, like any task's
+    /// panic, and the group refuses further polls.
     ///
     /// # Examples
     ///
