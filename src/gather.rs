@@ -22,6 +22,12 @@ use std::task::{Context, Poll};
 ///
 /// An empty input resolves to an empty `Vec` on the first poll.
 ///
+/// For the outputs one by one, in input order as they become available
+/// (futures' `FuturesOrdered`), stream them from a batch:
+/// `process_batch(futures, limit, |f| f).ordered()` (see
+/// [`Batch::ordered`](crate::Batch::ordered)); in completion order, use
+/// [`as_completed`](crate::as_completed()).
+///
 /// To see which child was slow, or which one blocked the executor, watch the
 /// children with a [`watch::Report`](crate::watch::Report).
 ///
