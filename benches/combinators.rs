@@ -8,6 +8,9 @@
 //!   as a stream in completion order.
 //! * `wait_any`: N pending children, the last one fires, winner + rest are
 //!   returned and the rest dropped.
+//! * `first_ok`: the `wait_any` children and fire order, each mapped to
+//!   `Ok(index)`: the first `Ok` wins, the rest are dropped (futures'
+//!   `select_ok`); `awaitkit::wait_any` on the same children for reference.
 //!
 //! Children:
 //!
@@ -24,9 +27,9 @@
 //! Driver: single-threaded `block_on` whose top-level waker's `wake` is one
 //! relaxed store to an `AtomicBool`; the future is polled again only when the
 //! flag was set. When it was not, the driver fires the next slot of the order
-//! (shuffled / wait_any groups) — then polls only if that set the flag.
+//! (shuffled / wait_any / first_ok groups) — then polls only if that set the flag.
 //! Building the N children, building the combinator, driving it, and dropping
-//! the output (and, for `wait_any`, the rest) are all inside the timed region,
+//! the output (and, for `wait_any` / `first_ok`, the rest) are all inside the timed region,
 //! for every crate alike.
 //!
 //! Child polls: before the timed runs of each (group, crate, N), one untimed
@@ -81,7 +84,7 @@ struct Ctx {
     /// One slot per child (parked children only).
     slots: Vec<Slot>,
     /// Fire order: a seeded shuffle of `0..n` (shuffled groups) or `[n - 1]`
-    /// (`wait_any`); empty for yield children.
+    /// (`wait_any`, `first_ok`); empty for yield children.
     order: Vec<usize>,
     driver: Driver,
 }
@@ -415,6 +418,52 @@ fn wait_any_fb_unordered_bounded_next<K: Kind>(ctx: &Ctx) -> usize {
 }
 
 // ---------------------------------------------------------------------------
+// first_ok : the wait_any children as `Ok(index)`, first `Ok` wins
+// ---------------------------------------------------------------------------
+
+/// The N children mapped to `Ok(index)` (still `Unpin`, as `select_ok` needs).
+fn ok_kids<K: Kind>(
+    ctx: &Ctx,
+) -> impl ExactSizeIterator<Item = impl Future<Output = Result<usize, ()>> + Unpin + '_> {
+    kids::<K>(ctx).map(|child| futures::FutureExt::map(child, Ok::<usize, ()>))
+}
+
+fn first_ok_awaitkit<K: Kind>(ctx: &Ctx) -> usize {
+    let (index, winner) = ctx
+        .block_on(awaitkit::first_ok(ok_kids::<K>(ctx)))
+        .expect("every child succeeds");
+    if K::COUNT {
+        assert_eq!(index, winner);
+    }
+    check_winner::<K>(ctx, winner)
+}
+
+fn first_ok_futures_select_ok<K: Kind>(ctx: &Ctx) -> usize {
+    let (winner, rest) = ctx
+        .block_on(futures::future::select_ok(ok_kids::<K>(ctx)))
+        .expect("every child succeeds");
+    if K::COUNT {
+        assert_eq!(rest.len(), ctx.n - 1);
+    }
+    drop(rest);
+    check_winner::<K>(ctx, winner)
+}
+
+/// The same fallible children through `wait_any` (no error bookkeeping).
+fn first_ok_awaitkit_wait_any<K: Kind>(ctx: &Ctx) -> usize {
+    let (index, winner, rest) = ctx
+        .block_on(awaitkit::wait_any(ok_kids::<K>(ctx)))
+        .expect("non-empty");
+    let winner = winner.expect("every child succeeds");
+    if K::COUNT {
+        assert_eq!(index, winner);
+        assert_eq!(rest.len(), ctx.n - 1);
+    }
+    drop(rest);
+    check_winner::<K>(ctx, winner)
+}
+
+// ---------------------------------------------------------------------------
 // Registration
 // ---------------------------------------------------------------------------
 
@@ -496,7 +545,7 @@ fn bench_group(
                 let done = (entry.counted)(&ctx);
                 let polls = POLLS.with(Cell::get);
                 ctx.assert_clean();
-                if group_name.starts_with("wait_any") {
+                if group_name.starts_with("wait_any") || group_name.starts_with("first_ok") {
                     assert_eq!(done, n - 1);
                 } else {
                     assert_eq!(done, n);
@@ -587,6 +636,13 @@ fn main() {
             Parked
         ),
     ];
+    // select_ok polls every child on each wake, but only one child fires
+    // here: 2 polls / N, linear, so no cap.
+    let first_ok = [
+        entry!("awaitkit", first_ok_awaitkit, Parked),
+        entry!("futures_select_ok", first_ok_futures_select_ok, Parked),
+        entry!("awaitkit_wait_any", first_ok_awaitkit_wait_any, Parked),
+    ];
 
     let yield_sizes = [10, 100, 1_000, 100_000];
     let shuffled_sizes = [10, 1_000, 10_000, 100_000];
@@ -629,6 +685,14 @@ fn main() {
         &[10, 1_000, 100_000],
         Ctx::fire_last,
         &wait_any,
+    );
+    bench_group(
+        &mut c,
+        &settings,
+        "first_ok",
+        &[10, 1_000, 100_000],
+        Ctx::fire_last,
+        &first_ok,
     );
 
     c.final_summary();
