@@ -12,13 +12,96 @@ use futures::channel::oneshot;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, ThreadId};
 
 fn poll_noop<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
     Pin::new(f).poll(&mut Context::from_waker(Waker::noop()))
+}
+
+/// A destructor that blocks (on the aborting thread) until released, and
+/// says when it started and when it ended.
+struct SlowDrop {
+    entered: mpsc::Sender<()>,
+    release: Mutex<mpsc::Receiver<()>>,
+    done: Arc<AtomicBool>,
+}
+
+impl Drop for SlowDrop {
+    fn drop(&mut self) {
+        self.entered.send(()).unwrap();
+        let _ = self.release.lock().unwrap().recv();
+        self.done.store(true, Ordering::SeqCst);
+    }
+}
+
+type Slot = Arc<Mutex<Option<TaskHandle<'static, (), &'static str>>>>;
+
+/// Builds a group with a task holding a `SlowDrop` (its handle in `slot`)
+/// and a task that fails when `fail` fires; polls it once.
+fn slow_victim_setup(
+    fail_rx: oneshot::Receiver<()>,
+    slot: Slot,
+    drop_parts: (mpsc::Sender<()>, mpsc::Receiver<()>, Arc<AtomicBool>),
+) -> impl futures::future::FusedFuture<Output = Result<(), &'static str>> + Unpin + Send {
+    let (entered, release, done) = drop_parts;
+    let slow = SlowDrop {
+        entered,
+        release: Mutex::new(release),
+        done,
+    };
+    let mut group = task_group(move |tg| {
+        let victim = tg.spawn(async move {
+            let _slow = slow;
+            futures::future::pending::<()>().await;
+            Ok::<(), &'static str>(())
+        });
+        *slot.lock().unwrap() = Some(victim);
+        tg.spawn(async move {
+            let _ = fail_rx.await;
+            Err::<(), _>("boom")
+        });
+        futures::future::pending::<Result<(), &'static str>>()
+    });
+    assert!(poll_noop(&mut group).is_pending());
+    group
+}
+
+/// The group fails (fail-fast) while another thread's `abort` is still
+/// inside the aborted task's destructor: the group waits for that drop, is
+/// woken when it ends, and only then resolves to its error.
+#[test]
+fn a_failing_group_waits_for_an_aborted_task_dropped_elsewhere() {
+    watchdog("fail_fast_vs_dropping", || {
+        let slot: Slot = Arc::default();
+        let (fail_tx, fail_rx) = oneshot::channel();
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        let done = Arc::new(AtomicBool::new(false));
+        let mut group = slow_victim_setup(
+            fail_rx,
+            slot.clone(),
+            (entered_tx, release_rx, done.clone()),
+        );
+        let aborter = thread::spawn(move || slot.lock().unwrap().take().unwrap().abort());
+        entered_rx.recv().unwrap(); // B is inside the victim's destructor
+        fail_tx.send(()).unwrap();
+        let waker = CountingWaker::new();
+        assert!(
+            poll_once(&mut group, &waker).is_pending(),
+            "waits for the drop"
+        );
+        assert!(poll_once(&mut group, &waker).is_pending(), "still waiting");
+        let wakes = waker.wakes();
+        release_tx.send(()).unwrap();
+        aborter.join().unwrap();
+        assert!(done.load(Ordering::SeqCst));
+        assert_eq!(waker.wakes(), wakes + 1, "woken when the drop ended");
+        assert_eq!(poll_once(&mut group, &waker), Poll::Ready(Err("boom")));
+        assert!(futures::future::FusedFuture::is_terminated(&group));
+    });
 }
 
 /// Contract: "an aborted task is never an error of the group". A task

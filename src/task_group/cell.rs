@@ -128,14 +128,88 @@ impl<C> TaskCell<C> {
         }
     }
 
-    /// Drops the future if it is still here. Runs on the group's thread.
+    /// Drops the future if it is still here (an abort dropping it on
+    /// another thread goes on). Runs on the group's thread.
     fn close_here(&self) {
         let mut state = lock(&self.state);
-        let future = std::mem::replace(&mut state.future, Held::Gone);
-        let waker = state.waker.take();
+        let future = match std::mem::replace(&mut state.future, Held::Gone) {
+            Held::Dropping => {
+                state.future = Held::Dropping;
+                None
+            }
+            other => Some(other),
+        };
         drop(state);
         drop(future);
-        drop(waker);
+    }
+
+    /// For a failing group: drops the future here if it is in the cell and
+    /// returns `false`; if an abort is dropping it on another thread, stores
+    /// `waker` (cloned outside the lock) to be woken when that drop is over
+    /// and returns `true`. One step under the lock, so an abort cannot take
+    /// the future between the look and the drop.
+    fn close_or_wait(&self, waker: &Waker) -> bool {
+        let mut new: Option<Waker> = None;
+        loop {
+            let mut state = lock(&self.state);
+            match std::mem::replace(&mut state.future, Held::Gone) {
+                Held::Idle(future) => {
+                    let old = state.waker.take();
+                    drop(state);
+                    drop(future);
+                    drop(old);
+                    drop(new);
+                    return false;
+                }
+                Held::Dropping => {
+                    state.future = Held::Dropping;
+                    if state.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                        drop(state);
+                        drop(new);
+                        return true;
+                    }
+                    if let Some(new) = new.take() {
+                        let old = state.waker.replace(new);
+                        drop(state);
+                        drop(old);
+                        return true;
+                    }
+                    drop(state);
+                    new = Some(waker.clone());
+                }
+                other => {
+                    state.future = other;
+                    drop(state);
+                    drop(new);
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// While an abort drops the future on another thread: stores `waker`
+    /// (cloned outside the lock) to be woken when that drop is over, and
+    /// returns `true`; `false` once it is over.
+    fn wait_for_drop(&self, waker: &Waker) -> bool {
+        let state = lock(&self.state);
+        if !matches!(state.future, Held::Dropping) {
+            return false;
+        }
+        if state.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            return true;
+        }
+        drop(state);
+        let new = waker.clone();
+        let mut state = lock(&self.state);
+        if !matches!(state.future, Held::Dropping) {
+            drop(state);
+            drop(new);
+            return false;
+        }
+        let old = state.waker.replace(new);
+        drop(state);
+        drop(old);
+        true
     }
 }
 
@@ -161,28 +235,14 @@ where
             }
             Held::Dropping => {
                 // An abort is dropping it on another thread; it wakes the
-                // task's waker when done. A new waker is cloned outside the
-                // lock, then stored, unless the drop ended meanwhile.
+                // task's waker when done.
                 state.future = Held::Dropping;
-                if state
-                    .waker
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-                {
-                    return Poll::Pending;
-                }
                 drop(state);
-                let new = cx.waker().clone();
-                let mut state = lock(&self.state);
-                if matches!(state.future, Held::Dropping) {
-                    let old = state.waker.replace(new);
-                    drop(state);
-                    drop(old);
-                    return Poll::Pending;
-                }
-                drop(state);
-                drop(new);
-                return Poll::Ready(Ok(()));
+                return if self.wait_for_drop(cx.waker()) {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(Ok(()))
+                };
             }
             Held::Polling => unreachable!("a task is polled by its group only"),
         };
@@ -325,6 +385,9 @@ pub(super) struct Task<A: Close> {
     _future: PhantomData<A::Future>,
 }
 
+// Only an `Arc` to the cell: nothing of a `Task` is ever pinned.
+impl<A: Close> Unpin for Task<A> {}
+
 impl<A: Close> Task<A> {
     pub(super) fn new(cell: Arc<A>) -> Self {
         Self {
@@ -371,6 +434,15 @@ impl<A: Polled> Future for Task<A> {
     }
 }
 
+impl<A: Close> Task<A> {
+    /// Drops the task's future now, unless an abort is dropping it on
+    /// another thread: then returns `true`, and `waker` is woken when that
+    /// drop is over.
+    pub(super) fn close_or_wait(&self, waker: &Waker) -> bool {
+        self.cell.close_or_wait(waker)
+    }
+}
+
 impl<A: Close> Drop for Task<A> {
     fn drop(&mut self) {
         self.cell.close();
@@ -382,6 +454,8 @@ pub(super) trait Close {
     /// The task's future.
     type Future;
     fn close(&self);
+    /// See [`TaskCell::close_or_wait`].
+    fn close_or_wait(&self, waker: &Waker) -> bool;
 }
 
 impl<C> Close for TaskCell<C> {
@@ -390,6 +464,10 @@ impl<C> Close for TaskCell<C> {
     fn close(&self) {
         self.close_here();
     }
+
+    fn close_or_wait(&self, waker: &Waker) -> bool {
+        TaskCell::close_or_wait(self, waker)
+    }
 }
 
 impl<C> Close for LocalCell<C> {
@@ -397,5 +475,9 @@ impl<C> Close for LocalCell<C> {
 
     fn close(&self) {
         self.cell.close_here();
+    }
+
+    fn close_or_wait(&self, waker: &Waker) -> bool {
+        self.cell.close_or_wait(waker)
     }
 }

@@ -32,6 +32,8 @@ struct Gate {
     open: AtomicBool,
     waker: Mutex<Option<Waker>>,
     drops: AtomicUsize,
+    /// Set at the end of the future's destructor.
+    dropped: AtomicBool,
 }
 
 impl Gate {
@@ -40,6 +42,7 @@ impl Gate {
             open: AtomicBool::new(false),
             waker: Mutex::new(None),
             drops: AtomicUsize::new(0),
+            dropped: AtomicBool::new(false),
         })
     }
 
@@ -71,6 +74,7 @@ impl Drop for WaitGate {
     fn drop(&mut self) {
         self.0.drops.fetch_add(1, Ordering::Relaxed);
         drop(self.0.waker.lock().unwrap().take());
+        self.0.dropped.store(true, Ordering::Release);
     }
 }
 
@@ -167,5 +171,38 @@ fn local_abort_from_another_thread() {
         opener.join().unwrap();
         assert_eq!(gate.drops.load(Ordering::Relaxed), 1);
         assert!(handle.is_finished());
+    });
+}
+
+/// A failing group (fail-fast) vs an abort dropping another task on another
+/// thread: the group resolves to its error only once that drop is over.
+#[test]
+fn a_failing_group_waits_for_an_abort_dropping_elsewhere() {
+    model(|| {
+        let (victim, failer) = (Gate::new(), Gate::new());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (v, f) = (victim.clone(), failer.clone());
+        let group = task_group(move |tg| {
+            tx.send(tg.spawn(WaitGate(v))).unwrap();
+            let fail = WaitGate(f);
+            tg.spawn(async move {
+                let _ = fail.await;
+                Err::<(), ()>(())
+            });
+            async { Ok::<_, ()>(()) }
+        });
+        let handle = rx.recv().unwrap();
+        let aborter = thread::spawn(move || handle.abort());
+        let f = failer.clone();
+        let opener = thread::spawn(move || f.open());
+        assert_eq!(block_on(group), Err(()));
+        assert!(
+            victim.dropped.load(Ordering::Acquire),
+            "resolved before the drop ended (drops {})",
+            victim.drops.load(Ordering::Relaxed)
+        );
+        aborter.join().unwrap();
+        opener.join().unwrap();
+        assert_eq!(victim.drops.load(Ordering::Relaxed), 1);
     });
 }

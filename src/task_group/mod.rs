@@ -53,6 +53,19 @@ use std::task::{Context, Poll, Wake, Waker};
 type SendTask<'a, E> = Pin<Box<dyn Future<Output = Result<(), E>> + Send + 'a>>;
 /// A task of a [`LocalTaskGroup`], type-erased.
 type LocalTask<'a, E> = Pin<Box<dyn Future<Output = Result<(), E>> + 'a>>;
+/// What the group needs of its engine's children ([`cell::Task`]) beyond
+/// polling them.
+trait Child: Unpin {
+    /// See [`cell::Task::close_or_wait`].
+    fn close_or_wait(&self, waker: &Waker) -> bool;
+}
+
+impl<A: cell::Close> Child for Task<A> {
+    fn close_or_wait(&self, waker: &Waker) -> bool {
+        Task::close_or_wait(self, waker)
+    }
+}
+
 /// The engine's child in a [`TaskGroup`].
 type SendChild<'a, E> = Task<TaskCell<SendTask<'a, E>>>;
 /// The engine's child in a [`LocalTaskGroup`].
@@ -406,13 +419,14 @@ impl<T, E> TaskHandle<'_, T, E> {
     /// if the task already finished (its output stays in the handle) or was
     /// already cancelled.
     ///
-    /// Two limits, both when another thread is involved: if a second `abort`
-    /// of the same task comes while a first one is still running the task's
-    /// destructor on another thread, the second returns at once; and if the
-    /// group fails or is dropped meanwhile, it does not wait for that
-    /// destructor (it runs to its end inside the first `abort`, whose handle
-    /// borrows everything the task borrows). A group that *finishes* always
-    /// waits for it.
+    /// While an `abort` runs the task's destructor on one thread, the group
+    /// does not resolve — neither finishing nor failing — until that
+    /// destructor is over (it waits, and that `abort` wakes it). Two limits,
+    /// both when another thread is involved: a second `abort` of the same
+    /// task coming meanwhile returns at once; and a group *dropped*
+    /// meanwhile does not block to wait (the destructor runs to its end
+    /// inside the first `abort`, whose handle borrows everything the task
+    /// borrows).
     ///
     /// # Panics
     ///
@@ -618,6 +632,11 @@ struct Core<Fut: Future, E, C: Future<Output = Result<(), E>>> {
     body_waker: Waker,
     /// Keep-going mode: the first error nobody took.
     first_error: Option<E>,
+    /// Fail-fast: the error the group fails with, held while `draining`.
+    failed: Option<E>,
+    /// Tasks an `abort` on another thread is still dropping when the group
+    /// failed: the group returns its error once they are gone.
+    draining: Vec<C>,
     next_key: usize,
     finished: bool,
     poisoned: bool,
@@ -638,6 +657,8 @@ impl<Fut: Future, E, C: Future<Output = Result<(), E>>> Core<Fut, E, C> {
             shared,
             parent,
             first_error: None,
+            failed: None,
+            draining: Vec::new(),
             next_key: 0,
             finished: false,
             poisoned: false,
@@ -653,19 +674,6 @@ impl<Fut: Future, E, C: Future<Output = Result<(), E>>> Core<Fut, E, C> {
         }
     }
 
-    /// Fail-fast: drops the body and every task now (all of them, even if
-    /// destructors panic; the first panic propagates afterwards).
-    fn cancel(&mut self) {
-        self.finished = true;
-        let queued = self.shared.close();
-        let mut panics = Panics::default();
-        let body = self.body.take();
-        panics.catch(|| drop(body));
-        panics.catch(|| self.tasks.clear());
-        panics.drop_all(queued);
-        panics.resume();
-    }
-
     /// See [`TaskGroup::keep_going`].
     fn keep_going(&self) {
         self.shared.signal.keep_going.store(true, Ordering::Relaxed);
@@ -679,8 +687,42 @@ impl<Fut: Future, E, C: Future<Output = Result<(), E>>> Core<Fut, E, C> {
 impl<Fut, R, E, C> Core<Fut, E, C>
 where
     Fut: Future<Output = Result<R, E>>,
-    C: Future<Output = Result<(), E>>,
+    C: Future<Output = Result<(), E>> + Child,
 {
+    /// Fail-fast: drops the body and every task now (all of them, even if
+    /// destructors panic; the first panic propagates afterwards), and
+    /// resolves to `e` — once no aborted task is still being dropped on
+    /// another thread (until then it waits, woken by those drops).
+    fn fail(&mut self, e: E, waker: &Waker) -> Poll<Result<R, E>> {
+        self.finished = true;
+        let queued = self.shared.close();
+        let mut panics = Panics::default();
+        let body = self.body.take();
+        panics.catch(|| drop(body));
+        // The tasks are `Unpin` (`cell::Task`): they can leave the engine.
+        let tasks = self.tasks.drain_running();
+        let mut draining = Vec::new();
+        for (_, task) in tasks {
+            panics.catch(|| {
+                if task.close_or_wait(waker) {
+                    draining.push(task);
+                } else {
+                    drop(task);
+                }
+            });
+        }
+        panics.drop_all(queued);
+        if draining.is_empty() {
+            panics.resume();
+            return Poll::Ready(Err(e));
+        }
+        self.draining = draining;
+        self.failed = Some(e);
+        self.finished = false;
+        panics.resume();
+        Poll::Pending
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>, what: &str) -> Poll<Result<R, E>> {
         // `crate::poison::guarded`, inlined to borrow the rest of `self`.
         crate::poison::assert_live(self.poisoned, self.finished, what);
@@ -691,6 +733,16 @@ where
     }
 
     fn poll_once(&mut self, cx: &mut Context<'_>) -> Poll<Result<R, E>> {
+        if self.failed.is_some() {
+            // Failed; waiting for aborted tasks still dropped elsewhere.
+            let waker = cx.waker();
+            self.draining.retain(|task| task.close_or_wait(waker));
+            if !self.draining.is_empty() {
+                return Poll::Pending;
+            }
+            self.finished = true;
+            return Poll::Ready(Err(self.failed.take().expect("checked above")));
+        }
         // Registered first: a spawn or a body wake from now on re-polls us.
         self.parent.register(cx.waker());
 
@@ -705,10 +757,7 @@ where
                     self.output = Some(Ok(value));
                     drop(self.body.take());
                 }
-                Poll::Ready(Err(e)) => {
-                    self.cancel();
-                    return Poll::Ready(Err(e));
-                }
+                Poll::Ready(Err(e)) => return self.fail(e, cx.waker()),
                 Poll::Pending => {}
             }
         }
@@ -721,8 +770,7 @@ where
             pass.engine().release_slot(done.slot);
             if let Err(e) = done.output {
                 if !keep_going {
-                    self.cancel();
-                    return Poll::Ready(Err(e));
+                    return self.fail(e, cx.waker());
                 }
                 if self.first_error.is_none() {
                     self.first_error = Some(e);
@@ -765,6 +813,8 @@ impl<Fut: Future, E, C: Future<Output = Result<(), E>>> Drop for Core<Fut, E, C>
         panics.catch(move || drop(output));
         let error = self.first_error.take();
         panics.catch(move || drop(error));
+        let failed = self.failed.take();
+        panics.catch(move || drop(failed));
         panics.resume();
     }
 }
