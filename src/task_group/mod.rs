@@ -203,23 +203,33 @@ impl<T, E> Completer<T, E> {
     fn finish(self, output: Result<T, E>) -> Result<(), E> {
         let keep_going = self.signal.keep_going.load(Ordering::Relaxed);
         let mut state = lock(&self.slot);
-        if state.aborted {
-            // `abort` came first (while the group was polling the task, it
-            // could only leave a request): the handle reports the abort, and
-            // the output — an error too — is dropped, never the group's.
+        let to_handle = !state.aborted && !state.detached && (output.is_ok() || keep_going);
+        if !to_handle {
+            // The output goes nowhere: `abort` came first (while the group
+            // was polling the task it could only leave a request: the output,
+            // an error too, is dropped, never the group's), or nobody holds
+            // the handle, or the error is for the group (fail-fast). The
+            // handle, if any, reports a cancellation — decided here, under the
+            // lock, so an `abort` from now on finds the task over.
+            let aborted = state.aborted;
             state.outcome = Outcome::Cancelled;
             let waker = state.waker.take();
             drop(state);
-            drop(output);
-            if let Some(waker) = waker {
-                waker.wake();
-            }
-            return Ok(());
-        }
-        if state.detached || (output.is_err() && !keep_going) {
-            drop(state);
-            // An `Ok` value nobody can take is dropped here, outside the lock.
-            return output.map(drop);
+            // Whoever awaits the handle is woken even if dropping the value
+            // panics (and the other way round); the first panic propagates.
+            let mut panics = Panics::default();
+            let (kept, rest) = match output {
+                Err(e) if !aborted => (Some(e), None),
+                other => (None, Some(other)),
+            };
+            panics.catch(move || drop(rest));
+            panics.catch(move || {
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            });
+            panics.resume();
+            return kept.map_or(Ok(()), Err);
         }
         state.outcome = Outcome::Done(output);
         let waker = state.waker.take();
