@@ -353,11 +353,12 @@ where
 /// # Errors
 ///
 /// [`TaskCancelled`] if the task was aborted, or dropped because its group
-/// failed or was dropped (only seen from outside the group: a failing group
-/// drops its body too). Otherwise the task's own `Result` comes back inside
-/// `Ok`: in the default fail-fast mode a task's error fails the whole group
-/// before anyone in it can see it, so inside the group it is always `Ok`
-/// but in [`keep_going`](TaskGroup::keep_going) mode.
+/// failed or was dropped (the latter only seen from outside the group: a
+/// failing group drops its body too). Otherwise the task's own `Result`
+/// comes back inside `Ok`. In the default fail-fast mode a task's `Err`
+/// fails the whole group before anyone in it can see it, so inside the group
+/// a handle only ever yields `Ok(Err(_))` in
+/// [`keep_going`](TaskGroup::keep_going) mode.
 ///
 /// # Examples
 ///
