@@ -183,14 +183,22 @@ fn bench_combinators(c: &mut Criterion, sizes: &[usize]) {
             let ctx = &owned;
             let out = block_on(go());
             if $gather {
-                assert!(out.iter().copied().eq(0..ctx.n), "{}: not in input order", $name);
+                assert!(
+                    out.iter().copied().eq(0..ctx.n),
+                    "{}: not in input order",
+                    $name
+                );
             } else {
                 // A leaf fired before its first poll completes when first
                 // polled: a set that polls its new leaves lazily
                 // (futures-buffered) may yield those out of fire order.
                 let mut sorted = out.clone();
                 sorted.sort_unstable();
-                assert!(sorted.into_iter().eq(0..ctx.n), "{}: not every leaf once", $name);
+                assert!(
+                    sorted.into_iter().eq(0..ctx.n),
+                    "{}: not every leaf once",
+                    $name
+                );
             }
             $group.bench_function(BenchmarkId::new($name, $n), |b| {
                 b.iter_custom(|iters| timed_combinator(iters, go))
@@ -201,7 +209,13 @@ fn bench_combinators(c: &mut Criterion, sizes: &[usize]) {
     let mut g = c.benchmark_group("realistic_gather_shuffled");
     for &n in sizes {
         g.throughput(Throughput::Elements(n as u64));
-        entry!(g, "awaitkit", n, |ctx| gather_with(ctx, awaitkit::gather(leaves(ctx))), true);
+        entry!(
+            g,
+            "awaitkit",
+            n,
+            |ctx| gather_with(ctx, awaitkit::gather(leaves(ctx))),
+            true
+        );
         entry!(
             g,
             "fb_join_all",
@@ -347,9 +361,11 @@ fn bench_rate_limiter(c: &mut Criterion) {
         }};
     }
 
-    entry!("awaitkit_strict", awaitkit::RateLimiter::new(max, period), |l| l
-        .try_acquire()
-        .is_ok());
+    entry!(
+        "awaitkit_strict",
+        awaitkit::RateLimiter::new(max, period),
+        |l| l.try_acquire().is_ok()
+    );
     entry!(
         "awaitkit_gcra",
         awaitkit::RateLimiter::gcra(max, period, max),
