@@ -1256,6 +1256,81 @@ def watch_section(cdir, include_stale):
     return lines
 
 
+REALISTIC_MARKER = "awaitkit-bench-run-realistic.txt"
+
+# (realistic group, existing group, per-N?, [(function, label)], reference function)
+REALISTIC_GROUPS = [
+    ("realistic_semaphore_uncontended", "semaphore_uncontended", False, [
+        ("awaitkit", "awaitkit"), ("tokio", "tokio"), ("async_lock", "async-lock"),
+        ("futures_intrusive_fair", "futures-intrusive fair"),
+    ], "futures_intrusive_fair"),
+    ("realistic_gather_shuffled", "gather_shuffled", True, [
+        ("awaitkit", "awaitkit"), ("fb_join_all", "futures-buffered `join_all`"),
+        ("futures_join_all", "futures `join_all`"),
+    ], "fb_join_all"),
+    ("realistic_as_completed_shuffled", "as_completed_shuffled", True, [
+        ("awaitkit", "awaitkit"), ("fb_FuturesUnordered", "futures-buffered `FuturesUnordered`"),
+        ("fb_FuturesUnorderedBounded", "futures-buffered `FuturesUnorderedBounded`"),
+        ("futures_FuturesUnordered", "futures `FuturesUnordered`"),
+    ], "fb_FuturesUnorderedBounded"),
+    ("realistic_rate_limiter_check", "rate_limiter_check", False, [
+        ("awaitkit_strict", "awaitkit strict"), ("awaitkit_gcra", "awaitkit GCRA"),
+        ("awaitkit_gcra_quanta", "awaitkit GCRA on `QuantaTimer`"),
+        ("governor", "governor (default clock)"), ("governor_std", "governor on `MonotonicClock`"),
+    ], "governor"),
+]
+
+
+def realistic_section(cdir, include_stale):
+    """Markdown lines for the realistic variants (`benches/realistic.rs`) beside
+    the existing groups' results in the same criterion directory; empty if the
+    realistic bench has not run."""
+    run = read_marker(cdir, REALISTIC_MARKER, include_stale)
+    if run is None:
+        return []
+    lines = []
+    w = lines.append
+    section_header(w, "Realistic variants (a user's harness)", [
+        "The groups an independent harness disagreed with, as users write them (`benches/realistic.rs`):",
+        "every operation awaited in an `async` block under `futures::executor::block_on` (one",
+        "`block_on` per criterion batch), leaves that clone the waker on every park and are woken",
+        "by value, a firer joined with the combinator (`futures::join!`) that wakes one leaf per",
+        "round. Beside each: the existing group's median from the same criterion directory (its",
+        "own run; the minimal driver). Per operation (acquire + release, check) or per leaf.",
+    ], "realistic", run)
+    w("")
+    for rgroup, group, per_n, functions, ref in REALISTIC_GROUPS:
+        fids = [f for f, _ in functions]
+        if per_n:
+            real = load_medians(cdir, rgroup, fids, run[2])
+            base = load_medians(cdir, group, fids, None)
+            sizes = sorted({n for per in real.values() for n in per})
+            keys = [(n, lambda m, f, n=n: m.get(f, {}).get(n) / n if m.get(f, {}).get(n) else None) for n in sizes]
+        else:
+            real = load_flat_medians(cdir, rgroup, fids, run[2])
+            base = load_flat_medians(cdir, group, fids, None)
+            keys = [(None, lambda m, f: m.get(f))] if real else []
+        if not keys:
+            continue
+        w(f"## `{rgroup}` (existing: `{group}`)")
+        w("")
+        header = (["N"] if per_n else []) + ["harness"] + [label for _, label in functions]
+        header += [f"awaitkit / {dict(functions)[ref]}"]
+        rows = []
+        for n, get in keys:
+            for name, medians in (("realistic", real), ("existing", base)):
+                values = {f: get(medians, f) for f in fids}
+                ak = values.get(fids[0])
+                r = ratio(ak, values.get(ref))
+                rows.append(([fmt_n(n)] if per_n else []) + [name]
+                            + [fmt_ns(values[f]) for f in fids]
+                            + [f"**{r:.2f}**" if r else "—"])
+        table(w, header, rows)
+        w("")
+    return lines
+
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1396,6 +1471,7 @@ def main():
     lines += pool_section(cdir, args.include_stale)
     lines += batch_section(cdir, args.include_stale)
     lines += watch_section(cdir, args.include_stale)
+    lines += realistic_section(cdir, args.include_stale)
     print("\n".join(lines))
 
 

@@ -450,6 +450,7 @@ impl Semaphore {
         })
     }
 
+    #[inline]
     fn try_take(&self, n: usize) -> Result<(), TryAcquireError> {
         let mut s = self.state.load(Ordering::Acquire);
         loop {
@@ -845,6 +846,7 @@ impl Semaphore {
     }
 
     /// Gives `n` permits back.
+    #[inline]
     fn release(&self, n: usize) {
         if n == 0 {
             return;
@@ -1013,6 +1015,7 @@ impl Waiter {
     }
 
     /// Ready once the permits are ours (the caller wraps them in a permit).
+    #[inline]
     fn poll(&mut self, sem: &Semaphore, cx: &mut Context<'_>) -> Poll<Result<(), AcquireError>> {
         assert!(!self.done, "semaphore acquire polled after completion");
         let out = match self.node {
@@ -1081,6 +1084,7 @@ impl Waiter {
         }
     }
 
+    #[inline]
     fn first_poll(
         &mut self,
         sem: &Semaphore,
@@ -1155,9 +1159,18 @@ impl Waiter {
     }
 
     /// Leaves the queue (a dropped acquire): what was assigned or granted
-    /// goes to the next waiters.
+    /// goes to the next waiters. Inline: a completed or never-polled acquire
+    /// (every uncontended one) only checks that it holds no node.
+    #[inline]
     fn cancel(&mut self, sem: &Semaphore) {
-        let Some(i) = self.node.take() else { return };
+        if let Some(i) = self.node.take() {
+            self.cancel_queued(sem, i);
+        }
+    }
+
+    /// [`Waiter::cancel`] of a queued waiter (node `i`), out of line.
+    #[inline(never)]
+    fn cancel_queued(&mut self, sem: &Semaphore, i: usize) {
         // Declared before the guard: wakes (and drops this waiter's own
         // waker) only after unlocking, and still wakes the next waiters if
         // that drop panics.
@@ -1218,6 +1231,7 @@ pub struct Acquire<'a> {
 impl<'a> Future for Acquire<'a> {
     type Output = Result<SemaphorePermit<'a>, AcquireError>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         this.waiter.poll(this.sem, cx).map_ok(|()| SemaphorePermit {
@@ -1235,6 +1249,7 @@ impl FusedFuture for Acquire<'_> {
 }
 
 impl Drop for Acquire<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.waiter.cancel(self.sem);
     }
@@ -1269,6 +1284,7 @@ pub struct AcquireOwned {
 impl Future for AcquireOwned {
     type Output = Result<OwnedSemaphorePermit, AcquireError>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let sem = this
@@ -1292,6 +1308,7 @@ impl FusedFuture for AcquireOwned {
 }
 
 impl Drop for AcquireOwned {
+    #[inline]
     fn drop(&mut self) {
         if let Some(sem) = &self.sem {
             self.waiter.cancel(sem);
@@ -1391,6 +1408,7 @@ impl<'a> SemaphorePermit<'a> {
 }
 
 impl Drop for SemaphorePermit<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.sem.release(self.permits);
     }
@@ -1503,6 +1521,7 @@ impl OwnedSemaphorePermit {
 }
 
 impl Drop for OwnedSemaphorePermit {
+    #[inline]
     fn drop(&mut self) {
         self.sem.release(self.permits);
     }
