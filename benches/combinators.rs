@@ -4,6 +4,10 @@
 //! Groups (one criterion group each, one function per crate, parameter = N):
 //!
 //! * `gather_yield`, `gather_shuffled`: outputs collected in input order.
+//! * `gather_tuple_yield`, `gather_tuple_shuffled`: the same children, N = 2,
+//!   3, 5, 8 of them in a tuple: `awaitkit::gather!` against `futures::join!`,
+//!   `tokio::join!` and futures-concurrency's tuple `join` (one fixed-arity
+//!   function per N, each awaited inside an `async` block).
 //! * `as_completed_yield`, `as_completed_shuffled`: the same children consumed
 //!   as a stream in completion order.
 //! * `wait_any`: N pending children, the last one fires, winner + rest are
@@ -304,6 +308,69 @@ fn gather_fb_ordered<K: Kind>(ctx: &Ctx) -> usize {
 }
 
 // ---------------------------------------------------------------------------
+// gather_tuple_* : N = 2, 3, 5, 8 children of one type in a tuple
+// ---------------------------------------------------------------------------
+
+/// The sizes `gather_tuple_fns!` generates.
+const TUPLE_SIZES: [usize; 4] = [2, 3, 5, 8];
+
+/// One function per crate that dispatches on `ctx.n` to a fixed-arity tuple
+/// (the macros need one): children `K::child(ctx, 0..n)`, awaited inside an
+/// `async` block for every crate alike, outputs checked in input order.
+macro_rules! gather_tuple_fns {
+    ($($n:literal => [$($i:tt)+]),+ $(,)?) => {
+        fn gather_tuple_awaitkit<K: Kind>(ctx: &Ctx) -> usize {
+            match ctx.n {
+                $($n => {
+                    let out = ctx.block_on(async {
+                        awaitkit::gather!($(K::child(ctx, $i)),+).await
+                    });
+                    check_gathered::<K>(ctx, &[$(out.$i),+])
+                })+
+                n => unreachable!("no tuple of {n}"),
+            }
+        }
+
+        fn gather_tuple_futures_join<K: Kind>(ctx: &Ctx) -> usize {
+            match ctx.n {
+                $($n => {
+                    let out = ctx.block_on(async { futures::join!($(K::child(ctx, $i)),+) });
+                    check_gathered::<K>(ctx, &[$(out.$i),+])
+                })+
+                n => unreachable!("no tuple of {n}"),
+            }
+        }
+
+        fn gather_tuple_tokio_join<K: Kind>(ctx: &Ctx) -> usize {
+            match ctx.n {
+                $($n => {
+                    let out = ctx.block_on(async { tokio::join!($(K::child(ctx, $i)),+) });
+                    check_gathered::<K>(ctx, &[$(out.$i),+])
+                })+
+                n => unreachable!("no tuple of {n}"),
+            }
+        }
+
+        fn gather_tuple_fc_join<K: Kind>(ctx: &Ctx) -> usize {
+            match ctx.n {
+                $($n => {
+                    let out = ctx.block_on(async { ($(K::child(ctx, $i),)+).join().await });
+                    check_gathered::<K>(ctx, &[$(out.$i),+])
+                })+
+                n => unreachable!("no tuple of {n}"),
+            }
+        }
+    };
+}
+
+gather_tuple_fns! {
+    2 => [0 1],
+    3 => [0 1 2],
+    5 => [0 1 2 3 4],
+    8 => [0 1 2 3 4 5 6 7],
+}
+
+// ---------------------------------------------------------------------------
 // as_completed_* : consumed as a stream in completion order
 // ---------------------------------------------------------------------------
 
@@ -581,6 +648,18 @@ fn main() {
         entry!("fb_join_all", gather_fb_join_all, Parked),
         entry!("fb_FuturesOrdered", gather_fb_ordered, Parked),
     ];
+    let gather_tuple_yield = [
+        entry!("awaitkit", gather_tuple_awaitkit, Yield),
+        entry!("futures_join", gather_tuple_futures_join, Yield),
+        entry!("tokio_join", gather_tuple_tokio_join, Yield),
+        entry!("fc_tuple_join", gather_tuple_fc_join, Yield),
+    ];
+    let gather_tuple_shuffled = [
+        entry!("awaitkit", gather_tuple_awaitkit, Parked),
+        entry!("futures_join", gather_tuple_futures_join, Parked),
+        entry!("tokio_join", gather_tuple_tokio_join, Parked),
+        entry!("fc_tuple_join", gather_tuple_fc_join, Parked),
+    ];
     let as_completed_yield = [
         entry!("awaitkit", as_completed_awaitkit, Yield),
         entry!(
@@ -661,6 +740,22 @@ fn main() {
         &shuffled_sizes,
         Ctx::shuffled,
         &gather_shuffled,
+    );
+    bench_group(
+        &mut c,
+        &settings,
+        "gather_tuple_yield",
+        &TUPLE_SIZES,
+        Ctx::yielding,
+        &gather_tuple_yield,
+    );
+    bench_group(
+        &mut c,
+        &settings,
+        "gather_tuple_shuffled",
+        &TUPLE_SIZES,
+        Ctx::shuffled,
+        &gather_tuple_shuffled,
     );
     bench_group(
         &mut c,
