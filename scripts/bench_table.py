@@ -109,6 +109,22 @@ GROUPS = [
 ]
 
 BAR = 1.05
+
+# gather_tuple (`gather!` over a few children in a tuple): the bar and the goal
+# compare awaitkit against the fastest of the three macros at each N.
+GATHER_TUPLE_COLUMNS = [
+    ("awaitkit", "awaitkit `gather!`"),
+    ("futures_join", "futures `join!`"),
+    ("tokio_join", "tokio `join!`"),
+    ("fc_tuple_join", "futures-concurrency tuple `join`"),
+]
+GATHER_TUPLE_GROUPS = [
+    ("gather_tuple_yield", "yield: children wake themselves once"),
+    ("gather_tuple_shuffled", "shuffled: children park their waker, fired one at a time in a shuffled order"),
+]
+GATHER_TUPLE_BAR = 1.5
+GATHER_TUPLE_GOAL = 1.0
+
 COMBINATORS_MARKER = "awaitkit-bench-run.txt"
 
 # Timer groups (benches/time.rs): one function per crate, no N.
@@ -510,6 +526,67 @@ def group_heading(w, group, desc):
     w("")
     w(desc + ".")
     w("")
+
+
+def gather_tuple_section(cdir, not_before, polls):
+    """Markdown lines for the `gather_tuple` groups (ns per gather, not per
+    child: N is 2 to 8); empty if they have not run."""
+    lines = []
+    w = lines.append
+    fids = [fid for fid, _ in GATHER_TUPLE_COLUMNS]
+    peers = [fid for fid in fids if fid != "awaitkit"]
+    label = dict(GATHER_TUPLE_COLUMNS)
+    for group, desc in GATHER_TUPLE_GROUPS:
+        medians = load_medians(cdir, group, fids, not_before)
+        sizes = sorted({n for per in medians.values() for n in per})
+        if not sizes:
+            continue
+        if not lines:
+            group_heading(w, "gather_tuple", (
+                "`gather!` over N = 2, 3, 5, 8 children of one type in a tuple, outputs in input "
+                "order, against `futures::join!`, `tokio::join!` and futures-concurrency's tuple "
+                "`join` (`(a, b).join()`); one fixed-arity function per N, every crate awaited "
+                "inside an `async` block. Bar: awaitkit ≤ "
+                f"{GATHER_TUPLE_BAR} × the fastest of the three macros at every N; goal ≤ "
+                f"{GATHER_TUPLE_GOAL}. Times are ns per gather (not per child)"))
+        w(f"`{group}` ({desc}):")
+        w("")
+        header = ["N"] + [label[fid] for fid in fids] + [
+            f"awaitkit / fastest macro (bar ≤ {GATHER_TUPLE_BAR}, goal ≤ {GATHER_TUPLE_GOAL})",
+            "fastest macro", "awaitkit polls/N"]
+        rows = []
+        for n in sizes:
+            per = {fid: medians[fid][n] for fid in fids if n in medians.get(fid, {})}
+            fastest = fastest_of(per, peers)
+            r = ratio(per.get("awaitkit"), per.get(fastest)) if fastest else None
+            cell = "—"
+            if r is not None:
+                cell = f"**{r:.2f}** {mark(r <= GATHER_TUPLE_BAR)}"
+                cell += " (goal ✅)" if r <= GATHER_TUPLE_GOAL else " (goal ❌)"
+            p = polls.get((group, "awaitkit", n))
+            rows.append([fmt_n(n)] + [fmt_ns(per.get(fid)) for fid in fids] + [
+                cell, label[fastest] if fastest else "—", f"{p:.2f}" if p is not None else "?"])
+        table(w, header, rows)
+        w("")
+        w("<details><summary>child polls / N, every crate</summary>")
+        w("")
+        rows = []
+        for n in sizes:
+            cells = [fmt_n(n)]
+            for fid in fids:
+                p = polls.get((group, fid, n))
+                cells.append(f"{p:.2f}" if p is not None and n in medians.get(fid, {}) else "—")
+            rows.append(cells)
+        table(w, ["N"] + [label[fid] for fid in fids], rows)
+        w("")
+        w("</details>")
+        w("")
+    if lines:
+        w("- `futures::join!` and `tokio::join!` poll every unfinished child on each wake (no")
+        w("  per-child wakers); `gather!` and futures-concurrency's tuple `join` poll only the woken")
+        w("  ones (2.00 polls / N in both variants).")
+        w("")
+    return lines
 
 
 def time_section(cdir, include_stale):
@@ -1309,6 +1386,9 @@ def main():
     w("")
 
     for group, desc, functions in GROUPS:
+        if group == "as_completed_yield":
+            # After the gather groups, whether or not they ran.
+            lines += gather_tuple_section(cdir, not_before, polls)
         medians = load_medians(cdir, group, [fid for fid, _ in functions], not_before)
         sizes = sorted({n for per in medians.values() for n in per})
         if not sizes:
