@@ -455,7 +455,7 @@ impl<F: Future> Engine<F> {
         }
         let chunk = self
             .ready
-            .add_chunk(n, false, Self::FIXED, Layout::new::<()>());
+            .add_chunk(n, false, Self::FIXED);
         let elements = self.ready.elements(chunk);
         /// Writes `Vacant` into the slots not filled (all of them if the
         /// iterator panics), so every slot is initialised either way.
@@ -499,7 +499,7 @@ impl<F: Future> Engine<F> {
         let element = if reuse { Self::GROWN } else { Self::FIXED };
         let chunk = self
             .ready
-            .add_chunk(cap, reuse, element, Layout::new::<()>());
+            .add_chunk(cap, reuse, element);
         for index in 0..cap {
             // SAFETY: the element has room for a slot at `SLOT_AT`, aligned.
             unsafe { self.slot_ptr(chunk, index).write(Slot::Vacant(NO_SLOT)) };
