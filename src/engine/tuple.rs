@@ -244,17 +244,29 @@ impl_tuple!(16; A0 T0 0, A1 T1 1, A2 T2 2, A3 T3 3, A4 T4 4, A5 T5 5, A6 T6 6, A
 /// a block is aligned to hold every index of the largest tuple (16).
 const INDEX_MASK: usize = 0b1111;
 
+/// The owner is polling children (see [`Head`]).
+const POLLING: u64 = 1 << 63;
+
 /// The non-generic head of a tuple's one allocation: the ready set of a
 /// single word, the parent task's waker and what freeing needs. It follows
 /// the protocol of a one-chunk, one-level [`ReadySet`](super::ReadySet)
 /// (`ready.rs`): a wake is one `fetch_or`, and the waker that turns the word
 /// from zero to non-zero wakes the parent; the owner registers, then loads
-/// the word and swaps it to zero only when it is non-zero. Clones hold a
-/// reference each; the borrowed waker a child is polled with owns nothing.
+/// the word and swaps it only when it is non-zero. Clones hold a reference
+/// each; the borrowed waker a child is polled with owns nothing.
+///
+/// One addition: while the owner polls children it keeps [`POLLING`] set in
+/// the word, so no wake in that time sees it zero and wakes the parent (a
+/// child that wakes itself would otherwise go through the parent waker's
+/// protocol); the owner clears it with one `fetch_and` after the children
+/// and wakes its own task directly if any bit was set meanwhile. The word
+/// is the only state, so every wake is either seen by that `fetch_and` or
+/// comes after it and finds `POLLING` clear.
 #[repr(C, align(16))]
 struct Head {
     refs: AtomicUsize,
-    /// Bit `i`: element `i` was woken since it was last polled.
+    /// Bit `i`: element `i` was woken since it was last polled; [`POLLING`]:
+    /// the owner is polling children.
     ready: AtomicU64,
     parent: ParentWaker,
     /// The layout of the whole block (`Block<T::Slots>`).
@@ -351,6 +363,8 @@ unsafe fn tuple_release(head: NonNull<Head>) {
         let parent = (*head.as_ptr()).parent.take_exclusive();
         ptr::drop_in_place(head.as_ptr());
         dealloc(head.as_ptr().cast(), layout);
+        #[cfg(all(test, awaitkit_loom))]
+        super::ready::LIVE_CHUNKS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(waker) = parent {
             crate::unwind::drop_user(waker);
         }
@@ -368,12 +382,14 @@ unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
 impl Shared {
+    #[inline]
     fn head(&self) -> &Head {
         // SAFETY: the owner holds a reference on its block.
         unsafe { self.0.expect("awaitkit: no block").as_ref() }
     }
 
     /// The data pointer of element `index`'s waker.
+    #[inline]
     fn waker_data(&self, index: usize) -> *const () {
         assert!(index <= INDEX_MASK);
         let head = self.0.expect("awaitkit: no block");
@@ -435,6 +451,8 @@ impl<T: TupleFutures> TupleCore<T> {
             let Some(block) = NonNull::new(block) else {
                 handle_alloc_error(layout)
             };
+            #[cfg(all(test, awaitkit_loom))]
+            super::ready::LIVE_CHUNKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // SAFETY: a fresh allocation laid out for one block; every
             // element starts ready (its first poll), nobody is woken.
             unsafe {
@@ -515,12 +533,25 @@ impl<T: TupleFutures> TupleCore<T> {
             let head = self.shared.head();
             // SAFETY: `&mut self`: the owner's only registration in progress.
             unsafe { head.parent.register(cx.waker()) };
-            // A zero read needs no swap (see `ReadySet::take_chunks`).
+            // A zero read needs no swap (see `ReadySet::take_chunks`);
+            // nothing to poll then either.
             let mut bits = if head.ready.load(Ordering::Acquire) != 0 {
-                head.ready.swap(0, Ordering::AcqRel)
+                head.ready.swap(POLLING, Ordering::AcqRel)
             } else {
                 0
             };
+            /// Clears `POLLING` when the children's polls are over, also if
+            /// one unwinds (the future refuses polls then, but the word is
+            /// left as wakers expect it).
+            struct Polling<'a>(&'a Head, bool);
+            impl Drop for Polling<'_> {
+                fn drop(&mut self) {
+                    if self.1 {
+                        self.0.ready.fetch_and(!POLLING, Ordering::AcqRel);
+                    }
+                }
+            }
+            let mut polling = Polling(head, bits != 0);
             let slots = self.slots_ptr();
             while bits != 0 {
                 let i = bits.trailing_zeros() as usize;
@@ -538,13 +569,23 @@ impl<T: TupleFutures> TupleCore<T> {
                 // nothing else borrows them during the poll.
                 if unsafe { T::poll_child(&mut *slots, i, &mut child_cx) }.is_ready() {
                     self.remaining -= 1;
-                    if let Err(e) = done(self.slots(), i) {
+                    // SAFETY: as above.
+                    if let Err(e) = done(unsafe { &mut *slots }, i) {
                         // Fail fast: every other element is dropped before
                         // the error is handed out.
+                        drop(polling);
                         self.finished = true;
                         self.drop_slots();
                         return Poll::Ready(Err(e));
                     }
+                }
+            }
+            if std::mem::replace(&mut polling.1, false) {
+                let woken = head.ready.fetch_and(!POLLING, Ordering::AcqRel) & !POLLING;
+                if woken != 0 && self.remaining > 0 {
+                    // Woken while we polled (no waker woke the parent): poll
+                    // again, after the other tasks (cooperative).
+                    cx.waker().wake_by_ref();
                 }
             }
         }
