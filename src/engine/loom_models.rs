@@ -450,7 +450,10 @@ fn tuple_wakes_from_other_threads() {
             gate: g.clone(),
             need: 1,
         };
-        let out = block_on(crate::GatherTuple::new((child(&gates[0]), child(&gates[1]))));
+        let out = block_on(crate::GatherTuple::new((
+            child(&gates[0]),
+            child(&gates[1]),
+        )));
         assert_eq!(out, (1, 1));
         for t in threads {
             t.join().unwrap();

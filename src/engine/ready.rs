@@ -483,12 +483,7 @@ impl ReadySet {
     /// Adds a chunk of `cap` children, none of them ready, one `element` per
     /// child (an [`Entry`] first: see [`ReadySet::element`]). Returns its
     /// id. Only chunks that count clones can answer [`ReadySet::is_idle`].
-    pub(crate) fn add_chunk(
-        &mut self,
-        cap: usize,
-        count_clones: bool,
-        element: Layout,
-    ) -> usize {
+    pub(crate) fn add_chunk(&mut self, cap: usize, count_clones: bool, element: Layout) -> usize {
         let Some(root) = self.root else {
             self.root = Some(Chunk::alloc(cap, 0, None, count_clones, element));
             return 0;

@@ -350,7 +350,11 @@ unsafe fn tuple_waker_drop(data: *const ()) {
 unsafe fn tuple_release(head: NonNull<Head>) {
     // SAFETY: the caller's reference keeps the head alive until the
     // `fetch_sub` below.
-    if unsafe { head.as_ref() }.refs.fetch_sub(1, Ordering::Release) != 1 {
+    if unsafe { head.as_ref() }
+        .refs
+        .fetch_sub(1, Ordering::Release)
+        != 1
+    {
         return;
     }
     fence(Ordering::Acquire);
@@ -393,7 +397,11 @@ impl Shared {
     fn waker_data(&self, index: usize) -> *const () {
         assert!(index <= INDEX_MASK);
         let head = self.0.expect("awaitkit: no block");
-        head.as_ptr().cast::<u8>().wrapping_add(index).cast_const().cast()
+        head.as_ptr()
+            .cast::<u8>()
+            .wrapping_add(index)
+            .cast_const()
+            .cast()
     }
 }
 
