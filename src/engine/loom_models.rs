@@ -431,3 +431,90 @@ fn last_clone_drops_race_the_owner_drop() {
         }
     });
 }
+
+/// `gather!`'s own block: two children of a tuple woken from two other
+/// threads while the owner polls: no wake is lost, each child is polled at
+/// most wakes + 1 times, and the block is freed.
+#[test]
+fn tuple_wakes_from_other_threads() {
+    model(|| {
+        let gates: Vec<Arc<Gate>> = (0..2).map(|_| Arc::new(Gate::default())).collect();
+        let threads: Vec<_> = gates
+            .iter()
+            .map(|g| {
+                let g = g.clone();
+                thread::spawn(move || g.fire())
+            })
+            .collect();
+        let child = |g: &Arc<Gate>| WaitGate {
+            gate: g.clone(),
+            need: 1,
+        };
+        let out = block_on(crate::GatherTuple::new((
+            child(&gates[0]),
+            child(&gates[1]),
+        )));
+        assert_eq!(out, (1, 1));
+        for t in threads {
+            t.join().unwrap();
+        }
+        for g in &gates {
+            assert!(g.polls.load(Ordering::Relaxed) <= 2);
+        }
+    });
+}
+
+/// A tuple child that wakes itself during its poll (while the owner keeps
+/// `POLLING` set) as another thread wakes its sibling: the owner polls again
+/// for both.
+#[test]
+fn tuple_self_wake_races_a_wake_from_another_thread() {
+    struct YieldOnce(bool);
+    impl Future for YieldOnce {
+        type Output = usize;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+            if self.0 {
+                return Poll::Ready(7);
+            }
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+    model(|| {
+        let gate = Arc::new(Gate::default());
+        let g = gate.clone();
+        let t = thread::spawn(move || g.fire());
+        let out = block_on(crate::GatherTuple::new((
+            YieldOnce(false),
+            WaitGate {
+                gate: gate.clone(),
+                need: 1,
+            },
+        )));
+        assert_eq!(out, (7, 1));
+        t.join().unwrap();
+        assert!(gate.polls.load(Ordering::Relaxed) <= 2);
+    });
+}
+
+/// The owner drops a tuple future while another thread still wakes through
+/// a child's stored waker: the block is freed exactly once.
+#[test]
+fn tuple_drop_while_wakers_alive() {
+    model(|| {
+        let gate = Arc::new(Gate::default());
+        let mut fut = crate::GatherTuple::new((WaitGate {
+            gate: gate.clone(),
+            need: 1,
+        },));
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut fut).poll(&mut cx).is_pending());
+        let g = gate.clone();
+        let t = thread::spawn(move || g.fire());
+        drop(fut);
+        t.join().unwrap();
+        drop(gate.waker.lock().unwrap().take());
+    });
+}

@@ -453,9 +453,7 @@ impl<F: Future> Engine<F> {
         if n == 0 {
             return;
         }
-        let chunk = self
-            .ready
-            .add_chunk(n, false, Self::FIXED, Layout::new::<()>());
+        let chunk = self.ready.add_chunk(n, false, Self::FIXED);
         let elements = self.ready.elements(chunk);
         /// Writes `Vacant` into the slots not filled (all of them if the
         /// iterator panics), so every slot is initialised either way.
@@ -497,9 +495,7 @@ impl<F: Future> Engine<F> {
     /// are reused (and so its wakers count clones per child).
     fn add_chunk(&mut self, cap: usize, reuse: bool) -> usize {
         let element = if reuse { Self::GROWN } else { Self::FIXED };
-        let chunk = self
-            .ready
-            .add_chunk(cap, reuse, element, Layout::new::<()>());
+        let chunk = self.ready.add_chunk(cap, reuse, element);
         for index in 0..cap {
             // SAFETY: the element has room for a slot at `SLOT_AT`, aligned.
             unsafe { self.slot_ptr(chunk, index).write(Slot::Vacant(NO_SLOT)) };

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! [ Header | AtomicU64 × words | AtomicU32 × cap (only if it counts clones)
-//!          | (Entry, owner's part) × cap | owner's region ]
+//!          | (Entry, owner's part) × cap ]
 //! ```
 //!
 //! * An [`Entry`] (8 bytes) is what a child's waker points at: its distance
@@ -19,8 +19,7 @@
 //!   one bit per child ("woken since it was last polled"), level `k + 1` has
 //!   one bit per word of level `k` ("that word may be non-zero"), and the top
 //!   level is a single word.
-//! * The owner's parts (and region, used by the tuple futures) hold the
-//!   children themselves: one allocation per chunk for children and wakers
+//! * The owner's parts hold the children themselves: one allocation per chunk for children and wakers
 //!   alike. This module never touches them; the owner drops their contents
 //!   before releasing its reference, and the memory is freed with the chunk.
 //! * The first chunk is the *root*. Its header also holds the parent task's
@@ -108,8 +107,6 @@ struct Header {
     /// The first element; elements are `stride` bytes apart.
     elements: NonNull<u8>,
     stride: usize,
-    /// The owner's region.
-    extra: NonNull<u8>,
     layout: Layout,
     /// Root only: the parent task's waker.
     parent: ParentWaker,
@@ -319,16 +316,14 @@ struct Chunk;
 
 impl Chunk {
     /// Allocates a chunk for `cap` children, one `element` each (an [`Entry`]
-    /// first, then whatever the owner keeps per child), and an owner's region
-    /// laid out as `extra`. `root` is `None` for the root chunk itself. No
-    /// child is marked ready.
+    /// first, then whatever the owner keeps per child). `root` is `None` for
+    /// the root chunk itself. No child is marked ready.
     fn alloc(
         cap: usize,
         chunk: u32,
         root: Option<NonNull<Header>>,
         count_clones: bool,
         element: Layout,
-        extra: Layout,
     ) -> NonNull<Header> {
         assert!(
             cap > 0 && cap <= u32::MAX as usize,
@@ -362,7 +357,6 @@ impl Chunk {
             Layout::array::<AtomicU32>(if count_clones { cap } else { 0 }).expect(overflow);
         let (layout, clones_at) = layout.extend(counters).expect(overflow);
         let (layout, elements_at) = layout.extend(elements).expect(overflow);
-        let (layout, extra_at) = layout.extend(extra).expect(overflow);
         let layout = layout.pad_to_align();
         // Entries find their header through a `u32` count of 8-byte units.
         assert!(
@@ -393,7 +387,6 @@ impl Chunk {
                 words,
                 elements: base.add(elements_at),
                 stride,
-                extra: base.add(extra_at),
                 layout,
                 parent: ParentWaker::new(),
                 chunks: AtomicU64::new(0),
@@ -488,23 +481,16 @@ impl ReadySet {
     }
 
     /// Adds a chunk of `cap` children, none of them ready, one `element` per
-    /// child (an [`Entry`] first: see [`ReadySet::element`]), and an owner's
-    /// region laid out as `extra`. Returns its id. Only chunks that count
-    /// clones can answer [`ReadySet::is_idle`].
-    pub(crate) fn add_chunk(
-        &mut self,
-        cap: usize,
-        count_clones: bool,
-        element: Layout,
-        extra: Layout,
-    ) -> usize {
+    /// child (an [`Entry`] first: see [`ReadySet::element`]). Returns its
+    /// id. Only chunks that count clones can answer [`ReadySet::is_idle`].
+    pub(crate) fn add_chunk(&mut self, cap: usize, count_clones: bool, element: Layout) -> usize {
         let Some(root) = self.root else {
-            self.root = Some(Chunk::alloc(cap, 0, None, count_clones, element, extra));
+            self.root = Some(Chunk::alloc(cap, 0, None, count_clones, element));
             return 0;
         };
         let id = self.chunk_count();
         assert!(id < MAX_CHUNKS, "awaitkit: too many futures in one set");
-        let chunk = Chunk::alloc(cap, id as u32, Some(root), count_clones, element, extra);
+        let chunk = Chunk::alloc(cap, id as u32, Some(root), count_clones, element);
         // The new chunk's reference on the root, taken once it exists.
         // SAFETY: the owner holds a reference on the root.
         unsafe { root.as_ref() }
@@ -549,12 +535,6 @@ impl ReadySet {
             reuse: h.count_clones,
             _set: PhantomData,
         }
-    }
-
-    /// The owner's region of a chunk.
-    #[inline]
-    pub(crate) fn region(&self, chunk: usize) -> NonNull<u8> {
-        self.header(chunk).extra
     }
 
     /// Marks the first `count` children of a chunk nobody else can reach yet
@@ -611,12 +591,6 @@ impl ReadySet {
         chunks.swap(0, Ordering::AcqRel) | first
     }
 
-    /// Takes one word of a chunk's bit tree.
-    #[inline]
-    pub(crate) fn take_word(&self, chunk: usize, level: usize, word: usize) -> u64 {
-        self.tree(chunk).take(level, word)
-    }
-
     /// A chunk's bit tree, resolved once for a walk over it.
     #[inline]
     pub(crate) fn tree(&self, chunk: usize) -> Tree<'_> {
@@ -653,12 +627,6 @@ impl ReadySet {
             "awaitkit: slot reuse in a set that does not count clones"
         );
         h.clones(index).load(Ordering::Acquire) == 0
-    }
-
-    /// The waker to poll a child with (see [`Element::waker`]).
-    #[inline]
-    pub(crate) fn waker(&self, chunk: usize, index: usize) -> BorrowedWaker<'_> {
-        self.elements(chunk).get(index).waker()
     }
 }
 

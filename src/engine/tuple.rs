@@ -1,19 +1,21 @@
 //! Heterogeneous children for `gather!` and `try_gather!`: a boxed tuple of
-//! slots polled through the same [`ReadySet`] as the engine, one waker per
-//! tuple element.
+//! slots in one allocation with a one-word ready set (the engine's
+//! [`ReadySet`](super::ReadySet) protocol for one chunk of one level), one
+//! waker per tuple element.
 
-use super::ReadySet;
-use super::ready::Entry;
+use super::ParentWaker;
+use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 use crate::unwind::Panics;
 use futures_core::FusedFuture;
-use std::alloc::Layout;
+use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::pin::Pin;
-use std::ptr;
-use std::task::{Context, Poll};
+use std::ptr::{self, NonNull};
+use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 /// One element of a gathered tuple.
 #[doc(hidden)]
@@ -238,11 +240,198 @@ impl_tuple!(15; A0 T0 0, A1 T1 1, A2 T2 2, A3 T3 3, A4 T4 4, A5 T5 5, A6 T6 6, A
 impl_tuple!(16; A0 T0 0, A1 T1 1, A2 T2 2, A3 T3 3, A4 T4 4, A5 T5 5, A6 T6 6, A7 T7 7, A8 T8 8,
     A9 T9 9, A10 T10 10, A11 T11 11, A12 T12 12, A13 T13 13, A14 T14 14, A15 T15 15);
 
-/// The state shared by the two tuple futures: a ready set whose one chunk
-/// also holds the tuple of slots (one allocation).
+/// The low bits of a child waker's data pointer hold its element's index, so
+/// a block is aligned to hold every index of the largest tuple (16).
+const INDEX_MASK: usize = 0b1111;
+
+/// The owner is polling children (see [`Head`]).
+const POLLING: u64 = 1 << 63;
+
+/// The non-generic head of a tuple's one allocation: the ready set of a
+/// single word, the parent task's waker and what freeing needs. It follows
+/// the protocol of a one-chunk, one-level [`ReadySet`](super::ReadySet)
+/// (`ready.rs`): a wake is one `fetch_or`, and the waker that turns the word
+/// from zero to non-zero wakes the parent; the owner registers, then loads
+/// the word and swaps it only when it is non-zero. Clones hold a reference
+/// each; the borrowed waker a child is polled with owns nothing.
+///
+/// One addition: while the owner polls children it keeps [`POLLING`] set in
+/// the word, so no wake in that time sees it zero and wakes the parent (a
+/// child that wakes itself would otherwise go through the parent waker's
+/// protocol); the owner clears it with one `fetch_and` after the children
+/// and wakes its own task directly if any bit was set meanwhile. The word
+/// is the only state, so every wake is either seen by that `fetch_and` or
+/// comes after it and finds `POLLING` clear.
+#[repr(C, align(16))]
+struct Head {
+    refs: AtomicUsize,
+    /// Bit `i`: element `i` was woken since it was last polled; [`POLLING`]:
+    /// the owner is polling children.
+    ready: AtomicU64,
+    parent: ParentWaker,
+    /// The layout of the whole block (`Block<T::Slots>`).
+    layout: Layout,
+}
+
+/// The whole allocation: the head, then the tuple of slots.
+#[repr(C)]
+struct Block<S> {
+    head: Head,
+    slots: S,
+}
+
+static TUPLE_VTABLE: RawWakerVTable = RawWakerVTable::new(
+    tuple_waker_clone,
+    tuple_waker_wake,
+    tuple_waker_wake_by_ref,
+    tuple_waker_drop,
+);
+
+/// The head and element index behind a child waker's data pointer.
+///
+/// # Safety
+///
+/// `data` came from [`Shared::waker_data`] (or a clone of such a waker) and
+/// the waker keeps the block alive.
+unsafe fn tuple_resolve<'a>(data: *const ()) -> (NonNull<Head>, &'a Head, usize) {
+    let index = data.addr() & INDEX_MASK;
+    // SAFETY: `data` is the head's address plus `index` (caller contract),
+    // in the same allocation; the head lives as long as the waker.
+    unsafe {
+        let head = data.cast::<u8>().sub(index).cast::<Head>();
+        (NonNull::new_unchecked(head.cast_mut()), &*head, index)
+    }
+}
+
+unsafe fn tuple_waker_clone(data: *const ()) -> RawWaker {
+    // SAFETY: the waker being cloned keeps the block alive.
+    let (_, head, _) = unsafe { tuple_resolve(data) };
+    if head.refs.fetch_add(1, Ordering::Relaxed) > isize::MAX as usize {
+        std::process::abort();
+    }
+    RawWaker::new(data, &TUPLE_VTABLE)
+}
+
+unsafe fn tuple_waker_wake(data: *const ()) {
+    /// Gives the owned waker's reference back even if the wake unwinds (a
+    /// parent waker that panics), so the block is not leaked.
+    struct Owned(*const ());
+    impl Drop for Owned {
+        fn drop(&mut self) {
+            // SAFETY: the waker being consumed owned this reference.
+            unsafe { tuple_waker_drop(self.0) }
+        }
+    }
+    let owned = Owned(data);
+    // SAFETY: forwarded caller contract; `owned` keeps the block alive.
+    unsafe { tuple_waker_wake_by_ref(owned.0) };
+}
+
+unsafe fn tuple_waker_wake_by_ref(data: *const ()) {
+    // SAFETY: the waker keeps the block alive.
+    let (_, head, index) = unsafe { tuple_resolve(data) };
+    if head.ready.fetch_or(1 << index, Ordering::AcqRel) == 0 {
+        head.parent.wake();
+    }
+}
+
+unsafe fn tuple_waker_drop(data: *const ()) {
+    // SAFETY: this owned waker holds a reference on the block.
+    unsafe { tuple_release(tuple_resolve(data).0) };
+}
+
+/// Drops one reference on a block, freeing it when it was the last (the
+/// owner has dropped the slots by then).
+///
+/// # Safety
+///
+/// The caller owns one reference on `head`.
+#[inline]
+unsafe fn tuple_release(head: NonNull<Head>) {
+    // SAFETY: the caller's reference keeps the head alive until the
+    // `fetch_sub` below.
+    if unsafe { head.as_ref() }
+        .refs
+        .fetch_sub(1, Ordering::Release)
+        != 1
+    {
+        return;
+    }
+    fence(Ordering::Acquire);
+    // SAFETY: that was the last reference: nobody else can reach the block;
+    // the slots were dropped by the owner, the head is dropped here once.
+    unsafe {
+        let layout = head.as_ref().layout;
+        // The parent's waker is user code: take it out, free the block,
+        // then drop it, so a panicking drop cannot leak the block.
+        let parent = (*head.as_ptr()).parent.take_exclusive();
+        ptr::drop_in_place(head.as_ptr());
+        dealloc(head.as_ptr().cast(), layout);
+        #[cfg(all(test, awaitkit_loom))]
+        super::ready::LIVE_CHUNKS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(waker) = parent {
+            crate::unwind::drop_user(waker);
+        }
+    }
+}
+
+/// The owner's reference on a block (none for the empty tuple).
+struct Shared(Option<NonNull<Head>>);
+
+// SAFETY: the block is shared with wakers on any thread through atomics and
+// the parent waker's protocol (as `ReadySet`); the slots' own `Send`/`Sync`
+// is carried by `TupleCore`'s `PhantomData`.
+unsafe impl Send for Shared {}
+// SAFETY: as above; the owner-only operations take `&mut`.
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    #[inline]
+    fn head(&self) -> &Head {
+        // SAFETY: the owner holds a reference on its block.
+        unsafe { self.0.expect("awaitkit: no block").as_ref() }
+    }
+
+    /// The data pointer of element `index`'s waker.
+    #[inline]
+    fn waker_data(&self, index: usize) -> *const () {
+        assert!(index <= INDEX_MASK);
+        let head = self.0.expect("awaitkit: no block");
+        head.as_ptr()
+            .cast::<u8>()
+            .wrapping_add(index)
+            .cast_const()
+            .cast()
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let Some(head) = self.0 else { return };
+        // The parent task's waker is not needed once the owner is gone, even
+        // if a child's waker clone lives on somewhere.
+        let parent = if self.head().refs.load(Ordering::Relaxed) > 1 {
+            // SAFETY: the owner is dropping its handle (`&mut self`): no
+            // registration can run concurrently.
+            unsafe { self.head().parent.take() }
+        } else {
+            None
+        };
+        // SAFETY: the owner holds one reference.
+        unsafe { tuple_release(head) };
+        // Dropped last: user code, which may panic, runs once the reference
+        // is released.
+        if let Some(waker) = parent {
+            crate::unwind::drop_user(waker);
+        }
+    }
+}
+
+/// The state shared by the two tuple futures: one allocation holding the
+/// ready word, the parent waker and the tuple of slots.
 struct TupleCore<T: TupleFutures> {
-    ready: ReadySet,
-    /// Whether the chunk region holds live slots (false once the output was
+    shared: Shared,
+    /// Whether the block holds live slots (false once the output was
     /// handed out, the error returned, or for the empty tuple).
     live: bool,
     /// Whether the output was handed out.
@@ -260,26 +449,37 @@ impl<T: TupleFutures> TupleCore<T> {
     }
 
     fn new(futures: T) -> Self {
-        let mut ready = ReadySet::new();
+        const { assert!(T::LEN <= INDEX_MASK + 1) };
         let live = T::LEN > 0;
-        if live {
-            ready.add_chunk(
-                T::LEN,
-                false,
-                Layout::new::<Entry>(),
-                Layout::new::<T::Slots>(),
-            );
-            // SAFETY: the region is laid out for one `T::Slots`.
-            unsafe {
-                ready
-                    .region(0)
-                    .cast::<T::Slots>()
-                    .write(futures.into_slots())
+        let shared = if live {
+            let slots = futures.into_slots();
+            let layout = Layout::new::<Block<T::Slots>>();
+            // SAFETY: the layout has a non-zero size (it holds a head).
+            let block = unsafe { alloc(layout) }.cast::<Block<T::Slots>>();
+            let Some(block) = NonNull::new(block) else {
+                handle_alloc_error(layout)
             };
-            ready.mark_first(0, T::LEN);
-        }
+            #[cfg(all(test, awaitkit_loom))]
+            super::ready::LIVE_CHUNKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // SAFETY: a fresh allocation laid out for one block; every
+            // element starts ready (its first poll), nobody is woken.
+            unsafe {
+                block.write(Block {
+                    head: Head {
+                        refs: AtomicUsize::new(1),
+                        ready: AtomicU64::new((1u64 << T::LEN) - 1),
+                        parent: ParentWaker::new(),
+                        layout,
+                    },
+                    slots,
+                })
+            };
+            Shared(Some(block.cast::<Head>()))
+        } else {
+            Shared(None)
+        };
         Self {
-            ready,
+            shared,
             live,
             finished: false,
             poisoned: false,
@@ -288,11 +488,17 @@ impl<T: TupleFutures> TupleCore<T> {
         }
     }
 
+    fn slots_ptr(&self) -> *mut T::Slots {
+        let head = self.shared.0.expect("awaitkit: no block");
+        // SAFETY: the block is a `Block<T::Slots>` (see `new`).
+        unsafe { &raw mut (*head.cast::<Block<T::Slots>>().as_ptr()).slots }
+    }
+
     fn slots(&mut self) -> &mut T::Slots {
         assert!(self.live);
         // SAFETY: live slots are initialised; `&mut self` makes the borrow
         // unique.
-        unsafe { &mut *self.ready.region(0).cast::<T::Slots>().as_ptr() }
+        unsafe { &mut *self.slots_ptr() }
     }
 
     /// Drops the slots in place (once).
@@ -301,9 +507,9 @@ impl<T: TupleFutures> TupleCore<T> {
             // SAFETY: the slots were live and are dropped exactly once
             // (`live` is cleared first, so a panicking destructor does not
             // lead to a second drop); `drop_slots` drops every slot even if
-            // some destructors panic, so the chunk (freed with `ready`)
+            // some destructors panic, so the block (freed with `shared`)
             // holds no undropped child.
-            unsafe { T::drop_slots(self.ready.region(0).cast::<T::Slots>().as_ptr()) };
+            unsafe { T::drop_slots(self.slots_ptr()) };
         }
     }
 
@@ -332,30 +538,62 @@ impl<T: TupleFutures> TupleCore<T> {
         finish: impl FnOnce(&mut T::Slots) -> O,
     ) -> Poll<Result<O, E>> {
         if self.remaining > 0 {
-            self.ready.register(cx.waker());
-            let mut bits = if self.ready.take_chunks() != 0 {
-                self.ready.take_word(0, 0, 0)
+            let head = self.shared.head();
+            // SAFETY: `&mut self`: the owner's only registration in progress.
+            unsafe { head.parent.register(cx.waker()) };
+            // A zero read needs no swap (see `ReadySet::take_chunks`);
+            // nothing to poll then either.
+            let mut bits = if head.ready.load(Ordering::Acquire) != 0 {
+                head.ready.swap(POLLING, Ordering::AcqRel)
             } else {
                 0
             };
-            let slots = self.ready.region(0).cast::<T::Slots>().as_ptr();
+            /// Clears `POLLING` when the children's polls are over, also if
+            /// one unwinds (the future refuses polls then, but the word is
+            /// left as wakers expect it).
+            struct Polling<'a>(&'a Head, bool);
+            impl Drop for Polling<'_> {
+                fn drop(&mut self) {
+                    if self.1 {
+                        self.0.ready.fetch_and(!POLLING, Ordering::AcqRel);
+                    }
+                }
+            }
+            let mut polling = Polling(head, bits != 0);
+            let slots = self.slots_ptr();
             while bits != 0 {
                 let i = bits.trailing_zeros() as usize;
                 bits &= bits - 1;
-                let waker = self.ready.waker(0, i);
+                // Borrowed: owns no reference (the owner's keeps the block
+                // alive during the poll); a clone takes one.
+                // SAFETY: the vtable's functions expect exactly this data
+                // pointer, whose block is alive.
+                let waker = ManuallyDrop::new(unsafe {
+                    Waker::from_raw(RawWaker::new(self.shared.waker_data(i), &TUPLE_VTABLE))
+                });
                 let mut child_cx = Context::from_waker(&waker);
-                // SAFETY: the slots are live (`remaining > 0`) in the chunk
-                // region, which never moves; they are only dropped in place,
-                // and nothing else borrows them during the poll.
+                // SAFETY: the slots are live (`remaining > 0`) in the block,
+                // which never moves; they are only dropped in place, and
+                // nothing else borrows them during the poll.
                 if unsafe { T::poll_child(&mut *slots, i, &mut child_cx) }.is_ready() {
                     self.remaining -= 1;
-                    if let Err(e) = done(self.slots(), i) {
+                    // SAFETY: as above.
+                    if let Err(e) = done(unsafe { &mut *slots }, i) {
                         // Fail fast: every other element is dropped before
                         // the error is handed out.
+                        drop(polling);
                         self.finished = true;
                         self.drop_slots();
                         return Poll::Ready(Err(e));
                     }
+                }
+            }
+            if std::mem::replace(&mut polling.1, false) {
+                let woken = head.ready.fetch_and(!POLLING, Ordering::AcqRel) & !POLLING;
+                if woken != 0 && self.remaining > 0 {
+                    // Woken while we polled (no waker woke the parent): poll
+                    // again, after the other tasks (cooperative).
+                    cx.waker().wake_by_ref();
                 }
             }
         }
