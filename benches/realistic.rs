@@ -113,22 +113,6 @@ fn leaves(ctx: &Ctx) -> impl ExactSizeIterator<Item = Leaf<'_>> {
         .map(|(index, slot)| Leaf { slot, index })
 }
 
-/// Wakes its waker by reference and returns `Pending` once.
-struct YieldNow(bool);
-
-impl Future for YieldNow {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
 /// Fires the leaves in `ctx.order`, one per poll, waking each by value.
 async fn firer(ctx: &Ctx) {
     for &index in &ctx.order {
@@ -137,7 +121,7 @@ async fn firer(ctx: &Ctx) {
         if let Some(waker) = slot.waker.take() {
             waker.wake();
         }
-        YieldNow(false).await;
+        common::yield_now().await;
     }
 }
 
