@@ -251,17 +251,28 @@ const POLLING: u64 = 1 << 63;
 /// single word, the parent task's waker and what freeing needs. It follows
 /// the protocol of a one-chunk, one-level [`ReadySet`](super::ReadySet)
 /// (`ready.rs`): a wake is one `fetch_or`, and the waker that turns the word
-/// from zero to non-zero wakes the parent; the owner registers, then loads
-/// the word and swaps it only when it is non-zero. Clones hold a reference
-/// each; the borrowed waker a child is polled with owns nothing.
+/// from zero to non-zero wakes the parent. Clones hold a reference each; the
+/// borrowed waker a child is polled with owns nothing.
 ///
-/// One addition: while the owner polls children it keeps [`POLLING`] set in
-/// the word, so no wake in that time sees it zero and wakes the parent (a
-/// child that wakes itself would otherwise go through the parent waker's
-/// protocol); the owner clears it with one `fetch_and` after the children
-/// and wakes its own task directly if any bit was set meanwhile. The word
-/// is the only state, so every wake is either seen by that `fetch_and` or
-/// comes after it and finds `POLLING` clear.
+/// While the owner polls children it keeps [`POLLING`] set in the word, so
+/// no wake in that time sees it zero and wakes the parent (a child that
+/// wakes itself would otherwise go through the parent waker's protocol);
+/// the owner clears it with one `fetch_and` after the children and wakes
+/// its own task directly if any bit was set meanwhile. The word is the only
+/// state, so every wake is either seen by that `fetch_and` or comes after it
+/// and finds `POLLING` clear. Once the tuple is done (or failed fast) the
+/// owner leaves `POLLING` set: a stale clone never wakes the task again.
+///
+/// The parent's waker is registered lazily: only a waker that escaped a
+/// child's poll (a clone, counted in `refs`) can wake a child between the
+/// owner's polls, so the owner registers only when one exists
+/// ([`Head::escaped`]): at the end of a pass, while `POLLING` still diverts
+/// every wake to its `fetch_and`; and, in a poll that finds the word zero,
+/// before it looks at the word again (a wake before that registration may
+/// have gone to an older waker, or to none, but its bit is seen then).
+/// Children that only wake themselves, or wake the borrowed waker from
+/// another thread during their own poll, never make the owner clone the
+/// parent's waker.
 #[repr(C, align(16))]
 struct Head {
     refs: AtomicUsize,
@@ -271,6 +282,22 @@ struct Head {
     parent: ParentWaker,
     /// The layout of the whole block (`Block<T::Slots>`).
     layout: Layout,
+}
+
+impl Head {
+    /// Whether a child's waker lives outside the owner's polls (a clone
+    /// holds a reference). Without one, only the borrowed wakers of a pass
+    /// can wake a child, and the owner sees those wakes itself (`POLLING`),
+    /// so the parent's waker need not be registered at all.
+    ///
+    /// Read by the owner between polls: a clone taken during a child's poll
+    /// (on any thread: a borrowed waker does not outlive the poll) happens
+    /// before the poll returns; later clones come from live clones, so the
+    /// count cannot read 1 while one lives.
+    #[inline]
+    fn escaped(&self) -> bool {
+        self.refs.load(Ordering::Relaxed) > 1
+    }
 }
 
 /// The whole allocation: the head, then the tuple of slots.
@@ -358,8 +385,19 @@ unsafe fn tuple_release(head: NonNull<Head>) {
         return;
     }
     fence(Ordering::Acquire);
-    // SAFETY: that was the last reference: nobody else can reach the block;
-    // the slots were dropped by the owner, the head is dropped here once.
+    // SAFETY: that was the last reference.
+    unsafe { tuple_free(head) };
+}
+
+/// Frees a block.
+///
+/// # Safety
+///
+/// The caller gives up the last reference: nobody else can reach the block;
+/// the slots were dropped by the owner.
+#[inline]
+unsafe fn tuple_free(head: NonNull<Head>) {
+    // SAFETY: caller contract; the head is dropped here once.
     unsafe {
         let layout = head.as_ref().layout;
         // The parent's waker is user code: take it out, free the block,
@@ -392,11 +430,11 @@ impl Shared {
         unsafe { self.0.expect("awaitkit: no block").as_ref() }
     }
 
-    /// The data pointer of element `index`'s waker.
+    /// The data pointer of element `index`'s waker (`index` is below the
+    /// tuple's length, checked against `INDEX_MASK` at compile time).
     #[inline]
-    fn waker_data(&self, index: usize) -> *const () {
-        assert!(index <= INDEX_MASK);
-        let head = self.0.expect("awaitkit: no block");
+    fn waker_data(head: NonNull<Head>, index: usize) -> *const () {
+        debug_assert!(index <= INDEX_MASK);
         head.as_ptr()
             .cast::<u8>()
             .wrapping_add(index)
@@ -408,6 +446,16 @@ impl Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         let Some(head) = self.0 else { return };
+        if self.head().refs.load(Ordering::Acquire) == 1 {
+            // The only reference (the usual end of a gather whose wakers
+            // never escaped, or were all dropped): nobody else can reach the
+            // block or make a new reference (that takes one), so it is freed
+            // without a read-modify-write; the acquire load orders the last
+            // waker's release before the free.
+            // SAFETY: the owner's reference is the last.
+            unsafe { tuple_free(head) };
+            return;
+        }
         // The parent task's waker is not needed once the owner is gone, even
         // if a child's waker clone lives on somewhere.
         let parent = if self.head().refs.load(Ordering::Relaxed) > 1 {
@@ -488,6 +536,7 @@ impl<T: TupleFutures> TupleCore<T> {
         }
     }
 
+    #[inline]
     fn slots_ptr(&self) -> *mut T::Slots {
         let head = self.shared.0.expect("awaitkit: no block");
         // SAFETY: the block is a `Block<T::Slots>` (see `new`).
@@ -516,6 +565,7 @@ impl<T: TupleFutures> TupleCore<T> {
     /// Polls the woken elements once each; calls `done(slots, i)` for each
     /// one that finished; stops early if it returns `Err`. On `Ready(Ok)`,
     /// `finish` produces the output from the slots, which are then dropped.
+    #[inline]
     fn poll<E, O>(
         &mut self,
         cx: &mut Context<'_>,
@@ -531,6 +581,7 @@ impl<T: TupleFutures> TupleCore<T> {
         out
     }
 
+    #[inline]
     fn poll_inner<E, O>(
         &mut self,
         cx: &mut Context<'_>,
@@ -538,16 +589,25 @@ impl<T: TupleFutures> TupleCore<T> {
         finish: impl FnOnce(&mut T::Slots) -> O,
     ) -> Poll<Result<O, E>> {
         if self.remaining > 0 {
-            let head = self.shared.head();
-            // SAFETY: `&mut self`: the owner's only registration in progress.
-            unsafe { head.parent.register(cx.waker()) };
-            // A zero read needs no swap (see `ReadySet::take_chunks`);
-            // nothing to poll then either.
-            let mut bits = if head.ready.load(Ordering::Acquire) != 0 {
-                head.ready.swap(POLLING, Ordering::AcqRel)
-            } else {
-                0
-            };
+            let head_ptr = self.shared.0.expect("awaitkit: no block");
+            // SAFETY: the owner holds a reference on its block.
+            let head = unsafe { head_ptr.as_ref() };
+            let mut word = head.ready.load(Ordering::Acquire);
+            if word == 0 {
+                // Nothing woken. Only a waker that escaped a poll (a clone)
+                // can wake us later: make sure it reaches this task, then
+                // look again (a wake before the registration may have gone
+                // to an older waker, or to none).
+                if head.escaped() {
+                    // SAFETY: `&mut self`: the owner's only registration.
+                    unsafe { head.parent.register(cx.waker()) };
+                    word = head.ready.load(Ordering::Acquire);
+                }
+                if word == 0 {
+                    return Poll::Pending;
+                }
+            }
+            let mut bits = head.ready.swap(POLLING, Ordering::AcqRel);
             /// Clears `POLLING` when the children's polls are over, also if
             /// one unwinds (the future refuses polls then, but the word is
             /// left as wakers expect it).
@@ -559,7 +619,7 @@ impl<T: TupleFutures> TupleCore<T> {
                     }
                 }
             }
-            let mut polling = Polling(head, bits != 0);
+            let mut polling = Polling(head, true);
             let slots = self.slots_ptr();
             while bits != 0 {
                 let i = bits.trailing_zeros() as usize;
@@ -569,7 +629,10 @@ impl<T: TupleFutures> TupleCore<T> {
                 // SAFETY: the vtable's functions expect exactly this data
                 // pointer, whose block is alive.
                 let waker = ManuallyDrop::new(unsafe {
-                    Waker::from_raw(RawWaker::new(self.shared.waker_data(i), &TUPLE_VTABLE))
+                    Waker::from_raw(RawWaker::new(
+                        Shared::waker_data(head_ptr, i),
+                        &TUPLE_VTABLE,
+                    ))
                 });
                 let mut child_cx = Context::from_waker(&waker);
                 // SAFETY: the slots are live (`remaining > 0`) in the block,
@@ -580,33 +643,46 @@ impl<T: TupleFutures> TupleCore<T> {
                     // SAFETY: as above.
                     if let Err(e) = done(unsafe { &mut *slots }, i) {
                         // Fail fast: every other element is dropped before
-                        // the error is handed out.
-                        drop(polling);
+                        // the error is handed out (`POLLING` stays set: no
+                        // wake from here on reaches the task).
+                        polling.1 = false;
                         self.finished = true;
                         self.drop_slots();
                         return Poll::Ready(Err(e));
                     }
                 }
             }
-            if std::mem::replace(&mut polling.1, false) {
+            if self.remaining > 0 && head.escaped() {
+                // A child kept a clone of its waker: its wake must reach this
+                // task. Registered while `POLLING` is still set, so no wake
+                // finds the word clear before the waker is in place (every
+                // wake until then is seen by the `fetch_and` below).
+                // SAFETY: `&mut self`: the owner's only registration.
+                unsafe { head.parent.register(cx.waker()) };
+            }
+            polling.1 = false;
+            if self.remaining > 0 {
                 let woken = head.ready.fetch_and(!POLLING, Ordering::AcqRel) & !POLLING;
-                if woken != 0 && self.remaining > 0 {
+                if woken != 0 {
                     // Woken while we polled (no waker woke the parent): poll
                     // again, after the other tasks (cooperative).
                     cx.waker().wake_by_ref();
                 }
+                return Poll::Pending;
             }
-        }
-        if self.remaining > 0 {
-            return Poll::Pending;
+            // Done: `POLLING` stays set, so a clone that outlives its child
+            // never wakes the task again.
         }
         self.finished = true;
         let output = if self.live {
-            finish(self.slots())
+            let output = finish(self.slots());
+            // `finish` took every output: each slot is `Gone`, with nothing
+            // to drop.
+            self.live = false;
+            output
         } else {
             finish(&mut empty_slots::<T>())
         };
-        self.drop_slots();
         Poll::Ready(Ok(output))
     }
 }
@@ -685,6 +761,7 @@ impl<T: TryTupleFutures> TryGatherTuple<T> {
 impl<T: TupleFutures> Future for GatherTuple<T> {
     type Output = T::Output;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T::Output> {
         let core = &mut self.get_mut().core;
         core.poll(
@@ -702,6 +779,7 @@ impl<T: TupleFutures> Future for GatherTuple<T> {
 impl<T: TryTupleFutures> Future for TryGatherTuple<T> {
     type Output = Result<T::Ok, T::Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.get_mut()
             .core
