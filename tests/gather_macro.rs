@@ -522,6 +522,8 @@ impl std::future::Future for ScopedWake {
         std::thread::scope(|s| {
             s.spawn(move || {
                 if by_value {
+                    // On purpose: a clone that comes and goes within the poll.
+                    #[allow(clippy::waker_clone_wake)]
                     waker.clone().wake();
                 } else {
                     waker.wake_by_ref();

@@ -572,8 +572,9 @@ fn tuple_lazy_registration_races_two_escaped_wakes() {
 /// A tuple child whose poll lends its borrowed waker to another thread and
 /// waits for it (a scoped thread): that thread wakes it by reference, or
 /// clones it and wakes the clone by value (the clone is gone before the
-/// poll returns, so nothing escaped); meanwhile a third thread fires the
-/// sibling, whose waker did escape. Every wake is seen, the block freed.
+/// poll returns, so nothing escaped), while the child also wakes itself on
+/// the owner's thread; meanwhile a third thread fires the sibling, whose
+/// waker did escape. Every wake is seen, the block freed.
 #[test]
 fn tuple_borrowed_waker_woken_from_a_thread_during_the_poll() {
     struct Lend {
@@ -589,18 +590,22 @@ fn tuple_borrowed_waker_woken_from_a_thread_during_the_poll() {
             self.left -= 1;
             // A scoped thread, by hand: the borrowed waker's address, used
             // only until the join below (loom threads must be `'static`).
-            let addr = std::ptr::from_ref(cx.waker()).addr();
+            let addr = std::ptr::from_ref(cx.waker()).expose_provenance();
             let by_value = self.by_value;
             let t = thread::spawn(move || {
                 // SAFETY: the waker outlives this thread (joined below,
                 // within the poll that lent it).
                 let waker = unsafe { &*std::ptr::with_exposed_provenance::<Waker>(addr) };
                 if by_value {
+                    #[allow(clippy::waker_clone_wake)]
                     waker.clone().wake();
                 } else {
                     waker.wake_by_ref();
                 }
             });
+            // Meanwhile the child wakes itself on the owner's thread (a
+            // plain store of the owner's own word).
+            cx.waker().wake_by_ref();
             t.join().unwrap();
             Poll::Pending
         }

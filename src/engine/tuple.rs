@@ -273,12 +273,37 @@ const POLLING: u64 = 1 << 63;
 /// Children that only wake themselves, or wake the borrowed waker from
 /// another thread during their own poll, never make the owner clone the
 /// parent's waker.
+///
+/// Two ways around read-modify-writes when nothing escaped:
+///
+/// * a wake on the owner's own thread during a pass (a child waking itself,
+///   or a sibling from its poll) sets its bit in [`Head::local`] with a
+///   plain load and store: only the owner's thread touches that word, which
+///   [`Head::owner`] tells a wake (the owner writes its thread's marker
+///   there for the pass and zero after it);
+/// * while no waker escaped (`refs == 1`, read with acquire after the last
+///   clone's release), only the owner can touch the ready word: the pass
+///   starts and ends with a load and a store instead of a swap and a
+///   `fetch_and` (a thread a child lends its borrowed waker to is joined
+///   before that poll returns, and a clone can only be taken from a waker).
 #[repr(C, align(16))]
 struct Head {
     refs: AtomicUsize,
     /// Bit `i`: element `i` was woken since it was last polled; [`POLLING`]:
     /// the owner is polling children.
     ready: AtomicU64,
+    /// Bits of elements woken on the owner's own thread during a pass (a
+    /// self-wake, or a sibling woken from a child's poll): only that thread
+    /// touches it, with a plain load and store; taken at the next pass.
+    /// (A std atomic even under loom: one thread only, nothing to model.)
+    local: std::sync::atomic::AtomicU64,
+    /// The polling thread's [`thread_marker`] during a pass, zero between
+    /// passes: a wake compares it with its own thread's. Only the owner
+    /// writes it, so a thread that is not polling never reads its own
+    /// marker there (its own earlier stores of it, as a previous owner, are
+    /// followed in its program order by its store of zero). A std atomic
+    /// even under loom: what a wake needs from it holds per thread.
+    owner: std::sync::atomic::AtomicUsize,
     parent: ParentWaker,
     /// The layout of the whole block (`Block<T::Slots>`).
     layout: Layout,
@@ -296,7 +321,7 @@ impl Head {
     /// count cannot read 1 while one lives.
     #[inline]
     fn escaped(&self) -> bool {
-        self.refs.load(Ordering::Relaxed) > 1
+        self.refs.load(Ordering::Acquire) > 1
     }
 }
 
@@ -313,6 +338,26 @@ static TUPLE_VTABLE: RawWakerVTable = RawWakerVTable::new(
     tuple_waker_wake_by_ref,
     tuple_waker_drop,
 );
+
+/// A token unique to the calling thread among live threads: the address of
+/// a thread-local (no destructor, so always accessible).
+#[cfg(not(awaitkit_loom))]
+#[inline]
+fn thread_marker() -> usize {
+    thread_local! {
+        static MARKER: u8 = const { 0 };
+    }
+    MARKER.with(|m| ptr::from_ref(m).addr())
+}
+
+/// Loom runs its threads on one OS thread: its own thread ids then.
+#[cfg(awaitkit_loom)]
+fn thread_marker() -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    loom::thread::current().id().hash(&mut h);
+    (h.finish() as usize) | 1
+}
 
 /// The head and element index behind a child waker's data pointer.
 ///
@@ -357,7 +402,12 @@ unsafe fn tuple_waker_wake(data: *const ()) {
 unsafe fn tuple_waker_wake_by_ref(data: *const ()) {
     // SAFETY: the waker keeps the block alive.
     let (_, head, index) = unsafe { tuple_resolve(data) };
-    if head.ready.fetch_or(1 << index, Ordering::AcqRel) == 0 {
+    if head.owner.load(Ordering::Relaxed) == thread_marker() {
+        // On the owner's thread, during its pass (a self-wake, or a sibling
+        // woken from a child's poll): only this thread touches `local`.
+        let bits = head.local.load(Ordering::Relaxed);
+        head.local.store(bits | 1 << index, Ordering::Relaxed);
+    } else if head.ready.fetch_or(1 << index, Ordering::AcqRel) == 0 {
         head.parent.wake();
     }
 }
@@ -516,6 +566,8 @@ impl<T: TupleFutures> TupleCore<T> {
                     head: Head {
                         refs: AtomicUsize::new(1),
                         ready: AtomicU64::new((1u64 << T::LEN) - 1),
+                        local: std::sync::atomic::AtomicU64::new(0),
+                        owner: std::sync::atomic::AtomicUsize::new(0),
                         parent: ParentWaker::new(),
                         layout,
                     },
@@ -592,13 +644,16 @@ impl<T: TupleFutures> TupleCore<T> {
             let head_ptr = self.shared.0.expect("awaitkit: no block");
             // SAFETY: the owner holds a reference on its block.
             let head = unsafe { head_ptr.as_ref() };
+            // Owner-only, like `owner`.
+            let local = head.local.load(Ordering::Relaxed);
+            let escaped = head.escaped();
             let mut word = head.ready.load(Ordering::Acquire);
-            if word == 0 {
+            if word == 0 && local == 0 {
                 // Nothing woken. Only a waker that escaped a poll (a clone)
                 // can wake us later: make sure it reaches this task, then
                 // look again (a wake before the registration may have gone
                 // to an older waker, or to none).
-                if head.escaped() {
+                if escaped {
                     // SAFETY: `&mut self`: the owner's only registration.
                     unsafe { head.parent.register(cx.waker()) };
                     word = head.ready.load(Ordering::Acquire);
@@ -607,13 +662,28 @@ impl<T: TupleFutures> TupleCore<T> {
                     return Poll::Pending;
                 }
             }
-            let mut bits = head.ready.swap(POLLING, Ordering::AcqRel);
+            let mut bits = if escaped {
+                head.ready.swap(POLLING, Ordering::AcqRel)
+            } else {
+                // No waker lives outside the owner (and none can appear
+                // before a child is polled): nobody else touches the word
+                // (`escaped` read after the last clone's release, the word
+                // after that).
+                head.ready.store(POLLING, Ordering::Relaxed);
+                word
+            };
+            if local != 0 {
+                bits |= local;
+                head.local.store(0, Ordering::Relaxed);
+            }
+            head.owner.store(thread_marker(), Ordering::Relaxed);
             /// Clears `POLLING` when the children's polls are over, also if
             /// one unwinds (the future refuses polls then, but the word is
             /// left as wakers expect it).
             struct Polling<'a>(&'a Head, bool);
             impl Drop for Polling<'_> {
                 fn drop(&mut self) {
+                    self.0.owner.store(0, Ordering::Relaxed);
                     if self.1 {
                         self.0.ready.fetch_and(!POLLING, Ordering::AcqRel);
                     }
@@ -646,23 +716,37 @@ impl<T: TupleFutures> TupleCore<T> {
                         // the error is handed out (`POLLING` stays set: no
                         // wake from here on reaches the task).
                         polling.1 = false;
+                        head.owner.store(0, Ordering::Relaxed);
                         self.finished = true;
                         self.drop_slots();
                         return Poll::Ready(Err(e));
                     }
                 }
             }
-            if self.remaining > 0 && head.escaped() {
-                // A child kept a clone of its waker: its wake must reach this
-                // task. Registered while `POLLING` is still set, so no wake
-                // finds the word clear before the waker is in place (every
-                // wake until then is seen by the `fetch_and` below).
-                // SAFETY: `&mut self`: the owner's only registration.
-                unsafe { head.parent.register(cx.waker()) };
-            }
+            // From here on, wakes on this thread go through the word.
+            head.owner.store(0, Ordering::Relaxed);
             polling.1 = false;
             if self.remaining > 0 {
-                let woken = head.ready.fetch_and(!POLLING, Ordering::AcqRel) & !POLLING;
+                let woken = if head.escaped() {
+                    // A child kept a clone of its waker: its wake must reach
+                    // this task. Registered while `POLLING` is still set, so
+                    // no wake finds the word clear before the waker is in
+                    // place (every wake until then is seen by the
+                    // `fetch_and`).
+                    polling.1 = true;
+                    // SAFETY: `&mut self`: the owner's only registration.
+                    unsafe { head.parent.register(cx.waker()) };
+                    polling.1 = false;
+                    head.ready.fetch_and(!POLLING, Ordering::AcqRel) & !POLLING
+                } else {
+                    // No waker lives outside the owner: every wake of the
+                    // pass (from this thread or one a child lent its waker
+                    // to and joined) is already in the word; nobody else
+                    // touches it.
+                    let woken = head.ready.load(Ordering::Acquire) & !POLLING;
+                    head.ready.store(woken, Ordering::Relaxed);
+                    woken
+                } | head.local.load(Ordering::Relaxed);
                 if woken != 0 {
                     // Woken while we polled (no waker woke the parent): poll
                     // again, after the other tasks (cooperative).
