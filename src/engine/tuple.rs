@@ -546,6 +546,7 @@ impl<T: TupleFutures> TupleCore<T> {
         self.finished && !self.poisoned
     }
 
+    #[inline]
     fn new(futures: T) -> Self {
         const { assert!(T::LEN <= INDEX_MASK + 1) };
         let live = T::LEN > 0;
@@ -826,6 +827,7 @@ impl<T: TryTupleFutures> Unpin for TryGatherTuple<T> {}
 
 impl<T: TupleFutures> GatherTuple<T> {
     #[doc(hidden)]
+    #[inline]
     pub fn new(futures: T) -> Self {
         Self {
             core: TupleCore::new(futures),
@@ -835,6 +837,7 @@ impl<T: TupleFutures> GatherTuple<T> {
 
 impl<T: TryTupleFutures> TryGatherTuple<T> {
     #[doc(hidden)]
+    #[inline]
     pub fn new(futures: T) -> Self {
         Self {
             core: TupleCore::new(futures),
