@@ -483,3 +483,275 @@ guarded! {
         assert_eq!(n, 51);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Wakers that stay borrowed and wakers that escape (a clone outlives the
+// child's poll): `gather!` registers the parent's waker only once a clone
+// exists, and sees the wakes of borrowed wakers itself.
+// ---------------------------------------------------------------------------
+
+/// Returns `Pending` `left` times; each time, a scoped thread wakes it during
+/// its own poll: through the borrowed `&Waker` (`by_value == false`) or
+/// through a clone woken by value (dropped before the poll returns).
+struct ScopedWake {
+    left: usize,
+    by_value: bool,
+    polls: Counter,
+}
+
+impl ScopedWake {
+    fn new(left: usize, by_value: bool, polls: &Counter) -> Self {
+        Self {
+            left,
+            by_value,
+            polls: polls.clone(),
+        }
+    }
+}
+
+impl std::future::Future for ScopedWake {
+    type Output = usize;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<usize> {
+        self.polls.inc();
+        if self.left == 0 {
+            return Poll::Ready(7);
+        }
+        self.left -= 1;
+        let waker = cx.waker();
+        let by_value = self.by_value;
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                if by_value {
+                    // On purpose: a clone that comes and goes within the poll.
+                    #[allow(clippy::waker_clone_wake)]
+                    waker.clone().wake();
+                } else {
+                    waker.wake_by_ref();
+                }
+            });
+        });
+        Poll::Pending
+    }
+}
+
+/// Wakes itself through the borrowed waker `quiet` times, then hands a clone
+/// to a new thread that wakes it (the first clone in a later pass), then
+/// finishes.
+struct LateEscape {
+    quiet: usize,
+    escaped: bool,
+    polls: Counter,
+}
+
+impl LateEscape {
+    fn new(quiet: usize, polls: &Counter) -> Self {
+        Self {
+            quiet,
+            escaped: false,
+            polls: polls.clone(),
+        }
+    }
+}
+
+impl std::future::Future for LateEscape {
+    type Output = char;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<char> {
+        self.polls.inc();
+        if self.quiet > 0 {
+            self.quiet -= 1;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if self.escaped {
+            return Poll::Ready('e');
+        }
+        self.escaped = true;
+        let waker = cx.waker().clone();
+        std::thread::spawn(move || waker.wake());
+        Poll::Pending
+    }
+}
+
+/// Clones its waker into `stash` (it outlives the child), then panics.
+struct CloneThenPanic {
+    stash: Arc<std::sync::Mutex<Vec<std::task::Waker>>>,
+    _token: Token,
+}
+
+impl std::future::Future for CloneThenPanic {
+    type Output = u8;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<u8> {
+        self.stash.lock().unwrap().push(cx.waker().clone());
+        panic!("clone then panic");
+    }
+}
+
+matrix! {
+    async fn scoped_threads_wake_children_during_their_own_poll() {
+        let polls = [Counter::new(), Counter::new(), Counter::new()];
+        let out = gather!(
+            ScopedWake::new(3, false, &polls[0]),
+            ScopedWake::new(4, true, &polls[1]),
+            YieldN::new(2, 'y', &polls[2]),
+        )
+        .await;
+        assert_eq!(out, (7, 7, 'y'));
+        assert_eq!(polls.iter().map(Counter::get).collect::<Vec<_>>(), [4, 5, 3], "wakes + 1 polls each");
+        let r = try_gather!(ScopedWake::new(2, true, &polls[0]).map(Ok::<_, ()>), async { Ok('t') }).await;
+        assert_eq!(r, Ok((7, 't')));
+    }
+
+    async fn cloning_and_non_cloning_children_together() {
+        let thread = WakerThread::spawn();
+        let polls = [Counter::new(), Counter::new(), Counter::new(), Counter::new()];
+        for _ in 0..20 {
+            let out = gather!(
+                YieldN::new(3, 1u8, &polls[0]),
+                RemoteYield::new(3, 'r', &thread, &polls[1]),
+                LateEscape::new(2, &polls[2]),
+                ScopedWake::new(2, false, &polls[3]),
+            )
+            .await;
+            assert_eq!(out, (1, 'r', 'e', 7));
+        }
+        assert_eq!(polls.iter().map(Counter::get).collect::<Vec<_>>(), [80, 80, 80, 60], "wakes + 1 polls each");
+    }
+
+    async fn first_clone_in_a_later_pass_still_wakes_the_task() {
+        // Only one child: nothing else wakes the task when the clone fires.
+        let polls = Counter::new();
+        for quiet in 0..4 {
+            assert_eq!(gather!(LateEscape::new(quiet, &polls)).await, ('e',));
+            let r = try_gather!(LateEscape::new(quiet, &polls).map(Ok::<_, ()>), async { Ok(1) }).await;
+            assert_eq!(r, Ok(('e', 1)));
+        }
+    }
+}
+
+guarded! {
+    fn children_that_never_clone_never_clone_the_parent_waker() {
+        let w = CountingWaker::new();
+        let polls = Counter::new();
+        let mut g = gather!(YieldN::new(2, 'a', &polls), YieldN::new(4, 'b', &polls), ScopedWake::new(1, false, &polls));
+        let mut n = 0;
+        let out = loop {
+            n += 1;
+            if let Poll::Ready(out) = poll_once(&mut g, &w) {
+                break out;
+            }
+            assert_eq!(w.wakes(), n, "every Pending pass wakes the task once");
+        };
+        assert_eq!(out, ('a', 'b', 7));
+        assert_eq!(n, 5);
+        assert_eq!(polls.get(), 3 + 5 + 2);
+        assert_eq!(w.clones(), 0, "no child waker escaped: the parent's need not be kept");
+    }
+
+    fn the_first_clone_registers_the_parent_waker() {
+        let w = CountingWaker::new();
+        let stash = Arc::new(std::sync::Mutex::new(Vec::<std::task::Waker>::new()));
+        let polls = Counter::new();
+        let tracker = Tracker::new();
+        let (h, p) = parked(5u8, &polls, &tracker);
+        let mut g = gather!(YieldN::new(1, 'a', &polls), p);
+        // The parked child clones its waker: registered in this very pass.
+        assert!(poll_once(&mut g, &w).is_pending());
+        assert_eq!(w.live_clones(), 1);
+        assert_eq!(w.wakes(), 1, "the yield child's self-wake");
+        assert!(poll_once(&mut g, &w).is_pending());
+        let clone = h.waker().expect("parked");
+        stash.lock().unwrap().push(clone);
+        let wakes = w.wakes();
+        h.complete();
+        assert_eq!(w.wakes(), wakes + 1, "a clone's wake reaches the task");
+        assert_eq!(poll_once(&mut g, &w), Poll::Ready(('a', 5)));
+        // A stale clone woken after completion does not wake the task.
+        let wakes = w.wakes();
+        for waker in stash.lock().unwrap().iter() {
+            waker.wake_by_ref();
+        }
+        assert_eq!(w.wakes(), wakes);
+        drop(g);
+        assert_eq!(w.live_clones(), 0, "parent waker kept after the gather was dropped");
+        stash.lock().unwrap().clear();
+        assert_eq!(tracker.live(), 0);
+    }
+
+    fn a_new_task_waker_is_registered_once_a_clone_exists() {
+        let w1 = CountingWaker::new();
+        let w2 = CountingWaker::new();
+        let polls = Counter::new();
+        let tracker = Tracker::new();
+        let (h, p) = parked(1u8, &polls, &tracker);
+        let mut g = gather!(p, YieldN::new(1, 2u8, &polls));
+        assert!(poll_once(&mut g, &w1).is_pending());
+        // Moved to another task: a pass with no woken child registers it.
+        assert!(poll_once(&mut g, &w2).is_pending());
+        assert!(poll_once(&mut g, &w2).is_pending());
+        h.complete();
+        assert_eq!(w2.wakes(), 1, "woken through the new task's waker");
+        assert_eq!(w1.wakes(), 1, "only the yield child's self-wake");
+        assert_eq!(poll_once(&mut g, &w2), Poll::Ready((1, 2)));
+        drop(g);
+        assert_eq!(w1.live_clones() + w2.live_clones(), 0);
+    }
+
+    fn clone_then_panic_then_the_clone_is_woken_and_dropped_later() {
+        for by_value in [false, true] {
+            let w = CountingWaker::new();
+            let tracker = Tracker::new();
+            let polls = Counter::new();
+            let stash = Arc::new(std::sync::Mutex::new(Vec::<std::task::Waker>::new()));
+            let (h, p) = parked('p', &polls, &tracker);
+            let boom = CloneThenPanic { stash: stash.clone(), _token: tracker.token() };
+            let mut g = gather!(p, boom, YieldN::tracked(3, 0u8, &polls, &tracker));
+            let err = std::panic::catch_unwind(AssertUnwindSafe(|| poll_once(&mut g, &w))).expect_err("panic propagates");
+            assert_eq!(panic_message(&*err), "clone then panic");
+            drop(g);
+            assert_eq!(tracker.live(), 0, "every child dropped once");
+            assert!(!h.has_waker());
+            assert_eq!(w.live_clones(), 0);
+            // The block outlives the gather while the clone lives.
+            let clones: Vec<_> = std::mem::take(&mut *stash.lock().unwrap());
+            assert_eq!(clones.len(), 1);
+            for waker in clones {
+                waker.wake_by_ref();
+                let again = waker.clone();
+                if by_value {
+                    std::thread::spawn(move || again.wake()).join().unwrap();
+                    waker.wake();
+                } else {
+                    drop(again);
+                    drop(waker);
+                }
+            }
+            assert_eq!(w.wakes(), 0, "no wake after the gather is gone");
+        }
+    }
+
+    fn drop_while_clones_live_then_they_are_woken_elsewhere() {
+        for round in 0..50 {
+            let w = CountingWaker::new();
+            let tracker = Tracker::new();
+            let polls = Counter::new();
+            let stash = WakerStash::default();
+            let (h, p) = parked(0u8, &polls, &tracker);
+            let mut g = gather!(p, Stasher::new(&stash, 1u8), YieldN::tracked(2, 2u8, &polls, &tracker));
+            assert!(poll_once(&mut g, &w).is_pending());
+            let clone = h.waker().expect("parked");
+            let waker_thread = std::thread::spawn(move || {
+                for _ in 0..(round % 7) {
+                    clone.wake_by_ref();
+                    std::thread::yield_now();
+                }
+                clone.wake();
+            });
+            drop(g);
+            assert_eq!(tracker.live(), 0);
+            assert_eq!(w.live_clones(), 0, "parent waker kept after the gather was dropped");
+            waker_thread.join().unwrap();
+            stash.wake_all_by_ref();
+            stash.clear();
+        }
+    }
+}

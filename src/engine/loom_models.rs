@@ -518,3 +518,138 @@ fn tuple_drop_while_wakers_alive() {
         drop(gate.waker.lock().unwrap().take());
     });
 }
+
+/// A tuple child that wakes itself through the borrowed waker `quiet`
+/// times, then hands a clone to a new thread that wakes it by value (the
+/// first escape, in a later pass: the parent's waker was never registered
+/// before), then finishes.
+struct LateEscape {
+    quiet: usize,
+    escaped: bool,
+    threads: Arc<Mutex<Vec<thread::JoinHandle<()>>>>,
+}
+
+impl Future for LateEscape {
+    type Output = usize;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+        if self.quiet > 0 {
+            self.quiet -= 1;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if self.escaped {
+            return Poll::Ready(3);
+        }
+        self.escaped = true;
+        let waker = cx.waker().clone();
+        let t = thread::spawn(move || waker.wake());
+        self.threads.lock().unwrap().push(t);
+        Poll::Pending
+    }
+}
+
+/// Two tuple children whose first clones escape (in the first pass for one,
+/// the second for the other) to two threads that wake them while the owner
+/// may still be in its pass, before or after it registers the parent's
+/// waker: no wake is lost, the block is freed.
+#[test]
+fn tuple_lazy_registration_races_two_escaped_wakes() {
+    model(|| {
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        let child = |quiet| LateEscape {
+            quiet,
+            escaped: false,
+            threads: threads.clone(),
+        };
+        let out = block_on(crate::GatherTuple::new((child(0), child(1))));
+        assert_eq!(out, (3, 3));
+        for t in std::mem::take(&mut *threads.lock().unwrap()) {
+            t.join().unwrap();
+        }
+    });
+}
+
+/// A tuple child whose poll lends its borrowed waker to another thread and
+/// waits for it (a scoped thread): that thread wakes it by reference, or
+/// clones it and wakes the clone by value (the clone is gone before the
+/// poll returns, so nothing escaped), while the child also wakes itself on
+/// the owner's thread; meanwhile a third thread fires the sibling, whose
+/// waker did escape. Every wake is seen, the block freed.
+#[test]
+fn tuple_borrowed_waker_woken_from_a_thread_during_the_poll() {
+    struct Lend {
+        left: usize,
+        by_value: bool,
+    }
+    impl Future for Lend {
+        type Output = usize;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+            if self.left == 0 {
+                return Poll::Ready(5);
+            }
+            self.left -= 1;
+            // A scoped thread, by hand: the borrowed waker's address, used
+            // only until the join below (loom threads must be `'static`).
+            let addr = std::ptr::from_ref(cx.waker()).expose_provenance();
+            let by_value = self.by_value;
+            let t = thread::spawn(move || {
+                // SAFETY: the waker outlives this thread (joined below,
+                // within the poll that lent it).
+                let waker = unsafe { &*std::ptr::with_exposed_provenance::<Waker>(addr) };
+                if by_value {
+                    #[allow(clippy::waker_clone_wake)]
+                    waker.clone().wake();
+                } else {
+                    waker.wake_by_ref();
+                }
+            });
+            // Meanwhile the child wakes itself on the owner's thread (a
+            // plain store of the owner's own word).
+            cx.waker().wake_by_ref();
+            t.join().unwrap();
+            Poll::Pending
+        }
+    }
+    for by_value in [false, true] {
+        model(move || {
+            let gate = Arc::new(Gate::default());
+            let g = gate.clone();
+            let t = thread::spawn(move || g.fire());
+            let out = block_on(crate::GatherTuple::new((
+                Lend { left: 1, by_value },
+                WaitGate {
+                    gate: gate.clone(),
+                    need: 1,
+                },
+            )));
+            assert_eq!(out, (5, 1));
+            t.join().unwrap();
+            assert!(gate.polls.load(Ordering::Relaxed) <= 2);
+        });
+    }
+}
+
+/// The owner drops a tuple future while one thread takes the stored clone
+/// out and drops it (racing the owner's check for the only reference) and
+/// another wakes a second clone by value: the block is freed exactly once,
+/// after its last reference.
+#[test]
+fn tuple_owner_drop_races_the_last_clones() {
+    model(|| {
+        let gate = Arc::new(Gate::default());
+        let mut fut = crate::GatherTuple::new((WaitGate {
+            gate: gate.clone(),
+            need: 1,
+        },));
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut fut).poll(&mut cx).is_pending());
+        let second = gate.waker.lock().unwrap().clone().expect("parked");
+        let g = gate.clone();
+        let t1 = thread::spawn(move || drop(g.waker.lock().unwrap().take()));
+        let t2 = thread::spawn(move || second.wake());
+        drop(fut);
+        t1.join().unwrap();
+        t2.join().unwrap();
+    });
+}

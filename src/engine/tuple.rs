@@ -251,26 +251,78 @@ const POLLING: u64 = 1 << 63;
 /// single word, the parent task's waker and what freeing needs. It follows
 /// the protocol of a one-chunk, one-level [`ReadySet`](super::ReadySet)
 /// (`ready.rs`): a wake is one `fetch_or`, and the waker that turns the word
-/// from zero to non-zero wakes the parent; the owner registers, then loads
-/// the word and swaps it only when it is non-zero. Clones hold a reference
-/// each; the borrowed waker a child is polled with owns nothing.
+/// from zero to non-zero wakes the parent. Clones hold a reference each; the
+/// borrowed waker a child is polled with owns nothing.
 ///
-/// One addition: while the owner polls children it keeps [`POLLING`] set in
-/// the word, so no wake in that time sees it zero and wakes the parent (a
-/// child that wakes itself would otherwise go through the parent waker's
-/// protocol); the owner clears it with one `fetch_and` after the children
-/// and wakes its own task directly if any bit was set meanwhile. The word
-/// is the only state, so every wake is either seen by that `fetch_and` or
-/// comes after it and finds `POLLING` clear.
+/// While the owner polls children it keeps [`POLLING`] set in the word, so
+/// no wake in that time sees it zero and wakes the parent (a child that
+/// wakes itself would otherwise go through the parent waker's protocol);
+/// the owner clears it with one `fetch_and` after the children and wakes
+/// its own task directly if any bit was set meanwhile. The word is the only
+/// state, so every wake is either seen by that `fetch_and` or comes after it
+/// and finds `POLLING` clear. Once the tuple is done (or failed fast) the
+/// owner leaves `POLLING` set: a stale clone never wakes the task again.
+///
+/// The parent's waker is registered lazily: only a waker that escaped a
+/// child's poll (a clone, counted in `refs`) can wake a child between the
+/// owner's polls, so the owner registers only when one exists
+/// ([`Head::escaped`]): at the end of a pass, while `POLLING` still diverts
+/// every wake to its `fetch_and`; and, in a poll that finds the word zero,
+/// before it looks at the word again (a wake before that registration may
+/// have gone to an older waker, or to none, but its bit is seen then).
+/// Children that only wake themselves, or wake the borrowed waker from
+/// another thread during their own poll, never make the owner clone the
+/// parent's waker.
+///
+/// Two ways around read-modify-writes when nothing escaped:
+///
+/// * a wake on the owner's own thread during a pass (a child waking itself,
+///   or a sibling from its poll) sets its bit in [`Head::local`] with a
+///   plain load and store: only the owner's thread touches that word, which
+///   [`Head::owner`] tells a wake (the owner writes its thread's marker
+///   there for the pass and zero after it);
+/// * while no waker escaped (`refs == 1`, read with acquire after the last
+///   clone's release), only the owner can touch the ready word: the pass
+///   starts and ends with a load and a store instead of a swap and a
+///   `fetch_and` (a thread a child lends its borrowed waker to is joined
+///   before that poll returns, and a clone can only be taken from a waker).
 #[repr(C, align(16))]
 struct Head {
     refs: AtomicUsize,
     /// Bit `i`: element `i` was woken since it was last polled; [`POLLING`]:
     /// the owner is polling children.
     ready: AtomicU64,
+    /// Bits of elements woken on the owner's own thread during a pass (a
+    /// self-wake, or a sibling woken from a child's poll): only that thread
+    /// touches it, with a plain load and store; taken at the next pass.
+    /// (A std atomic even under loom: one thread only, nothing to model.)
+    local: std::sync::atomic::AtomicU64,
+    /// The polling thread's [`thread_marker`] during a pass, zero between
+    /// passes: a wake compares it with its own thread's. Only the owner
+    /// writes it, so a thread that is not polling never reads its own
+    /// marker there (its own earlier stores of it, as a previous owner, are
+    /// followed in its program order by its store of zero). A std atomic
+    /// even under loom: what a wake needs from it holds per thread.
+    owner: std::sync::atomic::AtomicUsize,
     parent: ParentWaker,
     /// The layout of the whole block (`Block<T::Slots>`).
     layout: Layout,
+}
+
+impl Head {
+    /// Whether a child's waker lives outside the owner's polls (a clone
+    /// holds a reference). Without one, only the borrowed wakers of a pass
+    /// can wake a child, and the owner sees those wakes itself (`POLLING`),
+    /// so the parent's waker need not be registered at all.
+    ///
+    /// Read by the owner between polls: a clone taken during a child's poll
+    /// (on any thread: a borrowed waker does not outlive the poll) happens
+    /// before the poll returns; later clones come from live clones, so the
+    /// count cannot read 1 while one lives.
+    #[inline]
+    fn escaped(&self) -> bool {
+        self.refs.load(Ordering::Acquire) > 1
+    }
 }
 
 /// The whole allocation: the head, then the tuple of slots.
@@ -286,6 +338,26 @@ static TUPLE_VTABLE: RawWakerVTable = RawWakerVTable::new(
     tuple_waker_wake_by_ref,
     tuple_waker_drop,
 );
+
+/// A token unique to the calling thread among live threads: the address of
+/// a thread-local (no destructor, so always accessible).
+#[cfg(not(awaitkit_loom))]
+#[inline]
+fn thread_marker() -> usize {
+    thread_local! {
+        static MARKER: u8 = const { 0 };
+    }
+    MARKER.with(|m| ptr::from_ref(m).addr())
+}
+
+/// Loom runs its threads on one OS thread: its own thread ids then.
+#[cfg(awaitkit_loom)]
+fn thread_marker() -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    loom::thread::current().id().hash(&mut h);
+    (h.finish() as usize) | 1
+}
 
 /// The head and element index behind a child waker's data pointer.
 ///
@@ -330,7 +402,12 @@ unsafe fn tuple_waker_wake(data: *const ()) {
 unsafe fn tuple_waker_wake_by_ref(data: *const ()) {
     // SAFETY: the waker keeps the block alive.
     let (_, head, index) = unsafe { tuple_resolve(data) };
-    if head.ready.fetch_or(1 << index, Ordering::AcqRel) == 0 {
+    if head.owner.load(Ordering::Relaxed) == thread_marker() {
+        // On the owner's thread, during its pass (a self-wake, or a sibling
+        // woken from a child's poll): only this thread touches `local`.
+        let bits = head.local.load(Ordering::Relaxed);
+        head.local.store(bits | 1 << index, Ordering::Relaxed);
+    } else if head.ready.fetch_or(1 << index, Ordering::AcqRel) == 0 {
         head.parent.wake();
     }
 }
@@ -358,8 +435,19 @@ unsafe fn tuple_release(head: NonNull<Head>) {
         return;
     }
     fence(Ordering::Acquire);
-    // SAFETY: that was the last reference: nobody else can reach the block;
-    // the slots were dropped by the owner, the head is dropped here once.
+    // SAFETY: that was the last reference.
+    unsafe { tuple_free(head) };
+}
+
+/// Frees a block.
+///
+/// # Safety
+///
+/// The caller gives up the last reference: nobody else can reach the block;
+/// the slots were dropped by the owner.
+#[inline]
+unsafe fn tuple_free(head: NonNull<Head>) {
+    // SAFETY: caller contract; the head is dropped here once.
     unsafe {
         let layout = head.as_ref().layout;
         // The parent's waker is user code: take it out, free the block,
@@ -392,11 +480,11 @@ impl Shared {
         unsafe { self.0.expect("awaitkit: no block").as_ref() }
     }
 
-    /// The data pointer of element `index`'s waker.
+    /// The data pointer of element `index`'s waker (`index` is below the
+    /// tuple's length, checked against `INDEX_MASK` at compile time).
     #[inline]
-    fn waker_data(&self, index: usize) -> *const () {
-        assert!(index <= INDEX_MASK);
-        let head = self.0.expect("awaitkit: no block");
+    fn waker_data(head: NonNull<Head>, index: usize) -> *const () {
+        debug_assert!(index <= INDEX_MASK);
         head.as_ptr()
             .cast::<u8>()
             .wrapping_add(index)
@@ -408,6 +496,16 @@ impl Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         let Some(head) = self.0 else { return };
+        if self.head().refs.load(Ordering::Acquire) == 1 {
+            // The only reference (the usual end of a gather whose wakers
+            // never escaped, or were all dropped): nobody else can reach the
+            // block or make a new reference (that takes one), so it is freed
+            // without a read-modify-write; the acquire load orders the last
+            // waker's release before the free.
+            // SAFETY: the owner's reference is the last.
+            unsafe { tuple_free(head) };
+            return;
+        }
         // The parent task's waker is not needed once the owner is gone, even
         // if a child's waker clone lives on somewhere.
         let parent = if self.head().refs.load(Ordering::Relaxed) > 1 {
@@ -448,6 +546,7 @@ impl<T: TupleFutures> TupleCore<T> {
         self.finished && !self.poisoned
     }
 
+    #[inline]
     fn new(futures: T) -> Self {
         const { assert!(T::LEN <= INDEX_MASK + 1) };
         let live = T::LEN > 0;
@@ -468,6 +567,8 @@ impl<T: TupleFutures> TupleCore<T> {
                     head: Head {
                         refs: AtomicUsize::new(1),
                         ready: AtomicU64::new((1u64 << T::LEN) - 1),
+                        local: std::sync::atomic::AtomicU64::new(0),
+                        owner: std::sync::atomic::AtomicUsize::new(0),
                         parent: ParentWaker::new(),
                         layout,
                     },
@@ -488,6 +589,7 @@ impl<T: TupleFutures> TupleCore<T> {
         }
     }
 
+    #[inline]
     fn slots_ptr(&self) -> *mut T::Slots {
         let head = self.shared.0.expect("awaitkit: no block");
         // SAFETY: the block is a `Block<T::Slots>` (see `new`).
@@ -516,6 +618,7 @@ impl<T: TupleFutures> TupleCore<T> {
     /// Polls the woken elements once each; calls `done(slots, i)` for each
     /// one that finished; stops early if it returns `Err`. On `Ready(Ok)`,
     /// `finish` produces the output from the slots, which are then dropped.
+    #[inline]
     fn poll<E, O>(
         &mut self,
         cx: &mut Context<'_>,
@@ -531,6 +634,7 @@ impl<T: TupleFutures> TupleCore<T> {
         out
     }
 
+    #[inline]
     fn poll_inner<E, O>(
         &mut self,
         cx: &mut Context<'_>,
@@ -538,28 +642,55 @@ impl<T: TupleFutures> TupleCore<T> {
         finish: impl FnOnce(&mut T::Slots) -> O,
     ) -> Poll<Result<O, E>> {
         if self.remaining > 0 {
-            let head = self.shared.head();
-            // SAFETY: `&mut self`: the owner's only registration in progress.
-            unsafe { head.parent.register(cx.waker()) };
-            // A zero read needs no swap (see `ReadySet::take_chunks`);
-            // nothing to poll then either.
-            let mut bits = if head.ready.load(Ordering::Acquire) != 0 {
+            let head_ptr = self.shared.0.expect("awaitkit: no block");
+            // SAFETY: the owner holds a reference on its block.
+            let head = unsafe { head_ptr.as_ref() };
+            // Owner-only, like `owner`.
+            let local = head.local.load(Ordering::Relaxed);
+            let escaped = head.escaped();
+            let mut word = head.ready.load(Ordering::Acquire);
+            if word == 0 && local == 0 {
+                // Nothing woken. Only a waker that escaped a poll (a clone)
+                // can wake us later: make sure it reaches this task, then
+                // look again (a wake before the registration may have gone
+                // to an older waker, or to none).
+                if escaped {
+                    // SAFETY: `&mut self`: the owner's only registration.
+                    unsafe { head.parent.register(cx.waker()) };
+                    word = head.ready.load(Ordering::Acquire);
+                }
+                if word == 0 {
+                    return Poll::Pending;
+                }
+            }
+            let mut bits = if escaped {
                 head.ready.swap(POLLING, Ordering::AcqRel)
             } else {
-                0
+                // No waker lives outside the owner (and none can appear
+                // before a child is polled): nobody else touches the word
+                // (`escaped` read after the last clone's release, the word
+                // after that).
+                head.ready.store(POLLING, Ordering::Relaxed);
+                word
             };
+            if local != 0 {
+                bits |= local;
+                head.local.store(0, Ordering::Relaxed);
+            }
+            head.owner.store(thread_marker(), Ordering::Relaxed);
             /// Clears `POLLING` when the children's polls are over, also if
             /// one unwinds (the future refuses polls then, but the word is
             /// left as wakers expect it).
             struct Polling<'a>(&'a Head, bool);
             impl Drop for Polling<'_> {
                 fn drop(&mut self) {
+                    self.0.owner.store(0, Ordering::Relaxed);
                     if self.1 {
                         self.0.ready.fetch_and(!POLLING, Ordering::AcqRel);
                     }
                 }
             }
-            let mut polling = Polling(head, bits != 0);
+            let mut polling = Polling(head, true);
             let slots = self.slots_ptr();
             while bits != 0 {
                 let i = bits.trailing_zeros() as usize;
@@ -569,7 +700,10 @@ impl<T: TupleFutures> TupleCore<T> {
                 // SAFETY: the vtable's functions expect exactly this data
                 // pointer, whose block is alive.
                 let waker = ManuallyDrop::new(unsafe {
-                    Waker::from_raw(RawWaker::new(self.shared.waker_data(i), &TUPLE_VTABLE))
+                    Waker::from_raw(RawWaker::new(
+                        Shared::waker_data(head_ptr, i),
+                        &TUPLE_VTABLE,
+                    ))
                 });
                 let mut child_cx = Context::from_waker(&waker);
                 // SAFETY: the slots are live (`remaining > 0`) in the block,
@@ -580,33 +714,60 @@ impl<T: TupleFutures> TupleCore<T> {
                     // SAFETY: as above.
                     if let Err(e) = done(unsafe { &mut *slots }, i) {
                         // Fail fast: every other element is dropped before
-                        // the error is handed out.
-                        drop(polling);
+                        // the error is handed out (`POLLING` stays set: no
+                        // wake from here on reaches the task).
+                        polling.1 = false;
+                        head.owner.store(0, Ordering::Relaxed);
                         self.finished = true;
                         self.drop_slots();
                         return Poll::Ready(Err(e));
                     }
                 }
             }
-            if std::mem::replace(&mut polling.1, false) {
-                let woken = head.ready.fetch_and(!POLLING, Ordering::AcqRel) & !POLLING;
-                if woken != 0 && self.remaining > 0 {
+            // From here on, wakes on this thread go through the word.
+            head.owner.store(0, Ordering::Relaxed);
+            polling.1 = false;
+            if self.remaining > 0 {
+                let woken = if head.escaped() {
+                    // A child kept a clone of its waker: its wake must reach
+                    // this task. Registered while `POLLING` is still set, so
+                    // no wake finds the word clear before the waker is in
+                    // place (every wake until then is seen by the
+                    // `fetch_and`).
+                    polling.1 = true;
+                    // SAFETY: `&mut self`: the owner's only registration.
+                    unsafe { head.parent.register(cx.waker()) };
+                    polling.1 = false;
+                    head.ready.fetch_and(!POLLING, Ordering::AcqRel) & !POLLING
+                } else {
+                    // No waker lives outside the owner: every wake of the
+                    // pass (from this thread or one a child lent its waker
+                    // to and joined) is already in the word; nobody else
+                    // touches it.
+                    let woken = head.ready.load(Ordering::Acquire) & !POLLING;
+                    head.ready.store(woken, Ordering::Relaxed);
+                    woken
+                } | head.local.load(Ordering::Relaxed);
+                if woken != 0 {
                     // Woken while we polled (no waker woke the parent): poll
                     // again, after the other tasks (cooperative).
                     cx.waker().wake_by_ref();
                 }
+                return Poll::Pending;
             }
-        }
-        if self.remaining > 0 {
-            return Poll::Pending;
+            // Done: `POLLING` stays set, so a clone that outlives its child
+            // never wakes the task again.
         }
         self.finished = true;
         let output = if self.live {
-            finish(self.slots())
+            let output = finish(self.slots());
+            // `finish` took every output: each slot is `Gone`, with nothing
+            // to drop.
+            self.live = false;
+            output
         } else {
             finish(&mut empty_slots::<T>())
         };
-        self.drop_slots();
         Poll::Ready(Ok(output))
     }
 }
@@ -666,6 +827,7 @@ impl<T: TryTupleFutures> Unpin for TryGatherTuple<T> {}
 
 impl<T: TupleFutures> GatherTuple<T> {
     #[doc(hidden)]
+    #[inline]
     pub fn new(futures: T) -> Self {
         Self {
             core: TupleCore::new(futures),
@@ -675,6 +837,7 @@ impl<T: TupleFutures> GatherTuple<T> {
 
 impl<T: TryTupleFutures> TryGatherTuple<T> {
     #[doc(hidden)]
+    #[inline]
     pub fn new(futures: T) -> Self {
         Self {
             core: TupleCore::new(futures),
@@ -685,6 +848,7 @@ impl<T: TryTupleFutures> TryGatherTuple<T> {
 impl<T: TupleFutures> Future for GatherTuple<T> {
     type Output = T::Output;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T::Output> {
         let core = &mut self.get_mut().core;
         core.poll(
@@ -702,6 +866,7 @@ impl<T: TupleFutures> Future for GatherTuple<T> {
 impl<T: TryTupleFutures> Future for TryGatherTuple<T> {
     type Output = Result<T::Ok, T::Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.get_mut()
             .core
