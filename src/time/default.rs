@@ -12,7 +12,7 @@
 
 #![forbid(unsafe_code)]
 
-use super::{FuturesSleep, FuturesTimer, Timer};
+use super::{FuturesSleep, FuturesTimer, Timer, clock};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -110,19 +110,71 @@ use std::time::Instant;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DefaultTimer;
 
+impl DefaultTimer {
+    /// Whether [`now`](Timer::now) reads the CPU's invariant time-stamp
+    /// counter at the moment (outside tokio's current-thread runtimes):
+    /// `false` where there is none, under `AWAITKIT_CLOCK=instant`, in the
+    /// first 100 ms or so of the process (while the counter is calibrated),
+    /// and after the counter was given up. The clock is `Instant` then.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::time::DefaultTimer;
+    /// if !DefaultTimer::uses_cpu_counter() {
+    ///     eprintln!("the default timer reads Instant::now()");
+    /// }
+    /// ```
+    pub fn uses_cpu_counter() -> bool {
+        clock::on_counter()
+    }
+}
+
+/// [`DefaultTimer::counter_nanos`] at the clock's base `Instant`: instants
+/// before the base (a paused tokio clock) still map.
+const ORIGIN: u64 = 1 << 62;
+
+/// `at` as [`DefaultTimer::counter_nanos`] counts it.
+#[cfg(feature = "tokio")]
+fn counter_at(at: Instant) -> u64 {
+    let base = clock::base_instant();
+    match at.checked_duration_since(base) {
+        Some(after) => ORIGIN.saturating_add(super::clock::duration_nanos(after)),
+        None => ORIGIN.saturating_sub(super::clock::duration_nanos(base - at)),
+    }
+}
+
+/// tokio's clock, inside a current-thread tokio runtime (the only kind whose
+/// clock can be paused); `None` elsewhere.
+#[cfg(feature = "tokio")]
+#[inline]
+fn tokio_clock() -> Option<Instant> {
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    (handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
+        .then(|| tokio::time::Instant::now().into_std())
+}
+
 impl Timer for DefaultTimer {
     type Sleep = DefaultSleep;
 
     #[inline]
     fn now(&self) -> Instant {
         #[cfg(feature = "tokio")]
-        {
-            tokio::time::Instant::now().into_std()
+        if let Some(now) = tokio_clock() {
+            return now;
         }
-        #[cfg(not(feature = "tokio"))]
-        {
-            Instant::now()
+        clock::now()
+    }
+
+    /// The same clock as [`now`](Timer::now), in nanoseconds: the rate
+    /// limiter's checks read it.
+    #[inline]
+    fn counter_nanos(&self) -> Option<u64> {
+        #[cfg(feature = "tokio")]
+        if let Some(now) = tokio_clock() {
+            return Some(counter_at(now));
         }
+        Some(ORIGIN + clock::nanos())
     }
 
     #[inline]
@@ -196,7 +248,12 @@ impl Future for DefaultSleep {
     type Output = ();
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(self.project().sleep).poll(cx)
+        let ready = Pin::new(self.project().sleep).poll(cx);
+        if ready.is_ready() {
+            // The waiter reads the clock next: at or after `Instant` now.
+            clock::resync();
+        }
+        ready
     }
 }
 
@@ -432,9 +489,10 @@ impl DefaultSleep {
                 // fires a sleep early only when its timer shuts down.
                 let now = {
                     let _inside = runtime.enter();
-                    DefaultTimer.now()
+                    TokioTimer.now()
                 };
                 if now >= self.deadline {
+                    clock::resync();
                     return Some(Poll::Ready(()));
                 }
                 timer_shut_down(runtime.id());
@@ -457,10 +515,15 @@ impl Future for DefaultSleep {
         } else if let Some(ready) = this.follow() {
             return ready;
         }
-        match this.armed.as_mut().expect("armed above") {
+        let ready = match this.armed.as_mut().expect("armed above") {
             Armed::Tokio { sleep, .. } => sleep.poll(cx),
             Armed::Futures { sleep, .. } => Pin::new(sleep).poll(cx),
+        };
+        if ready.is_ready() {
+            // The waiter reads the clock next: at or after `Instant` now.
+            clock::resync();
         }
+        ready
     }
 }
 

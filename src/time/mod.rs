@@ -78,10 +78,14 @@
 //! # });
 //! ```
 
-#![forbid(unsafe_code)]
+// The time-stamp counter's two intrinsics live in `clock`, the only module
+// of `time` allowed `unsafe`.
+#![deny(unsafe_code)]
 
 #[cfg(feature = "async-io")]
 mod async_io;
+#[allow(unsafe_code)]
+pub(crate) mod clock;
 mod default;
 #[cfg(feature = "test-util")]
 mod manual;
@@ -100,6 +104,24 @@ pub use manual::{ManualClock, ManualSleep};
 pub use quanta::QuantaTimer;
 #[cfg(feature = "tokio")]
 pub use tokio::{TokioSleep, TokioTimer};
+
+/// Test hooks for the [`DefaultTimer`]'s clock (feature `test-util`; not
+/// part of the API).
+#[cfg(feature = "test-util")]
+#[doc(hidden)]
+pub mod test_clock {
+    /// Skews the counter's calibration by `ppm` parts per million (positive:
+    /// the clock runs fast) when the default timer's clock is set up, about
+    /// 100 ms after its first reading: call it first thing in the process.
+    pub fn skew_calibration(ppm: i64) {
+        super::clock::skew_calibration(ppm);
+    }
+
+    /// Whether the clock gave the counter up (it ran ahead of `Instant`).
+    pub fn gave_up() -> bool {
+        super::clock::gave_up()
+    }
+}
 
 use relay::Relay;
 use std::fmt;
