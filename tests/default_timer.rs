@@ -289,7 +289,10 @@ fn a_limiter_checked_on_the_counter_follows_advance_in_a_paused_runtime() {
         tokio::time::advance(HOUR - Duration::from_secs(1)).await;
         assert!(inside.try_acquire().is_err(), "an hour has not passed yet");
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(inside.try_acquire().is_ok(), "advance lets the check through");
+        assert!(
+            inside.try_acquire().is_ok(),
+            "advance lets the check through"
+        );
         assert!(inside.try_acquire().is_err());
     });
     // Outside again: the counter, whose hour has not passed since the grant

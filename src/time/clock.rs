@@ -389,8 +389,8 @@ fn sync(base: &Base, rate: u64) -> u64 {
     // makes the clock lag, which is safe): no verdict from it.
     let clean = tick.saturating_sub(before) <= 2_000;
     let origin = MAP.origin.load(Ordering::Relaxed);
-    let real = i64::try_from(duration_nanos(at.saturating_duration_since(base.at)))
-        .unwrap_or(i64::MAX);
+    let real =
+        i64::try_from(duration_nanos(at.saturating_duration_since(base.at))).unwrap_or(i64::MAX);
     let candidate = real.saturating_sub(scaled(tick, origin, rate));
     let previous = MAP.offset.fetch_max(candidate, Ordering::Relaxed);
     MAP.synced.store(tick, Ordering::Relaxed);
@@ -455,9 +455,10 @@ fn set_up(frozen: Scale) {
     let mut rate = (span << 32) / ticks;
     rate -= rate >> 10;
     let skew = i128::from(SKEW_PPM.load(Ordering::Relaxed));
-    rate = u128::try_from(i128::try_from(rate).unwrap_or(i128::MAX) * (1_000_000 + skew) / 1_000_000)
-        .unwrap_or(1)
-        .max(1);
+    rate =
+        u128::try_from(i128::try_from(rate).unwrap_or(i128::MAX) * (1_000_000 + skew) / 1_000_000)
+            .unwrap_or(1)
+            .max(1);
     let Ok(rate) = u64::try_from(rate) else {
         return;
     };
@@ -478,8 +479,10 @@ fn set_up(frozen: Scale) {
     MAP.origin.store(origin, Ordering::Relaxed);
     MAP.every.store(every, Ordering::Relaxed);
     MAP.synced.store(tick, Ordering::Relaxed);
-    MAP.offset
-        .store(real.saturating_sub(scaled(tick, origin, rate)), Ordering::Relaxed);
+    MAP.offset.store(
+        real.saturating_sub(scaled(tick, origin, rate)),
+        Ordering::Relaxed,
+    );
     MAP.rate.store(rate, Ordering::Release);
 }
 
@@ -596,6 +599,25 @@ mod tests {
             assert!(to_duration(lower_bound(d)) <= d, "{d:?}");
         }
         assert!(lower_bound(Duration::MAX) > 0);
+    }
+
+    #[test]
+    fn after_a_resync_the_clock_is_not_behind_instant() {
+        // Past the set-up where there is a counter (on `Instant` the
+        // property holds trivially, and is checked all the same).
+        for _ in 0..50 {
+            if on_counter() || !is_tsc() || MAP.gave_up.load(Ordering::Relaxed) {
+                break;
+            }
+            let _ = now();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for _ in 0..10_000 {
+            let before = Instant::now();
+            resync();
+            let now = now();
+            assert!(now >= before, "{:?} behind", before - now);
+        }
     }
 
     #[test]

@@ -33,9 +33,50 @@ use std::time::Instant;
 ///   `tokio::time::pause` and `advance` move awaitkit's timeouts, limiters
 ///   and backoffs too), and on futures-timer everywhere else — smol,
 ///   `futures::executor`, a tokio runtime built without `enable_time`, no
-///   runtime at all. The clock ([`now`](Timer::now)) is tokio's
-///   `Instant::now()`, which is the system's monotonic clock except inside a
-///   runtime whose time is paused.
+///   runtime at all.
+///
+/// # The clock
+///
+/// A [`RateLimiter`](crate::RateLimiter) reads the clock on every check
+/// (through [`counter_nanos`](Timer::counter_nanos), the same clock in
+/// nanoseconds), so the default clock is a cheap one:
+///
+/// * On x86-64 CPUs with an **invariant time-stamp counter** (constant
+///   rate, running in every power state: `cpuid` says so; modern CPUs, and
+///   virtual machines that pass the bit through), [`now`](Timer::now)
+///   reads the counter — a few ns, against 15–40 ns for `Instant::now()` —
+///   and maps it onto [`Instant`]: the first reading's `Instant` plus the
+///   ticks since, scaled by a calibration against `Instant` that is frozen
+///   after about 100 ms. Every value is an ordinary `Instant`, and the
+///   clock never goes backwards, on one thread or across threads.
+/// * It stays with `Instant::now()`: its rate is set 0.1 % below the
+///   calibration (more than any NTP slew of `Instant`), and at least every
+///   64 µs of counter time a reading re-synchronises it with
+///   `Instant::now()` (only ever forward), so it lags `Instant` by about a
+///   microsecond at most and is never ahead. A sleep that completes
+///   re-synchronises it too: a task woken by a sleep on futures-timer or
+///   tokio (which count on `Instant`) finds its deadline passed at once —
+///   it never spins or sleeps again for the last microseconds.
+/// * It **is** `Instant::now()` until the calibration is frozen (the first
+///   100 ms or so of the process), on CPUs without an invariant counter,
+///   and when the environment variable `AWAITKIT_CLOCK=instant` is set
+///   before the first reading (CI tests the fallback that way; the older
+///   `AWAITKIT_WATCH_CLOCK=instant` does the same — the
+///   [`watch`](mod@crate::watch) shares this clock). A counter found running
+///   ahead of `Instant` by more than 50 µs (a calibration off by more than
+///   0.1 %, a counter that ran through a suspend) is given up: from then on
+///   the clock is `Instant::now()`, held at the latest time it gave until
+///   `Instant` passes it. [`DefaultTimer::uses_cpu_counter`] says which
+///   clock is in use.
+/// * **With the `tokio` feature**, inside a **current-thread** tokio
+///   runtime (the only kind whose clock can be paused) the clock is tokio's
+///   `Instant::now()`, so paused time, `advance` and auto-advance move it;
+///   elsewhere (outside tokio, and in multi-thread runtimes, which cannot
+///   pause) it is the counter. Finding out where the caller is costs a few
+///   ns per reading wherever the feature is enabled.
+///
+/// [`FuturesTimer`] always reads `Instant::now()`; `ManualClock` is not
+/// affected by any of this.
 ///
 /// The choice is made **when a sleep is armed**, at its first poll — not
 /// when the value that owns it was created: a
@@ -149,7 +190,17 @@ fn counter_at(at: Instant) -> u64 {
 #[cfg(feature = "tokio")]
 #[inline]
 fn tokio_clock() -> Option<Instant> {
-    let handle = tokio::runtime::Handle::try_current().ok()?;
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => tokio_clock_in(handle),
+        Err(_) => None,
+    }
+}
+
+/// [`tokio_clock`] inside a runtime (out of line: the check outside any
+/// runtime stays small).
+#[cfg(feature = "tokio")]
+#[inline(never)]
+fn tokio_clock_in(handle: tokio::runtime::Handle) -> Option<Instant> {
     (handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
         .then(|| tokio::time::Instant::now().into_std())
 }

@@ -39,7 +39,7 @@
 //!
 //! | timer | feature | use it when |
 //! |---|---|---|
-//! | [`DefaultTimer`] | always | the default: the runtime's timer where there is one (see above) |
+//! | [`DefaultTimer`] | always | the default: the runtime's timer where there is one (see above); its clock reads the CPU's invariant time-stamp counter where there is one (see [its docs](DefaultTimer#the-clock)) |
 //! | [`FuturesTimer`] | always | any executor; a helper thread keeps the time, and tokio's paused time never applies |
 //! | `TokioTimer` | `tokio` | always tokio's timer (panics outside a tokio runtime with time) |
 //! | `AsyncIoTimer` | `async-io` | on smol / async-io's reactor |

@@ -226,7 +226,11 @@ pub(crate) async fn waiters_find_their_time_at_the_wake() {
         std::future::pending::<()>(),
     ));
     assert!(deadline.await.is_err());
-    assert!(polled.get() <= MOST_POLLS, "the timeout was polled {} times", polled.get());
+    assert!(
+        polled.get() <= MOST_POLLS,
+        "the timeout was polled {} times",
+        polled.get()
+    );
     assert!(before.elapsed() + MAX_LAG_FOR_WAITS >= Duration::from_millis(5));
 }
 
