@@ -490,13 +490,13 @@ fn set_up(frozen: Scale) {
 /// positive skew makes the clock run fast), if the mapping is not set up
 /// yet: it takes effect when it is. For tests of what a bad calibration
 /// does.
-#[cfg(any(test, feature = "test-util"))]
+#[cfg(feature = "test-util")]
 pub(crate) fn skew_calibration(ppm: i64) {
     SKEW_PPM.store(ppm, Ordering::Relaxed);
 }
 
 /// Whether the counter was given up (the clock ran ahead of `Instant`).
-#[cfg(any(test, feature = "test-util"))]
+#[cfg(feature = "test-util")]
 pub(crate) fn gave_up() -> bool {
     MAP.gave_up.load(Ordering::Relaxed)
 }
