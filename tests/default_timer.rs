@@ -271,6 +271,10 @@ fn a_limiter_made_outside_a_runtime_honours_paused_time_inside_one() {
 /// outside.
 #[test]
 fn a_limiter_checked_on_the_counter_follows_advance_in_a_paused_runtime() {
+    // These tests build tokio with `test-util` (a dev-dependency): its clock
+    // can be paused, and the default timer follows it.
+    #[cfg(feature = "test-util")]
+    assert!(awaitkit::time::test_clock::follows_tokio());
     let limiter = std::sync::Arc::new(RateLimiter::new(1, HOUR));
     // Past the counter's set-up (about 100 ms after the first reading),
     // wherever there is one.

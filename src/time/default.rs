@@ -68,12 +68,16 @@ use std::time::Instant;
 ///   the clock is `Instant::now()`, held at the latest time it gave until
 ///   `Instant` passes it. [`DefaultTimer::uses_cpu_counter`] says which
 ///   clock is in use.
-/// * **With the `tokio` feature**, inside a **current-thread** tokio
-///   runtime (the only kind whose clock can be paused) the clock is tokio's
-///   `Instant::now()`, so paused time, `advance` and auto-advance move it;
-///   elsewhere (outside tokio, and in multi-thread runtimes, which cannot
-///   pause) it is the counter. Finding out where the caller is costs a few
-///   ns per reading wherever the feature is enabled.
+/// * **With the `tokio` feature, when tokio is built with its `test-util`
+///   feature** (the only way its clock can be paused: typically in your
+///   tests and benches, through a dev-dependency), inside a
+///   **current-thread** tokio runtime (the only kind that can pause) the
+///   clock is tokio's `Instant::now()`, so paused time, `advance` and
+///   auto-advance move it; elsewhere (outside tokio, and in multi-thread
+///   runtimes) it is the counter. Finding out where the caller is costs a
+///   few ns per reading in such builds. Without tokio's `test-util` (a
+///   release build) tokio's clock is `Instant::now()` everywhere, nothing
+///   is checked, and the clock is the counter inside tokio too.
 ///
 /// [`FuturesTimer`] always reads `Instant::now()`; `ManualClock` is not
 /// affected by any of this.
@@ -185,11 +189,73 @@ fn counter_at(at: Instant) -> u64 {
     }
 }
 
+/// Whether tokio's clock can be paused in this build: only with tokio's
+/// `test-util` feature, the one that gives `Builder` its `start_paused`
+/// method. Found by method resolution, at compile time: an inherent method
+/// wins over a trait's, so `start_paused` below is tokio's when it exists
+/// (returning the builder) and [`NoPause`]'s fallback otherwise.
+#[cfg(feature = "tokio")]
+mod pausable {
+    use tokio::runtime::Builder;
+
+    pub(super) trait Pausable {
+        const PAUSABLE: bool;
+    }
+
+    impl Pausable for &mut Builder {
+        const PAUSABLE: bool = true;
+    }
+
+    pub(super) struct NoPause;
+
+    impl Pausable for NoPause {
+        const PAUSABLE: bool = false;
+    }
+
+    trait Fallback {
+        #[allow(dead_code)] // when tokio's own method exists
+        fn start_paused(&mut self, _: bool) -> NoPause {
+            NoPause
+        }
+    }
+
+    impl Fallback for Builder {}
+
+    /// Never called: its return type is the answer.
+    #[allow(dead_code, unused_imports)]
+    fn probe(builder: &'static mut Builder) -> impl Pausable + 'static {
+        builder.start_paused(true)
+    }
+
+    fn answer<P: Pausable>(_: fn(&'static mut Builder) -> P) -> bool {
+        P::PAUSABLE
+    }
+
+    /// Whether tokio was built with `test-util` (a constant, once
+    /// monomorphised).
+    #[inline(always)]
+    pub(super) fn tokio_can_pause() -> bool {
+        answer(probe)
+    }
+}
+
+/// Whether the default timer's clock follows tokio's inside current-thread
+/// runtimes (whether tokio's clock can be paused in this build).
+#[cfg(all(feature = "tokio", feature = "test-util"))]
+pub(crate) fn follows_tokio() -> bool {
+    pausable::tokio_can_pause()
+}
+
 /// tokio's clock, inside a current-thread tokio runtime (the only kind whose
-/// clock can be paused); `None` elsewhere.
+/// clock can be paused) when tokio is built with its `test-util` feature
+/// (the only way to pause it); `None` elsewhere — without `test-util`
+/// tokio's clock is `Instant::now()` everywhere, and nothing is checked.
 #[cfg(feature = "tokio")]
 #[inline]
 fn tokio_clock() -> Option<Instant> {
+    if !pausable::tokio_can_pause() {
+        return None;
+    }
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => tokio_clock_in(handle),
         Err(_) => None,

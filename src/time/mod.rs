@@ -121,6 +121,14 @@ pub mod test_clock {
     pub fn gave_up() -> bool {
         super::clock::gave_up()
     }
+
+    /// Whether the default timer's clock follows tokio's inside
+    /// current-thread runtimes: whether tokio is built with `test-util`,
+    /// the only way its clock can be paused.
+    #[cfg(feature = "tokio")]
+    pub fn follows_tokio() -> bool {
+        super::default::follows_tokio()
+    }
 }
 
 use relay::Relay;
