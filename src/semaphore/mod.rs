@@ -868,11 +868,62 @@ impl Semaphore {
 
     /// [`Semaphore::release`] while waiters (or a shrink) are pending: under
     /// the lock. Out of line, so the fast path above stays small.
+    ///
+    /// The usual case, all `n` permits going to the queue's head (completing
+    /// its request or bringing it closer), is handled here with at most one
+    /// waker to wake; the rest (a shrink owed, permits beyond the head's
+    /// need) by [`release_general`](Semaphore::release_general).
     #[inline(never)]
     fn release_slow(&self, n: usize) {
+        let mut q = self.lock();
+        if q.debt == 0 {
+            if let Some(i) = q.waiters.head() {
+                let node = &mut q.waiters[i];
+                let missing = node.needed - node.assigned;
+                if n < missing {
+                    node.assigned += n;
+                    return;
+                }
+                if n == missing {
+                    let granted = self.grant_head(&mut q, i);
+                    drop(q);
+                    if let Some(waker) = granted {
+                        wake_granted(waker);
+                    }
+                    return;
+                }
+            }
+        }
+        self.release_general(q, n);
+    }
+
+    /// The head waiter (node `i`) has all its permits: it leaves the queue,
+    /// and its owner learns it from `granted_below` (without the lock); its
+    /// node is freed now. Returns its waker, to wake after unlocking.
+    #[inline]
+    fn grant_head(&self, q: &mut Queue, i: usize) -> Option<Waker> {
+        q.waiters.unlink(i);
+        let waker = q.free(i);
+        let below = q
+            .waiters
+            .head()
+            .map_or(q.waiters.next_ticket(), |h| q.waiters.ticket(h));
+        self.granted_below.store(below, Ordering::Release);
+        if q.waiters.is_empty() && q.debt == 0 {
+            // Nobody waits and nothing is owed: the fast paths resume.
+            self.state.fetch_and(!SLOW, Ordering::AcqRel);
+        }
+        waker
+    }
+
+    /// [`Semaphore::release_slow`]'s general case, with the lock it holds.
+    #[inline(never)]
+    fn release_general(&self, q: MutexGuard<'_, Queue>, n: usize) {
+        // Declared before the guard's new binding: on any unwind it wakes
+        // after unlocking.
         let mut wake = WakeList::default();
         {
-            let mut q = self.lock();
+            let mut q = q;
             self.release_locked(&mut q, n, &mut wake);
         }
         wake.wake_all();
@@ -935,6 +986,20 @@ impl Semaphore {
             self.release_locked(&mut q, returned, &mut wake);
         }
         wake.wake_all();
+    }
+}
+
+/// Wakes the waker of the waiter a release granted, after the lock was
+/// released (a [`WakeList`] of one, without its set-up): a panic propagates,
+/// unless this thread is already unwinding (a permit dropped by a panicking
+/// task), where a second panic would abort the process: then it is
+/// discarded.
+#[inline]
+fn wake_granted(waker: Waker) {
+    if std::thread::panicking() {
+        crate::unwind::contain(move || waker.wake());
+    } else {
+        waker.wake();
     }
 }
 
@@ -1020,6 +1085,13 @@ impl Waiter {
         assert!(!self.done, "semaphore acquire polled after completion");
         let out = match self.node {
             None => self.first_poll(sem, cx),
+            // The usual end of a wait, seen without the lock: granted.
+            Some(_)
+                if self.ticket < sem.granted_below.load(Ordering::Acquire)
+                    && sem.failed_live.load(Ordering::Acquire) == 0 =>
+            {
+                Poll::Ready(Ok(()))
+            }
             Some(i) => self.poll_queued(sem, i, cx),
         };
         if out.is_ready() {
@@ -1029,8 +1101,9 @@ impl Waiter {
         out
     }
 
-    /// A later poll of a queued waiter: granted, failed, or still waiting
-    /// (then the stored waker is replaced if it would not wake this task).
+    /// A later poll of a queued waiter that [`Waiter::poll`] did not see
+    /// granted without the lock: granted, failed, or still waiting (then the
+    /// stored waker is replaced if it would not wake this task).
     #[inline(never)]
     fn poll_queued(
         &mut self,
@@ -1038,12 +1111,6 @@ impl Waiter {
         i: usize,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), AcquireError>> {
-        // The usual end of a wait, seen without the lock: granted.
-        if self.ticket < sem.granted_below.load(Ordering::Acquire)
-            && sem.failed_live.load(Ordering::Acquire) == 0
-        {
-            return Poll::Ready(Ok(()));
-        }
         // A clone of the new waker, made only when the stored one would not
         // wake this task, and outside the lock (a clone is user code: it may
         // panic or call back into this semaphore). Declared before the guard,
