@@ -123,6 +123,34 @@ impl<T> WaitQueue<T> {
         self.len -= 1;
     }
 
+    /// Takes the first entry out of the line (its slot stays until freed):
+    /// [`unlink`](WaitQueue::unlink) of the head, with less to check.
+    #[inline]
+    pub(crate) fn unlink_head(&mut self) -> Option<usize> {
+        let i = link(self.head)?;
+        let slot = &mut self.slots[i];
+        let next = slot.next;
+        slot.next = NIL;
+        self.head = next;
+        if next != NIL {
+            self.slots[next as usize].prev = NIL;
+        } else {
+            self.tail = NIL;
+        }
+        self.len -= 1;
+        Some(i)
+    }
+
+    /// The ticket of the first entry in line, or the next ticket when the
+    /// line is empty: every entry with a smaller ticket has left the line.
+    #[inline]
+    pub(crate) fn first_ticket(&self) -> u64 {
+        match link(self.head) {
+            Some(h) => self.slots[h].ticket,
+            None => self.next_ticket,
+        }
+    }
+
     /// Lets a later waiter reuse an unlinked entry's slot.
     #[inline]
     pub(crate) fn free(&mut self, i: usize) {
@@ -205,11 +233,40 @@ mod tests {
         assert_eq!(d, b, "the slot is reused");
         assert!(td > ta && q.ticket(d) == td);
         assert_eq!(q.iter().map(|i| q[i]).collect::<String>(), "acd");
-        q.unlink(a);
-        q.unlink(c);
+        assert_eq!(q.first_ticket(), ta);
+        assert_eq!(q.unlink_head(), Some(a));
+        assert_eq!(q.first_ticket(), q.ticket(c));
         q.unlink(d);
+        assert_eq!(q.iter().collect::<Vec<_>>(), [c]);
+        assert_eq!(q.unlink_head(), Some(c));
+        assert_eq!(q.unlink_head(), None);
+        assert_eq!(q.first_ticket(), q.next_ticket());
         assert!(q.is_empty() && q.head().is_none());
         assert_eq!(q.len(), 0);
         assert_eq!(q.next_ticket(), 4);
+    }
+
+    #[test]
+    fn freed_slots_are_reused_last_freed_first() {
+        let mut q = WaitQueue::new();
+        let idx: Vec<usize> = (0..4).map(|k| q.push(k).0).collect();
+        // Free the middle two (out of line first), then the head.
+        q.unlink(idx[1]);
+        q.unlink(idx[2]);
+        q.free(idx[1]);
+        q.free(idx[2]);
+        assert_eq!(q.unlink_head(), Some(idx[0]));
+        q.free(idx[0]);
+        assert_eq!(q.iter().map(|i| q[i]).collect::<Vec<_>>(), [3]);
+        // Reused last freed first; the line keeps its order.
+        let reused: Vec<usize> = (4..7).map(|k| q.push(k).0).collect();
+        assert_eq!(reused, [idx[0], idx[2], idx[1]]);
+        assert_eq!(q.iter().map(|i| q[i]).collect::<Vec<_>>(), [3, 4, 5, 6]);
+        // No freed slot left: the slab grows.
+        let (fresh, _) = q.push(7);
+        assert_eq!(fresh, 4);
+        assert_eq!(q.len(), 5);
+        let tickets: Vec<u64> = q.iter().map(|i| q.ticket(i)).collect();
+        assert_eq!(tickets, [3, 4, 5, 6, 7]);
     }
 }

@@ -902,13 +902,11 @@ impl Semaphore {
     /// node is freed now. Returns its waker, to wake after unlocking.
     #[inline]
     fn grant_head(&self, q: &mut Queue, i: usize) -> Option<Waker> {
-        q.waiters.unlink(i);
+        let head = q.waiters.unlink_head();
+        debug_assert_eq!(head, Some(i));
         let waker = q.free(i);
-        let below = q
-            .waiters
-            .head()
-            .map_or(q.waiters.next_ticket(), |h| q.waiters.ticket(h));
-        self.granted_below.store(below, Ordering::Release);
+        self.granted_below
+            .store(q.waiters.first_ticket(), Ordering::Release);
         if q.waiters.is_empty() && q.debt == 0 {
             // Nobody waits and nothing is owed: the fast paths resume.
             self.state.fetch_and(!SLOW, Ordering::AcqRel);
@@ -949,10 +947,7 @@ impl Semaphore {
                 wake.push(q.free(i));
             }
         }
-        let below = q
-            .waiters
-            .head()
-            .map_or(q.waiters.next_ticket(), |h| q.waiters.ticket(h));
+        let below = q.waiters.first_ticket();
         if self.granted_below.load(Ordering::Relaxed) != below {
             self.granted_below.store(below, Ordering::Release);
         }
