@@ -175,7 +175,7 @@ impl<T> WaitQueue<T> {
     }
 
     /// The ticket the next waiter will get.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn next_ticket(&self) -> u64 {
         self.next_ticket
     }

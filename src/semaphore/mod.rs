@@ -1056,42 +1056,51 @@ impl fmt::Debug for Semaphore {
 // The waiter: one queue entry, owned by an acquire future
 // ---------------------------------------------------------------------------
 
+/// [`Waiter::slot`] before the first poll (and after a cancel).
+const UNQUEUED: usize = usize::MAX;
+/// [`Waiter::slot`] once the acquire returned its output.
+const DONE: usize = usize::MAX - 1;
+
 #[derive(Debug)]
 struct Waiter {
     needed: usize,
-    node: Option<usize>,
     ticket: u64,
-    done: bool,
+    /// The waiter's node while it is queued, else [`UNQUEUED`] or [`DONE`]
+    /// (slab indices stay below `u32::MAX`). One word instead of an
+    /// `Option` and a flag: the acquire futures stay small.
+    slot: usize,
 }
 
 impl Waiter {
     fn new(needed: usize) -> Waiter {
         Waiter {
             needed,
-            node: None,
             ticket: 0,
-            done: false,
+            slot: UNQUEUED,
         }
+    }
+
+    /// Whether the acquire returned its output.
+    fn is_done(&self) -> bool {
+        self.slot == DONE
     }
 
     /// Ready once the permits are ours (the caller wraps them in a permit).
     #[inline]
     fn poll(&mut self, sem: &Semaphore, cx: &mut Context<'_>) -> Poll<Result<(), AcquireError>> {
-        assert!(!self.done, "semaphore acquire polled after completion");
-        let out = match self.node {
-            None => self.first_poll(sem, cx),
+        let out = match self.slot {
+            UNQUEUED => self.first_poll(sem, cx),
+            DONE => panic!("semaphore acquire polled after completion"),
             // The usual end of a wait, seen without the lock: granted.
-            Some(_)
-                if self.ticket < sem.granted_below.load(Ordering::Acquire)
-                    && sem.failed_live.load(Ordering::Acquire) == 0 =>
+            _ if self.ticket < sem.granted_below.load(Ordering::Acquire)
+                && sem.failed_live.load(Ordering::Acquire) == 0 =>
             {
                 Poll::Ready(Ok(()))
             }
-            Some(i) => self.poll_queued(sem, i, cx),
+            i => self.poll_queued(sem, i, cx),
         };
         if out.is_ready() {
-            self.node = None;
-            self.done = true;
+            self.slot = DONE;
         }
         out
     }
@@ -1215,7 +1224,7 @@ impl Waiter {
             waker: Some(waker),
             state: NodeState::Queued,
         });
-        self.node = Some(i);
+        self.slot = i;
         self.ticket = ticket;
         Poll::Pending
     }
@@ -1225,7 +1234,9 @@ impl Waiter {
     /// (every uncontended one) only checks that it holds no node.
     #[inline]
     fn cancel(&mut self, sem: &Semaphore) {
-        if let Some(i) = self.node.take() {
+        let i = self.slot;
+        if i < DONE {
+            self.slot = UNQUEUED;
             self.cancel_queued(sem, i);
         }
     }
@@ -1306,7 +1317,7 @@ impl<'a> Future for Acquire<'a> {
 /// Terminated once it has returned its output (polling it again panics).
 impl FusedFuture for Acquire<'_> {
     fn is_terminated(&self) -> bool {
-        self.waiter.done
+        self.waiter.is_done()
     }
 }
 
@@ -1365,7 +1376,7 @@ impl Future for AcquireOwned {
 /// Terminated once it has returned its output (polling it again panics).
 impl FusedFuture for AcquireOwned {
     fn is_terminated(&self) -> bool {
-        self.waiter.done
+        self.waiter.is_done()
     }
 }
 
