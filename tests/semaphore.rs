@@ -579,6 +579,36 @@ fn polling_an_acquire_after_completion_panics() {
     let _ = poll(&mut a, &w);
 }
 
+/// A queued acquire: not terminated while it waits, terminated once it
+/// returned its permit (granted after waiting, or failed), and polling it
+/// then panics; dropping it afterwards gives nothing back twice.
+#[test]
+fn a_queued_acquire_is_terminated_once_it_returned_its_output() {
+    use futures::future::FusedFuture;
+    let sem = Semaphore::new(1);
+    let w = CountingWaker::new();
+    let held = sem.try_acquire().unwrap();
+    let mut a = sem.acquire();
+    let mut b = sem.acquire();
+    assert!(!a.is_terminated(), "never polled");
+    pending(&mut a, &w);
+    pending(&mut b, &w);
+    assert!(!a.is_terminated(), "queued");
+    drop(held);
+    let p = granted(&mut a, &w);
+    assert!(a.is_terminated() && !b.is_terminated());
+    let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll(&mut a, &w)));
+    assert!(again.is_err(), "polled after completion");
+    drop(a);
+    assert_eq!(sem.stats().waiters, 1);
+    sem.close();
+    assert!(matches!(poll(&mut b, &w), Poll::Ready(Err(e)) if e.is_closed()));
+    assert!(b.is_terminated());
+    drop(b);
+    drop(p);
+    assert_eq!(sem.available_permits(), 1);
+}
+
 #[test]
 fn poll_semaphore_follows_its_wake_contract() {
     let sem = Arc::new(Semaphore::new(1));

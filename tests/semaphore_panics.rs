@@ -154,7 +154,10 @@ fn quiet_hook_panics() {
                 .downcast_ref::<String>()
                 .map(String::as_str)
                 .or_else(|| payload.downcast_ref::<&str>().copied());
-            if msg != Some(HOOK_PANIC) && !payload.is::<PanickyPayload>() {
+            if msg != Some(HOOK_PANIC)
+                && !payload.is::<PanickyPayload>()
+                && !payload.is::<TaskPanic>()
+            {
                 default(info);
             }
         }));
@@ -582,6 +585,104 @@ matrix! {
         assert_idle(&sem, 2);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Issue 17: the single-grant release (one waker, woken without a wake list)
+// ---------------------------------------------------------------------------
+
+guarded! {
+    /// The usual release, one permit completing the queue's head, wakes
+    /// that one waker on a path of its own: its panic comes out of the
+    /// permit's drop, the waiter holds the permit, and the next release
+    /// (the same path) serves the next waiter.
+    fn a_single_grant_whose_waker_panics() {
+        let sem = Arc::new(Semaphore::new(1));
+        let held = sem.clone().try_acquire_owned().unwrap();
+        let bad = Hooked::panic_at(Event::Wake, 1);
+        let mut a = sem.clone().acquire_owned();
+        assert!(poll_with(&mut a, &bad.waker()).is_pending());
+        let good = CountingWaker::new();
+        let mut b = sem.clone().acquire_owned();
+        assert!(poll_with(&mut b, good.waker()).is_pending());
+        assert!(hook_may_panic(|| drop(held)), "the waker's panic propagates");
+        assert_eq!(bad.count(Event::Wake), 1);
+        assert_eq!(good.wakes(), 0, "one permit, one grant");
+        let Poll::Ready(Ok(pa)) = poll_with(&mut a, Waker::noop()) else { panic!() };
+        assert_eq!(sem.stats().waiters, 1);
+        drop(pa); // grants B
+        assert_eq!(good.wakes(), 1);
+        let Poll::Ready(Ok(pb)) = poll_with(&mut b, good.waker()) else { panic!() };
+        drop((pb, a, b));
+        assert_eq!(bad.live(), 0);
+        assert_idle(&sem, 1);
+    }
+
+    /// A single grant's waker that calls back into the semaphore from
+    /// `wake` (releasing another permit, which grants the next waiter on
+    /// the same path, then trying to acquire): no lock is held, nothing
+    /// deadlocks, both waiters are served in order.
+    fn a_single_grant_whose_waker_reenters() {
+        let sem = Arc::new(Semaphore::new(2));
+        let mut held = sem.clone().try_acquire_many_owned(2).unwrap();
+        let other = std::sync::Mutex::new(Some(held.split(1).unwrap()));
+        let s = sem.clone();
+        let tried = Arc::new(AtomicBool::new(false));
+        let t = tried.clone();
+        let reenter = Hooked::new(move |event, _| {
+            if event == Event::Wake {
+                drop(other.lock().unwrap().take());
+                t.store(s.try_acquire().is_err(), Ordering::SeqCst);
+            }
+        });
+        let mut a = sem.clone().acquire_owned();
+        assert!(poll_with(&mut a, &reenter.waker()).is_pending());
+        let good = CountingWaker::new();
+        let mut b = sem.clone().acquire_owned();
+        assert!(poll_with(&mut b, good.waker()).is_pending());
+        drop(held);
+        assert!(tried.load(Ordering::SeqCst), "both permits were granted: none free");
+        assert_eq!(good.wakes(), 1, "B granted from inside A's wake");
+        let Poll::Ready(Ok(pa)) = poll_with(&mut a, Waker::noop()) else { panic!() };
+        let Poll::Ready(Ok(pb)) = poll_with(&mut b, good.waker()) else { panic!() };
+        drop((pa, pb, a, b));
+        reenter.disarm();
+        assert_idle(&sem, 2);
+    }
+
+    /// A permit dropped while its task unwinds grants the head; that
+    /// waker's panic (also one whose payload panics when dropped) is
+    /// discarded instead of aborting the process, the task's own panic goes
+    /// on, and the waiter holds its permit.
+    fn a_single_grant_during_an_unwind_discards_the_wakers_panic() {
+        for evil_payload in [false, true] {
+            let sem = Arc::new(Semaphore::new(1));
+            let held = sem.clone().try_acquire_owned().unwrap();
+            let bad = Hooked::new(move |event, _| {
+                if event == Event::Wake {
+                    if evil_payload {
+                        std::panic::panic_any(PanickyPayload);
+                    }
+                    panic!("{HOOK_PANIC}");
+                }
+            });
+            let mut a = sem.clone().acquire_owned();
+            assert!(poll_with(&mut a, &bad.waker()).is_pending());
+            let out = catch_unwind(AssertUnwindSafe(move || {
+                let _held = held;
+                std::panic::panic_any(TaskPanic);
+            }));
+            assert!(out.unwrap_err().is::<TaskPanic>(), "the task's panic goes on");
+            assert_eq!(bad.count(Event::Wake), 1);
+            let Poll::Ready(Ok(pa)) = poll_with(&mut a, Waker::noop()) else { panic!() };
+            drop((pa, a));
+            assert_eq!(bad.live(), 0);
+            assert_idle(&sem, 1);
+        }
+    }
+}
+
+/// The panic payload of a task that unwinds holding a permit.
+struct TaskPanic;
 
 // ---------------------------------------------------------------------------
 // Attacks: random scripts with a waker that panics at its k-th event or calls

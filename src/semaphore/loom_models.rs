@@ -1,7 +1,8 @@
 //! Loom models of the semaphore: the lock-free fast path against the queue's
 //! lock, grants, cancellation and close — with two or more parties acting
 //! while the owner polls or cancels (grant vs cancel vs close on three
-//! threads; two releases vs one re-polling waiter).
+//! threads; two releases vs one re-polling waiter; a single grant whose
+//! freed slot a racing waiter reuses).
 //!
 //! Run with:
 //! `RUSTFLAGS="--cfg awaitkit_loom" cargo test --release --lib semaphore::loom_models -- --test-threads=1`
@@ -347,5 +348,31 @@ fn owner_waits_while_grant_cancel_and_close_race() {
         }
         let stats = sem.stats();
         assert_eq!((stats.available, stats.in_use, stats.waiters), (2, 0, 0));
+    });
+}
+
+/// The single-grant release (one permit completing the queue's head) frees
+/// the head's slot at once; a second party queueing on another thread may
+/// reuse that slot (with a newer ticket) before the granted owner looks
+/// again. The owner still sees its grant, the newcomer waits behind it and
+/// is granted by the owner's release, and nothing is lost — whatever the
+/// order of the release, the newcomer's enqueue and the owner's re-poll
+/// (which registers a new waker).
+#[test]
+fn a_single_grant_frees_a_slot_a_racing_waiter_reuses() {
+    model(|| {
+        let sem = Arc::new(Semaphore::new(1));
+        let held = sem.clone().try_acquire_owned().unwrap();
+        let mut owner = sem.clone().acquire_owned();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(Pin::new(&mut owner).poll(&mut cx).is_pending()); // queued first
+        let releaser = thread::spawn(move || drop(held));
+        let s = sem.clone();
+        let newcomer = thread::spawn(move || drop(block_on(s.acquire()).unwrap()));
+        let permit = block_on(owner).unwrap();
+        drop(permit); // grants the newcomer if it queued meanwhile
+        releaser.join().unwrap();
+        newcomer.join().unwrap();
+        assert_idle(&sem, 1);
     });
 }

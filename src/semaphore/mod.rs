@@ -868,11 +868,60 @@ impl Semaphore {
 
     /// [`Semaphore::release`] while waiters (or a shrink) are pending: under
     /// the lock. Out of line, so the fast path above stays small.
+    ///
+    /// The usual case, all `n` permits going to the queue's head (completing
+    /// its request or bringing it closer), is handled here with at most one
+    /// waker to wake; the rest (a shrink owed, permits beyond the head's
+    /// need) by [`release_general`](Semaphore::release_general).
     #[inline(never)]
     fn release_slow(&self, n: usize) {
+        let mut q = self.lock();
+        if q.debt == 0 {
+            if let Some(i) = q.waiters.head() {
+                let node = &mut q.waiters[i];
+                let missing = node.needed - node.assigned;
+                if n < missing {
+                    node.assigned += n;
+                    return;
+                }
+                if n == missing {
+                    let granted = self.grant_head(&mut q, i);
+                    drop(q);
+                    if let Some(waker) = granted {
+                        wake_granted(waker);
+                    }
+                    return;
+                }
+            }
+        }
+        self.release_general(q, n);
+    }
+
+    /// The head waiter (node `i`) has all its permits: it leaves the queue,
+    /// and its owner learns it from `granted_below` (without the lock); its
+    /// node is freed now. Returns its waker, to wake after unlocking.
+    #[inline]
+    fn grant_head(&self, q: &mut Queue, i: usize) -> Option<Waker> {
+        let head = q.waiters.unlink_head();
+        debug_assert_eq!(head, Some(i));
+        let waker = q.free(i);
+        self.granted_below
+            .store(q.waiters.first_ticket(), Ordering::Release);
+        if q.waiters.is_empty() && q.debt == 0 {
+            // Nobody waits and nothing is owed: the fast paths resume.
+            self.state.fetch_and(!SLOW, Ordering::AcqRel);
+        }
+        waker
+    }
+
+    /// [`Semaphore::release_slow`]'s general case, with the lock it holds.
+    #[inline(never)]
+    fn release_general(&self, q: MutexGuard<'_, Queue>, n: usize) {
+        // Declared before the guard's new binding: on any unwind it wakes
+        // after unlocking.
         let mut wake = WakeList::default();
         {
-            let mut q = self.lock();
+            let mut q = q;
             self.release_locked(&mut q, n, &mut wake);
         }
         wake.wake_all();
@@ -898,10 +947,7 @@ impl Semaphore {
                 wake.push(q.free(i));
             }
         }
-        let below = q
-            .waiters
-            .head()
-            .map_or(q.waiters.next_ticket(), |h| q.waiters.ticket(h));
+        let below = q.waiters.first_ticket();
         if self.granted_below.load(Ordering::Relaxed) != below {
             self.granted_below.store(below, Ordering::Release);
         }
@@ -935,6 +981,20 @@ impl Semaphore {
             self.release_locked(&mut q, returned, &mut wake);
         }
         wake.wake_all();
+    }
+}
+
+/// Wakes the waker of the waiter a release granted, after the lock was
+/// released (a [`WakeList`] of one, without its set-up): a panic propagates,
+/// unless this thread is already unwinding (a permit dropped by a panicking
+/// task), where a second panic would abort the process: then it is
+/// discarded.
+#[inline]
+fn wake_granted(waker: Waker) {
+    if std::thread::panicking() {
+        crate::unwind::contain(move || waker.wake());
+    } else {
+        waker.wake();
     }
 }
 
@@ -996,41 +1056,58 @@ impl fmt::Debug for Semaphore {
 // The waiter: one queue entry, owned by an acquire future
 // ---------------------------------------------------------------------------
 
+/// [`Waiter::slot`] before the first poll (and after a cancel).
+const UNQUEUED: usize = usize::MAX;
+/// [`Waiter::slot`] once the acquire returned its output.
+const DONE: usize = usize::MAX - 1;
+
 #[derive(Debug)]
 struct Waiter {
     needed: usize,
-    node: Option<usize>,
     ticket: u64,
-    done: bool,
+    /// The waiter's node while it is queued, else [`UNQUEUED`] or [`DONE`]
+    /// (slab indices stay below `u32::MAX`). One word instead of an
+    /// `Option` and a flag: the acquire futures stay small.
+    slot: usize,
 }
 
 impl Waiter {
     fn new(needed: usize) -> Waiter {
         Waiter {
             needed,
-            node: None,
             ticket: 0,
-            done: false,
+            slot: UNQUEUED,
         }
+    }
+
+    /// Whether the acquire returned its output.
+    fn is_done(&self) -> bool {
+        self.slot == DONE
     }
 
     /// Ready once the permits are ours (the caller wraps them in a permit).
     #[inline]
     fn poll(&mut self, sem: &Semaphore, cx: &mut Context<'_>) -> Poll<Result<(), AcquireError>> {
-        assert!(!self.done, "semaphore acquire polled after completion");
-        let out = match self.node {
-            None => self.first_poll(sem, cx),
-            Some(i) => self.poll_queued(sem, i, cx),
+        let out = match self.slot {
+            UNQUEUED => self.first_poll(sem, cx),
+            DONE => panic!("semaphore acquire polled after completion"),
+            // The usual end of a wait, seen without the lock: granted.
+            _ if self.ticket < sem.granted_below.load(Ordering::Acquire)
+                && sem.failed_live.load(Ordering::Acquire) == 0 =>
+            {
+                Poll::Ready(Ok(()))
+            }
+            i => self.poll_queued(sem, i, cx),
         };
         if out.is_ready() {
-            self.node = None;
-            self.done = true;
+            self.slot = DONE;
         }
         out
     }
 
-    /// A later poll of a queued waiter: granted, failed, or still waiting
-    /// (then the stored waker is replaced if it would not wake this task).
+    /// A later poll of a queued waiter that [`Waiter::poll`] did not see
+    /// granted without the lock: granted, failed, or still waiting (then the
+    /// stored waker is replaced if it would not wake this task).
     #[inline(never)]
     fn poll_queued(
         &mut self,
@@ -1038,12 +1115,6 @@ impl Waiter {
         i: usize,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), AcquireError>> {
-        // The usual end of a wait, seen without the lock: granted.
-        if self.ticket < sem.granted_below.load(Ordering::Acquire)
-            && sem.failed_live.load(Ordering::Acquire) == 0
-        {
-            return Poll::Ready(Ok(()));
-        }
         // A clone of the new waker, made only when the stored one would not
         // wake this task, and outside the lock (a clone is user code: it may
         // panic or call back into this semaphore). Declared before the guard,
@@ -1153,7 +1224,7 @@ impl Waiter {
             waker: Some(waker),
             state: NodeState::Queued,
         });
-        self.node = Some(i);
+        self.slot = i;
         self.ticket = ticket;
         Poll::Pending
     }
@@ -1163,7 +1234,9 @@ impl Waiter {
     /// (every uncontended one) only checks that it holds no node.
     #[inline]
     fn cancel(&mut self, sem: &Semaphore) {
-        if let Some(i) = self.node.take() {
+        let i = self.slot;
+        if i < DONE {
+            self.slot = UNQUEUED;
             self.cancel_queued(sem, i);
         }
     }
@@ -1231,7 +1304,11 @@ pub struct Acquire<'a> {
 impl<'a> Future for Acquire<'a> {
     type Output = Result<SemaphorePermit<'a>, AcquireError>;
 
-    #[inline]
+    // Always inlined: a few checks around the two out-of-line slow paths.
+    // With a plain `#[inline]`, LLVM kept it out of line inside an `async fn`
+    // wrapper (a call and a frame per poll: 30 instructions of 780 per
+    // contended acquisition).
+    #[inline(always)]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         this.waiter.poll(this.sem, cx).map_ok(|()| SemaphorePermit {
@@ -1244,7 +1321,7 @@ impl<'a> Future for Acquire<'a> {
 /// Terminated once it has returned its output (polling it again panics).
 impl FusedFuture for Acquire<'_> {
     fn is_terminated(&self) -> bool {
-        self.waiter.done
+        self.waiter.is_done()
     }
 }
 
@@ -1303,7 +1380,7 @@ impl Future for AcquireOwned {
 /// Terminated once it has returned its output (polling it again panics).
 impl FusedFuture for AcquireOwned {
     fn is_terminated(&self) -> bool {
-        self.waiter.done
+        self.waiter.is_done()
     }
 }
 
