@@ -44,6 +44,23 @@ const BITS: usize = 64;
 /// First chunk of a set that starts empty and grows by `push` (tiny under
 /// loom, so small models span several chunks).
 const FIRST_GROWTH: usize = if cfg!(awaitkit_loom) { 2 } else { 32 };
+/// How many children of one pass may return `Pending` after waking
+/// themselves, with no child completing in between, before the pass stops
+/// early (see [`Pass::next_with`]).
+///
+/// A child that wakes itself during its poll made no progress: it is out of
+/// a runtime's cooperative budget (tokio's leaves spend 128 units per task
+/// poll, then return `Pending` after `wake_by_ref`) or it yields. Once the
+/// budget is spent, every further tokio leaf in the same task poll does the
+/// same, so polling the rest of the snapshot is wasted: each of those
+/// children is polled again next pass. Stopping after `REWAKE_LIMIT` of them
+/// bounds the waste to 32 polls per task poll (at most 0.25 extra polls per
+/// completion against tokio's 128), while a set whose children yield on
+/// purpose still polls 32 of them per task poll, enough to amortise the
+/// task poll itself. (`FuturesUnordered` yields after 2 self-wakes;
+/// futures-buffered after 61 polls without a completion.) Tiny under loom,
+/// so the models reach the early stop.
+const REWAKE_LIMIT: usize = if cfg!(awaitkit_loom) { 1 } else { 32 };
 
 /// Where a child lives: chunk and index within it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -734,6 +751,7 @@ impl<F: Future> Engine<F> {
             engine: self,
             cx,
             refreshed,
+            rewoken: 0,
         }
     }
 }
@@ -772,12 +790,16 @@ pub(crate) struct Pass<'a, 'b, F: Future> {
     engine: &'a mut Engine<F>,
     cx: &'a mut Context<'b>,
     refreshed: bool,
+    /// Children that returned `Pending` after waking themselves since the
+    /// last completion of this pass (see [`REWAKE_LIMIT`]).
+    rewoken: usize,
 }
 
 impl<'b, F: Future> Pass<'_, 'b, F> {
     /// Polls woken children until one completes; `None` when every woken
-    /// child was polled. After `None` the parent is sure to be woken when a
-    /// child is.
+    /// child was polled, or when the pass stopped early (see
+    /// [`Pass::next_with`]). After `None` the parent is sure to be woken when
+    /// a child is (after an early stop, it has been woken already).
     #[inline]
     pub(crate) fn next(&mut self) -> Option<Completed<F::Output>> {
         self.next_with(|fut, cx| fut.poll(cx), None)
@@ -787,6 +809,15 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
     /// catches panics here) and, with `catch_drop`, a way to settle a
     /// finished child whose destructor panics: `catch_drop(output, payload)`
     /// becomes its output instead of the panic propagating.
+    ///
+    /// A pass that makes no progress stops early: once [`REWAKE_LIMIT`]
+    /// children have returned `Pending` with their ready bit set again
+    /// (woken during their own poll, typically out of a runtime's
+    /// cooperative budget) and none completed in between, it wakes the
+    /// parent and returns `None`, keeping the rest of its snapshot for the
+    /// next poll. That poll goes on where this one stopped, so every woken
+    /// child is still polled once per snapshot (polls = wakes + N), and no
+    /// child is polled twice in one poll (SPEC §1.3–§1.4).
     #[inline]
     pub(crate) fn next_with<T>(
         &mut self,
@@ -810,43 +841,57 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
             // and is only ever dropped in place (by assignment to its slot or
             // by `drop_slots`): it never moves while `Running`.
             let fut = unsafe { Pin::new_unchecked(fut) };
-            if let Poll::Ready(output) = poll(fut, &mut cx) {
-                // Count it out first: dropping the child (in place, before
-                // anything else) runs its destructor, which may panic.
-                engine.running -= 1;
-                let key = Engine::<F>::key_of(elements, index);
-                let id = SlotId {
-                    chunk: chunk as u32,
-                    index: index as u32,
-                };
-                // If the destructor panics, the slot is still left vacant
-                // (an assignment writes even when dropping the old value
-                // unwinds), and goes back to a free list here: the caller
-                // that would have released it never sees the output.
-                let release = ReleaseOnUnwind { engine, id };
-                let output = match catch_drop {
-                    None => {
-                        // If the child's destructor panics, the output is
-                        // dropped while unwinding: contained, since a second
-                        // panic then would abort.
-                        let mut output = OutputOnUnwind(Some(output));
-                        *slot = Slot::Vacant(NO_SLOT);
-                        output.0.take().expect("set above")
+            let Poll::Ready(output) = poll(fut, &mut cx) else {
+                // Pending: a child whose bit is set again woke itself (or was
+                // woken since the cursor took its word): no progress.
+                if engine.ready.is_marked(chunk, index) {
+                    self.rewoken += 1;
+                    if self.rewoken >= REWAKE_LIMIT {
+                        // Keep the rest of the snapshot in the cursor for the
+                        // next poll, and ask for that poll: the runtime gets
+                        // to run something else (and refill its budget).
+                        self.cx.waker().wake_by_ref();
+                        return None;
                     }
-                    Some(settle) => {
-                        match catch_unwind(AssertUnwindSafe(|| *slot = Slot::Vacant(NO_SLOT))) {
-                            Ok(()) => output,
-                            Err(payload) => settle(output, payload),
-                        }
+                }
+                continue;
+            };
+            self.rewoken = 0;
+            // Count it out first: dropping the child (in place, before
+            // anything else) runs its destructor, which may panic.
+            engine.running -= 1;
+            let key = Engine::<F>::key_of(elements, index);
+            let id = SlotId {
+                chunk: chunk as u32,
+                index: index as u32,
+            };
+            // If the destructor panics, the slot is still left vacant
+            // (an assignment writes even when dropping the old value
+            // unwinds), and goes back to a free list here: the caller
+            // that would have released it never sees the output.
+            let release = ReleaseOnUnwind { engine, id };
+            let output = match catch_drop {
+                None => {
+                    // If the child's destructor panics, the output is
+                    // dropped while unwinding: contained, since a second
+                    // panic then would abort.
+                    let mut output = OutputOnUnwind(Some(output));
+                    *slot = Slot::Vacant(NO_SLOT);
+                    output.0.take().expect("set above")
+                }
+                Some(settle) => {
+                    match catch_unwind(AssertUnwindSafe(|| *slot = Slot::Vacant(NO_SLOT))) {
+                        Ok(()) => output,
+                        Err(payload) => settle(output, payload),
                     }
-                };
-                std::mem::forget(release);
-                return Some(Completed {
-                    slot: id,
-                    key,
-                    output,
-                });
-            }
+                }
+            };
+            std::mem::forget(release);
+            return Some(Completed {
+                slot: id,
+                key,
+                output,
+            });
         }
         if !self.refreshed && engine.running > 0 {
             // This pass only finished an earlier snapshot; the parent waker
@@ -1085,9 +1130,17 @@ mod tests {
 
     #[test]
     fn each_child_is_polled_once_per_pass_even_when_it_rewakes() {
+        use std::cell::Cell;
+        // Per child: polls during the current parent poll, and in all.
+        let polls: Rc<Vec<(Cell<usize>, Cell<usize>)>> =
+            Rc::new((0..100).map(|_| Default::default()).collect());
         let mut engine = Engine::from_iter((0..100).map(|i| {
             let mut left = 3;
+            let polls = polls.clone();
             poll_fn(move |cx: &mut Context<'_>| {
+                let (now, all) = &polls[i];
+                now.set(now.get() + 1);
+                all.set(all.get() + 1);
                 if left == 0 {
                     return Poll::Ready(i);
                 }
@@ -1097,9 +1150,51 @@ mod tests {
             })
         }));
         let mut cx = Context::from_waker(Waker::noop());
-        for _ in 0..3 {
-            assert!(drain(&mut engine, &mut cx).is_empty());
+        let mut done = 0;
+        let mut parent_polls = 0;
+        while done < 100 {
+            done += drain(&mut engine, &mut cx).len();
+            parent_polls += 1;
+            for (now, _) in polls.iter() {
+                assert!(now.get() <= 1, "a child polled twice in one poll");
+                now.set(0);
+            }
+            assert!(parent_polls < 1000, "no progress");
         }
-        assert_eq!(drain(&mut engine, &mut cx).len(), 100);
+        // Three self-wakes each: polls = wakes + N.
+        assert!(polls.iter().all(|(_, all)| all.get() == 4));
+        // Stopped every `REWAKE_LIMIT` self-wakes without a completion.
+        assert!(parent_polls >= 300 / super::REWAKE_LIMIT, "{parent_polls}");
+    }
+
+    /// A pass that stops early keeps the rest of its snapshot: the next poll
+    /// goes on from there rather than from the first child again.
+    #[test]
+    fn an_early_stop_resumes_where_it_stopped() {
+        use std::cell::Cell;
+        let n = 4 * super::REWAKE_LIMIT;
+        let polls: Rc<Vec<Cell<usize>>> = Rc::new((0..n).map(|_| Cell::new(0)).collect());
+        // Children that wake themselves forever (a yield loop).
+        let mut engine = Engine::from_iter((0..n).map(|i| {
+            let polls = polls.clone();
+            poll_fn(move |cx: &mut Context<'_>| {
+                polls[i].set(polls[i].get() + 1);
+                cx.waker().wake_by_ref();
+                Poll::<()>::Pending
+            })
+        }));
+        let mut cx = Context::from_waker(Waker::noop());
+        for round in 1..=4 {
+            assert!(drain(&mut engine, &mut cx).is_empty());
+            let polled = polls.iter().filter(|p| p.get() == 1).count();
+            assert_eq!(polled, round * super::REWAKE_LIMIT, "round {round}");
+        }
+        // The snapshot is done; the next poll takes a fresh one.
+        assert!(drain(&mut engine, &mut cx).is_empty());
+        assert!(polls.iter().all(|p| p.get() >= 1));
+        assert_eq!(
+            polls.iter().filter(|p| p.get() == 2).count(),
+            super::REWAKE_LIMIT
+        );
     }
 }
