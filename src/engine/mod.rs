@@ -44,23 +44,35 @@ const BITS: usize = 64;
 /// First chunk of a set that starts empty and grows by `push` (tiny under
 /// loom, so small models span several chunks).
 const FIRST_GROWTH: usize = if cfg!(awaitkit_loom) { 2 } else { 32 };
-/// How many children of one pass may return `Pending` after waking
-/// themselves, with no child completing in between, before the pass stops
-/// early (see [`Pass::next_with`]).
+/// How many children in a row may return `Pending` without progress, with
+/// none completing in between, before a pass stops early (see
+/// [`Pass::next_with`]).
 ///
-/// A child that wakes itself during its poll made no progress: it is out of
-/// a runtime's cooperative budget (tokio's leaves spend 128 units per task
-/// poll, then return `Pending` after `wake_by_ref`) or it yields. Once the
-/// budget is spent, every further tokio leaf in the same task poll does the
-/// same, so polling the rest of the snapshot is wasted: each of those
-/// children is polled again next pass. Stopping after `REWAKE_LIMIT` of them
-/// bounds the waste to 32 polls per task poll (at most 0.25 extra polls per
-/// completion against tokio's 128), while a set whose children yield on
-/// purpose still polls 32 of them per task poll, enough to amortise the
-/// task poll itself. (`FuturesUnordered` yields after 2 self-wakes;
-/// futures-buffered after 61 polls without a completion.) Tiny under loom,
-/// so the models reach the early stop.
-const REWAKE_LIMIT: usize = if cfg!(awaitkit_loom) { 1 } else { 32 };
+/// A child that returns `Pending` although it was woken is usually out of a
+/// runtime's cooperative budget: tokio's leaves spend one unit of a 128-unit
+/// per-task budget per completion, then return `Pending` and defer their
+/// wake to the end of the task poll (a plain `wake_by_ref` outside tokio's
+/// scheduler). Once the budget is spent every further tokio leaf in that
+/// task poll does the same, so polling the rest of the snapshot is wasted:
+/// each of those children is polled again after the deferred wake — and a
+/// pass that started from the first woken child each time re-polled each
+/// child some N/256 times (issue 17: 27–40 polls per child at N = 10 000).
+///
+/// What counts as a stall: a `Pending` child whose ready bit is set again
+/// right after its poll (it woke itself, or was woken since the cursor took
+/// its word), always; and any `Pending` child once this snapshot has seen a
+/// completion (the pass was making progress and stopped making it: tokio's
+/// deferred wake sets no bit during the poll). A snapshot that has seen no
+/// completion yet — a first pass over children that all wait — is never
+/// split on plain `Pending`s.
+///
+/// 32: it bounds the waste to 32 polls per parent poll (at most 0.25 extra
+/// polls per completion against tokio's 128), while a set whose children
+/// yield on purpose still polls 32 of them per parent poll, enough to
+/// amortise the parent's own poll and reschedule. (`FuturesUnordered` yields
+/// after 2 self-wakes; futures-buffered after 61 polls without a completion.)
+/// Tiny under loom, so the models reach the early stop.
+const STALL_LIMIT: usize = if cfg!(awaitkit_loom) { 1 } else { 32 };
 
 /// Where a child lives: chunk and index within it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +116,9 @@ struct Cursor {
     nonempty: u32,
     /// Per level of the current chunk: (word index, bits not yet visited).
     stack: [(usize, u64); 6],
+    /// Whether a child completed since this snapshot was taken (see
+    /// [`STALL_LIMIT`]).
+    progressed: bool,
 }
 
 impl Cursor {
@@ -423,6 +438,7 @@ impl<F: Future> Engine<F> {
                 current: 0,
                 nonempty: 0,
                 stack: [(0, 0); 6],
+                progressed: false,
             },
             free: NO_SLOT,
             cooling: NO_SLOT,
@@ -745,13 +761,14 @@ impl<F: Future> Engine<F> {
                 self.ready.register(cx.waker());
             }
             self.cursor.chunks = self.ready.take_chunks();
+            self.cursor.progressed = false;
             true
         };
         Pass {
             engine: self,
             cx,
             refreshed,
-            rewoken: 0,
+            stalled: 0,
         }
     }
 }
@@ -790,9 +807,9 @@ pub(crate) struct Pass<'a, 'b, F: Future> {
     engine: &'a mut Engine<F>,
     cx: &'a mut Context<'b>,
     refreshed: bool,
-    /// Children that returned `Pending` after waking themselves since the
-    /// last completion of this pass (see [`REWAKE_LIMIT`]).
-    rewoken: usize,
+    /// Children that stalled (see [`STALL_LIMIT`]) since the last
+    /// completion of this pass.
+    stalled: usize,
 }
 
 impl<'b, F: Future> Pass<'_, 'b, F> {
@@ -810,9 +827,9 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
     /// finished child whose destructor panics: `catch_drop(output, payload)`
     /// becomes its output instead of the panic propagating.
     ///
-    /// A pass that makes no progress stops early: once [`REWAKE_LIMIT`]
-    /// children have returned `Pending` with their ready bit set again
-    /// (woken during their own poll, typically out of a runtime's
+    /// A pass that makes no progress stops early: once [`STALL_LIMIT`]
+    /// children have stalled (returned `Pending` having woken themselves, or
+    /// after this snapshot saw a completion: typically out of a runtime's
     /// cooperative budget) and none completed in between, it wakes the
     /// parent and returns `None`, keeping the rest of its snapshot for the
     /// next poll. That poll goes on where this one stopped, so every woken
@@ -842,11 +859,11 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
             // by `drop_slots`): it never moves while `Running`.
             let fut = unsafe { Pin::new_unchecked(fut) };
             let Poll::Ready(output) = poll(fut, &mut cx) else {
-                // Pending: a child whose bit is set again woke itself (or was
-                // woken since the cursor took its word): no progress.
-                if engine.ready.is_marked(chunk, index) {
-                    self.rewoken += 1;
-                    if self.rewoken >= REWAKE_LIMIT {
+                // Pending: a stall if the child's bit is set again (it woke
+                // itself) or once this snapshot has seen a completion.
+                if engine.cursor.progressed || engine.ready.is_marked(chunk, index) {
+                    self.stalled += 1;
+                    if self.stalled >= STALL_LIMIT {
                         // Keep the rest of the snapshot in the cursor for the
                         // next poll, and ask for that poll: the runtime gets
                         // to run something else (and refill its budget).
@@ -856,7 +873,8 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
                 }
                 continue;
             };
-            self.rewoken = 0;
+            self.stalled = 0;
+            engine.cursor.progressed = true;
             // Count it out first: dropping the child (in place, before
             // anything else) runs its destructor, which may panic.
             engine.running -= 1;
@@ -1163,8 +1181,8 @@ mod tests {
         }
         // Three self-wakes each: polls = wakes + N.
         assert!(polls.iter().all(|(_, all)| all.get() == 4));
-        // Stopped every `REWAKE_LIMIT` self-wakes without a completion.
-        assert!(parent_polls >= 300 / super::REWAKE_LIMIT, "{parent_polls}");
+        // Stopped every `STALL_LIMIT` self-wakes without a completion.
+        assert!(parent_polls >= 300 / super::STALL_LIMIT, "{parent_polls}");
     }
 
     /// A pass that stops early keeps the rest of its snapshot: the next poll
@@ -1172,7 +1190,7 @@ mod tests {
     #[test]
     fn an_early_stop_resumes_where_it_stopped() {
         use std::cell::Cell;
-        let n = 4 * super::REWAKE_LIMIT;
+        let n = 4 * super::STALL_LIMIT;
         let polls: Rc<Vec<Cell<usize>>> = Rc::new((0..n).map(|_| Cell::new(0)).collect());
         // Children that wake themselves forever (a yield loop).
         let mut engine = Engine::from_iter((0..n).map(|i| {
@@ -1187,14 +1205,14 @@ mod tests {
         for round in 1..=4 {
             assert!(drain(&mut engine, &mut cx).is_empty());
             let polled = polls.iter().filter(|p| p.get() == 1).count();
-            assert_eq!(polled, round * super::REWAKE_LIMIT, "round {round}");
+            assert_eq!(polled, round * super::STALL_LIMIT, "round {round}");
         }
         // The snapshot is done; the next poll takes a fresh one.
         assert!(drain(&mut engine, &mut cx).is_empty());
         assert!(polls.iter().all(|p| p.get() >= 1));
         assert_eq!(
             polls.iter().filter(|p| p.get() == 2).count(),
-            super::REWAKE_LIMIT
+            super::STALL_LIMIT
         );
     }
 }
