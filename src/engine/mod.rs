@@ -58,13 +58,13 @@ const FIRST_GROWTH: usize = if cfg!(awaitkit_loom) { 2 } else { 32 };
 /// pass that started from the first woken child each time re-polled each
 /// child some N/256 times (issue 17: 27–40 polls per child at N = 10 000).
 ///
-/// What counts as a stall: a `Pending` child whose ready bit is set again
-/// right after its poll (it woke itself, or was woken since the cursor took
-/// its word), always; and any `Pending` child once this snapshot has seen a
-/// completion (the pass was making progress and stopped making it: tokio's
-/// deferred wake sets no bit during the poll). A snapshot that has seen no
-/// completion yet — a first pass over children that all wait — is never
-/// split on plain `Pending`s.
+/// What counts as a stall: a `Pending` child that had returned `Pending`
+/// before (it was woken, and still cannot go on: tokio's deferred wake sets
+/// no bit during the poll), or whose ready bit is set again right after its
+/// poll (it woke itself, or was woken since the cursor took its word). A
+/// child's first poll returning `Pending` is the normal start of a wait: a
+/// first pass over N waiting children is never split. A stop costs a parent
+/// poll, never a child poll: the next poll goes on with the same snapshot.
 ///
 /// 32: it bounds the waste to 32 polls per parent poll (at most 0.25 extra
 /// polls per completion against tokio's 128), while a set whose children
@@ -116,9 +116,6 @@ struct Cursor {
     nonempty: u32,
     /// Per level of the current chunk: (word index, bits not yet visited).
     stack: [(usize, u64); 6],
-    /// Whether a child completed since this snapshot was taken (see
-    /// [`STALL_LIMIT`]).
-    progressed: bool,
 }
 
 impl Cursor {
@@ -307,6 +304,10 @@ pub(crate) struct Engine<F: Future> {
     /// Slots never used yet, at the end of the last chunk.
     fresh: usize,
     running: usize,
+    /// Per chunk, one bit per child: set once the child has returned
+    /// `Pending`, so a later `Pending` is a woken child that still cannot go
+    /// on (see [`STALL_LIMIT`]). Cleared when `push` fills the slot.
+    polled: Vec<Box<[u64]>>,
     /// Capacity of the next chunk `push` adds (doubles each time).
     growth: usize,
     _children: PhantomData<Slot<F>>,
@@ -438,12 +439,12 @@ impl<F: Future> Engine<F> {
                 current: 0,
                 nonempty: 0,
                 stack: [(0, 0); 6],
-                progressed: false,
             },
             free: NO_SLOT,
             cooling: NO_SLOT,
             fresh: 0,
             running: 0,
+            polled: Vec::new(),
             growth: FIRST_GROWTH,
             _children: PhantomData,
         }
@@ -487,6 +488,7 @@ impl<F: Future> Engine<F> {
             return;
         }
         let chunk = self.ready.add_chunk(n, false, Self::FIXED);
+        self.polled.push(vec![0; n.div_ceil(BITS)].into());
         let elements = self.ready.elements(chunk);
         /// Writes `Vacant` into the slots not filled (all of them if the
         /// iterator panics), so every slot is initialised either way.
@@ -529,6 +531,7 @@ impl<F: Future> Engine<F> {
     fn add_chunk(&mut self, cap: usize, reuse: bool) -> usize {
         let element = if reuse { Self::GROWN } else { Self::FIXED };
         let chunk = self.ready.add_chunk(cap, reuse, element);
+        self.polled.push(vec![0; cap.div_ceil(BITS)].into());
         for index in 0..cap {
             // SAFETY: the element has room for a slot at `SLOT_AT`, aligned.
             unsafe { self.slot_ptr(chunk, index).write(Slot::Vacant(NO_SLOT)) };
@@ -588,6 +591,7 @@ impl<F: Future> Engine<F> {
         // at `KEY_AT`.
         unsafe { element.part(Self::KEY_AT).cast::<usize>().write(key) };
         *self.slot(chunk, index) = Slot::Running(future);
+        self.polled[chunk][index / BITS] &= !(1 << (index % BITS));
         self.running += 1;
         // A stale bit of the previous occupant merges with this first-poll
         // bit; a stale bit already taken into the cursor is dropped.
@@ -761,7 +765,6 @@ impl<F: Future> Engine<F> {
                 self.ready.register(cx.waker());
             }
             self.cursor.chunks = self.ready.take_chunks();
-            self.cursor.progressed = false;
             true
         };
         Pass {
@@ -859,9 +862,14 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
             // by `drop_slots`): it never moves while `Running`.
             let fut = unsafe { Pin::new_unchecked(fut) };
             let Poll::Ready(output) = poll(fut, &mut cx) else {
-                // Pending: a stall if the child's bit is set again (it woke
-                // itself) or once this snapshot has seen a completion.
-                if engine.cursor.progressed || engine.ready.is_marked(chunk, index) {
+                // Pending: a stall if it was not the child's first poll (it
+                // was woken, and still cannot go on), or if its bit is set
+                // again (it woke itself).
+                let polled = &mut engine.polled[chunk][index / BITS];
+                let bit = 1 << (index % BITS);
+                let again = *polled & bit != 0;
+                *polled |= bit;
+                if again || engine.ready.is_marked(chunk, index) {
                     self.stalled += 1;
                     if self.stalled >= STALL_LIMIT {
                         // Keep the rest of the snapshot in the cursor for the
@@ -874,7 +882,6 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
                 continue;
             };
             self.stalled = 0;
-            engine.cursor.progressed = true;
             // Count it out first: dropping the child (in place, before
             // anything else) runs its destructor, which may panic.
             engine.running -= 1;
