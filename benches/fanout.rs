@@ -214,6 +214,8 @@ const PEERS: [(&str, Peer); 6] = [
 /// One run: build the children, run the peer in a task on the runtime, check
 /// the sum of the outputs.
 fn run(rt: &Runtime, firer: &Firer, variant: Variant, n: usize, peer: Peer) {
+    // Timers need the runtime's context when they are created.
+    let _context = rt.enter();
     let leaves = leaves(variant, n, firer);
     let total = rt.block_on(rt.spawn(peer(leaves))).expect("peer task");
     assert_eq!(total, (n * n.saturating_sub(1) / 2) as u64);

@@ -60,11 +60,14 @@ const FIRST_GROWTH: usize = if cfg!(awaitkit_loom) { 2 } else { 32 };
 ///
 /// What counts as a stall: a `Pending` child that had returned `Pending`
 /// before (it was woken, and still cannot go on: tokio's deferred wake sets
-/// no bit during the poll), or whose ready bit is set again right after its
-/// poll (it woke itself, or was woken since the cursor took its word). A
-/// child's first poll returning `Pending` is the normal start of a wait: a
-/// first pass over N waiting children is never split. A stop costs a parent
-/// poll, never a child poll: the next poll goes on with the same snapshot.
+/// no bit during the poll); any `Pending` child once this snapshot has seen a
+/// completion (the pass was making progress and stopped making it: children
+/// fired before their first poll that hit the budget on it); and a `Pending`
+/// child whose ready bit is set again right after its poll (it woke itself,
+/// or was woken since the cursor took its word). A first pass over N
+/// children that all wait (no completion yet) is never split. A stop costs a
+/// parent poll, never a child poll: the next poll goes on with the same
+/// snapshot.
 ///
 /// 32: it bounds the waste to 32 polls per parent poll (at most 0.25 extra
 /// polls per completion against tokio's 128), while a set whose children
@@ -116,6 +119,9 @@ struct Cursor {
     nonempty: u32,
     /// Per level of the current chunk: (word index, bits not yet visited).
     stack: [(usize, u64); 6],
+    /// Whether a child completed since this snapshot was taken (see
+    /// [`STALL_LIMIT`]).
+    progressed: bool,
 }
 
 impl Cursor {
@@ -439,6 +445,7 @@ impl<F: Future> Engine<F> {
                 current: 0,
                 nonempty: 0,
                 stack: [(0, 0); 6],
+                progressed: false,
             },
             free: NO_SLOT,
             cooling: NO_SLOT,
@@ -765,6 +772,7 @@ impl<F: Future> Engine<F> {
                 self.ready.register(cx.waker());
             }
             self.cursor.chunks = self.ready.take_chunks();
+            self.cursor.progressed = false;
             true
         };
         Pass {
@@ -863,13 +871,14 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
             let fut = unsafe { Pin::new_unchecked(fut) };
             let Poll::Ready(output) = poll(fut, &mut cx) else {
                 // Pending: a stall if it was not the child's first poll (it
-                // was woken, and still cannot go on), or if its bit is set
-                // again (it woke itself).
+                // was woken, and still cannot go on), if this snapshot has
+                // seen a completion, or if its bit is set again (it woke
+                // itself).
                 let polled = &mut engine.polled[chunk][index / BITS];
                 let bit = 1 << (index % BITS);
                 let again = *polled & bit != 0;
                 *polled |= bit;
-                if again || engine.ready.is_marked(chunk, index) {
+                if again || engine.cursor.progressed || engine.ready.is_marked(chunk, index) {
                     self.stalled += 1;
                     if self.stalled >= STALL_LIMIT {
                         // Keep the rest of the snapshot in the cursor for the
@@ -882,6 +891,7 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
                 continue;
             };
             self.stalled = 0;
+            engine.cursor.progressed = true;
             // Count it out first: dropping the child (in place, before
             // anything else) runs its destructor, which may panic.
             engine.running -= 1;
