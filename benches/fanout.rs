@@ -8,7 +8,9 @@
 //!   (persistent) thread fires the senders in order as soon as it gets them.
 //! * `timers`: each child is a `tokio::time::sleep` of 0–1 ms (spread evenly).
 //! * `cpu`: each child does about 1 µs of work (a spin loop calibrated at
-//!   start-up) and finishes on its first poll.
+//!   start-up) and finishes on its first poll; `cpu10` and `cpu100` (N =
+//!   1 000 only): 10 µs and 100 µs of work, to see where spawning the
+//!   children on the 2 workers starts to pay.
 //!
 //! Peers, each run inside one task spawned on the runtime (the result is
 //! awaited through its `JoinHandle`): awaitkit `gather`, the same under
@@ -55,7 +57,8 @@ static SPIN: AtomicUsize = AtomicUsize::new(100);
 enum Variant {
     Io,
     Timers,
-    Cpu,
+    /// Microseconds of work per child.
+    Cpu(usize),
 }
 
 impl Variant {
@@ -63,7 +66,10 @@ impl Variant {
         match self {
             Variant::Io => "io",
             Variant::Timers => "timers",
-            Variant::Cpu => "cpu",
+            Variant::Cpu(1) => "cpu",
+            Variant::Cpu(10) => "cpu10",
+            Variant::Cpu(100) => "cpu100",
+            Variant::Cpu(_) => "cpu_other",
         }
     }
 }
@@ -72,7 +78,7 @@ impl Variant {
 enum Leaf {
     Io(oneshot::Receiver<usize>),
     Timer(Pin<Box<tokio::time::Sleep>>, usize),
-    Cpu(usize),
+    Cpu(usize, usize),
 }
 
 impl Future for Leaf {
@@ -85,8 +91,8 @@ impl Future for Leaf {
         match &mut *self {
             Leaf::Io(rx) => Pin::new(rx).poll(cx).map(|r| r.expect("sender dropped")),
             Leaf::Timer(sleep, i) => sleep.as_mut().poll(cx).map(|()| *i),
-            Leaf::Cpu(i) => {
-                spin(SPIN.load(Ordering::Relaxed));
+            Leaf::Cpu(i, micros) => {
+                spin(SPIN.load(Ordering::Relaxed) * *micros);
                 Poll::Ready(*i)
             }
         }
@@ -151,7 +157,7 @@ fn leaves(variant: Variant, n: usize, firer: &Firer) -> Vec<Leaf> {
                 )
             })
             .collect(),
-        Variant::Cpu => (0..n).map(Leaf::Cpu).collect(),
+        Variant::Cpu(micros) => (0..n).map(|i| Leaf::Cpu(i, micros)).collect(),
     }
 }
 
@@ -253,9 +259,20 @@ fn main() {
         .expect("tokio runtime");
 
     let mut table = Vec::new();
-    for variant in [Variant::Io, Variant::Timers, Variant::Cpu] {
+    let variants = [
+        Variant::Io,
+        Variant::Timers,
+        Variant::Cpu(1),
+        Variant::Cpu(10),
+        Variant::Cpu(100),
+    ];
+    for variant in variants {
         let mut group = c.benchmark_group(format!("fanout_{}", variant.name()));
-        for n in [1_000, 10_000] {
+        let sizes: &[usize] = match variant {
+            Variant::Cpu(micros) if micros > 1 => &[1_000],
+            _ => &[1_000, 10_000],
+        };
+        for &n in sizes {
             for (name, peer) in PEERS {
                 let totals = Arc::new(Mutex::new(Totals {
                     cpu: Some(Duration::ZERO),
