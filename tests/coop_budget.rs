@@ -107,7 +107,7 @@ matrix! {
         let mut set = as_completed((0..N).map(|i| leaf(&world, i)));
         let drain = async move {
             let mut seen = 0;
-            while let Some(_) = set.next().await {
+            while set.next().await.is_some() {
                 seen += 1;
             }
             seen

@@ -13,6 +13,10 @@
 //!   a child that wakes itself during the pass is polled in the next pass,
 //!   and its wake has already woken the parent, so a sibling task runs in
 //!   between;
+//! * a pass that stops making progress (a run of [`STALL_LIMIT`] children
+//!   returning `Pending` with no completion: out of a runtime's cooperative
+//!   budget) returns early after waking the parent, and the next pass goes
+//!   on with the rest of the same snapshot;
 //! * children never move once pushed: each chunk is one fixed allocation
 //!   holding the children and their wake entries side by side ([`ready`]);
 //! * a slot is reused only when no cloned waker of its previous occupant is
