@@ -140,10 +140,9 @@ matrix! {
         };
         let (out, ()) = join(gather(spinners), sibling).await;
         assert_eq!(out.len(), 40);
-        // The first poll stops after 32 children woke themselves without a
-        // completion (the engine's stall limit) and lets the sibling run;
-        // those 32 are polled once more, the other 8 once: 32 wakes + 40.
-        assert_eq!(polls.get(), 72, "each child polled once per wake");
+        // First poll (40: the first snapshot is never split), then the poll
+        // after the flag was set (40).
+        assert_eq!(polls.get(), 80, "each child polled once per gather poll");
     }
 
     async fn wakes_from_other_threads_are_never_lost() {
@@ -301,29 +300,7 @@ guarded! {
             let stop = Arc::new(AtomicBool::new(false));
             let counters: Vec<Counter> = (0..n).map(|_| Counter::new()).collect();
             let mut g = gather(counters.iter().map(|c| Spinner::new(&stop, c)).collect::<Vec<_>>());
-            // Each poll polls a child at most once and, while children keep
-            // waking themselves, returns `Pending` after waking itself (it
-            // may stop before reaching every child: the rest are polled by
-            // the next polls, before anyone is polled again).
-            for round in 1..=3 {
-                let mut polls = 0;
-                while !counters.iter().all(|c| c.get() == round) {
-                    let before: Vec<usize> = counters.iter().map(Counter::get).collect();
-                    let wakes = w.wakes();
-                    assert!(poll_once(&mut g, &w).is_pending());
-                    assert!(
-                        counters.iter().zip(&before).all(|(c, b)| c.get() <= b + 1),
-                        "n = {n}: a child was polled twice in one poll"
-                    );
-                    assert!(
-                        counters.iter().all(|c| c.get() <= round),
-                        "n = {n}: a child polled again before the others"
-                    );
-                    assert!(w.wakes() > wakes, "n = {n}: returned Pending without waking itself");
-                    polls += 1;
-                    assert!(polls <= n + 1, "n = {n}: no progress");
-                }
-            }
+            assert_spinner_rounds(&counters, &w, 3, || assert!(poll_once(&mut g, &w).is_pending()));
             stop.store(true, Ordering::SeqCst);
             assert_eq!(poll_once(&mut g, &w), Poll::Ready(vec![(); n]));
         }
@@ -365,11 +342,17 @@ guarded! {
             children.push(c.boxed());
         }
         let mut g = gather(children);
-        // The first child finishes at once; the 32 parked after it stall the
-        // pass (the engine's stall limit), the next poll goes on from there.
-        for _ in 0..3 {
+        // The first child finishes at once, which arms the stall limit: the
+        // 32 parked after it stop the pass, and each poll goes on where the
+        // last one stopped (32, 32, then the last 5), each waking the parent.
+        for parked_polls in [STALL_LIMIT, 2 * STALL_LIMIT, 69] {
+            let wakes = w.wakes();
             assert!(poll_once(&mut g, &w).is_pending());
+            assert_eq!((stash.len(), polls.get()), (1, parked_polls));
+            assert_eq!(w.wakes(), wakes + 1, "woken once: to go on, or for a fresh snapshot");
         }
+        // Nothing woken: a fresh snapshot polls nobody.
+        assert!(poll_once(&mut g, &w).is_pending());
         assert_eq!((stash.len(), polls.get()), (1, 69));
         for _ in 0..3 {
             stash.wake_all_by_ref();

@@ -190,22 +190,7 @@ guarded! {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let counters: Vec<Counter> = (0..65).map(|_| Counter::new()).collect();
         let mut g = gather_settled(counters.iter().map(|c| Spinner::new(&stop, c)).collect::<Vec<_>>());
-        // At most once per poll, and every child once before any twice (a
-        // poll may stop before reaching every child: the engine's stall
-        // limit; the next polls go on from there).
-        for round in 1..=3 {
-            let mut polls = 0;
-            while !counters.iter().all(|c| c.get() == round) {
-                let before: Vec<usize> = counters.iter().map(Counter::get).collect();
-                let wakes = w.wakes();
-                assert!(poll_once(&mut g, &w).is_pending());
-                assert!(counters.iter().zip(&before).all(|(c, b)| c.get() <= b + 1));
-                assert!(counters.iter().all(|c| c.get() <= round));
-                assert!(w.wakes() > wakes);
-                polls += 1;
-                assert!(polls <= 66, "no progress");
-            }
-        }
+        assert_spinner_rounds(&counters, &w, 3, || assert!(poll_once(&mut g, &w).is_pending()));
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         assert!(poll_once(&mut g, &w).is_ready());
     }

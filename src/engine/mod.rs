@@ -123,9 +123,10 @@ struct Cursor {
     nonempty: u32,
     /// Per level of the current chunk: (word index, bits not yet visited).
     stack: [(usize, u64); 6],
-    /// Whether a child completed since this snapshot was taken (see
-    /// [`STALL_LIMIT`]).
-    progressed: bool,
+    /// Whether a `Pending` child counts as a stall (see [`STALL_LIMIT`]):
+    /// set by a completion, and once the first snapshot is done. Never
+    /// cleared (but by [`Engine::clear`]).
+    armed: bool,
 }
 
 impl Cursor {
@@ -314,10 +315,6 @@ pub(crate) struct Engine<F: Future> {
     /// Slots never used yet, at the end of the last chunk.
     fresh: usize,
     running: usize,
-    /// Per chunk, one bit per child: set once the child has returned
-    /// `Pending`, so a later `Pending` is a woken child that still cannot go
-    /// on (see [`STALL_LIMIT`]). Cleared when `push` fills the slot.
-    polled: Vec<Box<[u64]>>,
     /// Capacity of the next chunk `push` adds (doubles each time).
     growth: usize,
     _children: PhantomData<Slot<F>>,
@@ -449,13 +446,12 @@ impl<F: Future> Engine<F> {
                 current: 0,
                 nonempty: 0,
                 stack: [(0, 0); 6],
-                progressed: false,
+                armed: false,
             },
             free: NO_SLOT,
             cooling: NO_SLOT,
             fresh: 0,
             running: 0,
-            polled: Vec::new(),
             growth: FIRST_GROWTH,
             _children: PhantomData,
         }
@@ -499,7 +495,6 @@ impl<F: Future> Engine<F> {
             return;
         }
         let chunk = self.ready.add_chunk(n, false, Self::FIXED);
-        self.polled.push(vec![0; n.div_ceil(BITS)].into());
         let elements = self.ready.elements(chunk);
         /// Writes `Vacant` into the slots not filled (all of them if the
         /// iterator panics), so every slot is initialised either way.
@@ -542,7 +537,6 @@ impl<F: Future> Engine<F> {
     fn add_chunk(&mut self, cap: usize, reuse: bool) -> usize {
         let element = if reuse { Self::GROWN } else { Self::FIXED };
         let chunk = self.ready.add_chunk(cap, reuse, element);
-        self.polled.push(vec![0; cap.div_ceil(BITS)].into());
         for index in 0..cap {
             // SAFETY: the element has room for a slot at `SLOT_AT`, aligned.
             unsafe { self.slot_ptr(chunk, index).write(Slot::Vacant(NO_SLOT)) };
@@ -602,7 +596,6 @@ impl<F: Future> Engine<F> {
         // at `KEY_AT`.
         unsafe { element.part(Self::KEY_AT).cast::<usize>().write(key) };
         *self.slot(chunk, index) = Slot::Running(future);
-        self.polled[chunk][index / BITS] &= !(1 << (index % BITS));
         self.running += 1;
         // A stale bit of the previous occupant merges with this first-poll
         // bit; a stale bit already taken into the cursor is dropped.
@@ -776,14 +769,12 @@ impl<F: Future> Engine<F> {
                 self.ready.register(cx.waker());
             }
             self.cursor.chunks = self.ready.take_chunks();
-            self.cursor.progressed = false;
             true
         };
         Pass {
             engine: self,
             cx,
             refreshed,
-            stalled: 0,
         }
     }
 }
@@ -822,9 +813,6 @@ pub(crate) struct Pass<'a, 'b, F: Future> {
     engine: &'a mut Engine<F>,
     cx: &'a mut Context<'b>,
     refreshed: bool,
-    /// Children that stalled (see [`STALL_LIMIT`]) since the last
-    /// completion of this pass.
-    stalled: usize,
 }
 
 impl<'b, F: Future> Pass<'_, 'b, F> {
@@ -857,6 +845,9 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
         catch_drop: Option<SettleDrop<T>>,
     ) -> Option<Completed<T>> {
         let engine = &mut *self.engine;
+        // Stalls since the last completion of this pass: a completion
+        // returns, so one count per call, in a register.
+        let mut stalls = 0;
         while let Some((chunk, index)) = engine.cursor.next(&engine.ready) {
             let elements = engine.ready.elements(chunk);
             let element = elements.get(index);
@@ -874,17 +865,11 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
             // by `drop_slots`): it never moves while `Running`.
             let fut = unsafe { Pin::new_unchecked(fut) };
             let Poll::Ready(output) = poll(fut, &mut cx) else {
-                // Pending: a stall if it was not the child's first poll (it
-                // was woken, and still cannot go on), if this snapshot has
-                // seen a completion, or if its bit is set again (it woke
-                // itself).
-                let polled = &mut engine.polled[chunk][index / BITS];
-                let bit = 1 << (index % BITS);
-                let again = *polled & bit != 0;
-                *polled |= bit;
-                if again || engine.cursor.progressed || engine.ready.is_marked(chunk, index) {
-                    self.stalled += 1;
-                    if self.stalled >= STALL_LIMIT {
+                // Pending: a stall once the set has seen a completion or a
+                // snapshot after the first (see `STALL_LIMIT`).
+                if engine.cursor.armed {
+                    stalls += 1;
+                    if stalls == STALL_LIMIT {
                         // Keep the rest of the snapshot in the cursor for the
                         // next poll, and ask for that poll: the runtime gets
                         // to run something else (and refill its budget).
@@ -894,8 +879,7 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
                 }
                 continue;
             };
-            self.stalled = 0;
-            engine.cursor.progressed = true;
+            engine.cursor.armed = true;
             // Count it out first: dropping the child (in place, before
             // anything else) runs its destructor, which may panic.
             engine.running -= 1;
@@ -932,6 +916,9 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
                 output,
             });
         }
+        // The snapshot is done: every later one holds children polled before
+        // (but for children pushed since).
+        engine.cursor.armed = true;
         if !self.refreshed && engine.running > 0 {
             // This pass only finished an earlier snapshot; the parent waker
             // was not registered against the shared words, so ask to be
@@ -1207,7 +1194,8 @@ mod tests {
     }
 
     /// A pass that stops early keeps the rest of its snapshot: the next poll
-    /// goes on from there rather than from the first child again.
+    /// goes on from there rather than from the first child again. The first
+    /// snapshot (no completion yet) is never split.
     #[test]
     fn an_early_stop_resumes_where_it_stopped() {
         use std::cell::Cell;
@@ -1223,16 +1211,19 @@ mod tests {
             })
         }));
         let mut cx = Context::from_waker(Waker::noop());
+        assert!(drain(&mut engine, &mut cx).is_empty());
+        assert!(polls.iter().all(|p| p.get() == 1), "the first snapshot split");
         for round in 1..=4 {
             assert!(drain(&mut engine, &mut cx).is_empty());
-            let polled = polls.iter().filter(|p| p.get() == 1).count();
+            let polled = polls.iter().filter(|p| p.get() == 2).count();
             assert_eq!(polled, round * super::STALL_LIMIT, "round {round}");
+            // In input order: the first `polled` children.
+            assert!(polls[..polled].iter().all(|p| p.get() == 2));
         }
         // The snapshot is done; the next poll takes a fresh one.
         assert!(drain(&mut engine, &mut cx).is_empty());
-        assert!(polls.iter().all(|p| p.get() >= 1));
         assert_eq!(
-            polls.iter().filter(|p| p.get() == 2).count(),
+            polls.iter().filter(|p| p.get() == 3).count(),
             super::STALL_LIMIT
         );
     }

@@ -613,18 +613,6 @@ impl ReadySet {
         self.header(chunk).set_ready(index, false);
     }
 
-    /// Whether child `index`'s bit is set in its level-0 word: woken since
-    /// the owner last took that word. Right after the owner polled the child
-    /// (the cursor took the word before the poll), it tells that the child
-    /// was woken again during or since that poll (a self-wake, the usual
-    /// way). One relaxed load: a hint for the owner's scheduling, never a
-    /// claim on the bit (the bit stays for the next snapshot).
-    #[inline]
-    pub(crate) fn is_marked(&self, chunk: usize, index: usize) -> bool {
-        let word = self.header(chunk).word(0, index / BITS);
-        word.load(Ordering::Relaxed) & (1 << (index % BITS)) != 0
-    }
-
     /// Whether a chunk counts clones per child, so its slots can be reused.
     pub(crate) fn reuses(&self, chunk: usize) -> bool {
         self.header(chunk).count_clones
