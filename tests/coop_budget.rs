@@ -190,16 +190,28 @@ fn assert_stops_every_stall_limit(
         let wakes = w.wakes();
         poll_pending();
         for (i, c) in counters.iter().enumerate() {
-            let expected = if (start..end).contains(&i) || i < start { 2 } else { 1 };
+            let expected = if (start..end).contains(&i) || i < start {
+                2
+            } else {
+                1
+            };
             assert_eq!(c.get(), expected, "poll of {start}..{end}: child {i}");
         }
-        assert_eq!(w.wakes(), wakes + 1, "poll of {start}..{end}: the parent woken once");
+        assert_eq!(
+            w.wakes(),
+            wakes + 1,
+            "poll of {start}..{end}: the parent woken once"
+        );
         start = end;
     }
     // The snapshot is done: a fresh one holds nobody.
     let wakes = w.wakes();
     poll_pending();
-    assert_eq!(total(counters), 2 * n, "a poll with nothing woken polled a child");
+    assert_eq!(
+        total(counters),
+        2 * n,
+        "a poll with nothing woken polled a child"
+    );
     assert_eq!(w.wakes(), wakes);
 }
 

@@ -62,16 +62,18 @@ const FIRST_GROWTH: usize = if cfg!(awaitkit_loom) { 2 } else { 32 };
 /// pass that started from the first woken child each time re-polled each
 /// child some N/256 times (issue 17: 27–40 polls per child at N = 10 000).
 ///
-/// What counts as a stall: a `Pending` child that had returned `Pending`
-/// before (it was woken, and still cannot go on: tokio's deferred wake sets
-/// no bit during the poll); any `Pending` child once this snapshot has seen a
-/// completion (the pass was making progress and stopped making it: children
-/// fired before their first poll that hit the budget on it); and a `Pending`
-/// child whose ready bit is set again right after its poll (it woke itself,
-/// or was woken since the cursor took its word). A first pass over N
-/// children that all wait (no completion yet) is never split. A stop costs a
-/// parent poll, never a child poll: the next poll goes on with the same
-/// snapshot.
+/// What counts as a stall: any `Pending` child once the set is *armed*,
+/// that is once a child has completed (children fired before their first
+/// poll that meet an empty budget on it) or the first snapshot is done
+/// (every later snapshot holds children woken after a poll: one still
+/// `Pending` was woken and still cannot go on; tokio's deferred wake sets no
+/// bit during the poll). The first snapshot of a set whose children all wait
+/// (no completion yet) is never split: those `Pending`s are first polls.
+/// Nothing is kept per child: one flag per set, and the count of stalls
+/// since the last completion lives in a register for one call of
+/// [`Pass::next_with`] (a completion returns from it). Children pushed after
+/// the first snapshot count from their first poll (a stop costs a parent
+/// poll, never a child poll: the next poll goes on with the same snapshot).
 ///
 /// 32: it bounds the waste to 32 polls per parent poll (at most 0.25 extra
 /// polls per completion against tokio's 128), while a set whose children
@@ -831,9 +833,8 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
     /// becomes its output instead of the panic propagating.
     ///
     /// A pass that makes no progress stops early: once [`STALL_LIMIT`]
-    /// children have stalled (returned `Pending` having woken themselves, or
-    /// after this snapshot saw a completion: typically out of a runtime's
-    /// cooperative budget) and none completed in between, it wakes the
+    /// children in a row have stalled (returned `Pending` once the set is
+    /// armed: typically out of a runtime's cooperative budget), it wakes the
     /// parent and returns `None`, keeping the rest of its snapshot for the
     /// next poll. That poll goes on where this one stopped, so every woken
     /// child is still polled once per snapshot (polls = wakes + N), and no
@@ -1212,7 +1213,10 @@ mod tests {
         }));
         let mut cx = Context::from_waker(Waker::noop());
         assert!(drain(&mut engine, &mut cx).is_empty());
-        assert!(polls.iter().all(|p| p.get() == 1), "the first snapshot split");
+        assert!(
+            polls.iter().all(|p| p.get() == 1),
+            "the first snapshot split"
+        );
         for round in 1..=4 {
             assert!(drain(&mut engine, &mut cx).is_empty());
             let polled = polls.iter().filter(|p| p.get() == 2).count();
