@@ -140,7 +140,8 @@ matrix! {
         };
         let (out, ()) = join(gather(spinners), sibling).await;
         assert_eq!(out.len(), 40);
-        // First poll (40), then the poll after the flag was set (40).
+        // First poll (40: the first snapshot is never split), then the poll
+        // after the flag was set (40).
         assert_eq!(polls.get(), 80, "each child polled once per gather poll");
     }
 
@@ -299,12 +300,7 @@ guarded! {
             let stop = Arc::new(AtomicBool::new(false));
             let counters: Vec<Counter> = (0..n).map(|_| Counter::new()).collect();
             let mut g = gather(counters.iter().map(|c| Spinner::new(&stop, c)).collect::<Vec<_>>());
-            for round in 1..=3 {
-                let wakes = w.wakes();
-                assert!(poll_once(&mut g, &w).is_pending());
-                assert!(counters.iter().all(|c| c.get() == round), "n = {n}: a child was polled twice in one poll");
-                assert!(w.wakes() > wakes, "n = {n}: returned Pending without waking itself");
-            }
+            assert_spinner_rounds(&counters, &w, 3, || assert!(poll_once(&mut g, &w).is_pending()));
             stop.store(true, Ordering::SeqCst);
             assert_eq!(poll_once(&mut g, &w), Poll::Ready(vec![(); n]));
         }
@@ -346,6 +342,16 @@ guarded! {
             children.push(c.boxed());
         }
         let mut g = gather(children);
+        // The first child finishes at once, which arms the stall limit: the
+        // 32 parked after it stop the pass, and each poll goes on where the
+        // last one stopped (32, 32, then the last 5), each waking the parent.
+        for parked_polls in [STALL_LIMIT, 2 * STALL_LIMIT, 69] {
+            let wakes = w.wakes();
+            assert!(poll_once(&mut g, &w).is_pending());
+            assert_eq!((stash.len(), polls.get()), (1, parked_polls));
+            assert_eq!(w.wakes(), wakes + 1, "woken once: to go on, or for a fresh snapshot");
+        }
+        // Nothing woken: a fresh snapshot polls nobody.
         assert!(poll_once(&mut g, &w).is_pending());
         assert_eq!((stash.len(), polls.get()), (1, 69));
         for _ in 0..3 {

@@ -190,12 +190,7 @@ guarded! {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let counters: Vec<Counter> = (0..65).map(|_| Counter::new()).collect();
         let mut g = gather_settled(counters.iter().map(|c| Spinner::new(&stop, c)).collect::<Vec<_>>());
-        for round in 1..=3 {
-            let wakes = w.wakes();
-            assert!(poll_once(&mut g, &w).is_pending());
-            assert!(counters.iter().all(|c| c.get() == round));
-            assert!(w.wakes() > wakes);
-        }
+        assert_spinner_rounds(&counters, &w, 3, || assert!(poll_once(&mut g, &w).is_pending()));
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         assert!(poll_once(&mut g, &w).is_ready());
     }

@@ -315,12 +315,7 @@ guarded! {
         let stop = Arc::new(AtomicBool::new(false));
         let counters: Vec<Counter> = (0..65).map(|_| Counter::new()).collect();
         let mut f = wait_any(counters.iter().map(|c| Spinner::new(&stop, c)).collect::<Vec<_>>());
-        for round in 1..=3 {
-            let wakes = w.wakes();
-            assert!(poll_once(&mut f, &w).is_pending());
-            assert!(counters.iter().all(|c| c.get() == round));
-            assert!(w.wakes() > wakes);
-        }
+        assert_spinner_rounds(&counters, &w, 3, || assert!(poll_once(&mut f, &w).is_pending()));
     }
 
     fn cancel_after_every_poll_drops_every_child() {

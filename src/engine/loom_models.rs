@@ -653,3 +653,61 @@ fn tuple_owner_drop_races_the_last_clones() {
         t2.join().unwrap();
     });
 }
+
+/// A child that wakes itself once, then finishes.
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = usize;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+        if self.0 {
+            return Poll::Ready(0);
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// The early stop (a pass that stalls keeps the rest of its snapshot for
+/// the next poll and wakes the parent; the stall limit is 1 under loom):
+/// two threads fire two children while the owner polls, one of them twice
+/// (its first fire is a wake after which it is still `Pending`: a stall),
+/// beside a child that wakes itself. Nothing is lost (a lost wake deadlocks
+/// `block_on`), and each child is polled at most wakes + 1 times.
+#[test]
+fn early_stop_with_two_wakers_racing() {
+    model(|| {
+        let twice = Arc::new(Gate::default());
+        let once = Arc::new(Gate::default());
+        let a = {
+            let g = twice.clone();
+            thread::spawn(move || {
+                g.fire();
+                g.fire();
+            })
+        };
+        let b = {
+            let g = once.clone();
+            thread::spawn(move || g.fire())
+        };
+        let children: Vec<std::pin::Pin<Box<dyn Future<Output = usize> + Send>>> = vec![
+            Box::pin(WaitGate {
+                gate: twice.clone(),
+                need: 2,
+            }),
+            Box::pin(YieldOnce(false)),
+            Box::pin(WaitGate {
+                gate: once.clone(),
+                need: 1,
+            }),
+        ];
+        let out = block_on(gather(children));
+        assert_eq!(out, [2, 0, 1]);
+        a.join().unwrap();
+        b.join().unwrap();
+        assert!(twice.polls.load(Ordering::Relaxed) <= 3);
+        assert!(once.polls.load(Ordering::Relaxed) <= 2);
+    });
+}

@@ -13,6 +13,10 @@
 //!   a child that wakes itself during the pass is polled in the next pass,
 //!   and its wake has already woken the parent, so a sibling task runs in
 //!   between;
+//! * a pass that stops making progress (a run of [`STALL_LIMIT`] children
+//!   returning `Pending` with no completion: out of a runtime's cooperative
+//!   budget) returns early after waking the parent, and the next pass goes
+//!   on with the rest of the same snapshot;
 //! * children never move once pushed: each chunk is one fixed allocation
 //!   holding the children and their wake entries side by side ([`ready`]);
 //! * a slot is reused only when no cloned waker of its previous occupant is
@@ -44,6 +48,40 @@ const BITS: usize = 64;
 /// First chunk of a set that starts empty and grows by `push` (tiny under
 /// loom, so small models span several chunks).
 const FIRST_GROWTH: usize = if cfg!(awaitkit_loom) { 2 } else { 32 };
+/// How many children in a row may return `Pending` without progress, with
+/// none completing in between, before a pass stops early (see
+/// [`Pass::next_with`]).
+///
+/// A child that returns `Pending` although it was woken is usually out of a
+/// runtime's cooperative budget: tokio's leaves spend one unit of a 128-unit
+/// per-task budget per completion, then return `Pending` and defer their
+/// wake to the end of the task poll (a plain `wake_by_ref` outside tokio's
+/// scheduler). Once the budget is spent every further tokio leaf in that
+/// task poll does the same, so polling the rest of the snapshot is wasted:
+/// each of those children is polled again after the deferred wake — and a
+/// pass that started from the first woken child each time re-polled each
+/// child some N/256 times (issue 17: 27–40 polls per child at N = 10 000).
+///
+/// What counts as a stall: any `Pending` child once the set is *armed*,
+/// that is once a child has completed (children fired before their first
+/// poll that meet an empty budget on it) or the first snapshot is done
+/// (every later snapshot holds children woken after a poll: one still
+/// `Pending` was woken and still cannot go on; tokio's deferred wake sets no
+/// bit during the poll). The first snapshot of a set whose children all wait
+/// (no completion yet) is never split: those `Pending`s are first polls.
+/// Nothing is kept per child: one flag per set, and the count of stalls
+/// since the last completion lives in a register for one call of
+/// [`Pass::next_with`] (a completion returns from it). Children pushed after
+/// the first snapshot count from their first poll (a stop costs a parent
+/// poll, never a child poll: the next poll goes on with the same snapshot).
+///
+/// 32: it bounds the waste to 32 polls per parent poll (at most 0.25 extra
+/// polls per completion against tokio's 128), while a set whose children
+/// yield on purpose still polls 32 of them per parent poll, enough to
+/// amortise the parent's own poll and reschedule. (`FuturesUnordered` yields
+/// after 2 self-wakes; futures-buffered after 61 polls without a completion.)
+/// Tiny under loom, so the models reach the early stop.
+const STALL_LIMIT: usize = if cfg!(awaitkit_loom) { 1 } else { 32 };
 
 /// Where a child lives: chunk and index within it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +125,10 @@ struct Cursor {
     nonempty: u32,
     /// Per level of the current chunk: (word index, bits not yet visited).
     stack: [(usize, u64); 6],
+    /// Whether a `Pending` child counts as a stall (see [`STALL_LIMIT`]):
+    /// set by a completion, and once the first snapshot is done. Never
+    /// cleared (but by [`Engine::clear`]).
+    armed: bool,
 }
 
 impl Cursor {
@@ -406,6 +448,7 @@ impl<F: Future> Engine<F> {
                 current: 0,
                 nonempty: 0,
                 stack: [(0, 0); 6],
+                armed: false,
             },
             free: NO_SLOT,
             cooling: NO_SLOT,
@@ -776,8 +819,9 @@ pub(crate) struct Pass<'a, 'b, F: Future> {
 
 impl<'b, F: Future> Pass<'_, 'b, F> {
     /// Polls woken children until one completes; `None` when every woken
-    /// child was polled. After `None` the parent is sure to be woken when a
-    /// child is.
+    /// child was polled, or when the pass stopped early (see
+    /// [`Pass::next_with`]). After `None` the parent is sure to be woken when
+    /// a child is (after an early stop, it has been woken already).
     #[inline]
     pub(crate) fn next(&mut self) -> Option<Completed<F::Output>> {
         self.next_with(|fut, cx| fut.poll(cx), None)
@@ -787,6 +831,14 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
     /// catches panics here) and, with `catch_drop`, a way to settle a
     /// finished child whose destructor panics: `catch_drop(output, payload)`
     /// becomes its output instead of the panic propagating.
+    ///
+    /// A pass that makes no progress stops early: once [`STALL_LIMIT`]
+    /// children in a row have stalled (returned `Pending` once the set is
+    /// armed: typically out of a runtime's cooperative budget), it wakes the
+    /// parent and returns `None`, keeping the rest of its snapshot for the
+    /// next poll. That poll goes on where this one stopped, so every woken
+    /// child is still polled once per snapshot (polls = wakes + N), and no
+    /// child is polled twice in one poll (SPEC §1.3–§1.4).
     #[inline]
     pub(crate) fn next_with<T>(
         &mut self,
@@ -794,6 +846,9 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
         catch_drop: Option<SettleDrop<T>>,
     ) -> Option<Completed<T>> {
         let engine = &mut *self.engine;
+        // Stalls since the last completion of this pass: a completion
+        // returns, so one count per call, in a register.
+        let mut stalls = 0;
         while let Some((chunk, index)) = engine.cursor.next(&engine.ready) {
             let elements = engine.ready.elements(chunk);
             let element = elements.get(index);
@@ -810,44 +865,61 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
             // and is only ever dropped in place (by assignment to its slot or
             // by `drop_slots`): it never moves while `Running`.
             let fut = unsafe { Pin::new_unchecked(fut) };
-            if let Poll::Ready(output) = poll(fut, &mut cx) {
-                // Count it out first: dropping the child (in place, before
-                // anything else) runs its destructor, which may panic.
-                engine.running -= 1;
-                let key = Engine::<F>::key_of(elements, index);
-                let id = SlotId {
-                    chunk: chunk as u32,
-                    index: index as u32,
-                };
-                // If the destructor panics, the slot is still left vacant
-                // (an assignment writes even when dropping the old value
-                // unwinds), and goes back to a free list here: the caller
-                // that would have released it never sees the output.
-                let release = ReleaseOnUnwind { engine, id };
-                let output = match catch_drop {
-                    None => {
-                        // If the child's destructor panics, the output is
-                        // dropped while unwinding: contained, since a second
-                        // panic then would abort.
-                        let mut output = OutputOnUnwind(Some(output));
-                        *slot = Slot::Vacant(NO_SLOT);
-                        output.0.take().expect("set above")
+            let Poll::Ready(output) = poll(fut, &mut cx) else {
+                // Pending: a stall once the set has seen a completion or a
+                // snapshot after the first (see `STALL_LIMIT`).
+                if engine.cursor.armed {
+                    stalls += 1;
+                    if stalls == STALL_LIMIT {
+                        // Keep the rest of the snapshot in the cursor for the
+                        // next poll, and ask for that poll: the runtime gets
+                        // to run something else (and refill its budget).
+                        self.cx.waker().wake_by_ref();
+                        return None;
                     }
-                    Some(settle) => {
-                        match catch_unwind(AssertUnwindSafe(|| *slot = Slot::Vacant(NO_SLOT))) {
-                            Ok(()) => output,
-                            Err(payload) => settle(output, payload),
-                        }
+                }
+                continue;
+            };
+            engine.cursor.armed = true;
+            // Count it out first: dropping the child (in place, before
+            // anything else) runs its destructor, which may panic.
+            engine.running -= 1;
+            let key = Engine::<F>::key_of(elements, index);
+            let id = SlotId {
+                chunk: chunk as u32,
+                index: index as u32,
+            };
+            // If the destructor panics, the slot is still left vacant
+            // (an assignment writes even when dropping the old value
+            // unwinds), and goes back to a free list here: the caller
+            // that would have released it never sees the output.
+            let release = ReleaseOnUnwind { engine, id };
+            let output = match catch_drop {
+                None => {
+                    // If the child's destructor panics, the output is
+                    // dropped while unwinding: contained, since a second
+                    // panic then would abort.
+                    let mut output = OutputOnUnwind(Some(output));
+                    *slot = Slot::Vacant(NO_SLOT);
+                    output.0.take().expect("set above")
+                }
+                Some(settle) => {
+                    match catch_unwind(AssertUnwindSafe(|| *slot = Slot::Vacant(NO_SLOT))) {
+                        Ok(()) => output,
+                        Err(payload) => settle(output, payload),
                     }
-                };
-                std::mem::forget(release);
-                return Some(Completed {
-                    slot: id,
-                    key,
-                    output,
-                });
-            }
+                }
+            };
+            std::mem::forget(release);
+            return Some(Completed {
+                slot: id,
+                key,
+                output,
+            });
         }
+        // The snapshot is done: every later one holds children polled before
+        // (but for children pushed since).
+        engine.cursor.armed = true;
         if !self.refreshed && engine.running > 0 {
             // This pass only finished an earlier snapshot; the parent waker
             // was not registered against the shared words, so ask to be
@@ -1085,9 +1157,17 @@ mod tests {
 
     #[test]
     fn each_child_is_polled_once_per_pass_even_when_it_rewakes() {
+        use std::cell::Cell;
+        // Per child: polls during the current parent poll, and in all.
+        let polls: Rc<Vec<(Cell<usize>, Cell<usize>)>> =
+            Rc::new((0..100).map(|_| Default::default()).collect());
         let mut engine = Engine::from_iter((0..100).map(|i| {
             let mut left = 3;
+            let polls = polls.clone();
             poll_fn(move |cx: &mut Context<'_>| {
+                let (now, all) = &polls[i];
+                now.set(now.get() + 1);
+                all.set(all.get() + 1);
                 if left == 0 {
                     return Poll::Ready(i);
                 }
@@ -1097,9 +1177,58 @@ mod tests {
             })
         }));
         let mut cx = Context::from_waker(Waker::noop());
-        for _ in 0..3 {
-            assert!(drain(&mut engine, &mut cx).is_empty());
+        let mut done = 0;
+        let mut parent_polls = 0;
+        while done < 100 {
+            done += drain(&mut engine, &mut cx).len();
+            parent_polls += 1;
+            for (now, _) in polls.iter() {
+                assert!(now.get() <= 1, "a child polled twice in one poll");
+                now.set(0);
+            }
+            assert!(parent_polls < 1000, "no progress");
         }
-        assert_eq!(drain(&mut engine, &mut cx).len(), 100);
+        // Three self-wakes each: polls = wakes + N.
+        assert!(polls.iter().all(|(_, all)| all.get() == 4));
+        // Stopped every `STALL_LIMIT` self-wakes without a completion.
+        assert!(parent_polls >= 300 / super::STALL_LIMIT, "{parent_polls}");
+    }
+
+    /// A pass that stops early keeps the rest of its snapshot: the next poll
+    /// goes on from there rather than from the first child again. The first
+    /// snapshot (no completion yet) is never split.
+    #[test]
+    fn an_early_stop_resumes_where_it_stopped() {
+        use std::cell::Cell;
+        let n = 4 * super::STALL_LIMIT;
+        let polls: Rc<Vec<Cell<usize>>> = Rc::new((0..n).map(|_| Cell::new(0)).collect());
+        // Children that wake themselves forever (a yield loop).
+        let mut engine = Engine::from_iter((0..n).map(|i| {
+            let polls = polls.clone();
+            poll_fn(move |cx: &mut Context<'_>| {
+                polls[i].set(polls[i].get() + 1);
+                cx.waker().wake_by_ref();
+                Poll::<()>::Pending
+            })
+        }));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(drain(&mut engine, &mut cx).is_empty());
+        assert!(
+            polls.iter().all(|p| p.get() == 1),
+            "the first snapshot split"
+        );
+        for round in 1..=4 {
+            assert!(drain(&mut engine, &mut cx).is_empty());
+            let polled = polls.iter().filter(|p| p.get() == 2).count();
+            assert_eq!(polled, round * super::STALL_LIMIT, "round {round}");
+            // In input order: the first `polled` children.
+            assert!(polls[..polled].iter().all(|p| p.get() == 2));
+        }
+        // The snapshot is done; the next poll takes a fresh one.
+        assert!(drain(&mut engine, &mut cx).is_empty());
+        assert_eq!(
+            polls.iter().filter(|p| p.get() == 3).count(),
+            super::STALL_LIMIT
+        );
     }
 }

@@ -661,6 +661,59 @@ impl Future for Spinner {
     }
 }
 
+/// The engine's stall limit (`STALL_LIMIT` in `src/engine/mod.rs`): once a
+/// set has seen a completion or finished its first snapshot, a pass stops
+/// after this many children in a row return `Pending` with none completing,
+/// wakes the parent, and the next poll goes on with the rest of the
+/// snapshot (SPEC §1.3–§1.4).
+pub(crate) const STALL_LIMIT: usize = 32;
+
+/// Checks, poll by poll, the cooperative schedule of a set built from
+/// [`Spinner`]s (`counters[i]` counts child `i`'s polls; none may finish)
+/// over `rounds` rounds, `poll` polling the set once (it must return
+/// `Pending`):
+///
+/// * round 1 is the first snapshot, never split: one poll polls every child
+///   once;
+/// * every later round is a snapshot of every child (each woke itself),
+///   polled in input order [`STALL_LIMIT`] at a time: each poll polls exactly
+///   the next `STALL_LIMIT` children (the rest of the round in its last poll)
+///   and nobody else;
+/// * every poll wakes the parent (the children's wakes, the early stop's, or
+///   the one that asks for a fresh snapshot).
+///
+/// So polls = wakes + N, and no child is polled twice in one poll.
+pub(crate) fn assert_spinner_rounds(
+    counters: &[Counter],
+    w: &CountingWaker,
+    rounds: usize,
+    mut poll: impl FnMut(),
+) {
+    let n = counters.len();
+    for round in 1..=rounds {
+        let step = if round == 1 { n } else { STALL_LIMIT };
+        let mut start = 0;
+        while start < n {
+            let end = (start + step).min(n);
+            let wakes = w.wakes();
+            poll();
+            for (i, c) in counters.iter().enumerate() {
+                let expected = if i < end { round } else { round - 1 };
+                assert_eq!(
+                    c.get(),
+                    expected,
+                    "n = {n}, round {round}, poll of {start}..{end}: child {i}"
+                );
+            }
+            assert!(
+                w.wakes() > wakes,
+                "n = {n}, round {round}, poll of {start}..{end}: Pending without a wake"
+            );
+            start = end;
+        }
+    }
+}
+
 /// Wraps a child and asserts, on every poll, that it is still at the
 /// address of its first poll (it is `!Unpin`, so the `Pin` contract promises
 /// exactly that). Panics with "pinned child moved" otherwise.
@@ -774,6 +827,9 @@ pub(crate) struct WakerStash(Arc<Mutex<Vec<Waker>>>);
 impl WakerStash {
     pub(crate) fn len(&self) -> usize {
         self.0.lock().unwrap().len()
+    }
+    pub(crate) fn push(&self, waker: Waker) {
+        self.0.lock().unwrap().push(waker);
     }
     pub(crate) fn wake_all_by_ref(&self) {
         for w in self.0.lock().unwrap().iter() {
