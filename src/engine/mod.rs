@@ -68,7 +68,10 @@ const FIRST_GROWTH: usize = if cfg!(awaitkit_loom) { 2 } else { 32 };
 /// (every later snapshot holds children woken after a poll: one still
 /// `Pending` was woken and still cannot go on; tokio's deferred wake sets no
 /// bit during the poll). The first snapshot of a set whose children all wait
-/// (no completion yet) is never split: those `Pending`s are first polls.
+/// (no completion yet) is never split: those `Pending`s are first polls. A
+/// snapshot that polled nobody (a set that starts empty, as a task group's
+/// before its first spawn) does not arm the set: the first round over the
+/// children pushed into it is not split either.
 /// Nothing is kept per child: one flag per set, and the count of stalls
 /// since the last completion lives in a register for one call of
 /// [`Pass::next_with`] (a completion returns from it). Children pushed after
@@ -849,6 +852,11 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
         // Stalls since the last completion of this pass: a completion
         // returns, so one count per call, in a register.
         let mut stalls = 0;
+        // Whether this call polled a child: a snapshot that polled nobody
+        // (a set still empty, as a task group's before its first spawn)
+        // does not arm the set, so the first polls of the children pushed
+        // into it are not counted as stalls.
+        let mut polled = false;
         while let Some((chunk, index)) = engine.cursor.next(&engine.ready) {
             let elements = engine.ready.elements(chunk);
             let element = elements.get(index);
@@ -865,6 +873,7 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
             // and is only ever dropped in place (by assignment to its slot or
             // by `drop_slots`): it never moves while `Running`.
             let fut = unsafe { Pin::new_unchecked(fut) };
+            polled = true;
             let Poll::Ready(output) = poll(fut, &mut cx) else {
                 // Pending: a stall once the set has seen a completion or a
                 // snapshot after the first (see `STALL_LIMIT`).
@@ -918,8 +927,12 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
             });
         }
         // The snapshot is done: every later one holds children polled before
-        // (but for children pushed since).
-        engine.cursor.armed = true;
+        // (but for children pushed since). An unarmed snapshot has no
+        // completion, so all of it was polled in this call: `polled` tells
+        // whether it polled anyone.
+        if polled {
+            engine.cursor.armed = true;
+        }
         if !self.refreshed && engine.running > 0 {
             // This pass only finished an earlier snapshot; the parent waker
             // was not registered against the shared words, so ask to be
