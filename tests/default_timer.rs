@@ -263,47 +263,6 @@ fn a_limiter_made_outside_a_runtime_honours_paused_time_inside_one() {
     });
 }
 
-/// The default timer's clock is the time-stamp counter outside tokio's
-/// current-thread runtimes, and tokio's clock inside them: a limiter whose
-/// checks ran on the counter (outside any runtime, past the counter's
-/// set-up) follows paused time in a paused runtime, with no sleep armed —
-/// `advance` alone lets the next check through — and the real clock again
-/// outside.
-#[test]
-fn a_limiter_checked_on_the_counter_follows_advance_in_a_paused_runtime() {
-    // These tests build tokio with `test-util` (a dev-dependency): its clock
-    // can be paused, and the default timer follows it.
-    #[cfg(feature = "test-util")]
-    assert!(awaitkit::time::test_clock::follows_tokio());
-    let limiter = std::sync::Arc::new(RateLimiter::new(1, HOUR));
-    // Past the counter's set-up (about 100 ms after the first reading),
-    // wherever there is one.
-    for _ in 0..40 {
-        if DefaultTimer::uses_cpu_counter() || !awaitkit::watch::uses_cpu_counter() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-        let _ = DefaultTimer.now();
-    }
-    assert!(limiter.try_acquire().is_ok());
-    assert!(limiter.try_acquire().is_err());
-    let inside = limiter.clone();
-    paused(move || async move {
-        assert!(inside.try_acquire().is_err(), "paused: no time has passed");
-        tokio::time::advance(HOUR - Duration::from_secs(1)).await;
-        assert!(inside.try_acquire().is_err(), "an hour has not passed yet");
-        tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(
-            inside.try_acquire().is_ok(),
-            "advance lets the check through"
-        );
-        assert!(inside.try_acquire().is_err());
-    });
-    // Outside again: the counter, whose hour has not passed since the grant
-    // on paused time (the limiter's clock never goes back).
-    assert!(limiter.try_acquire().is_err());
-}
-
 static SHARED: LazyLock<RateLimiter> = LazyLock::new(|| RateLimiter::new(1, HOUR));
 
 /// One limiter used by runtime after runtime (a `static` shared by tests):

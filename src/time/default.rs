@@ -12,7 +12,7 @@
 
 #![forbid(unsafe_code)]
 
-use super::{FuturesSleep, FuturesTimer, Timer, clock};
+use super::{FuturesSleep, FuturesTimer, Timer};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -33,54 +33,9 @@ use std::time::Instant;
 ///   `tokio::time::pause` and `advance` move awaitkit's timeouts, limiters
 ///   and backoffs too), and on futures-timer everywhere else — smol,
 ///   `futures::executor`, a tokio runtime built without `enable_time`, no
-///   runtime at all.
-///
-/// # The clock
-///
-/// A [`RateLimiter`](crate::RateLimiter) reads the clock on every check
-/// (through [`counter_nanos`](Timer::counter_nanos), the same clock in
-/// nanoseconds), so the default clock is a cheap one:
-///
-/// * On x86-64 CPUs with an **invariant time-stamp counter** (constant
-///   rate, running in every power state: `cpuid` says so; modern CPUs, and
-///   virtual machines that pass the bit through), [`now`](Timer::now)
-///   reads the counter — a few ns, against 15–40 ns for `Instant::now()` —
-///   and maps it onto [`Instant`]: the first reading's `Instant` plus the
-///   ticks since, scaled by a calibration against `Instant` that is frozen
-///   after about 100 ms. Every value is an ordinary `Instant`, and the
-///   clock never goes backwards, on one thread or across threads.
-/// * It stays with `Instant::now()`: its rate is set 0.1 % below the
-///   calibration (more than any NTP slew of `Instant`), and at least every
-///   64 µs of counter time a reading re-synchronises it with
-///   `Instant::now()` (only ever forward), so it lags `Instant` by about a
-///   microsecond at most and is never ahead. A sleep that completes
-///   re-synchronises it too: a task woken by a sleep on futures-timer or
-///   tokio (which count on `Instant`) finds its deadline passed at once —
-///   it never spins or sleeps again for the last microseconds.
-/// * It **is** `Instant::now()` until the calibration is frozen (the first
-///   100 ms or so of the process), on CPUs without an invariant counter,
-///   and when the environment variable `AWAITKIT_CLOCK=instant` is set
-///   before the first reading (CI tests the fallback that way; the older
-///   `AWAITKIT_WATCH_CLOCK=instant` does the same — the
-///   [`watch`](mod@crate::watch) shares this clock). A counter found running
-///   ahead of `Instant` by more than 50 µs (a calibration off by more than
-///   0.1 %, a counter that ran through a suspend) is given up: from then on
-///   the clock is `Instant::now()`, held at the latest time it gave until
-///   `Instant` passes it. [`DefaultTimer::uses_cpu_counter`] says which
-///   clock is in use.
-/// * **With the `tokio` feature, when tokio is built with its `test-util`
-///   feature** (the only way its clock can be paused: typically in your
-///   tests and benches, through a dev-dependency), inside a
-///   **current-thread** tokio runtime (the only kind that can pause) the
-///   clock is tokio's `Instant::now()`, so paused time, `advance` and
-///   auto-advance move it; elsewhere (outside tokio, and in multi-thread
-///   runtimes) it is the counter. Finding out where the caller is costs a
-///   few ns per reading in such builds. Without tokio's `test-util` (a
-///   release build) tokio's clock is `Instant::now()` everywhere, nothing
-///   is checked, and the clock is the counter inside tokio too.
-///
-/// [`FuturesTimer`] always reads `Instant::now()`; `ManualClock` is not
-/// affected by any of this.
+///   runtime at all. The clock ([`now`](Timer::now)) is tokio's
+///   `Instant::now()`, which is the system's monotonic clock except inside a
+///   runtime whose time is paused.
 ///
 /// The choice is made **when a sleep is armed**, at its first poll — not
 /// when the value that owns it was created: a
@@ -155,143 +110,19 @@ use std::time::Instant;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DefaultTimer;
 
-impl DefaultTimer {
-    /// Whether [`now`](Timer::now) reads the CPU's invariant time-stamp
-    /// counter at the moment (outside tokio's current-thread runtimes):
-    /// `false` where there is none, under `AWAITKIT_CLOCK=instant`, in the
-    /// first 100 ms or so of the process (while the counter is calibrated),
-    /// and after the counter was given up. The clock is `Instant` then.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use awaitkit::time::DefaultTimer;
-    /// if !DefaultTimer::uses_cpu_counter() {
-    ///     eprintln!("the default timer reads Instant::now()");
-    /// }
-    /// ```
-    pub fn uses_cpu_counter() -> bool {
-        clock::on_counter()
-    }
-}
-
-/// [`DefaultTimer::counter_nanos`] at the clock's base `Instant`: instants
-/// before the base (a paused tokio clock) still map.
-const ORIGIN: u64 = 1 << 62;
-
-/// `at` as [`DefaultTimer::counter_nanos`] counts it.
-#[cfg(feature = "tokio")]
-fn counter_at(at: Instant) -> u64 {
-    let base = clock::base_instant();
-    match at.checked_duration_since(base) {
-        Some(after) => ORIGIN.saturating_add(super::clock::duration_nanos(after)),
-        None => ORIGIN.saturating_sub(super::clock::duration_nanos(base - at)),
-    }
-}
-
-/// Whether tokio's clock can be paused in this build: only with tokio's
-/// `test-util` feature, the one that gives `Builder` its `start_paused`
-/// method. Found by method resolution, at compile time: an inherent method
-/// wins over a trait's, so `start_paused` below is tokio's when it exists
-/// (returning the builder) and [`NoPause`]'s fallback otherwise.
-#[cfg(feature = "tokio")]
-mod pausable {
-    use tokio::runtime::Builder;
-
-    pub(super) trait Pausable {
-        const PAUSABLE: bool;
-    }
-
-    impl Pausable for &mut Builder {
-        const PAUSABLE: bool = true;
-    }
-
-    pub(super) struct NoPause;
-
-    impl Pausable for NoPause {
-        const PAUSABLE: bool = false;
-    }
-
-    trait Fallback {
-        #[allow(dead_code)] // when tokio's own method exists
-        fn start_paused(&mut self, _: bool) -> NoPause {
-            NoPause
-        }
-    }
-
-    impl Fallback for Builder {}
-
-    /// Never called: its return type is the answer.
-    #[allow(dead_code, unused_imports)]
-    fn probe(builder: &'static mut Builder) -> impl Pausable + 'static {
-        builder.start_paused(true)
-    }
-
-    fn answer<P: Pausable>(_: fn(&'static mut Builder) -> P) -> bool {
-        P::PAUSABLE
-    }
-
-    /// Whether tokio was built with `test-util` (a constant, once
-    /// monomorphised).
-    #[inline(always)]
-    pub(super) fn tokio_can_pause() -> bool {
-        answer(probe)
-    }
-}
-
-/// Whether the default timer's clock follows tokio's inside current-thread
-/// runtimes (whether tokio's clock can be paused in this build).
-#[cfg(all(feature = "tokio", feature = "test-util"))]
-pub(crate) fn follows_tokio() -> bool {
-    pausable::tokio_can_pause()
-}
-
-/// tokio's clock, inside a current-thread tokio runtime (the only kind whose
-/// clock can be paused) when tokio is built with its `test-util` feature
-/// (the only way to pause it); `None` elsewhere — without `test-util`
-/// tokio's clock is `Instant::now()` everywhere, and nothing is checked.
-#[cfg(feature = "tokio")]
-#[inline]
-fn tokio_clock() -> Option<Instant> {
-    if !pausable::tokio_can_pause() {
-        return None;
-    }
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => tokio_clock_in(handle),
-        Err(_) => None,
-    }
-}
-
-/// [`tokio_clock`] inside a runtime (out of line: the check outside any
-/// runtime stays small).
-#[cfg(feature = "tokio")]
-#[inline(never)]
-fn tokio_clock_in(handle: tokio::runtime::Handle) -> Option<Instant> {
-    (handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
-        .then(|| tokio::time::Instant::now().into_std())
-}
-
 impl Timer for DefaultTimer {
     type Sleep = DefaultSleep;
 
     #[inline]
     fn now(&self) -> Instant {
         #[cfg(feature = "tokio")]
-        if let Some(now) = tokio_clock() {
-            return now;
+        {
+            tokio::time::Instant::now().into_std()
         }
-        clock::now()
-    }
-
-    /// The same clock as [`now`](Timer::now), in nanoseconds: the rate
-    /// limiter's checks read it.
-    #[inline]
-    fn counter_nanos(&self) -> Option<u64> {
-        #[cfg(feature = "tokio")]
-        if let Some(now) = tokio_clock() {
-            return Some(counter_at(now));
+        #[cfg(not(feature = "tokio"))]
+        {
+            Instant::now()
         }
-        Some(ORIGIN + clock::nanos())
     }
 
     #[inline]
@@ -365,12 +196,7 @@ impl Future for DefaultSleep {
     type Output = ();
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let ready = Pin::new(self.project().sleep).poll(cx);
-        if ready.is_ready() {
-            // The waiter reads the clock next: at or after `Instant` now.
-            clock::resync();
-        }
-        ready
+        Pin::new(self.project().sleep).poll(cx)
     }
 }
 
@@ -606,10 +432,9 @@ impl DefaultSleep {
                 // fires a sleep early only when its timer shuts down.
                 let now = {
                     let _inside = runtime.enter();
-                    TokioTimer.now()
+                    DefaultTimer.now()
                 };
                 if now >= self.deadline {
-                    clock::resync();
                     return Some(Poll::Ready(()));
                 }
                 timer_shut_down(runtime.id());
@@ -632,15 +457,10 @@ impl Future for DefaultSleep {
         } else if let Some(ready) = this.follow() {
             return ready;
         }
-        let ready = match this.armed.as_mut().expect("armed above") {
+        match this.armed.as_mut().expect("armed above") {
             Armed::Tokio { sleep, .. } => sleep.poll(cx),
             Armed::Futures { sleep, .. } => Pin::new(sleep).poll(cx),
-        };
-        if ready.is_ready() {
-            // The waiter reads the clock next: at or after `Instant` now.
-            clock::resync();
         }
-        ready
     }
 }
 

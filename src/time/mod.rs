@@ -39,7 +39,7 @@
 //!
 //! | timer | feature | use it when |
 //! |---|---|---|
-//! | [`DefaultTimer`] | always | the default: the runtime's timer where there is one (see above); its clock reads the CPU's invariant time-stamp counter where there is one (see [its docs](DefaultTimer#the-clock)) |
+//! | [`DefaultTimer`] | always | the default: the runtime's timer where there is one (see above) |
 //! | [`FuturesTimer`] | always | any executor; a helper thread keeps the time, and tokio's paused time never applies |
 //! | `TokioTimer` | `tokio` | always tokio's timer (panics outside a tokio runtime with time) |
 //! | `AsyncIoTimer` | `async-io` | on smol / async-io's reactor |
@@ -78,14 +78,10 @@
 //! # });
 //! ```
 
-// The time-stamp counter's two intrinsics live in `clock`, the only module
-// of `time` allowed `unsafe`.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 #[cfg(feature = "async-io")]
 mod async_io;
-#[allow(unsafe_code)]
-pub(crate) mod clock;
 mod default;
 #[cfg(feature = "test-util")]
 mod manual;
@@ -104,32 +100,6 @@ pub use manual::{ManualClock, ManualSleep};
 pub use quanta::QuantaTimer;
 #[cfg(feature = "tokio")]
 pub use tokio::{TokioSleep, TokioTimer};
-
-/// Test hooks for the [`DefaultTimer`]'s clock (feature `test-util`; not
-/// part of the API).
-#[cfg(feature = "test-util")]
-#[doc(hidden)]
-pub mod test_clock {
-    /// Skews the counter's calibration by `ppm` parts per million (positive:
-    /// the clock runs fast) when the default timer's clock is set up, about
-    /// 100 ms after its first reading: call it first thing in the process.
-    pub fn skew_calibration(ppm: i64) {
-        super::clock::skew_calibration(ppm);
-    }
-
-    /// Whether the clock gave the counter up (it ran ahead of `Instant`).
-    pub fn gave_up() -> bool {
-        super::clock::gave_up()
-    }
-
-    /// Whether the default timer's clock follows tokio's inside
-    /// current-thread runtimes: whether tokio is built with `test-util`,
-    /// the only way its clock can be paused.
-    #[cfg(feature = "tokio")]
-    pub fn follows_tokio() -> bool {
-        super::default::follows_tokio()
-    }
-}
 
 use relay::Relay;
 use std::fmt;

@@ -722,10 +722,8 @@ pub fn clear_slow_poll_hook() {
 /// Whether the watch's clock is the CPU's invariant time-stamp counter
 /// (about 16 ns per watched poll on the benchmark machine); `false`: it is
 /// [`Instant`](std::time::Instant) (about 45 ns). Setting the environment
-/// variable `AWAITKIT_CLOCK=instant` (or `AWAITKIT_WATCH_CLOCK=instant`)
-/// before the first watched poll forces `Instant` — for the
-/// [`DefaultTimer`](crate::time::DefaultTimer)'s clock too, which shares
-/// the counter and its calibration.
+/// variable `AWAITKIT_WATCH_CLOCK=instant` before the first watched poll
+/// forces `Instant`.
 ///
 /// # Examples
 ///
