@@ -122,9 +122,17 @@ fn early_stop_leftover_child_woken_concurrently() {
             })
         };
         let children: Vec<Child> = vec![
-            Box::pin(WaitGate { gate: a.clone(), need: 2, id: 0 }),
+            Box::pin(WaitGate {
+                gate: a.clone(),
+                need: 2,
+                id: 0,
+            }),
             Box::pin(YieldOnce(false, 1)),
-            Box::pin(WaitGate { gate: b.clone(), need: 2, id: 2 }),
+            Box::pin(WaitGate {
+                gate: b.clone(),
+                need: 2,
+                id: 2,
+            }),
         ];
         let set = as_completed(children);
         let mut out: Vec<usize> = block_on(set.collect::<Vec<_>>());
@@ -132,8 +140,16 @@ fn early_stop_leftover_child_woken_concurrently() {
         assert_eq!(out, [0, 1, 2]);
         t1.join().unwrap();
         t2.join().unwrap();
-        assert!(a.polls.load(Ordering::Relaxed) <= 3, "A polled {}", a.polls.load(Ordering::Relaxed));
-        assert!(b.polls.load(Ordering::Relaxed) <= 3, "B polled {}", b.polls.load(Ordering::Relaxed));
+        assert!(
+            a.polls.load(Ordering::Relaxed) <= 3,
+            "A polled {}",
+            a.polls.load(Ordering::Relaxed)
+        );
+        assert!(
+            b.polls.load(Ordering::Relaxed) <= 3,
+            "B polled {}",
+            b.polls.load(Ordering::Relaxed)
+        );
     });
 }
 
@@ -151,8 +167,16 @@ fn drop_after_early_stop_while_two_threads_fire() {
         let a = Arc::new(Gate::default());
         let b = Arc::new(Gate::default());
         let children: Vec<Child> = vec![
-            Box::pin(WaitGate { gate: a.clone(), need: 3, id: 0 }),
-            Box::pin(WaitGate { gate: b.clone(), need: 3, id: 1 }),
+            Box::pin(WaitGate {
+                gate: a.clone(),
+                need: 3,
+                id: 0,
+            }),
+            Box::pin(WaitGate {
+                gate: b.clone(),
+                need: 3,
+                id: 1,
+            }),
         ];
         let mut g = awaitkit::gather(children);
         let waker = futures::task::noop_waker();
@@ -213,10 +237,22 @@ fn early_stop_is_reached_by_the_model() {
         let epoch = std::sync::Arc::new(StdUsize::new(0));
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let probe = |inner: Child, id| -> Child {
-            Box::pin(Probe { inner, epoch: epoch.clone(), seen: seen.clone(), id })
+            Box::pin(Probe {
+                inner,
+                epoch: epoch.clone(),
+                seen: seen.clone(),
+                id,
+            })
         };
         let children: Vec<Child> = vec![
-            probe(Box::pin(WaitGate { gate: a.clone(), need: 2, id: 0 }), 0),
+            probe(
+                Box::pin(WaitGate {
+                    gate: a.clone(),
+                    need: 2,
+                    id: 0,
+                }),
+                0,
+            ),
             probe(Box::pin(YieldOnce(false, 1)), 1),
         ];
         let mut set = as_completed(children);

@@ -7,7 +7,10 @@
 mod common;
 
 use awaitkit::{AsCompleted, as_completed, gather, task_group};
-use common::{Counter, CountingWaker, STALL_LIMIT, Spinner, Tracker, parked_set, poll_next_once, poll_once, total};
+use common::{
+    Counter, CountingWaker, STALL_LIMIT, Spinner, Tracker, parked_set, poll_next_once, poll_once,
+    total,
+};
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -286,6 +289,7 @@ guarded! {
         let spin: Vec<Counter> = (0..33).map(|_| Counter::new()).collect();
         let stash: Arc<std::sync::Mutex<Option<Waker>>> = Default::default();
         let (_h1, _c1, mut parked1) = parked_set(64, &tracker);
+        #[allow(clippy::needless_range_loop)] // i also picks the kind of child
         for i in 0..64 {
             let p = parked1.remove(0);
             if i <= 32 {
