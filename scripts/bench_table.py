@@ -1413,6 +1413,93 @@ def realistic_section(cdir, include_stale):
 
 
 
+FANOUT_MARKER = "awaitkit-fanout-run.txt"
+FANOUT_COLUMNS = [
+    ("awaitkit_gather", "awaitkit `gather`"),
+    ("awaitkit_gather_unconstrained", "awaitkit `gather`, `unconstrained` (reference)"),
+    ("fb_join_all", "futures-buffered `join_all`"),
+    ("futures_join_all", "futures `join_all`"),
+    ("tokio_JoinSet", "tokio `JoinSet`"),
+    ("spawn_join", "spawn + join"),
+]
+
+
+def fanout_section(cdir, include_stale):
+    """Markdown lines for the tokio fan-out macro bench (`benches/fanout.rs`,
+    its `fanout.csv`: mean wall and CPU time per run, polls/N); empty if it has
+    not run."""
+    run = read_marker(cdir, FANOUT_MARKER, include_stale)
+    if run is None:
+        return []
+    rows_by_key = {}
+    for row in csv_rows(cdir, "fanout.csv"):
+        rows_by_key[(row["group"], row["function"], int(row["n"]))] = row
+    if not rows_by_key:
+        return []
+    lines = []
+    w = lines.append
+    section_header(w, "Fan-out on tokio (the cooperative budget)", [
+        "N children gathered inside one task of a tokio multi-thread runtime with 2 workers",
+        "(`benches/fanout.rs`): `io` = each child awaits a tokio oneshot fired from another",
+        "thread; `timers` = a `tokio::time::sleep` of 0–1 ms; `cpu`, `cpu10`, `cpu100` = about",
+        "1, 10, 100 µs of work, finished on the first poll (where spawning on the 2 workers",
+        "pays). The spawning peers (`JoinSet`, spawn + join) run every child as a task of its",
+        "own. Mean wall time and process CPU time per run in µs (CPU: user + system of every",
+        "thread, 10 ms ticks averaged over the timed runs), child polls / N from one untimed",
+        "counting run. Bars (issue 17, `io` and `timers` at N = 1 000 and 10 000): awaitkit ≤ 1.0 ×",
+        "futures-buffered's `join_all` and ≤ 1.0 × `JoinSet`, polls/N ≤ 3.",
+    ], "fanout", run)
+    w("")
+    groups = sorted({g for g, _, _ in rows_by_key}, key=lambda g: ["fanout_io", "fanout_timers", "fanout_cpu", "fanout_cpu10", "fanout_cpu100"].index(g) if g in ["fanout_io", "fanout_timers", "fanout_cpu", "fanout_cpu10", "fanout_cpu100"] else 99)
+    header = ["variant", "N"] + [label for _, label in FANOUT_COLUMNS]
+    header += ["awaitkit / fb `join_all` (bar ≤ 1.0)", "awaitkit / `JoinSet` (bar ≤ 1.0)", "awaitkit polls/N (bar ≤ 3)"]
+    rows = []
+    for group in groups:
+        sizes = sorted({n for g, _, n in rows_by_key if g == group})
+        for n in sizes:
+            def val(fid, col):
+                row = rows_by_key.get((group, fid, n))
+                try:
+                    return float(row[col]) if row else None
+                except ValueError:
+                    return None
+            cells = []
+            for fid, _ in FANOUT_COLUMNS:
+                wall, cpu, polls = val(fid, "wall_us"), val(fid, "cpu_us"), val(fid, "polls_per_child")
+                if wall is None:
+                    cells.append("—")
+                    continue
+                cell = f"{wall:.0f}"
+                if cpu is not None:
+                    cell += f" (cpu {cpu:.0f})"
+                if polls is not None:
+                    cell += f", {polls:.2f}"
+                cells.append(cell)
+            ak = val("awaitkit_gather", "wall_us")
+            barred = group in ("fanout_io", "fanout_timers")
+            r1 = ratio(ak, val("fb_join_all", "wall_us"))
+            r2 = ratio(ak, val("tokio_JoinSet", "wall_us"))
+            p = val("awaitkit_gather", "polls_per_child")
+            def cell(r, limit):
+                if r is None:
+                    return "—"
+                return f"**{r:.2f}** {mark(r <= limit)}" if barred else f"{r:.2f}"
+            rows.append([group.removeprefix("fanout_"), fmt_n(n)] + cells + [
+                cell(r1, 1.0), cell(r2, 1.0),
+                (f"{p:.2f} {mark(p <= 3.0)}" if barred else f"{p:.2f}") if p is not None else "—",
+            ])
+    w("Each cell: wall µs (cpu µs), polls/N.")
+    w("")
+    table(w, header, rows)
+    w("")
+    w("- `unconstrained` runs the same `gather` inside `tokio::task::coop::unconstrained` (no")
+    w("  budget): the floor the early stop aims at. Timers at N = 1 000 are bounded by the 1 ms")
+    w("  sleeps themselves for every peer.")
+    w("- CPU-bound children finish on their first poll, so no combinator polls them more than")
+    w("  once; spawning runs them on both workers, which pays only for heavier children (compare\n  `cpu10` and `cpu100`).")
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1557,6 +1644,7 @@ def main():
     lines += batch_section(cdir, args.include_stale)
     lines += watch_section(cdir, args.include_stale)
     lines += realistic_section(cdir, args.include_stale)
+    lines += fanout_section(cdir, args.include_stale)
     print("\n".join(lines))
 
 
