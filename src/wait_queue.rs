@@ -89,10 +89,12 @@ impl<T> WaitQueue<T> {
     /// A new slot at the end of the slab (no freed slot to reuse).
     #[inline(never)]
     fn grow(&mut self, ticket: u64, value: T) -> u32 {
+        // Indices stay below `u32::MAX - 1`: below `NIL`, and below the
+        // semaphore's `DONE` / `UNQUEUED` sentinels where `usize` is 32 bits.
+        const MAX_SLOTS: usize = (NIL - 1) as usize;
         assert!(
-            self.slots.len() < NIL as usize,
-            "more than {} waiters at once",
-            NIL - 1
+            self.slots.len() < MAX_SLOTS,
+            "awaitkit: more than {MAX_SLOTS} queue slots (waiters) at once"
         );
         self.slots.push(Slot {
             ticket,

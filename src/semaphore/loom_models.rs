@@ -376,3 +376,96 @@ fn a_single_grant_frees_a_slot_a_racing_waiter_reuses() {
         assert_idle(&sem, 1);
     });
 }
+
+// --- Review models (review-sem): cancel vs single-grant vs slot reuse ---
+
+/// Review: the owner of the queue's head is dropped (cancel) on this thread
+/// while a release on another thread completes it through the single-grant
+/// path (freeing its slot), and a third party on a third thread queues up
+/// and may reuse that very slot before the owner's cancel looks at it. The
+/// cancel must see "granted, never taken" (ticket mismatch or vacant slot)
+/// and hand the permit to the newcomer, which must complete; nothing lost.
+#[test]
+fn review_cancel_vs_single_grant_vs_slot_reuse() {
+    model(|| {
+        let sem = Arc::new(Semaphore::new(1));
+        let held = sem.clone().try_acquire_owned().unwrap();
+        let mut owner = sem.clone().acquire_owned();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(Pin::new(&mut owner).poll(&mut cx).is_pending()); // queued first
+        let releaser = thread::spawn(move || drop(held));
+        let s = sem.clone();
+        let newcomer = thread::spawn(move || drop(block_on(s.acquire()).unwrap()));
+        drop(owner); // cancel, racing the grant and the newcomer's enqueue
+        releaser.join().unwrap();
+        newcomer.join().unwrap();
+        assert_idle(&sem, 1);
+    });
+}
+
+/// Review: an `acquire_many(2)` head holding one assigned permit; a release
+/// of one permit on one thread completes it (single-grant path, n ==
+/// missing) while its owner cancels on this thread and a third party waits
+/// for both permits through the parking driver.
+#[test]
+fn review_partial_head_cancel_vs_single_grant_vs_big_waiter() {
+    model(|| {
+        let sem = Arc::new(Semaphore::new(2));
+        let held = sem.clone().try_acquire_owned().unwrap();
+        let mut big = sem.clone().acquire_many_owned(2);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(Pin::new(&mut big).poll(&mut cx).is_pending()); // assigned 1
+        let releaser = thread::spawn(move || drop(held));
+        let s = sem.clone();
+        let other = thread::spawn(move || drop(block_on(s.acquire_many(2)).unwrap()));
+        drop(big);
+        releaser.join().unwrap();
+        other.join().unwrap();
+        assert_idle(&sem, 2);
+    });
+}
+
+/// Review: the owner's lock-free grant check (now inlined in `poll`) racing
+/// a single-grant release on one thread and a close on another, with a
+/// second waiter queued behind it (so `failed_live` may be raised while the
+/// owner reads `granted_below`). The owner gets the permit or fails closed;
+/// the second waiter fails closed or is granted; every permit comes back.
+#[test]
+fn review_inlined_grant_check_vs_single_grant_vs_close() {
+    model(|| {
+        let sem = Arc::new(Semaphore::new(1));
+        let held = sem.clone().try_acquire_owned().unwrap();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut a = sem.clone().acquire_owned();
+        assert!(Pin::new(&mut a).poll(&mut cx).is_pending());
+        let mut b = sem.clone().acquire_owned();
+        assert!(Pin::new(&mut b).poll(&mut cx).is_pending());
+        let releaser = thread::spawn(move || drop(held));
+        let s = sem.clone();
+        let closer = thread::spawn(move || s.close());
+        let first = Pin::new(&mut a).poll(&mut cx);
+        releaser.join().unwrap();
+        closer.join().unwrap();
+        let out_a = match first {
+            Poll::Ready(out) => out,
+            Poll::Pending => match Pin::new(&mut a).poll(&mut cx) {
+                Poll::Ready(out) => out,
+                Poll::Pending => panic!("a still pending after the release and the close"),
+            },
+        };
+        let a_ok = out_a.is_ok();
+        drop(out_a);
+        drop(a);
+        match Pin::new(&mut b).poll(&mut cx) {
+            Poll::Ready(Ok(p)) => {
+                assert!(!a_ok, "both a and b granted from one permit");
+                drop(p)
+            }
+            Poll::Ready(Err(e)) => assert!(e.is_closed()),
+            Poll::Pending => panic!("b still pending after the close"),
+        }
+        drop(b);
+        let stats = sem.stats();
+        assert_eq!((stats.available, stats.in_use, stats.waiters), (1, 0, 0));
+    });
+}

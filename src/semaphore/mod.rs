@@ -1066,7 +1066,8 @@ struct Waiter {
     needed: usize,
     ticket: u64,
     /// The waiter's node while it is queued, else [`UNQUEUED`] or [`DONE`]
-    /// (slab indices stay below `u32::MAX`). One word instead of an
+    /// (slab indices stay below `u32::MAX - 1`, so below both sentinels
+    /// even where `usize` is 32 bits). One word instead of an
     /// `Option` and a flag: the acquire futures stay small.
     slot: usize,
 }
