@@ -18,7 +18,10 @@
 //! services every request before it lets go (the waker wakes again, the
 //! owner wakes the new waker). A wake that finds requests but no holder
 //! becomes the holder. So no wake asked for after a child's bits were set is
-//! ever dropped. Only the owner writes the slot, so the owner may read it
+//! ever dropped — but for the owner's last `take`, when it goes away: the
+//! requests counted during that hold were for its children, gone with it,
+//! and no user code runs there (the caller drops the waker after releasing
+//! its references). Only the owner writes the slot, so the owner may read it
 //! without taking it.
 //!
 //! The holder of `WAKING` services requests by *swapping* the state back to
@@ -236,7 +239,11 @@ impl ParentWaker {
         })
     }
 
-    /// Takes the registered waker out if the slot is free.
+    /// Takes the registered waker out if the slot is free, for an owner
+    /// that is going away: wake requests that come in meanwhile are dropped
+    /// (they were for the owner's children, which are gone with it), so no
+    /// user code runs here and the caller can release its references first
+    /// and drop the waker last.
     ///
     /// # Safety
     ///
@@ -253,13 +260,7 @@ impl ParentWaker {
             // SAFETY: `REGISTERING` keeps wakers out of the slot.
             unsafe { &mut *slot }.take()
         });
-        if self.state.swap(0, Ordering::AcqRel) != REGISTERING {
-            // Requests came in; there is nobody left to wake but the old
-            // waker.
-            if let Some(w) = &old {
-                w.wake_by_ref();
-            }
-        }
+        self.state.store(0, Ordering::Release);
         old
     }
 }

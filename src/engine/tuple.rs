@@ -733,7 +733,11 @@ impl<T: TupleFutures> TupleCore<T> {
                     // this task. Registered while `POLLING` is still set, so
                     // no wake finds the word clear before the waker is in
                     // place (every wake until then is seen by the
-                    // `fetch_and`).
+                    // `fetch_and`). The registration runs the task waker's
+                    // `clone` (and the old one's `drop`) with `POLLING` set:
+                    // it is not a lock (nothing waits on it: a wake meanwhile
+                    // only sets its bit, read by the `fetch_and` below), and
+                    // if that user code panics the guard clears it.
                     polling.1 = true;
                     // SAFETY: `&mut self`: the owner's only registration.
                     unsafe { head.parent.register(cx.waker()) };
