@@ -310,8 +310,14 @@ fn threads_cancel_vs_grant_vs_reuse() {
                 t.join().unwrap();
             }
             idle(&sem, cap);
-            assert!(queued_grants.load(Ordering::Relaxed) > 0, "the contended path was exercised");
-            eprintln!("cap {cap}: {} grants after queueing", queued_grants.load(Ordering::Relaxed));
+            assert!(
+                queued_grants.load(Ordering::Relaxed) > 0,
+                "the contended path was exercised"
+            );
+            eprintln!(
+                "cap {cap}: {} grants after queueing",
+                queued_grants.load(Ordering::Relaxed)
+            );
         }
     })
 }

@@ -86,7 +86,10 @@ fn clone_escaping_during_a_refs_one_pass_is_never_lost() {
             while polls.load(Ordering::SeqCst) == 1 && w.wakes() == 0 {
                 std::hint::spin_loop();
             }
-            assert!(w.wakes() >= 1, "round {round}: the clone's wake never reached the task");
+            assert!(
+                w.wakes() >= 1,
+                "round {round}: the clone's wake never reached the task"
+            );
             match poll_once(&mut fut, &w) {
                 Poll::Ready((n, 1)) => assert_eq!(n, 1),
                 other => panic!("round {round}: {:?}", other.is_ready()),
@@ -241,7 +244,12 @@ fn nested_gathers_on_one_thread() {
             Poll::Pending
         });
         let inner = gather!(SelfWake(2, p1.clone()), parked);
-        let mut fut = gather!(inner, SelfWake(3, p2.clone()), waker_of_inner, SelfWake(1, p3.clone()));
+        let mut fut = gather!(
+            inner,
+            SelfWake(3, p2.clone()),
+            waker_of_inner,
+            SelfWake(1, p3.clone())
+        );
         let w = CountingWaker::new();
         let mut polls = 0;
         loop {
@@ -252,7 +260,14 @@ fn nested_gathers_on_one_thread() {
             }
             assert!(w.wakes() >= polls, "poll {polls}: not woken, would hang");
         }
-        assert_eq!((p1.load(Ordering::SeqCst), p2.load(Ordering::SeqCst), p3.load(Ordering::SeqCst)), (3, 4, 2));
+        assert_eq!(
+            (
+                p1.load(Ordering::SeqCst),
+                p2.load(Ordering::SeqCst),
+                p3.load(Ordering::SeqCst)
+            ),
+            (3, 4, 2)
+        );
     });
 }
 
@@ -263,7 +278,10 @@ fn nested_gathers_on_one_thread() {
 fn panic_after_a_self_wake_in_the_same_pass() {
     watchdog("panic_after_a_self_wake", || {
         let drops = Arc::new(AtomicUsize::new(0));
-        let (d1, d2) = (DropCount(drops.clone(), false), DropCount(drops.clone(), false));
+        let (d1, d2) = (
+            DropCount(drops.clone(), false),
+            DropCount(drops.clone(), false),
+        );
         let polls = Arc::new(AtomicUsize::new(0));
         let a = {
             let p = polls.clone();
@@ -281,7 +299,10 @@ fn panic_after_a_self_wake_in_the_same_pass() {
         let mut fut = gather!(a, b);
         assert!(catch_unwind(AssertUnwindSafe(|| poll_once(&mut fut, &w))).is_err());
         let err = catch_unwind(AssertUnwindSafe(|| poll_once(&mut fut, &w))).unwrap_err();
-        let msg = err.downcast_ref::<String>().map(String::as_str).unwrap_or("");
+        let msg = err
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .unwrap_or("");
         assert!(msg.contains("after a panic"), "{msg}");
         assert_eq!(polls.load(Ordering::SeqCst), 1);
         drop(fut);
@@ -332,7 +353,10 @@ fn try_gather_fail_fast_with_a_panicking_drop() {
         let drops = Arc::new(AtomicUsize::new(0));
         let err_drops = Arc::new(AtomicUsize::new(0));
         let ok_out = DropCount(drops.clone(), false);
-        let (pd, d3) = (DropCount(drops.clone(), true), DropCount(drops.clone(), false));
+        let (pd, d3) = (
+            DropCount(drops.clone(), true),
+            DropCount(drops.clone(), false),
+        );
         let e = DropCount(err_drops.clone(), false);
         let a = async move { Ok::<_, DropCount>(ok_out) };
         let b = std::future::poll_fn(move |_| -> Poll<Result<(), DropCount>> {
@@ -349,10 +373,21 @@ fn try_gather_fail_fast_with_a_panicking_drop() {
         let mut fut = try_gather!(a, b, c, d);
         let r = catch_unwind(AssertUnwindSafe(|| poll_once(&mut fut, &w)));
         assert!(r.is_err(), "the destructor's panic propagates");
-        assert_eq!(drops.load(Ordering::SeqCst), 3, "ok output, b and d dropped once each");
-        assert_eq!(err_drops.load(Ordering::SeqCst), 1, "the error dropped once");
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            3,
+            "ok output, b and d dropped once each"
+        );
+        assert_eq!(
+            err_drops.load(Ordering::SeqCst),
+            1,
+            "the error dropped once"
+        );
         let err = catch_unwind(AssertUnwindSafe(|| poll_once(&mut fut, &w))).unwrap_err();
-        let msg = err.downcast_ref::<String>().map(String::as_str).unwrap_or("");
+        let msg = err
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .unwrap_or("");
         assert!(msg.contains("after a panic"), "{msg}");
         drop(fut);
         assert_eq!(drops.load(Ordering::SeqCst), 3);
@@ -427,7 +462,11 @@ fn owner_drop_races_the_last_clone() {
                 while !g.load(Ordering::Acquire) {
                     std::hint::spin_loop();
                 }
-                if round % 2 == 0 { drop(clone) } else { clone.wake() }
+                if round % 2 == 0 {
+                    drop(clone)
+                } else {
+                    clone.wake()
+                }
             });
             go.store(true, Ordering::Release);
             drop(fut);
