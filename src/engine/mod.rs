@@ -695,17 +695,28 @@ impl<F: Future> Engine<F> {
         let chunks = self.ready.chunk_count();
         let total = (0..chunks).map(|c| self.ready.capacity(c)).sum();
         let mut out = Vec::with_capacity(total);
+        // Written into the spare capacity (no capacity check per output):
+        // there is room for one output per slot. Only moves happen in the
+        // loop, no user code, so nothing unwinds between a write and the
+        // `set_len` that owns it.
+        let spare = out.spare_capacity_mut();
+        let mut len = 0;
         for chunk in 0..chunks {
             let elements = self.ready.elements(chunk);
             for index in 0..elements.cap() {
                 // SAFETY: initialised (see `add_chunk`), and `&mut self` makes
                 // the access unique.
                 let slot = unsafe { &mut *Self::slot_of(elements.get(index)) };
-                if let Slot::Done(output) = std::mem::replace(slot, Slot::Vacant(NO_SLOT)) {
-                    out.push(output);
+                if let Slot::Done(_) = slot {
+                    if let Slot::Done(output) = std::mem::replace(slot, Slot::Vacant(NO_SLOT)) {
+                        spare[len].write(output);
+                        len += 1;
+                    }
                 }
             }
         }
+        // SAFETY: the first `len` elements were written just above.
+        unsafe { out.set_len(len) };
         out
     }
 
