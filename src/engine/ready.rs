@@ -393,17 +393,20 @@ impl Chunk {
                 #[cfg(awaitkit_loom)]
                 canary: crate::sync::cell::UnsafeCell::new(()),
             });
-            for index in 0..cap {
-                let at = elements_at + index * stride;
-                base.add(at).cast::<Entry>().write(Entry {
-                    back: (at / 8) as u32,
-                    index: index as u32,
-                });
-                if count_clones {
-                    base.add(clones_at)
-                        .cast::<AtomicU32>()
-                        .add(index)
-                        .write(AtomicU32::new(0));
+            // Entries walked with a running pointer and `back` (the stride
+            // is a multiple of 8: elements are aligned like an `Entry`).
+            debug_assert_eq!(stride % 8, 0);
+            let mut entry = base.add(elements_at).cast::<Entry>();
+            let mut back = (elements_at / 8) as u32;
+            for index in 0..cap as u32 {
+                entry.write(Entry { back, index });
+                entry = entry.byte_add(stride);
+                back += (stride / 8) as u32;
+            }
+            if count_clones {
+                let clones = base.add(clones_at).cast::<AtomicU32>();
+                for index in 0..cap {
+                    clones.add(index).write(AtomicU32::new(0));
                 }
             }
             for w in 0..total {
