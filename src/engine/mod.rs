@@ -320,6 +320,8 @@ pub(crate) struct Engine<F: Future> {
     /// Slots never used yet, at the end of the last chunk.
     fresh: usize,
     running: usize,
+    /// Outputs kept in their slots (`Slot::Done`), not yet taken.
+    kept: usize,
     /// Capacity of the next chunk `push` adds (doubles each time).
     growth: usize,
     _children: PhantomData<Slot<F>>,
@@ -350,7 +352,11 @@ impl<F: Future> Drop for Engine<F> {
         // they are freed when `ready` goes, after every slot was dropped
         // (also when a destructor panicked: `drop_slots` keeps going).
         let ready = std::mem::replace(&mut self.ready, ReadySet::new());
-        drop_slots::<F>(&ready);
+        if std::mem::needs_drop::<Slot<F>>() && (self.running > 0 || self.kept > 0) {
+            drop_slots::<F>(&ready);
+        }
+        // Otherwise every slot is vacant (a gather whose outputs were
+        // taken, a stream run to its end): nothing to drop, no walk.
     }
 }
 
@@ -457,6 +463,7 @@ impl<F: Future> Engine<F> {
             cooling: NO_SLOT,
             fresh: 0,
             running: 0,
+            kept: 0,
             growth: FIRST_GROWTH,
             _children: PhantomData,
         }
@@ -502,14 +509,18 @@ impl<F: Future> Engine<F> {
         let chunk = self.ready.add_chunk(n, false, Self::FIXED);
         let elements = self.ready.elements(chunk);
         /// Writes `Vacant` into the slots not filled (all of them if the
-        /// iterator panics), so every slot is initialised either way.
+        /// iterator panics), so every slot is initialised either way, and
+        /// counts the children in (so that the engine's drop, which skips
+        /// its walk when nothing runs, sees them if the iterator panics).
         struct Rest<'a, F: Future> {
             elements: ready::Elements<'a>,
             next: usize,
+            running: &'a mut usize,
             _slots: PhantomData<Slot<F>>,
         }
         impl<F: Future> Drop for Rest<'_, F> {
             fn drop(&mut self) {
+                *self.running = self.next;
                 for index in self.next..self.elements.cap() {
                     let slot = Engine::<F>::slot_of(self.elements.get(index));
                     // SAFETY: an uninitialised slot of a fresh chunk.
@@ -520,6 +531,7 @@ impl<F: Future> Engine<F> {
         let mut rest = Rest::<F> {
             elements,
             next: 0,
+            running: &mut self.running,
             _slots: PhantomData,
         };
         for f in futures.take(n) {
@@ -530,7 +542,6 @@ impl<F: Future> Engine<F> {
         }
         let count = rest.next;
         drop(rest);
-        self.running = count;
         // The initial batch's chunk takes no pushes (its keys are its
         // indices), even if the iterator fell short of its size hint.
         self.fresh = 0;
@@ -687,11 +698,17 @@ impl<F: Future> Engine<F> {
     /// place until all are done).
     pub(crate) fn store(&mut self, id: SlotId, output: F::Output) {
         *self.slot(id.chunk as usize, id.index as usize) = Slot::Done(output);
+        // Counted only where dropping a slot does something (the count
+        // lets the engine's drop skip its walk).
+        if std::mem::needs_drop::<Slot<F>>() {
+            self.kept += 1;
+        }
     }
 
     /// Takes every stored output in slot order (input order for sets built by
     /// [`Engine::from_iter`]).
     pub(crate) fn take_outputs(&mut self) -> Vec<F::Output> {
+        self.kept = 0;
         let chunks = self.ready.chunk_count();
         let total = (0..chunks).map(|c| self.ready.capacity(c)).sum();
         let mut out = Vec::with_capacity(total);
