@@ -71,6 +71,23 @@ matrix! {
         }
     }
 
+    async fn outputs_and_children_with_destructors_within_one_word_and_beyond() {
+        for n in [1, 2, 10, 63, 64, 65, 130] {
+            let tracker = Tracker::new();
+            let polls = Counter::new();
+            let children = (0..n).map(|i| {
+                let out = tracker.clone();
+                YieldN::tracked(i % 3, i, &polls, &tracker).map(move |i| (i, out.token()))
+            });
+            let out = gather(children.collect::<Vec<_>>()).await;
+            assert_eq!(out.iter().map(|(i, _)| *i).collect::<Vec<_>>(), (0..n).collect::<Vec<_>>(), "n = {n}");
+            assert_eq!(tracker.live(), n, "n = {n}: children not dropped, or outputs dropped");
+            drop(out);
+            assert_eq!(tracker.live(), 0, "n = {n}");
+            assert_eq!(polls.get(), n + (0..n).map(|i| i % 3).sum::<usize>(), "n = {n}: polls != wakes + N");
+        }
+    }
+
     async fn hundred_thousand_children_lean() {
         let n = 100_000;
         let polls = Counter::new();
@@ -448,6 +465,108 @@ guarded! {
             let mut g = gather((0..5000).map(|i| YieldN::new(i % 3, i, &polls)).collect::<Vec<_>>());
             while poll_once(&mut g, &w).is_pending() {}
         });
+    }
+
+    /// Outputs and children with destructors, at sizes within one bit-tree
+    /// word and beyond: cancelling after any poll drops every unfinished
+    /// child and every output kept so far exactly once; completing hands
+    /// every output out (none dropped by the gather), the children all
+    /// dropped, and dropping the finished gather drops nothing twice.
+    fn outputs_and_children_with_destructors_dropped_once_at_every_stop() {
+        for n in [1, 2, 10, 63, 64, 65, 200] {
+            for k in 0..=6 {
+                let tracker = Tracker::new();
+                let w = CountingWaker::new();
+                let polls = Counter::new();
+                // Child i yields i % 5 times, then outputs a token.
+                let children: Vec<_> = (0..n)
+                    .map(|i| {
+                        let out = tracker.clone();
+                        YieldN::tracked(i % 5, (), &polls, &tracker).map(move |()| out.token())
+                    })
+                    .collect();
+                let mut g = gather(children);
+                let mut out = None;
+                for _ in 0..k {
+                    if let Poll::Ready(v) = poll_once(&mut g, &w) {
+                        out = Some(v);
+                        break;
+                    }
+                }
+                match out {
+                    None => {
+                        drop(g);
+                        assert_eq!(tracker.live(), 0, "n = {n}, k = {k}: a child or output leaked");
+                    }
+                    Some(v) => {
+                        assert_eq!(v.len(), n);
+                        assert_eq!(tracker.live(), n, "n = {n}: only the outputs are alive");
+                        drop(g);
+                        assert_eq!(tracker.live(), n, "n = {n}: the finished gather dropped an output");
+                        drop(v);
+                        assert_eq!(tracker.live(), 0);
+                    }
+                }
+                // Children first polls, then one poll per self-wake: wakes + N.
+                assert!(polls.get() <= n + (0..n).map(|i| i % 5).sum::<usize>());
+                assert_eq!(w.live_clones(), 0, "n = {n}, k = {k}: parent waker leaked");
+            }
+        }
+    }
+
+    /// The last child to finish panics in its destructor, after every other
+    /// output was stored: the panic propagates, and dropping the gather then
+    /// (no child left running) still drops every stored output once.
+    fn stored_outputs_dropped_when_the_last_childs_destructor_panics() {
+        /// Panics when dropped (after it finished, here).
+        struct BoomOnDrop<F>(F);
+        impl<F: Future + Unpin> Future for BoomOnDrop<F> {
+            type Output = F::Output;
+            fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+                std::pin::Pin::new(&mut self.0).poll(cx)
+            }
+        }
+        impl<F> Drop for BoomOnDrop<F> {
+            fn drop(&mut self) {
+                panic!("boom on drop");
+            }
+        }
+        for n in [1, 2, 10, 64, 65] {
+            let tracker = Tracker::new();
+            let w = CountingWaker::new();
+            let polls = Counter::new();
+            let children: Vec<BoxFuture<'static, Token>> = (0..n)
+                .map(|i| {
+                    let out = tracker.clone();
+                    let child = YieldN::tracked(if i == n / 2 { 2 } else { i % 2 }, (), &polls, &tracker)
+                        .map(move |()| out.token());
+                    if i == n / 2 {
+                        // Finishes last (on the third poll).
+                        BoomOnDrop(child).boxed()
+                    } else {
+                        child.boxed()
+                    }
+                })
+                .collect();
+            let mut g = gather(children);
+            let mut caught = None;
+            for _ in 0..3 {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| poll_once(&mut g, &w))) {
+                    Ok(p) => assert!(p.is_pending(), "n = {n}: finished despite the panic"),
+                    Err(payload) => {
+                        caught = Some(payload);
+                        break;
+                    }
+                }
+            }
+            let payload = caught.expect("the destructor's panic propagates");
+            assert_eq!(panic_message(&*payload), "boom on drop");
+            // The other n - 1 outputs are kept in the gather; nothing runs.
+            assert_eq!(tracker.live(), n - 1, "n = {n}");
+            drop(g);
+            assert_eq!(tracker.live(), 0, "n = {n}: a stored output leaked");
+            assert_eq!(w.live_clones(), 0);
+        }
     }
 
     fn child_panic_propagates_out_of_poll_manual() {
