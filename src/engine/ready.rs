@@ -548,6 +548,15 @@ impl ReadySet {
         if count == 0 {
             return;
         }
+        if h.levels == 1 {
+            // One word (up to 64 children): its low `count` bits.
+            h.word(0, 0)
+                .store(u64::MAX >> (BITS - count), Ordering::Relaxed);
+            if h.chunk != 0 {
+                h.root().chunks.fetch_or(1 << h.chunk, Ordering::AcqRel);
+            }
+            return;
+        }
         for level in 0..h.levels as usize {
             let full = count / BITS;
             for w in 0..full {
@@ -743,10 +752,13 @@ impl Drop for ReadySet {
         } else {
             None
         };
-        for &chunk in self.more.iter().chain([&root]) {
+        for &chunk in &self.more {
             // SAFETY: the owner holds one reference on each chunk.
             unsafe { release(chunk) };
         }
+        // SAFETY: as above; the root last (the other chunks hold references
+        // on it anyway).
+        unsafe { release(root) };
         // Dropped last: user code, which may panic, runs once every
         // reference is released.
         drop_user_waker(parent);
