@@ -1283,4 +1283,74 @@ mod tests {
             super::STALL_LIMIT
         );
     }
+
+    /// The cursor's descent through a three-level tree (more than 64 × 64
+    /// children in one chunk): rounds of wakes scattered over every level,
+    /// from sparse (one bit per word at every level: a full descent per
+    /// child) to dense (leftover bits at every level, stale summary bits of
+    /// children that finished meanwhile): exactly the woken children are
+    /// polled, once each, and every completion is reported once.
+    #[test]
+    fn a_three_level_tree_polls_exactly_the_woken_children() {
+        use std::cell::Cell;
+        const N: usize = 64 * 64 * 2 + 100;
+        struct Child {
+            index: usize,
+            polls: Rc<Vec<Cell<usize>>>,
+            parked: Rc<RefCell<Vec<Option<Waker>>>>,
+            finish: Rc<Vec<Cell<bool>>>,
+        }
+        impl Future for Child {
+            type Output = usize;
+            fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+                let polls = &self.polls[self.index];
+                polls.set(polls.get() + 1);
+                if self.finish[self.index].get() {
+                    return Poll::Ready(self.index);
+                }
+                self.parked.borrow_mut()[self.index] = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+        let polls: Rc<Vec<Cell<usize>>> = Rc::new((0..N).map(|_| Cell::new(0)).collect());
+        let finish: Rc<Vec<Cell<bool>>> = Rc::new((0..N).map(|_| Cell::new(false)).collect());
+        let parked = Rc::new(RefCell::new(vec![None; N]));
+        let mut engine = Engine::from_iter((0..N).map(|index| Child {
+            index,
+            polls: polls.clone(),
+            parked: parked.clone(),
+            finish: finish.clone(),
+        }));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(drain(&mut engine, &mut cx).is_empty());
+        assert!(polls.iter().all(|p| p.get() == 1));
+        let mut done = vec![false; N];
+        let mut expected = vec![1; N];
+        // Strides from one child per top-level bit to every third child.
+        for (round, stride) in [4099, 4096, 677, 64, 63, 7, 3].into_iter().enumerate() {
+            let mut woken = Vec::new();
+            for index in (round..N).step_by(stride) {
+                if done[index] {
+                    continue;
+                }
+                // Every other woken child finishes; the rest park again.
+                finish[index].set(woken.len() % 2 == 0);
+                woken.push(index);
+                let waker = parked.borrow_mut()[index].take().expect("parked");
+                waker.wake();
+            }
+            let mut finished = drain(&mut engine, &mut cx);
+            finished.sort_unstable();
+            let want: Vec<usize> = woken.iter().copied().filter(|&i| finish[i].get()).collect();
+            assert_eq!(finished, want, "round {round}");
+            for &index in &woken {
+                expected[index] += 1;
+                done[index] = finish[index].get();
+            }
+            for (index, p) in polls.iter().enumerate() {
+                assert_eq!(p.get(), expected[index], "child {index}, round {round}");
+            }
+        }
+        assert_eq!(engine.running(), done.iter().filter(|d| !**d).count());
+    }
 }
