@@ -166,43 +166,57 @@ impl Cursor {
         self.next_slow(ready)
     }
 
+    /// The rest of [`Cursor::next`]: descends from the lowest level with
+    /// bits left (or from the next chunk's top word, taken here) to level 0,
+    /// taking one word per level. The bits being descended stay in registers;
+    /// only a level's leftover bits go back to the stack.
     #[inline(never)]
     fn next_slow(&mut self, ready: &ReadySet) -> Option<(usize, usize)> {
         loop {
-            if self.nonempty != 0 {
-                // Level 0 is empty: descend from the lowest level with bits,
-                // taking one word per level.
-                let tree = ready.tree(self.current);
-                let mut level = self.nonempty.trailing_zeros() as usize;
-                while level > 0 {
-                    let below = self.pop(level);
-                    level -= 1;
-                    let bits = tree.take(level, below);
-                    if bits == 0 {
-                        // A stale summary bit: its word was empty.
-                        break;
-                    }
-                    self.stack[level] = (below, bits);
-                    self.nonempty |= 1 << level;
+            let mut nonempty = self.nonempty;
+            let (tree, mut level, mut word, mut bits);
+            if nonempty != 0 {
+                level = nonempty.trailing_zeros() as usize;
+                (word, bits) = self.stack[level];
+                nonempty &= !(1 << level);
+                tree = ready.tree(self.current);
+            } else {
+                if self.chunks == 0 {
+                    return None;
                 }
-                if self.nonempty & 1 != 0 {
-                    return Some((self.current, self.pop(0)));
+                let chunk = self.chunks.trailing_zeros() as usize;
+                self.chunks &= self.chunks - 1;
+                tree = ready.tree(chunk);
+                level = tree.levels - 1;
+                bits = tree.take(level, 0);
+                if bits == 0 {
+                    continue;
                 }
-                continue;
+                word = 0;
+                self.current = chunk;
             }
-            if self.chunks == 0 {
-                return None;
+            // `bits` (non-zero) are the unvisited bits of word `word` of
+            // `level`: visit the lowest, keep the rest for later.
+            loop {
+                let rest = bits & (bits - 1);
+                if rest != 0 {
+                    self.stack[level] = (word, rest);
+                    nonempty |= 1 << level;
+                }
+                let below = word * BITS + bits.trailing_zeros() as usize;
+                if level == 0 {
+                    self.nonempty = nonempty;
+                    return Some((self.current, below));
+                }
+                level -= 1;
+                word = below;
+                bits = tree.take(level, word);
+                if bits == 0 {
+                    // A stale summary bit: its word was empty.
+                    break;
+                }
             }
-            let chunk = self.chunks.trailing_zeros() as usize;
-            self.chunks &= self.chunks - 1;
-            let tree = ready.tree(chunk);
-            let top = tree.levels - 1;
-            let bits = tree.take(top, 0);
-            self.current = chunk;
-            if bits != 0 {
-                self.stack[top] = (0, bits);
-                self.nonempty |= 1 << top;
-            }
+            self.nonempty = nonempty;
         }
     }
 
@@ -675,6 +689,7 @@ impl<F: Future> Engine<F> {
     /// Returns a vacant slot to the free list, or to the cooling list while a
     /// cloned waker of its last occupant is alive. Sets that do not reuse
     /// slots leave it vacant.
+    #[inline]
     pub(crate) fn release_slot(&mut self, id: SlotId) {
         let (chunk, index) = (id.chunk as usize, id.index as usize);
         if !self.ready.reuses(chunk) {
@@ -794,6 +809,7 @@ impl<F: Future> Engine<F> {
 
     /// Starts a pass: registers `cx`'s waker and, unless a previous pass
     /// stopped early, takes a fresh snapshot of the woken children.
+    #[inline]
     pub(crate) fn pass<'a, 'b>(&'a mut self, cx: &'a mut Context<'b>) -> Pass<'a, 'b, F> {
         let refreshed = if self.cursor.has_leftover() {
             false
@@ -872,6 +888,34 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
     /// child is polled twice in one poll (SPEC §1.3–§1.4).
     #[inline]
     pub(crate) fn next_with<T>(
+        &mut self,
+        poll: impl FnMut(Pin<&mut F>, &mut Context<'_>) -> Poll<T>,
+        catch_drop: Option<SettleDrop<T>>,
+    ) -> Option<Completed<T>> {
+        if self.engine.cursor.has_leftover() {
+            return self.visit(poll, catch_drop);
+        }
+        // Nothing taken, nothing left: the usual answer to the poll that
+        // follows a completion, kept inline and short (what `visit` does when
+        // it finds the cursor empty, with nobody polled).
+        self.snapshot_done();
+        None
+    }
+
+    /// The end of a snapshot: asks for another poll when this pass only
+    /// finished an earlier snapshot (see [`Pass::visit`]).
+    #[inline]
+    fn snapshot_done(&mut self) {
+        if !self.refreshed && self.engine.running > 0 {
+            // This pass only finished an earlier snapshot; the parent waker
+            // was not registered against the shared words, so ask to be
+            // polled again to take a fresh one.
+            self.cx.waker().wake_by_ref();
+        }
+    }
+
+    /// [`Pass::next_with`] once the cursor holds bits to visit.
+    fn visit<T>(
         &mut self,
         mut poll: impl FnMut(Pin<&mut F>, &mut Context<'_>) -> Poll<T>,
         catch_drop: Option<SettleDrop<T>>,
@@ -961,12 +1005,7 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
         if polled {
             engine.cursor.armed = true;
         }
-        if !self.refreshed && engine.running > 0 {
-            // This pass only finished an earlier snapshot; the parent waker
-            // was not registered against the shared words, so ask to be
-            // polled again to take a fresh one.
-            self.cx.waker().wake_by_ref();
-        }
+        self.snapshot_done();
         None
     }
 
@@ -1271,5 +1310,75 @@ mod tests {
             polls.iter().filter(|p| p.get() == 3).count(),
             super::STALL_LIMIT
         );
+    }
+
+    /// The cursor's descent through a three-level tree (more than 64 × 64
+    /// children in one chunk): rounds of wakes scattered over every level,
+    /// from sparse (one bit per word at every level: a full descent per
+    /// child) to dense (leftover bits at every level, stale summary bits of
+    /// children that finished meanwhile): exactly the woken children are
+    /// polled, once each, and every completion is reported once.
+    #[test]
+    fn a_three_level_tree_polls_exactly_the_woken_children() {
+        use std::cell::Cell;
+        const N: usize = 64 * 64 * 2 + 100;
+        struct Child {
+            index: usize,
+            polls: Rc<Vec<Cell<usize>>>,
+            parked: Rc<RefCell<Vec<Option<Waker>>>>,
+            finish: Rc<Vec<Cell<bool>>>,
+        }
+        impl Future for Child {
+            type Output = usize;
+            fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+                let polls = &self.polls[self.index];
+                polls.set(polls.get() + 1);
+                if self.finish[self.index].get() {
+                    return Poll::Ready(self.index);
+                }
+                self.parked.borrow_mut()[self.index] = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+        let polls: Rc<Vec<Cell<usize>>> = Rc::new((0..N).map(|_| Cell::new(0)).collect());
+        let finish: Rc<Vec<Cell<bool>>> = Rc::new((0..N).map(|_| Cell::new(false)).collect());
+        let parked = Rc::new(RefCell::new(vec![None; N]));
+        let mut engine = Engine::from_iter((0..N).map(|index| Child {
+            index,
+            polls: polls.clone(),
+            parked: parked.clone(),
+            finish: finish.clone(),
+        }));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(drain(&mut engine, &mut cx).is_empty());
+        assert!(polls.iter().all(|p| p.get() == 1));
+        let mut done = vec![false; N];
+        let mut expected = vec![1; N];
+        // Strides from one child per top-level bit to every third child.
+        for (round, stride) in [4099, 4096, 677, 64, 63, 7, 3].into_iter().enumerate() {
+            let mut woken = Vec::new();
+            for index in (round..N).step_by(stride) {
+                if done[index] {
+                    continue;
+                }
+                // Every other woken child finishes; the rest park again.
+                finish[index].set(woken.len() % 2 == 0);
+                woken.push(index);
+                let waker = parked.borrow_mut()[index].take().expect("parked");
+                waker.wake();
+            }
+            let mut finished = drain(&mut engine, &mut cx);
+            finished.sort_unstable();
+            let want: Vec<usize> = woken.iter().copied().filter(|&i| finish[i].get()).collect();
+            assert_eq!(finished, want, "round {round}");
+            for &index in &woken {
+                expected[index] += 1;
+                done[index] = finish[index].get();
+            }
+            for (index, p) in polls.iter().enumerate() {
+                assert_eq!(p.get(), expected[index], "child {index}, round {round}");
+            }
+        }
+        assert_eq!(engine.running(), done.iter().filter(|d| !**d).count());
     }
 }

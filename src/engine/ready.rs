@@ -575,6 +575,7 @@ impl ReadySet {
 
     /// Registers the waker to wake when any child is woken (`&mut`: the
     /// owner only, never concurrently with itself).
+    #[inline]
     pub(crate) fn register(&mut self, waker: &Waker) {
         if self.root.is_some() {
             // SAFETY: `&mut self` makes this the only registration or take
@@ -590,6 +591,7 @@ impl ReadySet {
     /// registration published it through the parent waker's state (which the
     /// registration and the wake both modify), so the load sees it; a waker
     /// that sets one later wakes the registered waker.
+    #[inline]
     pub(crate) fn take_chunks(&self) -> u64 {
         let Some(_) = self.root else { return 0 };
         let root = self.header(0);
@@ -626,12 +628,14 @@ impl ReadySet {
     }
 
     /// Whether a chunk counts clones per child, so its slots can be reused.
+    #[inline]
     pub(crate) fn reuses(&self, chunk: usize) -> bool {
         self.header(chunk).count_clones
     }
 
     /// Whether no waker of this child exists outside a poll, so its slot can
     /// be reused without a stale wake reaching the next child.
+    #[inline]
     pub(crate) fn is_idle(&self, chunk: usize, index: usize) -> bool {
         let h = self.header(chunk);
         assert!(
