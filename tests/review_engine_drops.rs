@@ -151,8 +151,11 @@ impl Future for PlainOut {
         // SAFETY: structural pinning of the only field.
         let inner = unsafe { self.map_unchecked_mut(|s| &mut s.0) };
         inner.poll(cx).map(|o| {
+            // Dropped here, uncounted: the output the engine keeps is a
+            // plain `usize` (no drop glue).
             let id = o.id;
-            std::mem::forget(o);
+            o.book.out_drops[id].fetch_sub(1, Ordering::SeqCst);
+            drop(o);
             id
         })
     }
