@@ -625,3 +625,165 @@ fn as_completed_grown_chunks_dropped_midway() {
         book.check(&format!("n={n}"), n, &got);
     }
 }
+
+/// Child adapted to `Result<Out, ()>` for the fallible combinators.
+struct Res(Child);
+impl Future for Res {
+    type Output = Result<Out, ()>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: structural pinning of the only field.
+        unsafe { self.map_unchecked_mut(|s| &mut s.0) }.poll(cx).map(Ok)
+    }
+}
+
+/// `wait_any`, then the rest polled to the end through the returned set
+/// (pushes after completion), and `wait(FirstCompleted)` with its pending
+/// set dropped: every child and output dropped once.
+#[test]
+fn wait_any_and_wait_rest_dropped_once() {
+    for &n in SIZES {
+        let book = Book::new(2 * n);
+        let mut w = awaitkit::wait_any((0..n).map(|i| Child::new(i, Act::Ready(1 + i % 3), &book)).collect::<Vec<_>>());
+        let (i, out, mut rest) = loop {
+            if let Poll::Ready(r) = poll_once(&mut w).unwrap() {
+                break r.expect("non-empty");
+            }
+        };
+        let mut got = vec![i];
+        drop(out);
+        drop(w);
+        let mut cx = noop_cx();
+        loop {
+            match Pin::new(&mut rest).poll_next(&mut cx) {
+                Poll::Ready(Some(o)) => got.push(o.id),
+                Poll::Ready(None) => break,
+                Poll::Pending => {}
+            }
+        }
+        for j in n..2 * n {
+            rest.push(Child::new(j, Act::Ready(j % 2), &book));
+        }
+        let _ = Pin::new(&mut rest).poll_next(&mut cx).map(|o| o.map(|o| got.push(o.id)));
+        drop(rest);
+        book.check(&format!("wait_any n={n}"), 2 * n, &got);
+
+        let book = Book::new(n);
+        let mut w = awaitkit::wait((0..n).map(|i| Child::new(i, if i % 2 == 0 { Act::Ready(1) } else { Act::Pending }, &book)).collect::<Vec<_>>(), awaitkit::ReturnWhen::FirstCompleted);
+        let outcome = loop {
+            if let Poll::Ready(r) = poll_once(&mut w).unwrap() {
+                break r;
+            }
+        };
+        let got: Vec<usize> = outcome.done.iter().map(|(_, o)| o.id).collect();
+        drop(outcome);
+        drop(w);
+        book.check(&format!("wait n={n}"), n, &got);
+    }
+}
+
+/// `first_ok`: all fail but one, cancelled at every poll.
+#[test]
+fn first_ok_cancel_after_every_poll() {
+    for &n in SIZES {
+        for stop in 0..4 {
+            let book = Book::new(n);
+            let mut f = awaitkit::first_ok((0..n).map(|i| Res(Child::new(i, Act::Ready(if i == n - 1 { 2 } else { 5 }), &book))).collect::<Vec<_>>());
+            let mut produced = Vec::new();
+            for _ in 0..stop {
+                if let Poll::Ready(r) = poll_once(&mut f).unwrap() {
+                    let (_, o) = r.ok().expect("ok");
+                    produced.push(o.id);
+                    break;
+                }
+            }
+            drop(f);
+            book.check(&format!("first_ok n={n} stop={stop}"), n, &produced);
+        }
+    }
+}
+
+/// `process_batch`: cancelled after every poll, and a panic in `f`.
+#[test]
+fn process_batch_cancel_and_panicking_f() {
+    quiet();
+    for &n in &[1usize, 63, 64, 65, 300] {
+        for stop in [0, 1, 2, 5, 1000] {
+            let book = Book::new(n);
+            let b2 = book.clone();
+            let mut b = awaitkit::process_batch(0..n, 40, move |i| Child::new(i, Act::Ready(i % 3), &b2));
+            let mut produced = Vec::new();
+            for _ in 0..stop {
+                if let Poll::Ready(v) = poll_once(&mut b).unwrap() {
+                    produced = v.iter().map(|o: &Out| o.id).collect();
+                    break;
+                }
+            }
+            let made = book.made.load(Ordering::SeqCst);
+            drop(b);
+            // Outputs stored so far are dropped too: each produced output
+            // once at most, every child once.
+            for i in 0..n {
+                assert!(book.out_drops[i].load(Ordering::SeqCst) <= 1);
+            }
+            let all: Vec<usize> = (0..n).filter(|&i| book.out_drops[i].load(Ordering::SeqCst) == 1).collect();
+            if !produced.is_empty() {
+                assert_eq!(all.len(), n);
+            }
+            book.check(&format!("batch n={n} stop={stop}"), made, &all);
+        }
+        let book = Book::new(n);
+        let b2 = book.clone();
+        let mut b = awaitkit::process_batch(0..n, 40, move |i| {
+            if i == n / 2 {
+                panic!("injected f panic");
+            }
+            Child::new(i, Act::Ready(i % 3), &b2)
+        });
+        let mut panicked = false;
+        for _ in 0..1000 {
+            match poll_once(&mut b) {
+                Err(_) => {
+                    panicked = true;
+                    break;
+                }
+                Ok(Poll::Ready(_)) => break,
+                Ok(Poll::Pending) => {}
+            }
+        }
+        assert!(panicked);
+        let made = book.made.load(Ordering::SeqCst);
+        drop(b);
+        let all: Vec<usize> = (0..n).filter(|&i| book.out_drops[i].load(Ordering::SeqCst) == 1).collect();
+        book.check(&format!("batch panic n={n}"), made, &all);
+    }
+}
+
+/// A task group whose tasks finish at different polls, dropped after every
+/// poll; and one with a task whose destructor panics.
+#[test]
+fn task_group_dropped_after_every_poll() {
+    quiet();
+    for &n in &[1usize, 31, 32, 33, 64, 65, 200] {
+        for stop in 0..5 {
+            let book = Book::new(n);
+            let b2 = book.clone();
+            let mut g = awaitkit::task_group(move |tg| async move {
+                for i in 0..n {
+                    let c = Res(Child::new(i, Act::Ready(i % 4), &b2));
+                    drop(tg.spawn(async move { c.await.map(drop) }));
+                }
+                Ok::<(), ()>(())
+            });
+            for _ in 0..stop {
+                if let Poll::Ready(r) = poll_once(&mut g).unwrap() {
+                    assert_eq!(r, Ok(()));
+                    break;
+                }
+            }
+            drop(g);
+            let made = book.made.load(Ordering::SeqCst);
+            let all: Vec<usize> = (0..n).filter(|&i| book.out_drops[i].load(Ordering::SeqCst) == 1).collect();
+            book.check(&format!("task_group n={n} stop={stop}"), made, &all);
+        }
+    }
+}
