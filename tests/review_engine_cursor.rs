@@ -49,6 +49,9 @@ struct Shared {
     generation: AtomicUsize,
     /// Single-threaded: every poll must follow a wake since the last poll.
     strict: bool,
+    /// Siblings each poll wakes (wakes during the pass, landing in the
+    /// visited part, the leftover and words not taken yet).
+    chain: AtomicUsize,
     errors: Mutex<Vec<String>>,
 }
 
@@ -58,6 +61,7 @@ impl Shared {
             cells: (0..n).map(|_| Cell::default()).collect(),
             generation: AtomicUsize::new(0),
             strict,
+            chain: AtomicUsize::new(0),
             errors: Mutex::new(Vec::new()),
         })
     }
@@ -105,6 +109,19 @@ impl std::future::Future for Child {
             let g = self.sh.generation.load(Ordering::SeqCst);
             if c.generation.swap(g, Ordering::SeqCst) == g && polls > 1 {
                 self.sh.err(format!("child {}: polled twice in parent poll {g}", self.id));
+            }
+        }
+        let chain = self.sh.chain.load(Ordering::SeqCst);
+        if chain > 0 {
+            let mut x = (self.id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ polls as u64;
+            for _ in 0..chain {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let other = (x % self.sh.cells.len() as u64) as usize;
+                if !self.sh.cells[other].done.load(Ordering::SeqCst) {
+                    self.sh.wake(other);
+                }
             }
         }
         if c.finish.load(Ordering::SeqCst) {
@@ -175,6 +192,10 @@ fn check_no_lost(sh: &Shared, what: &str) {
 /// Interleaves single parent polls (each may stop early after STALL_LIMIT
 /// stalls) with waves of wakes, strict per-poll checks; then settles.
 fn run_interleaved(n: usize, grown: bool, seed: u64) {
+    run_interleaved_chain(n, grown, seed, 0);
+}
+
+fn run_interleaved_chain(n: usize, grown: bool, seed: u64, chain: usize) {
     let mut rng = Rng(seed | 1);
     let sh = Shared::new(n + n / 2 + 8, true);
     let parent = Arc::new(ParentFlag::default());
@@ -185,8 +206,11 @@ fn run_interleaved(n: usize, grown: bool, seed: u64) {
         }
     }
     let mut next_id = n;
-    let what = format!("n={n} grown={grown} seed={seed}");
+    let what = format!("n={n} grown={grown} seed={seed} chain={chain}");
     settle(&mut set, &sh, &parent, 4 * n + 100);
+    // Sibling wakes from inside polls from here on (the first round only
+    // parks every child).
+    sh.chain.store(chain, Ordering::SeqCst);
     check_no_lost(&sh, &what);
     let waker = Waker::from(parent.clone());
     let mut cx = Context::from_waker(&waker);
@@ -227,8 +251,10 @@ fn run_interleaved(n: usize, grown: bool, seed: u64) {
                 sh.wake(id);
             }
         }
+        sh.chain.store(0, Ordering::SeqCst);
         settle(&mut set, &sh, &parent, 8 * n + 1000);
         check_no_lost(&sh, &format!("{what} round {round}"));
+        sh.chain.store(chain, Ordering::SeqCst);
     }
 }
 
@@ -356,5 +382,18 @@ fn threaded_wakes_built_sets() {
 fn threaded_wakes_grown_sets() {
     for &n in &[1usize, 33, 97, 4097] {
         run_threaded(n, true, 1234 + n as u64, Duration::from_millis(300));
+    }
+}
+
+/// Children that wake siblings from inside their polls (the pass is under
+/// way: wakes land behind the cursor, in its leftovers, and in words not
+/// taken yet), through 1–3-level trees and grown chunks.
+#[test]
+fn interleaved_waves_with_wakes_during_the_pass() {
+    for &n in &[2usize, 63, 64, 65, 4095, 4096, 4097, 9000] {
+        for chain in [1, 3] {
+            run_interleaved_chain(n, false, 31 * n as u64 + chain as u64, chain);
+            run_interleaved_chain(n, true, 37 * n as u64 + chain as u64, chain);
+        }
     }
 }
