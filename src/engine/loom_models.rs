@@ -711,3 +711,149 @@ fn early_stop_with_two_wakers_racing() {
         assert!(once.polls.load(Ordering::Relaxed) <= 2);
     });
 }
+
+// ---------------------------------------------------------------------------
+// Review of engine-merge: the inline answer to the poll after a completion
+// (`Pass::next_with` with an empty cursor) and the engine drop that skips
+// its walk (nothing running, nothing kept).
+// ---------------------------------------------------------------------------
+
+/// A child ready at its first poll.
+struct Now;
+
+impl Future for Now {
+    type Output = usize;
+
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<usize> {
+        Poll::Ready(7)
+    }
+}
+
+/// `as_completed`: one child completes at once; the poll that follows the
+/// completion finds the cursor empty (the inline path: register, load the
+/// root words, return) while another thread fires the second child. The
+/// wake must not be lost (a lost one deadlocks `block_on`), nor the child
+/// polled more than wakes + 1 times.
+#[test]
+fn review_inline_poll_after_completion_races_a_wake() {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    model(|| {
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let gate = Arc::new(Gate::default());
+        let children: Vec<Pin<Box<dyn Future<Output = usize> + Send>>> = vec![
+            Box::pin(YieldOnce(false)),
+            Box::pin(WaitGate {
+                gate: gate.clone(),
+                need: 1,
+            }),
+        ];
+        let mut set = crate::as_completed(children);
+        let waker = futures_util::task::noop_waker();
+        // First poll: both pending (the first woke itself), the gate child
+        // has parked its waker.
+        let first = Pin::new(&mut set).poll_next(&mut Context::from_waker(&waker));
+        assert_eq!(first, Poll::Pending);
+        let t = {
+            let g = gate.clone();
+            thread::spawn(move || g.fire())
+        };
+        // The owner: the self-woken child completes; the poll right after
+        // takes the inline path unless the gate's wake landed already.
+        let mut got = Vec::new();
+        block_on(std::future::poll_fn(|cx| {
+            while let Poll::Ready(Some(v)) = Pin::new(&mut set).poll_next(cx) {
+                got.push(v);
+            }
+            if set.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }));
+        assert_eq!(got, [0, 1]);
+        t.join().unwrap();
+        assert!(gate.polls.load(Ordering::Relaxed) <= 2);
+        drop(set);
+        drop(gate.waker.lock().unwrap().take());
+    });
+    let runs = RUNS.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("review_inline_poll_after_completion_races_a_wake: {runs} interleavings");
+    assert!(runs > 10, "the model explored {runs} interleavings only");
+}
+
+/// The same race through a grown set (`push`, slots counted per clone):
+/// the first child's completion frees its slot, a new child is pushed into
+/// it in the same poll, and a second thread fires the other child.
+#[test]
+fn review_completion_then_push_races_a_wake() {
+    model(|| {
+        let gate = Arc::new(Gate::default());
+        let mut set: AsCompleted<Pin<Box<dyn Future<Output = usize> + Send>>> = AsCompleted::new();
+        set.push(Box::pin(YieldOnce(false)));
+        set.push(Box::pin(WaitGate {
+            gate: gate.clone(),
+            need: 1,
+        }));
+        let waker = futures_util::task::noop_waker();
+        let first = Pin::new(&mut set).poll_next(&mut Context::from_waker(&waker));
+        assert_eq!(first, Poll::Pending);
+        let t = {
+            let g = gate.clone();
+            thread::spawn(move || g.fire())
+        };
+        let mut got = Vec::new();
+        let mut pushed = false;
+        block_on(std::future::poll_fn(|cx| {
+            while let Poll::Ready(Some(v)) = Pin::new(&mut set).poll_next(cx) {
+                got.push(v);
+                if !pushed {
+                    // Into the slot the completion just freed.
+                    pushed = true;
+                    set.push(Box::pin(Now));
+                }
+            }
+            if set.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }));
+        got.sort_unstable();
+        assert_eq!(got.len(), 3);
+        assert!(got.contains(&1) && got.contains(&7) && got.contains(&0));
+        t.join().unwrap();
+        assert!(gate.polls.load(Ordering::Relaxed) <= 2);
+        drop(set);
+        drop(gate.waker.lock().unwrap().take());
+    });
+}
+
+/// A gather whose outputs were taken (`running == 0`, `kept == 0`: the drop
+/// skips its walk) is dropped while another thread still wakes and drops a
+/// clone of a finished child's waker: the chunk is freed once, after the
+/// last access (`LIVE_CHUNKS` and the header canary check it).
+#[test]
+fn review_skipped_drop_walk_races_a_late_waker() {
+    model(|| {
+        let gate = Arc::new(Gate::default());
+        gate.fired.store(1, Ordering::Relaxed);
+        let children: Vec<Pin<Box<dyn Future<Output = usize> + Send>>> = vec![
+            Box::pin(WaitGate {
+                gate: gate.clone(),
+                need: 1,
+            }),
+            Box::pin(Now),
+        ];
+        let mut all = gather(children);
+        let waker = futures_util::task::noop_waker();
+        let out = Pin::new(&mut all).poll(&mut Context::from_waker(&waker));
+        assert_eq!(out, Poll::Ready(vec![1, 7]));
+        let late = gate.waker.lock().unwrap().take().expect("parked");
+        let t = thread::spawn(move || {
+            late.wake_by_ref();
+            drop(late);
+        });
+        drop(all);
+        t.join().unwrap();
+    });
+}
