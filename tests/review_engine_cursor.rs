@@ -397,3 +397,77 @@ fn interleaved_waves_with_wakes_during_the_pass() {
         }
     }
 }
+
+/// Over-aligned children (64 and 4096 bytes): `Chunk::alloc`'s running
+/// pointer and `back` (8-byte units to the header) for strides far above 8;
+/// every child parks a clone, the clones are woken (from another thread)
+/// after the owner polled: each wake must reach its own child (a wrong
+/// `back` would resolve a waker to a wrong header: ASan / wrong polls).
+#[test]
+fn over_aligned_children_wakes_reach_their_own_child() {
+    #[repr(align(64))]
+    struct A64(usize, [u8; 3]);
+    #[repr(align(4096))]
+    struct A4096(usize);
+    struct Aligned<T> {
+        id: usize,
+        _pad: T,
+        cells: Arc<Vec<(Mutex<Option<Waker>>, AtomicUsize, AtomicBool)>>,
+    }
+    impl<T> std::future::Future for Aligned<T> {
+        type Output = usize;
+        fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+            let (w, polls, go) = &self.cells[self.id];
+            polls.fetch_add(1, Ordering::SeqCst);
+            if go.load(Ordering::SeqCst) {
+                return Poll::Ready(self.id);
+            }
+            *w.lock().unwrap() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+    fn run<T: Send + 'static>(n: usize, pad: impl Fn(usize) -> T, grown: bool) {
+        let cells: Arc<Vec<_>> = Arc::new((0..n).map(|_| (Mutex::new(None), AtomicUsize::new(0), AtomicBool::new(false))).collect());
+        let mut set = if grown { AsCompleted::new() } else { awaitkit::as_completed((0..n).map(|id| Aligned { id, _pad: pad(id), cells: cells.clone() })) };
+        if grown {
+            for id in 0..n {
+                set.push(Aligned { id, _pad: pad(id), cells: cells.clone() });
+            }
+        }
+        let parent = Arc::new(ParentFlag::default());
+        let waker = Waker::from(parent.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(set.poll_next_indexed(&mut cx).is_pending());
+        let c2 = cells.clone();
+        std::thread::spawn(move || {
+            for (w, _, go) in c2.iter().rev() {
+                go.store(true, Ordering::SeqCst);
+                w.lock().unwrap().take().expect("parked").wake();
+            }
+        })
+        .join()
+        .unwrap();
+        let mut got = Vec::new();
+        loop {
+            match set.poll_next_indexed(&mut cx) {
+                Poll::Ready(Some((key, id))) => {
+                    assert_eq!(key, id);
+                    got.push(id);
+                }
+                Poll::Ready(None) => break,
+                Poll::Pending => assert!(parent.woken.swap(false, Ordering::SeqCst), "stuck"),
+            }
+        }
+        got.sort_unstable();
+        assert_eq!(got, (0..n).collect::<Vec<_>>());
+        for (i, (_, polls, _)) in cells.iter().enumerate() {
+            assert_eq!(polls.load(Ordering::SeqCst), 2, "child {i}");
+        }
+    }
+    for &n in &[1usize, 2, 64, 65, 4097] {
+        for grown in [false, true] {
+            run(n, |i| A64(i, [0; 3]), grown);
+            run(n.min(300), A4096, grown);
+        }
+    }
+}
