@@ -98,7 +98,10 @@ impl std::future::Future for Child {
         let polls = c.polls.fetch_add(1, Ordering::SeqCst) + 1;
         let prev_seen = c.seen.swap(wakes, Ordering::SeqCst);
         if polls > wakes + 1 {
-            self.sh.err(format!("child {}: poll {polls} with only {wakes} wakes (unwoken poll)", self.id));
+            self.sh.err(format!(
+                "child {}: poll {polls} with only {wakes} wakes (unwoken poll)",
+                self.id
+            ));
         }
         if self.sh.strict {
             // (A poll that saw no new wake is allowed: a wake landing after
@@ -108,7 +111,10 @@ impl std::future::Future for Child {
             let _ = prev_seen;
             let g = self.sh.generation.load(Ordering::SeqCst);
             if c.generation.swap(g, Ordering::SeqCst) == g && polls > 1 {
-                self.sh.err(format!("child {}: polled twice in parent poll {g}", self.id));
+                self.sh.err(format!(
+                    "child {}: polled twice in parent poll {g}",
+                    self.id
+                ));
             }
         }
         let chain = self.sh.chain.load(Ordering::SeqCst);
@@ -154,7 +160,12 @@ impl Wake for ParentFlag {
 /// Polls the set until a poll returns `Pending` without the parent having
 /// been woken since that poll started (quiescent) — or the set is empty.
 /// Returns the completed ids.
-fn settle(set: &mut AsCompleted<Child>, sh: &Shared, parent: &Arc<ParentFlag>, max_polls: usize) -> Vec<usize> {
+fn settle(
+    set: &mut AsCompleted<Child>,
+    sh: &Shared,
+    parent: &Arc<ParentFlag>,
+    max_polls: usize,
+) -> Vec<usize> {
     let waker = Waker::from(parent.clone());
     let mut cx = Context::from_waker(&waker);
     let mut done = Vec::new();
@@ -185,7 +196,10 @@ fn check_no_lost(sh: &Shared, what: &str) {
         }
         let wakes = c.wakes.load(Ordering::SeqCst);
         let seen = c.seen.load(Ordering::SeqCst);
-        assert_eq!(seen, wakes, "{what}: child {i} woken ({wakes} wakes) but its last poll saw {seen}: lost wake / skipped bit");
+        assert_eq!(
+            seen, wakes,
+            "{what}: child {i} woken ({wakes} wakes) but its last poll saw {seen}: lost wake / skipped bit"
+        );
     }
 }
 
@@ -199,7 +213,11 @@ fn run_interleaved_chain(n: usize, grown: bool, seed: u64, chain: usize) {
     let mut rng = Rng(seed | 1);
     let sh = Shared::new(n + n / 2 + 8, true);
     let parent = Arc::new(ParentFlag::default());
-    let mut set = if grown { AsCompleted::new() } else { awaitkit::as_completed((0..n).map(|id| Child { id, sh: sh.clone() })) };
+    let mut set = if grown {
+        AsCompleted::new()
+    } else {
+        awaitkit::as_completed((0..n).map(|id| Child { id, sh: sh.clone() }))
+    };
     if grown {
         for id in 0..n {
             set.push(Child { id, sh: sh.clone() });
@@ -215,7 +233,12 @@ fn run_interleaved_chain(n: usize, grown: bool, seed: u64, chain: usize) {
     let waker = Waker::from(parent.clone());
     let mut cx = Context::from_waker(&waker);
     let live = |sh: &Shared, limit: usize| -> Vec<usize> {
-        (0..limit).filter(|&i| !sh.cells[i].done.load(Ordering::SeqCst) && sh.cells[i].polls.load(Ordering::SeqCst) > 0).collect()
+        (0..limit)
+            .filter(|&i| {
+                !sh.cells[i].done.load(Ordering::SeqCst)
+                    && sh.cells[i].polls.load(Ordering::SeqCst) > 0
+            })
+            .collect()
     };
     for round in 0..12 {
         // A wave: sparse to dense, some finishing.
@@ -238,7 +261,10 @@ fn run_interleaved_chain(n: usize, grown: bool, seed: u64, chain: usize) {
             sh.generation.fetch_add(1, Ordering::SeqCst);
             if let Poll::Ready(Some(_)) = set.poll_next_indexed(&mut cx) {
                 if grown && rng.below(2) == 0 && next_id < sh.cells.len() {
-                    set.push(Child { id: next_id, sh: sh.clone() });
+                    set.push(Child {
+                        id: next_id,
+                        sh: sh.clone(),
+                    });
                     next_id += 1;
                 }
             }
@@ -281,7 +307,10 @@ fn interleaved_waves_four_levels() {
     // 64³ + 1 children: a chunk with four levels.
     let before = EARLY.load(Ordering::Relaxed);
     run_interleaved(262_145, false, 12345);
-    assert!(EARLY.load(Ordering::Relaxed) > before, "no early stop exercised");
+    assert!(
+        EARLY.load(Ordering::Relaxed) > before,
+        "no early stop exercised"
+    );
 }
 
 /// Wakes from another thread while the owner polls (early stops, completions
@@ -292,7 +321,11 @@ fn run_threaded(n: usize, grown: bool, seed: u64, duration: Duration) {
     let sh = Shared::new(total, false);
     let parent = Arc::new(ParentFlag::default());
     *parent.thread.lock().unwrap() = Some(std::thread::current());
-    let mut set = if grown { AsCompleted::new() } else { awaitkit::as_completed((0..n).map(|id| Child { id, sh: sh.clone() })) };
+    let mut set = if grown {
+        AsCompleted::new()
+    } else {
+        awaitkit::as_completed((0..n).map(|id| Child { id, sh: sh.clone() }))
+    };
     if grown {
         for id in 0..n {
             set.push(Child { id, sh: sh.clone() });
@@ -345,12 +378,15 @@ fn run_threaded(n: usize, grown: bool, seed: u64, duration: Duration) {
                             .filter(|&i| {
                                 let c = &sh.cells[i];
                                 !c.done.load(Ordering::SeqCst)
-                                    && c.wakes.load(Ordering::SeqCst) != c.seen.load(Ordering::SeqCst)
+                                    && c.wakes.load(Ordering::SeqCst)
+                                        != c.seen.load(Ordering::SeqCst)
                             })
                             .take(10)
                             .collect();
                         stop.store(true, Ordering::SeqCst);
-                        panic!("n={n} grown={grown}: parent never woken for 2 s; children woken but not polled: {pending:?}");
+                        panic!(
+                            "n={n} grown={grown}: parent never woken for 2 s; children woken but not polled: {pending:?}"
+                        );
                     }
                     std::thread::park_timeout(deadline - now);
                 }
@@ -366,9 +402,21 @@ fn run_threaded(n: usize, grown: bool, seed: u64, duration: Duration) {
     // with a poll takes every bit set.
     settle(&mut set, &sh, &parent, 10_000_000);
     check_no_lost(&sh, &what);
-    let polls: usize = sh.cells.iter().map(|c| c.polls.load(Ordering::Relaxed)).sum();
-    let wakes: usize = sh.cells.iter().map(|c| c.wakes.load(Ordering::Relaxed)).sum();
-    eprintln!("{what}: {} children, {wakes} wakes, {polls} polls, {:?}", next_id.load(Ordering::SeqCst), start.elapsed());
+    let polls: usize = sh
+        .cells
+        .iter()
+        .map(|c| c.polls.load(Ordering::Relaxed))
+        .sum();
+    let wakes: usize = sh
+        .cells
+        .iter()
+        .map(|c| c.wakes.load(Ordering::Relaxed))
+        .sum();
+    eprintln!(
+        "{what}: {} children, {wakes} wakes, {polls} polls, {:?}",
+        next_id.load(Ordering::SeqCst),
+        start.elapsed()
+    );
 }
 
 #[test]
@@ -427,11 +475,33 @@ fn over_aligned_children_wakes_reach_their_own_child() {
         }
     }
     fn run<T: Send + 'static>(n: usize, pad: impl Fn(usize) -> T, grown: bool) {
-        let cells: Arc<Vec<_>> = Arc::new((0..n).map(|_| (Mutex::new(None), AtomicUsize::new(0), AtomicBool::new(false))).collect());
-        let mut set = if grown { AsCompleted::new() } else { awaitkit::as_completed((0..n).map(|id| Aligned { id, _pad: pad(id), cells: cells.clone() })) };
+        let cells: Arc<Vec<_>> = Arc::new(
+            (0..n)
+                .map(|_| {
+                    (
+                        Mutex::new(None),
+                        AtomicUsize::new(0),
+                        AtomicBool::new(false),
+                    )
+                })
+                .collect(),
+        );
+        let mut set = if grown {
+            AsCompleted::new()
+        } else {
+            awaitkit::as_completed((0..n).map(|id| Aligned {
+                id,
+                _pad: pad(id),
+                cells: cells.clone(),
+            }))
+        };
         if grown {
             for id in 0..n {
-                set.push(Aligned { id, _pad: pad(id), cells: cells.clone() });
+                set.push(Aligned {
+                    id,
+                    _pad: pad(id),
+                    cells: cells.clone(),
+                });
             }
         }
         let parent = Arc::new(ParentFlag::default());

@@ -62,7 +62,11 @@ impl Book {
             );
         }
         for i in made..self.child_drops.len() {
-            assert_eq!(self.child_drops[i].load(Ordering::SeqCst), 0, "{what}: child {i}");
+            assert_eq!(
+                self.child_drops[i].load(Ordering::SeqCst),
+                0,
+                "{what}: child {i}"
+            );
         }
         for &i in outputs {
             assert_eq!(
@@ -71,7 +75,11 @@ impl Book {
                 "{what}: output {i} dropped != 1 time"
             );
         }
-        let listed: usize = self.out_drops.iter().map(|d| d.load(Ordering::SeqCst)).sum();
+        let listed: usize = self
+            .out_drops
+            .iter()
+            .map(|d| d.load(Ordering::SeqCst))
+            .sum();
         assert_eq!(listed, outputs.len(), "{what}: output drops total");
     }
 }
@@ -109,7 +117,12 @@ struct Child {
 impl Child {
     fn new(id: usize, act: Act, book: &Book) -> Self {
         book.made.fetch_add(1, Ordering::SeqCst);
-        Child { id, act, polls: 0, book: book.clone() }
+        Child {
+            id,
+            act,
+            polls: 0,
+            book: book.clone(),
+        }
     }
 }
 impl Future for Child {
@@ -129,7 +142,10 @@ impl Future for Child {
         if panic {
             panic!("injected poll panic {}", self.id);
         }
-        Poll::Ready(Out { id: self.id, book: self.book.clone() })
+        Poll::Ready(Out {
+            id: self.id,
+            book: self.book.clone(),
+        })
     }
 }
 impl Drop for Child {
@@ -178,7 +194,10 @@ impl Future for NoGlue {
         }
         // SAFETY: the book outlives every use in these tests.
         let book = unsafe { &*self.book };
-        Poll::Ready(Out { id: self.id, book: book.clone() })
+        Poll::Ready(Out {
+            id: self.id,
+            book: book.clone(),
+        })
     }
 }
 
@@ -199,8 +218,18 @@ fn gather_outputs_stored_then_child_poll_panics() {
     for &n in SIZES {
         for victim in [0, n / 2, n - 1] {
             let book = Book::new(n);
-            let acts = |i: usize| if i == victim { Act::PanicPoll(2) } else { Act::Ready(i % 3) };
-            let mut g = gather((0..n).map(|i| Child::new(i, acts(i), &book)).collect::<Vec<_>>());
+            let acts = |i: usize| {
+                if i == victim {
+                    Act::PanicPoll(2)
+                } else {
+                    Act::Ready(i % 3)
+                }
+            };
+            let mut g = gather(
+                (0..n)
+                    .map(|i| Child::new(i, acts(i), &book))
+                    .collect::<Vec<_>>(),
+            );
             let mut panicked = false;
             for _ in 0..5 {
                 match poll_once(&mut g) {
@@ -219,7 +248,10 @@ fn gather_outputs_stored_then_child_poll_panics() {
             // i % 3 < 2 (finished by poll 2) plus some with 2: count the drops
             // instead (each produced output once at most).
             for i in 0..n {
-                assert!(book.out_drops[i].load(Ordering::SeqCst) <= 1, "n={n} output {i} twice");
+                assert!(
+                    book.out_drops[i].load(Ordering::SeqCst) <= 1,
+                    "n={n} output {i} twice"
+                );
             }
             let _ = outs;
             book.check(
@@ -232,7 +264,11 @@ fn gather_outputs_stored_then_child_poll_panics() {
             // Every child that finished before the panic has its output
             // dropped: those with i % 3 < 2 were done by the second poll.
             for i in (0..n).filter(|&i| i != victim && i % 3 < 2) {
-                assert_eq!(book.out_drops[i].load(Ordering::SeqCst), 1, "n={n} output {i} leaked");
+                assert_eq!(
+                    book.out_drops[i].load(Ordering::SeqCst),
+                    1,
+                    "n={n} output {i} leaked"
+                );
             }
         }
     }
@@ -248,7 +284,17 @@ fn gather_last_childs_destructor_panics_outputs_kept() {
         let book = Book::new(n);
         let mut g = gather(
             (0..n)
-                .map(|i| Child::new(i, if i == n / 2 { Act::ReadyPanicDrop(3) } else { Act::Ready(i % 2) }, &book))
+                .map(|i| {
+                    Child::new(
+                        i,
+                        if i == n / 2 {
+                            Act::ReadyPanicDrop(3)
+                        } else {
+                            Act::Ready(i % 2)
+                        },
+                        &book,
+                    )
+                })
                 .collect::<Vec<_>>(),
         );
         let mut panicked = false;
@@ -271,7 +317,17 @@ fn gather_last_childs_destructor_panics_outputs_kept() {
         let book = Book::new(n);
         let mut g = gather(
             (0..n)
-                .map(|i| PlainOut(Child::new(i, if i == n - 1 { Act::ReadyPanicDrop(3) } else { Act::Ready(i % 2) }, &book)))
+                .map(|i| {
+                    PlainOut(Child::new(
+                        i,
+                        if i == n - 1 {
+                            Act::ReadyPanicDrop(3)
+                        } else {
+                            Act::Ready(i % 2)
+                        },
+                        &book,
+                    ))
+                })
                 .collect::<Vec<_>>(),
         );
         let mut panicked = false;
@@ -296,7 +352,16 @@ fn gather_no_child_glue_output_glue_cancel_after_every_poll() {
         for stop in 0..5 {
             let book = Book::new(n);
             let bp: *const Book = &book;
-            let mut g = gather((0..n).map(|i| NoGlue { id: i, ready_after: i % 4, polls: 0, book: bp }).collect::<Vec<_>>());
+            let mut g = gather(
+                (0..n)
+                    .map(|i| NoGlue {
+                        id: i,
+                        ready_after: i % 4,
+                        polls: 0,
+                        book: bp,
+                    })
+                    .collect::<Vec<_>>(),
+            );
             let mut done = false;
             for _ in 0..stop {
                 if let Poll::Ready(v) = poll_once(&mut g).unwrap() {
@@ -314,7 +379,11 @@ fn gather_no_child_glue_output_glue_cancel_after_every_poll() {
             let produced: Vec<usize> = (0..n).filter(|&i| done || i % 4 < stop).collect();
             for i in 0..n {
                 let want = usize::from(produced.contains(&i));
-                assert_eq!(book.out_drops[i].load(Ordering::SeqCst), want, "n={n} stop={stop} output {i}");
+                assert_eq!(
+                    book.out_drops[i].load(Ordering::SeqCst),
+                    want,
+                    "n={n} stop={stop} output {i}"
+                );
             }
         }
     }
@@ -326,7 +395,11 @@ fn gather_cancel_after_every_poll() {
     for &n in SIZES {
         for stop in 0..6 {
             let book = Book::new(n);
-            let mut g = gather((0..n).map(|i| Child::new(i, Act::Ready(i % 5), &book)).collect::<Vec<_>>());
+            let mut g = gather(
+                (0..n)
+                    .map(|i| Child::new(i, Act::Ready(i % 5), &book))
+                    .collect::<Vec<_>>(),
+            );
             let mut done = false;
             for _ in 0..stop {
                 if let Poll::Ready(v) = poll_once(&mut g).unwrap() {
@@ -374,15 +447,36 @@ fn from_iter_panicking_iterator_drops_made_children() {
     for &n in SIZES {
         for k in [0, 1, n / 2, n.saturating_sub(1)] {
             let book = Book::new(n);
-            let r = catch_unwind(AssertUnwindSafe(|| gather(PanicIter { i: 0, n, k, book: book.clone() })));
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                gather(PanicIter {
+                    i: 0,
+                    n,
+                    k,
+                    book: book.clone(),
+                })
+            }));
             assert!(r.is_err(), "n={n} k={k}");
             book.check(&format!("gather n={n} k={k}"), k, &[]);
             let book = Book::new(n);
-            let r = catch_unwind(AssertUnwindSafe(|| as_completed(PanicIter { i: 0, n, k, book: book.clone() })));
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                as_completed(PanicIter {
+                    i: 0,
+                    n,
+                    k,
+                    book: book.clone(),
+                })
+            }));
             assert!(r.is_err());
             book.check(&format!("as_completed n={n} k={k}"), k, &[]);
             let book = Book::new(n);
-            let r = catch_unwind(AssertUnwindSafe(|| gather_settled(PanicIter { i: 0, n, k, book: book.clone() })));
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                gather_settled(PanicIter {
+                    i: 0,
+                    n,
+                    k,
+                    book: book.clone(),
+                })
+            }));
             assert!(r.is_err());
             book.check(&format!("settled n={n} k={k}"), k, &[]);
         }
@@ -423,7 +517,13 @@ fn from_iter_lying_size_hints() {
         for (real, claim) in [(n, n + 5), (n + 5, n), (n, 0), (n.saturating_sub(1), n)] {
             // Run to completion.
             let book = Book::new(n);
-            let mut g = gather(Liar { i: 0, real, claim, panic_at: None, book: book.clone() });
+            let mut g = gather(Liar {
+                i: 0,
+                real,
+                claim,
+                panic_at: None,
+                book: book.clone(),
+            });
             let out = loop {
                 if let Poll::Ready(v) = poll_once(&mut g).unwrap() {
                     break v;
@@ -433,19 +533,39 @@ fn from_iter_lying_size_hints() {
             assert!(out.iter().enumerate().all(|(i, o)| o.id == i), "order");
             drop(out);
             drop(g);
-            book.check(&format!("n={n} real={real} claim={claim}"), real, &(0..real).collect::<Vec<_>>());
+            book.check(
+                &format!("n={n} real={real} claim={claim}"),
+                real,
+                &(0..real).collect::<Vec<_>>(),
+            );
             // Cancel after one poll.
             let book = Book::new(n);
-            let mut g = gather(Liar { i: 0, real, claim, panic_at: None, book: book.clone() });
+            let mut g = gather(Liar {
+                i: 0,
+                real,
+                claim,
+                panic_at: None,
+                book: book.clone(),
+            });
             let _ = poll_once(&mut g).unwrap();
             drop(g);
             let produced: Vec<usize> = (0..real).filter(|&i| (i + 1) % 3 == 0).collect();
-            book.check(&format!("cancel n={n} real={real} claim={claim}"), real, &produced);
+            book.check(
+                &format!("cancel n={n} real={real} claim={claim}"),
+                real,
+                &produced,
+            );
         }
         // Panic in the push phase (iterator longer than its hint).
         let book = Book::new(n);
         let r = catch_unwind(AssertUnwindSafe(|| {
-            gather(Liar { i: 0, real: n + 5, claim: n, panic_at: Some(n + 2), book: book.clone() })
+            gather(Liar {
+                i: 0,
+                real: n + 5,
+                claim: n,
+                panic_at: Some(n + 2),
+                book: book.clone(),
+            })
         }));
         assert!(r.is_err());
         book.check(&format!("push-phase panic n={n}"), n + 2, &[]);
@@ -477,7 +597,16 @@ fn try_gather_fail_fast_drops_everything_once() {
     for &n in SIZES {
         let book = Book::new(n);
         let bad = n / 2;
-        let mut g = try_gather((0..n).map(|i| T(Child::new(i, Act::Ready(if i == bad { 2 } else { i % 2 }), &book), i == bad)).collect::<Vec<_>>());
+        let mut g = try_gather(
+            (0..n)
+                .map(|i| {
+                    T(
+                        Child::new(i, Act::Ready(if i == bad { 2 } else { i % 2 }), &book),
+                        i == bad,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        );
         let r = loop {
             if let Poll::Ready(r) = poll_once(&mut g).unwrap() {
                 break r;
@@ -486,7 +615,9 @@ fn try_gather_fail_fast_drops_everything_once() {
         assert_eq!(r.err(), Some(bad));
         drop(g);
         // Every child finished by then produced an output (dropped once).
-        let produced: Vec<usize> = (0..n).filter(|&i| i == bad || i % 2 <= 1 || i % 2 == 2).collect();
+        let produced: Vec<usize> = (0..n)
+            .filter(|&i| i == bad || i % 2 <= 1 || i % 2 == 2)
+            .collect();
         book.check(&format!("n={n}"), n, &produced);
     }
 }
@@ -505,7 +636,11 @@ fn gather_settled_panicking_children_every_stop() {
                 2 => Act::ReadyPanicDrop(i % 3),
                 _ => Act::Ready(1),
             };
-            let mut g = gather_settled((0..n).map(|i| Child::new(i, act(i), &book)).collect::<Vec<_>>());
+            let mut g = gather_settled(
+                (0..n)
+                    .map(|i| Child::new(i, act(i), &book))
+                    .collect::<Vec<_>>(),
+            );
             let mut result = None;
             for _ in 0..stop {
                 if let Poll::Ready(v) = poll_once(&mut g).unwrap() {
@@ -552,7 +687,11 @@ fn as_completed_pushes_after_completion_and_clear() {
     quiet();
     for &n in SIZES {
         let book = Book::new(3 * n + 70);
-        let mut set = as_completed((0..n).map(|i| Child::new(i, Act::Ready(i % 2), &book)).collect::<Vec<_>>());
+        let mut set = as_completed(
+            (0..n)
+                .map(|i| Child::new(i, Act::Ready(i % 2), &book))
+                .collect::<Vec<_>>(),
+        );
         let mut cx = noop_cx();
         let mut got = Vec::new();
         loop {
@@ -568,7 +707,11 @@ fn as_completed_pushes_after_completion_and_clear() {
         assert_eq!(got.len(), n);
         // The engine now has running == 0 and nothing kept; push more.
         for i in n..2 * n {
-            let act = if i % 3 == 0 { Act::Pending } else { Act::Ready(i % 2) };
+            let act = if i % 3 == 0 {
+                Act::Pending
+            } else {
+                Act::Ready(i % 2)
+            };
             set.push(Child::new(i, act, &book));
         }
         // One poll: a few finish.
@@ -603,7 +746,15 @@ fn as_completed_grown_chunks_dropped_midway() {
         let book = Book::new(n);
         let mut set = AsCompleted::new();
         for i in 0..n {
-            set.push(Child::new(i, if i % 2 == 0 { Act::Ready(i % 3) } else { Act::Pending }, &book));
+            set.push(Child::new(
+                i,
+                if i % 2 == 0 {
+                    Act::Ready(i % 3)
+                } else {
+                    Act::Pending
+                },
+                &book,
+            ));
         }
         let mut cx = noop_cx();
         let mut got = Vec::new();
@@ -632,7 +783,9 @@ impl Future for Res {
     type Output = Result<Out, ()>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // SAFETY: structural pinning of the only field.
-        unsafe { self.map_unchecked_mut(|s| &mut s.0) }.poll(cx).map(Ok)
+        unsafe { self.map_unchecked_mut(|s| &mut s.0) }
+            .poll(cx)
+            .map(Ok)
     }
 }
 
@@ -643,7 +796,11 @@ impl Future for Res {
 fn wait_any_and_wait_rest_dropped_once() {
     for &n in SIZES {
         let book = Book::new(2 * n);
-        let mut w = awaitkit::wait_any((0..n).map(|i| Child::new(i, Act::Ready(1 + i % 3), &book)).collect::<Vec<_>>());
+        let mut w = awaitkit::wait_any(
+            (0..n)
+                .map(|i| Child::new(i, Act::Ready(1 + i % 3), &book))
+                .collect::<Vec<_>>(),
+        );
         let (i, out, mut rest) = loop {
             if let Poll::Ready(r) = poll_once(&mut w).unwrap() {
                 break r.expect("non-empty");
@@ -663,12 +820,29 @@ fn wait_any_and_wait_rest_dropped_once() {
         for j in n..2 * n {
             rest.push(Child::new(j, Act::Ready(j % 2), &book));
         }
-        let _ = Pin::new(&mut rest).poll_next(&mut cx).map(|o| o.map(|o| got.push(o.id)));
+        let _ = Pin::new(&mut rest)
+            .poll_next(&mut cx)
+            .map(|o| o.map(|o| got.push(o.id)));
         drop(rest);
         book.check(&format!("wait_any n={n}"), 2 * n, &got);
 
         let book = Book::new(n);
-        let mut w = awaitkit::wait((0..n).map(|i| Child::new(i, if i % 2 == 0 { Act::Ready(1) } else { Act::Pending }, &book)).collect::<Vec<_>>(), awaitkit::ReturnWhen::FirstCompleted);
+        let mut w = awaitkit::wait(
+            (0..n)
+                .map(|i| {
+                    Child::new(
+                        i,
+                        if i % 2 == 0 {
+                            Act::Ready(1)
+                        } else {
+                            Act::Pending
+                        },
+                        &book,
+                    )
+                })
+                .collect::<Vec<_>>(),
+            awaitkit::ReturnWhen::FirstCompleted,
+        );
         let outcome = loop {
             if let Poll::Ready(r) = poll_once(&mut w).unwrap() {
                 break r;
@@ -687,7 +861,17 @@ fn first_ok_cancel_after_every_poll() {
     for &n in SIZES {
         for stop in 0..4 {
             let book = Book::new(n);
-            let mut f = awaitkit::first_ok((0..n).map(|i| Res(Child::new(i, Act::Ready(if i == n - 1 { 2 } else { 5 }), &book))).collect::<Vec<_>>());
+            let mut f = awaitkit::first_ok(
+                (0..n)
+                    .map(|i| {
+                        Res(Child::new(
+                            i,
+                            Act::Ready(if i == n - 1 { 2 } else { 5 }),
+                            &book,
+                        ))
+                    })
+                    .collect::<Vec<_>>(),
+            );
             let mut produced = Vec::new();
             for _ in 0..stop {
                 if let Poll::Ready(r) = poll_once(&mut f).unwrap() {
@@ -710,7 +894,8 @@ fn process_batch_cancel_and_panicking_f() {
         for stop in [0, 1, 2, 5, 1000] {
             let book = Book::new(n);
             let b2 = book.clone();
-            let mut b = awaitkit::process_batch(0..n, 40, move |i| Child::new(i, Act::Ready(i % 3), &b2));
+            let mut b =
+                awaitkit::process_batch(0..n, 40, move |i| Child::new(i, Act::Ready(i % 3), &b2));
             let mut produced = Vec::new();
             for _ in 0..stop {
                 if let Poll::Ready(v) = poll_once(&mut b).unwrap() {
@@ -725,7 +910,9 @@ fn process_batch_cancel_and_panicking_f() {
             for i in 0..n {
                 assert!(book.out_drops[i].load(Ordering::SeqCst) <= 1);
             }
-            let all: Vec<usize> = (0..n).filter(|&i| book.out_drops[i].load(Ordering::SeqCst) == 1).collect();
+            let all: Vec<usize> = (0..n)
+                .filter(|&i| book.out_drops[i].load(Ordering::SeqCst) == 1)
+                .collect();
             if !produced.is_empty() {
                 assert_eq!(all.len(), n);
             }
@@ -753,7 +940,9 @@ fn process_batch_cancel_and_panicking_f() {
         assert!(panicked);
         let made = book.made.load(Ordering::SeqCst);
         drop(b);
-        let all: Vec<usize> = (0..n).filter(|&i| book.out_drops[i].load(Ordering::SeqCst) == 1).collect();
+        let all: Vec<usize> = (0..n)
+            .filter(|&i| book.out_drops[i].load(Ordering::SeqCst) == 1)
+            .collect();
         book.check(&format!("batch panic n={n}"), made, &all);
     }
 }
@@ -782,7 +971,9 @@ fn task_group_dropped_after_every_poll() {
             }
             drop(g);
             let made = book.made.load(Ordering::SeqCst);
-            let all: Vec<usize> = (0..n).filter(|&i| book.out_drops[i].load(Ordering::SeqCst) == 1).collect();
+            let all: Vec<usize> = (0..n)
+                .filter(|&i| book.out_drops[i].load(Ordering::SeqCst) == 1)
+                .collect();
             book.check(&format!("task_group n={n} stop={stop}"), made, &all);
         }
     }
