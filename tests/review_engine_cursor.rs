@@ -453,14 +453,18 @@ fn interleaved_waves_with_wakes_during_the_pass() {
 /// `back` would resolve a waker to a wrong header: ASan / wrong polls).
 #[test]
 fn over_aligned_children_wakes_reach_their_own_child() {
+    // The fields only give the children their size and alignment.
+    #[allow(dead_code)]
     #[repr(align(64))]
     struct A64(usize, [u8; 3]);
+    #[allow(dead_code)]
     #[repr(align(4096))]
     struct A4096(usize);
+    type Cells = Arc<Vec<(Mutex<Option<Waker>>, AtomicUsize, AtomicBool)>>;
     struct Aligned<T> {
         id: usize,
         _pad: T,
-        cells: Arc<Vec<(Mutex<Option<Waker>>, AtomicUsize, AtomicBool)>>,
+        cells: Cells,
     }
     impl<T> std::future::Future for Aligned<T> {
         type Output = usize;

@@ -582,6 +582,7 @@ fn try_gather_fail_fast_drops_everything_once() {
             // SAFETY: structural pinning.
             let this = unsafe { self.get_unchecked_mut() };
             let fail = this.1;
+            // SAFETY: `this.0` is never moved out of the pinned `T`.
             let inner = unsafe { Pin::new_unchecked(&mut this.0) };
             inner.poll(cx).map(|o| {
                 if fail {
@@ -875,7 +876,7 @@ fn first_ok_cancel_after_every_poll() {
             let mut produced = Vec::new();
             for _ in 0..stop {
                 if let Poll::Ready(r) = poll_once(&mut f).unwrap() {
-                    let (_, o) = r.ok().expect("ok");
+                    let Ok((_, o)) = r else { panic!("ok") };
                     produced.push(o.id);
                     break;
                 }
