@@ -10,26 +10,16 @@
 //! woken children that stay `Pending`), so wakes land in the leftover part
 //! of a snapshot, in the visited part, and in words not taken yet.
 
+mod common;
+
 use awaitkit::AsCompleted;
+use common::Rng;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 static EARLY: AtomicUsize = AtomicUsize::new(0);
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 #[derive(Default)]
 struct Cell {

@@ -690,21 +690,6 @@ struct TaskPanic;
 // in the middle, and acquires from other threads
 // ---------------------------------------------------------------------------
 
-/// A tiny xorshift (the seed is in every message).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// An acquire of the script, with its own counting waker when it is a
 /// well-behaved one.
 struct Entry {

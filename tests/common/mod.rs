@@ -1210,3 +1210,21 @@ pub(crate) fn parked_children(
         child
     }
 }
+
+/// A tiny xorshift generator for randomised schedules (seed it with an odd
+/// number and put the seed in every failure message).
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
