@@ -448,7 +448,8 @@ fn from_iter_panicking_iterator_drops_made_children() {
         for k in [0, 1, n / 2, n.saturating_sub(1)] {
             // Each combinator builds from an iterator that panics after `k`
             // children: the `k` made so far are dropped, nothing else.
-            let cases: [(&str, fn(PanicIter)); 3] = [
+            type Build = fn(PanicIter);
+            let cases: [(&str, Build); 3] = [
                 ("gather", |it| drop(gather(it))),
                 ("as_completed", |it| drop(as_completed(it))),
                 ("settled", |it| drop(gather_settled(it))),
