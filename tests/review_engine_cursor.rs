@@ -199,20 +199,25 @@ fn run_interleaved(n: usize, grown: bool, seed: u64) {
     run_interleaved_chain(n, grown, seed, 0);
 }
 
+/// An `as_completed` set of `n` children made by `child`: built from an
+/// iterator (one chunk), or grown by `push` from an empty set (`grown`).
+fn build_set<F: Future>(n: usize, grown: bool, child: impl FnMut(usize) -> F) -> AsCompleted<F> {
+    if grown {
+        let mut set = AsCompleted::new();
+        for c in (0..n).map(child) {
+            set.push(c);
+        }
+        set
+    } else {
+        awaitkit::as_completed((0..n).map(child))
+    }
+}
+
 fn run_interleaved_chain(n: usize, grown: bool, seed: u64, chain: usize) {
     let mut rng = Rng(seed | 1);
     let sh = Shared::new(n + n / 2 + 8, true);
     let parent = Arc::new(ParentFlag::default());
-    let mut set = if grown {
-        AsCompleted::new()
-    } else {
-        awaitkit::as_completed((0..n).map(|id| Child { id, sh: sh.clone() }))
-    };
-    if grown {
-        for id in 0..n {
-            set.push(Child { id, sh: sh.clone() });
-        }
-    }
+    let mut set = build_set(n, grown, |id| Child { id, sh: sh.clone() });
     let mut next_id = n;
     let what = format!("n={n} grown={grown} seed={seed} chain={chain}");
     settle(&mut set, &sh, &parent, 4 * n + 100);
@@ -311,16 +316,7 @@ fn run_threaded(n: usize, grown: bool, seed: u64, duration: Duration) {
     let sh = Shared::new(total, false);
     let parent = Arc::new(ParentFlag::default());
     *parent.thread.lock().unwrap() = Some(std::thread::current());
-    let mut set = if grown {
-        AsCompleted::new()
-    } else {
-        awaitkit::as_completed((0..n).map(|id| Child { id, sh: sh.clone() }))
-    };
-    if grown {
-        for id in 0..n {
-            set.push(Child { id, sh: sh.clone() });
-        }
-    }
+    let mut set = build_set(n, grown, |id| Child { id, sh: sh.clone() });
     let stop = Arc::new(AtomicBool::new(false));
     let next_id = Arc::new(AtomicUsize::new(n));
     let waker_thread = {
@@ -480,24 +476,11 @@ fn over_aligned_children_wakes_reach_their_own_child() {
                 })
                 .collect(),
         );
-        let mut set = if grown {
-            AsCompleted::new()
-        } else {
-            awaitkit::as_completed((0..n).map(|id| Aligned {
-                id,
-                _pad: pad(id),
-                cells: cells.clone(),
-            }))
-        };
-        if grown {
-            for id in 0..n {
-                set.push(Aligned {
-                    id,
-                    _pad: pad(id),
-                    cells: cells.clone(),
-                });
-            }
-        }
+        let mut set = build_set(n, grown, |id| Aligned {
+            id,
+            _pad: pad(id),
+            cells: cells.clone(),
+        });
         let parent = Arc::new(ParentFlag::default());
         let waker = Waker::from(parent.clone());
         let mut cx = Context::from_waker(&waker);

@@ -210,6 +210,19 @@ fn poll_once<F: Future + Unpin>(f: &mut F) -> std::thread::Result<Poll<F::Output
     catch_unwind(AssertUnwindSafe(|| Pin::new(&mut *f).poll(&mut cx)))
 }
 
+/// Polls `f` until a poll panics (`true`), it is ready or `max` polls
+/// passed (`false`).
+fn panics_within<F: Future + Unpin>(f: &mut F, max: usize) -> bool {
+    for _ in 0..max {
+        match poll_once(f) {
+            Err(_) => return true,
+            Ok(Poll::Ready(_)) => return false,
+            Ok(Poll::Pending) => {}
+        }
+    }
+    false
+}
+
 /// Outputs stored, then a child panics in poll (the gather is dropped
 /// afterwards): every child and stored output dropped once.
 #[test]
@@ -230,17 +243,7 @@ fn gather_outputs_stored_then_child_poll_panics() {
                     .map(|i| Child::new(i, acts(i), &book))
                     .collect::<Vec<_>>(),
             );
-            let mut panicked = false;
-            for _ in 0..5 {
-                match poll_once(&mut g) {
-                    Err(_) => {
-                        panicked = true;
-                        break;
-                    }
-                    Ok(Poll::Ready(_)) => unreachable!(),
-                    Ok(Poll::Pending) => {}
-                }
-            }
+            let panicked = panics_within(&mut g, 5);
             assert!(panicked);
             drop(g);
             let outs: Vec<usize> = (0..n).filter(|&i| i != victim && i % 3 <= 2).collect();
@@ -297,17 +300,7 @@ fn gather_last_childs_destructor_panics_outputs_kept() {
                 })
                 .collect::<Vec<_>>(),
         );
-        let mut panicked = false;
-        for _ in 0..6 {
-            match poll_once(&mut g) {
-                Err(_) => {
-                    panicked = true;
-                    break;
-                }
-                Ok(Poll::Ready(_)) => unreachable!(),
-                Ok(Poll::Pending) => {}
-            }
-        }
+        let panicked = panics_within(&mut g, 6);
         assert!(panicked, "n={n}");
         drop(g);
         let outs: Vec<usize> = (0..n).collect();
@@ -330,13 +323,7 @@ fn gather_last_childs_destructor_panics_outputs_kept() {
                 })
                 .collect::<Vec<_>>(),
         );
-        let mut panicked = false;
-        for _ in 0..6 {
-            if poll_once(&mut g).is_err() {
-                panicked = true;
-                break;
-            }
-        }
+        let panicked = panics_within(&mut g, 6);
         assert!(panicked, "n={n}");
         drop(g);
         book.check(&format!("plain n={n}"), n, &[]);
@@ -914,17 +901,7 @@ fn process_batch_cancel_and_panicking_f() {
             }
             Child::new(i, Act::Ready(i % 3), &b2)
         });
-        let mut panicked = false;
-        for _ in 0..1000 {
-            match poll_once(&mut b) {
-                Err(_) => {
-                    panicked = true;
-                    break;
-                }
-                Ok(Poll::Ready(_)) => break,
-                Ok(Poll::Pending) => {}
-            }
-        }
+        let panicked = panics_within(&mut b, 1000);
         assert!(panicked);
         let made = book.made.load(Ordering::SeqCst);
         drop(b);
