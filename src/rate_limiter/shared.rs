@@ -408,9 +408,10 @@ impl<T: Timer> Shared<T> {
     // The public operations
     // -----------------------------------------------------------------------
 
-    /// A non-waiting check: with nobody waiting, GCRA's is lock-free and
-    /// inlined into the caller, down to the compare-and-swap; everything
-    /// else (the window's lock, a refusal's error) is out of line.
+    /// A non-waiting check, inlined into the caller: with nobody waiting,
+    /// GCRA's is lock-free, down to the compare-and-swap; the window's
+    /// common case is decided right after locking; everything else (a
+    /// refusal's error, waiters, more than the quota) is out of line.
     #[inline(always)]
     pub(crate) fn try_acquire(&self, n: u64) -> Result<(), RateLimitError> {
         if n == 0 {
@@ -418,19 +419,17 @@ impl<T: Timer> Shared<T> {
         }
         match self.gcra_fast(n) {
             Fast::Granted => Ok(()),
-            fast => self.try_acquire_slow(n, fast),
+            Fast::Limited { now, at } => Err(limited(now, at)),
+            Fast::Locked => self.try_acquire_under_lock(n),
         }
     }
 
-    /// The rest of [`try_acquire`](Shared::try_acquire): a GCRA refusal
-    /// seen without the lock, or the check under it. The window's common
-    /// case — nobody waits, `n` fits the quota — is decided here; anything
-    /// else is left to [`try_acquire_locked`](Shared::try_acquire_locked).
-    #[inline(never)]
-    fn try_acquire_slow(&self, n: u64, fast: Fast) -> Result<(), RateLimitError> {
-        if let Fast::Limited { now, at } = fast {
-            return Err(limited(now, at));
-        }
+    /// [`try_acquire`](Shared::try_acquire) under the lock. The window's
+    /// common case — nobody waits, `n` fits the quota — is decided here;
+    /// anything else is left to
+    /// [`try_acquire_locked`](Shared::try_acquire_locked).
+    #[inline(always)]
+    fn try_acquire_under_lock(&self, n: u64) -> Result<(), RateLimitError> {
         // The clock (user code) is read before locking.
         let raw = self.now_raw();
         let mut state = self.lock();
