@@ -308,9 +308,20 @@ fn window_run(seed: u64, exact: bool, big: bool) {
                 settle(&mut live, &mut model, now, exact);
             }
             _ => {
-                // A snapshot takes nothing.
-                let before = limiter.snapshot();
-                assert_eq!(limiter.snapshot(), before);
+                // A snapshot takes nothing, and agrees with the model.
+                let snap = limiter.snapshot();
+                assert_eq!(limiter.snapshot(), snap);
+                if exact {
+                    assert_eq!(snap.waiting, live.len());
+                } else {
+                    assert!(snap.waiting >= live.len(), "forgotten acquires still wait");
+                }
+                if exact && live.is_empty() {
+                    let remaining = max.saturating_sub(model.in_window(now));
+                    assert_eq!(snap.remaining as u64, remaining, "at {now}: {model:?}");
+                    let next = model.earliest(now, 1) - now;
+                    assert_eq!(snap.next_in, Some(ns(next)), "at {now}: {model:?}");
+                }
             }
         }
     }
@@ -574,11 +585,18 @@ guarded! {
 /// whose two readings agree happened at that time; the others somewhere
 /// between them.
 fn hammer(threads: usize, max: u64, period: u64, requota: bool, seed: u64) -> Vec<(u64, u64, u64)> {
+    let quotas = [
+        Quota::window(max as usize, ns(period)).unwrap(),
+        Quota::window((max - 1).max(1) as usize, ns(period)).unwrap(),
+    ];
+    hammer_quotas(threads, quotas, requota, seed)
+}
+
+/// [`hammer`] on any quota; `requota` switches between the two.
+fn hammer_quotas(threads: usize, quotas: [Quota; 2], requota: bool, seed: u64) -> Vec<(u64, u64, u64)> {
+    let period = u64::try_from(quotas[0].period().as_nanos()).unwrap();
     let clock = ManualClock::new();
-    let limiter = Arc::new(
-        RateLimiter::with_quota(Quota::window(max as usize, ns(period)).unwrap())
-            .with_timer(clock.clone()),
-    );
+    let limiter = Arc::new(RateLimiter::with_quota(quotas[0]).with_timer(clock.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let attempts = Arc::new(AtomicU64::new(0));
     let start = Arc::new(Barrier::new(threads + 2));
@@ -591,7 +609,7 @@ fn hammer(threads: usize, max: u64, period: u64, requota: bool, seed: u64) -> Ve
                 let mut grants = Vec::new();
                 start.wait();
                 while !stop.load(Ordering::Relaxed) {
-                    let n = 1 + rng.below(2);
+                    let n = 1 + rng.below(quotas[1].max_at_once().min(2) as u64);
                     let before = now_of(&clock);
                     let got = limiter.try_acquire_n(n as usize);
                     let after = now_of(&clock);
@@ -613,11 +631,7 @@ fn hammer(threads: usize, max: u64, period: u64, requota: bool, seed: u64) -> Ve
             let mut k = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 if requota {
-                    // Between max and max - 1 (at least 1), the same period.
-                    let m = if k % 2 == 0 { max } else { (max - 1).max(1) };
-                    limiter
-                        .set_quota(Quota::window(m as usize, ns(period)).unwrap())
-                        .unwrap();
+                    limiter.set_quota(quotas[(k % 2) as usize]).unwrap();
                     k += 1;
                 }
                 std::thread::yield_now();
@@ -678,6 +692,29 @@ guarded! {
             let mut grants = hammer(threads, max, period, true, seed);
             assert!(!grants.is_empty());
             assert_surely_strict(&mut grants, max, period);
+        }
+    }
+}
+
+guarded! {
+    /// GCRA's lock-free check (n = 1 skips the burst comparison) from
+    /// threads, with a thread re-applying the quota (the sequence counter
+    /// changes under the checks): at most `burst + max_calls - 1` in any
+    /// period. With bursts switching between 1 and 3 (the same rate, so no
+    /// rescale), the larger burst bounds every window.
+    fn gcra_try_acquire_from_threads_racing_set_quota_stays_within_the_burst() {
+        for (threads, requota, seed) in [(3, false, 11u64), (3, true, 12), (4, true, 13), (2, true, 14)] {
+            let max = 4;
+            let period = 400;
+            let quotas = [
+                Quota::gcra(max, ns(period), 1).unwrap(),
+                Quota::gcra(max, ns(period), 3).unwrap(),
+            ];
+            let quotas = if requota { quotas } else { [quotas[0], quotas[0]] };
+            let mut grants = hammer_quotas(threads, quotas, requota, seed);
+            assert!(!grants.is_empty());
+            let burst = if requota { 3 } else { 1 };
+            assert_surely_strict(&mut grants, burst + max as u64 - 1, period);
         }
     }
 }
