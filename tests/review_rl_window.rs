@@ -718,3 +718,26 @@ guarded! {
         }
     }
 }
+
+guarded! {
+    /// Window quota changes racing the checks, periods included: every
+    /// window of the smallest period holds at most the largest max (the log
+    /// forgets a grant only once the period in force then has passed it).
+    /// The second case crosses the exact-entry bound (merged grants).
+    fn window_try_acquire_from_threads_racing_period_changes_stays_strict() {
+        let cases = [
+            (3, [(3, 40), (2, 80)], 21u64),
+            (4, [(2, 16), (1, 64)], 22),
+            (3, [(1500, 3000), (1100, 2000)], 23),
+        ];
+        for (threads, [(m0, p0), (m1, p1)], seed) in cases {
+            let quotas = [
+                Quota::window(m0, ns(p0)).unwrap(),
+                Quota::window(m1, ns(p1)).unwrap(),
+            ];
+            let mut grants = hammer_quotas(threads, quotas, true, seed);
+            assert!(!grants.is_empty());
+            assert_surely_strict(&mut grants, m0.max(m1) as u64, p0.min(p1));
+        }
+    }
+}
