@@ -130,7 +130,9 @@ fn settle(live: &mut Vec<Live<'_>>, model: &mut WindowModel, now: u64, exact: bo
             // A quota change to fewer calls fails the waiters that ask for
             // more.
             Poll::Ready(Err(RateLimitError::ExceedsQuota { requested, max }))
-                if requested as u64 == live[i].n && max as u64 == model.max && live[i].n > model.max =>
+                if requested as u64 == live[i].n
+                    && max as u64 == model.max
+                    && live[i].n > model.max =>
             {
                 live.remove(i);
             }
@@ -180,7 +182,11 @@ fn assert_strict(grants: &[(u64, u64)], max: u64, period: u64) {
 fn window_run(seed: u64, exact: bool, big: bool) {
     let mut rng = Rng(seed | 1);
     let clock = ManualClock::new();
-    let mut max = if big { 1025 + rng.below(1500) } else { 1 + rng.below(6) };
+    let mut max = if big {
+        1025 + rng.below(1500)
+    } else {
+        1 + rng.below(6)
+    };
     let span = if rng.below(4) == 0 { 5 } else { 120 };
     let mut period = 1 + rng.below(span);
     let limiter = RateLimiter::with_quota(Quota::window(max as usize, ns(period)).unwrap())
@@ -239,13 +245,19 @@ fn window_run(seed: u64, exact: bool, big: bool) {
                         })
                     );
                 } else if !live.is_empty() {
-                    assert!(got.is_err(), "try_acquire barged past {} waiters", live.len());
+                    assert!(
+                        got.is_err(),
+                        "try_acquire barged past {} waiters",
+                        live.len()
+                    );
                 } else if exact {
                     let due = model.earliest(now, n);
                     let want = if due == now {
                         Ok(())
                     } else {
-                        Err(RateLimitError::RateLimited { wait: ns(due - now) })
+                        Err(RateLimitError::RateLimited {
+                            wait: ns(due - now),
+                        })
                     };
                     assert_eq!(got, want, "try_acquire_n({n}) at {now}: {before:?}");
                 }
@@ -285,7 +297,11 @@ fn window_run(seed: u64, exact: bool, big: bool) {
                 settle(&mut live, &mut model, now, exact);
             }
             9 => {
-                let new_max = if big { 1025 + rng.below(1500) } else { 1 + rng.below(6) };
+                let new_max = if big {
+                    1025 + rng.below(1500)
+                } else {
+                    1 + rng.below(6)
+                };
                 let new_period = if exact {
                     1 + rng.below(period)
                 } else {
@@ -593,7 +609,12 @@ fn hammer(threads: usize, max: u64, period: u64, requota: bool, seed: u64) -> Ve
 }
 
 /// [`hammer`] on any quota; `requota` switches between the two.
-fn hammer_quotas(threads: usize, quotas: [Quota; 2], requota: bool, seed: u64) -> Vec<(u64, u64, u64)> {
+fn hammer_quotas(
+    threads: usize,
+    quotas: [Quota; 2],
+    requota: bool,
+    seed: u64,
+) -> Vec<(u64, u64, u64)> {
     let period = u64::try_from(quotas[0].period().as_nanos()).unwrap();
     let clock = ManualClock::new();
     let limiter = Arc::new(RateLimiter::with_quota(quotas[0]).with_timer(clock.clone()));
@@ -602,8 +623,13 @@ fn hammer_quotas(threads: usize, quotas: [Quota; 2], requota: bool, seed: u64) -
     let start = Arc::new(Barrier::new(threads + 2));
     let workers: Vec<_> = (0..threads)
         .map(|k| {
-            let (limiter, clock, stop, start, attempts) =
-                (limiter.clone(), clock.clone(), stop.clone(), start.clone(), attempts.clone());
+            let (limiter, clock, stop, start, attempts) = (
+                limiter.clone(),
+                clock.clone(),
+                stop.clone(),
+                start.clone(),
+                attempts.clone(),
+            );
             std::thread::spawn(move || {
                 let mut rng = Rng(seed ^ (k as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 let mut grants = Vec::new();
@@ -653,7 +679,10 @@ fn hammer_quotas(threads: usize, quotas: [Quota; 2], requota: bool, seed: u64) -
     }
     stop.store(true, Ordering::Relaxed);
     requoter.join().unwrap();
-    workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect()
 }
 
 /// No window of `period` (on the limiter's clock) surely holds more than
@@ -662,7 +691,11 @@ fn hammer_quotas(threads: usize, quotas: [Quota; 2], requota: bool, seed: u64) -
 fn assert_surely_strict(grants: &mut [(u64, u64, u64)], max: u64, period: u64) {
     grants.sort_by_key(|&(before, _, _)| before);
     let exact = grants.iter().filter(|g| g.0 == g.1).count();
-    assert!(exact * 4 >= grants.len(), "too few grants with a known time: {exact} of {}", grants.len());
+    assert!(
+        exact * 4 >= grants.len(),
+        "too few grants with a known time: {exact} of {}",
+        grants.len()
+    );
     for &(_, t, _) in grants.iter() {
         let lo = grants.partition_point(|&(before, _, _)| before.saturating_add(period) <= t);
         let hi = grants.partition_point(|&(before, _, _)| before <= t);
