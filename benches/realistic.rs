@@ -356,6 +356,14 @@ fn bench_rate_limiter(c: &mut Criterion) {
         |l| l.try_acquire().is_ok()
     );
     entry!(
+        "awaitkit_strict_quanta",
+        awaitkit::RateLimiter::with_quota(
+            awaitkit::rate_limiter::Quota::window(max, period).unwrap()
+        )
+        .with_timer(awaitkit::time::QuantaTimer::new()),
+        |l| l.try_acquire().is_ok()
+    );
+    entry!(
         "awaitkit_gcra_quanta",
         awaitkit::RateLimiter::with_quota(
             awaitkit::rate_limiter::Quota::gcra(max, period, max).unwrap()

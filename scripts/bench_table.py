@@ -1357,6 +1357,7 @@ REALISTIC_GROUPS = [
     ], "fb_FuturesUnorderedBounded"),
     ("realistic_rate_limiter_check", "rate_limiter_check", False, [
         ("awaitkit_strict", "awaitkit strict"), ("awaitkit_gcra", "awaitkit GCRA"),
+        ("awaitkit_strict_quanta", "awaitkit strict on `QuantaTimer`"),
         ("awaitkit_gcra_quanta", "awaitkit GCRA on `QuantaTimer`"),
         ("governor", "governor (default clock)"), ("governor_std", "governor on `MonotonicClock`"),
     ], "governor"),

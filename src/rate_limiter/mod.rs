@@ -657,6 +657,7 @@ impl<T: Timer> RateLimiter<T> {
     /// let wait = limiter.try_acquire().unwrap_err().wait().unwrap();
     /// assert!(wait <= Duration::from_secs(1));
     /// ```
+    #[inline]
     pub fn try_acquire(&self) -> Result<(), RateLimitError> {
         self.shared.try_acquire(1)
     }
@@ -682,6 +683,7 @@ impl<T: Timer> RateLimiter<T> {
     /// assert!(limiter.try_acquire_n(3).is_ok());
     /// assert!(limiter.try_acquire_n(3).is_err()); // only 2 left in this window
     /// ```
+    #[inline]
     pub fn try_acquire_n(&self, n: usize) -> Result<(), RateLimitError> {
         self.shared.try_acquire(n as u64)
     }

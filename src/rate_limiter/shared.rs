@@ -266,18 +266,23 @@ impl<T: Timer> Shared<T> {
         }
     }
 
-    /// The lock-free GCRA check, when nobody waits: `None` means "take the
-    /// lock" (window mode, waiters, a quota change, more than the burst).
+    /// The lock-free GCRA check, when nobody waits (see [`Fast`]).
+    ///
+    /// Inlined into every caller's check: its outcome is a register pair,
+    /// and building the error is left to the caller's out-of-line slow
+    /// path.
     #[inline(always)]
-    fn gcra_fast(&self, n: u64) -> Option<Result<(), RateLimitError>> {
+    fn gcra_fast(&self, n: u64) -> Fast {
         let ctl = self.ctl.load(Ordering::Acquire);
         if ctl & (WINDOW | QUEUED | WRITING) != 0 {
-            return None;
+            return Fast::Locked;
         }
         let params = self.gcra_params_relaxed();
         fence(Ordering::Acquire);
-        if self.ctl.load(Ordering::Relaxed) != ctl || n > params.burst {
-            return None;
+        // Every quota allows one call at once (`burst >= 1`): only more
+        // need the burst.
+        if self.ctl.load(Ordering::Relaxed) != ctl || (n > 1 && n > params.burst) {
+            return Fast::Locked;
         }
         let now = self.now_raw();
         let mut current = self.tat.load(Ordering::Acquire);
@@ -289,10 +294,10 @@ impl<T: Timer> Shared<T> {
                     Ordering::AcqRel,
                     Ordering::Acquire,
                 ) {
-                    Ok(_) => return Some(Ok(())),
+                    Ok(_) => return Fast::Granted,
                     Err(actual) => current = actual,
                 },
-                Err(at) => return Some(Err(limited(now, at))),
+                Err(at) => return Fast::Limited { now, at },
             }
         }
     }
@@ -403,22 +408,56 @@ impl<T: Timer> Shared<T> {
     // The public operations
     // -----------------------------------------------------------------------
 
-    #[inline]
+    /// A non-waiting check, inlined into the caller: with nobody waiting,
+    /// GCRA's is lock-free, down to the compare-and-swap; the window's
+    /// common case is decided right after locking; everything else (a
+    /// refusal's error, waiters, more than the quota) is out of line.
+    #[inline(always)]
     pub(crate) fn try_acquire(&self, n: u64) -> Result<(), RateLimitError> {
         if n == 0 {
             return Ok(());
         }
-        if let Some(result) = self.gcra_fast(n) {
-            return result;
+        match self.gcra_fast(n) {
+            Fast::Granted => Ok(()),
+            Fast::Limited { now, at } => Err(limited(now, at)),
+            Fast::Locked => self.try_acquire_under_lock(n),
         }
-        self.try_acquire_locked(n)
     }
 
-    /// The check under the lock (the clock is read before taking it).
-    fn try_acquire_locked(&self, n: u64) -> Result<(), RateLimitError> {
+    /// [`try_acquire`](Shared::try_acquire) under the lock. The window's
+    /// common case — nobody waits, `n` fits the quota — is decided here;
+    /// anything else is left to
+    /// [`try_acquire_locked`](Shared::try_acquire_locked).
+    #[inline(always)]
+    fn try_acquire_under_lock(&self, n: u64) -> Result<(), RateLimitError> {
+        // The clock (user code) is read before locking.
         let raw = self.now_raw();
         let mut state = self.lock();
         let now = Self::held(&mut state, raw);
+        if matches!(state.quota.mode, Mode::Window)
+            && state.queue.is_empty()
+            && n <= state.max_calls
+        {
+            let state = &mut *state;
+            state.log.expire(now, state.period);
+            let at = state.log.earliest(now, n, state.max_calls, state.period);
+            if at <= now {
+                state.log.record(now, n, state.quantum);
+                return Ok(());
+            }
+            return Err(limited(now, at));
+        }
+        self.try_acquire_locked(state, now, n)
+    }
+
+    /// The check under the lock, at `now` (read before taking it).
+    #[inline(never)]
+    fn try_acquire_locked(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        now: u64,
+        n: u64,
+    ) -> Result<(), RateLimitError> {
         check_fits(&state.quota, n)?;
         if !state.queue.is_empty() {
             let error = limited(now, self.estimate(&state, now, n));
@@ -457,7 +496,7 @@ impl<T: Timer> Shared<T> {
             waiter.done = true;
             return Poll::Ready(Ok(()));
         }
-        if let Some(Ok(())) = self.gcra_fast(n) {
+        if let Fast::Granted = self.gcra_fast(n) {
             waiter.done = true;
             return Poll::Ready(Ok(()));
         }
@@ -1101,6 +1140,21 @@ impl Waiter {
         self.done = true;
         Poll::Ready(outcome)
     }
+}
+
+/// The outcome of the lock-free GCRA check.
+#[derive(Clone, Copy, Debug)]
+enum Fast {
+    Granted,
+    /// Refused: `n` would be granted at `at` (both in nanoseconds since
+    /// the epoch).
+    Limited {
+        now: u64,
+        at: u64,
+    },
+    /// Take the lock: window mode, waiters, a quota change under way, or
+    /// more than the burst.
+    Locked,
 }
 
 /// What a grant recorded, to take it back if nobody sees it.

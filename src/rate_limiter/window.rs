@@ -12,14 +12,21 @@ pub(super) const EXACT_ENTRIES: u64 = 1024;
 
 /// The strict sliding window: every grant of the last period, oldest first,
 /// with equal (or merged) times sharing one entry.
+///
+/// The newest entry (the one grants merge into) is kept apart from the
+/// older ones, so the steady state of a busy limiter — a grant merged into
+/// it, nothing old enough to leave — touches no queue index arithmetic.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Log {
-    entries: VecDeque<Entry>,
-    /// The absolute index of `entries[0]` (entries popped so far).
+    /// The entries before `tail`, oldest first (never any without a `tail`).
+    closed: VecDeque<Entry>,
+    /// The newest entry.
+    tail: Option<Entry>,
+    /// The absolute index of the oldest entry (entries dropped so far).
     base: u64,
     /// The sum of the entries' counts.
     total: u64,
-    /// The earliest grant merged into the last entry.
+    /// The earliest grant merged into `tail`.
     tail_first: u64,
 }
 
@@ -34,13 +41,35 @@ impl Log {
     /// at or before `now - period`.
     #[inline]
     pub(super) fn expire(&mut self, now: u64, period: u64) {
-        while let Some(front) = self.entries.front() {
+        let oldest = match self.closed.front() {
+            Some(front) => front.at,
+            None => match self.tail {
+                Some(tail) => tail.at,
+                None => return,
+            },
+        };
+        if oldest.saturating_add(period) <= now {
+            self.expire_from_front(now, period);
+        }
+    }
+
+    /// [`expire`](Log::expire), once the oldest entry is known to go.
+    #[inline(never)]
+    fn expire_from_front(&mut self, now: u64, period: u64) {
+        while let Some(front) = self.closed.front() {
             if front.at.saturating_add(period) > now {
-                break;
+                return;
             }
             self.total -= front.count;
-            self.entries.pop_front();
+            self.closed.pop_front();
             self.base += 1;
+        }
+        if let Some(tail) = self.tail {
+            if tail.at.saturating_add(period) <= now {
+                self.total -= tail.count;
+                self.tail = None;
+                self.base += 1;
+            }
         }
     }
 
@@ -50,6 +79,15 @@ impl Log {
     /// exceeds `max_calls`.
     #[inline]
     pub(super) fn earliest(&self, now: u64, n: u64, max_calls: u64, period: u64) -> u64 {
+        match self.total.checked_add(n) {
+            Some(calls) if calls <= max_calls => now,
+            _ => self.earliest_over(now, n, max_calls, period),
+        }
+    }
+
+    /// [`earliest`](Log::earliest) when the window has no room now.
+    #[inline(never)]
+    fn earliest_over(&self, now: u64, n: u64, max_calls: u64, period: u64) -> u64 {
         let over = (u128::from(self.total) + u128::from(n)).saturating_sub(u128::from(max_calls));
         if over == 0 {
             return now;
@@ -60,7 +98,7 @@ impl Log {
         let over = over as u64;
         // The grant that must leave the window first: the `over`-th oldest.
         let mut seen = 0;
-        for entry in &self.entries {
+        for entry in self.closed.iter().chain(&self.tail) {
             seen += entry.count;
             if seen >= over {
                 return entry.at.saturating_add(period).max(now);
@@ -76,16 +114,25 @@ impl Log {
     #[inline]
     pub(super) fn record(&mut self, at: u64, n: u64, quantum: u64) -> u64 {
         self.total += n;
-        if let Some(tail) = self.entries.back_mut() {
+        if let Some(tail) = &mut self.tail {
             if at == tail.at || at < self.tail_first.saturating_add(quantum) {
                 tail.at = tail.at.max(at);
                 tail.count += n;
-                return self.base + self.entries.len() as u64 - 1;
+                return self.base + self.closed.len() as u64;
             }
         }
-        self.entries.push_back(Entry { at, count: n });
+        self.open(at, n)
+    }
+
+    /// Starts a new last entry (the old one joins the closed ones) and
+    /// returns its index.
+    #[inline(never)]
+    fn open(&mut self, at: u64, n: u64) -> u64 {
+        if let Some(tail) = self.tail.replace(Entry { at, count: n }) {
+            self.closed.push_back(tail);
+        }
         self.tail_first = at;
-        self.base + self.entries.len() as u64 - 1
+        self.base + self.closed.len() as u64
     }
 
     /// Takes back `n` grants recorded at `index`, if they are still in the
@@ -94,7 +141,13 @@ impl Log {
         let Some(offset) = index.checked_sub(self.base) else {
             return;
         };
-        if let Some(entry) = self.entries.get_mut(offset as usize) {
+        let closed = self.closed.len() as u64;
+        let entry = match offset {
+            o if o < closed => self.closed.get_mut(o as usize),
+            o if o == closed => self.tail.as_mut(),
+            _ => None,
+        };
+        if let Some(entry) = entry {
             let n = n.min(entry.count);
             entry.count -= n;
             self.total -= n;
@@ -109,7 +162,7 @@ impl Log {
     /// Entries held (for the memory bound).
     #[cfg(test)]
     pub(super) fn entries(&self) -> usize {
-        self.entries.len()
+        self.closed.len() + usize::from(self.tail.is_some())
     }
 }
 
@@ -142,7 +195,7 @@ impl Gcra {
     #[inline]
     pub(super) fn check(&self, tat: u64, now: u64, n: u64) -> Result<u64, u64> {
         if self.tolerance == u64::MAX || tat == u64::MAX {
-            return self.check_wide(tat, now, n);
+            return check_wide(self.interval, self.burst, tat, now, n);
         }
         // n <= burst, so the cost fits where the tolerance does.
         let cost = n * self.interval;
@@ -154,20 +207,23 @@ impl Gcra {
             Err(new - self.tolerance)
         }
     }
+}
 
-    #[cold]
-    fn check_wide(&self, tat: u64, now: u64, n: u64) -> Result<u64, u64> {
-        if tat == u64::MAX {
-            return Err(u64::MAX);
-        }
-        let (interval, now) = (u128::from(self.interval), u128::from(now));
-        let new = u128::from(tat).max(now) + u128::from(n) * interval;
-        let allowed_at = new.saturating_sub(u128::from(self.burst) * interval);
-        if allowed_at <= now {
-            Ok(u64::try_from(new).unwrap_or(u64::MAX))
-        } else {
-            Err(u64::try_from(allowed_at).unwrap_or(u64::MAX))
-        }
+/// [`Gcra::check`] in 128 bits, out of line (it takes its operands by
+/// value, so the inlined check keeps the parameters in registers).
+#[cold]
+#[inline(never)]
+fn check_wide(interval: u64, burst: u64, tat: u64, now: u64, n: u64) -> Result<u64, u64> {
+    if tat == u64::MAX {
+        return Err(u64::MAX);
+    }
+    let (interval, now) = (u128::from(interval), u128::from(now));
+    let new = u128::from(tat).max(now) + u128::from(n) * interval;
+    let allowed_at = new.saturating_sub(u128::from(burst) * interval);
+    if allowed_at <= now {
+        Ok(u64::try_from(new).unwrap_or(u64::MAX))
+    } else {
+        Err(u64::try_from(allowed_at).unwrap_or(u64::MAX))
     }
 }
 
@@ -254,5 +310,116 @@ mod tests {
         // Saturating near the end of time: never again.
         let g = gcra(1 << 62, 3);
         assert_eq!(g.check(u64::MAX - 5, u64::MAX - 5, 1), Ok(u64::MAX));
+    }
+
+    /// The log as it was before the newest entry was kept apart: every
+    /// entry in one queue. The reference for the randomized test below.
+    #[derive(Default)]
+    struct Flat {
+        entries: VecDeque<Entry>,
+        base: u64,
+        total: u64,
+        tail_first: u64,
+    }
+
+    impl Flat {
+        fn expire(&mut self, now: u64, period: u64) {
+            while let Some(front) = self.entries.front() {
+                if front.at.saturating_add(period) > now {
+                    break;
+                }
+                self.total -= front.count;
+                self.entries.pop_front();
+                self.base += 1;
+            }
+        }
+
+        fn earliest(&self, now: u64, n: u64, max_calls: u64, period: u64) -> u64 {
+            let over =
+                (u128::from(self.total) + u128::from(n)).saturating_sub(u128::from(max_calls));
+            if over == 0 {
+                return now;
+            }
+            if over > u128::from(self.total) {
+                return u64::MAX;
+            }
+            let mut seen = 0;
+            for entry in &self.entries {
+                seen += entry.count;
+                if u128::from(seen) >= over {
+                    return entry.at.saturating_add(period).max(now);
+                }
+            }
+            u64::MAX
+        }
+
+        fn record(&mut self, at: u64, n: u64, quantum: u64) -> u64 {
+            self.total += n;
+            if let Some(tail) = self.entries.back_mut() {
+                if at == tail.at || at < self.tail_first.saturating_add(quantum) {
+                    tail.at = tail.at.max(at);
+                    tail.count += n;
+                    return self.base + self.entries.len() as u64 - 1;
+                }
+            }
+            self.entries.push_back(Entry { at, count: n });
+            self.tail_first = at;
+            self.base + self.entries.len() as u64 - 1
+        }
+
+        fn unrecord(&mut self, index: u64, n: u64) {
+            let Some(offset) = index.checked_sub(self.base) else {
+                return;
+            };
+            if let Some(entry) = self.entries.get_mut(offset as usize) {
+                let n = n.min(entry.count);
+                entry.count -= n;
+                self.total -= n;
+            }
+        }
+    }
+
+    #[test]
+    fn log_matches_the_flat_log_on_random_operations() {
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % bound
+        };
+        for round in 0..200 {
+            let period = 1 + next(50);
+            let max_calls = 1 + next(12);
+            let quantum = if round % 2 == 0 { 0 } else { next(8) };
+            let (mut log, mut flat) = (Log::default(), Flat::default());
+            let mut now = 0;
+            let mut indices = Vec::new();
+            for _ in 0..300 {
+                now += next(6);
+                log.expire(now, period);
+                flat.expire(now, period);
+                assert_eq!(log.total(), flat.total);
+                let n = 1 + next(3);
+                let at = log.earliest(now, n, max_calls, period);
+                assert_eq!(at, flat.earliest(now, n, max_calls, period));
+                match next(4) {
+                    0 if !indices.is_empty() => {
+                        let index = indices[next(indices.len() as u64) as usize];
+                        let m = 1 + next(3);
+                        log.unrecord(index, m);
+                        flat.unrecord(index, m);
+                    }
+                    _ if at == now => {
+                        let index = log.record(now, n, quantum);
+                        assert_eq!(index, flat.record(now, n, quantum));
+                        indices.push(index);
+                    }
+                    _ => {}
+                }
+                assert_eq!(log.total(), flat.total);
+                assert_eq!(log.entries(), flat.entries.len());
+            }
+        }
     }
 }

@@ -69,6 +69,7 @@ impl QuantaTimer {
         }
     }
 
+    #[inline]
     fn elapsed_nanos(&self) -> u64 {
         self.clock.delta_as_nanos(self.base_raw, self.clock.raw())
     }
@@ -108,6 +109,7 @@ impl Timer for QuantaTimer {
         sleep.reset_after(deadline.saturating_duration_since(self.now()));
     }
 
+    #[inline]
     fn counter_nanos(&self) -> Option<u64> {
         Some(self.elapsed_nanos())
     }
