@@ -857,3 +857,190 @@ fn review_skipped_drop_walk_races_a_late_waker() {
         t.join().unwrap();
     });
 }
+
+// ---------------------------------------------------------------------------
+// One-word sets (`ReadySet::open`/`close`): no registration while no waker
+// escaped, `POLLING` in the word during a pass, a pass left open by a caller
+// that returned an output, the drop without a read-modify-write.
+// ---------------------------------------------------------------------------
+
+/// A boxed child, so that different kinds of children share one set.
+type Boxed = Pin<Box<dyn Future<Output = usize> + Send>>;
+
+/// A child whose poll lends its borrowed waker to another thread and waits
+/// for it (a scoped thread, by hand): that thread wakes it by reference, or
+/// clones it and wakes the clone by value (gone before the poll returns, so
+/// nothing escapes), while the child also wakes itself on the owner's
+/// thread.
+struct Lent {
+    left: usize,
+    by_value: bool,
+}
+
+impl Future for Lent {
+    type Output = usize;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+        if self.left == 0 {
+            return Poll::Ready(5);
+        }
+        self.left -= 1;
+        // The borrowed waker's address, used only until the join below
+        // (loom threads must be `'static`).
+        let addr = std::ptr::from_ref(cx.waker()).expose_provenance();
+        let by_value = self.by_value;
+        let t = thread::spawn(move || {
+            // SAFETY: the waker outlives this thread (joined below, within
+            // the poll that lent it).
+            let waker = unsafe { &*std::ptr::with_exposed_provenance::<Waker>(addr) };
+            if by_value {
+                #[allow(clippy::waker_clone_wake)]
+                waker.clone().wake();
+            } else {
+                waker.wake_by_ref();
+            }
+        });
+        cx.waker().wake_by_ref();
+        t.join().unwrap();
+        Poll::Pending
+    }
+}
+
+/// `gather` (a one-word set): two children whose first clones escape (in the
+/// first pass for one, in the second for the other: the parent's waker was
+/// never registered before) to two threads that wake them while the owner
+/// may still be in its open pass, before or after it registers the parent's
+/// waker and clears `POLLING`. No wake is lost, the chunk is freed.
+#[test]
+fn one_word_lazy_registration_races_two_escaped_wakes() {
+    model(|| {
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        let child = |quiet| -> Boxed {
+            Box::pin(LateEscape {
+                quiet,
+                escaped: false,
+                threads: threads.clone(),
+            })
+        };
+        let out = block_on(gather(vec![child(0), child(1)]));
+        assert_eq!(out, [3, 3]);
+        for t in std::mem::take(&mut *threads.lock().unwrap()) {
+            t.join().unwrap();
+        }
+    });
+}
+
+/// `gather`: a child lends its borrowed waker to a thread during its poll
+/// (woken by reference, or through a clone dropped before the poll returns:
+/// nothing escapes, the pass stays a load and a store) and wakes itself;
+/// meanwhile a third thread fires the sibling, whose waker escaped (so the
+/// pass that ends registers). Every wake is seen, the chunk freed.
+#[test]
+fn one_word_borrowed_waker_woken_from_a_thread_during_the_poll() {
+    for by_value in [false, true] {
+        model(move || {
+            let gate = Arc::new(Gate::default());
+            let g = gate.clone();
+            let t = thread::spawn(move || g.fire());
+            let children: Vec<Boxed> = vec![
+                Box::pin(Lent { left: 1, by_value }),
+                Box::pin(WaitGate {
+                    gate: gate.clone(),
+                    need: 1,
+                }),
+            ];
+            let out = block_on(gather(children));
+            assert_eq!(out, [5, 1]);
+            t.join().unwrap();
+            assert!(gate.polls.load(Ordering::Relaxed) <= 2);
+            drop(gate.waker.lock().unwrap().take());
+        });
+    }
+}
+
+/// `as_completed` (a one-word set): the first poll parks two children's
+/// clones and hands out a third child's output, leaving its pass open
+/// (`POLLING` set, the parent's waker not registered: the poll was the
+/// first). Two threads then fire the parked children: their wakes only set
+/// bits until the next poll closes the pass (registering `block_on`'s
+/// waker). No wake is lost (a lost one deadlocks `block_on`), each child is
+/// polled at most wakes + 1 times.
+#[test]
+fn one_word_pass_left_open_races_two_wakes() {
+    model(|| {
+        let gates: Vec<Arc<Gate>> = (0..2).map(|_| Arc::new(Gate::default())).collect();
+        let children: Vec<Boxed> = vec![
+            Box::pin(WaitGate {
+                gate: gates[0].clone(),
+                need: 1,
+            }),
+            Box::pin(WaitGate {
+                gate: gates[1].clone(),
+                need: 1,
+            }),
+            Box::pin(Now),
+        ];
+        let mut set = crate::as_completed(children);
+        let waker = futures_util::task::noop_waker();
+        let first = Pin::new(&mut set).poll_next(&mut Context::from_waker(&waker));
+        assert_eq!(first, Poll::Ready(Some(7)));
+        let threads: Vec<_> = gates
+            .iter()
+            .map(|g| {
+                let g = g.clone();
+                thread::spawn(move || g.fire())
+            })
+            .collect();
+        let mut got = Vec::new();
+        block_on(std::future::poll_fn(|cx| {
+            while let Poll::Ready(Some(v)) = Pin::new(&mut set).poll_next(cx) {
+                got.push(v);
+            }
+            if set.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }));
+        assert_eq!(got, [1, 1]);
+        for t in threads {
+            t.join().unwrap();
+        }
+        for g in &gates {
+            assert!(g.polls.load(Ordering::Relaxed) <= 2);
+            drop(g.waker.lock().unwrap().take());
+        }
+    });
+}
+
+/// The owner drops a pending `gather` (a one-word set whose two children
+/// parked clones) while two threads each take one clone out, wake it and
+/// drop it: the owner's drop frees the chunk without a read-modify-write only
+/// if it reads the last reference, and whoever frees it does so after every
+/// other party's last access (`LIVE_CHUNKS` and the header canary check it).
+#[test]
+fn one_word_owner_drop_races_two_wakers() {
+    model(|| {
+        let gates: Vec<Arc<Gate>> = (0..2).map(|_| Arc::new(Gate::default())).collect();
+        let mut all = gather(gates.iter().map(|g| WaitGate {
+            gate: g.clone(),
+            need: 1,
+        }));
+        let waker = futures_util::task::noop_waker();
+        assert!(
+            Pin::new(&mut all)
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        let threads: Vec<_> = gates
+            .iter()
+            .map(|g| {
+                let w = g.waker.lock().unwrap().take().expect("parked");
+                thread::spawn(move || w.wake())
+            })
+            .collect();
+        drop(all);
+        for t in threads {
+            t.join().unwrap();
+        }
+    });
+}
