@@ -905,28 +905,31 @@ impl Future for Lent {
     }
 }
 
-/// `gather` (a one-word set): two children whose first clones escape (in the
-/// first pass for one, in the second for the other: the parent's waker was
-/// never registered before) to two threads that wake them while the owner
-/// may still be in its open pass, before or after it registers the parent's
-/// waker and clears `POLLING`. No wake is lost, the chunk is freed.
+/// `gather` (a one-word set): two children whose first clones escape (both
+/// in the first pass, whose end must register the parent's waker; or one in
+/// the first pass, the other in the second) to two threads that wake them
+/// while the owner may still be in its open pass, before or after it
+/// registers the parent's waker and clears `POLLING`. No wake is lost, the
+/// chunk is freed.
 #[test]
 fn one_word_lazy_registration_races_two_escaped_wakes() {
-    model(|| {
-        let threads = Arc::new(Mutex::new(Vec::new()));
-        let child = |quiet| -> Boxed {
-            Box::pin(LateEscape {
-                quiet,
-                escaped: false,
-                threads: threads.clone(),
-            })
-        };
-        let out = block_on(gather(vec![child(0), child(1)]));
-        assert_eq!(out, [3, 3]);
-        for t in std::mem::take(&mut *threads.lock().unwrap()) {
-            t.join().unwrap();
-        }
-    });
+    for second in [0, 1] {
+        model(move || {
+            let threads = Arc::new(Mutex::new(Vec::new()));
+            let child = |quiet| -> Boxed {
+                Box::pin(LateEscape {
+                    quiet,
+                    escaped: false,
+                    threads: threads.clone(),
+                })
+            };
+            let out = block_on(gather(vec![child(0), child(second)]));
+            assert_eq!(out, [3, 3]);
+            for t in std::mem::take(&mut *threads.lock().unwrap()) {
+                t.join().unwrap();
+            }
+        });
+    }
 }
 
 /// `gather`: a child lends its borrowed waker to a thread during its poll
