@@ -1047,3 +1047,34 @@ fn one_word_owner_drop_races_two_wakers() {
         }
     });
 }
+
+/// The plain-store wake (`refs == 1`: no waker escaped): during one child's
+/// poll its borrowed waker is woken on the owner's thread and on a thread
+/// it lends it to, while a third thread wakes the sibling through the only
+/// clone that escaped (taken in the sibling's poll just before) and drops
+/// it, so `refs` falls back to 1 during the poll. A wake that reads `refs ==
+/// 1` stores `prev | bit`: the sibling's bit, set before that clone's drop,
+/// must be in `prev` (the acquire load of `refs` orders it), or the sibling
+/// is never polled again (a deadlock loom reports).
+#[test]
+fn one_word_plain_wakes_race_the_last_escaped_wake() {
+    model(|| {
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        let children: Vec<Boxed> = vec![
+            Box::pin(LateEscape {
+                quiet: 0,
+                escaped: false,
+                threads: threads.clone(),
+            }),
+            Box::pin(Lent {
+                left: 1,
+                by_value: false,
+            }),
+        ];
+        let out = block_on(gather(children));
+        assert_eq!(out, [3, 5]);
+        for t in std::mem::take(&mut *threads.lock().unwrap()) {
+            t.join().unwrap();
+        }
+    });
+}

@@ -977,15 +977,16 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
         }
         let done = self.visit(
             |fut, cx| fut.poll(cx),
-            |engine, slot, _, output| {
-                // Counted first: if the child's destructor panics, the
-                // assignment still writes the output (and the engine's drop,
-                // which skips its walk when nothing is kept, drops it).
+            |engine, slot, id, output| {
+                // As `next` would hand it out (a destructor's panic drops
+                // the output, contained, and frees the slot), then kept.
+                let output = Self::drop_child(engine, slot, id, output, None);
+                *slot = Slot::Done(output);
+                // Counted only where dropping a slot does something (see
+                // `Engine::store`).
                 if std::mem::needs_drop::<Slot<F>>() {
                     engine.kept += 1;
                 }
-                // Drops the child in place, then keeps its output there.
-                *slot = Slot::Done(output);
                 None::<Completed<F::Output>>
             },
         );
@@ -1069,8 +1070,7 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
     }
 
     /// What [`Pass::next_with`] does with a finished child: drops it (its
-    /// slot left vacant) and hands out its output, or, with `catch_drop`,
-    /// settles a destructor's panic into the output.
+    /// slot left vacant) and hands out its output with its key.
     #[inline]
     fn complete<T>(
         engine: &mut Engine<F>,
@@ -1080,6 +1080,24 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
         catch_drop: Option<SettleDrop<T>>,
     ) -> Completed<T> {
         let key = Engine::<F>::key_of(engine.ready.elements(id.chunk as usize), id.index as usize);
+        Completed {
+            slot: id,
+            key,
+            output: Self::drop_child(engine, slot, id, output, catch_drop),
+        }
+    }
+
+    /// Drops a finished child in place (its slot left vacant) and returns
+    /// its output, or, with `catch_drop`, settles a destructor's panic into
+    /// the output.
+    #[inline]
+    fn drop_child<T>(
+        engine: &mut Engine<F>,
+        slot: &mut Slot<F>,
+        id: SlotId,
+        output: T,
+        catch_drop: Option<SettleDrop<T>>,
+    ) -> T {
         // If the destructor panics, the slot is still left vacant
         // (an assignment writes even when dropping the old value
         // unwinds), and goes back to a free list here: the caller
@@ -1102,11 +1120,7 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
             }
         };
         std::mem::forget(release);
-        Completed {
-            slot: id,
-            key,
-            output,
-        }
+        output
     }
 
     /// The engine, for bookkeeping between completions.

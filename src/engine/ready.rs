@@ -171,11 +171,32 @@ impl Header {
 
     /// Marks child `index` as woken; wakes the parent if `wake_parent` and
     /// this call made the root word non-zero.
+    ///
+    /// While no waker of the chunk escaped (`refs == 1`: the owner's
+    /// reference only), the bit is set with a load and a store instead of a
+    /// `fetch_or`. Then the caller is the borrowed waker of the child being
+    /// polled (or the owner marking a pushed child), on the owner's thread
+    /// or on one the child lent it to and joins before its poll returns; the
+    /// owner touches no word during a poll. The only other writers of the
+    /// word meanwhile are other wakes of that same child (through the
+    /// borrowed waker, or a clone taken from it during this poll): they set
+    /// the same bit, so a store of `prev | bit` loses nothing. Every other
+    /// bit was set before (a clone of another child can only have been taken
+    /// in an earlier poll, and reading `refs == 1` with acquire after its
+    /// last drop's release orders its wakes before the load). A wake that
+    /// sees `prev == 0` goes on to propagate as usual (two that both do only
+    /// set the same bits twice).
     #[inline]
     fn set_ready(&self, index: usize, wake_parent: bool) {
-        let prev = self
-            .word(0, index / BITS)
-            .fetch_or(1 << (index % BITS), Ordering::AcqRel);
+        let word = self.word(0, index / BITS);
+        let bit = 1 << (index % BITS);
+        let prev = if self.refs.load(Ordering::Acquire) == 1 {
+            let prev = word.load(Ordering::Relaxed);
+            word.store(prev | bit, Ordering::Relaxed);
+            prev
+        } else {
+            word.fetch_or(bit, Ordering::AcqRel)
+        };
         if prev == 0 {
             self.propagate(index / BITS, wake_parent);
         }
