@@ -1078,3 +1078,89 @@ fn one_word_plain_wakes_race_the_last_escaped_wake() {
         }
     });
 }
+
+// ---------------------------------------------------------------------------
+// Review (g10): the plain-store wake in a chunk that counts clones.
+// ---------------------------------------------------------------------------
+
+/// A child of a counting chunk (`as_completed` filled by `push`: a one-word
+/// set under loom) whose first poll clones its borrowed waker twice at once:
+/// once on the owner's thread, once on a thread it lends the borrow to and
+/// joins before returning. One of the two clones escapes to a third thread
+/// that is not joined by the poll and wakes through it; the other is dropped
+/// within the poll.
+///
+/// In a counting chunk a first clone moves the child's counter from 0 to 1
+/// and only then adds the chunk reference, so the second cloner can read
+/// counter 1 and return its clone while `refs` is still 1 (or while the
+/// increment is not yet visible to the escaping thread: both are relaxed).
+/// The escaped clone's wake then reads `refs == 1` and takes the plain
+/// load + store path, whose store can land after the owner's `close`
+/// (`fetch_and(!POLLING)`) and bring `POLLING` back (or erase bits other
+/// parties set): every later wake finds the word non-zero and never wakes
+/// the parent.
+struct TwoCloners {
+    polled: bool,
+    /// Whether the owner's clone escapes (else the lent thread's).
+    owner_escapes: bool,
+    threads: Arc<Mutex<Vec<thread::JoinHandle<()>>>>,
+}
+
+impl Future for TwoCloners {
+    type Output = usize;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+        if self.polled {
+            return Poll::Ready(9);
+        }
+        self.polled = true;
+        let addr = std::ptr::from_ref(cx.waker()).expose_provenance();
+        let owner_escapes = self.owner_escapes;
+        let threads = self.threads.clone();
+        let lent = thread::spawn(move || {
+            // SAFETY: the waker outlives this thread (joined below, within
+            // the poll that lent it).
+            let waker = unsafe { &*std::ptr::with_exposed_provenance::<Waker>(addr) };
+            let clone = waker.clone();
+            if owner_escapes {
+                drop(clone);
+            } else {
+                let t = thread::spawn(move || clone.wake());
+                threads.lock().unwrap().push(t);
+            }
+        });
+        let clone = cx.waker().clone();
+        if owner_escapes {
+            let t = thread::spawn(move || clone.wake());
+            self.threads.lock().unwrap().push(t);
+        } else {
+            drop(clone);
+        }
+        lent.join().unwrap();
+        Poll::Pending
+    }
+}
+
+/// See [`TwoCloners`]: the escaped wake must reach the owner (a lost one
+/// deadlocks `block_on`), and `POLLING` must never be left in the word (a
+/// later pass would take bit 63 as a child's and panic, index out of
+/// bounds).
+#[test]
+fn review_counting_chunk_two_cloners_one_escapes() {
+    for owner_escapes in [false, true] {
+        model(move || {
+            let threads = Arc::new(Mutex::new(Vec::new()));
+            let mut set: AsCompleted<TwoCloners> = AsCompleted::new();
+            set.push(TwoCloners {
+                polled: false,
+                owner_escapes,
+                threads: threads.clone(),
+            });
+            let out = block_on(std::future::poll_fn(|cx| Pin::new(&mut set).poll_next(cx)));
+            assert_eq!(out, Some(9));
+            drop(set);
+            for t in std::mem::take(&mut *threads.lock().unwrap()) {
+                t.join().unwrap();
+            }
+        });
+    }
+}
