@@ -186,11 +186,20 @@ impl Header {
     /// last drop's release orders its wakes before the load). A wake that
     /// sees `prev == 0` goes on to propagate as usual (two that both do only
     /// set the same bits twice).
+    ///
+    /// Not in a chunk that counts clones: there the first clone of a child
+    /// moves its counter from 0 to 1 and only then takes the chunk
+    /// reference, so a second clone taken at the same moment (on a thread
+    /// the child lent its borrowed waker to) can escape while `refs` still
+    /// reads 1, and a wake through it would take the plain path at any later
+    /// time, its store landing after the owner's `close` (bringing `POLLING`
+    /// back: a lost wake; loom model
+    /// `review_counting_chunk_two_cloners_one_escapes`).
     #[inline]
     fn set_ready(&self, index: usize, wake_parent: bool) {
         let word = self.word(0, index / BITS);
         let bit = 1 << (index % BITS);
-        let prev = if self.refs.load(Ordering::Acquire) == 1 {
+        let prev = if !self.count_clones && self.refs.load(Ordering::Acquire) == 1 {
             let prev = word.load(Ordering::Relaxed);
             word.store(prev | bit, Ordering::Relaxed);
             prev
