@@ -664,3 +664,50 @@ fn review_reentrant_parent_waker() {
         }
     });
 }
+
+/// The same with a finished child whose destructor panics (the output is
+/// dropped, the panic propagates out of `poll_next`) in an open pass in
+/// which a sibling's clone escaped: its later wake must reach the consumer.
+#[test]
+fn review_as_completed_child_drop_panic_in_open_pass_then_escaped_wake() {
+    quiet();
+    struct PanicDrop;
+    impl Drop for PanicDrop {
+        fn drop(&mut self) {
+            panic!("injected child destructor panic");
+        }
+    }
+    for n in [2usize, 63] {
+        let slot = Arc::new(Slot::default());
+        let mut children: Vec<Boxed> = vec![park(&slot, 0), {
+            let guard = PanicDrop;
+            Box::pin(std::future::poll_fn(move |_| {
+                let _keep = &guard;
+                Poll::Ready(1)
+            }))
+        }];
+        for i in 2..n {
+            children.push(park(&Arc::new(Slot::default()), i));
+        }
+        let mut set = as_completed(children);
+        let w = CountingWaker::new();
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            Pin::new(&mut set).poll_next(&mut w.context())
+        }));
+        assert!(r.is_err(), "n = {n}: the destructor's panic propagates");
+        let before = w.wakes();
+        slot.fire();
+        assert!(
+            w.wakes() > before,
+            "n = {n}: the escaped clone's wake after a destructor's panic reached no one"
+        );
+        let mut got = None;
+        for _ in 0..4 {
+            if let Poll::Ready(v) = Pin::new(&mut set).poll_next(&mut w.context()) {
+                got = v;
+                break;
+            }
+        }
+        assert_eq!(got, Some(0), "n = {n}");
+    }
+}
