@@ -871,6 +871,29 @@ impl<T> Drop for OutputOnUnwind<T> {
     }
 }
 
+/// Closes a one-word set's open pass if a child's poll or destructor unwinds
+/// out of it (see [`Pass::visit`]); forgotten on every normal exit.
+struct CloseOnUnwind<'a, F: Future> {
+    engine: &'a mut Engine<F>,
+    waker: &'a std::task::Waker,
+}
+
+impl<F: Future> Drop for CloseOnUnwind<'_, F> {
+    fn drop(&mut self) {
+        if self.engine.cursor.open {
+            self.engine.cursor.open = false;
+            let (ready, waker) = (&mut self.engine.ready, self.waker);
+            // User code (the waker's clone, drop and wake) while unwinding:
+            // a second panic would abort, so it is contained.
+            crate::unwind::contain(|| {
+                if ready.close(Some(waker)) {
+                    waker.wake_by_ref();
+                }
+            });
+        }
+    }
+}
+
 /// Releases a finished child's slot if dropping the child unwinds.
 struct ReleaseOnUnwind<'a, F: Future> {
     engine: &'a mut Engine<F>,
@@ -1002,7 +1025,17 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
         mut poll: impl FnMut(Pin<&mut F>, &mut Context<'_>) -> Poll<T>,
         mut finish: impl FnMut(&mut Engine<F>, &mut Slot<F>, SlotId, T) -> Option<R>,
     ) -> Option<R> {
-        let engine = &mut *self.engine;
+        // If a child's poll or destructor unwinds out of a one-word set's
+        // open pass, the pass is closed on the way out (normal exits forget
+        // the guard): the parent's waker is not registered before that, and
+        // a clone that escaped earlier in the pass would otherwise wake
+        // nobody — a caller that catches the panic and returns `Pending`
+        // (the set is not poisoned) would never be polled again.
+        let guard = CloseOnUnwind {
+            engine: &mut *self.engine,
+            waker: self.cx.waker(),
+        };
+        let engine = &mut *guard.engine;
         // Stalls since the last completion of this pass: a completion
         // returns, so one count per call, in a register.
         let mut stalls = 0;
@@ -1037,8 +1070,10 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
                         // next poll, and ask for that poll: the runtime gets
                         // to run something else (and refill its budget).
                         if engine.cursor.open {
-                            self.close();
+                            engine.cursor.open = false;
+                            engine.ready.close(Some(self.cx.waker()));
                         }
+                        std::mem::forget(guard);
                         self.cx.waker().wake_by_ref();
                         return None;
                     }
@@ -1055,15 +1090,17 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
                 index: index as u32,
             };
             if let Some(done) = finish(engine, slot, id, output) {
+                std::mem::forget(guard);
                 return Some(done);
             }
         }
+        std::mem::forget(guard);
         // The snapshot is done: every later one holds children polled before
         // (but for children pushed since). An unarmed snapshot has no
         // completion, so all of it was polled in this call: `polled` tells
         // whether it polled anyone.
         if polled {
-            engine.cursor.armed = true;
+            self.engine.cursor.armed = true;
         }
         self.snapshot_done();
         None
