@@ -1164,3 +1164,73 @@ fn review_counting_chunk_two_cloners_one_escapes() {
         });
     }
 }
+
+/// During its first poll a child lends its borrowed waker to a thread that
+/// wakes it by reference while it wakes itself on the owner's thread, and a
+/// third thread clones it and hands the clone to a fourth, not joined by the
+/// poll, that wakes it whenever it runs (during the sibling's poll, the
+/// owner's `close`, the next `open`). Every wake is seen (a lost one
+/// deadlocks), in a `gather` (a chunk that does not count clones: the
+/// plain-store path) and in an `as_completed` filled by `push` (a counting
+/// chunk).
+#[test]
+fn review_lent_waker_woken_twice_while_a_third_clones_it() {
+    struct LendAndClone {
+        polled: bool,
+        threads: Arc<Mutex<Vec<thread::JoinHandle<()>>>>,
+    }
+    impl Future for LendAndClone {
+        type Output = usize;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+            if self.polled {
+                return Poll::Ready(4);
+            }
+            self.polled = true;
+            let addr = std::ptr::from_ref(cx.waker()).expose_provenance();
+            let lent = thread::spawn(move || {
+                // SAFETY: joined below, within the poll that lent it.
+                let waker = unsafe { &*std::ptr::with_exposed_provenance::<Waker>(addr) };
+                waker.wake_by_ref();
+            });
+            let threads = self.threads.clone();
+            let cloner = thread::spawn(move || {
+                // SAFETY: as above.
+                let waker = unsafe { &*std::ptr::with_exposed_provenance::<Waker>(addr) };
+                let clone = waker.clone();
+                let t = thread::spawn(move || clone.wake());
+                threads.lock().unwrap().push(t);
+            });
+            cx.waker().wake_by_ref();
+            lent.join().unwrap();
+            cloner.join().unwrap();
+            Poll::Pending
+        }
+    }
+    for counting in [false, true] {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(2);
+        builder.check(move || {
+            let threads = Arc::new(Mutex::new(Vec::new()));
+            let child = || LendAndClone {
+                polled: false,
+                threads: threads.clone(),
+            };
+            if counting {
+                let mut set = AsCompleted::new();
+                set.push(child());
+                let out = block_on(std::future::poll_fn(|cx| Pin::new(&mut set).poll_next(cx)));
+                assert_eq!(out, Some(4));
+            } else {
+                assert_eq!(block_on(gather([child()])), [4]);
+            }
+            for t in std::mem::take(&mut *threads.lock().unwrap()) {
+                t.join().unwrap();
+            }
+            assert_eq!(
+                LIVE_CHUNKS.load(std::sync::atomic::Ordering::Relaxed),
+                0,
+                "a chunk leaked"
+            );
+        });
+    }
+}
