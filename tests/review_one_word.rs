@@ -492,15 +492,18 @@ static PANIC_CLONE_VTABLE: RawWakerVTable = RawWakerVTable::new(
     |_| {},
 );
 
-fn panic_clone_waker() -> (&'static PanicClone, Waker) {
-    let state: &'static PanicClone = Box::leak(Box::new(PanicClone {
+/// The state and a waker pointing into it: the caller keeps the box alive
+/// until every clone of the waker is gone (declared before the set).
+fn panic_clone_waker() -> (Box<PanicClone>, Waker) {
+    let state = Box::new(PanicClone {
         armed: AtomicBool::new(true),
         wakes: AtomicUsize::new(0),
-    }));
-    // SAFETY: the vtable treats `data` as a leaked `PanicClone`.
+    });
+    // SAFETY: the vtable treats `data` as a `PanicClone`, which the caller
+    // keeps alive (boxed: it does not move) while the waker or a clone lives.
     let waker = unsafe {
         Waker::from_raw(RawWaker::new(
-            std::ptr::from_ref(state).cast(),
+            std::ptr::from_ref(&*state).cast(),
             &PANIC_CLONE_VTABLE,
         ))
     };
@@ -515,13 +518,13 @@ fn panic_clone_waker() -> (&'static PanicClone, Waker) {
 fn review_panicking_parent_clone_at_lazy_registration() {
     quiet();
     for n in [2usize, 63] {
+        let (state, waker) = panic_clone_waker();
         let slot = Arc::new(Slot::default());
         let mut children: Vec<Boxed> = vec![park(&slot, 0)];
         for i in 1..n {
             children.push(yielder(0, i));
         }
         let mut set = as_completed(children);
-        let (state, waker) = panic_clone_waker();
         let mut got = Vec::new();
         let r = catch_unwind(AssertUnwindSafe(|| {
             while let Poll::Ready(Some(v)) =
@@ -581,8 +584,8 @@ fn review_gather_panicking_parent_clone_then_drop() {
             Out(live)
         }
     };
+    let (_state, waker) = panic_clone_waker();
     let mut all = gather([mk(true), mk(false), mk(false)]);
-    let (_, waker) = panic_clone_waker();
     assert!(
         catch_unwind(AssertUnwindSafe(
             || Pin::new(&mut all).poll(&mut Context::from_waker(&waker))
@@ -661,6 +664,9 @@ fn review_reentrant_parent_waker() {
             }
             seen.sort_unstable();
             assert_eq!(seen, (0..n).collect::<Vec<_>>());
+            // The set holds `reenter` (its registered waker), which holds
+            // the set: break the cycle.
+            drop(std::mem::take(&mut *set.lock().unwrap()));
         }
     });
 }
