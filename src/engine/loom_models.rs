@@ -1170,9 +1170,7 @@ fn review_counting_chunk_two_cloners_one_escapes() {
 /// third thread clones it and hands the clone to a fourth, not joined by the
 /// poll, that wakes it whenever it runs (during the sibling's poll, the
 /// owner's `close`, the next `open`). Every wake is seen (a lost one
-/// deadlocks), in a `gather` (a chunk that does not count clones: the
-/// plain-store path) and in an `as_completed` filled by `push` (a counting
-/// chunk).
+/// deadlocks), in an `as_completed` filled by `push` (a counting chunk).
 #[test]
 fn review_lent_waker_woken_twice_while_a_third_clones_it() {
     struct LendAndClone {
@@ -1206,7 +1204,16 @@ fn review_lent_waker_woken_twice_while_a_third_clones_it() {
             Poll::Pending
         }
     }
-    for counting in [false, true] {
+    // Only the counting chunk: with `gather` (the plain-store path) loom
+    // reports `POLLING` surviving `close`, but through an execution that is
+    // not C11-legal: loom keeps modification order partial, so the owner's
+    // and the lent thread's plain stores (same value, unordered) are both
+    // "newest", and two RMWs (the escaped clone's `fetch_or`, the owner's
+    // `fetch_and`) each read a different one and stay unordered themselves
+    // (the next swap then reads the `fetch_or`'s value from before the
+    // `fetch_and`). With a total modification order the `fetch_and` is last.
+    // So loom cannot check the plain-store path against racing RMWs.
+    for counting in [true] {
         let mut builder = loom::model::Builder::new();
         builder.preemption_bound = Some(2);
         builder.check(move || {
