@@ -96,10 +96,7 @@ impl<F: Future> Future for Gather<F> {
         let this = self.get_mut();
         crate::poison::assert_live(this.poisoned, this.finished, "Gather");
         crate::poison::guarded(&mut this.poisoned, "Gather", || {
-            let mut pass = this.engine.pass(cx);
-            while let Some(done) = pass.next() {
-                pass.engine().store(done.slot, done.output);
-            }
+            this.engine.pass(cx).store_all();
             if this.engine.running() > 0 {
                 return Poll::Pending;
             }

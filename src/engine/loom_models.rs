@@ -857,3 +857,390 @@ fn review_skipped_drop_walk_races_a_late_waker() {
         t.join().unwrap();
     });
 }
+
+// ---------------------------------------------------------------------------
+// One-word sets (`ReadySet::open`/`close`): no registration while no waker
+// escaped, `POLLING` in the word during a pass, a pass left open by a caller
+// that returned an output, the drop without a read-modify-write.
+// ---------------------------------------------------------------------------
+
+/// A boxed child, so that different kinds of children share one set.
+type Boxed = Pin<Box<dyn Future<Output = usize> + Send>>;
+
+/// A child whose poll lends its borrowed waker to another thread and waits
+/// for it (a scoped thread, by hand): that thread wakes it by reference, or
+/// clones it and wakes the clone by value (gone before the poll returns, so
+/// nothing escapes), while the child also wakes itself on the owner's
+/// thread.
+struct Lent {
+    left: usize,
+    by_value: bool,
+}
+
+impl Future for Lent {
+    type Output = usize;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+        if self.left == 0 {
+            return Poll::Ready(5);
+        }
+        self.left -= 1;
+        // The borrowed waker's address, used only until the join below
+        // (loom threads must be `'static`).
+        let addr = std::ptr::from_ref(cx.waker()).expose_provenance();
+        let by_value = self.by_value;
+        let t = thread::spawn(move || {
+            // SAFETY: the waker outlives this thread (joined below, within
+            // the poll that lent it).
+            let waker = unsafe { &*std::ptr::with_exposed_provenance::<Waker>(addr) };
+            if by_value {
+                #[allow(clippy::waker_clone_wake)]
+                waker.clone().wake();
+            } else {
+                waker.wake_by_ref();
+            }
+        });
+        cx.waker().wake_by_ref();
+        t.join().unwrap();
+        Poll::Pending
+    }
+}
+
+/// `gather` (a one-word set): two children whose first clones escape (both
+/// in the first pass, whose end must register the parent's waker; or one in
+/// the first pass, the other in the second) to two threads that wake them
+/// while the owner may still be in its open pass, before or after it
+/// registers the parent's waker and clears `POLLING`. No wake is lost, the
+/// chunk is freed.
+#[test]
+fn one_word_lazy_registration_races_two_escaped_wakes() {
+    for second in [0, 1] {
+        model(move || {
+            let threads = Arc::new(Mutex::new(Vec::new()));
+            let child = |quiet| -> Boxed {
+                Box::pin(LateEscape {
+                    quiet,
+                    escaped: false,
+                    threads: threads.clone(),
+                })
+            };
+            let out = block_on(gather(vec![child(0), child(second)]));
+            assert_eq!(out, [3, 3]);
+            for t in std::mem::take(&mut *threads.lock().unwrap()) {
+                t.join().unwrap();
+            }
+        });
+    }
+}
+
+/// `gather`: a child lends its borrowed waker to a thread during its poll
+/// (woken by reference, or through a clone dropped before the poll returns:
+/// nothing escapes, the pass stays a load and a store) and wakes itself;
+/// meanwhile a third thread fires the sibling, whose waker escaped (so the
+/// pass that ends registers). Every wake is seen, the chunk freed.
+#[test]
+fn one_word_borrowed_waker_woken_from_a_thread_during_the_poll() {
+    for by_value in [false, true] {
+        model(move || {
+            let gate = Arc::new(Gate::default());
+            let g = gate.clone();
+            let t = thread::spawn(move || g.fire());
+            let children: Vec<Boxed> = vec![
+                Box::pin(Lent { left: 1, by_value }),
+                Box::pin(WaitGate {
+                    gate: gate.clone(),
+                    need: 1,
+                }),
+            ];
+            let out = block_on(gather(children));
+            assert_eq!(out, [5, 1]);
+            t.join().unwrap();
+            assert!(gate.polls.load(Ordering::Relaxed) <= 2);
+            drop(gate.waker.lock().unwrap().take());
+        });
+    }
+}
+
+/// `as_completed` (a one-word set): the first poll parks two children's
+/// clones and hands out a third child's output, leaving its pass open
+/// (`POLLING` set, the parent's waker not registered: the poll was the
+/// first). Two threads then fire the parked children: their wakes only set
+/// bits until the next poll closes the pass (registering `block_on`'s
+/// waker). No wake is lost (a lost one deadlocks `block_on`), each child is
+/// polled at most wakes + 1 times.
+#[test]
+fn one_word_pass_left_open_races_two_wakes() {
+    model(|| {
+        let gates: Vec<Arc<Gate>> = (0..2).map(|_| Arc::new(Gate::default())).collect();
+        let children: Vec<Boxed> = vec![
+            Box::pin(WaitGate {
+                gate: gates[0].clone(),
+                need: 1,
+            }),
+            Box::pin(WaitGate {
+                gate: gates[1].clone(),
+                need: 1,
+            }),
+            Box::pin(Now),
+        ];
+        let mut set = crate::as_completed(children);
+        let waker = futures_util::task::noop_waker();
+        let first = Pin::new(&mut set).poll_next(&mut Context::from_waker(&waker));
+        assert_eq!(first, Poll::Ready(Some(7)));
+        let threads: Vec<_> = gates
+            .iter()
+            .map(|g| {
+                let g = g.clone();
+                thread::spawn(move || g.fire())
+            })
+            .collect();
+        let mut got = Vec::new();
+        block_on(std::future::poll_fn(|cx| {
+            while let Poll::Ready(Some(v)) = Pin::new(&mut set).poll_next(cx) {
+                got.push(v);
+            }
+            if set.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }));
+        assert_eq!(got, [1, 1]);
+        for t in threads {
+            t.join().unwrap();
+        }
+        for g in &gates {
+            assert!(g.polls.load(Ordering::Relaxed) <= 2);
+            drop(g.waker.lock().unwrap().take());
+        }
+    });
+}
+
+/// The owner drops a pending `gather` (a one-word set whose two children
+/// parked clones) while two threads each take one clone out, wake it and
+/// drop it: the owner's drop frees the chunk without a read-modify-write only
+/// if it reads the last reference, and whoever frees it does so after every
+/// other party's last access (`LIVE_CHUNKS` and the header canary check it).
+#[test]
+fn one_word_owner_drop_races_two_wakers() {
+    model(|| {
+        let gates: Vec<Arc<Gate>> = (0..2).map(|_| Arc::new(Gate::default())).collect();
+        let mut all = gather(gates.iter().map(|g| WaitGate {
+            gate: g.clone(),
+            need: 1,
+        }));
+        let waker = futures_util::task::noop_waker();
+        assert!(
+            Pin::new(&mut all)
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        let threads: Vec<_> = gates
+            .iter()
+            .map(|g| {
+                let w = g.waker.lock().unwrap().take().expect("parked");
+                thread::spawn(move || w.wake())
+            })
+            .collect();
+        drop(all);
+        for t in threads {
+            t.join().unwrap();
+        }
+    });
+}
+
+/// The plain-store wake (`refs == 1`: no waker escaped): during one child's
+/// poll its borrowed waker is woken on the owner's thread and on a thread
+/// it lends it to, while a third thread wakes the sibling through the only
+/// clone that escaped (taken in the sibling's poll just before) and drops
+/// it, so `refs` falls back to 1 during the poll. A wake that reads `refs ==
+/// 1` stores `prev | bit`: the sibling's bit, set before that clone's drop,
+/// must be in `prev` (the acquire load of `refs` orders it), or the sibling
+/// is never polled again (a deadlock loom reports).
+#[test]
+fn one_word_plain_wakes_race_the_last_escaped_wake() {
+    model(|| {
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        let children: Vec<Boxed> = vec![
+            Box::pin(LateEscape {
+                quiet: 0,
+                escaped: false,
+                threads: threads.clone(),
+            }),
+            Box::pin(Lent {
+                left: 1,
+                by_value: false,
+            }),
+        ];
+        let out = block_on(gather(children));
+        assert_eq!(out, [3, 5]);
+        for t in std::mem::take(&mut *threads.lock().unwrap()) {
+            t.join().unwrap();
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Review (g10): the plain-store wake in a chunk that counts clones.
+// ---------------------------------------------------------------------------
+
+/// A child of a counting chunk (`as_completed` filled by `push`: a one-word
+/// set under loom) whose first poll clones its borrowed waker twice at once:
+/// once on the owner's thread, once on a thread it lends the borrow to and
+/// joins before returning. One of the two clones escapes to a third thread
+/// that is not joined by the poll and wakes through it; the other is dropped
+/// within the poll.
+///
+/// In a counting chunk a first clone moves the child's counter from 0 to 1
+/// and only then adds the chunk reference, so the second cloner can read
+/// counter 1 and return its clone while `refs` is still 1 (or while the
+/// increment is not yet visible to the escaping thread: both are relaxed).
+/// The escaped clone's wake then reads `refs == 1` and takes the plain
+/// load + store path, whose store can land after the owner's `close`
+/// (`fetch_and(!POLLING)`) and bring `POLLING` back (or erase bits other
+/// parties set): every later wake finds the word non-zero and never wakes
+/// the parent.
+struct TwoCloners {
+    polled: bool,
+    /// Whether the owner's clone escapes (else the lent thread's).
+    owner_escapes: bool,
+    threads: Arc<Mutex<Vec<thread::JoinHandle<()>>>>,
+}
+
+impl Future for TwoCloners {
+    type Output = usize;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+        if self.polled {
+            return Poll::Ready(9);
+        }
+        self.polled = true;
+        let addr = std::ptr::from_ref(cx.waker()).expose_provenance();
+        let owner_escapes = self.owner_escapes;
+        let threads = self.threads.clone();
+        let lent = thread::spawn(move || {
+            // SAFETY: the waker outlives this thread (joined below, within
+            // the poll that lent it).
+            let waker = unsafe { &*std::ptr::with_exposed_provenance::<Waker>(addr) };
+            let clone = waker.clone();
+            if owner_escapes {
+                drop(clone);
+            } else {
+                let t = thread::spawn(move || clone.wake());
+                threads.lock().unwrap().push(t);
+            }
+        });
+        let clone = cx.waker().clone();
+        if owner_escapes {
+            let t = thread::spawn(move || clone.wake());
+            self.threads.lock().unwrap().push(t);
+        } else {
+            drop(clone);
+        }
+        lent.join().unwrap();
+        Poll::Pending
+    }
+}
+
+/// See [`TwoCloners`]: the escaped wake must reach the owner (a lost one
+/// deadlocks `block_on`), and `POLLING` must never be left in the word (a
+/// later pass would take bit 63 as a child's and panic, index out of
+/// bounds).
+#[test]
+fn review_counting_chunk_two_cloners_one_escapes() {
+    for owner_escapes in [false, true] {
+        model(move || {
+            let threads = Arc::new(Mutex::new(Vec::new()));
+            let mut set: AsCompleted<TwoCloners> = AsCompleted::new();
+            set.push(TwoCloners {
+                polled: false,
+                owner_escapes,
+                threads: threads.clone(),
+            });
+            let out = block_on(std::future::poll_fn(|cx| Pin::new(&mut set).poll_next(cx)));
+            assert_eq!(out, Some(9));
+            drop(set);
+            for t in std::mem::take(&mut *threads.lock().unwrap()) {
+                t.join().unwrap();
+            }
+        });
+    }
+}
+
+/// During its first poll a child lends its borrowed waker to a thread that
+/// wakes it by reference while it wakes itself on the owner's thread, and a
+/// third thread clones it and hands the clone to a fourth, not joined by the
+/// poll, that wakes it whenever it runs (during the sibling's poll, the
+/// owner's `close`, the next `open`). Every wake is seen (a lost one
+/// deadlocks), in an `as_completed` filled by `push` (a counting chunk).
+#[test]
+fn review_lent_waker_woken_twice_while_a_third_clones_it() {
+    struct LendAndClone {
+        polled: bool,
+        threads: Arc<Mutex<Vec<thread::JoinHandle<()>>>>,
+    }
+    impl Future for LendAndClone {
+        type Output = usize;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+            if self.polled {
+                return Poll::Ready(4);
+            }
+            self.polled = true;
+            let addr = std::ptr::from_ref(cx.waker()).expose_provenance();
+            let lent = thread::spawn(move || {
+                // SAFETY: joined below, within the poll that lent it.
+                let waker = unsafe { &*std::ptr::with_exposed_provenance::<Waker>(addr) };
+                waker.wake_by_ref();
+            });
+            let threads = self.threads.clone();
+            let cloner = thread::spawn(move || {
+                // SAFETY: as above.
+                let waker = unsafe { &*std::ptr::with_exposed_provenance::<Waker>(addr) };
+                let clone = waker.clone();
+                let t = thread::spawn(move || clone.wake());
+                threads.lock().unwrap().push(t);
+            });
+            cx.waker().wake_by_ref();
+            lent.join().unwrap();
+            cloner.join().unwrap();
+            Poll::Pending
+        }
+    }
+    // Only the counting chunk: with `gather` (the plain-store path) loom
+    // reports `POLLING` surviving `close`, but through an execution that is
+    // not C11-legal: loom keeps modification order partial, so the owner's
+    // and the lent thread's plain stores (same value, unordered) are both
+    // "newest", and two RMWs (the escaped clone's `fetch_or`, the owner's
+    // `fetch_and`) each read a different one and stay unordered themselves
+    // (the next swap then reads the `fetch_or`'s value from before the
+    // `fetch_and`). With a total modification order the `fetch_and` is last.
+    // So loom cannot check the plain-store path against racing RMWs.
+    // (Known loom defects: tokio-rs/loom issues #254, #282 and #389 — a
+    // plain store squeezed between an RMW's read and write; unfixed in the
+    // loom release used here.)
+    for counting in [true] {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(2);
+        builder.check(move || {
+            let threads = Arc::new(Mutex::new(Vec::new()));
+            let child = || LendAndClone {
+                polled: false,
+                threads: threads.clone(),
+            };
+            if counting {
+                let mut set = AsCompleted::new();
+                set.push(child());
+                let out = block_on(std::future::poll_fn(|cx| Pin::new(&mut set).poll_next(cx)));
+                assert_eq!(out, Some(4));
+            } else {
+                assert_eq!(block_on(gather([child()])), [4]);
+            }
+            for t in std::mem::take(&mut *threads.lock().unwrap()) {
+                t.join().unwrap();
+            }
+            assert_eq!(
+                LIVE_CHUNKS.load(std::sync::atomic::Ordering::Relaxed),
+                0,
+                "a chunk leaked"
+            );
+        });
+    }
+}

@@ -132,6 +132,9 @@ struct Cursor {
     /// set by a completion, and once the first snapshot is done. Never
     /// cleared (but by [`Engine::clear`]).
     armed: bool,
+    /// A one-word set's pass is open ([`ReadySet::open`]): the word holds
+    /// `POLLING` until [`Pass::close`] clears it.
+    open: bool,
 }
 
 impl Cursor {
@@ -472,6 +475,7 @@ impl<F: Future> Engine<F> {
                 nonempty: 0,
                 stack: [(0, 0); 6],
                 armed: false,
+                open: false,
             },
             free: NO_SLOT,
             cooling: NO_SLOT,
@@ -807,12 +811,35 @@ impl<F: Future> Engine<F> {
         }
     }
 
-    /// Starts a pass: registers `cx`'s waker and, unless a previous pass
-    /// stopped early, takes a fresh snapshot of the woken children.
+    /// Starts a pass: unless a previous pass stopped early, takes a fresh
+    /// snapshot of the woken children, making sure that `cx`'s waker is
+    /// woken when a child is after the pass: registered first, or for a
+    /// one-word set (see [`ReadySet::open`]) only if a child's waker escaped,
+    /// when the pass ends ([`Pass::close`]).
     #[inline]
     pub(crate) fn pass<'a, 'b>(&'a mut self, cx: &'a mut Context<'b>) -> Pass<'a, 'b, F> {
+        if self.cursor.open {
+            // The last pass returned an output before its snapshot was done,
+            // and its caller returned it (see [`Pass::next`]). Children
+            // woken since stay in the word: taken below, or (with bits left
+            // to visit) in the next pass, which this one asks for.
+            self.cursor.open = false;
+            self.ready.close(Some(cx.waker()));
+        }
         let refreshed = if self.cursor.has_leftover() {
             false
+        } else if self.ready.is_one_word() {
+            if self.running > 0 {
+                let (bits, open) = self.ready.open(cx.waker());
+                if bits != 0 {
+                    let cursor = &mut self.cursor;
+                    cursor.open = open;
+                    cursor.current = 0;
+                    cursor.stack[0] = (0, bits);
+                    cursor.nonempty = 1;
+                }
+            }
+            true
         } else {
             if self.running > 0 {
                 self.ready.register(cx.waker());
@@ -844,6 +871,29 @@ impl<T> Drop for OutputOnUnwind<T> {
     }
 }
 
+/// Closes a one-word set's open pass if a child's poll or destructor unwinds
+/// out of it (see [`Pass::visit`]); forgotten on every normal exit.
+struct CloseOnUnwind<'a, F: Future> {
+    engine: &'a mut Engine<F>,
+    waker: &'a std::task::Waker,
+}
+
+impl<F: Future> Drop for CloseOnUnwind<'_, F> {
+    fn drop(&mut self) {
+        if self.engine.cursor.open {
+            self.engine.cursor.open = false;
+            let (ready, waker) = (&mut self.engine.ready, self.waker);
+            // User code (the waker's clone, drop and wake) while unwinding:
+            // a second panic would abort, so it is contained.
+            crate::unwind::contain(|| {
+                if ready.close(Some(waker)) {
+                    waker.wake_by_ref();
+                }
+            });
+        }
+    }
+}
+
 /// Releases a finished child's slot if dropping the child unwinds.
 struct ReleaseOnUnwind<'a, F: Future> {
     engine: &'a mut Engine<F>,
@@ -869,6 +919,14 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
     /// child was polled, or when the pass stopped early (see
     /// [`Pass::next_with`]). After `None` the parent is sure to be woken when
     /// a child is (after an early stop, it has been woken already).
+    ///
+    /// A caller that stops before `None` must not return `Pending` from that
+    /// poll: it hands out what it got (`Ready`), fails fast
+    /// ([`Engine::clear`]), or is dropped. The rest of the snapshot waits in
+    /// the cursor for the next poll, and a one-word set's pass stays open
+    /// (wakes meanwhile only set their bits, as during the pass) until the
+    /// next [`Engine::pass`] closes it: nothing wakes the parent for them,
+    /// which a consumer that got `Ready` does not need.
     #[inline]
     pub(crate) fn next(&mut self) -> Option<Completed<F::Output>> {
         self.next_with(|fut, cx| fut.poll(cx), None)
@@ -893,7 +951,9 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
         catch_drop: Option<SettleDrop<T>>,
     ) -> Option<Completed<T>> {
         if self.engine.cursor.has_leftover() {
-            return self.visit(poll, catch_drop);
+            return self.visit(poll, |engine, slot, id, output| {
+                Some(Self::complete(engine, slot, id, output, catch_drop))
+            });
         }
         // Nothing taken, nothing left: the usual answer to the poll that
         // follows a completion, kept inline and short (what `visit` does when
@@ -903,10 +963,15 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
     }
 
     /// The end of a snapshot: asks for another poll when this pass only
-    /// finished an earlier snapshot (see [`Pass::visit`]).
+    /// finished an earlier snapshot (see [`Pass::visit`]), or when children
+    /// were woken during a one-word set's pass.
     #[inline]
     fn snapshot_done(&mut self) {
-        if !self.refreshed && self.engine.running > 0 {
+        if self.engine.cursor.open {
+            if self.close() && self.engine.running > 0 {
+                self.cx.waker().wake_by_ref();
+            }
+        } else if !self.refreshed && self.engine.running > 0 {
             // This pass only finished an earlier snapshot; the parent waker
             // was not registered against the shared words, so ask to be
             // polled again to take a fresh one.
@@ -914,13 +979,63 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
         }
     }
 
-    /// [`Pass::next_with`] once the cursor holds bits to visit.
-    fn visit<T>(
+    /// Ends a one-word set's open pass ([`ReadySet::close`], registering the
+    /// parent's waker if a child's escaped); returns whether a child was
+    /// woken during it: nobody woke the parent for that, the caller does.
+    #[inline]
+    fn close(&mut self) -> bool {
+        self.engine.cursor.open = false;
+        self.engine.ready.close(Some(self.cx.waker()))
+    }
+
+    /// Polls every woken child once and keeps each finished child's output
+    /// in its slot ([`Slot::Done`], for [`Engine::take_outputs`]): what
+    /// `while let Some(done) = pass.next() { store(done.slot, done.output) }`
+    /// does, in one loop. Ends like [`Pass::next`] returning `None`.
+    #[inline]
+    pub(crate) fn store_all(&mut self) {
+        if !self.engine.cursor.has_leftover() {
+            self.snapshot_done();
+            return;
+        }
+        let done = self.visit(
+            |fut, cx| fut.poll(cx),
+            |engine, slot, id, output| {
+                // As `next` would hand it out (a destructor's panic drops
+                // the output, contained, and frees the slot), then kept.
+                let output = Self::drop_child(engine, slot, id, output, None);
+                *slot = Slot::Done(output);
+                // Counted only where dropping a slot does something (see
+                // `Engine::store`).
+                if std::mem::needs_drop::<Slot<F>>() {
+                    engine.kept += 1;
+                }
+                None::<Completed<F::Output>>
+            },
+        );
+        debug_assert!(done.is_none());
+    }
+
+    /// [`Pass::next_with`] once the cursor holds bits to visit: polls woken
+    /// children until `finish` (called with a finished child's slot, still
+    /// holding the child, its id and its output) returns `Some`.
+    #[inline]
+    fn visit<T, R>(
         &mut self,
         mut poll: impl FnMut(Pin<&mut F>, &mut Context<'_>) -> Poll<T>,
-        catch_drop: Option<SettleDrop<T>>,
-    ) -> Option<Completed<T>> {
-        let engine = &mut *self.engine;
+        mut finish: impl FnMut(&mut Engine<F>, &mut Slot<F>, SlotId, T) -> Option<R>,
+    ) -> Option<R> {
+        // If a child's poll or destructor unwinds out of a one-word set's
+        // open pass, the pass is closed on the way out (normal exits forget
+        // the guard): the parent's waker is not registered before that, and
+        // a clone that escaped earlier in the pass would otherwise wake
+        // nobody — a caller that catches the panic and returns `Pending`
+        // (the set is not poisoned) would never be polled again.
+        let guard = CloseOnUnwind {
+            engine: &mut *self.engine,
+            waker: self.cx.waker(),
+        };
+        let engine = &mut *guard.engine;
         // Stalls since the last completion of this pass: a completion
         // returns, so one count per call, in a register.
         let mut stalls = 0;
@@ -930,8 +1045,7 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
         // into it are not counted as stalls.
         let mut polled = false;
         while let Some((chunk, index)) = engine.cursor.next(&engine.ready) {
-            let elements = engine.ready.elements(chunk);
-            let element = elements.get(index);
+            let element = engine.ready.elements(chunk).get(index);
             let waker = element.waker();
             // SAFETY: initialised (see `add_chunk`); the pass holds the engine
             // mutably, so the access is unique.
@@ -955,6 +1069,11 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
                         // Keep the rest of the snapshot in the cursor for the
                         // next poll, and ask for that poll: the runtime gets
                         // to run something else (and refill its budget).
+                        if engine.cursor.open {
+                            engine.cursor.open = false;
+                            engine.ready.close(Some(self.cx.waker()));
+                        }
+                        std::mem::forget(guard);
                         self.cx.waker().wake_by_ref();
                         return None;
                     }
@@ -962,51 +1081,83 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
                 continue;
             };
             engine.cursor.armed = true;
+            stalls = 0;
             // Count it out first: dropping the child (in place, before
             // anything else) runs its destructor, which may panic.
             engine.running -= 1;
-            let key = Engine::<F>::key_of(elements, index);
             let id = SlotId {
                 chunk: chunk as u32,
                 index: index as u32,
             };
-            // If the destructor panics, the slot is still left vacant
-            // (an assignment writes even when dropping the old value
-            // unwinds), and goes back to a free list here: the caller
-            // that would have released it never sees the output.
-            let release = ReleaseOnUnwind { engine, id };
-            let output = match catch_drop {
-                None => {
-                    // If the child's destructor panics, the output is
-                    // dropped while unwinding: contained, since a second
-                    // panic then would abort.
-                    let mut output = OutputOnUnwind(Some(output));
-                    *slot = Slot::Vacant(NO_SLOT);
-                    output.0.take().expect("set above")
-                }
-                Some(settle) => {
-                    match catch_unwind(AssertUnwindSafe(|| *slot = Slot::Vacant(NO_SLOT))) {
-                        Ok(()) => output,
-                        Err(payload) => settle(output, payload),
-                    }
-                }
-            };
-            std::mem::forget(release);
-            return Some(Completed {
-                slot: id,
-                key,
-                output,
-            });
+            if let Some(done) = finish(engine, slot, id, output) {
+                std::mem::forget(guard);
+                return Some(done);
+            }
         }
+        std::mem::forget(guard);
         // The snapshot is done: every later one holds children polled before
         // (but for children pushed since). An unarmed snapshot has no
         // completion, so all of it was polled in this call: `polled` tells
         // whether it polled anyone.
         if polled {
-            engine.cursor.armed = true;
+            self.engine.cursor.armed = true;
         }
         self.snapshot_done();
         None
+    }
+
+    /// What [`Pass::next_with`] does with a finished child: drops it (its
+    /// slot left vacant) and hands out its output with its key.
+    #[inline]
+    fn complete<T>(
+        engine: &mut Engine<F>,
+        slot: &mut Slot<F>,
+        id: SlotId,
+        output: T,
+        catch_drop: Option<SettleDrop<T>>,
+    ) -> Completed<T> {
+        let key = Engine::<F>::key_of(engine.ready.elements(id.chunk as usize), id.index as usize);
+        Completed {
+            slot: id,
+            key,
+            output: Self::drop_child(engine, slot, id, output, catch_drop),
+        }
+    }
+
+    /// Drops a finished child in place (its slot left vacant) and returns
+    /// its output, or, with `catch_drop`, settles a destructor's panic into
+    /// the output.
+    #[inline]
+    fn drop_child<T>(
+        engine: &mut Engine<F>,
+        slot: &mut Slot<F>,
+        id: SlotId,
+        output: T,
+        catch_drop: Option<SettleDrop<T>>,
+    ) -> T {
+        // If the destructor panics, the slot is still left vacant
+        // (an assignment writes even when dropping the old value
+        // unwinds), and goes back to a free list here: the caller
+        // that would have released it never sees the output.
+        let release = ReleaseOnUnwind { engine, id };
+        let output = match catch_drop {
+            None => {
+                // If the child's destructor panics, the output is
+                // dropped while unwinding: contained, since a second
+                // panic then would abort.
+                let mut output = OutputOnUnwind(Some(output));
+                *slot = Slot::Vacant(NO_SLOT);
+                output.0.take().expect("set above")
+            }
+            Some(settle) => {
+                match catch_unwind(AssertUnwindSafe(|| *slot = Slot::Vacant(NO_SLOT))) {
+                    Ok(()) => output,
+                    Err(payload) => settle(output, payload),
+                }
+            }
+        };
+        std::mem::forget(release);
+        output
     }
 
     /// The engine, for bookkeeping between completions.

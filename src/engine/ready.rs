@@ -40,6 +40,26 @@
 //! owner's next swap of that word. A wake is one `fetch_or`, plus one per
 //! level (at most ⌈log₆₄ cap⌉) when the word above was empty.
 //!
+//! A *one-word* set (one chunk of one level, fewer than 64 children: bit 63
+//! is free) has two cheaper kinds of pass ([`ReadySet::open`]):
+//!
+//! * while no child's waker escaped its poll (`refs == 1`: no clone
+//!   exists), nobody but the owner can touch the word between its polls, so
+//!   the parent's waker is not registered at all, and the pass takes the
+//!   word with a load and a store of [`POLLING`]: a child that wakes itself
+//!   (or a sibling, or lends its borrowed waker to a thread joined before
+//!   its poll returns) finds the word non-zero and only sets its bit. The
+//!   pass ends with [`ReadySet::close`], which clears `POLLING` (a load and
+//!   a store; or, if a clone was taken during the pass, after registering
+//!   the parent's waker, with a `fetch_and` that sees every wake made until
+//!   then) and tells the owner to wake its own task if a bit was set;
+//! * once a waker escaped, the pass is the general one: register, then take
+//!   the word.
+//!
+//! The owner of a set whose wakers never escape (children that complete or
+//! wake themselves) thus clones no waker and touches the parent waker's
+//! state never; each wake is its one `fetch_or`.
+//!
 //! # Lifetimes
 //!
 //! A chunk's `refs` counts the owner, (for the root) every other chunk, and
@@ -68,6 +88,9 @@ const MAX_LEVELS: usize = 6;
 pub(crate) const MAX_CHUNKS: usize = 64;
 /// Clone counts beyond this abort, like `Arc` does on overflow.
 const MAX_CLONES: u32 = u32::MAX / 2;
+/// The owner is polling the children of a one-word set (bit 63 of its word,
+/// never a child's: see [`ReadySet::open`]).
+const POLLING: u64 = 1 << 63;
 
 /// Chunks allocated and not yet freed; lets the loom models check that the
 /// last waker or owner frees everything (run them with one test thread).
@@ -148,11 +171,41 @@ impl Header {
 
     /// Marks child `index` as woken; wakes the parent if `wake_parent` and
     /// this call made the root word non-zero.
+    ///
+    /// While no waker of the chunk escaped (`refs == 1`: the owner's
+    /// reference only), the bit is set with a load and a store instead of a
+    /// `fetch_or`. Then the caller is the borrowed waker of the child being
+    /// polled (or the owner marking a pushed child), on the owner's thread
+    /// or on one the child lent it to and joins before its poll returns; the
+    /// owner touches no word during a poll. The only other writers of the
+    /// word meanwhile are other wakes of that same child (through the
+    /// borrowed waker, or a clone taken from it during this poll): they set
+    /// the same bit, so a store of `prev | bit` loses nothing. Every other
+    /// bit was set before (a clone of another child can only have been taken
+    /// in an earlier poll, and reading `refs == 1` with acquire after its
+    /// last drop's release orders its wakes before the load). A wake that
+    /// sees `prev == 0` goes on to propagate as usual (two that both do only
+    /// set the same bits twice).
+    ///
+    /// Not in a chunk that counts clones: there the first clone of a child
+    /// moves its counter from 0 to 1 and only then takes the chunk
+    /// reference, so a second clone taken at the same moment (on a thread
+    /// the child lent its borrowed waker to) can escape while `refs` still
+    /// reads 1, and a wake through it would take the plain path at any later
+    /// time, its store landing after the owner's `close` (bringing `POLLING`
+    /// back: a lost wake; loom model
+    /// `review_counting_chunk_two_cloners_one_escapes`).
     #[inline]
     fn set_ready(&self, index: usize, wake_parent: bool) {
-        let prev = self
-            .word(0, index / BITS)
-            .fetch_or(1 << (index % BITS), Ordering::AcqRel);
+        let word = self.word(0, index / BITS);
+        let bit = 1 << (index % BITS);
+        let prev = if !self.count_clones && self.refs.load(Ordering::Acquire) == 1 {
+            let prev = word.load(Ordering::Relaxed);
+            word.store(prev | bit, Ordering::Relaxed);
+            prev
+        } else {
+            word.fetch_or(bit, Ordering::AcqRel)
+        };
         if prev == 0 {
             self.propagate(index / BITS, wake_parent);
         }
@@ -456,6 +509,9 @@ pub(crate) struct ReadySet {
     root: Option<NonNull<Header>>,
     /// Chunks 1.. of a set that grew.
     more: Vec<NonNull<Header>>,
+    /// Whether the set is one word: a root chunk of one level and fewer
+    /// than 64 children, and no other chunk (see [`ReadySet::open`]).
+    one_word: bool,
 }
 
 // SAFETY: the chunks are shared with wakers on any thread through atomics
@@ -480,6 +536,7 @@ impl ReadySet {
         Self {
             root: None,
             more: Vec::new(),
+            one_word: false,
         }
     }
 
@@ -489,8 +546,11 @@ impl ReadySet {
     pub(crate) fn add_chunk(&mut self, cap: usize, count_clones: bool, element: Layout) -> usize {
         let Some(root) = self.root else {
             self.root = Some(Chunk::alloc(cap, 0, None, count_clones, element));
+            // One level (`cap <= 64`) with bit 63 free for `POLLING`.
+            self.one_word = cap < BITS;
             return 0;
         };
+        self.one_word = false;
         let id = self.chunk_count();
         assert!(id < MAX_CHUNKS, "awaitkit: too many futures in one set");
         let chunk = Chunk::alloc(cap, id as u32, Some(root), count_clones, element);
@@ -603,6 +663,110 @@ impl ReadySet {
             return first;
         }
         chunks.swap(0, Ordering::AcqRel) | first
+    }
+
+    /// Whether the set is one word (one chunk of one level, fewer than 64
+    /// children): its passes go through [`ReadySet::open`] and
+    /// [`ReadySet::close`] instead of [`ReadySet::register`] and
+    /// [`ReadySet::take_chunks`].
+    #[inline]
+    pub(crate) fn is_one_word(&self) -> bool {
+        self.one_word
+    }
+
+    /// The root chunk (the caller knows there is one).
+    #[inline]
+    fn root_header(&self) -> &Header {
+        // SAFETY: the owner holds a reference on its root.
+        unsafe { self.root.expect("no chunk yet").as_ref() }
+    }
+
+    /// Starts a pass over a one-word set: takes the woken children's bits
+    /// (zero if none). Returns them, and whether the pass is *open*: then
+    /// the word holds [`POLLING`] until [`ReadySet::close`], so that no wake
+    /// during the pass finds it zero and wakes the parent.
+    ///
+    /// The parent's waker is registered lazily, as the tuple's is: only a
+    /// waker that escaped a child's poll (a clone, which holds a chunk
+    /// reference: `refs > 1`) can wake a child between the owner's polls.
+    /// While none did, nobody but the owner touches the word (a thread a
+    /// child lends its borrowed waker to is joined before that poll
+    /// returns, and a clone is only taken from a waker), so an open pass
+    /// starts with a load and a store instead of a swap, and registers
+    /// nothing: a child that wakes itself (or a sibling) during the pass
+    /// only sets its bit, and the owner wakes its own task at the end
+    /// ([`ReadySet::close`] reports it). `refs` is read with acquire, after
+    /// the last clone's release (a wake through a clone happens before its
+    /// drop).
+    ///
+    /// Once a waker escaped, the pass is the general one (not open): `waker`
+    /// is registered first, then the word taken, and wakes during the pass
+    /// that find the word zero wake the parent.
+    #[inline]
+    pub(crate) fn open(&mut self, waker: &Waker) -> (u64, bool) {
+        debug_assert!(self.one_word);
+        let root = self.root_header();
+        let word = root.word(0, 0);
+        if root.refs.load(Ordering::Acquire) > 1 {
+            // SAFETY: `&mut self`: the owner's only registration.
+            unsafe { root.parent.register(waker) };
+            // As `take_chunks`: a zero read needs no swap.
+            let bits = match word.load(Ordering::Acquire) {
+                0 => 0,
+                _ => word.swap(0, Ordering::AcqRel),
+            };
+            debug_assert_eq!(bits & POLLING, 0, "a pass left open");
+            return (bits, false);
+        }
+        let bits = word.load(Ordering::Acquire);
+        debug_assert_eq!(bits & POLLING, 0, "a pass left open");
+        if bits == 0 {
+            return (0, false);
+        }
+        word.store(POLLING, Ordering::Relaxed);
+        (bits, true)
+    }
+
+    /// Ends a pass [`ReadySet::open`] started: clears [`POLLING`], after
+    /// registering `waker` (if given) when a child's waker escaped during the
+    /// pass, while `POLLING` still keeps every wake from finding the word
+    /// zero (each wake until the clear is seen by it). Returns whether a
+    /// child was woken during the pass (or a chunk added by a push during it
+    /// has children to poll): nobody woke the parent for those, the caller
+    /// does.
+    ///
+    /// The registration runs the waker's `clone` (and the old one's `drop`)
+    /// with `POLLING` set: that is not a lock (nothing waits on it: a wake
+    /// meanwhile only sets its bit), and if that user code panics, `POLLING`
+    /// is cleared on the way out.
+    #[inline]
+    pub(crate) fn close(&mut self, waker: Option<&Waker>) -> bool {
+        let root = self.root_header();
+        let word = root.word(0, 0);
+        let woken = if root.refs.load(Ordering::Acquire) > 1 {
+            if let Some(waker) = waker {
+                /// Clears `POLLING` if the registration unwinds.
+                struct Clear<'a>(&'a AtomicU64);
+                impl Drop for Clear<'_> {
+                    fn drop(&mut self) {
+                        self.0.fetch_and(!POLLING, Ordering::AcqRel);
+                    }
+                }
+                let clear = Clear(word);
+                // SAFETY: `&mut self`: the owner's only registration.
+                unsafe { root.parent.register(waker) };
+                std::mem::forget(clear);
+            }
+            word.fetch_and(!POLLING, Ordering::AcqRel) & !POLLING
+        } else {
+            // No waker lives outside the owner: every wake of the pass (on
+            // this thread, or on one a child lent its borrowed waker to and
+            // joined) is in the word already, and nobody else touches it.
+            let woken = word.load(Ordering::Acquire) & !POLLING;
+            word.store(woken, Ordering::Relaxed);
+            woken
+        };
+        woken != 0 || (!self.more.is_empty() && root.chunks.load(Ordering::Acquire) != 0)
     }
 
     /// A chunk's bit tree, resolved once for a walk over it.
@@ -744,11 +908,21 @@ impl Tree<'_> {
 impl Drop for ReadySet {
     fn drop(&mut self) {
         let Some(root) = self.root else { return };
+        // SAFETY: the owner still holds its reference on the root.
+        let root_header = unsafe { root.as_ref() };
+        if self.more.is_empty() && root_header.refs.load(Ordering::Acquire) == 1 {
+            // The only reference (the usual end of a set whose wakers never
+            // escaped, or were all dropped): nobody else can reach the chunk
+            // or take a new reference (that takes one), so it is freed
+            // without a read-modify-write; the acquire load orders the last
+            // waker's release before the free.
+            // SAFETY: the owner's reference is the last.
+            unsafe { Chunk::destroy(root) };
+            return;
+        }
         // The parent task's waker is not needed once the owner is gone, even
         // if a child's waker clone lives on somewhere (when the owner holds
         // the only reference, the root is freed right below anyway).
-        // SAFETY: the owner still holds its reference on the root.
-        let root_header = unsafe { root.as_ref() };
         let parent = if root_header.refs.load(Ordering::Relaxed) > 1 {
             // SAFETY: the owner is dropping its handle (`&mut self`): no
             // registration can run concurrently.

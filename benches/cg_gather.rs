@@ -1,0 +1,115 @@
+//! Callgrind harness (not a criterion bench): runs `gather`, futures'
+//! `join_all` or futures-buffered's `join_all` over N self-waking children
+//! (`gather_yield`'s children) with the benches' minimal driver, each
+//! iteration inside an `#[inline(never)]` function to toggle collection on:
+//!
+//! ```text
+//! cargo bench -p awaitkit-benches --bench cg_gather --no-run
+//! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*run_*' \
+//!   --dump-instr=yes --compress-pos=no --compress-strings=no \
+//!   <bin> [awaitkit|join_all|fb] [N = 10] [iterations = 1000]
+//! python3 scripts/callgrind_locks.py callgrind.out.<pid> <iterations>
+//! ```
+//!
+//! The script counts the locked instructions (`lock`-prefixed, `xchg` with
+//! memory) executed per iteration, and where each comes from. Without
+//! arguments (as `cargo test --benches` runs it) the binary runs
+//! `gather` at N = 10 once and checks the output. `<bin> ratio [N] [batches]`
+//! prints the wall-clock ratio of `gather` to futures' `join_all`, each the
+//! fastest of `batches` alternating batches (robust to a loaded machine).
+
+mod common;
+
+use common::Driver;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+struct YieldChild {
+    index: usize,
+    yielded: bool,
+}
+
+impl Future for YieldChild {
+    type Output = usize;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+        if self.yielded {
+            return Poll::Ready(self.index);
+        }
+        self.yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+fn kids(n: usize) -> impl ExactSizeIterator<Item = YieldChild> {
+    (0..n).map(|index| YieldChild {
+        index,
+        yielded: false,
+    })
+}
+
+#[inline(never)]
+fn run_awaitkit(driver: &Driver, n: usize) -> usize {
+    let out = driver.block_on(awaitkit::gather(kids(n)));
+    out.len()
+}
+
+#[inline(never)]
+fn run_join_all(driver: &Driver, n: usize) -> usize {
+    let out = driver.block_on(futures::future::join_all(kids(n)));
+    out.len()
+}
+
+#[inline(never)]
+fn run_fb(driver: &Driver, n: usize) -> usize {
+    let out = driver.block_on(futures_buffered::join_all(kids(n)));
+    out.len()
+}
+
+fn main() {
+    // Positional arguments only (cargo's own flags, such as `--bench`, are
+    // skipped).
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let which = args.first().map_or("awaitkit", String::as_str);
+    let n: usize = args.get(1).map_or(10, |s| s.parse().expect("N"));
+    let iters: usize = args.get(2).map_or(1, |s| s.parse().expect("iterations"));
+    let driver = Driver::new();
+    if which == "ratio" {
+        // Wall-clock ratio on a loaded machine: batches of each run in turn,
+        // the fastest batch of each kept (the least disturbed).
+        let (batches, per) = (iters.max(1), 20_000);
+        let mut best = [f64::MAX; 2];
+        for _ in 0..batches {
+            for (k, run) in [run_awaitkit, run_join_all].into_iter().enumerate() {
+                let start = std::time::Instant::now();
+                for _ in 0..per {
+                    black_box(run(&driver, black_box(n)));
+                }
+                let ns = start.elapsed().as_nanos() as f64 / per as f64;
+                best[k] = best[k].min(ns);
+            }
+        }
+        println!(
+            "N = {n}: gather {:.1} ns, join_all {:.1} ns, ratio {:.2}",
+            best[0],
+            best[1],
+            best[0] / best[1]
+        );
+        return;
+    }
+    let mut total = 0;
+    for _ in 0..iters {
+        total += match which {
+            "awaitkit" => run_awaitkit(&driver, black_box(n)),
+            "join_all" => run_join_all(&driver, black_box(n)),
+            "fb" => run_fb(&driver, black_box(n)),
+            _ => panic!("which"),
+        };
+    }
+    assert_eq!(total, n * iters);
+}
