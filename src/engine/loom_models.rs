@@ -464,9 +464,9 @@ fn tuple_wakes_from_other_threads() {
     });
 }
 
-/// A tuple child that wakes itself during its poll (while the owner keeps
-/// `POLLING` set) as another thread wakes its sibling: the owner polls again
-/// for both.
+/// A tuple child that wakes itself during its poll (an owner-only bit) as
+/// another thread wakes its sibling (through the word, maybe during the
+/// pass): the owner polls again for both.
 #[test]
 fn tuple_self_wake_races_a_wake_from_another_thread() {
     struct YieldOnce(bool);
@@ -651,6 +651,65 @@ fn tuple_owner_drop_races_the_last_clones() {
         drop(fut);
         t1.join().unwrap();
         t2.join().unwrap();
+    });
+}
+
+/// Like [`block_on`], but every poll gets a new task waker (as a future
+/// moved from task to task would): a wake that reaches an older waker is
+/// lost, so the future must register the latest one before it counts on it.
+fn block_on_new_waker_each_poll<F: Future>(f: F) -> F::Output {
+    struct Unpark(loom::sync::Notify);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.notify();
+        }
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.notify();
+        }
+    }
+    let mut f = std::pin::pin!(f);
+    loop {
+        let unpark = std::sync::Arc::new(Unpark(loom::sync::Notify::new()));
+        let waker = Waker::from(unpark.clone());
+        if let Poll::Ready(out) = f.as_mut().poll(&mut Context::from_waker(&waker)) {
+            return out;
+        }
+        unpark.0.wait();
+    }
+}
+
+/// Two tuple children whose stored clones two threads fire while the owner
+/// polls with a new task waker each time: a wake during a pass finds the
+/// word zero and wakes the previous task waker (or, in the first pass, none)
+/// before the owner registers the new one, and must then be seen by the
+/// owner's read of the word after that registration. No wake is lost, each
+/// child is polled at most wakes + 1 times, and the block is freed.
+#[test]
+fn tuple_new_task_waker_each_poll_races_two_wakes() {
+    model(|| {
+        let gates: Vec<Arc<Gate>> = (0..2).map(|_| Arc::new(Gate::default())).collect();
+        let threads: Vec<_> = gates
+            .iter()
+            .map(|g| {
+                let g = g.clone();
+                thread::spawn(move || g.fire())
+            })
+            .collect();
+        let child = |g: &Arc<Gate>| WaitGate {
+            gate: g.clone(),
+            need: 1,
+        };
+        let out = block_on_new_waker_each_poll(crate::GatherTuple::new((
+            child(&gates[0]),
+            child(&gates[1]),
+        )));
+        assert_eq!(out, (1, 1));
+        for t in threads {
+            t.join().unwrap();
+        }
+        for g in &gates {
+            assert!(g.polls.load(Ordering::Relaxed) <= 2);
+        }
     });
 }
 
