@@ -194,12 +194,8 @@ fn scoped_thread_clone_in_a_global_woken_by_an_unrelated_thread() {
         });
         let mut rng = Rng(12345);
         for round in 0..3000 {
-            stash
-                .by_value
-                .store(rng.below(2) == 0, Ordering::SeqCst);
-            stash
-                .delay
-                .store(rng.below(400) as usize, Ordering::SeqCst);
+            stash.by_value.store(rng.below(2) == 0, Ordering::SeqCst);
+            stash.delay.store(rng.below(400) as usize, Ordering::SeqCst);
             let escape_at = 1 + (round % 3);
             let sib = Gate::default();
             let mut fut = gather!(
@@ -290,10 +286,8 @@ fn fire_storm_with_a_new_task_waker_at_every_poll() {
                         polls += 1;
                         assert!(polls < 10_000, "round {round}: too many polls");
                         if !woken_within(&w, 1, Duration::from_secs(5)) {
-                            let fired: Vec<_> = gates
-                                .iter()
-                                .map(|g| g.0.0.lock().unwrap().fired)
-                                .collect();
+                            let fired: Vec<_> =
+                                gates.iter().map(|g| g.0.0.lock().unwrap().fired).collect();
                             panic!(
                                 "round {round}, poll {polls}: latest task waker never woken \
                                  (lost wake-up); fires per child {fired:?}"
@@ -415,7 +409,13 @@ fn stale_clones_after_completion_for_1_to_16_children() {
             let stash: Arc<Mutex<Vec<Waker>>> = Arc::default();
             run(round, gather_clones!(stash; 0), &stash, dbg, "(0,)");
             run(round, gather_clones!(stash; 0 1), &stash, dbg, "(0, 1)");
-            run(round, gather_clones!(stash; 0 1 2), &stash, dbg, "(0, 1, 2)");
+            run(
+                round,
+                gather_clones!(stash; 0 1 2),
+                &stash,
+                dbg,
+                "(0, 1, 2)",
+            );
             run(
                 round,
                 gather_clones!(stash; 0 1 2 3 4),
@@ -546,7 +546,11 @@ fn try_gather_fail_fast_while_clones_are_hammered() {
             for t in late {
                 t.join().unwrap();
             }
-            assert_eq!(w.wakes(), after, "round {round}: a stale clone woke the task");
+            assert_eq!(
+                w.wakes(),
+                after,
+                "round {round}: a stale clone woke the task"
+            );
             assert_eq!(w.live_clones(), 0, "round {round}");
         }
     });
@@ -638,7 +642,9 @@ fn wake_during_the_pass_whose_task_wake_panics_is_not_lost() {
             Err(_) => {
                 // The owner's own wake took the panic (as on main): the
                 // future is poisoned, and dropping it is clean.
-                assert!(catch_unwind(AssertUnwindSafe(|| Pin::new(&mut fut).poll(&mut cx))).is_err());
+                assert!(
+                    catch_unwind(AssertUnwindSafe(|| Pin::new(&mut fut).poll(&mut cx))).is_err()
+                );
                 drop(fut);
             }
         }
