@@ -508,3 +508,41 @@ fn parent_waker_clone_panics_at_the_lazy_registration() {
         drop(fut);
     });
 }
+
+/// A fail-fast `try_gather!` whose pending sibling parked a clone of its
+/// waker: once the error is out, waking that clone (here and from another
+/// thread) never wakes the task, and dropping it last frees the block.
+#[test]
+fn try_gather_fail_fast_then_a_stale_clone_wakes_nobody() {
+    watchdog("try_gather_fail_fast_then_a_stale_clone", || {
+        let stored: Arc<Mutex<Option<Waker>>> = Arc::default();
+        let s = stored.clone();
+        let parked = std::future::poll_fn(move |cx| {
+            *s.lock().unwrap() = Some(cx.waker().clone());
+            Poll::<Result<u8, &str>>::Pending
+        });
+        let mut n = 0;
+        let failing = std::future::poll_fn(move |cx| {
+            n += 1;
+            if n == 1 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(Err::<u16, _>("bad"))
+        });
+        let mut fut = try_gather!(parked, failing);
+        let w = CountingWaker::new();
+        assert!(poll_once(&mut fut, &w).is_pending());
+        assert_eq!(w.wakes(), 1, "the failing child's self-wake");
+        assert_eq!(poll_once(&mut fut, &w), Poll::Ready(Err("bad")));
+        let stale = stored.lock().unwrap().take().expect("parked a clone");
+        stale.wake_by_ref();
+        let other = stale.clone();
+        std::thread::spawn(move || other.wake()).join().unwrap();
+        assert_eq!(w.wakes(), 1, "a stale clone woke the task after the error");
+        drop(fut);
+        assert_eq!(w.live_clones(), 0, "the task's waker outlived the gather");
+        stale.wake();
+        assert_eq!(w.wakes(), 1);
+    });
+}

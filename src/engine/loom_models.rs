@@ -464,9 +464,9 @@ fn tuple_wakes_from_other_threads() {
     });
 }
 
-/// A tuple child that wakes itself during its poll (while the owner keeps
-/// `POLLING` set) as another thread wakes its sibling: the owner polls again
-/// for both.
+/// A tuple child that wakes itself during its poll (an owner-only bit) as
+/// another thread wakes its sibling (through the word, maybe during the
+/// pass): the owner polls again for both.
 #[test]
 fn tuple_self_wake_races_a_wake_from_another_thread() {
     struct YieldOnce(bool);
@@ -651,6 +651,65 @@ fn tuple_owner_drop_races_the_last_clones() {
         drop(fut);
         t1.join().unwrap();
         t2.join().unwrap();
+    });
+}
+
+/// Like [`block_on`], but every poll gets a new task waker (as a future
+/// moved from task to task would): a wake that reaches an older waker is
+/// lost, so the future must register the latest one before it counts on it.
+fn block_on_new_waker_each_poll<F: Future>(f: F) -> F::Output {
+    struct Unpark(loom::sync::Notify);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.notify();
+        }
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.notify();
+        }
+    }
+    let mut f = std::pin::pin!(f);
+    loop {
+        let unpark = std::sync::Arc::new(Unpark(loom::sync::Notify::new()));
+        let waker = Waker::from(unpark.clone());
+        if let Poll::Ready(out) = f.as_mut().poll(&mut Context::from_waker(&waker)) {
+            return out;
+        }
+        unpark.0.wait();
+    }
+}
+
+/// Two tuple children whose stored clones two threads fire while the owner
+/// polls with a new task waker each time: a wake during a pass finds the
+/// word zero and wakes the previous task waker (or, in the first pass, none)
+/// before the owner registers the new one, and must then be seen by the
+/// owner's read of the word after that registration. No wake is lost, each
+/// child is polled at most wakes + 1 times, and the block is freed.
+#[test]
+fn tuple_new_task_waker_each_poll_races_two_wakes() {
+    model(|| {
+        let gates: Vec<Arc<Gate>> = (0..2).map(|_| Arc::new(Gate::default())).collect();
+        let threads: Vec<_> = gates
+            .iter()
+            .map(|g| {
+                let g = g.clone();
+                thread::spawn(move || g.fire())
+            })
+            .collect();
+        let child = |g: &Arc<Gate>| WaitGate {
+            gate: g.clone(),
+            need: 1,
+        };
+        let out = block_on_new_waker_each_poll(crate::GatherTuple::new((
+            child(&gates[0]),
+            child(&gates[1]),
+        )));
+        assert_eq!(out, (1, 1));
+        for t in threads {
+            t.join().unwrap();
+        }
+        for g in &gates {
+            assert!(g.polls.load(Ordering::Relaxed) <= 2);
+        }
     });
 }
 
@@ -855,6 +914,277 @@ fn review_skipped_drop_walk_races_a_late_waker() {
         });
         drop(all);
         t.join().unwrap();
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Review of `tup` (gather!/try_gather! without the POLLING mark): the owner
+// takes the word's bits at the start of a pass, reads the word after the
+// children and the lazy registration, and stores CLOSED once finished.
+// ---------------------------------------------------------------------------
+
+/// A tuple child whose first poll lends its borrowed waker to a thread
+/// joined before the poll returns (a scoped thread, by hand), which moves a
+/// clone into a global and notifies; an unrelated thread, waiting on that
+/// notification only, takes the clone and wakes it by value, racing the
+/// owner's end of pass (escape check, lazy registration, read of the word)
+/// or landing later. Meanwhile a third thread fires the sibling, and the
+/// owner polls with a new task waker every time. No wake is lost (a lost one
+/// deadlocks), each child is polled at most wakes + 1 times, the block is
+/// freed.
+#[test]
+fn review_tup_scoped_clone_woken_later_by_an_unrelated_thread() {
+    struct Global {
+        slot: Mutex<Option<Waker>>,
+        ready: loom::sync::Notify,
+    }
+    struct ScopedEscape {
+        global: Arc<Global>,
+        polls: usize,
+    }
+    impl Future for ScopedEscape {
+        type Output = usize;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+            self.polls += 1;
+            if self.polls > 1 {
+                return Poll::Ready(self.polls);
+            }
+            let addr = std::ptr::from_ref(cx.waker()).expose_provenance();
+            let global = self.global.clone();
+            let t = thread::spawn(move || {
+                // SAFETY: the waker outlives this thread (joined below,
+                // within the poll that lent it).
+                let waker = unsafe { &*std::ptr::with_exposed_provenance::<Waker>(addr) };
+                *global.slot.lock().unwrap() = Some(waker.clone());
+                global.ready.notify();
+            });
+            t.join().unwrap();
+            Poll::Pending
+        }
+    }
+    model(|| {
+        let global = Arc::new(Global {
+            slot: Mutex::new(None),
+            ready: loom::sync::Notify::new(),
+        });
+        let g = global.clone();
+        let unrelated = thread::spawn(move || {
+            // `Notify` may wake spuriously (once): wait until the clone is
+            // there.
+            let w = loop {
+                g.ready.wait();
+                if let Some(w) = g.slot.lock().unwrap().take() {
+                    break w;
+                }
+            };
+            w.wake();
+        });
+        let gate = Arc::new(Gate::default());
+        let gt = gate.clone();
+        let firer = thread::spawn(move || gt.fire());
+        let out = block_on_new_waker_each_poll(crate::GatherTuple::new((
+            ScopedEscape {
+                global: global.clone(),
+                polls: 0,
+            },
+            WaitGate {
+                gate: gate.clone(),
+                need: 1,
+            },
+        )));
+        assert_eq!(out, (2, 1));
+        unrelated.join().unwrap();
+        firer.join().unwrap();
+        assert!(gate.polls.load(Ordering::Relaxed) <= 2);
+    });
+}
+
+/// The pass that takes nothing from the word (only owner-thread bits: a
+/// child woke itself) while two threads fire two parked siblings, with a new
+/// task waker at every poll: a fire landing between the owner's read of the
+/// word (zero) and its pass, during the pass, or during the registration at
+/// its end must be seen by the owner's read after that registration, or
+/// reach the new waker. Nothing is lost, polls stay within wakes + 1.
+#[test]
+fn review_tup_local_only_pass_races_two_wakes_with_new_task_wakers() {
+    /// Wakes itself twice, then finishes.
+    struct YieldTwice(usize);
+    impl Future for YieldTwice {
+        type Output = usize;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+            self.0 += 1;
+            if self.0 == 3 {
+                return Poll::Ready(9);
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+    model(|| {
+        let gates: Vec<Arc<Gate>> = (0..2).map(|_| Arc::new(Gate::default())).collect();
+        let threads: Vec<_> = gates
+            .iter()
+            .map(|g| {
+                let g = g.clone();
+                thread::spawn(move || g.fire())
+            })
+            .collect();
+        let child = |g: &Arc<Gate>| WaitGate {
+            gate: g.clone(),
+            need: 1,
+        };
+        let out = block_on_new_waker_each_poll(crate::GatherTuple::new((
+            child(&gates[0]),
+            YieldTwice(0),
+            child(&gates[1]),
+        )));
+        assert_eq!(out, (1, 9, 1));
+        for t in threads {
+            t.join().unwrap();
+        }
+        for g in &gates {
+            assert!(g.polls.load(Ordering::Relaxed) <= 2);
+        }
+    });
+}
+
+/// A task waker counting its wakes (loom atomics), notifying a parker.
+struct CountingUnpark {
+    wakes: AtomicUsize,
+    notify: loom::sync::Notify,
+}
+
+impl std::task::Wake for CountingUnpark {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.wakes.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify();
+    }
+}
+
+impl CountingUnpark {
+    fn new() -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            wakes: AtomicUsize::new(0),
+            notify: loom::sync::Notify::new(),
+        })
+    }
+}
+
+/// Polls `fut` to completion with `unpark`'s waker.
+fn run_counting<F: Future + Unpin>(
+    fut: &mut F,
+    unpark: &std::sync::Arc<CountingUnpark>,
+) -> F::Output {
+    let waker = Waker::from(unpark.clone());
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(out) = Pin::new(&mut *fut).poll(&mut cx) {
+            return out;
+        }
+        unpark.notify.wait();
+    }
+}
+
+/// A finished tuple (CLOSED) whose child left a clone of its waker behind:
+/// once the firing thread is joined, a thread wakes that stale clone by
+/// reference and drops it while the owner drops the tuple. The task is
+/// never woken by it, and the block (with the task waker registered in it)
+/// is freed once, after both parties' last access.
+#[test]
+fn review_tup_stale_clone_after_completion_races_the_drop() {
+    model(|| {
+        let gate = Arc::new(Gate::default());
+        let mut fut = crate::GatherTuple::new((
+            WaitGate {
+                gate: gate.clone(),
+                need: 1,
+            },
+            YieldOnce(false),
+        ));
+        let g = gate.clone();
+        let firer = thread::spawn(move || g.fire());
+        let unpark = CountingUnpark::new();
+        let out = run_counting(&mut fut, &unpark);
+        assert_eq!(out, (1, 0));
+        firer.join().unwrap();
+        let before = unpark.wakes.load(Ordering::SeqCst);
+        let stale = gate.waker.lock().unwrap().take().expect("parked");
+        let t = thread::spawn(move || {
+            stale.wake_by_ref();
+            drop(stale);
+        });
+        drop(fut);
+        t.join().unwrap();
+        assert_eq!(
+            unpark.wakes.load(Ordering::SeqCst),
+            before,
+            "a stale clone woke the finished task"
+        );
+    });
+}
+
+/// `try_gather!` fails fast while another thread wakes a parked sibling's
+/// clone: the owner closes the word and drops the sibling (which drops its
+/// clone's twin) as the wake runs; then the stale clone is dropped on that
+/// thread, racing the owner's drop of the future. No race on the block or
+/// the registered task waker, freed once; a wake after the error wakes
+/// nobody.
+#[test]
+fn review_tup_fail_fast_races_a_sibling_wake() {
+    /// Parks its waker in the gate; never finishes.
+    struct Parked(Arc<Gate>);
+    impl Future for Parked {
+        type Output = Result<u8, u8>;
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<u8, u8>> {
+            *self.0.waker.lock().unwrap() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+    /// Fails once its gate was fired.
+    struct FailOnFire(WaitGate);
+    impl Future for FailOnFire {
+        type Output = Result<u16, u8>;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<u16, u8>> {
+            Pin::new(&mut self.0).poll(cx).map(|_| Err(7))
+        }
+    }
+    model(|| {
+        let parked = Arc::new(Gate::default());
+        let failing = Arc::new(Gate::default());
+        let mut fut = crate::TryGatherTuple::new((
+            Parked(parked.clone()),
+            FailOnFire(WaitGate {
+                gate: failing.clone(),
+                need: 1,
+            }),
+        ));
+        // The first poll parks both wakers (the failing child's too).
+        let unpark = CountingUnpark::new();
+        let waker = Waker::from(unpark.clone());
+        assert!(
+            Pin::new(&mut fut)
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        let sibling = parked.waker.lock().unwrap().clone().expect("parked");
+        let t = thread::spawn(move || {
+            sibling.wake_by_ref();
+            sibling
+        });
+        failing.fire();
+        let out = run_counting(&mut fut, &unpark);
+        assert_eq!(out, Err(7));
+        let sibling = t.join().unwrap();
+        let before = unpark.wakes.load(Ordering::SeqCst);
+        let t = thread::spawn(move || sibling.wake());
+        drop(fut);
+        t.join().unwrap();
+        assert_eq!(unpark.wakes.load(Ordering::SeqCst), before);
+        drop(parked.waker.lock().unwrap().take());
+        drop(failing.waker.lock().unwrap().take());
     });
 }
 

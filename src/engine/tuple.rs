@@ -244,8 +244,9 @@ impl_tuple!(16; A0 T0 0, A1 T1 1, A2 T2 2, A3 T3 3, A4 T4 4, A5 T5 5, A6 T6 6, A
 /// a block is aligned to hold every index of the largest tuple (16).
 const INDEX_MASK: usize = 0b1111;
 
-/// The owner is polling children (see [`Head`]).
-const POLLING: u64 = 1 << 63;
+/// The tuple is finished (done or failed fast): set in the ready word for
+/// good, so a stale clone's wake never finds it zero (see [`Head`]).
+const CLOSED: u64 = 1 << 63;
 
 /// The non-generic head of a tuple's one allocation: the ready set of a
 /// single word, the parent task's waker and what freeing needs. It follows
@@ -254,22 +255,29 @@ const POLLING: u64 = 1 << 63;
 /// from zero to non-zero wakes the parent. Clones hold a reference each; the
 /// borrowed waker a child is polled with owns nothing.
 ///
-/// While the owner polls children it keeps [`POLLING`] set in the word, so
-/// no wake in that time sees it zero and wakes the parent (a child that
-/// wakes itself would otherwise go through the parent waker's protocol);
-/// the owner clears it with one `fetch_and` after the children and wakes
-/// its own task directly if any bit was set meanwhile. The word is the only
-/// state, so every wake is either seen by that `fetch_and` or comes after it
-/// and finds `POLLING` clear. Once the tuple is done (or failed fast) the
-/// owner leaves `POLLING` set: a stale clone never wakes the task again.
+/// The owner takes the word's bits at the start of a pass (one swap, or a
+/// load and a store while nothing escaped, see below) and leaves it alone
+/// until the next pass: a wake from another thread during the pass finds
+/// it zero and wakes the parent as any other wake would, and the owner
+/// reads the word once more after the children (a load) and wakes its own
+/// task if a bit is there (it may have been set while no parent waker was
+/// registered yet). So a pass costs the owner one read-modify-write at
+/// most, and a wake at most one `fetch_or` plus the parent waker's
+/// protocol. Once the tuple is finished the owner stores [`CLOSED`]: a
+/// stale clone never wakes the task again.
 ///
 /// The parent's waker is registered lazily: only a waker that escaped a
 /// child's poll (a clone, counted in `refs`) can wake a child between the
 /// owner's polls, so the owner registers only when one exists
-/// ([`Head::escaped`]): at the end of a pass, while `POLLING` still diverts
-/// every wake to its `fetch_and`; and, in a poll that finds the word zero,
-/// before it looks at the word again (a wake before that registration may
-/// have gone to an older waker, or to none, but its bit is seen then).
+/// ([`Head::escaped`]), and reads the word after registering: at the end
+/// of a pass, and in a poll that finds the word zero. A wake that found
+/// the word zero before that registration may have gone to an older waker,
+/// or to none, but its bit is seen by that read: the wake's `fetch_or`
+/// comes before its read-modify-writes on the parent waker's state, the
+/// registration's read-modify-writes on that state before the owner's read,
+/// so either the wake finds the new waker or the owner finds the bit.
+/// (A registration that finds the waker unchanged writes nothing: the
+/// registered waker is then already this task's, which every wake reaches.)
 /// Children that only wake themselves, or wake the borrowed waker from
 /// another thread during their own poll, never make the owner clone the
 /// parent's waker.
@@ -283,14 +291,14 @@ const POLLING: u64 = 1 << 63;
 ///   there for the pass and zero after it);
 /// * while no waker escaped (`refs == 1`, read with acquire after the last
 ///   clone's release), only the owner can touch the ready word: the pass
-///   starts and ends with a load and a store instead of a swap and a
-///   `fetch_and` (a thread a child lends its borrowed waker to is joined
-///   before that poll returns, and a clone can only be taken from a waker).
+///   starts with a load and a store instead of a swap (a thread a child
+///   lends its borrowed waker to is joined before that poll returns, and a
+///   clone can only be taken from a waker).
 #[repr(C, align(16))]
 struct Head {
     refs: AtomicUsize,
-    /// Bit `i`: element `i` was woken since it was last polled; [`POLLING`]:
-    /// the owner is polling children.
+    /// Bit `i`: element `i` was woken since the owner last took the bits;
+    /// [`CLOSED`]: the tuple is finished.
     ready: AtomicU64,
     /// Bits of elements woken on the owner's own thread during a pass (a
     /// self-wake, or a sibling woken from a child's poll): only that thread
@@ -312,8 +320,9 @@ struct Head {
 impl Head {
     /// Whether a child's waker lives outside the owner's polls (a clone
     /// holds a reference). Without one, only the borrowed wakers of a pass
-    /// can wake a child, and the owner sees those wakes itself (`POLLING`),
-    /// so the parent's waker need not be registered at all.
+    /// can wake a child, and the owner sees those wakes itself (it reads
+    /// the word after the children), so the parent's waker need not be
+    /// registered at all.
     ///
     /// Read by the owner between polls: a clone taken during a child's poll
     /// (on any thread: a borrowed waker does not outlive the poll) happens
@@ -322,6 +331,17 @@ impl Head {
     #[inline]
     fn escaped(&self) -> bool {
         self.refs.load(Ordering::Acquire) > 1
+    }
+
+    /// Marks the tuple finished (owner only, once no child will be polled
+    /// again): every later wake finds the word non-zero and leaves the
+    /// parent alone. A plain store: a wake ordered before it may still wake
+    /// the parent (as it could have just before the tuple finished), one
+    /// ordered after it reads [`CLOSED`]; the bits it overwrites are of
+    /// children that are done or dropped.
+    #[inline]
+    fn close(&self) {
+        self.ready.store(CLOSED, Ordering::Relaxed);
     }
 }
 
@@ -663,14 +683,19 @@ impl<T: TupleFutures> TupleCore<T> {
                     return Poll::Pending;
                 }
             }
-            let mut bits = if escaped {
-                head.ready.swap(POLLING, Ordering::AcqRel)
+            let mut bits = if word == 0 {
+                // Only this thread's wakes (`local`): a wake landing in the
+                // word from now on is seen after the children.
+                0
+            } else if escaped {
+                // A clone may wake concurrently: take the bits atomically.
+                head.ready.swap(0, Ordering::AcqRel)
             } else {
                 // No waker lives outside the owner (and none can appear
                 // before a child is polled): nobody else touches the word
                 // (`escaped` read after the last clone's release, the word
                 // after that).
-                head.ready.store(POLLING, Ordering::Relaxed);
+                head.ready.store(0, Ordering::Relaxed);
                 word
             };
             if local != 0 {
@@ -678,19 +703,16 @@ impl<T: TupleFutures> TupleCore<T> {
                 head.local.store(0, Ordering::Relaxed);
             }
             head.owner.store(thread_marker(), Ordering::Relaxed);
-            /// Clears `POLLING` when the children's polls are over, also if
-            /// one unwinds (the future refuses polls then, but the word is
-            /// left as wakers expect it).
-            struct Polling<'a>(&'a Head, bool);
-            impl Drop for Polling<'_> {
+            /// Ends the pass for wakes on this thread (they go through the
+            /// word again) when the children's polls are over, also if one
+            /// unwinds.
+            struct Pass<'a>(&'a Head);
+            impl Drop for Pass<'_> {
                 fn drop(&mut self) {
                     self.0.owner.store(0, Ordering::Relaxed);
-                    if self.1 {
-                        self.0.ready.fetch_and(!POLLING, Ordering::AcqRel);
-                    }
                 }
             }
-            let mut polling = Polling(head, true);
+            let pass = Pass(head);
             let slots = self.slots_ptr();
             while bits != 0 {
                 let i = bits.trailing_zeros() as usize;
@@ -714,10 +736,10 @@ impl<T: TupleFutures> TupleCore<T> {
                     // SAFETY: as above.
                     if let Err(e) = done(unsafe { &mut *slots }, i) {
                         // Fail fast: every other element is dropped before
-                        // the error is handed out (`POLLING` stays set: no
-                        // wake from here on reaches the task).
-                        polling.1 = false;
-                        head.owner.store(0, Ordering::Relaxed);
+                        // the error is handed out; no wake from here on
+                        // reaches the task.
+                        drop(pass);
+                        head.close();
                         self.finished = true;
                         self.drop_slots();
                         return Poll::Ready(Err(e));
@@ -725,42 +747,33 @@ impl<T: TupleFutures> TupleCore<T> {
                 }
             }
             // From here on, wakes on this thread go through the word.
-            head.owner.store(0, Ordering::Relaxed);
-            polling.1 = false;
+            drop(pass);
             if self.remaining > 0 {
-                let woken = if head.escaped() {
+                if head.escaped() {
                     // A child kept a clone of its waker: its wake must reach
-                    // this task. Registered while `POLLING` is still set, so
-                    // no wake finds the word clear before the waker is in
-                    // place (every wake until then is seen by the
-                    // `fetch_and`). The registration runs the task waker's
-                    // `clone` (and the old one's `drop`) with `POLLING` set:
-                    // it is not a lock (nothing waits on it: a wake meanwhile
-                    // only sets its bit, read by the `fetch_and` below), and
-                    // if that user code panics the guard clears it.
-                    polling.1 = true;
+                    // this task. A wake of the pass (or of the registration)
+                    // may have found the word zero and woken an older waker,
+                    // or none: the word is read again once the waker is in
+                    // place (the registration's read-modify-writes and the
+                    // wake's order them), and a bit seen there wakes the task
+                    // below.
                     // SAFETY: `&mut self`: the owner's only registration.
                     unsafe { head.parent.register(cx.waker()) };
-                    polling.1 = false;
-                    head.ready.fetch_and(!POLLING, Ordering::AcqRel) & !POLLING
-                } else {
-                    // No waker lives outside the owner: every wake of the
-                    // pass (from this thread or one a child lent its waker
-                    // to and joined) is already in the word; nobody else
-                    // touches it.
-                    let woken = head.ready.load(Ordering::Acquire) & !POLLING;
-                    head.ready.store(woken, Ordering::Relaxed);
-                    woken
-                } | head.local.load(Ordering::Relaxed);
+                }
+                // Without an escaped clone, every wake of the pass (from this
+                // thread or one a child lent its waker to and joined) is
+                // already in the word, ordered by `escaped`'s acquire.
+                let woken = head.ready.load(Ordering::Acquire) | head.local.load(Ordering::Relaxed);
                 if woken != 0 {
-                    // Woken while we polled (no waker woke the parent): poll
-                    // again, after the other tasks (cooperative).
+                    // Woken while we polled (maybe without a parent waker to
+                    // wake): poll again, after the other tasks (cooperative).
                     cx.waker().wake_by_ref();
                 }
                 return Poll::Pending;
             }
-            // Done: `POLLING` stays set, so a clone that outlives its child
-            // never wakes the task again.
+            // Done: a clone that outlives its child never wakes the task
+            // again.
+            head.close();
         }
         self.finished = true;
         let output = if self.live {
