@@ -7,7 +7,10 @@
 //! glue in the child only, in the output only, and in both, at sizes within
 //! one bit-tree word and across levels / chunks.
 
+mod common;
+
 use awaitkit::{AsCompleted, as_completed, gather, gather_settled, try_gather};
+use common::quiet;
 use futures::Stream;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -17,24 +20,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 
 const SIZES: &[usize] = &[1, 2, 63, 64, 65, 4095, 4096, 4097];
-
-fn quiet() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let prev = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let msg = info
-                .payload()
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| info.payload().downcast_ref::<String>().map(|s| s.as_str()))
-                .unwrap_or("");
-            if !msg.starts_with("injected") {
-                prev(info);
-            }
-        }));
-    });
-}
 
 #[derive(Clone)]
 struct Book {

@@ -13,6 +13,8 @@
 
 mod common;
 
+use common::quiet;
+
 use awaitkit::{AsCompleted, ReturnWhen, as_completed, gather, try_gather, wait, wait_any};
 use common::CountingWaker;
 use futures::{Stream, StreamExt};
@@ -22,24 +24,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
-
-fn quiet() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let prev = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let msg = info
-                .payload()
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| info.payload().downcast_ref::<String>().map(|s| s.as_str()))
-                .unwrap_or("");
-            if !msg.starts_with("injected") {
-                prev(info);
-            }
-        }));
-    });
-}
 
 type Boxed = Pin<Box<dyn Future<Output = usize> + Send>>;
 

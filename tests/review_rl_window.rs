@@ -22,6 +22,8 @@
 #[macro_use]
 mod common;
 
+use common::Rng;
+
 use awaitkit::rate_limiter::{Quota, RateLimitError};
 use awaitkit::time::ManualClock;
 use awaitkit::{RateAcquireN, RateLimiter, Timer};
@@ -31,17 +33,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % bound.max(1)
-    }
-}
 
 fn poll<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
     let waker = futures::task::noop_waker();
@@ -183,12 +174,12 @@ fn window_run(seed: u64, exact: bool, big: bool) {
     let mut rng = Rng(seed | 1);
     let clock = ManualClock::new();
     let mut max = if big {
-        1025 + rng.below(1500)
+        1025 + rng.below_u64(1500)
     } else {
-        1 + rng.below(6)
+        1 + rng.below_u64(6)
     };
-    let span = if rng.below(4) == 0 { 5 } else { 120 };
-    let mut period = 1 + rng.below(span);
+    let span = if rng.below_u64(4) == 0 { 5 } else { 120 };
+    let mut period = 1 + rng.below_u64(span);
     let limiter = RateLimiter::with_quota(Quota::window(max as usize, ns(period)).unwrap())
         .with_timer(clock.clone());
     let mut model = WindowModel {
@@ -201,28 +192,28 @@ fn window_run(seed: u64, exact: bool, big: bool) {
     let (mut min_period, mut max_max) = (period, max);
     let mut live: Vec<Live<'_>> = Vec::new();
     let n_of = |rng: &mut Rng, max: u64| -> u64 {
-        match rng.below(10) {
+        match rng.below_u64(10) {
             0 => 0,
-            1 => max + 1 + rng.below(3),
+            1 => max + 1 + rng.below_u64(3),
             2 => max,
-            _ => 1 + rng.below(max.min(3)),
+            _ => 1 + rng.below_u64(max.min(3)),
         }
     };
     for _step in 0..400 {
         let now = now_of(&clock);
-        match rng.below(12) {
+        match rng.below_u64(12) {
             // The clock moves (to the next deadline, or by any amount), then
             // some acquires are dropped before they are polled: a grant the
             // driver made for them is taken back.
             0..=2 => {
-                match (rng.below(3), clock.next_deadline()) {
+                match (rng.below_u64(3), clock.next_deadline()) {
                     (0, Some(next)) => clock.advance_to(next),
-                    _ => clock.advance(ns(rng.below(period * 2 + 2))),
+                    _ => clock.advance(ns(rng.below_u64(period * 2 + 2))),
                 }
                 let now = now_of(&clock);
                 let mut i = 0;
                 while i < live.len() {
-                    if rng.below(4) == 0 {
+                    if rng.below_u64(4) == 0 {
                         drop(live.remove(i));
                     } else {
                         i += 1;
@@ -292,20 +283,20 @@ fn window_run(seed: u64, exact: bool, big: bool) {
                 settle(&mut live, &mut model, now, exact);
             }
             8 if !live.is_empty() => {
-                let i = rng.below(live.len() as u64) as usize;
+                let i = rng.below_u64(live.len() as u64) as usize;
                 drop(live.remove(i));
                 settle(&mut live, &mut model, now, exact);
             }
             9 => {
                 let new_max = if big {
-                    1025 + rng.below(1500)
+                    1025 + rng.below_u64(1500)
                 } else {
-                    1 + rng.below(6)
+                    1 + rng.below_u64(6)
                 };
                 let new_period = if exact {
-                    1 + rng.below(period)
+                    1 + rng.below_u64(period)
                 } else {
-                    1 + rng.below(200)
+                    1 + rng.below_u64(200)
                 };
                 limiter
                     .set_quota(Quota::window(new_max as usize, ns(new_period)).unwrap())
@@ -319,7 +310,7 @@ fn window_run(seed: u64, exact: bool, big: bool) {
                 settle(&mut live, &mut model, now, exact);
             }
             10 if !exact && !live.is_empty() => {
-                let i = rng.below(live.len() as u64) as usize;
+                let i = rng.below_u64(live.len() as u64) as usize;
                 std::mem::forget(live.remove(i).fut);
                 settle(&mut live, &mut model, now, exact);
             }
@@ -433,9 +424,9 @@ guarded! {
             let mut rng = Rng(0xC2B2_AE3D_27D4_EB4F ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let clock = ManualClock::new();
             let quota = |rng: &mut Rng| {
-                let max = 1 + rng.below(5);
-                let period = 1 + rng.below(200);
-                let burst = if rng.below(2) == 0 { 1 } else { 1 + rng.below(4) };
+                let max = 1 + rng.below_u64(5);
+                let period = 1 + rng.below_u64(200);
+                let burst = if rng.below_u64(2) == 0 { 1 } else { 1 + rng.below_u64(4) };
                 (max, period, burst)
             };
             let (mut max, mut period, mut burst) = quota(&mut rng);
@@ -447,8 +438,8 @@ guarded! {
             let mut tat: u64 = 0;
             for _ in 0..300 {
                 let now = now_of(&clock);
-                match rng.below(8) {
-                    0 | 1 => clock.advance(ns(rng.below(interval * 3 + 1))),
+                match rng.below_u64(8) {
+                    0 | 1 => clock.advance(ns(rng.below_u64(interval * 3 + 1))),
                     2 => {
                         let (m, p, b) = quota(&mut rng);
                         limiter
@@ -462,7 +453,7 @@ guarded! {
                         (max, period, burst, interval) = (m, p, b, new_interval);
                     }
                     _ => {
-                        let n = match rng.below(6) {
+                        let n = match rng.below_u64(6) {
                             0 => 0,
                             1 => burst + 1,
                             2 => burst,
@@ -651,11 +642,11 @@ fn hammer_inner(
                 let mut grants = Vec::new();
                 start.wait();
                 while !stop.load(Ordering::Relaxed) {
-                    let n = 1 + rng.below(quotas[1].max_at_once().min(2) as u64);
+                    let n = 1 + rng.below_u64(quotas[1].max_at_once().min(2) as u64);
                     let before = now_of(&clock);
                     if acquirers && k % 2 == 1 {
                         let mut fut = limiter.acquire_n(n as usize);
-                        let limit = rng.below(60);
+                        let limit = rng.below_u64(60);
                         let mut polls = 0;
                         loop {
                             match poll(&mut fut) {
@@ -718,11 +709,11 @@ fn hammer_inner(
         && began.elapsed() < Duration::from_secs(8)
     {
         steps += 1;
-        clock.advance(ns(1 + rng.below(period / 4 + 1)));
-        for _ in 0..rng.below(40) {
+        clock.advance(ns(1 + rng.below_u64(period / 4 + 1)));
+        for _ in 0..rng.below_u64(40) {
             std::hint::spin_loop();
         }
-        if rng.below(8) == 0 {
+        if rng.below_u64(8) == 0 {
             std::thread::yield_now();
         }
     }

@@ -36,20 +36,6 @@ fn woken_within(w: &CountingWaker, n: usize, limit: Duration) -> bool {
     true
 }
 
-/// A cheap xorshift for spin lengths and choices.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn spin(n: u64) {
     for _ in 0..n {
         std::hint::spin_loop();
@@ -179,12 +165,12 @@ fn scoped_thread_clone_in_a_global_woken_by_an_unrelated_thread() {
             while !s2.stop.load(Ordering::SeqCst) {
                 let w = s2.slot.lock().unwrap().take();
                 if let Some(w) = w {
-                    spin(s2.delay.load(Ordering::SeqCst) as u64 + rng.below(64));
+                    spin(s2.delay.load(Ordering::SeqCst) as u64 + rng.below_u64(64));
                     if s2.by_value.load(Ordering::SeqCst) {
                         w.wake();
                     } else {
                         w.wake_by_ref();
-                        spin(rng.below(32));
+                        spin(rng.below_u64(32));
                         drop(w);
                     }
                 } else {
@@ -194,8 +180,12 @@ fn scoped_thread_clone_in_a_global_woken_by_an_unrelated_thread() {
         });
         let mut rng = Rng(12345);
         for round in 0..3000 {
-            stash.by_value.store(rng.below(2) == 0, Ordering::SeqCst);
-            stash.delay.store(rng.below(400) as usize, Ordering::SeqCst);
+            stash
+                .by_value
+                .store(rng.below_u64(2) == 0, Ordering::SeqCst);
+            stash
+                .delay
+                .store(rng.below_u64(400) as usize, Ordering::SeqCst);
             let escape_at = 1 + (round % 3);
             let sib = Gate::default();
             let mut fut = gather!(
@@ -270,7 +260,7 @@ fn fire_storm_with_a_new_task_waker_at_every_poll() {
                         }
                         // Thread t fires its share: 24 fires in all.
                         for k in 0..8 {
-                            spin(rng.below(2000));
+                            spin(rng.below_u64(2000));
                             gates[((t * 8 + k) % 8) as usize].fire();
                         }
                     })
@@ -493,14 +483,14 @@ fn try_gather_fail_fast_while_clones_are_hammered() {
                         let mut rng = Rng(round * 3 + k as u64 + 1);
                         while !stop.load(Ordering::Acquire) {
                             c.wake_by_ref();
-                            spin(rng.below(100));
+                            spin(rng.below_u64(100));
                         }
                         c
                     })
                 })
                 .collect();
             let mut rng = Rng(round + 99);
-            let fire_at = 1 + rng.below(6);
+            let fire_at = 1 + rng.below_u64(6);
             let mut polls = 0u64;
             let err = loop {
                 polls += 1;

@@ -1227,4 +1227,30 @@ impl Rng {
     pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
+
+    /// A number in `0..n` as a `u64` (`0` when `n` is 0).
+    pub(crate) fn below_u64(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Keeps the panic hook quiet for panics whose message starts with
+/// "injected" (the tests' own, expected ones); every other panic is still
+/// reported by the previous hook.
+pub(crate) fn quiet() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let msg = info
+                .payload()
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| info.payload().downcast_ref::<String>().map(|s| s.as_str()))
+                .unwrap_or("");
+            if !msg.starts_with("injected") {
+                prev(info);
+            }
+        }));
+    });
 }
