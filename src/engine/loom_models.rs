@@ -83,9 +83,15 @@ pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
 }
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
+    model_bounded(3, f);
+}
+
+/// [`model`] with another default preemption bound (`LOOM_MAX_PREEMPTIONS`
+/// still wins): for models with many threads, which take minutes at 3.
+fn model_bounded(bound: usize, f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
     if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(3);
+        builder.preemption_bound = Some(bound);
     }
     builder.check(move || {
         f();
@@ -962,7 +968,8 @@ fn review_tup_scoped_clone_woken_later_by_an_unrelated_thread() {
             Poll::Pending
         }
     }
-    model(|| {
+    // Bound 2: about 5 s each; at 3 they take minutes (CI budget).
+    model_bounded(2, || {
         let global = Arc::new(Global {
             slot: Mutex::new(None),
             ready: loom::sync::Notify::new(),
@@ -1020,7 +1027,8 @@ fn review_tup_local_only_pass_races_two_wakes_with_new_task_wakers() {
             Poll::Pending
         }
     }
-    model(|| {
+    // Bound 2: about 5 s each; at 3 they take minutes (CI budget).
+    model_bounded(2, || {
         let gates: Vec<Arc<Gate>> = (0..2).map(|_| Arc::new(Gate::default())).collect();
         let threads: Vec<_> = gates
             .iter()
