@@ -90,8 +90,8 @@ async fn every_timed_type(unit: Duration) {
     // KeyedRateLimiter::new.
     let keyed = KeyedRateLimiter::new(1, unit);
     let start = clock.now();
-    keyed.acquire("k").await;
-    keyed.acquire("k").await;
+    keyed.acquire("k").await.unwrap();
+    keyed.acquire("k").await.unwrap();
     passed(start, unit);
 
     // RetryPolicy: backoff between attempts, and the attempt timeout.
@@ -253,8 +253,8 @@ fn a_limiter_made_outside_a_runtime_honours_paused_time_inside_one() {
         let start = DefaultTimer.now();
         limiter.acquire().await;
         limiter.acquire().await;
-        keyed.acquire(1).await;
-        keyed.acquire(1).await;
+        keyed.acquire(1).await.unwrap();
+        keyed.acquire(1).await.unwrap();
         let held = pool.get().await.unwrap();
         assert!(matches!(pool.get().await, Err(PoolError::Timeout)));
         drop(held);

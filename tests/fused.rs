@@ -170,8 +170,8 @@ matrix! {
         assert_eq!(run_fused(limiter.limit(later_boxed(6))).await, 6);
         assert_eq!(race_never(limiter.limit(ready(7))).await, 7);
         let keyed = KeyedRateLimiter::new(1, 5 * MS);
-        run_fused(keyed.acquire("a")).await;
-        run_fused(keyed.acquire("a")).await;
+        assert_eq!(run_fused(keyed.acquire("a")).await, Ok(()));
+        assert_eq!(run_fused(keyed.acquire("a")).await, Ok(()));
         assert_eq!(run_fused(keyed.acquire_n("b", 1)).await, Ok(()));
     }
 

@@ -897,7 +897,7 @@ guarded! {
                     let mut rng = rand::rngs::SmallRng::seed_from_u64(t + 100);
                     for _ in 0..30 {
                         if rng.gen_bool(0.5) {
-                            futures::executor::block_on(keyed.acquire(key));
+                            futures::executor::block_on(keyed.acquire(key)).unwrap();
                             continue;
                         }
                         let mut evil = Evil::default();
@@ -928,7 +928,7 @@ guarded! {
         setter.join().unwrap();
         let max = keyed.quota().max_calls();
         for key in 0..2 {
-            futures::executor::block_on(keyed.acquire(key));
+            futures::executor::block_on(keyed.acquire(key)).unwrap();
             assert_eq!(
                 keyed.try_acquire_n(key, 100),
                 Err(RateLimitError::ExceedsQuota { requested: 100, max }),
@@ -3006,10 +3006,13 @@ mod review_stress {
                         _ => {
                             if let Some(mut a) = caught(|| keyed.acquire(key(id))) {
                                 match caught(|| poll_with(&mut a, &noop)) {
-                                    Some(Poll::Ready(())) => {
+                                    Some(Poll::Ready(Ok(()))) => {
                                         grants.entry(id).or_default().push((clock.now(), 1))
                                     }
                                     Some(Poll::Pending) => held.push((id, a)),
+                                    Some(Poll::Ready(Err(e))) => {
+                                        panic!("an unbounded keyed acquire failed: {e}")
+                                    }
                                     None => panics += 1,
                                 }
                             } else {
@@ -3023,7 +3026,7 @@ mod review_stress {
                 }
                 clock.advance(MS * rng.gen_range(5..40));
                 held.retain_mut(|(id, a)| match caught(|| poll_with(a, &noop)) {
-                    Some(Poll::Ready(())) => {
+                    Some(Poll::Ready(Ok(()))) => {
                         grants.entry(*id).or_default().push((clock.now(), 1));
                         false
                     }
@@ -3037,10 +3040,11 @@ mod review_stress {
                 }
                 clock.advance(p);
                 held.retain_mut(|(id, a)| match poll_with(a, &noop) {
-                    Poll::Ready(()) => {
+                    Poll::Ready(Ok(())) => {
                         grants.entry(*id).or_default().push((clock.now(), 1));
                         false
                     }
+                    Poll::Ready(Err(e)) => panic!("an unbounded keyed acquire failed: {e}"),
                     Poll::Pending => true,
                 });
             }

@@ -1,39 +1,96 @@
-//! `KeyedRateLimiter`: one quota per key (per host, per user), with idle
-//! keys evicted so memory follows the keys in use.
+//! `KeyedRateLimiter`: one quota per key (per host, per user, per client
+//! address), with compact per-key state, sharded checks, and an optional
+//! bound on the keys tracked.
+//!
+//! # Design
+//!
+//! * The keys live in [`SHARDS`] hash tables, each behind its own mutex and
+//!   on its own cache line; a key's shard comes from its hash (computed
+//!   once, with no lock held, and kept in the table, so growing a table
+//!   never hashes a key again). Threads checking different keys rarely
+//!   meet on one lock.
+//! * A key that is only checked keeps its compact state
+//!   ([`compact`](super::compact)): GCRA's arrival time (8 bytes), or the
+//!   window's one grant time and count inline (a log beyond). A check is a
+//!   clock read, a lookup and that arithmetic, under the shard's lock.
+//! * A key that is acquired — a future that may have to wait — is
+//!   *promoted*: its state moves into a full limiter
+//!   ([`Shared`](super::shared::Shared): FIFO queue, driver, timer) on the
+//!   keyed limiter's own time origin, kept in the shard by id. Checks of a
+//!   promoted key go through that limiter (so they never pass its
+//!   waiters). Once nobody holds it but the shard and nobody waits, the
+//!   next check or sweep *demotes* it: the state moves back, the limiter is
+//!   dropped.
 
-use super::shared::{Acquisition, Reading, Shared};
+use super::compact::{GcraSlot, Params, Slot, WinSlot};
+use super::shared::{Acquisition, Shared, nanos};
 use super::{Quota, QuotaError, RateLimitError};
 use crate::time::{DefaultTimer, Timer};
 use crate::unwind::{self, Panics};
+use hashbrown::HashTable;
 use std::collections::HashMap;
-use std::collections::hash_map::{Entry, RandomState};
+use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::future::Future;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
-/// Below this many keys the map is never swept.
-const MIN_SWEEP: usize = 64;
+/// Shards of the key map (a power of two).
+const SHARDS: usize = 16;
+
+/// Below this many keys a shard is not swept by the automatic sweep.
+const MIN_SWEEP: usize = 4;
+
+/// Which shard a key's hash goes to: bits the tables' own probing uses
+/// least (the low bits pick a bucket, the top seven tag it).
+#[inline]
+fn shard_of(hash: u64) -> usize {
+    (hash >> 40) as usize & (SHARDS - 1)
+}
 
 /// A [`RateLimiter`](crate::RateLimiter) per key: every key gets the same
 /// [`Quota`], counted separately — "5 requests per second *per host*".
 ///
 /// Each key behaves exactly like its own `RateLimiter` (strict or GCRA,
-/// FIFO, cancel-safe). Keys are created on first use and **evicted when
-/// idle** — nobody waits, no acquire future holds the key, and no grant is
-/// still inside its window, so a fresh limiter would behave the same and
-/// eviction never lets anything extra through. The map is swept whenever it
-/// has doubled since the last sweep (amortised O(1) per new key), so memory
-/// stays within about twice the keys in recent use;
-/// [`evict_idle`](KeyedRateLimiter::evict_idle) sweeps on demand.
+/// FIFO, cancel-safe). Keys are created on first use.
 ///
-/// The key map's lock is held only to look keys up, insert and remove them:
-/// wakers, the timer, the keys' limiters, and the keys' `Hash` and `Drop`
-/// run with it released (a key is hashed once, before locking; the map
-/// keeps that hash, so growing it never hashes a key again). Only the key
-/// type's `Eq` runs under it, so it must not call back into the same
+/// # Memory
+///
+/// A key that is only checked ([`try_acquire`](Self::try_acquire)) holds
+/// what its algorithm needs and no more: with GCRA its arrival time (a key
+/// costs its own size plus 16 bytes in the table), with a strict window
+/// its grants of the last period (one grant time inline; a log once it has
+/// grants at several times). A key that is [`acquire`](Self::acquire)d
+/// holds a whole limiter (queue, timer) while an acquire future for it
+/// lives; the next check or sweep after the last one is gone turns it back
+/// into the compact form.
+///
+/// Keys are **evicted when idle** — nobody waits, no acquire future holds
+/// the key, and no grant is still inside its window (GCRA: its arrival time
+/// has passed) — so a fresh limiter would behave the same and eviction never
+/// lets anything extra through. A shard of the map is swept whenever it has
+/// doubled since its last sweep (amortised O(1) per new key);
+/// [`evict_idle`](Self::evict_idle) sweeps on demand.
+///
+/// # A bound on the keys
+///
+/// Keys usually come from outside (a client's address, an API key), so
+/// whoever sends the requests chooses how many there are. Within one
+/// period nothing is idle, so without a bound memory grows with every
+/// distinct key. [`with_max_keys`](Self::with_max_keys) caps the keys
+/// tracked: when the limiter is full, a new key first makes room by
+/// evicting idle keys, and if none is idle it is **refused** with
+/// [`RateLimitError::TooManyKeys`] (fail closed: it is neither let through
+/// nor tracked). The keys already tracked keep their exact quotas.
+///
+/// The key map's locks are held only to look keys up, check a compact key,
+/// insert and remove keys: wakers, the timer, the keys' full limiters, and
+/// the keys' `Hash` and `Drop` run with them released. Only the key type's
+/// `Eq` runs under a lock, so it must not call back into the same
 /// `KeyedRateLimiter`.
 ///
 /// # Panics
@@ -44,11 +101,12 @@ const MIN_SWEEP: usize = 64;
 /// A key's `Hash` or `Eq` that panics propagates out of the call that was
 /// given that key, and leaves the map and every other key as they were. A
 /// key's `Drop` that panics propagates out of the call that was given the
-/// key (after everything is settled; the key's limiter is neither lost nor
-/// leaked), or out of [`evict_idle`](KeyedRateLimiter::evict_idle) when it
-/// evicts the key (after every evicted key is dropped); when an automatic
-/// sweep evicts the key, the panic is reported by the panic hook and
-/// discarded, so it never reaches an unrelated caller.
+/// key (after everything is settled: a grant it took stays taken, and the
+/// key's state is neither lost nor leaked), or out of
+/// [`evict_idle`](Self::evict_idle) when it evicts the key (after every
+/// evicted key is dropped); when an automatic sweep evicts the key, the
+/// panic is reported by the panic hook and discarded, so it never reaches
+/// an unrelated caller.
 ///
 /// # Examples
 ///
@@ -57,141 +115,196 @@ const MIN_SWEEP: usize = 64;
 /// use std::time::Duration;
 /// # futures::executor::block_on(async {
 /// let per_host = KeyedRateLimiter::new(1, Duration::from_secs(60));
-/// per_host.acquire("a.example").await;
-/// per_host.acquire("b.example").await; // another key: its own quota
+/// per_host.acquire("a.example").await.unwrap();
+/// per_host.acquire("b.example").await.unwrap(); // another key: its own quota
 /// assert!(per_host.try_acquire("a.example").is_err());
 /// assert_eq!(per_host.len(), 2);
 /// # });
 /// ```
 pub struct KeyedRateLimiter<K, T: Timer = DefaultTimer> {
     timer: T,
-    /// Hashes the keys, with the map's lock released.
+    /// Hashes the keys, with no lock held.
     hasher: RandomState,
-    inner: Mutex<Keys<K, T>>,
+    /// The timer's counter and `Instant` at the epoch: compact states and
+    /// promoted limiters count time from it. Read at the first use, not
+    /// when the limiter is built (the clock is user code, and building
+    /// never ran it).
+    origin: OnceLock<(u64, Instant)>,
+    table: Table<K, T>,
+    /// The quota and its generation (bumped by every `set_quota`).
+    config: Mutex<(Quota, u64)>,
+    /// `usize::MAX` when unbounded.
+    max_keys: usize,
+    counts: Counts,
 }
 
-struct Keys<K, T: Timer> {
-    quota: Quota,
-    /// Bumped by every `set_quota`, which applies the quota to the keys
-    /// with this lock released: a key's limiter ignores an older change
-    /// arriving after a newer one.
-    generation: u64,
-    /// The keys by their hash (computed with the lock released): the map
-    /// itself never runs the keys' `Hash`, so a key whose `Hash` panics can
-    /// never abort a rehash half way (std's table drops the entries it has
-    /// not moved yet) nor keep the map from growing.
-    map: HashMap<u64, Bucket<K, Arc<Shared<T>>>, BuildHasherDefault<PassThrough>>,
-    /// Keys in the map.
-    len: usize,
-    sweep_at: usize,
+/// The shards, by algorithm.
+enum Table<K, T: Timer> {
+    Gcra(Box<[Cell<K, GcraSlot, T>]>),
+    Window(Box<[Cell<K, WinSlot, T>]>),
 }
 
-impl<K: Eq, T: Timer> Keys<K, T> {
-    /// The limiter of `key`, whose hash is `hash` (runs the key's `Eq`).
-    fn get(&self, hash: u64, key: &K) -> Option<&Arc<Shared<T>>> {
-        self.map.get(&hash)?.get(key)
-    }
-
-    /// Adds a key that is not in the map (runs no user code).
-    fn insert(&mut self, hash: u64, key: K, shared: Arc<Shared<T>>) {
-        match self.map.entry(hash) {
-            Entry::Occupied(mut bucket) => bucket.get_mut().push(key, shared),
-            Entry::Vacant(slot) => {
-                slot.insert(Bucket::One(key, shared));
-            }
-        }
-        self.len += 1;
-    }
-
-    /// Every key's limiter.
-    fn limiters(&self) -> impl Iterator<Item = &Arc<Shared<T>>> {
-        self.map.values().flat_map(Bucket::values)
-    }
-}
-
-/// The keys sharing one hash: almost always one.
-enum Bucket<K, V> {
-    One(K, V),
-    Many(Vec<(K, V)>),
-}
-
-impl<K: Eq, V> Bucket<K, V> {
-    fn get(&self, key: &K) -> Option<&V> {
-        match self {
-            Bucket::One(k, v) => (k == key).then_some(v),
-            Bucket::Many(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-        }
-    }
-
-    fn push(&mut self, key: K, value: V) {
-        match self {
-            Bucket::Many(entries) => entries.push((key, value)),
-            Bucket::One(..) => {
-                let Bucket::One(k, v) = std::mem::replace(self, Bucket::Many(Vec::new())) else {
-                    unreachable!("matched above")
-                };
-                *self = Bucket::Many(vec![(k, v), (key, value)]);
-            }
-        }
-    }
-
-    fn values(&self) -> impl Iterator<Item = &V> {
-        let (one, many) = match self {
-            Bucket::One(_, v) => (Some(v), &[][..]),
-            Bucket::Many(entries) => (None, &entries[..]),
-        };
-        one.into_iter().chain(many.iter().map(|(_, v)| v))
-    }
-
-    /// Moves the entries `evict` picks to `evicted` (no key is dropped:
-    /// the caller drops them with the lock released). `false` when the
-    /// bucket is left empty.
-    fn evict(&mut self, mut evict: impl FnMut(&V) -> bool, evicted: &mut Vec<(K, V)>) -> bool {
-        match self {
-            Bucket::One(_, v) => {
-                if !evict(v) {
-                    return true;
-                }
-                let Bucket::One(k, v) = std::mem::replace(self, Bucket::Many(Vec::new())) else {
-                    unreachable!("matched above")
-                };
-                evicted.push((k, v));
-                false
-            }
-            Bucket::Many(entries) => {
-                let mut i = 0;
-                while i < entries.len() {
-                    if evict(&entries[i].1) {
-                        evicted.push(entries.swap_remove(i));
-                    } else {
-                        i += 1;
-                    }
-                }
-                !entries.is_empty()
-            }
-        }
-    }
-}
-
-/// The map's hasher: a key's hash is computed once, with the limiter's
-/// [`RandomState`], and the map hashes that `u64` as itself.
+/// Counters shared by the shards, on their own cache line.
 #[derive(Default)]
-struct PassThrough(u64);
+#[repr(align(128))]
+struct Counts {
+    /// Keys reserved against the bound (bounded limiters only).
+    keys: AtomicUsize,
+    evictions: AtomicU64,
+    refusals: AtomicU64,
+}
 
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
+/// One shard and the earliest time any of its keys may be idle (read
+/// without the lock, to skip sweeps that could not free anything).
+#[repr(align(128))]
+struct Cell<K, S, T: Timer> {
+    shard: Mutex<Shard<K, S, T>>,
+    next_idle: AtomicU64,
+}
+
+struct Shard<K, S, T: Timer> {
+    keys: HashTable<Entry<K, S>>,
+    /// The promoted keys' limiters, by id.
+    full: HashMap<u64, Arc<Shared<T>>>,
+    next_id: u64,
+    quota: Quota,
+    params: Params,
+    /// The quota's generation: an older `set_quota` arriving after a newer
+    /// one is ignored.
+    generation: u64,
+    /// The latest time used (a clock that goes backwards is held here).
+    last: u64,
+    /// Keys at which the automatic sweep runs next.
+    sweep_at: usize,
+    /// New keys and refusals since the last sweep (a full limiter sweeps a
+    /// shard at most once per an eighth of its keys in operations, or once
+    /// per period).
+    ops: usize,
+    swept_at: u64,
+}
+
+struct Entry<K, S> {
+    hash: u64,
+    key: K,
+    slot: S,
+}
+
+/// What a sweep took out, to drop with the lock released.
+struct Evicted<K, S, T: Timer> {
+    entries: Vec<Entry<K, S>>,
+    limiters: Vec<Arc<Shared<T>>>,
+}
+
+impl<K, S, T: Timer> Default for Evicted<K, S, T> {
+    fn default() -> Self {
+        Evicted {
+            entries: Vec::new(),
+            limiters: Vec::new(),
+        }
     }
+}
 
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used; anything else still hashes.
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+impl<K, S, T: Timer> Evicted<K, S, T> {
+    /// Drops everything, each piece of user code under `catch_unwind`: a
+    /// panic is reported by the hook and discarded (an automatic sweep's
+    /// caller is unrelated to the keys it evicts).
+    fn contain(self) {
+        if self.entries.is_empty() && self.limiters.is_empty() {
+            return;
+        }
+        for entry in self.entries {
+            unwind::contain(move || drop(entry));
+        }
+        for limiter in self.limiters {
+            unwind::contain(move || drop(limiter));
+        }
+    }
+}
+
+impl<K, S, T: Timer> Cell<K, S, T> {
+    fn new(quota: Quota) -> Self {
+        Cell {
+            shard: Mutex::new(Shard {
+                keys: HashTable::new(),
+                full: HashMap::new(),
+                next_id: 0,
+                quota,
+                params: Params::of(&quota),
+                generation: 0,
+                last: 0,
+                sweep_at: MIN_SWEEP,
+                ops: 0,
+                swept_at: 0,
+            }),
+            next_idle: AtomicU64::new(u64::MAX),
         }
     }
 
-    fn write_u64(&mut self, hash: u64) {
-        self.0 = hash;
+    fn lock(&self) -> MutexGuard<'_, Shard<K, S, T>> {
+        // Every update leaves the shard consistent before anything that can
+        // panic (a key's `Eq`): poisoning is ignored.
+        self.shard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lowers the shard's earliest idle time to `at`.
+    fn idle_by(&self, at: u64) {
+        if at < self.next_idle.load(Ordering::Relaxed) {
+            self.next_idle.store(at, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<K: Eq, S: Slot, T: Timer> Shard<K, S, T> {
+    /// `raw`, read before locking, never behind a time already used.
+    #[inline]
+    fn hold(&mut self, raw: u64) -> u64 {
+        self.last = self.last.max(raw);
+        self.last
+    }
+
+    /// Whether a sweep for room may run now: something may be idle, and
+    /// enough has happened since the last one (sweeps stay amortised O(1)
+    /// per operation even while a flood of new keys meets a full limiter).
+    fn may_sweep(&self, next_idle: u64, now: u64) -> bool {
+        next_idle <= now
+            && (self.ops.saturating_mul(8) >= self.keys.len()
+                || now >= self.swept_at.saturating_add(self.params.period))
+    }
+
+    /// Takes the idle keys out (into `evicted`) and demotes the promoted
+    /// keys nobody uses any more; returns how many keys went and the
+    /// earliest time one of the others may be idle. Runs no user code: no
+    /// key is hashed, compared or dropped, no limiter dropped.
+    fn sweep(&mut self, now: u64, evicted: &mut Evicted<K, S, T>) -> (usize, u64) {
+        let params = self.params;
+        let full = &mut self.full;
+        let mut next_idle = u64::MAX;
+        let before = evicted.entries.len();
+        evicted.entries.extend(self.keys.extract_if(|entry| {
+            if let Some(id) = entry.slot.promoted_id() {
+                let seed = full
+                    .get(&id)
+                    .filter(|shared| Arc::strong_count(shared) == 1)
+                    .and_then(|shared| shared.take_seed());
+                let Some(seed) = seed else {
+                    // In use: looked at again a period later at the soonest.
+                    next_idle = next_idle.min(now.saturating_add(params.period));
+                    return false;
+                };
+                evicted.limiters.extend(full.remove(&id));
+                entry.slot = S::from_seed(seed);
+            }
+            let idle = entry.slot.idle_from(&params, now);
+            if idle <= now {
+                return true;
+            }
+            next_idle = next_idle.min(idle);
+            false
+        }));
+        self.ops = 0;
+        self.swept_at = now;
+        self.sweep_at = (self.keys.len() * 2).max(MIN_SWEEP);
+        (evicted.entries.len() - before, next_idle)
     }
 }
 
@@ -232,15 +345,16 @@ impl<K: Eq + Hash> KeyedRateLimiter<K, DefaultTimer> {
     /// assert!(limiter.try_acquire_n("k", 2).is_ok());
     /// ```
     pub fn with_quota(quota: Quota) -> Self {
-        Self::build(quota, DefaultTimer)
+        Self::build(quota, DefaultTimer, usize::MAX)
     }
 }
 
 impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
-    /// The same limiter (its quota) on another timer, cloned for every key
-    /// — the one way, as on every awaitkit type that waits for time, to
-    /// choose the timer (see [`time`](crate::time)). Call it as you build the
-    /// limiter: the keys granted through `self` are not carried over.
+    /// The same limiter (its quota and key bound) on another timer, cloned
+    /// for every key that waits — the one way, as on every awaitkit type
+    /// that waits for time, to choose the timer (see [`time`](crate::time)).
+    /// Call it as you build the limiter: the keys granted through `self`
+    /// are not carried over.
     ///
     /// # Examples
     ///
@@ -256,117 +370,443 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
         U: Timer + Clone + Send + Sync + 'static,
         U::Sleep: Send + 'static,
     {
-        KeyedRateLimiter::build(self.quota(), timer)
+        KeyedRateLimiter::<K, U>::build(self.quota(), timer, self.max_keys)
     }
 
-    fn build(quota: Quota, timer: T) -> Self
+    /// The same limiter (its quota and timer) tracking at most `max_keys`
+    /// keys: when it is full, a new key evicts idle keys to make room, or
+    /// is refused with [`RateLimitError::TooManyKeys`] when none is idle
+    /// (see [A bound on the keys](KeyedRateLimiter#a-bound-on-the-keys)).
+    /// Call it as you build the limiter: the keys granted through `self`
+    /// are not carried over.
+    ///
+    /// Idle keys are looked for in amortised sweeps (a shard at most once
+    /// per an eighth of its keys in new keys and refusals, or once per
+    /// period), so a key that has just gone idle may be kept, and a new key
+    /// refused, a little longer than strictly needed — never the other way
+    /// round.
+    ///
+    /// # Panics
+    ///
+    /// If `max_keys` is zero.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use awaitkit::rate_limiter::RateLimitError;
+    /// use std::time::Duration;
+    /// let limiter = KeyedRateLimiter::new(1, Duration::from_secs(60)).with_max_keys(2);
+    /// limiter.try_acquire("a").unwrap();
+    /// limiter.try_acquire("b").unwrap();
+    /// assert_eq!(limiter.try_acquire("c"), Err(RateLimitError::TooManyKeys { max_keys: 2 }));
+    /// assert_eq!(limiter.stats().refusals, 1);
+    /// ```
+    #[track_caller]
+    pub fn with_max_keys(self, max_keys: usize) -> Self
     where
         T: Clone + Send + Sync + 'static,
         T::Sleep: Send + 'static,
     {
+        assert!(
+            max_keys > 0,
+            "KeyedRateLimiter::with_max_keys: the bound must be at least one key"
+        );
+        Self::build(self.quota(), self.timer.clone(), max_keys)
+    }
+
+    fn build(quota: Quota, timer: T, max_keys: usize) -> Self {
+        let table = match quota.burst() {
+            Some(_) => Table::Gcra((0..SHARDS).map(|_| Cell::new(quota)).collect()),
+            None => Table::Window((0..SHARDS).map(|_| Cell::new(quota)).collect()),
+        };
         KeyedRateLimiter {
             timer,
             hasher: RandomState::new(),
-            inner: Mutex::new(Keys {
-                quota,
-                generation: 0,
-                map: HashMap::default(),
-                len: 0,
-                sweep_at: MIN_SWEEP,
-            }),
+            origin: OnceLock::new(),
+            table,
+            config: Mutex::new((quota, 0)),
+            max_keys,
+            counts: Counts::default(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Keys<K, T>> {
-        // Map updates are single inserts and removes: poisoning is ignored.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn config(&self) -> MutexGuard<'_, (Quota, u64)> {
+        self.config.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The limiter of `key`, created on first use (sweeping idle keys when
-    /// the map has doubled). The key is hashed, a new limiter is built, and
-    /// evicted keys and limiters are dropped, with the map's lock released
-    /// (the key's `Hash` and `Drop`, the timer's `clone` and a limiter's
-    /// drop are user code).
+    /// The clock, in nanoseconds since the epoch (user code: read with no
+    /// lock held).
+    #[inline]
+    fn now_raw(&self) -> u64 {
+        let (counter_origin, epoch) = self.origin();
+        match self.timer.counter_nanos() {
+            Some(counter) => counter.saturating_sub(counter_origin),
+            None => nanos(self.timer.now().saturating_duration_since(epoch)),
+        }
+    }
+
+    /// The time origin, read at the first use (user code: with no lock
+    /// held; if it panics, the next use reads it again).
+    #[inline]
+    fn origin(&self) -> (u64, Instant) {
+        *self.origin.get_or_init(|| {
+            // The counter first: an epoch read after it never maps a
+            // deadline early (as a single limiter does).
+            let counter = self.timer.counter_nanos().unwrap_or(0);
+            (counter, self.timer.now())
+        })
+    }
+
+    /// Reserves room for one more key against the bound.
+    #[inline]
+    fn reserve(&self) -> bool {
+        if self.max_keys == usize::MAX {
+            return true;
+        }
+        self.counts
+            .keys
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |keys| {
+                (keys < self.max_keys).then_some(keys + 1)
+            })
+            .is_ok()
+    }
+
+    /// Books `gone` evicted keys.
+    fn evicted(&self, gone: usize) {
+        if gone == 0 {
+            return;
+        }
+        if self.max_keys != usize::MAX {
+            self.counts.keys.fetch_sub(gone, Ordering::AcqRel);
+        }
+        self.counts
+            .evictions
+            .fetch_add(gone as u64, Ordering::Relaxed);
+    }
+
+    /// Room for one more key in `cell`'s shard (locked): a reservation
+    /// against the bound, sweeping this shard for it when that may help.
+    fn room<S: Slot>(
+        &self,
+        cell: &Cell<K, S, T>,
+        shard: &mut Shard<K, S, T>,
+        now: u64,
+        evicted: &mut Evicted<K, S, T>,
+    ) -> bool {
+        if self.reserve() {
+            return true;
+        }
+        if shard.may_sweep(cell.next_idle.load(Ordering::Relaxed), now) {
+            let (gone, next_idle) = shard.sweep(now, evicted);
+            cell.next_idle.store(next_idle, Ordering::Relaxed);
+            self.evicted(gone);
+            if gone > 0 && self.reserve() {
+                return true;
+            }
+        }
+        shard.ops += 1;
+        false
+    }
+
+    /// A full limiter found no room in the new key's shard: sweeps the
+    /// other shards that may have idle keys (each under its own lock, none
+    /// held here). Returns how many keys went.
+    fn sweep_others<S: Slot>(&self, cells: &[Cell<K, S, T>], skip: usize, now: u64) -> usize {
+        let mut gone = 0;
+        for (i, cell) in cells.iter().enumerate() {
+            if i == skip || cell.next_idle.load(Ordering::Relaxed) > now {
+                continue;
+            }
+            let mut evicted = Evicted::default();
+            {
+                let mut shard = cell.lock();
+                if shard.may_sweep(cell.next_idle.load(Ordering::Relaxed), now) {
+                    let (went, next_idle) = shard.sweep(now, &mut evicted);
+                    cell.next_idle.store(next_idle, Ordering::Relaxed);
+                    self.evicted(went);
+                    gone += went;
+                }
+            }
+            evicted.contain();
+            if gone > 0 {
+                break;
+            }
+        }
+        gone
+    }
+
+    /// The automatic sweep of a shard that has doubled since its last one
+    /// (amortised O(1) per new key).
+    fn auto_sweep<S: Slot>(
+        &self,
+        cell: &Cell<K, S, T>,
+        shard: &mut Shard<K, S, T>,
+        now: u64,
+        evicted: &mut Evicted<K, S, T>,
+    ) {
+        if shard.keys.len() >= shard.sweep_at {
+            let (gone, next_idle) = shard.sweep(now, evicted);
+            cell.next_idle.store(next_idle, Ordering::Relaxed);
+            self.evicted(gone);
+        }
+    }
+
+    fn refused(&self) -> RateLimitError {
+        self.counts.refusals.fetch_add(1, Ordering::Relaxed);
+        RateLimitError::TooManyKeys {
+            max_keys: self.max_keys,
+        }
+    }
+
+    /// A non-waiting check of `n` calls for `key` (hashed to `hash`).
     ///
     /// The key is dropped explicitly before returning, never as the
     /// function's argument: a panic in an argument's destructor leaks the
-    /// return value (rust-lang/rust#47949), and here that would be a handle
-    /// to the key's limiter, which would never be evicted.
-    fn limiter(&self, key: K) -> Arc<Shared<T>>
+    /// return value (rust-lang/rust#47949).
+    fn check_in<S: Slot>(
+        &self,
+        cells: &[Cell<K, S, T>],
+        hash: u64,
+        key: K,
+        n: u64,
+    ) -> Result<(), RateLimitError>
+    where
+        T: Clone + Send + Sync + 'static,
+        T::Sleep: Send + 'static,
+    {
+        let index = shard_of(hash);
+        let cell = &cells[index];
+        let mut swept_others = false;
+        loop {
+            // The clock (user code) is read before locking.
+            let raw = self.now_raw();
+            let mut shard = cell.lock();
+            let now = shard.hold(raw);
+            let max = shard.quota.max_at_once() as u64;
+            if n > max {
+                let error = exceeds(max, n);
+                drop(shard);
+                drop(key);
+                return Err(error);
+            }
+            let params = shard.params;
+            let shard_ref = &mut *shard;
+            if let Some(entry) = shard_ref
+                .keys
+                .find_mut(hash, |e| e.hash == hash && e.key == key)
+            {
+                let Some(id) = entry.slot.promoted_id() else {
+                    let outcome = entry.slot.check(&params, now, n);
+                    drop(shard);
+                    drop(key);
+                    return outcome.map_err(|at| limited(now, at));
+                };
+                let shared = &shard_ref.full[&id];
+                let seed = (Arc::strong_count(shared) == 1)
+                    .then(|| shared.take_seed())
+                    .flatten();
+                match seed {
+                    Some(seed) => {
+                        // Nobody uses the full limiter any more: back to
+                        // the compact form, then checked as such.
+                        entry.slot = S::from_seed(seed);
+                        let outcome = entry.slot.check(&params, now, n);
+                        let demoted = shard_ref.full.remove(&id);
+                        drop(shard);
+                        // Its timer (user code) is this key's: a panic
+                        // dropping it is reported and discarded.
+                        if let Some(shared) = demoted {
+                            unwind::contain(move || drop(shared));
+                        }
+                        drop(key);
+                        return outcome.map_err(|at| limited(now, at));
+                    }
+                    None => {
+                        let shared = Arc::clone(shared);
+                        drop(shard);
+                        drop(key);
+                        return shared.try_acquire(n);
+                    }
+                }
+            }
+            // A new key: a fresh limiter grants any `n` it allows at once.
+            let mut slot = S::fresh();
+            if let Err(at) = slot.check(&params, now, n) {
+                drop(shard);
+                drop(key);
+                return Err(limited(now, at));
+            }
+            let mut evicted = Evicted::default();
+            if !self.room(cell, &mut shard, now, &mut evicted) {
+                drop(shard);
+                evicted.contain();
+                if !swept_others {
+                    swept_others = true;
+                    if self.sweep_others(cells, index, now) > 0 {
+                        continue;
+                    }
+                }
+                let error = self.refused();
+                drop(key);
+                return Err(error);
+            }
+            cell.idle_by(slot.idle_from(&params, now));
+            shard.ops += 1;
+            shard
+                .keys
+                .insert_unique(hash, Entry { hash, key, slot }, |e| e.hash);
+            self.auto_sweep(cell, &mut shard, now, &mut evicted);
+            drop(shard);
+            evicted.contain();
+            return Ok(());
+        }
+    }
+
+    /// The full limiter of `key` (hashed to `hash`), promoting the key (or
+    /// creating it) if needed; an error if `n` never fits or the key is
+    /// refused for the bound. A limiter is built (the timer's `clone`, user
+    /// code) with no lock held; a quota change meanwhile makes it build
+    /// another.
+    fn full_in<S: Slot>(
+        &self,
+        cells: &[Cell<K, S, T>],
+        hash: u64,
+        key: K,
+        n: u64,
+    ) -> Result<Arc<Shared<T>>, RateLimitError>
+    where
+        T: Clone + Send + Sync + 'static,
+        T::Sleep: Send + 'static,
+    {
+        let index = shard_of(hash);
+        let cell = &cells[index];
+        let mut fresh: Option<(Arc<Shared<T>>, u64)> = None;
+        let mut swept_others = false;
+        loop {
+            let raw = self.now_raw();
+            let mut shard = cell.lock();
+            let now = shard.hold(raw);
+            let max = shard.quota.max_at_once() as u64;
+            if n > max {
+                let error = exceeds(max, n);
+                drop(shard);
+                drop((fresh, key));
+                return Err(error);
+            }
+            let generation = shard.generation;
+            let usable = fresh.as_ref().is_some_and(|(_, g)| *g == generation);
+            let shard_ref = &mut *shard;
+            let found = shard_ref
+                .keys
+                .find_mut(hash, |e| e.hash == hash && e.key == key);
+            match found {
+                Some(entry) => {
+                    if let Some(id) = entry.slot.promoted_id() {
+                        let shared = Arc::clone(&shard_ref.full[&id]);
+                        drop(shard);
+                        drop((fresh, key));
+                        return Ok(shared);
+                    }
+                    if usable {
+                        let (shared, _) = fresh.take().expect("usable");
+                        let id = shard_ref.next_id;
+                        shard_ref.next_id += 1;
+                        let compact = std::mem::replace(&mut entry.slot, S::promoted(id));
+                        shared.seed(compact.into_seed(), now);
+                        shard_ref.full.insert(id, Arc::clone(&shared));
+                        drop(shard);
+                        drop(key);
+                        return Ok(shared);
+                    }
+                }
+                None if usable => {
+                    let mut evicted = Evicted::default();
+                    if !self.room(cell, &mut shard, now, &mut evicted) {
+                        drop(shard);
+                        evicted.contain();
+                        if !swept_others {
+                            swept_others = true;
+                            if self.sweep_others(cells, index, now) > 0 {
+                                continue;
+                            }
+                        }
+                        let error = self.refused();
+                        drop((fresh, key));
+                        return Err(error);
+                    }
+                    let (shared, _) = fresh.take().expect("usable");
+                    let id = shard.next_id;
+                    shard.next_id += 1;
+                    shard.full.insert(id, Arc::clone(&shared));
+                    shard.ops += 1;
+                    shard.keys.insert_unique(
+                        hash,
+                        Entry {
+                            hash,
+                            key,
+                            slot: S::promoted(id),
+                        },
+                        |e| e.hash,
+                    );
+                    cell.idle_by(now.saturating_add(shard.params.period));
+                    self.auto_sweep(cell, &mut shard, now, &mut evicted);
+                    drop(shard);
+                    evicted.contain();
+                    return Ok(shared);
+                }
+                None => {}
+            }
+            let quota = shard.quota;
+            drop(shard);
+            // A limiter built for an older quota is dropped (user code: its
+            // timer) and built again.
+            drop(fresh.take());
+            let shared = Shared::with_origin(quota, self.timer.clone(), generation, self.origin());
+            fresh = Some((shared, generation));
+        }
+    }
+
+    /// Dispatches on the algorithm.
+    fn check(&self, key: K, n: u64) -> Result<(), RateLimitError>
     where
         T: Clone + Send + Sync + 'static,
         T::Sleep: Send + 'static,
     {
         let hash = self.hasher.hash_one(&key);
-        let (quota, generation, sweep) = {
-            let keys = self.lock();
-            if let Some(shared) = keys.get(hash, &key) {
-                let shared = Arc::clone(shared);
-                drop(keys);
-                // If it panics, `shared` is dropped as a local.
-                drop(key);
-                return shared;
-            }
-            (keys.quota, keys.generation, keys.len >= keys.sweep_at)
-        };
-        let fresh = Shared::with_generation(quota, self.timer.clone(), generation);
-        // A sweep needs the time: the clock (user code) is read unlocked.
-        let reading = sweep.then(|| Reading::of(&self.timer));
-        let mut keys = self.lock();
-        if let Some(shared) = keys.get(hash, &key) {
-            // Another thread created it meanwhile.
-            let shared = Arc::clone(shared);
-            drop(keys);
-            drop((key, fresh));
-            return shared;
+        match &self.table {
+            Table::Gcra(cells) => self.check_in(cells, hash, key, n),
+            Table::Window(cells) => self.check_in(cells, hash, key, n),
         }
-        let mut evicted = Vec::new();
-        if let Some(reading) = reading.filter(|_| keys.len >= keys.sweep_at) {
-            Self::sweep(&mut keys, reading, &mut evicted);
-        }
-        let latest = (keys.quota, keys.generation);
-        keys.insert(hash, key, Arc::clone(&fresh));
-        drop(keys);
-        // An unrelated caller: a panic of an evicted key's or limiter's
-        // destructor is the panic hook's to report, not this call's.
-        for entry in evicted {
-            unwind::contain(move || drop(entry));
-        }
-        if latest.1 != generation {
-            // A quota change meanwhile missed `fresh`: apply the latest
-            // (later ones reach it through the map). A waiter queued on it
-            // since has its own task: a panic of its waker is not ours.
-            unwind::contain(|| {
-                let _same_mode = fresh.set_quota_at(latest.0, Some(latest.1));
-            });
-        }
-        fresh
     }
 
-    /// Takes the idle keys out of the map, with their limiters, into
-    /// `evicted` (to drop once the lock is released). Runs no user code:
-    /// idleness is judged at `reading`, taken before locking, and no key is
-    /// hashed or dropped.
-    fn sweep(
-        keys: &mut Keys<K, T>,
-        reading: Reading,
-        evicted: &mut Vec<(K, Arc<Shared<T>>)>,
-    ) -> usize {
-        let before = evicted.len();
-        keys.map.retain(|_, bucket| {
-            bucket.evict(
-                |shared| Arc::strong_count(shared) == 1 && shared.is_idle_at(reading),
-                evicted,
-            )
-        });
-        let gone = evicted.len() - before;
-        keys.len -= gone;
-        keys.sweep_at = (keys.len * 2).max(MIN_SWEEP);
-        gone
+    fn acquisition(&self, key: K, n: usize) -> Pending<T>
+    where
+        T: Clone + Send + Sync + 'static,
+        T::Sleep: Send + 'static,
+    {
+        if n == 0 {
+            drop(key);
+            return Pending::Settled(Some(Ok(())));
+        }
+        let hash = self.hasher.hash_one(&key);
+        let shared = match &self.table {
+            Table::Gcra(cells) => self.full_in(cells, hash, key, n as u64),
+            Table::Window(cells) => self.full_in(cells, hash, key, n as u64),
+        };
+        match shared {
+            Ok(shared) => Pending::Waiting(Acquisition::new(shared, n)),
+            Err(error) => Pending::Settled(Some(Err(error))),
+        }
     }
 
     /// Waits for one call's grant for `key`, in FIFO order among that key's
     /// waiters.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimitError::TooManyKeys`] if the limiter is bounded
+    /// ([`with_max_keys`](Self::with_max_keys)), full, and `key` is new.
     ///
     /// # Cancel safety
     ///
@@ -384,7 +824,7 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     /// use std::time::Duration;
     /// # futures::executor::block_on(async {
     /// let limiter = KeyedRateLimiter::new(5, Duration::from_secs(1));
-    /// limiter.acquire("api.example").await;
+    /// limiter.acquire("api.example").await.unwrap();
     /// # });
     /// ```
     pub fn acquire(&self, key: K) -> KeyedAcquire<T>
@@ -393,7 +833,7 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
         T::Sleep: Send + 'static,
     {
         KeyedAcquire {
-            inner: Acquisition::new(self.limiter(key), 1),
+            inner: self.acquisition(key, 1),
         }
     }
 
@@ -402,7 +842,8 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     /// # Errors
     ///
     /// [`RateLimitError::ExceedsQuota`] if `n` is more than
-    /// [`Quota::max_at_once`].
+    /// [`Quota::max_at_once`]; [`RateLimitError::TooManyKeys`] as for
+    /// [`acquire`](Self::acquire).
     ///
     /// # Cancel safety
     ///
@@ -429,7 +870,7 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
         T::Sleep: Send + 'static,
     {
         KeyedAcquireN {
-            inner: Acquisition::new(self.limiter(key), n),
+            inner: self.acquisition(key, n),
         }
     }
 
@@ -438,7 +879,8 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     ///
     /// # Errors
     ///
-    /// [`RateLimitError::RateLimited`] with how long to wait.
+    /// [`RateLimitError::RateLimited`] with how long to wait;
+    /// [`RateLimitError::TooManyKeys`] as for [`acquire`](Self::acquire).
     ///
     /// # Examples
     ///
@@ -455,7 +897,7 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
         T: Clone + Send + Sync + 'static,
         T::Sleep: Send + 'static,
     {
-        self.limiter(key).try_acquire(1)
+        self.check(key, 1)
     }
 
     /// Takes `n` calls' grants for `key` if its quota allows it now and
@@ -463,7 +905,8 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     ///
     /// # Errors
     ///
-    /// [`RateLimitError::RateLimited`] or [`RateLimitError::ExceedsQuota`].
+    /// [`RateLimitError::RateLimited`], [`RateLimitError::ExceedsQuota`],
+    /// or [`RateLimitError::TooManyKeys`] as for [`acquire`](Self::acquire).
     ///
     /// # Examples
     ///
@@ -478,10 +921,14 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
         T: Clone + Send + Sync + 'static,
         T::Sleep: Send + 'static,
     {
-        self.limiter(key).try_acquire(n as u64)
+        if n == 0 {
+            drop(key);
+            return Ok(());
+        }
+        self.check(key, n as u64)
     }
 
-    /// Keys currently tracked (idle ones included until the next sweep).
+    /// Keys currently tracked (idle ones included until a sweep).
     ///
     /// # Examples
     ///
@@ -493,7 +940,10 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     /// assert_eq!(limiter.len(), 1);
     /// ```
     pub fn len(&self) -> usize {
-        self.lock().len
+        match &self.table {
+            Table::Gcra(cells) => cells.iter().map(|c| c.lock().keys.len()).sum(),
+            Table::Window(cells) => cells.iter().map(|c| c.lock().keys.len()).sum(),
+        }
     }
 
     /// No key is tracked.
@@ -506,7 +956,41 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     /// assert!(KeyedRateLimiter::<&str>::new(3, Duration::from_secs(1)).is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
-        self.lock().len == 0
+        self.len() == 0
+    }
+
+    /// A snapshot of the key map: keys tracked, keys with waiters, and the
+    /// evictions and refusals so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use std::time::Duration;
+    /// let limiter = KeyedRateLimiter::new(3, Duration::from_secs(1)).with_max_keys(100);
+    /// limiter.try_acquire("a").unwrap();
+    /// let stats = limiter.stats();
+    /// assert_eq!((stats.keys, stats.waiting_keys, stats.max_keys), (1, 0, Some(100)));
+    /// ```
+    pub fn stats(&self) -> KeyedStats {
+        fn count<K, S, T: Timer>(cells: &[Cell<K, S, T>]) -> (usize, usize) {
+            cells.iter().fold((0, 0), |(keys, waiting), cell| {
+                let shard = cell.lock();
+                let busy = shard.full.values().filter(|s| s.waiting() > 0).count();
+                (keys + shard.keys.len(), waiting + busy)
+            })
+        }
+        let (keys, waiting_keys) = match &self.table {
+            Table::Gcra(cells) => count(cells),
+            Table::Window(cells) => count(cells),
+        };
+        KeyedStats {
+            keys,
+            waiting_keys,
+            max_keys: (self.max_keys != usize::MAX).then_some(self.max_keys),
+            evictions: self.counts.evictions.load(Ordering::Relaxed),
+            refusals: self.counts.refusals.load(Ordering::Relaxed),
+        }
     }
 
     /// Drops every idle key now (see the [type docs](KeyedRateLimiter)) and
@@ -514,10 +998,10 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     ///
     /// # Panics
     ///
-    /// If an evicted key's destructor panics (or its limiter's: its
-    /// timer's sleep), once every evicted key is dropped and the map's lock
-    /// released; the first such panic propagates. The keys are evicted all
-    /// the same.
+    /// If an evicted key's destructor panics (or a demoted limiter's: its
+    /// timer's sleep), once every evicted key is dropped and the map's
+    /// locks released; the first such panic propagates. The keys are
+    /// evicted all the same.
     ///
     /// # Examples
     ///
@@ -531,14 +1015,36 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     /// assert!(limiter.is_empty());
     /// ```
     pub fn evict_idle(&self) -> usize {
-        let reading = Reading::of(&self.timer); // user code: unlocked
-        let mut evicted = Vec::new();
-        let gone = Self::sweep(&mut self.lock(), reading, &mut evicted);
-        // The lock is released: each key is dropped, even if one panics.
-        let mut panics = Panics::default();
-        panics.drop_all(evicted);
-        panics.resume();
-        gone
+        fn sweep_all<K: Eq + Hash, S: Slot, T: Timer>(
+            limiter: &KeyedRateLimiter<K, T>,
+            cells: &[Cell<K, S, T>],
+            raw: u64,
+        ) -> usize {
+            let mut panics = Panics::default();
+            let mut gone = 0;
+            for cell in cells {
+                let mut evicted = Evicted::default();
+                {
+                    let mut shard = cell.lock();
+                    let now = shard.hold(raw);
+                    let (went, next_idle) = shard.sweep(now, &mut evicted);
+                    cell.next_idle.store(next_idle, Ordering::Relaxed);
+                    limiter.evicted(went);
+                    gone += went;
+                }
+                // The lock is released: each key is dropped, even if one
+                // panics.
+                panics.drop_all(evicted.entries);
+                panics.drop_all(evicted.limiters);
+            }
+            panics.resume();
+            gone
+        }
+        let raw = self.now_raw(); // user code: unlocked
+        match &self.table {
+            Table::Gcra(cells) => sweep_all(self, cells, raw),
+            Table::Window(cells) => sweep_all(self, cells, raw),
+        }
     }
 
     /// The quota every key gets.
@@ -552,13 +1058,13 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     /// assert_eq!(limiter.quota().max_calls(), 3);
     /// ```
     pub fn quota(&self) -> Quota {
-        self.lock().quota
+        self.config().0
     }
 
     /// Changes the quota of every key, present and future (see
     /// [`RateLimiter::set_quota`](crate::RateLimiter::set_quota)).
     ///
-    /// The waiters it lets through are woken with the key map's lock
+    /// The waiters it lets through are woken with the key map's locks
     /// released, so their wakers may use this limiter. Concurrent changes
     /// end with the last one everywhere.
     ///
@@ -584,17 +1090,56 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     /// assert!(limiter.try_acquire("a").is_ok());
     /// ```
     pub fn set_quota(&self, quota: Quota) -> Result<(), QuotaError> {
-        let (generation, limiters) = {
-            let mut keys = self.lock();
-            if quota.burst().is_some() != keys.quota.burst().is_some() {
+        fn apply<K, S: Slot, T: Timer>(
+            cells: &[Cell<K, S, T>],
+            quota: Quota,
+            generation: u64,
+            raw: u64,
+            limiters: &mut Vec<Arc<Shared<T>>>,
+        ) {
+            for cell in cells {
+                let mut shard = cell.lock();
+                if shard.generation >= generation {
+                    continue;
+                }
+                shard.last = shard.last.max(raw);
+                let now = shard.last;
+                let (old, new) = (shard.params, Params::of(&quota));
+                if quota.burst().is_some() {
+                    for entry in shard.keys.iter_mut() {
+                        if entry.slot.promoted_id().is_none() {
+                            entry
+                                .slot
+                                .rescale(now, old.gcra.interval, new.gcra.interval);
+                        }
+                    }
+                }
+                shard.quota = quota;
+                shard.params = new;
+                shard.generation = generation;
+                limiters.extend(shard.full.values().cloned());
+                // A shorter period may idle keys sooner.
+                cell.next_idle.store(0, Ordering::Relaxed);
+            }
+        }
+        let generation = {
+            let mut config = self.config();
+            if quota.burst().is_some() != config.0.burst().is_some() {
                 return Err(QuotaError::ModeChange);
             }
-            keys.quota = quota;
-            keys.generation += 1;
-            let limiters: Vec<Arc<Shared<T>>> = keys.limiters().cloned().collect();
-            (keys.generation, limiters)
+            config.1 += 1;
+            config.0 = quota;
+            config.1
         };
-        // With the lock released: a key's waiters may be woken.
+        // GCRA rescales at the current time: the clock (user code) is read
+        // before locking.
+        let raw = self.now_raw();
+        let mut limiters = Vec::new();
+        match &self.table {
+            Table::Gcra(cells) => apply(cells, quota, generation, raw, &mut limiters),
+            Table::Window(cells) => apply(cells, quota, generation, raw, &mut limiters),
+        }
+        // With the locks released: a key's waiters may be woken.
         let mut panics = Panics::default();
         for shared in &limiters {
             panics.catch(|| {
@@ -607,22 +1152,115 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     }
 }
 
+#[cold]
+fn limited(now: u64, at: u64) -> RateLimitError {
+    RateLimitError::RateLimited {
+        wait: match at {
+            u64::MAX => std::time::Duration::MAX,
+            at => std::time::Duration::from_nanos(at.saturating_sub(now)),
+        },
+    }
+}
+
+#[cold]
+fn exceeds(max: u64, n: u64) -> RateLimitError {
+    RateLimitError::ExceedsQuota {
+        requested: usize::try_from(n).unwrap_or(usize::MAX),
+        max: usize::try_from(max).unwrap_or(usize::MAX),
+    }
+}
+
 impl<K, T: Timer> fmt::Debug for KeyedRateLimiter<K, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Read, then write with the lock released (the writer is user code).
-        let (quota, len) = {
-            let keys = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            (keys.quota, keys.len)
+        fn keys<K, S, T: Timer>(cells: &[Cell<K, S, T>]) -> usize {
+            cells.iter().map(|c| c.lock().keys.len()).sum()
+        }
+        // Read, then write with the locks released (the writer is user
+        // code).
+        let quota = self.config.lock().unwrap_or_else(|p| p.into_inner()).0;
+        let len = match &self.table {
+            Table::Gcra(cells) => keys(cells),
+            Table::Window(cells) => keys(cells),
         };
-        f.debug_struct("KeyedRateLimiter")
-            .field("quota", &quota)
-            .field("keys", &len)
-            .finish_non_exhaustive()
+        let mut f = f.debug_struct("KeyedRateLimiter");
+        f.field("quota", &quota).field("keys", &len);
+        if self.max_keys != usize::MAX {
+            f.field("max_keys", &self.max_keys);
+        }
+        f.finish_non_exhaustive()
+    }
+}
+
+/// What [`KeyedRateLimiter::stats`] saw.
+///
+/// # Examples
+///
+/// ```
+/// use awaitkit::KeyedRateLimiter;
+/// use std::time::Duration;
+/// let limiter = KeyedRateLimiter::<u32>::new(3, Duration::from_secs(1));
+/// assert_eq!(limiter.stats().keys, 0);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyedStats {
+    /// Keys tracked (idle ones included until a sweep).
+    pub keys: usize,
+    /// Keys with acquisitions waiting.
+    pub waiting_keys: usize,
+    /// The bound, if any ([`KeyedRateLimiter::with_max_keys`]).
+    pub max_keys: Option<usize>,
+    /// Idle keys evicted so far.
+    pub evictions: u64,
+    /// New keys refused so far because the limiter was full
+    /// ([`RateLimitError::TooManyKeys`]).
+    pub refusals: u64,
+}
+
+/// An acquisition of a key: waiting on the key's full limiter, or settled
+/// before it began (refused for the bound, more than the quota, or zero
+/// calls).
+enum Pending<T: Timer> {
+    Waiting(Acquisition<T, Arc<Shared<T>>>),
+    /// The outcome, until it is returned.
+    Settled(Option<Result<(), RateLimitError>>),
+}
+
+impl<T: Timer> Pending<T> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RateLimitError>> {
+        match self {
+            Pending::Waiting(acquisition) => acquisition.poll(cx),
+            Pending::Settled(outcome) => Poll::Ready(
+                outcome
+                    .take()
+                    .expect("a rate limiter acquire was polled after it completed"),
+            ),
+        }
+    }
+
+    fn is_terminated(&self) -> bool {
+        match self {
+            Pending::Waiting(acquisition) => acquisition.is_terminated(),
+            Pending::Settled(outcome) => outcome.is_none(),
+        }
+    }
+}
+
+impl<T: Timer> fmt::Debug for Pending<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pending::Waiting(acquisition) => acquisition.fmt(f),
+            Pending::Settled(outcome) => f.debug_tuple("Settled").field(outcome).finish(),
+        }
     }
 }
 
 /// The future of [`KeyedRateLimiter::acquire`]: one call's grant for a key.
 /// It owns a handle to the key's limiter (no borrow of the map).
+///
+/// # Errors
+///
+/// [`RateLimitError::TooManyKeys`] if a bounded limiter refused the key.
 ///
 /// # Cancel safety
 ///
@@ -641,20 +1279,19 @@ impl<K, T: Timer> fmt::Debug for KeyedRateLimiter<K, T> {
 /// # futures::executor::block_on(async {
 /// let limiter = KeyedRateLimiter::new(1, Duration::from_secs(1));
 /// let acquire: KeyedAcquire = limiter.acquire("k");
-/// acquire.await;
+/// assert_eq!(acquire.await, Ok(()));
 /// # });
 /// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct KeyedAcquire<T: Timer = DefaultTimer> {
-    inner: Acquisition<T, Arc<Shared<T>>>,
+    inner: Pending<T>,
 }
 
 impl<T: Timer> Future for KeyedAcquire<T> {
-    type Output = ();
+    type Output = Result<(), RateLimitError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        // One call always fits a quota.
-        self.inner.poll(cx).map(|_| ())
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.poll(cx)
     }
 }
 
@@ -677,7 +1314,8 @@ impl<T: Timer> fmt::Debug for KeyedAcquire<T> {
 /// # Errors
 ///
 /// [`RateLimitError::ExceedsQuota`] if `n` is more than the quota grants at
-/// once.
+/// once; [`RateLimitError::TooManyKeys`] if a bounded limiter refused the
+/// key.
 ///
 /// # Cancel safety
 ///
@@ -701,7 +1339,7 @@ impl<T: Timer> fmt::Debug for KeyedAcquire<T> {
 /// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct KeyedAcquireN<T: Timer = DefaultTimer> {
-    inner: Acquisition<T, Arc<Shared<T>>>,
+    inner: Pending<T>,
 }
 
 impl<T: Timer> Future for KeyedAcquireN<T> {

@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+mod compact;
 mod driver;
 #[cfg(all(test, awaitkit_loom))]
 mod driver_loom;
@@ -24,7 +25,7 @@ mod shared;
 mod stream;
 mod window;
 
-pub use keyed::{KeyedAcquire, KeyedAcquireN, KeyedRateLimiter};
+pub use keyed::{KeyedAcquire, KeyedAcquireN, KeyedRateLimiter, KeyedStats};
 pub use stream::RateLimitedStream;
 
 use crate::time::{DefaultTimer, Timer};
@@ -282,11 +283,22 @@ pub enum RateLimitError {
         /// The most the quota grants at once.
         max: usize,
     },
+    /// A new key for a [`KeyedRateLimiter`] built with
+    /// [`with_max_keys`](KeyedRateLimiter::with_max_keys): it already
+    /// tracks that many keys and none of them is idle (each has a grant
+    /// still inside its window, or a waiter), so the key is refused rather
+    /// than let through untracked (fail closed). The keys already tracked
+    /// are served as before; retry later, when some have gone idle.
+    TooManyKeys {
+        /// The limiter's bound.
+        max_keys: usize,
+    },
 }
 
 impl RateLimitError {
     /// How long to wait before the request would be granted; `None` when it
-    /// never will be ([`RateLimitError::ExceedsQuota`]).
+    /// never will be ([`RateLimitError::ExceedsQuota`]), or when that is
+    /// not known ([`RateLimitError::TooManyKeys`]).
     ///
     /// # Examples
     ///
@@ -299,7 +311,7 @@ impl RateLimitError {
     pub fn wait(&self) -> Option<Duration> {
         match self {
             RateLimitError::RateLimited { wait } => Some(*wait),
-            RateLimitError::ExceedsQuota { .. } => None,
+            RateLimitError::ExceedsQuota { .. } | RateLimitError::TooManyKeys { .. } => None,
         }
     }
 }
@@ -313,6 +325,10 @@ impl fmt::Display for RateLimitError {
             RateLimitError::ExceedsQuota { requested, max } => write!(
                 f,
                 "{requested} calls at once exceed the rate limit's maximum of {max}"
+            ),
+            RateLimitError::TooManyKeys { max_keys } => write!(
+                f,
+                "new key refused: the keyed rate limiter tracks its maximum of {max_keys} keys, none of them idle"
             ),
         }
     }

@@ -142,6 +142,23 @@ impl<T: Timer> Shared<T> {
         // early.
         let counter_origin = timer.counter_nanos().unwrap_or(0);
         let epoch = timer.now();
+        Self::with_origin(quota, timer, generation, (counter_origin, epoch))
+    }
+
+    /// [`with_generation`](Shared::with_generation) on a given time origin
+    /// (the timer's counter and `Instant` at the epoch): a keyed limiter
+    /// gives its own, so a key's state moves between its compact form and
+    /// a `Shared` without converting times.
+    pub(super) fn with_origin(
+        quota: Quota,
+        timer: T,
+        generation: u64,
+        (counter_origin, epoch): (u64, Instant),
+    ) -> Arc<Self>
+    where
+        T: Send + Sync + 'static,
+        T::Sleep: Send + 'static,
+    {
         Arc::new_cyclic(|weak: &Weak<Self>| {
             let waker = Waker::from(Arc::new(DriverWaker(weak.clone())));
             let shared = Shared {
@@ -194,15 +211,6 @@ impl<T: Timer> Shared<T> {
         match self.timer.counter_nanos() {
             Some(counter) => counter.saturating_sub(self.counter_origin),
             None => nanos(self.timer.now().saturating_duration_since(self.epoch)),
-        }
-    }
-
-    /// `reading` (taken before locking, on a clone of this limiter's
-    /// timer), in nanoseconds since the epoch.
-    fn nanos_at(&self, reading: Reading) -> u64 {
-        match reading {
-            Reading::Counter(counter) => counter.saturating_sub(self.counter_origin),
-            Reading::Instant(now) => nanos(now.saturating_duration_since(self.epoch)),
         }
     }
 
@@ -743,25 +751,31 @@ impl<T: Timer> Shared<T> {
         (remaining, next, waiting)
     }
 
-    /// Nobody waits and no grant is still in a window at `reading` (taken
-    /// before any lock, on a clone of this limiter's timer): a fresh
-    /// limiter would behave the same (the keyed limiter evicts such keys).
-    /// Runs no user code.
-    pub(crate) fn is_idle_at(&self, reading: Reading) -> bool {
-        let raw = self.nanos_at(reading);
+    /// Gives a limiter built by [`with_origin`](Shared::with_origin), that
+    /// nobody has used yet, a key's algorithm state (a keyed limiter
+    /// promoting a key from its compact form). `now` is the latest time the
+    /// keyed limiter used. Runs no user code.
+    pub(super) fn seed(&self, seed: Seed, now: u64) {
+        let mut state = self.lock();
+        state.last = state.last.max(now);
+        match seed {
+            Seed::Gcra(tat) => self.tat.store(tat, Ordering::Release),
+            Seed::Window(log) => state.log = log,
+        }
+    }
+
+    /// Takes the algorithm state out of a limiter that nobody waits on and
+    /// nobody else holds (a keyed limiter demoting a key to its compact
+    /// form); `None` while anyone waits. Runs no user code.
+    pub(super) fn take_seed(&self) -> Option<Seed> {
         let mut state = self.lock();
         if !state.queue.is_empty() {
-            return false;
+            return None;
         }
-        let now = Self::held(&mut state, raw);
-        match state.quota.mode {
-            Mode::Window => {
-                let period = state.period;
-                state.log.expire(now, period);
-                state.log.total() == 0
-            }
-            Mode::Gcra { .. } => self.tat.load(Ordering::Acquire) <= now,
-        }
+        Some(match state.quota.mode {
+            Mode::Window => Seed::Window(std::mem::take(&mut state.log)),
+            Mode::Gcra { .. } => Seed::Gcra(self.tat.load(Ordering::Acquire)),
+        })
     }
 
     // -----------------------------------------------------------------------
@@ -943,31 +957,20 @@ impl<T: Timer> Shared<T> {
     }
 }
 
+/// A key's algorithm state, moved between a keyed limiter's compact form
+/// and a [`Shared`] (see [`Shared::seed`]).
+pub(super) enum Seed {
+    /// GCRA's theoretical arrival time.
+    Gcra(u64),
+    /// The strict window's log.
+    Window(Log),
+}
+
 /// GCRA's nanoseconds per call for `quota` (`None` for a window).
-fn gcra_interval(quota: &Quota) -> Option<u64> {
+pub(super) fn gcra_interval(quota: &Quota) -> Option<u64> {
     match quota.mode {
         Mode::Window => None,
         Mode::Gcra { .. } => Some(nanos(quota.period).div_ceil(quota.max_calls as u64).max(1)),
-    }
-}
-
-/// One reading of a timer's clock, taken with no lock held, for limiters
-/// on clones of that timer (a keyed limiter's sweep).
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Reading {
-    /// [`Timer::counter_nanos`].
-    Counter(u64),
-    /// [`Timer::now`], for a timer without a counter.
-    Instant(Instant),
-}
-
-impl Reading {
-    /// Reads `timer`'s clock (user code).
-    pub(crate) fn of<T: Timer>(timer: &T) -> Reading {
-        match timer.counter_nanos() {
-            Some(counter) => Reading::Counter(counter),
-            None => Reading::Instant(timer.now()),
-        }
     }
 }
 

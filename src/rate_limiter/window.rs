@@ -160,9 +160,22 @@ impl Log {
     }
 
     /// Entries held (for the memory bound).
-    #[cfg(test)]
     pub(super) fn entries(&self) -> usize {
         self.closed.len() + usize::from(self.tail.is_some())
+    }
+
+    /// The newest entry's time (the last grant), if any.
+    pub(super) fn newest(&self) -> Option<u64> {
+        self.tail.map(|tail| tail.at)
+    }
+
+    /// The one entry's time and count, when the log holds exactly one (a
+    /// keyed limiter keeps such a log in its compact form).
+    pub(super) fn only(&self) -> Option<(u64, u64)> {
+        match (&self.tail, self.closed.is_empty()) {
+            (Some(tail), true) => Some((tail.at, tail.count)),
+            _ => None,
+        }
     }
 }
 

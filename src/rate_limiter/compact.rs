@@ -1,0 +1,331 @@
+//! A keyed limiter's per-key state in its compact form: what a key that is
+//! only checked needs of its algorithm, and nothing else — GCRA's one
+//! arrival time, or the strict window's grants (one entry inline, a full
+//! [`Log`] beyond). A key that must wait is *promoted*: its state moves
+//! into a [`Shared`](super::shared::Shared) limiter (queue, driver, timer),
+//! and the slot keeps only that limiter's id. Times are nanoseconds since
+//! the keyed limiter's epoch, which its promoted limiters share.
+
+use super::shared::{Seed, gcra_interval, nanos};
+use super::window::{self, Gcra, Log};
+use super::{Mode, Quota};
+
+/// The algorithm's parameters for a quota, as the compact states use them
+/// (the same arithmetic as [`Shared`](super::shared::Shared)'s, so a key's
+/// state means the same in both forms).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Params {
+    pub(super) gcra: Gcra,
+    /// The period in nanoseconds (both modes).
+    pub(super) period: u64,
+    pub(super) max_calls: u64,
+    pub(super) quantum: u64,
+}
+
+impl Params {
+    pub(super) fn of(quota: &Quota) -> Params {
+        let period = nanos(quota.period);
+        let max_calls = quota.max_calls as u64;
+        let (interval, burst) = match quota.mode {
+            Mode::Window => (1, 1),
+            Mode::Gcra { burst } => (gcra_interval(quota).unwrap_or(1), burst as u64),
+        };
+        Params {
+            gcra: Gcra {
+                interval,
+                burst,
+                tolerance: interval.saturating_mul(burst),
+            },
+            period,
+            max_calls,
+            quantum: window::quantum(max_calls, period),
+        }
+    }
+}
+
+/// One key's state: compact, or the id of its promoted limiter.
+pub(super) trait Slot: Sized {
+    /// A key nothing was granted to.
+    fn fresh() -> Self;
+    /// A key promoted to the limiter `id`.
+    fn promoted(id: u64) -> Self;
+    /// The promoted limiter's id, if the key is promoted.
+    fn promoted_id(&self) -> Option<u64>;
+    /// Takes `n` (at most the quota's maximum at once) at `now`, or says
+    /// when they would be granted. Compact keys only.
+    fn check(&mut self, p: &Params, now: u64, n: u64) -> Result<(), u64>;
+    /// When the key becomes idle — a fresh limiter would behave the same —
+    /// forgetting what no window at `now` can see (`<= now`: idle now).
+    /// Compact keys only.
+    fn idle_from(&mut self, p: &Params, now: u64) -> u64;
+    /// The state, for a promoted limiter. Compact keys only.
+    fn into_seed(self) -> Seed;
+    /// The state a demoted limiter gave back.
+    fn from_seed(seed: Seed) -> Self;
+    /// A GCRA quota change from `old` to `new` nanoseconds per call: the
+    /// calls still owed are owed at the new rate (as the single limiter
+    /// does). Compact keys only.
+    fn rescale(&mut self, now: u64, old: u64, new: u64);
+}
+
+/// GCRA's compact state: the theoretical arrival time in the low 63 bits
+/// (`NEVER` stands for "never again": past 292 years), or, with the top
+/// bit, the promoted limiter's id. Eight bytes a key, as governor's.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct GcraSlot(u64);
+
+const PROMOTED: u64 = 1 << 63;
+const NEVER: u64 = PROMOTED - 1;
+
+impl GcraSlot {
+    fn tat(self) -> u64 {
+        match self.0 {
+            NEVER => u64::MAX,
+            tat => tat,
+        }
+    }
+
+    fn set_tat(&mut self, tat: u64) {
+        self.0 = tat.min(NEVER);
+    }
+}
+
+impl Slot for GcraSlot {
+    fn fresh() -> Self {
+        GcraSlot(0)
+    }
+
+    fn promoted(id: u64) -> Self {
+        GcraSlot(PROMOTED | (id & !PROMOTED))
+    }
+
+    #[inline]
+    fn promoted_id(&self) -> Option<u64> {
+        (self.0 & PROMOTED != 0).then_some(self.0 & !PROMOTED)
+    }
+
+    #[inline]
+    fn check(&mut self, p: &Params, now: u64, n: u64) -> Result<(), u64> {
+        let tat = p.gcra.check(self.tat(), now, n)?;
+        self.set_tat(tat);
+        Ok(())
+    }
+
+    fn idle_from(&mut self, _: &Params, _: u64) -> u64 {
+        self.tat()
+    }
+
+    fn into_seed(self) -> Seed {
+        Seed::Gcra(self.tat())
+    }
+
+    fn from_seed(seed: Seed) -> Self {
+        let mut slot = GcraSlot::fresh();
+        if let Seed::Gcra(tat) = seed {
+            slot.set_tat(tat);
+        }
+        slot
+    }
+
+    fn rescale(&mut self, now: u64, old: u64, new: u64) {
+        let tat = self.tat();
+        if let Some(owed) = tat.checked_sub(now) {
+            if tat != u64::MAX {
+                let owed = (u128::from(owed) * u128::from(new)).div_ceil(u128::from(old.max(1)));
+                self.set_tat(u64::try_from(u128::from(now) + owed).unwrap_or(u64::MAX));
+            }
+        }
+    }
+}
+
+/// The strict window's compact state: the grants of the last period.
+#[derive(Debug)]
+pub(super) enum WinSlot {
+    /// `count` grants at `at` (none when `count` is 0): a key checked once,
+    /// or only at one instant, within a period.
+    One { at: u64, count: u64 },
+    /// More than one grant time: the single limiter's log (merged the same
+    /// way above 1 024 calls per period).
+    Log(Box<Log>),
+    /// Promoted to the limiter with this id.
+    Promoted(u64),
+}
+
+impl WinSlot {
+    fn expire(&mut self, p: &Params, now: u64) {
+        match self {
+            WinSlot::One { at, count } => {
+                if *count > 0 && at.saturating_add(p.period) <= now {
+                    *count = 0;
+                }
+            }
+            WinSlot::Log(log) => {
+                log.expire(now, p.period);
+                if log.entries() <= 1 {
+                    let (at, count) = log.only().unwrap_or((0, 0));
+                    *self = WinSlot::One { at, count };
+                }
+            }
+            WinSlot::Promoted(_) => {}
+        }
+    }
+}
+
+impl Slot for WinSlot {
+    fn fresh() -> Self {
+        WinSlot::One { at: 0, count: 0 }
+    }
+
+    fn promoted(id: u64) -> Self {
+        WinSlot::Promoted(id)
+    }
+
+    #[inline]
+    fn promoted_id(&self) -> Option<u64> {
+        match self {
+            WinSlot::Promoted(id) => Some(*id),
+            _ => None,
+        }
+    }
+
+    fn check(&mut self, p: &Params, now: u64, n: u64) -> Result<(), u64> {
+        self.expire(p, now);
+        match self {
+            WinSlot::One { at, count } => {
+                if *count == 0 {
+                    *self = WinSlot::One { at: now, count: n };
+                    return Ok(());
+                }
+                if count.saturating_add(n) <= p.max_calls {
+                    if *at == now {
+                        *count += n;
+                    } else {
+                        let mut log = Log::default();
+                        log.record(*at, *count, 0);
+                        log.record(now, n, p.quantum);
+                        *self = WinSlot::Log(Box::new(log));
+                    }
+                    return Ok(());
+                }
+                // The window is full: the grants at `at` must leave it
+                // (`n` fits the quota, so then it has room).
+                Err(at.saturating_add(p.period).max(now))
+            }
+            WinSlot::Log(log) => {
+                let at = log.earliest(now, n, p.max_calls, p.period);
+                if at > now {
+                    return Err(at);
+                }
+                log.record(now, n, p.quantum);
+                Ok(())
+            }
+            WinSlot::Promoted(_) => unreachable!("a promoted key is checked by its limiter"),
+        }
+    }
+
+    fn idle_from(&mut self, p: &Params, now: u64) -> u64 {
+        self.expire(p, now);
+        match self {
+            WinSlot::One { count: 0, .. } => 0,
+            WinSlot::One { at, .. } => at.saturating_add(p.period),
+            WinSlot::Log(log) => log
+                .newest()
+                .map_or(0, |newest| newest.saturating_add(p.period)),
+            WinSlot::Promoted(_) => u64::MAX,
+        }
+    }
+
+    fn into_seed(self) -> Seed {
+        Seed::Window(match self {
+            WinSlot::One { at, count } => {
+                let mut log = Log::default();
+                if count > 0 {
+                    log.record(at, count, 0);
+                }
+                log
+            }
+            WinSlot::Log(log) => *log,
+            WinSlot::Promoted(_) => unreachable!("only a compact key is promoted"),
+        })
+    }
+
+    fn from_seed(seed: Seed) -> Self {
+        match seed {
+            Seed::Window(log) => match (log.entries(), log.only()) {
+                (0, _) => WinSlot::fresh(),
+                (_, Some((at, count))) => WinSlot::One { at, count },
+                _ => WinSlot::Log(Box::new(log)),
+            },
+            Seed::Gcra(_) => WinSlot::fresh(),
+        }
+    }
+
+    fn rescale(&mut self, _: u64, _: u64, _: u64) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn window(max_calls: usize, period: u64) -> Params {
+        Params::of(&Quota::window(max_calls, Duration::from_nanos(period)).unwrap())
+    }
+
+    #[test]
+    fn the_window_slot_is_the_log_in_few_bytes() {
+        let p = window(3, 100);
+        let mut slot = WinSlot::fresh();
+        let mut log = Log::default();
+        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut now = 0;
+        for _ in 0..5_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            now += seed % 40;
+            let n = 1 + (seed >> 20) % 3;
+            log.expire(now, p.period);
+            let expected = log.earliest(now, n, p.max_calls, p.period);
+            let got = slot.check(&p, now, n);
+            if expected <= now {
+                log.record(now, n, p.quantum);
+                assert_eq!(got, Ok(()), "at {now}");
+            } else {
+                assert_eq!(got, Err(expected), "at {now}");
+            }
+            let idle = slot.idle_from(&p, now);
+            assert_eq!(idle <= now, log.total() == 0);
+        }
+    }
+
+    #[test]
+    fn a_window_slot_round_trips_through_a_seed() {
+        let p = window(3, 100);
+        let mut slot = WinSlot::fresh();
+        slot.check(&p, 10, 1).unwrap();
+        slot.check(&p, 20, 2).unwrap();
+        let mut back = WinSlot::from_seed(slot.into_seed());
+        assert_eq!(back.check(&p, 50, 1), Err(110));
+        assert_eq!(back.check(&p, 110, 1), Ok(()));
+        assert_eq!(back.idle_from(&p, 110), 210);
+    }
+
+    #[test]
+    fn the_gcra_slot_keeps_never_and_promotion_apart() {
+        let quota = Quota::gcra(10, Duration::from_nanos(100), 2).unwrap();
+        let p = Params::of(&quota);
+        let mut slot = GcraSlot::fresh();
+        assert_eq!(slot.check(&p, 1_000, 2), Ok(()));
+        assert_eq!(slot.check(&p, 1_000, 1), Err(1_010));
+        assert_eq!(slot.promoted_id(), None);
+        slot.set_tat(u64::MAX);
+        assert_eq!(slot.tat(), u64::MAX);
+        assert_eq!(slot.promoted_id(), None);
+        assert_eq!(GcraSlot::promoted(7).promoted_id(), Some(7));
+        let mut owed = GcraSlot::fresh();
+        owed.set_tat(1_100);
+        owed.rescale(1_000, 10, 20);
+        assert_eq!(owed.tat(), 1_200);
+    }
+}
