@@ -142,8 +142,9 @@ impl Slot for GcraSlot {
 #[derive(Debug)]
 pub(super) enum WinSlot {
     /// `count` grants at `at` (none when `count` is 0): a key checked once,
-    /// or only at one instant, within a period.
-    One { at: u64, count: u64 },
+    /// or only at one instant, within a period. (A `u32` count keeps the
+    /// slot at 16 bytes; more grants at one instant take the log.)
+    One { at: u64, count: u32 },
     /// More than one grant time: the single limiter's log (merged the same
     /// way above 1 024 calls per period).
     Log(Box<Log>),
@@ -161,13 +162,37 @@ impl WinSlot {
             }
             WinSlot::Log(log) => {
                 log.expire(now, p.period);
-                if log.entries() <= 1 {
-                    let (at, count) = log.only().unwrap_or((0, 0));
-                    *self = WinSlot::One { at, count };
+                if let Some(one) = WinSlot::one_of(log) {
+                    *self = one;
                 }
             }
             WinSlot::Promoted(_) => {}
         }
+    }
+}
+
+impl WinSlot {
+    /// The inline form of `log`, if it holds at most one entry of at most
+    /// `u32::MAX` grants.
+    fn one_of(log: &Log) -> Option<WinSlot> {
+        match (log.entries(), log.only()) {
+            (0, _) => Some(WinSlot::fresh()),
+            (_, Some((at, count))) => Some(WinSlot::One {
+                at,
+                count: u32::try_from(count).ok()?,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The log form of `count` grants at `at`, then `n` at `now`.
+    fn log_of(at: u64, count: u64, now: u64, n: u64, quantum: u64) -> WinSlot {
+        let mut log = Log::default();
+        if count > 0 {
+            log.record(at, count, 0);
+        }
+        log.record(now, n, quantum);
+        WinSlot::Log(Box::new(log))
     }
 }
 
@@ -192,19 +217,15 @@ impl Slot for WinSlot {
         self.expire(p, now);
         match self {
             WinSlot::One { at, count } => {
-                if *count == 0 {
-                    *self = WinSlot::One { at: now, count: n };
-                    return Ok(());
-                }
-                if count.saturating_add(n) <= p.max_calls {
-                    if *at == now {
-                        *count += n;
-                    } else {
-                        let mut log = Log::default();
-                        log.record(*at, *count, 0);
-                        log.record(now, n, p.quantum);
-                        *self = WinSlot::Log(Box::new(log));
-                    }
+                let (at, count) = (*at, u64::from(*count));
+                if let Some(total) = count.checked_add(n).filter(|&t| t <= p.max_calls) {
+                    *self = match u32::try_from(total) {
+                        Ok(total) if count == 0 || at == now => WinSlot::One {
+                            at: now,
+                            count: total,
+                        },
+                        _ => WinSlot::log_of(at, count, now, n, p.quantum),
+                    };
                     return Ok(());
                 }
                 // The window is full: the grants at `at` must leave it
@@ -240,7 +261,7 @@ impl Slot for WinSlot {
             WinSlot::One { at, count } => {
                 let mut log = Log::default();
                 if count > 0 {
-                    log.record(at, count, 0);
+                    log.record(at, u64::from(count), 0);
                 }
                 log
             }
@@ -251,11 +272,7 @@ impl Slot for WinSlot {
 
     fn from_seed(seed: Seed) -> Self {
         match seed {
-            Seed::Window(log) => match (log.entries(), log.only()) {
-                (0, _) => WinSlot::fresh(),
-                (_, Some((at, count))) => WinSlot::One { at, count },
-                _ => WinSlot::Log(Box::new(log)),
-            },
+            Seed::Window(log) => WinSlot::one_of(&log).unwrap_or(WinSlot::Log(Box::new(log))),
             Seed::Gcra(_) => WinSlot::fresh(),
         }
     }
@@ -297,6 +314,26 @@ mod tests {
             let idle = slot.idle_from(&p, now);
             assert_eq!(idle <= now, log.total() == 0);
         }
+    }
+
+    #[test]
+    fn slots_are_small() {
+        // A key's table entry is its hash, the key and the slot.
+        assert_eq!(std::mem::size_of::<GcraSlot>(), 8);
+        assert_eq!(std::mem::size_of::<WinSlot>(), 16);
+    }
+
+    #[test]
+    fn many_grants_at_one_instant_take_the_log() {
+        let p = window(usize::MAX, 100);
+        let mut slot = WinSlot::fresh();
+        slot.check(&p, 5, u64::from(u32::MAX)).unwrap();
+        assert!(matches!(slot, WinSlot::One { .. }));
+        slot.check(&p, 5, 2).unwrap();
+        assert!(matches!(slot, WinSlot::Log(_)));
+        assert_eq!(slot.idle_from(&p, 50), 105);
+        let back = WinSlot::from_seed(slot.into_seed());
+        assert!(matches!(back, WinSlot::Log(_)));
     }
 
     #[test]
