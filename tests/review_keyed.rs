@@ -1,0 +1,773 @@
+#![cfg(feature = "test-util")]
+//! Adversarial review of the compact, bounded `KeyedRateLimiter` (issue 18):
+//! strictness across the compact -> promoted -> demoted -> evicted
+//! transitions (with a clock read that goes stale, as a preempted thread's
+//! does), the key bound under concurrency, hot keys under a flood of new
+//! keys, keys whose `Hash`, `Eq` or `Drop` panic, forgotten and cancelled
+//! acquires, and the memory a key costs.
+
+#[macro_use]
+mod common;
+
+use awaitkit::rate_limiter::{Quota, RateLimitError};
+use awaitkit::time::ManualClock;
+use awaitkit::{KeyedRateLimiter, RateLimiter, Timer};
+use common::CountingWaker;
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::task::{Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn poll<F: Future + Unpin>(f: &mut F, waker: &CountingWaker) -> Poll<F::Output> {
+    Pin::new(f).poll(&mut waker.context())
+}
+
+// ---------------------------------------------------------------------------
+// A clock whose next read, on this thread, runs a hook right after reading:
+// the thread is "preempted" between reading the clock and taking the lock,
+// while time moves on and other parties use the limiter.
+// ---------------------------------------------------------------------------
+
+thread_local! {
+    static AFTER_READ: RefCell<Option<Box<dyn FnOnce()>>> = const { RefCell::new(None) };
+}
+
+/// Runs `hook` right after this thread's next clock read.
+fn after_next_read(hook: impl FnOnce() + 'static) {
+    AFTER_READ.with(|h| *h.borrow_mut() = Some(Box::new(hook)));
+}
+
+#[derive(Clone)]
+struct Preempted(ManualClock);
+
+impl Timer for Preempted {
+    type Sleep = <ManualClock as Timer>::Sleep;
+
+    fn now(&self) -> Instant {
+        let now = self.0.now();
+        if let Some(hook) = AFTER_READ.with(|h| h.borrow_mut().take()) {
+            hook();
+        }
+        now
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Self::Sleep {
+        self.0.sleep_until(deadline)
+    }
+
+    fn sleep_until_shared(&self, deadline: Instant) -> Self::Sleep {
+        self.0.sleep_until_shared(deadline)
+    }
+
+    fn reset(&self, sleep: Pin<&mut Self::Sleep>, deadline: Instant) {
+        self.0.reset(sleep, deadline)
+    }
+}
+
+/// Window of 2 per 100 ms. A key's waiter is granted at 100 by its promoted
+/// limiter; a `try_acquire` of the same key read the clock at 99, just
+/// before (a preempted thread), and takes the shard's lock after the waiter
+/// is gone: it demotes the key and records its grant at 99, *behind* the
+/// waiter's grant at 100. The log is then out of order, its "newest" entry
+/// is 99, and at 199 the sweep finds the key idle although the grant at 100
+/// is still inside every window ending before 200: the key is evicted and a
+/// fresh key grants 2 more — 4 grants within 100 ms on the limiter's clock
+/// (100, 100, 199, 199) for a quota of 2.
+///
+/// The single `RateLimiter` holds its clock under its lock; the keyed one
+/// holds one per shard, and a demotion does not carry the promoted
+/// limiter's latest time back into the shard.
+#[test]
+fn a_stale_clock_read_racing_a_demotion_never_lets_a_key_exceed_its_window() {
+    common::watchdog("stale_demotion", || {
+        let clock = ManualClock::new();
+        let limiter = Arc::new(
+            KeyedRateLimiter::new(2, ms(100)).with_timer(Preempted(clock.clone())),
+        );
+        let waker = CountingWaker::new();
+        // t = 0: the key's window is full; an acquire waits (the key is
+        // promoted).
+        limiter.try_acquire_n("k", 2).unwrap();
+        let mut waiter = limiter.acquire("k");
+        assert!(poll(&mut waiter, &waker).is_pending());
+        clock.advance(ms(99));
+        // A check reads the clock at 99; before it locks, time reaches 100,
+        // the waiter is granted there, completes and is dropped.
+        let (hook_clock, hook_waker) = (clock.clone(), CountingWaker::new());
+        after_next_read(move || {
+            hook_clock.advance(ms(1));
+            assert_eq!(poll(&mut waiter, &hook_waker), Poll::Ready(Ok(())));
+            drop(waiter);
+        });
+        // The window at 100 holds the waiter's grant only: one more fits.
+        assert_eq!(limiter.try_acquire("k"), Ok(()));
+        // Two grants at 100 (the waiter's, and this one, made after it):
+        // no more until 200.
+        clock.advance(ms(99)); // 199
+        limiter.evict_idle();
+        assert!(
+            limiter.try_acquire("k").is_err(),
+            "a third grant within 100 ms for a quota of 2 per 100 ms (the key was evicted at 199 \
+             with a grant made at 100 still in its window)"
+        );
+    });
+}
+
+/// The same race without an eviction: the out-of-order log still refuses
+/// until 200 (the check itself looks at every entry). Holds on the branch.
+#[test]
+fn a_stale_clock_read_racing_a_demotion_still_checks_every_grant() {
+    common::watchdog("stale_demotion_check", || {
+        let clock = ManualClock::new();
+        let limiter = Arc::new(
+            KeyedRateLimiter::new(2, ms(100)).with_timer(Preempted(clock.clone())),
+        );
+        let waker = CountingWaker::new();
+        limiter.try_acquire_n("k", 2).unwrap();
+        let mut waiter = limiter.acquire("k");
+        assert!(poll(&mut waiter, &waker).is_pending());
+        clock.advance(ms(99));
+        let (hook_clock, hook_waker) = (clock.clone(), CountingWaker::new());
+        after_next_read(move || {
+            hook_clock.advance(ms(1));
+            assert_eq!(poll(&mut waiter, &hook_waker), Poll::Ready(Ok(())));
+            drop(waiter);
+        });
+        assert_eq!(limiter.try_acquire("k"), Ok(()));
+        clock.advance(ms(99)); // 199
+        assert!(limiter.try_acquire("k").is_err());
+        clock.advance(ms(1)); // 200
+        assert_eq!(limiter.try_acquire_n("k", 2), Ok(()));
+    });
+}
+
+/// GCRA under the same race: the arrival time only moves forward, so a
+/// stale `now` is merely conservative. Holds.
+#[test]
+fn gcra_under_a_stale_clock_read_racing_a_demotion_stays_within_its_allowance() {
+    common::watchdog("stale_demotion_gcra", || {
+        let clock = ManualClock::new();
+        let quota = Quota::gcra(2, ms(100), 2).unwrap(); // one per 50 ms, burst 2
+        let limiter = Arc::new(
+            KeyedRateLimiter::with_quota(quota).with_timer(Preempted(clock.clone())),
+        );
+        let waker = CountingWaker::new();
+        limiter.try_acquire_n("k", 2).unwrap(); // tat = 100
+        let mut waiter = limiter.acquire("k"); // granted at 50 (tat 150)
+        assert!(poll(&mut waiter, &waker).is_pending());
+        clock.advance(ms(49));
+        let (hook_clock, hook_waker) = (clock.clone(), CountingWaker::new());
+        after_next_read(move || {
+            hook_clock.advance(ms(1));
+            assert_eq!(poll(&mut waiter, &hook_waker), Poll::Ready(Ok(())));
+            drop(waiter);
+        });
+        assert!(limiter.try_acquire("k").is_err()); // next one at 100
+        clock.advance(ms(50)); // 100
+        limiter.evict_idle();
+        assert_eq!(limiter.try_acquire("k"), Ok(()));
+        assert!(limiter.try_acquire("k").is_err());
+    });
+}
+
+// ---------------------------------------------------------------------------
+// The bound
+// ---------------------------------------------------------------------------
+
+/// Eight threads insert distinct keys (checks and acquires) into a limiter
+/// bounded at 500 while a ninth samples `len()` and `stats()`: the bound is
+/// never passed, exactly 500 keys are admitted (nothing is idle: the clock
+/// stands still), every other one is refused with an error.
+#[test]
+fn the_bound_holds_with_eight_threads_inserting_distinct_keys() {
+    for quota in [
+        Quota::window(3, ms(100)).unwrap(),
+        Quota::gcra(3, ms(100), 3).unwrap(),
+    ] {
+        common::watchdog("bound_threads", move || {
+            let clock = ManualClock::new();
+            let limiter = Arc::new(
+                KeyedRateLimiter::with_quota(quota)
+                    .with_timer(clock.clone())
+                    .with_max_keys(500),
+            );
+            let stop = Arc::new(AtomicBool::new(false));
+            let sampler = {
+                let (limiter, stop) = (limiter.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut seen = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        seen = seen.max(limiter.len()).max(limiter.stats().keys);
+                    }
+                    seen
+                })
+            };
+            let barrier = Arc::new(Barrier::new(8));
+            let workers: Vec<_> = (0..8u64)
+                .map(|t| {
+                    let (limiter, barrier) = (limiter.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        let waker = CountingWaker::new();
+                        let (mut ok, mut refused) = (0, 0);
+                        for i in 0..1_000u64 {
+                            let key = t * 1_000_000 + i;
+                            let outcome = if i % 2 == 0 {
+                                limiter.try_acquire(key)
+                            } else {
+                                let mut acquire = limiter.acquire(key);
+                                match poll(&mut acquire, &waker) {
+                                    Poll::Ready(outcome) => outcome,
+                                    Poll::Pending => panic!("a new key waited"),
+                                }
+                            };
+                            match outcome {
+                                Ok(()) => ok += 1,
+                                Err(RateLimitError::TooManyKeys { max_keys: 500 }) => refused += 1,
+                                Err(other) => panic!("unexpected {other:?}"),
+                            }
+                        }
+                        (ok, refused)
+                    })
+                })
+                .collect();
+            let (mut ok, mut refused) = (0, 0);
+            for worker in workers {
+                let (o, r) = worker.join().unwrap();
+                ok += o;
+                refused += r;
+            }
+            stop.store(true, Ordering::Relaxed);
+            let seen = sampler.join().unwrap();
+            assert_eq!((ok, refused), (500, 7_500));
+            assert!(seen <= 500, "len() reported {seen} keys for a bound of 500");
+            let stats = limiter.stats();
+            assert_eq!((stats.keys, stats.refusals), (500, 7_500));
+            assert_eq!(limiter.len(), 500);
+        });
+    }
+}
+
+/// The same with evictions: the clock moves on while the threads insert,
+/// so keys go idle and are evicted to make room. The bound is never passed
+/// (checked after every insert by the inserting thread, and at the end).
+#[test]
+fn the_bound_holds_while_keys_are_evicted_concurrently() {
+    common::watchdog("bound_evictions", || {
+        let clock = ManualClock::new();
+        let limiter = Arc::new(
+            KeyedRateLimiter::new(2, ms(10))
+                .with_timer(clock.clone())
+                .with_max_keys(64),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let (clock, stop) = (clock.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    clock.advance(ms(1));
+                    std::thread::yield_now();
+                }
+            })
+        };
+        let workers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let limiter = limiter.clone();
+                std::thread::spawn(move || {
+                    let (mut ok, mut refused) = (0u64, 0u64);
+                    for i in 0..20_000u64 {
+                        match limiter.try_acquire(t << 32 | i) {
+                            Ok(()) => ok += 1,
+                            Err(RateLimitError::TooManyKeys { .. }) => refused += 1,
+                            Err(other) => panic!("unexpected {other:?}"),
+                        }
+                    }
+                    (ok, refused)
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for worker in workers {
+            ok += worker.join().unwrap().0;
+        }
+        stop.store(true, Ordering::Relaxed);
+        ticker.join().unwrap();
+        eprintln!("clock {:?} stats {:?}", clock.elapsed(), limiter.stats());
+        assert!(limiter.len() <= 64);
+        let stats = limiter.stats();
+        assert!(stats.keys <= 64);
+        // Every admitted key is either still tracked or was evicted.
+        assert_eq!(ok, stats.evictions + stats.keys as u64);
+        assert!(ok > 64, "keys went idle and new ones were admitted ({ok})");
+    });
+}
+
+/// A refused key is admitted once a key goes idle (a period later), for a
+/// bound of one key; the refusal is an error value, counted.
+#[test]
+fn a_refused_key_is_admitted_once_room_frees_up() {
+    for quota in [
+        Quota::window(1, ms(100)).unwrap(),
+        Quota::gcra(1, ms(100), 1).unwrap(),
+    ] {
+        let clock = ManualClock::new();
+        let limiter = KeyedRateLimiter::with_quota(quota)
+            .with_timer(clock.clone())
+            .with_max_keys(1);
+        assert_eq!(limiter.try_acquire("a"), Ok(()));
+        for _ in 0..100 {
+            assert_eq!(
+                limiter.try_acquire("b"),
+                Err(RateLimitError::TooManyKeys { max_keys: 1 })
+            );
+        }
+        let waker = CountingWaker::new();
+        let mut refused = limiter.acquire("b");
+        assert_eq!(
+            poll(&mut refused, &waker),
+            Poll::Ready(Err(RateLimitError::TooManyKeys { max_keys: 1 }))
+        );
+        clock.advance(ms(99));
+        assert_eq!(
+            limiter.try_acquire("b"),
+            Err(RateLimitError::TooManyKeys { max_keys: 1 })
+        );
+        clock.advance(ms(1));
+        assert_eq!(limiter.try_acquire("b"), Ok(()));
+        assert_eq!(limiter.len(), 1);
+        // "a" is gone: a fresh limiter for it, but no room now ("b" is busy).
+        assert_eq!(
+            limiter.try_acquire("a"),
+            Err(RateLimitError::TooManyKeys { max_keys: 1 })
+        );
+        let stats = limiter.stats();
+        assert_eq!((stats.evictions, stats.refusals), (1, 103));
+    }
+}
+
+/// `with_max_keys(usize::MAX)` is accepted; `with_max_keys(0)` panics as
+/// documented (at build time, not at the first key).
+#[test]
+fn extreme_bounds() {
+    let limiter = KeyedRateLimiter::new(1, ms(100)).with_max_keys(usize::MAX);
+    for i in 0..1_000u32 {
+        assert_eq!(limiter.try_acquire(i), Ok(()));
+    }
+    assert_eq!(limiter.len(), 1_000);
+    let zero = catch_unwind(|| KeyedRateLimiter::<u32>::new(1, ms(100)).with_max_keys(0));
+    assert!(zero.is_err());
+}
+
+/// Ten hot keys checked twice every quarter period keep exactly the quota a
+/// lone `RateLimiter` on the same clock gives them, while 2 000 new keys a
+/// step flood a limiter bounded at 64 keys.
+#[test]
+fn hot_keys_keep_their_exact_quota_under_a_flood_of_new_keys() {
+    for quota in [
+        Quota::window(4, ms(100)).unwrap(),
+        Quota::gcra(4, ms(100), 2).unwrap(),
+    ] {
+        let clock = ManualClock::new();
+        let limiter = KeyedRateLimiter::with_quota(quota)
+            .with_timer(clock.clone())
+            .with_max_keys(64);
+        let alone: Vec<_> = (0..10)
+            .map(|_| RateLimiter::with_quota(quota).with_timer(clock.clone()))
+            .collect();
+        let mut attacker = 1_000_000u64;
+        let mut refusals = 0u64;
+        for step in 0..80 {
+            for (hot, single) in alone.iter().enumerate() {
+                for _ in 0..2 {
+                    let got = limiter.try_acquire(hot as u64);
+                    let want = single.try_acquire();
+                    assert_eq!(got, want, "hot key {hot} at step {step} ({quota:?})");
+                }
+            }
+            for _ in 0..2_000 {
+                attacker += 1;
+                if let Err(error) = limiter.try_acquire(attacker) {
+                    assert!(matches!(error, RateLimitError::TooManyKeys { .. }));
+                    refusals += 1;
+                }
+            }
+            assert!(limiter.len() <= 64);
+            clock.advance(ms(25));
+        }
+        assert!(refusals > 0);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Keys whose Hash, Eq or Drop panic
+// ---------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Book {
+    made: AtomicUsize,
+    dropped: AtomicUsize,
+    /// Ids whose `Drop` panics.
+    drop_panics: std::sync::Mutex<HashSet<u32>>,
+    /// Ids whose `Eq` panics.
+    eq_panics: std::sync::Mutex<HashSet<u32>>,
+    hash_panics: std::sync::Mutex<HashSet<u32>>,
+}
+
+struct Key {
+    id: u32,
+    book: Arc<Book>,
+}
+
+impl Key {
+    fn new(id: u32, book: &Arc<Book>) -> Key {
+        book.made.fetch_add(1, Ordering::SeqCst);
+        Key {
+            id,
+            book: book.clone(),
+        }
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        if self.book.hash_panics.lock().unwrap().contains(&self.id) {
+            panic!("injected: Hash of key {}", self.id);
+        }
+        self.id.hash(state);
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        if self.book.eq_panics.lock().unwrap().contains(&self.id) {
+            panic!("injected: Eq of key {}", self.id);
+        }
+        self.id == other.id
+    }
+}
+
+impl Eq for Key {}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        self.book.dropped.fetch_add(1, Ordering::SeqCst);
+        if self.book.drop_panics.lock().unwrap().contains(&self.id) && !std::thread::panicking() {
+            panic!("injected: Drop of key {}", self.id);
+        }
+    }
+}
+
+fn panicked<R>(f: impl FnOnce() -> R) -> bool {
+    catch_unwind(AssertUnwindSafe(f)).is_err()
+}
+
+/// Every call with a panicking `Drop`, `Eq` or `Hash`: the panic propagates
+/// from the call that was given the key (or is contained in an automatic
+/// sweep), no shard is wedged, the grant a call took stays taken, and every
+/// key instance is dropped exactly once by the end.
+#[test]
+fn keys_whose_hash_eq_or_drop_panic_are_dropped_once_and_wedge_nothing() {
+    common::quiet();
+    for quota in [
+        Quota::window(2, ms(100)).unwrap(),
+        Quota::gcra(2, ms(100), 2).unwrap(),
+    ] {
+        common::watchdog("panicking_keys", move || {
+            let book = Arc::new(Book::default());
+            let clock = ManualClock::new();
+            let limiter = KeyedRateLimiter::with_quota(quota)
+                .with_timer(clock.clone())
+                .with_max_keys(200);
+            let waker = CountingWaker::new();
+            for id in 0..100 {
+                limiter.try_acquire(Key::new(id, &book)).unwrap();
+            }
+            // Drop panics: on an existing key's check (the grant stays).
+            book.drop_panics.lock().unwrap().extend([3, 4, 5, 6, 7]);
+            assert!(panicked(|| limiter.try_acquire(Key::new(3, &book))));
+            // Key 3 took its second grant through the panicking call: a
+            // third is refused.
+            book.drop_panics.lock().unwrap().remove(&3);
+            assert!(limiter.try_acquire(Key::new(3, &book)).is_err());
+            // On an acquire of an existing key (promotion).
+            assert!(panicked(|| limiter.acquire(Key::new(4, &book))));
+            // On a refusal (ExceedsQuota) of an existing key.
+            assert!(panicked(|| limiter.try_acquire_n(Key::new(5, &book), 3)));
+            // Eq panics under the shard lock: the shard is not wedged.
+            book.eq_panics.lock().unwrap().insert(8);
+            assert!(panicked(|| limiter.try_acquire(Key::new(8, &book))));
+            assert!(panicked(|| limiter.acquire(Key::new(8, &book))));
+            book.eq_panics.lock().unwrap().remove(&8);
+            assert_eq!(limiter.try_acquire(Key::new(8, &book)), Ok(()));
+            assert!(limiter.try_acquire(Key::new(8, &book)).is_err());
+            // Hash panics: nothing touched.
+            book.hash_panics.lock().unwrap().insert(9);
+            assert!(panicked(|| limiter.try_acquire(Key::new(9, &book))));
+            book.hash_panics.lock().unwrap().remove(&9);
+            assert_eq!(limiter.try_acquire(Key::new(9, &book)), Ok(()));
+            // A waiter on a promoted key, then its demotion by a check.
+            let mut waiting = limiter.acquire(Key::new(10, &book));
+            assert_eq!(poll(&mut waiting, &waker), Poll::Ready(Ok(())));
+            drop(waiting);
+            // Eviction by evict_idle: keys 6 and 7 panic; all idle keys go.
+            clock.advance(ms(500));
+            assert!(panicked(|| limiter.evict_idle()));
+            assert_eq!(limiter.len(), 0, "every idle key is evicted even if drops panic");
+            // Automatic sweeps (a full limiter making room) contain the
+            // panic: fill, let the keys idle, then insert new keys.
+            for id in 0..200 {
+                limiter.try_acquire(Key::new(id, &book)).unwrap();
+            }
+            assert_eq!(
+                limiter.try_acquire(Key::new(1_000, &book)),
+                Err(RateLimitError::TooManyKeys { max_keys: 200 })
+            );
+            clock.advance(ms(500));
+            for id in 1_000..1_200 {
+                assert_eq!(limiter.try_acquire(Key::new(id, &book)), Ok(()), "key {id}");
+            }
+            assert_eq!(limiter.len(), 200);
+            assert!(limiter.try_acquire(Key::new(1_200, &book)).is_err());
+            // Finally the limiter itself, holding keys whose drop panics.
+            book.drop_panics.lock().unwrap().extend(1_000..1_300);
+            let _ = panicked(move || drop(limiter));
+            let (made, dropped) = (
+                book.made.load(Ordering::SeqCst),
+                book.dropped.load(Ordering::SeqCst),
+            );
+            assert_eq!(made, dropped, "every key instance dropped exactly once");
+        });
+    }
+}
+
+/// Dropping the limiter with keys whose `Drop` panics: the first panic
+/// propagates; are the other keys dropped? (The tables are hashbrown's,
+/// which stop dropping elements at the first panic.)
+#[test]
+fn dropping_the_limiter_drops_every_key_even_if_one_drop_panics() {
+    common::quiet();
+    let book = Arc::new(Book::default());
+    let limiter = KeyedRateLimiter::new(2, ms(100));
+    for id in 0..1_000 {
+        limiter.try_acquire(Key::new(id, &book)).unwrap();
+    }
+    book.drop_panics.lock().unwrap().insert(500);
+    assert!(panicked(move || drop(limiter)));
+    assert_eq!(
+        book.dropped.load(Ordering::SeqCst),
+        book.made.load(Ordering::SeqCst),
+        "keys leaked when one key's Drop panicked during the limiter's drop"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Wakers, cancels, forgets
+// ---------------------------------------------------------------------------
+
+struct PanicOnWake;
+
+impl Wake for PanicOnWake {
+    fn wake(self: Arc<Self>) {
+        panic!("injected: waker");
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        panic!("injected: waker");
+    }
+}
+
+/// `set_quota` lets waiters of two keys through; the waker of one panics:
+/// the other key's waiter is still woken and granted, the panic propagates
+/// from `set_quota`, and both keys keep working.
+#[test]
+fn a_panicking_waker_woken_by_set_quota_wedges_no_key() {
+    common::quiet();
+    common::watchdog("set_quota_waker", || {
+        let clock = ManualClock::new();
+        let limiter = KeyedRateLimiter::new(1, ms(100)).with_timer(clock.clone());
+        limiter.try_acquire("a").unwrap();
+        limiter.try_acquire("b").unwrap();
+        let panicky = Waker::from(Arc::new(PanicOnWake));
+        let good = CountingWaker::new();
+        let mut a = limiter.acquire("a");
+        let mut b = limiter.acquire("b");
+        assert!(Pin::new(&mut a).poll(&mut std::task::Context::from_waker(&panicky)).is_pending());
+        assert!(poll(&mut b, &good).is_pending());
+        let raised = panicked(|| limiter.set_quota(Quota::window(2, ms(100)).unwrap()));
+        assert!(raised, "the waker's panic propagates from set_quota");
+        assert!(good.wakes() >= 1);
+        assert_eq!(poll(&mut b, &good), Poll::Ready(Ok(())));
+        assert_eq!(poll(&mut a, &good), Poll::Ready(Ok(())));
+        assert!(limiter.try_acquire("a").is_err());
+        clock.advance(ms(100));
+        assert_eq!(limiter.try_acquire_n("a", 2), Ok(()));
+        assert_eq!(limiter.try_acquire_n("b", 2), Ok(()));
+    });
+}
+
+/// A forgotten waiting acquire: the key's other waiters and checks go on
+/// (the forgotten one is served in turn, its grant lost), the key stays
+/// tracked (its limiter is leaked with the future), and nothing hangs.
+#[test]
+fn a_forgotten_waiting_acquire_never_wedges_its_key() {
+    common::watchdog("forget", || {
+        let clock = ManualClock::new();
+        let limiter = KeyedRateLimiter::new(1, ms(100)).with_timer(clock.clone());
+        let waker = CountingWaker::new();
+        limiter.try_acquire("k").unwrap();
+        let mut forgotten = limiter.acquire("k");
+        assert!(poll(&mut forgotten, &waker).is_pending());
+        let mut next = limiter.acquire("k");
+        assert!(poll(&mut next, &waker).is_pending());
+        std::mem::forget(forgotten);
+        clock.advance(ms(100)); // the forgotten waiter's turn
+        assert!(poll(&mut next, &waker).is_pending());
+        assert!(limiter.try_acquire("k").is_err(), "no barging past `next`");
+        clock.advance(ms(100));
+        assert_eq!(poll(&mut next, &waker), Poll::Ready(Ok(())));
+        drop(next);
+        clock.advance(ms(100));
+        assert_eq!(limiter.try_acquire("k"), Ok(()));
+        clock.advance(ms(1_000));
+        // The forgotten future holds the key's limiter: never evicted.
+        assert_eq!(limiter.evict_idle(), 0);
+        assert_eq!(limiter.len(), 1);
+    });
+}
+
+/// An acquire dropped at every poll while a check of the same key runs on
+/// the same clock: a cancelled waiter gives its place (and any unseen
+/// grant) back, so the checks get exactly what a lone limiter would give.
+#[test]
+fn acquires_cancelled_at_every_poll_match_a_lone_limiter() {
+    for quota in [
+        Quota::window(3, ms(100)).unwrap(),
+        Quota::gcra(3, ms(100), 2).unwrap(),
+    ] {
+        let clock = ManualClock::new();
+        let limiter = KeyedRateLimiter::with_quota(quota).with_timer(clock.clone());
+        let single = RateLimiter::with_quota(quota).with_timer(clock.clone());
+        let waker = CountingWaker::new();
+        let mut rng = common::Rng(0x9E37_79B9_7F4A_7C15);
+        for step in 0..400 {
+            let polls = rng.below(3);
+            let mut keyed = limiter.acquire("k");
+            let mut lone = single.acquire();
+            for _ in 0..polls {
+                let k = poll(&mut keyed, &waker).map(|r| r.is_ok());
+                let s = poll(&mut lone, &waker).map(|_| true);
+                assert_eq!(k, s, "step {step}");
+                if k.is_ready() {
+                    break;
+                }
+            }
+            drop((keyed, lone));
+            assert_eq!(
+                limiter.try_acquire("k").is_ok(),
+                single.try_acquire().is_ok(),
+                "step {step} ({quota:?})"
+            );
+            clock.advance(ms(rng.below_u64(30)));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Retry-after and the extremes of time
+// ---------------------------------------------------------------------------
+
+/// GCRA with an interval past 2^63 ns (a 300-year period, one call): the
+/// compact slot stores arrival times in 63 bits and turns this one into
+/// "never again", where a lone limiter says "in 300 years" and grants then.
+#[test]
+fn a_gcra_key_with_a_very_long_interval_matches_a_lone_limiter() {
+    let period = Duration::from_secs(300 * 365 * 86_400);
+    let quota = Quota::gcra(1, period, 1).unwrap();
+    let clock = ManualClock::new();
+    let limiter = KeyedRateLimiter::with_quota(quota).with_timer(clock.clone());
+    let single = RateLimiter::with_quota(quota).with_timer(clock.clone());
+    assert_eq!(limiter.try_acquire("k"), single.try_acquire());
+    clock.advance(period);
+    assert_eq!(
+        limiter.try_acquire("k"),
+        single.try_acquire(),
+        "300 years later, a lone limiter grants again"
+    );
+    let wait = |r: Result<(), RateLimitError>| r.unwrap_err().wait().unwrap();
+    assert_eq!(wait(limiter.try_acquire("k")), wait(single.try_acquire()));
+}
+
+/// Window quotas of `Duration::MAX` and `usize::MAX` calls: no overflow, no
+/// panic; a key never idles.
+#[test]
+fn extreme_window_quotas() {
+    let clock = ManualClock::new();
+    let limiter = KeyedRateLimiter::with_quota(Quota::window(2, Duration::MAX).unwrap())
+        .with_timer(clock.clone())
+        .with_max_keys(1);
+    assert_eq!(limiter.try_acquire_n("k", 2), Ok(()));
+    assert_eq!(
+        limiter.try_acquire("k"),
+        Err(RateLimitError::RateLimited {
+            wait: Duration::MAX
+        })
+    );
+    // (Past 584 years the clock's nanoseconds saturate, for every limiter.)
+    clock.advance(Duration::from_secs(100 * 365 * 86_400));
+    assert_eq!(limiter.evict_idle(), 0);
+    assert!(limiter.try_acquire("k").is_err());
+    let many = KeyedRateLimiter::new(usize::MAX, ms(1)).with_timer(clock.clone());
+    assert_eq!(many.try_acquire_n("k", usize::MAX), Ok(()));
+    assert!(many.try_acquire("k").is_err());
+    clock.advance(ms(1));
+    assert_eq!(many.try_acquire_n("k", usize::MAX), Ok(()));
+}
+
+// ---------------------------------------------------------------------------
+// Memory
+// ---------------------------------------------------------------------------
+
+/// Bytes a key costs: checked only, or acquired once (granted at once, the
+/// future dropped). Issue 18: "the wait queue, driver and timer exist only
+/// for keys that have waiters, and go away when the last waiter leaves".
+/// An acquire that never waited leaves the key promoted until its next
+/// check or a sweep (the shard doubling), so keys that arrive through
+/// `acquire` cost a whole limiter each.
+#[test]
+fn a_key_acquired_without_waiting_costs_no_more_than_a_checked_key() {
+    const KEYS: u64 = 20_000;
+    let clock = ManualClock::new();
+    let per_key = |acquire: bool| {
+        let limiter = KeyedRateLimiter::new(10, Duration::from_secs(60)).with_timer(clock.clone());
+        let waker = CountingWaker::new();
+        let bytes = common::net_alloc(|| {
+            for key in 0..KEYS {
+                if acquire {
+                    let mut a = limiter.acquire(key);
+                    assert_eq!(poll(&mut a, &waker), Poll::Ready(Ok(())));
+                } else {
+                    limiter.try_acquire(key).unwrap();
+                }
+            }
+        });
+        drop(limiter);
+        bytes as f64 / KEYS as f64
+    };
+    let _ = per_key(false); // lazy statics
+    let checked = per_key(false);
+    let acquired = per_key(true);
+    eprintln!("bytes per key: checked {checked:.1}, acquired {acquired:.1}");
+    assert!(
+        acquired <= 2.0 * checked,
+        "a key acquired once (never waiting) costs {acquired:.0} bytes, a checked one {checked:.0}"
+    );
+}
