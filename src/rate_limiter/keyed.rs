@@ -208,10 +208,16 @@ impl<K, S, T: Timer> Evicted<K, S, T> {
     /// Drops everything, each piece of user code under `catch_unwind`: a
     /// panic is reported by the hook and discarded (an automatic sweep's
     /// caller is unrelated to the keys it evicts).
+    #[inline]
     fn contain(self) {
-        if self.entries.is_empty() && self.limiters.is_empty() {
-            return;
+        if !self.entries.is_empty() || !self.limiters.is_empty() {
+            self.contain_all();
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn contain_all(self) {
         for entry in self.entries {
             unwind::contain(move || drop(entry));
         }
@@ -545,7 +551,8 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
         now: u64,
         evicted: &mut Evicted<K, S, T>,
     ) {
-        if shard.keys.len() >= shard.sweep_at {
+        // Nothing can be idle before `next_idle`: the sweep waits for it.
+        if shard.keys.len() >= shard.sweep_at && cell.next_idle.load(Ordering::Relaxed) <= now {
             let (gone, next_idle) = shard.sweep(now, evicted);
             cell.next_idle.store(next_idle, Ordering::Relaxed);
             self.evicted(gone);
@@ -651,7 +658,7 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
                 drop(key);
                 return Err(error);
             }
-            cell.idle_by(slot.idle_from(&params, now));
+            cell.idle_by(slot.idle_hint(&params));
             shard.ops += 1;
             shard
                 .keys
