@@ -178,3 +178,96 @@ guarded! {
 fn a_bound_of_zero_is_rejected() {
     let _ = KeyedRateLimiter::<u8>::new(1, SEC).with_max_keys(0);
 }
+
+/// Four threads check and acquire (an acquire not granted at once is
+/// dropped: a cancel) 32 keys of a limiter bounded at 16 keys, while the
+/// main thread moves the clock one period between phases and sweeps: no key
+/// ever gets more than its quota in a phase (a window of one period), the
+/// bound holds, and refusals are `TooManyKeys` values only.
+#[test]
+fn threads_on_a_bounded_limiter_never_exceed_a_quota() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Barrier};
+    const THREADS: usize = 4;
+    const KEYS: usize = 32;
+    const PHASES: usize = 20;
+    let max_calls = 3;
+    let clock = ManualClock::new();
+    let limiter = Arc::new(
+        KeyedRateLimiter::with_quota(window(max_calls, SEC))
+            .with_timer(clock.clone())
+            .with_max_keys(16),
+    );
+    let barrier = Arc::new(Barrier::new(THREADS + 1));
+    let grants: Arc<Vec<AtomicU64>> =
+        Arc::new((0..KEYS * PHASES).map(|_| AtomicU64::new(0)).collect());
+    let refusals = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (limiter, barrier, grants, refusals) = (
+                limiter.clone(),
+                barrier.clone(),
+                grants.clone(),
+                refusals.clone(),
+            );
+            std::thread::spawn(move || {
+                let w = CountingWaker::new();
+                let mut seed = 0x9E37_79B9_7F4A_7C15_u64 ^ t as u64;
+                for phase in 0..PHASES {
+                    barrier.wait();
+                    for _ in 0..400 {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        let key = (seed % KEYS as u64) as usize;
+                        let outcome = if seed & (1 << 40) == 0 {
+                            limiter.try_acquire(key)
+                        } else {
+                            let mut acquire = limiter.acquire(key);
+                            match poll_once(&mut acquire, &w) {
+                                Poll::Ready(outcome) => outcome,
+                                Poll::Pending => Err(RateLimitError::RateLimited { wait: SEC }),
+                            }
+                        };
+                        match outcome {
+                            Ok(()) => {
+                                grants[phase * KEYS + key].fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(RateLimitError::RateLimited { .. }) => {}
+                            Err(RateLimitError::TooManyKeys { max_keys: 16 }) => {
+                                refusals.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => panic!("unexpected {e:?}"),
+                        }
+                        assert!(limiter.len() <= 16);
+                    }
+                    barrier.wait();
+                }
+            })
+        })
+        .collect();
+    for phase in 0..PHASES {
+        barrier.wait();
+        barrier.wait();
+        assert!(limiter.len() <= 16);
+        if phase % 3 == 0 {
+            limiter.evict_idle();
+        }
+        clock.advance(SEC);
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    for (i, g) in grants.iter().enumerate() {
+        let g = g.load(Ordering::Relaxed);
+        assert!(
+            g <= max_calls as u64,
+            "key {} in phase {}: {g} grants",
+            i % KEYS,
+            i / KEYS
+        );
+    }
+    let granted: u64 = grants.iter().map(|g| g.load(Ordering::Relaxed)).sum();
+    assert!(granted > 0 && refusals.load(Ordering::Relaxed) > 0);
+    assert_eq!(limiter.stats().refusals, refusals.load(Ordering::Relaxed));
+}
