@@ -58,6 +58,9 @@ pub(super) trait Slot: Sized {
     /// forgetting what no window at `now` can see (`<= now`: idle now).
     /// Compact keys only.
     fn idle_from(&mut self, p: &Params, now: u64) -> u64;
+    /// When the key becomes idle, at the latest, without forgetting
+    /// anything (a key just granted). Compact keys only.
+    fn idle_hint(&self, p: &Params) -> u64;
     /// The state, for a promoted limiter. Compact keys only.
     fn into_seed(self) -> Seed;
     /// The state a demoted limiter gave back.
@@ -112,6 +115,11 @@ impl Slot for GcraSlot {
     }
 
     fn idle_from(&mut self, _: &Params, _: u64) -> u64 {
+        self.tat()
+    }
+
+    #[inline]
+    fn idle_hint(&self, _: &Params) -> u64 {
         self.tat()
     }
 
@@ -246,6 +254,11 @@ impl Slot for WinSlot {
 
     fn idle_from(&mut self, p: &Params, now: u64) -> u64 {
         self.expire(p, now);
+        self.idle_hint(p)
+    }
+
+    #[inline]
+    fn idle_hint(&self, p: &Params) -> u64 {
         match self {
             WinSlot::One { count: 0, .. } => 0,
             WinSlot::One { at, .. } => at.saturating_add(p.period),

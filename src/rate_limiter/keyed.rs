@@ -189,6 +189,21 @@ struct Entry<K, S> {
     slot: S,
 }
 
+/// One key's room against the bound, while its limiter is built.
+struct Reservation<'a> {
+    /// The bound's count (`None`: unbounded).
+    keys: Option<&'a AtomicUsize>,
+    held: bool,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let (true, Some(keys)) = (self.held, self.keys) {
+            keys.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// What a sweep took out, to drop with the lock released.
 struct Evicted<K, S, T: Timer> {
     entries: Vec<Entry<K, S>>,
@@ -208,10 +223,16 @@ impl<K, S, T: Timer> Evicted<K, S, T> {
     /// Drops everything, each piece of user code under `catch_unwind`: a
     /// panic is reported by the hook and discarded (an automatic sweep's
     /// caller is unrelated to the keys it evicts).
+    #[inline]
     fn contain(self) {
-        if self.entries.is_empty() && self.limiters.is_empty() {
-            return;
+        if !self.entries.is_empty() || !self.limiters.is_empty() {
+            self.contain_all();
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn contain_all(self) {
         for entry in self.entries {
             unwind::contain(move || drop(entry));
         }
@@ -545,7 +566,8 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
         now: u64,
         evicted: &mut Evicted<K, S, T>,
     ) {
-        if shard.keys.len() >= shard.sweep_at {
+        // Nothing can be idle before `next_idle`: the sweep waits for it.
+        if shard.keys.len() >= shard.sweep_at && cell.next_idle.load(Ordering::Relaxed) <= now {
             let (gone, next_idle) = shard.sweep(now, evicted);
             cell.next_idle.store(next_idle, Ordering::Relaxed);
             self.evicted(gone);
@@ -651,7 +673,7 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
                 drop(key);
                 return Err(error);
             }
-            cell.idle_by(slot.idle_from(&params, now));
+            cell.idle_by(slot.idle_hint(&params));
             shard.ops += 1;
             shard
                 .keys
@@ -683,6 +705,12 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
         let cell = &cells[index];
         let mut fresh: Option<(Arc<Shared<T>>, u64)> = None;
         let mut swept_others = false;
+        // Room reserved for the key against the bound, given back unless
+        // the key is inserted (even if the timer's `clone` panics).
+        let mut reservation = Reservation {
+            keys: (self.max_keys != usize::MAX).then_some(&self.counts.keys),
+            held: false,
+        };
         loop {
             let raw = self.now_raw();
             let mut shard = cell.lock();
@@ -720,42 +748,54 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
                         return Ok(shared);
                     }
                 }
-                None if usable => {
+                None => {
+                    // Room first (a refused key costs no limiter), then the
+                    // limiter, built with the lock released.
                     let mut evicted = Evicted::default();
-                    if !self.room(cell, &mut shard, now, &mut evicted) {
+                    if !reservation.held {
+                        if !self.room(cell, &mut shard, now, &mut evicted) {
+                            drop(shard);
+                            evicted.contain();
+                            if !swept_others {
+                                swept_others = true;
+                                if self.sweep_others(cells, index, now) > 0 {
+                                    continue;
+                                }
+                            }
+                            let error = self.refused();
+                            drop((fresh, key));
+                            return Err(error);
+                        }
+                        reservation.held = true;
+                    }
+                    if usable {
+                        let (shared, _) = fresh.take().expect("usable");
+                        let id = shard.next_id;
+                        shard.next_id += 1;
+                        shard.full.insert(id, Arc::clone(&shared));
+                        shard.ops += 1;
+                        shard.keys.insert_unique(
+                            hash,
+                            Entry {
+                                hash,
+                                key,
+                                slot: S::promoted(id),
+                            },
+                            |e| e.hash,
+                        );
+                        reservation.held = false;
+                        cell.idle_by(now.saturating_add(shard.params.period));
+                        self.auto_sweep(cell, &mut shard, now, &mut evicted);
                         drop(shard);
                         evicted.contain();
-                        if !swept_others {
-                            swept_others = true;
-                            if self.sweep_others(cells, index, now) > 0 {
-                                continue;
-                            }
-                        }
-                        let error = self.refused();
-                        drop((fresh, key));
-                        return Err(error);
+                        return Ok(shared);
                     }
-                    let (shared, _) = fresh.take().expect("usable");
-                    let id = shard.next_id;
-                    shard.next_id += 1;
-                    shard.full.insert(id, Arc::clone(&shared));
-                    shard.ops += 1;
-                    shard.keys.insert_unique(
-                        hash,
-                        Entry {
-                            hash,
-                            key,
-                            slot: S::promoted(id),
-                        },
-                        |e| e.hash,
-                    );
-                    cell.idle_by(now.saturating_add(shard.params.period));
-                    self.auto_sweep(cell, &mut shard, now, &mut evicted);
-                    drop(shard);
-                    evicted.contain();
-                    return Ok(shared);
+                    if !evicted.entries.is_empty() || !evicted.limiters.is_empty() {
+                        drop(shard);
+                        evicted.contain();
+                        continue;
+                    }
                 }
-                None => {}
             }
             let quota = shard.quota;
             drop(shard);
