@@ -274,18 +274,21 @@ fn the_bound_holds_while_keys_are_evicted_concurrently() {
         let ticker = {
             let (clock, stop) = (clock.clone(), stop.clone());
             std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
+                for _ in 0..300 {
                     clock.advance(ms(1));
-                    std::thread::yield_now();
+                    std::thread::sleep(Duration::from_micros(200));
                 }
+                stop.store(true, Ordering::Relaxed);
             })
         };
         let workers: Vec<_> = (0..4u64)
             .map(|t| {
-                let limiter = limiter.clone();
+                let (limiter, stop) = (limiter.clone(), stop.clone());
                 std::thread::spawn(move || {
                     let (mut ok, mut refused) = (0u64, 0u64);
-                    for i in 0..20_000u64 {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
                         match limiter.try_acquire(t << 32 | i) {
                             Ok(()) => ok += 1,
                             Err(RateLimitError::TooManyKeys { .. }) => refused += 1,
@@ -296,12 +299,11 @@ fn the_bound_holds_while_keys_are_evicted_concurrently() {
                 })
             })
             .collect();
+        ticker.join().unwrap();
         let mut ok = 0;
         for worker in workers {
             ok += worker.join().unwrap().0;
         }
-        stop.store(true, Ordering::Relaxed);
-        ticker.join().unwrap();
         eprintln!("clock {:?} stats {:?}", clock.elapsed(), limiter.stats());
         assert!(limiter.len() <= 64);
         let stats = limiter.stats();
@@ -309,6 +311,55 @@ fn the_bound_holds_while_keys_are_evicted_concurrently() {
         // Every admitted key is either still tracked or was evicted.
         assert_eq!(ok, stats.evictions + stats.keys as u64);
         assert!(ok > 64, "keys went idle and new ones were admitted ({ok})");
+    });
+}
+
+/// `len()` and `stats().keys` read the shards one after the other, so
+/// while keys are evicted from one shard and inserted into another they
+/// can report more keys than the bound (a count that was never true), even
+/// though the limiter never tracks more than its bound (its reservation
+/// counter says so). A monitor alerting on `keys > max_keys` would fire.
+#[test]
+fn len_never_reports_more_keys_than_the_bound() {
+    common::watchdog("len_overshoot", || {
+        let clock = ManualClock::new();
+        let limiter = Arc::new(
+            KeyedRateLimiter::new(2, ms(10))
+                .with_timer(clock.clone())
+                .with_max_keys(64),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let (clock, stop) = (clock.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for _ in 0..300 {
+                    clock.advance(ms(1));
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                stop.store(true, Ordering::Relaxed);
+            })
+        };
+        let workers: Vec<_> = (0..3u64)
+            .map(|t| {
+                let (limiter, stop) = (limiter.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let _ = limiter.try_acquire(t << 32 | i);
+                    }
+                })
+            })
+            .collect();
+        let mut most = 0;
+        while !stop.load(Ordering::Relaxed) {
+            most = most.max(limiter.len()).max(limiter.stats().keys);
+        }
+        ticker.join().unwrap();
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        assert!(most <= 64, "len() reported {most} keys for a bound of 64");
     });
 }
 
@@ -538,14 +589,14 @@ fn keys_whose_hash_eq_or_drop_panic_are_dropped_once_and_wedge_nothing() {
             }
             assert_eq!(limiter.len(), 200);
             assert!(limiter.try_acquire(Key::new(1_200, &book)).is_err());
-            // Finally the limiter itself, holding keys whose drop panics.
-            book.drop_panics.lock().unwrap().extend(1_000..1_300);
-            let _ = panicked(move || drop(limiter));
+            // Every instance not held by the limiter was dropped, once.
             let (made, dropped) = (
                 book.made.load(Ordering::SeqCst),
                 book.dropped.load(Ordering::SeqCst),
             );
-            assert_eq!(made, dropped, "every key instance dropped exactly once");
+            assert_eq!(made - dropped, limiter.len(), "key instances dropped exactly once");
+            drop(limiter);
+            assert_eq!(book.made.load(Ordering::SeqCst), book.dropped.load(Ordering::SeqCst));
         });
     }
 }
@@ -739,9 +790,11 @@ fn extreme_window_quotas() {
 /// Bytes a key costs: checked only, or acquired once (granted at once, the
 /// future dropped). Issue 18: "the wait queue, driver and timer exist only
 /// for keys that have waiters, and go away when the last waiter leaves".
-/// An acquire that never waited leaves the key promoted until its next
-/// check or a sweep (the shard doubling), so keys that arrive through
-/// `acquire` cost a whole limiter each.
+/// Every acquire promotes its key (even one granted at once), and the key
+/// stays promoted until its next check or a sweep; since 9eee609 the
+/// automatic sweep waits until some key may be idle (a period), so every
+/// key acquired within a period keeps a whole limiter: measured 530 bytes a
+/// key against 54 for a checked key (149 before 9eee609; main: ~560).
 #[test]
 fn a_key_acquired_without_waiting_costs_no_more_than_a_checked_key() {
     const KEYS: u64 = 20_000;
@@ -770,4 +823,161 @@ fn a_key_acquired_without_waiting_costs_no_more_than_a_checked_key() {
         acquired <= 2.0 * checked,
         "a key acquired once (never waiting) costs {acquired:.0} bytes, a checked one {checked:.0}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Threads: checks, acquires, quota changes and sweeps racing
+// ---------------------------------------------------------------------------
+
+/// A grant made between two clock readings (nanoseconds since the start).
+#[derive(Clone, Copy, Debug)]
+struct Granted {
+    key: u8,
+    before: u64,
+    after: u64,
+}
+
+/// A sound strictness check on grants known only within `[before, after]`:
+/// the grants that surely fall in `[a, a + window)` for some grant's
+/// `before = a` are never more than `max`.
+fn assert_at_most(grants: &[Granted], max: usize, window: u64) {
+    for key in grants.iter().map(|g| g.key).collect::<HashSet<_>>() {
+        let mut mine: Vec<_> = grants.iter().filter(|g| g.key == key).copied().collect();
+        mine.sort_by_key(|g| g.before);
+        for (i, anchor) in mine.iter().enumerate() {
+            let inside: Vec<_> = mine[i..]
+                .iter()
+                .filter(|g| g.after < anchor.before + window)
+                .collect();
+            assert!(
+                inside.len() <= max,
+                "key {key}: {} grants within {window} ns: {inside:?}",
+                inside.len()
+            );
+        }
+    }
+}
+
+/// Two threads check and two acquire three keys of a bounded limiter
+/// (window of 3 calls) while a fifth floods it with new keys, a sixth
+/// flips the period between 20 and 10 ms, a seventh sweeps, and the clock
+/// moves in 1 ms steps: keys are promoted, demoted, evicted and re-created
+/// all the time. Whatever the quota in force, every grant leaves at most 3
+/// in the 10 ms before it, so no 10 ms holds more than 3 grants of a key.
+#[test]
+fn threads_racing_promotions_demotions_evictions_and_quota_changes_stay_strict() {
+    common::watchdog("threads_strict", || {
+        let clock = ManualClock::new();
+        let limiter = Arc::new(
+            KeyedRateLimiter::new(3, ms(20))
+                .with_timer(clock.clone())
+                .with_max_keys(8),
+        );
+        let elapsed = {
+            let clock = clock.clone();
+            move || clock.elapsed().as_nanos() as u64
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let acquirers_done = Arc::new(AtomicUsize::new(0));
+        let grants = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut threads = Vec::new();
+        for t in 0..2u8 {
+            let (limiter, stop, grants, elapsed) =
+                (limiter.clone(), stop.clone(), grants.clone(), elapsed.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut i = 0u8;
+                while !stop.load(Ordering::Relaxed) {
+                    i = i.wrapping_add(1);
+                    let key = i.wrapping_add(t) % 3;
+                    let before = elapsed();
+                    match limiter.try_acquire(key) {
+                        Ok(()) => grants.lock().unwrap().push(Granted {
+                            key,
+                            before,
+                            after: elapsed(),
+                        }),
+                        Err(RateLimitError::RateLimited { .. })
+                        | Err(RateLimitError::TooManyKeys { .. }) => {}
+                        Err(other) => panic!("{other:?}"),
+                    }
+                }
+            }));
+        }
+        for t in 0..2u8 {
+            let (limiter, stop, grants, elapsed, done) = (
+                limiter.clone(),
+                stop.clone(),
+                grants.clone(),
+                elapsed.clone(),
+                acquirers_done.clone(),
+            );
+            threads.push(std::thread::spawn(move || {
+                let mut i = 0u8;
+                while !stop.load(Ordering::Relaxed) {
+                    i = i.wrapping_add(1);
+                    let key = i.wrapping_add(t) % 3;
+                    let before = elapsed();
+                    match futures::executor::block_on(limiter.acquire(key)) {
+                        Ok(()) => grants.lock().unwrap().push(Granted {
+                            key,
+                            before,
+                            after: elapsed(),
+                        }),
+                        Err(RateLimitError::TooManyKeys { .. }) => {}
+                        Err(other) => panic!("{other:?}"),
+                    }
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        {
+            let (limiter, stop) = (limiter.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut key = 100u8;
+                while !stop.load(Ordering::Relaxed) {
+                    key = key.wrapping_add(1).max(100);
+                    let _ = limiter.try_acquire(key);
+                }
+            }));
+        }
+        {
+            let (limiter, stop) = (limiter.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut flip = false;
+                while !stop.load(Ordering::Relaxed) {
+                    flip = !flip;
+                    let period = if flip { ms(10) } else { ms(20) };
+                    limiter.set_quota(Quota::window(3, period).unwrap()).unwrap();
+                    std::thread::sleep(Duration::from_micros(300));
+                }
+            }));
+        }
+        {
+            let (limiter, stop) = (limiter.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    limiter.evict_idle();
+                    assert!(limiter.len() <= 8);
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            }));
+        }
+        for _ in 0..600 {
+            clock.advance(Duration::from_micros(500));
+            std::thread::sleep(Duration::from_micros(300));
+        }
+        stop.store(true, Ordering::Relaxed);
+        // The acquirers' last waits end as time goes on.
+        while acquirers_done.load(Ordering::SeqCst) < 2 {
+            clock.advance(ms(1));
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let grants = grants.lock().unwrap();
+        assert!(grants.len() > 50, "{} grants", grants.len());
+        assert_at_most(&grants, 3, 10_000_000);
+        eprintln!("{} grants, stats {:?}", grants.len(), limiter.stats());
+    });
 }
