@@ -723,9 +723,10 @@ fn acquires_cancelled_at_every_poll_match_a_lone_limiter() {
                 }
             }
             drop((keyed, lone));
+            // The outcome, retry-after included.
             assert_eq!(
-                limiter.try_acquire("k").is_ok(),
-                single.try_acquire().is_ok(),
+                limiter.try_acquire("k"),
+                single.try_acquire(),
                 "step {step} ({quota:?})"
             );
             clock.advance(ms(rng.below_u64(30)));
@@ -1245,4 +1246,94 @@ fn gcra_threads_racing_promotions_demotions_and_rate_changes_stay_within_the_all
         assert!(grants.len() > 50, "{} grants", grants.len());
         assert_at_most(&grants, 6, 20_000_000);
     });
+}
+
+/// Differential: one key of a keyed limiter against a lone `RateLimiter`
+/// on the same clock, through random checks, acquires (kept, polled,
+/// cancelled, forgotten), sweeps, quota changes and clock moves. The key
+/// moves between its compact and promoted forms and is evicted; every
+/// outcome (retry-after included) and every acquire's readiness must be
+/// the lone limiter's.
+///
+/// (The window's quotas share their period: after a period *increase* the
+/// two differ by design — a grant that has left the old window still counts
+/// in a lone limiter until its next check expires it, while the keyed
+/// limiter's sweeps may have forgotten it already; neither is stricter than
+/// "the grants still in the window when the quota changes count".)
+#[test]
+fn one_key_behaves_exactly_like_a_lone_limiter() {
+    use awaitkit::{KeyedAcquireN, RateAcquireN};
+    for (seed, quotas) in (1..=300u64).flat_map(|seed| {
+        [
+            (
+                seed,
+                [
+                    Quota::window(3, ms(50)).unwrap(),
+                    Quota::window(5, ms(50)).unwrap(),
+                ],
+            ),
+            (
+                seed,
+                [
+                    Quota::gcra(3, ms(50), 2).unwrap(),
+                    Quota::gcra(6, ms(50), 3).unwrap(),
+                ],
+            ),
+        ]
+    }) {
+        let clock = ManualClock::new();
+        let limiter = KeyedRateLimiter::with_quota(quotas[0]).with_timer(clock.clone());
+        let single = RateLimiter::with_quota(quotas[0]).with_timer(clock.clone());
+        let waker = CountingWaker::new();
+        let mut rng = common::Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut live: Vec<(Pin<Box<KeyedAcquireN<ManualClock>>>, Pin<Box<RateAcquireN<ManualClock>>>)> =
+            Vec::new();
+        let mut forgotten = Vec::new();
+        for step in 0..300 {
+            let what = format!("seed {seed} step {step} ({:?})", quotas[0].burst());
+            match rng.below(9) {
+                0 | 1 => {
+                    let n = 1 + rng.below(3);
+                    assert_eq!(limiter.try_acquire_n("k", n), single.try_acquire_n(n), "{what}");
+                }
+                2 | 3 if live.len() < 3 => {
+                    let n = 1 + rng.below(2);
+                    live.push((Box::pin(limiter.acquire_n("k", n)), Box::pin(single.acquire_n(n))));
+                }
+                4 if !live.is_empty() => {
+                    let i = rng.below(live.len());
+                    drop(live.remove(i));
+                }
+                5 if !live.is_empty() && rng.below(4) == 0 => {
+                    let i = rng.below(live.len());
+                    forgotten.push(live.remove(i));
+                }
+                6 => {
+                    limiter.evict_idle();
+                }
+                7 if rng.below(3) == 0 => {
+                    let quota = quotas[rng.below(2)];
+                    limiter.set_quota(quota).unwrap();
+                    single.set_quota(quota).unwrap();
+                }
+                _ => clock.advance(ms(rng.below_u64(25))),
+            }
+            let mut i = 0;
+            while i < live.len() {
+                let (k, s) = &mut live[i];
+                let got = k.as_mut().poll(&mut waker.context());
+                let want = s.as_mut().poll(&mut waker.context());
+                assert_eq!(got, want, "{what}: acquire {i}");
+                if got.is_ready() {
+                    drop(live.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        // The forgotten acquires stay alive until here (never polled
+        // again), as `mem::forget` would leave them.
+        drop(live);
+        std::mem::forget(forgotten);
+    }
 }
