@@ -26,6 +26,10 @@
 //! (`/proc/self/statm`) before and after checking 10⁶ distinct keys once
 //! each, within one period; bytes per key = the growth / 10⁶. Results on
 //! stderr and in `<criterion dir>/keyed_memory.csv`.
+//!
+//! For instruction counts, run the binary under callgrind with
+//! `AWAITKIT_KEYED_MEMORY=<limiter>` (10⁶ new keys) or
+//! `AWAITKIT_KEYED_HOT=<limiter>` (10⁶ checks of 64 hot keys).
 
 mod common;
 
@@ -222,9 +226,33 @@ fn memory_group(settings: &Settings) {
     }
 }
 
+/// For instruction counts (`valgrind --tool=callgrind`): 10⁶ checks of 64
+/// hot keys on the limiter named by `AWAITKIT_KEYED_HOT`.
+fn hot_child(which: &str) {
+    fn run<L: Keyed>() {
+        let limiter = L::unlimited();
+        for i in 0..MEMORY_KEYS {
+            assert!(
+                limiter.check(black_box(i % HOT_KEYS)),
+                "a hot key was refused"
+            );
+        }
+    }
+    match which {
+        "awaitkit_window" => run::<Window>(),
+        "awaitkit_gcra" => run::<Gcra>(),
+        "governor" => run::<Governor>(),
+        other => panic!("unknown limiter {other}"),
+    }
+}
+
 fn main() {
     if let Ok(which) = std::env::var("AWAITKIT_KEYED_MEMORY") {
         memory_child(&which);
+        return;
+    }
+    if let Ok(which) = std::env::var("AWAITKIT_KEYED_HOT") {
+        hot_child(&which);
         return;
     }
     let settings = Settings::from_env();

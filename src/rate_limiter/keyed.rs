@@ -45,6 +45,13 @@ const SHARDS: usize = 16;
 /// Below this many keys a shard is not swept by the automatic sweep.
 const MIN_SWEEP: usize = 4;
 
+/// A bit of an entry's stored hash (one neither the tables' probing nor
+/// the shard choice uses; cleared in every hash the tables see): the key
+/// was used since the last sweep. A full limiter making room spares such a
+/// key once even if it is idle (a second chance, as CLOCK approximates
+/// LRU): the idle keys nobody used lately go first.
+const USED: u64 = 1 << 56;
+
 /// Which shard a key's hash goes to: bits the tables' own probing uses
 /// least (the low bits pick a bucket, the top seven tag it).
 #[inline]
@@ -72,9 +79,9 @@ fn shard_of(hash: u64) -> usize {
 /// Keys are **evicted when idle** — nobody waits, no acquire future holds
 /// the key, and no grant is still inside its window (GCRA: its arrival time
 /// has passed) — so a fresh limiter would behave the same and eviction never
-/// lets anything extra through. A shard of the map is swept whenever it has
-/// doubled since its last sweep (amortised O(1) per new key);
-/// [`evict_idle`](Self::evict_idle) sweeps on demand.
+/// lets anything extra through. A shard of the map is swept when it has
+/// doubled since its last sweep, at most once a period (amortised O(1) per
+/// new key); [`evict_idle`](Self::evict_idle) sweeps on demand.
 ///
 /// # A bound on the keys
 ///
@@ -83,9 +90,14 @@ fn shard_of(hash: u64) -> usize {
 /// period nothing is idle, so without a bound memory grows with every
 /// distinct key. [`with_max_keys`](Self::with_max_keys) caps the keys
 /// tracked: when the limiter is full, a new key first makes room by
-/// evicting idle keys, and if none is idle it is **refused** with
+/// evicting idle keys — those not checked since the last sweep first (the
+/// least recently used, approximately, as a CLOCK cache does), then the
+/// others — and if none is idle it is **refused** with
 /// [`RateLimitError::TooManyKeys`] (fail closed: it is neither let through
-/// nor tracked). The keys already tracked keep their exact quotas.
+/// nor tracked). The keys already tracked keep their exact quotas. A key
+/// that goes idle can be evicted, and is then a new key again: under a
+/// flood that keeps the limiter full, it may be refused until some keys go
+/// idle.
 ///
 /// The key map's locks are held only to look keys up, check a compact key,
 /// insert and remove keys: wakers, the timer, the keys' full limiters, and
@@ -296,12 +308,23 @@ impl<K: Eq, S: Slot, T: Timer> Shard<K, S, T> {
     /// keys nobody uses any more; returns how many keys went and the
     /// earliest time one of the others may be idle. Runs no user code: no
     /// key is hashed, compared or dropped, no limiter dropped.
-    fn sweep(&mut self, now: u64, evicted: &mut Evicted<K, S, T>) -> (usize, u64) {
+    ///
+    /// An idle key used since the last sweep is spared once, unless
+    /// `force`; the count of those spared is returned too.
+    fn sweep(
+        &mut self,
+        now: u64,
+        force: bool,
+        evicted: &mut Evicted<K, S, T>,
+    ) -> (usize, u64, usize) {
         let params = self.params;
         let full = &mut self.full;
         let mut next_idle = u64::MAX;
+        let mut spared = 0;
         let before = evicted.entries.len();
         evicted.entries.extend(self.keys.extract_if(|entry| {
+            let used = entry.hash & USED != 0;
+            entry.hash &= !USED;
             if let Some(id) = entry.slot.promoted_id() {
                 let seed = full
                     .get(&id)
@@ -316,8 +339,11 @@ impl<K: Eq, S: Slot, T: Timer> Shard<K, S, T> {
                 entry.slot = S::from_seed(seed);
             }
             let idle = entry.slot.idle_from(&params, now);
-            if idle <= now {
+            if idle <= now && (force || !used) {
                 return true;
+            }
+            if idle <= now {
+                spared += 1;
             }
             next_idle = next_idle.min(idle);
             false
@@ -325,7 +351,19 @@ impl<K: Eq, S: Slot, T: Timer> Shard<K, S, T> {
         self.ops = 0;
         self.swept_at = now;
         self.sweep_at = (self.keys.len() * 2).max(MIN_SWEEP);
-        (evicted.entries.len() - before, next_idle)
+        (evicted.entries.len() - before, next_idle, spared)
+    }
+
+    /// A sweep to make room: the idle keys not used since the last sweep
+    /// go; if there are none, the idle ones used since then go too.
+    fn sweep_for_room(&mut self, now: u64, evicted: &mut Evicted<K, S, T>) -> (usize, u64) {
+        match self.sweep(now, false, evicted) {
+            (0, _, spared) if spared > 0 => {
+                let (gone, next_idle, _) = self.sweep(now, true, evicted);
+                (gone, next_idle)
+            }
+            (gone, next_idle, _) => (gone, next_idle),
+        }
     }
 }
 
@@ -519,7 +557,7 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
             return true;
         }
         if shard.may_sweep(cell.next_idle.load(Ordering::Relaxed), now) {
-            let (gone, next_idle) = shard.sweep(now, evicted);
+            let (gone, next_idle) = shard.sweep_for_room(now, evicted);
             cell.next_idle.store(next_idle, Ordering::Relaxed);
             self.evicted(gone);
             if gone > 0 && self.reserve() {
@@ -543,7 +581,7 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
             {
                 let mut shard = cell.lock();
                 if shard.may_sweep(cell.next_idle.load(Ordering::Relaxed), now) {
-                    let (went, next_idle) = shard.sweep(now, &mut evicted);
+                    let (went, next_idle) = shard.sweep_for_room(now, &mut evicted);
                     cell.next_idle.store(next_idle, Ordering::Relaxed);
                     self.evicted(went);
                     gone += went;
@@ -557,8 +595,8 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
         gone
     }
 
-    /// The automatic sweep of a shard that has doubled since its last one
-    /// (amortised O(1) per new key).
+    /// The automatic sweep of a shard that has doubled since its last one,
+    /// at most once a period (amortised O(1) per new key).
     fn auto_sweep<S: Slot>(
         &self,
         cell: &Cell<K, S, T>,
@@ -566,9 +604,15 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
         now: u64,
         evicted: &mut Evicted<K, S, T>,
     ) {
-        // Nothing can be idle before `next_idle`: the sweep waits for it.
-        if shard.keys.len() >= shard.sweep_at && cell.next_idle.load(Ordering::Relaxed) <= now {
-            let (gone, next_idle) = shard.sweep(now, evicted);
+        // Nothing can be idle before `next_idle`: the sweep waits for it,
+        // and for a period since the last one (keys whose quota makes them
+        // idle right after each grant are not evicted and created again at
+        // every doubling).
+        if shard.keys.len() >= shard.sweep_at
+            && cell.next_idle.load(Ordering::Relaxed) <= now
+            && now >= shard.swept_at.saturating_add(shard.params.period)
+        {
+            let (gone, next_idle, _) = shard.sweep(now, true, evicted);
             cell.next_idle.store(next_idle, Ordering::Relaxed);
             self.evicted(gone);
         }
@@ -616,8 +660,9 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
             let shard_ref = &mut *shard;
             if let Some(entry) = shard_ref
                 .keys
-                .find_mut(hash, |e| e.hash == hash && e.key == key)
+                .find_mut(hash, |e| e.hash & !USED == hash && e.key == key)
             {
+                entry.hash |= USED;
                 let Some(id) = entry.slot.promoted_id() else {
                     let outcome = entry.slot.check(&params, now, n);
                     drop(shard);
@@ -675,9 +720,15 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
             }
             cell.idle_by(slot.idle_hint(&params));
             shard.ops += 1;
-            shard
-                .keys
-                .insert_unique(hash, Entry { hash, key, slot }, |e| e.hash);
+            shard.keys.insert_unique(
+                hash,
+                Entry {
+                    hash: hash | USED,
+                    key,
+                    slot,
+                },
+                |e| e.hash & !USED,
+            );
             self.auto_sweep(cell, &mut shard, now, &mut evicted);
             drop(shard);
             evicted.contain();
@@ -727,9 +778,10 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
             let shard_ref = &mut *shard;
             let found = shard_ref
                 .keys
-                .find_mut(hash, |e| e.hash == hash && e.key == key);
+                .find_mut(hash, |e| e.hash & !USED == hash && e.key == key);
             match found {
                 Some(entry) => {
+                    entry.hash |= USED;
                     if let Some(id) = entry.slot.promoted_id() {
                         let shared = Arc::clone(&shard_ref.full[&id]);
                         drop(shard);
@@ -777,11 +829,11 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
                         shard.keys.insert_unique(
                             hash,
                             Entry {
-                                hash,
+                                hash: hash | USED,
                                 key,
                                 slot: S::promoted(id),
                             },
-                            |e| e.hash,
+                            |e| e.hash & !USED,
                         );
                         reservation.held = false;
                         cell.idle_by(now.saturating_add(shard.params.period));
@@ -813,7 +865,7 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
         T: Clone + Send + Sync + 'static,
         T::Sleep: Send + 'static,
     {
-        let hash = self.hasher.hash_one(&key);
+        let hash = self.hasher.hash_one(&key) & !USED;
         match &self.table {
             Table::Gcra(cells) => self.check_in(cells, hash, key, n),
             Table::Window(cells) => self.check_in(cells, hash, key, n),
@@ -829,7 +881,7 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
             drop(key);
             return Pending::Settled(Some(Ok(())));
         }
-        let hash = self.hasher.hash_one(&key);
+        let hash = self.hasher.hash_one(&key) & !USED;
         let shared = match &self.table {
             Table::Gcra(cells) => self.full_in(cells, hash, key, n as u64),
             Table::Window(cells) => self.full_in(cells, hash, key, n as u64),
@@ -1067,7 +1119,7 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
                 {
                     let mut shard = cell.lock();
                     let now = shard.hold(raw);
-                    let (went, next_idle) = shard.sweep(now, &mut evicted);
+                    let (went, next_idle, _) = shard.sweep(now, true, &mut evicted);
                     cell.next_idle.store(next_idle, Ordering::Relaxed);
                     limiter.evicted(went);
                     gone += went;
