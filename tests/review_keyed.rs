@@ -19,8 +19,8 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::task::{Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -92,9 +92,8 @@ impl Timer for Preempted {
 fn a_stale_clock_read_racing_a_demotion_never_lets_a_key_exceed_its_window() {
     common::watchdog("stale_demotion", || {
         let clock = ManualClock::new();
-        let limiter = Arc::new(
-            KeyedRateLimiter::new(2, ms(100)).with_timer(Preempted(clock.clone())),
-        );
+        let limiter =
+            Arc::new(KeyedRateLimiter::new(2, ms(100)).with_timer(Preempted(clock.clone())));
         let waker = CountingWaker::new();
         // t = 0: the key's window is full; an acquire waits (the key is
         // promoted).
@@ -130,9 +129,8 @@ fn a_stale_clock_read_racing_a_demotion_never_lets_a_key_exceed_its_window() {
 fn a_stale_clock_read_racing_a_demotion_still_checks_every_grant() {
     common::watchdog("stale_demotion_check", || {
         let clock = ManualClock::new();
-        let limiter = Arc::new(
-            KeyedRateLimiter::new(2, ms(100)).with_timer(Preempted(clock.clone())),
-        );
+        let limiter =
+            Arc::new(KeyedRateLimiter::new(2, ms(100)).with_timer(Preempted(clock.clone())));
         let waker = CountingWaker::new();
         limiter.try_acquire_n("k", 2).unwrap();
         let mut waiter = limiter.acquire("k");
@@ -159,9 +157,8 @@ fn gcra_under_a_stale_clock_read_racing_a_demotion_stays_within_its_allowance() 
     common::watchdog("stale_demotion_gcra", || {
         let clock = ManualClock::new();
         let quota = Quota::gcra(2, ms(100), 2).unwrap(); // one per 50 ms, burst 2
-        let limiter = Arc::new(
-            KeyedRateLimiter::with_quota(quota).with_timer(Preempted(clock.clone())),
-        );
+        let limiter =
+            Arc::new(KeyedRateLimiter::with_quota(quota).with_timer(Preempted(clock.clone())));
         let waker = CountingWaker::new();
         limiter.try_acquire_n("k", 2).unwrap(); // tat = 100
         let mut waiter = limiter.acquire("k"); // granted at 50 (tat 150)
@@ -574,7 +571,11 @@ fn keys_whose_hash_eq_or_drop_panic_are_dropped_once_and_wedge_nothing() {
             // Eviction by evict_idle: keys 6 and 7 panic; all idle keys go.
             clock.advance(ms(500));
             assert!(panicked(|| limiter.evict_idle()));
-            assert_eq!(limiter.len(), 0, "every idle key is evicted even if drops panic");
+            assert_eq!(
+                limiter.len(),
+                0,
+                "every idle key is evicted even if drops panic"
+            );
             // Automatic sweeps (a full limiter making room) contain the
             // panic: fill, let the keys idle, then insert new keys.
             for id in 0..200 {
@@ -595,9 +596,16 @@ fn keys_whose_hash_eq_or_drop_panic_are_dropped_once_and_wedge_nothing() {
                 book.made.load(Ordering::SeqCst),
                 book.dropped.load(Ordering::SeqCst),
             );
-            assert_eq!(made - dropped, limiter.len(), "key instances dropped exactly once");
+            assert_eq!(
+                made - dropped,
+                limiter.len(),
+                "key instances dropped exactly once"
+            );
             drop(limiter);
-            assert_eq!(book.made.load(Ordering::SeqCst), book.dropped.load(Ordering::SeqCst));
+            assert_eq!(
+                book.made.load(Ordering::SeqCst),
+                book.dropped.load(Ordering::SeqCst)
+            );
         });
     }
 }
@@ -652,7 +660,11 @@ fn a_panicking_waker_woken_by_set_quota_wedges_no_key() {
         let good = CountingWaker::new();
         let mut a = limiter.acquire("a");
         let mut b = limiter.acquire("b");
-        assert!(Pin::new(&mut a).poll(&mut std::task::Context::from_waker(&panicky)).is_pending());
+        assert!(
+            Pin::new(&mut a)
+                .poll(&mut std::task::Context::from_waker(&panicky))
+                .is_pending()
+        );
         assert!(poll(&mut b, &good).is_pending());
         let raised = panicked(|| limiter.set_quota(Quota::window(2, ms(100)).unwrap()));
         assert!(raised, "the waker's panic propagates from set_quota");
@@ -884,8 +896,12 @@ fn threads_racing_promotions_demotions_evictions_and_quota_changes_stay_strict()
         let grants = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut threads = Vec::new();
         for t in 0..2u8 {
-            let (limiter, stop, grants, elapsed) =
-                (limiter.clone(), stop.clone(), grants.clone(), elapsed.clone());
+            let (limiter, stop, grants, elapsed) = (
+                limiter.clone(),
+                stop.clone(),
+                grants.clone(),
+                elapsed.clone(),
+            );
             threads.push(std::thread::spawn(move || {
                 let mut i = 0u8;
                 while !stop.load(Ordering::Relaxed) {
@@ -949,7 +965,9 @@ fn threads_racing_promotions_demotions_evictions_and_quota_changes_stay_strict()
                 while !stop.load(Ordering::Relaxed) {
                     flip = !flip;
                     let period = if flip { ms(10) } else { ms(20) };
-                    limiter.set_quota(Quota::window(3, period).unwrap()).unwrap();
+                    limiter
+                        .set_quota(Quota::window(3, period).unwrap())
+                        .unwrap();
                     std::thread::sleep(Duration::from_micros(300));
                 }
             }));
@@ -1041,7 +1059,11 @@ fn assert_room_is_exact(
     limiter.evict_idle();
     assert_eq!(limiter.len(), 0);
     for id in 0..max as u32 {
-        assert_eq!(limiter.try_acquire(Key::new(10_000 + id, book)), Ok(()), "key {id}");
+        assert_eq!(
+            limiter.try_acquire(Key::new(10_000 + id, book)),
+            Ok(()),
+            "key {id}"
+        );
     }
     assert_eq!(
         limiter.try_acquire(Key::new(20_000, book)),
@@ -1080,7 +1102,10 @@ fn an_acquires_reservation_is_given_back_on_every_path() {
             });
         }
         let mut acquire = limiter.acquire(Key::new(2, &book));
-        assert!(poll(&mut acquire, &waker).is_pending(), "the other caller took the grant");
+        assert!(
+            poll(&mut acquire, &waker).is_pending(),
+            "the other caller took the grant"
+        );
         drop(acquire);
         assert_eq!(limiter.len(), 1);
         assert_eq!(limiter.try_acquire(Key::new(3, &book)), Ok(()));
@@ -1105,7 +1130,10 @@ fn an_acquires_reservation_is_given_back_on_every_path() {
         assert_eq!(limiter.len(), 1);
         assert_room_is_exact(&limiter, &clock, &book, 3);
         drop(limiter);
-        assert_eq!(book.made.load(Ordering::SeqCst), book.dropped.load(Ordering::SeqCst));
+        assert_eq!(
+            book.made.load(Ordering::SeqCst),
+            book.dropped.load(Ordering::SeqCst)
+        );
     });
 }
 
@@ -1150,7 +1178,9 @@ fn a_waker_that_calls_back_into_the_limiter_never_deadlocks() {
         assert!(Pin::new(&mut second).poll(&mut cx).is_pending());
         // set_quota lets `first` through and wakes it; its waker changes
         // the quota again (re-entrant set_quota) and checks the key.
-        limiter.set_quota(Quota::window(2, ms(100)).unwrap()).unwrap();
+        limiter
+            .set_quota(Quota::window(2, ms(100)).unwrap())
+            .unwrap();
         assert!(reentrant.wakes.load(Ordering::SeqCst) >= 1);
         assert_eq!(Pin::new(&mut first).poll(&mut cx), Poll::Ready(Ok(())));
         clock.advance(ms(500));
@@ -1286,19 +1316,29 @@ fn one_key_behaves_exactly_like_a_lone_limiter() {
         let single = RateLimiter::with_quota(quotas[0]).with_timer(clock.clone());
         let waker = CountingWaker::new();
         let mut rng = common::Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        let mut live: Vec<(Pin<Box<KeyedAcquireN<ManualClock>>>, Pin<Box<RateAcquireN<ManualClock>>>)> =
-            Vec::new();
+        type Pair<'a> = (
+            Pin<Box<KeyedAcquireN<ManualClock>>>,
+            Pin<Box<RateAcquireN<'a, ManualClock>>>,
+        );
+        let mut live: Vec<Pair<'_>> = Vec::new();
         let mut forgotten = Vec::new();
         for step in 0..300 {
             let what = format!("seed {seed} step {step} ({:?})", quotas[0].burst());
             match rng.below(9) {
                 0 | 1 => {
                     let n = 1 + rng.below(3);
-                    assert_eq!(limiter.try_acquire_n("k", n), single.try_acquire_n(n), "{what}");
+                    assert_eq!(
+                        limiter.try_acquire_n("k", n),
+                        single.try_acquire_n(n),
+                        "{what}"
+                    );
                 }
                 2 | 3 if live.len() < 3 => {
                     let n = 1 + rng.below(2);
-                    live.push((Box::pin(limiter.acquire_n("k", n)), Box::pin(single.acquire_n(n))));
+                    live.push((
+                        Box::pin(limiter.acquire_n("k", n)),
+                        Box::pin(single.acquire_n(n)),
+                    ));
                 }
                 4 if !live.is_empty() => {
                     let i = rng.below(live.len());
