@@ -21,6 +21,8 @@ mod driver;
 #[cfg(all(test, awaitkit_loom))]
 mod driver_loom;
 mod keyed;
+#[cfg(all(test, awaitkit_loom))]
+mod keyed_loom;
 mod shared;
 mod stream;
 mod window;
