@@ -34,7 +34,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -328,7 +328,7 @@ impl<K: Eq, S: Slot, T: Timer> Shard<K, S, T> {
             if let Some(id) = entry.slot.promoted_id() {
                 let seed = full
                     .get(&id)
-                    .filter(|shared| Arc::strong_count(shared) == 1)
+                    .filter(|shared| unused(shared))
                     .and_then(|shared| shared.take_seed());
                 let Some(seed) = seed else {
                     // In use: looked at again a period later at the soonest.
@@ -670,9 +670,7 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
                     return outcome.map_err(|at| limited(now, at));
                 };
                 let shared = &shard_ref.full[&id];
-                let seed = (Arc::strong_count(shared) == 1)
-                    .then(|| shared.take_seed())
-                    .flatten();
+                let seed = unused(shared).then(|| shared.take_seed()).flatten();
                 match seed {
                     Some(seed) => {
                         // Nobody uses the full limiter any more: back to
@@ -1242,6 +1240,26 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
         panics.resume();
         Ok(())
     }
+}
+
+/// Whether a promoted key's limiter is used by nobody but its shard (whose
+/// lock the caller holds: other handles are cloned only under it), so its
+/// state may be taken back.
+///
+/// `Arc::strong_count` reads the count `Relaxed`: seeing the last other
+/// handle's (`Release`) drop does not, by itself, make that holder's writes
+/// visible — a GCRA grant through the lock-free path swaps the arrival
+/// time without the limiter's lock, after the shard's lock was released —
+/// so the state read next could be from before that grant, and the grant
+/// forgotten. The `Acquire` fence synchronizes with that drop (see
+/// `keyed_loom.rs`).
+#[inline]
+fn unused<T: Timer>(shared: &Arc<Shared<T>>) -> bool {
+    let unused = Arc::strong_count(shared) == 1;
+    if unused {
+        fence(Ordering::Acquire);
+    }
+    unused
 }
 
 #[cold]
