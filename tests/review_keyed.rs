@@ -1377,3 +1377,37 @@ fn one_key_behaves_exactly_like_a_lone_limiter() {
         std::mem::forget(forgotten);
     }
 }
+
+/// A waiter of a promoted key whose waker panics when the key's driver
+/// wakes it (from the clock's advance): the panic goes no further than
+/// the driver, the waiter is still granted, the key is demoted and evicted
+/// afterwards, and the other key's waiter is unaffected.
+#[test]
+fn a_waiters_panicking_waker_wedges_neither_its_key_nor_the_others() {
+    common::quiet();
+    common::watchdog("waker_panics_driver", || {
+        let clock = ManualClock::new();
+        let limiter = KeyedRateLimiter::new(1, ms(100)).with_timer(clock.clone());
+        let good = CountingWaker::new();
+        let panicky = Waker::from(Arc::new(PanicOnWake));
+        limiter.try_acquire("a").unwrap();
+        limiter.try_acquire("b").unwrap();
+        let mut a = limiter.acquire("a");
+        let mut b = limiter.acquire("b");
+        assert!(
+            Pin::new(&mut a)
+                .poll(&mut std::task::Context::from_waker(&panicky))
+                .is_pending()
+        );
+        assert!(poll(&mut b, &good).is_pending());
+        let _ = panicked(|| clock.advance(ms(100)));
+        assert_eq!(poll(&mut b, &good), Poll::Ready(Ok(())));
+        assert_eq!(poll(&mut a, &good), Poll::Ready(Ok(())));
+        drop((a, b));
+        assert!(limiter.try_acquire("a").is_err());
+        clock.advance(ms(100));
+        assert_eq!(limiter.evict_idle(), 2);
+        assert_eq!(limiter.try_acquire("a"), Ok(()));
+        assert_eq!(limiter.stats().waiting_keys, 0);
+    });
+}
