@@ -1411,3 +1411,106 @@ fn a_waiters_panicking_waker_wedges_neither_its_key_nor_the_others() {
         assert_eq!(limiter.stats().waiting_keys, 0);
     });
 }
+
+/// A clock that can be set back (a wall clock corrected by NTP, a VM
+/// migrated): `now()` is the manual clock minus `back`.
+#[derive(Clone)]
+struct Backwards(ManualClock, Arc<std::sync::atomic::AtomicU64>);
+
+impl Timer for Backwards {
+    type Sleep = <ManualClock as Timer>::Sleep;
+
+    fn now(&self) -> Instant {
+        self.0.now() - Duration::from_nanos(self.1.load(Ordering::SeqCst))
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Self::Sleep {
+        self.0.sleep_until(deadline)
+    }
+
+    fn reset(&self, sleep: Pin<&mut Self::Sleep>, deadline: Instant) {
+        self.0.reset(sleep, deadline)
+    }
+}
+
+/// The differential test on a clock that jumps backwards and forwards: the
+/// keyed limiter never grants a key what a lone limiter on the same clock
+/// refuses, nor finishes an acquire before it. (Retry-afters may differ:
+/// the key's compact form holds the clock per shard, its promoted limiter
+/// on its own.)
+#[test]
+fn on_a_clock_that_goes_backwards_a_key_never_grants_more_than_a_lone_limiter() {
+    let mut diverged = Vec::new();
+    for seed in 1..=200u64 {
+        // (Window only: a lone GCRA limiter's lock-free check uses the raw
+        // reading, not the held one, so on a clock going backwards it is
+        // more conservative than its own locked path and than the keyed
+        // limiter's compact keys, which hold the clock per shard.)
+        for quota in [Quota::window(3, ms(50)).unwrap()] {
+            let clock = ManualClock::new();
+            clock.advance(Duration::from_secs(1)); // room to go back
+            let back = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let timer = Backwards(clock.clone(), back.clone());
+            let limiter = KeyedRateLimiter::with_quota(quota).with_timer(timer.clone());
+            let single = RateLimiter::with_quota(quota).with_timer(timer);
+            // The keyed limiter reads its time origin at its first use, the
+            // lone one when built: the same reading for both (a reading
+            // before the origin counts as the origin, in both).
+            limiter.try_acquire("warm-up").unwrap();
+            let waker = CountingWaker::new();
+            let mut rng = common::Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
+            let mut live = Vec::new();
+            for step in 0..200 {
+                match rng.below(7) {
+                    0 | 1 => {
+                        let n = 1 + rng.below(2);
+                        let (got, want) = (limiter.try_acquire_n("k", n), single.try_acquire_n(n));
+                        assert!(
+                            got.is_err() || want.is_ok(),
+                            "seed {seed} step {step} ({quota:?}): keyed granted, lone refused {want:?}"
+                        );
+                        if got != want {
+                            diverged.push(format!("seed {seed} step {step}: {got:?} vs {want:?}"));
+                        }
+                    }
+                    2 if live.len() < 2 => live.push((
+                        Some(Box::pin(limiter.acquire("k"))),
+                        Some(Box::pin(single.acquire())),
+                    )),
+                    3 => {
+                        // A sweep reads (and holds) the clock: so does a
+                        // snapshot of the lone limiter.
+                        limiter.evict_idle();
+                        let _ = single.snapshot();
+                    }
+                    4 => back.store(rng.below_u64(40) * 1_000_000, Ordering::SeqCst),
+                    _ => clock.advance(ms(rng.below_u64(20))),
+                }
+                // Each side is polled until it is ready (a keyed acquire
+                // may finish later than the lone one: never earlier).
+                live.retain_mut(|(k, s)| {
+                    if s.as_mut()
+                        .is_some_and(|s| s.as_mut().poll(&mut waker.context()).is_ready())
+                    {
+                        *s = None;
+                    }
+                    if k.as_mut()
+                        .is_some_and(|k| k.as_mut().poll(&mut waker.context()).is_ready())
+                    {
+                        assert!(
+                            s.is_none(),
+                            "seed {seed} step {step}: a keyed acquire finished before the lone one"
+                        );
+                        *k = None;
+                    }
+                    k.is_some() || s.is_some()
+                });
+            }
+        }
+    }
+    eprintln!(
+        "{} outcomes differed (retry-after or grant): {:?}",
+        diverged.len(),
+        diverged.iter().take(5).collect::<Vec<_>>()
+    );
+}
