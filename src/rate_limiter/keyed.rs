@@ -318,7 +318,7 @@ impl<K: Eq, S: Slot, T: Timer> Shard<K, S, T> {
         evicted: &mut Evicted<K, S, T>,
     ) -> (usize, u64, usize) {
         let params = self.params;
-        let full = &mut self.full;
+        let (full, last) = (&mut self.full, &mut self.last);
         let mut next_idle = u64::MAX;
         let mut spared = 0;
         let before = evicted.entries.len();
@@ -330,13 +330,16 @@ impl<K: Eq, S: Slot, T: Timer> Shard<K, S, T> {
                     .get(&id)
                     .filter(|shared| Arc::strong_count(shared) == 1)
                     .and_then(|shared| shared.take_seed());
-                let Some(seed) = seed else {
+                let Some((seed, used)) = seed else {
                     // In use: looked at again a period later at the soonest.
                     next_idle = next_idle.min(now.saturating_add(params.period));
                     return false;
                 };
                 evicted.limiters.extend(full.remove(&id));
                 entry.slot = S::from_seed(seed);
+                // Its grants may be later than `now` (read before locking):
+                // the shard's time never goes behind them.
+                *last = (*last).max(used);
             }
             let idle = entry.slot.idle_from(&params, now);
             if idle <= now && (force || !used) {
@@ -674,10 +677,15 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
                     .then(|| shared.take_seed())
                     .flatten();
                 match seed {
-                    Some(seed) => {
+                    Some((seed, used)) => {
                         // Nobody uses the full limiter any more: back to
-                        // the compact form, then checked as such.
+                        // the compact form, then checked as such — not
+                        // before the limiter's last grant (the clock was
+                        // read before locking; another thread may have
+                        // read it later, granted and let go meanwhile).
                         entry.slot = S::from_seed(seed);
+                        shard_ref.last = shard_ref.last.max(used);
+                        let now = shard_ref.last;
                         let outcome = entry.slot.check(&params, now, n);
                         let demoted = shard_ref.full.remove(&id);
                         drop(shard);
