@@ -652,14 +652,13 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
             let raw = self.now_raw();
             let mut shard = cell.lock();
             let now = shard.hold(raw);
-            let max = shard.quota.max_at_once() as u64;
-            if n > max {
-                let error = exceeds(max, n);
+            // Every quota allows one call at once: only more need the check.
+            if n > 1 && n > shard.quota.max_at_once() as u64 {
+                let error = exceeds(shard.quota.max_at_once() as u64, n);
                 drop(shard);
                 drop(key);
                 return Err(error);
             }
-            let params = shard.params;
             let shard_ref = &mut *shard;
             if let Some(entry) = shard_ref
                 .keys
@@ -667,11 +666,16 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
             {
                 entry.hash |= USED;
                 let Some(id) = entry.slot.promoted_id() else {
-                    let outcome = entry.slot.check(&params, now, n);
+                    // The common case: a compact key, checked in place.
+                    let outcome = entry.slot.check(&shard_ref.params, now, n);
                     drop(shard);
                     drop(key);
-                    return outcome.map_err(|at| limited(now, at));
+                    return match outcome {
+                        Ok(()) => Ok(()),
+                        Err(at) => Err(limited(now, at)),
+                    };
                 };
+                let params = shard_ref.params;
                 let shared = &shard_ref.full[&id];
                 let seed = (Arc::strong_count(shared) == 1)
                     .then(|| shared.take_seed())
@@ -706,6 +710,7 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
                 }
             }
             // A new key: a fresh limiter grants any `n` it allows at once.
+            let params = shard.params;
             let mut slot = S::fresh();
             if let Err(at) = slot.check(&params, now, n) {
                 drop(shard);
