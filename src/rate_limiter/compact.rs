@@ -81,6 +81,7 @@ const PROMOTED: u64 = 1 << 63;
 const NEVER: u64 = PROMOTED - 1;
 
 impl GcraSlot {
+    #[inline]
     fn tat(self) -> u64 {
         match self.0 {
             NEVER => u64::MAX,
@@ -88,6 +89,7 @@ impl GcraSlot {
         }
     }
 
+    #[inline]
     fn set_tat(&mut self, tat: u64) {
         self.0 = tat.min(NEVER);
     }

@@ -318,7 +318,7 @@ impl<K: Eq, S: Slot, T: Timer> Shard<K, S, T> {
         evicted: &mut Evicted<K, S, T>,
     ) -> (usize, u64, usize) {
         let params = self.params;
-        let full = &mut self.full;
+        let (full, last) = (&mut self.full, &mut self.last);
         let mut next_idle = u64::MAX;
         let mut spared = 0;
         let before = evicted.entries.len();
@@ -330,13 +330,16 @@ impl<K: Eq, S: Slot, T: Timer> Shard<K, S, T> {
                     .get(&id)
                     .filter(|shared| unused(shared))
                     .and_then(|shared| shared.take_seed());
-                let Some(seed) = seed else {
+                let Some((seed, used)) = seed else {
                     // In use: looked at again a period later at the soonest.
                     next_idle = next_idle.min(now.saturating_add(params.period));
                     return false;
                 };
                 evicted.limiters.extend(full.remove(&id));
                 entry.slot = S::from_seed(seed);
+                // Its grants may be later than `now` (read before locking):
+                // the shard's time never goes behind them.
+                *last = (*last).max(used);
             }
             let idle = entry.slot.idle_from(&params, now);
             if idle <= now && (force || !used) {
@@ -649,14 +652,13 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
             let raw = self.now_raw();
             let mut shard = cell.lock();
             let now = shard.hold(raw);
-            let max = shard.quota.max_at_once() as u64;
-            if n > max {
-                let error = exceeds(max, n);
+            // Every quota allows one call at once: only more need the check.
+            if n > 1 && n > shard.quota.max_at_once() as u64 {
+                let error = exceeds(shard.quota.max_at_once() as u64, n);
                 drop(shard);
                 drop(key);
                 return Err(error);
             }
-            let params = shard.params;
             let shard_ref = &mut *shard;
             if let Some(entry) = shard_ref
                 .keys
@@ -664,18 +666,28 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
             {
                 entry.hash |= USED;
                 let Some(id) = entry.slot.promoted_id() else {
-                    let outcome = entry.slot.check(&params, now, n);
+                    // The common case: a compact key, checked in place.
+                    let outcome = entry.slot.check(&shard_ref.params, now, n);
                     drop(shard);
                     drop(key);
-                    return outcome.map_err(|at| limited(now, at));
+                    return match outcome {
+                        Ok(()) => Ok(()),
+                        Err(at) => Err(limited(now, at)),
+                    };
                 };
+                let params = shard_ref.params;
                 let shared = &shard_ref.full[&id];
                 let seed = unused(shared).then(|| shared.take_seed()).flatten();
                 match seed {
-                    Some(seed) => {
+                    Some((seed, used)) => {
                         // Nobody uses the full limiter any more: back to
-                        // the compact form, then checked as such.
+                        // the compact form, then checked as such — not
+                        // before the limiter's last grant (the clock was
+                        // read before locking; another thread may have
+                        // read it later, granted and let go meanwhile).
                         entry.slot = S::from_seed(seed);
+                        shard_ref.last = shard_ref.last.max(used);
+                        let now = shard_ref.last;
                         let outcome = entry.slot.check(&params, now, n);
                         let demoted = shard_ref.full.remove(&id);
                         drop(shard);
@@ -696,6 +708,7 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
                 }
             }
             // A new key: a fresh limiter grants any `n` it allows at once.
+            let params = shard.params;
             let mut slot = S::fresh();
             if let Err(at) = slot.check(&params, now, n) {
                 drop(shard);

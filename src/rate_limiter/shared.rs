@@ -766,16 +766,18 @@ impl<T: Timer> Shared<T> {
 
     /// Takes the algorithm state out of a limiter that nobody waits on and
     /// nobody else holds (a keyed limiter demoting a key to its compact
-    /// form); `None` while anyone waits. Runs no user code.
-    pub(super) fn take_seed(&self) -> Option<Seed> {
+    /// form), with the latest time it used (no grant is later); `None`
+    /// while anyone waits. Runs no user code.
+    pub(super) fn take_seed(&self) -> Option<(Seed, u64)> {
         let mut state = self.lock();
         if !state.queue.is_empty() {
             return None;
         }
-        Some(match state.quota.mode {
+        let seed = match state.quota.mode {
             Mode::Window => Seed::Window(std::mem::take(&mut state.log)),
             Mode::Gcra { .. } => Seed::Gcra(self.tat.load(Ordering::Acquire)),
-        })
+        };
+        Some((seed, state.last))
     }
 
     // -----------------------------------------------------------------------
