@@ -1044,8 +1044,8 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     /// ```
     pub fn len(&self) -> usize {
         match &self.table {
-            Table::Gcra(cells) => cells.iter().map(|c| c.lock().keys.len()).sum(),
-            Table::Window(cells) => cells.iter().map(|c| c.lock().keys.len()).sum(),
+            Table::Gcra(cells) => keys_in(cells),
+            Table::Window(cells) => keys_in(cells),
         }
     }
 
@@ -1077,11 +1077,12 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     /// ```
     pub fn stats(&self) -> KeyedStats {
         fn count<K, S, T: Timer>(cells: &[Cell<K, S, T>]) -> (usize, usize) {
-            cells.iter().fold((0, 0), |(keys, waiting), cell| {
-                let shard = cell.lock();
-                let busy = shard.full.values().filter(|s| s.waiting() > 0).count();
-                (keys + shard.keys.len(), waiting + busy)
-            })
+            lock_all(cells)
+                .iter()
+                .fold((0, 0), |(keys, waiting), shard| {
+                    let busy = shard.full.values().filter(|s| s.waiting() > 0).count();
+                    (keys + shard.keys.len(), waiting + busy)
+                })
         }
         let (keys, waiting_keys) = match &self.table {
             Table::Gcra(cells) => count(cells),
@@ -1255,6 +1256,20 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     }
 }
 
+/// Every shard locked at once, in index order: a consistent snapshot.
+/// (Counted one shard after the other, a key evicted from a shard already
+/// counted to make room for one inserted into a shard not yet counted
+/// would be counted twice, past the bound.) No other path holds two shard
+/// locks, so this cannot deadlock.
+fn lock_all<K, S, T: Timer>(cells: &[Cell<K, S, T>]) -> Vec<MutexGuard<'_, Shard<K, S, T>>> {
+    cells.iter().map(Cell::lock).collect()
+}
+
+/// The keys tracked, in one consistent snapshot.
+fn keys_in<K, S, T: Timer>(cells: &[Cell<K, S, T>]) -> usize {
+    lock_all(cells).iter().map(|shard| shard.keys.len()).sum()
+}
+
 /// Whether a promoted key's limiter is used by nobody but its shard (whose
 /// lock the caller holds: other handles are cloned only under it), so its
 /// state may be taken back.
@@ -1295,15 +1310,12 @@ fn exceeds(max: u64, n: u64) -> RateLimitError {
 
 impl<K, T: Timer> fmt::Debug for KeyedRateLimiter<K, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fn keys<K, S, T: Timer>(cells: &[Cell<K, S, T>]) -> usize {
-            cells.iter().map(|c| c.lock().keys.len()).sum()
-        }
         // Read, then write with the locks released (the writer is user
         // code).
         let quota = self.config.lock().unwrap_or_else(|p| p.into_inner()).0;
         let len = match &self.table {
-            Table::Gcra(cells) => keys(cells),
-            Table::Window(cells) => keys(cells),
+            Table::Gcra(cells) => keys_in(cells),
+            Table::Window(cells) => keys_in(cells),
         };
         let mut f = f.debug_struct("KeyedRateLimiter");
         f.field("quota", &quota).field("keys", &len);
