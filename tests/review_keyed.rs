@@ -78,16 +78,13 @@ impl Timer for Preempted {
 /// Window of 2 per 100 ms. A key's waiter is granted at 100 by its promoted
 /// limiter; a `try_acquire` of the same key read the clock at 99, just
 /// before (a preempted thread), and takes the shard's lock after the waiter
-/// is gone: it demotes the key and records its grant at 99, *behind* the
-/// waiter's grant at 100. The log is then out of order, its "newest" entry
-/// is 99, and at 199 the sweep finds the key idle although the grant at 100
-/// is still inside every window ending before 200: the key is evicted and a
-/// fresh key grants 2 more — 4 grants within 100 ms on the limiter's clock
-/// (100, 100, 199, 199) for a quota of 2.
-///
-/// The single `RateLimiter` holds its clock under its lock; the keyed one
-/// holds one per shard, and a demotion does not carry the promoted
-/// limiter's latest time back into the shard.
+/// is gone: it demotes the key and checks it at 99, behind the waiter's
+/// grant at 100. Were its grant logged at 99 after the one at 100, the
+/// log's newest entry would be 99 and a sweep at 199 would evict the key
+/// with the grant at 100 still in its window (then 4 grants within 100 ms).
+/// Holds: the log merges a grant older than its newest entry into that
+/// entry (at the later time), and since 8da5801 the shard's time also never
+/// goes behind the demoted limiter's.
 #[test]
 fn a_stale_clock_read_racing_a_demotion_never_lets_a_key_exceed_its_window() {
     common::watchdog("stale_demotion", || {
