@@ -287,6 +287,22 @@ impl<K, S, T: Timer> Cell<K, S, T> {
     }
 }
 
+impl<K, S, T: Timer> Drop for Shard<K, S, T> {
+    /// Drops every key and limiter even if some destructors panic (the
+    /// table's own drop would stop at the first); the first panic
+    /// propagates afterwards (discarded while already unwinding).
+    fn drop(&mut self) {
+        let mut panics = Panics::default();
+        for entry in self.keys.drain() {
+            panics.catch(move || drop(entry));
+        }
+        for (_, limiter) in self.full.drain() {
+            panics.catch(move || drop(limiter));
+        }
+        panics.resume();
+    }
+}
+
 impl<K: Eq, S: Slot, T: Timer> Shard<K, S, T> {
     /// `raw`, read before locking, never behind a time already used.
     #[inline]
