@@ -678,7 +678,11 @@ fn main() {
         entry!("futures_join", gather_tuple_futures_join, Parked),
         entry!("tokio_join", gather_tuple_tokio_join, Parked),
         entry!("fc_tuple_join", gather_tuple_fc_join, Parked),
-        entry!("futures_join_boxed", gather_tuple_futures_join_boxed, Parked),
+        entry!(
+            "futures_join_boxed",
+            gather_tuple_futures_join_boxed,
+            Parked
+        ),
     ];
     let as_completed_yield = [
         entry!("awaitkit", as_completed_awaitkit, Yield),
