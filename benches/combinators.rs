@@ -7,7 +7,10 @@
 //! * `gather_tuple_yield`, `gather_tuple_shuffled`: the same children, N = 2,
 //!   3, 5, 8 of them in a tuple: `awaitkit::gather!` against `futures::join!`,
 //!   `tokio::join!` and futures-concurrency's tuple `join` (one fixed-arity
-//!   function per N, each awaited inside an `async` block).
+//!   function per N, each awaited inside an `async` block). For reference
+//!   (not a peer): `futures::join!` inside one `Box::pin`, the way a caller
+//!   gets an `Unpin` join (SPEC §1.10 makes every awaitkit combinator
+//!   `Unpin`, which costs `gather!` the same one allocation).
 //! * `as_completed_yield`, `as_completed_shuffled`: the same children consumed
 //!   as a stream in completion order.
 //! * `wait_any`: N pending children, the last one fires, winner + rest are
@@ -341,6 +344,21 @@ macro_rules! gather_tuple_fns {
             }
         }
 
+        /// Reference, not a peer: `futures::join!` made `Unpin` the only
+        /// way a caller can (one `Box::pin`), as SPEC §1.10 has every
+        /// awaitkit combinator be; `gather!` pays that allocation too.
+        fn gather_tuple_futures_join_boxed<K: Kind>(ctx: &Ctx) -> usize {
+            match ctx.n {
+                $($n => {
+                    let out = ctx.block_on(async {
+                        Box::pin(async { futures::join!($(K::child(ctx, $i)),+) }).await
+                    });
+                    check_gathered::<K>(ctx, &[$(out.$i),+])
+                })+
+                n => unreachable!("no tuple of {n}"),
+            }
+        }
+
         fn gather_tuple_tokio_join<K: Kind>(ctx: &Ctx) -> usize {
             match ctx.n {
                 $($n => {
@@ -653,12 +671,18 @@ fn main() {
         entry!("futures_join", gather_tuple_futures_join, Yield),
         entry!("tokio_join", gather_tuple_tokio_join, Yield),
         entry!("fc_tuple_join", gather_tuple_fc_join, Yield),
+        entry!("futures_join_boxed", gather_tuple_futures_join_boxed, Yield),
     ];
     let gather_tuple_shuffled = [
         entry!("awaitkit", gather_tuple_awaitkit, Parked),
         entry!("futures_join", gather_tuple_futures_join, Parked),
         entry!("tokio_join", gather_tuple_tokio_join, Parked),
         entry!("fc_tuple_join", gather_tuple_fc_join, Parked),
+        entry!(
+            "futures_join_boxed",
+            gather_tuple_futures_join_boxed,
+            Parked
+        ),
     ];
     let as_completed_yield = [
         entry!("awaitkit", as_completed_awaitkit, Yield),

@@ -117,7 +117,10 @@ GATHER_TUPLE_COLUMNS = [
     ("futures_join", "futures `join!`"),
     ("tokio_join", "tokio `join!`"),
     ("fc_tuple_join", "futures-concurrency tuple `join`"),
+    ("futures_join_boxed", "futures `join!` in a `Box::pin` (reference)"),
 ]
+# Not a peer: the one allocation that makes `join!` `Unpin` (SPEC §1.10).
+GATHER_TUPLE_REFERENCE = "futures_join_boxed"
 GATHER_TUPLE_GROUPS = [
     ("gather_tuple_yield", "yield: children wake themselves once"),
     ("gather_tuple_shuffled", "shuffled: children park their waker, fired one at a time in a shuffled order"),
@@ -538,7 +541,7 @@ def gather_tuple_section(cdir, not_before, polls):
     lines = []
     w = lines.append
     fids = [fid for fid, _ in GATHER_TUPLE_COLUMNS]
-    peers = [fid for fid in fids if fid != "awaitkit"]
+    peers = [fid for fid in fids if fid not in ("awaitkit", GATHER_TUPLE_REFERENCE)]
     label = dict(GATHER_TUPLE_COLUMNS)
     for group, desc in GATHER_TUPLE_GROUPS:
         medians = load_medians(cdir, group, fids, not_before)
@@ -557,7 +560,7 @@ def gather_tuple_section(cdir, not_before, polls):
         w("")
         header = ["N"] + [label[fid] for fid in fids] + [
             f"awaitkit / fastest macro (bar ≤ {GATHER_TUPLE_BAR}, goal ≤ {GATHER_TUPLE_GOAL})",
-            "fastest macro", "awaitkit polls/N"]
+            "fastest macro", "awaitkit / boxed `join!` (reference)", "awaitkit polls/N"]
         rows = []
         for n in sizes:
             per = {fid: medians[fid][n] for fid in fids if n in medians.get(fid, {})}
@@ -568,8 +571,11 @@ def gather_tuple_section(cdir, not_before, polls):
                 cell = f"**{r:.2f}** {mark(r <= GATHER_TUPLE_BAR)}"
                 cell += " (goal ✅)" if r <= GATHER_TUPLE_GOAL else " (goal ❌)"
             p = polls.get((group, "awaitkit", n))
+            rb = ratio(per.get("awaitkit"), per.get(GATHER_TUPLE_REFERENCE))
             rows.append([fmt_n(n)] + [fmt_ns(per.get(fid)) for fid in fids] + [
-                cell, label[fastest] if fastest else "—", f"{p:.2f}" if p is not None else "?"])
+                cell, label[fastest] if fastest else "—",
+                f"{rb:.2f}" if rb is not None else "—",
+                f"{p:.2f}" if p is not None else "?"])
         table(w, header, rows)
         w("")
         w("<details><summary>child polls / N, every crate</summary>")
@@ -589,6 +595,10 @@ def gather_tuple_section(cdir, not_before, polls):
         w("- `futures::join!` and `tokio::join!` poll every unfinished child on each wake (no")
         w("  per-child wakers); `gather!` and futures-concurrency's tuple `join` poll only the woken")
         w("  ones (2.00 polls / N in both variants).")
+        w("- The boxed `join!` is a reference, not a peer: SPEC §1.10 makes every awaitkit")
+        w("  combinator `Unpin`, so `gather!` keeps its children (which are `!Unpin` when they are")
+        w("  `async` blocks or `async fn` calls) in one heap block; a caller who needs `join!` to be")
+        w("  `Unpin` pays the same allocation with one `Box::pin`.")
         w("")
     return lines
 

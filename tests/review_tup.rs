@@ -36,12 +36,6 @@ fn woken_within(w: &CountingWaker, n: usize, limit: Duration) -> bool {
     true
 }
 
-fn spin(n: u64) {
-    for _ in 0..n {
-        std::hint::spin_loop();
-    }
-}
-
 /// A child finished once it was fired `need` times; it keeps a clone of its
 /// latest waker (under the same lock as the count, so a fire is never
 /// missed) and counts its polls.
@@ -704,5 +698,120 @@ fn wake_after_the_pass_while_a_panicking_task_wake_holds_the_slot() {
         assert_eq!(b.polls(), 2);
         a.fire();
         assert_eq!(Pin::new(&mut fut).poll(&mut cx), Poll::Ready((1, 2)));
+    });
+}
+
+/// A task waker (static state, null data) whose first `wake_by_ref` blocks
+/// until told to go, and whose first drop after `ARMED` panics.
+mod blocking_then_panicking_drop {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{RawWaker, RawWakerVTable, Waker};
+
+    pub(super) static BLOCK_ONCE: AtomicBool = AtomicBool::new(false);
+    pub(super) static ENTERED: AtomicBool = AtomicBool::new(false);
+    pub(super) static GO: AtomicBool = AtomicBool::new(false);
+    pub(super) static ARMED: AtomicBool = AtomicBool::new(false);
+    /// The blocked wake panics once let go.
+    pub(super) static PANIC_WAKE: AtomicBool = AtomicBool::new(false);
+    /// Serialises the tests sharing this state.
+    pub(super) static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    unsafe fn clone(_: *const ()) -> RawWaker {
+        RawWaker::new(std::ptr::null(), &VT)
+    }
+    unsafe fn wake_by_ref(_: *const ()) {
+        if BLOCK_ONCE.swap(false, Ordering::SeqCst) {
+            ENTERED.store(true, Ordering::SeqCst);
+            while !GO.load(Ordering::SeqCst) {
+                std::hint::spin_loop();
+            }
+            if PANIC_WAKE.swap(false, Ordering::SeqCst) {
+                panic!("the task waker's wake panics");
+            }
+        }
+    }
+    unsafe fn wake(p: *const ()) {
+        // SAFETY: forwarded.
+        unsafe {
+            wake_by_ref(p);
+            drop(p);
+        }
+    }
+    unsafe fn drop(_: *const ()) {
+        if ARMED.swap(false, Ordering::SeqCst) {
+            panic!("the task waker's drop panics");
+        }
+    }
+    static VT: RawWakerVTable = RawWakerVTable::new(clone, wake, wake_by_ref, drop);
+
+    pub(super) fn waker() -> Waker {
+        // SAFETY: the vtable ignores the data pointer.
+        unsafe { Waker::from_raw(RawWaker::new(std::ptr::null(), &VT)) }
+    }
+}
+
+/// DEFECT (tup edc2552, src/engine/tuple.rs `tuple_serve`/`tuple_let_go`):
+/// the last clone of a child's waker is woken by value on thread B and
+/// becomes the slot's holder (`WAKING`, its reference to be given back when
+/// it lets go); the task's `wake_by_ref` runs (blocks here) while the owner
+/// drops the gather (`close_and_release` sees `WAKING`: it leaves the task's
+/// waker in the slot and gives up its reference). B's `tuple_let_go` then
+/// gives up the last reference and frees the block (`tuple_free`), whose
+/// drop of the task's waker panics: the panic unwinds into `tuple_serve`,
+/// whose `LetGo` guard is still armed (it is forgotten only after the loop)
+/// and runs `tuple_let_go_after_panic` on the freed block: a use-after-free
+/// (and a second release / free) from safe code. ASan reports it; without
+/// ASan the test checks that the panic reached B and nothing else happened.
+#[test]
+fn last_clone_wake_frees_the_block_and_the_task_wakers_drop_panics() {
+    last_clone_wake_races_the_owner_drop(false);
+}
+
+/// The same race, but the blocked task wake itself panics once let go: the
+/// guard's let-go frees the block (the task waker's drop then runs while
+/// unwinding: contained), exactly once (ASan).
+#[test]
+fn last_clone_wake_panics_while_the_owner_drops() {
+    last_clone_wake_races_the_owner_drop(true);
+}
+
+fn last_clone_wake_races_the_owner_drop(panic_wake: bool) {
+    use blocking_then_panicking_drop as w;
+    let _serial = w::LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    w::ENTERED.store(false, Ordering::SeqCst);
+    w::GO.store(false, Ordering::SeqCst);
+    w::PANIC_WAKE.store(panic_wake, Ordering::SeqCst);
+    watchdog("last_clone_wake_frees_the_block", || {
+        let stored: Arc<Mutex<Option<Waker>>> = Arc::default();
+        let s = stored.clone();
+        let child = std::future::poll_fn(move |cx| -> Poll<()> {
+            *s.lock().unwrap() = Some(cx.waker().clone());
+            Poll::Pending
+        });
+        let mut fut = gather!(child, std::future::pending::<()>());
+        let task = w::waker();
+        let mut cx = Context::from_waker(&task);
+        // The child's clone escaped: the task's waker (a clone) is
+        // registered in the block's slot.
+        assert!(Pin::new(&mut fut).poll(&mut cx).is_pending());
+        let clone = stored.lock().unwrap().take().expect("parked");
+        w::BLOCK_ONCE.store(true, Ordering::SeqCst);
+        let b = std::thread::spawn(move || {
+            // The last clone, by value: the wake holds the slot.
+            catch_unwind(AssertUnwindSafe(|| clone.wake())).is_err()
+        });
+        while !w::ENTERED.load(Ordering::SeqCst) {
+            std::hint::spin_loop();
+        }
+        // The owner goes away while the wake holds the slot.
+        drop(fut);
+        w::ARMED.store(true, Ordering::SeqCst);
+        w::GO.store(true, Ordering::SeqCst);
+        let panicked = b.join().expect("thread B");
+        assert!(
+            panicked,
+            "the task waker's drop panic reached the waking thread"
+        );
+        drop(task);
     });
 }

@@ -546,3 +546,63 @@ fn try_gather_fail_fast_then_a_stale_clone_wakes_nobody() {
         assert_eq!(w.wakes(), 1);
     });
 }
+
+/// A task waker that, in its first wake, wakes a sibling's parked clone
+/// (re-entering the gather while the first wake holds the task waker's
+/// slot): that wake brings no news (the first child's bit is set and not
+/// taken yet), so it asks for no second task wake, and it is not lost: the
+/// next poll polls both children.
+#[test]
+fn a_wake_from_inside_the_task_wake_is_served() {
+    struct Reenter {
+        wakes: AtomicUsize,
+        sibling: Mutex<Option<Waker>>,
+    }
+    impl std::task::Wake for Reenter {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.wakes.fetch_add(1, Ordering::SeqCst);
+            let sibling = self.sibling.lock().unwrap().take();
+            if let Some(waker) = sibling {
+                waker.wake();
+            }
+        }
+    }
+    watchdog("a_wake_from_inside_the_task_wake_is_served", || {
+        let polls = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+        let stored: [Arc<Mutex<Option<Waker>>>; 2] = Default::default();
+        let child = |i: usize| {
+            let (polls, stored) = (polls[i].clone(), stored[i].clone());
+            std::future::poll_fn(move |cx| {
+                if polls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    *stored.lock().unwrap() = Some(cx.waker().clone());
+                    Poll::Pending
+                } else {
+                    Poll::Ready(i)
+                }
+            })
+        };
+        let mut fut = gather!(child(0), child(1));
+        let task = Arc::new(Reenter {
+            wakes: AtomicUsize::new(0),
+            sibling: Mutex::new(None),
+        });
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut fut).poll(&mut cx).is_pending());
+        assert_eq!(task.wakes.load(Ordering::SeqCst), 0);
+        *task.sibling.lock().unwrap() = stored[1].lock().unwrap().take();
+        let first = stored[0].lock().unwrap().take().expect("parked");
+        first.wake();
+        assert_eq!(
+            task.wakes.load(Ordering::SeqCst),
+            1,
+            "the sibling's wake during the task's wake brought no news but woke the task again"
+        );
+        assert_eq!(Pin::new(&mut fut).poll(&mut cx), Poll::Ready((0, 1)));
+        assert_eq!(polls[0].load(Ordering::SeqCst), 2);
+        assert_eq!(polls[1].load(Ordering::SeqCst), 2);
+    });
+}

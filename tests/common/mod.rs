@@ -1234,6 +1234,14 @@ impl Rng {
     }
 }
 
+/// Busy-waits `n` spin-loop hints (a randomised delay that keeps the
+/// thread running, unlike a sleep).
+pub(crate) fn spin(n: u64) {
+    for _ in 0..n {
+        std::hint::spin_loop();
+    }
+}
+
 /// Keeps the panic hook quiet for panics whose message starts with
 /// "injected" (the tests' own, expected ones); every other panic is still
 /// reported by the previous hook.
