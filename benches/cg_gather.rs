@@ -7,7 +7,7 @@
 //! cargo bench -p awaitkit-benches --bench cg_gather --no-run
 //! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*run_*' \
 //!   --dump-instr=yes --compress-pos=no --compress-strings=no \
-//!   <bin> [awaitkit|join_all|fb] [N = 10] [iterations = 1000]
+//!   <bin> [awaitkit|join_all|fb|tuple|join|join_boxed] [N = 10] [iterations = 1000]
 //! python3 scripts/callgrind_locks.py callgrind.out.<pid> <iterations>
 //! ```
 //!
@@ -68,6 +68,50 @@ fn run_fb(driver: &Driver, n: usize) -> usize {
     out.len()
 }
 
+/// `gather!` and the `join!` macros at N = 2 and 8 (`tuple`, `join`,
+/// `join_boxed`: `join!` inside one `Box::pin`, an `Unpin` join).
+macro_rules! tuple_runs {
+    ($($n:literal => [$($i:tt)+]),+) => {
+        #[inline(never)]
+        fn run_tuple(driver: &Driver, n: usize) -> usize {
+            match n {
+                $($n => {
+                    let out = driver.block_on(awaitkit::gather!($(YieldChild { index: $i, yielded: false }),+));
+                    [$(out.$i),+].len()
+                })+
+                _ => panic!("tuples of 2 or 8"),
+            }
+        }
+
+        #[inline(never)]
+        fn run_join(driver: &Driver, n: usize) -> usize {
+            match n {
+                $($n => {
+                    let out = driver.block_on(async { futures::join!($(YieldChild { index: $i, yielded: false }),+) });
+                    [$(out.$i),+].len()
+                })+
+                _ => panic!("tuples of 2 or 8"),
+            }
+        }
+
+        #[inline(never)]
+        fn run_join_boxed(driver: &Driver, n: usize) -> usize {
+            match n {
+                $($n => {
+                    let out = driver.block_on(Box::pin(async { futures::join!($(YieldChild { index: $i, yielded: false }),+) }));
+                    [$(out.$i),+].len()
+                })+
+                _ => panic!("tuples of 2 or 8"),
+            }
+        }
+    };
+}
+
+tuple_runs! {
+    2 => [0 1],
+    8 => [0 1 2 3 4 5 6 7]
+}
+
 fn main() {
     // Positional arguments only (cargo's own flags, such as `--bench`, are
     // skipped).
@@ -108,6 +152,9 @@ fn main() {
             "awaitkit" => run_awaitkit(&driver, black_box(n)),
             "join_all" => run_join_all(&driver, black_box(n)),
             "fb" => run_fb(&driver, black_box(n)),
+            "tuple" => run_tuple(&driver, black_box(n)),
+            "join" => run_join(&driver, black_box(n)),
+            "join_boxed" => run_join_boxed(&driver, black_box(n)),
             _ => panic!("which"),
         };
     }
