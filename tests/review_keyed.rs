@@ -689,7 +689,7 @@ fn a_forgotten_waiting_acquire_never_wedges_its_key() {
         assert!(poll(&mut forgotten, &waker).is_pending());
         let mut next = limiter.acquire("k");
         assert!(poll(&mut next, &waker).is_pending());
-        std::mem::forget(forgotten);
+        common::forget_reachably(forgotten);
         clock.advance(ms(100)); // the forgotten waiter's turn
         assert!(poll(&mut next, &waker).is_pending());
         assert!(limiter.try_acquire("k").is_err(), "no barging past `next`");
@@ -1392,7 +1392,7 @@ fn one_key_behaves_exactly_like_a_lone_limiter() {
         // The forgotten acquires stay alive until here (never polled
         // again), as `mem::forget` would leave them.
         drop(live);
-        std::mem::forget(forgotten);
+        common::forget_reachably(forgotten);
     }
 }
 

@@ -1234,6 +1234,18 @@ impl Rng {
     }
 }
 
+/// `mem::forget` for a test that leaks `value` on purpose (a forgotten
+/// future must never run its destructor), keeping its address in a static
+/// so LeakSanitizer (the ASan run in CI) sees it as reachable rather than
+/// as a leak.
+pub(crate) fn forget_reachably<T>(value: T) {
+    static KEPT: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+    let value = Box::leak(Box::new(value));
+    KEPT.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(std::ptr::from_mut(value).addr());
+}
+
 /// Busy-waits `n` spin-loop hints (a randomised delay that keeps the
 /// thread running, unlike a sleep).
 pub(crate) fn spin(n: u64) {
