@@ -40,6 +40,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -1510,6 +1511,102 @@ def fanout_section(cdir, include_stale):
     w("  once; spawning runs them on both workers, which pays only for heavier children (compare\n  `cpu10` and `cpu100`).")
     return lines
 
+# Keyed rate limiter (benches/keyed.rs): issue 18's bars against governor's keyed limiter.
+KEYED_MARKER = "awaitkit-bench-run-keyed.txt"
+KEYED_COLUMNS = [
+    ("awaitkit_window", "awaitkit strict window `new(10, 60 s)`"),
+    ("awaitkit_gcra", "awaitkit GCRA `gcra(10, 60 s, 10)`"),
+    ("governor", "governor keyed `per_minute(10)`"),
+]
+KEYED_GROUPS = [
+    ("keyed_new_key", "a check of a key never seen before (a scan or a botnet)"),
+    ("keyed_hot_key", "a check of one of 64 hot keys, quota never exhausted"),
+    ("keyed_two_threads", "two threads, each checking its own 64 hot keys (wall time over one thread's checks)"),
+]
+KEYED_TIME_BAR = 1.2  # × governor, new and hot keys
+KEYED_GCRA_MEMORY_BAR = 1.5  # × governor's bytes per key
+KEYED_WINDOW_MEMORY_BAR = 2.0  # × governor's bytes per key, + 8 bytes per logged stamp
+
+
+def keyed_section(cdir, include_stale):
+    """Markdown lines for the keyed limiter groups and its memory CSV; empty if
+    the keyed bench has not run."""
+    run = read_marker(cdir, KEYED_MARKER, include_stale)
+    if run is None:
+        return []
+    fids = [f for f, _ in KEYED_COLUMNS]
+    per_check = load_per_unit(cdir, [(g, 1) for g, _ in KEYED_GROUPS], fids, run[2])
+    memory = load_checks(cdir, "keyed_memory.csv", "keyed_memory")
+    if not per_check and not memory:
+        return []
+    label = dict(KEYED_COLUMNS)
+    lines = []
+    w = lines.append
+    section_header(w, "Keyed rate limiter", [
+        "`KeyedRateLimiter` against governor's keyed limiter (`governor::RateLimiter::keyed`, a",
+        "`DashMap` of GCRA arrival times) with `u64` keys (`benches/keyed.rs`). Criterion times are",
+        "medians per check; every check in the timed loops is granted. Memory: in a child process",
+        "per limiter, the growth of the resident set after 10⁶ distinct keys checked once each",
+        "within one period, and the mean time of those checks (one timed pass, no criterion).",
+        f"Bars (issue 18): time per check ≤ {KEYED_TIME_BAR} × governor for new and hot keys (goal ≤ 1.0);",
+        f"memory per key ≤ {KEYED_GCRA_MEMORY_BAR} × governor for GCRA and ≤ {KEYED_WINDOW_MEMORY_BAR} × governor + 8 bytes",
+        "per logged stamp for the strict window (goal ≤ governor).",
+    ], "keyed", run)
+    w("")
+    verdicts = []
+    if per_check:
+        rows = []
+        for group, desc in KEYED_GROUPS:
+            values = per_check.get(group)
+            if not values:
+                continue
+            gov = values.get("governor")
+            cells = [f"`{group}`"]
+            for fid in fids:
+                v = values.get(fid)
+                cells.append(fmt_ns(v) + (f" ({v / gov:.2f})" if v and gov and fid != "governor" else ""))
+            rows.append(cells)
+            if group != "keyed_two_threads":
+                for fid in ("awaitkit_window", "awaitkit_gcra"):
+                    r = ratio(values.get(fid), gov)
+                    verdicts.append([f"`{group}` {label[fid]}", "ns per check / governor",
+                                     bold_ratio(r), f"≤ {KEYED_TIME_BAR}", holds(r, KEYED_TIME_BAR)])
+        w("ns per check (/ governor):")
+        w("")
+        table(w, ["group"] + [label[f] for f in fids], rows)
+        w("")
+        for group, desc in KEYED_GROUPS:
+            w(f"- `{group}`: {desc}.")
+        w("")
+    if memory:
+        gov = memory.get("governor")
+        gov_bytes = float(gov["bytes_per_key"]) if gov else None
+        rows = []
+        for fid, row in memory.items():
+            b, t = float(row["bytes_per_key"]), float(row["ns_per_new_key"])
+            stamps = re.search(r"_(\d+)stamps?$", fid)
+            stamps = int(stamps.group(1)) if stamps else (1 if fid.startswith("awaitkit_window") else 0)
+            name = label.get(fid, f"`{fid}`")
+            r = ratio(b, gov_bytes)
+            rows.append([name, f"{b:.1f}", f"{t:.0f}", f"{r:.2f}" if r and fid != "governor" else "—"])
+            if fid == "governor" or not gov_bytes:
+                continue
+            if fid.startswith("awaitkit_gcra"):
+                limit = KEYED_GCRA_MEMORY_BAR * gov_bytes
+                verdicts.append([name, "bytes per key", f"**{b:.1f}**",
+                                 f"≤ {KEYED_GCRA_MEMORY_BAR} × {gov_bytes:.1f} = {limit:.1f}", mark(b <= limit)])
+            elif fid.startswith("awaitkit_window"):
+                limit = KEYED_WINDOW_MEMORY_BAR * gov_bytes + 8 * stamps
+                verdicts.append([f"{name} ({stamps} stamp{'s' if stamps != 1 else ''} per key)", "bytes per key",
+                                 f"**{b:.1f}**", f"≤ {KEYED_WINDOW_MEMORY_BAR} × {gov_bytes:.1f} + 8 × {stamps} = {limit:.1f}",
+                                 mark(b <= limit)])
+        w("Memory for 10⁶ distinct keys:")
+        w("")
+        table(w, ["limiter", "bytes per key", "ns per new-key check (one pass)", "bytes / governor"], rows)
+        w("")
+    verdict_section(w, verdicts)
+    return lines
+
 
 def main():
     parser = argparse.ArgumentParser(
@@ -1656,6 +1753,7 @@ def main():
     lines += watch_section(cdir, args.include_stale)
     lines += realistic_section(cdir, args.include_stale)
     lines += fanout_section(cdir, args.include_stale)
+    lines += keyed_section(cdir, args.include_stale)
     print("\n".join(lines))
 
 
