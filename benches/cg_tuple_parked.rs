@@ -159,20 +159,19 @@ fn main() {
     let iters: usize = args.get(2).map_or(1, |s| s.parse().expect("iterations"));
     let c = Ctx::new(n);
     if which == "ratio" {
-        // Wall clock on a loaded machine: alternating batches of each, the
-        // fastest batch of each kept (the least disturbed).
-        let (batches, per) = (iters.max(1), 20_000);
-        let mut best = [f64::MAX; 2];
-        for _ in 0..batches {
-            for (k, run) in [run_tuple, run_join].into_iter().enumerate() {
-                let start = std::time::Instant::now();
-                for _ in 0..per {
-                    black_box(run(&c, black_box(n)));
-                }
-                let ns = start.elapsed().as_nanos() as f64 / per as f64;
-                best[k] = best[k].min(ns);
-            }
-        }
+        // Wall-clock ratio on a loaded machine (the fastest batch of each).
+        let best = common::fastest_batches(
+            iters,
+            20_000,
+            [
+                &|| {
+                    black_box(run_tuple(&c, black_box(n)));
+                },
+                &|| {
+                    black_box(run_join(&c, black_box(n)));
+                },
+            ],
+        );
         println!(
             "N = {n}: gather! {:.1} ns, join! {:.1} ns, ratio {:.3}",
             best[0],

@@ -614,84 +614,16 @@ fn clone_storm_with_task_wakers_that_panic_at_random_calls() {
         for round in 0..150u64 {
             let slots: Vec<Arc<Slot>> = (0..16).map(|_| Arc::default()).collect();
             let tracker = Tracker::new();
-            let mut fut = Some(gather16!(slots, tracker));
-            let mut states = Vec::new();
-            // The first poll parks every child's waker (an escape).
-            let (w0, s0) = panicky::new(1_000_000_007, round, None);
-            s0.armed.store(false, Ordering::SeqCst);
-            assert!(
-                Pin::new(fut.as_mut().unwrap())
-                    .poll(&mut Context::from_waker(&w0))
-                    .is_pending()
-            );
-            s0.armed.store(true, Ordering::SeqCst);
-            states.push(s0);
-            caught(|| drop(w0));
-            let go = Arc::new(Barrier::new(4));
-            let threads: Vec<_> = (0..3)
-                .map(|t| {
-                    let (slots, go) = (slots.clone(), go.clone());
-                    std::thread::spawn(move || storm_thread(slots, t, 3, 40, round, go))
-                })
-                .collect();
-            go.wait();
-            let mut polls = 1u64;
-            while let Some(f) = fut.as_mut() {
-                // In odd rounds the owner's own calls never panic: the
-                // storm threads' wakes (under WAKING) and frees take them.
-                let spare = (round % 2 == 1).then(|| std::thread::current().id());
-                let (w, s) = panicky::new(3, round * 1000 + polls, spare);
-                let before = s.wakes.load(Ordering::SeqCst);
-                let r = catch_unwind(AssertUnwindSafe(|| {
-                    Pin::new(&mut *f).poll(&mut Context::from_waker(&w))
-                }));
-                match r {
-                    Ok(Poll::Ready(out)) => {
-                        assert_eq!(out.0, 0);
-                        assert_eq!(out.13, "13");
-                        assert_eq!(out.15, Some(15));
-                        caught(|| drop(fut.take()));
-                    }
-                    Ok(Poll::Pending) => {
-                        polls += 1;
-                        assert!(polls < 100_000, "round {round}: too many polls");
-                        let start = Instant::now();
-                        while s.wakes.load(Ordering::SeqCst) == before {
-                            assert!(
-                                start.elapsed() < Duration::from_secs(10),
-                                "round {round}, poll {polls}: the latest task waker was never \
-                                 called (lost wake-up)"
-                            );
-                            std::thread::yield_now();
-                        }
-                    }
-                    Err(_) => {
-                        // Poisoned (polling again panics, checked by
-                        // the panic-injection suite): drop it (its drop may
-                        // meet a panicking task waker drop too).
-                        poisoned += 1;
-                        caught(|| drop(fut.take()));
-                    }
-                }
-                caught(|| drop(w));
-                states.push(s);
-            }
-            for t in threads {
-                t.join().unwrap();
-            }
-            for sl in &slots {
-                caught(|| drop(sl.take_waker()));
+            let run =
+                drive_storm_counted(round, 3, &slots, &tracker, gather16!(slots, tracker), None);
+            if let Some(out) = run.output {
+                assert_eq!(out.0, 0);
+                assert_eq!(out.13, "13");
+                assert_eq!(out.15, Some(15));
             }
             assert_eq!(tracker.created(), 16);
-            assert_eq!(tracker.live(), 0, "round {round}: a child was not dropped");
-            for (k, s) in states.iter().enumerate() {
-                panics += s.panics.load(Ordering::SeqCst);
-                assert_eq!(
-                    s.handles.load(Ordering::SeqCst),
-                    0,
-                    "round {round}: task waker {k} still held (the block was not freed)"
-                );
-            }
+            panics += run.panics;
+            poisoned += usize::from(run.poisoned);
         }
         eprintln!("{panics} injected task waker panics, {poisoned} poisoned gathers");
         assert!(panics > 0 && poisoned > 0);
@@ -774,6 +706,29 @@ fn drive_storm<F: Future + Unpin + Send + 'static>(
     fut: F,
     drop_after: Option<u64>,
 ) -> Option<F::Output> {
+    drive_storm_counted(round, rate, slots, tracker, fut, drop_after).output
+}
+
+/// What [`drive_storm_counted`] saw.
+struct StormRun<O> {
+    output: Option<O>,
+    /// Task waker panics injected.
+    panics: usize,
+    /// Whether a poll panicked (the gather was dropped poisoned).
+    poisoned: bool,
+}
+
+/// [`drive_storm`], also counting the injected panics and whether the
+/// gather was poisoned.
+fn drive_storm_counted<F: Future + Unpin + Send + 'static>(
+    round: u64,
+    rate: u64,
+    slots: &[Arc<Slot>],
+    tracker: &Tracker,
+    fut: F,
+    drop_after: Option<u64>,
+) -> StormRun<F::Output> {
+    let mut poisoned = false;
     let mut fut = Some(fut);
     let mut states = Vec::new();
     let (w0, s0) = panicky::new(1_000_000_007, round, None);
@@ -833,7 +788,10 @@ fn drive_storm<F: Future + Unpin + Send + 'static>(
                     std::thread::yield_now();
                 }
             }
-            Err(_) => caught(|| drop(fut.take())),
+            Err(_) => {
+                poisoned = true;
+                caught(|| drop(fut.take()));
+            }
         }
         caught(|| drop(w));
         states.push(s);
@@ -852,7 +810,11 @@ fn drive_storm<F: Future + Unpin + Send + 'static>(
             "round {round}: task waker {k} still held (a block was not freed)"
         );
     }
-    out
+    StormRun {
+        output: out,
+        panics: states.iter().map(|s| s.panics.load(Ordering::SeqCst)).sum(),
+        poisoned,
+    }
 }
 
 /// The storm over nested tuples, with and without panicking task wakers,
@@ -1205,6 +1167,34 @@ impl<F> Drop for Bomb<F> {
     }
 }
 
+/// Polls `fut` once (it parks), starts three storm threads on `slots`, and
+/// polls until it is ready or a poll panics (`Err`).
+fn storm_and_drive<F: Future + Unpin>(
+    fut: &mut F,
+    w: &CountingWaker,
+    slots: &[Arc<Slot>],
+    go: &Arc<Barrier>,
+    threads: &mut Vec<std::thread::JoinHandle<()>>,
+    round: u64,
+) -> Result<(), ()> {
+    assert!(poll_once(fut, w).is_pending());
+    for t in 0..3 {
+        let (slots, go) = (slots.to_vec(), go.clone());
+        threads.push(std::thread::spawn(move || {
+            storm_thread(slots, t, 3, 30, round, go)
+        }));
+    }
+    go.wait();
+    for _ in 0..100_000 {
+        match catch_unwind(AssertUnwindSafe(|| poll_once(fut, w))) {
+            Ok(Poll::Pending) => std::thread::yield_now(),
+            Ok(Poll::Ready(_)) => return Ok(()),
+            Err(_) => return Err(()),
+        }
+    }
+    Ok(())
+}
+
 /// Three storm threads wake, clone and drop the children's wakers while
 /// the owner polls a `gather!` (or a `try_gather!` whose failing child's
 /// sibling panics when the fail-fast drops it) whose children panic in
@@ -1253,25 +1243,7 @@ fn children_panicking_in_poll_and_drop_during_a_clone_storm() {
                     },
                     fired(&slots, 5, &tracker, Err::<char, u32>(5))
                 );
-                assert!(poll_once(&mut fut, &w).is_pending());
-                for t in 0..3 {
-                    let (slots, go) = (slots.clone(), go.clone());
-                    threads.push(std::thread::spawn(move || {
-                        storm_thread(slots, t, 3, 30, round, go)
-                    }));
-                }
-                go.wait();
-                let mut res = Ok(());
-                for _ in 0..100_000 {
-                    match catch_unwind(AssertUnwindSafe(|| poll_once(&mut fut, &w))) {
-                        Ok(Poll::Pending) => std::thread::yield_now(),
-                        Ok(Poll::Ready(_)) => break,
-                        Err(_) => {
-                            res = Err(());
-                            break;
-                        }
-                    }
-                }
+                let res = storm_and_drive(&mut fut, &w, &slots, &go, &mut threads, round);
                 caught(|| drop(fut));
                 res
             } else {
@@ -1283,25 +1255,7 @@ fn children_panicking_in_poll_and_drop_during_a_clone_storm() {
                     fired(&slots, 4, &tracker, "4"),
                     fired(&slots, 5, &tracker, 5u8)
                 );
-                assert!(poll_once(&mut fut, &w).is_pending());
-                for t in 0..3 {
-                    let (slots, go) = (slots.clone(), go.clone());
-                    threads.push(std::thread::spawn(move || {
-                        storm_thread(slots, t, 3, 30, round, go)
-                    }));
-                }
-                go.wait();
-                let mut res = Ok(());
-                for _ in 0..100_000 {
-                    match catch_unwind(AssertUnwindSafe(|| poll_once(&mut fut, &w))) {
-                        Ok(Poll::Pending) => std::thread::yield_now(),
-                        Ok(Poll::Ready(_)) => break,
-                        Err(_) => {
-                            res = Err(());
-                            break;
-                        }
-                    }
-                }
+                let res = storm_and_drive(&mut fut, &w, &slots, &go, &mut threads, round);
                 // A destructor panic propagates out of the drop (after
                 // every child was dropped and the block released).
                 caught(|| drop(fut));

@@ -365,3 +365,25 @@ impl<F: Future + Unpin> Future for Tracked<F> {
         out
     }
 }
+
+/// Wall-clock time per call of each of `runs` on a loaded machine: `batches`
+/// rounds in which every run is called `per` times in turn, keeping each
+/// run's fastest batch (the least disturbed), in ns per call.
+#[allow(dead_code)]
+pub fn fastest_batches<const K: usize>(
+    batches: usize,
+    per: usize,
+    runs: [&dyn Fn(); K],
+) -> [f64; K] {
+    let mut best = [f64::MAX; K];
+    for _ in 0..batches.max(1) {
+        for (k, run) in runs.iter().enumerate() {
+            let start = std::time::Instant::now();
+            for _ in 0..per {
+                run();
+            }
+            best[k] = best[k].min(start.elapsed().as_nanos() as f64 / per as f64);
+        }
+    }
+    best
+}
