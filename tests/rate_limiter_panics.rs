@@ -3136,15 +3136,3 @@ mod review_stress {
         });
     }
 }
-
-/// Leaks `value` on purpose (it must outlive every waker and thread of the
-/// test) but keeps its address in a static, so LeakSanitizer (the ASan run
-/// in CI) sees it as reachable rather than as a leak.
-fn keep_alive<T>(value: Box<T>) -> &'static mut T {
-    static KEPT: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
-    let value = Box::leak(value);
-    KEPT.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(value as *mut T as usize);
-    value
-}

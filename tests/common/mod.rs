@@ -1235,15 +1235,22 @@ impl Rng {
 }
 
 /// `mem::forget` for a test that leaks `value` on purpose (a forgotten
-/// future must never run its destructor), keeping its address in a static
-/// so LeakSanitizer (the ASan run in CI) sees it as reachable rather than
-/// as a leak.
+/// future must never run its destructor), keeping it reachable (see
+/// [`keep_alive`]).
 pub(crate) fn forget_reachably<T>(value: T) {
+    keep_alive(Box::new(value));
+}
+
+/// Leaks `value` on purpose (it must outlive every waker and thread of a
+/// test) but keeps its address in a static, so LeakSanitizer (the ASan run
+/// in CI) sees it as reachable rather than as a leak.
+pub(crate) fn keep_alive<'a, T>(value: Box<T>) -> &'a mut T {
     static KEPT: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
-    let value = Box::leak(Box::new(value));
+    let value = Box::leak(value);
     KEPT.lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(std::ptr::from_mut(value).addr());
+    value
 }
 
 /// Busy-waits `n` spin-loop hints (a randomised delay that keeps the
