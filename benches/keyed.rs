@@ -13,7 +13,9 @@
 //!
 //! * `keyed_new_key`: each check is of a key never seen before (a scan or
 //!   a botnet), on a limiter built for the sample outside the timed region
-//!   and dropped after it (untimed). Every check must be granted.
+//!   and dropped after it (untimed). Every check must be granted. The
+//!   `_acquire` rows do the same through `acquire`, each future polled once
+//!   (granted at once) and dropped.
 //! * `keyed_hot_key`: 64 keys checked round-robin on a limiter whose quota
 //!   never runs out (awaitkit: `usize::MAX / 2` per second, GCRA's burst
 //!   the same; governor: `per_second(u32::MAX)`, its largest).
@@ -137,13 +139,19 @@ impl Keyed for Governor {
     }
 }
 
-fn new_key<L: Keyed>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str) {
+fn new_key<L: Keyed>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, acquire: bool) {
     g.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let limiter = L::per_minute();
             let start = Instant::now();
             for key in 0..iters {
-                if !limiter.check(black_box(key)) {
+                let key = black_box(key);
+                let granted = if acquire {
+                    limiter.acquire(key)
+                } else {
+                    limiter.check(key)
+                };
+                if !granted {
                     common::unexpected("a new key was refused");
                 }
             }
@@ -319,9 +327,12 @@ fn main() {
 
     let mut group = c.benchmark_group("keyed_new_key");
     group.throughput(Throughput::Elements(1));
-    new_key::<Window>(&mut group, "awaitkit_window");
-    new_key::<Gcra>(&mut group, "awaitkit_gcra");
-    new_key::<Governor>(&mut group, "governor");
+    new_key::<Window>(&mut group, "awaitkit_window", false);
+    new_key::<Gcra>(&mut group, "awaitkit_gcra", false);
+    new_key::<Governor>(&mut group, "governor", false);
+    // The same through `acquire`, each future polled once (granted at once).
+    new_key::<Window>(&mut group, "awaitkit_window_acquire", true);
+    new_key::<Gcra>(&mut group, "awaitkit_gcra_acquire", true);
     group.finish();
 
     let mut group = c.benchmark_group("keyed_hot_key");

@@ -1599,7 +1599,9 @@ impl<K, T: Timer> fmt::Debug for Pending<K, T> {
 /// The future of [`KeyedRateLimiter::acquire`]: one call's grant for a key.
 ///
 /// It holds the key and a handle to the limiter (no borrow of it: the
-/// future may outlive it) and takes nothing before its first poll. Its
+/// future may outlive it, and the limiter's keys are dropped when the last
+/// of the limiter and its futures is) and takes nothing before its first
+/// poll. Its
 /// first poll checks the key as [`try_acquire`](KeyedRateLimiter::try_acquire)
 /// would, with the key's waiters first: granted at once, the key stays in
 /// its compact form; otherwise the key is promoted to a full limiter and
