@@ -123,10 +123,13 @@ fn shard_of(hash: u64) -> usize {
 /// others (see [`RateLimiter`](crate::RateLimiter#panics)).
 ///
 /// A key's `Hash` or `Eq` that panics propagates out of the call that was
-/// given that key, and leaves the map and every other key as they were. A
-/// key's `Drop` that panics propagates out of the call that was given the
-/// key (after everything is settled: a grant it took stays taken, and the
-/// key's state is neither lost nor leaked), or out of
+/// given that key (for an acquire: `Hash` out of
+/// [`acquire`](Self::acquire), `Eq` out of the future's first poll, which
+/// stays to be done again), and leaves the map and every other key as they
+/// were. A key's `Drop` that panics propagates out of the call that was
+/// given the key, or out of an acquire's first poll (after everything is
+/// settled: a grant it took stays taken — an acquire returns it at its next
+/// poll — and the key's state is neither lost nor leaked), or out of
 /// [`evict_idle`](Self::evict_idle) when it evicts the key (after every
 /// evicted key is dropped); when an automatic sweep evicts the key, the
 /// panic is reported by the panic hook and discarded, so it never reaches
