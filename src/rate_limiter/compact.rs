@@ -1,13 +1,11 @@
 //! A keyed limiter's per-key state in its compact form: what a key that is
 //! only checked needs of its algorithm, and nothing else — GCRA's one
-//! arrival time, or the strict window's grants (one entry inline; beyond,
-//! for a quota of at most 32 calls a period, one entry per grant time and
-//! nothing more, else a full [`Log`]). A key that must wait is *promoted*:
-//! its state moves into a [`Shared`](super::shared::Shared) limiter (queue,
-//! driver, timer), and the slot keeps only that limiter's id (the key map's
-//! entry says which of the two a slot holds, in a bit of its stored hash).
-//! Times are nanoseconds since the keyed limiter's epoch, which its
-//! promoted limiters share.
+//! arrival time, or the strict window's grants (one entry inline, a full
+//! [`Log`] beyond). A key that must wait is *promoted*: its state moves
+//! into a [`Shared`](super::shared::Shared) limiter (queue, driver, timer),
+//! and the slot keeps only that limiter's id (the key map's entry says
+//! which of the two a slot holds, in a bit of its stored hash). Times are nanoseconds since
+//! the keyed limiter's epoch, which its promoted limiters share.
 
 use super::shared::{Seed, gcra_interval, nanos};
 use super::window::{self, Gcra, Log};
@@ -146,18 +144,6 @@ impl Slot for GcraSlot {
     }
 }
 
-/// Quotas of at most this many calls per period keep a key's grants at
-/// several times in [`WinSlot::Few`] (the log's own overhead is more than
-/// such a key's grants).
-const FEW_MAX: u64 = 32;
-
-/// Grants at one time, in [`WinSlot::Few`].
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Stamp {
-    at: u64,
-    count: u64,
-}
-
 /// The strict window's compact state: the grants of the last period.
 #[derive(Debug)]
 pub(super) enum WinSlot {
@@ -165,12 +151,6 @@ pub(super) enum WinSlot {
     /// or only at one instant, within a period. (A `u32` count keeps the
     /// slot at 16 bytes; more grants at one instant take the log.)
     One { at: u64, count: u32 },
-    /// Grants at several times (two or more), oldest first, for a quota of
-    /// at most [`FEW_MAX`] calls: one entry per time, grown one at a time
-    /// (no spare room, no log header).
-    // Boxed: a `Vec`'s three words would make every slot 24 bytes.
-    #[allow(clippy::box_collection)]
-    Few(Box<Vec<Stamp>>),
     /// More than one grant time: the single limiter's log (merged the same
     /// way above 1 024 calls per period).
     Log(Box<Log>),
@@ -186,18 +166,6 @@ impl WinSlot {
                     *count = 0;
                 }
             }
-            WinSlot::Few(stamps) => {
-                let gone = stamps
-                    .iter()
-                    .take_while(|s| s.at.saturating_add(p.period) <= now)
-                    .count();
-                if gone > 0 {
-                    stamps.drain(..gone);
-                    if let Some(one) = WinSlot::one_of_few(stamps) {
-                        *self = one;
-                    }
-                }
-            }
             WinSlot::Log(log) => {
                 log.expire(now, p.period);
                 if let Some(one) = WinSlot::one_of(log) {
@@ -205,27 +173,6 @@ impl WinSlot {
                 }
             }
             WinSlot::Promoted(_) => {}
-        }
-    }
-
-    /// The log of `stamps` (distinct times, none merged).
-    fn log_of_few(stamps: &[Stamp]) -> Log {
-        let mut log = Log::default();
-        for stamp in stamps {
-            log.record(stamp.at, stamp.count, 0);
-        }
-        log
-    }
-
-    /// The inline form of `stamps`, if they are at most one.
-    fn one_of_few(stamps: &[Stamp]) -> Option<WinSlot> {
-        match stamps {
-            [] => Some(WinSlot::fresh()),
-            [only] => Some(WinSlot::One {
-                at: only.at,
-                count: u32::try_from(only.count).ok()?,
-            }),
-            _ => None,
         }
     }
 }
@@ -283,10 +230,6 @@ impl Slot for WinSlot {
                             at: now,
                             count: total,
                         },
-                        _ if p.max_calls <= FEW_MAX => {
-                            let stamps = vec![Stamp { at, count }, Stamp { at: now, count: n }];
-                            WinSlot::Few(Box::new(stamps))
-                        }
                         _ => WinSlot::log_of(at, count, now, n, p.quantum),
                     };
                     return Ok(());
@@ -294,37 +237,6 @@ impl Slot for WinSlot {
                 // The window is full: the grants at `at` must leave it
                 // (`n` fits the quota, so then it has room).
                 Err(at.saturating_add(p.period).max(now))
-            }
-            WinSlot::Few(stamps) if p.max_calls > FEW_MAX => {
-                // The quota grew past `FEW_MAX` (`set_quota`): the log
-                // merges grants and bounds its entries.
-                *self = WinSlot::Log(Box::new(WinSlot::log_of_few(stamps)));
-                self.check(p, now, n)
-            }
-            WinSlot::Few(stamps) => {
-                // At most `FEW_MAX` grants, and `n` at most the quota: no
-                // overflow.
-                let total: u64 = stamps.iter().map(|s| s.count).sum();
-                if total + n <= p.max_calls {
-                    match stamps.last_mut() {
-                        Some(last) if last.at == now => last.count += n,
-                        _ => {
-                            stamps.reserve_exact(1);
-                            stamps.push(Stamp { at: now, count: n });
-                        }
-                    }
-                    return Ok(());
-                }
-                // The `over`-th oldest grant must leave the window first.
-                let over = total + n - p.max_calls;
-                let mut seen = 0;
-                for stamp in stamps.iter() {
-                    seen += stamp.count;
-                    if seen >= over {
-                        return Err(stamp.at.saturating_add(p.period).max(now));
-                    }
-                }
-                Err(u64::MAX)
             }
             WinSlot::Log(log) => {
                 let at = log.earliest(now, n, p.max_calls, p.period);
@@ -348,9 +260,6 @@ impl Slot for WinSlot {
         match self {
             WinSlot::One { count: 0, .. } => 0,
             WinSlot::One { at, .. } => at.saturating_add(p.period),
-            WinSlot::Few(stamps) => stamps
-                .last()
-                .map_or(0, |newest| newest.at.saturating_add(p.period)),
             WinSlot::Log(log) => log
                 .newest()
                 .map_or(0, |newest| newest.saturating_add(p.period)),
@@ -367,7 +276,6 @@ impl Slot for WinSlot {
                 }
                 log
             }
-            WinSlot::Few(stamps) => WinSlot::log_of_few(&stamps),
             WinSlot::Log(log) => *log,
             WinSlot::Promoted(_) => unreachable!("only a compact key is promoted"),
         })
@@ -394,62 +302,29 @@ mod tests {
 
     #[test]
     fn the_window_slot_is_the_log_in_few_bytes() {
-        // Quotas kept inline then in `Few` (3, `FEW_MAX`), and in the log
-        // (`FEW_MAX + 1`); the slot sometimes goes through a seed and back
-        // (a promotion and a demotion).
-        for (max_calls, step) in [(3, 40), (FEW_MAX, 8), (FEW_MAX + 1, 8)] {
-            let p = window(max_calls as usize, 100);
-            let mut slot = WinSlot::fresh();
-            let mut log = Log::default();
-            let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
-            let mut now = 0;
-            let mut few = 0;
-            for _ in 0..20_000 {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                now += seed % step;
-                let n = 1 + (seed >> 20) % 3;
-                log.expire(now, p.period);
-                let expected = log.earliest(now, n, p.max_calls, p.period);
-                let got = slot.check(&p, now, n);
-                if expected <= now {
-                    log.record(now, n, p.quantum);
-                    assert_eq!(got, Ok(()), "{max_calls} at {now}");
-                } else {
-                    assert_eq!(got, Err(expected), "{max_calls} at {now}");
-                }
-                few += usize::from(matches!(slot, WinSlot::Few(_)));
-                if (seed >> 40) % 16 == 0 {
-                    slot = WinSlot::from_seed(slot.into_seed());
-                }
-                let idle = slot.idle_from(&p, now);
-                assert_eq!(idle <= now, log.total() == 0);
-                if let Some(newest) = log.newest().filter(|_| log.total() > 0) {
-                    assert_eq!(idle, newest + p.period, "{max_calls} at {now}");
-                }
-            }
-            assert_eq!(
-                few > 0,
-                max_calls <= FEW_MAX,
-                "{max_calls}: Few used {few} times"
-            );
-        }
-    }
-
-    #[test]
-    fn a_few_stamps_move_to_the_log_when_the_quota_grows() {
-        let small = window(3, 100);
+        let p = window(3, 100);
         let mut slot = WinSlot::fresh();
-        slot.check(&small, 10, 1).unwrap();
-        slot.check(&small, 20, 1).unwrap();
-        assert!(matches!(slot, WinSlot::Few(_)));
-        let large = window(2_000, 100);
-        slot.check(&large, 30, 1_998).unwrap();
-        assert!(matches!(slot, WinSlot::Log(_)));
-        assert_eq!(slot.check(&large, 40, 1), Err(110));
-        assert_eq!(slot.check(&large, 110, 1), Ok(()));
-        assert_eq!(slot.idle_from(&large, 110), 210);
+        let mut log = Log::default();
+        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut now = 0;
+        for _ in 0..5_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            now += seed % 40;
+            let n = 1 + (seed >> 20) % 3;
+            log.expire(now, p.period);
+            let expected = log.earliest(now, n, p.max_calls, p.period);
+            let got = slot.check(&p, now, n);
+            if expected <= now {
+                log.record(now, n, p.quantum);
+                assert_eq!(got, Ok(()), "at {now}");
+            } else {
+                assert_eq!(got, Err(expected), "at {now}");
+            }
+            let idle = slot.idle_from(&p, now);
+            assert_eq!(idle <= now, log.total() == 0);
+        }
     }
 
     #[test]

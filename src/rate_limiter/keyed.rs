@@ -81,9 +81,8 @@ fn shard_of(hash: u64) -> usize {
 /// A key that is only checked ([`try_acquire`](Self::try_acquire)) holds
 /// what its algorithm needs and no more: with GCRA its arrival time (a key
 /// costs its own size plus 16 bytes in the table), with a strict window
-/// its grants of the last period (one grant time inline; grants at
-/// several times take 16 bytes per time, plus 32, for a quota of at most
-/// 32 calls, or a log for larger quotas). A key that is [`acquire`](Self::acquire)d
+/// its grants of the last period (one grant time inline; a log once it has
+/// grants at several times). A key that is [`acquire`](Self::acquire)d
 /// costs the same when the grant is immediate (the future checks the key
 /// at its first poll). Only a key with waiters holds a whole limiter
 /// (queue, timer), while an acquire future waits on it; the next check or
