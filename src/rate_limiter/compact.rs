@@ -302,28 +302,38 @@ mod tests {
 
     #[test]
     fn the_window_slot_is_the_log_in_few_bytes() {
-        let p = window(3, 100);
-        let mut slot = WinSlot::fresh();
-        let mut log = Log::default();
-        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
-        let mut now = 0;
-        for _ in 0..5_000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            now += seed % 40;
-            let n = 1 + (seed >> 20) % 3;
-            log.expire(now, p.period);
-            let expected = log.earliest(now, n, p.max_calls, p.period);
-            let got = slot.check(&p, now, n);
-            if expected <= now {
-                log.record(now, n, p.quantum);
-                assert_eq!(got, Ok(()), "at {now}");
-            } else {
-                assert_eq!(got, Err(expected), "at {now}");
+        // The slot sometimes goes through a seed and back (a promotion and
+        // a demotion).
+        for (max_calls, step) in [(3, 40), (32, 8), (2_000, 1)] {
+            let p = window(max_calls, 100);
+            let mut slot = WinSlot::fresh();
+            let mut log = Log::default();
+            let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+            let mut now = 0;
+            for _ in 0..20_000 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                now += seed % step;
+                let n = 1 + (seed >> 20) % 3;
+                log.expire(now, p.period);
+                let expected = log.earliest(now, n, p.max_calls, p.period);
+                let got = slot.check(&p, now, n);
+                if expected <= now {
+                    log.record(now, n, p.quantum);
+                    assert_eq!(got, Ok(()), "{max_calls} at {now}");
+                } else {
+                    assert_eq!(got, Err(expected), "{max_calls} at {now}");
+                }
+                if (seed >> 40) % 16 == 0 {
+                    slot = WinSlot::from_seed(slot.into_seed());
+                }
+                let idle = slot.idle_from(&p, now);
+                assert_eq!(idle <= now, log.total() == 0);
+                if let Some(newest) = log.newest().filter(|_| log.total() > 0) {
+                    assert_eq!(idle, newest + p.period, "{max_calls} at {now}");
+                }
             }
-            let idle = slot.idle_from(&p, now);
-            assert_eq!(idle <= now, log.total() == 0);
         }
     }
 
