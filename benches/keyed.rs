@@ -13,7 +13,9 @@
 //!
 //! * `keyed_new_key`: each check is of a key never seen before (a scan or
 //!   a botnet), on a limiter built for the sample outside the timed region
-//!   and dropped after it (untimed). Every check must be granted.
+//!   and dropped after it (untimed). Every check must be granted. The
+//!   `_acquire` rows do the same through `acquire`, each future polled once
+//!   (granted at once) and dropped.
 //! * `keyed_hot_key`: 64 keys checked round-robin on a limiter whose quota
 //!   never runs out (awaitkit: `usize::MAX / 2` per second, GCRA's burst
 //!   the same; governor: `per_second(u32::MAX)`, its largest).
@@ -27,9 +29,16 @@
 //! each, within one period; bytes per key = the growth / 10⁶. Results on
 //! stderr and in `<criterion dir>/keyed_memory.csv`.
 //!
+//! The memory children also measure strict-window keys holding grants at
+//! several times (`awaitkit_window_2`, `_5`, `_10`: every key checked 2, 5
+//! or 10 times, in rounds, so at distinct instants), and keys acquired once
+//! through `acquire` and granted at once (`awaitkit_window_acquire`,
+//! `awaitkit_gcra_acquire`: the future polled once, then dropped).
+//!
 //! For instruction counts, run the binary under callgrind with
-//! `AWAITKIT_KEYED_MEMORY=<limiter>` (10⁶ new keys) or
-//! `AWAITKIT_KEYED_HOT=<limiter>` (10⁶ checks of 64 hot keys).
+//! `AWAITKIT_KEYED_MEMORY=<limiter>` (10⁶ new keys; with an `_acquire`
+//! limiter, 10⁶ new keys acquired) or `AWAITKIT_KEYED_HOT=<limiter>` (10⁶
+//! checks of 64 hot keys).
 
 mod common;
 
@@ -37,7 +46,10 @@ use awaitkit::KeyedRateLimiter;
 use awaitkit::rate_limiter::Quota;
 use common::Settings;
 use criterion::{BenchmarkGroup, Criterion, Throughput, black_box, measurement::WallTime};
+use std::future::Future;
 use std::num::NonZeroU32;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -49,6 +61,22 @@ trait Keyed: Sync + Sized {
     /// A quota that never runs out.
     fn unlimited() -> Self;
     fn check(&self, key: u64) -> bool;
+    /// An `acquire` polled once: granted at once.
+    fn acquire(&self, key: u64) -> bool {
+        self.check(key)
+    }
+}
+
+/// Polls a keyed acquire once: whether it was granted at once.
+#[inline]
+fn acquired<F: Future<Output = Result<(), awaitkit::rate_limiter::RateLimitError>>>(
+    future: F,
+) -> bool {
+    let future = pin!(future);
+    matches!(
+        future.poll(&mut Context::from_waker(Waker::noop())),
+        Poll::Ready(Ok(()))
+    )
 }
 
 struct Window(KeyedRateLimiter<u64>);
@@ -69,6 +97,10 @@ impl Keyed for Window {
     fn check(&self, key: u64) -> bool {
         self.0.try_acquire(key).is_ok()
     }
+    #[inline]
+    fn acquire(&self, key: u64) -> bool {
+        acquired(self.0.acquire(key))
+    }
 }
 
 impl Keyed for Gcra {
@@ -84,6 +116,10 @@ impl Keyed for Gcra {
     #[inline]
     fn check(&self, key: u64) -> bool {
         self.0.try_acquire(key).is_ok()
+    }
+    #[inline]
+    fn acquire(&self, key: u64) -> bool {
+        acquired(self.0.acquire(key))
     }
 }
 
@@ -103,13 +139,19 @@ impl Keyed for Governor {
     }
 }
 
-fn new_key<L: Keyed>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str) {
+fn new_key<L: Keyed>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, acquire: bool) {
     g.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let limiter = L::per_minute();
             let start = Instant::now();
             for key in 0..iters {
-                if !limiter.check(black_box(key)) {
+                let key = black_box(key);
+                let granted = if acquire {
+                    limiter.acquire(key)
+                } else {
+                    limiter.check(key)
+                };
+                if !granted {
                     common::unexpected("a new key was refused");
                 }
             }
@@ -168,24 +210,38 @@ fn rss() -> u64 {
 
 const MEMORY_KEYS: u64 = 1_000_000;
 
-/// In the child: RSS growth for 10⁶ distinct keys, and the time per check.
+/// In the child: RSS growth for 10⁶ distinct keys, each checked `rounds`
+/// times (in rounds: at distinct instants) or acquired once, and the time
+/// per check.
 fn memory_child(which: &str) {
-    fn run<L: Keyed>() -> (u64, Duration) {
+    fn run<L: Keyed>(rounds: u64, acquire: bool) -> (u64, Duration) {
         let before = rss();
         let limiter = L::per_minute();
         let start = Instant::now();
-        for key in 0..MEMORY_KEYS {
-            assert!(limiter.check(key), "a new key was refused");
+        for _ in 0..rounds {
+            for key in 0..MEMORY_KEYS {
+                let granted = if acquire {
+                    limiter.acquire(key)
+                } else {
+                    limiter.check(key)
+                };
+                assert!(granted, "a key within its quota was refused");
+            }
         }
-        let elapsed = start.elapsed();
+        let elapsed = start.elapsed() / rounds as u32;
         let grown = rss().saturating_sub(before);
         black_box(&limiter);
         (grown, elapsed)
     }
     let (bytes, elapsed) = match which {
-        "awaitkit_window" => run::<Window>(),
-        "awaitkit_gcra" => run::<Gcra>(),
-        "governor" => run::<Governor>(),
+        "awaitkit_window" => run::<Window>(1, false),
+        "awaitkit_window_2" => run::<Window>(2, false),
+        "awaitkit_window_5" => run::<Window>(5, false),
+        "awaitkit_window_10" => run::<Window>(10, false),
+        "awaitkit_window_acquire" => run::<Window>(1, true),
+        "awaitkit_gcra" => run::<Gcra>(1, false),
+        "awaitkit_gcra_acquire" => run::<Gcra>(1, true),
+        "governor" => run::<Governor>(1, false),
         other => panic!("unknown limiter {other}"),
     };
     println!("{bytes} {}", elapsed.as_nanos());
@@ -194,7 +250,16 @@ fn memory_child(which: &str) {
 fn memory_group(settings: &Settings) {
     let exe = std::env::current_exe().expect("this bench's path");
     let mut rows = Vec::new();
-    for name in ["awaitkit_window", "awaitkit_gcra", "governor"] {
+    for name in [
+        "awaitkit_window",
+        "awaitkit_window_2",
+        "awaitkit_window_5",
+        "awaitkit_window_10",
+        "awaitkit_window_acquire",
+        "awaitkit_gcra",
+        "awaitkit_gcra_acquire",
+        "governor",
+    ] {
         let out = std::process::Command::new(&exe)
             .env("AWAITKIT_KEYED_MEMORY", name)
             .output()
@@ -262,9 +327,12 @@ fn main() {
 
     let mut group = c.benchmark_group("keyed_new_key");
     group.throughput(Throughput::Elements(1));
-    new_key::<Window>(&mut group, "awaitkit_window");
-    new_key::<Gcra>(&mut group, "awaitkit_gcra");
-    new_key::<Governor>(&mut group, "governor");
+    new_key::<Window>(&mut group, "awaitkit_window", false);
+    new_key::<Gcra>(&mut group, "awaitkit_gcra", false);
+    new_key::<Governor>(&mut group, "governor", false);
+    // The same through `acquire`, each future polled once (granted at once).
+    new_key::<Window>(&mut group, "awaitkit_window_acquire", true);
+    new_key::<Gcra>(&mut group, "awaitkit_gcra_acquire", true);
     group.finish();
 
     let mut group = c.benchmark_group("keyed_hot_key");

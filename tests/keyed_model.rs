@@ -18,6 +18,15 @@
 //!   refused (`TooManyKeys`) only when the limiter is full.
 //! * **Liveness**: at the end every acquire still alive completes once the
 //!   clock has moved far enough.
+//! * **Exactness**: a check, or an acquire's first poll, of a key nobody
+//!   waits on is granted whenever the grants seen so far leave room for it
+//!   (so nothing took a grant unseen: an acquire takes nothing before its
+//!   first poll, even one cancelled or forgotten unpolled; only a forgotten
+//!   *waiting* acquire may waste a grant, and its key is left out).
+//!
+//! Acquires are first polled at once (`Acquire`: granted at the first poll,
+//! or queued) or later (`AcquireLater`, then `FirstPoll`, `CancelUnpolled`
+//! or `ForgetUnpolled`): FIFO order is the order of first polls.
 
 #[macro_use]
 mod common;
@@ -27,7 +36,7 @@ use awaitkit::time::ManualClock;
 use awaitkit::{KeyedAcquireN, KeyedRateLimiter, Timer};
 use common::CountingWaker;
 use proptest::prelude::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
@@ -43,6 +52,10 @@ enum Op {
     Cancel(usize),
     Forget(usize),
     Evict,
+    AcquireLater { key: u8, n: u8 },
+    FirstPoll(usize),
+    CancelUnpolled(usize),
+    ForgetUnpolled(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -53,6 +66,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::Cancel),
         1 => any::<usize>().prop_map(Op::Forget),
         1 => Just(Op::Evict),
+        2 => (0..6u8, 1..4u8).prop_map(|(key, n)| Op::AcquireLater { key, n }),
+        2 => any::<usize>().prop_map(Op::FirstPoll),
+        1 => any::<usize>().prop_map(Op::CancelUnpolled),
+        1 => any::<usize>().prop_map(Op::ForgetUnpolled),
     ]
 }
 
@@ -60,7 +77,9 @@ struct Live {
     key: u8,
     n: u64,
     seq: usize,
-    future: Pin<Box<KeyedAcquireN<ManualClock>>>,
+    /// Polled at least once (else its first poll is next).
+    polled: bool,
+    future: Pin<Box<KeyedAcquireN<u8, ManualClock>>>,
 }
 
 struct Run {
@@ -73,6 +92,12 @@ struct Run {
     /// Forgotten acquires: never polled nor dropped again (until the end of
     /// the case, so the test itself leaks nothing).
     parked: Vec<Live>,
+    /// Acquires made and not polled yet.
+    unpolled: Vec<Live>,
+    /// Keys with a forgotten acquire that was polled (its turn may take a
+    /// grant nobody sees).
+    tainted: HashSet<u8>,
+    quota: Quota,
     grants: HashMap<u8, Vec<(u64, u64)>>,
     /// The arrival number of the last completed acquire, per key.
     served: HashMap<u8, usize>,
@@ -84,12 +109,68 @@ impl Run {
         u64::try_from(self.clock.now().duration_since(self.t0).as_nanos()).unwrap()
     }
 
+    /// Whether the grants seen so far leave room for `n` more of `key` at
+    /// `now`, when nobody waits on the key and none of its grants may have
+    /// gone unseen (`None` when that cannot be told).
+    fn room_for(&self, key: u8, n: u64, now: u64, skip: Option<usize>) -> Option<bool> {
+        let waiting = self
+            .live
+            .iter()
+            .enumerate()
+            .any(|(i, l)| Some(i) != skip && l.key == key && l.polled);
+        if waiting || self.tainted.contains(&key) {
+            return None;
+        }
+        let no_grants = Vec::new();
+        let g = self.grants.get(&key).unwrap_or(&no_grants);
+        let period = u64::try_from(self.quota.period().as_nanos()).unwrap();
+        let max_calls = self.quota.max_calls() as u64;
+        Some(match self.quota.burst() {
+            None => {
+                let inside: u64 = g
+                    .iter()
+                    .filter(|&&(s, _)| s + period > now)
+                    .map(|&(_, n)| n)
+                    .sum();
+                inside + n <= max_calls
+            }
+            Some(burst) => {
+                let interval = period.div_ceil(max_calls);
+                let tolerance = interval * burst as u64;
+                let tat = g
+                    .iter()
+                    .fold(0u64, |tat, &(t, n)| tat.max(t) + n * interval);
+                tat.max(now) + n * interval <= now + tolerance
+            }
+        })
+    }
+
     fn poll_all(&mut self) -> Result<(), TestCaseError> {
         let now = self.now();
         let mut i = 0;
         while i < self.live.len() {
+            let first = !self.live[i].polled;
+            let room = if first {
+                self.room_for(self.live[i].key, self.live[i].n, now, Some(i))
+            } else {
+                None
+            };
             let live = &mut self.live[i];
-            match live.future.as_mut().poll(&mut self.waker.context()) {
+            live.polled = true;
+            let outcome = live.future.as_mut().poll(&mut self.waker.context());
+            if room == Some(true) {
+                prop_assert!(
+                    !matches!(
+                        outcome,
+                        Poll::Pending | Poll::Ready(Err(RateLimitError::RateLimited { .. }))
+                    ),
+                    "key {}: {} not granted at the first poll with room: {:?}",
+                    live.key,
+                    live.n,
+                    outcome
+                );
+            }
+            match outcome {
                 Poll::Pending => i += 1,
                 Poll::Ready(Err(RateLimitError::TooManyKeys { max_keys })) => {
                     // Refused when it was made (just before this first poll).
@@ -177,6 +258,9 @@ fn run(quota: Quota, max_keys: Option<usize>, ops: Vec<Op>) -> Result<(), TestCa
         waker: CountingWaker::new(),
         live: Vec::new(),
         parked: Vec::new(),
+        unpolled: Vec::new(),
+        tainted: HashSet::new(),
+        quota,
         grants: HashMap::new(),
         served: HashMap::new(),
         seq: 0,
@@ -192,7 +276,15 @@ fn run(quota: Quota, max_keys: Option<usize>, ops: Vec<Op>) -> Result<(), TestCa
                 // (A forgotten acquire may have been granted, its grant
                 // wasted: only the live ones surely wait.)
                 let waiting = r.live.iter().any(|l| l.key == key);
-                match r.limiter.try_acquire_n(key, n as usize) {
+                let room = r.room_for(key, n, r.now(), None);
+                let outcome = r.limiter.try_acquire_n(key, n as usize);
+                if room == Some(true) {
+                    prop_assert!(
+                        !matches!(outcome, Err(RateLimitError::RateLimited { .. })),
+                        "key {key}: {n} refused with room"
+                    );
+                }
+                match outcome {
                     Ok(()) => {
                         prop_assert!(!waiting, "key {key}: a check passed its waiters");
                         let now = r.now();
@@ -213,12 +305,41 @@ fn run(quota: Quota, max_keys: Option<usize>, ops: Vec<Op>) -> Result<(), TestCa
                     key,
                     n,
                     seq: r.seq,
+                    polled: false,
                     future: Box::pin(r.limiter.acquire_n(key, n as usize)),
                 };
                 // Polled below with the others: it is granted, refused, or
                 // joins the key's queue now.
                 r.live.push(live);
             }
+            Op::AcquireLater { key, n } => {
+                let n = u64::from(n).min(quota.max_at_once() as u64);
+                r.unpolled.push(Live {
+                    key,
+                    n,
+                    seq: 0,
+                    polled: false,
+                    future: Box::pin(r.limiter.acquire_n(key, n as usize)),
+                });
+            }
+            Op::FirstPoll(i) if !r.unpolled.is_empty() => {
+                // Its place in the key's line is taken now.
+                let mut live = r.unpolled.remove(i % r.unpolled.len());
+                r.seq += 1;
+                live.seq = r.seq;
+                r.live.push(live);
+            }
+            Op::CancelUnpolled(i) if !r.unpolled.is_empty() => {
+                let i = i % r.unpolled.len();
+                drop(r.unpolled.remove(i));
+            }
+            Op::ForgetUnpolled(i) if !r.unpolled.is_empty() => {
+                // Never polled: it must take nothing (not tainted).
+                let i = i % r.unpolled.len();
+                let live = r.unpolled.remove(i);
+                r.parked.push(live);
+            }
+            Op::FirstPoll(_) | Op::CancelUnpolled(_) | Op::ForgetUnpolled(_) => {}
             Op::Cancel(i) if !r.live.is_empty() => {
                 let i = i % r.live.len();
                 drop(r.live.remove(i));
@@ -226,6 +347,7 @@ fn run(quota: Quota, max_keys: Option<usize>, ops: Vec<Op>) -> Result<(), TestCa
             Op::Forget(i) if !r.live.is_empty() => {
                 let i = i % r.live.len();
                 let live = r.live.remove(i);
+                r.tainted.insert(live.key);
                 r.parked.push(live);
             }
             Op::Evict => {
@@ -237,7 +359,13 @@ fn run(quota: Quota, max_keys: Option<usize>, ops: Vec<Op>) -> Result<(), TestCa
         r.check_bound()?;
     }
     // Liveness: everything still waiting is served (the forgotten ones'
-    // turns pass, wasted).
+    // turns pass, wasted), the acquires not polled yet too.
+    for mut live in std::mem::take(&mut r.unpolled) {
+        r.seq += 1;
+        live.seq = r.seq;
+        r.live.push(live);
+    }
+    r.poll_all()?;
     for _ in 0..64 {
         if r.live.is_empty() {
             break;

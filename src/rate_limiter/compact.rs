@@ -3,7 +3,8 @@
 //! arrival time, or the strict window's grants (one entry inline, a full
 //! [`Log`] beyond). A key that must wait is *promoted*: its state moves
 //! into a [`Shared`](super::shared::Shared) limiter (queue, driver, timer),
-//! and the slot keeps only that limiter's id. Times are nanoseconds since
+//! and the slot keeps only that limiter's id (the key map's entry says
+//! which of the two a slot holds, in a bit of its stored hash). Times are nanoseconds since
 //! the keyed limiter's epoch, which its promoted limiters share.
 
 use super::shared::{Seed, gcra_interval, nanos};
@@ -43,14 +44,15 @@ impl Params {
     }
 }
 
-/// One key's state: compact, or the id of its promoted limiter.
+/// One key's state: compact, or the id of its promoted limiter (which of
+/// the two is kept by the key map, beside the slot).
 pub(super) trait Slot: Sized {
     /// A key nothing was granted to.
     fn fresh() -> Self;
     /// A key promoted to the limiter `id`.
     fn promoted(id: u64) -> Self;
-    /// The promoted limiter's id, if the key is promoted.
-    fn promoted_id(&self) -> Option<u64>;
+    /// The promoted limiter's id. Promoted keys only.
+    fn id(&self) -> u64;
     /// Takes `n` (at most the quota's maximum at once) at `now`, or says
     /// when they would be granted. Compact keys only.
     fn check(&mut self, p: &Params, now: u64, n: u64) -> Result<(), u64>;
@@ -71,27 +73,21 @@ pub(super) trait Slot: Sized {
     fn rescale(&mut self, now: u64, old: u64, new: u64);
 }
 
-/// GCRA's compact state: the theoretical arrival time in the low 63 bits
-/// (`NEVER` stands for "never again": past 292 years), or, with the top
-/// bit, the promoted limiter's id. Eight bytes a key, as governor's.
+/// GCRA's compact state: the theoretical arrival time, all 64 bits of it
+/// (`u64::MAX`: "never again", as for the single limiter), or the promoted
+/// limiter's id. Eight bytes a key, as governor's.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct GcraSlot(u64);
-
-const PROMOTED: u64 = 1 << 63;
-const NEVER: u64 = PROMOTED - 1;
 
 impl GcraSlot {
     #[inline]
     fn tat(self) -> u64 {
-        match self.0 {
-            NEVER => u64::MAX,
-            tat => tat,
-        }
+        self.0
     }
 
     #[inline]
     fn set_tat(&mut self, tat: u64) {
-        self.0 = tat.min(NEVER);
+        self.0 = tat;
     }
 }
 
@@ -101,12 +97,12 @@ impl Slot for GcraSlot {
     }
 
     fn promoted(id: u64) -> Self {
-        GcraSlot(PROMOTED | (id & !PROMOTED))
+        GcraSlot(id)
     }
 
     #[inline]
-    fn promoted_id(&self) -> Option<u64> {
-        (self.0 & PROMOTED != 0).then_some(self.0 & !PROMOTED)
+    fn id(&self) -> u64 {
+        self.0
     }
 
     #[inline]
@@ -216,10 +212,10 @@ impl Slot for WinSlot {
     }
 
     #[inline]
-    fn promoted_id(&self) -> Option<u64> {
+    fn id(&self) -> u64 {
         match self {
-            WinSlot::Promoted(id) => Some(*id),
-            _ => None,
+            WinSlot::Promoted(id) => *id,
+            _ => unreachable!("only a promoted key has a limiter"),
         }
     }
 
@@ -306,28 +302,38 @@ mod tests {
 
     #[test]
     fn the_window_slot_is_the_log_in_few_bytes() {
-        let p = window(3, 100);
-        let mut slot = WinSlot::fresh();
-        let mut log = Log::default();
-        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
-        let mut now = 0;
-        for _ in 0..5_000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            now += seed % 40;
-            let n = 1 + (seed >> 20) % 3;
-            log.expire(now, p.period);
-            let expected = log.earliest(now, n, p.max_calls, p.period);
-            let got = slot.check(&p, now, n);
-            if expected <= now {
-                log.record(now, n, p.quantum);
-                assert_eq!(got, Ok(()), "at {now}");
-            } else {
-                assert_eq!(got, Err(expected), "at {now}");
+        // The slot sometimes goes through a seed and back (a promotion and
+        // a demotion).
+        for (max_calls, step) in [(3, 40), (32, 8), (2_000, 1)] {
+            let p = window(max_calls, 100);
+            let mut slot = WinSlot::fresh();
+            let mut log = Log::default();
+            let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+            let mut now = 0;
+            for _ in 0..20_000 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                now += seed % step;
+                let n = 1 + (seed >> 20) % 3;
+                log.expire(now, p.period);
+                let expected = log.earliest(now, n, p.max_calls, p.period);
+                let got = slot.check(&p, now, n);
+                if expected <= now {
+                    log.record(now, n, p.quantum);
+                    assert_eq!(got, Ok(()), "{max_calls} at {now}");
+                } else {
+                    assert_eq!(got, Err(expected), "{max_calls} at {now}");
+                }
+                if (seed >> 40) % 16 == 0 {
+                    slot = WinSlot::from_seed(slot.into_seed());
+                }
+                let idle = slot.idle_from(&p, now);
+                assert_eq!(idle <= now, log.total() == 0);
+                if let Some(newest) = log.newest().filter(|_| log.total() > 0) {
+                    assert_eq!(idle, newest + p.period, "{max_calls} at {now}");
+                }
             }
-            let idle = slot.idle_from(&p, now);
-            assert_eq!(idle <= now, log.total() == 0);
         }
     }
 
@@ -364,17 +370,28 @@ mod tests {
     }
 
     #[test]
-    fn the_gcra_slot_keeps_never_and_promotion_apart() {
+    fn the_gcra_slot_keeps_every_arrival_time() {
         let quota = Quota::gcra(10, Duration::from_nanos(100), 2).unwrap();
         let p = Params::of(&quota);
         let mut slot = GcraSlot::fresh();
         assert_eq!(slot.check(&p, 1_000, 2), Ok(()));
         assert_eq!(slot.check(&p, 1_000, 1), Err(1_010));
-        assert_eq!(slot.promoted_id(), None);
-        slot.set_tat(u64::MAX);
-        assert_eq!(slot.tat(), u64::MAX);
-        assert_eq!(slot.promoted_id(), None);
-        assert_eq!(GcraSlot::promoted(7).promoted_id(), Some(7));
+        for tat in [1 << 63, (1 << 63) + 1, u64::MAX - 1, u64::MAX] {
+            slot.set_tat(tat);
+            assert_eq!(slot.tat(), tat);
+        }
+        // An interval past 2^63 ns (292 years) is "then", not "never".
+        let long = Quota::gcra(1, Duration::from_secs(300 * 365 * 86_400), 1).unwrap();
+        let p = Params::of(&long);
+        let mut slot = GcraSlot::fresh();
+        assert_eq!(slot.check(&p, 5, 1), Ok(()));
+        assert_eq!(slot.tat(), 5 + p.gcra.interval);
+        // (The retry time saturates as in the single limiter: `tat + cost`
+        // passes `u64::MAX`.)
+        assert!(slot.check(&p, 6, 1).is_err());
+        assert!(slot.check(&p, 4 + p.gcra.interval, 1).is_err());
+        assert_eq!(slot.check(&p, 5 + p.gcra.interval, 1), Ok(()));
+        assert_eq!(GcraSlot::promoted(7).id(), 7);
         let mut owed = GcraSlot::fresh();
         owed.set_tat(1_100);
         owed.rescale(1_000, 10, 20);

@@ -13,8 +13,10 @@
 //!   ([`compact`](super::compact)): GCRA's arrival time (8 bytes), or the
 //!   window's one grant time and count inline (a log beyond). A check is a
 //!   clock read, a lookup and that arithmetic, under the shard's lock.
-//! * A key that is acquired — a future that may have to wait — is
-//!   *promoted*: its state moves into a full limiter
+//! * An acquire future holds its key and a handle to the map, and checks
+//!   the key at its first poll as a check does: granted, the key stays
+//!   compact. A key whose acquire must wait is *promoted* then: its state
+//!   moves into a full limiter
 //!   ([`Shared`](super::shared::Shared): FIFO queue, driver, timer) on the
 //!   keyed limiter's own time origin, kept in the shard by id. Checks of a
 //!   promoted key go through that limiter (so they never pass its
@@ -52,6 +54,15 @@ const MIN_SWEEP: usize = 4;
 /// LRU): the idle keys nobody used lately go first.
 const USED: u64 = 1 << 56;
 
+/// A bit of an entry's stored hash (cleared in every hash the tables see,
+/// as [`USED`]): the key is promoted, and its slot holds its full
+/// limiter's id (so a compact slot keeps every one of its bits for its
+/// state: GCRA's arrival time is a whole `u64`).
+const PROMOTED: u64 = 1 << 55;
+
+/// The flag bits of a stored hash.
+const FLAGS: u64 = USED | PROMOTED;
+
 /// Which shard a key's hash goes to: bits the tables' own probing uses
 /// least (the low bits pick a bucket, the top seven tag it).
 #[inline]
@@ -72,9 +83,10 @@ fn shard_of(hash: u64) -> usize {
 /// costs its own size plus 16 bytes in the table), with a strict window
 /// its grants of the last period (one grant time inline; a log once it has
 /// grants at several times). A key that is [`acquire`](Self::acquire)d
-/// holds a whole limiter (queue, timer) while an acquire future for it
-/// lives; the next check or sweep after the last one is gone turns it back
-/// into the compact form.
+/// costs the same when the grant is immediate (the future checks the key
+/// at its first poll). Only a key with waiters holds a whole limiter
+/// (queue, timer), while an acquire future waits on it; the next check or
+/// sweep after the last one is gone turns it back into the compact form.
 ///
 /// Keys are **evicted when idle** — nobody waits, no acquire future holds
 /// the key, and no grant is still inside its window (GCRA: its arrival time
@@ -111,10 +123,13 @@ fn shard_of(hash: u64) -> usize {
 /// others (see [`RateLimiter`](crate::RateLimiter#panics)).
 ///
 /// A key's `Hash` or `Eq` that panics propagates out of the call that was
-/// given that key, and leaves the map and every other key as they were. A
-/// key's `Drop` that panics propagates out of the call that was given the
-/// key (after everything is settled: a grant it took stays taken, and the
-/// key's state is neither lost nor leaked), or out of
+/// given that key (for an acquire: `Hash` out of
+/// [`acquire`](Self::acquire), `Eq` out of the future's first poll, which
+/// stays to be done again), and leaves the map and every other key as they
+/// were. A key's `Drop` that panics propagates out of the call that was
+/// given the key, or out of an acquire's first poll (after everything is
+/// settled: a grant it took stays taken — an acquire returns it at its next
+/// poll — and the key's state is neither lost nor leaked), or out of
 /// [`evict_idle`](Self::evict_idle) when it evicts the key (after every
 /// evicted key is dropped); when an automatic sweep evicts the key, the
 /// panic is reported by the panic hook and discarded, so it never reaches
@@ -134,6 +149,13 @@ fn shard_of(hash: u64) -> usize {
 /// # });
 /// ```
 pub struct KeyedRateLimiter<K, T: Timer = DefaultTimer> {
+    /// Shared with the acquire futures, which reach the key map at their
+    /// first poll.
+    inner: Arc<Inner<K, T>>,
+}
+
+/// A keyed limiter's state: what its acquire futures hold a handle to.
+struct Inner<K, T: Timer> {
     timer: T,
     /// Hashes the keys, with no lock held.
     hasher: RandomState,
@@ -341,7 +363,8 @@ impl<K: Eq, S: Slot, T: Timer> Shard<K, S, T> {
         evicted.entries.extend(self.keys.extract_if(|entry| {
             let used = entry.hash & USED != 0;
             entry.hash &= !USED;
-            if let Some(id) = entry.slot.promoted_id() {
+            if entry.hash & PROMOTED != 0 {
+                let id = entry.slot.id();
                 let seed = full
                     .get(&id)
                     .filter(|shared| unused(shared))
@@ -353,6 +376,7 @@ impl<K: Eq, S: Slot, T: Timer> Shard<K, S, T> {
                 };
                 evicted.limiters.extend(full.remove(&id));
                 entry.slot = S::from_seed(seed);
+                entry.hash &= !PROMOTED;
                 // Its grants may be later than `now` (read before locking):
                 // the shard's time never goes behind them.
                 *last = (*last).max(used);
@@ -448,7 +472,7 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
         U: Timer + Clone + Send + Sync + 'static,
         U::Sleep: Send + 'static,
     {
-        KeyedRateLimiter::<K, U>::build(self.quota(), timer, self.max_keys)
+        KeyedRateLimiter::<K, U>::build(self.quota(), timer, self.inner.max_keys)
     }
 
     /// The same limiter (its quota and timer) tracking at most `max_keys`
@@ -490,7 +514,7 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
             max_keys > 0,
             "KeyedRateLimiter::with_max_keys: the bound must be at least one key"
         );
-        Self::build(self.quota(), self.timer.clone(), max_keys)
+        Self::build(self.quota(), self.inner.timer.clone(), max_keys)
     }
 
     fn build(quota: Quota, timer: T, max_keys: usize) -> Self {
@@ -498,7 +522,7 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
             Some(_) => Table::Gcra((0..SHARDS).map(|_| Cell::new(quota)).collect()),
             None => Table::Window((0..SHARDS).map(|_| Cell::new(quota)).collect()),
         };
-        KeyedRateLimiter {
+        let inner = Inner {
             timer,
             hasher: RandomState::new(),
             origin: OnceLock::new(),
@@ -506,9 +530,379 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
             config: Mutex::new((quota, 0)),
             max_keys,
             counts: Counts::default(),
+        };
+        KeyedRateLimiter {
+            inner: Arc::new(inner),
         }
     }
 
+    /// Waits for one call's grant for `key`, in FIFO order among that key's
+    /// waiters.
+    ///
+    /// The future holds `key` and a handle to the limiter, and does
+    /// everything at its first poll: it checks the key as
+    /// [`try_acquire`](Self::try_acquire) does, and if the grant is not
+    /// immediate, promotes the key to a full limiter and waits on it (see
+    /// [`KeyedAcquire`]). Only `key`'s `Hash` runs here.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimitError::TooManyKeys`] if the limiter is bounded
+    /// ([`with_max_keys`](Self::with_max_keys)), full, and `key` is new at
+    /// the first poll.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`RateLimiter::acquire`](crate::RateLimiter::acquire).
+    /// Dropping the future, or `mem::forget`-ting it, before its first poll
+    /// takes nothing (a forgotten one keeps the limiter's memory allocated,
+    /// not a key or room against the bound). A *waiting* future that is
+    /// forgotten is granted its turn, and the grant wasted, as for
+    /// `RateLimiter`; but its key stays promoted (a whole limiter) and
+    /// counted against the bound for as long as the keyed limiter lives.
+    ///
+    /// # Panics
+    ///
+    /// Polling after completion panics; other panics as for
+    /// [`RateLimiter::acquire`](crate::RateLimiter::acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let limiter = KeyedRateLimiter::new(5, Duration::from_secs(1));
+    /// limiter.acquire("api.example").await.unwrap();
+    /// # });
+    /// ```
+    pub fn acquire(&self, key: K) -> KeyedAcquire<K, T>
+    where
+        T: Clone + Send + Sync + 'static,
+        T::Sleep: Send + 'static,
+    {
+        KeyedAcquire {
+            inner: Pending::new(&self.inner, key, 1),
+        }
+    }
+
+    /// Waits for `n` calls' grants at once for `key`.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimitError::ExceedsQuota`] if `n` is more than
+    /// [`Quota::max_at_once`]; [`RateLimitError::TooManyKeys`] as for
+    /// [`acquire`](Self::acquire). Both at the first poll.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Self::acquire).
+    ///
+    /// # Panics
+    ///
+    /// Polling after completion panics; other panics as for
+    /// [`RateLimiter::acquire`](crate::RateLimiter::acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use std::time::Duration;
+    /// # futures::executor::block_on(async {
+    /// let limiter = KeyedRateLimiter::new(5, Duration::from_secs(1));
+    /// assert_eq!(limiter.acquire_n("k", 5).await, Ok(()));
+    /// # });
+    /// ```
+    pub fn acquire_n(&self, key: K, n: usize) -> KeyedAcquireN<K, T>
+    where
+        T: Clone + Send + Sync + 'static,
+        T::Sleep: Send + 'static,
+    {
+        KeyedAcquireN {
+            inner: Pending::new(&self.inner, key, n),
+        }
+    }
+
+    /// Takes one call's grant for `key` if its quota allows it now and
+    /// nobody waits on that key.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimitError::RateLimited`] with how long to wait;
+    /// [`RateLimitError::TooManyKeys`] as for [`acquire`](Self::acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use std::time::Duration;
+    /// let limiter = KeyedRateLimiter::new(1, Duration::from_secs(1));
+    /// assert!(limiter.try_acquire(1).is_ok());
+    /// assert!(limiter.try_acquire(1).is_err());
+    /// assert!(limiter.try_acquire(2).is_ok());
+    /// ```
+    pub fn try_acquire(&self, key: K) -> Result<(), RateLimitError>
+    where
+        T: Clone + Send + Sync + 'static,
+        T::Sleep: Send + 'static,
+    {
+        self.inner.check(key, 1)
+    }
+
+    /// Takes `n` calls' grants for `key` if its quota allows it now and
+    /// nobody waits on that key.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimitError::RateLimited`], [`RateLimitError::ExceedsQuota`],
+    /// or [`RateLimitError::TooManyKeys`] as for [`acquire`](Self::acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use std::time::Duration;
+    /// let limiter = KeyedRateLimiter::new(3, Duration::from_secs(1));
+    /// assert!(limiter.try_acquire_n("k", 4).is_err());
+    /// ```
+    pub fn try_acquire_n(&self, key: K, n: usize) -> Result<(), RateLimitError>
+    where
+        T: Clone + Send + Sync + 'static,
+        T::Sleep: Send + 'static,
+    {
+        if n == 0 {
+            drop(key);
+            return Ok(());
+        }
+        self.inner.check(key, n as u64)
+    }
+
+    /// Keys currently tracked (idle ones included until a sweep).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use std::time::Duration;
+    /// let limiter = KeyedRateLimiter::new(3, Duration::from_secs(1));
+    /// limiter.try_acquire("a").unwrap();
+    /// assert_eq!(limiter.len(), 1);
+    /// ```
+    pub fn len(&self) -> usize {
+        match &self.inner.table {
+            Table::Gcra(cells) => keys_in(cells),
+            Table::Window(cells) => keys_in(cells),
+        }
+    }
+
+    /// No key is tracked.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use std::time::Duration;
+    /// assert!(KeyedRateLimiter::<&str>::new(3, Duration::from_secs(1)).is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A snapshot of the key map: keys tracked, keys with waiters, and the
+    /// evictions and refusals so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use std::time::Duration;
+    /// let limiter = KeyedRateLimiter::new(3, Duration::from_secs(1)).with_max_keys(100);
+    /// limiter.try_acquire("a").unwrap();
+    /// let stats = limiter.stats();
+    /// assert_eq!((stats.keys, stats.waiting_keys, stats.max_keys), (1, 0, Some(100)));
+    /// ```
+    pub fn stats(&self) -> KeyedStats {
+        fn count<K, S, T: Timer>(cells: &[Cell<K, S, T>]) -> (usize, usize) {
+            lock_all(cells)
+                .iter()
+                .fold((0, 0), |(keys, waiting), shard| {
+                    let busy = shard.full.values().filter(|s| s.waiting() > 0).count();
+                    (keys + shard.keys.len(), waiting + busy)
+                })
+        }
+        let (keys, waiting_keys) = match &self.inner.table {
+            Table::Gcra(cells) => count(cells),
+            Table::Window(cells) => count(cells),
+        };
+        KeyedStats {
+            keys,
+            waiting_keys,
+            max_keys: (self.inner.max_keys != usize::MAX).then_some(self.inner.max_keys),
+            evictions: self.inner.counts.evictions.load(Ordering::Relaxed),
+            refusals: self.inner.counts.refusals.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Drops every idle key now (see the [type docs](KeyedRateLimiter)) and
+    /// returns how many went.
+    ///
+    /// # Panics
+    ///
+    /// If an evicted key's destructor panics (or a demoted limiter's: its
+    /// timer's sleep), once every evicted key is dropped and the map's
+    /// locks released; the first such panic propagates. The keys are
+    /// evicted all the same.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use std::time::Duration;
+    /// let limiter = KeyedRateLimiter::new(3, Duration::from_nanos(1));
+    /// limiter.try_acquire("a").unwrap();
+    /// std::thread::sleep(Duration::from_millis(1)); // the grant leaves its window
+    /// assert_eq!(limiter.evict_idle(), 1);
+    /// assert!(limiter.is_empty());
+    /// ```
+    pub fn evict_idle(&self) -> usize {
+        fn sweep_all<K: Eq + Hash, S: Slot, T: Timer>(
+            limiter: &Inner<K, T>,
+            cells: &[Cell<K, S, T>],
+            raw: u64,
+        ) -> usize {
+            let mut panics = Panics::default();
+            let mut gone = 0;
+            for cell in cells {
+                let mut evicted = Evicted::default();
+                {
+                    let mut shard = cell.lock();
+                    let now = shard.hold(raw);
+                    let (went, next_idle, _) = shard.sweep(now, true, &mut evicted);
+                    cell.next_idle.store(next_idle, Ordering::Relaxed);
+                    limiter.evicted(went);
+                    gone += went;
+                }
+                // The lock is released: each key is dropped, even if one
+                // panics.
+                panics.drop_all(evicted.entries);
+                panics.drop_all(evicted.limiters);
+            }
+            panics.resume();
+            gone
+        }
+        let raw = self.inner.now_raw(); // user code: unlocked
+        match &self.inner.table {
+            Table::Gcra(cells) => sweep_all(&self.inner, cells, raw),
+            Table::Window(cells) => sweep_all(&self.inner, cells, raw),
+        }
+    }
+
+    /// The quota every key gets.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use std::time::Duration;
+    /// let limiter = KeyedRateLimiter::<u64>::new(3, Duration::from_secs(1));
+    /// assert_eq!(limiter.quota().max_calls(), 3);
+    /// ```
+    pub fn quota(&self) -> Quota {
+        self.inner.config().0
+    }
+
+    /// Changes the quota of every key, present and future (see
+    /// [`RateLimiter::set_quota`](crate::RateLimiter::set_quota)).
+    ///
+    /// The waiters it lets through are woken with the key map's locks
+    /// released, so their wakers may use this limiter. Concurrent changes
+    /// end with the last one everywhere.
+    ///
+    /// # Errors
+    ///
+    /// [`QuotaError::ModeChange`] when `quota` uses the other algorithm.
+    ///
+    /// # Panics
+    ///
+    /// If a waker of a waiter it lets through panics, every key still gets
+    /// the new quota and every other waiter is woken; then the first such
+    /// panic propagates.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitkit::KeyedRateLimiter;
+    /// use awaitkit::rate_limiter::Quota;
+    /// use std::time::Duration;
+    /// let limiter = KeyedRateLimiter::new(1, Duration::from_secs(60));
+    /// limiter.try_acquire("a").unwrap();
+    /// limiter.set_quota(Quota::window(2, Duration::from_secs(60)).unwrap()).unwrap();
+    /// assert!(limiter.try_acquire("a").is_ok());
+    /// ```
+    pub fn set_quota(&self, quota: Quota) -> Result<(), QuotaError> {
+        fn apply<K, S: Slot, T: Timer>(
+            cells: &[Cell<K, S, T>],
+            quota: Quota,
+            generation: u64,
+            raw: u64,
+            limiters: &mut Vec<Arc<Shared<T>>>,
+        ) {
+            for cell in cells {
+                let mut shard = cell.lock();
+                if shard.generation >= generation {
+                    continue;
+                }
+                shard.last = shard.last.max(raw);
+                let now = shard.last;
+                let (old, new) = (shard.params, Params::of(&quota));
+                if quota.burst().is_some() {
+                    for entry in shard.keys.iter_mut() {
+                        if entry.hash & PROMOTED == 0 {
+                            entry
+                                .slot
+                                .rescale(now, old.gcra.interval, new.gcra.interval);
+                        }
+                    }
+                }
+                shard.quota = quota;
+                shard.params = new;
+                shard.generation = generation;
+                limiters.extend(shard.full.values().cloned());
+                // A shorter period may idle keys sooner.
+                cell.next_idle.store(0, Ordering::Relaxed);
+            }
+        }
+        let generation = {
+            let mut config = self.inner.config();
+            if quota.burst().is_some() != config.0.burst().is_some() {
+                return Err(QuotaError::ModeChange);
+            }
+            config.1 += 1;
+            config.0 = quota;
+            config.1
+        };
+        // GCRA rescales at the current time: the clock (user code) is read
+        // before locking.
+        let raw = self.inner.now_raw();
+        let mut limiters = Vec::new();
+        match &self.inner.table {
+            Table::Gcra(cells) => apply(cells, quota, generation, raw, &mut limiters),
+            Table::Window(cells) => apply(cells, quota, generation, raw, &mut limiters),
+        }
+        // With the locks released: a key's waiters may be woken.
+        let mut panics = Panics::default();
+        for shared in &limiters {
+            panics.catch(|| {
+                let _same_mode = shared.set_quota_at(quota, Some(generation));
+            });
+        }
+        panics.catch(|| drop(limiters));
+        panics.resume();
+        Ok(())
+    }
+}
+
+impl<K: Eq + Hash, T: Timer> Inner<K, T> {
     fn config(&self) -> MutexGuard<'_, (Quota, u64)> {
         self.config.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -563,8 +957,9 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
             .fetch_add(gone as u64, Ordering::Relaxed);
     }
 
-    /// Room for one more key in `cell`'s shard (locked): a reservation
-    /// against the bound, sweeping this shard for it when that may help.
+    /// Room for one more key in `cell`'s shard (locked) once the bound is
+    /// reached: this shard swept for it when that may help, then a
+    /// reservation again.
     fn room<S: Slot>(
         &self,
         cell: &Cell<K, S, T>,
@@ -572,9 +967,6 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
         now: u64,
         evicted: &mut Evicted<K, S, T>,
     ) -> bool {
-        if self.reserve() {
-            return true;
-        }
         if shard.may_sweep(cell.next_idle.load(Ordering::Relaxed), now) {
             let (gone, next_idle) = shard.sweep_for_room(now, evicted);
             cell.next_idle.store(next_idle, Ordering::Relaxed);
@@ -644,18 +1036,75 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
         }
     }
 
-    /// A non-waiting check of `n` calls for `key` (hashed to `hash`).
+    /// Room for a new key in `cells[index]`'s shard, locked as `shard`: a
+    /// reservation against the bound, sweeping this shard and then (with
+    /// its lock released, once per call: `swept_others`) the others for
+    /// it. `Ok` gives the lock back (what its sweep took out is in
+    /// `evicted`, to drop once it is released); `Err(None)`: the lock was
+    /// released and a sweep elsewhere made room, look again; `Err(Some)`:
+    /// refused for the bound (counted).
+    #[inline]
+    fn room_in<'a, S: Slot>(
+        &self,
+        cells: &'a [Cell<K, S, T>],
+        index: usize,
+        shard: MutexGuard<'a, Shard<K, S, T>>,
+        now: u64,
+        evicted: &mut Evicted<K, S, T>,
+        swept_others: &mut bool,
+    ) -> Result<MutexGuard<'a, Shard<K, S, T>>, Option<RateLimitError>> {
+        if self.reserve() {
+            return Ok(shard);
+        }
+        self.room_or_refuse(cells, index, shard, now, evicted, swept_others)
+    }
+
+    /// [`room_in`](Self::room_in) when the bound is reached.
+    #[cold]
+    #[inline(never)]
+    fn room_or_refuse<'a, S: Slot>(
+        &self,
+        cells: &'a [Cell<K, S, T>],
+        index: usize,
+        mut shard: MutexGuard<'a, Shard<K, S, T>>,
+        now: u64,
+        evicted: &mut Evicted<K, S, T>,
+        swept_others: &mut bool,
+    ) -> Result<MutexGuard<'a, Shard<K, S, T>>, Option<RateLimitError>> {
+        let cell = &cells[index];
+        if self.room(cell, &mut shard, now, evicted) {
+            return Ok(shard);
+        }
+        drop(shard);
+        std::mem::take(evicted).contain();
+        if !*swept_others {
+            *swept_others = true;
+            if self.sweep_others(cells, index, now) > 0 {
+                return Err(None);
+            }
+        }
+        Err(Some(self.refused()))
+    }
+
+    /// A check of `n` calls for the key in `key` (hashed to `hash`): what
+    /// [`try_acquire_n`](KeyedRateLimiter::try_acquire_n) does, and an
+    /// acquire's first poll (`WAIT`), which returns `None` instead of
+    /// refusing when it must wait on the key's full limiter — the compact
+    /// check refused, or the key is promoted and in use (by waiters, whom
+    /// it must not pass).
     ///
-    /// The key is dropped explicitly before returning, never as the
-    /// function's argument: a panic in an argument's destructor leaks the
-    /// return value (rust-lang/rust#47949).
-    fn check_in<S: Slot>(
+    /// A new key granted is moved out of `key` into the map; whatever is
+    /// left there is the caller's to drop, once this has returned with no
+    /// lock held (explicitly, never as an argument: a panic in an
+    /// argument's destructor leaks the return value, rust-lang/rust#47949).
+    #[inline]
+    fn check_in<S: Slot, const WAIT: bool>(
         &self,
         cells: &[Cell<K, S, T>],
         hash: u64,
-        key: K,
+        key: &mut Option<K>,
         n: u64,
-    ) -> Result<(), RateLimitError>
+    ) -> Option<Result<(), RateLimitError>>
     where
         T: Clone + Send + Sync + 'static,
         T::Sleep: Send + 'static,
@@ -672,81 +1121,82 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
             if n > 1 && n > shard.quota.max_at_once() as u64 {
                 let error = exceeds(shard.quota.max_at_once() as u64, n);
                 drop(shard);
-                drop(key);
-                return Err(error);
+                return Some(Err(error));
             }
             let shard_ref = &mut *shard;
+            let wanted = key.as_ref().expect("the key is given until it is stored");
             if let Some(entry) = shard_ref
                 .keys
-                .find_mut(hash, |e| e.hash & !USED == hash && e.key == key)
+                .find_mut(hash, |e| e.hash & !FLAGS == hash && e.key == *wanted)
             {
                 entry.hash |= USED;
-                let Some(id) = entry.slot.promoted_id() else {
+                if entry.hash & PROMOTED == 0 {
                     // The common case: a compact key, checked in place.
                     let outcome = entry.slot.check(&shard_ref.params, now, n);
                     drop(shard);
-                    drop(key);
                     return match outcome {
-                        Ok(()) => Ok(()),
-                        Err(at) => Err(limited(now, at)),
+                        Ok(()) => Some(Ok(())),
+                        Err(_) if WAIT => None,
+                        Err(at) => Some(Err(limited(now, at))),
                     };
-                };
+                }
+                let id = entry.slot.id();
                 let params = shard_ref.params;
                 let shared = &shard_ref.full[&id];
                 let seed = unused(shared).then(|| shared.take_seed()).flatten();
-                match seed {
-                    Some((seed, used)) => {
-                        // Nobody uses the full limiter any more: back to
-                        // the compact form, then checked as such — not
-                        // before the limiter's last grant (the clock was
-                        // read before locking; another thread may have
-                        // read it later, granted and let go meanwhile).
-                        entry.slot = S::from_seed(seed);
-                        shard_ref.last = shard_ref.last.max(used);
-                        let now = shard_ref.last;
-                        let outcome = entry.slot.check(&params, now, n);
-                        let demoted = shard_ref.full.remove(&id);
-                        drop(shard);
-                        // Its timer (user code) is this key's: a panic
-                        // dropping it is reported and discarded.
-                        if let Some(shared) = demoted {
-                            unwind::contain(move || drop(shared));
-                        }
-                        drop(key);
-                        return outcome.map_err(|at| limited(now, at));
+                let Some((seed, used)) = seed else {
+                    // In use: its limiter decides (never passing a waiter).
+                    if WAIT {
+                        return None;
                     }
-                    None => {
-                        let shared = Arc::clone(shared);
-                        drop(shard);
-                        drop(key);
-                        return shared.try_acquire(n);
-                    }
+                    let shared = Arc::clone(shared);
+                    drop(shard);
+                    return Some(shared.try_acquire(n));
+                };
+                // Nobody uses the full limiter any more: back to the
+                // compact form, then checked as such — not before the
+                // limiter's last grant (the clock was read before locking;
+                // another thread may have read it later, granted and let go
+                // meanwhile).
+                entry.slot = S::from_seed(seed);
+                entry.hash &= !PROMOTED;
+                shard_ref.last = shard_ref.last.max(used);
+                let now = shard_ref.last;
+                let outcome = entry.slot.check(&params, now, n);
+                let demoted = shard_ref.full.remove(&id);
+                drop(shard);
+                // Its timer (user code) is this key's: a panic dropping it
+                // is reported and discarded.
+                if let Some(shared) = demoted {
+                    unwind::contain(move || drop(shared));
                 }
+                return match outcome {
+                    Ok(()) => Some(Ok(())),
+                    Err(_) if WAIT => None,
+                    Err(at) => Some(Err(limited(now, at))),
+                };
             }
             // A new key: a fresh limiter grants any `n` it allows at once.
             let params = shard.params;
             let mut slot = S::fresh();
             if let Err(at) = slot.check(&params, now, n) {
                 drop(shard);
-                drop(key);
-                return Err(limited(now, at));
+                return if WAIT {
+                    None
+                } else {
+                    Some(Err(limited(now, at)))
+                };
             }
             let mut evicted = Evicted::default();
-            if !self.room(cell, &mut shard, now, &mut evicted) {
-                drop(shard);
-                evicted.contain();
-                if !swept_others {
-                    swept_others = true;
-                    if self.sweep_others(cells, index, now) > 0 {
-                        continue;
-                    }
-                }
-                let error = self.refused();
-                drop(key);
-                return Err(error);
-            }
+            let mut shard =
+                match self.room_in(cells, index, shard, now, &mut evicted, &mut swept_others) {
+                    Ok(shard) => shard,
+                    Err(None) => continue,
+                    Err(Some(error)) => return Some(Err(error)),
+                };
             cell.idle_by(slot.idle_hint(&params));
             shard.ops += 1;
+            let key = key.take().expect("the key is given until it is stored");
             shard.keys.insert_unique(
                 hash,
                 Entry {
@@ -754,25 +1204,27 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
                     key,
                     slot,
                 },
-                |e| e.hash & !USED,
+                |e| e.hash & !FLAGS,
             );
             self.auto_sweep(cell, &mut shard, now, &mut evicted);
             drop(shard);
             evicted.contain();
-            return Ok(());
+            return Some(Ok(()));
         }
     }
 
-    /// The full limiter of `key` (hashed to `hash`), promoting the key (or
-    /// creating it) if needed; an error if `n` never fits or the key is
-    /// refused for the bound. A limiter is built (the timer's `clone`, user
-    /// code) with no lock held; a quota change meanwhile makes it build
-    /// another.
+    /// The full limiter of the key in `key` (hashed to `hash`), promoting
+    /// the key (or creating it) if needed; an error if `n` never fits or
+    /// the key is refused for the bound. A limiter is built (the timer's
+    /// `clone`, user code) with no lock held; a quota change meanwhile
+    /// makes it build another. A new key is moved out of `key` into the
+    /// map, with nothing after that can panic; whatever is left is the
+    /// caller's to drop (as for `check_in`).
     fn full_in<S: Slot>(
         &self,
         cells: &[Cell<K, S, T>],
         hash: u64,
-        key: K,
+        key: &mut Option<K>,
         n: u64,
     ) -> Result<Arc<Shared<T>>, RateLimitError>
     where
@@ -797,22 +1249,22 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
             if n > max {
                 let error = exceeds(max, n);
                 drop(shard);
-                drop((fresh, key));
+                drop(fresh);
                 return Err(error);
             }
             let generation = shard.generation;
             let usable = fresh.as_ref().is_some_and(|(_, g)| *g == generation);
             let shard_ref = &mut *shard;
-            let found = shard_ref
-                .keys
-                .find_mut(hash, |e| e.hash & !USED == hash && e.key == key);
+            let found = shard_ref.keys.find_mut(hash, |e| {
+                e.hash & !FLAGS == hash && Some(&e.key) == key.as_ref()
+            });
             match found {
                 Some(entry) => {
                     entry.hash |= USED;
-                    if let Some(id) = entry.slot.promoted_id() {
-                        let shared = Arc::clone(&shard_ref.full[&id]);
+                    if entry.hash & PROMOTED != 0 {
+                        let shared = Arc::clone(&shard_ref.full[&entry.slot.id()]);
                         drop(shard);
-                        drop((fresh, key));
+                        drop(fresh);
                         return Ok(shared);
                     }
                     if usable {
@@ -820,10 +1272,10 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
                         let id = shard_ref.next_id;
                         shard_ref.next_id += 1;
                         let compact = std::mem::replace(&mut entry.slot, S::promoted(id));
+                        entry.hash |= PROMOTED;
                         shared.seed(compact.into_seed(), now);
                         shard_ref.full.insert(id, Arc::clone(&shared));
                         drop(shard);
-                        drop(key);
                         return Ok(shared);
                     }
                 }
@@ -832,19 +1284,21 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
                     // limiter, built with the lock released.
                     let mut evicted = Evicted::default();
                     if !reservation.held {
-                        if !self.room(cell, &mut shard, now, &mut evicted) {
-                            drop(shard);
-                            evicted.contain();
-                            if !swept_others {
-                                swept_others = true;
-                                if self.sweep_others(cells, index, now) > 0 {
-                                    continue;
-                                }
+                        shard = match self.room_in(
+                            cells,
+                            index,
+                            shard,
+                            now,
+                            &mut evicted,
+                            &mut swept_others,
+                        ) {
+                            Ok(shard) => shard,
+                            Err(None) => continue,
+                            Err(Some(error)) => {
+                                drop(fresh);
+                                return Err(error);
                             }
-                            let error = self.refused();
-                            drop((fresh, key));
-                            return Err(error);
-                        }
+                        };
                         reservation.held = true;
                     }
                     if usable {
@@ -853,14 +1307,15 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
                         shard.next_id += 1;
                         shard.full.insert(id, Arc::clone(&shared));
                         shard.ops += 1;
+                        let key = key.take().expect("the key is given until it is stored");
                         shard.keys.insert_unique(
                             hash,
                             Entry {
-                                hash: hash | USED,
+                                hash: hash | USED | PROMOTED,
                                 key,
                                 slot: S::promoted(id),
                             },
-                            |e| e.hash & !USED,
+                            |e| e.hash & !FLAGS,
                         );
                         reservation.held = false;
                         cell.idle_by(now.saturating_add(shard.params.period));
@@ -886,389 +1341,59 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
         }
     }
 
-    /// Dispatches on the algorithm.
+    /// A check of `n` calls for `key`, dispatched on the algorithm.
+    #[inline]
     fn check(&self, key: K, n: u64) -> Result<(), RateLimitError>
     where
         T: Clone + Send + Sync + 'static,
         T::Sleep: Send + 'static,
     {
-        let hash = self.hasher.hash_one(&key) & !USED;
-        match &self.table {
-            Table::Gcra(cells) => self.check_in(cells, hash, key, n),
-            Table::Window(cells) => self.check_in(cells, hash, key, n),
-        }
-    }
-
-    fn acquisition(&self, key: K, n: usize) -> Pending<T>
-    where
-        T: Clone + Send + Sync + 'static,
-        T::Sleep: Send + 'static,
-    {
-        if n == 0 {
-            drop(key);
-            return Pending::Settled(Some(Ok(())));
-        }
-        let hash = self.hasher.hash_one(&key) & !USED;
-        let shared = match &self.table {
-            Table::Gcra(cells) => self.full_in(cells, hash, key, n as u64),
-            Table::Window(cells) => self.full_in(cells, hash, key, n as u64),
+        let hash = self.hasher.hash_one(&key) & !FLAGS;
+        let mut key = Some(key);
+        let outcome = match &self.table {
+            Table::Gcra(cells) => self.check_in::<_, false>(cells, hash, &mut key, n),
+            Table::Window(cells) => self.check_in::<_, false>(cells, hash, &mut key, n),
         };
-        match shared {
-            Ok(shared) => Pending::Waiting(Acquisition::new(shared, n)),
-            Err(error) => Pending::Settled(Some(Err(error))),
-        }
+        // With no lock held, and not as an argument (see `check_in`).
+        drop(key);
+        outcome.unwrap_or_else(|| unreachable!("a check never waits"))
     }
 
-    /// Waits for one call's grant for `key`, in FIFO order among that key's
-    /// waiters.
-    ///
-    /// # Errors
-    ///
-    /// [`RateLimitError::TooManyKeys`] if the limiter is bounded
-    /// ([`with_max_keys`](Self::with_max_keys)), full, and `key` is new.
-    ///
-    /// # Cancel safety
-    ///
-    /// As for [`RateLimiter::acquire`](crate::RateLimiter::acquire).
-    ///
-    /// # Panics
-    ///
-    /// Polling after completion panics; other panics as for
-    /// [`RateLimiter::acquire`](crate::RateLimiter::acquire).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use awaitkit::KeyedRateLimiter;
-    /// use std::time::Duration;
-    /// # futures::executor::block_on(async {
-    /// let limiter = KeyedRateLimiter::new(5, Duration::from_secs(1));
-    /// limiter.acquire("api.example").await.unwrap();
-    /// # });
-    /// ```
-    pub fn acquire(&self, key: K) -> KeyedAcquire<T>
+    /// An acquire's first poll for the key in `key` (hashed to `hash`):
+    /// the check of a key that is only checked, granted in place if it can
+    /// be (`Ok(None)`: the key stays compact); else the key's full limiter
+    /// to wait on, the key promoted (or created) for it. Whatever is left
+    /// of `key` is the caller's to drop.
+    fn first_poll(
+        &self,
+        hash: u64,
+        key: &mut Option<K>,
+        n: u64,
+    ) -> Result<Option<Arc<Shared<T>>>, RateLimitError>
     where
         T: Clone + Send + Sync + 'static,
         T::Sleep: Send + 'static,
     {
-        KeyedAcquire {
-            inner: self.acquisition(key, 1),
-        }
-    }
-
-    /// Waits for `n` calls' grants at once for `key`.
-    ///
-    /// # Errors
-    ///
-    /// [`RateLimitError::ExceedsQuota`] if `n` is more than
-    /// [`Quota::max_at_once`]; [`RateLimitError::TooManyKeys`] as for
-    /// [`acquire`](Self::acquire).
-    ///
-    /// # Cancel safety
-    ///
-    /// As for [`RateLimiter::acquire`](crate::RateLimiter::acquire).
-    ///
-    /// # Panics
-    ///
-    /// Polling after completion panics; other panics as for
-    /// [`RateLimiter::acquire`](crate::RateLimiter::acquire).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use awaitkit::KeyedRateLimiter;
-    /// use std::time::Duration;
-    /// # futures::executor::block_on(async {
-    /// let limiter = KeyedRateLimiter::new(5, Duration::from_secs(1));
-    /// assert_eq!(limiter.acquire_n("k", 5).await, Ok(()));
-    /// # });
-    /// ```
-    pub fn acquire_n(&self, key: K, n: usize) -> KeyedAcquireN<T>
-    where
-        T: Clone + Send + Sync + 'static,
-        T::Sleep: Send + 'static,
-    {
-        KeyedAcquireN {
-            inner: self.acquisition(key, n),
-        }
-    }
-
-    /// Takes one call's grant for `key` if its quota allows it now and
-    /// nobody waits on that key.
-    ///
-    /// # Errors
-    ///
-    /// [`RateLimitError::RateLimited`] with how long to wait;
-    /// [`RateLimitError::TooManyKeys`] as for [`acquire`](Self::acquire).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use awaitkit::KeyedRateLimiter;
-    /// use std::time::Duration;
-    /// let limiter = KeyedRateLimiter::new(1, Duration::from_secs(1));
-    /// assert!(limiter.try_acquire(1).is_ok());
-    /// assert!(limiter.try_acquire(1).is_err());
-    /// assert!(limiter.try_acquire(2).is_ok());
-    /// ```
-    pub fn try_acquire(&self, key: K) -> Result<(), RateLimitError>
-    where
-        T: Clone + Send + Sync + 'static,
-        T::Sleep: Send + 'static,
-    {
-        self.check(key, 1)
-    }
-
-    /// Takes `n` calls' grants for `key` if its quota allows it now and
-    /// nobody waits on that key.
-    ///
-    /// # Errors
-    ///
-    /// [`RateLimitError::RateLimited`], [`RateLimitError::ExceedsQuota`],
-    /// or [`RateLimitError::TooManyKeys`] as for [`acquire`](Self::acquire).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use awaitkit::KeyedRateLimiter;
-    /// use std::time::Duration;
-    /// let limiter = KeyedRateLimiter::new(3, Duration::from_secs(1));
-    /// assert!(limiter.try_acquire_n("k", 4).is_err());
-    /// ```
-    pub fn try_acquire_n(&self, key: K, n: usize) -> Result<(), RateLimitError>
-    where
-        T: Clone + Send + Sync + 'static,
-        T::Sleep: Send + 'static,
-    {
-        if n == 0 {
-            drop(key);
-            return Ok(());
-        }
-        self.check(key, n as u64)
-    }
-
-    /// Keys currently tracked (idle ones included until a sweep).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use awaitkit::KeyedRateLimiter;
-    /// use std::time::Duration;
-    /// let limiter = KeyedRateLimiter::new(3, Duration::from_secs(1));
-    /// limiter.try_acquire("a").unwrap();
-    /// assert_eq!(limiter.len(), 1);
-    /// ```
-    pub fn len(&self) -> usize {
-        match &self.table {
-            Table::Gcra(cells) => keys_in(cells),
-            Table::Window(cells) => keys_in(cells),
-        }
-    }
-
-    /// No key is tracked.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use awaitkit::KeyedRateLimiter;
-    /// use std::time::Duration;
-    /// assert!(KeyedRateLimiter::<&str>::new(3, Duration::from_secs(1)).is_empty());
-    /// ```
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// A snapshot of the key map: keys tracked, keys with waiters, and the
-    /// evictions and refusals so far.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use awaitkit::KeyedRateLimiter;
-    /// use std::time::Duration;
-    /// let limiter = KeyedRateLimiter::new(3, Duration::from_secs(1)).with_max_keys(100);
-    /// limiter.try_acquire("a").unwrap();
-    /// let stats = limiter.stats();
-    /// assert_eq!((stats.keys, stats.waiting_keys, stats.max_keys), (1, 0, Some(100)));
-    /// ```
-    pub fn stats(&self) -> KeyedStats {
-        fn count<K, S, T: Timer>(cells: &[Cell<K, S, T>]) -> (usize, usize) {
-            lock_all(cells)
-                .iter()
-                .fold((0, 0), |(keys, waiting), shard| {
-                    let busy = shard.full.values().filter(|s| s.waiting() > 0).count();
-                    (keys + shard.keys.len(), waiting + busy)
-                })
-        }
-        let (keys, waiting_keys) = match &self.table {
-            Table::Gcra(cells) => count(cells),
-            Table::Window(cells) => count(cells),
-        };
-        KeyedStats {
-            keys,
-            waiting_keys,
-            max_keys: (self.max_keys != usize::MAX).then_some(self.max_keys),
-            evictions: self.counts.evictions.load(Ordering::Relaxed),
-            refusals: self.counts.refusals.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Drops every idle key now (see the [type docs](KeyedRateLimiter)) and
-    /// returns how many went.
-    ///
-    /// # Panics
-    ///
-    /// If an evicted key's destructor panics (or a demoted limiter's: its
-    /// timer's sleep), once every evicted key is dropped and the map's
-    /// locks released; the first such panic propagates. The keys are
-    /// evicted all the same.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use awaitkit::KeyedRateLimiter;
-    /// use std::time::Duration;
-    /// let limiter = KeyedRateLimiter::new(3, Duration::from_nanos(1));
-    /// limiter.try_acquire("a").unwrap();
-    /// std::thread::sleep(Duration::from_millis(1)); // the grant leaves its window
-    /// assert_eq!(limiter.evict_idle(), 1);
-    /// assert!(limiter.is_empty());
-    /// ```
-    pub fn evict_idle(&self) -> usize {
-        fn sweep_all<K: Eq + Hash, S: Slot, T: Timer>(
-            limiter: &KeyedRateLimiter<K, T>,
+        fn run<K: Eq + Hash, S: Slot, T>(
+            inner: &Inner<K, T>,
             cells: &[Cell<K, S, T>],
-            raw: u64,
-        ) -> usize {
-            let mut panics = Panics::default();
-            let mut gone = 0;
-            for cell in cells {
-                let mut evicted = Evicted::default();
-                {
-                    let mut shard = cell.lock();
-                    let now = shard.hold(raw);
-                    let (went, next_idle, _) = shard.sweep(now, true, &mut evicted);
-                    cell.next_idle.store(next_idle, Ordering::Relaxed);
-                    limiter.evicted(went);
-                    gone += went;
-                }
-                // The lock is released: each key is dropped, even if one
-                // panics.
-                panics.drop_all(evicted.entries);
-                panics.drop_all(evicted.limiters);
+            hash: u64,
+            key: &mut Option<K>,
+            n: u64,
+        ) -> Result<Option<Arc<Shared<T>>>, RateLimitError>
+        where
+            T: Timer + Clone + Send + Sync + 'static,
+            T::Sleep: Send + 'static,
+        {
+            match inner.check_in::<S, true>(cells, hash, key, n) {
+                Some(outcome) => outcome.map(|()| None),
+                None => inner.full_in(cells, hash, key, n).map(Some),
             }
-            panics.resume();
-            gone
         }
-        let raw = self.now_raw(); // user code: unlocked
         match &self.table {
-            Table::Gcra(cells) => sweep_all(self, cells, raw),
-            Table::Window(cells) => sweep_all(self, cells, raw),
+            Table::Gcra(cells) => run(self, cells, hash, key, n),
+            Table::Window(cells) => run(self, cells, hash, key, n),
         }
-    }
-
-    /// The quota every key gets.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use awaitkit::KeyedRateLimiter;
-    /// use std::time::Duration;
-    /// let limiter = KeyedRateLimiter::<u64>::new(3, Duration::from_secs(1));
-    /// assert_eq!(limiter.quota().max_calls(), 3);
-    /// ```
-    pub fn quota(&self) -> Quota {
-        self.config().0
-    }
-
-    /// Changes the quota of every key, present and future (see
-    /// [`RateLimiter::set_quota`](crate::RateLimiter::set_quota)).
-    ///
-    /// The waiters it lets through are woken with the key map's locks
-    /// released, so their wakers may use this limiter. Concurrent changes
-    /// end with the last one everywhere.
-    ///
-    /// # Errors
-    ///
-    /// [`QuotaError::ModeChange`] when `quota` uses the other algorithm.
-    ///
-    /// # Panics
-    ///
-    /// If a waker of a waiter it lets through panics, every key still gets
-    /// the new quota and every other waiter is woken; then the first such
-    /// panic propagates.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use awaitkit::KeyedRateLimiter;
-    /// use awaitkit::rate_limiter::Quota;
-    /// use std::time::Duration;
-    /// let limiter = KeyedRateLimiter::new(1, Duration::from_secs(60));
-    /// limiter.try_acquire("a").unwrap();
-    /// limiter.set_quota(Quota::window(2, Duration::from_secs(60)).unwrap()).unwrap();
-    /// assert!(limiter.try_acquire("a").is_ok());
-    /// ```
-    pub fn set_quota(&self, quota: Quota) -> Result<(), QuotaError> {
-        fn apply<K, S: Slot, T: Timer>(
-            cells: &[Cell<K, S, T>],
-            quota: Quota,
-            generation: u64,
-            raw: u64,
-            limiters: &mut Vec<Arc<Shared<T>>>,
-        ) {
-            for cell in cells {
-                let mut shard = cell.lock();
-                if shard.generation >= generation {
-                    continue;
-                }
-                shard.last = shard.last.max(raw);
-                let now = shard.last;
-                let (old, new) = (shard.params, Params::of(&quota));
-                if quota.burst().is_some() {
-                    for entry in shard.keys.iter_mut() {
-                        if entry.slot.promoted_id().is_none() {
-                            entry
-                                .slot
-                                .rescale(now, old.gcra.interval, new.gcra.interval);
-                        }
-                    }
-                }
-                shard.quota = quota;
-                shard.params = new;
-                shard.generation = generation;
-                limiters.extend(shard.full.values().cloned());
-                // A shorter period may idle keys sooner.
-                cell.next_idle.store(0, Ordering::Relaxed);
-            }
-        }
-        let generation = {
-            let mut config = self.config();
-            if quota.burst().is_some() != config.0.burst().is_some() {
-                return Err(QuotaError::ModeChange);
-            }
-            config.1 += 1;
-            config.0 = quota;
-            config.1
-        };
-        // GCRA rescales at the current time: the clock (user code) is read
-        // before locking.
-        let raw = self.now_raw();
-        let mut limiters = Vec::new();
-        match &self.table {
-            Table::Gcra(cells) => apply(cells, quota, generation, raw, &mut limiters),
-            Table::Window(cells) => apply(cells, quota, generation, raw, &mut limiters),
-        }
-        // With the locks released: a key's waiters may be woken.
-        let mut panics = Panics::default();
-        for shared in &limiters {
-            panics.catch(|| {
-                let _same_mode = shared.set_quota_at(quota, Some(generation));
-            });
-        }
-        panics.catch(|| drop(limiters));
-        panics.resume();
-        Ok(())
     }
 }
 
@@ -1328,15 +1453,20 @@ impl<K, T: Timer> fmt::Debug for KeyedRateLimiter<K, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Read, then write with the locks released (the writer is user
         // code).
-        let quota = self.config.lock().unwrap_or_else(|p| p.into_inner()).0;
-        let len = match &self.table {
+        let quota = self
+            .inner
+            .config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        let len = match &self.inner.table {
             Table::Gcra(cells) => keys_in(cells),
             Table::Window(cells) => keys_in(cells),
         };
         let mut f = f.debug_struct("KeyedRateLimiter");
         f.field("quota", &quota).field("keys", &len);
-        if self.max_keys != usize::MAX {
-            f.field("max_keys", &self.max_keys);
+        if self.inner.max_keys != usize::MAX {
+            f.field("max_keys", &self.inner.max_keys);
         }
         f.finish_non_exhaustive()
     }
@@ -1368,17 +1498,50 @@ pub struct KeyedStats {
     pub refusals: u64,
 }
 
-/// An acquisition of a key: waiting on the key's full limiter, or settled
-/// before it began (refused for the bound, more than the quota, or zero
-/// calls).
-enum Pending<T: Timer> {
+/// An acquisition of a key: not polled yet, waiting on the key's full
+/// limiter, or settled (granted at its first poll, refused for the bound,
+/// more than the quota, or zero calls).
+enum Pending<K, T: Timer> {
+    /// Nothing taken, reserved or stored yet: the key and a handle to the
+    /// map, for the first poll.
+    Unpolled {
+        inner: Arc<Inner<K, T>>,
+        /// Always `Some` (taken only as the map stores it, when the first
+        /// poll settles or waits).
+        key: Option<K>,
+        hash: u64,
+        n: usize,
+    },
     Waiting(Acquisition<T, Arc<Shared<T>>>),
     /// The outcome, until it is returned.
     Settled(Option<Result<(), RateLimitError>>),
 }
 
-impl<T: Timer> Pending<T> {
+impl<K: Eq + Hash, T> Pending<K, T>
+where
+    T: Timer + Clone + Send + Sync + 'static,
+    T::Sleep: Send + 'static,
+{
+    /// An acquisition of `n` calls for `key` from `inner`: the key hashed
+    /// (user code: a panic propagates, nothing else done), nothing more.
+    fn new(inner: &Arc<Inner<K, T>>, key: K, n: usize) -> Self {
+        if n == 0 {
+            drop(key);
+            return Pending::Settled(Some(Ok(())));
+        }
+        let hash = inner.hasher.hash_one(&key) & !FLAGS;
+        Pending::Unpolled {
+            inner: Arc::clone(inner),
+            key: Some(key),
+            hash,
+            n,
+        }
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RateLimitError>> {
+        if let Pending::Unpolled { .. } = self {
+            self.first_poll();
+        }
         match self {
             Pending::Waiting(acquisition) => acquisition.poll(cx),
             Pending::Settled(outcome) => Poll::Ready(
@@ -1386,20 +1549,50 @@ impl<T: Timer> Pending<T> {
                     .take()
                     .expect("a rate limiter acquire was polled after it completed"),
             ),
+            Pending::Unpolled { .. } => unreachable!("the first poll settles or waits"),
         }
     }
 
+    /// The check at the first poll: granted at once, the key stays in its
+    /// compact form; otherwise the key is promoted and the acquisition
+    /// waits on its full limiter, behind the key's waiters. If it panics
+    /// (the key's `Eq`, a timer), nothing was taken or stored and the
+    /// acquisition is still unpolled: the next poll tries again.
+    fn first_poll(&mut self) {
+        let Pending::Unpolled {
+            inner,
+            key,
+            hash,
+            n,
+        } = self
+        else {
+            return;
+        };
+        let next = match inner.first_poll(*hash, key, *n as u64) {
+            Ok(None) => Pending::Settled(Some(Ok(()))),
+            Ok(Some(shared)) => Pending::Waiting(Acquisition::new(shared, *n)),
+            Err(error) => Pending::Settled(Some(Err(error))),
+        };
+        // The outcome is kept first: if the key's `Drop` panics (or, the
+        // limiter being gone, the map's), the next poll returns it.
+        drop(std::mem::replace(self, next));
+    }
+}
+
+impl<K, T: Timer> Pending<K, T> {
     fn is_terminated(&self) -> bool {
         match self {
+            Pending::Unpolled { .. } => false,
             Pending::Waiting(acquisition) => acquisition.is_terminated(),
             Pending::Settled(outcome) => outcome.is_none(),
         }
     }
 }
 
-impl<T: Timer> fmt::Debug for Pending<T> {
+impl<K, T: Timer> fmt::Debug for Pending<K, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Pending::Unpolled { n, .. } => f.debug_struct("Unpolled").field("calls", n).finish(),
             Pending::Waiting(acquisition) => acquisition.fmt(f),
             Pending::Settled(outcome) => f.debug_tuple("Settled").field(outcome).finish(),
         }
@@ -1407,19 +1600,34 @@ impl<T: Timer> fmt::Debug for Pending<T> {
 }
 
 /// The future of [`KeyedRateLimiter::acquire`]: one call's grant for a key.
-/// It owns a handle to the key's limiter (no borrow of the map).
+///
+/// It holds the key and a handle to the limiter (no borrow of it: the
+/// future may outlive it, and the limiter's keys are dropped when the last
+/// of the limiter and its futures is) and takes nothing before its first
+/// poll. Its
+/// first poll checks the key as [`try_acquire`](KeyedRateLimiter::try_acquire)
+/// would, with the key's waiters first: granted at once, the key stays in
+/// its compact form; otherwise the key is promoted to a full limiter and
+/// the future waits on it, in FIFO order among the key's waiters.
+///
+/// It is `Unpin` whatever `K` is, and `Send` and `Sync` when the limiter
+/// and `K` are.
 ///
 /// # Errors
 ///
-/// [`RateLimitError::TooManyKeys`] if a bounded limiter refused the key.
+/// [`RateLimitError::TooManyKeys`] if a bounded limiter refused the key (at
+/// the first poll).
 ///
 /// # Cancel safety
 ///
-/// As for [`RateAcquire`](crate::RateAcquire).
+/// As for [`RateAcquire`](crate::RateAcquire). Dropping it before its first
+/// poll changes nothing in the limiter.
 ///
 /// # Panics
 ///
-/// Polling after completion panics; other panics as for
+/// Polling after completion panics; a key's `Eq` or `Drop` that panics
+/// propagates out of the first poll (see
+/// [`KeyedRateLimiter`](KeyedRateLimiter#panics)); other panics as for
 /// [`RateAcquire`](crate::RateAcquire).
 ///
 /// # Examples
@@ -1429,16 +1637,23 @@ impl<T: Timer> fmt::Debug for Pending<T> {
 /// use std::time::Duration;
 /// # futures::executor::block_on(async {
 /// let limiter = KeyedRateLimiter::new(1, Duration::from_secs(1));
-/// let acquire: KeyedAcquire = limiter.acquire("k");
+/// let acquire: KeyedAcquire<&str> = limiter.acquire("k");
 /// assert_eq!(acquire.await, Ok(()));
 /// # });
 /// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
-pub struct KeyedAcquire<T: Timer = DefaultTimer> {
-    inner: Pending<T>,
+pub struct KeyedAcquire<K, T: Timer = DefaultTimer> {
+    inner: Pending<K, T>,
 }
 
-impl<T: Timer> Future for KeyedAcquire<T> {
+/// The key is never pinned (the future only moves it into the map).
+impl<K, T: Timer> Unpin for KeyedAcquire<K, T> {}
+
+impl<K: Eq + Hash, T> Future for KeyedAcquire<K, T>
+where
+    T: Timer + Clone + Send + Sync + 'static,
+    T::Sleep: Send + 'static,
+{
     type Output = Result<(), RateLimitError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -1447,35 +1662,42 @@ impl<T: Timer> Future for KeyedAcquire<T> {
 }
 
 /// Terminated once it has returned its output (polling it again panics).
-impl<T: Timer> futures_core::FusedFuture for KeyedAcquire<T> {
+impl<K: Eq + Hash, T> futures_core::FusedFuture for KeyedAcquire<K, T>
+where
+    T: Timer + Clone + Send + Sync + 'static,
+    T::Sleep: Send + 'static,
+{
     fn is_terminated(&self) -> bool {
         self.inner.is_terminated()
     }
 }
 
-impl<T: Timer> fmt::Debug for KeyedAcquire<T> {
+impl<K, T: Timer> fmt::Debug for KeyedAcquire<K, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("KeyedAcquire").field(&self.inner).finish()
     }
 }
 
 /// The future of [`KeyedRateLimiter::acquire_n`]: `n` calls' grants for a
-/// key.
+/// key (taken at its first poll as for [`KeyedAcquire`]).
+///
+/// It is `Unpin` whatever `K` is, and `Send` and `Sync` when the limiter
+/// and `K` are.
 ///
 /// # Errors
 ///
 /// [`RateLimitError::ExceedsQuota`] if `n` is more than the quota grants at
 /// once; [`RateLimitError::TooManyKeys`] if a bounded limiter refused the
-/// key.
+/// key (both at the first poll).
 ///
 /// # Cancel safety
 ///
-/// As for [`RateAcquire`](crate::RateAcquire).
+/// As for [`RateAcquire`](crate::RateAcquire). Dropping it before its first
+/// poll changes nothing in the limiter.
 ///
 /// # Panics
 ///
-/// Polling after completion panics; other panics as for
-/// [`RateAcquire`](crate::RateAcquire).
+/// As for [`KeyedAcquire`].
 ///
 /// # Examples
 ///
@@ -1484,16 +1706,23 @@ impl<T: Timer> fmt::Debug for KeyedAcquire<T> {
 /// use std::time::Duration;
 /// # futures::executor::block_on(async {
 /// let limiter = KeyedRateLimiter::new(2, Duration::from_secs(1));
-/// let acquire: KeyedAcquireN = limiter.acquire_n("k", 2);
+/// let acquire: KeyedAcquireN<&str> = limiter.acquire_n("k", 2);
 /// assert_eq!(acquire.await, Ok(()));
 /// # });
 /// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
-pub struct KeyedAcquireN<T: Timer = DefaultTimer> {
-    inner: Pending<T>,
+pub struct KeyedAcquireN<K, T: Timer = DefaultTimer> {
+    inner: Pending<K, T>,
 }
 
-impl<T: Timer> Future for KeyedAcquireN<T> {
+/// The key is never pinned (the future only moves it into the map).
+impl<K, T: Timer> Unpin for KeyedAcquireN<K, T> {}
+
+impl<K: Eq + Hash, T> Future for KeyedAcquireN<K, T>
+where
+    T: Timer + Clone + Send + Sync + 'static,
+    T::Sleep: Send + 'static,
+{
     type Output = Result<(), RateLimitError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -1502,13 +1731,17 @@ impl<T: Timer> Future for KeyedAcquireN<T> {
 }
 
 /// Terminated once it has returned its output (polling it again panics).
-impl<T: Timer> futures_core::FusedFuture for KeyedAcquireN<T> {
+impl<K: Eq + Hash, T> futures_core::FusedFuture for KeyedAcquireN<K, T>
+where
+    T: Timer + Clone + Send + Sync + 'static,
+    T::Sleep: Send + 'static,
+{
     fn is_terminated(&self) -> bool {
         self.inner.is_terminated()
     }
 }
 
-impl<T: Timer> fmt::Debug for KeyedAcquireN<T> {
+impl<K, T: Timer> fmt::Debug for KeyedAcquireN<K, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("KeyedAcquireN").field(&self.inner).finish()
     }

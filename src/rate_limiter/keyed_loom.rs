@@ -1,7 +1,8 @@
-//! Loom model (review) of how a keyed limiter decides that a promoted
-//! key's full limiter is unused and takes its GCRA state back
-//! (`keyed.rs`: `Arc::strong_count(shared) == 1`, then
-//! `Shared::take_seed` reads `tat`).
+//! Loom models of a keyed limiter's promotion and demotion: how it decides
+//! that a promoted key's full limiter is unused and takes its GCRA state
+//! back (`keyed.rs`: `Arc::strong_count(shared) == 1`, then
+//! `Shared::take_seed` reads `tat`; from the review), and an acquire's
+//! first poll racing a check and a sweep of the same key (below).
 //!
 //! A checker holding a clone of the key's `Arc<Shared>` (taken under the
 //! shard's lock) grants through the lock-free GCRA path — a
@@ -89,4 +90,182 @@ fn fenced_count_sees_the_grant() {
             assert_eq!(seen, 10, "the demotion forgot a grant");
         }
     });
+}
+
+// ---------------------------------------------------------------------------
+// An acquire's first poll against a check and a sweep of the same key
+// ---------------------------------------------------------------------------
+//
+// The first poll (`keyed.rs`: `Pending::first_poll`) checks the compact key
+// under the shard's lock; refused, it releases the lock, takes it again to
+// promote the key (or find it promoted) and clones the key's limiter under
+// it (`full_in`), and then, with no lock of the map, joins the limiter's
+// queue. Meanwhile a check of the same key may grant in place, or go
+// through the promoted limiter (a clone, the lock-free GCRA swap, the clone
+// dropped), or demote it; a sweep may demote it. The model: one grant is
+// allowed at the frozen time (arrival time 0, one call's cost 10), so
+// exactly one of the acquire and the check is granted; whoever demotes must
+// never take the state from under the acquire's waiter (the waiter's
+// limiter stays the key's, with the waiter in its queue), and no grant is
+// forgotten by a demotion.
+
+/// The key in the shard: compact (its arrival time) or promoted.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Slot {
+    Compact(u64),
+    Promoted,
+}
+
+/// The key's full limiter, modeled: its strong count (1: the shard's own
+/// handle), its arrival time, and its queue (under its own lock).
+struct Full {
+    strong: AtomicUsize,
+    tat: AtomicU64,
+    queue: Mutex<usize>,
+}
+
+const COST: u64 = 10;
+
+/// Under the shard's lock: if the key is promoted and nobody else holds its
+/// limiter, takes its state back (with the fix's fence) unless someone
+/// waits. Returns whether the key is compact afterwards.
+fn demote(slot: &mut Slot, full: &Full) -> bool {
+    if *slot == Slot::Promoted && full.strong.load(Ordering::Relaxed) == 1 {
+        fence(Ordering::Acquire);
+        let queue = full.queue.lock().unwrap();
+        if *queue == 0 {
+            *slot = Slot::Compact(full.tat.load(Ordering::Acquire));
+        }
+    }
+    matches!(slot, Slot::Compact(_))
+}
+
+/// The compact check at time 0: granted if the arrival time allows it.
+fn check_compact(slot: &mut Slot) -> bool {
+    match slot {
+        Slot::Compact(tat) if *tat == 0 => {
+            *tat = COST;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// One run from a key with arrival time `initial` (0: one grant left;
+/// `COST`: none). `split` is the broken variant: the acquire promotes the
+/// key and clones its limiter under two acquisitions of the lock (a sweep
+/// between them demotes the key from under the waiter to come). Returns
+/// (acquire granted at its first poll, check granted), or what went wrong.
+fn first_poll_run(initial: u64, split: bool) -> Result<(bool, bool), &'static str> {
+    let shard = Arc::new(Mutex::new(Slot::Compact(initial)));
+    let full = Arc::new(Full {
+        strong: AtomicUsize::new(1),
+        tat: AtomicU64::new(0),
+        queue: Mutex::new(0),
+    });
+    // The acquire's first poll.
+    let acquire = {
+        let (shard, full) = (shard.clone(), full.clone());
+        thread::spawn(move || {
+            {
+                let mut slot = shard.lock().unwrap();
+                if demote(&mut slot, &full) && check_compact(&mut slot) {
+                    return true;
+                }
+            }
+            // Refused: promote (or find promoted) and clone, under the lock.
+            {
+                let mut slot = shard.lock().unwrap();
+                if let Slot::Compact(tat) = *slot {
+                    full.tat.store(tat, Ordering::Release);
+                    *slot = Slot::Promoted;
+                }
+                if split {
+                    drop(slot);
+                    let _relocked = shard.lock().unwrap();
+                    full.strong.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    full.strong.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // Joins the queue with no lock of the map (it must wait: the
+            // one grant is taken). The clone is kept: the future waits.
+            *full.queue.lock().unwrap() += 1;
+            false
+        })
+    };
+    // A check of the same key.
+    let check = {
+        let (shard, full) = (shard.clone(), full.clone());
+        thread::spawn(move || {
+            let mut slot = shard.lock().unwrap();
+            if demote(&mut slot, &full) {
+                return check_compact(&mut slot);
+            }
+            full.strong.fetch_add(1, Ordering::Relaxed);
+            drop(slot);
+            // Through the full limiter: refused while anyone waits, else
+            // the lock-free swap.
+            let granted = *full.queue.lock().unwrap() == 0
+                && full
+                    .tat
+                    .compare_exchange(0, COST, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+            full.strong.fetch_sub(1, Ordering::Release);
+            granted
+        })
+    };
+    // A sweep (the owner): demotes the key if it can.
+    {
+        let mut slot = shard.lock().unwrap();
+        demote(&mut slot, &full);
+    }
+    let acquired = acquire.join().unwrap();
+    let checked = check.join().unwrap();
+    // Whatever the interleaving: the acquire's waiter is on the key's
+    // limiter, and no grant was forgotten or made twice.
+    let slot = *shard.lock().unwrap();
+    if !acquired && (slot != Slot::Promoted || *full.queue.lock().unwrap() != 1) {
+        return Err("the key was demoted from under its waiter");
+    }
+    let tat = match slot {
+        Slot::Compact(tat) => tat,
+        Slot::Promoted => full.tat.load(Ordering::Acquire),
+    };
+    if tat != COST {
+        return Err("a grant was forgotten");
+    }
+    let grants = usize::from(acquired) + usize::from(checked);
+    if grants != usize::from(initial == 0) {
+        return Err("not exactly the grants the quota allows");
+    }
+    Ok((acquired, checked))
+}
+
+#[test]
+fn first_poll_against_a_check_and_a_sweep() {
+    for initial in [0, COST] {
+        loom::model(move || {
+            if let Err(error) = first_poll_run(initial, false) {
+                panic!("from arrival time {initial}: {error}");
+            }
+        });
+    }
+}
+
+/// The model finds the bug it is for: promoting and cloning under two
+/// acquisitions of the lock lets a sweep demote the key in between.
+#[test]
+fn first_poll_split_promotion_is_caught() {
+    let found = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = found.clone();
+    loom::model(move || {
+        if first_poll_run(COST, true).is_err() {
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    assert!(
+        found.load(std::sync::atomic::Ordering::SeqCst),
+        "loom found no demotion between the promotion and the clone"
+    );
 }
