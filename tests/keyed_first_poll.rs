@@ -13,7 +13,6 @@ use awaitkit::rate_limiter::{Quota, RateLimitError};
 use awaitkit::time::ManualClock;
 use awaitkit::{KeyedAcquire, KeyedAcquireN, KeyedRateLimiter, Timer};
 use common::CountingWaker;
-use std::future::Future;
 use std::marker::PhantomPinned;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,9 +24,7 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn poll<F: Future + Unpin>(f: &mut F, waker: &CountingWaker) -> Poll<F::Output> {
-    Pin::new(f).poll(&mut waker.context())
-}
+use common::poll_once as poll;
 
 /// The manual clock, counting its clones: a keyed limiter clones its timer
 /// only to build a key's full limiter (a promotion).

@@ -45,9 +45,7 @@ fn hanging(tracker: &Tracker) -> impl FnMut() -> BoxFuture<'static, Result<(), (
     }
 }
 
-fn poll<F: Future + Unpin>(f: &mut F, waker: &CountingWaker) -> Poll<F::Output> {
-    Pin::new(f).poll(&mut waker.context())
-}
+use common::poll_once as poll;
 
 #[test]
 fn attempts_and_delays_are_exact_under_the_manual_clock() {

@@ -29,9 +29,7 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn poll<F: Future + Unpin>(f: &mut F, waker: &CountingWaker) -> Poll<F::Output> {
-    Pin::new(f).poll(&mut waker.context())
-}
+use common::poll_once as poll;
 
 // ---------------------------------------------------------------------------
 // A clock whose next read, on this thread, runs a hook right after reading:

@@ -14,9 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-fn poll<F: Future + Unpin>(f: &mut F, waker: &CountingWaker) -> Poll<F::Output> {
-    Pin::new(f).poll(&mut waker.context())
-}
+use common::poll_once as poll;
 
 fn pending<F: Future + Unpin>(f: &mut F, waker: &CountingWaker) {
     assert!(poll(f, waker).is_pending(), "expected Pending");
