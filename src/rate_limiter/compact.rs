@@ -429,15 +429,23 @@ impl WinSlot {
     }
 
     /// The stamp form of `log`'s grants, if the quota keeps stamps and
-    /// they fit.
+    /// they fit. The grants a period or more before the newest are left
+    /// out: no window from the newest on sees them (and the others lie
+    /// within a period of each other, as stamps must).
     fn stamps_from(log: &Log, p: &Params) -> Option<WinSlot> {
-        if p.max_calls > STAMPED_CALLS || log.total() > STAMPED_CALLS {
+        let newest = log.newest()?;
+        let live = || {
+            log.iter()
+                .filter(|&(at, _)| at.saturating_add(p.period) > newest)
+        };
+        let total: u64 = live().map(|(_, count)| count).sum();
+        if p.max_calls > STAMPED_CALLS || total > STAMPED_CALLS {
             return None;
         }
         let mut slot = WinSlot::Two(Stamps::new(p.shift), [0; 2]);
-        slot.regrow(log.total() as usize);
+        slot.regrow(total as usize);
         rings!(&mut slot, |stamps, buf| {
-            for (at, count) in log.iter() {
+            for (at, count) in live() {
                 stamps.push(&mut buf[..], at, count);
             }
         }, _ => unreachable!());
@@ -764,6 +772,28 @@ mod tests {
         assert!(matches!(slot, WinSlot::Two(..)));
         assert_eq!(slot.idle_from(&p, 2_000), 0);
         assert!(matches!(slot, WinSlot::One { count: 0, .. }));
+    }
+
+    #[test]
+    fn a_demoted_log_becomes_stamps_without_its_expired_grants() {
+        // A promoted limiter's log may still hold grants long expired (it
+        // forgets them at its next check); stamps only keep a period's.
+        let p = window(2, 100);
+        let mut log = Log::default();
+        // (Its low 32 bits are 50 ns before the newest's.)
+        log.record(10_000_000_000_000 - (1_000 << 32) - 50, 1, 0);
+        log.record(10_000_000_000_000, 1, 0);
+        let mut slot = WinSlot::from_seed(Seed::Window(log), &p);
+        assert!(matches!(slot, WinSlot::Two(..)));
+        assert_eq!(slot.check(&p, 10_000_000_000_001, 1), Ok(()));
+        assert_eq!(slot.check(&p, 10_000_000_000_002, 1), Err(10_000_000_000_100));
+        // Too many for stamps: the log stays.
+        let mut log = Log::default();
+        for t in 0..3 {
+            log.record(t, 1, 0);
+        }
+        let p = window(STAMPED_CALLS as usize + 1, 100);
+        assert!(matches!(WinSlot::from_seed(Seed::Window(log), &p), WinSlot::Log(_)));
     }
 
     #[test]
