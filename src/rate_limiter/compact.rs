@@ -786,14 +786,20 @@ mod tests {
         let mut slot = WinSlot::from_seed(Seed::Window(log), &p);
         assert!(matches!(slot, WinSlot::Two(..)));
         assert_eq!(slot.check(&p, 10_000_000_000_001, 1), Ok(()));
-        assert_eq!(slot.check(&p, 10_000_000_000_002, 1), Err(10_000_000_000_100));
+        assert_eq!(
+            slot.check(&p, 10_000_000_000_002, 1),
+            Err(10_000_000_000_100)
+        );
         // Too many for stamps: the log stays.
         let mut log = Log::default();
         for t in 0..3 {
             log.record(t, 1, 0);
         }
         let p = window(STAMPED_CALLS as usize + 1, 100);
-        assert!(matches!(WinSlot::from_seed(Seed::Window(log), &p), WinSlot::Log(_)));
+        assert!(matches!(
+            WinSlot::from_seed(Seed::Window(log), &p),
+            WinSlot::Log(_)
+        ));
     }
 
     #[test]
