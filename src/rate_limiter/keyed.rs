@@ -81,8 +81,18 @@ fn shard_of(hash: u64) -> usize {
 /// A key that is only checked ([`try_acquire`](Self::try_acquire)) holds
 /// what its algorithm needs and no more: with GCRA its arrival time (a key
 /// costs its own size plus 16 bytes in the table), with a strict window
-/// its grants of the last period (one grant time inline; a log once it has
-/// grants at several times). A key that is [`acquire`](Self::acquire)d
+/// its grants of the last period: the time of its grants inline while they
+/// were all at one instant; with grants at several times, four bytes a
+/// grant for quotas of up to 64 calls per period (two inline, then a small
+/// allocation: a key holding 10 grants costs about 48 bytes more), or the
+/// single limiter's log for larger quotas. Those four-byte stamps count
+/// time in steps of `2^k` ns, the smallest with the period within `2^31`
+/// steps: exact nanoseconds for periods up to about 2.1 s; otherwise a
+/// grant's time is rounded *up* to the next step (32 ns for a one-minute
+/// period, 2 µs for an hour, always under `period / 2^30`), so a grant
+/// leaves its window at most that much later than exactly — the limit is
+/// never looser, and a call may be refused that much longer at worst.
+/// A key that is [`acquire`](Self::acquire)d
 /// costs the same when the grant is immediate (the future checks the key
 /// at its first poll). Only a key with waiters holds a whole limiter
 /// (queue, timer), while an acquire future waits on it; the next check or
@@ -375,7 +385,7 @@ impl<K: Eq, S: Slot, T: Timer> Shard<K, S, T> {
                     return false;
                 };
                 evicted.limiters.extend(full.remove(&id));
-                entry.slot = S::from_seed(seed);
+                entry.slot = S::from_seed(seed, &params);
                 entry.hash &= !PROMOTED;
                 // Its grants may be later than `now` (read before locking):
                 // the shard's time never goes behind them.
@@ -1158,7 +1168,7 @@ impl<K: Eq + Hash, T: Timer> Inner<K, T> {
                 // limiter's last grant (the clock was read before locking;
                 // another thread may have read it later, granted and let go
                 // meanwhile).
-                entry.slot = S::from_seed(seed);
+                entry.slot = S::from_seed(seed, &params);
                 entry.hash &= !PROMOTED;
                 shard_ref.last = shard_ref.last.max(used);
                 let now = shard_ref.last;
@@ -1273,7 +1283,7 @@ impl<K: Eq + Hash, T: Timer> Inner<K, T> {
                         shard_ref.next_id += 1;
                         let compact = std::mem::replace(&mut entry.slot, S::promoted(id));
                         entry.hash |= PROMOTED;
-                        shared.seed(compact.into_seed(), now);
+                        shared.seed(compact.into_seed(now), now);
                         shard_ref.full.insert(id, Arc::clone(&shared));
                         drop(shard);
                         return Ok(shared);

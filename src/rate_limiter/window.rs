@@ -169,6 +169,14 @@ impl Log {
         self.tail.map(|tail| tail.at)
     }
 
+    /// The entries' times and counts, oldest first.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.closed
+            .iter()
+            .chain(&self.tail)
+            .map(|entry| (entry.at, entry.count))
+    }
+
     /// The one entry's time and count, when the log holds exactly one (a
     /// keyed limiter keeps such a log in its compact form).
     pub(super) fn only(&self) -> Option<(u64, u64)> {
