@@ -369,3 +369,52 @@ guarded! {
         assert_eq!(poll(&mut waiting, &waker), Poll::Ready(Ok(())));
     }
 }
+
+guarded! {
+    /// A GCRA key whose arrival time saturated to "never" (two calls at
+    /// once at one call per `Duration::MAX`) and a quota change to a fast
+    /// rate: a lone limiter rescales the time still owed and grants again
+    /// within a millisecond; a key must too, compact or promoted — not stay
+    /// refused (and never idle, so never evicted: a slot of the bound
+    /// taken for good).
+    #[ignore = "defect: a compact GCRA key's \"never\" arrival time is not rescaled by set_quota (fixed next)"]
+    fn a_never_again_gcra_key_is_rescaled_by_a_quota_change_like_a_lone_limiter() {
+        let slow = Quota::gcra(1, Duration::MAX, 2).unwrap();
+        let fast = Quota::gcra(1_000, Duration::from_secs(1), 2).unwrap();
+        for promoted in [false, true] {
+            let clock = ManualClock::new();
+            let lone = RateLimiter::with_quota(slow).with_timer(clock.clone());
+            let keyed: Keyed = KeyedRateLimiter::with_quota(slow)
+                .with_timer(clock.clone())
+                .with_max_keys(1);
+            keyed.evict_idle(); // the time origin: now
+            let waker = CountingWaker::new();
+            assert_eq!(lone.try_acquire_n(2), Ok(()));
+            assert_eq!(keyed.try_acquire_n(7, 2), Ok(()));
+            assert_eq!(
+                keyed.try_acquire(7),
+                Err(RateLimitError::RateLimited { wait: Duration::MAX })
+            );
+            // A waiter holds the key promoted through the change.
+            let mut waiting = keyed.acquire(7);
+            let mut lone_waiting = lone.acquire_n(1);
+            if promoted {
+                assert!(poll(&mut waiting, &waker).is_pending());
+                assert!(poll(&mut lone_waiting, &waker).is_pending());
+            }
+            clock.advance(ms(5));
+            lone.set_quota(fast).unwrap();
+            keyed.set_quota(fast).unwrap();
+            clock.advance(ms(5));
+            let (a, b) = (poll(&mut waiting, &waker), poll(&mut lone_waiting, &waker));
+            assert_eq!(a, b, "promoted: {promoted}");
+            assert_eq!(a, Poll::Ready(Ok(())), "promoted: {promoted}");
+            drop((waiting, lone_waiting));
+            clock.advance(ms(5));
+            assert_eq!(keyed.try_acquire(7), lone.try_acquire(), "promoted: {promoted}");
+            clock.advance(ms(100));
+            assert_eq!(keyed.evict_idle(), 1, "the key idles: promoted: {promoted}");
+            assert_eq!(keyed.try_acquire(8), Ok(()), "its room is free again");
+        }
+    }
+}
