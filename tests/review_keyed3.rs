@@ -271,7 +271,6 @@ guarded! {
 
     /// Extreme quotas (one call, `usize::MAX` calls, `Duration::MAX` and
     /// 1 ns periods) and times past 2^63 ns: still a lone limiter.
-    #[ignore = "defect: a compact GCRA key's \"never\" arrival time is not rescaled by set_quota (fixed next)"]
     fn a_key_matches_a_lone_limiter_at_the_extremes() {
         for seed in 0..seeds() {
             let seed = seed * 2 + 0x3001;
@@ -377,7 +376,6 @@ guarded! {
     /// within a millisecond; a key must too, compact or promoted — not stay
     /// refused (and never idle, so never evicted: a slot of the bound
     /// taken for good).
-    #[ignore = "defect: a compact GCRA key's \"never\" arrival time is not rescaled by set_quota (fixed next)"]
     fn a_never_again_gcra_key_is_rescaled_by_a_quota_change_like_a_lone_limiter() {
         let slow = Quota::gcra(1, Duration::MAX, 2).unwrap();
         let fast = Quota::gcra(1_000, Duration::from_secs(1), 2).unwrap();
