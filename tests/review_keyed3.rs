@@ -416,3 +416,130 @@ guarded! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Threads
+// ---------------------------------------------------------------------------
+
+/// A waker that unparks a thread.
+struct Unpark(std::thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Polls `f` on this thread until it is ready, parking between polls
+/// (never timing out: a lost wake hangs, and the watchdog fails the test);
+/// `polled` is counted once, after the first poll.
+fn park_on<F: Future + Unpin>(mut f: F, polled: &std::sync::atomic::AtomicUsize) -> F::Output {
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut first = true;
+    loop {
+        if let Poll::Ready(out) = Pin::new(&mut f).poll(&mut cx) {
+            if first {
+                polled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            return out;
+        }
+        if first {
+            first = false;
+            polled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        std::thread::park();
+    }
+}
+
+guarded! {
+    /// 16 threads first-poll acquires of one hot key at once, 24 more of 8
+    /// other keys (some in the same shard), while 2 threads check the hot
+    /// key in a loop; the clock moves one period at a time. Every round
+    /// grants exactly the quota per key (never more, the checks never
+    /// barging past the waiters), and every waiter is woken in its turn (a
+    /// lost wake hangs).
+    fn threads_first_polling_one_key_get_exactly_the_quota_per_window() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+        use std::sync::Arc;
+        for quota in [
+            Quota::window(2, ms(100)).unwrap(),
+            Quota::gcra(2, ms(100), 2).unwrap(),
+        ] {
+            let clock = ManualClock::new();
+            let keyed: Arc<Keyed> = Arc::new(
+                KeyedRateLimiter::with_quota(quota)
+                    .with_timer(clock.clone())
+                    .with_max_keys(16),
+            );
+            const HOT: usize = 16;
+            const OTHERS: u32 = 8;
+            let polled = Arc::new(AtomicUsize::new(0));
+            let granted: Arc<Vec<AtomicUsize>> =
+                Arc::new((0..=OTHERS).map(|_| AtomicUsize::new(0)).collect());
+            let checked = Arc::new(AtomicUsize::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let mut threads = Vec::new();
+            let jobs = (0..HOT as u32).map(|_| 0).chain((1..=OTHERS).flat_map(|k| [k, k, k]));
+            for key in jobs {
+                let (keyed, polled, granted) = (keyed.clone(), polled.clone(), granted.clone());
+                threads.push(std::thread::spawn(move || {
+                    assert_eq!(park_on(keyed.acquire(key), &polled), Ok(()));
+                    granted[key as usize].fetch_add(1, SeqCst);
+                }));
+            }
+            let total = HOT + 3 * OTHERS as usize;
+            while polled.load(SeqCst) < total {
+                std::thread::yield_now();
+            }
+            let mut checkers = Vec::new();
+            for _ in 0..2 {
+                let (keyed, checked, stop) = (keyed.clone(), checked.clone(), stop.clone());
+                checkers.push(std::thread::spawn(move || {
+                    while !stop.load(SeqCst) {
+                        if keyed.try_acquire(0).is_ok() {
+                            checked.fetch_add(1, SeqCst);
+                        }
+                        std::thread::yield_now();
+                    }
+                }));
+            }
+            // Everyone has polled at time 0: the quota is taken, the rest
+            // wait (the hot key's checks find waiters or no room).
+            let rounds = HOT / 2;
+            for round in 0..rounds {
+                let want = 2 * (round + 1);
+                while granted[0].load(SeqCst) < want {
+                    std::thread::yield_now();
+                }
+                for k in 1..=OTHERS as usize {
+                    let want = want.min(3);
+                    while granted[k].load(SeqCst) < want {
+                        std::thread::yield_now();
+                    }
+                }
+                std::thread::sleep(ms(2)); // room for an extra grant to show
+                assert_eq!(granted[0].load(SeqCst), want, "{quota:?}: round {round}");
+                assert_eq!(checked.load(SeqCst), 0, "{quota:?}: a check barged");
+                for k in 1..=OTHERS as usize {
+                    assert_eq!(granted[k].load(SeqCst), want.min(3), "{quota:?}: key {k}");
+                }
+                clock.advance(ms(100));
+            }
+            for t in threads {
+                t.join().unwrap();
+            }
+            // No waiter left: the checks get the next window's quota, no more.
+            std::thread::sleep(ms(2));
+            assert!(checked.load(SeqCst) <= 2, "{quota:?}");
+            stop.store(true, SeqCst);
+            for t in checkers {
+                t.join().unwrap();
+            }
+            assert_eq!(keyed.stats().waiting_keys, 0);
+        }
+    }
+}
