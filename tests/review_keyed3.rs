@@ -543,3 +543,221 @@ guarded! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Panicking user code: wakers and keys
+// ---------------------------------------------------------------------------
+
+/// What an [`evil`] waker does: panic on clone, wake or drop.
+#[derive(Default)]
+struct Evil {
+    clone: std::sync::atomic::AtomicBool,
+    wake: std::sync::atomic::AtomicBool,
+    drop: std::sync::atomic::AtomicBool,
+    wakes: std::sync::atomic::AtomicUsize,
+    live: std::sync::atomic::AtomicIsize,
+}
+
+static EVIL_VTABLE: std::task::RawWakerVTable =
+    std::task::RawWakerVTable::new(evil_clone, evil_wake, evil_wake_by_ref, evil_drop);
+
+fn evil_of(data: *const ()) -> &'static Evil {
+    // SAFETY: `data` is the `Evil` of an `evil` waker, leaked for the
+    // whole test run (`keep_alive`).
+    unsafe { &*data.cast::<Evil>() }
+}
+
+unsafe fn evil_clone(data: *const ()) -> std::task::RawWaker {
+    let evil = evil_of(data);
+    if evil.clone.load(std::sync::atomic::Ordering::SeqCst) {
+        panic!("injected: waker clone");
+    }
+    evil.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    std::task::RawWaker::new(data, &EVIL_VTABLE)
+}
+
+unsafe fn evil_wake(data: *const ()) {
+    // The waker is consumed even if the wake panics (the memory is the
+    // waker's own business): released first.
+    let evil = evil_of(data);
+    evil.live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    evil.wakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    if evil.wake.load(std::sync::atomic::Ordering::SeqCst) {
+        panic!("injected: waker wake");
+    }
+}
+
+unsafe fn evil_wake_by_ref(data: *const ()) {
+    let evil = evil_of(data);
+    evil.wakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    if evil.wake.load(std::sync::atomic::Ordering::SeqCst) {
+        panic!("injected: waker wake");
+    }
+}
+
+unsafe fn evil_drop(data: *const ()) {
+    let evil = evil_of(data);
+    evil.live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    if evil.drop.load(std::sync::atomic::Ordering::SeqCst) && !std::thread::panicking() {
+        panic!("injected: waker drop");
+    }
+}
+
+/// A waker (the original, counted as one live clone) whose clone, wake and
+/// drop panic while the returned flags say so.
+fn evil() -> (std::task::Waker, &'static Evil) {
+    let evil: &'static Evil = common::keep_alive(Box::new(Evil::default()));
+    evil.live.store(1, std::sync::atomic::Ordering::SeqCst);
+    let raw = std::task::RawWaker::new(std::ptr::from_ref(evil).cast(), &EVIL_VTABLE);
+    // SAFETY: the vtable's functions keep the `RawWaker` contract over a
+    // `&'static Evil`.
+    (unsafe { std::task::Waker::from_raw(raw) }, evil)
+}
+
+fn panicked<R>(f: impl FnOnce() -> R) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err()
+}
+
+fn poll_with<F: Future + Unpin>(f: &mut F, waker: &std::task::Waker) -> Poll<F::Output> {
+    Pin::new(f).poll(&mut std::task::Context::from_waker(waker))
+}
+
+/// A key counting its instances, whose `Drop` panics while `panics` says
+/// so.
+struct Key {
+    id: u32,
+    book: std::sync::Arc<KeyBook>,
+}
+
+#[derive(Default)]
+struct KeyBook {
+    live: std::sync::atomic::AtomicIsize,
+    panics: std::sync::atomic::AtomicBool,
+}
+
+impl Key {
+    fn new(id: u32, book: &std::sync::Arc<KeyBook>) -> Key {
+        book.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Key {
+            id,
+            book: book.clone(),
+        }
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+    }
+}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        let live = self
+            .book
+            .live
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        assert!(live > 0, "a key dropped twice");
+        if self.book.panics.load(std::sync::atomic::Ordering::SeqCst) && !std::thread::panicking() {
+            panic!("injected: key drop");
+        }
+    }
+}
+
+guarded! {
+    /// A waiting acquire's waker panics on clone (at the first poll, which
+    /// promotes the key), on wake (the driver grants it from the clock's
+    /// advance), on drop (replaced at a later poll, or dropped with the
+    /// future); and a key's `Drop` panics at a first poll that must wait.
+    /// Each panic surfaces where documented (or is discarded on the timer's
+    /// path); the key's other waiters are served in order, the key demotes
+    /// once nobody waits, no waker clone or key instance leaks or is dropped
+    /// twice.
+    fn panicking_wakers_and_keys_at_the_first_poll_wedge_nothing() {
+        use std::sync::atomic::Ordering::SeqCst;
+        common::quiet();
+        for quota in [
+            Quota::window(1, ms(100)).unwrap(),
+            Quota::gcra(1, ms(100), 1).unwrap(),
+        ] {
+            let book = std::sync::Arc::new(KeyBook::default());
+            let clock = ManualClock::new();
+            let keyed = KeyedRateLimiter::with_quota(quota)
+                .with_timer(clock.clone())
+                .with_max_keys(4);
+            let good = CountingWaker::new();
+            let (bad, evil) = evil();
+            assert_eq!(keyed.try_acquire(Key::new(1, &book)), Ok(()));
+
+            // Clone panics at the first poll, which must wait.
+            evil.clone.store(true, SeqCst);
+            let mut a = keyed.acquire(Key::new(1, &book));
+            assert!(panicked(|| poll_with(&mut a, &bad)), "{quota:?}");
+            evil.clone.store(false, SeqCst);
+            let mut b = keyed.acquire(Key::new(1, &book));
+            assert!(poll(&mut b, &good).is_pending());
+            // `a` polls again: behind `b` now (its first poll had queued
+            // nothing).
+            assert!(poll_with(&mut a, &bad).is_pending());
+            assert_eq!(keyed.stats().waiting_keys, 1);
+
+            // Wake panics: the driver grants `b` and then `a` from the
+            // clock's advance; the panic never leaves the advance.
+            evil.wake.store(true, SeqCst);
+            clock.advance(ms(100));
+            assert!(good.wakes() >= 1, "{quota:?}: b woken");
+            assert_eq!(poll(&mut b, &good), Poll::Ready(Ok(())));
+            assert!(poll_with(&mut a, &bad).is_pending(), "{quota:?}: a after b");
+            clock.advance(ms(100));
+            assert!(evil.wakes.load(SeqCst) >= 1, "{quota:?}: a woken (and panicked)");
+            evil.wake.store(false, SeqCst);
+            assert_eq!(poll(&mut a, &good), Poll::Ready(Ok(())));
+            drop((a, b));
+
+            // Drop panics: a waiter's waker replaced at its next poll, then
+            // a waiter dropped with its waker.
+            let mut c = keyed.acquire(Key::new(1, &book));
+            assert!(poll_with(&mut c, &bad).is_pending(), "{quota:?}");
+            evil.drop.store(true, SeqCst);
+            assert!(panicked(|| poll(&mut c, &good)), "{quota:?}: the old waker's drop");
+            let mut d = keyed.acquire(Key::new(1, &book));
+            assert!(poll_with(&mut d, &bad).is_pending());
+            assert!(panicked(move || drop(d)), "{quota:?}: d's waker's drop");
+            evil.drop.store(false, SeqCst);
+            clock.advance(ms(100));
+            assert_eq!(poll(&mut c, &good), Poll::Ready(Ok(())), "{quota:?}");
+            drop(c);
+
+            // A key whose Drop panics at a first poll that must wait: the
+            // future waits all the same at its next poll.
+            book.panics.store(true, SeqCst);
+            let mut e = keyed.acquire(Key::new(1, &book));
+            assert!(panicked(|| poll(&mut e, &good)), "{quota:?}: the key's drop");
+            book.panics.store(false, SeqCst);
+            assert!(poll(&mut e, &good).is_pending(), "{quota:?}");
+            assert!(keyed.try_acquire(Key::new(1, &book)).is_err(), "no barging");
+            clock.advance(ms(100));
+            assert_eq!(poll(&mut e, &good), Poll::Ready(Ok(())));
+            drop(e);
+
+            // Nobody waits: the next check demotes the key, which is then
+            // evicted once idle; every waker clone and key instance is gone.
+            clock.advance(ms(100));
+            assert_eq!(keyed.try_acquire(Key::new(1, &book)), Ok(()), "{quota:?}");
+            assert_eq!(keyed.stats().waiting_keys, 0);
+            clock.advance(ms(100));
+            assert_eq!(keyed.evict_idle(), 1, "{quota:?}");
+            assert_eq!(evil.live.load(SeqCst), 1, "{quota:?}: waker clones leaked");
+            assert_eq!(book.live.load(SeqCst), 0, "{quota:?}: keys leaked");
+            drop(keyed);
+        }
+    }
+}
