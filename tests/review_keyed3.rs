@@ -761,3 +761,63 @@ guarded! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// The gap between creation and first poll
+// ---------------------------------------------------------------------------
+
+guarded! {
+    /// The bound is decided at the first poll, whatever it was at creation:
+    /// created while there was room and polled once the limiter is full, an
+    /// acquire of a new key is refused (and reserves nothing); created while
+    /// full and polled once a key was evicted, it is admitted. A key
+    /// promoted for its waiter holds its room until the waiter is gone and
+    /// the key idle; an acquire created for a key that is evicted and
+    /// created again before the first poll sees only the new key.
+    fn the_bound_and_the_key_are_looked_at_at_the_first_poll_only() {
+        for quota in [
+            Quota::window(1, ms(100)).unwrap(),
+            Quota::gcra(1, ms(100), 1).unwrap(),
+        ] {
+            let clock = ManualClock::new();
+            let keyed: Keyed = KeyedRateLimiter::with_quota(quota)
+                .with_timer(clock.clone())
+                .with_max_keys(2);
+            let waker = CountingWaker::new();
+            let mut early = keyed.acquire(3); // room now
+            assert_eq!(keyed.try_acquire(1), Ok(()));
+            assert_eq!(keyed.try_acquire(2), Ok(()));
+            let mut late = keyed.acquire(4); // full now
+            assert_eq!(
+                poll(&mut early, &waker),
+                Poll::Ready(Err(RateLimitError::TooManyKeys { max_keys: 2 })),
+                "{quota:?}"
+            );
+            // Key 1 waits (promoted), key 2 goes idle and is evicted.
+            let mut waiting = keyed.acquire(1);
+            assert!(poll(&mut waiting, &waker).is_pending());
+            assert_eq!(keyed.stats().waiting_keys, 1);
+            clock.advance(ms(100));
+            assert_eq!(keyed.evict_idle(), 1, "{quota:?}: key 2 only");
+            assert_eq!(poll(&mut late, &waker), Poll::Ready(Ok(())), "{quota:?}");
+            assert_eq!(keyed.len(), 2);
+            // Key 1's waiter, granted but not polled yet, keeps it
+            // promoted and its room taken.
+            assert_eq!(keyed.try_acquire(5), Err(RateLimitError::TooManyKeys { max_keys: 2 }));
+            assert_eq!(poll(&mut waiting, &waker), Poll::Ready(Ok(())));
+            drop(waiting);
+            // An acquire of key 4, created now; key 4 evicted and created
+            // again (with a fresh grant) before its first poll.
+            let mut stale = keyed.acquire(4);
+            clock.advance(ms(100));
+            assert_eq!(keyed.evict_idle(), 2, "{quota:?}: both idle, key 1 demoted");
+            assert_eq!(keyed.try_acquire(4), Ok(()));
+            assert!(poll(&mut stale, &waker).is_pending(), "{quota:?}: the new key's quota");
+            assert!(keyed.try_acquire(4).is_err(), "{quota:?}: no barging");
+            clock.advance(ms(100));
+            assert_eq!(poll(&mut stale, &waker), Poll::Ready(Ok(())));
+            drop(stale);
+            assert_eq!(keyed.stats().refusals, 2);
+        }
+    }
+}
