@@ -139,12 +139,12 @@ impl Slot for GcraSlot {
     }
 
     fn rescale(&mut self, now: u64, old: u64, new: u64) {
-        let tat = self.tat();
-        if let Some(owed) = tat.checked_sub(now) {
-            if tat != u64::MAX {
-                let owed = (u128::from(owed) * u128::from(new)).div_ceil(u128::from(old.max(1)));
-                self.set_tat(u64::try_from(u128::from(now) + owed).unwrap_or(u64::MAX));
-            }
+        // As a lone limiter's `set_quota` does (a promoted key's limiter
+        // does it there): "never again" (`u64::MAX`) too is time owed at the
+        // old rate, so a faster quota lets the key through again.
+        if let Some(owed) = self.tat().checked_sub(now) {
+            let owed = (u128::from(owed) * u128::from(new)).div_ceil(u128::from(old.max(1)));
+            self.set_tat(u64::try_from(u128::from(now) + owed).unwrap_or(u64::MAX));
         }
     }
 }

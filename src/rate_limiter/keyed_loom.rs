@@ -1,8 +1,10 @@
 //! Loom models of a keyed limiter's promotion and demotion: how it decides
 //! that a promoted key's full limiter is unused and takes its GCRA state
 //! back (`keyed.rs`: `Arc::strong_count(shared) == 1`, then
-//! `Shared::take_seed` reads `tat`; from the review), and an acquire's
-//! first poll racing a check and a sweep of the same key (below).
+//! `Shared::take_seed` reads `tat`; from the review), an acquire's first
+//! poll racing a check and a sweep of the same key, and the driver's waker
+//! (a handle taken with no lock of the map) racing a waiter leaving, a
+//! check and a sweep (below).
 //!
 //! A checker holding a clone of the key's `Arc<Shared>` (taken under the
 //! shard's lock) grants through the lock-free GCRA path — a
@@ -267,5 +269,211 @@ fn first_poll_split_promotion_is_caught() {
     assert!(
         found.load(std::sync::atomic::Ordering::SeqCst),
         "loom found no demotion between the promotion and the clone"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The driver's waker against a waiter leaving, a check and a sweep
+// ---------------------------------------------------------------------------
+//
+// A promoted key's limiter is also reached *without* the shard's lock: its
+// driver's waker holds it weakly and upgrades that handle on the timer's
+// thread (`shared.rs`: `DriverWaker::wake_by_ref`), then grants the queue's
+// head. "Nobody but the shard holds it" (`unused`, a strong count of 1) may
+// thus be read while the timer is about to take a handle of its own. The
+// model: one waiter queued (its handle: strong count 2), one grant allowed
+// (arrival time 0, cost 10). The driver upgrades and grants the head if it
+// is still queued; the waiter leaves (taking its grant if `observe`, else
+// giving an unseen grant back: the arrival time restored if nothing was
+// granted since); a check demotes the key if it is unused, else goes
+// through the limiter (refused while anyone is queued); the owner sweeps
+// (demotes if it can). Whatever the interleaving: at most the one grant is
+// kept, and the key's arrival time (compact or full) says exactly whether
+// it was — never a grant forgotten by a demotion or given back twice.
+
+/// The waiter's node in the full limiter's queue.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Node {
+    Queued,
+    /// Granted by the driver, not seen by its owner yet.
+    Granted,
+    Vacant,
+}
+
+/// The full limiter: strong count (the shard's handle and the waiter's),
+/// arrival time, the waiter's node under the limiter's lock.
+struct Driven {
+    strong: AtomicUsize,
+    tat: AtomicU64,
+    node: Mutex<Node>,
+}
+
+/// `Weak::upgrade`: a handle only while a strong one exists.
+fn upgrade(full: &Driven) -> bool {
+    let mut n = full.strong.load(Ordering::Relaxed);
+    loop {
+        if n == 0 {
+            return false;
+        }
+        match full
+            .strong
+            .compare_exchange_weak(n, n + 1, Ordering::Acquire, Ordering::Relaxed)
+        {
+            Ok(_) => return true,
+            Err(actual) => n = actual,
+        }
+    }
+}
+
+/// Under the shard's lock: demotes the key if nobody else holds its limiter
+/// and nobody is queued (`unused` then `take_seed`); the shard's handle is
+/// dropped with the limiter.
+fn demote_driven(slot: &mut Slot, full: &Driven) {
+    if *slot == Slot::Promoted && full.strong.load(Ordering::Relaxed) == 1 {
+        fence(Ordering::Acquire);
+        let node = full.node.lock().unwrap();
+        if *node != Node::Queued {
+            *slot = Slot::Compact(full.tat.load(Ordering::Acquire));
+            drop(node);
+            full.strong.fetch_sub(1, Ordering::Release);
+        }
+    }
+}
+
+/// One run; returns the grants kept (the waiter's observed one and the
+/// check's) or what went wrong. `early` is the broken variant: the waiter
+/// lets go of its handle before settling its node, so a demotion may take
+/// the state while an unseen grant is still to be given back.
+fn driven_run(observe: bool, early: bool) -> Result<usize, &'static str> {
+    let shard = Arc::new(Mutex::new(Slot::Promoted));
+    let full = Arc::new(Driven {
+        strong: AtomicUsize::new(2),
+        tat: AtomicU64::new(0),
+        node: Mutex::new(Node::Queued),
+    });
+    // The timer's thread: the driver's waker.
+    let driver = {
+        let full = full.clone();
+        thread::spawn(move || {
+            if !upgrade(&full) {
+                return;
+            }
+            {
+                let mut node = full.node.lock().unwrap();
+                if *node == Node::Queued
+                    && full
+                        .tat
+                        .compare_exchange(0, COST, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                {
+                    *node = Node::Granted;
+                }
+            }
+            full.strong.fetch_sub(1, Ordering::Release);
+        })
+    };
+    // The waiter leaves: its grant observed (kept) or not (given back).
+    let waiter = {
+        let full = full.clone();
+        thread::spawn(move || {
+            if early {
+                full.strong.fetch_sub(1, Ordering::Release);
+            }
+            let kept = {
+                let mut node = full.node.lock().unwrap();
+                let kept = match *node {
+                    Node::Granted if observe => true,
+                    Node::Granted => {
+                        // `unrecord`: only if nothing was granted since.
+                        let _ =
+                            full.tat
+                                .compare_exchange(COST, 0, Ordering::AcqRel, Ordering::Acquire);
+                        false
+                    }
+                    _ => false,
+                };
+                *node = Node::Vacant;
+                kept
+            };
+            if !early {
+                full.strong.fetch_sub(1, Ordering::Release);
+            }
+            kept
+        })
+    };
+    // A check of the key.
+    let check = {
+        let (shard, full) = (shard.clone(), full.clone());
+        thread::spawn(move || {
+            let mut slot = shard.lock().unwrap();
+            demote_driven(&mut slot, &full);
+            if let Slot::Compact(tat) = &mut *slot {
+                return if *tat == 0 {
+                    *tat = COST;
+                    true
+                } else {
+                    false
+                };
+            }
+            full.strong.fetch_add(1, Ordering::Relaxed);
+            drop(slot);
+            let granted = *full.node.lock().unwrap() != Node::Queued
+                && full
+                    .tat
+                    .compare_exchange(0, COST, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+            full.strong.fetch_sub(1, Ordering::Release);
+            granted
+        })
+    };
+    // The owner: a sweep.
+    demote_driven(&mut shard.lock().unwrap(), &full);
+    driver.join().unwrap();
+    let kept = usize::from(waiter.join().unwrap()) + usize::from(check.join().unwrap());
+    if kept > 1 {
+        return Err("more grants kept than the quota allows");
+    }
+    let tat = match *shard.lock().unwrap() {
+        Slot::Compact(tat) => tat,
+        Slot::Promoted => full.tat.load(Ordering::Acquire),
+    };
+    if tat != COST * kept as u64 {
+        return Err("the key's arrival time disagrees with the grants kept");
+    }
+    Ok(kept)
+}
+
+#[test]
+fn driver_wake_against_a_leaving_waiter_a_check_and_a_sweep() {
+    // Four parties: bounded (every interleaving with at most three
+    // preemptions), as the full space takes hours.
+    for observe in [false, true] {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(move || {
+            if let Err(error) = driven_run(observe, false) {
+                panic!("observe {observe}: {error}");
+            }
+        });
+    }
+}
+
+/// The model finds the bug it is for: a waiter that lets go of its handle
+/// before giving its unseen grant back lets a demotion take the state with
+/// that grant in it (a grant nobody has, kept for good).
+#[test]
+fn driver_wake_early_release_is_caught() {
+    let found = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = found.clone();
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(2);
+    builder.check(move || {
+        if driven_run(false, true).is_err() {
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    assert!(
+        found.load(std::sync::atomic::Ordering::SeqCst),
+        "loom found no demotion taking a grant about to be given back"
     );
 }

@@ -222,10 +222,15 @@ impl Gcra {
         let cost = n * self.interval;
         let start = tat.max(now);
         let new = start.saturating_add(cost);
-        if start - now <= self.tolerance - cost {
+        let slack = self.tolerance - cost;
+        if start - now <= slack {
             Ok(new)
         } else {
-            Err(new - self.tolerance)
+            // `start + cost - tolerance`, which is later than `now`, without
+            // the sum (it may pass `u64::MAX`: `new` saturated would make
+            // the time too early, even "now" for a refusal, and a driver
+            // would find its head due again and again).
+            Err(start - slack)
         }
     }
 }
