@@ -205,6 +205,9 @@ mod gather;
 mod poison;
 pub mod pool;
 pub mod rate_limiter;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 mod retry;
 mod semaphore;
 mod staggered_race;

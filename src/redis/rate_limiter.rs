@@ -1,0 +1,836 @@
+//! `redis::RateLimiter`: the local limiter's quota, kept in Redis.
+
+use super::scripts::{self, Lua, MAX_SPAN_US};
+use super::{Error, FailurePolicy, Grant};
+use crate::rate_limiter::Quota;
+use crate::time::{DefaultTimer, Timer};
+use crate::timeout::{Elapsed, Timeout};
+use ::redis::aio::ConnectionLike;
+use ::redis::{RedisFuture, RedisResult, Value};
+use futures_core::FusedFuture;
+use pin_project_lite::pin_project;
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+/// A rate limiter whose state lives in Redis, shared by every process that
+/// uses the same keys: the [`Quota`] of the local
+/// [`RateLimiter`](crate::RateLimiter) (strict sliding window or GCRA), per
+/// key.
+///
+/// Each check is one script call (`EVALSHA`) that reads Redis's clock;
+/// waiting happens here, on the limiter's [`Timer`]. See the
+/// [module docs](super) for the guarantees and their limits (failover,
+/// precision, memory).
+///
+/// `C` is your connection: anything implementing redis-rs's
+/// [`ConnectionLike`] that is `Clone` and `Send` (a
+/// `MultiplexedConnection`, a `ConnectionManager`); each call works on a
+/// clone, so concurrent checks share it as redis-rs allows (a multiplexed
+/// connection pipelines them).
+///
+/// # Examples
+///
+/// ```no_run
+/// use awaitkit::rate_limiter::Quota;
+/// use std::time::Duration;
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let conn = redis::Client::open("redis://127.0.0.1/")?
+///     .get_multiplexed_async_connection()
+///     .await?;
+/// let quota = Quota::gcra(50, Duration::from_secs(1), 5)?; // 50/s, bursts of 5
+/// let limiter = awaitkit::redis::RateLimiter::new(conn, "rl:", quota)
+///     .with_timeout(Duration::from_millis(200));
+/// match limiter.try_acquire("tenant-7").await {
+///     Ok(_) => println!("go"),
+///     Err(e) => println!("not now: {e}"), // a retry-after, or a Redis failure
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub struct RateLimiter<C, T: Timer = DefaultTimer> {
+    conn: C,
+    prefix: Vec<u8>,
+    quota: Quota,
+    timeout: Duration,
+    timer: T,
+    // Unique grant members across processes: a random tag and a counter.
+    tag: String,
+    seq: AtomicU64,
+}
+
+impl<C> RateLimiter<C> {
+    /// A limiter over `conn` that keeps key `k`'s state under
+    /// `prefix` + `k`, with `quota` for every key, a 1 s timeout per call to
+    /// Redis, and the [`DefaultTimer`].
+    ///
+    /// Processes that share a quota must use the same prefix and quota:
+    /// the quota travels with every call, and a key checked with two
+    /// different quotas is counted by whichever each call carries.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use awaitkit::rate_limiter::Quota;
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let quota = Quota::window(10, Duration::from_secs(1)).unwrap();
+    /// let limiter = awaitkit::redis::RateLimiter::new(conn, "myapp:rl:", quota);
+    /// assert_eq!(limiter.quota(), quota);
+    /// # }
+    /// ```
+    pub fn new(conn: C, prefix: impl Into<Vec<u8>>, quota: Quota) -> Self {
+        RateLimiter {
+            conn,
+            prefix: prefix.into(),
+            quota,
+            timeout: Duration::from_secs(1),
+            timer: DefaultTimer,
+            tag: unique_tag(),
+            seq: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<C, T: Timer> RateLimiter<C, T> {
+    /// The same limiter on another [`Timer`] (for the waits and the
+    /// timeouts).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use awaitkit::rate_limiter::Quota;
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// # let quota = Quota::window(10, Duration::from_secs(1)).unwrap();
+    /// let limiter = awaitkit::redis::RateLimiter::new(conn, "rl:", quota)
+    ///     .with_timer(awaitkit::time::FuturesTimer);
+    /// # }
+    /// ```
+    pub fn with_timer<U: Timer>(self, timer: U) -> RateLimiter<C, U> {
+        RateLimiter {
+            conn: self.conn,
+            prefix: self.prefix,
+            quota: self.quota,
+            timeout: self.timeout,
+            timer,
+            tag: self.tag,
+            seq: self.seq,
+        }
+    }
+
+    /// Bounds every call to Redis by `timeout` (1 s by default): a call
+    /// that takes longer fails with [`Error::Timeout`].
+    /// [`Duration::MAX`] means no bound.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use awaitkit::rate_limiter::Quota;
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// # let quota = Quota::window(10, Duration::from_secs(1)).unwrap();
+    /// let limiter = awaitkit::redis::RateLimiter::new(conn, "rl:", quota)
+    ///     .with_timeout(Duration::from_millis(50));
+    /// assert_eq!(limiter.timeout(), Duration::from_millis(50));
+    /// # }
+    /// ```
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The bound on each call to Redis.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use awaitkit::rate_limiter::Quota;
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// # let quota = Quota::window(10, Duration::from_secs(1)).unwrap();
+    /// let limiter = awaitkit::redis::RateLimiter::new(conn, "rl:", quota);
+    /// assert_eq!(limiter.timeout(), Duration::from_secs(1));
+    /// # }
+    /// ```
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The quota every key gets.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use awaitkit::rate_limiter::Quota;
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let quota = Quota::gcra(10, Duration::from_secs(1), 2).unwrap();
+    /// let limiter = awaitkit::redis::RateLimiter::new(conn, "rl:", quota);
+    /// assert_eq!(limiter.quota().burst(), Some(2));
+    /// # }
+    /// ```
+    pub fn quota(&self) -> Quota {
+        self.quota
+    }
+
+    /// The Redis key that holds `key`'s state: the prefix, then `key`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use awaitkit::rate_limiter::Quota;
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// # let quota = Quota::window(10, Duration::from_secs(1)).unwrap();
+    /// let limiter = awaitkit::redis::RateLimiter::new(conn, "rl:", quota);
+    /// assert_eq!(limiter.redis_key("api"), b"rl:api");
+    /// # }
+    /// ```
+    pub fn redis_key(&self, key: impl AsRef<[u8]>) -> Vec<u8> {
+        let key = key.as_ref();
+        let mut full = Vec::with_capacity(self.prefix.len() + key.len());
+        full.extend_from_slice(&self.prefix);
+        full.extend_from_slice(key);
+        full
+    }
+
+    /// The SHA-1 of the Lua script this limiter's quota runs (one for every
+    /// strict window, one for every GCRA quota): what `SCRIPT EXISTS`
+    /// checks, for operators who preload scripts.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use awaitkit::rate_limiter::Quota;
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// # let quota = Quota::window(10, Duration::from_secs(1)).unwrap();
+    /// let limiter = awaitkit::redis::RateLimiter::new(conn, "rl:", quota);
+    /// assert_eq!(limiter.script_sha().len(), 40);
+    /// # }
+    /// ```
+    pub fn script_sha(&self) -> &str {
+        match self.quota.burst() {
+            None => &scripts::WINDOW.sha,
+            Some(_) => &scripts::GCRA.sha,
+        }
+    }
+
+    /// The limiter's timer.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use awaitkit::rate_limiter::Quota;
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// # let quota = Quota::window(10, Duration::from_secs(1)).unwrap();
+    /// let limiter = awaitkit::redis::RateLimiter::new(conn, "rl:", quota);
+    /// let _now = awaitkit::Timer::now(limiter.timer());
+    /// # }
+    /// ```
+    pub fn timer(&self) -> &T {
+        &self.timer
+    }
+}
+
+impl<C, T> RateLimiter<C, T>
+where
+    C: ConnectionLike + Clone + Send + 'static,
+    T: Timer + Clone,
+{
+    /// One call for `key`, now or never: granted, or
+    /// [`Error::RateLimited`] with the exact wait Redis computed (waiters
+    /// that booked a slot with [`acquire`](Self::acquire) come first).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it completes may still leave the grant
+    /// made in Redis (the call may have reached it): under-use only.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RateLimited`]; [`Error::Timeout`], [`Error::Redis`] or
+    /// [`Error::Script`] when Redis fails.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use awaitkit::rate_limiter::Quota;
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let quota = Quota::window(1, Duration::from_secs(60)).unwrap();
+    /// let limiter = awaitkit::redis::RateLimiter::new(conn, "rl:", quota);
+    /// limiter.try_acquire("k").await.unwrap();
+    /// let err = limiter.try_acquire("k").await.unwrap_err();
+    /// assert!(err.retry_after().unwrap() > Duration::from_secs(59));
+    /// # }
+    /// ```
+    pub fn try_acquire(&self, key: impl AsRef<[u8]>) -> TryAcquire<'_, C, T> {
+        self.try_acquire_n(key, 1)
+    }
+
+    /// [`try_acquire`](Self::try_acquire) for `n` calls at once (all or
+    /// none). `n == 0` is granted without asking Redis.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`try_acquire`](Self::try_acquire).
+    ///
+    /// # Errors
+    ///
+    /// As for [`try_acquire`](Self::try_acquire), and
+    /// [`Error::ExceedsQuota`] when `n` is more than
+    /// [`Quota::max_at_once`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use awaitkit::rate_limiter::Quota;
+    /// # use awaitkit::redis::Error;
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let quota = Quota::window(5, Duration::from_secs(1)).unwrap();
+    /// let limiter = awaitkit::redis::RateLimiter::new(conn, "rl:", quota);
+    /// limiter.try_acquire_n("k", 5).await.unwrap();
+    /// let err = limiter.try_acquire_n("k", 6).await.unwrap_err();
+    /// assert!(matches!(err, Error::ExceedsQuota { requested: 6, max: 5 }));
+    /// # }
+    /// ```
+    pub fn try_acquire_n(&self, key: impl AsRef<[u8]>, n: usize) -> TryAcquire<'_, C, T> {
+        TryAcquire {
+            check: self.check(key.as_ref(), n, false),
+            _conn: std::marker::PhantomData,
+        }
+    }
+
+    /// Waits for one call for `key`: when the quota is spent, the same
+    /// script call books the earliest free slot, and the future sleeps
+    /// until it on the limiter's timer. Waiters are served in the order
+    /// their calls reached Redis, from every process.
+    ///
+    /// Only the call to Redis is bounded by the timeout; the wait for the
+    /// booked slot is the quota's answer (wrap the future in
+    /// [`timeout`](crate::timeout()) to bound it).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future while it sleeps leaves its booked slot unused:
+    /// the quota is under-used by that grant, never over-used. Nothing is
+    /// left behind in this process.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`], [`Error::Redis`] or [`Error::Script`] when Redis
+    /// fails; never [`Error::RateLimited`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use awaitkit::rate_limiter::Quota;
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let quota = Quota::gcra(100, Duration::from_secs(1), 1).unwrap();
+    /// let limiter = awaitkit::redis::RateLimiter::new(conn, "rl:", quota);
+    /// for _ in 0..3 {
+    ///     limiter.acquire("k").await.unwrap(); // 10 ms apart, fleet-wide
+    /// }
+    /// # }
+    /// ```
+    pub fn acquire(&self, key: impl AsRef<[u8]>) -> Acquire<'_, C, T> {
+        self.acquire_n(key, 1)
+    }
+
+    /// [`acquire`](Self::acquire) for `n` calls at once. `n == 0` is
+    /// granted without asking Redis.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Self::acquire).
+    ///
+    /// # Errors
+    ///
+    /// As for [`acquire`](Self::acquire), and [`Error::ExceedsQuota`] when
+    /// `n` is more than [`Quota::max_at_once`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use awaitkit::rate_limiter::Quota;
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let quota = Quota::window(10, Duration::from_secs(1)).unwrap();
+    /// let limiter = awaitkit::redis::RateLimiter::new(conn, "rl:", quota);
+    /// limiter.acquire_n("bulk", 4).await.unwrap(); // a batch of 4 calls
+    /// # }
+    /// ```
+    pub fn acquire_n(&self, key: impl AsRef<[u8]>, n: usize) -> Acquire<'_, C, T> {
+        Acquire {
+            check: self.check(key.as_ref(), n, true),
+            _conn: std::marker::PhantomData,
+        }
+    }
+
+    /// Runs `future` once [`acquire`](Self::acquire) granted a call for
+    /// `key`. Fails closed: when Redis fails the future is dropped unrun
+    /// and the error returned; [`Limit::on_failure`] with
+    /// [`FailurePolicy::Open`] runs it anyway.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Self::acquire) while waiting; once the future
+    /// runs, dropping `Limit` drops it.
+    ///
+    /// # Errors
+    ///
+    /// As for [`acquire`](Self::acquire) (under [`FailurePolicy::Closed`]).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use awaitkit::rate_limiter::Quota;
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// # let quota = Quota::window(10, Duration::from_secs(1)).unwrap();
+    /// let limiter = awaitkit::redis::RateLimiter::new(conn, "rl:", quota);
+    /// let body = limiter.limit("partner", async { "200 OK" }).await.unwrap();
+    /// assert_eq!(body, "200 OK");
+    /// # }
+    /// ```
+    pub fn limit<F: IntoFuture>(
+        &self,
+        key: impl AsRef<[u8]>,
+        future: F,
+    ) -> Limit<'_, F::IntoFuture, C, T> {
+        Limit {
+            acquire: Some(self.acquire(key)),
+            future: Some(future.into_future()),
+            policy: FailurePolicy::Closed,
+        }
+    }
+
+    fn check(&self, key: &[u8], n: usize, reserve: bool) -> Check<'_, T> {
+        let max = self.quota.max_at_once();
+        if n > max {
+            return Check::ready(&self.timer, Err(Error::ExceedsQuota { requested: n, max }));
+        }
+        if n == 0 {
+            return Check::ready(
+                &self.timer,
+                Ok(Grant {
+                    at_us: 0,
+                    booked: Duration::ZERO,
+                }),
+            );
+        }
+        let period = duration_us(self.quota.period());
+        let (lua, args): (&'static Lua, [String; 5]) = match self.quota.burst() {
+            None => {
+                let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                (
+                    &scripts::WINDOW,
+                    [
+                        self.quota.max_calls().to_string(),
+                        period.to_string(),
+                        n.to_string(),
+                        flag(reserve),
+                        format!("{}:{seq}", self.tag),
+                    ],
+                )
+            }
+            Some(burst) => {
+                // The spacing, rounded up to a whole microsecond (never
+                // faster than asked), and a burst whose span fits the
+                // scripts' exact range.
+                let calls = self.quota.max_calls() as u64;
+                let interval = period.div_ceil(calls).max(1);
+                let burst = (burst as u64).min(MAX_SPAN_US / interval).max(1);
+                (
+                    &scripts::GCRA,
+                    [
+                        interval.to_string(),
+                        burst.to_string(),
+                        n.to_string(),
+                        flag(reserve),
+                        String::new(),
+                    ],
+                )
+            }
+        };
+        let call = scripts::invoke(&self.conn, lua, self.redis_key(key), args);
+        Check {
+            timer: &self.timer,
+            timeout: self.timeout,
+            step: Step::Call {
+                call: crate::timeout::timeout(self.timeout, call).with_timer(self.timer.clone()),
+            },
+        }
+    }
+}
+
+impl<C, T: Timer> fmt::Debug for RateLimiter<C, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("prefix", &String::from_utf8_lossy(&self.prefix))
+            .field("quota", &self.quota)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+fn flag(b: bool) -> String {
+    if b { "1" } else { "0" }.to_owned()
+}
+
+/// A period in whole microseconds, rounded up, at least 1, at most
+/// [`MAX_SPAN_US`].
+fn duration_us(d: Duration) -> u64 {
+    let us = d.as_nanos().div_ceil(1_000);
+    us.clamp(1, MAX_SPAN_US as u128) as u64
+}
+
+/// A tag unique to this limiter across processes and machines (with
+/// overwhelming probability): std's randomly seeded hasher over the process
+/// id, the time and a process-wide counter.
+fn unique_tag() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u64(COUNT.fetch_add(1, Ordering::Relaxed));
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    let a = h.finish();
+    h.write_u8(0x5a);
+    format!("{a:016x}{:016x}", h.finish())
+}
+
+/// Reads the scripts' reply `{status, wait_us, at_us}`.
+fn decide(reply: Value) -> Result<Decision, Error> {
+    let ints = match &reply {
+        Value::Array(items) if items.len() == 3 => {
+            let mut out = [0i64; 3];
+            for (slot, item) in out.iter_mut().zip(items) {
+                match item {
+                    Value::Int(i) if *i >= 0 => *slot = *i,
+                    _ => return Err(Error::Script(format!("{reply:?}"))),
+                }
+            }
+            out
+        }
+        _ => return Err(Error::Script(format!("{reply:?}"))),
+    };
+    let wait = Duration::from_micros(ints[1] as u64);
+    let at_us = ints[2] as u64;
+    match ints[0] {
+        1 => Ok(Decision::Granted(Grant {
+            at_us,
+            booked: Duration::ZERO,
+        })),
+        2 => Ok(Decision::Booked(Grant {
+            at_us,
+            booked: wait,
+        })),
+        0 => Ok(Decision::Refused(wait)),
+        _ => Err(Error::Script(format!("{reply:?}"))),
+    }
+}
+
+enum Decision {
+    Granted(Grant),
+    Booked(Grant),
+    Refused(Duration),
+}
+
+pin_project! {
+    #[project = StepProj]
+    enum Step<T: Timer> {
+        Call { #[pin] call: Timeout<RedisFuture<'static, Value>, T> },
+        Sleep { #[pin] sleep: T::Sleep, grant: Grant },
+        Ready { out: Option<Result<Grant, Error>> },
+        Done,
+    }
+}
+
+pin_project! {
+    /// The state shared by [`Acquire`] and [`TryAcquire`]: the script call
+    /// under its timeout, then (for a booked slot) the sleep.
+    struct Check<'a, T: Timer> {
+        timer: &'a T,
+        timeout: Duration,
+        #[pin]
+        step: Step<T>,
+    }
+}
+
+impl<'a, T: Timer> Check<'a, T> {
+    fn ready(timer: &'a T, out: Result<Grant, Error>) -> Self {
+        Check {
+            timer,
+            timeout: Duration::ZERO,
+            step: Step::Ready { out: Some(out) },
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(self.step, Step::Done)
+    }
+
+    fn poll_check(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        wait: bool,
+    ) -> Poll<Result<Grant, Error>> {
+        let mut this = self.project();
+        loop {
+            match this.step.as_mut().project() {
+                StepProj::Call { call } => {
+                    let reply: Result<RedisResult<Value>, Elapsed> = ready!(call.poll(cx));
+                    let out = match reply {
+                        Err(_) => Err(Error::Timeout {
+                            after: *this.timeout,
+                        }),
+                        Ok(Err(e)) => Err(Error::Redis(e)),
+                        Ok(Ok(v)) => match decide(v) {
+                            Err(e) => Err(e),
+                            Ok(Decision::Granted(g)) => Ok(g),
+                            Ok(Decision::Refused(w)) => Err(Error::RateLimited { retry_after: w }),
+                            Ok(Decision::Booked(g)) if wait => {
+                                let timer = *this.timer;
+                                let now = timer.now();
+                                let sleep = match now.checked_add(g.booked) {
+                                    Some(deadline) => timer.sleep_until_from(now, deadline),
+                                    // Beyond the clock's range: sleep as
+                                    // long as it can express.
+                                    None => timer.sleep_until_from(now, far_future(now)),
+                                };
+                                this.step.set(Step::Sleep { sleep, grant: g });
+                                continue;
+                            }
+                            Ok(Decision::Booked(g)) => Err(Error::Script(format!(
+                                "a slot booked for a check that does not wait ({g:?})"
+                            ))),
+                        },
+                    };
+                    this.step.set(Step::Done);
+                    return Poll::Ready(out);
+                }
+                StepProj::Sleep { sleep, grant } => {
+                    ready!(sleep.poll(cx));
+                    let g = *grant;
+                    this.step.set(Step::Done);
+                    return Poll::Ready(Ok(g));
+                }
+                StepProj::Ready { out } => {
+                    let out = out.take().expect("checked above");
+                    this.step.set(Step::Done);
+                    return Poll::Ready(out);
+                }
+                StepProj::Done => panic!("a redis rate limiter future polled after completion"),
+            }
+        }
+    }
+}
+
+fn far_future(now: std::time::Instant) -> std::time::Instant {
+    let mut span = Duration::from_secs(u64::MAX / 4);
+    loop {
+        if let Some(t) = now.checked_add(span) {
+            return t;
+        }
+        span /= 2;
+    }
+}
+
+pin_project! {
+    /// Future for [`RateLimiter::try_acquire`] and
+    /// [`RateLimiter::try_acquire_n`].
+    ///
+    /// # Panics
+    ///
+    /// Polling it after it completed panics.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use awaitkit::rate_limiter::Quota;
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// # let quota = Quota::window(10, Duration::from_secs(1)).unwrap();
+    /// let limiter = awaitkit::redis::RateLimiter::new(conn, "rl:", quota);
+    /// let check: awaitkit::redis::TryAcquire<'_, _> = limiter.try_acquire("k");
+    /// let _ = check.await;
+    /// # }
+    /// ```
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct TryAcquire<'a, C, T: Timer = DefaultTimer> {
+        #[pin]
+        check: Check<'a, T>,
+        _conn: std::marker::PhantomData<fn() -> C>,
+    }
+}
+
+pin_project! {
+    /// Future for [`RateLimiter::acquire`] and [`RateLimiter::acquire_n`].
+    ///
+    /// # Panics
+    ///
+    /// Polling it after it completed panics.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use awaitkit::rate_limiter::Quota;
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// # let quota = Quota::window(10, Duration::from_secs(1)).unwrap();
+    /// let limiter = awaitkit::redis::RateLimiter::new(conn, "rl:", quota);
+    /// let wait: awaitkit::redis::Acquire<'_, _> = limiter.acquire("k");
+    /// let grant = wait.await.unwrap();
+    /// # let _ = grant;
+    /// # }
+    /// ```
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct Acquire<'a, C, T: Timer = DefaultTimer> {
+        #[pin]
+        check: Check<'a, T>,
+        _conn: std::marker::PhantomData<fn() -> C>,
+    }
+}
+
+impl<C, T: Timer> Future for TryAcquire<'_, C, T> {
+    type Output = Result<Grant, Error>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().check.poll_check(cx, false)
+    }
+}
+
+impl<C, T: Timer> FusedFuture for TryAcquire<'_, C, T> {
+    fn is_terminated(&self) -> bool {
+        self.check.is_done()
+    }
+}
+
+impl<C, T: Timer> Future for Acquire<'_, C, T> {
+    type Output = Result<Grant, Error>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().check.poll_check(cx, true)
+    }
+}
+
+impl<C, T: Timer> FusedFuture for Acquire<'_, C, T> {
+    fn is_terminated(&self) -> bool {
+        self.check.is_done()
+    }
+}
+
+impl<C, T: Timer> fmt::Debug for TryAcquire<'_, C, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TryAcquire").finish_non_exhaustive()
+    }
+}
+
+impl<C, T: Timer> fmt::Debug for Acquire<'_, C, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acquire").finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    /// Future for [`RateLimiter::limit`]: acquires, then runs the future.
+    ///
+    /// # Panics
+    ///
+    /// Polling it after it completed panics; a panic of the inner future
+    /// propagates.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use awaitkit::rate_limiter::Quota;
+    /// # use std::time::Duration;
+    /// use awaitkit::redis::FailurePolicy;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// # let quota = Quota::window(10, Duration::from_secs(1)).unwrap();
+    /// let limiter = awaitkit::redis::RateLimiter::new(conn, "rl:", quota);
+    /// let out = limiter.limit("k", async { 1 }).on_failure(FailurePolicy::Open).await;
+    /// assert_eq!(out.unwrap(), 1);
+    /// # }
+    /// ```
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct Limit<'a, F, C, T: Timer = DefaultTimer> {
+        #[pin]
+        acquire: Option<Acquire<'a, C, T>>,
+        #[pin]
+        future: Option<F>,
+        policy: FailurePolicy,
+    }
+}
+
+impl<F, C, T: Timer> Limit<'_, F, C, T> {
+    /// What to do when Redis fails: [`FailurePolicy::Closed`] (the default)
+    /// returns the error, [`FailurePolicy::Open`] runs the future anyway.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use awaitkit::rate_limiter::Quota;
+    /// # use std::time::Duration;
+    /// use awaitkit::redis::FailurePolicy;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// # let quota = Quota::window(10, Duration::from_secs(1)).unwrap();
+    /// let limiter = awaitkit::redis::RateLimiter::new(conn, "rl:", quota);
+    /// let out = limiter.limit("k", async { 1 }).on_failure(FailurePolicy::Closed).await;
+    /// # let _ = out;
+    /// # }
+    /// ```
+    pub fn on_failure(mut self, policy: FailurePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+}
+
+impl<F: Future, C, T: Timer> Future for Limit<'_, F, C, T> {
+    type Output = Result<F::Output, Error>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Some(acquire) = this.acquire.as_mut().as_pin_mut() {
+            let out = ready!(acquire.poll(cx));
+            this.acquire.set(None);
+            match out {
+                Ok(_) => {}
+                Err(e) if e.is_failure() && *this.policy == FailurePolicy::Open => {}
+                Err(e) => {
+                    this.future.set(None);
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        let Some(future) = this.future.as_mut().as_pin_mut() else {
+            panic!("a redis rate limiter's `Limit` polled after completion");
+        };
+        let out = ready!(future.poll(cx));
+        this.future.set(None);
+        Poll::Ready(Ok(out))
+    }
+}
+
+impl<F: Future, C, T: Timer> FusedFuture for Limit<'_, F, C, T> {
+    fn is_terminated(&self) -> bool {
+        self.acquire.is_none() && self.future.is_none()
+    }
+}
+
+impl<F, C, T: Timer> fmt::Debug for Limit<'_, F, C, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Limit")
+            .field("waiting", &self.acquire.is_some())
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}

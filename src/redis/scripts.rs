@@ -1,0 +1,141 @@
+//! The Lua scripts the Redis rate limiter runs, and the one call that runs
+//! them: `EVALSHA`, then `EVAL` when Redis answers `NOSCRIPT` (a restarted
+//! server, `SCRIPT FLUSH`, a replica promoted after a failover).
+//!
+//! Numbers: Redis runs Lua 5.1, whose numbers are doubles. Every time and
+//! span is a whole number of microseconds below 2^53 (the limiter caps
+//! spans at [`MAX_SPAN_US`], and `TIME` today is about 1.8 * 10^15 us), so
+//! the arithmetic is exact; numbers going back to Redis are formatted with
+//! `%.0f` (Lua's own `tostring` keeps only 14 digits).
+
+use ::redis::aio::ConnectionLike;
+use ::redis::{Cmd, ErrorKind, RedisFuture, ServerErrorKind, Value};
+
+/// The longest period or GCRA span the scripts compute with: 2^52 us
+/// (about 142 years). Longer periods are treated as this long.
+pub(crate) const MAX_SPAN_US: u64 = 1 << 52;
+
+/// A script and its SHA-1, computed once.
+pub(crate) struct Lua {
+    pub(crate) source: &'static str,
+    pub(crate) sha: std::sync::LazyLock<String>,
+}
+
+/// The strict sliding window: a sorted set of grant stamps per key.
+///
+/// `KEYS[1]` the key; `ARGV`: max_calls, period (us), n, reserve (`1`: book
+/// the earliest slot when refused), a member prefix unique to this call.
+/// Reply `{status, wait_us, at_us}`: status 1 granted now (at = now), 2
+/// reserved (granted at `at`, `wait` from now), 0 refused (`wait` until it
+/// would be granted).
+///
+/// A grant at `s` occupies every window `[x, x + period)` holding `s`.
+/// Stamps are only ever added at or after the newest (a booked slot is in
+/// the future), so the new stamps at `at` are within the quota when at most
+/// `max - n` stamps are later than `at - period`: `at` is the latest of now,
+/// the newest stamp, and the `(count - max + n)`-th stamp plus the period.
+pub(crate) static WINDOW: Lua = Lua {
+    source: r#"
+local key = KEYS[1]
+local max = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local reserve = ARGV[4] == '1'
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function s(x) return string.format('%.0f', x) end
+redis.call('ZREMRANGEBYSCORE', key, '-inf', s(now - period))
+local count = redis.call('ZCARD', key)
+local at = now
+if count > 0 then
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  local newest = tonumber(last[2])
+  if newest > at then at = newest end
+  local j = count - max + n
+  if j >= 1 then
+    local oldest = redis.call('ZRANGE', key, j - 1, j - 1, 'WITHSCORES')
+    local free = tonumber(oldest[2]) + period
+    if free > at then at = free end
+  end
+end
+if at > now and not reserve then
+  return {0, at - now, at}
+end
+local score = s(at)
+local args = {}
+for i = 1, n do
+  args[#args + 1] = score
+  args[#args + 1] = ARGV[5] .. ':' .. i
+  if #args >= 2000 or i == n then
+    redis.call('ZADD', key, unpack(args))
+    args = {}
+  end
+end
+redis.call('PEXPIRE', key, s(math.ceil((at - now + period) / 1000)))
+if at > now then return {2, at - now, at} end
+return {1, 0, now}
+"#,
+    sha: std::sync::LazyLock::new(|| ::redis::Script::new(WINDOW.source).get_hash().to_owned()),
+};
+
+/// GCRA: one number per key, the theoretical arrival time (us).
+///
+/// `KEYS[1]` the key; `ARGV`: emission interval (us), burst, n, reserve.
+/// Same reply as [`WINDOW`].
+pub(crate) static GCRA: Lua = Lua {
+    source: r#"
+local key = KEYS[1]
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local reserve = ARGV[4] == '1'
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function s(x) return string.format('%.0f', x) end
+local tat = tonumber(redis.call('GET', key) or '0') or 0
+if tat < now then tat = now end
+local new_tat = tat + n * interval
+local allow_at = new_tat - burst * interval
+if allow_at < now then allow_at = now end
+if allow_at > now and not reserve then
+  return {0, allow_at - now, allow_at}
+end
+redis.call('SET', key, s(new_tat), 'PX', s(math.ceil((new_tat - now) / 1000)))
+if allow_at > now then return {2, allow_at - now, allow_at} end
+return {1, 0, now}
+"#,
+    sha: std::sync::LazyLock::new(|| ::redis::Script::new(GCRA.source).get_hash().to_owned()),
+};
+
+/// One script call on a clone of `conn`: `EVALSHA`, and `EVAL` (which also
+/// caches the script again) when Redis does not know the hash.
+pub(crate) fn invoke<C>(
+    conn: &C,
+    lua: &'static Lua,
+    key: Vec<u8>,
+    args: [String; 5],
+) -> RedisFuture<'static, Value>
+where
+    C: ConnectionLike + Clone + Send + 'static,
+{
+    let mut conn = conn.clone();
+    Box::pin(async move {
+        let build = |verb: &str, head: &str| {
+            let mut cmd = Cmd::new();
+            cmd.arg(verb).arg(head).arg(1).arg(&key);
+            for a in &args {
+                cmd.arg(a.as_str());
+            }
+            cmd
+        };
+        let evalsha = build("EVALSHA", &lua.sha);
+        match evalsha.query_async::<Value>(&mut conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                build("EVAL", lua.source)
+                    .query_async::<Value>(&mut conn)
+                    .await
+            }
+            other => other,
+        }
+    })
+}

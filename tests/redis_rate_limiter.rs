@@ -1,0 +1,384 @@
+//! `awaitkit::redis::RateLimiter` against a real `redis-server` (started by
+//! the test on a free loopback port), through redis-rs's tokio and smol
+//! connections.
+//!
+//! Every grant carries its time on Redis's clock, so the strictness checks
+//! count grants per window by Redis time, whatever the local clocks do.
+#![cfg(all(feature = "redis-tokio", feature = "redis-smol"))]
+
+mod common;
+
+use awaitkit::rate_limiter::Quota;
+use awaitkit::redis::{Error, FailurePolicy, Grant, RateLimiter};
+use common::redis_server::RedisServer;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// One body per executor: tokio current-thread and multi-thread (with IO:
+/// redis-rs's tokio connection needs it), and smol (redis-rs's smol
+/// connection), each under the watchdog.
+macro_rules! redis_matrix {
+    ($(async fn $name:ident() $body:block)*) => {$(
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body() $body
+
+            #[test]
+            fn tokio_current() {
+                common::watchdog(concat!(module_path!(), "::tokio_current"), || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap()
+                        .block_on(body())
+                })
+            }
+
+            #[test]
+            fn tokio_multi() {
+                common::watchdog(concat!(module_path!(), "::tokio_multi"), || {
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()
+                        .unwrap()
+                        .block_on(body())
+                })
+            }
+
+            #[test]
+            fn smol() {
+                common::watchdog(concat!(module_path!(), "::smol"), || smol::block_on(body()))
+            }
+        }
+    )*};
+}
+
+async fn connect(server: &RedisServer) -> MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the test's redis-server")
+}
+
+async fn manager(server: &RedisServer) -> ConnectionManager {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_connection_manager()
+        .await
+        .expect("connect to the test's redis-server")
+}
+
+/// Redis's clock, in microseconds.
+async fn redis_now(conn: &mut MultiplexedConnection) -> u64 {
+    let (s, us): (u64, u64) = redis::cmd("TIME").query_async(conn).await.unwrap();
+    s * 1_000_000 + us
+}
+
+fn us(d: Duration) -> u64 {
+    d.as_micros() as u64
+}
+
+/// Grants sorted by Redis time: in every window of `period`, at most
+/// `max` (stamp i and stamp i + max are at least a period apart).
+#[track_caller]
+fn assert_strict(grants: &[Grant], max: usize, period: Duration) {
+    let mut stamps: Vec<u64> = grants.iter().map(|g| us(g.redis_time())).collect();
+    stamps.sort_unstable();
+    for (i, pair) in stamps.windows(max + 1).enumerate() {
+        assert!(
+            pair[max] - pair[0] >= us(period),
+            "{} grants within {period:?} (grants {i}..={}: {:?})",
+            max + 1,
+            i + max,
+            pair
+        );
+    }
+}
+
+fn window(max: usize, period_ms: u64) -> Quota {
+    Quota::window(max, Duration::from_millis(period_ms)).unwrap()
+}
+
+redis_matrix! {
+    // Many concurrent acquires and a busy try_acquire loop on one key:
+    // never more than max_calls in any window of the period, by Redis time.
+    async fn window_never_over_max_in_any_window() {
+        let server = RedisServer::start();
+        let limiter = Arc::new(RateLimiter::new(connect(&server).await, "t:", window(3, 150)));
+        let waits = (0..12).map(|_| limiter.acquire("k"));
+        let mut grants: Vec<Grant> = awaitkit::gather(waits).await.into_iter().map(Result::unwrap).collect();
+        assert!(grants.iter().filter(|g| g.waited() > Duration::ZERO).count() >= 9, "the quota was spent after 3");
+        // try_acquire in a loop until 6 more: the refusals interleave.
+        let mut refused = 0;
+        while grants.len() < 18 {
+            match limiter.try_acquire("k").await {
+                Ok(g) => grants.push(g),
+                Err(Error::RateLimited { .. }) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(refused > 0);
+        assert_strict(&grants, 3, Duration::from_millis(150));
+    }
+
+    // acquire_n: a batch takes n places in the window.
+    async fn window_acquire_n_counts_every_call() {
+        let server = RedisServer::start();
+        let limiter = RateLimiter::new(connect(&server).await, "t:", window(4, 120));
+        let mut grants = Vec::new();
+        for n in [3, 2, 4, 1, 3] {
+            let g = limiter.acquire_n("k", n).await.unwrap();
+            grants.extend(std::iter::repeat_n(g, n));
+        }
+        assert_strict(&grants, 4, Duration::from_millis(120));
+        assert!(matches!(
+            limiter.try_acquire_n("k", 5).await,
+            Err(Error::ExceedsQuota { requested: 5, max: 4 })
+        ));
+    }
+
+    // GCRA: after the burst, grants are at least one interval apart.
+    async fn gcra_spacing() {
+        let server = RedisServer::start();
+        let quota = Quota::gcra(50, Duration::from_secs(1), 2).unwrap(); // 20 ms apart
+        let limiter = RateLimiter::new(connect(&server).await, "t:", quota);
+        let mut stamps = Vec::new();
+        for _ in 0..10 {
+            stamps.push(us(limiter.acquire("k").await.unwrap().redis_time()));
+        }
+        for k in 2..stamps.len() {
+            assert!(
+                stamps[k] >= stamps[0] + (k as u64 - 1) * 20_000,
+                "grant {k} came early: {stamps:?}"
+            );
+        }
+        // A burst of 3 is more than the quota ever grants at once.
+        assert!(matches!(limiter.acquire_n("k", 3).await, Err(Error::ExceedsQuota { requested: 3, max: 2 })));
+    }
+
+    // The retry-after is exact: the refusal's wait ends exactly when the
+    // blocking grant leaves the window (window) or the arrival time comes
+    // (GCRA), on Redis's clock.
+    async fn exact_retry_after() {
+        let server = RedisServer::start();
+        let mut conn = connect(&server).await;
+        let limiter = RateLimiter::new(conn.clone(), "w:", window(1, 60_000));
+        let first = us(limiter.try_acquire("k").await.unwrap().redis_time());
+        let before = redis_now(&mut conn).await;
+        let err = limiter.try_acquire("k").await.unwrap_err();
+        let after = redis_now(&mut conn).await;
+        let free = first + 60_000_000;
+        let wait = us(err.retry_after().expect("rate limited"));
+        assert!(free - after <= wait && wait <= free - before, "{wait} not in [{}, {}]", free - after, free - before);
+
+        let gcra = RateLimiter::new(conn.clone(), "g:", Quota::gcra(1, Duration::from_secs(10), 1).unwrap());
+        let first = us(gcra.try_acquire("k").await.unwrap().redis_time());
+        let before = redis_now(&mut conn).await;
+        let wait = us(gcra.try_acquire("k").await.unwrap_err().retry_after().unwrap());
+        let after = redis_now(&mut conn).await;
+        let free = first + 10_000_000;
+        assert!(free - after <= wait && wait <= free - before, "{wait} not in [{}, {}]", free - after, free - before);
+    }
+
+    // acquire books the earliest slot and returns no earlier than it (by
+    // Redis's clock); later try_acquires see the booking (waiters first).
+    async fn acquire_waits_for_its_booked_slot() {
+        let server = RedisServer::start();
+        let mut conn = connect(&server).await;
+        for quota in [window(2, 100), Quota::gcra(20, Duration::from_secs(1), 2).unwrap()] {
+            let limiter = RateLimiter::new(conn.clone(), "t:", quota);
+            let mut grants = Vec::new();
+            for _ in 0..6 {
+                let g = limiter.acquire("k").await.unwrap();
+                let now = redis_now(&mut conn).await;
+                assert!(now >= us(g.redis_time()), "returned before its slot: {now} < {g:?}");
+                grants.push(g);
+            }
+            // Sequential: each spent quota makes the next acquire book a
+            // slot (and the one after may then find a place at once).
+            assert!(grants[2..].iter().filter(|g| g.waited() > Duration::ZERO).count() >= 2, "{grants:?}");
+            if quota.burst().is_none() {
+                assert_strict(&grants, 2, Duration::from_millis(100));
+            }
+            // The last waiter's grant is still in the window / spacing.
+            let err = limiter.try_acquire("k").await.unwrap_err();
+            assert!(err.retry_after().unwrap() > Duration::ZERO, "{err}");
+        }
+    }
+
+    // Dropping an acquire mid-wait: its booked slot is wasted (the next
+    // waiter comes after it: under-use), never handed out twice, and the
+    // limiter goes on.
+    async fn cancel_mid_wait_wastes_only_its_slot() {
+        let server = RedisServer::start();
+        let mut conn = connect(&server).await;
+        let limiter = RateLimiter::new(conn.clone(), "t:", window(1, 200));
+        let g1 = limiter.acquire("k").await.unwrap();
+        {
+            let mut waiting = Box::pin(limiter.acquire("k"));
+            // Poll until Redis holds the booking, then drop the sleeper.
+            loop {
+                assert!(futures::poll!(waiting.as_mut()).is_pending(), "granted before its slot");
+                let n: usize = redis::cmd("ZCARD").arg("t:k").query_async(&mut conn).await.unwrap();
+                if n == 2 {
+                    break;
+                }
+                futures::future::ready(()).await;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let g3 = limiter.acquire("k").await.unwrap();
+        assert!(
+            us(g3.redis_time()) >= us(g1.redis_time()) + 2 * 200_000,
+            "the dropped waiter's slot was handed out again: {g1:?} {g3:?}"
+        );
+    }
+
+    // Zero calls ask Redis nothing; too many fail before Redis (even a dead
+    // one) is asked; Duration::MAX and usize::MAX quotas work.
+    async fn edges_zero_too_many_and_huge() {
+        let mut server = RedisServer::start();
+        let conn = connect(&server).await;
+        let forever = Quota::window(1, Duration::MAX).unwrap();
+        let limiter = RateLimiter::new(conn.clone(), "t:", forever);
+        limiter.try_acquire("k").await.unwrap();
+        let wait = limiter.try_acquire("k").await.unwrap_err().retry_after().unwrap();
+        assert!(wait > Duration::from_secs(100 * 365 * 24 * 3600), "{wait:?}");
+        // A sleeper for a century, dropped.
+        let mut century = Box::pin(limiter.acquire("k"));
+        let _ = futures::poll!(century.as_mut());
+        drop(century);
+        let gcra = RateLimiter::new(conn.clone(), "g:", Quota::gcra(1, Duration::MAX, usize::MAX).unwrap());
+        gcra.try_acquire("k").await.unwrap();
+        let many = RateLimiter::new(conn.clone(), "m:", Quota::window(usize::MAX, Duration::from_secs(1)).unwrap());
+        many.try_acquire_n("k", 3).await.unwrap();
+
+        server.kill();
+        assert_eq!(limiter.try_acquire_n("k", 0).await.unwrap().waited(), Duration::ZERO);
+        assert!(matches!(limiter.acquire_n("k", 2).await, Err(Error::ExceedsQuota { requested: 2, max: 1 })));
+    }
+
+    // Every key expires no earlier than its state matters, and not much
+    // later: idle keys cost nothing.
+    async fn keys_expire_when_idle() {
+        let server = RedisServer::start();
+        let mut conn = connect(&server).await;
+        for (prefix, quota) in [("w:", window(2, 300)), ("g:", Quota::gcra(10, Duration::from_secs(1), 2).unwrap())] {
+            let limiter = RateLimiter::new(conn.clone(), prefix, quota);
+            let mut last = None;
+            for _ in 0..4 {
+                last = Some(limiter.acquire("k").await.unwrap());
+            }
+            let last = us(last.unwrap().redis_time());
+            let pttl: i64 = redis::cmd("PTTL").arg(format!("{prefix}k")).query_async(&mut conn).await.unwrap();
+            let now = redis_now(&mut conn).await;
+            assert!(pttl > 0, "{prefix}: no expiry ({pttl})");
+            // The state lives until the newest grant leaves the window
+            // (window) or the next arrival time (GCRA: last + 100 ms).
+            let needed = last + if prefix == "w:" { 300_000 } else { 100_000 };
+            assert!(now + pttl as u64 * 1000 + 1000 >= needed, "{prefix}: expires too soon");
+            assert!(now + (pttl as u64) * 1000 <= needed + 400_000, "{prefix}: lingers");
+        }
+    }
+
+    // limit: fails closed by default (the future is not run), fails open
+    // when asked; a granted limit runs the future.
+    async fn limit_fail_closed_and_open() {
+        let mut server = RedisServer::start();
+        let limiter = RateLimiter::new(connect(&server).await, "t:", window(5, 1000))
+            .with_timeout(Duration::from_millis(300));
+        let ran = Arc::new(AtomicUsize::new(0));
+        let run = |ran: Arc<AtomicUsize>| async move {
+            ran.fetch_add(1, Ordering::SeqCst);
+            7
+        };
+        assert_eq!(limiter.limit("k", run(ran.clone())).await.unwrap(), 7);
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+        server.kill();
+        let err = limiter.limit("k", run(ran.clone())).await.unwrap_err();
+        assert!(err.is_failure(), "{err}");
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "fail closed ran the future");
+        let out = limiter.limit("k", run(ran.clone())).on_failure(FailurePolicy::Open).await;
+        assert_eq!(out.unwrap(), 7);
+        assert_eq!(ran.load(Ordering::SeqCst), 2);
+        // Open is for failures only: the quota's own answer still holds.
+        let _ = FailurePolicy::default();
+    }
+
+    // A killed Redis: an error (not a hang, not a panic) from every
+    // operation, and a paused one (SIGSTOP): Timeout.
+    async fn killed_and_paused_redis_answer_with_errors() {
+        let mut server = RedisServer::start();
+        let limiter = RateLimiter::new(connect(&server).await, "t:", window(5, 1000))
+            .with_timeout(Duration::from_millis(200));
+        limiter.try_acquire("k").await.unwrap();
+        server.pause();
+        let err = limiter.try_acquire("k").await.unwrap_err();
+        assert!(matches!(err, Error::Timeout { after } if after == Duration::from_millis(200)), "{err}");
+        let err = limiter.acquire("k").await.unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        server.resume();
+        // The multiplexed connection catches up: the next call is served.
+        limiter.try_acquire("k").await.unwrap();
+        server.kill();
+        for _ in 0..3 {
+            assert!(limiter.try_acquire("k").await.unwrap_err().is_failure());
+            assert!(limiter.acquire("k").await.unwrap_err().is_failure());
+        }
+    }
+
+    // A restarted Redis has no script cache: the limiter answers errors
+    // while it is down, then reloads the script (NOSCRIPT -> EVAL) and
+    // recovers, through a reconnecting ConnectionManager.
+    async fn restarted_redis_reloads_the_script() {
+        let mut server = RedisServer::start();
+        let limiter = RateLimiter::new(manager(&server).await, "t:", window(2, 100))
+            .with_timeout(Duration::from_millis(500));
+        limiter.acquire("k").await.unwrap();
+        server.kill();
+        assert!(limiter.try_acquire("k").await.unwrap_err().is_failure());
+        server.restart();
+        let mut probe = connect(&server).await;
+        let sha = limiter.script_sha().to_owned();
+        let cached: Vec<bool> = redis::cmd("SCRIPT").arg("EXISTS").arg(&sha).query_async(&mut probe).await.unwrap();
+        assert_eq!(cached, [false]);
+        let mut grants = Vec::new();
+        let mut failures = 0;
+        while grants.len() < 6 {
+            match limiter.acquire("k").await {
+                Ok(g) => grants.push(g),
+                Err(e) if e.is_failure() && failures < 200 => {
+                    failures += 1;
+                    smol::Timer::after(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("no recovery: {e}"),
+            }
+        }
+        let cached: Vec<bool> = redis::cmd("SCRIPT").arg("EXISTS").arg(&sha).query_async(&mut probe).await.unwrap();
+        assert_eq!(cached, [true], "EVAL cached the script again");
+        assert_strict(&grants, 2, Duration::from_millis(100));
+    }
+
+    // SCRIPT FLUSH under a live connection: the next check reloads.
+    async fn script_flush_recovers() {
+        let server = RedisServer::start();
+        let mut conn = connect(&server).await;
+        let limiter = RateLimiter::new(conn.clone(), "t:", window(100, 1000));
+        limiter.try_acquire("k").await.unwrap();
+        let sha = limiter.script_sha().to_owned();
+        for _ in 0..3 {
+            let () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
+            let cached: Vec<bool> = redis::cmd("SCRIPT").arg("EXISTS").arg(&sha).query_async(&mut conn).await.unwrap();
+            assert_eq!(cached, [false]);
+            limiter.try_acquire("k").await.unwrap();
+            let cached: Vec<bool> = redis::cmd("SCRIPT").arg("EXISTS").arg(&sha).query_async(&mut conn).await.unwrap();
+            assert_eq!(cached, [true]);
+        }
+    }
+}
