@@ -191,8 +191,8 @@ redis_matrix! {
     async fn acquire_waits_for_its_booked_slot() {
         let server = RedisServer::start();
         let mut conn = connect(&server).await;
-        for quota in [window(2, 100), Quota::gcra(20, Duration::from_secs(1), 2).unwrap()] {
-            let limiter = RateLimiter::new(conn.clone(), "t:", quota);
+        for (prefix, quota) in [("w:", window(2, 100)), ("g:", Quota::gcra(20, Duration::from_secs(1), 2).unwrap())] {
+            let limiter = RateLimiter::new(conn.clone(), prefix, quota);
             let mut grants = Vec::new();
             for _ in 0..6 {
                 let g = limiter.acquire("k").await.unwrap();
@@ -363,6 +363,19 @@ redis_matrix! {
         let cached: Vec<bool> = redis::cmd("SCRIPT").arg("EXISTS").arg(&sha).query_async(&mut probe).await.unwrap();
         assert_eq!(cached, [true], "EVAL cached the script again");
         assert_strict(&grants, 2, Duration::from_millis(100));
+    }
+
+    // One key under a window and a GCRA quota: a clear Redis error
+    // (WRONGTYPE), not a panic and not a wrong count.
+    async fn one_key_two_algorithms_is_an_error() {
+        let server = RedisServer::start();
+        let conn = connect(&server).await;
+        let w = RateLimiter::new(conn.clone(), "t:", window(2, 1000));
+        let g = RateLimiter::new(conn.clone(), "t:", Quota::gcra(2, Duration::from_secs(1), 1).unwrap());
+        w.try_acquire("k").await.unwrap();
+        let err = g.try_acquire("k").await.unwrap_err();
+        assert!(matches!(&err, Error::Redis(e) if e.to_string().contains("WRONGTYPE")), "{err}");
+        w.try_acquire("k").await.unwrap();
     }
 
     // SCRIPT FLUSH under a live connection: the next check reloads.
