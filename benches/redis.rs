@@ -17,7 +17,8 @@
 //! measurement (rounds of 2 000 operations per function, in turn, median
 //! per function) prints each function's time and its ratio to `ping` and
 //! writes `<criterion dir>/redis_checks.csv`: the ratio is what the bar
-//! (≤ 1.3 × PING per granted check) compares.
+//! (≤ 1.3 × PING per granted check) compares. Its section of
+//! `docs/benchmarks.md`: `python3 scripts/bench_table.py --only redis`.
 
 mod common;
 
@@ -39,24 +40,42 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let dir = std::env::temp_dir().join(format!("awaitkit-bench-redis-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot run `redis-server` ({e}): install it (`apt-get install redis-server`)")
+                panic!(
+                    "cannot run `redis-server` ({e}): install it (`apt-get install redis-server`)"
+                )
             });
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
                 let mut buf = [0u8; 7];
-                if s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
+                if s.write_all(b"PING\r\n").is_ok()
+                    && s.read_exact(&mut buf).is_ok()
+                    && &buf == b"+PONG\r\n"
+                {
                     return Server { child, dir, port };
                 }
             }
@@ -79,7 +98,10 @@ type Op<'a> = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = ()> + 'a>> + 'a>;
 fn main() {
     let settings = common::Settings::from_env();
     let server = Server::start();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let conn: MultiplexedConnection = rt.block_on(async {
         redis::Client::open(format!("redis://127.0.0.1:{}/", server.port))
             .unwrap()
@@ -135,6 +157,12 @@ fn main() {
     ];
     let mut ops = ops;
 
+    // Under `cargo bench` (not criterion's test mode): the run marker first,
+    // so this run's estimates are newer than it.
+    let benching = std::env::args().any(|a| a == "--bench");
+    if benching {
+        settings.write_run_marker("awaitkit-bench-run-redis.txt");
+    }
     let mut c: Criterion = settings.criterion().configure_from_args();
     {
         let mut group = c.benchmark_group("redis_check");
@@ -156,7 +184,7 @@ fn main() {
     c.final_summary();
 
     // The interleaved ratio table: only under `cargo bench`.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !benching {
         return;
     }
     let rounds = if settings.quick { 15 } else { 61 };
@@ -185,7 +213,11 @@ fn main() {
     let mut csv = String::from("function,median_ns,ratio_to_ping\n");
     eprintln!("\nredis_check, interleaved ({rounds} rounds x {per_round} ops, median per op):");
     for ((name, _), m) in ops.iter().zip(&medians) {
-        eprintln!("  {name:<14} {:>9.2} us  {:>5.2} x ping", m / 1000.0, m / ping);
+        eprintln!(
+            "  {name:<14} {:>9.2} us  {:>5.2} x ping",
+            m / 1000.0,
+            m / ping
+        );
         csv.push_str(&format!("{name},{m:.0},{:.3}\n", m / ping));
     }
     std::fs::create_dir_all(&settings.out_dir).unwrap();
