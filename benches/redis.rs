@@ -68,6 +68,8 @@ impl Server {
                     "cannot run `redis-server` ({e}): install it (`apt-get install redis-server`)"
                 )
             });
+        // Dropped (killed and waited for) if it never answers.
+        let server = Server { child, dir, port };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
@@ -76,7 +78,7 @@ impl Server {
                     && s.read_exact(&mut buf).is_ok()
                     && &buf == b"+PONG\r\n"
                 {
-                    return Server { child, dir, port };
+                    return server;
                 }
             }
             assert!(Instant::now() < deadline, "redis-server did not start");
