@@ -12,6 +12,7 @@ use awaitkit::rate_limiter::Quota;
 use awaitkit::redis::{Error, FailurePolicy, Grant, RateLimiter};
 use common::redis_server::RedisServer;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -100,6 +101,22 @@ fn assert_strict(grants: &[Grant], max: usize, period: Duration) {
         );
     }
 }
+
+// Auto traits: the limiter is shared across tasks and threads; its futures
+// are Send (and Unpin on the default timer) so they can be spawned and
+// stored.
+const _: () = {
+    fn send_sync<T: Send + Sync>() {}
+    fn send_unpin<T: Send + Unpin>() {}
+    let _ = send_sync::<RateLimiter<MultiplexedConnection>>;
+    let _ = send_sync::<RateLimiter<ConnectionManager>>;
+    let _ = send_unpin::<awaitkit::redis::Acquire<'static, MultiplexedConnection>>;
+    let _ = send_unpin::<awaitkit::redis::TryAcquire<'static, MultiplexedConnection>>;
+    let _ = send_unpin::<
+        awaitkit::redis::Limit<'static, std::future::Ready<()>, MultiplexedConnection>,
+    >;
+    let _ = send_sync::<Error>;
+};
 
 fn window(max: usize, period_ms: u64) -> Quota {
     Quota::window(max, Duration::from_millis(period_ms)).unwrap()
@@ -309,6 +326,30 @@ redis_matrix! {
         assert_eq!(ran.load(Ordering::SeqCst), 2);
         // Open is for failures only: the quota's own answer still holds.
         let _ = FailurePolicy::default();
+    }
+
+    // A panic in the limited future propagates, and `Limit` refuses to
+    // poll it again; the limiter goes on.
+    async fn limit_after_a_panic_refuses() {
+        let server = RedisServer::start();
+        let limiter = RateLimiter::new(connect(&server).await, "t:", window(5, 1000));
+        let mut limited = Box::pin(limiter.limit("k", async { panic!("user code") }));
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let first = loop {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| limited.as_mut().poll(&mut cx)));
+            match r {
+                Ok(std::task::Poll::Pending) => smol::Timer::after(Duration::from_millis(1)).await,
+                Ok(std::task::Poll::Ready(_)) => panic!("completed"),
+                Err(payload) => break payload,
+            };
+        };
+        assert_eq!(first.downcast_ref::<&str>(), Some(&"user code"));
+        let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| limited.as_mut().poll(&mut cx)));
+        let msg = again.unwrap_err();
+        assert!(msg.downcast_ref::<&str>().is_some_and(|m| m.contains("after its future panicked")));
+        drop(limited);
+        limiter.try_acquire("k").await.unwrap();
     }
 
     // A killed Redis: an error (not a hang, not a panic) from every

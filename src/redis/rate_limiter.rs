@@ -410,6 +410,7 @@ where
             acquire: Some(self.acquire(key)),
             future: Some(future.into_future()),
             policy: FailurePolicy::Closed,
+            running: false,
         }
     }
 
@@ -747,7 +748,8 @@ pin_project! {
     /// # Panics
     ///
     /// Polling it after it completed panics; a panic of the inner future
-    /// propagates.
+    /// propagates, and polling `Limit` again after that panics too (it
+    /// does not poll a future that panicked).
     ///
     /// # Examples
     ///
@@ -769,6 +771,9 @@ pin_project! {
         #[pin]
         future: Option<F>,
         policy: FailurePolicy,
+        // Set while the future is polled: still set at the next poll means
+        // its poll panicked, and `Limit` refuses rather than poll it again.
+        running: bool,
     }
 }
 
@@ -811,10 +816,17 @@ impl<F: Future, C, T: Timer> Future for Limit<'_, F, C, T> {
                 }
             }
         }
+        assert!(
+            !*this.running,
+            "a redis rate limiter's `Limit` polled after its future panicked"
+        );
         let Some(future) = this.future.as_mut().as_pin_mut() else {
             panic!("a redis rate limiter's `Limit` polled after completion");
         };
-        let out = ready!(future.poll(cx));
+        *this.running = true;
+        let out = future.poll(cx);
+        *this.running = false;
+        let out = ready!(out);
         this.future.set(None);
         Poll::Ready(Ok(out))
     }
