@@ -276,6 +276,13 @@ redis_matrix! {
         let many = RateLimiter::new(conn.clone(), "m:", Quota::window(usize::MAX, Duration::from_secs(1)).unwrap());
         many.try_acquire_n("k", 3).await.unwrap();
 
+        // No bound at all, and a zero bound (a call to Redis is never ready
+        // at once: always a timeout, never a hang or a panic).
+        let unbounded = RateLimiter::new(conn.clone(), "u:", window(5, 1000)).with_timeout(Duration::MAX);
+        unbounded.try_acquire("k").await.unwrap();
+        let zero = RateLimiter::new(conn.clone(), "z:", window(5, 1000)).with_timeout(Duration::ZERO);
+        assert!(matches!(zero.try_acquire("k").await, Err(Error::Timeout { after: Duration::ZERO })));
+
         server.kill();
         assert_eq!(limiter.try_acquire_n("k", 0).await.unwrap().waited(), Duration::ZERO);
         assert!(matches!(limiter.acquire_n("k", 2).await, Err(Error::ExceedsQuota { requested: 2, max: 1 })));

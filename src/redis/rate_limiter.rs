@@ -124,7 +124,8 @@ impl<C, T: Timer> RateLimiter<C, T> {
 
     /// Bounds every call to Redis by `timeout` (1 s by default): a call
     /// that takes longer fails with [`Error::Timeout`].
-    /// [`Duration::MAX`] means no bound.
+    /// [`Duration::MAX`] means no bound; [`Duration::ZERO`] fails every
+    /// call (no answer from Redis is ready at once).
     ///
     /// # Examples
     ///
