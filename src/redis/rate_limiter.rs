@@ -1,6 +1,6 @@
 //! `redis::RateLimiter`: the local limiter's quota, kept in Redis.
 
-use super::scripts::{self, Lua, MAX_SPAN_US};
+use super::scripts::{self, GiveBack, Lua, MAX_SPAN_US};
 use super::{Error, FailurePolicy, Grant};
 use crate::rate_limiter::Quota;
 use crate::time::{DefaultTimer, Timer};
@@ -13,6 +13,7 @@ use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -60,6 +61,9 @@ pub struct RateLimiter<C, T: Timer = DefaultTimer> {
     // Unique grant members across processes: a random tag and a counter.
     tag: String,
     seq: AtomicU64,
+    // Slots booked by waiters dropped before their time, given back before
+    // the next check.
+    given_back: Mutex<GiveBack>,
 }
 
 impl<C> RateLimiter<C> {
@@ -91,6 +95,7 @@ impl<C> RateLimiter<C> {
             timer: DefaultTimer,
             tag: unique_tag(),
             seq: AtomicU64::new(0),
+            given_back: Mutex::default(),
         }
     }
 }
@@ -119,13 +124,15 @@ impl<C, T: Timer> RateLimiter<C, T> {
             timer,
             tag: self.tag,
             seq: self.seq,
+            given_back: self.given_back,
         }
     }
 
     /// Bounds every call to Redis by `timeout` (1 s by default): a call
     /// that takes longer fails with [`Error::Timeout`].
-    /// [`Duration::MAX`] means no bound; [`Duration::ZERO`] fails every
-    /// call (no answer from Redis is ready at once).
+    /// [`Duration::MAX`] means no bound; [`Duration::ZERO`] leaves Redis
+    /// no time (expect [`Error::Timeout`]; a reply already there when the
+    /// future is woken still wins).
     ///
     /// # Examples
     ///
@@ -430,43 +437,64 @@ where
             );
         }
         let period = duration_us(self.quota.period());
-        let (lua, args): (&'static Lua, [String; 5]) = match self.quota.burst() {
-            None => {
-                let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-                (
-                    &scripts::WINDOW,
-                    [
-                        self.quota.max_calls().to_string(),
-                        period.to_string(),
-                        n.to_string(),
-                        flag(reserve),
-                        format!("{}:{seq}", self.tag),
-                    ],
-                )
-            }
-            Some(burst) => {
-                // The spacing, rounded up to a whole microsecond (never
-                // faster than asked), and a burst whose span fits the
-                // scripts' exact range.
-                let calls = self.quota.max_calls() as u64;
-                let interval = period.div_ceil(calls).max(1);
-                let burst = (burst as u64).min(MAX_SPAN_US / interval).max(1);
-                (
-                    &scripts::GCRA,
-                    [
-                        interval.to_string(),
-                        burst.to_string(),
-                        n.to_string(),
-                        flag(reserve),
-                        String::new(),
-                    ],
-                )
-            }
+        let key = self.redis_key(key);
+        let (lua, args, slot): (&'static Lua, [String; 5], Option<SlotKind>) =
+            match self.quota.burst() {
+                None => {
+                    let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                    let members = format!("{}:{seq}", self.tag);
+                    (
+                        &scripts::WINDOW,
+                        [
+                            self.quota.max_calls().to_string(),
+                            period.to_string(),
+                            n.to_string(),
+                            flag(reserve),
+                            members.clone(),
+                        ],
+                        reserve.then_some(SlotKind::Window { members, n }),
+                    )
+                }
+                Some(burst) => {
+                    // The spacing, rounded up to a whole microsecond (never
+                    // faster than asked), and a burst whose span fits the
+                    // scripts' exact range.
+                    let calls = self.quota.max_calls() as u64;
+                    let interval = period.div_ceil(calls).max(1);
+                    let burst = (burst as u64).min(MAX_SPAN_US / interval).max(1);
+                    (
+                        &scripts::GCRA,
+                        [
+                            interval.to_string(),
+                            burst.to_string(),
+                            n.to_string(),
+                            flag(reserve),
+                            String::new(),
+                        ],
+                        reserve.then_some(SlotKind::Gcra {
+                            burst_span: burst * interval,
+                            span: n as u64 * interval,
+                        }),
+                    )
+                }
+            };
+        let give_back = {
+            let mut pending = self
+                .given_back
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            (!pending.keys.is_empty()).then(|| std::mem::take(&mut *pending))
         };
-        let call = scripts::invoke(&self.conn, lua, self.redis_key(key), args);
+        let slot = slot.map(|kind| Slot {
+            key: key.clone(),
+            kind,
+        });
+        let call = scripts::invoke(&self.conn, lua, key, args, give_back);
         Check {
             timer: &self.timer,
             timeout: self.timeout,
+            given_back: Some(&self.given_back),
+            slot,
             step: Step::Call {
                 call: crate::timeout::timeout(self.timeout, call).with_timer(self.timer.clone()),
             },
@@ -549,6 +577,21 @@ enum Decision {
     Refused(Duration),
 }
 
+/// What a waiting acquire booked, to give back if it is dropped before
+/// its time.
+struct Slot {
+    key: Vec<u8>,
+    kind: SlotKind,
+}
+
+enum SlotKind {
+    /// The members `{members}:1` to `{members}:{n}`.
+    Window { members: String, n: usize },
+    /// The booking moved the arrival time to its grant time plus
+    /// `burst_span`, by `span`.
+    Gcra { burst_span: u64, span: u64 },
+}
+
 pin_project! {
     #[project = StepProj]
     enum Step<T: Timer> {
@@ -565,8 +608,37 @@ pin_project! {
     struct Check<'a, T: Timer> {
         timer: &'a T,
         timeout: Duration,
+        given_back: Option<&'a Mutex<GiveBack>>,
+        // Set for an acquire: what its booking holds.
+        slot: Option<Slot>,
         #[pin]
         step: Step<T>,
+    }
+
+    impl<'a, T: Timer> PinnedDrop for Check<'a, T> {
+        // Dropped while sleeping for a booked slot: queue the slot to be
+        // given back before the limiter's next check (nothing is spawned;
+        // only a `Vec` push under the limiter's lock).
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if !matches!(this.step.as_ref().get_ref(), Step::Sleep { .. }) {
+                return;
+            }
+            let (Some(pending), Some(slot), Step::Sleep { grant, .. }) =
+                (*this.given_back, this.slot.take(), this.step.as_ref().get_ref())
+            else {
+                return;
+            };
+            let (kind, a, b) = match slot.kind {
+                SlotKind::Window { members, n } => ("w", members, n.to_string()),
+                SlotKind::Gcra { burst_span, span } => {
+                    ("g", (grant.at_us + burst_span).to_string(), span.to_string())
+                }
+            };
+            let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
+            pending.keys.push(slot.key);
+            pending.args.extend([kind.to_owned(), a, b]);
+        }
     }
 }
 
@@ -575,12 +647,24 @@ impl<'a, T: Timer> Check<'a, T> {
         Check {
             timer,
             timeout: Duration::ZERO,
+            given_back: None,
+            slot: None,
             step: Step::Ready { out: Some(out) },
         }
     }
 
     fn is_done(&self) -> bool {
         matches!(self.step, Step::Done)
+    }
+
+    /// For `Debug`: asking Redis, sleeping for a booked slot, or done.
+    fn state(&self) -> &'static str {
+        match self.step {
+            Step::Call { .. } => "asking Redis",
+            Step::Sleep { .. } => "sleeping for its booked slot",
+            Step::Ready { .. } => "ready",
+            Step::Done => "done",
+        }
     }
 
     fn poll_check(
@@ -733,13 +817,17 @@ impl<C, T: Timer> FusedFuture for Acquire<'_, C, T> {
 
 impl<C, T: Timer> fmt::Debug for TryAcquire<'_, C, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TryAcquire").finish_non_exhaustive()
+        f.debug_struct("TryAcquire")
+            .field("state", &self.check.state())
+            .finish_non_exhaustive()
     }
 }
 
 impl<C, T: Timer> fmt::Debug for Acquire<'_, C, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Acquire").finish_non_exhaustive()
+        f.debug_struct("Acquire")
+            .field("state", &self.check.state())
+            .finish_non_exhaustive()
     }
 }
 

@@ -107,35 +107,98 @@ return {1, 0, now}
     sha: std::sync::LazyLock::new(|| ::redis::Script::new(GCRA.source).get_hash().to_owned()),
 };
 
-/// One script call on a clone of `conn`: `EVALSHA`, and `EVAL` (which also
-/// caches the script again) when Redis does not know the hash.
+/// Gives back booked slots whose waiters were dropped before their time.
+///
+/// `KEYS`: one per slot; `ARGV`: three per key: `w`, the member prefix and
+/// n (a window: remove those members), or `g`, the arrival time the booking
+/// set and its span (GCRA: roll back, only if nothing was booked or granted
+/// since). Removing stamps or rolling back an untouched arrival time only
+/// makes room: every grant and booking made so far was placed with the
+/// slot counted, so none becomes too early.
+pub(crate) static GIVE_BACK: Lua = Lua {
+    source: r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function s(x) return string.format('%.0f', x) end
+for i, key in ipairs(KEYS) do
+  local kind, a, b = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+  if kind == 'w' then
+    local members = {}
+    local n = tonumber(b)
+    for j = 1, n do
+      members[#members + 1] = a .. ':' .. j
+      if #members >= 1000 or j == n then
+        redis.call('ZREM', key, unpack(members))
+        members = {}
+      end
+    end
+  elseif redis.call('GET', key) == a then
+    local back = tonumber(a) - tonumber(b)
+    if back > now then
+      redis.call('SET', key, s(back), 'PX', s(math.ceil((back - now) / 1000)))
+    else
+      redis.call('DEL', key)
+    end
+  end
+end
+return #KEYS
+"#,
+    sha: std::sync::LazyLock::new(|| ::redis::Script::new(GIVE_BACK.source).get_hash().to_owned()),
+};
+
+/// Slots to give back before the next check: keys and `GIVE_BACK`'s
+/// arguments.
+#[derive(Default)]
+pub(crate) struct GiveBack {
+    pub(crate) keys: Vec<Vec<u8>>,
+    pub(crate) args: Vec<String>,
+}
+
+/// `EVALSHA`, and `EVAL` (which also caches the script again) when Redis
+/// does not know the hash.
+async fn run<C: ConnectionLike>(
+    conn: &mut C,
+    lua: &'static Lua,
+    keys: &[Vec<u8>],
+    args: &[String],
+) -> ::redis::RedisResult<Value> {
+    let build = |verb: &str, head: &str| {
+        let mut cmd = Cmd::new();
+        cmd.arg(verb).arg(head).arg(keys.len());
+        for k in keys {
+            cmd.arg(k.as_slice());
+        }
+        for a in args {
+            cmd.arg(a.as_str());
+        }
+        cmd
+    };
+    match build("EVALSHA", &lua.sha).query_async::<Value>(conn).await {
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            build("EVAL", lua.source).query_async::<Value>(conn).await
+        }
+        other => other,
+    }
+}
+
+/// One script call on a clone of `conn`, after giving back `give_back`'s
+/// slots (one more round trip, only when there are any; its failure is
+/// ignored: those slots stay booked, under-use only).
 pub(crate) fn invoke<C>(
     conn: &C,
     lua: &'static Lua,
     key: Vec<u8>,
     args: [String; 5],
+    give_back: Option<GiveBack>,
 ) -> RedisFuture<'static, Value>
 where
     C: ConnectionLike + Clone + Send + 'static,
 {
     let mut conn = conn.clone();
     Box::pin(async move {
-        let build = |verb: &str, head: &str| {
-            let mut cmd = Cmd::new();
-            cmd.arg(verb).arg(head).arg(1).arg(&key);
-            for a in &args {
-                cmd.arg(a.as_str());
-            }
-            cmd
-        };
-        let evalsha = build("EVALSHA", &lua.sha);
-        match evalsha.query_async::<Value>(&mut conn).await {
-            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                build("EVAL", lua.source)
-                    .query_async::<Value>(&mut conn)
-                    .await
-            }
-            other => other,
+        if let Some(back) = give_back {
+            let _ = run(&mut conn, &GIVE_BACK, &back.keys, &back.args).await;
         }
+        run(&mut conn, lua, std::slice::from_ref(&key), &args).await
     })
 }
