@@ -50,10 +50,13 @@
 //! * **Fair waiting**: [`RateLimiter::acquire`] books the earliest slot in
 //!   the same script call that finds the quota spent, and then sleeps until
 //!   it: waiters are served in the order their calls reached Redis, across
-//!   all processes, and none starves. A dropped waiter's booked slot stays
-//!   booked (under-use, never over-use). A call that timed out may have
-//!   been carried out by Redis all the same: its grant is lost the same
-//!   way.
+//!   all processes, and none starves. A waiter dropped while it sleeps
+//!   gives its slot back with the limiter's next check (one more round
+//!   trip then; a strict window removes its stamps, GCRA rolls the arrival
+//!   time back unless a later caller booked after it). Until that check,
+//!   or when it never comes or fails, the slot stays booked: under-use,
+//!   never over-use. So does the grant of a call dropped or timed out
+//!   while Redis was carrying it out.
 //! * **Replicas and failover**: scripts run on the primary. Redis
 //!   replicates asynchronously, so a failover can lose the latest grants,
 //!   and the new primary then grants them again: over-use bounded by what

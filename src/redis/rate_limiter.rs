@@ -73,7 +73,9 @@ impl<C> RateLimiter<C> {
     ///
     /// Processes that share a quota must use the same prefix and quota:
     /// the quota travels with every call, and a key checked with two
-    /// different quotas is counted by whichever each call carries.
+    /// different quotas is counted by whichever each call carries (a key
+    /// checked both as a window and as GCRA fails with Redis's `WRONGTYPE`
+    /// error, [`Error::Redis`]).
     ///
     /// # Examples
     ///
@@ -327,9 +329,12 @@ where
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future while it sleeps leaves its booked slot unused:
-    /// the quota is under-used by that grant, never over-used. Nothing is
-    /// left behind in this process.
+    /// Dropping the future while it sleeps queues its booked slot to be
+    /// given back by this limiter's next check (nothing is spawned; a
+    /// strict window frees the slot, GCRA only when nobody booked after
+    /// it). Dropped while Redis is answering, it may leave a grant or a
+    /// booking unused. Either way the quota is under-used, never
+    /// over-used.
     ///
     /// # Errors
     ///
