@@ -13,7 +13,7 @@ use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -63,7 +63,7 @@ pub struct RateLimiter<C, T: Timer = DefaultTimer> {
     seq: AtomicU64,
     // Slots booked by waiters dropped before their time, given back before
     // the next check.
-    given_back: Mutex<GiveBack>,
+    given_back: Arc<Mutex<GiveBack>>,
 }
 
 impl<C> RateLimiter<C> {
@@ -97,7 +97,7 @@ impl<C> RateLimiter<C> {
             timer: DefaultTimer,
             tag: unique_tag(),
             seq: AtomicU64::new(0),
-            given_back: Mutex::default(),
+            given_back: Arc::default(),
         }
     }
 }
@@ -483,18 +483,11 @@ where
                     )
                 }
             };
-        let give_back = {
-            let mut pending = self
-                .given_back
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            (!pending.keys.is_empty()).then(|| std::mem::take(&mut *pending))
-        };
         let slot = slot.map(|kind| Slot {
             key: key.clone(),
             kind,
         });
-        let call = scripts::invoke(&self.conn, lua, key, args, give_back);
+        let call = scripts::invoke(&self.conn, lua, key, args, self.given_back.clone());
         Check {
             timer: &self.timer,
             timeout: self.timeout,

@@ -10,6 +10,7 @@
 
 use ::redis::aio::ConnectionLike;
 use ::redis::{Cmd, ErrorKind, RedisFuture, ServerErrorKind, Value};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// The longest period or GCRA span the scripts compute with: 2^52 us
 /// (about 142 years). Longer periods are treated as this long.
@@ -181,22 +182,24 @@ async fn run<C: ConnectionLike>(
     }
 }
 
-/// One script call on a clone of `conn`, after giving back `give_back`'s
-/// slots (one more round trip, only when there are any; its failure is
-/// ignored: those slots stay booked, under-use only).
+/// One script call on a clone of `conn`. At its first poll it takes the
+/// slots queued in `give_back` and gives them back first (one more round
+/// trip, only when there are any; its failure is ignored: those slots stay
+/// booked, under-use only).
 pub(crate) fn invoke<C>(
     conn: &C,
     lua: &'static Lua,
     key: Vec<u8>,
     args: [String; 5],
-    give_back: Option<GiveBack>,
+    give_back: Arc<Mutex<GiveBack>>,
 ) -> RedisFuture<'static, Value>
 where
     C: ConnectionLike + Clone + Send + 'static,
 {
     let mut conn = conn.clone();
     Box::pin(async move {
-        if let Some(back) = give_back {
+        let back = std::mem::take(&mut *give_back.lock().unwrap_or_else(PoisonError::into_inner));
+        if !back.keys.is_empty() {
             let _ = run(&mut conn, &GIVE_BACK, &back.keys, &back.args).await;
         }
         run(&mut conn, lua, std::slice::from_ref(&key), &args).await
