@@ -3,7 +3,8 @@
 //! each), every grant's Redis time comes back on the children's stdout, and
 //! the parent counts grants per window by Redis's clock: never more than
 //! `max_calls`. It prints the grants per process and the waits (p50, p99,
-//! slowest), the fairness measure. A third run kills Redis mid-way and
+//! slowest), the fairness measure, also for contenders that sleep for the
+//! retry-after and check again (no booking), for comparison. A run kills Redis mid-way and
 //! restarts it empty: the processes see errors, retry, and recover, and the
 //! quota holds on each side of the restart.
 #![cfg(all(feature = "redis-tokio", feature = "redis-smol"))]
@@ -11,7 +12,7 @@
 mod common;
 
 use awaitkit::rate_limiter::Quota;
-use awaitkit::redis::RateLimiter;
+use awaitkit::redis::{Error, RateLimiter};
 use common::redis_server::RedisServer;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ const PER_CONTENDER: usize = 5;
 fn quota(mode: &str) -> Quota {
     match mode {
         // 8 per 100 ms: 80 grants take about a second.
-        "window" => Quota::window(8, Duration::from_millis(100)).unwrap(),
+        "window" | "recheck" => Quota::window(8, Duration::from_millis(100)).unwrap(),
         // 80/s in steps of 12.5 ms, bursts of 4.
         _ => Quota::gcra(80, Duration::from_secs(1), 4).unwrap(),
     }
@@ -55,6 +56,18 @@ fn child_process_entry() {
             for _ in 0..per_contender {
                 let start = Instant::now();
                 let grant = loop {
+                    // For comparison: sleep for the retry-after, then
+                    // check again (no booking: whoever checks first wins).
+                    if mode == "recheck" {
+                        match limiter.try_acquire("shared").await {
+                            Ok(grant) => break grant,
+                            Err(Error::RateLimited { retry_after }) => {
+                                smol::Timer::after(retry_after).await;
+                                continue;
+                            }
+                            Err(e) => panic!("try_acquire: {e}"),
+                        }
+                    }
                     match limiter.acquire("shared").await {
                         Ok(grant) => break grant,
                         Err(e) if e.is_failure() && failures < 1000 => {
@@ -258,4 +271,15 @@ fn four_processes_share_one_window_quota() {
 #[test]
 fn four_processes_share_one_gcra_quota() {
     common::watchdog("four_processes_share_one_gcra_quota", || run_fleet("gcra"));
+}
+
+/// For comparison (and the same strictness check): contenders that sleep
+/// for the retry-after and check again, instead of booking a slot. Nothing
+/// orders them, so the slowest waits far longer than with `acquire`; the
+/// output shows by how much.
+#[test]
+fn four_processes_sleep_and_recheck_for_comparison() {
+    common::watchdog("four_processes_sleep_and_recheck_for_comparison", || {
+        run_fleet("recheck")
+    });
 }
