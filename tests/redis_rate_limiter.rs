@@ -144,7 +144,7 @@ async fn book<'a>(
         }
     }
     let start = state(conn, key).await;
-    let mut waiting = Box::pin(limiter.acquire(key.split_once(':').unwrap().1.to_owned()));
+    let mut waiting = Box::pin(limiter.acquire(key.split_once(':').unwrap().1));
     loop {
         assert!(
             futures::poll!(waiting.as_mut()).is_pending(),
