@@ -1645,9 +1645,9 @@ def redis_section(cdir, include_stale):
         "function alike.",
     ], "redis", run, extra=[
         "An `EVALSHA` that only reads `TIME` already costs more than 1.3 × `PING` here, so the",
-        "bar cannot hold for any check that runs a script reading Redis's clock; the rows",
-        "above it show how far each check is from that script floor (GCRA: a `GET` and a",
-        "`SET` more; window: `ZREMRANGEBYSCORE`, `ZCARD`, `ZRANGE`, `ZADD`, `PEXPIRE`).",
+        "bar cannot hold for any check that runs a script reading Redis's clock; the table",
+        "shows how far each check is from that script floor (GCRA: a `GET` and a `SET` more;",
+        "window: `ZREMRANGEBYSCORE`, `ZCARD`, `ZRANGE`, `ZADD`, `PEXPIRE` more).",
     ])
     w("")
     rows = []
