@@ -12,6 +12,18 @@ use ::redis::aio::ConnectionLike;
 use ::redis::{Cmd, ErrorKind, RedisFuture, ServerErrorKind, Value};
 use std::sync::{Arc, Mutex, PoisonError};
 
+/// Every script starts by reading Redis's clock (`now`, in microseconds)
+/// and defines `s(x)`, an exact decimal for a whole number (Lua's own
+/// `tostring` keeps 14 digits).
+macro_rules! prologue {
+    () => {
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function s(x) return string.format('%.0f', x) end"#
+    };
+}
+
 /// The longest period or GCRA span the scripts compute with: 2^52 us
 /// (about 142 years). Longer periods are treated as this long.
 pub(crate) const MAX_SPAN_US: u64 = 1 << 52;
@@ -36,15 +48,14 @@ pub(crate) struct Lua {
 /// `max - n` stamps are later than `at - period`: `at` is the latest of now,
 /// the newest stamp, and the `(count - max + n)`-th stamp plus the period.
 pub(crate) static WINDOW: Lua = Lua {
-    source: r#"
+    source: concat!(
+        prologue!(),
+        r#"
 local key = KEYS[1]
 local max = tonumber(ARGV[1])
 local period = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
 local reserve = ARGV[4] == '1'
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local function s(x) return string.format('%.0f', x) end
 redis.call('ZREMRANGEBYSCORE', key, '-inf', s(now - period))
 local count = redis.call('ZCARD', key)
 local at = now
@@ -75,7 +86,8 @@ end
 redis.call('PEXPIRE', key, s(math.ceil((at - now + period) / 1000)))
 if at > now then return {2, at - now, at} end
 return {1, 0, now}
-"#,
+"#
+    ),
     sha: std::sync::LazyLock::new(|| ::redis::Script::new(WINDOW.source).get_hash().to_owned()),
 };
 
@@ -84,15 +96,14 @@ return {1, 0, now}
 /// `KEYS[1]` the key; `ARGV`: emission interval (us), burst, n, reserve.
 /// Same reply as [`WINDOW`].
 pub(crate) static GCRA: Lua = Lua {
-    source: r#"
+    source: concat!(
+        prologue!(),
+        r#"
 local key = KEYS[1]
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
 local reserve = ARGV[4] == '1'
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local function s(x) return string.format('%.0f', x) end
 local tat = tonumber(redis.call('GET', key) or '0') or 0
 if tat < now then tat = now end
 local new_tat = tat + n * interval
@@ -104,7 +115,8 @@ end
 redis.call('SET', key, s(new_tat), 'PX', s(math.ceil((new_tat - now) / 1000)))
 if allow_at > now then return {2, allow_at - now, allow_at} end
 return {1, 0, now}
-"#,
+"#
+    ),
     sha: std::sync::LazyLock::new(|| ::redis::Script::new(GCRA.source).get_hash().to_owned()),
 };
 
@@ -117,10 +129,9 @@ return {1, 0, now}
 /// makes room: every grant and booking made so far was placed with the
 /// slot counted, so none becomes too early.
 pub(crate) static GIVE_BACK: Lua = Lua {
-    source: r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local function s(x) return string.format('%.0f', x) end
+    source: concat!(
+        prologue!(),
+        r#"
 for i, key in ipairs(KEYS) do
   local kind, a, b = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
   if kind == 'w' then
@@ -143,7 +154,8 @@ for i, key in ipairs(KEYS) do
   end
 end
 return #KEYS
-"#,
+"#
+    ),
     sha: std::sync::LazyLock::new(|| ::redis::Script::new(GIVE_BACK.source).get_hash().to_owned()),
 };
 
