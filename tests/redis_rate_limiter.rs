@@ -322,6 +322,11 @@ redis_matrix! {
         drop(century);
         let gcra = RateLimiter::new(conn.clone(), "g:", Quota::gcra(1, Duration::MAX, usize::MAX).unwrap());
         gcra.try_acquire("k").await.unwrap();
+        // Its burst spans at most the scripts' range: one call at a time.
+        assert!(matches!(
+            gcra.acquire_n("k", 2).await,
+            Err(Error::ExceedsQuota { requested: 2, max: 1 })
+        ));
         let many = RateLimiter::new(conn.clone(), "m:", Quota::window(usize::MAX, Duration::from_secs(1)).unwrap());
         many.try_acquire_n("k", 3).await.unwrap();
 

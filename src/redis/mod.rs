@@ -46,7 +46,9 @@
 //! * **Time**: Redis's `TIME` has microsecond resolution; periods are
 //!   rounded up to whole microseconds, and the GCRA spacing
 //!   (`period / max_calls`) too, so a quota is never looser than asked.
-//!   Periods longer than 2^52 us (about 142 years) count as 142 years.
+//!   Periods longer than 2^52 us (about 142 years) count as 142 years
+//!   (and a GCRA burst is capped so that it spans no longer: asking for
+//!   more at once is [`Error::ExceedsQuota`]).
 //! * **Fair waiting**: [`RateLimiter::acquire`] books the earliest slot in
 //!   the same script call that finds the quota spent, and then sleeps until
 //!   it: waiters are served in the order their calls reached Redis, across

@@ -467,6 +467,16 @@ where
                     let calls = self.quota.max_calls() as u64;
                     let interval = period.div_ceil(calls).max(1);
                     let burst = (burst as u64).min(MAX_SPAN_US / interval).max(1);
+                    if n as u64 > burst {
+                        // Only with periods beyond the scripts' range.
+                        return Check::ready(
+                            &self.timer,
+                            Err(Error::ExceedsQuota {
+                                requested: n,
+                                max: burst as usize,
+                            }),
+                        );
+                    }
                     (
                         &scripts::GCRA,
                         [
