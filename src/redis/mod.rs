@@ -48,7 +48,11 @@
 //!   (`period / max_calls`) too, so a quota is never looser than asked.
 //!   Periods longer than 2^52 us (about 142 years) count as 142 years
 //!   (and a GCRA burst is capped so that it spans no longer: asking for
-//!   more at once is [`Error::ExceedsQuota`]).
+//!   more at once is [`Error::ExceedsQuota`]). Lua numbers and sorted-set
+//!   scores are doubles, exact up to 2^53 us (the year 2255): a check whose
+//!   slot plus its period would end past that (only reachable by chaining
+//!   bookings centuries ahead) fails with [`Error::Script`] instead of
+//!   rounding a stamp early.
 //! * **Fair waiting**: [`RateLimiter::acquire`] books the earliest slot in
 //!   the same script call that finds the quota spent, and then sleeps until
 //!   it: waiters are served in the order their calls reached Redis, across

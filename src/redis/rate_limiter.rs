@@ -575,6 +575,11 @@ fn decide(reply: Value) -> Result<Decision, Error> {
             booked: wait,
         })),
         0 => Ok(Decision::Refused(wait)),
+        3 => Err(Error::Script(
+            "the slot would fall beyond 2^53 us on Redis's clock, past the scripts' exact range \
+             (bookings chained too far ahead)"
+                .to_owned(),
+        )),
         _ => Err(Error::Script(format!("{reply:?}"))),
     }
 }

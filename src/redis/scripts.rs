@@ -40,7 +40,9 @@ pub(crate) struct Lua {
 /// the earliest slot when refused), a member prefix unique to this call.
 /// Reply `{status, wait_us, at_us}`: status 1 granted now (at = now), 2
 /// reserved (granted at `at`, `wait` from now), 0 refused (`wait` until it
-/// would be granted).
+/// would be granted), 3 out of range (the slot and its period would end
+/// past 2^53 us, where doubles, Lua's numbers and sorted-set scores alike,
+/// skip whole numbers: refused rather than rounded).
 ///
 /// A grant at `s` occupies every window `[x, x + period)` holding `s`.
 /// Stamps are only ever added at or after the newest (a booked slot is in
@@ -56,16 +58,19 @@ local max = tonumber(ARGV[1])
 local period = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
 local reserve = ARGV[4] == '1'
+local limit = 9007199254740992 - period
 redis.call('ZREMRANGEBYSCORE', key, '-inf', s(now - period))
 local count = redis.call('ZCARD', key)
 local at = now
 if count > 0 then
   local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   local newest = tonumber(last[2])
+  if newest > limit then return {3, 0, 0} end
   if newest > at then at = newest end
   local j = count - max + n
   if j >= 1 then
     local oldest = redis.call('ZRANGE', key, j - 1, j - 1, 'WITHSCORES')
+    if tonumber(oldest[2]) > limit - period then return {3, 0, 0} end
     local free = tonumber(oldest[2]) + period
     if free > at then at = free end
   end
@@ -106,6 +111,7 @@ local n = tonumber(ARGV[3])
 local reserve = ARGV[4] == '1'
 local tat = tonumber(redis.call('GET', key) or '0') or 0
 if tat < now then tat = now end
+if tat > 9007199254740992 - n * interval then return {3, 0, 0} end
 local new_tat = tat + n * interval
 local allow_at = new_tat - burst * interval
 if allow_at < now then allow_at = now end

@@ -1,0 +1,156 @@
+//! Adversarial cases for `awaitkit::redis::RateLimiter` against a real
+//! `redis-server`: the edges of the scripts' exact range and the cost of one
+//! call, each through tokio (current-thread and multi-thread) and smol.
+#![cfg(all(feature = "redis-tokio", feature = "redis-smol"))]
+
+mod common;
+
+use awaitkit::rate_limiter::Quota;
+use awaitkit::redis::{Error, RateLimiter};
+use common::redis_server::RedisServer;
+use redis::aio::MultiplexedConnection;
+use std::time::Duration;
+
+/// One body per executor, as in `tests/redis_rate_limiter.rs`.
+macro_rules! redis_matrix {
+    ($(async fn $name:ident() $body:block)*) => {$(
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body() $body
+
+            #[test]
+            fn tokio_current() {
+                common::watchdog(concat!(module_path!(), "::tokio_current"), || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap()
+                        .block_on(body())
+                })
+            }
+
+            #[test]
+            fn tokio_multi() {
+                common::watchdog(concat!(module_path!(), "::tokio_multi"), || {
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()
+                        .unwrap()
+                        .block_on(body())
+                })
+            }
+
+            #[test]
+            fn smol() {
+                common::watchdog(concat!(module_path!(), "::smol"), || smol::block_on(body()))
+            }
+        }
+    )*};
+}
+
+async fn connect(server: &RedisServer) -> MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the test's redis-server")
+}
+
+/// 2^53: the first whole number a Lua (double) number cannot follow by one.
+const EXACT: u64 = 1 << 53;
+/// The longest period the scripts compute with (2^52 us).
+const SPAN: u64 = 1 << 52;
+
+/// The scores of a window key, ascending.
+async fn stamps(conn: &mut MultiplexedConnection, key: &str) -> Vec<u64> {
+    let raw: Vec<(String, String)> = redis::cmd("ZRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(conn)
+        .await
+        .unwrap();
+    raw.iter().map(|(_, s)| s.parse::<u64>().unwrap()).collect()
+}
+
+redis_matrix! {
+    // Bookings chain a period apart: the next booking after a stamp just
+    // above 2^52 falls just above 2^53, where doubles (Lua's numbers and
+    // Redis's scores) hold only even numbers. 2^52 + 1 + 2^52 rounds down
+    // to 2^53: a stamp 1 us less than a period after the previous one (two
+    // grants in one window of a 1-call quota). Beyond the exact range the
+    // limiter must refuse to book, not round.
+    async fn window_booking_past_2_pow_53_is_refused_not_rounded() {
+        let server = RedisServer::start();
+        let mut conn = connect(&server).await;
+        let quota = Quota::window(1, Duration::from_micros(SPAN)).unwrap();
+        let limiter = RateLimiter::new(conn.clone(), "t:", quota);
+        // What an earlier booking a little over 2^52 us (far ahead) left.
+        let _: () = redis::cmd("ZADD")
+            .arg("t:k")
+            .arg(SPAN + 1)
+            .arg("earlier:1")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut waiting = Box::pin(limiter.acquire("k"));
+        let out = loop {
+            match futures::poll!(waiting.as_mut()) {
+                std::task::Poll::Ready(out) => break Some(out),
+                std::task::Poll::Pending if format!("{waiting:?}").contains("sleeping") => break None,
+                std::task::Poll::Pending => {
+                    smol::Timer::after(Duration::from_millis(1)).await;
+                }
+            }
+        };
+        let booked = stamps(&mut conn, "t:k").await;
+        assert!(
+            booked.windows(2).all(|w| w[1] - w[0] >= SPAN),
+            "two stamps within one period: {booked:?}"
+        );
+        assert!(booked.iter().all(|&s| s <= EXACT), "{booked:?}");
+        match out {
+            Some(Err(Error::Script(msg))) => assert!(msg.contains("2^53"), "{msg}"),
+            other => panic!("a booking past 2^53 us: {other:?}"),
+        }
+        std::mem::forget(waiting);
+    }
+
+    // GCRA: the arrival time a little under 2^53 (far-ahead bookings):
+    // adding the span rounds; the script must refuse instead.
+    async fn gcra_booking_past_2_pow_53_is_refused_not_rounded() {
+        let server = RedisServer::start();
+        let mut conn = connect(&server).await;
+        // One call per 2^52 us, burst 1: interval 2^52.
+        let quota = Quota::gcra(1, Duration::from_micros(SPAN), 1).unwrap();
+        let limiter = RateLimiter::new(conn.clone(), "t:", quota);
+        let tat = SPAN + 1; // what a far-ahead booking left
+        let _: () = redis::cmd("SET")
+            .arg("t:k")
+            .arg(tat)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut waiting = Box::pin(limiter.acquire("k"));
+        let out = loop {
+            match futures::poll!(waiting.as_mut()) {
+                std::task::Poll::Ready(out) => break Some(out),
+                std::task::Poll::Pending if format!("{waiting:?}").contains("sleeping") => break None,
+                std::task::Poll::Pending => {
+                    smol::Timer::after(Duration::from_millis(1)).await;
+                }
+            }
+        };
+        let stored: String = redis::cmd("GET").arg("t:k").query_async(&mut conn).await.unwrap();
+        assert_eq!(stored, tat.to_string(), "the arrival time moved past the exact range");
+        match out {
+            Some(Err(Error::Script(msg))) => assert!(msg.contains("2^53"), "{msg}"),
+            other => panic!("a booking past 2^53 us: {other:?}"),
+        }
+        std::mem::forget(waiting);
+    }
+}
