@@ -78,6 +78,39 @@ async fn stamps(conn: &mut MultiplexedConnection, key: &str) -> Vec<u64> {
 }
 
 redis_matrix! {
+    // A strict window stores one sorted-set member per call unit, all added
+    // by one script run: `acquire_n` of a huge `n` (a quota of usize::MAX
+    // allows it) made Redis loop for hours (no other client served: the
+    // whole fleet's Redis wedged, `SCRIPT KILL` refused once it wrote).
+    // One call's work must stay bounded: refused before Redis is asked.
+    async fn window_huge_n_is_refused_before_redis() {
+        let server = RedisServer::start();
+        let mut conn = connect(&server).await;
+        let quota = Quota::window(usize::MAX, Duration::from_secs(1)).unwrap();
+        let limiter = RateLimiter::new(conn.clone(), "t:", quota)
+            .with_timeout(Duration::from_millis(100));
+        for n in [1usize << 32, usize::MAX] {
+            match limiter.try_acquire_n("k", n).await {
+                Err(Error::ExceedsQuota { requested, max }) => {
+                    assert_eq!(requested, n);
+                    assert!(max < n);
+                }
+                other => panic!("acquire_n({n}) on a usize::MAX window: {other:?}"),
+            }
+            match limiter.acquire_n("k", n).await {
+                Err(Error::ExceedsQuota { requested, .. }) => assert_eq!(requested, n),
+                other => panic!("acquire_n({n}) on a usize::MAX window: {other:?}"),
+            }
+        }
+        // Redis is free, nothing was written, and the limit is usable.
+        let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+        assert_eq!(pong, "PONG");
+        assert!(stamps(&mut conn, "t:k").await.is_empty());
+        let max = awaitkit::redis::MAX_WINDOW_AT_ONCE;
+        limiter.try_acquire_n("k", max).await.unwrap();
+        assert_eq!(stamps(&mut conn, "t:k").await.len(), max);
+    }
+
     // Bookings chain a period apart: the next booking after a stamp just
     // above 2^52 falls just above 2^53, where doubles (Lua's numbers and
     // Redis's scores) hold only even numbers. 2^52 + 1 + 2^52 rounds down

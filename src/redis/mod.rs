@@ -36,7 +36,10 @@
 //!   most `max_calls` grants across all processes, as long as Redis keeps
 //!   its writes (see failover below). Memory: one sorted-set member per
 //!   grant still inside the window, so a window of a million calls costs a
-//!   million members per key; use GCRA for large quotas.
+//!   million members per key; use GCRA for large quotas. One check of a
+//!   window adds its `n` members in one script run, during which Redis
+//!   serves nobody else, so a window check asks for at most
+//!   [`MAX_WINDOW_AT_ONCE`] calls (more is [`Error::ExceedsQuota`]).
 //! * **GCRA**: one number per key. Over any window of one period up to
 //!   `burst + max_calls - 1` grants, as for the local limiter.
 //! * **Idle keys cost nothing**: every key carries an expiry (`PEXPIRE`,
@@ -102,6 +105,30 @@ mod scripts;
 
 pub use rate_limiter::{Acquire, Limit, RateLimiter, TryAcquire};
 
+/// The most calls one check of a strict-window quota asks for
+/// (`acquire_n`, `try_acquire_n`), whatever the quota's `max_calls`: the
+/// script adds one sorted-set member per call, and Redis serves no other
+/// client while it runs (a few milliseconds at this size; an `n` in the
+/// billions, which a quota of `usize::MAX` allows, would hold the shared
+/// server for hours). Asking for more is [`Error::ExceedsQuota`] with this
+/// `max`, before Redis is asked. GCRA quotas have no such bound (one number
+/// per key).
+///
+/// # Examples
+///
+/// ```no_run
+/// use awaitkit::rate_limiter::Quota;
+/// use awaitkit::redis::{Error, MAX_WINDOW_AT_ONCE};
+/// use std::time::Duration;
+/// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+/// let quota = Quota::window(usize::MAX, Duration::from_secs(1)).unwrap();
+/// let limiter = awaitkit::redis::RateLimiter::new(conn, "rl:", quota);
+/// let err = limiter.try_acquire_n("k", MAX_WINDOW_AT_ONCE + 1).await.unwrap_err();
+/// assert!(matches!(err, Error::ExceedsQuota { max: MAX_WINDOW_AT_ONCE, .. }));
+/// # }
+/// ```
+pub const MAX_WINDOW_AT_ONCE: usize = 10_000;
+
 use std::fmt;
 use std::time::Duration;
 
@@ -129,7 +156,8 @@ pub enum Error {
         retry_after: Duration,
     },
     /// More calls at once than the quota ever allows
-    /// ([`Quota::max_at_once`](crate::rate_limiter::Quota::max_at_once)).
+    /// ([`Quota::max_at_once`](crate::rate_limiter::Quota::max_at_once)),
+    /// or than one window check asks for ([`MAX_WINDOW_AT_ONCE`]).
     /// Checked before Redis is asked.
     ExceedsQuota {
         /// The calls asked for.

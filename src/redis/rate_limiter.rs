@@ -295,7 +295,8 @@ where
     ///
     /// As for [`try_acquire`](Self::try_acquire), and
     /// [`Error::ExceedsQuota`] when `n` is more than
-    /// [`Quota::max_at_once`].
+    /// [`Quota::max_at_once`] (or, for a strict window, more than
+    /// [`MAX_WINDOW_AT_ONCE`](super::MAX_WINDOW_AT_ONCE)).
     ///
     /// # Examples
     ///
@@ -368,7 +369,8 @@ where
     /// # Errors
     ///
     /// As for [`acquire`](Self::acquire), and [`Error::ExceedsQuota`] when
-    /// `n` is more than [`Quota::max_at_once`].
+    /// `n` is more than [`Quota::max_at_once`] (or, for a strict window,
+    /// more than [`MAX_WINDOW_AT_ONCE`](super::MAX_WINDOW_AT_ONCE)).
     ///
     /// # Examples
     ///
@@ -428,7 +430,11 @@ where
     }
 
     fn check(&self, key: &[u8], n: usize, reserve: bool) -> Check<'_, T> {
-        let max = self.quota.max_at_once();
+        let mut max = self.quota.max_at_once();
+        if self.quota.burst().is_none() {
+            // One sorted-set member per call, added by one script run.
+            max = max.min(super::MAX_WINDOW_AT_ONCE);
+        }
         if n > max {
             return Check::ready(&self.timer, Err(Error::ExceedsQuota { requested: n, max }));
         }
