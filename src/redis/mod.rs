@@ -53,9 +53,9 @@
 //!   (and a GCRA burst is capped so that it spans no longer: asking for
 //!   more at once is [`Error::ExceedsQuota`]). Lua numbers and sorted-set
 //!   scores are doubles, exact up to 2^53 us (the year 2255): a check whose
-//!   slot plus its period would end past that (only reachable by chaining
-//!   bookings centuries ahead) fails with [`Error::Script`] instead of
-//!   rounding a stamp early.
+//!   slot would fall past that (only reachable by chaining bookings
+//!   centuries ahead) fails with [`Error::Script`] instead of rounding a
+//!   stamp early.
 //! * **Fair waiting**: [`RateLimiter::acquire`] books the earliest slot in
 //!   the same script call that finds the quota spent, and then sleeps until
 //!   it: waiters are served in the order their calls reached Redis, across

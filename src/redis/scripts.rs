@@ -40,9 +40,10 @@ pub(crate) struct Lua {
 /// the earliest slot when refused), a member prefix unique to this call.
 /// Reply `{status, wait_us, at_us}`: status 1 granted now (at = now), 2
 /// reserved (granted at `at`, `wait` from now), 0 refused (`wait` until it
-/// would be granted), 3 out of range (the slot and its period would end
-/// past 2^53 us, where doubles, Lua's numbers and sorted-set scores alike,
-/// skip whole numbers: refused rather than rounded).
+/// would be granted), 3 out of range (the slot would fall past 2^53 us,
+/// where doubles, Lua's numbers and sorted-set scores alike, skip whole
+/// numbers: refused rather than rounded). The expiry adds the period in
+/// whole milliseconds, each part rounded up, so no sum passes 2^53.
 ///
 /// A grant at `s` occupies every window `[x, x + period)` holding `s`.
 /// Stamps are only ever added at or after the newest (a booked slot is in
@@ -58,7 +59,7 @@ local max = tonumber(ARGV[1])
 local period = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
 local reserve = ARGV[4] == '1'
-local limit = 9007199254740992 - period
+local limit = 9007199254740992
 redis.call('ZREMRANGEBYSCORE', key, '-inf', s(now - period))
 local count = redis.call('ZCARD', key)
 local at = now
@@ -88,7 +89,7 @@ for i = 1, n do
     args = {}
   end
 end
-redis.call('PEXPIRE', key, s(math.ceil((at - now + period) / 1000)))
+redis.call('PEXPIRE', key, s(math.ceil((at - now) / 1000) + math.ceil(period / 1000)))
 if at > now then return {2, at - now, at} end
 return {1, 0, now}
 "#
