@@ -5,11 +5,14 @@
 
 mod common;
 
+use awaitkit::Timer;
 use awaitkit::rate_limiter::Quota;
 use awaitkit::redis::{Error, RateLimiter};
+use awaitkit::time::DefaultTimer;
 use common::redis_server::RedisServer;
 use redis::aio::MultiplexedConnection;
-use std::time::Duration;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 /// One body per executor, as in `tests/redis_rate_limiter.rs`.
 macro_rules! redis_matrix {
@@ -77,7 +80,62 @@ async fn stamps(conn: &mut MultiplexedConnection, key: &str) -> Vec<u64> {
     raw.iter().map(|(_, s)| s.parse::<u64>().unwrap()).collect()
 }
 
+/// A timer that caps every sleep at 2 ms, as a backend that caps long
+/// sleeps does: the `Timer` contract lets a sleep complete before its
+/// deadline, and awaitkit must check the clock and sleep again.
+#[derive(Clone, Copy, Debug, Default)]
+struct CappedTimer;
+
+const CAP: Duration = Duration::from_millis(2);
+
+impl Timer for CappedTimer {
+    type Sleep = Pin<Box<<DefaultTimer as Timer>::Sleep>>;
+
+    fn now(&self) -> Instant {
+        DefaultTimer.now()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Self::Sleep {
+        Box::pin(DefaultTimer.sleep_until(deadline.min(Instant::now() + CAP)))
+    }
+
+    fn reset(&self, sleep: Pin<&mut Self::Sleep>, deadline: Instant) {
+        DefaultTimer.reset(sleep.get_mut().as_mut(), deadline.min(Instant::now() + CAP));
+    }
+}
+
 redis_matrix! {
+    // A booked slot is used no earlier than its time on Redis's clock, even
+    // on a timer whose sleeps complete early (allowed by the `Timer`
+    // contract: a capped backend). The acquire used to take the first
+    // completion of its sleep as the slot's time: here 2 ms into a 300 ms
+    // wait, a grant inside the window of the one before it.
+    async fn acquire_on_an_early_timer_waits_for_its_slot() {
+        let server = RedisServer::start();
+        let mut conn = connect(&server).await;
+        for quota in [
+            Quota::window(1, Duration::from_millis(300)).unwrap(),
+            Quota::gcra(1, Duration::from_millis(300), 1).unwrap(),
+        ] {
+            let limiter = RateLimiter::new(conn.clone(), "t:", quota).with_timer(CappedTimer);
+            let key = format!("{quota:?}");
+            let first = limiter.acquire(&key).await.unwrap();
+            let second = limiter.acquire(&key).await.unwrap();
+            let (s, us): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+            let redis_now = Duration::from_micros(s * 1_000_000 + us);
+            assert!(second.waited() > Duration::ZERO, "{quota:?}: not booked");
+            assert!(
+                second.redis_time() >= first.redis_time() + Duration::from_millis(300),
+                "{quota:?}: slots too close"
+            );
+            assert!(
+                redis_now >= second.redis_time(),
+                "{quota:?}: granted {:?} before its slot (Redis time)",
+                second.redis_time() - redis_now
+            );
+        }
+    }
+
     // A strict window stores one sorted-set member per call unit, all added
     // by one script run: `acquire_n` of a huge `n` (a quota of usize::MAX
     // allows it) made Redis loop for hours (no other client served: the

@@ -78,6 +78,8 @@
 //! * **Clock rate**: a waiter sleeps on its own timer for the wait Redis
 //!   computed; it starts after the reply arrived, so it ends at or after
 //!   the booked time unless the two clocks' rates differ (parts per million).
+//!   A sleep the timer completes early (a backend that caps long sleeps) is
+//!   armed again: the slot is never used before its time.
 //!
 //! # Examples
 //!

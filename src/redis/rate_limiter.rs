@@ -3,7 +3,7 @@
 use super::scripts::{self, GiveBack, Lua, MAX_SPAN_US};
 use super::{Error, FailurePolicy, Grant};
 use crate::rate_limiter::Quota;
-use crate::time::{DefaultTimer, Timer};
+use crate::time::{DefaultTimer, Timer, When, poll_deadline};
 use crate::timeout::{Elapsed, Timeout};
 use ::redis::aio::ConnectionLike;
 use ::redis::{RedisFuture, RedisResult, Value};
@@ -615,7 +615,10 @@ pin_project! {
     #[project = StepProj]
     enum Step<T: Timer> {
         Call { #[pin] call: Timeout<RedisFuture<'static, Value>, T> },
-        Sleep { #[pin] sleep: T::Sleep, grant: Grant },
+        // The sleep is re-armed when the timer completes it before
+        // `when` (a capped or coarse backend; the `Timer` contract allows
+        // it): the slot is never used early.
+        Sleep { #[pin] sleep: Option<T::Sleep>, when: When, grant: Grant },
         Ready { out: Option<Result<Grant, Error>> },
         Done,
     }
@@ -706,15 +709,17 @@ impl<'a, T: Timer> Check<'a, T> {
                             Ok(Decision::Granted(g)) => Ok(g),
                             Ok(Decision::Refused(w)) => Err(Error::RateLimited { retry_after: w }),
                             Ok(Decision::Booked(g)) if wait => {
-                                let timer = *this.timer;
-                                let now = timer.now();
-                                let sleep = match now.checked_add(g.booked) {
-                                    Some(deadline) => timer.sleep_until_from(now, deadline),
-                                    // Beyond the clock's range: sleep as
-                                    // long as it can express.
-                                    None => timer.sleep_until_from(now, far_future(now)),
+                                // Beyond the clock's range: never (no
+                                // sleep armed, as for `Duration::MAX`).
+                                let when = match this.timer.now().checked_add(g.booked) {
+                                    Some(deadline) => When::At(deadline),
+                                    None => When::Never,
                                 };
-                                this.step.set(Step::Sleep { sleep, grant: g });
+                                this.step.set(Step::Sleep {
+                                    sleep: None,
+                                    when,
+                                    grant: g,
+                                });
                                 continue;
                             }
                             Ok(Decision::Booked(g)) => Err(Error::Script(format!(
@@ -725,8 +730,8 @@ impl<'a, T: Timer> Check<'a, T> {
                     this.step.set(Step::Done);
                     return Poll::Ready(out);
                 }
-                StepProj::Sleep { sleep, grant } => {
-                    ready!(sleep.poll(cx));
+                StepProj::Sleep { sleep, when, grant } => {
+                    ready!(poll_deadline(*this.timer, when, sleep, cx));
                     let g = *grant;
                     this.step.set(Step::Done);
                     return Poll::Ready(Ok(g));
@@ -739,16 +744,6 @@ impl<'a, T: Timer> Check<'a, T> {
                 StepProj::Done => panic!("a redis rate limiter future polled after completion"),
             }
         }
-    }
-}
-
-fn far_future(now: std::time::Instant) -> std::time::Instant {
-    let mut span = Duration::from_secs(u64::MAX / 4);
-    loop {
-        if let Some(t) = now.checked_add(span) {
-            return t;
-        }
-        span /= 2;
     }
 }
 
