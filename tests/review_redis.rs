@@ -244,4 +244,36 @@ redis_matrix! {
         }
         std::mem::forget(waiting);
     }
+
+    // A key of the user's under the prefix that holds no arrival time (a
+    // word, NaN, infinity, a fraction, a negative number) is an error for
+    // GCRA, and the value stays: the script used to read it as "no state",
+    // grant, and overwrite the user's data (or store "nan").
+    async fn gcra_foreign_value_is_an_error_not_overwritten() {
+        let server = RedisServer::start();
+        let mut conn = connect(&server).await;
+        let quota = Quota::gcra(10, Duration::from_secs(1), 2).unwrap();
+        let limiter = RateLimiter::new(conn.clone(), "t:", quota);
+        for value in ["hello", "nan", "inf", "-inf", "12.5", "-3", ""] {
+            let _: () = redis::cmd("SET").arg("t:k").arg(value).query_async(&mut conn).await.unwrap();
+            for reserve in [false, true] {
+                let out = if reserve {
+                    limiter.acquire("k").await
+                } else {
+                    limiter.try_acquire("k").await
+                };
+                assert!(
+                    matches!(out, Err(Error::Script(_) | Error::Redis(_))),
+                    "{value:?}: {out:?}"
+                );
+                let kept: String = redis::cmd("GET").arg("t:k").query_async(&mut conn).await.unwrap();
+                assert_eq!(kept, value);
+            }
+        }
+        // A window key holding a string: Redis's WRONGTYPE, the value kept.
+        let window = RateLimiter::new(conn.clone(), "t:", Quota::window(3, Duration::from_secs(1)).unwrap());
+        assert!(matches!(window.try_acquire("k").await, Err(Error::Redis(_))));
+        // And a key the limiter wrote works as before.
+        limiter.try_acquire("fresh").await.unwrap();
+    }
 }

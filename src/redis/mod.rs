@@ -177,7 +177,9 @@ pub enum Error {
     /// Redis or the connection failed (refused, dropped, an error reply).
     Redis(::redis::RedisError),
     /// Redis answered something the script never returns (a different
-    /// script under the same hash, a proxy in between).
+    /// script under the same hash, a proxy in between), or the script
+    /// refused: the key holds a value of another use under the prefix, or
+    /// the slot would fall past 2^53 us (see the module docs).
     Script(String),
 }
 

@@ -586,6 +586,11 @@ fn decide(reply: Value) -> Result<Decision, Error> {
              (bookings chained too far ahead)"
                 .to_owned(),
         )),
+        4 => Err(Error::Script(
+            "the key holds a value that is not an arrival time (a key of another use under \
+             the limiter's prefix?); left as it is"
+                .to_owned(),
+        )),
         _ => Err(Error::Script(format!("{reply:?}"))),
     }
 }

@@ -100,7 +100,9 @@ return {1, 0, now}
 /// GCRA: one number per key, the theoretical arrival time (us).
 ///
 /// `KEYS[1]` the key; `ARGV`: emission interval (us), burst, n, reserve.
-/// Same reply as [`WINDOW`].
+/// Same reply as [`WINDOW`], and status 4 when the key holds a value that
+/// is not a whole number of microseconds within the exact range (a key of
+/// the user's under the prefix: left as it is).
 pub(crate) static GCRA: Lua = Lua {
     source: concat!(
         prologue!(),
@@ -110,7 +112,14 @@ local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
 local reserve = ARGV[4] == '1'
-local tat = tonumber(redis.call('GET', key) or '0') or 0
+local raw = redis.call('GET', key)
+local tat = 0
+if raw then
+  tat = tonumber(raw)
+  if tat == nil or tat ~= tat or tat < 0 or tat > 9007199254740992 or tat % 1 ~= 0 then
+    return {4, 0, 0}
+  end
+end
 if tat < now then tat = now end
 if tat > 9007199254740992 - n * interval then return {3, 0, 0} end
 local new_tat = tat + n * interval
