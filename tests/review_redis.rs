@@ -276,4 +276,52 @@ redis_matrix! {
         // And a key the limiter wrote works as before.
         limiter.try_acquire("fresh").await.unwrap();
     }
+
+    // Three limiters (three connections, as three processes would have)
+    // on one window key: acquire_n of mixed n, a third of them dropped
+    // while they sleep (their slots given back by later checks, racing
+    // new bookings from the other limiters), interleaved with try_acquire.
+    // Every grant that was handed out, counted n times, by Redis time: never
+    // more than max_calls in a window of the period.
+    async fn window_mixed_n_with_give_backs_stays_strict() {
+        let server = RedisServer::start();
+        let quota = Quota::window(5, Duration::from_millis(60)).unwrap();
+        let mut limiters = Vec::new();
+        for _ in 0..3 {
+            limiters.push(RateLimiter::new(connect(&server).await, "t:", quota));
+        }
+        let calls = (0..36usize).map(|i| {
+            let limiter = &limiters[i % 3];
+            let n = 1 + (i * 7) % 5;
+            async move {
+                let mut grants = Vec::new();
+                for round in 0..3usize {
+                    let cancel_after = Duration::from_millis(((i + round) % 4) as u64 * 25);
+                    let out = if (i + round) % 3 == 0 {
+                        match awaitkit::timeout(cancel_after, limiter.acquire_n("k", n)).await {
+                            Ok(out) => out.map(Some),
+                            Err(_) => Ok(None), // dropped while asking or sleeping
+                        }
+                    } else if (i + round) % 5 == 1 {
+                        match limiter.try_acquire_n("k", n).await {
+                            Err(Error::RateLimited { .. }) => Ok(None),
+                            out => out.map(Some),
+                        }
+                    } else {
+                        limiter.acquire_n("k", n).await.map(Some)
+                    };
+                    if let Some(g) = out.unwrap() {
+                        grants.extend(std::iter::repeat_n(g.redis_time(), n));
+                    }
+                }
+                grants
+            }
+        });
+        let mut stamps: Vec<Duration> = awaitkit::gather(calls).await.into_iter().flatten().collect();
+        stamps.sort_unstable();
+        assert!(stamps.len() > 60, "{} grants", stamps.len());
+        for w in stamps.windows(6) {
+            assert!(w[5] - w[0] >= Duration::from_millis(60), "6 grants within 60 ms: {w:?}");
+        }
+    }
 }
