@@ -1628,16 +1628,82 @@ def keyed_section(cdir, include_stale):
     return lines
 
 
+REDIS_MARKER = "awaitkit-bench-run-redis.txt"
+REDIS_FUNCTIONS = [
+    ("ping", "bare `PING` (the floor)"),
+    ("evalsha_time", "`EVALSHA` of `return redis.call('TIME')` (the script floor)"),
+    ("window_check", "`redis::RateLimiter` window, granted `try_acquire`"),
+    ("gcra_check", "`redis::RateLimiter` GCRA, granted `try_acquire`"),
+    ("local_window", "local `RateLimiter` window (for scale)"),
+    ("local_gcra", "local `RateLimiter` GCRA (for scale)"),
+]
+
+
+def redis_section(cdir, include_stale):
+    """Markdown lines for the Redis rate limiter bench (`benches/redis.rs`: the
+    criterion medians of `redis_check` and its interleaved `redis_checks.csv`);
+    empty if it has not run."""
+    run = read_marker(cdir, REDIS_MARKER, include_stale)
+    if run is None:
+        return []
+    _, _, not_before = run
+    criterion = {}
+    for fid, _ in REDIS_FUNCTIONS:
+        m = read_median(cdir / "redis_check" / fid / "new" / "estimates.json", not_before)
+        if m is not None:
+            criterion[fid] = m
+    inter = {row["function"]: row for row in csv_rows(cdir, "redis_checks.csv")}
+    lines = []
+    w = lines.append
+    section_header(w, "Redis rate limiter", [
+        "`awaitkit::redis::RateLimiter` against a loopback `redis-server` started by the bench",
+        "(`benches/redis.rs`), one awaited operation at a time on a tokio current-thread runtime",
+        "and one multiplexed connection, beside its floors: a bare `PING` round trip and an",
+        "`EVALSHA` of a script that only reads `TIME`. Bar (issue 19): a granted check ≤ 1.3 ×",
+        "`PING`, goal ≤ 1.1 ×. The interleaved columns come from rounds of 2 000 operations per",
+        "function taken in turn (median per operation), so load on the machine hits every",
+        "function alike.",
+    ], "redis", run, extra=[
+        "An `EVALSHA` that only reads `TIME` already costs more than 1.3 × `PING` here, so the",
+        "bar cannot hold for any check that runs a script reading Redis's clock; the table",
+        "shows how far each check is from that script floor (GCRA: a `GET` and a `SET` more;",
+        "window: `ZREMRANGEBYSCORE`, `ZCARD`, `ZRANGE`, `ZADD`, `PEXPIRE` more).",
+    ])
+    w("")
+    rows = []
+    ping_c = criterion.get("ping")
+    for fid, label in REDIS_FUNCTIONS:
+        c = criterion.get(fid)
+        row = inter.get(fid)
+        med = float(row["median_ns"]) if row else None
+        r = float(row["ratio_to_ping"]) if row else None
+        bar = ""
+        if fid in ("window_check", "gcra_check") and r is not None:
+            bar = f"**{r:.2f}** {mark(r <= 1.3)}"
+        elif r is not None:
+            bar = f"{r:.2f}"
+        us = lambda v: f"{v / 1000:.2f}" if v is not None else "—"
+        rows.append([label, us(c), f"{c / ping_c:.2f}" if c and ping_c else "—",
+                     us(med), bar or "—"])
+    table(w, ["function", "criterion median (µs)", "/ PING", "interleaved median (µs)", "/ PING (bar ≤ 1.3 for checks)"], rows)
+    w("")
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--target-dir", help="cargo target dir of the bench run (default: $CARGO_TARGET_DIR or ./target)")
     parser.add_argument("--include-stale", action="store_true", help="keep results older than the last run marker")
+    parser.add_argument("--only", choices=["redis"], help="print only this bench's section (to splice into docs/benchmarks.md)")
     parser.add_argument("--source", help="what was measured (default: `git describe --always --dirty` here)")
     args = parser.parse_args()
 
     cdir = criterion_dir(args)
+    if args.only == "redis":
+        print("\n".join(redis_section(cdir, args.include_stale)))
+        return
     if not cdir.is_dir():
         sys.exit(f"no criterion output in {cdir}: run `cargo bench -p awaitkit-benches --bench combinators` first")
     mode, run_time, not_before = read_marker(cdir, COMBINATORS_MARKER, args.include_stale) or ("unknown", None, None)
@@ -1792,6 +1858,7 @@ def main():
     lines += realistic_section(cdir, args.include_stale)
     lines += fanout_section(cdir, args.include_stale)
     lines += keyed_section(cdir, args.include_stale)
+    lines += redis_section(cdir, args.include_stale)
     print("\n".join(lines))
 
 

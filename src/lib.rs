@@ -30,6 +30,7 @@
 //! | retries with backoff | tenacity, `backoff` | [`RetryPolicy`], [`Backoff`] |
 //! | at most N at a time | `asyncio.Semaphore`, `async with sem:` | [`Semaphore`], [`Semaphore::limit`] |
 //! | at most N per period | `RateLimiter(max_calls, period)` | [`RateLimiter`], [`RateLimiter::limit`], [`RateLimiter::limit_stream`], [`KeyedRateLimiter`] |
+//! | …shared by every replica of a service | a Redis-backed limiter | `redis::RateLimiter` (feature `redis`) |
 //! | a pool of connections | `AsyncDatabasePool`, `async with pool.acquire()` | [`Pool`], [`pool::Manager`] |
 //! | many items, at most N at a time, results in order, with progress | a semaphore-bounded `gather` over the items, `tqdm.asyncio` | [`process_batch`] |
 //! | …items from a stream, results as they finish (in order, or with their index) | `async for` over a queue, aiometer's `amap` | [`process_batch_stream`], [`Batch::ordered`], [`Batch::unordered`] |
@@ -185,6 +186,8 @@
 //! | `indicatif` | `Batch::progress_bar`: batch progress drawn as a tqdm-style bar; `awaitkit::indicatif`, the `indicatif` crate (0.18) re-exported |
 //! | `quanta` | `time::QuantaTimer`: the CPU's time-stamp counter as the clock (the cheapest [`RateLimiter`] checks) |
 //! | `tracing` | slow polls seen by [`watch`](mod@watch) are also emitted as `tracing` warnings |
+//! | `redis` | `awaitkit::redis::RateLimiter`: the same quotas shared by many processes through Redis, on your redis-rs connection (redis-rs's `aio`; pick its runtime with `redis-tokio` or `redis-smol`, or in your own redis-rs dependency) |
+//! | `redis-tokio`, `redis-smol` | `redis` with redis-rs's `tokio-comp` / `smol-comp` |
 
 #![warn(
     missing_docs,
@@ -205,6 +208,9 @@ mod gather;
 mod poison;
 pub mod pool;
 pub mod rate_limiter;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 mod retry;
 mod semaphore;
 mod staggered_race;

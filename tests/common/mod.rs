@@ -15,6 +15,8 @@
 #![allow(dead_code, unused_macros)]
 
 pub(crate) mod faults;
+#[cfg(feature = "redis")]
+pub(crate) mod redis_server;
 
 use futures::channel::oneshot;
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -1,0 +1,235 @@
+//! The Lua scripts the Redis rate limiter runs, and the one call that runs
+//! them: `EVALSHA`, then `EVAL` when Redis answers `NOSCRIPT` (a restarted
+//! server, `SCRIPT FLUSH`, a replica promoted after a failover).
+//!
+//! Numbers: Redis runs Lua 5.1, whose numbers are doubles. Every time and
+//! span is a whole number of microseconds below 2^53 (the limiter caps
+//! spans at [`MAX_SPAN_US`], and `TIME` today is about 1.8 * 10^15 us), so
+//! the arithmetic is exact; numbers going back to Redis are formatted with
+//! `%.0f` (Lua's own `tostring` keeps only 14 digits).
+
+use ::redis::aio::ConnectionLike;
+use ::redis::{Cmd, ErrorKind, RedisFuture, ServerErrorKind, Value};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Every script starts by reading Redis's clock (`now`, in microseconds)
+/// and defines `s(x)`, an exact decimal for a whole number (Lua's own
+/// `tostring` keeps 14 digits).
+macro_rules! prologue {
+    () => {
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function s(x) return string.format('%.0f', x) end"#
+    };
+}
+
+/// The longest period or GCRA span the scripts compute with: 2^52 us
+/// (about 142 years). Longer periods are treated as this long.
+pub(crate) const MAX_SPAN_US: u64 = 1 << 52;
+
+/// A script and its SHA-1, computed once.
+pub(crate) struct Lua {
+    pub(crate) source: &'static str,
+    pub(crate) sha: std::sync::LazyLock<String>,
+}
+
+/// The strict sliding window: a sorted set of grant stamps per key.
+///
+/// `KEYS[1]` the key; `ARGV`: max_calls, period (us), n, reserve (`1`: book
+/// the earliest slot when refused), a member prefix unique to this call.
+/// Reply `{status, wait_us, at_us}`: status 1 granted now (at = now), 2
+/// reserved (granted at `at`, `wait` from now), 0 refused (`wait` until it
+/// would be granted), 3 out of range (the slot would fall past 2^53 us,
+/// where doubles, Lua's numbers and sorted-set scores alike, skip whole
+/// numbers: refused rather than rounded). The expiry adds the period in
+/// whole milliseconds, each part rounded up, so no sum passes 2^53.
+///
+/// A grant at `s` occupies every window `[x, x + period)` holding `s`.
+/// Stamps are only ever added at or after the newest (a booked slot is in
+/// the future), so the new stamps at `at` are within the quota when at most
+/// `max - n` stamps are later than `at - period`: `at` is the latest of now,
+/// the newest stamp, and the `(count - max + n)`-th stamp plus the period.
+pub(crate) static WINDOW: Lua = Lua {
+    source: concat!(
+        prologue!(),
+        r#"
+local key = KEYS[1]
+local max = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local reserve = ARGV[4] == '1'
+local limit = 9007199254740992
+redis.call('ZREMRANGEBYSCORE', key, '-inf', s(now - period))
+local count = redis.call('ZCARD', key)
+local at = now
+if count > 0 then
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  local newest = tonumber(last[2])
+  if newest > limit then return {3, 0, 0} end
+  if newest > at then at = newest end
+  local j = count - max + n
+  if j >= 1 then
+    local oldest = redis.call('ZRANGE', key, j - 1, j - 1, 'WITHSCORES')
+    if tonumber(oldest[2]) > limit - period then return {3, 0, 0} end
+    local free = tonumber(oldest[2]) + period
+    if free > at then at = free end
+  end
+end
+if at > now and not reserve then
+  return {0, at - now, at}
+end
+local score = s(at)
+local args = {}
+for i = 1, n do
+  args[#args + 1] = score
+  args[#args + 1] = ARGV[5] .. ':' .. i
+  if #args >= 2000 or i == n then
+    redis.call('ZADD', key, unpack(args))
+    args = {}
+  end
+end
+redis.call('PEXPIRE', key, s(math.ceil((at - now) / 1000) + math.ceil(period / 1000)))
+if at > now then return {2, at - now, at} end
+return {1, 0, now}
+"#
+    ),
+    sha: std::sync::LazyLock::new(|| ::redis::Script::new(WINDOW.source).get_hash().to_owned()),
+};
+
+/// GCRA: one number per key, the theoretical arrival time (us).
+///
+/// `KEYS[1]` the key; `ARGV`: emission interval (us), burst, n, reserve.
+/// Same reply as [`WINDOW`], and status 4 when the key holds a value that
+/// is not a whole number of microseconds within the exact range (a key of
+/// the user's under the prefix: left as it is).
+pub(crate) static GCRA: Lua = Lua {
+    source: concat!(
+        prologue!(),
+        r#"
+local key = KEYS[1]
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local reserve = ARGV[4] == '1'
+local raw = redis.call('GET', key)
+local tat = 0
+if raw then
+  tat = tonumber(raw)
+  if tat == nil or tat ~= tat or tat < 0 or tat > 9007199254740992 or tat % 1 ~= 0 then
+    return {4, 0, 0}
+  end
+end
+if tat < now then tat = now end
+if tat > 9007199254740992 - n * interval then return {3, 0, 0} end
+local new_tat = tat + n * interval
+local allow_at = new_tat - burst * interval
+if allow_at < now then allow_at = now end
+if allow_at > now and not reserve then
+  return {0, allow_at - now, allow_at}
+end
+redis.call('SET', key, s(new_tat), 'PX', s(math.ceil((new_tat - now) / 1000)))
+if allow_at > now then return {2, allow_at - now, allow_at} end
+return {1, 0, now}
+"#
+    ),
+    sha: std::sync::LazyLock::new(|| ::redis::Script::new(GCRA.source).get_hash().to_owned()),
+};
+
+/// Gives back booked slots whose waiters were dropped before their time.
+///
+/// `KEYS`: one per slot; `ARGV`: three per key: `w`, the member prefix and
+/// n (a window: remove those members), or `g`, the arrival time the booking
+/// set and its span (GCRA: roll back, only if nothing was booked or granted
+/// since). Removing stamps or rolling back an untouched arrival time only
+/// makes room: every grant and booking made so far was placed with the
+/// slot counted, so none becomes too early.
+pub(crate) static GIVE_BACK: Lua = Lua {
+    source: concat!(
+        prologue!(),
+        r#"
+for i, key in ipairs(KEYS) do
+  local kind, a, b = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+  if kind == 'w' then
+    local members = {}
+    local n = tonumber(b)
+    for j = 1, n do
+      members[#members + 1] = a .. ':' .. j
+      if #members >= 1000 or j == n then
+        redis.call('ZREM', key, unpack(members))
+        members = {}
+      end
+    end
+  elseif redis.call('GET', key) == a then
+    local back = tonumber(a) - tonumber(b)
+    if back > now then
+      redis.call('SET', key, s(back), 'PX', s(math.ceil((back - now) / 1000)))
+    else
+      redis.call('DEL', key)
+    end
+  end
+end
+return #KEYS
+"#
+    ),
+    sha: std::sync::LazyLock::new(|| ::redis::Script::new(GIVE_BACK.source).get_hash().to_owned()),
+};
+
+/// Slots to give back before the next check: keys and `GIVE_BACK`'s
+/// arguments.
+#[derive(Default)]
+pub(crate) struct GiveBack {
+    pub(crate) keys: Vec<Vec<u8>>,
+    pub(crate) args: Vec<String>,
+}
+
+/// `EVALSHA`, and `EVAL` (which also caches the script again) when Redis
+/// does not know the hash.
+async fn run<C: ConnectionLike>(
+    conn: &mut C,
+    lua: &'static Lua,
+    keys: &[Vec<u8>],
+    args: &[String],
+) -> ::redis::RedisResult<Value> {
+    let build = |verb: &str, head: &str| {
+        let mut cmd = Cmd::new();
+        cmd.arg(verb).arg(head).arg(keys.len());
+        for k in keys {
+            cmd.arg(k.as_slice());
+        }
+        for a in args {
+            cmd.arg(a.as_str());
+        }
+        cmd
+    };
+    match build("EVALSHA", &lua.sha).query_async::<Value>(conn).await {
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            build("EVAL", lua.source).query_async::<Value>(conn).await
+        }
+        other => other,
+    }
+}
+
+/// One script call on a clone of `conn`. At its first poll it takes the
+/// slots queued in `give_back` and gives them back first (one more round
+/// trip, only when there are any; its failure is ignored: those slots stay
+/// booked, under-use only).
+pub(crate) fn invoke<C>(
+    conn: &C,
+    lua: &'static Lua,
+    key: Vec<u8>,
+    args: [String; 5],
+    give_back: Arc<Mutex<GiveBack>>,
+) -> RedisFuture<'static, Value>
+where
+    C: ConnectionLike + Clone + Send + 'static,
+{
+    let mut conn = conn.clone();
+    Box::pin(async move {
+        let back = std::mem::take(&mut *give_back.lock().unwrap_or_else(PoisonError::into_inner));
+        if !back.keys.is_empty() {
+            let _ = run(&mut conn, &GIVE_BACK, &back.keys, &back.args).await;
+        }
+        run(&mut conn, lua, std::slice::from_ref(&key), &args).await
+    })
+}
