@@ -1,0 +1,213 @@
+#![cfg(feature = "test-util")]
+//! Adversarial review of the strict window's four-byte stamps (issue 18
+//! memory): periods that are not a whole number of nanoseconds on the grid
+//! (a minute, 2³¹ + 1 ns, an hour, `u64::MAX` ns), quotas around the 64
+//! calls kept as stamps, `try_acquire_n` filling the rings several grants
+//! at a time, waiters (promotion and demotion), evictions and quota
+//! changes.
+
+#[macro_use]
+mod common;
+
+use awaitkit::rate_limiter::{Quota, RateLimitError};
+use awaitkit::time::ManualClock;
+use awaitkit::{KeyedAcquireN, KeyedRateLimiter, RateAcquireN, RateLimiter};
+use common::CountingWaker;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// The grid step stamps round to for `period` nanoseconds: the smallest
+/// power of two putting the period within 2^31 steps.
+fn step_of(period: u64) -> u64 {
+    let bits = u64::BITS - period.saturating_sub(1).leading_zeros();
+    1 << bits.saturating_sub(31)
+}
+
+const PERIODS: [u64; 5] = [
+    60_000_000_000,
+    (1 << 31) + 1,
+    3_600_000_000_000,
+    (1 << 40) + 1,
+    u64::MAX,
+];
+
+/// On the grid (every clock reading a multiple of the step since the
+/// limiter's first use), rounding up changes nothing: one key answers
+/// exactly as a lone limiter does, through checks of up to the whole quota
+/// at once, waiters (a promotion, then a demotion), evictions and quota
+/// changes across 64 calls.
+#[test]
+fn on_the_grid_a_stamped_key_is_exactly_a_lone_limiter() {
+    for period in PERIODS {
+        let step = step_of(period);
+        let period_d = Duration::from_nanos(period);
+        for maxes in [[2, 3], [63, 64], [64, 65], [3, 64]] {
+            for seed in 1..=40u64 {
+                let quotas = maxes.map(|m| Quota::window(m, period_d).unwrap());
+                let clock = ManualClock::new();
+                let limiter = KeyedRateLimiter::with_quota(quotas[0]).with_timer(clock.clone());
+                let single = RateLimiter::with_quota(quotas[0]).with_timer(clock.clone());
+                let waker = CountingWaker::new();
+                let mut rng = common::Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+                let mut max = maxes[0];
+                type Pair<'a> = (
+                    Pin<Box<KeyedAcquireN<&'static str, ManualClock>>>,
+                    Pin<Box<RateAcquireN<'a, ManualClock>>>,
+                );
+                let mut live: Vec<Pair<'_>> = Vec::new();
+                // The first use fixes both epochs at the clock's start.
+                assert_eq!(limiter.try_acquire_n("k", 1), single.try_acquire_n(1));
+                let mut elapsed: u128 = 0;
+                for i in 0..250 {
+                    let what = format!("period {period} maxes {maxes:?} seed {seed} op {i}");
+                    match rng.below(10) {
+                        0..=2 => {
+                            let n = match rng.below(3) {
+                                0 => 1 + rng.below(max),
+                                _ => 1,
+                            };
+                            assert_eq!(
+                                limiter.try_acquire_n("k", n),
+                                single.try_acquire_n(n),
+                                "{what} n {n}"
+                            );
+                        }
+                        3 if live.len() < 3 => {
+                            let n = 1 + rng.below(max.min(3));
+                            live.push((
+                                Box::pin(limiter.acquire_n("k", n)),
+                                Box::pin(single.acquire_n(n)),
+                            ));
+                        }
+                        4 if !live.is_empty() => {
+                            let i = rng.below(live.len());
+                            drop(live.remove(i));
+                        }
+                        5 => {
+                            limiter.evict_idle();
+                        }
+                        6 if rng.below(3) == 0 => {
+                            let j = rng.below(2);
+                            max = maxes[j];
+                            limiter.set_quota(quotas[j]).unwrap();
+                            single.set_quota(quotas[j]).unwrap();
+                        }
+                        _ => {
+                            // Some steps, up to a fraction of the period, or
+                            // exactly to a window's edge and one step either side.
+                            let steps = match rng.below(4) {
+                                0 => rng.below_u64(8),
+                                1 => rng.below_u64(period / step / 4),
+                                2 => period / step,
+                                _ => (period / step).saturating_sub(1),
+                            };
+                            let by = steps * step;
+                            if elapsed + u128::from(by) > u128::from(u64::MAX / 4) {
+                                continue;
+                            }
+                            elapsed += u128::from(by);
+                            clock.advance(Duration::from_nanos(by));
+                        }
+                    }
+                    let mut i = 0;
+                    while i < live.len() {
+                        let (k, s) = &mut live[i];
+                        let got = k.as_mut().poll(&mut waker.context());
+                        let want = s.as_mut().poll(&mut waker.context());
+                        assert_eq!(got, want, "{what}: acquire {i}");
+                        if got.is_ready() {
+                            drop(live.remove(i));
+                        } else {
+                            i += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Off the grid (any nanosecond): never more than the quota in any window
+/// of the real clock, and a refusal's wait ends no earlier than the exact
+/// window allows and less than one step later.
+#[test]
+fn off_the_grid_a_stamped_key_is_strict_and_at_most_a_step_late() {
+    for period in PERIODS {
+        let step = step_of(period);
+        let period_d = Duration::from_nanos(period);
+        for maxes in [[2, 3], [63, 64], [64, 65], [1, 64]] {
+            for seed in 1..=40u64 {
+                let quotas = maxes.map(|m| Quota::window(m, period_d).unwrap());
+                let clock = ManualClock::new();
+                let limiter = KeyedRateLimiter::with_quota(quotas[0]).with_timer(clock.clone());
+                let mut rng = common::Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
+                let mut max = maxes[0];
+                let mut now: u64 = 0;
+                let mut granted: Vec<u64> = Vec::new();
+                limiter.try_acquire_n("k", 1).unwrap();
+                granted.push(0);
+                for i in 0..300 {
+                    let what = format!("period {period} maxes {maxes:?} seed {seed} op {i}");
+                    match rng.below(8) {
+                        0..=2 => {
+                            let n = match rng.below(3) {
+                                0 => 1 + rng.below(max),
+                                _ => 1,
+                            };
+                            let live: Vec<u64> = granted
+                                .iter()
+                                .copied()
+                                .filter(|&t| t.saturating_add(period) > now)
+                                .collect();
+                            let exact = match (live.len() + n).checked_sub(max) {
+                                Some(over @ 1..) => live[over - 1].saturating_add(period),
+                                _ => now,
+                            };
+                            match limiter.try_acquire_n("k", n) {
+                                Ok(()) => {
+                                    assert!(exact <= now, "{what}: {n} granted over the quota");
+                                    granted.extend(std::iter::repeat_n(now, n));
+                                }
+                                Err(RateLimitError::RateLimited { wait }) => {
+                                    let at = now as u128 + wait.as_nanos();
+                                    assert!(at > now as u128, "{what}: refused, wait 0");
+                                    assert!(at >= exact as u128, "{what}: retry {at} before {exact}");
+                                    // (`u64::MAX`: a window past the end
+                                    // of time, "never", as a lone limiter says.)
+                                    assert!(
+                                        exact == u64::MAX || at < exact as u128 + step as u128,
+                                        "{what}: retry {at} a step or more after {exact}"
+                                    );
+                                }
+                                Err(e) => panic!("{what}: {e:?}"),
+                            }
+                        }
+                        3 => {
+                            limiter.evict_idle();
+                        }
+                        4 if rng.below(3) == 0 => {
+                            let j = rng.below(2);
+                            max = maxes[j];
+                            limiter.set_quota(quotas[j]).unwrap();
+                        }
+                        _ => {
+                            let by = match rng.below(5) {
+                                0 => rng.below_u64(3 * step),
+                                1 => rng.below_u64(period / 4),
+                                2 => period.saturating_sub(rng.below_u64(2 * step)),
+                                3 => period.saturating_add(rng.below_u64(2 * step)).min(period),
+                                _ => rng.below_u64(1 << 20),
+                            };
+                            if now.checked_add(by).is_none_or(|t| t > u64::MAX / 4) {
+                                continue;
+                            }
+                            now += by;
+                            clock.advance(Duration::from_nanos(by));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
