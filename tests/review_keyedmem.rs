@@ -133,6 +133,19 @@ fn on_the_grid_a_stamped_key_is_exactly_a_lone_limiter() {
 /// window allows and less than one step later.
 #[test]
 fn off_the_grid_a_stamped_key_is_strict_and_at_most_a_step_late() {
+    off_the_grid(0, u64::MAX / 4);
+}
+
+/// The same far from the limiter's epoch: past 2^63 ns, and within 2^45 ns
+/// of 2^64 (the low 32 bits of the stamps wrap many times, and the high
+/// bits are all ones).
+#[test]
+fn far_from_the_epoch_a_stamped_key_is_strict_and_at_most_a_step_late() {
+    off_the_grid((1 << 63) - (1 << 40), (1 << 63) + (1 << 50));
+    off_the_grid(u64::MAX - (1 << 45), u64::MAX);
+}
+
+fn off_the_grid(start: u64, end: u64) {
     for period in PERIODS {
         let step = step_of(period);
         let period_d = Duration::from_nanos(period);
@@ -143,10 +156,11 @@ fn off_the_grid_a_stamped_key_is_strict_and_at_most_a_step_late() {
                 let limiter = KeyedRateLimiter::with_quota(quotas[0]).with_timer(clock.clone());
                 let mut rng = common::Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
                 let mut max = maxes[0];
-                let mut now: u64 = 0;
+                // The epoch, then `start` later.
+                assert!(limiter.try_acquire_n("epoch", 1).is_ok());
+                let mut now: u64 = start.saturating_sub(rng.below_u64(1 << 20));
+                clock.advance(Duration::from_nanos(now));
                 let mut granted: Vec<u64> = Vec::new();
-                limiter.try_acquire_n("k", 1).unwrap();
-                granted.push(0);
                 for i in 0..300 {
                     let what = format!("period {period} maxes {maxes:?} seed {seed} op {i}");
                     match rng.below(8) {
@@ -199,7 +213,7 @@ fn off_the_grid_a_stamped_key_is_strict_and_at_most_a_step_late() {
                                 3 => period.saturating_add(rng.below_u64(2 * step)).min(period),
                                 _ => rng.below_u64(1 << 20),
                             };
-                            if now.checked_add(by).is_none_or(|t| t > u64::MAX / 4) {
+                            if now.checked_add(by).is_none_or(|t| t > end) {
                                 continue;
                             }
                             now += by;
