@@ -225,3 +225,120 @@ fn off_the_grid(start: u64, end: u64) {
         }
     }
 }
+
+#[derive(Clone, Copy, Debug)]
+struct Granted {
+    key: u32,
+    before: u64,
+    after: u64,
+}
+
+/// A sound check on grants known only within `[before, after]`: those
+/// surely inside `[a, a + window)` for an anchor grant's `before = a` are
+/// never more than `max`.
+fn assert_at_most(grants: &[Granted], max: usize, window: u64) {
+    let mut keys: Vec<u32> = grants.iter().map(|g| g.key).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        let mut mine: Vec<_> = grants.iter().filter(|g| g.key == key).copied().collect();
+        mine.sort_by_key(|g| g.before);
+        for (i, anchor) in mine.iter().enumerate() {
+            let inside = mine[i..]
+                .iter()
+                .filter(|g| g.after < anchor.before.saturating_add(window))
+                .count();
+            assert!(
+                inside <= max,
+                "key {key}: {inside} grants within {window} ns after {}",
+                anchor.before
+            );
+        }
+    }
+}
+
+/// Four threads check (one to three calls at once) and wait on one hot key
+/// and its neighbours while a fifth moves the clock off the grid (2 ns steps
+/// for a period of 2^31 + 1 ns) and sweeps: rings grow, shrink, are
+/// promoted and demoted concurrently, and no window of the real clock ever
+/// holds more than the quota of a key.
+#[test]
+fn threads_hammering_stamped_keys_stay_strict() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    common::watchdog("stamps_threads", || {
+        for max in [5, 64] {
+            let period = (1u64 << 31) + 1;
+            let clock = ManualClock::new();
+            let limiter = Arc::new(
+                KeyedRateLimiter::with_quota(
+                    Quota::window(max, Duration::from_nanos(period)).unwrap(),
+                )
+                .with_timer(clock.clone()),
+            );
+            let epoch = {
+                use awaitkit::Timer;
+                assert!(limiter.try_acquire(u32::MAX).is_ok());
+                clock.now()
+            };
+            let at = {
+                let clock = clock.clone();
+                move || {
+                    use awaitkit::Timer;
+                    clock.now().duration_since(epoch).as_nanos() as u64
+                }
+            };
+            let grants = Arc::new(Mutex::new(Vec::new()));
+            let done = Arc::new(AtomicBool::new(false));
+            let workers: Vec<_> = (0..4u64)
+                .map(|t| {
+                    let (limiter, grants, at) = (limiter.clone(), grants.clone(), at.clone());
+                    std::thread::spawn(move || {
+                        let mut rng = common::Rng((t + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                        for _ in 0..3_000 {
+                            let key = if rng.below(2) == 0 { 0 } else { rng.below(6) as u32 };
+                            let n = 1 + rng.below(3);
+                            let before = at();
+                            let ok = if rng.below(50) == 0 {
+                                futures::executor::block_on(limiter.acquire_n(key, n)).is_ok()
+                            } else {
+                                limiter.try_acquire_n(key, n).is_ok()
+                            };
+                            let after = at();
+                            if ok {
+                                let mut g = grants.lock().unwrap();
+                                g.extend(std::iter::repeat_n(Granted { key, before, after }, n));
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let mover = {
+                let (clock, limiter, done) = (clock.clone(), limiter.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut rng = common::Rng(0x1234_5678_9ABC_DEF1);
+                    while !done.load(Ordering::Relaxed) {
+                        let by = match rng.below(3) {
+                            0 => rng.below_u64(7),
+                            1 => period / 16 + rng.below_u64(1 << 10),
+                            _ => 1 + 2 * rng.below_u64(1 << 20),
+                        };
+                        clock.advance(Duration::from_nanos(by));
+                        if rng.below(16) == 0 {
+                            limiter.evict_idle();
+                        }
+                        std::thread::yield_now();
+                    }
+                })
+            };
+            for w in workers {
+                w.join().unwrap();
+            }
+            done.store(true, Ordering::Relaxed);
+            mover.join().unwrap();
+            let grants = grants.lock().unwrap();
+            assert!(grants.len() > 3 * max, "{max}: only {} grants", grants.len());
+            assert_at_most(&grants, max, period);
+        }
+    });
+}
