@@ -342,3 +342,72 @@ fn threads_hammering_stamped_keys_stay_strict() {
         }
     });
 }
+
+/// Fills `keys` keys of `limiter` with `per_key` grants each at distinct
+/// times (rings of every size up to 64), advancing `clock` 1 ns a grant.
+fn fill(limiter: &KeyedRateLimiter<u32, ManualClock>, clock: &ManualClock, keys: u32, per_key: usize) {
+    for _ in 0..per_key {
+        for key in 0..keys {
+            limiter.try_acquire(key).unwrap();
+        }
+        clock.advance(Duration::from_nanos(1));
+    }
+}
+
+/// The boxed rings are given back: when their grants expire (the key back
+/// inline), when their keys are evicted, and through a promotion and a
+/// demotion, a quota change to a log and the limiter's drop.
+#[test]
+fn stamp_rings_never_leak() {
+    let minute = Duration::from_secs(60);
+    // (Past the stamps' rounding up too.)
+    let later = minute + Duration::from_micros(1);
+    for per_key in [3, 6, 7, 14, 23, 46, 64] {
+        let clock = ManualClock::new();
+        let limiter = KeyedRateLimiter::with_quota(Quota::window(64, minute).unwrap())
+            .with_timer(clock.clone());
+        // The keys (and the table) first, one grant each: inline.
+        fill(&limiter, &clock, 40, 1);
+        clock.advance(later);
+        let grown = common::net_alloc(|| fill(&limiter, &clock, 40, per_key));
+        assert!(grown > 0, "{per_key}: no ring allocated");
+        // Expired and checked again: a fresh inline key each.
+        let back = common::net_alloc(|| {
+            clock.advance(later);
+            fill(&limiter, &clock, 40, 1);
+        });
+        assert_eq!(grown + back, 0, "{per_key}: {grown} grown, {back} given back");
+        // Evicted with a ring.
+        clock.advance(later);
+        let grown = common::net_alloc(|| fill(&limiter, &clock, 40, per_key));
+        let back = common::net_alloc(|| {
+            clock.advance(later);
+            limiter.evict_idle();
+        });
+        assert_eq!(limiter.len(), 0);
+        assert!(grown + back <= 0, "{per_key}: {grown} grown, {back} given back");
+    }
+    common::assert_no_leak("rings through promotion, demotion, set_quota, drop", || {
+        let clock = ManualClock::new();
+        let limiter = KeyedRateLimiter::with_quota(Quota::window(64, minute).unwrap())
+            .with_timer(clock.clone());
+        let waker = CountingWaker::new();
+        fill(&limiter, &clock, 4, 64);
+        // A waiter on a full ring: promoted, served, demoted.
+        let mut waiter = Box::pin(limiter.acquire(0));
+        assert!(waiter.as_mut().poll(&mut waker.context()).is_pending());
+        clock.advance(later);
+        assert!(waiter.as_mut().poll(&mut waker.context()).is_ready());
+        drop(waiter);
+        fill(&limiter, &clock, 4, 10);
+        // Above 64 calls: the rings become logs at their next check.
+        limiter
+            .set_quota(Quota::window(65, minute).unwrap())
+            .unwrap();
+        fill(&limiter, &clock, 4, 1);
+        limiter
+            .set_quota(Quota::window(3, minute).unwrap())
+            .unwrap();
+        drop(limiter);
+    });
+}
