@@ -411,3 +411,82 @@ fn stamp_rings_never_leak() {
         drop(limiter);
     });
 }
+
+/// Quota changes across grid steps (2^31 ns exact against 2^31 + 1 ns on a
+/// 2 ns grid, a minute against an hour) and across 64 calls, with stamps
+/// held: under the quota in force, every grant leaves at most its calls in
+/// the period before it, and a refusal's wait is no earlier than exact and
+/// less than the larger step later. (No sweeps: they may forget grants the
+/// longer period would still see, as documented.)
+#[test]
+fn quota_changes_across_grid_steps_keep_stamped_keys_strict() {
+    let pairs: [[(usize, u64); 2]; 4] = [
+        [(3, 1 << 31), (3, (1 << 31) + 1)],
+        [(64, 60_000_000_000), (5, 3_600_000_000_000)],
+        [(2, (1 << 31) + 1), (65, 60_000_000_000)],
+        [(64, 3_600_000_000_000), (64, 1 << 20)],
+    ];
+    for pair in pairs {
+        let step = pair.iter().map(|&(_, p)| step_of(p)).max().unwrap();
+        for seed in 1..=60u64 {
+            let quotas = pair.map(|(m, p)| Quota::window(m, Duration::from_nanos(p)).unwrap());
+            let clock = ManualClock::new();
+            let limiter = KeyedRateLimiter::with_quota(quotas[0]).with_timer(clock.clone());
+            let mut rng = common::Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let (mut max, mut period) = pair[0];
+            let mut now: u64 = 0;
+            let mut granted: Vec<u64> = Vec::new();
+            for i in 0..400 {
+                let what = format!("{pair:?} seed {seed} op {i}");
+                match rng.below(8) {
+                    0..=3 => {
+                        let n = match rng.below(3) {
+                            0 => 1 + rng.below(max),
+                            _ => 1,
+                        };
+                        // (A check forgets what its window no longer
+                        // sees, as a lone limiter's does: a longer period
+                        // later does not bring it back.)
+                        granted.retain(|&t| t.saturating_add(period) > now);
+                        let live = granted.clone();
+                        let exact = match (live.len() + n).checked_sub(max) {
+                            Some(over @ 1..) => live[over - 1].saturating_add(period),
+                            _ => now,
+                        };
+                        match limiter.try_acquire_n("k", n) {
+                            Ok(()) => {
+                                assert!(exact <= now, "{what}: {n} granted over the quota");
+                                granted.extend(std::iter::repeat_n(now, n));
+                            }
+                            Err(RateLimitError::RateLimited { wait }) => {
+                                let at = now as u128 + wait.as_nanos();
+                                assert!(at > now as u128, "{what}: refused, wait 0");
+                                assert!(at >= exact as u128, "{what}: retry {at} before {exact}");
+                                assert!(
+                                    at < exact as u128 + step as u128,
+                                    "{what}: retry {at} a step or more after {exact}"
+                                );
+                            }
+                            Err(e) => panic!("{what}: {e:?}"),
+                        }
+                    }
+                    4 if rng.below(2) == 0 => {
+                        let j = rng.below(2);
+                        (max, period) = pair[j];
+                        limiter.set_quota(quotas[j]).unwrap();
+                    }
+                    _ => {
+                        let by = match rng.below(4) {
+                            0 => rng.below_u64(3 * step),
+                            1 => rng.below_u64(period / 4),
+                            2 => period.saturating_sub(rng.below_u64(2 * step)),
+                            _ => rng.below_u64(1 << 20),
+                        };
+                        now += by;
+                        clock.advance(Duration::from_nanos(by));
+                    }
+                }
+            }
+        }
+    }
+}
