@@ -490,3 +490,95 @@ fn quota_changes_across_grid_steps_keep_stamped_keys_strict() {
         }
     }
 }
+
+/// A key whose `Drop` panics (once armed).
+struct Bomb(u32, bool);
+
+impl std::hash::Hash for Bomb {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq for Bomb {
+    fn eq(&self, other: &Bomb) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Bomb {}
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        if self.1 && !std::thread::panicking() {
+            std::panic::panic_any("injected: a key's drop");
+        }
+    }
+}
+
+/// Keys holding rings are evicted and dropped with the limiter while their
+/// `Drop` panics: every ring is still given back, and the limiter is
+/// usable (with no key left behind) after the panic.
+#[test]
+fn stamp_rings_are_freed_even_when_their_keys_drop_panics() {
+    common::quiet();
+    // (A first panic fills the panic machinery's lazy caches: not counted.)
+    for _ in 0..2 {
+        let _ = std::panic::catch_unwind(|| drop(Bomb(u32::MAX, true)));
+    }
+    let minute = Duration::from_secs(60);
+    let later = minute + Duration::from_micros(1);
+    let clock = ManualClock::new();
+    let limiter = KeyedRateLimiter::with_quota(Quota::window(64, minute).unwrap())
+        .with_timer(clock.clone());
+    let fill = |per_key: usize| {
+        for _ in 0..per_key {
+            for key in 0..8 {
+                // Only the stored key (the first one) is armed; the
+                // probes are not.
+                let _ = limiter.try_acquire(Bomb(key, false));
+            }
+            clock.advance(Duration::from_nanos(1));
+        }
+    };
+    // The keys are stored armed, one grant each.
+    for key in 0..8 {
+        limiter.try_acquire(Bomb(key, true)).unwrap();
+    }
+    let grown = common::net_alloc(|| fill(30));
+    assert!(grown > 0);
+    let back = common::net_alloc(|| {
+        clock.advance(later);
+        let panicked =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| limiter.evict_idle()))
+                .is_err();
+        assert!(panicked, "an armed key was not dropped");
+    });
+    assert_eq!(limiter.len(), 0);
+    assert!(grown + back <= 0, "{grown} grown, {back} given back");
+    // Usable again; then dropped with rings and panicking keys.
+    for key in 0..8 {
+        limiter.try_acquire(Bomb(key, true)).unwrap();
+    }
+    let grown = common::net_alloc(|| fill(30));
+    let back = common::net_alloc(|| {
+        let panicked =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(limiter))).is_err();
+        assert!(panicked, "an armed key was not dropped");
+    });
+    // As much as dropping the same limiter whose keys never had rings.
+    let base = {
+        let limiter = KeyedRateLimiter::with_quota(Quota::window(64, minute).unwrap())
+            .with_timer(clock.clone());
+        for key in 0..8 {
+            limiter.try_acquire(Bomb(key, true)).unwrap();
+        }
+        common::net_alloc(|| {
+            let panicked =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(limiter))).is_err();
+            assert!(panicked);
+        })
+    };
+    assert!(base < 0);
+    assert_eq!(grown + back, base, "{grown} grown, {back} given back");
+}
