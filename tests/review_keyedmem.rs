@@ -186,7 +186,10 @@ fn off_the_grid(start: u64, end: u64) {
                                 Err(RateLimitError::RateLimited { wait }) => {
                                     let at = now as u128 + wait.as_nanos();
                                     assert!(at > now as u128, "{what}: refused, wait 0");
-                                    assert!(at >= exact as u128, "{what}: retry {at} before {exact}");
+                                    assert!(
+                                        at >= exact as u128,
+                                        "{what}: retry {at} before {exact}"
+                                    );
                                     // (`u64::MAX`: a window past the end
                                     // of time, "never", as a lone limiter says.)
                                     assert!(
@@ -296,7 +299,11 @@ fn threads_hammering_stamped_keys_stay_strict() {
                     std::thread::spawn(move || {
                         let mut rng = common::Rng((t + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
                         for _ in 0..3_000 {
-                            let key = if rng.below(2) == 0 { 0 } else { rng.below(6) as u32 };
+                            let key = if rng.below(2) == 0 {
+                                0
+                            } else {
+                                rng.below(6) as u32
+                            };
                             let n = 1 + rng.below(3);
                             let before = at();
                             let ok = if rng.below(50) == 0 {
@@ -337,7 +344,11 @@ fn threads_hammering_stamped_keys_stay_strict() {
             done.store(true, Ordering::Relaxed);
             mover.join().unwrap();
             let grants = grants.lock().unwrap();
-            assert!(grants.len() > 3 * max, "{max}: only {} grants", grants.len());
+            assert!(
+                grants.len() > 3 * max,
+                "{max}: only {} grants",
+                grants.len()
+            );
             assert_at_most(&grants, max, period);
         }
     });
@@ -345,7 +356,12 @@ fn threads_hammering_stamped_keys_stay_strict() {
 
 /// Fills `keys` keys of `limiter` with `per_key` grants each at distinct
 /// times (rings of every size up to 64), advancing `clock` 1 ns a grant.
-fn fill(limiter: &KeyedRateLimiter<u32, ManualClock>, clock: &ManualClock, keys: u32, per_key: usize) {
+fn fill(
+    limiter: &KeyedRateLimiter<u32, ManualClock>,
+    clock: &ManualClock,
+    keys: u32,
+    per_key: usize,
+) {
     for _ in 0..per_key {
         for key in 0..keys {
             limiter.try_acquire(key).unwrap();
@@ -376,7 +392,11 @@ fn stamp_rings_never_leak() {
             clock.advance(later);
             fill(&limiter, &clock, 40, 1);
         });
-        assert_eq!(grown + back, 0, "{per_key}: {grown} grown, {back} given back");
+        assert_eq!(
+            grown + back,
+            0,
+            "{per_key}: {grown} grown, {back} given back"
+        );
         // Evicted with a ring.
         clock.advance(later);
         let grown = common::net_alloc(|| fill(&limiter, &clock, 40, per_key));
@@ -385,7 +405,10 @@ fn stamp_rings_never_leak() {
             limiter.evict_idle();
         });
         assert_eq!(limiter.len(), 0);
-        assert!(grown + back <= 0, "{per_key}: {grown} grown, {back} given back");
+        assert!(
+            grown + back <= 0,
+            "{per_key}: {grown} grown, {back} given back"
+        );
     }
     common::assert_no_leak("rings through promotion, demotion, set_quota, drop", || {
         let clock = ManualClock::new();
@@ -529,8 +552,8 @@ fn stamp_rings_are_freed_even_when_their_keys_drop_panics() {
     let minute = Duration::from_secs(60);
     let later = minute + Duration::from_micros(1);
     let clock = ManualClock::new();
-    let limiter = KeyedRateLimiter::with_quota(Quota::window(64, minute).unwrap())
-        .with_timer(clock.clone());
+    let limiter =
+        KeyedRateLimiter::with_quota(Quota::window(64, minute).unwrap()).with_timer(clock.clone());
     let fill = |per_key: usize| {
         for _ in 0..per_key {
             for key in 0..8 {
