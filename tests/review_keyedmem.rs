@@ -605,3 +605,39 @@ fn stamp_rings_are_freed_even_when_their_keys_drop_panics() {
     assert!(base < 0);
     assert_eq!(grown + back, base, "{grown} grown, {back} given back");
 }
+
+/// `Duration::MAX` as the period (past `u64::MAX` ns): stamps on the
+/// longest grid answer as a lone limiter does, on the grid and off it.
+#[test]
+fn a_period_of_duration_max_matches_a_lone_limiter() {
+    for max in [2, 3, 63, 64, 65] {
+        for offset in [0, 1, (1 << 33) - 1] {
+            let quota = Quota::window(max, Duration::MAX).unwrap();
+            let clock = ManualClock::new();
+            let limiter = KeyedRateLimiter::with_quota(quota).with_timer(clock.clone());
+            let single = RateLimiter::with_quota(quota).with_timer(clock.clone());
+            assert_eq!(limiter.try_acquire(1), single.try_acquire());
+            let mut rng = common::Rng(0x9E37_79B9_7F4A_7C15 ^ offset);
+            for i in 0..200 {
+                let n = 1 + rng.below(3).min(max - 1);
+                let (got, want) = (limiter.try_acquire_n(1, n), single.try_acquire_n(n));
+                match (&got, &want) {
+                    // Off the grid, a refusal may end up to a step later.
+                    (
+                        Err(RateLimitError::RateLimited { wait: a }),
+                        Err(RateLimitError::RateLimited { wait: b }),
+                    ) => {
+                        assert!(
+                            a >= b && *a - *b < Duration::from_nanos(1 << 33),
+                            "{max} {i}: {got:?} {want:?}"
+                        );
+                    }
+                    _ => assert_eq!(got, want, "{max} {i}"),
+                }
+                clock.advance(Duration::from_nanos(
+                    ((1 << 33) * rng.below_u64(1 << 20)) + offset,
+                ));
+            }
+        }
+    }
+}
