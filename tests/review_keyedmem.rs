@@ -641,3 +641,91 @@ fn a_period_of_duration_max_matches_a_lone_limiter() {
         }
     }
 }
+
+// A clock whose next read, on this thread, runs a hook right after reading
+// (a thread preempted between reading the clock and taking the lock).
+thread_local! {
+    static AFTER_READ: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+#[derive(Clone)]
+struct Preempted(ManualClock);
+
+impl awaitkit::Timer for Preempted {
+    type Sleep = <ManualClock as awaitkit::Timer>::Sleep;
+
+    fn now(&self) -> std::time::Instant {
+        let now = self.0.now();
+        if let Some(hook) = AFTER_READ.with(|h| h.borrow_mut().take()) {
+            hook();
+        }
+        now
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Self::Sleep {
+        self.0.sleep_until(deadline)
+    }
+
+    fn sleep_until_shared(&self, deadline: std::time::Instant) -> Self::Sleep {
+        self.0.sleep_until_shared(deadline)
+    }
+
+    fn reset(&self, sleep: Pin<&mut Self::Sleep>, deadline: std::time::Instant) {
+        self.0.reset(sleep, deadline)
+    }
+}
+
+/// A minute's window of 3 (32 ns grid), grants at 1, 2 and 3 ns (one
+/// ring), then a waiter (promoted with them). A check reads the clock at a
+/// minute and 2 ns; before it locks, the waiter is granted and leaves. The
+/// check demotes the key back to stamps (behind the waiter's grant): the
+/// key then takes exactly the quota from the waiter's grant on (a step of
+/// rounding aside), and a sweep before those leave keeps it full.
+#[test]
+fn a_stale_read_racing_the_demotion_of_a_stamped_key_stays_strict() {
+    common::watchdog("stale_stamps", || {
+        let minute = Duration::from_secs(60);
+        let ns = Duration::from_nanos(1);
+        let clock = ManualClock::new();
+        let limiter = KeyedRateLimiter::new(3, minute).with_timer(Preempted(clock.clone()));
+        let waker = CountingWaker::new();
+        clock.advance(ns);
+        assert_eq!(limiter.try_acquire("k"), Ok(()));
+        for _ in 0..2 {
+            clock.advance(ns);
+            assert_eq!(limiter.try_acquire("k"), Ok(()));
+        }
+        let mut waiter = Box::pin(limiter.acquire("k"));
+        assert!(waiter.as_mut().poll(&mut waker.context()).is_pending());
+        clock.advance(minute - ns); // a minute and 2 ns
+        let hook_clock = clock.clone();
+        AFTER_READ.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                hook_clock.advance(ns);
+                let w = CountingWaker::new();
+                assert!(waiter.as_mut().poll(&mut w.context()).is_ready());
+                drop(waiter);
+            }))
+        });
+        // Exactly, the grant at 2 ns has left and one more fits; its stamp
+        // (32 ns) may still hold the room, for less than a step.
+        let mut taken = 1;
+        match limiter.try_acquire("k") {
+            Ok(()) => taken += 1,
+            Err(RateLimitError::RateLimited { wait }) => assert!(wait < 32 * ns, "{wait:?}"),
+            Err(e) => panic!("{e:?}"),
+        }
+        assert_eq!(limiter.stats().waiting_keys, 0);
+        clock.advance(40 * ns);
+        while limiter.try_acquire("k").is_ok() {
+            taken += 1;
+        }
+        assert_eq!(taken, 3, "the waiter's grant and the calls after it");
+        // All three are at a minute or later: until two minutes, a sweep
+        // keeps the key and nothing fits.
+        clock.advance(minute - 100 * ns);
+        limiter.evict_idle();
+        assert!(limiter.try_acquire("k").is_err());
+    });
+}
