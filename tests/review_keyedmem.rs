@@ -15,6 +15,7 @@ use awaitkit::{KeyedAcquireN, KeyedRateLimiter, RateAcquireN, RateLimiter};
 use common::CountingWaker;
 use std::future::Future;
 use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 /// The grid step stamps round to for `period` nanoseconds: the smallest
@@ -728,4 +729,95 @@ fn a_stale_read_racing_the_demotion_of_a_stamped_key_stays_strict() {
         limiter.evict_idle();
         assert!(limiter.try_acquire("k").is_err());
     });
+}
+
+/// A live acquire: the future, its key, its calls, its last poll's time.
+type Live = (Pin<Box<KeyedAcquireN<u32, ManualClock>>>, u32, usize, u64);
+
+/// Waiters off the grid: checks and acquires of up to three calls, each
+/// acquire polled after every step and cancelled at random, sweeps and the
+/// clock moving any number of nanoseconds. Every grant (a waiter's known
+/// between its last two polls) is within the quota on the real clock.
+#[test]
+fn waiters_off_the_grid_keep_stamped_keys_strict() {
+    for period in [60_000_000_000, (1u64 << 31) + 1, 3_600_000_000_000] {
+        let step = step_of(period);
+        for max in [2, 3, 63, 64, 65] {
+            for seed in 1..=30u64 {
+                let clock = ManualClock::new();
+                let limiter = KeyedRateLimiter::with_quota(
+                    Quota::window(max, Duration::from_nanos(period)).unwrap(),
+                )
+                .with_timer(clock.clone());
+                let waker = CountingWaker::new();
+                let mut rng = common::Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+                let mut now = 0u64;
+                let mut grants = Vec::new();
+                // (key, calls, last poll) of each live acquire.
+                let mut live: Vec<Live> = Vec::new();
+                assert!(limiter.try_acquire(u32::MAX).is_ok());
+                for _ in 0..300 {
+                    match rng.below(8) {
+                        0 | 1 => {
+                            let key = rng.below(2) as u32;
+                            let n = 1 + rng.below(3.min(max));
+                            if limiter.try_acquire_n(key, n).is_ok() {
+                                grants.extend(std::iter::repeat_n(
+                                    Granted {
+                                        key,
+                                        before: now,
+                                        after: now,
+                                    },
+                                    n,
+                                ));
+                            }
+                        }
+                        2 if live.len() < 4 => {
+                            let key = rng.below(2) as u32;
+                            let n = 1 + rng.below(3.min(max));
+                            live.push((Box::pin(limiter.acquire_n(key, n)), key, n, now));
+                        }
+                        3 if !live.is_empty() => {
+                            let i = rng.below(live.len());
+                            drop(live.remove(i));
+                        }
+                        4 => {
+                            limiter.evict_idle();
+                        }
+                        _ => {
+                            let by = match rng.below(3) {
+                                0 => rng.below_u64(3 * step),
+                                1 => rng.below_u64(period / 3),
+                                _ => period.saturating_sub(rng.below_u64(2 * step)),
+                            };
+                            now += by;
+                            clock.advance(Duration::from_nanos(by));
+                        }
+                    }
+                    let mut i = 0;
+                    while i < live.len() {
+                        let (fut, key, n, last) = &mut live[i];
+                        match fut.as_mut().poll(&mut waker.context()) {
+                            Poll::Ready(r) => {
+                                r.unwrap();
+                                let g = Granted {
+                                    key: *key,
+                                    before: *last,
+                                    after: now,
+                                };
+                                grants.extend(std::iter::repeat_n(g, *n));
+                                drop(live.remove(i));
+                            }
+                            Poll::Pending => {
+                                *last = now;
+                                i += 1;
+                            }
+                        }
+                    }
+                }
+                drop(live);
+                assert_at_most(&grants, max, period);
+            }
+        }
+    }
 }
