@@ -209,6 +209,7 @@ mod retry;
 mod semaphore;
 mod staggered_race;
 mod sync;
+mod tsc;
 mod task_group;
 pub mod time;
 mod timeout;

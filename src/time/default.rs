@@ -150,6 +150,20 @@ impl Timer for DefaultTimer {
     fn reset(&self, sleep: Pin<&mut DefaultSleep>, deadline: Instant) {
         sleep.reset(deadline);
     }
+
+    #[inline]
+    fn counter_nanos(&self) -> Option<u64> {
+        let cheap = super::counter::cheap()?;
+        #[cfg(feature = "tokio")]
+        {
+            // Inside a tokio runtime `now()` is the runtime's clock, which
+            // may be paused: the counter follows it there.
+            if tokio::task::try_id().is_some() || tokio::runtime::Handle::try_current().is_ok() {
+                return super::counter::instant_value(self.now());
+            }
+        }
+        Some(cheap)
+    }
 }
 
 // ---------------------------------------------------------------------------
