@@ -54,7 +54,8 @@ fn one(which: &str, checks: u64) {
             run_awaitkit(&limiter, checks)
         }
         "governor" => {
-            let limiter = governor::RateLimiter::direct(governor::Quota::per_second(NonZeroU32::MAX));
+            let limiter =
+                governor::RateLimiter::direct(governor::Quota::per_second(NonZeroU32::MAX));
             run_governor(&limiter, checks / 10);
             run_governor(&limiter, checks)
         }
@@ -64,7 +65,10 @@ fn one(which: &str, checks: u64) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     match args.first() {
         None => {
             for which in ["strict", "gcra", "governor"] {
@@ -72,7 +76,9 @@ fn main() {
             }
         }
         Some(which) => {
-            let checks = args.get(1).map_or(100_000, |n| n.parse().expect("a number of checks"));
+            let checks = args
+                .get(1)
+                .map_or(100_000, |n| n.parse().expect("a number of checks"));
             one(which, checks);
         }
     }

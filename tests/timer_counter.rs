@@ -36,7 +36,9 @@ fn both_default_timers_offer_the_same_counter_or_none() {
 
 #[test]
 fn the_counter_follows_instant_over_a_sleep() {
-    let Some(_) = FuturesTimer.counter_nanos() else { return };
+    let Some(_) = FuturesTimer.counter_nanos() else {
+        return;
+    };
     // Past the calibration (the counter's first 100 ms are `Instant`'s).
     std::thread::sleep(Duration::from_millis(150));
     let _ = FuturesTimer.counter_nanos();
@@ -49,7 +51,10 @@ fn the_counter_follows_instant_over_a_sleep() {
     // the pairing error); at least the sleep, less the part per million it
     // runs slow and the calibration error.
     let counted = Duration::from_nanos(b - a);
-    assert!(counted <= elapsed + Duration::from_micros(1_100), "{counted:?} > {elapsed:?}");
+    assert!(
+        counted <= elapsed + Duration::from_micros(1_100),
+        "{counted:?} > {elapsed:?}"
+    );
     assert!(counted >= Duration::from_micros(29_900), "{counted:?}");
 }
 
@@ -76,7 +81,11 @@ fn the_environment_variable_switches_the_counter_off() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("2 passed"), "{stdout}");
 }
 
@@ -93,13 +102,17 @@ fn inside_a_paused_tokio_runtime_the_counter_is_tokios_clock() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let Some(a) = DefaultTimer.counter_nanos() else { return };
+        let Some(a) = DefaultTimer.counter_nanos() else {
+            return;
+        };
         let now = DefaultTimer.now();
         std::thread::sleep(Duration::from_millis(5));
         let b = DefaultTimer.counter_nanos().unwrap();
         assert_eq!(b, a, "paused: no time passes");
         tokio::time::advance(Duration::from_secs(3600)).await;
-        let c = tokio::spawn(async { DefaultTimer.counter_nanos().unwrap() }).await.unwrap();
+        let c = tokio::spawn(async { DefaultTimer.counter_nanos().unwrap() })
+            .await
+            .unwrap();
         assert_eq!(c - a, (DefaultTimer.now() - now).as_nanos() as u64);
         assert!(c - a >= 3_600_000_000_000, "an hour passed");
         // A strict window on the default timer moves with it.
@@ -107,7 +120,10 @@ fn inside_a_paused_tokio_runtime_the_counter_is_tokios_clock() {
         assert!(limiter.try_acquire().is_ok());
         assert!(limiter.try_acquire().is_err());
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert!(limiter.try_acquire().is_ok(), "a minute of paused time passed");
+        assert!(
+            limiter.try_acquire().is_ok(),
+            "a minute of paused time passed"
+        );
         // FuturesTimer's clock is `Instant`'s, paused or not: its counter too.
         if let Some(f) = FuturesTimer.counter_nanos() {
             assert!(f < c, "the real clock is an hour behind the advanced one");

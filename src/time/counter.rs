@@ -43,6 +43,10 @@
 //! Where the CPU has no invariant counter, or `AWAITKIT_TIMER_CLOCK=instant`
 //! is set at the first reading, there is no counter (`None`).
 
+// The model-checking build has no process-wide clock (its models build
+// their own): the rest is used by its tests only.
+#![cfg_attr(awaitkit_loom, allow(dead_code))]
+
 use crate::sync::atomic::{AtomicU64, Ordering, fence};
 use crate::sync::{Mutex, MutexGuard};
 use std::sync::OnceLock;
@@ -58,6 +62,7 @@ pub(crate) const W: u64 = 1 << 20;
 const PAIRING: u64 = 2_000;
 /// The most an anomaly (a reset, a jump, a fast run) moves the counter
 /// ahead of `Instant`, once, to stay monotonic: one range.
+#[cfg(test)]
 pub(crate) const ANOMALY_SLACK: u64 = W;
 /// Calibration spans: the first trusted one is at least this long…
 pub(crate) const FREEZE_AFTER: Duration = Duration::from_millis(100);
@@ -245,6 +250,7 @@ impl<S: Source> Clock<S> {
 
     /// The value of `at` on this clock's timeline (for another clock that
     /// must agree with this one: tokio's), if the clock has been read.
+    #[cfg(feature = "tokio")]
     #[inline]
     pub(crate) fn instant_value(&self, at: Instant) -> Option<u64> {
         Some(Self::value_of(*self.origin.get()?, at))
@@ -289,7 +295,10 @@ impl<S: Source> Clock<S> {
                     slow.anchor = (value, instant);
                     slow.next_span = span.saturating_mul(2);
                     slow.state = Calibration::Calibrated;
-                    return Some(Self::at_least(value, convert(latest, mult).wrapping_add(offset)));
+                    return Some(Self::at_least(
+                        value,
+                        convert(latest, mult).wrapping_add(offset),
+                    ));
                 }
                 // Too long to trust, or implausible: measure from here.
                 slow.measure = (ticks, instant);
@@ -350,13 +359,20 @@ impl<S: Source> Clock<S> {
         let offset = value.wrapping_sub(convert(ticks, mult));
         self.publish(mult, offset, floor);
         slow.anchor = (value, instant);
-        Some(Self::at_least(floor, convert(latest, mult).wrapping_add(offset)))
+        Some(Self::at_least(
+            floor,
+            convert(latest, mult).wrapping_add(offset),
+        ))
     }
 
     /// `value` read after `floor` was published: `floor` if below it (by
     /// less than `W`, a counter read a little backwards), else `value`.
     fn at_least(floor: u64, value: u64) -> u64 {
-        if value.wrapping_sub(floor) < W { value } else { floor }
+        if value.wrapping_sub(floor) < W {
+            value
+        } else {
+            floor
+        }
     }
 }
 
@@ -501,7 +517,10 @@ mod tests {
                 granted.push((at, c));
             }
         }
-        assert!(granted.len() > max, "the window granted more than one quota");
+        assert!(
+            granted.len() > max,
+            "the window granted more than one quota"
+        );
         for pair in granted.windows(max + 1) {
             assert!(
                 pair[max].0 - pair[0].0 + slack >= period,
@@ -670,7 +689,10 @@ mod tests {
         // Never more than `Instant` (within the pairing error and one
         // range's rate error); slow by at most a part per million plus the
         // calibration error (a 100 ms calibration: 2 × 1 µs / 100 ms).
-        assert!(counted <= longest + 2 * PAIRING, "{counted} ns > {longest} ns");
+        assert!(
+            counted <= longest + 2 * PAIRING,
+            "{counted} ns > {longest} ns"
+        );
         assert!(
             counted + shortest / 20_000 + 2 * PAIRING >= shortest,
             "{counted} ns < {shortest} ns"

@@ -11,7 +11,7 @@
 //! model's `Instant` by more than the jump (unseen within one range) plus
 //! `ANOMALY_SLACK`.
 
-use super::counter::{ANOMALY_SLACK, Clock, Source, START, W};
+use super::counter::{ANOMALY_SLACK, Clock, START, Source, W};
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::thread;
@@ -83,13 +83,19 @@ impl World {
         });
         let first = clock.now().expect("a counter");
         // Past the calibration span: the next reading calibrates.
-        clock.source.ticks.fetch_add(3 * 120_000_000, Ordering::SeqCst);
+        clock
+            .source
+            .ticks
+            .fetch_add(3 * 120_000_000, Ordering::SeqCst);
         let calibrated = clock.now().expect("a counter");
         assert!(calibrated > first);
         // The counter jumps half a range ahead of `Instant`, to two
         // readings short of the end of the range (unseen until then):
         // re-anchoring will move the offset back.
-        clock.source.ticks.fetch_add(3 * W - 2 * STEP, Ordering::SeqCst);
+        clock
+            .source
+            .ticks
+            .fetch_add(3 * W - 2 * STEP, Ordering::SeqCst);
         clock.source.gained.fetch_add(JUMP, Ordering::SeqCst);
         Arc::new(World {
             clock,
@@ -103,7 +109,10 @@ impl World {
         for _ in 0..n {
             let seen = self.latest.load(Ordering::SeqCst);
             let now = self.clock.now().expect("a counter");
-            assert!(now >= seen, "below a reading published before: {now} < {seen}");
+            assert!(
+                now >= seen,
+                "below a reading published before: {now} < {seen}"
+            );
             assert!(now >= mine, "below this thread's last reading");
             let instant = self.clock.source.instant_value();
             let allowed = instant + JUMP / 3 + ANOMALY_SLACK + STEP / 3;
@@ -130,4 +139,3 @@ fn loom_counter_readers_race_re_anchoring() {
         }
     });
 }
-

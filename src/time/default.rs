@@ -37,6 +37,14 @@ use std::time::Instant;
 ///   `Instant::now()`, which is the system's monotonic clock except inside a
 ///   runtime whose time is paused.
 ///
+/// Its cheap clock ([`counter_nanos`](Timer::counter_nanos), read by rate
+/// limiters on every check) is the CPU's invariant time-stamp counter where
+/// there is one — and, with the `tokio` feature, inside a tokio runtime,
+/// tokio's clock, as `now()` is there, so paused-time tests keep moving
+/// rate limiters. A limiter used both inside and outside a tokio runtime
+/// reads the two: they agree to within the counter's drift (about a part
+/// per million of the time since the process first read it).
+///
 /// The choice is made **when a sleep is armed**, at its first poll — not
 /// when the value that owns it was created: a
 /// [`RateLimiter`](crate::RateLimiter) made in `main` before the runtime, or

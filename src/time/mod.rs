@@ -336,7 +336,10 @@ forward_timer!(&T, Arc<T>);
 /// The default timer, built on the `futures-timer` crate: works on every
 /// executor, keeping time on one helper thread shared by the whole process.
 ///
-/// Its clock is [`std::time::Instant`]. Sleeps longer than 30 years are capped
+/// Its clock is [`std::time::Instant`]; its cheap clock
+/// ([`counter_nanos`](Timer::counter_nanos), read by rate limiters on every
+/// check) is the CPU's invariant time-stamp counter where there is one,
+/// calibrated against `Instant` and never faster than it. Sleeps longer than 30 years are capped
 /// there (awaitkit re-arms them), so [`Duration::MAX`] never overflows.
 ///
 /// # Panics in wakers
