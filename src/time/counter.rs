@@ -170,10 +170,9 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-impl<S: Source> Clock<S> {
-    /// A clock on `source` that has not been read yet.
-    #[cfg(not(awaitkit_loom))]
-    pub(crate) const fn new(source: S) -> Self {
+/// A [`Clock`] on `$source` that has not been read yet.
+macro_rules! clock_unread {
+    ($source:expr) => {
         Clock {
             seq: AtomicU64::new(0),
             mult: AtomicU64::new(0),
@@ -182,22 +181,23 @@ impl<S: Source> Clock<S> {
             base: AtomicU64::new(0),
             slow: Mutex::new(Slow::UNREAD),
             origin: OnceLock::new(),
-            source,
+            source: $source,
         }
+    };
+}
+
+impl<S: Source> Clock<S> {
+    /// A clock on `source` that has not been read yet (`const` but under
+    /// loom, whose atomics are not).
+    #[cfg(not(awaitkit_loom))]
+    pub(crate) const fn new(source: S) -> Self {
+        clock_unread!(source)
     }
 
     /// A clock on `source` that has not been read yet.
     #[cfg(awaitkit_loom)]
     pub(crate) fn new(source: S) -> Self {
-        Clock {
-            seq: AtomicU64::new(0),
-            mult: AtomicU64::new(0),
-            offset: AtomicU64::new(1 << 63),
-            base: AtomicU64::new(0),
-            slow: Mutex::new(Slow::UNREAD),
-            origin: OnceLock::new(),
-            source,
-        }
+        clock_unread!(source)
     }
 
     /// Nanoseconds on `Instant`'s timeline ([`START`] at the first
