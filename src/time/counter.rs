@@ -427,7 +427,7 @@ mod tests {
     use std::sync::atomic::AtomicU64 as StdU64;
 
     /// A counter and an `Instant` the test moves by hand.
-    struct Fake {
+    pub(super) struct Fake {
         ticks: Cell<u64>,
         at: Cell<u64>,
         origin: Instant,
@@ -463,7 +463,7 @@ mod tests {
     /// A run: `Instant` moves by `step` ns at a time; the counter by
     /// `step × rate` ticks (3 ticks a nanosecond, times `skew`), except
     /// where `jump` says otherwise. Returns (Instant ns, counter ns) pairs.
-    fn run(
+    pub(super) fn run(
         clock: &Clock<Fake>,
         steps: u64,
         step: u64,
@@ -482,7 +482,7 @@ mod tests {
     }
 
     /// Calibrated at an exact 3 GHz: `FREEZE_AFTER` and a bit.
-    fn calibrated() -> Clock<Fake> {
+    pub(super) fn calibrated() -> Clock<Fake> {
         let clock = Clock::new(Fake::new());
         assert_eq!(clock.now(), Some(START), "the first reading is the origin");
         run(&clock, 120, 1_000_000, 1.0, |_, t| t);
@@ -696,6 +696,71 @@ mod tests {
         assert!(
             counted + shortest / 20_000 + 2 * PAIRING >= shortest,
             "{counted} ns < {shortest} ns"
+        );
+    }
+}
+
+/// Review tests (issue 17 item 5): rate changes mid-run and the timeline
+/// shared with tokio's clock.
+#[cfg(all(test, not(awaitkit_loom)))]
+mod review_tests {
+    use super::tests::{calibrated, run};
+    use super::*;
+
+    /// A virtual machine moved to a host whose counter runs at half the
+    /// rate: within a second or so the counter is measured again and
+    /// follows `Instant` (a limiter on it is not left granting at half its
+    /// quota, its waiters sleeping twice as long, for the rest of the run).
+    #[test]
+    fn a_rate_change_to_slower_is_measured_again() {
+        let clock = calibrated();
+        let readings = run(&clock, 3_000, 1_000_000, 0.5, |_, t| t);
+        let (a, b) = (readings[2_000], readings[2_999]);
+        let (instant, counter) = (b.0 - a.0, b.1 - a.1);
+        assert!(
+            counter + instant / 1_000 >= instant,
+            "{counter} ns of counter over {instant} ns of Instant"
+        );
+    }
+
+    /// A counter that went twice as fast (the other way): measured again
+    /// too, so it does not sit up to a range ahead of `Instant` for the
+    /// rest of the run (the slack a strict window sees stays "once").
+    #[test]
+    fn a_rate_change_to_faster_is_measured_again() {
+        let clock = calibrated();
+        let readings = run(&clock, 3_000, 100_000, 2.0, |_, t| t);
+        let late = &readings[2_000..];
+        for (i, &(at_a, c_a)) in late.iter().enumerate() {
+            for &(at_b, c_b) in &late[i + 1..] {
+                assert!(
+                    c_b - c_a <= at_b - at_a + W / 64,
+                    "{} ns of counter over {} ns of Instant, long after the change",
+                    c_b - c_a,
+                    at_b - at_a
+                );
+            }
+        }
+    }
+
+    /// The value of an `Instant` on the clock's timeline (what
+    /// `DefaultTimer::counter_nanos` returns inside a tokio runtime) agrees
+    /// with the counter read at that moment, however long the process has
+    /// run: a limiter read outside and then inside a runtime must not see
+    /// the clock jump ahead by the drift (a part per million of the
+    /// uptime: 86 ms a day, granting that much early).
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn an_instant_on_the_timeline_agrees_with_the_counter_after_a_long_run() {
+        let clock = calibrated();
+        run(&clock, 1_000, 10_000_000, 1.0, |_, t| t);
+        let counter = clock.now().unwrap();
+        let (_, at) = clock.source.paired();
+        let value = clock.instant_value(at).unwrap();
+        assert!(
+            value <= counter + 100,
+            "the Instant is {} ns ahead of the counter on one timeline",
+            value - counter
         );
     }
 }
