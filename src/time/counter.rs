@@ -34,6 +34,20 @@
 //!   one range: by its rate error over ~1 ms (nanoseconds) and, on an
 //!   anomaly, by at most one range (~1 ms, [`ANOMALY_SLACK`]) once; it
 //!   never keeps a gain past the next anchor.
+//! * **Measured again.** After such an anomaly, after a range over which
+//!   the counter ran far slower than `Instant` (by more than 2⁻¹⁰ and
+//!   the pairing error), and when a later measurement of the rate
+//!   disagrees with `mult` (a virtual machine moved to a host whose
+//!   counter runs at another rate), the clock goes back to measuring:
+//!   readings are `Instant`'s (less the lag below) for [`FREEZE_AFTER`],
+//!   then the new rate is on the hot path. A rate change is not kept
+//!   for the rest of the run.
+//! * **One timeline with `Instant`.** The counter's timeline is behind
+//!   `Instant`'s by `lag` (its drift of about a part per million, and
+//!   whatever a slow anomaly left); [`Clock::instant_value`] (tokio's
+//!   clock inside a runtime) subtracts it, so readings inside and outside
+//!   a runtime agree to within one range's drift and the pairing error,
+//!   however long the process has run.
 //! * **Monotonic.** Everything read under the previous parameters was
 //!   below `base + W`; after an anomaly the new `base` is at least that,
 //!   and a reading below `base` (by less than `W`) is `base` itself: the
@@ -116,6 +130,8 @@ pub(crate) struct Clock<S> {
     mult: AtomicU64,
     offset: AtomicU64,
     base: AtomicU64,
+    /// A copy of [`Slow::lag`], for [`instant_value`](Clock::instant_value).
+    lag: AtomicU64,
     slow: Mutex<Slow>,
     /// The `Instant` whose value is [`START`] (the first reading's).
     origin: OnceLock<Instant>,
@@ -127,6 +143,10 @@ struct Slow {
     state: Calibration,
     /// The latest value handed out before calibration.
     last: u64,
+    /// How far the counter's timeline is behind `Instant`'s (wrapping):
+    /// the counter runs slow, and an anomaly leaves it where it was. While
+    /// measuring, readings are `Instant`'s less this.
+    lag: u64,
     /// The counter's value and `Instant`'s at the latest anchor.
     anchor: (u64, u64),
     /// Where the rate is measured from (ticks, `Instant`), and the span of
@@ -179,6 +199,7 @@ macro_rules! clock_unread {
             // Out of every range: the first readings take the slow path.
             offset: AtomicU64::new(1 << 63),
             base: AtomicU64::new(0),
+            lag: AtomicU64::new(0),
             slow: Mutex::new(Slow::UNREAD),
             origin: OnceLock::new(),
             source: $source,
@@ -253,7 +274,10 @@ impl<S: Source> Clock<S> {
     #[cfg(feature = "tokio")]
     #[inline]
     pub(crate) fn instant_value(&self, at: Instant) -> Option<u64> {
-        Some(Self::value_of(*self.origin.get()?, at))
+        // The counter's timeline is behind `Instant`'s by `lag` (its drift,
+        // a part per million of the run, and what anomalies left).
+        let value = Self::value_of(*self.origin.get()?, at);
+        Some(value.wrapping_sub(self.lag.load(Ordering::Relaxed)))
     }
 
     #[cold]
@@ -286,13 +310,14 @@ impl<S: Source> Clock<S> {
             let (start_ticks, start) = slow.measure;
             let span = instant.saturating_sub(start);
             let counted = ticks.wrapping_sub(start_ticks);
-            let value = instant.max(slow.last);
+            let value = instant.wrapping_sub(slow.lag).max(slow.last);
             if span >= nanos(FREEZE_AFTER) {
                 if span <= nanos(REBASE_AFTER) && plausible(counted, span) {
                     let mult = mult_of(counted, span);
                     let offset = value.wrapping_sub(convert(ticks, mult));
                     self.publish(mult, offset, value);
                     slow.anchor = (value, instant);
+                    self.set_lag(&mut slow, instant.wrapping_sub(value));
                     slow.next_span = span.saturating_mul(2);
                     slow.state = Calibration::Calibrated;
                     return Some(Self::at_least(
@@ -324,8 +349,19 @@ impl<S: Source> Clock<S> {
         let most = anchor_value.saturating_add(instant.saturating_sub(anchor_instant));
         let elapsed = instant.saturating_sub(anchor_instant);
         let honest = value >= base && value <= most;
+        let tolerance = PAIRING + (elapsed >> RECAL_AGREE_SHIFT);
+        // Everything handed out so far is below `base + W` (a counter that
+        // jumped ahead within its range handed out values up to there).
+        let handed_out = base.saturating_add(W);
         let mut mult = mult;
         let value = if honest {
+            if value.saturating_add(tolerance) < most {
+                // Far slower than `Instant` over this range: the rate
+                // changed (a virtual machine moved to another host), or the
+                // counter stopped while `Instant` went on. It goes on from
+                // where it is (catching up would be faster than `Instant`).
+                return Some(self.measure_again(&mut slow, (ticks, instant), value, base));
+            }
             let (measure_ticks, measure_instant) = slow.measure;
             let span = instant.saturating_sub(measure_instant);
             if span >= slow.next_span {
@@ -336,33 +372,62 @@ impl<S: Source> Clock<S> {
                     mult = measured;
                     slow.next_span = span.saturating_mul(2);
                 } else {
-                    slow.measure = (ticks, instant);
-                    slow.next_span = nanos(FREEZE_AFTER);
+                    // A different rate: measured again from here, on
+                    // `Instant`'s readings meanwhile (a measurement compared
+                    // with the old rate would never agree).
+                    return Some(self.measure_again(&mut slow, (ticks, instant), value, base));
                 }
             }
             value
         } else {
             // Reset, backwards, or faster than `Instant`: go on from the
-            // time `Instant` says has passed. Measure the rate again, unless
-            // it was only a little fast (the pairing of a reading with an
-            // `Instant` is good to tens of nanoseconds, over ~1 ms).
-            if value < base || value - most > PAIRING + (elapsed >> RECAL_AGREE_SHIFT) {
-                slow.measure = (ticks, instant);
-                slow.next_span = nanos(FREEZE_AFTER);
+            // time `Instant` says has passed. Measure the rate again (on
+            // `Instant`'s readings meanwhile), unless it was only a little
+            // fast (the pairing of a reading with an `Instant` is good to
+            // tens of nanoseconds, over ~1 ms).
+            if value < base || value - most > tolerance {
+                return Some(self.measure_again(&mut slow, (ticks, instant), most, base));
             }
             most.max(base)
         };
-        // Everything handed out so far is below `base + W` (a counter that
-        // jumped ahead within its range handed out values up to there).
-        let handed_out = base.saturating_add(W);
         let floor = value.max(handed_out);
         let offset = value.wrapping_sub(convert(ticks, mult));
         self.publish(mult, offset, floor);
         slow.anchor = (value, instant);
+        self.set_lag(&mut slow, instant.wrapping_sub(value));
         Some(Self::at_least(
             floor,
             convert(latest, mult).wrapping_add(offset),
         ))
+    }
+
+    /// Back to measuring the rate (an anomaly, or a rate change), going on
+    /// from `from` (the counter's value now on its timeline; never ahead of
+    /// the time `Instant` says has passed since the last anchor): readings
+    /// are `Instant`'s less the lag that leaves, and at least `base + W`
+    /// (every value handed out), until the counter has been measured again
+    /// over [`FREEZE_AFTER`]. Returns the reading now.
+    fn measure_again(
+        &self,
+        slow: &mut Slow,
+        (ticks, instant): (u64, u64),
+        from: u64,
+        base: u64,
+    ) -> u64 {
+        // The hot path's range is empty from here: every reading is slow.
+        self.publish(0, 1 << 63, 0);
+        slow.state = Calibration::Measuring;
+        slow.measure = (ticks, instant);
+        self.set_lag(slow, instant.wrapping_sub(from));
+        let floor = from.max(base.saturating_add(W));
+        slow.last = floor;
+        floor
+    }
+
+    /// Sets `lag` (and its copy for [`instant_value`](Clock::instant_value)).
+    fn set_lag(&self, slow: &mut Slow, lag: u64) {
+        slow.lag = lag;
+        self.lag.store(lag, Ordering::Relaxed);
     }
 
     /// `value` read after `floor` was published: `floor` if below it (by
@@ -380,6 +445,7 @@ impl Slow {
     const UNREAD: Slow = Slow {
         state: Calibration::Unread,
         last: 0,
+        lag: 0,
         anchor: (0, 0),
         measure: (0, 0),
         next_span: 0,
