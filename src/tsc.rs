@@ -26,31 +26,6 @@ pub(crate) fn rdtsc() -> u64 {
     0
 }
 
-/// [`rdtsc`] once every earlier instruction has completed (`lfence`
-/// first, as the kernel's clock reads it): a reading made after a load
-/// that saw another thread's reading is not taken before that load, so
-/// readings ordered by happens-before are ordered on the counter.
-#[cfg(all(target_arch = "x86_64", not(target_env = "sgx")))]
-#[inline(always)]
-pub(crate) fn rdtsc_ordered() -> u64 {
-    // SAFETY: `lfence` (SSE2, part of x86-64) and `rdtsc` exist on every
-    // x86-64 CPU; `lfence` only orders instructions, `rdtsc` reads a
-    // register. (Both intrinsics are safe from Rust 1.87; our MSRV still
-    // needs the block.)
-    #[allow(unused_unsafe)]
-    unsafe {
-        core::arch::x86_64::_mm_lfence();
-        core::arch::x86_64::_rdtsc()
-    }
-}
-
-/// The counter now (0 where there is none: check [`invariant`] first).
-#[cfg(not(all(target_arch = "x86_64", not(target_env = "sgx"))))]
-#[inline(always)]
-pub(crate) fn rdtsc_ordered() -> u64 {
-    0
-}
-
 /// Whether the CPU says its counter is invariant (constant rate, running in
 /// every power state); virtual machines pass the bit through when their
 /// hypervisor keeps the counter so.

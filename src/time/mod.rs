@@ -268,7 +268,9 @@ pub trait Timer {
     /// if the backend has one: between two readings it advances as `now()`
     /// does — never faster; it may run slower by a bounded rate, which only
     /// makes a limiter stricter — from an origin of the backend's choosing,
-    /// and it never goes backwards. A [`RateLimiter`](crate::RateLimiter)
+    /// and it never goes backwards on one thread (readings made on different
+    /// threads may arrive out of order by a little, like any clock read
+    /// before taking a lock). A [`RateLimiter`](crate::RateLimiter)
     /// reads the clock on every check and uses this counter when it is
     /// there. A timer returns `Some` always or never. The default is `None`.
     ///
