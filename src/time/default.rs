@@ -42,8 +42,10 @@ use std::time::Instant;
 /// there is one — and, with the `tokio` feature, inside a tokio runtime,
 /// tokio's clock, as `now()` is there, so paused-time tests keep moving
 /// rate limiters. A limiter used both inside and outside a tokio runtime
-/// reads the two: they agree to within the counter's drift (about a part
-/// per million of the time since the process first read it).
+/// reads the two on one timeline: the runtime's reading is taken less the
+/// counter's lag behind `Instant` (its drift of about a part per million),
+/// so they agree to within the pairing error of a reading with an
+/// `Instant` (well under a microsecond) while tokio's clock is not paused.
 ///
 /// The choice is made **when a sleep is armed**, at its first poll — not
 /// when the value that owns it was created: a
