@@ -2,12 +2,19 @@
 //! Adversarial review of the default timers' counter (issue 17 item 5):
 //! a rate limiter stays strict when its counter's readings from different
 //! threads arrive out of order (a counter read without a fence, as the
-//! default timers' is: monotonic per thread only), keyed limiters too.
+//! default timers' is: monotonic per thread only), keyed limiters too; and
+//! a waiter's wake-up deadline on a counter that runs slower than `now()`
+//! (the default timers' runs about a part per million slow).
+
+#[macro_use]
+mod common;
 
 use awaitkit::rate_limiter::Quota;
 use awaitkit::time::ManualClock;
 use awaitkit::{KeyedRateLimiter, RateLimiter, Timer};
+use common::CountingWaker;
 use std::cell::Cell;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -160,4 +167,133 @@ fn a_keyed_strict_window_stays_strict_with_readings_out_of_order_across_threads(
             .with_timer(timer.clone());
     let granted = alternate(&timer, 600, 400, || limiter.try_acquire(7).is_ok());
     strict_within(&granted, 3, 1_000);
+}
+
+/// A manual clock whose counter runs at `num / den` of its `now()`.
+#[derive(Clone)]
+struct Scaled {
+    clock: ManualClock,
+    origin: Instant,
+    num: u64,
+    den: u64,
+}
+
+impl Timer for Scaled {
+    type Sleep = <ManualClock as Timer>::Sleep;
+
+    fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Self::Sleep {
+        self.clock.sleep_until(deadline)
+    }
+
+    fn sleep_until_shared(&self, deadline: Instant) -> Self::Sleep {
+        self.clock.sleep_until_shared(deadline)
+    }
+
+    fn reset(&self, sleep: Pin<&mut Self::Sleep>, deadline: Instant) {
+        self.clock.reset(sleep, deadline)
+    }
+
+    fn counter_nanos(&self) -> Option<u64> {
+        let elapsed = (self.clock.now() - self.origin).as_nanos() as u64;
+        Some((u128::from(elapsed) * u128::from(self.num) / u128::from(self.den)) as u64)
+    }
+}
+
+/// A waiter on a limiter whose counter runs at `num / den` of `now()`
+/// (1 call per `period`, the second call waits): the sleeps it takes
+/// (each woken by the manual clock reaching the next deadline) and when
+/// it is granted, after the first call, on `now()`'s clock.
+fn wait_on_scaled(num: u64, den: u64, period: Duration) -> (usize, Duration) {
+    let clock = ManualClock::new();
+    let timer = Scaled {
+        origin: clock.now(),
+        clock: clock.clone(),
+        num,
+        den,
+    };
+    let limiter = RateLimiter::with_quota(Quota::window(1, period).unwrap()).with_timer(timer);
+    clock.advance(Duration::from_millis(1));
+    limiter.try_acquire().unwrap();
+    let start = clock.now();
+    let waker = CountingWaker::new();
+    let mut acquire = Box::pin(limiter.acquire());
+    let mut sleeps = 0;
+    while acquire.as_mut().poll(&mut waker.context()).is_pending() {
+        let next = clock
+            .next_deadline()
+            .expect("a pending waiter has a sleep armed");
+        assert!(
+            next > clock.now() || sleeps == 0,
+            "a sleep already due: a busy loop"
+        );
+        clock.advance_to(next);
+        sleeps += 1;
+        assert!(sleeps <= 64, "{sleeps} sleeps for one grant");
+    }
+    (sleeps, clock.now() - start)
+}
+
+/// A counter a part per million slow (the default timers'): a waiter for
+/// an hour sleeps a handful of times and is granted within a few
+/// microseconds of the time the counter reaches its grant.
+#[test]
+fn a_waiter_on_a_slightly_slow_counter_sleeps_a_few_times_and_not_late() {
+    let hour = Duration::from_secs(3_600);
+    let (sleeps, waited) = wait_on_scaled(999_999, 1_000_000, hour);
+    // The counter reaches the grant at an hour / (1 - 10⁻⁶) of `now()`.
+    let due = Duration::from_nanos((3_600_000_000_000u128 * 1_000_000 / 999_999) as u64);
+    assert!(
+        waited + Duration::from_nanos(2) >= due,
+        "early: {waited:?} < {due:?}"
+    );
+    assert!(
+        waited <= due + Duration::from_micros(10),
+        "late: {waited:?} > {due:?}"
+    );
+    assert!(sleeps <= 4, "{sleeps} sleeps");
+}
+
+/// A counter at half the rate of `now()` (a broken backend; the default
+/// timers' is measured again within ~100 ms): no busy loop, and the grant
+/// comes within a few milliseconds of the time the counter reaches it.
+#[test]
+fn a_waiter_on_a_half_rate_counter_is_not_busy_nor_much_late() {
+    let (sleeps, waited) = wait_on_scaled(1, 2, Duration::from_secs(1));
+    assert!(waited >= Duration::from_secs(2), "early: {waited:?}");
+    assert!(
+        waited <= Duration::from_millis(2_005),
+        "late: {waited:?} ({sleeps} sleeps)"
+    );
+    assert!(sleeps <= 16, "{sleeps} sleeps");
+}
+
+/// A period of `Duration::MAX` on a counter: the waiter's deadline is
+/// beyond `Instant`'s range; nothing is armed that would come due (no
+/// busy loop), and the waiter stays pending.
+#[test]
+fn a_waiter_for_a_duration_max_period_arms_nothing_due() {
+    let clock = ManualClock::new();
+    let timer = Scaled {
+        origin: clock.now(),
+        clock: clock.clone(),
+        num: 1,
+        den: 1,
+    };
+    let limiter =
+        RateLimiter::with_quota(Quota::window(1, Duration::MAX).unwrap()).with_timer(timer);
+    limiter.try_acquire().unwrap();
+    let waker = CountingWaker::new();
+    let mut acquire = Box::pin(limiter.acquire());
+    for _ in 0..3 {
+        assert!(acquire.as_mut().poll(&mut waker.context()).is_pending());
+        if let Some(next) = clock.next_deadline() {
+            assert!(next > clock.now(), "a sleep already due");
+            clock.advance_to(next);
+        }
+    }
+    assert_eq!(waker.wakes(), 0, "no wake for a grant that never comes");
 }
