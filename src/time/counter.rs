@@ -503,10 +503,12 @@ mod tests {
 
     /// A counter and an `Instant` the test moves by hand.
     pub(super) struct Fake {
-        ticks: Cell<u64>,
-        at: Cell<u64>,
+        pub(super) ticks: Cell<u64>,
+        pub(super) at: Cell<u64>,
         origin: Instant,
         present: bool,
+        /// The next pairing panics (a test's source; the CPU's cannot).
+        pub(super) panic_pairing: Cell<bool>,
     }
 
     impl Fake {
@@ -516,6 +518,7 @@ mod tests {
                 at: Cell::new(0),
                 origin: Instant::now(),
                 present: true,
+                panic_pairing: Cell::new(false),
             }
         }
     }
@@ -528,6 +531,7 @@ mod tests {
             self.ticks.get()
         }
         fn paired(&self) -> (u64, Instant) {
+            assert!(!self.panic_pairing.replace(false), "a pairing panics");
             (
                 self.ticks.get(),
                 self.origin + Duration::from_nanos(self.at.get()),
@@ -834,5 +838,27 @@ mod review_tests {
             "the Instant is {} ns ahead of the counter on one timeline",
             value - counter
         );
+    }
+
+    /// A source that panics in the slow path (at a re-anchoring, with the
+    /// lock held): the lock is poisoned, the parameters were not touched,
+    /// and the next readings go on, monotonic and on time.
+    #[test]
+    fn a_panic_in_the_slow_path_leaves_the_clock_working() {
+        let clock = calibrated();
+        let before = run(&clock, 10, 100_000, 1.0, |_, t| t);
+        let fake = &clock.source;
+        fake.at.set(fake.at.get() + 2_000_000);
+        fake.ticks.set(fake.ticks.get() + 6_000_000);
+        fake.panic_pairing.set(true);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| clock.now()));
+        assert!(panicked.is_err(), "the re-anchoring paired the counter");
+        assert!(clock.slow.is_poisoned());
+        let after = run(&clock, 100, 100_000, 1.0, |_, t| t);
+        let last = before[before.len() - 1].1;
+        assert!(after[0].1 >= last);
+        assert_eq!(clock.lock().state, Calibration::Calibrated);
+        let (a, b) = (after[0], after[99]);
+        assert!((b.1 - a.1).abs_diff(b.0 - a.0) <= 100, "{a:?} {b:?}");
     }
 }
