@@ -37,8 +37,12 @@ struct Fake {
 /// Ticks per reading (every `ticks()` moves the counter on: readings are
 /// distinct and ordered).
 const STEP: u64 = 3 * 100_000;
-/// The jump: half a range.
-const JUMP: u64 = 3 * W / 2;
+/// A jump of half a range: an anomaly (the clock goes back to measuring).
+const ANOMALY: u64 = 3 * W / 2;
+/// A jump of 2 µs: within the pairing tolerance, so re-anchoring keeps the
+/// rate and moves the offset back a little (the hot path stays on: a torn
+/// read of the old `base` with the new `offset` would go backwards).
+const SMALL: u64 = 3 * 2_000;
 
 impl Fake {
     fn instant_of(&self, ticks: u64) -> Instant {
@@ -70,12 +74,14 @@ struct World {
     clock: Clock<Fake>,
     /// The largest reading published so far.
     latest: AtomicU64,
+    /// The jump, in ticks.
+    jump: u64,
 }
 
 impl World {
     /// A clock calibrated at 3 GHz, its next reading near the end of its
     /// range, its counter running fast from there.
-    fn new() -> Arc<World> {
+    fn new(jump: u64) -> Arc<World> {
         let clock = Clock::new(Fake {
             ticks: AtomicU64::new(1_000_000),
             origin: Instant::now(),
@@ -96,10 +102,11 @@ impl World {
             .source
             .ticks
             .fetch_add(3 * W - 2 * STEP, Ordering::SeqCst);
-        clock.source.gained.fetch_add(JUMP, Ordering::SeqCst);
+        clock.source.gained.fetch_add(jump, Ordering::SeqCst);
         Arc::new(World {
             clock,
             latest: AtomicU64::new(calibrated),
+            jump,
         })
     }
 
@@ -115,7 +122,7 @@ impl World {
             );
             assert!(now >= mine, "below this thread's last reading");
             let instant = self.clock.source.instant_value();
-            let allowed = instant + JUMP / 3 + ANOMALY_SLACK + STEP / 3;
+            let allowed = instant + self.jump / 3 + ANOMALY_SLACK + STEP / 3;
             assert!(now <= allowed, "ahead of Instant: {now} > {allowed}");
             self.latest.fetch_max(now, Ordering::SeqCst);
             mine = now;
@@ -123,10 +130,9 @@ impl World {
     }
 }
 
-#[test]
-fn loom_counter_readers_race_re_anchoring() {
-    model(|| {
-        let world = World::new();
+fn readers_race(jump: u64) {
+    model(move || {
+        let world = World::new(jump);
         let others: Vec<_> = (0..2)
             .map(|_| {
                 let world = world.clone();
@@ -138,4 +144,19 @@ fn loom_counter_readers_race_re_anchoring() {
             other.join().unwrap();
         }
     });
+}
+
+/// An anomaly: the re-anchoring reader sends the clock back to measuring
+/// while two others read.
+#[test]
+fn loom_counter_readers_race_re_anchoring() {
+    readers_race(ANOMALY);
+}
+
+/// A small jump: the re-anchoring moves the offset back by 2 µs with the
+/// hot path on, while two others read (the seqlock's re-check is what
+/// keeps a reader from mixing the old `base` with the new `offset`).
+#[test]
+fn loom_counter_readers_race_a_small_re_anchoring() {
+    readers_race(SMALL);
 }

@@ -285,7 +285,9 @@ pub trait Timer {
     /// microsecond longer), and when it is seen ahead of `Instant` (a
     /// virtual machine moved, a suspend it counted through) or behind its
     /// last reading (a reset), it goes on from the time `Instant` says has
-    /// passed. Between two checks it can run fast only by its own rate
+    /// passed, and its rate is measured again (as it is when it runs far
+    /// slow: a virtual machine moved to a host whose counter runs at another
+    /// rate). Between two checks it can run fast only by its own rate
     /// error (well under a part per million once calibrated), and never
     /// keeps the gain. With the `tokio` feature, [`DefaultTimer`]'s
     /// counter inside a tokio runtime is tokio's clock (which may be
