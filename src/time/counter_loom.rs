@@ -36,7 +36,12 @@ struct Fake {
 
 /// Ticks per reading (every `ticks()` moves the counter on: readings are
 /// distinct and ordered).
-const STEP: u64 = 3 * 100_000;
+///
+/// A microsecond, under the small jump: after the small re-anchoring the
+/// next readings on the new parameters fall below the published `base`
+/// (and are held there), and a torn read of the old `base` with the new
+/// `offset` would hand out a value below what the re-anchoring returned.
+const STEP: u64 = 3 * 1_000;
 /// A jump of half a range: an anomaly (the clock goes back to measuring).
 const ANOMALY: u64 = 3 * W / 2;
 /// A jump of 2 µs: within the pairing tolerance, so re-anchoring keeps the
