@@ -24,13 +24,16 @@ thread_local! {
     static BEHIND: Cell<u64> = const { Cell::new(0) };
 }
 
-/// A manual clock whose counter reads `BEHIND` nanoseconds behind on this
-/// thread: two threads' readings arrive out of order, as the counter of
-/// two cores read without a fence can.
+/// A manual clock whose counter runs at `num / den` of its `now()` and
+/// reads `BEHIND` nanoseconds behind on this thread: two threads' readings
+/// arrive out of order, as the counter of two cores read without a fence
+/// can.
 #[derive(Clone)]
 struct Skewed {
     clock: ManualClock,
     origin: Instant,
+    num: u64,
+    den: u64,
 }
 
 impl Skewed {
@@ -40,7 +43,12 @@ impl Skewed {
         // stay positive.
         clock.advance(Duration::from_secs(1));
         let origin = clock.now() - Duration::from_secs(1);
-        Skewed { clock, origin }
+        Skewed {
+            clock,
+            origin,
+            num: 1,
+            den: 1,
+        }
     }
 
     /// True time, in nanoseconds since the origin.
@@ -69,7 +77,8 @@ impl Timer for Skewed {
     }
 
     fn counter_nanos(&self) -> Option<u64> {
-        Some(self.true_nanos() - BEHIND.with(Cell::get))
+        let scaled = u128::from(self.true_nanos()) * u128::from(self.num) / u128::from(self.den);
+        Some(scaled as u64 - BEHIND.with(Cell::get))
     }
 }
 
@@ -169,47 +178,13 @@ fn a_keyed_strict_window_stays_strict_with_readings_out_of_order_across_threads(
     strict_within(&granted, 3, 1_000);
 }
 
-/// A manual clock whose counter runs at `num / den` of its `now()`.
-#[derive(Clone)]
-struct Scaled {
-    clock: ManualClock,
-    origin: Instant,
-    num: u64,
-    den: u64,
-}
-
-impl Timer for Scaled {
-    type Sleep = <ManualClock as Timer>::Sleep;
-
-    fn now(&self) -> Instant {
-        self.clock.now()
-    }
-
-    fn sleep_until(&self, deadline: Instant) -> Self::Sleep {
-        self.clock.sleep_until(deadline)
-    }
-
-    fn sleep_until_shared(&self, deadline: Instant) -> Self::Sleep {
-        self.clock.sleep_until_shared(deadline)
-    }
-
-    fn reset(&self, sleep: Pin<&mut Self::Sleep>, deadline: Instant) {
-        self.clock.reset(sleep, deadline)
-    }
-
-    fn counter_nanos(&self) -> Option<u64> {
-        let elapsed = (self.clock.now() - self.origin).as_nanos() as u64;
-        Some((u128::from(elapsed) * u128::from(self.num) / u128::from(self.den)) as u64)
-    }
-}
-
 /// A waiter on a limiter whose counter runs at `num / den` of `now()`
 /// (1 call per `period`, the second call waits): the sleeps it takes
 /// (each woken by the manual clock reaching the next deadline) and when
 /// it is granted, after the first call, on `now()`'s clock.
 fn wait_on_scaled(num: u64, den: u64, period: Duration) -> (usize, Duration) {
     let clock = ManualClock::new();
-    let timer = Scaled {
+    let timer = Skewed {
         origin: clock.now(),
         clock: clock.clone(),
         num,
@@ -277,7 +252,7 @@ fn a_waiter_on_a_half_rate_counter_is_not_busy_nor_much_late() {
 #[test]
 fn a_waiter_for_a_duration_max_period_arms_nothing_due() {
     let clock = ManualClock::new();
-    let timer = Scaled {
+    let timer = Skewed {
         origin: clock.now(),
         clock: clock.clone(),
         num: 1,
