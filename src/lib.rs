@@ -218,6 +218,7 @@ mod sync;
 mod task_group;
 pub mod time;
 mod timeout;
+mod tsc;
 mod unwind;
 mod wait;
 mod wait_queue;

@@ -393,7 +393,14 @@ impl std::error::Error for RateLimitError {}
 ///
 /// The timer's clock ([`Timer::now`], [`Timer::counter_nanos`]) is read
 /// before the limiter locks its state, so it may call back into the limiter
-/// too. Its sleeps are created, moved, polled and dropped by the driver: a
+/// too. On the default timers a check reads the CPU's time-stamp counter
+/// where it is invariant (see [`Timer::counter_nanos`]), which runs about
+/// one part per million slow against `Instant`, never fast: a window lasts
+/// that much longer (a microsecond a second), never shorter — except once
+/// after a counter anomaly (a reset, a virtual machine moved), which can
+/// put the clock up to about a millisecond ahead. Wake-up deadlines are
+/// mapped from `now()` plus the time left on the counter, so that drift
+/// never makes a waiter wake early. Its sleeps are created, moved, polled and dropped by the driver: a
 /// call back into the limiter from there finds the driver busy and leaves it
 /// a note for one more pass (it never waits). A sleep that completes before
 /// its deadline (a coarse backend; the [`Timer`] contract allows it) is

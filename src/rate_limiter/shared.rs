@@ -896,7 +896,7 @@ impl<T: Timer> Shared<T> {
             let instant = self.epoch.checked_add(Duration::from_nanos(at))?;
             (at != u64::MAX).then_some((at, instant))
         });
-        let Some((at, deadline)) = deadline else {
+        let Some((at, mut deadline)) = deadline else {
             *armed_at = None;
             *slack = 0;
             sleep.set(None);
@@ -910,6 +910,9 @@ impl<T: Timer> Shared<T> {
                 *slack = 0;
                 sleep.set(None);
                 return Pass::Again;
+            }
+            if *armed_at != Some(at) || sleep.is_none() {
+                deadline = self.deadline_of(at, now, deadline);
             }
             if *armed_at != Some(at) {
                 // A new time: the timer's earliness is learned afresh (the
@@ -938,6 +941,22 @@ impl<T: Timer> Shared<T> {
         *armed_at = None;
         *slack = 0;
         Pass::Failed
+    }
+
+    /// The `Instant` of time `at` (read `now`): `epoch_deadline` (the
+    /// epoch plus `at`) on a timer without a counter; on one with a
+    /// counter, [`Timer::now`] plus the time left, as the counter goes: a
+    /// counter drifts from `now()` over a long run (the default timers'
+    /// runs slow by about a part per million), and a deadline mapped from
+    /// the epoch would come early by the drift since.
+    fn deadline_of(&self, at: u64, now: u64, epoch_deadline: Instant) -> Instant {
+        if self.timer.counter_nanos().is_none() {
+            return epoch_deadline;
+        }
+        self.timer
+            .now()
+            .checked_add(Duration::from_nanos(at.saturating_sub(now)))
+            .unwrap_or(epoch_deadline)
     }
 
     /// What the driver's sleep for `deadline` sleeps until: `slack`

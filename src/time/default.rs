@@ -37,6 +37,16 @@ use std::time::Instant;
 ///   `Instant::now()`, which is the system's monotonic clock except inside a
 ///   runtime whose time is paused.
 ///
+/// Its cheap clock ([`counter_nanos`](Timer::counter_nanos), read by rate
+/// limiters on every check) is the CPU's invariant time-stamp counter where
+/// there is one — and, with the `tokio` feature, inside a tokio runtime,
+/// tokio's clock, as `now()` is there, so paused-time tests keep moving
+/// rate limiters. A limiter used both inside and outside a tokio runtime
+/// reads the two on one timeline: the runtime's reading is taken less the
+/// counter's lag behind `Instant` (its drift of about a part per million),
+/// so they agree to within the pairing error of a reading with an
+/// `Instant` (well under a microsecond) while tokio's clock is not paused.
+///
 /// The choice is made **when a sleep is armed**, at its first poll — not
 /// when the value that owns it was created: a
 /// [`RateLimiter`](crate::RateLimiter) made in `main` before the runtime, or
@@ -149,6 +159,20 @@ impl Timer for DefaultTimer {
     #[inline]
     fn reset(&self, sleep: Pin<&mut DefaultSleep>, deadline: Instant) {
         sleep.reset(deadline);
+    }
+
+    #[inline]
+    fn counter_nanos(&self) -> Option<u64> {
+        let cheap = super::counter::cheap()?;
+        #[cfg(feature = "tokio")]
+        {
+            // Inside a tokio runtime `now()` is the runtime's clock, which
+            // may be paused: the counter follows it there.
+            if tokio::task::try_id().is_some() || tokio::runtime::Handle::try_current().is_ok() {
+                return super::counter::instant_value(self.now());
+            }
+        }
+        Some(cheap)
     }
 }
 

@@ -82,6 +82,9 @@
 
 #[cfg(feature = "async-io")]
 mod async_io;
+mod counter;
+#[cfg(all(test, awaitkit_loom))]
+mod counter_loom;
 mod default;
 #[cfg(feature = "test-util")]
 mod manual;
@@ -262,17 +265,43 @@ pub trait Timer {
     fn reset(&self, sleep: Pin<&mut Self::Sleep>, deadline: Instant);
 
     /// A cheap nanosecond counter on the same clock as [`now`](Timer::now),
-    /// if the backend has one: between two readings it advances exactly as
-    /// `now()` does, from an origin of the backend's choosing. A
-    /// [`RateLimiter`](crate::RateLimiter) reads the clock on every check
-    /// and uses this counter when it is there. A timer returns `Some` always
-    /// or never. The default is `None`.
+    /// if the backend has one: between two readings it advances as `now()`
+    /// does — never faster; it may run slower by a bounded rate, which only
+    /// makes a limiter stricter — from an origin of the backend's choosing,
+    /// and it never goes backwards on one thread (readings made on different
+    /// threads may arrive out of order by a little, like any clock read
+    /// before taking a lock). A [`RateLimiter`](crate::RateLimiter)
+    /// reads the clock on every check and uses this counter when it is
+    /// there. A timer returns `Some` always or never. The default is `None`.
+    ///
+    /// [`FuturesTimer`] and [`DefaultTimer`] read the CPU's invariant
+    /// time-stamp counter here (about 7 ns against `Instant::now()`'s
+    /// 15–20) where the CPU has one, and return `None` elsewhere or when
+    /// the environment variable `AWAITKIT_TIMER_CLOCK=instant` is set at
+    /// the first reading. The counter is calibrated against `Instant`
+    /// during its first 100 ms (readings meanwhile are `Instant`'s own, at
+    /// its cost), then checked against it every ~1 ms: it runs slow by
+    /// about one part per million (a one-second window lasts about a
+    /// microsecond longer), and when it is seen ahead of `Instant` (a
+    /// virtual machine moved, a suspend it counted through) or behind its
+    /// last reading (a reset), it goes on from the time `Instant` says has
+    /// passed, and its rate is measured again (as it is when it runs far
+    /// slow: a virtual machine moved to a host whose counter runs at another
+    /// rate). Between two checks it can run fast only by its own rate
+    /// error (well under a part per million once calibrated), and never
+    /// keeps the gain. With the `tokio` feature, [`DefaultTimer`]'s
+    /// counter inside a tokio runtime is tokio's clock (which may be
+    /// paused), as its `now()` is.
     ///
     /// # Examples
     ///
     /// ```
     /// use awaitkit::time::{FuturesTimer, Timer};
-    /// assert_eq!(FuturesTimer.counter_nanos(), None); // it reads `Instant::now()`
+    /// // The CPU's invariant time-stamp counter, where there is one.
+    /// if let Some(a) = FuturesTimer.counter_nanos() {
+    ///     let b = FuturesTimer.counter_nanos().unwrap(); // `Some` always
+    ///     assert!(b >= a);
+    /// }
     /// ```
     fn counter_nanos(&self) -> Option<u64> {
         None
@@ -311,7 +340,10 @@ forward_timer!(&T, Arc<T>);
 /// The default timer, built on the `futures-timer` crate: works on every
 /// executor, keeping time on one helper thread shared by the whole process.
 ///
-/// Its clock is [`std::time::Instant`]. Sleeps longer than 30 years are capped
+/// Its clock is [`std::time::Instant`]; its cheap clock
+/// ([`counter_nanos`](Timer::counter_nanos), read by rate limiters on every
+/// check) is the CPU's invariant time-stamp counter where there is one,
+/// calibrated against `Instant` and never faster than it. Sleeps longer than 30 years are capped
 /// there (awaitkit re-arms them), so [`Duration::MAX`] never overflows.
 ///
 /// # Panics in wakers
@@ -359,6 +391,11 @@ impl Timer for FuturesTimer {
 
     fn reset(&self, mut sleep: Pin<&mut FuturesSleep>, deadline: Instant) {
         sleep.reset_after(deadline.saturating_duration_since(Instant::now()));
+    }
+
+    #[inline]
+    fn counter_nanos(&self) -> Option<u64> {
+        counter::cheap()
     }
 }
 

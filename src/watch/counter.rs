@@ -25,8 +25,10 @@
 //! clock relies on it wherever it uses the counter); a difference of two
 //! readings on different cores is taken with `saturating_sub`.
 //!
-//! The only `unsafe` of the watch lives here: two CPU intrinsics.
+//! The counter's intrinsics live in `crate::tsc`, shared with the default
+//! timers' cheap counter.
 
+use crate::tsc::{invariant as invariant_tsc, paired_reading, rdtsc};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -69,29 +71,6 @@ fn base() -> &'static Base {
             }
         }
     })
-}
-
-/// A counter reading and an `Instant` taken together: the `Instant` is
-/// bracketed by two counter reads and paired with their midpoint. A pair
-/// whose reads are more than 2 000 ticks apart (under a microsecond at any
-/// plausible rate; the thread was preempted between them) is taken again,
-/// a few times.
-fn paired_reading() -> (u64, Instant) {
-    let mut best = None;
-    for _ in 0..8 {
-        let before = rdtsc();
-        let at = Instant::now();
-        let after = rdtsc();
-        let gap = after.saturating_sub(before);
-        let pair = (before + gap / 2, at);
-        if gap <= 2_000 {
-            return pair;
-        }
-        if best.is_none_or(|(g, _)| gap < g) {
-            best = Some((gap, pair));
-        }
-    }
-    best.map_or_else(|| (rdtsc(), Instant::now()), |(_, pair)| pair)
 }
 
 /// The counter now, in ticks (never decreasing on one thread; differences
@@ -207,45 +186,6 @@ pub(crate) fn lower_bound(d: Duration) -> u64 {
 
 fn duration_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-#[cfg(all(target_arch = "x86_64", not(target_env = "sgx")))]
-#[inline]
-fn rdtsc() -> u64 {
-    // SAFETY: `rdtsc` exists on every x86-64 CPU, reads a register and has
-    // no other effect. (The intrinsic is safe from Rust 1.87; our MSRV
-    // still needs the block.)
-    #[allow(unused_unsafe)]
-    unsafe {
-        core::arch::x86_64::_rdtsc()
-    }
-}
-
-#[cfg(not(all(target_arch = "x86_64", not(target_env = "sgx"))))]
-fn rdtsc() -> u64 {
-    0
-}
-
-#[cfg(all(target_arch = "x86_64", not(target_env = "sgx")))]
-fn invariant_tsc() -> bool {
-    use core::arch::x86_64::__cpuid;
-    // SAFETY: `cpuid` exists on every x86-64 CPU (outside SGX enclaves,
-    // excluded above) and only reads identification registers.
-    #[allow(unused_unsafe)]
-    let max_extended = unsafe { __cpuid(0x8000_0000) }.eax;
-    if max_extended < 0x8000_0007 {
-        return false;
-    }
-    // SAFETY: as above; leaf 0x8000_0007 exists (checked just before).
-    #[allow(unused_unsafe)]
-    let power = unsafe { __cpuid(0x8000_0007) };
-    // EDX bit 8: "invariant TSC".
-    power.edx & (1 << 8) != 0
-}
-
-#[cfg(not(all(target_arch = "x86_64", not(target_env = "sgx"))))]
-fn invariant_tsc() -> bool {
-    false
 }
 
 #[cfg(test)]

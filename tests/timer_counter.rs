@@ -1,0 +1,132 @@
+//! The default timers' cheap counter (`Timer::counter_nanos`): the CPU's
+//! invariant time-stamp counter where there is one, `None` elsewhere and
+//! under `AWAITKIT_TIMER_CLOCK=instant`; with the `tokio` feature, tokio's
+//! (possibly paused) clock inside a tokio runtime, as `DefaultTimer::now()`
+//! is. The conversion itself (calibration, resets, jumps, fast and slow
+//! counters against a strict window) is tested on fake readings in
+//! `src/time/counter.rs`, and its concurrency in a loom model.
+
+use awaitkit::RateLimiter;
+use awaitkit::time::{DefaultTimer, FuturesTimer, Timer};
+use std::process::Command;
+use std::time::Duration;
+
+/// Whether this process runs with the counter switched off.
+fn forced_off() -> bool {
+    std::env::var_os("AWAITKIT_TIMER_CLOCK").is_some_and(|v| v == "instant")
+}
+
+#[test]
+fn both_default_timers_offer_the_same_counter_or_none() {
+    let futures = FuturesTimer.counter_nanos();
+    let default = DefaultTimer.counter_nanos();
+    assert_eq!(futures.is_some(), default.is_some());
+    if forced_off() {
+        assert_eq!(futures, None, "AWAITKIT_TIMER_CLOCK=instant: no counter");
+        return;
+    }
+    if let (Some(a), Some(b)) = (futures, default) {
+        // One clock: the second reading is not below the first.
+        assert!(b >= a);
+        for _ in 0..1_000 {
+            assert!(FuturesTimer.counter_nanos().is_some(), "Some always");
+        }
+    }
+}
+
+#[test]
+fn the_counter_follows_instant_over_a_sleep() {
+    let Some(_) = FuturesTimer.counter_nanos() else {
+        return;
+    };
+    // Past the calibration (the counter's first 100 ms are `Instant`'s).
+    std::thread::sleep(Duration::from_millis(150));
+    let _ = FuturesTimer.counter_nanos();
+    let before = std::time::Instant::now();
+    let a = FuturesTimer.counter_nanos().unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    let b = FuturesTimer.counter_nanos().unwrap();
+    let elapsed = before.elapsed();
+    // Never more than `Instant` saw (plus one range an anomaly may add, and
+    // the pairing error); at least the sleep, less the part per million it
+    // runs slow and the calibration error.
+    let counted = Duration::from_nanos(b - a);
+    assert!(
+        counted <= elapsed + Duration::from_micros(1_100),
+        "{counted:?} > {elapsed:?}"
+    );
+    assert!(counted >= Duration::from_micros(29_900), "{counted:?}");
+}
+
+/// The fallback: the same tests, re-run in a child process with
+/// `AWAITKIT_TIMER_CLOCK=instant`, see no counter, and a rate limiter on
+/// the default timer still works there (on `Instant`).
+#[test]
+fn the_environment_variable_switches_the_counter_off() {
+    if forced_off() {
+        assert_eq!(DefaultTimer.counter_nanos(), None);
+        let limiter = RateLimiter::new(2, Duration::from_secs(3600));
+        assert!(limiter.try_acquire().is_ok());
+        assert!(limiter.try_acquire().is_ok());
+        assert!(limiter.try_acquire().is_err(), "a strict window on Instant");
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env("AWAITKIT_TIMER_CLOCK", "instant")
+        .args(["--exact", "--test-threads=1"])
+        .args([
+            "the_environment_variable_switches_the_counter_off",
+            "both_default_timers_offer_the_same_counter_or_none",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("2 passed"), "{stdout}");
+}
+
+/// With the `tokio` feature, `DefaultTimer`'s counter inside a runtime
+/// whose clock is paused moves exactly as tokio's `now()` does: an `advance`
+/// of an hour is an hour of counter, and nothing passes otherwise — so a
+/// rate limiter on the default timer keeps moving in paused-time tests.
+#[cfg(feature = "tokio")]
+#[test]
+fn inside_a_paused_tokio_runtime_the_counter_is_tokios_clock() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let Some(a) = DefaultTimer.counter_nanos() else {
+            return;
+        };
+        let now = DefaultTimer.now();
+        std::thread::sleep(Duration::from_millis(5));
+        let b = DefaultTimer.counter_nanos().unwrap();
+        assert_eq!(b, a, "paused: no time passes");
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        let c = tokio::spawn(async { DefaultTimer.counter_nanos().unwrap() })
+            .await
+            .unwrap();
+        assert_eq!(c - a, (DefaultTimer.now() - now).as_nanos() as u64);
+        assert!(c - a >= 3_600_000_000_000, "an hour passed");
+        // A strict window on the default timer moves with it.
+        let limiter = RateLimiter::new(1, Duration::from_secs(60));
+        assert!(limiter.try_acquire().is_ok());
+        assert!(limiter.try_acquire().is_err());
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(
+            limiter.try_acquire().is_ok(),
+            "a minute of paused time passed"
+        );
+        // FuturesTimer's clock is `Instant`'s, paused or not: its counter too.
+        if let Some(f) = FuturesTimer.counter_nanos() {
+            assert!(f < c, "the real clock is an hour behind the advanced one");
+        }
+    });
+}
