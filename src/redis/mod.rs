@@ -104,8 +104,10 @@
 
 mod rate_limiter;
 mod scripts;
+mod semaphore;
 
 pub use rate_limiter::{Acquire, Limit, RateLimiter, TryAcquire};
+pub use semaphore::{MAX_PERMITS, Permit, Semaphore};
 
 /// The most calls one check of a strict-window quota asks for
 /// (`acquire_n`, `try_acquire_n`), whatever the quota's `max_calls`: the
@@ -176,6 +178,21 @@ pub enum Error {
     },
     /// Redis or the connection failed (refused, dropped, an error reply).
     Redis(::redis::RedisError),
+    /// [`Semaphore::try_acquire`]: no permit free now (or waiters queued
+    /// for the free ones).
+    NoPermits,
+    /// More permits at once than the [`Semaphore`]'s capacity. Checked
+    /// before Redis is asked.
+    ExceedsCapacity {
+        /// The permits asked for.
+        requested: usize,
+        /// The semaphore's capacity.
+        capacity: usize,
+    },
+    /// A [`Permit`]'s lease ran out before it was renewed: its permits
+    /// may be held by someone else now ([`Permit::renew`], and
+    /// [`Semaphore::limit`], which cancels its future then).
+    LeaseLost,
     /// Redis answered something the script never returns (a different
     /// script under the same hash, a proxy in between), or the script
     /// refused: the key holds a value of another use under the prefix, or
@@ -231,8 +248,17 @@ impl fmt::Display for Error {
             ),
             Error::Timeout { after } => write!(f, "Redis did not answer within {after:?}"),
             Error::Redis(e) => write!(f, "Redis failed: {e}"),
+            Error::NoPermits => write!(f, "no permit free in the Redis semaphore"),
+            Error::ExceedsCapacity {
+                requested,
+                capacity,
+            } => write!(
+                f,
+                "{requested} permits at once exceed the semaphore's capacity of {capacity}"
+            ),
+            Error::LeaseLost => write!(f, "the semaphore lease ran out before it was renewed"),
             Error::Script(reply) => {
-                write!(f, "unexpected reply from the rate-limit script: {reply}")
+                write!(f, "unexpected reply from an awaitkit Redis script: {reply}")
             }
         }
     }
