@@ -15,8 +15,8 @@ use common::redis_server::RedisServer;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -37,7 +37,11 @@ async fn manager(server: &RedisServer) -> ConnectionManager {
 }
 
 async fn zcard(conn: &mut MultiplexedConnection, key: &str) -> usize {
-    redis::cmd("ZCARD").arg(key).query_async(conn).await.unwrap()
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .unwrap()
 }
 
 async fn sleep(ms: u64) {
@@ -136,8 +140,7 @@ redis_matrix! {
 
     // Waiters are granted in arrival order, across handles: a holder keeps
     // the only permit while five waiters queue (each in Redis before the
-    // next starts), then each takes it in turn. A try_acquire does not jump
-    // the queue while a permit is free but owed to a waiter.
+    // next starts), then each takes it in turn.
     async fn fifo_across_handles() {
         let server = RedisServer::start();
         let mut probe = connect(&server).await;
@@ -163,17 +166,41 @@ redis_matrix! {
             waiters.push(w);
         }
         holder.release().await.unwrap();
-        let run = futures::future::join_all(waiters);
-        futures::future::join(run, async {
-            // Free permits are owed to the queue: try_acquire is refused
-            // while anyone waits.
-            while zcard(&mut probe, "s:queue").await > 0 {
-                assert!(matches!(handles[2].try_acquire().await, Err(Error::NoPermits) | Ok(_)));
-                sleep(1).await;
-            }
-        })
-        .await;
+        futures::future::join_all(waiters).await;
         assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3, 4]);
+    }
+
+    // A free permit owed to a queued waiter is not taken by try_acquire
+    // (nor by a later acquire) before the waiter's next poll.
+    async fn try_acquire_does_not_jump_the_queue() {
+        let server = RedisServer::start();
+        let mut probe = connect(&server).await;
+        let s = sem(connect(&server).await, 1, 60_000);
+        let slow = sem(connect(&server).await, 1, 60_000).with_poll_interval(Duration::from_secs(600));
+        let holder = s.acquire().await.unwrap();
+        let mut waiter = Box::pin(slow.acquire());
+        while zcard(&mut probe, "s:queue").await < 1 {
+            futures::future::select(waiter.as_mut(), pin!(sleep(1))).await;
+        }
+        holder.release().await.unwrap();
+        assert!(matches!(s.try_acquire().await, Err(Error::NoPermits)));
+        // The waiter is still first when a later acquire has queued too.
+        let late = s.acquire();
+        let (first, late) = futures::future::join(
+            async {
+                // Let `late` poll a few times before the waiter polls again.
+                sleep(20).await;
+                drop(waiter);
+                slow.try_acquire().await.map(|p| p.permits())
+            },
+            late,
+        )
+        .await;
+        // Dropped, the waiter's ticket left at `slow`'s next call: that
+        // call (a try_acquire behind `late`'s ticket) is refused, and
+        // `late` got the permit.
+        assert!(matches!(first, Err(Error::NoPermits)), "{first:?}");
+        assert_eq!(late.unwrap().permits(), 1);
     }
 
     // A dropped permit stays held in Redis until the handle's next call,

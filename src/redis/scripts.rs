@@ -325,7 +325,9 @@ return {1, now + lease, now}
 "#
     ),
     sha: std::sync::LazyLock::new(|| {
-        ::redis::Script::new(SEM_ACQUIRE.source).get_hash().to_owned()
+        ::redis::Script::new(SEM_ACQUIRE.source)
+            .get_hash()
+            .to_owned()
     }),
 };
 
@@ -388,6 +390,8 @@ return removed
 "#
     ),
     sha: std::sync::LazyLock::new(|| {
-        ::redis::Script::new(SEM_RELEASE.source).get_hash().to_owned()
+        ::redis::Script::new(SEM_RELEASE.source)
+            .get_hash()
+            .to_owned()
     }),
 };

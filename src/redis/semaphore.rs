@@ -5,8 +5,8 @@ use super::rate_limiter::{duration_us, unique_tag};
 use super::scripts::{self, Call, GiveBack, Lua};
 use super::{Error, FailurePolicy};
 use crate::time::{DefaultTimer, Timer};
-use ::redis::aio::ConnectionLike;
 use ::redis::Value;
+use ::redis::aio::ConnectionLike;
 use std::fmt;
 use std::future::{Future, IntoFuture, poll_fn};
 use std::pin::pin;
@@ -317,7 +317,12 @@ where
     T: Timer + Clone,
 {
     /// One script call under the timeout, after the queued give-backs.
-    async fn call(&self, lua: &'static Lua, keys: Vec<Vec<u8>>, args: Vec<String>) -> Result<Value, Error> {
+    async fn call(
+        &self,
+        lua: &'static Lua,
+        keys: Vec<Vec<u8>>,
+        args: Vec<String>,
+    ) -> Result<Value, Error> {
         let back = self.given_back.clone();
         let all = self.keys.to_vec();
         let fut = scripts::invoke(&self.conn, Call { lua, keys, args }, move || {
@@ -646,7 +651,9 @@ where
         };
         let third = self.lease / 3;
         let mut future = pin!(future.into_future());
-        let mut next = permit.local_expiry.and_then(|e| e.checked_sub(self.lease - third));
+        let mut next = permit
+            .local_expiry
+            .and_then(|e| e.checked_sub(self.lease - third));
         let mut sleep = pin!(None::<T::Sleep>);
         let mut renewal = pin!(None);
         let out = poll_fn(|cx| {
@@ -837,7 +844,11 @@ where
     /// ```
     pub async fn renew(&mut self) -> Result<(), Error> {
         if !self.held {
-            return if self.n == 0 { Ok(()) } else { Err(Error::LeaseLost) };
+            return if self.n == 0 {
+                Ok(())
+            } else {
+                Err(Error::LeaseLost)
+            };
         }
         let sent = self.sem.timer.now();
         match self.sem.renew_call(&self.id, self.n).await? {
@@ -892,8 +903,7 @@ where
 impl<C, T: Timer> Drop for Permit<'_, C, T> {
     fn drop(&mut self) {
         if self.held {
-            self.sem
-                .queue_back("p", format!("{}/{}", self.id, self.n));
+            self.sem.queue_back("p", format!("{}/{}", self.id, self.n));
         }
     }
 }
