@@ -11,28 +11,12 @@ mod common;
 
 use awaitkit::rate_limiter::Quota;
 use awaitkit::redis::{Error, FailurePolicy, Grant, RateLimiter};
-use common::redis_server::RedisServer;
+use common::redis_server::{RedisServer, connect, manager};
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-
-async fn connect(server: &RedisServer) -> MultiplexedConnection {
-    redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to the test's redis-server")
-}
-
-async fn manager(server: &RedisServer) -> ConnectionManager {
-    redis::Client::open(server.url())
-        .unwrap()
-        .get_connection_manager()
-        .await
-        .expect("connect to the test's redis-server")
-}
 
 /// Redis's clock, in microseconds.
 async fn redis_now(conn: &mut MultiplexedConnection) -> u64 {

@@ -11,7 +11,7 @@
 mod common;
 
 use awaitkit::redis::{Error, FailurePolicy, Semaphore};
-use common::redis_server::RedisServer;
+use common::redis_server::{RedisServer, connect, manager};
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use std::future::Future;
 use std::pin::pin;
@@ -19,22 +19,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
-
-async fn connect(server: &RedisServer) -> MultiplexedConnection {
-    redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to the test's redis-server")
-}
-
-async fn manager(server: &RedisServer) -> ConnectionManager {
-    redis::Client::open(server.url())
-        .unwrap()
-        .get_connection_manager()
-        .await
-        .expect("connect to the test's redis-server")
-}
 
 async fn zcard(conn: &mut MultiplexedConnection, key: &str) -> usize {
     redis::cmd("ZCARD")
@@ -201,6 +185,30 @@ redis_matrix! {
         // `late` got the permit.
         assert!(matches!(first, Err(Error::NoPermits)), "{first:?}");
         assert_eq!(late.unwrap().permits(), 1);
+    }
+
+    // Edges: capacity zero grants nothing but zero permits (and limit
+    // refuses even when failing open); capacity past MAX_PERMITS is capped;
+    // a lease of Duration::MAX (capped at 2^52 us) and of zero (1 ms) work.
+    async fn edges_zero_capacity_and_extreme_leases() {
+        let server = RedisServer::start();
+        let zero = sem(connect(&server).await, 0, 1000);
+        assert_eq!(zero.try_acquire_many(0).await.unwrap().permits(), 0);
+        assert!(matches!(zero.acquire().await, Err(Error::ExceedsCapacity { requested: 1, capacity: 0 })));
+        let open = zero.limit_with(FailurePolicy::Open, async {}).await;
+        assert!(matches!(open, Err(Error::ExceedsCapacity { .. })));
+        let huge = Semaphore::new(connect(&server).await, "h", usize::MAX, Duration::MAX);
+        assert_eq!(huge.capacity(), awaitkit::redis::MAX_PERMITS);
+        let mut p = huge.acquire_many(3).await.unwrap();
+        p.renew().await.unwrap();
+        assert!(p.lease_expiry() > Duration::from_secs(100 * 365 * 86_400));
+        assert_eq!(huge.limit(async { 5 }).await.unwrap(), 5);
+        p.release().await.unwrap();
+        let tiny = Semaphore::new(connect(&server).await, "t", 1, Duration::ZERO);
+        assert_eq!(tiny.lease(), Duration::from_millis(1));
+        std::mem::forget(tiny.acquire().await.unwrap());
+        sleep(5).await;
+        tiny.try_acquire().await.unwrap().release().await.unwrap();
     }
 
     // A dropped permit stays held in Redis until the handle's next call,

@@ -827,7 +827,8 @@ where
     /// # Errors
     ///
     /// [`Error::LeaseLost`] when the lease had already run out (the
-    /// permits are gone; the permit is then empty); [`Error::Timeout`],
+    /// permits are gone: renewing again answers the same without asking
+    /// Redis, and releasing does nothing); [`Error::Timeout`],
     /// [`Error::Redis`] or [`Error::Script`] when Redis fails.
     ///
     /// # Examples
