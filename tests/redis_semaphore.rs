@@ -211,6 +211,37 @@ redis_matrix! {
         tiny.try_acquire().await.unwrap().release().await.unwrap();
     }
 
+    // The futures are Send (tokio::spawn-able) on a multiplexed connection,
+    // and a `limit` dropped while its future runs gives its permit back at
+    // the handle's next call (its inner future dropped with it).
+    async fn limit_dropped_mid_way_and_futures_are_send() {
+        fn send<F: Send>(f: F) -> F {
+            f
+        }
+        let server = RedisServer::start();
+        let s = sem(connect(&server).await, 1, 60_000);
+        let tracker = common::Tracker::new();
+        let token = tracker.token();
+        {
+            let mut limited = Box::pin(send(s.limit(async move {
+                let _token = token;
+                std::future::pending::<()>().await
+            })));
+            // Runs once the permit is granted (the inner future is polled).
+            let mut probe = connect(&server).await;
+            while zcard(&mut probe, "s:holders").await == 0 {
+                futures::future::select(limited.as_mut(), pin!(sleep(1))).await;
+            }
+            assert_eq!(tracker.live(), 1);
+        }
+        assert_eq!(tracker.live(), 0, "the inner future dropped with limit");
+        let p = send(s.try_acquire()).await.unwrap();
+        send(p.release()).await.unwrap();
+        let mut p = send(s.acquire_many(1)).await.unwrap();
+        send(p.renew()).await.unwrap();
+        send(p.release()).await.unwrap();
+    }
+
     // A dropped permit stays held in Redis until the handle's next call,
     // which releases it first: that call is granted at capacity 1.
     async fn dropped_permit_returned_at_next_call() {
@@ -318,6 +349,16 @@ redis_matrix! {
         server.kill();
         assert!(s.try_acquire().await.unwrap_err().is_failure());
         server.restart();
+        // The new server knows no script: EVALSHA answers NOSCRIPT and
+        // the semaphore sends each script again (EVAL).
+        let mut probe = connect(&server).await;
+        let cached: Vec<bool> = redis::cmd("SCRIPT")
+            .arg("EXISTS")
+            .arg(redis::Script::new("return 1").get_hash())
+            .query_async(&mut probe)
+            .await
+            .unwrap();
+        assert_eq!(cached, [false]);
         let mut failures = 0;
         let permit = loop {
             match s.acquire().await {
