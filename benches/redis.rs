@@ -9,6 +9,8 @@
 //!   never run out: a window of 10⁹ calls per 10 ms, so the sorted set
 //!   stays at the ~10 ms of stamps a run adds; GCRA 10⁹/s with a burst of
 //!   10⁹);
+//! * `sem_acquire_release`: an uncontended `redis::Semaphore` acquire and
+//!   release (two script calls: compare with 2 x `ping`);
 //! * `local_window` / `local_gcra`: the in-process `awaitkit::RateLimiter`
 //!   with the same quotas, for scale.
 //!
@@ -117,6 +119,8 @@ fn main() {
     let remote_gcra = awaitkit::redis::RateLimiter::new(conn.clone(), "bench:", gcra);
     let local_window = awaitkit::RateLimiter::with_quota(window);
     let local_gcra = awaitkit::RateLimiter::with_quota(gcra);
+    let sem =
+        awaitkit::redis::Semaphore::new(conn.clone(), "bench:sem", 8, Duration::from_secs(30));
     let time_script = redis::Script::new("return redis.call('TIME')");
 
     let ops: Vec<(&str, Op<'_>)> = vec![
@@ -147,6 +151,12 @@ fn main() {
         ("gcra_check", {
             let l = &remote_gcra;
             Box::new(move || Box::pin(async move { l.try_acquire("g").await.map(drop).unwrap() }))
+        }),
+        ("sem_acquire_release", {
+            let s = &sem;
+            Box::new(move || {
+                Box::pin(async move { s.acquire().await.unwrap().release().await.unwrap() })
+            })
         }),
         ("local_window", {
             let l = &local_window;
@@ -216,7 +226,7 @@ fn main() {
     eprintln!("\nredis_check, interleaved ({rounds} rounds x {per_round} ops, median per op):");
     for ((name, _), m) in ops.iter().zip(&medians) {
         eprintln!(
-            "  {name:<14} {:>9.2} us  {:>5.2} x ping",
+            "  {name:<20} {:>9.2} us  {:>5.2} x ping",
             m / 1000.0,
             m / ping
         );

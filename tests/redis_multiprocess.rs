@@ -283,3 +283,191 @@ fn four_processes_sleep_and_recheck_for_comparison() {
         run_fleet("recheck")
     });
 }
+
+// ---------------------------------------------------------------------------
+// One `redis::Semaphore` shared by processes
+// ---------------------------------------------------------------------------
+
+const SEM_CHILD: &str = "AWAITKIT_REDIS_SEM_CHILD";
+const SEM_CAPACITY: usize = 3;
+const SEM_HOLDS: usize = 5;
+
+/// The semaphore children: `hold` takes the only permit of `one`, says
+/// `HELD` and keeps renewing it (inside `limit`) until killed; `share`
+/// runs 4 contenders that each hold a permit of `fleet` 5 times, counting
+/// holders in Redis (`INCR` while held) and printing each count.
+#[test]
+fn sem_child_process_entry() {
+    let Ok(spec) = std::env::var(SEM_CHILD) else {
+        return;
+    };
+    let (url, mode) = spec.split_once('|').unwrap();
+    let (url, mode, runtime) = (url.to_owned(), mode.to_owned(), std::process::id() % 2);
+    let body = async move {
+        let conn = redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        if mode == "hold" {
+            let sem = awaitkit::redis::Semaphore::new(conn, "one", 1, Duration::from_millis(600));
+            sem.limit(async {
+                println!("HELD");
+                std::future::pending::<()>().await
+            })
+            .await
+            .unwrap();
+            return;
+        }
+        let sem = awaitkit::redis::Semaphore::new(
+            conn.clone(),
+            "fleet",
+            SEM_CAPACITY,
+            Duration::from_secs(5),
+        )
+        .with_poll_interval(Duration::from_millis(2));
+        let contenders = (0..CONTENDERS).map(|_| {
+            let (sem, mut conn) = (&sem, conn.clone());
+            async move {
+                let mut counts = Vec::new();
+                for _ in 0..SEM_HOLDS {
+                    let permit = sem.acquire().await.unwrap();
+                    let n: usize = redis::cmd("INCR")
+                        .arg("live")
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                    counts.push(n);
+                    smol::Timer::after(Duration::from_millis(3)).await;
+                    let _: usize = redis::cmd("DECR")
+                        .arg("live")
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                    permit.release().await.unwrap();
+                }
+                counts
+            }
+        });
+        for counts in awaitkit::gather(contenders).await {
+            for n in counts {
+                println!("HOLDERS {n}");
+            }
+        }
+    };
+    if runtime == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(body)
+    } else {
+        smol::block_on(body)
+    }
+}
+
+fn sem_child(server: &RedisServer, mode: &str) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sem_child_process_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(SEM_CHILD, format!("{}|{mode}", server.url()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start a child process")
+}
+
+/// 4 processes (tokio or smol by pid) x 4 contenders share a semaphore of
+/// capacity 3: never more than 3 holders at once (counted in Redis while
+/// held), every hold made, and every permit back at the end.
+#[test]
+fn four_processes_share_one_semaphore() {
+    common::watchdog("four_processes_share_one_semaphore", || {
+        let server = RedisServer::start();
+        let children: Vec<_> = (0..PROCESSES)
+            .map(|_| sem_child(&server, "share"))
+            .collect();
+        let mut counts = Vec::new();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "a child failed: {}", out.status);
+            let text = String::from_utf8(out.stdout).unwrap();
+            counts.extend(text.lines().filter_map(|l| {
+                l.split_once("HOLDERS ")
+                    .map(|(_, n)| n.parse::<usize>().unwrap())
+            }));
+        }
+        assert_eq!(counts.len(), PROCESSES * CONTENDERS * SEM_HOLDS);
+        let max = counts.iter().copied().max().unwrap();
+        assert!(max <= SEM_CAPACITY, "{max} holders at once");
+        smol::block_on(async {
+            let mut conn = redis::Client::open(server.url())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let held: usize = redis::cmd("ZCARD")
+                .arg("fleet:holders")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let queued: usize = redis::cmd("ZCARD")
+                .arg("fleet:queue")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!((held, queued), (0, 0), "every permit and ticket back");
+        });
+        println!(
+            "semaphore: {} holds by {PROCESSES} processes, at most {max} at once",
+            counts.len()
+        );
+    });
+}
+
+/// A holder process SIGKILLed while holding the only permit: the permit
+/// is still held right after the kill, and comes back when the lease
+/// (600 ms, renewed by the dead process until it died) runs out.
+#[test]
+fn killed_holder_permit_returns_after_the_lease() {
+    use std::io::BufRead;
+    common::watchdog("killed_holder_permit_returns_after_the_lease", || {
+        let server = RedisServer::start();
+        let mut child = sem_child(&server, "hold");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        assert!(
+            lines.any(|l| l.unwrap().contains("HELD")),
+            "the child never held"
+        );
+        smol::block_on(async {
+            let conn = redis::Client::open(server.url())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let sem = awaitkit::redis::Semaphore::new(conn, "one", 1, Duration::from_millis(600));
+            // Renewed past its first lease: still held.
+            smol::Timer::after(Duration::from_millis(900)).await;
+            assert!(matches!(sem.try_acquire().await, Err(Error::NoPermits)));
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            assert!(matches!(sem.try_acquire().await, Err(Error::NoPermits)));
+            let mut refused = 0;
+            let permit = loop {
+                match sem.try_acquire().await {
+                    Ok(p) => break p,
+                    Err(Error::NoPermits) => refused += 1,
+                    Err(e) => panic!("{e}"),
+                }
+                smol::Timer::after(Duration::from_millis(20)).await;
+            };
+            permit.release().await.unwrap();
+            println!("killed holder: its permit back after {refused} refused checks at 20 ms");
+        });
+    });
+}

@@ -6,74 +6,17 @@
 //! count grants per window by Redis time, whatever the local clocks do.
 #![cfg(all(feature = "redis-tokio", feature = "redis-smol"))]
 
+#[macro_use]
 mod common;
 
 use awaitkit::rate_limiter::Quota;
 use awaitkit::redis::{Error, FailurePolicy, Grant, RateLimiter};
-use common::redis_server::RedisServer;
+use common::redis_server::{RedisServer, connect, manager};
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-
-/// One body per executor: tokio current-thread and multi-thread (with IO:
-/// redis-rs's tokio connection needs it), and smol (redis-rs's smol
-/// connection), each under the watchdog.
-macro_rules! redis_matrix {
-    ($(async fn $name:ident() $body:block)*) => {$(
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            async fn body() $body
-
-            #[test]
-            fn tokio_current() {
-                common::watchdog(concat!(module_path!(), "::tokio_current"), || {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap()
-                        .block_on(body())
-                })
-            }
-
-            #[test]
-            fn tokio_multi() {
-                common::watchdog(concat!(module_path!(), "::tokio_multi"), || {
-                    tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(2)
-                        .enable_all()
-                        .build()
-                        .unwrap()
-                        .block_on(body())
-                })
-            }
-
-            #[test]
-            fn smol() {
-                common::watchdog(concat!(module_path!(), "::smol"), || smol::block_on(body()))
-            }
-        }
-    )*};
-}
-
-async fn connect(server: &RedisServer) -> MultiplexedConnection {
-    redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to the test's redis-server")
-}
-
-async fn manager(server: &RedisServer) -> ConnectionManager {
-    redis::Client::open(server.url())
-        .unwrap()
-        .get_connection_manager()
-        .await
-        .expect("connect to the test's redis-server")
-}
 
 /// Redis's clock, in microseconds.
 async fn redis_now(conn: &mut MultiplexedConnection) -> u64 {

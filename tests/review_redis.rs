@@ -3,64 +3,17 @@
 //! call, each through tokio (current-thread and multi-thread) and smol.
 #![cfg(all(feature = "redis-tokio", feature = "redis-smol"))]
 
+#[macro_use]
 mod common;
 
 use awaitkit::Timer;
 use awaitkit::rate_limiter::Quota;
 use awaitkit::redis::{Error, RateLimiter};
 use awaitkit::time::DefaultTimer;
-use common::redis_server::RedisServer;
+use common::redis_server::{RedisServer, connect};
 use redis::aio::MultiplexedConnection;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
-
-/// One body per executor, as in `tests/redis_rate_limiter.rs`.
-macro_rules! redis_matrix {
-    ($(async fn $name:ident() $body:block)*) => {$(
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            async fn body() $body
-
-            #[test]
-            fn tokio_current() {
-                common::watchdog(concat!(module_path!(), "::tokio_current"), || {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap()
-                        .block_on(body())
-                })
-            }
-
-            #[test]
-            fn tokio_multi() {
-                common::watchdog(concat!(module_path!(), "::tokio_multi"), || {
-                    tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(2)
-                        .enable_all()
-                        .build()
-                        .unwrap()
-                        .block_on(body())
-                })
-            }
-
-            #[test]
-            fn smol() {
-                common::watchdog(concat!(module_path!(), "::smol"), || smol::block_on(body()))
-            }
-        }
-    )*};
-}
-
-async fn connect(server: &RedisServer) -> MultiplexedConnection {
-    redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to the test's redis-server")
-}
 
 /// 2^53: the first whole number a Lua (double) number cannot follow by one.
 const EXACT: u64 = 1 << 53;

@@ -1,5 +1,5 @@
-//! Beyond one process: rate limits shared by a fleet, kept in Redis
-//! (feature `redis`).
+//! Beyond one process: rate limits and concurrency caps shared by a fleet,
+//! kept in Redis (feature `redis`).
 //!
 //! A quota is usually a property of something outside your program — a
 //! partner API's 100 calls per second, a database's budget — shared by every
@@ -7,7 +7,10 @@
 //! its state in one process, so ten replicas allowed 100/s each send
 //! 1 000/s. [`redis::RateLimiter`](RateLimiter) keeps the same
 //! [`Quota`](crate::rate_limiter::Quota) in Redis instead: every process
-//! that checks the same key draws from one budget.
+//! that checks the same key draws from one budget. Likewise
+//! [`redis::Semaphore`](Semaphore) caps how many holders run at once
+//! across every process (a database's 20 connections shared by replicas),
+//! with leases so a crashed holder's permits come back.
 //!
 //! * **Bring your own connection.** The limiter takes the connection you
 //!   already have: anything implementing redis-rs's async
@@ -81,6 +84,44 @@
 //!   A sleep the timer completes early (a backend that caps long sleeps) is
 //!   armed again: the slot is never used before its time.
 //!
+//! # The semaphore's guarantees and their limits
+//!
+//! * **Never more than `capacity` holders** at once, by Redis's clock, as
+//!   long as every holder renews its lease before it runs out. A holder
+//!   that stops renewing (crashed, paused, partitioned from Redis) loses
+//!   its permits when its lease ends, and they are granted again: a holder
+//!   that is merely slow may then still be working while a new one starts.
+//!   [`Semaphore::limit`] closes that gap on its side: it renews every
+//!   third of the lease while its future runs, and when renewals fail it
+//!   cancels (drops) the future once the lease may have ended by its own
+//!   timer (measured from before the last successful renewal was sent, so
+//!   never later than Redis's end, up to the two clocks' rate difference),
+//!   with [`Error::LeaseLost`]. A [`Permit`] you hold yourself is renewed
+//!   only by [`Permit::renew`].
+//! * **Fairness**: waiters ([`Semaphore::acquire`]) take a ticket in a
+//!   sorted set scored by the Redis time of their first call (ties: by
+//!   ticket name), and a waiter is granted only when the permits held plus
+//!   those asked for by every live ticket ahead of it leave room: first
+//!   come, first served across processes, and a large request at the head
+//!   holds the smaller ones behind it. [`Semaphore::try_acquire`] never
+//!   takes a permit owed to a waiter. A waiter re-asks every
+//!   [`poll_interval`](Semaphore::with_poll_interval) (25 ms by default),
+//!   so a freed permit is taken within that interval plus a round trip
+//!   (no pub/sub in this version). A waiter whose ticket is not refreshed
+//!   within three poll intervals plus the timeout (at most 60 s; a dead
+//!   process) is dropped from the queue; if it was only slow, its next call
+//!   queues it again, at the back.
+//! * **Dropped permits and waiters** are given back by the handle's next
+//!   call (one more round trip, before that call's own), and by the lease
+//!   (permits) or the ticket's expiry (waiters) at the latest. Nothing is
+//!   spawned. The same holds for an acquire dropped or timed out while
+//!   Redis was granting it.
+//! * **Cost**: each permit is one sorted-set member ([`MAX_PERMITS`] caps
+//!   the capacity); a grant walks the queue only as far as the capacity
+//!   allows. Keys expire once no lease or ticket in them can matter.
+//! * Every process sharing a semaphore must use the same name, capacity
+//!   and lease; failover loses the latest grants as for the rate limiter.
+//!
 //! # Examples
 //!
 //! ```no_run
@@ -104,8 +145,10 @@
 
 mod rate_limiter;
 mod scripts;
+mod semaphore;
 
 pub use rate_limiter::{Acquire, Limit, RateLimiter, TryAcquire};
+pub use semaphore::{MAX_PERMITS, Permit, Semaphore};
 
 /// The most calls one check of a strict-window quota asks for
 /// (`acquire_n`, `try_acquire_n`), whatever the quota's `max_calls`: the
@@ -176,6 +219,21 @@ pub enum Error {
     },
     /// Redis or the connection failed (refused, dropped, an error reply).
     Redis(::redis::RedisError),
+    /// [`Semaphore::try_acquire`]: no permit free now (or waiters queued
+    /// for the free ones).
+    NoPermits,
+    /// More permits at once than the [`Semaphore`]'s capacity. Checked
+    /// before Redis is asked.
+    ExceedsCapacity {
+        /// The permits asked for.
+        requested: usize,
+        /// The semaphore's capacity.
+        capacity: usize,
+    },
+    /// A [`Permit`]'s lease ran out before it was renewed: its permits
+    /// may be held by someone else now ([`Permit::renew`], and
+    /// [`Semaphore::limit`], which cancels its future then).
+    LeaseLost,
     /// Redis answered something the script never returns (a different
     /// script under the same hash, a proxy in between), or the script
     /// refused: the key holds a value of another use under the prefix, or
@@ -231,8 +289,17 @@ impl fmt::Display for Error {
             ),
             Error::Timeout { after } => write!(f, "Redis did not answer within {after:?}"),
             Error::Redis(e) => write!(f, "Redis failed: {e}"),
+            Error::NoPermits => write!(f, "no permit free in the Redis semaphore"),
+            Error::ExceedsCapacity {
+                requested,
+                capacity,
+            } => write!(
+                f,
+                "{requested} permits at once exceed the semaphore's capacity of {capacity}"
+            ),
+            Error::LeaseLost => write!(f, "the semaphore lease ran out before it was renewed"),
             Error::Script(reply) => {
-                write!(f, "unexpected reply from the rate-limit script: {reply}")
+                write!(f, "unexpected reply from an awaitkit Redis script: {reply}")
             }
         }
     }
@@ -253,7 +320,7 @@ impl From<::redis::RedisError> for Error {
     }
 }
 
-/// What [`RateLimiter::limit`] does when Redis fails (a timeout, a
+/// What [`RateLimiter::limit`] and [`Semaphore::limit_with`] do when Redis fails (a timeout, a
 /// connection error, an unexpected reply).
 ///
 /// # Examples

@@ -503,7 +503,16 @@ where
             key: key.clone(),
             kind,
         });
-        let call = scripts::invoke(&self.conn, lua, key, args, self.given_back.clone());
+        let back = self.given_back.clone();
+        let call = scripts::invoke(
+            &self.conn,
+            scripts::Call {
+                lua,
+                keys: vec![key],
+                args: args.to_vec(),
+            },
+            move || scripts::take_back(&back, &scripts::GIVE_BACK, None),
+        );
         Check {
             timer: &self.timer,
             timeout: self.timeout,
@@ -532,7 +541,7 @@ fn flag(b: bool) -> String {
 
 /// A period in whole microseconds, rounded up, at least 1, at most
 /// [`MAX_SPAN_US`].
-fn duration_us(d: Duration) -> u64 {
+pub(super) fn duration_us(d: Duration) -> u64 {
     let us = d.as_nanos().div_ceil(1_000);
     us.clamp(1, MAX_SPAN_US as u128) as u64
 }
@@ -540,7 +549,7 @@ fn duration_us(d: Duration) -> u64 {
 /// A tag unique to this limiter across processes and machines (with
 /// overwhelming probability): std's randomly seeded hasher over the process
 /// id, the time and a process-wide counter.
-fn unique_tag() -> String {
+pub(super) fn unique_tag() -> String {
     use std::hash::{BuildHasher, Hasher};
     static COUNT: AtomicU64 = AtomicU64::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

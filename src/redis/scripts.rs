@@ -10,7 +10,7 @@
 
 use ::redis::aio::ConnectionLike;
 use ::redis::{Cmd, ErrorKind, RedisFuture, ServerErrorKind, Value};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 /// Every script starts by reading Redis's clock (`now`, in microseconds)
 /// and defines `s(x)`, an exact decimal for a whole number (Lua's own
@@ -210,26 +210,188 @@ async fn run<C: ConnectionLike>(
     }
 }
 
-/// One script call on a clone of `conn`. At its first poll it takes the
-/// slots queued in `give_back` and gives them back first (one more round
-/// trip, only when there are any; its failure is ignored: those slots stay
-/// booked, under-use only).
+/// A script with its keys and arguments.
+pub(crate) struct Call {
+    pub(crate) lua: &'static Lua,
+    pub(crate) keys: Vec<Vec<u8>>,
+    pub(crate) args: Vec<String>,
+}
+
+/// One script call on a clone of `conn`. At its first poll it asks `first`
+/// for a call to make before it (the give-backs queued by dropped waiters
+/// and permits: one more round trip, only when there are any; its failure
+/// is ignored: what it would have given back stays taken until it expires,
+/// under-use only).
 pub(crate) fn invoke<C>(
     conn: &C,
-    lua: &'static Lua,
-    key: Vec<u8>,
-    args: [String; 5],
-    give_back: Arc<Mutex<GiveBack>>,
+    call: Call,
+    first: impl FnOnce() -> Option<Call> + Send + 'static,
 ) -> RedisFuture<'static, Value>
 where
     C: ConnectionLike + Clone + Send + 'static,
 {
     let mut conn = conn.clone();
     Box::pin(async move {
-        let back = std::mem::take(&mut *give_back.lock().unwrap_or_else(PoisonError::into_inner));
-        if !back.keys.is_empty() {
-            let _ = run(&mut conn, &GIVE_BACK, &back.keys, &back.args).await;
+        if let Some(back) = first() {
+            let _ = run(&mut conn, back.lua, &back.keys, &back.args).await;
         }
-        run(&mut conn, lua, std::slice::from_ref(&key), &args).await
+        run(&mut conn, call.lua, &call.keys, &call.args).await
     })
 }
+
+/// Takes the queued give-backs of a [`GiveBack`] as one `lua` call.
+pub(crate) fn take_back(
+    queue: &Mutex<GiveBack>,
+    lua: &'static Lua,
+    keys: Option<&[Vec<u8>]>,
+) -> Option<Call> {
+    let back = std::mem::take(&mut *queue.lock().unwrap_or_else(PoisonError::into_inner));
+    if back.args.is_empty() {
+        return None;
+    }
+    Some(Call {
+        lua,
+        keys: keys.map_or(back.keys, <[_]>::to_vec),
+        args: back.args,
+    })
+}
+
+/// The distributed semaphore's acquire.
+///
+/// `KEYS`: holders (a sorted set, member `{id}:{i}` per permit, scored by
+/// its lease expiry), queue (waiting tickets `{n}/{id}`, scored by arrival
+/// time), beats (the same tickets, scored by heartbeat expiry). `ARGV`:
+/// capacity, lease (us), n, mode (`t`: try; `w`: wait with a ticket), id,
+/// ticket lifetime (us). Expired leases and tickets go first. Granted when
+/// the permits held, plus those of every ticket ahead (all of them for
+/// `t`), plus `n` fit the capacity. Reply `{1, expiry, now}` granted,
+/// `{0, held, ahead}` not now.
+pub(crate) static SEM_ACQUIRE: Lua = Lua {
+    source: concat!(
+        prologue!(),
+        r#"
+local holders, queue, beats = KEYS[1], KEYS[2], KEYS[3]
+local cap = tonumber(ARGV[1])
+local lease = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local mode = ARGV[4]
+local id = ARGV[5]
+local ttl = tonumber(ARGV[6])
+redis.call('ZREMRANGEBYSCORE', holders, '-inf', s(now))
+local dead = redis.call('ZRANGEBYSCORE', beats, '-inf', s(now), 'LIMIT', 0, 1000)
+if #dead > 0 then
+  redis.call('ZREM', queue, unpack(dead))
+  redis.call('ZREM', beats, unpack(dead))
+end
+local held = redis.call('ZCARD', holders)
+local ticket = n .. '/' .. id
+local keep = lease
+if ttl > keep then keep = ttl end
+local ms = s(math.ceil(keep / 1000) + 1)
+if mode == 'w' then
+  redis.call('ZADD', queue, 'NX', s(now), ticket)
+  redis.call('ZADD', beats, s(now + ttl), ticket)
+  redis.call('PEXPIRE', queue, ms)
+  redis.call('PEXPIRE', beats, ms)
+end
+local ahead = 0
+if held + n <= cap then
+  local q = redis.call('ZRANGE', queue, 0, -1)
+  for _, m in ipairs(q) do
+    if m == ticket then break end
+    ahead = ahead + tonumber(string.match(m, '^(%d+)/'))
+    if held + ahead + n > cap then break end
+  end
+end
+if held + ahead + n > cap then
+  return {0, held, ahead}
+end
+if mode == 'w' then
+  redis.call('ZREM', queue, ticket)
+  redis.call('ZREM', beats, ticket)
+end
+local exp = s(now + lease)
+local args = {}
+for i = 1, n do
+  args[#args + 1] = exp
+  args[#args + 1] = id .. ':' .. i
+  if #args >= 2000 or i == n then
+    redis.call('ZADD', holders, unpack(args))
+    args = {}
+  end
+end
+redis.call('PEXPIRE', holders, ms)
+return {1, now + lease, now}
+"#
+    ),
+    sha: std::sync::LazyLock::new(|| {
+        ::redis::Script::new(SEM_ACQUIRE.source)
+            .get_hash()
+            .to_owned()
+    }),
+};
+
+/// The distributed semaphore's renewal: `KEYS[1]` holders; `ARGV`: id, n,
+/// lease (us), key lifetime (us). Reply `{1, expiry}` renewed, `{0, 0}`
+/// when the lease had already expired (the permits are gone: not renewed).
+pub(crate) static SEM_RENEW: Lua = Lua {
+    source: concat!(
+        prologue!(),
+        r#"
+local holders = KEYS[1]
+local id, n, lease, keep = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', holders, '-inf', s(now))
+if not redis.call('ZSCORE', holders, id .. ':1') then return {0, 0} end
+local exp = s(now + lease)
+local args = {}
+for i = 1, n do
+  args[#args + 1] = exp
+  args[#args + 1] = id .. ':' .. i
+  if #args >= 2000 or i == n then
+    redis.call('ZADD', holders, 'XX', unpack(args))
+    args = {}
+  end
+end
+redis.call('PEXPIRE', holders, s(math.ceil(keep / 1000) + 1))
+return {1, now + lease}
+"#
+    ),
+    sha: std::sync::LazyLock::new(|| ::redis::Script::new(SEM_RENEW.source).get_hash().to_owned()),
+};
+
+/// The distributed semaphore's release, and its give-backs: `KEYS`
+/// holders, queue, beats; `ARGV` pairs: `p`, `{id}/{n}` (remove the
+/// permits `{id}:1..n`) or `t`, a ticket (leave the queue). Reply: the
+/// permits removed.
+pub(crate) static SEM_RELEASE: Lua = Lua {
+    source: concat!(
+        prologue!(),
+        r#"
+local removed = 0
+for i = 1, #ARGV, 2 do
+  local kind, what = ARGV[i], ARGV[i + 1]
+  if kind == 'p' then
+    local id, n = string.match(what, '^(.*)/(%d+)$')
+    local members = {}
+    n = tonumber(n)
+    for j = 1, n do
+      members[#members + 1] = id .. ':' .. j
+      if #members >= 1000 or j == n then
+        removed = removed + redis.call('ZREM', KEYS[1], unpack(members))
+        members = {}
+      end
+    end
+  else
+    redis.call('ZREM', KEYS[2], what)
+    redis.call('ZREM', KEYS[3], what)
+  end
+end
+return removed
+"#
+    ),
+    sha: std::sync::LazyLock::new(|| {
+        ::redis::Script::new(SEM_RELEASE.source)
+            .get_hash()
+            .to_owned()
+    }),
+};

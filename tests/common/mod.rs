@@ -1283,3 +1283,45 @@ pub(crate) fn quiet() {
         }));
     });
 }
+
+/// For the Redis tests: one body per executor: tokio current-thread and multi-thread (with IO:
+/// redis-rs's tokio connection needs it), and smol (redis-rs's smol
+/// connection), each under the watchdog.
+macro_rules! redis_matrix {
+    ($(async fn $name:ident() $body:block)*) => {$(
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body() $body
+
+            #[test]
+            fn tokio_current() {
+                common::watchdog(concat!(module_path!(), "::tokio_current"), || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap()
+                        .block_on(body())
+                })
+            }
+
+            #[test]
+            fn tokio_multi() {
+                common::watchdog(concat!(module_path!(), "::tokio_multi"), || {
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()
+                        .unwrap()
+                        .block_on(body())
+                })
+            }
+
+            #[test]
+            fn smol() {
+                common::watchdog(concat!(module_path!(), "::smol"), || smol::block_on(body()))
+            }
+        }
+    )*};
+}

@@ -180,3 +180,23 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A multiplexed connection to `server` (tokio or smol: whichever runs it).
+#[cfg(all(feature = "redis-tokio", feature = "redis-smol"))]
+pub(crate) async fn connect(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the test's redis-server")
+}
+
+/// A reconnecting connection manager to `server`.
+#[cfg(all(feature = "redis-tokio", feature = "redis-smol"))]
+pub(crate) async fn manager(server: &RedisServer) -> redis::aio::ConnectionManager {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_connection_manager()
+        .await
+        .expect("connect to the test's redis-server")
+}

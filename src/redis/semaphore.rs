@@ -1,0 +1,937 @@
+//! `redis::Semaphore`: a counting semaphore shared by processes, with
+//! leases and a fair ticket queue, kept in Redis.
+
+use super::rate_limiter::{duration_us, unique_tag};
+use super::scripts::{self, Call, GiveBack, Lua};
+use super::{Error, FailurePolicy};
+use crate::time::{DefaultTimer, Timer};
+use ::redis::Value;
+use ::redis::aio::ConnectionLike;
+use std::fmt;
+use std::future::{Future, IntoFuture, poll_fn};
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+/// A counting semaphore whose permits are shared by every process that
+/// uses the same name: at most `capacity` permits held at once, fleet-wide,
+/// while holders renew their leases in time.
+///
+/// Each holder's permits are members of a Redis sorted set scored by their
+/// lease expiry (on Redis's clock): a holder that crashes gives its permits
+/// back when its lease runs out, and every script call first removes the
+/// expired ones. Waiters ([`acquire`](Self::acquire)) take a ticket in a
+/// second sorted set ordered by arrival, and are granted in that order.
+/// See the [module docs](super) for the guarantees and their limits.
+///
+/// `C` is your connection, as for [`RateLimiter`](super::RateLimiter).
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let conn = redis::Client::open("redis://127.0.0.1/")?
+///     .get_multiplexed_async_connection()
+///     .await?;
+/// // At most 10 connections to the database, across every replica.
+/// let sem = awaitkit::redis::Semaphore::new(conn, "db-conns", 10, Duration::from_secs(30));
+/// let permit = sem.acquire().await?;
+/// // ... use the database ...
+/// permit.release().await?;
+/// let rows = sem.limit(async { 42 }).await?; // renews the lease while it runs
+/// # let _ = rows;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Semaphore<C, T: Timer = DefaultTimer> {
+    conn: C,
+    keys: [Vec<u8>; 3],
+    capacity: usize,
+    lease: Duration,
+    poll_interval: Duration,
+    timeout: Duration,
+    timer: T,
+    tag: String,
+    seq: AtomicU64,
+    // Releases of dropped permits and tickets of dropped waiters, carried
+    // out before the next call of this handle.
+    given_back: Arc<Mutex<GiveBack>>,
+}
+
+/// The most permits a [`Semaphore`] holds (its capacity is capped here):
+/// each permit is one sorted-set member, and one script run adds a
+/// holder's permits while Redis serves nobody else.
+///
+/// # Examples
+///
+/// ```no_run
+/// use awaitkit::redis::{MAX_PERMITS, Semaphore};
+/// use std::time::Duration;
+/// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+/// let sem = Semaphore::new(conn, "s", usize::MAX, Duration::from_secs(10));
+/// assert_eq!(sem.capacity(), MAX_PERMITS);
+/// # }
+/// ```
+pub const MAX_PERMITS: usize = 10_000;
+
+impl<C> Semaphore<C> {
+    /// A semaphore of `capacity` permits (at most [`MAX_PERMITS`]) named
+    /// `name` (its Redis keys are `name` followed by `:holders`, `:queue`
+    /// and `:beats`), whose permits are leased for `lease` (at least 1 ms)
+    /// at a time, with a 1 s timeout per call to Redis, waiters polling
+    /// every 25 ms, and the [`DefaultTimer`].
+    ///
+    /// Every process sharing the semaphore must use the same name,
+    /// capacity and lease.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = awaitkit::redis::Semaphore::new(conn, "jobs", 4, Duration::from_secs(10));
+    /// assert_eq!(sem.capacity(), 4);
+    /// assert_eq!(sem.lease(), Duration::from_secs(10));
+    /// # }
+    /// ```
+    pub fn new(conn: C, name: impl Into<Vec<u8>>, capacity: usize, lease: Duration) -> Self {
+        let name = name.into();
+        let key = |suffix: &[u8]| [name.as_slice(), suffix].concat();
+        Semaphore {
+            conn,
+            keys: [key(b":holders"), key(b":queue"), key(b":beats")],
+            capacity: capacity.min(MAX_PERMITS),
+            lease: lease.max(Duration::from_millis(1)),
+            poll_interval: Duration::from_millis(25),
+            timeout: Duration::from_secs(1),
+            timer: DefaultTimer,
+            tag: unique_tag(),
+            seq: AtomicU64::new(0),
+            given_back: Arc::default(),
+        }
+    }
+}
+
+impl<C, T: Timer> Semaphore<C, T> {
+    /// The same semaphore on another [`Timer`] (for the waits, renewals
+    /// and timeouts).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = awaitkit::redis::Semaphore::new(conn, "s", 4, Duration::from_secs(10))
+    ///     .with_timer(awaitkit::time::FuturesTimer);
+    /// # }
+    /// ```
+    pub fn with_timer<U: Timer>(self, timer: U) -> Semaphore<C, U> {
+        Semaphore {
+            conn: self.conn,
+            keys: self.keys,
+            capacity: self.capacity,
+            lease: self.lease,
+            poll_interval: self.poll_interval,
+            timeout: self.timeout,
+            timer,
+            tag: self.tag,
+            seq: self.seq,
+            given_back: self.given_back,
+        }
+    }
+
+    /// Bounds every call to Redis by `timeout` (1 s by default): a call
+    /// that takes longer fails with [`Error::Timeout`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = awaitkit::redis::Semaphore::new(conn, "s", 4, Duration::from_secs(10))
+    ///     .with_timeout(Duration::from_millis(100));
+    /// assert_eq!(sem.timeout(), Duration::from_millis(100));
+    /// # }
+    /// ```
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How often a waiting [`acquire`](Self::acquire) asks Redis again
+    /// (25 ms by default, at least 1 ms): a permit freed elsewhere is
+    /// taken by the head waiter within this interval plus a round trip.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = awaitkit::redis::Semaphore::new(conn, "s", 4, Duration::from_secs(10))
+    ///     .with_poll_interval(Duration::from_millis(5));
+    /// assert_eq!(sem.poll_interval(), Duration::from_millis(5));
+    /// # }
+    /// ```
+    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The bound on each call to Redis.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = awaitkit::redis::Semaphore::new(conn, "s", 4, Duration::from_secs(10));
+    /// assert_eq!(sem.timeout(), Duration::from_secs(1));
+    /// # }
+    /// ```
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// How often a waiter asks Redis again.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = awaitkit::redis::Semaphore::new(conn, "s", 4, Duration::from_secs(10));
+    /// assert_eq!(sem.poll_interval(), Duration::from_millis(25));
+    /// # }
+    /// ```
+    pub fn poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+
+    /// The most permits held at once.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = awaitkit::redis::Semaphore::new(conn, "s", 3, Duration::from_secs(10));
+    /// assert_eq!(sem.capacity(), 3);
+    /// # }
+    /// ```
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// How long a grant or a renewal keeps permits held.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = awaitkit::redis::Semaphore::new(conn, "s", 3, Duration::from_secs(10));
+    /// assert_eq!(sem.lease(), Duration::from_secs(10));
+    /// # }
+    /// ```
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// The sorted set of held permits (member per permit, scored by lease
+    /// expiry in microseconds on Redis's clock): for monitoring.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = awaitkit::redis::Semaphore::new(conn, "s", 3, Duration::from_secs(10));
+    /// assert_eq!(sem.holders_key(), b"s:holders");
+    /// # }
+    /// ```
+    pub fn holders_key(&self) -> &[u8] {
+        &self.keys[0]
+    }
+
+    /// The semaphore's timer.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = awaitkit::redis::Semaphore::new(conn, "s", 3, Duration::from_secs(10));
+    /// let _now = awaitkit::Timer::now(sem.timer());
+    /// # }
+    /// ```
+    pub fn timer(&self) -> &T {
+        &self.timer
+    }
+
+    fn queue_back(&self, kind: &str, what: String) {
+        let mut back = self
+            .given_back
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        back.args.push(kind.to_owned());
+        back.args.push(what);
+    }
+
+    /// A ticket's lifetime without a heartbeat: three poll intervals and a
+    /// timeout (at most 30 s), so a live waiter renews it in time.
+    fn ticket_ttl(&self) -> u64 {
+        let t = self.poll_interval.saturating_mul(3) + self.timeout.min(Duration::from_secs(30));
+        duration_us(t.min(Duration::from_secs(60)))
+    }
+}
+
+/// Queues, on drop, the removal of a grant that may have been made (and
+/// of a waiting ticket) unless disarmed: a call dropped or failed while
+/// Redis was carrying it out gives back what it took at the next call.
+struct Guard<'a, C, T: Timer> {
+    sem: &'a Semaphore<C, T>,
+    id: String,
+    n: usize,
+    ticket: bool,
+    armed: bool,
+}
+
+impl<C, T: Timer> Drop for Guard<'_, C, T> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if self.ticket {
+            self.sem.queue_back("t", format!("{}/{}", self.n, self.id));
+        }
+        self.sem.queue_back("p", format!("{}/{}", self.id, self.n));
+    }
+}
+
+impl<C, T> Semaphore<C, T>
+where
+    C: ConnectionLike + Clone + Send + 'static,
+    T: Timer + Clone,
+{
+    /// One script call under the timeout, after the queued give-backs.
+    async fn call(
+        &self,
+        lua: &'static Lua,
+        keys: Vec<Vec<u8>>,
+        args: Vec<String>,
+    ) -> Result<Value, Error> {
+        let back = self.given_back.clone();
+        let all = self.keys.to_vec();
+        let fut = scripts::invoke(&self.conn, Call { lua, keys, args }, move || {
+            scripts::take_back(&back, &scripts::SEM_RELEASE, Some(&all))
+        });
+        match crate::timeout::timeout(self.timeout, fut)
+            .with_timer(self.timer.clone())
+            .await
+        {
+            Err(_) => Err(Error::Timeout {
+                after: self.timeout,
+            }),
+            Ok(Err(e)) => Err(Error::Redis(e)),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    fn start(&self, n: usize) -> Result<Option<String>, Error> {
+        if n > self.capacity {
+            return Err(Error::ExceedsCapacity {
+                requested: n,
+                capacity: self.capacity,
+            });
+        }
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "{}:{}",
+            self.tag,
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        )))
+    }
+
+    async fn ask(&self, id: &str, n: usize, wait: bool) -> Result<Option<u64>, Error> {
+        let args = vec![
+            self.capacity.to_string(),
+            duration_us(self.lease).to_string(),
+            n.to_string(),
+            if wait { "w" } else { "t" }.to_owned(),
+            id.to_owned(),
+            self.ticket_ttl().to_string(),
+        ];
+        let reply = self
+            .call(&scripts::SEM_ACQUIRE, self.keys.to_vec(), args)
+            .await?;
+        match ints(&reply) {
+            Some([1, expiry, _]) => Ok(Some(expiry as u64)),
+            Some([0, _, _]) => Ok(None),
+            _ => Err(Error::Script(format!("{reply:?}"))),
+        }
+    }
+
+    /// The renewal call: `Some(expiry)` renewed, `None` when the lease
+    /// had already run out.
+    fn renew_call(
+        &self,
+        id: &str,
+        n: usize,
+    ) -> impl Future<Output = Result<Option<u64>, Error>> + use<'_, C, T> {
+        let args = vec![
+            id.to_owned(),
+            n.to_string(),
+            duration_us(self.lease).to_string(),
+            duration_us(self.lease).max(self.ticket_ttl()).to_string(),
+        ];
+        let call = self.call(&scripts::SEM_RENEW, vec![self.keys[0].clone()], args);
+        async move {
+            let reply = call.await?;
+            match ints(&reply) {
+                Some([1, expiry, _]) => Ok(Some(expiry as u64)),
+                Some([0, _, _]) => Ok(None),
+                _ => Err(Error::Script(format!("{reply:?}"))),
+            }
+        }
+    }
+
+    fn permit(&self, id: String, n: usize, expiry_us: u64, sent: Instant) -> Permit<'_, C, T> {
+        Permit {
+            sem: self,
+            id,
+            n,
+            expiry_us,
+            local_expiry: sent.checked_add(self.lease),
+            held: n > 0,
+        }
+    }
+
+    /// One permit now or never: granted when a permit is free and no
+    /// waiter is queued for it, else [`Error::NoPermits`]. One script call.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped while Redis answers (or failed with a timeout), a grant it
+    /// may have made is released by this handle's next call, and by the
+    /// lease's expiry at the latest.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoPermits`]; [`Error::Timeout`], [`Error::Redis`] or
+    /// [`Error::Script`] when Redis fails.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// use awaitkit::redis::Error;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = awaitkit::redis::Semaphore::new(conn, "s", 1, Duration::from_secs(10));
+    /// let held = sem.try_acquire().await.unwrap();
+    /// assert!(matches!(sem.try_acquire().await, Err(Error::NoPermits)));
+    /// held.release().await.unwrap();
+    /// # }
+    /// ```
+    pub async fn try_acquire(&self) -> Result<Permit<'_, C, T>, Error> {
+        self.try_acquire_many(1).await
+    }
+
+    /// [`try_acquire`](Self::try_acquire) for `n` permits at once (all or
+    /// none). `n == 0` is granted without asking Redis.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`try_acquire`](Self::try_acquire).
+    ///
+    /// # Errors
+    ///
+    /// As for [`try_acquire`](Self::try_acquire), and
+    /// [`Error::ExceedsCapacity`] when `n` is more than the capacity.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = awaitkit::redis::Semaphore::new(conn, "s", 3, Duration::from_secs(10));
+    /// let two = sem.try_acquire_many(2).await.unwrap();
+    /// assert_eq!(two.permits(), 2);
+    /// assert!(sem.try_acquire_many(2).await.is_err());
+    /// # }
+    /// ```
+    pub async fn try_acquire_many(&self, n: usize) -> Result<Permit<'_, C, T>, Error> {
+        let Some(id) = self.start(n)? else {
+            return Ok(self.permit(String::new(), 0, 0, self.timer.now()));
+        };
+        let mut guard = Guard {
+            sem: self,
+            id,
+            n,
+            ticket: false,
+            armed: true,
+        };
+        let sent = self.timer.now();
+        let out = self.ask(&guard.id, n, false).await;
+        if let Ok(None) = out {
+            guard.armed = false;
+        }
+        match out? {
+            Some(expiry) => {
+                guard.armed = false;
+                Ok(self.permit(std::mem::take(&mut guard.id), n, expiry, sent))
+            }
+            None => Err(Error::NoPermits),
+        }
+    }
+
+    /// Waits for one permit, in arrival order: the first call takes a
+    /// ticket in Redis's queue (scored by Redis's clock), and each call
+    /// after it (every [`poll_interval`](Self::poll_interval)) renews the
+    /// ticket's heartbeat and is granted once the permits held, plus those
+    /// asked for by every ticket ahead of it, leave room.
+    ///
+    /// Only each call to Redis is bounded by the timeout; wrap the future
+    /// in [`timeout`](crate::timeout()) to bound the wait.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future at any point queues its ticket's removal (and
+    /// the release of a grant a call in flight may have made) for this
+    /// handle's next call; the ticket's heartbeat expiry (three poll
+    /// intervals and the timeout, at most 60 s) and the lease bound them
+    /// when no call comes. Until then the waiters behind it wait longer
+    /// (never more than capacity held).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`], [`Error::Redis`] or [`Error::Script`] when a call
+    /// to Redis fails (the ticket is given back); never
+    /// [`Error::NoPermits`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = awaitkit::redis::Semaphore::new(conn, "s", 2, Duration::from_secs(10));
+    /// let permit = sem.acquire().await.unwrap(); // waits its turn, fleet-wide
+    /// drop(permit); // released by this handle's next call, or the lease's end
+    /// # }
+    /// ```
+    pub async fn acquire(&self) -> Result<Permit<'_, C, T>, Error> {
+        self.acquire_many(1).await
+    }
+
+    /// [`acquire`](Self::acquire) for `n` permits at once. A large request
+    /// at the head of the queue holds back the smaller ones behind it
+    /// (first come, first served).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Self::acquire).
+    ///
+    /// # Errors
+    ///
+    /// As for [`acquire`](Self::acquire), and [`Error::ExceedsCapacity`]
+    /// when `n` is more than the capacity.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = awaitkit::redis::Semaphore::new(conn, "s", 8, Duration::from_secs(10));
+    /// let batch = sem.acquire_many(3).await.unwrap();
+    /// assert_eq!(batch.permits(), 3);
+    /// # }
+    /// ```
+    pub async fn acquire_many(&self, n: usize) -> Result<Permit<'_, C, T>, Error> {
+        let Some(id) = self.start(n)? else {
+            return Ok(self.permit(String::new(), 0, 0, self.timer.now()));
+        };
+        let mut guard = Guard {
+            sem: self,
+            id,
+            n,
+            ticket: true,
+            armed: true,
+        };
+        loop {
+            let sent = self.timer.now();
+            if let Some(expiry) = self.ask(&guard.id, n, true).await? {
+                guard.armed = false;
+                return Ok(self.permit(std::mem::take(&mut guard.id), n, expiry, sent));
+            }
+            if let Some(at) = self.timer.now().checked_add(self.poll_interval) {
+                self.timer.sleep_until(at).await;
+            }
+        }
+    }
+
+    /// Runs `future` holding one permit: acquires it, polls the future
+    /// while renewing the lease every third of it (a short script call
+    /// polled beside the future, inside the same future: nothing is
+    /// spawned), and releases the permit with an awaited call when the
+    /// future ends. Fails closed: when Redis fails, the future is dropped
+    /// unrun and the error returned; see [`limit_with`](Self::limit_with).
+    ///
+    /// If the lease cannot be renewed (Redis unreachable, or the lease
+    /// already gone), the future is **cancelled** (dropped) once the lease
+    /// may have run out by the local timer (measured from before the last
+    /// successful call was sent), and [`Error::LeaseLost`] is returned:
+    /// the future never runs without a permit it holds.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Self::acquire) while waiting; dropped while the
+    /// future runs, the permit is released by this handle's next call (or
+    /// the lease's end).
+    ///
+    /// # Errors
+    ///
+    /// As for [`acquire`](Self::acquire), and [`Error::LeaseLost`]. A
+    /// failed release at the end does not turn the output into an error:
+    /// it is queued for the next call, and the lease bounds it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = awaitkit::redis::Semaphore::new(conn, "s", 2, Duration::from_secs(3));
+    /// let out = sem.limit(async { "long job" }).await.unwrap();
+    /// assert_eq!(out, "long job");
+    /// # }
+    /// ```
+    pub async fn limit<F: IntoFuture>(&self, future: F) -> Result<F::Output, Error> {
+        self.limit_with(FailurePolicy::Closed, future).await
+    }
+
+    /// [`limit`](Self::limit) with a [`FailurePolicy`]:
+    /// [`FailurePolicy::Open`] runs the future without a permit when the
+    /// acquire fails because Redis failed, and keeps it running (renewing
+    /// when it can) when renewals fail or the lease is lost.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`limit`](Self::limit).
+    ///
+    /// # Errors
+    ///
+    /// As for [`limit`](Self::limit) under [`FailurePolicy::Closed`];
+    /// under [`FailurePolicy::Open`] only [`Error::ExceedsCapacity`]
+    /// (never, for one permit, unless the capacity is zero).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// use awaitkit::redis::FailurePolicy;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = awaitkit::redis::Semaphore::new(conn, "s", 2, Duration::from_secs(3));
+    /// let out = sem.limit_with(FailurePolicy::Open, async { 7 }).await;
+    /// assert_eq!(out.unwrap(), 7);
+    /// # }
+    /// ```
+    pub async fn limit_with<F: IntoFuture>(
+        &self,
+        policy: FailurePolicy,
+        future: F,
+    ) -> Result<F::Output, Error> {
+        let open = policy == FailurePolicy::Open;
+        let mut permit = match self.acquire().await {
+            Ok(p) => p,
+            Err(e) if e.is_failure() && open => return Ok(future.into_future().await),
+            Err(e) => return Err(e),
+        };
+        let third = self.lease / 3;
+        let mut future = pin!(future.into_future());
+        let mut next = permit
+            .local_expiry
+            .and_then(|e| e.checked_sub(self.lease - third));
+        let mut sleep = pin!(None::<T::Sleep>);
+        let mut renewal = pin!(None);
+        let out = poll_fn(|cx| {
+            if let Poll::Ready(out) = future.as_mut().poll(cx) {
+                return Poll::Ready(Ok(out));
+            }
+            loop {
+                if let Some(call) = renewal.as_mut().as_pin_mut() {
+                    let Poll::Ready((sent, out)) = Future::poll(call, cx) else {
+                        return Poll::Pending;
+                    };
+                    renewal.set(None);
+                    match out {
+                        Ok(Some(expiry)) => {
+                            permit.expiry_us = expiry;
+                            permit.local_expiry = Instant::checked_add(&sent, self.lease);
+                            next = Instant::checked_add(&sent, third);
+                        }
+                        Ok(None) if !open => return Poll::Ready(Err(Error::LeaseLost)),
+                        // Fail open: the permits are gone; run on without.
+                        Ok(None) => next = None,
+                        // Try again soon (until the lease may be over).
+                        Err(_) => next = self.timer.now().checked_add(third / 2),
+                    }
+                    sleep.set(None);
+                }
+                let now = self.timer.now();
+                if !open && permit.local_expiry.is_some_and(|e| now >= e) {
+                    return Poll::Ready(Err(Error::LeaseLost));
+                }
+                let Some(mut at) = next else {
+                    return Poll::Pending;
+                };
+                if !open {
+                    at = permit.local_expiry.map_or(at, |e| at.min(e));
+                }
+                if now < at {
+                    if sleep.is_none() {
+                        sleep.set(Some(self.timer.sleep_until(at)));
+                    }
+                    let Some(s) = sleep.as_mut().as_pin_mut() else {
+                        unreachable!("armed above");
+                    };
+                    if s.poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    // Fired (or completed early by a capped backend: the
+                    // loop checks the time again and re-arms).
+                    sleep.set(None);
+                    continue;
+                }
+                let sent = now;
+                let call = self.renew_call(&permit.id, permit.n);
+                renewal.set(Some(async move { (sent, call.await) }));
+            }
+        })
+        .await;
+        match out {
+            Ok(out) => {
+                let _ = permit.release().await;
+                Ok(out)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl<C, T: Timer> fmt::Debug for Semaphore<C, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Semaphore")
+            .field("name", &String::from_utf8_lossy(&self.keys[0]))
+            .field("capacity", &self.capacity)
+            .field("lease", &self.lease)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Permits held from a [`Semaphore`], leased until
+/// [`lease_expiry`](Self::lease_expiry) unless renewed.
+///
+/// Dropping it queues the release for the semaphore handle's next call;
+/// the lease's expiry returns the permits at the latest (so a permit
+/// dropped by a process that makes no further call is back within one
+/// lease). Call [`release`](Self::release) to give them back at once.
+///
+/// # Examples
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+/// let sem = awaitkit::redis::Semaphore::new(conn, "s", 2, Duration::from_secs(10));
+/// let mut permit = sem.acquire().await.unwrap();
+/// permit.renew().await.unwrap(); // another 10 s
+/// permit.release().await.unwrap();
+/// # }
+/// ```
+#[must_use = "a permit dropped at once is released by the next call"]
+pub struct Permit<'a, C, T: Timer = DefaultTimer> {
+    sem: &'a Semaphore<C, T>,
+    id: String,
+    n: usize,
+    expiry_us: u64,
+    // The lease's end by the local timer, measured from before the call
+    // that set it was sent: never later than Redis's.
+    local_expiry: Option<Instant>,
+    held: bool,
+}
+
+impl<C, T: Timer> Permit<'_, C, T> {
+    /// How many permits this holds.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = awaitkit::redis::Semaphore::new(conn, "s", 2, Duration::from_secs(10));
+    /// assert_eq!(sem.acquire().await.unwrap().permits(), 1);
+    /// # }
+    /// ```
+    pub fn permits(&self) -> usize {
+        self.n
+    }
+
+    /// When the lease runs out, on Redis's clock, since the Unix epoch
+    /// (zero for zero permits).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = awaitkit::redis::Semaphore::new(conn, "s", 2, Duration::from_secs(10));
+    /// let p = sem.acquire().await.unwrap();
+    /// assert!(p.lease_expiry() > Duration::from_secs(1_600_000_000));
+    /// # }
+    /// ```
+    pub fn lease_expiry(&self) -> Duration {
+        Duration::from_micros(self.expiry_us)
+    }
+
+    /// The permit's members in the holders set are `{id}:1` to `{id}:{n}`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = awaitkit::redis::Semaphore::new(conn, "s", 2, Duration::from_secs(10));
+    /// let p = sem.acquire().await.unwrap();
+    /// assert!(!p.id().is_empty());
+    /// # }
+    /// ```
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl<C, T> Permit<'_, C, T>
+where
+    C: ConnectionLike + Clone + Send + 'static,
+    T: Timer + Clone,
+{
+    /// Extends the lease to a full lease from now (Redis's clock).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it leaves the lease as Redis last set it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`] when the lease had already run out (the
+    /// permits are gone: renewing again answers the same without asking
+    /// Redis, and releasing does nothing); [`Error::Timeout`],
+    /// [`Error::Redis`] or [`Error::Script`] when Redis fails.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = awaitkit::redis::Semaphore::new(conn, "s", 2, Duration::from_secs(10));
+    /// let mut p = sem.acquire().await.unwrap();
+    /// let before = p.lease_expiry();
+    /// p.renew().await.unwrap();
+    /// assert!(p.lease_expiry() >= before);
+    /// # }
+    /// ```
+    pub async fn renew(&mut self) -> Result<(), Error> {
+        if !self.held {
+            return if self.n == 0 {
+                Ok(())
+            } else {
+                Err(Error::LeaseLost)
+            };
+        }
+        let sent = self.sem.timer.now();
+        match self.sem.renew_call(&self.id, self.n).await? {
+            Some(expiry) => {
+                self.expiry_us = expiry;
+                self.local_expiry = sent.checked_add(self.sem.lease);
+                Ok(())
+            }
+            None => {
+                self.held = false;
+                Err(Error::LeaseLost)
+            }
+        }
+    }
+
+    /// Gives the permits back now: one awaited script call.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped before Redis answered, or failed, the release is queued for
+    /// the semaphore handle's next call (and the lease bounds it).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`], [`Error::Redis`] or [`Error::Script`] when Redis
+    /// fails.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = awaitkit::redis::Semaphore::new(conn, "s", 1, Duration::from_secs(10));
+    /// sem.acquire().await.unwrap().release().await.unwrap();
+    /// sem.try_acquire().await.unwrap(); // free again
+    /// # }
+    /// ```
+    pub async fn release(mut self) -> Result<(), Error> {
+        if !self.held {
+            return Ok(());
+        }
+        let args = vec!["p".to_owned(), format!("{}/{}", self.id, self.n)];
+        // `self` stays held (queued on drop) until Redis answered.
+        self.sem
+            .call(&scripts::SEM_RELEASE, self.sem.keys.to_vec(), args)
+            .await?;
+        self.held = false;
+        Ok(())
+    }
+}
+
+impl<C, T: Timer> Drop for Permit<'_, C, T> {
+    fn drop(&mut self) {
+        if self.held {
+            self.sem.queue_back("p", format!("{}/{}", self.id, self.n));
+        }
+    }
+}
+
+impl<C, T: Timer> fmt::Debug for Permit<'_, C, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("permits", &self.n)
+            .field("lease_expiry", &self.lease_expiry())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A reply of two or three non-negative integers (missing ones are zero).
+fn ints(reply: &Value) -> Option<[i64; 3]> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    if !(2..=3).contains(&items.len()) {
+        return None;
+    }
+    let mut out = [0i64; 3];
+    for (slot, item) in out.iter_mut().zip(items) {
+        match item {
+            Value::Int(i) if *i >= 0 => *slot = *i,
+            _ => return None,
+        }
+    }
+    Some(out)
+}
