@@ -1604,13 +1604,21 @@ def keyed_section(cdir, include_stale):
         rows = []
         for fid, row in memory.items():
             b, t = float(row["bytes_per_key"]), float(row["ns_per_new_key"])
-            stamps = re.search(r"_(\d+)stamps?$", fid)
+            # `awaitkit_window_<n>`: every key checked n times (n stamps).
+            stamps = re.search(r"_(\d+)(?:stamps?)?$", fid)
             stamps = int(stamps.group(1)) if stamps else (1 if fid.startswith("awaitkit_window") else 0)
             name = label.get(fid, f"`{fid}`")
             r = ratio(b, gov_bytes)
             rows.append([name, f"{b:.1f}", f"{t:.0f}", f"{r:.2f}" if r and fid != "governor" else "—"])
             if fid == "governor" or not gov_bytes:
                 continue
+            if fid in ("awaitkit_window", "awaitkit_gcra") and gov:
+                # The issue's own scenario: the mean new-key check over 10⁶
+                # distinct keys (the table outgrows the caches), beside the
+                # criterion group's shorter runs.
+                rt = ratio(t, float(gov["ns_per_new_key"]))
+                verdicts.append([f"new-key check over 10⁶ distinct keys (one pass), {name}", "ns per check / governor",
+                                 bold_ratio(rt), f"≤ {KEYED_TIME_BAR}", holds(rt, KEYED_TIME_BAR)])
             if fid.startswith("awaitkit_gcra"):
                 limit = KEYED_GCRA_MEMORY_BAR * gov_bytes
                 verdicts.append([name, "bytes per key", f"**{b:.1f}**",
