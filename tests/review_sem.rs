@@ -17,7 +17,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 async fn zcard(conn: &mut MultiplexedConnection, key: &str) -> usize {
     redis::cmd("ZCARD")
@@ -189,6 +189,43 @@ redis_matrix! {
         .await;
         assert_eq!(zcard(&mut probe, "s:queue").await, 0);
         assert_eq!(zcard(&mut probe, "s:holders").await, 0);
+    }
+
+    // limit() whose renewal hangs (Redis paused) across the lease's end:
+    // the future is cancelled once the lease may have run out by the local
+    // timer, not when the hanging renewal times out (here 3 s later),
+    // because another process may hold the permit by then.
+    async fn limit_cancels_at_lease_end_while_a_renewal_hangs() {
+        let server = RedisServer::start();
+        // No response timeout of redis-rs's own (its default, 500 ms, would
+        // end the hanging renewal first): awaitkit's timeout governs.
+        let conn = redis::Client::open(server.url())
+            .unwrap()
+            .get_multiplexed_async_connection_with_config(
+                &redis::AsyncConnectionConfig::new().set_response_timeout(None),
+            )
+            .await
+            .unwrap();
+        let s = sem(conn, 1, 600).with_timeout(Duration::from_secs(3));
+        let start = Instant::now();
+        let late = AtomicUsize::new(0);
+        let err = s
+            .limit(async {
+                server.pause();
+                loop {
+                    sleep(10).await;
+                    // Generous margin over the lease: the inner future must
+                    // not be polled once the lease may have ended.
+                    if start.elapsed() >= Duration::from_millis(750) {
+                        late.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+            .await
+            .unwrap_err();
+        server.resume();
+        assert!(matches!(err, Error::LeaseLost), "{err}");
+        assert_eq!(late.load(Ordering::SeqCst), 0, "the future ran on after its lease may have ended");
     }
 
     // limit() whose future panics: the panic propagates, and the permit

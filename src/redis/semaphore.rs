@@ -655,16 +655,21 @@ where
             .local_expiry
             .and_then(|e| e.checked_sub(self.lease - third));
         let mut sleep = pin!(None::<T::Sleep>);
+        let mut sleep_at = None::<Instant>;
         let mut renewal = pin!(None);
         let out = poll_fn(|cx| {
-            if let Poll::Ready(out) = future.as_mut().poll(cx) {
-                return Poll::Ready(Ok(out));
-            }
+            // The bookkeeping first: the inner future is polled only while
+            // the lease is still ours by the local timer (fail closed),
+            // including while a renewal is in flight.
             loop {
-                if let Some(call) = renewal.as_mut().as_pin_mut() {
-                    let Poll::Ready((sent, out)) = Future::poll(call, cx) else {
-                        return Poll::Pending;
-                    };
+                let done = match renewal.as_mut().as_pin_mut() {
+                    Some(call) => match Future::poll(call, cx) {
+                        Poll::Ready(done) => Some(done),
+                        Poll::Pending => None,
+                    },
+                    None => None,
+                };
+                if let Some((sent, out)) = done {
                     renewal.set(None);
                     match out {
                         Ok(Some(expiry)) => {
@@ -678,37 +683,42 @@ where
                         // Try again soon (until the lease may be over).
                         Err(_) => next = self.timer.now().checked_add(third / 2),
                     }
-                    sleep.set(None);
                 }
                 let now = self.timer.now();
-                if !open && permit.local_expiry.is_some_and(|e| now >= e) {
+                let lease_end = if open { None } else { permit.local_expiry };
+                if lease_end.is_some_and(|e| now >= e) {
                     return Poll::Ready(Err(Error::LeaseLost));
                 }
-                let Some(mut at) = next else {
-                    return Poll::Pending;
-                };
-                if !open {
-                    at = permit.local_expiry.map_or(at, |e| at.min(e));
-                }
-                if now < at {
-                    if sleep.is_none() {
-                        sleep.set(Some(self.timer.sleep_until(at)));
-                    }
-                    let Some(s) = sleep.as_mut().as_pin_mut() else {
-                        unreachable!("armed above");
-                    };
-                    if s.poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                    // Fired (or completed early by a capped backend: the
-                    // loop checks the time again and re-arms).
-                    sleep.set(None);
+                let due = if renewal.is_none() { next } else { None };
+                if due.is_some_and(|d| now >= d) {
+                    let sent = now;
+                    let call = self.renew_call(&permit.id, permit.n);
+                    renewal.set(Some(async move { (sent, call.await) }));
                     continue;
                 }
-                let sent = now;
-                let call = self.renew_call(&permit.id, permit.n);
-                renewal.set(Some(async move { (sent, call.await) }));
+                // Wake for the next renewal, and (failing closed) at the
+                // lease's end even while a renewal hangs.
+                let wake = match (due, lease_end) {
+                    (Some(d), Some(e)) => Some(d.min(e)),
+                    (d, e) => d.or(e),
+                };
+                let Some(at) = wake else { break };
+                if sleep_at != Some(at) {
+                    sleep.set(Some(self.timer.sleep_until(at)));
+                    sleep_at = Some(at);
+                }
+                let Some(s) = sleep.as_mut().as_pin_mut() else {
+                    unreachable!("armed above");
+                };
+                if s.poll(cx).is_pending() {
+                    break;
+                }
+                // Fired (or completed early by a capped backend: the loop
+                // checks the time again and re-arms).
+                sleep.set(None);
+                sleep_at = None;
             }
+            future.as_mut().poll(cx).map(Ok)
         })
         .await;
         match out {
