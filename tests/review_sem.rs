@@ -101,8 +101,7 @@ redis_matrix! {
                 .boxed_local(),
             );
         }
-        for k in 0..3 {
-            let s = &handles[k];
+        for (k, s) in handles.iter().enumerate() {
             tasks.push(
                 async move {
                     for round in 0..20 {
