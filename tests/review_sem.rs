@@ -270,6 +270,23 @@ redis_matrix! {
         }
     }
 
+    // Duration::MAX everywhere a duration is taken: a poll interval of
+    // Duration::MAX is capped (it used to overflow computing the ticket's
+    // lifetime: a panic in acquire), and a Duration::MAX timeout works.
+    async fn duration_max_poll_interval_and_timeout() {
+        let server = RedisServer::start();
+        let mut probe = connect(&server).await;
+        let s = Semaphore::new(connect(&server).await, "s", 1, Duration::from_secs(60))
+            .with_poll_interval(Duration::MAX)
+            .with_timeout(Duration::MAX);
+        let p = s.acquire().await.unwrap();
+        assert!(matches!(s.try_acquire().await, Err(Error::NoPermits)));
+        p.release().await.unwrap();
+        assert_eq!(s.limit(async { 3 }).await.unwrap(), 3);
+        assert_eq!(zcard(&mut probe, "s:holders").await, 0);
+        assert!(s.poll_interval() <= Duration::from_secs(3600));
+    }
+
     // Foreign values under the semaphore's keys: errors, never panics.
     async fn foreign_values_are_errors() {
         let server = RedisServer::start();
