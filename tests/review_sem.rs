@@ -287,6 +287,52 @@ redis_matrix! {
         assert!(s.poll_interval() <= Duration::from_secs(3600));
     }
 
+    // release() dropped after each of its polls: the permit is given back
+    // by the handle's next call, which is then granted at capacity 1.
+    async fn release_cancelled_at_every_poll() {
+        let server = RedisServer::start();
+        let mut probe = connect(&server).await;
+        let s = sem(connect(&server).await, 1, 60_000);
+        for polls in 1..=4 {
+            let p = s.acquire().await.unwrap();
+            {
+                let mut release = pin!(p.release());
+                let mut n = 0;
+                std::future::poll_fn(|cx| {
+                    n += 1;
+                    match release.as_mut().poll(cx) {
+                        Poll::Ready(r) => Poll::Ready(r.unwrap()),
+                        Poll::Pending if n >= polls => Poll::Ready(()),
+                        Poll::Pending => Poll::Pending,
+                    }
+                })
+                .await;
+            }
+            s.try_acquire().await.unwrap().release().await.unwrap();
+            assert_eq!(zcard(&mut probe, "s:holders").await, 0, "{polls} polls");
+        }
+    }
+
+    // The lease taken away under a running limit (its members deleted:
+    // the next renewal finds nothing): fail closed cancels the future with
+    // LeaseLost; fail open runs it to the end.
+    async fn lease_taken_away_closed_cancels_open_runs_on() {
+        let server = RedisServer::start();
+        let probe = connect(&server).await;
+        let s = sem(connect(&server).await, 1, 300);
+        let job = || {
+            let mut probe = probe.clone();
+            async move {
+                let _: () = redis::cmd("DEL").arg("s:holders").query_async(&mut probe).await.unwrap();
+                sleep(400).await;
+                "ran"
+            }
+        };
+        assert!(matches!(s.limit(job()).await, Err(Error::LeaseLost)));
+        assert_eq!(s.limit_with(FailurePolicy::Open, job()).await.unwrap(), "ran");
+        s.try_acquire().await.unwrap().release().await.unwrap();
+    }
+
     // Foreign values under the semaphore's keys: errors, never panics.
     async fn foreign_values_are_errors() {
         let server = RedisServer::start();
