@@ -301,7 +301,10 @@ redis_matrix! {
                 std::future::poll_fn(|cx| {
                     n += 1;
                     match release.as_mut().poll(cx) {
-                        Poll::Ready(r) => Poll::Ready(r.unwrap()),
+                        Poll::Ready(r) => {
+                            r.unwrap();
+                            Poll::Ready(())
+                        }
                         Poll::Pending if n >= polls => Poll::Ready(()),
                         Poll::Pending => Poll::Pending,
                     }
