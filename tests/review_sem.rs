@@ -227,6 +227,59 @@ redis_matrix! {
         assert_eq!(late.load(Ordering::SeqCst), 0, "the future ran on after its lease may have ended");
     }
 
+    // Redis paused across a renewal, then back before the lease ends:
+    // the renewal in flight is answered, and limit runs its future to the
+    // end (failing closed does not mean failing early).
+    async fn limit_survives_a_pause_shorter_than_the_lease() {
+        let server = RedisServer::start();
+        let conn = redis::Client::open(server.url())
+            .unwrap()
+            .get_multiplexed_async_connection_with_config(
+                &redis::AsyncConnectionConfig::new().set_response_timeout(None),
+            )
+            .await
+            .unwrap();
+        let s = sem(conn, 1, 1_200).with_timeout(Duration::from_secs(5));
+        let other = sem(connect(&server).await, 1, 1_200);
+        let out = s
+            .limit(async {
+                server.pause();
+                sleep(550).await; // the renewal at 400 ms waits
+                server.resume();
+                sleep(1_500).await;
+                matches!(other.try_acquire().await, Err(Error::NoPermits))
+            })
+            .await
+            .unwrap();
+        assert!(out, "the permit was lost across the pause");
+        other.try_acquire().await.unwrap().release().await.unwrap();
+    }
+
+    // An acquire that timed out while Redis was paused is carried out
+    // when Redis resumes (the command was sent): the grant the client
+    // never saw is given back by the handle's next call, exactly once.
+    async fn timed_out_grant_given_back() {
+        let server = RedisServer::start();
+        let mut probe = connect(&server).await;
+        let s = sem(connect(&server).await, 1, 60_000).with_timeout(Duration::from_millis(100));
+        let other = sem(connect(&server).await, 1, 60_000);
+        // Redis knows the script (else the buffered EVALSHA is NOSCRIPT).
+        s.try_acquire().await.unwrap().release().await.unwrap();
+        server.pause();
+        assert!(matches!(s.try_acquire().await, Err(Error::Timeout { .. })));
+        server.resume();
+        // The grant nobody saw lands once Redis reads the buffered call.
+        while zcard(&mut probe, "s:holders").await == 0 {
+            sleep(1).await;
+        }
+        assert!(matches!(other.try_acquire().await, Err(Error::NoPermits)));
+        let p = s.try_acquire().await.unwrap();
+        assert_eq!(zcard(&mut probe, "s:holders").await, 1);
+        assert_eq!(zcard(&mut probe, "s:queue").await, 0);
+        p.release().await.unwrap();
+        assert_eq!(zcard(&mut probe, "s:holders").await, 0);
+    }
+
     // limit() whose future panics: the panic propagates, and the permit
     // is given back by the handle's next call (not held for the 60 s lease).
     async fn limit_panicking_future_gives_the_permit_back() {
