@@ -108,8 +108,8 @@
 //!   [`poll_interval`](Semaphore::with_poll_interval) (25 ms by default),
 //!   so a freed permit is taken within that interval plus a round trip
 //!   (no pub/sub in this version). A waiter whose ticket is not refreshed
-//!   within three poll intervals plus the timeout (at most 60 s; a dead
-//!   process) is dropped from the queue; if it was only slow, its next call
+//!   within three poll intervals plus the timeout (at most 60 s, or two
+//!   poll intervals plus the timeout if longer; a dead process) is dropped from the queue; if it was only slow, its next call
 //!   queues it again, at the back.
 //! * **Dropped permits and waiters** are given back by the handle's next
 //!   call (one more round trip, before that call's own), and by the lease

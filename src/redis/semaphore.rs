@@ -77,6 +77,9 @@ pub struct Semaphore<C, T: Timer = DefaultTimer> {
 /// ```
 pub const MAX_PERMITS: usize = 10_000;
 
+/// The longest [`Semaphore::with_poll_interval`].
+const MAX_POLL_INTERVAL: Duration = Duration::from_secs(3600);
+
 impl<C> Semaphore<C> {
     /// A semaphore of `capacity` permits (at most [`MAX_PERMITS`]) named
     /// `name` (its Redis keys are `name` followed by `:holders`, `:queue`
@@ -162,8 +165,9 @@ impl<C, T: Timer> Semaphore<C, T> {
     }
 
     /// How often a waiting [`acquire`](Self::acquire) asks Redis again
-    /// (25 ms by default, at least 1 ms): a permit freed elsewhere is
-    /// taken by the head waiter within this interval plus a round trip.
+    /// (25 ms by default, at least 1 ms, at most 1 hour): a permit freed
+    /// elsewhere is taken by the head waiter within this interval plus a
+    /// round trip.
     ///
     /// # Examples
     ///
@@ -176,7 +180,7 @@ impl<C, T: Timer> Semaphore<C, T> {
     /// # }
     /// ```
     pub fn with_poll_interval(mut self, interval: Duration) -> Self {
-        self.poll_interval = interval.max(Duration::from_millis(1));
+        self.poll_interval = interval.clamp(Duration::from_millis(1), MAX_POLL_INTERVAL);
         self
     }
 
@@ -281,10 +285,15 @@ impl<C, T: Timer> Semaphore<C, T> {
     }
 
     /// A ticket's lifetime without a heartbeat: three poll intervals and a
-    /// timeout (at most 30 s), so a live waiter renews it in time.
-    fn ticket_ttl(&self) -> u64 {
-        let t = self.poll_interval.saturating_mul(3) + self.timeout.min(Duration::from_secs(30));
-        duration_us(t.min(Duration::from_secs(60)))
+    /// timeout (at most 30 s of it), capped at 60 s, or at two poll
+    /// intervals and the timeout when those are longer: a live waiter
+    /// renews it in time, whatever its interval.
+    fn ticket_ttl(&self) -> Duration {
+        let t = self.timeout.min(Duration::from_secs(30));
+        let beats = self.poll_interval.saturating_mul(3).saturating_add(t);
+        let cap =
+            Duration::from_secs(60).max(self.poll_interval.saturating_mul(2).saturating_add(t));
+        beats.min(cap)
     }
 }
 
@@ -364,7 +373,7 @@ where
             n.to_string(),
             if wait { "w" } else { "t" }.to_owned(),
             id.to_owned(),
-            self.ticket_ttl().to_string(),
+            duration_us(self.ticket_ttl()).to_string(),
         ];
         let reply = self
             .call(&scripts::SEM_ACQUIRE, self.keys.to_vec(), args)
@@ -387,7 +396,7 @@ where
             id.to_owned(),
             n.to_string(),
             duration_us(self.lease).to_string(),
-            duration_us(self.lease).max(self.ticket_ttl()).to_string(),
+            duration_us(self.lease.max(self.ticket_ttl())).to_string(),
         ];
         let call = self.call(&scripts::SEM_RENEW, vec![self.keys[0].clone()], args);
         async move {
@@ -655,16 +664,21 @@ where
             .local_expiry
             .and_then(|e| e.checked_sub(self.lease - third));
         let mut sleep = pin!(None::<T::Sleep>);
+        let mut sleep_at = None::<Instant>;
         let mut renewal = pin!(None);
         let out = poll_fn(|cx| {
-            if let Poll::Ready(out) = future.as_mut().poll(cx) {
-                return Poll::Ready(Ok(out));
-            }
+            // The bookkeeping first: the inner future is polled only while
+            // the lease is still ours by the local timer (fail closed),
+            // including while a renewal is in flight.
             loop {
-                if let Some(call) = renewal.as_mut().as_pin_mut() {
-                    let Poll::Ready((sent, out)) = Future::poll(call, cx) else {
-                        return Poll::Pending;
-                    };
+                let done = match renewal.as_mut().as_pin_mut() {
+                    Some(call) => match Future::poll(call, cx) {
+                        Poll::Ready(done) => Some(done),
+                        Poll::Pending => None,
+                    },
+                    None => None,
+                };
+                if let Some((sent, out)) = done {
                     renewal.set(None);
                     match out {
                         Ok(Some(expiry)) => {
@@ -678,37 +692,42 @@ where
                         // Try again soon (until the lease may be over).
                         Err(_) => next = self.timer.now().checked_add(third / 2),
                     }
-                    sleep.set(None);
                 }
                 let now = self.timer.now();
-                if !open && permit.local_expiry.is_some_and(|e| now >= e) {
+                let lease_end = if open { None } else { permit.local_expiry };
+                if lease_end.is_some_and(|e| now >= e) {
                     return Poll::Ready(Err(Error::LeaseLost));
                 }
-                let Some(mut at) = next else {
-                    return Poll::Pending;
-                };
-                if !open {
-                    at = permit.local_expiry.map_or(at, |e| at.min(e));
-                }
-                if now < at {
-                    if sleep.is_none() {
-                        sleep.set(Some(self.timer.sleep_until(at)));
-                    }
-                    let Some(s) = sleep.as_mut().as_pin_mut() else {
-                        unreachable!("armed above");
-                    };
-                    if s.poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                    // Fired (or completed early by a capped backend: the
-                    // loop checks the time again and re-arms).
-                    sleep.set(None);
+                let due = if renewal.is_none() { next } else { None };
+                if due.is_some_and(|d| now >= d) {
+                    let sent = now;
+                    let call = self.renew_call(&permit.id, permit.n);
+                    renewal.set(Some(async move { (sent, call.await) }));
                     continue;
                 }
-                let sent = now;
-                let call = self.renew_call(&permit.id, permit.n);
-                renewal.set(Some(async move { (sent, call.await) }));
+                // Wake for the next renewal, and (failing closed) at the
+                // lease's end even while a renewal hangs.
+                let wake = match (due, lease_end) {
+                    (Some(d), Some(e)) => Some(d.min(e)),
+                    (d, e) => d.or(e),
+                };
+                let Some(at) = wake else { break };
+                if sleep_at != Some(at) {
+                    sleep.set(Some(self.timer.sleep_until(at)));
+                    sleep_at = Some(at);
+                }
+                let Some(s) = sleep.as_mut().as_pin_mut() else {
+                    unreachable!("armed above");
+                };
+                if s.poll(cx).is_pending() {
+                    break;
+                }
+                // Fired (or completed early by a capped backend: the loop
+                // checks the time again and re-arms).
+                sleep.set(None);
+                sleep_at = None;
             }
+            future.as_mut().poll(cx).map(Ok)
         })
         .await;
         match out {
@@ -934,4 +953,30 @@ fn ints(reply: &Value) -> Option<[i64; 3]> {
         }
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A waiter re-asks every poll interval: its ticket must outlive that
+    // interval, however long (the 60 s cap used to fall below it).
+    #[test]
+    fn ticket_outlives_the_poll_interval() {
+        for secs in [0, 1, 20, 30, 59, 61, 600, 3600, u64::MAX] {
+            let poll = Duration::from_secs(secs);
+            for timeout in [Duration::ZERO, Duration::from_secs(1), Duration::MAX] {
+                let sem = Semaphore::new((), "s", 1, Duration::from_secs(1))
+                    .with_poll_interval(poll)
+                    .with_timeout(timeout);
+                assert!(sem.poll_interval() <= MAX_POLL_INTERVAL);
+                assert!(
+                    sem.ticket_ttl() > sem.poll_interval(),
+                    "poll {poll:?}, timeout {timeout:?}"
+                );
+            }
+        }
+        let sem = Semaphore::new((), "s", 1, Duration::from_secs(1));
+        assert_eq!(sem.ticket_ttl(), Duration::from_millis(1075));
+    }
 }
