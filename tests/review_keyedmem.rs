@@ -604,7 +604,12 @@ fn stamp_rings_are_freed_even_when_their_keys_drop_panics() {
         })
     };
     assert!(base < 0);
-    assert_eq!(grown + back, base, "{grown} grown, {back} given back");
+    // At least as much (the panic machinery and the tables may give back a
+    // little more on one side than the other; a leaked ring gives back less).
+    assert!(
+        grown + back <= base,
+        "{grown} grown, {back} given back, {base} for no rings"
+    );
 }
 
 /// `Duration::MAX` as the period (past `u64::MAX` ns): stamps on the
