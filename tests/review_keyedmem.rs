@@ -604,10 +604,13 @@ fn stamp_rings_are_freed_even_when_their_keys_drop_panics() {
         })
     };
     assert!(base < 0);
-    // At least as much (the panic machinery and the tables may give back a
-    // little more on one side than the other; a leaked ring gives back less).
+    // As much as that, within 512 bytes: the two sides differ run to run by
+    // a few hundred bytes either way under CI (RUST_BACKTRACE=1, other
+    // tests panicking on other threads), while the eight rings grown above
+    // (`grown`, about 1.5 KiB) would all be missing if rings leaked.
+    assert!(grown > 1024, "the rings grew {grown} bytes");
     assert!(
-        grown + back <= base,
+        grown + back <= base + 512,
         "{grown} grown, {back} given back, {base} for no rings"
     );
 }
