@@ -8,6 +8,10 @@
 #[path = "common/sqlite.rs"]
 mod sqlite;
 
+#[cfg(feature = "redis")]
+#[path = "common/redis_server.rs"]
+mod redis_server;
+
 use futures::StreamExt;
 use futures_timer::Delay;
 use std::time::{Duration, Instant};
@@ -83,6 +87,11 @@ async fn handle(id: u32, off_executor: bool) -> usize {
 }
 
 fn main() {
+    // Section 17 starts this tour again as separate processes.
+    #[cfg(feature = "redis")]
+    if let Ok(spec) = std::env::var(fleet::CHILD) {
+        std::process::exit(fleet::child(&spec));
+    }
     let tour = Instant::now();
     futures::executor::block_on(async {
         section("1. Sequential vs gather!: fetch a user (0.5 s) and their posts (0.3 s)");
@@ -550,6 +559,335 @@ fn main() {
              blocking thread, it still takes 80 ms, but holds the executor for microseconds and \
              nobody else waits."
         );
+
+        section(
+            "17. Beyond one process: one quota and one semaphore shared by 4 processes, through Redis",
+        );
+        #[cfg(feature = "redis")]
+        fleet::section().await;
+        #[cfg(not(feature = "redis"))]
+        println!("   skipped: needs the `redis` feature (cargo run --all-features --example tour)");
     });
     println!("\nTour finished in {:.2?}.", tour.elapsed());
+}
+
+/// Section 17: the multi-process case. The tour starts a throwaway
+/// `redis-server`, then starts itself 4 times over (with [`fleet::CHILD`]
+/// set): the 4 processes share one `awaitkit::redis::RateLimiter` quota,
+/// then one `awaitkit::redis::Semaphore`, and print what they were granted,
+/// stamped with Redis's clock, for this process to line up.
+#[cfg(feature = "redis")]
+mod fleet {
+    use super::ms;
+    use super::redis_server::{self, RedisServer};
+    use awaitkit::rate_limiter::Quota;
+    use futures_timer::Delay;
+    use redis::aio::MultiplexedConnection;
+    use std::io::Read as _;
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// Set in the processes the tour starts: `<role>|<redis url>`.
+    pub const CHILD: &str = "AWAITKIT_TOUR_FLEET";
+    const PROCESSES: usize = 4;
+    /// Rate-limited calls per process, all asked for at once.
+    const CALLS: usize = 6;
+    /// The shared quota: 10 calls per 500 ms (a strict sliding window).
+    const QUOTA_CALLS: usize = 10;
+    const PERIOD: Duration = Duration::from_millis(500);
+    /// The shared semaphore: 2 permits, each job holding one for 100 ms.
+    const PERMITS: usize = 2;
+    const JOBS: usize = 2;
+    const JOB: Duration = Duration::from_millis(100);
+    /// A process that dies holding a permit gives it back after this.
+    const LEASE: Duration = Duration::from_secs(2);
+    /// Every call to Redis gives up after this: an error, never a hang.
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    /// The processes' own deadline, after which they are killed.
+    const FLEET_LIMIT: Duration = Duration::from_secs(10);
+
+    pub async fn section() {
+        let Some(binary) = redis_server::find() else {
+            println!(
+                "   skipped: no `redis-server` on the PATH. Get one (Debian/Ubuntu: \
+                 `sudo apt-get install redis-server`; macOS: `brew install redis`) and run the tour again."
+            );
+            return;
+        };
+        if let Err(e) = run(binary).await {
+            println!("   stopped: {e}");
+        }
+    }
+
+    async fn run(binary: PathBuf) -> Result<(), String> {
+        // redis-rs is built with both its tokio and its smol support here
+        // (--all-features); outside a tokio runtime it would pick smol
+        // anyway, this makes the choice explicit.
+        let _ = redis::aio::prefer_smol();
+        let start = Instant::now();
+        // Stopped when `server` is dropped: at the end of this section, or
+        // on a panic.
+        let server = blocking::unblock(move || RedisServer::start(&binary)).await?;
+        println!(
+            "   {:.2?}: redis-server up on 127.0.0.1:{} (a temporary directory, no persistence)",
+            start.elapsed(),
+            server.port()
+        );
+        println!(
+            "   Each process is this tour started again. Their Redis connections run on \
+             redis-rs's smol support\n   (`smol-comp`: smol's global executor drives them), \
+             awaitkit's limiter and semaphore on futures::executor."
+        );
+        let url = server.url();
+
+        println!(
+            "   RateLimiter: {QUOTA_CALLS} calls per {PERIOD:?} (strict window), {PROCESSES} processes \
+             asking for {CALLS} calls each at once:"
+        );
+        let start = Instant::now();
+        let mut grants = Vec::new();
+        for (p, out) in run_fleet("limiter", &url).await?.iter().enumerate() {
+            for line in out.lines() {
+                grants.push((parse(line)?, p + 1));
+            }
+        }
+        grants.sort_unstable();
+        let period = PERIOD.as_micros() as u64;
+        let first = grants.first().ok_or("no grants")?.0;
+        let windows = (grants.last().ok_or("no grants")?.0 - first) / period + 1;
+        for k in 0..windows {
+            let mut per = [0; PROCESSES];
+            for &(_, p) in grants.iter().filter(|g| (g.0 - first) / period == k) {
+                per[p - 1] += 1;
+            }
+            let who: Vec<String> = (1..=PROCESSES)
+                .filter(|p| per[p - 1] > 0)
+                .map(|p| format!("p{p} x{}", per[p - 1]))
+                .collect();
+            println!(
+                "     +{:>4} ms: {:>2} grants ({})",
+                k * period / 1000,
+                per.iter().sum::<usize>(),
+                who.join(", ")
+            );
+        }
+        // The most grants in any window of one period (sliding, not only
+        // the ones printed above), by Redis's clock.
+        let stamps: Vec<u64> = grants.iter().map(|g| g.0).collect();
+        let busiest = (0..stamps.len())
+            .map(|i| stamps[i..].partition_point(|&s| s < stamps[i] + period))
+            .max()
+            .unwrap_or(0);
+        println!(
+            "   {:.2?}: {} calls granted; the busiest {PERIOD:?} by Redis's clock held {busiest} \
+             (quota {QUOTA_CALLS}).\n   First come, first served across processes: a call \
+             that finds the quota spent books the next free slot and sleeps until it.",
+            start.elapsed(),
+            grants.len()
+        );
+
+        println!(
+            "   Semaphore: {PERMITS} permits (lease {LEASE:?}), {PROCESSES} processes running \
+             {JOBS} jobs of {JOB:?} each under `limit`:"
+        );
+        let start = Instant::now();
+        let mut holds = Vec::new();
+        for (p, out) in run_fleet("semaphore", &url).await?.iter().enumerate() {
+            for (job, line) in out.lines().enumerate() {
+                let (from, to) = line.split_once(' ').ok_or("a malformed line")?;
+                holds.push((parse(from)?, parse(to)?, p + 1, job + 1));
+            }
+        }
+        holds.sort_unstable();
+        let first = holds.first().ok_or("no holds")?.0;
+        let last = holds.iter().map(|h| h.1).max().unwrap_or(first);
+        // One column per 10 ms (wider spans are squeezed into 50 columns).
+        let col = ((last - first) / 50).max(10_000);
+        for &(from, to, p, job) in &holds {
+            // Each column is the `col` microseconds it starts, rounded.
+            let (a, b) = ((from - first + col / 2) / col, (to - first + col / 2) / col);
+            let bar: String = (0..(last - first + col / 2) / col)
+                .map(|c| if (a..b).contains(&c) { '#' } else { '.' })
+                .collect();
+            println!(
+                "     p{p} job {job} |{bar}| +{} to +{} ms",
+                (from - first) / 1000,
+                (to - first) / 1000
+            );
+        }
+        // Holders at once by Redis time: each job stamped its start after
+        // its grant and its end before its release.
+        let mut events: Vec<(u64, i32)> =
+            holds.iter().flat_map(|h| [(h.0, 1), (h.1, -1)]).collect();
+        events.sort_unstable(); // at the same microsecond, an end (-1) first
+        let (mut now, mut most) = (0, 0);
+        for (_, delta) in events {
+            now += delta;
+            most = most.max(now);
+        }
+        let mut conn = connect(&url).await?;
+        let mut zcard = redis::cmd("ZCARD");
+        let query = zcard.arg("tour:db:holders").query_async::<usize>(&mut conn);
+        let held = awaitkit::timeout(TIMEOUT, query)
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        println!(
+            "   {:.2?}: {} jobs, at most {most} holding at once by Redis's clock (capacity \
+             {PERMITS}); {held} permits still held after the processes exited.",
+            start.elapsed(),
+            holds.len()
+        );
+        drop(server);
+        Ok(())
+    }
+
+    fn parse(s: &str) -> Result<u64, String> {
+        s.trim()
+            .parse()
+            .map_err(|_| format!("a malformed line: {s:?}"))
+    }
+
+    /// The processes started by [`run_fleet`], killed if dropped before
+    /// they exit.
+    struct Fleet(Vec<Child>);
+
+    impl Drop for Fleet {
+        fn drop(&mut self) {
+            for child in &mut self.0 {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Starts this tour `PROCESSES` times in `role`, and hands back what
+    /// each printed (an error if one fails or outlives `FLEET_LIMIT`).
+    async fn run_fleet(role: &str, url: &str) -> Result<Vec<String>, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut fleet = Fleet(Vec::new());
+        for _ in 0..PROCESSES {
+            let child = Command::new(&exe)
+                .env(CHILD, format!("{role}|{url}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+            fleet.0.push(child);
+        }
+        // Waiting on processes blocks: off the executor (see section 16).
+        blocking::unblock(move || {
+            let deadline = Instant::now() + FLEET_LIMIT;
+            let mut outputs = Vec::new();
+            for (i, child) in fleet.0.iter_mut().enumerate() {
+                let status = loop {
+                    match child.try_wait().map_err(|e| e.to_string())? {
+                        Some(status) => break status,
+                        None if Instant::now() < deadline => std::thread::sleep(ms(5)),
+                        None => {
+                            return Err(format!("p{} still running after {FLEET_LIMIT:?}", i + 1));
+                        }
+                    }
+                };
+                let (mut out, mut err) = (String::new(), String::new());
+                if let Some(mut s) = child.stdout.take() {
+                    let _ = s.read_to_string(&mut out);
+                }
+                if let Some(mut s) = child.stderr.take() {
+                    let _ = s.read_to_string(&mut err);
+                }
+                if !status.success() {
+                    return Err(format!("p{} failed ({status}): {}", i + 1, err.trim()));
+                }
+                outputs.push(out);
+            }
+            Ok(outputs)
+        })
+        .await
+    }
+
+    async fn connect(url: &str) -> Result<MultiplexedConnection, String> {
+        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        awaitkit::timeout(TIMEOUT, client.get_multiplexed_async_connection())
+            .await
+            .map_err(|e| format!("connecting to Redis: {e}"))?
+            .map_err(|e| format!("connecting to Redis: {e}"))
+    }
+
+    /// Redis's clock, in microseconds since the epoch.
+    async fn redis_now(conn: &mut MultiplexedConnection) -> Result<u64, String> {
+        let time = redis::cmd("TIME");
+        let query = time.query_async::<(u64, u64)>(conn);
+        let (secs, micros) = awaitkit::timeout(TIMEOUT, query)
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(secs * 1_000_000 + micros)
+    }
+
+    /// A process of the fleet: runs `role` and prints one line per grant;
+    /// the exit code.
+    pub fn child(spec: &str) -> i32 {
+        let _ = redis::aio::prefer_smol();
+        let out = futures::executor::block_on(async {
+            match spec.split_once('|') {
+                Some(("limiter", url)) => limiter(url).await,
+                Some(("semaphore", url)) => semaphore(url).await,
+                _ => Err(format!(
+                    "{CHILD}={spec:?}: expected limiter|<url> or semaphore|<url>"
+                )),
+            }
+        });
+        match out {
+            Ok(lines) => {
+                for line in lines {
+                    println!("{line}");
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        }
+    }
+
+    /// `CALLS` acquires of the shared quota at once; the Redis time of each
+    /// grant.
+    async fn limiter(url: &str) -> Result<Vec<String>, String> {
+        let quota = Quota::window(QUOTA_CALLS, PERIOD).map_err(|e| e.to_string())?;
+        let limiter = awaitkit::redis::RateLimiter::new(connect(url).await?, "tour:", quota)
+            .with_timeout(TIMEOUT);
+        let grants = awaitkit::try_gather((0..CALLS).map(|_| limiter.acquire("partner-api")))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(grants
+            .iter()
+            .map(|g| g.redis_time().as_micros().to_string())
+            .collect())
+    }
+
+    /// `JOBS` jobs under the shared semaphore at once; for each, the Redis
+    /// time when it started and ended, holding its permit.
+    async fn semaphore(url: &str) -> Result<Vec<String>, String> {
+        let conn = connect(url).await?;
+        let sem = awaitkit::redis::Semaphore::new(conn.clone(), "tour:db", PERMITS, LEASE)
+            .with_timeout(TIMEOUT)
+            .with_poll_interval(ms(10));
+        let jobs = (0..JOBS).map(|_| {
+            let (sem, mut conn) = (&sem, conn.clone());
+            async move {
+                let job = sem.limit(async move {
+                    let from = redis_now(&mut conn).await?;
+                    Delay::new(JOB).await;
+                    let to = redis_now(&mut conn).await?;
+                    Ok::<_, String>(format!("{from} {to}"))
+                });
+                job.await.map_err(|e| e.to_string())?
+            }
+        });
+        awaitkit::try_gather(jobs).await
+    }
 }
