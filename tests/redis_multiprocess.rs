@@ -295,7 +295,8 @@ const SEM_HOLDS: usize = 5;
 /// The semaphore children: `hold` takes the only permit of `one`, says
 /// `HELD` and keeps renewing it (inside `limit`) until killed; `share`
 /// runs 4 contenders that each hold a permit of `fleet` 5 times, counting
-/// holders in Redis (`INCR` while held) and printing each count.
+/// holders in Redis (`INCR` while held) and printing each count;
+/// `restart` is [`restart_child`].
 #[test]
 fn sem_child_process_entry() {
     let Ok(spec) = std::env::var(SEM_CHILD) else {
@@ -304,6 +305,9 @@ fn sem_child_process_entry() {
     let (url, mode) = spec.split_once('|').unwrap();
     let (url, mode, runtime) = (url.to_owned(), mode.to_owned(), std::process::id() % 2);
     let body = async move {
+        if mode == "restart" {
+            return restart_child(&url).await;
+        }
         let conn = redis::Client::open(url)
             .unwrap()
             .get_multiplexed_async_connection()
@@ -470,4 +474,270 @@ fn killed_holder_permit_returns_after_the_lease() {
             println!("killed holder: its permit back after {refused} refused checks at 20 ms");
         });
     });
+}
+
+// ---------------------------------------------------------------------------
+// One `redis::Semaphore` shared by processes through a Redis restart
+// ---------------------------------------------------------------------------
+
+const RESTART_HOLDS: usize = 15;
+const RESTART_LEASE: Duration = Duration::from_secs(1);
+const RESTART_HOLD: Duration = Duration::from_millis(5);
+/// How long Redis stays down.
+const OUTAGE: Duration = Duration::from_millis(600);
+
+/// What kind of Redis failure an error is (every other error is a bug
+/// here: the caller panics on it).
+fn failure_kind(e: &Error) -> Option<&'static str> {
+    match e {
+        Error::Timeout { .. } => Some("timeout"),
+        Error::Redis(_) => Some("redis"),
+        Error::Script(_) => Some("script"),
+        _ => None,
+    }
+}
+
+/// Microseconds since the epoch on this host's clock, which is also the
+/// clock of the `redis-server` the test started here (`TIME` reads it).
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// The `restart` child: 4 contenders each acquire a permit of `restart`
+/// (capacity 3, lease 1 s) 15 times, hold it 5 ms and release it, through
+/// a reconnecting connection, retrying every failed call (Redis is killed
+/// and restarted empty meanwhile) after 10 ms. Prints, as each hold ends,
+/// `HOLD <granted> <ended> <lease expiry>` (microseconds: the grant and the
+/// expiry on Redis's clock, the end on this host's clock, read just before
+/// the release is sent), and at the end one `ERROR <call> <kind>` line per
+/// failed call. Any error that is not a Redis failure, and an acquire that
+/// waits over 10 s, is a panic (the test fails).
+async fn restart_child(url: &str) {
+    let conn = redis::Client::open(url)
+        .unwrap()
+        .get_connection_manager()
+        .await
+        .unwrap();
+    let sem = awaitkit::redis::Semaphore::new(conn, "restart", SEM_CAPACITY, RESTART_LEASE)
+        .with_timeout(Duration::from_millis(300))
+        .with_poll_interval(Duration::from_millis(5));
+    let contenders = (0..CONTENDERS).map(|_| async {
+        let mut errors = Vec::new();
+        for _ in 0..RESTART_HOLDS {
+            let permit = loop {
+                let acquired = awaitkit::timeout(Duration::from_secs(10), sem.acquire())
+                    .await
+                    .expect("an acquire waited over 10 s");
+                match acquired {
+                    Ok(permit) => break permit,
+                    Err(e) => {
+                        let kind = failure_kind(&e).unwrap_or_else(|| panic!("acquire: {e}"));
+                        errors.push(format!("acquire {kind}"));
+                        assert!(
+                            errors.len() < 2000,
+                            "no recovery: {} failed calls",
+                            errors.len()
+                        );
+                        smol::Timer::after(Duration::from_millis(10)).await;
+                    }
+                }
+            };
+            let granted = permit.lease_expiry() - RESTART_LEASE;
+            smol::Timer::after(RESTART_HOLD).await;
+            println!(
+                "HOLD {} {} {}",
+                granted.as_micros(),
+                now_us(),
+                permit.lease_expiry().as_micros()
+            );
+            // A failed release is queued for this handle's next call (and
+            // the lease bounds it): counted, not retried.
+            if let Err(e) = permit.release().await {
+                let kind = failure_kind(&e).unwrap_or_else(|| panic!("release: {e}"));
+                errors.push(format!("release {kind}"));
+            }
+        }
+        errors
+    });
+    for error in awaitkit::gather(contenders).await.into_iter().flatten() {
+        println!("ERROR {error}");
+    }
+}
+
+/// The most intervals overlapping at one instant (one that ends when
+/// another starts does not overlap it).
+fn most_at_once(intervals: &[(u64, u64)]) -> usize {
+    let mut events: Vec<(u64, i64)> = intervals
+        .iter()
+        .flat_map(|&(from, to)| [(from, 1), (to, -1)])
+        .collect();
+    events.sort_unstable(); // at the same microsecond, ends (-1) first
+    let (mut now, mut most) = (0i64, 0i64);
+    for (_, delta) in events {
+        now += delta;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+/// 4 processes (tokio or smol by pid) x 4 contenders share a semaphore of
+/// capacity 3; once a sixth of the holds are made, Redis is killed and
+/// restarted empty on the same port 600 ms later. The processes see errors
+/// (each an error value, counted by kind; no panic, and no hang: every
+/// call to Redis is bounded by a 300 ms timeout), retry, and every hold is
+/// made.
+///
+/// What a restart that loses all state does and does not promise:
+///
+/// * The old server counted every permit it granted until it died: never
+///   more than the capacity held at once among its grants.
+/// * The new server starts empty and knows nothing of the old permits. It
+///   counts only its own grants: never more than the capacity at once
+///   among them. A holder granted by the old server that is still working
+///   when the new one grants is not counted by anyone, so old and new
+///   holders together may exceed the capacity for a while (at most one
+///   hold of old holders, since each stops at its next release; a holder
+///   under `limit` stops by its lease): the test prints that count and
+///   does not assert it.
+/// * Permits released while Redis is down are queued and given back by
+///   the handle's next call (a no-op on the new server), and every permit
+///   is free again after the run (within one lease, if a last release
+///   failed).
+///
+/// Each hold's interval is taken from its grant (Redis's clock, exact) to
+/// the end the child stamped before sending the release (this host's
+/// clock, which is also Redis's: the server runs here), cut at the lease's
+/// expiry: a subset of the time Redis counted the permit as held, so the
+/// most intervals at once is never more than the permits Redis counted.
+/// A hold is the old server's when granted before the kill returned (the
+/// old server is dead then; the new one starts 600 ms later).
+#[test]
+fn four_processes_share_one_semaphore_through_a_redis_restart() {
+    use std::io::BufRead;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    common::watchdog(
+        "four_processes_share_one_semaphore_through_a_redis_restart",
+        || {
+            let started = Instant::now();
+            let mut server = RedisServer::start();
+            let skew = redis_time(server.port()).abs_diff(now_us());
+            assert!(
+                skew < 1_000_000,
+                "Redis's clock is {skew} us off this host's"
+            );
+            let total = PROCESSES * CONTENDERS * RESTART_HOLDS;
+            let held = Arc::new(AtomicUsize::new(0));
+            let mut children: Vec<_> = (0..PROCESSES)
+                .map(|_| sem_child(&server, "restart"))
+                .collect();
+            let readers: Vec<_> = children
+                .iter_mut()
+                .map(|child| {
+                    let out = child.stdout.take().unwrap();
+                    let held = held.clone();
+                    std::thread::spawn(move || {
+                        let mut text = String::new();
+                        for line in std::io::BufReader::new(out).lines() {
+                            let line = line.unwrap();
+                            if line.contains("HOLD ") {
+                                held.fetch_add(1, Ordering::Relaxed);
+                            }
+                            text.push_str(&line);
+                            text.push('\n');
+                        }
+                        text
+                    })
+                })
+                .collect();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while held.load(Ordering::Relaxed) < total / 6 {
+                assert!(Instant::now() < deadline, "the processes made no progress");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            server.kill();
+            let killed = now_us();
+            let before_kill = held.load(Ordering::Relaxed);
+            std::thread::sleep(OUTAGE);
+            server.restart();
+            for mut child in children {
+                let status = child.wait().unwrap();
+                assert!(status.success(), "a child failed: {status}");
+            }
+            let (mut old, mut new) = (Vec::new(), Vec::new());
+            let mut errors = std::collections::BTreeMap::<String, usize>::new();
+            for reader in readers {
+                let text = reader.join().unwrap();
+                for line in text.lines() {
+                    if let Some((_, hold)) = line.split_once("HOLD ") {
+                        let v: Vec<u64> = hold.split(' ').map(|x| x.parse().unwrap()).collect();
+                        let (granted, ended, expiry) = (v[0], v[1], v[2]);
+                        let interval = (granted, ended.min(expiry).max(granted));
+                        if granted < killed { &mut old } else { &mut new }.push(interval);
+                    } else if let Some((_, error)) = line.split_once("ERROR ") {
+                        *errors.entry(error.to_owned()).or_default() += 1;
+                    }
+                }
+            }
+            assert_eq!(old.len() + new.len(), total, "every hold made once");
+            assert!(
+                old.len() >= before_kill && !new.is_empty(),
+                "holds on both sides of the restart: {} before, {} after",
+                old.len(),
+                new.len()
+            );
+            let failures: usize = errors.values().sum();
+            assert!(failures > 0, "no process saw the outage");
+            let (most_old, most_new) = (most_at_once(&old), most_at_once(&new));
+            assert!(
+                most_old <= SEM_CAPACITY,
+                "{most_old} holders at once before the restart"
+            );
+            assert!(
+                most_new <= SEM_CAPACITY,
+                "{most_new} holders at once after the restart"
+            );
+            let together = most_at_once(&[old.clone(), new.clone()].concat());
+            // Every permit free again: the whole capacity granted to one
+            // caller (expired leases and stale tickets are cleared by the
+            // script, within a lease).
+            let freed = smol::block_on(async {
+                let conn = redis::Client::open(server.url())
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap();
+                let sem =
+                    awaitkit::redis::Semaphore::new(conn, "restart", SEM_CAPACITY, RESTART_LEASE);
+                let start = Instant::now();
+                loop {
+                    match sem.try_acquire_many(SEM_CAPACITY).await {
+                        Ok(all) => {
+                            all.release().await.unwrap();
+                            break start.elapsed();
+                        }
+                        Err(Error::NoPermits) if start.elapsed() < RESTART_LEASE * 2 => {
+                            smol::Timer::after(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => panic!(
+                            "the capacity is not free {:?} after the run: {e}",
+                            start.elapsed()
+                        ),
+                    }
+                }
+            });
+            println!(
+                "semaphore restart: {} holds before the kill, {} after; at most {most_old} \
+                 and {most_new} holders at once (capacity {SEM_CAPACITY}), {together} counting \
+                 both sides (not guaranteed); failed calls retried: {errors:?}; all permits \
+                 free {freed:?} after the run; {:.2?} in all",
+                old.len(),
+                new.len(),
+                started.elapsed()
+            );
+        },
+    );
 }
