@@ -598,10 +598,10 @@ fn most_at_once(intervals: &[(u64, u64)]) -> usize {
 ///   counts only its own grants: never more than the capacity at once
 ///   among them. A holder granted by the old server that is still working
 ///   when the new one grants is not counted by anyone, so old and new
-///   holders together may exceed the capacity for a while (at most one
-///   hold of old holders, since each stops at its next release; a holder
-///   under `limit` stops by its lease): the test prints that count and
-///   does not assert it.
+///   holders together may exceed the capacity for a while (until the old
+///   holders release, here within a 5 ms hold; under `limit`, by the end
+///   of the lease at the latest): the test prints that count and does not
+///   assert it.
 /// * Permits released while Redis is down are queued and given back by
 ///   the handle's next call (a no-op on the new server), and every permit
 ///   is free again after the run (within one lease, if a last release
