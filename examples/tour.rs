@@ -666,8 +666,8 @@ mod fleet {
                 .map(|p| format!("p{p} x{}", per[p - 1]))
                 .collect();
             println!(
-                "     +{:>4} ms: {:>2} grants ({})",
-                k * period / 1000,
+                "     {:>6} ms: {:>2} grants ({})",
+                format!("+{}", k * period / 1000),
                 per.iter().sum::<usize>(),
                 who.join(", ")
             );
@@ -735,7 +735,7 @@ mod fleet {
             .map_err(|e| e.to_string())?;
         println!(
             "   {:.2?}: {} jobs, at most {most} holding at once by Redis's clock (capacity \
-             {PERMITS}); {held} permits still held after the processes exited.",
+             {PERMITS});\n   {held} permits still held after the processes exited.",
             start.elapsed(),
             holds.len()
         );
