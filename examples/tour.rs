@@ -4,6 +4,10 @@
 //! asyncio's concurrency patterns one section at a time and prints what each
 //! pattern does and how long it took. It runs on `futures::executor` — the
 //! same code runs unchanged on tokio or smol.
+//!
+//! The last section shares one quota and one semaphore between processes
+//! through Redis: it starts its own `redis-server` if one is on the `PATH`,
+//! and says how to install one if not.
 
 #[path = "common/sqlite.rs"]
 mod sqlite;
