@@ -27,14 +27,16 @@
 //! each with its own multiplexed connection and current-thread runtime,
 //! share one key of one quota that never runs out (the quotas above) and
 //! check it with `try_acquire`, one check at a time, from a common start
-//! for a fixed time (quick mode 1 s, full 3 s); the sum of the processes'
-//! grants per second, and the time per check each process saw. Beside
-//! them, the local `awaitkit::RateLimiter` with the same quotas shared by
-//! 1, 4 and 16 threads of this process. Then the quota that runs out: 16
-//! processes loop on `acquire` of one key limited to 1 000/s (a window of
-//! 100 per 100 ms; GCRA 1 000/s with a burst of 100) until the end of the
-//! run, and the grants' Redis times are checked against the quota (never
-//! more than it allows in any period; the bench fails otherwise). Results
+//! for a fixed time; the sum of the processes' grants per second, and the
+//! time per check each process saw. Beside them, the local
+//! `awaitkit::RateLimiter` with the same quotas shared by 1, 4 and 16
+//! threads of this process. Every run is repeated in rounds (quick mode:
+//! 3 rounds of 400 ms, full: 5 of 1 s), each round taking every run in
+//! turn, and the median kept. Then the quota that runs out: 16 processes
+//! loop on `acquire` of one key limited to 1 000/s (a window of 100 per
+//! 100 ms; GCRA 1 000/s with a burst of 100) for 1 s (full: 3 s), and the
+//! grants' Redis times are checked against the quota (never more than it
+//! allows in any period; the bench fails otherwise). Results
 //! on stderr and in `<criterion dir>/redis_grants.csv` and
 //! `redis_grants_limited.csv`. Under criterion's test mode (`cargo test
 //! --benches`) the sweep runs with 1 and 4 processes for 100 ms, and the
@@ -335,7 +337,9 @@ fn unlimited_quota(mode: Mode) -> Quota {
 struct Sweep {
     /// Process (and, for the local limiter, thread) counts.
     processes: &'static [usize],
-    /// How long every process (thread) checks.
+    /// Rounds, in each of which every count runs once in turn.
+    rounds: usize,
+    /// How long every process (thread) checks in a round.
     run: Duration,
     /// Processes sharing the limited quota.
     limited_processes: usize,
@@ -346,18 +350,21 @@ struct Sweep {
 impl Sweep {
     const FULL: Sweep = Sweep {
         processes: &[1, 4, 16],
-        run: Duration::from_secs(3),
+        rounds: 5,
+        run: Duration::from_secs(1),
         limited_processes: 16,
         limited_run: Duration::from_secs(3),
     };
     const QUICK: Sweep = Sweep {
         processes: &[1, 4, 16],
-        run: Duration::from_secs(1),
+        rounds: 3,
+        run: Duration::from_millis(400),
         limited_processes: 16,
         limited_run: Duration::from_secs(1),
     };
     const TEST: Sweep = Sweep {
         processes: &[1, 4],
+        rounds: 1,
         run: Duration::from_millis(100),
         limited_processes: 4,
         limited_run: Duration::from_millis(300),
@@ -599,34 +606,55 @@ fn grants_sweep(settings: &common::Settings, port: u16, sweep: &Sweep, record: b
     let local_window = awaitkit::RateLimiter::with_quota(unlimited_quota(Mode::Window));
     let local_gcra = awaitkit::RateLimiter::with_quota(unlimited_quota(Mode::Gcra));
     eprintln!(
-        "\nredis_grants: one quota that never runs out, {:.1} s per run \
-         (local: threads of this process):",
+        "\nredis_grants: one quota that never runs out, {} rounds of {:.1} s per run \
+         (local: threads of this process); median (min..max) over the rounds:",
+        sweep.rounds,
         sweep.run.as_secs_f64()
     );
+    let functions = ["window", "gcra", "local_window", "local_gcra"];
+    // Every run of a round in turn, so load on the machine hits them alike.
+    let mut results: Vec<Vec<(f64, f64)>> =
+        vec![Vec::new(); functions.len() * sweep.processes.len()];
+    for _ in 0..sweep.rounds {
+        for (f, function) in functions.iter().enumerate() {
+            for (p, &n) in sweep.processes.iter().enumerate() {
+                let shares = match *function {
+                    "window" => fleet(port, Mode::Window, n, sweep.run),
+                    "gcra" => fleet(port, Mode::Gcra, n, sweep.run),
+                    "local_window" => local_threads(&local_window, n, sweep.run),
+                    _ => local_threads(&local_gcra, n, sweep.run),
+                };
+                results[f * sweep.processes.len() + p].push(throughput(&shares));
+            }
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     let mut rows: Vec<(&str, Vec<String>)> = Vec::new();
-    for (function, what) in [
-        ("window", "redis window"),
-        ("gcra", "redis gcra"),
-        ("local_window", "local window"),
-        ("local_gcra", "local gcra"),
-    ] {
+    for (f, function) in functions.iter().enumerate() {
         let mut function_rows = Vec::new();
-        for &n in sweep.processes {
-            let shares = match function {
-                "window" => fleet(port, Mode::Window, n, sweep.run),
-                "gcra" => fleet(port, Mode::Gcra, n, sweep.run),
-                "local_window" => local_threads(&local_window, n, sweep.run),
-                _ => local_threads(&local_gcra, n, sweep.run),
-            };
-            let (rate, us) = throughput(&shares);
-            let grants: u64 = shares.iter().map(|s| s.grants).sum();
-            eprintln!("  {what:<13} x {n:>2}: {rate:>12.0} grants/s  {us:>8.3} us per check");
+        for (p, &n) in sweep.processes.iter().enumerate() {
+            let runs = &results[f * sweep.processes.len() + p];
+            let rates: Vec<f64> = runs.iter().map(|r| r.0).collect();
+            let (min, max) = (
+                rates.iter().copied().fold(f64::MAX, f64::min),
+                rates.iter().copied().fold(0.0, f64::max),
+            );
+            let rate = median(rates);
+            let us = median(runs.iter().map(|r| r.1).collect());
+            eprintln!(
+                "  {function:<12} x {n:>2}: {rate:>10.0} ({min:.0}..{max:.0}) grants/s  \
+                 {us:>8.3} us per check"
+            );
             function_rows.push(format!(
-                "{n},{grants},{:.3},{rate:.0},{us:.4},{unix}",
+                "{n},{},{:.3},{rate:.0},{min:.0},{max:.0},{us:.4},{unix}",
+                sweep.rounds,
                 sweep.run.as_secs_f64()
             ));
         }
-        rows.push((function, function_rows));
+        rows.push((*function, function_rows));
     }
 
     let n = sweep.limited_processes;
@@ -672,7 +700,8 @@ fn grants_sweep(settings: &common::Settings, port: u16, sweep: &Sweep, record: b
     for (function, function_rows) in rows {
         settings.replace_csv_rows(
             "redis_grants.csv",
-            "group,function,processes,grants,seconds,grants_per_s,us_per_check,unix_time",
+            "group,function,processes,rounds,seconds,grants_per_s,min_grants_per_s,\
+             max_grants_per_s,us_per_check,unix_time",
             &format!("redis_grants,{function},"),
             &function_rows,
         );
