@@ -43,6 +43,7 @@ import platform
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 # Columns shared by the two groups of each family (same peers, same children).
@@ -1649,7 +1650,8 @@ REDIS_FUNCTIONS = [
 
 def redis_section(cdir, include_stale):
     """Markdown lines for the Redis rate limiter bench (`benches/redis.rs`: the
-    criterion medians of `redis_check` and its interleaved `redis_checks.csv`);
+    criterion medians of `redis_check` and its interleaved `redis_checks.csv`,
+    then its process sweep, `redis_grants.csv` and `redis_grants_limited.csv`);
     empty if it has not run."""
     run = read_marker(cdir, REDIS_MARKER, include_stale)
     if run is None:
@@ -1695,6 +1697,98 @@ def redis_section(cdir, include_stale):
                      us(med), bar or "—"])
     table(w, ["function", "criterion median (µs)", "/ PING", "interleaved median (µs)", "/ PING (bar ≤ 1.3 for checks)"], rows)
     w("")
+    lines += redis_grants_lines(cdir, not_before)
+    return lines
+
+
+REDIS_GRANT_COLUMNS = [
+    ("window", "`redis::RateLimiter` window"),
+    ("gcra", "`redis::RateLimiter` GCRA"),
+    ("local_window", "local window (threads)"),
+    ("local_gcra", "local GCRA (threads)"),
+]
+REDIS_LIMITED_QUOTAS = {
+    "window": "window, 100 per 100 ms",
+    "gcra": "GCRA, 1 000/s, burst 100",
+}
+
+
+def fmt_rate(v):
+    """Grants per second, short: 54.2 k, 37.6 M."""
+    if v >= 1e6:
+        return f"{v / 1e6:.1f} M"
+    if v >= 1e3:
+        return f"{v / 1e3:.1f} k"
+    return f"{v:.0f}"
+
+
+def redis_grants_lines(cdir, not_before):
+    """Markdown lines for the Redis bench's process sweep (`redis_grants.csv`:
+    grants per second by processes; `redis_grants_limited.csv`: 16 processes
+    on a quota that runs out); empty if neither has rows of this run."""
+    fresh = lambda row: not_before is None or int(row["unix_time"]) >= not_before
+    sweep = {}
+    for row in csv_rows(cdir, "redis_grants.csv"):
+        if fresh(row):
+            sweep.setdefault(int(row["processes"]), {})[row["function"]] = row
+    limited = [row for row in csv_rows(cdir, "redis_grants_limited.csv") if fresh(row)]
+    lines = []
+    w = lines.append
+    if sweep:
+        any_row = next(iter(next(iter(sweep.values())).values()))
+        w("## Grants per second by processes")
+        w("")
+        for line in textwrap.wrap(
+            "1, 4 and 16 OS processes (the bench binary started again), each with its own multiplexed "
+            "connection on a tokio current-thread runtime, check one key of one quota that never runs "
+            "out with `try_acquire`, one check at a time per process, from a common start; the local "
+            "`RateLimiter` with the same quotas is shared by as many threads of one process instead. "
+            f"Every run is repeated in {any_row['rounds']} rounds of {float(any_row['seconds']) * 1000:.0f} ms, "
+            "each round taking every run in turn; a cell is the median grants per second of all "
+            "processes (threads) together, the range over the rounds in parentheses, and the median "
+            "over the rounds of the mean time per check one process (thread) saw. Redis runs one script at a time "
+            "on one core, so more processes share its throughput. On this 2-vCPU VM a loopback round "
+            "trip between a client and Redis on different, idle vCPUs costs several times one on the "
+            "same vCPU, which is what the ranges "
+            "of one process show; threads of the local limiter on different vCPUs pay for moving its "
+            "state between the cores' caches.", width=92):
+            w(line)
+        w("")
+        rows = []
+        for n in sorted(sweep):
+            cells = [str(n)]
+            for fid, _ in REDIS_GRANT_COLUMNS:
+                row = sweep[n].get(fid)
+                if row is None:
+                    cells.append("—")
+                    continue
+                us = float(row["us_per_check"])
+                us_text = f"{us:.1f} µs" if us >= 1 else f"{us * 1000:.0f} ns"
+                cells.append(f"**{fmt_rate(float(row['grants_per_s']))}** "
+                             f"({fmt_rate(float(row['min_grants_per_s']))}–{fmt_rate(float(row['max_grants_per_s']))}) · {us_text}")
+            rows.append(cells)
+        table(w, ["processes (local: threads)"] + [label for _, label in REDIS_GRANT_COLUMNS], rows)
+        w("")
+    if limited:
+        w("## A quota that runs out, shared by processes")
+        w("")
+        w("The processes loop on `acquire` of one fresh key limited to 1 000/s until the end of the run")
+        w("(the acquire still waiting then is dropped). The bench checks every grant's Redis time")
+        w("against the quota (window: never more than 100 in any 100 ms; GCRA: grant k no earlier than")
+        w("the first plus k − 99 ms) and fails otherwise; \"allowed\" is what the quota admits over the")
+        w("span of Redis time the grants cover (a window admits 100 more at the start of every period,")
+        w("GCRA its burst of 100 and one per ms).")
+        w("")
+        rows = []
+        for row in limited:
+            grants, allowed = int(row["grants"]), int(row["allowed"])
+            rows.append([REDIS_LIMITED_QUOTAS.get(row["function"], f"`{row['function']}`"), row["processes"],
+                         f"{float(row['seconds']):.1f} s", str(grants), str(allowed),
+                         f"{float(row['grants_per_s']):.0f}",
+                         f"{row['min_per_process']}–{row['max_per_process']}", mark(grants <= allowed)])
+        table(w, ["quota", "processes", "run", "grants", "allowed over their span", "grants/s over the run",
+                  "grants per process", "within the quota"], rows)
+        w("")
     return lines
 
 
