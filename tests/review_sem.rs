@@ -407,6 +407,33 @@ redis_matrix! {
         assert_eq!(zcard(&mut probe, "s:queue").await, 0);
     }
 
+    // A ticket queued without a heartbeat (its `beats` entry lost: the
+    // key evicted under memory pressure, or deleted) can never be given
+    // back and never expires by itself (every waiter refreshes the
+    // queue's expiry): it is dead, and does not hold the permits up.
+    async fn a_queued_ticket_without_a_heartbeat_is_dead() {
+        let server = RedisServer::start();
+        let mut probe = connect(&server).await;
+        let s = sem(connect(&server).await, 1, 60_000);
+        let _: () = redis::cmd("ZADD").arg("s:queue").arg(0).arg("1/ghost").query_async(&mut probe).await.unwrap();
+        s.try_acquire().await.expect("a dead ticket is owed nothing").release().await.unwrap();
+        assert_eq!(zcard(&mut probe, "s:queue").await, 0);
+        // The same behind a live waiter, whose place is kept.
+        let held = s.acquire().await.unwrap();
+        let waiter = sem(connect(&server).await, 1, 60_000);
+        let mut waiting = Box::pin(waiter.acquire());
+        let waker = common::CountingWaker::new();
+        while zcard(&mut probe, "s:queue").await == 0 {
+            assert!(waiting.as_mut().poll(&mut waker.context()).is_pending());
+            sleep(1).await;
+        }
+        let _: () = redis::cmd("ZADD").arg("s:queue").arg(0).arg("1/ghost").query_async(&mut probe).await.unwrap();
+        held.release().await.unwrap();
+        assert!(matches!(s.try_acquire().await, Err(Error::NoPermits)), "passed the live waiter");
+        waiting.await.unwrap().release().await.unwrap();
+        assert_eq!(zcard(&mut probe, "s:queue").await, 0);
+    }
+
     // Zero and huge limits: capacity 0 refuses any permit (limit too,
     // even failing open), more than the capacity is an error not a wait,
     // zero permits are granted without Redis, and a Duration::MAX lease

@@ -264,8 +264,10 @@ pub(crate) fn take_back(
 /// capacity, lease (us), n, mode (`t`: try; `w`: wait with a ticket), id,
 /// ticket lifetime (us). Expired leases and tickets go first. Granted when
 /// the permits held, plus those of every ticket ahead (all of them for
-/// `t`), plus `n` fit the capacity. Reply `{1, expiry, now}` granted,
-/// `{0, held, ahead}` not now.
+/// `t`), plus `n` fit the capacity. A ticket in the queue without a
+/// heartbeat (its beat lost with the key: evicted under memory pressure,
+/// deleted) could never be given back: it is dead, and removed when
+/// seen. Reply `{1, expiry, now}` granted, `{0, held, ahead}` not now.
 pub(crate) static SEM_ACQUIRE: Lua = Lua {
     source: concat!(
         prologue!(),
@@ -299,8 +301,16 @@ if held + n <= cap then
   local q = redis.call('ZRANGE', queue, 0, -1)
   for _, m in ipairs(q) do
     if m == ticket then break end
-    ahead = ahead + tonumber(string.match(m, '^(%d+)/'))
-    if held + ahead + n > cap then break end
+    local k = tonumber(string.match(m, '^(%d+)/'))
+    if k == nil then
+      return redis.error_reply('awaitkit: a foreign member in the queue')
+    end
+    if redis.call('ZSCORE', beats, m) then
+      ahead = ahead + k
+      if held + ahead + n > cap then break end
+    else
+      redis.call('ZREM', queue, m)
+    end
   end
 end
 if held + ahead + n > cap then
