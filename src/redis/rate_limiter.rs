@@ -77,6 +77,14 @@ impl<C> RateLimiter<C> {
     /// checked both as a window and as GCRA fails with Redis's `WRONGTYPE`
     /// error, [`Error::Redis`]).
     ///
+    /// A check touches one key, so any prefix works on a Redis Cluster;
+    /// but the slots that dropped waiters booked are given back for
+    /// several keys in one script call, which a Cluster refuses unless the
+    /// keys share a hash slot (`CROSSSLOT`: those give-backs are lost, and
+    /// their slots stay used until their window ends — under-use, never
+    /// over-grant). Give the prefix a hash tag, as in `"{myapp:rl}:"`, to
+    /// keep them (the limiter's keys then live on one shard).
+    ///
     /// # Examples
     ///
     /// ```no_run

@@ -90,6 +90,11 @@ impl<C> Semaphore<C> {
     /// Every process sharing the semaphore must use the same name,
     /// capacity and lease.
     ///
+    /// On a Redis Cluster, one script call may only touch keys of one hash
+    /// slot: give the name a hash tag, as in `"{jobs}"`, so that its three
+    /// keys share the slot of `jobs` (without one, calls fail with Redis's
+    /// `CROSSSLOT` error, as an [`Error::Redis`](crate::redis::Error::Redis)).
+    ///
     /// # Examples
     ///
     /// ```no_run
