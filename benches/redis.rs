@@ -317,12 +317,12 @@ impl Placement {
     }
 
     /// Operations per function in one round of this placement, given
-    /// those of the same-CPU placement: a quarter of them where the client
+    /// those of the same-CPU placement: an eighth of them where the client
     /// and the server are on separate CPUs, whose round trips are many
     /// times longer (and so is the run).
     fn ops_per_round(&self, same_cpu: u32) -> u32 {
         match self.cpus {
-            Some((client, server)) if client != server => same_cpu.div_ceil(4),
+            Some((client, server)) if client != server => same_cpu.div_ceil(8),
             _ => same_cpu,
         }
     }
