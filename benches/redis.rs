@@ -462,7 +462,8 @@ mod affinity {
 
 /// The interleaved measurement: `rounds` rounds, in each of which every
 /// placement in turn (which one goes first alternates) runs every op
-/// `per_round` times (see `Placement::ops_per_round`), op after op. Prints
+/// `per_round` times (see `Placement::ops_per_round`), op after op (which
+/// one goes first rotates). Prints
 /// the table and returns, per placement, every op's median time per
 /// operation (ns) over the rounds.
 /// This thread's and the server's CPU affinity are restored at the end.
@@ -487,7 +488,11 @@ fn interleaved(
             let p = (round + k) % placements.len();
             pins.apply(&placements[p]);
             let per_round = placements[p].ops_per_round(per_round);
-            for (i, (_, op)) in ops.iter_mut().enumerate() {
+            // Which op goes first rotates too: none always runs right
+            // after the move to this placement.
+            for j in 0..ops.len() {
+                let i = (round + j) % ops.len();
+                let op = &mut ops[i].1;
                 let t = rt.block_on(async {
                     let start = Instant::now();
                     for _ in 0..per_round {
