@@ -1725,8 +1725,8 @@ def redis_section(cdir, include_stale):
         sizes = ", ".join(f"{label.get(p, p)}: {int(next(iter(inter[p].values())).get('ops_per_round') or 2000):,}"
                           .replace(",", " ") for p in placements)
         text = ("Where the client and Redis run decides the ratio on a small machine, so the interleaved "
-                "measurement runs in each placement the machine allows, pinned with `sched_setaffinity`, "
-                "every round taking each placement in turn"
+                "measurement runs in each placement the machine allows, pinned with `sched_setaffinity` "
+                "on Linux, every round taking each placement in turn"
                 + (f" ({rounds} rounds; operations per function and round: {sizes})" if rounds else "")
                 + ". ")
         descriptions = {
@@ -1735,8 +1735,9 @@ def redis_section(cdir, include_stale):
                         "cost weighs most against it — the worst case for the ratio.",
             "separate_cpus": "**Separate CPUs** (server on one CPU, client on another): the round trip "
                              "includes waking the other CPU, closer to a network hop.",
-            "unpinned": "**Unpinned**: wherever the scheduler put the client and the server (this "
-                        "machine or CSV allowed no pinning).",
+            "unpinned": "**Unpinned**: wherever the scheduler put the client and the server (no "
+                        "`sched_setaffinity` there, or a CSV from before the bench pinned), so the ratio "
+                        "depends on where they landed.",
         }
         text += " ".join(descriptions[p] for p in placements if p in descriptions)
         if placements == ["same_cpu"]:
