@@ -15,12 +15,23 @@
 //!   with the same quotas, for scale.
 //!
 //! One criterion iteration = one awaited operation, one at a time, on a
-//! tokio current-thread runtime. Under `cargo bench` a second, interleaved
-//! measurement (rounds of 2 000 operations per function, in turn, median
-//! per function) prints each function's time and its ratio to `ping` and
-//! writes `<criterion dir>/redis_checks.csv`: the ratio is what the bar
-//! (≤ 1.3 × PING per granted check) compares. Its section of
-//! `docs/benchmarks.md`: `python3 scripts/bench_table.py --only redis`.
+//! tokio current-thread runtime (criterion's runs are not pinned). Under
+//! `cargo bench` a second, interleaved measurement (rounds of 2 000
+//! operations per function, in turn, median per function) prints each
+//! function's time and its ratio to `ping` and writes
+//! `<criterion dir>/redis_checks.csv`: the ratio is what the bar (≤ 1.3 ×
+//! PING per granted check) compares. On a small machine that ratio depends
+//! on where the client and the server run, so the measurement runs in two
+//! placements, pinned with `sched_setaffinity` (Linux), each round taking
+//! both in turn: `same_cpu`, this thread (the runtime and the connection)
+//! and every `redis-server` thread on one CPU, where the round trip is CPU
+//! work only and a script's own cost weighs most; `separate_cpus`, the
+//! server on that CPU and this thread on another, where the round trip
+//! includes waking the other CPU, closer to a network hop. With one CPU
+//! available, `same_cpu` only; elsewhere than Linux, one `unpinned` run.
+//! The former affinity is restored afterwards (checked), so the process
+//! sweep below is not pinned. Its section of `docs/benchmarks.md`:
+//! `python3 scripts/bench_table.py --only redis`.
 //!
 //! Grants per second by processes (not criterion): 1, 4 and 16 OS
 //! processes (this binary, run again with `AWAITKIT_REDIS_GRANTS` set),
@@ -42,9 +53,11 @@
 //! checked against the quota (never more than it allows in any period; the
 //! bench fails otherwise). Results on stderr and in
 //! `<criterion dir>/redis_grants.csv` and `redis_grants_limited.csv`.
-//! Under criterion's test mode (`cargo test --benches`) the sweep runs
-//! with 1 and 4 processes for 100 ms, and the quota check with 4 processes
-//! for 300 ms, writing nothing.
+//! Under criterion's test mode (`cargo test --benches`) the interleaved
+//! measurement runs one round of 50 operations per function and placement
+//! (the pinning checked), the sweep runs with 1 and 4 processes for
+//! 100 ms, and the quota check with 4 processes for 300 ms, writing
+//! nothing.
 
 mod common;
 
@@ -223,45 +236,34 @@ fn main() {
     }
     c.final_summary();
 
-    // Under criterion's test mode: the process sweep, small, unrecorded.
+    // The interleaved ratio table in each placement (see `Placement`):
+    // under criterion's test mode one short round, unrecorded, so the
+    // pinning is exercised; then the process sweep, small, unrecorded.
+    let placements = Placement::available();
     if !benching {
+        interleaved(&rt, &server, &mut ops, &placements, 1, 50);
         grants_sweep(&settings, server.port, &Sweep::TEST, false);
         return;
     }
-    // The interleaved ratio table and the process sweep: only under
-    // `cargo bench`.
     let rounds = if settings.quick { 15 } else { 61 };
-    let per_round = 2_000u32;
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); ops.len()];
-    for _ in 0..rounds {
-        for (i, (_, op)) in ops.iter_mut().enumerate() {
-            let t = rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..per_round {
-                    op().await;
-                }
-                start.elapsed()
-            });
-            times[i].push(t.as_nanos() as f64 / f64::from(per_round));
+    let per_round = 2_000;
+    let medians = interleaved(&rt, &server, &mut ops, &placements, rounds, per_round);
+    let mut csv = String::from(
+        "placement,client_cpu,server_cpu,rounds,ops_per_round,function,median_ns,ratio_to_ping\n",
+    );
+    for (placement, medians) in placements.iter().zip(&medians) {
+        let (client, server) = match placement.cpus {
+            Some((client, server)) => (client.to_string(), server.to_string()),
+            None => (String::new(), String::new()),
+        };
+        for ((name, _), m) in ops.iter().zip(medians) {
+            csv.push_str(&format!(
+                "{},{client},{server},{rounds},{},{name},{m:.0},{:.3}\n",
+                placement.name,
+                placement.ops_per_round(per_round),
+                m / medians[0]
+            ));
         }
-    }
-    let medians: Vec<f64> = times
-        .iter_mut()
-        .map(|t| {
-            t.sort_by(f64::total_cmp);
-            t[t.len() / 2]
-        })
-        .collect();
-    let ping = medians[0];
-    let mut csv = String::from("function,median_ns,ratio_to_ping\n");
-    eprintln!("\nredis_check, interleaved ({rounds} rounds x {per_round} ops, median per op):");
-    for ((name, _), m) in ops.iter().zip(&medians) {
-        eprintln!(
-            "  {name:<20} {:>9.2} us  {:>5.2} x ping",
-            m / 1000.0,
-            m / ping
-        );
-        csv.push_str(&format!("{name},{m:.0},{:.3}\n", m / ping));
     }
     std::fs::create_dir_all(&settings.out_dir).unwrap();
     std::fs::write(settings.out_dir.join("redis_checks.csv"), csv).unwrap();
@@ -272,6 +274,283 @@ fn main() {
         Sweep::FULL
     };
     grants_sweep(&settings, server.port, &sweep, true);
+}
+
+/// Where the interleaved measurement runs: the CPU of the thread that
+/// drives the operations (the tokio current-thread runtime, the connection
+/// included) and the CPU of every thread of the `redis-server`.
+struct Placement {
+    /// Its name in `redis_checks.csv`: `same_cpu`, `separate_cpus`, or
+    /// `unpinned` where this bench cannot pin.
+    name: &'static str,
+    /// `(client CPU, server CPU)`; `None`: not pinned.
+    cpus: Option<(usize, usize)>,
+}
+
+impl Placement {
+    /// The placements this machine allows, from the CPUs this thread may
+    /// run on: the server on the first; the client on the same one, then
+    /// (with two CPUs or more) on the second.
+    #[cfg(target_os = "linux")]
+    fn available() -> Vec<Placement> {
+        let cpus = affinity::get(0);
+        let mut placements = vec![Placement {
+            name: "same_cpu",
+            cpus: Some((cpus[0], cpus[0])),
+        }];
+        if let Some(&other) = cpus.get(1) {
+            placements.push(Placement {
+                name: "separate_cpus",
+                cpus: Some((other, cpus[0])),
+            });
+        }
+        placements
+    }
+
+    /// Without `sched_setaffinity`: one unpinned placement.
+    #[cfg(not(target_os = "linux"))]
+    fn available() -> Vec<Placement> {
+        vec![Placement {
+            name: "unpinned",
+            cpus: None,
+        }]
+    }
+
+    /// Operations per function in one round of this placement, given
+    /// those of the same-CPU placement: an eighth of them where the client
+    /// and the server are on separate CPUs, whose round trips are many
+    /// times longer (and so is the run).
+    fn ops_per_round(&self, same_cpu: u32) -> u32 {
+        match self.cpus {
+            Some((client, server)) if client != server => same_cpu.div_ceil(8),
+            _ => same_cpu,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self.cpus {
+            Some((client, server)) if client == server => {
+                format!("same CPU: the client thread and redis-server on CPU {server}")
+            }
+            Some((client, server)) => format!(
+                "separate CPUs: the client thread on CPU {client}, redis-server on CPU {server}"
+            ),
+            None => "unpinned: wherever the scheduler puts them".to_owned(),
+        }
+    }
+}
+
+/// The CPU affinity of this thread and of the server's threads as they
+/// were before the interleaved measurement, restored when dropped (also
+/// on a panic), so the process sweep after it runs unpinned.
+struct Pins {
+    server_pid: u32,
+    #[cfg(target_os = "linux")]
+    thread: Vec<usize>,
+    #[cfg(target_os = "linux")]
+    server: Vec<usize>,
+}
+
+impl Pins {
+    fn save(server: &Server) -> Pins {
+        let server_pid = server.child.id();
+        Pins {
+            server_pid,
+            #[cfg(target_os = "linux")]
+            thread: affinity::get(0),
+            #[cfg(target_os = "linux")]
+            server: affinity::get(server_pid as libc::pid_t),
+        }
+    }
+
+    /// Pins every thread of the server and this thread as `placement`
+    /// says, and checks that they are.
+    fn apply(&self, placement: &Placement) {
+        let Some((client, server)) = placement.cpus else {
+            return;
+        };
+        #[cfg(target_os = "linux")]
+        {
+            for tid in affinity::threads(self.server_pid) {
+                // A thread that ended meanwhile has nothing to pin.
+                if affinity::set(tid, &[server]).is_ok() {
+                    assert_eq!(affinity::get(tid), [server], "redis-server thread {tid}");
+                }
+            }
+            affinity::set(0, &[client])
+                .unwrap_or_else(|e| panic!("pin this thread to CPU {client}: {e}"));
+            // The kernel moves the calling thread before returning.
+            assert_eq!(affinity::current_cpu(), client, "this thread's CPU");
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (client, server, self.server_pid);
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        {
+            for tid in affinity::threads(self.server_pid) {
+                let _ = affinity::set(tid, &self.server);
+            }
+            if let Err(e) = affinity::set(0, &self.thread) {
+                eprintln!("cannot restore this thread's CPU affinity: {e}");
+            }
+        }
+    }
+}
+
+/// CPU affinity through `sched_getaffinity` / `sched_setaffinity`.
+#[cfg(target_os = "linux")]
+mod affinity {
+    use std::io;
+    use std::mem::{size_of, zeroed};
+
+    /// The CPUs thread `tid` (0: the calling thread) may run on, ascending.
+    pub fn get(tid: libc::pid_t) -> Vec<usize> {
+        // SAFETY: `cpu_set_t` is a plain bit array; all zeros is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { zeroed() };
+        // SAFETY: `set` is a valid, writable `cpu_set_t` of the size passed.
+        let r = unsafe { libc::sched_getaffinity(tid, size_of::<libc::cpu_set_t>(), &mut set) };
+        assert_eq!(
+            r,
+            0,
+            "sched_getaffinity({tid}): {}",
+            io::Error::last_os_error()
+        );
+        (0..8 * size_of::<libc::cpu_set_t>())
+            // SAFETY: `cpu` is below the set's size in bits.
+            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+            .collect()
+    }
+
+    /// Lets thread `tid` (0: the calling thread) run on `cpus` only.
+    pub fn set(tid: libc::pid_t, cpus: &[usize]) -> io::Result<()> {
+        // SAFETY: as in `get`.
+        let mut set: libc::cpu_set_t = unsafe { zeroed() };
+        for &cpu in cpus {
+            assert!(cpu < 8 * size_of::<libc::cpu_set_t>(), "CPU {cpu}");
+            // SAFETY: `cpu` is below the set's size in bits (checked above).
+            unsafe { libc::CPU_SET(cpu, &mut set) };
+        }
+        // SAFETY: `set` is a valid `cpu_set_t` of the size passed.
+        let r = unsafe { libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &set) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// The threads of process `pid` (`/proc/<pid>/task`).
+    pub fn threads(pid: u32) -> Vec<libc::pid_t> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap_or_else(|e| panic!("list the threads of process {pid}: {e}"))
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    }
+
+    /// The CPU the calling thread runs on.
+    pub fn current_cpu() -> usize {
+        // SAFETY: `sched_getcpu` takes nothing and only returns a number.
+        let cpu = unsafe { libc::sched_getcpu() };
+        usize::try_from(cpu)
+            .unwrap_or_else(|_| panic!("sched_getcpu: {}", io::Error::last_os_error()))
+    }
+}
+
+/// The interleaved measurement: `rounds` rounds, in each of which every
+/// placement in turn (which one goes first alternates) runs every op
+/// `per_round` times (see `Placement::ops_per_round`), op after op (which
+/// one goes first rotates). Prints
+/// the table and returns, per placement, every op's median time per
+/// operation (ns) over the rounds.
+/// This thread's and the server's CPU affinity are restored at the end.
+fn interleaved(
+    rt: &tokio::runtime::Runtime,
+    server: &Server,
+    ops: &mut [(&str, Op<'_>)],
+    placements: &[Placement],
+    rounds: usize,
+    per_round: u32,
+) -> Vec<Vec<f64>> {
+    let began = Instant::now();
+    #[cfg(target_os = "linux")]
+    let before = (
+        affinity::get(0),
+        affinity::get(server.child.id() as libc::pid_t),
+    );
+    let pins = Pins::save(server);
+    let mut times: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); ops.len()]; placements.len()];
+    for round in 0..rounds {
+        for k in 0..placements.len() {
+            let p = (round + k) % placements.len();
+            pins.apply(&placements[p]);
+            let per_round = placements[p].ops_per_round(per_round);
+            // Which op goes first rotates too: none always runs right
+            // after the move to this placement.
+            for j in 0..ops.len() {
+                let i = (round + j) % ops.len();
+                let op = &mut ops[i].1;
+                let t = rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..per_round {
+                        op().await;
+                    }
+                    start.elapsed()
+                });
+                times[p][i].push(t.as_nanos() as f64 / f64::from(per_round));
+            }
+        }
+    }
+    drop(pins);
+    #[cfg(target_os = "linux")]
+    {
+        let after = (
+            affinity::get(0),
+            affinity::get(server.child.id() as libc::pid_t),
+        );
+        assert_eq!(
+            after, before,
+            "CPU affinity (this thread, redis-server) restored"
+        );
+    }
+    let medians: Vec<Vec<f64>> = times
+        .into_iter()
+        .map(|per_op| {
+            per_op
+                .into_iter()
+                .map(|mut t| {
+                    t.sort_by(f64::total_cmp);
+                    t[t.len() / 2]
+                })
+                .collect()
+        })
+        .collect();
+    eprintln!(
+        "\nredis_check, interleaved ({rounds} round{} per placement, median per op; {:.1} s):",
+        if rounds == 1 { "" } else { "s" },
+        began.elapsed().as_secs_f64()
+    );
+    if placements.len() == 1 && placements[0].cpus.is_some() {
+        eprintln!("  (this process may run on one CPU only: the same-CPU placement alone)");
+    }
+    for (placement, medians) in placements.iter().zip(&medians) {
+        eprintln!(
+            "  {} ({} ops per function and round)",
+            placement.describe(),
+            placement.ops_per_round(per_round)
+        );
+        for ((name, _), m) in ops.iter().zip(medians) {
+            eprintln!(
+                "    {name:<20} {:>9.2} us  {:>5.2} x ping",
+                m / 1000.0,
+                m / medians[0]
+            );
+        }
+    }
+    medians
 }
 
 /// Set in the children of the process sweep: `mode|port|key|run ms`.
