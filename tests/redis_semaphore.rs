@@ -10,14 +10,18 @@
 #[macro_use]
 mod common;
 
-use awaitkit::redis::{Error, FailurePolicy, Semaphore};
+use awaitkit::redis::{
+    AcquirePermit, Error, FailurePolicy, Permit, ReleasePermit, RenewPermit, Semaphore,
+    SemaphoreLimit, TryAcquirePermit,
+};
 use common::redis_server::{RedisServer, connect, manager};
+use futures::future::FusedFuture;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
-use std::future::Future;
-use std::pin::pin;
+use std::future::{Future, Ready};
+use std::pin::{Pin, pin};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 async fn zcard(conn: &mut MultiplexedConnection, key: &str) -> usize {
@@ -59,6 +63,84 @@ const _: () = {
     let _ = send_sync::<Semaphore<ConnectionManager>>;
     let _ = send_sync::<awaitkit::redis::Permit<'static, MultiplexedConnection>>;
 };
+
+// The named futures are Send on a Send connection (spawnable on tokio's
+// multi-thread runtime), with the user's future and output Send.
+const _: () = {
+    fn send<T: Send>() {}
+    type M = MultiplexedConnection;
+    let _ = send::<TryAcquirePermit<'static, M>>;
+    let _ = send::<AcquirePermit<'static, M>>;
+    let _ = send::<RenewPermit<'static, 'static, M>>;
+    let _ = send::<ReleasePermit<'static, M>>;
+    let _ = send::<SemaphoreLimit<'static, Ready<String>, M>>;
+    let _ = send::<SemaphoreLimit<'static, Ready<String>, ConnectionManager>>;
+    let _ = send::<AcquirePermit<'static, ConnectionManager, awaitkit::time::FuturesTimer>>;
+};
+
+type Granted<'a> = Result<Permit<'a, MultiplexedConnection>, Error>;
+
+/// A caller's own future that keeps one of each of the semaphore's futures
+/// in a field, by its name, and drives them all from its hand-written
+/// `poll` (a join that skips the terminated ones).
+struct Every<'p, 'a> {
+    try_acquire: TryAcquirePermit<'a, MultiplexedConnection>,
+    acquire: AcquirePermit<'a, MultiplexedConnection>,
+    renew: RenewPermit<'p, 'a, MultiplexedConnection>,
+    release: ReleasePermit<'a, MultiplexedConnection>,
+    limit: SemaphoreLimit<'a, Ready<u32>, MultiplexedConnection>,
+    tried: Option<Granted<'a>>,
+    acquired: Option<Granted<'a>>,
+    renewed: Option<Result<(), Error>>,
+    released: Option<Result<(), Error>>,
+    limited: Option<Result<u32, Error>>,
+    polls: usize,
+}
+
+impl<'a> Every<'_, 'a> {
+    fn terminated(&self) -> [bool; 5] {
+        [
+            self.try_acquire.is_terminated(),
+            self.acquire.is_terminated(),
+            self.renew.is_terminated(),
+            self.release.is_terminated(),
+            self.limit.is_terminated(),
+        ]
+    }
+}
+
+/// Polls `fut` unless it has terminated, keeping its output in `slot`.
+fn drive<F: Future + FusedFuture + Unpin>(
+    fut: &mut F,
+    slot: &mut Option<F::Output>,
+    cx: &mut Context<'_>,
+) {
+    if fut.is_terminated() {
+        return;
+    }
+    if let Poll::Ready(out) = Pin::new(fut).poll(cx) {
+        assert!(slot.replace(out).is_none(), "one output each");
+    }
+}
+
+impl Future for Every<'_, '_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Unpin with the default timer and an `Unpin` user future.
+        let this = self.get_mut();
+        this.polls += 1;
+        drive(&mut this.try_acquire, &mut this.tried, cx);
+        drive(&mut this.acquire, &mut this.acquired, cx);
+        drive(&mut this.renew, &mut this.renewed, cx);
+        drive(&mut this.release, &mut this.released, cx);
+        drive(&mut this.limit, &mut this.limited, cx);
+        if this.terminated().iter().all(|&t| t) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
 
 /// Raises `live` while held, and records the highest value seen.
 async fn hold(live: &AtomicUsize, max: &AtomicUsize, ms: u64) {
@@ -423,5 +505,60 @@ redis_matrix! {
                 assert_eq!(zcard(&mut probe, "s:holders").await, 0, "held {held}, {polls} polls");
             }
         }
+    }
+
+    // Each future stored by its name in a caller's struct and driven from
+    // its hand-written `poll`: all five complete, are terminated then (and
+    // not before), do what their methods say, and panic if polled again.
+    async fn named_futures_stored_and_polled_by_hand() {
+        let server = RedisServer::start();
+        let mut probe = connect(&server).await;
+        let s = sem(connect(&server).await, 5, 60_000);
+        let mut held = s.acquire().await.unwrap();
+        let before = held.lease_expiry();
+        let other = s.try_acquire().await.unwrap();
+        let mut every = Every {
+            try_acquire: s.try_acquire(),
+            acquire: s.acquire_many(2),
+            renew: held.renew(),
+            release: other.release(),
+            limit: s.limit(std::future::ready(7)),
+            tried: None,
+            acquired: None,
+            renewed: None,
+            released: None,
+            limited: None,
+            polls: 0,
+        };
+        assert_eq!(every.terminated(), [false; 5], "nothing done before the first poll");
+        let debug = format!("{:?}", every.acquire);
+        assert!(debug.starts_with("AcquirePermit") && debug.contains("not started"), "{debug}");
+        (&mut every).await;
+        assert!(every.polls >= 1);
+        assert_eq!(every.terminated(), [true; 5]);
+        for debug in [format!("{:?}", every.renew), format!("{:?}", every.limit)] {
+            assert!(debug.contains("done"), "{debug}");
+        }
+        // Polling a completed one panics (and they all say they are done).
+        let waker = futures::task::noop_waker();
+        let polled_again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = Pin::new(&mut every.try_acquire).poll(&mut Context::from_waker(&waker));
+        }));
+        assert!(polled_again.is_err(), "polling a completed future panics");
+        let tried = every.tried.take().unwrap().unwrap();
+        let acquired = every.acquired.take().unwrap().unwrap();
+        assert_eq!((tried.permits(), acquired.permits()), (1, 2));
+        every.renewed.take().unwrap().unwrap();
+        every.released.take().unwrap().unwrap();
+        assert_eq!(every.limited.take().unwrap().unwrap(), 7);
+        drop(every);
+        assert!(held.lease_expiry() >= before, "renewed in place");
+        // Held now: `held`, `tried` and `acquired`'s two (`other` and the
+        // limit's permit were given back).
+        assert_eq!(zcard(&mut probe, "s:holders").await, 4);
+        for p in [held, tried, acquired] {
+            p.release().await.unwrap();
+        }
+        assert_eq!(zcard(&mut probe, "s:holders").await, 0);
     }
 }

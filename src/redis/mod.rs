@@ -148,7 +148,10 @@ mod scripts;
 mod semaphore;
 
 pub use rate_limiter::{Acquire, Limit, RateLimiter, TryAcquire};
-pub use semaphore::{MAX_PERMITS, Permit, Semaphore};
+pub use semaphore::{
+    AcquirePermit, MAX_PERMITS, Permit, ReleasePermit, RenewPermit, Semaphore, SemaphoreLimit,
+    TryAcquirePermit,
+};
 
 /// The most calls one check of a strict-window quota asks for
 /// (`acquire_n`, `try_acquire_n`), whatever the quota's `max_calls`: the

@@ -5,14 +5,17 @@ use super::rate_limiter::{duration_us, unique_tag};
 use super::scripts::{self, Call, GiveBack, Lua};
 use super::{Error, FailurePolicy};
 use crate::time::{DefaultTimer, Timer};
-use ::redis::Value;
+use crate::timeout::Timeout;
 use ::redis::aio::ConnectionLike;
+use ::redis::{RedisFuture, Value};
+use futures_core::FusedFuture;
+use pin_project_lite::pin_project;
 use std::fmt;
-use std::future::{Future, IntoFuture, poll_fn};
-use std::pin::pin;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::Poll;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 /// A counting semaphore whose permits are shared by every process that
@@ -330,27 +333,17 @@ where
     C: ConnectionLike + Clone + Send + 'static,
     T: Timer + Clone,
 {
-    /// One script call under the timeout, after the queued give-backs.
-    async fn call(
-        &self,
-        lua: &'static Lua,
-        keys: Vec<Vec<u8>>,
-        args: Vec<String>,
-    ) -> Result<Value, Error> {
+    /// One script call under the timeout, after the queued give-backs
+    /// (nothing is sent before its first poll).
+    fn call(&self, lua: &'static Lua, keys: Vec<Vec<u8>>, args: Vec<String>) -> ScriptCall<T> {
         let back = self.given_back.clone();
         let all = self.keys.to_vec();
         let fut = scripts::invoke(&self.conn, Call { lua, keys, args }, move || {
             scripts::take_back(&back, &scripts::SEM_RELEASE, Some(&all))
         });
-        match crate::timeout::timeout(self.timeout, fut)
-            .with_timer(self.timer.clone())
-            .await
-        {
-            Err(_) => Err(Error::Timeout {
-                after: self.timeout,
-            }),
-            Ok(Err(e)) => Err(Error::Redis(e)),
-            Ok(Ok(v)) => Ok(v),
+        ScriptCall {
+            call: crate::timeout::timeout(self.timeout, fut).with_timer(self.timer.clone()),
+            timeout: self.timeout,
         }
     }
 
@@ -371,7 +364,8 @@ where
         )))
     }
 
-    async fn ask(&self, id: &str, n: usize, wait: bool) -> Result<Option<u64>, Error> {
+    /// The acquire call (its reply read by [`grant`]).
+    fn ask(&self, id: &str, n: usize, wait: bool) -> ScriptCall<T> {
         let args = vec![
             self.capacity.to_string(),
             duration_us(self.lease).to_string(),
@@ -380,38 +374,19 @@ where
             id.to_owned(),
             duration_us(self.ticket_ttl()).to_string(),
         ];
-        let reply = self
-            .call(&scripts::SEM_ACQUIRE, self.keys.to_vec(), args)
-            .await?;
-        match ints(&reply) {
-            Some([1, expiry, _]) => Ok(Some(expiry as u64)),
-            Some([0, _, _]) => Ok(None),
-            _ => Err(Error::Script(format!("{reply:?}"))),
-        }
+        self.call(&scripts::SEM_ACQUIRE, self.keys.to_vec(), args)
     }
 
-    /// The renewal call: `Some(expiry)` renewed, `None` when the lease
-    /// had already run out.
-    fn renew_call(
-        &self,
-        id: &str,
-        n: usize,
-    ) -> impl Future<Output = Result<Option<u64>, Error>> + use<'_, C, T> {
+    /// The renewal call (its reply read by [`grant`]: `Some(expiry)`
+    /// renewed, `None` when the lease had already run out).
+    fn renew_call(&self, id: &str, n: usize) -> ScriptCall<T> {
         let args = vec![
             id.to_owned(),
             n.to_string(),
             duration_us(self.lease).to_string(),
             duration_us(self.lease.max(self.ticket_ttl())).to_string(),
         ];
-        let call = self.call(&scripts::SEM_RENEW, vec![self.keys[0].clone()], args);
-        async move {
-            let reply = call.await?;
-            match ints(&reply) {
-                Some([1, expiry, _]) => Ok(Some(expiry as u64)),
-                Some([0, _, _]) => Ok(None),
-                _ => Err(Error::Script(format!("{reply:?}"))),
-            }
-        }
+        self.call(&scripts::SEM_RENEW, vec![self.keys[0].clone()], args)
     }
 
     fn permit(&self, id: String, n: usize, expiry_us: u64, sent: Instant) -> Permit<'_, C, T> {
@@ -451,8 +426,8 @@ where
     /// held.release().await.unwrap();
     /// # }
     /// ```
-    pub async fn try_acquire(&self) -> Result<Permit<'_, C, T>, Error> {
-        self.try_acquire_many(1).await
+    pub fn try_acquire(&self) -> TryAcquirePermit<'_, C, T> {
+        self.try_acquire_many(1)
     }
 
     /// [`try_acquire`](Self::try_acquire) for `n` permits at once (all or
@@ -478,28 +453,9 @@ where
     /// assert!(sem.try_acquire_many(2).await.is_err());
     /// # }
     /// ```
-    pub async fn try_acquire_many(&self, n: usize) -> Result<Permit<'_, C, T>, Error> {
-        let Some(id) = self.start(n)? else {
-            return Ok(self.permit(String::new(), 0, 0, self.timer.now()));
-        };
-        let mut guard = Guard {
-            sem: self,
-            id,
-            n,
-            ticket: false,
-            armed: true,
-        };
-        let sent = self.timer.now();
-        let out = self.ask(&guard.id, n, false).await;
-        if let Ok(None) = out {
-            guard.armed = false;
-        }
-        match out? {
-            Some(expiry) => {
-                guard.armed = false;
-                Ok(self.permit(std::mem::take(&mut guard.id), n, expiry, sent))
-            }
-            None => Err(Error::NoPermits),
+    pub fn try_acquire_many(&self, n: usize) -> TryAcquirePermit<'_, C, T> {
+        TryAcquirePermit {
+            ask: Ask::new(self, n, false),
         }
     }
 
@@ -537,8 +493,8 @@ where
     /// drop(permit); // released by this handle's next call, or the lease's end
     /// # }
     /// ```
-    pub async fn acquire(&self) -> Result<Permit<'_, C, T>, Error> {
-        self.acquire_many(1).await
+    pub fn acquire(&self) -> AcquirePermit<'_, C, T> {
+        self.acquire_many(1)
     }
 
     /// [`acquire`](Self::acquire) for `n` permits at once. A large request
@@ -564,26 +520,9 @@ where
     /// assert_eq!(batch.permits(), 3);
     /// # }
     /// ```
-    pub async fn acquire_many(&self, n: usize) -> Result<Permit<'_, C, T>, Error> {
-        let Some(id) = self.start(n)? else {
-            return Ok(self.permit(String::new(), 0, 0, self.timer.now()));
-        };
-        let mut guard = Guard {
-            sem: self,
-            id,
-            n,
-            ticket: true,
-            armed: true,
-        };
-        loop {
-            let sent = self.timer.now();
-            if let Some(expiry) = self.ask(&guard.id, n, true).await? {
-                guard.armed = false;
-                return Ok(self.permit(std::mem::take(&mut guard.id), n, expiry, sent));
-            }
-            if let Some(at) = self.timer.now().checked_add(self.poll_interval) {
-                self.timer.sleep_until(at).await;
-            }
+    pub fn acquire_many(&self, n: usize) -> AcquirePermit<'_, C, T> {
+        AcquirePermit {
+            ask: Ask::new(self, n, true),
         }
     }
 
@@ -622,8 +561,8 @@ where
     /// assert_eq!(out, "long job");
     /// # }
     /// ```
-    pub async fn limit<F: IntoFuture>(&self, future: F) -> Result<F::Output, Error> {
-        self.limit_with(FailurePolicy::Closed, future).await
+    pub fn limit<F: IntoFuture>(&self, future: F) -> SemaphoreLimit<'_, F::IntoFuture, C, T> {
+        self.limit_with(FailurePolicy::Closed, future)
     }
 
     /// [`limit`](Self::limit) with a [`FailurePolicy`]:
@@ -652,95 +591,26 @@ where
     /// assert_eq!(out.unwrap(), 7);
     /// # }
     /// ```
-    pub async fn limit_with<F: IntoFuture>(
+    pub fn limit_with<F: IntoFuture>(
         &self,
         policy: FailurePolicy,
         future: F,
-    ) -> Result<F::Output, Error> {
-        let open = policy == FailurePolicy::Open;
-        let mut permit = match self.acquire().await {
-            Ok(p) => p,
-            Err(e) if e.is_failure() && open => return Ok(future.into_future().await),
-            Err(e) => return Err(e),
-        };
-        let third = self.lease / 3;
-        let mut future = pin!(future.into_future());
-        let mut next = permit
-            .local_expiry
-            .and_then(|e| e.checked_sub(self.lease - third));
-        let mut sleep = pin!(None::<T::Sleep>);
-        let mut sleep_at = None::<Instant>;
-        let mut renewal = pin!(None);
-        let out = poll_fn(|cx| {
-            // The bookkeeping first: the inner future is polled only while
-            // the lease is still ours by the local timer (fail closed),
-            // including while a renewal is in flight.
-            loop {
-                let done = match renewal.as_mut().as_pin_mut() {
-                    Some(call) => match Future::poll(call, cx) {
-                        Poll::Ready(done) => Some(done),
-                        Poll::Pending => None,
-                    },
-                    None => None,
-                };
-                if let Some((sent, out)) = done {
-                    renewal.set(None);
-                    match out {
-                        Ok(Some(expiry)) => {
-                            permit.expiry_us = expiry;
-                            permit.local_expiry = Instant::checked_add(&sent, self.lease);
-                            next = Instant::checked_add(&sent, third);
-                        }
-                        Ok(None) if !open => return Poll::Ready(Err(Error::LeaseLost)),
-                        // Fail open: the permits are gone; run on without.
-                        Ok(None) => next = None,
-                        // Try again soon (until the lease may be over).
-                        Err(_) => next = self.timer.now().checked_add(third / 2),
-                    }
-                }
-                let now = self.timer.now();
-                let lease_end = if open { None } else { permit.local_expiry };
-                if lease_end.is_some_and(|e| now >= e) {
-                    return Poll::Ready(Err(Error::LeaseLost));
-                }
-                let due = if renewal.is_none() { next } else { None };
-                if due.is_some_and(|d| now >= d) {
-                    let sent = now;
-                    let call = self.renew_call(&permit.id, permit.n);
-                    renewal.set(Some(async move { (sent, call.await) }));
-                    continue;
-                }
-                // Wake for the next renewal, and (failing closed) at the
-                // lease's end even while a renewal hangs.
-                let wake = match (due, lease_end) {
-                    (Some(d), Some(e)) => Some(d.min(e)),
-                    (d, e) => d.or(e),
-                };
-                let Some(at) = wake else { break };
-                if sleep_at != Some(at) {
-                    sleep.set(Some(self.timer.sleep_until(at)));
-                    sleep_at = Some(at);
-                }
-                let Some(s) = sleep.as_mut().as_pin_mut() else {
-                    unreachable!("armed above");
-                };
-                if s.poll(cx).is_pending() {
-                    break;
-                }
-                // Fired (or completed early by a capped backend: the loop
-                // checks the time again and re-arms).
-                sleep.set(None);
-                sleep_at = None;
-            }
-            future.as_mut().poll(cx).map(Ok)
-        })
-        .await;
-        match out {
-            Ok(out) => {
-                let _ = permit.release().await;
-                Ok(out)
-            }
-            Err(e) => Err(e),
+    ) -> SemaphoreLimit<'_, F::IntoFuture, C, T> {
+        SemaphoreLimit {
+            sem: self,
+            open: policy == FailurePolicy::Open,
+            acquire: Some(self.acquire()),
+            future: Some(future.into_future()),
+            permit: None,
+            next: None,
+            renewal: None,
+            renewal_sent: None,
+            sleep: None,
+            sleep_at: None,
+            release: None,
+            output: None,
+            running: false,
+            done: false,
         }
     }
 }
@@ -837,7 +707,7 @@ impl<C, T: Timer> Permit<'_, C, T> {
     }
 }
 
-impl<C, T> Permit<'_, C, T>
+impl<'a, C, T> Permit<'a, C, T>
 where
     C: ConnectionLike + Clone + Send + 'static,
     T: Timer + Clone,
@@ -867,25 +737,11 @@ where
     /// assert!(p.lease_expiry() >= before);
     /// # }
     /// ```
-    pub async fn renew(&mut self) -> Result<(), Error> {
-        if !self.held {
-            return if self.n == 0 {
-                Ok(())
-            } else {
-                Err(Error::LeaseLost)
-            };
-        }
-        let sent = self.sem.timer.now();
-        match self.sem.renew_call(&self.id, self.n).await? {
-            Some(expiry) => {
-                self.expiry_us = expiry;
-                self.local_expiry = sent.checked_add(self.sem.lease);
-                Ok(())
-            }
-            None => {
-                self.held = false;
-                Err(Error::LeaseLost)
-            }
+    pub fn renew(&mut self) -> RenewPermit<'_, 'a, C, T> {
+        RenewPermit {
+            permit: self,
+            sent: None,
+            step: Step::Start,
         }
     }
 
@@ -911,17 +767,11 @@ where
     /// sem.try_acquire().await.unwrap(); // free again
     /// # }
     /// ```
-    pub async fn release(mut self) -> Result<(), Error> {
-        if !self.held {
-            return Ok(());
+    pub fn release(self) -> ReleasePermit<'a, C, T> {
+        ReleasePermit {
+            permit: Some(self),
+            step: Step::Start,
         }
-        let args = vec!["p".to_owned(), format!("{}/{}", self.id, self.n)];
-        // `self` stays held (queued on drop) until Redis answered.
-        self.sem
-            .call(&scripts::SEM_RELEASE, self.sem.keys.to_vec(), args)
-            .await?;
-        self.held = false;
-        Ok(())
     }
 }
 
@@ -938,6 +788,782 @@ impl<C, T: Timer> fmt::Debug for Permit<'_, C, T> {
         f.debug_struct("Permit")
             .field("permits", &self.n)
             .field("lease_expiry", &self.lease_expiry())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads an acquire's or a renewal's reply: `Some(expiry)` granted (or
+/// renewed), `None` refused (or the lease already gone).
+fn grant(reply: &Value) -> Result<Option<u64>, Error> {
+    match ints(reply) {
+        Some([1, expiry, _]) => Ok(Some(expiry as u64)),
+        Some([0, _, _]) => Ok(None),
+        _ => Err(Error::Script(format!("{reply:?}"))),
+    }
+}
+
+pin_project! {
+    /// One script call under the semaphore's timeout, its failures mapped
+    /// to [`Error`].
+    struct ScriptCall<T: Timer> {
+        #[pin]
+        call: Timeout<RedisFuture<'static, Value>, T>,
+        timeout: Duration,
+    }
+}
+
+impl<T: Timer> Future for ScriptCall<T> {
+    type Output = Result<Value, Error>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(match ready!(this.call.poll(cx)) {
+            Err(_) => Err(Error::Timeout {
+                after: *this.timeout,
+            }),
+            Ok(Err(e)) => Err(Error::Redis(e)),
+            Ok(Ok(v)) => Ok(v),
+        })
+    }
+}
+
+pin_project! {
+    /// Where a semaphore future stands: not started (nothing sent before
+    /// the first poll), a script call in flight, a waiter's sleep before
+    /// it asks again, or done.
+    #[project = StepProj]
+    enum Step<T: Timer> {
+        Start,
+        Call { #[pin] call: ScriptCall<T> },
+        Sleep { #[pin] sleep: T::Sleep },
+        Done,
+    }
+}
+
+impl<T: Timer> Step<T> {
+    fn state(&self) -> &'static str {
+        match self {
+            Step::Start => "not started",
+            Step::Call { .. } => "asking Redis",
+            Step::Sleep { .. } => "waiting to ask again",
+            Step::Done => "done",
+        }
+    }
+}
+
+#[cold]
+#[track_caller]
+fn polled_after_completion() -> ! {
+    panic!("a redis semaphore future polled after completion")
+}
+
+pin_project! {
+    /// The state shared by [`TryAcquirePermit`] and [`AcquirePermit`].
+    struct Ask<'a, C, T: Timer> {
+        sem: &'a Semaphore<C, T>,
+        n: usize,
+        wait: bool,
+        // When the call in flight was sent: the local lease starts there.
+        sent: Option<Instant>,
+        #[pin]
+        step: Step<T>,
+        // Set once the first call is made: gives back, on drop, what a
+        // call in flight (or a failed one) may have taken.
+        guard: Option<Guard<'a, C, T>>,
+    }
+}
+
+impl<'a, C, T: Timer> Ask<'a, C, T> {
+    fn new(sem: &'a Semaphore<C, T>, n: usize, wait: bool) -> Self {
+        Ask {
+            sem,
+            n,
+            wait,
+            sent: None,
+            step: Step::Start,
+            guard: None,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(self.step, Step::Done)
+    }
+}
+
+impl<'a, C, T> Ask<'a, C, T>
+where
+    C: ConnectionLike + Clone + Send + 'static,
+    T: Timer + Clone,
+{
+    fn poll_ask(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Permit<'a, C, T>, Error>> {
+        let mut this = self.project();
+        let (sem, n, wait) = (*this.sem, *this.n, *this.wait);
+        loop {
+            match this.step.as_mut().project() {
+                StepProj::Start => {
+                    let id = match sem.start(n) {
+                        Ok(Some(id)) => id,
+                        Ok(None) => {
+                            this.step.set(Step::Done);
+                            let now = sem.timer.now();
+                            return Poll::Ready(Ok(sem.permit(String::new(), 0, 0, now)));
+                        }
+                        Err(e) => {
+                            this.step.set(Step::Done);
+                            return Poll::Ready(Err(e));
+                        }
+                    };
+                    *this.guard = Some(Guard {
+                        sem,
+                        id,
+                        n,
+                        ticket: wait,
+                        armed: true,
+                    });
+                }
+                StepProj::Call { call } => {
+                    let out = ready!(call.poll(cx)).and_then(|reply| grant(&reply));
+                    let Some(guard) = this.guard.as_mut() else {
+                        unreachable!("armed before the first call");
+                    };
+                    match out {
+                        Ok(Some(expiry)) => {
+                            guard.armed = false;
+                            let id = std::mem::take(&mut guard.id);
+                            *this.guard = None;
+                            this.step.set(Step::Done);
+                            let Some(sent) = *this.sent else {
+                                unreachable!("set with the call");
+                            };
+                            return Poll::Ready(Ok(sem.permit(id, n, expiry, sent)));
+                        }
+                        Ok(None) if !wait => {
+                            // Refused: nothing was taken.
+                            guard.armed = false;
+                            *this.guard = None;
+                            this.step.set(Step::Done);
+                            return Poll::Ready(Err(Error::NoPermits));
+                        }
+                        Ok(None) => {
+                            if let Some(at) = sem.timer.now().checked_add(sem.poll_interval) {
+                                this.step.set(Step::Sleep {
+                                    sleep: sem.timer.sleep_until(at),
+                                });
+                                continue;
+                            }
+                        }
+                        Err(e) => {
+                            // The guard, still armed, queues the give-back.
+                            *this.guard = None;
+                            this.step.set(Step::Done);
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                }
+                StepProj::Sleep { sleep } => ready!(sleep.poll(cx)),
+                StepProj::Done => polled_after_completion(),
+            }
+            // Ask (again): after the first poll, or a waiter's sleep.
+            let Some(guard) = this.guard.as_ref() else {
+                unreachable!("armed before the first call");
+            };
+            *this.sent = Some(sem.timer.now());
+            this.step.set(Step::Call {
+                call: sem.ask(&guard.id, n, wait),
+            });
+        }
+    }
+}
+
+pin_project! {
+    /// Future for [`Semaphore::try_acquire`] and
+    /// [`Semaphore::try_acquire_many`]: one script call, then the
+    /// [`Permit`] or [`Error::NoPermits`].
+    ///
+    /// Nothing is sent to Redis before its first poll. Dropped while its
+    /// call is in flight, the grant the call may have made is given back
+    /// by the semaphore handle's next call.
+    ///
+    /// # Panics
+    ///
+    /// Polling it after it completed panics.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// use awaitkit::redis::{Semaphore, TryAcquirePermit};
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = Semaphore::new(conn, "s", 1, Duration::from_secs(10));
+    /// let now_or_never: TryAcquirePermit<'_, _> = sem.try_acquire();
+    /// if let Ok(permit) = now_or_never.await {
+    ///     permit.release().await.unwrap();
+    /// }
+    /// # }
+    /// ```
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct TryAcquirePermit<'a, C, T: Timer = DefaultTimer> {
+        #[pin]
+        ask: Ask<'a, C, T>,
+    }
+}
+
+pin_project! {
+    /// Future for [`Semaphore::acquire`] and [`Semaphore::acquire_many`]:
+    /// takes a ticket in the semaphore's queue and asks again every
+    /// [`poll_interval`](Semaphore::poll_interval) until the [`Permit`] is
+    /// granted.
+    ///
+    /// Nothing is sent to Redis before its first poll. Dropped at any
+    /// point, it queues the removal of its ticket (and of a grant a call
+    /// in flight may have made) for the semaphore handle's next call.
+    ///
+    /// # Panics
+    ///
+    /// Polling it after it completed panics.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// use awaitkit::redis::{AcquirePermit, Semaphore};
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = Semaphore::new(conn, "s", 2, Duration::from_secs(10));
+    /// let wait: AcquirePermit<'_, _> = sem.acquire_many(2);
+    /// let permit = wait.await.unwrap();
+    /// assert_eq!(permit.permits(), 2);
+    /// # }
+    /// ```
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct AcquirePermit<'a, C, T: Timer = DefaultTimer> {
+        #[pin]
+        ask: Ask<'a, C, T>,
+    }
+}
+
+impl<'a, C, T> Future for TryAcquirePermit<'a, C, T>
+where
+    C: ConnectionLike + Clone + Send + 'static,
+    T: Timer + Clone,
+{
+    type Output = Result<Permit<'a, C, T>, Error>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().ask.poll_ask(cx)
+    }
+}
+
+impl<C, T> FusedFuture for TryAcquirePermit<'_, C, T>
+where
+    C: ConnectionLike + Clone + Send + 'static,
+    T: Timer + Clone,
+{
+    fn is_terminated(&self) -> bool {
+        self.ask.is_done()
+    }
+}
+
+impl<'a, C, T> Future for AcquirePermit<'a, C, T>
+where
+    C: ConnectionLike + Clone + Send + 'static,
+    T: Timer + Clone,
+{
+    type Output = Result<Permit<'a, C, T>, Error>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().ask.poll_ask(cx)
+    }
+}
+
+impl<C, T> FusedFuture for AcquirePermit<'_, C, T>
+where
+    C: ConnectionLike + Clone + Send + 'static,
+    T: Timer + Clone,
+{
+    fn is_terminated(&self) -> bool {
+        self.ask.is_done()
+    }
+}
+
+impl<C, T: Timer> fmt::Debug for TryAcquirePermit<'_, C, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TryAcquirePermit")
+            .field("permits", &self.ask.n)
+            .field("state", &self.ask.step.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C, T: Timer> fmt::Debug for AcquirePermit<'_, C, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcquirePermit")
+            .field("permits", &self.ask.n)
+            .field("state", &self.ask.step.state())
+            .finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    /// Future for [`Permit::renew`]: one script call that extends the
+    /// permit's lease.
+    ///
+    /// Nothing is sent to Redis before its first poll; dropped before
+    /// Redis answered, it leaves the lease as Redis last set it.
+    ///
+    /// # Panics
+    ///
+    /// Polling it after it completed panics.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// use awaitkit::redis::{RenewPermit, Semaphore};
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = Semaphore::new(conn, "s", 2, Duration::from_secs(10));
+    /// let mut permit = sem.acquire().await.unwrap();
+    /// let renew: RenewPermit<'_, '_, _> = permit.renew();
+    /// renew.await.unwrap();
+    /// permit.release().await.unwrap();
+    /// # }
+    /// ```
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct RenewPermit<'p, 'a, C, T: Timer = DefaultTimer> {
+        permit: &'p mut Permit<'a, C, T>,
+        // When the call was sent: the local lease starts there.
+        sent: Option<Instant>,
+        #[pin]
+        step: Step<T>,
+    }
+}
+
+impl<C, T> Future for RenewPermit<'_, '_, C, T>
+where
+    C: ConnectionLike + Clone + Send + 'static,
+    T: Timer + Clone,
+{
+    type Output = Result<(), Error>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let permit = &mut **this.permit;
+        loop {
+            match this.step.as_mut().project() {
+                StepProj::Start => {
+                    if !permit.held {
+                        this.step.set(Step::Done);
+                        return Poll::Ready(if permit.n == 0 {
+                            Ok(())
+                        } else {
+                            Err(Error::LeaseLost)
+                        });
+                    }
+                    *this.sent = Some(permit.sem.timer.now());
+                    this.step.set(Step::Call {
+                        call: permit.sem.renew_call(&permit.id, permit.n),
+                    });
+                }
+                StepProj::Call { call } => {
+                    let out = ready!(call.poll(cx)).and_then(|reply| grant(&reply));
+                    this.step.set(Step::Done);
+                    return Poll::Ready(match out {
+                        Ok(Some(expiry)) => {
+                            let Some(sent) = *this.sent else {
+                                unreachable!("set with the call");
+                            };
+                            permit.expiry_us = expiry;
+                            permit.local_expiry = sent.checked_add(permit.sem.lease);
+                            Ok(())
+                        }
+                        Ok(None) => {
+                            permit.held = false;
+                            Err(Error::LeaseLost)
+                        }
+                        Err(e) => Err(e),
+                    });
+                }
+                StepProj::Sleep { .. } => unreachable!("a renewal does not sleep"),
+                StepProj::Done => polled_after_completion(),
+            }
+        }
+    }
+}
+
+impl<C, T> FusedFuture for RenewPermit<'_, '_, C, T>
+where
+    C: ConnectionLike + Clone + Send + 'static,
+    T: Timer + Clone,
+{
+    fn is_terminated(&self) -> bool {
+        matches!(self.step, Step::Done)
+    }
+}
+
+impl<C, T: Timer> fmt::Debug for RenewPermit<'_, '_, C, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RenewPermit")
+            .field("permit", &self.permit)
+            .field("state", &self.step.state())
+            .finish()
+    }
+}
+
+pin_project! {
+    /// Future for [`Permit::release`]: one script call that gives the
+    /// permits back.
+    ///
+    /// Nothing is sent to Redis before its first poll. Dropped before
+    /// Redis answered (or failed), the release is queued for the
+    /// semaphore handle's next call, and the lease bounds it.
+    ///
+    /// # Panics
+    ///
+    /// Polling it after it completed panics.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// use awaitkit::redis::{ReleasePermit, Semaphore};
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = Semaphore::new(conn, "s", 2, Duration::from_secs(10));
+    /// let permit = sem.acquire().await.unwrap();
+    /// let release: ReleasePermit<'_, _> = permit.release();
+    /// release.await.unwrap();
+    /// # }
+    /// ```
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct ReleasePermit<'a, C, T: Timer = DefaultTimer> {
+        #[pin]
+        step: Step<T>,
+        // Held (its drop queues the release) until Redis answered.
+        permit: Option<Permit<'a, C, T>>,
+    }
+}
+
+impl<C, T> Future for ReleasePermit<'_, C, T>
+where
+    C: ConnectionLike + Clone + Send + 'static,
+    T: Timer + Clone,
+{
+    type Output = Result<(), Error>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.step.as_mut().project() {
+                StepProj::Start => {
+                    let Some(permit) = this.permit.as_ref() else {
+                        unreachable!("taken when done");
+                    };
+                    if !permit.held {
+                        *this.permit = None;
+                        this.step.set(Step::Done);
+                        return Poll::Ready(Ok(()));
+                    }
+                    let args = vec!["p".to_owned(), format!("{}/{}", permit.id, permit.n)];
+                    let sem = permit.sem;
+                    this.step.set(Step::Call {
+                        call: sem.call(&scripts::SEM_RELEASE, sem.keys.to_vec(), args),
+                    });
+                }
+                StepProj::Call { call } => {
+                    let out = ready!(call.poll(cx));
+                    if out.is_ok() {
+                        if let Some(permit) = this.permit.as_mut() {
+                            permit.held = false;
+                        }
+                    }
+                    // Failed, the permit's drop queues the release.
+                    *this.permit = None;
+                    this.step.set(Step::Done);
+                    return Poll::Ready(out.map(drop));
+                }
+                StepProj::Sleep { .. } => unreachable!("a release does not sleep"),
+                StepProj::Done => polled_after_completion(),
+            }
+        }
+    }
+}
+
+impl<C, T> FusedFuture for ReleasePermit<'_, C, T>
+where
+    C: ConnectionLike + Clone + Send + 'static,
+    T: Timer + Clone,
+{
+    fn is_terminated(&self) -> bool {
+        matches!(self.step, Step::Done)
+    }
+}
+
+impl<C, T: Timer> fmt::Debug for ReleasePermit<'_, C, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReleasePermit")
+            .field("permit", &self.permit)
+            .field("state", &self.step.state())
+            .finish()
+    }
+}
+
+pin_project! {
+    /// Future for [`Semaphore::limit`] and [`Semaphore::limit_with`]:
+    /// acquires one permit, runs the future while renewing the lease, and
+    /// releases the permit when the future ends.
+    ///
+    /// The renewals are script calls polled beside the future, inside this
+    /// future (nothing is spawned); its output waits for the release's
+    /// answer. Nothing is sent to Redis before its first poll.
+    ///
+    /// # Panics
+    ///
+    /// Polling it after it completed panics; a panic of the inner future
+    /// propagates, and polling `SemaphoreLimit` again after that panics
+    /// too (it does not poll a future that panicked; dropping it gives the
+    /// permit back at the semaphore handle's next call).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// use awaitkit::redis::{Semaphore, SemaphoreLimit};
+    /// use std::future::Ready;
+    /// # async fn demo(conn: redis::aio::MultiplexedConnection) {
+    /// let sem = Semaphore::new(conn, "s", 2, Duration::from_secs(3));
+    /// let job: SemaphoreLimit<'_, Ready<u32>, _> = sem.limit(std::future::ready(7));
+    /// assert_eq!(job.await.unwrap(), 7);
+    /// # }
+    /// ```
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct SemaphoreLimit<'a, F: Future, C, T: Timer = DefaultTimer> {
+        sem: &'a Semaphore<C, T>,
+        open: bool,
+        #[pin]
+        acquire: Option<AcquirePermit<'a, C, T>>,
+        #[pin]
+        future: Option<F>,
+        // Held while the future runs (`None` when it runs without one,
+        // failing open).
+        permit: Option<Permit<'a, C, T>>,
+        // When the next renewal is due (`None`: never).
+        next: Option<Instant>,
+        #[pin]
+        renewal: Option<ScriptCall<T>>,
+        renewal_sent: Option<Instant>,
+        // Wakes this future for the next renewal and (failing closed) at
+        // the lease's end.
+        #[pin]
+        sleep: Option<T::Sleep>,
+        sleep_at: Option<Instant>,
+        #[pin]
+        release: Option<ReleasePermit<'a, C, T>>,
+        // The future's output, while the release is awaited.
+        output: Option<F::Output>,
+        // Set while the future is polled: still set at the next poll means
+        // its poll panicked, and `SemaphoreLimit` refuses rather than poll
+        // it again.
+        running: bool,
+        done: bool,
+    }
+}
+
+impl<F, C, T> Future for SemaphoreLimit<'_, F, C, T>
+where
+    F: Future,
+    C: ConnectionLike + Clone + Send + 'static,
+    T: Timer + Clone,
+{
+    type Output = Result<F::Output, Error>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let sem = *this.sem;
+        if *this.done {
+            polled_after_completion();
+        }
+        if let Some(acquire) = this.acquire.as_mut().as_pin_mut() {
+            let out = ready!(acquire.poll(cx));
+            this.acquire.set(None);
+            match out {
+                Ok(permit) => {
+                    let third = sem.lease / 3;
+                    *this.next = permit
+                        .local_expiry
+                        .and_then(|e| e.checked_sub(sem.lease - third));
+                    *this.permit = Some(permit);
+                }
+                // Fail open: run the future without a permit.
+                Err(e) if e.is_failure() && *this.open => {}
+                Err(e) => {
+                    this.future.set(None);
+                    *this.done = true;
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        if let Some(release) = this.release.as_mut().as_pin_mut() {
+            // Errors are ignored: a failed release is queued for the next
+            // call, and the lease bounds it.
+            let _ = ready!(release.poll(cx));
+            this.release.set(None);
+            *this.done = true;
+            let Some(out) = this.output.take() else {
+                unreachable!("kept while releasing");
+            };
+            return Poll::Ready(Ok(out));
+        }
+        assert!(
+            !*this.running,
+            "a redis semaphore's `SemaphoreLimit` polled after its future panicked"
+        );
+        let mut lost = false;
+        if let Some(permit) = this.permit.as_mut() {
+            // The bookkeeping first: the inner future is polled only while
+            // the lease is still ours by the local timer (fail closed),
+            // including while a renewal is in flight.
+            let open = *this.open;
+            let third = sem.lease / 3;
+            loop {
+                let done = match this.renewal.as_mut().as_pin_mut() {
+                    Some(call) => match call.poll(cx) {
+                        Poll::Ready(done) => Some(done.and_then(|reply| grant(&reply))),
+                        Poll::Pending => None,
+                    },
+                    None => None,
+                };
+                if let Some(out) = done {
+                    this.renewal.set(None);
+                    let Some(sent) = this.renewal_sent.take() else {
+                        unreachable!("set with the renewal");
+                    };
+                    match out {
+                        Ok(Some(expiry)) => {
+                            permit.expiry_us = expiry;
+                            permit.local_expiry = sent.checked_add(sem.lease);
+                            *this.next = sent.checked_add(third);
+                        }
+                        Ok(None) if !open => {
+                            lost = true;
+                            break;
+                        }
+                        // Fail open: the permits are gone; run on without.
+                        Ok(None) => *this.next = None,
+                        // Try again soon (until the lease may be over).
+                        Err(_) => *this.next = sem.timer.now().checked_add(third / 2),
+                    }
+                }
+                let now = sem.timer.now();
+                let lease_end = if open { None } else { permit.local_expiry };
+                if lease_end.is_some_and(|e| now >= e) {
+                    lost = true;
+                    break;
+                }
+                let due = if this.renewal.is_none() {
+                    *this.next
+                } else {
+                    None
+                };
+                if due.is_some_and(|d| now >= d) {
+                    *this.renewal_sent = Some(now);
+                    this.renewal.set(Some(sem.renew_call(&permit.id, permit.n)));
+                    continue;
+                }
+                // Wake for the next renewal, and (failing closed) at the
+                // lease's end even while a renewal hangs.
+                let wake = match (due, lease_end) {
+                    (Some(d), Some(e)) => Some(d.min(e)),
+                    (d, e) => d.or(e),
+                };
+                let Some(at) = wake else { break };
+                if *this.sleep_at != Some(at) {
+                    this.sleep.set(Some(sem.timer.sleep_until(at)));
+                    *this.sleep_at = Some(at);
+                }
+                let Some(sleep) = this.sleep.as_mut().as_pin_mut() else {
+                    unreachable!("armed above");
+                };
+                if sleep.poll(cx).is_pending() {
+                    break;
+                }
+                // Fired (or completed early by a capped backend: the loop
+                // checks the time again and re-arms).
+                this.sleep.set(None);
+                *this.sleep_at = None;
+            }
+        }
+        if lost {
+            // Cancel the future, then drop the permit (its drop queues the
+            // release for the handle's next call).
+            this.future.set(None);
+            this.renewal.set(None);
+            this.sleep.set(None);
+            *this.sleep_at = None;
+            *this.permit = None;
+            *this.done = true;
+            return Poll::Ready(Err(Error::LeaseLost));
+        }
+        let Some(future) = this.future.as_mut().as_pin_mut() else {
+            unreachable!("the future runs until done");
+        };
+        *this.running = true;
+        let out = future.poll(cx);
+        *this.running = false;
+        let out = ready!(out);
+        this.future.set(None);
+        this.renewal.set(None);
+        this.sleep.set(None);
+        *this.sleep_at = None;
+        let Some(permit) = this.permit.take() else {
+            // Ran without a permit (failing open): nothing to give back.
+            *this.done = true;
+            return Poll::Ready(Ok(out));
+        };
+        *this.output = Some(out);
+        this.release.set(Some(permit.release()));
+        let Some(release) = this.release.as_mut().as_pin_mut() else {
+            unreachable!("set above");
+        };
+        let _ = ready!(release.poll(cx));
+        this.release.set(None);
+        *this.done = true;
+        let Some(out) = this.output.take() else {
+            unreachable!("set above");
+        };
+        Poll::Ready(Ok(out))
+    }
+}
+
+impl<F, C, T> FusedFuture for SemaphoreLimit<'_, F, C, T>
+where
+    F: Future,
+    C: ConnectionLike + Clone + Send + 'static,
+    T: Timer + Clone,
+{
+    fn is_terminated(&self) -> bool {
+        self.done
+    }
+}
+
+impl<F: Future, C, T: Timer> fmt::Debug for SemaphoreLimit<'_, F, C, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = if self.done {
+            "done"
+        } else if self.acquire.is_some() {
+            "acquiring"
+        } else if self.release.is_some() {
+            "releasing"
+        } else if self.permit.is_some() {
+            "running"
+        } else {
+            "running without a permit"
+        };
+        f.debug_struct("SemaphoreLimit")
+            .field("state", &state)
+            .field(
+                "policy",
+                &if self.open {
+                    FailurePolicy::Open
+                } else {
+                    FailurePolicy::Closed
+                },
+            )
+            .field("permit", &self.permit)
             .finish_non_exhaustive()
     }
 }
