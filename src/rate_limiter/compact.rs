@@ -1,8 +1,10 @@
 //! A keyed limiter's per-key state in its compact form: what a key that is
 //! only checked needs of its algorithm, and nothing else — GCRA's one
-//! arrival time, or the strict window's grants (their one instant inline,
-//! [`Stamps`] of four bytes a grant for small quotas, a full [`Log`]
-//! beyond). A key that must wait is *promoted*: its state moves
+//! arrival time, or the strict window's grants (their one instant and
+//! count inline, [`Stamps`] of four bytes a grant in a boxed [`Ring`] for
+//! small quotas, a full [`Log`] beyond), eight bytes a key in the table
+//! either way ([`GcraSlot`], [`WinCell`]). A key that must wait is
+//! *promoted*: its state moves
 //! into a [`Shared`](super::shared::Shared) limiter (queue, driver, timer),
 //! and the slot keeps only that limiter's id (the key map's entry says
 //! which of the two a slot holds, in a bit of its stored hash). Times are nanoseconds since
@@ -274,55 +276,106 @@ impl Stamps {
     }
 }
 
-/// Runs `$body` with `$stamps` and `$buf` (a `[u32]`) bound to a stamp
-/// ring's parts, or `$other` for the other forms.
+/// A boxed stamp ring: its bookkeeping and room for `N` grants, in one
+/// allocation sized to the allocator's classes (24, 40, 72, 136, 264
+/// bytes). Aligned to eight bytes so a [`WinCell`] can keep a tag in the
+/// low bits of its address.
+#[derive(Debug)]
+#[repr(C, align(8))]
+pub(super) struct Ring<const N: usize> {
+    stamps: Stamps,
+    buf: [u32; N],
+}
+
+impl<const N: usize> Ring<N> {
+    fn boxed(stamps: Stamps, low: &[u32]) -> Box<Ring<N>> {
+        let mut ring = Box::new(Ring {
+            stamps,
+            buf: [0; N],
+        });
+        ring.buf[..low.len()].copy_from_slice(low);
+        ring
+    }
+}
+
+/// Runs `$body` with `$stamps` and `$buf` (a `[u32; N]`) bound to a stamp
+/// ring's parts (through `mut` or `ref` references to a [`WinSlot`]), or
+/// `$other` for the other forms.
 macro_rules! rings {
-    ($slot:expr, |$stamps:ident, $buf:ident| $body:expr, _ => $other:expr) => {
+    (mut $slot:expr, |$stamps:ident, $buf:ident| $body:expr, _ => $other:expr) => {
+        rings!(@ $slot, [&mut], |$stamps, $buf| $body, _ => $other)
+    };
+    (ref $slot:expr, |$stamps:ident, $buf:ident| $body:expr, _ => $other:expr) => {
+        rings!(@ $slot, [&], |$stamps, $buf| $body, _ => $other)
+    };
+    (@ $slot:expr, [$($r:tt)*], |$stamps:ident, $buf:ident| $body:expr, _ => $other:expr) => {
         match $slot {
-            WinSlot::Two($stamps, $buf) => $body,
-            WinSlot::R6($stamps, $buf) => $body,
-            WinSlot::R10($stamps, $buf) => $body,
-            WinSlot::R14($stamps, $buf) => $body,
-            WinSlot::R22($stamps, $buf) => $body,
-            WinSlot::R30($stamps, $buf) => $body,
-            WinSlot::R46($stamps, $buf) => $body,
-            WinSlot::R64($stamps, $buf) => $body,
+            WinSlot::R4(ring) => {
+                let Ring { stamps: $stamps, buf: $buf } = $($r)* **ring;
+                $body
+            }
+            WinSlot::R8(ring) => {
+                let Ring { stamps: $stamps, buf: $buf } = $($r)* **ring;
+                $body
+            }
+            WinSlot::R16(ring) => {
+                let Ring { stamps: $stamps, buf: $buf } = $($r)* **ring;
+                $body
+            }
+            WinSlot::R32(ring) => {
+                let Ring { stamps: $stamps, buf: $buf } = $($r)* **ring;
+                $body
+            }
+            WinSlot::R64(ring) => {
+                let Ring { stamps: $stamps, buf: $buf } = $($r)* **ring;
+                $body
+            }
             _ => $other,
         }
     };
 }
 
-/// The strict window's compact state: the grants of the last period.
+/// The most grants the inline [`WinCell`] keeps at one instant.
+const INLINE_COUNT: u64 = (1 << 5) - 1;
+
+/// The latest instant the inline [`WinCell`] keeps (2⁵⁶ - 1 ns: 2.28
+/// years after the keyed limiter's first use).
+const INLINE_AT: u64 = u64::MAX >> 8;
+
+/// Whether `count` grants at `at` fit the inline [`WinCell`].
+#[inline]
+fn fits_inline(at: u64, count: u64) -> bool {
+    count <= INLINE_COUNT && at <= INLINE_AT
+}
+
+/// The strict window's state for one key, worked on: the grants of the
+/// last period. A key keeps it as a [`WinCell`] (eight bytes).
 ///
-/// A key checked at one instant keeps its grants' exact time inline
-/// ([`One`](WinSlot::One)); with grants at several times, a quota of at
-/// most [`STAMPED_CALLS`] calls keeps them as [`Stamps`] (two inline, then
-/// a boxed ring sized to the allocator's size classes: 24, 40, 56, ...
-/// bytes), a larger one the single limiter's [`Log`].
+/// A key checked at one instant keeps its grants' exact time and count
+/// ([`One`](WinSlot::One), inline in the cell while they fit: at most
+/// [`INLINE_COUNT`] grants, within [`INLINE_AT`] ns of the epoch); with
+/// grants at several times, a quota of at most [`STAMPED_CALLS`] calls
+/// keeps them as [`Stamps`] in a boxed [`Ring`] of 4, 8, 16, 32 or 64, a
+/// larger one the single limiter's [`Log`].
 #[derive(Debug)]
 pub(super) enum WinSlot {
     /// `count` grants at `at` (none when `count` is 0): a key checked once,
-    /// or only at one instant, within a period. (A `u32` count keeps the
-    /// slot at 16 bytes; more grants at one instant take the log.)
+    /// or only at one instant, within a period. (Never more than fits
+    /// inline: more grants at one instant, or later ones, take a ring or
+    /// the log.)
     One { at: u64, count: u32 },
-    /// Up to two grants' stamps, inline.
-    Two(Stamps, [u32; 2]),
     /// Promoted to the limiter with this id.
     Promoted(u64),
-    /// Up to 6 grants' stamps (24 bytes).
-    R6(Stamps, Box<[u32; 6]>),
-    /// Up to 10 (40 bytes).
-    R10(Stamps, Box<[u32; 10]>),
-    /// Up to 14 (56 bytes).
-    R14(Stamps, Box<[u32; 14]>),
-    /// Up to 22 (88 bytes).
-    R22(Stamps, Box<[u32; 22]>),
-    /// Up to 30 (120 bytes).
-    R30(Stamps, Box<[u32; 30]>),
-    /// Up to 46 (184 bytes).
-    R46(Stamps, Box<[u32; 46]>),
-    /// Up to 64 (256 bytes).
-    R64(Stamps, Box<[u32; 64]>),
+    /// Up to 4 grants' stamps (24 bytes).
+    R4(Box<Ring<4>>),
+    /// Up to 8 (40 bytes).
+    R8(Box<Ring<8>>),
+    /// Up to 16 (72 bytes).
+    R16(Box<Ring<16>>),
+    /// Up to 32 (136 bytes).
+    R32(Box<Ring<32>>),
+    /// Up to 64 (264 bytes).
+    R64(Box<Ring<64>>),
     /// Grants at several times of a larger quota (or given back by a
     /// demoted limiter): the single limiter's log (merged the same way
     /// above 1 024 calls per period).
@@ -349,56 +402,54 @@ impl WinSlot {
     }
 
     /// [`expire`](WinSlot::expire) for a stamp ring: an empty one becomes
-    /// a fresh slot, a boxed one down to one grant goes inline.
+    /// a fresh slot, one a quarter full or less moves to a smaller ring.
     fn expire_stamps(&mut self, p: &Params, now: u64) {
-        let (len, boxed) = rings!(self, |stamps, buf| {
+        let (len, room) = rings!(mut self, |stamps, buf| {
             stamps.expire(&buf[..], p.period, now);
-            (stamps.len, buf.len() > 2)
+            (usize::from(stamps.len), buf.len())
         }, _ => return);
         if len == 0 {
             *self = WinSlot::fresh();
-        } else if len == 1 && boxed {
-            self.regrow(1);
+        } else if room > 4 && len * 4 <= room {
+            self.regrow(len);
+        }
+    }
+
+    /// An empty ring with room for `need` grants (at most
+    /// [`STAMPED_CALLS`]), stamping on `stamps`' grid, holding `low` (the
+    /// low bits, oldest first).
+    fn ring(stamps: Stamps, need: usize, low: &[u32]) -> WinSlot {
+        let stamps = Stamps {
+            head: 0,
+            len: low.len() as u8,
+            ..stamps
+        };
+        match need.max(low.len()) {
+            0..=4 => WinSlot::R4(Ring::boxed(stamps, low)),
+            5..=8 => WinSlot::R8(Ring::boxed(stamps, low)),
+            9..=16 => WinSlot::R16(Ring::boxed(stamps, low)),
+            17..=32 => WinSlot::R32(Ring::boxed(stamps, low)),
+            _ => WinSlot::R64(Ring::boxed(stamps, low)),
         }
     }
 
     /// The same stamps in the smallest ring with room for `need` grants
     /// (at most [`STAMPED_CALLS`]). A stamp ring only.
     fn regrow(&mut self, need: usize) {
-        fn boxed<const N: usize>(low: &[u32]) -> Box<[u32; N]> {
-            let mut buf = Box::new([0; N]);
-            buf[..low.len()].copy_from_slice(low);
-            buf
-        }
         let mut low = [0; STAMPED_CALLS as usize];
-        let (stamps, len) = rings!(&*self, |stamps, buf| (*stamps, stamps.linear(&buf[..], &mut low)),
+        let (stamps, len) = rings!(ref &*self, |stamps, buf| (*stamps, stamps.linear(&buf[..], &mut low)),
             _ => unreachable!("only a stamp ring regrows"));
-        let low = &low[..len];
-        let stamps = Stamps { head: 0, ..stamps };
-        *self = match need.max(len) {
-            0..=2 => {
-                let mut buf = [0; 2];
-                buf[..len].copy_from_slice(low);
-                WinSlot::Two(stamps, buf)
-            }
-            3..=6 => WinSlot::R6(stamps, boxed(low)),
-            7..=10 => WinSlot::R10(stamps, boxed(low)),
-            11..=14 => WinSlot::R14(stamps, boxed(low)),
-            15..=22 => WinSlot::R22(stamps, boxed(low)),
-            23..=30 => WinSlot::R30(stamps, boxed(low)),
-            31..=46 => WinSlot::R46(stamps, boxed(low)),
-            _ => WinSlot::R64(stamps, boxed(low)),
-        };
+        *self = WinSlot::ring(stamps, need, &low[..len]);
     }
 
-    /// The inline form of `log`, if it holds at most one entry of at most
-    /// `u32::MAX` grants.
+    /// The one-instant form of `log`: fresh if it is empty, `One` if it
+    /// holds one entry that fits a [`WinCell`] inline.
     fn one_of(log: &Log) -> Option<WinSlot> {
         match (log.entries(), log.only()) {
             (0, _) => Some(WinSlot::fresh()),
-            (_, Some((at, count))) => Some(WinSlot::One {
+            (_, Some((at, count))) if fits_inline(at, count) => Some(WinSlot::One {
                 at,
-                count: u32::try_from(count).ok()?,
+                count: count as u32,
             }),
             _ => None,
         }
@@ -419,9 +470,8 @@ impl WinSlot {
     /// most [`STAMPED_CALLS`] in all).
     #[inline(never)]
     fn stamps_of(p: &Params, at: u64, count: u64, now: u64, n: u64) -> WinSlot {
-        let mut slot = WinSlot::Two(Stamps::new(p.shift), [0; 2]);
-        slot.regrow((count + n) as usize);
-        rings!(&mut slot, |stamps, buf| {
+        let mut slot = WinSlot::ring(Stamps::new(p.shift), (count + n) as usize, &[]);
+        rings!(mut &mut slot, |stamps, buf| {
             stamps.push(&mut buf[..], at, count);
             stamps.push(&mut buf[..], now, n);
         }, _ => unreachable!());
@@ -442,9 +492,8 @@ impl WinSlot {
         if p.max_calls > STAMPED_CALLS || total > STAMPED_CALLS {
             return None;
         }
-        let mut slot = WinSlot::Two(Stamps::new(p.shift), [0; 2]);
-        slot.regrow(total as usize);
-        rings!(&mut slot, |stamps, buf| {
+        let mut slot = WinSlot::ring(Stamps::new(p.shift), total as usize, &[]);
+        rings!(mut &mut slot, |stamps, buf| {
             for (at, count) in live() {
                 stamps.push(&mut buf[..], at, count);
             }
@@ -459,12 +508,13 @@ impl WinSlot {
         if let WinSlot::One { .. } = self {
             return self.check(p, now, n);
         }
-        let (shift, len) = rings!(&*self, |stamps, _buf| (stamps.shift, u64::from(stamps.len)),
+        let (shift, len) = rings!(ref &*self, |stamps, _buf| (stamps.shift, u64::from(stamps.len)),
             _ => unreachable!());
         if shift != p.shift || p.max_calls > STAMPED_CALLS {
             // The quota changed since the stamps were taken: the log
             // takes over.
-            let log = rings!(&*self, |stamps, buf| stamps.log(&buf[..], now), _ => unreachable!());
+            let log =
+                rings!(ref &*self, |stamps, buf| stamps.log(&buf[..], now), _ => unreachable!());
             *self = WinSlot::Log(Box::new(log));
             return self.check(p, now, n);
         }
@@ -476,17 +526,17 @@ impl WinSlot {
                     return Err(u64::MAX);
                 }
                 let i = (over - 1) as usize;
-                Err(rings!(&*self, |stamps, buf| {
+                Err(rings!(ref &*self, |stamps, buf| {
                     stamps.time(stamps.stamp(&buf[..], i)).saturating_add(p.period).max(now)
                 }, _ => unreachable!()))
             }
             _ => {
                 let need = (len + n) as usize;
-                let room = rings!(&*self, |_stamps, buf| buf.len(), _ => unreachable!());
+                let room = rings!(ref &*self, |_stamps, buf| buf.len(), _ => unreachable!());
                 if need > room {
                     self.regrow(need);
                 }
-                rings!(self, |stamps, buf| stamps.push(&mut buf[..], now, n), _ => unreachable!());
+                rings!(mut self, |stamps, buf| stamps.push(&mut buf[..], now, n), _ => unreachable!());
                 Ok(())
             }
         }
@@ -524,17 +574,14 @@ impl Slot for WinSlot {
                     // (`n` fits the quota, so then it has room).
                     return Err(at.saturating_add(p.period).max(now));
                 };
-                match u32::try_from(total) {
-                    Ok(total) if held == 0 || *at == now => {
-                        (*at, *count) = (now, total);
-                    }
-                    _ => {
-                        let at = *at;
-                        *self = match p.max_calls <= STAMPED_CALLS {
-                            true => WinSlot::stamps_of(p, at, held, now, n),
-                            false => WinSlot::log_of(at, held, now, n, p.quantum),
-                        };
-                    }
+                if (held == 0 || *at == now) && fits_inline(now, total) {
+                    (*at, *count) = (now, total as u32);
+                } else {
+                    let at = *at;
+                    *self = match p.max_calls <= STAMPED_CALLS {
+                        true => WinSlot::stamps_of(p, at, held, now, n),
+                        false => WinSlot::log_of(at, held, now, n, p.quantum),
+                    };
                 }
                 Ok(())
             }
@@ -572,7 +619,7 @@ impl Slot for WinSlot {
                 .newest()
                 .map_or(0, |newest| newest.saturating_add(p.period)),
             WinSlot::Promoted(_) => u64::MAX,
-            _ => rings!(self, |stamps, buf| match stamps.len {
+            _ => rings!(ref self, |stamps, buf| match stamps.len {
                 0 => 0,
                 _ => stamps.time(stamps.newest(&buf[..])).saturating_add(p.period),
             }, _ => unreachable!()),
@@ -590,7 +637,7 @@ impl Slot for WinSlot {
             }
             WinSlot::Log(log) => *log,
             WinSlot::Promoted(_) => unreachable!("only a compact key is promoted"),
-            _ => rings!(&self, |stamps, buf| stamps.log(&buf[..], now), _ => unreachable!()),
+            _ => rings!(ref &self, |stamps, buf| stamps.log(&buf[..], now), _ => unreachable!()),
         })
     }
 
@@ -601,6 +648,191 @@ impl Slot for WinSlot {
                 .unwrap_or(WinSlot::Log(Box::new(log))),
             Seed::Gcra(_) => WinSlot::fresh(),
         }
+    }
+
+    fn rescale(&mut self, _: u64, _: u64, _: u64) {}
+}
+
+/// A [`WinSlot`] in eight bytes, as a key keeps it in the table (so a
+/// window key costs what a GCRA key does while its grants are at one
+/// instant). The low three bits say which form it holds:
+///
+/// * [`ONE`](WinCell::ONE): `One { at, count }` inline: `at` in the top 56
+///   bits, `count` in the next five;
+/// * [`PROMOTED`](WinCell::PROMOTED): the limiter's id, in the top 61 bits;
+/// * the others: the address of the boxed [`Log`] or [`Ring`] the cell
+///   owns (each aligned to eight bytes), and which one it is.
+///
+/// The cell owns what its address points to: it frees it when dropped.
+pub(super) struct WinCell(u64);
+
+/// A `Box`'s address as a cell's word (its low three bits clear), exposed
+/// so that [`WinCell::decode`] may make a pointer of it again.
+#[inline]
+fn address_of<T>(boxed: Box<T>, tag: u64) -> u64 {
+    const { assert!(std::mem::align_of::<T>() >= 8) };
+    Box::into_raw(boxed).expose_provenance() as u64 | tag
+}
+
+#[allow(unsafe_code)]
+impl WinCell {
+    const TAG: u64 = 0b111;
+    const ONE: u64 = 0;
+    const PROMOTED: u64 = 1;
+    const LOG: u64 = 2;
+    const R4: u64 = 3;
+    const R8: u64 = 4;
+    const R16: u64 = 5;
+    const R32: u64 = 6;
+    const R64: u64 = 7;
+
+    /// `slot` in eight bytes (a `One` that does not fit inline takes the
+    /// log; the slot's logic never makes one, but a cell holds any slot).
+    fn encode(slot: WinSlot) -> WinCell {
+        WinCell(match slot {
+            WinSlot::One { count: 0, .. } => Self::ONE,
+            WinSlot::One { at, count } if fits_inline(at, u64::from(count)) => {
+                at << 8 | u64::from(count) << 3 | Self::ONE
+            }
+            WinSlot::One { at, count } => {
+                let mut log = Log::default();
+                log.record(at, u64::from(count), 0);
+                address_of(Box::new(log), Self::LOG)
+            }
+            WinSlot::Promoted(id) => {
+                debug_assert!(id < 1 << 61, "promoted limiters' ids stay under 2^61");
+                id << 3 | Self::PROMOTED
+            }
+            WinSlot::Log(log) => address_of(log, Self::LOG),
+            WinSlot::R4(ring) => address_of(ring, Self::R4),
+            WinSlot::R8(ring) => address_of(ring, Self::R8),
+            WinSlot::R16(ring) => address_of(ring, Self::R16),
+            WinSlot::R32(ring) => address_of(ring, Self::R32),
+            WinSlot::R64(ring) => address_of(ring, Self::R64),
+        })
+    }
+
+    /// The slot a word made by [`encode`](WinCell::encode) holds.
+    ///
+    /// # Safety
+    ///
+    /// `word` is a cell's, and the box it may point to is owned by nobody
+    /// else while the slot returned lives: the caller took the word out of
+    /// its cell, or never drops, moves out of or mutates the slot (and
+    /// lets it go before the cell changes).
+    #[inline]
+    unsafe fn decode(word: u64) -> WinSlot {
+        /// The box at the word's address.
+        ///
+        /// # Safety
+        ///
+        /// As for `decode`, and the word's tag says the box is a `T`.
+        #[inline]
+        unsafe fn boxed<T>(word: u64) -> Box<T> {
+            let ptr = std::ptr::with_exposed_provenance_mut::<T>((word & !WinCell::TAG) as usize);
+            // SAFETY: the address is that of a `Box<T>` turned into a raw
+            // pointer by `address_of` (which exposed its provenance), whose
+            // only owner is the word (the caller's contract).
+            unsafe { Box::from_raw(ptr) }
+        }
+        // SAFETY (every `boxed` below): the tag is the one `encode` put
+        // beside that type's address; ownership is the caller's contract.
+        match word & Self::TAG {
+            Self::ONE => WinSlot::One {
+                at: word >> 8,
+                count: (word >> 3 & INLINE_COUNT) as u32,
+            },
+            Self::PROMOTED => WinSlot::Promoted(word >> 3),
+            Self::LOG => WinSlot::Log(unsafe { boxed(word) }),
+            Self::R4 => WinSlot::R4(unsafe { boxed(word) }),
+            Self::R8 => WinSlot::R8(unsafe { boxed(word) }),
+            Self::R16 => WinSlot::R16(unsafe { boxed(word) }),
+            Self::R32 => WinSlot::R32(unsafe { boxed(word) }),
+            _ => WinSlot::R64(unsafe { boxed(word) }),
+        }
+    }
+
+    /// The slot, taken out (the cell is left fresh).
+    #[inline]
+    fn take(&mut self) -> WinSlot {
+        let word = std::mem::replace(&mut self.0, Self::ONE);
+        // SAFETY: the word left the cell (which now holds no box): the
+        // slot is its box's only owner.
+        unsafe { Self::decode(word) }
+    }
+
+    /// `f` on the slot, which goes back into the cell afterwards. (The
+    /// slot's logic runs no user code and does not panic; if it did, the
+    /// key would be left fresh and its state dropped.)
+    #[inline]
+    fn with_mut<R>(&mut self, f: impl FnOnce(&mut WinSlot) -> R) -> R {
+        let mut slot = self.take();
+        let out = f(&mut slot);
+        *self = WinCell::encode(slot);
+        out
+    }
+
+    /// `f` on a view of the slot, left in the cell.
+    #[inline]
+    fn with_ref<R>(&self, f: impl FnOnce(&WinSlot) -> R) -> R {
+        // SAFETY: the view is never dropped (`ManuallyDrop`), moved out of
+        // or mutated (`f` gets a shared reference), and it goes before
+        // `&self` does: the cell stays the box's only owner.
+        let slot = std::mem::ManuallyDrop::new(unsafe { Self::decode(self.0) });
+        f(&slot)
+    }
+}
+
+impl Drop for WinCell {
+    fn drop(&mut self) {
+        drop(self.take());
+    }
+}
+
+impl std::fmt::Debug for WinCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.with_ref(|slot| slot.fmt(f))
+    }
+}
+
+impl Slot for WinCell {
+    #[inline]
+    fn fresh() -> Self {
+        WinCell(Self::ONE)
+    }
+
+    fn promoted(id: u64) -> Self {
+        WinCell::encode(WinSlot::Promoted(id))
+    }
+
+    #[inline]
+    fn id(&self) -> u64 {
+        match self.0 & Self::TAG {
+            Self::PROMOTED => self.0 >> 3,
+            _ => unreachable!("only a promoted key has a limiter"),
+        }
+    }
+
+    #[inline]
+    fn check(&mut self, p: &Params, now: u64, n: u64) -> Result<(), u64> {
+        self.with_mut(|slot| slot.check(p, now, n))
+    }
+
+    fn idle_from(&mut self, p: &Params, now: u64) -> u64 {
+        self.with_mut(|slot| slot.idle_from(p, now))
+    }
+
+    #[inline]
+    fn idle_hint(&self, p: &Params) -> u64 {
+        self.with_ref(|slot| slot.idle_hint(p))
+    }
+
+    fn into_seed(mut self, now: u64) -> Seed {
+        self.take().into_seed(now)
+    }
+
+    fn from_seed(seed: Seed, p: &Params) -> Self {
+        WinCell::encode(WinSlot::from_seed(seed, p))
     }
 
     fn rescale(&mut self, _: u64, _: u64, _: u64) {}
@@ -632,7 +864,8 @@ mod tests {
         start: u64,
         rounds: usize,
     ) -> (usize, usize) {
-        let mut slot = WinSlot::fresh();
+        // (The cell a key keeps: every step goes through its encoding.)
+        let mut slot = WinCell::fresh();
         let mut log = Log::default();
         let mut granted = std::collections::VecDeque::new();
         let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
@@ -683,12 +916,12 @@ mod tests {
                     }
                 }
             }
-            match slot {
-                WinSlot::Two(..) => stamped += 1,
+            slot.with_ref(|slot| match slot {
+                WinSlot::R4(..) => stamped += 1,
                 WinSlot::Log(_) => logged += 1,
                 WinSlot::One { .. } | WinSlot::Promoted(_) => {}
                 _ => boxed += 1,
-            }
+            });
             if (seed >> 40) % 16 == 0 {
                 let seed = slot.into_seed(now);
                 // A promoted limiter's log: in order, nothing after `now`
@@ -697,7 +930,7 @@ mod tests {
                     assert_eq!(log.total(), log.iter().map(|(_, count)| count).sum::<u64>());
                     assert!(log.iter().all(|(at, _)| at <= now), "{m} at {now}");
                 }
-                slot = WinSlot::from_seed(seed, &p);
+                slot = WinCell::from_seed(seed, &p);
             }
             let idle = slot.idle_from(&p, now);
             match log.newest().filter(|_| log.total() > 0) {
@@ -757,19 +990,23 @@ mod tests {
         let mut sizes = Vec::new();
         for t in 0..STAMPED_CALLS {
             slot.check(&p, t, 1).unwrap();
-            let size = rings!(&slot, |_stamps, buf| buf.len(), _ => 1);
+            let size = rings!(ref &slot, |_stamps, buf| buf.len(), _ => 1);
             if sizes.last() != Some(&size) {
                 sizes.push(size);
             }
         }
-        assert_eq!(sizes, [1, 2, 6, 10, 14, 22, 30, 46, 64]);
+        assert_eq!(sizes, [1, 4, 8, 16, 32, 64]);
         assert_eq!(slot.check(&p, 100, 1), Err(1_000));
         assert_eq!(slot.check(&p, 1_000, 1), Ok(()));
         assert_eq!(slot.check(&p, 1_000, 1), Err(1_001));
         assert!(matches!(slot, WinSlot::R64(..)));
-        // Down to one grant: inline again; then none: fresh.
+        // Down to a quarter: a smaller ring; then none: fresh.
+        assert_eq!(slot.idle_from(&p, 1_047), 2_000);
+        assert!(matches!(slot, WinSlot::R64(..)));
+        assert_eq!(slot.idle_from(&p, 1_048), 2_000);
+        assert!(matches!(slot, WinSlot::R16(..)));
         assert_eq!(slot.idle_from(&p, 1_063), 2_000);
-        assert!(matches!(slot, WinSlot::Two(..)));
+        assert!(matches!(slot, WinSlot::R4(..)));
         assert_eq!(slot.idle_from(&p, 2_000), 0);
         assert!(matches!(slot, WinSlot::One { count: 0, .. }));
     }
@@ -784,7 +1021,7 @@ mod tests {
         log.record(10_000_000_000_000 - (1_000 << 32) - 50, 1, 0);
         log.record(10_000_000_000_000, 1, 0);
         let mut slot = WinSlot::from_seed(Seed::Window(log), &p);
-        assert!(matches!(slot, WinSlot::Two(..)));
+        assert!(matches!(slot, WinSlot::R4(..)));
         assert_eq!(slot.check(&p, 10_000_000_000_001, 1), Ok(()));
         assert_eq!(
             slot.check(&p, 10_000_000_000_002, 1),
@@ -806,16 +1043,89 @@ mod tests {
     fn slots_are_small() {
         // A key's table entry is its hash, the key and the slot.
         assert_eq!(std::mem::size_of::<GcraSlot>(), 8);
+        assert_eq!(std::mem::size_of::<WinCell>(), 8);
         assert_eq!(std::mem::size_of::<WinSlot>(), 16);
+        // The rings fill the allocator's size classes.
+        assert_eq!(std::mem::size_of::<Ring<4>>(), 24);
+        assert_eq!(std::mem::size_of::<Ring<8>>(), 40);
+        assert_eq!(std::mem::size_of::<Ring<16>>(), 72);
+        assert_eq!(std::mem::size_of::<Ring<64>>(), 264);
+    }
+
+    #[test]
+    fn the_cell_keeps_every_form_in_eight_bytes() {
+        fn round_trip(slot: WinSlot) -> (u64, String) {
+            let before = format!("{slot:?}");
+            let mut cell = WinCell::encode(slot);
+            let word = cell.0;
+            assert_eq!(
+                format!("{cell:?}"),
+                cell.with_ref(|slot| format!("{slot:?}"))
+            );
+            let after = format!("{:?}", cell.take());
+            assert_eq!(cell.0, WinCell::ONE, "taking leaves the cell fresh");
+            assert_eq!(before, after);
+            (word, after)
+        }
+        // Inline: fresh is zero; the largest inline instant and count.
+        assert_eq!(round_trip(WinSlot::fresh()).0, 0);
+        let (word, _) = round_trip(WinSlot::One {
+            at: INLINE_AT,
+            count: INLINE_COUNT as u32,
+        });
+        assert_eq!(word & WinCell::TAG, WinCell::ONE);
+        // Past them, the log (with the same grants).
+        for (at, count) in [
+            (INLINE_AT + 1, 1),
+            (5, INLINE_COUNT + 1),
+            (u64::MAX, u32::MAX.into()),
+        ] {
+            let cell = WinCell::encode(WinSlot::One {
+                at,
+                count: count as u32,
+            });
+            assert_eq!(cell.0 & WinCell::TAG, WinCell::LOG);
+            cell.with_ref(|slot| match slot {
+                WinSlot::Log(log) => assert_eq!(log.only(), Some((at, count))),
+                other => panic!("{other:?}"),
+            });
+        }
+        let id = (1 << 61) - 1;
+        assert_eq!(WinCell::promoted(id).id(), id);
+        assert_eq!(
+            round_trip(WinSlot::Promoted(id)).0 & WinCell::TAG,
+            WinCell::PROMOTED
+        );
+        // Every ring (a few stamps in each), and a log; dropping a cell
+        // frees its box (the address sanitizer's leak check sees it).
+        let p = window(STAMPED_CALLS as usize, 1_000);
+        for need in [2, 5, 9, 17, 33, 64] {
+            let mut slot = WinSlot::fresh();
+            for t in 0..need {
+                slot.check(&p, t, 1).unwrap();
+            }
+            let (word, text) = round_trip(slot);
+            assert_ne!(word & WinCell::TAG, WinCell::ONE, "{need}: {text}");
+            let mut cell = WinCell::fresh();
+            for t in 0..need {
+                cell.check(&p, t, 1).unwrap();
+            }
+            assert_eq!(cell.idle_hint(&p), need - 1 + 1_000);
+            drop(cell);
+        }
+        let mut log = Log::default();
+        log.record(1, 2, 0);
+        log.record(3, 4, 0);
+        round_trip(WinSlot::Log(Box::new(log)));
     }
 
     #[test]
     fn many_grants_at_one_instant_take_the_log() {
         let p = window(usize::MAX, 100);
         let mut slot = WinSlot::fresh();
-        slot.check(&p, 5, u64::from(u32::MAX)).unwrap();
+        slot.check(&p, 5, INLINE_COUNT).unwrap();
         assert!(matches!(slot, WinSlot::One { .. }));
-        slot.check(&p, 5, 2).unwrap();
+        slot.check(&p, 5, 1).unwrap();
         assert!(matches!(slot, WinSlot::Log(_)));
         assert_eq!(slot.idle_from(&p, 50), 105);
         let back = WinSlot::from_seed(slot.into_seed(50), &p);
