@@ -688,11 +688,11 @@ impl WinCell {
 
     /// `slot` in eight bytes (a `One` that does not fit inline takes the
     /// log; the slot's logic never makes one, but a cell holds any slot).
+    #[inline]
     fn encode(slot: WinSlot) -> WinCell {
         WinCell(match slot {
-            WinSlot::One { count: 0, .. } => Self::ONE,
             WinSlot::One { at, count } if fits_inline(at, u64::from(count)) => {
-                at << 8 | u64::from(count) << 3 | Self::ONE
+                Self::one(at, count.into())
             }
             WinSlot::One { at, count } => {
                 let mut log = Log::default();
@@ -750,6 +750,21 @@ impl WinCell {
             Self::R32 => WinSlot::R32(unsafe { boxed(word) }),
             _ => WinSlot::R64(unsafe { boxed(word) }),
         }
+    }
+
+    /// The inline form's word for `count` grants at `at` (which fit).
+    #[inline]
+    fn one(at: u64, count: u64) -> u64 {
+        match count {
+            0 => Self::ONE,
+            _ => at << 8 | count << 3 | Self::ONE,
+        }
+    }
+
+    /// The inline form's instant and count, if the cell holds it.
+    #[inline]
+    fn inline(&self) -> Option<(u64, u64)> {
+        (self.0 & Self::TAG == Self::ONE).then(|| (self.0 >> 8, self.0 >> 3 & INLINE_COUNT))
     }
 
     /// The slot, taken out (the cell is left fresh).
@@ -815,6 +830,22 @@ impl Slot for WinCell {
 
     #[inline]
     fn check(&mut self, p: &Params, now: u64, n: u64) -> Result<(), u64> {
+        if let Some((at, count)) = self.inline() {
+            // `WinSlot::check`'s `One` case on the word itself (a new key's
+            // check, and most checks of keys checked once a period).
+            let held = match count > 0 && at.saturating_add(p.period) <= now {
+                true => 0,
+                false => count,
+            };
+            let Some(total) = held.checked_add(n).filter(|&t| t <= p.max_calls) else {
+                return Err(at.saturating_add(p.period).max(now));
+            };
+            if (held == 0 || at == now) && fits_inline(now, total) {
+                // (Inline before and after: no box to free or make.)
+                self.0 = Self::one(now, total);
+                return Ok(());
+            }
+        }
         self.with_mut(|slot| slot.check(p, now, n))
     }
 
@@ -824,7 +855,11 @@ impl Slot for WinCell {
 
     #[inline]
     fn idle_hint(&self, p: &Params) -> u64 {
-        self.with_ref(|slot| slot.idle_hint(p))
+        match self.inline() {
+            Some((_, 0)) => 0,
+            Some((at, _)) => at.saturating_add(p.period),
+            None => self.with_ref(|slot| slot.idle_hint(p)),
+        }
     }
 
     fn into_seed(mut self, now: u64) -> Seed {
