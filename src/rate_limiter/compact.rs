@@ -735,19 +735,25 @@ impl WinCell {
             // only owner is the word (the caller's contract).
             unsafe { Box::from_raw(ptr) }
         }
-        // SAFETY (every `boxed` below): the tag is the one `encode` put
-        // beside that type's address; ownership is the caller's contract.
         match word & Self::TAG {
             Self::ONE => WinSlot::One {
                 at: word >> 8,
                 count: (word >> 3 & INLINE_COUNT) as u32,
             },
             Self::PROMOTED => WinSlot::Promoted(word >> 3),
+            // SAFETY: `encode` put this tag beside the address of a
+            // `Box<Log>` (and each tag below beside its type's); ownership
+            // is the caller's contract.
             Self::LOG => WinSlot::Log(unsafe { boxed(word) }),
+            // SAFETY: as above, a `Box<Ring<4>>`.
             Self::R4 => WinSlot::R4(unsafe { boxed(word) }),
+            // SAFETY: as above, a `Box<Ring<8>>`.
             Self::R8 => WinSlot::R8(unsafe { boxed(word) }),
+            // SAFETY: as above, a `Box<Ring<16>>`.
             Self::R16 => WinSlot::R16(unsafe { boxed(word) }),
+            // SAFETY: as above, a `Box<Ring<32>>`.
             Self::R32 => WinSlot::R32(unsafe { boxed(word) }),
+            // SAFETY: as above, a `Box<Ring<64>>` (the last tag).
             _ => WinSlot::R64(unsafe { boxed(word) }),
         }
     }
@@ -764,7 +770,7 @@ impl WinCell {
     /// The inline form's instant and count, if the cell holds it.
     #[inline]
     fn inline(&self) -> Option<(u64, u64)> {
-        (self.0 & Self::TAG == Self::ONE).then(|| (self.0 >> 8, self.0 >> 3 & INLINE_COUNT))
+        (self.0 & Self::TAG == Self::ONE).then_some((self.0 >> 8, self.0 >> 3 & INLINE_COUNT))
     }
 
     /// The slot, taken out (the cell is left fresh).
