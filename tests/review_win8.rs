@@ -663,3 +663,57 @@ fn heap_bytes_per_key_by_pattern() {
         );
     }
 }
+
+/// Heap bytes a key's state takes beyond its table entry, for 1 000 keys
+/// each holding `n` grants at `start` ns: the keys are stored first (one
+/// inline grant each, early enough to fit inline), then measured as they
+/// take their `n` grants (the table, already grown, does not change).
+fn heap_bytes_per_key(max: usize, start: u64, n: usize) -> f64 {
+    let clock = ManualClock::new();
+    let keyed: KeyedRateLimiter<u32, ManualClock> =
+        KeyedRateLimiter::new(max, Duration::from_secs(60)).with_timer(clock.clone());
+    keyed.evict_idle();
+    let first = start.saturating_sub(61_000_000_000);
+    clock.advance(ns(first));
+    for key in 0..1_000 {
+        keyed.try_acquire(key).unwrap();
+    }
+    clock.advance(ns(start - first));
+    let more = if start == first { n - 1 } else { n };
+    let before = BYTES.with(Cell::get);
+    for key in 0..1_000 {
+        keyed.try_acquire_n(key, more).unwrap();
+    }
+    let grown = BYTES.with(Cell::get) - before;
+    assert_eq!(keyed.len(), 1_000);
+    grown as f64 / 1000.0
+}
+
+/// A key granted many calls at one instant (an `acquire_n` of a batch) is
+/// still one instant and one count: it costs at most a small box, not a
+/// ring of a stamp per grant (a ring of 32 or 64 stamps is 136 or 264
+/// bytes) nor the log.
+#[test]
+fn many_grants_at_one_instant_cost_a_small_box_at_most() {
+    for (max, n) in [
+        (64, 32),
+        (64, 64),
+        (100, 32),
+        (100, 100),
+        (1_000_000, 1_000_000),
+    ] {
+        let bytes = heap_bytes_per_key(max, 0, n);
+        assert!(bytes <= 16.0, "{n} of {max} at once: {bytes} bytes a key");
+    }
+}
+
+/// Past 2⁵⁶ ns after the first use, a key checked once still costs at
+/// most a small box (16 bytes: not a ring of four stamps, 24, nor the log,
+/// 80, for quotas over 64 calls).
+#[test]
+fn a_grant_past_2_pow_56_ns_costs_a_small_box_at_most() {
+    for max in [1, 10, 64, 65, 100] {
+        let bytes = heap_bytes_per_key(max, 1 << 56, 1);
+        assert!(bytes <= 16.0, "quota {max}: {bytes} bytes a key");
+    }
+}
