@@ -517,6 +517,18 @@ fn a_hot_key_allocates_nothing_per_check_in_any_steady_form() {
         ),
         ("log", Quota::window(200, ms(100)).unwrap(), 1, 600_000),
         ("refused ring", Quota::window(4, ms(100)).unwrap(), 1, 1_000),
+        (
+            "40 at one instant",
+            Quota::window(64, ms(100)).unwrap(),
+            40,
+            100_000_000,
+        ),
+        (
+            "40 at one instant, refused",
+            Quota::window(64, ms(100)).unwrap(),
+            40,
+            1_000,
+        ),
     ];
     for (form, quota, n, gap) in cases {
         let clock = ManualClock::new();
