@@ -590,11 +590,20 @@ impl Slot for WinSlot {
             }
             WinSlot::Log(log) => {
                 log.expire(now, p.period);
-                if log.entries() <= 1 {
-                    if let Some(one) = WinSlot::one_of(log) {
-                        *self = one;
-                        return self.check(p, now, n);
-                    }
+                // A smaller form when the grants allow it: one instant
+                // (none left, or all at `now`), or stamps for a small
+                // quota (a log that took over when the grid changed). A
+                // larger quota's log of an older instant stays: back at
+                // one instant, the check would box a log again.
+                let smaller = match log.only() {
+                    _ if log.entries() == 0 => Some(WinSlot::fresh()),
+                    Some((at, _)) if at == now => WinSlot::one_of(log),
+                    _ if p.max_calls <= STAMPED_CALLS => WinSlot::stamps_from(log, p),
+                    _ => None,
+                };
+                if let Some(smaller) = smaller {
+                    *self = smaller;
+                    return self.check(p, now, n);
                 }
                 let at = log.earliest(now, n, p.max_calls, p.period);
                 if at > now {
@@ -1213,6 +1222,32 @@ mod tests {
         log.record(1, 2, 0);
         log.record(3, 4, 0);
         round_trip(WinSlot::Log(Box::new(log)));
+    }
+
+    #[test]
+    fn stamps_taken_on_another_grid_come_back_as_stamps() {
+        let coarse = window(10, 3_000_000_000);
+        let fine = window(10, 2_000_000_000);
+        assert_ne!(coarse.shift, fine.shift);
+        let mut slot = WinSlot::fresh();
+        for t in [1, 2, 3] {
+            slot.check(&coarse, t, 1).unwrap();
+        }
+        assert!(matches!(slot, WinSlot::R4(_)));
+        slot.check(&fine, 5, 1).unwrap();
+        match &slot {
+            WinSlot::R4(ring) => assert_eq!((ring.stamps.shift, ring.stamps.len), (0, 4)),
+            other => panic!("{other:?}"),
+        }
+        // A larger quota's log of two instants stays a log.
+        let p = window(100, 100);
+        let mut slot = WinSlot::fresh();
+        slot.check(&p, 1, 1).unwrap();
+        slot.check(&p, 2, 1).unwrap();
+        slot.check(&p, 101, 1).unwrap();
+        assert!(matches!(slot, WinSlot::Log(_)));
+        slot.check(&p, 300, 1).unwrap();
+        assert!(matches!(slot, WinSlot::One { at: 300, count: 1 }));
     }
 
     #[test]
