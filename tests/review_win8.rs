@@ -517,8 +517,18 @@ fn a_hot_key_allocates_nothing_per_check_in_any_steady_form() {
         ),
         ("log", Quota::window(200, ms(100)).unwrap(), 1, 600_000),
         // Two instants in the window at each check: the log keeps them.
-        ("log of two instants", Quota::window(200, ms(100)).unwrap(), 1, 60_000_000),
-        ("log of two batches", Quota::window(1000, ms(100)).unwrap(), 400, 60_000_000),
+        (
+            "log of two instants",
+            Quota::window(200, ms(100)).unwrap(),
+            1,
+            60_000_000,
+        ),
+        (
+            "log of two batches",
+            Quota::window(1000, ms(100)).unwrap(),
+            400,
+            60_000_000,
+        ),
         ("refused ring", Quota::window(4, ms(100)).unwrap(), 1, 1_000),
         (
             "40 at one instant",
