@@ -1,14 +1,15 @@
 //! A keyed limiter's per-key state in its compact form: what a key that is
 //! only checked needs of its algorithm, and nothing else — GCRA's one
 //! arrival time, or the strict window's grants (their one instant and
-//! count inline, [`Stamps`] of four bytes a grant in a boxed [`Ring`] for
-//! small quotas, a full [`Log`] beyond), eight bytes a key in the table
-//! either way ([`GcraSlot`], [`WinCell`]). A key that must wait is
-//! *promoted*: its state moves
-//! into a [`Shared`](super::shared::Shared) limiter (queue, driver, timer),
-//! and the slot keeps only that limiter's id (the key map's entry says
-//! which of the two a slot holds, in a bit of its stored hash). Times are nanoseconds since
-//! the keyed limiter's epoch, which its promoted limiters share.
+//! count inline, or boxed when they do not fit; [`Stamps`] of four bytes a
+//! grant in a boxed [`Ring`] for small quotas, a full [`Log`] beyond),
+//! eight bytes a key in the table either way ([`GcraSlot`], [`WinCell`]).
+//! A key that must wait is *promoted*: its state moves into a
+//! [`Shared`](super::shared::Shared) limiter (queue, driver, timer), and
+//! the slot keeps only that limiter's id (the key map's entry says which
+//! of the two a slot holds, in a bit of its stored hash). Times are
+//! nanoseconds since the keyed limiter's epoch, which its promoted
+//! limiters share.
 
 use super::shared::{Seed, gcra_interval, nanos};
 use super::window::{self, Gcra, Log};
@@ -353,16 +354,15 @@ fn fits_inline(at: u64, count: u64) -> bool {
 ///
 /// A key checked at one instant keeps its grants' exact time and count
 /// ([`One`](WinSlot::One), inline in the cell while they fit: at most
-/// [`INLINE_COUNT`] grants, within [`INLINE_AT`] ns of the epoch); with
+/// [`INLINE_COUNT`] grants, within [`INLINE_AT`] ns of the epoch; in a
+/// 16-byte box beyond); with
 /// grants at several times, a quota of at most [`STAMPED_CALLS`] calls
 /// keeps them as [`Stamps`] in a boxed [`Ring`] of 4, 8, 16, 32 or 64, a
 /// larger one the single limiter's [`Log`].
 #[derive(Debug)]
 pub(super) enum WinSlot {
     /// `count` grants at `at` (none when `count` is 0): a key checked once,
-    /// or only at one instant, within a period. (Never more than fits
-    /// inline: more grants at one instant, or later ones, take a ring or
-    /// the log.)
+    /// or only at one instant, within a period.
     One { at: u64, count: u32 },
     /// Promoted to the limiter with this id.
     Promoted(u64),
@@ -443,13 +443,13 @@ impl WinSlot {
     }
 
     /// The one-instant form of `log`: fresh if it is empty, `One` if it
-    /// holds one entry that fits a [`WinCell`] inline.
+    /// holds one entry of at most `u32::MAX` grants.
     fn one_of(log: &Log) -> Option<WinSlot> {
         match (log.entries(), log.only()) {
             (0, _) => Some(WinSlot::fresh()),
-            (_, Some((at, count))) if fits_inline(at, count) => Some(WinSlot::One {
+            (_, Some((at, count))) => Some(WinSlot::One {
                 at,
-                count: count as u32,
+                count: u32::try_from(count).ok()?,
             }),
             _ => None,
         }
@@ -574,24 +574,36 @@ impl Slot for WinSlot {
                     // (`n` fits the quota, so then it has room).
                     return Err(at.saturating_add(p.period).max(now));
                 };
-                if (held == 0 || *at == now) && fits_inline(now, total) {
-                    (*at, *count) = (now, total as u32);
-                } else {
-                    let at = *at;
-                    *self = match p.max_calls <= STAMPED_CALLS {
-                        true => WinSlot::stamps_of(p, at, held, now, n),
-                        false => WinSlot::log_of(at, held, now, n, p.quantum),
-                    };
+                match u32::try_from(total) {
+                    Ok(total) if held == 0 || *at == now => {
+                        (*at, *count) = (now, total);
+                    }
+                    _ => {
+                        let at = *at;
+                        *self = match p.max_calls <= STAMPED_CALLS {
+                            true => WinSlot::stamps_of(p, at, held, now, n),
+                            false => WinSlot::log_of(at, held, now, n, p.quantum),
+                        };
+                    }
                 }
                 Ok(())
             }
             WinSlot::Log(log) => {
                 log.expire(now, p.period);
-                if log.entries() <= 1 {
-                    if let Some(one) = WinSlot::one_of(log) {
-                        *self = one;
-                        return self.check(p, now, n);
-                    }
+                // A smaller form when the grants allow it: one instant
+                // (none left, or all at `now`), or stamps for a small
+                // quota (a log that took over when the grid changed). A
+                // larger quota's log of an older instant stays: back at
+                // one instant, the check would box a log again.
+                let smaller = match log.only() {
+                    _ if log.entries() == 0 => Some(WinSlot::fresh()),
+                    Some((at, _)) if at == now => WinSlot::one_of(log),
+                    _ if p.max_calls <= STAMPED_CALLS => WinSlot::stamps_from(log, p),
+                    _ => None,
+                };
+                if let Some(smaller) = smaller {
+                    *self = smaller;
+                    return self.check(p, now, n);
                 }
                 let at = log.earliest(now, n, p.max_calls, p.period);
                 if at > now {
@@ -658,13 +670,27 @@ impl Slot for WinSlot {
 /// instant). The low three bits say which form it holds:
 ///
 /// * [`ONE`](WinCell::ONE): `One { at, count }` inline: `at` in the top 56
-///   bits, `count` in the next five;
-/// * [`PROMOTED`](WinCell::PROMOTED): the limiter's id, in the top 61 bits;
+///   bits, `count` (1 to 31) in the next five; with a count of 0, a fresh
+///   slot (the word 0) or `Promoted(id)` (`id + 1` in the top 56 bits);
+/// * [`WIDE`](WinCell::WIDE): the address of a boxed [`Wide`], a `One`
+///   that does not fit inline;
 /// * the others: the address of the boxed [`Log`] or [`Ring`] the cell
-///   owns (each aligned to eight bytes), and which one it is.
+///   owns, and which one it is.
 ///
-/// The cell owns what its address points to: it frees it when dropped.
+/// Every box is aligned to eight bytes, so its address leaves the tag's
+/// bits clear. The cell owns what its address points to: it frees it when
+/// dropped.
 pub(super) struct WinCell(u64);
+
+/// A `One` that does not fit a [`WinCell`] inline (more than
+/// [`INLINE_COUNT`] grants at one instant, or an instant after
+/// [`INLINE_AT`]): 16 bytes, boxed.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(8))]
+pub(super) struct Wide {
+    at: u64,
+    count: u32,
+}
 
 /// A `Box`'s address as a cell's word (its low three bits clear), exposed
 /// so that [`WinCell::decode`] may make a pointer of it again.
@@ -678,7 +704,7 @@ fn address_of<T>(boxed: Box<T>, tag: u64) -> u64 {
 impl WinCell {
     const TAG: u64 = 0b111;
     const ONE: u64 = 0;
-    const PROMOTED: u64 = 1;
+    const WIDE: u64 = 1;
     const LOG: u64 = 2;
     const R4: u64 = 3;
     const R8: u64 = 4;
@@ -686,22 +712,17 @@ impl WinCell {
     const R32: u64 = 6;
     const R64: u64 = 7;
 
-    /// `slot` in eight bytes (a `One` that does not fit inline takes the
-    /// log; the slot's logic never makes one, but a cell holds any slot).
+    /// `slot` in eight bytes.
     #[inline]
     fn encode(slot: WinSlot) -> WinCell {
         WinCell(match slot {
             WinSlot::One { at, count } if fits_inline(at, u64::from(count)) => {
                 Self::one(at, count.into())
             }
-            WinSlot::One { at, count } => {
-                let mut log = Log::default();
-                log.record(at, u64::from(count), 0);
-                address_of(Box::new(log), Self::LOG)
-            }
+            WinSlot::One { at, count } => address_of(Box::new(Wide { at, count }), Self::WIDE),
             WinSlot::Promoted(id) => {
-                debug_assert!(id < 1 << 61, "promoted limiters' ids stay under 2^61");
-                id << 3 | Self::PROMOTED
+                assert!(id < INLINE_AT, "promoted limiters' ids stay under 2^56 - 1");
+                (id + 1) << 8 | Self::ONE
             }
             WinSlot::Log(log) => address_of(log, Self::LOG),
             WinSlot::R4(ring) => address_of(ring, Self::R4),
@@ -712,14 +733,23 @@ impl WinCell {
         })
     }
 
-    /// The slot a word made by [`encode`](WinCell::encode) holds.
+    /// The pointer a word made by [`encode`](WinCell::encode) keeps the
+    /// address of (the tag's bits cleared).
+    #[inline]
+    fn pointer<T>(word: u64) -> *mut T {
+        std::ptr::with_exposed_provenance_mut::<T>((word & !WinCell::TAG) as usize)
+    }
+
+    /// The slot a word made by [`encode`](WinCell::encode) holds. A
+    /// [`WIDE`](WinCell::WIDE) word's box is read, not taken: it stays the
+    /// word's.
     ///
     /// # Safety
     ///
-    /// `word` is a cell's, and the box it may point to is owned by nobody
-    /// else while the slot returned lives: the caller took the word out of
-    /// its cell, or never drops, moves out of or mutates the slot (and
-    /// lets it go before the cell changes).
+    /// `word` is a cell's, its box (if any) is live, and a [`Log`] or
+    /// [`Ring`] box is owned by nobody else while the slot returned lives:
+    /// the caller took the word out of its cell, or never drops, moves out
+    /// of or mutates the slot (and lets it go before the cell changes).
     #[inline]
     unsafe fn decode(word: u64) -> WinSlot {
         /// The box at the word's address.
@@ -729,32 +759,41 @@ impl WinCell {
         /// As for `decode`, and the word's tag says the box is a `T`.
         #[inline]
         unsafe fn boxed<T>(word: u64) -> Box<T> {
-            let ptr = std::ptr::with_exposed_provenance_mut::<T>((word & !WinCell::TAG) as usize);
             // SAFETY: the address is that of a `Box<T>` turned into a raw
             // pointer by `address_of` (which exposed its provenance), whose
             // only owner is the word (the caller's contract).
-            unsafe { Box::from_raw(ptr) }
+            unsafe { Box::from_raw(WinCell::pointer(word)) }
         }
         match word & Self::TAG {
-            Self::ONE => WinSlot::One {
-                at: word >> 8,
-                count: (word >> 3 & INLINE_COUNT) as u32,
+            Self::ONE => match (word >> 3 & INLINE_COUNT, word >> 8) {
+                (0, 0) => WinSlot::fresh(),
+                (0, id) => WinSlot::Promoted(id - 1),
+                (count, at) => WinSlot::One {
+                    at,
+                    count: count as u32,
+                },
             },
-            Self::PROMOTED => WinSlot::Promoted(word >> 3),
-            // SAFETY: `encode` put this tag beside the address of a
-            // `Box<Log>` (and each tag below beside its type's); ownership
-            // is the caller's contract.
-            Self::LOG => WinSlot::Log(unsafe { boxed(word) }),
-            // SAFETY: as above, a `Box<Ring<4>>`.
-            Self::R4 => WinSlot::R4(unsafe { boxed(word) }),
-            // SAFETY: as above, a `Box<Ring<8>>`.
-            Self::R8 => WinSlot::R8(unsafe { boxed(word) }),
-            // SAFETY: as above, a `Box<Ring<16>>`.
-            Self::R16 => WinSlot::R16(unsafe { boxed(word) }),
-            // SAFETY: as above, a `Box<Ring<32>>`.
-            Self::R32 => WinSlot::R32(unsafe { boxed(word) }),
-            // SAFETY: as above, a `Box<Ring<64>>` (the last tag).
-            _ => WinSlot::R64(unsafe { boxed(word) }),
+            Self::WIDE => {
+                // SAFETY: a live `Wide` (the tag `encode` put beside its
+                // address; the caller's contract), copied out.
+                let Wide { at, count } = unsafe { *Self::pointer::<Wide>(word) };
+                WinSlot::One { at, count }
+            }
+            tag => {
+                // SAFETY: for every `boxed` here, the tag is the one
+                // `encode` put beside that type's address; ownership is the
+                // caller's contract.
+                unsafe {
+                    match tag {
+                        Self::LOG => WinSlot::Log(boxed(word)),
+                        Self::R4 => WinSlot::R4(boxed(word)),
+                        Self::R8 => WinSlot::R8(boxed(word)),
+                        Self::R16 => WinSlot::R16(boxed(word)),
+                        Self::R32 => WinSlot::R32(boxed(word)),
+                        _ => WinSlot::R64(boxed(word)),
+                    }
+                }
+            }
         }
     }
 
@@ -767,16 +806,28 @@ impl WinCell {
         }
     }
 
-    /// The inline form's instant and count, if the cell holds it.
+    /// The inline form's instant and count, if the cell holds it (a
+    /// fresh cell: `(0, 0)`; a promoted one, which also has a count of 0,
+    /// is not inline).
     #[inline]
     fn inline(&self) -> Option<(u64, u64)> {
-        (self.0 & Self::TAG == Self::ONE).then_some((self.0 >> 8, self.0 >> 3 & INLINE_COUNT))
+        let (at, count) = (self.0 >> 8, self.0 >> 3 & INLINE_COUNT);
+        (self.0 & Self::TAG == Self::ONE && (count > 0 || at == 0)).then_some((at, count))
     }
 
     /// The slot, taken out (the cell is left fresh).
     #[inline]
     fn take(&mut self) -> WinSlot {
         let word = std::mem::replace(&mut self.0, Self::ONE);
+        if word & Self::TAG == Self::WIDE {
+            // SAFETY: the word left the cell: its `Wide` box is nobody
+            // else's, and goes here.
+            let wide = unsafe { Box::from_raw(Self::pointer::<Wide>(word)) };
+            return WinSlot::One {
+                at: wide.at,
+                count: wide.count,
+            };
+        }
         // SAFETY: the word left the cell (which now holds no box): the
         // slot is its box's only owner.
         unsafe { Self::decode(word) }
@@ -787,18 +838,46 @@ impl WinCell {
     /// key would be left fresh and its state dropped.)
     #[inline]
     fn with_mut<R>(&mut self, f: impl FnOnce(&mut WinSlot) -> R) -> R {
+        if self.0 & Self::TAG == Self::WIDE {
+            return self.with_wide(f);
+        }
         let mut slot = self.take();
         let out = f(&mut slot);
         *self = WinCell::encode(slot);
         out
     }
 
+    /// [`with_mut`](WinCell::with_mut) of a [`WIDE`](WinCell::WIDE) cell:
+    /// its box is kept while the slot stays a `One` too large to fit
+    /// inline (a key refused, or granted more at the same instant,
+    /// allocates nothing).
+    #[inline(never)]
+    fn with_wide<R>(&mut self, f: impl FnOnce(&mut WinSlot) -> R) -> R {
+        let wide = Self::pointer::<Wide>(self.0);
+        // SAFETY: the cell owns the live `Wide` at its address (the tag
+        // says so), and nothing else reads it while `self` is borrowed.
+        let Wide { at, count } = unsafe { *wide };
+        let mut slot = WinSlot::One { at, count };
+        // (If `f` panics, the cell keeps its box unchanged.)
+        let out = f(&mut slot);
+        match slot {
+            WinSlot::One { at, count } if count > 0 && !fits_inline(at, u64::from(count)) => {
+                // SAFETY: as above; written in place.
+                unsafe { *wide = Wide { at, count } }
+            }
+            // The old cell, dropped by the assignment, frees the box.
+            slot => *self = WinCell::encode(slot),
+        }
+        out
+    }
+
     /// `f` on a view of the slot, left in the cell.
     #[inline]
     fn with_ref<R>(&self, f: impl FnOnce(&WinSlot) -> R) -> R {
-        // SAFETY: the view is never dropped (`ManuallyDrop`), moved out of
-        // or mutated (`f` gets a shared reference), and it goes before
-        // `&self` does: the cell stays the box's only owner.
+        // SAFETY: the view is never dropped (`ManuallyDrop`, which a panic
+        // in `f` does not drop either), moved out of or mutated (`f` gets
+        // a shared reference), and it goes before `&self` does: the cell
+        // stays the box's only owner.
         let slot = std::mem::ManuallyDrop::new(unsafe { Self::decode(self.0) });
         f(&slot)
     }
@@ -828,8 +907,8 @@ impl Slot for WinCell {
 
     #[inline]
     fn id(&self) -> u64 {
-        match self.0 & Self::TAG {
-            Self::PROMOTED => self.0 >> 3,
+        match (self.0 & (Self::TAG | INLINE_COUNT << 3), self.0 >> 8) {
+            (Self::ONE, id @ 1..) => id - 1,
             _ => unreachable!("only a promoted key has a limiter"),
         }
     }
@@ -1091,6 +1170,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<Ring<8>>(), 40);
         assert_eq!(std::mem::size_of::<Ring<16>>(), 72);
         assert_eq!(std::mem::size_of::<Ring<64>>(), 264);
+        assert_eq!(std::mem::size_of::<Wide>(), 16);
     }
 
     #[test]
@@ -1115,28 +1195,50 @@ mod tests {
             count: INLINE_COUNT as u32,
         });
         assert_eq!(word & WinCell::TAG, WinCell::ONE);
-        // Past them, the log (with the same grants).
+        // Past them, boxed (with the same grants); checked in place.
+        let p = window(usize::MAX, 100);
         for (at, count) in [
             (INLINE_AT + 1, 1),
             (5, INLINE_COUNT + 1),
             (u64::MAX, u32::MAX.into()),
         ] {
-            let cell = WinCell::encode(WinSlot::One {
+            let (word, _) = round_trip(WinSlot::One {
                 at,
                 count: count as u32,
             });
-            assert_eq!(cell.0 & WinCell::TAG, WinCell::LOG);
+            assert_eq!(word & WinCell::TAG, WinCell::WIDE);
+            let mut cell = WinCell::encode(WinSlot::One {
+                at,
+                count: count as u32,
+            });
+            let word = cell.0;
             cell.with_ref(|slot| match slot {
-                WinSlot::Log(log) => assert_eq!(log.only(), Some((at, count))),
+                WinSlot::One { at: a, count: c } => assert_eq!((*a, u64::from(*c)), (at, count)),
                 other => panic!("{other:?}"),
             });
+            if count < u32::MAX.into() {
+                cell.check(&p, at, 1).unwrap();
+                assert_eq!(cell.0, word, "the same box, updated");
+                cell.with_ref(|slot| match slot {
+                    WinSlot::One { at: a, count: c } => {
+                        assert_eq!((*a, u64::from(*c)), (at, count + 1))
+                    }
+                    other => panic!("{other:?}"),
+                });
+            }
+            // Expired and checked again at an instant that fits inline:
+            // back inline (the box freed).
+            if at < INLINE_AT {
+                cell.check(&p, at + 100, 1).unwrap();
+                assert_eq!(cell.0 & WinCell::TAG, WinCell::ONE);
+            }
+            drop(cell);
         }
-        let id = (1 << 61) - 1;
-        assert_eq!(WinCell::promoted(id).id(), id);
-        assert_eq!(
-            round_trip(WinSlot::Promoted(id)).0 & WinCell::TAG,
-            WinCell::PROMOTED
-        );
+        for id in [0, 1, INLINE_AT - 1] {
+            assert_eq!(WinCell::promoted(id).id(), id);
+            let (word, _) = round_trip(WinSlot::Promoted(id));
+            assert_eq!(word & WinCell::TAG, WinCell::ONE);
+        }
         // Every ring (a few stamps in each), and a log; dropping a cell
         // frees its box (the address sanitizer's leak check sees it).
         let p = window(STAMPED_CALLS as usize, 1_000);
@@ -1161,16 +1263,51 @@ mod tests {
     }
 
     #[test]
-    fn many_grants_at_one_instant_take_the_log() {
+    fn stamps_taken_on_another_grid_come_back_as_stamps() {
+        let coarse = window(10, 3_000_000_000);
+        let fine = window(10, 2_000_000_000);
+        assert_ne!(coarse.shift, fine.shift);
+        let mut slot = WinSlot::fresh();
+        for t in [1, 2, 3] {
+            slot.check(&coarse, t, 1).unwrap();
+        }
+        assert!(matches!(slot, WinSlot::R4(_)));
+        slot.check(&fine, 5, 1).unwrap();
+        match &slot {
+            WinSlot::R4(ring) => assert_eq!((ring.stamps.shift, ring.stamps.len), (0, 4)),
+            other => panic!("{other:?}"),
+        }
+        // A larger quota's log of two instants stays a log.
+        let p = window(100, 100);
+        let mut slot = WinSlot::fresh();
+        slot.check(&p, 1, 1).unwrap();
+        slot.check(&p, 2, 1).unwrap();
+        slot.check(&p, 101, 1).unwrap();
+        assert!(matches!(slot, WinSlot::Log(_)));
+        slot.check(&p, 300, 1).unwrap();
+        assert!(matches!(slot, WinSlot::One { at: 300, count: 1 }));
+    }
+
+    #[test]
+    fn many_grants_at_one_instant_stay_one_instant() {
         let p = window(usize::MAX, 100);
         let mut slot = WinSlot::fresh();
         slot.check(&p, 5, INLINE_COUNT).unwrap();
+        slot.check(&p, 5, 1).unwrap();
+        assert!(matches!(slot, WinSlot::One { at: 5, count: 32 }));
+        slot.check(&p, 5, u64::from(u32::MAX) - 32).unwrap();
         assert!(matches!(slot, WinSlot::One { .. }));
+        // More than a `u32` counts at one instant, or a second instant:
+        // the log.
         slot.check(&p, 5, 1).unwrap();
         assert!(matches!(slot, WinSlot::Log(_)));
         assert_eq!(slot.idle_from(&p, 50), 105);
         let back = WinSlot::from_seed(slot.into_seed(50), &p);
         assert!(matches!(back, WinSlot::Log(_)));
+        let mut slot = WinSlot::fresh();
+        slot.check(&p, 5, 40).unwrap();
+        slot.check(&p, 6, 1).unwrap();
+        assert!(matches!(slot, WinSlot::Log(_)));
     }
 
     #[test]

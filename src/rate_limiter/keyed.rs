@@ -83,9 +83,9 @@ fn shard_of(hash: u64) -> usize {
 /// what its algorithm needs and no more, in eight bytes beside the key and
 /// its hash (a key costs its own size plus 16 bytes in the table): with
 /// GCRA its arrival time; with a strict window its grants of the last
-/// period: their time and count inline while they are all at one instant
-/// (up to 31 grants, within 2⁵⁶ ns — 2.28 years — of the limiter's first
-/// use; past that, as grants at several times); with grants at several
+/// period: their time and count while they are all at one instant (inline
+/// up to 31 grants, within 2⁵⁶ ns — 2.28 years — of the limiter's first
+/// use; past that, in a 16-byte allocation); with grants at several
 /// times, a small allocation of four bytes a grant for quotas of up to 64
 /// calls per period (rings of 4, 8, 16, 32 and 64 grants: a key holding 2
 /// grants costs about 32 bytes more, 10 grants about 80), or the single
