@@ -1,12 +1,15 @@
 //! A keyed limiter's per-key state in its compact form: what a key that is
 //! only checked needs of its algorithm, and nothing else — GCRA's one
-//! arrival time, or the strict window's grants (their one instant inline,
-//! [`Stamps`] of four bytes a grant for small quotas, a full [`Log`]
-//! beyond). A key that must wait is *promoted*: its state moves
-//! into a [`Shared`](super::shared::Shared) limiter (queue, driver, timer),
-//! and the slot keeps only that limiter's id (the key map's entry says
-//! which of the two a slot holds, in a bit of its stored hash). Times are nanoseconds since
-//! the keyed limiter's epoch, which its promoted limiters share.
+//! arrival time, or the strict window's grants (their one instant and
+//! count inline, or boxed when they do not fit; [`Stamps`] of four bytes a
+//! grant in a boxed [`Ring`] for small quotas, a full [`Log`] beyond),
+//! eight bytes a key in the table either way ([`GcraSlot`], [`WinCell`]).
+//! A key that must wait is *promoted*: its state moves into a
+//! [`Shared`](super::shared::Shared) limiter (queue, driver, timer), and
+//! the slot keeps only that limiter's id (the key map's entry says which
+//! of the two a slot holds, in a bit of its stored hash). Times are
+//! nanoseconds since the keyed limiter's epoch, which its promoted
+//! limiters share.
 
 use super::shared::{Seed, gcra_interval, nanos};
 use super::window::{self, Gcra, Log};
@@ -274,55 +277,105 @@ impl Stamps {
     }
 }
 
-/// Runs `$body` with `$stamps` and `$buf` (a `[u32]`) bound to a stamp
-/// ring's parts, or `$other` for the other forms.
+/// A boxed stamp ring: its bookkeeping and room for `N` grants, in one
+/// allocation sized to the allocator's classes (24, 40, 72, 136, 264
+/// bytes). Aligned to eight bytes so a [`WinCell`] can keep a tag in the
+/// low bits of its address.
+#[derive(Debug)]
+#[repr(C, align(8))]
+pub(super) struct Ring<const N: usize> {
+    stamps: Stamps,
+    buf: [u32; N],
+}
+
+impl<const N: usize> Ring<N> {
+    fn boxed(stamps: Stamps, low: &[u32]) -> Box<Ring<N>> {
+        let mut ring = Box::new(Ring {
+            stamps,
+            buf: [0; N],
+        });
+        ring.buf[..low.len()].copy_from_slice(low);
+        ring
+    }
+}
+
+/// Runs `$body` with `$stamps` and `$buf` (a `[u32; N]`) bound to a stamp
+/// ring's parts (through `mut` or `ref` references to a [`WinSlot`]), or
+/// `$other` for the other forms.
 macro_rules! rings {
-    ($slot:expr, |$stamps:ident, $buf:ident| $body:expr, _ => $other:expr) => {
+    (mut $slot:expr, |$stamps:ident, $buf:ident| $body:expr, _ => $other:expr) => {
+        rings!(@ $slot, [&mut], |$stamps, $buf| $body, _ => $other)
+    };
+    (ref $slot:expr, |$stamps:ident, $buf:ident| $body:expr, _ => $other:expr) => {
+        rings!(@ $slot, [&], |$stamps, $buf| $body, _ => $other)
+    };
+    (@ $slot:expr, [$($r:tt)*], |$stamps:ident, $buf:ident| $body:expr, _ => $other:expr) => {
         match $slot {
-            WinSlot::Two($stamps, $buf) => $body,
-            WinSlot::R6($stamps, $buf) => $body,
-            WinSlot::R10($stamps, $buf) => $body,
-            WinSlot::R14($stamps, $buf) => $body,
-            WinSlot::R22($stamps, $buf) => $body,
-            WinSlot::R30($stamps, $buf) => $body,
-            WinSlot::R46($stamps, $buf) => $body,
-            WinSlot::R64($stamps, $buf) => $body,
+            WinSlot::R4(ring) => {
+                let Ring { stamps: $stamps, buf: $buf } = $($r)* **ring;
+                $body
+            }
+            WinSlot::R8(ring) => {
+                let Ring { stamps: $stamps, buf: $buf } = $($r)* **ring;
+                $body
+            }
+            WinSlot::R16(ring) => {
+                let Ring { stamps: $stamps, buf: $buf } = $($r)* **ring;
+                $body
+            }
+            WinSlot::R32(ring) => {
+                let Ring { stamps: $stamps, buf: $buf } = $($r)* **ring;
+                $body
+            }
+            WinSlot::R64(ring) => {
+                let Ring { stamps: $stamps, buf: $buf } = $($r)* **ring;
+                $body
+            }
             _ => $other,
         }
     };
 }
 
-/// The strict window's compact state: the grants of the last period.
+/// The most grants the inline [`WinCell`] keeps at one instant.
+const INLINE_COUNT: u64 = (1 << 5) - 1;
+
+/// The latest instant the inline [`WinCell`] keeps (2⁵⁶ - 1 ns: 2.28
+/// years after the keyed limiter's first use).
+const INLINE_AT: u64 = u64::MAX >> 8;
+
+/// Whether `count` grants at `at` fit the inline [`WinCell`].
+#[inline]
+fn fits_inline(at: u64, count: u64) -> bool {
+    count <= INLINE_COUNT && at <= INLINE_AT
+}
+
+/// The strict window's state for one key, worked on: the grants of the
+/// last period. A key keeps it as a [`WinCell`] (eight bytes).
 ///
-/// A key checked at one instant keeps its grants' exact time inline
-/// ([`One`](WinSlot::One)); with grants at several times, a quota of at
-/// most [`STAMPED_CALLS`] calls keeps them as [`Stamps`] (two inline, then
-/// a boxed ring sized to the allocator's size classes: 24, 40, 56, ...
-/// bytes), a larger one the single limiter's [`Log`].
+/// A key checked at one instant keeps its grants' exact time and count
+/// ([`One`](WinSlot::One), inline in the cell while they fit: at most
+/// [`INLINE_COUNT`] grants, within [`INLINE_AT`] ns of the epoch; in a
+/// 16-byte box beyond); with
+/// grants at several times, a quota of at most [`STAMPED_CALLS`] calls
+/// keeps them as [`Stamps`] in a boxed [`Ring`] of 4, 8, 16, 32 or 64, a
+/// larger one the single limiter's [`Log`].
 #[derive(Debug)]
 pub(super) enum WinSlot {
     /// `count` grants at `at` (none when `count` is 0): a key checked once,
-    /// or only at one instant, within a period. (A `u32` count keeps the
-    /// slot at 16 bytes; more grants at one instant take the log.)
+    /// or only at one instant, within a period.
     One { at: u64, count: u32 },
-    /// Up to two grants' stamps, inline.
-    Two(Stamps, [u32; 2]),
     /// Promoted to the limiter with this id.
     Promoted(u64),
-    /// Up to 6 grants' stamps (24 bytes).
-    R6(Stamps, Box<[u32; 6]>),
-    /// Up to 10 (40 bytes).
-    R10(Stamps, Box<[u32; 10]>),
-    /// Up to 14 (56 bytes).
-    R14(Stamps, Box<[u32; 14]>),
-    /// Up to 22 (88 bytes).
-    R22(Stamps, Box<[u32; 22]>),
-    /// Up to 30 (120 bytes).
-    R30(Stamps, Box<[u32; 30]>),
-    /// Up to 46 (184 bytes).
-    R46(Stamps, Box<[u32; 46]>),
-    /// Up to 64 (256 bytes).
-    R64(Stamps, Box<[u32; 64]>),
+    /// Up to 4 grants' stamps (24 bytes).
+    R4(Box<Ring<4>>),
+    /// Up to 8 (40 bytes).
+    R8(Box<Ring<8>>),
+    /// Up to 16 (72 bytes).
+    R16(Box<Ring<16>>),
+    /// Up to 32 (136 bytes).
+    R32(Box<Ring<32>>),
+    /// Up to 64 (264 bytes).
+    R64(Box<Ring<64>>),
     /// Grants at several times of a larger quota (or given back by a
     /// demoted limiter): the single limiter's log (merged the same way
     /// above 1 024 calls per period).
@@ -349,50 +402,48 @@ impl WinSlot {
     }
 
     /// [`expire`](WinSlot::expire) for a stamp ring: an empty one becomes
-    /// a fresh slot, a boxed one down to one grant goes inline.
+    /// a fresh slot, one a quarter full or less moves to a smaller ring.
     fn expire_stamps(&mut self, p: &Params, now: u64) {
-        let (len, boxed) = rings!(self, |stamps, buf| {
+        let (len, room) = rings!(mut self, |stamps, buf| {
             stamps.expire(&buf[..], p.period, now);
-            (stamps.len, buf.len() > 2)
+            (usize::from(stamps.len), buf.len())
         }, _ => return);
         if len == 0 {
             *self = WinSlot::fresh();
-        } else if len == 1 && boxed {
-            self.regrow(1);
+        } else if room > 4 && len * 4 <= room {
+            self.regrow(len);
+        }
+    }
+
+    /// An empty ring with room for `need` grants (at most
+    /// [`STAMPED_CALLS`]), stamping on `stamps`' grid, holding `low` (the
+    /// low bits, oldest first).
+    fn ring(stamps: Stamps, need: usize, low: &[u32]) -> WinSlot {
+        let stamps = Stamps {
+            head: 0,
+            len: low.len() as u8,
+            ..stamps
+        };
+        match need.max(low.len()) {
+            0..=4 => WinSlot::R4(Ring::boxed(stamps, low)),
+            5..=8 => WinSlot::R8(Ring::boxed(stamps, low)),
+            9..=16 => WinSlot::R16(Ring::boxed(stamps, low)),
+            17..=32 => WinSlot::R32(Ring::boxed(stamps, low)),
+            _ => WinSlot::R64(Ring::boxed(stamps, low)),
         }
     }
 
     /// The same stamps in the smallest ring with room for `need` grants
     /// (at most [`STAMPED_CALLS`]). A stamp ring only.
     fn regrow(&mut self, need: usize) {
-        fn boxed<const N: usize>(low: &[u32]) -> Box<[u32; N]> {
-            let mut buf = Box::new([0; N]);
-            buf[..low.len()].copy_from_slice(low);
-            buf
-        }
         let mut low = [0; STAMPED_CALLS as usize];
-        let (stamps, len) = rings!(&*self, |stamps, buf| (*stamps, stamps.linear(&buf[..], &mut low)),
+        let (stamps, len) = rings!(ref &*self, |stamps, buf| (*stamps, stamps.linear(&buf[..], &mut low)),
             _ => unreachable!("only a stamp ring regrows"));
-        let low = &low[..len];
-        let stamps = Stamps { head: 0, ..stamps };
-        *self = match need.max(len) {
-            0..=2 => {
-                let mut buf = [0; 2];
-                buf[..len].copy_from_slice(low);
-                WinSlot::Two(stamps, buf)
-            }
-            3..=6 => WinSlot::R6(stamps, boxed(low)),
-            7..=10 => WinSlot::R10(stamps, boxed(low)),
-            11..=14 => WinSlot::R14(stamps, boxed(low)),
-            15..=22 => WinSlot::R22(stamps, boxed(low)),
-            23..=30 => WinSlot::R30(stamps, boxed(low)),
-            31..=46 => WinSlot::R46(stamps, boxed(low)),
-            _ => WinSlot::R64(stamps, boxed(low)),
-        };
+        *self = WinSlot::ring(stamps, need, &low[..len]);
     }
 
-    /// The inline form of `log`, if it holds at most one entry of at most
-    /// `u32::MAX` grants.
+    /// The one-instant form of `log`: fresh if it is empty, `One` if it
+    /// holds one entry of at most `u32::MAX` grants.
     fn one_of(log: &Log) -> Option<WinSlot> {
         match (log.entries(), log.only()) {
             (0, _) => Some(WinSlot::fresh()),
@@ -419,9 +470,8 @@ impl WinSlot {
     /// most [`STAMPED_CALLS`] in all).
     #[inline(never)]
     fn stamps_of(p: &Params, at: u64, count: u64, now: u64, n: u64) -> WinSlot {
-        let mut slot = WinSlot::Two(Stamps::new(p.shift), [0; 2]);
-        slot.regrow((count + n) as usize);
-        rings!(&mut slot, |stamps, buf| {
+        let mut slot = WinSlot::ring(Stamps::new(p.shift), (count + n) as usize, &[]);
+        rings!(mut &mut slot, |stamps, buf| {
             stamps.push(&mut buf[..], at, count);
             stamps.push(&mut buf[..], now, n);
         }, _ => unreachable!());
@@ -442,9 +492,8 @@ impl WinSlot {
         if p.max_calls > STAMPED_CALLS || total > STAMPED_CALLS {
             return None;
         }
-        let mut slot = WinSlot::Two(Stamps::new(p.shift), [0; 2]);
-        slot.regrow(total as usize);
-        rings!(&mut slot, |stamps, buf| {
+        let mut slot = WinSlot::ring(Stamps::new(p.shift), total as usize, &[]);
+        rings!(mut &mut slot, |stamps, buf| {
             for (at, count) in live() {
                 stamps.push(&mut buf[..], at, count);
             }
@@ -459,12 +508,13 @@ impl WinSlot {
         if let WinSlot::One { .. } = self {
             return self.check(p, now, n);
         }
-        let (shift, len) = rings!(&*self, |stamps, _buf| (stamps.shift, u64::from(stamps.len)),
+        let (shift, len) = rings!(ref &*self, |stamps, _buf| (stamps.shift, u64::from(stamps.len)),
             _ => unreachable!());
         if shift != p.shift || p.max_calls > STAMPED_CALLS {
             // The quota changed since the stamps were taken: the log
             // takes over.
-            let log = rings!(&*self, |stamps, buf| stamps.log(&buf[..], now), _ => unreachable!());
+            let log =
+                rings!(ref &*self, |stamps, buf| stamps.log(&buf[..], now), _ => unreachable!());
             *self = WinSlot::Log(Box::new(log));
             return self.check(p, now, n);
         }
@@ -476,17 +526,17 @@ impl WinSlot {
                     return Err(u64::MAX);
                 }
                 let i = (over - 1) as usize;
-                Err(rings!(&*self, |stamps, buf| {
+                Err(rings!(ref &*self, |stamps, buf| {
                     stamps.time(stamps.stamp(&buf[..], i)).saturating_add(p.period).max(now)
                 }, _ => unreachable!()))
             }
             _ => {
                 let need = (len + n) as usize;
-                let room = rings!(&*self, |_stamps, buf| buf.len(), _ => unreachable!());
+                let room = rings!(ref &*self, |_stamps, buf| buf.len(), _ => unreachable!());
                 if need > room {
                     self.regrow(need);
                 }
-                rings!(self, |stamps, buf| stamps.push(&mut buf[..], now, n), _ => unreachable!());
+                rings!(mut self, |stamps, buf| stamps.push(&mut buf[..], now, n), _ => unreachable!());
                 Ok(())
             }
         }
@@ -540,11 +590,20 @@ impl Slot for WinSlot {
             }
             WinSlot::Log(log) => {
                 log.expire(now, p.period);
-                if log.entries() <= 1 {
-                    if let Some(one) = WinSlot::one_of(log) {
-                        *self = one;
-                        return self.check(p, now, n);
-                    }
+                // A smaller form when the grants allow it: one instant
+                // (none left, or all at `now`), or stamps for a small
+                // quota (a log that took over when the grid changed). A
+                // larger quota's log of an older instant stays: back at
+                // one instant, the check would box a log again.
+                let smaller = match log.only() {
+                    _ if log.entries() == 0 => Some(WinSlot::fresh()),
+                    Some((at, _)) if at == now => WinSlot::one_of(log),
+                    _ if p.max_calls <= STAMPED_CALLS => WinSlot::stamps_from(log, p),
+                    _ => None,
+                };
+                if let Some(smaller) = smaller {
+                    *self = smaller;
+                    return self.check(p, now, n);
                 }
                 let at = log.earliest(now, n, p.max_calls, p.period);
                 if at > now {
@@ -572,7 +631,7 @@ impl Slot for WinSlot {
                 .newest()
                 .map_or(0, |newest| newest.saturating_add(p.period)),
             WinSlot::Promoted(_) => u64::MAX,
-            _ => rings!(self, |stamps, buf| match stamps.len {
+            _ => rings!(ref self, |stamps, buf| match stamps.len {
                 0 => 0,
                 _ => stamps.time(stamps.newest(&buf[..])).saturating_add(p.period),
             }, _ => unreachable!()),
@@ -590,7 +649,7 @@ impl Slot for WinSlot {
             }
             WinSlot::Log(log) => *log,
             WinSlot::Promoted(_) => unreachable!("only a compact key is promoted"),
-            _ => rings!(&self, |stamps, buf| stamps.log(&buf[..], now), _ => unreachable!()),
+            _ => rings!(ref &self, |stamps, buf| stamps.log(&buf[..], now), _ => unreachable!()),
         })
     }
 
@@ -601,6 +660,299 @@ impl Slot for WinSlot {
                 .unwrap_or(WinSlot::Log(Box::new(log))),
             Seed::Gcra(_) => WinSlot::fresh(),
         }
+    }
+
+    fn rescale(&mut self, _: u64, _: u64, _: u64) {}
+}
+
+/// A [`WinSlot`] in eight bytes, as a key keeps it in the table (so a
+/// window key costs what a GCRA key does while its grants are at one
+/// instant). The low three bits say which form it holds:
+///
+/// * [`ONE`](WinCell::ONE): `One { at, count }` inline: `at` in the top 56
+///   bits, `count` (1 to 31) in the next five; with a count of 0, a fresh
+///   slot (the word 0) or `Promoted(id)` (`id + 1` in the top 56 bits);
+/// * [`WIDE`](WinCell::WIDE): the address of a boxed [`Wide`], a `One`
+///   that does not fit inline;
+/// * the others: the address of the boxed [`Log`] or [`Ring`] the cell
+///   owns, and which one it is.
+///
+/// Every box is aligned to eight bytes, so its address leaves the tag's
+/// bits clear. The cell owns what its address points to: it frees it when
+/// dropped.
+pub(super) struct WinCell(u64);
+
+/// A `One` that does not fit a [`WinCell`] inline (more than
+/// [`INLINE_COUNT`] grants at one instant, or an instant after
+/// [`INLINE_AT`]): 16 bytes, boxed.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(8))]
+pub(super) struct Wide {
+    at: u64,
+    count: u32,
+}
+
+/// A `Box`'s address as a cell's word (its low three bits clear), exposed
+/// so that [`WinCell::decode`] may make a pointer of it again.
+#[inline]
+fn address_of<T>(boxed: Box<T>, tag: u64) -> u64 {
+    const { assert!(std::mem::align_of::<T>() >= 8) };
+    Box::into_raw(boxed).expose_provenance() as u64 | tag
+}
+
+#[allow(unsafe_code)]
+impl WinCell {
+    const TAG: u64 = 0b111;
+    const ONE: u64 = 0;
+    const WIDE: u64 = 1;
+    const LOG: u64 = 2;
+    const R4: u64 = 3;
+    const R8: u64 = 4;
+    const R16: u64 = 5;
+    const R32: u64 = 6;
+    const R64: u64 = 7;
+
+    /// `slot` in eight bytes.
+    #[inline]
+    fn encode(slot: WinSlot) -> WinCell {
+        WinCell(match slot {
+            WinSlot::One { at, count } if fits_inline(at, u64::from(count)) => {
+                Self::one(at, count.into())
+            }
+            WinSlot::One { at, count } => address_of(Box::new(Wide { at, count }), Self::WIDE),
+            WinSlot::Promoted(id) => {
+                assert!(id < INLINE_AT, "promoted limiters' ids stay under 2^56 - 1");
+                (id + 1) << 8 | Self::ONE
+            }
+            WinSlot::Log(log) => address_of(log, Self::LOG),
+            WinSlot::R4(ring) => address_of(ring, Self::R4),
+            WinSlot::R8(ring) => address_of(ring, Self::R8),
+            WinSlot::R16(ring) => address_of(ring, Self::R16),
+            WinSlot::R32(ring) => address_of(ring, Self::R32),
+            WinSlot::R64(ring) => address_of(ring, Self::R64),
+        })
+    }
+
+    /// The pointer a word made by [`encode`](WinCell::encode) keeps the
+    /// address of (the tag's bits cleared).
+    #[inline]
+    fn pointer<T>(word: u64) -> *mut T {
+        std::ptr::with_exposed_provenance_mut::<T>((word & !WinCell::TAG) as usize)
+    }
+
+    /// The slot a word made by [`encode`](WinCell::encode) holds. A
+    /// [`WIDE`](WinCell::WIDE) word's box is read, not taken: it stays the
+    /// word's.
+    ///
+    /// # Safety
+    ///
+    /// `word` is a cell's, its box (if any) is live, and a [`Log`] or
+    /// [`Ring`] box is owned by nobody else while the slot returned lives:
+    /// the caller took the word out of its cell, or never drops, moves out
+    /// of or mutates the slot (and lets it go before the cell changes).
+    #[inline]
+    unsafe fn decode(word: u64) -> WinSlot {
+        /// The box at the word's address.
+        ///
+        /// # Safety
+        ///
+        /// As for `decode`, and the word's tag says the box is a `T`.
+        #[inline]
+        unsafe fn boxed<T>(word: u64) -> Box<T> {
+            // SAFETY: the address is that of a `Box<T>` turned into a raw
+            // pointer by `address_of` (which exposed its provenance), whose
+            // only owner is the word (the caller's contract).
+            unsafe { Box::from_raw(WinCell::pointer(word)) }
+        }
+        match word & Self::TAG {
+            Self::ONE => match (word >> 3 & INLINE_COUNT, word >> 8) {
+                (0, 0) => WinSlot::fresh(),
+                (0, id) => WinSlot::Promoted(id - 1),
+                (count, at) => WinSlot::One {
+                    at,
+                    count: count as u32,
+                },
+            },
+            Self::WIDE => {
+                // SAFETY: a live `Wide` (the tag `encode` put beside its
+                // address; the caller's contract), copied out.
+                let Wide { at, count } = unsafe { *Self::pointer::<Wide>(word) };
+                WinSlot::One { at, count }
+            }
+            tag => {
+                // SAFETY: for every `boxed` here, the tag is the one
+                // `encode` put beside that type's address; ownership is the
+                // caller's contract.
+                unsafe {
+                    match tag {
+                        Self::LOG => WinSlot::Log(boxed(word)),
+                        Self::R4 => WinSlot::R4(boxed(word)),
+                        Self::R8 => WinSlot::R8(boxed(word)),
+                        Self::R16 => WinSlot::R16(boxed(word)),
+                        Self::R32 => WinSlot::R32(boxed(word)),
+                        _ => WinSlot::R64(boxed(word)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The inline form's word for `count` grants at `at` (which fit).
+    #[inline]
+    fn one(at: u64, count: u64) -> u64 {
+        match count {
+            0 => Self::ONE,
+            _ => at << 8 | count << 3 | Self::ONE,
+        }
+    }
+
+    /// The inline form's instant and count, if the cell holds it (a
+    /// fresh cell: `(0, 0)`; a promoted one, which also has a count of 0,
+    /// is not inline).
+    #[inline]
+    fn inline(&self) -> Option<(u64, u64)> {
+        let (at, count) = (self.0 >> 8, self.0 >> 3 & INLINE_COUNT);
+        (self.0 & Self::TAG == Self::ONE && (count > 0 || at == 0)).then_some((at, count))
+    }
+
+    /// The slot, taken out (the cell is left fresh).
+    #[inline]
+    fn take(&mut self) -> WinSlot {
+        let word = std::mem::replace(&mut self.0, Self::ONE);
+        if word & Self::TAG == Self::WIDE {
+            // SAFETY: the word left the cell: its `Wide` box is nobody
+            // else's, and goes here.
+            let wide = unsafe { Box::from_raw(Self::pointer::<Wide>(word)) };
+            return WinSlot::One {
+                at: wide.at,
+                count: wide.count,
+            };
+        }
+        // SAFETY: the word left the cell (which now holds no box): the
+        // slot is its box's only owner.
+        unsafe { Self::decode(word) }
+    }
+
+    /// `f` on the slot, which goes back into the cell afterwards. (The
+    /// slot's logic runs no user code and does not panic; if it did, the
+    /// key would be left fresh and its state dropped.)
+    #[inline]
+    fn with_mut<R>(&mut self, f: impl FnOnce(&mut WinSlot) -> R) -> R {
+        if self.0 & Self::TAG == Self::WIDE {
+            return self.with_wide(f);
+        }
+        let mut slot = self.take();
+        let out = f(&mut slot);
+        *self = WinCell::encode(slot);
+        out
+    }
+
+    /// [`with_mut`](WinCell::with_mut) of a [`WIDE`](WinCell::WIDE) cell:
+    /// its box is kept while the slot stays a `One` too large to fit
+    /// inline (a key refused, or granted more at the same instant,
+    /// allocates nothing).
+    #[inline(never)]
+    fn with_wide<R>(&mut self, f: impl FnOnce(&mut WinSlot) -> R) -> R {
+        let wide = Self::pointer::<Wide>(self.0);
+        // SAFETY: the cell owns the live `Wide` at its address (the tag
+        // says so), and nothing else reads it while `self` is borrowed.
+        let Wide { at, count } = unsafe { *wide };
+        let mut slot = WinSlot::One { at, count };
+        // (If `f` panics, the cell keeps its box unchanged.)
+        let out = f(&mut slot);
+        match slot {
+            WinSlot::One { at, count } if count > 0 && !fits_inline(at, u64::from(count)) => {
+                // SAFETY: as above; written in place.
+                unsafe { *wide = Wide { at, count } }
+            }
+            // The old cell, dropped by the assignment, frees the box.
+            slot => *self = WinCell::encode(slot),
+        }
+        out
+    }
+
+    /// `f` on a view of the slot, left in the cell.
+    #[inline]
+    fn with_ref<R>(&self, f: impl FnOnce(&WinSlot) -> R) -> R {
+        // SAFETY: the view is never dropped (`ManuallyDrop`, which a panic
+        // in `f` does not drop either), moved out of or mutated (`f` gets
+        // a shared reference), and it goes before `&self` does: the cell
+        // stays the box's only owner.
+        let slot = std::mem::ManuallyDrop::new(unsafe { Self::decode(self.0) });
+        f(&slot)
+    }
+}
+
+impl Drop for WinCell {
+    fn drop(&mut self) {
+        drop(self.take());
+    }
+}
+
+impl std::fmt::Debug for WinCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.with_ref(|slot| slot.fmt(f))
+    }
+}
+
+impl Slot for WinCell {
+    #[inline]
+    fn fresh() -> Self {
+        WinCell(Self::ONE)
+    }
+
+    fn promoted(id: u64) -> Self {
+        WinCell::encode(WinSlot::Promoted(id))
+    }
+
+    #[inline]
+    fn id(&self) -> u64 {
+        match (self.0 & (Self::TAG | INLINE_COUNT << 3), self.0 >> 8) {
+            (Self::ONE, id @ 1..) => id - 1,
+            _ => unreachable!("only a promoted key has a limiter"),
+        }
+    }
+
+    #[inline]
+    fn check(&mut self, p: &Params, now: u64, n: u64) -> Result<(), u64> {
+        if let Some((at, count)) = self.inline() {
+            // `WinSlot::check`'s `One` case on the word itself (a new key's
+            // check, and most checks of keys checked once a period).
+            let held = match count > 0 && at.saturating_add(p.period) <= now {
+                true => 0,
+                false => count,
+            };
+            let Some(total) = held.checked_add(n).filter(|&t| t <= p.max_calls) else {
+                return Err(at.saturating_add(p.period).max(now));
+            };
+            if (held == 0 || at == now) && fits_inline(now, total) {
+                // (Inline before and after: no box to free or make.)
+                self.0 = Self::one(now, total);
+                return Ok(());
+            }
+        }
+        self.with_mut(|slot| slot.check(p, now, n))
+    }
+
+    fn idle_from(&mut self, p: &Params, now: u64) -> u64 {
+        self.with_mut(|slot| slot.idle_from(p, now))
+    }
+
+    #[inline]
+    fn idle_hint(&self, p: &Params) -> u64 {
+        match self.inline() {
+            Some((_, 0)) => 0,
+            Some((at, _)) => at.saturating_add(p.period),
+            None => self.with_ref(|slot| slot.idle_hint(p)),
+        }
+    }
+
+    fn into_seed(mut self, now: u64) -> Seed {
+        self.take().into_seed(now)
+    }
+
+    fn from_seed(seed: Seed, p: &Params) -> Self {
+        WinCell::encode(WinSlot::from_seed(seed, p))
     }
 
     fn rescale(&mut self, _: u64, _: u64, _: u64) {}
@@ -632,7 +984,8 @@ mod tests {
         start: u64,
         rounds: usize,
     ) -> (usize, usize) {
-        let mut slot = WinSlot::fresh();
+        // (The cell a key keeps: every step goes through its encoding.)
+        let mut slot = WinCell::fresh();
         let mut log = Log::default();
         let mut granted = std::collections::VecDeque::new();
         let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
@@ -683,12 +1036,12 @@ mod tests {
                     }
                 }
             }
-            match slot {
-                WinSlot::Two(..) => stamped += 1,
+            slot.with_ref(|slot| match slot {
+                WinSlot::R4(..) => stamped += 1,
                 WinSlot::Log(_) => logged += 1,
                 WinSlot::One { .. } | WinSlot::Promoted(_) => {}
                 _ => boxed += 1,
-            }
+            });
             if (seed >> 40) % 16 == 0 {
                 let seed = slot.into_seed(now);
                 // A promoted limiter's log: in order, nothing after `now`
@@ -697,7 +1050,7 @@ mod tests {
                     assert_eq!(log.total(), log.iter().map(|(_, count)| count).sum::<u64>());
                     assert!(log.iter().all(|(at, _)| at <= now), "{m} at {now}");
                 }
-                slot = WinSlot::from_seed(seed, &p);
+                slot = WinCell::from_seed(seed, &p);
             }
             let idle = slot.idle_from(&p, now);
             match log.newest().filter(|_| log.total() > 0) {
@@ -757,19 +1110,23 @@ mod tests {
         let mut sizes = Vec::new();
         for t in 0..STAMPED_CALLS {
             slot.check(&p, t, 1).unwrap();
-            let size = rings!(&slot, |_stamps, buf| buf.len(), _ => 1);
+            let size = rings!(ref &slot, |_stamps, buf| buf.len(), _ => 1);
             if sizes.last() != Some(&size) {
                 sizes.push(size);
             }
         }
-        assert_eq!(sizes, [1, 2, 6, 10, 14, 22, 30, 46, 64]);
+        assert_eq!(sizes, [1, 4, 8, 16, 32, 64]);
         assert_eq!(slot.check(&p, 100, 1), Err(1_000));
         assert_eq!(slot.check(&p, 1_000, 1), Ok(()));
         assert_eq!(slot.check(&p, 1_000, 1), Err(1_001));
         assert!(matches!(slot, WinSlot::R64(..)));
-        // Down to one grant: inline again; then none: fresh.
+        // Down to a quarter: a smaller ring; then none: fresh.
+        assert_eq!(slot.idle_from(&p, 1_047), 2_000);
+        assert!(matches!(slot, WinSlot::R64(..)));
+        assert_eq!(slot.idle_from(&p, 1_048), 2_000);
+        assert!(matches!(slot, WinSlot::R16(..)));
         assert_eq!(slot.idle_from(&p, 1_063), 2_000);
-        assert!(matches!(slot, WinSlot::Two(..)));
+        assert!(matches!(slot, WinSlot::R4(..)));
         assert_eq!(slot.idle_from(&p, 2_000), 0);
         assert!(matches!(slot, WinSlot::One { count: 0, .. }));
     }
@@ -784,7 +1141,7 @@ mod tests {
         log.record(10_000_000_000_000 - (1_000 << 32) - 50, 1, 0);
         log.record(10_000_000_000_000, 1, 0);
         let mut slot = WinSlot::from_seed(Seed::Window(log), &p);
-        assert!(matches!(slot, WinSlot::Two(..)));
+        assert!(matches!(slot, WinSlot::R4(..)));
         assert_eq!(slot.check(&p, 10_000_000_000_001, 1), Ok(()));
         assert_eq!(
             slot.check(&p, 10_000_000_000_002, 1),
@@ -806,20 +1163,151 @@ mod tests {
     fn slots_are_small() {
         // A key's table entry is its hash, the key and the slot.
         assert_eq!(std::mem::size_of::<GcraSlot>(), 8);
+        assert_eq!(std::mem::size_of::<WinCell>(), 8);
         assert_eq!(std::mem::size_of::<WinSlot>(), 16);
+        // The rings fill the allocator's size classes.
+        assert_eq!(std::mem::size_of::<Ring<4>>(), 24);
+        assert_eq!(std::mem::size_of::<Ring<8>>(), 40);
+        assert_eq!(std::mem::size_of::<Ring<16>>(), 72);
+        assert_eq!(std::mem::size_of::<Ring<64>>(), 264);
+        assert_eq!(std::mem::size_of::<Wide>(), 16);
     }
 
     #[test]
-    fn many_grants_at_one_instant_take_the_log() {
+    fn the_cell_keeps_every_form_in_eight_bytes() {
+        fn round_trip(slot: WinSlot) -> (u64, String) {
+            let before = format!("{slot:?}");
+            let mut cell = WinCell::encode(slot);
+            let word = cell.0;
+            assert_eq!(
+                format!("{cell:?}"),
+                cell.with_ref(|slot| format!("{slot:?}"))
+            );
+            let after = format!("{:?}", cell.take());
+            assert_eq!(cell.0, WinCell::ONE, "taking leaves the cell fresh");
+            assert_eq!(before, after);
+            (word, after)
+        }
+        // Inline: fresh is zero; the largest inline instant and count.
+        assert_eq!(round_trip(WinSlot::fresh()).0, 0);
+        let (word, _) = round_trip(WinSlot::One {
+            at: INLINE_AT,
+            count: INLINE_COUNT as u32,
+        });
+        assert_eq!(word & WinCell::TAG, WinCell::ONE);
+        // Past them, boxed (with the same grants); checked in place.
+        let p = window(usize::MAX, 100);
+        for (at, count) in [
+            (INLINE_AT + 1, 1),
+            (5, INLINE_COUNT + 1),
+            (u64::MAX, u32::MAX.into()),
+        ] {
+            let (word, _) = round_trip(WinSlot::One {
+                at,
+                count: count as u32,
+            });
+            assert_eq!(word & WinCell::TAG, WinCell::WIDE);
+            let mut cell = WinCell::encode(WinSlot::One {
+                at,
+                count: count as u32,
+            });
+            let word = cell.0;
+            cell.with_ref(|slot| match slot {
+                WinSlot::One { at: a, count: c } => assert_eq!((*a, u64::from(*c)), (at, count)),
+                other => panic!("{other:?}"),
+            });
+            if count < u32::MAX.into() {
+                cell.check(&p, at, 1).unwrap();
+                assert_eq!(cell.0, word, "the same box, updated");
+                cell.with_ref(|slot| match slot {
+                    WinSlot::One { at: a, count: c } => {
+                        assert_eq!((*a, u64::from(*c)), (at, count + 1))
+                    }
+                    other => panic!("{other:?}"),
+                });
+            }
+            // Expired and checked again at an instant that fits inline:
+            // back inline (the box freed).
+            if at < INLINE_AT {
+                cell.check(&p, at + 100, 1).unwrap();
+                assert_eq!(cell.0 & WinCell::TAG, WinCell::ONE);
+            }
+            drop(cell);
+        }
+        for id in [0, 1, INLINE_AT - 1] {
+            assert_eq!(WinCell::promoted(id).id(), id);
+            let (word, _) = round_trip(WinSlot::Promoted(id));
+            assert_eq!(word & WinCell::TAG, WinCell::ONE);
+        }
+        // Every ring (a few stamps in each), and a log; dropping a cell
+        // frees its box (the address sanitizer's leak check sees it).
+        let p = window(STAMPED_CALLS as usize, 1_000);
+        for need in [2, 5, 9, 17, 33, 64] {
+            let mut slot = WinSlot::fresh();
+            for t in 0..need {
+                slot.check(&p, t, 1).unwrap();
+            }
+            let (word, text) = round_trip(slot);
+            assert_ne!(word & WinCell::TAG, WinCell::ONE, "{need}: {text}");
+            let mut cell = WinCell::fresh();
+            for t in 0..need {
+                cell.check(&p, t, 1).unwrap();
+            }
+            assert_eq!(cell.idle_hint(&p), need - 1 + 1_000);
+            drop(cell);
+        }
+        let mut log = Log::default();
+        log.record(1, 2, 0);
+        log.record(3, 4, 0);
+        round_trip(WinSlot::Log(Box::new(log)));
+    }
+
+    #[test]
+    fn stamps_taken_on_another_grid_come_back_as_stamps() {
+        let coarse = window(10, 3_000_000_000);
+        let fine = window(10, 2_000_000_000);
+        assert_ne!(coarse.shift, fine.shift);
+        let mut slot = WinSlot::fresh();
+        for t in [1, 2, 3] {
+            slot.check(&coarse, t, 1).unwrap();
+        }
+        assert!(matches!(slot, WinSlot::R4(_)));
+        slot.check(&fine, 5, 1).unwrap();
+        match &slot {
+            WinSlot::R4(ring) => assert_eq!((ring.stamps.shift, ring.stamps.len), (0, 4)),
+            other => panic!("{other:?}"),
+        }
+        // A larger quota's log of two instants stays a log.
+        let p = window(100, 100);
+        let mut slot = WinSlot::fresh();
+        slot.check(&p, 1, 1).unwrap();
+        slot.check(&p, 2, 1).unwrap();
+        slot.check(&p, 101, 1).unwrap();
+        assert!(matches!(slot, WinSlot::Log(_)));
+        slot.check(&p, 300, 1).unwrap();
+        assert!(matches!(slot, WinSlot::One { at: 300, count: 1 }));
+    }
+
+    #[test]
+    fn many_grants_at_one_instant_stay_one_instant() {
         let p = window(usize::MAX, 100);
         let mut slot = WinSlot::fresh();
-        slot.check(&p, 5, u64::from(u32::MAX)).unwrap();
+        slot.check(&p, 5, INLINE_COUNT).unwrap();
+        slot.check(&p, 5, 1).unwrap();
+        assert!(matches!(slot, WinSlot::One { at: 5, count: 32 }));
+        slot.check(&p, 5, u64::from(u32::MAX) - 32).unwrap();
         assert!(matches!(slot, WinSlot::One { .. }));
-        slot.check(&p, 5, 2).unwrap();
+        // More than a `u32` counts at one instant, or a second instant:
+        // the log.
+        slot.check(&p, 5, 1).unwrap();
         assert!(matches!(slot, WinSlot::Log(_)));
         assert_eq!(slot.idle_from(&p, 50), 105);
         let back = WinSlot::from_seed(slot.into_seed(50), &p);
         assert!(matches!(back, WinSlot::Log(_)));
+        let mut slot = WinSlot::fresh();
+        slot.check(&p, 5, 40).unwrap();
+        slot.check(&p, 6, 1).unwrap();
+        assert!(matches!(slot, WinSlot::Log(_)));
     }
 
     #[test]

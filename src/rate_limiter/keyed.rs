@@ -10,8 +10,9 @@
 //!   never hashes a key again). Threads checking different keys rarely
 //!   meet on one lock.
 //! * A key that is only checked keeps its compact state
-//!   ([`compact`](super::compact)): GCRA's arrival time (8 bytes), or the
-//!   window's one grant time and count inline (a log beyond). A check is a
+//!   ([`compact`](super::compact)) in 8 bytes: GCRA's arrival time, or the
+//!   window's one grant time and count inline (a boxed ring of stamps or a
+//!   log beyond, the cell keeping its address). A check is a
 //!   clock read, a lookup and that arithmetic, under the shard's lock.
 //! * An acquire future holds its key and a handle to the map, and checks
 //!   the key at its first poll as a check does: granted, the key stays
@@ -24,7 +25,7 @@
 //!   next check or sweep *demotes* it: the state moves back, the limiter is
 //!   dropped.
 
-use super::compact::{GcraSlot, Params, Slot, WinSlot};
+use super::compact::{GcraSlot, Params, Slot, WinCell};
 use super::shared::{Acquisition, Shared, nanos};
 use super::{Quota, QuotaError, RateLimitError};
 use crate::time::{DefaultTimer, Timer};
@@ -79,13 +80,16 @@ fn shard_of(hash: u64) -> usize {
 /// # Memory
 ///
 /// A key that is only checked ([`try_acquire`](Self::try_acquire)) holds
-/// what its algorithm needs and no more: with GCRA its arrival time (a key
-/// costs its own size plus 16 bytes in the table), with a strict window
-/// its grants of the last period: the time of its grants inline while they
-/// were all at one instant; with grants at several times, four bytes a
-/// grant for quotas of up to 64 calls per period (two inline, then a small
-/// allocation: a key holding 10 grants costs about 48 bytes more), or the
-/// single limiter's log for larger quotas. Those four-byte stamps count
+/// what its algorithm needs and no more, in eight bytes beside the key and
+/// its hash (a key costs its own size plus 16 bytes in the table): with
+/// GCRA its arrival time; with a strict window its grants of the last
+/// period: their time and count while they are all at one instant (inline
+/// up to 31 grants, within 2⁵⁶ ns — 2.28 years — of the limiter's first
+/// use; past that, in a 16-byte allocation); with grants at several
+/// times, a small allocation of four bytes a grant for quotas of up to 64
+/// calls per period (rings of 4, 8, 16, 32 and 64 grants: a key holding 2
+/// grants costs about 32 bytes more, 10 grants about 80), or the single
+/// limiter's log for larger quotas. Those four-byte stamps count
 /// time in steps of `2^k` ns, the smallest with the period within `2^31`
 /// steps: exact nanoseconds for periods up to about 2.1 s; otherwise a
 /// grant's time is rounded *up* to the next step (32 ns for a one-minute
@@ -185,7 +189,7 @@ struct Inner<K, T: Timer> {
 /// The shards, by algorithm.
 enum Table<K, T: Timer> {
     Gcra(Box<[Cell<K, GcraSlot, T>]>),
-    Window(Box<[Cell<K, WinSlot, T>]>),
+    Window(Box<[Cell<K, WinCell, T>]>),
 }
 
 /// Counters shared by the shards, on their own cache line.

@@ -16,7 +16,12 @@ pub(super) const EXACT_ENTRIES: u64 = 1024;
 /// The newest entry (the one grants merge into) is kept apart from the
 /// older ones, so the steady state of a busy limiter — a grant merged into
 /// it, nothing old enough to leave — touches no queue index arithmetic.
+///
+/// Aligned to eight bytes on every target, so a keyed limiter's key can
+/// keep a tag beside a boxed log's address
+/// ([`WinCell`](super::compact::WinCell)).
 #[derive(Clone, Debug, Default)]
+#[repr(align(8))]
 pub(super) struct Log {
     /// The entries before `tail`, oldest first (never any without a `tail`).
     closed: VecDeque<Entry>,
