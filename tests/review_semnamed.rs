@@ -189,6 +189,17 @@ impl Drop for SetOnDrop<'_> {
     }
 }
 
+/// A future that panics when polled (and sets its flag when dropped: an
+/// `async` block would drop its locals itself as the panic unwinds).
+struct PanicsInPoll<'a>(#[allow(dead_code)] SetOnDrop<'a>);
+
+impl Future for PanicsInPoll<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        panic!("user code");
+    }
+}
+
 /// A future that counts its polls and never completes on its own.
 struct Forever<'a>(&'a AtomicUsize);
 
@@ -403,11 +414,7 @@ redis_matrix! {
         let s = sem(connect(&server).await, 1, 60_000);
         let other = sem(connect(&server).await, 1, 60_000);
         let dropped = AtomicBool::new(false);
-        let mut limited = pin!(s.limit(async {
-            let _flag = SetOnDrop(&dropped);
-            sleep(1).await;
-            panic!("user code");
-        }));
+        let mut limited = Box::pin(s.limit(PanicsInPoll(SetOnDrop(&dropped))));
         let out = AssertUnwindSafe(poll_fn(|cx| limited.as_mut().poll(cx)))
             .catch_unwind()
             .await;
@@ -422,7 +429,7 @@ redis_matrix! {
         }));
         assert!(again.is_err(), "polled again after its future panicked");
         assert!(!limited.is_terminated());
-        assert!(format!("{limited:?}").contains("SemaphoreLimit"));
+        assert!(format!("{limited:?}").contains("panicked"), "{limited:?}");
         drop(limited);
         // A call of `s`: whatever it gives back, not the other's permit.
         assert!(matches!(s.try_acquire().await, Err(Error::NoPermits)));
@@ -440,17 +447,52 @@ redis_matrix! {
         let s = sem(connect(&server).await, 1, 60_000);
         let dropped = AtomicBool::new(false);
         let ran = AtomicBool::new(false);
-        let mut limited = pin!(s.limit_with(FailurePolicy::Open, async {
-            let _flag = SetOnDrop(&dropped);
-            ran.store(true, Ordering::SeqCst);
-            panic!("user code");
-        }));
+        let mut limited = pin!(s.limit_with(
+            FailurePolicy::Open,
+            async {
+                ran.store(true, Ordering::SeqCst);
+            }
+            .then(|()| PanicsInPoll(SetOnDrop(&dropped)))
+        ));
         let out = AssertUnwindSafe(poll_fn(|cx| limited.as_mut().poll(cx)))
             .catch_unwind()
             .await;
         assert!(out.is_err());
         assert!(ran.load(Ordering::SeqCst));
         assert!(dropped.load(Ordering::SeqCst), "the panicked future is kept alive");
+    }
+
+    // A future that panics and whose destructor panics too (dropped while
+    // the first panic unwinds): the first panic propagates, the process
+    // does not abort, and the permit is back at the next call.
+    async fn limit_future_panicking_in_its_drop_while_unwinding() {
+        let server = RedisServer::start();
+        let mut probe = connect(&server).await;
+        let s = sem(connect(&server).await, 1, 60_000);
+        // Panics in its poll, then in its destructor.
+        struct Bad;
+        impl Future for Bad {
+            type Output = ();
+            fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+                panic!("user code");
+            }
+        }
+        impl Drop for Bad {
+            fn drop(&mut self) {
+                panic!("destructor");
+            }
+        }
+        let mut limited = Box::pin(s.limit(Bad));
+        let out = AssertUnwindSafe(poll_fn(|cx| limited.as_mut().poll(cx)))
+            .catch_unwind()
+            .await;
+        let payload = out.unwrap_err();
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"user code"));
+        // Nothing left to drop (a destructor panic here means the future
+        // was kept past its panic).
+        drop(limited);
+        s.try_acquire().await.unwrap().release().await.unwrap();
+        assert_eq!(zcard(&mut probe, "s:holders").await, 0);
     }
 
     // An acquire waiting behind another handle's permit, dropped after

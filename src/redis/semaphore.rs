@@ -1316,8 +1316,9 @@ pin_project! {
     ///
     /// Polling it after it completed panics; a panic of the inner future
     /// propagates, and polling `SemaphoreLimit` again after that panics
-    /// too (it does not poll a future that panicked; dropping it gives the
-    /// permit back at the semaphore handle's next call).
+    /// too (it does not poll a future that panicked). As the panic
+    /// unwinds, the future is dropped and the permit's release queued for
+    /// the semaphore handle's next call, as for a dropped [`Permit`].
     ///
     /// # Examples
     ///
@@ -1498,11 +1499,21 @@ where
             *this.done = true;
             return Poll::Ready(Err(Error::LeaseLost));
         }
-        let Some(future) = this.future.as_mut().as_pin_mut() else {
+        *this.running = true;
+        // A panic of the future drops it and the rest of the run (the
+        // permit's drop queues its release) as it unwinds, as an async
+        // fn's locals are; `running` stays set, and later polls refuse.
+        let mut unwinding = DropOnUnwind {
+            future: this.future.as_mut(),
+            renewal: this.renewal.as_mut(),
+            sleep: this.sleep.as_mut(),
+            permit: &mut *this.permit,
+        };
+        let Some(future) = unwinding.future.as_mut().as_pin_mut() else {
             unreachable!("the future runs until done");
         };
-        *this.running = true;
         let out = future.poll(cx);
+        std::mem::forget(unwinding);
         *this.running = false;
         let out = ready!(out);
         this.future.set(None);
@@ -1529,6 +1540,27 @@ where
     }
 }
 
+/// Drops, while a panic of a [`SemaphoreLimit`]'s future unwinds, the
+/// future, then the renewal and sleep, then the permit (queuing its
+/// release). Forgotten when the poll returns.
+struct DropOnUnwind<'r, 'a, F, C, T: Timer> {
+    future: Pin<&'r mut Option<F>>,
+    renewal: Pin<&'r mut Option<ScriptCall<T>>>,
+    sleep: Pin<&'r mut Option<T::Sleep>>,
+    permit: &'r mut Option<Permit<'a, C, T>>,
+}
+
+impl<F, C, T: Timer> Drop for DropOnUnwind<'_, '_, F, C, T> {
+    fn drop(&mut self) {
+        // Destructors of user code, while a panic unwinds: a second panic
+        // would abort the process.
+        crate::unwind::contain(|| self.future.set(None));
+        crate::unwind::contain(|| self.renewal.set(None));
+        crate::unwind::contain(|| self.sleep.set(None));
+        *self.permit = None;
+    }
+}
+
 impl<F, C, T> FusedFuture for SemaphoreLimit<'_, F, C, T>
 where
     F: Future,
@@ -1544,6 +1576,8 @@ impl<F: Future, C, T: Timer> fmt::Debug for SemaphoreLimit<'_, F, C, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = if self.done {
             "done"
+        } else if self.running {
+            "panicked"
         } else if self.acquire.is_some() {
             "acquiring"
         } else if self.release.is_some() {
