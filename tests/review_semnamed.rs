@@ -21,7 +21,7 @@ use common::redis_server::{RedisServer, connect};
 use futures::FutureExt;
 use futures::future::FusedFuture;
 use redis::aio::MultiplexedConnection;
-use std::future::{Future, poll_fn};
+use std::future::{Future, IntoFuture, poll_fn};
 use std::panic::AssertUnwindSafe;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -197,6 +197,19 @@ impl Future for PanicsInPoll<'_> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
         panic!("user code");
+    }
+}
+
+/// An `IntoFuture` that counts its conversions (a builder whose
+/// `into_future` starts something: a clock, a request).
+struct Job<'a>(&'a AtomicUsize);
+
+impl IntoFuture for Job<'_> {
+    type Output = u32;
+    type IntoFuture = std::future::Ready<u32>;
+    fn into_future(self) -> Self::IntoFuture {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(7)
     }
 }
 
@@ -493,6 +506,39 @@ redis_matrix! {
         drop(limited);
         s.try_acquire().await.unwrap().release().await.unwrap();
         assert_eq!(zcard(&mut probe, "s:holders").await, 0);
+    }
+
+    // limit takes an IntoFuture and, as `.await` in the async fn it
+    // replaced, converts it once the permit is held: not when limit is
+    // called, not while waiting, never when the acquire fails closed;
+    // failing open, after the acquire failed.
+    async fn limit_converts_its_into_future_once_the_permit_is_held() {
+        let server = RedisServer::start();
+        let mut probe = connect(&server).await;
+        let s = sem(connect(&server).await, 1, 60_000);
+        let other = sem(connect(&server).await, 1, 60_000);
+        let converted = AtomicUsize::new(0);
+        let theirs = other.try_acquire().await.unwrap();
+        let mut limited = pin!(s.limit(Job(&converted)));
+        assert_eq!(converted.load(Ordering::SeqCst), 0, "converted by limit()");
+        let mut polls = 0;
+        poll_fn(|cx| {
+            polls += 1;
+            assert!(limited.as_mut().poll(cx).is_pending());
+            if polls < 5 { Poll::Pending } else { Poll::Ready(()) }
+        })
+        .await;
+        assert_eq!(converted.load(Ordering::SeqCst), 0, "converted while waiting for the permit");
+        theirs.release().await.unwrap();
+        assert_eq!(limited.await.unwrap(), 7);
+        assert_eq!(converted.load(Ordering::SeqCst), 1);
+        // A foreign value under the holders key: every acquire is an error.
+        let _: () = redis::cmd("SET").arg("s:holders").arg("x").query_async(&mut probe).await.unwrap();
+        assert!(matches!(s.limit(Job(&converted)).await, Err(Error::Script(_))));
+        assert_eq!(converted.load(Ordering::SeqCst), 1, "converted though the acquire failed closed");
+        let open = s.limit_with(FailurePolicy::Open, Job(&converted)).await;
+        assert_eq!(open.unwrap(), 7);
+        assert_eq!(converted.load(Ordering::SeqCst), 2);
     }
 
     // An acquire waiting behind another handle's permit, dropped after
