@@ -534,7 +534,7 @@ redis_matrix! {
         assert_eq!(converted.load(Ordering::SeqCst), 1);
         // A foreign value under the holders key: every acquire is an error.
         let _: () = redis::cmd("SET").arg("s:holders").arg("x").query_async(&mut probe).await.unwrap();
-        assert!(matches!(s.limit(Job(&converted)).await, Err(Error::Script(_))));
+        assert!(matches!(s.limit(Job(&converted)).await, Err(Error::Redis(_))));
         assert_eq!(converted.load(Ordering::SeqCst), 1, "converted though the acquire failed closed");
         let open = s.limit_with(FailurePolicy::Open, Job(&converted)).await;
         assert_eq!(open.unwrap(), 7);

@@ -561,7 +561,7 @@ where
     /// assert_eq!(out, "long job");
     /// # }
     /// ```
-    pub fn limit<F: IntoFuture>(&self, future: F) -> SemaphoreLimit<'_, F::IntoFuture, C, T> {
+    pub fn limit<F: IntoFuture>(&self, future: F) -> SemaphoreLimit<'_, F, C, T> {
         self.limit_with(FailurePolicy::Closed, future)
     }
 
@@ -595,12 +595,13 @@ where
         &self,
         policy: FailurePolicy,
         future: F,
-    ) -> SemaphoreLimit<'_, F::IntoFuture, C, T> {
+    ) -> SemaphoreLimit<'_, F, C, T> {
         SemaphoreLimit {
             sem: self,
             open: policy == FailurePolicy::Open,
             acquire: Some(self.acquire()),
-            future: Some(future.into_future()),
+            given: Some(future),
+            future: None,
             permit: None,
             next: None,
             renewal: None,
@@ -1310,7 +1311,9 @@ pin_project! {
     ///
     /// The renewals are script calls polled beside the future, inside this
     /// future (nothing is spawned); its output waits for the release's
-    /// answer. Nothing is sent to Redis before its first poll.
+    /// answer. Nothing is sent to Redis before its first poll. `F` is what
+    /// was passed to `limit`: a future, or an [`IntoFuture`] converted
+    /// once the permit is held (never when the acquire fails closed).
     ///
     /// # Panics
     ///
@@ -1333,13 +1336,16 @@ pin_project! {
     /// # }
     /// ```
     #[must_use = "futures do nothing unless you `.await` or poll them"]
-    pub struct SemaphoreLimit<'a, F: Future, C, T: Timer = DefaultTimer> {
+    pub struct SemaphoreLimit<'a, F: IntoFuture, C, T: Timer = DefaultTimer> {
         sem: &'a Semaphore<C, T>,
         open: bool,
         #[pin]
         acquire: Option<AcquirePermit<'a, C, T>>,
+        // The future as given, converted once the permit is held (or the
+        // acquire failed, failing open), as `.await` converts it.
+        given: Option<F>,
         #[pin]
-        future: Option<F>,
+        future: Option<F::IntoFuture>,
         // Held while the future runs (`None` when it runs without one,
         // failing open).
         permit: Option<Permit<'a, C, T>>,
@@ -1367,7 +1373,7 @@ pin_project! {
 
 impl<F, C, T> Future for SemaphoreLimit<'_, F, C, T>
 where
-    F: Future,
+    F: IntoFuture,
     C: ConnectionLike + Clone + Send + 'static,
     T: Timer + Clone,
 {
@@ -1392,11 +1398,13 @@ where
                 // Fail open: run the future without a permit.
                 Err(e) if e.is_failure() && *this.open => {}
                 Err(e) => {
-                    this.future.set(None);
+                    *this.given = None;
                     *this.done = true;
                     return Poll::Ready(Err(e));
                 }
             }
+            this.future
+                .set(this.given.take().map(IntoFuture::into_future));
         }
         if let Some(release) = this.release.as_mut().as_pin_mut() {
             // Errors are ignored: a failed release is queued for the next
@@ -1563,7 +1571,7 @@ impl<F, C, T: Timer> Drop for DropOnUnwind<'_, '_, F, C, T> {
 
 impl<F, C, T> FusedFuture for SemaphoreLimit<'_, F, C, T>
 where
-    F: Future,
+    F: IntoFuture,
     C: ConnectionLike + Clone + Send + 'static,
     T: Timer + Clone,
 {
@@ -1572,7 +1580,7 @@ where
     }
 }
 
-impl<F: Future, C, T: Timer> fmt::Debug for SemaphoreLimit<'_, F, C, T> {
+impl<F: IntoFuture, C, T: Timer> fmt::Debug for SemaphoreLimit<'_, F, C, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = if self.done {
             "done"
