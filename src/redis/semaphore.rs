@@ -561,7 +561,7 @@ where
     /// assert_eq!(out, "long job");
     /// # }
     /// ```
-    pub fn limit<F: IntoFuture>(&self, future: F) -> SemaphoreLimit<'_, F::IntoFuture, C, T> {
+    pub fn limit<F: IntoFuture>(&self, future: F) -> SemaphoreLimit<'_, F, C, T> {
         self.limit_with(FailurePolicy::Closed, future)
     }
 
@@ -595,12 +595,13 @@ where
         &self,
         policy: FailurePolicy,
         future: F,
-    ) -> SemaphoreLimit<'_, F::IntoFuture, C, T> {
+    ) -> SemaphoreLimit<'_, F, C, T> {
         SemaphoreLimit {
             sem: self,
             open: policy == FailurePolicy::Open,
             acquire: Some(self.acquire()),
-            future: Some(future.into_future()),
+            given: Some(future),
+            future: None,
             permit: None,
             next: None,
             renewal: None,
@@ -1310,14 +1311,17 @@ pin_project! {
     ///
     /// The renewals are script calls polled beside the future, inside this
     /// future (nothing is spawned); its output waits for the release's
-    /// answer. Nothing is sent to Redis before its first poll.
+    /// answer. Nothing is sent to Redis before its first poll. `F` is what
+    /// was passed to `limit`: a future, or an [`IntoFuture`] converted
+    /// once the permit is held (never when the acquire fails closed).
     ///
     /// # Panics
     ///
     /// Polling it after it completed panics; a panic of the inner future
     /// propagates, and polling `SemaphoreLimit` again after that panics
-    /// too (it does not poll a future that panicked; dropping it gives the
-    /// permit back at the semaphore handle's next call).
+    /// too (it does not poll a future that panicked). As the panic
+    /// unwinds, the future is dropped and the permit's release queued for
+    /// the semaphore handle's next call, as for a dropped [`Permit`].
     ///
     /// # Examples
     ///
@@ -1332,13 +1336,16 @@ pin_project! {
     /// # }
     /// ```
     #[must_use = "futures do nothing unless you `.await` or poll them"]
-    pub struct SemaphoreLimit<'a, F: Future, C, T: Timer = DefaultTimer> {
+    pub struct SemaphoreLimit<'a, F: IntoFuture, C, T: Timer = DefaultTimer> {
         sem: &'a Semaphore<C, T>,
         open: bool,
         #[pin]
         acquire: Option<AcquirePermit<'a, C, T>>,
+        // The future as given, converted once the permit is held (or the
+        // acquire failed, failing open), as `.await` converts it.
+        given: Option<F>,
         #[pin]
-        future: Option<F>,
+        future: Option<F::IntoFuture>,
         // Held while the future runs (`None` when it runs without one,
         // failing open).
         permit: Option<Permit<'a, C, T>>,
@@ -1366,7 +1373,7 @@ pin_project! {
 
 impl<F, C, T> Future for SemaphoreLimit<'_, F, C, T>
 where
-    F: Future,
+    F: IntoFuture,
     C: ConnectionLike + Clone + Send + 'static,
     T: Timer + Clone,
 {
@@ -1391,11 +1398,13 @@ where
                 // Fail open: run the future without a permit.
                 Err(e) if e.is_failure() && *this.open => {}
                 Err(e) => {
-                    this.future.set(None);
+                    *this.given = None;
                     *this.done = true;
                     return Poll::Ready(Err(e));
                 }
             }
+            this.future
+                .set(this.given.take().map(IntoFuture::into_future));
         }
         if let Some(release) = this.release.as_mut().as_pin_mut() {
             // Errors are ignored: a failed release is queued for the next
@@ -1498,11 +1507,21 @@ where
             *this.done = true;
             return Poll::Ready(Err(Error::LeaseLost));
         }
-        let Some(future) = this.future.as_mut().as_pin_mut() else {
+        *this.running = true;
+        // A panic of the future drops it and the rest of the run (the
+        // permit's drop queues its release) as it unwinds, as an async
+        // fn's locals are; `running` stays set, and later polls refuse.
+        let mut unwinding = DropOnUnwind {
+            future: this.future.as_mut(),
+            renewal: this.renewal.as_mut(),
+            sleep: this.sleep.as_mut(),
+            permit: &mut *this.permit,
+        };
+        let Some(future) = unwinding.future.as_mut().as_pin_mut() else {
             unreachable!("the future runs until done");
         };
-        *this.running = true;
         let out = future.poll(cx);
+        std::mem::forget(unwinding);
         *this.running = false;
         let out = ready!(out);
         this.future.set(None);
@@ -1529,9 +1548,30 @@ where
     }
 }
 
+/// Drops, while a panic of a [`SemaphoreLimit`]'s future unwinds, the
+/// future, then the renewal and sleep, then the permit (queuing its
+/// release). Forgotten when the poll returns.
+struct DropOnUnwind<'r, 'a, F, C, T: Timer> {
+    future: Pin<&'r mut Option<F>>,
+    renewal: Pin<&'r mut Option<ScriptCall<T>>>,
+    sleep: Pin<&'r mut Option<T::Sleep>>,
+    permit: &'r mut Option<Permit<'a, C, T>>,
+}
+
+impl<F, C, T: Timer> Drop for DropOnUnwind<'_, '_, F, C, T> {
+    fn drop(&mut self) {
+        // Destructors of user code, while a panic unwinds: a second panic
+        // would abort the process.
+        crate::unwind::contain(|| self.future.set(None));
+        crate::unwind::contain(|| self.renewal.set(None));
+        crate::unwind::contain(|| self.sleep.set(None));
+        *self.permit = None;
+    }
+}
+
 impl<F, C, T> FusedFuture for SemaphoreLimit<'_, F, C, T>
 where
-    F: Future,
+    F: IntoFuture,
     C: ConnectionLike + Clone + Send + 'static,
     T: Timer + Clone,
 {
@@ -1540,10 +1580,12 @@ where
     }
 }
 
-impl<F: Future, C, T: Timer> fmt::Debug for SemaphoreLimit<'_, F, C, T> {
+impl<F: IntoFuture, C, T: Timer> fmt::Debug for SemaphoreLimit<'_, F, C, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = if self.done {
             "done"
+        } else if self.running {
+            "panicked"
         } else if self.acquire.is_some() {
             "acquiring"
         } else if self.release.is_some() {
