@@ -247,7 +247,7 @@ fn memory_child(which: &str) {
     println!("{bytes} {}", elapsed.as_nanos());
 }
 
-fn memory_group(settings: &Settings) {
+fn memory_group(settings: &Settings, passes: usize) {
     let exe = std::env::current_exe().expect("this bench's path");
     let mut rows = Vec::new();
     for name in [
@@ -260,18 +260,27 @@ fn memory_group(settings: &Settings) {
         "awaitkit_gcra_acquire",
         "governor",
     ] {
-        let out = std::process::Command::new(&exe)
-            .env("AWAITKIT_KEYED_MEMORY", name)
-            .output()
-            .expect("run the memory child");
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().unwrap());
-        let (bytes, nanos) = (fields.next().unwrap(), fields.next().unwrap());
+        // Each pass is one shot in a fresh process (a cold table, the
+        // page faults of its growth): the median of `passes`, so one pass
+        // slowed by the machine does not decide the verdict.
+        let mut runs: Vec<(u64, u64)> = (0..passes)
+            .map(|_| {
+                let out = std::process::Command::new(&exe)
+                    .env("AWAITKIT_KEYED_MEMORY", name)
+                    .output()
+                    .expect("run the memory child");
+                assert!(
+                    out.status.success(),
+                    "{name}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let text = String::from_utf8(out.stdout).unwrap();
+                let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().unwrap());
+                (fields.next().unwrap(), fields.next().unwrap())
+            })
+            .collect();
+        runs.sort_by_key(|&(_, nanos)| nanos);
+        let (bytes, nanos) = runs[runs.len() / 2];
         let per_key = bytes as f64 / MEMORY_KEYS as f64;
         let per_check = nanos as f64 / MEMORY_KEYS as f64;
         eprintln!(
@@ -322,7 +331,9 @@ fn main() {
     }
     let settings = Settings::from_env();
     let mut c: Criterion = settings.criterion().configure_from_args();
-    let test_mode = std::env::args().any(|a| a == "--test");
+    // `cargo bench` passes `--bench`; criterion's test mode (`cargo test
+    // --benches`, as CI runs it) does not.
+    let test_mode = !std::env::args().any(|a| a == "--bench");
     settings.write_run_marker("awaitkit-bench-run-keyed.txt");
 
     let mut group = c.benchmark_group("keyed_new_key");
@@ -350,7 +361,6 @@ fn main() {
     group.finish();
 
     c.final_summary();
-    if !test_mode {
-        memory_group(&settings);
-    }
+    // (In test mode one pass a limiter: its checks still run.)
+    memory_group(&settings, if test_mode { 1 } else { 3 });
 }
