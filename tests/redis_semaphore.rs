@@ -14,7 +14,7 @@ use awaitkit::redis::{
     AcquirePermit, Error, FailurePolicy, Permit, ReleasePermit, RenewPermit, Semaphore,
     SemaphoreLimit, TryAcquirePermit,
 };
-use common::redis_server::{RedisServer, connect, manager};
+use common::redis_server::{RedisServer, connect, manager, zcard};
 use futures::future::FusedFuture;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use std::future::{Future, Ready};
@@ -23,14 +23,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
-
-async fn zcard(conn: &mut MultiplexedConnection, key: &str) -> usize {
-    redis::cmd("ZCARD")
-        .arg(key)
-        .query_async(conn)
-        .await
-        .unwrap()
-}
 
 /// The scripts in Redis's cache (`INFO memory`).
 async fn cached_scripts(conn: &mut MultiplexedConnection) -> usize {

@@ -9,7 +9,7 @@
 mod common;
 
 use awaitkit::redis::{Error, FailurePolicy, Semaphore};
-use common::redis_server::{RedisServer, connect};
+use common::redis_server::{RedisServer, connect, zcard};
 use futures::FutureExt;
 use redis::aio::MultiplexedConnection;
 use std::future::Future;
@@ -18,14 +18,6 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
-
-async fn zcard(conn: &mut MultiplexedConnection, key: &str) -> usize {
-    redis::cmd("ZCARD")
-        .arg(key)
-        .query_async(conn)
-        .await
-        .unwrap()
-}
 
 async fn sleep(ms: u64) {
     smol::Timer::after(Duration::from_millis(ms)).await;

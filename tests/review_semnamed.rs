@@ -17,7 +17,7 @@ use awaitkit::redis::{
     TryAcquirePermit,
 };
 use awaitkit::time::{ManualClock, Timer};
-use common::redis_server::{RedisServer, connect};
+use common::redis_server::{RedisServer, connect, zcard};
 use futures::FutureExt;
 use futures::future::FusedFuture;
 use redis::aio::MultiplexedConnection;
@@ -28,14 +28,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
-
-async fn zcard(conn: &mut MultiplexedConnection, key: &str) -> usize {
-    redis::cmd("ZCARD")
-        .arg(key)
-        .query_async(conn)
-        .await
-        .unwrap()
-}
 
 /// Script calls Redis has run so far (`EVALSHA` and `EVAL`, from `INFO
 /// commandstats`).

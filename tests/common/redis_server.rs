@@ -200,3 +200,13 @@ pub(crate) async fn manager(server: &RedisServer) -> redis::aio::ConnectionManag
         .await
         .expect("connect to the test's redis-server")
 }
+
+/// The members of the sorted set at `key` (`ZCARD`; 0 when there is none):
+/// a semaphore's holders, queue or heartbeats.
+pub(crate) async fn zcard(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> usize {
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
