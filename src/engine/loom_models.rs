@@ -357,7 +357,9 @@ fn two_wake_requests_during_one_hold() {
 /// fired from three threads while the owner polls.
 #[test]
 fn three_children_fired_at_once_through_as_completed() {
-    model(|| {
+    // Bound 2 (four threads): 6 s; at 3 it took 143 s of CI's loom time, and
+    // the two-thread races it is built from run at 3 above.
+    model_bounded(2, || {
         let gates: Vec<Arc<Gate>> = (0..3).map(|_| Arc::new(Gate::default())).collect();
         let mut set = AsCompleted::new();
         for g in &gates {
@@ -743,7 +745,11 @@ impl Future for YieldOnce {
 /// `block_on`), and each child is polled at most wakes + 1 times.
 #[test]
 fn early_stop_with_two_wakers_racing() {
-    model(|| {
+    // Bound 2 (three threads, a child fired twice): 13 s; at 3 it took
+    // 292 s, 40 % of CI's loom time. `tests/loom_coop.rs` models the wake
+    // after the stop at 2 as well, and `tests/review_coop.rs` wakes stalled
+    // children from two real threads.
+    model_bounded(2, || {
         let twice = Arc::new(Gate::default());
         let once = Arc::new(Gate::default());
         let a = {
