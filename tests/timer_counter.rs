@@ -130,3 +130,82 @@ fn inside_a_paused_tokio_runtime_the_counter_is_tokios_clock() {
         }
     });
 }
+
+/// A task that reads the counter and then pauses its runtime's clock is
+/// followed from then on: inside a current-thread runtime (the flavour whose
+/// clock can be paused) the counter is always tokio's clock, also when the
+/// thread remembers the task from a reading made before the pause.
+#[cfg(feature = "tokio")]
+#[test]
+fn a_task_that_pauses_its_runtime_after_a_reading_is_followed() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        tokio::spawn(async {
+            let Some(before) = DefaultTimer.counter_nanos() else {
+                return;
+            };
+            tokio::time::pause();
+            let a = DefaultTimer.counter_nanos().unwrap();
+            assert!(a >= before);
+            std::thread::sleep(Duration::from_millis(5));
+            assert_eq!(DefaultTimer.counter_nanos().unwrap(), a, "paused");
+            tokio::time::advance(Duration::from_secs(60)).await;
+            assert_eq!(DefaultTimer.counter_nanos().unwrap() - a, 60_000_000_000);
+        })
+        .await
+        .unwrap();
+    });
+}
+
+/// Inside a multi-thread runtime (whose clock tokio never pauses) the
+/// counter is the cheap one; what a thread remembers of its last task never
+/// carries over to another: a worker that runs a paused current-thread
+/// runtime inside `block_in_place` follows the paused clock in that
+/// runtime's tasks, and the real clock again in its own task afterwards.
+#[cfg(feature = "tokio")]
+#[test]
+fn a_paused_runtime_inside_a_multi_thread_worker_is_followed_in_its_tasks() {
+    let outer = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .unwrap();
+    outer.block_on(async {
+        tokio::spawn(async {
+            let Some(first) = DefaultTimer.counter_nanos() else {
+                return;
+            };
+            // The cheap counter itself: the same reading as `FuturesTimer`'s.
+            let futures = FuturesTimer.counter_nanos().unwrap();
+            let second = DefaultTimer.counter_nanos().unwrap();
+            assert!(first <= futures && futures <= second);
+            tokio::task::block_in_place(|| {
+                let inner = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .start_paused(true)
+                    .build()
+                    .unwrap();
+                inner.block_on(async {
+                    tokio::spawn(async {
+                        let a = DefaultTimer.counter_nanos().unwrap();
+                        std::thread::sleep(Duration::from_millis(5));
+                        assert_eq!(DefaultTimer.counter_nanos().unwrap(), a, "paused");
+                        tokio::time::advance(Duration::from_secs(60)).await;
+                        assert_eq!(DefaultTimer.counter_nanos().unwrap() - a, 60_000_000_000);
+                    })
+                    .await
+                    .unwrap();
+                });
+            });
+            let x = DefaultTimer.counter_nanos().unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+            let y = DefaultTimer.counter_nanos().unwrap();
+            assert!(y - x >= 2_000_000, "real time again: {} ns", y - x);
+        })
+        .await
+        .unwrap();
+    });
+}

@@ -39,9 +39,15 @@ use std::time::Instant;
 ///
 /// Its cheap clock ([`counter_nanos`](Timer::counter_nanos), read by rate
 /// limiters on every check) is the CPU's invariant time-stamp counter where
-/// there is one — and, with the `tokio` feature, inside a tokio runtime,
+/// there is one — and, with the `tokio` feature, inside a **current-thread**
+/// tokio runtime (the only flavour whose clock tokio can pause),
 /// tokio's clock, as `now()` is there, so paused-time tests keep moving
-/// rate limiters. A limiter used both inside and outside a tokio runtime
+/// rate limiters. A multi-thread runtime's clock is `Instant::now()`
+/// itself, so the counter is read there (about 7 ns, where tokio's clock
+/// costs an `Instant::now()`, tens of nanoseconds on many machines); in a
+/// current-thread runtime on real time, a limiter on
+/// [`FuturesTimer`](super::FuturesTimer) reads the counter too (it never
+/// follows a paused clock). A limiter used both inside and outside a tokio runtime
 /// reads the two on one timeline: the runtime's reading is taken less the
 /// counter's lag behind `Instant` (its drift of about a part per million),
 /// so they agree to within the pairing error of a reading with an
@@ -92,6 +98,14 @@ use std::time::Instant;
 /// * A sleep first armed on a thread that is still inside the context of a
 ///   runtime that was shut down (a blocking task after
 ///   `shutdown_background`) panics as tokio's own sleeps do there.
+/// * Inside a task, which runtime the task belongs to is remembered per
+///   thread (a task belongs to one runtime). A current-thread runtime
+///   started inside a multi-thread runtime's task (within `block_in_place`
+///   or `spawn_blocking`) is followed in its own tasks, but in its
+///   `block_on` body tokio still reports the outer task, so the counter
+///   there is the real clock: read paused time in a task of the inner
+///   runtime. The same holds for a `LocalSet` moved from a multi-thread
+///   runtime's `block_on` to a paused runtime.
 /// # Examples
 ///
 /// ```
@@ -166,14 +180,53 @@ impl Timer for DefaultTimer {
         let cheap = super::counter::cheap()?;
         #[cfg(feature = "tokio")]
         {
-            // Inside a tokio runtime `now()` is the runtime's clock, which
-            // may be paused: the counter follows it there.
-            if tokio::task::try_id().is_some() || tokio::runtime::Handle::try_current().is_ok() {
+            // Inside a runtime whose clock may be paused, `now()` is that
+            // clock: the counter follows it there.
+            if in_pausable_runtime() {
                 return super::counter::instant_value(self.now());
             }
         }
         Some(cheap)
     }
+}
+
+/// Whether the caller runs inside a tokio runtime whose clock can be paused:
+/// a current-thread runtime (tokio pauses no other flavour: `time::pause`
+/// and `start_paused` require the current-thread scheduler, and a clock that
+/// was never paused cannot be advanced). Anywhere else tokio's clock is
+/// `Instant::now()` itself, and the counter is read instead.
+///
+/// Inside a task the answer is kept per thread for the last task asked
+/// about: a task's id belongs to one runtime (the check is then a
+/// thread-local compare); a task not seen last asks the runtime (`Handle`),
+/// as any caller outside a task does.
+#[cfg(feature = "tokio")]
+#[inline]
+fn in_pausable_runtime() -> bool {
+    use std::cell::Cell;
+    thread_local! {
+        static LAST: Cell<Option<(tokio::task::Id, bool)>> = const { Cell::new(None) };
+    }
+    #[cold]
+    #[inline(never)]
+    fn ask_the_runtime() -> bool {
+        tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
+    }
+    let Some(task) = tokio::task::try_id() else {
+        return ask_the_runtime();
+    };
+    // `try_with`: a thread-local without a destructor is never destroyed,
+    // but a reading during thread teardown must not panic.
+    LAST.try_with(|last| match last.get() {
+        Some((seen, pausable)) if seen == task => pausable,
+        _ => {
+            let pausable = ask_the_runtime();
+            last.set(Some((task, pausable)));
+            pausable
+        }
+    })
+    .unwrap_or_else(|_| ask_the_runtime())
 }
 
 // ---------------------------------------------------------------------------
