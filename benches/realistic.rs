@@ -32,7 +32,10 @@
 //!   `check()`) in the `async` block, result checked, on a quota that never
 //!   runs out (the shapes of `rate_limiter_check`). awaitkit strict / GCRA on
 //!   the default timer and on `QuantaTimer`; governor on its default clock
-//!   (quanta) and on `MonotonicClock` (`Instant`).
+//!   (quanta) and on `MonotonicClock` (`Instant`). Then the same checks
+//!   inside a spawned task of a tokio runtime, multi-thread (2 workers,
+//!   `tokio_mt_task_*`) and current-thread (`tokio_ct_task_*`): awaitkit on
+//!   the default timer and on `FuturesTimer`, governor on its default clock.
 //!
 //! Every function runs once untimed first and checks its outputs (gather:
 //! input order; as_completed: every leaf once; semaphore / limiter: every
@@ -384,6 +387,87 @@ fn bench_rate_limiter(c: &mut Criterion) {
         ),
         |l| l.check().is_ok()
     );
+
+    // The same checks inside a task of a tokio runtime, as a tokio service
+    // makes them: multi-thread (2 workers; its clock is never paused, so the
+    // default timer reads the cheap counter) and current-thread (its clock
+    // may be paused: the default timer reads tokio's clock there).
+    // `FuturesTimer` reads the counter everywhere.
+    let runtimes = [
+        (
+            "tokio_mt",
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_time()
+                .build()
+                .expect("a tokio runtime"),
+        ),
+        (
+            "tokio_ct",
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("a tokio runtime"),
+        ),
+    ];
+    for (flavour, rt) in &runtimes {
+        macro_rules! entry_tokio {
+            ($name:expr, $limiter:expr, |$l:ident| $check:expr) => {{
+                let name = format!("{flavour}_task_{}", $name);
+                let limiter = std::sync::Arc::new($limiter);
+                let run = |iters: u64| {
+                    let limiter = limiter.clone();
+                    rt.block_on(async move {
+                        tokio::spawn(async move {
+                            let $l = &*limiter;
+                            let start = Instant::now();
+                            for _ in 0..iters {
+                                if !$check {
+                                    panic!("{}: a check was refused", $name);
+                                }
+                            }
+                            start.elapsed()
+                        })
+                        .await
+                        .expect("the task")
+                    })
+                };
+                run(1_000);
+                g.bench_function(name, |b| b.iter_custom(run));
+            }};
+        }
+        entry_tokio!(
+            "awaitkit_strict",
+            awaitkit::RateLimiter::new(max, period),
+            |l| l.try_acquire().is_ok()
+        );
+        entry_tokio!(
+            "awaitkit_gcra",
+            awaitkit::RateLimiter::gcra(max, period, max),
+            |l| l.try_acquire().is_ok()
+        );
+        entry_tokio!(
+            "awaitkit_strict_futures_timer",
+            awaitkit::RateLimiter::with_quota(
+                awaitkit::rate_limiter::Quota::window(max, period).unwrap()
+            )
+            .with_timer(awaitkit::time::FuturesTimer),
+            |l| l.try_acquire().is_ok()
+        );
+        entry_tokio!(
+            "awaitkit_gcra_futures_timer",
+            awaitkit::RateLimiter::with_quota(
+                awaitkit::rate_limiter::Quota::gcra(max, period, max).unwrap()
+            )
+            .with_timer(awaitkit::time::FuturesTimer),
+            |l| l.try_acquire().is_ok()
+        );
+        entry_tokio!(
+            "governor",
+            governor::RateLimiter::direct(governor::Quota::per_second(NonZeroU32::MAX)),
+            |l| l.check().is_ok()
+        );
+    }
     g.finish();
 }
 

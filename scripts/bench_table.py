@@ -1372,7 +1372,8 @@ def watch_section(cdir, include_stale):
 
 REALISTIC_MARKER = "awaitkit-bench-run-realistic.txt"
 
-# (realistic group, existing group, per-N?, [(function, label)], reference function)
+# (realistic group, existing group, per-N?, [(function, label)], reference function);
+# the rows measured inside a tokio task have no existing group: "tokio: <where>".
 REALISTIC_GROUPS = [
     ("realistic_semaphore_uncontended", "semaphore_uncontended", False, [
         ("awaitkit", "awaitkit"), ("tokio", "tokio"), ("async_lock", "async-lock"),
@@ -1393,6 +1394,36 @@ REALISTIC_GROUPS = [
         ("awaitkit_gcra_quanta", "awaitkit GCRA on `QuantaTimer`"),
         ("governor", "governor (default clock)"), ("governor_std", "governor on `MonotonicClock`"),
     ], "governor"),
+    ("realistic_rate_limiter_check", "tokio: a multi-thread runtime (2 workers)", False, [
+        ("tokio_mt_task_awaitkit_strict", "awaitkit strict"),
+        ("tokio_mt_task_awaitkit_gcra", "awaitkit GCRA"),
+        ("tokio_mt_task_awaitkit_strict_futures_timer", "awaitkit strict on `FuturesTimer`"),
+        ("tokio_mt_task_awaitkit_gcra_futures_timer", "awaitkit GCRA on `FuturesTimer`"),
+        ("tokio_mt_task_governor", "governor (default clock)"),
+    ], "tokio_mt_task_governor"),
+    ("realistic_rate_limiter_check", "tokio: a current-thread runtime", False, [
+        ("tokio_ct_task_awaitkit_strict", "awaitkit strict"),
+        ("tokio_ct_task_awaitkit_gcra", "awaitkit GCRA"),
+        ("tokio_ct_task_awaitkit_strict_futures_timer", "awaitkit strict on `FuturesTimer`"),
+        ("tokio_ct_task_awaitkit_gcra_futures_timer", "awaitkit GCRA on `FuturesTimer`"),
+        ("tokio_ct_task_governor", "governor (default clock)"),
+    ], "tokio_ct_task_governor"),
+]
+
+# The realistic variants' bars (issue 17): (group, awaitkit function,
+# [reference functions: the fastest of them], per-N?, bar, label).
+REALISTIC_BARS = [
+    ("realistic_semaphore_uncontended", "awaitkit", ["tokio", "async_lock", "futures_intrusive_fair"],
+     False, 1.0, "`semaphore_uncontended` / the fastest peer"),
+    ("realistic_gather_shuffled", "awaitkit", ["fb_join_all"], True, 1.05,
+     "`gather_shuffled` / futures-buffered `join_all` (the fastest peer that polls only woken children)"),
+    ("realistic_as_completed_shuffled", "awaitkit",
+     ["fb_FuturesUnordered", "fb_FuturesUnorderedBounded", "futures_FuturesUnordered"], True, 1.05,
+     "`as_completed_shuffled` / the fastest peer"),
+    ("realistic_rate_limiter_check", "awaitkit_strict", ["governor"], False, 1.5,
+     "`rate_limiter_check`, strict window on the default timer / governor's default"),
+    ("realistic_rate_limiter_check", "awaitkit_gcra", ["governor"], False, 1.0,
+     "`rate_limiter_check`, GCRA on the default timer / governor's default"),
 ]
 
 
@@ -1423,17 +1454,21 @@ def realistic_section(cdir, include_stale):
             keys = [(n, lambda m, f, n=n: m.get(f, {}).get(n) / n if m.get(f, {}).get(n) else None) for n in sizes]
         else:
             real = load_flat_medians(cdir, rgroup, fids, run[2])
-            base = load_flat_medians(cdir, group, fids, None)
+            base = load_flat_medians(cdir, group, fids, None) if not group.startswith("tokio: ") else {}
             keys = [(None, lambda m, f: m.get(f))] if real else []
         if not keys:
             continue
-        w(f"## `{rgroup}` (existing: `{group}`)")
+        if group.startswith("tokio: "):
+            w(f"`{rgroup}` inside a task of {group.removeprefix('tokio: ')}, as a tokio service checks:")
+        else:
+            w(f"## `{rgroup}` (existing: `{group}`)")
         w("")
         header = (["N"] if per_n else []) + ["harness"] + [label for _, label in functions]
         header += [f"awaitkit / {dict(functions)[ref]}"]
         rows = []
         for n, get in keys:
-            for name, medians in (("realistic", real), ("existing", base)):
+            harnesses = (("realistic", real), ("existing", base)) if not group.startswith("tokio: ") else (("in a tokio task", real),)
+            for name, medians in harnesses:
                 values = {f: get(medians, f) for f in fids}
                 ak = values.get(fids[0])
                 r = ratio(ak, values.get(ref))
@@ -1442,6 +1477,31 @@ def realistic_section(cdir, include_stale):
                             + [f"**{r:.2f}**" if r else "—"])
         table(w, header, rows)
         w("")
+        if group == "tokio: a current-thread runtime":
+            w("With the `tokio` feature the default timer's clock inside a current-thread runtime is")
+            w("tokio's (it may be paused in a test), so a check there reads `Instant::now()` through")
+            w("tokio; in a multi-thread runtime (never paused) it reads the time-stamp counter, as a")
+            w("limiter on `FuturesTimer` does everywhere.")
+            w("")
+    verdict = []
+    for rgroup, fid, refs, per_n, bar, label in REALISTIC_BARS:
+        if per_n:
+            medians = load_medians(cdir, rgroup, [fid] + refs, run[2])
+            sizes = sorted(medians.get(fid, {}))
+            cases = [(n, medians.get(fid, {}).get(n),
+                      [medians.get(r, {}).get(n) for r in refs]) for n in sizes]
+        else:
+            medians = load_flat_medians(cdir, rgroup, [fid] + refs, run[2])
+            cases = [(None, medians.get(fid), [medians.get(r) for r in refs])]
+        for n, ak, others in cases:
+            others = [v for v in others if v is not None]
+            if ak is None or not others:
+                continue
+            r = ak / min(others)
+            verdict.append([label + (f", N = {fmt_n(n)}" if n else ""), f"**{r:.2f}**",
+                            f"≤ {bar}", mark(r <= bar)])
+    if verdict:
+        verdict_section(w, verdict, header=["bar (realistic harness)", "value", "limit", "holds"])
     return lines
 
 
