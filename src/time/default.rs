@@ -99,13 +99,15 @@ use std::time::Instant;
 ///   runtime that was shut down (a blocking task after
 ///   `shutdown_background`) panics as tokio's own sleeps do there.
 /// * Inside a task, which runtime the task belongs to is remembered per
-///   thread (a task belongs to one runtime). A current-thread runtime
-///   started inside a multi-thread runtime's task (within `block_in_place`
-///   or `spawn_blocking`) is followed in its own tasks, but in its
-///   `block_on` body tokio still reports the outer task, so the counter
-///   there is the real clock: read paused time in a task of the inner
-///   runtime. The same holds for a `LocalSet` moved from a multi-thread
-///   runtime's `block_on` to a paused runtime.
+///   thread from the task's first reading (a task belongs to one runtime).
+///   So a paused runtime entered later *within* a task of a multi-thread
+///   runtime is not followed: its handle entered with `Handle::enter`, or a
+///   current-thread runtime's `block_on` body run inside `block_in_place` or
+///   `spawn_blocking` (tokio still reports the outer task there); the
+///   counter there stays the real clock while `now()` is paused. The inner
+///   runtime's own tasks are followed: read paused time in one of them. The
+///   same holds for a `LocalSet` moved from a multi-thread runtime's
+///   `block_on` to a paused runtime.
 /// # Examples
 ///
 /// ```
