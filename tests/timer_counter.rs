@@ -142,6 +142,22 @@ fn inside_a_paused_tokio_runtime_the_counter_is_tokios_clock() {
     });
 }
 
+/// Checks, inside a runtime whose clock is paused, that the counter stands
+/// still over a real sleep and moves by exactly an `advance` (within
+/// [`near`]); returns the first reading.
+#[cfg(feature = "tokio")]
+async fn follows_the_paused_clock() -> u64 {
+    let a = DefaultTimer.counter_nanos().unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    assert!(near(DefaultTimer.counter_nanos().unwrap(), a), "paused");
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert!(near(
+        DefaultTimer.counter_nanos().unwrap(),
+        a + 60_000_000_000
+    ));
+    a
+}
+
 /// A task that reads the counter and then pauses its runtime's clock is
 /// followed from then on: inside a current-thread runtime (the flavour whose
 /// clock can be paused) the counter is always tokio's clock, also when the
@@ -159,15 +175,7 @@ fn a_task_that_pauses_its_runtime_after_a_reading_is_followed() {
                 return;
             };
             tokio::time::pause();
-            let a = DefaultTimer.counter_nanos().unwrap();
-            assert!(a >= before);
-            std::thread::sleep(Duration::from_millis(5));
-            assert!(near(DefaultTimer.counter_nanos().unwrap(), a), "paused");
-            tokio::time::advance(Duration::from_secs(60)).await;
-            assert!(near(
-                DefaultTimer.counter_nanos().unwrap(),
-                a + 60_000_000_000
-            ));
+            assert!(follows_the_paused_clock().await >= before);
         })
         .await
         .unwrap();
@@ -203,18 +211,7 @@ fn a_paused_runtime_inside_a_multi_thread_worker_is_followed_in_its_tasks() {
                     .build()
                     .unwrap();
                 inner.block_on(async {
-                    tokio::spawn(async {
-                        let a = DefaultTimer.counter_nanos().unwrap();
-                        std::thread::sleep(Duration::from_millis(5));
-                        assert!(near(DefaultTimer.counter_nanos().unwrap(), a), "paused");
-                        tokio::time::advance(Duration::from_secs(60)).await;
-                        assert!(near(
-                            DefaultTimer.counter_nanos().unwrap(),
-                            a + 60_000_000_000
-                        ));
-                    })
-                    .await
-                    .unwrap();
+                    tokio::spawn(follows_the_paused_clock()).await.unwrap();
                 });
             });
             let x = DefaultTimer.counter_nanos().unwrap();
