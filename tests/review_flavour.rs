@@ -8,8 +8,7 @@
 //! Run with `cargo test --all-features --test review_flavour`.
 //!
 //! The failing ones are `#[ignore]`d with their reason (run them with
-//! `--ignored`): the first group is a documented limit of the per-task
-//! memo, the second an open issue of the paused counter.
+//! `--ignored`): a documented limit of the per-task memo.
 //!
 //! Expected to FAIL on 1b2fbf4:
 //! * Finding 1 (regression; they pass on 1b2fbf4^): a task that read the
@@ -23,7 +22,9 @@
 //!   jitters with the counter's `lag` once calibration is over:
 //!   `paused_counter_jitter`,
 //!   `paused_limiter_advanced_by_exactly_one_period_always_grants`
-//!   (and, less often, `..._control_without_background`).
+//!   (and, less often, `..._control_without_background`). Fixed since:
+//!   each runtime's readings are taken less an offset of its own, fixed
+//!   until the lag passes it (`runtime_lag` in `src/time/default.rs`).
 //!
 //! Everything else passes and pins behaviour (including the documented
 //! limits, which fail on 1b2fbf4^ since they are new).
@@ -665,7 +666,8 @@ fn one_limiter_across_flavours_is_strict_in_real_time() {
 // Instant less the counter's `lag`, and `lag` is re-set at every re-anchor
 // (about every millisecond of readings, on any thread) to the pairing of
 // that moment: the paused counter jitters by the pairing error, backwards
-// too.
+// too. (Fixed since: a runtime's readings are taken less an offset of its
+// own, fixed until the lag passes it; these tests now pass and stay.)
 // ---------------------------------------------------------------------------
 
 /// Spins other threads on the cheap counter (they re-anchor it every ~1 ms)
@@ -688,7 +690,6 @@ fn reanchor_in_background(
 /// does, fails when another thread re-anchors meanwhile.
 #[cfg(feature = "tokio")]
 #[test]
-#[ignore = "known issue, open: a paused reading subtracts the counter's current lag, which grows at every re-anchor, so one paused instant reads lower later"]
 fn paused_counter_jitter() {
     if DefaultTimer.counter_nanos().is_none() {
         return;
@@ -728,7 +729,6 @@ fn paused_counter_jitter() {
 /// their duration).
 #[cfg(feature = "tokio")]
 #[test]
-#[ignore = "known issue, open: a paused reading subtracts the counter's current lag, which grows at every re-anchor, so one paused instant reads lower later"]
 fn paused_limiter_advanced_by_exactly_one_period_always_grants() {
     if DefaultTimer.counter_nanos().is_none() {
         return;
@@ -765,7 +765,6 @@ fn paused_limiter_advanced_by_exactly_one_period_always_grants() {
 /// readings still re-anchor when out of range).
 #[cfg(feature = "tokio")]
 #[test]
-#[ignore = "known issue, open: a paused reading subtracts the counter's current lag, which grows at every re-anchor, so one paused instant reads lower later"]
 fn paused_limiter_advanced_by_exactly_one_period_control_without_background() {
     if DefaultTimer.counter_nanos().is_none() {
         return;

@@ -11,17 +11,6 @@ use awaitkit::time::{DefaultTimer, FuturesTimer, Timer};
 use std::process::Command;
 use std::time::Duration;
 
-/// Whether two readings of tokio's paused clock through the counter agree:
-/// within a millisecond, not exactly. A paused reading is the paused instant
-/// less the counter's current lag behind `Instant`, which grows by tens of
-/// nanoseconds at each re-anchoring once the counter is calibrated (an open
-/// issue: `tests/review_flavour.rs`, `paused_counter_jitter`). A real-time
-/// reading would be off by the test's sleeps (milliseconds) or the advance.
-#[allow(dead_code)]
-fn near(a: u64, b: u64) -> bool {
-    a.abs_diff(b) < 1_000_000
-}
-
 /// Whether this process runs with the counter switched off.
 fn forced_off() -> bool {
     std::env::var_os("AWAITKIT_TIMER_CLOCK").is_some_and(|v| v == "instant")
@@ -119,12 +108,12 @@ fn inside_a_paused_tokio_runtime_the_counter_is_tokios_clock() {
         let now = DefaultTimer.now();
         std::thread::sleep(Duration::from_millis(5));
         let b = DefaultTimer.counter_nanos().unwrap();
-        assert!(near(b, a), "paused: no time passes ({a} then {b})");
+        assert_eq!(b, a, "paused: no time passes");
         tokio::time::advance(Duration::from_secs(3600)).await;
         let c = tokio::spawn(async { DefaultTimer.counter_nanos().unwrap() })
             .await
             .unwrap();
-        assert!(near(c, a + (DefaultTimer.now() - now).as_nanos() as u64));
+        assert_eq!(c, a + (DefaultTimer.now() - now).as_nanos() as u64);
         assert!(c > a + 3_599_000_000_000, "an hour passed");
         // A strict window on the default timer moves with it.
         let limiter = RateLimiter::new(1, Duration::from_secs(60));
@@ -143,18 +132,14 @@ fn inside_a_paused_tokio_runtime_the_counter_is_tokios_clock() {
 }
 
 /// Checks, inside a runtime whose clock is paused, that the counter stands
-/// still over a real sleep and moves by exactly an `advance` (within
-/// [`near`]); returns the first reading.
+/// still over a real sleep and moves by exactly an `advance`; returns the first reading.
 #[cfg(feature = "tokio")]
 async fn follows_the_paused_clock() -> u64 {
     let a = DefaultTimer.counter_nanos().unwrap();
     std::thread::sleep(Duration::from_millis(5));
-    assert!(near(DefaultTimer.counter_nanos().unwrap(), a), "paused");
+    assert_eq!(DefaultTimer.counter_nanos().unwrap(), a, "paused");
     tokio::time::advance(Duration::from_secs(60)).await;
-    assert!(near(
-        DefaultTimer.counter_nanos().unwrap(),
-        a + 60_000_000_000
-    ));
+    assert_eq!(DefaultTimer.counter_nanos().unwrap(), a + 60_000_000_000);
     a
 }
 
@@ -221,5 +206,99 @@ fn a_paused_runtime_inside_a_multi_thread_worker_is_followed_in_its_tasks() {
         })
         .await
         .unwrap();
+    });
+}
+
+/// Spins another thread on the cheap counter (re-anchoring it about every
+/// millisecond, as a busy process does, which makes its lag behind
+/// `Instant` grow) until the returned guard is dropped.
+#[cfg(feature = "tokio")]
+fn busy_counter() -> impl Drop {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    struct Busy(Arc<AtomicBool>, Option<std::thread::JoinHandle<()>>);
+    impl Drop for Busy {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+            if let Some(thread) = self.1.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        while !flag.load(Ordering::Relaxed) {
+            let _ = FuturesTimer.counter_nanos();
+            std::thread::sleep(Duration::from_micros(300));
+        }
+    });
+    Busy(stop, Some(thread))
+}
+
+/// One paused instant reads the same through the counter wherever the
+/// runtime's clock is read — the `block_on` body, its tasks, a blocking
+/// task on another thread — and for as long as the test runs, while
+/// another thread keeps re-anchoring the counter (its lag behind `Instant`
+/// grows meanwhile): the runtime's offset is fixed, so a limiter advanced
+/// by exactly one period always grants.
+#[cfg(feature = "tokio")]
+#[test]
+fn one_paused_instant_reads_the_same_everywhere_in_its_runtime() {
+    let _busy = busy_counter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let Some(first) = DefaultTimer.counter_nanos() else {
+            return;
+        };
+        for round in 0..50u64 {
+            let expected = first + round * 10_000_000;
+            let body = DefaultTimer.counter_nanos().unwrap();
+            let task = tokio::spawn(async { DefaultTimer.counter_nanos().unwrap() });
+            let blocking = tokio::task::spawn_blocking(|| DefaultTimer.counter_nanos().unwrap());
+            let (task, blocking) = (task.await.unwrap(), blocking.await.unwrap());
+            assert_eq!(
+                (body, task, blocking),
+                (expected, expected, expected),
+                "round {round}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+    });
+}
+
+/// In a current-thread runtime on real time, the counter is tokio's clock
+/// on the counter's timeline: never ahead of the counter read right after
+/// (a limiter used inside and outside the runtime is never lenient), and
+/// behind the counter read right before by at most about a millisecond
+/// (the runtime's offset above the counter's lag).
+#[cfg(feature = "tokio")]
+#[test]
+fn a_real_time_runtime_reads_at_most_a_millisecond_behind_the_counter() {
+    let _busy = busy_counter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        if DefaultTimer.counter_nanos().is_none() {
+            return;
+        }
+        for _ in 0..200 {
+            let before = FuturesTimer.counter_nanos().unwrap();
+            let inside = DefaultTimer.counter_nanos().unwrap();
+            let after = FuturesTimer.counter_nanos().unwrap();
+            // The pairing of a counter reading with an `Instant` is good to
+            // well under a microsecond.
+            assert!(inside <= after + 2_000, "{} ns ahead", inside - after);
+            let behind = before.saturating_sub(inside);
+            assert!(behind < 2_000_000, "{behind} ns behind");
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
     });
 }

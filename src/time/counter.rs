@@ -53,10 +53,13 @@
 //!   then the new rate is on the hot path. A rate change is not kept
 //!   for the rest of the run.
 //! * **One timeline with `Instant`.** The counter's timeline is behind
-//!   `Instant`'s by `lag` (its drift of about a part per million, and
-//!   whatever a slow anomaly left); [`Clock::instant_value`] (tokio's
-//!   clock inside a runtime) subtracts it, so readings inside and outside
-//!   a runtime agree to within one range's drift and the pairing error,
+//!   `Instant`'s by `lag`: its rounding down (about a part per million),
+//!   the pairing errors a re-anchoring never lets run ahead (they add up
+//!   to microseconds a second when many threads read the counter), and
+//!   whatever a slow anomaly left. [`Clock::instant_value`] (tokio's clock
+//!   inside a current-thread runtime) is taken less at least that
+//!   (`DefaultTimer` keeps one offset per runtime, up to ~1 ms above the
+//!   lag), so readings inside a runtime are never ahead of the counter's,
 //!   however long the process has run.
 //! * **Monotonic.** Everything read under the previous parameters was
 //!   below `base + W`; after an anomaly the new `base` is at least that,
@@ -279,15 +282,23 @@ impl<S: Source> Clock<S> {
         }
     }
 
-    /// The value of `at` on this clock's timeline (for another clock that
-    /// must agree with this one: tokio's), if the clock has been read.
+    /// The value of `at` on `Instant`'s timeline less `lag` (for another
+    /// clock that must agree with this one: tokio's, taken less at least
+    /// [`lag`](Clock::lag)), if the clock has been read.
     #[cfg(feature = "tokio")]
     #[inline]
-    pub(crate) fn instant_value(&self, at: Instant) -> Option<u64> {
-        // The counter's timeline is behind `Instant`'s by `lag` (its drift,
-        // a part per million of the run, and what anomalies left).
+    pub(crate) fn instant_value(&self, at: Instant, lag: u64) -> Option<u64> {
         let value = Self::value_of(*self.origin.get()?, at);
-        Some(value.wrapping_sub(self.lag.load(Ordering::Relaxed)))
+        Some(value.wrapping_sub(lag))
+    }
+
+    /// How far the counter's timeline is behind `Instant`'s now (wrapping):
+    /// its drift and the pairing errors it never lets run ahead, which grow
+    /// by microseconds a second in a busy process, and what anomalies left.
+    #[cfg(feature = "tokio")]
+    #[inline]
+    pub(crate) fn lag(&self) -> u64 {
+        self.lag.load(Ordering::Relaxed)
     }
 
     #[cold]
@@ -481,18 +492,33 @@ pub(crate) fn cheap() -> Option<u64> {
     }
 }
 
-/// `at` on [`CLOCK`]'s timeline (`None` until it has been read).
+/// `at` on `Instant`'s timeline less `lag` (at least [`lag`]`()` keeps it
+/// at or below [`CLOCK`]'s readings; `None` until it has been read).
 #[cfg(feature = "tokio")]
 #[inline]
-pub(crate) fn instant_value(at: Instant) -> Option<u64> {
+pub(crate) fn instant_value(at: Instant, lag: u64) -> Option<u64> {
     #[cfg(not(awaitkit_loom))]
     {
-        CLOCK.instant_value(at)
+        CLOCK.instant_value(at, lag)
     }
     #[cfg(awaitkit_loom)]
     {
-        let _ = at;
+        let _ = (at, lag);
         None
+    }
+}
+
+/// [`CLOCK`]'s lag behind `Instant` now (see [`Clock::lag`]).
+#[cfg(feature = "tokio")]
+#[inline]
+pub(crate) fn lag() -> u64 {
+    #[cfg(not(awaitkit_loom))]
+    {
+        CLOCK.lag()
+    }
+    #[cfg(awaitkit_loom)]
+    {
+        0
     }
 }
 
@@ -832,7 +858,7 @@ mod review_tests {
         run(&clock, 1_000, 10_000_000, 1.0, |_, t| t);
         let counter = clock.now().unwrap();
         let (_, at) = clock.source.paired();
-        let value = clock.instant_value(at).unwrap();
+        let value = clock.instant_value(at, clock.lag()).unwrap();
         assert!(
             value <= counter + 100,
             "the Instant is {} ns ahead of the counter on one timeline",

@@ -48,10 +48,18 @@ use std::time::Instant;
 /// current-thread runtime on real time, a limiter on
 /// [`FuturesTimer`](super::FuturesTimer) reads the counter too (it never
 /// follows a paused clock). A limiter used both inside and outside a tokio runtime
-/// reads the two on one timeline: the runtime's reading is taken less the
-/// counter's lag behind `Instant` (its drift of about a part per million),
-/// so they agree to within the pairing error of a reading with an
-/// `Instant` (well under a microsecond) while tokio's clock is not paused.
+/// reads the two on one timeline: a runtime's readings are taken less an
+/// offset of its own, the counter's lag behind `Instant` at the runtime's
+/// first reading plus about a millisecond. So one paused instant always
+/// reads the same (a limiter advanced by exactly one period grants, on any
+/// thread that reads the runtime's clock), and on real time a runtime's
+/// readings are never ahead of the counter's and at most about a
+/// millisecond behind. The lag grows as the counter is re-anchored
+/// (microseconds a second when many threads read it); once it has passed
+/// a runtime's offset, after about a minute of a busy process, the offset
+/// is raised by a millisecond, and that runtime's clock reads a
+/// millisecond lower from then on (a limiter then waits that much longer,
+/// once).
 ///
 /// The choice is made **when a sleep is armed**, at its first poll — not
 /// when the value that owns it was created: a
@@ -99,7 +107,8 @@ use std::time::Instant;
 ///   runtime that was shut down (a blocking task after
 ///   `shutdown_background`) panics as tokio's own sleeps do there.
 /// * Inside a task, which runtime the task belongs to is remembered per
-///   thread from the task's first reading (a task belongs to one runtime).
+///   thread for the last task that read the counter there (a task belongs
+///   to one runtime; another task is asked about afresh).
 ///   So a paused runtime entered later *within* a task of a multi-thread
 ///   runtime is not followed: its handle entered with `Handle::enter`, or a
 ///   current-thread runtime's `block_on` body run inside `block_in_place` or
@@ -184,19 +193,20 @@ impl Timer for DefaultTimer {
         {
             // Inside a runtime whose clock may be paused, `now()` is that
             // clock: the counter follows it there.
-            if in_pausable_runtime() {
-                return super::counter::instant_value(self.now());
+            if let Some(runtime) = pausable_runtime() {
+                let lag = runtime_lag(runtime);
+                return super::counter::instant_value(self.now(), lag);
             }
         }
         Some(cheap)
     }
 }
 
-/// Whether the caller runs inside a tokio runtime whose clock can be paused:
-/// a current-thread runtime (tokio pauses no other flavour: `time::pause`
-/// and `start_paused` require the current-thread scheduler, and a clock that
-/// was never paused cannot be advanced). Anywhere else tokio's clock is
-/// `Instant::now()` itself, and the counter is read instead.
+/// The current-thread tokio runtime the caller runs in, if any: the one
+/// flavour whose clock can be paused (`time::pause` and `start_paused`
+/// require the current-thread scheduler, and a clock that was never paused
+/// cannot be advanced). Anywhere else tokio's clock is `Instant::now()`
+/// itself, and the counter is read instead.
 ///
 /// Inside a task the answer is kept per thread for the last task asked
 /// about: a task's id belongs to one runtime (the check is then a
@@ -204,16 +214,17 @@ impl Timer for DefaultTimer {
 /// as any caller outside a task does.
 #[cfg(feature = "tokio")]
 #[inline]
-fn in_pausable_runtime() -> bool {
+fn pausable_runtime() -> Option<tokio::runtime::Id> {
     use std::cell::Cell;
     thread_local! {
-        static LAST: Cell<Option<(tokio::task::Id, bool)>> = const { Cell::new(None) };
+        static LAST: Cell<Option<(tokio::task::Id, Option<tokio::runtime::Id>)>> =
+            const { Cell::new(None) };
     }
-    #[cold]
     #[inline(never)]
-    fn ask_the_runtime() -> bool {
-        tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
+    fn ask_the_runtime() -> Option<tokio::runtime::Id> {
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        (handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
+            .then(|| handle.id())
     }
     let Some(task) = tokio::task::try_id() else {
         return ask_the_runtime();
@@ -221,14 +232,114 @@ fn in_pausable_runtime() -> bool {
     // `try_with`: a thread-local without a destructor is never destroyed,
     // but a reading during thread teardown must not panic.
     LAST.try_with(|last| match last.get() {
-        Some((seen, pausable)) if seen == task => pausable,
+        Some((seen, runtime)) if seen == task => runtime,
         _ => {
-            let pausable = ask_the_runtime();
-            last.set(Some((task, pausable)));
-            pausable
+            let runtime = ask_the_runtime();
+            last.set(Some((task, runtime)));
+            runtime
         }
     })
     .unwrap_or_else(|_| ask_the_runtime())
+}
+
+/// How far below the counter's timeline a current-thread runtime's readings
+/// may be placed, at most (~1 ms): the offset of a runtime moves only when
+/// the counter has drifted this far behind `Instant` since the runtime's
+/// first reading (see [`runtime_lag`]).
+#[cfg(feature = "tokio")]
+const HEADROOM: u64 = super::counter::W;
+
+/// The most runtimes whose offset is remembered (the oldest is forgotten
+/// first; a runtime forgotten while in use gets a new offset, once).
+#[cfg(feature = "tokio")]
+const REMEMBERED: usize = 64;
+
+/// What a reading of `runtime`'s clock is taken less, on the counter's
+/// timeline: the counter's lag behind `Instant` (see
+/// [`counter`](super::counter)) plus up to [`HEADROOM`], fixed per runtime.
+///
+/// The lag grows as the counter is re-anchored (by its drift and the
+/// pairing errors it never lets run ahead, microseconds a second in a busy
+/// process). Subtracting the current lag would make one paused instant read
+/// lower later, and a limiter advanced by exactly one period would refuse.
+/// So each runtime keeps the lag of its first reading plus [`HEADROOM`]
+/// (shared by every thread that reads its clock), raised only once the lag
+/// has passed it: a runtime's readings are a function of its clock alone
+/// for the first ~[`HEADROOM`] of drift (about a minute of a busy process,
+/// far longer than a test), and never ahead of the counter (a limiter used
+/// inside and outside the runtime is never lenient).
+#[cfg(feature = "tokio")]
+fn runtime_lag(runtime: tokio::runtime::Id) -> u64 {
+    use std::cell::Cell;
+    type Seen = [Option<(tokio::runtime::Id, u64)>; 4];
+    thread_local! {
+        // This thread's copies of the shared offsets it used last.
+        static SEEN: Cell<Seen> = const { Cell::new([None; 4]) };
+    }
+    let lag = super::counter::lag();
+    // Whether `offset` still keeps readings at or below the counter's.
+    let holds = |offset: u64| offset.wrapping_sub(lag) as i64 >= 0;
+    SEEN.try_with(|seen| {
+        let mut copies = seen.get();
+        if let Some((_, offset)) = copies.iter().flatten().find(|(id, _)| *id == runtime) {
+            if holds(*offset) {
+                return *offset;
+            }
+        }
+        let offset = shared_lag(runtime, lag);
+        copies.rotate_right(1);
+        copies[0] = Some((runtime, offset));
+        // A runtime appears once in the copies.
+        for copy in &mut copies[1..] {
+            if copy.is_some_and(|(id, _)| id == runtime) {
+                *copy = None;
+            }
+        }
+        seen.set(copies);
+        offset
+    })
+    .unwrap_or_else(|_| shared_lag(runtime, lag))
+}
+
+/// [`runtime_lag`] from the table every thread shares: the runtime's offset,
+/// set (to `lag` plus [`HEADROOM`]) at its first reading or once `lag` has
+/// passed it.
+#[cfg(feature = "tokio")]
+#[cold]
+#[inline(never)]
+fn shared_lag(runtime: tokio::runtime::Id, lag: u64) -> u64 {
+    use std::sync::Mutex;
+    static OFFSETS: Mutex<Vec<(tokio::runtime::Id, u64)>> = Mutex::new(Vec::new());
+    // Nothing under the lock panics halfway through an update.
+    let mut offsets = OFFSETS.lock().unwrap_or_else(|p| p.into_inner());
+    offset_in(&mut offsets, runtime, lag)
+}
+
+/// `runtime`'s offset in `offsets` at the counter's lag `lag` (set, to
+/// `lag` plus [`HEADROOM`], at its first reading or once `lag` has passed
+/// it; the oldest runtime is forgotten beyond [`REMEMBERED`]).
+#[cfg(feature = "tokio")]
+fn offset_in(
+    offsets: &mut Vec<(tokio::runtime::Id, u64)>,
+    runtime: tokio::runtime::Id,
+    lag: u64,
+) -> u64 {
+    let fresh = lag.wrapping_add(HEADROOM);
+    match offsets.iter_mut().find(|(id, _)| *id == runtime) {
+        Some((_, offset)) => {
+            if (offset.wrapping_sub(lag) as i64) < 0 {
+                *offset = fresh;
+            }
+            *offset
+        }
+        None => {
+            if offsets.len() >= REMEMBERED {
+                offsets.remove(0);
+            }
+            offsets.push((runtime, fresh));
+            fresh
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -556,5 +667,63 @@ impl fmt::Debug for DefaultSleep {
             d.field("deadline", &self.deadline).field("timer", &on);
         }
         d.finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, feature = "tokio"))]
+mod tests {
+    use super::{HEADROOM, REMEMBERED, offset_in};
+
+    fn runtime_id() -> tokio::runtime::Id {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .handle()
+            .id()
+    }
+
+    /// A runtime's offset is fixed while the counter's lag grows by less
+    /// than the headroom (its readings are a function of its clock alone),
+    /// is raised once the lag passes it (its readings never get ahead of
+    /// the counter's), and belongs to that runtime only.
+    #[test]
+    fn an_offset_holds_until_the_lag_passes_it() {
+        let (a, b) = (runtime_id(), runtime_id());
+        let mut offsets = Vec::new();
+        let first = offset_in(&mut offsets, a, 1_000);
+        assert_eq!(first, 1_000 + HEADROOM);
+        for lag in [1_000, 5_000, 1_000 + HEADROOM / 2, first] {
+            assert_eq!(offset_in(&mut offsets, a, lag), first, "lag {lag}");
+        }
+        // Another runtime first read later starts from the lag then.
+        assert_eq!(offset_in(&mut offsets, b, 50_000), 50_000 + HEADROOM);
+        // A lag that shrank (an anomaly) leaves the offset: readings only
+        // fall further behind the counter.
+        assert_eq!(offset_in(&mut offsets, a, 10), first);
+        // Passed: raised above the lag again, by the headroom.
+        assert_eq!(offset_in(&mut offsets, a, first + 1), first + 1 + HEADROOM);
+        assert_eq!(offset_in(&mut offsets, b, 60_000), 50_000 + HEADROOM);
+        // Wrapping lags (a counter ahead of `Instant` after an anomaly)
+        // compare as signed.
+        let c = runtime_id();
+        let ahead = 0u64.wrapping_sub(500);
+        let offset = offset_in(&mut offsets, c, ahead);
+        assert_eq!(offset, ahead.wrapping_add(HEADROOM));
+        assert_eq!(offset_in(&mut offsets, c, 0), offset);
+    }
+
+    /// The table keeps the last [`REMEMBERED`] runtimes: the oldest is
+    /// forgotten first (a runtime read again after that starts afresh).
+    #[test]
+    fn the_oldest_runtime_is_forgotten_first() {
+        let mut offsets = Vec::new();
+        let first = runtime_id();
+        offset_in(&mut offsets, first, 0);
+        for _ in 0..REMEMBERED {
+            offset_in(&mut offsets, runtime_id(), 0);
+        }
+        assert_eq!(offsets.len(), REMEMBERED);
+        assert!(offsets.iter().all(|(id, _)| *id != first));
+        assert_eq!(offset_in(&mut offsets, first, 7), 7 + HEADROOM);
     }
 }
