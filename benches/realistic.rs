@@ -358,6 +358,25 @@ fn bench_rate_limiter(c: &mut Criterion) {
         awaitkit::RateLimiter::gcra(max, period, max),
         |l| l.try_acquire().is_ok()
     );
+    // What `RateLimiter::new` reads without the `tokio` feature (the
+    // default timer is then `FuturesTimer` under another name): no check
+    // for a tokio runtime whose clock may be paused.
+    entry!(
+        "awaitkit_strict_futures_timer",
+        awaitkit::RateLimiter::with_quota(
+            awaitkit::rate_limiter::Quota::window(max, period).unwrap()
+        )
+        .with_timer(awaitkit::time::FuturesTimer),
+        |l| l.try_acquire().is_ok()
+    );
+    entry!(
+        "awaitkit_gcra_futures_timer",
+        awaitkit::RateLimiter::with_quota(
+            awaitkit::rate_limiter::Quota::gcra(max, period, max).unwrap()
+        )
+        .with_timer(awaitkit::time::FuturesTimer),
+        |l| l.try_acquire().is_ok()
+    );
     entry!(
         "awaitkit_strict_quanta",
         awaitkit::RateLimiter::with_quota(

@@ -1390,6 +1390,8 @@ REALISTIC_GROUPS = [
     ], "fb_FuturesUnorderedBounded"),
     ("realistic_rate_limiter_check", "rate_limiter_check", False, [
         ("awaitkit_strict", "awaitkit strict"), ("awaitkit_gcra", "awaitkit GCRA"),
+        ("awaitkit_strict_futures_timer", "awaitkit strict on `FuturesTimer` (the default without the `tokio` feature)"),
+        ("awaitkit_gcra_futures_timer", "awaitkit GCRA on `FuturesTimer` (the default without the `tokio` feature)"),
         ("awaitkit_strict_quanta", "awaitkit strict on `QuantaTimer`"),
         ("awaitkit_gcra_quanta", "awaitkit GCRA on `QuantaTimer`"),
         ("governor", "governor (default clock)"), ("governor_std", "governor on `MonotonicClock`"),
@@ -1424,6 +1426,10 @@ REALISTIC_BARS = [
      "`rate_limiter_check`, strict window on the default timer / governor's default"),
     ("realistic_rate_limiter_check", "awaitkit_gcra", ["governor"], False, 1.0,
      "`rate_limiter_check`, GCRA on the default timer / governor's default"),
+    ("realistic_rate_limiter_check", "awaitkit_strict_futures_timer", ["governor"], False, 1.5,
+     "`rate_limiter_check`, strict window on the default timer without the `tokio` feature (`FuturesTimer`) / governor's default"),
+    ("realistic_rate_limiter_check", "awaitkit_gcra_futures_timer", ["governor"], False, 1.0,
+     "`rate_limiter_check`, GCRA on the default timer without the `tokio` feature (`FuturesTimer`) / governor's default"),
 ]
 
 
