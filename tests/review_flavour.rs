@@ -22,9 +22,9 @@
 //!   jitters with the counter's `lag` once calibration is over:
 //!   `paused_counter_jitter`,
 //!   `paused_limiter_advanced_by_exactly_one_period_always_grants`
-//!   (and, less often, `..._control_without_background`). Fixed since:
-//!   each runtime's readings are taken less an offset of its own, fixed
-//!   until the lag passes it (`runtime_lag` in `src/time/default.rs`).
+//!   (and, less often, `..._control_without_background`). Fixed since: a
+//!   paused clock (read twice, the same instant) is taken less an offset
+//!   fixed for its runtime (`paused_offset` in `src/time/default.rs`).
 //!
 //! Everything else passes and pins behaviour (including the documented
 //! limits, which fail on 1b2fbf4^ since they are new).
@@ -666,8 +666,8 @@ fn one_limiter_across_flavours_is_strict_in_real_time() {
 // Instant less the counter's `lag`, and `lag` is re-set at every re-anchor
 // (about every millisecond of readings, on any thread) to the pairing of
 // that moment: the paused counter jitters by the pairing error, backwards
-// too. (Fixed since: a runtime's readings are taken less an offset of its
-// own, fixed until the lag passes it; these tests now pass and stay.)
+// too. (Fixed since: a paused clock is taken less an offset fixed for its
+// runtime; these tests now pass and stay.)
 // ---------------------------------------------------------------------------
 
 /// Spins other threads on the cheap counter (they re-anchor it every ~1 ms)

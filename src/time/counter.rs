@@ -56,11 +56,12 @@
 //!   `Instant`'s by `lag`: its rounding down (about a part per million),
 //!   the pairing errors a re-anchoring never lets run ahead (they add up
 //!   to microseconds a second when many threads read the counter), and
-//!   whatever a slow anomaly left. [`Clock::instant_value`] (tokio's clock
-//!   inside a current-thread runtime) is taken less at least that
-//!   (`DefaultTimer` keeps one offset per runtime, up to ~1 ms above the
-//!   lag), so readings inside a runtime are never ahead of the counter's,
-//!   however long the process has run.
+//!   whatever a slow anomaly left. [`Clock::instant_value`] maps an
+//!   `Instant` onto the timeline less a given lag: `DefaultTimer` takes a
+//!   resumed tokio clock less the current lag (within the pairing error of
+//!   the counter on real time), and a paused one less the lag at its
+//!   runtime's first paused reading, fixed, so one paused instant always
+//!   maps to the same value.
 //! * **Monotonic.** Everything read under the previous parameters was
 //!   below `base + W`; after an anomaly the new `base` is at least that,
 //!   and a reading below `base` (by less than `W`) is `base` itself: the

@@ -44,22 +44,20 @@ use std::time::Instant;
 /// tokio's clock, as `now()` is there, so paused-time tests keep moving
 /// rate limiters. A multi-thread runtime's clock is `Instant::now()`
 /// itself, so the counter is read there (about 7 ns, where tokio's clock
-/// costs an `Instant::now()`, tens of nanoseconds on many machines); in a
-/// current-thread runtime on real time, a limiter on
-/// [`FuturesTimer`](super::FuturesTimer) reads the counter too (it never
-/// follows a paused clock). A limiter used both inside and outside a tokio runtime
-/// reads the two on one timeline: a runtime's readings are taken less an
-/// offset of its own, the counter's lag behind `Instant` at the runtime's
-/// first reading plus about a millisecond. So one paused instant always
-/// reads the same (a limiter advanced by exactly one period grants, on any
-/// thread that reads the runtime's clock), and on real time a runtime's
-/// readings are never ahead of the counter's and at most about a
-/// millisecond behind. The lag grows as the counter is re-anchored
-/// (microseconds a second when many threads read it); once it has passed
-/// a runtime's offset, after about a minute of a busy process, the offset
-/// is raised by a millisecond, and that runtime's clock reads a
-/// millisecond lower from then on (a limiter then waits that much longer,
-/// once).
+/// costs an `Instant::now()`, tens of nanoseconds on many machines). In a
+/// current-thread runtime the counter reads tokio's clock twice in a row
+/// to tell its two states apart (a limiter on
+/// [`FuturesTimer`](super::FuturesTimer) reads only the counter there, and
+/// never follows a paused clock): on real time (two
+/// different instants) it is the counter itself, as outside the runtime, so
+/// a limiter used both inside and outside reads one clock; paused (the same
+/// instant twice), it is the paused instant on the counter's timeline,
+/// taken less a fixed offset of the runtime's own (the counter's lag behind
+/// `Instant` at the runtime's first paused reading), so one paused instant
+/// always reads the same on every thread that reads the runtime's clock,
+/// and a limiter advanced by exactly one period grants. A clock resumed
+/// after an `advance` (ahead of real time) is read less the counter's
+/// current lag.
 ///
 /// The choice is made **when a sleep is armed**, at its first poll — not
 /// when the value that owns it was created: a
@@ -106,6 +104,19 @@ use std::time::Instant;
 /// * A sleep first armed on a thread that is still inside the context of a
 ///   runtime that was shut down (a blocking task after
 ///   `shutdown_background`) panics as tokio's own sleeps do there.
+/// * A limiter counts its time from its creation: one made outside a
+///   paused runtime *after* the runtime was built (its clock frozen at the
+///   build, earlier) takes the paused instant for its first instant until
+///   the paused clock passes its creation, so its first period comes up
+///   short by the time between the build and the creation. Make the
+///   limiter before the runtime, or inside it.
+/// * The offsets of the last 4 096 paused runtimes are remembered: a runtime
+///   forgotten while still paused (after 4 096 other paused runtimes were
+///   read) gets a new offset, and its paused instant reads lower from then
+///   on by the counter's lag growth since its first paused reading
+///   (microseconds). A paused clock read on one thread while another
+///   thread advances it may read as moving once (the counter's lag is
+///   then subtracted, as after a resume).
 /// * Inside a task, which runtime the task belongs to is remembered per
 ///   thread for the last task that read the counter there (a task belongs
 ///   to one runtime; another task is asked about afresh).
@@ -194,8 +205,7 @@ impl Timer for DefaultTimer {
             // Inside a runtime whose clock may be paused, `now()` is that
             // clock: the counter follows it there.
             if let Some(runtime) = pausable_runtime() {
-                let lag = runtime_lag(runtime);
-                return super::counter::instant_value(self.now(), lag);
+                return Some(in_current_thread_runtime(runtime, cheap));
             }
         }
         Some(cheap)
@@ -242,104 +252,115 @@ fn pausable_runtime() -> Option<tokio::runtime::Id> {
     .unwrap_or_else(|_| ask_the_runtime())
 }
 
-/// How far below the counter's timeline a current-thread runtime's readings
-/// may be placed, at most (~1 ms): the offset of a runtime moves only when
-/// the counter has drifted this far behind `Instant` since the runtime's
-/// first reading (see [`runtime_lag`]).
+/// How far tokio's clock, on the counter's timeline, may be from the
+/// counter itself and still be taken for real time: the error of pairing a
+/// counter reading with an `Instant` (under a microsecond) and the time
+/// between the two readings, with room to spare.
 #[cfg(feature = "tokio")]
-const HEADROOM: u64 = super::counter::W;
+const REAL_TIME: u64 = 4_000;
 
-/// The most runtimes whose offset is remembered (the oldest is forgotten
-/// first; a runtime forgotten while in use gets a new offset, once).
+/// The most paused runtimes whose offset is remembered (the oldest is
+/// forgotten first; one forgotten while still paused gets a new offset).
 #[cfg(feature = "tokio")]
-const REMEMBERED: usize = 64;
+const REMEMBERED: usize = 4_096;
 
-/// What a reading of `runtime`'s clock is taken less, on the counter's
-/// timeline: the counter's lag behind `Instant` (see
-/// [`counter`](super::counter)) plus up to [`HEADROOM`], fixed per runtime.
+/// The counter inside current-thread runtime `runtime` (`cheap`: the
+/// counter, read just before), where tokio's clock may be paused:
 ///
-/// The lag grows as the counter is re-anchored (by its drift and the
-/// pairing errors it never lets run ahead, microseconds a second in a busy
-/// process). Subtracting the current lag would make one paused instant read
-/// lower later, and a limiter advanced by exactly one period would refuse.
-/// So each runtime keeps the lag of its first reading plus [`HEADROOM`]
-/// (shared by every thread that reads its clock), raised only once the lag
-/// has passed it: a runtime's readings are a function of its clock alone
-/// for the first ~[`HEADROOM`] of drift (about a minute of a busy process,
-/// far longer than a test), and never ahead of the counter (a limiter used
-/// inside and outside the runtime is never lenient).
+/// * **Paused** (tokio's clock reads the same instant twice in a row: it
+///   stands still between `advance`s): the paused instant on the counter's
+///   timeline, taken less an offset fixed for the runtime (the counter's
+///   lag behind `Instant` at the runtime's first paused reading, see
+///   [`paused_offset`]). So one paused instant always reads the same, on
+///   every thread that reads the runtime's clock, and a limiter advanced by
+///   exactly one period grants.
+/// * **Real time** (tokio's clock is `Instant::now()`): the counter itself,
+///   as everywhere else — a limiter used inside and outside the runtime
+///   reads one clock, never going back on one thread.
+/// * **Moving but offset** (resumed after a pause, or advanced first):
+///   tokio's clock on the counter's timeline, less the counter's current
+///   lag (within a microsecond of the counter on real time).
 #[cfg(feature = "tokio")]
-fn runtime_lag(runtime: tokio::runtime::Id) -> u64 {
+fn in_current_thread_runtime(runtime: tokio::runtime::Id, cheap: u64) -> u64 {
+    use super::counter::{instant_value, lag};
+    let at = tokio::time::Instant::now();
+    let again = tokio::time::Instant::now();
+    // (`instant_value` is `Some`: the counter was read.)
+    if at == again {
+        return instant_value(at.into_std(), paused_offset(runtime)).unwrap_or(cheap);
+    }
+    let on_timeline = instant_value(at.into_std(), lag()).unwrap_or(cheap);
+    if on_timeline.abs_diff(cheap) <= REAL_TIME {
+        cheap
+    } else {
+        on_timeline
+    }
+}
+
+/// What the paused clock of `runtime` is taken less, on the counter's
+/// timeline: the counter's lag behind `Instant` (see
+/// [`counter`](super::counter)) at the runtime's first paused reading,
+/// kept for the runtime's life and shared by every thread that reads its
+/// clock.
+///
+/// The lag grows as the counter is re-anchored (its drift and the pairing
+/// errors it never lets run ahead: microseconds a second in a busy
+/// process). Taking a paused instant less the *current* lag would make it
+/// read lower later, and a limiter advanced by exactly one period would
+/// refuse. A paused clock is not real time, so nothing needs the offset to
+/// follow the lag; taken at the first paused reading, it keeps a clock
+/// paused after real-time readings going on from where they were.
+#[cfg(feature = "tokio")]
+fn paused_offset(runtime: tokio::runtime::Id) -> u64 {
     use std::cell::Cell;
     type Seen = [Option<(tokio::runtime::Id, u64)>; 4];
     thread_local! {
-        // This thread's copies of the shared offsets it used last.
+        // This thread's copies of the offsets it used last.
         static SEEN: Cell<Seen> = const { Cell::new([None; 4]) };
     }
-    let lag = super::counter::lag();
-    // Whether `offset` still keeps readings at or below the counter's.
-    let holds = |offset: u64| offset.wrapping_sub(lag) as i64 >= 0;
     SEEN.try_with(|seen| {
         let mut copies = seen.get();
         if let Some((_, offset)) = copies.iter().flatten().find(|(id, _)| *id == runtime) {
-            if holds(*offset) {
-                return *offset;
-            }
+            return *offset;
         }
-        let offset = shared_lag(runtime, lag);
+        let offset = shared_offset(runtime);
         copies.rotate_right(1);
         copies[0] = Some((runtime, offset));
-        // A runtime appears once in the copies.
-        for copy in &mut copies[1..] {
-            if copy.is_some_and(|(id, _)| id == runtime) {
-                *copy = None;
-            }
-        }
         seen.set(copies);
         offset
     })
-    .unwrap_or_else(|_| shared_lag(runtime, lag))
+    .unwrap_or_else(|_| shared_offset(runtime))
 }
 
-/// [`runtime_lag`] from the table every thread shares: the runtime's offset,
-/// set (to `lag` plus [`HEADROOM`]) at its first reading or once `lag` has
-/// passed it.
+/// [`paused_offset`] from the table every thread shares.
 #[cfg(feature = "tokio")]
 #[cold]
 #[inline(never)]
-fn shared_lag(runtime: tokio::runtime::Id, lag: u64) -> u64 {
+fn shared_offset(runtime: tokio::runtime::Id) -> u64 {
     use std::sync::Mutex;
     static OFFSETS: Mutex<Vec<(tokio::runtime::Id, u64)>> = Mutex::new(Vec::new());
     // Nothing under the lock panics halfway through an update.
     let mut offsets = OFFSETS.lock().unwrap_or_else(|p| p.into_inner());
-    offset_in(&mut offsets, runtime, lag)
+    offset_in(&mut offsets, runtime, super::counter::lag())
 }
 
-/// `runtime`'s offset in `offsets` at the counter's lag `lag` (set, to
-/// `lag` plus [`HEADROOM`], at its first reading or once `lag` has passed
-/// it; the oldest runtime is forgotten beyond [`REMEMBERED`]).
+/// `runtime`'s offset in `offsets`, set to `lag` if the runtime is not
+/// there yet (the newest runtimes are last; the oldest is forgotten beyond
+/// [`REMEMBERED`]).
 #[cfg(feature = "tokio")]
 fn offset_in(
     offsets: &mut Vec<(tokio::runtime::Id, u64)>,
     runtime: tokio::runtime::Id,
     lag: u64,
 ) -> u64 {
-    let fresh = lag.wrapping_add(HEADROOM);
-    match offsets.iter_mut().find(|(id, _)| *id == runtime) {
-        Some((_, offset)) => {
-            if (offset.wrapping_sub(lag) as i64) < 0 {
-                *offset = fresh;
-            }
-            *offset
-        }
-        None => {
-            if offsets.len() >= REMEMBERED {
-                offsets.remove(0);
-            }
-            offsets.push((runtime, fresh));
-            fresh
-        }
+    if let Some((_, offset)) = offsets.iter().rev().find(|(id, _)| *id == runtime) {
+        return *offset;
     }
+    if offsets.len() >= REMEMBERED {
+        offsets.remove(0);
+    }
+    offsets.push((runtime, lag));
+    lag
 }
 
 // ---------------------------------------------------------------------------
@@ -672,7 +693,7 @@ impl fmt::Debug for DefaultSleep {
 
 #[cfg(all(test, feature = "tokio"))]
 mod tests {
-    use super::{HEADROOM, REMEMBERED, offset_in};
+    use super::{REMEMBERED, offset_in};
 
     fn runtime_id() -> tokio::runtime::Id {
         tokio::runtime::Builder::new_current_thread()
@@ -682,34 +703,20 @@ mod tests {
             .id()
     }
 
-    /// A runtime's offset is fixed while the counter's lag grows by less
-    /// than the headroom (its readings are a function of its clock alone),
-    /// is raised once the lag passes it (its readings never get ahead of
-    /// the counter's), and belongs to that runtime only.
+    /// A runtime's offset is the lag at its first paused reading, kept
+    /// however the lag moves later (a paused instant reads the same for the
+    /// runtime's life), and belongs to that runtime only.
     #[test]
-    fn an_offset_holds_until_the_lag_passes_it() {
+    fn an_offset_is_fixed_at_the_first_paused_reading() {
         let (a, b) = (runtime_id(), runtime_id());
         let mut offsets = Vec::new();
-        let first = offset_in(&mut offsets, a, 1_000);
-        assert_eq!(first, 1_000 + HEADROOM);
-        for lag in [1_000, 5_000, 1_000 + HEADROOM / 2, first] {
-            assert_eq!(offset_in(&mut offsets, a, lag), first, "lag {lag}");
+        assert_eq!(offset_in(&mut offsets, a, 1_000), 1_000);
+        for lag in [0, 5_000, 1 << 40, u64::MAX] {
+            assert_eq!(offset_in(&mut offsets, a, lag), 1_000, "lag {lag}");
         }
-        // Another runtime first read later starts from the lag then.
-        assert_eq!(offset_in(&mut offsets, b, 50_000), 50_000 + HEADROOM);
-        // A lag that shrank (an anomaly) leaves the offset: readings only
-        // fall further behind the counter.
-        assert_eq!(offset_in(&mut offsets, a, 10), first);
-        // Passed: raised above the lag again, by the headroom.
-        assert_eq!(offset_in(&mut offsets, a, first + 1), first + 1 + HEADROOM);
-        assert_eq!(offset_in(&mut offsets, b, 60_000), 50_000 + HEADROOM);
-        // Wrapping lags (a counter ahead of `Instant` after an anomaly)
-        // compare as signed.
-        let c = runtime_id();
-        let ahead = 0u64.wrapping_sub(500);
-        let offset = offset_in(&mut offsets, c, ahead);
-        assert_eq!(offset, ahead.wrapping_add(HEADROOM));
-        assert_eq!(offset_in(&mut offsets, c, 0), offset);
+        assert_eq!(offset_in(&mut offsets, b, 50_000), 50_000);
+        assert_eq!(offset_in(&mut offsets, a, 60_000), 1_000);
+        assert_eq!(offset_in(&mut offsets, b, 7), 50_000);
     }
 
     /// The table keeps the last [`REMEMBERED`] runtimes: the oldest is
@@ -719,11 +726,14 @@ mod tests {
         let mut offsets = Vec::new();
         let first = runtime_id();
         offset_in(&mut offsets, first, 0);
-        for _ in 0..REMEMBERED {
-            offset_in(&mut offsets, runtime_id(), 0);
+        let second = runtime_id();
+        offset_in(&mut offsets, second, 1);
+        for _ in 1..REMEMBERED {
+            offset_in(&mut offsets, runtime_id(), 2);
         }
         assert_eq!(offsets.len(), REMEMBERED);
         assert!(offsets.iter().all(|(id, _)| *id != first));
-        assert_eq!(offset_in(&mut offsets, first, 7), 7 + HEADROOM);
+        assert_eq!(offset_in(&mut offsets, second, 3), 1);
+        assert_eq!(offset_in(&mut offsets, first, 7), 7);
     }
 }
