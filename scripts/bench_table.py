@@ -1485,8 +1485,9 @@ def realistic_section(cdir, include_stale):
         w("")
         if group == "tokio: a current-thread runtime":
             w("With the `tokio` feature the default timer's clock inside a current-thread runtime is")
-            w("tokio's (it may be paused in a test), so a check there reads `Instant::now()` through")
-            w("tokio; in a multi-thread runtime (never paused) it reads the time-stamp counter, as a")
+            w("tokio's (it may be paused in a test), so a check there reads tokio's clock twice (a")
+            w("paused clock reads the same instant twice) before it reads the time-stamp counter on")
+            w("real time; in a multi-thread runtime (never paused) it reads the counter only, as a")
             w("limiter on `FuturesTimer` does everywhere.")
             w("")
     verdict = []

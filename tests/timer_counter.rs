@@ -301,3 +301,49 @@ fn a_real_time_runtime_reads_the_counter_itself() {
         }
     });
 }
+
+/// A thread preempted between its readings of the counter and of tokio's
+/// clock (more busy threads than cores here) still takes a real-time
+/// runtime's clock for real time: every reading falls between the
+/// counter's readings around it, and the runtime never moves off the
+/// counter (a reading taken for a paused or resumed clock would put the
+/// runtime on a timeline of its own, drifting ahead of the counter).
+#[cfg(feature = "tokio")]
+#[test]
+fn a_real_time_runtime_read_under_preemption_stays_on_the_counter() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if DefaultTimer.counter_nanos().is_none() {
+        return;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let hogs: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let outside = runtime.block_on(async {
+        let mut outside = 0;
+        for _ in 0..200_000 {
+            let before = FuturesTimer.counter_nanos().unwrap();
+            let inside = DefaultTimer.counter_nanos().unwrap();
+            let after = FuturesTimer.counter_nanos().unwrap();
+            outside += usize::from(!(before <= inside && inside <= after));
+        }
+        outside
+    });
+    stop.store(true, Ordering::Relaxed);
+    for hog in hogs {
+        hog.join().unwrap();
+    }
+    assert_eq!(outside, 0, "readings off the counter (of 200 000)");
+}

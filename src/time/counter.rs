@@ -57,11 +57,10 @@
 //!   the pairing errors a re-anchoring never lets run ahead (they add up
 //!   to microseconds a second when many threads read the counter), and
 //!   whatever a slow anomaly left. [`Clock::instant_value`] maps an
-//!   `Instant` onto the timeline less a given lag: `DefaultTimer` takes a
-//!   resumed tokio clock less the current lag (within the pairing error of
-//!   the counter on real time), and a paused one less the lag at its
+//!   `Instant` onto the timeline less a given lag: `DefaultTimer` takes
+//!   the clock of a tokio runtime once paused less the lag at the
 //!   runtime's first paused reading, fixed, so one paused instant always
-//!   maps to the same value.
+//!   maps to the same value (on real time it reads the counter itself).
 //! * **Monotonic.** Everything read under the previous parameters was
 //!   below `base + W`; after an anomaly the new `base` is at least that,
 //!   and a reading below `base` (by less than `W`) is `base` itself: the

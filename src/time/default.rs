@@ -55,9 +55,9 @@ use std::time::Instant;
 /// taken less a fixed offset of the runtime's own (the counter's lag behind
 /// `Instant` at the runtime's first paused reading), so one paused instant
 /// always reads the same on every thread that reads the runtime's clock,
-/// and a limiter advanced by exactly one period grants. A clock resumed
-/// after an `advance` (ahead of real time) is read less the counter's
-/// current lag.
+/// and a limiter advanced by exactly one period grants. A runtime once
+/// paused keeps that timeline: resumed, its clock goes on from its paused
+/// readings by exactly tokio's elapsed time, and so does a second pause.
 ///
 /// The choice is made **when a sleep is armed**, at its first poll — not
 /// when the value that owns it was created: a
@@ -114,9 +114,14 @@ use std::time::Instant;
 ///   forgotten while still paused (after 4 096 other paused runtimes were
 ///   read) gets a new offset, and its paused instant reads lower from then
 ///   on by the counter's lag growth since its first paused reading
-///   (microseconds). A paused clock read on one thread while another
-///   thread advances it may read as moving once (the counter's lag is
-///   then subtracted, as after a resume).
+///   (microseconds).
+/// * A runtime once paused (a test's) reads on its own timeline for the
+///   rest of its life, ahead of the counter by the counter's lag growth
+///   since its first paused reading (microseconds a second of the
+///   runtime's life): after `resume`, a limiter used both inside it and
+///   outside it (on real time) may grant that much early once. A clock
+///   paused and resumed within a few microseconds, never read while
+///   paused on this thread, reads as real time.
 /// * Inside a task, which runtime the task belongs to is remembered per
 ///   thread for the last task that read the counter there (a task belongs
 ///   to one runtime; another task is asked about afresh).
@@ -277,23 +282,101 @@ const REMEMBERED: usize = 4_096;
 /// * **Real time** (tokio's clock is `Instant::now()`): the counter itself,
 ///   as everywhere else — a limiter used inside and outside the runtime
 ///   reads one clock, never going back on one thread.
-/// * **Moving but offset** (resumed after a pause, or advanced first):
-///   tokio's clock on the counter's timeline, less the counter's current
-///   lag (within a microsecond of the counter on real time).
+/// * **Moving, in a runtime seen paused before** (resumed, or
+///   auto-advanced between the two readings by the runtime's thread while
+///   another thread reads): as paused, less the runtime's fixed offset, so
+///   a resumed clock goes on from its paused readings by exactly tokio's
+///   elapsed time, and pausing again goes on from there (a runtime that
+///   was paused is a test's: its readings stay on its own timeline, which
+///   is ahead of the counter by the lag's growth since its first paused
+///   reading, microseconds a second).
 #[cfg(feature = "tokio")]
 fn in_current_thread_runtime(runtime: tokio::runtime::Id, cheap: u64) -> u64 {
     use super::counter::{instant_value, lag};
     let at = tokio::time::Instant::now();
     let again = tokio::time::Instant::now();
     // (`instant_value` is `Some`: the counter was read.)
-    if at == again {
-        return instant_value(at.into_std(), paused_offset(runtime)).unwrap_or(cheap);
+    if at != again {
+        match Seen::offset(runtime) {
+            Some(Some(offset)) => return instant_value(at.into_std(), offset).unwrap_or(cheap),
+            // Never paused (as far as this thread knows): real time, unless
+            // tokio's clock is off it (paused and resumed unseen, or the
+            // runtime was seen paused on another thread).
+            known => {
+                let on_timeline = instant_value(at.into_std(), lag()).unwrap_or(cheap);
+                if on_real_time(on_timeline, cheap) {
+                    if known.is_none() {
+                        Seen::remember(runtime, None);
+                    }
+                    return cheap;
+                }
+            }
+        }
     }
-    let on_timeline = instant_value(at.into_std(), lag()).unwrap_or(cheap);
+    instant_value(at.into_std(), paused_offset(runtime)).unwrap_or(cheap)
+}
+
+/// Whether tokio's clock, read as `on_timeline` on the counter's timeline
+/// after the counter read `cheap`, is real time: within [`REAL_TIME`] of the
+/// counter, read again if need be (a thread preempted between its readings
+/// sees tokio's clock ahead of `cheap`, never ahead of a later reading).
+#[cfg(feature = "tokio")]
+#[inline]
+fn on_real_time(on_timeline: u64, cheap: u64) -> bool {
     if on_timeline.abs_diff(cheap) <= REAL_TIME {
-        cheap
-    } else {
-        on_timeline
+        return true;
+    }
+    let after = super::counter::cheap().unwrap_or(cheap);
+    on_timeline >= cheap.saturating_sub(REAL_TIME) && on_timeline <= after.saturating_add(REAL_TIME)
+}
+
+/// A runtime and this thread's copy of its offset (`None`: seen on real
+/// time, never paused).
+#[cfg(feature = "tokio")]
+type Known = (tokio::runtime::Id, Option<u64>);
+
+/// This thread's copies of the offsets of the runtimes it read last (`None`:
+/// a runtime it saw on real time, never paused).
+#[cfg(feature = "tokio")]
+struct Seen;
+
+#[cfg(feature = "tokio")]
+impl Seen {
+    thread_local! {
+        static COPIES: std::cell::Cell<[Option<Known>; 4]> = const { std::cell::Cell::new([None; 4]) };
+    }
+
+    /// What this thread knows of `runtime`: its offset (`Some(Some)`), that
+    /// it was on real time (`Some(None)`), or nothing.
+    #[inline]
+    fn offset(runtime: tokio::runtime::Id) -> Option<Option<u64>> {
+        Self::COPIES
+            .try_with(|copies| {
+                copies
+                    .get()
+                    .iter()
+                    .flatten()
+                    .find(|(id, _)| *id == runtime)
+                    .map(|(_, offset)| *offset)
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Keeps `offset` as this thread's copy for `runtime`, first.
+    fn remember(runtime: tokio::runtime::Id, offset: Option<u64>) {
+        let _ = Self::COPIES.try_with(|copies| {
+            let mut kept = copies.get();
+            for copy in &mut kept {
+                if copy.is_some_and(|(id, _)| id == runtime) {
+                    *copy = None;
+                }
+            }
+            kept.sort_by_key(Option::is_none);
+            kept.rotate_right(1);
+            kept[0] = Some((runtime, offset));
+            copies.set(kept);
+        });
     }
 }
 
@@ -312,24 +395,12 @@ fn in_current_thread_runtime(runtime: tokio::runtime::Id, cheap: u64) -> u64 {
 /// paused after real-time readings going on from where they were.
 #[cfg(feature = "tokio")]
 fn paused_offset(runtime: tokio::runtime::Id) -> u64 {
-    use std::cell::Cell;
-    type Seen = [Option<(tokio::runtime::Id, u64)>; 4];
-    thread_local! {
-        // This thread's copies of the offsets it used last.
-        static SEEN: Cell<Seen> = const { Cell::new([None; 4]) };
+    if let Some(Some(offset)) = Seen::offset(runtime) {
+        return offset;
     }
-    SEEN.try_with(|seen| {
-        let mut copies = seen.get();
-        if let Some((_, offset)) = copies.iter().flatten().find(|(id, _)| *id == runtime) {
-            return *offset;
-        }
-        let offset = shared_offset(runtime);
-        copies.rotate_right(1);
-        copies[0] = Some((runtime, offset));
-        seen.set(copies);
-        offset
-    })
-    .unwrap_or_else(|_| shared_offset(runtime))
+    let offset = shared_offset(runtime);
+    Seen::remember(runtime, Some(offset));
+    offset
 }
 
 /// [`paused_offset`] from the table every thread shares.
