@@ -297,20 +297,26 @@ fn in_current_thread_runtime(runtime: tokio::runtime::Id, cheap: u64) -> u64 {
     let again = tokio::time::Instant::now();
     // (`instant_value` is `Some`: the counter was read.)
     if at != again {
-        match Seen::offset(runtime) {
-            Some(Some(offset)) => return instant_value(at.into_std(), offset).unwrap_or(cheap),
-            // Never paused (as far as this thread knows): real time, unless
-            // tokio's clock is off it (paused and resumed unseen, or the
-            // runtime was seen paused on another thread).
-            known => {
-                let on_timeline = instant_value(at.into_std(), lag()).unwrap_or(cheap);
-                if on_real_time(on_timeline, cheap) {
-                    if known.is_none() {
-                        Seen::remember(runtime, None);
-                    }
-                    return cheap;
-                }
+        match Seen::get(runtime) {
+            Some(Known::Offset(offset)) => {
+                return instant_value(at.into_std(), offset).unwrap_or(cheap);
             }
+            // Not paused when the table last changed: not paused since.
+            Some(Known::NotPaused(generation)) if generation == generation_now() => {}
+            _ => {
+                let generation = generation_now();
+                if let Some(offset) = lookup(runtime) {
+                    Seen::remember(runtime, Known::Offset(offset));
+                    return instant_value(at.into_std(), offset).unwrap_or(cheap);
+                }
+                Seen::remember(runtime, Known::NotPaused(generation));
+            }
+        }
+        // Never paused: real time, unless tokio's clock is off it (paused
+        // and resumed between two readings, never read while paused).
+        let on_timeline = instant_value(at.into_std(), lag()).unwrap_or(cheap);
+        if on_real_time(on_timeline, cheap) {
+            return cheap;
         }
     }
     instant_value(at.into_std(), paused_offset(runtime)).unwrap_or(cheap)
@@ -330,26 +336,30 @@ fn on_real_time(on_timeline: u64, cheap: u64) -> bool {
     on_timeline >= cheap.saturating_sub(REAL_TIME) && on_timeline <= after.saturating_add(REAL_TIME)
 }
 
-/// A runtime and this thread's copy of its offset (`None`: seen on real
-/// time, never paused).
+/// What a thread knows of a runtime.
 #[cfg(feature = "tokio")]
-type Known = (tokio::runtime::Id, Option<u64>);
+#[derive(Clone, Copy, Debug)]
+enum Known {
+    /// Its offset: it was paused.
+    Offset(u64),
+    /// Not paused when the table of offsets was at this generation.
+    NotPaused(u64),
+}
 
-/// This thread's copies of the offsets of the runtimes it read last (`None`:
-/// a runtime it saw on real time, never paused).
+/// This thread's copies of what it knows of the runtimes it read last.
 #[cfg(feature = "tokio")]
 struct Seen;
 
 #[cfg(feature = "tokio")]
 impl Seen {
     thread_local! {
-        static COPIES: std::cell::Cell<[Option<Known>; 4]> = const { std::cell::Cell::new([None; 4]) };
+        static COPIES: std::cell::Cell<[Option<(tokio::runtime::Id, Known)>; 4]> =
+            const { std::cell::Cell::new([None; 4]) };
     }
 
-    /// What this thread knows of `runtime`: its offset (`Some(Some)`), that
-    /// it was on real time (`Some(None)`), or nothing.
+    /// What this thread knows of `runtime`, if anything.
     #[inline]
-    fn offset(runtime: tokio::runtime::Id) -> Option<Option<u64>> {
+    fn get(runtime: tokio::runtime::Id) -> Option<Known> {
         Self::COPIES
             .try_with(|copies| {
                 copies
@@ -357,14 +367,15 @@ impl Seen {
                     .iter()
                     .flatten()
                     .find(|(id, _)| *id == runtime)
-                    .map(|(_, offset)| *offset)
+                    .map(|(_, known)| *known)
             })
             .ok()
             .flatten()
     }
 
-    /// Keeps `offset` as this thread's copy for `runtime`, first.
-    fn remember(runtime: tokio::runtime::Id, offset: Option<u64>) {
+    /// Keeps `known` as this thread's copy for `runtime`, first (the
+    /// oldest copy goes when all four are taken).
+    fn remember(runtime: tokio::runtime::Id, known: Known) {
         let _ = Self::COPIES.try_with(|copies| {
             let mut kept = copies.get();
             for copy in &mut kept {
@@ -374,10 +385,44 @@ impl Seen {
             }
             kept.sort_by_key(Option::is_none);
             kept.rotate_right(1);
-            kept[0] = Some((runtime, offset));
+            kept[0] = Some((runtime, known));
             copies.set(kept);
         });
     }
+}
+
+/// The offsets of the paused runtimes, oldest first (see [`offset_in`]).
+#[cfg(feature = "tokio")]
+static OFFSETS: std::sync::Mutex<Vec<(tokio::runtime::Id, u64)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// How many runtimes were added to [`OFFSETS`]: a thread that found a
+/// runtime missing from it asks again once this has moved.
+#[cfg(feature = "tokio")]
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[cfg(feature = "tokio")]
+#[inline]
+fn generation_now() -> u64 {
+    GENERATION.load(std::sync::atomic::Ordering::Acquire)
+}
+
+#[cfg(feature = "tokio")]
+fn offsets() -> std::sync::MutexGuard<'static, Vec<(tokio::runtime::Id, u64)>> {
+    // Nothing under the lock panics halfway through an update.
+    OFFSETS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `runtime`'s offset, if it was ever paused (and is still remembered).
+#[cfg(feature = "tokio")]
+#[cold]
+#[inline(never)]
+fn lookup(runtime: tokio::runtime::Id) -> Option<u64> {
+    offsets()
+        .iter()
+        .rev()
+        .find(|(id, _)| *id == runtime)
+        .map(|(_, offset)| *offset)
 }
 
 /// What the paused clock of `runtime` is taken less, on the counter's
@@ -395,11 +440,11 @@ impl Seen {
 /// paused after real-time readings going on from where they were.
 #[cfg(feature = "tokio")]
 fn paused_offset(runtime: tokio::runtime::Id) -> u64 {
-    if let Some(Some(offset)) = Seen::offset(runtime) {
+    if let Some(Known::Offset(offset)) = Seen::get(runtime) {
         return offset;
     }
     let offset = shared_offset(runtime);
-    Seen::remember(runtime, Some(offset));
+    Seen::remember(runtime, Known::Offset(offset));
     offset
 }
 
@@ -408,30 +453,31 @@ fn paused_offset(runtime: tokio::runtime::Id) -> u64 {
 #[cold]
 #[inline(never)]
 fn shared_offset(runtime: tokio::runtime::Id) -> u64 {
-    use std::sync::Mutex;
-    static OFFSETS: Mutex<Vec<(tokio::runtime::Id, u64)>> = Mutex::new(Vec::new());
-    // Nothing under the lock panics halfway through an update.
-    let mut offsets = OFFSETS.lock().unwrap_or_else(|p| p.into_inner());
-    offset_in(&mut offsets, runtime, super::counter::lag())
+    let mut offsets = offsets();
+    let (offset, added) = offset_in(&mut offsets, runtime, super::counter::lag());
+    if added {
+        GENERATION.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+    offset
 }
 
 /// `runtime`'s offset in `offsets`, set to `lag` if the runtime is not
 /// there yet (the newest runtimes are last; the oldest is forgotten beyond
-/// [`REMEMBERED`]).
+/// [`REMEMBERED`]), and whether it was added.
 #[cfg(feature = "tokio")]
 fn offset_in(
     offsets: &mut Vec<(tokio::runtime::Id, u64)>,
     runtime: tokio::runtime::Id,
     lag: u64,
-) -> u64 {
+) -> (u64, bool) {
     if let Some((_, offset)) = offsets.iter().rev().find(|(id, _)| *id == runtime) {
-        return *offset;
+        return (*offset, false);
     }
     if offsets.len() >= REMEMBERED {
         offsets.remove(0);
     }
     offsets.push((runtime, lag));
-    lag
+    (lag, true)
 }
 
 // ---------------------------------------------------------------------------
@@ -781,13 +827,13 @@ mod tests {
     fn an_offset_is_fixed_at_the_first_paused_reading() {
         let (a, b) = (runtime_id(), runtime_id());
         let mut offsets = Vec::new();
-        assert_eq!(offset_in(&mut offsets, a, 1_000), 1_000);
+        assert_eq!(offset_in(&mut offsets, a, 1_000), (1_000, true));
         for lag in [0, 5_000, 1 << 40, u64::MAX] {
-            assert_eq!(offset_in(&mut offsets, a, lag), 1_000, "lag {lag}");
+            assert_eq!(offset_in(&mut offsets, a, lag).0, 1_000, "lag {lag}");
         }
-        assert_eq!(offset_in(&mut offsets, b, 50_000), 50_000);
-        assert_eq!(offset_in(&mut offsets, a, 60_000), 1_000);
-        assert_eq!(offset_in(&mut offsets, b, 7), 50_000);
+        assert_eq!(offset_in(&mut offsets, b, 50_000).0, 50_000);
+        assert_eq!(offset_in(&mut offsets, a, 60_000), (1_000, false));
+        assert_eq!(offset_in(&mut offsets, b, 7).0, 50_000);
     }
 
     /// The table keeps the last [`REMEMBERED`] runtimes: the oldest is
@@ -796,7 +842,7 @@ mod tests {
     fn the_oldest_runtime_is_forgotten_first() {
         let mut offsets = Vec::new();
         let first = runtime_id();
-        offset_in(&mut offsets, first, 0);
+        assert!(offset_in(&mut offsets, first, 0).1, "added");
         let second = runtime_id();
         offset_in(&mut offsets, second, 1);
         for _ in 1..REMEMBERED {
@@ -804,7 +850,7 @@ mod tests {
         }
         assert_eq!(offsets.len(), REMEMBERED);
         assert!(offsets.iter().all(|(id, _)| *id != first));
-        assert_eq!(offset_in(&mut offsets, second, 3), 1);
-        assert_eq!(offset_in(&mut offsets, first, 7), 7);
+        assert_eq!(offset_in(&mut offsets, second, 3).0, 1);
+        assert_eq!(offset_in(&mut offsets, first, 7).0, 7);
     }
 }
