@@ -101,6 +101,10 @@ use std::time::Instant;
 ///   (`tokio::time::pause()` while a waiter is queued): pause before the
 ///   limiter first waits, or build the runtime with `start_paused(true)`
 ///   (what `#[tokio::test(start_paused = true)]` does).
+/// * Read in a thread-local destructor once tokio's own thread-local
+///   context is gone, tokio's clock panics (with its `test-util` feature):
+///   [`now`](Timer::now) catches that (your panic hook sees it) and reads
+///   `Instant::now()`; under `panic = "abort"` the process aborts there.
 /// * A sleep first armed on a thread that is still inside the context of a
 ///   runtime that was shut down (a blocking task after
 ///   `shutdown_background`) panics as tokio's own sleeps do there.
@@ -168,7 +172,14 @@ impl Timer for DefaultTimer {
     fn now(&self) -> Instant {
         #[cfg(feature = "tokio")]
         {
-            tokio::time::Instant::now().into_std()
+            // With tokio's `test-util`, tokio's clock asks for its
+            // thread-local context and panics once that is gone (in a
+            // thread-local destructor, where a panic aborts): no runtime
+            // is current there, so the clock is `Instant`'s.
+            match std::panic::catch_unwind(tokio::time::Instant::now) {
+                Ok(now) => now.into_std(),
+                Err(_) => Instant::now(),
+            }
         }
         #[cfg(not(feature = "tokio"))]
         {
