@@ -124,8 +124,8 @@ use std::time::Instant;
 ///   since its first paused reading (microseconds a second of the
 ///   runtime's life): after `resume`, a limiter used both inside it and
 ///   outside it (on real time) may grant that much early once. A clock
-///   paused and resumed within a few microseconds, never read while
-///   paused on this thread, reads as real time.
+///   paused and resumed within a few microseconds and never read while
+///   paused (on any thread) reads as real time.
 /// * Inside a task, which runtime the task belongs to is remembered per
 ///   thread for the last task that read the counter there (a task belongs
 ///   to one runtime; another task is asked about afresh).
