@@ -384,7 +384,12 @@ impl<K: Eq, S: Slot, T: Timer> Shard<K, S, T> {
                     .filter(|shared| unused(shared))
                     .and_then(|shared| shared.take_seed());
                 let Some((seed, used)) = seed else {
-                    // In use: looked at again a period later at the soonest.
+                    // In use: it holds the sweep's time too (every key
+                    // does: a compact key's is the shard's), and is looked
+                    // at again a period later at the soonest.
+                    if let Some(shared) = full.get(&id) {
+                        shared.hold(now);
+                    }
                     next_idle = next_idle.min(now.saturating_add(params.period));
                     return false;
                 };

@@ -764,6 +764,13 @@ impl<T: Timer> Shared<T> {
         }
     }
 
+    /// Holds `now` (a time the keyed limiter owning this key read for it,
+    /// such as a sweep's): no later grant is earlier. Runs no user code.
+    pub(super) fn hold(&self, now: u64) {
+        let mut state = self.lock();
+        Self::held(&mut state, now);
+    }
+
     /// Takes the algorithm state out of a limiter that nobody waits on and
     /// nobody else holds (a keyed limiter demoting a key to its compact
     /// form), with the latest time it used (no grant is later); `None`
