@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 #[path = "common/paused_clock.rs"]
 mod paused_clock;
-use paused_clock::{calibrated, counter_off, current_thread, grow_lag, serial};
+use paused_clock::{calibrated, counter_off, current_thread, grow_lag, hogs, serial};
 
 /// tokio's clock less `Instant::now()`, in ns (read back to back).
 fn clock_minus_real() -> i64 {
@@ -238,17 +238,7 @@ fn preempted_reader_takes_a_resumed_clock_for_real_time() {
         eprintln!("resumed {} ns ahead of real time", clock_minus_real());
     });
     let others: Vec<_> = (0..4).map(|_| current_thread(false)).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let spinners: Vec<_> = (0..4)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::hint::spin_loop();
-                }
-            })
-        })
-        .collect();
+    let hogs = hogs(4);
     let reader = std::thread::spawn(move || {
         let start = Instant::now();
         let (mut hits, mut reads, mut worst) = (0u64, 0u64, 0i64);
@@ -276,10 +266,7 @@ fn preempted_reader_takes_a_resumed_clock_for_real_time() {
         (hits, reads, worst)
     });
     let (hits, reads, worst) = reader.join().unwrap();
-    stop.store(true, Ordering::Relaxed);
-    for s in spinners {
-        s.join().unwrap();
-    }
+    drop(hogs);
     eprintln!(
         "{hits} of {reads} readings were the bare counter; worst step vs previous {worst} ns"
     );

@@ -6,6 +6,9 @@
 //! counters against a strict window) is tested on fake readings in
 //! `src/time/counter.rs`, and its concurrency in a loom model.
 
+#[path = "common/paused_clock.rs"]
+mod paused_clock;
+
 use awaitkit::RateLimiter;
 use awaitkit::time::{DefaultTimer, FuturesTimer, Timer};
 use std::process::Command;
@@ -211,31 +214,12 @@ fn a_paused_runtime_inside_a_multi_thread_worker_is_followed_in_its_tasks() {
     });
 }
 
-/// Spins another thread on the cheap counter (re-anchoring it about every
+/// Another thread reading the cheap counter (re-anchoring it about every
 /// millisecond, as a busy process does, which makes its lag behind
 /// `Instant` grow) until the returned guard is dropped.
 #[cfg(feature = "tokio")]
 fn busy_counter() -> impl Drop {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    struct Busy(Arc<AtomicBool>, Option<std::thread::JoinHandle<()>>);
-    impl Drop for Busy {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::Relaxed);
-            if let Some(thread) = self.1.take() {
-                let _ = thread.join();
-            }
-        }
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let thread = std::thread::spawn(move || {
-        while !flag.load(Ordering::Relaxed) {
-            let _ = FuturesTimer.counter_nanos();
-            std::thread::sleep(Duration::from_micros(300));
-        }
-    });
-    Busy(stop, Some(thread))
+    paused_clock::busy(1, Duration::from_micros(300))
 }
 
 /// One paused instant reads the same through the counter wherever the
@@ -311,22 +295,10 @@ fn a_real_time_runtime_reads_the_counter_itself() {
 #[cfg(feature = "tokio")]
 #[test]
 fn a_real_time_runtime_read_under_preemption_stays_on_the_counter() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
     if DefaultTimer.counter_nanos().is_none() {
         return;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let hogs: Vec<_> = (0..4)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::hint::spin_loop();
-                }
-            })
-        })
-        .collect();
+    let hogs = paused_clock::hogs(4);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -341,9 +313,6 @@ fn a_real_time_runtime_read_under_preemption_stays_on_the_counter() {
         }
         outside
     });
-    stop.store(true, Ordering::Relaxed);
-    for hog in hogs {
-        hog.join().unwrap();
-    }
+    drop(hogs);
     assert_eq!(outside, 0, "readings off the counter (of 200 000)");
 }

@@ -1,6 +1,7 @@
-//! Helpers of the paused-clock reviews (`review_offset.rs`,
-//! `review_twice.rs`): runtimes, busy counter readers that grow the
-//! counter's lag, and probes of that lag.
+//! Helpers of the paused-clock tests (`review_offset.rs`,
+//! `review_twice.rs`, `review_third.rs`, `timer_counter.rs`): runtimes, busy
+//! counter readers that grow the counter's lag, CPU hogs, and probes of
+//! that lag.
 #![allow(dead_code)]
 
 use awaitkit::time::{DefaultTimer, FuturesTimer, Timer};
@@ -60,6 +61,23 @@ pub fn busy(threads: usize, pause: Duration) -> Busy {
                     if !pause.is_zero() {
                         std::thread::sleep(pause);
                     }
+                }
+            })
+        })
+        .collect();
+    Busy(stop, handles)
+}
+
+/// `threads` threads spinning (more than the cores: the readers under test
+/// are preempted) until dropped.
+pub fn hogs(threads: usize) -> Busy {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles = (0..threads)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
                 }
             })
         })
