@@ -39,8 +39,7 @@ pub fn current_thread(paused: bool) -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// `threads` threads reading the counter with `pause` between reads (each
-/// read out of range re-anchors it, which grows its lag) until dropped.
+/// Threads running a loop until dropped.
 pub struct Busy(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>);
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -50,17 +49,16 @@ impl Drop for Busy {
         }
     }
 }
-pub fn busy(threads: usize, pause: Duration) -> Busy {
+
+/// `threads` threads running `step` over and over until dropped.
+fn looping(threads: usize, step: fn(Duration), pause: Duration) -> Busy {
     let stop = Arc::new(AtomicBool::new(false));
     let handles = (0..threads)
         .map(|_| {
             let stop = stop.clone();
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    let _ = FuturesTimer.counter_nanos();
-                    if !pause.is_zero() {
-                        std::thread::sleep(pause);
-                    }
+                    step(pause);
                 }
             })
         })
@@ -68,21 +66,25 @@ pub fn busy(threads: usize, pause: Duration) -> Busy {
     Busy(stop, handles)
 }
 
+/// `threads` threads reading the counter with `pause` between reads (each
+/// read out of range re-anchors it, which grows its lag) until dropped.
+pub fn busy(threads: usize, pause: Duration) -> Busy {
+    looping(
+        threads,
+        |pause| {
+            let _ = FuturesTimer.counter_nanos();
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
+            }
+        },
+        pause,
+    )
+}
+
 /// `threads` threads spinning (more than the cores: the readers under test
 /// are preempted) until dropped.
 pub fn hogs(threads: usize) -> Busy {
-    let stop = Arc::new(AtomicBool::new(false));
-    let handles = (0..threads)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::hint::spin_loop();
-                }
-            })
-        })
-        .collect();
-    Busy(stop, handles)
+    looping(threads, |_| std::hint::spin_loop(), Duration::ZERO)
 }
 
 /// A probe of the counter's lag (up to a constant): a fresh paused runtime
