@@ -156,6 +156,13 @@ impl Cursor {
         *word * BITS + bit
     }
 
+    /// The next child of the level-0 word being walked, if it has one left
+    /// (in the chunk [`Cursor::next`] returned last).
+    #[inline]
+    fn next_in_word(&mut self) -> Option<usize> {
+        (self.nonempty & 1 != 0).then(|| self.pop(0))
+    }
+
     /// Next child (chunk, index) whose bit was taken, descending the tree and
     /// taking words as it goes.
     #[inline]
@@ -1044,42 +1051,55 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
         // does not arm the set, so the first polls of the children pushed
         // into it are not counted as stalls.
         let mut polled = false;
-        while let Some((chunk, index)) = engine.cursor.next(&engine.ready) {
-            let element = engine.ready.elements(chunk).get(index);
-            let waker = element.waker();
-            // SAFETY: initialised (see `add_chunk`); the pass holds the engine
-            // mutably, so the access is unique.
-            let slot = unsafe { &mut *Engine::<F>::slot_of(element) };
-            let Slot::Running(fut) = slot else {
-                // A stale bit of a slot that has finished.
-                continue;
-            };
-            let mut cx = Context::from_waker(&waker);
-            // SAFETY: the child lives in a chunk that never moves or grows,
-            // and is only ever dropped in place (by assignment to its slot or
-            // by `drop_slots`): it never moves while `Running`.
-            let fut = unsafe { Pin::new_unchecked(fut) };
-            polled = true;
-            let Poll::Ready(output) = poll(fut, &mut cx) else {
-                // Pending: a stall once the set has seen a completion or a
-                // snapshot after the first (see `STALL_LIMIT`).
-                if engine.cursor.armed {
-                    stalls += 1;
-                    if stalls == STALL_LIMIT {
-                        // Keep the rest of the snapshot in the cursor for the
-                        // next poll, and ask for that poll: the runtime gets
-                        // to run something else (and refill its budget).
-                        if engine.cursor.open {
-                            engine.cursor.open = false;
-                            engine.ready.close(Some(self.cx.waker()));
+        'words: while let Some((chunk, first)) = engine.cursor.next(&engine.ready) {
+            // The rest of this level-0 word is walked here, its chunk's
+            // elements resolved once; a completion goes back to the cursor
+            // (`finish` may change the engine).
+            let elements = engine.ready.elements(chunk);
+            let mut index = first;
+            let output = loop {
+                let element = elements.get(index);
+                let waker = element.waker();
+                // SAFETY: initialised (see `add_chunk`); the pass holds the
+                // engine mutably, so the access is unique.
+                let slot = unsafe { &mut *Engine::<F>::slot_of(element) };
+                if let Slot::Running(fut) = slot {
+                    let mut cx = Context::from_waker(&waker);
+                    // SAFETY: the child lives in a chunk that never moves or
+                    // grows, and is only ever dropped in place (by assignment
+                    // to its slot or by `drop_slots`): it never moves while
+                    // `Running`.
+                    let fut = unsafe { Pin::new_unchecked(fut) };
+                    polled = true;
+                    if let Poll::Ready(output) = poll(fut, &mut cx) {
+                        break (slot, output);
+                    }
+                    // Pending: a stall once the set has seen a completion or
+                    // a snapshot after the first (see `STALL_LIMIT`).
+                    if engine.cursor.armed {
+                        stalls += 1;
+                        if stalls == STALL_LIMIT {
+                            // Keep the rest of the snapshot in the cursor for
+                            // the next poll, and ask for that poll: the
+                            // runtime gets to run something else (and refill
+                            // its budget).
+                            if engine.cursor.open {
+                                engine.cursor.open = false;
+                                engine.ready.close(Some(self.cx.waker()));
+                            }
+                            std::mem::forget(guard);
+                            self.cx.waker().wake_by_ref();
+                            return None;
                         }
-                        std::mem::forget(guard);
-                        self.cx.waker().wake_by_ref();
-                        return None;
                     }
                 }
-                continue;
+                // (Not running: a stale bit of a slot that has finished.)
+                match engine.cursor.next_in_word() {
+                    Some(next) => index = next,
+                    None => continue 'words,
+                }
             };
+            let (slot, output) = output;
             engine.cursor.armed = true;
             stalls = 0;
             // Count it out first: dropping the child (in place, before
