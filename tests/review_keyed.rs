@@ -1496,7 +1496,10 @@ impl Timer for Backwards {
 
 /// The differential test on a clock that jumps backwards and forwards: the
 /// keyed limiter never grants a key what a lone limiter on the same clock
-/// refuses, nor finishes an acquire before it. (Retry-afters may differ:
+/// refuses, nor finishes an acquire before it. (One key after the warm-up:
+/// a shard holds the latest reading of any of its keys, so with other keys
+/// in its shard a key may be checked at a later time than a lone limiter
+/// would be, which lets its old grants go sooner.) (Retry-afters may differ:
 /// the key's compact form holds the clock per shard, its promoted limiter
 /// on its own.)
 #[test]

@@ -912,6 +912,8 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
         let mut panics = Panics::default();
         for shared in &limiters {
             panics.catch(|| {
+                // The time read for every key is a promoted key's too.
+                shared.hold(raw);
                 let _same_mode = shared.set_quota_at(quota, Some(generation));
             });
         }
@@ -938,15 +940,24 @@ impl<K: Eq + Hash, T: Timer> Inner<K, T> {
     }
 
     /// The time origin, read at the first use (user code: with no lock
-    /// held; if it panics, the next use reads it again).
+    /// held, and outside the `OnceLock`'s initialisation, so a clock that
+    /// calls back into this limiter does not re-enter it; if it panics, the
+    /// next use reads it again; the first reading stored is kept).
     #[inline]
     fn origin(&self) -> (u64, Instant) {
-        *self.origin.get_or_init(|| {
-            // The counter first: an epoch read after it never maps a
-            // deadline early (as a single limiter does).
-            let counter = self.timer.counter_nanos().unwrap_or(0);
-            (counter, self.timer.now())
-        })
+        if let Some(origin) = self.origin.get() {
+            return *origin;
+        }
+        self.first_origin()
+    }
+
+    #[inline(never)]
+    fn first_origin(&self) -> (u64, Instant) {
+        // The counter first: an epoch read after it never maps a deadline
+        // early (as a single limiter does).
+        let counter = self.timer.counter_nanos().unwrap_or(0);
+        let reading = (counter, self.timer.now());
+        *self.origin.get_or_init(|| reading)
     }
 
     /// Reserves room for one more key against the bound.
@@ -1010,6 +1021,9 @@ impl<K: Eq + Hash, T: Timer> Inner<K, T> {
             let mut evicted = Evicted::default();
             {
                 let mut shard = cell.lock();
+                // Its keys are judged at `now`: the shard holds it (a key
+                // evicted here is never stamped at an older reading later).
+                let now = shard.hold(now);
                 if shard.may_sweep(cell.next_idle.load(Ordering::Relaxed), now) {
                     let (went, next_idle) = shard.sweep_for_room(now, &mut evicted);
                     cell.next_idle.store(next_idle, Ordering::Relaxed);
@@ -1164,12 +1178,14 @@ impl<K: Eq + Hash, T: Timer> Inner<K, T> {
                 let shared = &shard_ref.full[&id];
                 let seed = unused(shared).then(|| shared.take_seed()).flatten();
                 let Some((seed, used)) = seed else {
-                    // In use: its limiter decides (never passing a waiter).
+                    // In use: its limiter decides (never passing a waiter),
+                    // not before the time read for the key.
                     if WAIT {
                         return None;
                     }
                     let shared = Arc::clone(shared);
                     drop(shard);
+                    shared.hold(now);
                     return Some(shared.try_acquire(n));
                 };
                 // Nobody uses the full limiter any more: back to the
@@ -1284,6 +1300,8 @@ impl<K: Eq + Hash, T: Timer> Inner<K, T> {
                         let shared = Arc::clone(&shard_ref.full[&entry.slot.id()]);
                         drop(shard);
                         drop(fresh);
+                        // The time read for the key is its limiter's too.
+                        shared.hold(now);
                         return Ok(shared);
                     }
                     if usable {
@@ -1322,6 +1340,9 @@ impl<K: Eq + Hash, T: Timer> Inner<K, T> {
                     }
                     if usable {
                         let (shared, _) = fresh.take().expect("usable");
+                        // Not before the shard's time (a key evicted at it
+                        // may come back here with an older reading).
+                        shared.hold(now);
                         let id = shard.next_id;
                         shard.next_id += 1;
                         shard.full.insert(id, Arc::clone(&shared));

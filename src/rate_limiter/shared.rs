@@ -764,8 +764,9 @@ impl<T: Timer> Shared<T> {
         }
     }
 
-    /// Holds `now` (a time the keyed limiter owning this key read for it,
-    /// such as a sweep's): no later grant is earlier. Runs no user code.
+    /// Holds `now` (a time the keyed limiter owning this key read for it:
+    /// a sweep's, a check's, a quota change's): no later grant is earlier.
+    /// Runs no user code.
     pub(super) fn hold(&self, now: u64) {
         let mut state = self.lock();
         Self::held(&mut state, now);
