@@ -7,6 +7,7 @@ use crate::RateLimiter;
 use crate::engine::Engine;
 use crate::rate_limiter::RateAcquire;
 use crate::time::{BoxedDeadline, DefaultTimer, Timer, When};
+use crate::unwind::Panics;
 use futures_core::Stream;
 use futures_core::stream::FusedStream;
 use std::collections::VecDeque;
@@ -468,12 +469,14 @@ pub struct Batch<
     T: Timer,
     L: Timer,
 {
-    /// Everything that does not name `P`, `T`, `L` or `FAIL_FAST`.
-    core: Core<I, F, Fut>,
     /// The pause between fixed batches, and the batch's clock (`.timer`).
     pause: BoxedDeadline<T>,
     rate: Option<Rate<'r, L>>,
     on_progress: Option<P>,
+    /// Everything that does not name `P`, `T`, `L` or `FAIL_FAST`. Last:
+    /// dropped after the fields above, its drop propagates the first panic
+    /// of the calls, outputs and items it drops (see its `Drop`).
+    core: Core<I, F, Fut>,
 }
 
 /// The state of a [`Batch`] that does not name its progress callback, timer,
@@ -487,7 +490,8 @@ struct Core<I: BatchSource, F, Fut: Future> {
     /// An item pulled but not started yet (waiting for its rate grant, or
     /// pulled to learn whether another fixed batch follows).
     next_item: Option<I::Item>,
-    f: F,
+    /// The function making each call (`None` once dropped).
+    f: Option<F>,
     /// What happens to the outputs.
     out: Out,
     /// One slot per item started and not yet handed out (from input index
@@ -633,7 +637,7 @@ where
                 engine: Engine::new(),
                 items: Some(items),
                 next_item: None,
-                f,
+                f: Some(f),
                 out: Out::Collect,
                 results: VecDeque::with_capacity(lower.min(budget)),
                 base: 0,
@@ -1102,6 +1106,17 @@ where
     }
 }
 
+/// Drops the calls, the items not started, the outputs not handed out and
+/// the function, each even if another's destructor panics (none of them
+/// during that panic's unwind), then propagates the first panic.
+impl<I: BatchSource, F, Fut: Future> Drop for Core<I, F, Fut> {
+    fn drop(&mut self) {
+        let mut panics = self.release();
+        panics.catch(|| self.f = None);
+        panics.resume();
+    }
+}
+
 impl<I: BatchSource, F, Fut: Future> Core<I, F, Fut> {
     /// Makes sure the next item is in `next_item`: `Ready(false)` once the
     /// source has run out, `Pending` while a stream has none yet.
@@ -1125,6 +1140,18 @@ impl<I: BatchSource, F, Fut: Future> Core<I, F, Fut> {
     }
 
     /// In input order: the next output, if it has finished.
+    /// Drops the calls, the items not started and the outputs not handed
+    /// out, each even if another's destructor panics (none of them during
+    /// that panic's unwind); returns the first panic.
+    fn release(&mut self) -> Panics {
+        let mut panics = Panics::default();
+        panics.catch(|| self.engine.clear());
+        panics.catch(|| self.next_item = None);
+        panics.catch(|| self.items = None);
+        panics.drop_all(std::mem::take(&mut self.results));
+        panics
+    }
+
     fn pop_head(&mut self) -> Option<(usize, Fut::Output)> {
         if self.out != Out::Ordered || !matches!(self.results.front(), Some(Some(_))) {
             return None;
@@ -1245,7 +1272,8 @@ where
                 rate.grant = None;
             }
             let item = core.next_item.take().expect("peeked above");
-            let call = (core.f)(item);
+            let f = core.f.as_mut().expect("`f` is dropped only with the batch");
+            let call = f(item);
             let key = core.next_key;
             core.next_key += 1;
             if core.out != Out::Unordered {
@@ -1260,22 +1288,20 @@ where
         started
     }
 
-    /// Drops everything still running or waiting (fail-fast): the calls
-    /// first (a destructor may panic), then the items, outputs and grant.
-    fn abort(&mut self) {
-        let core = &mut self.core;
-        core.finished = true;
-        core.engine.clear();
+    /// Drops everything still running or waiting (fail-fast): the calls,
+    /// the grant, the items and the outputs, each even if another's
+    /// destructor panics; returns the first panic.
+    fn abort(&mut self) -> Panics {
+        self.core.finished = true;
+        let mut panics = self.core.release();
         if let Some(rate) = self.rate.as_mut() {
-            rate.grant = None;
+            panics.catch(|| rate.grant = None);
         }
-        core.items = None;
-        core.next_item = None;
-        core.results = VecDeque::new();
         #[cfg(feature = "indicatif")]
-        if let Some(bar) = core.bar.as_ref() {
+        if let Some(bar) = self.core.bar.as_ref() {
             bar.abandon();
         }
+        panics
     }
 
     /// One poll: start what may start, poll the woken calls once each,
@@ -1384,9 +1410,11 @@ where
         }
         // (The pass ends here.)
         if let Some((key, output)) = failure {
-            // Fail fast: drop everything else first.
-            self.abort();
-            return Poll::Ready(Some(Event::Failed(key, output)));
+            // Fail fast: drop everything else first (if a destructor
+            // panics, the failure is dropped outside that unwind, and the
+            // panic propagates).
+            let failure = crate::unwind::hand_back(self.abort(), (key, output));
+            return Poll::Ready(Some(Event::Failed(failure.0, failure.1)));
         }
         let out = item.or_else(|| self.core.pop_head());
         if let Some((key, output)) = out {

@@ -97,8 +97,11 @@ impl<F: RetryOutput> Future for FirstOk<F> {
             errors,
             poisoned,
         } = self.get_mut();
+        // Checked before the guard: a refused poll leaves the future as it
+        // was (terminated).
+        crate::poison::assert_live(*poisoned, slot.is_none(), "FirstOk");
         crate::poison::guarded(poisoned, "FirstOk", || {
-            let set = slot.as_mut().expect("`FirstOk` polled after completion");
+            let set = slot.as_mut().expect("checked above");
             // One pass over the woken children: each is polled at most once
             // per poll of `FirstOk`, even when errors keep coming.
             let mut pass = set.engine.pass(cx);
@@ -131,25 +134,28 @@ fn win<F: RetryOutput>(
     index: usize,
     value: F::Ok,
 ) -> (usize, F::Ok) {
+    crate::unwind::hand_back(release(set, errors), (index, value))
+}
+
+/// Drops the children left and the errors kept, each on its own (see
+/// [`Panics`]); returns the first panic.
+fn release<F: RetryOutput>(
+    set: &mut Option<AsCompleted<F>>,
+    errors: &mut Vec<(usize, F::Error)>,
+) -> Panics {
     let mut panics = Panics::default();
     let set = set.take();
     panics.catch(move || drop(set));
     panics.drop_all(std::mem::take(errors));
-    match panics.take() {
-        Some(payload) if !std::thread::panicking() => {
-            let mut panics = Panics::default();
-            panics.catch(move || drop(value));
-            // The first panic is the one that propagates.
-            if let Some(later) = panics.take() {
-                crate::unwind::discard(later);
-            }
-            std::panic::resume_unwind(payload)
-        }
-        Some(payload) => {
-            crate::unwind::discard(payload);
-            (index, value)
-        }
-        None => (index, value),
+    panics
+}
+
+/// Drops the children left and the errors kept, each even if another's
+/// destructor panics (none of them during that panic's unwind), then
+/// propagates the first panic.
+impl<F: RetryOutput> Drop for FirstOk<F> {
+    fn drop(&mut self) {
+        release(&mut self.set, &mut self.errors).resume();
     }
 }
 

@@ -1194,7 +1194,9 @@ where
                     let attempt = this.attempt.as_mut().as_pin_mut().expect("attempt running");
                     let failure = match attempt.poll(cx) {
                         Poll::Ready(Ok(value)) => {
-                            this.attempt.set(None);
+                            // The attempt's destructor may panic: the value
+                            // is then dropped outside that unwind.
+                            let value = drop_attempt(this.attempt.as_mut(), value);
                             this.state = State::Done;
                             return Poll::Ready(Ok(value));
                         }
@@ -1204,8 +1206,10 @@ where
                             Poll::Pending => return Poll::Pending,
                         },
                     };
-                    // Cancel a timed-out attempt before anything else runs.
-                    this.attempt.set(None);
+                    // Cancel a timed-out attempt before anything else runs
+                    // (its error is dropped outside a panic of its
+                    // destructor).
+                    let failure = drop_attempt(this.attempt.as_mut(), failure);
                     if let Some(gave_up) = this.after_failure(failure) {
                         this.state = State::Done;
                         return Poll::Ready(Err(gave_up));
@@ -1313,6 +1317,16 @@ impl<Op, Fut: RetryOutput, P, H, T: Timer, G: AttemptGate> fmt::Debug
             .field("state", &self.state)
             .finish_non_exhaustive()
     }
+}
+
+/// Drops the attempt in `attempt`, handing `outcome` (what it returned)
+/// back; if its destructor panics, `outcome` is dropped first, outside that
+/// panic's unwind, and the panic propagates (see
+/// [`hand_back`](crate::unwind::hand_back)).
+fn drop_attempt<A, V>(mut attempt: Pin<&mut Option<A>>, outcome: V) -> V {
+    let mut panics = crate::unwind::Panics::default();
+    panics.catch(|| attempt.set(None));
+    crate::unwind::hand_back(panics, outcome)
 }
 
 /// A small, fast generator for jitter (SplitMix64): statistical quality is

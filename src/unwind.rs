@@ -117,6 +117,26 @@ pub(crate) fn drop_user<T>(value: T) {
     }
 }
 
+/// Hands `value` back unless `panics` caught one: then `value` is dropped
+/// (outside any unwind, a panic of its own discarded) and the first panic
+/// propagates — or, while this thread is already unwinding (a second panic
+/// would abort the process), the panic is discarded and `value` handed back.
+/// For an output decided before the user code that panicked ran (a finished
+/// child's destructor, the siblings dropped for a winner).
+pub(crate) fn hand_back<V>(panics: Panics, value: V) -> V {
+    match panics.take() {
+        None => value,
+        Some(payload) if std::thread::panicking() => {
+            discard(payload);
+            value
+        }
+        Some(payload) => {
+            contain(move || drop(value));
+            resume_unwind(payload)
+        }
+    }
+}
+
 /// Runs `f`; a panic in it is discarded (for user code whose panic nobody
 /// could receive, such as dropping an output that was replaced by a panic).
 pub(crate) fn contain(f: impl FnOnce()) {

@@ -80,11 +80,11 @@ impl<F: Future> Future for WaitAny<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        // Checked before the guard: a refused poll leaves the future as it
+        // was (terminated).
+        crate::poison::assert_live(this.poisoned, this.set.is_none(), "WaitAny");
         crate::poison::guarded(&mut this.poisoned, "WaitAny", || {
-            let set = this
-                .set
-                .as_mut()
-                .expect("`WaitAny` polled after completion");
+            let set = this.set.as_mut().expect("checked above");
             match set.poll_next_indexed(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(None) => {
@@ -451,8 +451,11 @@ impl<F: Future, T: Timer> Future for Wait<F, T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<WaitOutcome<F>> {
         let this = self.get_mut();
+        // Checked before the guard: a refused poll leaves the future as it
+        // was (terminated).
+        crate::poison::assert_live(this.poisoned, this.set.is_none(), "Wait");
         crate::poison::guarded(&mut this.poisoned, "Wait", || {
-            let set = this.set.as_mut().expect("`Wait` polled after completion");
+            let set = this.set.as_mut().expect("checked above");
             let mut failed = false;
             let mut pass = set.engine.pass(cx);
             while let Some(done) = pass.next() {

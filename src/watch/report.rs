@@ -326,6 +326,8 @@ impl Report {
         name: Option<Cow<'static, str>>,
         future: F,
     ) -> Watch<F::IntoFuture> {
+        // User code, first: a conversion that panics registers nothing.
+        let future = future.into_future();
         // Until the clock's calibration is frozen, this moves it along (then
         // it is one atomic load).
         let _ = counter::scale();
@@ -340,7 +342,7 @@ impl Report {
             (inner.threshold, inner.cutoff, inner.on_slow.clone(), index)
         };
         let meta = Meta::with_cutoff(name, threshold, cutoff, on_slow);
-        Watch::new(future.into_future(), meta).attach(Slot {
+        Watch::new(future, meta).attach(Slot {
             report: self.shared.clone(),
             index,
         })
