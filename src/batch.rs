@@ -1139,7 +1139,6 @@ impl<I: BatchSource, F, Fut: Future> Core<I, F, Fut> {
         }
     }
 
-    /// In input order: the next output, if it has finished.
     /// Drops the calls, the items not started and the outputs not handed
     /// out, each even if another's destructor panics (none of them during
     /// that panic's unwind); returns the first panic.
@@ -1152,6 +1151,7 @@ impl<I: BatchSource, F, Fut: Future> Core<I, F, Fut> {
         panics
     }
 
+    /// In input order: the next output, if it has finished.
     fn pop_head(&mut self) -> Option<(usize, Fut::Output)> {
         if self.out != Out::Ordered || !matches!(self.results.front(), Some(Some(_))) {
             return None;
