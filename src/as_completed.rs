@@ -5,6 +5,7 @@
 
 use crate::engine::Engine;
 use crate::time::{BoxedDeadline, DefaultTimer, Timer, When};
+use crate::unwind::Panics;
 use futures_core::Stream;
 use futures_core::stream::FusedStream;
 use std::fmt;
@@ -652,6 +653,19 @@ pub struct AsCompletedUntil<S, T: Timer = DefaultTimer> {
     deadline: BoxedDeadline<T>,
 }
 
+/// Drops the set, the sleep and the timer, each even if another's
+/// destructor panics (none of them during that panic's unwind), then
+/// propagates the first panic.
+impl<S, T: Timer> Drop for AsCompletedUntil<S, T> {
+    fn drop(&mut self) {
+        let mut panics = Panics::default();
+        let set = self.set.take();
+        panics.catch(move || drop(set));
+        self.deadline.release(&mut panics);
+        panics.resume();
+    }
+}
+
 impl<S: CompletionSet> AsCompletedUntil<S> {
     fn new(set: S, when: When) -> Self {
         AsCompletedUntil {
@@ -674,9 +688,9 @@ impl<S: CompletionSet, T: Timer> AsCompletedUntil<S, T> {
     ///     .with_timer(FuturesTimer);
     /// # drop(done);
     /// ```
-    pub fn with_timer<U: Timer>(self, timer: U) -> AsCompletedUntil<S, U> {
+    pub fn with_timer<U: Timer>(mut self, timer: U) -> AsCompletedUntil<S, U> {
         AsCompletedUntil {
-            set: self.set,
+            set: self.set.take(),
             deadline: self.deadline.with_timer(timer),
         }
     }
@@ -719,8 +733,13 @@ impl<S: CompletionSet, T: Timer> AsCompletedUntil<S, T> {
     /// let done = awaitkit::as_completed([async { 1 }]).with_timeout(Duration::from_secs(1));
     /// assert_eq!(done.into_inner().unwrap().len(), 1);
     /// ```
-    pub fn into_inner(self) -> Option<S> {
-        self.set
+    pub fn into_inner(mut self) -> Option<S> {
+        let set = self.set.take();
+        // The sleep and the timer go first: if one panics, the set is
+        // dropped (not leaked) before the panic propagates.
+        let mut panics = Panics::default();
+        self.deadline.release(&mut panics);
+        crate::unwind::hand_back(panics, set)
     }
 }
 

@@ -469,14 +469,36 @@ pub struct Batch<
     T: Timer,
     L: Timer,
 {
-    /// The pause between fixed batches, and the batch's clock (`.timer`).
+    /// Everything that does not name `P`, `T`, `L` or `FAIL_FAST`.
+    core: Core<I, F, Fut>,
+    /// The pause between fixed batches, and the batch's clock (`.timer()`).
     pause: BoxedDeadline<T>,
     rate: Option<Rate<'r, L>>,
     on_progress: Option<P>,
-    /// Everything that does not name `P`, `T`, `L` or `FAIL_FAST`. Last:
-    /// dropped after the fields above, its drop propagates the first panic
-    /// of the calls, outputs and items it drops (see its `Drop`).
-    core: Core<I, F, Fut>,
+}
+
+/// Drops every part (the calls, the items not started, the outputs not
+/// handed out, the function, the rate grant, the progress callback, the
+/// pause's sleep and the timer), each even if another's destructor panics
+/// (none of them during that panic's unwind), then propagates the first
+/// panic.
+impl<I, F, Fut, P, T, L, const FAIL_FAST: bool> Drop for Batch<'_, I, F, Fut, P, T, L, FAIL_FAST>
+where
+    I: BatchSource,
+    Fut: Future,
+    T: Timer,
+    L: Timer,
+{
+    fn drop(&mut self) {
+        let mut panics = self.core.release();
+        panics.catch(|| self.core.f = None);
+        let rate = self.rate.take();
+        panics.catch(move || drop(rate));
+        let on_progress = self.on_progress.take();
+        panics.catch(move || drop(on_progress));
+        self.pause.release(&mut panics);
+        panics.resume();
+    }
 }
 
 /// The state of a [`Batch`] that does not name its progress callback, timer,
@@ -634,26 +656,12 @@ where
         let budget = (1 << 20) / size_of::<Option<Fut::Output>>().max(1);
         Batch {
             core: Core {
-                engine: Engine::new(),
                 items: Some(items),
-                next_item: None,
                 f: Some(f),
-                out: Out::Collect,
                 results: VecDeque::with_capacity(lower.min(budget)),
-                base: 0,
-                next_key: 0,
                 limit,
-                mode: Mode::Sliding,
-                batch_left: 0,
-                batches: 0,
-                pausing: false,
-                #[cfg(feature = "indicatif")]
-                bar: None,
-                started: None,
-                done: 0,
                 total,
-                finished: false,
-                poisoned: false,
+                ..Core::empty()
             },
             pause: BoxedDeadline::new(DefaultTimer, None),
             rate: None,
@@ -779,18 +787,18 @@ where
     /// # });
     /// ```
     pub fn rate_limit<'a, M: Timer>(
-        self,
+        mut self,
         limiter: &'a RateLimiter<M>,
     ) -> Batch<'a, I, F, Fut, P, T, M, FF> {
         Batch {
-            core: self.core,
-            pause: self.pause,
+            core: std::mem::replace(&mut self.core, Core::empty()),
+            pause: self.pause.take(),
             // A grant being waited for (if polled already) goes back.
             rate: Some(Rate {
                 limiter,
                 grant: None,
             }),
-            on_progress: self.on_progress,
+            on_progress: self.on_progress.take(),
         }
     }
 
@@ -812,13 +820,13 @@ where
     /// # });
     /// ```
     pub fn on_progress<Q: FnMut(&Progress)>(
-        self,
+        mut self,
         callback: Q,
     ) -> Batch<'r, I, F, Fut, Q, T, L, FF> {
         Batch {
-            core: self.core,
-            pause: self.pause,
-            rate: self.rate,
+            core: std::mem::replace(&mut self.core, Core::empty()),
+            pause: self.pause.take(),
+            rate: self.rate.take(),
             on_progress: Some(callback),
         }
     }
@@ -846,10 +854,10 @@ where
         self.core.pausing = false;
         self.core.started = None;
         Batch {
-            core: self.core,
+            core: std::mem::replace(&mut self.core, Core::empty()),
             pause: BoxedDeadline::new(timer, None),
-            rate: self.rate,
-            on_progress: self.on_progress,
+            rate: self.rate.take(),
+            on_progress: self.on_progress.take(),
         }
     }
 
@@ -1096,28 +1104,44 @@ where
     /// assert_eq!(settled.iter().filter(|r| r.is_err()).count(), 1);
     /// # });
     /// ```
-    pub fn fail_fast(self) -> TryBatch<'r, I, F, Fut, P, T, L> {
+    pub fn fail_fast(mut self) -> TryBatch<'r, I, F, Fut, P, T, L> {
         Batch {
-            core: self.core,
-            pause: self.pause,
-            rate: self.rate,
-            on_progress: self.on_progress,
+            core: std::mem::replace(&mut self.core, Core::empty()),
+            pause: self.pause.take(),
+            rate: self.rate.take(),
+            on_progress: self.on_progress.take(),
         }
     }
 }
 
-/// Drops the calls, the items not started, the outputs not handed out and
-/// the function, each even if another's destructor panics (none of them
-/// during that panic's unwind), then propagates the first panic.
-impl<I: BatchSource, F, Fut: Future> Drop for Core<I, F, Fut> {
-    fn drop(&mut self) {
-        let mut panics = self.release();
-        panics.catch(|| self.f = None);
-        panics.resume();
-    }
-}
-
 impl<I: BatchSource, F, Fut: Future> Core<I, F, Fut> {
+    /// A core with nothing to run (what a builder leaves behind in the
+    /// batch it turns into another).
+    fn empty() -> Self {
+        Core {
+            engine: Engine::new(),
+            items: None,
+            next_item: None,
+            f: None,
+            out: Out::Collect,
+            results: VecDeque::new(),
+            base: 0,
+            next_key: 0,
+            limit: 0,
+            mode: Mode::Sliding,
+            batch_left: 0,
+            batches: 0,
+            pausing: false,
+            #[cfg(feature = "indicatif")]
+            bar: None,
+            started: None,
+            done: 0,
+            total: None,
+            finished: false,
+            poisoned: false,
+        }
+    }
+
     /// Makes sure the next item is in `next_item`: `Ready(false)` once the
     /// source has run out, `Pending` while a stream has none yet.
     fn poll_peek(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
@@ -1289,7 +1313,7 @@ where
     }
 
     /// Drops everything still running or waiting (fail-fast): the calls,
-    /// the grant, the items and the outputs, each even if another's
+    /// the items and the outputs, then the grant, each even if another's
     /// destructor panics; returns the first panic.
     fn abort(&mut self) -> Panics {
         self.core.finished = true;
@@ -1320,7 +1344,7 @@ where
         failed: fn(&Fut::Output) -> bool,
     ) -> Poll<Option<Event<Fut::Output>>> {
         if self.core.started.is_none() && self.reports() {
-            self.core.started = Some(self.pause.timer.now());
+            self.core.started = Some(self.pause.timer().now());
             #[cfg(feature = "indicatif")]
             if let Some(bar) = self.core.bar.as_mut() {
                 bar.begin(self.core.total);
@@ -1392,7 +1416,7 @@ where
                     );
                 }
                 let elapsed = match core.started {
-                    Some(start) => pause.timer.now().saturating_duration_since(start),
+                    Some(start) => pause.timer().now().saturating_duration_since(start),
                     None => Duration::ZERO,
                 };
                 let progress = Progress::new(core.done, core.total, in_flight, elapsed);

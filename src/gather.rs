@@ -204,8 +204,10 @@ where
                     // Fail fast: drop everything else before handing out the
                     // error (finished first: a destructor may panic).
                     this.finished = true;
-                    pass.engine().clear();
-                    return Poll::Ready(Err(e));
+                    let mut panics = crate::unwind::Panics::default();
+                    panics.catch(|| pass.engine().clear());
+                    // The error is dropped outside a sibling's panic.
+                    return Poll::Ready(Err(crate::unwind::hand_back(panics, e)));
                 }
                 pass.engine().store(done.slot, done.output);
             }

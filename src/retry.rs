@@ -426,12 +426,12 @@ impl RetryPolicy {
         Fut: Future<Output = Result<T, E>>,
     {
         Retry {
-            operation,
+            operation: Some(operation),
             policy: *self,
-            retry_if: always_retry::<E> as fn(&E) -> bool,
-            on_retry: ignore_event::<E> as for<'a> fn(&RetryEvent<'a, E>),
+            retry_if: Some(always_retry::<E> as fn(&E) -> bool),
+            on_retry: Some(ignore_event::<E> as for<'a> fn(&RetryEvent<'a, E>)),
             deadline: BoxedDeadline::new(DefaultTimer, None),
-            attempt: Box::pin(None),
+            attempt: None,
             attempts: 0,
             total_deadline: None,
             state: State::Start,
@@ -762,12 +762,16 @@ pub struct Retry<
 > where
     Fut: RetryOutput,
 {
-    operation: Op,
+    // The parts holding user values are `Option`s only so that the drop
+    // can drop each on its own (see its `Drop`): `None` once dropped or
+    // moved into a rebuilt `Retry`.
+    operation: Option<Op>,
     policy: RetryPolicy,
-    retry_if: P,
-    on_retry: H,
+    retry_if: Option<P>,
+    on_retry: Option<H>,
     deadline: BoxedDeadline<T>,
-    attempt: Pin<Box<Option<Fut>>>,
+    /// The running attempt (boxed on the first launch, reused after).
+    attempt: Option<Pin<Box<Option<Fut>>>>,
     attempts: u32,
     total_deadline: Option<When>,
     state: State,
@@ -814,7 +818,7 @@ where
 /// gated(&());
 /// gated(&&RateLimiter::new(5, std::time::Duration::from_secs(1)));
 /// ```
-pub trait AttemptGate: gate::Sealed {
+pub trait AttemptGate: gate::Sealed + Copy {
     /// The wait for one grant.
     #[doc(hidden)]
     type Wait: Future<Output = ()> + Unpin;
@@ -944,7 +948,7 @@ impl<Op, Fut: RetryOutput, P, H, T: Timer> Retry<Op, Fut, P, H, T, ()> {
     /// ```
     #[track_caller]
     pub fn rate_limit<M: Timer>(
-        self,
+        mut self,
         limiter: &RateLimiter<M>,
     ) -> Retry<Op, Fut, P, H, T, &RateLimiter<M>> {
         assert!(
@@ -952,12 +956,12 @@ impl<Op, Fut: RetryOutput, P, H, T: Timer> Retry<Op, Fut, P, H, T, ()> {
             "`Retry::rate_limit` after the retry started"
         );
         Retry {
-            operation: self.operation,
+            operation: self.operation.take(),
             policy: self.policy,
-            retry_if: self.retry_if,
-            on_retry: self.on_retry,
-            deadline: self.deadline,
-            attempt: self.attempt,
+            retry_if: self.retry_if.take(),
+            on_retry: self.on_retry.take(),
+            deadline: self.deadline.take(),
+            attempt: self.attempt.take(),
             attempts: self.attempts,
             total_deadline: self.total_deadline,
             state: self.state,
@@ -1026,23 +1030,28 @@ impl<Op, Fut: RetryOutput, P, H, T: Timer, G: AttemptGate> Retry<Op, Fut, P, H, 
 
     /// Rebuilds the future with other hooks or another timer.
     fn map_parts<P2, H2, U: Timer>(
-        self,
+        mut self,
         f: impl FnOnce(P, H, BoxedDeadline<T>) -> (P2, H2, BoxedDeadline<U>),
     ) -> Retry<Op, Fut, P2, H2, U, G> {
-        let (retry_if, on_retry, deadline) = f(self.retry_if, self.on_retry, self.deadline);
+        let (retry_if, on_retry) = (self.retry_if.take(), self.on_retry.take());
+        let (retry_if, on_retry, deadline) = f(
+            retry_if.expect(PARTS),
+            on_retry.expect(PARTS),
+            self.deadline.take(),
+        );
         Retry {
-            operation: self.operation,
+            operation: self.operation.take(),
             policy: self.policy,
-            retry_if,
-            on_retry,
+            retry_if: Some(retry_if),
+            on_retry: Some(on_retry),
             deadline,
-            attempt: self.attempt,
+            attempt: self.attempt.take(),
             attempts: self.attempts,
             total_deadline: self.total_deadline,
             state: self.state,
             gate: self.gate,
-            grant: self.grant,
-            last: self.last,
+            grant: self.grant.take(),
+            last: self.last.take(),
             poisoned: self.poisoned,
             rng: self.rng,
         }
@@ -1137,7 +1146,7 @@ where
             match this.state {
                 State::Start => {
                     if let Some(total) = this.policy.total_timeout {
-                        let now = this.deadline.timer.now();
+                        let now = this.deadline.timer().now();
                         this.total_deadline =
                             Some(now.checked_add(total).map_or(When::Never, When::At));
                     }
@@ -1184,19 +1193,22 @@ where
                     this.last = None;
                     // Counted once the operation has returned its future:
                     // an operation that panics starts no attempt.
-                    let attempt = (this.operation)();
-                    this.attempt.set(Some(attempt));
+                    let operation = this.operation.as_mut().expect(PARTS);
+                    let attempt = operation();
+                    let slot = this.attempt.get_or_insert_with(|| Box::pin(None));
+                    slot.set(Some(attempt));
                     this.attempts += 1;
                     this.state = State::Attempt;
                     this.deadline.restart(this.attempt_deadline());
                 }
                 State::Attempt => {
-                    let attempt = this.attempt.as_mut().as_pin_mut().expect("attempt running");
+                    let slot = this.attempt.as_mut().expect("attempt running");
+                    let attempt = slot.as_mut().as_pin_mut().expect("attempt running");
                     let failure = match attempt.poll(cx) {
                         Poll::Ready(Ok(value)) => {
                             // The attempt's destructor may panic: the value
                             // is then dropped outside that unwind.
-                            let value = drop_attempt(this.attempt.as_mut(), value);
+                            let value = drop_attempt(slot.as_mut(), value);
                             this.state = State::Done;
                             return Poll::Ready(Ok(value));
                         }
@@ -1209,7 +1221,7 @@ where
                     // Cancel a timed-out attempt before anything else runs
                     // (its error is dropped outside a panic of its
                     // destructor).
-                    let failure = drop_attempt(this.attempt.as_mut(), failure);
+                    let failure = drop_attempt(slot.as_mut(), failure);
                     if let Some(gave_up) = this.after_failure(failure) {
                         this.state = State::Done;
                         return Poll::Ready(Err(gave_up));
@@ -1242,7 +1254,7 @@ where
     /// capped by the total one.
     fn attempt_deadline(&self) -> Option<When> {
         let per_attempt = self.policy.attempt_timeout.map(|limit| {
-            let now = self.deadline.timer.now();
+            let now = self.deadline.timer().now();
             now.checked_add(limit).map_or(When::Never, When::At)
         });
         match (per_attempt, self.total_deadline) {
@@ -1260,27 +1272,46 @@ where
         &mut self,
         failure: AttemptError<Fut::Error>,
     ) -> Option<RetryError<Fut::Error>> {
-        let give_up = |last, reason| {
-            Some(RetryError {
+        // The predicate, the clock and the hook are user code: if one
+        // panics, the failure is dropped before that panic propagates, not
+        // during its unwind.
+        let (failure, verdict) = crate::unwind::keeping(failure, |failure| self.judge(failure));
+        match verdict {
+            Err(reason) => Some(RetryError {
                 attempts: self.attempts,
-                last,
+                last: failure,
                 reason,
-            })
-        };
-        if let AttemptError::Failed(e) = &failure {
-            if !(self.retry_if)(e) {
-                return give_up(failure, GaveUp::NotRetryable);
+            }),
+            Ok(delay) => {
+                self.last = G::keep(failure);
+                if delay.is_zero() {
+                    self.state = State::Next;
+                } else {
+                    self.deadline.restart(Some(When::After(delay)));
+                    self.state = State::Backoff;
+                }
+                None
+            }
+        }
+    }
+
+    /// Whether to give up after `failure` (and why), or the delay before
+    /// the next attempt (the hook told).
+    fn judge(&mut self, failure: &AttemptError<Fut::Error>) -> Result<Duration, GaveUp> {
+        if let AttemptError::Failed(e) = failure {
+            if !(self.retry_if.as_mut().expect(PARTS))(e) {
+                return Err(GaveUp::NotRetryable);
             }
         }
         let total = self.total_deadline.and_then(When::deadline);
-        let now = total.map(|_| self.deadline.timer.now());
+        let now = total.map(|_| self.deadline.timer().now());
         if let (Some(total), Some(now)) = (total, now) {
             if now >= total {
-                return give_up(failure, GaveUp::DeadlineReached);
+                return Err(GaveUp::DeadlineReached);
             }
         }
         if self.attempts >= self.policy.max_attempts {
-            return give_up(failure, GaveUp::AttemptsExhausted);
+            return Err(GaveUp::AttemptsExhausted);
         }
         let delay = self
             .policy
@@ -1288,22 +1319,46 @@ where
             .delay_before(self.attempts, self.rng.next());
         if let (Some(total), Some(now)) = (total, now) {
             if now.checked_add(delay).is_none_or(|start| start >= total) {
-                return give_up(failure, GaveUp::DeadlineReached);
+                return Err(GaveUp::DeadlineReached);
             }
         }
-        (self.on_retry)(&RetryEvent {
+        (self.on_retry.as_mut().expect(PARTS))(&RetryEvent {
             attempt: self.attempts,
-            error: &failure,
+            error: failure,
             delay,
         });
-        self.last = G::keep(failure);
-        if delay.is_zero() {
-            self.state = State::Next;
-        } else {
-            self.deadline.restart(Some(When::After(delay)));
-            self.state = State::Backoff;
+        Ok(delay)
+    }
+}
+
+/// What `Retry`'s parts say when asked for after its drop (never).
+const PARTS: &str = "a retry's parts are there until it is dropped";
+
+/// Drops every part (the attempt, the rate grant, the last failure kept,
+/// the operation, the predicate, the hook, the sleep and the timer), each
+/// even if another's destructor panics (none of them during that panic's
+/// unwind), then propagates the first panic.
+impl<Op, Fut: Future, P, H, T: Timer, G: AttemptGate> Drop for Retry<Op, Fut, P, H, T, G>
+where
+    Fut: RetryOutput,
+{
+    fn drop(&mut self) {
+        let mut panics = crate::unwind::Panics::default();
+        if let Some(mut attempt) = self.attempt.take() {
+            panics.catch(|| attempt.set(None));
         }
-        None
+        let grant = self.grant.take();
+        panics.catch(move || drop(grant));
+        let last = self.last.take();
+        panics.catch(move || drop(last));
+        let operation = self.operation.take();
+        panics.catch(move || drop(operation));
+        let retry_if = self.retry_if.take();
+        panics.catch(move || drop(retry_if));
+        let on_retry = self.on_retry.take();
+        panics.catch(move || drop(on_retry));
+        self.deadline.release(&mut panics);
+        panics.resume();
     }
 }
 

@@ -411,7 +411,7 @@ where
         }
         self.leader = Some(index);
         // An unrepresentable deadline (`Duration::MAX`): no timer at all.
-        let now = self.deadline.timer.now();
+        let now = self.deadline.timer().now();
         self.deadline
             .restart(now.checked_add(self.delay).map(When::At));
         true
@@ -428,25 +428,23 @@ where
     /// then the first panic propagates (the value is dropped with it, never
     /// while unwinding, where a second panic would abort).
     fn win(&mut self, index: usize, value: F::Ok) -> (usize, F::Ok) {
-        let Some(first) = self.release().take() else {
-            self.done = true;
-            return (index, value);
-        };
-        let mut panics = Panics::default();
-        panics.keep(Some(first));
-        panics.catch(move || drop(value));
-        panics.resume();
-        unreachable!("a panic was caught")
+        // (While this thread is already unwinding, the panic is discarded
+        // and the value handed out.)
+        let out = crate::unwind::hand_back(self.release(), (index, value));
+        self.done = true;
+        out
     }
 }
 
 /// Drops every part even if a destructor panics (the attempts, the
-/// factories not yet called, the errors kept, the sleep), then propagates
-/// the first panic — or discards it while a panic is already unwinding,
-/// where a second one would abort the process.
+/// factories not yet called, the errors kept, the sleep, the timer), then
+/// propagates the first panic — or discards it while a panic is already
+/// unwinding, where a second one would abort the process.
 impl<I: Iterator, F: RetryOutput, T: Timer> Drop for StaggeredRace<I, F, T> {
     fn drop(&mut self) {
-        self.release().resume();
+        let mut panics = self.release();
+        self.deadline.release(&mut panics);
+        panics.resume();
     }
 }
 

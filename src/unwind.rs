@@ -103,6 +103,40 @@ impl<T> Drop for DropEach<T> {
     }
 }
 
+/// A struct's last field, for a `Drop` that drops some parts itself, each
+/// on its own, and leaves the rest to the drop glue: the first panic it
+/// caught is [`defer`](Deferred::defer)red here and propagates from this
+/// field's own drop, once every other field was dropped — none of them
+/// during that panic's unwind. (If one of them panics too, that panic
+/// propagates and this one is discarded.)
+///
+/// (In a `Mutex` only to be `Sync`, as a payload is not: it is only ever
+/// reached through `&mut`, never locked.)
+#[derive(Debug, Default)]
+pub(crate) struct Deferred(std::sync::Mutex<Option<Payload>>);
+
+impl Deferred {
+    fn slot(&mut self) -> &mut Option<Payload> {
+        self.0.get_mut().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps `panics`' first panic for this field's drop.
+    pub(crate) fn defer(&mut self, panics: Panics) {
+        if let Some(payload) = panics.take() {
+            let slot = self.slot();
+            let mut first = Panics(slot.take());
+            first.keep(Some(payload));
+            *slot = first.take();
+        }
+    }
+}
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        resume(self.slot().take());
+    }
+}
+
 /// Drops `value`, user code whose destructor may panic: the panic
 /// propagates, unless this thread is already unwinding (a second panic
 /// escaping a destructor then would abort the process): then it is
@@ -131,6 +165,19 @@ pub(crate) fn hand_back<V>(panics: Panics, value: V) -> V {
             value
         }
         Some(payload) => {
+            contain(move || drop(value));
+            resume_unwind(payload)
+        }
+    }
+}
+
+/// Runs `f` (user code) with `value` at hand and hands both back; if `f`
+/// panics, `value` is dropped first (outside that panic's unwind, a panic
+/// of its own discarded), then the panic propagates.
+pub(crate) fn keeping<V, R>(value: V, f: impl FnOnce(&V) -> R) -> (V, R) {
+    match catch_unwind(AssertUnwindSafe(|| f(&value))) {
+        Ok(out) => (value, out),
+        Err(payload) => {
             contain(move || drop(value));
             resume_unwind(payload)
         }

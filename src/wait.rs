@@ -5,7 +5,7 @@
 
 use crate::as_completed::{AsCompleted, as_completed};
 use crate::time::{BoxedDeadline, DefaultTimer, Timer, When};
-use crate::unwind::DropEach;
+use crate::unwind::{DropEach, Panics};
 use futures_core::FusedFuture;
 use std::fmt;
 use std::future::{Future, IntoFuture};
@@ -347,6 +347,20 @@ pub struct Wait<F: Future, T: Timer = DefaultTimer> {
     poisoned: bool,
 }
 
+/// Drops the children, the outputs collected, the sleep and the timer, each
+/// even if another's destructor panics (none of them during that panic's
+/// unwind), then propagates the first panic.
+impl<F: Future, T: Timer> Drop for Wait<F, T> {
+    fn drop(&mut self) {
+        let mut panics = Panics::default();
+        let set = self.set.take();
+        panics.catch(move || drop(set));
+        panics.drop_all(std::mem::take(&mut self.done.0));
+        self.deadline.release(&mut panics);
+        panics.resume();
+    }
+}
+
 // Outputs and the timer are never pinned; children are pinned inside the
 // engine and the timer's sleep on the heap.
 impl<F: Future, T: Timer> Unpin for Wait<F, T> {}
@@ -418,12 +432,12 @@ impl<F: Future, T: Timer> Wait<F, T> {
     /// assert_eq!(outcome.done, [(0, 1)]);
     /// # });
     /// ```
-    pub fn with_timer<U: Timer>(self, timer: U) -> Wait<F, U> {
+    pub fn with_timer<U: Timer>(mut self, timer: U) -> Wait<F, U> {
         Wait {
-            set: self.set,
+            set: self.set.take(),
             when: self.when,
             is_error: self.is_error,
-            done: self.done,
+            done: std::mem::take(&mut self.done),
             deadline: self.deadline.with_timer(timer),
             poisoned: self.poisoned,
         }

@@ -866,20 +866,9 @@ impl<F: Future> Engine<F> {
 /// payload) into that child's output.
 pub(crate) type SettleDrop<T> = fn(T, Box<dyn Any + Send>) -> T;
 
-/// Holds a finished child's output while the child is dropped; drops it,
-/// with its panic contained, if that unwinds.
-struct OutputOnUnwind<T>(Option<T>);
-
-impl<T> Drop for OutputOnUnwind<T> {
-    fn drop(&mut self) {
-        if let Some(output) = self.0.take() {
-            crate::unwind::contain(move || drop(output));
-        }
-    }
-}
-
 /// Closes a one-word set's open pass if a child's poll or destructor unwinds
-/// out of it (see [`Pass::visit`]); forgotten on every normal exit.
+/// out of it (see [`Pass::visit`]), and wakes the parent if children of the
+/// snapshot are left to poll; forgotten on every normal exit.
 struct CloseOnUnwind<'a, F: Future> {
     engine: &'a mut Engine<F>,
     waker: &'a std::task::Waker,
@@ -887,17 +876,23 @@ struct CloseOnUnwind<'a, F: Future> {
 
 impl<F: Future> Drop for CloseOnUnwind<'_, F> {
     fn drop(&mut self) {
-        if self.engine.cursor.open {
-            self.engine.cursor.open = false;
-            let (ready, waker) = (&mut self.engine.ready, self.waker);
-            // User code (the waker's clone, drop and wake) while unwinding:
-            // a second panic would abort, so it is contained.
-            crate::unwind::contain(|| {
-                if ready.close(Some(waker)) {
-                    waker.wake_by_ref();
-                }
-            });
-        }
+        // Children of the snapshot not polled yet stay in the cursor for the
+        // next poll: nothing else would wake the parent for them (a caller
+        // that catches the panic and returns `Pending` would never be
+        // polled again).
+        let mut wake = self.engine.cursor.has_leftover();
+        let open = std::mem::replace(&mut self.engine.cursor.open, false);
+        let (ready, waker) = (&mut self.engine.ready, self.waker);
+        // User code (the waker's clone, drop and wake) while unwinding: a
+        // second panic would abort, so it is contained.
+        crate::unwind::contain(|| {
+            if open && ready.close(Some(waker)) {
+                wake = true;
+            }
+            if wake {
+                waker.wake_by_ref();
+            }
+        });
     }
 }
 
@@ -1162,12 +1157,12 @@ impl<'b, F: Future> Pass<'_, 'b, F> {
         let release = ReleaseOnUnwind { engine, id };
         let output = match catch_drop {
             None => {
-                // If the child's destructor panics, the output is
-                // dropped while unwinding: contained, since a second
-                // panic then would abort.
-                let mut output = OutputOnUnwind(Some(output));
-                *slot = Slot::Vacant(NO_SLOT);
-                output.0.take().expect("set above")
+                // If the child's destructor panics, the output is dropped
+                // before that panic propagates, not during its unwind
+                // (contained: a panic of its own is discarded).
+                let mut panics = crate::unwind::Panics::default();
+                panics.catch(|| *slot = Slot::Vacant(NO_SLOT));
+                crate::unwind::hand_back(panics, output)
             }
             Some(settle) => {
                 match catch_unwind(AssertUnwindSafe(|| *slot = Slot::Vacant(NO_SLOT))) {

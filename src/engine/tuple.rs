@@ -741,8 +741,10 @@ impl<T: TupleFutures> TupleCore<T> {
                         drop(pass);
                         head.close();
                         self.finished = true;
-                        self.drop_slots();
-                        return Poll::Ready(Err(e));
+                        let mut panics = crate::unwind::Panics::default();
+                        panics.catch(|| self.drop_slots());
+                        // The error is dropped outside a sibling's panic.
+                        return Poll::Ready(Err(crate::unwind::hand_back(panics, e)));
                     }
                 }
             }

@@ -268,6 +268,21 @@ struct Inner<M: Manager, T> {
     max_lifetime: Option<Duration>,
     idle_timeout: Option<Duration>,
     wait_timeout: Option<Duration>,
+    /// Last: the first panic of the idle objects' destructors propagates
+    /// once the manager and the timer are dropped too.
+    deferred: crate::unwind::Deferred,
+}
+
+/// Drops the idle objects first, each on its own, then the manager and the
+/// timer (none of them during another's unwind); the first panic
+/// propagates.
+impl<M: Manager, T> Drop for Inner<M, T> {
+    fn drop(&mut self) {
+        let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(|p| p.into_inner()));
+        let mut panics = Panics::default();
+        panics.drop_all(idle);
+        self.deferred.defer(panics);
+    }
 }
 
 /// A pooled object with its timestamps (read from the clock only when a
@@ -470,7 +485,11 @@ impl<M: Manager, T: Timer> Pool<M, T> {
         self.inner.semaphore.close();
         let idle = std::mem::take(&mut *self.lock_idle());
         self.inner.size.fetch_sub(idle.len(), Ordering::AcqRel);
-        drop(idle);
+        // Each object on its own (a second panicking destructor would abort
+        // the process in the queue's own drop).
+        let mut panics = Panics::default();
+        panics.drop_all(idle);
+        panics.resume();
     }
 
     /// Whether [`close`](Pool::close) was called.
@@ -812,6 +831,7 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> PoolBuilder<M, T> {
                 max_lifetime: self.max_lifetime,
                 idle_timeout: self.idle_timeout,
                 wait_timeout: self.wait_timeout,
+                deferred: Default::default(),
             }),
         })
     }

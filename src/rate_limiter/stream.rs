@@ -10,6 +10,7 @@
 
 use super::{RateAcquire, RateLimiter};
 use crate::time::{DefaultTimer, Timer};
+use crate::unwind::Panics;
 use futures_core::Stream;
 use futures_core::stream::FusedStream;
 use pin_project_lite::pin_project;
@@ -72,10 +73,26 @@ pin_project! {
         // The item waiting for its grant. Dropped before the inner stream.
         held: Option<Held<'a, S::Item, T>>,
         done: bool,
+        // `None` only once dropped or given up (`into_inner`).
         #[pin]
-        stream: S,
+        stream: Option<S>,
+    }
+
+    /// Drops the held item (its place or grant given back) and the inner
+    /// stream, each even if the other's destructor panics (neither during
+    /// the other's unwind), then propagates the first panic.
+    impl<'a, S: Stream, T: Timer> PinnedDrop for RateLimitedStream<'a, S, T> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            let mut panics = Held::release(this.held.take());
+            let mut stream = this.stream;
+            panics.catch(|| stream.set(None));
+            panics.resume();
+        }
     }
 }
+
+const GIVEN_UP: &str = "the inner stream is there until the adapter is dropped";
 
 /// An item and the acquisition of its grant. Fields drop in order: the
 /// reservation goes back (and the next waiter is woken) before the item's
@@ -85,13 +102,26 @@ struct Held<'a, I, T: Timer> {
     item: I,
 }
 
+impl<I, T: Timer> Held<'_, I, T> {
+    /// Gives the place back (waking the next waiter), then drops the item,
+    /// each even if the other panics; returns the first panic.
+    fn release(held: Option<Self>) -> Panics {
+        let mut panics = Panics::default();
+        if let Some(Held { acquire, item }) = held {
+            panics.catch(move || drop(acquire));
+            panics.catch(move || drop(item));
+        }
+        panics
+    }
+}
+
 impl<'a, S: Stream, T: Timer> RateLimitedStream<'a, S, T> {
     pub(super) fn new(limiter: &'a RateLimiter<T>, stream: S) -> Self {
         RateLimitedStream {
             limiter,
             held: None,
             done: false,
-            stream,
+            stream: Some(stream),
         }
     }
 
@@ -108,7 +138,7 @@ impl<'a, S: Stream, T: Timer> RateLimitedStream<'a, S, T> {
     /// assert_eq!(futures::Stream::size_hint(paced.get_ref()), (3, Some(3)));
     /// ```
     pub fn get_ref(&self) -> &S {
-        &self.stream
+        self.stream.as_ref().expect(GIVEN_UP)
     }
 
     /// The inner stream, mutably. Polling it directly skips the limiter.
@@ -124,7 +154,7 @@ impl<'a, S: Stream, T: Timer> RateLimitedStream<'a, S, T> {
     /// let _inner: &mut stream::Iter<_> = paced.get_mut();
     /// ```
     pub fn get_mut(&mut self) -> &mut S {
-        &mut self.stream
+        self.stream.as_mut().expect(GIVEN_UP)
     }
 
     /// The pinned inner stream. Polling it directly skips the limiter.
@@ -141,7 +171,7 @@ impl<'a, S: Stream, T: Timer> RateLimitedStream<'a, S, T> {
     /// let _inner = paced.as_mut().get_pin_mut();
     /// ```
     pub fn get_pin_mut(self: Pin<&mut Self>) -> Pin<&mut S> {
-        self.project().stream
+        self.project().stream.as_pin_mut().expect(GIVEN_UP)
     }
 
     /// The inner stream, giving the adapter up. An item waiting for its
@@ -168,8 +198,12 @@ impl<'a, S: Stream, T: Timer> RateLimitedStream<'a, S, T> {
     /// assert_eq!(rest, [2, 3]);
     /// # });
     /// ```
-    pub fn into_inner(self) -> S {
-        self.stream
+    pub fn into_inner(mut self) -> S {
+        let held = self.held.take();
+        let stream = self.stream.take().expect(GIVEN_UP);
+        // If the item's destructor panics, the stream is dropped (not
+        // leaked) before the panic propagates.
+        crate::unwind::hand_back(Held::release(held), stream)
     }
 
     /// Whether an item is waiting for its grant.
@@ -204,7 +238,8 @@ impl<S: Stream, T: Timer> Stream for RateLimitedStream<'_, S, T> {
         }
         if this.held.is_none() {
             // A panic here leaves nothing held: the next poll polls again.
-            match ready!(this.stream.poll_next(cx)) {
+            let stream = this.stream.as_pin_mut().expect(GIVEN_UP);
+            match ready!(stream.poll_next(cx)) {
                 Some(item) => {
                     *this.held = Some(Held {
                         acquire: this.limiter.acquire(),
@@ -233,7 +268,7 @@ impl<S: Stream, T: Timer> Stream for RateLimitedStream<'_, S, T> {
             return (0, Some(0));
         }
         let held = usize::from(self.held.is_some());
-        let (low, high) = self.stream.size_hint();
+        let (low, high) = self.get_ref().size_hint();
         (
             low.saturating_add(held),
             high.and_then(|h| h.checked_add(held)),

@@ -1630,10 +1630,12 @@ pin_project_lite::pin_project! {
     /// ```
     #[must_use = "futures do nothing unless you `.await` or poll them"]
     pub struct Limit<'a, F> {
-        acquire: Option<Acquire<'a>>,
-        permit: Option<SemaphorePermit<'a>>,
+        // Dropped first, then the permit: a waiter woken by its release
+        // whose waker panics cannot make the future drop in that unwind.
         #[pin]
         future: F,
+        acquire: Option<Acquire<'a>>,
+        permit: Option<SemaphorePermit<'a>>,
     }
 }
 
@@ -1649,8 +1651,12 @@ impl<F: Future> Future for Limit<'_, F> {
         }
         assert!(this.permit.is_some(), "`Limit` polled after completion");
         let output = ready!(this.future.poll(cx));
-        *this.permit = None; // release before returning
-        Poll::Ready(Ok(output))
+        // Released before returning: a woken waiter's panicking waker
+        // propagates from here, the output dropped first (not in its
+        // unwind).
+        let mut panics = crate::unwind::Panics::default();
+        panics.catch(|| *this.permit = None);
+        Poll::Ready(Ok(crate::unwind::hand_back(panics, output)))
     }
 }
 

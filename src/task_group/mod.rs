@@ -724,8 +724,8 @@ where
         }
         panics.drop_all(queued);
         if draining.is_empty() {
-            panics.resume();
-            return Poll::Ready(Err(e));
+            // The error is dropped outside a task's panic.
+            return Poll::Ready(Err(crate::unwind::hand_back(panics, e)));
         }
         self.draining = draining;
         self.failed = Some(e);

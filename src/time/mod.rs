@@ -611,18 +611,47 @@ pub(crate) fn reset_deadline<T: Timer + ?Sized>(
 /// [`AsCompletedUntil`](crate::AsCompletedUntil), [retry](crate::Retry)).
 /// The box is allocated on the first poll that waits.
 pub(crate) struct BoxedDeadline<T: Timer> {
-    pub(crate) timer: T,
+    /// `None` only once [`release`](Self::release)d or
+    /// [`take`](Self::take)n, by the owner's drop or builder.
+    timer: Option<T>,
     when: Option<When>,
     sleep: Option<Pin<Box<Option<T::Sleep>>>>,
 }
 
+const RELEASED: &str = "a deadline's timer is there until its owner is dropped";
+
 impl<T: Timer> BoxedDeadline<T> {
     pub(crate) fn new(timer: T, when: Option<When>) -> Self {
         BoxedDeadline {
-            timer,
+            timer: Some(timer),
             when,
             sleep: None,
         }
+    }
+
+    /// The timer.
+    #[inline]
+    pub(crate) fn timer(&self) -> &T {
+        self.timer.as_ref().expect(RELEASED)
+    }
+
+    /// Moves the deadline out (for a builder of a type whose own drop
+    /// [`release`](Self::release)s it), leaving one without a timer.
+    pub(crate) fn take(&mut self) -> Self {
+        BoxedDeadline {
+            timer: self.timer.take(),
+            when: self.when.take(),
+            sleep: self.sleep.take(),
+        }
+    }
+
+    /// Drops the sleep, then the timer, each on its own (user code: the
+    /// first panic is kept in `panics`).
+    pub(crate) fn release(&mut self, panics: &mut crate::unwind::Panics) {
+        let sleep = self.sleep.take();
+        panics.catch(move || drop(sleep));
+        let timer = self.timer.take();
+        panics.catch(move || drop(timer));
     }
 
     /// The resolved deadline, if any.
@@ -637,7 +666,8 @@ impl<T: Timer> BoxedDeadline<T> {
             return Poll::Pending;
         };
         let sleep = self.sleep.get_or_insert_with(|| Box::pin(None));
-        poll_deadline(&self.timer, when, sleep.as_mut(), cx)
+        let timer = self.timer.as_ref().expect(RELEASED);
+        poll_deadline(timer, when, sleep.as_mut(), cx)
     }
 
     /// Starts over with a new deadline, dropping the current sleep (the next
@@ -650,7 +680,7 @@ impl<T: Timer> BoxedDeadline<T> {
     }
 
     /// The same deadline on another timer (before any wait started).
-    pub(crate) fn with_timer<U: Timer>(self, timer: U) -> BoxedDeadline<U> {
+    pub(crate) fn with_timer<U: Timer>(&self, timer: U) -> BoxedDeadline<U> {
         BoxedDeadline::new(timer, self.when)
     }
 }

@@ -199,11 +199,20 @@ pin_project! {
         future: F,
         stats: Ticks,
         meta: Meta,
+        // Last: a panic of the hook's drop, propagated once the future is
+        // dropped too (see `crate::unwind::Deferred`).
+        deferred: crate::unwind::Deferred,
     }
 
     impl<F> PinnedDrop for Watch<F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
+            // The hook first, on its own: neither it nor the future (next,
+            // in the drop glue) is dropped during the other's unwind.
+            let hook = this.meta.on_slow.take();
+            let mut panics = crate::unwind::Panics::default();
+            panics.catch(move || drop(hook));
+            this.deferred.defer(panics);
             if let Some(slot) = this.meta.report.take() {
                 let outcome = if this.stats.in_poll {
                     Outcome::Panicked
@@ -343,6 +352,7 @@ impl<F> Watch<F> {
             future,
             stats: Ticks::default(),
             meta,
+            deferred: Default::default(),
         }
     }
 
