@@ -629,8 +629,9 @@ impl Semaphore {
     ///
     /// # Cancel safety
     ///
-    /// Dropping the [`Limit`] drops the future and releases (or stops
-    /// waiting for) the permit.
+    /// Dropping the [`Limit`] drops the future and then releases (or stops
+    /// waiting for) the permit: the future's destructor runs while the
+    /// permit is still held.
     ///
     /// # Errors
     ///
