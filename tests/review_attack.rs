@@ -8,6 +8,8 @@
 #[macro_use]
 mod common;
 
+use common::child::{is_child, run_in_child};
+
 use awaitkit::{first_ok, process_batch, staggered_race};
 use common::faults::*;
 use std::future::Future;
@@ -75,61 +77,6 @@ fn noop_cx_poll<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
     Pin::new(f).poll(&mut Context::from_waker(&waker))
 }
 
-/// Runs scenario `name` of this file in a child process (the same test
-/// binary, only that test, with `REVIEW_ATTACK_CHILD` set) and returns
-/// whether it exited normally. A process abort (a panic during an unwind)
-/// shows up as a signal / non-zero exit.
-fn in_child_process(test_path: &str) -> std::process::Output {
-    let exe = std::env::current_exe().expect("the test binary");
-    std::process::Command::new(exe)
-        .args([test_path, "--exact", "--nocapture", "--test-threads=1"])
-        .env("REVIEW_ATTACK_CHILD", "1")
-        .output()
-        .expect("run the child process")
-}
-
-fn is_child() -> bool {
-    std::env::var_os("REVIEW_ATTACK_CHILD").is_some()
-}
-
-fn assert_child_survived(test_path: &str) {
-    let out = in_child_process(test_path);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if out.status.code() == Some(101) {
-        // The scenario's own assertion failed (no abort): show it.
-        let msg: Vec<&str> = stderr
-            .lines()
-            .chain(stdout.lines())
-            .filter(|l| {
-                l.contains("panicked at") || l.starts_with("a ") || l.contains("during the unwind")
-            })
-            .collect();
-        panic!(
-            "scenario `{test_path}` failed in its child process:\n{}",
-            msg.join("\n")
-        );
-    }
-    assert!(
-        out.status.success(),
-        "the scenario `{test_path}` killed its process (status: {:?}) — a second panic during \
-         an unwind aborts; SPEC §1.13 / lib.rs `Panic safety`: \"When destructors panic, every \
-         other child is still dropped ... and then the first panic propagates\" (the only \
-         documented abort is a pending Timeout whose inner future and sleep both panic).\n\
-         child stderr (tail):\n{}",
-        out.status,
-        stderr
-            .lines()
-            .rev()
-            .take(12)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-}
-
 // ---------------------------------------------------------------------------
 // 1. Double destructor panics: the first panic propagates, no abort (each
 //    case aborted the process before the fix).
@@ -140,9 +87,7 @@ fn assert_child_survived(test_path: &str) {
 #[test]
 fn batch_drop_with_panicking_child_and_panicking_output_does_not_abort() {
     if !is_child() {
-        return assert_child_survived(
-            "batch_drop_with_panicking_child_and_panicking_output_does_not_abort",
-        );
+        return run_in_child("batch_drop_with_panicking_child_and_panicking_output_does_not_abort");
     }
     let mut batch = process_batch(0..2, 2, |i| Kid {
         out: if i == 1 {
@@ -163,7 +108,7 @@ fn batch_drop_with_panicking_child_and_panicking_output_does_not_abort() {
 #[test]
 fn batch_drop_with_panicking_child_and_panicking_pending_item_does_not_abort() {
     if !is_child() {
-        return assert_child_survived(
+        return run_in_child(
             "batch_drop_with_panicking_child_and_panicking_pending_item_does_not_abort",
         );
     }
@@ -185,7 +130,7 @@ fn batch_drop_with_panicking_child_and_panicking_pending_item_does_not_abort() {
 #[test]
 fn first_ok_drop_with_panicking_child_and_panicking_error_does_not_abort() {
     if !is_child() {
-        return assert_child_survived(
+        return run_in_child(
             "first_ok_drop_with_panicking_child_and_panicking_error_does_not_abort",
         );
     }
@@ -213,7 +158,7 @@ fn first_ok_drop_with_panicking_child_and_panicking_error_does_not_abort() {
 fn batch_outputs_are_not_dropped_during_the_childs_unwind() {
     // Own process state: run in a child process to keep the statics clean.
     if !is_child() {
-        return assert_child_survived("batch_outputs_are_not_dropped_during_the_childs_unwind");
+        return run_in_child("batch_outputs_are_not_dropped_during_the_childs_unwind");
     }
     BOMB_DROPPED_WHILE_PANICKING.store(false, Ordering::SeqCst);
     let mut batch = process_batch(0..2, 2, |i| Kid {
@@ -238,7 +183,7 @@ fn batch_outputs_are_not_dropped_during_the_childs_unwind() {
 #[test]
 fn first_ok_errors_are_not_dropped_during_the_childs_unwind() {
     if !is_child() {
-        return assert_child_survived("first_ok_errors_are_not_dropped_during_the_childs_unwind");
+        return run_in_child("first_ok_errors_are_not_dropped_during_the_childs_unwind");
     }
     BOMB_DROPPED_WHILE_PANICKING.store(false, Ordering::SeqCst);
     let kids = vec![
@@ -384,7 +329,7 @@ fn staggered_scenario_cancel(ctx: &Ctx) {
 #[test]
 fn retry_success_value_dropped_during_attempt_destructor_unwind_does_not_abort() {
     if !is_child() {
-        return assert_child_survived(
+        return run_in_child(
             "retry_success_value_dropped_during_attempt_destructor_unwind_does_not_abort",
         );
     }
@@ -402,7 +347,7 @@ fn retry_success_value_dropped_during_attempt_destructor_unwind_does_not_abort()
 #[test]
 fn try_batch_fail_fast_with_panicking_error_and_panicking_sibling_does_not_abort() {
     if !is_child() {
-        return assert_child_survived(
+        return run_in_child(
             "try_batch_fail_fast_with_panicking_error_and_panicking_sibling_does_not_abort",
         );
     }

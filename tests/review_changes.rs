@@ -11,6 +11,8 @@
 #[macro_use]
 mod common;
 
+use common::child::{is_child, run_in_child};
+
 use awaitkit::{AsCompleted, first_ok, process_batch};
 use futures_core::{FusedFuture, FusedStream, Stream};
 use std::future::Future;
@@ -107,49 +109,6 @@ fn msg(payload: &Box<dyn std::any::Any + Send>) -> String {
     } else {
         "<non-string payload>".into()
     }
-}
-
-fn in_child_process(test_path: &str) -> std::process::Output {
-    let exe = std::env::current_exe().expect("the test binary");
-    std::process::Command::new(exe)
-        .args([test_path, "--exact", "--nocapture", "--test-threads=1"])
-        .env("REVIEW_CHANGES_CHILD", "1")
-        .output()
-        .expect("run the child process")
-}
-
-fn is_child() -> bool {
-    std::env::var_os("REVIEW_CHANGES_CHILD").is_some()
-}
-
-fn assert_child_survived(test_path: &str) {
-    let out = in_child_process(test_path);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.code() == Some(101) {
-        let lines: Vec<&str> = stderr
-            .lines()
-            .filter(|l| l.contains("panicked at") || l.contains("assert") || l.contains("left"))
-            .collect();
-        panic!(
-            "scenario `{test_path}` failed in its child process:\n{}\n{stderr}",
-            lines.join("\n")
-        );
-    }
-    assert!(
-        out.status.success(),
-        "scenario `{test_path}` killed its process (status {:?}): an abort (a panic during an \
-         unwind)\nstderr tail:\n{}",
-        out.status,
-        stderr
-            .lines()
-            .rev()
-            .take(15)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
 }
 
 /// Runs `f` inside the destructor of a value dropped during an unwind
@@ -283,9 +242,7 @@ fn batch_calls_not_dropped_during_timer_destructor_unwind() {
 #[test]
 fn batch_progress_callback_and_call_destructors_both_panic_no_abort() {
     if !is_child() {
-        return assert_child_survived(
-            "batch_progress_callback_and_call_destructors_both_panic_no_abort",
-        );
+        return run_in_child("batch_progress_callback_and_call_destructors_both_panic_no_abort");
     }
     let log = new_log();
     let progress_guard = Rec::new("progress callback", &log, true);
@@ -339,9 +296,7 @@ fn batch_drop_order_calls_before_progress_callback() {
 #[test]
 fn try_batch_fail_fast_polled_during_unwind_hands_the_error_back() {
     if !is_child() {
-        return assert_child_survived(
-            "try_batch_fail_fast_polled_during_unwind_hands_the_error_back",
-        );
+        return run_in_child("try_batch_fail_fast_polled_during_unwind_hands_the_error_back");
     }
     let log = new_log();
     let log2 = log.clone();
@@ -554,7 +509,7 @@ fn first_ok_win_with_panicking_loser() {
 #[test]
 fn first_ok_win_during_unwind_hands_back() {
     if !is_child() {
-        return assert_child_survived("first_ok_win_during_unwind_hands_back");
+        return run_in_child("first_ok_win_during_unwind_hands_back");
     }
     let log = new_log();
     let log2 = log.clone();
@@ -589,7 +544,7 @@ fn first_ok_win_during_unwind_hands_back() {
 #[test]
 fn first_ok_dropped_during_unwind_with_two_panicking_parts() {
     if !is_child() {
-        return assert_child_survived("first_ok_dropped_during_unwind_with_two_panicking_parts");
+        return run_in_child("first_ok_dropped_during_unwind_with_two_panicking_parts");
     }
     let log = new_log();
     let kids: Vec<Kid<Result<u32, Rec>>> = vec![
@@ -692,7 +647,7 @@ fn retry_timed_out_attempt_destructor_panics() {
 #[test]
 fn retry_success_during_unwind_hands_back() {
     if !is_child() {
-        return assert_child_survived("retry_success_during_unwind_hands_back");
+        return run_in_child("retry_success_during_unwind_hands_back");
     }
     let log = new_log();
     let log2 = log.clone();
@@ -714,7 +669,7 @@ fn retry_success_during_unwind_hands_back() {
 #[test]
 fn retry_failure_during_unwind_goes_on() {
     if !is_child() {
-        return assert_child_survived("retry_failure_during_unwind_goes_on");
+        return run_in_child("retry_failure_during_unwind_goes_on");
     }
     let log = new_log();
     let log2 = log.clone();
@@ -1216,7 +1171,7 @@ fn batch_with_calls_waiting_on_its_own_limiter_dropped_leaves_limiter_usable() {
 #[test]
 fn try_batch_ordered_fail_fast_during_unwind() {
     if !is_child() {
-        return assert_child_survived("try_batch_ordered_fail_fast_during_unwind");
+        return run_in_child("try_batch_ordered_fail_fast_during_unwind");
     }
     let log = new_log();
     let log2 = log.clone();

@@ -16,11 +16,13 @@
 //! (on dbadf29); every scenario passes since the fix.
 //!
 //! Every scenario runs in a child process (this test binary re-executed
-//! with `--exact <name>` and `REVIEW_UNWIND_CHILD` set): a process abort
+//! with `--exact <name>` and `AWAITKIT_TEST_CHILD` set): a process abort
 //! (SIGABRT) fails the parent test with the child's stderr tail.
 
 #[macro_use]
 mod common;
+
+use common::child::{expect_panic, is_child, payload_text, run_in_child};
 
 use futures_core::Stream;
 use std::future::Future;
@@ -131,24 +133,6 @@ fn panicking_waker() -> Waker {
     unsafe { Waker::from_raw(RawWaker::new(std::ptr::null(), &VTABLE)) }
 }
 
-fn payload_text(p: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "<non-string payload>".to_owned()
-    }
-}
-
-/// Runs `f`; returns the message of the panic it must raise.
-fn expect_panic(f: impl FnOnce()) -> String {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(()) => panic!("a user destructor panicked: the panic must propagate"),
-        Err(p) => payload_text(&p),
-    }
-}
-
 /// The checks (b) and (c) after a scenario.
 fn assert_probes(expected_drops: usize) {
     assert_eq!(
@@ -162,54 +146,6 @@ fn assert_probes(expected_drops: usize) {
         DROPS.load(Ordering::SeqCst),
         expected_drops,
         "every user value is dropped exactly once"
-    );
-}
-
-fn is_child() -> bool {
-    std::env::var_os("REVIEW_UNWIND_CHILD").is_some()
-}
-
-/// Runs test `name` of this binary in a child process; fails with the
-/// child's assertion, or with its exit status if it was killed (abort).
-fn run_in_child(name: &str) {
-    let exe = std::env::current_exe().expect("the test binary");
-    let out = std::process::Command::new(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env("REVIEW_UNWIND_CHILD", "1")
-        .output()
-        .expect("run the child process");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let tail = |s: &str| {
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(14)..].join("\n")
-    };
-    if out.status.code() == Some(101) {
-        let msg: Vec<&str> = stderr
-            .lines()
-            .chain(stdout.lines())
-            .filter(|l| {
-                l.contains("panicked at")
-                    || l.starts_with("REVIEW")
-                    || l.contains("left:")
-                    || l.contains("right:")
-                    || l.contains("`")
-            })
-            .collect();
-        panic!(
-            "scenario `{name}` failed in its child process:\n{}",
-            msg.join("\n")
-        );
-    }
-    assert!(
-        out.status.success(),
-        "scenario `{name}` killed its process (status: {:?}): a second panic during an unwind \
-         aborts. lib.rs `Panic safety`: \"every other child is still dropped ... and then the \
-         first panic propagates. The others are not dropped during that panic's unwind\" (the \
-         only documented abort is a pending Timeout whose inner future and sleep both panic).\n\
-         child stderr (tail):\n{}",
-        out.status,
-        tail(&stderr)
     );
 }
 

@@ -14,6 +14,7 @@
 
 #![allow(dead_code, unused_macros)]
 
+pub(crate) mod child;
 pub(crate) mod faults;
 #[cfg(feature = "redis")]
 pub(crate) mod redis_server;

@@ -1,0 +1,85 @@
+//! Scenarios that may abort the process (a second panic during an unwind)
+//! run in a child process: the test re-executes its own binary with
+//! `--exact <name>` and [`CHILD`] set, and fails with the child's assertion
+//! or, if the child was killed, with its status and the tail of its stderr.
+//!
+//! ```ignore
+//! #[test]
+//! fn scenario() {
+//!     if !is_child() {
+//!         return run_in_child("scenario");
+//!     }
+//!     // ... the scenario itself
+//! }
+//! ```
+
+/// Set in the child process.
+pub(crate) const CHILD: &str = "AWAITKIT_TEST_CHILD";
+
+/// Whether this process is a scenario's child.
+pub(crate) fn is_child() -> bool {
+    std::env::var_os(CHILD).is_some()
+}
+
+/// Runs test `name` of this binary in a child process; fails with the
+/// child's assertion, or with its exit status if it was killed (an abort).
+pub(crate) fn run_in_child(name: &str) {
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = std::process::Command::new(exe)
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .output()
+        .expect("run the child process");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let tail = |s: &str| {
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    };
+    if out.status.code() == Some(101) {
+        let msg: Vec<&str> = stderr
+            .lines()
+            .chain(stdout.lines())
+            .filter(|l| {
+                l.contains("panicked at")
+                    || l.starts_with("REVIEW")
+                    || l.contains("left:")
+                    || l.contains("right:")
+                    || l.contains('`')
+            })
+            .collect();
+        panic!(
+            "scenario `{name}` failed in its child process:\n{}",
+            msg.join("\n")
+        );
+    }
+    assert!(
+        out.status.success(),
+        "scenario `{name}` killed its process (status: {:?}): a second panic during an unwind \
+         aborts. lib.rs `Panic safety`: \"every other child is still dropped ... and then the \
+         first panic propagates. The others are not dropped during that panic's unwind\" (the \
+         only documented abort is a pending Timeout whose inner future and sleep both panic).\n\
+         child stderr (tail):\n{}",
+        out.status,
+        tail(&stderr)
+    );
+}
+
+/// The text of a panic's payload.
+pub(crate) fn payload_text(payload: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "<non-string payload>".to_owned()
+    }
+}
+
+/// Runs `f`; returns the message of the panic it must raise.
+pub(crate) fn expect_panic(f: impl FnOnce()) -> String {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(()) => panic!("a user destructor panicked: the panic must propagate"),
+        Err(p) => payload_text(&p),
+    }
+}
