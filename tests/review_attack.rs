@@ -8,7 +8,7 @@
 #[macro_use]
 mod common;
 
-use common::child::{is_child, run_in_child};
+use common::child::{Kid, is_child, run_in_child};
 
 use awaitkit::{first_ok, process_batch, staggered_race};
 use common::faults::*;
@@ -41,33 +41,6 @@ impl Drop for Bomb {
         }
         if self.explode {
             panic!("bomb output/item destructor");
-        }
-    }
-}
-
-/// A child: ready at once with `out` (if `Some`), else pending forever.
-/// Its destructor panics when `panic_on_drop`.
-struct Kid<O> {
-    out: Option<O>,
-    panic_on_drop: bool,
-}
-
-impl<O> Unpin for Kid<O> {}
-
-impl<O> Future for Kid<O> {
-    type Output = O;
-    fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<O> {
-        match self.out.take() {
-            Some(o) => Poll::Ready(o),
-            None => Poll::Pending,
-        }
-    }
-}
-
-impl<O> Drop for Kid<O> {
-    fn drop(&mut self) {
-        if self.panic_on_drop {
-            panic!("child destructor");
         }
     }
 }

@@ -22,7 +22,9 @@
 #[macro_use]
 mod common;
 
-use common::child::{expect_panic, is_child, payload_text, run_in_child};
+use common::child::{
+    Kid, expect_panic, is_child, payload_text, pending_bomb, ready_kid, run_in_child,
+};
 
 use futures_core::Stream;
 use std::future::Future;
@@ -73,47 +75,6 @@ impl Drop for Probe {
         if self.explode {
             panic!("probe `{}` destructor", self.name);
         }
-    }
-}
-
-/// A child: ready at once with `out` (if `Some`), else pending forever.
-/// Its destructor panics when `panic_on_drop` ("child destructor").
-struct Kid<O> {
-    out: Option<O>,
-    panic_on_drop: bool,
-}
-
-impl<O> Unpin for Kid<O> {}
-
-impl<O> Future for Kid<O> {
-    type Output = O;
-    fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<O> {
-        match self.out.take() {
-            Some(o) => Poll::Ready(o),
-            None => Poll::Pending,
-        }
-    }
-}
-
-impl<O> Drop for Kid<O> {
-    fn drop(&mut self) {
-        if self.panic_on_drop {
-            panic!("child destructor");
-        }
-    }
-}
-
-fn pending_bomb<O>() -> Kid<O> {
-    Kid {
-        out: None,
-        panic_on_drop: true,
-    }
-}
-
-fn ready_kid<O>(out: O) -> Kid<O> {
-    Kid {
-        out: Some(out),
-        panic_on_drop: false,
     }
 }
 

@@ -67,13 +67,7 @@ pub(crate) fn run_in_child(name: &str) {
 
 /// The text of a panic's payload.
 pub(crate) fn payload_text(payload: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "<non-string payload>".to_owned()
-    }
+    super::panic_message(&**payload)
 }
 
 /// Runs `f`; returns the message of the panic it must raise.
@@ -81,5 +75,51 @@ pub(crate) fn expect_panic(f: impl FnOnce()) -> String {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(()) => panic!("a user destructor panicked: the panic must propagate"),
         Err(p) => payload_text(&p),
+    }
+}
+
+/// A child: ready at once with `out` (if `Some`), else pending forever.
+/// Its destructor panics when `panic_on_drop` ("child destructor").
+pub(crate) struct Kid<O> {
+    pub(crate) out: Option<O>,
+    pub(crate) panic_on_drop: bool,
+}
+
+impl<O> Unpin for Kid<O> {}
+
+impl<O> std::future::Future for Kid<O> {
+    type Output = O;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<O> {
+        match self.out.take() {
+            Some(o) => std::task::Poll::Ready(o),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl<O> Drop for Kid<O> {
+    fn drop(&mut self) {
+        if self.panic_on_drop {
+            panic!("child destructor");
+        }
+    }
+}
+
+/// A child pending forever whose destructor panics.
+pub(crate) fn pending_bomb<O>() -> Kid<O> {
+    Kid {
+        out: None,
+        panic_on_drop: true,
+    }
+}
+
+/// A child ready at once with `out`.
+pub(crate) fn ready_kid<O>(out: O) -> Kid<O> {
+    Kid {
+        out: Some(out),
+        panic_on_drop: false,
     }
 }
