@@ -689,10 +689,11 @@ impl<S: CompletionSet, T: Timer> AsCompletedUntil<S, T> {
     /// # drop(done);
     /// ```
     pub fn with_timer<U: Timer>(mut self, timer: U) -> AsCompletedUntil<S, U> {
-        AsCompletedUntil {
+        let next = AsCompletedUntil {
             set: self.set.take(),
             deadline: self.deadline.with_timer(timer),
-        }
+        };
+        crate::unwind::after_dropping(next, |panics| self.deadline.release(panics))
     }
 
     /// The deadline, once known (a duration starts counting at the first

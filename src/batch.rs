@@ -7,7 +7,7 @@ use crate::RateLimiter;
 use crate::engine::Engine;
 use crate::rate_limiter::RateAcquire;
 use crate::time::{BoxedDeadline, DefaultTimer, Timer, When};
-use crate::unwind::Panics;
+use crate::unwind::{Panics, after_dropping};
 use futures_core::Stream;
 use futures_core::stream::FusedStream;
 use std::collections::VecDeque;
@@ -790,16 +790,18 @@ where
         mut self,
         limiter: &'a RateLimiter<M>,
     ) -> Batch<'a, I, F, Fut, P, T, M, FF> {
-        Batch {
+        let next = Batch {
             core: std::mem::replace(&mut self.core, Core::empty()),
             pause: self.pause.take(),
-            // A grant being waited for (if polled already) goes back.
             rate: Some(Rate {
                 limiter,
                 grant: None,
             }),
             on_progress: self.on_progress.take(),
-        }
+        };
+        // A grant being waited for (if polled already) goes back.
+        let old = self.rate.take();
+        after_dropping(next, move |panics| panics.catch(move || drop(old)))
     }
 
     /// Calls `callback` with a [`Progress`] after each completion (once per
@@ -823,12 +825,14 @@ where
         mut self,
         callback: Q,
     ) -> Batch<'r, I, F, Fut, Q, T, L, FF> {
-        Batch {
+        let next = Batch {
             core: std::mem::replace(&mut self.core, Core::empty()),
             pause: self.pause.take(),
             rate: self.rate.take(),
             on_progress: Some(callback),
-        }
+        };
+        let old = self.on_progress.take();
+        after_dropping(next, move |panics| panics.catch(move || drop(old)))
     }
 
     /// Uses `timer` for the pause between fixed batches and for the clock
@@ -853,12 +857,13 @@ where
         // clock.
         self.core.pausing = false;
         self.core.started = None;
-        Batch {
+        let next = Batch {
             core: std::mem::replace(&mut self.core, Core::empty()),
             pause: BoxedDeadline::new(timer, None),
             rate: self.rate.take(),
             on_progress: self.on_progress.take(),
-        }
+        };
+        after_dropping(next, |panics| self.pause.release(panics))
     }
 
     /// Draws the progress as a bar on the terminal, like `tqdm.asyncio`:

@@ -6,6 +6,7 @@
 use crate::rate_limiter::{RateAcquire, RateLimiter};
 use crate::time::{BoxedDeadline, DefaultTimer, Timer, When};
 use crate::timeout::Elapsed;
+use crate::unwind::Panics;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -986,7 +987,10 @@ impl<Op, Fut: RetryOutput, P, H, T: Timer, G: AttemptGate> Retry<Op, Fut, P, H, 
     where
         P2: FnMut(&Fut::Error) -> bool,
     {
-        self.map_parts(|_, on_retry, deadline| (retryable, on_retry, deadline))
+        self.map_parts(|old, on_retry, deadline| {
+            let dispose = move |panics: &mut Panics| panics.catch(move || drop(old));
+            ((retryable, on_retry, deadline), dispose)
+        })
     }
 
     /// Calls `hook` after each failed attempt that will be retried, before
@@ -999,7 +1003,10 @@ impl<Op, Fut: RetryOutput, P, H, T: Timer, G: AttemptGate> Retry<Op, Fut, P, H, 
     where
         H2: FnMut(&RetryEvent<'_, Fut::Error>),
     {
-        self.map_parts(|retry_if, _, deadline| (retry_if, hook, deadline))
+        self.map_parts(|retry_if, old, deadline| {
+            let dispose = move |panics: &mut Panics| panics.catch(move || drop(old));
+            ((retry_if, hook, deadline), dispose)
+        })
     }
 
     /// Waits (backoff, time limits) on another [`Timer`].
@@ -1023,23 +1030,29 @@ impl<Op, Fut: RetryOutput, P, H, T: Timer, G: AttemptGate> Retry<Op, Fut, P, H, 
             self.state == State::Start,
             "`Retry::with_timer` after the retry started"
         );
-        self.map_parts(|retry_if, on_retry, deadline| {
-            (retry_if, on_retry, deadline.with_timer(timer))
+        self.map_parts(|retry_if, on_retry, mut old| {
+            let deadline = old.with_timer(timer);
+            let dispose = move |panics: &mut Panics| old.release(panics);
+            ((retry_if, on_retry, deadline), dispose)
         })
     }
 
-    /// Rebuilds the future with other hooks or another timer.
-    fn map_parts<P2, H2, U: Timer>(
+    /// Rebuilds the future with other hooks or another timer: `f` maps the
+    /// parts and says how to dispose of the one it replaced, which is
+    /// dropped once the new future is built (if its destructor panics, the
+    /// new future is dropped before that panic propagates: neither is
+    /// leaked, nor dropped during the unwind).
+    fn map_parts<P2, H2, U: Timer, D: FnOnce(&mut Panics)>(
         mut self,
-        f: impl FnOnce(P, H, BoxedDeadline<T>) -> (P2, H2, BoxedDeadline<U>),
+        f: impl FnOnce(P, H, BoxedDeadline<T>) -> ((P2, H2, BoxedDeadline<U>), D),
     ) -> Retry<Op, Fut, P2, H2, U, G> {
         let (retry_if, on_retry) = (self.retry_if.take(), self.on_retry.take());
-        let (retry_if, on_retry, deadline) = f(
+        let ((retry_if, on_retry, deadline), dispose) = f(
             retry_if.expect(PARTS),
             on_retry.expect(PARTS),
             self.deadline.take(),
         );
-        Retry {
+        let next = Retry {
             operation: self.operation.take(),
             policy: self.policy,
             retry_if: Some(retry_if),
@@ -1054,7 +1067,8 @@ impl<Op, Fut: RetryOutput, P, H, T: Timer, G: AttemptGate> Retry<Op, Fut, P, H, 
             last: self.last.take(),
             poisoned: self.poisoned,
             rng: self.rng,
-        }
+        };
+        crate::unwind::after_dropping(next, dispose)
     }
 
     /// Seeds the jitter's random numbers, making the delays reproducible
@@ -1343,7 +1357,7 @@ where
     Fut: RetryOutput,
 {
     fn drop(&mut self) {
-        let mut panics = crate::unwind::Panics::default();
+        let mut panics = Panics::default();
         if let Some(mut attempt) = self.attempt.take() {
             panics.catch(|| attempt.set(None));
         }
@@ -1379,7 +1393,7 @@ impl<Op, Fut: RetryOutput, P, H, T: Timer, G: AttemptGate> fmt::Debug
 /// panic's unwind, and the panic propagates (see
 /// [`hand_back`](crate::unwind::hand_back)).
 fn drop_attempt<A, V>(mut attempt: Pin<&mut Option<A>>, outcome: V) -> V {
-    let mut panics = crate::unwind::Panics::default();
+    let mut panics = Panics::default();
     panics.catch(|| attempt.set(None));
     crate::unwind::hand_back(panics, outcome)
 }

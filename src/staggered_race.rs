@@ -227,7 +227,7 @@ impl<I: Iterator, F: RetryOutput, T: Timer> StaggeredRace<I, F, T> {
             "`StaggeredRace::with_timer` after the race started"
         );
         // Before the first poll nothing runs and no deadline is set.
-        StaggeredRace {
+        let next = StaggeredRace {
             factories: self.factories.take(),
             set: AsCompleted::new(),
             errors: Vec::new(),
@@ -238,7 +238,8 @@ impl<I: Iterator, F: RetryOutput, T: Timer> StaggeredRace<I, F, T> {
             begun: false,
             done: false,
             poisoned: false,
-        }
+        };
+        crate::unwind::after_dropping(next, |panics| self.deadline.release(panics))
     }
 
     /// How many attempts have started so far: factories called, whose

@@ -103,40 +103,6 @@ impl<T> Drop for DropEach<T> {
     }
 }
 
-/// A struct's last field, for a `Drop` that drops some parts itself, each
-/// on its own, and leaves the rest to the drop glue: the first panic it
-/// caught is [`defer`](Deferred::defer)red here and propagates from this
-/// field's own drop, once every other field was dropped — none of them
-/// during that panic's unwind. (If one of them panics too, that panic
-/// propagates and this one is discarded.)
-///
-/// (In a `Mutex` only to be `Sync`, as a payload is not: it is only ever
-/// reached through `&mut`, never locked.)
-#[derive(Debug, Default)]
-pub(crate) struct Deferred(std::sync::Mutex<Option<Payload>>);
-
-impl Deferred {
-    fn slot(&mut self) -> &mut Option<Payload> {
-        self.0.get_mut().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Keeps `panics`' first panic for this field's drop.
-    pub(crate) fn defer(&mut self, panics: Panics) {
-        if let Some(payload) = panics.take() {
-            let slot = self.slot();
-            let mut first = Panics(slot.take());
-            first.keep(Some(payload));
-            *slot = first.take();
-        }
-    }
-}
-
-impl Drop for Deferred {
-    fn drop(&mut self) {
-        resume(self.slot().take());
-    }
-}
-
 /// Drops `value`, user code whose destructor may panic: the panic
 /// propagates, unless this thread is already unwinding (a second panic
 /// escaping a destructor then would abort the process): then it is
@@ -169,6 +135,17 @@ pub(crate) fn hand_back<V>(panics: Panics, value: V) -> V {
             resume_unwind(payload)
         }
     }
+}
+
+/// Hands `value` (a builder's result) back once `dispose` has dropped what
+/// it replaced (user code, its panics kept in the `Panics` given): if that
+/// panics, `value` is dropped too before the panic propagates — neither
+/// leaked (as a return value is when a local's destructor panics,
+/// rust-lang/rust#47949) nor dropped during the unwind (see [`hand_back`]).
+pub(crate) fn after_dropping<V>(value: V, dispose: impl FnOnce(&mut Panics)) -> V {
+    let mut panics = Panics::default();
+    dispose(&mut panics);
+    hand_back(panics, value)
 }
 
 /// Runs `f` (user code) with `value` at hand and hands both back; if `f`

@@ -433,14 +433,15 @@ impl<F: Future, T: Timer> Wait<F, T> {
     /// # });
     /// ```
     pub fn with_timer<U: Timer>(mut self, timer: U) -> Wait<F, U> {
-        Wait {
+        let next = Wait {
             set: self.set.take(),
             when: self.when,
             is_error: self.is_error,
             done: std::mem::take(&mut self.done),
             deadline: self.deadline.with_timer(timer),
             poisoned: self.poisoned,
-        }
+        };
+        crate::unwind::after_dropping(next, |panics| self.deadline.release(panics))
     }
 
     /// The deadline, once known (a [`with_timeout`](Wait::with_timeout)

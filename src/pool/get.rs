@@ -134,7 +134,7 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
             } else {
                 When::After(d)
             };
-            BoxedDeadline::new(pool.inner.timer.clone(), Some(when))
+            BoxedDeadline::new(pool.inner.timer().clone(), Some(when))
         });
         Get {
             pool: Some(pool),
@@ -168,7 +168,7 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
             return Ok(Step::Recycle(
                 permit,
                 Box::pin(async move {
-                    let (result, panics) = settle(inner.manager.recycle(&mut entry.object)).await;
+                    let (result, panics) = settle(inner.manager().recycle(&mut entry.object)).await;
                     (entry, result, panics)
                 }),
             ));
@@ -179,7 +179,7 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
         inner.size.fetch_add(1, Ordering::AcqRel);
         Ok(Step::Create(
             permit,
-            Box::pin(async move { settle(inner.manager.create()).await }),
+            Box::pin(async move { settle(inner.manager().create()).await }),
         ))
     }
 
@@ -396,10 +396,21 @@ impl<M: Manager, T: Timer> Get<M, T> {
 // No field is structurally pinned (the timer's sleep is boxed).
 impl<M: Manager, T: Timer> Unpin for Get<M, T> {}
 
+/// Gives the step back (a permit, an object, a create or recycle future),
+/// then drops the deadline and the pool handle, each even if another's
+/// destructor panics (none of them during that panic's unwind); the first
+/// panic propagates.
 impl<M: Manager, T: Timer> Drop for Get<M, T> {
     fn drop(&mut self) {
         let step = std::mem::replace(&mut self.step, Step::Done);
-        self.release(step);
+        let mut panics = crate::unwind::Panics::default();
+        panics.catch(|| self.release(step));
+        if let Some(mut deadline) = self.deadline.take() {
+            deadline.release(&mut panics);
+        }
+        let pool = self.pool.take();
+        panics.catch(move || drop(pool));
+        panics.resume();
     }
 }
 

@@ -258,8 +258,10 @@ pub struct Pool<M: Manager, T: Timer = DefaultTimer> {
 }
 
 struct Inner<M: Manager, T> {
-    manager: M,
-    timer: T,
+    /// `None` only in the drop (see `Inner`'s `Drop`).
+    manager: Option<M>,
+    /// `None` only in the drop.
+    timer: Option<T>,
     semaphore: Arc<Semaphore>,
     idle: Mutex<VecDeque<Entry<M::Object>>>,
     size: AtomicUsize,
@@ -268,22 +270,35 @@ struct Inner<M: Manager, T> {
     max_lifetime: Option<Duration>,
     idle_timeout: Option<Duration>,
     wait_timeout: Option<Duration>,
-    /// Last: the first panic of the idle objects' destructors propagates
-    /// once the manager and the timer are dropped too.
-    deferred: crate::unwind::Deferred,
 }
 
-/// Drops the idle objects first, each on its own, then the manager and the
-/// timer (none of them during another's unwind); the first panic
-/// propagates.
+/// Drops the idle objects, then the manager, then the timer, each even if
+/// another's destructor panics (none of them during that panic's unwind),
+/// then propagates the first panic.
 impl<M: Manager, T> Drop for Inner<M, T> {
     fn drop(&mut self) {
         let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(|p| p.into_inner()));
         let mut panics = Panics::default();
         panics.drop_all(idle);
-        self.deferred.defer(panics);
+        let manager = self.manager.take();
+        panics.catch(move || drop(manager));
+        let timer = self.timer.take();
+        panics.catch(move || drop(timer));
+        panics.resume();
     }
 }
+
+impl<M: Manager, T> Inner<M, T> {
+    fn manager(&self) -> &M {
+        self.manager.as_ref().expect(DROPPED)
+    }
+
+    fn timer(&self) -> &T {
+        self.timer.as_ref().expect(DROPPED)
+    }
+}
+
+const DROPPED: &str = "a pool's manager and timer are there until it is dropped";
 
 /// A pooled object with its timestamps (read from the clock only when a
 /// lifetime is configured).
@@ -559,7 +574,7 @@ impl<M: Manager, T: Timer> Pool<M, T> {
     /// assert_eq!(Pool::new(M(3), 1).manager().0, 3);
     /// ```
     pub fn manager(&self) -> &M {
-        &self.inner.manager
+        self.inner.manager()
     }
 
     /// An idle object to hand out, dropping the ones that have timed out
@@ -569,7 +584,7 @@ impl<M: Manager, T: Timer> Pool<M, T> {
         if inner.max_lifetime.is_none() && inner.idle_timeout.is_none() {
             return self.lock_idle().pop_back(); // no clock read
         }
-        let now = inner.timer.now();
+        let now = inner.timer().now();
         let mut expired = Vec::new();
         let found = {
             let mut idle = self.lock_idle();
@@ -613,7 +628,7 @@ impl<M: Manager, T: Timer> Pool<M, T> {
 
     /// The time for an entry's timestamp, read only if `limit` is set.
     fn stamp(&self, limit: Option<Duration>) -> Option<Instant> {
-        limit.map(|_| self.inner.timer.now())
+        limit.map(|_| self.inner.timer().now())
     }
 
     /// Puts a returned object back (or drops it when the pool is closed or
@@ -821,8 +836,8 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> PoolBuilder<M, T> {
         }
         Ok(Pool {
             inner: Arc::new(Inner {
-                manager: self.manager,
-                timer: self.timer,
+                manager: Some(self.manager),
+                timer: Some(self.timer),
                 semaphore: Arc::new(Semaphore::new(self.max_size)),
                 idle: Mutex::new(VecDeque::new()),
                 size: AtomicUsize::new(0),
@@ -831,7 +846,6 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> PoolBuilder<M, T> {
                 max_lifetime: self.max_lifetime,
                 idle_timeout: self.idle_timeout,
                 wait_timeout: self.wait_timeout,
-                deferred: Default::default(),
             }),
         })
     }

@@ -195,24 +195,23 @@ pin_project! {
     /// ```
     #[must_use = "futures do nothing unless you `.await` or poll them"]
     pub struct Watch<F> {
+        // `None` only in the drop (see `PinnedDrop`).
         #[pin]
-        future: F,
+        future: Option<F>,
         stats: Ticks,
         meta: Meta,
-        // Last: a panic of the hook's drop, propagated once the future is
-        // dropped too (see `crate::unwind::Deferred`).
-        deferred: crate::unwind::Deferred,
     }
 
     impl<F> PinnedDrop for Watch<F> {
         fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            // The hook first, on its own: neither it nor the future (next,
-            // in the drop glue) is dropped during the other's unwind.
-            let hook = this.meta.on_slow.take();
+            let mut this = this.project();
+            // The future, then the hook, each on its own (neither during
+            // the other's unwind); then the first panic propagates, once
+            // the report has the outcome.
             let mut panics = crate::unwind::Panics::default();
+            panics.catch(|| this.future.set(None));
+            let hook = this.meta.on_slow.take();
             panics.catch(move || drop(hook));
-            this.deferred.defer(panics);
             if let Some(slot) = this.meta.report.take() {
                 let outcome = if this.stats.in_poll {
                     Outcome::Panicked
@@ -226,9 +225,12 @@ pin_project! {
                 }
                 slot.deliver(*this.stats, outcome);
             }
+            panics.resume();
         }
     }
 }
+
+const DROPPED: &str = "the inner future is there until the `Watch` is dropped";
 
 /// What a [`Watch`] counts, in clock ticks.
 #[derive(Clone, Copy, Default)]
@@ -349,10 +351,9 @@ impl Meta {
 impl<F> Watch<F> {
     fn new(future: F, meta: Meta) -> Self {
         Watch {
-            future,
+            future: Some(future),
             stats: Ticks::default(),
             meta,
-            deferred: Default::default(),
         }
     }
 
@@ -480,7 +481,7 @@ impl<F> Watch<F> {
     /// assert!(matches!(fut.get_ref(), futures::future::Ready { .. }));
     /// ```
     pub fn get_ref(&self) -> &F {
-        &self.future
+        self.future.as_ref().expect(DROPPED)
     }
 
     /// A mutable reference to the inner future.
@@ -492,7 +493,7 @@ impl<F> Watch<F> {
     /// let _: &mut futures::future::Ready<i32> = fut.get_mut();
     /// ```
     pub fn get_mut(&mut self) -> &mut F {
-        &mut self.future
+        self.future.as_mut().expect(DROPPED)
     }
 
     /// A pinned mutable reference to the inner future.
@@ -505,7 +506,7 @@ impl<F> Watch<F> {
     /// let _inner = fut.as_mut().get_pin_mut();
     /// ```
     pub fn get_pin_mut(self: Pin<&mut Self>) -> Pin<&mut F> {
-        self.project().future
+        self.project().future.as_pin_mut().expect(DROPPED)
     }
 
     pub(crate) fn attach(mut self, slot: report::Slot) -> Self {
@@ -529,7 +530,7 @@ impl<F: Future> Future for Watch<F> {
         }
         stats.in_poll = true;
         let start = counter::now();
-        let out = this.future.poll(cx);
+        let out = this.future.as_pin_mut().expect(DROPPED).poll(cx);
         let end = counter::now();
         let ticks = end.saturating_sub(start);
         if stats.polls == 0 {
@@ -582,7 +583,7 @@ impl<F: std::panic::RefUnwindSafe> std::panic::RefUnwindSafe for Watch<F> {}
 
 impl<F: futures_core::FusedFuture> futures_core::FusedFuture for Watch<F> {
     fn is_terminated(&self) -> bool {
-        self.future.is_terminated()
+        self.get_ref().is_terminated()
     }
 }
 
