@@ -87,7 +87,7 @@ fn batch_drop_with_panicking_child_and_panicking_pending_item_does_not_abort() {
     }
     let items = vec![Bomb { explode: false }, Bomb { explode: true }];
     let mut batch = process_batch(items, 1, |b: Bomb| {
-        std::mem::forget(b);
+        common::forget_reachably(b);
         Kid::<()> {
             out: None,
             panic_on_drop: true,

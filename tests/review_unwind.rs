@@ -376,7 +376,7 @@ scenario!(
         let Poll::Ready(Some(first)) = poll_next_once(&mut paced) else {
             panic!("item 0 is granted at once")
         };
-        std::mem::forget(first);
+        common::forget_reachably(first);
         DROPS.store(0, Ordering::SeqCst);
         assert!(poll_next_once(&mut paced).is_pending());
         assert!(paced.is_waiting());
@@ -401,7 +401,7 @@ scenario!(
         let Poll::Ready(Some(first)) = poll_next_once(&mut paced) else {
             panic!("item 0 is granted at once")
         };
-        std::mem::forget(first);
+        common::forget_reachably(first);
         DROPS.store(0, Ordering::SeqCst);
         assert!(poll_next_once(&mut paced).is_pending());
         let msg = expect_panic(move || drop(paced));
@@ -426,7 +426,7 @@ scenario!(
         let Poll::Ready(Some(first)) = poll_next_once(&mut paced) else {
             panic!("item 0 is granted at once")
         };
-        std::mem::forget(first);
+        common::forget_reachably(first);
         DROPS.store(0, Ordering::SeqCst);
         assert!(poll_next_once(&mut paced).is_pending());
         let msg = expect_panic(move || drop(paced.into_inner()));
@@ -700,7 +700,7 @@ scenario!(held_rate_limit_drop_while_waiting_wakes_nobody, {
     // nothing panics: both fine as long as no abort and no unwind drop.
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(job)));
     eprintln!("REVIEW-INFO: dropping the job panicked: {}", r.is_err());
-    std::mem::forget(other);
+    common::forget_reachably(other);
 });
 
 // ---------------------------------------------------------------------------

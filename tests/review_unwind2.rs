@@ -1117,7 +1117,7 @@ scenario!(rate_limited_stream_item_and_stream_both_panic, {
     // The first item passes; the second waits for its grant (held).
     let first = poll_once(&mut paced.next());
     assert!(matches!(first, Poll::Ready(Some(_))));
-    std::mem::forget(first); // its bomb is not under test
+    common::forget_reachably(first); // its bomb is not under test
     assert!(poll_once(&mut paced.next()).is_pending());
     assert!(paced.is_waiting());
     let msg = expect_panic(|| drop(paced));
@@ -1135,11 +1135,11 @@ scenario!(rate_limited_stream_into_inner_item_panics_stream_dropped, {
     let lim = awaitkit::RateLimiter::new(1, Duration::from_secs(1)).with_timer(clock.clone());
     let mut paced = lim.limit_stream(BombStream(Some(Probe::quiet("stream")), 0));
     let first = poll_once(&mut paced.next());
-    std::mem::forget(first);
+    common::forget_reachably(first);
     assert!(poll_once(&mut paced.next()).is_pending());
     let msg = expect_panic(|| {
         let s = paced.into_inner();
-        std::mem::forget(s);
+        common::forget_reachably(s);
         panic!("REVIEW into_inner returned though the held item panicked");
     });
     assert_eq!(msg, "probe `item` destructor");
