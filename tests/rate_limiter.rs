@@ -193,7 +193,7 @@ guarded! {
 
 guarded! {
     fn strict_window_grant_times_are_exact() {
-        // The seed's "5 per second" over 12 calls: 5 at 0 s, 5 at 1 s, 2 at 2 s.
+        // "5 per second" over 12 calls: 5 at 0 s, 5 at 1 s, 2 at 2 s.
         let (clock, limiter) = manual(window(5, SEC));
         let granted = grant_times(&clock, &limiter, 12);
         let expect: Vec<_> = (0..12).map(|i| SEC * (i / 5)).collect();

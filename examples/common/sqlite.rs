@@ -1,5 +1,5 @@
 //! A pool manager for SQLite connections (rusqlite with its bundled SQLite),
-//! shared by `examples/pool_sqlite.rs` and `tests/pool_sqlite.rs`.
+//! shared by `examples/pool_sqlite.rs` and `tests/sync/pool_sqlite.rs`.
 //!
 //! SQLite calls block, so every one of them runs on the `blocking` crate's
 //! thread pool (`blocking::unblock`), which works under every executor. A

@@ -747,7 +747,7 @@ impl Future for YieldOnce {
 fn early_stop_with_two_wakers_racing() {
     // Bound 2 (three threads, a child fired twice): 13 s; at 3 it took
     // 292 s, 40 % of CI's loom time. `tests/loom_coop.rs` models the wake
-    // after the stop at 2 as well, and `tests/review_coop.rs` wakes stalled
+    // after the stop at 2 as well, and `tests/engine/review_coop.rs` wakes stalled
     // children from two real threads.
     model_bounded(2, || {
         let twice = Arc::new(Gate::default());

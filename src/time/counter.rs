@@ -18,7 +18,7 @@
 //! does when its thread is preempted in between. Every user is correct
 //! with that: a rate limiter reads the clock before locking its state and
 //! never lets its time go backwards under the lock (see
-//! `tests/review_timer3.rs`), and the slow path's own decisions are taken
+//! `tests/engine/review_timer3.rs`), and the slow path's own decisions are taken
 //! under `slow`.
 //!
 //! A reading out of range takes `slow`, pairs the counter with an

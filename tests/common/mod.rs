@@ -1153,7 +1153,7 @@ pub(crate) fn advance_from_thread(
 }
 
 // ---------------------------------------------------------------------------
-// Batch helpers (tests/batch.rs, tests/batch_stream.rs)
+// Batch helpers (tests/engine/batch.rs, tests/engine/batch_stream.rs)
 // ---------------------------------------------------------------------------
 
 /// Counts children alive right now (created by `f`, not yet dropped) and the
