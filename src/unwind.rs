@@ -33,12 +33,26 @@ impl Panics {
         }
     }
 
+    /// Whether a panic was caught.
+    pub(crate) fn caught(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// Drops every item, each under [`Panics::catch`] (a `Vec`'s own drop
     /// aborts the process on a second panic).
     pub(crate) fn drop_all<T>(&mut self, items: impl IntoIterator<Item = T>) {
         for item in items {
             self.catch(move || drop(item));
         }
+    }
+
+    /// Drops `value` under [`Panics::catch`], keeping first a panic that a
+    /// part of it [`stash`]ed meanwhile (that one came first).
+    pub(crate) fn drop_stashing<T>(&mut self, value: T) {
+        let mut own = Panics::default();
+        own.catch(move || drop(value));
+        self.keep(take_stashed());
+        self.keep(own.0);
     }
 
     /// Keeps `payload` (a panic caught elsewhere) if it is the first one;
@@ -63,6 +77,38 @@ impl Panics {
     pub(crate) fn resume(self) {
         resume(self.0);
     }
+}
+
+thread_local! {
+    /// A panic [`stash`]ed by a destructor that ran inside drop glue the
+    /// crate does not write, until [`Panics::drop_stashing`] takes it.
+    static STASHED: std::cell::Cell<Option<Payload>> = const { std::cell::Cell::new(None) };
+}
+
+/// Keeps a panic caught in a destructor that runs inside drop glue the
+/// crate does not write (an `async` block's locals: a panic escaping there
+/// would drop the block's other locals during its unwind), for the
+/// [`Panics::drop_stashing`] that dropped the outer value on this thread.
+/// The first one stashed wins; a later one is discarded.
+pub(crate) fn stash(payload: Option<Payload>) {
+    let Some(payload) = payload else { return };
+    let rejected = STASHED.try_with(move |slot| match slot.take() {
+        None => {
+            slot.set(Some(payload));
+            None
+        }
+        Some(first) => {
+            slot.set(Some(first));
+            Some(payload)
+        }
+    });
+    if let Ok(Some(payload)) = rejected {
+        discard(payload);
+    }
+}
+
+fn take_stashed() -> Option<Payload> {
+    STASHED.try_with(std::cell::Cell::take).ok().flatten()
 }
 
 /// Propagates `payload`, if any. While the thread is already unwinding (the

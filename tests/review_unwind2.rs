@@ -335,6 +335,205 @@ scenario!(pool_close_races_returns, {
 });
 
 // ---------------------------------------------------------------------------
+// Pool, continued (session of 2026-12-05): a returned guard, a cancelled
+// `get`, each with several parts that panic.
+// ---------------------------------------------------------------------------
+
+static ARM_NOW: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A timer on a `ManualClock` whose `now` panics once armed.
+#[derive(Clone)]
+struct NowBomb(ManualClock);
+
+impl Timer for NowBomb {
+    type Sleep = ManualSleep;
+    fn now(&self) -> Instant {
+        if ARM_NOW.load(Ordering::SeqCst) {
+            panic!("timer now");
+        }
+        self.0.now()
+    }
+    fn sleep_until(&self, deadline: Instant) -> ManualSleep {
+        self.0.sleep_until(deadline)
+    }
+    fn reset(&self, sleep: Pin<&mut ManualSleep>, deadline: Instant) {
+        self.0.reset(sleep, deadline)
+    }
+}
+
+/// A manager whose recycle check never finishes and panics when dropped.
+struct RecycleBombManager;
+
+impl awaitkit::pool::Manager for RecycleBombManager {
+    type Object = Probe;
+    type Error = ();
+    fn create(&self) -> impl Future<Output = Result<Probe, ()>> + Send {
+        async { Ok(Probe::bomb("object")) }
+    }
+    fn recycle(&self, _: &mut Probe) -> impl Future<Output = Result<(), ()>> + Send {
+        let probe = Probe::bomb("recycle");
+        async move {
+            let _probe = probe;
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    }
+}
+
+// A guard comes back to a pool with an idle timeout: the timer panics
+// stamping its return; the object (dropped instead, its slot freed)
+// panics too, and so does the waker of the waiter its permit goes to. The
+// timer's panic propagates; nothing is dropped during its unwind (the object
+// and the permit were, and the waker panicked inside that unwind: abort).
+scenario!(
+    pool_return_timer_object_and_next_waker_all_panic_no_abort,
+    {
+        let pool = awaitkit::Pool::builder(ProbeManager {
+            _probe: Probe::quiet("manager"),
+            object_explodes: true,
+        })
+        .max_size(1)
+        .idle_timeout(Duration::from_secs(60))
+        .with_timer(NowBomb(ManualClock::new()))
+        .build()
+        .unwrap();
+        let guard = futures::executor::block_on(pool.get()).unwrap();
+        let mut waiter = pool.get();
+        let waker = panicking_waker();
+        assert!(
+            Pin::new(&mut waiter)
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        ARM_NOW.store(true, Ordering::SeqCst);
+        let msg = expect_panic(|| drop(guard));
+        ARM_NOW.store(false, Ordering::SeqCst);
+        assert_eq!(
+            msg,
+            "timer now",
+            "REVIEW the first panic propagates (log: {:?})",
+            log()
+        );
+        assert_none_while_panicking();
+        assert_eq!(log(), ["object"], "REVIEW the object is dropped once");
+        assert_eq!(pool.status().size, 0, "REVIEW its slot is freed");
+        drop(waiter);
+        drop(pool);
+        assert_drops(2);
+    }
+);
+
+// The last pool handle is a guard's, and the pool is closed: the object
+// (dropped on its return) panics, then the pool goes with the guard's
+// handle and its manager panics too. The object's panic propagates; the
+// manager is not dropped during its unwind (it was: abort).
+scenario!(
+    pool_closed_last_handle_object_and_manager_both_panic_no_abort,
+    {
+        let pool = awaitkit::Pool::new(
+            ProbeManager {
+                _probe: Probe::bomb("manager"),
+                object_explodes: true,
+            },
+            1,
+        );
+        let guard = futures::executor::block_on(pool.get()).unwrap();
+        pool.close();
+        drop(pool);
+        let msg = expect_panic(|| drop(guard));
+        assert_eq!(
+            msg,
+            "probe `object` destructor",
+            "REVIEW the first panic propagates (log: {:?})",
+            log()
+        );
+        assert_none_while_panicking();
+        assert_drops(2);
+    }
+);
+
+// A `get` is cancelled while the manager checks an idle object: the check's
+// future panics when dropped, then the object, then the waker of the waiter
+// the permit goes to. The check's panic propagates; the object is not
+// dropped during its unwind (it was, inside the `async` block's drop glue:
+// abort).
+scenario!(
+    pool_get_cancelled_in_recycle_check_object_and_next_waker_panic_no_abort,
+    {
+        let pool = awaitkit::Pool::new(RecycleBombManager, 1);
+        let guard = futures::executor::block_on(pool.get()).unwrap();
+        drop(guard); // idle
+        let mut checking = pool.get();
+        assert!(
+            poll_once(&mut checking).is_pending(),
+            "the check never finishes"
+        );
+        let mut waiter = pool.get();
+        let waker = panicking_waker();
+        assert!(
+            Pin::new(&mut waiter)
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        let msg = expect_panic(|| drop(checking));
+        assert_eq!(
+            msg,
+            "probe `recycle` destructor",
+            "REVIEW the first panic propagates (log: {:?})",
+            log()
+        );
+        assert_none_while_panicking();
+        assert_eq!(
+            log(),
+            ["recycle", "object"],
+            "REVIEW each dropped once, the check first"
+        );
+        assert_eq!(pool.status().size, 0, "REVIEW the object's slot is freed");
+        // The permit went to the waiter: it creates an object.
+        let got = poll_once(&mut waiter);
+        assert!(
+            matches!(got, Poll::Ready(Ok(_))),
+            "REVIEW the waiter is served"
+        );
+        drop(got); // back on the idle list
+        drop(waiter);
+        let msg = expect_panic(move || drop(pool));
+        assert_eq!(msg, "probe `object` destructor");
+        assert_none_while_panicking();
+    }
+);
+
+// Shrinking drops idle objects above the new size: two of them panic. The
+// first panic propagates once both are dropped (a `Vec`'s drop aborted on
+// the second).
+scenario!(pool_resize_two_idle_objects_panic_no_abort, {
+    let pool = awaitkit::Pool::new(
+        ProbeManager {
+            _probe: Probe::quiet("manager"),
+            object_explodes: true,
+        },
+        3,
+    );
+    let guards: Vec<_> = (0..3)
+        .map(|_| futures::executor::block_on(pool.get()).unwrap())
+        .collect();
+    drop(guards); // three idle objects
+    let msg = expect_panic(|| pool.resize(1));
+    assert_eq!(msg, "probe `object` destructor");
+    assert_none_while_panicking();
+    assert_drops(2);
+    let status = pool.status();
+    assert_eq!(
+        (status.max_size, status.size, status.idle),
+        (1, 1, 1),
+        "{status:?}"
+    );
+    let msg = expect_panic(move || drop(pool));
+    assert_eq!(msg, "probe `object` destructor");
+    assert_drops(4);
+});
+
+// ---------------------------------------------------------------------------
 // Watch: the future is dropped first, then the hook, each on its own.
 // ---------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 use super::{Entry, Manager, Pool, PoolError, Pooled};
 use crate::semaphore::{AcquireOwned, OwnedSemaphorePermit};
 use crate::time::{BoxedDeadline, DefaultTimer, Timer, When};
-use crate::unwind::Panics;
+use crate::unwind::{Panics, stash};
 use std::fmt;
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -35,19 +35,45 @@ type Recycled<M> = (
 /// returned when a destructor in the same scope panics
 /// (rust-lang/rust#47949), so a freshly created object would be leaked, its
 /// slot counted forever.
+///
+/// Dropped before it completes (the `Get` cancelled), the manager's future
+/// goes first, and a panic of its destructor is [`stash`]ed for
+/// [`Get::release`] rather than escaping into the `async` block's drop
+/// glue (which would drop the object during that panic's unwind).
 async fn settle<F: Future>(future: F) -> (F::Output, Panics) {
-    let mut future = pin!(Some(future));
+    let mut settling = pin!(Settling {
+        future: Some(future)
+    });
     let out = std::future::poll_fn(|cx| {
-        future
+        settling
             .as_mut()
+            .project()
+            .future
             .as_pin_mut()
             .expect("polled until it completes")
             .poll(cx)
     })
     .await;
     let mut panics = Panics::default();
-    panics.catch(|| future.set(None));
+    panics.catch(|| settling.as_mut().project().future.set(None));
     (out, panics)
+}
+
+pin_project_lite::pin_project! {
+    /// The manager's future in [`settle`], dropped under `catch_unwind`
+    /// wherever it goes.
+    struct Settling<F> {
+        #[pin]
+        future: Option<F>,
+    }
+
+    impl<F> PinnedDrop for Settling<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut panics = Panics::default();
+            panics.catch(|| this.project().future.set(None));
+            stash(panics.take());
+        }
+    }
 }
 
 /// The future of [`Pool::get`]: an object from the pool, in FIFO order.
@@ -66,9 +92,10 @@ async fn settle<F: Future>(future: F) -> (F::Output, Panics) {
 ///
 /// Polling after completion panics. A panic in the manager (`create`,
 /// `recycle`, their futures), the timer, an object's destructor or a waker
-/// propagates out of `poll`; nothing leaks: an object or slot the `Get`
-/// held, and its permit, go back when it is dropped (or as the panic
-/// unwinds). Then:
+/// propagates out of `poll` (or `drop`) once every other part has been
+/// given back: nothing leaks, and no user value is dropped during that
+/// panic's unwind (an object or slot the `Get` held, and its permit, go
+/// back first). Then:
 ///
 /// * If the panic came after the result was decided — the destructor of
 ///   the manager's finished future, the timer's sleep or a waker dropped
@@ -159,8 +186,18 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
             return Err(permit);
         }
         // (Dropping timed-out idle objects is user code: if it panics, the
-        // permit goes back as the panic unwinds.)
-        if let Some(mut entry) = pool.pop_idle() {
+        // permit goes back, then the panic propagates.)
+        let mut popped = None;
+        let mut panics = Panics::default();
+        panics.catch(|| popped = pool.pop_idle());
+        if panics.caught() && !std::thread::panicking() {
+            panics.drop_all(Some(permit));
+            panics.resume();
+            unreachable!("a caught panic propagates");
+        }
+        // (Polled during an unwind: the panic is discarded.)
+        panics.resume();
+        if let Some(mut entry) = popped {
             if !M::RECYCLE {
                 return Ok(Step::Ready(entry, permit));
             }
@@ -197,8 +234,10 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
     /// next poll still returns the error.
     fn fail(&mut self, error: PoolError<M::Error>, permit: Option<OwnedSemaphorePermit>) {
         let old = std::mem::replace(&mut self.step, Step::Failed(error));
-        self.release(old);
-        drop(permit);
+        let mut panics = Panics::default();
+        self.release(old, &mut panics);
+        panics.drop_all(permit);
+        panics.resume();
     }
 
     /// The decided result: the guard takes the pool handle.
@@ -283,7 +322,7 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
                 },
                 Step::Ready(..) | Step::Failed(_) => return Poll::Ready(()),
                 Step::Recycle(_, recycle) => {
-                    let Poll::Ready((entry, result, panics)) = recycle.as_mut().poll(cx) else {
+                    let Poll::Ready((entry, result, mut panics)) = recycle.as_mut().poll(cx) else {
                         break;
                     };
                     // The finished future goes (nothing left in it to run).
@@ -301,9 +340,16 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
                     }
                     // A failed check: drop the object (freeing its slot) and
                     // try the next. If its destructor panics, or the
-                    // future's did, the permit goes back as the panic
-                    // unwinds.
-                    this.pool().discard(entry);
+                    // future's did, the permit goes back first (not during
+                    // that panic's unwind), then the panic propagates.
+                    panics.drop_all(Some(result)); // the manager's error
+                    panics.catch(|| this.pool().discard(entry));
+                    if panics.caught() && !std::thread::panicking() {
+                        panics.drop_all(Some(permit));
+                        panics.resume();
+                        unreachable!("a caught panic propagates");
+                    }
+                    // (Polled during an unwind: the panic is discarded.)
                     panics.resume();
                     match this.next_step(permit) {
                         Ok(step) => this.step = step,
@@ -320,10 +366,12 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
                     match result {
                         Ok(object) => {
                             // (The timer is user code: if it panics, the
-                            // object is dropped and the `Create` step frees
-                            // its slot.)
+                            // object is dropped after that panic is caught,
+                            // and the `Create` step frees its slot.)
                             let pool = this.pool();
-                            let created = pool.stamp(pool.inner.max_lifetime);
+                            let (object, created) = crate::unwind::keeping(object, |_| {
+                                pool.stamp(pool.inner.max_lifetime)
+                            });
                             let entry = Entry {
                                 object,
                                 created,
@@ -370,25 +418,30 @@ impl<M: Manager, T: Timer> Get<M, T> {
     /// waiter sees the count); an object not handed out goes back.
     ///
     /// Each piece of user code (destructors, the next waiter's waker) may
-    /// panic: the ones after it still run as the panic unwinds.
-    fn release(&self, step: Step<M>) {
-        let Some(pool) = &self.pool else { return };
+    /// panic: the ones after it still run (not during its unwind), the
+    /// first panic kept in `panics`.
+    fn release(&self, step: Step<M>, panics: &mut Panics) {
+        let Some(pool) = &self.pool else {
+            return panics.drop_all(Some(step));
+        };
         match step {
             Step::Recycle(permit, recycle) => {
                 pool.inner.size.fetch_sub(1, Ordering::AcqRel);
-                drop(recycle);
-                drop(permit);
+                panics.drop_stashing(recycle);
+                panics.drop_all(Some(permit));
             }
             Step::Create(permit, create) => {
                 pool.inner.size.fetch_sub(1, Ordering::AcqRel);
-                drop(create);
-                drop(permit);
+                panics.drop_stashing(create);
+                panics.drop_all(Some(permit));
             }
             Step::Ready(entry, permit) => {
-                pool.put_back(entry);
-                drop(permit);
+                pool.put_back(entry, panics);
+                panics.drop_all(Some(permit));
             }
-            Step::Start | Step::Wait(_) | Step::Failed(_) | Step::Done => {}
+            other @ (Step::Start | Step::Wait(_) | Step::Failed(_) | Step::Done) => {
+                panics.drop_all(Some(other));
+            }
         }
     }
 }
@@ -403,8 +456,8 @@ impl<M: Manager, T: Timer> Unpin for Get<M, T> {}
 impl<M: Manager, T: Timer> Drop for Get<M, T> {
     fn drop(&mut self) {
         let step = std::mem::replace(&mut self.step, Step::Done);
-        let mut panics = crate::unwind::Panics::default();
-        panics.catch(|| self.release(step));
+        let mut panics = Panics::default();
+        self.release(step, &mut panics);
         if let Some(mut deadline) = self.deadline.take() {
             deadline.release(&mut panics);
         }

@@ -527,7 +527,9 @@ impl<M: Manager, T: Timer> Pool<M, T> {
     ///
     /// # Panics
     ///
-    /// If `max_size` is zero or more than [`Semaphore::MAX_PERMITS`].
+    /// If `max_size` is zero or more than [`Semaphore::MAX_PERMITS`]; and
+    /// with the first panic of the idle objects' destructors, once every
+    /// object to drop has been dropped (the pool is resized either way).
     ///
     /// # Examples
     ///
@@ -560,7 +562,11 @@ impl<M: Manager, T: Timer> Pool<M, T> {
                 dropped.push(entry);
             }
         }
-        drop(dropped); // outside the lock
+        // Outside the lock, each on its own (a `Vec`'s drop would abort on a
+        // second panicking destructor); the first panic propagates.
+        let mut panics = Panics::default();
+        panics.drop_all(dropped);
+        panics.resume();
     }
 
     /// The manager.
@@ -605,12 +611,12 @@ impl<M: Manager, T: Timer> Pool<M, T> {
             // object found goes back to the idle list rather than being
             // dropped with its slot still counted.
             let mut panics = Panics::default();
-            panics.catch(|| drop(expired));
-            if let Some(payload) = panics.take() {
+            panics.drop_all(expired);
+            if panics.caught() {
                 if let Some(entry) = found {
-                    self.restore(entry);
+                    self.restore(entry, &mut panics);
                 }
-                crate::unwind::resume(Some(payload));
+                panics.resume();
                 return None;
             }
         }
@@ -632,27 +638,31 @@ impl<M: Manager, T: Timer> Pool<M, T> {
     }
 
     /// Puts a returned object back (or drops it when the pool is closed or
-    /// over its size). Called before the holder's permit is released.
-    fn put_back(&self, mut entry: Entry<M::Object>) {
+    /// over its size). Called before the holder's permit is released. The
+    /// timer and the object's destructor are user code: a panic is kept in
+    /// `panics` (the object dropped, its slot freed, after the timer's
+    /// panic is caught, not during its unwind).
+    fn put_back(&self, mut entry: Entry<M::Object>, panics: &mut Panics) {
         let inner = &self.inner;
         if self.is_closed()
             || inner.size.load(Ordering::Acquire) > inner.max_size.load(Ordering::Acquire)
         {
-            return self.discard(entry);
+            return panics.catch(|| self.discard(entry));
         }
         if inner.idle_timeout.is_some() {
-            // The timer is user code: if it panics, the object is dropped as
-            // the panic unwinds, and its slot must go with it.
-            let slot = FreeSlotOnUnwind(&inner.size);
-            entry.returned = self.stamp(inner.idle_timeout);
-            std::mem::forget(slot);
+            let mut returned = None;
+            panics.catch(|| returned = Some(self.stamp(inner.idle_timeout)));
+            match returned {
+                Some(at) => entry.returned = at,
+                None => return panics.catch(|| self.discard(entry)),
+            }
         }
-        self.restore(entry);
+        self.restore(entry, panics);
     }
 
     /// Puts an idle object on the idle list as it is (or drops it when the
-    /// pool is closed).
-    fn restore(&self, entry: Entry<M::Object>) {
+    /// pool is closed: its destructor's panic kept in `panics`).
+    fn restore(&self, entry: Entry<M::Object>, panics: &mut Panics) {
         {
             let mut idle = self.lock_idle();
             // `close` may have emptied the list meanwhile: check under the
@@ -662,23 +672,13 @@ impl<M: Manager, T: Timer> Pool<M, T> {
                 return;
             }
         }
-        self.discard(entry);
+        panics.catch(|| self.discard(entry));
     }
 
     /// Drops an object for good, freeing its slot.
     fn discard(&self, entry: Entry<M::Object>) {
         self.inner.size.fetch_sub(1, Ordering::AcqRel);
         drop(entry);
-    }
-}
-
-/// Frees one slot when dropped: a guard for an object that a panic would
-/// drop on its way out (defused with `mem::forget`).
-struct FreeSlotOnUnwind<'a>(&'a AtomicUsize);
-
-impl Drop for FreeSlotOnUnwind<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

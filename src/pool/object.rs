@@ -3,6 +3,7 @@
 use super::{Entry, Manager, Pool};
 use crate::semaphore::OwnedSemaphorePermit;
 use crate::time::{DefaultTimer, Timer};
+use crate::unwind::Panics;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 
@@ -18,9 +19,12 @@ use std::ops::{Deref, DerefMut};
 ///
 /// Dropping it runs user code: the timer (stamping the object's return,
 /// when the pool has an idle timeout), the object's destructor if it is
-/// dropped, and the next waiter's waker as the permit goes back. A panic
-/// there propagates out of the drop; the object is back in the pool or
-/// dropped with its slot freed, and the permit is returned, either way.
+/// dropped, the next waiter's waker as the permit goes back, and the pool's
+/// own destructor (its manager, timer and idle objects) when the guard held
+/// the last handle. Each runs even if an earlier one panics (none during
+/// that panic's unwind), and the first panic then propagates out of the
+/// drop; the object is back in the pool or dropped with its slot freed, and
+/// the permit is returned, either way.
 ///
 /// # Examples
 ///
@@ -37,10 +41,10 @@ use std::ops::{Deref, DerefMut};
 #[must_use = "dropping the guard gives the object back to the pool at once"]
 pub struct Pooled<M: Manager, T: Timer = DefaultTimer> {
     entry: Option<Entry<M::Object>>,
-    pool: Pool<M, T>,
-    /// Released after the object is back on the idle list (fields drop
-    /// after `Drop::drop`).
-    _permit: OwnedSemaphorePermit,
+    /// `None` only once dropped.
+    pool: Option<Pool<M, T>>,
+    /// Released after the object is back on the idle list.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl<M: Manager, T: Timer> Pooled<M, T> {
@@ -51,8 +55,8 @@ impl<M: Manager, T: Timer> Pooled<M, T> {
     ) -> Self {
         Pooled {
             entry: Some(entry),
-            pool,
-            _permit: permit,
+            pool: Some(pool),
+            permit: Some(permit),
         }
     }
 
@@ -78,7 +82,7 @@ impl<M: Manager, T: Timer> Pooled<M, T> {
             .entry
             .take()
             .expect("a guard holds its object until dropped");
-        this.pool
+        Pooled::pool(&this)
             .inner
             .size
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
@@ -101,7 +105,9 @@ impl<M: Manager, T: Timer> Pooled<M, T> {
     /// # });
     /// ```
     pub fn pool(this: &Self) -> &Pool<M, T> {
-        &this.pool
+        this.pool
+            .as_ref()
+            .expect("a guard holds its pool handle until dropped")
     }
 
     fn entry(&self) -> &Entry<M::Object> {
@@ -129,15 +135,24 @@ impl<M: Manager, T: Timer> DerefMut for Pooled<M, T> {
     }
 }
 
+/// The object goes back (or is dropped), then the permit, then the pool
+/// handle, each even if an earlier part panics; the first panic propagates.
 impl<M: Manager, T: Timer> Drop for Pooled<M, T> {
     fn drop(&mut self) {
-        if let Some(entry) = self.entry.take() {
+        let mut panics = Panics::default();
+        if let (Some(entry), Some(pool)) = (self.entry.take(), &self.pool) {
             if std::thread::panicking() {
-                self.pool.discard(entry);
+                // Possibly half-used: dropped (a panic of its destructor now
+                // aborts the process, as any destructor panicking during an
+                // unwind does).
+                pool.discard(entry);
             } else {
-                self.pool.put_back(entry);
+                pool.put_back(entry, &mut panics);
             }
         }
+        panics.drop_all(self.permit.take());
+        panics.drop_all(self.pool.take());
+        panics.resume();
     }
 }
 
