@@ -294,21 +294,33 @@ scenario!(pool_guard_outlives_pool_object_panics_on_last_return, {
     assert_none_while_panicking();
 });
 
+/// A pool of `size` objects on a quiet manager, every object taken out.
+fn pool_all_out(
+    object_explodes: bool,
+    size: usize,
+) -> (
+    awaitkit::Pool<ProbeManager>,
+    Vec<awaitkit::Pooled<ProbeManager>>,
+) {
+    let pool = awaitkit::Pool::new(
+        ProbeManager {
+            _probe: Probe::quiet("manager"),
+            object_explodes,
+        },
+        size,
+    );
+    let guards = (0..size)
+        .map(|_| futures::executor::block_on(pool.get()).unwrap())
+        .collect();
+    (pool, guards)
+}
+
 // close() racing with returns from other threads: every object dropped
 // exactly once, none leaked.
 scenario!(pool_close_races_returns, {
     for _ in 0..200 {
         DROPS.store(0, Ordering::SeqCst);
-        let pool = awaitkit::Pool::new(
-            ProbeManager {
-                _probe: Probe::quiet("manager"),
-                object_explodes: false,
-            },
-            4,
-        );
-        let guards: Vec<_> = (0..4)
-            .map(|_| futures::executor::block_on(pool.get()).unwrap())
-            .collect();
+        let (pool, guards) = pool_all_out(false, 4);
         let barrier = std::sync::Arc::new(std::sync::Barrier::new(5));
         let mut hs = Vec::new();
         for g in guards {
@@ -507,16 +519,7 @@ scenario!(
 // first panic propagates once both are dropped (a `Vec`'s drop aborted on
 // the second).
 scenario!(pool_resize_two_idle_objects_panic_no_abort, {
-    let pool = awaitkit::Pool::new(
-        ProbeManager {
-            _probe: Probe::quiet("manager"),
-            object_explodes: true,
-        },
-        3,
-    );
-    let guards: Vec<_> = (0..3)
-        .map(|_| futures::executor::block_on(pool.get()).unwrap())
-        .collect();
+    let (pool, guards) = pool_all_out(true, 3);
     drop(guards); // three idle objects
     let msg = expect_panic(|| pool.resize(1));
     assert_eq!(msg, "probe `object` destructor");
