@@ -379,8 +379,8 @@ struct RecycleBombManager;
 impl awaitkit::pool::Manager for RecycleBombManager {
     type Object = Probe;
     type Error = ();
-    fn create(&self) -> impl Future<Output = Result<Probe, ()>> + Send {
-        async { Ok(Probe::bomb("object")) }
+    async fn create(&self) -> Result<Probe, ()> {
+        Ok(Probe::bomb("object"))
     }
     fn recycle(&self, _: &mut Probe) -> impl Future<Output = Result<(), ()>> + Send {
         let probe = Probe::bomb("recycle");
