@@ -49,6 +49,11 @@ impl Panics {
     /// Drops `value` under [`Panics::catch`], keeping first a panic that a
     /// part of it [`stash`]ed meanwhile (that one came first).
     pub(crate) fn drop_stashing<T>(&mut self, value: T) {
+        // (Nothing is left stashed between two of these on a thread; if
+        // something were, it would not be `value`'s.)
+        if let Some(stale) = take_stashed() {
+            discard(stale);
+        }
         let mut own = Panics::default();
         own.catch(move || drop(value));
         self.keep(take_stashed());

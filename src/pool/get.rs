@@ -13,48 +13,68 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 type BoxFuture<O> = Pin<Box<dyn Future<Output = O> + Send>>;
-/// What a create future gives back: the manager's result, and a panic of
-/// the manager's future's destructor (see [`settle`]).
+/// What a create future gives back: the manager's result (`None`: the
+/// manager panicked, that panic first in the `Panics`), and a panic of the
+/// manager's future's destructor (see [`settle`]).
 type Created<M> = (
-    Result<<M as Manager>::Object, <M as Manager>::Error>,
+    Option<Result<<M as Manager>::Object, <M as Manager>::Error>>,
     Panics,
 );
-/// What a recycle future gives back: the object, the check's result, and a
-/// panic of the manager's future's destructor.
+/// What a recycle future gives back: the object, the check's result
+/// (`None`: the manager panicked), and the panics caught.
 type Recycled<M> = (
     Entry<<M as Manager>::Object>,
-    Result<(), <M as Manager>::Error>,
+    Option<Result<(), <M as Manager>::Error>>,
     Panics,
 );
 
-/// Awaits `future`, then drops it *before* returning its output, catching a
-/// panic of its destructor for the caller to propagate.
+/// Makes the manager's future with `make` and awaits it, then drops it
+/// *before* returning its output, catching a panic of its destructor for
+/// the caller to propagate.
 ///
 /// Dropping it at the end of the `async` block instead would lose the
 /// output when the destructor panics: Rust does not drop a value being
 /// returned when a destructor in the same scope panics
 /// (rust-lang/rust#47949), so a freshly created object would be leaked, its
-/// slot counted forever.
+/// slot counted forever. A panic of `make` or of the future's `poll` is
+/// caught too, and the output is then `None`: the `async` block calling
+/// this returns normally, its object in hand, instead of dropping it
+/// during that panic's unwind.
 ///
 /// Dropped before it completes (the `Get` cancelled), the manager's future
 /// goes first, and a panic of its destructor is [`stash`]ed for
 /// [`Get::release`] rather than escaping into the `async` block's drop
 /// glue (which would drop the object during that panic's unwind).
-async fn settle<F: Future>(future: F) -> (F::Output, Panics) {
+async fn settle<F: Future>(make: impl FnOnce() -> F) -> (Option<F::Output>, Panics) {
+    let mut panics = Panics::default();
+    let mut made = None;
+    panics.catch(|| made = Some(make()));
+    let Some(future) = made else {
+        return (None, panics);
+    };
     let mut settling = pin!(Settling {
         future: Some(future)
     });
     let out = std::future::poll_fn(|cx| {
-        settling
-            .as_mut()
-            .project()
-            .future
-            .as_pin_mut()
-            .expect("polled until it completes")
-            .poll(cx)
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            settling
+                .as_mut()
+                .project()
+                .future
+                .as_pin_mut()
+                .expect("polled until it completes")
+                .poll(cx)
+        }));
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(out)) => Poll::Ready(Some(out)),
+            Err(payload) => {
+                panics.keep(Some(payload));
+                Poll::Ready(None)
+            }
+        }
     })
     .await;
-    let mut panics = Panics::default();
     panics.catch(|| settling.as_mut().project().future.set(None));
     (out, panics)
 }
@@ -71,7 +91,14 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let mut panics = Panics::default();
             panics.catch(|| this.project().future.set(None));
-            stash(panics.take());
+            match panics.take() {
+                // Dropped during an unwind (a panic elsewhere in the
+                // `async` block): nobody could receive a second panic.
+                Some(payload) if std::thread::panicking() => {
+                    crate::unwind::discard(payload)
+                }
+                payload => stash(payload),
+            }
         }
     }
 }
@@ -205,7 +232,8 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
             return Ok(Step::Recycle(
                 permit,
                 Box::pin(async move {
-                    let (result, panics) = settle(inner.manager().recycle(&mut entry.object)).await;
+                    let (result, panics) =
+                        settle(|| inner.manager().recycle(&mut entry.object)).await;
                     (entry, result, panics)
                 }),
             ));
@@ -216,7 +244,7 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
         inner.size.fetch_add(1, Ordering::AcqRel);
         Ok(Step::Create(
             permit,
-            Box::pin(async move { settle(inner.manager().create()).await }),
+            Box::pin(async move { settle(|| inner.manager().create()).await }),
         ))
     }
 
@@ -330,7 +358,7 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
                     else {
                         unreachable!("matched above")
                     };
-                    if result.is_ok() {
+                    if matches!(result, Some(Ok(()))) {
                         // Kept before the panic of the manager's future's
                         // destructor (if any) propagates: the next poll
                         // returns it.
@@ -338,10 +366,11 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
                         panics.resume();
                         return Poll::Ready(());
                     }
-                    // A failed check: drop the object (freeing its slot) and
-                    // try the next. If its destructor panics, or the
-                    // future's did, the permit goes back first (not during
-                    // that panic's unwind), then the panic propagates.
+                    // A failed check (or the manager panicked: `None`): drop
+                    // the object (freeing its slot) and try the next. If
+                    // its destructor panics, or the manager or its future
+                    // did, the permit goes back first (not during that
+                    // panic's unwind), then the panic propagates.
                     panics.drop_all(Some(result)); // the manager's error
                     panics.catch(|| this.pool().discard(entry));
                     if panics.caught() && !std::thread::panicking() {
@@ -363,35 +392,56 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
                     let Poll::Ready((result, mut panics)) = create.as_mut().poll(cx) else {
                         break;
                     };
-                    match result {
-                        Ok(object) => {
-                            // (The timer is user code: if it panics, the
-                            // object is dropped after that panic is caught,
-                            // and the `Create` step frees its slot.)
+                    // The object, stamped with its creation time (the timer
+                    // is user code: if it panics, the object is dropped
+                    // once that panic is caught).
+                    let made = match result {
+                        Some(Ok(object)) => {
                             let pool = this.pool();
-                            let (object, created) = crate::unwind::keeping(object, |_| {
-                                pool.stamp(pool.inner.max_lifetime)
-                            });
-                            let entry = Entry {
-                                object,
-                                created,
-                                returned: None,
-                            };
-                            let Step::Create(permit, _) =
-                                std::mem::replace(&mut this.step, Step::Done)
-                            else {
-                                unreachable!("matched above")
-                            };
-                            this.step = Step::Ready(entry, permit);
+                            let mut created = None;
+                            panics.catch(|| created = Some(pool.stamp(pool.inner.max_lifetime)));
+                            match created {
+                                Some(created) => Some(Ok(Entry {
+                                    object,
+                                    created,
+                                    returned: None,
+                                })),
+                                None => {
+                                    panics.drop_all(Some(object));
+                                    None
+                                }
+                            }
                         }
-                        Err(e) => {
+                        Some(Err(e)) => Some(Err(e)),
+                        None => None,
+                    };
+                    let Step::Create(permit, _) = std::mem::replace(&mut this.step, Step::Done)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    match made {
+                        Some(Ok(entry)) => this.step = Step::Ready(entry, permit),
+                        Some(Err(e)) => {
                             this.pool().inner.size.fetch_sub(1, Ordering::AcqRel);
-                            let failed = Step::Failed(PoolError::Create(e));
-                            let Step::Create(permit, _) = std::mem::replace(&mut this.step, failed)
-                            else {
-                                unreachable!("matched above")
-                            };
-                            panics.catch(|| drop(permit));
+                            this.step = Step::Failed(PoolError::Create(e));
+                            panics.drop_all(Some(permit));
+                        }
+                        None => {
+                            // The manager (`create`, its future's `poll`) or
+                            // the timer panicked: the slot and the permit go
+                            // back, then the panic propagates (polling again
+                            // panics: the get had not settled).
+                            this.pool().inner.size.fetch_sub(1, Ordering::AcqRel);
+                            this.step = Step::Start;
+                            panics.drop_all(Some(permit));
+                            if std::thread::panicking() {
+                                // Polled during an unwind: the panic is
+                                // discarded, and the get starts over at its
+                                // next poll.
+                                panics.resume();
+                                cx.waker().wake_by_ref();
+                                return Poll::Pending;
+                            }
                         }
                     }
                     // The result is kept: the next poll returns it.

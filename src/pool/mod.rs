@@ -482,6 +482,12 @@ impl<M: Manager, T: Timer> Pool<M, T> {
     /// [`PoolError::Closed`], idle objects are dropped now, and objects in
     /// use are dropped when their guards are.
     ///
+    /// # Panics
+    ///
+    /// With the first panic of the waiters' wakers (woken to fail) and the
+    /// idle objects' destructors, once every waiter is woken and every idle
+    /// object dropped (the pool is closed either way).
+    ///
     /// # Examples
     ///
     /// ```
@@ -497,12 +503,14 @@ impl<M: Manager, T: Timer> Pool<M, T> {
     /// ```
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
-        self.inner.semaphore.close();
+        // The waiters' wakers are user code: the idle objects go even if
+        // one panics.
+        let mut panics = Panics::default();
+        panics.catch(|| self.inner.semaphore.close());
         let idle = std::mem::take(&mut *self.lock_idle());
         self.inner.size.fetch_sub(idle.len(), Ordering::AcqRel);
         // Each object on its own (a second panicking destructor would abort
         // the process in the queue's own drop).
-        let mut panics = Panics::default();
         panics.drop_all(idle);
         panics.resume();
     }

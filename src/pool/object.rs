@@ -63,6 +63,12 @@ impl<M: Manager, T: Timer> Pooled<M, T> {
     /// Takes the object out of the pool for good: its slot is freed, so the
     /// pool may create another.
     ///
+    /// # Panics
+    ///
+    /// If the next waiter's waker (as the permit goes back) or the pool's
+    /// destructor (when this guard held the last handle) panics: the object
+    /// is dropped, then the first panic propagates.
+    ///
     /// # Examples
     ///
     /// ```
@@ -86,7 +92,15 @@ impl<M: Manager, T: Timer> Pooled<M, T> {
             .inner
             .size
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        entry.object
+        // The permit (the next waiter's waker) and the pool handle (the
+        // pool itself, if it was the last) go before the object is handed
+        // back: if one panics, the object is dropped, then the panic
+        // propagates (a value being returned is leaked when a destructor in
+        // the same scope panics, rust-lang/rust#47949).
+        let mut panics = Panics::default();
+        panics.drop_all(this.permit.take());
+        panics.drop_all(this.pool.take());
+        crate::unwind::hand_back(panics, entry.object)
     }
 
     /// The pool the object belongs to.
