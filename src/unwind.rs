@@ -49,15 +49,15 @@ impl Panics {
     /// Drops `value` under [`Panics::catch`], keeping first a panic that a
     /// part of it [`stash`]ed meanwhile (that one came first).
     pub(crate) fn drop_stashing<T>(&mut self, value: T) {
-        // (Nothing is left stashed between two of these on a thread; if
-        // something were, it would not be `value`'s.)
-        if let Some(stale) = take_stashed() {
-            discard(stale);
-        }
+        // One may run inside another's drop (a destructor cancelling
+        // another pool's `get`): the enclosing one's stash is set aside,
+        // then put back.
+        let enclosing = take_stashed();
         let mut own = Panics::default();
         own.catch(move || drop(value));
         self.keep(take_stashed());
         self.keep(own.0);
+        stash(enclosing);
     }
 
     /// Keeps `payload` (a panic caught elsewhere) if it is the first one;

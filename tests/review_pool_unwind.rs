@@ -212,7 +212,7 @@ fn counts<T: awaitkit::time::Timer>(pool: &Pool<M, T>) -> (usize, usize, usize, 
 //    aborts the process.
 // ---------------------------------------------------------------------------
 
-scenario!(recycle_poll_panic_with_panicking_object_aborts, {
+scenario!(recycle_poll_panic_with_panicking_object_no_abort, {
     let pool = Pool::new(
         M {
             tag: "A",
@@ -240,7 +240,7 @@ scenario!(recycle_poll_panic_with_panicking_object_aborts, {
     DISARMED.store(true, Ordering::SeqCst);
 });
 
-scenario!(recycle_poll_panic_drops_object_while_panicking, {
+scenario!(recycle_poll_panic_object_not_dropped_while_panicking, {
     let pool = Pool::new(
         M {
             tag: "A",
@@ -308,7 +308,7 @@ fn pending_pool_b(drop_panics: bool) -> Pool<M> {
     )
 }
 
-scenario!(stale_stash_panics_out_of_an_unrelated_cancelled_get, {
+scenario!(no_stale_stash_in_an_unrelated_cancelled_get, {
     let pa = bad_pool_a();
     let mut ga = pa.get();
     let msg = expect_panic(|| {
@@ -334,7 +334,7 @@ scenario!(stale_stash_panics_out_of_an_unrelated_cancelled_get, {
     assert_eq!(counts(&pb), (0, 0, 0, 0));
 });
 
-scenario!(stale_stash_replaces_the_right_panic, {
+scenario!(no_stale_stash_replaces_the_right_panic, {
     let pa = bad_pool_a();
     let mut ga = pa.get();
     let msg = expect_panic(|| {
@@ -358,7 +358,7 @@ scenario!(stale_stash_replaces_the_right_panic, {
 // discarded, `unwind::resume`); the stash keeps it and the Get's drop raises
 // it afterwards: a second panic out of a drop, after the first was already
 // delivered.
-scenario!(poisoned_get_drop_raises_stashed_second_panic, {
+scenario!(poisoned_get_drop_raises_no_second_panic, {
     let pa = bad_pool_a();
     let mut ga = pa.get();
     let msg = expect_panic(|| {
@@ -590,7 +590,7 @@ impl awaitkit::time::Timer for NowBomb {
     }
 }
 
-scenario!(create_future_drop_then_stamp_panic_wrong_panic, {
+scenario!(create_future_drop_then_stamp_panic_first_panic_wins, {
     let pool = Pool::builder(M {
         tag: "A",
         create: Mode {
@@ -640,7 +640,7 @@ fn panicking_waker() -> Waker {
 //    (rust-lang/rust#47949): the object leaks.
 // ---------------------------------------------------------------------------
 
-scenario!(detach_with_panicking_waiter_leaks_object, {
+scenario!(detach_with_panicking_waiter_drops_object, {
     let pool = Pool::new(
         M {
             tag: "A",
@@ -674,7 +674,7 @@ scenario!(detach_with_panicking_waiter_leaks_object, {
     assert_eq!(counts(&pool), (0, 0, 0, 0));
 });
 
-scenario!(detach_last_handle_idle_bomb_leaks_object, {
+scenario!(detach_last_handle_idle_bomb_drops_object, {
     let pool = Pool::new(
         M {
             tag: "A",

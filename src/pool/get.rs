@@ -122,7 +122,10 @@ pin_project_lite::pin_project! {
 /// propagates out of `poll` (or `drop`) once every other part has been
 /// given back: nothing leaks, and no user value is dropped during that
 /// panic's unwind (an object or slot the `Get` held, and its permit, go
-/// back first). Then:
+/// back first). A panic in `poll` propagates even when the `Get` is polled
+/// inside a destructor during another panic's unwind, as any future's
+/// would (catch it there, or the process aborts); the `Get` never retries
+/// a manager that panicked. Then:
 ///
 /// * If the panic came after the result was decided — the destructor of
 ///   the manager's finished future, the timer's sleep or a waker dropped
@@ -430,18 +433,16 @@ impl<M: Manager, T: Timer + Clone + Send + Sync + 'static> Get<M, T> {
                             // The manager (`create`, its future's `poll`) or
                             // the timer panicked: the slot and the permit go
                             // back, then the panic propagates (polling again
-                            // panics: the get had not settled).
+                            // panics: the get had not settled). It does even
+                            // when this poll runs during an unwind, as a
+                            // panic in any `async fn`'s callee would: the
+                            // get cannot go on without an object (retrying
+                            // could go on forever).
                             this.pool().inner.size.fetch_sub(1, Ordering::AcqRel);
                             this.step = Step::Start;
                             panics.drop_all(Some(permit));
-                            if std::thread::panicking() {
-                                // Polled during an unwind: the panic is
-                                // discarded, and the get starts over at its
-                                // next poll.
-                                panics.resume();
-                                cx.waker().wake_by_ref();
-                                return Poll::Pending;
-                            }
+                            let payload = panics.take().expect("a panic was caught");
+                            std::panic::resume_unwind(payload);
                         }
                     }
                     // The result is kept: the next poll returns it.
