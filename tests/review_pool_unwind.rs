@@ -11,7 +11,7 @@
 #[macro_use]
 mod common;
 
-use common::child::{expect_panic, is_child, payload_text, run_in_child};
+use common::child::{expect_panic, panicking_waker, payload_text};
 
 use awaitkit::pool::{Manager, Pool};
 use std::future::Future;
@@ -74,18 +74,6 @@ fn assert_none_while_panicking() {
         "REVIEW a user value was dropped during the unwind of another panic (log: {:?})",
         log()
     );
-}
-
-macro_rules! scenario {
-    ($name:ident, $body:block) => {
-        #[test]
-        fn $name() {
-            if !is_child() {
-                return run_in_child(stringify!($name));
-            }
-            $body
-        }
-    };
 }
 
 fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
@@ -618,19 +606,6 @@ scenario!(create_future_drop_then_stamp_panic_first_panic_wins, {
     // The create future's destructor panicked first (inside `settle`).
     assert_eq!(msg, "A create drop", "REVIEW the first panic propagates");
 });
-
-// A waker whose wake panics.
-fn panicking_waker() -> Waker {
-    use std::task::{RawWaker, RawWakerVTable};
-    const VTABLE: RawWakerVTable = RawWakerVTable::new(
-        |_| RawWaker::new(std::ptr::null(), &VTABLE),
-        |_| panic!("waker wake"),
-        |_| panic!("waker wake"),
-        |_| {},
-    );
-    // SAFETY: the vtable's functions ignore the data pointer.
-    unsafe { Waker::from_raw(RawWaker::new(std::ptr::null(), &VTABLE)) }
-}
 
 // ---------------------------------------------------------------------------
 // 5. `Pooled::detach`: the object is moved out into the return value, then

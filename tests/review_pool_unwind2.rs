@@ -17,7 +17,7 @@
 #[macro_use]
 mod common;
 
-use common::child::{expect_panic, is_child, run_in_child};
+use common::child::expect_panic;
 
 use awaitkit::pool::{Manager, Pool};
 use futures_core::FusedFuture;
@@ -43,18 +43,6 @@ impl Drop for Probe {
             DROPS_WHILE_PANICKING.fetch_add(1, Ordering::SeqCst);
         }
     }
-}
-
-macro_rules! scenario {
-    ($name:ident, $body:block) => {
-        #[test]
-        fn $name() {
-            if !is_child() {
-                return run_in_child(stringify!($name));
-            }
-            $body
-        }
-    };
 }
 
 /// What the next `create` / `recycle` future does.

@@ -22,15 +22,13 @@
 #[macro_use]
 mod common;
 
-use common::child::{
-    Kid, expect_panic, is_child, payload_text, pending_bomb, ready_kid, run_in_child,
-};
+use common::child::{Kid, expect_panic, panicking_waker, payload_text, pending_bomb, ready_kid};
 
 use futures_core::Stream;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 // ---------------------------------------------------------------------------
@@ -82,18 +80,6 @@ fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
     Pin::new(f).poll(&mut Context::from_waker(Waker::noop()))
 }
 
-/// A waker whose `wake`/`wake_by_ref` panic ("waker wake").
-fn panicking_waker() -> Waker {
-    const VTABLE: RawWakerVTable = RawWakerVTable::new(
-        |_| RawWaker::new(std::ptr::null(), &VTABLE),
-        |_| panic!("waker wake"),
-        |_| panic!("waker wake"),
-        |_| {},
-    );
-    // SAFETY: the vtable's functions ignore the data pointer.
-    unsafe { Waker::from_raw(RawWaker::new(std::ptr::null(), &VTABLE)) }
-}
-
 /// The checks (b) and (c) after a scenario.
 fn assert_probes(expected_drops: usize) {
     assert_eq!(
@@ -108,19 +94,6 @@ fn assert_probes(expected_drops: usize) {
         expected_drops,
         "every user value is dropped exactly once"
     );
-}
-
-/// `scenario!(name, { body })`: the body runs only in the child process.
-macro_rules! scenario {
-    ($name:ident, $body:block) => {
-        #[test]
-        fn $name() {
-            if !is_child() {
-                return run_in_child(stringify!($name));
-            }
-            $body
-        }
-    };
 }
 
 // ---------------------------------------------------------------------------

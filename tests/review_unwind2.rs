@@ -8,14 +8,14 @@
 #[macro_use]
 mod common;
 
-use common::child::{expect_panic, is_child, payload_text, run_in_child};
+use common::child::{expect_panic, panicking_waker, payload_text};
 
 use awaitkit::time::{ManualClock, ManualSleep, Timer};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------
@@ -90,36 +90,12 @@ fn assert_drops(n: usize) {
     );
 }
 
-macro_rules! scenario {
-    ($name:ident, $body:block) => {
-        #[test]
-        fn $name() {
-            if !is_child() {
-                return run_in_child(stringify!($name));
-            }
-            $body
-        }
-    };
-}
-
 fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
     Pin::new(f).poll(&mut Context::from_waker(Waker::noop()))
 }
 
 fn poll_pinned<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
     f.poll(&mut Context::from_waker(Waker::noop()))
-}
-
-// A waker whose wake panics.
-fn panicking_waker() -> Waker {
-    const VTABLE: RawWakerVTable = RawWakerVTable::new(
-        |_| RawWaker::new(std::ptr::null(), &VTABLE),
-        |_| panic!("waker wake"),
-        |_| panic!("waker wake"),
-        |_| {},
-    );
-    // SAFETY: the vtable's functions ignore the data pointer.
-    unsafe { Waker::from_raw(RawWaker::new(std::ptr::null(), &VTABLE)) }
 }
 
 // A timer on a `ManualClock` carrying a probe (a clone carries a quiet

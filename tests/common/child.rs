@@ -123,3 +123,31 @@ pub(crate) fn ready_kid<O>(out: O) -> Kid<O> {
         panic_on_drop: false,
     }
 }
+
+/// `scenario!(name, { body })`: a `#[test]` whose body runs only in a child
+/// process of the test binary ([`run_in_child`]): an abort fails the test
+/// instead of killing the run.
+macro_rules! scenario {
+    ($name:ident, $body:block) => {
+        #[test]
+        fn $name() {
+            if !crate::common::child::is_child() {
+                return crate::common::child::run_in_child(stringify!($name));
+            }
+            $body
+        }
+    };
+}
+
+/// A waker whose `wake` and `wake_by_ref` panic ("waker wake").
+pub(crate) fn panicking_waker() -> std::task::Waker {
+    use std::task::{RawWaker, RawWakerVTable, Waker};
+    const VTABLE: RawWakerVTable = RawWakerVTable::new(
+        |_| RawWaker::new(std::ptr::null(), &VTABLE),
+        |_| panic!("waker wake"),
+        |_| panic!("waker wake"),
+        |_| {},
+    );
+    // SAFETY: the vtable's functions ignore the data pointer.
+    unsafe { Waker::from_raw(RawWaker::new(std::ptr::null(), &VTABLE)) }
+}

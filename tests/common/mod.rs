@@ -14,6 +14,7 @@
 
 #![allow(dead_code, unused_macros)]
 
+#[macro_use]
 pub(crate) mod child;
 pub(crate) mod faults;
 #[cfg(feature = "redis")]
