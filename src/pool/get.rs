@@ -124,8 +124,11 @@ pin_project_lite::pin_project! {
 /// panic's unwind (an object or slot the `Get` held, and its permit, go
 /// back first). A panic in `poll` propagates even when the `Get` is polled
 /// inside a destructor during another panic's unwind, as any future's
-/// would (catch it there, or the process aborts); the `Get` never retries
-/// a manager that panicked. Then:
+/// would (catch it there, or the process aborts); a `create` that panicked
+/// is never retried. (A `recycle` check that panics during an unwind, or an
+/// expired idle object whose destructor does, counts as a failed check
+/// there: the panic is discarded and the get moves on to the next idle
+/// object, or creates one.) Then:
 ///
 /// * If the panic came after the result was decided — the destructor of
 ///   the manager's finished future, the timer's sleep or a waker dropped

@@ -687,15 +687,14 @@ impl<T: Timer> BoxedDeadline<T> {
 
 impl<T: Timer> Drop for BoxedDeadline<T> {
     fn drop(&mut self) {
-        // Dropped during an unwind (a child of the combinator that owns it
-        // panicked as it was dropped), the sleep's destructor must not panic
-        // as well: a second panic would abort the process. Its panic is
-        // discarded then.
-        if std::thread::panicking() {
-            if let Some(sleep) = self.sleep.take() {
-                crate::unwind::contain(|| drop(sleep));
-            }
-        }
+        // The sleep, then the timer, each on its own (a panic of one does
+        // not drop the other during its unwind); the first panic then
+        // propagates. Dropped during an unwind (a child of the combinator
+        // that owns it panicked as it was dropped), it is discarded: a
+        // second panic would abort the process.
+        let mut panics = crate::unwind::Panics::default();
+        self.release(&mut panics);
+        panics.resume();
     }
 }
 
