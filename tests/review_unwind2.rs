@@ -1408,3 +1408,28 @@ scenario!(try_gather_fail_fast_during_unwind_hand_back, {
     assert_eq!(payload_text(&r.unwrap_err()), "outer");
     assert_eq!(log(), ["handed-back"]);
 });
+
+// A guard dropped while its thread unwinds drops its object (possibly
+// half-used): a panic of the object's destructor there is discarded, not a
+// second panic escaping the unwind (an abort).
+scenario!(
+    pool_guard_dropped_during_an_unwind_object_panics_no_abort,
+    {
+        let (pool, mut guards) = pool_all_out(true, 1);
+        let guard = guards.pop().unwrap();
+        let msg = expect_panic(move || {
+            let _guard = guard;
+            panic!("outer");
+        });
+        assert_eq!(msg, "outer");
+        assert_eq!(
+            pool.status().size,
+            0,
+            "the object is dropped, its slot freed"
+        );
+        assert_drops(1);
+        let again = futures::executor::block_on(pool.get());
+        assert!(again.is_ok(), "the pool still hands out objects");
+        common::forget_reachably(again);
+    }
+);

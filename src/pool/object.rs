@@ -156,10 +156,9 @@ impl<M: Manager, T: Timer> Drop for Pooled<M, T> {
         let mut panics = Panics::default();
         if let (Some(entry), Some(pool)) = (self.entry.take(), &self.pool) {
             if std::thread::panicking() {
-                // Possibly half-used: dropped (a panic of its destructor now
-                // aborts the process, as any destructor panicking during an
-                // unwind does).
-                pool.discard(entry);
+                // Possibly half-used: dropped (a panic of its destructor is
+                // discarded below: this thread is already unwinding).
+                panics.catch(|| pool.discard(entry));
             } else {
                 pool.put_back(entry, &mut panics);
             }
