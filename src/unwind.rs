@@ -9,7 +9,9 @@
 #![forbid(unsafe_code)]
 
 use std::any::Any;
+use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::task::Poll;
 
 /// A caught panic's payload.
 pub(crate) type Payload = Box<dyn Any + Send>;
@@ -49,12 +51,19 @@ impl Panics {
     /// Drops `value` under [`Panics::catch`], keeping first a panic that a
     /// part of it [`stash`]ed meanwhile (that one came first).
     pub(crate) fn drop_stashing<T>(&mut self, value: T) {
+        self.catch_stashing(move || drop(value));
+    }
+
+    /// Runs `f` (a drop) under [`Panics::catch`], keeping first a panic
+    /// that a part of what it drops [`stash`]ed meanwhile (that one came
+    /// first).
+    pub(crate) fn catch_stashing(&mut self, f: impl FnOnce()) {
         // One may run inside another's drop (a destructor cancelling
         // another pool's `get`): the enclosing one's stash is set aside,
         // then put back.
         let enclosing = take_stashed();
         let mut own = Panics::default();
-        own.catch(move || drop(value));
+        own.catch(f);
         self.keep(take_stashed());
         self.keep(own.0);
         stash(enclosing);
@@ -127,6 +136,84 @@ pub(crate) fn resume(payload: Option<Payload>) {
             discard(payload);
         } else {
             resume_unwind(payload);
+        }
+    }
+}
+
+/// Makes a future of user code with `make` (a pool manager's create or
+/// recycle, a Redis connection's call) and awaits it, then drops it
+/// *before* returning its output, catching a panic of its destructor for
+/// the caller to propagate.
+///
+/// Dropping it at the end of the `async` block instead would lose the
+/// output when the destructor panics: Rust does not drop a value being
+/// returned when a destructor in the same scope panics
+/// (rust-lang/rust#47949), so a freshly created object would be leaked, its
+/// slot counted forever. A panic of `make` or of the future's `poll` is
+/// caught too, and the output is then `None`: the `async` block calling
+/// this returns normally, its object in hand, instead of dropping it
+/// during that panic's unwind.
+///
+/// Dropped before it completes (the pool's `Get` or the Redis call
+/// cancelled), the user's future goes first, and a panic of its destructor
+/// is [`stash`]ed for the owner's [`Panics::drop_stashing`] rather than
+/// escaping into the `async` block's drop glue (which would drop the
+/// block's other values, an object or a connection, during that panic's
+/// unwind).
+pub(crate) async fn settle<F: Future>(make: impl FnOnce() -> F) -> (Option<F::Output>, Panics) {
+    let mut panics = Panics::default();
+    let mut made = None;
+    panics.catch(|| made = Some(make()));
+    let Some(future) = made else {
+        return (None, panics);
+    };
+    let mut settling = std::pin::pin!(Settling {
+        future: Some(future)
+    });
+    let out = std::future::poll_fn(|cx| {
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            settling
+                .as_mut()
+                .project()
+                .future
+                .as_pin_mut()
+                .expect("polled until it completes")
+                .poll(cx)
+        }));
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(out)) => Poll::Ready(Some(out)),
+            Err(payload) => {
+                panics.keep(Some(payload));
+                Poll::Ready(None)
+            }
+        }
+    })
+    .await;
+    panics.catch(|| settling.as_mut().project().future.set(None));
+    (out, panics)
+}
+
+pin_project_lite::pin_project! {
+    /// The user's future in [`settle`], dropped under `catch_unwind`
+    /// wherever it goes.
+    struct Settling<F> {
+        #[pin]
+        future: Option<F>,
+    }
+
+    impl<F> PinnedDrop for Settling<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut panics = Panics::default();
+            panics.catch(|| this.project().future.set(None));
+            match panics.take() {
+                // Dropped during an unwind (a panic elsewhere in the
+                // `async` block): nobody could receive a second panic.
+                Some(payload) if std::thread::panicking() => {
+                    crate::unwind::discard(payload)
+                }
+                payload => stash(payload),
+            }
         }
     }
 }

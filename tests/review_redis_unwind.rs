@@ -1,21 +1,14 @@
 //! Break-it review: panic safety of `awaitkit::redis::{Semaphore, RateLimiter}`
 //! with a user connection / timer that panics. Each scenario in a child process.
 //!
-//! OPEN FINDINGS, not fixed yet (review of a4c340d, 2026-12-05): all 13
-//! scenarios fail today — two abort the process (a timer's `now` panicking
-//! while a waiter's timeout is in flight whose sleep panics on drop; a
-//! connection future panicking in `poll` whose connection clone panics on
-//! drop), three leave a give-back or a booked slot taken until it expires
-//! (documented as under-use for failed give-backs; a panic is one more
-//! way), and the rest drop the connection clone, the timeout's sleep or
-//! timer clone during the first panic's unwind. Kept here as reproductions
-//! for the fix, out of the test suite until then: run them with
-//! `RUSTFLAGS="--cfg awaitkit_open_findings" cargo test --all-features --test review_redis_unwind`.
-#![cfg(all(
-    awaitkit_open_findings,
-    feature = "redis-tokio",
-    feature = "redis-smol"
-))]
+//! Review of a4c340d (2026-12-05): all 13 scenarios failed there — two
+//! aborted the process (a timer's `now` panicking while a waiter's timeout
+//! was in flight whose sleep panics on drop; a connection future panicking
+//! in `poll` whose connection clone panics on drop), three left a
+//! give-back or a booked slot taken until it expired, and the rest dropped
+//! the connection clone, the timeout's sleep or timer clone during the
+//! first panic's unwind.
+#![cfg(all(feature = "redis-tokio", feature = "redis-smol"))]
 
 #[macro_use]
 mod common;

@@ -3,10 +3,10 @@
 use super::{Entry, Manager, Pool, PoolError, Pooled};
 use crate::semaphore::{AcquireOwned, OwnedSemaphorePermit};
 use crate::time::{BoxedDeadline, DefaultTimer, Timer, When};
-use crate::unwind::{Panics, stash};
+use crate::unwind::{Panics, settle};
 use std::fmt;
 use std::future::Future;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
@@ -15,7 +15,7 @@ use std::time::Duration;
 type BoxFuture<O> = Pin<Box<dyn Future<Output = O> + Send>>;
 /// What a create future gives back: the manager's result (`None`: the
 /// manager panicked, that panic first in the `Panics`), and a panic of the
-/// manager's future's destructor (see [`settle`]).
+/// manager's future's destructor (see [`settle`](crate::unwind::settle)).
 type Created<M> = (
     Option<Result<<M as Manager>::Object, <M as Manager>::Error>>,
     Panics,
@@ -27,81 +27,6 @@ type Recycled<M> = (
     Option<Result<(), <M as Manager>::Error>>,
     Panics,
 );
-
-/// Makes the manager's future with `make` and awaits it, then drops it
-/// *before* returning its output, catching a panic of its destructor for
-/// the caller to propagate.
-///
-/// Dropping it at the end of the `async` block instead would lose the
-/// output when the destructor panics: Rust does not drop a value being
-/// returned when a destructor in the same scope panics
-/// (rust-lang/rust#47949), so a freshly created object would be leaked, its
-/// slot counted forever. A panic of `make` or of the future's `poll` is
-/// caught too, and the output is then `None`: the `async` block calling
-/// this returns normally, its object in hand, instead of dropping it
-/// during that panic's unwind.
-///
-/// Dropped before it completes (the `Get` cancelled), the manager's future
-/// goes first, and a panic of its destructor is [`stash`]ed for
-/// [`Get::release`] rather than escaping into the `async` block's drop
-/// glue (which would drop the object during that panic's unwind).
-async fn settle<F: Future>(make: impl FnOnce() -> F) -> (Option<F::Output>, Panics) {
-    let mut panics = Panics::default();
-    let mut made = None;
-    panics.catch(|| made = Some(make()));
-    let Some(future) = made else {
-        return (None, panics);
-    };
-    let mut settling = pin!(Settling {
-        future: Some(future)
-    });
-    let out = std::future::poll_fn(|cx| {
-        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            settling
-                .as_mut()
-                .project()
-                .future
-                .as_pin_mut()
-                .expect("polled until it completes")
-                .poll(cx)
-        }));
-        match polled {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(out)) => Poll::Ready(Some(out)),
-            Err(payload) => {
-                panics.keep(Some(payload));
-                Poll::Ready(None)
-            }
-        }
-    })
-    .await;
-    panics.catch(|| settling.as_mut().project().future.set(None));
-    (out, panics)
-}
-
-pin_project_lite::pin_project! {
-    /// The manager's future in [`settle`], dropped under `catch_unwind`
-    /// wherever it goes.
-    struct Settling<F> {
-        #[pin]
-        future: Option<F>,
-    }
-
-    impl<F> PinnedDrop for Settling<F> {
-        fn drop(this: Pin<&mut Self>) {
-            let mut panics = Panics::default();
-            panics.catch(|| this.project().future.set(None));
-            match panics.take() {
-                // Dropped during an unwind (a panic elsewhere in the
-                // `async` block): nobody could receive a second panic.
-                Some(payload) if std::thread::panicking() => {
-                    crate::unwind::discard(payload)
-                }
-                payload => stash(payload),
-            }
-        }
-    }
-}
 
 /// The future of [`Pool::get`]: an object from the pool, in FIFO order.
 ///

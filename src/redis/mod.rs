@@ -71,7 +71,19 @@
 //!   time back unless a later caller booked after it). Until that check,
 //!   or when it never comes or fails, the slot stays booked: under-use,
 //!   never over-use. So does the grant of a call dropped or timed out
-//!   while Redis was carrying it out.
+//!   while Redis was carrying it out. A give-back whose call is dropped
+//!   before Redis answered, or whose connection panics, is queued again
+//!   for the next check — a GCRA roll-back only when it never reached the
+//!   connection (sent twice, it could roll back a later booking).
+//! * **Panics of your connection or timer** (`req_packed_command`, its
+//!   future's `poll` or `drop`, the connection's `clone` or `drop`, the
+//!   timer's `now`, its sleeps): the future that ran it drops its call
+//!   and sleep and queues what it held (a booked slot, a waiter's ticket,
+//!   a permit) to be given back, each on its own and outside the panic's
+//!   unwind, and then the first panic propagates from its `poll` (or
+//!   `drop`); polling it again panics. Nothing else is dropped during that
+//!   unwind, so a second panic (say, of the connection clone's destructor)
+//!   is discarded instead of aborting the process.
 //! * **Replicas and failover**: scripts run on the primary. Redis
 //!   replicates asynchronously, so a failover can lose the latest grants,
 //!   and the new primary then grants them again: over-use bounded by what
@@ -177,8 +189,34 @@ pub use semaphore::{
 /// ```
 pub const MAX_WINDOW_AT_ONCE: usize = 10_000;
 
+use crate::unwind::Panics;
 use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
+
+/// Polls a Redis future's state with `poll`. When user code panics in it
+/// (the connection, the timer or its sleep, a limited future), `teardown`
+/// first drops the future's parts and queues what they held to be given
+/// back (outside that panic's unwind, each part on its own, the first
+/// panic kept), then the panic propagates: from this poll, even one made
+/// during another panic's unwind, as any future's panic would.
+fn guarded<S: ?Sized, R>(
+    mut state: Pin<&mut S>,
+    poll: impl FnOnce(Pin<&mut S>) -> Poll<R>,
+    teardown: impl FnOnce(Pin<&mut S>, &mut Panics),
+) -> Poll<R> {
+    match catch_unwind(AssertUnwindSafe(|| poll(state.as_mut()))) {
+        Ok(out) => out,
+        Err(payload) => {
+            let mut panics = Panics::default();
+            panics.keep(Some(payload));
+            teardown(state, &mut panics);
+            resume_unwind(panics.take().expect("kept above"))
+        }
+    }
+}
 
 /// Why a Redis-backed operation did not grant.
 ///

@@ -1,12 +1,12 @@
 //! `redis::RateLimiter`: the local limiter's quota, kept in Redis.
 
-use super::scripts::{self, GiveBack, Lua, MAX_SPAN_US};
-use super::{Error, FailurePolicy, Grant};
+use super::scripts::{self, GiveBack, Lua, MAX_SPAN_US, ScriptCall};
+use super::{Error, FailurePolicy, Grant, guarded};
 use crate::rate_limiter::Quota;
 use crate::time::{DefaultTimer, Timer, When, poll_deadline};
-use crate::timeout::{Elapsed, Timeout};
+use crate::unwind::Panics;
+use ::redis::Value;
 use ::redis::aio::ConnectionLike;
-use ::redis::{RedisFuture, RedisResult, Value};
 use futures_core::FusedFuture;
 use pin_project_lite::pin_project;
 use std::fmt;
@@ -433,7 +433,7 @@ where
             acquire: Some(self.acquire(key)),
             future: Some(future.into_future()),
             policy: FailurePolicy::Closed,
-            running: false,
+            panicked: false,
         }
     }
 
@@ -519,15 +519,16 @@ where
                 keys: vec![key],
                 args: args.to_vec(),
             },
-            move || scripts::take_back(&back, &scripts::GIVE_BACK, None),
+            move || scripts::take_back(&back, &scripts::GIVE_BACK, None, 3),
         );
         Check {
             timer: &self.timer,
             timeout: self.timeout,
             given_back: Some(&self.given_back),
             slot,
+            booked: None,
             step: Step::Call {
-                call: crate::timeout::timeout(self.timeout, call).with_timer(self.timer.clone()),
+                call: ScriptCall::new(call, self.timeout, self.timer.clone()),
             },
         }
     }
@@ -636,11 +637,11 @@ enum SlotKind {
 pin_project! {
     #[project = StepProj]
     enum Step<T: Timer> {
-        Call { #[pin] call: Timeout<RedisFuture<'static, Value>, T> },
+        Call { call: ScriptCall<T> },
         // The sleep is re-armed when the timer completes it before
         // `when` (a capped or coarse backend; the `Timer` contract allows
         // it): the slot is never used early.
-        Sleep { #[pin] sleep: Option<T::Sleep>, when: When, grant: Grant },
+        Sleep { #[pin] sleep: Option<T::Sleep>, when: When },
         Ready { out: Option<Result<Grant, Error>> },
         Done,
     }
@@ -649,40 +650,48 @@ pin_project! {
 pin_project! {
     /// The state shared by [`Acquire`] and [`TryAcquire`]: the script call
     /// under its timeout, then (for a booked slot) the sleep.
+    #[project = CheckProj]
     struct Check<'a, T: Timer> {
         timer: &'a T,
         timeout: Duration,
         given_back: Option<&'a Mutex<GiveBack>>,
         // Set for an acquire: what its booking holds.
         slot: Option<Slot>,
+        // The slot Redis booked, from its answer until the grant.
+        booked: Option<Grant>,
         #[pin]
         step: Step<T>,
     }
 
     impl<'a, T: Timer> PinnedDrop for Check<'a, T> {
-        // Dropped while sleeping for a booked slot: queue the slot to be
+        // Dropped while waiting for a booked slot: queue the slot to be
         // given back before the limiter's next check (nothing is spawned;
         // only a `Vec` push under the limiter's lock).
         fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if !matches!(this.step.as_ref().get_ref(), Step::Sleep { .. }) {
-                return;
-            }
-            let (Some(pending), Some(slot), Step::Sleep { grant, .. }) =
-                (*this.given_back, this.slot.take(), this.step.as_ref().get_ref())
-            else {
-                return;
-            };
-            let (kind, a, b) = match slot.kind {
-                SlotKind::Window { members, n } => ("w", members, n.to_string()),
-                SlotKind::Gcra { burst_span, span } => {
-                    ("g", (grant.at_us + burst_span).to_string(), span.to_string())
-                }
-            };
-            let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
-            pending.keys.push(slot.key);
-            pending.args.extend([kind.to_owned(), a, b]);
+            this.project().give_back();
         }
+    }
+}
+
+impl<T: Timer> CheckProj<'_, '_, T> {
+    /// Queues the booked slot, if any, to be given back.
+    fn give_back(&mut self) {
+        let (Some(pending), Some(slot), Some(grant)) =
+            (*self.given_back, self.slot.take(), self.booked.take())
+        else {
+            return;
+        };
+        let (kind, a, b) = match slot.kind {
+            SlotKind::Window { members, n } => ("w", members, n.to_string()),
+            SlotKind::Gcra { burst_span, span } => (
+                "g",
+                (grant.at_us + burst_span).to_string(),
+                span.to_string(),
+            ),
+        };
+        let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.keys.push(slot.key);
+        pending.args.extend([kind.to_owned(), a, b]);
     }
 }
 
@@ -693,12 +702,22 @@ impl<'a, T: Timer> Check<'a, T> {
             timeout: Duration::ZERO,
             given_back: None,
             slot: None,
+            booked: None,
             step: Step::Ready { out: Some(out) },
         }
     }
 
     fn is_done(&self) -> bool {
         matches!(self.step, Step::Done)
+    }
+
+    /// After a panic of user code in its poll (the connection, the timer,
+    /// its sleep): the call or the sleep goes, and a booked slot is queued
+    /// to be given back.
+    fn abandon(self: Pin<&mut Self>, panics: &mut Panics) {
+        let mut this = self.project();
+        this.give_back();
+        panics.catch(|| this.step.set(Step::Done));
     }
 
     /// For `Debug`: asking Redis, sleeping for a booked slot, or done.
@@ -720,28 +739,24 @@ impl<'a, T: Timer> Check<'a, T> {
         loop {
             match this.step.as_mut().project() {
                 StepProj::Call { call } => {
-                    let reply: Result<RedisResult<Value>, Elapsed> = ready!(call.poll(cx));
-                    let out = match reply {
-                        Err(_) => Err(Error::Timeout {
-                            after: *this.timeout,
-                        }),
-                        Ok(Err(e)) => Err(Error::Redis(e)),
-                        Ok(Ok(v)) => match decide(v) {
+                    let out = match ready!(call.poll(cx)) {
+                        Err(e) => Err(e),
+                        Ok(v) => match decide(v) {
                             Err(e) => Err(e),
                             Ok(Decision::Granted(g)) => Ok(g),
                             Ok(Decision::Refused(w)) => Err(Error::RateLimited { retry_after: w }),
                             Ok(Decision::Booked(g)) if wait => {
+                                // Kept first: given back if the timer
+                                // panics, or the call's drop does.
+                                *this.booked = Some(g);
+                                this.step.set(Step::Done);
                                 // Beyond the clock's range: never (no
                                 // sleep armed, as for `Duration::MAX`).
                                 let when = match this.timer.now().checked_add(g.booked) {
                                     Some(deadline) => When::At(deadline),
                                     None => When::Never,
                                 };
-                                this.step.set(Step::Sleep {
-                                    sleep: None,
-                                    when,
-                                    grant: g,
-                                });
+                                this.step.set(Step::Sleep { sleep: None, when });
                                 continue;
                             }
                             Ok(Decision::Booked(g)) => Err(Error::Script(format!(
@@ -752,10 +767,12 @@ impl<'a, T: Timer> Check<'a, T> {
                     this.step.set(Step::Done);
                     return Poll::Ready(out);
                 }
-                StepProj::Sleep { sleep, when, grant } => {
+                StepProj::Sleep { sleep, when } => {
                     ready!(poll_deadline(*this.timer, when, sleep, cx));
-                    let g = *grant;
                     this.step.set(Step::Done);
+                    let Some(g) = this.booked.take() else {
+                        unreachable!("kept while sleeping");
+                    };
                     return Poll::Ready(Ok(g));
                 }
                 StepProj::Ready { out } => {
@@ -828,7 +845,11 @@ pin_project! {
 impl<C, T: Timer> Future for TryAcquire<'_, C, T> {
     type Output = Result<Grant, Error>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().check.poll_check(cx, false)
+        guarded(
+            self.project().check,
+            |c| c.poll_check(cx, false),
+            Check::abandon,
+        )
     }
 }
 
@@ -841,7 +862,11 @@ impl<C, T: Timer> FusedFuture for TryAcquire<'_, C, T> {
 impl<C, T: Timer> Future for Acquire<'_, C, T> {
     type Output = Result<Grant, Error>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().check.poll_check(cx, true)
+        guarded(
+            self.project().check,
+            |c| c.poll_check(cx, true),
+            Check::abandon,
+        )
     }
 }
 
@@ -873,8 +898,11 @@ pin_project! {
     /// # Panics
     ///
     /// Polling it after it completed panics; a panic of the inner future
-    /// propagates, and polling `Limit` again after that panics too (it
-    /// does not poll a future that panicked).
+    /// (or of the connection or the timer) propagates once the future and
+    /// the acquire are dropped (each on its own, outside the panic's
+    /// unwind; a booked slot is queued to be given back), and polling
+    /// `Limit` again after that panics too (it does not poll a future that
+    /// panicked).
     ///
     /// # Examples
     ///
@@ -896,9 +924,9 @@ pin_project! {
         #[pin]
         future: Option<F>,
         policy: FailurePolicy,
-        // Set while the future is polled: still set at the next poll means
-        // its poll panicked, and `Limit` refuses rather than poll it again.
-        running: bool,
+        // Set when user code panicked in a poll: `Limit` refuses later
+        // polls rather than poll a future that panicked.
+        panicked: bool,
     }
 }
 
@@ -928,6 +956,26 @@ impl<F, C, T: Timer> Limit<'_, F, C, T> {
 impl<F: Future, C, T: Timer> Future for Limit<'_, F, C, T> {
     type Output = Result<F::Output, Error>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        assert!(
+            !self.panicked,
+            "a redis rate limiter's `Limit` polled after a panic in its future, its timer or its \
+             connection"
+        );
+        guarded(
+            self,
+            |this| this.poll_limit(cx),
+            |this, panics| {
+                let mut this = this.project();
+                panics.catch(|| this.acquire.set(None));
+                panics.catch(|| this.future.set(None));
+                *this.panicked = true;
+            },
+        )
+    }
+}
+
+impl<F: Future, C, T: Timer> Limit<'_, F, C, T> {
+    fn poll_limit(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<F::Output, Error>> {
         let mut this = self.project();
         if let Some(acquire) = this.acquire.as_mut().as_pin_mut() {
             let out = ready!(acquire.poll(cx));
@@ -941,17 +989,10 @@ impl<F: Future, C, T: Timer> Future for Limit<'_, F, C, T> {
                 }
             }
         }
-        assert!(
-            !*this.running,
-            "a redis rate limiter's `Limit` polled after its future panicked"
-        );
         let Some(future) = this.future.as_mut().as_pin_mut() else {
             panic!("a redis rate limiter's `Limit` polled after completion");
         };
-        *this.running = true;
-        let out = future.poll(cx);
-        *this.running = false;
-        let out = ready!(out);
+        let out = ready!(future.poll(cx));
         this.future.set(None);
         Poll::Ready(Ok(out))
     }

@@ -8,9 +8,14 @@
 //! the arithmetic is exact; numbers going back to Redis are formatted with
 //! `%.0f` (Lua's own `tostring` keeps only 14 digits).
 
+use super::Error;
+use crate::time::{BoxedDeadline, Timer, When};
+use crate::unwind::{Panics, Payload, settle};
 use ::redis::aio::ConnectionLike;
 use ::redis::{Cmd, ErrorKind, RedisFuture, ServerErrorKind, Value};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 /// Every script starts by reading Redis's clock (`now`, in microseconds)
 /// and defines `s(x)`, an exact decimal for a whole number (Lua's own
@@ -183,30 +188,49 @@ pub(crate) struct GiveBack {
     pub(crate) args: Vec<String>,
 }
 
+/// What one request to the user's connection came to: Redis's answer
+/// (`Ok`, a server error in the reply turned into an `Err` as redis-rs's
+/// `query_async` does), or the panic of the connection's call or of its
+/// future (the future dropped already, outside that panic's unwind).
+type Asked = Result<::redis::RedisResult<Value>, Payload>;
+
+/// One request on the user's connection. Its call and its future run
+/// under [`settle`]: a panic of either comes back as `Err`, so the `async`
+/// block of [`invoke`] drops its connection clone outside the unwind.
+async fn ask<C: ConnectionLike>(conn: &mut C, cmd: &Cmd, handed: &mut bool) -> Asked {
+    let (out, panics) = settle(|| {
+        let future = conn.req_packed_command(cmd);
+        *handed = true;
+        future
+    })
+    .await;
+    match (out, panics.take()) {
+        (_, Some(payload)) => Err(payload),
+        (Some(reply), None) => Ok(reply.and_then(Value::extract_error)),
+        (None, None) => unreachable!("settle gives an output or a panic"),
+    }
+}
+
 /// `EVALSHA`, and `EVAL` (which also caches the script again) when Redis
-/// does not know the hash.
-async fn run<C: ConnectionLike>(
-    conn: &mut C,
-    lua: &'static Lua,
-    keys: &[Vec<u8>],
-    args: &[String],
-) -> ::redis::RedisResult<Value> {
+/// does not know the hash. `handed` is set once a request went to the
+/// connection (Redis may have run it).
+async fn run<C: ConnectionLike>(conn: &mut C, call: &Call, handed: &mut bool) -> Asked {
     let build = |verb: &str, head: &str| {
         let mut cmd = Cmd::new();
-        cmd.arg(verb).arg(head).arg(keys.len());
-        for k in keys {
+        cmd.arg(verb).arg(head).arg(call.keys.len());
+        for k in &call.keys {
             cmd.arg(k.as_slice());
         }
-        for a in args {
+        for a in &call.args {
             cmd.arg(a.as_str());
         }
         cmd
     };
-    match build("EVALSHA", &lua.sha).query_async::<Value>(conn).await {
+    match ask(conn, &build("EVALSHA", &call.lua.sha), handed).await? {
         Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-            build("EVAL", lua.source).query_async::<Value>(conn).await
+            ask(conn, &build("EVAL", call.lua.source), handed).await
         }
-        other => other,
+        other => Ok(other),
     }
 }
 
@@ -218,42 +242,161 @@ pub(crate) struct Call {
 }
 
 /// One script call on a clone of `conn`. At its first poll it asks `first`
-/// for a call to make before it (the give-backs queued by dropped waiters
-/// and permits: one more round trip, only when there are any; its failure
-/// is ignored: what it would have given back stays taken until it expires,
-/// under-use only).
+/// for the give-backs to send before it (those queued by dropped waiters
+/// and permits: one more round trip, only when there are any; an error
+/// reply is ignored: what it would have given back stays taken until it
+/// expires, under-use only).
+///
+/// A panic of the connection (its `req_packed_command` or its future's
+/// `poll`) propagates from this future's `poll` once the connection clone
+/// is dropped (outside the unwind; a panic of its destructor then is
+/// discarded) and the give-backs not answered are queued again.
 pub(crate) fn invoke<C>(
     conn: &C,
     call: Call,
-    first: impl FnOnce() -> Option<Call> + Send + 'static,
+    first: impl FnOnce() -> Option<Taken> + Send + 'static,
 ) -> RedisFuture<'static, Value>
 where
     C: ConnectionLike + Clone + Send + 'static,
 {
-    let mut conn = conn.clone();
+    let conn = conn.clone();
     Box::pin(async move {
-        if let Some(back) = first() {
-            let _ = run(&mut conn, back.lua, &back.keys, &back.args).await;
+        let mut conn = conn;
+        let mut out = Ok(Ok(Value::Nil));
+        if let Some(mut back) = first() {
+            out = run(&mut conn, &back.call, &mut back.handed).await;
+            back.answered = out.is_ok();
         }
-        run(&mut conn, call.lua, &call.keys, &call.args).await
+        if out.is_ok() {
+            out = run(&mut conn, &call, &mut false).await;
+        }
+        match out {
+            Ok(reply) => reply,
+            Err(payload) => {
+                let mut panics = Panics::default();
+                panics.keep(Some(payload));
+                panics.drop_stashing(conn);
+                std::panic::resume_unwind(panics.take().expect("kept above"))
+            }
+        }
     })
 }
 
-/// Takes the queued give-backs of a [`GiveBack`] as one `lua` call.
+/// Give-backs taken from their queue for one call. Dropped before Redis
+/// answered them (the call cancelled, or the connection panicked), they go
+/// back to the queue for the next call: a removal of a waiter's or a
+/// permit's members (`p`, `t`, `w`) sent twice only removes what is gone
+/// already; a GCRA roll-back (`g`) goes back only when it never reached
+/// the connection (sent twice, it could roll back a later booking that
+/// moved the arrival time to the same value).
+pub(crate) struct Taken {
+    queue: Arc<Mutex<GiveBack>>,
+    call: Call,
+    // The call's keys came from the queue (one per entry); else they are
+    // the caller's, the same for every entry.
+    own_keys: bool,
+    // Arguments per entry.
+    stride: usize,
+    handed: bool,
+    answered: bool,
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut keys = std::mem::take(&mut self.call.keys).into_iter();
+        for entry in self.call.args.chunks(self.stride) {
+            let key = if self.own_keys { keys.next() } else { None };
+            if self.handed && entry[0] == "g" {
+                continue;
+            }
+            queue.keys.extend(key);
+            queue.args.extend(entry.iter().cloned());
+        }
+    }
+}
+
+/// Takes the queued give-backs of a [`GiveBack`] as one `lua` call, on
+/// `keys` (every entry's) or on the keys queued with them (one each).
+/// `stride`: the arguments per entry.
 pub(crate) fn take_back(
-    queue: &Mutex<GiveBack>,
+    queue: &Arc<Mutex<GiveBack>>,
     lua: &'static Lua,
     keys: Option<&[Vec<u8>]>,
-) -> Option<Call> {
+    stride: usize,
+) -> Option<Taken> {
     let back = std::mem::take(&mut *queue.lock().unwrap_or_else(PoisonError::into_inner));
     if back.args.is_empty() {
         return None;
     }
-    Some(Call {
-        lua,
-        keys: keys.map_or(back.keys, <[_]>::to_vec),
-        args: back.args,
+    Some(Taken {
+        queue: queue.clone(),
+        own_keys: keys.is_none(),
+        call: Call {
+            lua,
+            keys: keys.map_or(back.keys, <[_]>::to_vec),
+            args: back.args,
+        },
+        stride,
+        handed: false,
+        answered: false,
     })
+}
+
+/// One script call under a timeout, its failures mapped to [`Error`]. Its
+/// parts (the call, with the connection clone, and the deadline's sleep
+/// and timer) are dropped each on its own: a panic of one does not drop
+/// the others during its unwind.
+pub(crate) struct ScriptCall<T: Timer> {
+    call: Option<RedisFuture<'static, Value>>,
+    deadline: BoxedDeadline<T>,
+    timeout: Duration,
+}
+
+impl<T: Timer> ScriptCall<T> {
+    /// `call` under `timeout` on `timer` (counted from the first poll).
+    pub(crate) fn new(call: RedisFuture<'static, Value>, timeout: Duration, timer: T) -> Self {
+        ScriptCall {
+            call: Some(call),
+            deadline: BoxedDeadline::new(timer, Some(When::After(timeout))),
+            timeout,
+        }
+    }
+
+    /// Redis's reply; [`Error::Timeout`] when it takes longer than the
+    /// timeout (a reply already there wins, at any deadline).
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Value, Error>> {
+        let Some(call) = self.call.as_mut() else {
+            panic!("a Redis script call polled after completion")
+        };
+        if let Poll::Ready(out) = call.as_mut().poll(cx) {
+            // Finished: the `async` block has dropped its values.
+            self.call = None;
+            return Poll::Ready(out.map_err(Error::Redis));
+        }
+        if self.deadline.poll(cx).is_ready() {
+            let mut panics = Panics::default();
+            panics.drop_stashing(self.call.take());
+            self.deadline.release(&mut panics);
+            panics.resume();
+            return Poll::Ready(Err(Error::Timeout {
+                after: self.timeout,
+            }));
+        }
+        Poll::Pending
+    }
+}
+
+impl<T: Timer> Drop for ScriptCall<T> {
+    fn drop(&mut self) {
+        let mut panics = Panics::default();
+        panics.drop_stashing(self.call.take());
+        self.deadline.release(&mut panics);
+        panics.resume();
+    }
 }
 
 /// The distributed semaphore's acquire.

@@ -2,12 +2,12 @@
 //! leases and a fair ticket queue, kept in Redis.
 
 use super::rate_limiter::{duration_us, unique_tag};
-use super::scripts::{self, Call, GiveBack, Lua};
-use super::{Error, FailurePolicy};
+use super::scripts::{self, Call, GiveBack, Lua, ScriptCall};
+use super::{Error, FailurePolicy, guarded};
 use crate::time::{DefaultTimer, Timer};
-use crate::timeout::Timeout;
+use crate::unwind::Panics;
+use ::redis::Value;
 use ::redis::aio::ConnectionLike;
-use ::redis::{RedisFuture, Value};
 use futures_core::FusedFuture;
 use pin_project_lite::pin_project;
 use std::fmt;
@@ -339,12 +339,9 @@ where
         let back = self.given_back.clone();
         let all = self.keys.to_vec();
         let fut = scripts::invoke(&self.conn, Call { lua, keys, args }, move || {
-            scripts::take_back(&back, &scripts::SEM_RELEASE, Some(&all))
+            scripts::take_back(&back, &scripts::SEM_RELEASE, Some(&all), 2)
         });
-        ScriptCall {
-            call: crate::timeout::timeout(self.timeout, fut).with_timer(self.timer.clone()),
-            timeout: self.timeout,
-        }
+        ScriptCall::new(fut, self.timeout, self.timer.clone())
     }
 
     fn start(&self, n: usize) -> Result<Option<String>, Error> {
@@ -610,7 +607,7 @@ where
             sleep_at: None,
             release: None,
             output: None,
-            running: false,
+            panicked: false,
             done: false,
         }
     }
@@ -804,37 +801,13 @@ fn grant(reply: &Value) -> Result<Option<u64>, Error> {
 }
 
 pin_project! {
-    /// One script call under the semaphore's timeout, its failures mapped
-    /// to [`Error`].
-    struct ScriptCall<T: Timer> {
-        #[pin]
-        call: Timeout<RedisFuture<'static, Value>, T>,
-        timeout: Duration,
-    }
-}
-
-impl<T: Timer> Future for ScriptCall<T> {
-    type Output = Result<Value, Error>;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        Poll::Ready(match ready!(this.call.poll(cx)) {
-            Err(_) => Err(Error::Timeout {
-                after: *this.timeout,
-            }),
-            Ok(Err(e)) => Err(Error::Redis(e)),
-            Ok(Ok(v)) => Ok(v),
-        })
-    }
-}
-
-pin_project! {
     /// Where a semaphore future stands: not started (nothing sent before
     /// the first poll), a script call in flight, a waiter's sleep before
     /// it asks again, or done.
     #[project = StepProj]
     enum Step<T: Timer> {
         Start,
-        Call { #[pin] call: ScriptCall<T> },
+        Call { call: ScriptCall<T> },
         Sleep { #[pin] sleep: T::Sleep },
         Done,
     }
@@ -887,6 +860,15 @@ impl<'a, C, T: Timer> Ask<'a, C, T> {
 
     fn is_done(&self) -> bool {
         matches!(self.step, Step::Done)
+    }
+
+    /// After a panic of user code in its poll: the call or sleep goes,
+    /// then the guard queues the give-back of what the call may have taken
+    /// (a waiter's ticket too).
+    fn abandon(self: Pin<&mut Self>, panics: &mut Panics) {
+        let mut this = self.project();
+        panics.catch(|| this.step.set(Step::Done));
+        *this.guard = None;
     }
 }
 
@@ -1051,7 +1033,7 @@ where
 {
     type Output = Result<Permit<'a, C, T>, Error>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().ask.poll_ask(cx)
+        guarded(self.project().ask, |ask| ask.poll_ask(cx), Ask::abandon)
     }
 }
 
@@ -1072,7 +1054,7 @@ where
 {
     type Output = Result<Permit<'a, C, T>, Error>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().ask.poll_ask(cx)
+        guarded(self.project().ask, |ask| ask.poll_ask(cx), Ask::abandon)
     }
 }
 
@@ -1145,6 +1127,23 @@ where
 {
     type Output = Result<(), Error>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        guarded(
+            self,
+            |this| this.poll_renew(cx),
+            |this, panics| {
+                let mut step = this.project().step;
+                panics.catch(|| step.set(Step::Done));
+            },
+        )
+    }
+}
+
+impl<C, T> RenewPermit<'_, '_, C, T>
+where
+    C: ConnectionLike + Clone + Send + 'static,
+    T: Timer + Clone,
+{
+    fn poll_renew(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let mut this = self.project();
         let permit = &mut **this.permit;
         loop {
@@ -1248,6 +1247,25 @@ where
 {
     type Output = Result<(), Error>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // After a panic, the permit's drop queues the release.
+        guarded(
+            self,
+            |this| this.poll_release(cx),
+            |this, panics| {
+                let mut this = this.project();
+                panics.catch(|| this.step.set(Step::Done));
+                *this.permit = None;
+            },
+        )
+    }
+}
+
+impl<C, T> ReleasePermit<'_, C, T>
+where
+    C: ConnectionLike + Clone + Send + 'static,
+    T: Timer + Clone,
+{
+    fn poll_release(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let mut this = self.project();
         loop {
             match this.step.as_mut().project() {
@@ -1318,10 +1336,12 @@ pin_project! {
     /// # Panics
     ///
     /// Polling it after it completed panics; a panic of the inner future
-    /// propagates, and polling `SemaphoreLimit` again after that panics
-    /// too (it does not poll a future that panicked). As the panic
-    /// unwinds, the future is dropped and the permit's release queued for
-    /// the semaphore handle's next call, as for a dropped [`Permit`].
+    /// (or of the connection or the timer) propagates, and polling
+    /// `SemaphoreLimit` again after that panics too (it does not poll a
+    /// future that panicked). Before the panic propagates, the future, the
+    /// renewal and the sleep are dropped (each on its own, outside the
+    /// panic's unwind) and the permit's release is queued for the
+    /// semaphore handle's next call, as for a dropped [`Permit`].
     ///
     /// # Examples
     ///
@@ -1351,7 +1371,6 @@ pin_project! {
         permit: Option<Permit<'a, C, T>>,
         // When the next renewal is due (`None`: never).
         next: Option<Instant>,
-        #[pin]
         renewal: Option<ScriptCall<T>>,
         renewal_sent: Option<Instant>,
         // Wakes this future for the next renewal and (failing closed) at
@@ -1363,11 +1382,36 @@ pin_project! {
         release: Option<ReleasePermit<'a, C, T>>,
         // The future's output, while the release is awaited.
         output: Option<F::Output>,
-        // Set while the future is polled: still set at the next poll means
-        // its poll panicked, and `SemaphoreLimit` refuses rather than poll
-        // it again.
-        running: bool,
+        // Set when user code panicked in a poll (the future, the timer, the
+        // connection): `SemaphoreLimit` refuses later polls rather than
+        // poll a future that panicked.
+        panicked: bool,
         done: bool,
+    }
+
+    impl<'a, F: IntoFuture, C, T: Timer> PinnedDrop for SemaphoreLimit<'a, F, C, T> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut panics = Panics::default();
+            this.dismantle(&mut panics);
+            panics.resume();
+        }
+    }
+}
+
+impl<F: IntoFuture, C, T: Timer> SemaphoreLimit<'_, F, C, T> {
+    /// Drops every part, each on its own (user code: the first panic is
+    /// kept), the future before the permit, whose drop queues its release.
+    fn dismantle(self: Pin<&mut Self>, panics: &mut Panics) {
+        let mut this = self.project();
+        panics.catch(|| this.acquire.set(None));
+        panics.catch(|| this.future.set(None));
+        panics.catch(|| drop(this.given.take()));
+        panics.catch(|| drop(this.renewal.take()));
+        panics.catch(|| this.sleep.set(None));
+        *this.sleep_at = None;
+        panics.catch(|| this.release.set(None));
+        panics.catch(|| drop(this.output.take()));
+        *this.permit = None;
     }
 }
 
@@ -1379,11 +1423,34 @@ where
 {
     type Output = Result<F::Output, Error>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        let sem = *this.sem;
-        if *this.done {
+        if self.done {
             polled_after_completion();
         }
+        assert!(
+            !self.panicked,
+            "a redis semaphore's `SemaphoreLimit` polled after a panic in its future, its timer \
+             or its connection"
+        );
+        guarded(
+            self,
+            |this| this.poll_limit(cx),
+            |mut this, panics| {
+                this.as_mut().dismantle(panics);
+                *this.project().panicked = true;
+            },
+        )
+    }
+}
+
+impl<F, C, T> SemaphoreLimit<'_, F, C, T>
+where
+    F: IntoFuture,
+    C: ConnectionLike + Clone + Send + 'static,
+    T: Timer + Clone,
+{
+    fn poll_limit(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<F::Output, Error>> {
+        let mut this = self.project();
+        let sem = *this.sem;
         if let Some(acquire) = this.acquire.as_mut().as_pin_mut() {
             let out = ready!(acquire.poll(cx));
             this.acquire.set(None);
@@ -1417,10 +1484,6 @@ where
             };
             return Poll::Ready(Ok(out));
         }
-        assert!(
-            !*this.running,
-            "a redis semaphore's `SemaphoreLimit` polled after its future panicked"
-        );
         let mut lost = false;
         if let Some(permit) = this.permit.as_mut() {
             // The bookkeeping first: the inner future is polled only while
@@ -1429,7 +1492,7 @@ where
             let open = *this.open;
             let third = sem.lease / 3;
             loop {
-                let done = match this.renewal.as_mut().as_pin_mut() {
+                let done = match this.renewal.as_mut() {
                     Some(call) => match call.poll(cx) {
                         Poll::Ready(done) => Some(done.and_then(|reply| grant(&reply))),
                         Poll::Pending => None,
@@ -1437,7 +1500,7 @@ where
                     None => None,
                 };
                 if let Some(out) = done {
-                    this.renewal.set(None);
+                    *this.renewal = None;
                     let Some(sent) = this.renewal_sent.take() else {
                         unreachable!("set with the renewal");
                     };
@@ -1470,7 +1533,7 @@ where
                 };
                 if due.is_some_and(|d| now >= d) {
                     *this.renewal_sent = Some(now);
-                    this.renewal.set(Some(sem.renew_call(&permit.id, permit.n)));
+                    *this.renewal = Some(sem.renew_call(&permit.id, permit.n));
                     continue;
                 }
                 // Wake for the next renewal, and (failing closed) at the
@@ -1500,32 +1563,22 @@ where
             // Cancel the future, then drop the permit (its drop queues the
             // release for the handle's next call).
             this.future.set(None);
-            this.renewal.set(None);
+            *this.renewal = None;
             this.sleep.set(None);
             *this.sleep_at = None;
             *this.permit = None;
             *this.done = true;
             return Poll::Ready(Err(Error::LeaseLost));
         }
-        *this.running = true;
-        // A panic of the future drops it and the rest of the run (the
-        // permit's drop queues its release) as it unwinds, as an async
-        // fn's locals are; `running` stays set, and later polls refuse.
-        let mut unwinding = DropOnUnwind {
-            future: this.future.as_mut(),
-            renewal: this.renewal.as_mut(),
-            sleep: this.sleep.as_mut(),
-            permit: &mut *this.permit,
-        };
-        let Some(future) = unwinding.future.as_mut().as_pin_mut() else {
+        // A panic of the future propagates once the future, the renewal,
+        // the sleep and the permit (its drop queues the release) are
+        // dropped (see `guarded`); later polls refuse.
+        let Some(future) = this.future.as_mut().as_pin_mut() else {
             unreachable!("the future runs until done");
         };
-        let out = future.poll(cx);
-        std::mem::forget(unwinding);
-        *this.running = false;
-        let out = ready!(out);
+        let out = ready!(future.poll(cx));
         this.future.set(None);
-        this.renewal.set(None);
+        *this.renewal = None;
         this.sleep.set(None);
         *this.sleep_at = None;
         let Some(permit) = this.permit.take() else {
@@ -1548,27 +1601,6 @@ where
     }
 }
 
-/// Drops, while a panic of a [`SemaphoreLimit`]'s future unwinds, the
-/// future, then the renewal and sleep, then the permit (queuing its
-/// release). Forgotten when the poll returns.
-struct DropOnUnwind<'r, 'a, F, C, T: Timer> {
-    future: Pin<&'r mut Option<F>>,
-    renewal: Pin<&'r mut Option<ScriptCall<T>>>,
-    sleep: Pin<&'r mut Option<T::Sleep>>,
-    permit: &'r mut Option<Permit<'a, C, T>>,
-}
-
-impl<F, C, T: Timer> Drop for DropOnUnwind<'_, '_, F, C, T> {
-    fn drop(&mut self) {
-        // Destructors of user code, while a panic unwinds: a second panic
-        // would abort the process.
-        crate::unwind::contain(|| self.future.set(None));
-        crate::unwind::contain(|| self.renewal.set(None));
-        crate::unwind::contain(|| self.sleep.set(None));
-        *self.permit = None;
-    }
-}
-
 impl<F, C, T> FusedFuture for SemaphoreLimit<'_, F, C, T>
 where
     F: IntoFuture,
@@ -1584,7 +1616,7 @@ impl<F: IntoFuture, C, T: Timer> fmt::Debug for SemaphoreLimit<'_, F, C, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = if self.done {
             "done"
-        } else if self.running {
+        } else if self.panicked {
             "panicked"
         } else if self.acquire.is_some() {
             "acquiring"
