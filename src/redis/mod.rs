@@ -73,7 +73,7 @@
 //!   never over-use. So does the grant of a call dropped or timed out
 //!   while Redis was carrying it out. A give-back whose call is dropped
 //!   before Redis answered, or whose connection panics, is queued again
-//!   for the next check — a GCRA roll-back only when it never reached the
+//!   for the next check — but not a GCRA roll-back once handed to the
 //!   connection (sent twice, it could roll back a later booking).
 //! * **Panics of your connection or timer** (`req_packed_command`, its
 //!   future's `poll` or `drop`, the connection's `clone` or `drop`, the

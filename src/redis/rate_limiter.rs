@@ -429,9 +429,12 @@ where
         key: impl AsRef<[u8]>,
         future: F,
     ) -> Limit<'_, F::IntoFuture, C, T> {
+        // If the acquire panics (the connection's or the timer's `clone`),
+        // the future is dropped before that panic propagates.
+        let (future, acquire) = crate::unwind::keeping(future.into_future(), |_| self.acquire(key));
         Limit {
-            acquire: Some(self.acquire(key)),
-            future: Some(future.into_future()),
+            acquire: Some(acquire),
+            future: Some(future),
             policy: FailurePolicy::Closed,
             panicked: false,
         }
@@ -512,15 +515,19 @@ where
             kind,
         });
         let back = self.given_back.clone();
-        let call = scripts::invoke(
-            &self.conn,
-            scripts::Call {
-                lua,
-                keys: vec![key],
-                args: args.to_vec(),
-            },
-            move || scripts::take_back(&back, &scripts::GIVE_BACK, None, 3),
-        );
+        // Two clones of user values: if the second panics, the first is
+        // dropped before that panic propagates, not during its unwind.
+        let (timer, call) = crate::unwind::keeping(self.timer.clone(), |_| {
+            scripts::invoke(
+                &self.conn,
+                scripts::Call {
+                    lua,
+                    keys: vec![key],
+                    args: args.to_vec(),
+                },
+                move || scripts::take_back(&back, &scripts::GIVE_BACK, None, 3),
+            )
+        });
         Check {
             timer: &self.timer,
             timeout: self.timeout,
@@ -528,7 +535,7 @@ where
             slot,
             booked: None,
             step: Step::Call {
-                call: ScriptCall::new(call, self.timeout, self.timer.clone()),
+                call: ScriptCall::new(call, self.timeout, timer),
             },
         }
     }
@@ -743,7 +750,21 @@ impl<'a, T: Timer> Check<'a, T> {
                         Err(e) => Err(e),
                         Ok(v) => match decide(v) {
                             Err(e) => Err(e),
-                            Ok(Decision::Granted(g)) => Ok(g),
+                            Ok(Decision::Granted(g)) => {
+                                // A strict window's stamps are given back if
+                                // the call's drop below panics (a GCRA
+                                // roll-back needs a booking's exact time).
+                                if matches!(
+                                    this.slot,
+                                    Some(Slot {
+                                        kind: SlotKind::Window { .. },
+                                        ..
+                                    })
+                                ) {
+                                    *this.booked = Some(g);
+                                }
+                                Ok(g)
+                            }
                             Ok(Decision::Refused(w)) => Err(Error::RateLimited { retry_after: w }),
                             Ok(Decision::Booked(g)) if wait => {
                                 // Kept first: given back if the timer
@@ -765,6 +786,7 @@ impl<'a, T: Timer> Check<'a, T> {
                         },
                     };
                     this.step.set(Step::Done);
+                    *this.booked = None;
                     return Poll::Ready(out);
                 }
                 StepProj::Sleep { sleep, when } => {
@@ -928,6 +950,24 @@ pin_project! {
         // polls rather than poll a future that panicked.
         panicked: bool,
     }
+
+    impl<'a, F, C, T: Timer> PinnedDrop for Limit<'a, F, C, T> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut panics = Panics::default();
+            this.dismantle(&mut panics);
+            panics.resume();
+        }
+    }
+}
+
+impl<F, C, T: Timer> Limit<'_, F, C, T> {
+    /// Drops the acquire (a booked slot is queued to be given back) and the
+    /// future, each on its own (user code: the first panic is kept).
+    fn dismantle(self: Pin<&mut Self>, panics: &mut Panics) {
+        let mut this = self.project();
+        panics.catch(|| this.acquire.set(None));
+        panics.catch(|| this.future.set(None));
+    }
 }
 
 impl<F, C, T: Timer> Limit<'_, F, C, T> {
@@ -964,11 +1004,9 @@ impl<F: Future, C, T: Timer> Future for Limit<'_, F, C, T> {
         guarded(
             self,
             |this| this.poll_limit(cx),
-            |this, panics| {
-                let mut this = this.project();
-                panics.catch(|| this.acquire.set(None));
-                panics.catch(|| this.future.set(None));
-                *this.panicked = true;
+            |mut this, panics| {
+                this.as_mut().dismantle(panics);
+                *this.project().panicked = true;
             },
         )
     }
@@ -993,7 +1031,11 @@ impl<F: Future, C, T: Timer> Limit<'_, F, C, T> {
             panic!("a redis rate limiter's `Limit` polled after completion");
         };
         let out = ready!(future.poll(cx));
-        this.future.set(None);
+        // A panic of the future's destructor: the output is dropped before
+        // it propagates, not during its unwind.
+        let out = crate::unwind::after_dropping(out, |panics| {
+            panics.catch(|| this.future.set(None));
+        });
         Poll::Ready(Ok(out))
     }
 }

@@ -198,12 +198,10 @@ type Asked = Result<::redis::RedisResult<Value>, Payload>;
 /// under [`settle`]: a panic of either comes back as `Err`, so the `async`
 /// block of [`invoke`] drops its connection clone outside the unwind.
 async fn ask<C: ConnectionLike>(conn: &mut C, cmd: &Cmd, handed: &mut bool) -> Asked {
-    let (out, panics) = settle(|| {
-        let future = conn.req_packed_command(cmd);
-        *handed = true;
-        future
-    })
-    .await;
+    // Handed before the call: a connection may send the request and then
+    // panic.
+    *handed = true;
+    let (out, panics) = settle(|| conn.req_packed_command(cmd)).await;
     match (out, panics.take()) {
         (_, Some(payload)) => Err(payload),
         (Some(reply), None) => Ok(reply.and_then(Value::extract_error)),
@@ -212,8 +210,8 @@ async fn ask<C: ConnectionLike>(conn: &mut C, cmd: &Cmd, handed: &mut bool) -> A
 }
 
 /// `EVALSHA`, and `EVAL` (which also caches the script again) when Redis
-/// does not know the hash. `handed` is set once a request went to the
-/// connection (Redis may have run it).
+/// does not know the hash. `handed` is set once a request is handed to the
+/// connection (Redis may have run it, even if the connection panicked).
 async fn run<C: ConnectionLike>(conn: &mut C, call: &Call, handed: &mut bool) -> Asked {
     let build = |verb: &str, head: &str| {
         let mut cmd = Cmd::new();
@@ -286,8 +284,8 @@ where
 /// answered them (the call cancelled, or the connection panicked), they go
 /// back to the queue for the next call: a removal of a waiter's or a
 /// permit's members (`p`, `t`, `w`) sent twice only removes what is gone
-/// already; a GCRA roll-back (`g`) goes back only when it never reached
-/// the connection (sent twice, it could roll back a later booking that
+/// already. A GCRA roll-back (`g`) goes back only if it was never handed
+/// to the connection (sent twice, it could roll back a later booking that
 /// moved the arrival time to the same value).
 pub(crate) struct Taken {
     queue: Arc<Mutex<GiveBack>>,

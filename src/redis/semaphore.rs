@@ -338,10 +338,14 @@ where
     fn call(&self, lua: &'static Lua, keys: Vec<Vec<u8>>, args: Vec<String>) -> ScriptCall<T> {
         let back = self.given_back.clone();
         let all = self.keys.to_vec();
-        let fut = scripts::invoke(&self.conn, Call { lua, keys, args }, move || {
-            scripts::take_back(&back, &scripts::SEM_RELEASE, Some(&all), 2)
+        // Two clones of user values: if the second panics, the first is
+        // dropped before that panic propagates, not during its unwind.
+        let (timer, fut) = crate::unwind::keeping(self.timer.clone(), |_| {
+            scripts::invoke(&self.conn, Call { lua, keys, args }, move || {
+                scripts::take_back(&back, &scripts::SEM_RELEASE, Some(&all), 2)
+            })
         });
-        ScriptCall::new(fut, self.timeout, self.timer.clone())
+        ScriptCall::new(fut, self.timeout, timer)
     }
 
     fn start(&self, n: usize) -> Result<Option<String>, Error> {
@@ -908,6 +912,11 @@ where
                 }
                 StepProj::Call { call } => {
                     let out = ready!(call.poll(cx)).and_then(|reply| grant(&reply));
+                    // The finished call goes first (its deadline's sleep
+                    // and timer are user code): if a destructor panics
+                    // there, the guard is still armed and gives back what
+                    // the call took.
+                    this.step.set(Step::Done);
                     let Some(guard) = this.guard.as_mut() else {
                         unreachable!("armed before the first call");
                     };
@@ -916,7 +925,6 @@ where
                             guard.armed = false;
                             let id = std::mem::take(&mut guard.id);
                             *this.guard = None;
-                            this.step.set(Step::Done);
                             let Some(sent) = *this.sent else {
                                 unreachable!("set with the call");
                             };
@@ -926,7 +934,6 @@ where
                             // Refused: nothing was taken.
                             guard.armed = false;
                             *this.guard = None;
-                            this.step.set(Step::Done);
                             return Poll::Ready(Err(Error::NoPermits));
                         }
                         Ok(None) => {
@@ -940,7 +947,6 @@ where
                         Err(e) => {
                             // The guard, still armed, queues the give-back.
                             *this.guard = None;
-                            this.step.set(Step::Done);
                             return Poll::Ready(Err(e));
                         }
                     }
@@ -1576,7 +1582,9 @@ where
         let Some(future) = this.future.as_mut().as_pin_mut() else {
             unreachable!("the future runs until done");
         };
-        let out = ready!(future.poll(cx));
+        // The output is kept first: if a destructor below panics, it is
+        // dropped with the rest (see `dismantle`), not during the unwind.
+        *this.output = Some(ready!(future.poll(cx)));
         this.future.set(None);
         *this.renewal = None;
         this.sleep.set(None);
@@ -1584,9 +1592,11 @@ where
         let Some(permit) = this.permit.take() else {
             // Ran without a permit (failing open): nothing to give back.
             *this.done = true;
+            let Some(out) = this.output.take() else {
+                unreachable!("set above");
+            };
             return Poll::Ready(Ok(out));
         };
-        *this.output = Some(out);
         this.release.set(Some(permit.release()));
         let Some(release) = this.release.as_mut().as_pin_mut() else {
             unreachable!("set above");
@@ -1608,7 +1618,7 @@ where
     T: Timer + Clone,
 {
     fn is_terminated(&self) -> bool {
-        self.done
+        self.done || self.panicked
     }
 }
 
