@@ -113,10 +113,6 @@
 //!   driver discards waker panics on the timer's path. tokio's and async-io's
 //!   drivers treat awaitkit's sleeps as their own (see
 //!   `time::TokioTimer` and `time::AsyncIoTimer`).
-//! * **One known limit**: a pending [`Timeout`] whose inner future *and*
-//!   whose timer's sleep both panic when dropped aborts the process, as a
-//!   struct's drop glue does (containing it would cost every ready timeout
-//!   its inlined drop).
 //!
 //! What the panic does to the thing it came from:
 //!
@@ -127,7 +123,7 @@
 //! | [`AsCompleted`] | propagates; the stream stays usable | as above; the slot is reused | as above |
 //! | [`task_group`], [`task_group_local`] | propagates; the group refuses polls | every task and the body are dropped, then it propagates; an aborted task's: propagates from [`TaskHandle::abort`], the group goes on | as above |
 //! | [`process_batch`] | propagates; the batch refuses polls | as above | as above |
-//! | [`timeout()`], [`Timeout`] | propagates; the timeout stays usable | the inner future (and on `Elapsed` the sleep) is dropped, the first panic propagates, and the next poll refuses ("polled after a panic") | propagates from the inner future's poll |
+//! | [`timeout()`], [`Timeout`] | propagates; the timeout stays usable | the inner future (and on `Elapsed` the sleep) is dropped, the first panic propagates, and the next poll refuses ("polled after a panic"); dropped, the inner future, the sleep, the timer and a kept waker go each on its own, then the first panic propagates | propagates from the inner future's poll |
 //! | [`Semaphore`], [`RateLimiter`], [`KeyedRateLimiter`], [`Pool`] | — | a permit, grant or object is returned exactly once | every granted waiter is woken; the first panic propagates from the call that woke them; the primitive stays usable |
 //! | [`RateLimitedStream`] | the inner stream's panic propagates, nothing held; the stream stays usable | the held item is dropped and its place or grant given back (the next waiter woken), then the first panic propagates | a grant's wake: contained on the timer's path, else as for [`RateLimiter`]; the item is yielded at the next poll |
 //!

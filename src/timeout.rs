@@ -123,7 +123,8 @@ pin_project_lite::pin_project! {
         inner: Option<F>,
         #[pin]
         sleep: Option<T::Sleep>,
-        timer: T,
+        // `None` only while it is dropped (see `PinnedDrop`).
+        timer: Option<T>,
         when: When,
         // Set by `reset`: the next pending poll compares the deadline with
         // the timer's clock itself, since a sleep moved into the past may
@@ -137,14 +138,39 @@ pin_project_lite::pin_project! {
         // the latest pending poll, for `reset` to wake.
         idle: Option<std::task::Waker>,
     }
+
+    impl<F, T: Timer> PinnedDrop for Timeout<F, T> {
+        // Each part on its own: a panic of one destructor does not drop
+        // the others during its unwind (where a second panic would abort
+        // the process); the first panic then propagates (discarded when
+        // the timeout is itself dropped during an unwind).
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            if this.inner.is_none()
+                && this.sleep.is_none()
+                && this.idle.is_none()
+                && !std::mem::needs_drop::<T>()
+            {
+                return;
+            }
+            let mut panics = Panics::default();
+            panics.catch(|| this.inner.set(None));
+            panics.catch(|| this.sleep.set(None));
+            panics.catch(|| drop(this.timer.take()));
+            panics.catch(|| drop(this.idle.take()));
+            panics.resume();
+        }
+    }
 }
+
+const NO_TIMER: &str = "a `Timeout`'s timer is there until it is dropped";
 
 impl<F, T: Timer> Timeout<F, T> {
     fn new(timer: T, when: When, inner: F) -> Self {
         Timeout {
             inner: Some(inner),
             sleep: None,
-            timer,
+            timer: Some(timer),
             when,
             moved: false,
             done: false,
@@ -174,15 +200,16 @@ impl<F, T: Timer> Timeout<F, T> {
     /// # });
     /// ```
     pub fn with_timer<U: Timer>(self, timer: U) -> Timeout<F, U> {
+        let mut old = self;
         Timeout {
-            inner: self.inner,
+            inner: old.inner.take(),
             sleep: None,
-            timer,
-            when: self.when,
-            moved: self.moved,
-            done: self.done,
-            expired: self.expired,
-            idle: self.idle,
+            timer: Some(timer),
+            when: old.when,
+            moved: old.moved,
+            done: old.done,
+            expired: old.expired,
+            idle: old.idle.take(),
         }
     }
 
@@ -235,7 +262,8 @@ impl<F, T: Timer> Timeout<F, T> {
     pub fn reset(self: Pin<&mut Self>, deadline: Instant) {
         let this = self.project();
         *this.moved = this.sleep.is_some(); // before that, the first wait reads the clock
-        time::reset_deadline(&*this.timer, this.when, this.sleep, When::At(deadline));
+        let timer = this.timer.as_ref().expect(NO_TIMER);
+        time::reset_deadline(timer, this.when, this.sleep, When::At(deadline));
         // A timeout that waited without a deadline has no sleep to move: its
         // task is woken so that its next poll arms one.
         if let Some(waker) = this.idle.take() {
@@ -273,7 +301,8 @@ impl<F, T: Timer> Timeout<F, T> {
     pub fn clear_deadline(self: Pin<&mut Self>) {
         let this = self.project();
         *this.moved = false;
-        time::reset_deadline(&*this.timer, this.when, this.sleep, When::Never);
+        let timer = this.timer.as_ref().expect(NO_TIMER);
+        time::reset_deadline(timer, this.when, this.sleep, When::Never);
     }
 
     /// Whether the deadline has passed — asyncio's `Timeout.expired()`:
@@ -301,7 +330,8 @@ impl<F, T: Timer> Timeout<F, T> {
     /// ```
     pub fn expired(&self) -> bool {
         self.expired
-            || (self.inner.is_some() && matches!(self.when, When::At(at) if self.timer.now() >= at))
+            || (self.inner.is_some()
+                && matches!(self.when, When::At(at) if self.timer.as_ref().expect(NO_TIMER).now() >= at))
     }
 
     /// The inner future; `None` once the timeout has resolved (the inner
@@ -340,7 +370,8 @@ impl<F, T: Timer> Timeout<F, T> {
     /// assert_eq!(call.into_inner().unwrap().into_inner(), 3);
     /// ```
     pub fn into_inner(self) -> Option<F> {
-        self.inner
+        let mut this = self;
+        this.inner.take()
     }
 }
 
@@ -362,13 +393,12 @@ impl<F: Future, T: Timer> Future for Timeout<F, T> {
         }
         // The first poll after `reset`: the moved sleep may not have seen
         // a deadline that has already passed (one clock read, only here).
+        let timer = this.timer.as_ref().expect(NO_TIMER);
         let passed = *this.moved && {
             *this.moved = false;
-            matches!(*this.when, When::At(at) if this.timer.now() >= at)
+            matches!(*this.when, When::At(at) if timer.now() >= at)
         };
-        if passed
-            || time::poll_deadline(&*this.timer, this.when, this.sleep.as_mut(), cx).is_ready()
-        {
+        if passed || time::poll_deadline(timer, this.when, this.sleep.as_mut(), cx).is_ready() {
             *this.expired = true;
             // Cancel the inner future and release the timer now, not when
             // the `Timeout` is dropped: both, even if one destructor panics

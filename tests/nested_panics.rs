@@ -456,6 +456,34 @@ fn wait_drop_unfinished_child_and_timer_sleep_both_panic_does_not_abort() {
     );
 }
 
+/// A pending `Timeout`: its inner future and its timer's sleep both panic
+/// when dropped (the two used to be dropped by the drop glue, the sleep
+/// during the inner future's unwind: abort). Each is dropped on its own, and
+/// the first panic propagates.
+#[test]
+fn timeout_drop_pending_inner_and_sleep_both_panic_does_not_abort() {
+    isolated(
+        "timeout_drop_pending_inner_and_sleep_both_panic_does_not_abort",
+        || {
+            let mut t = Box::pin(
+                awaitkit::timeout(Duration::from_secs(60), PendingBomb(Bomb("pending inner")))
+                    .with_timer(BombTimer),
+            );
+            assert!(
+                t.as_mut()
+                    .poll(&mut Context::from_waker(Waker::noop()))
+                    .is_pending()
+            );
+            let r = catch_unwind(AssertUnwindSafe(|| drop(t)));
+            let payload = r.expect_err("the first panic propagates");
+            assert_eq!(
+                payload.downcast_ref::<String>().map(String::as_str),
+                Some("boom: pending inner")
+            );
+        },
+    );
+}
+
 /// A task waker (RawWaker) whose drop panics while `DROP_ARMED` is set.
 static DROP_ARMED: AtomicBool = AtomicBool::new(false);
 static DROP_VT: std::task::RawWakerVTable = std::task::RawWakerVTable::new(

@@ -10,7 +10,8 @@
 //! are), and then the first panic propagates. The others are not dropped
 //! during that panic's unwind: to them `std::thread::panicking()` is
 //! `false` ... One known limit: a pending Timeout whose inner future and
-//! whose timer's sleep both panic when dropped aborts the process."
+//! whose timer's sleep both panic when dropped aborts the process." (That
+//! limit was lifted later: `tests/nested_panics.rs`.)
 //!
 //! The section comments below describe each bug as the review found it
 //! (on dbadf29); every scenario passes since the fix.
