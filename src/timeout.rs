@@ -201,7 +201,7 @@ impl<F, T: Timer> Timeout<F, T> {
     /// ```
     pub fn with_timer<U: Timer>(self, timer: U) -> Timeout<F, U> {
         let mut old = self;
-        Timeout {
+        let new = Timeout {
             inner: old.inner.take(),
             sleep: None,
             timer: Some(timer),
@@ -210,7 +210,11 @@ impl<F, T: Timer> Timeout<F, T> {
             done: old.done,
             expired: old.expired,
             idle: old.idle.take(),
-        }
+        };
+        // The old timer (and a sleep a poll armed) go now: if a destructor
+        // panics, the new timeout is dropped too before the panic
+        // propagates, not leaked with the return value.
+        unwind::after_dropping(new, |panics| panics.catch(move || drop(old)))
     }
 
     /// The deadline, once known: `None` before the first `Pending` poll of a
@@ -371,7 +375,10 @@ impl<F, T: Timer> Timeout<F, T> {
     /// ```
     pub fn into_inner(self) -> Option<F> {
         let mut this = self;
-        this.inner.take()
+        let inner = this.inner.take();
+        // As in `with_timer`: a panic of the timer's (or the sleep's)
+        // destructor drops the inner future before it propagates.
+        unwind::after_dropping(inner, |panics| panics.catch(move || drop(this)))
     }
 }
 
@@ -394,6 +401,12 @@ impl<F: Future, T: Timer> Future for Timeout<F, T> {
         // The first poll after `reset`: the moved sleep may not have seen
         // a deadline that has already passed (one clock read, only here).
         let timer = this.timer.as_ref().expect(NO_TIMER);
+        if *this.when == When::Never {
+            // Kept before the deadline's poll, which drops a sleep left from
+            // a cleared deadline (user code: if that panics, a later `reset`
+            // still wakes this task).
+            keep_waker(this.idle, cx);
+        }
         let passed = *this.moved && {
             *this.moved = false;
             matches!(*this.when, When::At(at) if timer.now() >= at)
@@ -411,13 +424,20 @@ impl<F: Future, T: Timer> Future for Timeout<F, T> {
             return Poll::Ready(Err(Elapsed(())));
         }
         if *this.when == When::Never {
-            // No deadline: no sleep holds the waker; keep it for `reset`.
-            if !this.idle.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                let old = this.idle.replace(cx.waker().clone());
-                drop(old);
-            }
+            // No deadline (also one too far away to represent, found by
+            // this poll): no sleep holds the waker; keep it for `reset`.
+            keep_waker(this.idle, cx);
         }
         Poll::Pending
+    }
+}
+
+/// Keeps the task's waker for [`Timeout::reset`] to wake (a timeout without
+/// a deadline has no sleep that holds it).
+fn keep_waker(idle: &mut Option<std::task::Waker>, cx: &Context<'_>) {
+    if !idle.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        let old = idle.replace(cx.waker().clone());
+        drop(old);
     }
 }
 

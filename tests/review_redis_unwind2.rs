@@ -15,373 +15,9 @@
 #[macro_use]
 mod common;
 
-use awaitkit::Timer;
-use awaitkit::rate_limiter::Quota;
-use awaitkit::redis::{Error, RateLimiter, Semaphore};
-use awaitkit::time::DefaultTimer;
-use common::child::expect_panic;
-use common::redis_server::{RedisServer, connect};
-use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{Cmd, Pipeline, RedisFuture, Value};
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
-
-/// User values dropped while `std::thread::panicking()`.
-static DROPPED_PANICKING: AtomicUsize = AtomicUsize::new(0);
-static DROPPED: AtomicUsize = AtomicUsize::new(0);
-
-fn note_drop(what: &str) {
-    DROPPED.fetch_add(1, SeqCst);
-    if std::thread::panicking() {
-        eprintln!("REVIEW: {what} dropped while panicking");
-        DROPPED_PANICKING.fetch_add(1, SeqCst);
-    }
-}
-
-#[derive(Default)]
-struct Plan {
-    /// 0: off. 1: panic in `req_packed_command`; 2: panic in the future's
-    /// poll; 3: panic in the future's drop (if not completed).
-    mode: AtomicUsize,
-    calls: AtomicUsize,
-    /// Set when a command's reply has been returned.
-    reply_seen: AtomicBool,
-}
-
-struct Bomb {
-    inner: MultiplexedConnection,
-    plan: Arc<Plan>,
-}
-
-static CONN_CLONE_PANICS: AtomicBool = AtomicBool::new(false);
-static TIMER_CLONE_PANICS: AtomicBool = AtomicBool::new(false);
-
-impl Clone for Bomb {
-    fn clone(&self) -> Self {
-        if CONN_CLONE_PANICS.swap(false, SeqCst) {
-            panic!("conn clone");
-        }
-        Bomb {
-            inner: self.inner.clone(),
-            plan: self.plan.clone(),
-        }
-    }
-}
-
-impl Drop for Bomb {
-    fn drop(&mut self) {
-        note_drop("connection clone");
-        if CONN_DROP_PANICS.swap(false, SeqCst) {
-            panic!("conn clone drop");
-        }
-    }
-}
-
-struct BombFut<'a, O> {
-    inner: RedisFuture<'a, O>,
-    plan: Arc<Plan>,
-    mode: usize,
-    done: bool,
-}
-
-impl<O> Future for BombFut<'_, O> {
-    type Output = redis::RedisResult<O>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.mode == 2 {
-            panic!("conn poll");
-        }
-        if self.mode == 6 || self.mode == 7 {
-            // Never answered (a slow Redis): deterministic "in flight".
-            return Poll::Pending;
-        }
-        let out = self.inner.as_mut().poll(cx);
-        if out.is_ready() {
-            self.done = true;
-            self.plan.reply_seen.store(true, SeqCst);
-        }
-        out
-    }
-}
-
-impl<O> Drop for BombFut<'_, O> {
-    fn drop(&mut self) {
-        if (self.mode == 3 || self.mode == 6) && !self.done && !std::thread::panicking() {
-            panic!("conn future drop");
-        }
-        if self.mode == 7 && !self.done && !std::thread::panicking() {
-            // Drops a user value holding another Redis future.
-            let nested = NESTED.lock().unwrap().take();
-            drop(nested);
-        }
-        if self.mode != 2 {
-            // (mode 2: this is the value that panicked)
-            note_drop("connection future");
-        }
-    }
-}
-
-fn pre(plan: &Plan) -> usize {
-    plan.calls.fetch_add(1, SeqCst);
-    let mode = plan.mode.load(SeqCst);
-    if mode == 1 {
-        panic!("conn call");
-    }
-    mode
-}
-
-/// Mode 4: the command reaches Redis (run to its reply on another thread),
-/// then `req_packed_command` panics.
-fn send_then_panic(inner: &MultiplexedConnection, cmd: &Cmd) -> ! {
-    let mut c = inner.clone();
-    let cmd = cmd.clone();
-    let h = tokio::runtime::Handle::current();
-    let reply =
-        std::thread::spawn(move || h.block_on(async move { c.req_packed_command(&cmd).await }))
-            .join()
-            .unwrap();
-    eprintln!("mode 4 reply: {reply:?}");
-    panic!("conn sent then panicked");
-}
-
-fn wrap<'a, O: Send + 'a>(
-    plan: Arc<Plan>,
-    mode: usize,
-    inner: RedisFuture<'a, O>,
-) -> RedisFuture<'a, O> {
-    Box::pin(BombFut {
-        inner,
-        plan,
-        mode,
-        done: false,
-    })
-}
-
-impl ConnectionLike for Bomb {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let plan = self.plan.clone();
-        let mode = pre(&plan);
-        if mode == 4 {
-            send_then_panic(&self.inner, cmd);
-        }
-        wrap(plan, mode, self.inner.req_packed_command(cmd))
-    }
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        let plan = self.plan.clone();
-        let mode = pre(&plan);
-        wrap(
-            plan,
-            mode,
-            self.inner.req_packed_commands(cmd, offset, count),
-        )
-    }
-    fn get_db(&self) -> i64 {
-        self.inner.get_db()
-    }
-}
-
-/// A timer over the default one whose `now` panics once armed and a reply
-/// has been seen; its clones and sleeps are probes.
-struct PTimer {
-    plan: Arc<Plan>,
-    now_armed: Arc<AtomicBool>,
-}
-
-impl Clone for PTimer {
-    fn clone(&self) -> Self {
-        if TIMER_CLONE_PANICS.swap(false, SeqCst) {
-            panic!("timer clone");
-        }
-        PTimer {
-            plan: self.plan.clone(),
-            now_armed: self.now_armed.clone(),
-        }
-    }
-}
-
-impl Drop for PTimer {
-    fn drop(&mut self) {
-        note_drop("timer clone");
-    }
-}
-
-struct PSleep(Pin<Box<<DefaultTimer as Timer>::Sleep>>);
-impl Future for PSleep {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.0.as_mut().poll(cx)
-    }
-}
-static SLEEP_DROP_PANICS: AtomicBool = AtomicBool::new(false);
-static CONN_DROP_PANICS: AtomicBool = AtomicBool::new(false);
-
-impl Drop for PSleep {
-    fn drop(&mut self) {
-        note_drop("sleep");
-        if SLEEP_DROP_PANICS.swap(false, SeqCst) {
-            panic!("sleep drop");
-        }
-    }
-}
-
-impl Timer for PTimer {
-    type Sleep = PSleep;
-    fn now(&self) -> Instant {
-        if self.now_armed.load(SeqCst) && self.plan.reply_seen.load(SeqCst) {
-            self.now_armed.store(false, SeqCst);
-            panic!("timer now");
-        }
-        DefaultTimer.now()
-    }
-    fn sleep_until(&self, deadline: Instant) -> PSleep {
-        PSleep(Box::pin(DefaultTimer.sleep_until(deadline)))
-    }
-    fn reset(&self, sleep: Pin<&mut PSleep>, deadline: Instant) {
-        DefaultTimer.reset(sleep.get_mut().0.as_mut(), deadline);
-    }
-}
-
-struct Env {
-    rt: tokio::runtime::Runtime,
-    server: RedisServer,
-}
-
-fn env() -> Env {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let server = RedisServer::start();
-    Env { rt, server }
-}
-
-impl Env {
-    fn conn(&self) -> MultiplexedConnection {
-        self.rt.block_on(connect(&self.server))
-    }
-    fn bomb(&self) -> Bomb {
-        Bomb {
-            inner: self.conn(),
-            plan: Arc::new(Plan::default()),
-        }
-    }
-    /// Runs `f` to completion on this thread (the connection's driver runs
-    /// on the runtime's workers).
-    fn run<F: Future>(&self, f: F) -> F::Output {
-        let _g = self.rt.enter();
-        futures::executor::block_on(f)
-    }
-    fn zcard(&self, key: &[u8]) -> i64 {
-        let mut c = self.conn();
-        self.rt
-            .block_on(redis::cmd("ZCARD").arg(key).query_async(&mut c))
-            .unwrap()
-    }
-}
-
-/// Polls `f` with a no-op waker until `done(f)` or 3 s.
-fn poll_until<F: Future + Unpin>(env: &Env, f: &mut F, done: impl Fn(&F) -> bool) {
-    let _g = env.rt.enter();
-    let mut cx = Context::from_waker(Waker::noop());
-    let end = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < end {
-        assert!(
-            Pin::new(&mut *f).poll(&mut cx).is_pending(),
-            "completed early"
-        );
-        if done(f) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    panic!("never reached the wanted state");
-}
-
-fn no_drop_while_panicking() {
-    assert_eq!(
-        DROPPED_PANICKING.load(SeqCst),
-        0,
-        "REVIEW: user values dropped while panicking"
-    );
-}
-
-// ---------------------------------------------------------------- helpers
-
-use futures::future::FusedFuture;
-use std::sync::Mutex;
-
-fn ptimer(plan: &Arc<Plan>) -> PTimer {
-    PTimer {
-        plan: plan.clone(),
-        now_armed: Arc::new(AtomicBool::new(false)),
-    }
-}
-
-/// A user value (an output, a future's field) whose drop is recorded, and
-/// panics ("probe drop") when `bomb`.
-struct Probe {
-    what: &'static str,
-    bomb: bool,
-}
-
-impl Drop for Probe {
-    fn drop(&mut self) {
-        note_drop(self.what);
-        if self.bomb {
-            panic!("probe drop");
-        }
-    }
-}
-
-/// A user future: ready with `out` on its first poll (pending forever if
-/// `None`); holds `held` (a probe); its destructor panics ("future drop")
-/// when `drop_panics`.
-struct UserFut {
-    out: Option<Probe>,
-    pending: bool,
-    #[allow(dead_code)] // dropped with the future
-    held: Option<Probe>,
-    drop_panics: bool,
-    on_poll: Option<Box<dyn FnMut() + Send>>,
-}
-
-impl Unpin for UserFut {}
-
-impl Future for UserFut {
-    type Output = Probe;
-    fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Probe> {
-        if let Some(f) = self.on_poll.as_mut() {
-            f();
-        }
-        if self.pending {
-            return Poll::Pending;
-        }
-        Poll::Ready(self.out.take().expect("polled once"))
-    }
-}
-
-impl Drop for UserFut {
-    fn drop(&mut self) {
-        if self.drop_panics && !std::thread::panicking() {
-            panic!("future drop");
-        }
-    }
-}
-
-fn poll_once<F: Future + ?Sized>(env: &Env, f: Pin<&mut F>) -> Poll<F::Output> {
-    let _g = env.rt.enter();
-    let mut cx = Context::from_waker(Waker::noop());
-    f.poll(&mut cx)
-}
+#[path = "common/redis_bomb.rs"]
+mod redis_bomb;
+use redis_bomb::*;
 
 // ---------------------------------------------------------------- A: a panic after Redis granted
 
@@ -604,11 +240,8 @@ scenario!(sem_limit_renewal_conn_poll_panics, {
     let again = env.run(sem.try_acquire());
     assert!(again.is_ok(), "REVIEW leak: {again:?}");
     no_drop_while_panicking();
-    assert!(
-        lim.is_terminated(),
-        "REVIEW: SemaphoreLimit::is_terminated() is false after a panic (polling it panics; \
-         rate limiter Limit / TryAcquirePermit report true): {dbg}"
-    );
+    // The crate's rule: is_terminated turns true once the future returned its output, never before (src/lib.rs).
+    assert!(!lim.is_terminated(), "{dbg}");
 });
 
 // ---------------------------------------------------------------- C: rate limiter Limit
@@ -720,7 +353,7 @@ scenario!(rl_limit_future_poll_panics, {
         let _ = env.run(lim.as_mut());
     });
     assert_eq!(msg, "user poll");
-    assert!(lim.is_terminated());
+    assert!(!lim.is_terminated(), "no output returned");
     let m2 = expect_panic(|| {
         let _ = poll_once(&env, lim.as_mut());
     });
@@ -834,8 +467,6 @@ scenario!(sem_give_back_timeout_conn_future_drop_panics, {
 });
 
 // ---------------------------------------------------------------- E: stash
-
-static NESTED: Mutex<Option<Box<dyn std::any::Any + Send>>> = Mutex::new(None);
 
 // A user value dropped inside the connection future's drop (here: another
 // semaphore's in-flight try_acquire whose own connection future panics in
@@ -1125,7 +756,7 @@ scenario!(rl_booked_sleep_drop_panics_at_its_time, {
         let _ = env.run(b.as_mut());
     });
     assert_eq!(msg, "sleep drop");
-    assert!(b.is_terminated());
+    assert!(!b.is_terminated(), "no output returned");
     no_drop_while_panicking();
 });
 

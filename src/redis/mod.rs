@@ -81,7 +81,10 @@
 //!   and sleep and queues what it held (a booked slot, a waiter's ticket,
 //!   a permit) to be given back, each on its own and outside the panic's
 //!   unwind, and then the first panic propagates from its `poll` (or
-//!   `drop`); polling it again panics. Nothing else is dropped during that
+//!   `drop`); polling it again panics. (One case stays taken until it
+//!   expires, under-use only: a GCRA grant made at once, lost to a panic of
+//!   the finished call's sleep or timer destructor; rolling it back needs
+//!   a booking's exact arrival time.) Nothing else is dropped during that
 //!   unwind, so a second panic (say, of the connection clone's destructor)
 //!   is discarded instead of aborting the process.
 //! * **Replicas and failover**: scripts run on the primary. Redis

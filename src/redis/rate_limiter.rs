@@ -651,6 +651,8 @@ pin_project! {
         Sleep { #[pin] sleep: Option<T::Sleep>, when: When },
         Ready { out: Option<Result<Grant, Error>> },
         Done,
+        // Given up after a panic of user code (the connection, the timer).
+        Panicked,
     }
 }
 
@@ -724,7 +726,7 @@ impl<'a, T: Timer> Check<'a, T> {
     fn abandon(self: Pin<&mut Self>, panics: &mut Panics) {
         let mut this = self.project();
         this.give_back();
-        panics.catch(|| this.step.set(Step::Done));
+        panics.catch(|| this.step.set(Step::Panicked));
     }
 
     /// For `Debug`: asking Redis, sleeping for a booked slot, or done.
@@ -734,6 +736,7 @@ impl<'a, T: Timer> Check<'a, T> {
             Step::Sleep { .. } => "sleeping for its booked slot",
             Step::Ready { .. } => "ready",
             Step::Done => "done",
+            Step::Panicked => "panicked",
         }
     }
 
@@ -803,6 +806,9 @@ impl<'a, T: Timer> Check<'a, T> {
                     return Poll::Ready(out);
                 }
                 StepProj::Done => panic!("a redis rate limiter future polled after completion"),
+                StepProj::Panicked => panic!(
+                    "a redis rate limiter future polled after a panic of its connection or timer"
+                ),
             }
         }
     }
@@ -1042,7 +1048,8 @@ impl<F: Future, C, T: Timer> Limit<'_, F, C, T> {
 
 impl<F: Future, C, T: Timer> FusedFuture for Limit<'_, F, C, T> {
     fn is_terminated(&self) -> bool {
-        self.acquire.is_none() && self.future.is_none()
+        // Not after a panic: it returned no output (polling panics).
+        !self.panicked && self.acquire.is_none() && self.future.is_none()
     }
 }
 

@@ -807,13 +807,14 @@ fn grant(reply: &Value) -> Result<Option<u64>, Error> {
 pin_project! {
     /// Where a semaphore future stands: not started (nothing sent before
     /// the first poll), a script call in flight, a waiter's sleep before
-    /// it asks again, or done.
+    /// it asks again, done, or given up after a panic of user code.
     #[project = StepProj]
     enum Step<T: Timer> {
         Start,
         Call { call: ScriptCall<T> },
         Sleep { #[pin] sleep: T::Sleep },
         Done,
+        Panicked,
     }
 }
 
@@ -824,6 +825,7 @@ impl<T: Timer> Step<T> {
             Step::Call { .. } => "asking Redis",
             Step::Sleep { .. } => "waiting to ask again",
             Step::Done => "done",
+            Step::Panicked => "panicked",
         }
     }
 }
@@ -832,6 +834,12 @@ impl<T: Timer> Step<T> {
 #[track_caller]
 fn polled_after_completion() -> ! {
     panic!("a redis semaphore future polled after completion")
+}
+
+#[cold]
+#[track_caller]
+fn polled_after_panic() -> ! {
+    panic!("a redis semaphore future polled after a panic of its connection or timer")
 }
 
 pin_project! {
@@ -871,7 +879,7 @@ impl<'a, C, T: Timer> Ask<'a, C, T> {
     /// (a waiter's ticket too).
     fn abandon(self: Pin<&mut Self>, panics: &mut Panics) {
         let mut this = self.project();
-        panics.catch(|| this.step.set(Step::Done));
+        panics.catch(|| this.step.set(Step::Panicked));
         *this.guard = None;
     }
 }
@@ -953,6 +961,7 @@ where
                 }
                 StepProj::Sleep { sleep } => ready!(sleep.poll(cx)),
                 StepProj::Done => polled_after_completion(),
+                StepProj::Panicked => polled_after_panic(),
             }
             // Ask (again): after the first poll, or a waiter's sleep.
             let Some(guard) = this.guard.as_ref() else {
@@ -1138,7 +1147,7 @@ where
             |this| this.poll_renew(cx),
             |this, panics| {
                 let mut step = this.project().step;
-                panics.catch(|| step.set(Step::Done));
+                panics.catch(|| step.set(Step::Panicked));
             },
         )
     }
@@ -1189,6 +1198,7 @@ where
                 }
                 StepProj::Sleep { .. } => unreachable!("a renewal does not sleep"),
                 StepProj::Done => polled_after_completion(),
+                StepProj::Panicked => polled_after_panic(),
             }
         }
     }
@@ -1259,7 +1269,7 @@ where
             |this| this.poll_release(cx),
             |this, panics| {
                 let mut this = this.project();
-                panics.catch(|| this.step.set(Step::Done));
+                panics.catch(|| this.step.set(Step::Panicked));
                 *this.permit = None;
             },
         )
@@ -1304,6 +1314,7 @@ where
                 }
                 StepProj::Sleep { .. } => unreachable!("a release does not sleep"),
                 StepProj::Done => polled_after_completion(),
+                StepProj::Panicked => polled_after_panic(),
             }
         }
     }
@@ -1618,7 +1629,7 @@ where
     T: Timer + Clone,
 {
     fn is_terminated(&self) -> bool {
-        self.done || self.panicked
+        self.done
     }
 }
 
