@@ -1357,8 +1357,10 @@ where
         }
         // In input order, an output may be waiting from an earlier pass:
         // hand it out without polling anything (its slot frees for a start).
-        if let Some((key, output)) = self.core.pop_head() {
-            self.start(cx);
+        if let Some(head) = self.core.pop_head() {
+            // Starting runs user code (the source, `f`, the timer): if it
+            // panics, the output is dropped before that panic propagates.
+            let ((key, output), _) = crate::unwind::keeping(head, |_| self.start(cx));
             return Poll::Ready(Some(Event::Item(key, output)));
         }
         self.start(cx);
@@ -1396,42 +1398,48 @@ where
                 }
             };
             if reports {
-                // A slot is free: learn whether items remain, so that the
-                // last reports know the total of a source without an exact
-                // size.
-                // Only when an item could start now: a slot the window
-                // counts must be free (in input order, an output waiting
-                // for an earlier item still holds its slot).
-                let in_flight = pass.engine().running();
-                let occupied = match core.out {
-                    Out::Ordered => core.results.len(),
-                    Out::Collect | Out::Unordered => in_flight,
-                };
-                let free = match core.mode {
-                    Mode::Sliding => occupied < core.limit,
-                    Mode::Fixed { .. } => occupied == 0,
-                };
-                if core.total.is_none() && free {
-                    let _ = poll_peek(
-                        &mut core.items,
-                        &mut core.next_item,
-                        &mut core.total,
-                        core.next_key,
-                        pass.cx(),
-                    );
-                }
-                let elapsed = match core.started {
-                    Some(start) => pause.timer().now().saturating_duration_since(start),
-                    None => Duration::ZERO,
-                };
-                let progress = Progress::new(core.done, core.total, in_flight, elapsed);
-                #[cfg(feature = "indicatif")]
-                if let Some(bar) = core.bar.as_mut() {
-                    bar.update(&progress);
-                }
-                if let Some(callback) = on_progress.as_mut() {
-                    callback(&progress);
-                }
+                // (User code runs here, the source and the progress
+                // callback: if it panics, the output held for the stream
+                // is dropped before that panic propagates.)
+                let (held, ()) = crate::unwind::keeping(item.take(), |_| {
+                    // A slot is free: learn whether items remain, so that the
+                    // last reports know the total of a source without an exact
+                    // size.
+                    // Only when an item could start now: a slot the window
+                    // counts must be free (in input order, an output waiting
+                    // for an earlier item still holds its slot).
+                    let in_flight = pass.engine().running();
+                    let occupied = match core.out {
+                        Out::Ordered => core.results.len(),
+                        Out::Collect | Out::Unordered => in_flight,
+                    };
+                    let free = match core.mode {
+                        Mode::Sliding => occupied < core.limit,
+                        Mode::Fixed { .. } => occupied == 0,
+                    };
+                    if core.total.is_none() && free {
+                        let _ = poll_peek(
+                            &mut core.items,
+                            &mut core.next_item,
+                            &mut core.total,
+                            core.next_key,
+                            pass.cx(),
+                        );
+                    }
+                    let elapsed = match core.started {
+                        Some(start) => pause.timer().now().saturating_duration_since(start),
+                        None => Duration::ZERO,
+                    };
+                    let progress = Progress::new(core.done, core.total, in_flight, elapsed);
+                    #[cfg(feature = "indicatif")]
+                    if let Some(bar) = core.bar.as_mut() {
+                        bar.update(&progress);
+                    }
+                    if let Some(callback) = on_progress.as_mut() {
+                        callback(&progress);
+                    }
+                });
+                item = held;
             }
             if stop {
                 break;
@@ -1446,10 +1454,11 @@ where
             return Poll::Ready(Some(Event::Failed(failure.0, failure.1)));
         }
         let out = item.or_else(|| self.core.pop_head());
-        if let Some((key, output)) = out {
+        if let Some(out) = out {
             // Calls started now are first polled on the next poll, which
-            // the stream's consumer makes.
-            self.start(cx);
+            // the stream's consumer makes. (If starting panics, the output
+            // is dropped before that panic propagates.)
+            let ((key, output), _) = crate::unwind::keeping(out, |_| self.start(cx));
             return Poll::Ready(Some(Event::Item(key, output)));
         }
         // Calls started now are first polled on the next poll, this one has

@@ -489,13 +489,19 @@ impl<F: Future, T: Timer> Future for Wait<F, T> {
             if !ready && !timed_out {
                 return Poll::Pending;
             }
+            // Release the timer now (its sleep is user code): before the
+            // outcome is taken out, so that if the sleep's drop panics the
+            // outcome (children, outputs) is dropped before that panic
+            // propagates, not during its unwind.
+            let mut panics = crate::unwind::Panics::default();
+            panics.catch(|| this.deadline.restart(None));
             let pending = this.set.take().expect("checked above");
-            this.deadline.restart(None); // release the timer now
-            Poll::Ready(WaitOutcome {
+            let outcome = WaitOutcome {
                 done: std::mem::take(&mut this.done.0),
                 pending,
                 timed_out,
-            })
+            };
+            Poll::Ready(crate::unwind::hand_back(panics, outcome))
         })
     }
 }

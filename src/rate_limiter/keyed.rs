@@ -170,7 +170,8 @@ pub struct KeyedRateLimiter<K, T: Timer = DefaultTimer> {
 
 /// A keyed limiter's state: what its acquire futures hold a handle to.
 struct Inner<K, T: Timer> {
-    timer: T,
+    /// `None` only while the limiter is dropped (see its `Drop`).
+    timer: Option<T>,
     /// Hashes the keys, with no lock held.
     hasher: RandomState,
     /// The timer's counter and `Instant` at the epoch: compact states and
@@ -184,6 +185,23 @@ struct Inner<K, T: Timer> {
     /// `usize::MAX` when unbounded.
     max_keys: usize,
     counts: Counts,
+}
+
+impl<K, T: Timer> Drop for Inner<K, T> {
+    /// The keys (shard by shard: a shard's drop propagates the first panic
+    /// of its keys), then the timer, each on its own: a panic of one does
+    /// not drop the others during its unwind; the first then propagates.
+    fn drop(&mut self) {
+        let mut panics = Panics::default();
+        let table = std::mem::replace(&mut self.table, Table::Gcra(Box::default()));
+        match table {
+            Table::Gcra(cells) => panics.drop_all(cells.into_vec()),
+            Table::Window(cells) => panics.drop_all(cells.into_vec()),
+        }
+        let timer = self.timer.take();
+        panics.catch(move || drop(timer));
+        panics.resume();
+    }
 }
 
 /// The shards, by algorithm.
@@ -491,7 +509,13 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
         U: Timer + Clone + Send + Sync + 'static,
         U::Sleep: Send + 'static,
     {
-        KeyedRateLimiter::<K, U>::build(self.quota(), timer, self.inner.max_keys)
+        // The old limiter goes once the new one is built: if its drop (a
+        // key's, its timer's) panics, the new one is dropped before that
+        // panic propagates, not leaked.
+        let (old, new) = unwind::keeping(self, |old| {
+            KeyedRateLimiter::<K, U>::build(old.quota(), timer, old.inner.max_keys)
+        });
+        unwind::after_dropping(new, move |panics| panics.catch(move || drop(old)))
     }
 
     /// The same limiter (its quota and timer) tracking at most `max_keys`
@@ -533,7 +557,12 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
             max_keys > 0,
             "KeyedRateLimiter::with_max_keys: the bound must be at least one key"
         );
-        Self::build(self.quota(), self.inner.timer.clone(), max_keys)
+        // As in `with_timer`: the timer's `clone` (user code) runs with the
+        // old limiter at hand, dropped outside a panic's unwind.
+        let (old, new) = unwind::keeping(self, |old| {
+            Self::build(old.quota(), old.inner.timer().clone(), max_keys)
+        });
+        unwind::after_dropping(new, move |panics| panics.catch(move || drop(old)))
     }
 
     fn build(quota: Quota, timer: T, max_keys: usize) -> Self {
@@ -542,7 +571,7 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
             None => Table::Window((0..SHARDS).map(|_| Cell::new(quota)).collect()),
         };
         let inner = Inner {
-            timer,
+            timer: Some(timer),
             hasher: RandomState::new(),
             origin: OnceLock::new(),
             table,
@@ -923,6 +952,16 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
     }
 }
 
+impl<K, T: Timer> Inner<K, T> {
+    /// The timer (there until the limiter is dropped).
+    #[inline]
+    fn timer(&self) -> &T {
+        self.timer
+            .as_ref()
+            .expect("a keyed limiter's timer is there until it is dropped")
+    }
+}
+
 impl<K: Eq + Hash, T: Timer> Inner<K, T> {
     fn config(&self) -> MutexGuard<'_, (Quota, u64)> {
         self.config.lock().unwrap_or_else(|p| p.into_inner())
@@ -933,9 +972,9 @@ impl<K: Eq + Hash, T: Timer> Inner<K, T> {
     #[inline]
     fn now_raw(&self) -> u64 {
         let (counter_origin, epoch) = self.origin();
-        match self.timer.counter_nanos() {
+        match self.timer().counter_nanos() {
             Some(counter) => counter.saturating_sub(counter_origin),
-            None => nanos(self.timer.now().saturating_duration_since(epoch)),
+            None => nanos(self.timer().now().saturating_duration_since(epoch)),
         }
     }
 
@@ -955,8 +994,8 @@ impl<K: Eq + Hash, T: Timer> Inner<K, T> {
     fn first_origin(&self) -> (u64, Instant) {
         // The counter first: an epoch read after it never maps a deadline
         // early (as a single limiter does).
-        let counter = self.timer.counter_nanos().unwrap_or(0);
-        let reading = (counter, self.timer.now());
+        let counter = self.timer().counter_nanos().unwrap_or(0);
+        let reading = (counter, self.timer().now());
         *self.origin.get_or_init(|| reading)
     }
 
@@ -1376,7 +1415,8 @@ impl<K: Eq + Hash, T: Timer> Inner<K, T> {
             // A limiter built for an older quota is dropped (user code: its
             // timer) and built again.
             drop(fresh.take());
-            let shared = Shared::with_origin(quota, self.timer.clone(), generation, self.origin());
+            let shared =
+                Shared::with_origin(quota, self.timer().clone(), generation, self.origin());
             fresh = Some((shared, generation));
         }
     }
@@ -1388,15 +1428,31 @@ impl<K: Eq + Hash, T: Timer> Inner<K, T> {
         T: Clone + Send + Sync + 'static,
         T::Sleep: Send + 'static,
     {
-        let hash = self.hasher.hash_one(&key) & !FLAGS;
         let mut key = Some(key);
-        let outcome = match &self.table {
-            Table::Gcra(cells) => self.check_in::<_, false>(cells, hash, &mut key, n),
-            Table::Window(cells) => self.check_in::<_, false>(cells, hash, &mut key, n),
-        };
-        // With no lock held, and not as an argument (see `check_in`).
-        drop(key);
-        outcome.unwrap_or_else(|| unreachable!("a check never waits"))
+        // The key's `Hash` and `Eq` and the clock are user code: if one
+        // panics, the key (unless the map took it) is dropped before that
+        // panic propagates, not during its unwind.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let Some(k) = key.as_ref() else {
+                unreachable!("taken only by the map")
+            };
+            let hash = self.hasher.hash_one(k) & !FLAGS;
+            match &self.table {
+                Table::Gcra(cells) => self.check_in::<_, false>(cells, hash, &mut key, n),
+                Table::Window(cells) => self.check_in::<_, false>(cells, hash, &mut key, n),
+            }
+        }));
+        match outcome {
+            Ok(outcome) => {
+                // With no lock held, and not as an argument (see `check_in`).
+                drop(key);
+                outcome.unwrap_or_else(|| unreachable!("a check never waits"))
+            }
+            Err(payload) => {
+                unwind::contain(move || drop(key));
+                std::panic::resume_unwind(payload)
+            }
+        }
     }
 
     /// An acquire's first poll for the key in `key` (hashed to `hash`):
@@ -1545,7 +1601,8 @@ enum Pending<K, T: Timer> {
     /// Nothing taken, reserved or stored yet: the key and a handle to the
     /// map, for the first poll.
     Unpolled {
-        inner: Arc<Inner<K, T>>,
+        /// Always `Some` (taken only by the drop).
+        inner: Option<Arc<Inner<K, T>>>,
         /// Always `Some` (taken only as the map stores it, when the first
         /// poll settles or waits).
         key: Option<K>,
@@ -1569,9 +1626,11 @@ where
             drop(key);
             return Pending::Settled(Some(Ok(())));
         }
-        let hash = inner.hasher.hash_one(&key) & !FLAGS;
+        // The key's `Hash` is user code: if it panics, the key is dropped
+        // before that panic propagates.
+        let (key, hash) = unwind::keeping(key, |key| inner.hasher.hash_one(key) & !FLAGS);
         Pending::Unpolled {
-            inner: Arc::clone(inner),
+            inner: Some(Arc::clone(inner)),
             key: Some(key),
             hash,
             n,
@@ -1608,6 +1667,9 @@ where
         else {
             return;
         };
+        let Some(inner) = inner.as_ref() else {
+            unreachable!("taken only by the drop");
+        };
         let next = match inner.first_poll(*hash, key, *n as u64) {
             Ok(None) => Pending::Settled(Some(Ok(()))),
             Ok(Some(shared)) => Pending::Waiting(Acquisition::new(shared, *n)),
@@ -1616,6 +1678,19 @@ where
         // The outcome is kept first: if the key's `Drop` panics (or, the
         // limiter being gone, the map's), the next poll returns it.
         drop(std::mem::replace(self, next));
+    }
+}
+
+impl<K, T: Timer> Drop for Pending<K, T> {
+    /// Not polled yet: the key, then the limiter's handle (the last one
+    /// drops the limiter's keys), each on its own.
+    fn drop(&mut self) {
+        if let Pending::Unpolled { inner, key, .. } = self {
+            let mut panics = Panics::default();
+            panics.drop_all(key.take());
+            panics.drop_all(inner.take());
+            panics.resume();
+        }
     }
 }
 

@@ -579,7 +579,11 @@ impl<T: Timer> RateLimiter<T> {
         U: Timer + Send + Sync + 'static,
         U::Sleep: Send + 'static,
     {
-        RateLimiter::build(self.quota(), timer)
+        // The old limiter goes once the new one is built: if its timer's
+        // drop panics, the new one is dropped before that panic propagates,
+        // not leaked.
+        let (old, new) = crate::unwind::keeping(self, |old| RateLimiter::build(old.quota(), timer));
+        crate::unwind::after_dropping(new, move |panics| panics.catch(move || drop(old)))
     }
 
     fn build(quota: Quota, timer: T) -> Self
@@ -749,7 +753,7 @@ impl<T: Timer> RateLimiter<T> {
         RateLimit {
             acquire: Some(self.acquire()),
             done: false,
-            future: future.into_future(),
+            future: Some(future.into_future()),
         }
     }
 
@@ -1026,8 +1030,23 @@ pin_project! {
     pub struct RateLimit<'a, F, T: Timer = DefaultTimer> {
         acquire: Option<RateAcquire<'a, T>>,
         done: bool,
+        // `None` only while it is dropped.
         #[pin]
-        future: F,
+        future: Option<F>,
+    }
+
+    impl<'a, F, T: Timer> PinnedDrop for RateLimit<'a, F, T> {
+        // The wait (a cancel drops the timer's sleep: user code), then the
+        // future, each on its own: a panic of one does not drop the other
+        // during its unwind; the first then propagates.
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            let mut panics = crate::unwind::Panics::default();
+            let acquire = this.acquire.take();
+            panics.catch(move || drop(acquire));
+            panics.catch(|| this.future.set(None));
+            panics.resume();
+        }
     }
 }
 
@@ -1041,7 +1060,10 @@ impl<F: Future, T: Timer> Future for RateLimit<'_, F, T> {
             ready!(Pin::new(acquire).poll(cx));
             *this.acquire = None;
         }
-        let output = ready!(this.future.poll(cx));
+        let Some(future) = this.future.as_pin_mut() else {
+            unreachable!("dropped only with the `RateLimit`")
+        };
+        let output = ready!(future.poll(cx));
         *this.done = true;
         Poll::Ready(output)
     }

@@ -140,9 +140,11 @@ impl<T: Timer> Shared<T> {
     {
         // The counter first: an epoch read after it never maps a deadline
         // early.
-        let counter_origin = timer.counter_nanos().unwrap_or(0);
-        let epoch = timer.now();
-        Self::with_origin(quota, timer, generation, (counter_origin, epoch))
+        // (User code: if the clock panics, the timer is dropped before that
+        // panic propagates, not during its unwind.)
+        let (timer, origin) =
+            crate::unwind::keeping(timer, |t| (t.counter_nanos().unwrap_or(0), t.now()));
+        Self::with_origin(quota, timer, generation, origin)
     }
 
     /// [`with_generation`](Shared::with_generation) on a given time origin

@@ -228,8 +228,9 @@ impl<T, E> Completer<T, E> {
                     waker.wake();
                 }
             });
-            panics.resume();
-            return kept.map_or(Ok(()), Err);
+            // The error for the group is dropped (outside the unwind) if
+            // one of those panicked, before that panic propagates.
+            return crate::unwind::hand_back(panics, kept.map_or(Ok(()), Err));
         }
         state.outcome = Outcome::Done(output);
         let waker = state.waker.take();

@@ -172,7 +172,8 @@ pin_project! {
     /// future again, with whatever that does.
     ///
     /// One exception: if the hook panics in the poll in which the inner
-    /// future completed, that output is dropped as the panic unwinds, and
+    /// future completed, that output is dropped (before the panic
+    /// propagates; a panic of its own destructor is discarded), and
     /// polling the `Watch` again panics ("polled after a panic in its
     /// slow-poll hook") instead of polling the finished inner future: the
     /// caller never saw it complete. [`stats`](Watch::stats) then says
@@ -310,7 +311,7 @@ impl Meta {
         stats.slow += 1;
         // The hooks (and a `tracing` subscriber) are user code. If one
         // panics in the poll that completed the inner future, the output is
-        // dropped as the panic unwinds: the flag, cleared only after they
+        // dropped before the panic propagates: the flag, cleared only after they
         // return, makes the next poll refuse instead of polling the finished
         // inner future.
         stats.completed |= completing;
@@ -445,8 +446,10 @@ impl<F> Watch<F> {
     /// # });
     /// ```
     pub fn on_slow_poll(mut self, hook: impl Fn(&SlowPoll<'_>) + Send + Sync + 'static) -> Self {
-        self.meta.on_slow = Some(Arc::new(hook));
-        self
+        let old = self.meta.on_slow.replace(Arc::new(hook));
+        // A replaced hook's captures are user code: if their drop panics,
+        // the `Watch` is dropped before that panic propagates.
+        crate::unwind::after_dropping(self, move |panics| panics.catch(move || drop(old)))
     }
 
     /// What was measured so far (readable at any time, and after
@@ -530,7 +533,7 @@ impl<F: Future> Future for Watch<F> {
         }
         stats.in_poll = true;
         let start = counter::now();
-        let out = this.future.as_pin_mut().expect(DROPPED).poll(cx);
+        let mut out = this.future.as_pin_mut().expect(DROPPED).poll(cx);
         let end = counter::now();
         let ticks = end.saturating_sub(start);
         if stats.polls == 0 {
@@ -541,7 +544,11 @@ impl<F: Future> Future for Watch<F> {
         stats.longest = stats.longest.max(ticks);
         stats.last = end;
         if ticks >= this.meta.cutoff {
-            this.meta.maybe_slow(stats, ticks, out.is_ready());
+            // The hooks are user code: if one panics, an output this poll
+            // produced is dropped before that panic propagates.
+            let meta = &mut *this.meta;
+            out =
+                crate::unwind::keeping(out, |out| meta.maybe_slow(stats, ticks, out.is_ready())).0;
         }
         if stats.polls == 1 && out.is_pending() {
             // A report learns when its child started, so a child still

@@ -267,8 +267,9 @@ impl Report {
     /// ```
     pub fn on_slow_poll(self, hook: impl Fn(&SlowPoll<'_>) + Send + Sync + 'static) -> Self {
         let old = self.lock().on_slow.replace(Arc::new(hook));
-        drop(old); // after the lock: its captures' destructors may do anything
-        self
+        // After the lock: its captures' destructors may do anything; if they
+        // panic, this handle is dropped before that panic propagates.
+        crate::unwind::after_dropping(self, move |panics| panics.catch(move || drop(old)))
     }
 
     /// Wraps `future` as a child of this report, named `name`.
@@ -316,8 +317,8 @@ impl Report {
         I: IntoIterator<Item: IntoFuture>,
     {
         WatchEach {
-            report: self.clone(),
-            futures: futures.into_iter(),
+            report: Some(self.clone()),
+            futures: Some(futures.into_iter()),
         }
     }
 
@@ -540,8 +541,19 @@ impl fmt::Display for Report {
 /// ```
 #[must_use = "iterators are lazy and do nothing unless consumed"]
 pub struct WatchEach<I> {
-    report: Report,
-    futures: I,
+    // Both `Some` until the drop, which drops each on its own (the last
+    // report handle drops the report's hook: user code).
+    report: Option<Report>,
+    futures: Option<I>,
+}
+
+impl<I> Drop for WatchEach<I> {
+    fn drop(&mut self) {
+        let mut panics = crate::unwind::Panics::default();
+        panics.drop_all(self.futures.take());
+        panics.drop_all(self.report.take());
+        panics.resume();
+    }
 }
 
 impl<I> Iterator for WatchEach<I>
@@ -551,12 +563,14 @@ where
     type Item = Watch<<I::Item as IntoFuture>::IntoFuture>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let future = self.futures.next()?;
-        Some(self.report.register(None, future))
+        let future = self.futures.as_mut()?.next()?;
+        Some(self.report.as_ref()?.register(None, future))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.futures.size_hint()
+        self.futures
+            .as_ref()
+            .map_or((0, Some(0)), Iterator::size_hint)
     }
 }
 
@@ -564,9 +578,11 @@ impl<I: ExactSizeIterator<Item: IntoFuture>> ExactSizeIterator for WatchEach<I> 
 
 impl<I: fmt::Debug> fmt::Debug for WatchEach<I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WatchEach")
-            .field("futures", &self.futures)
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("WatchEach");
+        if let Some(futures) = &self.futures {
+            d.field("futures", futures);
+        }
+        d.finish_non_exhaustive()
     }
 }
 
