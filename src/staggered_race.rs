@@ -222,10 +222,13 @@ impl<I: Iterator, F: RetryOutput, T: Timer> StaggeredRace<I, F, T> {
     /// ```
     #[track_caller]
     pub fn with_timer<U: Timer>(mut self, timer: U) -> StaggeredRace<I, F, U> {
-        assert!(
-            !self.begun,
-            "`StaggeredRace::with_timer` after the race started"
-        );
+        if self.begun {
+            // The running attempts and the timer (user code) are dropped
+            // first, each on its own, not during this panic's unwind.
+            crate::unwind::contain(move || drop(self));
+            crate::unwind::contain(move || drop(timer));
+            panic!("`StaggeredRace::with_timer` after the race started");
+        }
         // Before the first poll nothing runs and no deadline is set.
         let next = StaggeredRace {
             factories: self.factories.take(),

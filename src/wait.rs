@@ -281,10 +281,12 @@ impl<F: Future> AsCompleted<F> {
     /// ```
     #[track_caller]
     pub fn wait(self, when: ReturnWhen) -> Wait<F> {
-        assert!(
-            when != ReturnWhen::FirstError,
-            "`ReturnWhen::FirstError` needs `Result` outputs: use `awaitkit::try_wait`"
-        );
+        if when == ReturnWhen::FirstError {
+            // The children (user code) are dropped first, not during this
+            // panic's unwind.
+            crate::unwind::contain(move || drop(self));
+            panic!("`ReturnWhen::FirstError` needs `Result` outputs: use `awaitkit::try_wait`");
+        }
         Wait {
             set: Some(self),
             when,

@@ -1305,9 +1305,41 @@ impl<K: Eq + Hash, T: Timer> Inner<K, T> {
         T: Clone + Send + Sync + 'static,
         T::Sleep: Send + 'static,
     {
+        // A limiter built for the key (its timer a clone of the user's) is
+        // kept across user code (the clock, the key's `Eq`): if that
+        // panics, it is dropped before the panic propagates.
+        let mut fresh = None;
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.full_in_with(cells, hash, key, n, &mut fresh)
+        }));
+        match out {
+            Ok(out) => {
+                drop(fresh.take());
+                out
+            }
+            Err(payload) => {
+                unwind::contain(move || drop(fresh));
+                std::panic::resume_unwind(payload)
+            }
+        }
+    }
+
+    /// [`full_in`](Self::full_in), with the limiter built so far in
+    /// `fresh`.
+    fn full_in_with<S: Slot>(
+        &self,
+        cells: &[Cell<K, S, T>],
+        hash: u64,
+        key: &mut Option<K>,
+        n: u64,
+        fresh: &mut Option<(Arc<Shared<T>>, u64)>,
+    ) -> Result<Arc<Shared<T>>, RateLimitError>
+    where
+        T: Clone + Send + Sync + 'static,
+        T::Sleep: Send + 'static,
+    {
         let index = shard_of(hash);
         let cell = &cells[index];
-        let mut fresh: Option<(Arc<Shared<T>>, u64)> = None;
         let mut swept_others = false;
         // Room reserved for the key against the bound, given back unless
         // the key is inserted (even if the timer's `clone` panics).
@@ -1323,7 +1355,7 @@ impl<K: Eq + Hash, T: Timer> Inner<K, T> {
             if n > max {
                 let error = exceeds(max, n);
                 drop(shard);
-                drop(fresh);
+                drop(fresh.take());
                 return Err(error);
             }
             let generation = shard.generation;
@@ -1338,7 +1370,7 @@ impl<K: Eq + Hash, T: Timer> Inner<K, T> {
                     if entry.hash & PROMOTED != 0 {
                         let shared = Arc::clone(&shard_ref.full[&entry.slot.id()]);
                         drop(shard);
-                        drop(fresh);
+                        drop(fresh.take());
                         // The time read for the key is its limiter's too.
                         shared.hold(now);
                         return Ok(shared);
@@ -1371,7 +1403,7 @@ impl<K: Eq + Hash, T: Timer> Inner<K, T> {
                             Ok(shard) => shard,
                             Err(None) => continue,
                             Err(Some(error)) => {
-                                drop(fresh);
+                                drop(fresh.take());
                                 return Err(error);
                             }
                         };
@@ -1417,7 +1449,7 @@ impl<K: Eq + Hash, T: Timer> Inner<K, T> {
             drop(fresh.take());
             let shared =
                 Shared::with_origin(quota, self.timer().clone(), generation, self.origin());
-            fresh = Some((shared, generation));
+            *fresh = Some((shared, generation));
         }
     }
 

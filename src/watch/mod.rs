@@ -590,7 +590,9 @@ impl<F: std::panic::RefUnwindSafe> std::panic::RefUnwindSafe for Watch<F> {}
 
 impl<F: futures_core::FusedFuture> futures_core::FusedFuture for Watch<F> {
     fn is_terminated(&self) -> bool {
-        self.get_ref().is_terminated()
+        // Not when the output was lost to a hook's panic: it was never
+        // returned (polling again panics).
+        !self.stats.output_lost && self.get_ref().is_terminated()
     }
 }
 

@@ -531,6 +531,11 @@ impl fmt::Display for Report {
 /// Iterator for [`Report::watch_each`]: each future wrapped in a
 /// [`Watch`] registered with the report as it is produced.
 ///
+/// Dropped, it drops the iterator of futures not taken yet, then its handle
+/// to the report, each on its own. The iterator's own drop is its type's: a
+/// `Vec`'s iterator drops its remaining futures as the `Vec` would, so two
+/// of them panicking in their destructors abort the process there too.
+///
 /// # Examples
 ///
 /// ```
