@@ -176,7 +176,8 @@ pin_project! {
     /// propagates; a panic of its own destructor is discarded), and
     /// polling the `Watch` again panics ("polled after a panic in its
     /// slow-poll hook") instead of polling the finished inner future: the
-    /// caller never saw it complete. [`stats`](Watch::stats) then says
+    /// caller never saw it complete (a fused `Watch` is not terminated
+    /// then). [`stats`](Watch::stats) then says
     /// `completed`, and a [`Report`] records [`Outcome::Panicked`].
     ///
     /// # Examples
