@@ -343,3 +343,48 @@ scenario!(r3_sem_limit_cancel_at_every_poll, {
     assert_eq!(env.zcard(sem.holders_key()), 0);
     no_drop_while_panicking();
 });
+
+// A finished future polled again refuses ("after completion") and stays
+// terminated, however often it is polled (the refusal is the crate's own
+// panic, not user code's: it must not put the future in its after-a-panic
+// state).
+scenario!(finished_futures_stay_terminated_when_polled_again, {
+    let env = env();
+    let bomb = env.bomb();
+    let sem = Semaphore::new(bomb.clone(), "r9", 1, Duration::from_secs(60));
+    let rl = RateLimiter::new(
+        bomb,
+        "r9:",
+        Quota::window(5, Duration::from_secs(60)).unwrap(),
+    );
+    let mut try_acq = Box::pin(sem.try_acquire());
+    let permit = env.run(try_acq.as_mut()).unwrap();
+    let mut check = Box::pin(rl.try_acquire("k"));
+    env.run(check.as_mut()).unwrap();
+    let mut limited = Box::pin(rl.limit("k2", async { 1 }));
+    assert_eq!(env.run(limited.as_mut()).unwrap(), 1);
+    for _ in 0..2 {
+        let m = expect_panic(|| {
+            let _ = poll_once(&env, try_acq.as_mut());
+        });
+        assert!(m.contains("after completion"), "{m}");
+        assert!(try_acq.is_terminated());
+        let m = expect_panic(|| {
+            let _ = poll_once(&env, check.as_mut());
+        });
+        assert!(m.contains("after completion"), "{m}");
+        assert!(check.is_terminated());
+        let m = expect_panic(|| {
+            let _ = poll_once(&env, limited.as_mut());
+        });
+        assert!(m.contains("after completion"), "{m}");
+        assert!(limited.is_terminated());
+    }
+    let mut release = Box::pin(permit.release());
+    env.run(release.as_mut()).unwrap();
+    let m = expect_panic(|| {
+        let _ = poll_once(&env, release.as_mut());
+    });
+    assert!(m.contains("after completion"), "{m}");
+    assert!(release.is_terminated());
+});

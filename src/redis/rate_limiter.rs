@@ -704,6 +704,12 @@ impl<T: Timer> CheckProj<'_, '_, T> {
     }
 }
 
+#[cold]
+#[track_caller]
+fn polled_after_completion() -> ! {
+    panic!("a redis rate limiter future polled after completion")
+}
+
 impl<'a, T: Timer> Check<'a, T> {
     fn ready(timer: &'a T, out: Result<Grant, Error>) -> Self {
         Check {
@@ -805,7 +811,7 @@ impl<'a, T: Timer> Check<'a, T> {
                     this.step.set(Step::Done);
                     return Poll::Ready(out);
                 }
-                StepProj::Done => panic!("a redis rate limiter future polled after completion"),
+                StepProj::Done => polled_after_completion(),
                 StepProj::Panicked => panic!(
                     "a redis rate limiter future polled after a panic of its connection or timer"
                 ),
@@ -873,6 +879,10 @@ pin_project! {
 impl<C, T: Timer> Future for TryAcquire<'_, C, T> {
     type Output = Result<Grant, Error>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Refused outside `guarded`: a finished check stays terminated.
+        if self.check.is_done() {
+            polled_after_completion();
+        }
         guarded(
             self.project().check,
             |c| c.poll_check(cx, false),
@@ -890,6 +900,10 @@ impl<C, T: Timer> FusedFuture for TryAcquire<'_, C, T> {
 impl<C, T: Timer> Future for Acquire<'_, C, T> {
     type Output = Result<Grant, Error>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Refused outside `guarded`: a finished check stays terminated.
+        if self.check.is_done() {
+            polled_after_completion();
+        }
         guarded(
             self.project().check,
             |c| c.poll_check(cx, true),
@@ -1007,6 +1021,10 @@ impl<F: Future, C, T: Timer> Future for Limit<'_, F, C, T> {
             "a redis rate limiter's `Limit` polled after a panic in its future, its timer or its \
              connection"
         );
+        // Refused outside `guarded`: a finished `Limit` stays terminated.
+        if self.acquire.is_none() && self.future.is_none() {
+            panic!("a redis rate limiter's `Limit` polled after completion");
+        }
         guarded(
             self,
             |this| this.poll_limit(cx),

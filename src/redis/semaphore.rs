@@ -1048,6 +1048,10 @@ where
 {
     type Output = Result<Permit<'a, C, T>, Error>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Refused outside `guarded`: a finished acquire stays terminated.
+        if self.ask.is_done() {
+            polled_after_completion();
+        }
         guarded(self.project().ask, |ask| ask.poll_ask(cx), Ask::abandon)
     }
 }
@@ -1069,6 +1073,10 @@ where
 {
     type Output = Result<Permit<'a, C, T>, Error>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Refused outside `guarded`: a finished acquire stays terminated.
+        if self.ask.is_done() {
+            polled_after_completion();
+        }
         guarded(self.project().ask, |ask| ask.poll_ask(cx), Ask::abandon)
     }
 }
@@ -1142,6 +1150,10 @@ where
 {
     type Output = Result<(), Error>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Refused outside `guarded`: a finished renewal stays terminated.
+        if matches!(self.step, Step::Done) {
+            polled_after_completion();
+        }
         guarded(
             self,
             |this| this.poll_renew(cx),
@@ -1263,6 +1275,10 @@ where
 {
     type Output = Result<(), Error>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Refused outside `guarded`: a finished release stays terminated.
+        if matches!(self.step, Step::Done) {
+            polled_after_completion();
+        }
         // After a panic, the permit's drop queues the release.
         guarded(
             self,
