@@ -26,7 +26,15 @@ pub(crate) fn is_child() -> bool {
 pub(crate) fn run_in_child(name: &str) {
     let exe = std::env::current_exe().expect("the test binary");
     let out = std::process::Command::new(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        // (`--include-ignored`: an ignored scenario, run on purpose, runs
+        // in its child too.)
+        .args([
+            name,
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "--include-ignored",
+        ])
         .env(CHILD, "1")
         .output()
         .expect("run the child process");
@@ -57,8 +65,7 @@ pub(crate) fn run_in_child(name: &str) {
         out.status.success(),
         "scenario `{name}` killed its process (status: {:?}): a second panic during an unwind \
          aborts. lib.rs `Panic safety`: \"every other child is still dropped ... and then the \
-         first panic propagates. The others are not dropped during that panic's unwind\" (the \
-         only documented abort is a pending Timeout whose inner future and sleep both panic).\n\
+         first panic propagates. The others are not dropped during that panic's unwind\".\n\
          child stderr (tail):\n{}",
         out.status,
         tail(&stderr)
