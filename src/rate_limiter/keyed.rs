@@ -129,7 +129,10 @@ fn shard_of(hash: u64) -> usize {
 /// insert and remove keys: wakers, the timer, the keys' full limiters, and
 /// the keys' `Hash` and `Drop` run with them released. Only the key type's
 /// `Eq` runs under a lock, so it must not call back into the same
-/// `KeyedRateLimiter`.
+/// `KeyedRateLimiter`. The timer may call back, but not
+/// [`set_quota`](KeyedRateLimiter::set_quota) at every reading of its
+/// clock: a key's first wait builds its full limiter for the quota it read,
+/// and a quota changed meanwhile makes it build again.
 ///
 /// # Panics
 ///
