@@ -4,21 +4,18 @@
 //! scenario runs in a child process with a watchdog: a hang or an abort
 //! fails the test.
 //!
-//! Open findings (2026-12-05), kept as ignored reproductions (run them
-//! with `cargo test --features test-util --test review_locks -- --ignored`):
-//! a `RateLimiter` whose clock (`now`) or sleep (`poll`) calls `set_quota`
-//! while someone waits never finishes a drive: the driver reads the clock
-//! and polls the sleep during its pass, the quota change asks for one more
-//! pass, which reads the clock again (src/rate_limiter/driver.rs `Flag::run`,
-//! src/rate_limiter/shared.rs `set_quota_at`); a `KeyedRateLimiter` whose
-//! clock calls `set_quota` livelocks an acquire's promotion (each clock
-//! read makes the full limiter just built stale, src/rate_limiter/keyed.rs
-//! `full_in_with`). The two keyed scenarios whose key `Eq` calls the same
-//! limiter deadlock as `KeyedRateLimiter`'s docs say they do ("it must not
-//! call back into the same `KeyedRateLimiter`"): ignored too.
+//! Five scenarios hung on 108aeb1: a `RateLimiter` whose clock (`now`) or
+//! sleep (`poll`) set the quota it read while calls waited kept its driver
+//! passing forever (each `set_quota` asked for one more pass, which read the
+//! clock again), and a `KeyedRateLimiter` whose clock did so rebuilt a key's
+//! full limiter forever (each call started a new generation). Setting the
+//! quota already set now changes nothing. The two keyed scenarios whose key
+//! `Eq` calls the same limiter deadlock as `KeyedRateLimiter`'s docs say
+//! they do ("it must not call back into the same `KeyedRateLimiter`"): kept
+//! as ignored reproductions of that documented limit (`-- --ignored`).
 
-/// A scenario for an open finding or a documented limit: ignored, run on
-/// purpose with `--ignored`.
+/// A scenario for a documented limit: ignored, run on purpose with
+/// `--ignored`.
 macro_rules! open_scenario {
     ($name:ident, $why:literal, $body:block) => {
         #[test]
@@ -680,16 +677,12 @@ fn rate_limiter_timer_reenters_with(gcra: bool, events: &'static [&'static str],
     drop(l);
 }
 
-open_scenario!(
-    p2_rate_limiter_timer_reenters_window,
-    "open finding: a clock calling set_quota livelocks the driver",
-    { rate_limiter_timer_reenters(false) }
-);
-open_scenario!(
-    p2_rate_limiter_timer_reenters_gcra,
-    "open finding: a clock calling set_quota livelocks the driver",
-    { rate_limiter_timer_reenters(true) }
-);
+scenario!(p2_rate_limiter_timer_reenters_window, {
+    rate_limiter_timer_reenters(false)
+});
+scenario!(p2_rate_limiter_timer_reenters_gcra, {
+    rate_limiter_timer_reenters(true)
+});
 scenario!(p2_rl_timer_observers_only, {
     rate_limiter_timer_reenters_with(
         false,
@@ -697,16 +690,12 @@ scenario!(p2_rl_timer_observers_only, {
         false,
     )
 });
-open_scenario!(
-    p2_rl_timer_now_set_quota,
-    "open finding: a clock calling set_quota livelocks the driver",
-    { rate_limiter_timer_reenters_with(false, &["now"], true) }
-);
-open_scenario!(
-    p2_rl_timer_sleep_poll_set_quota,
-    "open finding: a sleep calling set_quota livelocks the driver",
-    { rate_limiter_timer_reenters_with(false, &["sleep poll"], true) }
-);
+scenario!(p2_rl_timer_now_set_quota, {
+    rate_limiter_timer_reenters_with(false, &["now"], true)
+});
+scenario!(p2_rl_timer_sleep_poll_set_quota, {
+    rate_limiter_timer_reenters_with(false, &["sleep poll"], true)
+});
 scenario!(p2_rl_timer_sleep_until_set_quota, {
     rate_limiter_timer_reenters_with(false, &["sleep_until"], true)
 });
@@ -778,38 +767,34 @@ scenario!(p2_keyed_timer_reenters, {
     drop(l);
 });
 
-open_scenario!(
-    p2_keyed_timer_now_set_quota,
-    "open finding: a clock calling set_quota livelocks a keyed promotion",
-    {
-        watchdog(5, "keyed timer set_quota");
-        let clock = ManualClock::new();
-        let l = Arc::new(
-            KeyedRateLimiter::new(1, Duration::from_secs(1)).with_timer(ReTimer {
-                clock: clock.clone(),
-            }),
-        );
-        let w = Arc::downgrade(&l);
-        set_timer_fn(move |e| {
-            if e != "now" {
-                return;
-            }
-            if let Some(l2) = w.upgrade() {
-                let _ = l2.set_quota(l2.quota());
-            }
-        });
-        l.try_acquire(hk(1, 1)).unwrap();
-        let mut a = Box::pin(l.acquire(hk(1, 1)));
-        let mut b = Box::pin(l.acquire(hk(1, 1)));
-        assert!(poll_once(&mut a).is_pending());
-        assert!(poll_once(&mut b).is_pending());
-        clock.advance(Duration::from_secs(1));
-        assert!(poll_n(&mut a, 4).is_ready(), "REVIEW a granted at 1s");
-        drop((a, b));
-        clear_timer_fn();
-        drop(l);
-    }
-);
+scenario!(p2_keyed_timer_now_set_quota, {
+    watchdog(5, "keyed timer set_quota");
+    let clock = ManualClock::new();
+    let l = Arc::new(
+        KeyedRateLimiter::new(1, Duration::from_secs(1)).with_timer(ReTimer {
+            clock: clock.clone(),
+        }),
+    );
+    let w = Arc::downgrade(&l);
+    set_timer_fn(move |e| {
+        if e != "now" {
+            return;
+        }
+        if let Some(l2) = w.upgrade() {
+            let _ = l2.set_quota(l2.quota());
+        }
+    });
+    l.try_acquire(hk(1, 1)).unwrap();
+    let mut a = Box::pin(l.acquire(hk(1, 1)));
+    let mut b = Box::pin(l.acquire(hk(1, 1)));
+    assert!(poll_once(&mut a).is_pending());
+    assert!(poll_once(&mut b).is_pending());
+    clock.advance(Duration::from_secs(1));
+    assert!(poll_n(&mut a, 4).is_ready(), "REVIEW a granted at 1s");
+    drop((a, b));
+    clear_timer_fn();
+    drop(l);
+});
 
 // --- Pool: a waiter's waker calling the pool
 

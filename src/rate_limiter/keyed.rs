@@ -130,9 +130,10 @@ fn shard_of(hash: u64) -> usize {
 /// the keys' `Hash` and `Drop` run with them released. Only the key type's
 /// `Eq` runs under a lock, so it must not call back into the same
 /// `KeyedRateLimiter`. The timer may call back, but not
-/// [`set_quota`](KeyedRateLimiter::set_quota) at every reading of its
-/// clock: a key's first wait builds its full limiter for the quota it read,
-/// and a quota changed meanwhile makes it build again.
+/// [`set_quota`](KeyedRateLimiter::set_quota) with a *different* quota at
+/// every reading of its clock: a key's first wait builds its full limiter
+/// for the quota it read, and a quota changed meanwhile makes it build
+/// again (the same quota set again changes nothing).
 ///
 /// # Panics
 ///
@@ -900,10 +901,14 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
         ) {
             for cell in cells {
                 let mut shard = cell.lock();
+                // The time read is held for every key, and every promoted
+                // key's limiter (below), even where the quota is current
+                // already (the same quota set again).
+                shard.last = shard.last.max(raw);
+                limiters.extend(shard.full.values().cloned());
                 if shard.generation >= generation {
                     continue;
                 }
-                shard.last = shard.last.max(raw);
                 let now = shard.last;
                 let (old, new) = (shard.params, Params::of(&quota));
                 if quota.burst().is_some() {
@@ -918,7 +923,6 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
                 shard.quota = quota;
                 shard.params = new;
                 shard.generation = generation;
-                limiters.extend(shard.full.values().cloned());
                 // A shorter period may idle keys sooner.
                 cell.next_idle.store(0, Ordering::Relaxed);
             }
@@ -928,8 +932,15 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
             if quota.burst().is_some() != config.0.burst().is_some() {
                 return Err(QuotaError::ModeChange);
             }
-            config.1 += 1;
-            config.0 = quota;
+            // The same quota again keeps its generation: the shards behind
+            // it (a concurrent change still applying) are brought up to it,
+            // and a key's full limiter built for it stays current (a clock
+            // that sets the quota it reads would otherwise have a key's
+            // first wait build its limiter again forever).
+            if config.0 != quota {
+                config.1 += 1;
+                config.0 = quota;
+            }
             config.1
         };
         // GCRA rescales at the current time: the clock (user code) is read

@@ -404,11 +404,11 @@ impl std::error::Error for RateLimitError {}
 /// mapped from `now()` plus the time left on the counter, so that drift
 /// never makes a waiter wake early. Its sleeps are created, moved, polled and dropped by the driver: a
 /// call back into the limiter from there finds the driver busy and leaves it
-/// a note for one more pass (it never waits). One call back does not suit
-/// a clock or a sleep's `poll`: [`set_quota`](RateLimiter::set_quota)
-/// while calls wait asks the driver for another pass, which reads the
-/// clock (and polls the sleep) again, so a clock that sets the quota at
-/// every reading keeps the driver passing forever. A sleep that completes before
+/// a note for one more pass (it never waits). [`set_quota`](RateLimiter::set_quota)
+/// with the quota already set changes nothing and asks for no pass; a
+/// clock (or a sleep's `poll`) that sets a *different* quota at every
+/// reading while calls wait keeps the driver passing forever (each change
+/// asks for a pass, which reads the clock again). A sleep that completes before
 /// its deadline (a coarse backend; the [`Timer`] contract allows it) is
 /// replaced by one a little later, the slack doubling from a microsecond at
 /// each early completion: the limiter never busy-waits for its deadline. A

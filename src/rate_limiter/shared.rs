@@ -682,6 +682,21 @@ impl<T: Timer> Shared<T> {
             }
             state.generation = generation;
         }
+        if quota == state.quota {
+            // Nothing changes, so no pass is asked of the driver (a clock
+            // or a sleep that sets the quota it reads, from the driver's own
+            // pass, would otherwise ask for passes forever); a stalled
+            // driver is still driven again, as by any call. The time read
+            // is held, as a change holds it.
+            if let Mode::Gcra { .. } = quota.mode {
+                Self::held(&mut state, raw);
+            }
+            drop(state);
+            if self.driver.flag.is_stalled() {
+                unwind::resume(self.drive());
+            }
+            return Ok(());
+        }
         let old = state.quota;
         self.apply(&mut state, quota);
         state.quota_changes = state.quota_changes.wrapping_add(1);

@@ -1124,7 +1124,12 @@ fn an_acquires_reservation_is_given_back_on_every_path() {
             on_next_clone(move || {
                 clock2.advance(Duration::from_secs(3_600));
                 assert_eq!(limiter2.evict_idle(), 1);
-                limiter2.set_quota(limiter2.quota()).unwrap();
+                // A change (and back: the same quota set again changes
+                // nothing): the limiter being built is for an old quota.
+                let quota = limiter2.quota();
+                let other = awaitkit::rate_limiter::Quota::window(2, ms(100)).unwrap();
+                limiter2.set_quota(other).unwrap();
+                limiter2.set_quota(quota).unwrap();
                 on_next_clone(then);
             });
         };
