@@ -299,6 +299,28 @@ pub(crate) fn keeping<V, R>(value: V, f: impl FnOnce(&V) -> R) -> (V, R) {
     }
 }
 
+/// [`keeping`], for `f` that changes `value` (takes from it, fills it).
+pub(crate) fn keeping_mut<V, R>(value: V, f: impl FnOnce(&mut V) -> R) -> (V, R) {
+    let mut value = value;
+    match catch_unwind(AssertUnwindSafe(|| f(&mut value))) {
+        Ok(out) => (value, out),
+        Err(payload) => {
+            contain(move || drop(value));
+            resume_unwind(payload)
+        }
+    }
+}
+
+/// A builder's result made from `old` (the value it replaces, whose parts
+/// `build` reads: user code may run, a timer's clock or `clone`), then
+/// `old` dropped. If `build` panics, `old` is dropped before that panic
+/// propagates; if dropping `old` panics, the new value is dropped too
+/// before it does (not leaked with the return value, rust-lang/rust#47949).
+pub(crate) fn rebuild<V, N>(old: V, build: impl FnOnce(&V) -> N) -> N {
+    let (old, new) = keeping(old, build);
+    after_dropping(new, move |panics| panics.catch(move || drop(old)))
+}
+
 /// Runs `f`; a panic in it is discarded (for user code whose panic nobody
 /// could receive, such as dropping an output that was replaced by a panic).
 pub(crate) fn contain(f: impl FnOnce()) {

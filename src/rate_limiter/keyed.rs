@@ -516,10 +516,9 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
         // The old limiter goes once the new one is built: if its drop (a
         // key's, its timer's) panics, the new one is dropped before that
         // panic propagates, not leaked.
-        let (old, new) = unwind::keeping(self, |old| {
+        unwind::rebuild(self, |old| {
             KeyedRateLimiter::<K, U>::build(old.quota(), timer, old.inner.max_keys)
-        });
-        unwind::after_dropping(new, move |panics| panics.catch(move || drop(old)))
+        })
     }
 
     /// The same limiter (its quota and timer) tracking at most `max_keys`
@@ -563,10 +562,9 @@ impl<K: Eq + Hash, T: Timer> KeyedRateLimiter<K, T> {
         );
         // As in `with_timer`: the timer's `clone` (user code) runs with the
         // old limiter at hand, dropped outside a panic's unwind.
-        let (old, new) = unwind::keeping(self, |old| {
+        unwind::rebuild(self, |old| {
             Self::build(old.quota(), old.inner.timer().clone(), max_keys)
-        });
-        unwind::after_dropping(new, move |panics| panics.catch(move || drop(old)))
+        })
     }
 
     fn build(quota: Quota, timer: T, max_keys: usize) -> Self {
@@ -1322,20 +1320,10 @@ impl<K: Eq + Hash, T: Timer> Inner<K, T> {
         // A limiter built for the key (its timer a clone of the user's) is
         // kept across user code (the clock, the key's `Eq`): if that
         // panics, it is dropped before the panic propagates.
-        let mut fresh = None;
-        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.full_in_with(cells, hash, key, n, &mut fresh)
-        }));
-        match out {
-            Ok(out) => {
-                drop(fresh.take());
-                out
-            }
-            Err(payload) => {
-                unwind::contain(move || drop(fresh));
-                std::panic::resume_unwind(payload)
-            }
-        }
+        let (fresh, out) =
+            unwind::keeping_mut(None, |fresh| self.full_in_with(cells, hash, key, n, fresh));
+        drop(fresh);
+        out
     }
 
     /// [`full_in`](Self::full_in), with the limiter built so far in
@@ -1474,31 +1462,22 @@ impl<K: Eq + Hash, T: Timer> Inner<K, T> {
         T: Clone + Send + Sync + 'static,
         T::Sleep: Send + 'static,
     {
-        let mut key = Some(key);
         // The key's `Hash` and `Eq` and the clock are user code: if one
         // panics, the key (unless the map took it) is dropped before that
         // panic propagates, not during its unwind.
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let (key, outcome) = unwind::keeping_mut(Some(key), |key| {
             let Some(k) = key.as_ref() else {
                 unreachable!("taken only by the map")
             };
             let hash = self.hasher.hash_one(k) & !FLAGS;
             match &self.table {
-                Table::Gcra(cells) => self.check_in::<_, false>(cells, hash, &mut key, n),
-                Table::Window(cells) => self.check_in::<_, false>(cells, hash, &mut key, n),
+                Table::Gcra(cells) => self.check_in::<_, false>(cells, hash, key, n),
+                Table::Window(cells) => self.check_in::<_, false>(cells, hash, key, n),
             }
-        }));
-        match outcome {
-            Ok(outcome) => {
-                // With no lock held, and not as an argument (see `check_in`).
-                drop(key);
-                outcome.unwrap_or_else(|| unreachable!("a check never waits"))
-            }
-            Err(payload) => {
-                unwind::contain(move || drop(key));
-                std::panic::resume_unwind(payload)
-            }
-        }
+        });
+        // With no lock held, and not as an argument (see `check_in`).
+        drop(key);
+        outcome.unwrap_or_else(|| unreachable!("a check never waits"))
     }
 
     /// An acquire's first poll for the key in `key` (hashed to `hash`):

@@ -586,8 +586,7 @@ impl<T: Timer> RateLimiter<T> {
         // The old limiter goes once the new one is built: if its timer's
         // drop panics, the new one is dropped before that panic propagates,
         // not leaked.
-        let (old, new) = crate::unwind::keeping(self, |old| RateLimiter::build(old.quota(), timer));
-        crate::unwind::after_dropping(new, move |panics| panics.catch(move || drop(old)))
+        crate::unwind::rebuild(self, |old| RateLimiter::build(old.quota(), timer))
     }
 
     fn build(quota: Quota, timer: T) -> Self
