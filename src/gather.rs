@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 use crate::engine::Engine;
+use crate::engine::tuple::{SMALL_MAX, SmallSet};
 use futures_core::FusedFuture;
 use std::any::Any;
 use std::fmt;
@@ -57,8 +58,27 @@ where
     I: IntoIterator,
     I::Item: IntoFuture,
 {
+    let mut futures = futures.into_iter().map(IntoFuture::into_future);
+    let children = match futures.size_hint() {
+        (n, Some(upper)) if n == upper && n > 0 && n <= SMALL_MAX => {
+            let small = SmallSet::new(n, &mut futures);
+            match futures.next() {
+                None => Children::Small(small),
+                // An iterator that yields more than it said: the engine takes
+                // them all, in order (none was polled yet).
+                Some(more) => Children::Engine(Engine::from_iter(
+                    small
+                        .into_futures()
+                        .into_iter()
+                        .chain(std::iter::once(more))
+                        .chain(futures),
+                )),
+            }
+        }
+        _ => Children::Engine(Engine::from_iter(futures)),
+    };
     Gather {
-        engine: Engine::from_iter(futures),
+        children,
         finished: false,
         poisoned: false,
     }
@@ -84,9 +104,18 @@ where
 /// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct Gather<F: Future> {
-    engine: Engine<F>,
+    children: Children<F>,
     finished: bool,
     poisoned: bool,
+}
+
+/// Where a [`Gather`]'s children live: an input of a known size up to
+/// [`SMALL_MAX`] in one small block (the tuple's, as `gather!` has), any
+/// other in the engine. Both poll only the children that woke, each at most
+/// once per poll.
+enum Children<F: Future> {
+    Small(SmallSet<F>),
+    Engine(Engine<F>),
 }
 
 impl<F: Future> Future for Gather<F> {
@@ -95,14 +124,21 @@ impl<F: Future> Future for Gather<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         crate::poison::assert_live(this.poisoned, this.finished, "Gather");
-        crate::poison::guarded(&mut this.poisoned, "Gather", || {
-            this.engine.pass(cx).store_all();
-            if this.engine.running() > 0 {
-                return Poll::Pending;
-            }
+        let outputs =
+            crate::poison::guarded(&mut this.poisoned, "Gather", || match &mut this.children {
+                Children::Small(small) => small.poll(cx),
+                Children::Engine(engine) => {
+                    engine.pass(cx).store_all();
+                    if engine.running() > 0 {
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(engine.take_outputs())
+                }
+            });
+        if outputs.is_ready() {
             this.finished = true;
-            Poll::Ready(this.engine.take_outputs())
-        })
+        }
+        outputs
     }
 }
 
@@ -115,8 +151,12 @@ impl<F: Future> FusedFuture for Gather<F> {
 
 impl<F: Future> fmt::Debug for Gather<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let running = match &self.children {
+            Children::Small(small) => small.remaining(),
+            Children::Engine(engine) => engine.running(),
+        };
         f.debug_struct("Gather")
-            .field("running", &self.engine.running())
+            .field("running", &running)
             .finish_non_exhaustive()
     }
 }

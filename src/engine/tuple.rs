@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::mem::ManuallyDrop;
+use std::mem::{ManuallyDrop, align_of, size_of};
 use std::pin::Pin;
 use std::ptr::{self, NonNull};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
@@ -662,120 +662,34 @@ impl<T: TupleFutures> TupleCore<T> {
         finish: impl FnOnce(&mut T::Slots) -> O,
     ) -> Poll<Result<O, E>> {
         if self.remaining > 0 {
-            let head_ptr = self.shared.0.expect("awaitkit: no block");
-            // SAFETY: the owner holds a reference on its block.
-            let head = unsafe { head_ptr.as_ref() };
-            // Owner-only, like `owner`.
-            let local = head.local.load(Ordering::Relaxed);
-            let escaped = head.escaped();
-            let mut word = head.ready.load(Ordering::Acquire);
-            if word == 0 && local == 0 {
-                // Nothing woken. Only a waker that escaped a poll (a clone)
-                // can wake us later: make sure it reaches this task, then
-                // look again (a wake before the registration may have gone
-                // to an older waker, or to none).
-                if escaped {
-                    // SAFETY: `&mut self`: the owner's only registration.
-                    unsafe { head.parent.register(cx.waker()) };
-                    word = head.ready.load(Ordering::Acquire);
-                }
-                if word == 0 {
-                    return Poll::Pending;
-                }
-            }
-            let mut bits = if word == 0 {
-                // Only this thread's wakes (`local`): a wake landing in the
-                // word from now on is seen after the children.
-                0
-            } else if escaped {
-                // A clone may wake concurrently: take the bits atomically.
-                head.ready.swap(0, Ordering::AcqRel)
-            } else {
-                // No waker lives outside the owner (and none can appear
-                // before a child is polled): nobody else touches the word
-                // (`escaped` read after the last clone's release, the word
-                // after that).
-                head.ready.store(0, Ordering::Relaxed);
-                word
-            };
-            if local != 0 {
-                bits |= local;
-                head.local.store(0, Ordering::Relaxed);
-            }
-            head.owner.store(thread_marker(), Ordering::Relaxed);
-            /// Ends the pass for wakes on this thread (they go through the
-            /// word again) when the children's polls are over, also if one
-            /// unwinds.
-            struct Pass<'a>(&'a Head);
-            impl Drop for Pass<'_> {
-                fn drop(&mut self) {
-                    self.0.owner.store(0, Ordering::Relaxed);
-                }
-            }
-            let pass = Pass(head);
+            let head = self.shared.0.expect("awaitkit: no block");
             let slots = self.slots_ptr();
-            while bits != 0 {
-                let i = bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                // Borrowed: owns no reference (the owner's keeps the block
-                // alive during the poll); a clone takes one.
-                // SAFETY: the vtable's functions expect exactly this data
-                // pointer, whose block is alive.
-                let waker = ManuallyDrop::new(unsafe {
-                    Waker::from_raw(RawWaker::new(
-                        Shared::waker_data(head_ptr, i),
-                        &TUPLE_VTABLE,
-                    ))
-                });
-                let mut child_cx = Context::from_waker(&waker);
+            let step = |i, child_cx: &mut Context<'_>| {
                 // SAFETY: the slots are live (`remaining > 0`) in the block,
                 // which never moves; they are only dropped in place, and
                 // nothing else borrows them during the poll.
-                if unsafe { T::poll_child(&mut *slots, i, &mut child_cx) }.is_ready() {
-                    self.remaining -= 1;
-                    // SAFETY: as above.
-                    if let Err(e) = done(unsafe { &mut *slots }, i) {
-                        // Fail fast: every other element is dropped before
-                        // the error is handed out; no wake from here on
-                        // reaches the task.
-                        drop(pass);
-                        head.close();
-                        self.finished = true;
-                        let mut panics = crate::unwind::Panics::default();
-                        panics.catch(|| self.drop_slots());
-                        // The error is dropped outside a sibling's panic.
-                        return Poll::Ready(Err(crate::unwind::hand_back(panics, e)));
-                    }
+                if unsafe { T::poll_child(&mut *slots, i, child_cx) }.is_pending() {
+                    return Poll::Pending;
                 }
+                // SAFETY: as above.
+                Poll::Ready(done(unsafe { &mut *slots }, i))
+            };
+            // SAFETY: the owner's block, polled from `&mut self`.
+            let pass = unsafe { run_pass(head, &mut self.remaining, cx, step) };
+            match pass {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    // Fail fast: every other element is dropped before the
+                    // error is handed out (no wake reaches the task any
+                    // more: the word is closed).
+                    self.finished = true;
+                    let mut panics = crate::unwind::Panics::default();
+                    panics.catch(|| self.drop_slots());
+                    // The error is dropped outside a sibling's panic.
+                    return Poll::Ready(Err(crate::unwind::hand_back(panics, e)));
+                }
+                Poll::Ready(Ok(())) => {}
             }
-            // From here on, wakes on this thread go through the word.
-            drop(pass);
-            if self.remaining > 0 {
-                if head.escaped() {
-                    // A child kept a clone of its waker: its wake must reach
-                    // this task. A wake of the pass (or of the registration)
-                    // may have found the word zero and woken an older waker,
-                    // or none: the word is read again once the waker is in
-                    // place (the registration's read-modify-writes and the
-                    // wake's order them), and a bit seen there wakes the task
-                    // below.
-                    // SAFETY: `&mut self`: the owner's only registration.
-                    unsafe { head.parent.register(cx.waker()) };
-                }
-                // Without an escaped clone, every wake of the pass (from this
-                // thread or one a child lent its waker to and joined) is
-                // already in the word, ordered by `escaped`'s acquire.
-                let woken = head.ready.load(Ordering::Acquire) | head.local.load(Ordering::Relaxed);
-                if woken != 0 {
-                    // Woken while we polled (maybe without a parent waker to
-                    // wake): poll again, after the other tasks (cooperative).
-                    cx.waker().wake_by_ref();
-                }
-                return Poll::Pending;
-            }
-            // Done: a clone that outlives its child never wakes the task
-            // again.
-            head.close();
         }
         self.finished = true;
         let output = if self.live {
@@ -791,6 +705,133 @@ impl<T: TupleFutures> TupleCore<T> {
     }
 }
 
+/// One poll of a block's owner (`remaining > 0` elements not finished):
+/// polls each woken element once with `step(i, cx)`, which polls element
+/// `i` with the element's own borrowed waker in `cx` and says whether it
+/// finished (`Ready(Ok)`), fails fast (`Ready(Err)`), or is still running.
+///
+/// Returns `Ready(Ok)` once every element finished, `Ready(Err)` as soon as
+/// `step` fails fast (the pass ends there; the caller drops the slots), and
+/// `Pending` otherwise, with a wake-up on its way (from a woken element, or
+/// from this task itself when an element was woken during the pass). Either
+/// `Ready` closes the word for good ([`Head::close`]): no wake reaches the
+/// task afterwards. The protocol is [`Head`]'s.
+///
+/// # Safety
+///
+/// The caller owns `head_ptr`'s block (it holds a reference on it) and
+/// polls it from `&mut` access: no other pass or registration runs on the
+/// block meanwhile.
+#[inline]
+unsafe fn run_pass<E>(
+    head_ptr: NonNull<Head>,
+    remaining: &mut usize,
+    cx: &mut Context<'_>,
+    mut step: impl FnMut(usize, &mut Context<'_>) -> Poll<Result<(), E>>,
+) -> Poll<Result<(), E>> {
+    debug_assert!(*remaining > 0);
+    // SAFETY: the owner holds a reference on its block.
+    let head = unsafe { head_ptr.as_ref() };
+    // Owner-only, like `owner`.
+    let local = head.local.load(Ordering::Relaxed);
+    let escaped = head.escaped();
+    let mut word = head.ready.load(Ordering::Acquire);
+    if word == 0 && local == 0 {
+        // Nothing woken. Only a waker that escaped a poll (a clone) can wake
+        // us later: make sure it reaches this task, then look again (a wake
+        // before the registration may have gone to an older waker, or to
+        // none).
+        if escaped {
+            // SAFETY: the owner's only registration (caller contract).
+            unsafe { head.parent.register(cx.waker()) };
+            word = head.ready.load(Ordering::Acquire);
+        }
+        if word == 0 {
+            return Poll::Pending;
+        }
+    }
+    let mut bits = if word == 0 {
+        // Only this thread's wakes (`local`): a wake landing in the word
+        // from now on is seen after the children.
+        0
+    } else if escaped {
+        // A clone may wake concurrently: take the bits atomically.
+        head.ready.swap(0, Ordering::AcqRel)
+    } else {
+        // No waker lives outside the owner (and none can appear before a
+        // child is polled): nobody else touches the word (`escaped` read
+        // after the last clone's release, the word after that).
+        head.ready.store(0, Ordering::Relaxed);
+        word
+    };
+    if local != 0 {
+        bits |= local;
+        head.local.store(0, Ordering::Relaxed);
+    }
+    head.owner.store(thread_marker(), Ordering::Relaxed);
+    /// Ends the pass for wakes on this thread (they go through the word
+    /// again) when the children's polls are over, also if one unwinds.
+    struct Pass<'a>(&'a Head);
+    impl Drop for Pass<'_> {
+        fn drop(&mut self) {
+            self.0.owner.store(0, Ordering::Relaxed);
+        }
+    }
+    let pass = Pass(head);
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        // Borrowed: owns no reference (the owner's keeps the block alive
+        // during the poll); a clone takes one.
+        // SAFETY: the vtable's functions expect exactly this data pointer,
+        // whose block is alive.
+        let waker = ManuallyDrop::new(unsafe {
+            Waker::from_raw(RawWaker::new(
+                Shared::waker_data(head_ptr, i),
+                &TUPLE_VTABLE,
+            ))
+        });
+        let mut child_cx = Context::from_waker(&waker);
+        match step(i, &mut child_cx) {
+            Poll::Pending => {}
+            Poll::Ready(Ok(())) => *remaining -= 1,
+            Poll::Ready(Err(e)) => {
+                *remaining -= 1;
+                drop(pass);
+                head.close();
+                return Poll::Ready(Err(e));
+            }
+        }
+    }
+    // From here on, wakes on this thread go through the word.
+    drop(pass);
+    if *remaining > 0 {
+        if head.escaped() {
+            // A child kept a clone of its waker: its wake must reach this
+            // task. A wake of the pass (or of the registration) may have
+            // found the word zero and woken an older waker, or none: the
+            // word is read again once the waker is in place (the
+            // registration's read-modify-writes and the wake's order them),
+            // and a bit seen there wakes the task below.
+            // SAFETY: the owner's only registration (caller contract).
+            unsafe { head.parent.register(cx.waker()) };
+        }
+        // Without an escaped clone, every wake of the pass (from this thread
+        // or one a child lent its waker to and joined) is already in the
+        // word, ordered by `escaped`'s acquire.
+        let woken = head.ready.load(Ordering::Acquire) | head.local.load(Ordering::Relaxed);
+        if woken != 0 {
+            // Woken while we polled (maybe without a parent waker to wake):
+            // poll again, after the other tasks (cooperative).
+            cx.waker().wake_by_ref();
+        }
+        return Poll::Pending;
+    }
+    // Done: a clone that outlives its child never wakes the task again.
+    head.close();
+    Poll::Ready(Ok(()))
+}
+
 /// The slots of the empty tuple (`T::LEN == 0`, so `T::Slots` is `()`).
 fn empty_slots<T: TupleFutures>() -> T::Slots {
     assert_eq!(T::LEN, 0);
@@ -800,6 +841,199 @@ fn empty_slots<T: TupleFutures>() -> T::Slots {
 impl<T: TupleFutures> Drop for TupleCore<T> {
     fn drop(&mut self) {
         self.drop_slots();
+    }
+}
+
+/// The most children [`SmallSet`] holds: every element's index fits the
+/// low bits of its waker's data pointer ([`INDEX_MASK`]).
+pub(crate) const SMALL_MAX: usize = INDEX_MASK + 1;
+
+/// The children of a `gather` whose input has an exact size of 1 to
+/// [`SMALL_MAX`]: one block, as a tuple's (the same [`Head`], wakers and
+/// passes), followed by an array of slots of one type.
+///
+/// Against the engine's chunk (which any set size and `push` need: a bit
+/// tree, an entry per child, slots that are reused) this leaves out what a
+/// fixed handful of children never uses, and polls with the tuple's pass:
+/// the same rules (only woken children, each at most once per poll, then
+/// `Pending` after waking itself), a third of the engine's instructions at
+/// N = 8.
+pub(crate) struct SmallSet<F: Future> {
+    shared: Shared,
+    /// Initialised slots, from the first.
+    len: usize,
+    /// Whether the slots hold anything to drop (false once the outputs
+    /// were taken).
+    live: bool,
+    /// Children not finished yet.
+    remaining: usize,
+    _slots: PhantomData<TupleSlot<F>>,
+}
+
+impl<F: Future> SmallSet<F> {
+    /// Where the slots start in the block: after the head.
+    const SLOTS_AT: usize = size_of::<Head>().next_multiple_of(align_of::<TupleSlot<F>>());
+
+    /// A set of the first `n` futures of `futures` (1 to [`SMALL_MAX`]),
+    /// each ready for its first poll; fewer if the iterator ends sooner. If
+    /// the iterator panics, the futures taken so far are dropped.
+    pub(crate) fn new(n: usize, futures: &mut impl Iterator<Item = F>) -> Self {
+        assert!(n > 0 && n <= SMALL_MAX);
+        let slots = Layout::array::<TupleSlot<F>>(n).expect("awaitkit: future too large");
+        let (layout, slots_at) = Layout::new::<Head>()
+            .extend(slots)
+            .expect("awaitkit: future too large");
+        debug_assert_eq!(slots_at, Self::SLOTS_AT);
+        let layout = layout.pad_to_align();
+        // SAFETY: the layout has a non-zero size (it holds a head).
+        let Some(head) = NonNull::new(unsafe { alloc(layout) }.cast::<Head>()) else {
+            handle_alloc_error(layout)
+        };
+        #[cfg(all(test, awaitkit_loom))]
+        super::ready::LIVE_CHUNKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: a fresh allocation laid out for a head and `n` slots; the
+        // head is written first, so the set owns a valid block from here on
+        // (with no slot yet: an iterator that panics drops what was taken).
+        unsafe {
+            head.write(Head {
+                refs: AtomicUsize::new(1),
+                ready: AtomicU64::new(0),
+                local: std::sync::atomic::AtomicU64::new(0),
+                owner: std::sync::atomic::AtomicUsize::new(0),
+                parent: ParentWaker::new(),
+                layout,
+            })
+        };
+        let mut set = Self {
+            shared: Shared(Some(head)),
+            len: 0,
+            live: true,
+            remaining: 0,
+            _slots: PhantomData,
+        };
+        let slots = set.slots_ptr();
+        for future in futures.take(n) {
+            // SAFETY: slot `len < n` of the block, not initialised yet.
+            unsafe { slots.add(set.len).write(TupleSlot::Running(future)) };
+            set.len += 1;
+        }
+        set.remaining = set.len;
+        // Every child starts ready (its first poll); nobody can wake yet.
+        set.head()
+            .ready
+            .store((1u64 << set.len) - 1, Ordering::Relaxed);
+        set
+    }
+
+    fn head(&self) -> &Head {
+        self.shared.head()
+    }
+
+    #[inline]
+    fn slots_ptr(&self) -> *mut TupleSlot<F> {
+        let head = self.shared.0.expect("awaitkit: no block");
+        // SAFETY: the slots start `SLOTS_AT` bytes into the block (`new`).
+        unsafe { head.cast::<u8>().add(Self::SLOTS_AT).cast().as_ptr() }
+    }
+
+    /// Children not finished yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    /// The futures back, in input order, for a set never polled (their
+    /// iterator yielded more than it said it would: the engine takes them
+    /// all).
+    pub(crate) fn into_futures(mut self) -> Vec<F> {
+        assert!(self.live && self.remaining == self.len);
+        let slots = self.slots_ptr();
+        let mut futures = Vec::with_capacity(self.len);
+        // Counted out first: nothing is dropped twice if the `Vec` cannot
+        // grow (it has the room).
+        self.live = false;
+        for i in 0..self.len {
+            // SAFETY: slot `i` was initialised with a future by `new` and
+            // was never polled (no waker exists, nothing is pinned yet); it
+            // is read once, and `live` is cleared, so not dropped again.
+            match unsafe { slots.add(i).read() } {
+                TupleSlot::Running(future) => futures.push(future),
+                _ => unreachable!("awaitkit: a set handed back after a poll"),
+            }
+        }
+        futures
+    }
+
+    /// Polls the woken children once each; `Ready` with every output in
+    /// input order once all finished.
+    #[inline]
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Vec<F::Output>> {
+        let slots = self.slots_ptr();
+        if self.remaining > 0 {
+            let head = self.shared.0.expect("awaitkit: no block");
+            let len = self.len;
+            let step = |i: usize, child_cx: &mut Context<'_>| {
+                debug_assert!(i < len);
+                // SAFETY: bits are only set for initialised slots (`i <
+                // len`), live while children remain, in the block, which
+                // never moves; only dropped in place, and nothing else
+                // borrows them during the poll.
+                let slot = unsafe { &mut *slots.add(i) };
+                let TupleSlot::Running(child) = slot else {
+                    // A stale bit of a finished child.
+                    return Poll::Pending;
+                };
+                // SAFETY: as above: the child never moves while `Running`.
+                let Poll::Ready(output) = unsafe { Pin::new_unchecked(child) }.poll(child_cx)
+                else {
+                    return Poll::Pending;
+                };
+                // The child is dropped in place first. If its destructor
+                // panics, the slot is left `Gone` (an assignment writes even
+                // when the old value's drop unwinds), its output is dropped
+                // outside that unwind, and the panic propagates, as the
+                // engine does.
+                let mut panics = Panics::default();
+                panics.catch(|| *slot = TupleSlot::Gone);
+                *slot = TupleSlot::Done(crate::unwind::hand_back(panics, output));
+                Poll::Ready(Ok::<(), Infallible>(()))
+            };
+            // SAFETY: the owner's block, polled from `&mut self`.
+            match unsafe { run_pass(head, &mut self.remaining, cx, step) } {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => {}
+            }
+        }
+        assert!(self.live, "awaitkit: outputs taken twice");
+        let mut outputs = Vec::with_capacity(self.len);
+        for i in 0..self.len {
+            // SAFETY: every slot is initialised and finished; only moves
+            // happen here (no user code), so nothing unwinds between them.
+            outputs.push(unsafe { (*slots.add(i)).take() });
+        }
+        // Every slot is `Gone`: nothing left to drop.
+        self.live = false;
+        Poll::Ready(outputs)
+    }
+}
+
+// The children live in the block; moving the set never moves them.
+impl<F: Future> Unpin for SmallSet<F> {}
+
+impl<F: Future> Drop for SmallSet<F> {
+    fn drop(&mut self) {
+        if std::mem::replace(&mut self.live, false) {
+            let slots = self.slots_ptr();
+            // Each slot dropped on its own: when one destructor panics the
+            // others are still dropped, and the first panic propagates
+            // afterwards (then `shared` releases the block).
+            let mut panics = Panics::default();
+            for i in 0..self.len {
+                // SAFETY: initialised, live, and dropped once here (`live`
+                // was cleared first).
+                panics.catch(|| unsafe { ptr::drop_in_place(slots.add(i)) });
+            }
+            panics.resume();
+        }
     }
 }
 

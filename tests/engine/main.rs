@@ -24,6 +24,7 @@ mod fused;
 mod gather;
 mod gather_macro;
 mod gather_settled;
+mod gather_small;
 mod keyed_bound;
 mod keyed_first_poll;
 mod keyed_model;
