@@ -23,6 +23,11 @@ use std::task::{Context, Poll};
 ///
 /// An empty input resolves to an empty `Vec` on the first poll.
 ///
+/// An input of 1 to 16 futures whose iterator knows its exact length (an
+/// array, a `Vec`, a `map` over a range or a slice) is kept in one small
+/// allocation, laid out as [`gather!`](crate::gather!)'s; any other input in
+/// the engine's sets, which grow to any size. Both follow the same rules.
+///
 /// For the outputs one by one, in input order as they become available
 /// (futures' `FuturesOrdered`), stream them from a batch:
 /// `process_batch(futures, limit, |f| f).ordered()` (see

@@ -2,8 +2,10 @@
 //! a waker per child, and a ready set that the wakers write into.
 //!
 //! `gather`, `try_gather`, `as_completed`, `wait_any` and `wait` are thin
-//! layers over [`Engine`]; `gather!`/`try_gather!` use the same ready set
-//! over a boxed tuple ([`tuple`]).
+//! layers over [`Engine`]; `gather!`/`try_gather!` use a one-word ready set
+//! over a boxed tuple ([`tuple`]), and so does `gather` for an input of
+//! exact size 1 to 16 ([`tuple::SmallSet`]: the same block with an array of
+//! slots of one type).
 //!
 //! The rules it enforces (SPEC §1.3–§1.4):
 //!
