@@ -63,27 +63,8 @@ where
     I: IntoIterator,
     I::Item: IntoFuture,
 {
-    let mut futures = futures.into_iter().map(IntoFuture::into_future);
-    let children = match futures.size_hint() {
-        (n, Some(upper)) if n == upper && n > 0 && n <= SMALL_MAX => {
-            let small = SmallSet::new(n, &mut futures);
-            match futures.next() {
-                None => Children::Small(small),
-                // An iterator that yields more than it said: the engine takes
-                // them all, in order (none was polled yet).
-                Some(more) => Children::Engine(Engine::from_iter(
-                    small
-                        .into_futures()
-                        .into_iter()
-                        .chain(std::iter::once(more))
-                        .chain(futures),
-                )),
-            }
-        }
-        _ => Children::Engine(Engine::from_iter(futures)),
-    };
     Gather {
-        children,
+        children: Children::from_iter(futures),
         finished: false,
         poisoned: false,
     }
@@ -123,6 +104,41 @@ enum Children<F: Future> {
     Engine(Engine<F>),
 }
 
+impl<F: Future> Children<F> {
+    fn from_iter<I>(futures: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: IntoFuture<IntoFuture = F>,
+    {
+        let mut futures = futures.into_iter().map(IntoFuture::into_future);
+        match futures.size_hint() {
+            (n, Some(upper)) if n == upper && n > 0 && n <= SMALL_MAX => {
+                let small = SmallSet::new(n, &mut futures);
+                match futures.next() {
+                    None => Self::Small(small),
+                    // An iterator that yields more than it said: the engine
+                    // takes them all, in order (none was polled yet).
+                    Some(more) => Self::Engine(Engine::from_iter(
+                        small
+                            .into_futures()
+                            .into_iter()
+                            .chain(std::iter::once(more))
+                            .chain(futures),
+                    )),
+                }
+            }
+            _ => Self::Engine(Engine::from_iter(futures)),
+        }
+    }
+
+    fn running(&self) -> usize {
+        match self {
+            Self::Small(small) => small.remaining(),
+            Self::Engine(engine) => engine.running(),
+        }
+    }
+}
+
 impl<F: Future> Future for Gather<F> {
     type Output = Vec<F::Output>;
 
@@ -156,12 +172,8 @@ impl<F: Future> FusedFuture for Gather<F> {
 
 impl<F: Future> fmt::Debug for Gather<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let running = match &self.children {
-            Children::Small(small) => small.remaining(),
-            Children::Engine(engine) => engine.running(),
-        };
         f.debug_struct("Gather")
-            .field("running", &running)
+            .field("running", &self.children.running())
             .finish_non_exhaustive()
     }
 }
@@ -181,6 +193,9 @@ impl<F: Future> fmt::Debug for Gather<F> {
 /// # Errors
 ///
 /// Resolves to the first `Err` produced by a child, in completion order.
+///
+/// Like [`gather()`], an input of 1 to 16 futures of known exact length is
+/// kept in one small allocation, any other in the engine's sets.
 ///
 /// # Panics
 ///
@@ -206,7 +221,7 @@ where
     I::Item: IntoFuture<Output = Result<T, E>>,
 {
     TryGather {
-        engine: Engine::from_iter(futures),
+        children: Children::from_iter(futures),
         finished: false,
         poisoned: false,
     }
@@ -228,7 +243,7 @@ where
 /// ```
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct TryGather<F: Future> {
-    engine: Engine<F>,
+    children: Children<F>,
     finished: bool,
     poisoned: bool,
 }
@@ -243,7 +258,27 @@ where
         let this = self.get_mut();
         crate::poison::assert_live(this.poisoned, this.finished, "TryGather");
         crate::poison::guarded(&mut this.poisoned, "TryGather", || {
-            let mut pass = this.engine.pass(cx);
+            let engine = match &mut this.children {
+                Children::Small(small) => {
+                    let outputs = small.poll_split(cx, |output| match output {
+                        Ok(value) => Ok(Ok(value)),
+                        Err(e) => Err(e),
+                    });
+                    let Poll::Ready(outputs) = outputs else {
+                        return Poll::Pending;
+                    };
+                    // Finished, or failed fast with everything else dropped.
+                    this.finished = true;
+                    return Poll::Ready(outputs.map(|values| {
+                        values
+                            .into_iter()
+                            .map(|r| r.unwrap_or_else(|_| unreachable!()))
+                            .collect()
+                    }));
+                }
+                Children::Engine(engine) => engine,
+            };
+            let mut pass = engine.pass(cx);
             while let Some(done) = pass.next() {
                 if let Err(e) = done.output {
                     // Fail fast: drop everything else before handing out the
@@ -256,11 +291,11 @@ where
                 }
                 pass.engine().store(done.slot, done.output);
             }
-            if this.engine.running() > 0 {
+            if engine.running() > 0 {
                 return Poll::Pending;
             }
             this.finished = true;
-            let values = this.engine.take_outputs().into_iter();
+            let values = engine.take_outputs().into_iter();
             Poll::Ready(Ok(values
                 .map(|r| r.unwrap_or_else(|_| unreachable!()))
                 .collect()))
@@ -281,7 +316,7 @@ where
 impl<F: Future> fmt::Debug for TryGather<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TryGather")
-            .field("running", &self.engine.running())
+            .field("running", &self.children.running())
             .finish_non_exhaustive()
     }
 }

@@ -1741,3 +1741,51 @@ fn small_finished_block_outlived_by_two_clones() {
         t2.join().unwrap();
     });
 }
+
+/// `try_gather`'s small block fails fast while another thread still wakes
+/// the sibling through a clone: the error comes out, the sibling is dropped
+/// before it, and the block is freed after the last clone.
+#[test]
+fn small_try_gather_fails_fast_while_a_sibling_is_woken() {
+    struct Gated {
+        gate: Arc<Gate>,
+        fail: bool,
+    }
+    impl Future for Gated {
+        type Output = Result<usize, usize>;
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            *self.gate.waker.lock().unwrap() = Some(cx.waker().clone());
+            if self.gate.fired.load(Ordering::Acquire) == 0 {
+                return Poll::Pending;
+            }
+            Poll::Ready(if self.fail { Err(1) } else { Ok(2) })
+        }
+    }
+    model(|| {
+        let gates: Vec<Arc<Gate>> = (0..2).map(|_| Arc::new(Gate::default())).collect();
+        let threads: Vec<_> = gates
+            .iter()
+            .map(|g| {
+                let g = g.clone();
+                thread::spawn(move || g.fire())
+            })
+            .collect();
+        let children = [
+            Gated {
+                gate: gates[0].clone(),
+                fail: true,
+            },
+            Gated {
+                gate: gates[1].clone(),
+                fail: false,
+            },
+        ];
+        assert_eq!(block_on(crate::try_gather(children)), Err(1));
+        for t in threads {
+            t.join().unwrap();
+        }
+        for g in &gates {
+            drop(g.waker.lock().unwrap().take());
+        }
+    });
+}

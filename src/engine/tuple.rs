@@ -967,6 +967,24 @@ impl<F: Future> SmallSet<F> {
     /// input order once all finished.
     #[inline]
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Vec<F::Output>> {
+        self.poll_split(cx, Ok::<_, Infallible>)
+            .map(|outputs| match outputs {
+                Ok(outputs) => outputs,
+            })
+    }
+
+    /// [`SmallSet::poll`] failing fast: `split` takes each finished child's
+    /// output (the child already dropped) and gives back what to keep, or
+    /// an error. On the first error every other child and every kept output
+    /// is dropped, then the error is handed out (the set holds nothing
+    /// afterwards; if a destructor panicked, the error is dropped and that
+    /// panic propagates instead).
+    #[inline]
+    pub(crate) fn poll_split<E>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut split: impl FnMut(F::Output) -> Result<F::Output, E>,
+    ) -> Poll<Result<Vec<F::Output>, E>> {
         let slots = self.slots_ptr();
         if self.remaining > 0 {
             let head = self.shared.0.expect("awaitkit: no block");
@@ -994,13 +1012,27 @@ impl<F: Future> SmallSet<F> {
                 // engine does.
                 let mut panics = Panics::default();
                 panics.catch(|| *slot = TupleSlot::Gone);
-                *slot = TupleSlot::Done(crate::unwind::hand_back(panics, output));
-                Poll::Ready(Ok::<(), Infallible>(()))
+                match split(crate::unwind::hand_back(panics, output)) {
+                    Ok(output) => {
+                        *slot = TupleSlot::Done(output);
+                        Poll::Ready(Ok(()))
+                    }
+                    Err(e) => Poll::Ready(Err(e)),
+                }
             };
             // SAFETY: the owner's block, polled from `&mut self`.
             match unsafe { run_pass(head, &mut self.remaining, cx, step) } {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => {
+                    // Fail fast: everything else is dropped before the error
+                    // is handed out (no wake reaches the task any more: the
+                    // word is closed).
+                    let mut panics = Panics::default();
+                    panics.catch(|| self.drop_slots());
+                    // The error is dropped outside a sibling's panic.
+                    return Poll::Ready(Err(crate::unwind::hand_back(panics, e)));
+                }
             }
         }
         assert!(self.live, "awaitkit: outputs taken twice");
@@ -1012,20 +1044,14 @@ impl<F: Future> SmallSet<F> {
         }
         // Every slot is `Gone`: nothing left to drop.
         self.live = false;
-        Poll::Ready(outputs)
+        Poll::Ready(Ok(outputs))
     }
-}
 
-// The children live in the block; moving the set never moves them.
-impl<F: Future> Unpin for SmallSet<F> {}
-
-impl<F: Future> Drop for SmallSet<F> {
-    fn drop(&mut self) {
+    /// Drops every slot in place, once: when one destructor panics the
+    /// others are still dropped, and the first panic propagates afterwards.
+    fn drop_slots(&mut self) {
         if std::mem::replace(&mut self.live, false) {
             let slots = self.slots_ptr();
-            // Each slot dropped on its own: when one destructor panics the
-            // others are still dropped, and the first panic propagates
-            // afterwards (then `shared` releases the block).
             let mut panics = Panics::default();
             for i in 0..self.len {
                 // SAFETY: initialised, live, and dropped once here (`live`
@@ -1034,6 +1060,16 @@ impl<F: Future> Drop for SmallSet<F> {
             }
             panics.resume();
         }
+    }
+}
+
+// The children live in the block; moving the set never moves them.
+impl<F: Future> Unpin for SmallSet<F> {}
+
+impl<F: Future> Drop for SmallSet<F> {
+    fn drop(&mut self) {
+        // Then `shared` releases the block, also if a destructor panicked.
+        self.drop_slots();
     }
 }
 

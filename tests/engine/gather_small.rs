@@ -233,3 +233,182 @@ fn a_clone_outliving_the_gather_wakes_nobody() {
     assert_eq!(w.wakes(), wakes, "a stale clone woke the task");
     assert_eq!(w.live_clones(), 0);
 }
+
+type Out = Result<(usize, Token), String>;
+
+/// `n` parked children; child `i` finishes with `Ok((i, token))`, or with
+/// `Err` when `i == fail`.
+fn fallible_small(
+    n: usize,
+    fail: usize,
+    tracker: &Tracker,
+) -> (Vec<ParkHandle>, Vec<Counter>, Vec<Parked<Out>>) {
+    let mut handles = Vec::new();
+    let mut counters = Vec::new();
+    let mut children = Vec::new();
+    for i in 0..n {
+        let polls = Counter::new();
+        let value = if i == fail {
+            Err(format!("child {i} failed"))
+        } else {
+            Ok((i, tracker.token()))
+        };
+        let (h, c) = parked(value, &polls, tracker);
+        handles.push(h);
+        counters.push(polls);
+        children.push(c);
+    }
+    (handles, counters, children)
+}
+
+/// `try_gather` in the small block: the first `Err` comes from the very
+/// poll in which it appears, every other child and kept value already
+/// dropped; `Ok` values in input order otherwise (SPEC §2).
+#[test]
+fn try_gather_fails_fast_in_the_small_block() {
+    use awaitkit::try_gather;
+    for n in [1, 2, 5, 16, 17] {
+        for fail in [0, n / 2, n - 1] {
+            let tracker = Tracker::new();
+            let w = CountingWaker::new();
+            let (handles, counters, children) = fallible_small(n, fail, &tracker);
+            let mut g = try_gather(children);
+            assert!(poll_once(&mut g, &w).is_pending());
+            assert_eq!(total(&counters), n);
+            let order: Vec<usize> = shuffled(n, n as u64)
+                .into_iter()
+                .filter(|&i| i != fail)
+                .take(n / 2)
+                .collect();
+            for &i in &order {
+                handles[i].complete();
+                assert!(
+                    poll_once(&mut g, &w).is_pending(),
+                    "n = {n}: finished early"
+                );
+                assert_eq!(counters[i].get(), 2);
+            }
+            assert_eq!(
+                tracker.live(),
+                2 * n - 1 - order.len(),
+                "n = {n}: children + values"
+            );
+            handles[fail].complete();
+            let r = poll_once(&mut g, &w);
+            let live = tracker.live();
+            assert_eq!(
+                r.map(|r| r.map(|v| v.len())),
+                Poll::Ready(Err(format!("child {fail} failed"))),
+                "n = {n}"
+            );
+            assert_eq!(
+                live, 0,
+                "n = {n}, fail = {fail}: alive when the Err was returned"
+            );
+            assert!(handles.iter().all(|h| !h.has_waker()));
+            assert_eq!(
+                total(&counters),
+                n + order.len() + 1,
+                "n = {n}: polls != wakes + N"
+            );
+            let again = std::panic::catch_unwind(AssertUnwindSafe(|| poll_once(&mut g, &w)));
+            assert!(
+                panic_message(&*again.expect_err("polled after completion"))
+                    .contains("after completion")
+            );
+            drop(g);
+            assert_eq!(w.live_clones(), 0, "parent waker leaked");
+        }
+        // Every child `Ok`: the values in input order.
+        let tracker = Tracker::new();
+        let polls = Counter::new();
+        let children: Vec<_> = (0..n)
+            .map(|i| YieldN::tracked(i % 3, Ok::<usize, String>(i), &polls, &tracker))
+            .collect();
+        let out = futures::executor::block_on(try_gather(children));
+        assert_eq!(out, Ok((0..n).collect::<Vec<_>>()));
+        assert_eq!(tracker.live(), 0);
+    }
+}
+
+/// A sibling whose destructor panics while `try_gather` fails fast: every
+/// other child is still dropped, the error is dropped (not leaked, not
+/// returned), the panic propagates, and a later poll refuses.
+#[test]
+fn try_gather_fail_fast_with_a_panicking_sibling_destructor() {
+    use awaitkit::try_gather;
+    use futures::FutureExt;
+    use futures::future::BoxFuture;
+    struct BoomOnDrop(#[allow(dead_code)] Token);
+    impl Drop for BoomOnDrop {
+        fn drop(&mut self) {
+            panic!("sibling boom");
+        }
+    }
+    for n in [2, 3, 16] {
+        let tracker = Tracker::new();
+        let w = CountingWaker::new();
+        let polls = Counter::new();
+        let children: Vec<BoxFuture<'static, Result<(), Token>>> = (0..n)
+            .map(|i| {
+                if i == 0 {
+                    let err = tracker.token();
+                    async move {
+                        yield_now().await;
+                        Err(err)
+                    }
+                    .boxed()
+                } else if i == 1 {
+                    let boom = BoomOnDrop(tracker.token());
+                    async move {
+                        let _boom = boom;
+                        std::future::pending::<()>().await;
+                        Ok(())
+                    }
+                    .boxed()
+                } else {
+                    YieldN::tracked(100, Ok(()), &polls, &tracker).boxed()
+                }
+            })
+            .collect();
+        let mut g = try_gather(children);
+        assert!(poll_once(&mut g, &w).is_pending());
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| poll_once(&mut g, &w)));
+        assert_eq!(
+            panic_message(&*r.expect_err("the sibling's panic propagates")),
+            "sibling boom"
+        );
+        assert_eq!(tracker.live(), 0, "n = {n}: a child or the error leaked");
+        let again = std::panic::catch_unwind(AssertUnwindSafe(|| poll_once(&mut g, &w)));
+        assert!(panic_message(&*again.expect_err("refuses")).contains("after a panic"));
+        drop(g);
+        assert_eq!(w.live_clones(), 0);
+    }
+}
+
+/// `try_gather` in the small block dropped after every poll: every child and
+/// kept value dropped once.
+#[test]
+fn try_gather_cancelled_after_every_poll() {
+    use awaitkit::try_gather;
+    for n in [1, 4, 16] {
+        for k in 0..=5 {
+            let tracker = Tracker::new();
+            let w = CountingWaker::new();
+            let polls = Counter::new();
+            let mut g = try_gather(
+                (0..n)
+                    .map(|i| YieldN::tracked(i % 5, Ok::<_, ()>(tracker.token()), &polls, &tracker))
+                    .collect::<Vec<_>>(),
+            );
+            for _ in 0..k {
+                if poll_once(&mut g, &w).is_ready() {
+                    break;
+                }
+            }
+            drop(g);
+            assert_eq!(tracker.live(), 0, "n = {n}, k = {k}");
+            assert_eq!(w.live_clones(), 0, "n = {n}, k = {k}");
+        }
+    }
+}
