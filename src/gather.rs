@@ -186,6 +186,9 @@ impl<F: Future> fmt::Debug for Gather<F> {
 /// which a child produced it, after every other unfinished child (and every
 /// value collected so far) has been dropped.
 ///
+/// Like [`gather()`], an input of 1 to 16 futures of known exact length is
+/// kept in one small allocation, any other in the engine's sets.
+///
 /// # Cancel safety
 ///
 /// Dropping the [`TryGather`] drops every unfinished child synchronously.
@@ -193,9 +196,6 @@ impl<F: Future> fmt::Debug for Gather<F> {
 /// # Errors
 ///
 /// Resolves to the first `Err` produced by a child, in completion order.
-///
-/// Like [`gather()`], an input of 1 to 16 futures of known exact length is
-/// kept in one small allocation, any other in the engine's sets.
 ///
 /// # Panics
 ///
