@@ -31,26 +31,48 @@ pub enum TupleSlot<F: Future> {
 
 impl<F: Future> TupleSlot<F> {
     /// Polls the element if it is running; `Ready` exactly once, when it
-    /// finishes.
+    /// finishes (its output kept in the slot).
     ///
     /// # Safety
     ///
     /// `self` is never moved after the first call (it lives in a box owned
     /// by the gathering future).
     unsafe fn poll_slot(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        // SAFETY: forwarded caller contract.
+        let output = std::task::ready!(unsafe { self.poll_running(cx) });
+        let output = self.retire(output);
+        *self = TupleSlot::Done(output);
+        Poll::Ready(())
+    }
+
+    /// Polls the element if it is running (`Pending` if not: a stale bit of
+    /// a finished one); its output when it finishes, the child still in the
+    /// slot (see [`TupleSlot::retire`]).
+    ///
+    /// # Safety
+    ///
+    /// As [`TupleSlot::poll_slot`].
+    #[inline]
+    unsafe fn poll_running(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
         let TupleSlot::Running(fut) = self else {
             return Poll::Pending;
         };
         // SAFETY: caller contract: the slot does not move; the child is only
-        // dropped in place, by the assignment below or the box's drop.
-        let fut = unsafe { Pin::new_unchecked(fut) };
-        match fut.poll(cx) {
-            Poll::Ready(output) => {
-                *self = TupleSlot::Done(output);
-                Poll::Ready(())
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        // dropped in place, by `retire` or the box's drop.
+        unsafe { Pin::new_unchecked(fut) }.poll(cx)
+    }
+
+    /// Drops the finished child in place (the slot left `Gone`) and hands
+    /// its output back. If the child's destructor panics, the slot is still
+    /// left `Gone` (an assignment writes even when the old value's drop
+    /// unwinds), the output is dropped outside that unwind and the panic
+    /// propagates — or, while this thread already unwinds, the panic is
+    /// discarded and the output handed back (a second panic would abort).
+    #[inline]
+    fn retire(&mut self, output: F::Output) -> F::Output {
+        let mut panics = Panics::default();
+        panics.catch(|| *self = TupleSlot::Gone);
+        crate::unwind::hand_back(panics, output)
     }
 
     fn take(&mut self) -> F::Output {
@@ -269,8 +291,13 @@ const CLOSED: u64 = 1 << 63;
 /// The parent's waker is registered lazily: only a waker that escaped a
 /// child's poll (a clone, counted in `refs`) can wake a child between the
 /// owner's polls, so the owner registers only when one exists
-/// ([`Head::escaped`]), and reads the word after registering: at the end
-/// of a pass, and in a poll that finds the word zero. A wake that found
+/// ([`Head::escaped`]), and reads the word after registering: at the start
+/// of a pass (before it takes the bits) and at its end. Once a waker was
+/// registered, every later pass registers its own task's waker first
+/// ([`Head::registered`]), even with no clone alive: a wake during the pass
+/// from a thread a child lent its borrowed waker to finds the word zero and
+/// wakes the parent, which must be this poll's task, not one the future has
+/// left (the same waker again is a comparison, no write). A wake that found
 /// the word zero before that registration may have gone to an older waker,
 /// or to none, but its bit is seen by that read: the wake's `fetch_or`
 /// comes before its read-modify-writes on the parent waker's state, the
@@ -313,6 +340,10 @@ struct Head {
     /// even under loom: what a wake needs from it holds per thread.
     owner: std::sync::atomic::AtomicUsize,
     parent: ParentWaker,
+    /// Whether a parent waker was ever registered (owner-only, like
+    /// `owner`): from then on every pass registers its task's waker first,
+    /// so a wake never reaches a task the future has left.
+    registered: std::sync::atomic::AtomicBool,
     /// The layout of the whole block (`Block<T::Slots>`).
     layout: Layout,
 }
@@ -590,6 +621,7 @@ impl<T: TupleFutures> TupleCore<T> {
                         local: std::sync::atomic::AtomicU64::new(0),
                         owner: std::sync::atomic::AtomicUsize::new(0),
                         parent: ParentWaker::new(),
+                        registered: std::sync::atomic::AtomicBool::new(false),
                         layout,
                     },
                     slots,
@@ -664,18 +696,19 @@ impl<T: TupleFutures> TupleCore<T> {
         if self.remaining > 0 {
             let head = self.shared.0.expect("awaitkit: no block");
             let slots = self.slots_ptr();
-            let step = |i, child_cx: &mut Context<'_>| {
-                // SAFETY: the slots are live (`remaining > 0`) in the block,
-                // which never moves; they are only dropped in place, and
-                // nothing else borrows them during the poll.
-                if unsafe { T::poll_child(&mut *slots, i, child_cx) }.is_pending() {
-                    return Poll::Pending;
-                }
-                // SAFETY: as above.
-                Poll::Ready(done(unsafe { &mut *slots }, i))
+            // Both closures: the slots are live (`remaining > 0`) in the
+            // block, which never moves; they are only dropped in place, and
+            // nothing else borrows them during a poll.
+            let poll = |i, child_cx: &mut Context<'_>| {
+                // SAFETY: see above.
+                unsafe { T::poll_child(&mut *slots, i, child_cx) }
+            };
+            let finish = |i, ()| {
+                // SAFETY: see above.
+                done(unsafe { &mut *slots }, i)
             };
             // SAFETY: the owner's block, polled from `&mut self`.
-            let pass = unsafe { run_pass(head, &mut self.remaining, cx, step) };
+            let pass = unsafe { run_pass(head, &mut self.remaining, cx, poll, finish) };
             match pass {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
@@ -706,16 +739,18 @@ impl<T: TupleFutures> TupleCore<T> {
 }
 
 /// One poll of a block's owner (`remaining > 0` elements not finished):
-/// polls each woken element once with `step(i, cx)`, which polls element
-/// `i` with the element's own borrowed waker in `cx` and says whether it
-/// finished (`Ready(Ok)`), fails fast (`Ready(Err)`), or is still running.
+/// polls each woken element once with `poll(i, cx)` (element `i`, with its
+/// own borrowed waker in `cx`), and hands each one that finished to
+/// `finish(i, output)`, which keeps the output (`Ok`) or fails fast
+/// (`Err`). A finished element is counted out before `finish` runs (it may
+/// run a destructor, which may panic).
 ///
 /// Returns `Ready(Ok)` once every element finished, `Ready(Err)` as soon as
-/// `step` fails fast (the pass ends there; the caller drops the slots), and
-/// `Pending` otherwise, with a wake-up on its way (from a woken element, or
-/// from this task itself when an element was woken during the pass). Either
-/// `Ready` closes the word for good ([`Head::close`]): no wake reaches the
-/// task afterwards. The protocol is [`Head`]'s.
+/// `finish` fails fast (the pass ends there; the caller drops the slots),
+/// and `Pending` otherwise, with a wake-up on its way (from a woken element,
+/// or from this task itself when an element was woken during the pass).
+/// Either `Ready` closes the word for good ([`Head::close`]): no wake
+/// reaches the task afterwards. The protocol is [`Head`]'s.
 ///
 /// # Safety
 ///
@@ -723,11 +758,12 @@ impl<T: TupleFutures> TupleCore<T> {
 /// polls it from `&mut` access: no other pass or registration runs on the
 /// block meanwhile.
 #[inline]
-unsafe fn run_pass<E>(
+unsafe fn run_pass<T, E>(
     head_ptr: NonNull<Head>,
     remaining: &mut usize,
     cx: &mut Context<'_>,
-    mut step: impl FnMut(usize, &mut Context<'_>) -> Poll<Result<(), E>>,
+    mut poll: impl FnMut(usize, &mut Context<'_>) -> Poll<T>,
+    mut finish: impl FnMut(usize, T) -> Result<(), E>,
 ) -> Poll<Result<(), E>> {
     debug_assert!(*remaining > 0);
     // SAFETY: the owner holds a reference on its block.
@@ -735,20 +771,22 @@ unsafe fn run_pass<E>(
     // Owner-only, like `owner`.
     let local = head.local.load(Ordering::Relaxed);
     let escaped = head.escaped();
-    let mut word = head.ready.load(Ordering::Acquire);
+    if escaped || head.registered.load(Ordering::Relaxed) {
+        // A parent waker is (or must be) registered: make it this poll's
+        // before any wake of this pass can reach it, so a wake never goes
+        // to the task that polled before (the future may have moved to
+        // another task since; the same waker again costs a comparison).
+        // SAFETY: the owner's only registration (caller contract).
+        unsafe { head.parent.register(cx.waker()) };
+        head.registered.store(true, Ordering::Relaxed);
+    }
+    let word = head.ready.load(Ordering::Acquire);
     if word == 0 && local == 0 {
         // Nothing woken. Only a waker that escaped a poll (a clone) can wake
-        // us later: make sure it reaches this task, then look again (a wake
-        // before the registration may have gone to an older waker, or to
-        // none).
-        if escaped {
-            // SAFETY: the owner's only registration (caller contract).
-            unsafe { head.parent.register(cx.waker()) };
-            word = head.ready.load(Ordering::Acquire);
-        }
-        if word == 0 {
-            return Poll::Pending;
-        }
+        // us later, and it reaches the waker just registered; a wake before
+        // the registration may have gone to an older waker, or to none, but
+        // its bit is in the word, read after the registration.
+        return Poll::Pending;
     }
     let mut bits = if word == 0 {
         // Only this thread's wakes (`local`): a wake landing in the word
@@ -792,11 +830,9 @@ unsafe fn run_pass<E>(
             ))
         });
         let mut child_cx = Context::from_waker(&waker);
-        match step(i, &mut child_cx) {
-            Poll::Pending => {}
-            Poll::Ready(Ok(())) => *remaining -= 1,
-            Poll::Ready(Err(e)) => {
-                *remaining -= 1;
+        if let Poll::Ready(output) = poll(i, &mut child_cx) {
+            *remaining -= 1;
+            if let Err(e) = finish(i, output) {
                 drop(pass);
                 head.close();
                 return Poll::Ready(Err(e));
@@ -815,6 +851,7 @@ unsafe fn run_pass<E>(
             // and a bit seen there wakes the task below.
             // SAFETY: the owner's only registration (caller contract).
             unsafe { head.parent.register(cx.waker()) };
+            head.registered.store(true, Ordering::Relaxed);
         }
         // Without an escaped clone, every wake of the pass (from this thread
         // or one a child lent its waker to and joined) is already in the
@@ -901,6 +938,7 @@ impl<F: Future> SmallSet<F> {
                 local: std::sync::atomic::AtomicU64::new(0),
                 owner: std::sync::atomic::AtomicUsize::new(0),
                 parent: ParentWaker::new(),
+                registered: std::sync::atomic::AtomicBool::new(false),
                 layout,
             })
         };
@@ -989,39 +1027,29 @@ impl<F: Future> SmallSet<F> {
         if self.remaining > 0 {
             let head = self.shared.0.expect("awaitkit: no block");
             let len = self.len;
-            let step = |i: usize, child_cx: &mut Context<'_>| {
+            // Both closures: bits are only set for initialised slots (`i <
+            // len`), live while children remain, in the block, which never
+            // moves; only dropped in place, and nothing else borrows them
+            // during a poll.
+            let poll = |i: usize, child_cx: &mut Context<'_>| {
                 debug_assert!(i < len);
-                // SAFETY: bits are only set for initialised slots (`i <
-                // len`), live while children remain, in the block, which
-                // never moves; only dropped in place, and nothing else
-                // borrows them during the poll.
+                // SAFETY: see above.
+                unsafe { (*slots.add(i)).poll_running(child_cx) }
+            };
+            let finish = |i: usize, output| {
+                // SAFETY: see above.
                 let slot = unsafe { &mut *slots.add(i) };
-                let TupleSlot::Running(child) = slot else {
-                    // A stale bit of a finished child.
-                    return Poll::Pending;
-                };
-                // SAFETY: as above: the child never moves while `Running`.
-                let Poll::Ready(output) = unsafe { Pin::new_unchecked(child) }.poll(child_cx)
-                else {
-                    return Poll::Pending;
-                };
-                // The child is dropped in place first. If its destructor
-                // panics, the slot is left `Gone` (an assignment writes even
-                // when the old value's drop unwinds), its output is dropped
-                // outside that unwind, and the panic propagates, as the
-                // engine does.
-                let mut panics = Panics::default();
-                panics.catch(|| *slot = TupleSlot::Gone);
-                match split(crate::unwind::hand_back(panics, output)) {
+                // The child is dropped first, as the engine does.
+                match split(slot.retire(output)) {
                     Ok(output) => {
                         *slot = TupleSlot::Done(output);
-                        Poll::Ready(Ok(()))
+                        Ok(())
                     }
-                    Err(e) => Poll::Ready(Err(e)),
+                    Err(e) => Err(e),
                 }
             };
             // SAFETY: the owner's block, polled from `&mut self`.
-            match unsafe { run_pass(head, &mut self.remaining, cx, step) } {
+            match unsafe { run_pass(head, &mut self.remaining, cx, poll, finish) } {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => {
