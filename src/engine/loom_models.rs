@@ -450,41 +450,53 @@ fn last_clone_drops_race_the_owner_drop() {
     });
 }
 
-/// `gather!`'s own block: two children of a tuple woken from two other
-/// threads while the owner polls: no wake is lost, each child is polled at
-/// most wakes + 1 times, and the block is freed.
-#[test]
-fn tuple_wakes_from_other_threads() {
-    model(|| {
-        let gates: Vec<Arc<Gate>> = (0..2).map(|_| Arc::new(Gate::default())).collect();
-        let threads: Vec<_> = gates
-            .iter()
-            .map(|g| {
-                let g = g.clone();
-                thread::spawn(move || g.fire())
-            })
-            .collect();
-        let child = |g: &Arc<Gate>| WaitGate {
-            gate: g.clone(),
-            need: 1,
-        };
-        let out = block_on(crate::GatherTuple::new((
-            child(&gates[0]),
-            child(&gates[1]),
-        )));
-        assert_eq!(out, (1, 1));
-        for t in threads {
-            t.join().unwrap();
-        }
-        for g in &gates {
-            assert!(g.polls.load(Ordering::Relaxed) <= 2);
-        }
-    });
+/// Two children of one type through `gather!`'s tuple (`small` false) or
+/// `gather`'s small block (`small` true, an input of exact size 2): the
+/// same block protocol, both outputs in input order.
+fn gather_two<F: Future<Output = usize>>(small: bool, a: F, b: F) -> [usize; 2] {
+    if small {
+        let out = block_on(crate::gather([a, b]));
+        [out[0], out[1]]
+    } else {
+        let (a, b) = block_on(crate::GatherTuple::new((a, b)));
+        [a, b]
+    }
 }
 
-/// A tuple child that wakes itself during its poll (an owner-only bit) as
-/// another thread wakes its sibling (through the word, maybe during the
-/// pass): the owner polls again for both.
+/// `gather!`'s own block, and `gather`'s small one: two children woken from
+/// two other threads while the owner polls: no wake is lost, each child is
+/// polled at most wakes + 1 times, and the block is freed.
+#[test]
+fn tuple_wakes_from_other_threads() {
+    for small in [false, true] {
+        model(move || {
+            let gates: Vec<Arc<Gate>> = (0..2).map(|_| Arc::new(Gate::default())).collect();
+            let threads: Vec<_> = gates
+                .iter()
+                .map(|g| {
+                    let g = g.clone();
+                    thread::spawn(move || g.fire())
+                })
+                .collect();
+            let child = |g: &Arc<Gate>| WaitGate {
+                gate: g.clone(),
+                need: 1,
+            };
+            let out = gather_two(small, child(&gates[0]), child(&gates[1]));
+            assert_eq!(out, [1, 1]);
+            for t in threads {
+                t.join().unwrap();
+            }
+            for g in &gates {
+                assert!(g.polls.load(Ordering::Relaxed) <= 2);
+            }
+        });
+    }
+}
+
+/// A tuple (or small block) child that wakes itself during its poll (an
+/// owner-only bit) as another thread wakes its sibling (through the word,
+/// maybe during the pass): the owner polls again for both.
 #[test]
 fn tuple_self_wake_races_a_wake_from_another_thread() {
     struct YieldOnce(bool);
@@ -499,21 +511,21 @@ fn tuple_self_wake_races_a_wake_from_another_thread() {
             Poll::Pending
         }
     }
-    model(|| {
-        let gate = Arc::new(Gate::default());
-        let g = gate.clone();
-        let t = thread::spawn(move || g.fire());
-        let out = block_on(crate::GatherTuple::new((
-            YieldOnce(false),
-            WaitGate {
+    for small in [false, true] {
+        model(move || {
+            let gate = Arc::new(Gate::default());
+            let g = gate.clone();
+            let t = thread::spawn(move || g.fire());
+            let yielding: Boxed = Box::pin(YieldOnce(false));
+            let waiting: Boxed = Box::pin(WaitGate {
                 gate: gate.clone(),
                 need: 1,
-            },
-        )));
-        assert_eq!(out, (7, 1));
-        t.join().unwrap();
-        assert!(gate.polls.load(Ordering::Relaxed) <= 2);
-    });
+            });
+            assert_eq!(gather_two(small, yielding, waiting), [7, 1]);
+            t.join().unwrap();
+            assert!(gate.polls.load(Ordering::Relaxed) <= 2);
+        });
+    }
 }
 
 /// The owner drops a tuple future while another thread still wakes through
@@ -566,25 +578,26 @@ impl Future for LateEscape {
     }
 }
 
-/// Two tuple children whose first clones escape (in the first pass for one,
-/// the second for the other) to two threads that wake them while the owner
-/// may still be in its pass, before or after it registers the parent's
-/// waker: no wake is lost, the block is freed.
+/// Two tuple (or small block) children whose first clones escape (in the
+/// first pass for one, the second for the other) to two threads that wake
+/// them while the owner may still be in its pass, before or after it
+/// registers the parent's waker: no wake is lost, the block is freed.
 #[test]
 fn tuple_lazy_registration_races_two_escaped_wakes() {
-    model(|| {
-        let threads = Arc::new(Mutex::new(Vec::new()));
-        let child = |quiet| LateEscape {
-            quiet,
-            escaped: false,
-            threads: threads.clone(),
-        };
-        let out = block_on(crate::GatherTuple::new((child(0), child(1))));
-        assert_eq!(out, (3, 3));
-        for t in std::mem::take(&mut *threads.lock().unwrap()) {
-            t.join().unwrap();
-        }
-    });
+    for small in [false, true] {
+        model(move || {
+            let threads = Arc::new(Mutex::new(Vec::new()));
+            let child = |quiet| LateEscape {
+                quiet,
+                escaped: false,
+                threads: threads.clone(),
+            };
+            assert_eq!(gather_two(small, child(0), child(1)), [3, 3]);
+            for t in std::mem::take(&mut *threads.lock().unwrap()) {
+                t.join().unwrap();
+            }
+        });
+    }
 }
 
 /// A tuple child whose poll lends its borrowed waker to another thread and
@@ -647,29 +660,39 @@ fn tuple_borrowed_waker_woken_from_a_thread_during_the_poll() {
     }
 }
 
-/// The owner drops a tuple future while one thread takes the stored clone
-/// out and drops it (racing the owner's check for the only reference) and
-/// another wakes a second clone by value: the block is freed exactly once,
-/// after its last reference.
+/// The owner drops a pending tuple (or small block) while one thread takes
+/// the stored clone out and drops it (racing the owner's check for the only
+/// reference) and another wakes a second clone by value: the block is freed
+/// exactly once, after its last reference.
 #[test]
 fn tuple_owner_drop_races_the_last_clones() {
-    model(|| {
-        let gate = Arc::new(Gate::default());
-        let mut fut = crate::GatherTuple::new((WaitGate {
-            gate: gate.clone(),
-            need: 1,
-        },));
-        let waker = futures_util::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        assert!(Pin::new(&mut fut).poll(&mut cx).is_pending());
-        let second = gate.waker.lock().unwrap().clone().expect("parked");
-        let g = gate.clone();
-        let t1 = thread::spawn(move || drop(g.waker.lock().unwrap().take()));
-        let t2 = thread::spawn(move || second.wake());
-        drop(fut);
-        t1.join().unwrap();
-        t2.join().unwrap();
-    });
+    for small in [false, true] {
+        model(move || {
+            let gate = Arc::new(Gate::default());
+            let child = WaitGate {
+                gate: gate.clone(),
+                need: 1,
+            };
+            let mut fut: Pin<Box<dyn Future<Output = ()> + Send>> = if small {
+                Box::pin(futures_util::FutureExt::map(crate::gather([child]), drop))
+            } else {
+                Box::pin(futures_util::FutureExt::map(
+                    crate::GatherTuple::new((child,)),
+                    drop,
+                ))
+            };
+            let waker = futures_util::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            assert!(fut.as_mut().poll(&mut cx).is_pending());
+            let second = gate.waker.lock().unwrap().clone().expect("parked");
+            let g = gate.clone();
+            let t1 = thread::spawn(move || drop(g.waker.lock().unwrap().take()));
+            let t2 = thread::spawn(move || second.wake());
+            drop(fut);
+            t1.join().unwrap();
+            t2.join().unwrap();
+        });
+    }
 }
 
 /// Like [`block_on`], but every poll gets a new task waker (as a future
@@ -1597,115 +1620,6 @@ fn review_lent_waker_woken_twice_while_a_third_clones_it() {
             );
         });
     }
-}
-
-/// `gather`'s small block (an input of exact size 2): two children woken
-/// from two other threads while the owner polls: no wake is lost, each child
-/// is polled at most wakes + 1 times, the outputs come in input order and
-/// the block is freed.
-#[test]
-fn small_wakes_from_other_threads() {
-    model(|| {
-        let gates: Vec<Arc<Gate>> = (0..2).map(|_| Arc::new(Gate::default())).collect();
-        let threads: Vec<_> = gates
-            .iter()
-            .map(|g| {
-                let g = g.clone();
-                thread::spawn(move || g.fire())
-            })
-            .collect();
-        let children = gates.iter().map(|g| WaitGate {
-            gate: g.clone(),
-            need: 1,
-        });
-        assert_eq!(children.size_hint(), (2, Some(2)));
-        let out = block_on(crate::gather(children));
-        assert_eq!(out, [1, 1]);
-        for t in threads {
-            t.join().unwrap();
-        }
-        for g in &gates {
-            assert!(g.polls.load(Ordering::Relaxed) <= 2);
-        }
-    });
-}
-
-/// A small-block child that wakes itself during its poll (an owner-only
-/// bit) as another thread wakes its sibling: the owner polls again for
-/// both.
-#[test]
-fn small_self_wake_races_a_wake_from_another_thread() {
-    struct YieldOnce(bool);
-    impl Future for YieldOnce {
-        type Output = usize;
-        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
-            if self.0 {
-                return Poll::Ready(7);
-            }
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
-    model(|| {
-        let gate = Arc::new(Gate::default());
-        let g = gate.clone();
-        let t = thread::spawn(move || g.fire());
-        let children: [Boxed; 2] = [
-            Box::pin(YieldOnce(false)),
-            Box::pin(WaitGate {
-                gate: gate.clone(),
-                need: 1,
-            }),
-        ];
-        assert_eq!(block_on(crate::gather(children)), [7, 1]);
-        t.join().unwrap();
-        assert!(gate.polls.load(Ordering::Relaxed) <= 2);
-    });
-}
-
-/// Two small-block children whose first clones escape (in the first pass
-/// for one, the second for the other) to threads that wake them while the
-/// owner may still be in its pass, before or after it registers the
-/// parent's waker: no wake is lost, the block is freed.
-#[test]
-fn small_lazy_registration_races_two_escaped_wakes() {
-    model(|| {
-        let threads = Arc::new(Mutex::new(Vec::new()));
-        let child = |quiet| LateEscape {
-            quiet,
-            escaped: false,
-            threads: threads.clone(),
-        };
-        assert_eq!(block_on(crate::gather([child(0), child(1)])), [3, 3]);
-        for t in std::mem::take(&mut *threads.lock().unwrap()) {
-            t.join().unwrap();
-        }
-    });
-}
-
-/// The owner drops a pending small block while one thread drops the stored
-/// clone and another wakes a second clone by value: the block is freed
-/// exactly once, after its last reference.
-#[test]
-fn small_owner_drop_races_the_last_clones() {
-    model(|| {
-        let gate = Arc::new(Gate::default());
-        let mut fut = crate::gather([WaitGate {
-            gate: gate.clone(),
-            need: 1,
-        }]);
-        let waker = futures_util::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        assert!(Pin::new(&mut fut).poll(&mut cx).is_pending());
-        let second = gate.waker.lock().unwrap().clone().expect("parked");
-        let g = gate.clone();
-        let t1 = thread::spawn(move || drop(g.waker.lock().unwrap().take()));
-        let t2 = thread::spawn(move || second.wake());
-        drop(fut);
-        t1.join().unwrap();
-        t2.join().unwrap();
-    });
 }
 
 /// A small block finishes while two threads still hold clones of its

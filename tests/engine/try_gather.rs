@@ -12,12 +12,12 @@ use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::task::Poll;
 
-type Out = Result<(usize, Token), String>;
+pub(crate) type Out = Result<(usize, Token), String>;
 
 /// `n` parked children; child `i` finishes with `Ok((i, token))`, or with
 /// `Err` when `i == fail`. The `Ok` values hold tokens too, so stored outputs
 /// count as live.
-fn fallible_set(
+pub(crate) fn fallible_set(
     n: usize,
     fail: usize,
     tracker: &Tracker,
