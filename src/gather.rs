@@ -23,7 +23,7 @@ use std::task::{Context, Poll};
 ///
 /// An empty input resolves to an empty `Vec` on the first poll.
 ///
-/// An input of 1 to 16 futures whose iterator knows its exact length (an
+/// An input of 1 to 63 futures whose iterator knows its exact length (an
 /// array, a `Vec`, a `map` over a range or a slice) is kept in one small
 /// allocation, laid out as [`gather!`](crate::gather!)'s; any other input in
 /// the engine's sets, which grow to any size. Both follow the same rules.
@@ -186,7 +186,7 @@ impl<F: Future> fmt::Debug for Gather<F> {
 /// which a child produced it, after every other unfinished child (and every
 /// value collected so far) has been dropped.
 ///
-/// Like [`gather()`], an input of 1 to 16 futures of known exact length is
+/// Like [`gather()`], an input of 1 to 63 futures of known exact length is
 /// kept in one small allocation, any other in the engine's sets.
 ///
 /// # Cancel safety

@@ -1058,8 +1058,9 @@ fn meddler() -> (Arc<Meddler>, Waker) {
 /// and whose `drop` (of the old waker, after the registration let go) wakes
 /// a child by value: they go through the word from the owner's thread
 /// outside a pass (a hold of their own, waking the older registered waker).
-/// No wake is lost: the owner reads the word after registering and wakes
-/// its new waker; every child polled at most wakes + 1 times; all released.
+/// No wake is lost: the owner takes the word after registering (and polls
+/// those children), or reads it after registering and wakes its new waker;
+/// every child polled at most wakes + 1 times; all released.
 #[test]
 fn task_waker_clone_and_drop_wake_children_during_the_registration() {
     watchdog("task_waker_clone_and_drop_wake_children", || {
@@ -1100,10 +1101,16 @@ fn task_waker_clone_and_drop_wake_children_during_the_registration() {
                 .poll(&mut Context::from_waker(&w2))
                 .is_pending()
         );
+        // The registration runs before the pass takes the woken children
+        // (since the review of the small block): children 0 and 2, woken by
+        // its user code, are then polled by this very pass. Either that, or
+        // the new waker is woken for them.
+        let polled_since = slots[0].polls.load(Ordering::SeqCst) == 2
+            && slots[2].polls.load(Ordering::SeqCst) == 2;
         assert!(
-            m2.wakes.load(Ordering::SeqCst) > before2,
+            m2.wakes.load(Ordering::SeqCst) > before2 || polled_since,
             "children 0 and 2 were woken during the registration of the new task waker, \
-             which was never woken: lost wake-up"
+             neither polled since nor the new waker woken: lost wake-up"
         );
         slots[1].fire();
         let mut polls = 0;

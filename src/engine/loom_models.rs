@@ -1703,3 +1703,45 @@ fn small_try_gather_fails_fast_while_a_sibling_is_woken() {
         }
     });
 }
+
+/// A wide small block (17 children: aligned to 64 bytes, its wakers on
+/// their own vtable): two of them woken from two other threads by clones
+/// while the owner polls, the rest finished at once: no wake is lost, the
+/// outputs come in input order and the block is freed by its last
+/// reference.
+#[test]
+fn small_wide_block_wakes_from_other_threads() {
+    model(|| {
+        let gates: Vec<Arc<Gate>> = (0..2).map(|_| Arc::new(Gate::default())).collect();
+        let threads: Vec<_> = gates
+            .iter()
+            .map(|g| {
+                let g = g.clone();
+                thread::spawn(move || g.fire())
+            })
+            .collect();
+        let children: Vec<Boxed> = (0..17)
+            .map(|i| -> Boxed {
+                match i {
+                    3 | 16 => Box::pin(WaitGate {
+                        gate: gates[usize::from(i == 16)].clone(),
+                        need: 1,
+                    }),
+                    _ => Box::pin(std::future::ready(100 + i)),
+                }
+            })
+            .collect();
+        let out = block_on(crate::gather(children));
+        let expected: Vec<usize> = (0..17)
+            .map(|i| if i == 3 || i == 16 { 1 } else { 100 + i })
+            .collect();
+        assert_eq!(out, expected);
+        for t in threads {
+            t.join().unwrap();
+        }
+        for g in &gates {
+            assert!(g.polls.load(Ordering::Relaxed) <= 2);
+            drop(g.waker.lock().unwrap().take());
+        }
+    });
+}

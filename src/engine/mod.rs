@@ -4,7 +4,7 @@
 //! `gather`, `try_gather`, `as_completed`, `wait_any` and `wait` are thin
 //! layers over [`Engine`]; `gather!`/`try_gather!` use a one-word ready set
 //! over a boxed tuple ([`tuple`]), and so does `gather` for an input of
-//! exact size 1 to 16 ([`tuple::SmallSet`]: the same block with an array of
+//! exact size 1 to 63 ([`tuple::SmallSet`]: the same block with an array of
 //! slots of one type).
 //!
 //! The rules it enforces (SPEC §1.3–§1.4):

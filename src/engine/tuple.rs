@@ -266,6 +266,11 @@ impl_tuple!(16; A0 T0 0, A1 T1 1, A2 T2 2, A3 T3 3, A4 T4 4, A5 T5 5, A6 T6 6, A
 /// a block is aligned to hold every index of the largest tuple (16).
 const INDEX_MASK: usize = 0b1111;
 
+/// The index mask of a *wide* block: a [`SmallSet`] of 17 to 63 children,
+/// whose block is aligned to 64 bytes. Its wakers have their own vtable
+/// ([`WIDE_VTABLE`]), which knows the mask.
+const WIDE_MASK: usize = 0b11_1111;
+
 /// The tuple is finished (done or failed fast): set in the ready word for
 /// good, so a stale clone's wake never finds it zero (see [`Head`]).
 const CLOSED: u64 = 1 << 63;
@@ -383,12 +388,29 @@ struct Block<S> {
     slots: S,
 }
 
-static TUPLE_VTABLE: RawWakerVTable = RawWakerVTable::new(
-    tuple_waker_clone,
-    tuple_waker_wake,
-    tuple_waker_wake_by_ref,
-    tuple_waker_drop,
-);
+/// The wakers of a tuple's block and of a [`SmallSet`] of up to 16.
+static TUPLE_VTABLE: RawWakerVTable = vtable::<INDEX_MASK>();
+/// The wakers of a wide [`SmallSet`] (17 to 63 children).
+static WIDE_VTABLE: RawWakerVTable = vtable::<WIDE_MASK>();
+
+/// The vtable of the wakers whose data pointer holds an index under `MASK`.
+const fn vtable<const MASK: usize>() -> RawWakerVTable {
+    RawWakerVTable::new(
+        tuple_waker_clone::<MASK>,
+        tuple_waker_wake::<MASK>,
+        tuple_waker_wake_by_ref::<MASK>,
+        tuple_waker_drop::<MASK>,
+    )
+}
+
+/// The vtable of the wakers whose indices are under `mask`.
+fn vtable_of(mask: usize) -> &'static RawWakerVTable {
+    match mask {
+        INDEX_MASK => &TUPLE_VTABLE,
+        WIDE_MASK => &WIDE_VTABLE,
+        _ => unreachable!("awaitkit: no vtable for index mask {mask}"),
+    }
+}
 
 /// A token unique to the calling thread among live threads: the address of
 /// a thread-local (no destructor, so always accessible).
@@ -416,8 +438,10 @@ fn thread_marker() -> usize {
 ///
 /// `data` came from [`Shared::waker_data`] (or a clone of such a waker) and
 /// the waker keeps the block alive.
-unsafe fn tuple_resolve<'a>(data: *const ()) -> (NonNull<Head>, &'a Head, usize) {
-    let index = data.addr() & INDEX_MASK;
+unsafe fn tuple_resolve<'a, const MASK: usize>(
+    data: *const (),
+) -> (NonNull<Head>, &'a Head, usize) {
+    let index = data.addr() & MASK;
     // SAFETY: `data` is the head's address plus `index` (caller contract),
     // in the same allocation; the head lives as long as the waker.
     unsafe {
@@ -426,33 +450,35 @@ unsafe fn tuple_resolve<'a>(data: *const ()) -> (NonNull<Head>, &'a Head, usize)
     }
 }
 
-unsafe fn tuple_waker_clone(data: *const ()) -> RawWaker {
+unsafe fn tuple_waker_clone<const MASK: usize>(data: *const ()) -> RawWaker {
     // SAFETY: the waker being cloned keeps the block alive.
-    let (_, head, _) = unsafe { tuple_resolve(data) };
+    let (_, head, _) = unsafe { tuple_resolve::<MASK>(data) };
     if head.refs.fetch_add(1, Ordering::Relaxed) > isize::MAX as usize {
         std::process::abort();
     }
-    RawWaker::new(data, &TUPLE_VTABLE)
+    RawWaker::new(data, vtable_of(MASK))
 }
 
-unsafe fn tuple_waker_wake(data: *const ()) {
+unsafe fn tuple_waker_wake<const MASK: usize>(data: *const ()) {
     /// Gives the owned waker's reference back even if the wake unwinds (a
     /// parent waker that panics), so the block is not leaked.
-    struct Owned(*const ());
+    struct Owned(NonNull<Head>);
     impl Drop for Owned {
         fn drop(&mut self) {
             // SAFETY: the waker being consumed owned this reference.
-            unsafe { tuple_waker_drop(self.0) }
+            unsafe { tuple_release(self.0) }
         }
     }
-    let owned = Owned(data);
+    // SAFETY: the waker keeps the block alive.
+    let owned = Owned(unsafe { tuple_resolve::<MASK>(data) }.0);
     // SAFETY: forwarded caller contract; `owned` keeps the block alive.
-    unsafe { tuple_waker_wake_by_ref(owned.0) };
+    unsafe { tuple_waker_wake_by_ref::<MASK>(data) };
+    drop(owned);
 }
 
-unsafe fn tuple_waker_wake_by_ref(data: *const ()) {
+unsafe fn tuple_waker_wake_by_ref<const MASK: usize>(data: *const ()) {
     // SAFETY: the waker keeps the block alive.
-    let (_, head, index) = unsafe { tuple_resolve(data) };
+    let (_, head, index) = unsafe { tuple_resolve::<MASK>(data) };
     if head.owner.load(Ordering::Relaxed) == thread_marker() {
         // On the owner's thread, during its pass (a self-wake, or a sibling
         // woken from a child's poll): only this thread touches `local`.
@@ -463,9 +489,9 @@ unsafe fn tuple_waker_wake_by_ref(data: *const ()) {
     }
 }
 
-unsafe fn tuple_waker_drop(data: *const ()) {
+unsafe fn tuple_waker_drop<const MASK: usize>(data: *const ()) {
     // SAFETY: this owned waker holds a reference on the block.
-    unsafe { tuple_release(tuple_resolve(data).0) };
+    unsafe { tuple_release(tuple_resolve::<MASK>(data).0) };
 }
 
 /// Drops one reference on a block, freeing it when it was the last (the
@@ -532,10 +558,11 @@ impl Shared {
     }
 
     /// The data pointer of element `index`'s waker (`index` is below the
-    /// tuple's length, checked against `INDEX_MASK` at compile time).
+    /// block's length: at most `INDEX_MASK`, checked at compile time for a
+    /// tuple, or `WIDE_MASK` in a 64-byte aligned block).
     #[inline]
     fn waker_data(head: NonNull<Head>, index: usize) -> *const () {
-        debug_assert!(index <= INDEX_MASK);
+        debug_assert!(index <= WIDE_MASK);
         head.as_ptr()
             .cast::<u8>()
             .wrapping_add(index)
@@ -708,7 +735,8 @@ impl<T: TupleFutures> TupleCore<T> {
                 done(unsafe { &mut *slots }, i)
             };
             // SAFETY: the owner's block, polled from `&mut self`.
-            let pass = unsafe { run_pass(head, &mut self.remaining, cx, poll, finish) };
+            let pass =
+                unsafe { run_pass(head, &TUPLE_VTABLE, &mut self.remaining, cx, poll, finish) };
             match pass {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
@@ -716,6 +744,7 @@ impl<T: TupleFutures> TupleCore<T> {
                     // error is handed out (no wake reaches the task any
                     // more: the word is closed).
                     self.finished = true;
+                    self.remaining = 0;
                     let mut panics = crate::unwind::Panics::default();
                     panics.catch(|| self.drop_slots());
                     // The error is dropped outside a sibling's panic.
@@ -760,6 +789,7 @@ impl<T: TupleFutures> TupleCore<T> {
 #[inline]
 unsafe fn run_pass<T, E>(
     head_ptr: NonNull<Head>,
+    vtable: &'static RawWakerVTable,
     remaining: &mut usize,
     cx: &mut Context<'_>,
     mut poll: impl FnMut(usize, &mut Context<'_>) -> Poll<T>,
@@ -824,10 +854,7 @@ unsafe fn run_pass<T, E>(
         // SAFETY: the vtable's functions expect exactly this data pointer,
         // whose block is alive.
         let waker = ManuallyDrop::new(unsafe {
-            Waker::from_raw(RawWaker::new(
-                Shared::waker_data(head_ptr, i),
-                &TUPLE_VTABLE,
-            ))
+            Waker::from_raw(RawWaker::new(Shared::waker_data(head_ptr, i), vtable))
         });
         let mut child_cx = Context::from_waker(&waker);
         if let Poll::Ready(output) = poll(i, &mut child_cx) {
@@ -881,9 +908,10 @@ impl<T: TupleFutures> Drop for TupleCore<T> {
     }
 }
 
-/// The most children [`SmallSet`] holds: every element's index fits the
-/// low bits of its waker's data pointer ([`INDEX_MASK`]).
-pub(crate) const SMALL_MAX: usize = INDEX_MASK + 1;
+/// The most children [`SmallSet`] holds: one ready word (bit 63 is
+/// [`CLOSED`]); every element's index fits the low bits of its waker's data
+/// pointer ([`WIDE_MASK`] in a block aligned to 64 bytes).
+pub(crate) const SMALL_MAX: usize = WIDE_MASK;
 
 /// The children of a `gather` whose input has an exact size of 1 to
 /// [`SMALL_MAX`]: one block, as a tuple's (the same [`Head`], wakers and
@@ -897,6 +925,9 @@ pub(crate) const SMALL_MAX: usize = INDEX_MASK + 1;
 /// N = 8.
 pub(crate) struct SmallSet<F: Future> {
     shared: Shared,
+    /// Whether the block was made for more than 16 children: aligned to 64
+    /// bytes, its wakers' indices under [`WIDE_MASK`] ([`WIDE_VTABLE`]).
+    wide: bool,
     /// Initialised slots, from the first.
     len: usize,
     /// Whether the slots hold anything to drop (false once the outputs
@@ -921,6 +952,17 @@ impl<F: Future> SmallSet<F> {
             .extend(slots)
             .expect("awaitkit: future too large");
         debug_assert_eq!(slots_at, Self::SLOTS_AT);
+        // Up to 16 children the head's own alignment (16) holds every index
+        // in a waker's data pointer; more need 64 (the head is first, so it
+        // has the block's alignment).
+        let wide = n > INDEX_MASK + 1;
+        let layout = if wide {
+            layout
+                .align_to(WIDE_MASK + 1)
+                .expect("awaitkit: future too large")
+        } else {
+            layout
+        };
         let layout = layout.pad_to_align();
         // SAFETY: the layout has a non-zero size (it holds a head).
         let Some(head) = NonNull::new(unsafe { alloc(layout) }.cast::<Head>()) else {
@@ -944,6 +986,7 @@ impl<F: Future> SmallSet<F> {
         };
         let mut set = Self {
             shared: Shared(Some(head)),
+            wide,
             len: 0,
             live: true,
             remaining: 0,
@@ -965,6 +1008,11 @@ impl<F: Future> SmallSet<F> {
 
     fn head(&self) -> &Head {
         self.shared.head()
+    }
+
+    /// The index mask of this block's wakers.
+    fn mask(&self) -> usize {
+        if self.wide { WIDE_MASK } else { INDEX_MASK }
     }
 
     #[inline]
@@ -1048,8 +1096,10 @@ impl<F: Future> SmallSet<F> {
                     Err(e) => Err(e),
                 }
             };
-            // SAFETY: the owner's block, polled from `&mut self`.
-            match unsafe { run_pass(head, &mut self.remaining, cx, poll, finish) } {
+            let vtable = vtable_of(self.mask());
+            // SAFETY: the owner's block, polled from `&mut self`; its wakers
+            // index it with the vtable of its mask.
+            match unsafe { run_pass(head, vtable, &mut self.remaining, cx, poll, finish) } {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => {
@@ -1079,6 +1129,8 @@ impl<F: Future> SmallSet<F> {
     /// others are still dropped, and the first panic propagates afterwards.
     fn drop_slots(&mut self) {
         if std::mem::replace(&mut self.live, false) {
+            // Nothing runs any more (`Debug` says so).
+            self.remaining = 0;
             let slots = self.slots_ptr();
             let mut panics = Panics::default();
             for i in 0..self.len {

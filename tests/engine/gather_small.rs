@@ -1,7 +1,9 @@
-//! `gather` of an input with an exact size of 1 to 16 children, which lives
-//! in one small block (the tuple's), and the edges of that path: the sizes
-//! around 16, iterators whose size hint lies, iterators that panic while the
-//! block is filled, wakes from other threads and clones that outlive it.
+//! `gather` and `try_gather` of an input with an exact size of 1 to 63
+//! children, which lives in one small block (the tuple's; from 17 on aligned
+//! to 64 bytes, with its own waker vtable), and the edges of that path: the
+//! sizes around 16 and 63, iterators whose size hint lies, iterators that
+//! panic while the block is filled, wakes from other threads and clones that
+//! outlive it.
 
 use crate::common;
 
@@ -41,7 +43,7 @@ fn yielders(n: usize, tracker: &Tracker) -> (Counter, Vec<YieldN<usize>>) {
 
 matrix! {
     async fn every_size_around_the_small_limit_keeps_order_and_polls_wakes_plus_n() {
-        for n in 1..=18 {
+        for n in (1..=18).chain([31, 62, 63, 64, 65]) {
             let tracker = Tracker::new();
             let (polls, children) = yielders(n, &tracker);
             let out = gather(children).await;
@@ -53,7 +55,7 @@ matrix! {
     }
 
     async fn parked_children_fired_in_any_order_at_every_small_size() {
-        for n in [1, 2, 3, 5, 8, 10, 15, 16, 17] {
+        for n in [1, 2, 3, 5, 8, 10, 15, 16, 17, 40, 63, 64] {
             let tracker = Tracker::new();
             let (handles, counters, children) = parked_set(n, &tracker);
             let order = shuffled(n, n as u64);
@@ -74,7 +76,10 @@ matrix! {
     async fn an_iterator_that_lies_about_its_exact_size_gathers_what_it_gave() {
         // More than claimed (the block hands its futures to the engine),
         // then fewer (the block holds what came).
-        let lies = [(1, 2), (3, 5), (16, 17), (16, 40), (2, 3), (1, 0), (3, 0), (5, 3), (16, 15), (16, 1)];
+        let lies = [
+            (1, 2), (3, 5), (16, 17), (16, 40), (2, 3), (17, 18), (63, 64), (63, 200),
+            (1, 0), (3, 0), (5, 3), (16, 15), (16, 1), (17, 16), (63, 62), (40, 2),
+        ];
         for (claimed, actual) in lies {
             let tracker = Tracker::new();
             let (polls, children) = yielders(actual, &tracker);
@@ -89,7 +94,7 @@ matrix! {
 
     async fn wakes_from_other_threads_and_clones_that_outlive_the_gather() {
         let thread = WakerThread::spawn();
-        for n in [1, 4, 16] {
+        for n in [1, 4, 16, 17, 63] {
             for round in 0..20 {
                 let polls = Counter::new();
                 let stash = WakerStash::default();
@@ -120,7 +125,7 @@ matrix! {
 /// are dropped once, nothing leaks, and the panic propagates from `gather`.
 #[test]
 fn an_iterator_that_panics_while_the_block_fills_drops_what_it_gave() {
-    for n in [1, 2, 9, 16] {
+    for n in [1, 2, 9, 16, 17, 63] {
         for k in 0..=n {
             let tracker = Tracker::new();
             let polls = Counter::new();
@@ -154,7 +159,7 @@ fn an_iterator_that_panics_while_the_block_fills_drops_what_it_gave() {
 /// children already in the block are dropped once.
 #[test]
 fn a_panic_in_the_check_for_more_drops_the_block() {
-    for n in [1, 3, 16] {
+    for n in [1, 3, 16, 17, 63] {
         let tracker = Tracker::new();
         let polls = Counter::new();
         let items = (0..=n).map(|i| {
@@ -176,7 +181,7 @@ fn a_panic_in_the_check_for_more_drops_the_block() {
 /// output is dropped once, and no waker clone is left behind.
 #[test]
 fn cancelled_after_every_poll_drops_everything_once() {
-    for n in [1, 2, 7, 16] {
+    for n in [1, 2, 7, 16, 17, 63] {
         for stop in 0..4 {
             let tracker = Tracker::new();
             let polls = Counter::new();
@@ -230,7 +235,7 @@ fn a_clone_outliving_the_gather_wakes_nobody() {
 #[test]
 fn try_gather_fails_fast_in_the_small_block() {
     use awaitkit::try_gather;
-    for n in [1, 2, 5, 16, 17] {
+    for n in [1, 2, 5, 16, 17, 63, 64] {
         for fail in [0, n / 2, n - 1] {
             let tracker = Tracker::new();
             let w = CountingWaker::new();
@@ -308,7 +313,7 @@ fn try_gather_fail_fast_with_a_panicking_sibling_destructor() {
             panic!("sibling boom");
         }
     }
-    for n in [2, 3, 16] {
+    for n in [2, 3, 16, 17, 63] {
         let tracker = Tracker::new();
         let w = CountingWaker::new();
         let polls = Counter::new();
@@ -354,7 +359,7 @@ fn try_gather_fail_fast_with_a_panicking_sibling_destructor() {
 #[test]
 fn try_gather_cancelled_after_every_poll() {
     use awaitkit::try_gather;
-    for n in [1, 4, 16] {
+    for n in [1, 4, 16, 17, 63] {
         for k in 0..=5 {
             let tracker = Tracker::new();
             let w = CountingWaker::new();
