@@ -349,8 +349,12 @@ struct Head {
     /// `owner`): from then on every pass registers its task's waker first,
     /// so a wake never reaches a task the future has left.
     registered: std::sync::atomic::AtomicBool,
-    /// The layout of the whole block (`Block<T::Slots>`).
+    /// The layout of the whole allocation (`Block<T::Slots>`, or a small
+    /// set's head and slots, with room to align a wide one's head).
     layout: Layout,
+    /// Bytes from the allocation's start to the head: 0 but in a wide
+    /// [`SmallSet`], whose head is moved up to a multiple of 64.
+    offset: usize,
 }
 
 impl Head {
@@ -526,12 +530,12 @@ unsafe fn tuple_release(head: NonNull<Head>) {
 unsafe fn tuple_free(head: NonNull<Head>) {
     // SAFETY: caller contract; the head is dropped here once.
     unsafe {
-        let layout = head.as_ref().layout;
+        let (layout, offset) = (head.as_ref().layout, head.as_ref().offset);
         // The parent's waker is user code: take it out, free the block,
         // then drop it, so a panicking drop cannot leak the block.
         let parent = (*head.as_ptr()).parent.take_exclusive();
         ptr::drop_in_place(head.as_ptr());
-        dealloc(head.as_ptr().cast(), layout);
+        dealloc(head.as_ptr().cast::<u8>().sub(offset), layout);
         #[cfg(all(test, awaitkit_loom))]
         super::ready::LIVE_CHUNKS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(waker) = parent {
@@ -650,6 +654,7 @@ impl<T: TupleFutures> TupleCore<T> {
                         parent: ParentWaker::new(),
                         registered: std::sync::atomic::AtomicBool::new(false),
                         layout,
+                        offset: 0,
                     },
                     slots,
                 })
@@ -953,26 +958,47 @@ impl<F: Future> SmallSet<F> {
             .expect("awaitkit: future too large");
         debug_assert_eq!(slots_at, Self::SLOTS_AT);
         // Up to 16 children the head's own alignment (16) holds every index
-        // in a waker's data pointer; more need 64 (the head is first, so it
-        // has the block's alignment).
+        // in a waker's data pointer; more need the head at a multiple of 64.
+        // Rather than an aligned allocation (`posix_memalign`: several times
+        // a `malloc`), the block gets the few bytes it needs to move its
+        // head up to one.
         let wide = n > INDEX_MASK + 1;
-        let layout = if wide {
-            layout
-                .align_to(WIDE_MASK + 1)
-                .expect("awaitkit: future too large")
-        } else {
-            layout
-        };
         let layout = layout.pad_to_align();
+        let room = if wide {
+            (WIDE_MASK + 1).saturating_sub(layout.align())
+        } else {
+            0
+        };
+        let layout = Layout::from_size_align(
+            layout
+                .size()
+                .checked_add(room)
+                .expect("awaitkit: future too large"),
+            layout.align(),
+        )
+        .expect("awaitkit: future too large");
         // SAFETY: the layout has a non-zero size (it holds a head).
-        let Some(head) = NonNull::new(unsafe { alloc(layout) }.cast::<Head>()) else {
+        let Some(base) = NonNull::new(unsafe { alloc(layout) }) else {
             handle_alloc_error(layout)
         };
+        // `base` is aligned like the block (16 at least), so a multiple of
+        // 64 is at most `room` bytes on.
+        let offset = if wide {
+            base.as_ptr().align_offset(WIDE_MASK + 1)
+        } else {
+            0
+        };
+        debug_assert!(offset <= room);
+        // SAFETY: `offset <= room`: the head and the slots after it stay in
+        // the allocation.
+        let head = unsafe { base.add(offset) }.cast::<Head>();
+        debug_assert!(!wide || head.as_ptr().addr() % (WIDE_MASK + 1) == 0);
         #[cfg(all(test, awaitkit_loom))]
         super::ready::LIVE_CHUNKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // SAFETY: a fresh allocation laid out for a head and `n` slots; the
-        // head is written first, so the set owns a valid block from here on
-        // (with no slot yet: an iterator that panics drops what was taken).
+        // SAFETY: a fresh allocation laid out for a head and `n` slots (from
+        // `offset` on); the head is written first, so the set owns a valid
+        // block from here on (with no slot yet: an iterator that panics
+        // drops what was taken).
         unsafe {
             head.write(Head {
                 refs: AtomicUsize::new(1),
@@ -982,6 +1008,7 @@ impl<F: Future> SmallSet<F> {
                 parent: ParentWaker::new(),
                 registered: std::sync::atomic::AtomicBool::new(false),
                 layout,
+                offset,
             })
         };
         let mut set = Self {
