@@ -83,7 +83,7 @@ pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
 }
 
 /// `gather` through the engine: these models are the engine's, so their
-/// input has no exact size (an exact size of 1 to 16 goes to the small
+/// input has no exact size (an exact size of 1 to 63 goes to the small
 /// block, the tuple's protocol, modelled by `small_*` below).
 fn gather<I: IntoIterator>(futures: I) -> crate::Gather<<I::Item as IntoFuture>::IntoFuture>
 where

@@ -918,20 +918,21 @@ impl<T: TupleFutures> Drop for TupleCore<T> {
 /// pointer ([`WIDE_MASK`] in a block aligned to 64 bytes).
 pub(crate) const SMALL_MAX: usize = WIDE_MASK;
 
-/// The children of a `gather` whose input has an exact size of 1 to
-/// [`SMALL_MAX`]: one block, as a tuple's (the same [`Head`], wakers and
-/// passes), followed by an array of slots of one type.
+/// The children of a `gather` or `try_gather` whose input has an exact size
+/// of 1 to [`SMALL_MAX`]: one block, as a tuple's (the same [`Head`], wakers
+/// and passes), followed by an array of slots of one type.
 ///
 /// Against the engine's chunk (which any set size and `push` need: a bit
 /// tree, an entry per child, slots that are reused) this leaves out what a
 /// fixed handful of children never uses, and polls with the tuple's pass:
 /// the same rules (only woken children, each at most once per poll, then
-/// `Pending` after waking itself), a third of the engine's instructions at
-/// N = 8.
+/// `Pending` after waking itself), about 60 % of the engine's instructions
+/// at N = 10 and 30.
 pub(crate) struct SmallSet<F: Future> {
     shared: Shared,
-    /// Whether the block was made for more than 16 children: aligned to 64
-    /// bytes, its wakers' indices under [`WIDE_MASK`] ([`WIDE_VTABLE`]).
+    /// Whether the block was made for more than 16 children: its head at a
+    /// multiple of 64 bytes, its wakers' indices under [`WIDE_MASK`]
+    /// ([`WIDE_VTABLE`]).
     wide: bool,
     /// Initialised slots, from the first.
     len: usize,
