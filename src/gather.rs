@@ -100,11 +100,16 @@ pub struct Gather<F: Future> {
 /// other in the engine. Both poll only the children that woke, each at most
 /// once per poll.
 enum Children<F: Future> {
+    /// An empty input: done at the first poll, nothing allocated.
+    Empty,
     Small(SmallSet<F>),
-    Engine(Engine<F>),
+    /// Boxed: the engine's cursor makes it a few hundred bytes, which every
+    /// move of a small `Gather` (into `.await`, into a task) would copy.
+    Engine(Box<Engine<F>>),
 }
 
 impl<F: Future> Children<F> {
+    #[inline]
     fn from_iter<I>(futures: I) -> Self
     where
         I: IntoIterator,
@@ -118,21 +123,29 @@ impl<F: Future> Children<F> {
                     None => Self::Small(small),
                     // An iterator that yields more than it said: the engine
                     // takes them all, in order (none was polled yet).
-                    Some(more) => Self::Engine(Engine::from_iter(
+                    Some(more) => Self::Engine(Box::new(Engine::from_iter(
                         small
                             .into_futures()
                             .into_iter()
                             .chain(std::iter::once(more))
                             .chain(futures),
-                    )),
+                    ))),
                 }
             }
-            _ => Self::Engine(Engine::from_iter(futures)),
+            (0, Some(0)) => match futures.next() {
+                None => Self::Empty,
+                // It said none and gives some: all to the engine.
+                Some(first) => Self::Engine(Box::new(Engine::from_iter(
+                    std::iter::once(first).chain(futures),
+                ))),
+            },
+            _ => Self::Engine(Box::new(Engine::from_iter(futures))),
         }
     }
 
     fn running(&self) -> usize {
         match self {
+            Self::Empty => 0,
             Self::Small(small) => small.remaining(),
             Self::Engine(engine) => engine.running(),
         }
@@ -147,6 +160,7 @@ impl<F: Future> Future for Gather<F> {
         crate::poison::assert_live(this.poisoned, this.finished, "Gather");
         let outputs =
             crate::poison::guarded(&mut this.poisoned, "Gather", || match &mut this.children {
+                Children::Empty => Poll::Ready(Vec::new()),
                 Children::Small(small) => small.poll(cx),
                 Children::Engine(engine) => {
                     engine.pass(cx).store_all();
@@ -259,6 +273,10 @@ where
         crate::poison::assert_live(this.poisoned, this.finished, "TryGather");
         crate::poison::guarded(&mut this.poisoned, "TryGather", || {
             let engine = match &mut this.children {
+                Children::Empty => {
+                    this.finished = true;
+                    return Poll::Ready(Ok(Vec::new()));
+                }
                 Children::Small(small) => {
                     let outputs = small.poll_split(cx, |output| match output {
                         Ok(value) => Ok(Ok(value)),

@@ -408,6 +408,7 @@ const fn vtable<const MASK: usize>() -> RawWakerVTable {
 }
 
 /// The vtable of the wakers whose indices are under `mask`.
+#[inline]
 fn vtable_of(mask: usize) -> &'static RawWakerVTable {
     match mask {
         INDEX_MASK => &TUPLE_VTABLE,
@@ -846,6 +847,7 @@ unsafe fn run_pass<T, E>(
     /// again) when the children's polls are over, also if one unwinds.
     struct Pass<'a>(&'a Head);
     impl Drop for Pass<'_> {
+        #[inline]
         fn drop(&mut self) {
             self.0.owner.store(0, Ordering::Relaxed);
         }
@@ -951,6 +953,7 @@ impl<F: Future> SmallSet<F> {
     /// A set of the first `n` futures of `futures` (1 to [`SMALL_MAX`]),
     /// each ready for its first poll; fewer if the iterator ends sooner. If
     /// the iterator panics, the futures taken so far are dropped.
+    #[inline]
     pub(crate) fn new(n: usize, futures: &mut impl Iterator<Item = F>) -> Self {
         assert!(n > 0 && n <= SMALL_MAX);
         let slots = Layout::array::<TupleSlot<F>>(n).expect("awaitkit: future too large");

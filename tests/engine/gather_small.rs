@@ -77,7 +77,7 @@ matrix! {
         // More than claimed (the block hands its futures to the engine),
         // then fewer (the block holds what came).
         let lies = [
-            (1, 2), (3, 5), (16, 17), (16, 40), (2, 3), (17, 18), (63, 64), (63, 200),
+            (0, 1), (0, 70), (1, 2), (3, 5), (16, 17), (16, 40), (2, 3), (17, 18), (63, 64), (63, 200),
             (1, 0), (3, 0), (5, 3), (16, 15), (16, 1), (17, 16), (63, 62), (40, 2),
         ];
         for (claimed, actual) in lies {
