@@ -56,39 +56,22 @@ fn on_engine<R>(f: impl FnOnce() -> R) -> R {
 }
 
 fn quiet() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let prev = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let m = msg(info.payload());
-            let injected = [
-                "child ",
-                "output drop",
-                "iterator next",
-                "into_future",
-                "parent ",
-                "size_hint",
-                "outer",
-            ]
-            .iter()
-            .any(|p| m.starts_with(p))
-                || m.contains("polled after a panic")
-                || m.contains("polled after completion");
-            if std::env::var_os("REVIEW_LOUD").is_some() || !injected {
-                prev(info)
-            }
-        }));
-    });
+    common::quiet_injected(
+        &[
+            "child ",
+            "output drop",
+            "iterator next",
+            "into_future",
+            "parent ",
+            "size_hint",
+            "outer",
+        ],
+        true,
+    );
 }
 
 fn msg(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "<non-string>".into()
-    }
+    common::panic_message(p)
 }
 
 #[derive(Default, Debug)]

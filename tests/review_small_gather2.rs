@@ -27,30 +27,14 @@ use std::time::Duration;
 // ---------------------------------------------------------------------------
 
 fn quiet() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let prev = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let m = msg(info.payload());
-            let injected = ["child ", "err drop", "val drop", "parent ", "outer"]
-                .iter()
-                .any(|p| m.starts_with(p))
-                || m.contains("polled after");
-            if std::env::var_os("REVIEW_LOUD").is_some() || !injected {
-                prev(info)
-            }
-        }));
-    });
+    common::quiet_injected(
+        &["child ", "err drop", "val drop", "parent ", "outer"],
+        true,
+    );
 }
 
 fn msg(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "<non-string>".into()
-    }
+    common::panic_message(p)
 }
 
 /// Shared event log: drops of children, values and errors, in order.

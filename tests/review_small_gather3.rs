@@ -36,29 +36,11 @@ use common::{CountingWaker, assert_no_leak, poll_once};
 // ---------------------------------------------------------------------------
 
 fn quiet() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let prev = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let m = msg(info.payload());
-            let injected = ["child ", "iter ", "parent ", "drop "]
-                .iter()
-                .any(|p| m.starts_with(p));
-            if std::env::var_os("REVIEW_LOUD").is_some() || !injected {
-                prev(info)
-            }
-        }));
-    });
+    common::quiet_injected(&["child ", "iter ", "parent ", "drop "], false);
 }
 
 fn msg(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "<non-string>".into()
-    }
+    common::panic_message(p)
 }
 
 const SIZES: &[usize] = &[1, 15, 16, 17, 18, 31, 32, 33, 62, 63, 64, 65];

@@ -1268,6 +1268,25 @@ pub(crate) fn spin(n: u64) {
 /// Keeps the panic hook quiet for panics whose message starts with
 /// "injected" (the tests' own, expected ones); every other panic is still
 /// reported by the previous hook.
+/// Keeps the panics a review injects on purpose (messages starting with
+/// one of `injected`, or saying "polled after", when `polled_after`) out of
+/// the output, unless `REVIEW_LOUD` is set; other panics print as usual.
+/// Installed once per test binary (the first call's prefixes stay).
+pub(crate) fn quiet_injected(injected: &'static [&'static str], polled_after: bool) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let m = panic_message(info.payload());
+            let quiet = injected.iter().any(|p| m.starts_with(p))
+                || (polled_after && m.contains("polled after"));
+            if std::env::var_os("REVIEW_LOUD").is_some() || !quiet {
+                prev(info)
+            }
+        }));
+    });
+}
+
 pub(crate) fn quiet() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
