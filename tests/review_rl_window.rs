@@ -706,7 +706,7 @@ fn hammer_inner(
     while (steps < 2000
         || attempts.load(Ordering::Relaxed) < 50_000
         || granted.load(Ordering::Relaxed) < 1_000)
-        && began.elapsed() < Duration::from_secs(8)
+        && began.elapsed() < Duration::from_secs(4)
     {
         steps += 1;
         clock.advance(ns(1 + rng.below_u64(period / 4 + 1)));

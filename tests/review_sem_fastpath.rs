@@ -279,6 +279,9 @@ fn threads_cancel_vs_grant_vs_reuse() {
                                 Poll::Pending if r % 3 == 0 => None, // cancel at once
                                 Poll::Pending => {
                                     // spin-poll a while (noop waker), then cancel
+                                    // (spinning, not yielding: on a machine busy
+                                    // with other processes every yield costs a
+                                    // time slice, minutes in all)
                                     let mut got = None;
                                     for _ in 0..(r % 400) {
                                         if let Poll::Ready(p) = poll_w(&mut a, Waker::noop()) {
@@ -286,7 +289,7 @@ fn threads_cancel_vs_grant_vs_reuse() {
                                             got = Some(p.unwrap());
                                             break;
                                         }
-                                        std::thread::yield_now();
+                                        std::hint::spin_loop();
                                     }
                                     got
                                 }
@@ -296,8 +299,8 @@ fn threads_cancel_vs_grant_vs_reuse() {
                                 let h = holders.fetch_add(n, Ordering::SeqCst) + n;
                                 max.fetch_max(h, Ordering::SeqCst);
                                 assert!(h <= cap, "over-granted: {h} > {cap}");
-                                for _ in 0..(r % 4) {
-                                    std::thread::yield_now();
+                                for _ in 0..(r % 4) * 16 {
+                                    std::hint::spin_loop();
                                 }
                                 holders.fetch_sub(n, Ordering::SeqCst);
                                 drop(p);

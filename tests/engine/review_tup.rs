@@ -167,7 +167,9 @@ fn scoped_thread_clone_in_a_global_woken_by_an_unrelated_thread() {
                         drop(w);
                     }
                 } else {
-                    std::hint::spin_loop();
+                    // Idle: yield (on a busy machine the owner may need
+                    // this core).
+                    std::thread::yield_now();
                 }
             }
         });

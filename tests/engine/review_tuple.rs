@@ -82,8 +82,10 @@ fn clone_escaping_during_a_refs_one_pass_is_never_lost() {
             let mut fut = gather!(child, async { 1u8 });
             assert!(poll_once(&mut fut, &w).is_pending());
             // Wait until the thread has woken.
+            // (Yielding: on a busy machine the waking thread may need this
+            // core.)
             while polls.load(Ordering::SeqCst) == 1 && w.wakes() == 0 {
-                std::hint::spin_loop();
+                std::thread::yield_now();
             }
             assert!(
                 w.wakes() >= 1,
