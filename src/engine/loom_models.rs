@@ -754,6 +754,65 @@ fn tuple_new_task_waker_each_poll_races_two_wakes() {
     });
 }
 
+/// A child whose only escaped waker clone the firing thread takes out of
+/// its slot and wakes by value: once both fired, no clone lives and `refs`
+/// is back to 1.
+#[derive(Default)]
+struct TakeGate {
+    slot: Mutex<(bool, Option<Waker>)>,
+}
+
+impl TakeGate {
+    fn fire(&self) {
+        let waker = {
+            let mut slot = self.slot.lock().unwrap();
+            slot.0 = true;
+            slot.1.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl Future for &TakeGate {
+    type Output = usize;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+        let mut slot = self.slot.lock().unwrap();
+        if slot.0 {
+            return Poll::Ready(1);
+        }
+        slot.1 = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// `gather` through the engine (a one-word set) polled with a new task
+/// waker each time while two threads fire its children by taking their
+/// only escaped clones and waking them by value: the last drop brings
+/// `refs` back to 1, racing the owner's next pass, which then lets the
+/// previous task's waker go (`ParentWaker::take_stale`) or, reading `refs >
+/// 1`, registers the new one first. No wake is lost (a lost one deadlocks),
+/// every waker clone is dropped, the chunk is freed.
+#[test]
+fn one_word_new_task_waker_each_poll_races_two_taken_wakes() {
+    model(|| {
+        let gates: Vec<Arc<TakeGate>> = (0..2).map(|_| Arc::default()).collect();
+        let threads: Vec<_> = gates
+            .iter()
+            .map(|g| {
+                let g = g.clone();
+                thread::spawn(move || g.fire())
+            })
+            .collect();
+        let out = block_on_new_waker_each_poll(gather(gates.iter().map(|g| &**g)));
+        assert_eq!(out, [1, 1]);
+        for t in threads {
+            t.join().unwrap();
+        }
+    });
+}
+
 /// A child that wakes itself once, then finishes.
 struct YieldOnce(bool);
 

@@ -230,6 +230,33 @@ impl ParentWaker {
         }
     }
 
+    /// Takes the registered waker out if it would not wake `current`'s task
+    /// and the slot is free: for an owner that knows no waker can reach the
+    /// slot now (no child's waker lives outside its poll), so that a task
+    /// the owner moved away from is not kept alive by it (the owner
+    /// registers again when a waker escapes). No user code runs here but
+    /// `will_wake`; the caller drops what it gets.
+    ///
+    /// # Safety
+    ///
+    /// As for [`ParentWaker::register`].
+    #[inline]
+    pub(crate) unsafe fn take_stale(&self, current: &Waker) -> Option<Waker> {
+        let stale = self.waker.with(|slot| {
+            // SAFETY: only the owner writes the slot, and the owner is here,
+            // so this read cannot race with a write.
+            unsafe { &*slot }
+                .as_ref()
+                .is_some_and(|w| !w.will_wake(current))
+        });
+        if stale {
+            // SAFETY: forwarded caller contract.
+            unsafe { self.take() }
+        } else {
+            None
+        }
+    }
+
     /// Takes the registered waker out, with exclusive access (the chunk
     /// holding it is being freed: no waker or owner can reach it).
     pub(crate) fn take_exclusive(&mut self) -> Option<Waker> {

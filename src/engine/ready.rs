@@ -718,6 +718,13 @@ impl ReadySet {
             debug_assert_eq!(bits & POLLING, 0, "a pass left open");
             return (bits, false);
         }
+        // A waker registered while one escaped, for a task the set has since
+        // moved away from: nothing can wake it now, let it go (it would keep
+        // that task alive until the set is dropped).
+        // SAFETY: `&mut self`: the owner's only registration.
+        if let Some(stale) = unsafe { root.parent.take_stale(waker) } {
+            crate::unwind::drop_user(stale);
+        }
         let bits = word.load(Ordering::Acquire);
         debug_assert_eq!(bits & POLLING, 0, "a pass left open");
         if bits == 0 {

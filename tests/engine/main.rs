@@ -29,6 +29,7 @@ mod keyed_bound;
 mod keyed_first_poll;
 mod keyed_model;
 mod keyed_stamps;
+mod moved_task;
 mod panic_safety;
 mod review_coop;
 mod review_engine_cursor;
