@@ -1,4 +1,5 @@
-//! Callgrind harness (not a criterion bench): runs `gather`, futures'
+//! Callgrind harness (not a criterion bench): runs `gather` (`engine`: of
+//! an iterator of no exact size, through the engine), futures'
 //! `join_all` or futures-buffered's `join_all` over N self-waking children
 //! (`gather_yield`'s children) with the benches' minimal driver, each
 //! iteration inside an `#[inline(never)]` function to toggle collection on:
@@ -7,7 +8,7 @@
 //! cargo bench -p awaitkit-benches --bench cg_gather --no-run
 //! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*run_*' \
 //!   --dump-instr=yes --compress-pos=no --compress-strings=no \
-//!   <bin> [awaitkit|join_all|fb|tuple|join|join_boxed] [N = 10] [iterations = 1000]
+//!   <bin> [awaitkit|engine|join_all|fb|tuple|join|join_boxed] [N = 10] [iterations = 1000]
 //! python3 scripts/callgrind_locks.py callgrind.out.<pid> <iterations>
 //! ```
 //!
@@ -53,6 +54,13 @@ fn kids(n: usize) -> impl ExactSizeIterator<Item = YieldChild> {
 #[inline(never)]
 fn run_awaitkit(driver: &Driver, n: usize) -> usize {
     let out = driver.block_on(awaitkit::gather(kids(n)));
+    out.len()
+}
+
+/// `gather` through the engine (an iterator of no exact size).
+#[inline(never)]
+fn run_engine(driver: &Driver, n: usize) -> usize {
+    let out = driver.block_on(awaitkit::gather(kids(n).filter(|_| true)));
     out.len()
 }
 
@@ -149,6 +157,7 @@ fn main() {
     for _ in 0..iters {
         total += match which {
             "awaitkit" => run_awaitkit(&driver, black_box(n)),
+            "engine" => run_engine(&driver, black_box(n)),
             "join_all" => run_join_all(&driver, black_box(n)),
             "fb" => run_fb(&driver, black_box(n)),
             "tuple" => run_tuple(&driver, black_box(n)),
