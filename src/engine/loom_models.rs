@@ -37,6 +37,28 @@ impl Gate {
     }
 }
 
+/// A gate a thread fires ([`Gate`], [`TakeGate`]).
+trait Fire: Send + Sync + 'static {
+    fn fire(&self);
+}
+
+impl Fire for Gate {
+    fn fire(&self) {
+        Gate::fire(self);
+    }
+}
+
+/// Fires each gate from a thread of its own.
+fn fire_each<G: Fire>(gates: &[Arc<G>]) -> Vec<thread::JoinHandle<()>> {
+    gates
+        .iter()
+        .map(|g| {
+            let g = g.clone();
+            thread::spawn(move || g.fire())
+        })
+        .collect()
+}
+
 struct WaitGate {
     gate: Arc<Gate>,
     need: usize,
@@ -119,13 +141,7 @@ fn model_bounded(bound: usize, f: impl Fn() + Sync + Send + 'static) {
 fn wake_during_poll_from_other_threads() {
     model(|| {
         let gates: Vec<Arc<Gate>> = (0..2).map(|_| Arc::new(Gate::default())).collect();
-        let threads: Vec<_> = gates
-            .iter()
-            .map(|g| {
-                let g = g.clone();
-                thread::spawn(move || g.fire())
-            })
-            .collect();
+        let threads = fire_each(&gates);
         let children = gates.iter().map(|g| WaitGate {
             gate: g.clone(),
             need: 1,
@@ -385,13 +401,7 @@ fn three_children_fired_at_once_through_as_completed() {
                 .poll_next(&mut Context::from_waker(&waker))
                 .is_pending()
         );
-        let threads: Vec<_> = gates
-            .iter()
-            .map(|g| {
-                let g = g.clone();
-                thread::spawn(move || g.fire())
-            })
-            .collect();
+        let threads = fire_each(&gates);
         let mut got = 0;
         block_on(std::future::poll_fn(|cx| {
             while let Poll::Ready(Some(_)) = Pin::new(&mut set).poll_next(cx) {
@@ -471,13 +481,7 @@ fn tuple_wakes_from_other_threads() {
     for small in [false, true] {
         model(move || {
             let gates: Vec<Arc<Gate>> = (0..2).map(|_| Arc::new(Gate::default())).collect();
-            let threads: Vec<_> = gates
-                .iter()
-                .map(|g| {
-                    let g = g.clone();
-                    thread::spawn(move || g.fire())
-                })
-                .collect();
+            let threads = fire_each(&gates);
             let child = |g: &Arc<Gate>| WaitGate {
                 gate: g.clone(),
                 need: 1,
@@ -729,13 +733,7 @@ fn block_on_new_waker_each_poll<F: Future>(f: F) -> F::Output {
 fn tuple_new_task_waker_each_poll_races_two_wakes() {
     model(|| {
         let gates: Vec<Arc<Gate>> = (0..2).map(|_| Arc::new(Gate::default())).collect();
-        let threads: Vec<_> = gates
-            .iter()
-            .map(|g| {
-                let g = g.clone();
-                thread::spawn(move || g.fire())
-            })
-            .collect();
+        let threads = fire_each(&gates);
         let child = |g: &Arc<Gate>| WaitGate {
             gate: g.clone(),
             need: 1,
@@ -762,7 +760,7 @@ struct TakeGate {
     slot: Mutex<(bool, Option<Waker>)>,
 }
 
-impl TakeGate {
+impl Fire for TakeGate {
     fn fire(&self) {
         let waker = {
             let mut slot = self.slot.lock().unwrap();
@@ -798,13 +796,7 @@ impl Future for &TakeGate {
 fn one_word_new_task_waker_each_poll_races_two_taken_wakes() {
     model(|| {
         let gates: Vec<Arc<TakeGate>> = (0..2).map(|_| Arc::default()).collect();
-        let threads: Vec<_> = gates
-            .iter()
-            .map(|g| {
-                let g = g.clone();
-                thread::spawn(move || g.fire())
-            })
-            .collect();
+        let threads = fire_each(&gates);
         let out = block_on_new_waker_each_poll(gather(gates.iter().map(|g| &**g)));
         assert_eq!(out, [1, 1]);
         for t in threads {
@@ -1128,13 +1120,7 @@ fn review_tup_local_only_pass_races_two_wakes_with_new_task_wakers() {
     // Bound 2: about 5 s each; at 3 they take minutes (CI budget).
     model_bounded(2, || {
         let gates: Vec<Arc<Gate>> = (0..2).map(|_| Arc::new(Gate::default())).collect();
-        let threads: Vec<_> = gates
-            .iter()
-            .map(|g| {
-                let g = g.clone();
-                thread::spawn(move || g.fire())
-            })
-            .collect();
+        let threads = fire_each(&gates);
         let child = |g: &Arc<Gate>| WaitGate {
             gate: g.clone(),
             need: 1,
@@ -1422,13 +1408,7 @@ fn one_word_pass_left_open_races_two_wakes() {
         let waker = futures_util::task::noop_waker();
         let first = Pin::new(&mut set).poll_next(&mut Context::from_waker(&waker));
         assert_eq!(first, Poll::Ready(Some(7)));
-        let threads: Vec<_> = gates
-            .iter()
-            .map(|g| {
-                let g = g.clone();
-                thread::spawn(move || g.fire())
-            })
-            .collect();
+        let threads = fire_each(&gates);
         let mut got = Vec::new();
         block_on(std::future::poll_fn(|cx| {
             while let Poll::Ready(Some(v)) = Pin::new(&mut set).poll_next(cx) {
@@ -1736,13 +1716,7 @@ fn small_try_gather_fails_fast_while_a_sibling_is_woken() {
     }
     model(|| {
         let gates: Vec<Arc<Gate>> = (0..2).map(|_| Arc::new(Gate::default())).collect();
-        let threads: Vec<_> = gates
-            .iter()
-            .map(|g| {
-                let g = g.clone();
-                thread::spawn(move || g.fire())
-            })
-            .collect();
+        let threads = fire_each(&gates);
         let children = [
             Gated {
                 gate: gates[0].clone(),
@@ -1772,13 +1746,7 @@ fn small_try_gather_fails_fast_while_a_sibling_is_woken() {
 fn small_wide_block_wakes_from_other_threads() {
     model(|| {
         let gates: Vec<Arc<Gate>> = (0..2).map(|_| Arc::new(Gate::default())).collect();
-        let threads: Vec<_> = gates
-            .iter()
-            .map(|g| {
-                let g = g.clone();
-                thread::spawn(move || g.fire())
-            })
-            .collect();
+        let threads = fire_each(&gates);
         let children: Vec<Boxed> = (0..17)
             .map(|i| -> Boxed {
                 match i {
