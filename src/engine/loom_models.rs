@@ -805,6 +805,61 @@ fn one_word_new_task_waker_each_poll_races_two_taken_wakes() {
     });
 }
 
+/// Review of 84db0f0: `as_completed` filled by `push` (a chunk that counts
+/// clones per child; one word under loom) polled with a new task waker each
+/// time while two threads take their child's only escaped clone, clone it
+/// again, drop the first and wake by value through the second: the child's
+/// clone counter and `refs` move while the owner's next pass lets the
+/// previous task's waker go (`ParentWaker::take_stale`) or registers the
+/// new one. No wake is lost, the chunk is freed.
+#[test]
+fn review_one_word_counting_chunk_new_task_waker_each_poll() {
+    model(|| {
+        let gates: Vec<Arc<TakeGate>> = (0..2).map(|_| Arc::default()).collect();
+        let threads: Vec<_> = gates
+            .iter()
+            .map(|g| {
+                let g = g.clone();
+                thread::spawn(move || {
+                    let waker = {
+                        let mut slot = g.slot.lock().unwrap();
+                        slot.0 = true;
+                        slot.1.take()
+                    };
+                    if let Some(waker) = waker {
+                        let again = waker.clone();
+                        drop(waker);
+                        again.wake();
+                    }
+                })
+            })
+            .collect();
+        let mut set = AsCompleted::new();
+        for g in &gates {
+            set.push(&**g);
+        }
+        let (mut sum, mut left) = (0, 2);
+        let out = block_on_new_waker_each_poll(std::future::poll_fn(|cx| {
+            while left > 0 {
+                match Pin::new(&mut set).poll_next(cx) {
+                    Poll::Ready(Some(v)) => {
+                        sum += v;
+                        left -= 1;
+                    }
+                    Poll::Ready(None) => unreachable!("two children"),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            Poll::Ready(sum)
+        }));
+        assert_eq!(out, 2);
+        drop(set);
+        for t in threads {
+            t.join().unwrap();
+        }
+    });
+}
+
 /// A child that wakes itself once, then finishes.
 struct YieldOnce(bool);
 

@@ -837,22 +837,27 @@ impl<F: Future> Engine<F> {
         }
         let refreshed = if self.cursor.has_leftover() {
             false
+        } else if self.running == 0 {
+            // Nothing to poll, nothing to wake the task for: a task waker
+            // registered for another task is let go (a set that finished,
+            // or whose children all did, would keep that task alive).
+            self.ready.let_go_stale(cx.waker());
+            if !self.ready.is_one_word() {
+                self.cursor.chunks = self.ready.take_chunks();
+            }
+            true
         } else if self.ready.is_one_word() {
-            if self.running > 0 {
-                let (bits, open) = self.ready.open(cx.waker());
-                if bits != 0 {
-                    let cursor = &mut self.cursor;
-                    cursor.open = open;
-                    cursor.current = 0;
-                    cursor.stack[0] = (0, bits);
-                    cursor.nonempty = 1;
-                }
+            let (bits, open) = self.ready.open(cx.waker());
+            if bits != 0 {
+                let cursor = &mut self.cursor;
+                cursor.open = open;
+                cursor.current = 0;
+                cursor.stack[0] = (0, bits);
+                cursor.nonempty = 1;
             }
             true
         } else {
-            if self.running > 0 {
-                self.ready.register(cx.waker());
-            }
+            self.ready.register(cx.waker());
             self.cursor.chunks = self.ready.take_chunks();
             true
         };

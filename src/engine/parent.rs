@@ -125,11 +125,19 @@ impl ParentWaker {
                 let prev = self.state.swap(0, Ordering::AcqRel);
                 // Both run even if the other panics.
                 let mut panics = Panics::default();
-                if prev != REGISTERING {
+                let woken = prev != REGISTERING;
+                if woken {
                     // Wakes were asked for while we held the slot.
                     panics.catch(|| new.wake_by_ref());
                 }
                 panics.catch(|| drop(old));
+                if panics.caught() && !woken {
+                    // The old waker's drop panicked: the panic leaves the
+                    // owner's poll before it reads what was woken (for the
+                    // old waker), so a caller that catches it must poll
+                    // again.
+                    panics.catch(|| new.wake_by_ref());
+                }
                 panics.resume();
             }
             Err(_) => {

@@ -720,10 +720,10 @@ impl ReadySet {
         }
         // A waker registered while one escaped, for a task the set has since
         // moved away from: nothing can wake it now, let it go (it would keep
-        // that task alive until the set is dropped).
+        // that task alive until the set is dropped); see `let_go_stale`.
         // SAFETY: `&mut self`: the owner's only registration.
         if let Some(stale) = unsafe { root.parent.take_stale(waker) } {
-            crate::unwind::drop_user(stale);
+            let_go(stale, waker);
         }
         let bits = word.load(Ordering::Acquire);
         debug_assert_eq!(bits & POLLING, 0, "a pass left open");
@@ -732,6 +732,27 @@ impl ReadySet {
         }
         word.store(POLLING, Ordering::Relaxed);
         (bits, true)
+    }
+
+    /// Lets go of a registered parent waker that would not wake `waker`'s
+    /// task, where nothing can wake it: no child's waker lives outside a
+    /// poll (`refs == 1`), or no child is running (a wake through a
+    /// finished child's waker has nothing to poll). A wake holding the slot
+    /// meanwhile keeps it registered ([`ParentWaker::take_stale`]).
+    ///
+    /// Its `drop` is user code. If it panics, the panic propagates out of
+    /// the poll with `waker` woken first: children woken earlier may still
+    /// be in the word with no waker registered to hear of them, and a
+    /// caller that catches the panic must poll again to see them.
+    #[inline]
+    pub(crate) fn let_go_stale(&mut self, waker: &Waker) {
+        let Some(root) = self.root else { return };
+        // SAFETY: the owner holds a reference on its root; `&mut self`: the
+        // owner's only registration.
+        let stale = unsafe { root.as_ref().parent.take_stale(waker) };
+        if let Some(stale) = stale {
+            let_go(stale, waker);
+        }
     }
 
     /// Ends a pass [`ReadySet::open`] started: clears [`POLLING`], after
@@ -948,4 +969,18 @@ impl Drop for ReadySet {
         // reference is released.
         drop_user_waker(parent);
     }
+}
+
+/// Drops a parent waker the owner let go (user code); if that panics,
+/// wakes `current` before the panic goes on (see
+/// [`ReadySet::let_go_stale`]).
+#[cold]
+#[inline(never)]
+fn let_go(stale: Waker, current: &Waker) {
+    let mut panics = crate::unwind::Panics::default();
+    panics.catch(move || drop(stale));
+    if panics.caught() {
+        panics.catch(|| current.wake_by_ref());
+    }
+    panics.resume();
 }
