@@ -1827,3 +1827,81 @@ fn small_wide_block_wakes_from_other_threads() {
         }
     });
 }
+
+/// Review of 9ea3b00: an `as_completed` filled by `push` (one counting word
+/// under loom) whose only child finished while a clone of its waker was
+/// kept: the exhausted set is polled in another task (no child running:
+/// the previous task's waker is let go, `ReadySet::let_go_stale`, while a
+/// thread wakes that finished child's clone and drops it), then a child is
+/// pushed and fired from another thread, and the set is driven with a new
+/// task waker each poll. No wake may be lost (a lost one deadlocks).
+///
+/// Failed at 9ea3b00 (deadlock; passed at 3e4100e, before the let-go with
+/// no child running): the let-go's `ParentWaker::take` could discard the
+/// zombie's wake request, and it lets go of the slot with a plain
+/// `store(0, Release)`, so the owner's next registration no longer
+/// acquired that waker's earlier `fetch_or` of the word; the owner's
+/// zero-read shortcut (`ReadySet::open`: "a zero read needs no swap") then
+/// read a stale 0, the zombie's bit stayed in the word, and the fired
+/// child's later wake found the word non-zero and woke nobody. Fixed: with
+/// no child running the set lets go only while no child's waker lives
+/// outside a poll (`refs == 1`), as `open` does.
+#[test]
+fn review_exhausted_as_completed_let_go_races_zombie_then_push() {
+    model(|| {
+        let zombie = Arc::new(TakeGate::default());
+        let fresh = Arc::new(TakeGate::default());
+        let mut set = AsCompleted::new();
+        set.push(&*zombie);
+        // Task 1: the child parks a clone, task 1 is registered at the
+        // pass's end.
+        let t1 = std::sync::Arc::new(Flag(std::sync::atomic::AtomicBool::new(false)));
+        let w1 = Waker::from(t1.clone());
+        assert!(
+            Pin::new(&mut set)
+                .poll_next(&mut Context::from_waker(&w1))
+                .is_pending()
+        );
+        // The child finishes; its parked clone is kept for the thread.
+        let kept = {
+            let mut slot = zombie.slot.lock().unwrap();
+            slot.0 = true;
+            slot.1.take().expect("parked")
+        };
+        kept.wake_by_ref();
+        assert_eq!(
+            Pin::new(&mut set).poll_next(&mut Context::from_waker(&w1)),
+            Poll::Ready(Some(1))
+        );
+        let zombie_thread = thread::spawn(move || kept.wake());
+        // Exhausted, polled in another task while the clone wakes and goes.
+        let mut noop = Context::from_waker(Waker::noop());
+        assert_eq!(Pin::new(&mut set).poll_next(&mut noop), Poll::Ready(None));
+        set.push(&*fresh);
+        let fire = {
+            let g = fresh.clone();
+            thread::spawn(move || g.fire())
+        };
+        let out = block_on_new_waker_each_poll(std::future::poll_fn(|cx| {
+            Pin::new(&mut set).poll_next(cx)
+        }));
+        assert_eq!(out, Some(1));
+        drop(set);
+        zombie_thread.join().unwrap();
+        fire.join().unwrap();
+        drop(w1);
+    });
+}
+
+/// Task 1's waker in
+/// [`review_exhausted_as_completed_let_go_races_zombie_then_push`].
+struct Flag(std::sync::atomic::AtomicBool);
+
+impl std::task::Wake for Flag {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

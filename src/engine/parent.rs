@@ -21,8 +21,10 @@
 //! ever dropped — but for the owner's last `take`, when it goes away: the
 //! requests counted during that hold were for its children, gone with it,
 //! and no user code runs there (the caller drops the waker after releasing
-//! its references). Only the owner writes the slot, so the owner may read it
-//! without taking it.
+//! its references). The owner also takes a stale waker out
+//! ([`ParentWaker::take_stale`]) only while no child's waker lives outside
+//! its poll, when no wake can be under way. Only the owner writes the slot,
+//! so the owner may read it without taking it.
 //!
 //! The holder of `WAKING` services requests by *swapping* the state back to
 //! `WAKING` (taking every request counted so far at once) and waking again;

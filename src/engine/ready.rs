@@ -735,10 +735,14 @@ impl ReadySet {
     }
 
     /// Lets go of a registered parent waker that would not wake `waker`'s
-    /// task, where nothing can wake it: no child's waker lives outside a
-    /// poll (`refs == 1`), or no child is running (a wake through a
-    /// finished child's waker has nothing to poll). A wake holding the slot
-    /// meanwhile keeps it registered ([`ParentWaker::take_stale`]).
+    /// task (a set with no child running: nothing to wake it for), if no
+    /// child's waker lives outside a poll (`refs == 1`: nobody else can
+    /// reach the slot, as in [`ReadySet::open`]). Not while one does: a
+    /// finished child's waker may be waking, and [`ParentWaker::take`]
+    /// would drop its request and overwrite the slot's state, so the
+    /// owner's next registration would not be ordered after that wake's
+    /// bit in the word (a later wake of a pushed child then finds the word
+    /// non-zero and wakes nobody: a loom model found it).
     ///
     /// Its `drop` is user code. If it panics, the panic propagates out of
     /// the poll with `waker` woken first: children woken earlier may still
@@ -747,9 +751,13 @@ impl ReadySet {
     #[inline]
     pub(crate) fn let_go_stale(&mut self, waker: &Waker) {
         let Some(root) = self.root else { return };
-        // SAFETY: the owner holds a reference on its root; `&mut self`: the
-        // owner's only registration.
-        let stale = unsafe { root.as_ref().parent.take_stale(waker) };
+        // SAFETY: the owner holds a reference on its root.
+        let root = unsafe { root.as_ref() };
+        if root.refs.load(Ordering::Acquire) > 1 {
+            return;
+        }
+        // SAFETY: `&mut self`: the owner's only registration.
+        let stale = unsafe { root.parent.take_stale(waker) };
         if let Some(stale) = stale {
             let_go(stale, waker);
         }
