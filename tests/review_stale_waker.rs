@@ -44,8 +44,8 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::task::{Context, Poll, RawWaker, RawWakerVTable, Wake, Waker};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------
@@ -56,43 +56,7 @@ fn quiet() {
     common::quiet_injected(&["injected"], true);
 }
 
-/// A task's waker: records wakes, lets the test thread wait for one.
-#[derive(Default)]
-struct Task {
-    woken: Mutex<bool>,
-    cv: Condvar,
-    wakes: AtomicUsize,
-}
-
-impl Wake for Task {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.wakes.fetch_add(1, Ordering::SeqCst);
-        *self.woken.lock().unwrap() = true;
-        self.cv.notify_all();
-    }
-}
-
-impl Task {
-    fn reset(&self) {
-        *self.woken.lock().unwrap() = false;
-    }
-    /// Waits for a wake of this task; false on timeout.
-    fn wait(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        let mut woken = self.woken.lock().unwrap();
-        while !*woken {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            woken = self.cv.wait_timeout(woken, deadline - now).unwrap().0;
-        }
-        true
-    }
-}
+use common::WaitTask as Task;
 
 /// Runs `fut` to completion, polling it in a new task (a new waker) at most
 /// polls (`p_new`), and after each `Pending` waiting for a wake of the task

@@ -1346,3 +1346,41 @@ macro_rules! redis_matrix {
         }
     )*};
 }
+
+/// A task's waker: records wakes, lets the test thread wait for one.
+#[derive(Default)]
+pub(crate) struct WaitTask {
+    woken: Mutex<bool>,
+    cv: std::sync::Condvar,
+    pub(crate) wakes: AtomicUsize,
+}
+
+impl std::task::Wake for WaitTask {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wakes.fetch_add(1, Ordering::SeqCst);
+        *self.woken.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+}
+
+impl WaitTask {
+    pub(crate) fn reset(&self) {
+        *self.woken.lock().unwrap() = false;
+    }
+    /// Waits for a wake of this task; false on timeout.
+    pub(crate) fn wait(&self, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        let mut woken = self.woken.lock().unwrap();
+        while !*woken {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            woken = self.cv.wait_timeout(woken, deadline - now).unwrap().0;
+        }
+        true
+    }
+}
