@@ -641,7 +641,9 @@ fn r1_multi_chunk_stale_bits_then_push_counts() {
             "every pushed child polled once"
         );
     }
-    // Wake each child once (spuriously), from a thread each.
+    // Wake each child once (spuriously), from a thread each (the count
+    // read before the threads start: they may wake before it otherwise).
+    let before = t3.wakes();
     let spurious: Vec<_> = new_gates
         .iter()
         .map(|g| {
@@ -649,7 +651,6 @@ fn r1_multi_chunk_stale_bits_then_push_counts() {
             std::thread::spawn(move || w.wake())
         })
         .collect();
-    let before = t3.wakes();
     for t in spurious {
         t.join().unwrap();
     }
