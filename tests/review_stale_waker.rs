@@ -43,10 +43,10 @@ use std::cell::Cell;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -102,13 +102,9 @@ fn run_moving<F: Future + Unpin>(
     out
 }
 
-/// A child woken from another thread: parks a clone of its waker in its
-/// gate at every poll, finishes once the gate says so.
-#[derive(Default)]
-struct Gate {
-    state: Mutex<(bool, Option<Waker>)>,
-    polls: AtomicUsize,
-}
+// A child woken from another thread parks a clone of its waker in its gate
+// at every poll and finishes once the gate says so.
+use common::RemoteGate as Gate;
 
 struct Remote {
     gate: Arc<Gate>,
@@ -119,16 +115,7 @@ struct Remote {
 impl Future for Remote {
     type Output = usize;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
-        self.gate.polls.fetch_add(1, Ordering::SeqCst);
-        let old = {
-            let mut st = self.gate.state.lock().unwrap();
-            if st.0 {
-                return Poll::Ready(self.value);
-            }
-            st.1.replace(cx.waker().clone())
-        };
-        drop(old);
-        Poll::Pending
+        self.gate.poll_child(self.value, cx)
     }
 }
 
@@ -142,22 +129,7 @@ fn fire(gate: Arc<Gate>, rounds: usize, seed: u64) -> std::thread::JoinHandle<()
         let mut rng = SmallRng::seed_from_u64(seed);
         for round in 0..rounds {
             let last = round + 1 == rounds;
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let waker = loop {
-                let mut st = gate.state.lock().unwrap();
-                if let Some(w) = st.1.take() {
-                    if last {
-                        st.0 = true;
-                    }
-                    break w;
-                }
-                drop(st);
-                assert!(
-                    Instant::now() < deadline,
-                    "the child was never polled again"
-                );
-                std::thread::yield_now();
-            };
+            let waker = gate.take_parked(last);
             if rng.gen_bool(0.3) {
                 for _ in 0..rng.gen_range(0..200) {
                     std::hint::spin_loop();
@@ -258,73 +230,7 @@ fn parkers(n: usize) -> (Vec<Arc<Slot>>, impl Iterator<Item = Parker>) {
     (slots, it)
 }
 
-/// A raw waker whose drop panics once armed, counting live clones.
-struct Bomb {
-    live: AtomicIsize,
-    armed: AtomicBool,
-    wakes: AtomicUsize,
-    /// Run in its drop (after the counting).
-    on_drop: Mutex<Option<Box<dyn FnOnce() + Send>>>,
-}
-
-static BOMB_VT: RawWakerVTable =
-    RawWakerVTable::new(bomb_clone, bomb_wake, bomb_wake_by_ref, bomb_drop);
-
-unsafe fn bomb_clone(d: *const ()) -> RawWaker {
-    // SAFETY: `d` is a leaked `Bomb` (see `Bomb::waker`), never freed.
-    let b = unsafe { &*d.cast::<Bomb>() };
-    b.live.fetch_add(1, Ordering::SeqCst);
-    RawWaker::new(d, &BOMB_VT)
-}
-unsafe fn bomb_wake(d: *const ()) {
-    // SAFETY: forwarded: a live waker of a leaked `Bomb`.
-    unsafe {
-        bomb_wake_by_ref(d);
-        bomb_drop(d);
-    }
-}
-unsafe fn bomb_wake_by_ref(d: *const ()) {
-    // SAFETY: `d` is a leaked `Bomb`, never freed.
-    let b = unsafe { &*d.cast::<Bomb>() };
-    b.wakes.fetch_add(1, Ordering::SeqCst);
-}
-unsafe fn bomb_drop(d: *const ()) {
-    // SAFETY: `d` is a leaked `Bomb`, never freed.
-    let b = unsafe { &*d.cast::<Bomb>() };
-    b.live.fetch_sub(1, Ordering::SeqCst);
-    let hook = b.on_drop.lock().unwrap().take();
-    if let Some(hook) = hook {
-        hook();
-    }
-    if b.armed.swap(false, Ordering::SeqCst) {
-        panic!("injected: stale task waker drop");
-    }
-}
-
-impl Bomb {
-    /// Leaked on purpose (its wakers may outlive any scope), and kept
-    /// reachable from a static so LeakSanitizer does not report it.
-    fn new() -> &'static Bomb {
-        static ALL: Mutex<Vec<&'static Bomb>> = Mutex::new(Vec::new());
-        let bomb = Box::leak(Box::new(Bomb {
-            live: AtomicIsize::new(0),
-            armed: AtomicBool::new(false),
-            wakes: AtomicUsize::new(0),
-            on_drop: Mutex::new(None),
-        }));
-        ALL.lock().unwrap().push(bomb);
-        bomb
-    }
-    fn waker(&'static self) -> Waker {
-        self.live.fetch_add(1, Ordering::SeqCst);
-        // SAFETY: the vtable counts clones and drops of a `Bomb` that is
-        // leaked (lives for the whole program).
-        unsafe { Waker::from_raw(RawWaker::new((self as *const Bomb).cast(), &BOMB_VT)) }
-    }
-    fn live(&self) -> isize {
-        self.live.load(Ordering::SeqCst)
-    }
-}
+use common::BombWaker as Bomb;
 
 fn poll_with<F: Future + Unpin>(f: &mut F, w: &Waker) -> Poll<F::Output> {
     Pin::new(f).poll(&mut Context::from_waker(w))
@@ -692,7 +598,7 @@ fn s3a_as_completed_stale_drop_panics_with_a_child_ready() {
             drop(s.take());
         }
         assert_eq!(bomb.wakes.load(Ordering::SeqCst), 1);
-        bomb.armed.store(true, Ordering::SeqCst);
+        bomb.drop_armed.store(true, Ordering::SeqCst);
         let task2 = CountingWaker::new();
         let r = catch_unwind(AssertUnwindSafe(|| poll_next_once(&mut set, &task2)));
         let msg = common::panic_message(&*r.expect_err("the drop's panic propagates"));
@@ -728,7 +634,7 @@ fn s3a_general_path_register_drop_panics_with_a_child_ready() {
         slots[0].complete();
         // Child 1's clone stays alive: refs > 1, the general path.
         assert!(slots[1].0.lock().unwrap().is_some());
-        bomb.armed.store(true, Ordering::SeqCst);
+        bomb.drop_armed.store(true, Ordering::SeqCst);
         let task2 = CountingWaker::new();
         let r = catch_unwind(AssertUnwindSafe(|| poll_next_once(&mut set, &task2)));
         assert!(r.is_err(), "n = {n}: the drop's panic propagates");
@@ -765,7 +671,7 @@ fn s3b_poisoned_users_stale_drop_panics() {
             for s in &slots {
                 drop(s.take());
             }
-            bomb.armed.store(true, Ordering::SeqCst);
+            bomb.drop_armed.store(true, Ordering::SeqCst);
             let task2 = CountingWaker::new();
             let r = catch_unwind(AssertUnwindSafe(|| poll_once(&mut set.0, &task2)));
             assert!(r.is_err(), "{name} n = {n}: propagates");
@@ -833,7 +739,7 @@ fn s3b_children_dropped_once_and_chunk_freed() {
         for s in &slots {
             drop(s.take());
         }
-        bomb.armed.store(true, Ordering::SeqCst);
+        bomb.drop_armed.store(true, Ordering::SeqCst);
         let task2 = Waker::noop();
         assert!(catch_unwind(AssertUnwindSafe(|| poll_with(&mut set, task2))).is_err());
         drop(set);
@@ -928,7 +834,7 @@ fn s3d_stale_drop_panics_during_unwind() {
         for s in &slots[1..] {
             drop(s.take());
         }
-        bomb.armed.store(true, Ordering::SeqCst);
+        bomb.drop_armed.store(true, Ordering::SeqCst);
         let task2 = CountingWaker::new();
         let got = Arc::new(Mutex::new(None));
         let r = catch_unwind(AssertUnwindSafe(|| {
@@ -943,7 +849,10 @@ fn s3d_stale_drop_panics_during_unwind() {
         assert_eq!(msg, "injected: outer panic", "n = {n}");
         assert_eq!(*got.lock().unwrap(), Some(Poll::Ready(Some(0))), "n = {n}");
         assert_eq!(bomb.live(), 1, "n = {n}: let go once");
-        assert!(!bomb.armed.load(Ordering::SeqCst), "n = {n}: its drop ran");
+        assert!(
+            !bomb.drop_armed.load(Ordering::SeqCst),
+            "n = {n}: its drop ran"
+        );
         drop(w1);
         for s in &slots {
             drop(s.take());

@@ -39,9 +39,9 @@ use rand::{Rng, SeedableRng};
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------
@@ -54,33 +54,7 @@ fn quiet() {
 
 use common::WaitTask as Task;
 
-/// A child that parks a clone of its waker in its gate at each poll and
-/// finishes once the gate is done.
-#[derive(Default)]
-struct Gate {
-    state: Mutex<(bool, Option<Waker>)>,
-    polls: AtomicUsize,
-}
-
-impl Gate {
-    fn parked(&self) -> Option<Waker> {
-        self.state.lock().unwrap().1.clone()
-    }
-    fn take(&self) -> Option<Waker> {
-        self.state.lock().unwrap().1.take()
-    }
-    /// Marks the gate done and wakes the parked waker (if any).
-    fn complete(&self) {
-        let w = {
-            let mut st = self.state.lock().unwrap();
-            st.0 = true;
-            st.1.take()
-        };
-        if let Some(w) = w {
-            w.wake();
-        }
-    }
-}
+use common::RemoteGate as Gate;
 
 struct Remote {
     gate: Arc<Gate>,
@@ -90,16 +64,7 @@ struct Remote {
 impl Future for Remote {
     type Output = usize;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
-        self.gate.polls.fetch_add(1, Ordering::SeqCst);
-        let old = {
-            let mut st = self.gate.state.lock().unwrap();
-            if st.0 {
-                return Poll::Ready(self.value);
-            }
-            st.1.replace(cx.waker().clone())
-        };
-        drop(old);
-        Poll::Pending
+        self.gate.poll_child(self.value, cx)
     }
 }
 
@@ -116,22 +81,7 @@ fn fire(gate: Arc<Gate>, rounds: usize, seed: u64) -> std::thread::JoinHandle<()
         let mut rng = SmallRng::seed_from_u64(seed);
         for round in 0..rounds {
             let last = round + 1 == rounds;
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let waker = loop {
-                let mut st = gate.state.lock().unwrap();
-                if let Some(w) = st.1.take() {
-                    if last {
-                        st.0 = true;
-                    }
-                    break w;
-                }
-                drop(st);
-                assert!(
-                    Instant::now() < deadline,
-                    "the child was never polled again"
-                );
-                std::thread::yield_now();
-            };
+            let waker = gate.take_parked(last);
             if rng.gen_bool(0.3) {
                 for _ in 0..rng.gen_range(0..200) {
                     std::hint::spin_loop();
@@ -231,87 +181,7 @@ fn drain_moving(
     }
 }
 
-/// A raw waker whose drop and/or wake panic once armed, counting live
-/// clones, wakes and drops. Leaked (its wakers may outlive any scope).
-struct Bomb {
-    live: AtomicIsize,
-    wakes: AtomicUsize,
-    drop_armed: AtomicBool,
-    wake_armed: AtomicBool,
-    on_drop: Mutex<Option<Box<dyn FnOnce() + Send>>>,
-}
-
-static BOMB_VT: RawWakerVTable =
-    RawWakerVTable::new(bomb_clone, bomb_wake, bomb_wake_by_ref, bomb_drop);
-
-unsafe fn bomb_clone(d: *const ()) -> RawWaker {
-    // SAFETY: `d` is a leaked `Bomb` (see `Bomb::new`), never freed.
-    let b = unsafe { &*d.cast::<Bomb>() };
-    b.live.fetch_add(1, Ordering::SeqCst);
-    RawWaker::new(d, &BOMB_VT)
-}
-unsafe fn bomb_wake(d: *const ()) {
-    // SAFETY: forwarded: a live waker of a leaked `Bomb`. The drop runs even
-    // if the wake panics (as for a by-value wake that unwinds, the waker is
-    // consumed).
-    struct DropAfter(*const ());
-    impl Drop for DropAfter {
-        fn drop(&mut self) {
-            // SAFETY: a live waker of a leaked `Bomb`, consumed here once.
-            unsafe { bomb_drop(self.0) };
-        }
-    }
-    let _after = DropAfter(d);
-    // SAFETY: as above.
-    unsafe { bomb_wake_by_ref(d) };
-}
-unsafe fn bomb_wake_by_ref(d: *const ()) {
-    // SAFETY: `d` is a leaked `Bomb`, never freed.
-    let b = unsafe { &*d.cast::<Bomb>() };
-    b.wakes.fetch_add(1, Ordering::SeqCst);
-    if b.wake_armed.swap(false, Ordering::SeqCst) {
-        panic!("injected: task waker wake");
-    }
-}
-unsafe fn bomb_drop(d: *const ()) {
-    // SAFETY: `d` is a leaked `Bomb`, never freed.
-    let b = unsafe { &*d.cast::<Bomb>() };
-    b.live.fetch_sub(1, Ordering::SeqCst);
-    let hook = b.on_drop.lock().unwrap().take();
-    if let Some(hook) = hook {
-        hook();
-    }
-    if b.drop_armed.swap(false, Ordering::SeqCst) {
-        panic!("injected: stale task waker drop");
-    }
-}
-
-impl Bomb {
-    fn new() -> &'static Bomb {
-        static ALL: Mutex<Vec<&'static Bomb>> = Mutex::new(Vec::new());
-        let bomb = Box::leak(Box::new(Bomb {
-            live: AtomicIsize::new(0),
-            wakes: AtomicUsize::new(0),
-            drop_armed: AtomicBool::new(false),
-            wake_armed: AtomicBool::new(false),
-            on_drop: Mutex::new(None),
-        }));
-        ALL.lock().unwrap().push(bomb);
-        bomb
-    }
-    fn waker(&'static self) -> Waker {
-        self.live.fetch_add(1, Ordering::SeqCst);
-        // SAFETY: the vtable counts clones and drops of a `Bomb` that is
-        // leaked (lives for the whole program).
-        unsafe { Waker::from_raw(RawWaker::new((self as *const Bomb).cast(), &BOMB_VT)) }
-    }
-    fn live(&self) -> isize {
-        self.live.load(Ordering::SeqCst)
-    }
-    fn wakes(&self) -> usize {
-        self.wakes.load(Ordering::SeqCst)
-    }
-}
+use common::BombWaker as Bomb;
 
 fn next_with<S: futures::Stream + Unpin>(s: &mut S, w: &Waker) -> Poll<Option<S::Item>> {
     Pin::new(s).poll_next(&mut Context::from_waker(w))

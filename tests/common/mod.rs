@@ -1384,3 +1384,163 @@ impl WaitTask {
         true
     }
 }
+
+/// A child's gate for the stale-waker reviews: the child parks a clone of
+/// its waker here at every poll ([`RemoteGate::poll_child`]) and finishes
+/// once the gate is done (`state.0`).
+#[derive(Default)]
+pub(crate) struct RemoteGate {
+    pub(crate) state: Mutex<(bool, Option<Waker>)>,
+    pub(crate) polls: AtomicUsize,
+}
+
+impl RemoteGate {
+    pub(crate) fn parked(&self) -> Option<Waker> {
+        self.state.lock().unwrap().1.clone()
+    }
+    pub(crate) fn take(&self) -> Option<Waker> {
+        self.state.lock().unwrap().1.take()
+    }
+    /// Marks the gate done and wakes the parked waker (if any).
+    pub(crate) fn complete(&self) {
+        let w = {
+            let mut st = self.state.lock().unwrap();
+            st.0 = true;
+            st.1.take()
+        };
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+    /// A poll of the gate's child: counted; `Ready(value)` once done, else
+    /// parks a clone of the waker (the previous one dropped outside the
+    /// lock).
+    pub(crate) fn poll_child(&self, value: usize, cx: &mut Context<'_>) -> Poll<usize> {
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        let old = {
+            let mut st = self.state.lock().unwrap();
+            if st.0 {
+                return Poll::Ready(value);
+            }
+            st.1.replace(cx.waker().clone())
+        };
+        drop(old);
+        Poll::Pending
+    }
+    /// Waits (20 s at most) for the child to park a waker and takes it;
+    /// with `last`, marks the gate done under the same lock.
+    pub(crate) fn take_parked(&self, last: bool) -> Waker {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut st = self.state.lock().unwrap();
+            if let Some(w) = st.1.take() {
+                if last {
+                    st.0 = true;
+                }
+                return w;
+            }
+            drop(st);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child was never polled again"
+            );
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// A raw task waker for the stale-waker reviews whose drop and/or wake
+/// panic once armed (`drop_armed`, `wake_armed`), counting live clones and
+/// wakes; `on_drop` runs in its drop. Leaked (its wakers may outlive any
+/// scope).
+pub(crate) struct BombWaker {
+    pub(crate) live: AtomicIsize,
+    pub(crate) wakes: AtomicUsize,
+    pub(crate) drop_armed: AtomicBool,
+    pub(crate) wake_armed: AtomicBool,
+    /// Run in its drop (after the counting).
+    pub(crate) on_drop: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+static BOMB_WAKER_VT: RawWakerVTable = RawWakerVTable::new(
+    bomb_waker_clone,
+    bomb_waker_wake,
+    bomb_waker_wake_by_ref,
+    bomb_waker_drop,
+);
+
+unsafe fn bomb_waker_clone(d: *const ()) -> RawWaker {
+    // SAFETY: `d` is a leaked `BombWaker` (see `BombWaker::new`), never freed.
+    let b = unsafe { &*d.cast::<BombWaker>() };
+    b.live.fetch_add(1, Ordering::SeqCst);
+    RawWaker::new(d, &BOMB_WAKER_VT)
+}
+unsafe fn bomb_waker_wake(d: *const ()) {
+    // SAFETY: forwarded: a live waker of a leaked `BombWaker`. The drop runs even
+    // if the wake panics (as for a by-value wake that unwinds, the waker is
+    // consumed).
+    struct DropAfter(*const ());
+    impl Drop for DropAfter {
+        fn drop(&mut self) {
+            // SAFETY: a live waker of a leaked `BombWaker`, consumed here once.
+            unsafe { bomb_waker_drop(self.0) };
+        }
+    }
+    let _after = DropAfter(d);
+    // SAFETY: as above.
+    unsafe { bomb_waker_wake_by_ref(d) };
+}
+unsafe fn bomb_waker_wake_by_ref(d: *const ()) {
+    // SAFETY: `d` is a leaked `BombWaker`, never freed.
+    let b = unsafe { &*d.cast::<BombWaker>() };
+    b.wakes.fetch_add(1, Ordering::SeqCst);
+    if b.wake_armed.swap(false, Ordering::SeqCst) {
+        panic!("injected: task waker wake");
+    }
+}
+unsafe fn bomb_waker_drop(d: *const ()) {
+    // SAFETY: `d` is a leaked `BombWaker`, never freed.
+    let b = unsafe { &*d.cast::<BombWaker>() };
+    b.live.fetch_sub(1, Ordering::SeqCst);
+    let hook = b.on_drop.lock().unwrap().take();
+    if let Some(hook) = hook {
+        hook();
+    }
+    if b.drop_armed.swap(false, Ordering::SeqCst) {
+        panic!("injected: stale task waker drop");
+    }
+}
+
+impl BombWaker {
+    /// Leaked on purpose (its wakers may outlive any scope), and kept
+    /// reachable from a static so LeakSanitizer does not report it.
+    pub(crate) fn new() -> &'static BombWaker {
+        static ALL: Mutex<Vec<&'static BombWaker>> = Mutex::new(Vec::new());
+        let bomb = Box::leak(Box::new(BombWaker {
+            live: AtomicIsize::new(0),
+            wakes: AtomicUsize::new(0),
+            drop_armed: AtomicBool::new(false),
+            wake_armed: AtomicBool::new(false),
+            on_drop: Mutex::new(None),
+        }));
+        ALL.lock().unwrap().push(bomb);
+        bomb
+    }
+    pub(crate) fn waker(&'static self) -> Waker {
+        self.live.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: the vtable counts clones and drops of a `BombWaker` that is
+        // leaked (lives for the whole program).
+        unsafe {
+            Waker::from_raw(RawWaker::new(
+                (self as *const BombWaker).cast(),
+                &BOMB_WAKER_VT,
+            ))
+        }
+    }
+    pub(crate) fn live(&self) -> isize {
+        self.live.load(Ordering::SeqCst)
+    }
+    pub(crate) fn wakes(&self) -> usize {
+        self.wakes.load(Ordering::SeqCst)
+    }
+}
